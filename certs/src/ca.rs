@@ -1,0 +1,513 @@
+//! The provincial certificate authority: a root key and certificate in a
+//! directory, the certificates it issued and revoked, and the CRLs it signs.
+//!
+//! Layout of a CA directory: `ca.crt` (PEM), `ca.key` (PEM, mode 0600) and
+//! `ca.json` (trust domain, issued and revoked serials, CRL number). Every
+//! file is written whole to a temporary name and renamed, so a crash leaves
+//! either the old or the new state.
+
+use crate::error::{CertError, Result, io_err};
+use crate::fsutil::{write_atomic, write_new};
+use crate::identity::{SpiffeId, validate_trust_domain};
+use crate::inspect::{normalize_serial, serial_hex};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateRevocationListParams,
+    CertificateSigningRequestParams, DnType, DnValue, ExtendedKeyUsagePurpose, IsCa, Issuer,
+    KeyIdMethod, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, RevocationReason,
+    RevokedCertParams, SanType, SerialNumber,
+};
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use time::{Duration, OffsetDateTime};
+
+const CERT_FILE: &str = "ca.crt";
+const KEY_FILE: &str = "ca.key";
+const STATE_FILE: &str = "ca.json";
+
+/// The reasons a certificate can be revoked for, as RFC 5280 names them.
+pub const REASONS: &str =
+    "unspecified, key-compromise, affiliation-changed, superseded, cessation-of-operation";
+
+/// Why a certificate was revoked.
+pub fn parse_reason(s: &str) -> Result<RevocationReason> {
+    Ok(match s {
+        "unspecified" => RevocationReason::Unspecified,
+        "key-compromise" => RevocationReason::KeyCompromise,
+        "affiliation-changed" => RevocationReason::AffiliationChanged,
+        "superseded" => RevocationReason::Superseded,
+        "cessation-of-operation" => RevocationReason::CessationOfOperation,
+        other => return Err(CertError::Reason(other.to_owned(), REASONS)),
+    })
+}
+
+fn reason_name(r: RevocationReason) -> &'static str {
+    match r {
+        RevocationReason::KeyCompromise => "key-compromise",
+        RevocationReason::AffiliationChanged => "affiliation-changed",
+        RevocationReason::Superseded => "superseded",
+        RevocationReason::CessationOfOperation => "cessation-of-operation",
+        _ => "unspecified",
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct CaState {
+    trust_domain: String,
+    name: String,
+    crl_number: u64,
+    issued: Vec<IssuedRecord>,
+    revoked: Vec<RevokedRecord>,
+}
+
+/// One certificate the CA signed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct IssuedRecord {
+    pub serial: String,
+    pub spiffe_id: String,
+    pub not_after_unix: i64,
+    pub issued_unix: i64,
+}
+
+/// One certificate the CA revoked.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RevokedRecord {
+    pub serial: String,
+    pub reason: String,
+    pub revoked_unix: i64,
+}
+
+/// What a leaf certificate is for: its identity, display name, hosts and validity.
+#[derive(Clone, Debug)]
+pub struct LeafSpec {
+    pub id: SpiffeId,
+    /// Put in the subject's O attribute, UTF-8 (e.g. "Sở Tư pháp tỉnh Vĩnh Phúc").
+    pub display_name: Option<String>,
+    pub dns: Vec<String>,
+    pub ips: Vec<IpAddr>,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+}
+
+impl LeafSpec {
+    /// A spec valid from five minutes ago (clock skew between servers) for `days` days.
+    pub fn for_days(id: SpiffeId, days: i64) -> Result<Self> {
+        if !(1..=3650).contains(&days) {
+            return Err(CertError::Days(days));
+        }
+        let now = OffsetDateTime::now_utc();
+        Ok(Self {
+            id,
+            display_name: None,
+            dns: vec!["localhost".into()],
+            ips: vec![IpAddr::from([127, 0, 0, 1])],
+            not_before: now - Duration::minutes(5),
+            not_after: now + Duration::days(days),
+        })
+    }
+
+    /// The SANs: the SPIFFE ID first, then DNS names and IP addresses.
+    fn sans(&self) -> Result<Vec<SanType>> {
+        let mut sans = vec![SanType::URI(self.id.to_string().try_into()?)];
+        for d in &self.dns {
+            validate_dns_name(d)?;
+            sans.push(SanType::DnsName(d.clone().try_into()?));
+        }
+        sans.extend(self.ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        Ok(sans)
+    }
+
+    /// What a CSR asks for: the subject and the SANs, nothing else (the CA
+    /// decides validity and extensions).
+    fn request_params(&self) -> Result<CertificateParams> {
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = self.sans()?;
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, self.id.name.as_str());
+        if let Some(display) = &self.display_name {
+            params.distinguished_name.push(
+                DnType::OrganizationName,
+                DnValue::Utf8String(display.clone()),
+            );
+        }
+        Ok(params)
+    }
+
+    /// Certificate parameters for this leaf: client and server auth, no CA powers.
+    fn params(&self, serial: SerialNumber) -> Result<CertificateParams> {
+        let mut params = self.request_params()?;
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, self.id.name.as_str());
+        if let Some(display) = &self.display_name {
+            params.distinguished_name.push(
+                DnType::OrganizationName,
+                DnValue::Utf8String(display.clone()),
+            );
+        }
+        params
+            .distinguished_name
+            .push(DnType::OrganizationalUnitName, self.id.agency.as_str());
+        params.not_before = self.not_before;
+        params.not_after = self.not_after;
+        params.serial_number = Some(serial);
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        Ok(params)
+    }
+}
+
+/// Validates a DNS name for a SAN: labels of letters, digits and '-'.
+pub fn validate_dns_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(CertError::DnsName(name.to_owned()))
+    }
+}
+
+/// A key made here and the certificate the CA issued for it, both PEM.
+#[derive(Debug)]
+pub struct Issued {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub serial: String,
+}
+
+/// A signed CRL.
+#[derive(Debug)]
+pub struct SignedCrl {
+    pub pem: String,
+    pub der: Vec<u8>,
+    pub number: u64,
+    pub revoked: Vec<String>,
+}
+
+/// The provincial CA, opened from its directory.
+pub struct CertificateAuthority {
+    dir: PathBuf,
+    state: CaState,
+    cert_pem: String,
+    key: KeyPair,
+}
+
+impl std::fmt::Debug for CertificateAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificateAuthority")
+            .field("dir", &self.dir)
+            .field("trust_domain", &self.state.trust_domain)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CertificateAuthority {
+    /// Makes a new root CA (ECDSA P-256) in `dir`. Refuses a directory that
+    /// already holds one.
+    pub fn init(dir: &Path, trust_domain: &str, name: &str, days: i64) -> Result<Self> {
+        validate_trust_domain(trust_domain)?;
+        if !(1..=7300).contains(&days) {
+            return Err(CertError::Days(days));
+        }
+        if dir.join(KEY_FILE).exists() || dir.join(CERT_FILE).exists() {
+            return Err(CertError::CaExists(dir.to_owned()));
+        }
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, DnValue::Utf8String(name.to_owned()));
+        params
+            .distinguished_name
+            .push(DnType::OrganizationalUnitName, trust_domain);
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::minutes(5);
+        params.not_after = now + Duration::days(days);
+        params.serial_number = Some(random_serial());
+        let cert = params.self_signed(&key)?;
+        let state = CaState {
+            trust_domain: trust_domain.to_owned(),
+            name: name.to_owned(),
+            crl_number: 0,
+            issued: Vec::new(),
+            revoked: Vec::new(),
+        };
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        write_new(&dir.join(KEY_FILE), key.serialize_pem().as_bytes(), 0o600)?;
+        write_new(&dir.join(CERT_FILE), cert.pem().as_bytes(), 0o644)?;
+        let ca = Self {
+            dir: dir.to_owned(),
+            state,
+            cert_pem: cert.pem(),
+            key,
+        };
+        ca.save()?;
+        Ok(ca)
+    }
+
+    /// Opens the CA in `dir`; fails with [`CertError::NoCa`] when there is none.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let state_path = dir.join(STATE_FILE);
+        if !dir.join(KEY_FILE).exists() || !state_path.exists() || !dir.join(CERT_FILE).exists() {
+            return Err(CertError::NoCa(dir.to_owned()));
+        }
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read_to_string(&path).map_err(io_err(path))
+        };
+        let state: CaState =
+            serde_json::from_str(&read(STATE_FILE)?).map_err(|e| CertError::State {
+                path: state_path.clone(),
+                why: e.to_string(),
+            })?;
+        let key = KeyPair::from_pem(&read(KEY_FILE)?).map_err(|e| CertError::Parse {
+            path: dir.join(KEY_FILE),
+            what: "private key",
+            why: e.to_string(),
+        })?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            state,
+            cert_pem: read(CERT_FILE)?,
+            key,
+        })
+    }
+
+    pub fn trust_domain(&self) -> &str {
+        &self.state.trust_domain
+    }
+
+    pub fn name(&self) -> &str {
+        &self.state.name
+    }
+
+    /// The CA certificate, PEM: the trust anchor every node and server loads.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    pub fn issued(&self) -> &[IssuedRecord] {
+        &self.state.issued
+    }
+
+    pub fn revoked(&self) -> &[RevokedRecord] {
+        &self.state.revoked
+    }
+
+    fn issuer(&self) -> Result<Issuer<'_, &KeyPair>> {
+        Ok(Issuer::from_ca_cert_pem(&self.cert_pem, &self.key)?)
+    }
+
+    fn check_domain(&self, id: &SpiffeId) -> Result<()> {
+        if id.trust_domain != self.state.trust_domain {
+            return Err(CertError::ForeignTrustDomain {
+                expected: self.state.trust_domain.clone(),
+                found: id.trust_domain.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Makes a key here and issues its certificate. For development and
+    /// tests; in production a node sends a CSR so its key never leaves it.
+    pub fn issue(&mut self, spec: &LeafSpec) -> Result<Issued> {
+        self.check_domain(&spec.id)?;
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let serial = random_serial();
+        let cert = spec
+            .params(serial.clone())?
+            .signed_by(&key, &self.issuer()?)?;
+        let issued = Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            serial: serial_hex(serial.as_ref()),
+        };
+        self.record_issued(spec, &issued.serial)?;
+        Ok(issued)
+    }
+
+    /// Parses and verifies a CSR, checks the identity it asks for, and returns
+    /// what to issue for it. The CA decides every extension itself; of the
+    /// CSR it keeps only the public key, the SANs and the display name.
+    pub fn check_csr(&self, csr_pem: &str, origin: &Path, days: i64) -> Result<CsrRequest> {
+        let bad = |why: String| CertError::Parse {
+            path: origin.to_owned(),
+            what: "certificate signing request",
+            why,
+        };
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| bad(format!("{e} (expected a PEM block 'CERTIFICATE REQUEST')")))?;
+        let mut id = None;
+        let mut dns = Vec::new();
+        let mut ips = Vec::new();
+        for san in &csr.params.subject_alt_names {
+            match san {
+                SanType::URI(uri) => {
+                    if id.is_some() {
+                        return Err(CertError::ManySpiffeIds(2));
+                    }
+                    id = Some(SpiffeId::parse(uri.as_str())?);
+                }
+                SanType::DnsName(d) => {
+                    validate_dns_name(d.as_str())?;
+                    dns.push(d.as_str().to_owned());
+                }
+                SanType::IpAddress(ip) => ips.push(*ip),
+                other => return Err(bad(format!("it asks for an unsupported SAN {other:?}"))),
+            }
+        }
+        let id = id.ok_or(CertError::NoSpiffeId)?;
+        self.check_domain(&id)?;
+        let display_name = match csr.params.distinguished_name.get(&DnType::OrganizationName) {
+            Some(DnValue::Utf8String(s)) => Some(s.clone()),
+            Some(DnValue::PrintableString(s)) => Some(s.as_str().to_owned()),
+            _ => None,
+        };
+        let mut spec = LeafSpec::for_days(id, days)?;
+        spec.display_name = display_name;
+        spec.dns = dns;
+        spec.ips = ips;
+        Ok(CsrRequest { csr, spec })
+    }
+
+    /// Signs a checked CSR; returns the certificate PEM and its serial.
+    pub fn sign(&mut self, request: CsrRequest) -> Result<(String, String)> {
+        let CsrRequest { mut csr, spec } = request;
+        let serial = random_serial();
+        csr.params = spec.params(serial.clone())?;
+        let cert = csr.signed_by(&self.issuer()?)?;
+        let serial = serial_hex(serial.as_ref());
+        self.record_issued(&spec, &serial)?;
+        Ok((cert.pem(), serial))
+    }
+
+    fn record_issued(&mut self, spec: &LeafSpec, serial: &str) -> Result<()> {
+        self.state.issued.push(IssuedRecord {
+            serial: serial.to_owned(),
+            spiffe_id: spec.id.to_string(),
+            not_after_unix: spec.not_after.unix_timestamp(),
+            issued_unix: OffsetDateTime::now_utc().unix_timestamp(),
+        });
+        self.save()
+    }
+
+    /// Marks `serial` revoked. It takes effect for peers when the next CRL
+    /// from [`Self::sign_crl`] reaches them.
+    pub fn revoke(&mut self, serial: &str, reason: RevocationReason) -> Result<String> {
+        let serial =
+            normalize_serial(serial).ok_or_else(|| CertError::UnknownSerial(serial.to_owned()))?;
+        if !self.state.issued.iter().any(|r| r.serial == serial) {
+            return Err(CertError::UnknownSerial(serial));
+        }
+        if self.state.revoked.iter().any(|r| r.serial == serial) {
+            return Err(CertError::AlreadyRevoked(serial));
+        }
+        self.state.revoked.push(RevokedRecord {
+            serial: serial.clone(),
+            reason: reason_name(reason).to_owned(),
+            revoked_unix: OffsetDateTime::now_utc().unix_timestamp(),
+        });
+        self.save()?;
+        Ok(serial)
+    }
+
+    /// Signs a CRL of every revoked serial, valid for `days` days.
+    pub fn sign_crl(&mut self, days: i64) -> Result<SignedCrl> {
+        if !(1..=365).contains(&days) {
+            return Err(CertError::Days(days));
+        }
+        let now = OffsetDateTime::now_utc();
+        let mut revoked_certs = Vec::new();
+        for r in &self.state.revoked {
+            let bytes = hex::decode(&r.serial).map_err(|e| CertError::State {
+                path: self.dir.join(STATE_FILE),
+                why: format!("serial {}: {e}", r.serial),
+            })?;
+            revoked_certs.push(RevokedCertParams {
+                serial_number: SerialNumber::from_slice(&bytes),
+                revocation_time: OffsetDateTime::from_unix_timestamp(r.revoked_unix).unwrap_or(now),
+                reason_code: Some(parse_reason(&r.reason)?),
+                invalidity_date: None,
+            });
+        }
+        let number = self.state.crl_number + 1;
+        let params = CertificateRevocationListParams {
+            this_update: now - Duration::minutes(5),
+            next_update: now + Duration::days(days),
+            crl_number: SerialNumber::from_slice(&number.to_be_bytes()),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&self.issuer()?)?;
+        self.state.crl_number = number;
+        self.save()?;
+        Ok(SignedCrl {
+            pem: crl.pem()?,
+            der: crl.der().to_vec(),
+            number,
+            revoked: self
+                .state
+                .revoked
+                .iter()
+                .map(|r| r.serial.clone())
+                .collect(),
+        })
+    }
+
+    fn save(&self) -> Result<()> {
+        let json = serde_json::to_vec_pretty(&self.state).map_err(|e| CertError::State {
+            path: self.dir.join(STATE_FILE),
+            why: e.to_string(),
+        })?;
+        write_atomic(&self.dir.join(STATE_FILE), &json, 0o600)
+    }
+}
+
+/// A CSR that passed [`CertificateAuthority::check_csr`], ready to sign.
+#[derive(Debug)]
+pub struct CsrRequest {
+    csr: CertificateSigningRequestParams,
+    pub spec: LeafSpec,
+}
+
+/// A key made where it will be used, and a CSR asking for `spec`'s identity.
+pub fn make_csr(spec: &LeafSpec) -> Result<(String, String)> {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let csr = spec.request_params()?.serialize_request(&key)?;
+    Ok((csr.pem()?, key.serialize_pem()))
+}
+
+/// A positive 128-bit serial with no leading zero byte, from the system's
+/// secure random source.
+fn random_serial() -> SerialNumber {
+    let mut bytes = [0u8; 16];
+    rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(&mut bytes)
+        .expect("the system random source failed");
+    bytes[0] = (bytes[0] & 0x7f) | 0x40;
+    SerialNumber::from_slice(&bytes)
+}

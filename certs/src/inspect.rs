@@ -1,0 +1,294 @@
+//! Reading certificates and CRLs back: the identity a peer certificate
+//! carries, and the plain-words summary `lgsp ca show` prints.
+
+use crate::error::{CertError, Result};
+use crate::identity::SpiffeId;
+use sha2::{Digest, Sha256};
+use std::fmt;
+use x509_parser::prelude::*;
+
+/// Lower-case hex of a serial number without leading zero bytes, the one
+/// spelling used everywhere in lgsp (CA index, CRL checks, logs).
+pub fn serial_hex(raw: &[u8]) -> String {
+    let start = raw.iter().position(|&b| b != 0).unwrap_or(raw.len());
+    hex::encode(&raw[start..])
+}
+
+/// Normalises a serial typed by a person (`3A:0F..`, `0x3a0f`, `3a0f`).
+pub fn normalize_serial(input: &str) -> Option<String> {
+    let s = input.trim().trim_start_matches("0x").replace(':', "");
+    let bytes = hex::decode(if s.len() % 2 == 1 { format!("0{s}") } else { s }).ok()?;
+    (!bytes.is_empty()).then(|| serial_hex(&bytes))
+}
+
+/// What a certificate says, in the terms an operator needs.
+#[derive(Clone, Debug)]
+pub struct CertInfo {
+    pub subject: String,
+    pub issuer: String,
+    pub serial: String,
+    pub not_before: ::time::OffsetDateTime,
+    pub not_after: ::time::OffsetDateTime,
+    /// The SPIFFE ID, or the reason there is none usable.
+    pub spiffe_id: std::result::Result<SpiffeId, String>,
+    pub dns_names: Vec<String>,
+    pub ip_addresses: Vec<String>,
+    pub is_ca: bool,
+    /// SHA-256 of the DER, lower-case hex.
+    pub sha256: String,
+}
+
+impl CertInfo {
+    /// Parses a DER certificate; fails with [`CertError::Parse`] naming `origin`.
+    pub fn from_der(der: &[u8], origin: &std::path::Path) -> Result<Self> {
+        let (_, cert) = X509Certificate::from_der(der).map_err(|e| CertError::Parse {
+            path: origin.to_owned(),
+            what: "X.509 certificate",
+            why: e.to_string(),
+        })?;
+        let mut uris = Vec::new();
+        let mut dns_names = Vec::new();
+        let mut ip_addresses = Vec::new();
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            for name in &san.value.general_names {
+                match name {
+                    GeneralName::URI(u) if u.starts_with("spiffe://") => uris.push(u.to_string()),
+                    GeneralName::DNSName(d) => dns_names.push(d.to_string()),
+                    GeneralName::IPAddress(ip) => ip_addresses.push(format_ip(ip)),
+                    _ => {}
+                }
+            }
+        }
+        let spiffe_id = match uris.as_slice() {
+            [] => Err(CertError::NoSpiffeId.to_string()),
+            [one] => SpiffeId::parse(one).map_err(|e| e.to_string()),
+            many => Err(CertError::ManySpiffeIds(many.len()).to_string()),
+        };
+        Ok(Self {
+            subject: dn_to_string(cert.subject()),
+            issuer: dn_to_string(cert.issuer()),
+            serial: serial_hex(cert.raw_serial()),
+            not_before: cert.validity().not_before.to_datetime(),
+            not_after: cert.validity().not_after.to_datetime(),
+            spiffe_id,
+            dns_names,
+            ip_addresses,
+            is_ca: cert.is_ca(),
+            sha256: hex::encode(Sha256::digest(der)),
+        })
+    }
+}
+
+impl fmt::Display for CertInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let now = ::time::OffsetDateTime::now_utc();
+        let state = if now < self.not_before {
+            "not yet valid"
+        } else if now > self.not_after {
+            "EXPIRED"
+        } else {
+            "valid now"
+        };
+        writeln!(f, "Subject:     {}", self.subject)?;
+        match &self.spiffe_id {
+            Ok(id) => {
+                writeln!(f, "SPIFFE ID:   {id}")?;
+                writeln!(
+                    f,
+                    "  agency {}, role {}, name {}",
+                    id.agency, id.role, id.name
+                )?;
+            }
+            Err(why) if self.is_ca => writeln!(f, "SPIFFE ID:   none (a CA certificate; {why})")?,
+            Err(why) => writeln!(f, "SPIFFE ID:   none usable: {why}")?,
+        }
+        writeln!(f, "Serial:      {}", self.serial)?;
+        writeln!(f, "Valid from:  {} UTC", fmt_time(self.not_before))?;
+        writeln!(f, "Valid until: {} UTC ({state})", fmt_time(self.not_after))?;
+        writeln!(f, "Issuer:      {}", self.issuer)?;
+        if !self.dns_names.is_empty() || !self.ip_addresses.is_empty() {
+            let all: Vec<&str> = self
+                .dns_names
+                .iter()
+                .chain(&self.ip_addresses)
+                .map(String::as_str)
+                .collect();
+            writeln!(f, "Hosts:       {}", all.join(", "))?;
+        }
+        writeln!(
+            f,
+            "Kind:        {}",
+            if self.is_ca {
+                "certificate authority"
+            } else {
+                "end entity"
+            }
+        )?;
+        write!(f, "SHA-256:     {}", self.sha256)
+    }
+}
+
+/// What a CRL says.
+#[derive(Clone, Debug)]
+pub struct CrlInfo {
+    pub issuer: String,
+    pub number: Option<u64>,
+    pub this_update: ::time::OffsetDateTime,
+    pub next_update: Option<::time::OffsetDateTime>,
+    pub revoked: Vec<String>,
+}
+
+impl CrlInfo {
+    /// Parses a DER CRL; fails with [`CertError::Parse`] naming `origin`.
+    pub fn from_der(der: &[u8], origin: &std::path::Path) -> Result<Self> {
+        let (_, crl) = CertificateRevocationList::from_der(der).map_err(|e| CertError::Parse {
+            path: origin.to_owned(),
+            what: "certificate revocation list",
+            why: e.to_string(),
+        })?;
+        Ok(Self {
+            issuer: dn_to_string(crl.issuer()),
+            number: crl.crl_number().and_then(|n| u64::try_from(n.clone()).ok()),
+            this_update: crl.last_update().to_datetime(),
+            next_update: crl.next_update().map(|t| t.to_datetime()),
+            revoked: crl
+                .iter_revoked_certificates()
+                .map(|r| serial_hex(r.raw_serial()))
+                .collect(),
+        })
+    }
+}
+
+impl fmt::Display for CrlInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "Revocation list of: {}", self.issuer)?;
+        if let Some(n) = self.number {
+            writeln!(f, "Number:      {n}")?;
+        }
+        writeln!(f, "Issued:      {} UTC", fmt_time(self.this_update))?;
+        if let Some(next) = self.next_update {
+            writeln!(f, "Next update: {} UTC", fmt_time(next))?;
+        }
+        write!(f, "Revoked:     {}", self.revoked.len())?;
+        for s in &self.revoked {
+            write!(f, "\n  {s}")?;
+        }
+        Ok(())
+    }
+}
+
+fn fmt_time(t: ::time::OffsetDateTime) -> String {
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+fn format_ip(raw: &[u8]) -> String {
+    match raw.len() {
+        4 => std::net::Ipv4Addr::from(<[u8; 4]>::try_from(raw).unwrap_or_default()).to_string(),
+        16 => std::net::Ipv6Addr::from(<[u8; 16]>::try_from(raw).unwrap_or_default()).to_string(),
+        _ => hex::encode(raw),
+    }
+}
+
+/// Renders a distinguished name, keeping UTF-8 text (Vietnamese names) intact.
+fn dn_to_string(name: &X509Name<'_>) -> String {
+    let parts: Vec<String> = name
+        .iter_attributes()
+        .map(|attr| {
+            let key = match attr.attr_type().to_id_string().as_str() {
+                "2.5.4.3" => "CN",
+                "2.5.4.10" => "O",
+                "2.5.4.11" => "OU",
+                "2.5.4.6" => "C",
+                "2.5.4.7" => "L",
+                "2.5.4.8" => "ST",
+                other => return format!("{other}={}", attr_text(attr)),
+            };
+            format!("{key}={}", attr_text(attr))
+        })
+        .collect();
+    parts.join(", ")
+}
+
+fn attr_text(attr: &AttributeTypeAndValue<'_>) -> String {
+    attr.as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|_| hex::encode(attr.attr_value().data))
+}
+
+/// The PEM blocks of `text`, labelled as PEM names them ("CERTIFICATE",
+/// "X509 CRL", "CERTIFICATE REQUEST", "PRIVATE KEY"...). Blocks of other kinds
+/// are skipped.
+pub fn pem_blocks(text: &str) -> Result<Vec<(String, Vec<u8>)>> {
+    use rustls_pki_types::pem::{PemObject, SectionKind};
+    let mut blocks = Vec::new();
+    for item in <(SectionKind, Vec<u8>)>::pem_slice_iter(text.as_bytes()) {
+        let (kind, der) = item.map_err(|e| CertError::Parse {
+            path: "<pem>".into(),
+            what: "PEM file",
+            why: e.to_string(),
+        })?;
+        let label = match kind {
+            SectionKind::Certificate => "CERTIFICATE",
+            SectionKind::Crl => "X509 CRL",
+            SectionKind::Csr => "CERTIFICATE REQUEST",
+            _ => "PRIVATE KEY",
+        };
+        blocks.push((label.to_owned(), der));
+    }
+    Ok(blocks)
+}
+
+/// What a certificate signing request asks for.
+#[derive(Clone, Debug)]
+pub struct CsrInfo {
+    pub subject: String,
+    pub spiffe_ids: Vec<String>,
+    pub hosts: Vec<String>,
+}
+
+impl CsrInfo {
+    /// Parses a DER CSR; fails with [`CertError::Parse`] naming `origin`.
+    pub fn from_der(der: &[u8], origin: &std::path::Path) -> Result<Self> {
+        let (_, csr) = X509CertificationRequest::from_der(der).map_err(|e| CertError::Parse {
+            path: origin.to_owned(),
+            what: "certificate signing request",
+            why: e.to_string(),
+        })?;
+        let mut spiffe_ids = Vec::new();
+        let mut hosts = Vec::new();
+        for ext in csr.requested_extensions().into_iter().flatten() {
+            if let ParsedExtension::SubjectAlternativeName(san) = ext {
+                for name in &san.general_names {
+                    match name {
+                        GeneralName::URI(u) => spiffe_ids.push(u.to_string()),
+                        GeneralName::DNSName(d) => hosts.push(d.to_string()),
+                        GeneralName::IPAddress(ip) => hosts.push(format_ip(ip)),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Ok(Self {
+            subject: dn_to_string(&csr.certification_request_info.subject),
+            spiffe_ids,
+            hosts,
+        })
+    }
+}
+
+impl fmt::Display for CsrInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "Signing request")?;
+        writeln!(f, "Subject:     {}", self.subject)?;
+        writeln!(f, "Asks for:    {}", self.spiffe_ids.join(", "))?;
+        write!(f, "Hosts:       {}", self.hosts.join(", "))
+    }
+}

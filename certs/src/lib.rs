@@ -1,0 +1,23 @@
+//! The provincial PKI of lgsp, on `rcgen` and `rustls`.
+//!
+//! - [`ca`]: the provincial CA: init, issue, CSR signing, revocation, CRLs.
+//! - [`identity`]: the SPIFFE ID in every certificate
+//!   (`spiffe://<trust-domain>/agency/<code>/<role>/<name>`) and its parts.
+//! - [`inspect`]: reading certificates and CRLs back, in plain words.
+//! - [`tls`]: mTLS server and client configs, swappable at run time.
+//! - [`peer`]: per-call authentication of gRPC peers from their certificates.
+
+pub mod ca;
+pub mod error;
+mod fsutil;
+pub mod identity;
+pub mod inspect;
+pub mod peer;
+pub mod tls;
+
+pub use ca::{CertificateAuthority, LeafSpec};
+pub use error::{CertError, Result};
+pub use fsutil::{write_atomic, write_new};
+pub use identity::{AgencyCode, Role, SpiffeId};
+pub use peer::{Authenticator, Peer, WhoAmI};
+pub use tls::{Credentials, ServerTls, TlsFiles};

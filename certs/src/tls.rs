@@ -1,0 +1,365 @@
+//! rustls configurations for mutual TLS between lgsp peers, swappable at run
+//! time: a new CRL or trust bundle takes effect on the next handshake, with
+//! no restart.
+//!
+//! tonic's own TLS settings cannot check a CRL, so servers accept TCP
+//! themselves, handshake with `tokio_rustls` against the current
+//! [`ServerTls`] config, and hand the streams to tonic through
+//! [`ServerTls::incoming`]. tonic then still gives `peer_certs()` per request.
+
+use crate::error::{CertError, Result, io_err};
+use crate::inspect::CrlInfo;
+use arc_swap::ArcSwap;
+use rustls::RootCertStore;
+use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
+
+/// How long a client may take to finish a handshake before it is dropped, so
+/// a slow or silent client cannot hold resources.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The ring provider, the one crypto provider lgsp enables.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Where a peer's TLS material lives: its certificate, its key and the CA
+/// certificate it trusts, all PEM.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+impl TlsFiles {
+    /// The files `lgsp ca issue --out DIR` writes: `cert.pem`, `key.pem`, `ca.pem`.
+    pub fn in_dir(dir: &Path) -> Self {
+        Self {
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+            ca: dir.join("ca.pem"),
+        }
+    }
+}
+
+/// A certificate chain, its key and the trusted CA certificates, loaded and checked.
+#[derive(Debug)]
+pub struct Credentials {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    pub roots: Vec<CertificateDer<'static>>,
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub ca_pem: String,
+}
+
+impl Clone for Credentials {
+    fn clone(&self) -> Self {
+        Self {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+            roots: self.roots.clone(),
+            cert_pem: self.cert_pem.clone(),
+            key_pem: self.key_pem.clone(),
+            ca_pem: self.ca_pem.clone(),
+        }
+    }
+}
+
+impl Credentials {
+    /// Reads and parses the three PEM files.
+    pub fn load(files: &TlsFiles) -> Result<Self> {
+        let read = |p: &Path| std::fs::read_to_string(p).map_err(io_err(p));
+        Self::from_pem_named(
+            &read(&files.cert)?,
+            &read(&files.key)?,
+            &read(&files.ca)?,
+            files,
+        )
+    }
+
+    /// Parses PEM text held in memory.
+    pub fn from_pem(cert_pem: &str, key_pem: &str, ca_pem: &str) -> Result<Self> {
+        let files = TlsFiles::in_dir(Path::new("<memory>"));
+        Self::from_pem_named(cert_pem, key_pem, ca_pem, &files)
+    }
+
+    fn from_pem_named(
+        cert_pem: &str,
+        key_pem: &str,
+        ca_pem: &str,
+        files: &TlsFiles,
+    ) -> Result<Self> {
+        let certs = |pem: &str, path: &Path| -> Result<Vec<CertificateDer<'static>>> {
+            let certs: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes())
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| CertError::Parse {
+                    path: path.to_owned(),
+                    what: "PEM certificate file",
+                    why: e.to_string(),
+                })?;
+            if certs.is_empty() {
+                return Err(CertError::Parse {
+                    path: path.to_owned(),
+                    what: "PEM certificate file",
+                    why: "it holds no CERTIFICATE block".into(),
+                });
+            }
+            Ok(certs)
+        };
+        let key =
+            PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| CertError::Parse {
+                path: files.key.clone(),
+                what: "PEM private key",
+                why: e.to_string(),
+            })?;
+        Ok(Self {
+            chain: certs(cert_pem, &files.cert)?,
+            key,
+            roots: certs(ca_pem, &files.ca)?,
+            cert_pem: cert_pem.to_owned(),
+            key_pem: key_pem.to_owned(),
+            ca_pem: ca_pem.to_owned(),
+        })
+    }
+}
+
+fn root_store(roots: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore>> {
+    let mut store = RootCertStore::empty();
+    for root in roots {
+        store
+            .add(root.clone())
+            .map_err(|e| CertError::Tls(format!("a trusted CA certificate is unusable: {e}")))?;
+    }
+    Ok(Arc::new(store))
+}
+
+/// What a server trusts right now.
+#[derive(Debug, Clone)]
+struct Trust {
+    roots: Vec<CertificateDer<'static>>,
+    crl: Option<CertificateRevocationListDer<'static>>,
+}
+
+/// A server's mTLS configuration that can change while it runs.
+///
+/// Each change builds a fresh `ServerConfig` (never reusing the old session
+/// cache, or a revoked client could resume a session without its
+/// certificate being checked again) and swaps it in; the next handshake uses it.
+#[derive(Debug)]
+pub struct ServerTls {
+    creds: Credentials,
+    trust: Mutex<Trust>,
+    config: ArcSwap<ServerConfig>,
+    revoked: ArcSwap<HashSet<String>>,
+}
+
+impl ServerTls {
+    /// A server config that requires a client certificate from one of the
+    /// credentials' CAs.
+    pub fn new(creds: Credentials) -> Result<Arc<Self>> {
+        let trust = Trust {
+            roots: creds.roots.clone(),
+            crl: None,
+        };
+        let config = build_server_config(&creds, &trust)?;
+        Ok(Arc::new(Self {
+            creds,
+            trust: Mutex::new(trust),
+            config: ArcSwap::from_pointee(config),
+            revoked: ArcSwap::from_pointee(HashSet::new()),
+        }))
+    }
+
+    /// The config the next handshake will use.
+    pub fn current(&self) -> Arc<ServerConfig> {
+        self.config.load_full()
+    }
+
+    /// Installs a new CRL (DER): later handshakes refuse its serials, and
+    /// [`Self::is_revoked`] reports them for connections already open.
+    pub fn set_crl(&self, der: &[u8]) -> Result<()> {
+        let info = CrlInfo::from_der(der, Path::new("<crl>"))?;
+        let mut trust = self.trust.lock().expect("trust lock poisoned");
+        let mut next = trust.clone();
+        next.crl = Some(CertificateRevocationListDer::from(der.to_vec()));
+        let config = build_server_config(&self.creds, &next)?;
+        *trust = next;
+        self.config.store(Arc::new(config));
+        self.revoked
+            .store(Arc::new(info.revoked.into_iter().collect()));
+        tracing::info!(crl.number = ?info.number, "new certificate revocation list in force");
+        Ok(())
+    }
+
+    /// Replaces the trusted CA certificates (e.g. adds a ministry's bundle).
+    pub fn set_roots(&self, roots: Vec<CertificateDer<'static>>) -> Result<()> {
+        let mut trust = self.trust.lock().expect("trust lock poisoned");
+        let mut next = trust.clone();
+        next.roots = roots;
+        let config = build_server_config(&self.creds, &next)?;
+        *trust = next;
+        self.config.store(Arc::new(config));
+        Ok(())
+    }
+
+    /// Whether the current CRL lists `serial` (normalised hex).
+    pub fn is_revoked(&self, serial: &str) -> bool {
+        self.revoked.load().contains(serial)
+    }
+
+    /// Accepts TCP connections on `listener` and yields the ones whose TLS
+    /// handshake succeeds, for tonic's `serve_with_incoming`. Each handshake
+    /// runs in its own task, so a slow client never holds up the others.
+    /// The accept loop ends when the returned stream is dropped.
+    pub fn incoming(
+        self: Arc<Self>,
+        listener: TcpListener,
+    ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    () = tx.closed() => return,
+                };
+                let (tcp, addr) = match accepted {
+                    Ok(pair) => pair,
+                    Err(error) => {
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                let acceptor = tokio_rustls::TlsAcceptor::from(self.current());
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            let _ = tx.send(Ok(stream)).await;
+                        }
+                        Ok(Err(error)) => {
+                            tracing::info!(client.addr = %addr, %error, "TLS handshake refused");
+                        }
+                        Err(_) => {
+                            tracing::info!(client.addr = %addr, "TLS handshake timed out; connection dropped");
+                        }
+                    }
+                });
+            }
+        });
+        tokio_stream::wrappers::ReceiverStream::new(rx)
+    }
+}
+
+fn build_server_config(creds: &Credentials, trust: &Trust) -> Result<ServerConfig> {
+    let provider = provider();
+    let mut verifier =
+        WebPkiClientVerifier::builder_with_provider(root_store(&trust.roots)?, provider.clone());
+    if let Some(crl) = &trust.crl {
+        verifier = verifier.with_crls([crl.clone()]);
+    }
+    let verifier = verifier
+        .build()
+        .map_err(|e| CertError::Tls(format!("client verifier: {e}")))?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| CertError::Tls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(creds.chain.clone(), creds.key.clone_key())
+        .map_err(|e| CertError::Tls(format!("server certificate and key: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// A tonic client endpoint that presents `creds` and trusts their CA.
+/// `server_name` is the name checked in the server's certificate
+/// (`localhost` by default, which `lgsp ca issue` puts in every certificate).
+pub fn client_endpoint(
+    uri: &str,
+    creds: &Credentials,
+    server_name: Option<&str>,
+) -> Result<tonic::transport::Endpoint> {
+    let uri = if uri.contains("://") {
+        uri.to_owned()
+    } else {
+        format!("https://{uri}")
+    };
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&creds.ca_pem))
+        .identity(tonic::transport::Identity::from_pem(
+            &creds.cert_pem,
+            &creds.key_pem,
+        ))
+        .domain_name(server_name.unwrap_or("localhost"));
+    tonic::transport::Endpoint::from_shared(uri.clone())
+        .map_err(|e| CertError::Tls(format!("bad endpoint {uri:?}: {e}")))?
+        .tls_config(tls)
+        .map_err(|e| CertError::Tls(e.to_string()))
+        .map(|e| e.connect_timeout(Duration::from_secs(5)).tcp_nodelay(true))
+}
+
+/// Puts into plain words why a call failed at the TLS layer. Under TLS 1.3 a
+/// server's refusal of the client certificate only shows at the first call,
+/// as a bare "transport error"; this names the cause.
+pub fn explain_status(status: &tonic::Status) -> String {
+    let mut chain = status.message().to_owned();
+    let mut source = std::error::Error::source(status);
+    while let Some(s) = source {
+        chain.push_str(": ");
+        chain.push_str(&s.to_string());
+        source = s.source();
+    }
+    let cause = [
+        (
+            "CertificateRequired",
+            "the server requires a client certificate and none was presented",
+        ),
+        (
+            "CertificateRevoked",
+            "the server refused our certificate: it is revoked",
+        ),
+        (
+            "CertificateExpired",
+            "the server refused our certificate: it has expired or is not yet valid",
+        ),
+        (
+            "UnknownCA",
+            "the server refused our certificate: it was not issued by a CA the server trusts",
+        ),
+        (
+            "DecryptError",
+            "the server refused our certificate: it was not issued by a CA the server trusts (its signature does not verify against the trusted CA of the same name)",
+        ),
+        (
+            "BadCertificate",
+            "the server refused our certificate as malformed or unusable",
+        ),
+        (
+            "UnknownIssuer",
+            "the server's certificate was not issued by a CA we trust",
+        ),
+        (
+            "NotValidForName",
+            "the server's certificate does not name the host we connected to",
+        ),
+        ("Connection refused", "nothing is listening at that address"),
+    ]
+    .into_iter()
+    .find(|(needle, _)| chain.contains(needle));
+    match cause {
+        Some((_, words)) => format!("{words} ({chain})"),
+        None => chain,
+    }
+}

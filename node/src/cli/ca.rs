@@ -1,0 +1,303 @@
+//! `lgsp ca`: the provincial PKI from the command line.
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use lgsp_certs::ca::{CertificateAuthority, LeafSpec, make_csr, parse_reason};
+use lgsp_certs::inspect::{CertInfo, CrlInfo};
+use lgsp_certs::{AgencyCode, Role, SpiffeId, TlsFiles, write_atomic, write_new};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Make a new root CA (ECDSA P-256) in DIR. Run once, at the provincial IT
+    /// department; the key file is written with mode 0600 and an existing CA
+    /// is never overwritten.
+    Init {
+        /// Directory for ca.crt, ca.key and ca.json (created if missing).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// The province's trust domain, a DNS name, e.g. vinhphuc.gov.vn.
+        #[arg(long, value_name = "DOMAIN")]
+        trust_domain: String,
+        /// Display name of the CA (UTF-8), e.g. "CA tỉnh Vĩnh Phúc".
+        #[arg(long)]
+        name: Option<String>,
+        /// How long the CA certificate is valid, in days.
+        #[arg(long, default_value_t = 3650)]
+        days: i64,
+    },
+    /// Make a key and issue its certificate in one step (development and
+    /// tests). In production use `csr` on the agency's server and `sign` here,
+    /// so the key never leaves the server that uses it.
+    Issue {
+        /// The CA directory made by `lgsp ca init`.
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        #[command(flatten)]
+        leaf: LeafArgs,
+        /// Directory for cert.pem, key.pem (mode 0600) and ca.pem.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// How long the certificate is valid, in days.
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+    },
+    /// On the agency's server: make a key and a certificate signing request
+    /// (CSR) for the CA. The key stays in DIR; send only csr.pem.
+    Csr {
+        #[command(flatten)]
+        leaf: LeafArgs,
+        /// The province's trust domain, e.g. vinhphuc.gov.vn.
+        #[arg(long, value_name = "DOMAIN")]
+        trust_domain: String,
+        /// Directory for key.pem (mode 0600) and csr.pem.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// At the provincial IT department: check a CSR and sign it. A CSR whose
+    /// identity is malformed or of another trust domain is refused.
+    Sign {
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        /// The csr.pem made by `lgsp ca csr`.
+        #[arg(long, value_name = "FILE")]
+        csr: PathBuf,
+        /// Where to write the signed certificate (PEM).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+    },
+    /// Revoke a certificate the CA issued. Publish a new CRL (`lgsp ca crl`)
+    /// for peers to refuse it.
+    Revoke {
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        /// The serial in hex, as `lgsp ca show` prints it (colons allowed).
+        #[arg(long)]
+        serial: String,
+        /// unspecified, key-compromise, affiliation-changed, superseded or
+        /// cessation-of-operation.
+        #[arg(long, default_value = "unspecified")]
+        reason: String,
+    },
+    /// Sign a certificate revocation list of every revoked certificate.
+    Crl {
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        /// Where to write the CRL (PEM).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Days until the next CRL is due.
+        #[arg(long, default_value_t = 7)]
+        days: i64,
+    },
+    /// Print what a certificate, CSR or CRL file says, in plain words.
+    Show {
+        /// A PEM or DER file.
+        file: PathBuf,
+    },
+}
+
+/// The identity and hosts a certificate is for.
+#[derive(Debug, Args)]
+pub struct LeafArgs {
+    /// node, registry, hub or admin.
+    #[arg(long, value_parser = parse_role)]
+    role: Role,
+    /// The agency's QCVN 102 code, e.g. 000.00.12.H62.
+    #[arg(long, value_name = "CODE", value_parser = parse_agency)]
+    agency: AgencyCode,
+    /// The holder's name, the SPIFFE ID's last part (e.g. node-1).
+    #[arg(long)]
+    name: String,
+    /// The agency's display name (UTF-8), e.g. "Sở Tư pháp tỉnh Vĩnh Phúc".
+    #[arg(long)]
+    display_name: Option<String>,
+    /// DNS names the holder serves under (repeat the flag for several).
+    #[arg(long = "dns", value_name = "NAME", default_values = ["localhost"])]
+    dns: Vec<String>,
+    /// IP addresses the holder serves on (repeat the flag for several).
+    #[arg(long = "ip", value_name = "ADDR", default_values = ["127.0.0.1"])]
+    ip: Vec<IpAddr>,
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    s.parse().map_err(|e: lgsp_certs::CertError| e.to_string())
+}
+
+fn parse_agency(s: &str) -> Result<AgencyCode, String> {
+    AgencyCode::new(s).map_err(|e| e.to_string())
+}
+
+impl LeafArgs {
+    fn spec(&self, trust_domain: &str, days: i64) -> Result<LeafSpec> {
+        let id = SpiffeId::new(trust_domain, self.agency.clone(), self.role, &self.name)?;
+        let mut spec = LeafSpec::for_days(id, days)?;
+        spec.display_name = self.display_name.clone();
+        spec.dns = self.dns.clone();
+        spec.ips = self.ip.clone();
+        for d in &spec.dns {
+            lgsp_certs::ca::validate_dns_name(d)?;
+        }
+        Ok(spec)
+    }
+}
+
+pub fn run(cmd: CaCommand) -> Result<()> {
+    match cmd {
+        CaCommand::Init {
+            dir,
+            trust_domain,
+            name,
+            days,
+        } => {
+            let name = name.unwrap_or_else(|| format!("lgsp provincial CA {trust_domain}"));
+            let ca = CertificateAuthority::init(&dir, &trust_domain, &name, days)?;
+            println!(
+                "Made CA {:?} for trust domain {} in {}",
+                ca.name(),
+                ca.trust_domain(),
+                dir.display()
+            );
+            println!(
+                "  {} is the trust anchor to give every node and server",
+                dir.join("ca.crt").display()
+            );
+            println!(
+                "  {} is the CA key (mode 0600): keep it offline and backed up",
+                dir.join("ca.key").display()
+            );
+        }
+        CaCommand::Issue {
+            ca,
+            leaf,
+            out,
+            days,
+        } => {
+            let mut ca = CertificateAuthority::open(&ca)?;
+            let spec = leaf.spec(ca.trust_domain(), days)?;
+            let files = TlsFiles::in_dir(&out);
+            refuse_existing(&[&files.cert, &files.key])?;
+            let issued = ca.issue(&spec)?;
+            std::fs::create_dir_all(&out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
+            write_new(&files.key, issued.key_pem.as_bytes(), 0o600)?;
+            write_new(&files.cert, issued.cert_pem.as_bytes(), 0o644)?;
+            write_atomic(&files.ca, ca.cert_pem().as_bytes(), 0o644)?;
+            println!("Issued {} (serial {})", spec.id, issued.serial);
+            println!(
+                "  wrote {}, {} (mode 0600) and {}",
+                files.cert.display(),
+                files.key.display(),
+                files.ca.display()
+            );
+        }
+        CaCommand::Csr {
+            leaf,
+            trust_domain,
+            out,
+        } => {
+            let spec = leaf.spec(&trust_domain, 365)?;
+            let key_path = out.join("key.pem");
+            let csr_path = out.join("csr.pem");
+            refuse_existing(&[&key_path, &csr_path])?;
+            let (csr_pem, key_pem) = make_csr(&spec)?;
+            std::fs::create_dir_all(&out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
+            write_new(&key_path, key_pem.as_bytes(), 0o600)?;
+            write_new(&csr_path, csr_pem.as_bytes(), 0o644)?;
+            println!("Made a key and a signing request for {}", spec.id);
+            println!(
+                "  {} stays here (mode 0600); send {} to the provincial IT department (Sở TT&TT)",
+                key_path.display(),
+                csr_path.display()
+            );
+        }
+        CaCommand::Sign { ca, csr, out, days } => {
+            let mut ca = CertificateAuthority::open(&ca)?;
+            let pem = std::fs::read_to_string(&csr)
+                .with_context(|| format!("cannot read {}", csr.display()))?;
+            let request = ca.check_csr(&pem, &csr, days)?;
+            refuse_existing(&[&out])?;
+            let id = request.spec.id.clone();
+            let (cert_pem, serial) = ca.sign(request)?;
+            write_new(&out, cert_pem.as_bytes(), 0o644)?;
+            println!("Signed {id} (serial {serial}) into {}", out.display());
+        }
+        CaCommand::Revoke { ca, serial, reason } => {
+            let reason = parse_reason(&reason)?;
+            let mut ca = CertificateAuthority::open(&ca)?;
+            let serial = ca.revoke(&serial, reason)?;
+            println!(
+                "Revoked serial {serial}; run `lgsp ca crl` and publish the CRL for peers to refuse it"
+            );
+        }
+        CaCommand::Crl { ca, out, days } => {
+            let mut ca = CertificateAuthority::open(&ca)?;
+            let crl = ca.sign_crl(days)?;
+            write_atomic(&out, crl.pem.as_bytes(), 0o644)?;
+            println!(
+                "Signed CRL number {} listing {} revoked certificate(s) into {}",
+                crl.number,
+                crl.revoked.len(),
+                out.display()
+            );
+        }
+        CaCommand::Show { file } => show(&file)?,
+    }
+    Ok(())
+}
+
+fn refuse_existing(paths: &[&Path]) -> Result<()> {
+    for p in paths {
+        if p.exists() {
+            bail!("{} already exists; refusing to overwrite it", p.display());
+        }
+    }
+    Ok(())
+}
+
+fn show(file: &Path) -> Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let blocks = match std::str::from_utf8(&bytes) {
+        Ok(text) if text.contains("-----BEGIN") => pem_blocks(text, file)?,
+        _ => vec![(String::new(), bytes)],
+    };
+    for (i, (label, der)) in blocks.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        match label.as_str() {
+            "CERTIFICATE" => println!("{}", CertInfo::from_der(der, file)?),
+            "X509 CRL" => println!("{}", CrlInfo::from_der(der, file)?),
+            "CERTIFICATE REQUEST" => show_csr(der, file)?,
+            "" => match CertInfo::from_der(der, file) {
+                Ok(info) => println!("{info}"),
+                Err(_) => println!(
+                    "{}",
+                    CrlInfo::from_der(der, file).with_context(|| {
+                        format!("{} is neither a certificate nor a CRL", file.display())
+                    })?
+                ),
+            },
+            other => bail!(
+                "{}: a PEM block {other:?} is not something lgsp shows (certificates, CSRs and CRLs are)",
+                file.display()
+            ),
+        }
+    }
+    Ok(())
+}
+
+fn pem_blocks(text: &str, file: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    use lgsp_certs::inspect::pem_blocks as parse;
+    parse(text).with_context(|| format!("{}: malformed PEM", file.display()))
+}
+
+fn show_csr(der: &[u8], file: &Path) -> Result<()> {
+    let info = lgsp_certs::inspect::CsrInfo::from_der(der, file)?;
+    println!("{info}");
+    Ok(())
+}

@@ -1,0 +1,14 @@
+//! The lgsp.v1 protocol: every message and gRPC service lgsp speaks, generated
+//! at build time from the `.proto` files under `proto/lgsp/v1`.
+
+/// Generated code for package `lgsp.v1`.
+pub mod v1 {
+    #![allow(clippy::all, clippy::pedantic)] // generated code is not ours to lint
+    tonic::include_proto!("lgsp.v1");
+}
+
+/// The encoded `FileDescriptorSet` of every lgsp.v1 file, for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/lgsp_descriptor.bin"));
+
+pub use v1::*;

@@ -1,0 +1,172 @@
+//! Helpers for lgsp's system tests: a throw-away PKI, servers on
+//! 127.0.0.1:0 behind real mTLS, and the `lgsp` binary as a real process.
+
+use lgsp_certs::ca::{CertificateAuthority, LeafSpec};
+use lgsp_certs::{AgencyCode, Authenticator, Credentials, Role, ServerTls, SpiffeId, WhoAmI};
+use lgsp_proto::identity_service_client::IdentityServiceClient;
+use lgsp_proto::identity_service_server::IdentityServiceServer;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const TRUST_DOMAIN: &str = "vinhphuc.gov.vn";
+
+/// A CA in a temporary directory, minting credentials for tests.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub ca: CertificateAuthority,
+}
+
+impl Pki {
+    pub fn new(trust_domain: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca =
+            CertificateAuthority::init(&dir.path().join("ca"), trust_domain, "CA tỉnh thử", 30)
+                .expect("ca init");
+        Self { dir, ca }
+    }
+
+    pub fn ca_dir(&self) -> PathBuf {
+        self.dir.path().join("ca")
+    }
+
+    /// A spec for `agency`'s `role` named `name`, valid for a day.
+    pub fn spec(&self, agency: &str, role: Role, name: &str) -> LeafSpec {
+        let id = SpiffeId::new(
+            self.ca.trust_domain(),
+            AgencyCode::new(agency).expect("agency code"),
+            role,
+            name,
+        )
+        .expect("spiffe id");
+        LeafSpec::for_days(id, 1).expect("spec")
+    }
+
+    /// Issues credentials for `spec`; returns them and the serial.
+    pub fn issue_spec(&mut self, spec: &LeafSpec) -> (Credentials, String) {
+        let issued = self.ca.issue(spec).expect("issue");
+        let creds = Credentials::from_pem(&issued.cert_pem, &issued.key_pem, self.ca.cert_pem())
+            .expect("credentials");
+        (creds, issued.serial)
+    }
+
+    pub fn issue(&mut self, agency: &str, role: Role, name: &str) -> (Credentials, String) {
+        let spec = self.spec(agency, role, name);
+        self.issue_spec(&spec)
+    }
+}
+
+/// A running gRPC server answering `WhoAmI` behind mTLS and [`Authenticator`].
+pub struct WhoAmIServer {
+    pub addr: SocketAddr,
+    pub tls: Arc<ServerTls>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl WhoAmIServer {
+    pub async fn start(creds: Credentials, trust_domain: &str) -> Self {
+        let tls = ServerTls::new(creds).expect("server tls");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let auth = Authenticator::new(tls.clone(), trust_domain);
+        let incoming = tls.clone().incoming(listener);
+        let task = tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(IdentityServiceServer::with_interceptor(WhoAmI, auth))
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = rx.await;
+                })
+                .await
+                .expect("server");
+        });
+        Self {
+            addr,
+            tls,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+    }
+}
+
+/// Connects with `endpoint` and asks who we are. The error, if any, is the
+/// explained message a user would see.
+pub async fn who_am_i(
+    endpoint: tonic::transport::Endpoint,
+) -> Result<lgsp_proto::Identity, String> {
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| explain_transport(&e))?;
+    call_who_am_i(&mut IdentityServiceClient::new(channel)).await
+}
+
+/// One `WhoAmI` call on an existing connection.
+pub async fn call_who_am_i(
+    client: &mut IdentityServiceClient<tonic::transport::Channel>,
+) -> Result<lgsp_proto::Identity, String> {
+    client
+        .who_am_i(lgsp_proto::WhoAmIRequest {})
+        .await
+        .map(|r| r.into_inner().identity.expect("identity"))
+        .map_err(|s| format!("{:?}: {}", s.code(), lgsp_certs::tls::explain_status(&s)))
+}
+
+fn explain_transport(error: &tonic::transport::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// The `lgsp` binary next to the test executable (built by the README's test
+/// command before the tests run).
+pub fn lgsp_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile dir");
+    let bin = profile_dir.join("lgsp");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --bin lgsp` before the tests (the README's test command does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs `lgsp` with `args` and returns what it did.
+pub fn lgsp(args: &[&str]) -> Output {
+    std::process::Command::new(lgsp_bin())
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run lgsp")
+}
+
+/// The lines of `output`'s standard error.
+pub fn stderr_lines(output: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
