@@ -8,6 +8,7 @@ const PROTOS: &[&str] = &[
     "lgsp/v1/identity.proto",
     "lgsp/v1/catalog.proto",
     "lgsp/v1/exchange.proto",
+    "lgsp/v1/registry.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

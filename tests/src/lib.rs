@@ -1,6 +1,8 @@
 //! Helpers for lgsp's system tests: a throw-away PKI, servers on
 //! 127.0.0.1:0 behind real mTLS, and the `lgsp` binary as a real process.
 
+pub mod cluster;
+
 use lgsp_certs::ca::{CertificateAuthority, LeafSpec};
 use lgsp_certs::{AgencyCode, Authenticator, Credentials, Role, ServerTls, SpiffeId, WhoAmI};
 use lgsp_proto::identity_service_client::IdentityServiceClient;

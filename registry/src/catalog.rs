@@ -1,0 +1,582 @@
+//! The catalog state machine: agencies, nodes, services, grants and the CRL,
+//! with a global revision, per-record create/modify revisions and a history
+//! of changes for `Watch`.
+//!
+//! Every command is checked twice: by the server that receives it, before
+//! proposing (a quick, precise refusal), and by every server when the
+//! committed entry is applied (the authoritative, deterministic decision,
+//! since the catalog may have changed in between).
+//!
+//! Keys (in the same sled tree as the raft state, see `storage.rs`):
+//! `c:<kind>:<key>` records, `w:<revision BE>` history events, `s:rev` the
+//! revision, `s:compact_rev` the oldest revision in the history,
+//! `s:member:<id BE>` members' addresses.
+
+use crate::error::{CatalogError, RegistryError};
+use crate::storage::{storage_err, u64_value};
+use lgsp_certs::identity::{AgencyCode, Role, SpiffeId, validate_name};
+use lgsp_proto::catalog_record::Value;
+use lgsp_proto::command::Op;
+use lgsp_proto::watch_event::Type as EventType;
+use lgsp_proto::{
+    CatalogRecord, CatalogSnapshot, Command, GrantStatus, Member, Meta, RecordKind, RecordRef,
+    ServiceKind, ServiceStatus, WatchEvent,
+};
+use prost::Message as _;
+
+/// The largest record the catalog accepts, encoded.
+pub const MAX_RECORD_BYTES: usize = 64 * 1024;
+
+const REVISION: &[u8] = b"s:rev";
+const COMPACT_REVISION: &[u8] = b"s:compact_rev";
+const MEMBER_PREFIX: &[u8] = b"s:member:";
+const HISTORY_PREFIX: &[u8] = b"w:";
+const RECORD_PREFIX: &[u8] = b"c:";
+
+fn record_prefix(kind: RecordKind) -> Vec<u8> {
+    let mut k = RECORD_PREFIX.to_vec();
+    k.push(kind as u8);
+    k.push(b':');
+    k
+}
+
+fn record_db_key(kind: RecordKind, key: &str) -> Vec<u8> {
+    let mut k = record_prefix(kind);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+fn history_key(revision: u64) -> Vec<u8> {
+    let mut k = HISTORY_PREFIX.to_vec();
+    k.extend_from_slice(&revision.to_be_bytes());
+    k
+}
+
+fn member_key(id: u64) -> Vec<u8> {
+    let mut k = MEMBER_PREFIX.to_vec();
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+/// The current catalog revision.
+pub fn revision(db: &sled::Db) -> u64 {
+    u64_value(db.get(REVISION).ok().flatten())
+}
+
+/// The oldest revision a watch can start from.
+pub fn compact_revision(db: &sled::Db) -> u64 {
+    u64_value(db.get(COMPACT_REVISION).ok().flatten()).max(1)
+}
+
+/// Reads one record.
+pub fn get(
+    db: &sled::Db,
+    kind: RecordKind,
+    key: &str,
+) -> Result<Option<CatalogRecord>, RegistryError> {
+    match db.get(record_db_key(kind, key)).map_err(storage_err)? {
+        Some(v) => Ok(Some(
+            CatalogRecord::decode(v.as_ref()).map_err(|e| RegistryError::Storage(e.to_string()))?,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// A filter and page for [`list`].
+#[derive(Clone, Debug, Default)]
+pub struct ListQuery {
+    pub kind: i32,
+    pub prefix: String,
+    pub keyword: String,
+    pub service_status: i32,
+    pub page_size: u32,
+    pub page_token: String,
+}
+
+/// One page of records of a kind, in key order; the token is the last key
+/// returned when more may follow.
+pub fn list(db: &sled::Db, q: &ListQuery) -> Result<(Vec<CatalogRecord>, String), CatalogError> {
+    let kind = RecordKind::try_from(q.kind)
+        .ok()
+        .filter(|k| *k != RecordKind::Unspecified)
+        .ok_or_else(|| CatalogError::InvalidArgument("list needs a record kind".into()))?;
+    let page = match q.page_size {
+        0 => 100,
+        n => n.min(1000) as usize,
+    };
+    let keyword = q.keyword.to_lowercase();
+    let prefix = record_db_key(kind, &q.prefix);
+    let start = if q.page_token.is_empty() {
+        prefix.clone()
+    } else {
+        let mut k = record_db_key(kind, &q.page_token);
+        k.push(0);
+        k
+    };
+    let mut out = Vec::new();
+    for item in db.range(start..) {
+        let (k, v) = item.map_err(|e| CatalogError::Internal(e.to_string()))?;
+        if !k.starts_with(&prefix) {
+            break;
+        }
+        let record =
+            CatalogRecord::decode(v.as_ref()).map_err(|e| CatalogError::Internal(e.to_string()))?;
+        if let Some(Value::Service(s)) = &record.value {
+            if q.service_status != 0 && s.status != q.service_status {
+                continue;
+            }
+            if !keyword.is_empty()
+                && ![&s.id, &s.name, &s.description]
+                    .iter()
+                    .any(|f| f.to_lowercase().contains(&keyword))
+            {
+                continue;
+            }
+        } else if !keyword.is_empty() && !record_text(&record).to_lowercase().contains(&keyword) {
+            continue;
+        }
+        if out.len() == page {
+            let token = out
+                .last()
+                .map(|r: &CatalogRecord| r.key.clone())
+                .unwrap_or_default();
+            return Ok((out, token));
+        }
+        out.push(record);
+    }
+    Ok((out, String::new()))
+}
+
+fn record_text(record: &CatalogRecord) -> String {
+    match &record.value {
+        Some(Value::Agency(a)) => format!("{} {}", a.code, a.name),
+        Some(Value::Node(n)) => format!("{} {} {}", n.agency_code, n.name, n.endpoint),
+        _ => record.key.clone(),
+    }
+}
+
+/// The kind and key a record's value determines; a put's key is never taken
+/// from the client.
+pub fn key_of(value: &Value) -> (RecordKind, String) {
+    match value {
+        Value::Agency(a) => (RecordKind::Agency, a.code.clone()),
+        Value::Node(n) => (RecordKind::Node, format!("{}/{}", n.agency_code, n.name)),
+        Value::Service(s) => (RecordKind::Service, s.id.clone()),
+        Value::Grant(g) => (
+            RecordKind::Grant,
+            format!("{}|{}", g.service_id, g.consumer_agency),
+        ),
+        Value::Crl(_) => (RecordKind::Crl, "current".into()),
+    }
+}
+
+/// The agency that owns a record, or `None` for records only the provincial
+/// admin may change (the CRL).
+fn owner_of(kind: RecordKind, key: &str) -> Option<&str> {
+    match kind {
+        RecordKind::Agency => Some(key),
+        RecordKind::Node | RecordKind::Service | RecordKind::Grant => key.split('/').next(),
+        RecordKind::Crl | RecordKind::Unspecified => None,
+    }
+}
+
+fn authorize(actor: &SpiffeId, kind: RecordKind, key: &str) -> Result<(), CatalogError> {
+    if actor.role == Role::Admin {
+        return Ok(());
+    }
+    let owner = owner_of(kind, key);
+    let allowed =
+        matches!(actor.role, Role::Node | Role::Hub) && owner == Some(actor.agency.as_str());
+    if allowed {
+        return Ok(());
+    }
+    Err(CatalogError::PermissionDenied(match owner {
+        Some(owner) => format!(
+            "{actor} may change only records of agency {}; {kind:?} {key:?} belongs to agency {owner} (or ask the provincial admin)",
+            actor.agency
+        ),
+        None => format!(
+            "only the provincial admin may change the {kind:?} record; {actor} is not an admin"
+        ),
+    }))
+}
+
+/// Splits a service id `<agency-code>/<service-name>` and validates both parts.
+pub fn parse_service_id(id: &str) -> Result<(AgencyCode, &str), CatalogError> {
+    let bad = |why: String| {
+        CatalogError::InvalidArgument(format!(
+            "malformed service id {id:?}: {why} (expected <agency-code>/<service-name>, e.g. 000.00.12.H62/ho-tich)"
+        ))
+    };
+    let (agency, name) = id.split_once('/').ok_or_else(|| bad("no '/'".into()))?;
+    let agency = AgencyCode::new(agency).map_err(|e| bad(e.to_string()))?;
+    validate_name(name).map_err(|e| bad(e.to_string()))?;
+    Ok((agency, name))
+}
+
+fn exists(db: &sled::Db, kind: RecordKind, key: &str) -> Result<bool, CatalogError> {
+    db.contains_key(record_db_key(kind, key))
+        .map_err(|e| CatalogError::Internal(e.to_string()))
+}
+
+fn require_agency(db: &sled::Db, code: &str) -> Result<(), CatalogError> {
+    if exists(db, RecordKind::Agency, code)? {
+        Ok(())
+    } else {
+        Err(CatalogError::FailedPrecondition(format!(
+            "agency {code} is not registered; the provincial admin registers it with `lgsp agency register`"
+        )))
+    }
+}
+
+fn text(field: &str, value: &str, max: usize, required: bool) -> Result<(), CatalogError> {
+    if required && value.trim().is_empty() {
+        return Err(CatalogError::InvalidArgument(format!("{field} is empty")));
+    }
+    if value.chars().count() > max {
+        return Err(CatalogError::InvalidArgument(format!(
+            "{field} is longer than {max} characters"
+        )));
+    }
+    if value
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        return Err(CatalogError::InvalidArgument(format!(
+            "{field} contains control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a put's value and fills in defaults; returns the value to store.
+fn check_value(db: &sled::Db, mut value: Value) -> Result<Value, CatalogError> {
+    match &mut value {
+        Value::Agency(a) => {
+            AgencyCode::new(&a.code).map_err(|e| CatalogError::InvalidArgument(e.to_string()))?;
+            text("agency name", &a.name, 200, true)?;
+            if let Some(fp) = &a.focal_point {
+                text("focal point name", &fp.name, 200, false)?;
+                text("focal point phone", &fp.phone, 40, false)?;
+                text("focal point email", &fp.email, 200, false)?;
+                if !fp.email.is_empty() && !fp.email.contains('@') {
+                    return Err(CatalogError::InvalidArgument(format!(
+                        "focal point email {:?} has no '@'",
+                        fp.email
+                    )));
+                }
+            }
+        }
+        Value::Node(n) => {
+            AgencyCode::new(&n.agency_code)
+                .map_err(|e| CatalogError::InvalidArgument(e.to_string()))?;
+            validate_name(&n.name).map_err(|e| CatalogError::InvalidArgument(e.to_string()))?;
+            require_agency(db, &n.agency_code)?;
+            let port_ok = n
+                .endpoint
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !port_ok {
+                return Err(CatalogError::InvalidArgument(format!(
+                    "node endpoint {:?} is not host:port",
+                    n.endpoint
+                )));
+            }
+            if !n.cert_sha256.is_empty()
+                && (n.cert_sha256.len() != 64
+                    || !n.cert_sha256.bytes().all(|b| b.is_ascii_hexdigit()))
+            {
+                return Err(CatalogError::InvalidArgument(
+                    "certificate fingerprint must be 64 hex digits (SHA-256)".into(),
+                ));
+            }
+        }
+        Value::Service(s) => {
+            let (agency, name) = parse_service_id(&s.id)?;
+            if s.agency_code.is_empty() {
+                s.agency_code = agency.to_string();
+            }
+            if s.name.is_empty() {
+                s.name = name.to_owned();
+            }
+            if s.agency_code != agency.as_str() || s.name != name {
+                return Err(CatalogError::InvalidArgument(format!(
+                    "service id {:?} does not match agency {:?} and name {:?}",
+                    s.id, s.agency_code, s.name
+                )));
+            }
+            require_agency(db, &s.agency_code)?;
+            text("service description", &s.description, 4000, false)?;
+            text("service version", &s.version, 40, false)?;
+            if ServiceKind::try_from(s.kind).unwrap_or_default() == ServiceKind::Unspecified {
+                return Err(CatalogError::InvalidArgument(
+                    "service kind is missing: dataset, http or grpc".into(),
+                ));
+            }
+            if s.status == 0 {
+                s.status = ServiceStatus::Active as i32;
+            }
+            if !s.node.is_empty()
+                && !exists(
+                    db,
+                    RecordKind::Node,
+                    &format!("{}/{}", s.agency_code, s.node),
+                )?
+            {
+                return Err(CatalogError::FailedPrecondition(format!(
+                    "node {:?} of agency {} is not registered",
+                    s.node, s.agency_code
+                )));
+            }
+            if !s.schema_json.is_empty() {
+                serde_json::from_str::<serde_json::Value>(&s.schema_json).map_err(|e| {
+                    CatalogError::InvalidArgument(format!("service schema is not JSON: {e}"))
+                })?;
+            }
+        }
+        Value::Grant(g) => {
+            parse_service_id(&g.service_id)?;
+            AgencyCode::new(&g.consumer_agency)
+                .map_err(|e| CatalogError::InvalidArgument(e.to_string()))?;
+            if !exists(db, RecordKind::Service, &g.service_id)? {
+                return Err(CatalogError::FailedPrecondition(format!(
+                    "service {} is not published",
+                    g.service_id
+                )));
+            }
+            require_agency(db, &g.consumer_agency)?;
+            if g.status == 0 {
+                g.status = GrantStatus::Active as i32;
+            }
+            text("grant reason", &g.reason, 1000, false)?;
+        }
+        Value::Crl(c) => {
+            if c.der.is_empty() {
+                return Err(CatalogError::InvalidArgument("the CRL is empty".into()));
+            }
+        }
+    }
+    Ok(value)
+}
+
+/// A command checked against the catalog: what to write.
+#[derive(Debug)]
+pub struct Checked {
+    kind: RecordKind,
+    key: String,
+    /// The value to store, or `None` to delete.
+    value: Option<Value>,
+    previous: Option<CatalogRecord>,
+}
+
+/// Checks `command` from `actor` against the catalog as it is now.
+pub fn check(db: &sled::Db, actor: &SpiffeId, command: &Command) -> Result<Checked, CatalogError> {
+    let (kind, key, value) = match &command.op {
+        Some(Op::Put(record)) => {
+            let value = record
+                .value
+                .clone()
+                .ok_or_else(|| CatalogError::InvalidArgument("put without a value".into()))?;
+            let size = record.encoded_len();
+            if size > MAX_RECORD_BYTES {
+                return Err(CatalogError::InvalidArgument(format!(
+                    "the record is {size} bytes; the catalog accepts at most {MAX_RECORD_BYTES}"
+                )));
+            }
+            let (kind, key) = key_of(&value);
+            if !record.key.is_empty() && record.key != key {
+                return Err(CatalogError::InvalidArgument(format!(
+                    "record key {:?} does not match its value (expected {key:?})",
+                    record.key
+                )));
+            }
+            authorize(actor, kind, &key)?;
+            (kind, key, Some(check_value(db, value)?))
+        }
+        Some(Op::Delete(RecordRef { kind, key })) => {
+            let kind = RecordKind::try_from(*kind)
+                .ok()
+                .filter(|k| *k != RecordKind::Unspecified)
+                .ok_or_else(|| {
+                    CatalogError::InvalidArgument("delete needs a record kind".into())
+                })?;
+            authorize(actor, kind, key)?;
+            (kind, key.clone(), None)
+        }
+        None => return Err(CatalogError::InvalidArgument("empty command".into())),
+    };
+    let previous = get(db, kind, &key).map_err(|e| CatalogError::Internal(e.to_string()))?;
+    if kind == RecordKind::Agency && previous.is_none() && actor.role != Role::Admin {
+        return Err(CatalogError::PermissionDenied(format!(
+            "only the provincial admin registers new agencies; {actor} may update agency {} once it is registered",
+            actor.agency
+        )));
+    }
+    let actual = previous
+        .as_ref()
+        .and_then(|r| r.meta.as_ref())
+        .map_or(0, |m| m.mod_revision);
+    if command.must_not_exist && previous.is_some() {
+        return Err(CatalogError::Conflict(format!(
+            "{kind:?} {key:?} already exists (mod revision {actual})"
+        )));
+    }
+    if command.expected_mod_revision != 0 && command.expected_mod_revision != actual {
+        return Err(CatalogError::Conflict(format!(
+            "{kind:?} {key:?} is at mod revision {actual}, not the expected {}",
+            command.expected_mod_revision
+        )));
+    }
+    if value.is_none() && previous.is_none() {
+        return Err(CatalogError::NotFound(format!(
+            "{kind:?} {key:?} does not exist"
+        )));
+    }
+    Ok(Checked {
+        kind,
+        key,
+        value,
+        previous,
+    })
+}
+
+/// Adds a checked change to `batch` at the next revision; returns the stored
+/// record (for a put) and the history event.
+pub fn apply(
+    db: &sled::Db,
+    batch: &mut sled::Batch,
+    checked: Checked,
+) -> (Option<CatalogRecord>, WatchEvent) {
+    let rev = revision(db) + 1;
+    let Checked {
+        kind,
+        key,
+        value,
+        previous,
+    } = checked;
+    let (record, event_type, event_record) = match value {
+        Some(value) => {
+            let create = previous
+                .as_ref()
+                .and_then(|r| r.meta.as_ref())
+                .map_or(rev, |m| m.create_revision);
+            let record = CatalogRecord {
+                kind: kind as i32,
+                key: key.clone(),
+                meta: Some(Meta {
+                    create_revision: create,
+                    mod_revision: rev,
+                }),
+                value: Some(value),
+            };
+            batch.insert(record_db_key(kind, &key), record.encode_to_vec());
+            (Some(record.clone()), EventType::Put, record)
+        }
+        None => {
+            batch.remove(record_db_key(kind, &key));
+            let mut last = previous.unwrap_or_default();
+            last.meta.get_or_insert_with(Meta::default).mod_revision = rev;
+            (None, EventType::Delete, last)
+        }
+    };
+    let event = WatchEvent {
+        r#type: event_type as i32,
+        revision: rev,
+        record: Some(event_record),
+    };
+    batch.insert(history_key(rev), event.encode_to_vec());
+    batch.insert(REVISION, &rev.to_be_bytes());
+    (record, event)
+}
+
+/// History events from `from` on, in order, up to the current revision.
+pub fn history(db: &sled::Db, from: u64) -> impl Iterator<Item = WatchEvent> + '_ {
+    db.range(history_key(from)..)
+        .take_while(|item| {
+            item.as_ref()
+                .is_ok_and(|(k, _)| k.starts_with(HISTORY_PREFIX))
+        })
+        .filter_map(|item| item.ok())
+        .filter_map(|(_, v)| WatchEvent::decode(v.as_ref()).ok())
+}
+
+/// Drops history older than the newest `keep` events.
+pub fn compact_history(db: &sled::Db, keep: u64) -> Result<(), RegistryError> {
+    let rev = revision(db);
+    let oldest = compact_revision(db);
+    if rev < keep || rev - keep <= oldest {
+        return Ok(());
+    }
+    let new_oldest = rev - keep + 1;
+    let mut batch = sled::Batch::default();
+    for key in db
+        .range(history_key(oldest)..history_key(new_oldest))
+        .keys()
+    {
+        batch.remove(key.map_err(storage_err)?);
+    }
+    batch.insert(COMPACT_REVISION, &new_oldest.to_be_bytes());
+    db.apply_batch(batch).map_err(storage_err)
+}
+
+/// Records members' addresses.
+pub fn put_member(batch: &mut sled::Batch, member: &Member) {
+    batch.insert(member_key(member.id), member.encode_to_vec());
+}
+
+pub fn remove_member(batch: &mut sled::Batch, id: u64) {
+    batch.remove(member_key(id));
+}
+
+/// Every member whose address this server knows.
+pub fn members(db: &sled::Db) -> Vec<Member> {
+    db.scan_prefix(MEMBER_PREFIX)
+        .values()
+        .filter_map(|v| v.ok())
+        .filter_map(|v| Member::decode(v.as_ref()).ok())
+        .collect()
+}
+
+/// The whole state machine, encoded, for a raft snapshot.
+pub fn snapshot_data(db: &sled::Db) -> Result<Vec<u8>, RegistryError> {
+    let mut records = Vec::new();
+    for item in db.scan_prefix(RECORD_PREFIX).values() {
+        let v = item.map_err(storage_err)?;
+        records.push(
+            CatalogRecord::decode(v.as_ref()).map_err(|e| RegistryError::Storage(e.to_string()))?,
+        );
+    }
+    Ok(CatalogSnapshot {
+        revision: revision(db),
+        records,
+        members: members(db),
+    }
+    .encode_to_vec())
+}
+
+/// Replaces the state machine with a snapshot's, in `batch`. The history
+/// restarts after the snapshot's revision: older watchers must reload.
+pub fn restore(
+    db: &sled::Db,
+    batch: &mut sled::Batch,
+    data: &[u8],
+    _index: u64,
+) -> Result<(), RegistryError> {
+    let snapshot = CatalogSnapshot::decode(data)
+        .map_err(|e| RegistryError::Storage(format!("snapshot from the leader is damaged: {e}")))?;
+    for prefix in [RECORD_PREFIX, HISTORY_PREFIX, MEMBER_PREFIX] {
+        for key in db.scan_prefix(prefix).keys() {
+            batch.remove(key.map_err(storage_err)?);
+        }
+    }
+    for record in &snapshot.records {
+        let kind = RecordKind::try_from(record.kind).unwrap_or_default();
+        batch.insert(record_db_key(kind, &record.key), record.encode_to_vec());
+    }
+    for member in &snapshot.members {
+        put_member(batch, member);
+    }
+    batch.insert(REVISION, &snapshot.revision.to_be_bytes());
+    batch.insert(COMPACT_REVISION, &(snapshot.revision + 1).to_be_bytes());
+    Ok(())
+}

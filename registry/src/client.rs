@@ -1,0 +1,251 @@
+//! A registry client for nodes, hubs, tools and tests: it knows every
+//! server, moves on to the next when one is unavailable, and retries
+//! requests that were certainly not applied.
+
+use lgsp_certs::Credentials;
+use lgsp_proto::registry_client::RegistryClient as Grpc;
+use lgsp_proto::watch_event::Type as EventType;
+use lgsp_proto::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+/// How long a request keeps trying other servers.
+const RETRY_FOR: Duration = Duration::from_secs(10);
+
+/// A client of a registry cluster.
+#[derive(Debug, Clone)]
+pub struct RegistryClient {
+    servers: Vec<(String, Channel)>,
+    preferred: std::sync::Arc<AtomicUsize>,
+}
+
+/// Whether another server may be tried: the request was certainly not
+/// applied (unavailable), or it is a read, which is safe to repeat.
+fn transient(status: &Status, idempotent: bool) -> bool {
+    status.code() == Code::Unavailable
+        || (idempotent
+            && matches!(status.code(), Code::Unknown | Code::Cancelled)
+            && status.message().contains("transport error"))
+}
+
+impl RegistryClient {
+    /// A client of the servers at `endpoints` (host:port of their client
+    /// listeners), presenting `creds`. Connections are made on first use.
+    pub fn new(endpoints: &[String], creds: &Credentials) -> Result<Self, lgsp_certs::CertError> {
+        let mut servers = Vec::new();
+        for e in endpoints {
+            let endpoint = lgsp_certs::tls::client_endpoint(e, creds, None)?;
+            servers.push((e.clone(), endpoint.connect_lazy()));
+        }
+        Ok(Self {
+            servers,
+            preferred: std::sync::Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// The gRPC client of server `i`.
+    pub fn server(&self, i: usize) -> Grpc<Channel> {
+        Grpc::new(self.servers[i % self.servers.len()].1.clone())
+            .max_decoding_message_size(64 << 20)
+    }
+
+    /// Runs `call` on the preferred server, moving on through the others
+    /// while the answer is "unavailable" (so nothing was applied).
+    async fn retry<T, F, Fut>(&self, idempotent: bool, mut call: F) -> Result<T, Status>
+    where
+        F: FnMut(Grpc<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let deadline = Instant::now() + RETRY_FOR;
+        let n = self.servers.len();
+        let mut attempt = 0;
+        loop {
+            let i = (self.preferred.load(Ordering::Relaxed) + attempt) % n;
+            match call(self.server(i)).await {
+                Ok(r) => {
+                    self.preferred.store(i, Ordering::Relaxed);
+                    return Ok(r.into_inner());
+                }
+                Err(status) if transient(&status, idempotent) && Instant::now() < deadline => {
+                    tracing::debug!(server = %self.servers[i].0, error = %status.message(), "registry server unavailable; trying another");
+                    attempt += 1;
+                    if attempt % n == 0 {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+                Err(status) => {
+                    let explained = lgsp_certs::tls::explain_status(&status);
+                    return Err(Status::new(status.code(), explained));
+                }
+            }
+        }
+    }
+
+    /// Applies one command; retried only while it was certainly not applied.
+    pub async fn apply(&self, command: Command) -> Result<ApplyResponse, Status> {
+        self.retry(false, |mut c| {
+            let command = command.clone();
+            async move {
+                c.apply(ApplyRequest {
+                    command: Some(command),
+                })
+                .await
+            }
+        })
+        .await
+    }
+
+    /// Puts a record (unconditionally, or only at `expected_mod_revision`).
+    pub async fn put(
+        &self,
+        value: catalog_record::Value,
+        expected_mod_revision: u64,
+    ) -> Result<ApplyResponse, Status> {
+        self.apply(Command {
+            op: Some(command::Op::Put(CatalogRecord {
+                value: Some(value),
+                ..Default::default()
+            })),
+            expected_mod_revision,
+            must_not_exist: false,
+        })
+        .await
+    }
+
+    pub async fn delete(
+        &self,
+        kind: RecordKind,
+        key: &str,
+        expected_mod_revision: u64,
+    ) -> Result<ApplyResponse, Status> {
+        self.apply(Command {
+            op: Some(command::Op::Delete(RecordRef {
+                kind: kind as i32,
+                key: key.to_owned(),
+            })),
+            expected_mod_revision,
+            must_not_exist: false,
+        })
+        .await
+    }
+
+    /// Reads one record; linearizable unless `stale`.
+    pub async fn get(
+        &self,
+        kind: RecordKind,
+        key: &str,
+        stale: bool,
+    ) -> Result<GetResponse, Status> {
+        self.retry(true, |mut c| {
+            let request = GetRequest {
+                r#ref: Some(RecordRef {
+                    kind: kind as i32,
+                    key: key.to_owned(),
+                }),
+                stale,
+            };
+            async move { c.get(request).await }
+        })
+        .await
+    }
+
+    pub async fn list(&self, request: ListRequest) -> Result<ListResponse, Status> {
+        self.retry(true, |mut c| {
+            let request = request.clone();
+            async move { c.list(request).await }
+        })
+        .await
+    }
+
+    /// Every record of a list, following pages.
+    pub async fn list_all(
+        &self,
+        mut request: ListRequest,
+    ) -> Result<(Vec<CatalogRecord>, u64), Status> {
+        let mut all = Vec::new();
+        loop {
+            let page = self.list(request.clone()).await?;
+            all.extend(page.records);
+            if page.next_page_token.is_empty() {
+                return Ok((all, page.revision));
+            }
+            request.page_token = page.next_page_token;
+        }
+    }
+
+    pub async fn status(&self) -> Result<StatusResponse, Status> {
+        self.retry(
+            true,
+            |mut c| async move { c.status(StatusRequest {}).await },
+        )
+        .await
+    }
+
+    pub async fn add_member(
+        &self,
+        request: AddMemberRequest,
+    ) -> Result<MembershipResponse, Status> {
+        self.retry(true, |mut c| {
+            let request = request.clone();
+            async move { c.add_member(request).await }
+        })
+        .await
+    }
+
+    pub async fn remove_member(&self, id: u64) -> Result<MembershipResponse, Status> {
+        self.retry(true, |mut c| async move {
+            c.remove_member(RemoveMemberRequest { id }).await
+        })
+        .await
+    }
+
+    /// Follows every change from `from_revision` on, across servers: when a
+    /// server goes away the watch resumes on another from the next revision.
+    /// Ends after passing on a `COMPACTED` event (the caller reloads) or
+    /// when the receiver is dropped.
+    pub fn watch(&self, from_revision: u64) -> mpsc::Receiver<WatchEvent> {
+        let (tx, rx) = mpsc::channel(1024);
+        let client = self.clone();
+        tokio::spawn(async move {
+            let mut next = from_revision.max(1);
+            let mut attempt = 0usize;
+            loop {
+                let i = (client.preferred.load(Ordering::Relaxed) + attempt) % client.servers.len();
+                let stream = client
+                    .server(i)
+                    .watch(WatchRequest {
+                        from_revision: next,
+                    })
+                    .await;
+                let mut stream = match stream {
+                    Ok(s) => s.into_inner(),
+                    Err(_) => {
+                        attempt += 1;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                while let Ok(Some(event)) = stream.message().await {
+                    let compacted = event.r#type == EventType::Compacted as i32;
+                    if event.r#type == EventType::Put as i32
+                        || event.r#type == EventType::Delete as i32
+                    {
+                        next = event.revision + 1;
+                    }
+                    if tx.send(event).await.is_err() || compacted {
+                        return;
+                    }
+                }
+                if tx.is_closed() {
+                    return;
+                }
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        rx
+    }
+}

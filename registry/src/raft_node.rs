@@ -1,0 +1,747 @@
+//! The consensus loop: one task owns the raft-rs `RawNode` and drives it
+//! (tick, step, propose, Ready), in the order raft-rs documents:
+//!
+//! 1. leader messages are sent at once (a leader may send before it persists);
+//! 2. a snapshot from the leader replaces log and catalog atomically;
+//! 3. new entries and the hard state are written, then committed entries are
+//!    applied (each entry one atomic batch with the applied index);
+//! 4. sled is flushed once for the whole Ready;
+//! 5. only then are the persisted messages sent, `advance` called, and the
+//!    `LightReady`'s commit index and committed entries handled the same way;
+//! 6. clients are answered and watchers told only after the flush.
+//!
+//! Requests from clients queue up while a Ready is handled, so one flush
+//! covers many writes (batching comes from the loop, not from timers).
+
+// raft-rs' protobuf 2 types are built field by field, as its own code does.
+#![allow(clippy::field_reassign_with_default)]
+
+use crate::catalog;
+use crate::error::{CatalogError, RegistryError};
+use crate::storage::{APPLIED, RaftStore};
+use crate::transport::{Report, Transport};
+use lgsp_certs::SpiffeId;
+use lgsp_proto::{
+    ApplyResponse, Command, Member, MemberChange, Proposal, StatusResponse, WatchEvent,
+};
+use prost::Message as _;
+use protobuf::Message as _;
+use raft::eraftpb::{
+    ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState,
+    Entry, EntryType, Message, MessageType,
+};
+use raft::{RawNode, SnapshotStatus, StateRole};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+/// How long one read-index attempt may take before it is retried.
+const READ_ATTEMPT: Duration = Duration::from_millis(1000);
+/// How long a linearizable read may wait in all.
+const READ_DEADLINE: Duration = Duration::from_secs(5);
+
+type Reply<T> = oneshot::Sender<Result<T, RegistryError>>;
+
+/// A membership change.
+#[derive(Debug, Clone)]
+pub enum MembershipOp {
+    Add(Member),
+    Remove(u64),
+}
+
+enum Request {
+    Propose {
+        actor: Box<SpiffeId>,
+        command: Box<Command>,
+        reply: Reply<ApplyResponse>,
+    },
+    Read {
+        reply: Reply<()>,
+    },
+    Step(Vec<Message>),
+    Membership {
+        op: MembershipOp,
+        reply: Reply<Vec<Member>>,
+    },
+    Status {
+        reply: oneshot::Sender<StatusResponse>,
+    },
+}
+
+/// A handle to the consensus loop, cheap to clone.
+#[derive(Clone, Debug)]
+pub struct RaftHandle {
+    tx: mpsc::Sender<Request>,
+    events: broadcast::Sender<WatchEvent>,
+    db: sled::Db,
+    pub id: u64,
+}
+
+impl RaftHandle {
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    /// Changes after now, as they are applied (and flushed) on this server.
+    pub fn subscribe(&self) -> broadcast::Receiver<WatchEvent> {
+        self.events.subscribe()
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T, RegistryError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(make(tx))
+            .await
+            .map_err(|_| RegistryError::ShuttingDown)?;
+        rx.await.map_err(|_| RegistryError::ShuttingDown)?
+    }
+
+    /// Proposes a catalog command and waits until it is applied here.
+    pub async fn propose(
+        &self,
+        actor: SpiffeId,
+        command: Command,
+    ) -> Result<ApplyResponse, RegistryError> {
+        catalog::check(&self.db, &actor, &command)?;
+        self.call(|reply| Request::Propose {
+            actor: Box::new(actor),
+            command: Box::new(command),
+            reply,
+        })
+        .await
+    }
+
+    /// Waits until this server has applied everything committed before the
+    /// call (Raft read index), so a read after it is linearizable.
+    pub async fn read_index(&self) -> Result<(), RegistryError> {
+        let deadline = Instant::now() + READ_DEADLINE;
+        loop {
+            match self.call(|reply| Request::Read { reply }).await {
+                Err(RegistryError::Unavailable(why)) if Instant::now() < deadline => {
+                    tracing::debug!(%why, "read index not confirmed; retrying");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Hands messages from a peer to Raft.
+    pub async fn step(&self, messages: Vec<Message>) -> Result<(), RegistryError> {
+        self.tx
+            .send(Request::Step(messages))
+            .await
+            .map_err(|_| RegistryError::ShuttingDown)
+    }
+
+    /// Adds or removes a voter (joint consensus, left explicitly); returns
+    /// the members once the change is complete.
+    pub async fn change_membership(&self, op: MembershipOp) -> Result<Vec<Member>, RegistryError> {
+        self.call(|reply| Request::Membership { op, reply }).await
+    }
+
+    pub async fn status(&self) -> Result<StatusResponse, RegistryError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Status { reply: tx })
+            .await
+            .map_err(|_| RegistryError::ShuttingDown)?;
+        rx.await.map_err(|_| RegistryError::ShuttingDown)
+    }
+}
+
+/// Settings of the loop.
+#[derive(Clone, Debug)]
+pub struct LoopConfig {
+    pub id: u64,
+    pub tick: Duration,
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    pub snapshot_entries: u64,
+    pub watch_history: u64,
+    pub propose_timeout: Duration,
+}
+
+struct PendingMembership {
+    op: MembershipOp,
+    reply: Reply<Vec<Member>>,
+    deadline: Instant,
+}
+
+struct Driver {
+    raw: RawNode<RaftStore>,
+    store: RaftStore,
+    transport: Arc<Transport>,
+    config: LoopConfig,
+    next_id: u64,
+    proposals: HashMap<u64, (Reply<ApplyResponse>, Instant)>,
+    reads: HashMap<u64, (Reply<()>, Instant)>,
+    waiting_reads: Vec<(u64, Reply<()>)>,
+    membership: Option<PendingMembership>,
+    events: broadcast::Sender<WatchEvent>,
+    // Filled while a Ready is handled, released after the flush.
+    replies: Vec<(Reply<ApplyResponse>, Result<ApplyResponse, RegistryError>)>,
+    published: Vec<WatchEvent>,
+    membership_done: Option<(Reply<Vec<Member>>, Vec<u64>)>,
+    members_changed: bool,
+}
+
+/// Starts the consensus loop over `store`. The loop ends (after a last
+/// flush) when `shutdown` fires or the server meets a fatal condition, which
+/// it returns.
+pub fn start(
+    store: RaftStore,
+    transport: Arc<Transport>,
+    mut reports: mpsc::UnboundedReceiver<Report>,
+    config: LoopConfig,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<
+    (
+        RaftHandle,
+        tokio::task::JoinHandle<Result<(), RegistryError>>,
+    ),
+    RegistryError,
+> {
+    let raft_config = raft::Config {
+        id: config.id,
+        election_tick: config.election_ticks,
+        heartbeat_tick: config.heartbeat_ticks,
+        applied: store.applied(),
+        max_size_per_msg: 1 << 20,
+        max_inflight_msgs: 256,
+        check_quorum: true,
+        pre_vote: true,
+        ..Default::default()
+    };
+    raft_config.validate()?;
+    let raw = RawNode::new(&raft_config, store.clone(), &crate::raft_log::logger())?;
+    let (tx, mut rx) = mpsc::channel::<Request>(4096);
+    let (events, _) = broadcast::channel(4096);
+    let handle = RaftHandle {
+        tx,
+        events: events.clone(),
+        db: store.db().clone(),
+        id: config.id,
+    };
+    for m in catalog::members(store.db()) {
+        transport.set_address(m.id, &m.peer_address);
+    }
+    let mut driver = Driver {
+        raw,
+        store,
+        transport,
+        next_id: rand_start(),
+        config,
+        proposals: HashMap::new(),
+        reads: HashMap::new(),
+        waiting_reads: Vec::new(),
+        membership: None,
+        events,
+        replies: Vec::new(),
+        published: Vec::new(),
+        membership_done: None,
+        members_changed: false,
+    };
+    let task = tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(driver.config.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let result = loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    driver.raw.tick();
+                    driver.expire();
+                }
+                request = rx.recv() => {
+                    let Some(request) = request else { break Ok(()) };
+                    if let Err(e) = driver.handle(request) {
+                        break Err(e);
+                    }
+                    // Take whatever else is queued: one Ready, one flush, for all of it.
+                    let mut fatal = None;
+                    for _ in 0..1024 {
+                        match rx.try_recv() {
+                            Ok(r) => if let Err(e) = driver.handle(r) { fatal = Some(e); break; },
+                            Err(_) => break,
+                        }
+                    }
+                    if let Some(e) = fatal { break Err(e); }
+                }
+                Some(report) = reports.recv() => driver.report(report),
+                _ = shutdown.changed() => break Ok(()),
+            }
+            if let Err(e) = driver.on_ready() {
+                break Err(e);
+            }
+        };
+        let _ = driver.store.flush();
+        if let Err(error) = &result {
+            tracing::error!(%error, "registry consensus loop stopped");
+        }
+        result
+    });
+    Ok((handle, task))
+}
+
+fn rand_start() -> u64 {
+    // Request ids only need to be unique on this server across restarts.
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+}
+
+impl Driver {
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn handle(&mut self, request: Request) -> Result<(), RegistryError> {
+        match request {
+            Request::Propose {
+                actor,
+                command,
+                reply,
+            } => {
+                let request_id = self.id();
+                let proposal = Proposal {
+                    request_id,
+                    origin: self.config.id,
+                    actor: actor.to_string(),
+                    command: Some(*command),
+                };
+                match self.raw.propose(vec![], proposal.encode_to_vec()) {
+                    Ok(()) => {
+                        self.proposals.insert(
+                            request_id,
+                            (reply, Instant::now() + self.config.propose_timeout),
+                        );
+                    }
+                    Err(raft::Error::ProposalDropped) => {
+                        let _ = reply.send(Err(self.no_leader()));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
+                    }
+                }
+            }
+            Request::Read { reply } => {
+                let ctx = self.id();
+                self.raw.read_index(ctx.to_be_bytes().to_vec());
+                self.reads
+                    .insert(ctx, (reply, Instant::now() + READ_ATTEMPT));
+            }
+            Request::Step(messages) => {
+                for m in messages {
+                    if self.transport.faults.blocks(m.from) {
+                        continue;
+                    }
+                    self.check_not_wiped(&m)?;
+                    match self.raw.step(m) {
+                        Ok(()) | Err(raft::Error::StepPeerNotFound) => {}
+                        Err(e) => tracing::debug!(error = %e, "raft refused a message"),
+                    }
+                }
+            }
+            Request::Membership { op, reply } => self.propose_membership(op, reply),
+            Request::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+        }
+        Ok(())
+    }
+
+    /// A leader that believes this server holds entries it does not have
+    /// means the data directory was wiped (raft-rs would panic on it).
+    fn check_not_wiped(&self, m: &Message) -> Result<(), RegistryError> {
+        if m.get_msg_type() == MessageType::MsgHeartbeat
+            && m.commit > self.raw.raft.raft_log.last_index()
+        {
+            return Err(RegistryError::Config(format!(
+                "the leader (server {}) says server {} has entries up to {}, but its data directory holds only up to {}: \
+                 was the data directory wiped? A server that lost its data must rejoin under a new id: \
+                 `lgsp registry remove-member {}`, then `lgsp registry add-member` with a new id and start it with --join",
+                m.from,
+                self.config.id,
+                m.commit,
+                self.raw.raft.raft_log.last_index(),
+                self.config.id
+            )));
+        }
+        Ok(())
+    }
+
+    fn no_leader(&self) -> RegistryError {
+        RegistryError::Unavailable(format!(
+            "registry server {} knows no leader at the moment (election in progress or no quorum); the request was not applied, retry",
+            self.config.id
+        ))
+    }
+
+    fn propose_membership(&mut self, op: MembershipOp, reply: Reply<Vec<Member>>) {
+        if self.membership.is_some() || self.raw.raft.has_pending_conf() {
+            let _ = reply.send(Err(RegistryError::Unavailable(
+                "another membership change is in progress; retry when it completes".into(),
+            )));
+            return;
+        }
+        let cs = self.store.conf_state();
+        let (node_id, change_type, add) = match &op {
+            MembershipOp::Add(m) => {
+                if cs.voters.contains(&m.id) {
+                    let _ = reply.send(Err(CatalogError::FailedPrecondition(format!(
+                        "server {} is already a member",
+                        m.id
+                    ))
+                    .into()));
+                    return;
+                }
+                (m.id, ConfChangeType::AddNode, vec![m.clone()])
+            }
+            MembershipOp::Remove(id) => {
+                if !cs.voters.contains(id) {
+                    let _ = reply.send(Err(CatalogError::NotFound(format!(
+                        "server {id} is not a member"
+                    ))
+                    .into()));
+                    return;
+                }
+                if *id == self.config.id && self.raw.raft.state == StateRole::Leader {
+                    if let Some(other) = cs.voters.iter().find(|v| **v != *id) {
+                        self.raw.transfer_leader(*other);
+                    }
+                    let _ = reply.send(Err(RegistryError::Unavailable(format!(
+                        "server {id} is the leader; leadership is moving to another server, retry the removal there"
+                    ))));
+                    return;
+                }
+                (*id, ConfChangeType::RemoveNode, vec![])
+            }
+        };
+        if let MembershipOp::Add(m) = &op {
+            self.transport.set_address(m.id, &m.peer_address);
+        }
+        let request_id = self.id();
+        let mut single = ConfChangeSingle::default();
+        single.node_id = node_id;
+        single.set_change_type(change_type);
+        let mut cc = ConfChangeV2::default();
+        cc.set_transition(ConfChangeTransition::Explicit);
+        cc.set_changes(vec![single].into());
+        cc.set_context(
+            MemberChange {
+                request_id,
+                origin: self.config.id,
+                add,
+            }
+            .encode_to_vec()
+            .into(),
+        );
+        match self.raw.propose_conf_change(vec![], cc) {
+            Ok(()) => {
+                self.membership = Some(PendingMembership {
+                    op,
+                    reply,
+                    deadline: Instant::now() + Duration::from_secs(15),
+                });
+            }
+            Err(raft::Error::ProposalDropped) => {
+                let _ = reply.send(Err(self.no_leader()));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e.into()));
+            }
+        }
+    }
+
+    fn report(&mut self, report: Report) {
+        match report {
+            Report::Unreachable(id) => self.raw.report_unreachable(id),
+            Report::Snapshot { to, ok } => self.raw.report_snapshot(
+                to,
+                if ok {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                },
+            ),
+        }
+    }
+
+    /// Answers requests that waited too long.
+    fn expire(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<u64> = self
+            .proposals
+            .iter()
+            .filter(|(_, (_, deadline))| *deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some((reply, _)) = self.proposals.remove(&id) {
+                let _ = reply.send(Err(RegistryError::Indeterminate(
+                    "the write was proposed but not committed in time (leader change or lost quorum); it may or may not be applied: read it back before retrying".into(),
+                )));
+            }
+        }
+        let expired: Vec<u64> = self
+            .reads
+            .iter()
+            .filter(|(_, (_, deadline))| *deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some((reply, _)) = self.reads.remove(&id) {
+                let _ = reply.send(Err(RegistryError::Unavailable(format!(
+                    "registry server {} could not confirm a linearizable read with a quorum (no leader reachable); use a stale read or retry",
+                    self.config.id
+                ))));
+            }
+        }
+        if self.membership.as_ref().is_some_and(|m| m.deadline <= now)
+            && let Some(m) = self.membership.take()
+        {
+            let _ = m.reply.send(Err(RegistryError::Indeterminate(
+                "the membership change did not complete in time; check `lgsp registry status`"
+                    .into(),
+            )));
+        }
+    }
+
+    fn on_ready(&mut self) -> Result<(), RegistryError> {
+        if !self.raw.has_ready() {
+            return Ok(());
+        }
+        let mut ready = self.raw.ready();
+        self.transport.send(ready.take_messages());
+
+        if !ready.snapshot().is_empty() {
+            let snapshot = ready.snapshot().clone();
+            let index = snapshot.get_metadata().index;
+            self.store.install_snapshot(&snapshot)?;
+            self.members_changed = true;
+            let revision = catalog::revision(self.store.db());
+            tracing::info!(index, revision, "installed a snapshot from the leader");
+            // Watchers of this server missed the changes the snapshot covers.
+            self.published.push(WatchEvent {
+                r#type: lgsp_proto::watch_event::Type::Compacted as i32,
+                revision,
+                record: None,
+            });
+        }
+
+        let mut batch = sled::Batch::default();
+        self.store.append(&mut batch, ready.entries());
+        if let Some(hs) = ready.hs() {
+            self.store.put_hard_state(&mut batch, hs);
+        }
+        self.store
+            .db()
+            .apply_batch(batch)
+            .map_err(crate::storage::storage_err)?;
+
+        self.apply_committed(ready.take_committed_entries())?;
+        let read_states = ready.take_read_states();
+        self.store.flush()?;
+        self.transport.send(ready.take_persisted_messages());
+
+        let mut light = self.raw.advance(ready);
+        let mut wrote = false;
+        if let Some(commit) = light.commit_index() {
+            let mut batch = sled::Batch::default();
+            self.store.put_commit(&mut batch, commit);
+            self.store
+                .db()
+                .apply_batch(batch)
+                .map_err(crate::storage::storage_err)?;
+            wrote = true;
+        }
+        self.transport.send(light.take_messages());
+        let committed = light.take_committed_entries();
+        wrote |= !committed.is_empty();
+        self.apply_committed(committed)?;
+        if wrote {
+            self.store.flush()?;
+        }
+        self.raw.advance_apply();
+
+        for rs in read_states {
+            let ctx = u64::from_be_bytes(rs.request_ctx.as_slice().try_into().unwrap_or_default());
+            if let Some((reply, _)) = self.reads.remove(&ctx) {
+                self.waiting_reads.push((rs.index, reply));
+            }
+        }
+        self.release();
+        self.after_apply()
+    }
+
+    /// Answers clients and watchers for everything now durable and applied.
+    fn release(&mut self) {
+        for (reply, outcome) in self.replies.drain(..) {
+            let _ = reply.send(outcome);
+        }
+        for event in self.published.drain(..) {
+            let _ = self.events.send(event);
+        }
+        if let Some((reply, voters)) = self.membership_done.take() {
+            let _ = reply.send(Ok(members_of(self.store.db(), &voters, &[])));
+        }
+        let applied = self.store.applied();
+        let (ready, waiting): (Vec<_>, Vec<_>) = self
+            .waiting_reads
+            .drain(..)
+            .partition(|(index, _)| *index <= applied);
+        self.waiting_reads = waiting;
+        for (_, reply) in ready {
+            let _ = reply.send(Ok(()));
+        }
+    }
+
+    /// Housekeeping after applying: leave joint consensus, learn new
+    /// addresses, compact the log and the watch history.
+    fn after_apply(&mut self) -> Result<(), RegistryError> {
+        let cs = self.store.conf_state();
+        if self.raw.raft.state == StateRole::Leader
+            && !cs.voters_outgoing.is_empty()
+            && !self.raw.raft.has_pending_conf()
+        {
+            tracing::info!("leaving joint consensus");
+            if let Err(e) = self
+                .raw
+                .propose_conf_change(vec![], ConfChangeV2::default())
+            {
+                tracing::warn!(error = %e, "could not propose leaving joint consensus; will retry");
+            }
+        }
+        if std::mem::take(&mut self.members_changed) {
+            for m in catalog::members(self.store.db()) {
+                self.transport.set_address(m.id, &m.peer_address);
+            }
+        }
+        if self.store.log_len() > self.config.snapshot_entries {
+            let applied = self.store.applied();
+            self.store.compact(applied)?;
+            tracing::debug!(applied, "compacted the raft log");
+        }
+        catalog::compact_history(self.store.db(), self.config.watch_history)?;
+        Ok(())
+    }
+
+    fn apply_committed(&mut self, entries: Vec<Entry>) -> Result<(), RegistryError> {
+        for entry in entries {
+            let mut batch = sled::Batch::default();
+            batch.insert(APPLIED, &entry.index.to_be_bytes());
+            match entry.get_entry_type() {
+                EntryType::EntryNormal if entry.data.is_empty() => {}
+                EntryType::EntryNormal => self.apply_proposal(&entry, &mut batch),
+                EntryType::EntryConfChangeV2 => {
+                    let cc = ConfChangeV2::parse_from_bytes(&entry.data)
+                        .map_err(|e| RegistryError::Raft(e.to_string()))?;
+                    let cs = self.raw.apply_conf_change(&cc)?;
+                    self.apply_membership(&cc, &cs, &mut batch);
+                }
+                EntryType::EntryConfChange => {
+                    let cc = ConfChange::parse_from_bytes(&entry.data)
+                        .map_err(|e| RegistryError::Raft(e.to_string()))?;
+                    let cs = self.raw.apply_conf_change(&cc)?;
+                    RaftStore::put_conf_state(&mut batch, &cs);
+                }
+            }
+            self.store
+                .db()
+                .apply_batch(batch)
+                .map_err(crate::storage::storage_err)?;
+        }
+        Ok(())
+    }
+
+    fn apply_proposal(&mut self, entry: &Entry, batch: &mut sled::Batch) {
+        let Ok(proposal) = Proposal::decode(entry.data.as_ref()) else {
+            tracing::error!(index = entry.index, "undecodable entry skipped");
+            return;
+        };
+        let outcome = SpiffeId::parse(&proposal.actor)
+            .map_err(|e| CatalogError::PermissionDenied(e.to_string()))
+            .and_then(|actor| {
+                let command = proposal.command.clone().unwrap_or_default();
+                catalog::check(self.store.db(), &actor, &command)
+            })
+            .map(|checked| {
+                let (record, event) = catalog::apply(self.store.db(), batch, checked);
+                let revision = event.revision;
+                self.published.push(event);
+                ApplyResponse { revision, record }
+            })
+            .map_err(RegistryError::from);
+        if proposal.origin == self.config.id
+            && let Some((reply, _)) = self.proposals.remove(&proposal.request_id)
+        {
+            self.replies.push((reply, outcome));
+        }
+    }
+
+    fn apply_membership(&mut self, cc: &ConfChangeV2, cs: &ConfState, batch: &mut sled::Batch) {
+        RaftStore::put_conf_state(batch, cs);
+        if let Ok(change) = MemberChange::decode(cc.context.as_ref()) {
+            for m in &change.add {
+                catalog::put_member(batch, m);
+            }
+        }
+        for single in cc.changes.iter() {
+            if single.get_change_type() == ConfChangeType::RemoveNode {
+                catalog::remove_member(batch, single.node_id);
+            }
+        }
+        self.members_changed = true;
+        tracing::info!(voters = ?cs.voters, outgoing = ?cs.voters_outgoing, "membership changed");
+        let done = self.membership.as_ref().is_some_and(|p| {
+            cs.voters_outgoing.is_empty()
+                && match &p.op {
+                    MembershipOp::Add(m) => cs.voters.contains(&m.id),
+                    MembershipOp::Remove(id) => !cs.voters.contains(id),
+                }
+        });
+        if done && let Some(p) = self.membership.take() {
+            // Answered in `release`, once this entry's batch is written.
+            self.membership_done = Some((p.reply, cs.voters.clone()));
+        }
+    }
+
+    fn status(&self) -> StatusResponse {
+        let raft = &self.raw.raft;
+        let cs = self.store.conf_state();
+        let db = self.store.db();
+        StatusResponse {
+            id: self.config.id,
+            leader_id: raft.leader_id,
+            term: raft.term,
+            role: format!("{:?}", raft.state).to_lowercase(),
+            commit_index: raft.raft_log.committed,
+            applied_index: self.store.applied(),
+            revision: catalog::revision(db),
+            members: members_of(db, &cs.voters, &cs.learners),
+            compact_revision: catalog::compact_revision(db),
+            joint_consensus: !cs.voters_outgoing.is_empty(),
+        }
+    }
+}
+
+/// Members in the configuration, with the addresses this server knows.
+fn members_of(db: &sled::Db, voters: &[u64], learners: &[u64]) -> Vec<Member> {
+    let known: HashMap<u64, Member> = catalog::members(db)
+        .into_iter()
+        .map(|m| (m.id, m))
+        .collect();
+    voters
+        .iter()
+        .map(|id| (id, true))
+        .chain(learners.iter().map(|id| (id, false)))
+        .map(|(id, voter)| {
+            let mut m = known.get(id).cloned().unwrap_or_default();
+            m.id = *id;
+            m.voter = voter;
+            m
+        })
+        .collect()
+}

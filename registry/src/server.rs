@@ -1,0 +1,292 @@
+//! A whole registry server: storage, consensus loop, transport, and the two
+//! mTLS listeners (clients; peers, which accept registry certificates only).
+
+use crate::catalog;
+use crate::config::RegistryConfig;
+use crate::error::RegistryError;
+use crate::raft_node::{self, LoopConfig, RaftHandle};
+use crate::service::{PeerService, RegistryService};
+use crate::storage::RaftStore;
+use crate::transport::{Faults, Transport};
+use lgsp_certs::inspect::CertInfo;
+use lgsp_certs::{Authenticator, Credentials, Role, ServerTls, TlsFiles, WhoAmI};
+use lgsp_proto::catalog_record::Value;
+use lgsp_proto::identity_service_server::IdentityServiceServer;
+use lgsp_proto::registry_peer_server::RegistryPeerServer;
+use lgsp_proto::registry_server::RegistryServer as RegistryGrpc;
+use lgsp_proto::{Member, RecordKind};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// A running registry server.
+#[derive(Debug)]
+pub struct RegistryServer {
+    pub id: u64,
+    client_addr: SocketAddr,
+    peer_addr: SocketAddr,
+    raft: RaftHandle,
+    tls: Arc<ServerTls>,
+    faults: Arc<Faults>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    consensus: Option<JoinHandle<Result<(), RegistryError>>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RegistryServer {
+    /// Opens the data directory (bootstrapping a new cluster when it is
+    /// empty, unless `join`), binds both listeners and starts serving.
+    pub async fn start(config: RegistryConfig) -> Result<Self, RegistryError> {
+        config.validate()?;
+        let tls_config = config.tls.clone().expect("validated");
+        let creds = Credentials::load(&TlsFiles {
+            cert: tls_config.cert,
+            key: tls_config.key,
+            ca: tls_config.ca,
+        })?;
+        let own = CertInfo::from_der(&creds.chain[0], Path::new("server certificate"))?;
+        let own_id = own.spiffe_id.map_err(|why| {
+            RegistryError::Config(format!(
+                "the server certificate names no lgsp identity: {why}"
+            ))
+        })?;
+        if own_id.role != Role::Registry {
+            return Err(RegistryError::Config(format!(
+                "the server certificate is for {own_id}, a {}; a registry server needs a registry certificate (lgsp ca issue --role registry)",
+                own_id.role
+            )));
+        }
+
+        let store = RaftStore::open(&config.data_dir)?;
+        if !store.is_initialized() {
+            if config.join {
+                tracing::info!(
+                    id = config.id,
+                    "empty data directory: joining, waiting for a snapshot from the leader"
+                );
+            } else {
+                let mut batch = sled::Batch::default();
+                for p in &config.peers {
+                    catalog::put_member(
+                        &mut batch,
+                        &Member {
+                            id: p.id,
+                            peer_address: p.peer.clone(),
+                            client_address: p.client.clone(),
+                            voter: true,
+                        },
+                    );
+                }
+                store
+                    .db()
+                    .apply_batch(batch)
+                    .map_err(crate::storage::storage_err)?;
+                let voters: Vec<u64> = config.peers.iter().map(|p| p.id).collect();
+                store.bootstrap(&voters)?;
+                tracing::info!(id = config.id, ?voters, "bootstrapped a new cluster");
+            }
+        }
+
+        let (reports_tx, reports_rx) = tokio::sync::mpsc::unbounded_channel();
+        let transport = Arc::new(Transport::new(config.id, creds.clone(), reports_tx));
+        let faults = transport.faults.clone();
+        let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+        let (raft, consensus) = raft_node::start(
+            store.clone(),
+            transport.clone(),
+            reports_rx,
+            LoopConfig {
+                id: config.id,
+                tick: Duration::from_millis(config.tick_ms),
+                election_ticks: config.election_ticks,
+                heartbeat_ticks: config.heartbeat_ticks,
+                snapshot_entries: config.snapshot_entries,
+                watch_history: config.watch_history,
+                propose_timeout: Duration::from_millis(config.propose_timeout_ms),
+            },
+            shutdown_rx.clone(),
+        )?;
+        // Addresses given on the command line win over remembered ones.
+        for p in &config.peers {
+            transport.set_address(p.id, &p.peer);
+        }
+
+        let tls = ServerTls::new(creds)?;
+        if let Some(crl) = current_crl(store.db())
+            && let Err(error) = tls.set_crl(&crl)
+        {
+            tracing::warn!(%error, "the CRL in the catalog is unusable");
+        }
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| RegistryError::Config(format!("cannot listen on {addr}: {e}")))
+        };
+        let client_listener = bind(config.listen).await?;
+        let peer_listener = bind(config.peer_listen).await?;
+        let client_addr = client_listener
+            .local_addr()
+            .map_err(|e| RegistryError::Config(e.to_string()))?;
+        let peer_addr = peer_listener
+            .local_addr()
+            .map_err(|e| RegistryError::Config(e.to_string()))?;
+
+        let trust_domain = own_id.trust_domain.clone();
+        let auth = Authenticator::new(tls.clone(), &trust_domain);
+        let peer_auth = Authenticator::new(tls.clone(), &trust_domain).only(&[Role::Registry]);
+        let mut tasks = Vec::new();
+
+        let stop = wait_for(shutdown_rx.clone());
+        let incoming = tls.clone().incoming(client_listener);
+        let registry =
+            RegistryGrpc::with_interceptor(RegistryService::new(raft.clone()), auth.clone());
+        tasks.push(tokio::spawn(async move {
+            let result = tonic::transport::Server::builder()
+                .add_service(registry)
+                .add_service(IdentityServiceServer::with_interceptor(WhoAmI, auth))
+                .serve_with_incoming_shutdown(incoming, stop)
+                .await;
+            if let Err(error) = result {
+                tracing::error!(%error, "client listener failed");
+            }
+        }));
+
+        let stop = wait_for(shutdown_rx.clone());
+        let incoming = tls.clone().incoming(peer_listener);
+        let peer = tonic::service::interceptor::InterceptedService::new(
+            RegistryPeerServer::new(PeerService::new(raft.clone()))
+                .max_decoding_message_size(256 << 20)
+                .max_encoding_message_size(256 << 20),
+            peer_auth,
+        );
+        tasks.push(tokio::spawn(async move {
+            let result = tonic::transport::Server::builder()
+                .add_service(peer)
+                .serve_with_incoming_shutdown(incoming, stop)
+                .await;
+            if let Err(error) = result {
+                tracing::error!(%error, "peer listener failed");
+            }
+        }));
+
+        tasks.push(tokio::spawn(follow_crl(
+            raft.clone(),
+            tls.clone(),
+            shutdown_rx,
+        )));
+
+        tracing::info!(id = config.id, %client_addr, %peer_addr, "registry server started");
+        Ok(Self {
+            id: config.id,
+            client_addr,
+            peer_addr,
+            raft,
+            tls,
+            faults,
+            shutdown,
+            consensus: Some(consensus),
+            tasks,
+        })
+    }
+
+    /// Where clients connect.
+    pub fn client_addr(&self) -> SocketAddr {
+        self.client_addr
+    }
+
+    /// Where other registry servers connect.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
+    }
+
+    pub fn raft(&self) -> &RaftHandle {
+        &self.raft
+    }
+
+    pub fn tls(&self) -> &Arc<ServerTls> {
+        &self.tls
+    }
+
+    /// Network faults for tests: isolate this server from some peers.
+    pub fn faults(&self) -> &Arc<Faults> {
+        &self.faults
+    }
+
+    /// Waits until the consensus loop stops by itself (a fatal condition,
+    /// returned) or is shut down.
+    pub async fn wait(&mut self) -> Result<(), RegistryError> {
+        match self.consensus.as_mut() {
+            Some(task) => {
+                let result = task
+                    .await
+                    .unwrap_or_else(|e| Err(RegistryError::Raft(e.to_string())));
+                self.consensus = None;
+                result
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Stops serving, flushes and closes the store.
+    pub async fn shutdown(mut self) -> Result<(), RegistryError> {
+        let _ = self.shutdown.send(true);
+        let result = self.wait().await;
+        for task in self.tasks.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+        result
+    }
+}
+
+async fn wait_for(mut rx: tokio::sync::watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn current_crl(db: &sled::Db) -> Option<Vec<u8>> {
+    match catalog::get(db, RecordKind::Crl, "current")
+        .ok()
+        .flatten()?
+        .value?
+    {
+        Value::Crl(crl) => Some(crl.der),
+        _ => None,
+    }
+}
+
+/// Puts each CRL published in the catalog into force on this server's listeners.
+async fn follow_crl(
+    raft: RaftHandle,
+    tls: Arc<ServerTls>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut events = raft.subscribe();
+    let stop = wait_for(shutdown);
+    tokio::pin!(stop);
+    loop {
+        let event = tokio::select! {
+            e = events.recv() => e,
+            () = &mut stop => return,
+        };
+        let changed = match event {
+            Ok(e) => {
+                e.record.is_some_and(|r| r.kind == RecordKind::Crl as i32)
+                    || e.r#type == lgsp_proto::watch_event::Type::Compacted as i32
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
+            Err(_) => return,
+        };
+        if changed
+            && let Some(der) = current_crl(raft.db())
+            && let Err(error) = tls.set_crl(&der)
+        {
+            tracing::warn!(%error, "the CRL published in the catalog is unusable");
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! The registry's gRPC services: `Registry` for nodes, hubs and admins, and
+//! `RegistryPeer` for Raft traffic between registry servers. Callers are
+//! authenticated by their certificates before any of this runs.
+
+use crate::catalog::{self, ListQuery};
+use crate::error::{CatalogError, RegistryError};
+use crate::raft_node::{MembershipOp, RaftHandle};
+use lgsp_certs::{Peer, Role};
+use lgsp_proto::registry_peer_server::RegistryPeer;
+use lgsp_proto::registry_server::Registry;
+use lgsp_proto::watch_event::Type as EventType;
+use lgsp_proto::*;
+use protobuf::Message as _;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+/// The catalog API.
+#[derive(Clone, Debug)]
+pub struct RegistryService {
+    raft: RaftHandle,
+}
+
+impl RegistryService {
+    pub fn new(raft: RaftHandle) -> Self {
+        Self { raft }
+    }
+
+    async fn consistent(&self, stale: bool) -> Result<(), Status> {
+        if !stale {
+            self.raft.read_index().await?;
+        }
+        Ok(())
+    }
+}
+
+fn require_admin<T>(request: &Request<T>, what: &str) -> Result<(), Status> {
+    let peer = Peer::of(request)?;
+    if peer.id.role == Role::Admin {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(format!(
+            "{what} needs an admin certificate of the provincial IT department; {} is a {}",
+            peer.id, peer.id.role
+        )))
+    }
+}
+
+fn kind(k: i32) -> Result<RecordKind, Status> {
+    RecordKind::try_from(k)
+        .ok()
+        .filter(|k| *k != RecordKind::Unspecified)
+        .ok_or_else(|| {
+            Status::invalid_argument(
+                "a record kind is required (agency, node, service, grant, crl)",
+            )
+        })
+}
+
+#[tonic::async_trait]
+impl Registry for RegistryService {
+    async fn apply(
+        &self,
+        request: Request<ApplyRequest>,
+    ) -> Result<Response<ApplyResponse>, Status> {
+        let actor = Peer::of(&request)?.id.clone();
+        let command = request
+            .into_inner()
+            .command
+            .ok_or_else(|| Status::invalid_argument("the request carries no command"))?;
+        Ok(Response::new(self.raft.propose(actor, command).await?))
+    }
+
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let req = request.into_inner();
+        let r = req.r#ref.unwrap_or_default();
+        let kind = kind(r.kind)?;
+        self.consistent(req.stale).await?;
+        let db = self.raft.db();
+        let revision = catalog::revision(db);
+        let record = catalog::get(db, kind, &r.key)?.ok_or_else(|| {
+            RegistryError::from(CatalogError::NotFound(format!(
+                "{kind:?} {:?} does not exist",
+                r.key
+            )))
+        })?;
+        Ok(Response::new(GetResponse {
+            record: Some(record),
+            revision,
+        }))
+    }
+
+    async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        let req = request.into_inner();
+        kind(req.kind)?;
+        self.consistent(req.stale).await?;
+        let db = self.raft.db();
+        let revision = catalog::revision(db);
+        let (records, next_page_token) = catalog::list(
+            db,
+            &ListQuery {
+                kind: req.kind,
+                prefix: req.prefix,
+                keyword: req.keyword,
+                service_status: req.service_status,
+                page_size: req.page_size,
+                page_token: req.page_token,
+            },
+        )
+        .map_err(RegistryError::from)?;
+        Ok(Response::new(ListResponse {
+            records,
+            next_page_token,
+            revision,
+        }))
+    }
+
+    type WatchStream = ReceiverStream<Result<WatchEvent, Status>>;
+
+    async fn watch(
+        &self,
+        request: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let from = request.into_inner().from_revision.max(1);
+        // Subscribe before reading the history, so nothing falls between.
+        let live = self.raft.subscribe();
+        let db = self.raft.db().clone();
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(stream_changes(db, from, live, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        Ok(Response::new(self.raft.status().await?))
+    }
+
+    async fn add_member(
+        &self,
+        request: Request<AddMemberRequest>,
+    ) -> Result<Response<MembershipResponse>, Status> {
+        require_admin(&request, "adding a registry server")?;
+        let req = request.into_inner();
+        if req.id == 0 || req.peer_address.is_empty() {
+            return Err(Status::invalid_argument(
+                "a new member needs a positive id and a peer address",
+            ));
+        }
+        let members = self
+            .raft
+            .change_membership(MembershipOp::Add(Member {
+                id: req.id,
+                peer_address: req.peer_address,
+                client_address: req.client_address,
+                voter: true,
+            }))
+            .await?;
+        Ok(Response::new(MembershipResponse { members }))
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<RemoveMemberRequest>,
+    ) -> Result<Response<MembershipResponse>, Status> {
+        require_admin(&request, "removing a registry server")?;
+        let id = request.into_inner().id;
+        let members = self
+            .raft
+            .change_membership(MembershipOp::Remove(id))
+            .await?;
+        Ok(Response::new(MembershipResponse { members }))
+    }
+}
+
+/// Sends every change from `from` on: the stored history first, then live
+/// events, re-reading the history whenever the live feed skips or lags.
+async fn stream_changes(
+    db: sled::Db,
+    from: u64,
+    mut live: broadcast::Receiver<WatchEvent>,
+    tx: mpsc::Sender<Result<WatchEvent, Status>>,
+) {
+    let compacted = |revision| WatchEvent {
+        r#type: EventType::Compacted as i32,
+        revision,
+        record: None,
+    };
+    if from < catalog::compact_revision(&db) {
+        let _ = tx.send(Ok(compacted(catalog::revision(&db)))).await;
+        return;
+    }
+    let mut next = from;
+    let catch_up = |next: &mut u64| -> Vec<WatchEvent> {
+        let events: Vec<WatchEvent> = catalog::history(&db, *next).collect();
+        if let Some(last) = events.last() {
+            *next = last.revision + 1;
+        }
+        events
+    };
+    for event in catch_up(&mut next) {
+        if tx.send(Ok(event)).await.is_err() {
+            return;
+        }
+    }
+    let synced = WatchEvent {
+        r#type: EventType::Synced as i32,
+        revision: next - 1,
+        record: None,
+    };
+    if tx.send(Ok(synced)).await.is_err() {
+        return;
+    }
+    loop {
+        let batch = match live.recv().await {
+            Ok(event) if event.r#type == EventType::Compacted as i32 => {
+                let _ = tx.send(Ok(event)).await;
+                return;
+            }
+            Ok(event) if event.revision < next => continue,
+            Ok(event) if event.revision == next => {
+                next += 1;
+                vec![event]
+            }
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                if next < catalog::compact_revision(&db) {
+                    let _ = tx.send(Ok(compacted(catalog::revision(&db)))).await;
+                    return;
+                }
+                catch_up(&mut next)
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        for event in batch {
+            if tx.send(Ok(event)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Raft traffic from other registry servers.
+#[derive(Clone, Debug)]
+pub struct PeerService {
+    raft: RaftHandle,
+}
+
+impl PeerService {
+    pub fn new(raft: RaftHandle) -> Self {
+        Self { raft }
+    }
+}
+
+#[tonic::async_trait]
+impl RegistryPeer for PeerService {
+    async fn send(&self, request: Request<RaftBatch>) -> Result<Response<RaftAck>, Status> {
+        let mut messages = Vec::new();
+        for bytes in request.into_inner().messages {
+            let m = raft::eraftpb::Message::parse_from_bytes(&bytes)
+                .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?;
+            messages.push(m);
+        }
+        self.raft.step(messages).await?;
+        Ok(Response::new(RaftAck {}))
+    }
+
+    async fn peer_status(
+        &self,
+        _request: Request<PeerStatusRequest>,
+    ) -> Result<Response<PeerStatusResponse>, Status> {
+        let status = self.raft.status().await?;
+        Ok(Response::new(PeerStatusResponse {
+            id: status.id,
+            applied_index: status.applied_index,
+            voters: status
+                .members
+                .iter()
+                .filter(|m| m.voter)
+                .map(|m| m.id)
+                .collect(),
+            learners: status
+                .members
+                .iter()
+                .filter(|m| !m.voter)
+                .map(|m| m.id)
+                .collect(),
+        }))
+    }
+}

@@ -1,0 +1,352 @@
+//! Raft's log and state in sled, behind raft-rs' `Storage` trait.
+//!
+//! Everything a registry server keeps is in one sled tree under key
+//! prefixes, so that one `sled::Batch` changes raft state and catalog state
+//! together, atomically:
+//!
+//! | key | value |
+//! |---|---|
+//! | `r:hs` | HardState |
+//! | `r:cs` | ConfState as of the applied index |
+//! | `r:snap` | SnapshotMetadata of the compaction point (index, term) |
+//! | `r:e:<index BE>` | log entries |
+//! | `s:applied` | applied index (u64 BE) |
+//! | `s:...`, `c:...`, `w:...` | the catalog, see `catalog.rs` |
+//!
+//! Nothing here flushes; the Raft loop flushes once per Ready, before
+//! messages that depend on the write leave the server.
+
+// raft-rs' protobuf 2 types are built field by field, as its own code does.
+#![allow(clippy::field_reassign_with_default)]
+
+use crate::catalog;
+use crate::error::RegistryError;
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::{GetEntriesContext, RaftState, StorageError};
+use std::path::Path;
+
+const HARD_STATE: &[u8] = b"r:hs";
+const CONF_STATE: &[u8] = b"r:cs";
+const SNAP_META: &[u8] = b"r:snap";
+const ENTRY_PREFIX: &[u8] = b"r:e:";
+pub(crate) const APPLIED: &[u8] = b"s:applied";
+
+fn entry_key(index: u64) -> Vec<u8> {
+    let mut key = ENTRY_PREFIX.to_vec();
+    key.extend_from_slice(&index.to_be_bytes());
+    key
+}
+
+fn fatal(e: impl std::fmt::Display) -> raft::Error {
+    raft::Error::Store(StorageError::Other(e.to_string().into()))
+}
+
+pub(crate) fn u64_value(v: Option<sled::IVec>) -> u64 {
+    v.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0)
+}
+
+/// The raft log and state of one registry server.
+#[derive(Clone, Debug)]
+pub struct RaftStore {
+    db: sled::Db,
+}
+
+impl RaftStore {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, RegistryError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| RegistryError::Storage(format!("{}: {e}", dir.display())))?;
+        let db = sled::Config::new()
+            .path(dir.join("registry.sled"))
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|e| RegistryError::Storage(format!("{}: {e}", dir.display())))?;
+        Ok(Self { db })
+    }
+
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    /// Whether this store has ever held raft state.
+    pub fn is_initialized(&self) -> bool {
+        self.db.contains_key(CONF_STATE).unwrap_or(false)
+            || self.db.contains_key(HARD_STATE).unwrap_or(false)
+    }
+
+    /// Writes the identical starting state every founding member of a new
+    /// cluster has: a snapshot at index 1 whose configuration is `voters`.
+    /// The log then starts at 2, so a member added later always catches up
+    /// by snapshot.
+    pub fn bootstrap(&self, voters: &[u64]) -> Result<(), RegistryError> {
+        let mut cs = ConfState::default();
+        cs.voters = voters.to_vec();
+        let mut meta = SnapshotMetadata::default();
+        meta.index = 1;
+        meta.term = 1;
+        meta.set_conf_state(cs.clone());
+        let mut hs = HardState::default();
+        hs.term = 1;
+        hs.commit = 1;
+        let mut batch = sled::Batch::default();
+        batch.insert(SNAP_META, encode(&meta));
+        batch.insert(CONF_STATE, encode(&cs));
+        batch.insert(HARD_STATE, encode(&hs));
+        batch.insert(APPLIED, &1u64.to_be_bytes());
+        self.db.apply_batch(batch).map_err(storage_err)?;
+        self.flush()
+    }
+
+    /// Makes every write so far durable.
+    pub fn flush(&self) -> Result<(), RegistryError> {
+        self.db.flush().map(drop).map_err(storage_err)
+    }
+
+    pub fn hard_state(&self) -> HardState {
+        decode(self.db.get(HARD_STATE).ok().flatten())
+    }
+
+    pub fn conf_state(&self) -> ConfState {
+        decode(self.db.get(CONF_STATE).ok().flatten())
+    }
+
+    fn snap_meta(&self) -> SnapshotMetadata {
+        decode(self.db.get(SNAP_META).ok().flatten())
+    }
+
+    pub fn applied(&self) -> u64 {
+        u64_value(self.db.get(APPLIED).ok().flatten())
+    }
+
+    fn last_entry_index(&self) -> Option<u64> {
+        self.db
+            .scan_prefix(ENTRY_PREFIX)
+            .keys()
+            .next_back()
+            .and_then(|k| k.ok())
+            .and_then(|k| <[u8; 8]>::try_from(&k[ENTRY_PREFIX.len()..]).ok())
+            .map(u64::from_be_bytes)
+    }
+
+    /// Adds new log entries to `batch`, first removing any conflicting tail
+    /// they replace.
+    pub fn append(&self, batch: &mut sled::Batch, entries: &[Entry]) {
+        let Some(first) = entries.first() else {
+            return;
+        };
+        if let Some(last) = self.last_entry_index() {
+            for index in first.index..=last {
+                batch.remove(entry_key(index));
+            }
+        }
+        for e in entries {
+            batch.insert(entry_key(e.index), encode(e));
+        }
+    }
+
+    pub fn put_hard_state(&self, batch: &mut sled::Batch, hs: &HardState) {
+        batch.insert(HARD_STATE, encode(hs));
+    }
+
+    /// Records a new commit index (with the rest of the hard state unchanged).
+    pub fn put_commit(&self, batch: &mut sled::Batch, commit: u64) {
+        let mut hs = self.hard_state();
+        if commit > hs.commit {
+            hs.commit = commit;
+            batch.insert(HARD_STATE, encode(&hs));
+        }
+    }
+
+    pub fn put_conf_state(batch: &mut sled::Batch, cs: &ConfState) {
+        batch.insert(CONF_STATE, encode(cs));
+    }
+
+    /// Replaces log, configuration and state machine with a snapshot from
+    /// the leader, in one atomic batch.
+    pub fn install_snapshot(&self, snapshot: &Snapshot) -> Result<(), RegistryError> {
+        let meta = snapshot.get_metadata();
+        let mut batch = sled::Batch::default();
+        for key in self.db.scan_prefix(ENTRY_PREFIX).keys() {
+            batch.remove(key.map_err(storage_err)?);
+        }
+        catalog::restore(&self.db, &mut batch, &snapshot.data, meta.index)?;
+        let mut stored = SnapshotMetadata::default();
+        stored.index = meta.index;
+        stored.term = meta.term;
+        stored.set_conf_state(meta.get_conf_state().clone());
+        batch.insert(SNAP_META, encode(&stored));
+        batch.insert(CONF_STATE, encode(meta.get_conf_state()));
+        let mut hs = self.hard_state();
+        hs.commit = hs.commit.max(meta.index);
+        hs.term = hs.term.max(meta.term);
+        batch.insert(HARD_STATE, encode(&hs));
+        batch.insert(APPLIED, &meta.index.to_be_bytes());
+        self.db.apply_batch(batch).map_err(storage_err)
+    }
+
+    /// Drops log entries up to and including `index` (which must be
+    /// applied), keeping its term as the new compaction point.
+    pub fn compact(&self, index: u64) -> Result<(), RegistryError> {
+        let meta = self.snap_meta();
+        if index <= meta.index || index > self.applied() {
+            return Ok(());
+        }
+        let term =
+            raft::Storage::term(self, index).map_err(|e| RegistryError::Storage(e.to_string()))?;
+        let mut batch = sled::Batch::default();
+        for key in self
+            .db
+            .range(entry_key(meta.index)..=entry_key(index))
+            .keys()
+        {
+            batch.remove(key.map_err(storage_err)?);
+        }
+        let mut next = SnapshotMetadata::default();
+        next.index = index;
+        next.term = term;
+        batch.insert(SNAP_META, encode(&next));
+        self.db.apply_batch(batch).map_err(storage_err)
+    }
+
+    /// How many log entries are kept.
+    pub fn log_len(&self) -> u64 {
+        let first = self.snap_meta().index + 1;
+        self.last_entry_index().map_or(0, |last| last + 1 - first)
+    }
+}
+
+pub(crate) fn storage_err(e: sled::Error) -> RegistryError {
+    RegistryError::Storage(e.to_string())
+}
+
+pub(crate) fn encode<M: protobuf::Message>(m: &M) -> Vec<u8> {
+    m.write_to_bytes()
+        .expect("encoding a raft message cannot fail")
+}
+
+fn decode<M: protobuf::Message + Default>(v: Option<sled::IVec>) -> M {
+    match v {
+        Some(bytes) => M::parse_from_bytes(&bytes).expect("raft state in the store is damaged"),
+        None => M::default(),
+    }
+}
+
+impl raft::Storage for RaftStore {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(self.hard_state(), self.conf_state()))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let first = self.snap_meta().index + 1;
+        if low < first {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        let mut entries = Vec::with_capacity((high - low) as usize);
+        for item in self.db.range(entry_key(low)..entry_key(high)) {
+            let (_, v) = item.map_err(fatal)?;
+            let e = Entry::parse_from_bytes(&v).map_err(fatal)?;
+            if e.index != low + entries.len() as u64 {
+                return Err(fatal(format!("gap in the raft log at index {}", e.index)));
+            }
+            entries.push(e);
+        }
+        if entries.len() as u64 != high - low {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        raft::util::limit_size(&mut entries, max_size.into());
+        Ok(entries)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        let meta = self.snap_meta();
+        if idx == meta.index {
+            return Ok(meta.term);
+        }
+        if idx < meta.index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        match self.db.get(entry_key(idx)).map_err(fatal)? {
+            Some(v) => Ok(Entry::parse_from_bytes(&v).map_err(fatal)?.term),
+            None => Err(raft::Error::Store(StorageError::Unavailable)),
+        }
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.snap_meta().index + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self
+            .last_entry_index()
+            .unwrap_or_else(|| self.snap_meta().index))
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let applied = self.applied();
+        if applied < request_index || applied == 0 {
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        let mut snapshot = Snapshot::default();
+        snapshot.data = catalog::snapshot_data(&self.db).map_err(fatal)?.into();
+        let meta = snapshot.mut_metadata();
+        meta.index = applied;
+        meta.term = self.term(applied)?;
+        meta.set_conf_state(self.conf_state());
+        Ok(snapshot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::Storage;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        let mut e = Entry::default();
+        e.index = index;
+        e.term = term;
+        e
+    }
+
+    #[test]
+    fn append_replaces_a_conflicting_tail_and_compaction_keeps_the_term() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RaftStore::open(dir.path()).unwrap();
+        store.bootstrap(&[1, 2, 3]).unwrap();
+        let mut batch = sled::Batch::default();
+        store.append(&mut batch, &[entry(2, 1), entry(3, 1), entry(4, 1)]);
+        store.db.apply_batch(batch).unwrap();
+        let mut batch = sled::Batch::default();
+        store.append(&mut batch, &[entry(3, 2)]);
+        store.db.apply_batch(batch).unwrap();
+        assert_eq!(store.last_index().unwrap(), 3);
+        assert_eq!(store.term(3).unwrap(), 2);
+        assert_eq!(store.first_index().unwrap(), 2);
+        let all = store
+            .entries(2, 4, None, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(all.len(), 2);
+
+        let mut batch = sled::Batch::default();
+        batch.insert(APPLIED, &3u64.to_be_bytes());
+        store.db.apply_batch(batch).unwrap();
+        store.compact(2).unwrap();
+        assert_eq!(store.first_index().unwrap(), 3);
+        assert_eq!(store.term(2).unwrap(), 1);
+        assert!(matches!(
+            store.entries(2, 4, None, GetEntriesContext::empty(false)),
+            Err(raft::Error::Store(StorageError::Compacted))
+        ));
+    }
+}

@@ -1,0 +1,187 @@
+//! Sending Raft messages to other registry servers over gRPC with mTLS.
+//!
+//! Each peer has its own queue and sending task, so one slow or dead peer
+//! never holds up the others. A full queue drops messages (Raft resends);
+//! a failed send is reported back to Raft as unreachable, and the task backs
+//! off before trying again.
+
+use crate::storage::encode;
+use lgsp_certs::Credentials;
+use lgsp_proto::RaftBatch;
+use lgsp_proto::registry_peer_client::RegistryPeerClient;
+use raft::eraftpb::{Message, MessageType};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// What the transport reports back to the Raft loop.
+#[derive(Debug)]
+pub enum Report {
+    Unreachable(u64),
+    Snapshot { to: u64, ok: bool },
+}
+
+/// Network faults injected by tests: messages to and from isolated peers
+/// are dropped on this server.
+#[derive(Debug, Default)]
+pub struct Faults {
+    isolated: RwLock<HashSet<u64>>,
+}
+
+impl Faults {
+    /// Drops all traffic between this server and `peers`.
+    pub fn isolate(&self, peers: &[u64]) {
+        self.isolated.write().expect("faults lock").extend(peers);
+    }
+
+    /// Restores all traffic.
+    pub fn heal(&self) {
+        self.isolated.write().expect("faults lock").clear();
+    }
+
+    pub fn blocks(&self, peer: u64) -> bool {
+        self.isolated.read().expect("faults lock").contains(&peer)
+    }
+}
+
+/// Outgoing Raft traffic of one server.
+#[derive(Debug)]
+pub struct Transport {
+    id: u64,
+    creds: Credentials,
+    addresses: RwLock<HashMap<u64, String>>,
+    queues: Mutex<HashMap<u64, (String, mpsc::Sender<Message>)>>,
+    reports: mpsc::UnboundedSender<Report>,
+    pub faults: Arc<Faults>,
+}
+
+const QUEUE: usize = 4096;
+
+impl Transport {
+    pub fn new(id: u64, creds: Credentials, reports: mpsc::UnboundedSender<Report>) -> Self {
+        Self {
+            id,
+            creds,
+            addresses: RwLock::new(HashMap::new()),
+            queues: Mutex::new(HashMap::new()),
+            reports,
+            faults: Arc::new(Faults::default()),
+        }
+    }
+
+    /// Sets where peer `id` listens.
+    pub fn set_address(&self, id: u64, address: &str) {
+        if id != self.id && !address.is_empty() {
+            self.addresses
+                .write()
+                .expect("address lock")
+                .insert(id, address.to_owned());
+        }
+    }
+
+    /// Queues messages for their peers.
+    pub fn send(&self, messages: Vec<Message>) {
+        for msg in messages {
+            let to = msg.to;
+            if self.faults.blocks(to) {
+                continue;
+            }
+            let Some(sender) = self.queue(to) else {
+                tracing::debug!(peer = to, "no address for peer; message dropped");
+                let _ = self.reports.send(Report::Unreachable(to));
+                continue;
+            };
+            if sender.try_send(msg).is_err() {
+                let _ = self.reports.send(Report::Unreachable(to));
+            }
+        }
+    }
+
+    fn queue(&self, to: u64) -> Option<mpsc::Sender<Message>> {
+        let address = self
+            .addresses
+            .read()
+            .expect("address lock")
+            .get(&to)
+            .cloned()?;
+        let mut queues = self.queues.lock().expect("queue lock");
+        if let Some((addr, tx)) = queues.get(&to)
+            && *addr == address
+            && !tx.is_closed()
+        {
+            return Some(tx.clone());
+        }
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(peer_sender(
+            to,
+            address.clone(),
+            self.creds.clone(),
+            rx,
+            self.reports.clone(),
+            self.faults.clone(),
+        ));
+        queues.insert(to, (address, tx.clone()));
+        Some(tx)
+    }
+}
+
+async fn peer_sender(
+    to: u64,
+    address: String,
+    creds: Credentials,
+    mut rx: mpsc::Receiver<Message>,
+    reports: mpsc::UnboundedSender<Report>,
+    faults: Arc<Faults>,
+) {
+    let endpoint = match lgsp_certs::tls::client_endpoint(&address, &creds, None) {
+        Ok(e) => e.timeout(Duration::from_secs(5)),
+        Err(error) => {
+            tracing::error!(peer = to, %address, %error, "cannot reach peer");
+            return;
+        }
+    };
+    let mut client = RegistryPeerClient::new(endpoint.connect_lazy())
+        .max_decoding_message_size(256 << 20)
+        .max_encoding_message_size(256 << 20);
+    let mut backoff = Duration::from_millis(50);
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < 256 {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        if faults.blocks(to) {
+            continue;
+        }
+        let snapshots: Vec<u64> = batch
+            .iter()
+            .filter(|m| m.get_msg_type() == MessageType::MsgSnapshot)
+            .map(|m| m.to)
+            .collect();
+        let request = RaftBatch {
+            messages: batch.iter().map(encode).collect(),
+        };
+        match client.send(request).await {
+            Ok(_) => {
+                backoff = Duration::from_millis(50);
+                for to in snapshots {
+                    let _ = reports.send(Report::Snapshot { to, ok: true });
+                }
+            }
+            Err(status) => {
+                tracing::debug!(peer = to, %address, error = %lgsp_certs::tls::explain_status(&status), "sending to peer failed");
+                let _ = reports.send(Report::Unreachable(to));
+                for to in snapshots {
+                    let _ = reports.send(Report::Snapshot { to, ok: false });
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                // Whatever queued up meanwhile is stale; Raft resends.
+                while rx.try_recv().is_ok() {}
+            }
+        }
+    }
+}
