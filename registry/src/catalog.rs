@@ -180,7 +180,36 @@ fn owner_of(kind: RecordKind, key: &str) -> Option<&str> {
     }
 }
 
+/// Checks that a key is well formed for its kind, before anything else.
+fn validate_key(kind: RecordKind, key: &str) -> Result<(), CatalogError> {
+    let invalid = |e: lgsp_certs::CertError| CatalogError::InvalidArgument(e.to_string());
+    match kind {
+        RecordKind::Agency => AgencyCode::new(key).map(drop).map_err(invalid),
+        RecordKind::Node => {
+            let (agency, name) = key.split_once('/').ok_or_else(|| {
+                CatalogError::InvalidArgument(format!(
+                    "malformed node key {key:?}: expected <agency-code>/<node-name>"
+                ))
+            })?;
+            AgencyCode::new(agency).map_err(invalid)?;
+            validate_name(name).map_err(invalid)
+        }
+        RecordKind::Service => parse_service_id(key).map(drop),
+        RecordKind::Grant => {
+            let (service, consumer) = key.split_once('|').ok_or_else(|| {
+                CatalogError::InvalidArgument(format!(
+                    "malformed grant key {key:?}: expected <service-id>|<consumer-agency-code>"
+                ))
+            })?;
+            parse_service_id(service)?;
+            AgencyCode::new(consumer).map(drop).map_err(invalid)
+        }
+        RecordKind::Crl | RecordKind::Unspecified => Ok(()),
+    }
+}
+
 fn authorize(actor: &SpiffeId, kind: RecordKind, key: &str) -> Result<(), CatalogError> {
+    validate_key(kind, key)?;
     if actor.role == Role::Admin {
         return Ok(());
     }

@@ -6,8 +6,13 @@
 //! saying what went wrong.
 
 mod ca;
+mod catalog;
+mod registry;
 
-use clap::{Parser, Subcommand};
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use lgsp_certs::{Credentials, TlsFiles};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// lgsp: the provincial data-exchange platform (Nền tảng chia sẻ, tích hợp dùng chung, LGSP).
@@ -29,6 +34,67 @@ enum Command {
     /// certificates, revoke them, publish CRLs, show what a certificate says.
     #[command(subcommand)]
     Ca(ca::CaCommand),
+    /// The Raft-replicated service catalog: run a server, see the cluster,
+    /// add and remove servers.
+    #[command(subcommand)]
+    Registry(registry::RegistryCommand),
+    /// Agencies in the catalog: register, list.
+    #[command(subcommand)]
+    Agency(catalog::AgencyCommand),
+    /// Data-sharing services in the catalog: publish, show, list, withdraw.
+    #[command(subcommand)]
+    Service(catalog::ServiceCommand),
+}
+
+/// How to reach the registry: its servers and this side's certificate.
+#[derive(Debug, Args)]
+pub struct RegistryArgs {
+    /// Registry client addresses, comma-separated (any server will do; the
+    /// others are tried when one is down).
+    #[arg(
+        long,
+        env = "LGSP_REGISTRY",
+        value_name = "ADDRS",
+        default_value = "127.0.0.1:7101"
+    )]
+    registry: String,
+    /// Directory with this side's cert.pem, key.pem and ca.pem.
+    #[arg(long, env = "LGSP_TLS_DIR", value_name = "DIR")]
+    tls_dir: PathBuf,
+}
+
+impl RegistryArgs {
+    fn addresses(&self) -> Vec<String> {
+        self.registry
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn credentials(&self) -> anyhow::Result<Credentials> {
+        Credentials::load(&TlsFiles::in_dir(&self.tls_dir))
+            .with_context(|| format!("cannot load the TLS files in {}", self.tls_dir.display()))
+    }
+
+    fn client(&self) -> anyhow::Result<lgsp_registry::RegistryClient> {
+        Ok(lgsp_registry::RegistryClient::new(
+            &self.addresses(),
+            &self.credentials()?,
+        )?)
+    }
+}
+
+/// A configuration or usage problem found after parsing: exits with code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 /// Runs the command line; returns the process exit code.
@@ -37,18 +103,32 @@ pub fn main() -> ExitCode {
     init_tracing();
     let result = match cli.command {
         Command::Ca(cmd) => ca::run(cmd),
+        Command::Registry(cmd) => registry::run(cmd),
+        Command::Agency(cmd) => catalog::run_agency(cmd),
+        Command::Service(cmd) => catalog::run_service(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {}", one_line(&error));
-            ExitCode::FAILURE
+            if error.is::<UsageError>() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
 
 /// An error and its causes on one line: `what failed: why: root cause`.
 fn one_line(error: &anyhow::Error) -> String {
+    if let Some(status) = error.downcast_ref::<tonic::Status>() {
+        return format!(
+            "{} ({:?})",
+            status.message().replace('\n', " "),
+            status.code()
+        );
+    }
     let mut parts: Vec<String> = Vec::new();
     for cause in error.chain() {
         let text = cause.to_string();
@@ -66,4 +146,15 @@ fn init_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_subcommand_has_consistent_arguments() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 }

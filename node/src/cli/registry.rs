@@ -1,0 +1,248 @@
+//! `lgsp registry`: run a registry server and operate the cluster.
+
+use super::{RegistryArgs, UsageError};
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use lgsp_proto::AddMemberRequest;
+use lgsp_registry::config::{TlsConfig, parse_peers};
+use lgsp_registry::{RegistryConfig, RegistryError, RegistryServer};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Subcommand)]
+pub enum RegistryCommand {
+    /// Run a registry server until SIGTERM or Ctrl-C.
+    ///
+    /// A new cluster: start every founding server with the same --peers
+    /// (each server's id=peer-address) and an empty --data-dir. A restart:
+    /// the same command; the data directory has the state. A new member:
+    /// `lgsp registry add-member` first, then start it with --join.
+    Start(StartArgs),
+    /// Show each server's view: leader, term, members, applied index, revision.
+    Status {
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Add a server to the cluster (joint consensus, left explicitly). Then
+    /// start the new server with --join and an empty data directory.
+    AddMember {
+        #[command(flatten)]
+        registry: RegistryArgs,
+        /// The new server's id: never one used before, even by a removed server.
+        #[arg(long)]
+        id: u64,
+        /// host:port of the new server's peer listener.
+        #[arg(long, value_name = "ADDR")]
+        peer_addr: String,
+        /// host:port of the new server's client listener.
+        #[arg(long, value_name = "ADDR", default_value = "")]
+        client_addr: String,
+    },
+    /// Remove a server from the cluster. Its id is never to be used again.
+    RemoveMember {
+        #[command(flatten)]
+        registry: RegistryArgs,
+        #[arg(long)]
+        id: u64,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// A TOML file with any of the settings below (flags override it).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// This server's id (a positive number, unique, never reused).
+    #[arg(long)]
+    id: Option<u64>,
+    /// Client API listener (mTLS), e.g. 127.0.0.1:7101.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Peer (Raft) listener (mTLS, registry certificates only), e.g. 127.0.0.1:7201.
+    #[arg(long, value_name = "ADDR")]
+    peer_listen: Option<SocketAddr>,
+    /// Founding members as ID=PEER_ADDR[/CLIENT_ADDR], comma-separated,
+    /// e.g. 1=127.0.0.1:7201,2=127.0.0.1:7202,3=127.0.0.1:7203.
+    #[arg(long, value_name = "LIST")]
+    peers: Option<String>,
+    /// Where the Raft log and the catalog are kept.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Directory with cert.pem, key.pem and ca.pem (a registry certificate).
+    #[arg(long, value_name = "DIR")]
+    tls_dir: Option<PathBuf>,
+    /// Join an existing cluster (after `add-member`) instead of founding one.
+    #[arg(long)]
+    join: bool,
+}
+
+fn config_from(args: StartArgs) -> Result<RegistryConfig> {
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            RegistryConfig::from_toml(&text)
+                .map_err(|e| UsageError(format!("{}: {e}", path.display())))?
+        }
+        None => RegistryConfig::default(),
+    };
+    if let Some(id) = args.id {
+        config.id = id;
+    }
+    if let Some(a) = args.listen {
+        config.listen = a;
+    }
+    if let Some(a) = args.peer_listen {
+        config.peer_listen = a;
+    }
+    if let Some(p) = args.peers {
+        config.peers = parse_peers(&p).map_err(|e| UsageError(format!("--peers: {e}")))?;
+    }
+    if let Some(d) = args.data_dir {
+        config.data_dir = d;
+    }
+    if let Some(dir) = args.tls_dir {
+        config.tls = Some(TlsConfig {
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+            ca: dir.join("ca.pem"),
+        });
+    }
+    config.join |= args.join;
+    config.validate().map_err(|e| UsageError(e.to_string()))?;
+    Ok(config)
+}
+
+pub fn run(cmd: RegistryCommand) -> Result<()> {
+    let rt = super::runtime()?;
+    match cmd {
+        RegistryCommand::Start(args) => {
+            let config = config_from(args)?;
+            rt.block_on(serve(config))
+        }
+        RegistryCommand::Status { registry } => rt.block_on(status(registry)),
+        RegistryCommand::AddMember {
+            registry,
+            id,
+            peer_addr,
+            client_addr,
+        } => rt.block_on(async {
+            let client = registry.client()?;
+            let r = client
+                .add_member(AddMemberRequest {
+                    id,
+                    peer_address: peer_addr.clone(),
+                    client_address: client_addr,
+                })
+                .await?;
+            println!("Server {id} ({peer_addr}) is a member. Start it now with --join and an empty data directory.");
+            print_members(&r.members);
+            Ok(())
+        }),
+        RegistryCommand::RemoveMember { registry, id } => rt.block_on(async {
+            let client = registry.client()?;
+            let r = client.remove_member(id).await?;
+            println!("Server {id} is no longer a member; stop it, and never reuse id {id}.");
+            print_members(&r.members);
+            Ok(())
+        }),
+    }
+}
+
+async fn serve(config: RegistryConfig) -> Result<()> {
+    let data_dir = config.data_dir.clone();
+    let mut server = match RegistryServer::start(config).await {
+        Ok(s) => s,
+        Err(RegistryError::Config(why)) => return Err(UsageError(why).into()),
+        Err(e) => return Err(e.into()),
+    };
+    println!(
+        "registry server {} serving clients on {} and peers on {}, data in {}",
+        server.id,
+        server.client_addr(),
+        server.peer_addr(),
+        data_dir.display()
+    );
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        result = server.wait() => {
+            result?;
+            Ok(())
+        }
+        _ = tokio::signal::ctrl_c() => {
+            tracing::info!("interrupted; shutting down");
+            server.shutdown().await?;
+            Ok(())
+        }
+        _ = sigterm.recv() => {
+            tracing::info!("SIGTERM; shutting down");
+            server.shutdown().await?;
+            Ok(())
+        }
+    }
+}
+
+async fn status(registry: RegistryArgs) -> Result<()> {
+    let creds = registry.credentials()?;
+    let mut failures = 0;
+    for addr in registry.addresses() {
+        let client = lgsp_registry::RegistryClient::new(std::slice::from_ref(&addr), &creds)?;
+        match client.server(0).status(lgsp_proto::StatusRequest {}).await {
+            Ok(s) => {
+                let s = s.into_inner();
+                println!(
+                    "{addr}: server {} is {}{}, term {}, leader {}",
+                    s.id,
+                    s.role,
+                    if s.joint_consensus {
+                        " (joint consensus)"
+                    } else {
+                        ""
+                    },
+                    s.term,
+                    if s.leader_id == 0 {
+                        "unknown".into()
+                    } else {
+                        s.leader_id.to_string()
+                    }
+                );
+                println!(
+                    "  commit index {}, applied index {}, catalog revision {}, watch history from revision {}",
+                    s.commit_index, s.applied_index, s.revision, s.compact_revision
+                );
+                print_members(&s.members);
+            }
+            Err(status) => {
+                failures += 1;
+                println!(
+                    "{addr}: unreachable: {}",
+                    lgsp_certs::tls::explain_status(&status)
+                );
+            }
+        }
+    }
+    if failures > 0 && failures == registry.addresses().len() {
+        anyhow::bail!("no registry server answered");
+    }
+    Ok(())
+}
+
+fn print_members(members: &[lgsp_proto::Member]) {
+    for m in members {
+        println!(
+            "  member {}: {} peer {} client {}",
+            m.id,
+            if m.voter { "voter" } else { "learner" },
+            if m.peer_address.is_empty() {
+                "?"
+            } else {
+                &m.peer_address
+            },
+            if m.client_address.is_empty() {
+                "?"
+            } else {
+                &m.client_address
+            },
+        );
+    }
+}

@@ -1,0 +1,190 @@
+//! Registry servers as real `lgsp registry start` processes, for tests that
+//! kill them with SIGKILL and start them again from their data directories.
+
+use crate::cluster::{PROVINCE, free_addr, write_creds};
+use crate::{Pki, TRUST_DOMAIN, lgsp_bin};
+use lgsp_certs::{Credentials, Role};
+use lgsp_registry::RegistryClient;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One registry server process and how to start it again.
+pub struct ServerProcess {
+    pub id: u64,
+    pub client: String,
+    pub dir: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl ServerProcess {
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("server.log"))
+            .expect("log file");
+        let child = Command::new(lgsp_bin())
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start lgsp registry");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill").arg(c.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                return c.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// Waits for the process to exit by itself; returns its status.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let c = self.child.as_mut()?;
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = c.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A cluster of registry processes.
+pub struct ProcessCluster {
+    pub pki: Pki,
+    pub admin: Credentials,
+    pub servers: Vec<ServerProcess>,
+}
+
+impl ProcessCluster {
+    pub fn start(n: u64) -> Self {
+        let mut pki = Pki::new(TRUST_DOMAIN);
+        let (admin, _) = pki.issue(PROVINCE, Role::Admin, "so-tttt");
+        let addrs: Vec<(u64, String, String)> = (1..=n)
+            .map(|id| (id, free_addr().to_string(), free_addr().to_string()))
+            .collect();
+        let peers = addrs
+            .iter()
+            .map(|(id, client, peer)| format!("{id}={peer}/{client}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut servers = Vec::new();
+        for (id, client, peer) in &addrs {
+            let dir = pki.dir.path().join(format!("registry-{id}"));
+            let (creds, _) = pki.issue(PROVINCE, Role::Registry, &format!("registry-{id}"));
+            write_creds(&dir.join("tls"), &creds);
+            let args: Vec<String> = [
+                "registry",
+                "start",
+                "--id",
+                &id.to_string(),
+                "--listen",
+                client,
+                "--peer-listen",
+                peer,
+                "--peers",
+                &peers,
+                "--data-dir",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([
+                dir.join("data").display().to_string(),
+                "--tls-dir".into(),
+                dir.join("tls").display().to_string(),
+            ])
+            .collect();
+            let mut s = ServerProcess {
+                id: *id,
+                client: client.clone(),
+                dir,
+                args,
+                child: None,
+            };
+            s.spawn();
+            servers.push(s);
+        }
+        Self {
+            pki,
+            admin,
+            servers,
+        }
+    }
+
+    pub fn client(&self) -> RegistryClient {
+        let endpoints: Vec<String> = self.servers.iter().map(|s| s.client.clone()).collect();
+        RegistryClient::new(&endpoints, &self.admin).expect("client")
+    }
+
+    pub fn client_of(&self, id: u64) -> RegistryClient {
+        let s = self.server(id);
+        RegistryClient::new(std::slice::from_ref(&s.client), &self.admin).expect("client")
+    }
+
+    pub fn server(&self, id: u64) -> &ServerProcess {
+        self.servers.iter().find(|s| s.id == id).expect("server id")
+    }
+
+    pub fn server_mut(&mut self, id: u64) -> &mut ServerProcess {
+        self.servers
+            .iter_mut()
+            .find(|s| s.id == id)
+            .expect("server id")
+    }
+
+    /// The leader the servers agree on, waiting up to 15 s.
+    pub async fn leader(&self) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(s) = self.client().status().await {
+                if s.leader_id != 0 {
+                    return s.leader_id;
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader in 15 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

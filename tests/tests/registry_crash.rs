@@ -1,0 +1,111 @@
+//! Registry servers as real processes killed with SIGKILL: no acknowledged
+//! write is lost, and a server that lost its data is told how to come back.
+
+use lgsp_proto::catalog_record::Value;
+use lgsp_proto::{Agency, RecordKind};
+use lgsp_tests::cluster::create_resolving;
+use lgsp_tests::process::ProcessCluster;
+use std::time::{Duration, Instant};
+
+fn agency(i: usize) -> Value {
+    Value::Agency(Agency {
+        code: format!("000.{:02}.{:02}.H62", i / 100, i % 100),
+        name: format!("Ủy ban nhân dân xã số {i}"),
+        focal_point: None,
+    })
+}
+
+/// Waits until server `id` alone (stale reads) has every record in `codes`.
+async fn has_all(cluster: &ProcessCluster, id: u64, codes: &[String]) {
+    let client = cluster.client_of(id);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for code in codes {
+        loop {
+            match client.get(RecordKind::Agency, code, true).await {
+                Ok(r) if r.record.is_some() => break,
+                other => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "server {id} lacks {code}: {other:?}\n{}",
+                        cluster.server(id).log()
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_leader_is_replaced_and_restarts_with_every_acknowledged_write() {
+    let mut cluster = ProcessCluster::start(3);
+    let client = cluster.client();
+    let mut acknowledged = Vec::new();
+    for i in 0..30 {
+        create_resolving(&client, agency(i)).await;
+        acknowledged.push(format!("000.00.{:02}.H62", i % 100));
+    }
+
+    // SIGKILL the leader: nothing of its shutdown code runs.
+    let leader = cluster.leader().await;
+    cluster.server_mut(leader).kill9();
+    for i in 30..60 {
+        create_resolving(&client, agency(i)).await;
+        acknowledged.push(format!("000.00.{:02}.H62", i % 100));
+    }
+    let new_leader = cluster.leader().await;
+    assert_ne!(new_leader, leader, "a new leader took over");
+
+    cluster.server_mut(leader).restart();
+    has_all(&cluster, leader, &acknowledged).await;
+
+    // And a follower killed with SIGKILL while writes go on.
+    let follower = cluster
+        .servers
+        .iter()
+        .map(|s| s.id)
+        .find(|id| *id != new_leader && *id != leader)
+        .expect("a follower");
+    cluster.server_mut(follower).kill9();
+    for i in 60..80 {
+        create_resolving(&client, agency(i)).await;
+        acknowledged.push(format!("000.00.{:02}.H62", i % 100));
+    }
+    cluster.server_mut(follower).restart();
+    has_all(&cluster, follower, &acknowledged).await;
+
+    // SIGTERM is a clean shutdown with exit code 0.
+    let status = cluster
+        .server_mut(follower)
+        .terminate()
+        .expect("exit status");
+    assert!(status.success(), "SIGTERM exit: {status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_whose_data_was_wiped_is_told_to_rejoin_under_a_new_id() {
+    let mut cluster = ProcessCluster::start(3);
+    let client = cluster.client();
+    for i in 0..10 {
+        create_resolving(&client, agency(i)).await;
+    }
+    let leader = cluster.leader().await;
+    let victim = cluster
+        .servers
+        .iter()
+        .map(|s| s.id)
+        .find(|id| *id != leader)
+        .unwrap();
+    let server = cluster.server_mut(victim);
+    server.kill9();
+    std::fs::remove_dir_all(server.dir.join("data")).unwrap();
+    server.restart();
+    let status = server
+        .wait_exit(Duration::from_secs(20))
+        .expect("the wiped server should stop by itself");
+    assert!(!status.success());
+    let log = server.log();
+    assert!(log.contains("was the data directory wiped?"), "{log}");
+    assert!(log.contains("rejoin under a new id"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+}
