@@ -3,4 +3,5 @@
 //! [`cli`] parses arguments and calls into the libraries; behaviour lives in
 //! the library crates and modules so that tests can call it directly.
 
+pub mod bench;
 pub mod cli;

@@ -5,7 +5,7 @@
 //! 2. a snapshot from the leader replaces log and catalog atomically;
 //! 3. new entries and the hard state are written, then committed entries are
 //!    applied (each entry one atomic batch with the applied index);
-//! 4. sled is flushed once for the whole Ready;
+//! 4. sled is flushed once for the whole Ready, when it must be synced;
 //! 5. only then are the persisted messages sent, `advance` called, and the
 //!    `LightReady`'s commit index and committed entries handled the same way;
 //! 6. clients are answered and watchers told only after the flush.
@@ -89,12 +89,22 @@ impl RaftHandle {
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T, RegistryError> {
+        self.call_or(make, || RegistryError::ShuttingDown).await
+    }
+
+    /// Sends a request to the loop; `lost` is the error when the loop
+    /// stops after taking the request but before answering it.
+    async fn call_or<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> Request,
+        lost: impl FnOnce() -> RegistryError,
+    ) -> Result<T, RegistryError> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(make(tx))
             .await
             .map_err(|_| RegistryError::ShuttingDown)?;
-        rx.await.map_err(|_| RegistryError::ShuttingDown)?
+        rx.await.map_err(|_| lost())?
     }
 
     /// Proposes a catalog command and waits until it is applied here.
@@ -104,11 +114,21 @@ impl RaftHandle {
         command: Command,
     ) -> Result<ApplyResponse, RegistryError> {
         catalog::check(&self.db, &actor, &command)?;
-        self.call(|reply| Request::Propose {
-            actor: Box::new(actor),
-            command: Box::new(command),
-            reply,
-        })
+        // Once the loop has the proposal it may reach the leader and commit
+        // even if this server stops before it hears so: "shutting down" here
+        // would tell the client, wrongly, that nothing was applied.
+        self.call_or(
+            |reply| Request::Propose {
+                actor: Box::new(actor),
+                command: Box::new(command),
+                reply,
+            },
+            || {
+                RegistryError::Indeterminate(
+                    "the registry server stopped before the write's outcome was known; it may or may not be applied: read it back before retrying".into(),
+                )
+            },
+        )
         .await
     }
 
@@ -138,7 +158,15 @@ impl RaftHandle {
     /// Adds or removes a voter (joint consensus, left explicitly); returns
     /// the members once the change is complete.
     pub async fn change_membership(&self, op: MembershipOp) -> Result<Vec<Member>, RegistryError> {
-        self.call(|reply| Request::Membership { op, reply }).await
+        self.call_or(
+            |reply| Request::Membership { op, reply },
+            || {
+                RegistryError::Indeterminate(
+                    "the registry server stopped before the membership change completed; check `lgsp registry status`".into(),
+                )
+            },
+        )
+        .await
     }
 
     pub async fn status(&self) -> Result<StatusResponse, RegistryError> {
@@ -243,7 +271,14 @@ pub fn start(
         membership_done: None,
         members_changed: false,
     };
-    let task = tokio::spawn(async move {
+    // The loop blocks on fsync: it gets a thread of its own, so that a flush
+    // never stalls the gRPC tasks of the server's runtime.
+    let (done_tx, done_rx) = oneshot::channel();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| RegistryError::Raft(format!("cannot start the consensus thread: {e}")))?;
+    let run = async move {
         let mut ticker = tokio::time::interval(driver.config.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let result = loop {
@@ -279,6 +314,17 @@ pub fn start(
             tracing::error!(%error, "registry consensus loop stopped");
         }
         result
+    };
+    std::thread::Builder::new()
+        .name(format!("raft-{}", handle.id))
+        .spawn(move || {
+            let _ = done_tx.send(runtime.block_on(run));
+        })
+        .map_err(|e| RegistryError::Raft(format!("cannot start the consensus thread: {e}")))?;
+    let task = tokio::spawn(async move {
+        done_rx
+            .await
+            .unwrap_or_else(|_| Err(RegistryError::Raft("the consensus thread died".into())))
     });
     Ok((handle, task))
 }
@@ -543,11 +589,17 @@ impl Driver {
 
         self.apply_committed(ready.take_committed_entries())?;
         let read_states = ready.take_read_states();
-        self.store.flush()?;
+        // New entries, votes and terms must be on disk before anyone hears
+        // of them. Applied state needs no flush of its own: every applied
+        // entry is already flushed in the logs of a majority, and sled
+        // recovers a prefix of its batches, so after a crash the applied
+        // index never runs ahead of the commit index and the rest replays.
+        if ready.must_sync() {
+            self.store.flush()?;
+        }
         self.transport.send(ready.take_persisted_messages());
 
         let mut light = self.raw.advance(ready);
-        let mut wrote = false;
         if let Some(commit) = light.commit_index() {
             let mut batch = sled::Batch::default();
             self.store.put_commit(&mut batch, commit);
@@ -555,15 +607,9 @@ impl Driver {
                 .db()
                 .apply_batch(batch)
                 .map_err(crate::storage::storage_err)?;
-            wrote = true;
         }
         self.transport.send(light.take_messages());
-        let committed = light.take_committed_entries();
-        wrote |= !committed.is_empty();
-        self.apply_committed(committed)?;
-        if wrote {
-            self.store.flush()?;
-        }
+        self.apply_committed(light.take_committed_entries())?;
         self.raw.advance_apply();
 
         for rs in read_states {

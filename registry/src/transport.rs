@@ -53,12 +53,16 @@ pub struct Transport {
     addresses: RwLock<HashMap<u64, String>>,
     queues: Mutex<HashMap<u64, (String, mpsc::Sender<Message>)>>,
     reports: mpsc::UnboundedSender<Report>,
+    /// The server's runtime, where sending tasks run (the consensus loop
+    /// calls `send` from a thread of its own).
+    runtime: tokio::runtime::Handle,
     pub faults: Arc<Faults>,
 }
 
 const QUEUE: usize = 4096;
 
 impl Transport {
+    /// Must be called inside the server's tokio runtime.
     pub fn new(id: u64, creds: Credentials, reports: mpsc::UnboundedSender<Report>) -> Self {
         Self {
             id,
@@ -66,6 +70,7 @@ impl Transport {
             addresses: RwLock::new(HashMap::new()),
             queues: Mutex::new(HashMap::new()),
             reports,
+            runtime: tokio::runtime::Handle::current(),
             faults: Arc::new(Faults::default()),
         }
     }
@@ -113,7 +118,7 @@ impl Transport {
             return Some(tx.clone());
         }
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(peer_sender(
+        self.runtime.spawn(peer_sender(
             to,
             address.clone(),
             self.creds.clone(),

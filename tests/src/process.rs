@@ -178,10 +178,10 @@ impl ProcessCluster {
     pub async fn leader(&self) -> u64 {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            if let Ok(s) = self.client().status().await {
-                if s.leader_id != 0 {
-                    return s.leader_id;
-                }
+            if let Ok(s) = self.client().status().await
+                && s.leader_id != 0
+            {
+                return s.leader_id;
             }
             assert!(Instant::now() < deadline, "no leader in 15 s");
             tokio::time::sleep(Duration::from_millis(100)).await;

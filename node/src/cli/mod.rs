@@ -5,6 +5,7 @@
 //! the flag; failures of the work itself exit with code 1 and one line
 //! saying what went wrong.
 
+mod bench;
 mod ca;
 mod catalog;
 mod registry;
@@ -44,6 +45,9 @@ enum Command {
     /// Data-sharing services in the catalog: publish, show, list, withdraw.
     #[command(subcommand)]
     Service(catalog::ServiceCommand),
+    /// Benchmarks, each reported next to a baseline measured in the same run.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 /// How to reach the registry: its servers and this side's certificate.
@@ -106,6 +110,7 @@ pub fn main() -> ExitCode {
         Command::Registry(cmd) => registry::run(cmd),
         Command::Agency(cmd) => catalog::run_agency(cmd),
         Command::Service(cmd) => catalog::run_service(cmd),
+        Command::Bench(cmd) => bench::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
