@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 pub struct ServerProcess {
     pub id: u64,
     pub client: String,
+    pub peer: String,
     pub dir: PathBuf,
     args: Vec<String>,
     child: Option<Child>,
@@ -139,6 +140,7 @@ impl ProcessCluster {
             let mut s = ServerProcess {
                 id: *id,
                 client: client.clone(),
+                peer: peer.clone(),
                 dir,
                 args,
                 child: None,
@@ -151,6 +153,28 @@ impl ProcessCluster {
             admin,
             servers,
         }
+    }
+
+    /// Starts another `lgsp` process with `args` (e.g. a server joining the
+    /// cluster), logging into `dir`.
+    pub fn spawn_extra(
+        &self,
+        id: u64,
+        client: &str,
+        args: Vec<String>,
+        dir: PathBuf,
+    ) -> ServerProcess {
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let mut s = ServerProcess {
+            id,
+            client: client.to_owned(),
+            peer: String::new(),
+            dir,
+            args,
+            child: None,
+        };
+        s.spawn();
+        s
     }
 
     pub fn client(&self) -> RegistryClient {
