@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod process;
+pub mod province;
 
 use lgsp_certs::ca::{CertificateAuthority, LeafSpec};
 use lgsp_certs::{AgencyCode, Authenticator, Credentials, Role, ServerTls, SpiffeId, WhoAmI};

@@ -5,9 +5,14 @@
 //! the flag; failures of the work itself exit with code 1 and one line
 //! saying what went wrong.
 
+mod access;
+mod audit;
 mod bench;
 mod ca;
+mod call;
 mod catalog;
+mod dataset;
+mod node;
 mod registry;
 
 use anyhow::Context;
@@ -45,6 +50,20 @@ enum Command {
     /// Data-sharing services in the catalog: publish, show, list, withdraw.
     #[command(subcommand)]
     Service(catalog::ServiceCommand),
+    /// Access grants (who may call what): grant, suspend, revoke, list.
+    #[command(subcommand)]
+    Access(access::AccessCommand),
+    /// Call another agency's service through this agency's node.
+    Call(call::CallArgs),
+    /// An agency node: prepare it (key, CSR, node.toml), run it.
+    #[command(subcommand)]
+    Node(node::NodeCommand),
+    /// Datasets this node serves itself: import CSV or JSON Lines, show, query.
+    #[command(subcommand)]
+    Dataset(dataset::DatasetCommand),
+    /// The sharing log (nhật ký chia sẻ, D47 Art. 45): verify it, export it.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Benchmarks, each reported next to a baseline measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -111,6 +130,11 @@ pub fn main() -> ExitCode {
         Command::Agency(cmd) => catalog::run_agency(cmd),
         Command::Service(cmd) => catalog::run_service(cmd),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Access(cmd) => access::run(cmd),
+        Command::Call(args) => call::run(args),
+        Command::Audit(cmd) => audit::run(cmd),
+        Command::Node(cmd) => node::run(cmd),
+        Command::Dataset(cmd) => dataset::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

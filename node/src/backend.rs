@@ -1,0 +1,122 @@
+//! Calling an agency's own HTTP/JSON system on behalf of a consumer.
+
+use crate::config::ServiceConfig;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use std::collections::HashMap;
+use std::time::Duration;
+use tonic::Status;
+
+/// A pooled HTTP/1.1 client for backends.
+#[derive(Clone, Debug)]
+pub struct HttpBackend {
+    client: Client<HttpConnector, Full<Bytes>>,
+    max_response: usize,
+}
+
+impl HttpBackend {
+    pub fn new(max_response: usize) -> Self {
+        Self {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            max_response,
+        }
+    }
+
+    /// Sends `payload` to the backend of `service` for operation `op`;
+    /// returns the response body.
+    pub async fn call(
+        &self,
+        service: &ServiceConfig,
+        op: &str,
+        parameters: &HashMap<String, String>,
+        payload: &[u8],
+        request_id: &str,
+        consumer: &str,
+    ) -> Result<Vec<u8>, Status> {
+        if !op
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            || op.is_empty()
+        {
+            return Err(Status::invalid_argument(format!(
+                "operation {op:?} is not allowed: use letters, digits, '-', '_' and '.'"
+            )));
+        }
+        let mut url = service.url.replace("{op}", op);
+        if service.method == "GET" && !parameters.is_empty() {
+            let mut pairs: Vec<_> = parameters.iter().collect();
+            pairs.sort();
+            let query: Vec<String> = pairs
+                .into_iter()
+                .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+                .collect();
+            url.push(if url.contains('?') { '&' } else { '?' });
+            url.push_str(&query.join("&"));
+        }
+        let body = if service.method == "GET" {
+            Bytes::new()
+        } else {
+            Bytes::copy_from_slice(payload)
+        };
+        let request = hyper::Request::builder()
+            .method(service.method.as_str())
+            .uri(&url)
+            .header("content-type", "application/json")
+            .header("x-request-id", request_id)
+            .header("x-lgsp-consumer-agency", consumer)
+            .body(Full::new(body))
+            .map_err(|e| Status::internal(format!("backend URL {url:?} is unusable: {e}")))?;
+        let timeout = Duration::from_millis(service.timeout_ms);
+        let response = tokio::time::timeout(timeout, async {
+            let response = self.client.request(request).await.map_err(|e| {
+                Status::unavailable(format!(
+                    "the agency's backend for {} is unreachable: {e}",
+                    service.name
+                ))
+            })?;
+            let status = response.status();
+            let body = Limited::new(response.into_body(), self.max_response)
+                .collect()
+                .await
+                .map_err(|e| {
+                    Status::unavailable(format!("reading the backend's response failed: {e}"))
+                })?
+                .to_bytes();
+            Ok::<_, Status>((status, body))
+        })
+        .await
+        .map_err(|_| {
+            Status::deadline_exceeded(format!(
+                "the agency's backend for {} did not answer within {timeout:?}",
+                service.name
+            ))
+        })??;
+        let (status, body) = response;
+        if status.is_success() {
+            return Ok(body.to_vec());
+        }
+        let text: String = String::from_utf8_lossy(&body).chars().take(300).collect();
+        Err(match status.as_u16() {
+            404 => Status::not_found(format!("the backend found nothing: {text}")),
+            400..=499 => Status::invalid_argument(format!(
+                "the backend refused the request ({status}): {text}"
+            )),
+            _ => Status::unavailable(format!("the backend failed ({status}): {text}")),
+        })
+    }
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}

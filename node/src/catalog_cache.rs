@@ -1,0 +1,316 @@
+//! The node's own copy of the provincial catalog: loaded from disk at start,
+//! kept current by the registry's `Watch`, and used for every decision on
+//! the data path, so the node keeps serving (and enforcing) while the
+//! registry is unreachable.
+
+use lgsp_proto::catalog_record::Value;
+use lgsp_proto::watch_event::Type as EventType;
+use lgsp_proto::{
+    CatalogRecord, Grant, GrantStatus, ListRequest, NodeRecord, RecordKind, Service, WatchEvent,
+};
+use lgsp_registry::RegistryClient;
+use prost::Message as _;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::watch;
+
+const REVISION_KEY: &[u8] = b"revision";
+
+#[derive(Debug, Default)]
+struct State {
+    revision: u64,
+    records: HashMap<(i32, String), CatalogRecord>,
+}
+
+/// The catalog as this node last heard it.
+#[derive(Debug)]
+pub struct CatalogCache {
+    state: RwLock<State>,
+    db: sled::Tree,
+    /// When the cache was last known to match the registry (a live watch).
+    fresh_at: RwLock<Option<SystemTime>>,
+    live: std::sync::atomic::AtomicBool,
+    changes: watch::Sender<u64>,
+}
+
+impl CatalogCache {
+    /// Opens the cache persisted in `db`'s tree `catalog`.
+    pub fn open(db: &sled::Db) -> anyhow::Result<Arc<Self>> {
+        let tree = db.open_tree("catalog")?;
+        let mut state = State::default();
+        for item in tree.iter() {
+            let (k, v) = item?;
+            if k.as_ref() == REVISION_KEY {
+                state.revision = u64::from_be_bytes(v.as_ref().try_into().unwrap_or_default());
+            } else if let Ok(record) = CatalogRecord::decode(v.as_ref()) {
+                state
+                    .records
+                    .insert((record.kind, record.key.clone()), record);
+            }
+        }
+        let (changes, _) = watch::channel(state.revision);
+        tracing::info!(
+            revision = state.revision,
+            records = state.records.len(),
+            "catalog cache loaded"
+        );
+        Ok(Arc::new(Self {
+            state: RwLock::new(state),
+            db: tree,
+            fresh_at: RwLock::new(None),
+            live: std::sync::atomic::AtomicBool::new(false),
+            changes,
+        }))
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.state.read().expect("cache lock").revision
+    }
+
+    /// Notified with the revision after every change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Whether a watch is live now.
+    pub fn is_live(&self) -> bool {
+        self.live.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Seconds since the cache was last known current (None: never).
+    pub fn age(&self) -> Option<Duration> {
+        if self.is_live() {
+            return Some(Duration::ZERO);
+        }
+        self.fresh_at
+            .read()
+            .expect("fresh lock")
+            .and_then(|t| t.elapsed().ok())
+    }
+
+    fn get(&self, kind: RecordKind, key: &str) -> Option<Value> {
+        self.state
+            .read()
+            .expect("cache lock")
+            .records
+            .get(&(kind as i32, key.to_owned()))
+            .and_then(|r| r.value.clone())
+    }
+
+    pub fn service(&self, id: &str) -> Option<Service> {
+        match self.get(RecordKind::Service, id)? {
+            Value::Service(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn node(&self, agency: &str, name: &str) -> Option<NodeRecord> {
+        match self.get(RecordKind::Node, &format!("{agency}/{name}"))? {
+            Value::Node(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    pub fn grant(&self, service_id: &str, consumer: &str) -> Option<Grant> {
+        match self.get(RecordKind::Grant, &format!("{service_id}|{consumer}"))? {
+            Value::Grant(g) => Some(g),
+            _ => None,
+        }
+    }
+
+    /// Whether the grant is usable now.
+    pub fn grant_is_active(grant: &Grant) -> bool {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        grant.status == GrantStatus::Active as i32
+            && (grant.expires_unix == 0 || grant.expires_unix > now)
+    }
+
+    /// The CRL in the catalog, DER.
+    pub fn crl(&self) -> Option<Vec<u8>> {
+        match self.get(RecordKind::Crl, "current")? {
+            Value::Crl(c) => Some(c.der),
+            _ => None,
+        }
+    }
+
+    fn apply(&self, event: &WatchEvent) -> anyhow::Result<()> {
+        let Some(record) = &event.record else {
+            return Ok(());
+        };
+        let db_key = format!("{}:{}", record.kind, record.key);
+        let mut batch = sled::Batch::default();
+        let mut state = self.state.write().expect("cache lock");
+        if event.r#type == EventType::Delete as i32 {
+            state.records.remove(&(record.kind, record.key.clone()));
+            batch.remove(db_key.as_bytes());
+        } else {
+            state
+                .records
+                .insert((record.kind, record.key.clone()), record.clone());
+            batch.insert(db_key.as_bytes(), record.encode_to_vec());
+        }
+        state.revision = state.revision.max(event.revision);
+        batch.insert(REVISION_KEY, &state.revision.to_be_bytes());
+        self.db.apply_batch(batch)?;
+        let revision = state.revision;
+        drop(state);
+        let _ = self.changes.send(revision);
+        Ok(())
+    }
+
+    fn replace(&self, records: Vec<CatalogRecord>, revision: u64) -> anyhow::Result<()> {
+        let mut batch = sled::Batch::default();
+        for key in self.db.iter().keys() {
+            batch.remove(key?);
+        }
+        let mut map = HashMap::new();
+        for r in records {
+            batch.insert(
+                format!("{}:{}", r.kind, r.key).as_bytes(),
+                r.encode_to_vec(),
+            );
+            map.insert((r.kind, r.key.clone()), r);
+        }
+        batch.insert(REVISION_KEY, &revision.to_be_bytes());
+        self.db.apply_batch(batch)?;
+        let mut state = self.state.write().expect("cache lock");
+        state.records = map;
+        state.revision = revision;
+        drop(state);
+        let _ = self.changes.send(revision);
+        Ok(())
+    }
+
+    /// Reloads everything from the registry (first start, or after the
+    /// registry compacted the revisions this cache needed).
+    async fn reload(&self, client: &RegistryClient) -> anyhow::Result<u64> {
+        let mut all = Vec::new();
+        let mut revision = 0;
+        for kind in [
+            RecordKind::Agency,
+            RecordKind::Node,
+            RecordKind::Service,
+            RecordKind::Grant,
+            RecordKind::Crl,
+        ] {
+            let (records, rev) = client
+                .list_all(ListRequest {
+                    kind: kind as i32,
+                    page_size: 1000,
+                    ..Default::default()
+                })
+                .await?;
+            all.extend(records);
+            revision = revision.max(rev);
+        }
+        self.replace(all, revision)?;
+        tracing::info!(revision, "catalog cache reloaded from the registry");
+        Ok(revision)
+    }
+
+    /// Follows the registry for as long as `shutdown` stays false: reloads
+    /// when needed, applies every change, and says when the cache goes stale.
+    pub async fn follow(
+        self: Arc<Self>,
+        client: RegistryClient,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut stale_since: Option<Instant> = None;
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let from = if self.revision() == 0 {
+                match self.reload(&client).await {
+                    Ok(rev) => rev + 1,
+                    Err(error) => {
+                        self.mark_stale(&mut stale_since, &error.to_string());
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                            _ = shutdown.changed() => return,
+                        }
+                    }
+                }
+            } else {
+                self.revision() + 1
+            };
+            let mut events = client.watch(from);
+            let mut check = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                let event = tokio::select! {
+                    e = events.recv() => e,
+                    _ = check.tick() => {
+                        // A quiet watch and a dead one look alike: ask the
+                        // registry once a second whether it is there. (The
+                        // watch itself resumes on another server by itself.)
+                        match tokio::time::timeout(Duration::from_millis(900), client.status()).await {
+                            Ok(Ok(_)) => self.mark_live(&mut stale_since),
+                            Ok(Err(e)) => self.mark_stale(&mut stale_since, e.message()),
+                            Err(_) => self.mark_stale(&mut stale_since, "no registry server answered within a second"),
+                        }
+                        continue;
+                    }
+                    _ = shutdown.changed() => return,
+                };
+                let Some(event) = event else { break };
+                match EventType::try_from(event.r#type) {
+                    Ok(EventType::Synced) => self.mark_live(&mut stale_since),
+                    Ok(EventType::Compacted) => {
+                        tracing::info!(
+                            "the registry compacted past this cache's revision; reloading"
+                        );
+                        if let Err(error) = self.reload(&client).await {
+                            self.mark_stale(&mut stale_since, &error.to_string());
+                        }
+                        break;
+                    }
+                    Ok(EventType::Put | EventType::Delete) => {
+                        self.mark_live(&mut stale_since);
+                        if let Err(error) = self.apply(&event) {
+                            tracing::error!(%error, "cannot persist a catalog change");
+                        }
+                    }
+                    Err(_) => {}
+                }
+            }
+            self.live.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn mark_live(&self, stale_since: &mut Option<Instant>) {
+        if !self.is_live() {
+            self.live.store(true, std::sync::atomic::Ordering::Relaxed);
+            if stale_since.take().is_some() {
+                tracing::info!(revision = self.revision(), "catalog cache is current again");
+            }
+        }
+        *self.fresh_at.write().expect("fresh lock") = Some(SystemTime::now());
+    }
+
+    fn mark_stale(&self, stale_since: &mut Option<Instant>, why: &str) {
+        if self.live.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            *self.fresh_at.write().expect("fresh lock") = Some(SystemTime::now());
+        }
+        let since = *stale_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < Duration::from_millis(1500)
+            || since.elapsed().as_secs().is_multiple_of(30)
+        {
+            tracing::warn!(
+                revision = self.revision(),
+                stale_for_s = since.elapsed().as_secs(),
+                %why,
+                "catalog cache is stale: serving and enforcing from the local copy"
+            );
+        }
+    }
+}
+
+/// Opens the node's database in `dir`.
+pub fn open_db(dir: &Path) -> anyhow::Result<sled::Db> {
+    std::fs::create_dir_all(dir)?;
+    Ok(sled::open(dir.join("node.sled"))?)
+}

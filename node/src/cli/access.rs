@@ -1,0 +1,201 @@
+//! `lgsp access`: grant, suspend and revoke other agencies' access to a
+//! service (by the provider agency or the provincial admin).
+
+use super::RegistryArgs;
+use anyhow::{Result, bail};
+use clap::Subcommand;
+use lgsp_certs::AgencyCode;
+use lgsp_proto::catalog_record::Value;
+use lgsp_proto::{Grant, GrantStatus, ListRequest, RecordKind};
+
+#[derive(Debug, Subcommand)]
+pub enum AccessCommand {
+    /// Let a consumer agency call a service.
+    Grant {
+        #[command(flatten)]
+        registry: RegistryArgs,
+        /// The service id, <agency-code>/<service-name>.
+        #[arg(long)]
+        service: String,
+        /// The consumer agency's code.
+        #[arg(long, value_parser = parse_agency)]
+        consumer: AgencyCode,
+        /// Last day of the grant, YYYY-MM-DD (none: until revoked).
+        #[arg(long)]
+        until: Option<String>,
+        /// Why (the request it answers, the agreement).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Suspend a grant (D47 Art. 43): the consumer is refused until it is granted again.
+    Suspend {
+        #[command(flatten)]
+        registry: RegistryArgs,
+        #[arg(long)]
+        service: String,
+        #[arg(long, value_parser = parse_agency)]
+        consumer: AgencyCode,
+        /// What, why and how to restore: the consumer is told this.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Terminate a grant (D47 Art. 44). Nodes refuse the consumer within a second.
+    Revoke {
+        #[command(flatten)]
+        registry: RegistryArgs,
+        #[arg(long)]
+        service: String,
+        #[arg(long, value_parser = parse_agency)]
+        consumer: AgencyCode,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// List the grants of a service.
+    List {
+        #[command(flatten)]
+        registry: RegistryArgs,
+        #[arg(long)]
+        service: String,
+    },
+}
+
+fn parse_agency(s: &str) -> Result<AgencyCode, String> {
+    AgencyCode::new(s).map_err(|e| e.to_string())
+}
+
+fn until_unix(date: &str) -> Result<i64> {
+    let parts: Vec<&str> = date.split('-').collect();
+    let [y, m, d] = parts.as_slice() else {
+        bail!("--until {date:?} is not YYYY-MM-DD");
+    };
+    let (y, m, d): (i64, i64, i64) = (y.parse()?, m.parse()?, d.parse()?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        bail!("--until {date:?} is not a date");
+    }
+    // Days from civil (Howard Hinnant's algorithm), end of that day UTC.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Ok((days + 1) * 86_400)
+}
+
+async fn set(
+    registry: &RegistryArgs,
+    service: &str,
+    consumer: &AgencyCode,
+    status: GrantStatus,
+    expires: i64,
+    reason: &str,
+) -> Result<u64> {
+    let r = registry
+        .client()?
+        .put(
+            Value::Grant(Grant {
+                consumer_agency: consumer.to_string(),
+                service_id: service.to_owned(),
+                status: status as i32,
+                expires_unix: expires,
+                reason: reason.to_owned(),
+            }),
+            0,
+        )
+        .await?;
+    Ok(r.revision)
+}
+
+pub fn run(cmd: AccessCommand) -> Result<()> {
+    let rt = super::runtime()?;
+    rt.block_on(async {
+        match cmd {
+            AccessCommand::Grant {
+                registry,
+                service,
+                consumer,
+                until,
+                reason,
+            } => {
+                let expires = until.as_deref().map(until_unix).transpose()?.unwrap_or(0);
+                let rev = set(
+                    &registry,
+                    &service,
+                    &consumer,
+                    GrantStatus::Active,
+                    expires,
+                    &reason,
+                )
+                .await?;
+                println!("Agency {consumer} may call {service} (revision {rev})");
+            }
+            AccessCommand::Suspend {
+                registry,
+                service,
+                consumer,
+                reason,
+            } => {
+                let rev = set(
+                    &registry,
+                    &service,
+                    &consumer,
+                    GrantStatus::Suspended,
+                    0,
+                    &reason,
+                )
+                .await?;
+                println!("Suspended agency {consumer}'s access to {service} (revision {rev})");
+            }
+            AccessCommand::Revoke {
+                registry,
+                service,
+                consumer,
+                reason,
+            } => {
+                let rev = set(
+                    &registry,
+                    &service,
+                    &consumer,
+                    GrantStatus::Terminated,
+                    0,
+                    &reason,
+                )
+                .await?;
+                println!("Revoked agency {consumer}'s access to {service} (revision {rev})");
+            }
+            AccessCommand::List { registry, service } => {
+                let (records, revision) = registry
+                    .client()?
+                    .list_all(ListRequest {
+                        kind: RecordKind::Grant as i32,
+                        prefix: format!("{service}|"),
+                        ..Default::default()
+                    })
+                    .await?;
+                for r in records {
+                    if let Some(Value::Grant(g)) = r.value {
+                        let status = GrantStatus::try_from(g.status)
+                            .unwrap_or_default()
+                            .as_str_name()
+                            .trim_start_matches("GRANT_STATUS_")
+                            .to_lowercase();
+                        println!("{:<20} {:<10} {}", g.consumer_agency, status, g.reason);
+                    }
+                }
+                println!("(catalog revision {revision})");
+            }
+        }
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn until_is_the_end_of_that_day_utc() {
+        assert_eq!(super::until_unix("1970-01-01").unwrap(), 86_400);
+        assert_eq!(super::until_unix("2026-11-27").unwrap(), 1_795_824_000);
+        assert!(super::until_unix("2026-13-01").is_err());
+    }
+}

@@ -1,0 +1,148 @@
+//! `lgsp node`: set up and run an agency node.
+
+use super::UsageError;
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use lgsp_certs::ca::{LeafSpec, make_csr};
+use lgsp_certs::{AgencyCode, Role, SpiffeId, write_new};
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process run
+pub enum NodeCommand {
+    /// Prepare a node on this server: make its key (kept here), a signing
+    /// request for the provincial CA, and a commented node.toml.
+    Init {
+        /// The agency's QCVN 102 code, e.g. 000.00.12.H62.
+        #[arg(long, value_parser = parse_agency)]
+        agency: AgencyCode,
+        /// The node's name, e.g. node-1.
+        #[arg(long)]
+        name: String,
+        /// Directory for node.toml, tls/key.pem, tls/csr.pem and data/.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// The province's trust domain.
+        #[arg(long, default_value = "vinhphuc.gov.vn")]
+        trust_domain: String,
+        /// The agency's display name for the certificate (UTF-8).
+        #[arg(long)]
+        display_name: Option<String>,
+        /// Registry client addresses, comma-separated.
+        #[arg(long, default_value = "127.0.0.1:7101")]
+        registry: String,
+        /// Province-facing (mTLS) listener.
+        #[arg(long, default_value = "0.0.0.0:7301")]
+        provider_listen: String,
+        /// Listener for the agency's own applications.
+        #[arg(long, default_value = "127.0.0.1:7401")]
+        consumer_listen: String,
+        /// DNS names other nodes reach this server by (repeat for several).
+        #[arg(long = "dns", default_values = ["localhost"])]
+        dns: Vec<String>,
+        /// IP addresses other nodes reach this server on (repeat for several).
+        #[arg(long = "ip", default_values = ["127.0.0.1"])]
+        ip: Vec<IpAddr>,
+    },
+    /// Run the node until SIGTERM or Ctrl-C.
+    Start {
+        /// The node.toml made by `lgsp node init`.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+fn parse_agency(s: &str) -> Result<AgencyCode, String> {
+    AgencyCode::new(s).map_err(|e| e.to_string())
+}
+
+pub fn run(cmd: NodeCommand) -> Result<()> {
+    match cmd {
+        NodeCommand::Init {
+            agency,
+            name,
+            dir,
+            trust_domain,
+            display_name,
+            registry,
+            provider_listen,
+            consumer_listen,
+            dns,
+            ip,
+        } => {
+            let config_path = dir.join("node.toml");
+            let tls = dir.join("tls");
+            for p in [&config_path, &tls.join("key.pem")] {
+                if p.exists() {
+                    bail!("{} already exists; refusing to overwrite it", p.display());
+                }
+            }
+            let id = SpiffeId::new(&trust_domain, agency.clone(), Role::Node, &name)
+                .map_err(|e| UsageError(e.to_string()))?;
+            let mut spec = LeafSpec::for_days(id.clone(), 365)?;
+            spec.display_name = display_name;
+            spec.dns = dns;
+            spec.ips = ip;
+            let (csr, key) = make_csr(&spec)?;
+            let registry_list = registry
+                .split(',')
+                .map(|r| format!("\"{}\"", r.trim()))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let toml = crate::config::template(
+                agency.as_str(),
+                &name,
+                &registry_list,
+                &provider_listen,
+                &consumer_listen,
+            );
+            std::fs::create_dir_all(&tls)
+                .with_context(|| format!("cannot create {}", tls.display()))?;
+            std::fs::create_dir_all(dir.join("data"))?;
+            write_new(&tls.join("key.pem"), key.as_bytes(), 0o600)?;
+            write_new(&tls.join("csr.pem"), csr.as_bytes(), 0o644)?;
+            write_new(&config_path, toml.as_bytes(), 0o644)?;
+            println!("Prepared node {id} in {}", dir.display());
+            println!(
+                "  1. send {} to the provincial IT department (Sở TT&TT) to sign:",
+                tls.join("csr.pem").display()
+            );
+            println!("       lgsp ca sign --ca CA_DIR --csr csr.pem --out cert.pem");
+            println!(
+                "  2. put the signed certificate in {} and the CA certificate in {}",
+                tls.join("cert.pem").display(),
+                tls.join("ca.pem").display()
+            );
+            println!(
+                "  3. review {}, then: lgsp node start --config {}",
+                config_path.display(),
+                config_path.display()
+            );
+            Ok(())
+        }
+        NodeCommand::Start { config } => {
+            let config = crate::config::NodeConfig::load(&config)?;
+            let rt = super::runtime()?;
+            rt.block_on(async {
+                let node = crate::server::NodeServer::start(config).await?;
+                println!(
+                    "node serving other agencies on {} (mTLS) and this agency's applications on {}",
+                    node.provider_addr, node.consumer_addr
+                );
+                if let Some(m) = node.metrics_addr {
+                    println!("metrics on http://{m}/metrics");
+                }
+                let mut sigterm =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = sigterm.recv() => {}
+                }
+                tracing::info!("shutting down");
+                node.shutdown().await;
+                Ok(())
+            })
+        }
+    }
+}

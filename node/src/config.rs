@@ -1,0 +1,250 @@
+//! `node.toml`: the settings of an agency node. Paths in it are relative to
+//! the file's own directory.
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Where a listener binds and what other agencies use to reach it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Bind address of the province-facing mTLS listener.
+    pub listen: SocketAddr,
+    /// host:port other nodes connect to; defaults to `listen`.
+    #[serde(default)]
+    pub advertise: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerConfig {
+    /// Bind address of the listener for the agency's own applications
+    /// (plain HTTP/2, keep it on localhost or an internal network).
+    pub listen: SocketAddr,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsPaths {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+/// A service this node serves, as published in the catalog.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// The service name: the id is `<agency>/<name>`.
+    pub name: String,
+    /// `dataset` (imported with `lgsp dataset import`) or `http` (a backend).
+    pub kind: String,
+    #[serde(default)]
+    pub description: String,
+    /// HTTP backend: URL template; `{op}` is replaced by the operation.
+    #[serde(default)]
+    pub url: String,
+    /// HTTP backend: method (GET or POST).
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// HTTP backend: how long a call may take.
+    #[serde(default = "default_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_method() -> String {
+    "POST".into()
+}
+
+fn default_timeout() -> u64 {
+    5_000
+}
+
+/// Limits applied per consumer agency.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Calls one consumer agency may have in flight at once.
+    pub max_concurrent_per_consumer: usize,
+    /// Calls per second one consumer agency may make (token bucket).
+    pub rate_per_consumer: u32,
+    /// Largest request or response message, bytes.
+    pub max_message_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent_per_consumer: 256,
+            rate_per_consumer: 20_000,
+            max_message_bytes: 4 << 20,
+        }
+    }
+}
+
+/// The whole node configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// The agency's QCVN 102 code.
+    pub agency: String,
+    /// This node's name (the certificate's SPIFFE name).
+    pub name: String,
+    pub data_dir: PathBuf,
+    /// Registry client addresses.
+    pub registry: Vec<String>,
+    pub tls: TlsPaths,
+    pub provider: ProviderConfig,
+    pub consumer: ConsumerConfig,
+    /// Prometheus metrics listener (plain HTTP), e.g. 127.0.0.1:9301.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub services: Vec<ServiceConfig>,
+}
+
+impl NodeConfig {
+    /// Reads `path`, resolving relative paths against its directory, and
+    /// reports every problem at once.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let mut config: NodeConfig = toml::from_str(&text)
+            .map_err(|e| crate::cli::UsageError(format!("{}: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        abs(&mut config.data_dir);
+        abs(&mut config.tls.cert);
+        abs(&mut config.tls.key);
+        abs(&mut config.tls.ca);
+        if config.provider.advertise.is_empty() {
+            config.provider.advertise = config.provider.listen.to_string();
+        }
+        config
+            .validate()
+            .map_err(|e| crate::cli::UsageError(format!("{}: {e}", path.display())))?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let mut problems = Vec::new();
+        if let Err(e) = lgsp_certs::AgencyCode::new(&self.agency) {
+            problems.push(format!("agency: {e}"));
+        }
+        if let Err(e) = lgsp_certs::identity::validate_name(&self.name) {
+            problems.push(format!("name: {e}"));
+        }
+        if self.registry.is_empty() {
+            problems.push("registry: at least one registry address is needed".to_owned());
+        }
+        for s in &self.services {
+            if let Err(e) = lgsp_certs::identity::validate_name(&s.name) {
+                problems.push(format!("service {:?}: {e}", s.name));
+            }
+            match s.kind.as_str() {
+                "dataset" => {}
+                "http" => {
+                    if !(s.url.starts_with("http://") || s.url.starts_with("https://")) {
+                        problems.push(format!(
+                            "service {:?}: an http service needs url = \"http://...\"",
+                            s.name
+                        ));
+                    }
+                    if !matches!(s.method.as_str(), "GET" | "POST") {
+                        problems.push(format!("service {:?}: method must be GET or POST", s.name));
+                    }
+                }
+                other => problems.push(format!(
+                    "service {:?}: kind {other:?} is not dataset or http",
+                    s.name
+                )),
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            bail!(problems.join("; "))
+        }
+    }
+
+    pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
+        self.services.iter().find(|s| s.name == name)
+    }
+}
+
+/// The commented `node.toml` that `lgsp node init` writes.
+pub fn template(
+    agency: &str,
+    name: &str,
+    registry: &str,
+    provider: &str,
+    consumer: &str,
+) -> String {
+    format!(
+        r#"# lgsp agency node (nút của cơ quan). Paths are relative to this file.
+# Start it with: lgsp node start --config node.toml
+
+# The agency's QCVN 102 code and this node's name: they must match the
+# certificate (tls/cert.pem), whose SPIFFE ID is
+# spiffe://<trust-domain>/agency/{agency}/node/{name}
+agency = "{agency}"
+name = "{name}"
+
+# Sharing log, datasets and the local copy of the catalog.
+data_dir = "data"
+
+# The provincial registry's client addresses (any one will do).
+registry = [{registry}]
+
+# Prometheus metrics (plain HTTP).
+# metrics_listen = "127.0.0.1:9301"
+
+# tls/key.pem was made here by `lgsp node init`. Send tls/csr.pem to the
+# provincial IT department (Sở TT&TT); put the signed certificate in
+# tls/cert.pem and the provincial CA certificate in tls/ca.pem.
+[tls]
+cert = "tls/cert.pem"
+key = "tls/key.pem"
+ca = "tls/ca.pem"
+
+# Province-facing listener: mutual TLS, other agencies' nodes call it.
+[provider]
+listen = "{provider}"
+# advertise = "node.example.gov.vn:7301"  # what other nodes connect to
+
+# Listener for this agency's own applications (plain gRPC): keep it local.
+[consumer]
+listen = "{consumer}"
+
+# [limits]
+# max_concurrent_per_consumer = 256
+# rate_per_consumer = 20000        # calls per second per consumer agency
+# max_message_bytes = 4194304
+
+# Services this node serves. Publish each in the catalog too:
+#   lgsp service publish --id {agency}/<name> --kind dataset --node {name}
+#
+# A dataset held by the node, loaded with
+#   lgsp dataset import --data-dir data --service <name> --file rows.csv --key <field>
+# [[services]]
+# name = "ho-tich"
+# kind = "dataset"
+#
+# An HTTP/JSON system of the agency that the node fronts; {{op}} is the operation.
+# [[services]]
+# name = "dang-ky-kinh-doanh"
+# kind = "http"
+# url = "http://127.0.0.1:8080/api/{{op}}"
+# method = "POST"
+# timeout_ms = 5000
+"#
+    )
+}

@@ -1,0 +1,694 @@
+//! Datasets a node serves itself (a data-sharing service, dịch vụ chia sẻ dữ
+//! liệu, under Decree 47): records imported from CSV or JSON Lines into sled,
+//! found by key, filter and page.
+//!
+//! On disk, under the store's root (the node's `<data-dir>/datasets`):
+//!
+//! ```text
+//! <service>/CURRENT        the live generation's name, e.g. "gen-3"
+//! <service>/gen-3/         a sled database: tree "records" (key → record as a
+//!                          JSON object, fields in file or schema order) and
+//!                          tree "meta"; schema.json when a schema was given
+//! <service>/import.lock    present while an import runs (holds its pid)
+//! ```
+//!
+//! An import writes a whole new generation and only then replaces `CURRENT`
+//! (write, fsync, rename, fsync the directory), so readers see the old data
+//! or the new, never a mix. A failed import deletes what it wrote. Older
+//! generations are deleted after the switch; on Unix a reader that still
+//! holds one open keeps reading it.
+//!
+//! Text is kept byte for byte as imported: no Unicode normalization, so a
+//! key written in NFC is not found by the same words in NFD.
+//!
+//! sled lets one process at a time open a database: while a node serves a
+//! dataset, `lgsp dataset show` in another process reports it busy.
+
+mod import;
+mod schema;
+#[cfg(test)]
+mod tests;
+
+pub use schema::{FieldType, Property, Schema, SchemaError};
+
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::fmt;
+use std::io::Write;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+/// The most bad rows an import error reports; the rest are only counted.
+pub const MAX_BAD_ROWS: usize = 100;
+/// Records a query page holds when the caller asks for 0.
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+/// The largest query page.
+pub const MAX_PAGE_SIZE: u32 = 1000;
+/// The most records one query call reads; a selective filter over a large
+/// dataset returns a short (even empty) page with a resume token rather than
+/// reading everything in one call.
+pub const MAX_SCAN_PER_PAGE: usize = 100_000;
+/// How long [`DatasetCache`] trusts what it read in `CURRENT`.
+pub const CACHE_RECHECK: Duration = Duration::from_millis(200);
+
+const CURRENT: &str = "CURRENT";
+const SCHEMA_FILE: &str = "schema.json";
+const RECORDS_TREE: &str = "records";
+const META_TREE: &str = "meta";
+/// sled's page cache per open dataset; its default (1 GiB) is far too much
+/// for a node serving many datasets.
+const READ_CACHE_BYTES: u64 = 32 << 20;
+
+/// Why a dataset operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    #[error("bad service name {name:?}: {why}")]
+    BadName { name: String, why: String },
+    #[error(
+        "no dataset for service {service:?} in {root}; import one with \
+         `lgsp dataset import --service {service} --file FILE --key FIELD`"
+    )]
+    NotFound { service: String, root: PathBuf },
+    #[error(
+        "{file}: cannot tell the format from the extension {ext:?}; \
+         use .csv, .jsonl or .ndjson"
+    )]
+    UnsupportedFormat { file: PathBuf, ext: String },
+    /// Rows that failed; nothing was imported.
+    #[error("{}", bad_rows_text(file, rows, *total_bad))]
+    BadRows {
+        file: PathBuf,
+        /// The first [`MAX_BAD_ROWS`] bad rows, in file order.
+        rows: Vec<BadRow>,
+        /// All bad rows, including those not listed.
+        total_bad: usize,
+    },
+    #[error("schema: {0}")]
+    Schema(#[from] SchemaError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("dataset database {path}: {source}")]
+    Store { path: PathBuf, source: sled::Error },
+    #[error(
+        "dataset {service:?} ({generation}) is open in another process, probably a \
+         running node; sled allows one process at a time"
+    )]
+    Busy { service: String, generation: String },
+    #[error(
+        "another import of {service:?} is running (process {pid}); wait for it, or \
+         delete {lock} if that process is gone"
+    )]
+    ImportRunning {
+        service: String,
+        pid: String,
+        lock: PathBuf,
+    },
+    #[error("unknown field(s) {unknown} (the dataset has: {known})", unknown = unknown.join(", "), known = known.join(", "))]
+    UnknownFields {
+        unknown: Vec<String>,
+        known: Vec<String>,
+    },
+    #[error("bad resume token {0:?}: pass back exactly the token a previous page returned")]
+    BadResumeToken(String),
+    #[error("dataset {path} is damaged: {why}")]
+    Corrupt { path: PathBuf, why: String },
+}
+
+fn bad_rows_text(file: &Path, rows: &[BadRow], total_bad: usize) -> String {
+    let noun = if total_bad == 1 { "row" } else { "rows" };
+    let mut text = format!(
+        "{total_bad} bad {noun} in {}; nothing was imported",
+        file.display()
+    );
+    for row in rows {
+        text.push_str(&format!("\n  {row}"));
+    }
+    if total_bad > rows.len() {
+        text.push_str(&format!("\n  ... and {} more", total_bad - rows.len()));
+    }
+    text
+}
+
+/// One row an import refused, by its line in the file (1-based; a CSV
+/// file's header is line 1, and a record spanning lines is named by its
+/// first).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadRow {
+    pub line: u64,
+    pub why: String,
+}
+
+impl fmt::Display for BadRow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}", self.line, self.why)
+    }
+}
+
+/// What a successful import did.
+#[derive(Clone, Debug)]
+pub struct ImportReport {
+    pub records: u64,
+    /// Size of the imported file.
+    pub bytes: u64,
+    /// The generation now live, e.g. "gen-4".
+    pub generation: String,
+    pub elapsed: Duration,
+}
+
+/// The datasets under one directory, one subdirectory per service.
+#[derive(Clone, Debug)]
+pub struct DatasetStore {
+    root: PathBuf,
+}
+
+impl DatasetStore {
+    /// A store rooted at `root` (created by the first import).
+    pub fn new(root: &Path) -> Self {
+        Self {
+            root: root.to_owned(),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Imports `file` as the new data of `service`, replacing what it served.
+    ///
+    /// The format comes from the extension: `.csv` (a header row names the
+    /// fields; cells are strings, converted to the schema's types when a
+    /// schema is given) or `.jsonl`/`.ndjson` (one JSON object per line;
+    /// blank lines are skipped). `key` names the field whose value, as text,
+    /// finds a record; it must be present, non-empty and unique.
+    ///
+    /// Every row is checked before anything becomes visible. Fails with
+    /// [`DatasetError::BadRows`] listing the first [`MAX_BAD_ROWS`] bad rows by
+    /// line, and the previous data stays served. `progress` is called with
+    /// (bytes read, file size) as the file is read. Memory stays flat
+    /// whatever the file's size: rows are streamed into sled.
+    pub fn import(
+        &self,
+        service: &str,
+        file: &Path,
+        key: &str,
+        schema: Option<&Schema>,
+        progress: &dyn Fn(u64, u64),
+    ) -> Result<ImportReport, DatasetError> {
+        import::run(self, service, file, key, schema, progress)
+    }
+
+    /// Opens the live generation of `service`. Fails with
+    /// [`DatasetError::NotFound`] when nothing was imported, and with
+    /// [`DatasetError::Busy`] when another process has it open. Within one
+    /// process, opening the same generation twice shares one handle.
+    pub fn open(&self, service: &str) -> Result<Dataset, DatasetError> {
+        check_name(service)?;
+        let generation =
+            read_current(&self.service_dir(service))?.ok_or_else(|| DatasetError::NotFound {
+                service: service.to_owned(),
+                root: self.root.clone(),
+            })?;
+        Dataset::open(service, &self.service_dir(service), &generation)
+    }
+
+    /// The live generation of `service`, or `None` when it has none (or its
+    /// `CURRENT` cannot be read). Cheap: one small file read.
+    pub fn current_generation(&self, service: &str) -> Option<String> {
+        check_name(service).ok()?;
+        read_current(&self.service_dir(service)).ok().flatten()
+    }
+
+    /// The services that have a live generation, sorted.
+    pub fn services(&self) -> Result<Vec<String>, DatasetError> {
+        let entries = match std::fs::read_dir(&self.root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_error(&self.root)(e)),
+        };
+        let mut names = Vec::new();
+        for entry in entries.flatten() {
+            if let Some(name) = entry.file_name().to_str()
+                && entry.path().join(CURRENT).is_file()
+                && check_name(name).is_ok()
+            {
+                names.push(name.to_owned());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn service_dir(&self, service: &str) -> PathBuf {
+        self.root.join(service)
+    }
+}
+
+fn check_name(service: &str) -> Result<(), DatasetError> {
+    lgsp_certs::identity::validate_name(service).map_err(|e| DatasetError::BadName {
+        name: service.to_owned(),
+        why: match e {
+            lgsp_certs::CertError::Name { why, .. } => why.to_string(),
+            other => other.to_string(),
+        },
+    })
+}
+
+fn io_error(path: &Path) -> impl Fn(std::io::Error) -> DatasetError + '_ {
+    move |source| DatasetError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn store_error(path: &Path) -> impl Fn(sled::Error) -> DatasetError + '_ {
+    move |source| DatasetError::Store {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// `gen-<N>` → N.
+fn generation_number(name: &str) -> Option<u64> {
+    let n = name.strip_prefix("gen-")?;
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    n.parse().ok()
+}
+
+fn read_current(service_dir: &Path) -> Result<Option<String>, DatasetError> {
+    let path = service_dir.join(CURRENT);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let name = text.trim();
+            if generation_number(name).is_none() {
+                return Err(DatasetError::Corrupt {
+                    path,
+                    why: format!("it names {name:?}, not a generation such as \"gen-1\""),
+                });
+            }
+            Ok(Some(name.to_owned()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_error(&path)(e)),
+    }
+}
+
+/// Replaces `CURRENT` so that a crash leaves the old name or the new one.
+fn write_current(service_dir: &Path, generation: &str) -> Result<(), DatasetError> {
+    let path = service_dir.join(CURRENT);
+    let tmp = service_dir.join("CURRENT.tmp");
+    let mut file = std::fs::File::create(&tmp).map_err(io_error(&tmp))?;
+    file.write_all(format!("{generation}\n").as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(io_error(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io_error(&path))?;
+    sync_dir(service_dir)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), DatasetError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error(dir))
+}
+
+/// One generation of one service's data, open for reading. Cloning is cheap
+/// and shares the handle.
+#[derive(Clone)]
+pub struct Dataset {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    service: String,
+    generation: String,
+    path: PathBuf,
+    /// Keeps sled's handle open as long as any tree is used.
+    _db: sled::Db,
+    records: sled::Tree,
+    key_field: String,
+    /// Every field name seen, schema properties first; `None` when the
+    /// records have too many distinct names to keep.
+    fields: Option<Vec<String>>,
+    schema: Option<Schema>,
+    len: u64,
+}
+
+impl fmt::Debug for Dataset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Dataset")
+            .field("service", &self.inner.service)
+            .field("generation", &self.inner.generation)
+            .field("records", &self.inner.len)
+            .finish()
+    }
+}
+
+/// Datasets open in this process, so that two opens of one generation share
+/// sled's handle instead of failing on its file lock. Keyed by path and the
+/// inode of sled's `conf`, so a generation deleted and made again by hand is
+/// not mistaken for the old one.
+type OpenDatasets = Mutex<HashMap<(PathBuf, u64), Weak<Inner>>>;
+
+fn open_datasets() -> &'static OpenDatasets {
+    static OPEN: OnceLock<OpenDatasets> = OnceLock::new();
+    OPEN.get_or_init(Default::default)
+}
+
+/// What an import records about a generation, in its "meta" tree.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Meta {
+    key_field: String,
+    fields: Option<Vec<String>>,
+    records: u64,
+    source: String,
+    imported_at_unix: u64,
+}
+
+impl Dataset {
+    fn open(service: &str, service_dir: &Path, generation: &str) -> Result<Self, DatasetError> {
+        use std::os::unix::fs::MetadataExt;
+        let path = service_dir.join(generation);
+        // sled would make an empty database where none is.
+        let Some(conf) = std::fs::metadata(path.join("conf"))
+            .ok()
+            .filter(|m| m.is_file())
+        else {
+            return Err(DatasetError::Corrupt {
+                path,
+                why: format!("{CURRENT} names {generation} but it has no database"),
+            });
+        };
+        let id = (path.clone(), conf.ino());
+        let mut open = open_datasets().lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(inner) = open.get(&id).and_then(Weak::upgrade) {
+            return Ok(Self { inner });
+        }
+        open.retain(|_, weak| weak.strong_count() > 0);
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(READ_CACHE_BYTES)
+            .open()
+            .map_err(|e| match &e {
+                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+                    DatasetError::Busy {
+                        service: service.to_owned(),
+                        generation: generation.to_owned(),
+                    }
+                }
+                _ => store_error(&path)(e),
+            })?;
+        let corrupt = |why: String| DatasetError::Corrupt {
+            path: path.clone(),
+            why,
+        };
+        let meta = db
+            .open_tree(META_TREE)
+            .and_then(|t| t.get("meta"))
+            .map_err(store_error(&path))?
+            .ok_or_else(|| corrupt("it has no metadata (an unfinished import?)".into()))?;
+        let meta: Meta = serde_json::from_slice(&meta)
+            .map_err(|e| corrupt(format!("its metadata is unreadable: {e}")))?;
+        let schema = match std::fs::read_to_string(path.join(SCHEMA_FILE)) {
+            Ok(text) => Some(Schema::from_json(&text)?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io_error(&path.join(SCHEMA_FILE))(e)),
+        };
+        let records = db.open_tree(RECORDS_TREE).map_err(store_error(&path))?;
+        let inner = Arc::new(Inner {
+            service: service.to_owned(),
+            generation: generation.to_owned(),
+            path: path.clone(),
+            _db: db,
+            records,
+            key_field: meta.key_field,
+            fields: meta.fields,
+            schema,
+            len: meta.records,
+        });
+        open.insert(id, Arc::downgrade(&inner));
+        Ok(Self { inner })
+    }
+
+    pub fn service(&self) -> &str {
+        &self.inner.service
+    }
+
+    /// This data's generation, e.g. "gen-3".
+    pub fn generation(&self) -> &str {
+        &self.inner.generation
+    }
+
+    /// The field whose value is each record's key.
+    pub fn key_field(&self) -> &str {
+        &self.inner.key_field
+    }
+
+    /// Every field name the records use (schema properties first, then the
+    /// others in the order first seen), or `None` if there were too many
+    /// distinct names to keep.
+    pub fn fields(&self) -> Option<&[String]> {
+        self.inner.fields.as_deref()
+    }
+
+    /// The schema the data was checked against at import, if one was given.
+    pub fn schema(&self) -> Option<&Schema> {
+        self.inner.schema.as_ref()
+    }
+
+    /// How many records there are.
+    pub fn len(&self) -> u64 {
+        self.inner.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inner.len == 0
+    }
+
+    /// The record with `key`, as a JSON object text exactly as stored:
+    /// fields in file (or schema) order, text as imported.
+    pub fn get_json(&self, key: &str) -> Result<Option<String>, DatasetError> {
+        let value = self
+            .inner
+            .records
+            .get(key.as_bytes())
+            .map_err(store_error(&self.inner.path))?;
+        value.map(|v| self.text(key.as_bytes(), &v)).transpose()
+    }
+
+    /// The record with `key`, or `None` when there is none.
+    pub fn get(&self, key: &str) -> Result<Option<Map<String, Value>>, DatasetError> {
+        let Some(text) = self.get_json(key)? else {
+            return Ok(None);
+        };
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| self.corrupt(key.as_bytes(), &e.to_string()))
+    }
+
+    /// One page of the records that match every filter, in key order.
+    ///
+    /// A filter `(field, value)` matches when the field's JSON value written
+    /// as text (a string without its quotes; `42`, `true`, `null` otherwise)
+    /// equals `value`. `fields` projects each record to those fields, in that
+    /// order (empty: the whole record as stored). Pass the returned
+    /// `resume_token` back for the next page; it is empty when there is
+    /// nothing more. A page may be shorter than asked, even empty, while the
+    /// token is not: see [`MAX_SCAN_PER_PAGE`]. Fails on a field the dataset
+    /// does not have (when its field list is known) and on a bad token.
+    pub fn query(&self, q: &Query) -> Result<Page, DatasetError> {
+        self.check_fields(q)?;
+        let size = match q.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n.min(MAX_PAGE_SIZE),
+        } as usize;
+        let start = if q.resume_token.is_empty() {
+            Bound::Unbounded
+        } else {
+            let key = hex::decode(&q.resume_token)
+                .map_err(|_| DatasetError::BadResumeToken(q.resume_token.clone()))?;
+            Bound::Excluded(key)
+        };
+        let records = &self.inner.records;
+        let mut page = Vec::new();
+        let mut last: Option<sled::IVec> = None;
+        let mut scanned = 0;
+        let mut stopped_early = false;
+        for item in records.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
+            let (key, value) = item.map_err(store_error(&self.inner.path))?;
+            scanned += 1;
+            let text = self.text(&key, &value)?;
+            let key_text = String::from_utf8_lossy(&key).into_owned();
+            if q.filters.is_empty() && q.fields.is_empty() {
+                page.push((key_text, text));
+            } else if let Some(json) = self.select(&key, &text, q)? {
+                page.push((key_text, json));
+            }
+            last = Some(key);
+            if page.len() == size || scanned >= MAX_SCAN_PER_PAGE {
+                stopped_early = true;
+                break;
+            }
+        }
+        let resume_token = match last {
+            Some(last) if stopped_early => {
+                let more = records
+                    .range::<&[u8], _>((Bound::Excluded(&last[..]), Bound::Unbounded))
+                    .next()
+                    .is_some();
+                if more {
+                    hex::encode(&last)
+                } else {
+                    String::new()
+                }
+            }
+            _ => String::new(),
+        };
+        Ok(Page {
+            records: page,
+            resume_token,
+        })
+    }
+
+    /// The record's text filtered and projected, or `None` if a filter fails.
+    fn select(&self, key: &[u8], text: &str, q: &Query) -> Result<Option<String>, DatasetError> {
+        let schema::Ordered(fields) = serde_json::from_str::<schema::Ordered<Value>>(text)
+            .map_err(|e| self.corrupt(key, &e.to_string()))?;
+        let find = |name: &str| fields.iter().find(|(n, _)| n == name).map(|(_, v)| v);
+        for (name, wanted) in &q.filters {
+            let matches = match find(name) {
+                Some(Value::String(s)) => s == wanted,
+                Some(other) => serde_json::to_string(other).is_ok_and(|t| t == *wanted),
+                None => false,
+            };
+            if !matches {
+                return Ok(None);
+            }
+        }
+        if q.fields.is_empty() {
+            return Ok(Some(text.to_owned()));
+        }
+        let projected = q
+            .fields
+            .iter()
+            .filter_map(|name| find(name).map(|v| (name.as_str(), v)));
+        Ok(Some(object_text(projected)))
+    }
+
+    fn check_fields(&self, q: &Query) -> Result<(), DatasetError> {
+        let Some(known) = &self.inner.fields else {
+            return Ok(());
+        };
+        let mut unknown: Vec<String> = Vec::new();
+        let asked = q.filters.iter().map(|(f, _)| f).chain(&q.fields);
+        for name in asked {
+            if !known.contains(name) && !unknown.contains(name) {
+                unknown.push(name.clone());
+            }
+        }
+        if unknown.is_empty() {
+            Ok(())
+        } else {
+            Err(DatasetError::UnknownFields {
+                unknown,
+                known: known.clone(),
+            })
+        }
+    }
+
+    fn text(&self, key: &[u8], value: &[u8]) -> Result<String, DatasetError> {
+        String::from_utf8(value.to_vec()).map_err(|_| self.corrupt(key, "it is not UTF-8"))
+    }
+
+    fn corrupt(&self, key: &[u8], why: &str) -> DatasetError {
+        DatasetError::Corrupt {
+            path: self.inner.path.clone(),
+            why: format!("record {:?}: {why}", String::from_utf8_lossy(key)),
+        }
+    }
+}
+
+/// Writes a JSON object with its fields in the given order (serde_json's
+/// own map would sort them).
+fn object_text<'a>(fields: impl IntoIterator<Item = (&'a str, &'a Value)>) -> String {
+    let mut text = String::from("{");
+    for (i, (name, value)) in fields.into_iter().enumerate() {
+        if i > 0 {
+            text.push(',');
+        }
+        text.push_str(&Value::from(name).to_string());
+        text.push(':');
+        text.push_str(&value.to_string());
+    }
+    text.push('}');
+    text
+}
+
+/// A query over one dataset: see [`Dataset::query`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Query {
+    /// (field, value) pairs that must all match.
+    pub filters: Vec<(String, String)>,
+    /// Fields to return, in this order; empty for whole records.
+    pub fields: Vec<String>,
+    /// Records per page: 0 means [`DEFAULT_PAGE_SIZE`]; at most [`MAX_PAGE_SIZE`].
+    pub page_size: u32,
+    /// Empty for the first page; then the previous page's token.
+    pub resume_token: String,
+}
+
+/// One page of query results.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Page {
+    /// (key, record as JSON object text), in key order.
+    pub records: Vec<(String, String)>,
+    /// Pass back for the next page; empty when there is nothing more.
+    pub resume_token: String,
+}
+
+/// Open datasets for a long-running node: hands out the live generation of
+/// each service, noticing a new import within [`CACHE_RECHECK`].
+#[derive(Debug)]
+pub struct DatasetCache {
+    store: DatasetStore,
+    entries: Mutex<HashMap<String, (Arc<Dataset>, Instant)>>,
+}
+
+impl DatasetCache {
+    pub fn new(store: DatasetStore) -> Self {
+        Self {
+            store,
+            entries: Mutex::default(),
+        }
+    }
+
+    pub fn store(&self) -> &DatasetStore {
+        &self.store
+    }
+
+    /// The live dataset of `service`. Reads `CURRENT` at most every
+    /// [`CACHE_RECHECK`] and reopens when it names another generation; a
+    /// handle given out earlier keeps reading its own generation. Fails as
+    /// [`DatasetStore::open`] does.
+    pub fn get(&self, service: &str) -> Result<Arc<Dataset>, DatasetError> {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((dataset, checked)) = entries.get_mut(service) {
+            if checked.elapsed() < CACHE_RECHECK {
+                return Ok(dataset.clone());
+            }
+            if self.store.current_generation(service).as_deref() == Some(dataset.generation()) {
+                *checked = Instant::now();
+                return Ok(dataset.clone());
+            }
+        }
+        entries.remove(service);
+        let dataset = Arc::new(self.store.open(service)?);
+        entries.insert(service.to_owned(), (dataset.clone(), Instant::now()));
+        Ok(dataset)
+    }
+}

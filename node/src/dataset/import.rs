@@ -1,0 +1,693 @@
+//! Importing a file as a new generation of a dataset: stream it, check every
+//! row, write the good ones to sled, and switch `CURRENT` only if all were
+//! good.
+
+use super::schema::{Ordered, Schema, SchemaError};
+use super::{
+    BadRow, DatasetError, DatasetStore, ImportReport, MAX_BAD_ROWS, META_TREE, Meta, RECORDS_TREE,
+    SCHEMA_FILE, check_name, generation_number, io_error, object_text, read_current, store_error,
+    sync_dir, write_current,
+};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// sled's page cache while importing: enough for speed, small enough that a
+/// 1 GiB file does not become 1 GiB of memory.
+const IMPORT_CACHE_BYTES: u64 = 8 << 20;
+/// Distinct field names kept for checking queries; beyond this the dataset
+/// is taken to have no fixed field list.
+const MAX_FIELD_NAMES: usize = 1024;
+/// Progress is reported every this many bytes.
+const PROGRESS_STEP: u64 = 1 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    Csv,
+    JsonLines,
+}
+
+impl Format {
+    fn of(file: &Path) -> Result<Self, DatasetError> {
+        let ext = file
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        match ext.as_str() {
+            "csv" => Ok(Self::Csv),
+            "jsonl" | "ndjson" => Ok(Self::JsonLines),
+            _ => Err(DatasetError::UnsupportedFormat {
+                file: file.to_owned(),
+                ext: if ext.is_empty() {
+                    "(none)".into()
+                } else {
+                    format!(".{ext}")
+                },
+            }),
+        }
+    }
+}
+
+pub(super) fn run(
+    store: &DatasetStore,
+    service: &str,
+    file: &Path,
+    key: &str,
+    schema: Option<&Schema>,
+    progress: &dyn Fn(u64, u64),
+) -> Result<ImportReport, DatasetError> {
+    let started = Instant::now();
+    check_name(service)?;
+    let format = Format::of(file)?;
+    let total = std::fs::metadata(file).map_err(io_error(file))?.len();
+
+    if let Some(schema) = schema
+        && schema.property(key).is_none()
+        && !schema.allows_additional()
+    {
+        return Err(SchemaError::Invalid {
+            at: format!("key field {key:?}"),
+            why: "it is not a property, and the schema allows no other fields".into(),
+        }
+        .into());
+    }
+    let service_dir = store.service_dir(service);
+    std::fs::create_dir_all(&service_dir).map_err(io_error(&service_dir))?;
+    let _lock = ImportLock::take(&service_dir, service)?;
+    let current = read_current(&service_dir)?;
+    remove_generations(&service_dir, current.as_deref());
+
+    let mut number = current.as_deref().and_then(generation_number).unwrap_or(0) + 1;
+    let generation = loop {
+        let name = format!("gen-{number}");
+        match std::fs::create_dir(service_dir.join(&name)) {
+            Ok(()) => break name,
+            // A directory a failed cleanup left behind.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => number += 1,
+            Err(e) => return Err(io_error(&service_dir.join(&name))(e)),
+        }
+    };
+    let gen_dir = service_dir.join(&generation);
+    let mut partial = Partial(Some(gen_dir.clone()));
+
+    let rules = Rules {
+        key_field: key,
+        schema,
+    };
+    let mut loader = Loader::new(&gen_dir, file, rules)?;
+    let mut reported = 0;
+    let mut tick = |bytes: u64| {
+        if bytes >= reported + PROGRESS_STEP {
+            reported = bytes;
+            progress(bytes, total);
+        }
+    };
+    progress(0, total);
+    read(
+        format,
+        file,
+        rules,
+        &mut |line, row| {
+            loader.row(line, row)?;
+            Ok(ControlFlow::Continue(()))
+        },
+        &mut tick,
+    )?;
+    progress(total, total);
+    let records = loader.finish(format)?;
+
+    if let Some(schema) = schema {
+        let path = gen_dir.join(SCHEMA_FILE);
+        File::create(&path)
+            .and_then(|mut f| {
+                f.write_all(schema.source().as_bytes())?;
+                f.sync_all()
+            })
+            .map_err(io_error(&path))?;
+    }
+    sync_dir(&gen_dir)?;
+    write_current(&service_dir, &generation)?;
+    partial.0 = None;
+    remove_generations(&service_dir, Some(&generation));
+
+    let report = ImportReport {
+        records,
+        bytes: total,
+        generation,
+        elapsed: started.elapsed(),
+    };
+    tracing::info!(
+        service,
+        file = %file.display(),
+        records,
+        generation = %report.generation,
+        "dataset imported"
+    );
+    Ok(report)
+}
+
+/// Deletes every generation but `keep`, best effort.
+fn remove_generations(service_dir: &Path, keep: Option<&str>) {
+    let Ok(entries) = std::fs::read_dir(service_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if generation_number(name).is_none() || Some(name) == keep {
+            continue;
+        }
+        if let Err(error) = std::fs::remove_dir_all(entry.path()) {
+            tracing::warn!(%error, path = %entry.path().display(), "cannot delete an old dataset generation");
+        }
+    }
+}
+
+/// A generation being built: deleted on drop unless it went live.
+struct Partial(Option<PathBuf>);
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.0
+            && let Err(error) = std::fs::remove_dir_all(dir)
+        {
+            tracing::warn!(%error, path = %dir.display(), "cannot delete a partial dataset generation");
+        }
+    }
+}
+
+/// `import.lock` in the service directory, holding the importer's pid, so
+/// that two imports never build generations at once.
+struct ImportLock(PathBuf);
+
+impl ImportLock {
+    fn take(service_dir: &Path, service: &str) -> Result<Self, DatasetError> {
+        let path = service_dir.join("import.lock");
+        for _ in 0..2 {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(mut f) => {
+                    f.write_all(std::process::id().to_string().as_bytes())
+                        .map_err(io_error(&path))?;
+                    return Ok(Self(path));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let pid = std::fs::read_to_string(&path).unwrap_or_default();
+                    let pid = pid.trim().to_owned();
+                    if is_stale(&pid) {
+                        tracing::warn!(path = %path.display(), %pid, "removing the lock of an import that died");
+                        let _ = std::fs::remove_file(&path);
+                        continue;
+                    }
+                    return Err(DatasetError::ImportRunning {
+                        service: service.to_owned(),
+                        pid,
+                        lock: path,
+                    });
+                }
+                Err(e) => return Err(io_error(&path)(e)),
+            }
+        }
+        Err(DatasetError::ImportRunning {
+            service: service.to_owned(),
+            pid: "unknown".into(),
+            lock: path,
+        })
+    }
+}
+
+/// Whether a lock's process is certainly gone. Only /proc can tell; without
+/// it the lock is taken as held.
+fn is_stale(pid: &str) -> bool {
+    let Ok(pid) = pid.parse::<u32>() else {
+        // Written by nobody: a crash between create and write.
+        return !pid.is_empty() || Path::new("/proc/self").exists();
+    };
+    pid != std::process::id()
+        && Path::new("/proc/self").exists()
+        && !Path::new("/proc").join(pid.to_string()).exists()
+}
+
+impl Drop for ImportLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Counts the bytes read through it, for progress.
+struct Counting<R> {
+    inner: R,
+    bytes: u64,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+/// What every row must satisfy.
+#[derive(Clone, Copy)]
+struct Rules<'a> {
+    key_field: &'a str,
+    schema: Option<&'a Schema>,
+}
+
+/// One row as read: its fields in the order to store them, or why it could
+/// not be read at all.
+type Row = Result<Vec<(String, Value)>, String>;
+
+/// Takes each row with its line; `Break` stops reading.
+type Sink<'s> = dyn FnMut(u64, Row) -> Result<ControlFlow<()>, DatasetError> + 's;
+
+/// The key of a row, as text.
+fn key_of(fields: &[(String, Value)], key_field: &str) -> Result<String, String> {
+    match fields.iter().find(|(n, _)| n == key_field) {
+        None | Some((_, Value::Null)) => Err(format!("missing key field {key_field:?}")),
+        Some((_, Value::String(s))) if s.is_empty() => {
+            Err(format!("key field {key_field:?} is empty"))
+        }
+        Some((_, Value::String(s))) => Ok(s.clone()),
+        Some((_, Value::Number(n))) => Ok(n.to_string()),
+        Some((_, other)) => Err(format!(
+            "key field {key_field:?} is {other}; a key must be a string or a number"
+        )),
+    }
+}
+
+/// Checks rows one at a time and writes them to the new generation.
+///
+/// A duplicate shows when sled's insert returns an earlier value, so every
+/// row with a key is inserted, even after the first bad row (the generation
+/// is then discarded anyway). The line of a duplicate's first occurrence is
+/// found by a second read of the file, only when there are duplicates, so
+/// that no key-to-line index has to be kept for the good case.
+struct Loader<'a> {
+    /// The file being imported.
+    source: PathBuf,
+    gen_dir: PathBuf,
+    db: sled::Db,
+    records: sled::Tree,
+    rules: Rules<'a>,
+    fields: Option<Vec<String>>,
+    count: u64,
+    bad: Vec<BadRow>,
+    total_bad: usize,
+    /// Listed bad rows that repeat a key: (index in `bad`, key).
+    duplicates: Vec<(usize, String)>,
+}
+
+impl<'a> Loader<'a> {
+    fn new(gen_dir: &Path, file: &Path, rules: Rules<'a>) -> Result<Self, DatasetError> {
+        let db = sled::Config::new()
+            .path(gen_dir)
+            .cache_capacity(IMPORT_CACHE_BYTES)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(store_error(gen_dir))?;
+        let records = db.open_tree(RECORDS_TREE).map_err(store_error(gen_dir))?;
+        Ok(Self {
+            source: file.to_owned(),
+            gen_dir: gen_dir.to_owned(),
+            db,
+            records,
+            rules,
+            fields: Some(
+                rules
+                    .schema
+                    .map(|s| s.properties().iter().map(|p| p.name.clone()).collect())
+                    .unwrap_or_default(),
+            ),
+            count: 0,
+            bad: Vec::new(),
+            total_bad: 0,
+            duplicates: Vec::new(),
+        })
+    }
+
+    fn reject(&mut self, line: u64, why: String) {
+        self.total_bad += 1;
+        if self.bad.len() < MAX_BAD_ROWS {
+            self.bad.push(BadRow { line, why });
+        }
+    }
+
+    fn row(&mut self, line: u64, row: Row) -> Result<(), DatasetError> {
+        let fields = match row {
+            Ok(f) => f,
+            Err(why) => {
+                self.reject(line, why);
+                return Ok(());
+            }
+        };
+        let mut problems = Vec::new();
+        let key = key_of(&fields, self.rules.key_field)
+            .map_err(|why| problems.push(why))
+            .ok();
+        if let Some(schema) = self.rules.schema
+            && let Err(why) = schema.validate_fields(fields.iter().map(|(n, v)| (n.as_str(), v)))
+        {
+            problems.push(why);
+        }
+        let mut duplicate = None;
+        if let Some(key) = key {
+            let text = if problems.is_empty() && self.total_bad == 0 {
+                object_text(fields.iter().map(|(n, v)| (n.as_str(), v)))
+            } else {
+                String::new()
+            };
+            let earlier = self
+                .records
+                .insert(key.as_bytes(), text.as_bytes())
+                .map_err(store_error(&self.gen_dir))?;
+            if earlier.is_some() {
+                // Last, so that the first line can be appended to the text.
+                problems.push(format!("duplicate key {key:?}"));
+                duplicate = Some(key);
+            }
+        }
+        if !problems.is_empty() {
+            if let Some(key) = duplicate.filter(|_| self.bad.len() < MAX_BAD_ROWS) {
+                self.duplicates.push((self.bad.len(), key));
+            }
+            self.reject(line, problems.join("; "));
+            return Ok(());
+        }
+        self.note_fields(&fields);
+        self.count += 1;
+        Ok(())
+    }
+
+    fn note_fields(&mut self, fields: &[(String, Value)]) {
+        let Some(known) = &mut self.fields else {
+            return;
+        };
+        for (name, _) in fields {
+            if !known.contains(name) {
+                known.push(name.clone());
+            }
+        }
+        if known.len() > MAX_FIELD_NAMES {
+            self.fields = None;
+        }
+    }
+
+    /// The import's failure: the bad rows, each duplicate naming the line
+    /// its key first appeared on.
+    fn into_error(mut self, format: Format) -> Result<DatasetError, DatasetError> {
+        if !self.duplicates.is_empty() {
+            let last = self.duplicates.iter().map(|&(i, _)| self.bad[i].line).max();
+            let mut first: HashMap<&str, u64> = HashMap::new();
+            let wanted: Vec<&str> = self.duplicates.iter().map(|(_, k)| k.as_str()).collect();
+            read(
+                format,
+                &self.source,
+                self.rules,
+                &mut |line, row| {
+                    if Some(line) >= last {
+                        return Ok(ControlFlow::Break(()));
+                    }
+                    if let Some(key) = row.ok().and_then(|f| key_of(&f, self.rules.key_field).ok())
+                        && let Some(k) = wanted.iter().find(|k| **k == key)
+                    {
+                        first.entry(k).or_insert(line);
+                    }
+                    Ok(ControlFlow::Continue(()))
+                },
+                &mut |_| {},
+            )?;
+            for (i, key) in &self.duplicates {
+                if let Some(line) = first.get(key.as_str()) {
+                    self.bad[*i]
+                        .why
+                        .push_str(&format!(", first on line {line}"));
+                }
+            }
+        }
+        Ok(DatasetError::BadRows {
+            file: self.source,
+            rows: self.bad,
+            total_bad: self.total_bad,
+        })
+    }
+
+    /// Fails with the bad rows if there were any; otherwise records the
+    /// metadata and makes the generation durable. Returns the record count.
+    fn finish(self, format: Format) -> Result<u64, DatasetError> {
+        if self.total_bad > 0 {
+            return Err(self.into_error(format)?);
+        }
+        let meta = Meta {
+            key_field: self.rules.key_field.to_owned(),
+            fields: self.fields.clone(),
+            records: self.count,
+            source: self
+                .source
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            imported_at_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        };
+        let meta = serde_json::to_vec(&meta).expect("metadata serializes");
+        self.db
+            .open_tree(META_TREE)
+            .and_then(|t| t.insert("meta", meta))
+            .and_then(|_| self.db.flush())
+            .map_err(store_error(&self.gen_dir))?;
+        Ok(self.count)
+    }
+}
+
+/// Reads `file` row by row into `sink`, calling `tick` with the bytes read.
+fn read(
+    format: Format,
+    file: &Path,
+    rules: Rules<'_>,
+    sink: &mut Sink<'_>,
+    tick: &mut dyn FnMut(u64),
+) -> Result<(), DatasetError> {
+    let input = File::open(file).map_err(io_error(file))?;
+    let reader = Counting {
+        inner: input,
+        bytes: 0,
+    };
+    match format {
+        Format::Csv => read_csv(reader, file, rules, sink, tick),
+        Format::JsonLines => read_json_lines(reader, file, rules, sink, tick),
+    }
+}
+
+/// The fields of a row in the order to store them: the schema's properties
+/// first, then the others as they came.
+fn in_schema_order(schema: Option<&Schema>, fields: Vec<(String, Value)>) -> Vec<(String, Value)> {
+    let Some(schema) = schema else {
+        return fields;
+    };
+    let mut fields: Vec<Option<(String, Value)>> = fields.into_iter().map(Some).collect();
+    let mut ordered = Vec::with_capacity(fields.len());
+    for p in schema.properties() {
+        if let Some(slot) = fields
+            .iter_mut()
+            .find(|f| f.as_ref().is_some_and(|(n, _)| *n == p.name))
+        {
+            ordered.extend(slot.take());
+        }
+    }
+    ordered.extend(fields.into_iter().flatten());
+    ordered
+}
+
+fn read_csv<R: Read>(
+    reader: Counting<R>,
+    file: &Path,
+    rules: Rules<'_>,
+    sink: &mut Sink<'_>,
+    tick: &mut dyn FnMut(u64),
+) -> Result<(), DatasetError> {
+    let mut csv = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .buffer_capacity(1 << 16)
+        .from_reader(reader);
+    let mut record = csv::ByteRecord::new();
+    let io = |e: csv::Error| DatasetError::Io {
+        path: file.to_owned(),
+        source: match e.into_kind() {
+            csv::ErrorKind::Io(e) => e,
+            other => std::io::Error::other(format!("{other:?}")),
+        },
+    };
+    if !csv.read_byte_record(&mut record).map_err(io)? {
+        let why = "the file is empty; a CSV file needs a header row naming the fields";
+        return sink(1, Err(why.into())).map(drop);
+    }
+    let header = match header_names(&record, rules) {
+        Ok(h) => h,
+        Err(why) => return sink(1, Err(why)).map(drop),
+    };
+    loop {
+        let (line, row) = match csv.read_byte_record(&mut record) {
+            Ok(false) => return Ok(()),
+            Ok(true) => (
+                record.position().map_or(0, |p| p.line()),
+                csv_row(&header, &record, rules.schema),
+            ),
+            Err(e) if matches!(e.kind(), csv::ErrorKind::Io(_)) => return Err(io(e)),
+            Err(e) => (
+                e.position().map_or(0, |p| p.line()),
+                Err(format!("malformed CSV: {e}")),
+            ),
+        };
+        if sink(line, row)?.is_break() {
+            return Ok(());
+        }
+        tick(csv.get_ref().bytes);
+    }
+}
+
+/// The header's field names, or why they cannot be used.
+fn header_names(record: &csv::ByteRecord, rules: Rules<'_>) -> Result<Vec<String>, String> {
+    let mut names: Vec<String> = Vec::with_capacity(record.len());
+    let mut problems = Vec::new();
+    for (i, raw) in record.iter().enumerate() {
+        // Spreadsheets save UTF-8 with a byte order mark.
+        let raw = if i == 0 {
+            raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(raw)
+        } else {
+            raw
+        };
+        match std::str::from_utf8(raw) {
+            Ok(name) if name.trim().is_empty() => {
+                problems.push(format!("column {} has no name", i + 1));
+            }
+            Ok(name) if names.iter().any(|n| n == name) => {
+                problems.push(format!("column {name:?} appears twice"));
+            }
+            Ok(name) => names.push(name.to_owned()),
+            Err(_) => problems.push(format!(
+                "column {} is not valid UTF-8; save the file as UTF-8",
+                i + 1
+            )),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems.join("; "));
+    }
+    if !names.iter().any(|n| n == rules.key_field) {
+        problems.push(format!(
+            "the key field {:?} is not a column; the columns are: {}",
+            rules.key_field,
+            names.join(", ")
+        ));
+    }
+    if let Some(schema) = rules.schema {
+        for p in schema.properties() {
+            if schema.is_required(&p.name) && !names.contains(&p.name) {
+                problems.push(format!("required field {:?} is not a column", p.name));
+            }
+        }
+        if !schema.allows_additional() {
+            for name in &names {
+                if schema.property(name).is_none() {
+                    problems.push(format!(
+                        "column {name:?} is not in the schema, which allows no other fields"
+                    ));
+                }
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(names)
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+fn csv_row(header: &[String], record: &csv::ByteRecord, schema: Option<&Schema>) -> Row {
+    if record.len() != header.len() {
+        return Err(format!(
+            "{} fields where the header has {} (a stray comma or an unclosed quote?)",
+            record.len(),
+            header.len()
+        ));
+    }
+    let mut fields = Vec::with_capacity(header.len());
+    let mut problems = Vec::new();
+    for (name, raw) in header.iter().zip(record.iter()) {
+        let Ok(text) = std::str::from_utf8(raw) else {
+            problems.push(format!(
+                "field {name:?} is not valid UTF-8; save the file as UTF-8"
+            ));
+            continue;
+        };
+        match schema.map(|s| s.convert_csv_value(name, text)) {
+            None => fields.push((name.clone(), Value::String(text.to_owned()))),
+            Some(Ok(Some(value))) => fields.push((name.clone(), value)),
+            Some(Ok(None)) => {}
+            // Kept as text, so the row's key is still checked; the schema
+            // check names the field and the type it should have.
+            Some(Err(_)) => fields.push((name.clone(), Value::String(text.to_owned()))),
+        }
+    }
+    if problems.is_empty() {
+        Ok(fields)
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+fn read_json_lines<R: Read>(
+    reader: Counting<R>,
+    file: &Path,
+    rules: Rules<'_>,
+    sink: &mut Sink<'_>,
+    tick: &mut dyn FnMut(u64),
+) -> Result<(), DatasetError> {
+    let mut reader = BufReader::with_capacity(1 << 16, reader);
+    let mut buf = Vec::new();
+    let mut line = 0u64;
+    loop {
+        buf.clear();
+        if reader.read_until(b'\n', &mut buf).map_err(io_error(file))? == 0 {
+            return Ok(());
+        }
+        line += 1;
+        let mut bytes = &buf[..];
+        if line == 1 {
+            bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+        }
+        let row = match std::str::from_utf8(bytes) {
+            Err(_) => Err("not valid UTF-8; save the file as UTF-8".to_owned()),
+            Ok(text) if text.trim().is_empty() => continue,
+            Ok(text) => serde_json::from_str::<Ordered<Value>>(text)
+                .map(|o| in_schema_order(rules.schema, o.0))
+                .map_err(|e| json_problem(&e)),
+        };
+        if sink(line, row)?.is_break() {
+            return Ok(());
+        }
+        tick(reader.get_ref().bytes);
+    }
+}
+
+/// serde_json's message without its "at line 1 column N", which would be
+/// misread as the file's line.
+fn json_problem(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let message = text
+        .rsplit_once(" at line ")
+        .map_or(text.as_str(), |(m, _)| m);
+    format!("not a JSON object (column {}): {message}", e.column())
+}

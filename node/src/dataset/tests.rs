@@ -1,0 +1,644 @@
+use super::*;
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A directory of its own under the system temp dir, deleted on drop.
+struct TestDir(PathBuf);
+
+impl TestDir {
+    fn new() -> Self {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "lgsp-dataset-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    fn file(&self, name: &str, contents: &[u8]) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+
+    fn store(&self) -> DatasetStore {
+        DatasetStore::new(&self.0.join("datasets"))
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn no_progress(_: u64, _: u64) {}
+
+fn bad_rows(err: DatasetError) -> (Vec<BadRow>, usize) {
+    match err {
+        DatasetError::BadRows {
+            rows, total_bad, ..
+        } => (rows, total_bad),
+        other => panic!("expected bad rows, got {other}"),
+    }
+}
+
+fn all_pages(dataset: &Dataset, mut q: Query) -> Vec<(String, String)> {
+    let mut all = Vec::new();
+    loop {
+        let page = dataset.query(&q).unwrap();
+        all.extend(page.records);
+        if page.resume_token.is_empty() {
+            return all;
+        }
+        q.resume_token = page.resume_token;
+    }
+}
+
+const HO_TICH_CSV: &str = "so_dinh_danh,ho_ten,que_quan,ghi_chu\n\
+001,Nguyễn Thị Ánh,\"Xã Đông Hưng, huyện Đông Hưng, tỉnh Thái Bình\",\n\
+002,Trần Văn Đức,Phường Trưng Vương,\"Nói: \"\"Được\"\"\"\n\
+003,Lê Hoàng Yến,\"Thị trấn Tam Đảo\nVĩnh Phúc\",ổ bánh mì ở Hội An\n";
+
+#[test]
+fn csv_with_vietnamese_values_round_trips_byte_exact() {
+    let dir = TestDir::new();
+    let file = dir.file("ho-tich.csv", HO_TICH_CSV.as_bytes());
+    let store = dir.store();
+    let seen = std::cell::Cell::new((0, 0));
+    let report = store
+        .import("ho-tich", &file, "so_dinh_danh", None, &|done, total| {
+            seen.set((done, total))
+        })
+        .unwrap();
+    assert_eq!(report.records, 3);
+    assert_eq!(report.bytes, HO_TICH_CSV.len() as u64);
+    assert_eq!(report.generation, "gen-1");
+    assert_eq!(seen.get(), (report.bytes, report.bytes));
+
+    let dataset = store.open("ho-tich").unwrap();
+    assert_eq!(dataset.len(), 3);
+    assert_eq!(dataset.key_field(), "so_dinh_danh");
+    let record = dataset.get("001").unwrap().unwrap();
+    assert_eq!(record["ho_ten"], "Nguyễn Thị Ánh");
+    assert_eq!(
+        record["que_quan"],
+        "Xã Đông Hưng, huyện Đông Hưng, tỉnh Thái Bình"
+    );
+    assert_eq!(record["ghi_chu"], "");
+    assert_eq!(
+        dataset.get("002").unwrap().unwrap()["ghi_chu"],
+        "Nói: \"Được\""
+    );
+    assert_eq!(
+        dataset.get("003").unwrap().unwrap()["que_quan"],
+        "Thị trấn Tam Đảo\nVĩnh Phúc"
+    );
+    assert_eq!(dataset.get("004").unwrap(), None);
+
+    // Stored text: header order, diacritics as UTF-8 (not \u escapes).
+    let expected = r#"{"so_dinh_danh":"003","ho_ten":"Lê Hoàng Yến","que_quan":"Thị trấn Tam Đảo\nVĩnh Phúc","ghi_chu":"ổ bánh mì ở Hội An"}"#;
+    assert_eq!(dataset.get_json("003").unwrap().unwrap(), expected);
+    let all = all_pages(&dataset, Query::default());
+    assert_eq!(all.len(), 3);
+    assert_eq!(all[2], ("003".to_owned(), expected.to_owned()));
+    // A filter value with diacritics matches byte for byte.
+    let page = dataset
+        .query(&Query {
+            filters: vec![("ho_ten".into(), "Trần Văn Đức".into())],
+            fields: vec!["ho_ten".into()],
+            ..Query::default()
+        })
+        .unwrap();
+    assert_eq!(
+        page.records,
+        [("002".into(), r#"{"ho_ten":"Trần Văn Đức"}"#.into())]
+    );
+}
+
+#[test]
+fn json_lines_import_keeps_order_types_and_skips_blank_lines() {
+    let dir = TestDir::new();
+    let file = dir.file(
+        "dan-cu.ndjson",
+        "{\"ma\":10,\"ten\":\"Phạm Minh Châu\",\"tuoi\":34,\"dang_vien\":true}\n\
+         \n\
+         {\"ten\":\"Đỗ Quỳnh\",\"ma\":9,\"dia_chi\":{\"tinh\":\"Hà Giang\"}}\r\n"
+            .as_bytes(),
+    );
+    let store = dir.store();
+    let report = store
+        .import("dan-cu", &file, "ma", None, &no_progress)
+        .unwrap();
+    assert_eq!(report.records, 2);
+    let dataset = store.open("dan-cu").unwrap();
+    assert_eq!(
+        dataset.get_json("10").unwrap().unwrap(),
+        r#"{"ma":10,"ten":"Phạm Minh Châu","tuoi":34,"dang_vien":true}"#
+    );
+    let nine = dataset.get("9").unwrap().unwrap();
+    assert_eq!(nine["dia_chi"]["tinh"], "Hà Giang");
+    assert!(
+        dataset
+            .get_json("9")
+            .unwrap()
+            .unwrap()
+            .starts_with(r#"{"ten":"Đỗ Quỳnh","ma":9"#)
+    );
+    assert_eq!(
+        dataset.fields().unwrap(),
+        ["ma", "ten", "tuoi", "dang_vien", "dia_chi"]
+    );
+    // Non-string values are compared as their JSON text.
+    let page = dataset
+        .query(&Query {
+            filters: vec![("dang_vien".into(), "true".into())],
+            ..Query::default()
+        })
+        .unwrap();
+    assert_eq!(page.records.len(), 1);
+    assert_eq!(page.records[0].0, "10");
+}
+
+const SCHEMA: &str = r#"{
+  "type": "object",
+  "properties": {
+    "ma": {"type": "string", "maxLength": 4},
+    "ten": {"type": "string"},
+    "gioi_tinh": {"type": "string", "enum": ["Nam", "Nữ"]},
+    "nam_sinh": {"type": "integer"}
+  },
+  "required": ["ma", "ten"],
+  "additionalProperties": false
+}"#;
+
+#[test]
+fn schema_violations_are_reported_by_line_and_nothing_is_imported() {
+    let dir = TestDir::new();
+    let store = dir.store();
+    let schema = Schema::from_json(SCHEMA).unwrap();
+    let good = dir.file(
+        "v1.csv",
+        "ma,ten,gioi_tinh,nam_sinh\nA1,Hà Thị Lan,Nữ,1990\n".as_bytes(),
+    );
+    store
+        .import("nhan-su", &good, "ma", Some(&schema), &no_progress)
+        .unwrap();
+
+    let bad = dir.file(
+        "v2.jsonl",
+        "{\"ma\":\"B1\",\"ten\":\"Vũ An\",\"gioi_tinh\":\"Nam\",\"nam_sinh\":1985}\n\
+         {\"ma\":\"B2\",\"gioi_tinh\":\"Nam\"}\n\
+         {\"ma\":\"B3\",\"ten\":\"Tạ Bình\",\"nam_sinh\":\"1985\"}\n\
+         {\"ma\":\"B4-DÀI\",\"ten\":\"Ông Ích Khiêm\",\"gioi_tinh\":\"nam\"}\n\
+         {\"ma\":\"B5\",\"ten\":\"Lò Văn Pá\",\"dan_toc\":\"Thái\"}\n\
+         {\"ten\":\"Không có mã\"}\n"
+            .as_bytes(),
+    );
+    let err = store
+        .import("nhan-su", &bad, "ma", Some(&schema), &no_progress)
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(text.starts_with("5 bad rows in "), "{text}");
+    assert!(
+        text.contains("; nothing was imported\n  line 2: "),
+        "{text}"
+    );
+    let (rows, total) = bad_rows(err);
+    assert_eq!(total, 5);
+    let lines: Vec<u64> = rows.iter().map(|r| r.line).collect();
+    assert_eq!(lines, [2, 3, 4, 5, 6]);
+    assert!(
+        rows[0].why.contains("missing required field \"ten\""),
+        "{}",
+        rows[0].why
+    );
+    assert!(
+        rows[1]
+            .why
+            .contains("\"nam_sinh\" is \"1985\" but must be an integer"),
+        "{}",
+        rows[1].why
+    );
+    assert!(
+        rows[2].why.contains("more than maxLength 4"),
+        "{}",
+        rows[2].why
+    );
+    assert!(
+        rows[2].why.contains("not one of \"Nam\", \"Nữ\""),
+        "{}",
+        rows[2].why
+    );
+    assert!(
+        rows[3].why.contains("unknown field \"dan_toc\""),
+        "{}",
+        rows[3].why
+    );
+    assert!(
+        rows[4].why.contains("missing key field \"ma\""),
+        "{}",
+        rows[4].why
+    );
+
+    // The first import is still served; the failed one left nothing behind.
+    let dataset = store.open("nhan-su").unwrap();
+    assert_eq!(dataset.generation(), "gen-1");
+    assert_eq!(dataset.get("A1").unwrap().unwrap()["nam_sinh"], 1990);
+    assert_eq!(dataset.get("B1").unwrap(), None);
+    let mut left: Vec<String> = std::fs::read_dir(store.root().join("nhan-su"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["CURRENT", "gen-1"]);
+}
+
+#[test]
+fn csv_cells_are_typed_by_the_schema() {
+    let dir = TestDir::new();
+    let store = dir.store();
+    let schema = Schema::from_json(SCHEMA).unwrap();
+    let file = dir.file(
+        "nhan-su.csv",
+        "ma,ten,nam_sinh\nC1,Mạc Thị Bưởi,1932\nC2,Bế Văn Đàn,\nC3,Kim Đồng,mười\n".as_bytes(),
+    );
+    let (rows, _) = bad_rows(
+        store
+            .import("nhan-su", &file, "ma", Some(&schema), &no_progress)
+            .unwrap_err(),
+    );
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].line, 4);
+    assert!(
+        rows[0]
+            .why
+            .contains("\"nam_sinh\" is \"mười\" but must be an integer"),
+        "{}",
+        rows[0].why
+    );
+
+    let file = dir.file(
+        "nhan-su.csv",
+        "ma,ten,nam_sinh\nC1,Mạc Thị Bưởi,1932\nC2,Bế Văn Đàn,\n".as_bytes(),
+    );
+    store
+        .import("nhan-su", &file, "ma", Some(&schema), &no_progress)
+        .unwrap();
+    let dataset = store.open("nhan-su").unwrap();
+    assert_eq!(
+        dataset.get_json("C1").unwrap().unwrap(),
+        r#"{"ma":"C1","ten":"Mạc Thị Bưởi","nam_sinh":1932}"#
+    );
+    // An empty cell of a non-string field is no value.
+    assert_eq!(
+        dataset.get_json("C2").unwrap().unwrap(),
+        r#"{"ma":"C2","ten":"Bế Văn Đàn"}"#
+    );
+    assert!(dataset.schema().is_some());
+}
+
+#[test]
+fn header_problems_are_reported_on_line_one() {
+    let dir = TestDir::new();
+    let store = dir.store();
+    let schema = Schema::from_json(SCHEMA).unwrap();
+    let file = dir.file("x.csv", "ma,ho_ten\nA,B\n".as_bytes());
+    let (rows, _) = bad_rows(
+        store
+            .import("x", &file, "ma", Some(&schema), &no_progress)
+            .unwrap_err(),
+    );
+    assert_eq!(rows[0].line, 1);
+    assert!(
+        rows[0]
+            .why
+            .contains("required field \"ten\" is not a column")
+    );
+    assert!(
+        rows[0]
+            .why
+            .contains("column \"ho_ten\" is not in the schema")
+    );
+
+    let (rows, _) = bad_rows(
+        store
+            .import("x", &file, "id", None, &no_progress)
+            .unwrap_err(),
+    );
+    assert!(
+        rows[0]
+            .why
+            .contains("the key field \"id\" is not a column; the columns are: ma, ho_ten"),
+        "{}",
+        rows[0].why
+    );
+    // A spreadsheet's byte order mark is not part of the first column's name.
+    let file = dir.file("bom.csv", b"\xEF\xBB\xBFma,ten\nA,B\n");
+    store.import("x", &file, "ma", None, &no_progress).unwrap();
+}
+
+#[test]
+fn duplicate_keys_name_both_lines() {
+    let dir = TestDir::new();
+    let store = dir.store();
+    let file = dir.file(
+        "dat-dai.csv",
+        "thua,chu\n12,An\n13,Bình\n12,Cường\n14,Dũng\n13,Em\n".as_bytes(),
+    );
+    let (rows, total) = bad_rows(
+        store
+            .import("dat-dai", &file, "thua", None, &no_progress)
+            .unwrap_err(),
+    );
+    assert_eq!(total, 2);
+    assert_eq!(
+        rows,
+        [
+            BadRow {
+                line: 4,
+                why: "duplicate key \"12\", first on line 2".into()
+            },
+            BadRow {
+                line: 6,
+                why: "duplicate key \"13\", first on line 3".into()
+            },
+        ]
+    );
+    assert!(matches!(
+        store.open("dat-dai"),
+        Err(DatasetError::NotFound { .. })
+    ));
+    assert_eq!(store.current_generation("dat-dai"), None);
+
+    // A row with another problem is still checked for a repeated key.
+    let schema = Schema::from_json(SCHEMA).unwrap();
+    let file = dir.file(
+        "nhan-su.csv",
+        "ma,ten,nam_sinh\nD1,Ánh,1990\nD1,Ánh,một\n".as_bytes(),
+    );
+    let (rows, _) = bad_rows(
+        store
+            .import("nhan-su", &file, "ma", Some(&schema), &no_progress)
+            .unwrap_err(),
+    );
+    assert_eq!(
+        rows[0].why,
+        "field \"nam_sinh\" is \"một\" but must be an integer; \
+         duplicate key \"D1\", first on line 2"
+    );
+}
+
+#[test]
+fn torn_and_malformed_rows_are_reported_by_line() {
+    let dir = TestDir::new();
+    let store = dir.store();
+    let csv = dir.file(
+        "torn.csv",
+        b"ma,ten,xa\n1,An,Xu\xC3\xA2n La\n2,B\xECnh,X\n3,Ch\xC3\xA2u,Y,Z\n4,\"Dung,Tam \xC4\x90\xE1\xBA\xA3o\n",
+    );
+    let (rows, total) = bad_rows(
+        store
+            .import("x", &csv, "ma", None, &no_progress)
+            .unwrap_err(),
+    );
+    assert_eq!(total, 3, "{rows:?}");
+    assert_eq!(rows[0].line, 3);
+    assert!(
+        rows[0].why.contains("\"ten\" is not valid UTF-8"),
+        "{}",
+        rows[0].why
+    );
+    assert_eq!(rows[1].line, 4);
+    assert!(
+        rows[1].why.contains("4 fields where the header has 3"),
+        "{}",
+        rows[1].why
+    );
+    // The unclosed quote swallows the rest of the file.
+    assert_eq!(rows[2].line, 5);
+    assert!(
+        rows[2].why.contains("2 fields where the header has 3"),
+        "{}",
+        rows[2].why
+    );
+
+    let jsonl = dir.file(
+        "torn.jsonl",
+        "{\"ma\":1}\n[1,2]\n{\"ma\":3,\"ma\":4}\n{\"ma\":5,\"ten\":\"Nguy".as_bytes(),
+    );
+    let (rows, _) = bad_rows(
+        store
+            .import("x", &jsonl, "ma", None, &no_progress)
+            .unwrap_err(),
+    );
+    let lines: Vec<u64> = rows.iter().map(|r| r.line).collect();
+    assert_eq!(lines, [2, 3, 4]);
+    assert!(
+        rows[0].why.starts_with("not a JSON object"),
+        "{}",
+        rows[0].why
+    );
+    assert!(
+        rows[1].why.contains("\"ma\" appears twice"),
+        "{}",
+        rows[1].why
+    );
+    assert!(rows[2].why.contains("EOF"), "{}", rows[2].why);
+    assert_eq!(store.current_generation("x"), None);
+}
+
+#[test]
+fn at_most_a_hundred_bad_rows_are_listed_but_all_are_counted() {
+    let dir = TestDir::new();
+    let mut text = String::from("ma,ten\n");
+    for i in 0..250 {
+        text.push_str(&format!(",người {i}\n"));
+    }
+    let file = dir.file("empty-keys.csv", text.as_bytes());
+    let err = dir
+        .store()
+        .import("x", &file, "ma", None, &no_progress)
+        .unwrap_err();
+    assert!(err.to_string().ends_with("\n  ... and 150 more"));
+    let (rows, total) = bad_rows(err);
+    assert_eq!((rows.len(), total), (MAX_BAD_ROWS, 250));
+    assert_eq!(rows[99].line, 101);
+}
+
+#[test]
+fn reimport_switches_atomically_and_open_handles_keep_working() {
+    let dir = TestDir::new();
+    let store = dir.store();
+    let v1 = dir.file("v1.csv", "ma,ten\n1,Cũ\n2,Cũ hai\n".as_bytes());
+    let v2 = dir.file("v2.csv", "ma,ten\n1,Mới\n3,Mới ba\n".as_bytes());
+    store
+        .import("so-lieu", &v1, "ma", None, &no_progress)
+        .unwrap();
+    let cache = DatasetCache::new(store.clone());
+    let before = store.open("so-lieu").unwrap();
+    let cached = cache.get("so-lieu").unwrap();
+    assert_eq!(cached.generation(), "gen-1");
+
+    let report = store
+        .import("so-lieu", &v2, "ma", None, &no_progress)
+        .unwrap();
+    assert_eq!(report.generation, "gen-2");
+    assert_eq!(
+        store.current_generation("so-lieu").as_deref(),
+        Some("gen-2")
+    );
+    // The old generation is gone from disk but still readable through handles
+    // opened before the switch.
+    assert!(!store.root().join("so-lieu/gen-1").exists());
+    assert_eq!(before.get("2").unwrap().unwrap()["ten"], "Cũ hai");
+    assert_eq!(all_pages(&before, Query::default()).len(), 2);
+
+    std::thread::sleep(CACHE_RECHECK + Duration::from_millis(50));
+    let fresh = cache.get("so-lieu").unwrap();
+    assert_eq!(fresh.generation(), "gen-2");
+    assert_eq!(fresh.get("1").unwrap().unwrap()["ten"], "Mới");
+    assert_eq!(fresh.get("2").unwrap(), None);
+    assert_eq!(cached.get("1").unwrap().unwrap()["ten"], "Cũ");
+    // Opening the same generation again in this process shares the handle.
+    assert_eq!(store.open("so-lieu").unwrap().generation(), "gen-2");
+
+    // A failed third import leaves gen-2 serving.
+    let bad = dir.file("v3.csv", "ma,ten\n1,X\n1,Y\n".as_bytes());
+    store
+        .import("so-lieu", &bad, "ma", None, &no_progress)
+        .unwrap_err();
+    assert_eq!(
+        store.current_generation("so-lieu").as_deref(),
+        Some("gen-2")
+    );
+    assert!(Arc::ptr_eq(&cache.get("so-lieu").unwrap(), &fresh));
+    assert_eq!(store.services().unwrap(), ["so-lieu"]);
+}
+
+#[test]
+fn projection_filter_and_paging_cover_every_record_exactly_once() {
+    let dir = TestDir::new();
+    let store = dir.store();
+    let mut text = String::new();
+    for i in 0..253 {
+        let huyen = ["Tam Dương", "Lập Thạch", "Sông Lô"][i % 3];
+        text.push_str(&format!(
+            "{{\"ma\":\"{i:04}\",\"huyen\":\"{huyen}\",\"so_nhan_khau\":{},\"ten\":\"Hộ {i}\"}}\n",
+            i % 7
+        ));
+    }
+    let file = dir.file("ho.jsonl", text.as_bytes());
+    let schema = Schema::from_json(
+        r#"{"type":"object","properties":{"ma":{"type":"string"},"huyen":{"type":"string"},
+            "so_nhan_khau":{"type":"integer"},"ten":{"type":"string"}},"required":["ma"]}"#,
+    )
+    .unwrap();
+    store
+        .import("ho", &file, "ma", Some(&schema), &no_progress)
+        .unwrap();
+    let dataset = store.open("ho").unwrap();
+
+    let q = Query {
+        page_size: 10,
+        ..Query::default()
+    };
+    let first = dataset.query(&q).unwrap();
+    assert_eq!(first.records.len(), 10);
+    assert_eq!(first.resume_token, hex::encode("0009"));
+    let all = all_pages(&dataset, q);
+    let keys: Vec<&str> = all.iter().map(|(k, _)| k.as_str()).collect();
+    let unique: BTreeSet<&str> = keys.iter().copied().collect();
+    assert_eq!((keys.len(), unique.len()), (253, 253));
+    assert!(keys.windows(2).all(|w| w[0] < w[1]));
+
+    let filtered = all_pages(
+        &dataset,
+        Query {
+            filters: vec![
+                ("huyen".into(), "Sông Lô".into()),
+                ("so_nhan_khau".into(), "3".into()),
+            ],
+            fields: vec!["ten".into(), "huyen".into()],
+            page_size: 4,
+            ..Query::default()
+        },
+    );
+    let expected: Vec<(String, String)> = (0..253)
+        .filter(|i| i % 3 == 2 && i % 7 == 3)
+        .map(|i| {
+            (
+                format!("{i:04}"),
+                format!(r#"{{"ten":"Hộ {i}","huyen":"Sông Lô"}}"#),
+            )
+        })
+        .collect();
+    assert_eq!(filtered, expected);
+
+    // Exactly a full last page: the token says there is nothing more.
+    let page = dataset
+        .query(&Query {
+            page_size: 3,
+            resume_token: hex::encode("0249"),
+            ..Query::default()
+        })
+        .unwrap();
+    assert_eq!(page.records.len(), 3);
+    assert_eq!(page.resume_token, "");
+    // Page sizes: 0 is the default, and no page is larger than the maximum.
+    assert_eq!(dataset.query(&Query::default()).unwrap().records.len(), 100);
+    let huge = Query {
+        page_size: 5000,
+        ..Query::default()
+    };
+    assert_eq!(dataset.query(&huge).unwrap().records.len(), 253);
+
+    let err = dataset
+        .query(&Query {
+            filters: vec![("xa".into(), "Hợp Thịnh".into())],
+            fields: vec!["ten".into(), "so_ho".into()],
+            ..Query::default()
+        })
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(text.starts_with("unknown field(s) xa, so_ho"), "{text}");
+    assert!(matches!(
+        dataset.query(&Query {
+            resume_token: "not hex".into(),
+            ..Query::default()
+        }),
+        Err(DatasetError::BadResumeToken(_))
+    ));
+}
+
+#[test]
+fn bad_names_extensions_and_missing_datasets_are_explained() {
+    let dir = TestDir::new();
+    let store = dir.store();
+    let file = dir.file("data.xlsx", b"");
+    let err = store
+        .import("ho-tich", &file, "ma", None, &no_progress)
+        .unwrap_err();
+    assert!(err.to_string().contains("extension \".xlsx\""), "{err}");
+    let csv = dir.file("data.csv", b"ma\n1\n");
+    let err = store
+        .import("../etc", &csv, "ma", None, &no_progress)
+        .unwrap_err();
+    assert!(matches!(err, DatasetError::BadName { .. }), "{err}");
+    let err = store.open("khong-co").unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("lgsp dataset import --service khong-co"),
+        "{err}"
+    );
+    let empty = dir.file("empty.csv", b"");
+    let (rows, _) = bad_rows(
+        store
+            .import("x", &empty, "ma", None, &no_progress)
+            .unwrap_err(),
+    );
+    assert!(rows[0].why.contains("needs a header row"));
+}

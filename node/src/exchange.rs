@@ -1,0 +1,569 @@
+//! The data-exchange API on both sides of a node: the provider side serves
+//! this agency's services to other agencies' nodes (mTLS, enforced), the
+//! consumer side lets this agency's applications call other agencies'
+//! services through this node. Both sides log every exchange.
+
+use crate::access::{self, Limits};
+use crate::backend::HttpBackend;
+use crate::catalog_cache::CatalogCache;
+use crate::config::NodeConfig;
+use crate::dataset::{DatasetCache, Query};
+use crate::sharing_log::{Exchange, SharingLog};
+use futures::{Stream, StreamExt};
+use lgsp_certs::{Credentials, Peer};
+use lgsp_proto::data_exchange_client::DataExchangeClient;
+use lgsp_proto::data_exchange_server::DataExchange;
+use lgsp_proto::{CallResponse, Envelope, QueryPage, QueryRequest, Record};
+use prost::Message as _;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+/// Everything both sides share.
+#[derive(Debug)]
+pub struct NodeContext {
+    pub config: NodeConfig,
+    pub cache: Arc<CatalogCache>,
+    pub datasets: DatasetCache,
+    pub log: Arc<SharingLog>,
+    pub http: HttpBackend,
+    pub limits: Arc<Limits>,
+    pub creds: Credentials,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl NodeContext {
+    #[allow(clippy::too_many_arguments)] // one constructor wiring the node's parts
+    pub fn new(
+        config: NodeConfig,
+        cache: Arc<CatalogCache>,
+        datasets: DatasetCache,
+        log: Arc<SharingLog>,
+        creds: Credentials,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Arc<Self> {
+        let limits = Limits::new(
+            config.limits.max_concurrent_per_consumer,
+            config.limits.rate_per_consumer,
+        );
+        let http = HttpBackend::new(config.limits.max_message_bytes);
+        Arc::new(Self {
+            config,
+            cache,
+            datasets,
+            log,
+            http,
+            limits,
+            creds,
+            metrics,
+            channels: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A pooled HTTP/2 connection to another node's provider listener.
+    fn channel(&self, endpoint: &str) -> Result<Channel, Status> {
+        let mut channels = self.channels.lock().expect("channel lock");
+        if let Some(c) = channels.get(endpoint) {
+            return Ok(c.clone());
+        }
+        let channel = lgsp_certs::tls::client_endpoint(endpoint, &self.creds, None)
+            .map_err(|e| Status::internal(e.to_string()))?
+            .connect_lazy();
+        channels.insert(endpoint.to_owned(), channel.clone());
+        Ok(channel)
+    }
+
+    #[allow(clippy::too_many_arguments)] // the fields of one sharing-log entry
+    fn record(
+        &self,
+        side: &str,
+        request_id: &str,
+        consumer: &str,
+        service_id: &str,
+        operation: &str,
+        request: &[u8],
+        response: &[u8],
+        status: &Result<(), Status>,
+        started: Instant,
+        bytes_out: u64,
+    ) {
+        let provider = service_id.split('/').next().unwrap_or_default().to_owned();
+        let code = match status {
+            Ok(()) => tonic::Code::Ok,
+            Err(s) => s.code(),
+        };
+        let latency = started.elapsed();
+        self.metrics.observe(
+            side,
+            service_id,
+            consumer,
+            code,
+            latency,
+            request.len() as u64,
+            bytes_out,
+        );
+        let entry = Exchange {
+            request_id: request_id.to_owned(),
+            side: side.to_owned(),
+            consumer: consumer.to_owned(),
+            provider,
+            service: service_id.to_owned(),
+            operation: operation.to_owned(),
+            request_sha256: hex::encode(Sha256::digest(request)),
+            response_sha256: hex::encode(Sha256::digest(response)),
+            status: code_name(code).to_owned(),
+            latency_us: latency.as_micros() as u64,
+            bytes_in: request.len() as u64,
+            bytes_out,
+        };
+        if let Err(error) = self.log.append(entry) {
+            tracing::error!(%error, "cannot write the sharing log");
+        }
+    }
+}
+
+/// The gRPC name of a status code (`PERMISSION_DENIED`), as logs show it.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// A request id for an exchange that came without one.
+pub fn new_request_id() -> String {
+    let mut bytes = [0u8; 12];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+    hex::encode(bytes)
+}
+
+type PageStream = Pin<Box<dyn Stream<Item = Result<QueryPage, Status>> + Send>>;
+
+/// The province-facing side: serves this agency's services.
+#[derive(Debug, Clone)]
+pub struct Provider {
+    ctx: Arc<NodeContext>,
+}
+
+impl Provider {
+    pub fn new(ctx: Arc<NodeContext>) -> Self {
+        Self { ctx }
+    }
+
+    async fn serve(&self, peer: &Peer, env: &Envelope) -> Result<Vec<u8>, Status> {
+        let ctx = &self.ctx;
+        access::authorize(&ctx.cache, &ctx.config.agency, peer, &env.service_id)?;
+        let _permit = ctx.limits.acquire(peer.id.agency.as_str())?;
+        let name = env.service_id.split_once('/').map_or("", |(_, n)| n);
+        let service = ctx.config.service(name).ok_or_else(|| {
+            Status::unimplemented(format!(
+                "service {} is in the catalog but this node is not configured to serve it (add it to node.toml)",
+                env.service_id
+            ))
+        })?;
+        match service.kind.as_str() {
+            "dataset" => {
+                if env.operation != "get" {
+                    return Err(Status::invalid_argument(format!(
+                        "dataset {} supports the operation \"get\" (parameter \"key\") and the Query stream, not {:?}",
+                        env.service_id, env.operation
+                    )));
+                }
+                let key = env.parameters.get("key").ok_or_else(|| {
+                    Status::invalid_argument("operation \"get\" needs the parameter \"key\"")
+                })?;
+                let dataset = ctx
+                    .datasets
+                    .get(name)
+                    .map_err(|e| Status::unavailable(e.to_string()))?;
+                let record = dataset
+                    .get_json(key)
+                    .map_err(|e| Status::internal(e.to_string()))?
+                    .ok_or_else(|| {
+                        Status::not_found(format!(
+                            "no record with key {key:?} in {}",
+                            env.service_id
+                        ))
+                    })?;
+                Ok(record.into_bytes())
+            }
+            _ => {
+                ctx.http
+                    .call(
+                        service,
+                        &env.operation,
+                        &env.parameters,
+                        &env.payload,
+                        &env.request_id,
+                        peer.id.agency.as_str(),
+                    )
+                    .await
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl DataExchange for Provider {
+    async fn call(&self, request: Request<Envelope>) -> Result<Response<CallResponse>, Status> {
+        let started = Instant::now();
+        let peer = Peer::of(&request)?.clone();
+        let mut env = request.into_inner();
+        if env.request_id.is_empty() {
+            env.request_id = new_request_id();
+        }
+        let span = tracing::info_span!("provide", request_id = %env.request_id, consumer = %peer.id.agency, service = %env.service_id, op = %env.operation);
+        let result = self.serve(&peer, &env).instrument(span.clone()).await;
+        let raw = env.encode_to_vec();
+        let (response, status) = match &result {
+            Ok(payload) => (payload.as_slice(), Ok(())),
+            Err(s) => (&[][..], Err(s.clone())),
+        };
+        self.ctx.record(
+            "provider",
+            &env.request_id,
+            peer.id.agency.as_str(),
+            &env.service_id,
+            &env.operation,
+            &raw,
+            response,
+            &status,
+            started,
+            response.len() as u64,
+        );
+        span.in_scope(|| match &status {
+            Ok(()) => tracing::debug!("served"),
+            Err(s) => tracing::info!(code = code_name(s.code()), reason = %s.message(), "refused"),
+        });
+        let payload = result?;
+        Ok(Response::new(CallResponse {
+            payload,
+            request_id: env.request_id,
+            metadata: HashMap::new(),
+        }))
+    }
+
+    type QueryStream = PageStream;
+
+    async fn query(
+        &self,
+        request: Request<QueryRequest>,
+    ) -> Result<Response<Self::QueryStream>, Status> {
+        let started = Instant::now();
+        let peer = Peer::of(&request)?.clone();
+        let mut req = request.into_inner();
+        if req.request_id.is_empty() {
+            req.request_id = new_request_id();
+        }
+        let ctx = self.ctx.clone();
+        let raw = req.encode_to_vec();
+        let prepared = (|| {
+            access::authorize(&ctx.cache, &ctx.config.agency, &peer, &req.service_id)?;
+            let permit = ctx.limits.acquire(peer.id.agency.as_str())?;
+            let name = req
+                .service_id
+                .split_once('/')
+                .map_or("", |(_, n)| n)
+                .to_owned();
+            match ctx.config.service(&name) {
+                Some(s) if s.kind == "dataset" => {}
+                Some(_) => {
+                    return Err(Status::invalid_argument(format!(
+                        "{} is not a dataset: use Call",
+                        req.service_id
+                    )));
+                }
+                None => {
+                    return Err(Status::unimplemented(format!(
+                        "this node is not configured to serve {}",
+                        req.service_id
+                    )));
+                }
+            }
+            let dataset = ctx
+                .datasets
+                .get(&name)
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            Ok((permit, dataset))
+        })();
+        let (permit, dataset) = match prepared {
+            Ok(p) => p,
+            Err(status) => {
+                ctx.record(
+                    "provider",
+                    &req.request_id,
+                    peer.id.agency.as_str(),
+                    &req.service_id,
+                    "query",
+                    &raw,
+                    &[],
+                    &Err(status.clone()),
+                    started,
+                    0,
+                );
+                return Err(status);
+            }
+        };
+        // One page in flight at a time: the consumer's reading paces the reading here.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<QueryPage, Status>>(1);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut query = Query {
+                filters: req
+                    .filters
+                    .iter()
+                    .map(|f| (f.field.clone(), f.equals.clone()))
+                    .collect(),
+                fields: req.fields.clone(),
+                page_size: req.page_size,
+                resume_token: req.resume_token.clone(),
+            };
+            let mut digest = Sha256::new();
+            let mut bytes_out = 0u64;
+            let outcome = loop {
+                let page = match dataset.query(&query) {
+                    Ok(p) => p,
+                    Err(e) => break Err(Status::invalid_argument(e.to_string())),
+                };
+                let done = page.resume_token.is_empty();
+                let out = QueryPage {
+                    records: page
+                        .records
+                        .into_iter()
+                        .map(|(key, json)| Record { key, json })
+                        .collect(),
+                    resume_token: page.resume_token.clone(),
+                };
+                let encoded = out.encode_to_vec();
+                digest.update(&encoded);
+                bytes_out += encoded.len() as u64;
+                if tx.send(Ok(out)).await.is_err() {
+                    break Err(Status::cancelled("the consumer stopped reading"));
+                }
+                if done {
+                    break Ok(());
+                }
+                query.resume_token = page.resume_token;
+            };
+            if let Err(s) = &outcome
+                && s.code() != tonic::Code::Cancelled
+            {
+                let _ = tx.send(Err(s.clone())).await;
+            }
+            let digest = digest.finalize();
+            ctx.record(
+                "provider",
+                &req.request_id,
+                peer.id.agency.as_str(),
+                &req.service_id,
+                "query",
+                &raw,
+                &digest,
+                &outcome,
+                started,
+                bytes_out,
+            );
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+/// The agency-facing side: this agency's applications call other agencies'
+/// services through it.
+#[derive(Debug, Clone)]
+pub struct Consumer {
+    ctx: Arc<NodeContext>,
+}
+
+impl Consumer {
+    pub fn new(ctx: Arc<NodeContext>) -> Self {
+        Self { ctx }
+    }
+
+    /// The provider node's client for `service_id`.
+    fn route(&self, service_id: &str) -> Result<DataExchangeClient<Channel>, Status> {
+        let ctx = &self.ctx;
+        lgsp_registry::catalog::parse_service_id(service_id)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let service = ctx.cache.service(service_id).ok_or_else(|| {
+            Status::not_found(format!(
+                "service {service_id} is not in the provincial catalog (see `lgsp service list`)"
+            ))
+        })?;
+        let node = ctx.cache.node(&service.agency_code, &service.node).ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "service {service_id} names node {:?} of agency {}, which is not registered in the catalog",
+                service.node, service.agency_code
+            ))
+        })?;
+        let max = ctx.config.limits.max_message_bytes;
+        Ok(DataExchangeClient::new(ctx.channel(&node.endpoint)?)
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max))
+    }
+}
+
+/// Copies the caller's deadline onto the outgoing call.
+fn forward<T>(from: &tonic::metadata::MetadataMap, message: T) -> Request<T> {
+    let mut out = Request::new(message);
+    if let Some(timeout) = from.get("grpc-timeout") {
+        out.metadata_mut().insert("grpc-timeout", timeout.clone());
+    }
+    out
+}
+
+fn explain(status: Status) -> Status {
+    if status.code() == tonic::Code::Unknown || status.code() == tonic::Code::Unavailable {
+        let text = lgsp_certs::tls::explain_status(&status);
+        return Status::new(
+            status.code(),
+            format!("calling the provider's node failed: {text}"),
+        );
+    }
+    status
+}
+
+#[tonic::async_trait]
+impl DataExchange for Consumer {
+    async fn call(&self, request: Request<Envelope>) -> Result<Response<CallResponse>, Status> {
+        let started = Instant::now();
+        let metadata = request.metadata().clone();
+        let mut env = request.into_inner();
+        if env.request_id.is_empty() {
+            env.request_id = new_request_id();
+        }
+        let raw = env.encode_to_vec();
+        let span = tracing::info_span!("consume", request_id = %env.request_id, service = %env.service_id, op = %env.operation);
+        let result = async {
+            let mut client = self.route(&env.service_id)?;
+            client
+                .call(forward(&metadata, env.clone()))
+                .await
+                .map_err(explain)
+        }
+        .instrument(span)
+        .await;
+        let (response, status) = match &result {
+            Ok(r) => (r.get_ref().payload.as_slice(), Ok(())),
+            Err(s) => (&[][..], Err(s.clone())),
+        };
+        self.ctx.record(
+            "consumer",
+            &env.request_id,
+            &self.ctx.config.agency,
+            &env.service_id,
+            &env.operation,
+            &raw,
+            response,
+            &status,
+            started,
+            response.len() as u64,
+        );
+        result
+    }
+
+    type QueryStream = PageStream;
+
+    async fn query(
+        &self,
+        request: Request<QueryRequest>,
+    ) -> Result<Response<Self::QueryStream>, Status> {
+        let started = Instant::now();
+        let metadata = request.metadata().clone();
+        let mut req = request.into_inner();
+        if req.request_id.is_empty() {
+            req.request_id = new_request_id();
+        }
+        let raw = req.encode_to_vec();
+        let opened = async {
+            let mut client = self.route(&req.service_id)?;
+            client
+                .query(forward(&metadata, req.clone()))
+                .await
+                .map_err(explain)
+        }
+        .await;
+        let ctx = self.ctx.clone();
+        let mut upstream = match opened {
+            Ok(r) => r.into_inner(),
+            Err(status) => {
+                ctx.record(
+                    "consumer",
+                    &req.request_id,
+                    &ctx.config.agency,
+                    &req.service_id,
+                    "query",
+                    &raw,
+                    &[],
+                    &Err(status.clone()),
+                    started,
+                    0,
+                );
+                return Err(status);
+            }
+        };
+        // Pages pass through one at a time: backpressure reaches the provider.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<QueryPage, Status>>(1);
+        tokio::spawn(async move {
+            let mut digest = Sha256::new();
+            let mut bytes_out = 0u64;
+            let outcome = loop {
+                match upstream.next().await {
+                    Some(Ok(page)) => {
+                        let encoded = page.encode_to_vec();
+                        digest.update(&encoded);
+                        bytes_out += encoded.len() as u64;
+                        if tx.send(Ok(page)).await.is_err() {
+                            break Err(Status::cancelled("the application stopped reading"));
+                        }
+                    }
+                    Some(Err(s)) => {
+                        let _ = tx.send(Err(s.clone())).await;
+                        break Err(s);
+                    }
+                    None => break Ok(()),
+                }
+            };
+            let digest = digest.finalize();
+            ctx.record(
+                "consumer",
+                &req.request_id,
+                &ctx.config.agency,
+                &req.service_id,
+                "query",
+                &raw,
+                &digest,
+                &outcome,
+                started,
+                bytes_out,
+            );
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}

@@ -1,0 +1,176 @@
+//! Prometheus metrics of a node: calls by side, service, consumer and
+//! status; latency histograms; bytes; the catalog cache's age and revision.
+//! Served as text on `GET /metrics`.
+
+use crate::catalog_cache::CatalogCache;
+use bytes::Bytes;
+use http_body_util::Full;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    side: String,
+    service: String,
+    consumer: String,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LatencyLabels {
+    side: String,
+    service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BytesLabels {
+    side: String,
+    direction: String,
+}
+
+/// The node's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    calls: Family<CallLabels, Counter>,
+    latency: Family<LatencyLabels, Histogram>,
+    bytes: Family<BytesLabels, Counter>,
+    cache_age: Gauge<f64, AtomicU64>,
+    cache_revision: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("lgsp");
+        let calls = Family::<CallLabels, Counter>::default();
+        registry.register(
+            "calls",
+            "Exchanges handled, by side, service, consumer agency and gRPC status",
+            calls.clone(),
+        );
+        let latency = Family::<LatencyLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+        });
+        registry.register(
+            "call_duration_seconds",
+            "Time to handle an exchange",
+            latency.clone(),
+        );
+        let bytes = Family::<BytesLabels, Counter>::default();
+        registry.register(
+            "exchange_bytes",
+            "Bytes of requests (in) and responses (out)",
+            bytes.clone(),
+        );
+        let cache_age = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "catalog_cache_age_seconds",
+            "Seconds since the catalog cache was last confirmed current by the registry (0 while live)",
+            cache_age.clone(),
+        );
+        let cache_revision = Gauge::default();
+        registry.register(
+            "catalog_revision",
+            "Catalog revision of the node's cache",
+            cache_revision.clone(),
+        );
+        Arc::new(Self {
+            registry,
+            calls,
+            latency,
+            bytes,
+            cache_age,
+            cache_revision,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)] // the dimensions of one exchange
+    pub fn observe(
+        &self,
+        side: &str,
+        service: &str,
+        consumer: &str,
+        code: tonic::Code,
+        latency: Duration,
+        bytes_in: u64,
+        bytes_out: u64,
+    ) {
+        self.calls
+            .get_or_create(&CallLabels {
+                side: side.to_owned(),
+                service: service.to_owned(),
+                consumer: consumer.to_owned(),
+                code: crate::exchange::code_name(code).to_owned(),
+            })
+            .inc();
+        self.latency
+            .get_or_create(&LatencyLabels {
+                side: side.to_owned(),
+                service: service.to_owned(),
+            })
+            .observe(latency.as_secs_f64());
+        for (direction, n) in [("in", bytes_in), ("out", bytes_out)] {
+            self.bytes
+                .get_or_create(&BytesLabels {
+                    side: side.to_owned(),
+                    direction: direction.to_owned(),
+                })
+                .inc_by(n);
+        }
+    }
+
+    /// The text exposition, with the cache gauges read now.
+    pub fn render(&self, cache: &CatalogCache) -> String {
+        self.cache_age
+            .set(cache.age().map_or(f64::INFINITY, |d| d.as_secs_f64()));
+        self.cache_revision.set(cache.revision() as i64);
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown` turns true.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    cache: Arc<CatalogCache>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+            _ = shutdown.changed() => return,
+        };
+        let (metrics, cache) = (metrics.clone(), cache.clone());
+        tokio::spawn(async move {
+            let service =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let response =
+                        if req.uri().path() == "/metrics" {
+                            hyper::Response::builder()
+                                .header(
+                                    "content-type",
+                                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                                )
+                                .body(Full::new(Bytes::from(metrics.render(&cache))))
+                        } else {
+                            hyper::Response::builder().status(404).body(Full::new(
+                                Bytes::from_static(b"lgsp serves /metrics here\n"),
+                            ))
+                        };
+                    async move { response }
+                });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}

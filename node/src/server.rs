@@ -1,0 +1,276 @@
+//! A running agency node: both listeners, the catalog cache that follows
+//! the registry, the sharing log's sealer, metrics, and the node's own
+//! registration in the catalog.
+
+use crate::catalog_cache::{CatalogCache, open_db};
+use crate::config::NodeConfig;
+use crate::dataset::{DatasetCache, DatasetStore};
+use crate::exchange::{Consumer, NodeContext, Provider};
+use crate::metrics::Metrics;
+use crate::sharing_log::{SharingLog, Signer};
+use anyhow::{Context, Result, bail};
+use lgsp_certs::inspect::CertInfo;
+use lgsp_certs::{Authenticator, Credentials, Role, ServerTls, TlsFiles, WhoAmI};
+use lgsp_proto::NodeRecord;
+use lgsp_proto::catalog_record::Value;
+use lgsp_proto::data_exchange_server::DataExchangeServer;
+use lgsp_proto::identity_service_server::IdentityServiceServer;
+use lgsp_registry::RegistryClient;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+/// A running node.
+#[derive(Debug)]
+pub struct NodeServer {
+    pub provider_addr: SocketAddr,
+    pub consumer_addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    pub ctx: Arc<NodeContext>,
+    pub tls: Arc<ServerTls>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+async fn wait_for(mut rx: tokio::sync::watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+impl NodeServer {
+    /// Starts the node described by `config`.
+    pub async fn start(config: NodeConfig) -> Result<Self> {
+        let files = TlsFiles {
+            cert: config.tls.cert.clone(),
+            key: config.tls.key.clone(),
+            ca: config.tls.ca.clone(),
+        };
+        let creds = Credentials::load(&files).with_context(|| {
+            format!(
+                "the node's TLS files are not ready (is the signed certificate in {}?)",
+                files.cert.display()
+            )
+        })?;
+        let own = CertInfo::from_der(&creds.chain[0], &files.cert)?;
+        let id = own
+            .spiffe_id
+            .map_err(|why| anyhow::anyhow!("{}: {why}", files.cert.display()))?;
+        if !matches!(id.role, Role::Node | Role::Hub)
+            || id.agency.as_str() != config.agency
+            || id.name != config.name
+        {
+            bail!(
+                "{} is the certificate of {id}, but node.toml says agency {} node {}: they must match",
+                files.cert.display(),
+                config.agency,
+                config.name
+            );
+        }
+
+        let db = open_db(&config.data_dir)?;
+        let cache = CatalogCache::open(&db)?;
+        let registry = RegistryClient::new(&config.registry, &creds)?;
+        let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(
+            cache.clone().follow(registry.clone(), shutdown_rx.clone()),
+        ));
+
+        let tls = ServerTls::new(creds.clone())?;
+        tasks.push(tokio::spawn(follow_crl(
+            cache.clone(),
+            tls.clone(),
+            shutdown_rx.clone(),
+        )));
+
+        let signer = Signer::from_pem(&creds.key_pem, &creds.cert_pem)?;
+        let log = Arc::new(SharingLog::open(
+            &config.data_dir.join("sharing-log"),
+            signer,
+        )?);
+        tasks.push(
+            log.clone()
+                .spawn_sealer(Duration::from_secs(1), shutdown_rx.clone()),
+        );
+
+        let metrics = Metrics::new();
+        let datasets = DatasetCache::new(DatasetStore::new(&config.data_dir.join("datasets")));
+        let max = config.limits.max_message_bytes;
+        let ctx = NodeContext::new(
+            config.clone(),
+            cache.clone(),
+            datasets,
+            log,
+            creds,
+            metrics.clone(),
+        );
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<DataExchangeServer<Provider>>().await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(lgsp_proto::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("reflection service")?;
+
+        let provider_listener = tokio::net::TcpListener::bind(config.provider.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.provider.listen))?;
+        let provider_addr = provider_listener.local_addr()?;
+        let auth = Authenticator::new(tls.clone(), &id.trust_domain);
+        let provider = tonic::service::interceptor::InterceptedService::new(
+            DataExchangeServer::new(Provider::new(ctx.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+            auth.clone(),
+        );
+        let incoming = tls.clone().incoming(provider_listener);
+        let stop = wait_for(shutdown_rx.clone());
+        let (h, r) = (health_service.clone(), reflection.clone());
+        tasks.push(tokio::spawn(async move {
+            let result = tonic::transport::Server::builder()
+                .add_service(provider)
+                .add_service(IdentityServiceServer::with_interceptor(WhoAmI, auth))
+                .add_service(h)
+                .add_service(r)
+                .serve_with_incoming_shutdown(incoming, stop)
+                .await;
+            if let Err(error) = result {
+                tracing::error!(%error, "provider listener failed");
+            }
+        }));
+
+        let consumer_listener = tokio::net::TcpListener::bind(config.consumer.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.consumer.listen))?;
+        let consumer_addr = consumer_listener.local_addr()?;
+        let consumer = DataExchangeServer::new(Consumer::new(ctx.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+        let stop = wait_for(shutdown_rx.clone());
+        tasks.push(tokio::spawn(async move {
+            let result = tonic::transport::Server::builder()
+                .add_service(consumer)
+                .add_service(health_service)
+                .add_service(reflection)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(consumer_listener),
+                    stop,
+                )
+                .await;
+            if let Err(error) = result {
+                tracing::error!(%error, "consumer listener failed");
+            }
+        }));
+
+        let metrics_addr = match config.metrics_listen {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr}"))?;
+                let bound = listener.local_addr()?;
+                tasks.push(tokio::spawn(crate::metrics::serve(
+                    listener,
+                    metrics,
+                    cache.clone(),
+                    shutdown_rx.clone(),
+                )));
+                Some(bound)
+            }
+            None => None,
+        };
+
+        let record = NodeRecord {
+            agency_code: config.agency.clone(),
+            name: config.name.clone(),
+            endpoint: if config.provider.listen.port() == 0 {
+                provider_addr.to_string()
+            } else {
+                config.provider.advertise.clone()
+            },
+            cert_sha256: own.sha256.clone(),
+        };
+        tasks.push(tokio::spawn(register(registry, record, shutdown_rx)));
+        tracing::info!(%provider_addr, %consumer_addr, agency = %config.agency, node = %config.name, "node started");
+        Ok(Self {
+            provider_addr,
+            consumer_addr,
+            metrics_addr,
+            ctx,
+            tls,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Stops both listeners and background work, sealing the sharing log.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+        if let Err(error) = self.ctx.log.seal() {
+            tracing::error!(%error, "cannot seal the sharing log");
+        }
+    }
+}
+
+/// Registers (or updates) this node in the catalog, retrying until the
+/// registry answers.
+async fn register(
+    registry: RegistryClient,
+    record: NodeRecord,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        match registry.put(Value::Node(record.clone()), 0).await {
+            Ok(r) => {
+                tracing::info!(endpoint = %record.endpoint, revision = r.revision, "node registered in the catalog");
+                return;
+            }
+            Err(status) => {
+                tracing::warn!(error = %status.message(), "cannot register the node in the catalog yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// Puts the catalog's CRL in force on the provider listener whenever it changes.
+async fn follow_crl(
+    cache: Arc<CatalogCache>,
+    tls: Arc<ServerTls>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut changes = cache.subscribe();
+    let mut current: Option<Vec<u8>> = None;
+    let stop = wait_for(shutdown);
+    tokio::pin!(stop);
+    loop {
+        let crl = cache.crl();
+        if crl.is_some() && crl != current {
+            match tls.set_crl(crl.as_deref().unwrap_or_default()) {
+                Ok(()) => current = crl,
+                Err(error) => tracing::warn!(%error, "the CRL in the catalog is unusable"),
+            }
+        }
+        tokio::select! {
+            r = changes.changed() => if r.is_err() { return },
+            () = &mut stop => return,
+        }
+    }
+}
+
+/// The node's data directory layout, for tools.
+pub fn sharing_log_path(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("sharing-log").join("sharing-log.jsonl")
+}

@@ -1,0 +1,454 @@
+//! A small province as real processes: a registry, agency nodes started
+//! with `lgsp node start`, and a plain HTTP backend, all on 127.0.0.1.
+
+use crate::cluster::{PROVINCE, free_addr, write_creds};
+use crate::process::ProcessCluster;
+use crate::{TRUST_DOMAIN, lgsp, lgsp_bin};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use lgsp_certs::{AgencyCode, Credentials, Role, SpiffeId};
+use lgsp_proto::Envelope;
+use lgsp_proto::catalog_record::Value;
+use lgsp_proto::data_exchange_client::DataExchangeClient;
+use lgsp_proto::{Agency, Grant, GrantStatus, Service, ServiceKind, ServiceStatus};
+use lgsp_registry::RegistryClient;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One agency node process.
+pub struct NodeProcess {
+    pub agency: String,
+    pub name: String,
+    pub dir: PathBuf,
+    pub provider: String,
+    pub consumer: String,
+    pub metrics: String,
+    pub creds: Credentials,
+    child: Option<Child>,
+}
+
+impl NodeProcess {
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("node.toml")
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    pub fn sharing_log(&self) -> PathBuf {
+        self.data_dir()
+            .join("sharing-log")
+            .join("sharing-log.jsonl")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("node.log")).unwrap_or_default()
+    }
+
+    pub fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("node.log"))
+            .expect("log");
+        let child = Command::new(lgsp_bin())
+            .args(["node", "start", "--config"])
+            .arg(self.config_path())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start node");
+        self.child = Some(child);
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg(c.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// A plain gRPC channel to this node's consumer listener (what an
+    /// application of the agency uses).
+    pub async fn app_channel(&self) -> tonic::transport::Channel {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            match tonic::transport::Endpoint::from_shared(format!("http://{}", self.consumer))
+                .expect("uri")
+                .connect()
+                .await
+            {
+                Ok(c) => return c,
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "node {} not up: {e}\n{}",
+                        self.name,
+                        self.log()
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A registry plus agency nodes.
+pub struct Province {
+    pub registry: ProcessCluster,
+    pub admin: RegistryClient,
+}
+
+impl Province {
+    pub async fn start() -> Self {
+        let registry = ProcessCluster::start(1);
+        registry.leader().await;
+        let admin = registry.client();
+        Self { registry, admin }
+    }
+
+    pub fn registry_addrs(&self) -> Vec<String> {
+        self.registry
+            .servers
+            .iter()
+            .map(|s| s.client.clone())
+            .collect()
+    }
+
+    pub async fn register_agency(&self, code: &str, name: &str) {
+        self.admin
+            .put(
+                Value::Agency(Agency {
+                    code: code.into(),
+                    name: name.into(),
+                    focal_point: None,
+                }),
+                0,
+            )
+            .await
+            .expect("register agency");
+    }
+
+    /// Prepares a node with `lgsp node init`, signs its CSR with the
+    /// province's CA and writes its node.toml with free ports and
+    /// `services` (TOML `[[services]]` tables).
+    pub fn prepare_node(&mut self, agency: &str, name: &str, services: &str) -> NodeProcess {
+        let dir = self
+            .registry
+            .pki
+            .dir
+            .path()
+            .join(format!("node-{agency}-{name}"));
+        let out = lgsp(&[
+            "node",
+            "init",
+            "--agency",
+            agency,
+            "--name",
+            name,
+            "--dir",
+            dir.to_str().unwrap(),
+            "--trust-domain",
+            TRUST_DOMAIN,
+        ]);
+        assert!(
+            out.status.success(),
+            "node init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let csr = std::fs::read_to_string(dir.join("tls/csr.pem")).expect("csr");
+        let ca = &mut self.registry.pki.ca;
+        let request = ca
+            .check_csr(&csr, &dir.join("tls/csr.pem"), 30)
+            .expect("check csr");
+        let (cert, _) = ca.sign(request).expect("sign");
+        std::fs::write(dir.join("tls/cert.pem"), &cert).expect("cert");
+        std::fs::write(dir.join("tls/ca.pem"), ca.cert_pem()).expect("ca");
+        let key = std::fs::read_to_string(dir.join("tls/key.pem")).expect("key");
+        let creds = Credentials::from_pem(&cert, &key, ca.cert_pem()).expect("creds");
+        let (provider, consumer, metrics) = (
+            free_addr().to_string(),
+            free_addr().to_string(),
+            free_addr().to_string(),
+        );
+        let registry = self
+            .registry_addrs()
+            .iter()
+            .map(|a| format!("\"{a}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        // The generated file must load as written; then the test's ports replace the defaults.
+        let generated = std::fs::read_to_string(dir.join("node.toml")).expect("node.toml");
+        let toml = generated
+            .replace(
+                "registry = [\"127.0.0.1:7101\"]",
+                &format!("registry = [{registry}]"),
+            )
+            .replace(
+                "listen = \"0.0.0.0:7301\"",
+                &format!("listen = \"{provider}\""),
+            )
+            .replace(
+                "listen = \"127.0.0.1:7401\"",
+                &format!("listen = \"{consumer}\""),
+            )
+            .replace(
+                "# metrics_listen = \"127.0.0.1:9301\"",
+                &format!("metrics_listen = \"{metrics}\""),
+            );
+        std::fs::write(dir.join("node.toml"), format!("{toml}\n{services}\n"))
+            .expect("write node.toml");
+        NodeProcess {
+            agency: agency.into(),
+            name: name.into(),
+            dir,
+            provider,
+            consumer,
+            metrics,
+            creds,
+            child: None,
+        }
+    }
+
+    /// Waits until `agency`'s node `name` has registered itself.
+    pub async fn wait_for_node(&self, agency: &str, name: &str, node: &NodeProcess) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if self
+                .admin
+                .get(
+                    lgsp_proto::RecordKind::Node,
+                    &format!("{agency}/{name}"),
+                    false,
+                )
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {name} never registered:\n{}",
+                node.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn publish(&self, id: &str, kind: ServiceKind, node: &str, description: &str) {
+        self.admin
+            .put(
+                Value::Service(Service {
+                    id: id.into(),
+                    kind: kind as i32,
+                    node: node.into(),
+                    description: description.into(),
+                    status: ServiceStatus::Active as i32,
+                    version: "1".into(),
+                    ..Default::default()
+                }),
+                0,
+            )
+            .await
+            .expect("publish");
+    }
+
+    pub async fn grant(&self, service: &str, consumer: &str, status: GrantStatus) {
+        self.admin
+            .put(
+                Value::Grant(Grant {
+                    consumer_agency: consumer.into(),
+                    service_id: service.into(),
+                    status: status as i32,
+                    expires_unix: 0,
+                    reason: "thử nghiệm".into(),
+                }),
+                0,
+            )
+            .await
+            .expect("grant");
+    }
+
+    /// Credentials for any identity, from the province's CA.
+    pub fn issue(&mut self, agency: &str, role: Role, name: &str) -> (Credentials, String) {
+        self.registry.pki.issue(agency, role, name)
+    }
+
+    /// Writes `creds` into a TLS directory and returns it.
+    pub fn tls_dir(&self, name: &str, creds: &Credentials) -> PathBuf {
+        let dir = self.registry.pki.dir.path().join(name);
+        write_creds(&dir, creds);
+        dir
+    }
+
+    /// The SPIFFE ID of the provincial admin.
+    pub fn admin_id() -> SpiffeId {
+        SpiffeId::new(
+            TRUST_DOMAIN,
+            AgencyCode::new(PROVINCE).expect("code"),
+            Role::Admin,
+            "so-tttt",
+        )
+        .expect("id")
+    }
+}
+
+pub const A: &str = "000.00.12.H62";
+pub const B: &str = "000.00.13.H62";
+
+/// A plain HTTP/JSON backend of agency A (a business registry), on 127.0.0.1.
+pub async fn start_backend() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let path = req.uri().path().to_owned();
+                        let consumer = req
+                            .headers()
+                            .get("x-lgsp-consumer-agency")
+                            .map(|v| v.to_str().unwrap_or("").to_owned())
+                            .unwrap_or_default();
+                        let body = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        let asked: serde_json::Value =
+                            serde_json::from_slice(&body).unwrap_or_default();
+                        let reply = serde_json::json!({
+                            "path": path,
+                            "consumer": consumer,
+                            "ma_so_doanh_nghiep": asked["ma_so_doanh_nghiep"],
+                            "ten": "Công ty TNHH Hoa Sen Vĩnh Phúc",
+                        });
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::from(reply.to_string()),
+                        )))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr.to_string()
+}
+
+pub const HO_TICH_CSV: &str = "so_dinh_danh,ho_ten,ngay_sinh,noi_sinh\n\
+001099012345,Nguyễn Thị Hương,1999-03-12,Vĩnh Yên\n\
+001088054321,Trần Văn Đức,1988-11-02,Phúc Yên\n\
+001077000111,Lê Thị Ánh,1977-07-07,Vĩnh Yên\n";
+
+/// A province with A serving a dataset and an HTTP backend, B granted both.
+pub async fn two_agencies() -> (Province, NodeProcess, NodeProcess) {
+    let mut province = Province::start().await;
+    province
+        .register_agency(A, "Sở Tư pháp tỉnh Vĩnh Phúc")
+        .await;
+    province.register_agency(B, "UBND huyện Tam Dương").await;
+    let backend = start_backend().await;
+    let mut a = province.prepare_node(
+        A,
+        "node-a",
+        &format!(
+            "[[services]]\nname = \"ho-tich\"\nkind = \"dataset\"\n\n[[services]]\nname = \"dkkd\"\nkind = \"http\"\nurl = \"http://{backend}/api/{{op}}\"\n"
+        ),
+    );
+    let mut b = province.prepare_node(B, "node-b", "");
+    let csv = a.dir.join("ho-tich.csv");
+    std::fs::write(&csv, HO_TICH_CSV).unwrap();
+    let out = crate::lgsp(&[
+        "dataset",
+        "import",
+        "--data-dir",
+        a.data_dir().to_str().unwrap(),
+        "--service",
+        "ho-tich",
+        "--file",
+        csv.to_str().unwrap(),
+        "--key",
+        "so_dinh_danh",
+    ]);
+    assert!(
+        out.status.success(),
+        "import: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    a.start();
+    b.start();
+    province.wait_for_node(A, "node-a", &a).await;
+    province
+        .publish(
+            &format!("{A}/ho-tich"),
+            ServiceKind::Dataset,
+            "node-a",
+            "Hộ tịch",
+        )
+        .await;
+    province
+        .publish(
+            &format!("{A}/dkkd"),
+            ServiceKind::Http,
+            "node-a",
+            "Đăng ký kinh doanh",
+        )
+        .await;
+    province
+        .grant(&format!("{A}/ho-tich"), B, GrantStatus::Active)
+        .await;
+    province
+        .grant(&format!("{A}/dkkd"), B, GrantStatus::Active)
+        .await;
+    // Both nodes are registered and B's cache knows A's node before the test goes on.
+    wait_until_callable(&b).await;
+    (province, a, b)
+}
+
+pub async fn wait_until_callable(b: &NodeProcess) {
+    let mut client = DataExchangeClient::new(b.app_channel().await);
+    for _ in 0..150 {
+        let r = client
+            .call(Envelope {
+                service_id: format!("{A}/ho-tich"),
+                operation: "get".into(),
+                parameters: HashMap::from([("key".into(), "001099012345".into())]),
+                ..Default::default()
+            })
+            .await;
+        if r.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("A's dataset never became callable through B");
+}

@@ -1,0 +1,280 @@
+//! The provider side refuses every caller it should, with the right gRPC
+//! code and a message that says what is missing, and enforces changes in
+//! the catalog (a revoked certificate, a revoked grant) within a second.
+
+use lgsp_certs::Role;
+use lgsp_certs::tls::client_endpoint;
+use lgsp_proto::catalog_record::Value;
+use lgsp_proto::data_exchange_client::DataExchangeClient;
+use lgsp_proto::{Crl, Envelope, GrantStatus, QueryRequest};
+use lgsp_tests::province::{A, B, NodeProcess, two_agencies};
+use lgsp_tests::{Pki, TRUST_DOMAIN};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use tonic::Code;
+
+fn get(service: &str, key: &str) -> Envelope {
+    Envelope {
+        service_id: service.into(),
+        operation: "get".into(),
+        parameters: HashMap::from([("key".into(), key.into())]),
+        ..Default::default()
+    }
+}
+
+/// Calls A's provider listener directly with `creds`.
+async fn call_provider(
+    a: &NodeProcess,
+    creds: &lgsp_certs::Credentials,
+    env: Envelope,
+) -> Result<(), (Code, String)> {
+    let endpoint = client_endpoint(&a.provider, creds, None).unwrap();
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| (Code::Unavailable, e.to_string()))?;
+    DataExchangeClient::new(channel)
+        .call(env)
+        .await
+        .map(drop)
+        .map_err(|s| (s.code(), lgsp_certs::tls::explain_status(&s)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_refuses_callers_without_the_right_certificate_identity_or_grant() {
+    let (mut province, a, _b) = two_agencies().await;
+    let service = format!("{A}/ho-tich");
+    province
+        .register_agency("000.00.14.H62", "Sở Y tế tỉnh Vĩnh Phúc")
+        .await;
+
+    // The right caller works: B's node certificate, B has a grant.
+    let (b_creds, _) = province.issue(B, Role::Node, "node-b2");
+    call_provider(&a, &b_creds, get(&service, "001099012345"))
+        .await
+        .expect("granted caller");
+
+    // No client certificate at all.
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&b_creds.ca_pem))
+        .domain_name("localhost");
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{}", a.provider))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let err = DataExchangeClient::new(channel)
+        .call(get(&service, "x"))
+        .await
+        .unwrap_err();
+    assert!(
+        lgsp_certs::tls::explain_status(&err).contains("requires a client certificate"),
+        "{err:?}"
+    );
+
+    // A certificate from another CA.
+    let mut other = Pki::new(TRUST_DOMAIN);
+    let (mut foreign, _) = other.issue(B, Role::Node, "node-b");
+    foreign.ca_pem = b_creds.ca_pem.clone();
+    let (_, msg) = call_provider(&a, &foreign, get(&service, "x"))
+        .await
+        .unwrap_err();
+    assert!(
+        msg.contains("not issued by a CA the server trusts"),
+        "{msg}"
+    );
+
+    // An agency with no grant.
+    let (c_creds, _) = province.issue("000.00.14.H62", Role::Node, "node-c");
+    let (code, msg) = call_provider(&a, &c_creds, get(&service, "x"))
+        .await
+        .unwrap_err();
+    assert_eq!(code, Code::PermissionDenied, "{msg}");
+    assert!(
+        msg.contains("agency 000.00.14.H62 has no grant") && msg.contains("lgsp access grant"),
+        "{msg}"
+    );
+
+    // The same agency forging B's identity in headers changes nothing.
+    let endpoint = client_endpoint(&a.provider, &c_creds, None).unwrap();
+    let mut forged = DataExchangeClient::with_interceptor(
+        endpoint.connect().await.unwrap(),
+        |mut r: tonic::Request<()>| {
+            r.metadata_mut().insert("x-lgsp-agency", B.parse().unwrap());
+            r.metadata_mut().insert(
+                "x-spiffe-id",
+                format!("spiffe://{TRUST_DOMAIN}/agency/{B}/node/node-b")
+                    .parse()
+                    .unwrap(),
+            );
+            Ok(r)
+        },
+    );
+    let err = forged.call(get(&service, "x")).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("000.00.14.H62"), "{err:?}");
+
+    // A service of another agency, asked of A's node.
+    let (code, msg) = call_provider(&a, &b_creds, get(&format!("{B}/so-ho-khau"), "x"))
+        .await
+        .unwrap_err();
+    assert_eq!(code, Code::NotFound, "{msg}");
+    assert!(msg.contains(&format!("belongs to agency {B}")), "{msg}");
+
+    // An admin certificate is not an agency node.
+    let (admin, _) = province.issue("000.00.00.H62", Role::Admin, "ops");
+    let (code, msg) = call_provider(&a, &admin, get(&service, "x"))
+        .await
+        .unwrap_err();
+    assert_eq!(code, Code::PermissionDenied, "{msg}");
+
+    // Malformed envelope: no operation parameter.
+    let (code, msg) = call_provider(
+        &a,
+        &b_creds,
+        Envelope {
+            service_id: service.clone(),
+            operation: "get".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(code, Code::InvalidArgument, "{msg}");
+    let (code, msg) = call_provider(&a, &b_creds, get("not a service id", "x"))
+        .await
+        .unwrap_err();
+    assert_eq!(code, Code::InvalidArgument, "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_certificate_is_refused_within_a_second_while_the_node_runs() {
+    let (mut province, a, _b) = two_agencies().await;
+    let service = format!("{A}/ho-tich");
+    let (creds, serial) = province.issue(B, Role::Node, "node-b2");
+    let channel = client_endpoint(&a.provider, &creds, None)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut open = DataExchangeClient::new(channel);
+    open.call(get(&service, "001099012345"))
+        .await
+        .expect("before revocation");
+
+    let ca = &mut province.registry.pki.ca;
+    ca.revoke(&serial, rcgen::RevocationReason::KeyCompromise)
+        .unwrap();
+    let crl = ca.sign_crl(1).unwrap();
+    let published = Instant::now();
+    province
+        .admin
+        .put(
+            Value::Crl(Crl {
+                der: crl.der,
+                number: crl.number,
+                revoked_serials: crl.revoked,
+            }),
+            0,
+        )
+        .await
+        .expect("publish CRL");
+    let refused_at = loop {
+        match open.call(get(&service, "001099012345")).await {
+            Err(s) if s.code() == Code::Unauthenticated => {
+                assert!(s.message().contains("revoked"), "{s:?}");
+                break published.elapsed();
+            }
+            _ => {
+                assert!(
+                    published.elapsed() < Duration::from_secs(5),
+                    "still served 5 s after the CRL"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    eprintln!("revocation enforced {refused_at:?} after the CRL was published");
+    assert!(
+        refused_at < Duration::from_millis(1500),
+        "took {refused_at:?}"
+    );
+    let (_, msg) = call_provider(&a, &creds, get(&service, "x"))
+        .await
+        .unwrap_err();
+    assert!(
+        msg.contains("revoked"),
+        "a new connection is refused at the handshake: {msg}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grant_revoked_while_a_stream_is_open_fails_the_next_call_within_a_second() {
+    let (province, _a, b) = two_agencies().await;
+    let service = format!("{A}/ho-tich");
+    let mut app = DataExchangeClient::new(b.app_channel().await);
+    let mut stream = app
+        .query(QueryRequest {
+            service_id: service.clone(),
+            page_size: 1,
+            ..Default::default()
+        })
+        .await
+        .expect("query")
+        .into_inner();
+    stream.message().await.expect("first page").expect("a page");
+
+    let revoked = Instant::now();
+    province.grant(&service, B, GrantStatus::Terminated).await;
+    let refused_at = loop {
+        match app.call(get(&service, "001099012345")).await {
+            Err(s) if s.code() == Code::PermissionDenied => {
+                assert!(s.message().contains("terminated"), "{s:?}");
+                break revoked.elapsed();
+            }
+            _ => {
+                assert!(
+                    revoked.elapsed() < Duration::from_secs(5),
+                    "still served 5 s after the grant was revoked"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    eprintln!("grant revocation enforced {refused_at:?} after it was written");
+    assert!(
+        refused_at < Duration::from_millis(1500),
+        "took {refused_at:?}"
+    );
+    drop(stream);
+
+    province.grant(&service, B, GrantStatus::Suspended).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let err = app.call(get(&service, "001099012345")).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_keep_serving_from_their_cache_when_the_registry_is_unreachable() {
+    let (mut province, a, b) = two_agencies().await;
+    for s in province.registry.servers.iter_mut() {
+        s.kill9();
+    }
+    let mut app = DataExchangeClient::new(b.app_channel().await);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let r = app
+        .call(get(&format!("{A}/ho-tich"), "001077000111"))
+        .await
+        .expect("served from cache");
+    let record: serde_json::Value = serde_json::from_slice(&r.into_inner().payload).unwrap();
+    assert_eq!(record["ho_ten"], "Lê Thị Ánh");
+    for node in [&a, &b] {
+        assert!(
+            node.log().contains("catalog cache is stale"),
+            "{}",
+            node.log()
+        );
+    }
+}
