@@ -245,12 +245,14 @@ impl ServerTls {
                 let acceptor = tokio_rustls::TlsAcceptor::from(self.current());
                 let tx = tx.clone();
                 tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    let accept = acceptor.accept(tcp).into_fallible();
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
                         Ok(Ok(stream)) => {
                             let _ = tx.send(Ok(stream)).await;
                         }
-                        Ok(Err(error)) => {
+                        Ok(Err((error, tcp))) => {
                             tracing::info!(client.addr = %addr, %error, "TLS handshake refused");
+                            linger(tcp).await;
                         }
                         Err(_) => {
                             tracing::info!(client.addr = %addr, "TLS handshake timed out; connection dropped");
@@ -261,6 +263,20 @@ impl ServerTls {
         });
         tokio_stream::wrappers::ReceiverStream::new(rx)
     }
+}
+
+/// Closes a refused connection so that the client reads the TLS alert
+/// saying why: under TLS 1.3 the client has already sent its first request,
+/// and closing with that unread would reset the connection and lose the
+/// alert. Half-close, then read and discard until the client closes too.
+async fn linger(mut tcp: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tcp.shutdown().await;
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 fn build_server_config(creds: &Credentials, trust: &Trust) -> Result<ServerConfig> {

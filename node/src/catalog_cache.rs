@@ -144,6 +144,16 @@ impl CatalogCache {
         let db_key = format!("{}:{}", record.kind, record.key);
         let mut batch = sled::Batch::default();
         let mut state = self.state.write().expect("cache lock");
+        // After a reload, events the lists already reflected are replayed:
+        // never let an older event replace a newer record.
+        let held = state
+            .records
+            .get(&(record.kind, record.key.clone()))
+            .and_then(|r| r.meta.as_ref())
+            .map_or(0, |m| m.mod_revision);
+        if held >= event.revision {
+            return Ok(());
+        }
         if event.r#type == EventType::Delete as i32 {
             state.records.remove(&(record.kind, record.key.clone()));
             batch.remove(db_key.as_bytes());
@@ -188,8 +198,10 @@ impl CatalogCache {
     /// Reloads everything from the registry (first start, or after the
     /// registry compacted the revisions this cache needed).
     async fn reload(&self, client: &RegistryClient) -> anyhow::Result<u64> {
+        // Each kind is listed at its own revision; the cache is consistent
+        // from the oldest of them, and the watch replays from there.
         let mut all = Vec::new();
-        let mut revision = 0;
+        let mut revision = u64::MAX;
         for kind in [
             RecordKind::Agency,
             RecordKind::Node,
@@ -205,7 +217,7 @@ impl CatalogCache {
                 })
                 .await?;
             all.extend(records);
-            revision = revision.max(rev);
+            revision = revision.min(rev);
         }
         self.replace(all, revision)?;
         tracing::info!(revision, "catalog cache reloaded from the registry");

@@ -436,6 +436,7 @@ pub async fn two_agencies() -> (Province, NodeProcess, NodeProcess) {
 
 pub async fn wait_until_callable(b: &NodeProcess) {
     let mut client = DataExchangeClient::new(b.app_channel().await);
+    let mut last = None;
     for _ in 0..150 {
         let r = client
             .call(Envelope {
@@ -445,10 +446,14 @@ pub async fn wait_until_callable(b: &NodeProcess) {
                 ..Default::default()
             })
             .await;
-        if r.is_ok() {
-            return;
+        match r {
+            Ok(_) => return,
+            Err(e) => last = Some(e),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("A's dataset never became callable through B");
+    panic!(
+        "A's dataset never became callable through B: {last:?}\n{}",
+        b.log()
+    );
 }
