@@ -10,6 +10,7 @@ pub mod catalog_cache;
 pub mod cli;
 pub mod config;
 pub mod dataset;
+pub mod demo;
 pub mod exchange;
 pub mod metrics;
 pub mod server;

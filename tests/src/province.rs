@@ -66,6 +66,14 @@ impl NodeProcess {
         self.child = Some(child);
     }
 
+    /// Whether the node's process is still alive (it was started and has
+    /// not exited, crashed or been stopped).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = Command::new("kill").arg(c.id().to_string()).status();

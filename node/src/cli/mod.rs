@@ -12,6 +12,7 @@ mod ca;
 mod call;
 mod catalog;
 mod dataset;
+mod demo;
 mod node;
 mod registry;
 
@@ -55,6 +56,9 @@ enum Command {
     Access(access::AccessCommand),
     /// Call another agency's service through this agency's node.
     Call(call::CallArgs),
+    /// Run a whole province on this machine: CA, three registry servers,
+    /// two agencies with nodes and data. Prints what to try.
+    Demo(demo::DemoArgs),
     /// An agency node: prepare it (key, CSR, node.toml), run it.
     #[command(subcommand)]
     Node(node::NodeCommand),
@@ -134,6 +138,7 @@ pub fn main() -> ExitCode {
         Command::Call(args) => call::run(args),
         Command::Audit(cmd) => audit::run(cmd),
         Command::Node(cmd) => node::run(cmd),
+        Command::Demo(args) => demo::run(args),
         Command::Dataset(cmd) => dataset::run(cmd),
     };
     match result {

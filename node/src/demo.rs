@@ -1,0 +1,880 @@
+//! `lgsp demo`: a whole province on loopback in one process: the provincial
+//! CA, three registry servers, two agencies with nodes, real sample data
+//! (a department's business registrations, a district's households), an
+//! HTTP backend, and grants between them. `--scenario` walks through it.
+
+use crate::config::{
+    ConsumerConfig, LimitsConfig, NodeConfig, ProviderConfig, ServiceConfig, TlsPaths,
+};
+use crate::dataset::DatasetStore;
+use crate::server::NodeServer;
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use http_body_util::Full;
+use lgsp_certs::ca::{CertificateAuthority, LeafSpec, make_csr};
+use lgsp_certs::{AgencyCode, Credentials, Role, SpiffeId, TlsFiles};
+use lgsp_proto::catalog_record::Value;
+use lgsp_proto::data_exchange_client::DataExchangeClient;
+use lgsp_proto::{
+    Agency, Envelope, FocalPoint, Grant, GrantStatus, RecordKind, Service, ServiceKind,
+    ServiceStatus,
+};
+use lgsp_registry::config::{PeerConfig, TlsConfig};
+use lgsp_registry::{RegistryClient, RegistryConfig, RegistryServer};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const TRUST_DOMAIN: &str = "vinhphuc.gov.vn";
+const PROVINCE: &str = "000.00.00.H62";
+/// Sở Kế hoạch và Đầu tư: business registrations.
+pub const DEPARTMENT: &str = "000.00.07.H62";
+/// UBND huyện Tam Dương: household records.
+pub const DISTRICT: &str = "000.00.40.H62";
+/// Sở Y tế: registered, but granted nothing.
+const HEALTH: &str = "000.00.09.H62";
+
+/// Fixed ports, so that the printed commands work from another terminal.
+struct Ports;
+impl Ports {
+    const REGISTRY_CLIENT: u16 = 7101;
+    const REGISTRY_PEER: u16 = 7201;
+    const DEPARTMENT_PROVIDER: u16 = 7311;
+    const DISTRICT_PROVIDER: u16 = 7312;
+    const DEPARTMENT_APPS: u16 = 7411;
+    const DISTRICT_APPS: u16 = 7412;
+    const DEPARTMENT_METRICS: u16 = 9311;
+    const DISTRICT_METRICS: u16 = 9312;
+    const BACKEND: u16 = 8081;
+}
+
+fn addr(port: u16) -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn check_ports_free() -> Result<()> {
+    let mut ports = vec![
+        Ports::DEPARTMENT_PROVIDER,
+        Ports::DISTRICT_PROVIDER,
+        Ports::DEPARTMENT_APPS,
+        Ports::DISTRICT_APPS,
+        Ports::DEPARTMENT_METRICS,
+        Ports::DISTRICT_METRICS,
+        Ports::BACKEND,
+    ];
+    for i in 0..3 {
+        ports.push(Ports::REGISTRY_CLIENT + i);
+        ports.push(Ports::REGISTRY_PEER + i);
+    }
+    for p in ports {
+        std::net::TcpListener::bind(addr(p)).with_context(|| {
+            format!("port {p} on 127.0.0.1 is taken (is another `lgsp demo` running?); the demo needs ports 7101-7103, 7201-7203, 7311-7312, 7411-7412, 8081, 9311-9312")
+        })?;
+    }
+    Ok(())
+}
+
+fn leaf(
+    ca: &mut CertificateAuthority,
+    agency: &str,
+    role: Role,
+    name: &str,
+    display: Option<&str>,
+) -> Result<Credentials> {
+    let id = SpiffeId::new(TRUST_DOMAIN, AgencyCode::new(agency)?, role, name)?;
+    let mut spec = LeafSpec::for_days(id, 30)?;
+    spec.display_name = display.map(str::to_owned);
+    let issued = ca.issue(&spec)?;
+    Ok(Credentials::from_pem(
+        &issued.cert_pem,
+        &issued.key_pem,
+        ca.cert_pem(),
+    )?)
+}
+
+fn write_tls(dir: &Path, creds: &Credentials) -> Result<TlsFiles> {
+    std::fs::create_dir_all(dir)?;
+    let files = TlsFiles::in_dir(dir);
+    std::fs::write(&files.cert, &creds.cert_pem)?;
+    lgsp_certs::write_atomic(&files.key, creds.key_pem.as_bytes(), 0o600)?;
+    std::fs::write(&files.ca, &creds.ca_pem)?;
+    Ok(files)
+}
+
+/// An agency node made the production way: key and CSR on "its server", signed by the CA.
+fn node_tls(
+    ca: &mut CertificateAuthority,
+    dir: &Path,
+    agency: &str,
+    name: &str,
+    display: &str,
+) -> Result<TlsPaths> {
+    let id = SpiffeId::new(TRUST_DOMAIN, AgencyCode::new(agency)?, Role::Node, name)?;
+    let mut spec = LeafSpec::for_days(id, 30)?;
+    spec.display_name = Some(display.to_owned());
+    let (csr, key) = make_csr(&spec)?;
+    let tls = dir.join("tls");
+    std::fs::create_dir_all(&tls)?;
+    lgsp_certs::write_atomic(&tls.join("key.pem"), key.as_bytes(), 0o600)?;
+    std::fs::write(tls.join("csr.pem"), &csr)?;
+    let request = ca.check_csr(&csr, &tls.join("csr.pem"), 30)?;
+    let (cert, _) = ca.sign(request)?;
+    std::fs::write(tls.join("cert.pem"), cert)?;
+    std::fs::write(tls.join("ca.pem"), ca.cert_pem())?;
+    Ok(TlsPaths {
+        cert: tls.join("cert.pem"),
+        key: tls.join("key.pem"),
+        ca: tls.join("ca.pem"),
+    })
+}
+
+const SURNAMES: [&str; 8] = ["Nguyễn", "Trần", "Lê", "Phạm", "Hoàng", "Vũ", "Đặng", "Bùi"];
+const MIDDLE: [&str; 6] = ["Văn", "Thị", "Đức", "Minh", "Thu", "Quốc"];
+const GIVEN: [&str; 10] = [
+    "An", "Bình", "Cường", "Dung", "Hương", "Khánh", "Lan", "Phúc", "Thảo", "Yến",
+];
+const COMMUNES: [&str; 5] = ["Hợp Hòa", "Kim Long", "Hướng Đạo", "Đạo Tú", "Hoàng Hoa"];
+const TRADES: [&str; 5] = [
+    "Sản xuất gạch ngói",
+    "Bán buôn nông sản",
+    "Dịch vụ ăn uống",
+    "Vận tải hàng hóa",
+    "Xây dựng dân dụng",
+];
+
+fn person(i: usize) -> String {
+    format!(
+        "{} {} {}",
+        SURNAMES[i % 8],
+        MIDDLE[(i / 8) % 6],
+        GIVEN[(i * 7) % 10]
+    )
+}
+
+/// Writes the sample datasets; returns (business CSV, household CSV).
+fn sample_data(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(dir)?;
+    let business = dir.join("doanh-nghiep.csv");
+    let mut w = csv::Writer::from_path(&business)?;
+    w.write_record([
+        "ma_so_doanh_nghiep",
+        "ten_doanh_nghiep",
+        "nguoi_dai_dien",
+        "nganh_nghe",
+        "dia_chi",
+        "ngay_cap",
+    ])?;
+    for i in 0..60 {
+        w.write_record([
+            format!("25001{:05}", 1000 + i * 37),
+            format!("Công ty TNHH {} {}", GIVEN[i % 10], COMMUNES[i % 5]),
+            person(i),
+            TRADES[i % 5].to_owned(),
+            format!(
+                "Xã {}, huyện Tam Dương, tỉnh Vĩnh Phúc",
+                COMMUNES[(i + 2) % 5]
+            ),
+            format!("20{:02}-{:02}-{:02}", 10 + i % 15, 1 + i % 12, 1 + i % 28),
+        ])?;
+    }
+    w.flush()?;
+    let households = dir.join("ho-gia-dinh.csv");
+    let mut w = csv::Writer::from_path(&households)?;
+    w.write_record(["so_ho", "chu_ho", "so_nhan_khau", "xa", "thon"])?;
+    for i in 0..80 {
+        w.write_record([
+            format!("TD-{:05}", 100 + i),
+            person(i + 3),
+            (1 + i % 6).to_string(),
+            COMMUNES[i % 5].to_owned(),
+            format!("Thôn {}", 1 + i % 9),
+        ])?;
+    }
+    w.flush()?;
+    Ok((business, households))
+}
+
+/// The department's HTTP/JSON licence system, fronted by its node.
+async fn start_backend() -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr(Ports::BACKEND)).await?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        use http_body_util::BodyExt;
+                        let path = req.uri().path().to_owned();
+                        let body = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        let asked: serde_json::Value =
+                            serde_json::from_slice(&body).unwrap_or_default();
+                        let reply = serde_json::json!({
+                            "he_thong": "Hệ thống cấp phép của Sở Kế hoạch và Đầu tư",
+                            "thao_tac": path.trim_start_matches("/giay-phep/"),
+                            "ma_so_doanh_nghiep": asked.get("ma_so_doanh_nghiep"),
+                            "giay_phep": "Còn hiệu lực",
+                        });
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::from(reply.to_string()),
+                        )))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(())
+}
+
+/// Everything the demo started.
+pub struct Province {
+    pub dir: PathBuf,
+    registries: Vec<RegistryServer>,
+    nodes: Vec<NodeServer>,
+    pub admin: RegistryClient,
+    pub admin_tls: PathBuf,
+    pub health_tls: PathBuf,
+}
+
+impl Province {
+    pub async fn stop(self) {
+        for n in self.nodes {
+            n.shutdown().await;
+        }
+        for r in self.registries {
+            let _ = r.shutdown().await;
+        }
+    }
+}
+
+/// Starts the province in `dir` (replacing a previous demo there).
+pub async fn start(dir: &Path) -> Result<Province> {
+    check_ports_free()?;
+    if dir.exists() {
+        if !dir.join("ca").join("ca.json").exists() && std::fs::read_dir(dir)?.next().is_some() {
+            bail!(
+                "{} exists and is not an lgsp demo directory; choose another --dir",
+                dir.display()
+            );
+        }
+        println!("Replacing the previous demo in {}", dir.display());
+        std::fs::remove_dir_all(dir)?;
+    }
+    std::fs::create_dir_all(dir)?;
+    let mut ca = CertificateAuthority::init(
+        &dir.join("ca"),
+        TRUST_DOMAIN,
+        "CA tỉnh Vĩnh Phúc (demo)",
+        30,
+    )?;
+
+    let peers: Vec<PeerConfig> = (1..=3u16)
+        .map(|i| PeerConfig {
+            id: u64::from(i),
+            peer: addr(Ports::REGISTRY_PEER + i - 1).to_string(),
+            client: addr(Ports::REGISTRY_CLIENT + i - 1).to_string(),
+        })
+        .collect();
+    let mut registries = Vec::new();
+    for i in 1..=3u16 {
+        let creds = leaf(
+            &mut ca,
+            PROVINCE,
+            Role::Registry,
+            &format!("registry-{i}"),
+            Some("Sở Thông tin và Truyền thông"),
+        )?;
+        let rdir = dir.join(format!("registry-{i}"));
+        let files = write_tls(&rdir.join("tls"), &creds)?;
+        let config = RegistryConfig {
+            id: u64::from(i),
+            listen: addr(Ports::REGISTRY_CLIENT + i - 1),
+            peer_listen: addr(Ports::REGISTRY_PEER + i - 1),
+            data_dir: rdir.join("data"),
+            peers: peers.clone(),
+            tls: Some(TlsConfig {
+                cert: files.cert,
+                key: files.key,
+                ca: files.ca,
+            }),
+            ..Default::default()
+        };
+        registries.push(RegistryServer::start(config).await?);
+    }
+    let admin_creds = leaf(
+        &mut ca,
+        PROVINCE,
+        Role::Admin,
+        "so-tttt",
+        Some("Sở Thông tin và Truyền thông"),
+    )?;
+    let admin_tls = dir.join("admin-tls");
+    write_tls(&admin_tls, &admin_creds)?;
+    let registry_addrs: Vec<String> = peers.iter().map(|p| p.client.clone()).collect();
+    let admin = RegistryClient::new(&registry_addrs, &admin_creds)?;
+    let health_creds = leaf(
+        &mut ca,
+        HEALTH,
+        Role::Node,
+        "node-1",
+        Some("Sở Y tế tỉnh Vĩnh Phúc"),
+    )?;
+    let health_tls = dir.join("so-y-te-tls");
+    write_tls(&health_tls, &health_creds)?;
+
+    for (code, name, focal, phone) in [
+        (
+            DEPARTMENT,
+            "Sở Kế hoạch và Đầu tư tỉnh Vĩnh Phúc",
+            "Trần Thu Hà",
+            "0211 3862 480",
+        ),
+        (
+            DISTRICT,
+            "UBND huyện Tam Dương",
+            "Nguyễn Văn Dũng",
+            "0211 3896 125",
+        ),
+        (
+            HEALTH,
+            "Sở Y tế tỉnh Vĩnh Phúc",
+            "Lê Minh Tâm",
+            "0211 3862 154",
+        ),
+    ] {
+        admin
+            .put(
+                Value::Agency(Agency {
+                    code: code.into(),
+                    name: name.into(),
+                    focal_point: Some(FocalPoint {
+                        name: focal.into(),
+                        phone: phone.into(),
+                        email: format!(
+                            "daumoi@{}.vinhphuc.gov.vn",
+                            code.replace('.', "-").to_lowercase()
+                        ),
+                        role: "Đầu mối chia sẻ dữ liệu".into(),
+                    }),
+                }),
+                0,
+            )
+            .await
+            .map_err(|s| anyhow::anyhow!("registering agency {code}: {}", s.message()))?;
+    }
+
+    let (business_csv, households_csv) = sample_data(&dir.join("sample-data"))?;
+    start_backend().await?;
+    let mut nodes = Vec::new();
+    for (agency, display, provider, apps, metrics, services, dataset) in [
+        (
+            DEPARTMENT,
+            "Sở Kế hoạch và Đầu tư tỉnh Vĩnh Phúc",
+            Ports::DEPARTMENT_PROVIDER,
+            Ports::DEPARTMENT_APPS,
+            Ports::DEPARTMENT_METRICS,
+            vec![
+                ("doanh-nghiep", "dataset", String::new()),
+                (
+                    "giay-phep",
+                    "http",
+                    format!("http://{}/giay-phep/{{op}}", addr(Ports::BACKEND)),
+                ),
+            ],
+            ("doanh-nghiep", &business_csv, "ma_so_doanh_nghiep"),
+        ),
+        (
+            DISTRICT,
+            "UBND huyện Tam Dương",
+            Ports::DISTRICT_PROVIDER,
+            Ports::DISTRICT_APPS,
+            Ports::DISTRICT_METRICS,
+            vec![("ho-gia-dinh", "dataset", String::new())],
+            ("ho-gia-dinh", &households_csv, "so_ho"),
+        ),
+    ] {
+        let ndir = dir.join(format!("node-{agency}"));
+        let tls = node_tls(&mut ca, &ndir, agency, "node-1", display)?;
+        let data_dir = ndir.join("data");
+        DatasetStore::new(&data_dir.join("datasets")).import(
+            dataset.0,
+            dataset.1,
+            dataset.2,
+            None,
+            &|_, _| {},
+        )?;
+        let config = NodeConfig {
+            agency: agency.into(),
+            name: "node-1".into(),
+            data_dir,
+            registry: registry_addrs.clone(),
+            tls,
+            provider: ProviderConfig {
+                listen: addr(provider),
+                advertise: addr(provider).to_string(),
+            },
+            consumer: ConsumerConfig { listen: addr(apps) },
+            metrics_listen: Some(addr(metrics)),
+            limits: LimitsConfig::default(),
+            services: services
+                .iter()
+                .map(|(name, kind, url)| ServiceConfig {
+                    name: (*name).into(),
+                    kind: (*kind).into(),
+                    description: String::new(),
+                    url: url.clone(),
+                    method: "POST".into(),
+                    timeout_ms: 5000,
+                })
+                .collect(),
+        };
+        nodes.push(NodeServer::start(config).await?);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for agency in [DEPARTMENT, DISTRICT] {
+        while admin
+            .get(RecordKind::Node, &format!("{agency}/node-1"), false)
+            .await
+            .is_err()
+        {
+            if Instant::now() > deadline {
+                bail!("node of agency {agency} did not register in 20 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    for (id, kind, description) in [
+        (
+            format!("{DEPARTMENT}/doanh-nghiep"),
+            ServiceKind::Dataset,
+            "Đăng ký doanh nghiệp: mã số, tên, người đại diện, ngành nghề",
+        ),
+        (
+            format!("{DEPARTMENT}/giay-phep"),
+            ServiceKind::Http,
+            "Tra cứu giấy phép kinh doanh (hệ thống cấp phép)",
+        ),
+        (
+            format!("{DISTRICT}/ho-gia-dinh"),
+            ServiceKind::Dataset,
+            "Hộ gia đình huyện Tam Dương: chủ hộ, số nhân khẩu, xã, thôn",
+        ),
+    ] {
+        admin
+            .put(
+                Value::Service(Service {
+                    id,
+                    kind: kind as i32,
+                    node: "node-1".into(),
+                    description: description.into(),
+                    status: ServiceStatus::Active as i32,
+                    version: "1".into(),
+                    ..Default::default()
+                }),
+                0,
+            )
+            .await
+            .map_err(|s| anyhow::anyhow!("publishing: {}", s.message()))?;
+    }
+    for (service, consumer, reason) in [
+        (
+            format!("{DEPARTMENT}/doanh-nghiep"),
+            DISTRICT,
+            "Kiểm tra hộ kinh doanh trên địa bàn",
+        ),
+        (
+            format!("{DEPARTMENT}/giay-phep"),
+            DISTRICT,
+            "Kiểm tra giấy phép",
+        ),
+        (
+            format!("{DISTRICT}/ho-gia-dinh"),
+            DEPARTMENT,
+            "Xác minh địa chỉ người đại diện",
+        ),
+    ] {
+        grant(&admin, &service, consumer, GrantStatus::Active, reason).await?;
+    }
+    // Wait until both nodes' caches know everything.
+    let probe = call(
+        Ports::DISTRICT_APPS,
+        &format!("{DEPARTMENT}/doanh-nghiep"),
+        "get",
+        &[("key", "2500101000")],
+        "",
+    )
+    .await;
+    let _ = probe;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while call(
+        Ports::DEPARTMENT_APPS,
+        &format!("{DISTRICT}/ho-gia-dinh"),
+        "get",
+        &[("key", "TD-00100")],
+        "",
+    )
+    .await
+    .is_err()
+        || call(
+            Ports::DISTRICT_APPS,
+            &format!("{DEPARTMENT}/doanh-nghiep"),
+            "get",
+            &[("key", "2500101000")],
+            "",
+        )
+        .await
+        .is_err()
+    {
+        if Instant::now() > deadline {
+            bail!("the nodes did not learn the catalog in 20 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(Province {
+        dir: dir.to_owned(),
+        registries,
+        nodes,
+        admin,
+        admin_tls,
+        health_tls,
+    })
+}
+
+async fn grant(
+    admin: &RegistryClient,
+    service: &str,
+    consumer: &str,
+    status: GrantStatus,
+    reason: &str,
+) -> Result<()> {
+    admin
+        .put(
+            Value::Grant(Grant {
+                consumer_agency: consumer.into(),
+                service_id: service.into(),
+                status: status as i32,
+                expires_unix: 0,
+                reason: reason.into(),
+            }),
+            0,
+        )
+        .await
+        .map_err(|s| anyhow::anyhow!("grant: {}", s.message()))?;
+    Ok(())
+}
+
+/// Calls `service` as an application of the agency whose node listens on `port`.
+async fn call(
+    port: u16,
+    service: &str,
+    op: &str,
+    params: &[(&str, &str)],
+    payload: &str,
+) -> Result<serde_json::Value, tonic::Status> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", addr(port)))
+        .map_err(|e| tonic::Status::internal(e.to_string()))?
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let r = DataExchangeClient::new(channel)
+        .call(Envelope {
+            service_id: service.into(),
+            operation: op.into(),
+            parameters: params
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect::<HashMap<_, _>>(),
+            payload: payload.as_bytes().to_vec(),
+            request_id: String::new(),
+        })
+        .await?;
+    serde_json::from_slice(&r.into_inner().payload)
+        .map_err(|e| tonic::Status::internal(e.to_string()))
+}
+
+fn exe() -> String {
+    std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "lgsp".into())
+}
+
+fn print_guide(p: &Province) {
+    let lgsp = exe();
+    let registry = (0..3)
+        .map(|i| addr(Ports::REGISTRY_CLIENT + i).to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    println!();
+    println!("A province is running on 127.0.0.1 (tỉnh Vĩnh Phúc, trust domain {TRUST_DOMAIN}):");
+    println!("  provincial CA           {}", p.dir.join("ca").display());
+    println!(
+        "  registry servers 1-3    clients on 127.0.0.1:7101-7103, peers on 127.0.0.1:7201-7203 (Raft, mTLS)"
+    );
+    println!(
+        "  Sở Kế hoạch và Đầu tư   agency {DEPARTMENT}: node on 127.0.0.1:7311 (agencies, mTLS), 127.0.0.1:7411 (its apps)"
+    );
+    println!(
+        "                          serves doanh-nghiep (60 business registrations) and giay-phep (HTTP system on 127.0.0.1:8081)"
+    );
+    println!(
+        "  UBND huyện Tam Dương    agency {DISTRICT}: node on 127.0.0.1:7312 (agencies, mTLS), 127.0.0.1:7412 (its apps)"
+    );
+    println!("                          serves ho-gia-dinh (80 household records)");
+    println!(
+        "  grants                  Tam Dương may call doanh-nghiep and giay-phep; the department may call ho-gia-dinh"
+    );
+    println!(
+        "  metrics                 http://127.0.0.1:9311/metrics and http://127.0.0.1:9312/metrics"
+    );
+    println!();
+    println!("Try, from another terminal:");
+    println!("  # Tam Dương's application asks the department for a business registration:");
+    println!(
+        "  {lgsp} call {DEPARTMENT}/doanh-nghiep --op get --param key=2500101000 --node 127.0.0.1:7412"
+    );
+    println!("  # The provincial catalog:");
+    println!(
+        "  {lgsp} service list --registry {registry} --tls-dir {}",
+        p.admin_tls.display()
+    );
+    println!("  # The department's sharing log, verified (hash chain and signatures):");
+    println!(
+        "  {lgsp} audit verify --log {} --cert {}",
+        crate::server::sharing_log_path(&p.dir.join(format!("node-{DEPARTMENT}/data"))).display(),
+        p.dir
+            .join(format!("node-{DEPARTMENT}/tls/cert.pem"))
+            .display()
+    );
+    println!();
+    println!(
+        "Press Ctrl-C to stop the province. Running `lgsp demo` again replaces {}.",
+        p.dir.display()
+    );
+}
+
+/// Runs the walkthrough; returns how many steps failed.
+async fn scenario(p: &Province) -> usize {
+    let mut failed = 0;
+    let mut step = |n: usize, what: &str, ok: bool, detail: String| {
+        println!(
+            "{} step {n}: {what}\n         {detail}",
+            if ok { "PASS" } else { "FAIL" }
+        );
+        if !ok {
+            failed += 1;
+        }
+    };
+    let biz = format!("{DEPARTMENT}/doanh-nghiep");
+    match call(
+        Ports::DISTRICT_APPS,
+        &biz,
+        "get",
+        &[("key", "2500101000")],
+        "",
+    )
+    .await
+    {
+        Ok(v) => step(
+            1,
+            "Tam Dương's app reads a business registration from the department",
+            v["ten_doanh_nghiep"].is_string(),
+            v.to_string(),
+        ),
+        Err(s) => step(
+            1,
+            "Tam Dương's app reads a business registration from the department",
+            false,
+            s.to_string(),
+        ),
+    }
+    match call(
+        Ports::DISTRICT_APPS,
+        &format!("{DEPARTMENT}/giay-phep"),
+        "tra-cuu",
+        &[],
+        r#"{"ma_so_doanh_nghiep":"2500101000"}"#,
+    )
+    .await
+    {
+        Ok(v) => step(
+            2,
+            "…and checks its licence in the department's HTTP system",
+            v["giay_phep"] == "Còn hiệu lực",
+            v.to_string(),
+        ),
+        Err(s) => step(
+            2,
+            "…and checks its licence in the department's HTTP system",
+            false,
+            s.to_string(),
+        ),
+    }
+    match call(
+        Ports::DEPARTMENT_APPS,
+        &format!("{DISTRICT}/ho-gia-dinh"),
+        "get",
+        &[("key", "TD-00105")],
+        "",
+    )
+    .await
+    {
+        Ok(v) => step(
+            3,
+            "the department's app reads a household record from Tam Dương",
+            v["chu_ho"].is_string(),
+            v.to_string(),
+        ),
+        Err(s) => step(
+            3,
+            "the department's app reads a household record from Tam Dương",
+            false,
+            s.to_string(),
+        ),
+    }
+    let refused = async {
+        let creds = Credentials::load(&TlsFiles::in_dir(&p.health_tls))
+            .map_err(|e| tonic::Status::internal(e.to_string()))?;
+        let channel = lgsp_certs::tls::client_endpoint(
+            &addr(Ports::DEPARTMENT_PROVIDER).to_string(),
+            &creds,
+            None,
+        )
+        .map_err(|e| tonic::Status::internal(e.to_string()))?
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        DataExchangeClient::new(channel)
+            .call(Envelope {
+                service_id: biz.clone(),
+                operation: "get".into(),
+                parameters: HashMap::from([("key".into(), "2500101000".into())]),
+                ..Default::default()
+            })
+            .await
+    }
+    .await;
+    match refused {
+        Err(s) if s.code() == tonic::Code::PermissionDenied => step(
+            4,
+            "Sở Y tế, without a grant, is refused",
+            true,
+            s.message().to_owned(),
+        ),
+        other => step(
+            4,
+            "Sở Y tế, without a grant, is refused",
+            false,
+            format!("{other:?}"),
+        ),
+    }
+    let started = Instant::now();
+    let revoked = grant(
+        &p.admin,
+        &biz,
+        DISTRICT,
+        GrantStatus::Terminated,
+        "Demo: hết thời hạn thỏa thuận",
+    )
+    .await;
+    let mut outcome = Err(tonic::Status::unknown("not tried"));
+    while started.elapsed() < Duration::from_secs(3) {
+        outcome = call(
+            Ports::DISTRICT_APPS,
+            &biz,
+            "get",
+            &[("key", "2500101000")],
+            "",
+        )
+        .await;
+        if matches!(&outcome, Err(s) if s.code() == tonic::Code::PermissionDenied) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = started.elapsed();
+    match (&revoked, &outcome) {
+        (Ok(()), Err(s))
+            if s.code() == tonic::Code::PermissionDenied && took < Duration::from_millis(1500) =>
+        {
+            step(
+                5,
+                "the department revokes the grant; Tam Dương is refused within a second",
+                true,
+                format!("after {took:?}: {}", s.message()),
+            )
+        }
+        _ => step(
+            5,
+            "the department revokes the grant; Tam Dương is refused within a second",
+            false,
+            format!("{revoked:?} {outcome:?} after {took:?}"),
+        ),
+    }
+    let _ = grant(
+        &p.admin,
+        &biz,
+        DISTRICT,
+        GrantStatus::Active,
+        "Khôi phục sau demo",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // let the sealer sign the latest entries
+    for (n, agency) in [(6, DEPARTMENT), (7, DISTRICT)] {
+        let ndir = p.dir.join(format!("node-{agency}"));
+        let log = crate::server::sharing_log_path(&ndir.join("data"));
+        let cert = std::fs::read_to_string(ndir.join("tls/cert.pem")).unwrap_or_default();
+        match crate::sharing_log::verify(&log, &cert) {
+            Ok(report) => step(
+                n,
+                &format!("agency {agency}'s sharing log verifies"),
+                report.entries > 0,
+                report.to_string(),
+            ),
+            Err(e) => step(
+                n,
+                &format!("agency {agency}'s sharing log verifies"),
+                false,
+                e.to_string(),
+            ),
+        }
+    }
+    failed
+}
+
+/// `lgsp demo`.
+pub async fn run(dir: &Path, walkthrough: bool) -> Result<()> {
+    println!("Starting a province in {} …", dir.display());
+    let province = start(dir).await?;
+    if walkthrough {
+        println!("Walking through the province:");
+        let failed = scenario(&province).await;
+        province.stop().await;
+        if failed > 0 {
+            bail!("{failed} step(s) of the walkthrough failed");
+        }
+        println!("Every step did what it should.");
+        return Ok(());
+    }
+    print_guide(&province);
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = sigterm.recv() => {}
+    }
+    println!("\nStopping the province …");
+    province.stop().await;
+    println!(
+        "Stopped. The data stays in {} until the next `lgsp demo`.",
+        dir.display()
+    );
+    Ok(())
+}
