@@ -39,11 +39,13 @@ pub struct TlsPaths {
 pub struct ServiceConfig {
     /// The service name: the id is `<agency>/<name>`.
     pub name: String,
-    /// `dataset` (imported with `lgsp dataset import`) or `http` (a backend).
+    /// `dataset` (imported with `lgsp dataset import`), `http` (an HTTP/JSON
+    /// backend) or `grpc` (a backend serving `lgsp.v1.DataExchange`).
     pub kind: String,
     #[serde(default)]
     pub description: String,
     /// HTTP backend: URL template; `{op}` is replaced by the operation.
+    /// gRPC backend: `http://host:port` of the agency's system.
     #[serde(default)]
     pub url: String,
     /// HTTP backend: method (GET or POST).
@@ -162,8 +164,16 @@ impl NodeConfig {
                         problems.push(format!("service {:?}: method must be GET or POST", s.name));
                     }
                 }
+                "grpc" => {
+                    if !s.url.starts_with("http://") {
+                        problems.push(format!(
+                            "service {:?}: a grpc service needs url = \"http://host:port\" (the agency's system, serving lgsp.v1.DataExchange)",
+                            s.name
+                        ));
+                    }
+                }
                 other => problems.push(format!(
-                    "service {:?}: kind {other:?} is not dataset or http",
+                    "service {:?}: kind {other:?} is not dataset, http or grpc",
                     s.name
                 )),
             }
@@ -237,6 +247,13 @@ listen = "{consumer}"
 # [[services]]
 # name = "ho-tich"
 # kind = "dataset"
+#
+# A gRPC system of the agency that serves lgsp.v1.DataExchange itself:
+# [[services]]
+# name = "thue"
+# kind = "grpc"
+# url = "http://127.0.0.1:9090"
+# timeout_ms = 5000
 #
 # An HTTP/JSON system of the agency that the node fronts; {{op}} is the operation.
 # [[services]]

@@ -79,6 +79,19 @@ impl NodeContext {
         Ok(channel)
     }
 
+    /// A pooled plain HTTP/2 connection to one of the agency's own gRPC systems.
+    fn backend_channel(&self, url: &str) -> Result<Channel, Status> {
+        let mut channels = self.channels.lock().expect("channel lock");
+        if let Some(c) = channels.get(url) {
+            return Ok(c.clone());
+        }
+        let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+            .map_err(|e| Status::internal(format!("backend URL {url:?}: {e}")))?
+            .connect_lazy();
+        channels.insert(url.to_owned(), channel.clone());
+        Ok(channel)
+    }
+
     #[allow(clippy::too_many_arguments)] // the fields of one sharing-log entry
     fn record(
         &self,
@@ -208,6 +221,39 @@ impl Provider {
                         ))
                     })?;
                 Ok(record.into_bytes())
+            }
+            "grpc" => {
+                let channel = ctx.backend_channel(&service.url)?;
+                let mut forwarded = Request::new(Envelope {
+                    service_id: env.service_id.clone(),
+                    operation: env.operation.clone(),
+                    parameters: env.parameters.clone(),
+                    payload: env.payload.clone(),
+                    request_id: env.request_id.clone(),
+                });
+                forwarded.set_timeout(std::time::Duration::from_millis(service.timeout_ms));
+                // The backend learns the consumer from the node, which took it from the certificate.
+                if let Ok(v) = peer.id.agency.as_str().parse() {
+                    forwarded.metadata_mut().insert("x-lgsp-consumer-agency", v);
+                }
+                let max = ctx.config.limits.max_message_bytes;
+                DataExchangeClient::new(channel)
+                    .max_decoding_message_size(max)
+                    .call(forwarded)
+                    .await
+                    .map(|r| r.into_inner().payload)
+                    .map_err(|s| {
+                        if s.code() == tonic::Code::Unavailable || s.code() == tonic::Code::Unknown
+                        {
+                            Status::unavailable(format!(
+                                "the agency's gRPC backend for {} is unreachable: {}",
+                                service.name,
+                                s.message()
+                            ))
+                        } else {
+                            s
+                        }
+                    })
             }
             _ => {
                 ctx.http
