@@ -259,22 +259,26 @@ pub fn run(cmd: CaCommand) -> Result<()> {
         }
         CaCommand::PublishCrl { ca, registry, days } => {
             let mut ca = CertificateAuthority::open(&ca)?;
-            let client = registry.client()?;
-            let crl = ca.sign_crl(days)?;
             let rt = super::runtime()?;
-            let r = rt.block_on(client.put(
-                lgsp_proto::catalog_record::Value::Crl(lgsp_proto::Crl {
-                    der: crl.der,
-                    number: crl.number,
-                    revoked_serials: crl.revoked.clone(),
-                }),
-                0,
-            ))?;
+            let crl = ca.sign_crl(days)?;
+            let revision = rt.block_on(async {
+                let client = registry.client()?;
+                let r = client
+                    .put(
+                        lgsp_proto::catalog_record::Value::Crl(lgsp_proto::Crl {
+                            der: crl.der.clone(),
+                            number: crl.number,
+                            revoked_serials: crl.revoked.clone(),
+                        }),
+                        0,
+                    )
+                    .await?;
+                anyhow::Ok(r.revision)
+            })?;
             println!(
-                "Published CRL number {} ({} revoked certificate(s)) at catalog revision {}",
+                "Published CRL number {} ({} revoked certificate(s)) at catalog revision {revision}",
                 crl.number,
                 crl.revoked.len(),
-                r.revision
             );
         }
         CaCommand::Show { file } => show(&file)?,
