@@ -65,13 +65,17 @@ async fn provider_refuses_callers_without_the_right_certificate_identity_or_gran
         .connect()
         .await
         .unwrap();
+    // The refusal reaches the client as the server's TLS alert or, when
+    // hyper's connection task sees the close first, as a closed connection;
+    // never as an answer. tests/mtls.rs pins the explained message itself.
     let err = DataExchangeClient::new(channel)
         .call(get(&service, "x"))
         .await
         .unwrap_err();
+    let text = lgsp_certs::tls::explain_status(&err);
     assert!(
-        lgsp_certs::tls::explain_status(&err).contains("requires a client certificate"),
-        "{err:?}"
+        text.contains("requires a client certificate") || text.contains("connection closed"),
+        "{text}"
     );
 
     // A certificate from another CA.
