@@ -39,7 +39,6 @@ pub struct NodeContext {
 }
 
 impl NodeContext {
-    #[allow(clippy::too_many_arguments)] // one constructor wiring the node's parts
     pub fn new(
         config: NodeConfig,
         cache: Arc<CatalogCache>,
@@ -91,51 +90,86 @@ impl NodeContext {
         channels.insert(url.to_owned(), channel.clone());
         Ok(channel)
     }
+}
 
-    #[allow(clippy::too_many_arguments)] // the fields of one sharing-log entry
-    fn record(
-        &self,
-        side: &str,
+/// One exchange as the sharing log and the metrics see it: who, what and
+/// when, taken as the call starts; `finish` adds the outcome and writes it.
+struct Trace {
+    side: &'static str,
+    request_id: String,
+    consumer: String,
+    service_id: String,
+    operation: String,
+    request_sha256: String,
+    bytes_in: u64,
+    started: Instant,
+}
+
+impl Trace {
+    fn start(
+        side: &'static str,
         request_id: &str,
         consumer: &str,
         service_id: &str,
         operation: &str,
         request: &[u8],
-        response: &[u8],
-        status: &Result<(), Status>,
         started: Instant,
+    ) -> Self {
+        Self {
+            side,
+            request_id: request_id.to_owned(),
+            consumer: consumer.to_owned(),
+            service_id: service_id.to_owned(),
+            operation: operation.to_owned(),
+            request_sha256: hex::encode(Sha256::digest(request)),
+            bytes_in: request.len() as u64,
+            started,
+        }
+    }
+
+    /// Records the outcome: `response_sha256` is the digest of the payload
+    /// (of every page, for a query), `bytes_out` its size.
+    fn finish(
+        self,
+        ctx: &NodeContext,
+        response_sha256: &[u8],
+        status: &Result<(), Status>,
         bytes_out: u64,
     ) {
-        let provider = service_id.split('/').next().unwrap_or_default().to_owned();
         let code = match status {
             Ok(()) => tonic::Code::Ok,
             Err(s) => s.code(),
         };
-        let latency = started.elapsed();
-        self.metrics.observe(
-            side,
-            service_id,
-            consumer,
+        let latency = self.started.elapsed();
+        ctx.metrics.observe(
+            self.side,
+            &self.service_id,
+            &self.consumer,
             code,
             latency,
-            request.len() as u64,
+            self.bytes_in,
             bytes_out,
         );
         let entry = Exchange {
-            request_id: request_id.to_owned(),
-            side: side.to_owned(),
-            consumer: consumer.to_owned(),
-            provider,
-            service: service_id.to_owned(),
-            operation: operation.to_owned(),
-            request_sha256: hex::encode(Sha256::digest(request)),
-            response_sha256: hex::encode(Sha256::digest(response)),
+            provider: self
+                .service_id
+                .split('/')
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+            request_id: self.request_id,
+            side: self.side.to_owned(),
+            consumer: self.consumer,
+            service: self.service_id,
+            operation: self.operation,
+            request_sha256: self.request_sha256,
+            response_sha256: hex::encode(response_sha256),
             status: code_name(code).to_owned(),
             latency_us: latency.as_micros() as u64,
-            bytes_in: request.len() as u64,
+            bytes_in: self.bytes_in,
             bytes_out,
         };
-        if let Err(error) = self.log.append(entry) {
+        if let Err(error) = ctx.log.append(entry) {
             tracing::error!(%error, "cannot write the sharing log");
         }
     }
@@ -287,16 +321,19 @@ impl DataExchange for Provider {
             Ok(payload) => (payload.as_slice(), Ok(())),
             Err(s) => (&[][..], Err(s.clone())),
         };
-        self.ctx.record(
+        Trace::start(
             "provider",
             &env.request_id,
             peer.id.agency.as_str(),
             &env.service_id,
             &env.operation,
             &raw,
-            response,
-            &status,
             started,
+        )
+        .finish(
+            &self.ctx,
+            &Sha256::digest(response),
+            &status,
             response.len() as u64,
         );
         span.in_scope(|| match &status {
@@ -357,18 +394,16 @@ impl DataExchange for Provider {
         let (permit, dataset) = match prepared {
             Ok(p) => p,
             Err(status) => {
-                ctx.record(
+                Trace::start(
                     "provider",
                     &req.request_id,
                     peer.id.agency.as_str(),
                     &req.service_id,
                     "query",
                     &raw,
-                    &[],
-                    &Err(status.clone()),
                     started,
-                    0,
-                );
+                )
+                .finish(&ctx, &Sha256::digest([]), &Err(status.clone()), 0);
                 return Err(status);
             }
         };
@@ -419,18 +454,16 @@ impl DataExchange for Provider {
                 let _ = tx.send(Err(s.clone())).await;
             }
             let digest = digest.finalize();
-            ctx.record(
+            Trace::start(
                 "provider",
                 &req.request_id,
                 peer.id.agency.as_str(),
                 &req.service_id,
                 "query",
                 &raw,
-                &digest,
-                &outcome,
                 started,
-                bytes_out,
-            );
+            )
+            .finish(&ctx, &digest, &outcome, bytes_out);
         });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
@@ -517,16 +550,19 @@ impl DataExchange for Consumer {
             Ok(r) => (r.get_ref().payload.as_slice(), Ok(())),
             Err(s) => (&[][..], Err(s.clone())),
         };
-        self.ctx.record(
+        Trace::start(
             "consumer",
             &env.request_id,
             &self.ctx.config.agency,
             &env.service_id,
             &env.operation,
             &raw,
-            response,
-            &status,
             started,
+        )
+        .finish(
+            &self.ctx,
+            &Sha256::digest(response),
+            &status,
             response.len() as u64,
         );
         result
@@ -557,18 +593,16 @@ impl DataExchange for Consumer {
         let mut upstream = match opened {
             Ok(r) => r.into_inner(),
             Err(status) => {
-                ctx.record(
+                Trace::start(
                     "consumer",
                     &req.request_id,
                     &ctx.config.agency,
                     &req.service_id,
                     "query",
                     &raw,
-                    &[],
-                    &Err(status.clone()),
                     started,
-                    0,
-                );
+                )
+                .finish(&ctx, &Sha256::digest([]), &Err(status.clone()), 0);
                 return Err(status);
             }
         };
@@ -595,18 +629,16 @@ impl DataExchange for Consumer {
                 }
             };
             let digest = digest.finalize();
-            ctx.record(
+            Trace::start(
                 "consumer",
                 &req.request_id,
                 &ctx.config.agency,
                 &req.service_id,
                 "query",
                 &raw,
-                &digest,
-                &outcome,
                 started,
-                bytes_out,
-            );
+            )
+            .finish(&ctx, &digest, &outcome, bytes_out);
         });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
