@@ -300,8 +300,9 @@ fn build_server_config(creds: &Credentials, trust: &Trust) -> Result<ServerConfi
 }
 
 /// A tonic client endpoint that presents `creds` and trusts their CA.
-/// `server_name` is the name checked in the server's certificate
-/// (`localhost` by default, which `lgsp ca issue` puts in every certificate).
+/// `server_name` is the name checked in the server's certificate; by
+/// default the host of `uri` (a DNS name or an IP address, which the
+/// certificate must carry as a SAN, as `lgsp ca issue --dns/--ip` puts it).
 pub fn client_endpoint(
     uri: &str,
     creds: &Credentials,
@@ -318,12 +319,25 @@ pub fn client_endpoint(
             &creds.cert_pem,
             &creds.key_pem,
         ))
-        .domain_name(server_name.unwrap_or("localhost"));
+        .domain_name(server_name.map_or_else(|| host_of(&uri), str::to_owned));
     tonic::transport::Endpoint::from_shared(uri.clone())
         .map_err(|e| CertError::Tls(format!("bad endpoint {uri:?}: {e}")))?
         .tls_config(tls)
         .map_err(|e| CertError::Tls(e.to_string()))
         .map(|e| e.connect_timeout(Duration::from_secs(5)).tcp_nodelay(true))
+}
+
+/// The host of `scheme://host:port/...`, without brackets for IPv6.
+fn host_of(uri: &str) -> String {
+    let rest = uri.split_once("://").map_or(uri, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    if let Some(v6) = authority.strip_prefix('[') {
+        return v6.split(']').next().unwrap_or(v6).to_owned();
+    }
+    authority
+        .rsplit_once(':')
+        .map_or(authority, |(host, _)| host)
+        .to_owned()
 }
 
 /// Puts into plain words why a call failed at the TLS layer. Under TLS 1.3 a
@@ -377,5 +391,19 @@ pub fn explain_status(status: &tonic::Status) -> String {
     match cause {
         Some((_, words)) => format!("{words} ({chain})"),
         None => chain,
+    }
+}
+
+#[cfg(test)]
+mod host_tests {
+    #[test]
+    fn host_is_taken_from_the_endpoint() {
+        assert_eq!(super::host_of("https://127.0.0.1:7101"), "127.0.0.1");
+        assert_eq!(
+            super::host_of("https://node.stp.vinhphuc.gov.vn:7301/x"),
+            "node.stp.vinhphuc.gov.vn"
+        );
+        assert_eq!(super::host_of("https://[::1]:7101"), "::1");
+        assert_eq!(super::host_of("localhost:7101"), "localhost");
     }
 }

@@ -270,7 +270,22 @@ impl CatalogCache {
                 };
                 let Some(event) = event else { break };
                 match EventType::try_from(event.r#type) {
-                    Ok(EventType::Synced) => self.mark_live(&mut stale_since),
+                    Ok(EventType::Synced) => {
+                        self.mark_live(&mut stale_since);
+                        if event.revision < self.revision()
+                            && self.registry_went_back(&client).await
+                        {
+                            tracing::warn!(
+                                cache = self.revision(),
+                                registry = event.revision,
+                                "the registry's catalog is older than this node's copy (restored from a backup?); reloading"
+                            );
+                            if let Err(error) = self.reload(&client).await {
+                                self.mark_stale(&mut stale_since, &error.to_string());
+                            }
+                            break;
+                        }
+                    }
                     Ok(EventType::Compacted) => {
                         tracing::info!(
                             "the registry compacted past this cache's revision; reloading"
@@ -291,6 +306,19 @@ impl CatalogCache {
             }
             self.live.store(false, std::sync::atomic::Ordering::Relaxed);
         }
+    }
+
+    /// Whether the registry, asked for a linearizable read, is behind this
+    /// cache: a server that is merely lagging is not, a restored registry is.
+    async fn registry_went_back(&self, client: &RegistryClient) -> bool {
+        let probe = client
+            .list(ListRequest {
+                kind: RecordKind::Crl as i32,
+                page_size: 1,
+                ..Default::default()
+            })
+            .await;
+        matches!(probe, Ok(r) if r.revision < self.revision())
     }
 
     fn mark_live(&self, stale_since: &mut Option<Instant>) {

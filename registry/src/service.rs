@@ -204,9 +204,11 @@ async fn stream_changes(
             return;
         }
     }
+    // The server's own revision: a client whose copy is newer than this
+    // (a registry restored from a backup) learns it here.
     let synced = WatchEvent {
         r#type: EventType::Synced as i32,
-        revision: next - 1,
+        revision: catalog::revision(&db),
         record: None,
     };
     if tx.send(Ok(synced)).await.is_err() {

@@ -16,6 +16,8 @@ pub struct ServerProcess {
     pub peer: String,
     pub dir: PathBuf,
     args: Vec<String>,
+    /// The binary to run instead of `lgsp_bin()` (see [`Self::set_program`]).
+    program: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -26,7 +28,8 @@ impl ServerProcess {
             .append(true)
             .open(self.dir.join("server.log"))
             .expect("log file");
-        let child = Command::new(lgsp_bin())
+        let program = self.program.clone().unwrap_or_else(lgsp_bin);
+        let child = Command::new(program)
             .args(&self.args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -65,6 +68,12 @@ impl ServerProcess {
     pub fn restart(&mut self) {
         self.kill9();
         self.spawn();
+    }
+
+    /// Runs `program` (e.g. an upgraded copy of `lgsp`) instead of the
+    /// tests' `lgsp` from the next start on.
+    pub fn set_program(&mut self, program: PathBuf) {
+        self.program = Some(program);
     }
 
     /// Waits for the process to exit by itself; returns its status.
@@ -143,6 +152,7 @@ impl ProcessCluster {
                 peer: peer.clone(),
                 dir,
                 args,
+                program: None,
                 child: None,
             };
             s.spawn();
@@ -171,6 +181,7 @@ impl ProcessCluster {
             peer: String::new(),
             dir,
             args,
+            program: None,
             child: None,
         };
         s.spawn();

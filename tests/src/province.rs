@@ -131,7 +131,12 @@ pub struct Province {
 
 impl Province {
     pub async fn start() -> Self {
-        let registry = ProcessCluster::start(1);
+        Self::start_with_servers(1).await
+    }
+
+    /// A province whose registry has `servers` servers.
+    pub async fn start_with_servers(servers: u64) -> Self {
+        let registry = ProcessCluster::start(servers);
         registry.leader().await;
         let admin = registry.client();
         Self { registry, admin }
@@ -379,7 +384,12 @@ pub const HO_TICH_CSV: &str = "so_dinh_danh,ho_ten,ngay_sinh,noi_sinh\n\
 
 /// A province with A serving a dataset and an HTTP backend, B granted both.
 pub async fn two_agencies() -> (Province, NodeProcess, NodeProcess) {
-    let mut province = Province::start().await;
+    two_agencies_with_servers(1).await
+}
+
+/// [`two_agencies`] with a registry of `servers` servers.
+pub async fn two_agencies_with_servers(servers: u64) -> (Province, NodeProcess, NodeProcess) {
+    let mut province = Province::start_with_servers(servers).await;
     province
         .register_agency(A, "Sở Tư pháp tỉnh Vĩnh Phúc")
         .await;

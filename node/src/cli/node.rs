@@ -51,6 +51,15 @@ pub enum NodeCommand {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// List the nodes registered in the catalog: endpoint and the SHA-256 of
+    /// the certificate each registered (compare with `lgsp ca show`).
+    List {
+        #[command(flatten)]
+        registry: super::RegistryArgs,
+        /// Only this agency's nodes.
+        #[arg(long, value_parser = parse_agency)]
+        agency: Option<AgencyCode>,
+    },
 }
 
 fn parse_agency(s: &str) -> Result<AgencyCode, String> {
@@ -120,6 +129,36 @@ pub fn run(cmd: NodeCommand) -> Result<()> {
                 config_path.display()
             );
             Ok(())
+        }
+        NodeCommand::List { registry, agency } => {
+            let rt = super::runtime()?;
+            rt.block_on(async {
+                let (records, revision) = registry
+                    .client()?
+                    .list_all(lgsp_proto::ListRequest {
+                        kind: lgsp_proto::RecordKind::Node as i32,
+                        prefix: agency.map(|a| format!("{a}/")).unwrap_or_default(),
+                        ..Default::default()
+                    })
+                    .await?;
+                for r in records {
+                    if let Some(lgsp_proto::catalog_record::Value::Node(n)) = r.value {
+                        println!(
+                            "{}/{}  endpoint {}  certificate SHA-256 {}",
+                            n.agency_code,
+                            n.name,
+                            n.endpoint,
+                            if n.cert_sha256.is_empty() {
+                                "(none)"
+                            } else {
+                                &n.cert_sha256
+                            }
+                        );
+                    }
+                }
+                println!("(catalog revision {revision})");
+                Ok(())
+            })
         }
         NodeCommand::Start { config } => {
             let config = crate::config::NodeConfig::load(&config)?;
