@@ -1,18 +1,34 @@
 //! `lgsp bench`: measured throughput and latency, each next to a baseline
 //! measured in the same run on the same machine.
 
+use crate::config::{
+    ConsumerConfig, LimitsConfig, NodeConfig, ProviderConfig, ServiceConfig, TlsPaths,
+};
+use crate::server::NodeServer;
 use anyhow::{Context, Result};
+use http_body_util::{BodyExt, Full};
 use lgsp_certs::ca::{CertificateAuthority, LeafSpec};
-use lgsp_certs::{AgencyCode, Credentials, Role, SpiffeId};
+use lgsp_certs::{AgencyCode, Credentials, Role, ServerTls, SpiffeId};
 use lgsp_proto::catalog_record::Value;
+use lgsp_proto::data_exchange_client::DataExchangeClient;
+use lgsp_proto::data_exchange_server::{DataExchange, DataExchangeServer};
 use lgsp_proto::identity_service_client::IdentityServiceClient;
-use lgsp_proto::{Agency, RecordKind};
+use lgsp_proto::{
+    Agency, CallResponse, Envelope, Grant, GrantStatus, QueryPage, QueryRequest, RecordKind,
+    Service, ServiceKind, ServiceStatus,
+};
 use lgsp_registry::config::{PeerConfig, TlsConfig};
 use lgsp_registry::{RegistryClient, RegistryConfig, RegistryServer};
+use std::collections::HashMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
 
 /// Latencies of one run, and how long it took.
 #[derive(Debug)]
@@ -28,6 +44,15 @@ pub struct Run {
 impl Run {
     pub fn per_second(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Adds the calls of `later`, another slice of the same run.
+    fn absorb(&mut self, later: Run) {
+        self.ok += later.ok;
+        self.errors += later.errors;
+        self.elapsed += later.elapsed;
+        self.latencies.extend(later.latencies);
+        self.latencies.sort_unstable();
     }
 
     /// The `p`-th percentile latency (0..=100), in milliseconds.
@@ -109,13 +134,21 @@ fn print_run(run: &Run, baseline: f64) {
     );
 }
 
+/// The provincial IT department's agency code, for the bench's own
+/// identities (admin, registry servers).
+const PROVINCE: &str = "000.00.00.H62";
+
 fn leaf(ca: &mut CertificateAuthority, role: Role, name: &str) -> Result<Credentials> {
-    let id = SpiffeId::new(
-        ca.trust_domain(),
-        AgencyCode::new("000.00.00.H62")?,
-        role,
-        name,
-    )?;
+    agency_leaf(ca, PROVINCE, role, name)
+}
+
+fn agency_leaf(
+    ca: &mut CertificateAuthority,
+    agency: &str,
+    role: Role,
+    name: &str,
+) -> Result<Credentials> {
+    let id = SpiffeId::new(ca.trust_domain(), AgencyCode::new(agency)?, role, name)?;
     let issued = ca.issue(&LeafSpec::for_days(id, 1)?)?;
     Ok(Credentials::from_pem(
         &issued.cert_pem,
@@ -137,6 +170,91 @@ fn write_tls(dir: &Path, creds: &Credentials) -> Result<TlsConfig> {
     })
 }
 
+/// A registry cluster on loopback in this process, its leader elected.
+struct Cluster {
+    servers: Vec<RegistryServer>,
+    /// Client addresses, in server id order (id 1 first).
+    addrs: Vec<String>,
+    leader: u64,
+}
+
+impl Cluster {
+    /// Starts `servers` registry servers under `dir` with certificates from
+    /// `ca`; fails when no leader is elected within 15 s (asked as `admin`).
+    async fn start(
+        ca: &mut CertificateAuthority,
+        dir: &Path,
+        servers: u64,
+        admin: &Credentials,
+    ) -> Result<Self> {
+        let free = || -> Result<SocketAddr> {
+            Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+        };
+        let mut ports = Vec::new();
+        for id in 1..=servers {
+            ports.push((id, free()?, free()?));
+        }
+        let peers: Vec<PeerConfig> = ports
+            .iter()
+            .map(|(id, client, peer)| PeerConfig {
+                id: *id,
+                peer: peer.to_string(),
+                client: client.to_string(),
+            })
+            .collect();
+        let mut running = Vec::new();
+        for (id, client, peer) in &ports {
+            let dir = dir.join(format!("registry-{id}"));
+            let creds = leaf(ca, Role::Registry, &format!("registry-{id}"))?;
+            let config = RegistryConfig {
+                id: *id,
+                listen: *client,
+                peer_listen: *peer,
+                data_dir: dir.join("data"),
+                peers: peers.clone(),
+                tls: Some(write_tls(&dir.join("tls"), &creds)?),
+                ..Default::default()
+            };
+            running.push(RegistryServer::start(config).await?);
+        }
+        let addrs: Vec<String> = ports.iter().map(|(_, c, _)| c.to_string()).collect();
+        let probe = RegistryClient::new(&addrs, admin)?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let leader = loop {
+            if let Ok(s) = probe.status().await
+                && s.leader_id != 0
+            {
+                break s.leader_id;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the cluster elected no leader in 15 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        Ok(Self {
+            servers: running,
+            addrs,
+            leader,
+        })
+    }
+
+    fn leader_addr(&self) -> Result<&str> {
+        usize::try_from(self.leader)
+            .ok()
+            .and_then(|id| self.addrs.get(id.checked_sub(1)?))
+            .map(String::as_str)
+            .context("the leader is not one of the servers started")
+    }
+
+    async fn shutdown(self) -> Result<()> {
+        for s in self.servers {
+            s.shutdown().await?;
+        }
+        Ok(())
+    }
+}
+
 /// `lgsp bench registry`: a cluster of `servers` on loopback in this
 /// process; conditional writes and linearizable reads of 256-byte values at
 /// each concurrency, next to a bare mTLS gRPC round trip to the same server.
@@ -145,56 +263,9 @@ pub async fn registry(servers: u64, concurrency: &[usize], duration: Duration) -
     let mut ca =
         CertificateAuthority::init(&tmp.path().join("ca"), "bench.lgsp.local", "bench CA", 1)?;
     let admin = leaf(&mut ca, Role::Admin, "bench")?;
-    let free = || -> Result<std::net::SocketAddr> {
-        Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-    };
-    let mut peers = Vec::new();
-    for id in 1..=servers {
-        peers.push((id, free()?, free()?));
-    }
-    let peer_configs: Vec<PeerConfig> = peers
-        .iter()
-        .map(|(id, client, peer)| PeerConfig {
-            id: *id,
-            peer: peer.to_string(),
-            client: client.to_string(),
-        })
-        .collect();
-    let mut running = Vec::new();
-    for (id, client, peer) in &peers {
-        let dir = tmp.path().join(format!("registry-{id}"));
-        let creds = leaf(&mut ca, Role::Registry, &format!("registry-{id}"))?;
-        let config = RegistryConfig {
-            id: *id,
-            listen: *client,
-            peer_listen: *peer,
-            data_dir: dir.join("data"),
-            peers: peer_configs.clone(),
-            tls: Some(write_tls(&dir.join("tls"), &creds)?),
-            ..Default::default()
-        };
-        running.push(RegistryServer::start(config).await?);
-    }
-    let all: Vec<String> = peers.iter().map(|(_, c, _)| c.to_string()).collect();
-    let probe = RegistryClient::new(&all, &admin)?;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let leader = loop {
-        if let Ok(s) = probe.status().await
-            && s.leader_id != 0
-        {
-            break s.leader_id;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the cluster elected no leader in 15 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let leader_addr = peers
-        .iter()
-        .find(|(id, _, _)| *id == leader)
-        .map(|(_, c, _)| c.to_string())
-        .context("leader address")?;
+    let cluster = Cluster::start(&mut ca, tmp.path(), servers, &admin).await?;
+    let leader = cluster.leader;
+    let leader_addr = cluster.leader_addr()?.to_owned();
 
     println!(
         "lgsp bench registry: {servers} servers on 127.0.0.1, mutual TLS, sled flushed before every acknowledgement,"
@@ -213,11 +284,7 @@ pub async fn registry(servers: u64, concurrency: &[usize], duration: Duration) -
             .map(|_| RegistryClient::new(std::slice::from_ref(&leader_addr), &admin))
             .collect::<Result<_, _>>()?;
         let endpoint = lgsp_certs::tls::client_endpoint(&leader_addr, &admin, None)?;
-        let mut channels = Vec::new();
-        for _ in 0..connections {
-            channels.push(endpoint.connect().await?);
-        }
-        let channels = Arc::new(channels);
+        let channels = Arc::new(connect(&endpoint, connections).await?);
         let base = measure("baseline: mTLS round trip", c, duration, move |i, _| {
             let mut client = IdentityServiceClient::new(channels[i % channels.len()].clone());
             async move {
@@ -273,8 +340,625 @@ pub async fn registry(servers: u64, concurrency: &[usize], duration: Duration) -
         .await;
         print_run(&reads, baseline);
     }
-    for s in running {
-        s.shutdown().await?;
+    cluster.shutdown().await
+}
+
+/// `n` HTTP/2 connections made with `endpoint`, one per channel.
+async fn connect(endpoint: &Endpoint, n: usize) -> Result<Vec<Channel>> {
+    let mut channels = Vec::with_capacity(n);
+    for _ in 0..n {
+        let channel = endpoint
+            .connect()
+            .await
+            .with_context(|| format!("cannot connect to {}", endpoint.uri()))?;
+        channels.push(channel);
+    }
+    Ok(channels)
+}
+
+const AGENCY_A: &str = "000.00.12.H62";
+const AGENCY_B: &str = "000.00.13.H62";
+
+/// Builds the envelope of call number `n` of client task `i`.
+type MakeEnvelope = Arc<dyn Fn(usize, u64) -> Envelope + Send + Sync>;
+
+/// The raw baseline's server: hands each call's payload back, nothing else
+/// (no authorization, no sharing log, no metrics).
+#[derive(Clone, Copy, Debug)]
+struct Echo;
+
+#[tonic::async_trait]
+impl DataExchange for Echo {
+    async fn call(&self, request: Request<Envelope>) -> Result<Response<CallResponse>, Status> {
+        let env = request.into_inner();
+        Ok(Response::new(CallResponse {
+            payload: env.payload,
+            request_id: env.request_id,
+            metadata: HashMap::new(),
+        }))
+    }
+
+    type QueryStream = futures::stream::Empty<Result<QueryPage, Status>>;
+
+    async fn query(
+        &self,
+        _request: Request<QueryRequest>,
+    ) -> Result<Response<Self::QueryStream>, Status> {
+        Err(Status::unimplemented("the bench echo answers Call only"))
+    }
+}
+
+/// Serves [`Echo`] behind mutual TLS on 127.0.0.1 until `stop` changes;
+/// returns its address and its task.
+async fn start_grpc_echo(
+    creds: Credentials,
+    max_message: usize,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(SocketAddr, JoinHandle<()>)> {
+    let tls = ServerTls::new(creds)?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let incoming = tls.incoming(listener);
+    let service = DataExchangeServer::new(Echo)
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+    let task = tokio::spawn(async move {
+        let result = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stop.changed().await;
+            })
+            .await;
+        if let Err(error) = result {
+            tracing::error!(%error, "the bench echo server failed");
+        }
+    });
+    Ok((addr, task))
+}
+
+/// An HTTP/1.1 backend on 127.0.0.1 that answers every request with its
+/// body, until `stop` changes; returns its address and its task.
+async fn start_http_echo(stop: watch::Receiver<bool>) -> Result<(SocketAddr, JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        let mut accepting = stop.clone();
+        loop {
+            let stream = tokio::select! {
+                a = listener.accept() => match a {
+                    Ok((stream, _)) => stream,
+                    Err(_) => continue,
+                },
+                _ = accepting.changed() => return,
+            };
+            let _ = stream.set_nodelay(true);
+            let mut stop = stop.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let body = req.into_body().collect().await?.to_bytes();
+                        Ok::<_, hyper::Error>(hyper::Response::new(Full::new(body)))
+                    },
+                );
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                tokio::select! {
+                    _ = connection => {}
+                    _ = stop.changed() => {}
+                }
+            });
+        }
+    });
+    Ok((addr, task))
+}
+
+/// How many records the bench dataset holds: enough to spread the keys,
+/// at most about 64 MiB.
+fn dataset_rows(payload: usize) -> usize {
+    ((64 << 20) / payload.max(1)).clamp(1, 1000)
+}
+
+/// The key of record `i` of the bench dataset (all keys the same length).
+fn dataset_key(i: usize) -> String {
+    format!("k{i:04}")
+}
+
+/// Writes `rows` JSON Lines records of about `payload` bytes each and
+/// imports them as dataset `service` of the node whose data is `data_dir`,
+/// as `lgsp dataset import` does.
+fn import_dataset(data_dir: &Path, service: &str, rows: usize, payload: usize) -> Result<()> {
+    let padding = format!(r#"{{"key":"{}","value":""}}"#, dataset_key(0)).len();
+    let value = "x".repeat(payload.saturating_sub(padding));
+    let mut text = String::with_capacity(rows * (payload.max(padding) + 1));
+    for i in 0..rows {
+        text.push_str(&format!(
+            r#"{{"key":"{}","value":"{value}"}}"#,
+            dataset_key(i)
+        ));
+        text.push('\n');
+    }
+    std::fs::create_dir_all(data_dir)?;
+    let file = data_dir.join(format!("{service}.jsonl"));
+    std::fs::write(&file, text)?;
+    crate::dataset::DatasetStore::new(&data_dir.join("datasets"))
+        .import(service, &file, "key", None, &|_, _| {})
+        .with_context(|| format!("importing the bench dataset {service}"))?;
+    Ok(())
+}
+
+/// The configuration of a bench node in `dir`, with listeners on free
+/// ports and limits far above what the bench can reach.
+fn node_config(
+    dir: &Path,
+    agency: &str,
+    name: &str,
+    registry: &[String],
+    tls: TlsConfig,
+    services: Vec<ServiceConfig>,
+    max_message: usize,
+) -> NodeConfig {
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    NodeConfig {
+        agency: agency.to_owned(),
+        name: name.to_owned(),
+        data_dir: dir.join("data"),
+        registry: registry.to_vec(),
+        tls: TlsPaths {
+            cert: tls.cert,
+            key: tls.key,
+            ca: tls.ca,
+        },
+        provider: ProviderConfig {
+            listen: any,
+            advertise: String::new(),
+        },
+        consumer: ConsumerConfig { listen: any },
+        metrics_listen: None,
+        limits: LimitsConfig {
+            max_concurrent_per_consumer: 1 << 20,
+            rate_per_consumer: 100_000_000,
+            max_message_bytes: max_message,
+        },
+        services,
+    }
+}
+
+/// Waits (at most 15 s) until node `name` of `agency` is in the catalog.
+async fn wait_registered(admin: &RegistryClient, agency: &str, name: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while admin
+        .get(RecordKind::Node, &format!("{agency}/{name}"), false)
+        .await
+        .is_err()
+    {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "node {name} of agency {agency} did not register itself in 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
+}
+
+/// Publishes service `name` of agency A, served by `node`, and grants it to
+/// agency B.
+async fn publish_and_grant(
+    admin: &RegistryClient,
+    name: &str,
+    kind: ServiceKind,
+    node: &str,
+) -> Result<()> {
+    let id = format!("{AGENCY_A}/{name}");
+    let service = Service {
+        id: id.clone(),
+        kind: kind as i32,
+        node: node.to_owned(),
+        description: "lgsp bench".to_owned(),
+        status: ServiceStatus::Active as i32,
+        version: "1".to_owned(),
+        ..Default::default()
+    };
+    admin
+        .put(Value::Service(service), 0)
+        .await
+        .with_context(|| format!("publishing {id}"))?;
+    let grant = Grant {
+        consumer_agency: AGENCY_B.to_owned(),
+        service_id: id.clone(),
+        status: GrantStatus::Active as i32,
+        expires_unix: 0,
+        reason: "lgsp bench".to_owned(),
+    };
+    admin
+        .put(Value::Grant(grant), 0)
+        .await
+        .with_context(|| format!("granting {id} to {AGENCY_B}"))?;
+    Ok(())
+}
+
+/// Calls until one call succeeds, at most 15 s: the nodes learn the
+/// catalog from the registry's watch. Fails with the last refusal.
+async fn wait_until_callable(endpoint: &Endpoint, envelope: Envelope, path: &str) -> Result<()> {
+    let mut client = DataExchangeClient::new(endpoint.connect().await?);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match client.call(envelope.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(status) if Instant::now() >= deadline => anyhow::bail!(
+                "{path} refused {} for 15 s: {}",
+                envelope.service_id,
+                status.message()
+            ),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Runs `Call` from `clients` tasks spread over `channels`.
+async fn measure_calls(
+    label: &str,
+    clients: usize,
+    duration: Duration,
+    channels: Arc<Vec<Channel>>,
+    max_message: usize,
+    envelope: MakeEnvelope,
+) -> Run {
+    measure(label, clients, duration, move |i, n| {
+        let mut client = DataExchangeClient::new(channels[i % channels.len()].clone())
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(max_message);
+        let envelope = envelope(i, n);
+        async move {
+            client.call(envelope).await?;
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// A size in bytes as people write it: `100 B`, `10 KiB`, `1.5 MiB`.
+fn human_size(bytes: usize) -> String {
+    let (value, unit) = match bytes {
+        b if b >= 1 << 20 => (b as f64 / f64::from(1 << 20), "MiB"),
+        b if b >= 1 << 10 => (b as f64 / f64::from(1 << 10), "KiB"),
+        b => return format!("{b} B"),
+    };
+    format!("{value:.1}").trim_end_matches(".0").to_owned() + " " + unit
+}
+
+/// What the goal of issue 4 says of one path at 64 in flight.
+fn verdict(run: &Run, baseline: f64) -> String {
+    let ratio = run.per_second() / baseline;
+    let p99 = run.percentile_ms(99.0);
+    let met = ratio >= 0.5 && p99 < 10.0 && run.errors == 0;
+    format!(
+        "{ratio:.2} of raw calls/s, p99 {p99:.2} ms, {} errors: {}",
+        run.errors,
+        if met { "met" } else { "NOT met" }
+    )
+}
+
+/// A small province in this process for `lgsp bench exchange`: a
+/// one-server registry; agency A's node serving `A/echo` (an HTTP backend)
+/// and `A/records` (a dataset), both granted to agency B; agency B's node;
+/// the HTTP backend; and the raw echo server of the baseline.
+struct Province {
+    registry: Cluster,
+    /// The provincial admin's registry client.
+    catalog: RegistryClient,
+    node_a: NodeServer,
+    node_b: NodeServer,
+    /// The raw mTLS echo server.
+    echo: SocketAddr,
+    /// Stops the echo server and the HTTP backend.
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    /// Records in `A/records`.
+    rows: usize,
+    max_message: usize,
+    /// Agency B's application: a node certificate of B, for calling A's
+    /// provider listener itself as B's node would (and the raw echo).
+    app: Credentials,
+    /// The CA, the registry's and the nodes' files; removed on drop.
+    _dir: tempfile::TempDir,
+}
+
+impl Province {
+    /// Starts everything, with `A/records` holding records of about
+    /// `payload` bytes; returns once both services answer through both
+    /// nodes (at most 15 s after the nodes start).
+    async fn start(payload: usize) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let mut ca =
+            CertificateAuthority::init(&dir.path().join("ca"), "bench.lgsp.local", "bench CA", 1)?;
+        let admin = leaf(&mut ca, Role::Admin, "bench")?;
+        let registry = Cluster::start(&mut ca, &dir.path().join("registry"), 1, &admin).await?;
+        let catalog = RegistryClient::new(&registry.addrs, &admin)?;
+        for (code, name) in [
+            (AGENCY_A, "bench provider agency"),
+            (AGENCY_B, "bench consumer agency"),
+        ] {
+            let agency = Agency {
+                code: code.to_owned(),
+                name: name.to_owned(),
+                focal_point: None,
+            };
+            catalog
+                .put(Value::Agency(agency), 0)
+                .await
+                .with_context(|| format!("registering agency {code}"))?;
+        }
+
+        let (stop, stop_rx) = watch::channel(false);
+        let max_message = (4 << 20).max(2 * payload + (64 << 10));
+        let (backend, backend_task) = start_http_echo(stop_rx.clone()).await?;
+        let echo_creds = agency_leaf(&mut ca, AGENCY_A, Role::Node, "bench-echo")?;
+        let (echo, echo_task) = start_grpc_echo(echo_creds, max_message, stop_rx).await?;
+
+        let rows = dataset_rows(payload);
+        let dir_a = dir.path().join("node-a");
+        let data_a = dir_a.join("data");
+        tokio::task::spawn_blocking(move || import_dataset(&data_a, "records", rows, payload))
+            .await??;
+        let services = vec![
+            ServiceConfig {
+                name: "echo".to_owned(),
+                kind: "http".to_owned(),
+                description: "HTTP/1.1 echo backend".to_owned(),
+                url: format!("http://{backend}/{{op}}"),
+                method: "POST".to_owned(),
+                timeout_ms: 5_000,
+            },
+            ServiceConfig {
+                name: "records".to_owned(),
+                kind: "dataset".to_owned(),
+                description: "bench dataset".to_owned(),
+                url: String::new(),
+                method: "POST".to_owned(),
+                timeout_ms: 5_000,
+            },
+        ];
+        let creds_a = agency_leaf(&mut ca, AGENCY_A, Role::Node, "node-a")?;
+        let config_a = node_config(
+            &dir_a,
+            AGENCY_A,
+            "node-a",
+            &registry.addrs,
+            write_tls(&dir_a.join("tls"), &creds_a)?,
+            services,
+            max_message,
+        );
+        let node_a = NodeServer::start(config_a)
+            .await
+            .context("starting node A")?;
+        let dir_b = dir.path().join("node-b");
+        let creds_b = agency_leaf(&mut ca, AGENCY_B, Role::Node, "node-b")?;
+        let config_b = node_config(
+            &dir_b,
+            AGENCY_B,
+            "node-b",
+            &registry.addrs,
+            write_tls(&dir_b.join("tls"), &creds_b)?,
+            Vec::new(),
+            max_message,
+        );
+        let node_b = NodeServer::start(config_b)
+            .await
+            .context("starting node B")?;
+        wait_registered(&catalog, AGENCY_A, "node-a").await?;
+        publish_and_grant(&catalog, "echo", ServiceKind::Http, "node-a").await?;
+        publish_and_grant(&catalog, "records", ServiceKind::Dataset, "node-a").await?;
+
+        let app = agency_leaf(&mut ca, AGENCY_B, Role::Node, "bench-app")?;
+        let province = Self {
+            registry,
+            catalog,
+            node_a,
+            node_b,
+            echo,
+            stop,
+            tasks: vec![backend_task, echo_task],
+            rows,
+            max_message,
+            app,
+            _dir: dir,
+        };
+        let (direct, via_b) = (province.direct()?, province.via_b()?);
+        for (endpoint, path) in [(&direct, "node A"), (&via_b, "node B")] {
+            wait_until_callable(endpoint, province.echo_call(0)(0, 0), path).await?;
+            wait_until_callable(endpoint, province.get_call()(0, 0), path).await?;
+        }
+        Ok(province)
+    }
+
+    /// The raw echo server, reached with the application's certificate.
+    fn raw(&self) -> Result<Endpoint> {
+        Ok(lgsp_certs::tls::client_endpoint(
+            &self.echo.to_string(),
+            &self.app,
+            None,
+        )?)
+    }
+
+    /// Node A's provider listener, reached with the application's
+    /// certificate (mTLS).
+    fn direct(&self) -> Result<Endpoint> {
+        Ok(lgsp_certs::tls::client_endpoint(
+            &self.node_a.provider_addr.to_string(),
+            &self.app,
+            None,
+        )?)
+    }
+
+    /// Node B's consumer listener (plain HTTP/2, as applications use it).
+    fn via_b(&self) -> Result<Endpoint> {
+        Ok(
+            Endpoint::from_shared(format!("http://{}", self.node_b.consumer_addr))?
+                .connect_timeout(Duration::from_secs(5))
+                .tcp_nodelay(true),
+        )
+    }
+
+    /// Calls of `A/echo` with `payload` bytes each.
+    fn echo_call(&self, payload: usize) -> MakeEnvelope {
+        let body = vec![b'x'; payload];
+        Arc::new(move |_, _| Envelope {
+            service_id: format!("{AGENCY_A}/echo"),
+            operation: "echo".to_owned(),
+            payload: body.clone(),
+            ..Default::default()
+        })
+    }
+
+    /// `get` calls of `A/records`; each client walks the keys from its
+    /// own starting point.
+    fn get_call(&self) -> MakeEnvelope {
+        let rows = self.rows;
+        Arc::new(move |i, n| Envelope {
+            service_id: format!("{AGENCY_A}/records"),
+            operation: "get".to_owned(),
+            parameters: HashMap::from([(
+                "key".to_owned(),
+                dataset_key((i * 37 + n as usize) % rows),
+            )]),
+            ..Default::default()
+        })
+    }
+
+    /// Stops everything; returns the number of exchanges each node's
+    /// sharing log holds (A's, B's).
+    async fn shutdown(self) -> Result<(usize, usize)> {
+        let logs = [
+            self.node_a.ctx.log.path().to_owned(),
+            self.node_b.ctx.log.path().to_owned(),
+        ];
+        self.node_b.shutdown().await;
+        self.node_a.shutdown().await;
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+        // The registry's graceful shutdown waits for its clients' connections.
+        drop(self.catalog);
+        self.registry.shutdown().await?;
+        Ok((log_entries(&logs[0])?, log_entries(&logs[1])?))
+    }
+}
+
+/// `lgsp bench exchange`: a registry and two agency nodes on loopback in
+/// this process ([`Province`]); agency B's application calls agency A's
+/// services directly and through B's node, `payload` bytes a call, at each
+/// concurrency, next to a raw tonic mTLS echo of the same envelopes. Fails
+/// when the setup fails (a node does not start, a service never becomes
+/// callable).
+pub async fn exchange(payload: usize, concurrency: &[usize], duration: Duration) -> Result<()> {
+    let province = Province::start(payload).await?;
+    let (raw, direct, via_b) = (province.raw()?, province.direct()?, province.via_b()?);
+    let (echo, get) = (province.echo_call(payload), province.get_call());
+    let max_message = province.max_message;
+
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "lgsp bench exchange: {} payloads, {} s per run; everything in this one process on 127.0.0.1 ({cores} cores shared by all).",
+        human_size(payload),
+        duration.as_secs()
+    );
+    println!(
+        "Agency A's node serves A/echo (fronting an HTTP/1.1 echo backend in this process) and A/records (a dataset of {}",
+        province.rows
+    );
+    println!(
+        "records of about {}, operation \"get\"); the dataset path has no backend hop. Both nodes keep authorization,",
+        human_size(payload)
+    );
+    println!(
+        "the hash-chained sharing log, per-consumer limits (raised far above the load) and metrics on, as in production."
+    );
+    println!(
+        "  baseline:          a raw tonic mTLS echo of the same Envelope (no node, no authorization, no log)."
+    );
+    println!(
+        "  app → node A:      B's application calls A's provider listener with a B node certificate (mTLS)."
+    );
+    println!(
+        "  app → node B → A:  B's application calls B's consumer listener (plain HTTP/2); B calls A over mTLS."
+    );
+    println!("One HTTP/2 connection per 8 clients from the application on every path.");
+    let rounds = duration.as_secs().clamp(1, 10);
+    let slice = duration / rounds as u32;
+    println!(
+        "Each run is {rounds} slices of {:.1} s taken in turn with the other paths', so that the machine's speed",
+        slice.as_secs_f64()
+    );
+    println!("changing during the bench changes every path alike.");
+    println!();
+    print_header();
+    let mut at_64 = Vec::new();
+    for &c in concurrency {
+        let connections = c.div_ceil(8).max(1);
+        let paths = [
+            ("baseline: raw tonic mTLS echo", &raw, &echo),
+            ("app → node A, HTTP backend", &direct, &echo),
+            ("app → node A, dataset get", &direct, &get),
+            ("app → node B → A, HTTP backend", &via_b, &echo),
+            ("app → node B → A, dataset get", &via_b, &get),
+        ];
+        let mut channels = Vec::new();
+        for (_, endpoint, _) in &paths {
+            channels.push(Arc::new(connect(endpoint, connections).await?));
+        }
+        let mut runs: Vec<Option<Run>> = paths.iter().map(|_| None).collect();
+        for _ in 0..rounds {
+            for (k, (label, _, envelope)) in paths.iter().enumerate() {
+                let run = measure_calls(
+                    label,
+                    c,
+                    slice,
+                    channels[k].clone(),
+                    max_message,
+                    (*envelope).clone(),
+                )
+                .await;
+                match &mut runs[k] {
+                    Some(earlier) => earlier.absorb(run),
+                    None => runs[k] = Some(run),
+                }
+            }
+        }
+        let runs: Vec<Run> = runs.into_iter().flatten().collect();
+        let baseline = runs[0].per_second();
+        for run in &runs {
+            print_run(run, baseline);
+            if c == 64 && run.label.contains("node B") {
+                at_64.push(format!("  {}: {}", run.label, verdict(run, baseline)));
+            }
+        }
+    }
+    println!();
+    println!(
+        "goal (issue 4): app → node B → node A at ≥ 50% of raw calls/s with p99 under 10 ms at 64 in flight."
+    );
+    if at_64.is_empty() {
+        println!("  not measured in this run: add 64 to --concurrency.");
+    }
+    for line in at_64 {
+        println!("{line}");
+    }
+    let (entries_a, entries_b) = province.shutdown().await?;
+    println!("sharing log entries written: node A {entries_a}, node B {entries_b}.");
+    Ok(())
+}
+
+/// The exchanges (not seals) in the sharing log file at `path`.
+fn log_entries(path: &Path) -> Result<usize> {
+    use std::io::BufRead;
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("cannot read the sharing log {}", path.display()))?;
+    let mut entries = 0;
+    for line in std::io::BufReader::new(file).lines() {
+        if !line?.starts_with(r#"{"seal""#) {
+            entries += 1;
+        }
+    }
+    Ok(entries)
 }

@@ -158,7 +158,9 @@ impl NodeServer {
                 .add_service(health_service)
                 .add_service(reflection)
                 .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(consumer_listener),
+                    // Without TCP_NODELAY a reply waits on the peer's delayed ACK (40 ms).
+                    tonic::transport::server::TcpIncoming::from(consumer_listener)
+                        .with_nodelay(Some(true)),
                     stop,
                 )
                 .await;

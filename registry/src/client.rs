@@ -228,7 +228,15 @@ impl RegistryClient {
                         continue;
                     }
                 };
-                while let Ok(Some(event)) = stream.message().await {
+                loop {
+                    // A watcher that went away ends the stream now, not at the next change.
+                    let event = tokio::select! {
+                        m = stream.message() => match m {
+                            Ok(Some(event)) => event,
+                            Ok(None) | Err(_) => break,
+                        },
+                        () = tx.closed() => return,
+                    };
                     let compacted = event.r#type == EventType::Compacted as i32;
                     if event.r#type == EventType::Put as i32
                         || event.r#type == EventType::Delete as i32

@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 use clap::Subcommand;
+use clap::builder::RangedU64ValueParser;
 use std::time::Duration;
 
 #[derive(Debug, Subcommand)]
@@ -19,6 +20,55 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 5)]
         duration: u64,
     },
+    /// Start a registry and two agency nodes on loopback in this process and
+    /// measure an application calling agency A's services directly and
+    /// through its own agency's node, next to a raw tonic mTLS echo.
+    Exchange {
+        /// Bytes per call: a number with B, KiB or MiB (100B, 10KiB, 1MiB).
+        #[arg(long, default_value = "100B", value_parser = parse_size)]
+        payload: usize,
+        /// Calls in flight, comma-separated: one run per value.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "1,16,64",
+            value_parser = RangedU64ValueParser::<usize>::new().range(1..=100_000)
+        )]
+        concurrency: Vec<usize>,
+        /// Seconds per run.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+        duration: u64,
+    },
+}
+
+/// The largest payload the exchange bench accepts.
+const MAX_PAYLOAD: usize = 16 << 20;
+
+/// Parses `100B`, `10KiB`, `1MiB` (or a plain number of bytes).
+fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let unit_bytes: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?}: write the size as 100B, 10KiB or 1MiB"
+            ));
+        }
+    };
+    let number: usize = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size: write it as 100B, 10KiB or 1MiB"))?;
+    let bytes = number
+        .checked_mul(unit_bytes)
+        .filter(|b| *b <= MAX_PAYLOAD)
+        .ok_or_else(|| format!("{text} is more than the 16MiB this bench allows"))?;
+    Ok(bytes)
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
@@ -33,5 +83,35 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             &clients,
             Duration::from_secs(duration),
         )),
+        BenchCommand::Exchange {
+            payload,
+            concurrency,
+            duration,
+        } => rt.block_on(crate::bench::exchange(
+            payload,
+            &concurrency,
+            Duration::from_secs(duration),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn payload_sizes_are_read_in_binary_units() {
+        assert_eq!(parse_size("100B"), Ok(100));
+        assert_eq!(parse_size("10KiB"), Ok(10 * 1024));
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("512"), Ok(512));
+    }
+
+    #[test]
+    fn unknown_units_and_huge_sizes_are_refused() {
+        assert!(parse_size("10kb").unwrap_err().contains("unknown unit"));
+        assert!(parse_size("KiB").unwrap_err().contains("not a size"));
+        assert!(parse_size("1GiB").unwrap_err().contains("unknown unit"));
+        assert!(parse_size("17MiB").unwrap_err().contains("16MiB"));
     }
 }
