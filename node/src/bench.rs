@@ -512,7 +512,10 @@ fn node_config(
             listen: any,
             advertise: String::new(),
         },
-        consumer: ConsumerConfig { listen: any },
+        consumer: ConsumerConfig {
+            listen: any,
+            tls: None,
+        },
         metrics_listen: None,
         limits: LimitsConfig {
             max_concurrent_per_consumer: 1 << 20,

@@ -21,8 +21,14 @@ pub struct ProviderConfig {
 #[serde(deny_unknown_fields)]
 pub struct ConsumerConfig {
     /// Bind address of the listener for the agency's own applications
-    /// (plain HTTP/2, keep it on localhost or an internal network).
+    /// (plain HTTP/2 unless `tls` is set: keep it on localhost or an
+    /// internal network).
     pub listen: SocketAddr,
+    /// Mutual TLS for the applications: `cert` and `key` are what the
+    /// listener presents (the node's own will do), `ca` the agency's local
+    /// CA, which must have issued every application's certificate.
+    #[serde(default)]
+    pub tls: Option<TlsPaths>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -127,6 +133,11 @@ impl NodeConfig {
         abs(&mut config.tls.cert);
         abs(&mut config.tls.key);
         abs(&mut config.tls.ca);
+        if let Some(t) = config.consumer.tls.as_mut() {
+            abs(&mut t.cert);
+            abs(&mut t.key);
+            abs(&mut t.ca);
+        }
         if config.provider.advertise.is_empty() {
             config.provider.advertise = config.provider.listen.to_string();
         }
@@ -233,6 +244,11 @@ listen = "{provider}"
 # Listener for this agency's own applications (plain gRPC): keep it local.
 [consumer]
 listen = "{consumer}"
+# Require certificates from the agency's own CA of its applications:
+# [consumer.tls]
+# cert = "tls/cert.pem"
+# key = "tls/key.pem"
+# ca = "tls/agency-apps-ca.pem"
 
 # [limits]
 # max_concurrent_per_consumer = 256

@@ -422,7 +422,10 @@ pub async fn start(dir: &Path) -> Result<Province> {
                 listen: addr(provider),
                 advertise: addr(provider).to_string(),
             },
-            consumer: ConsumerConfig { listen: addr(apps) },
+            consumer: ConsumerConfig {
+                listen: addr(apps),
+                tls: None,
+            },
             metrics_listen: Some(addr(metrics)),
             limits: LimitsConfig::default(),
             services: services

@@ -151,19 +151,42 @@ impl NodeServer {
         let consumer = DataExchangeServer::new(Consumer::new(ctx.clone()))
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
+        let consumer_tls = match &config.consumer.tls {
+            Some(paths) => {
+                let files = TlsFiles {
+                    cert: paths.cert.clone(),
+                    key: paths.key.clone(),
+                    ca: paths.ca.clone(),
+                };
+                let creds = Credentials::load(&files)
+                    .context("the consumer listener's TLS files ([consumer.tls])")?;
+                Some(ServerTls::new(creds)?)
+            }
+            None => None,
+        };
         let stop = wait_for(shutdown_rx.clone());
+        let router = tonic::transport::Server::builder()
+            .add_service(consumer)
+            .add_service(health_service)
+            .add_service(reflection);
         tasks.push(tokio::spawn(async move {
-            let result = tonic::transport::Server::builder()
-                .add_service(consumer)
-                .add_service(health_service)
-                .add_service(reflection)
-                .serve_with_incoming_shutdown(
-                    // Without TCP_NODELAY a reply waits on the peer's delayed ACK (40 ms).
-                    tonic::transport::server::TcpIncoming::from(consumer_listener)
-                        .with_nodelay(Some(true)),
-                    stop,
-                )
-                .await;
+            let result = match consumer_tls {
+                Some(tls) => {
+                    router
+                        .serve_with_incoming_shutdown(tls.incoming(consumer_listener), stop)
+                        .await
+                }
+                None => {
+                    router
+                        .serve_with_incoming_shutdown(
+                            // Without TCP_NODELAY a reply waits on the peer's delayed ACK (40 ms).
+                            tonic::transport::server::TcpIncoming::from(consumer_listener)
+                                .with_nodelay(Some(true)),
+                            stop,
+                        )
+                        .await
+                }
+            };
             if let Err(error) = result {
                 tracing::error!(%error, "consumer listener failed");
             }

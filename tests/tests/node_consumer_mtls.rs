@@ -1,0 +1,144 @@
+//! The consumer side with mutual TLS under the agency's own CA: only the
+//! agency's applications, holding certificates from that CA, may call
+//! through the node.
+
+use lgsp_certs::Role;
+use lgsp_proto::data_exchange_client::DataExchangeClient;
+use lgsp_proto::{Envelope, GrantStatus, ServiceKind};
+use lgsp_tests::Pki;
+use lgsp_tests::province::{A, B, HO_TICH_CSV, Province};
+use std::collections::HashMap;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_listener_with_mtls_serves_the_agencys_apps_and_refuses_others() {
+    let mut province = Province::start().await;
+    province
+        .register_agency(A, "Sở Tư pháp tỉnh Vĩnh Phúc")
+        .await;
+    province.register_agency(B, "UBND huyện Tam Dương").await;
+    let mut a = province.prepare_node(
+        A,
+        "node-a",
+        "[[services]]\nname = \"ho-tich\"\nkind = \"dataset\"\n",
+    );
+
+    // Tam Dương's own CA for its applications.
+    let mut apps_ca = Pki::new("tamduong.local");
+    let (app, _) = apps_ca.issue(B, Role::Node, "ho-tich-app");
+    let mut b = province.prepare_node(B, "node-b", "");
+    std::fs::write(b.dir.join("tls/apps-ca.pem"), apps_ca.ca.cert_pem()).unwrap();
+    let toml = std::fs::read_to_string(b.config_path()).unwrap();
+    std::fs::write(
+        b.config_path(),
+        format!("{toml}\n[consumer.tls]\ncert = \"tls/cert.pem\"\nkey = \"tls/key.pem\"\nca = \"tls/apps-ca.pem\"\n"),
+    )
+    .unwrap();
+
+    let csv = a.dir.join("ho-tich.csv");
+    std::fs::write(&csv, HO_TICH_CSV).unwrap();
+    let out = lgsp_tests::lgsp(&[
+        "dataset",
+        "import",
+        "--data-dir",
+        a.data_dir().to_str().unwrap(),
+        "--service",
+        "ho-tich",
+        "--file",
+        csv.to_str().unwrap(),
+        "--key",
+        "so_dinh_danh",
+    ]);
+    assert!(out.status.success());
+    a.start();
+    b.start();
+    province.wait_for_node(A, "node-a", &a).await;
+    province
+        .publish(
+            &format!("{A}/ho-tich"),
+            ServiceKind::Dataset,
+            "node-a",
+            "Hộ tịch",
+        )
+        .await;
+    province
+        .grant(&format!("{A}/ho-tich"), B, GrantStatus::Active)
+        .await;
+
+    // The node presents its provincial certificate; the app presents one from Tam Dương's CA.
+    let provincial_ca = std::fs::read_to_string(b.dir.join("tls/ca.pem")).unwrap();
+    let endpoint = |identity: Option<tonic::transport::Identity>| {
+        let mut tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&provincial_ca))
+            .domain_name("127.0.0.1");
+        if let Some(id) = identity {
+            tls = tls.identity(id);
+        }
+        tonic::transport::Endpoint::from_shared(format!("https://{}", b.consumer))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+    };
+    let env = Envelope {
+        service_id: format!("{A}/ho-tich"),
+        operation: "get".into(),
+        parameters: HashMap::from([("key".into(), "001099012345".into())]),
+        ..Default::default()
+    };
+    let mut last = None;
+    let mut served = false;
+    for _ in 0..150 {
+        let attempt = async {
+            let channel = endpoint(Some(tonic::transport::Identity::from_pem(
+                &app.cert_pem,
+                &app.key_pem,
+            )))
+            .connect()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            DataExchangeClient::new(channel).call(env.clone()).await
+        };
+        match attempt.await {
+            Ok(r) => {
+                assert!(
+                    String::from_utf8_lossy(&r.into_inner().payload).contains("Nguyễn Thị Hương")
+                );
+                served = true;
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        served,
+        "the app with a Tam Dương certificate was never served: {last:?}\n{}",
+        b.log()
+    );
+
+    // Without a certificate, or with a provincial node certificate instead of an app one, refused.
+    let plain = endpoint(None).connect().await;
+    let refused = match plain {
+        Ok(channel) => DataExchangeClient::new(channel)
+            .call(env.clone())
+            .await
+            .is_err(),
+        Err(_) => true,
+    };
+    assert!(refused, "an app without a certificate was served");
+    let (other, _) = province.issue(B, Role::Node, "not-an-app");
+    let foreign = endpoint(Some(tonic::transport::Identity::from_pem(
+        &other.cert_pem,
+        &other.key_pem,
+    )))
+    .connect()
+    .await;
+    let refused = match foreign {
+        Ok(channel) => DataExchangeClient::new(channel).call(env).await.is_err(),
+        Err(_) => true,
+    };
+    assert!(
+        refused,
+        "a certificate not from the agency's app CA was served"
+    );
+}
