@@ -21,6 +21,28 @@ pub fn normalize_serial(input: &str) -> Option<String> {
     (!bytes.is_empty()).then(|| serial_hex(&bytes))
 }
 
+/// The identity and serial of a peer certificate: the part of [`CertInfo`]
+/// every call needs, without the names and fingerprint an operator reads.
+pub fn peer_identity(der: &[u8]) -> std::result::Result<(SpiffeId, String), String> {
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| e.to_string())?;
+    let mut uris = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let GeneralName::URI(u) = name
+                && u.starts_with("spiffe://")
+            {
+                uris.push(*u);
+            }
+        }
+    }
+    let id = match uris.as_slice() {
+        [] => Err(CertError::NoSpiffeId.to_string()),
+        [one] => SpiffeId::parse(one).map_err(|e| e.to_string()),
+        many => Err(CertError::ManySpiffeIds(many.len()).to_string()),
+    }?;
+    Ok((id, serial_hex(cert.raw_serial())))
+}
+
 /// What a certificate says, in the terms an operator needs.
 #[derive(Clone, Debug)]
 pub struct CertInfo {

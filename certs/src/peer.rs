@@ -3,9 +3,8 @@
 //! taken from headers a client can set.
 
 use crate::identity::{Role, SpiffeId};
-use crate::inspect::CertInfo;
+use crate::inspect::peer_identity;
 use crate::tls::ServerTls;
-use std::path::Path;
 use std::sync::Arc;
 use tonic::{Request, Status};
 
@@ -70,9 +69,7 @@ impl Authenticator {
         let leaf = certs.first().ok_or_else(|| {
             Status::unauthenticated("the client presented an empty certificate chain")
         })?;
-        let info = CertInfo::from_der(leaf, Path::new("<peer certificate>"))
-            .map_err(|e| Status::unauthenticated(e.to_string()))?;
-        let id = info.spiffe_id.map_err(|why| {
+        let (id, serial) = peer_identity(leaf).map_err(|why| {
             Status::unauthenticated(format!(
                 "the client certificate names no lgsp identity: {why}"
             ))
@@ -83,10 +80,9 @@ impl Authenticator {
                 id.trust_domain, self.trust_domain
             )));
         }
-        if self.tls.is_revoked(&info.serial) {
+        if self.tls.is_revoked(&serial) {
             return Err(Status::unauthenticated(format!(
-                "the client certificate (serial {}) is revoked; ask the provincial IT department (Sở TT&TT) for a new one",
-                info.serial
+                "the client certificate (serial {serial}) is revoked; ask the provincial IT department (Sở TT&TT) for a new one"
             )));
         }
         if let Some(roles) = self.roles.as_ref().filter(|r| !r.contains(&id.role)) {
@@ -97,10 +93,7 @@ impl Authenticator {
                 allowed.join(", ")
             )));
         }
-        Ok(Peer {
-            id,
-            serial: info.serial,
-        })
+        Ok(Peer { id, serial })
     }
 }
 
