@@ -1,14 +1,12 @@
 //! Enforcement on every provider-side call: who the consumer is (from its
 //! certificate only), whether the service is this node's and active, and
 //! whether an active grant lets the consumer's agency call it. Every refusal
-//! says what is missing and who can fix it.
+//! says what is missing and who can fix it. (Per-consumer limits are a tower
+//! layer in `limits.rs`.)
 
 use crate::catalog_cache::CatalogCache;
 use lgsp_certs::{Peer, Role};
 use lgsp_proto::{GrantStatus, Service, ServiceStatus};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
 use tonic::Status;
 
 /// Decides whether `peer` may call `service_id` on the node of `own_agency`.
@@ -77,81 +75,4 @@ pub fn authorize(
         );
     }
     Ok(service)
-}
-
-#[derive(Debug)]
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-    in_flight: usize,
-}
-
-/// Per-consumer-agency limits: calls in flight and calls per second.
-#[derive(Debug)]
-pub struct Limits {
-    max_in_flight: usize,
-    rate: f64,
-    buckets: Mutex<HashMap<String, Bucket>>,
-}
-
-/// Holds one in-flight slot of a consumer until dropped.
-#[derive(Debug)]
-pub struct Permit {
-    limits: Arc<Limits>,
-    consumer: String,
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        if let Some(b) = self
-            .limits
-            .buckets
-            .lock()
-            .expect("limits lock")
-            .get_mut(&self.consumer)
-        {
-            b.in_flight = b.in_flight.saturating_sub(1);
-        }
-    }
-}
-
-impl Limits {
-    pub fn new(max_in_flight: usize, rate_per_second: u32) -> Arc<Self> {
-        Arc::new(Self {
-            max_in_flight: max_in_flight.max(1),
-            rate: f64::from(rate_per_second.max(1)),
-            buckets: Mutex::new(HashMap::new()),
-        })
-    }
-
-    /// Takes a slot for `consumer`, or says which limit it hit.
-    pub fn acquire(self: &Arc<Self>, consumer: &str) -> Result<Permit, Status> {
-        let mut buckets = self.buckets.lock().expect("limits lock");
-        let now = Instant::now();
-        let b = buckets.entry(consumer.to_owned()).or_insert(Bucket {
-            tokens: self.rate,
-            at: now,
-            in_flight: 0,
-        });
-        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * self.rate).min(self.rate);
-        b.at = now;
-        if b.in_flight >= self.max_in_flight {
-            return Err(Status::resource_exhausted(format!(
-                "agency {consumer} already has {} calls in flight, the most this node allows; retry when some finish",
-                self.max_in_flight
-            )));
-        }
-        if b.tokens < 1.0 {
-            return Err(Status::resource_exhausted(format!(
-                "agency {consumer} exceeds {} calls per second on this node; slow down and retry",
-                self.rate
-            )));
-        }
-        b.tokens -= 1.0;
-        b.in_flight += 1;
-        Ok(Permit {
-            limits: self.clone(),
-            consumer: consumer.to_owned(),
-        })
-    }
 }

@@ -3,11 +3,12 @@
 //! consumer side lets this agency's applications call other agencies'
 //! services through this node. Both sides log every exchange.
 
-use crate::access::{self, Limits};
+use crate::access;
 use crate::backend::HttpBackend;
 use crate::catalog_cache::CatalogCache;
 use crate::config::NodeConfig;
 use crate::dataset::{DatasetCache, Query};
+use crate::limits::Limits;
 use crate::sharing_log::{Exchange, SharingLog};
 use futures::{Stream, StreamExt};
 use lgsp_certs::{Credentials, Peer};
@@ -222,7 +223,6 @@ impl Provider {
     async fn serve(&self, peer: &Peer, env: &Envelope) -> Result<Vec<u8>, Status> {
         let ctx = &self.ctx;
         access::authorize(&ctx.cache, &ctx.config.agency, peer, &env.service_id)?;
-        let _permit = ctx.limits.acquire(peer.id.agency.as_str())?;
         let name = env.service_id.split_once('/').map_or("", |(_, n)| n);
         let service = ctx.config.service(name).ok_or_else(|| {
             Status::unimplemented(format!(
@@ -364,7 +364,6 @@ impl DataExchange for Provider {
         let raw = req.encode_to_vec();
         let prepared = (|| {
             access::authorize(&ctx.cache, &ctx.config.agency, &peer, &req.service_id)?;
-            let permit = ctx.limits.acquire(peer.id.agency.as_str())?;
             let name = req
                 .service_id
                 .split_once('/')
@@ -389,9 +388,9 @@ impl DataExchange for Provider {
                 .datasets
                 .get(&name)
                 .map_err(|e| Status::unavailable(e.to_string()))?;
-            Ok((permit, dataset))
+            Ok(dataset)
         })();
-        let (permit, dataset) = match prepared {
+        let dataset = match prepared {
             Ok(p) => p,
             Err(status) => {
                 Trace::start(
@@ -410,7 +409,6 @@ impl DataExchange for Provider {
         // One page in flight at a time: the consumer's reading paces the reading here.
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<QueryPage, Status>>(1);
         tokio::spawn(async move {
-            let _permit = permit;
             let mut query = Query {
                 filters: req
                     .filters

@@ -12,6 +12,7 @@ pub mod config;
 pub mod dataset;
 pub mod demo;
 pub mod exchange;
+pub mod limits;
 pub mod metrics;
 pub mod server;
 pub mod sharing_log;

@@ -122,10 +122,15 @@ impl NodeServer {
             .with_context(|| format!("cannot listen on {}", config.provider.listen))?;
         let provider_addr = provider_listener.local_addr()?;
         let auth = Authenticator::new(tls.clone(), &id.trust_domain);
+        // Authenticate first (it puts the caller in the request), then limit
+        // per consumer agency, then serve.
         let provider = tonic::service::interceptor::InterceptedService::new(
-            DataExchangeServer::new(Provider::new(ctx.clone()))
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
+            tower::Layer::layer(
+                &crate::limits::LimitLayer::new(ctx.limits.clone()),
+                DataExchangeServer::new(Provider::new(ctx.clone()))
+                    .max_decoding_message_size(max)
+                    .max_encoding_message_size(max),
+            ),
             auth.clone(),
         );
         let incoming = tls.clone().incoming(provider_listener);

@@ -1,0 +1,116 @@
+//! Per-consumer limits on the provider side: calls in flight (a query
+//! stream counts until it ends) and calls per second, each refused with
+//! RESOURCE_EXHAUSTED and a message that says which limit.
+
+use lgsp_proto::data_exchange_client::DataExchangeClient;
+use lgsp_proto::{Envelope, GrantStatus, QueryRequest, ServiceKind};
+use lgsp_tests::province::{A, B, HO_TICH_CSV, Province, wait_until_callable};
+use std::collections::HashMap;
+use std::time::Duration;
+use tonic::Code;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_limits_refuse_excess_calls_and_recover() {
+    let mut province = Province::start().await;
+    province
+        .register_agency(A, "Sở Tư pháp tỉnh Vĩnh Phúc")
+        .await;
+    province.register_agency(B, "UBND huyện Tam Dương").await;
+    let mut a = province.prepare_node(
+        A,
+        "node-a",
+        "[[services]]\nname = \"ho-tich\"\nkind = \"dataset\"\n\n[limits]\nmax_concurrent_per_consumer = 2\nrate_per_consumer = 5\n",
+    );
+    let mut b = province.prepare_node(B, "node-b", "");
+    // Enough records that a stream left unread stays open, held back by
+    // HTTP/2 flow control, instead of fitting in the connection's buffers.
+    let mut rows = String::from(HO_TICH_CSV);
+    for i in 0..6000 {
+        rows.push_str(&format!(
+            "0020{i:08},Người thứ {i} trong danh sách hộ tịch thử nghiệm,2000-01-01,Vĩnh Yên\n"
+        ));
+    }
+    let csv = a.dir.join("ho-tich.csv");
+    std::fs::write(&csv, rows).unwrap();
+    let out = lgsp_tests::lgsp(&[
+        "dataset",
+        "import",
+        "--data-dir",
+        a.data_dir().to_str().unwrap(),
+        "--service",
+        "ho-tich",
+        "--file",
+        csv.to_str().unwrap(),
+        "--key",
+        "so_dinh_danh",
+    ]);
+    assert!(out.status.success());
+    a.start();
+    b.start();
+    province.wait_for_node(A, "node-a", &a).await;
+    province
+        .publish(
+            &format!("{A}/ho-tich"),
+            ServiceKind::Dataset,
+            "node-a",
+            "Hộ tịch",
+        )
+        .await;
+    province
+        .grant(&format!("{A}/ho-tich"), B, GrantStatus::Active)
+        .await;
+    wait_until_callable(&b).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await; // the bucket refills
+
+    let mut app = DataExchangeClient::new(b.app_channel().await);
+    let get = Envelope {
+        service_id: format!("{A}/ho-tich"),
+        operation: "get".into(),
+        parameters: HashMap::from([("key".into(), "001099012345".into())]),
+        ..Default::default()
+    };
+
+    // Two query streams left open hold both in-flight slots.
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let mut s = app
+            .query(QueryRequest {
+                service_id: format!("{A}/ho-tich"),
+                page_size: 1,
+                ..Default::default()
+            })
+            .await
+            .expect("query")
+            .into_inner();
+        s.message().await.expect("first page").expect("a page");
+        streams.push(s);
+    }
+    let err = app.call(get.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("2 calls in flight"), "{err:?}");
+    drop(streams);
+
+    // Once they end, calls go through; a burst beyond 5 per second is refused.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut ok = 0;
+    let mut refused = None;
+    for _ in 0..12 {
+        match app.call(get.clone()).await {
+            Ok(_) => ok += 1,
+            Err(e) => refused = Some(e),
+        }
+    }
+    let refused = refused.expect("a burst of 12 within a second is refused in part");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("calls per second"),
+        "{refused:?}"
+    );
+    assert!((5..12).contains(&ok), "{ok} of 12 served");
+
+    // Another agency's budget is its own, and the consumer recovers.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    app.call(get)
+        .await
+        .expect("served again after the bucket refills");
+}
