@@ -460,29 +460,29 @@ fn dataset_rows(payload: usize) -> usize {
 
 /// The key of record `i` of the bench dataset (all keys the same length).
 fn dataset_key(i: usize) -> String {
-    format!("k{i:04}")
+    format!("k{i:08}")
 }
 
 /// Writes `rows` JSON Lines records of about `payload` bytes each and
 /// imports them as dataset `service` of the node whose data is `data_dir`,
 /// as `lgsp dataset import` does.
 fn import_dataset(data_dir: &Path, service: &str, rows: usize, payload: usize) -> Result<()> {
+    use std::io::Write as _;
     let padding = format!(r#"{{"key":"{}","value":""}}"#, dataset_key(0)).len();
     let value = "x".repeat(payload.saturating_sub(padding));
-    let mut text = String::with_capacity(rows * (payload.max(padding) + 1));
-    for i in 0..rows {
-        text.push_str(&format!(
-            r#"{{"key":"{}","value":"{value}"}}"#,
-            dataset_key(i)
-        ));
-        text.push('\n');
-    }
     std::fs::create_dir_all(data_dir)?;
     let file = data_dir.join(format!("{service}.jsonl"));
-    std::fs::write(&file, text)?;
+    // Written as a stream: the stream bench makes files of a gigabyte.
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&file)?);
+    for i in 0..rows {
+        writeln!(out, r#"{{"key":"{}","value":"{value}"}}"#, dataset_key(i))?;
+    }
+    out.flush()?;
+    drop(out);
     crate::dataset::DatasetStore::new(&data_dir.join("datasets"))
         .import(service, &file, "key", None, &|_, _| {})
         .with_context(|| format!("importing the bench dataset {service}"))?;
+    std::fs::remove_file(&file)?;
     Ok(())
 }
 
@@ -671,6 +671,11 @@ impl Province {
     /// `payload` bytes; returns once both services answer through both
     /// nodes (at most 15 s after the nodes start).
     async fn start(payload: usize) -> Result<Self> {
+        Self::start_with_rows(payload, dataset_rows(payload)).await
+    }
+
+    /// As [`Self::start`], with `rows` records in `A/records`.
+    async fn start_with_rows(payload: usize, rows: usize) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let mut ca =
             CertificateAuthority::init(&dir.path().join("ca"), "bench.lgsp.local", "bench CA", 1)?;
@@ -698,7 +703,6 @@ impl Province {
         let echo_creds = agency_leaf(&mut ca, AGENCY_A, Role::Node, "bench-echo")?;
         let (echo, echo_task) = start_grpc_echo(echo_creds, max_message, stop_rx).await?;
 
-        let rows = dataset_rows(payload);
         let dir_a = dir.path().join("node-a");
         let data_a = dir_a.join("data");
         tokio::task::spawn_blocking(move || import_dataset(&data_a, "records", rows, payload))
@@ -964,4 +968,99 @@ fn log_entries(path: &Path) -> Result<usize> {
         }
     }
     Ok(entries)
+}
+
+/// The resident memory of this process, from /proc (0 where there is none).
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// `lgsp bench stream`: a dataset of `total` bytes in records of `record`
+/// bytes, queried whole by an application of agency B through both nodes,
+/// page by page; reports the throughput and this process's memory before,
+/// at its peak during, and after the stream. Flat memory means the peak
+/// stays far below the dataset's size.
+pub async fn stream(total: usize, record: usize) -> Result<()> {
+    let rows = (total / record.max(1)).max(1);
+    println!(
+        "lgsp bench stream: {} in {rows} records of {}, imported into node A, then queried whole by B's application",
+        human_size(total),
+        human_size(record)
+    );
+    println!(
+        "through node B and node A (mTLS, authorization and sharing log on), 1000 records a page; one process."
+    );
+    let started = Instant::now();
+    let province = Province::start_with_rows(record, rows).await?;
+    println!(
+        "set up (import included) in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let before = rss_bytes();
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(before));
+    let (done_tx, mut done_rx) = watch::channel(false);
+    let sampler = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(rss_bytes(), std::sync::atomic::Ordering::Relaxed);
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    _ = done_rx.changed() => return,
+                }
+            }
+        })
+    };
+    let channel = province.via_b()?.connect().await?;
+    let mut client = DataExchangeClient::new(channel).max_decoding_message_size(64 << 20);
+    let t = Instant::now();
+    let mut pages = client
+        .query(QueryRequest {
+            service_id: format!("{AGENCY_A}/records"),
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let (mut records, mut bytes) = (0usize, 0usize);
+    while let Some(page) = pages.message().await? {
+        records += page.records.len();
+        bytes += page.records.iter().map(|r| r.json.len()).sum::<usize>();
+    }
+    let elapsed = t.elapsed();
+    let _ = done_tx.send(true);
+    let _ = sampler.await;
+    let after = rss_bytes();
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+    anyhow::ensure!(
+        records == rows,
+        "the query returned {records} records of {rows}"
+    );
+    println!(
+        "streamed {records} records, {} in {:.1} s: {:.0} MB/s",
+        human_size(bytes),
+        elapsed.as_secs_f64(),
+        bytes as f64 / elapsed.as_secs_f64() / 1e6
+    );
+    println!(
+        "memory of this process (both nodes, the registry and the application): {} before, {} at the peak, {} after",
+        human_size(before as usize),
+        human_size(peak as usize),
+        human_size(after as usize)
+    );
+    println!(
+        "peak growth during the stream: {} for {} streamed ({:.1}% of the data)",
+        human_size(peak.saturating_sub(before) as usize),
+        human_size(bytes),
+        100.0 * peak.saturating_sub(before) as f64 / bytes.max(1) as f64
+    );
+    province.shutdown().await?;
+    Ok(())
 }

@@ -39,6 +39,41 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
         duration: u64,
     },
+    /// Import a large dataset into node A and stream it whole to agency B's
+    /// application through both nodes; report the throughput and whether
+    /// memory stays flat.
+    Stream {
+        /// Size of the dataset: 256MiB, 1GiB...
+        #[arg(long, default_value = "1GiB", value_parser = parse_total)]
+        size: usize,
+        /// Size of one record.
+        #[arg(long, default_value = "1KiB", value_parser = parse_size)]
+        record: usize,
+    },
+}
+
+/// The largest dataset the stream bench makes.
+const MAX_STREAM: usize = 8 << 30;
+
+/// Parses a dataset size: `256MiB`, `1GiB`, up to 8GiB.
+fn parse_total(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let (number, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let unit: usize = match unit {
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "{text:?}: write the dataset size as 256MiB or 1GiB"
+            ));
+        }
+    };
+    number
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .filter(|b| *b > 0 && *b <= MAX_STREAM)
+        .ok_or_else(|| format!("{text:?} is not a size from 1MiB to 8GiB"))
 }
 
 /// The largest payload the exchange bench accepts.
@@ -92,6 +127,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             &concurrency,
             Duration::from_secs(duration),
         )),
+        BenchCommand::Stream { size, record } => rt.block_on(crate::bench::stream(size, record)),
     }
 }
 
