@@ -11,10 +11,20 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// A free port on 127.0.0.1 (bound, then released for the server to take).
+/// A free port on 127.0.0.1 (bound, then released for the server to take),
+/// never the same one twice in this test process, so that tests running at
+/// the same time cannot be handed each other's ports.
 pub fn free_addr() -> std::net::SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let mut given = GIVEN.lock().expect("ports lock");
+        if !given.contains(&addr.port()) {
+            given.push(addr.port());
+            return addr;
+        }
+    }
 }
 
 /// Writes PEM credentials into `dir` as cert.pem, key.pem, ca.pem.
