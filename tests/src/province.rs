@@ -389,6 +389,23 @@ pub async fn two_agencies() -> (Province, NodeProcess, NodeProcess) {
 
 /// [`two_agencies`] with a registry of `servers` servers.
 pub async fn two_agencies_with_servers(servers: u64) -> (Province, NodeProcess, NodeProcess) {
+    let (province, a, b) = two_agencies_custom(servers, "", "", HO_TICH_CSV, |_, _| {}).await;
+    // Both nodes are registered and B's cache knows A's node before the test goes on.
+    wait_until_callable(&b).await;
+    (province, a, b)
+}
+
+/// The province of [`two_agencies`], with `a_extra` and `b_extra` appended
+/// to the nodes' `node.toml`, `csv` as A's `ho-tich` dataset, and `prepare`
+/// run on both nodes before they start. Returns once the service is
+/// published and granted (without waiting for B to see it).
+pub async fn two_agencies_custom(
+    servers: u64,
+    a_extra: &str,
+    b_extra: &str,
+    csv: &str,
+    prepare: impl FnOnce(&NodeProcess, &NodeProcess),
+) -> (Province, NodeProcess, NodeProcess) {
     let mut province = Province::start_with_servers(servers).await;
     province
         .register_agency(A, "Sở Tư pháp tỉnh Vĩnh Phúc")
@@ -399,12 +416,12 @@ pub async fn two_agencies_with_servers(servers: u64) -> (Province, NodeProcess, 
         A,
         "node-a",
         &format!(
-            "[[services]]\nname = \"ho-tich\"\nkind = \"dataset\"\n\n[[services]]\nname = \"dkkd\"\nkind = \"http\"\nurl = \"http://{backend}/api/{{op}}\"\n"
+            "[[services]]\nname = \"ho-tich\"\nkind = \"dataset\"\n\n[[services]]\nname = \"dkkd\"\nkind = \"http\"\nurl = \"http://{backend}/api/{{op}}\"\n\n{a_extra}"
         ),
     );
-    let mut b = province.prepare_node(B, "node-b", "");
-    let csv = a.dir.join("ho-tich.csv");
-    std::fs::write(&csv, HO_TICH_CSV).unwrap();
+    let mut b = province.prepare_node(B, "node-b", b_extra);
+    let file = a.dir.join("ho-tich.csv");
+    std::fs::write(&file, csv).unwrap();
     let out = crate::lgsp(&[
         "dataset",
         "import",
@@ -413,7 +430,7 @@ pub async fn two_agencies_with_servers(servers: u64) -> (Province, NodeProcess, 
         "--service",
         "ho-tich",
         "--file",
-        csv.to_str().unwrap(),
+        file.to_str().unwrap(),
         "--key",
         "so_dinh_danh",
     ]);
@@ -422,6 +439,7 @@ pub async fn two_agencies_with_servers(servers: u64) -> (Province, NodeProcess, 
         "import: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    prepare(&a, &b);
     a.start();
     b.start();
     province.wait_for_node(A, "node-a", &a).await;
@@ -447,8 +465,6 @@ pub async fn two_agencies_with_servers(servers: u64) -> (Province, NodeProcess, 
     province
         .grant(&format!("{A}/dkkd"), B, GrantStatus::Active)
         .await;
-    // Both nodes are registered and B's cache knows A's node before the test goes on.
-    wait_until_callable(&b).await;
     (province, a, b)
 }
 

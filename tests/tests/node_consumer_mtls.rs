@@ -3,67 +3,23 @@
 //! through the node.
 
 use lgsp_certs::Role;
+use lgsp_proto::Envelope;
 use lgsp_proto::data_exchange_client::DataExchangeClient;
-use lgsp_proto::{Envelope, GrantStatus, ServiceKind};
 use lgsp_tests::Pki;
-use lgsp_tests::province::{A, B, HO_TICH_CSV, Province};
+use lgsp_tests::province::{A, B, HO_TICH_CSV, two_agencies_custom};
 use std::collections::HashMap;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_listener_with_mtls_serves_the_agencys_apps_and_refuses_others() {
-    let mut province = Province::start().await;
-    province
-        .register_agency(A, "Sở Tư pháp tỉnh Vĩnh Phúc")
-        .await;
-    province.register_agency(B, "UBND huyện Tam Dương").await;
-    let mut a = province.prepare_node(
-        A,
-        "node-a",
-        "[[services]]\nname = \"ho-tich\"\nkind = \"dataset\"\n",
-    );
-
     // Tam Dương's own CA for its applications.
     let mut apps_ca = Pki::new("tamduong.local");
     let (app, _) = apps_ca.issue(B, Role::Node, "ho-tich-app");
-    let mut b = province.prepare_node(B, "node-b", "");
-    std::fs::write(b.dir.join("tls/apps-ca.pem"), apps_ca.ca.cert_pem()).unwrap();
-    let toml = std::fs::read_to_string(b.config_path()).unwrap();
-    std::fs::write(
-        b.config_path(),
-        format!("{toml}\n[consumer.tls]\ncert = \"tls/cert.pem\"\nkey = \"tls/key.pem\"\nca = \"tls/apps-ca.pem\"\n"),
-    )
-    .unwrap();
-
-    let csv = a.dir.join("ho-tich.csv");
-    std::fs::write(&csv, HO_TICH_CSV).unwrap();
-    let out = lgsp_tests::lgsp(&[
-        "dataset",
-        "import",
-        "--data-dir",
-        a.data_dir().to_str().unwrap(),
-        "--service",
-        "ho-tich",
-        "--file",
-        csv.to_str().unwrap(),
-        "--key",
-        "so_dinh_danh",
-    ]);
-    assert!(out.status.success());
-    a.start();
-    b.start();
-    province.wait_for_node(A, "node-a", &a).await;
-    province
-        .publish(
-            &format!("{A}/ho-tich"),
-            ServiceKind::Dataset,
-            "node-a",
-            "Hộ tịch",
-        )
-        .await;
-    province
-        .grant(&format!("{A}/ho-tich"), B, GrantStatus::Active)
-        .await;
+    let consumer_tls = "[consumer.tls]\ncert = \"tls/cert.pem\"\nkey = \"tls/key.pem\"\nca = \"tls/apps-ca.pem\"\n";
+    let (mut province, _a, b) = two_agencies_custom(1, "", consumer_tls, HO_TICH_CSV, |_, b| {
+        std::fs::write(b.dir.join("tls/apps-ca.pem"), apps_ca.ca.cert_pem()).unwrap();
+    })
+    .await;
 
     // The node presents its provincial certificate; the app presents one from Tam Dương's CA.
     let provincial_ca = std::fs::read_to_string(b.dir.join("tls/ca.pem")).unwrap();

@@ -3,25 +3,14 @@
 //! RESOURCE_EXHAUSTED and a message that says which limit.
 
 use lgsp_proto::data_exchange_client::DataExchangeClient;
-use lgsp_proto::{Envelope, GrantStatus, QueryRequest, ServiceKind};
-use lgsp_tests::province::{A, B, HO_TICH_CSV, Province, wait_until_callable};
+use lgsp_proto::{Envelope, QueryRequest};
+use lgsp_tests::province::{A, HO_TICH_CSV, two_agencies_custom, wait_until_callable};
 use std::collections::HashMap;
 use std::time::Duration;
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_limits_refuse_excess_calls_and_recover() {
-    let mut province = Province::start().await;
-    province
-        .register_agency(A, "Sở Tư pháp tỉnh Vĩnh Phúc")
-        .await;
-    province.register_agency(B, "UBND huyện Tam Dương").await;
-    let mut a = province.prepare_node(
-        A,
-        "node-a",
-        "[[services]]\nname = \"ho-tich\"\nkind = \"dataset\"\n\n[limits]\nmax_concurrent_per_consumer = 2\nrate_per_consumer = 5\n",
-    );
-    let mut b = province.prepare_node(B, "node-b", "");
     // Enough records that a stream left unread stays open, held back by
     // HTTP/2 flow control, instead of fitting in the connection's buffers.
     let mut rows = String::from(HO_TICH_CSV);
@@ -30,35 +19,8 @@ async fn consumer_limits_refuse_excess_calls_and_recover() {
             "0020{i:08},Người thứ {i} trong danh sách hộ tịch thử nghiệm,2000-01-01,Vĩnh Yên\n"
         ));
     }
-    let csv = a.dir.join("ho-tich.csv");
-    std::fs::write(&csv, rows).unwrap();
-    let out = lgsp_tests::lgsp(&[
-        "dataset",
-        "import",
-        "--data-dir",
-        a.data_dir().to_str().unwrap(),
-        "--service",
-        "ho-tich",
-        "--file",
-        csv.to_str().unwrap(),
-        "--key",
-        "so_dinh_danh",
-    ]);
-    assert!(out.status.success());
-    a.start();
-    b.start();
-    province.wait_for_node(A, "node-a", &a).await;
-    province
-        .publish(
-            &format!("{A}/ho-tich"),
-            ServiceKind::Dataset,
-            "node-a",
-            "Hộ tịch",
-        )
-        .await;
-    province
-        .grant(&format!("{A}/ho-tich"), B, GrantStatus::Active)
-        .await;
+    let limits = "[limits]\nmax_concurrent_per_consumer = 2\nrate_per_consumer = 5\n";
+    let (_province, _a, b) = two_agencies_custom(1, limits, "", &rows, |_, _| {}).await;
     wait_until_callable(&b).await;
     tokio::time::sleep(Duration::from_millis(1200)).await; // the bucket refills
 
