@@ -25,9 +25,9 @@ use std::process::ExitCode;
 /// lgsp: the provincial data-exchange platform (Nền tảng chia sẻ, tích hợp dùng chung, LGSP).
 ///
 /// Every agency runs a node that serves its data over gRPC with mutual TLS; a
-/// Raft-replicated registry keeps the shared service catalog; the provincial
-/// hub bridges to the national platform. Set RUST_LOG (e.g. RUST_LOG=debug)
-/// to see more of what happens.
+/// Raft-replicated registry keeps the shared service catalog. Start with
+/// `lgsp demo`, a whole province on this machine. Set RUST_LOG (e.g.
+/// RUST_LOG=debug) to see more of what happens.
 #[derive(Debug, Parser)]
 #[command(name = "lgsp", version, propagate_version = true)]
 pub struct Cli {
