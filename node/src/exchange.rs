@@ -361,7 +361,15 @@ impl DataExchange for Provider {
             req.request_id = new_request_id();
         }
         let ctx = self.ctx.clone();
-        let raw = req.encode_to_vec();
+        let trace = Trace::start(
+            "provider",
+            &req.request_id,
+            peer.id.agency.as_str(),
+            &req.service_id,
+            "query",
+            &req.encode_to_vec(),
+            started,
+        );
         let prepared = (|| {
             access::authorize(&ctx.cache, &ctx.config.agency, &peer, &req.service_id)?;
             let name = req
@@ -393,16 +401,7 @@ impl DataExchange for Provider {
         let dataset = match prepared {
             Ok(p) => p,
             Err(status) => {
-                Trace::start(
-                    "provider",
-                    &req.request_id,
-                    peer.id.agency.as_str(),
-                    &req.service_id,
-                    "query",
-                    &raw,
-                    started,
-                )
-                .finish(&ctx, &Sha256::digest([]), &Err(status.clone()), 0);
+                trace.finish(&ctx, &Sha256::digest([]), &Err(status.clone()), 0);
                 return Err(status);
             }
         };
@@ -452,16 +451,7 @@ impl DataExchange for Provider {
                 let _ = tx.send(Err(s.clone())).await;
             }
             let digest = digest.finalize();
-            Trace::start(
-                "provider",
-                &req.request_id,
-                peer.id.agency.as_str(),
-                &req.service_id,
-                "query",
-                &raw,
-                started,
-            )
-            .finish(&ctx, &digest, &outcome, bytes_out);
+            trace.finish(&ctx, &digest, &outcome, bytes_out);
         });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
@@ -528,19 +518,23 @@ fn explain(status: Status) -> Status {
 impl DataExchange for Consumer {
     async fn call(&self, request: Request<Envelope>) -> Result<Response<CallResponse>, Status> {
         let started = Instant::now();
-        let metadata = request.metadata().clone();
-        let mut env = request.into_inner();
+        let (metadata, _, mut env) = request.into_parts();
         if env.request_id.is_empty() {
             env.request_id = new_request_id();
         }
-        let raw = env.encode_to_vec();
+        let trace = Trace::start(
+            "consumer",
+            &env.request_id,
+            &self.ctx.config.agency,
+            &env.service_id,
+            &env.operation,
+            &env.encode_to_vec(),
+            started,
+        );
         let span = tracing::info_span!("consume", request_id = %env.request_id, service = %env.service_id, op = %env.operation);
         let result = async {
             let mut client = self.route(&env.service_id)?;
-            client
-                .call(forward(&metadata, env.clone()))
-                .await
-                .map_err(explain)
+            client.call(forward(&metadata, env)).await.map_err(explain)
         }
         .instrument(span)
         .await;
@@ -548,16 +542,7 @@ impl DataExchange for Consumer {
             Ok(r) => (r.get_ref().payload.as_slice(), Ok(())),
             Err(s) => (&[][..], Err(s.clone())),
         };
-        Trace::start(
-            "consumer",
-            &env.request_id,
-            &self.ctx.config.agency,
-            &env.service_id,
-            &env.operation,
-            &raw,
-            started,
-        )
-        .finish(
+        trace.finish(
             &self.ctx,
             &Sha256::digest(response),
             &status,
@@ -578,7 +563,15 @@ impl DataExchange for Consumer {
         if req.request_id.is_empty() {
             req.request_id = new_request_id();
         }
-        let raw = req.encode_to_vec();
+        let trace = Trace::start(
+            "consumer",
+            &req.request_id,
+            &self.ctx.config.agency,
+            &req.service_id,
+            "query",
+            &req.encode_to_vec(),
+            started,
+        );
         let opened = async {
             let mut client = self.route(&req.service_id)?;
             client
@@ -591,16 +584,7 @@ impl DataExchange for Consumer {
         let mut upstream = match opened {
             Ok(r) => r.into_inner(),
             Err(status) => {
-                Trace::start(
-                    "consumer",
-                    &req.request_id,
-                    &ctx.config.agency,
-                    &req.service_id,
-                    "query",
-                    &raw,
-                    started,
-                )
-                .finish(&ctx, &Sha256::digest([]), &Err(status.clone()), 0);
+                trace.finish(&ctx, &Sha256::digest([]), &Err(status.clone()), 0);
                 return Err(status);
             }
         };
@@ -627,16 +611,7 @@ impl DataExchange for Consumer {
                 }
             };
             let digest = digest.finalize();
-            Trace::start(
-                "consumer",
-                &req.request_id,
-                &ctx.config.agency,
-                &req.service_id,
-                "query",
-                &raw,
-                started,
-            )
-            .finish(&ctx, &digest, &outcome, bytes_out);
+            trace.finish(&ctx, &digest, &outcome, bytes_out);
         });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),

@@ -3,23 +3,51 @@
 
 use super::RegistryArgs;
 use anyhow::{Result, bail};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use lgsp_certs::AgencyCode;
 use lgsp_proto::catalog_record::Value;
 use lgsp_proto::{Grant, GrantStatus, ListRequest, RecordKind};
+
+/// Which grant: the service and the consumer agency, and how to reach the registry.
+#[derive(Debug, Args)]
+pub struct GrantTarget {
+    #[command(flatten)]
+    registry: RegistryArgs,
+    /// The service id, <agency-code>/<service-name>.
+    #[arg(long)]
+    service: String,
+    /// The consumer agency's code.
+    #[arg(long, value_parser = parse_agency)]
+    consumer: AgencyCode,
+}
+
+impl GrantTarget {
+    /// Writes the grant with `status`; returns the catalog revision.
+    async fn set(&self, status: GrantStatus, expires: i64, reason: &str) -> Result<u64> {
+        let r = self
+            .registry
+            .client()?
+            .put(
+                Value::Grant(Grant {
+                    consumer_agency: self.consumer.to_string(),
+                    service_id: self.service.clone(),
+                    status: status as i32,
+                    expires_unix: expires,
+                    reason: reason.to_owned(),
+                }),
+                0,
+            )
+            .await?;
+        Ok(r.revision)
+    }
+}
 
 #[derive(Debug, Subcommand)]
 pub enum AccessCommand {
     /// Let a consumer agency call a service.
     Grant {
         #[command(flatten)]
-        registry: RegistryArgs,
-        /// The service id, <agency-code>/<service-name>.
-        #[arg(long)]
-        service: String,
-        /// The consumer agency's code.
-        #[arg(long, value_parser = parse_agency)]
-        consumer: AgencyCode,
+        target: GrantTarget,
         /// Last day of the grant, YYYY-MM-DD (none: until revoked).
         #[arg(long)]
         until: Option<String>,
@@ -30,11 +58,7 @@ pub enum AccessCommand {
     /// Suspend a grant (D47 Art. 43): the consumer is refused until it is granted again.
     Suspend {
         #[command(flatten)]
-        registry: RegistryArgs,
-        #[arg(long)]
-        service: String,
-        #[arg(long, value_parser = parse_agency)]
-        consumer: AgencyCode,
+        target: GrantTarget,
         /// What, why and how to restore: the consumer is told this.
         #[arg(long)]
         reason: String,
@@ -42,11 +66,7 @@ pub enum AccessCommand {
     /// Terminate a grant (D47 Art. 44). Nodes refuse the consumer within a second.
     Revoke {
         #[command(flatten)]
-        registry: RegistryArgs,
-        #[arg(long)]
-        service: String,
-        #[arg(long, value_parser = parse_agency)]
-        consumer: AgencyCode,
+        target: GrantTarget,
         #[arg(long, default_value = "")]
         reason: String,
     },
@@ -83,86 +103,35 @@ fn until_unix(date: &str) -> Result<i64> {
     Ok((days + 1) * 86_400)
 }
 
-async fn set(
-    registry: &RegistryArgs,
-    service: &str,
-    consumer: &AgencyCode,
-    status: GrantStatus,
-    expires: i64,
-    reason: &str,
-) -> Result<u64> {
-    let r = registry
-        .client()?
-        .put(
-            Value::Grant(Grant {
-                consumer_agency: consumer.to_string(),
-                service_id: service.to_owned(),
-                status: status as i32,
-                expires_unix: expires,
-                reason: reason.to_owned(),
-            }),
-            0,
-        )
-        .await?;
-    Ok(r.revision)
-}
-
 pub fn run(cmd: AccessCommand) -> Result<()> {
     let rt = super::runtime()?;
     rt.block_on(async {
         match cmd {
             AccessCommand::Grant {
-                registry,
-                service,
-                consumer,
+                target,
                 until,
                 reason,
             } => {
                 let expires = until.as_deref().map(until_unix).transpose()?.unwrap_or(0);
-                let rev = set(
-                    &registry,
-                    &service,
-                    &consumer,
-                    GrantStatus::Active,
-                    expires,
-                    &reason,
-                )
-                .await?;
-                println!("Agency {consumer} may call {service} (revision {rev})");
+                let rev = target.set(GrantStatus::Active, expires, &reason).await?;
+                println!(
+                    "Agency {} may call {} (revision {rev})",
+                    target.consumer, target.service
+                );
             }
-            AccessCommand::Suspend {
-                registry,
-                service,
-                consumer,
-                reason,
-            } => {
-                let rev = set(
-                    &registry,
-                    &service,
-                    &consumer,
-                    GrantStatus::Suspended,
-                    0,
-                    &reason,
-                )
-                .await?;
-                println!("Suspended agency {consumer}'s access to {service} (revision {rev})");
+            AccessCommand::Suspend { target, reason } => {
+                let rev = target.set(GrantStatus::Suspended, 0, &reason).await?;
+                println!(
+                    "Suspended agency {}'s access to {} (revision {rev})",
+                    target.consumer, target.service
+                );
             }
-            AccessCommand::Revoke {
-                registry,
-                service,
-                consumer,
-                reason,
-            } => {
-                let rev = set(
-                    &registry,
-                    &service,
-                    &consumer,
-                    GrantStatus::Terminated,
-                    0,
-                    &reason,
-                )
-                .await?;
-                println!("Revoked agency {consumer}'s access to {service} (revision {rev})");
+            AccessCommand::Revoke { target, reason } => {
+                let rev = target.set(GrantStatus::Terminated, 0, &reason).await?;
+                println!(
+                    "Revoked agency {}'s access to {} (revision {rev})",
+                    target.consumer, target.service
+                );
             }
             AccessCommand::List { registry, service } => {
                 let (records, revision) = registry
