@@ -13,7 +13,7 @@
 //! `s:member:<id BE>` members' addresses.
 
 use crate::error::{CatalogError, RegistryError};
-use crate::storage::{storage_err, u64_value};
+use crate::storage::{KvRead, Staged, storage_err, u64_value};
 use lgsp_certs::identity::{AgencyCode, Role, SpiffeId, validate_name};
 use lgsp_proto::catalog_record::Value;
 use lgsp_proto::command::Op;
@@ -59,8 +59,8 @@ fn member_key(id: u64) -> Vec<u8> {
 }
 
 /// The current catalog revision.
-pub fn revision(db: &sled::Db) -> u64 {
-    u64_value(db.get(REVISION).ok().flatten())
+pub fn revision(db: &impl KvRead) -> u64 {
+    u64_value(db.read(REVISION).ok().flatten())
 }
 
 /// The oldest revision a watch can start from.
@@ -70,11 +70,11 @@ pub fn compact_revision(db: &sled::Db) -> u64 {
 
 /// Reads one record.
 pub fn get(
-    db: &sled::Db,
+    db: &impl KvRead,
     kind: RecordKind,
     key: &str,
 ) -> Result<Option<CatalogRecord>, RegistryError> {
-    match db.get(record_db_key(kind, key)).map_err(storage_err)? {
+    match db.read(&record_db_key(kind, key)).map_err(storage_err)? {
         Some(v) => Ok(Some(
             CatalogRecord::decode(v.as_ref()).map_err(|e| RegistryError::Storage(e.to_string()))?,
         )),
@@ -243,12 +243,13 @@ pub fn parse_service_id(id: &str) -> Result<(AgencyCode, &str), CatalogError> {
     Ok((agency, name))
 }
 
-fn exists(db: &sled::Db, kind: RecordKind, key: &str) -> Result<bool, CatalogError> {
-    db.contains_key(record_db_key(kind, key))
+fn exists(db: &impl KvRead, kind: RecordKind, key: &str) -> Result<bool, CatalogError> {
+    db.read(&record_db_key(kind, key))
+        .map(|v| v.is_some())
         .map_err(|e| CatalogError::Internal(e.to_string()))
 }
 
-fn require_agency(db: &sled::Db, code: &str) -> Result<(), CatalogError> {
+fn require_agency(db: &impl KvRead, code: &str) -> Result<(), CatalogError> {
     if exists(db, RecordKind::Agency, code)? {
         Ok(())
     } else {
@@ -279,7 +280,7 @@ fn text(field: &str, value: &str, max: usize, required: bool) -> Result<(), Cata
 }
 
 /// Checks a put's value and fills in defaults; returns the value to store.
-fn check_value(db: &sled::Db, mut value: Value) -> Result<Value, CatalogError> {
+fn check_value(db: &impl KvRead, mut value: Value) -> Result<Value, CatalogError> {
     match &mut value {
         Value::Agency(a) => {
             AgencyCode::new(&a.code).map_err(|e| CatalogError::InvalidArgument(e.to_string()))?;
@@ -399,7 +400,11 @@ pub struct Checked {
 }
 
 /// Checks `command` from `actor` against the catalog as it is now.
-pub fn check(db: &sled::Db, actor: &SpiffeId, command: &Command) -> Result<Checked, CatalogError> {
+pub fn check(
+    db: &impl KvRead,
+    actor: &SpiffeId,
+    command: &Command,
+) -> Result<Checked, CatalogError> {
     let (kind, key, value) = match &command.op {
         Some(Op::Put(record)) => {
             let value = record
@@ -469,14 +474,10 @@ pub fn check(db: &sled::Db, actor: &SpiffeId, command: &Command) -> Result<Check
     })
 }
 
-/// Adds a checked change to `batch` at the next revision; returns the stored
-/// record (for a put) and the history event.
-pub fn apply(
-    db: &sled::Db,
-    batch: &mut sled::Batch,
-    checked: Checked,
-) -> (Option<CatalogRecord>, WatchEvent) {
-    let rev = revision(db) + 1;
+/// Stages a checked change at the next revision; returns the stored record
+/// (for a put) and the history event.
+pub fn apply(batch: &mut Staged, checked: Checked) -> (Option<CatalogRecord>, WatchEvent) {
+    let rev = revision(batch) + 1;
     let Checked {
         kind,
         key,
@@ -537,6 +538,11 @@ pub fn compact_history(db: &sled::Db, keep: u64) -> Result<(), RegistryError> {
         return Ok(());
     }
     let new_oldest = rev - keep + 1;
+    // In steps of a sixteenth of the history, not one event per write:
+    // every sled batch costs a disk write.
+    if new_oldest - oldest < (keep / 16).max(1) {
+        return Ok(());
+    }
     let mut batch = sled::Batch::default();
     for key in db
         .range(history_key(oldest)..history_key(new_oldest))
@@ -549,11 +555,11 @@ pub fn compact_history(db: &sled::Db, keep: u64) -> Result<(), RegistryError> {
 }
 
 /// Records members' addresses.
-pub fn put_member(batch: &mut sled::Batch, member: &Member) {
+pub fn put_member(batch: &mut Staged, member: &Member) {
     batch.insert(member_key(member.id), member.encode_to_vec());
 }
 
-pub fn remove_member(batch: &mut sled::Batch, id: u64) {
+pub fn remove_member(batch: &mut Staged, id: u64) {
     batch.remove(member_key(id));
 }
 
@@ -603,7 +609,7 @@ pub fn restore(
         batch.insert(record_db_key(kind, &record.key), record.encode_to_vec());
     }
     for member in &snapshot.members {
-        put_member(batch, member);
+        batch.insert(member_key(member.id), member.encode_to_vec());
     }
     batch.insert(REVISION, &snapshot.revision.to_be_bytes());
     batch.insert(COMPACT_REVISION, &(snapshot.revision + 1).to_be_bytes());

@@ -18,7 +18,7 @@
 
 use crate::catalog;
 use crate::error::{CatalogError, RegistryError};
-use crate::storage::{APPLIED, RaftStore};
+use crate::storage::{APPLIED, RaftStore, Staged};
 use crate::transport::{Report, Transport};
 use lgsp_certs::SpiffeId;
 use lgsp_proto::{
@@ -577,17 +577,15 @@ impl Driver {
             });
         }
 
-        let mut batch = sled::Batch::default();
+        // New entries, the hard state and every committed entry applied:
+        // one atomic batch.
+        let mut batch = Staged::new(self.store.db());
         self.store.append(&mut batch, ready.entries());
         if let Some(hs) = ready.hs() {
             self.store.put_hard_state(&mut batch, hs);
         }
-        self.store
-            .db()
-            .apply_batch(batch)
-            .map_err(crate::storage::storage_err)?;
-
-        self.apply_committed(ready.take_committed_entries())?;
+        self.apply_committed(&mut batch, ready.take_committed_entries())?;
+        batch.commit()?;
         let read_states = ready.take_read_states();
         // New entries, votes and terms must be on disk before anyone hears
         // of them. Applied state needs no flush of its own: every applied
@@ -600,16 +598,13 @@ impl Driver {
         self.transport.send(ready.take_persisted_messages());
 
         let mut light = self.raw.advance(ready);
+        let mut batch = Staged::new(self.store.db());
         if let Some(commit) = light.commit_index() {
-            let mut batch = sled::Batch::default();
             self.store.put_commit(&mut batch, commit);
-            self.store
-                .db()
-                .apply_batch(batch)
-                .map_err(crate::storage::storage_err)?;
         }
         self.transport.send(light.take_messages());
-        self.apply_committed(light.take_committed_entries())?;
+        self.apply_committed(&mut batch, light.take_committed_entries())?;
+        batch.commit()?;
         self.raw.advance_apply();
 
         for rs in read_states {
@@ -674,35 +669,36 @@ impl Driver {
         Ok(())
     }
 
-    fn apply_committed(&mut self, entries: Vec<Entry>) -> Result<(), RegistryError> {
+    /// Stages committed entries in order, each seeing the ones before it,
+    /// with the applied index.
+    fn apply_committed(
+        &mut self,
+        batch: &mut Staged,
+        entries: Vec<Entry>,
+    ) -> Result<(), RegistryError> {
         for entry in entries {
-            let mut batch = sled::Batch::default();
             batch.insert(APPLIED, &entry.index.to_be_bytes());
             match entry.get_entry_type() {
                 EntryType::EntryNormal if entry.data.is_empty() => {}
-                EntryType::EntryNormal => self.apply_proposal(&entry, &mut batch),
+                EntryType::EntryNormal => self.apply_proposal(&entry, batch),
                 EntryType::EntryConfChangeV2 => {
                     let cc = ConfChangeV2::parse_from_bytes(&entry.data)
                         .map_err(|e| RegistryError::Raft(e.to_string()))?;
                     let cs = self.raw.apply_conf_change(&cc)?;
-                    self.apply_membership(&cc, &cs, &mut batch);
+                    self.apply_membership(&cc, &cs, batch);
                 }
                 EntryType::EntryConfChange => {
                     let cc = ConfChange::parse_from_bytes(&entry.data)
                         .map_err(|e| RegistryError::Raft(e.to_string()))?;
                     let cs = self.raw.apply_conf_change(&cc)?;
-                    RaftStore::put_conf_state(&mut batch, &cs);
+                    RaftStore::put_conf_state(batch, &cs);
                 }
             }
-            self.store
-                .db()
-                .apply_batch(batch)
-                .map_err(crate::storage::storage_err)?;
         }
         Ok(())
     }
 
-    fn apply_proposal(&mut self, entry: &Entry, batch: &mut sled::Batch) {
+    fn apply_proposal(&mut self, entry: &Entry, batch: &mut Staged) {
         let Ok(proposal) = Proposal::decode(entry.data.as_ref()) else {
             tracing::error!(index = entry.index, "undecodable entry skipped");
             return;
@@ -711,10 +707,10 @@ impl Driver {
             .map_err(|e| CatalogError::PermissionDenied(e.to_string()))
             .and_then(|actor| {
                 let command = proposal.command.clone().unwrap_or_default();
-                catalog::check(self.store.db(), &actor, &command)
+                catalog::check(batch, &actor, &command)
             })
             .map(|checked| {
-                let (record, event) = catalog::apply(self.store.db(), batch, checked);
+                let (record, event) = catalog::apply(batch, checked);
                 let revision = event.revision;
                 self.published.push(event);
                 ApplyResponse { revision, record }
@@ -727,7 +723,7 @@ impl Driver {
         }
     }
 
-    fn apply_membership(&mut self, cc: &ConfChangeV2, cs: &ConfState, batch: &mut sled::Batch) {
+    fn apply_membership(&mut self, cc: &ConfChangeV2, cs: &ConfState, batch: &mut Staged) {
         RaftStore::put_conf_state(batch, cs);
         if let Ok(change) = MemberChange::decode(cc.context.as_ref()) {
             for m in &change.add {

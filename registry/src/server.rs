@@ -68,7 +68,7 @@ impl RegistryServer {
                     "empty data directory: joining, waiting for a snapshot from the leader"
                 );
             } else {
-                let mut batch = sled::Batch::default();
+                let mut batch = crate::storage::Staged::new(store.db());
                 for p in &config.peers {
                     catalog::put_member(
                         &mut batch,
@@ -80,10 +80,7 @@ impl RegistryServer {
                         },
                     );
                 }
-                store
-                    .db()
-                    .apply_batch(batch)
-                    .map_err(crate::storage::storage_err)?;
+                batch.commit()?;
                 let voters: Vec<u64> = config.peers.iter().map(|p| p.id).collect();
                 store.bootstrap(&voters)?;
                 tracing::info!(id = config.id, ?voters, "bootstrapped a new cluster");

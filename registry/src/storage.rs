@@ -24,6 +24,7 @@ use crate::error::RegistryError;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 const HARD_STATE: &[u8] = b"r:hs";
@@ -46,6 +47,69 @@ pub(crate) fn u64_value(v: Option<sled::IVec>) -> u64 {
     v.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
         .map(u64::from_be_bytes)
         .unwrap_or(0)
+}
+
+/// Reading a key, from the database or from writes staged over it.
+pub trait KvRead {
+    fn read(&self, key: &[u8]) -> Result<Option<sled::IVec>, sled::Error>;
+}
+
+impl KvRead for sled::Db {
+    fn read(&self, key: &[u8]) -> Result<Option<sled::IVec>, sled::Error> {
+        self.get(key)
+    }
+}
+
+/// Writes staged for one atomic sled batch, visible to reads through the
+/// stage before they are committed. The consensus loop applies a whole
+/// Ready (new entries, hard state, every committed entry) as one batch:
+/// sled writes and syncs its log on every batch, so one batch per entry
+/// would cost one disk write per entry.
+#[derive(Debug)]
+pub struct Staged {
+    db: sled::Db,
+    writes: BTreeMap<Vec<u8>, Option<sled::IVec>>,
+}
+
+impl Staged {
+    pub fn new(db: &sled::Db) -> Self {
+        Self {
+            db: db.clone(),
+            writes: BTreeMap::new(),
+        }
+    }
+
+    pub fn insert(&mut self, key: impl Into<Vec<u8>>, value: impl Into<sled::IVec>) {
+        self.writes.insert(key.into(), Some(value.into()));
+    }
+
+    pub fn remove(&mut self, key: impl Into<Vec<u8>>) {
+        self.writes.insert(key.into(), None);
+    }
+
+    /// Applies every staged write atomically (nothing when none is staged).
+    pub fn commit(self) -> Result<(), RegistryError> {
+        if self.writes.is_empty() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for (key, value) in self.writes {
+            match value {
+                Some(v) => batch.insert(key, v),
+                None => batch.remove(key),
+            }
+        }
+        self.db.apply_batch(batch).map_err(storage_err)
+    }
+}
+
+impl KvRead for Staged {
+    fn read(&self, key: &[u8]) -> Result<Option<sled::IVec>, sled::Error> {
+        match self.writes.get(key) {
+            Some(staged) => Ok(staged.clone()),
+            None => self.db.get(key),
+        }
+    }
 }
 
 /// The raft log and state of one registry server.
@@ -133,7 +197,7 @@ impl RaftStore {
 
     /// Adds new log entries to `batch`, first removing any conflicting tail
     /// they replace.
-    pub fn append(&self, batch: &mut sled::Batch, entries: &[Entry]) {
+    pub fn append(&self, batch: &mut Staged, entries: &[Entry]) {
         let Some(first) = entries.first() else {
             return;
         };
@@ -147,20 +211,20 @@ impl RaftStore {
         }
     }
 
-    pub fn put_hard_state(&self, batch: &mut sled::Batch, hs: &HardState) {
+    pub fn put_hard_state(&self, batch: &mut Staged, hs: &HardState) {
         batch.insert(HARD_STATE, encode(hs));
     }
 
     /// Records a new commit index (with the rest of the hard state unchanged).
-    pub fn put_commit(&self, batch: &mut sled::Batch, commit: u64) {
-        let mut hs = self.hard_state();
+    pub fn put_commit(&self, batch: &mut Staged, commit: u64) {
+        let mut hs: HardState = decode(batch.read(HARD_STATE).ok().flatten());
         if commit > hs.commit {
             hs.commit = commit;
             batch.insert(HARD_STATE, encode(&hs));
         }
     }
 
-    pub fn put_conf_state(batch: &mut sled::Batch, cs: &ConfState) {
+    pub fn put_conf_state(batch: &mut Staged, cs: &ConfState) {
         batch.insert(CONF_STATE, encode(cs));
     }
 
@@ -320,16 +384,37 @@ mod tests {
     }
 
     #[test]
+    fn staged_writes_are_read_back_before_commit_and_land_in_one_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RaftStore::open(dir.path()).unwrap();
+        store.db.insert(b"k1", b"old".as_slice()).unwrap();
+        store.db.insert(b"k2", b"gone".as_slice()).unwrap();
+        let mut staged = Staged::new(&store.db);
+        staged.insert(b"k1".as_slice(), b"new".as_slice());
+        staged.remove(b"k2".as_slice());
+        staged.insert(b"k3".as_slice(), b"added".as_slice());
+        assert_eq!(staged.read(b"k1").unwrap().unwrap(), b"new");
+        assert_eq!(staged.read(b"k2").unwrap(), None);
+        // Nothing reaches the database before the commit.
+        assert_eq!(store.db.get(b"k1").unwrap().unwrap(), b"old");
+        assert_eq!(store.db.get(b"k3").unwrap(), None);
+        staged.commit().unwrap();
+        assert_eq!(store.db.get(b"k1").unwrap().unwrap(), b"new");
+        assert_eq!(store.db.get(b"k2").unwrap(), None);
+        assert_eq!(store.db.get(b"k3").unwrap().unwrap(), b"added");
+    }
+
+    #[test]
     fn append_replaces_a_conflicting_tail_and_compaction_keeps_the_term() {
         let dir = tempfile::tempdir().unwrap();
         let store = RaftStore::open(dir.path()).unwrap();
         store.bootstrap(&[1, 2, 3]).unwrap();
-        let mut batch = sled::Batch::default();
+        let mut batch = Staged::new(&store.db);
         store.append(&mut batch, &[entry(2, 1), entry(3, 1), entry(4, 1)]);
-        store.db.apply_batch(batch).unwrap();
-        let mut batch = sled::Batch::default();
+        batch.commit().unwrap();
+        let mut batch = Staged::new(&store.db);
         store.append(&mut batch, &[entry(3, 2)]);
-        store.db.apply_batch(batch).unwrap();
+        batch.commit().unwrap();
         assert_eq!(store.last_index().unwrap(), 3);
         assert_eq!(store.term(3).unwrap(), 2);
         assert_eq!(store.first_index().unwrap(), 2);
