@@ -5,7 +5,9 @@
 use crate::identity::{Role, SpiffeId};
 use crate::inspect::peer_identity;
 use crate::tls::ServerTls;
-use std::sync::Arc;
+use rustls::pki_types::CertificateDer;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use tonic::{Request, Status};
 
 /// The authenticated caller, put in each request's extensions by [`Authenticator`].
@@ -44,6 +46,56 @@ pub struct Authenticator {
     tls: Arc<ServerTls>,
     trust_domain: String,
     roles: Option<Vec<Role>>,
+    connections: Arc<ConnectionIdentities>,
+}
+
+type PeerChain = Vec<CertificateDer<'static>>;
+
+/// A connection's chain (weakly held, to tell a live connection from a
+/// closed one whose address was reused) and the identity read from it.
+type Known = (Weak<PeerChain>, SpiffeId, String);
+
+/// The identity read from each live connection's certificate chain. Every
+/// call on a connection carries the same chain (one `Arc` per connection),
+/// so the certificate is parsed once per connection, not once per call;
+/// trust domain, revocation and role are still checked on every call.
+#[derive(Debug, Default)]
+struct ConnectionIdentities {
+    known: Mutex<HashMap<usize, Known>>,
+}
+
+/// Connections remembered before closed ones are forgotten.
+const REMEMBERED_CONNECTIONS: usize = 1024;
+
+impl ConnectionIdentities {
+    fn identity(&self, chain: &Arc<PeerChain>) -> Result<(SpiffeId, String), Status> {
+        let key = Arc::as_ptr(chain) as usize;
+        let known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        // The address alone could be a closed connection's, reused: the
+        // weak reference must still point at this very chain.
+        if let Some((weak, id, serial)) = known.get(&key)
+            && weak.upgrade().is_some_and(|live| Arc::ptr_eq(&live, chain))
+        {
+            return Ok((id.clone(), serial.clone()));
+        }
+        drop(known);
+        let leaf = chain.first().ok_or_else(|| {
+            Status::unauthenticated("the client presented an empty certificate chain")
+        })?;
+        let (id, serial) = peer_identity(leaf).map_err(|why| {
+            Status::unauthenticated(format!(
+                "the client certificate names no lgsp identity: {why}"
+            ))
+        })?;
+        let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        if known.len() >= REMEMBERED_CONNECTIONS {
+            known.retain(|_, (weak, _, _)| weak.strong_count() > 0);
+        }
+        if known.len() < REMEMBERED_CONNECTIONS {
+            known.insert(key, (Arc::downgrade(chain), id.clone(), serial.clone()));
+        }
+        Ok((id, serial))
+    }
 }
 
 impl Authenticator {
@@ -52,6 +104,7 @@ impl Authenticator {
             tls,
             trust_domain: trust_domain.to_owned(),
             roles: None,
+            connections: Arc::default(),
         }
     }
 
@@ -66,14 +119,7 @@ impl Authenticator {
         let certs = request.peer_certs().ok_or_else(|| {
             Status::unauthenticated("no client certificate: this service requires mutual TLS with a certificate from the provincial CA")
         })?;
-        let leaf = certs.first().ok_or_else(|| {
-            Status::unauthenticated("the client presented an empty certificate chain")
-        })?;
-        let (id, serial) = peer_identity(leaf).map_err(|why| {
-            Status::unauthenticated(format!(
-                "the client certificate names no lgsp identity: {why}"
-            ))
-        })?;
+        let (id, serial) = self.connections.identity(&certs)?;
         if id.trust_domain != self.trust_domain {
             return Err(Status::unauthenticated(format!(
                 "the client certificate belongs to trust domain {:?}, not {:?}",
