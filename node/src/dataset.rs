@@ -6,9 +6,12 @@
 //!
 //! ```text
 //! <service>/CURRENT        the live generation's name, e.g. "gen-3"
-//! <service>/gen-3/         a sled database: tree "records" (key → record as a
-//!                          JSON object, fields in file or schema order) and
-//!                          tree "meta"; schema.json when a schema was given
+//! <service>/gen-3/         a sled database: tree "records" (key → where the
+//!                          record is in records.data) and tree "meta";
+//!                          records.data, every record in key order: its key,
+//!                          then the record as a JSON object (fields in file
+//!                          or schema order);
+//!                          schema.json when a schema was given
 //! <service>/import.lock    present while an import runs (holds its pid)
 //! ```
 //!
@@ -20,6 +23,14 @@
 //!
 //! Text is kept byte for byte as imported: no Unicode normalization, so a
 //! key written in NFC is not found by the same words in NFD.
+//!
+//! The records' text lives outside sled so that reading a whole dataset
+//! keeps memory flat: sled keeps much of what a scan reads in memory, far
+//! beyond its cache capacity, while a plain file is read through the
+//! kernel's page cache, which the kernel reclaims. sled holds the keys
+//! (order, lookup, duplicates) and their locations, a few bytes each.
+//! Generations imported before records.data existed keep the text in sled
+//! and are still read.
 //!
 //! sled lets one process at a time open a database: while a node serves a
 //! dataset, `lgsp dataset show` in another process reports it busy.
@@ -56,10 +67,86 @@ pub const CACHE_RECHECK: Duration = Duration::from_millis(200);
 const CURRENT: &str = "CURRENT";
 const SCHEMA_FILE: &str = "schema.json";
 const RECORDS_TREE: &str = "records";
+const DATA_FILE: &str = "records.data";
 const META_TREE: &str = "meta";
 /// sled's page cache per open dataset; its default (1 GiB) is far too much
 /// for a node serving many datasets.
 const READ_CACHE_BYTES: u64 = 32 << 20;
+
+/// Records a query reads ahead from the data file.
+const SCAN_BUFFER_BYTES: usize = 256 << 10;
+/// An entry of the data file: key length and text length (u32, big-endian)
+/// around the key, then the text.
+const ENTRY_HEADER_BYTES: u64 = 8;
+
+type Entries<'a> = Box<dyn Iterator<Item = Result<(Vec<u8>, String), DatasetError>> + 'a>;
+
+/// Appends one entry (key and text) to the data file; returns its size.
+fn write_entry(out: &mut impl Write, key: &[u8], text: &[u8]) -> std::io::Result<u64> {
+    let too_long = |what| std::io::Error::other(format!("the {what} is longer than 4 GiB"));
+    let key_len = u32::try_from(key.len()).map_err(|_| too_long("key"))?;
+    let text_len = u32::try_from(text.len()).map_err(|_| too_long("record"))?;
+    out.write_all(&key_len.to_be_bytes())?;
+    out.write_all(key)?;
+    out.write_all(&text_len.to_be_bytes())?;
+    out.write_all(text)?;
+    Ok(ENTRY_HEADER_BYTES + key.len() as u64 + text.len() as u64)
+}
+
+/// Reads the next entry: (key, text, the entry's size).
+fn read_entry(input: &mut impl std::io::Read) -> std::io::Result<(Vec<u8>, Vec<u8>, u64)> {
+    let mut len = [0; 4];
+    input.read_exact(&mut len)?;
+    let mut key = vec![0; u32::from_be_bytes(len) as usize];
+    input.read_exact(&mut key)?;
+    input.read_exact(&mut len)?;
+    let mut text = vec![0; u32::from_be_bytes(len) as usize];
+    input.read_exact(&mut text)?;
+    let size = ENTRY_HEADER_BYTES + key.len() as u64 + text.len() as u64;
+    Ok((key, text, size))
+}
+
+/// Reads a shared file from an offset of its own (`pread`), so that many
+/// queries read one open file at once.
+struct ReadAt<'a> {
+    file: &'a std::fs::File,
+    offset: u64,
+}
+
+impl std::io::Read for ReadAt<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = self.file.read_at(buf, self.offset)?;
+        self.offset += n as u64;
+        Ok(n)
+    }
+}
+
+/// Where a record is in the data file: sled's value for its key. `offset`
+/// is where its entry starts, `len` the length of its text.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Location {
+    offset: u64,
+    len: u64,
+}
+
+impl Location {
+    fn encode(&self) -> [u8; 16] {
+        let mut out = [0; 16];
+        out[..8].copy_from_slice(&self.offset.to_be_bytes());
+        out[8..].copy_from_slice(&self.len.to_be_bytes());
+        out
+    }
+
+    fn decode(value: &[u8]) -> Option<Self> {
+        let value: &[u8; 16] = value.try_into().ok()?;
+        let (offset, len) = value.split_at(8);
+        Some(Self {
+            offset: u64::from_be_bytes(offset.try_into().ok()?),
+            len: u64::from_be_bytes(len.try_into().ok()?),
+        })
+    }
+}
 
 /// Why a dataset operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -331,6 +418,8 @@ struct Inner {
     /// Keeps sled's handle open as long as any tree is used.
     _db: sled::Db,
     records: sled::Tree,
+    /// The records' text; `None` for a generation that keeps it in sled.
+    data: Option<std::fs::File>,
     key_field: String,
     /// Every field name seen, schema properties first; `None` when the
     /// records have too many distinct names to keep.
@@ -363,6 +452,9 @@ fn open_datasets() -> &'static OpenDatasets {
 /// What an import records about a generation, in its "meta" tree.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Meta {
+    /// Whether the text is in the data file (sled holds locations).
+    #[serde(default)]
+    data_file: bool,
     key_field: String,
     fields: Option<Vec<String>>,
     records: u64,
@@ -420,12 +512,19 @@ impl Dataset {
             Err(e) => return Err(io_error(&path.join(SCHEMA_FILE))(e)),
         };
         let records = db.open_tree(RECORDS_TREE).map_err(store_error(&path))?;
+        let data = if meta.data_file {
+            let data_path = path.join(DATA_FILE);
+            Some(std::fs::File::open(&data_path).map_err(io_error(&data_path))?)
+        } else {
+            None
+        };
         let inner = Arc::new(Inner {
             service: service.to_owned(),
             generation: generation.to_owned(),
             path: path.clone(),
             _db: db,
             records,
+            data,
             key_field: meta.key_field,
             fields: meta.fields,
             schema,
@@ -514,15 +613,14 @@ impl Dataset {
                 .map_err(|_| DatasetError::BadResumeToken(q.resume_token.clone()))?;
             Bound::Excluded(key)
         };
-        let records = &self.inner.records;
+        let mut entries = self.entries_after(start)?;
         let mut page = Vec::new();
-        let mut last: Option<sled::IVec> = None;
+        let mut last: Option<Vec<u8>> = None;
         let mut scanned = 0;
         let mut stopped_early = false;
-        for item in records.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
-            let (key, value) = item.map_err(store_error(&self.inner.path))?;
+        for item in entries.by_ref() {
+            let (key, text) = item?;
             scanned += 1;
-            let text = self.text(&key, &value)?;
             let key_text = String::from_utf8_lossy(&key).into_owned();
             if q.filters.is_empty() && q.fields.is_empty() {
                 page.push((key_text, text));
@@ -536,23 +634,72 @@ impl Dataset {
             }
         }
         let resume_token = match last {
-            Some(last) if stopped_early => {
-                let more = records
-                    .range::<&[u8], _>((Bound::Excluded(&last[..]), Bound::Unbounded))
-                    .next()
-                    .is_some();
-                if more {
-                    hex::encode(&last)
-                } else {
-                    String::new()
-                }
-            }
+            Some(last) if stopped_early && entries.next().is_some() => hex::encode(last),
             _ => String::new(),
         };
         Ok(Page {
             records: page,
             resume_token,
         })
+    }
+
+    /// Every record after `start`, in key order, as (key, text). From the
+    /// data file, read sequentially: sled is asked only where to start.
+    fn entries_after(&self, start: Bound<Vec<u8>>) -> Result<Entries<'_>, DatasetError> {
+        let records = &self.inner.records;
+        let Some(file) = &self.inner.data else {
+            return Ok(Box::new(
+                records
+                    .range::<Vec<u8>, _>((start, Bound::Unbounded))
+                    .map(|item| {
+                        let (key, value) = item.map_err(store_error(&self.inner.path))?;
+                        Ok((key.to_vec(), self.text(&key, &value)?))
+                    }),
+            ));
+        };
+        let data_path = self.inner.path.join(DATA_FILE);
+        let end = file.metadata().map_err(io_error(&data_path))?.len();
+        let offset = match start {
+            Bound::Unbounded => 0,
+            _ => match records
+                .range::<Vec<u8>, _>((start, Bound::Unbounded))
+                .next()
+            {
+                None => end,
+                Some(item) => {
+                    let (key, value) = item.map_err(store_error(&self.inner.path))?;
+                    Location::decode(&value)
+                        .ok_or_else(|| {
+                            self.corrupt(&key, "its location in the data file is damaged")
+                        })?
+                        .offset
+                }
+            },
+        };
+        let reader = std::io::BufReader::with_capacity(SCAN_BUFFER_BYTES, ReadAt { file, offset });
+        let (mut at, mut reader, mut previous) = (offset, reader, None::<Vec<u8>>);
+        Ok(Box::new(std::iter::from_fn(move || {
+            if at >= end {
+                return None;
+            }
+            let entry = read_entry(&mut reader).map_err(|e| DatasetError::Corrupt {
+                path: data_path.clone(),
+                why: match &previous {
+                    Some(key) => format!(
+                        "the record after {:?} (at offset {at}) cannot be read: {e}",
+                        String::from_utf8_lossy(key)
+                    ),
+                    None => format!("the record at offset {at} cannot be read: {e}"),
+                },
+            });
+            Some(entry.and_then(|(key, text, len)| {
+                at += len;
+                let text =
+                    String::from_utf8(text).map_err(|_| self.corrupt(&key, "it is not UTF-8"))?;
+                previous = Some(key.clone());
+                Ok((key, text))
+            }))
+        })))
     }
 
     /// The record's text filtered and projected, or `None` if a filter fails.
@@ -601,8 +748,30 @@ impl Dataset {
         }
     }
 
+    /// The record's text, from the data file at the location sled holds
+    /// (or from sled itself, for a generation without a data file).
     fn text(&self, key: &[u8], value: &[u8]) -> Result<String, DatasetError> {
-        String::from_utf8(value.to_vec()).map_err(|_| self.corrupt(key, "it is not UTF-8"))
+        let bytes = match &self.inner.data {
+            None => value.to_vec(),
+            Some(file) => {
+                use std::os::unix::fs::FileExt;
+                let at = Location::decode(value)
+                    .ok_or_else(|| self.corrupt(key, "its location in the data file is damaged"))?;
+                let mut bytes = vec![0; at.len as usize];
+                let text_at = at.offset + ENTRY_HEADER_BYTES + key.len() as u64;
+                file.read_exact_at(&mut bytes, text_at).map_err(|e| {
+                    self.corrupt(
+                        key,
+                        &format!(
+                            "{DATA_FILE} has no {} bytes at offset {text_at}: {e}",
+                            at.len
+                        ),
+                    )
+                })?;
+                bytes
+            }
+        };
+        String::from_utf8(bytes).map_err(|_| self.corrupt(key, "it is not UTF-8"))
     }
 
     fn corrupt(&self, key: &[u8], why: &str) -> DatasetError {

@@ -1,18 +1,18 @@
 //! Importing a file as a new generation of a dataset: stream it, check every
-//! row, write the good ones to sled, and switch `CURRENT` only if all were
-//! good.
+//! row, append the good ones to the data file with their keys in sled, and
+//! switch `CURRENT` only if all were good.
 
 use super::schema::{Ordered, Schema, SchemaError};
 use super::{
-    BadRow, DatasetError, DatasetStore, ImportReport, MAX_BAD_ROWS, META_TREE, Meta, RECORDS_TREE,
-    SCHEMA_FILE, check_name, generation_number, io_error, object_text, read_current, store_error,
-    sync_dir, write_current,
+    BadRow, DATA_FILE, DatasetError, DatasetStore, ImportReport, Location, MAX_BAD_ROWS, META_TREE,
+    Meta, RECORDS_TREE, SCHEMA_FILE, check_name, generation_number, io_error, object_text,
+    read_current, store_error, sync_dir, write_current, write_entry,
 };
 use serde_json::Value;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::ops::ControlFlow;
+use std::ops::{Bound, ControlFlow};
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -22,6 +22,10 @@ const IMPORT_CACHE_BYTES: u64 = 8 << 20;
 /// Distinct field names kept for checking queries; beyond this the dataset
 /// is taken to have no fixed field list.
 const MAX_FIELD_NAMES: usize = 1024;
+/// The records' text in the imported file's order, while importing.
+const UNSORTED_FILE: &str = "records.unsorted";
+/// Records moved to the data file per batch of new locations.
+const SORT_CHUNK: usize = 10_000;
 /// Progress is reported every this many bytes.
 const PROGRESS_STEP: u64 = 1 << 20;
 
@@ -297,7 +301,12 @@ struct Loader<'a> {
     source: PathBuf,
     gen_dir: PathBuf,
     db: sled::Db,
+    /// Key → where the record's text is in `data` (until `finish` moves
+    /// the records, in key order, to the data file).
     records: sled::Tree,
+    /// The records' text, appended in the order of the imported file.
+    data: std::io::BufWriter<File>,
+    data_len: u64,
     rules: Rules<'a>,
     fields: Option<Vec<String>>,
     count: u64,
@@ -316,11 +325,15 @@ impl<'a> Loader<'a> {
             .open()
             .map_err(store_error(gen_dir))?;
         let records = db.open_tree(RECORDS_TREE).map_err(store_error(gen_dir))?;
+        let data_path = gen_dir.join(UNSORTED_FILE);
+        let data = File::create(&data_path).map_err(io_error(&data_path))?;
         Ok(Self {
             source: file.to_owned(),
             gen_dir: gen_dir.to_owned(),
             db,
             records,
+            data: std::io::BufWriter::with_capacity(1 << 20, data),
+            data_len: 0,
             rules,
             fields: Some(
                 rules
@@ -361,14 +374,26 @@ impl<'a> Loader<'a> {
         }
         let mut duplicate = None;
         if let Some(key) = key {
-            let text = if problems.is_empty() && self.total_bad == 0 {
-                object_text(fields.iter().map(|(n, v)| (n.as_str(), v)))
+            // Once a row is bad the generation is discarded: the keys are
+            // still inserted, to find duplicates, but no text is written.
+            let location = if problems.is_empty() && self.total_bad == 0 {
+                let text = object_text(fields.iter().map(|(n, v)| (n.as_str(), v)));
+                let location = Location {
+                    offset: self.data_len,
+                    len: text.len() as u64,
+                };
+                let data_path = self.gen_dir.join(UNSORTED_FILE);
+                self.data
+                    .write_all(text.as_bytes())
+                    .map_err(io_error(&data_path))?;
+                self.data_len += location.len;
+                location
             } else {
-                String::new()
+                Location::default()
             };
             let earlier = self
                 .records
-                .insert(key.as_bytes(), text.as_bytes())
+                .insert(key.as_bytes(), &location.encode())
                 .map_err(store_error(&self.gen_dir))?;
             if earlier.is_some() {
                 // Last, so that the first line can be appended to the text.
@@ -447,7 +472,15 @@ impl<'a> Loader<'a> {
         if self.total_bad > 0 {
             return Err(self.into_error(format)?);
         }
+        let unsorted_path = self.gen_dir.join(UNSORTED_FILE);
+        self.data
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .map_err(io_error(&unsorted_path))?;
+        write_in_key_order(&self.records, &self.gen_dir)?;
+        std::fs::remove_file(&unsorted_path).map_err(io_error(&unsorted_path))?;
         let meta = Meta {
+            data_file: true,
             key_field: self.rules.key_field.to_owned(),
             fields: self.fields.clone(),
             records: self.count,
@@ -468,6 +501,69 @@ impl<'a> Loader<'a> {
             .map_err(store_error(&self.gen_dir))?;
         Ok(self.count)
     }
+}
+
+/// Copies every record, in key order, from the unsorted file to the data
+/// file (synced), pointing each key at its new place: a query then reads
+/// the data file front to back instead of walking sled.
+fn write_in_key_order(records: &sled::Tree, gen_dir: &Path) -> Result<(), DatasetError> {
+    use std::os::unix::fs::FileExt;
+    let unsorted_path = gen_dir.join(UNSORTED_FILE);
+    let unsorted = File::open(&unsorted_path).map_err(io_error(&unsorted_path))?;
+    let data_path = gen_dir.join(DATA_FILE);
+    let mut out = std::io::BufWriter::with_capacity(
+        1 << 20,
+        File::create(&data_path).map_err(io_error(&data_path))?,
+    );
+    let damaged = |key: &[u8]| DatasetError::Corrupt {
+        path: gen_dir.to_owned(),
+        why: format!(
+            "record {:?}: its location in {UNSORTED_FILE} is damaged",
+            String::from_utf8_lossy(key)
+        ),
+    };
+    let mut offset = 0;
+    let mut after: Option<sled::IVec> = None;
+    loop {
+        // A chunk at a time, so the moved locations are written in batches
+        // while no iterator is open on the tree.
+        let from = after
+            .as_ref()
+            .map_or(Bound::Unbounded, |k| Bound::Excluded(k.to_vec()));
+        let mut moved = sled::Batch::default();
+        let mut count = 0;
+        for item in records
+            .range::<Vec<u8>, _>((from, Bound::Unbounded))
+            .take(SORT_CHUNK)
+        {
+            let (key, value) = item.map_err(store_error(gen_dir))?;
+            let at = Location::decode(&value).ok_or_else(|| damaged(&key))?;
+            let mut text = vec![0; at.len as usize];
+            unsorted
+                .read_exact_at(&mut text, at.offset)
+                .map_err(io_error(&unsorted_path))?;
+            let size = write_entry(&mut out, &key, &text).map_err(io_error(&data_path))?;
+            moved.insert(
+                &key,
+                &Location {
+                    offset,
+                    len: at.len,
+                }
+                .encode(),
+            );
+            offset += size;
+            count += 1;
+            after = Some(key);
+        }
+        records.apply_batch(moved).map_err(store_error(gen_dir))?;
+        if count < SORT_CHUNK {
+            break;
+        }
+    }
+    out.into_inner()
+        .map_err(|e| e.into_error())
+        .and_then(|f| f.sync_all())
+        .map_err(io_error(&data_path))
 }
 
 /// Reads `file` row by row into `sink`, calling `tick` with the bytes read.

@@ -642,3 +642,57 @@ fn bad_names_extensions_and_missing_datasets_are_explained() {
     );
     assert!(rows[0].why.contains("needs a header row"));
 }
+
+#[test]
+fn a_generation_from_before_the_data_file_is_still_served() {
+    // Written the way imports wrote before records.data: the text in sled
+    // and no `data_file` in the metadata.
+    let dir = TestDir::new();
+    let store = dir.store();
+    let gen_dir = store.root().join("ho-tich").join("gen-1");
+    {
+        let db = sled::open(&gen_dir).unwrap();
+        let records = db.open_tree(RECORDS_TREE).unwrap();
+        records
+            .insert("001", r#"{"so_dinh_danh":"001","ho_ten":"Nguyễn Thị Ánh"}"#)
+            .unwrap();
+        let meta = r#"{"key_field":"so_dinh_danh","fields":["so_dinh_danh","ho_ten"],"records":1,"source":"old.csv","imported_at_unix":0}"#;
+        db.open_tree(META_TREE)
+            .unwrap()
+            .insert("meta", meta)
+            .unwrap();
+        db.flush().unwrap();
+    }
+    write_current(&store.root().join("ho-tich"), "gen-1").unwrap();
+    let dataset = store.open("ho-tich").unwrap();
+    assert_eq!(
+        dataset.get("001").unwrap().unwrap()["ho_ten"],
+        "Nguyễn Thị Ánh"
+    );
+    assert_eq!(all_pages(&dataset, Query::default()).len(), 1);
+}
+
+#[test]
+fn a_truncated_data_file_is_reported_as_corrupt_naming_the_record() {
+    let dir = TestDir::new();
+    let file = dir.file("ho-tich.csv", HO_TICH_CSV.as_bytes());
+    let store = dir.store();
+    store
+        .import("ho-tich", &file, "so_dinh_danh", None, &no_progress)
+        .unwrap();
+    let data = store.root().join("ho-tich").join("gen-1").join(DATA_FILE);
+    let len = std::fs::metadata(&data).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&data)
+        .unwrap()
+        .set_len(len - 10)
+        .unwrap();
+    let dataset = store.open("ho-tich").unwrap();
+    assert!(dataset.get("001").unwrap().is_some());
+    let err = dataset.get("003").unwrap_err().to_string();
+    assert!(err.contains("\"003\"") && err.contains(DATA_FILE), "{err}");
+    // A scan names the last record it could read.
+    let err = dataset.query(&Query::default()).unwrap_err().to_string();
+    assert!(err.contains("after \"002\""), "{err}");
+}
