@@ -530,19 +530,22 @@ pub fn history(db: &sled::Db, from: u64) -> impl Iterator<Item = WatchEvent> + '
         .filter_map(|(_, v)| WatchEvent::decode(v.as_ref()).ok())
 }
 
-/// Drops history older than the newest `keep` events.
-pub fn compact_history(db: &sled::Db, keep: u64) -> Result<(), RegistryError> {
+/// Drops history older than the newest `keep` events, at most `most` at a
+/// time.
+pub fn compact_history(db: &sled::Db, keep: u64, most: u64) -> Result<(), RegistryError> {
     let rev = revision(db);
     let oldest = compact_revision(db);
     if rev < keep || rev - keep <= oldest {
         return Ok(());
     }
-    let new_oldest = rev - keep + 1;
-    // In steps of a sixteenth of the history, not one event per write:
-    // every sled batch costs a disk write.
-    if new_oldest - oldest < (keep / 16).max(1) {
+    // In steps of a sixteenth of the history (one event per write would
+    // cost a sled batch, so a disk write, per write), never more than
+    // `most` (deleting more would stall the consensus loop).
+    let step = (keep / 16).clamp(1, most.max(1));
+    if rev - keep + 1 - oldest < step {
         return Ok(());
     }
+    let new_oldest = (rev - keep + 1).min(oldest + most.max(1));
     let mut batch = sled::Batch::default();
     for key in db
         .range(history_key(oldest)..history_key(new_oldest))

@@ -36,6 +36,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+/// The most raft log entries (and watch history events) deleted at once.
+const COMPACT_STEP: u64 = 1024;
 /// How long one read-index attempt may take before it is retried.
 const READ_ATTEMPT: Duration = Duration::from_millis(1000);
 /// How long a linearizable read may wait in all.
@@ -660,12 +662,20 @@ impl Driver {
                 self.transport.set_address(m.id, &m.peer_address);
             }
         }
-        if self.store.log_len() > self.config.snapshot_entries {
-            let applied = self.store.applied();
-            self.store.compact(applied)?;
-            tracing::debug!(applied, "compacted the raft log");
+        // The oldest entries go a step at a time, so that no Ready stalls
+        // on deleting thousands of keys (a latency spike for every client).
+        let step = (self.config.snapshot_entries / 8).clamp(1, COMPACT_STEP);
+        let excess = self
+            .store
+            .log_len()
+            .saturating_sub(self.config.snapshot_entries);
+        if excess >= step {
+            let upto =
+                (self.store.compacted_to() + excess.min(COMPACT_STEP)).min(self.store.applied());
+            self.store.compact(upto)?;
+            tracing::debug!(upto, "compacted the raft log");
         }
-        catalog::compact_history(self.store.db(), self.config.watch_history)?;
+        catalog::compact_history(self.store.db(), self.config.watch_history, COMPACT_STEP)?;
         Ok(())
     }
 

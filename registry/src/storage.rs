@@ -275,6 +275,11 @@ impl RaftStore {
         self.db.apply_batch(batch).map_err(storage_err)
     }
 
+    /// The index of the newest entry compacted away (the log starts after it).
+    pub fn compacted_to(&self) -> u64 {
+        self.snap_meta().index
+    }
+
     /// How many log entries are kept.
     pub fn log_len(&self) -> u64 {
         let first = self.snap_meta().index + 1;
