@@ -416,6 +416,67 @@ async fn start_grpc_echo(
     Ok((addr, task))
 }
 
+/// The reference for the two-hop path: a bare tonic server that hands each
+/// call on to the raw echo over mTLS and its answer back, nothing else. What
+/// a second gRPC hop costs on this machine before any node work.
+#[derive(Clone, Debug)]
+struct Forward {
+    upstream: DataExchangeClient<Channel>,
+}
+
+#[tonic::async_trait]
+impl DataExchange for Forward {
+    async fn call(&self, request: Request<Envelope>) -> Result<Response<CallResponse>, Status> {
+        self.upstream.clone().call(request.into_inner()).await
+    }
+
+    type QueryStream = futures::stream::Empty<Result<QueryPage, Status>>;
+
+    async fn query(
+        &self,
+        _request: Request<QueryRequest>,
+    ) -> Result<Response<Self::QueryStream>, Status> {
+        Err(Status::unimplemented(
+            "the bench forwarder answers Call only",
+        ))
+    }
+}
+
+/// Serves [`Forward`] in plain HTTP/2 on 127.0.0.1 (as a node's consumer
+/// listener is), calling `upstream`, until `stop` changes.
+async fn start_forwarder(
+    upstream: Endpoint,
+    max_message: usize,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(SocketAddr, JoinHandle<()>)> {
+    use futures::StreamExt as _;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+        conn.inspect(|c| {
+            let _ = c.set_nodelay(true);
+        })
+    });
+    let upstream = DataExchangeClient::new(upstream.connect_lazy())
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+    let service = DataExchangeServer::new(Forward { upstream })
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+    let task = tokio::spawn(async move {
+        let result = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stop.changed().await;
+            })
+            .await;
+        if let Err(error) = result {
+            tracing::error!(%error, "the bench forwarder failed");
+        }
+    });
+    Ok((addr, task))
+}
+
 /// An HTTP/1.1 backend on 127.0.0.1 that answers every request with its
 /// body, until `stop` changes; returns its address and its task.
 async fn start_http_echo(stop: watch::Receiver<bool>) -> Result<(SocketAddr, JoinHandle<()>)> {
@@ -653,6 +714,8 @@ struct Province {
     node_b: NodeServer,
     /// The raw mTLS echo server.
     echo: SocketAddr,
+    /// The bare forwarder to the echo server (plain HTTP/2 in, mTLS out).
+    forward: SocketAddr,
     /// Stops the echo server and the HTTP backend.
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -757,14 +820,18 @@ impl Province {
         publish_and_grant(&catalog, "records", ServiceKind::Dataset, "node-a").await?;
 
         let app = agency_leaf(&mut ca, AGENCY_B, Role::Node, "bench-app")?;
+        let to_echo = lgsp_certs::tls::client_endpoint(&echo.to_string(), &app, None)?;
+        let (forward, forward_task) =
+            start_forwarder(to_echo, max_message, stop.subscribe()).await?;
         let province = Self {
             registry,
             catalog,
             node_a,
             node_b,
             echo,
+            forward,
             stop,
-            tasks: vec![backend_task, echo_task],
+            tasks: vec![backend_task, echo_task, forward_task],
             rows,
             max_message,
             app,
@@ -785,6 +852,13 @@ impl Province {
             &self.app,
             None,
         )?)
+    }
+
+    /// The bare forwarder (plain HTTP/2, as a consumer listener).
+    fn forwarder(&self) -> Result<Endpoint> {
+        Ok(Endpoint::from_shared(format!("http://{}", self.forward))?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true))
     }
 
     /// Node A's provider listener, reached with the application's
@@ -861,6 +935,7 @@ impl Province {
 pub async fn exchange(payload: usize, concurrency: &[usize], duration: Duration) -> Result<()> {
     let province = Province::start(payload).await?;
     let (raw, direct, via_b) = (province.raw()?, province.direct()?, province.via_b()?);
+    let forwarder = province.forwarder()?;
     let (echo, get) = (province.echo_call(payload), province.get_call());
     let max_message = province.max_message;
 
@@ -890,6 +965,12 @@ pub async fn exchange(payload: usize, concurrency: &[usize], duration: Duration)
     println!(
         "  app → node B → A:  B's application calls B's consumer listener (plain HTTP/2); B calls A over mTLS."
     );
+    println!(
+        "  reference:         a bare tonic server in plain HTTP/2 that forwards each echo to the raw echo over mTLS:"
+    );
+    println!(
+        "                     the cost of a second gRPC hop alone, the ceiling for app → node B → A on this machine."
+    );
     println!("One HTTP/2 connection per 8 clients from the application on every path.");
     let rounds = duration.as_secs().clamp(1, 10);
     let slice = duration / rounds as u32;
@@ -905,6 +986,7 @@ pub async fn exchange(payload: usize, concurrency: &[usize], duration: Duration)
         let connections = c.div_ceil(8).max(1);
         let paths = [
             ("baseline: raw tonic mTLS echo", &raw, &echo),
+            ("reference: bare forwarder → echo", &forwarder, &echo),
             ("app → node A, HTTP backend", &direct, &echo),
             ("app → node A, dataset get", &direct, &get),
             ("app → node B → A, HTTP backend", &via_b, &echo),

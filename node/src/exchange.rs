@@ -200,10 +200,21 @@ pub fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
-/// A request id for an exchange that came without one.
+/// A request id for an exchange that came without one: 8 random bytes drawn
+/// once per process, then a counter (32 hex digits). Unique without a
+/// system call per exchange; not a secret.
 pub fn new_request_id() -> String {
-    let mut bytes = [0u8; 12];
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+    static PREFIX: std::sync::OnceLock<[u8; 8]> = std::sync::OnceLock::new();
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| {
+        let mut bytes = [0u8; 8];
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+        bytes
+    });
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(prefix);
+    bytes[8..].copy_from_slice(&n.to_be_bytes());
     hex::encode(bytes)
 }
 

@@ -1,0 +1,112 @@
+//! `lgsp bench`: each benchmark command runs on a fresh machine and reports
+//! every path it promises, with no failed call. These tests check that the
+//! commands work and what they print, never how fast anything was: the
+//! figures are for the README, read off a release build.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Runs `lgsp bench ARGS` (killed after `limit`); returns its stdout after
+/// asserting it exited 0.
+fn bench(args: &[&str], limit: Duration) -> String {
+    let mut child = Command::new(lgsp_tests::lgsp_bin())
+        .arg("bench")
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "lgsp bench {args:?} ran past {limit:?}\n{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "lgsp bench {args:?}: {:?}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The result row of `label` at `clients`: its calls per second and errors.
+fn row(stdout: &str, clients: usize, label: &str) -> (f64, u64) {
+    let line = stdout
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(&clients.to_string()) && l.contains(label))
+        .unwrap_or_else(|| panic!("no row {clients} {label:?} in:\n{stdout}"));
+    let numbers: Vec<&str> = line[line.find(label).unwrap() + label.len()..]
+        .split_whitespace()
+        .collect();
+    let per_second: f64 = numbers[0].parse().unwrap();
+    let errors: u64 = numbers[3].parse().unwrap();
+    (per_second, errors)
+}
+
+#[test]
+fn bench_exchange_reports_every_path_next_to_the_raw_baseline_without_errors() {
+    let out = bench(
+        &["exchange", "--concurrency", "4", "--duration", "1"],
+        Duration::from_secs(120),
+    );
+    for label in [
+        "baseline: raw tonic mTLS echo",
+        "reference: bare forwarder → echo",
+        "app → node A, HTTP backend",
+        "app → node A, dataset get",
+        "app → node B → A, HTTP backend",
+        "app → node B → A, dataset get",
+    ] {
+        let (per_second, errors) = row(&out, 4, label);
+        assert!(per_second > 0.0, "{label}: no call completed\n{out}");
+        assert_eq!(errors, 0, "{label}: failed calls\n{out}");
+    }
+    // Without 64 in flight there is no verdict on the goal, and it says so.
+    assert!(out.contains("not measured in this run"), "{out}");
+    // Both nodes logged the exchanges they took part in.
+    let logged = out
+        .lines()
+        .find(|l| l.starts_with("sharing log entries written"))
+        .unwrap_or_else(|| panic!("no sharing log count in:\n{out}"));
+    assert!(!logged.contains("node A 0,"), "{logged}");
+}
+
+#[test]
+fn bench_registry_measures_writes_and_linearizable_reads_on_three_servers() {
+    let out = bench(
+        &["registry", "--clients", "2", "--duration", "1"],
+        Duration::from_secs(120),
+    );
+    assert!(out.contains("3 servers"), "{out}");
+    for label in [
+        "baseline: mTLS round trip",
+        "conditional write (CAS)",
+        "linearizable read",
+    ] {
+        let (per_second, errors) = row(&out, 2, label);
+        assert!(per_second > 0.0, "{label}: nothing completed\n{out}");
+        assert_eq!(errors, 0, "{label}: failed operations\n{out}");
+    }
+}
+
+#[test]
+fn bench_stream_queries_a_whole_dataset_through_both_nodes() {
+    let out = bench(
+        &["stream", "--size", "4MiB", "--record", "1KiB"],
+        Duration::from_secs(120),
+    );
+    assert!(out.contains("streamed 4096 records, 4 MiB"), "{out}");
+    assert!(out.contains("peak growth during the stream"), "{out}");
+}
