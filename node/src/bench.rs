@@ -393,16 +393,40 @@ impl DataExchange for Echo {
 async fn start_grpc_echo(
     creds: Credentials,
     max_message: usize,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Result<(SocketAddr, JoinHandle<()>)> {
     let tls = ServerTls::new(creds)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let incoming = tls.incoming(listener);
-    let service = DataExchangeServer::new(Echo)
+    let task = spawn_exchange_server(Echo, max_message, incoming, stop, "echo server");
+    Ok((addr, task))
+}
+
+/// Serves `service` on `incoming` until `stop` changes.
+fn spawn_exchange_server<T, I, IO, IE>(
+    service: T,
+    max_message: usize,
+    incoming: I,
+    mut stop: watch::Receiver<bool>,
+    what: &'static str,
+) -> JoinHandle<()>
+where
+    T: DataExchange,
+    I: futures::Stream<Item = Result<IO, IE>> + Send + 'static,
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let service = DataExchangeServer::new(service)
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
-    let task = tokio::spawn(async move {
+    tokio::spawn(async move {
         let result = tonic::transport::Server::builder()
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, async move {
@@ -410,10 +434,9 @@ async fn start_grpc_echo(
             })
             .await;
         if let Err(error) = result {
-            tracing::error!(%error, "the bench echo server failed");
+            tracing::error!(%error, "the bench {what} failed");
         }
-    });
-    Ok((addr, task))
+    })
 }
 
 /// The reference for the two-hop path: a bare tonic server that hands each
@@ -447,7 +470,7 @@ impl DataExchange for Forward {
 async fn start_forwarder(
     upstream: Endpoint,
     max_message: usize,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Result<(SocketAddr, JoinHandle<()>)> {
     use futures::StreamExt as _;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -460,20 +483,13 @@ async fn start_forwarder(
     let upstream = DataExchangeClient::new(upstream.connect_lazy())
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
-    let service = DataExchangeServer::new(Forward { upstream })
-        .max_decoding_message_size(max_message)
-        .max_encoding_message_size(max_message);
-    let task = tokio::spawn(async move {
-        let result = tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = stop.changed().await;
-            })
-            .await;
-        if let Err(error) = result {
-            tracing::error!(%error, "the bench forwarder failed");
-        }
-    });
+    let task = spawn_exchange_server(
+        Forward { upstream },
+        max_message,
+        incoming,
+        stop,
+        "forwarder",
+    );
     Ok((addr, task))
 }
 
