@@ -144,9 +144,15 @@ fn import(at: &DatasetArgs, file: &Path, key: &str, schema: Option<PathBuf>) -> 
     } else {
         bar.set_draw_target(ProgressDrawTarget::hidden());
     }
+    // The import checks the file, then writes the records in key order:
+    // progress starts again from 0 for the second part.
     let result = at
         .store()
         .import(&at.service, file, key, schema.as_ref(), &|done, total| {
+            if done < bar.position() {
+                bar.set_message("writing the records in key order");
+                bar.reset_eta();
+            }
             bar.set_length(total);
             bar.set_position(done);
         });

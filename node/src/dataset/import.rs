@@ -123,7 +123,7 @@ pub(super) fn run(
         &mut tick,
     )?;
     progress(total, total);
-    let records = loader.finish(format)?;
+    let records = loader.finish(format, progress)?;
 
     if let Some(schema) = schema {
         let path = gen_dir.join(SCHEMA_FILE);
@@ -468,7 +468,7 @@ impl<'a> Loader<'a> {
 
     /// Fails with the bad rows if there were any; otherwise records the
     /// metadata and makes the generation durable. Returns the record count.
-    fn finish(self, format: Format) -> Result<u64, DatasetError> {
+    fn finish(self, format: Format, progress: &dyn Fn(u64, u64)) -> Result<u64, DatasetError> {
         if self.total_bad > 0 {
             return Err(self.into_error(format)?);
         }
@@ -477,7 +477,7 @@ impl<'a> Loader<'a> {
             .into_inner()
             .map_err(|e| e.into_error())
             .map_err(io_error(&unsorted_path))?;
-        write_in_key_order(&self.records, &self.gen_dir)?;
+        write_in_key_order(&self.records, &self.gen_dir, self.data_len, progress)?;
         std::fs::remove_file(&unsorted_path).map_err(io_error(&unsorted_path))?;
         let meta = Meta {
             data_file: true,
@@ -506,7 +506,15 @@ impl<'a> Loader<'a> {
 /// Copies every record, in key order, from the unsorted file to the data
 /// file (synced), pointing each key at its new place: a query then reads
 /// the data file front to back instead of walking sled.
-fn write_in_key_order(records: &sled::Tree, gen_dir: &Path) -> Result<(), DatasetError> {
+///
+/// `progress` is called with (bytes written, bytes to write), starting
+/// again from 0 after the check's (bytes read, file size).
+fn write_in_key_order(
+    records: &sled::Tree,
+    gen_dir: &Path,
+    total: u64,
+    progress: &dyn Fn(u64, u64),
+) -> Result<(), DatasetError> {
     use std::os::unix::fs::FileExt;
     let unsorted_path = gen_dir.join(UNSORTED_FILE);
     let unsorted = File::open(&unsorted_path).map_err(io_error(&unsorted_path))?;
@@ -523,7 +531,9 @@ fn write_in_key_order(records: &sled::Tree, gen_dir: &Path) -> Result<(), Datase
         ),
     };
     let mut offset = 0;
+    let mut written = 0;
     let mut after: Option<sled::IVec> = None;
+    progress(0, total);
     loop {
         // A chunk at a time, so the moved locations are written in batches
         // while no iterator is open on the tree.
@@ -552,10 +562,12 @@ fn write_in_key_order(records: &sled::Tree, gen_dir: &Path) -> Result<(), Datase
                 .encode(),
             );
             offset += size;
+            written += at.len;
             count += 1;
             after = Some(key);
         }
         records.apply_batch(moved).map_err(store_error(gen_dir))?;
+        progress(written, total);
         if count < SORT_CHUNK {
             break;
         }
