@@ -93,7 +93,7 @@ impl LeafSpec {
     /// A spec valid from five minutes ago (clock skew between servers) for `days` days.
     pub fn for_days(id: SpiffeId, days: i64) -> Result<Self> {
         if !(1..=3650).contains(&days) {
-            return Err(CertError::Days(days));
+            return Err(CertError::Days { days, max: 3650 });
         }
         let now = OffsetDateTime::now_utc();
         Ok(Self {
@@ -222,7 +222,7 @@ impl CertificateAuthority {
     pub fn init(dir: &Path, trust_domain: &str, name: &str, days: i64) -> Result<Self> {
         validate_trust_domain(trust_domain)?;
         if !(1..=7300).contains(&days) {
-            return Err(CertError::Days(days));
+            return Err(CertError::Days { days, max: 7300 });
         }
         if dir.join(KEY_FILE).exists() || dir.join(CERT_FILE).exists() {
             return Err(CertError::CaExists(dir.to_owned()));
@@ -306,14 +306,6 @@ impl CertificateAuthority {
     /// The CA certificate, PEM: the trust anchor every node and server loads.
     pub fn cert_pem(&self) -> &str {
         &self.cert_pem
-    }
-
-    pub fn issued(&self) -> &[IssuedRecord] {
-        &self.state.issued
-    }
-
-    pub fn revoked(&self) -> &[RevokedRecord] {
-        &self.state.revoked
     }
 
     fn issuer(&self) -> Result<Issuer<'_, &KeyPair>> {
@@ -436,7 +428,7 @@ impl CertificateAuthority {
     /// Signs a CRL of every revoked serial, valid for `days` days.
     pub fn sign_crl(&mut self, days: i64) -> Result<SignedCrl> {
         if !(1..=365).contains(&days) {
-            return Err(CertError::Days(days));
+            return Err(CertError::Days { days, max: 365 });
         }
         let now = OffsetDateTime::now_utc();
         let mut revoked_certs = Vec::new();

@@ -55,8 +55,8 @@ pub enum CertError {
     AlreadyRevoked(String),
     #[error("unknown revocation reason {0:?}: expected one of {1}")]
     Reason(String, &'static str),
-    #[error("validity must be 1 to 3650 days, not {0}")]
-    Days(i64),
+    #[error("validity must be 1 to {max} days, not {days}")]
+    Days { days: i64, max: i64 },
     #[error("invalid DNS name {0:?} for a SAN")]
     DnsName(String),
     #[error("certificate generation failed: {0}")]

@@ -6,24 +6,24 @@
 
 use crate::catalog_cache::CatalogCache;
 use lgsp_certs::{Peer, Role};
-use lgsp_proto::{GrantStatus, Service, ServiceStatus};
+use lgsp_proto::{GrantStatus, ServiceStatus};
 use tonic::Status;
 
 /// Decides whether `peer` may call `service_id` on the node of `own_agency`.
-/// Returns the service's catalog record.
-pub fn authorize(
+/// Returns the service's name (the part after the agency code).
+pub fn authorize<'a>(
     cache: &CatalogCache,
     own_agency: &str,
     peer: &Peer,
-    service_id: &str,
-) -> Result<Service, Status> {
+    service_id: &'a str,
+) -> Result<&'a str, Status> {
     if !matches!(peer.id.role, Role::Node | Role::Hub) {
         return Err(Status::permission_denied(format!(
             "{} has role {}; only agency nodes and the hub call data-sharing services",
             peer.id, peer.id.role
         )));
     }
-    let (agency, _) = lgsp_registry::catalog::parse_service_id(service_id)
+    let (agency, name) = lgsp_registry::catalog::parse_service_id(service_id)
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
     if agency.as_str() != own_agency {
         return Err(Status::not_found(format!(
@@ -74,5 +74,5 @@ pub fn authorize(
             },
         );
     }
-    Ok(service)
+    Ok(name)
 }

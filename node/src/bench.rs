@@ -1056,16 +1056,13 @@ pub async fn exchange(payload: usize, concurrency: &[usize], duration: Duration)
 
 /// The exchanges (not seals) in the sharing log file at `path`.
 fn log_entries(path: &Path) -> Result<usize> {
-    use std::io::BufRead;
-    let file = std::fs::File::open(path)
-        .with_context(|| format!("cannot read the sharing log {}", path.display()))?;
-    let mut entries = 0;
-    for line in std::io::BufReader::new(file).lines() {
-        if !line?.starts_with(r#"{"seal""#) {
-            entries += 1;
-        }
-    }
-    Ok(entries)
+    let entries = crate::sharing_log::export(
+        path,
+        &crate::sharing_log::TimeRange::default(),
+        &mut std::io::sink(),
+    )
+    .with_context(|| format!("cannot read the sharing log {}", path.display()))?;
+    Ok(entries as usize)
 }
 
 /// The resident memory of this process, from /proc (0 where there is none).

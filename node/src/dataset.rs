@@ -106,6 +106,13 @@ fn read_entry(input: &mut impl std::io::Read) -> std::io::Result<(Vec<u8>, Vec<u
     Ok((key, text, size))
 }
 
+/// A generation's data file, open for reading, and its length (it never
+/// changes once the import has written it).
+struct DataFile {
+    file: std::fs::File,
+    len: u64,
+}
+
 /// Reads a shared file from an offset of its own (`pread`), so that many
 /// queries read one open file at once.
 struct ReadAt<'a> {
@@ -424,7 +431,7 @@ struct Inner {
     _db: sled::Db,
     records: sled::Tree,
     /// The records' text; `None` for a generation that keeps it in sled.
-    data: Option<std::fs::File>,
+    data: Option<DataFile>,
     key_field: String,
     /// Every field name seen, schema properties first; `None` when the
     /// records have too many distinct names to keep.
@@ -519,7 +526,9 @@ impl Dataset {
         let records = db.open_tree(RECORDS_TREE).map_err(store_error(&path))?;
         let data = if meta.data_file {
             let data_path = path.join(DATA_FILE);
-            Some(std::fs::File::open(&data_path).map_err(io_error(&data_path))?)
+            let file = std::fs::File::open(&data_path).map_err(io_error(&data_path))?;
+            let len = file.metadata().map_err(io_error(&data_path))?.len();
+            Some(DataFile { file, len })
         } else {
             None
         };
@@ -537,10 +546,6 @@ impl Dataset {
         });
         open.insert(id, Arc::downgrade(&inner));
         Ok(Self { inner })
-    }
-
-    pub fn service(&self) -> &str {
-        &self.inner.service
     }
 
     /// This data's generation, e.g. "gen-3".
@@ -652,7 +657,7 @@ impl Dataset {
     /// data file, read sequentially: sled is asked only where to start.
     fn entries_after(&self, start: Bound<Vec<u8>>) -> Result<Entries<'_>, DatasetError> {
         let records = &self.inner.records;
-        let Some(file) = &self.inner.data else {
+        let Some(DataFile { file, len: end }) = &self.inner.data else {
             return Ok(Box::new(
                 records
                     .range::<Vec<u8>, _>((start, Bound::Unbounded))
@@ -662,8 +667,8 @@ impl Dataset {
                     }),
             ));
         };
+        let end = *end;
         let data_path = self.inner.path.join(DATA_FILE);
-        let end = file.metadata().map_err(io_error(&data_path))?.len();
         let offset = match start {
             Bound::Unbounded => 0,
             _ => match records
@@ -758,7 +763,7 @@ impl Dataset {
     fn text(&self, key: &[u8], value: &[u8]) -> Result<String, DatasetError> {
         let bytes = match &self.inner.data {
             None => value.to_vec(),
-            Some(file) => {
+            Some(DataFile { file, .. }) => {
                 use std::os::unix::fs::FileExt;
                 let at = Location::decode(value)
                     .ok_or_else(|| self.corrupt(key, "its location in the data file is damaged"))?;
@@ -839,10 +844,6 @@ impl DatasetCache {
             store,
             entries: Mutex::default(),
         }
-    }
-
-    pub fn store(&self) -> &DatasetStore {
-        &self.store
     }
 
     /// The live dataset of `service`. Reads `CURRENT` at most every

@@ -508,15 +508,6 @@ pub async fn start(dir: &Path) -> Result<Province> {
         grant(&admin, &service, consumer, GrantStatus::Active, reason).await?;
     }
     // Wait until both nodes' caches know everything.
-    let probe = call(
-        Ports::DISTRICT_APPS,
-        &format!("{DEPARTMENT}/doanh-nghiep"),
-        "get",
-        &[("key", "2500101000")],
-        "",
-    )
-    .await;
-    let _ = probe;
     let deadline = Instant::now() + Duration::from_secs(20);
     while call(
         Ports::DEPARTMENT_APPS,

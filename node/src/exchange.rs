@@ -36,7 +36,10 @@ pub struct NodeContext {
     pub limits: Arc<Limits>,
     pub creds: Credentials,
     pub metrics: Arc<crate::metrics::Metrics>,
-    channels: Mutex<HashMap<String, Channel>>,
+    /// Pooled HTTP/2 connections to other nodes (mTLS), by endpoint.
+    node_channels: Mutex<HashMap<String, Channel>>,
+    /// Pooled plain HTTP/2 connections to the agency's gRPC backends, by URL.
+    backend_channels: Mutex<HashMap<String, Channel>>,
 }
 
 impl NodeContext {
@@ -62,35 +65,44 @@ impl NodeContext {
             limits,
             creds,
             metrics,
-            channels: Mutex::new(HashMap::new()),
+            node_channels: Mutex::default(),
+            backend_channels: Mutex::default(),
         })
     }
 
     /// A pooled HTTP/2 connection to another node's provider listener.
     fn channel(&self, endpoint: &str) -> Result<Channel, Status> {
-        let mut channels = self.channels.lock().expect("channel lock");
-        if let Some(c) = channels.get(endpoint) {
-            return Ok(c.clone());
-        }
-        let channel = lgsp_certs::tls::client_endpoint(endpoint, &self.creds, None)
-            .map_err(|e| Status::internal(e.to_string()))?
-            .connect_lazy();
-        channels.insert(endpoint.to_owned(), channel.clone());
-        Ok(channel)
+        pooled(&self.node_channels, endpoint, || {
+            lgsp_certs::tls::client_endpoint(endpoint, &self.creds, None)
+                .map_err(|e| Status::internal(e.to_string()))
+        })
     }
 
     /// A pooled plain HTTP/2 connection to one of the agency's own gRPC systems.
     fn backend_channel(&self, url: &str) -> Result<Channel, Status> {
-        let mut channels = self.channels.lock().expect("channel lock");
-        if let Some(c) = channels.get(url) {
-            return Ok(c.clone());
-        }
-        let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
-            .map_err(|e| Status::internal(format!("backend URL {url:?}: {e}")))?
-            .connect_lazy();
-        channels.insert(url.to_owned(), channel.clone());
-        Ok(channel)
+        pooled(&self.backend_channels, url, || {
+            tonic::transport::Endpoint::from_shared(url.to_owned())
+                .map_err(|e| Status::internal(format!("backend URL {url:?}: {e}")))
+        })
     }
+}
+
+/// The channel for `key` in `pool`, connected lazily from `endpoint` the
+/// first time.
+fn pooled(
+    pool: &Mutex<HashMap<String, Channel>>,
+    key: &str,
+    endpoint: impl FnOnce() -> Result<tonic::transport::Endpoint, Status>,
+) -> Result<Channel, Status> {
+    let mut pool = pool
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(channel) = pool.get(key) {
+        return Ok(channel.clone());
+    }
+    let channel = endpoint()?.connect_lazy();
+    pool.insert(key.to_owned(), channel.clone());
+    Ok(channel)
 }
 
 /// One exchange as the sharing log and the metrics see it: who, what and
@@ -129,18 +141,9 @@ impl Trace {
     }
 
     /// Records the outcome: `response_sha256` is the digest of the payload
-    /// (of every page, for a query), `bytes_out` its size.
-    fn finish(
-        self,
-        ctx: &NodeContext,
-        response_sha256: &[u8],
-        status: &Result<(), Status>,
-        bytes_out: u64,
-    ) {
-        let code = match status {
-            Ok(()) => tonic::Code::Ok,
-            Err(s) => s.code(),
-        };
+    /// (of every page, for a query), `bytes_out` its size, `code` how the
+    /// exchange ended.
+    fn finish(self, ctx: &NodeContext, response_sha256: &[u8], code: tonic::Code, bytes_out: u64) {
         let latency = self.started.elapsed();
         ctx.metrics.observe(
             self.side,
@@ -174,6 +177,11 @@ impl Trace {
             tracing::error!(%error, "cannot write the sharing log");
         }
     }
+}
+
+/// The status code an exchange ended with.
+fn code_of<T>(result: &Result<T, Status>) -> tonic::Code {
+    result.as_ref().err().map_or(tonic::Code::Ok, Status::code)
 }
 
 /// The gRPC name of a status code (`PERMISSION_DENIED`), as logs show it.
@@ -233,8 +241,7 @@ impl Provider {
 
     async fn serve(&self, peer: &Peer, env: &Envelope) -> Result<Vec<u8>, Status> {
         let ctx = &self.ctx;
-        access::authorize(&ctx.cache, &ctx.config.agency, peer, &env.service_id)?;
-        let name = env.service_id.split_once('/').map_or("", |(_, n)| n);
+        let name = access::authorize(&ctx.cache, &ctx.config.agency, peer, &env.service_id)?;
         let service = ctx.config.service(name).ok_or_else(|| {
             Status::unimplemented(format!(
                 "service {} is in the catalog but this node is not configured to serve it (add it to node.toml)",
@@ -328,10 +335,7 @@ impl DataExchange for Provider {
         let span = tracing::info_span!("provide", request_id = %env.request_id, consumer = %peer.id.agency, service = %env.service_id, op = %env.operation);
         let result = self.serve(&peer, &env).instrument(span.clone()).await;
         let raw = env.encode_to_vec();
-        let (response, status) = match &result {
-            Ok(payload) => (payload.as_slice(), Ok(())),
-            Err(s) => (&[][..], Err(s.clone())),
-        };
+        let response = result.as_deref().unwrap_or_default();
         Trace::start(
             "provider",
             &env.request_id,
@@ -344,11 +348,11 @@ impl DataExchange for Provider {
         .finish(
             &self.ctx,
             &Sha256::digest(response),
-            &status,
+            code_of(&result),
             response.len() as u64,
         );
-        span.in_scope(|| match &status {
-            Ok(()) => tracing::debug!("served"),
+        span.in_scope(|| match &result {
+            Ok(_) => tracing::debug!("served"),
             Err(s) => tracing::info!(code = code_name(s.code()), reason = %s.message(), "refused"),
         });
         let payload = result?;
@@ -382,13 +386,8 @@ impl DataExchange for Provider {
             started,
         );
         let prepared = (|| {
-            access::authorize(&ctx.cache, &ctx.config.agency, &peer, &req.service_id)?;
-            let name = req
-                .service_id
-                .split_once('/')
-                .map_or("", |(_, n)| n)
-                .to_owned();
-            match ctx.config.service(&name) {
+            let name = access::authorize(&ctx.cache, &ctx.config.agency, &peer, &req.service_id)?;
+            match ctx.config.service(name) {
                 Some(s) if s.kind == "dataset" => {}
                 Some(_) => {
                     return Err(Status::invalid_argument(format!(
@@ -405,14 +404,14 @@ impl DataExchange for Provider {
             }
             let dataset = ctx
                 .datasets
-                .get(&name)
+                .get(name)
                 .map_err(|e| Status::unavailable(e.to_string()))?;
             Ok(dataset)
         })();
         let dataset = match prepared {
             Ok(p) => p,
             Err(status) => {
-                trace.finish(&ctx, &Sha256::digest([]), &Err(status.clone()), 0);
+                trace.finish(&ctx, &Sha256::digest([]), status.code(), 0);
                 return Err(status);
             }
         };
@@ -432,9 +431,25 @@ impl DataExchange for Provider {
             let mut digest = Sha256::new();
             let mut bytes_out = 0u64;
             let outcome = loop {
-                let page = match dataset.query(&query) {
-                    Ok(p) => p,
-                    Err(e) => break Err(Status::invalid_argument(e.to_string())),
+                // A page reads up to MAX_SCAN_PER_PAGE records from disk: off
+                // the runtime's threads, which serve every other call.
+                let read = {
+                    let dataset = dataset.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let page = dataset.query(&query);
+                        (page, query)
+                    })
+                    .await
+                };
+                let page = match read {
+                    Ok((Ok(page), asked)) => {
+                        query = asked;
+                        page
+                    }
+                    Ok((Err(e), _)) => break Err(Status::invalid_argument(e.to_string())),
+                    Err(e) => {
+                        break Err(Status::internal(format!("reading the dataset failed: {e}")));
+                    }
                 };
                 let done = page.resume_token.is_empty();
                 let out = QueryPage {
@@ -462,7 +477,7 @@ impl DataExchange for Provider {
                 let _ = tx.send(Err(s.clone())).await;
             }
             let digest = digest.finalize();
-            trace.finish(&ctx, &digest, &outcome, bytes_out);
+            trace.finish(&ctx, &digest, code_of(&outcome), bytes_out);
         });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
@@ -549,14 +564,13 @@ impl DataExchange for Consumer {
         }
         .instrument(span)
         .await;
-        let (response, status) = match &result {
-            Ok(r) => (r.get_ref().payload.as_slice(), Ok(())),
-            Err(s) => (&[][..], Err(s.clone())),
-        };
+        let response = result
+            .as_ref()
+            .map_or(&[][..], |r| r.get_ref().payload.as_slice());
         trace.finish(
             &self.ctx,
             &Sha256::digest(response),
-            &status,
+            code_of(&result),
             response.len() as u64,
         );
         result
@@ -569,8 +583,7 @@ impl DataExchange for Consumer {
         request: Request<QueryRequest>,
     ) -> Result<Response<Self::QueryStream>, Status> {
         let started = Instant::now();
-        let metadata = request.metadata().clone();
-        let mut req = request.into_inner();
+        let (metadata, _, mut req) = request.into_parts();
         if req.request_id.is_empty() {
             req.request_id = new_request_id();
         }
@@ -585,17 +598,14 @@ impl DataExchange for Consumer {
         );
         let opened = async {
             let mut client = self.route(&req.service_id)?;
-            client
-                .query(forward(&metadata, req.clone()))
-                .await
-                .map_err(explain)
+            client.query(forward(&metadata, req)).await.map_err(explain)
         }
         .await;
         let ctx = self.ctx.clone();
         let mut upstream = match opened {
             Ok(r) => r.into_inner(),
             Err(status) => {
-                trace.finish(&ctx, &Sha256::digest([]), &Err(status.clone()), 0);
+                trace.finish(&ctx, &Sha256::digest([]), status.code(), 0);
                 return Err(status);
             }
         };
@@ -622,7 +632,7 @@ impl DataExchange for Consumer {
                 }
             };
             let digest = digest.finalize();
-            trace.finish(&ctx, &digest, &outcome, bytes_out);
+            trace.finish(&ctx, &digest, code_of(&outcome), bytes_out);
         });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),

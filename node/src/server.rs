@@ -35,11 +35,8 @@ pub struct NodeServer {
 }
 
 async fn wait_for(mut rx: tokio::sync::watch::Receiver<bool>) {
-    while !*rx.borrow() {
-        if rx.changed().await.is_err() {
-            return;
-        }
-    }
+    // Also ends when the sender is gone.
+    let _ = rx.wait_for(|stop| *stop).await;
 }
 
 impl NodeServer {
@@ -90,7 +87,7 @@ impl NodeServer {
 
         let signer = Signer::from_pem(&creds.key_pem, &creds.cert_pem)?;
         let log = Arc::new(SharingLog::open(
-            &config.data_dir.join("sharing-log"),
+            &sharing_log_dir(&config.data_dir),
             signer,
         )?);
         tasks.push(
@@ -300,7 +297,12 @@ async fn follow_crl(
     }
 }
 
+/// Where the node keeps its sharing log, under its data directory.
+fn sharing_log_dir(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("sharing-log")
+}
+
 /// The node's data directory layout, for tools.
 pub fn sharing_log_path(data_dir: &Path) -> std::path::PathBuf {
-    data_dir.join("sharing-log").join("sharing-log.jsonl")
+    sharing_log_dir(data_dir).join(crate::sharing_log::LOG_FILE)
 }

@@ -946,7 +946,7 @@ fn parse_bound(s: &str, end_of_day: bool) -> Result<i64, AuditError> {
 }
 
 /// Days since the Unix epoch of `YYYY-MM-DD`.
-fn parse_date(s: &str) -> Option<i64> {
+pub(crate) fn parse_date(s: &str) -> Option<i64> {
     let b = s.as_bytes();
     if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
         return None;

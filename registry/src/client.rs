@@ -184,19 +184,23 @@ impl RegistryClient {
         .await
     }
 
+    /// Adds a server; like [`apply`](Self::apply), retried only while it was
+    /// certainly not applied (a repeat of a change that went through would
+    /// answer "already a member").
     pub async fn add_member(
         &self,
         request: AddMemberRequest,
     ) -> Result<MembershipResponse, Status> {
-        self.retry(true, |mut c| {
+        self.retry(false, |mut c| {
             let request = request.clone();
             async move { c.add_member(request).await }
         })
         .await
     }
 
+    /// Removes a server; retried only while it was certainly not applied.
     pub async fn remove_member(&self, id: u64) -> Result<MembershipResponse, Status> {
-        self.retry(true, |mut c| async move {
+        self.retry(false, |mut c| async move {
             c.remove_member(RemoveMemberRequest { id }).await
         })
         .await

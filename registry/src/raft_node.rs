@@ -331,6 +331,19 @@ pub fn start(
     Ok((handle, task))
 }
 
+/// Removes and returns the waiters whose deadline has passed.
+fn take_expired<T>(waiting: &mut HashMap<u64, (T, Instant)>, now: Instant) -> Vec<T> {
+    let expired: Vec<u64> = waiting
+        .iter()
+        .filter(|(_, (_, deadline))| *deadline <= now)
+        .map(|(id, _)| *id)
+        .collect();
+    expired
+        .into_iter()
+        .filter_map(|id| waiting.remove(&id).map(|(waiter, _)| waiter))
+        .collect()
+}
+
 fn rand_start() -> u64 {
     // Request ids only need to be unique on this server across restarts.
     std::time::SystemTime::now()
@@ -520,32 +533,16 @@ impl Driver {
     /// Answers requests that waited too long.
     fn expire(&mut self) {
         let now = Instant::now();
-        let expired: Vec<u64> = self
-            .proposals
-            .iter()
-            .filter(|(_, (_, deadline))| *deadline <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in expired {
-            if let Some((reply, _)) = self.proposals.remove(&id) {
-                let _ = reply.send(Err(RegistryError::Indeterminate(
-                    "the write was proposed but not committed in time (leader change or lost quorum); it may or may not be applied: read it back before retrying".into(),
-                )));
-            }
+        for reply in take_expired(&mut self.proposals, now) {
+            let _ = reply.send(Err(RegistryError::Indeterminate(
+                "the write was proposed but not committed in time (leader change or lost quorum); it may or may not be applied: read it back before retrying".into(),
+            )));
         }
-        let expired: Vec<u64> = self
-            .reads
-            .iter()
-            .filter(|(_, (_, deadline))| *deadline <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in expired {
-            if let Some((reply, _)) = self.reads.remove(&id) {
-                let _ = reply.send(Err(RegistryError::Unavailable(format!(
-                    "registry server {} could not confirm a linearizable read with a quorum (no leader reachable); use a stale read or retry",
-                    self.config.id
-                ))));
-            }
+        for reply in take_expired(&mut self.reads, now) {
+            let _ = reply.send(Err(RegistryError::Unavailable(format!(
+                "registry server {} could not confirm a linearizable read with a quorum (no leader reachable); use a stale read or retry",
+                self.config.id
+            ))));
         }
         if self.membership.as_ref().is_some_and(|m| m.deadline <= now)
             && let Some(m) = self.membership.take()
@@ -630,6 +627,9 @@ impl Driver {
         if let Some((reply, voters)) = self.membership_done.take() {
             let _ = reply.send(Ok(members_of(self.store.db(), &voters, &[])));
         }
+        if self.waiting_reads.is_empty() {
+            return;
+        }
         let applied = self.store.applied();
         let (ready, waiting): (Vec<_>, Vec<_>) = self
             .waiting_reads
@@ -644,10 +644,11 @@ impl Driver {
     /// Housekeeping after applying: leave joint consensus, learn new
     /// addresses, compact the log and the watch history.
     fn after_apply(&mut self) -> Result<(), RegistryError> {
-        let cs = self.store.conf_state();
+        // Only a leader leaves joint consensus: followers need not read the
+        // configuration on every Ready.
         if self.raw.raft.state == StateRole::Leader
-            && !cs.voters_outgoing.is_empty()
             && !self.raw.raft.has_pending_conf()
+            && !self.store.conf_state().voters_outgoing.is_empty()
         {
             tracing::info!("leaving joint consensus");
             if let Err(e) = self

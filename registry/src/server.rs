@@ -61,7 +61,7 @@ impl RegistryServer {
         }
 
         let store = RaftStore::open(&config.data_dir)?;
-        if !store.is_initialized() {
+        if !store.is_initialized()? {
             if config.join {
                 tracing::info!(
                     id = config.id,
@@ -239,11 +239,8 @@ impl RegistryServer {
 }
 
 async fn wait_for(mut rx: tokio::sync::watch::Receiver<bool>) {
-    while !*rx.borrow() {
-        if rx.changed().await.is_err() {
-            return;
-        }
-    }
+    // Also ends when the sender is gone.
+    let _ = rx.wait_for(|stop| *stop).await;
 }
 
 fn current_crl(db: &sled::Db) -> Option<Vec<u8>> {

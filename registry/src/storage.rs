@@ -26,6 +26,7 @@ use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::{Arc, PoisonError, RwLock};
 
 const HARD_STATE: &[u8] = b"r:hs";
 const CONF_STATE: &[u8] = b"r:cs";
@@ -116,6 +117,10 @@ impl KvRead for Staged {
 #[derive(Clone, Debug)]
 pub struct RaftStore {
     db: sled::Db,
+    /// The compaction point (index, term) as `r:snap` holds it: raft-rs asks
+    /// for the first index on every pass of the consensus loop, so it is
+    /// kept in memory too, changed only after the batch that writes it.
+    compacted: Arc<RwLock<(u64, u64)>>,
 }
 
 impl RaftStore {
@@ -128,7 +133,11 @@ impl RaftStore {
             .mode(sled::Mode::HighThroughput)
             .open()
             .map_err(|e| RegistryError::Storage(format!("{}: {e}", dir.display())))?;
-        Ok(Self { db })
+        let meta: SnapshotMetadata = decode(db.get(SNAP_META).map_err(storage_err)?);
+        Ok(Self {
+            db,
+            compacted: Arc::new(RwLock::new((meta.index, meta.term))),
+        })
     }
 
     pub fn db(&self) -> &sled::Db {
@@ -136,9 +145,9 @@ impl RaftStore {
     }
 
     /// Whether this store has ever held raft state.
-    pub fn is_initialized(&self) -> bool {
-        self.db.contains_key(CONF_STATE).unwrap_or(false)
-            || self.db.contains_key(HARD_STATE).unwrap_or(false)
+    pub fn is_initialized(&self) -> Result<bool, RegistryError> {
+        Ok(self.db.contains_key(CONF_STATE).map_err(storage_err)?
+            || self.db.contains_key(HARD_STATE).map_err(storage_err)?)
     }
 
     /// Writes the identical starting state every founding member of a new
@@ -161,6 +170,7 @@ impl RaftStore {
         batch.insert(HARD_STATE, encode(&hs));
         batch.insert(APPLIED, &1u64.to_be_bytes());
         self.db.apply_batch(batch).map_err(storage_err)?;
+        self.set_compacted(1, 1);
         self.flush()
     }
 
@@ -177,8 +187,19 @@ impl RaftStore {
         decode(self.db.get(CONF_STATE).ok().flatten())
     }
 
-    fn snap_meta(&self) -> SnapshotMetadata {
-        decode(self.db.get(SNAP_META).ok().flatten())
+    /// The compaction point: (index, term) of the last entry compacted away.
+    fn compaction_point(&self) -> (u64, u64) {
+        *self
+            .compacted
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set_compacted(&self, index: u64, term: u64) {
+        *self
+            .compacted
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = (index, term);
     }
 
     pub fn applied(&self) -> u64 {
@@ -248,14 +269,16 @@ impl RaftStore {
         hs.term = hs.term.max(meta.term);
         batch.insert(HARD_STATE, encode(&hs));
         batch.insert(APPLIED, &meta.index.to_be_bytes());
-        self.db.apply_batch(batch).map_err(storage_err)
+        self.db.apply_batch(batch).map_err(storage_err)?;
+        self.set_compacted(meta.index, meta.term);
+        Ok(())
     }
 
     /// Drops log entries up to and including `index` (which must be
     /// applied), keeping its term as the new compaction point.
     pub fn compact(&self, index: u64) -> Result<(), RegistryError> {
-        let meta = self.snap_meta();
-        if index <= meta.index || index > self.applied() {
+        let (compacted, _) = self.compaction_point();
+        if index <= compacted || index > self.applied() {
             return Ok(());
         }
         let term =
@@ -263,7 +286,7 @@ impl RaftStore {
         let mut batch = sled::Batch::default();
         for key in self
             .db
-            .range(entry_key(meta.index)..=entry_key(index))
+            .range(entry_key(compacted)..=entry_key(index))
             .keys()
         {
             batch.remove(key.map_err(storage_err)?);
@@ -272,17 +295,19 @@ impl RaftStore {
         next.index = index;
         next.term = term;
         batch.insert(SNAP_META, encode(&next));
-        self.db.apply_batch(batch).map_err(storage_err)
+        self.db.apply_batch(batch).map_err(storage_err)?;
+        self.set_compacted(index, term);
+        Ok(())
     }
 
     /// The index of the newest entry compacted away (the log starts after it).
     pub fn compacted_to(&self) -> u64 {
-        self.snap_meta().index
+        self.compaction_point().0
     }
 
     /// How many log entries are kept.
     pub fn log_len(&self) -> u64 {
-        let first = self.snap_meta().index + 1;
+        let first = self.compaction_point().0 + 1;
         self.last_entry_index().map_or(0, |last| last + 1 - first)
     }
 }
@@ -315,7 +340,7 @@ impl raft::Storage for RaftStore {
         max_size: impl Into<Option<u64>>,
         _context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        let first = self.snap_meta().index + 1;
+        let first = self.compaction_point().0 + 1;
         if low < first {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
@@ -336,11 +361,11 @@ impl raft::Storage for RaftStore {
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
-        let meta = self.snap_meta();
-        if idx == meta.index {
-            return Ok(meta.term);
+        let (compacted, compacted_term) = self.compaction_point();
+        if idx == compacted {
+            return Ok(compacted_term);
         }
-        if idx < meta.index {
+        if idx < compacted {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
         match self.db.get(entry_key(idx)).map_err(fatal)? {
@@ -350,13 +375,13 @@ impl raft::Storage for RaftStore {
     }
 
     fn first_index(&self) -> raft::Result<u64> {
-        Ok(self.snap_meta().index + 1)
+        Ok(self.compaction_point().0 + 1)
     }
 
     fn last_index(&self) -> raft::Result<u64> {
         Ok(self
             .last_entry_index()
-            .unwrap_or_else(|| self.snap_meta().index))
+            .unwrap_or_else(|| self.compaction_point().0))
     }
 
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
@@ -438,5 +463,16 @@ mod tests {
             store.entries(2, 4, None, GetEntriesContext::empty(false)),
             Err(raft::Error::Store(StorageError::Compacted))
         ));
+
+        // The compaction point, log and hard state come back after a restart.
+        let hs = store.hard_state();
+        drop(store);
+        let store = RaftStore::open(dir.path()).unwrap();
+        assert_eq!(store.first_index().unwrap(), 3);
+        assert_eq!(store.last_index().unwrap(), 3);
+        assert_eq!(store.term(2).unwrap(), 1);
+        assert_eq!(store.term(3).unwrap(), 2);
+        assert_eq!(store.hard_state(), hs);
+        assert!(store.is_initialized().unwrap());
     }
 }

@@ -133,6 +133,8 @@ async fn provider_refuses_callers_without_the_right_certificate_identity_or_gran
         .await
         .unwrap_err();
     assert_eq!(code, Code::PermissionDenied, "{msg}");
+    // Refused for its role, not for a missing grant.
+    assert!(msg.contains("has role admin"), "{msg}");
 
     // Malformed envelope: no operation parameter.
     let (code, msg) = call_provider(

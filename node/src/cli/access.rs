@@ -2,7 +2,7 @@
 //! service (by the provider agency or the provincial admin).
 
 use super::RegistryArgs;
-use anyhow::{Result, bail};
+use anyhow::{Result, anyhow};
 use clap::{Args, Subcommand};
 use lgsp_certs::AgencyCode;
 use lgsp_proto::catalog_record::Value;
@@ -83,23 +83,10 @@ fn parse_agency(s: &str) -> Result<AgencyCode, String> {
     AgencyCode::new(s).map_err(|e| e.to_string())
 }
 
+/// The end of `date` (YYYY-MM-DD, UTC) in seconds since 1970.
 fn until_unix(date: &str) -> Result<i64> {
-    let parts: Vec<&str> = date.split('-').collect();
-    let [y, m, d] = parts.as_slice() else {
-        bail!("--until {date:?} is not YYYY-MM-DD");
-    };
-    let (y, m, d): (i64, i64, i64) = (y.parse()?, m.parse()?, d.parse()?);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
-        bail!("--until {date:?} is not a date");
-    }
-    // Days from civil (Howard Hinnant's algorithm), end of that day UTC.
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
+    let days = crate::sharing_log::parse_date(date)
+        .ok_or_else(|| anyhow!("--until {date:?} is not a date (YYYY-MM-DD)"))?;
     Ok((days + 1) * 86_400)
 }
 
@@ -166,5 +153,10 @@ mod tests {
         assert_eq!(super::until_unix("1970-01-01").unwrap(), 86_400);
         assert_eq!(super::until_unix("2026-11-27").unwrap(), 1_795_824_000);
         assert!(super::until_unix("2026-13-01").is_err());
+        // A day the month does not have is refused, not rolled over.
+        for bad in ["2026-02-31", "2026-04-31", "2026-1-01"] {
+            let err = super::until_unix(bad).unwrap_err().to_string();
+            assert!(err.contains(bad), "{err}");
+        }
     }
 }
