@@ -792,8 +792,8 @@ impl Dataset {
     }
 }
 
-/// Writes a JSON object with its fields in the given order (serde_json's
-/// own map would sort them).
+/// Writes a JSON object with its fields in the given order, straight from
+/// the (name, value) pairs, without building a map first.
 fn object_text<'a>(fields: impl IntoIterator<Item = (&'a str, &'a Value)>) -> String {
     let mut text = String::from("{");
     for (i, (name, value)) in fields.into_iter().enumerate() {

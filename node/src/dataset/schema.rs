@@ -162,8 +162,8 @@ impl Schema {
                 "\"properties\" must be present and be an object naming each field",
             ));
         };
-        // serde_json's Map is sorted; the file's order comes from a second,
-        // order-keeping pass over the same text.
+        // A second pass over the same text reads the names as written: a
+        // name given twice is refused (serde_json's Map keeps the last).
         let order: PropertyOrder = serde_json::from_str(text)?;
         let mut properties = Vec::with_capacity(props.len());
         for (name, _) in order.properties.map(|p| p.0).unwrap_or_default() {
