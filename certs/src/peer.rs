@@ -126,11 +126,7 @@ impl Authenticator {
                 id.trust_domain, self.trust_domain
             )));
         }
-        if self.tls.is_revoked(&serial) {
-            return Err(Status::unauthenticated(format!(
-                "the client certificate (serial {serial}) is revoked; ask the provincial IT department (Sở TT&TT) for a new one"
-            )));
-        }
+        self.check_not_revoked(&serial)?;
         if let Some(roles) = self.roles.as_ref().filter(|r| !r.contains(&id.role)) {
             let allowed: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
             return Err(Status::permission_denied(format!(
@@ -140,6 +136,24 @@ impl Authenticator {
             )));
         }
         Ok(Peer { id, serial })
+    }
+}
+
+impl Authenticator {
+    /// Checks again that `peer`, authenticated when its stream opened, is
+    /// not revoked by the CRL in force now: for streams that carry many
+    /// calls, each call is checked as if it came alone.
+    pub fn recheck(&self, peer: &Peer) -> Result<(), Status> {
+        self.check_not_revoked(&peer.serial)
+    }
+
+    fn check_not_revoked(&self, serial: &str) -> Result<(), Status> {
+        if self.tls.is_revoked(serial) {
+            return Err(Status::unauthenticated(format!(
+                "the client certificate (serial {serial}) is revoked; ask the provincial IT department (Sở TT&TT) for a new one"
+            )));
+        }
+        Ok(())
     }
 }
 

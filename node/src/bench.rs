@@ -979,13 +979,16 @@ pub async fn exchange(payload: usize, concurrency: &[usize], duration: Duration)
         "  app → node A:      B's application calls A's provider listener with a B node certificate (mTLS)."
     );
     println!(
-        "  app → node B → A:  B's application calls B's consumer listener (plain HTTP/2); B calls A over mTLS."
+        "  app → node B → A:  B's application calls B's consumer listener (plain HTTP/2); B carries the call to A"
+    );
+    println!(
+        "                     on its node link (mTLS; one HTTP/2 stream carries all of B's calls to A as messages)."
     );
     println!(
         "  reference:         a bare tonic server in plain HTTP/2 that forwards each echo to the raw echo over mTLS:"
     );
     println!(
-        "                     the cost of a second gRPC hop alone, the ceiling for app → node B → A on this machine."
+        "                     what a second hop costs as a unary gRPC call (its own HTTP/2 stream per call)."
     );
     println!("One HTTP/2 connection per 8 clients from the application on every path.");
     let rounds = duration.as_secs().clamp(1, 10);

@@ -9,6 +9,7 @@ use crate::catalog_cache::CatalogCache;
 use crate::config::NodeConfig;
 use crate::dataset::{DatasetCache, Query};
 use crate::limits::Limits;
+use crate::link::{Links, MAX_LINK_ENVELOPE, Sent, deadline_of};
 use crate::sharing_log::{Exchange, SharingLog};
 use futures::{Stream, StreamExt};
 use lgsp_certs::{Credentials, Peer};
@@ -20,7 +21,7 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -40,6 +41,8 @@ pub struct NodeContext {
     node_channels: Mutex<HashMap<String, Channel>>,
     /// Pooled plain HTTP/2 connections to the agency's gRPC backends, by URL.
     backend_channels: Mutex<HashMap<String, Channel>>,
+    /// Links to other nodes, carrying unary calls (see [`crate::link`]).
+    links: Links,
 }
 
 impl NodeContext {
@@ -67,6 +70,7 @@ impl NodeContext {
             metrics,
             node_channels: Mutex::default(),
             backend_channels: Mutex::default(),
+            links: Links::default(),
         })
     }
 
@@ -107,7 +111,11 @@ fn pooled(
 
 /// One exchange as the sharing log and the metrics see it: who, what and
 /// when, taken as the call starts; `finish` adds the outcome and writes it.
+/// A trace dropped unfinished (the caller cancelled, or its deadline passed
+/// and the call was abandoned) is written then, with that outcome: every
+/// exchange that started is in the log.
 struct Trace {
+    ctx: Arc<NodeContext>,
     side: &'static str,
     request_id: String,
     consumer: String,
@@ -116,10 +124,18 @@ struct Trace {
     request_sha256: String,
     bytes_in: u64,
     started: Instant,
+    deadline: Option<Duration>,
+    written: bool,
 }
 
+/// How late a timer may fire: a call abandoned this close to its deadline
+/// was abandoned because of it.
+const TIMER_SLACK: Duration = Duration::from_millis(5);
+
 impl Trace {
+    #[allow(clippy::too_many_arguments)]
     fn start(
+        ctx: &Arc<NodeContext>,
         side: &'static str,
         request_id: &str,
         consumer: &str,
@@ -127,8 +143,10 @@ impl Trace {
         operation: &str,
         request: &[u8],
         started: Instant,
+        deadline: Option<Duration>,
     ) -> Self {
         Self {
+            ctx: ctx.clone(),
             side,
             request_id: request_id.to_owned(),
             consumer: consumer.to_owned(),
@@ -137,14 +155,22 @@ impl Trace {
             request_sha256: hex::encode(Sha256::digest(request)),
             bytes_in: request.len() as u64,
             started,
+            deadline,
+            written: false,
         }
     }
 
     /// Records the outcome: `response_sha256` is the digest of the payload
     /// (of every page, for a query), `bytes_out` its size, `code` how the
     /// exchange ended.
-    fn finish(self, ctx: &NodeContext, response_sha256: &[u8], code: tonic::Code, bytes_out: u64) {
+    fn finish(mut self, response_sha256: &[u8], code: tonic::Code, bytes_out: u64) {
+        self.write(response_sha256, code, bytes_out);
+    }
+
+    fn write(&mut self, response_sha256: &[u8], code: tonic::Code, bytes_out: u64) {
+        self.written = true;
         let latency = self.started.elapsed();
+        let ctx = &self.ctx;
         ctx.metrics.observe(
             self.side,
             &self.service_id,
@@ -154,19 +180,15 @@ impl Trace {
             self.bytes_in,
             bytes_out,
         );
+        let service = std::mem::take(&mut self.service_id);
         let entry = Exchange {
-            provider: self
-                .service_id
-                .split('/')
-                .next()
-                .unwrap_or_default()
-                .to_owned(),
-            request_id: self.request_id,
+            provider: service.split('/').next().unwrap_or_default().to_owned(),
+            request_id: std::mem::take(&mut self.request_id),
             side: self.side.to_owned(),
-            consumer: self.consumer,
-            service: self.service_id,
-            operation: self.operation,
-            request_sha256: self.request_sha256,
+            consumer: std::mem::take(&mut self.consumer),
+            service,
+            operation: std::mem::take(&mut self.operation),
+            request_sha256: std::mem::take(&mut self.request_sha256),
             response_sha256: hex::encode(response_sha256),
             status: code_name(code).to_owned(),
             latency_us: latency.as_micros() as u64,
@@ -176,6 +198,23 @@ impl Trace {
         if let Err(error) = ctx.log.append(entry) {
             tracing::error!(%error, "cannot write the sharing log");
         }
+    }
+}
+
+impl Drop for Trace {
+    fn drop(&mut self) {
+        if self.written {
+            return;
+        }
+        let expired = self
+            .deadline
+            .is_some_and(|d| self.started.elapsed() + TIMER_SLACK >= d);
+        let code = if expired {
+            tonic::Code::DeadlineExceeded
+        } else {
+            tonic::Code::Cancelled
+        };
+        self.write(&Sha256::digest([]), code, 0);
     }
 }
 
@@ -237,6 +276,10 @@ pub struct Provider {
 impl Provider {
     pub fn new(ctx: Arc<NodeContext>) -> Self {
         Self { ctx }
+    }
+
+    pub(crate) fn ctx(&self) -> &NodeContext {
+        &self.ctx
     }
 
     async fn serve(&self, peer: &Peer, env: &Envelope) -> Result<Vec<u8>, Status> {
@@ -323,30 +366,48 @@ impl Provider {
     }
 }
 
-#[tonic::async_trait]
-impl DataExchange for Provider {
-    async fn call(&self, request: Request<Envelope>) -> Result<Response<CallResponse>, Status> {
-        let started = Instant::now();
-        let peer = Peer::of(&request)?.clone();
-        let mut env = request.into_inner();
+impl Provider {
+    /// Serves one call from `peer` (authenticated, within its limits) and
+    /// logs it: the unary `Call` and each call on a node link end here.
+    /// `deadline` is the caller's: past it, the call ends and the log
+    /// records DEADLINE_EXCEEDED.
+    pub(crate) async fn provide(
+        &self,
+        peer: &Peer,
+        mut env: Envelope,
+        started: Instant,
+        deadline: Option<std::time::Duration>,
+    ) -> Result<CallResponse, Status> {
         if env.request_id.is_empty() {
             env.request_id = new_request_id();
         }
-        let span = tracing::info_span!("provide", request_id = %env.request_id, consumer = %peer.id.agency, service = %env.service_id, op = %env.operation);
-        let result = self.serve(&peer, &env).instrument(span.clone()).await;
-        let raw = env.encode_to_vec();
-        let response = result.as_deref().unwrap_or_default();
-        Trace::start(
+        let trace = Trace::start(
+            &self.ctx,
             "provider",
             &env.request_id,
             peer.id.agency.as_str(),
             &env.service_id,
             &env.operation,
-            &raw,
+            &env.encode_to_vec(),
             started,
-        )
-        .finish(
-            &self.ctx,
+            deadline,
+        );
+        let span = tracing::info_span!("provide", request_id = %env.request_id, consumer = %peer.id.agency, service = %env.service_id, op = %env.operation);
+        let serving = self.serve(peer, &env).instrument(span.clone());
+        let result = match deadline {
+            Some(limit) => tokio::time::timeout(limit, serving)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Status::deadline_exceeded(format!(
+                        "{} did not answer within the caller's deadline ({} ms)",
+                        env.service_id,
+                        limit.as_millis()
+                    )))
+                }),
+            None => serving.await,
+        };
+        let response = result.as_deref().unwrap_or_default();
+        trace.finish(
             &Sha256::digest(response),
             code_of(&result),
             response.len() as u64,
@@ -355,12 +416,23 @@ impl DataExchange for Provider {
             Ok(_) => tracing::debug!("served"),
             Err(s) => tracing::info!(code = code_name(s.code()), reason = %s.message(), "refused"),
         });
-        let payload = result?;
-        Ok(Response::new(CallResponse {
-            payload,
+        Ok(CallResponse {
+            payload: result?,
             request_id: env.request_id,
             metadata: HashMap::new(),
-        }))
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl DataExchange for Provider {
+    async fn call(&self, request: Request<Envelope>) -> Result<Response<CallResponse>, Status> {
+        let started = Instant::now();
+        let peer = Peer::of(&request)?.clone();
+        let deadline = deadline_of(request.metadata());
+        self.provide(&peer, request.into_inner(), started, deadline)
+            .await
+            .map(Response::new)
     }
 
     type QueryStream = PageStream;
@@ -371,12 +443,14 @@ impl DataExchange for Provider {
     ) -> Result<Response<Self::QueryStream>, Status> {
         let started = Instant::now();
         let peer = Peer::of(&request)?.clone();
+        let deadline = deadline_of(request.metadata());
         let mut req = request.into_inner();
         if req.request_id.is_empty() {
             req.request_id = new_request_id();
         }
         let ctx = self.ctx.clone();
         let trace = Trace::start(
+            &ctx,
             "provider",
             &req.request_id,
             peer.id.agency.as_str(),
@@ -384,6 +458,7 @@ impl DataExchange for Provider {
             "query",
             &req.encode_to_vec(),
             started,
+            deadline,
         );
         let prepared = (|| {
             let name = access::authorize(&ctx.cache, &ctx.config.agency, &peer, &req.service_id)?;
@@ -411,7 +486,7 @@ impl DataExchange for Provider {
         let dataset = match prepared {
             Ok(p) => p,
             Err(status) => {
-                trace.finish(&ctx, &Sha256::digest([]), status.code(), 0);
+                trace.finish(&Sha256::digest([]), status.code(), 0);
                 return Err(status);
             }
         };
@@ -477,7 +552,7 @@ impl DataExchange for Provider {
                 let _ = tx.send(Err(s.clone())).await;
             }
             let digest = digest.finalize();
-            trace.finish(&ctx, &digest, code_of(&outcome), bytes_out);
+            trace.finish(&digest, code_of(&outcome), bytes_out);
         });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
@@ -497,8 +572,8 @@ impl Consumer {
         Self { ctx }
     }
 
-    /// The provider node's client for `service_id`.
-    fn route(&self, service_id: &str) -> Result<DataExchangeClient<Channel>, Status> {
+    /// The endpoint of the provider node serving `service_id`.
+    fn route(&self, service_id: &str) -> Result<String, Status> {
         let ctx = &self.ctx;
         lgsp_registry::catalog::parse_service_id(service_id)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -513,10 +588,50 @@ impl Consumer {
                 service.node, service.agency_code
             ))
         })?;
-        let max = ctx.config.limits.max_message_bytes;
-        Ok(DataExchangeClient::new(ctx.channel(&node.endpoint)?)
+        Ok(node.endpoint)
+    }
+
+    /// A client of the provider node at `endpoint`, on the pooled connection.
+    fn client(&self, endpoint: &str) -> Result<DataExchangeClient<Channel>, Status> {
+        let max = self.ctx.config.limits.max_message_bytes;
+        Ok(DataExchangeClient::new(self.ctx.channel(endpoint)?)
             .max_decoding_message_size(max)
             .max_encoding_message_size(max))
+    }
+
+    /// Sends `env` to the provider node serving it: on the link to that
+    /// node, or as a unary call when the envelope is large or the node has
+    /// no link service.
+    async fn send(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        env: Envelope,
+    ) -> Result<CallResponse, Status> {
+        let endpoint = self.route(&env.service_id)?;
+        let env = if env.encoded_len() <= MAX_LINK_ENVELOPE {
+            let ctx = &self.ctx;
+            let sent = ctx
+                .links
+                .call(
+                    &endpoint,
+                    || ctx.channel(&endpoint),
+                    ctx.config.limits.max_message_bytes,
+                    env,
+                    deadline_of(metadata),
+                )
+                .await;
+            match sent {
+                Sent::Done(result) => return result.map_err(explain),
+                Sent::Unsupported(env) => env,
+            }
+        } else {
+            env
+        };
+        self.client(&endpoint)?
+            .call(forward(metadata, env))
+            .await
+            .map(Response::into_inner)
+            .map_err(explain)
     }
 }
 
@@ -549,6 +664,7 @@ impl DataExchange for Consumer {
             env.request_id = new_request_id();
         }
         let trace = Trace::start(
+            &self.ctx,
             "consumer",
             &env.request_id,
             &self.ctx.config.agency,
@@ -556,24 +672,17 @@ impl DataExchange for Consumer {
             &env.operation,
             &env.encode_to_vec(),
             started,
+            deadline_of(&metadata),
         );
         let span = tracing::info_span!("consume", request_id = %env.request_id, service = %env.service_id, op = %env.operation);
-        let result = async {
-            let mut client = self.route(&env.service_id)?;
-            client.call(forward(&metadata, env)).await.map_err(explain)
-        }
-        .instrument(span)
-        .await;
-        let response = result
-            .as_ref()
-            .map_or(&[][..], |r| r.get_ref().payload.as_slice());
+        let result = self.send(&metadata, env).instrument(span).await;
+        let response = result.as_ref().map_or(&[][..], |r| r.payload.as_slice());
         trace.finish(
-            &self.ctx,
             &Sha256::digest(response),
             code_of(&result),
             response.len() as u64,
         );
-        result
+        result.map(Response::new)
     }
 
     type QueryStream = PageStream;
@@ -588,6 +697,7 @@ impl DataExchange for Consumer {
             req.request_id = new_request_id();
         }
         let trace = Trace::start(
+            &self.ctx,
             "consumer",
             &req.request_id,
             &self.ctx.config.agency,
@@ -595,17 +705,17 @@ impl DataExchange for Consumer {
             "query",
             &req.encode_to_vec(),
             started,
+            deadline_of(&metadata),
         );
         let opened = async {
-            let mut client = self.route(&req.service_id)?;
+            let mut client = self.client(&self.route(&req.service_id)?)?;
             client.query(forward(&metadata, req)).await.map_err(explain)
         }
         .await;
-        let ctx = self.ctx.clone();
         let mut upstream = match opened {
             Ok(r) => r.into_inner(),
             Err(status) => {
-                trace.finish(&ctx, &Sha256::digest([]), status.code(), 0);
+                trace.finish(&Sha256::digest([]), status.code(), 0);
                 return Err(status);
             }
         };
@@ -632,7 +742,7 @@ impl DataExchange for Consumer {
                 }
             };
             let digest = digest.finalize();
-            trace.finish(&ctx, &digest, code_of(&outcome), bytes_out);
+            trace.finish(&digest, code_of(&outcome), bytes_out);
         });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),

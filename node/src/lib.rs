@@ -13,6 +13,7 @@ pub mod dataset;
 pub mod demo;
 pub mod exchange;
 pub mod limits;
+pub mod link;
 pub mod metrics;
 pub mod server;
 pub mod sharing_log;

@@ -6,6 +6,7 @@ use crate::catalog_cache::{CatalogCache, open_db};
 use crate::config::NodeConfig;
 use crate::dataset::{DatasetCache, DatasetStore};
 use crate::exchange::{Consumer, NodeContext, Provider};
+use crate::link::{FRAMING as LINK_FRAMING, LinkServer};
 use crate::metrics::Metrics;
 use crate::sharing_log::{SharingLog, Signer};
 use anyhow::{Context, Result, bail};
@@ -15,6 +16,7 @@ use lgsp_proto::NodeRecord;
 use lgsp_proto::catalog_record::Value;
 use lgsp_proto::data_exchange_server::DataExchangeServer;
 use lgsp_proto::identity_service_server::IdentityServiceServer;
+use lgsp_proto::node_link_server::NodeLinkServer;
 use lgsp_registry::RegistryClient;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -130,12 +132,22 @@ impl NodeServer {
             ),
             auth.clone(),
         );
+        // Node links authenticate when they open and check revocation and
+        // limits per call themselves, so they sit outside the limit layer.
+        let link = tonic::service::interceptor::InterceptedService::new(
+            NodeLinkServer::new(LinkServer::new(Provider::new(ctx.clone()), auth.clone()))
+                .max_decoding_message_size(max + LINK_FRAMING)
+                .max_encoding_message_size(max + LINK_FRAMING),
+            auth.clone(),
+        );
+        health.set_serving::<NodeLinkServer<LinkServer>>().await;
         let incoming = tls.clone().incoming(provider_listener);
         let stop = wait_for(shutdown_rx.clone());
         let (h, r) = (health_service.clone(), reflection.clone());
         tasks.push(tokio::spawn(async move {
             let result = tonic::transport::Server::builder()
                 .add_service(provider)
+                .add_service(link)
                 .add_service(IdentityServiceServer::with_interceptor(WhoAmI, auth))
                 .add_service(h)
                 .add_service(r)

@@ -331,7 +331,8 @@ impl Province {
 pub const A: &str = "000.00.12.H62";
 pub const B: &str = "000.00.13.H62";
 
-/// A plain HTTP/JSON backend of agency A (a business registry), on 127.0.0.1.
+/// A plain HTTP/JSON backend of agency A (a business registry), on
+/// 127.0.0.1. Operation `cham` answers after 3 seconds.
 pub async fn start_backend() -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -344,6 +345,10 @@ pub async fn start_backend() -> String {
                 let service = hyper::service::service_fn(
                     |req: hyper::Request<hyper::body::Incoming>| async move {
                         let path = req.uri().path().to_owned();
+                        // A slow ("chậm") operation, for deadlines.
+                        if path.ends_with("/cham") {
+                            tokio::time::sleep(Duration::from_secs(3)).await;
+                        }
                         let consumer = req
                             .headers()
                             .get("x-lgsp-consumer-agency")

@@ -1,0 +1,197 @@
+//! The link between two nodes: agency B's node carries its applications'
+//! calls to A's node as messages on one long-lived stream. Each call on it
+//! is still checked, limited and logged on its own; replies reach the call
+//! they answer; the application's deadline reaches the provider; and a
+//! certificate revoked while the link is open stops the next call.
+
+use futures::future::join_all;
+use lgsp_certs::inspect::CertInfo;
+use lgsp_proto::catalog_record::Value;
+use lgsp_proto::data_exchange_client::DataExchangeClient;
+use lgsp_proto::{Crl, Envelope};
+use lgsp_tests::province::{A, B, two_agencies};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use tonic::{Code, Request};
+
+fn get(key: &str, request_id: &str) -> Envelope {
+    Envelope {
+        service_id: format!("{A}/ho-tich"),
+        operation: "get".into(),
+        parameters: HashMap::from([("key".into(), key.into())]),
+        request_id: request_id.into(),
+        ..Default::default()
+    }
+}
+
+/// The JSON object of the sharing-log entry for `request_id`.
+fn entry(log: &str, request_id: &str) -> serde_json::Value {
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!("\"request_id\":\"{request_id}\"")))
+        .unwrap_or_else(|| panic!("no entry for {request_id} in:\n{log}"));
+    serde_json::from_str(line).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_on_one_link_each_get_their_own_reply_and_log_entry() {
+    let (_province, mut a, mut b) = two_agencies().await;
+    let app = DataExchangeClient::new(b.app_channel().await);
+    let people = [
+        ("001099012345", "Nguyễn Thị Hương"),
+        ("001088054321", "Trần Văn Đức"),
+        ("001077000111", "Lê Thị Ánh"),
+    ];
+    // 150 calls at once: three known people and a key no record has, mixed.
+    let calls = (0..150).map(|i| {
+        let mut app = app.clone();
+        async move {
+            let key = people
+                .get(i % 4)
+                .map_or_else(|| format!("00100000{i:04}"), |p| p.0.to_owned());
+            let result = app.call(get(&key, &format!("link-{i}"))).await;
+            (i, key, result)
+        }
+    });
+    for (i, key, result) in join_all(calls).await {
+        match people.iter().find(|p| p.0 == key) {
+            Some((_, name)) => {
+                let response = result.unwrap_or_else(|s| panic!("call {i} ({key}): {s:?}"));
+                let record: serde_json::Value =
+                    serde_json::from_slice(&response.get_ref().payload).unwrap();
+                assert_eq!(record["ho_ten"], *name, "call {i} got another call's reply");
+                assert_eq!(response.get_ref().request_id, format!("link-{i}"));
+            }
+            None => {
+                let status = result.expect_err("no such record");
+                assert_eq!(status.code(), Code::NotFound, "call {i}: {status:?}");
+                assert!(status.message().contains(&key), "call {i}: {status:?}");
+            }
+        }
+    }
+
+    // A large envelope goes on its own stream, and still arrives.
+    let filler = "Đăng ký kinh doanh ".repeat(5000);
+    let mut app = app.clone();
+    let big = app
+        .call(Envelope {
+            service_id: format!("{A}/dkkd"),
+            operation: "tra-cuu".into(),
+            payload: serde_json::json!({"ma_so_doanh_nghiep": "2500150335", "ghi_chu": filler})
+                .to_string()
+                .into_bytes(),
+            request_id: "link-big".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("a 100 KB envelope is served");
+    let reply: serde_json::Value = serde_json::from_slice(&big.get_ref().payload).unwrap();
+    assert_eq!(reply["ma_so_doanh_nghiep"], "2500150335");
+
+    a.stop();
+    b.stop();
+    let (log_a, log_b) = (
+        std::fs::read_to_string(a.sharing_log()).unwrap(),
+        std::fs::read_to_string(b.sharing_log()).unwrap(),
+    );
+    for i in 0..150 {
+        let id = format!("link-{i}");
+        let (provider, consumer) = (entry(&log_a, &id), entry(&log_b, &id));
+        let status = if i % 4 == 3 { "NOT_FOUND" } else { "OK" };
+        assert_eq!(provider["status"], status, "{provider}");
+        assert_eq!(consumer["status"], status, "{consumer}");
+        assert_eq!(provider["consumer"], B);
+        assert_eq!(provider["request_sha256"], consumer["request_sha256"]);
+        assert_eq!(provider["response_sha256"], consumer["response_sha256"]);
+    }
+    assert_eq!(entry(&log_a, "link-big")["status"], "OK");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_applications_deadline_reaches_the_provider_and_both_logs_record_it() {
+    let (_province, mut a, mut b) = two_agencies().await;
+    let mut app = DataExchangeClient::new(b.app_channel().await);
+    // The backend takes 3 s; the application allows 300 ms.
+    let mut request = Request::new(Envelope {
+        service_id: format!("{A}/dkkd"),
+        operation: "cham".into(),
+        payload: br#"{"ma_so_doanh_nghiep":"2500150335"}"#.to_vec(),
+        request_id: "link-deadline".into(),
+        ..Default::default()
+    });
+    request.set_timeout(Duration::from_millis(300));
+    let asked = Instant::now();
+    let status = app.call(request).await.expect_err("past the deadline");
+    let waited = asked.elapsed();
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    assert!(waited < Duration::from_millis(1500), "waited {waited:?}");
+    // The link still serves the next call.
+    app.call(get("001099012345", "link-after"))
+        .await
+        .expect("served after a call timed out");
+
+    a.stop();
+    b.stop();
+    for node in [&a, &b] {
+        let log = std::fs::read_to_string(node.sharing_log()).unwrap();
+        let e = entry(&log, "link-deadline");
+        assert_eq!(e["status"], "DEADLINE_EXCEEDED", "{e}");
+        // The provider gave up at the caller's deadline, not the backend's 3 s.
+        let latency = e["latency_us"].as_u64().unwrap();
+        assert!((250_000..1_500_000).contains(&latency), "{e}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_node_revoked_while_its_link_is_open_is_refused_on_the_next_call() {
+    let (mut province, _a, b) = two_agencies().await;
+    let mut app = DataExchangeClient::new(b.app_channel().await);
+    app.call(get("001099012345", "before"))
+        .await
+        .expect("the link is open and serves");
+
+    let serial = CertInfo::from_der(&b.creds.chain[0], &b.dir.join("tls/cert.pem"))
+        .unwrap()
+        .serial;
+    let ca = &mut province.registry.pki.ca;
+    ca.revoke(&serial, rcgen::RevocationReason::KeyCompromise)
+        .unwrap();
+    let crl = ca.sign_crl(1).unwrap();
+    let published = Instant::now();
+    province
+        .admin
+        .put(
+            Value::Crl(Crl {
+                der: crl.der,
+                number: crl.number,
+                revoked_serials: crl.revoked,
+            }),
+            0,
+        )
+        .await
+        .expect("publish CRL");
+    let refused_at = loop {
+        match app.call(get("001099012345", "after")).await {
+            Err(s) if s.code() == Code::Unauthenticated => {
+                assert!(s.message().contains("revoked"), "{s:?}");
+                assert!(s.message().contains(&serial), "{s:?}");
+                break published.elapsed();
+            }
+            other => {
+                assert!(
+                    published.elapsed() < Duration::from_secs(5),
+                    "B's node still served 5 s after its certificate was revoked: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    eprintln!("revocation enforced on the open link {refused_at:?} after the CRL was published");
+    assert!(
+        refused_at < Duration::from_millis(1500),
+        "took {refused_at:?}"
+    );
+}
