@@ -109,14 +109,26 @@ impl HttpBackend {
     }
 }
 
+/// Percent-encodes a query-string component (RFC 3986 unreserved kept).
 fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn query_components_keep_unreserved_bytes_and_percent_encode_the_rest() {
+        assert_eq!(super::encode("ma-so_1.2~"), "ma-so_1.2~");
+        assert_eq!(super::encode("a b&c=d"), "a%20b%26c%3Dd");
+        assert_eq!(super::encode("Vĩnh Yên"), "V%C4%A9nh%20Y%C3%AAn");
+    }
 }

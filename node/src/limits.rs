@@ -16,6 +16,8 @@ use tonic::codegen::http;
 
 #[derive(Debug)]
 struct Bucket {
+    /// The consumer's name, shared with its permits.
+    name: Arc<str>,
     tokens: f64,
     at: Instant,
     in_flight: usize,
@@ -26,14 +28,14 @@ struct Bucket {
 pub struct Limits {
     max_in_flight: usize,
     rate: f64,
-    buckets: Mutex<HashMap<String, Bucket>>,
+    buckets: Mutex<HashMap<Arc<str>, Bucket>>,
 }
 
 /// Holds one in-flight slot of a consumer until dropped.
 #[derive(Debug)]
 pub struct Permit {
     limits: Arc<Limits>,
-    consumer: String,
+    consumer: Arc<str>,
 }
 
 impl Drop for Permit {
@@ -63,11 +65,17 @@ impl Limits {
     pub fn acquire(self: &Arc<Self>, consumer: &str) -> Result<Permit, Status> {
         let mut buckets = self.buckets.lock().expect("limits lock");
         let now = Instant::now();
-        let b = buckets.entry(consumer.to_owned()).or_insert(Bucket {
-            tokens: self.rate,
-            at: now,
-            in_flight: 0,
-        });
+        if !buckets.contains_key(consumer) {
+            let name: Arc<str> = Arc::from(consumer);
+            let fresh = Bucket {
+                name: name.clone(),
+                tokens: self.rate,
+                at: now,
+                in_flight: 0,
+            };
+            buckets.insert(name, fresh);
+        }
+        let b = buckets.get_mut(consumer).expect("inserted above");
         b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * self.rate).min(self.rate);
         b.at = now;
         if b.in_flight >= self.max_in_flight {
@@ -86,7 +94,7 @@ impl Limits {
         b.in_flight += 1;
         Ok(Permit {
             limits: self.clone(),
-            consumer: consumer.to_owned(),
+            consumer: b.name.clone(),
         })
     }
 }

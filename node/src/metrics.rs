@@ -17,22 +17,22 @@ use std::time::Duration;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {
-    side: String,
+    side: &'static str,
     service: String,
     consumer: String,
-    code: String,
+    code: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LatencyLabels {
-    side: String,
+    side: &'static str,
     service: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BytesLabels {
-    side: String,
-    direction: String,
+    side: &'static str,
+    direction: &'static str,
 }
 
 /// The node's metrics.
@@ -94,7 +94,7 @@ impl Metrics {
     #[allow(clippy::too_many_arguments)] // the dimensions of one exchange
     pub fn observe(
         &self,
-        side: &str,
+        side: &'static str,
         service: &str,
         consumer: &str,
         code: tonic::Code,
@@ -104,24 +104,21 @@ impl Metrics {
     ) {
         self.calls
             .get_or_create(&CallLabels {
-                side: side.to_owned(),
+                side,
                 service: service.to_owned(),
                 consumer: consumer.to_owned(),
-                code: crate::exchange::code_name(code).to_owned(),
+                code: crate::exchange::code_name(code),
             })
             .inc();
         self.latency
             .get_or_create(&LatencyLabels {
-                side: side.to_owned(),
+                side,
                 service: service.to_owned(),
             })
             .observe(latency.as_secs_f64());
         for (direction, n) in [("in", bytes_in), ("out", bytes_out)] {
             self.bytes
-                .get_or_create(&BytesLabels {
-                    side: side.to_owned(),
-                    direction: direction.to_owned(),
-                })
+                .get_or_create(&BytesLabels { side, direction })
                 .inc_by(n);
         }
     }
