@@ -79,6 +79,14 @@ impl NodeContext {
         pooled(&self.node_channels, endpoint, || {
             lgsp_certs::tls::client_endpoint(endpoint, &self.creds, None)
                 .map_err(|e| Status::internal(e.to_string()))
+                // A provider that vanished without closing the connection
+                // (host down, cable cut) is found out within half a minute,
+                // and its link closed, instead of at TCP's timeout.
+                .map(|e| {
+                    e.http2_keep_alive_interval(Duration::from_secs(20))
+                        .keep_alive_timeout(Duration::from_secs(10))
+                        .keep_alive_while_idle(true)
+                })
         })
     }
 

@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
-use tokio::sync::{OnceCell, mpsc, oneshot};
+use tokio::sync::{OnceCell, Semaphore, mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status, Streaming};
@@ -39,16 +39,28 @@ const QUEUE: usize = 1024;
 /// largest size.
 pub const FRAMING: usize = 1024;
 
+/// Calls one link may have in flight on the provider (being served, or
+/// answered and waiting to be sent) before the provider stops reading it.
+const IN_FLIGHT_PER_LINK: usize = 1024;
+
 /// The provider side: answers the calls on links other nodes open.
 #[derive(Debug, Clone)]
 pub struct LinkServer {
     provider: Provider,
     auth: Authenticator,
+    shutdown: watch::Receiver<bool>,
 }
 
 impl LinkServer {
-    pub fn new(provider: Provider, auth: Authenticator) -> Self {
-        Self { provider, auth }
+    /// Serves links until `shutdown` turns true: then each link stops
+    /// taking calls, answers those it took, and ends, so that the node's
+    /// graceful shutdown does not wait on links that never end by themselves.
+    pub fn new(provider: Provider, auth: Authenticator, shutdown: watch::Receiver<bool>) -> Self {
+        Self {
+            provider,
+            auth,
+            shutdown,
+        }
     }
 
     /// Answers one call on a link from `peer`: the same checks, limits and
@@ -101,28 +113,42 @@ impl NodeLink for LinkServer {
         let (replies, rx) = mpsc::channel(QUEUE);
         let server = self.clone();
         tracing::debug!(consumer = %peer.id, "node link opened");
+        let mut stop = self.shutdown.clone();
         tokio::spawn(async move {
             // Each call runs on its own task, so a slow backend holds up
-            // only its own calls. A consumer that stops reading replies
-            // stops this loop too (sending waits for room), and the calls
-            // it has in flight stay within its limits.
+            // only its own calls. At most IN_FLIGHT_PER_LINK are taken at
+            // once: a consumer that sends faster than it is answered, or
+            // stops reading replies, stops being read (HTTP/2 flow control
+            // then holds it back), instead of growing this node's memory.
+            let in_flight = Arc::new(Semaphore::new(IN_FLIGHT_PER_LINK));
             loop {
-                match incoming.message().await {
-                    Ok(Some(call)) => {
+                let next = tokio::select! {
+                    biased;
+                    _ = stop.wait_for(|stop| *stop) => break,
+                    next = async {
+                        let slot = in_flight.clone().acquire_owned().await;
+                        (slot, incoming.message().await)
+                    } => next,
+                };
+                match next {
+                    (Ok(slot), Ok(Some(call))) => {
                         let (server, peer, replies) =
                             (server.clone(), peer.clone(), replies.clone());
                         tokio::spawn(async move {
                             let reply = server.answer(&peer, call).await;
                             let _ = replies.send(Ok(reply)).await;
+                            drop(slot);
                         });
                     }
-                    Ok(None) => break,
-                    Err(status) => {
+                    (_, Ok(None)) => break,
+                    (_, Err(status)) => {
                         tracing::debug!(consumer = %peer.id, error = %status, "node link broken");
                         break;
                     }
+                    (Err(_), _) => break,
                 }
             }
+            // The reply stream ends once the calls taken are answered.
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }

@@ -135,9 +135,13 @@ impl NodeServer {
         // Node links authenticate when they open and check revocation and
         // limits per call themselves, so they sit outside the limit layer.
         let link = tonic::service::interceptor::InterceptedService::new(
-            NodeLinkServer::new(LinkServer::new(Provider::new(ctx.clone()), auth.clone()))
-                .max_decoding_message_size(max + LINK_FRAMING)
-                .max_encoding_message_size(max + LINK_FRAMING),
+            NodeLinkServer::new(LinkServer::new(
+                Provider::new(ctx.clone()),
+                auth.clone(),
+                shutdown_rx.clone(),
+            ))
+            .max_decoding_message_size(max + LINK_FRAMING)
+            .max_encoding_message_size(max + LINK_FRAMING),
             auth.clone(),
         );
         health.set_serving::<NodeLinkServer<LinkServer>>().await;

@@ -195,3 +195,44 @@ async fn a_consumer_node_revoked_while_its_link_is_open_is_refused_on_the_next_c
         "took {refused_at:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_with_links_open_stops_promptly_and_the_consumer_relinks_after_its_restart() {
+    let (_province, mut a, b) = two_agencies().await;
+    let mut app = DataExchangeClient::new(b.app_channel().await);
+    app.call(get("001099012345", "before-restart"))
+        .await
+        .expect("the link is open and serves");
+
+    // B's link never ends by itself: A's graceful shutdown must end it.
+    let stopping = Instant::now();
+    a.stop();
+    let stopped = stopping.elapsed();
+    assert!(
+        stopped < Duration::from_secs(3),
+        "A took {stopped:?} to stop with B's link open"
+    );
+    let down = app
+        .call(get("001099012345", "while-down"))
+        .await
+        .expect_err("A is down");
+    assert_eq!(down.code(), Code::Unavailable, "{down:?}");
+
+    a.start();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match app.call(get("001099012345", "after-restart")).await {
+            Ok(r) => {
+                assert_eq!(r.get_ref().request_id, "after-restart");
+                break;
+            }
+            Err(s) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "B never reached A again after its restart: {s:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
