@@ -72,16 +72,35 @@ async fn consumer_listener_with_mtls_serves_the_agencys_apps_and_refuses_others(
         b.log()
     );
 
-    // Without a certificate, or with a provincial node certificate instead of an app one, refused.
-    let plain = endpoint(None).connect().await;
-    let refused = match plain {
-        Ok(channel) => DataExchangeClient::new(channel)
-            .call(env.clone())
-            .await
-            .is_err(),
-        Err(_) => true,
+    // Without a certificate, or with a provincial node certificate instead
+    // of an app one, refused at the TLS handshake: never an answer from the
+    // node's gRPC service (which would mean the call got in).
+    let refusal = |outcome: Result<tonic::transport::Channel, tonic::transport::Error>| async {
+        let status = match outcome {
+            Ok(channel) => match DataExchangeClient::new(channel).call(env.clone()).await {
+                Ok(_) => return None,
+                Err(status) => status,
+            },
+            Err(e) => return Some((tonic::Code::Unavailable, format!("{e:?}"))),
+        };
+        Some((status.code(), lgsp_certs::tls::explain_status(&status)))
     };
-    assert!(refused, "an app without a certificate was served");
+    let (code, why) = refusal(endpoint(None).connect().await)
+        .await
+        .expect("an app without a certificate was served");
+    assert!(
+        matches!(
+            code,
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+        ),
+        "refused by the service, not at the handshake: {code:?} {why}"
+    );
+    // The client usually reads the server's alert; when hyper sees the
+    // close first, it only learns that the connection closed.
+    assert!(
+        why.contains("requires a client certificate") || why.contains("connection closed"),
+        "{why}"
+    );
     let (other, _) = province.issue(B, Role::Node, "not-an-app");
     let foreign = endpoint(Some(tonic::transport::Identity::from_pem(
         &other.cert_pem,
@@ -89,12 +108,18 @@ async fn consumer_listener_with_mtls_serves_the_agencys_apps_and_refuses_others(
     )))
     .connect()
     .await;
-    let refused = match foreign {
-        Ok(channel) => DataExchangeClient::new(channel).call(env).await.is_err(),
-        Err(_) => true,
-    };
+    let (code, why) = refusal(foreign)
+        .await
+        .expect("a certificate not from the agency's app CA was served");
     assert!(
-        refused,
-        "a certificate not from the agency's app CA was served"
+        matches!(
+            code,
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+        ),
+        "refused by the service, not at the handshake: {code:?} {why}"
+    );
+    assert!(
+        why.contains("not issued by a CA the server trusts") || why.contains("connection closed"),
+        "{why}"
     );
 }

@@ -2,8 +2,10 @@
 //! stream counts until it ends) and calls per second, each refused with
 //! RESOURCE_EXHAUSTED and a message that says which limit.
 
+use lgsp_certs::Role;
+use lgsp_certs::tls::client_endpoint;
 use lgsp_proto::data_exchange_client::DataExchangeClient;
-use lgsp_proto::{Envelope, QueryRequest};
+use lgsp_proto::{Envelope, GrantStatus, QueryRequest};
 use lgsp_tests::province::{A, HO_TICH_CSV, two_agencies_custom, wait_until_callable};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -20,7 +22,21 @@ async fn consumer_limits_refuse_excess_calls_and_recover() {
         ));
     }
     let limits = "[limits]\nmax_concurrent_per_consumer = 2\nrate_per_consumer = 5\n";
-    let (_province, _a, b) = two_agencies_custom(1, limits, "", &rows, |_, _| {}).await;
+    let (mut province, a, b) = two_agencies_custom(1, limits, "", &rows, |_, _| {}).await;
+    // A third agency, also granted, calling A's node directly.
+    const C: &str = "000.00.14.H62";
+    province.register_agency(C, "UBND huyện Lập Thạch").await;
+    province
+        .grant(&format!("{A}/ho-tich"), C, GrantStatus::Active)
+        .await;
+    let (c_creds, _) = province.issue(C, Role::Node, "node-c");
+    let mut agency_c = DataExchangeClient::new(
+        client_endpoint(&a.provider, &c_creds, None)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
     wait_until_callable(&b).await;
     tokio::time::sleep(Duration::from_millis(1200)).await; // the bucket refills
 
@@ -70,7 +86,26 @@ async fn consumer_limits_refuse_excess_calls_and_recover() {
     );
     assert!((5..12).contains(&ok), "{ok} of 12 served");
 
-    // Another agency's budget is its own, and the consumer recovers.
+    // Another agency's budget is its own: right after B is refused (a shared
+    // budget would need 200 ms to allow one more call), C is served.
+    let mut refused_b = None;
+    for _ in 0..12 {
+        if let Err(status) = app.call(get.clone()).await {
+            refused_b = Some(status.code());
+            break;
+        }
+    }
+    assert_eq!(
+        refused_b,
+        Some(Code::ResourceExhausted),
+        "B is over its rate"
+    );
+    agency_c
+        .call(get.clone())
+        .await
+        .expect("agency C is served while agency B is over its rate");
+
+    // The consumer recovers.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     app.call(get)
         .await

@@ -157,7 +157,7 @@ async fn provider_refuses_callers_without_the_right_certificate_identity_or_gran
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_certificate_is_refused_within_a_second_while_the_node_runs() {
-    let (mut province, a, _b) = two_agencies().await;
+    let (mut province, a, b) = two_agencies().await;
     let service = format!("{A}/ho-tich");
     let (creds, serial) = province.issue(B, Role::Node, "node-b2");
     let channel = client_endpoint(&a.provider, &creds, None)
@@ -217,6 +217,10 @@ async fn revoked_certificate_is_refused_within_a_second_while_the_node_runs() {
         msg.contains("revoked") || msg.contains("connection closed"),
         "a new connection is refused at the handshake: {msg}"
     );
+    // Only that certificate: agency B's node certificate, not revoked, is served.
+    call_provider(&a, &b.creds, get(&service, "001099012345"))
+        .await
+        .expect("B's own certificate is still served");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
