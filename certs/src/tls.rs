@@ -33,8 +33,10 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 /// Where a peer's TLS material lives: its certificate, its key and the CA
-/// certificate it trusts, all PEM.
-#[derive(Clone, Debug)]
+/// certificate it trusts, all PEM. Also the `tls` tables of `node.toml`
+/// and `registry.toml`.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -49,6 +51,17 @@ impl TlsFiles {
             key: dir.join("key.pem"),
             ca: dir.join("ca.pem"),
         }
+    }
+
+    /// Writes `creds` into `dir` (made if missing) under the names of
+    /// [`Self::in_dir`], the key readable by its owner only.
+    pub fn write(dir: &Path, creds: &Credentials) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let files = Self::in_dir(dir);
+        crate::write_atomic(&files.cert, creds.cert_pem.as_bytes(), 0o644)?;
+        crate::write_atomic(&files.key, creds.key_pem.as_bytes(), 0o600)?;
+        crate::write_atomic(&files.ca, creds.ca_pem.as_bytes(), 0o644)?;
+        Ok(files)
     }
 }
 

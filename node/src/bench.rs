@@ -1,14 +1,12 @@
 //! `lgsp bench`: measured throughput and latency, each next to a baseline
 //! measured in the same run on the same machine.
 
-use crate::config::{
-    ConsumerConfig, LimitsConfig, NodeConfig, ProviderConfig, ServiceConfig, TlsPaths,
-};
+use crate::config::{ConsumerConfig, LimitsConfig, NodeConfig, ProviderConfig, ServiceConfig};
 use crate::server::NodeServer;
 use anyhow::{Context, Result};
 use http_body_util::{BodyExt, Full};
 use lgsp_certs::ca::{CertificateAuthority, LeafSpec};
-use lgsp_certs::{AgencyCode, Credentials, Role, ServerTls, SpiffeId};
+use lgsp_certs::{AgencyCode, Credentials, Role, ServerTls, SpiffeId, TlsFiles};
 use lgsp_proto::catalog_record::Value;
 use lgsp_proto::data_exchange_client::DataExchangeClient;
 use lgsp_proto::data_exchange_server::{DataExchange, DataExchangeServer};
@@ -17,7 +15,7 @@ use lgsp_proto::{
     Agency, CallResponse, Envelope, Grant, GrantStatus, QueryPage, QueryRequest, RecordKind,
     Service, ServiceKind, ServiceStatus,
 };
-use lgsp_registry::config::{PeerConfig, TlsConfig};
+use lgsp_registry::config::PeerConfig;
 use lgsp_registry::{RegistryClient, RegistryConfig, RegistryServer};
 use std::collections::HashMap;
 use std::future::Future;
@@ -157,19 +155,6 @@ fn agency_leaf(
     )?)
 }
 
-fn write_tls(dir: &Path, creds: &Credentials) -> Result<TlsConfig> {
-    std::fs::create_dir_all(dir)?;
-    let files = lgsp_certs::TlsFiles::in_dir(dir);
-    std::fs::write(&files.cert, &creds.cert_pem)?;
-    std::fs::write(&files.key, &creds.key_pem)?;
-    std::fs::write(&files.ca, &creds.ca_pem)?;
-    Ok(TlsConfig {
-        cert: files.cert,
-        key: files.key,
-        ca: files.ca,
-    })
-}
-
 /// A registry cluster on loopback in this process, its leader elected.
 struct Cluster {
     servers: Vec<RegistryServer>,
@@ -212,7 +197,7 @@ impl Cluster {
                 peer_listen: *peer,
                 data_dir: dir.join("data"),
                 peers: peers.clone(),
-                tls: Some(write_tls(&dir.join("tls"), &creds)?),
+                tls: Some(TlsFiles::write(&dir.join("tls"), &creds)?),
                 ..Default::default()
             };
             running.push(RegistryServer::start(config).await?);
@@ -570,7 +555,7 @@ fn node_config(
     agency: &str,
     name: &str,
     registry: &[String],
-    tls: TlsConfig,
+    tls: TlsFiles,
     services: Vec<ServiceConfig>,
     max_message: usize,
 ) -> NodeConfig {
@@ -580,11 +565,7 @@ fn node_config(
         name: name.to_owned(),
         data_dir: dir.join("data"),
         registry: registry.to_vec(),
-        tls: TlsPaths {
-            cert: tls.cert,
-            key: tls.key,
-            ca: tls.ca,
-        },
+        tls,
         provider: ProviderConfig {
             listen: any,
             advertise: String::new(),
@@ -810,7 +791,7 @@ impl Province {
             AGENCY_A,
             "node-a",
             &registry.addrs,
-            write_tls(&dir_a.join("tls"), &creds_a)?,
+            TlsFiles::write(&dir_a.join("tls"), &creds_a)?,
             services,
             max_message,
         );
@@ -824,7 +805,7 @@ impl Province {
             AGENCY_B,
             "node-b",
             &registry.addrs,
-            write_tls(&dir_b.join("tls"), &creds_b)?,
+            TlsFiles::write(&dir_b.join("tls"), &creds_b)?,
             Vec::new(),
             max_message,
         );

@@ -28,16 +28,11 @@ pub struct ConsumerConfig {
     /// listener presents (the node's own will do), `ca` the agency's local
     /// CA, which must have issued every application's certificate.
     #[serde(default)]
-    pub tls: Option<TlsPaths>,
+    pub tls: Option<TlsFiles>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsPaths {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub ca: PathBuf,
-}
+/// Where a listener's certificate, key and CA certificate are.
+use lgsp_certs::TlsFiles;
 
 /// A service this node serves, as published in the catalog.
 #[derive(Clone, Debug, Deserialize)]
@@ -103,7 +98,7 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Registry client addresses.
     pub registry: Vec<String>,
-    pub tls: TlsPaths,
+    pub tls: TlsFiles,
     pub provider: ProviderConfig,
     pub consumer: ConsumerConfig,
     /// Prometheus metrics listener (plain HTTP), e.g. 127.0.0.1:9301.

@@ -3,9 +3,7 @@
 //! (a department's business registrations, a district's households), an
 //! HTTP backend, and grants between them. `--scenario` walks through it.
 
-use crate::config::{
-    ConsumerConfig, LimitsConfig, NodeConfig, ProviderConfig, ServiceConfig, TlsPaths,
-};
+use crate::config::{ConsumerConfig, LimitsConfig, NodeConfig, ProviderConfig, ServiceConfig};
 use crate::dataset::DatasetStore;
 use crate::server::NodeServer;
 use anyhow::{Context, Result, bail};
@@ -19,7 +17,7 @@ use lgsp_proto::{
     Agency, Envelope, FocalPoint, Grant, GrantStatus, RecordKind, Service, ServiceKind,
     ServiceStatus,
 };
-use lgsp_registry::config::{PeerConfig, TlsConfig};
+use lgsp_registry::config::PeerConfig;
 use lgsp_registry::{RegistryClient, RegistryConfig, RegistryServer};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -92,15 +90,6 @@ fn leaf(
     )?)
 }
 
-fn write_tls(dir: &Path, creds: &Credentials) -> Result<TlsFiles> {
-    std::fs::create_dir_all(dir)?;
-    let files = TlsFiles::in_dir(dir);
-    std::fs::write(&files.cert, &creds.cert_pem)?;
-    lgsp_certs::write_atomic(&files.key, creds.key_pem.as_bytes(), 0o600)?;
-    std::fs::write(&files.ca, &creds.ca_pem)?;
-    Ok(files)
-}
-
 /// An agency node made the production way: key and CSR on "its server", signed by the CA.
 fn node_tls(
     ca: &mut CertificateAuthority,
@@ -108,7 +97,7 @@ fn node_tls(
     agency: &str,
     name: &str,
     display: &str,
-) -> Result<TlsPaths> {
+) -> Result<TlsFiles> {
     let id = SpiffeId::new(TRUST_DOMAIN, AgencyCode::new(agency)?, Role::Node, name)?;
     let mut spec = LeafSpec::for_days(id, 30)?;
     spec.display_name = Some(display.to_owned());
@@ -121,7 +110,7 @@ fn node_tls(
     let (cert, _) = ca.sign(request)?;
     std::fs::write(tls.join("cert.pem"), cert)?;
     std::fs::write(tls.join("ca.pem"), ca.cert_pem())?;
-    Ok(TlsPaths {
+    Ok(TlsFiles {
         cert: tls.join("cert.pem"),
         key: tls.join("key.pem"),
         ca: tls.join("ca.pem"),
@@ -294,14 +283,14 @@ pub async fn start(dir: &Path) -> Result<Province> {
             Some("Sở Thông tin và Truyền thông"),
         )?;
         let rdir = dir.join(format!("registry-{i}"));
-        let files = write_tls(&rdir.join("tls"), &creds)?;
+        let files = TlsFiles::write(&rdir.join("tls"), &creds)?;
         let config = RegistryConfig {
             id: u64::from(i),
             listen: addr(Ports::REGISTRY_CLIENT + i - 1),
             peer_listen: addr(Ports::REGISTRY_PEER + i - 1),
             data_dir: rdir.join("data"),
             peers: peers.clone(),
-            tls: Some(TlsConfig {
+            tls: Some(TlsFiles {
                 cert: files.cert,
                 key: files.key,
                 ca: files.ca,
@@ -318,7 +307,7 @@ pub async fn start(dir: &Path) -> Result<Province> {
         Some("Sở Thông tin và Truyền thông"),
     )?;
     let admin_tls = dir.join("admin-tls");
-    write_tls(&admin_tls, &admin_creds)?;
+    TlsFiles::write(&admin_tls, &admin_creds)?;
     let registry_addrs: Vec<String> = peers.iter().map(|p| p.client.clone()).collect();
     let admin = RegistryClient::new(&registry_addrs, &admin_creds)?;
     let health_creds = leaf(
@@ -329,7 +318,7 @@ pub async fn start(dir: &Path) -> Result<Province> {
         Some("Sở Y tế tỉnh Vĩnh Phúc"),
     )?;
     let health_tls = dir.join("so-y-te-tls");
-    write_tls(&health_tls, &health_creds)?;
+    TlsFiles::write(&health_tls, &health_creds)?;
 
     for (code, name, focal, phone) in [
         (

@@ -11,7 +11,7 @@ use crate::metrics::Metrics;
 use crate::sharing_log::{SharingLog, Signer};
 use anyhow::{Context, Result, bail};
 use lgsp_certs::inspect::CertInfo;
-use lgsp_certs::{Authenticator, Credentials, Role, ServerTls, TlsFiles, WhoAmI};
+use lgsp_certs::{Authenticator, Credentials, Role, ServerTls, WhoAmI};
 use lgsp_proto::NodeRecord;
 use lgsp_proto::catalog_record::Value;
 use lgsp_proto::data_exchange_server::DataExchangeServer;
@@ -44,12 +44,8 @@ async fn wait_for(mut rx: tokio::sync::watch::Receiver<bool>) {
 impl NodeServer {
     /// Starts the node described by `config`.
     pub async fn start(config: NodeConfig) -> Result<Self> {
-        let files = TlsFiles {
-            cert: config.tls.cert.clone(),
-            key: config.tls.key.clone(),
-            ca: config.tls.ca.clone(),
-        };
-        let creds = Credentials::load(&files).with_context(|| {
+        let files = &config.tls;
+        let creds = Credentials::load(files).with_context(|| {
             format!(
                 "the node's TLS files are not ready (is the signed certificate in {}?)",
                 files.cert.display()
@@ -170,13 +166,8 @@ impl NodeServer {
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
         let consumer_tls = match &config.consumer.tls {
-            Some(paths) => {
-                let files = TlsFiles {
-                    cert: paths.cert.clone(),
-                    key: paths.key.clone(),
-                    ca: paths.ca.clone(),
-                };
-                let creds = Credentials::load(&files)
+            Some(files) => {
+                let creds = Credentials::load(files)
                     .context("the consumer listener's TLS files ([consumer.tls])")?;
                 Some(ServerTls::new(creds)?)
             }

@@ -18,13 +18,7 @@ pub struct PeerConfig {
 }
 
 /// Where the server's certificate, key and CA certificate are.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub ca: PathBuf,
-}
+use lgsp_certs::TlsFiles;
 
 /// A registry server's settings. `Default` gives the tuning; `validate`
 /// reports every problem at once.
@@ -44,7 +38,7 @@ pub struct RegistryConfig {
     /// Start empty and wait to be sent a snapshot by the leader, after
     /// `lgsp registry add-member`.
     pub join: bool,
-    pub tls: Option<TlsConfig>,
+    pub tls: Option<TlsFiles>,
     /// Milliseconds per Raft tick.
     pub tick_ms: u64,
     /// Ticks without a leader before an election.

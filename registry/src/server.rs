@@ -9,7 +9,7 @@ use crate::service::{PeerService, RegistryService};
 use crate::storage::RaftStore;
 use crate::transport::{Faults, Transport};
 use lgsp_certs::inspect::CertInfo;
-use lgsp_certs::{Authenticator, Credentials, Role, ServerTls, TlsFiles, WhoAmI};
+use lgsp_certs::{Authenticator, Credentials, Role, ServerTls, WhoAmI};
 use lgsp_proto::catalog_record::Value;
 use lgsp_proto::identity_service_server::IdentityServiceServer;
 use lgsp_proto::registry_peer_server::RegistryPeerServer;
@@ -41,12 +41,7 @@ impl RegistryServer {
     /// empty, unless `join`), binds both listeners and starts serving.
     pub async fn start(config: RegistryConfig) -> Result<Self, RegistryError> {
         config.validate()?;
-        let tls_config = config.tls.clone().expect("validated");
-        let creds = Credentials::load(&TlsFiles {
-            cert: tls_config.cert,
-            key: tls_config.key,
-            ca: tls_config.ca,
-        })?;
+        let creds = Credentials::load(config.tls.as_ref().expect("validated"))?;
         let own = CertInfo::from_der(&creds.chain[0], Path::new("server certificate"))?;
         let own_id = own.spiffe_id.map_err(|why| {
             RegistryError::Config(format!(

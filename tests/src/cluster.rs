@@ -2,10 +2,10 @@
 //! kill, partition and restart servers.
 
 use crate::{Pki, TRUST_DOMAIN};
-use lgsp_certs::{Credentials, Role};
+use lgsp_certs::{Credentials, Role, TlsFiles};
 use lgsp_proto::catalog_record::Value;
 use lgsp_proto::{Agency, RecordKind};
-use lgsp_registry::config::{PeerConfig, TlsConfig};
+use lgsp_registry::config::PeerConfig;
 use lgsp_registry::{RegistryClient, RegistryConfig, RegistryServer};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,16 +28,8 @@ pub fn free_addr() -> std::net::SocketAddr {
 }
 
 /// Writes PEM credentials into `dir` as cert.pem, key.pem, ca.pem.
-pub fn write_creds(dir: &Path, creds: &Credentials) -> TlsConfig {
-    std::fs::create_dir_all(dir).expect("mkdir");
-    std::fs::write(dir.join("cert.pem"), &creds.cert_pem).expect("write");
-    std::fs::write(dir.join("key.pem"), &creds.key_pem).expect("write");
-    std::fs::write(dir.join("ca.pem"), &creds.ca_pem).expect("write");
-    TlsConfig {
-        cert: dir.join("cert.pem"),
-        key: dir.join("key.pem"),
-        ca: dir.join("ca.pem"),
-    }
+pub fn write_creds(dir: &Path, creds: &Credentials) -> TlsFiles {
+    TlsFiles::write(dir, creds).expect("write TLS files")
 }
 
 /// A registry cluster of in-process servers.

@@ -4,7 +4,7 @@ use super::{RegistryArgs, UsageError};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use lgsp_proto::AddMemberRequest;
-use lgsp_registry::config::{TlsConfig, parse_peers};
+use lgsp_registry::config::parse_peers;
 use lgsp_registry::{RegistryConfig, RegistryError, RegistryServer};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -102,11 +102,7 @@ fn config_from(args: StartArgs) -> Result<RegistryConfig> {
         config.data_dir = d;
     }
     if let Some(dir) = args.tls_dir {
-        config.tls = Some(TlsConfig {
-            cert: dir.join("cert.pem"),
-            key: dir.join("key.pem"),
-            ca: dir.join("ca.pem"),
-        });
+        config.tls = Some(lgsp_certs::TlsFiles::in_dir(&dir));
     }
     config.join |= args.join;
     config.validate().map_err(|e| UsageError(e.to_string()))?;
