@@ -848,11 +848,7 @@ pub async fn run(dir: &Path, walkthrough: bool) -> Result<()> {
         return Ok(());
     }
     print_guide(&province);
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = sigterm.recv() => {}
-    }
+    crate::cli::stop_signal().await?;
     println!("\nStopping the province …");
     province.stop().await;
     println!(

@@ -17,7 +17,7 @@ pub struct GrantTarget {
     #[arg(long)]
     service: String,
     /// The consumer agency's code.
-    #[arg(long, value_parser = parse_agency)]
+    #[arg(long)]
     consumer: AgencyCode,
 }
 
@@ -77,10 +77,6 @@ pub enum AccessCommand {
         #[arg(long)]
         service: String,
     },
-}
-
-fn parse_agency(s: &str) -> Result<AgencyCode, String> {
-    AgencyCode::new(s).map_err(|e| e.to_string())
 }
 
 /// The end of `date` (YYYY-MM-DD, UTC) in seconds since 1970.

@@ -119,7 +119,7 @@ pub struct LeafArgs {
     #[arg(long, value_parser = parse_role)]
     role: Role,
     /// The agency's QCVN 102 code, e.g. 000.00.12.H62.
-    #[arg(long, value_name = "CODE", value_parser = parse_agency)]
+    #[arg(long, value_name = "CODE")]
     agency: AgencyCode,
     /// The holder's name, the SPIFFE ID's last part (e.g. node-1).
     #[arg(long)]
@@ -137,10 +137,6 @@ pub struct LeafArgs {
 
 fn parse_role(s: &str) -> Result<Role, String> {
     s.parse().map_err(|e: lgsp_certs::CertError| e.to_string())
-}
-
-fn parse_agency(s: &str) -> Result<AgencyCode, String> {
-    AgencyCode::new(s).map_err(|e| e.to_string())
 }
 
 impl LeafArgs {

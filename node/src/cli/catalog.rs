@@ -19,7 +19,7 @@ pub enum AgencyCommand {
         #[command(flatten)]
         registry: RegistryArgs,
         /// QCVN 102 code, e.g. 000.00.12.H62.
-        #[arg(long, value_parser = parse_agency)]
+        #[arg(long)]
         code: AgencyCode,
         /// Name, UTF-8, e.g. "Sở Tư pháp tỉnh Vĩnh Phúc".
         #[arg(long)]
@@ -97,7 +97,7 @@ pub enum ServiceCommand {
     List {
         #[command(flatten)]
         registry: RegistryArgs,
-        #[arg(long, value_parser = parse_agency)]
+        #[arg(long)]
         agency: Option<AgencyCode>,
         #[arg(long, default_value = "")]
         keyword: String,
@@ -111,10 +111,6 @@ pub enum ServiceCommand {
         registry: RegistryArgs,
         id: String,
     },
-}
-
-fn parse_agency(s: &str) -> Result<AgencyCode, String> {
-    AgencyCode::new(s).map_err(|e| e.to_string())
 }
 
 pub fn run_agency(cmd: AgencyCommand) -> Result<()> {

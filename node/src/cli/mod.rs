@@ -173,6 +173,15 @@ fn one_line(error: &anyhow::Error) -> String {
     parts.join(": ").replace('\n', " ")
 }
 
+/// Waits for Ctrl-C or SIGTERM (what `systemctl stop` sends); says which.
+pub(crate) async fn stop_signal() -> anyhow::Result<&'static str> {
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    Ok(tokio::select! {
+        _ = tokio::signal::ctrl_c() => "interrupted",
+        _ = sigterm.recv() => "SIGTERM",
+    })
+}
+
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

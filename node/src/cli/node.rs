@@ -15,7 +15,7 @@ pub enum NodeCommand {
     /// request for the provincial CA, and a commented node.toml.
     Init {
         /// The agency's QCVN 102 code, e.g. 000.00.12.H62.
-        #[arg(long, value_parser = parse_agency)]
+        #[arg(long)]
         agency: AgencyCode,
         /// The node's name, e.g. node-1.
         #[arg(long)]
@@ -57,13 +57,9 @@ pub enum NodeCommand {
         #[command(flatten)]
         registry: super::RegistryArgs,
         /// Only this agency's nodes.
-        #[arg(long, value_parser = parse_agency)]
+        #[arg(long)]
         agency: Option<AgencyCode>,
     },
-}
-
-fn parse_agency(s: &str) -> Result<AgencyCode, String> {
-    AgencyCode::new(s).map_err(|e| e.to_string())
 }
 
 pub fn run(cmd: NodeCommand) -> Result<()> {
@@ -172,13 +168,8 @@ pub fn run(cmd: NodeCommand) -> Result<()> {
                 if let Some(m) = node.metrics_addr {
                     println!("metrics on http://{m}/metrics");
                 }
-                let mut sigterm =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = sigterm.recv() => {}
-                }
-                tracing::info!("shutting down");
+                let signal = super::stop_signal().await?;
+                tracing::info!("{signal}; shutting down");
                 node.shutdown().await;
                 Ok(())
             })

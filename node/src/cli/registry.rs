@@ -159,19 +159,13 @@ async fn serve(config: RegistryConfig) -> Result<()> {
         server.peer_addr(),
         data_dir.display()
     );
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         result = server.wait() => {
             result?;
             Ok(())
         }
-        _ = tokio::signal::ctrl_c() => {
-            tracing::info!("interrupted; shutting down");
-            server.shutdown().await?;
-            Ok(())
-        }
-        _ = sigterm.recv() => {
-            tracing::info!("SIGTERM; shutting down");
+        signal = super::stop_signal() => {
+            tracing::info!("{}; shutting down", signal?);
             server.shutdown().await?;
             Ok(())
         }
