@@ -109,3 +109,77 @@ async fn server_whose_data_was_wiped_is_told_to_rejoin_under_a_new_id() {
     assert!(log.contains("rejoin under a new id"), "{log}");
     assert!(!log.contains("panicked"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_majority_killed_writes_are_refused_and_nothing_acknowledged_is_lost() {
+    let mut cluster = ProcessCluster::start(3);
+    let client = cluster.client();
+    let mut acknowledged = Vec::new();
+    for i in 0..20 {
+        create_resolving(&client, agency(i)).await;
+        acknowledged.push(format!("000.00.{:02}.H62", i % 100));
+    }
+
+    // SIGKILL the leader and one follower: the survivor has no quorum.
+    let leader = cluster.leader().await;
+    let ids: Vec<u64> = cluster.servers.iter().map(|s| s.id).collect();
+    let survivor = *ids.iter().find(|id| **id != leader).unwrap();
+    let killed: Vec<u64> = ids.iter().copied().filter(|id| *id != survivor).collect();
+    for id in &killed {
+        cluster.server_mut(*id).kill9();
+    }
+
+    // A write is refused within the client's retry time, never acknowledged.
+    let asked = Instant::now();
+    let refused = client
+        .put(agency(90), 0)
+        .await
+        .expect_err("a write without a quorum was acknowledged");
+    let waited = asked.elapsed();
+    assert!(
+        matches!(
+            refused.code(),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+        ),
+        "{refused:?}"
+    );
+    assert!(waited < Duration::from_secs(30), "refused after {waited:?}");
+    eprintln!("refused after {waited:?}: {}", refused.message());
+    // The survivor still answers stale reads from what it has, and says
+    // why it cannot answer a linearizable one.
+    let alone = cluster.client_of(survivor);
+    let stale = alone
+        .get(lgsp_proto::RecordKind::Agency, &acknowledged[0], true)
+        .await
+        .expect("stale read from the survivor");
+    assert!(stale.record.is_some());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match alone
+            .get(lgsp_proto::RecordKind::Agency, &acknowledged[0], false)
+            .await
+        {
+            Err(s) if s.message().contains("quorum") => break,
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the survivor never said it lacks a quorum: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+
+    // Back to a majority: writes go through, and every server has every
+    // write acknowledged before the outage.
+    for id in &killed {
+        cluster.server_mut(*id).restart();
+    }
+    for i in 20..30 {
+        create_resolving(&client, agency(i)).await;
+        acknowledged.push(format!("000.00.{:02}.H62", i % 100));
+    }
+    for id in ids {
+        has_all(&cluster, id, &acknowledged).await;
+    }
+}
