@@ -136,9 +136,14 @@ struct Trace {
     written: bool,
 }
 
-/// How late a timer may fire: a call abandoned this close to its deadline
-/// was abandoned because of it.
-const TIMER_SLACK: Duration = Duration::from_millis(5);
+/// Whether a call that started at `started` with `deadline` was abandoned
+/// because of it. The caller's clock started earlier than ours (tonic reads
+/// `grpc-timeout` before the request reaches us), so "close to" counts: within
+/// a tenth of the deadline, and at least 5 ms.
+pub(crate) fn past_deadline(started: Instant, deadline: Duration) -> bool {
+    let slack = (deadline / 10).max(Duration::from_millis(5));
+    started.elapsed() + slack >= deadline
+}
 
 impl Trace {
     #[allow(clippy::too_many_arguments)]
@@ -216,7 +221,7 @@ impl Drop for Trace {
         }
         let expired = self
             .deadline
-            .is_some_and(|d| self.started.elapsed() + TIMER_SLACK >= d);
+            .is_some_and(|d| past_deadline(self.started, d));
         let code = if expired {
             tonic::Code::DeadlineExceeded
         } else {
@@ -378,13 +383,15 @@ impl Provider {
     /// Serves one call from `peer` (authenticated, within its limits) and
     /// logs it: the unary `Call` and each call on a node link end here.
     /// `deadline` is the caller's: past it, the call ends and the log
-    /// records DEADLINE_EXCEEDED.
+    /// records DEADLINE_EXCEEDED. If `cancelled` ends first (the caller gave
+    /// up), the call ends with its status.
     pub(crate) async fn provide(
         &self,
         peer: &Peer,
         mut env: Envelope,
         started: Instant,
         deadline: Option<std::time::Duration>,
+        cancelled: impl std::future::Future<Output = Status>,
     ) -> Result<CallResponse, Status> {
         if env.request_id.is_empty() {
             env.request_id = new_request_id();
@@ -401,18 +408,24 @@ impl Provider {
             deadline,
         );
         let span = tracing::info_span!("provide", request_id = %env.request_id, consumer = %peer.id.agency, service = %env.service_id, op = %env.operation);
-        let serving = self.serve(peer, &env).instrument(span.clone());
-        let result = match deadline {
-            Some(limit) => tokio::time::timeout(limit, serving)
-                .await
-                .unwrap_or_else(|_| {
-                    Err(Status::deadline_exceeded(format!(
-                        "{} did not answer within the caller's deadline ({} ms)",
-                        env.service_id,
-                        limit.as_millis()
-                    )))
-                }),
-            None => serving.await,
+        let serving = async {
+            let serving = self.serve(peer, &env).instrument(span.clone());
+            match deadline {
+                Some(limit) => tokio::time::timeout(limit, serving)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Status::deadline_exceeded(format!(
+                            "{} did not answer within the caller's deadline ({} ms)",
+                            env.service_id,
+                            limit.as_millis()
+                        )))
+                    }),
+                None => serving.await,
+            }
+        };
+        let result = tokio::select! {
+            result = serving => result,
+            status = cancelled => Err(status),
         };
         let response = result.as_deref().unwrap_or_default();
         trace.finish(
@@ -438,7 +451,9 @@ impl DataExchange for Provider {
         let started = Instant::now();
         let peer = Peer::of(&request)?.clone();
         let deadline = deadline_of(request.metadata());
-        self.provide(&peer, request.into_inner(), started, deadline)
+        // tonic drops this call when its caller goes away: `Trace` logs that.
+        let never = std::future::pending();
+        self.provide(&peer, request.into_inner(), started, deadline, never)
             .await
             .map(Response::new)
     }
@@ -610,11 +625,17 @@ impl Consumer {
     /// Sends `env` to the provider node serving it: on the link to that
     /// node, or as a unary call when the envelope is large or the node has
     /// no link service.
+    /// `deadline` is the time the application has left.
     async fn send(
         &self,
-        metadata: &tonic::metadata::MetadataMap,
+        deadline: Option<Duration>,
         env: Envelope,
     ) -> Result<CallResponse, Status> {
+        if deadline.is_some_and(|d| d.is_zero()) {
+            return Err(Status::deadline_exceeded(
+                "the application's deadline passed before the call left this node",
+            ));
+        }
         let endpoint = self.route(&env.service_id)?;
         let env = if env.encoded_len() <= MAX_LINK_ENVELOPE {
             let ctx = &self.ctx;
@@ -625,7 +646,7 @@ impl Consumer {
                     || ctx.channel(&endpoint),
                     ctx.config.limits.max_message_bytes,
                     env,
-                    deadline_of(metadata),
+                    deadline,
                 )
                 .await;
             match sent {
@@ -636,20 +657,25 @@ impl Consumer {
             env
         };
         self.client(&endpoint)?
-            .call(forward(metadata, env))
+            .call(forward(deadline, env))
             .await
             .map(Response::into_inner)
             .map_err(explain)
     }
 }
 
-/// Copies the caller's deadline onto the outgoing call.
-fn forward<T>(from: &tonic::metadata::MetadataMap, message: T) -> Request<T> {
+/// The outgoing call, with the time the caller has left as its deadline.
+fn forward<T>(deadline: Option<Duration>, message: T) -> Request<T> {
     let mut out = Request::new(message);
-    if let Some(timeout) = from.get("grpc-timeout") {
-        out.metadata_mut().insert("grpc-timeout", timeout.clone());
+    if let Some(left) = deadline {
+        out.set_timeout(left);
     }
     out
+}
+
+/// The time left of the deadline in `metadata`, counted from `started`.
+fn time_left(metadata: &tonic::metadata::MetadataMap, started: Instant) -> Option<Duration> {
+    deadline_of(metadata).map(|d| d.saturating_sub(started.elapsed()))
 }
 
 fn explain(status: Status) -> Status {
@@ -683,7 +709,10 @@ impl DataExchange for Consumer {
             deadline_of(&metadata),
         );
         let span = tracing::info_span!("consume", request_id = %env.request_id, service = %env.service_id, op = %env.operation);
-        let result = self.send(&metadata, env).instrument(span).await;
+        let result = self
+            .send(time_left(&metadata, started), env)
+            .instrument(span)
+            .await;
         let response = result.as_ref().map_or(&[][..], |r| r.payload.as_slice());
         trace.finish(
             &Sha256::digest(response),
@@ -717,7 +746,10 @@ impl DataExchange for Consumer {
         );
         let opened = async {
             let mut client = self.client(&self.route(&req.service_id)?)?;
-            client.query(forward(&metadata, req)).await.map_err(explain)
+            client
+                .query(forward(time_left(&metadata, started), req))
+                .await
+                .map_err(explain)
         }
         .await;
         let mut upstream = match opened {

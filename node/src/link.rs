@@ -14,16 +14,21 @@
 //! one upload does not hold up the small calls behind it) or when the
 //! provider node is older and has no link service.
 
-use crate::exchange::Provider;
+use crate::exchange::{Provider, past_deadline};
+use crate::limits::Permit;
+use futures::{FutureExt as _, Stream, StreamExt as _};
 use lgsp_certs::{Authenticator, Peer};
 use lgsp_proto::node_link_client::NodeLinkClient;
 use lgsp_proto::node_link_server::NodeLink;
 use lgsp_proto::{CallResponse, Envelope, LinkCall, LinkReply};
+use prost::Message as _;
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
-use tokio::sync::{OnceCell, Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status, Streaming};
@@ -32,16 +37,28 @@ use tonic::{Code, Request, Response, Status, Streaming};
 /// HTTP/2 stream rather than on the link shared with other calls.
 pub const MAX_LINK_ENVELOPE: usize = 64 * 1024;
 
-/// Calls queued on a link before callers wait for room.
-const QUEUE: usize = 1024;
+/// Calls queued on a link before callers wait for room, and replies queued
+/// on the provider before they are handed to HTTP/2.
+const QUEUE: usize = 256;
 
-/// Room for a link message's own fields around a message of the node's
-/// largest size.
-pub const FRAMING: usize = 1024;
+/// Room for a link message's own fields (id, code, a status message of up
+/// to [`MAX_STATUS_MESSAGE`], details of up to [`MAX_STATUS_DETAILS`])
+/// around a message of the node's largest size.
+pub const FRAMING: usize = 32 * 1024;
+const MAX_STATUS_MESSAGE: usize = 4 * 1024;
+const MAX_STATUS_DETAILS: usize = 16 * 1024;
 
-/// Calls one link may have in flight on the provider (being served, or
-/// answered and waiting to be sent) before the provider stops reading it.
+/// Calls one link may have in flight on the provider, from the moment they
+/// are read until their reply is handed to HTTP/2; then the provider stops
+/// reading the link until some are done.
 const IN_FLIGHT_PER_LINK: usize = 1024;
+
+/// Links one consumer agency may have open to this node at once (a node
+/// opens one per provider node; an agency has a few nodes).
+pub const LINKS_PER_CONSUMER: usize = 16;
+
+/// The request header in which a consumer node gives its largest message.
+const MAX_MESSAGE_HEADER: &str = "x-lgsp-max-message";
 
 /// The provider side: answers the calls on links other nodes open.
 #[derive(Debug, Clone)]
@@ -49,71 +66,185 @@ pub struct LinkServer {
     provider: Provider,
     auth: Authenticator,
     shutdown: watch::Receiver<bool>,
+    /// Links open now, by consumer agency.
+    open: Arc<Mutex<HashMap<String, usize>>>,
 }
+
+/// A reply on its way out, holding its call's place on the link and the
+/// consumer's in-flight permit until HTTP/2 takes it.
+type Queued = (LinkReply, OwnedSemaphorePermit, Option<Permit>);
+
+/// Calls being served on one link, by id: how to tell each that the
+/// consumer gave up on it.
+type Serving = Arc<Mutex<HashMap<u64, oneshot::Sender<Status>>>>;
+
+type ReplyStream = Pin<Box<dyn Stream<Item = Result<LinkReply, Status>> + Send>>;
 
 impl LinkServer {
     /// Serves links until `shutdown` turns true: then each link stops
-    /// taking calls, answers those it took, and ends, so that the node's
-    /// graceful shutdown does not wait on links that never end by themselves.
+    /// taking calls, answers those it took, and ends (status OK, so the
+    /// consumer knows the calls left unanswered were never read), and the
+    /// node's graceful shutdown does not wait on links that never end.
     pub fn new(provider: Provider, auth: Authenticator, shutdown: watch::Receiver<bool>) -> Self {
         Self {
             provider,
             auth,
             shutdown,
+            open: Arc::default(),
         }
     }
 
+    /// Counts a new link of `agency`, or refuses it past [`LINKS_PER_CONSUMER`].
+    fn register(&self, agency: &str) -> Result<OpenLink, Status> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = open.entry(agency.to_owned()).or_default();
+        if *n >= LINKS_PER_CONSUMER {
+            return Err(Status::resource_exhausted(format!(
+                "agency {agency} already has {LINKS_PER_CONSUMER} node links open to this node, the most it allows"
+            )));
+        }
+        *n += 1;
+        let metrics = self.provider.ctx().metrics.clone();
+        metrics.link_opened(agency);
+        Ok(OpenLink {
+            open: self.open.clone(),
+            agency: agency.to_owned(),
+            metrics,
+        })
+    }
+
     /// Answers one call on a link from `peer`: the same checks, limits and
-    /// log entry as a unary call.
-    async fn answer(&self, peer: &Peer, call: LinkCall) -> LinkReply {
+    /// log entry as a unary call. `cancelled` ends the call when the
+    /// consumer gives up on it; `reply_limit` is the largest response the
+    /// consumer takes. Returns the reply and the consumer's permit, which
+    /// must be held until the reply is sent.
+    async fn answer(
+        &self,
+        peer: &Peer,
+        call: LinkCall,
+        cancelled: oneshot::Receiver<Status>,
+        reply_limit: usize,
+    ) -> (LinkReply, Option<Permit>) {
         let started = Instant::now();
         let id = call.id;
+        let ctx = self.provider.ctx();
+        let mut permit = None;
         let result = async {
             // Authenticated when the link opened; revocation since then
             // counts from the next call on it.
             self.auth.recheck(peer)?;
-            let limits = &self.provider.ctx().limits;
-            let _permit = limits.acquire(peer.id.agency.as_str())?;
+            permit = Some(ctx.limits.acquire(peer.id.agency.as_str())?);
             let envelope = call
                 .envelope
                 .ok_or_else(|| Status::invalid_argument("a link call without an envelope"))?;
+            let max = ctx.config.limits.max_message_bytes;
+            let size = envelope.encoded_len();
+            if size > max {
+                return Err(Status::out_of_range(format!(
+                    "the envelope is {size} bytes; this node accepts at most {max}"
+                )));
+            }
             let deadline = (call.timeout_ms > 0).then(|| Duration::from_millis(call.timeout_ms));
-            self.provider
-                .provide(peer, envelope, started, deadline)
-                .await
+            let gave_up = async move {
+                match cancelled.await {
+                    Ok(status) => status,
+                    // Never cancelled.
+                    Err(_) => std::future::pending().await,
+                }
+            };
+            let response = self
+                .provider
+                .provide(peer, envelope, started, deadline, gave_up)
+                .await?;
+            let size = response.encoded_len();
+            if size > reply_limit {
+                return Err(Status::resource_exhausted(format!(
+                    "the response is {size} bytes; the consumer node accepts at most {reply_limit}"
+                )));
+            }
+            Ok(response)
         }
         .await;
-        match result {
+        let reply = match result {
             Ok(response) => LinkReply {
                 id,
                 response: Some(response),
-                code: 0,
-                message: String::new(),
+                ..Default::default()
             },
-            Err(status) => LinkReply {
-                id,
-                response: None,
-                code: status.code() as i32,
-                message: status.message().to_owned(),
-            },
+            Err(status) => refusal(id, &status),
+        };
+        (reply, permit)
+    }
+}
+
+/// The reply for call `id` that ended with `status` (its message and
+/// details cut to what a link carries).
+fn refusal(id: u64, status: &Status) -> LinkReply {
+    let mut message = status.message().to_owned();
+    if message.len() > MAX_STATUS_MESSAGE {
+        let mut end = MAX_STATUS_MESSAGE;
+        while !message.is_char_boundary(end) {
+            end -= 1;
         }
+        message.truncate(end);
+    }
+    let details = status.details();
+    LinkReply {
+        id,
+        response: None,
+        code: status.code() as i32,
+        message,
+        details: if details.len() <= MAX_STATUS_DETAILS {
+            details.to_vec()
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+/// One open link, counted in its server's `open` and in the metrics until
+/// dropped (when its reply stream ends).
+#[derive(Debug)]
+struct OpenLink {
+    open: Arc<Mutex<HashMap<String, usize>>>,
+    agency: String,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl Drop for OpenLink {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.agency) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.agency);
+            }
+        }
+        self.metrics.link_closed(&self.agency);
     }
 }
 
 #[tonic::async_trait]
 impl NodeLink for LinkServer {
-    type CallsStream = ReceiverStream<Result<LinkReply, Status>>;
+    type CallsStream = ReplyStream;
 
     async fn calls(
         &self,
         request: Request<Streaming<LinkCall>>,
     ) -> Result<Response<Self::CallsStream>, Status> {
         let peer = Peer::of(&request)?.clone();
+        let own_max = self.provider.ctx().config.limits.max_message_bytes;
+        let reply_limit = request
+            .metadata()
+            .get(MAX_MESSAGE_HEADER)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+            .map_or(own_max, |theirs| theirs.min(own_max));
+        let registered = self.register(peer.id.agency.as_str())?;
         let mut incoming = request.into_inner();
-        let (replies, rx) = mpsc::channel(QUEUE);
+        let (replies, queued) = mpsc::channel::<Queued>(QUEUE);
         let server = self.clone();
-        tracing::debug!(consumer = %peer.id, "node link opened");
         let mut stop = self.shutdown.clone();
+        tracing::debug!(consumer = %peer.id, "node link opened");
         tokio::spawn(async move {
             // Each call runs on its own task, so a slow backend holds up
             // only its own calls. At most IN_FLIGHT_PER_LINK are taken at
@@ -121,36 +252,83 @@ impl NodeLink for LinkServer {
             // stops reading replies, stops being read (HTTP/2 flow control
             // then holds it back), instead of growing this node's memory.
             let in_flight = Arc::new(Semaphore::new(IN_FLIGHT_PER_LINK));
-            loop {
+            let serving: Serving = Arc::default();
+            let broken = loop {
                 let next = tokio::select! {
                     biased;
-                    _ = stop.wait_for(|stop| *stop) => break,
+                    _ = stop.wait_for(|stop| *stop) => break None,
                     next = async {
                         let slot = in_flight.clone().acquire_owned().await;
                         (slot, incoming.message().await)
                     } => next,
                 };
-                match next {
-                    (Ok(slot), Ok(Some(call))) => {
-                        let (server, peer, replies) =
-                            (server.clone(), peer.clone(), replies.clone());
-                        tokio::spawn(async move {
-                            let reply = server.answer(&peer, call).await;
-                            let _ = replies.send(Ok(reply)).await;
-                            drop(slot);
-                        });
+                let (slot, call) = match next {
+                    (Ok(slot), Ok(Some(call))) => (slot, call),
+                    (_, Ok(None)) | (Err(_), _) => break None,
+                    (_, Err(status)) => break Some(status),
+                };
+                if call.cancel != 0 {
+                    let gave_up = serving
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .remove(&call.id);
+                    if let Some(gave_up) = gave_up {
+                        let _ = gave_up.send(Status::new(
+                            Code::from_i32(call.cancel),
+                            "the consumer gave up on the call",
+                        ));
                     }
-                    (_, Ok(None)) => break,
-                    (_, Err(status)) => {
-                        tracing::debug!(consumer = %peer.id, error = %status, "node link broken");
-                        break;
-                    }
-                    (Err(_), _) => break,
+                    continue;
+                }
+                let (cancel, cancelled) = oneshot::channel();
+                serving
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(call.id, cancel);
+                let (server, peer, replies, serving) = (
+                    server.clone(),
+                    peer.clone(),
+                    replies.clone(),
+                    serving.clone(),
+                );
+                tokio::spawn(async move {
+                    let id = call.id;
+                    let answered =
+                        AssertUnwindSafe(server.answer(&peer, call, cancelled, reply_limit))
+                            .catch_unwind()
+                            .await;
+                    serving
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .remove(&id);
+                    let (reply, permit) = answered.unwrap_or_else(|_| {
+                        tracing::error!(request = id, "serving a call on a node link panicked");
+                        let status = Status::internal(
+                            "the provider node failed while serving this call (see its log)",
+                        );
+                        (refusal(id, &status), None)
+                    });
+                    let _ = replies.send((reply, slot, permit)).await;
+                });
+            };
+            // A broken link (the consumer is gone) abandons its calls, as a
+            // dropped connection would; the log records them as CANCELLED.
+            if let Some(status) = broken {
+                tracing::debug!(consumer = %peer.id, error = %status, "node link broken");
+                let abandoned =
+                    std::mem::take(&mut *serving.lock().unwrap_or_else(PoisonError::into_inner));
+                for (_, gave_up) in abandoned {
+                    let _ = gave_up.send(Status::cancelled("the consumer node's link broke"));
                 }
             }
-            // The reply stream ends once the calls taken are answered.
+            // The reply stream ends, with status OK, once the calls taken
+            // are answered.
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let replies = ReceiverStream::new(queued).map(move |(reply, _slot, _permit)| {
+            let _ = &registered;
+            Ok(reply)
+        });
+        Ok(Response::new(Box::pin(replies)))
     }
 }
 
@@ -238,7 +416,11 @@ async fn open(channel: Channel, max: usize) -> Result<Route, Status> {
     let mut client = NodeLinkClient::new(channel)
         .max_decoding_message_size(max + FRAMING)
         .max_encoding_message_size(max + FRAMING);
-    let replies = match client.calls(ReceiverStream::new(queued)).await {
+    let mut request = Request::new(ReceiverStream::new(queued));
+    if let Ok(value) = max.to_string().parse() {
+        request.metadata_mut().insert(MAX_MESSAGE_HEADER, value);
+    }
+    let replies = match client.calls(request).await {
         Ok(response) => response.into_inner(),
         Err(status) if status.code() == Code::Unimplemented => return Ok(Route::Unary),
         Err(status) => return Err(status),
@@ -280,7 +462,8 @@ impl Link {
     }
 
     /// Sends one call and waits for its reply; gives the envelope back
-    /// when the link closed before the call was sent.
+    /// when the link closed before the call was sent. `deadline` is the
+    /// time the caller has left.
     async fn call(
         &self,
         envelope: Envelope,
@@ -296,45 +479,74 @@ impl Link {
             pending.waiting.insert(id, waiter);
         }
         // Whether answered, timed out or dropped (the application gave
-        // up), the call stops waiting.
-        let _waiting = Forget { link: self, id };
+        // up), the call stops waiting, and the provider is told if it
+        // has not answered yet.
+        let mut waiting = Forget {
+            link: self,
+            id,
+            started: Instant::now(),
+            deadline,
+            code: None,
+        };
         let call = LinkCall {
             id,
             envelope: Some(envelope),
             timeout_ms: deadline.map_or(0, |d| (d.as_millis() as u64).max(1)),
+            cancel: 0,
         };
-        if let Err(mpsc::error::SendError(call)) = self.outgoing.send(call).await {
-            return Err(call.envelope.unwrap_or_default());
-        }
-        let answered = match deadline {
-            Some(limit) => match tokio::time::timeout(limit, reply).await {
-                Ok(answered) => answered,
+        let exchange = async {
+            if let Err(mpsc::error::SendError(call)) = self.outgoing.send(call).await {
+                return Err(call.envelope.unwrap_or_default());
+            }
+            Ok(reply.await.unwrap_or_else(|_| {
+                Err(Status::unavailable(
+                    "the link to the provider node closed before the reply came",
+                ))
+            }))
+        };
+        match deadline {
+            Some(limit) => match tokio::time::timeout(limit, exchange).await {
+                Ok(done) => done,
                 Err(_) => {
-                    return Ok(Err(Status::deadline_exceeded(format!(
+                    waiting.code = Some(Code::DeadlineExceeded);
+                    Ok(Err(Status::deadline_exceeded(format!(
                         "the provider node did not answer within the deadline ({} ms)",
                         limit.as_millis()
-                    ))));
+                    ))))
                 }
             },
-            None => reply.await,
-        };
-        Ok(answered.unwrap_or_else(|_| {
-            Err(Status::unavailable(
-                "the link to the provider node closed before the reply came",
-            ))
-        }))
+            None => exchange.await,
+        }
     }
 }
 
-/// Removes a call from its link's waiting calls when the caller stops waiting.
+/// Removes a call from its link's waiting calls when the caller stops
+/// waiting; if no reply came, tells the provider to stop serving it.
 struct Forget<'a> {
     link: &'a Link,
     id: u64,
+    started: Instant,
+    deadline: Option<Duration>,
+    /// Why the caller gave up, when known.
+    code: Option<Code>,
 }
 
 impl Drop for Forget<'_> {
     fn drop(&mut self) {
-        self.link.pending().waiting.remove(&self.id);
+        if self.link.pending().waiting.remove(&self.id).is_none() {
+            return; // answered, or the link closed
+        }
+        let code = self.code.unwrap_or_else(|| match self.deadline {
+            Some(d) if past_deadline(self.started, d) => Code::DeadlineExceeded,
+            _ => Code::Cancelled,
+        });
+        // Best effort: with the queue full, the provider serves the call
+        // to its end instead.
+        let _ = self.link.outgoing.try_send(LinkCall {
+            id: self.id,
+            cancel: code as i32,
+            ..Default::default()
+        });
     }
 }
 
@@ -349,21 +561,29 @@ async fn read_replies(link: Arc<Link>, mut replies: Streaming<LinkReply>) {
                     let _ = waiter.send(outcome(reply));
                 }
             }
-            Ok(None) => break Status::unavailable("the provider node closed the link"),
-            Err(status) => break status,
+            // The provider ended the link in order (it is shutting down)
+            // after answering every call it read.
+            Ok(None) => break None,
+            Err(status) => break Some(status),
         }
     };
-    tracing::debug!(error = %why, "node link closed");
+    tracing::debug!(error = ?why, "node link closed");
     let waiting = {
         let mut pending = link.pending();
         pending.closed = true;
         std::mem::take(&mut pending.waiting)
     };
-    for (_, waiter) in waiting {
-        let _ = waiter.send(Err(Status::unavailable(format!(
+    let status = match &why {
+        None => Status::unavailable(
+            "the provider node is shutting down and did not read this call: it was not served; retrying is safe",
+        ),
+        Some(broke) => Status::unavailable(format!(
             "the link to the provider node broke with the call in flight (it may or may not have been served): {}",
-            lgsp_certs::tls::explain_status(&why)
-        ))));
+            lgsp_certs::tls::explain_status(broke)
+        )),
+    };
+    for (_, waiter) in waiting {
+        let _ = waiter.send(Err(status.clone()));
     }
 }
 
@@ -371,7 +591,11 @@ async fn read_replies(link: Arc<Link>, mut replies: Streaming<LinkReply>) {
 fn outcome(reply: LinkReply) -> Result<CallResponse, Status> {
     match Code::from_i32(reply.code) {
         Code::Ok => Ok(reply.response.unwrap_or_default()),
-        code => Err(Status::new(code, reply.message)),
+        code => Err(Status::with_details(
+            code,
+            reply.message,
+            reply.details.into(),
+        )),
     }
 }
 
@@ -402,11 +626,14 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     /// A provider's link service that answers by operation: "echo" with
-    /// the payload, "wait" never, "break" by breaking the link.
+    /// the payload, "wait" never, "break" by breaking the link, "end" by
+    /// ending it in order. It records each call's timeout and each
+    /// cancellation (id, code).
     #[derive(Clone, Default)]
     struct FakeProvider {
         opened: Arc<AtomicUsize>,
         timeouts: Arc<Mutex<Vec<u64>>>,
+        cancels: Arc<Mutex<Vec<(u64, i32)>>>,
     }
 
     #[tonic::async_trait]
@@ -420,9 +647,13 @@ mod tests {
             self.opened.fetch_add(1, Ordering::SeqCst);
             let mut incoming = request.into_inner();
             let (tx, rx) = mpsc::channel(16);
-            let timeouts = self.timeouts.clone();
+            let (timeouts, cancels) = (self.timeouts.clone(), self.cancels.clone());
             tokio::spawn(async move {
                 while let Ok(Some(call)) = incoming.message().await {
+                    if call.cancel != 0 {
+                        cancels.lock().unwrap().push((call.id, call.cancel));
+                        continue;
+                    }
                     timeouts.lock().unwrap().push(call.timeout_ms);
                     let env = call.envelope.unwrap_or_default();
                     match env.operation.as_str() {
@@ -434,8 +665,7 @@ mod tests {
                             let reply = LinkReply {
                                 id: call.id,
                                 response: Some(response),
-                                code: 0,
-                                message: String::new(),
+                                ..Default::default()
                             };
                             let _ = tx.send(Ok(reply)).await;
                         }
@@ -443,6 +673,7 @@ mod tests {
                             let _ = tx.send(Err(Status::internal("link broken"))).await;
                             return;
                         }
+                        "end" => return,
                         _ => {}
                     }
                 }
@@ -538,6 +769,52 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_call_the_application_drops_is_cancelled_on_the_provider() {
+        let provider = FakeProvider::default();
+        let channel = serve(Some(provider.clone())).await;
+        let links = Arc::new(Links::default());
+        let dropped = {
+            let (links, channel) = (links.clone(), channel.clone());
+            tokio::spawn(async move { call(&links, &channel, envelope("wait", ""), None).await })
+        };
+        while provider.timeouts.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        dropped.abort();
+        let _ = dropped.await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while provider.cancels.lock().unwrap().is_empty() {
+            assert!(Instant::now() < deadline, "the provider was never told");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            *provider.cancels.lock().unwrap(),
+            [(0, Code::Cancelled as i32)]
+        );
+    }
+
+    #[tokio::test]
+    async fn calls_left_unanswered_when_the_provider_ends_the_link_in_order_were_not_served() {
+        let provider = FakeProvider::default();
+        let channel = serve(Some(provider.clone())).await;
+        let links = Arc::new(Links::default());
+        let waiting = {
+            let (links, channel) = (links.clone(), channel.clone());
+            tokio::spawn(
+                async move { done(call(&links, &channel, envelope("wait", ""), None).await) },
+            )
+        };
+        while provider.timeouts.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let _ = call(&links, &channel, envelope("end", ""), None).await;
+        let status = waiting.await.unwrap().unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(status.message().contains("not served"), "{status:?}");
+        assert!(status.message().contains("retrying is safe"), "{status:?}");
+    }
+
+    #[tokio::test]
     async fn a_call_past_its_deadline_tells_the_provider_and_stops_waiting() {
         let provider = FakeProvider::default();
         let channel = serve(Some(provider.clone())).await;
@@ -554,6 +831,15 @@ mod tests {
         assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
         assert!(started.elapsed() < Duration::from_secs(1));
         assert_eq!(*provider.timeouts.lock().unwrap(), [150]);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while provider.cancels.lock().unwrap().is_empty() {
+            assert!(Instant::now() < deadline, "the provider was never told");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            *provider.cancels.lock().unwrap(),
+            [(0, Code::DeadlineExceeded as i32)]
+        );
         let slot = links.slot("provider");
         let Some(Route::Link(link)) = slot.get() else {
             panic!("the link is open")
@@ -589,18 +875,34 @@ mod tests {
                 payload: b"x".to_vec(),
                 ..Default::default()
             }),
-            code: 0,
-            message: String::new(),
+            ..Default::default()
         });
         assert_eq!(ok.unwrap().payload, b"x");
-        let refused = outcome(LinkReply {
-            id: 2,
-            response: None,
-            code: Code::PermissionDenied as i32,
-            message: "no grant".into(),
-        })
-        .unwrap_err();
+        let status =
+            Status::with_details(Code::PermissionDenied, "no grant", b"why".to_vec().into());
+        let refused = outcome(refusal(2, &status)).unwrap_err();
         assert_eq!(refused.code(), Code::PermissionDenied);
         assert_eq!(refused.message(), "no grant");
+        assert_eq!(refused.details(), b"why", "details travel with the status");
+    }
+
+    #[test]
+    fn a_refusal_keeps_its_message_and_details_within_what_a_link_carries() {
+        let long = "Sở Tư pháp ".repeat(1000);
+        let huge = vec![7u8; MAX_STATUS_DETAILS + 1];
+        let reply = refusal(
+            3,
+            &Status::with_details(Code::Internal, long.clone(), huge.into()),
+        );
+        assert!(reply.message.len() <= MAX_STATUS_MESSAGE);
+        assert!(
+            long.starts_with(&reply.message),
+            "cut on a character boundary"
+        );
+        assert!(
+            reply.details.is_empty(),
+            "details too large to carry are dropped"
+        );
+        assert!(reply.encoded_len() < FRAMING);
     }
 }

@@ -30,6 +30,11 @@ struct LatencyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LinkLabels {
+    consumer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BytesLabels {
     side: &'static str,
     direction: &'static str,
@@ -42,6 +47,7 @@ pub struct Metrics {
     calls: Family<CallLabels, Counter>,
     latency: Family<LatencyLabels, Histogram>,
     bytes: Family<BytesLabels, Counter>,
+    links: Family<LinkLabels, Gauge>,
     cache_age: Gauge<f64, AtomicU64>,
     cache_revision: Gauge,
 }
@@ -69,6 +75,12 @@ impl Metrics {
             "Bytes of requests (in) and responses (out)",
             bytes.clone(),
         );
+        let links = Family::<LinkLabels, Gauge>::default();
+        registry.register(
+            "node_links_open",
+            "Node links other agencies' nodes hold open to this node, by consumer agency",
+            links.clone(),
+        );
         let cache_age = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "catalog_cache_age_seconds",
@@ -86,6 +98,7 @@ impl Metrics {
             calls,
             latency,
             bytes,
+            links,
             cache_age,
             cache_revision,
         })
@@ -121,6 +134,24 @@ impl Metrics {
                 .get_or_create(&BytesLabels { side, direction })
                 .inc_by(n);
         }
+    }
+
+    /// A consumer agency's node opened a link to this node.
+    pub fn link_opened(&self, consumer: &str) {
+        self.links
+            .get_or_create(&LinkLabels {
+                consumer: consumer.to_owned(),
+            })
+            .inc();
+    }
+
+    /// One of a consumer agency's links to this node ended.
+    pub fn link_closed(&self, consumer: &str) {
+        self.links
+            .get_or_create(&LinkLabels {
+                consumer: consumer.to_owned(),
+            })
+            .dec();
     }
 
     /// The text exposition, with the cache gauges read now.

@@ -1,0 +1,35 @@
+//! Reading a node's Prometheus endpoint the way a scraper does.
+
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// `GET /metrics` with a bare HTTP/1.1 request; returns the status line and body.
+pub async fn scrape(addr: &str) -> (String, String) {
+    let mut tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to metrics");
+    tcp.write_all(
+        format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut raw))
+        .await
+        .expect("metrics answered within 5 s")
+        .unwrap();
+    let text = String::from_utf8(raw).expect("UTF-8 metrics");
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    (
+        head.lines().next().unwrap_or_default().to_owned(),
+        body.to_owned(),
+    )
+}
+
+/// The value of the sample whose line starts with `name` and contains every
+/// one of `labels`.
+pub fn sample(body: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    body.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
