@@ -146,7 +146,9 @@ pub struct Entry {
 }
 
 /// The canonical form of an entry: [`Entry`] without `hash`. serde writes a flattened
-/// struct's fields in place, so the order is the same as [`Entry`]'s.
+/// struct's fields in place, so the order is the same as [`Entry`]'s. The log writes
+/// these bytes with [`encode_with_fields`]; this is the definition it is tested against.
+#[cfg(test)]
 #[derive(Serialize)]
 struct Canonical<'a> {
     seq: u64,
@@ -183,14 +185,45 @@ fn seal_message(seq: u64, head: &str) -> String {
 }
 
 /// The entry line for `exchange` as entry `seq` after `prev`, with its newline, and its hash.
+#[cfg(test)]
 fn encode_entry(seq: u64, time: &str, exchange: &Exchange, prev: &str) -> (Vec<u8>, String) {
-    let mut line = serde_json::to_vec(&Canonical {
-        seq,
-        time,
-        exchange,
-        prev,
-    })
-    .expect("an entry of strings and integers always serializes");
+    encode_with_fields(seq, time, &ExchangeFields::of(exchange), prev)
+}
+
+/// An exchange as the JSON members of its entry line (without braces): the
+/// part of the line known before its place in the chain, written outside
+/// the log's lock.
+struct ExchangeFields(Vec<u8>);
+
+impl ExchangeFields {
+    fn of(exchange: &Exchange) -> Self {
+        let mut object = serde_json::to_vec(exchange)
+            .expect("an entry of strings and integers always serializes");
+        object.pop(); // `}`
+        object.remove(0); // `{`
+        Self(object)
+    }
+}
+
+/// The bytes serde_json writes for [`Canonical`], put together from their
+/// parts (a unit test holds the two equal): `{"seq":..,"time":..,` the
+/// exchange's members `,"prev":..}`.
+fn encode_with_fields(
+    seq: u64,
+    time: &str,
+    fields: &ExchangeFields,
+    prev: &str,
+) -> (Vec<u8>, String) {
+    let mut line = Vec::with_capacity(fields.0.len() + time.len() + prev.len() + 120);
+    line.extend_from_slice(b"{\"seq\":");
+    line.extend_from_slice(seq.to_string().as_bytes());
+    line.extend_from_slice(b",\"time\":");
+    serde_json::to_writer(&mut line, time).expect("a string always serializes");
+    line.push(b',');
+    line.extend_from_slice(&fields.0);
+    line.extend_from_slice(b",\"prev\":");
+    serde_json::to_writer(&mut line, prev).expect("a string always serializes");
+    line.push(b'}');
     let hash = hex::encode(Sha256::digest(&line));
     line.pop(); // the closing brace
     line.extend_from_slice(b",\"hash\":\"");
@@ -473,9 +506,11 @@ impl SharingLog {
     /// Appends an entry for `exchange` and returns its sequence number. The line goes to
     /// a buffer; [`seal`](Self::seal) (run every second by the sealer) writes it out.
     pub fn append(&self, exchange: Exchange) -> Result<u64, AuditError> {
+        let fields = ExchangeFields::of(&exchange);
         let mut writer = self.lock()?;
         let seq = writer.next_seq;
-        let (line, hash) = encode_entry(seq, &now_rfc3339(), &exchange, &writer.head);
+        // The time is read under the lock, so that times follow the chain's order.
+        let (line, hash) = encode_with_fields(seq, &now_rfc3339(), &fields, &writer.head);
         self.write(&mut writer, &line)?;
         writer.next_seq += 1;
         writer.head = hash;
@@ -1168,6 +1203,33 @@ mod tests {
             latency_us: 1234 + n,
             bytes_in: 100,
             bytes_out: 2048,
+        }
+    }
+
+    #[test]
+    fn entry_lines_are_the_bytes_serde_writes_for_the_canonical_form() {
+        let mut tricky = exchange(7);
+        tricky.operation = "tra-cứu \"đặc biệt\"\\\n\t\u{1}".into();
+        tricky.consumer = "Sở Tư pháp".into();
+        for (seq, ex, prev) in [
+            (1, exchange(1), "0".repeat(64)),
+            (u64::MAX, tricky, "ab\"c".to_owned()),
+        ] {
+            let time = "2026-11-27T06:40:00.123Z";
+            let expected = serde_json::to_vec(&Canonical {
+                seq,
+                time,
+                exchange: &ex,
+                prev: &prev,
+            })
+            .unwrap();
+            let (line, hash) = encode_entry(seq, time, &ex, &prev);
+            let body = &line[..line.len() - ",\"hash\":\"\"}\n".len() - hash.len()];
+            assert_eq!(
+                String::from_utf8_lossy(body),
+                String::from_utf8_lossy(&expected[..expected.len() - 1])
+            );
+            assert_eq!(hash, hex::encode(Sha256::digest(&expected)));
         }
     }
 
