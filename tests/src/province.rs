@@ -305,6 +305,27 @@ impl Province {
     }
 
     /// Credentials for any identity, from the province's CA.
+    /// Revokes the certificate with `serial` (key compromise) and publishes
+    /// the new CRL in the catalog; returns when the registry acknowledged it.
+    pub async fn revoke(&mut self, serial: &str) -> Instant {
+        let ca = &mut self.registry.pki.ca;
+        ca.revoke(serial, rcgen::RevocationReason::KeyCompromise)
+            .expect("revoke");
+        let crl = ca.sign_crl(1).expect("sign CRL");
+        self.admin
+            .put(
+                Value::Crl(lgsp_proto::Crl {
+                    der: crl.der,
+                    number: crl.number,
+                    revoked_serials: crl.revoked,
+                }),
+                0,
+            )
+            .await
+            .expect("publish CRL");
+        Instant::now()
+    }
+
     pub fn issue(&mut self, agency: &str, role: Role, name: &str) -> (Credentials, String) {
         self.registry.pki.issue(agency, role, name)
     }

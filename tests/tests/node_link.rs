@@ -6,9 +6,8 @@
 
 use futures::future::join_all;
 use lgsp_certs::inspect::CertInfo;
-use lgsp_proto::catalog_record::Value;
 use lgsp_proto::data_exchange_client::DataExchangeClient;
-use lgsp_proto::{Crl, Envelope};
+use lgsp_proto::Envelope;
 use lgsp_tests::metrics::{sample, scrape};
 use lgsp_tests::province::{A, B, two_agencies};
 use std::collections::HashMap;
@@ -203,23 +202,7 @@ async fn a_consumer_node_revoked_while_its_link_is_open_is_refused_on_the_next_c
     let serial = CertInfo::from_der(&b.creds.chain[0], &b.dir.join("tls/cert.pem"))
         .unwrap()
         .serial;
-    let ca = &mut province.registry.pki.ca;
-    ca.revoke(&serial, rcgen::RevocationReason::KeyCompromise)
-        .unwrap();
-    let crl = ca.sign_crl(1).unwrap();
-    let published = Instant::now();
-    province
-        .admin
-        .put(
-            Value::Crl(Crl {
-                der: crl.der,
-                number: crl.number,
-                revoked_serials: crl.revoked,
-            }),
-            0,
-        )
-        .await
-        .expect("publish CRL");
+    let published = province.revoke(&serial).await;
     let refused_at = loop {
         match app.call(get("001099012345", "after")).await {
             Err(s) if s.code() == Code::Unauthenticated => {

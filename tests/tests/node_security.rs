@@ -4,9 +4,8 @@
 
 use lgsp_certs::Role;
 use lgsp_certs::tls::client_endpoint;
-use lgsp_proto::catalog_record::Value;
 use lgsp_proto::data_exchange_client::DataExchangeClient;
-use lgsp_proto::{Crl, Envelope, GrantStatus, QueryRequest};
+use lgsp_proto::{Envelope, GrantStatus, QueryRequest};
 use lgsp_tests::province::{A, B, NodeProcess, two_agencies};
 use lgsp_tests::{Pki, TRUST_DOMAIN};
 use std::collections::HashMap;
@@ -170,23 +169,7 @@ async fn revoked_certificate_is_refused_within_a_second_while_the_node_runs() {
         .await
         .expect("before revocation");
 
-    let ca = &mut province.registry.pki.ca;
-    ca.revoke(&serial, rcgen::RevocationReason::KeyCompromise)
-        .unwrap();
-    let crl = ca.sign_crl(1).unwrap();
-    let published = Instant::now();
-    province
-        .admin
-        .put(
-            Value::Crl(Crl {
-                der: crl.der,
-                number: crl.number,
-                revoked_serials: crl.revoked,
-            }),
-            0,
-        )
-        .await
-        .expect("publish CRL");
+    let published = province.revoke(&serial).await;
     let refused_at = loop {
         match open.call(get(&service, "001099012345")).await {
             Err(s) if s.code() == Code::Unauthenticated => {
