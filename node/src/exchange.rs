@@ -9,7 +9,7 @@ use crate::catalog_cache::CatalogCache;
 use crate::config::NodeConfig;
 use crate::dataset::{DatasetCache, Query};
 use crate::limits::Limits;
-use crate::link::{Links, MAX_LINK_ENVELOPE, Sent, deadline_of};
+use crate::link::{Deadline, Links, MAX_LINK_ENVELOPE, Sent};
 use crate::sharing_log::{Exchange, SharingLog};
 use futures::{Stream, StreamExt};
 use lgsp_certs::{Credentials, Peer};
@@ -132,17 +132,8 @@ struct Trace {
     request_sha256: String,
     bytes_in: u64,
     started: Instant,
-    deadline: Option<Duration>,
+    deadline: Option<Deadline>,
     written: bool,
-}
-
-/// Whether a call that started at `started` with `deadline` was abandoned
-/// because of it. The caller's clock started earlier than ours (tonic reads
-/// `grpc-timeout` before the request reaches us), so "close to" counts: within
-/// a tenth of the deadline, and at least 5 ms.
-pub(crate) fn past_deadline(started: Instant, deadline: Duration) -> bool {
-    let slack = (deadline / 10).max(Duration::from_millis(5));
-    started.elapsed() + slack >= deadline
 }
 
 impl Trace {
@@ -156,7 +147,7 @@ impl Trace {
         operation: &str,
         request: &[u8],
         started: Instant,
-        deadline: Option<Duration>,
+        deadline: Option<Deadline>,
     ) -> Self {
         Self {
             ctx: ctx.clone(),
@@ -219,10 +210,11 @@ impl Drop for Trace {
         if self.written {
             return;
         }
-        let expired = self
-            .deadline
-            .is_some_and(|d| past_deadline(self.started, d));
-        let code = if expired {
+        let expired = self.deadline.is_some_and(|d| d.is_near_or_past());
+        let code = if std::thread::panicking() {
+            // Serving it failed; the caller is answered INTERNAL.
+            tonic::Code::Internal
+        } else if expired {
             tonic::Code::DeadlineExceeded
         } else {
             tonic::Code::Cancelled
@@ -384,14 +376,16 @@ impl Provider {
     /// logs it: the unary `Call` and each call on a node link end here.
     /// `deadline` is the caller's: past it, the call ends and the log
     /// records DEADLINE_EXCEEDED. If `cancelled` ends first (the caller gave
-    /// up), the call ends with its status.
+    /// up), the call ends with its status. A response larger than
+    /// `response_limit` (encoded) is refused with RESOURCE_EXHAUSTED.
     pub(crate) async fn provide(
         &self,
         peer: &Peer,
         mut env: Envelope,
         started: Instant,
-        deadline: Option<std::time::Duration>,
+        deadline: Option<Deadline>,
         cancelled: impl std::future::Future<Output = Status>,
+        response_limit: usize,
     ) -> Result<CallResponse, Status> {
         if env.request_id.is_empty() {
             env.request_id = new_request_id();
@@ -411,13 +405,13 @@ impl Provider {
         let serving = async {
             let serving = self.serve(peer, &env).instrument(span.clone());
             match deadline {
-                Some(limit) => tokio::time::timeout(limit, serving)
+                Some(limit) => tokio::time::timeout_at(limit.at.into(), serving)
                     .await
                     .unwrap_or_else(|_| {
                         Err(Status::deadline_exceeded(format!(
                             "{} did not answer within the caller's deadline ({} ms)",
                             env.service_id,
-                            limit.as_millis()
+                            limit.total.as_millis()
                         )))
                     }),
                 None => serving.await,
@@ -427,7 +421,23 @@ impl Provider {
             result = serving => result,
             status = cancelled => Err(status),
         };
-        let response = result.as_deref().unwrap_or_default();
+        let request_id = std::mem::take(&mut env.request_id);
+        // A response the caller cannot take is not delivered: the log says so.
+        let result = result.and_then(|payload| {
+            let response = CallResponse {
+                payload,
+                request_id,
+                metadata: HashMap::new(),
+            };
+            let size = response.encoded_len();
+            if size > response_limit {
+                return Err(Status::resource_exhausted(format!(
+                    "the response is {size} bytes; the consumer accepts at most {response_limit}"
+                )));
+            }
+            Ok(response)
+        });
+        let response = result.as_ref().map_or(&[][..], |r| r.payload.as_slice());
         trace.finish(
             &Sha256::digest(response),
             code_of(&result),
@@ -437,11 +447,7 @@ impl Provider {
             Ok(_) => tracing::debug!("served"),
             Err(s) => tracing::info!(code = code_name(s.code()), reason = %s.message(), "refused"),
         });
-        Ok(CallResponse {
-            payload: result?,
-            request_id: env.request_id,
-            metadata: HashMap::new(),
-        })
+        result
     }
 }
 
@@ -450,10 +456,11 @@ impl DataExchange for Provider {
     async fn call(&self, request: Request<Envelope>) -> Result<Response<CallResponse>, Status> {
         let started = Instant::now();
         let peer = Peer::of(&request)?.clone();
-        let deadline = deadline_of(request.metadata());
+        let deadline = Deadline::of(request.metadata(), started);
         // tonic drops this call when its caller goes away: `Trace` logs that.
         let never = std::future::pending();
-        self.provide(&peer, request.into_inner(), started, deadline, never)
+        let max = self.ctx.config.limits.max_message_bytes;
+        self.provide(&peer, request.into_inner(), started, deadline, never, max)
             .await
             .map(Response::new)
     }
@@ -466,7 +473,7 @@ impl DataExchange for Provider {
     ) -> Result<Response<Self::QueryStream>, Status> {
         let started = Instant::now();
         let peer = Peer::of(&request)?.clone();
-        let deadline = deadline_of(request.metadata());
+        let deadline = Deadline::of(request.metadata(), started);
         let mut req = request.into_inner();
         if req.request_id.is_empty() {
             req.request_id = new_request_id();
@@ -625,13 +632,13 @@ impl Consumer {
     /// Sends `env` to the provider node serving it: on the link to that
     /// node, or as a unary call when the envelope is large or the node has
     /// no link service.
-    /// `deadline` is the time the application has left.
+    /// `deadline` is the application's.
     async fn send(
         &self,
-        deadline: Option<Duration>,
+        deadline: Option<Deadline>,
         env: Envelope,
     ) -> Result<CallResponse, Status> {
-        if deadline.is_some_and(|d| d.is_zero()) {
+        if deadline.is_some_and(|d| d.left().is_zero()) {
             return Err(Status::deadline_exceeded(
                 "the application's deadline passed before the call left this node",
             ));
@@ -665,17 +672,12 @@ impl Consumer {
 }
 
 /// The outgoing call, with the time the caller has left as its deadline.
-fn forward<T>(deadline: Option<Duration>, message: T) -> Request<T> {
+fn forward<T>(deadline: Option<Deadline>, message: T) -> Request<T> {
     let mut out = Request::new(message);
-    if let Some(left) = deadline {
-        out.set_timeout(left);
+    if let Some(deadline) = deadline {
+        out.set_timeout(deadline.left());
     }
     out
-}
-
-/// The time left of the deadline in `metadata`, counted from `started`.
-fn time_left(metadata: &tonic::metadata::MetadataMap, started: Instant) -> Option<Duration> {
-    deadline_of(metadata).map(|d| d.saturating_sub(started.elapsed()))
 }
 
 fn explain(status: Status) -> Status {
@@ -694,6 +696,7 @@ impl DataExchange for Consumer {
     async fn call(&self, request: Request<Envelope>) -> Result<Response<CallResponse>, Status> {
         let started = Instant::now();
         let (metadata, _, mut env) = request.into_parts();
+        let deadline = Deadline::of(&metadata, started);
         if env.request_id.is_empty() {
             env.request_id = new_request_id();
         }
@@ -706,13 +709,10 @@ impl DataExchange for Consumer {
             &env.operation,
             &env.encode_to_vec(),
             started,
-            deadline_of(&metadata),
+            deadline,
         );
         let span = tracing::info_span!("consume", request_id = %env.request_id, service = %env.service_id, op = %env.operation);
-        let result = self
-            .send(time_left(&metadata, started), env)
-            .instrument(span)
-            .await;
+        let result = self.send(deadline, env).instrument(span).await;
         let response = result.as_ref().map_or(&[][..], |r| r.payload.as_slice());
         trace.finish(
             &Sha256::digest(response),
@@ -742,12 +742,12 @@ impl DataExchange for Consumer {
             "query",
             &req.encode_to_vec(),
             started,
-            deadline_of(&metadata),
+            Deadline::of(&metadata, started),
         );
         let opened = async {
             let mut client = self.client(&self.route(&req.service_id)?)?;
             client
-                .query(forward(time_left(&metadata, started), req))
+                .query(forward(Deadline::of(&metadata, started), req))
                 .await
                 .map_err(explain)
         }

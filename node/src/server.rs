@@ -145,7 +145,13 @@ impl NodeServer {
         let stop = wait_for(shutdown_rx.clone());
         let (h, r) = (health_service.clone(), reflection.clone());
         tasks.push(tokio::spawn(async move {
+            // A consumer node that vanished without closing its connection
+            // (power cut, cable pulled) is found out within half a minute:
+            // its streams end, its node links among them, and their slots
+            // and the count of its links are given back.
             let result = tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(Duration::from_secs(20)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(10)))
                 .add_service(provider)
                 .add_service(link)
                 .add_service(IdentityServiceServer::with_interceptor(WhoAmI, auth))

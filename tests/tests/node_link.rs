@@ -6,8 +6,8 @@
 
 use futures::future::join_all;
 use lgsp_certs::inspect::CertInfo;
-use lgsp_proto::data_exchange_client::DataExchangeClient;
 use lgsp_proto::Envelope;
+use lgsp_proto::data_exchange_client::DataExchangeClient;
 use lgsp_tests::metrics::{sample, scrape};
 use lgsp_tests::province::{A, B, two_agencies};
 use std::collections::HashMap;
@@ -174,11 +174,23 @@ async fn a_call_the_application_abandons_is_cancelled_on_both_nodes_and_logged_s
         })
         .await
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     abandoned.abort();
     let _ = abandoned.await;
-    // Give the provider time to hear of it, well before the backend's 3 s.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The provider hears of it well before the backend's 3 s.
+    let deadline = Instant::now() + Duration::from_millis(2000);
+    loop {
+        let (_, metrics) = scrape(&a.metrics).await;
+        let labels = ["side=\"provider\"", "code=\"CANCELLED\""];
+        if sample(&metrics, "lgsp_calls_total", &labels) == Some(1.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "A never logged the call as cancelled:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     a.stop();
     b.stop();
