@@ -278,3 +278,62 @@ async fn a_provider_with_links_open_stops_promptly_and_the_consumer_relinks_afte
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agency_may_hold_sixteen_links_to_a_node_and_gets_its_place_back_when_one_ends() {
+    use lgsp_proto::LinkCall;
+    use lgsp_proto::node_link_client::NodeLinkClient;
+    let (_province, a, b) = two_agencies().await;
+    let channel = lgsp_certs::tls::client_endpoint(&a.provider, &b.creds, None)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let consumer = format!("consumer=\"{B}\"");
+    let open = |n: usize| {
+        let channel = channel.clone();
+        async move {
+            let (tx, rx) = tokio::sync::mpsc::channel::<LinkCall>(1);
+            let replies = NodeLinkClient::new(channel)
+                .calls(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await;
+            (n, tx, replies)
+        }
+    };
+    // B's node already holds one (it called A while the province started).
+    let (_, metrics) = scrape(&a.metrics).await;
+    let held = sample(&metrics, "lgsp_node_links_open", &[&consumer]).unwrap_or(0.0) as usize;
+    assert_eq!(held, 1, "{metrics}");
+    let mut links = Vec::new();
+    for n in held..16 {
+        let (_, tx, replies) = open(n).await;
+        links.push((tx, replies.unwrap_or_else(|s| panic!("link {n}: {s:?}"))));
+    }
+    let (_, metrics) = scrape(&a.metrics).await;
+    assert_eq!(
+        sample(&metrics, "lgsp_node_links_open", &[&consumer]),
+        Some(16.0)
+    );
+    let (_, _tx, refused) = open(16).await;
+    let refused = refused.expect_err("a 17th link");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("16 node links"), "{refused:?}");
+
+    // One ends (its request stream closes and its replies are dropped):
+    // the count comes back down and a new link is accepted.
+    drop(links.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, metrics) = scrape(&a.metrics).await;
+        if sample(&metrics, "lgsp_node_links_open", &[&consumer]) == Some(15.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the link was never counted out:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, _tx, again) = open(17).await;
+    again.expect("a link in the place given back");
+}
