@@ -72,7 +72,25 @@ pub struct LinkServer {
 
 /// A reply on its way out, holding its call's place on the link and the
 /// consumer's in-flight permit until HTTP/2 takes it.
-type Queued = (LinkReply, OwnedSemaphorePermit, Option<Permit>);
+type Queued = (LinkReply, Option<OwnedSemaphorePermit>, Option<Permit>);
+
+/// Tells the call a cancellation names, if it is still being served, that
+/// the consumer gave up on it. The consumer may only say why: its deadline
+/// passed, or it cancelled.
+fn cancel(serving: &Serving, call: &LinkCall) {
+    let gave_up = serving
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .remove(&call.id);
+    if let Some(gave_up) = gave_up {
+        let status = if call.cancel == Code::DeadlineExceeded as i32 {
+            Status::deadline_exceeded("the caller's deadline passed")
+        } else {
+            Status::cancelled("the caller gave up on the call")
+        };
+        let _ = gave_up.send(status);
+    }
+}
 
 /// Calls being served on one link, by id: how to tell each that the
 /// consumer gave up on it.
@@ -246,10 +264,11 @@ impl NodeLink for LinkServer {
             // then holds it back), instead of growing this node's memory.
             let in_flight = Arc::new(Semaphore::new(IN_FLIGHT_PER_LINK));
             let serving: Serving = Arc::default();
+            let mut stopping = false;
             let broken = loop {
                 let message = tokio::select! {
                     biased;
-                    _ = stop.wait_for(|stop| *stop) => break None,
+                    _ = stop.wait_for(|stop| *stop) => { stopping = true; break None },
                     message = incoming.message() => message,
                 };
                 let call = match message {
@@ -259,26 +278,14 @@ impl NodeLink for LinkServer {
                 };
                 // Cancellations are read whatever the calls in flight.
                 if call.cancel != 0 {
-                    let gave_up = serving
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .remove(&call.id);
-                    if let Some(gave_up) = gave_up {
-                        // The consumer may only say why it gave up.
-                        let status = if call.cancel == Code::DeadlineExceeded as i32 {
-                            Status::deadline_exceeded("the caller's deadline passed")
-                        } else {
-                            Status::cancelled("the caller gave up on the call")
-                        };
-                        let _ = gave_up.send(status);
-                    }
+                    cancel(&serving, &call);
                     continue;
                 }
                 let slot = tokio::select! {
                     biased;
-                    _ = stop.wait_for(|stop| *stop) => break None,
+                    _ = stop.wait_for(|stop| *stop) => { stopping = true; break None },
                     slot = in_flight.clone().acquire_owned() => match slot {
-                        Ok(slot) => slot,
+                        Ok(slot) => Some(slot),
                         Err(_) => break None,
                     },
                 };
@@ -324,6 +331,35 @@ impl NodeLink for LinkServer {
                     let _ = replies.send(Ok((reply, slot, permit))).await;
                 });
             };
+            if stopping {
+                // The node is shutting down: answer the calls taken, still
+                // hearing the consumer give up on them (so both logs agree);
+                // calls that arrive now are not served. Done when every call
+                // taken is answered and its reply handed over.
+                let all_back = in_flight
+                    .clone()
+                    .acquire_many_owned(IN_FLIGHT_PER_LINK as u32);
+                tokio::pin!(all_back);
+                loop {
+                    let message = tokio::select! {
+                        biased;
+                        _ = &mut all_back => break,
+                        message = incoming.message() => message,
+                    };
+                    match message {
+                        Ok(Some(call)) if call.cancel != 0 => cancel(&serving, &call),
+                        Ok(Some(call)) => {
+                            let status = Status::unavailable(
+                                "the provider node is shutting down: this call was not served; retrying is safe",
+                            );
+                            let _ = replies
+                                .send(Ok((refusal(call.id, &status), None, None)))
+                                .await;
+                        }
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+            }
             // A broken link (the consumer is gone) abandons its calls, as a
             // dropped connection would; the log records them as CANCELLED.
             if let Some(status) = broken {

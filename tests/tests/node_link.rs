@@ -204,6 +204,44 @@ async fn a_call_the_application_abandons_is_cancelled_on_both_nodes_and_logged_s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_abandoned_while_the_provider_shuts_down_is_still_cancelled_there() {
+    let (_province, mut a, mut b) = two_agencies().await;
+    let mut app = DataExchangeClient::new(b.app_channel().await);
+    app.call(get("001099012345", "link-open"))
+        .await
+        .expect("the link is open");
+    // The backend takes 3 s. A starts shutting down while it serves the
+    // call; then the application gives up.
+    let abandoned = tokio::spawn(async move {
+        app.call(Envelope {
+            service_id: format!("{A}/dkkd"),
+            operation: "cham".into(),
+            payload: br#"{"ma_so_doanh_nghiep":"2500150335"}"#.to_vec(),
+            request_id: "link-shutdown".into(),
+            ..Default::default()
+        })
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.terminate();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    abandoned.abort();
+    let _ = abandoned.await;
+    let stopping = Instant::now();
+    a.stop();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(2),
+        "A served the abandoned call to its end before stopping"
+    );
+    b.stop();
+    for node in [&a, &b] {
+        let log = std::fs::read_to_string(node.sharing_log()).unwrap();
+        let e = entry(&log, "link-shutdown");
+        assert_eq!(e["status"], "CANCELLED", "{e}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_node_revoked_while_its_link_is_open_is_refused_on_the_next_call() {
     let (mut province, _a, b) = two_agencies().await;
     let mut app = DataExchangeClient::new(b.app_channel().await);
