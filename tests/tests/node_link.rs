@@ -227,17 +227,15 @@ async fn a_call_abandoned_while_the_provider_shuts_down_is_still_cancelled_there
     tokio::time::sleep(Duration::from_millis(300)).await;
     abandoned.abort();
     let _ = abandoned.await;
-    let stopping = Instant::now();
     a.stop();
-    assert!(
-        stopping.elapsed() < Duration::from_secs(2),
-        "A served the abandoned call to its end before stopping"
-    );
     b.stop();
+    // Served to its end, A's entry would say OK after 3 s.
     for node in [&a, &b] {
         let log = std::fs::read_to_string(node.sharing_log()).unwrap();
         let e = entry(&log, "link-shutdown");
         assert_eq!(e["status"], "CANCELLED", "{e}");
+        let latency = e["latency_us"].as_u64().unwrap();
+        assert!(latency < 2_500_000, "{e}");
     }
 }
 
