@@ -33,3 +33,26 @@ pub fn sample(body: &str, name: &str, labels: &[&str]) -> Option<f64> {
         .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
         .find_map(|l| l.rsplit(' ').next()?.parse().ok())
 }
+
+/// Waits up to `within` until the sample `name` with `labels` on the node
+/// at `addr` reads `value`; fails with the last scrape otherwise.
+pub async fn wait_for_sample(
+    addr: &str,
+    name: &str,
+    labels: &[&str],
+    value: f64,
+    within: Duration,
+) {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let (_, body) = scrape(addr).await;
+        if sample(&body, name, labels) == Some(value) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name}{labels:?} never read {value} within {within:?}:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -8,8 +8,8 @@ use futures::future::join_all;
 use lgsp_certs::inspect::CertInfo;
 use lgsp_proto::Envelope;
 use lgsp_proto::data_exchange_client::DataExchangeClient;
-use lgsp_tests::metrics::{sample, scrape};
-use lgsp_tests::province::{A, B, two_agencies};
+use lgsp_tests::metrics::{sample, scrape, wait_for_sample};
+use lgsp_tests::province::{A, B, NodeProcess, two_agencies};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tonic::{Code, Request};
@@ -22,6 +22,25 @@ fn get(key: &str, request_id: &str) -> Envelope {
         request_id: request_id.into(),
         ..Default::default()
     }
+}
+
+/// A call to A's HTTP backend that it answers after 3 s.
+fn slow(request_id: &str) -> Envelope {
+    Envelope {
+        service_id: format!("{A}/dkkd"),
+        operation: "cham".into(),
+        payload: br#"{"ma_so_doanh_nghiep":"2500150335"}"#.to_vec(),
+        request_id: request_id.into(),
+        ..Default::default()
+    }
+}
+
+/// The entry for `request_id` in each node's sharing log (stop them first).
+fn logged(nodes: [&NodeProcess; 2], request_id: &str) -> [serde_json::Value; 2] {
+    nodes.map(|node| {
+        let log = std::fs::read_to_string(node.sharing_log()).unwrap();
+        entry(&log, request_id)
+    })
 }
 
 /// The JSON object of the one sharing-log entry for `request_id`.
@@ -122,13 +141,7 @@ async fn the_applications_deadline_reaches_the_provider_and_both_logs_record_it(
     let (_province, mut a, mut b) = two_agencies().await;
     let mut app = DataExchangeClient::new(b.app_channel().await);
     // The backend takes 3 s; the application allows 1 s.
-    let mut request = Request::new(Envelope {
-        service_id: format!("{A}/dkkd"),
-        operation: "cham".into(),
-        payload: br#"{"ma_so_doanh_nghiep":"2500150335"}"#.to_vec(),
-        request_id: "link-deadline".into(),
-        ..Default::default()
-    });
+    let mut request = Request::new(slow("link-deadline"));
     request.set_timeout(Duration::from_secs(1));
     let asked = Instant::now();
     let status = app.call(request).await.expect_err("past the deadline");
@@ -145,9 +158,7 @@ async fn the_applications_deadline_reaches_the_provider_and_both_logs_record_it(
 
     a.stop();
     b.stop();
-    for node in [&a, &b] {
-        let log = std::fs::read_to_string(node.sharing_log()).unwrap();
-        let e = entry(&log, "link-deadline");
+    for e in logged([&a, &b], "link-deadline") {
         assert_eq!(e["status"], "DEADLINE_EXCEEDED", "{e}");
         // The provider gave up at the caller's deadline, not the backend's 3 s.
         let latency = e["latency_us"].as_u64().unwrap();
@@ -162,41 +173,26 @@ async fn a_call_the_application_abandons_is_cancelled_on_both_nodes_and_logged_s
     app.call(get("001099012345", "link-open"))
         .await
         .expect("the link is open");
-    // The backend takes 3 s; the application gives up after 300 ms without
+    // The backend takes 3 s; the application gives up after 500 ms without
     // a deadline (it just stops waiting).
-    let abandoned = tokio::spawn(async move {
-        app.call(Envelope {
-            service_id: format!("{A}/dkkd"),
-            operation: "cham".into(),
-            payload: br#"{"ma_so_doanh_nghiep":"2500150335"}"#.to_vec(),
-            request_id: "link-abandoned".into(),
-            ..Default::default()
-        })
-        .await
-    });
+    let abandoned = tokio::spawn(async move { app.call(slow("link-abandoned")).await });
     tokio::time::sleep(Duration::from_millis(500)).await;
     abandoned.abort();
     let _ = abandoned.await;
     // The provider hears of it well before the backend's 3 s.
-    let deadline = Instant::now() + Duration::from_millis(2000);
-    loop {
-        let (_, metrics) = scrape(&a.metrics).await;
-        let labels = ["side=\"provider\"", "code=\"CANCELLED\""];
-        if sample(&metrics, "lgsp_calls_total", &labels) == Some(1.0) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "A never logged the call as cancelled:\n{metrics}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let cancelled = ["side=\"provider\"", "code=\"CANCELLED\""];
+    wait_for_sample(
+        &a.metrics,
+        "lgsp_calls_total",
+        &cancelled,
+        1.0,
+        Duration::from_secs(2),
+    )
+    .await;
 
     a.stop();
     b.stop();
-    for node in [&a, &b] {
-        let log = std::fs::read_to_string(node.sharing_log()).unwrap();
-        let e = entry(&log, "link-abandoned");
+    for e in logged([&a, &b], "link-abandoned") {
         assert_eq!(e["status"], "CANCELLED", "{e}");
         let latency = e["latency_us"].as_u64().unwrap();
         assert!(latency < 2_500_000, "not served to the end: {e}");
@@ -212,16 +208,7 @@ async fn a_call_abandoned_while_the_provider_shuts_down_is_still_cancelled_there
         .expect("the link is open");
     // The backend takes 3 s. A starts shutting down while it serves the
     // call; then the application gives up.
-    let abandoned = tokio::spawn(async move {
-        app.call(Envelope {
-            service_id: format!("{A}/dkkd"),
-            operation: "cham".into(),
-            payload: br#"{"ma_so_doanh_nghiep":"2500150335"}"#.to_vec(),
-            request_id: "link-shutdown".into(),
-            ..Default::default()
-        })
-        .await
-    });
+    let abandoned = tokio::spawn(async move { app.call(slow("link-shutdown")).await });
     tokio::time::sleep(Duration::from_millis(500)).await;
     a.terminate();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -230,9 +217,7 @@ async fn a_call_abandoned_while_the_provider_shuts_down_is_still_cancelled_there
     a.stop();
     b.stop();
     // Served to its end, A's entry would say OK after 3 s.
-    for node in [&a, &b] {
-        let log = std::fs::read_to_string(node.sharing_log()).unwrap();
-        let e = entry(&log, "link-shutdown");
+    for e in logged([&a, &b], "link-shutdown") {
         assert_eq!(e["status"], "CANCELLED", "{e}");
         let latency = e["latency_us"].as_u64().unwrap();
         assert!(latency < 2_500_000, "{e}");
@@ -326,14 +311,15 @@ async fn an_agency_may_hold_sixteen_links_to_a_node_and_gets_its_place_back_when
         .await
         .unwrap();
     let consumer = format!("consumer=\"{B}\"");
-    let open = |n: usize| {
+    // A link is held open while its request sender lives.
+    let open = || {
         let channel = channel.clone();
         async move {
             let (tx, rx) = tokio::sync::mpsc::channel::<LinkCall>(1);
             let replies = NodeLinkClient::new(channel)
                 .calls(tokio_stream::wrappers::ReceiverStream::new(rx))
                 .await;
-            (n, tx, replies)
+            (tx, replies)
         }
     };
     // B's node already holds one (it called A while the province started).
@@ -342,7 +328,7 @@ async fn an_agency_may_hold_sixteen_links_to_a_node_and_gets_its_place_back_when
     assert_eq!(held, 1, "{metrics}");
     let mut links = Vec::new();
     for n in held..16 {
-        let (_, tx, replies) = open(n).await;
+        let (tx, replies) = open().await;
         links.push((tx, replies.unwrap_or_else(|s| panic!("link {n}: {s:?}"))));
     }
     let (_, metrics) = scrape(&a.metrics).await;
@@ -350,7 +336,7 @@ async fn an_agency_may_hold_sixteen_links_to_a_node_and_gets_its_place_back_when
         sample(&metrics, "lgsp_node_links_open", &[&consumer]),
         Some(16.0)
     );
-    let (_, _tx, refused) = open(16).await;
+    let (_tx, refused) = open().await;
     let refused = refused.expect_err("a 17th link");
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
     assert!(refused.message().contains("16 node links"), "{refused:?}");
@@ -358,18 +344,15 @@ async fn an_agency_may_hold_sixteen_links_to_a_node_and_gets_its_place_back_when
     // One ends (its request stream closes and its replies are dropped):
     // the count comes back down and a new link is accepted.
     drop(links.pop());
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (_, metrics) = scrape(&a.metrics).await;
-        if sample(&metrics, "lgsp_node_links_open", &[&consumer]) == Some(15.0) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the link was never counted out:\n{metrics}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let (_, _tx, again) = open(17).await;
+    let open_links = "lgsp_node_links_open";
+    wait_for_sample(
+        &a.metrics,
+        open_links,
+        &[&consumer],
+        15.0,
+        Duration::from_secs(5),
+    )
+    .await;
+    let (_tx, again) = open().await;
     again.expect("a link in the place given back");
 }
