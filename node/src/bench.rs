@@ -457,14 +457,10 @@ async fn start_forwarder(
     max_message: usize,
     stop: watch::Receiver<bool>,
 ) -> Result<(SocketAddr, JoinHandle<()>)> {
-    use futures::StreamExt as _;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
-        conn.inspect(|c| {
-            let _ = c.set_nodelay(true);
-        })
-    });
+    // Set up as the node's consumer listener is (server.rs).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let upstream = DataExchangeClient::new(upstream.connect_lazy())
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);

@@ -2,6 +2,7 @@
 //! the file's own directory.
 
 use anyhow::{Context, Result, bail};
+use lgsp_certs::TlsFiles;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -30,9 +31,6 @@ pub struct ConsumerConfig {
     #[serde(default)]
     pub tls: Option<TlsFiles>,
 }
-
-/// Where a listener's certificate, key and CA certificate are.
-use lgsp_certs::TlsFiles;
 
 /// A service this node serves, as published in the catalog.
 #[derive(Clone, Debug, Deserialize)]

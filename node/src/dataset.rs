@@ -686,27 +686,34 @@ impl Dataset {
                 }
             },
         };
-        let reader = std::io::BufReader::with_capacity(SCAN_BUFFER_BYTES, ReadAt { file, offset });
-        let (mut at, mut reader, mut previous) = (offset, reader, None::<Vec<u8>>);
+        // A small page reads no more than the records left.
+        let buffer = SCAN_BUFFER_BYTES
+            .min(usize::try_from(end.saturating_sub(offset)).unwrap_or(usize::MAX));
+        let reader = std::io::BufReader::with_capacity(buffer.max(1), ReadAt { file, offset });
+        // The last good key, for the error that names where the file broke;
+        // one buffer refilled, not a copy per record.
+        let (mut at, mut reader, mut previous) = (offset, reader, Vec::<u8>::new());
         Ok(Box::new(std::iter::from_fn(move || {
             if at >= end {
                 return None;
             }
             let entry = read_entry(&mut reader).map_err(|e| DatasetError::Corrupt {
                 path: data_path.clone(),
-                why: match &previous {
-                    Some(key) => format!(
+                why: if at == offset {
+                    format!("the record at offset {at} cannot be read: {e}")
+                } else {
+                    format!(
                         "the record after {:?} (at offset {at}) cannot be read: {e}",
-                        String::from_utf8_lossy(key)
-                    ),
-                    None => format!("the record at offset {at} cannot be read: {e}"),
+                        String::from_utf8_lossy(&previous)
+                    )
                 },
             });
             Some(entry.and_then(|(key, text, len)| {
                 at += len;
                 let text =
                     String::from_utf8(text).map_err(|_| self.corrupt(&key, "it is not UTF-8"))?;
-                previous = Some(key.clone());
+                previous.clear();
+                previous.extend_from_slice(&key);
                 Ok((key, text))
             }))
         })))

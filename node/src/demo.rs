@@ -108,13 +108,10 @@ fn node_tls(
     std::fs::write(tls.join("csr.pem"), &csr)?;
     let request = ca.check_csr(&csr, &tls.join("csr.pem"), 30)?;
     let (cert, _) = ca.sign(request)?;
-    std::fs::write(tls.join("cert.pem"), cert)?;
-    std::fs::write(tls.join("ca.pem"), ca.cert_pem())?;
-    Ok(TlsFiles {
-        cert: tls.join("cert.pem"),
-        key: tls.join("key.pem"),
-        ca: tls.join("ca.pem"),
-    })
+    let files = TlsFiles::in_dir(&tls);
+    std::fs::write(&files.cert, cert)?;
+    std::fs::write(&files.ca, ca.cert_pem())?;
+    Ok(files)
 }
 
 const SURNAMES: [&str; 8] = ["Nguyễn", "Trần", "Lê", "Phạm", "Hoàng", "Vũ", "Đặng", "Bùi"];
@@ -290,11 +287,7 @@ pub async fn start(dir: &Path) -> Result<Province> {
             peer_listen: addr(Ports::REGISTRY_PEER + i - 1),
             data_dir: rdir.join("data"),
             peers: peers.clone(),
-            tls: Some(TlsFiles {
-                cert: files.cert,
-                key: files.key,
-                ca: files.ca,
-            }),
+            tls: Some(files),
             ..Default::default()
         };
         registries.push(RegistryServer::start(config).await?);

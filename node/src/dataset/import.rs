@@ -382,10 +382,11 @@ impl<'a> Loader<'a> {
                     offset: self.data_len,
                     len: text.len() as u64,
                 };
-                let data_path = self.gen_dir.join(UNSORTED_FILE);
+                // The path is only made for the error, not for every row.
+                let gen_dir = &self.gen_dir;
                 self.data
                     .write_all(text.as_bytes())
-                    .map_err(io_error(&data_path))?;
+                    .map_err(|e| io_error(&gen_dir.join(UNSORTED_FILE))(e))?;
                 self.data_len += location.len;
                 location
             } else {
@@ -533,6 +534,8 @@ fn write_in_key_order(
     let mut offset = 0;
     let mut written = 0;
     let mut after: Option<sled::IVec> = None;
+    // One buffer for every record's text.
+    let mut text = Vec::new();
     progress(0, total);
     loop {
         // A chunk at a time, so the moved locations are written in batches
@@ -548,7 +551,7 @@ fn write_in_key_order(
         {
             let (key, value) = item.map_err(store_error(gen_dir))?;
             let at = Location::decode(&value).ok_or_else(|| damaged(&key))?;
-            let mut text = vec![0; at.len as usize];
+            text.resize(at.len as usize, 0);
             unsorted
                 .read_exact_at(&mut text, at.offset)
                 .map_err(io_error(&unsorted_path))?;
