@@ -369,9 +369,7 @@ impl Provider {
             }
         }
     }
-}
 
-impl Provider {
     /// Serves one call from `peer` (authenticated, within its limits) and
     /// logs it: the unary `Call` and each call on a node link end here.
     /// `deadline` is the caller's: past it, the call ends and the log
@@ -402,6 +400,8 @@ impl Provider {
             deadline,
         );
         let span = tracing::info_span!("provide", request_id = %env.request_id, consumer = %peer.id.agency, service = %env.service_id, op = %env.operation);
+        // tonic's own timeout (from `grpc-timeout`) usually ends a unary
+        // call first; on a node link this is what ends it.
         let serving = async {
             let serving = self.serve(peer, &env).instrument(span.clone());
             match deadline {
@@ -632,11 +632,12 @@ impl Consumer {
     /// Sends `env` to the provider node serving it: on the link to that
     /// node, or as a unary call when the envelope is large or the node has
     /// no link service.
-    /// `deadline` is the application's.
+    /// `deadline` is the application's; `size` the envelope's encoded size.
     async fn send(
         &self,
         deadline: Option<Deadline>,
         env: Envelope,
+        size: usize,
     ) -> Result<CallResponse, Status> {
         if deadline.is_some_and(|d| d.left().is_zero()) {
             return Err(Status::deadline_exceeded(
@@ -644,7 +645,7 @@ impl Consumer {
             ));
         }
         let endpoint = self.route(&env.service_id)?;
-        let env = if env.encoded_len() <= MAX_LINK_ENVELOPE {
+        let env = if size <= MAX_LINK_ENVELOPE {
             let ctx = &self.ctx;
             let sent = ctx
                 .links
@@ -700,6 +701,7 @@ impl DataExchange for Consumer {
         if env.request_id.is_empty() {
             env.request_id = new_request_id();
         }
+        let raw = env.encode_to_vec();
         let trace = Trace::start(
             &self.ctx,
             "consumer",
@@ -707,12 +709,12 @@ impl DataExchange for Consumer {
             &self.ctx.config.agency,
             &env.service_id,
             &env.operation,
-            &env.encode_to_vec(),
+            &raw,
             started,
             deadline,
         );
         let span = tracing::info_span!("consume", request_id = %env.request_id, service = %env.service_id, op = %env.operation);
-        let result = self.send(deadline, env).instrument(span).await;
+        let result = self.send(deadline, env, raw.len()).instrument(span).await;
         let response = result.as_ref().map_or(&[][..], |r| r.payload.as_slice());
         trace.finish(
             &Sha256::digest(response),
@@ -730,6 +732,7 @@ impl DataExchange for Consumer {
     ) -> Result<Response<Self::QueryStream>, Status> {
         let started = Instant::now();
         let (metadata, _, mut req) = request.into_parts();
+        let deadline = Deadline::of(&metadata, started);
         if req.request_id.is_empty() {
             req.request_id = new_request_id();
         }
@@ -742,14 +745,11 @@ impl DataExchange for Consumer {
             "query",
             &req.encode_to_vec(),
             started,
-            Deadline::of(&metadata, started),
+            deadline,
         );
         let opened = async {
             let mut client = self.client(&self.route(&req.service_id)?)?;
-            client
-                .query(forward(Deadline::of(&metadata, started), req))
-                .await
-                .map_err(explain)
+            client.query(forward(deadline, req)).await.map_err(explain)
         }
         .await;
         let mut upstream = match opened {

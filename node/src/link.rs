@@ -21,6 +21,8 @@ use lgsp_certs::{Authenticator, Peer};
 use lgsp_proto::node_link_client::NodeLinkClient;
 use lgsp_proto::node_link_server::NodeLink;
 use lgsp_proto::{CallResponse, Envelope, LinkCall, LinkReply};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use prost::Message as _;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -122,12 +124,12 @@ impl LinkServer {
             )));
         }
         *n += 1;
-        let metrics = self.provider.ctx().metrics.clone();
-        metrics.link_opened(agency);
+        let (gauge, calls) = self.provider.ctx().metrics.link_opened(agency);
         Ok(OpenLink {
             open: self.open.clone(),
             agency: agency.to_owned(),
-            metrics,
+            gauge,
+            calls,
         })
     }
 
@@ -219,7 +221,10 @@ fn refusal(id: u64, status: &Status) -> LinkReply {
 struct OpenLink {
     open: Arc<Mutex<HashMap<String, usize>>>,
     agency: String,
-    metrics: Arc<crate::metrics::Metrics>,
+    /// `lgsp_node_links_open` of the agency, counting this link.
+    gauge: Gauge,
+    /// `lgsp_link_calls_total` of the agency.
+    calls: Counter,
 }
 
 impl Drop for OpenLink {
@@ -231,7 +236,7 @@ impl Drop for OpenLink {
                 open.remove(&self.agency);
             }
         }
-        self.metrics.link_closed(&self.agency);
+        self.gauge.dec();
     }
 }
 
@@ -251,141 +256,150 @@ impl NodeLink for LinkServer {
             .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
             .map_or(own_max, |theirs| theirs.min(own_max));
         let registered = self.register(peer.id.agency.as_str())?;
-        let mut incoming = request.into_inner();
         let (replies, queued) = mpsc::channel::<Result<Queued, Status>>(QUEUE);
-        let server = self.clone();
-        let mut stop = self.shutdown.clone();
         tracing::debug!(consumer = %peer.id, "node link opened");
-        tokio::spawn(async move {
-            // Each call runs on its own task, so a slow backend holds up
-            // only its own calls. At most IN_FLIGHT_PER_LINK are taken at
-            // once: a consumer that sends faster than it is answered, or
-            // stops reading replies, stops being read (HTTP/2 flow control
-            // then holds it back), instead of growing this node's memory.
-            let in_flight = Arc::new(Semaphore::new(IN_FLIGHT_PER_LINK));
-            let serving: Serving = Arc::default();
-            let mut stopping = false;
-            let broken = loop {
-                let message = tokio::select! {
-                    biased;
-                    _ = stop.wait_for(|stop| *stop) => { stopping = true; break None },
-                    message = incoming.message() => message,
-                };
-                let call = match message {
-                    Ok(Some(call)) => call,
-                    Ok(None) => break None,
-                    Err(status) => break Some(status),
-                };
-                // Cancellations are read whatever the calls in flight.
-                if call.cancel != 0 {
-                    cancel(&serving, &call);
-                    continue;
-                }
-                let slot = tokio::select! {
-                    biased;
-                    _ = stop.wait_for(|stop| *stop) => { stopping = true; break None },
-                    slot = in_flight.clone().acquire_owned() => match slot {
-                        Ok(slot) => Some(slot),
-                        Err(_) => break None,
-                    },
-                };
-                let id = call.id;
-                let (cancel, cancelled) = oneshot::channel();
-                let duplicate = {
-                    let mut serving = serving.lock().unwrap_or_else(PoisonError::into_inner);
-                    let duplicate = serving.contains_key(&id);
-                    if !duplicate {
-                        serving.insert(id, cancel);
-                    }
-                    duplicate
-                };
-                if duplicate {
-                    let status = Status::invalid_argument(format!(
-                        "call id {id} is already in flight on this link"
-                    ));
-                    let _ = replies.send(Ok((refusal(id, &status), slot, None))).await;
-                    continue;
-                }
-                let (server, peer, replies, serving) = (
-                    server.clone(),
-                    peer.clone(),
-                    replies.clone(),
-                    serving.clone(),
-                );
-                tokio::spawn(async move {
-                    let answered =
-                        AssertUnwindSafe(server.answer(&peer, call, cancelled, reply_limit))
-                            .catch_unwind()
-                            .await;
-                    serving
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .remove(&id);
-                    let (reply, permit) = answered.unwrap_or_else(|_| {
-                        tracing::error!(request = id, "serving a call on a node link panicked");
-                        let status = Status::internal(
-                            "the provider node failed while serving this call (see its log)",
-                        );
-                        (refusal(id, &status), None)
-                    });
-                    let _ = replies.send(Ok((reply, slot, permit))).await;
-                });
-            };
-            if stopping {
-                // The node is shutting down: answer the calls taken, still
-                // hearing the consumer give up on them (so both logs agree);
-                // calls that arrive now are not served. Done when every call
-                // taken is answered and its reply handed over.
-                let all_back = in_flight
-                    .clone()
-                    .acquire_many_owned(IN_FLIGHT_PER_LINK as u32);
-                tokio::pin!(all_back);
-                loop {
-                    let message = tokio::select! {
-                        biased;
-                        _ = &mut all_back => break,
-                        message = incoming.message() => message,
-                    };
-                    match message {
-                        Ok(Some(call)) if call.cancel != 0 => cancel(&serving, &call),
-                        Ok(Some(call)) => {
-                            let status = Status::unavailable(
-                                "the provider node is shutting down: this call was not served; retrying is safe",
-                            );
-                            let _ = replies
-                                .send(Ok((refusal(call.id, &status), None, None)))
-                                .await;
-                        }
-                        Ok(None) | Err(_) => break,
-                    }
-                }
-            }
-            // A broken link (the consumer is gone) abandons its calls, as a
-            // dropped connection would; the log records them as CANCELLED.
-            if let Some(status) = broken {
-                tracing::debug!(consumer = %peer.id, error = %status, "node link broken");
-                let abandoned =
-                    std::mem::take(&mut *serving.lock().unwrap_or_else(PoisonError::into_inner));
-                for (_, gave_up) in abandoned {
-                    let _ = gave_up.send(Status::cancelled("the consumer node's link broke"));
-                }
-                // Ended with an error, not in order: the consumer must not
-                // take the calls it has no answer for as unread.
-                let _ = replies
-                    .send(Err(Status::aborted(format!(
-                        "the link's request stream broke: {}",
-                        status.message()
-                    ))))
-                    .await;
-            }
-            // The reply stream ends, with status OK, once the calls taken
-            // are answered.
-        });
+        tokio::spawn(read_calls(
+            Arc::new(self.clone()),
+            Arc::new(peer),
+            request.into_inner(),
+            replies,
+            reply_limit,
+            registered.calls.clone(),
+        ));
         let replies = ReceiverStream::new(queued).map(move |queued| {
             let _ = &registered;
             queued.map(|(reply, _slot, _permit)| reply)
         });
         Ok(Response::new(Box::pin(replies)))
+    }
+}
+
+/// Reads one link's calls and serves each on its own task, so a slow
+/// backend holds up only its own calls. At most [`IN_FLIGHT_PER_LINK`] are
+/// taken at once: a consumer that sends faster than it is answered, or stops
+/// reading replies, stops being read (HTTP/2 flow control then holds it
+/// back), instead of growing this node's memory. Cancellations are read
+/// whatever the calls in flight.
+///
+/// When the node shuts down, the link stops taking calls (those arriving are
+/// answered as not served), still hears the consumer give up on the calls it
+/// is serving (so both logs agree), and ends in order once every call taken
+/// is answered and handed over: the consumer then knows that calls left
+/// unanswered were never read. A broken request stream abandons the calls
+/// being served (logged CANCELLED, as for a dropped connection) and ends the
+/// replies with an error.
+async fn read_calls(
+    server: Arc<LinkServer>,
+    peer: Arc<Peer>,
+    mut incoming: Streaming<LinkCall>,
+    replies: mpsc::Sender<Result<Queued, Status>>,
+    reply_limit: usize,
+    calls: Counter,
+) {
+    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT_PER_LINK));
+    let serving: Serving = Arc::default();
+    let mut stop = server.shutdown.clone();
+    let mut stopping = false;
+    let all_back = in_flight
+        .clone()
+        .acquire_many_owned(IN_FLIGHT_PER_LINK as u32);
+    tokio::pin!(all_back);
+    let not_served = |id| {
+        let status = Status::unavailable(
+            "the provider node is shutting down: this call was not served; retrying is safe",
+        );
+        Ok((refusal(id, &status), None, None))
+    };
+    let broken = loop {
+        let message = tokio::select! {
+            biased;
+            _ = stop.wait_for(|stop| *stop), if !stopping => {
+                stopping = true;
+                continue;
+            }
+            _ = &mut all_back, if stopping => break None,
+            message = incoming.message() => message,
+        };
+        let call = match message {
+            Ok(Some(call)) => call,
+            Ok(None) => break None,
+            Err(status) => break Some(status),
+        };
+        if call.cancel != 0 {
+            cancel(&serving, &call);
+            continue;
+        }
+        let id = call.id;
+        let slot = tokio::select! {
+            biased;
+            _ = stop.wait_for(|stop| *stop), if !stopping => None,
+            slot = in_flight.clone().acquire_owned(), if !stopping => {
+                Some(slot.expect("the semaphore is never closed"))
+            }
+            () = std::future::ready(()), if stopping => None,
+        };
+        let Some(slot) = slot else {
+            stopping = true;
+            let _ = replies.send(not_served(id)).await;
+            continue;
+        };
+        calls.inc();
+        let cancelled = {
+            let mut serving = serving.lock().unwrap_or_else(PoisonError::into_inner);
+            match serving.entry(id) {
+                std::collections::hash_map::Entry::Occupied(_) => None,
+                std::collections::hash_map::Entry::Vacant(vacant) => {
+                    let (cancel, cancelled) = oneshot::channel();
+                    vacant.insert(cancel);
+                    Some(cancelled)
+                }
+            }
+        };
+        let Some(cancelled) = cancelled else {
+            let status =
+                Status::invalid_argument(format!("call id {id} is already in flight on this link"));
+            let _ = replies
+                .send(Ok((refusal(id, &status), Some(slot), None)))
+                .await;
+            continue;
+        };
+        let (server, peer, replies, serving) = (
+            server.clone(),
+            peer.clone(),
+            replies.clone(),
+            serving.clone(),
+        );
+        tokio::spawn(async move {
+            let answered = AssertUnwindSafe(server.answer(&peer, call, cancelled, reply_limit))
+                .catch_unwind()
+                .await;
+            serving
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&id);
+            let (reply, permit) = answered.unwrap_or_else(|_| {
+                tracing::error!(request = id, "serving a call on a node link panicked");
+                let status = Status::internal(
+                    "the provider node failed while serving this call (see its log)",
+                );
+                (refusal(id, &status), None)
+            });
+            let _ = replies.send(Ok((reply, Some(slot), permit))).await;
+        });
+    };
+    if let Some(status) = broken {
+        tracing::debug!(consumer = %peer.id, error = %status, "node link broken");
+        let abandoned =
+            std::mem::take(&mut *serving.lock().unwrap_or_else(PoisonError::into_inner));
+        for (_, gave_up) in abandoned {
+            let _ = gave_up.send(Status::cancelled("the consumer node's link broke"));
+        }
+        let _ = replies
+            .send(Err(Status::aborted(format!(
+                "the link's request stream broke: {}",
+                status.message()
+            ))))
+            .await;
     }
 }
 
@@ -424,68 +438,75 @@ impl Links {
         envelope: Envelope,
         deadline: Option<Deadline>,
     ) -> Sent {
-        let mut envelope = Some(envelope);
-        let attempt = async {
-            // A link found closed is replaced once; a call that was never
-            // sent on it can go on the new one.
-            for _ in 0..2 {
-                let slot = self.slot(endpoint);
-                let route = slot
-                    .get_or_try_init(|| async { open(channel()?, max).await })
-                    .await;
-                let link = match route {
-                    Ok(Route::Link(link)) => link,
-                    Ok(Route::Unary) => return None,
-                    // The provider takes no more links from this agency:
-                    // this call goes on its own stream (not remembered, so
-                    // a link is tried again next time).
-                    Err(status) if status.code() == Code::ResourceExhausted => {
-                        tracing::warn!(endpoint, reason = %status.message(), "the provider node refused a link; calling without one");
-                        return None;
-                    }
-                    Err(status) => return Some(Err(status)),
-                };
-                let Some(unsent) = envelope.take() else {
-                    break;
-                };
-                match link.call(unsent, deadline).await {
-                    Ok(result) => return Some(result),
-                    Err(unsent) => {
-                        envelope = Some(unsent);
-                        self.forget(endpoint, &slot);
-                    }
+        let attempt = self.attempt(endpoint, channel, max, envelope, deadline);
+        match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline.at.into(), attempt)
+                .await
+                .unwrap_or_else(|_| {
+                    Sent::Done(Err(Status::deadline_exceeded(format!(
+                        "the provider node did not answer within the deadline ({} ms)",
+                        deadline.total.as_millis()
+                    ))))
+                }),
+            None => attempt.await,
+        }
+    }
+
+    /// [`Self::call`] without its deadline.
+    async fn attempt(
+        &self,
+        endpoint: &str,
+        channel: impl Fn() -> Result<Channel, Status>,
+        max: usize,
+        mut envelope: Envelope,
+        deadline: Option<Deadline>,
+    ) -> Sent {
+        // A link found closed is replaced once; a call that was never sent
+        // on it can go on the new one.
+        for _ in 0..2 {
+            let slot = self.slot(endpoint);
+            let route = slot
+                .get_or_try_init(|| async { open(channel()?, max).await })
+                .await;
+            let link = match route {
+                Ok(Route::Link(link)) => link,
+                Ok(Route::Unary) => return Sent::Unsupported(envelope),
+                // The provider takes no more links from this agency: this
+                // call goes on its own stream (not remembered, so a link is
+                // tried again next time).
+                Err(status) if status.code() == Code::ResourceExhausted => {
+                    tracing::warn!(endpoint, reason = %status.message(), "the provider node refused a link; calling without one");
+                    return Sent::Unsupported(envelope);
+                }
+                Err(status) => return Sent::Done(Err(status)),
+            };
+            match link.call(envelope, deadline).await {
+                Ok(result) => return Sent::Done(result),
+                Err(unsent) => {
+                    envelope = unsent;
+                    self.forget(endpoint, &slot);
                 }
             }
-            Some(Err(Status::unavailable(format!(
-                "the link to the provider node at {endpoint} closed twice in a row"
-            ))))
-        };
-        let outcome = match deadline {
-            Some(deadline) => match tokio::time::timeout_at(deadline.at.into(), attempt).await {
-                Ok(outcome) => outcome,
-                Err(_) => Some(Err(Status::deadline_exceeded(format!(
-                    "the provider node did not answer within the deadline ({} ms)",
-                    deadline.total.as_millis()
-                )))),
-            },
-            None => attempt.await,
-        };
-        match (outcome, envelope) {
-            (Some(result), _) => Sent::Done(result),
-            (None, Some(envelope)) => Sent::Unsupported(envelope),
-            (None, None) => Sent::Done(Err(Status::internal("a link call lost its envelope"))),
         }
+        Sent::Done(Err(Status::unavailable(format!(
+            "the link to the provider node at {endpoint} closed twice in a row"
+        ))))
     }
 
     fn slot(&self, endpoint: &str) -> Arc<OnceCell<Route>> {
         let mut routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
-        let slot = routes.entry(endpoint.to_owned()).or_default();
-        if let Some(Route::Link(link)) = slot.get()
-            && link.is_closed()
-        {
-            *slot = Arc::default();
+        // Found, almost always: no key is allocated then.
+        if let Some(slot) = routes.get_mut(endpoint) {
+            if let Some(Route::Link(link)) = slot.get()
+                && link.is_closed()
+            {
+                *slot = Arc::default();
+            }
+            return slot.clone();
         }
-        slot.clone()
+        let slot = Arc::<OnceCell<Route>>::default();
+        routes.insert(endpoint.to_owned(), slot.clone());
+        slot
     }
 
     fn forget(&self, endpoint: &str, slot: &Arc<OnceCell<Route>>) {
@@ -576,10 +597,11 @@ impl Link {
         // Whether answered, timed out or dropped (the application gave
         // up), the call stops waiting, and the provider is told if it
         // has not answered yet.
-        let _waiting = Forget {
+        let mut waiting = Forget {
             link: self,
             id,
             deadline,
+            answered: false,
         };
         let call = LinkCall {
             id,
@@ -590,7 +612,10 @@ impl Link {
         if let Err(mpsc::error::SendError(call)) = self.outgoing.send(call).await {
             return Err(call.envelope.unwrap_or_default());
         }
-        Ok(reply.await.unwrap_or_else(|_| {
+        let reply = reply.await;
+        // Whoever answered took the call out of `pending`.
+        waiting.answered = true;
+        Ok(reply.unwrap_or_else(|_| {
             Err(Status::unavailable(
                 "the link to the provider node closed before the reply came",
             ))
@@ -604,11 +629,12 @@ struct Forget<'a> {
     link: &'a Link,
     id: u64,
     deadline: Option<Deadline>,
+    answered: bool,
 }
 
 impl Drop for Forget<'_> {
     fn drop(&mut self) {
-        if self.link.pending().waiting.remove(&self.id).is_none() {
+        if self.answered || self.link.pending().waiting.remove(&self.id).is_none() {
             return; // answered, or the link closed
         }
         let code = match self.deadline {
@@ -686,7 +712,7 @@ impl Deadline {
         deadline_of(metadata).map(|total| Self::after(started, total))
     }
 
-    pub fn after(started: Instant, total: Duration) -> Self {
+    fn after(started: Instant, total: Duration) -> Self {
         Self {
             at: started + total,
             total,
@@ -711,7 +737,7 @@ impl Deadline {
 
 /// The deadline an application set on its call (the `grpc-timeout` header:
 /// up to 8 digits and a unit), if any.
-pub fn deadline_of(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+fn deadline_of(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
     let text = metadata.get("grpc-timeout")?.to_str().ok()?;
     let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
     if digits.is_empty() || digits.len() > 8 {

@@ -48,6 +48,7 @@ pub struct Metrics {
     latency: Family<LatencyLabels, Histogram>,
     bytes: Family<BytesLabels, Counter>,
     links: Family<LinkLabels, Gauge>,
+    link_calls: Family<LinkLabels, Counter>,
     cache_age: Gauge<f64, AtomicU64>,
     cache_revision: Gauge,
 }
@@ -81,6 +82,12 @@ impl Metrics {
             "Node links other agencies' nodes hold open to this node, by consumer agency",
             links.clone(),
         );
+        let link_calls = Family::<LinkLabels, Counter>::default();
+        registry.register(
+            "link_calls",
+            "Calls received on node links, by consumer agency (the rest of lgsp_calls_total came as ordinary gRPC calls)",
+            link_calls.clone(),
+        );
         let cache_age = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "catalog_cache_age_seconds",
@@ -99,6 +106,7 @@ impl Metrics {
             latency,
             bytes,
             links,
+            link_calls,
             cache_age,
             cache_revision,
         })
@@ -136,22 +144,17 @@ impl Metrics {
         }
     }
 
-    /// A consumer agency's node opened a link to this node.
-    pub fn link_opened(&self, consumer: &str) {
-        self.links
-            .get_or_create(&LinkLabels {
-                consumer: consumer.to_owned(),
-            })
-            .inc();
-    }
-
-    /// One of a consumer agency's links to this node ended.
-    pub fn link_closed(&self, consumer: &str) {
-        self.links
-            .get_or_create(&LinkLabels {
-                consumer: consumer.to_owned(),
-            })
-            .dec();
+    /// The series of a link `consumer`'s node opened to this node: the
+    /// open-links gauge (already counting this one; decrement it when the
+    /// link ends) and the counter of calls received on links. Looked up
+    /// once per link, not per call.
+    pub fn link_opened(&self, consumer: &str) -> (Gauge, Counter) {
+        let labels = LinkLabels {
+            consumer: consumer.to_owned(),
+        };
+        let open = self.links.get_or_create_owned(&labels);
+        open.inc();
+        (open, self.link_calls.get_or_create_owned(&labels))
     }
 
     /// The text exposition, with the cache gauges read now.

@@ -314,12 +314,15 @@ impl Province {
 
     /// Credentials for any identity, from the province's CA.
     /// Revokes the certificate with `serial` (key compromise) and publishes
-    /// the new CRL in the catalog; returns when the registry acknowledged it.
+    /// the new CRL in the catalog. Returns once the registry acknowledged
+    /// it, with the instant the write started.
     pub async fn revoke(&mut self, serial: &str) -> Instant {
         let ca = &mut self.registry.pki.ca;
         ca.revoke(serial, rcgen::RevocationReason::KeyCompromise)
             .expect("revoke");
         let crl = ca.sign_crl(1).expect("sign CRL");
+        // Counted from the start of the write, as the README's bound is.
+        let published = Instant::now();
         self.admin
             .put(
                 Value::Crl(lgsp_proto::Crl {
@@ -331,7 +334,7 @@ impl Province {
             )
             .await
             .expect("publish CRL");
-        Instant::now()
+        published
     }
 
     pub fn issue(&mut self, agency: &str, role: Role, name: &str) -> (Credentials, String) {

@@ -57,6 +57,12 @@ fn entry(log: &str, request_id: &str) -> serde_json::Value {
 async fn concurrent_calls_on_one_link_each_get_their_own_reply_and_log_entry() {
     let (_province, mut a, mut b) = two_agencies().await;
     let app = DataExchangeClient::new(b.app_channel().await);
+    let consumer = format!("consumer=\"{B}\"");
+    let link_calls = async |a: &NodeProcess| {
+        let (_, metrics) = scrape(&a.metrics).await;
+        sample(&metrics, "lgsp_link_calls_total", &[&consumer]).unwrap_or(0.0)
+    };
+    let before = link_calls(&a).await;
     let people = [
         ("001099012345", "Nguyễn Thị Hương"),
         ("001088054321", "Trần Văn Đức"),
@@ -90,9 +96,10 @@ async fn concurrent_calls_on_one_link_each_get_their_own_reply_and_log_entry() {
         }
     }
 
-    // They all went on one link: A counts one open link from B.
+    // They all went on one link: A received the 150 on links, and counts
+    // one open link from B.
+    assert_eq!(link_calls(&a).await - before, 150.0);
     let (_, metrics) = scrape(&a.metrics).await;
-    let consumer = format!("consumer=\"{B}\"");
     assert_eq!(
         sample(&metrics, "lgsp_node_links_open", &[&consumer]),
         Some(1.0),
@@ -116,6 +123,7 @@ async fn concurrent_calls_on_one_link_each_get_their_own_reply_and_log_entry() {
         .expect("a 100 KB envelope is served");
     let reply: serde_json::Value = serde_json::from_slice(&big.get_ref().payload).unwrap();
     assert_eq!(reply["ma_so_doanh_nghiep"], "2500150335");
+    assert_eq!(link_calls(&a).await - before, 150.0, "not on the link");
 
     a.stop();
     b.stop();
@@ -298,6 +306,17 @@ async fn a_provider_with_links_open_stops_promptly_and_the_consumer_relinks_afte
             }
         }
     }
+    // On a new link, not as ordinary calls.
+    let consumer = format!("consumer=\"{B}\"");
+    let open_links = "lgsp_node_links_open";
+    wait_for_sample(
+        &a.metrics,
+        open_links,
+        &[&consumer],
+        1.0,
+        Duration::from_secs(5),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

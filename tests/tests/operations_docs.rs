@@ -672,7 +672,8 @@ async fn node_restored_from_its_backup_serves_calls_and_its_sharing_log_verifies
     assert!(verified.contains("sharing log OK"), "{verified}");
     assert!(entries(&a.sharing_log()) > at_backup);
 
-    // Section 4's look at the metrics: every series the page names is there.
+    // Section 4's look at the metrics: every series the page names is there
+    // (the two node-link series appear only once another node has linked).
     if Command::new("curl").arg("--version").output().is_err() {
         println!("SKIPPED the curl step: curl is not installed");
         return;

@@ -7,9 +7,14 @@ use lgsp_tests::cluster::create_resolving;
 use lgsp_tests::process::ProcessCluster;
 use std::time::{Duration, Instant};
 
+/// The code of test agency `i`.
+fn code(i: usize) -> String {
+    format!("000.{:02}.{:02}.H62", i / 100, i % 100)
+}
+
 fn agency(i: usize) -> Value {
     Value::Agency(Agency {
-        code: format!("000.{:02}.{:02}.H62", i / 100, i % 100),
+        code: code(i),
         name: format!("Ủy ban nhân dân xã số {i}"),
         focal_point: None,
     })
@@ -43,7 +48,7 @@ async fn killed_leader_is_replaced_and_restarts_with_every_acknowledged_write() 
     let mut acknowledged = Vec::new();
     for i in 0..30 {
         create_resolving(&client, agency(i)).await;
-        acknowledged.push(format!("000.00.{:02}.H62", i % 100));
+        acknowledged.push(code(i));
     }
 
     // SIGKILL the leader: nothing of its shutdown code runs.
@@ -51,7 +56,7 @@ async fn killed_leader_is_replaced_and_restarts_with_every_acknowledged_write() 
     cluster.server_mut(leader).kill9();
     for i in 30..60 {
         create_resolving(&client, agency(i)).await;
-        acknowledged.push(format!("000.00.{:02}.H62", i % 100));
+        acknowledged.push(code(i));
     }
     let new_leader = cluster.leader().await;
     assert_ne!(new_leader, leader, "a new leader took over");
@@ -69,7 +74,7 @@ async fn killed_leader_is_replaced_and_restarts_with_every_acknowledged_write() 
     cluster.server_mut(follower).kill9();
     for i in 60..80 {
         create_resolving(&client, agency(i)).await;
-        acknowledged.push(format!("000.00.{:02}.H62", i % 100));
+        acknowledged.push(code(i));
     }
     cluster.server_mut(follower).restart();
     has_all(&cluster, follower, &acknowledged).await;
@@ -117,7 +122,7 @@ async fn with_a_majority_killed_writes_are_refused_and_nothing_acknowledged_is_l
     let mut acknowledged = Vec::new();
     for i in 0..20 {
         create_resolving(&client, agency(i)).await;
-        acknowledged.push(format!("000.00.{:02}.H62", i % 100));
+        acknowledged.push(code(i));
     }
 
     // SIGKILL the leader and one follower: the survivor has no quorum.
@@ -177,9 +182,16 @@ async fn with_a_majority_killed_writes_are_refused_and_nothing_acknowledged_is_l
     }
     for i in 20..30 {
         create_resolving(&client, agency(i)).await;
-        acknowledged.push(format!("000.00.{:02}.H62", i % 100));
+        acknowledged.push(code(i));
     }
     for id in ids {
         has_all(&cluster, id, &acknowledged).await;
     }
+    // The refused write was not applied after all: it never reached a log
+    // that a majority could commit.
+    let absent = client
+        .get(lgsp_proto::RecordKind::Agency, &code(90), false)
+        .await
+        .expect_err("the refused write is not there");
+    assert_eq!(absent.code(), tonic::Code::NotFound, "{absent:?}");
 }
