@@ -92,9 +92,7 @@ pub struct LeafSpec {
 impl LeafSpec {
     /// A spec valid from five minutes ago (clock skew between servers) for `days` days.
     pub fn for_days(id: SpiffeId, days: i64) -> Result<Self> {
-        if !(1..=3650).contains(&days) {
-            return Err(CertError::Days { days, max: 3650 });
-        }
+        check_days(days, 3650)?;
         let now = OffsetDateTime::now_utc();
         Ok(Self {
             id,
@@ -221,9 +219,7 @@ impl CertificateAuthority {
     /// already holds one.
     pub fn init(dir: &Path, trust_domain: &str, name: &str, days: i64) -> Result<Self> {
         validate_trust_domain(trust_domain)?;
-        if !(1..=7300).contains(&days) {
-            return Err(CertError::Days { days, max: 7300 });
-        }
+        check_days(days, 7300)?;
         if dir.join(KEY_FILE).exists() || dir.join(CERT_FILE).exists() {
             return Err(CertError::CaExists(dir.to_owned()));
         }
@@ -427,9 +423,7 @@ impl CertificateAuthority {
 
     /// Signs a CRL of every revoked serial, valid for `days` days.
     pub fn sign_crl(&mut self, days: i64) -> Result<SignedCrl> {
-        if !(1..=365).contains(&days) {
-            return Err(CertError::Days { days, max: 365 });
-        }
+        check_days(days, 365)?;
         let now = OffsetDateTime::now_utc();
         let mut revoked_certs = Vec::new();
         for r in &self.state.revoked {
@@ -502,4 +496,13 @@ fn random_serial() -> SerialNumber {
         .expect("the system random source failed");
     bytes[0] = (bytes[0] & 0x7f) | 0x40;
     SerialNumber::from_slice(&bytes)
+}
+
+/// Refuses a validity outside 1..=`max` days, saying the bound.
+fn check_days(days: i64, max: i64) -> Result<()> {
+    if (1..=max).contains(&days) {
+        Ok(())
+    } else {
+        Err(CertError::Days { days, max })
+    }
 }

@@ -137,9 +137,7 @@ impl Authenticator {
         }
         Ok(Peer { id, serial })
     }
-}
 
-impl Authenticator {
     /// Checks again that `peer`, authenticated when its stream opened, is
     /// not revoked by the CRL in force now: for streams that carry many
     /// calls, each call is checked as if it came alone.

@@ -1,6 +1,7 @@
 //! The configuration of a registry server, from TOML or flags.
 
 use crate::error::RegistryError;
+use lgsp_certs::TlsFiles;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,9 +17,6 @@ pub struct PeerConfig {
     #[serde(default)]
     pub client: String,
 }
-
-/// Where the server's certificate, key and CA certificate are.
-use lgsp_certs::TlsFiles;
 
 /// A registry server's settings. `Default` gives the tuning; `validate`
 /// reports every problem at once.

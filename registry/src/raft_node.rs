@@ -598,8 +598,11 @@ impl Driver {
 
         let mut light = self.raw.advance(ready);
         let mut batch = Staged::new(self.store.db());
-        if let Some(commit) = light.commit_index() {
-            self.store.put_commit(&mut batch, commit);
+        if light.commit_index().is_some() {
+            // raft-rs holds the hard state; its term and vote were saved
+            // with this Ready, only the commit index moved.
+            let hs = self.raw.raft.hard_state();
+            self.store.put_hard_state(&mut batch, &hs);
         }
         self.transport.send(light.take_messages());
         self.apply_committed(&mut batch, light.take_committed_entries())?;
@@ -666,10 +669,15 @@ impl Driver {
         // The oldest entries go a step at a time, so that no Ready stalls
         // on deleting thousands of keys (a latency spike for every client).
         let step = (self.config.snapshot_entries / 8).clamp(1, COMPACT_STEP);
-        let excess = self
-            .store
-            .log_len()
-            .saturating_sub(self.config.snapshot_entries);
+        // The log's length from what raft-rs and the store hold in memory,
+        // not a scan of sled on every Ready.
+        let log_len = self
+            .raw
+            .raft
+            .raft_log
+            .last_index()
+            .saturating_sub(self.store.compacted_to());
+        let excess = log_len.saturating_sub(self.config.snapshot_entries);
         if excess >= step {
             let upto =
                 (self.store.compacted_to() + excess.min(COMPACT_STEP)).min(self.store.applied());

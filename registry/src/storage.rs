@@ -236,15 +236,6 @@ impl RaftStore {
         batch.insert(HARD_STATE, encode(hs));
     }
 
-    /// Records a new commit index (with the rest of the hard state unchanged).
-    pub fn put_commit(&self, batch: &mut Staged, commit: u64) {
-        let mut hs: HardState = decode(batch.read(HARD_STATE).ok().flatten());
-        if commit > hs.commit {
-            hs.commit = commit;
-            batch.insert(HARD_STATE, encode(&hs));
-        }
-    }
-
     pub fn put_conf_state(batch: &mut Staged, cs: &ConfState) {
         batch.insert(CONF_STATE, encode(cs));
     }
@@ -303,12 +294,6 @@ impl RaftStore {
     /// The index of the newest entry compacted away (the log starts after it).
     pub fn compacted_to(&self) -> u64 {
         self.compaction_point().0
-    }
-
-    /// How many log entries are kept.
-    pub fn log_len(&self) -> u64 {
-        let first = self.compaction_point().0 + 1;
-        self.last_entry_index().map_or(0, |last| last + 1 - first)
     }
 }
 
