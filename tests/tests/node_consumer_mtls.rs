@@ -89,6 +89,16 @@ async fn consumer_listener_with_mtls_serves_the_agencys_apps_and_refuses_others(
     let provincial = tonic::transport::Identity::from_pem(&other.cert_pem, &other.key_pem);
     // The client usually reads the server's alert; when hyper sees the
     // close first, it only learns that the connection closed.
+    // What B's consumer side counted; a refused caller must not add to it.
+    let consumer_calls = async || {
+        let (_, body) = lgsp_tests::metrics::scrape(&b.metrics).await;
+        body.lines()
+            .filter(|l| l.starts_with("lgsp_calls_total{side=\"consumer\""))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let counted = consumer_calls().await;
+    assert!(!counted.is_empty(), "the app's call was counted");
     for (who, identity, alert) in [
         (
             "an app without a certificate",
@@ -114,6 +124,11 @@ async fn consumer_listener_with_mtls_serves_the_agencys_apps_and_refuses_others(
         assert!(
             why.contains(alert) || why.contains("connection closed"),
             "{who}: {why}"
+        );
+        assert_eq!(
+            consumer_calls().await,
+            counted,
+            "{who} reached the node's gRPC service"
         );
     }
 }

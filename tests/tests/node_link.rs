@@ -375,3 +375,65 @@ async fn an_agency_may_hold_sixteen_links_to_a_node_and_gets_its_place_back_when
     let (_tx, again) = open().await;
     again.expect("a link in the place given back");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_refused_a_link_still_calls_without_one() {
+    use lgsp_proto::LinkCall;
+    use lgsp_proto::node_link_client::NodeLinkClient;
+    let (_province, a, mut b) = two_agencies().await;
+    let consumer = format!("consumer=\"{B}\"");
+    let (open_links, link_calls) = ("lgsp_node_links_open", "lgsp_link_calls_total");
+    // B's node gives up its link; then all 16 places are taken.
+    b.stop();
+    wait_for_sample(
+        &a.metrics,
+        open_links,
+        &[&consumer],
+        0.0,
+        Duration::from_secs(5),
+    )
+    .await;
+    let channel = lgsp_certs::tls::client_endpoint(&a.provider, &b.creds, None)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut held = Vec::new();
+    for n in 0..16 {
+        let (tx, rx) = tokio::sync::mpsc::channel::<LinkCall>(1);
+        let replies = NodeLinkClient::new(channel.clone())
+            .calls(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap_or_else(|s| panic!("link {n}: {s:?}"));
+        held.push((tx, replies));
+    }
+    let (_, metrics) = scrape(&a.metrics).await;
+    let before = sample(&metrics, link_calls, &[&consumer]).unwrap_or(0.0);
+
+    // B's node, started again, is refused a link and calls A without one.
+    b.start();
+    let mut app = DataExchangeClient::new(b.app_channel().await);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let served = loop {
+        match app.call(get("001099012345", "no-link")).await {
+            Ok(r) => break r.into_inner(),
+            Err(s) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "never served: {s:?}\n{}",
+                    b.log()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(served.request_id, "no-link");
+    let (_, metrics) = scrape(&a.metrics).await;
+    assert_eq!(sample(&metrics, open_links, &[&consumer]), Some(16.0));
+    assert_eq!(
+        sample(&metrics, link_calls, &[&consumer]).unwrap_or(0.0),
+        before,
+        "the call went on no link"
+    );
+    drop(held);
+}
