@@ -437,3 +437,41 @@ async fn a_consumer_refused_a_link_still_calls_without_one() {
     );
     drop(held);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_too_large_for_the_consumer_node_fails_that_call_alone() {
+    use lgsp_tests::province::{HO_TICH_CSV, two_agencies_custom, wait_until_callable};
+    // A record of about 40 KB; B takes messages of at most 16 KiB.
+    let csv = format!(
+        "{HO_TICH_CSV}001000000001,{},2000-01-01,Vĩnh Yên\n",
+        "Nguyễn Văn Dài ".repeat(2500)
+    );
+    let b_limits = "[limits]\nmax_message_bytes = 16384\n";
+    let (_province, mut a, mut b) = two_agencies_custom(1, "", b_limits, &csv, |_, _| {}).await;
+    wait_until_callable(&b).await;
+    let mut app = DataExchangeClient::new(b.app_channel().await);
+    let refused = app
+        .call(get("001000000001", "too-large"))
+        .await
+        .expect_err("a 40 KB record to a node that takes 16 KiB");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("at most 16384"), "{refused:?}");
+    // The link carries on.
+    app.call(get("001099012345", "after-too-large"))
+        .await
+        .expect("the next call on the link is served");
+    let consumer = format!("consumer=\"{B}\"");
+    let (_, metrics) = scrape(&a.metrics).await;
+    assert_eq!(
+        sample(&metrics, "lgsp_node_links_open", &[&consumer]),
+        Some(1.0)
+    );
+
+    a.stop();
+    b.stop();
+    // Not delivered, so not logged as delivered.
+    for e in logged([&a, &b], "too-large") {
+        assert_eq!(e["status"], "RESOURCE_EXHAUSTED", "{e}");
+        assert_eq!(e["bytes_out"], 0, "{e}");
+    }
+}
