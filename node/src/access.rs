@@ -5,9 +5,9 @@
 //! layer in `limits.rs`.)
 
 use crate::catalog_cache::CatalogCache;
+use crate::refusal::Refusal;
 use lgsp_certs::{Peer, Role};
 use lgsp_proto::{GrantStatus, ServiceStatus};
-use tonic::Status;
 
 /// Decides whether `peer` may call `service_id` on the node of `own_agency`.
 /// Returns the service's name (the part after the agency code).
@@ -16,61 +16,76 @@ pub fn authorize<'a>(
     own_agency: &str,
     peer: &Peer,
     service_id: &'a str,
-) -> Result<&'a str, Status> {
+) -> Result<&'a str, Refusal> {
     if !matches!(peer.id.role, Role::Node | Role::Hub) {
-        return Err(Status::permission_denied(format!(
-            "{} has role {}; only agency nodes and the hub call data-sharing services",
-            peer.id, peer.id.role
-        )));
+        return Err(Refusal::WrongRole {
+            caller: peer.id.to_string(),
+            role: peer.id.role.to_string(),
+        });
     }
     let (agency, name) = lgsp_registry::catalog::parse_service_id(service_id)
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        .map_err(|e| Refusal::BadServiceId(e.to_string()))?;
     if agency.as_str() != own_agency {
-        return Err(Status::not_found(format!(
-            "this node serves agency {own_agency}; service {service_id} belongs to agency {agency} (call that agency's node)"
-        )));
+        return Err(Refusal::OtherAgency {
+            own: own_agency.to_owned(),
+            service: service_id.to_owned(),
+            agency: agency.to_string(),
+        });
     }
-    let service = cache.service(service_id).ok_or_else(|| {
-        Status::not_found(format!(
-            "service {service_id} is not in the provincial catalog (not published, or withdrawn and removed)"
-        ))
-    })?;
+    let service = cache
+        .service(service_id)
+        .ok_or_else(|| Refusal::NotInCatalog {
+            service: service_id.to_owned(),
+        })?;
+    let provider = || own_agency.to_owned();
     match ServiceStatus::try_from(service.status).unwrap_or_default() {
         ServiceStatus::Active => {}
         ServiceStatus::Suspended => {
-            return Err(Status::failed_precondition(format!(
-                "service {service_id} is suspended by agency {own_agency}; ask its focal point when it will be restored"
-            )));
+            return Err(Refusal::ServiceSuspended {
+                service: service_id.to_owned(),
+                provider: provider(),
+            });
         }
         _ => {
-            return Err(Status::failed_precondition(format!(
-                "service {service_id} has been withdrawn by agency {own_agency}"
-            )));
+            return Err(Refusal::ServiceWithdrawn {
+                service: service_id.to_owned(),
+                provider: provider(),
+            });
         }
     }
     let consumer = peer.id.agency.as_str();
-    let grant = cache.grant(service_id, consumer).ok_or_else(|| {
-        Status::permission_denied(format!(
-            "agency {consumer} has no grant for service {service_id}; agency {own_agency} (or the provincial admin) grants it with `lgsp access grant --service {service_id} --consumer {consumer}`"
-        ))
-    })?;
+    let grant = cache
+        .grant(service_id, consumer)
+        .ok_or_else(|| Refusal::NoGrant {
+            service: service_id.to_owned(),
+            consumer: consumer.to_owned(),
+            provider: provider(),
+        })?;
     if !CatalogCache::grant_is_active(&grant) {
-        let reason = if grant.reason.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", grant.reason)
-        };
+        let (service, consumer, reason) = (
+            service_id.to_owned(),
+            consumer.to_owned(),
+            grant.reason.clone(),
+        );
         return Err(
             match GrantStatus::try_from(grant.status).unwrap_or_default() {
-                GrantStatus::Suspended => Status::failed_precondition(format!(
-                    "the grant of service {service_id} to agency {consumer} is suspended{reason}; agency {own_agency} can restore it"
-                )),
-                GrantStatus::Active => Status::permission_denied(format!(
-                    "the grant of service {service_id} to agency {consumer} expired{reason}; ask agency {own_agency} to renew it"
-                )),
-                _ => Status::permission_denied(format!(
-                    "the grant of service {service_id} to agency {consumer} was terminated{reason}"
-                )),
+                GrantStatus::Suspended => Refusal::GrantSuspended {
+                    service,
+                    consumer,
+                    provider: provider(),
+                    reason,
+                },
+                GrantStatus::Active => Refusal::GrantExpired {
+                    service,
+                    consumer,
+                    provider: provider(),
+                    reason,
+                },
+                _ => Refusal::GrantTerminated {
+                    service,
+                    consumer,
+                    reason,
+                },
             },
         );
     }

@@ -1,6 +1,6 @@
 //! Calling an agency's own HTTP/JSON system on behalf of a consumer.
 
-use crate::config::ServiceConfig;
+use crate::config::HttpMethod;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
@@ -25,11 +25,18 @@ impl HttpBackend {
         }
     }
 
-    /// Sends `payload` to the backend of `service` for operation `op`;
+    /// Sends `payload` to `url` (the backend of `service`, `{op}` in it
+    /// replaced by the operation) with `method`, waiting at most `timeout`;
     /// returns the response body.
+    // The request's parts and the backend's settings, each used once: a
+    // struct for them would only be taken apart here.
+    #[allow(clippy::too_many_arguments)]
     pub async fn call(
         &self,
-        service: &ServiceConfig,
+        service: &str,
+        url: &str,
+        method: HttpMethod,
+        timeout: Duration,
         op: &str,
         parameters: &HashMap<String, String>,
         payload: &[u8],
@@ -45,8 +52,8 @@ impl HttpBackend {
                 "operation {op:?} is not allowed: use letters, digits, '-', '_' and '.'"
             )));
         }
-        let mut url = service.url.replace("{op}", op);
-        if service.method == "GET" && !parameters.is_empty() {
+        let mut url = url.replace("{op}", op);
+        if method == HttpMethod::Get && !parameters.is_empty() {
             let mut pairs: Vec<_> = parameters.iter().collect();
             pairs.sort();
             let query: Vec<String> = pairs
@@ -56,25 +63,23 @@ impl HttpBackend {
             url.push(if url.contains('?') { '&' } else { '?' });
             url.push_str(&query.join("&"));
         }
-        let body = if service.method == "GET" {
+        let body = if method == HttpMethod::Get {
             Bytes::new()
         } else {
             Bytes::copy_from_slice(payload)
         };
         let request = hyper::Request::builder()
-            .method(service.method.as_str())
+            .method(method.as_str())
             .uri(&url)
             .header("content-type", "application/json")
             .header("x-request-id", request_id)
             .header("x-lgsp-consumer-agency", consumer)
             .body(Full::new(body))
             .map_err(|e| Status::internal(format!("backend URL {url:?} is unusable: {e}")))?;
-        let timeout = Duration::from_millis(service.timeout_ms);
         let response = tokio::time::timeout(timeout, async {
             let response = self.client.request(request).await.map_err(|e| {
                 Status::unavailable(format!(
-                    "the agency's backend for {} is unreachable: {e}",
-                    service.name
+                    "the agency's backend for {service} is unreachable: {e}"
                 ))
             })?;
             let status = response.status();
@@ -90,8 +95,7 @@ impl HttpBackend {
         .await
         .map_err(|_| {
             Status::deadline_exceeded(format!(
-                "the agency's backend for {} did not answer within {timeout:?}",
-                service.name
+                "the agency's backend for {service} did not answer within {timeout:?}"
             ))
         })??;
         let (status, body) = response;

@@ -18,6 +18,20 @@ use tokio::sync::watch;
 
 const REVISION_KEY: &[u8] = b"revision";
 
+/// Why the node's copy of the catalog could not be read, kept or reloaded.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// The node's own database failed.
+    #[error(transparent)]
+    Store(#[from] sled::Error),
+    /// The data directory could not be made.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The registry did not answer a reload.
+    #[error("{}", .0.message())]
+    Registry(#[from] tonic::Status),
+}
+
 #[derive(Debug, Default)]
 struct State {
     revision: u64,
@@ -37,7 +51,7 @@ pub struct CatalogCache {
 
 impl CatalogCache {
     /// Opens the cache persisted in `db`'s tree `catalog`.
-    pub fn open(db: &sled::Db) -> anyhow::Result<Arc<Self>> {
+    pub fn open(db: &sled::Db) -> Result<Arc<Self>, CacheError> {
         let tree = db.open_tree("catalog")?;
         let mut state = State::default();
         for item in tree.iter() {
@@ -137,7 +151,7 @@ impl CatalogCache {
         }
     }
 
-    fn apply(&self, event: &WatchEvent) -> anyhow::Result<()> {
+    fn apply(&self, event: &WatchEvent) -> Result<(), CacheError> {
         let Some(record) = &event.record else {
             return Ok(());
         };
@@ -172,7 +186,11 @@ impl CatalogCache {
         Ok(())
     }
 
-    fn replace(&self, records: Vec<CatalogRecord>, revision: u64) -> anyhow::Result<()> {
+    pub(crate) fn replace(
+        &self,
+        records: Vec<CatalogRecord>,
+        revision: u64,
+    ) -> Result<(), CacheError> {
         let mut batch = sled::Batch::default();
         for key in self.db.iter().keys() {
             batch.remove(key?);
@@ -197,7 +215,7 @@ impl CatalogCache {
 
     /// Reloads everything from the registry (first start, or after the
     /// registry compacted the revisions this cache needed).
-    async fn reload(&self, client: &RegistryClient) -> anyhow::Result<u64> {
+    async fn reload(&self, client: &RegistryClient) -> Result<u64, CacheError> {
         // Each kind is listed at its own revision; the cache is consistent
         // from the oldest of them, and the watch replays from there.
         let mut all = Vec::new();
@@ -350,7 +368,7 @@ impl CatalogCache {
 }
 
 /// Opens the node's database in `dir`.
-pub fn open_db(dir: &Path) -> anyhow::Result<sled::Db> {
+pub fn open_db(dir: &Path) -> Result<sled::Db, CacheError> {
     std::fs::create_dir_all(dir)?;
     Ok(sled::open(dir.join("node.sled"))?)
 }

@@ -1,11 +1,28 @@
 //! `node.toml`: the settings of an agency node. Paths in it are relative to
 //! the file's own directory.
 
-use anyhow::{Context, Result, bail};
 use lgsp_certs::TlsFiles;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Why `node.toml` could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read: the process may retry after a fix of
+    /// the system (permissions, a missing mount).
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file says something wrong: every problem found, for the person
+    /// who wrote it. A process exits with the usage code on it.
+    #[error("{}: {problems}", path.display())]
+    Invalid { path: PathBuf, problems: String },
+}
 
 /// Where a listener binds and what other agencies use to reach it.
 #[derive(Clone, Debug, Deserialize)]
@@ -34,33 +51,127 @@ pub struct ConsumerConfig {
 
 /// A service this node serves, as published in the catalog.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "ServiceEntry")]
 pub struct ServiceConfig {
     /// The service name: the id is `<agency>/<name>`.
     pub name: String,
-    /// `dataset` (imported with `lgsp dataset import`), `http` (an HTTP/JSON
-    /// backend) or `grpc` (a backend serving `lgsp.v1.DataExchange`).
-    pub kind: String,
-    #[serde(default)]
     pub description: String,
-    /// HTTP backend: URL template; `{op}` is replaced by the operation.
-    /// gRPC backend: `http://host:port` of the agency's system.
+    /// What answers the service's calls.
+    pub backend: Backend,
+}
+
+/// What answers a service's calls on this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// A dataset the node holds, imported with `lgsp dataset import`.
+    Dataset,
+    /// An HTTP/JSON system of the agency.
+    Http {
+        /// URL template; `{op}` is replaced by the operation.
+        url: String,
+        method: HttpMethod,
+        /// How long a call may take.
+        timeout: Duration,
+    },
+    /// A gRPC system of the agency serving `lgsp.v1.DataExchange` itself.
+    Grpc {
+        /// `http://host:port` of the agency's system.
+        url: String,
+        /// How long a call may take.
+        timeout: Duration,
+    },
+}
+
+/// The methods an HTTP backend is called with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HttpMethod {
+    /// Parameters in the query string, no body.
+    Get,
+    /// The payload as the JSON body.
+    Post,
+}
+
+impl HttpMethod {
+    /// The method's name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpMethod::Get => "GET",
+            HttpMethod::Post => "POST",
+        }
+    }
+}
+
+/// A `[[services]]` table as written in `node.toml`; checked into a
+/// [`ServiceConfig`] as it is read.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceEntry {
+    name: String,
+    /// `dataset`, `http` or `grpc`.
+    kind: String,
     #[serde(default)]
-    pub url: String,
-    /// HTTP backend: method (GET or POST).
-    #[serde(default = "default_method")]
-    pub method: String,
-    /// HTTP backend: how long a call may take.
-    #[serde(default = "default_timeout")]
-    pub timeout_ms: u64,
+    description: String,
+    #[serde(default)]
+    url: String,
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
 }
 
-fn default_method() -> String {
-    "POST".into()
-}
+/// How long a backend call may take unless `timeout_ms` says otherwise.
+pub const DEFAULT_BACKEND_TIMEOUT: Duration = Duration::from_secs(5);
 
-fn default_timeout() -> u64 {
-    5_000
+impl TryFrom<ServiceEntry> for ServiceConfig {
+    type Error = String;
+
+    fn try_from(entry: ServiceEntry) -> Result<Self, String> {
+        let name = entry.name;
+        let timeout = entry
+            .timeout_ms
+            .map_or(DEFAULT_BACKEND_TIMEOUT, Duration::from_millis);
+        let backend = match entry.kind.as_str() {
+            "dataset" => Backend::Dataset,
+            "http" => {
+                if !(entry.url.starts_with("http://") || entry.url.starts_with("https://")) {
+                    return Err(format!(
+                        "service {name:?}: an http service needs url = \"http://...\""
+                    ));
+                }
+                let method = match entry.method.as_deref() {
+                    None | Some("POST") => HttpMethod::Post,
+                    Some("GET") => HttpMethod::Get,
+                    Some(_) => return Err(format!("service {name:?}: method must be GET or POST")),
+                };
+                Backend::Http {
+                    url: entry.url,
+                    method,
+                    timeout,
+                }
+            }
+            "grpc" => {
+                if !entry.url.starts_with("http://") {
+                    return Err(format!(
+                        "service {name:?}: a grpc service needs url = \"http://host:port\" (the agency's system, serving lgsp.v1.DataExchange)"
+                    ));
+                }
+                Backend::Grpc {
+                    url: entry.url,
+                    timeout,
+                }
+            }
+            other => {
+                return Err(format!(
+                    "service {name:?}: kind {other:?} is not dataset, http or grpc"
+                ));
+            }
+        };
+        Ok(ServiceConfig {
+            name,
+            description: entry.description,
+            backend,
+        })
+    }
 }
 
 /// Limits applied per consumer agency.
@@ -111,11 +222,16 @@ pub struct NodeConfig {
 impl NodeConfig {
     /// Reads `path`, resolving relative paths against its directory, and
     /// reports every problem at once.
-    pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let mut config: NodeConfig = toml::from_str(&text)
-            .map_err(|e| crate::cli::UsageError(format!("{}: {e}", path.display())))?;
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let invalid = |problems: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            problems,
+        };
+        let mut config: NodeConfig = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         let abs = |p: &mut PathBuf| {
             if p.is_relative() {
@@ -134,13 +250,11 @@ impl NodeConfig {
         if config.provider.advertise.is_empty() {
             config.provider.advertise = config.provider.listen.to_string();
         }
-        config
-            .validate()
-            .map_err(|e| crate::cli::UsageError(format!("{}: {e}", path.display())))?;
+        config.validate().map_err(invalid)?;
         Ok(config)
     }
 
-    fn validate(&self) -> Result<()> {
+    fn validate(&self) -> Result<(), String> {
         let mut problems = Vec::new();
         if let Err(e) = lgsp_certs::AgencyCode::new(&self.agency) {
             problems.push(format!("agency: {e}"));
@@ -155,37 +269,11 @@ impl NodeConfig {
             if let Err(e) = lgsp_certs::identity::validate_name(&s.name) {
                 problems.push(format!("service {:?}: {e}", s.name));
             }
-            match s.kind.as_str() {
-                "dataset" => {}
-                "http" => {
-                    if !(s.url.starts_with("http://") || s.url.starts_with("https://")) {
-                        problems.push(format!(
-                            "service {:?}: an http service needs url = \"http://...\"",
-                            s.name
-                        ));
-                    }
-                    if !matches!(s.method.as_str(), "GET" | "POST") {
-                        problems.push(format!("service {:?}: method must be GET or POST", s.name));
-                    }
-                }
-                "grpc" => {
-                    if !s.url.starts_with("http://") {
-                        problems.push(format!(
-                            "service {:?}: a grpc service needs url = \"http://host:port\" (the agency's system, serving lgsp.v1.DataExchange)",
-                            s.name
-                        ));
-                    }
-                }
-                other => problems.push(format!(
-                    "service {:?}: kind {other:?} is not dataset, http or grpc",
-                    s.name
-                )),
-            }
         }
         if problems.is_empty() {
             Ok(())
         } else {
-            bail!(problems.join("; "))
+            Err(problems.join("; "))
         }
     }
 

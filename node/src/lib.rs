@@ -1,19 +1,25 @@
-//! The lgsp agency node and the `lgsp` command line.
+//! The lgsp agency node's data plane: the provider side that serves this
+//! agency's services to other agencies' nodes, the consumer side that the
+//! agency's applications call, and what both rest on (the catalog cache,
+//! access enforcement, limits, node links, the sharing log, metrics).
 //!
-//! [`cli`] parses arguments and calls into the libraries; behaviour lives in
-//! the library crates and modules so that tests can call it directly.
+//! [`server::NodeServer`] starts a whole node from a [`config::NodeConfig`].
+//! The `lgsp` binary (`node/lgsp`) holds the command line, the demo and the
+//! benchmarks; this crate has no command-line dependencies.
 
 pub mod access;
 pub mod backend;
-pub mod bench;
 pub mod catalog_cache;
-pub mod cli;
 pub mod config;
-pub mod dataset;
-pub mod demo;
-pub mod exchange;
+pub mod consumer;
+pub mod context;
+pub mod deadline;
 pub mod limits;
 pub mod link;
 pub mod metrics;
+pub mod provider;
+pub mod refusal;
 pub mod server;
-pub mod sharing_log;
+mod trace;
+
+pub use trace::new_request_id;

@@ -1,18 +1,15 @@
-//! Per-consumer-agency limits on the provider side, as a tower layer: calls
-//! in flight and calls per second. It sits inside the authenticator (which
-//! puts the caller's [`Peer`] in the request) and in front of the service,
-//! and holds a call's slot until its response body ends, so a long query
-//! stream counts as in flight for as long as it streams.
+//! Per-consumer-agency limits on the provider side: calls in flight and
+//! calls per second. The provider's pipeline takes a [`Permit`] for every
+//! call, whichever path it came by, and holds it until the reply is handed
+//! over (for a query stream, until its last page), so a long stream counts
+//! as in flight for as long as it streams.
+//!
+//! Time is tokio's clock, so tests can pause and advance it.
 
-use bytes::Bytes;
-use lgsp_certs::Peer;
+use crate::refusal::Refusal;
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
-use std::time::Instant;
-use tonic::Status;
-use tonic::codegen::http;
+use tokio::time::Instant;
 
 #[derive(Debug)]
 struct Bucket {
@@ -62,7 +59,7 @@ impl Limits {
     }
 
     /// Takes a slot for `consumer`, or says which limit it hit.
-    pub fn acquire(self: &Arc<Self>, consumer: &str) -> Result<Permit, Status> {
+    pub fn acquire(self: &Arc<Self>, consumer: &str) -> Result<Permit, Refusal> {
         let mut buckets = self.buckets.lock().expect("limits lock");
         let now = Instant::now();
         if !buckets.contains_key(consumer) {
@@ -79,16 +76,16 @@ impl Limits {
         b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * self.rate).min(self.rate);
         b.at = now;
         if b.in_flight >= self.max_in_flight {
-            return Err(Status::resource_exhausted(format!(
-                "agency {consumer} already has {} calls in flight, the most this node allows; retry when some finish",
-                self.max_in_flight
-            )));
+            return Err(Refusal::TooManyInFlight {
+                consumer: consumer.to_owned(),
+                max: self.max_in_flight,
+            });
         }
         if b.tokens < 1.0 {
-            return Err(Status::resource_exhausted(format!(
-                "agency {consumer} exceeds {} calls per second on this node; slow down and retry",
-                self.rate
-            )));
+            return Err(Refusal::OverRate {
+                consumer: consumer.to_owned(),
+                rate: self.rate as u32,
+            });
         }
         b.tokens -= 1.0;
         b.in_flight += 1;
@@ -99,102 +96,51 @@ impl Limits {
     }
 }
 
-/// The tower layer applying [`Limits`].
-#[derive(Clone, Debug)]
-pub struct LimitLayer {
-    limits: Arc<Limits>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
 
-impl LimitLayer {
-    pub fn new(limits: Arc<Limits>) -> Self {
-        Self { limits }
+    const B: &str = "000.00.31.H62";
+    const C: &str = "000.00.32.H62";
+
+    #[tokio::test(start_paused = true)]
+    async fn calls_in_flight_are_capped_per_agency_and_a_dropped_permit_frees_its_slot() {
+        let limits = Limits::new(2, 1_000);
+        let first = limits.acquire(B).unwrap();
+        let _second = limits.acquire(B).unwrap();
+        assert_eq!(
+            limits.acquire(B).unwrap_err(),
+            Refusal::TooManyInFlight {
+                consumer: B.into(),
+                max: 2
+            }
+        );
+        // Another agency's budget is its own.
+        let _c = limits.acquire(C).unwrap();
+        drop(first);
+        limits.acquire(B).expect("the slot came back");
     }
-}
 
-impl<S> tower::Layer<S> for LimitLayer {
-    type Service = LimitService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        LimitService {
-            inner,
-            limits: self.limits.clone(),
+    #[tokio::test(start_paused = true)]
+    async fn the_rate_refills_with_time_and_never_beyond_one_second_of_calls() {
+        let limits = Limits::new(100, 3);
+        for _ in 0..3 {
+            drop(limits.acquire(B).unwrap());
         }
+        assert!(matches!(limits.acquire(B), Err(Refusal::OverRate { .. })));
+        tokio::time::advance(Duration::from_millis(340)).await;
+        drop(
+            limits
+                .acquire(B)
+                .expect("a third of a second gives one call back"),
+        );
+        assert!(limits.acquire(B).is_err());
+        // A long pause fills the bucket to one second's worth, no more.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        for _ in 0..3 {
+            drop(limits.acquire(B).unwrap());
+        }
+        assert!(limits.acquire(B).is_err());
     }
-}
-
-/// A service behind [`LimitLayer`].
-#[derive(Clone, Debug)]
-pub struct LimitService<S> {
-    inner: S,
-    limits: Arc<Limits>,
-}
-
-type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
-
-impl<S, B> tower::Service<http::Request<B>> for LimitService<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        // No peer means the authenticator did not run: let the service refuse it.
-        let permit = match request.extensions().get::<Peer>() {
-            Some(peer) => match self.limits.acquire(peer.id.agency.as_str()) {
-                Ok(permit) => Some(permit),
-                Err(status) => return Box::pin(async move { Ok(status.into_http()) }),
-            },
-            None => None,
-        };
-        let response = self.inner.call(request);
-        Box::pin(async move {
-            let response = response.await?;
-            Ok(response.map(|body| {
-                tonic::body::Body::new(HoldingBody {
-                    body,
-                    _permit: permit,
-                })
-            }))
-        })
-    }
-}
-
-/// A response body that keeps its call's slot until the body is done.
-struct HoldingBody {
-    body: tonic::body::Body,
-    _permit: Option<Permit>,
-}
-
-impl hyper::body::Body for HoldingBody {
-    type Data = Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Status>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.body.size_hint()
-    }
-}
-
-impl<S: tonic::server::NamedService> tonic::server::NamedService for LimitService<S> {
-    const NAME: &'static str = S::NAME;
 }

@@ -128,7 +128,7 @@ impl Metrics {
                 side,
                 service: service.to_owned(),
                 consumer: consumer.to_owned(),
-                code: crate::exchange::code_name(code),
+                code: crate::refusal::code_name(code),
             })
             .inc();
         self.latency

@@ -2,27 +2,80 @@
 //! the registry, the sharing log's sealer, metrics, and the node's own
 //! registration in the catalog.
 
-use crate::catalog_cache::{CatalogCache, open_db};
+use crate::catalog_cache::{CacheError, CatalogCache, open_db};
 use crate::config::NodeConfig;
-use crate::dataset::{DatasetCache, DatasetStore};
-use crate::exchange::{Consumer, NodeContext, Provider};
+use crate::consumer::Consumer;
+use crate::context::NodeContext;
 use crate::link::{FRAMING as LINK_FRAMING, LinkServer};
 use crate::metrics::Metrics;
-use crate::sharing_log::{SharingLog, Signer};
-use anyhow::{Context, Result, bail};
+use crate::provider::Provider;
 use lgsp_certs::inspect::CertInfo;
-use lgsp_certs::{Authenticator, Credentials, Role, ServerTls, WhoAmI};
+use lgsp_certs::{Authenticator, CertError, Credentials, Role, ServerTls, WhoAmI};
+use lgsp_dataset::{DatasetCache, DatasetStore};
 use lgsp_proto::NodeRecord;
 use lgsp_proto::catalog_record::Value;
 use lgsp_proto::data_exchange_server::DataExchangeServer;
 use lgsp_proto::identity_service_server::IdentityServiceServer;
 use lgsp_proto::node_link_server::NodeLinkServer;
 use lgsp_registry::RegistryClient;
+use lgsp_sharing_log::{AuditError, SharingLog, Signer};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The node's certificate, key or CA file cannot be used.
+    #[error("the node's TLS files are not ready (is the signed certificate in {}?)", cert.display())]
+    TlsFiles {
+        cert: PathBuf,
+        #[source]
+        source: CertError,
+    },
+    /// The certificate says nothing usable about who holds it.
+    #[error("{}: {why}", cert.display())]
+    Identity { cert: PathBuf, why: String },
+    /// The certificate is another node's than `node.toml` describes.
+    #[error(
+        "{} is the certificate of {holder}, but node.toml says agency {agency} node {name}: they must match",
+        cert.display()
+    )]
+    NotThisNode {
+        cert: PathBuf,
+        holder: String,
+        agency: String,
+        name: String,
+    },
+    /// The consumer listener's own TLS files cannot be used.
+    #[error("the consumer listener's TLS files ([consumer.tls])")]
+    ConsumerTls(#[source] CertError),
+    /// A certificate or TLS setting failed.
+    #[error(transparent)]
+    Tls(#[from] CertError),
+    /// The node's copy of the catalog cannot be opened.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    /// The sharing log cannot be opened or signed.
+    #[error(transparent)]
+    SharingLog(#[from] AuditError),
+    /// A listener's address cannot be bound.
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The reflection service cannot be built.
+    #[error("reflection service")]
+    Reflection(#[source] tonic_reflection::server::Error),
+}
+
+fn listen_error(addr: SocketAddr) -> impl FnOnce(std::io::Error) -> NodeError {
+    move |source| NodeError::Listen { addr, source }
+}
 
 /// A running node.
 #[derive(Debug)]
@@ -43,28 +96,27 @@ async fn wait_for(mut rx: tokio::sync::watch::Receiver<bool>) {
 
 impl NodeServer {
     /// Starts the node described by `config`.
-    pub async fn start(config: NodeConfig) -> Result<Self> {
+    pub async fn start(config: NodeConfig) -> Result<Self, NodeError> {
         let files = &config.tls;
-        let creds = Credentials::load(files).with_context(|| {
-            format!(
-                "the node's TLS files are not ready (is the signed certificate in {}?)",
-                files.cert.display()
-            )
+        let creds = Credentials::load(files).map_err(|source| NodeError::TlsFiles {
+            cert: files.cert.clone(),
+            source,
         })?;
         let own = CertInfo::from_der(&creds.chain[0], &files.cert)?;
-        let id = own
-            .spiffe_id
-            .map_err(|why| anyhow::anyhow!("{}: {why}", files.cert.display()))?;
+        let id = own.spiffe_id.map_err(|why| NodeError::Identity {
+            cert: files.cert.clone(),
+            why: why.to_string(),
+        })?;
         if !matches!(id.role, Role::Node | Role::Hub)
             || id.agency.as_str() != config.agency
             || id.name != config.name
         {
-            bail!(
-                "{} is the certificate of {id}, but node.toml says agency {} node {}: they must match",
-                files.cert.display(),
-                config.agency,
-                config.name
-            );
+            return Err(NodeError::NotThisNode {
+                cert: files.cert.clone(),
+                holder: id.to_string(),
+                agency: config.agency.clone(),
+                name: config.name.clone(),
+            });
         }
 
         let db = open_db(&config.data_dir)?;
@@ -110,34 +162,29 @@ impl NodeServer {
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(lgsp_proto::FILE_DESCRIPTOR_SET)
             .build_v1()
-            .context("reflection service")?;
+            .map_err(NodeError::Reflection)?;
 
         let provider_listener = tokio::net::TcpListener::bind(config.provider.listen)
             .await
-            .with_context(|| format!("cannot listen on {}", config.provider.listen))?;
-        let provider_addr = provider_listener.local_addr()?;
+            .map_err(listen_error(config.provider.listen))?;
+        let provider_addr = provider_listener
+            .local_addr()
+            .map_err(listen_error(config.provider.listen))?;
         let auth = Authenticator::new(tls.clone(), &id.trust_domain);
-        // Authenticate first (it puts the caller in the request), then limit
-        // per consumer agency, then serve.
-        let provider = tonic::service::interceptor::InterceptedService::new(
-            tower::Layer::layer(
-                &crate::limits::LimitLayer::new(ctx.limits.clone()),
-                DataExchangeServer::new(Provider::new(ctx.clone()))
-                    .max_decoding_message_size(max)
-                    .max_encoding_message_size(max),
-            ),
+        // The interceptor authenticates (it puts the caller in the
+        // request); the provider's pipeline does the rest, per call, for
+        // unary calls and calls on node links alike.
+        let provider = Provider::new(ctx.clone(), auth.clone());
+        let data_exchange = tonic::service::interceptor::InterceptedService::new(
+            DataExchangeServer::new(provider.clone())
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
             auth.clone(),
         );
-        // Node links authenticate when they open and check revocation and
-        // limits per call themselves, so they sit outside the limit layer.
         let link = tonic::service::interceptor::InterceptedService::new(
-            NodeLinkServer::new(LinkServer::new(
-                Provider::new(ctx.clone()),
-                auth.clone(),
-                shutdown_rx.clone(),
-            ))
-            .max_decoding_message_size(max + LINK_FRAMING)
-            .max_encoding_message_size(max + LINK_FRAMING),
+            NodeLinkServer::new(LinkServer::new(provider, shutdown_rx.clone()))
+                .max_decoding_message_size(max + LINK_FRAMING)
+                .max_encoding_message_size(max + LINK_FRAMING),
             auth.clone(),
         );
         health.set_serving::<NodeLinkServer<LinkServer>>().await;
@@ -152,7 +199,7 @@ impl NodeServer {
             let result = tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(Duration::from_secs(20)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-                .add_service(provider)
+                .add_service(data_exchange)
                 .add_service(link)
                 .add_service(IdentityServiceServer::with_interceptor(WhoAmI, auth))
                 .add_service(h)
@@ -166,15 +213,16 @@ impl NodeServer {
 
         let consumer_listener = tokio::net::TcpListener::bind(config.consumer.listen)
             .await
-            .with_context(|| format!("cannot listen on {}", config.consumer.listen))?;
-        let consumer_addr = consumer_listener.local_addr()?;
+            .map_err(listen_error(config.consumer.listen))?;
+        let consumer_addr = consumer_listener
+            .local_addr()
+            .map_err(listen_error(config.consumer.listen))?;
         let consumer = DataExchangeServer::new(Consumer::new(ctx.clone()))
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
         let consumer_tls = match &config.consumer.tls {
             Some(files) => {
-                let creds = Credentials::load(files)
-                    .context("the consumer listener's TLS files ([consumer.tls])")?;
+                let creds = Credentials::load(files).map_err(NodeError::ConsumerTls)?;
                 Some(ServerTls::new(creds)?)
             }
             None => None,
@@ -211,8 +259,8 @@ impl NodeServer {
             Some(addr) => {
                 let listener = tokio::net::TcpListener::bind(addr)
                     .await
-                    .with_context(|| format!("cannot listen on {addr}"))?;
-                let bound = listener.local_addr()?;
+                    .map_err(listen_error(addr))?;
+                let bound = listener.local_addr().map_err(listen_error(addr))?;
                 tasks.push(tokio::spawn(crate::metrics::serve(
                     listener,
                     metrics,
@@ -317,5 +365,5 @@ fn sharing_log_dir(data_dir: &Path) -> std::path::PathBuf {
 
 /// The node's data directory layout, for tools.
 pub fn sharing_log_path(data_dir: &Path) -> std::path::PathBuf {
-    sharing_log_dir(data_dir).join(crate::sharing_log::LOG_FILE)
+    sharing_log_dir(data_dir).join(lgsp_sharing_log::LOG_FILE)
 }

@@ -81,9 +81,25 @@ pub enum AccessCommand {
 
 /// The end of `date` (YYYY-MM-DD, UTC) in seconds since 1970.
 fn until_unix(date: &str) -> Result<i64> {
-    let days = crate::sharing_log::parse_date(date)
-        .ok_or_else(|| anyhow!("--until {date:?} is not a date (YYYY-MM-DD)"))?;
-    Ok((days + 1) * 86_400)
+    let bad = || anyhow!("--until {date:?} is not a date (YYYY-MM-DD)");
+    let parts: Vec<&str> = date.split('-').collect();
+    let [year, month, day] = parts.as_slice() else {
+        return Err(bad());
+    };
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if year.len() != 4 || month.len() != 2 || day.len() != 2 || !parts.iter().all(|p| digits(p)) {
+        return Err(bad());
+    }
+    let number = |s: &str| s.parse::<u8>().map_err(|_| bad());
+    let year: i32 = year.parse().map_err(|_| bad())?;
+    let month = time::Month::try_from(number(month)?).map_err(|_| bad())?;
+    let day = time::Date::from_calendar_date(year, month, number(day)?).map_err(|_| bad())?;
+    Ok(day
+        .next_day()
+        .ok_or_else(bad)?
+        .midnight()
+        .assume_utc()
+        .unix_timestamp())
 }
 
 pub fn run(cmd: AccessCommand) -> Result<()> {

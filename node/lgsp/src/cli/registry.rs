@@ -164,7 +164,7 @@ async fn serve(config: RegistryConfig) -> Result<()> {
             result?;
             Ok(())
         }
-        signal = super::stop_signal() => {
+        signal = crate::signal::stop_signal() => {
             tracing::info!("{}; shutting down", signal?);
             server.shutdown().await?;
             Ok(())

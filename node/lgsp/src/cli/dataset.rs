@@ -1,9 +1,9 @@
 //! `lgsp dataset`: import the data a node serves itself, and look at it.
 
-use crate::dataset::{DatasetError, DatasetStore, Query, Schema};
 use anyhow::{Context, Result, anyhow};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use lgsp_dataset::{DatasetError, DatasetStore, Query, Schema};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 

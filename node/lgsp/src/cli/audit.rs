@@ -2,9 +2,9 @@
 //! D47 Art. 45). Both work on the file alone, while the node runs or after it stopped.
 
 use super::UsageError;
-use crate::sharing_log::{self, AuditError, TimeRange};
 use anyhow::{Context, Result};
 use clap::Subcommand;
+use lgsp_sharing_log::{self as sharing_log, AuditError, TimeRange};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 

@@ -145,7 +145,11 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {}", one_line(&error));
-            if error.is::<UsageError>() {
+            let bad_config = matches!(
+                error.downcast_ref::<lgsp_node::config::ConfigError>(),
+                Some(lgsp_node::config::ConfigError::Invalid { .. })
+            );
+            if error.is::<UsageError>() || bad_config {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE
@@ -171,15 +175,6 @@ fn one_line(error: &anyhow::Error) -> String {
         }
     }
     parts.join(": ").replace('\n', " ")
-}
-
-/// Waits for Ctrl-C or SIGTERM (what `systemctl stop` sends); says which.
-pub(crate) async fn stop_signal() -> anyhow::Result<&'static str> {
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    Ok(tokio::select! {
-        _ = tokio::signal::ctrl_c() => "interrupted",
-        _ = sigterm.recv() => "SIGTERM",
-    })
 }
 
 fn init_tracing() {

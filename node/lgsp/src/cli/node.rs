@@ -95,7 +95,7 @@ pub fn run(cmd: NodeCommand) -> Result<()> {
                 .map(|r| format!("\"{}\"", r.trim()))
                 .collect::<Vec<_>>()
                 .join(", ");
-            let toml = crate::config::template(
+            let toml = lgsp_node::config::template(
                 agency.as_str(),
                 &name,
                 &registry_list,
@@ -157,10 +157,10 @@ pub fn run(cmd: NodeCommand) -> Result<()> {
             })
         }
         NodeCommand::Start { config } => {
-            let config = crate::config::NodeConfig::load(&config)?;
+            let config = lgsp_node::config::NodeConfig::load(&config)?;
             let rt = super::runtime()?;
             rt.block_on(async {
-                let node = crate::server::NodeServer::start(config).await?;
+                let node = lgsp_node::server::NodeServer::start(config).await?;
                 println!(
                     "node serving other agencies on {} (mTLS) and this agency's applications on {}",
                     node.provider_addr, node.consumer_addr
@@ -168,7 +168,7 @@ pub fn run(cmd: NodeCommand) -> Result<()> {
                 if let Some(m) = node.metrics_addr {
                     println!("metrics on http://{m}/metrics");
                 }
-                let signal = super::stop_signal().await?;
+                let signal = crate::signal::stop_signal().await?;
                 tracing::info!("{signal}; shutting down");
                 node.shutdown().await;
                 Ok(())

@@ -1,12 +1,15 @@
 //! `lgsp bench`: measured throughput and latency, each next to a baseline
 //! measured in the same run on the same machine.
 
-use crate::config::{ConsumerConfig, LimitsConfig, NodeConfig, ProviderConfig, ServiceConfig};
-use crate::server::NodeServer;
 use anyhow::{Context, Result};
 use http_body_util::{BodyExt, Full};
 use lgsp_certs::ca::{CertificateAuthority, LeafSpec};
 use lgsp_certs::{AgencyCode, Credentials, Role, ServerTls, SpiffeId, TlsFiles};
+use lgsp_node::config::{
+    Backend, ConsumerConfig, DEFAULT_BACKEND_TIMEOUT, HttpMethod, LimitsConfig, NodeConfig,
+    ProviderConfig, ServiceConfig,
+};
+use lgsp_node::server::NodeServer;
 use lgsp_proto::catalog_record::Value;
 use lgsp_proto::data_exchange_client::DataExchangeClient;
 use lgsp_proto::data_exchange_server::{DataExchange, DataExchangeServer};
@@ -537,7 +540,7 @@ fn import_dataset(data_dir: &Path, service: &str, rows: usize, payload: usize) -
     }
     out.flush()?;
     drop(out);
-    crate::dataset::DatasetStore::new(&data_dir.join("datasets"))
+    lgsp_dataset::DatasetStore::new(&data_dir.join("datasets"))
         .import(service, &file, "key", None, &|_, _| {})
         .with_context(|| format!("importing the bench dataset {service}"))?;
     std::fs::remove_file(&file)?;
@@ -766,19 +769,17 @@ impl Province {
         let services = vec![
             ServiceConfig {
                 name: "echo".to_owned(),
-                kind: "http".to_owned(),
                 description: "HTTP/1.1 echo backend".to_owned(),
-                url: format!("http://{backend}/{{op}}"),
-                method: "POST".to_owned(),
-                timeout_ms: 5_000,
+                backend: Backend::Http {
+                    url: format!("http://{backend}/{{op}}"),
+                    method: HttpMethod::Post,
+                    timeout: DEFAULT_BACKEND_TIMEOUT,
+                },
             },
             ServiceConfig {
                 name: "records".to_owned(),
-                kind: "dataset".to_owned(),
                 description: "bench dataset".to_owned(),
-                url: String::new(),
-                method: "POST".to_owned(),
-                timeout_ms: 5_000,
+                backend: Backend::Dataset,
             },
         ];
         let creds_a = agency_leaf(&mut ca, AGENCY_A, Role::Node, "node-a")?;
@@ -1036,9 +1037,9 @@ pub async fn exchange(payload: usize, concurrency: &[usize], duration: Duration)
 
 /// The exchanges (not seals) in the sharing log file at `path`.
 fn log_entries(path: &Path) -> Result<usize> {
-    let entries = crate::sharing_log::export(
+    let entries = lgsp_sharing_log::export(
         path,
-        &crate::sharing_log::TimeRange::default(),
+        &lgsp_sharing_log::TimeRange::default(),
         &mut std::io::sink(),
     )
     .with_context(|| format!("cannot read the sharing log {}", path.display()))?;

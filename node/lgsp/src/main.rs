@@ -1,4 +1,11 @@
-//! The `lgsp` binary: parses the command line and hands over to the library.
+//! The `lgsp` binary: parses the command line and hands over to the
+//! libraries. The demo and the benchmarks live here, not in the node's
+//! library, so that a production node carries neither.
+
+mod bench;
+mod cli;
+mod demo;
+mod signal;
 
 // sled copies a tree node on every update and tonic allocates per call:
 // mimalloc does both in a fraction of glibc's time (see README, benchmarks).
@@ -6,5 +13,5 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    lgsp_node::cli::main()
+    cli::main()
 }

@@ -3,14 +3,17 @@
 //! (a department's business registrations, a district's households), an
 //! HTTP backend, and grants between them. `--scenario` walks through it.
 
-use crate::config::{ConsumerConfig, LimitsConfig, NodeConfig, ProviderConfig, ServiceConfig};
-use crate::dataset::DatasetStore;
-use crate::server::NodeServer;
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use http_body_util::Full;
 use lgsp_certs::ca::{CertificateAuthority, LeafSpec, make_csr};
 use lgsp_certs::{AgencyCode, Credentials, Role, SpiffeId, TlsFiles};
+use lgsp_dataset::DatasetStore;
+use lgsp_node::config::{
+    Backend, ConsumerConfig, DEFAULT_BACKEND_TIMEOUT, HttpMethod, LimitsConfig, NodeConfig,
+    ProviderConfig, ServiceConfig,
+};
+use lgsp_node::server::NodeServer;
 use lgsp_proto::catalog_record::Value;
 use lgsp_proto::data_exchange_client::DataExchangeClient;
 use lgsp_proto::{
@@ -44,6 +47,15 @@ impl Ports {
     const DEPARTMENT_METRICS: u16 = 9311;
     const DISTRICT_METRICS: u16 = 9312;
     const BACKEND: u16 = 8081;
+}
+
+/// The demo's HTTP backend at `url`, called with POST.
+fn http_backend(url: String) -> Backend {
+    Backend::Http {
+        url,
+        method: HttpMethod::Post,
+        timeout: DEFAULT_BACKEND_TIMEOUT,
+    }
 }
 
 fn addr(port: u16) -> std::net::SocketAddr {
@@ -365,11 +377,10 @@ pub async fn start(dir: &Path) -> Result<Province> {
             Ports::DEPARTMENT_APPS,
             Ports::DEPARTMENT_METRICS,
             vec![
-                ("doanh-nghiep", "dataset", String::new()),
+                ("doanh-nghiep", Backend::Dataset),
                 (
                     "giay-phep",
-                    "http",
-                    format!("http://{}/giay-phep/{{op}}", addr(Ports::BACKEND)),
+                    http_backend(format!("http://{}/giay-phep/{{op}}", addr(Ports::BACKEND))),
                 ),
             ],
             ("doanh-nghiep", &business_csv, "ma_so_doanh_nghiep"),
@@ -380,7 +391,7 @@ pub async fn start(dir: &Path) -> Result<Province> {
             Ports::DISTRICT_PROVIDER,
             Ports::DISTRICT_APPS,
             Ports::DISTRICT_METRICS,
-            vec![("ho-gia-dinh", "dataset", String::new())],
+            vec![("ho-gia-dinh", Backend::Dataset)],
             ("ho-gia-dinh", &households_csv, "so_ho"),
         ),
     ] {
@@ -412,13 +423,10 @@ pub async fn start(dir: &Path) -> Result<Province> {
             limits: LimitsConfig::default(),
             services: services
                 .iter()
-                .map(|(name, kind, url)| ServiceConfig {
+                .map(|(name, backend)| ServiceConfig {
                     name: (*name).into(),
-                    kind: (*kind).into(),
                     description: String::new(),
-                    url: url.clone(),
-                    method: "POST".into(),
-                    timeout_ms: 5000,
+                    backend: backend.clone(),
                 })
                 .collect(),
         };
@@ -625,7 +633,8 @@ fn print_guide(p: &Province) {
     println!("  # The department's sharing log, verified (hash chain and signatures):");
     println!(
         "  {lgsp} audit verify --log {} --cert {}",
-        crate::server::sharing_log_path(&p.dir.join(format!("node-{DEPARTMENT}/data"))).display(),
+        lgsp_node::server::sharing_log_path(&p.dir.join(format!("node-{DEPARTMENT}/data")))
+            .display(),
         p.dir
             .join(format!("node-{DEPARTMENT}/tls/cert.pem"))
             .display()
@@ -806,9 +815,9 @@ async fn scenario(p: &Province) -> usize {
     tokio::time::sleep(Duration::from_millis(1500)).await; // let the sealer sign the latest entries
     for (n, agency) in [(6, DEPARTMENT), (7, DISTRICT)] {
         let ndir = p.dir.join(format!("node-{agency}"));
-        let log = crate::server::sharing_log_path(&ndir.join("data"));
+        let log = lgsp_node::server::sharing_log_path(&ndir.join("data"));
         let cert = std::fs::read_to_string(ndir.join("tls/cert.pem")).unwrap_or_default();
-        match crate::sharing_log::verify(&log, &cert) {
+        match lgsp_sharing_log::verify(&log, &cert) {
             Ok(report) => step(
                 n,
                 &format!("agency {agency}'s sharing log verifies"),
@@ -841,7 +850,7 @@ pub async fn run(dir: &Path, walkthrough: bool) -> Result<()> {
         return Ok(());
     }
     print_guide(&province);
-    crate::cli::stop_signal().await?;
+    crate::signal::stop_signal().await?;
     println!("\nStopping the province …");
     province.stop().await;
     println!(

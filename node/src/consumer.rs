@@ -1,0 +1,221 @@
+//! The agency-facing side of a node: this agency's applications call other
+//! agencies' services through it. The node finds the provider node in its
+//! copy of the catalog and calls it with the agency's certificate: small
+//! calls on the node link to that node, large ones and query streams as
+//! ordinary gRPC calls. Every exchange is logged on this side too.
+
+use crate::context::NodeContext;
+use crate::deadline::Deadline;
+use crate::link::{MAX_LINK_ENVELOPE, Sent};
+use crate::trace::{Trace, code_of, new_request_id};
+use futures::StreamExt;
+use lgsp_proto::data_exchange_client::DataExchangeClient;
+use lgsp_proto::data_exchange_server::DataExchange;
+use lgsp_proto::{CallResponse, Envelope, QueryPage, QueryRequest};
+use prost::Message as _;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::time::Instant;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+/// The agency-facing side: this agency's applications call other agencies'
+/// services through it.
+#[derive(Debug, Clone)]
+pub struct Consumer {
+    ctx: Arc<NodeContext>,
+}
+
+impl Consumer {
+    pub fn new(ctx: Arc<NodeContext>) -> Self {
+        Self { ctx }
+    }
+
+    /// The endpoint of the provider node serving `service_id`.
+    fn route(&self, service_id: &str) -> Result<String, Status> {
+        let ctx = &self.ctx;
+        lgsp_registry::catalog::parse_service_id(service_id)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let service = ctx.cache.service(service_id).ok_or_else(|| {
+            Status::not_found(format!(
+                "service {service_id} is not in the provincial catalog (see `lgsp service list`)"
+            ))
+        })?;
+        let node = ctx.cache.node(&service.agency_code, &service.node).ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "service {service_id} names node {:?} of agency {}, which is not registered in the catalog",
+                service.node, service.agency_code
+            ))
+        })?;
+        Ok(node.endpoint)
+    }
+
+    /// A client of the provider node at `endpoint`, on the pooled connection.
+    fn client(&self, endpoint: &str) -> Result<DataExchangeClient<Channel>, Status> {
+        let max = self.ctx.config.limits.max_message_bytes;
+        Ok(DataExchangeClient::new(self.ctx.channel(endpoint)?)
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max))
+    }
+
+    /// Sends `env` to the provider node serving it: on the link to that
+    /// node, or as a unary call when the envelope is large or the node has
+    /// no link service.
+    /// `deadline` is the application's; `size` the envelope's encoded size.
+    async fn send(
+        &self,
+        deadline: Option<Deadline>,
+        env: Envelope,
+        size: usize,
+    ) -> Result<CallResponse, Status> {
+        if deadline.is_some_and(|d| d.left().is_zero()) {
+            return Err(Status::deadline_exceeded(
+                "the application's deadline passed before the call left this node",
+            ));
+        }
+        let endpoint = self.route(&env.service_id)?;
+        let env = if size <= MAX_LINK_ENVELOPE {
+            let ctx = &self.ctx;
+            let sent = ctx
+                .links
+                .call(
+                    &endpoint,
+                    || ctx.channel(&endpoint),
+                    ctx.config.limits.max_message_bytes,
+                    env,
+                    deadline,
+                )
+                .await;
+            match sent {
+                Sent::Done(result) => return result.map_err(explain),
+                Sent::Unsupported(env) => env,
+            }
+        } else {
+            env
+        };
+        self.client(&endpoint)?
+            .call(forward(deadline, env))
+            .await
+            .map(Response::into_inner)
+            .map_err(explain)
+    }
+}
+
+/// The outgoing call, with the time the caller has left as its deadline.
+fn forward<T>(deadline: Option<Deadline>, message: T) -> Request<T> {
+    let mut out = Request::new(message);
+    if let Some(deadline) = deadline {
+        out.set_timeout(deadline.left());
+    }
+    out
+}
+
+fn explain(status: Status) -> Status {
+    if status.code() == tonic::Code::Unknown || status.code() == tonic::Code::Unavailable {
+        let text = lgsp_certs::tls::explain_status(&status);
+        return Status::new(
+            status.code(),
+            format!("calling the provider's node failed: {text}"),
+        );
+    }
+    status
+}
+
+#[tonic::async_trait]
+impl DataExchange for Consumer {
+    async fn call(&self, request: Request<Envelope>) -> Result<Response<CallResponse>, Status> {
+        let started = Instant::now();
+        let (metadata, _, mut env) = request.into_parts();
+        let deadline = Deadline::of(&metadata, started);
+        if env.request_id.is_empty() {
+            env.request_id = new_request_id();
+        }
+        let raw = env.encode_to_vec();
+        let trace = Trace::start(
+            &self.ctx,
+            "consumer",
+            &env.request_id,
+            &self.ctx.config.agency,
+            &env.service_id,
+            &env.operation,
+            &raw,
+            started,
+            deadline,
+        );
+        let span = tracing::info_span!("consume", request_id = %env.request_id, service = %env.service_id, op = %env.operation);
+        let result = self.send(deadline, env, raw.len()).instrument(span).await;
+        let response = result.as_ref().map_or(&[][..], |r| r.payload.as_slice());
+        trace.finish(
+            &Sha256::digest(response),
+            code_of(&result),
+            response.len() as u64,
+        );
+        result.map(Response::new)
+    }
+
+    type QueryStream = crate::provider::PageStream;
+
+    async fn query(
+        &self,
+        request: Request<QueryRequest>,
+    ) -> Result<Response<Self::QueryStream>, Status> {
+        let started = Instant::now();
+        let (metadata, _, mut req) = request.into_parts();
+        let deadline = Deadline::of(&metadata, started);
+        if req.request_id.is_empty() {
+            req.request_id = new_request_id();
+        }
+        let trace = Trace::start(
+            &self.ctx,
+            "consumer",
+            &req.request_id,
+            &self.ctx.config.agency,
+            &req.service_id,
+            "query",
+            &req.encode_to_vec(),
+            started,
+            deadline,
+        );
+        let opened = async {
+            let mut client = self.client(&self.route(&req.service_id)?)?;
+            client.query(forward(deadline, req)).await.map_err(explain)
+        }
+        .await;
+        let mut upstream = match opened {
+            Ok(r) => r.into_inner(),
+            Err(status) => {
+                trace.finish(&Sha256::digest([]), status.code(), 0);
+                return Err(status);
+            }
+        };
+        // Pages pass through one at a time: backpressure reaches the provider.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<QueryPage, Status>>(1);
+        tokio::spawn(async move {
+            let mut digest = Sha256::new();
+            let mut bytes_out = 0u64;
+            let outcome = loop {
+                match upstream.next().await {
+                    Some(Ok(page)) => {
+                        let encoded = page.encode_to_vec();
+                        digest.update(&encoded);
+                        bytes_out += encoded.len() as u64;
+                        if tx.send(Ok(page)).await.is_err() {
+                            break Err(Status::cancelled("the application stopped reading"));
+                        }
+                    }
+                    Some(Err(s)) => {
+                        let _ = tx.send(Err(s.clone())).await;
+                        break Err(s);
+                    }
+                    None => break Ok(()),
+                }
+            };
+            let digest = digest.finalize();
+            trace.finish(&digest, code_of(&outcome), bytes_out);
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}

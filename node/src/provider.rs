@@ -1,0 +1,414 @@
+//! The province-facing side of a node: serves this agency's services to
+//! other agencies' nodes.
+//!
+//! Every call, whether it came as a unary `Call` or on a node link, goes
+//! through one pipeline, [`Provider::serve`]: the caller's certificate is
+//! checked again against the CRL in force, the consumer agency's limits
+//! apply, the grant is checked, the caller's deadline bounds the work, the
+//! backend answers, and the exchange is logged. A `Query` stream takes the
+//! same steps before its first page.
+
+use crate::access;
+use crate::config::Backend;
+use crate::context::NodeContext;
+use crate::deadline::Deadline;
+use crate::limits::Permit;
+use crate::refusal::{Refusal, code_name};
+use crate::trace::{Trace, code_of, new_request_id};
+use futures::Stream;
+use lgsp_certs::{Authenticator, Peer};
+use lgsp_dataset::Query;
+use lgsp_proto::data_exchange_client::DataExchangeClient;
+use lgsp_proto::data_exchange_server::DataExchange;
+use lgsp_proto::{CallResponse, Envelope, QueryPage, QueryRequest, Record};
+use prost::Message as _;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+pub(crate) type PageStream = Pin<Box<dyn Stream<Item = Result<QueryPage, Status>> + Send>>;
+
+/// The province-facing side: serves this agency's services.
+#[derive(Debug, Clone)]
+pub struct Provider {
+    ctx: Arc<NodeContext>,
+    auth: Authenticator,
+}
+
+/// A call as it arrived, whichever path it came by.
+#[derive(Debug)]
+pub(crate) struct Incoming<F> {
+    /// The request.
+    pub envelope: Envelope,
+    /// When it arrived.
+    pub started: Instant,
+    /// The caller's deadline: past it, the call ends and the log records
+    /// DEADLINE_EXCEEDED.
+    pub deadline: Option<Deadline>,
+    /// Ends the call with its status when the caller gives up first.
+    pub cancelled: F,
+    /// The largest response (encoded) the caller takes; a larger one is
+    /// refused with RESOURCE_EXHAUSTED and logged as not delivered.
+    pub response_limit: usize,
+}
+
+impl Provider {
+    /// The provider side of the node `ctx` describes; `auth` is the
+    /// provider listener's authenticator, which knows the CRL in force.
+    pub fn new(ctx: Arc<NodeContext>, auth: Authenticator) -> Self {
+        Self { ctx, auth }
+    }
+
+    pub(crate) fn ctx(&self) -> &NodeContext {
+        &self.ctx
+    }
+
+    /// The first steps of every call: the certificate is checked again
+    /// (revocation since the connection opened counts from the next call),
+    /// then the consumer agency's limits. The permit must be held until
+    /// the reply is handed over.
+    pub(crate) fn admit(&self, peer: &Peer) -> Result<Permit, Refusal> {
+        self.auth
+            .recheck(peer)
+            .map_err(|status| Refusal::Certificate(status.message().to_owned()))?;
+        self.ctx.limits.acquire(peer.id.agency.as_str())
+    }
+
+    /// Serves one call from `peer` from start to end: admission, then
+    /// [`Self::provide`]. Returns the outcome and the consumer's permit (if
+    /// admitted), which the caller holds until the reply is handed over.
+    pub(crate) async fn serve(
+        &self,
+        peer: &Peer,
+        call: Incoming<impl Future<Output = Status>>,
+    ) -> (Result<CallResponse, Status>, Option<Permit>) {
+        match self.admit(peer) {
+            Ok(permit) => (self.provide(peer, call).await, Some(permit)),
+            Err(refusal) => (Err(refusal.into()), None),
+        }
+    }
+
+    /// Serves an admitted call and logs it: authorization, the deadline,
+    /// the backend, the response limit, the sharing log.
+    async fn provide(
+        &self,
+        peer: &Peer,
+        call: Incoming<impl Future<Output = Status>>,
+    ) -> Result<CallResponse, Status> {
+        let Incoming {
+            envelope: mut env,
+            started,
+            deadline,
+            cancelled,
+            response_limit,
+        } = call;
+        if env.request_id.is_empty() {
+            env.request_id = new_request_id();
+        }
+        let trace = Trace::start(
+            &self.ctx,
+            "provider",
+            &env.request_id,
+            peer.id.agency.as_str(),
+            &env.service_id,
+            &env.operation,
+            &env.encode_to_vec(),
+            started,
+            deadline,
+        );
+        let span = tracing::info_span!("provide", request_id = %env.request_id, consumer = %peer.id.agency, service = %env.service_id, op = %env.operation);
+        // tonic's own timeout (from `grpc-timeout`) usually ends a unary
+        // call first; on a node link this is what ends it.
+        let serving = async {
+            let serving = self.answer(peer, &env).instrument(span.clone());
+            match deadline {
+                Some(limit) => tokio::time::timeout_at(limit.at.into(), serving)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Refusal::DeadlineExceeded {
+                            service: env.service_id.clone(),
+                            total: limit.total,
+                        }
+                        .into())
+                    }),
+                None => serving.await,
+            }
+        };
+        let result = tokio::select! {
+            result = serving => result,
+            status = cancelled => Err(status),
+        };
+        let request_id = std::mem::take(&mut env.request_id);
+        // A response the caller cannot take is not delivered: the log says so.
+        let result = result.and_then(|payload| {
+            let response = CallResponse {
+                payload,
+                request_id,
+                metadata: HashMap::new(),
+            };
+            let size = response.encoded_len();
+            if size > response_limit {
+                return Err(Refusal::ResponseTooLarge {
+                    size,
+                    limit: response_limit,
+                }
+                .into());
+            }
+            Ok(response)
+        });
+        let response = result.as_ref().map_or(&[][..], |r| r.payload.as_slice());
+        trace.finish(
+            &Sha256::digest(response),
+            code_of(&result),
+            response.len() as u64,
+        );
+        span.in_scope(|| match &result {
+            Ok(_) => tracing::debug!("served"),
+            Err(s) => tracing::info!(code = code_name(s.code()), reason = %s.message(), "refused"),
+        });
+        result
+    }
+
+    /// Authorizes the call and has the service's backend answer it.
+    async fn answer(&self, peer: &Peer, env: &Envelope) -> Result<Vec<u8>, Status> {
+        let ctx = &self.ctx;
+        let name = access::authorize(&ctx.cache, &ctx.config.agency, peer, &env.service_id)?;
+        let service = ctx
+            .config
+            .service(name)
+            .ok_or_else(|| Refusal::NotServedHere {
+                service: env.service_id.clone(),
+            })?;
+        match &service.backend {
+            Backend::Dataset => {
+                if env.operation != "get" {
+                    return Err(Refusal::UnsupportedOperation {
+                        service: env.service_id.clone(),
+                        operation: env.operation.clone(),
+                    }
+                    .into());
+                }
+                let key = env.parameters.get("key").ok_or(Refusal::MissingKey)?;
+                let dataset = ctx
+                    .datasets
+                    .get(name)
+                    .map_err(|e| Status::unavailable(e.to_string()))?;
+                let record = dataset
+                    .get_json(key)
+                    .map_err(|e| Status::internal(e.to_string()))?
+                    .ok_or_else(|| Refusal::RecordNotFound {
+                        service: env.service_id.clone(),
+                        key: key.clone(),
+                    })?;
+                Ok(record.into_bytes())
+            }
+            Backend::Grpc { url, timeout } => {
+                let channel = ctx.backend_channel(url)?;
+                let mut forwarded = Request::new(env.clone());
+                forwarded.set_timeout(*timeout);
+                // The backend learns the consumer from the node, which took it from the certificate.
+                if let Ok(v) = peer.id.agency.as_str().parse() {
+                    forwarded.metadata_mut().insert("x-lgsp-consumer-agency", v);
+                }
+                let max = ctx.config.limits.max_message_bytes;
+                DataExchangeClient::new(channel)
+                    .max_decoding_message_size(max)
+                    .call(forwarded)
+                    .await
+                    .map(|r| r.into_inner().payload)
+                    .map_err(|s| {
+                        if s.code() == tonic::Code::Unavailable || s.code() == tonic::Code::Unknown
+                        {
+                            Status::unavailable(format!(
+                                "the agency's gRPC backend for {} is unreachable: {}",
+                                service.name,
+                                s.message()
+                            ))
+                        } else {
+                            s
+                        }
+                    })
+            }
+            Backend::Http {
+                url,
+                method,
+                timeout,
+            } => {
+                ctx.http
+                    .call(
+                        &service.name,
+                        url,
+                        *method,
+                        *timeout,
+                        &env.operation,
+                        &env.parameters,
+                        &env.payload,
+                        &env.request_id,
+                        peer.id.agency.as_str(),
+                    )
+                    .await
+            }
+        }
+    }
+
+    /// Authorizes a query stream and finds its dataset.
+    fn open_query(
+        &self,
+        peer: &Peer,
+        service_id: &str,
+    ) -> Result<Arc<lgsp_dataset::Dataset>, Status> {
+        let ctx = &self.ctx;
+        let name = access::authorize(&ctx.cache, &ctx.config.agency, peer, service_id)?;
+        match ctx.config.service(name).map(|s| &s.backend) {
+            Some(Backend::Dataset) => {}
+            Some(_) => {
+                return Err(Refusal::NotADataset {
+                    service: service_id.to_owned(),
+                }
+                .into());
+            }
+            None => {
+                return Err(Refusal::NotServedHere {
+                    service: service_id.to_owned(),
+                }
+                .into());
+            }
+        }
+        ctx.datasets
+            .get(name)
+            .map_err(|e| Status::unavailable(e.to_string()))
+    }
+}
+
+#[tonic::async_trait]
+impl DataExchange for Provider {
+    async fn call(&self, request: Request<Envelope>) -> Result<Response<CallResponse>, Status> {
+        let started = Instant::now();
+        let peer = Peer::of(&request)?.clone();
+        let deadline = Deadline::of(request.metadata(), started);
+        let call = Incoming {
+            envelope: request.into_inner(),
+            started,
+            deadline,
+            // tonic drops this call when its caller goes away: `Trace` logs that.
+            cancelled: std::future::pending(),
+            response_limit: self.ctx.config.limits.max_message_bytes,
+        };
+        // The permit is held until the response is built; HTTP/2 takes it next.
+        let (result, _permit) = self.serve(&peer, call).await;
+        result.map(Response::new)
+    }
+
+    type QueryStream = PageStream;
+
+    async fn query(
+        &self,
+        request: Request<QueryRequest>,
+    ) -> Result<Response<Self::QueryStream>, Status> {
+        let started = Instant::now();
+        let peer = Peer::of(&request)?.clone();
+        let permit = self.admit(&peer)?;
+        let deadline = Deadline::of(request.metadata(), started);
+        let mut req = request.into_inner();
+        if req.request_id.is_empty() {
+            req.request_id = new_request_id();
+        }
+        let trace = Trace::start(
+            &self.ctx,
+            "provider",
+            &req.request_id,
+            peer.id.agency.as_str(),
+            &req.service_id,
+            "query",
+            &req.encode_to_vec(),
+            started,
+            deadline,
+        );
+        let dataset = match self.open_query(&peer, &req.service_id) {
+            Ok(dataset) => dataset,
+            Err(status) => {
+                trace.finish(&Sha256::digest([]), status.code(), 0);
+                return Err(status);
+            }
+        };
+        // One page in flight at a time: the consumer's reading paces the reading here.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<QueryPage, Status>>(1);
+        let span = tracing::info_span!("query", request_id = %req.request_id, consumer = %peer.id.agency, service = %req.service_id);
+        tokio::spawn(
+            async move {
+                // The stream counts as in flight until its last page.
+                let _permit = permit;
+                let mut query = Query {
+                    filters: req
+                        .filters
+                        .iter()
+                        .map(|f| (f.field.clone(), f.equals.clone()))
+                        .collect(),
+                    fields: req.fields.clone(),
+                    page_size: req.page_size,
+                    resume_token: req.resume_token.clone(),
+                };
+                let mut digest = Sha256::new();
+                let mut bytes_out = 0u64;
+                let outcome = loop {
+                    // A page reads up to MAX_SCAN_PER_PAGE records from disk: off
+                    // the runtime's threads, which serve every other call.
+                    let read = {
+                        let dataset = dataset.clone();
+                        tokio::task::spawn_blocking(move || {
+                            let page = dataset.query(&query);
+                            (page, query)
+                        })
+                        .await
+                    };
+                    let page = match read {
+                        Ok((Ok(page), asked)) => {
+                            query = asked;
+                            page
+                        }
+                        Ok((Err(e), _)) => break Err(Status::invalid_argument(e.to_string())),
+                        Err(e) => {
+                            break Err(Status::internal(format!(
+                                "reading the dataset failed: {e}"
+                            )));
+                        }
+                    };
+                    let done = page.resume_token.is_empty();
+                    let out = QueryPage {
+                        records: page
+                            .records
+                            .into_iter()
+                            .map(|(key, json)| Record { key, json })
+                            .collect(),
+                        resume_token: page.resume_token.clone(),
+                    };
+                    let encoded = out.encode_to_vec();
+                    digest.update(&encoded);
+                    bytes_out += encoded.len() as u64;
+                    if tx.send(Ok(out)).await.is_err() {
+                        break Err(Status::cancelled("the consumer stopped reading"));
+                    }
+                    if done {
+                        break Ok(());
+                    }
+                    query.resume_token = page.resume_token;
+                };
+                if let Err(s) = &outcome
+                    && s.code() != tonic::Code::Cancelled
+                {
+                    let _ = tx.send(Err(s.clone())).await;
+                }
+                let digest = digest.finalize();
+                trace.finish(&digest, code_of(&outcome), bytes_out);
+            }
+            .instrument(span),
+        );
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}

@@ -1,0 +1,304 @@
+//! Why a provider node refuses a call, and the one place a refusal becomes
+//! a gRPC status.
+//!
+//! Every check the regulation rests on (who the caller is, whether its
+//! grant is in force, its limits, the service's state) ends in a
+//! [`Refusal`], whichever path the call came by (a unary call or a node
+//! link), so a consumer sees the same code and words for the same cause.
+//! Each message says what is missing and who can fix it.
+
+use std::time::Duration;
+use tonic::{Code, Status};
+
+/// A call the provider will not serve, and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The caller's certificate is not a node's or the hub's.
+    #[error("{caller} has role {role}; only agency nodes and the hub call data-sharing services")]
+    WrongRole { caller: String, role: String },
+    /// The caller's certificate was refused when checked again (revoked
+    /// since the connection opened).
+    #[error("{0}")]
+    Certificate(String),
+    /// The service id is not `<agency>/<name>`.
+    #[error("{0}")]
+    BadServiceId(String),
+    /// The service belongs to another agency than this node's.
+    #[error(
+        "this node serves agency {own}; service {service} belongs to agency {agency} (call that agency's node)"
+    )]
+    OtherAgency {
+        own: String,
+        service: String,
+        agency: String,
+    },
+    /// The service is not in this node's copy of the catalog.
+    #[error(
+        "service {service} is not in the provincial catalog (not published, or withdrawn and removed)"
+    )]
+    NotInCatalog { service: String },
+    /// The provider suspended the service.
+    #[error(
+        "service {service} is suspended by agency {provider}; ask its focal point when it will be restored"
+    )]
+    ServiceSuspended { service: String, provider: String },
+    /// The provider withdrew the service.
+    #[error("service {service} has been withdrawn by agency {provider}")]
+    ServiceWithdrawn { service: String, provider: String },
+    /// The service is in the catalog, but this node has no backend for it.
+    #[error(
+        "service {service} is in the catalog but this node is not configured to serve it (add it to node.toml)"
+    )]
+    NotServedHere { service: String },
+    /// The consumer agency holds no grant for the service.
+    #[error(
+        "agency {consumer} has no grant for service {service}; agency {provider} (or the provincial admin) grants it with `lgsp access grant --service {service} --consumer {consumer}`"
+    )]
+    NoGrant {
+        service: String,
+        consumer: String,
+        provider: String,
+    },
+    /// The grant is suspended.
+    #[error(
+        "the grant of service {service} to agency {consumer} is suspended{}; agency {provider} can restore it",
+        because(reason)
+    )]
+    GrantSuspended {
+        service: String,
+        consumer: String,
+        provider: String,
+        reason: String,
+    },
+    /// The grant's validity ended.
+    #[error(
+        "the grant of service {service} to agency {consumer} expired{}; ask agency {provider} to renew it",
+        because(reason)
+    )]
+    GrantExpired {
+        service: String,
+        consumer: String,
+        provider: String,
+        reason: String,
+    },
+    /// The grant was terminated (D47 Art. 44).
+    #[error(
+        "the grant of service {service} to agency {consumer} was terminated{}",
+        because(reason)
+    )]
+    GrantTerminated {
+        service: String,
+        consumer: String,
+        reason: String,
+    },
+    /// The consumer agency has as many calls in flight as it may.
+    #[error(
+        "agency {consumer} already has {max} calls in flight, the most this node allows; retry when some finish"
+    )]
+    TooManyInFlight { consumer: String, max: usize },
+    /// The consumer agency calls faster than it may.
+    #[error("agency {consumer} exceeds {rate} calls per second on this node; slow down and retry")]
+    OverRate { consumer: String, rate: u32 },
+    /// The consumer agency has as many node links open as it may.
+    #[error("agency {consumer} already has {max} node links open to this node, the most it allows")]
+    TooManyLinks { consumer: String, max: usize },
+    /// The request is larger than this node takes.
+    #[error("the envelope is {size} bytes; this node accepts at most {max}")]
+    EnvelopeTooLarge { size: usize, max: usize },
+    /// The response is larger than the consumer takes.
+    #[error("the response is {size} bytes; the consumer accepts at most {limit}")]
+    ResponseTooLarge { size: usize, limit: usize },
+    /// The caller's deadline passed while the call was served.
+    #[error("{service} did not answer within the caller's deadline ({} ms)", total.as_millis())]
+    DeadlineExceeded { service: String, total: Duration },
+    /// A dataset answers `get` and the `Query` stream only.
+    #[error(
+        "dataset {service} supports the operation \"get\" (parameter \"key\") and the Query stream, not {operation:?}"
+    )]
+    UnsupportedOperation { service: String, operation: String },
+    /// `get` without its key.
+    #[error("operation \"get\" needs the parameter \"key\"")]
+    MissingKey,
+    /// A `Query` stream on a service that is not a dataset.
+    #[error("{service} is not a dataset: use Call")]
+    NotADataset { service: String },
+    /// No record has the key asked for.
+    #[error("no record with key {key:?} in {service}")]
+    RecordNotFound { service: String, key: String },
+}
+
+fn because(reason: &str) -> String {
+    if reason.is_empty() {
+        String::new()
+    } else {
+        format!(" ({reason})")
+    }
+}
+
+impl Refusal {
+    /// The gRPC code a consumer sees: `PermissionDenied` for what a grant
+    /// would fix, `FailedPrecondition` for a state the provider can lift,
+    /// `ResourceExhausted` for limits, `InvalidArgument` for a bad request.
+    pub fn code(&self) -> Code {
+        use Refusal::*;
+        match self {
+            WrongRole { .. } | NoGrant { .. } | GrantExpired { .. } | GrantTerminated { .. } => {
+                Code::PermissionDenied
+            }
+            Certificate(_) => Code::Unauthenticated,
+            BadServiceId(_) | UnsupportedOperation { .. } | MissingKey | NotADataset { .. } => {
+                Code::InvalidArgument
+            }
+            OtherAgency { .. } | NotInCatalog { .. } | RecordNotFound { .. } => Code::NotFound,
+            ServiceSuspended { .. } | ServiceWithdrawn { .. } | GrantSuspended { .. } => {
+                Code::FailedPrecondition
+            }
+            NotServedHere { .. } => Code::Unimplemented,
+            TooManyInFlight { .. }
+            | OverRate { .. }
+            | TooManyLinks { .. }
+            | ResponseTooLarge { .. } => Code::ResourceExhausted,
+            EnvelopeTooLarge { .. } => Code::OutOfRange,
+            DeadlineExceeded { .. } => Code::DeadlineExceeded,
+        }
+    }
+}
+
+impl From<Refusal> for Status {
+    fn from(refusal: Refusal) -> Status {
+        Status::new(refusal.code(), refusal.to_string())
+    }
+}
+
+/// The gRPC name of a status code (`PERMISSION_DENIED`), as logs show it.
+pub fn code_name(code: Code) -> &'static str {
+    use Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(reason: &str) -> (String, String, String, String) {
+        (
+            "000.00.12.H62/ho-tich".into(),
+            "000.00.31.H62".into(),
+            "000.00.12.H62".into(),
+            reason.into(),
+        )
+    }
+
+    #[test]
+    fn each_refusal_maps_to_the_code_its_cause_calls_for() {
+        let (service, consumer, provider, reason) = grant("");
+        let cases = [
+            (
+                Refusal::NoGrant {
+                    service: service.clone(),
+                    consumer: consumer.clone(),
+                    provider: provider.clone(),
+                },
+                Code::PermissionDenied,
+            ),
+            (
+                Refusal::GrantSuspended {
+                    service: service.clone(),
+                    consumer: consumer.clone(),
+                    provider: provider.clone(),
+                    reason: reason.clone(),
+                },
+                Code::FailedPrecondition,
+            ),
+            (
+                Refusal::GrantExpired {
+                    service: service.clone(),
+                    consumer: consumer.clone(),
+                    provider: provider.clone(),
+                    reason: reason.clone(),
+                },
+                Code::PermissionDenied,
+            ),
+            (
+                Refusal::Certificate("revoked".into()),
+                Code::Unauthenticated,
+            ),
+            (
+                Refusal::TooManyInFlight {
+                    consumer: consumer.clone(),
+                    max: 4,
+                },
+                Code::ResourceExhausted,
+            ),
+            (
+                Refusal::EnvelopeTooLarge { size: 9, max: 8 },
+                Code::OutOfRange,
+            ),
+            (
+                Refusal::NotServedHere {
+                    service: service.clone(),
+                },
+                Code::Unimplemented,
+            ),
+            (Refusal::MissingKey, Code::InvalidArgument),
+        ];
+        for (refusal, code) in cases {
+            let status = Status::from(refusal.clone());
+            assert_eq!(status.code(), code, "{refusal:?}");
+            assert_eq!(status.message(), refusal.to_string());
+        }
+    }
+
+    #[test]
+    fn a_refusal_names_the_fix_and_shows_a_reason_only_when_given() {
+        let (service, consumer, provider, _) = grant("");
+        let no_grant = Refusal::NoGrant {
+            service: service.clone(),
+            consumer: consumer.clone(),
+            provider: provider.clone(),
+        }
+        .to_string();
+        assert!(
+            no_grant.contains(
+                "lgsp access grant --service 000.00.12.H62/ho-tich --consumer 000.00.31.H62"
+            ),
+            "{no_grant}"
+        );
+        let suspended = |reason: &str| {
+            Refusal::GrantSuspended {
+                service: service.clone(),
+                consumer: consumer.clone(),
+                provider: provider.clone(),
+                reason: reason.into(),
+            }
+            .to_string()
+        };
+        assert!(suspended("").contains("is suspended; agency 000.00.12.H62 can restore it"));
+        assert!(suspended("kiểm tra an ninh").contains("is suspended (kiểm tra an ninh);"));
+    }
+
+    #[test]
+    fn code_names_are_the_grpc_spelling() {
+        assert_eq!(code_name(Code::PermissionDenied), "PERMISSION_DENIED");
+        assert_eq!(code_name(Code::Ok), "OK");
+        assert_eq!(code_name(Code::DeadlineExceeded), "DEADLINE_EXCEEDED");
+    }
+}
