@@ -35,7 +35,8 @@ impl Consumer {
     /// The endpoint of the provider node serving `service_id`.
     fn route(&self, service_id: &str) -> Result<String, Status> {
         let ctx = &self.ctx;
-        lgsp_registry::catalog::parse_service_id(service_id)
+        service_id
+            .parse::<lgsp_registry::ServiceId>()
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let service = ctx.cache.service(service_id).ok_or_else(|| {
             Status::not_found(format!(

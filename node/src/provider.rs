@@ -176,7 +176,8 @@ impl Provider {
     /// Authorizes the call and has the service's backend answer it.
     async fn answer(&self, peer: &Peer, env: &Envelope) -> Result<Vec<u8>, Status> {
         let ctx = &self.ctx;
-        let name = access::authorize(&ctx.cache, &ctx.config.agency, peer, &env.service_id)?;
+        let id = access::authorize(&ctx.cache, &ctx.config.agency, peer, &env.service_id)?;
+        let name = id.name();
         let service = ctx
             .config
             .service(name)
@@ -262,7 +263,8 @@ impl Provider {
         service_id: &str,
     ) -> Result<Arc<lgsp_dataset::Dataset>, Status> {
         let ctx = &self.ctx;
-        let name = access::authorize(&ctx.cache, &ctx.config.agency, peer, service_id)?;
+        let id = access::authorize(&ctx.cache, &ctx.config.agency, peer, service_id)?;
+        let name = id.name();
         match ctx.config.service(name).map(|s| &s.backend) {
             Some(Backend::Dataset) => {}
             Some(_) => {

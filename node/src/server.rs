@@ -13,11 +13,10 @@ use lgsp_certs::inspect::CertInfo;
 use lgsp_certs::{Authenticator, CertError, Credentials, Role, ServerTls, WhoAmI};
 use lgsp_dataset::{DatasetCache, DatasetStore};
 use lgsp_proto::NodeRecord;
-use lgsp_proto::catalog_record::Value;
 use lgsp_proto::data_exchange_server::DataExchangeServer;
 use lgsp_proto::identity_service_server::IdentityServiceServer;
 use lgsp_proto::node_link_server::NodeLinkServer;
-use lgsp_registry::RegistryClient;
+use lgsp_registry::{Catalog, RegistryClient};
 use lgsp_sharing_log::{AuditError, SharingLog, Signer};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -282,7 +281,11 @@ impl NodeServer {
             },
             cert_sha256: own.sha256.clone(),
         };
-        tasks.push(tokio::spawn(register(registry, record, shutdown_rx)));
+        tasks.push(tokio::spawn(register(
+            Catalog::new(registry),
+            record,
+            shutdown_rx,
+        )));
         tracing::info!(%provider_addr, %consumer_addr, agency = %config.agency, node = %config.name, "node started");
         Ok(Self {
             provider_addr,
@@ -310,7 +313,7 @@ impl NodeServer {
 /// Registers (or updates) this node in the catalog, retrying until the
 /// registry answers.
 async fn register(
-    registry: RegistryClient,
+    catalog: Catalog,
     record: NodeRecord,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -319,9 +322,9 @@ async fn register(
         if *shutdown.borrow() {
             return;
         }
-        match registry.put(Value::Node(record.clone()), 0).await {
-            Ok(r) => {
-                tracing::info!(endpoint = %record.endpoint, revision = r.revision, "node registered in the catalog");
+        match catalog.register_node(record.clone()).await {
+            Ok(revision) => {
+                tracing::info!(endpoint = %record.endpoint, revision, "node registered in the catalog");
                 return;
             }
             Err(status) => {

@@ -8,11 +8,15 @@
 //! - [`service`]: the client and peer gRPC services.
 //! - [`server`]: a whole registry server, started and stopped.
 //! - [`client`]: a client that finds a working server.
+//! - [`catalog_client`]: the catalog's verbs (register, publish, grant, ...), typed.
+//! - [`keys`]: record keys (`ServiceId`, `NodeKey`, `GrantKey`), parsed once.
 
 pub mod catalog;
+pub mod catalog_client;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod keys;
 mod raft_log;
 pub mod raft_node;
 pub mod server;
@@ -20,7 +24,9 @@ pub mod service;
 pub mod storage;
 pub mod transport;
 
+pub use catalog_client::{Catalog, Publication, Validity};
 pub use client::RegistryClient;
 pub use config::RegistryConfig;
 pub use error::{CatalogError, RegistryError};
+pub use keys::{GrantKey, KeyError, NodeKey, ServiceId};
 pub use server::RegistryServer;

@@ -2,11 +2,11 @@
 //! kill, partition and restart servers.
 
 use crate::{Pki, TRUST_DOMAIN};
-use lgsp_certs::{Credentials, Role, TlsFiles};
+use lgsp_certs::{AgencyCode, Credentials, Role, TlsFiles};
+use lgsp_proto::RecordKind;
 use lgsp_proto::catalog_record::Value;
-use lgsp_proto::{Agency, RecordKind};
 use lgsp_registry::config::PeerConfig;
-use lgsp_registry::{RegistryClient, RegistryConfig, RegistryServer};
+use lgsp_registry::{Catalog, RegistryClient, RegistryConfig, RegistryServer};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -181,18 +181,10 @@ impl Cluster {
 
     /// Registers agency `code` as the admin; returns the revision.
     pub async fn register_agency(&self, code: &str, name: &str) -> u64 {
-        self.admin_client()
-            .put(
-                Value::Agency(Agency {
-                    code: code.into(),
-                    name: name.into(),
-                    focal_point: None,
-                }),
-                0,
-            )
+        Catalog::new(self.admin_client())
+            .register_agency(&AgencyCode::new(code).expect("agency code"), name, None)
             .await
             .expect("register agency")
-            .revision
     }
 
     pub async fn shutdown(mut self) {

@@ -8,10 +8,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use lgsp_certs::{AgencyCode, Credentials, Role, SpiffeId};
 use lgsp_proto::Envelope;
-use lgsp_proto::catalog_record::Value;
 use lgsp_proto::data_exchange_client::DataExchangeClient;
-use lgsp_proto::{Agency, Grant, GrantStatus, Service, ServiceKind, ServiceStatus};
-use lgsp_registry::RegistryClient;
+use lgsp_proto::{GrantStatus, ServiceKind};
+use lgsp_registry::{Catalog, GrantKey, Publication, RegistryClient, Validity};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -159,17 +158,15 @@ impl Province {
     }
 
     pub async fn register_agency(&self, code: &str, name: &str) {
-        self.admin
-            .put(
-                Value::Agency(Agency {
-                    code: code.into(),
-                    name: name.into(),
-                    focal_point: None,
-                }),
-                0,
-            )
+        self.catalog()
+            .register_agency(&AgencyCode::new(code).expect("agency code"), name, None)
             .await
             .expect("register agency");
+    }
+
+    /// The catalog, changed as the provincial admin.
+    pub fn catalog(&self) -> Catalog {
+        Catalog::new(self.admin.clone())
     }
 
     /// Prepares a node with `lgsp node init`, signs its CSR with the
@@ -279,37 +276,28 @@ impl Province {
     }
 
     pub async fn publish(&self, id: &str, kind: ServiceKind, node: &str, description: &str) {
-        self.admin
-            .put(
-                Value::Service(Service {
-                    id: id.into(),
-                    kind: kind as i32,
-                    node: node.into(),
-                    description: description.into(),
-                    status: ServiceStatus::Active as i32,
-                    version: "1".into(),
-                    ..Default::default()
-                }),
-                0,
-            )
+        let id = id.parse().expect("service id");
+        self.catalog()
+            .publish(Publication::new(id, kind, node, description))
             .await
             .expect("publish");
     }
 
+    /// Sets the grant of `service` to `consumer`: active, suspended or
+    /// terminated.
     pub async fn grant(&self, service: &str, consumer: &str, status: GrantStatus) {
-        self.admin
-            .put(
-                Value::Grant(Grant {
-                    consumer_agency: consumer.into(),
-                    service_id: service.into(),
-                    status: status as i32,
-                    expires_unix: 0,
-                    reason: "thử nghiệm".into(),
-                }),
-                0,
-            )
-            .await
-            .expect("grant");
+        let key = GrantKey {
+            service: service.parse().expect("service id"),
+            consumer: AgencyCode::new(consumer).expect("agency code"),
+        };
+        let reason = "thử nghiệm";
+        let catalog = self.catalog();
+        match status {
+            GrantStatus::Suspended => catalog.suspend(&key, reason).await,
+            GrantStatus::Terminated => catalog.terminate(&key, reason).await,
+            _ => catalog.grant(&key, Validity::Open, reason).await,
+        }
+        .expect("grant");
     }
 
     /// Credentials for any identity, from the province's CA.
@@ -323,15 +311,8 @@ impl Province {
         let crl = ca.sign_crl(1).expect("sign CRL");
         // Counted from the start of the write, as the README's bound is.
         let published = Instant::now();
-        self.admin
-            .put(
-                Value::Crl(lgsp_proto::Crl {
-                    der: crl.der,
-                    number: crl.number,
-                    revoked_serials: crl.revoked,
-                }),
-                0,
-            )
+        self.catalog()
+            .publish_crl(crl.der, crl.number, crl.revoked)
             .await
             .expect("publish CRL");
         published

@@ -15,11 +15,13 @@ use lgsp_proto::data_exchange_client::DataExchangeClient;
 use lgsp_proto::data_exchange_server::{DataExchange, DataExchangeServer};
 use lgsp_proto::identity_service_client::IdentityServiceClient;
 use lgsp_proto::{
-    Agency, CallResponse, Envelope, Grant, GrantStatus, QueryPage, QueryRequest, RecordKind,
-    Service, ServiceKind, ServiceStatus,
+    Agency, CallResponse, Envelope, QueryPage, QueryRequest, RecordKind, ServiceKind,
 };
 use lgsp_registry::config::PeerConfig;
-use lgsp_registry::{RegistryClient, RegistryConfig, RegistryServer};
+use lgsp_registry::{
+    Catalog, GrantKey, Publication, RegistryClient, RegistryConfig, RegistryServer, ServiceId,
+    Validity,
+};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -603,34 +605,22 @@ async fn wait_registered(admin: &RegistryClient, agency: &str, name: &str) -> Re
 /// Publishes service `name` of agency A, served by `node`, and grants it to
 /// agency B.
 async fn publish_and_grant(
-    admin: &RegistryClient,
+    catalog: &Catalog,
     name: &str,
     kind: ServiceKind,
     node: &str,
 ) -> Result<()> {
-    let id = format!("{AGENCY_A}/{name}");
-    let service = Service {
-        id: id.clone(),
-        kind: kind as i32,
-        node: node.to_owned(),
-        description: "lgsp bench".to_owned(),
-        status: ServiceStatus::Active as i32,
-        version: "1".to_owned(),
-        ..Default::default()
-    };
-    admin
-        .put(Value::Service(service), 0)
+    let id = ServiceId::new(AgencyCode::new(AGENCY_A)?, name)?;
+    catalog
+        .publish(Publication::new(id.clone(), kind, node, "lgsp bench"))
         .await
         .with_context(|| format!("publishing {id}"))?;
-    let grant = Grant {
-        consumer_agency: AGENCY_B.to_owned(),
-        service_id: id.clone(),
-        status: GrantStatus::Active as i32,
-        expires_unix: 0,
-        reason: "lgsp bench".to_owned(),
+    let grant = GrantKey {
+        service: id.clone(),
+        consumer: AgencyCode::new(AGENCY_B)?,
     };
-    admin
-        .put(Value::Grant(grant), 0)
+    catalog
+        .grant(&grant, Validity::Open, "lgsp bench")
         .await
         .with_context(|| format!("granting {id} to {AGENCY_B}"))?;
     Ok(())
@@ -740,18 +730,13 @@ impl Province {
             CertificateAuthority::init(&dir.path().join("ca"), "bench.lgsp.local", "bench CA", 1)?;
         let admin = leaf(&mut ca, Role::Admin, "bench")?;
         let registry = Cluster::start(&mut ca, &dir.path().join("registry"), 1, &admin).await?;
-        let catalog = RegistryClient::new(&registry.addrs, &admin)?;
+        let catalog = Catalog::new(RegistryClient::new(&registry.addrs, &admin)?);
         for (code, name) in [
             (AGENCY_A, "bench provider agency"),
             (AGENCY_B, "bench consumer agency"),
         ] {
-            let agency = Agency {
-                code: code.to_owned(),
-                name: name.to_owned(),
-                focal_point: None,
-            };
             catalog
-                .put(Value::Agency(agency), 0)
+                .register_agency(&AgencyCode::new(code)?, name, None)
                 .await
                 .with_context(|| format!("registering agency {code}"))?;
         }
@@ -809,7 +794,7 @@ impl Province {
         let node_b = NodeServer::start(config_b)
             .await
             .context("starting node B")?;
-        wait_registered(&catalog, AGENCY_A, "node-a").await?;
+        wait_registered(catalog.client(), AGENCY_A, "node-a").await?;
         publish_and_grant(&catalog, "echo", ServiceKind::Http, "node-a").await?;
         publish_and_grant(&catalog, "records", ServiceKind::Dataset, "node-a").await?;
 
@@ -819,7 +804,7 @@ impl Province {
             start_forwarder(to_echo, max_message, stop.subscribe()).await?;
         let province = Self {
             registry,
-            catalog,
+            catalog: catalog.client().clone(),
             node_a,
             node_b,
             echo,

@@ -14,14 +14,12 @@ use lgsp_node::config::{
     ProviderConfig, ServiceConfig,
 };
 use lgsp_node::server::NodeServer;
-use lgsp_proto::catalog_record::Value;
 use lgsp_proto::data_exchange_client::DataExchangeClient;
-use lgsp_proto::{
-    Agency, Envelope, FocalPoint, Grant, GrantStatus, RecordKind, Service, ServiceKind,
-    ServiceStatus,
-};
+use lgsp_proto::{Envelope, FocalPoint, GrantStatus, RecordKind, ServiceKind};
 use lgsp_registry::config::PeerConfig;
-use lgsp_registry::{RegistryClient, RegistryConfig, RegistryServer};
+use lgsp_registry::{
+    Catalog, GrantKey, Publication, RegistryClient, RegistryConfig, RegistryServer, Validity,
+};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -238,7 +236,8 @@ pub struct Province {
     pub dir: PathBuf,
     registries: Vec<RegistryServer>,
     nodes: Vec<NodeServer>,
-    pub admin: RegistryClient,
+    /// The catalog, changed as the provincial admin.
+    pub catalog: Catalog,
     pub admin_tls: PathBuf,
     pub health_tls: PathBuf,
 }
@@ -315,6 +314,7 @@ pub async fn start(dir: &Path) -> Result<Province> {
     TlsFiles::write(&admin_tls, &admin_creds)?;
     let registry_addrs: Vec<String> = peers.iter().map(|p| p.client.clone()).collect();
     let admin = RegistryClient::new(&registry_addrs, &admin_creds)?;
+    let catalog = Catalog::new(admin.clone());
     let health_creds = leaf(
         &mut ca,
         HEALTH,
@@ -345,23 +345,17 @@ pub async fn start(dir: &Path) -> Result<Province> {
             "0211 3862 154",
         ),
     ] {
-        admin
-            .put(
-                Value::Agency(Agency {
-                    code: code.into(),
-                    name: name.into(),
-                    focal_point: Some(FocalPoint {
-                        name: focal.into(),
-                        phone: phone.into(),
-                        email: format!(
-                            "daumoi@{}.vinhphuc.gov.vn",
-                            code.replace('.', "-").to_lowercase()
-                        ),
-                        role: "Đầu mối chia sẻ dữ liệu".into(),
-                    }),
-                }),
-                0,
-            )
+        let focal_point = FocalPoint {
+            name: focal.into(),
+            phone: phone.into(),
+            email: format!(
+                "daumoi@{}.vinhphuc.gov.vn",
+                code.replace('.', "-").to_lowercase()
+            ),
+            role: "Đầu mối chia sẻ dữ liệu".into(),
+        };
+        catalog
+            .register_agency(&AgencyCode::new(code)?, name, Some(focal_point))
             .await
             .map_err(|s| anyhow::anyhow!("registering agency {code}: {}", s.message()))?;
     }
@@ -462,19 +456,8 @@ pub async fn start(dir: &Path) -> Result<Province> {
             "Hộ gia đình huyện Tam Dương: chủ hộ, số nhân khẩu, xã, thôn",
         ),
     ] {
-        admin
-            .put(
-                Value::Service(Service {
-                    id,
-                    kind: kind as i32,
-                    node: "node-1".into(),
-                    description: description.into(),
-                    status: ServiceStatus::Active as i32,
-                    version: "1".into(),
-                    ..Default::default()
-                }),
-                0,
-            )
+        catalog
+            .publish(Publication::new(id.parse()?, kind, "node-1", description))
             .await
             .map_err(|s| anyhow::anyhow!("publishing: {}", s.message()))?;
     }
@@ -495,7 +478,7 @@ pub async fn start(dir: &Path) -> Result<Province> {
             "Xác minh địa chỉ người đại diện",
         ),
     ] {
-        grant(&admin, &service, consumer, GrantStatus::Active, reason).await?;
+        grant(&catalog, &service, consumer, GrantStatus::Active, reason).await?;
     }
     // Wait until both nodes' caches know everything.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -527,32 +510,29 @@ pub async fn start(dir: &Path) -> Result<Province> {
         dir: dir.to_owned(),
         registries,
         nodes,
-        admin,
+        catalog,
         admin_tls,
         health_tls,
     })
 }
 
 async fn grant(
-    admin: &RegistryClient,
+    catalog: &Catalog,
     service: &str,
     consumer: &str,
     status: GrantStatus,
     reason: &str,
 ) -> Result<()> {
-    admin
-        .put(
-            Value::Grant(Grant {
-                consumer_agency: consumer.into(),
-                service_id: service.into(),
-                status: status as i32,
-                expires_unix: 0,
-                reason: reason.into(),
-            }),
-            0,
-        )
-        .await
-        .map_err(|s| anyhow::anyhow!("grant: {}", s.message()))?;
+    let key = GrantKey {
+        service: service.parse()?,
+        consumer: AgencyCode::new(consumer)?,
+    };
+    let written = match status {
+        GrantStatus::Suspended => catalog.suspend(&key, reason).await,
+        GrantStatus::Terminated => catalog.terminate(&key, reason).await,
+        _ => catalog.grant(&key, Validity::Open, reason).await,
+    };
+    written.map_err(|s| anyhow::anyhow!("grant: {}", s.message()))?;
     Ok(())
 }
 
@@ -763,7 +743,7 @@ async fn scenario(p: &Province) -> usize {
     }
     let started = Instant::now();
     let revoked = grant(
-        &p.admin,
+        &p.catalog,
         &biz,
         DISTRICT,
         GrantStatus::Terminated,
@@ -805,7 +785,7 @@ async fn scenario(p: &Province) -> usize {
         ),
     }
     let _ = grant(
-        &p.admin,
+        &p.catalog,
         &biz,
         DISTRICT,
         GrantStatus::Active,

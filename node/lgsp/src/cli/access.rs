@@ -1,4 +1,4 @@
-//! `lgsp access`: grant, suspend and revoke other agencies' access to a
+//! `lgsp access`: grant, suspend and terminate other agencies' access to a
 //! service (by the provider agency or the provincial admin).
 
 use super::RegistryArgs;
@@ -6,7 +6,8 @@ use anyhow::{Result, anyhow};
 use clap::{Args, Subcommand};
 use lgsp_certs::AgencyCode;
 use lgsp_proto::catalog_record::Value;
-use lgsp_proto::{Grant, GrantStatus, ListRequest, RecordKind};
+use lgsp_proto::{GrantStatus, ListRequest, RecordKind};
+use lgsp_registry::{Catalog, GrantKey, ServiceId, Validity};
 
 /// Which grant: the service and the consumer agency, and how to reach the registry.
 #[derive(Debug, Args)]
@@ -15,30 +16,22 @@ pub struct GrantTarget {
     registry: RegistryArgs,
     /// The service id, <agency-code>/<service-name>.
     #[arg(long)]
-    service: String,
+    service: ServiceId,
     /// The consumer agency's code.
     #[arg(long)]
     consumer: AgencyCode,
 }
 
 impl GrantTarget {
-    /// Writes the grant with `status`; returns the catalog revision.
-    async fn set(&self, status: GrantStatus, expires: i64, reason: &str) -> Result<u64> {
-        let r = self
-            .registry
-            .client()?
-            .put(
-                Value::Grant(Grant {
-                    consumer_agency: self.consumer.to_string(),
-                    service_id: self.service.clone(),
-                    status: status as i32,
-                    expires_unix: expires,
-                    reason: reason.to_owned(),
-                }),
-                0,
-            )
-            .await?;
-        Ok(r.revision)
+    fn key(&self) -> GrantKey {
+        GrantKey {
+            service: self.service.clone(),
+            consumer: self.consumer.clone(),
+        }
+    }
+
+    fn catalog(&self) -> Result<Catalog> {
+        Ok(Catalog::new(self.registry.client()?))
     }
 }
 
@@ -48,7 +41,7 @@ pub enum AccessCommand {
     Grant {
         #[command(flatten)]
         target: GrantTarget,
-        /// Last day of the grant, YYYY-MM-DD (none: until revoked).
+        /// Last day of the grant, YYYY-MM-DD (none: until terminated).
         #[arg(long)]
         until: Option<String>,
         /// Why (the request it answers, the agreement).
@@ -64,7 +57,9 @@ pub enum AccessCommand {
         reason: String,
     },
     /// Terminate a grant (D47 Art. 44). Nodes refuse the consumer within a second.
-    Revoke {
+    /// (`revoke` is the old name of this command.)
+    #[command(alias = "revoke")]
+    Terminate {
         #[command(flatten)]
         target: GrantTarget,
         #[arg(long, default_value = "")]
@@ -75,7 +70,7 @@ pub enum AccessCommand {
         #[command(flatten)]
         registry: RegistryArgs,
         #[arg(long)]
-        service: String,
+        service: ServiceId,
     },
 }
 
@@ -111,24 +106,30 @@ pub fn run(cmd: AccessCommand) -> Result<()> {
                 until,
                 reason,
             } => {
-                let expires = until.as_deref().map(until_unix).transpose()?.unwrap_or(0);
-                let rev = target.set(GrantStatus::Active, expires, &reason).await?;
+                let validity = match until.as_deref() {
+                    Some(date) => Validity::Until(until_unix(date)?),
+                    None => Validity::Open,
+                };
+                let rev = target
+                    .catalog()?
+                    .grant(&target.key(), validity, &reason)
+                    .await?;
                 println!(
                     "Agency {} may call {} (revision {rev})",
                     target.consumer, target.service
                 );
             }
             AccessCommand::Suspend { target, reason } => {
-                let rev = target.set(GrantStatus::Suspended, 0, &reason).await?;
+                let rev = target.catalog()?.suspend(&target.key(), &reason).await?;
                 println!(
                     "Suspended agency {}'s access to {} (revision {rev})",
                     target.consumer, target.service
                 );
             }
-            AccessCommand::Revoke { target, reason } => {
-                let rev = target.set(GrantStatus::Terminated, 0, &reason).await?;
+            AccessCommand::Terminate { target, reason } => {
+                let rev = target.catalog()?.terminate(&target.key(), &reason).await?;
                 println!(
-                    "Revoked agency {}'s access to {} (revision {rev})",
+                    "Terminated agency {}'s access to {} (revision {rev})",
                     target.consumer, target.service
                 );
             }
@@ -137,7 +138,7 @@ pub fn run(cmd: AccessCommand) -> Result<()> {
                     .client()?
                     .list_all(ListRequest {
                         kind: RecordKind::Grant as i32,
-                        prefix: format!("{service}|"),
+                        prefix: GrantKey::prefix_of(&service),
                         ..Default::default()
                     })
                     .await?;

@@ -5,9 +5,8 @@ use anyhow::{Context, Result};
 use clap::{Subcommand, ValueEnum};
 use lgsp_certs::AgencyCode;
 use lgsp_proto::catalog_record::Value;
-use lgsp_proto::{
-    Agency, FocalPoint, ListRequest, RecordKind, Service, ServiceKind, ServiceStatus,
-};
+use lgsp_proto::{FocalPoint, ListRequest, RecordKind, Service, ServiceKind, ServiceStatus};
+use lgsp_registry::{Catalog, Publication, ServiceId};
 use std::path::PathBuf;
 
 #[derive(Debug, Subcommand)]
@@ -72,7 +71,7 @@ pub enum ServiceCommand {
         registry: RegistryArgs,
         /// <agency-code>/<service-name>, e.g. 000.00.12.H62/ho-tich.
         #[arg(long)]
-        id: String,
+        id: ServiceId,
         #[arg(long, value_enum)]
         kind: KindArg,
         /// The node of the agency that serves it.
@@ -134,21 +133,10 @@ pub fn run_agency(cmd: AgencyCommand) -> Result<()> {
                     email: focal_email.unwrap_or_default(),
                     role: String::new(),
                 });
-                let r = registry
-                    .client()?
-                    .put(
-                        Value::Agency(Agency {
-                            code: code.to_string(),
-                            name: name.clone(),
-                            focal_point,
-                        }),
-                        0,
-                    )
+                let revision = Catalog::new(registry.client()?)
+                    .register_agency(&code, &name, focal_point)
                     .await?;
-                println!(
-                    "Registered agency {code} \"{name}\" at revision {}",
-                    r.revision
-                );
+                println!("Registered agency {code} \"{name}\" at revision {revision}");
             }
             AgencyCommand::List { registry } => {
                 let (records, revision) = registry
@@ -197,23 +185,15 @@ pub fn run_service(cmd: ServiceCommand) -> Result<()> {
                     KindArg::Http => ServiceKind::Http,
                     KindArg::Grpc => ServiceKind::Grpc,
                 };
-                let r = registry
-                    .client()?
-                    .put(
-                        Value::Service(Service {
-                            id: id.clone(),
-                            version: service_version,
-                            kind: kind as i32,
-                            node,
-                            description,
-                            schema_json,
-                            status: ServiceStatus::Active as i32,
-                            ..Default::default()
-                        }),
-                        0,
-                    )
+                let publication = Publication {
+                    schema_json,
+                    version: service_version,
+                    ..Publication::new(id.clone(), kind, &node, &description)
+                };
+                let revision = Catalog::new(registry.client()?)
+                    .publish(publication)
                     .await?;
-                println!("Published service {id} at revision {}", r.revision);
+                println!("Published service {id} at revision {revision}");
             }
             ServiceCommand::Show { registry, id } => {
                 let r = registry
