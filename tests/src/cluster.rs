@@ -5,26 +5,15 @@ use crate::{Pki, TRUST_DOMAIN};
 use lgsp_certs::{AgencyCode, Credentials, Role, TlsFiles};
 use lgsp_proto::RecordKind;
 use lgsp_proto::catalog_record::Value;
-use lgsp_registry::config::PeerConfig;
+use lgsp_province::registry::{self, Member, RegistryCluster};
 use lgsp_registry::{Catalog, RegistryClient, RegistryConfig, RegistryServer};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// A free port on 127.0.0.1 (bound, then released for the server to take),
-/// never the same one twice in this test process, so that tests running at
-/// the same time cannot be handed each other's ports.
+/// A free port on 127.0.0.1, never the same one twice in this test process.
 pub fn free_addr() -> std::net::SocketAddr {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = l.local_addr().expect("addr");
-        let mut given = GIVEN.lock().expect("ports lock");
-        if !given.contains(&addr.port()) {
-            given.push(addr.port());
-            return addr;
-        }
-    }
+    lgsp_province::net::free_addr().expect("a free port on 127.0.0.1")
 }
 
 /// Writes PEM credentials into `dir` as cert.pem, key.pem, ca.pem.
@@ -42,6 +31,12 @@ pub struct Cluster {
 
 pub const PROVINCE: &str = "000.00.00.H62";
 
+/// Tests tick fast (50 ms) and give up on a proposal after 3 s.
+fn fast(config: &mut RegistryConfig) {
+    config.tick_ms = 50;
+    config.propose_timeout_ms = 3000;
+}
+
 impl Cluster {
     /// Starts `n` servers (ids 1..=n) and waits for a leader.
     pub async fn start(n: u64) -> Self {
@@ -57,57 +52,36 @@ impl Cluster {
             servers: BTreeMap::new(),
             admin,
         };
-        let addrs: Vec<(u64, std::net::SocketAddr, std::net::SocketAddr)> =
-            (1..=n).map(|id| (id, free_addr(), free_addr())).collect();
-        let peers: Vec<PeerConfig> = addrs
-            .iter()
-            .map(|(id, client, peer)| PeerConfig {
-                id: *id,
-                peer: peer.to_string(),
-                client: client.to_string(),
-            })
-            .collect();
-        for (id, client, peer) in &addrs {
-            let mut config = cluster.config_for(*id, *client, *peer);
-            config.peers = peers.clone();
-            tune(&mut config);
-            cluster.configs.insert(*id, config);
-        }
-        let starts: Vec<_> = cluster
-            .configs
-            .values()
-            .cloned()
-            .map(|c| tokio::spawn(RegistryServer::start(c)))
-            .collect();
-        for s in starts {
-            let server = s.await.expect("join").expect("registry server start");
-            cluster.servers.insert(server.id, server);
-        }
-        cluster.wait_for_leader().await;
+        let members = registry::members(n).expect("free ports");
+        let dir = cluster.pki.dir.path().to_owned();
+        let configs = registry::plan(&mut cluster.pki.ca, PROVINCE, None, &dir, &members, |c| {
+            fast(c);
+            tune(c);
+        })
+        .expect("registry configurations");
+        let started = RegistryCluster::start(configs, Duration::from_secs(10))
+            .await
+            .expect("registry cluster start");
+        cluster.configs = started.configs;
+        cluster.servers = started.servers;
         cluster
     }
 
-    /// A fresh config (data dir, certificate) for server `id`.
+    /// A fresh config (data dir, certificate) for server `id`, not yet a
+    /// member: its peers are itself alone.
     pub fn config_for(
         &mut self,
         id: u64,
         client: std::net::SocketAddr,
         peer: std::net::SocketAddr,
     ) -> RegistryConfig {
-        let dir = self.pki.dir.path().join(format!("registry-{id}"));
-        let (creds, _) = self
-            .pki
-            .issue(PROVINCE, Role::Registry, &format!("registry-{id}"));
-        RegistryConfig {
-            id,
-            listen: client,
-            peer_listen: peer,
-            data_dir: dir.join("data"),
-            tls: Some(write_creds(&dir.join("tls"), &creds)),
-            tick_ms: 50,
-            propose_timeout_ms: 3000,
-            ..Default::default()
-        }
+        let dir = self.pki.dir.path().to_owned();
+        let member = Member { id, client, peer };
+        let mut configs = registry::plan(&mut self.pki.ca, PROVINCE, None, &dir, &[member], fast)
+            .expect("registry configuration");
+        let mut config = configs.remove(&id).expect("planned");
+        config.peers.clear();
+        config
     }
 
     pub fn data_dir(&self, id: u64) -> PathBuf {
@@ -131,27 +105,9 @@ impl Cluster {
 
     /// The id of the leader the running servers agree on, waiting up to 10 s.
     pub async fn wait_for_leader(&self) -> u64 {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let mut leaders = Vec::new();
-            for s in self.servers.values() {
-                if let Ok(st) = s.raft().status().await {
-                    leaders.push(st.leader_id);
-                }
-            }
-            if let Some(&l) = leaders.first()
-                && l != 0
-                && self.servers.contains_key(&l)
-                && leaders.iter().all(|x| *x == l)
-            {
-                return l;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no leader agreed in 10 s: {leaders:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        registry::wait_for_leader(&self.servers, Duration::from_secs(10))
+            .await
+            .expect("a leader")
     }
 
     /// Stops server `id` (as a crash would, minus the lost page cache).

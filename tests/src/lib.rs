@@ -51,10 +51,8 @@ impl Pki {
 
     /// Issues credentials for `spec`; returns them and the serial.
     pub fn issue_spec(&mut self, spec: &LeafSpec) -> (Credentials, String) {
-        let issued = self.ca.issue(spec).expect("issue");
-        let creds = Credentials::from_pem(&issued.cert_pem, &issued.key_pem, self.ca.cert_pem())
-            .expect("credentials");
-        (creds, issued.serial)
+        let issued = lgsp_province::pki::issue_spec(&mut self.ca, spec).expect("issue");
+        (issued.creds, issued.serial)
     }
 
     pub fn issue(&mut self, agency: &str, role: Role, name: &str) -> (Credentials, String) {

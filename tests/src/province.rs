@@ -5,11 +5,11 @@ use crate::cluster::{PROVINCE, free_addr, write_creds};
 use crate::process::ProcessCluster;
 use crate::{TRUST_DOMAIN, lgsp, lgsp_bin};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use lgsp_certs::{AgencyCode, Credentials, Role, SpiffeId};
 use lgsp_proto::Envelope;
-use lgsp_proto::data_exchange_client::DataExchangeClient;
 use lgsp_proto::{GrantStatus, ServiceKind};
+use lgsp_province::backend::{self, HttpCall};
+use lgsp_province::wait;
 use lgsp_registry::{Catalog, GrantKey, Publication, RegistryClient, Validity};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -348,50 +348,21 @@ pub const B: &str = "000.00.13.H62";
 /// 127.0.0.1. Operation `cham` answers after 3 seconds.
 pub async fn start_backend() -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(
-                    |req: hyper::Request<hyper::body::Incoming>| async move {
-                        let path = req.uri().path().to_owned();
-                        // A slow ("chậm") operation, for deadlines.
-                        if path.ends_with("/cham") {
-                            tokio::time::sleep(Duration::from_secs(3)).await;
-                        }
-                        let consumer = req
-                            .headers()
-                            .get("x-lgsp-consumer-agency")
-                            .map(|v| v.to_str().unwrap_or("").to_owned())
-                            .unwrap_or_default();
-                        let body = req
-                            .into_body()
-                            .collect()
-                            .await
-                            .map(|b| b.to_bytes())
-                            .unwrap_or_default();
-                        let asked: serde_json::Value =
-                            serde_json::from_slice(&body).unwrap_or_default();
-                        let reply = serde_json::json!({
-                            "path": path,
-                            "consumer": consumer,
-                            "ma_so_doanh_nghiep": asked["ma_so_doanh_nghiep"],
-                            "ten": "Công ty TNHH Hoa Sen Vĩnh Phúc",
-                        });
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                            Bytes::from(reply.to_string()),
-                        )))
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
+    let answer = |call: HttpCall| async move {
+        // A slow ("chậm") operation, for deadlines.
+        if call.path.ends_with("/cham") {
+            tokio::time::sleep(Duration::from_secs(3)).await;
         }
-    });
+        let asked: serde_json::Value = serde_json::from_slice(&call.body).unwrap_or_default();
+        let reply = serde_json::json!({
+            "path": call.path,
+            "consumer": call.consumer,
+            "ma_so_doanh_nghiep": asked["ma_so_doanh_nghiep"],
+            "ten": "Công ty TNHH Hoa Sen Vĩnh Phúc",
+        });
+        Bytes::from(reply.to_string())
+    };
+    let (addr, _) = backend::serve_forever(listener, answer).unwrap();
     addr.to_string()
 }
 
@@ -487,25 +458,18 @@ pub async fn two_agencies_custom(
 }
 
 pub async fn wait_until_callable(b: &NodeProcess) {
-    let mut client = DataExchangeClient::new(b.app_channel().await);
-    let mut last = None;
-    for _ in 0..150 {
-        let r = client
-            .call(Envelope {
-                service_id: format!("{A}/ho-tich"),
-                operation: "get".into(),
-                parameters: HashMap::from([("key".into(), "001099012345".into())]),
-                ..Default::default()
-            })
-            .await;
-        match r {
-            Ok(_) => return,
-            Err(e) => last = Some(e),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let envelope = Envelope {
+        service_id: format!("{A}/ho-tich"),
+        operation: "get".into(),
+        parameters: HashMap::from([("key".into(), "001099012345".into())]),
+        ..Default::default()
+    };
+    if let Err(e) =
+        wait::until_served(b.app_channel().await, &envelope, Duration::from_secs(15)).await
+    {
+        panic!(
+            "A's dataset never became callable through B: {e}\n{}",
+            b.log()
+        );
     }
-    panic!(
-        "A's dataset never became callable through B: {last:?}\n{}",
-        b.log()
-    );
 }

@@ -2,9 +2,8 @@
 //! measured in the same run on the same machine.
 
 use anyhow::{Context, Result};
-use http_body_util::{BodyExt, Full};
-use lgsp_certs::ca::{CertificateAuthority, LeafSpec};
-use lgsp_certs::{AgencyCode, Credentials, Role, ServerTls, SpiffeId, TlsFiles};
+use lgsp_certs::ca::CertificateAuthority;
+use lgsp_certs::{AgencyCode, Credentials, Role, ServerTls, TlsFiles};
 use lgsp_node::config::{
     Backend, ConsumerConfig, DEFAULT_BACKEND_TIMEOUT, HttpMethod, LimitsConfig, NodeConfig,
     ProviderConfig, ServiceConfig,
@@ -17,11 +16,11 @@ use lgsp_proto::identity_service_client::IdentityServiceClient;
 use lgsp_proto::{
     Agency, CallResponse, Envelope, QueryPage, QueryRequest, RecordKind, ServiceKind,
 };
-use lgsp_registry::config::PeerConfig;
-use lgsp_registry::{
-    Catalog, GrantKey, Publication, RegistryClient, RegistryConfig, RegistryServer, ServiceId,
-    Validity,
-};
+use lgsp_province::backend::{self, HttpCall};
+use lgsp_province::pki::{self, Holder};
+use lgsp_province::registry::{self, RegistryCluster};
+use lgsp_province::wait;
+use lgsp_registry::{Catalog, GrantKey, Publication, RegistryClient, ServiceId, Validity};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -151,98 +150,25 @@ fn agency_leaf(
     role: Role,
     name: &str,
 ) -> Result<Credentials> {
-    let id = SpiffeId::new(ca.trust_domain(), AgencyCode::new(agency)?, role, name)?;
-    let issued = ca.issue(&LeafSpec::for_days(id, 1)?)?;
-    Ok(Credentials::from_pem(
-        &issued.cert_pem,
-        &issued.key_pem,
-        ca.cert_pem(),
-    )?)
+    let holder = Holder {
+        agency,
+        role,
+        name,
+        display: None,
+    };
+    Ok(pki::issue(ca, holder, 1)?.creds)
 }
 
-/// A registry cluster on loopback in this process, its leader elected.
-struct Cluster {
-    servers: Vec<RegistryServer>,
-    /// Client addresses, in server id order (id 1 first).
-    addrs: Vec<String>,
-    leader: u64,
-}
-
-impl Cluster {
-    /// Starts `servers` registry servers under `dir` with certificates from
-    /// `ca`; fails when no leader is elected within 15 s (asked as `admin`).
-    async fn start(
-        ca: &mut CertificateAuthority,
-        dir: &Path,
-        servers: u64,
-        admin: &Credentials,
-    ) -> Result<Self> {
-        let free = || -> Result<SocketAddr> {
-            Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-        };
-        let mut ports = Vec::new();
-        for id in 1..=servers {
-            ports.push((id, free()?, free()?));
-        }
-        let peers: Vec<PeerConfig> = ports
-            .iter()
-            .map(|(id, client, peer)| PeerConfig {
-                id: *id,
-                peer: peer.to_string(),
-                client: client.to_string(),
-            })
-            .collect();
-        let mut running = Vec::new();
-        for (id, client, peer) in &ports {
-            let dir = dir.join(format!("registry-{id}"));
-            let creds = leaf(ca, Role::Registry, &format!("registry-{id}"))?;
-            let config = RegistryConfig {
-                id: *id,
-                listen: *client,
-                peer_listen: *peer,
-                data_dir: dir.join("data"),
-                peers: peers.clone(),
-                tls: Some(TlsFiles::write(&dir.join("tls"), &creds)?),
-                ..Default::default()
-            };
-            running.push(RegistryServer::start(config).await?);
-        }
-        let addrs: Vec<String> = ports.iter().map(|(_, c, _)| c.to_string()).collect();
-        let probe = RegistryClient::new(&addrs, admin)?;
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let leader = loop {
-            if let Ok(s) = probe.status().await
-                && s.leader_id != 0
-            {
-                break s.leader_id;
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "the cluster elected no leader in 15 s"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        Ok(Self {
-            servers: running,
-            addrs,
-            leader,
-        })
-    }
-
-    fn leader_addr(&self) -> Result<&str> {
-        usize::try_from(self.leader)
-            .ok()
-            .and_then(|id| self.addrs.get(id.checked_sub(1)?))
-            .map(String::as_str)
-            .context("the leader is not one of the servers started")
-    }
-
-    async fn shutdown(self) -> Result<()> {
-        for s in self.servers {
-            s.shutdown().await?;
-        }
-        Ok(())
-    }
+/// Starts `servers` registry servers on free loopback ports under `dir`,
+/// with certificates from `ca`, and waits for their leader.
+async fn start_registry(
+    ca: &mut CertificateAuthority,
+    dir: &Path,
+    servers: u64,
+) -> Result<RegistryCluster> {
+    let members = registry::members(servers)?;
+    let configs = registry::plan(ca, PROVINCE, None, dir, &members, |_| {})?;
+    Ok(RegistryCluster::start(configs, Duration::from_secs(15)).await?)
 }
 
 /// `lgsp bench registry`: a cluster of `servers` on loopback in this
@@ -253,9 +179,9 @@ pub async fn registry(servers: u64, concurrency: &[usize], duration: Duration) -
     let mut ca =
         CertificateAuthority::init(&tmp.path().join("ca"), "bench.lgsp.local", "bench CA", 1)?;
     let admin = leaf(&mut ca, Role::Admin, "bench")?;
-    let cluster = Cluster::start(&mut ca, tmp.path(), servers, &admin).await?;
-    let leader = cluster.leader;
-    let leader_addr = cluster.leader_addr()?.to_owned();
+    let cluster = start_registry(&mut ca, tmp.path(), servers).await?;
+    let leader = cluster.wait_for_leader(Duration::from_secs(15)).await?;
+    let leader_addr = cluster.configs[&leader].listen.to_string();
 
     println!(
         "lgsp bench registry: {servers} servers on 127.0.0.1, mutual TLS, sled flushed before every acknowledgement,"
@@ -330,7 +256,7 @@ pub async fn registry(servers: u64, concurrency: &[usize], duration: Duration) -
         .await;
         print_run(&reads, baseline);
     }
-    cluster.shutdown().await
+    Ok(cluster.shutdown().await?)
 }
 
 /// `n` HTTP/2 connections made with `endpoint`, one per channel.
@@ -483,36 +409,11 @@ async fn start_forwarder(
 /// body, until `stop` changes; returns its address and its task.
 async fn start_http_echo(stop: watch::Receiver<bool>) -> Result<(SocketAddr, JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let task = tokio::spawn(async move {
-        let mut accepting = stop.clone();
-        loop {
-            let stream = tokio::select! {
-                a = listener.accept() => match a {
-                    Ok((stream, _)) => stream,
-                    Err(_) => continue,
-                },
-                _ = accepting.changed() => return,
-            };
-            let _ = stream.set_nodelay(true);
-            let mut stop = stop.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(
-                    |req: hyper::Request<hyper::body::Incoming>| async move {
-                        let body = req.into_body().collect().await?.to_bytes();
-                        Ok::<_, hyper::Error>(hyper::Response::new(Full::new(body)))
-                    },
-                );
-                let connection = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-                tokio::select! {
-                    _ = connection => {}
-                    _ = stop.changed() => {}
-                }
-            });
-        }
-    });
-    Ok((addr, task))
+    Ok(backend::serve(
+        listener,
+        |call: HttpCall| async move { call.body },
+        stop,
+    )?)
 }
 
 /// How many records the bench dataset holds: enough to spread the keys,
@@ -585,23 +486,6 @@ fn node_config(
     }
 }
 
-/// Waits (at most 15 s) until node `name` of `agency` is in the catalog.
-async fn wait_registered(admin: &RegistryClient, agency: &str, name: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while admin
-        .get(RecordKind::Node, &format!("{agency}/{name}"), false)
-        .await
-        .is_err()
-    {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "node {name} of agency {agency} did not register itself in 15 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
-}
-
 /// Publishes service `name` of agency A, served by `node`, and grants it to
 /// agency B.
 async fn publish_and_grant(
@@ -629,19 +513,13 @@ async fn publish_and_grant(
 /// Calls until one call succeeds, at most 15 s: the nodes learn the
 /// catalog from the registry's watch. Fails with the last refusal.
 async fn wait_until_callable(endpoint: &Endpoint, envelope: Envelope, path: &str) -> Result<()> {
-    let mut client = DataExchangeClient::new(endpoint.connect().await?);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        match client.call(envelope.clone()).await {
-            Ok(_) => return Ok(()),
-            Err(status) if Instant::now() >= deadline => anyhow::bail!(
-                "{path} refused {} for 15 s: {}",
-                envelope.service_id,
-                status.message()
-            ),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
+    wait::until_served(
+        endpoint.connect().await?,
+        &envelope,
+        Duration::from_secs(15),
+    )
+    .await
+    .with_context(|| format!("calling through {path}"))
 }
 
 /// Runs `Call` from `clients` tasks spread over `channels`.
@@ -693,7 +571,7 @@ fn verdict(run: &Run, baseline: f64) -> String {
 /// and `A/records` (a dataset), both granted to agency B; agency B's node;
 /// the HTTP backend; and the raw echo server of the baseline.
 struct Province {
-    registry: Cluster,
+    registry: RegistryCluster,
     /// The provincial admin's registry client.
     catalog: RegistryClient,
     node_a: NodeServer,
@@ -729,8 +607,9 @@ impl Province {
         let mut ca =
             CertificateAuthority::init(&dir.path().join("ca"), "bench.lgsp.local", "bench CA", 1)?;
         let admin = leaf(&mut ca, Role::Admin, "bench")?;
-        let registry = Cluster::start(&mut ca, &dir.path().join("registry"), 1, &admin).await?;
-        let catalog = Catalog::new(RegistryClient::new(&registry.addrs, &admin)?);
+        let registry = start_registry(&mut ca, &dir.path().join("registry"), 1).await?;
+        let registry_addrs = registry.client_addrs();
+        let catalog = Catalog::new(RegistryClient::new(&registry_addrs, &admin)?);
         for (code, name) in [
             (AGENCY_A, "bench provider agency"),
             (AGENCY_B, "bench consumer agency"),
@@ -772,7 +651,7 @@ impl Province {
             &dir_a,
             AGENCY_A,
             "node-a",
-            &registry.addrs,
+            &registry_addrs,
             TlsFiles::write(&dir_a.join("tls"), &creds_a)?,
             services,
             max_message,
@@ -786,7 +665,7 @@ impl Province {
             &dir_b,
             AGENCY_B,
             "node-b",
-            &registry.addrs,
+            &registry_addrs,
             TlsFiles::write(&dir_b.join("tls"), &creds_b)?,
             Vec::new(),
             max_message,
@@ -794,7 +673,13 @@ impl Province {
         let node_b = NodeServer::start(config_b)
             .await
             .context("starting node B")?;
-        wait_registered(catalog.client(), AGENCY_A, "node-a").await?;
+        wait::node_registered(
+            catalog.client(),
+            AGENCY_A,
+            "node-a",
+            Duration::from_secs(15),
+        )
+        .await?;
         publish_and_grant(&catalog, "echo", ServiceKind::Http, "node-a").await?;
         publish_and_grant(&catalog, "records", ServiceKind::Dataset, "node-a").await?;
 

@@ -5,7 +5,6 @@
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
-use http_body_util::Full;
 use lgsp_certs::ca::{CertificateAuthority, LeafSpec, make_csr};
 use lgsp_certs::{AgencyCode, Credentials, Role, SpiffeId, TlsFiles};
 use lgsp_dataset::DatasetStore;
@@ -15,11 +14,12 @@ use lgsp_node::config::{
 };
 use lgsp_node::server::NodeServer;
 use lgsp_proto::data_exchange_client::DataExchangeClient;
-use lgsp_proto::{Envelope, FocalPoint, GrantStatus, RecordKind, ServiceKind};
-use lgsp_registry::config::PeerConfig;
-use lgsp_registry::{
-    Catalog, GrantKey, Publication, RegistryClient, RegistryConfig, RegistryServer, Validity,
-};
+use lgsp_proto::{Envelope, FocalPoint, GrantStatus, ServiceKind};
+use lgsp_province::backend::{self, HttpCall};
+use lgsp_province::pki::{self, Holder};
+use lgsp_province::registry::{self, Member, RegistryCluster};
+use lgsp_province::wait;
+use lgsp_registry::{Catalog, GrantKey, Publication, RegistryClient, Validity};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -89,15 +89,13 @@ fn leaf(
     name: &str,
     display: Option<&str>,
 ) -> Result<Credentials> {
-    let id = SpiffeId::new(TRUST_DOMAIN, AgencyCode::new(agency)?, role, name)?;
-    let mut spec = LeafSpec::for_days(id, 30)?;
-    spec.display_name = display.map(str::to_owned);
-    let issued = ca.issue(&spec)?;
-    Ok(Credentials::from_pem(
-        &issued.cert_pem,
-        &issued.key_pem,
-        ca.cert_pem(),
-    )?)
+    let holder = Holder {
+        agency,
+        role,
+        name,
+        display,
+    };
+    Ok(pki::issue(ca, holder, 30)?.creds)
 }
 
 /// An agency node made the production way: key and CSR on "its server", signed by the CA.
@@ -190,51 +188,34 @@ fn sample_data(dir: &Path) -> Result<(PathBuf, PathBuf)> {
     Ok((business, households))
 }
 
-/// The department's HTTP/JSON licence system, fronted by its node.
-async fn start_backend() -> Result<()> {
+/// The department's HTTP/JSON licence system, fronted by its node; it
+/// stops when the returned sender is dropped.
+async fn start_backend() -> Result<tokio::sync::watch::Sender<bool>> {
     let listener = tokio::net::TcpListener::bind(addr(Ports::BACKEND)).await?;
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(
-                    |req: hyper::Request<hyper::body::Incoming>| async move {
-                        use http_body_util::BodyExt;
-                        let path = req.uri().path().to_owned();
-                        let body = req
-                            .into_body()
-                            .collect()
-                            .await
-                            .map(|b| b.to_bytes())
-                            .unwrap_or_default();
-                        let asked: serde_json::Value =
-                            serde_json::from_slice(&body).unwrap_or_default();
-                        let reply = serde_json::json!({
-                            "he_thong": "Hệ thống cấp phép của Sở Kế hoạch và Đầu tư",
-                            "thao_tac": path.trim_start_matches("/giay-phep/"),
-                            "ma_so_doanh_nghiep": asked.get("ma_so_doanh_nghiep"),
-                            "giay_phep": "Còn hiệu lực",
-                        });
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                            Bytes::from(reply.to_string()),
-                        )))
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    backend::serve(
+        listener,
+        |call: HttpCall| async move {
+            let asked: serde_json::Value = serde_json::from_slice(&call.body).unwrap_or_default();
+            let reply = serde_json::json!({
+                "he_thong": "Hệ thống cấp phép của Sở Kế hoạch và Đầu tư",
+                "thao_tac": call.path.trim_start_matches("/giay-phep/"),
+                "ma_so_doanh_nghiep": asked.get("ma_so_doanh_nghiep"),
+                "giay_phep": "Còn hiệu lực",
             });
-        }
-    });
-    Ok(())
+            Bytes::from(reply.to_string())
+        },
+        stopped,
+    )?;
+    Ok(stop)
 }
 
 /// Everything the demo started.
 pub struct Province {
     pub dir: PathBuf,
-    registries: Vec<RegistryServer>,
+    registries: RegistryCluster,
+    /// Stops the department's HTTP system when dropped.
+    _backend: tokio::sync::watch::Sender<bool>,
     nodes: Vec<NodeServer>,
     /// The catalog, changed as the provincial admin.
     pub catalog: Catalog,
@@ -247,9 +228,7 @@ impl Province {
         for n in self.nodes {
             n.shutdown().await;
         }
-        for r in self.registries {
-            let _ = r.shutdown().await;
-        }
+        let _ = self.registries.shutdown().await;
     }
 }
 
@@ -274,35 +253,22 @@ pub async fn start(dir: &Path) -> Result<Province> {
         30,
     )?;
 
-    let peers: Vec<PeerConfig> = (1..=3u16)
-        .map(|i| PeerConfig {
+    let members: Vec<Member> = (1..=3u16)
+        .map(|i| Member {
             id: u64::from(i),
-            peer: addr(Ports::REGISTRY_PEER + i - 1).to_string(),
-            client: addr(Ports::REGISTRY_CLIENT + i - 1).to_string(),
+            client: addr(Ports::REGISTRY_CLIENT + i - 1),
+            peer: addr(Ports::REGISTRY_PEER + i - 1),
         })
         .collect();
-    let mut registries = Vec::new();
-    for i in 1..=3u16 {
-        let creds = leaf(
-            &mut ca,
-            PROVINCE,
-            Role::Registry,
-            &format!("registry-{i}"),
-            Some("Sở Thông tin và Truyền thông"),
-        )?;
-        let rdir = dir.join(format!("registry-{i}"));
-        let files = TlsFiles::write(&rdir.join("tls"), &creds)?;
-        let config = RegistryConfig {
-            id: u64::from(i),
-            listen: addr(Ports::REGISTRY_CLIENT + i - 1),
-            peer_listen: addr(Ports::REGISTRY_PEER + i - 1),
-            data_dir: rdir.join("data"),
-            peers: peers.clone(),
-            tls: Some(files),
-            ..Default::default()
-        };
-        registries.push(RegistryServer::start(config).await?);
-    }
+    let configs = registry::plan(
+        &mut ca,
+        PROVINCE,
+        Some("Sở Thông tin và Truyền thông"),
+        dir,
+        &members,
+        |_| {},
+    )?;
+    let registries = RegistryCluster::start(configs, Duration::from_secs(15)).await?;
     let admin_creds = leaf(
         &mut ca,
         PROVINCE,
@@ -312,7 +278,7 @@ pub async fn start(dir: &Path) -> Result<Province> {
     )?;
     let admin_tls = dir.join("admin-tls");
     TlsFiles::write(&admin_tls, &admin_creds)?;
-    let registry_addrs: Vec<String> = peers.iter().map(|p| p.client.clone()).collect();
+    let registry_addrs = registries.client_addrs();
     let admin = RegistryClient::new(&registry_addrs, &admin_creds)?;
     let catalog = Catalog::new(admin.clone());
     let health_creds = leaf(
@@ -361,7 +327,7 @@ pub async fn start(dir: &Path) -> Result<Province> {
     }
 
     let (business_csv, households_csv) = sample_data(&dir.join("sample-data"))?;
-    start_backend().await?;
+    let backend = start_backend().await?;
     let mut nodes = Vec::new();
     for (agency, display, provider, apps, metrics, services, dataset) in [
         (
@@ -426,18 +392,8 @@ pub async fn start(dir: &Path) -> Result<Province> {
         };
         nodes.push(NodeServer::start(config).await?);
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
     for agency in [DEPARTMENT, DISTRICT] {
-        while admin
-            .get(RecordKind::Node, &format!("{agency}/node-1"), false)
-            .await
-            .is_err()
-        {
-            if Instant::now() > deadline {
-                bail!("node of agency {agency} did not register in 20 s");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait::node_registered(&admin, agency, "node-1", Duration::from_secs(20)).await?;
     }
     for (id, kind, description) in [
         (
@@ -509,6 +465,7 @@ pub async fn start(dir: &Path) -> Result<Province> {
     Ok(Province {
         dir: dir.to_owned(),
         registries,
+        _backend: backend,
         nodes,
         catalog,
         admin_tls,

@@ -1,0 +1,54 @@
+//! Certificates for the province's parts, issued by its CA the way the
+//! provincial IT department would: one identity (agency, role, name) each.
+
+use lgsp_certs::ca::{CertificateAuthority, LeafSpec};
+use lgsp_certs::{AgencyCode, CertError, Credentials, Role, SpiffeId};
+
+/// Who a certificate is for.
+#[derive(Clone, Copy, Debug)]
+pub struct Holder<'a> {
+    /// The agency's QCVN 102 code.
+    pub agency: &'a str,
+    /// What it does: node, registry, hub or admin.
+    pub role: Role,
+    /// Its name within the agency (`node-1`, `registry-2`).
+    pub name: &'a str,
+    /// The agency's name, put in the certificate's subject (UTF-8).
+    pub display: Option<&'a str>,
+}
+
+/// A certificate, its key and the CA's certificate, and its serial.
+#[derive(Debug)]
+pub struct Issued {
+    /// What the holder presents.
+    pub creds: Credentials,
+    /// The certificate's serial, to revoke it.
+    pub serial: String,
+}
+
+/// Issues a certificate for `holder`, valid for `days`, from `ca`.
+pub fn issue(
+    ca: &mut CertificateAuthority,
+    holder: Holder<'_>,
+    days: i64,
+) -> Result<Issued, CertError> {
+    let id = SpiffeId::new(
+        ca.trust_domain(),
+        AgencyCode::new(holder.agency)?,
+        holder.role,
+        holder.name,
+    )?;
+    let mut spec = LeafSpec::for_days(id, days)?;
+    spec.display_name = holder.display.map(str::to_owned);
+    issue_spec(ca, &spec)
+}
+
+/// Issues a certificate as `spec` asks, from `ca`.
+pub fn issue_spec(ca: &mut CertificateAuthority, spec: &LeafSpec) -> Result<Issued, CertError> {
+    let issued = ca.issue(spec)?;
+    let creds = Credentials::from_pem(&issued.cert_pem, &issued.key_pem, ca.cert_pem())?;
+    Ok(Issued {
+        creds,
+        serial: issued.serial,
+    })
+}
