@@ -1,0 +1,259 @@
+//! The two kinds of line in the log, entries and seals: their fields, the bytes lgsp
+//! writes for them, and reading them back with the entry's hash checked against its
+//! bytes.
+
+use crate::error::AuditError;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The `prev` of entry 1.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// What a seal's signature covers, before the sequence number and the head.
+const SEAL_CONTEXT: &str = "lgsp-sharing-log-seal\n";
+
+/// One exchange as the node saw it: what the caller of
+/// [`SharingLog::append`](crate::SharingLog::append) provides.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Exchange {
+    /// The request id that crosses nodes (and appears in `tracing` spans).
+    pub request_id: String,
+    /// `"provider"` when this node served the call, `"consumer"` when it made it.
+    pub side: String,
+    /// The consumer's agency code (QCVN 102), from its certificate.
+    pub consumer: String,
+    /// The provider's agency code.
+    pub provider: String,
+    /// The service id.
+    pub service: String,
+    pub operation: String,
+    /// SHA-256 of the request message, lower-case hex.
+    pub request_sha256: String,
+    /// SHA-256 of the response (all of it, for a stream), lower-case hex.
+    pub response_sha256: String,
+    /// The gRPC status code name: `OK`, `PERMISSION_DENIED`...
+    pub status: String,
+    pub latency_us: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// An entry as read back from the log; the field order is the canonical one.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entry {
+    pub seq: u64,
+    /// RFC 3339 UTC with milliseconds: `2025-03-01T01:02:03.456Z`.
+    pub time: String,
+    pub request_id: String,
+    pub side: String,
+    pub consumer: String,
+    pub provider: String,
+    pub service: String,
+    pub operation: String,
+    pub request_sha256: String,
+    pub response_sha256: String,
+    pub status: String,
+    pub latency_us: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub prev: String,
+    pub hash: String,
+}
+
+/// The canonical form of an entry: [`Entry`] without `hash`. serde writes a flattened
+/// struct's fields in place, so the order is the same as [`Entry`]'s. The log writes
+/// these bytes with [`encode_with_fields`]; this is the definition it is tested against.
+#[cfg(test)]
+#[derive(Serialize)]
+struct Canonical<'a> {
+    seq: u64,
+    time: &'a str,
+    #[serde(flatten)]
+    exchange: &'a Exchange,
+    prev: &'a str,
+}
+
+/// A seal: the node's signature over the chain up to entry `seq`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Seal {
+    pub seq: u64,
+    /// The hash of entry `seq`.
+    pub head: String,
+    pub time: String,
+    /// ECDSA P-256 SHA-256, fixed-width `r‖s`, lower-case hex.
+    pub signature: String,
+    /// The SPIFFE ID of the node that signed.
+    pub signer: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SealLine {
+    pub(crate) seal: Seal,
+}
+
+pub(crate) const SEAL_PREFIX: &[u8] = b"{\"seal\":";
+
+pub(crate) fn seal_message(seq: u64, head: &str) -> String {
+    format!("{SEAL_CONTEXT}{seq}\n{head}")
+}
+
+/// The entry line for `exchange` as entry `seq` after `prev`, with its newline, and its hash.
+#[cfg(test)]
+pub(crate) fn encode_entry(
+    seq: u64,
+    time: &str,
+    exchange: &Exchange,
+    prev: &str,
+) -> (Vec<u8>, String) {
+    encode_with_fields(seq, time, &ExchangeFields::of(exchange), prev)
+}
+
+/// An exchange as the JSON members of its entry line (without braces): the
+/// part of the line known before its place in the chain, written outside
+/// the log's lock.
+pub(crate) struct ExchangeFields(Vec<u8>);
+
+impl ExchangeFields {
+    pub(crate) fn of(exchange: &Exchange) -> Self {
+        let mut object = serde_json::to_vec(exchange)
+            .expect("an entry of strings and integers always serializes");
+        object.pop(); // `}`
+        object.remove(0); // `{`
+        Self(object)
+    }
+}
+
+/// The bytes serde_json writes for [`Canonical`], put together from their
+/// parts (a unit test holds the two equal): `{"seq":..,"time":..,` the
+/// exchange's members `,"prev":..}`.
+pub(crate) fn encode_with_fields(
+    seq: u64,
+    time: &str,
+    fields: &ExchangeFields,
+    prev: &str,
+) -> (Vec<u8>, String) {
+    let mut line = Vec::with_capacity(fields.0.len() + time.len() + prev.len() + 120);
+    line.extend_from_slice(b"{\"seq\":");
+    line.extend_from_slice(seq.to_string().as_bytes());
+    line.extend_from_slice(b",\"time\":");
+    serde_json::to_writer(&mut line, time).expect("a string always serializes");
+    line.push(b',');
+    line.extend_from_slice(&fields.0);
+    line.extend_from_slice(b",\"prev\":");
+    serde_json::to_writer(&mut line, prev).expect("a string always serializes");
+    line.push(b'}');
+    let hash = hex::encode(Sha256::digest(&line));
+    line.pop(); // the closing brace
+    line.extend_from_slice(b",\"hash\":\"");
+    line.extend_from_slice(hash.as_bytes());
+    line.extend_from_slice(b"\"}\n");
+    (line, hash)
+}
+
+/// Reads an entry line (without its newline) and checks its hash against its bytes.
+pub(crate) fn decode_entry(line: &[u8], number: usize) -> Result<Entry, AuditError> {
+    let entry: Entry = serde_json::from_slice(line).map_err(|e| not_json(number, &e))?;
+    let tampered = |why: &str| AuditError::Tampered {
+        line: number,
+        seq: Some(entry.seq),
+        why: why.to_owned(),
+    };
+    let suffix = format!(",\"hash\":\"{}\"}}", entry.hash);
+    let Some(body) = line.strip_suffix(suffix.as_bytes()) else {
+        return Err(tampered(
+            "not in the form lgsp writes (`hash` must be the last field, with nothing after it)",
+        ));
+    };
+    let mut hasher = Sha256::new();
+    hasher.update(body);
+    hasher.update(b"}");
+    if hex::encode(hasher.finalize()) != entry.hash {
+        return Err(tampered("hash does not match its content"));
+    }
+    Ok(entry)
+}
+
+pub(crate) fn decode_seal(line: &[u8], number: usize) -> Result<Seal, AuditError> {
+    serde_json::from_slice::<SealLine>(line)
+        .map(|l| l.seal)
+        .map_err(|e| not_json(number, &e))
+}
+
+pub(crate) fn not_json(number: usize, error: &serde_json::Error) -> AuditError {
+    let why = if error.is_data() {
+        format!("not a valid entry or seal ({error})")
+    } else {
+        format!("not valid JSON ({error})")
+    };
+    AuditError::Tampered {
+        line: number,
+        seq: None,
+        why,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::{Fixture, exchange};
+    use crate::timestamp::parse_time;
+
+    #[test]
+    fn entry_lines_are_the_bytes_serde_writes_for_the_canonical_form() {
+        let mut tricky = exchange(7);
+        tricky.operation = "tra-cứu \"đặc biệt\"\\\n\t\u{1}".into();
+        tricky.consumer = "Sở Tư pháp".into();
+        for (seq, ex, prev) in [
+            (1, exchange(1), "0".repeat(64)),
+            (u64::MAX, tricky, "ab\"c".to_owned()),
+        ] {
+            let time = "2026-11-27T06:40:00.123Z";
+            let expected = serde_json::to_vec(&Canonical {
+                seq,
+                time,
+                exchange: &ex,
+                prev: &prev,
+            })
+            .unwrap();
+            let (line, hash) = encode_entry(seq, time, &ex, &prev);
+            let body = &line[..line.len() - ",\"hash\":\"\"}\n".len() - hash.len()];
+            assert_eq!(
+                String::from_utf8_lossy(body),
+                String::from_utf8_lossy(&expected[..expected.len() - 1])
+            );
+            assert_eq!(hash, hex::encode(Sha256::digest(&expected)));
+        }
+    }
+
+    #[test]
+    fn entry_line_is_its_canonical_form_plus_hash() {
+        let f = Fixture::new("canonical");
+        let log = f.open();
+        log.append(exchange(1)).unwrap();
+        log.seal().unwrap();
+        let line = &f.lines()[0];
+        let entry: Entry = serde_json::from_str(line).unwrap();
+        let canonical = format!(
+            "{{\"seq\":1,\"time\":\"{}\",\"request_id\":\"req-1\",\"side\":\"provider\",\
+             \"consumer\":\"000.00.12.H62\",\"provider\":\"000.00.15.H62\",\
+             \"service\":\"ho-tich/khai-sinh\",\"operation\":\"query\",\
+             \"request_sha256\":\"{}\",\"response_sha256\":\"{}\",\"status\":\"OK\",\
+             \"latency_us\":1235,\"bytes_in\":100,\"bytes_out\":2048,\"prev\":\"{GENESIS}\"}}",
+            entry.time, entry.request_sha256, entry.response_sha256
+        );
+        assert_eq!(entry.hash, hex::encode(Sha256::digest(&canonical)));
+        assert_eq!(
+            *line,
+            format!(
+                "{},\"hash\":\"{}\"}}",
+                &canonical[..canonical.len() - 1],
+                entry.hash
+            )
+        );
+        assert!(parse_time(&entry.time).is_some());
+        assert_eq!(entry.time.len(), "2025-03-01T01:02:03.456Z".len());
+    }
+}
