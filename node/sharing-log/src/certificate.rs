@@ -73,4 +73,14 @@ mod tests {
         assert_eq!(key.public_key().as_ref(), point.as_slice());
         assert!(public_key_point(&der[..der.len() / 2]).is_err());
     }
+
+    #[test]
+    fn pem_without_a_certificate_is_refused() {
+        let f = Fixture::new("no-cert");
+        assert!(certificates(&f.key).unwrap().is_empty());
+        match first_certificate(&f.key) {
+            Err(AuditError::Cert(why)) => assert_eq!(why, "the PEM holds no CERTIFICATE"),
+            other => panic!("expected a certificate error, got {other:?}"),
+        }
+    }
 }

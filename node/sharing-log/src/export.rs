@@ -147,4 +147,54 @@ mod tests {
             Err(AuditError::EmptyRange { .. })
         ));
     }
+
+    #[test]
+    fn export_leaves_out_seals_and_a_line_being_written() {
+        let f = Fixture::new("export-seals");
+        crate::test_support::sealed_log(&f);
+        let entries: String = f
+            .lines()
+            .iter()
+            .filter(|l| !l.starts_with("{\"seal\""))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let mut file = std::fs::read(f.path()).unwrap();
+        file.extend_from_slice(b"{\"seq\":11,\"ti");
+        std::fs::write(f.path(), file).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(
+            export(&f.path(), &TimeRange::default(), &mut out).unwrap(),
+            10
+        );
+        assert_eq!(String::from_utf8(out).unwrap(), entries);
+    }
+
+    #[test]
+    fn export_names_the_line_whose_time_cannot_be_read() {
+        let f = Fixture::new("export-bad-time");
+        let (l1, h1) = encode_entry(1, "2025-03-01T00:00:00.000Z", &exchange(1), GENESIS);
+        let (l2, _) = encode_entry(2, "hôm qua", &exchange(2), &h1);
+        std::fs::create_dir_all(f.dir()).unwrap();
+        std::fs::write(f.path(), [l1, l2].concat()).unwrap();
+        let error = export(&f.path(), &TimeRange::default(), &mut Vec::new()).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "line 2 (entry 2): malformed time \"hôm qua\""
+        );
+    }
+
+    #[test]
+    fn range_bounds_are_inclusive_to_the_millisecond() {
+        let range = TimeRange::parse(
+            Some("2025-03-01T08:00:00+07:00"),
+            Some("2025-03-01T01:00:00.999Z"),
+        )
+        .unwrap();
+        let start = parse_time("2025-03-01T01:00:00Z").unwrap();
+        assert!(!range.contains(start - 1));
+        assert!(range.contains(start));
+        assert!(range.contains(start + 999));
+        assert!(!range.contains(start + 1000));
+        assert!(TimeRange::default().contains(i64::MIN));
+    }
 }

@@ -256,4 +256,82 @@ mod tests {
         assert!(parse_time(&entry.time).is_some());
         assert_eq!(entry.time.len(), "2025-03-01T01:02:03.456Z".len());
     }
+
+    #[test]
+    fn vietnamese_entry_decodes_to_its_fields_with_diacritics_intact() {
+        let mut ex = exchange(3);
+        ex.consumer = "Sở Tư pháp tỉnh Vĩnh Phúc".into();
+        ex.service = "Đăng ký hộ tịch: khai sinh, kết hôn".into();
+        ex.operation = "truy vấn \"theo số định danh\"".into();
+        let (line, hash) = encode_entry(3, "2025-03-01T01:02:03.456Z", &ex, GENESIS);
+        let text = std::str::from_utf8(&line).unwrap();
+        assert!(
+            text.contains("Sở Tư pháp tỉnh Vĩnh Phúc"),
+            "raw UTF-8, not \\u escapes"
+        );
+        let entry = decode_entry(&line[..line.len() - 1], 1).unwrap();
+        let read_back = Exchange {
+            request_id: entry.request_id,
+            side: entry.side,
+            consumer: entry.consumer,
+            provider: entry.provider,
+            service: entry.service,
+            operation: entry.operation,
+            request_sha256: entry.request_sha256,
+            response_sha256: entry.response_sha256,
+            status: entry.status,
+            latency_us: entry.latency_us,
+            bytes_in: entry.bytes_in,
+            bytes_out: entry.bytes_out,
+        };
+        assert_eq!(read_back, ex);
+        assert_eq!(
+            (
+                entry.seq,
+                entry.time.as_str(),
+                entry.prev.as_str(),
+                entry.hash
+            ),
+            (3, "2025-03-01T01:02:03.456Z", GENESIS, hash)
+        );
+    }
+
+    #[test]
+    fn entry_with_hash_not_last_is_refused_though_its_hash_matches() {
+        let (line, _) = encode_entry(1, "2025-03-01T01:02:03.456Z", &exchange(1), GENESIS);
+        let mut object: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&line).unwrap();
+        let hash = object.shift_remove("hash").unwrap();
+        let mut reordered = serde_json::Map::new();
+        reordered.insert("hash".into(), hash);
+        reordered.extend(object);
+        let line = serde_json::to_vec(&reordered).unwrap();
+        match decode_entry(&line, 4) {
+            Err(AuditError::Tampered { line, seq, why }) => {
+                assert_eq!((line, seq), (4, Some(1)));
+                assert!(why.starts_with("not in the form lgsp writes"), "{why}");
+            }
+            other => panic!("expected the entry to be refused, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn seal_line_round_trips() {
+        let seal = Seal {
+            seq: 42,
+            head: "ab".repeat(32),
+            time: "2025-03-01T01:02:03.456Z".into(),
+            signature: "cd".repeat(64),
+            signer: "spiffe://vinhphuc.gov.vn/agency/000.00.12.H62/node/node-1".into(),
+        };
+        let line = serde_json::to_vec(&SealLine { seal: seal.clone() }).unwrap();
+        assert!(line.starts_with(SEAL_PREFIX));
+        assert_eq!(decode_seal(&line, 1).unwrap(), seal);
+    }
+
+    #[test]
+    fn seal_message_binds_the_number_and_the_head() {
+        assert_eq!(seal_message(7, "abc"), "lgsp-sharing-log-seal\n7\nabc");
+        assert_ne!(seal_message(17, "abc"), seal_message(1, "7abc"));
+    }
 }

@@ -134,4 +134,114 @@ mod tests {
         assert_eq!(parse_time("2024-02-30T00:00:00Z"), None);
         assert_eq!(parse_time("2024-03-01T24:00:00Z"), None);
     }
+
+    fn bound(s: &str, end_of_day: bool) -> i64 {
+        parse_bound(s, end_of_day).unwrap()
+    }
+
+    #[test]
+    fn leap_days_exist_only_in_leap_years() {
+        for leap in ["2024-02-29", "2000-02-29", "1600-02-29"] {
+            assert!(parse_bound(leap, false).is_ok(), "{leap}");
+            assert_eq!(
+                bound(leap, true) + 1,
+                bound(&format!("{}-03-01", &leap[..4]), false),
+                "{leap} is the day before 1 March"
+            );
+        }
+        for not_leap in ["2023-02-29", "1900-02-29", "2100-02-29", "2024-02-30"] {
+            assert!(parse_bound(not_leap, false).is_err(), "{not_leap}");
+            assert_eq!(parse_time(&format!("{not_leap}T12:00:00Z")), None);
+        }
+        assert_eq!(parse_time("2024-02-29T12:00:00Z"), Some(1_709_208_000_000));
+    }
+
+    #[test]
+    fn a_date_bound_covers_its_whole_day_in_utc() {
+        assert_eq!(
+            bound("2025-03-01", false),
+            parse_time("2025-03-01T00:00:00.000Z").unwrap()
+        );
+        assert_eq!(
+            bound("2025-03-01", true),
+            parse_time("2025-03-01T23:59:59.999Z").unwrap()
+        );
+        assert_eq!(bound("2024-12-31", true) + 1, bound("2025-01-01", false));
+        assert_eq!(
+            bound(" 1970-01-01 ", false),
+            0,
+            "spaces around a bound are ignored"
+        );
+    }
+
+    #[test]
+    fn offsets_fractions_and_leap_seconds_are_read() {
+        let utc = parse_time("2025-03-01T01:00:00Z").unwrap();
+        assert_eq!(parse_time("2025-03-01T08:00:00+07:00"), Some(utc));
+        assert_eq!(parse_time("2025-02-28T19:30:00-05:30"), Some(utc));
+        assert_eq!(parse_time("2025-03-01 01:00:00z"), Some(utc));
+        assert_eq!(parse_time("2025-03-01t01:00:00.5Z"), Some(utc + 500));
+        assert_eq!(parse_time("2025-03-01T01:00:00.123999Z"), Some(utc + 123));
+        assert_eq!(
+            parse_time("2025-03-01T00:59:60Z"),
+            Some(utc),
+            "a leap second"
+        );
+        assert_eq!(
+            parse_time("0000-01-01T00:00:00Z"),
+            Some(-62_167_219_200_000),
+            "year 0 of the proleptic calendar"
+        );
+    }
+
+    #[test]
+    fn junk_times_are_refused_naming_the_bound() {
+        for junk in [
+            "",
+            "1/3/2025",
+            "2025-3-01",
+            "2025-13-01",
+            "2025-00-10",
+            "2025-03-00",
+            "2025-03-01T08:00:00",
+            "2025-03-01T08:00Z",
+            "2025-03-01T24:00:00Z",
+            "2025-03-01T08:60:00Z",
+            "2025-03-01T08:00:61Z",
+            "2025-03-01T08:00:00.Z",
+            "2025-03-01T08:00:00+7:00",
+            "2025-03-01T08:00:00+24:00",
+            "2025-03-01T08:00:00+07:60",
+            "2025-03-01T08:00:00+0700",
+            "2025-03-01T08:00:00Z ago",
+            "2025-03-01x08:00:00Z",
+            "２０２５-03-01",
+            "ngày 1/3/25",
+        ] {
+            match parse_bound(junk, false) {
+                Err(AuditError::BadTime(s)) => assert_eq!(s, junk.trim()),
+                other => panic!("{junk:?} should be refused, got {other:?}"),
+            }
+        }
+        assert!(
+            AuditError::BadTime("1/3/2025".into())
+                .to_string()
+                .starts_with("malformed time \"1/3/2025\": expected RFC 3339")
+        );
+    }
+
+    #[test]
+    fn times_are_written_in_utc_with_three_digits_of_milliseconds() {
+        assert_eq!(format_utc(at_ms(5)), "1970-01-01T00:00:00.005Z");
+        assert_eq!(format_utc(at_ms(-1)), "1969-12-31T23:59:59.999Z");
+        assert_eq!(
+            format_utc(at_ms(1_709_208_000_000).to_offset(UtcOffset::from_hms(7, 0, 0).unwrap())),
+            "2024-02-29T12:00:00.000Z"
+        );
+        assert_eq!(
+            format_utc(OffsetDateTime::from_unix_timestamp_nanos(1_999_999).unwrap()),
+            "1970-01-01T00:00:00.001Z",
+            "cut, not rounded"
+        );
+    }
 }

@@ -361,4 +361,93 @@ mod tests {
         assert_eq!(group(0), "0");
         assert_eq!(group(123_456), "123,456");
     }
+
+    #[test]
+    fn rewritten_middle_entry_is_named_by_its_line() {
+        let f = Fixture::new("rewritten");
+        let log = f.open();
+        for n in 1..=3 {
+            log.append(exchange(n)).unwrap();
+        }
+        drop(log);
+        let mut lines = f.lines();
+        lines[1] = lines[1].replace(
+            "\"consumer\":\"000.00.12.H62\"",
+            "\"consumer\":\"Sở Nội vụ\"",
+        );
+        f.write_lines(&lines);
+        let message = f.verify().unwrap_err().to_string();
+        assert_eq!(message, "line 2 (entry 2): hash does not match its content");
+    }
+
+    #[test]
+    fn entry_rewritten_with_its_own_hash_breaks_the_chain_at_the_next_line() {
+        let f = Fixture::new("chain");
+        sealed_log(&f);
+        let mut lines = f.lines();
+        // Entry 3 (line 3) changed and given a correct hash of its own: its line reads
+        // as valid, entry 4's `prev` still names the old hash.
+        let old: Entry = serde_json::from_str(&lines[2]).unwrap();
+        let mut ex = exchange(3);
+        ex.status = "NOT_FOUND".into();
+        let (line, _) = encode_entry(3, &old.time, &ex, &old.prev);
+        lines[2] = String::from_utf8(line).unwrap().trim_end().to_owned();
+        f.write_lines(&lines);
+        let (line, seq, why) = tampered(f.verify());
+        assert_eq!((line, seq), (4, Some(4)));
+        assert_eq!(
+            why,
+            "prev does not match the hash of entry 3 (entries reordered or removed)"
+        );
+    }
+
+    #[test]
+    fn first_entry_must_start_from_genesis() {
+        let f = Fixture::new("genesis");
+        std::fs::create_dir_all(f.dir()).unwrap();
+        let (line, _) = encode_entry(1, "2025-03-01T00:00:00.000Z", &exchange(1), &"1".repeat(64));
+        std::fs::write(f.path(), line).unwrap();
+        let (line, seq, why) = tampered(f.verify());
+        assert_eq!((line, seq), (1, Some(1)));
+        assert_eq!(why, format!("entry 1 must have prev {GENESIS}"));
+    }
+
+    #[test]
+    fn seal_signature_that_is_not_hex_is_refused() {
+        let f = Fixture::new("not-hex");
+        sealed_log(&f);
+        let mut lines = f.lines();
+        let mut seal: SealLine = serde_json::from_str(&lines[4]).unwrap();
+        seal.seal.signature = "not a signature".into();
+        lines[4] = serde_json::to_string(&seal).unwrap();
+        f.write_lines(&lines);
+        let (line, seq, why) = tampered(f.verify());
+        assert_eq!((line, seq), (5, None));
+        assert!(
+            why.starts_with("seal of entry 4 has a bad signature"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn seal_before_any_entry_is_refused() {
+        let f = Fixture::new("seal-first");
+        sealed_log(&f);
+        let mut lines = f.lines();
+        lines.drain(..4); // entries 1-4: the seal of entry 4 comes first
+        f.write_lines(&lines);
+        let (line, seq, why) = tampered(f.verify());
+        assert_eq!((line, seq), (1, None));
+        assert_eq!(why, "seal of entry 4 comes before any entry");
+    }
+
+    #[test]
+    fn verify_without_a_certificate_is_refused() {
+        let f = Fixture::new("no-cert");
+        sealed_log(&f);
+        match verify(&f.path(), &f.key) {
+            Err(AuditError::Cert(why)) => assert_eq!(why, "the PEM holds no CERTIFICATE"),
+            other => panic!("expected a certificate error, got {other:?}"),
+        }
+    }
 }

@@ -469,4 +469,47 @@ mod tests {
             "spiffe://vinhphuc.gov.vn/agency/000.00.12.H62/node/node-1"
         );
     }
+
+    #[test]
+    fn log_holding_only_a_torn_line_restarts_at_entry_one() {
+        let f = Fixture::new("torn-only");
+        std::fs::create_dir_all(f.dir()).unwrap();
+        std::fs::write(f.path(), b"{\"seq\":1,\"time\":\"2025-03-01T0").unwrap();
+        let log = f.open();
+        assert!(
+            std::fs::read(f.path()).unwrap().is_empty(),
+            "torn line cut off"
+        );
+        assert_eq!(log.append(exchange(1)).unwrap(), 1);
+        assert_eq!(log.seal().unwrap(), Some(1));
+        drop(log);
+        let entry: crate::Entry = serde_json::from_str(&f.lines()[0]).unwrap();
+        assert_eq!(entry.prev, GENESIS);
+        assert_eq!(f.verify().unwrap().last_sealed, Some(1));
+    }
+
+    #[test]
+    fn entries_written_are_stamped_with_the_time_in_utc_milliseconds() {
+        let f = Fixture::new("stamp");
+        let log = f.open();
+        log.append(exchange(1)).unwrap();
+        log.seal().unwrap();
+        drop(log);
+        let entry: crate::Entry = serde_json::from_str(&f.lines()[0]).unwrap();
+        let written = crate::timestamp::parse_time(&entry.time).unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        assert!(
+            (0..60_000).contains(&(now - written)),
+            "{} vs now",
+            entry.time
+        );
+        assert!(
+            entry.time.ends_with('Z') && entry.time.len() == 24,
+            "{}",
+            entry.time
+        );
+    }
 }
