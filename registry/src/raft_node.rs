@@ -395,6 +395,7 @@ impl Driver {
             }
             Request::Step(messages) => {
                 for m in messages {
+                    #[cfg(feature = "faults")]
                     if self.transport.faults.blocks(m.from) {
                         continue;
                     }

@@ -7,7 +7,9 @@ use crate::error::RegistryError;
 use crate::raft_node::{self, LoopConfig, RaftHandle};
 use crate::service::{PeerService, RegistryService};
 use crate::storage::RaftStore;
-use crate::transport::{Faults, Transport};
+#[cfg(feature = "faults")]
+use crate::transport::Faults;
+use crate::transport::Transport;
 use lgsp_certs::inspect::CertInfo;
 use lgsp_certs::{Authenticator, Credentials, Role, ServerTls, WhoAmI};
 use lgsp_proto::catalog_record::Value;
@@ -30,6 +32,7 @@ pub struct RegistryServer {
     peer_addr: SocketAddr,
     raft: RaftHandle,
     tls: Arc<ServerTls>,
+    #[cfg(feature = "faults")]
     faults: Arc<Faults>,
     shutdown: tokio::sync::watch::Sender<bool>,
     consensus: Option<JoinHandle<Result<(), RegistryError>>>,
@@ -84,6 +87,7 @@ impl RegistryServer {
 
         let (reports_tx, reports_rx) = tokio::sync::mpsc::unbounded_channel();
         let transport = Arc::new(Transport::new(config.id, creds.clone(), reports_tx));
+        #[cfg(feature = "faults")]
         let faults = transport.faults.clone();
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
         let (raft, consensus) = raft_node::start(
@@ -177,6 +181,7 @@ impl RegistryServer {
             peer_addr,
             raft,
             tls,
+            #[cfg(feature = "faults")]
             faults,
             shutdown,
             consensus: Some(consensus),
@@ -203,6 +208,7 @@ impl RegistryServer {
     }
 
     /// Network faults for tests: isolate this server from some peers.
+    #[cfg(feature = "faults")]
     pub fn faults(&self) -> &Arc<Faults> {
         &self.faults
     }

@@ -10,8 +10,12 @@ use lgsp_certs::Credentials;
 use lgsp_proto::RaftBatch;
 use lgsp_proto::registry_peer_client::RegistryPeerClient;
 use raft::eraftpb::{Message, MessageType};
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, RwLock};
+use std::collections::HashMap;
+#[cfg(feature = "faults")]
+use std::collections::HashSet;
+#[cfg(feature = "faults")]
+use std::sync::Arc;
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -23,12 +27,15 @@ pub enum Report {
 }
 
 /// Network faults injected by tests: messages to and from isolated peers
-/// are dropped on this server.
+/// are dropped on this server. Behind the `faults` feature, so that a
+/// production server takes no lock per Raft message to ask.
+#[cfg(feature = "faults")]
 #[derive(Debug, Default)]
 pub struct Faults {
     isolated: RwLock<HashSet<u64>>,
 }
 
+#[cfg(feature = "faults")]
 impl Faults {
     /// Drops all traffic between this server and `peers`.
     pub fn isolate(&self, peers: &[u64]) {
@@ -56,6 +63,7 @@ pub struct Transport {
     /// The server's runtime, where sending tasks run (the consensus loop
     /// calls `send` from a thread of its own).
     runtime: tokio::runtime::Handle,
+    #[cfg(feature = "faults")]
     pub faults: Arc<Faults>,
 }
 
@@ -71,6 +79,7 @@ impl Transport {
             queues: Mutex::new(HashMap::new()),
             reports,
             runtime: tokio::runtime::Handle::current(),
+            #[cfg(feature = "faults")]
             faults: Arc::new(Faults::default()),
         }
     }
@@ -89,6 +98,7 @@ impl Transport {
     pub fn send(&self, messages: Vec<Message>) {
         for msg in messages {
             let to = msg.to;
+            #[cfg(feature = "faults")]
             if self.faults.blocks(to) {
                 continue;
             }
@@ -124,6 +134,7 @@ impl Transport {
             self.creds.clone(),
             rx,
             self.reports.clone(),
+            #[cfg(feature = "faults")]
             self.faults.clone(),
         ));
         queues.insert(to, (address, tx.clone()));
@@ -137,7 +148,7 @@ async fn peer_sender(
     creds: Credentials,
     mut rx: mpsc::Receiver<Message>,
     reports: mpsc::UnboundedSender<Report>,
-    faults: Arc<Faults>,
+    #[cfg(feature = "faults")] faults: Arc<Faults>,
 ) {
     let endpoint = match lgsp_certs::tls::client_endpoint(&address, &creds, None) {
         Ok(e) => e.timeout(Duration::from_secs(5)),
@@ -158,6 +169,7 @@ async fn peer_sender(
                 Err(_) => break,
             }
         }
+        #[cfg(feature = "faults")]
         if faults.blocks(to) {
             continue;
         }
