@@ -7,13 +7,13 @@
 //! committed entry is applied (the authoritative, deterministic decision,
 //! since the catalog may have changed in between).
 //!
-//! Keys (in the same sled tree as the raft state, see `storage.rs`):
+//! Keys (in the same key-value store as the raft state, see `storage.rs`):
 //! `c:<kind>:<key>` records, `w:<revision BE>` history events, `s:rev` the
 //! revision, `s:compact_rev` the oldest revision in the history,
 //! `s:member:<id BE>` members' addresses.
 
 use crate::error::{CatalogError, RegistryError};
-use crate::storage::{KvRead, Staged, storage_err, u64_value};
+use crate::kv::{Kv, KvRead, Staged, read_u64};
 use lgsp_certs::identity::{AgencyCode, Role, SpiffeId, validate_name};
 use lgsp_proto::catalog_record::Value;
 use lgsp_proto::command::Op;
@@ -60,12 +60,16 @@ fn member_key(id: u64) -> Vec<u8> {
 
 /// The current catalog revision.
 pub fn revision(db: &impl KvRead) -> u64 {
-    u64_value(db.read(REVISION).ok().flatten())
+    read_u64(db, REVISION).ok().flatten().unwrap_or(0)
 }
 
 /// The oldest revision a watch can start from.
-pub fn compact_revision(db: &sled::Db) -> u64 {
-    u64_value(db.get(COMPACT_REVISION).ok().flatten()).max(1)
+pub fn compact_revision(db: &Kv) -> u64 {
+    read_u64(db, COMPACT_REVISION)
+        .ok()
+        .flatten()
+        .unwrap_or(0)
+        .max(1)
 }
 
 /// Reads one record.
@@ -74,9 +78,10 @@ pub fn get(
     kind: RecordKind,
     key: &str,
 ) -> Result<Option<CatalogRecord>, RegistryError> {
-    match db.read(&record_db_key(kind, key)).map_err(storage_err)? {
+    match db.read(&record_db_key(kind, key))? {
         Some(v) => Ok(Some(
-            CatalogRecord::decode(v.as_ref()).map_err(|e| RegistryError::Storage(e.to_string()))?,
+            CatalogRecord::decode(v.as_slice())
+                .map_err(|e| RegistryError::Storage(e.to_string()))?,
         )),
         None => Ok(None),
     }
@@ -95,7 +100,7 @@ pub struct ListQuery {
 
 /// One page of records of a kind, in key order; the token is the last key
 /// returned when more may follow.
-pub fn list(db: &sled::Db, q: &ListQuery) -> Result<(Vec<CatalogRecord>, String), CatalogError> {
+pub fn list(db: &Kv, q: &ListQuery) -> Result<(Vec<CatalogRecord>, String), CatalogError> {
     let kind = RecordKind::try_from(q.kind)
         .ok()
         .filter(|k| *k != RecordKind::Unspecified)
@@ -114,13 +119,13 @@ pub fn list(db: &sled::Db, q: &ListQuery) -> Result<(Vec<CatalogRecord>, String)
         k
     };
     let mut out = Vec::new();
-    for item in db.range(start..) {
+    for item in db.range(&start, None) {
         let (k, v) = item.map_err(|e| CatalogError::Internal(e.to_string()))?;
         if !k.starts_with(&prefix) {
             break;
         }
-        let record =
-            CatalogRecord::decode(v.as_ref()).map_err(|e| CatalogError::Internal(e.to_string()))?;
+        let record = CatalogRecord::decode(v.as_slice())
+            .map_err(|e| CatalogError::Internal(e.to_string()))?;
         if let Some(Value::Service(s)) = &record.value {
             if q.service_status != 0 && s.status != q.service_status {
                 continue;
@@ -515,46 +520,43 @@ pub fn apply(batch: &mut Staged, checked: Checked) -> (Option<CatalogRecord>, Wa
         record: Some(event_record),
     };
     batch.insert(history_key(rev), event.encode_to_vec());
-    batch.insert(REVISION, &rev.to_be_bytes());
+    batch.insert(REVISION, rev.to_be_bytes());
     (record, event)
 }
 
 /// History events from `from` on, in order, up to the current revision.
-pub fn history(db: &sled::Db, from: u64) -> impl Iterator<Item = WatchEvent> + '_ {
-    db.range(history_key(from)..)
+pub fn history(db: &Kv, from: u64) -> impl Iterator<Item = WatchEvent> + '_ {
+    db.range(&history_key(from), None)
         .take_while(|item| {
             item.as_ref()
                 .is_ok_and(|(k, _)| k.starts_with(HISTORY_PREFIX))
         })
         .filter_map(|item| item.ok())
-        .filter_map(|(_, v)| WatchEvent::decode(v.as_ref()).ok())
+        .filter_map(|(_, v)| WatchEvent::decode(v.as_slice()).ok())
 }
 
 /// Drops history older than the newest `keep` events, at most `most` at a
 /// time.
-pub fn compact_history(db: &sled::Db, keep: u64, most: u64) -> Result<(), RegistryError> {
+pub fn compact_history(db: &Kv, keep: u64, most: u64) -> Result<(), RegistryError> {
     let rev = revision(db);
     let oldest = compact_revision(db);
     if rev < keep || rev - keep <= oldest {
         return Ok(());
     }
     // In steps of a sixteenth of the history (one event per write would
-    // cost a sled batch, so a disk write, per write), never more than
+    // cost a batch, so a disk write, per write), never more than
     // `most` (deleting more would stall the consensus loop).
     let step = (keep / 16).clamp(1, most.max(1));
     if rev - keep + 1 - oldest < step {
         return Ok(());
     }
     let new_oldest = (rev - keep + 1).min(oldest + most.max(1));
-    let mut batch = sled::Batch::default();
-    for key in db
-        .range(history_key(oldest)..history_key(new_oldest))
-        .keys()
-    {
-        batch.remove(key.map_err(storage_err)?);
+    let mut batch = Staged::new(db);
+    for item in db.range(&history_key(oldest), Some(&history_key(new_oldest))) {
+        batch.remove(item?.0);
     }
-    batch.insert(COMPACT_REVISION, &new_oldest.to_be_bytes());
-    db.apply_batch(batch).map_err(storage_err)
+    batch.insert(COMPACT_REVISION, new_oldest.to_be_bytes());
+    Ok(batch.commit()?)
 }
 
 /// Records members' addresses.
@@ -567,21 +569,21 @@ pub fn remove_member(batch: &mut Staged, id: u64) {
 }
 
 /// Every member whose address this server knows.
-pub fn members(db: &sled::Db) -> Vec<Member> {
+pub fn members(db: &Kv) -> Vec<Member> {
     db.scan_prefix(MEMBER_PREFIX)
-        .values()
-        .filter_map(|v| v.ok())
-        .filter_map(|v| Member::decode(v.as_ref()).ok())
+        .filter_map(|item| item.ok())
+        .filter_map(|(_, v)| Member::decode(v.as_slice()).ok())
         .collect()
 }
 
 /// The whole state machine, encoded, for a raft snapshot.
-pub fn snapshot_data(db: &sled::Db) -> Result<Vec<u8>, RegistryError> {
+pub fn snapshot_data(db: &Kv) -> Result<Vec<u8>, RegistryError> {
     let mut records = Vec::new();
-    for item in db.scan_prefix(RECORD_PREFIX).values() {
-        let v = item.map_err(storage_err)?;
+    for item in db.scan_prefix(RECORD_PREFIX) {
+        let (_, v) = item?;
         records.push(
-            CatalogRecord::decode(v.as_ref()).map_err(|e| RegistryError::Storage(e.to_string()))?,
+            CatalogRecord::decode(v.as_slice())
+                .map_err(|e| RegistryError::Storage(e.to_string()))?,
         );
     }
     Ok(CatalogSnapshot {
@@ -594,17 +596,12 @@ pub fn snapshot_data(db: &sled::Db) -> Result<Vec<u8>, RegistryError> {
 
 /// Replaces the state machine with a snapshot's, in `batch`. The history
 /// restarts after the snapshot's revision: older watchers must reload.
-pub fn restore(
-    db: &sled::Db,
-    batch: &mut sled::Batch,
-    data: &[u8],
-    _index: u64,
-) -> Result<(), RegistryError> {
+pub fn restore(db: &Kv, batch: &mut Staged, data: &[u8], _index: u64) -> Result<(), RegistryError> {
     let snapshot = CatalogSnapshot::decode(data)
         .map_err(|e| RegistryError::Storage(format!("snapshot from the leader is damaged: {e}")))?;
     for prefix in [RECORD_PREFIX, HISTORY_PREFIX, MEMBER_PREFIX] {
-        for key in db.scan_prefix(prefix).keys() {
-            batch.remove(key.map_err(storage_err)?);
+        for item in db.scan_prefix(prefix) {
+            batch.remove(item?.0);
         }
     }
     for record in &snapshot.records {
@@ -614,7 +611,7 @@ pub fn restore(
     for member in &snapshot.members {
         batch.insert(member_key(member.id), member.encode_to_vec());
     }
-    batch.insert(REVISION, &snapshot.revision.to_be_bytes());
-    batch.insert(COMPACT_REVISION, &(snapshot.revision + 1).to_be_bytes());
+    batch.insert(REVISION, snapshot.revision.to_be_bytes());
+    batch.insert(COMPACT_REVISION, (snapshot.revision + 1).to_be_bytes());
     Ok(())
 }

@@ -20,6 +20,19 @@ pub enum CatalogError {
     Internal(String),
 }
 
+/// A read or write of the key-value store failed, or what it read is not
+/// what the registry wrote: never replaced by a default, since a default
+/// hard state or applied index would make a server vote or apply again.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The storage engine itself failed (I/O, corruption it detected).
+    #[error("storage engine: {0}")]
+    Engine(String),
+    /// The value under `key` cannot be decoded.
+    #[error("the value under {key:?} is damaged: {reason}")]
+    Damaged { key: String, reason: String },
+}
+
 /// Everything a registry server can fail at.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -27,6 +40,8 @@ pub enum RegistryError {
     Catalog(#[from] CatalogError),
     #[error("storage: {0}")]
     Storage(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("raft: {0}")]
     Raft(String),
     /// No leader is known or reachable; the request was not applied.

@@ -1,7 +1,8 @@
 //! The registry: the province's shared service catalog, replicated with Raft
 //! (tikv raft-rs) over sled storage, served over gRPC with mutual TLS.
 //!
-//! - [`storage`]: raft log and state in sled behind raft-rs' `Storage`.
+//! - [`kv`]: the key-value store trait, with [`sled_kv`] and [`mem_kv`].
+//! - [`storage`]: raft log and state behind raft-rs' `Storage`.
 //! - [`catalog`]: the state machine: records, revisions, history.
 //! - [`raft_node`]: the consensus loop.
 //! - [`transport`]: Raft messages between servers.
@@ -17,16 +18,19 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod keys;
+pub mod kv;
+pub mod mem_kv;
 mod raft_log;
 pub mod raft_node;
 pub mod server;
 pub mod service;
+pub mod sled_kv;
 pub mod storage;
 pub mod transport;
 
 pub use catalog_client::{Catalog, Publication, Validity};
 pub use client::RegistryClient;
 pub use config::RegistryConfig;
-pub use error::{CatalogError, RegistryError};
+pub use error::{CatalogError, RegistryError, StoreError};
 pub use keys::{GrantKey, KeyError, NodeKey, ServiceId};
 pub use server::RegistryServer;

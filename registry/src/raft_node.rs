@@ -18,7 +18,8 @@
 
 use crate::catalog;
 use crate::error::{CatalogError, RegistryError};
-use crate::storage::{APPLIED, RaftStore, Staged};
+use crate::kv::{Kv, Staged};
+use crate::storage::{APPLIED, RaftStore};
 use crate::transport::{Report, Transport};
 use lgsp_certs::SpiffeId;
 use lgsp_proto::{
@@ -76,12 +77,12 @@ enum Request {
 pub struct RaftHandle {
     tx: mpsc::Sender<Request>,
     events: broadcast::Sender<WatchEvent>,
-    db: sled::Db,
+    db: Kv,
     pub id: u64,
 }
 
 impl RaftHandle {
-    pub fn db(&self) -> &sled::Db {
+    pub fn db(&self) -> &Kv {
         &self.db
     }
 
@@ -697,7 +698,7 @@ impl Driver {
         entries: Vec<Entry>,
     ) -> Result<(), RegistryError> {
         for entry in entries {
-            batch.insert(APPLIED, &entry.index.to_be_bytes());
+            batch.insert(APPLIED, entry.index.to_be_bytes());
             match entry.get_entry_type() {
                 EntryType::EntryNormal if entry.data.is_empty() => {}
                 EntryType::EntryNormal => self.apply_proposal(&entry, batch),
@@ -790,7 +791,7 @@ impl Driver {
 }
 
 /// Members in the configuration, with the addresses this server knows.
-fn members_of(db: &sled::Db, voters: &[u64], learners: &[u64]) -> Vec<Member> {
+fn members_of(db: &Kv, voters: &[u64], learners: &[u64]) -> Vec<Member> {
     let known: HashMap<u64, Member> = catalog::members(db)
         .into_iter()
         .map(|m| (m.id, m))

@@ -66,7 +66,7 @@ impl RegistryServer {
                     "empty data directory: joining, waiting for a snapshot from the leader"
                 );
             } else {
-                let mut batch = crate::storage::Staged::new(store.db());
+                let mut batch = crate::kv::Staged::new(store.db());
                 for p in &config.peers {
                     catalog::put_member(
                         &mut batch,
@@ -244,7 +244,7 @@ async fn wait_for(mut rx: tokio::sync::watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
-fn current_crl(db: &sled::Db) -> Option<Vec<u8>> {
+fn current_crl(db: &crate::kv::Kv) -> Option<Vec<u8>> {
     match catalog::get(db, RecordKind::Crl, "current")
         .ok()
         .flatten()?

@@ -4,6 +4,7 @@
 
 use crate::catalog::{self, ListQuery};
 use crate::error::{CatalogError, RegistryError};
+use crate::kv::Kv;
 use crate::raft_node::{MembershipOp, RaftHandle};
 use lgsp_certs::{Peer, Role};
 use lgsp_proto::registry_peer_server::RegistryPeer;
@@ -177,7 +178,7 @@ impl Registry for RegistryService {
 /// Sends every change from `from` on: the stored history first, then live
 /// events, re-reading the history whenever the live feed skips or lags.
 async fn stream_changes(
-    db: sled::Db,
+    db: Kv,
     from: u64,
     mut live: broadcast::Receiver<WatchEvent>,
     tx: mpsc::Sender<Result<WatchEvent, Status>>,

@@ -1,8 +1,9 @@
-//! Raft's log and state in sled, behind raft-rs' `Storage` trait.
+//! Raft's log and state in the key-value store, behind raft-rs' `Storage`
+//! trait.
 //!
-//! Everything a registry server keeps is in one sled tree under key
-//! prefixes, so that one `sled::Batch` changes raft state and catalog state
-//! together, atomically:
+//! Everything a registry server keeps is in one [`Kv`] under key prefixes,
+//! so that one batch changes raft state and catalog state together,
+//! atomically:
 //!
 //! | key | value |
 //! |---|---|
@@ -21,10 +22,12 @@
 
 use crate::catalog;
 use crate::error::RegistryError;
+use crate::kv::read_u64;
+use crate::kv::{Kv, Staged};
+use crate::sled_kv::SledKv;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -44,79 +47,10 @@ fn fatal(e: impl std::fmt::Display) -> raft::Error {
     raft::Error::Store(StorageError::Other(e.to_string().into()))
 }
 
-pub(crate) fn u64_value(v: Option<sled::IVec>) -> u64 {
-    v.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-        .map(u64::from_be_bytes)
-        .unwrap_or(0)
-}
-
-/// Reading a key, from the database or from writes staged over it.
-pub trait KvRead {
-    fn read(&self, key: &[u8]) -> Result<Option<sled::IVec>, sled::Error>;
-}
-
-impl KvRead for sled::Db {
-    fn read(&self, key: &[u8]) -> Result<Option<sled::IVec>, sled::Error> {
-        self.get(key)
-    }
-}
-
-/// Writes staged for one atomic sled batch, visible to reads through the
-/// stage before they are committed. The consensus loop applies a whole
-/// Ready (new entries, hard state, every committed entry) as one batch:
-/// sled writes and syncs its log on every batch, so one batch per entry
-/// would cost one disk write per entry.
-#[derive(Debug)]
-pub struct Staged {
-    db: sled::Db,
-    writes: BTreeMap<Vec<u8>, Option<sled::IVec>>,
-}
-
-impl Staged {
-    pub fn new(db: &sled::Db) -> Self {
-        Self {
-            db: db.clone(),
-            writes: BTreeMap::new(),
-        }
-    }
-
-    pub fn insert(&mut self, key: impl Into<Vec<u8>>, value: impl Into<sled::IVec>) {
-        self.writes.insert(key.into(), Some(value.into()));
-    }
-
-    pub fn remove(&mut self, key: impl Into<Vec<u8>>) {
-        self.writes.insert(key.into(), None);
-    }
-
-    /// Applies every staged write atomically (nothing when none is staged).
-    pub fn commit(self) -> Result<(), RegistryError> {
-        if self.writes.is_empty() {
-            return Ok(());
-        }
-        let mut batch = sled::Batch::default();
-        for (key, value) in self.writes {
-            match value {
-                Some(v) => batch.insert(key, v),
-                None => batch.remove(key),
-            }
-        }
-        self.db.apply_batch(batch).map_err(storage_err)
-    }
-}
-
-impl KvRead for Staged {
-    fn read(&self, key: &[u8]) -> Result<Option<sled::IVec>, sled::Error> {
-        match self.writes.get(key) {
-            Some(staged) => Ok(staged.clone()),
-            None => self.db.get(key),
-        }
-    }
-}
-
 /// The raft log and state of one registry server.
 #[derive(Clone, Debug)]
 pub struct RaftStore {
-    db: sled::Db,
+    db: Kv,
     /// The compaction point (index, term) as `r:snap` holds it: raft-rs asks
     /// for the first index on every pass of the consensus loop, so it is
     /// kept in memory too, changed only after the batch that writes it.
@@ -128,26 +62,27 @@ impl RaftStore {
     pub fn open(dir: &Path) -> Result<Self, RegistryError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| RegistryError::Storage(format!("{}: {e}", dir.display())))?;
-        let db = sled::Config::new()
-            .path(dir.join("registry.sled"))
-            .mode(sled::Mode::HighThroughput)
-            .open()
+        let engine = SledKv::open(&dir.join("registry.sled"))
             .map_err(|e| RegistryError::Storage(format!("{}: {e}", dir.display())))?;
-        let meta: SnapshotMetadata = decode(db.get(SNAP_META).map_err(storage_err)?);
+        Self::new(Kv::new(engine))
+    }
+
+    /// A store over `db`, as it was left.
+    pub fn new(db: Kv) -> Result<Self, RegistryError> {
+        let meta: SnapshotMetadata = decode(db.get(SNAP_META)?);
         Ok(Self {
             db,
             compacted: Arc::new(RwLock::new((meta.index, meta.term))),
         })
     }
 
-    pub fn db(&self) -> &sled::Db {
+    pub fn db(&self) -> &Kv {
         &self.db
     }
 
     /// Whether this store has ever held raft state.
     pub fn is_initialized(&self) -> Result<bool, RegistryError> {
-        Ok(self.db.contains_key(CONF_STATE).map_err(storage_err)?
-            || self.db.contains_key(HARD_STATE).map_err(storage_err)?)
+        Ok(self.db.contains_key(CONF_STATE)? || self.db.contains_key(HARD_STATE)?)
     }
 
     /// Writes the identical starting state every founding member of a new
@@ -164,19 +99,19 @@ impl RaftStore {
         let mut hs = HardState::default();
         hs.term = 1;
         hs.commit = 1;
-        let mut batch = sled::Batch::default();
+        let mut batch = Staged::new(&self.db);
         batch.insert(SNAP_META, encode(&meta));
         batch.insert(CONF_STATE, encode(&cs));
         batch.insert(HARD_STATE, encode(&hs));
-        batch.insert(APPLIED, &1u64.to_be_bytes());
-        self.db.apply_batch(batch).map_err(storage_err)?;
+        batch.insert(APPLIED, 1u64.to_be_bytes());
+        batch.commit()?;
         self.set_compacted(1, 1);
         self.flush()
     }
 
     /// Makes every write so far durable.
     pub fn flush(&self) -> Result<(), RegistryError> {
-        self.db.flush().map(drop).map_err(storage_err)
+        Ok(self.db.flush()?)
     }
 
     pub fn hard_state(&self) -> HardState {
@@ -203,15 +138,14 @@ impl RaftStore {
     }
 
     pub fn applied(&self) -> u64 {
-        u64_value(self.db.get(APPLIED).ok().flatten())
+        read_u64(&self.db, APPLIED).ok().flatten().unwrap_or(0)
     }
 
     fn last_entry_index(&self) -> Option<u64> {
         self.db
-            .scan_prefix(ENTRY_PREFIX)
-            .keys()
-            .next_back()
-            .and_then(|k| k.ok())
+            .last_key(ENTRY_PREFIX)
+            .ok()
+            .flatten()
             .and_then(|k| <[u8; 8]>::try_from(&k[ENTRY_PREFIX.len()..]).ok())
             .map(u64::from_be_bytes)
     }
@@ -244,9 +178,9 @@ impl RaftStore {
     /// the leader, in one atomic batch.
     pub fn install_snapshot(&self, snapshot: &Snapshot) -> Result<(), RegistryError> {
         let meta = snapshot.get_metadata();
-        let mut batch = sled::Batch::default();
-        for key in self.db.scan_prefix(ENTRY_PREFIX).keys() {
-            batch.remove(key.map_err(storage_err)?);
+        let mut batch = Staged::new(&self.db);
+        for item in self.db.scan_prefix(ENTRY_PREFIX) {
+            batch.remove(item?.0);
         }
         catalog::restore(&self.db, &mut batch, &snapshot.data, meta.index)?;
         let mut stored = SnapshotMetadata::default();
@@ -259,8 +193,8 @@ impl RaftStore {
         hs.commit = hs.commit.max(meta.index);
         hs.term = hs.term.max(meta.term);
         batch.insert(HARD_STATE, encode(&hs));
-        batch.insert(APPLIED, &meta.index.to_be_bytes());
-        self.db.apply_batch(batch).map_err(storage_err)?;
+        batch.insert(APPLIED, meta.index.to_be_bytes());
+        batch.commit()?;
         self.set_compacted(meta.index, meta.term);
         Ok(())
     }
@@ -274,19 +208,18 @@ impl RaftStore {
         }
         let term =
             raft::Storage::term(self, index).map_err(|e| RegistryError::Storage(e.to_string()))?;
-        let mut batch = sled::Batch::default();
-        for key in self
+        let mut batch = Staged::new(&self.db);
+        for item in self
             .db
-            .range(entry_key(compacted)..=entry_key(index))
-            .keys()
+            .range(&entry_key(compacted), Some(&entry_key(index + 1)))
         {
-            batch.remove(key.map_err(storage_err)?);
+            batch.remove(item?.0);
         }
         let mut next = SnapshotMetadata::default();
         next.index = index;
         next.term = term;
         batch.insert(SNAP_META, encode(&next));
-        self.db.apply_batch(batch).map_err(storage_err)?;
+        batch.commit()?;
         self.set_compacted(index, term);
         Ok(())
     }
@@ -297,16 +230,12 @@ impl RaftStore {
     }
 }
 
-pub(crate) fn storage_err(e: sled::Error) -> RegistryError {
-    RegistryError::Storage(e.to_string())
-}
-
 pub(crate) fn encode<M: protobuf::Message>(m: &M) -> Vec<u8> {
     m.write_to_bytes()
         .expect("encoding a raft message cannot fail")
 }
 
-fn decode<M: protobuf::Message + Default>(v: Option<sled::IVec>) -> M {
+fn decode<M: protobuf::Message + Default>(v: Option<Vec<u8>>) -> M {
     match v {
         Some(bytes) => M::parse_from_bytes(&bytes).expect("raft state in the store is damaged"),
         None => M::default(),
@@ -330,7 +259,7 @@ impl raft::Storage for RaftStore {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
         let mut entries = Vec::with_capacity((high - low) as usize);
-        for item in self.db.range(entry_key(low)..entry_key(high)) {
+        for item in self.db.range(&entry_key(low), Some(&entry_key(high))) {
             let (_, v) = item.map_err(fatal)?;
             let e = Entry::parse_from_bytes(&v).map_err(fatal)?;
             if e.index != low + entries.len() as u64 {
@@ -353,7 +282,7 @@ impl raft::Storage for RaftStore {
         if idx < compacted {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
-        match self.db.get(entry_key(idx)).map_err(fatal)? {
+        match self.db.get(&entry_key(idx)).map_err(fatal)? {
             Some(v) => Ok(Entry::parse_from_bytes(&v).map_err(fatal)?.term),
             None => Err(raft::Error::Store(StorageError::Unavailable)),
         }
@@ -399,27 +328,6 @@ mod tests {
     }
 
     #[test]
-    fn staged_writes_are_read_back_before_commit_and_land_in_one_batch() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = RaftStore::open(dir.path()).unwrap();
-        store.db.insert(b"k1", b"old".as_slice()).unwrap();
-        store.db.insert(b"k2", b"gone".as_slice()).unwrap();
-        let mut staged = Staged::new(&store.db);
-        staged.insert(b"k1".as_slice(), b"new".as_slice());
-        staged.remove(b"k2".as_slice());
-        staged.insert(b"k3".as_slice(), b"added".as_slice());
-        assert_eq!(staged.read(b"k1").unwrap().unwrap(), b"new");
-        assert_eq!(staged.read(b"k2").unwrap(), None);
-        // Nothing reaches the database before the commit.
-        assert_eq!(store.db.get(b"k1").unwrap().unwrap(), b"old");
-        assert_eq!(store.db.get(b"k3").unwrap(), None);
-        staged.commit().unwrap();
-        assert_eq!(store.db.get(b"k1").unwrap().unwrap(), b"new");
-        assert_eq!(store.db.get(b"k2").unwrap(), None);
-        assert_eq!(store.db.get(b"k3").unwrap().unwrap(), b"added");
-    }
-
-    #[test]
     fn append_replaces_a_conflicting_tail_and_compaction_keeps_the_term() {
         let dir = tempfile::tempdir().unwrap();
         let store = RaftStore::open(dir.path()).unwrap();
@@ -438,9 +346,9 @@ mod tests {
             .unwrap();
         assert_eq!(all.len(), 2);
 
-        let mut batch = sled::Batch::default();
-        batch.insert(APPLIED, &3u64.to_be_bytes());
-        store.db.apply_batch(batch).unwrap();
+        let mut batch = Staged::new(&store.db);
+        batch.insert(APPLIED, 3u64.to_be_bytes());
+        batch.commit().unwrap();
         store.compact(2).unwrap();
         assert_eq!(store.first_index().unwrap(), 3);
         assert_eq!(store.term(2).unwrap(), 1);

@@ -116,11 +116,10 @@ async fn stale_agency(client: &RegistryClient, code: &str) -> Option<(String, u6
 /// The index of the first entry still in server `server`'s Raft log: entries
 /// below it were compacted away (`storage.rs` keeps them under `r:e:<index BE>`).
 fn first_log_index(server: &RegistryServer) -> u64 {
-    let key = server
+    let (key, _) = server
         .raft()
         .db()
         .scan_prefix(b"r:e:")
-        .keys()
         .next()
         .expect("the log has entries")
         .expect("read the log");

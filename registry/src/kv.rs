@@ -1,0 +1,229 @@
+//! The key-value store everything a registry server keeps lives in: a small
+//! trait ([`KvEngine`]: read, ordered range, atomic batch write, flush), the
+//! cheap handle the rest of the registry passes around ([`Kv`]), and writes
+//! staged for one atomic batch ([`Staged`]).
+//!
+//! The engine is sled in a server ([`crate::sled_kv`]) and a `BTreeMap` in
+//! unit tests ([`crate::mem_kv`]); nothing outside those two modules names
+//! the engine, so the catalog and the Raft log can be tested without a disk
+//! and sled could be replaced without touching them.
+
+use crate::error::StoreError;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+/// Key-value pairs in key order, each read possibly failing.
+pub type Entries<'a> = Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + 'a>;
+
+/// Writes applied atomically: `Some` sets a key, `None` removes it. A map,
+/// so the last write to a key wins, as in `sled::Batch`.
+pub type Batch = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// A storage engine.
+pub trait KvEngine: Send + Sync + fmt::Debug {
+    /// The value under `key`, if any.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Pairs from `start` (included) to `end` (excluded; `None`: to the
+    /// last key), in key order.
+    fn range(&self, start: &[u8], end: Option<&[u8]>) -> Entries<'_>;
+
+    /// The greatest key starting with `prefix`.
+    fn last_key(&self, prefix: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Applies every write of `batch`, all or none.
+    fn write(&self, batch: Batch) -> Result<(), StoreError>;
+
+    /// Makes every write so far durable.
+    fn flush(&self) -> Result<(), StoreError>;
+}
+
+/// A shared handle to a storage engine, cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Kv(Arc<dyn KvEngine>);
+
+impl Kv {
+    pub fn new(engine: impl KvEngine + 'static) -> Self {
+        Self(Arc::new(engine))
+    }
+
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.0.get(key)
+    }
+
+    pub fn contains_key(&self, key: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.0.get(key)?.is_some())
+    }
+
+    /// Pairs from `start` (included) to `end` (excluded), in key order.
+    pub fn range(&self, start: &[u8], end: Option<&[u8]>) -> Entries<'_> {
+        self.0.range(start, end)
+    }
+
+    /// Pairs whose key starts with `prefix`, in key order.
+    pub fn scan_prefix(&self, prefix: &[u8]) -> Entries<'_> {
+        match prefix_end(prefix) {
+            Some(end) => {
+                // The iterator borrows only `self`; the bound is copied in.
+                let entries: Vec<_> = self.0.range(prefix, Some(&end)).collect();
+                Box::new(entries.into_iter())
+            }
+            None => self.0.range(prefix, None),
+        }
+    }
+
+    /// The greatest key starting with `prefix`.
+    pub fn last_key(&self, prefix: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.0.last_key(prefix)
+    }
+
+    /// Applies `batch` atomically (nothing when it is empty).
+    pub fn write(&self, batch: Batch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.0.write(batch)
+    }
+
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.0.flush()
+    }
+}
+
+/// The first key after every key starting with `prefix`, or `None` when
+/// there is none (the prefix is empty or all `0xff`).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// Reading a key, from the store or from writes staged over it.
+pub trait KvRead {
+    fn read(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+}
+
+impl KvRead for Kv {
+    fn read(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get(key)
+    }
+}
+
+/// Writes staged for one atomic batch, visible to reads through the stage
+/// before they are committed. The consensus loop applies a whole Ready (new
+/// entries, hard state, every committed entry) as one batch: sled writes and
+/// syncs its log on every batch, so one batch per entry would cost one disk
+/// write per entry.
+#[derive(Debug)]
+pub struct Staged {
+    kv: Kv,
+    writes: Batch,
+}
+
+impl Staged {
+    pub fn new(kv: &Kv) -> Self {
+        Self {
+            kv: kv.clone(),
+            writes: Batch::new(),
+        }
+    }
+
+    pub fn insert(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.writes.insert(key.into(), Some(value.into()));
+    }
+
+    pub fn remove(&mut self, key: impl Into<Vec<u8>>) {
+        self.writes.insert(key.into(), None);
+    }
+
+    /// Applies every staged write atomically (nothing when none is staged).
+    pub fn commit(self) -> Result<(), StoreError> {
+        self.kv.write(self.writes)
+    }
+}
+
+impl KvRead for Staged {
+    fn read(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.writes.get(key) {
+            Some(staged) => Ok(staged.clone()),
+            None => self.kv.get(key),
+        }
+    }
+}
+
+/// Reads a big-endian u64 stored under `key`; `None` when the key is absent.
+pub fn read_u64(db: &impl KvRead, key: &[u8]) -> Result<Option<u64>, StoreError> {
+    db.read(key)?
+        .map(|v| {
+            <[u8; 8]>::try_from(v.as_slice())
+                .map(u64::from_be_bytes)
+                .map_err(|_| StoreError::Damaged {
+                    key: String::from_utf8_lossy(key).into_owned(),
+                    reason: format!("{} bytes, not an 8-byte integer", v.len()),
+                })
+        })
+        .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mem_kv::MemKv;
+
+    #[test]
+    fn staged_writes_are_read_back_before_commit_and_land_in_one_batch() {
+        let kv = Kv::new(MemKv::default());
+        let mut setup = Staged::new(&kv);
+        setup.insert(b"k1".as_slice(), b"old".as_slice());
+        setup.insert(b"k2".as_slice(), b"gone".as_slice());
+        setup.commit().unwrap();
+        let mut staged = Staged::new(&kv);
+        staged.insert(b"k1".as_slice(), b"new".as_slice());
+        staged.remove(b"k2".as_slice());
+        staged.insert(b"k3".as_slice(), b"added".as_slice());
+        assert_eq!(staged.read(b"k1").unwrap().unwrap(), b"new");
+        assert_eq!(staged.read(b"k2").unwrap(), None);
+        // Nothing reaches the store before the commit.
+        assert_eq!(kv.get(b"k1").unwrap().unwrap(), b"old");
+        assert_eq!(kv.get(b"k3").unwrap(), None);
+        staged.commit().unwrap();
+        assert_eq!(kv.get(b"k1").unwrap().unwrap(), b"new");
+        assert_eq!(kv.get(b"k2").unwrap(), None);
+        assert_eq!(kv.get(b"k3").unwrap().unwrap(), b"added");
+    }
+
+    #[test]
+    fn scan_prefix_returns_only_keys_with_the_prefix_in_order() {
+        let kv = Kv::new(MemKv::default());
+        let mut batch = Staged::new(&kv);
+        for key in [b"a:2".as_slice(), b"a:1", b"a;", b"a", b"b:1"] {
+            batch.insert(key, b"v".as_slice());
+        }
+        batch.commit().unwrap();
+        let keys: Vec<Vec<u8>> = kv.scan_prefix(b"a:").map(|e| e.unwrap().0).collect();
+        assert_eq!(keys, vec![b"a:1".to_vec(), b"a:2".to_vec()]);
+        assert_eq!(kv.last_key(b"a:").unwrap(), Some(b"a:2".to_vec()));
+        assert_eq!(kv.last_key(b"c").unwrap(), None);
+        assert_eq!(prefix_end(&[1, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xff]), None);
+    }
+
+    #[test]
+    fn a_damaged_integer_is_an_error_not_zero() {
+        let kv = Kv::new(MemKv::default());
+        let mut batch = Staged::new(&kv);
+        batch.insert(b"n".as_slice(), b"abc".as_slice());
+        batch.commit().unwrap();
+        assert!(matches!(
+            read_u64(&kv, b"n"),
+            Err(StoreError::Damaged { .. })
+        ));
+        assert_eq!(read_u64(&kv, b"absent").unwrap(), None);
+    }
+}
