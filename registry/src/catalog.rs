@@ -14,6 +14,7 @@
 
 use crate::error::{CatalogError, RegistryError};
 use crate::kv::{Kv, KvRead, Staged, read_u64};
+use crate::storage::StateMachine;
 use lgsp_certs::identity::{AgencyCode, Role, SpiffeId, validate_name};
 use lgsp_proto::catalog_record::Value;
 use lgsp_proto::command::Op;
@@ -596,7 +597,7 @@ pub fn snapshot_data(db: &Kv) -> Result<Vec<u8>, RegistryError> {
 
 /// Replaces the state machine with a snapshot's, in `batch`. The history
 /// restarts after the snapshot's revision: older watchers must reload.
-pub fn restore(db: &Kv, batch: &mut Staged, data: &[u8], _index: u64) -> Result<(), RegistryError> {
+pub fn restore(db: &Kv, batch: &mut Staged, data: &[u8]) -> Result<(), RegistryError> {
     let snapshot = CatalogSnapshot::decode(data)
         .map_err(|e| RegistryError::Storage(format!("snapshot from the leader is damaged: {e}")))?;
     for prefix in [RECORD_PREFIX, HISTORY_PREFIX, MEMBER_PREFIX] {
@@ -614,4 +615,18 @@ pub fn restore(db: &Kv, batch: &mut Staged, data: &[u8], _index: u64) -> Result<
     batch.insert(REVISION, snapshot.revision.to_be_bytes());
     batch.insert(COMPACT_REVISION, (snapshot.revision + 1).to_be_bytes());
     Ok(())
+}
+
+/// The catalog as the state machine the raft log replicates.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Catalog;
+
+impl StateMachine for Catalog {
+    fn snapshot_data(&self, db: &Kv) -> Result<Vec<u8>, RegistryError> {
+        snapshot_data(db)
+    }
+
+    fn restore(&self, db: &Kv, batch: &mut Staged, data: &[u8]) -> Result<(), RegistryError> {
+        restore(db, batch, data)
+    }
 }

@@ -58,7 +58,7 @@ impl RegistryServer {
             )));
         }
 
-        let store = RaftStore::open(&config.data_dir)?;
+        let store = RaftStore::open(&config.data_dir, Arc::new(catalog::Catalog))?;
         if !store.is_initialized()? {
             if config.join {
                 tracing::info!(

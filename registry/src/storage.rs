@@ -20,7 +20,6 @@
 // raft-rs' protobuf 2 types are built field by field, as its own code does.
 #![allow(clippy::field_reassign_with_default)]
 
-use crate::catalog;
 use crate::error::RegistryError;
 use crate::kv::read_u64;
 use crate::kv::{Kv, Staged};
@@ -28,6 +27,7 @@ use crate::sled_kv::SledKv;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
+use std::fmt;
 use std::path::Path;
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -47,6 +47,18 @@ fn fatal(e: impl std::fmt::Display) -> raft::Error {
     raft::Error::Store(StorageError::Other(e.to_string().into()))
 }
 
+/// What the log replicates, as far as the log must know it: raft snapshots
+/// carry the state machine's whole state, taken and installed here. The
+/// catalog implements it; the log never names the catalog.
+pub trait StateMachine: Send + Sync + fmt::Debug {
+    /// The whole state in `db`, encoded for a snapshot.
+    fn snapshot_data(&self, db: &Kv) -> Result<Vec<u8>, RegistryError>;
+
+    /// Stages in `batch` the replacement of the state in `db` by a
+    /// snapshot's `data`; fails when `data` is damaged.
+    fn restore(&self, db: &Kv, batch: &mut Staged, data: &[u8]) -> Result<(), RegistryError>;
+}
+
 /// The raft log and state of one registry server.
 #[derive(Clone, Debug)]
 pub struct RaftStore {
@@ -55,24 +67,26 @@ pub struct RaftStore {
     /// for the first index on every pass of the consensus loop, so it is
     /// kept in memory too, changed only after the batch that writes it.
     compacted: Arc<RwLock<(u64, u64)>>,
+    machine: Arc<dyn StateMachine>,
 }
 
 impl RaftStore {
-    /// Opens (or creates) the store in `dir`.
-    pub fn open(dir: &Path) -> Result<Self, RegistryError> {
+    /// Opens (or creates) the store in `dir`, for the log of `machine`.
+    pub fn open(dir: &Path, machine: Arc<dyn StateMachine>) -> Result<Self, RegistryError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| RegistryError::Storage(format!("{}: {e}", dir.display())))?;
         let engine = SledKv::open(&dir.join("registry.sled"))
             .map_err(|e| RegistryError::Storage(format!("{}: {e}", dir.display())))?;
-        Self::new(Kv::new(engine))
+        Self::new(Kv::new(engine), machine)
     }
 
-    /// A store over `db`, as it was left.
-    pub fn new(db: Kv) -> Result<Self, RegistryError> {
+    /// A store over `db`, as it was left, for the log of `machine`.
+    pub fn new(db: Kv, machine: Arc<dyn StateMachine>) -> Result<Self, RegistryError> {
         let meta: SnapshotMetadata = decode(db.get(SNAP_META)?);
         Ok(Self {
             db,
             compacted: Arc::new(RwLock::new((meta.index, meta.term))),
+            machine,
         })
     }
 
@@ -182,7 +196,7 @@ impl RaftStore {
         for item in self.db.scan_prefix(ENTRY_PREFIX) {
             batch.remove(item?.0);
         }
-        catalog::restore(&self.db, &mut batch, &snapshot.data, meta.index)?;
+        self.machine.restore(&self.db, &mut batch, &snapshot.data)?;
         let mut stored = SnapshotMetadata::default();
         stored.index = meta.index;
         stored.term = meta.term;
@@ -306,7 +320,7 @@ impl raft::Storage for RaftStore {
             ));
         }
         let mut snapshot = Snapshot::default();
-        snapshot.data = catalog::snapshot_data(&self.db).map_err(fatal)?.into();
+        snapshot.data = self.machine.snapshot_data(&self.db).map_err(fatal)?.into();
         let meta = snapshot.mut_metadata();
         meta.index = applied;
         meta.term = self.term(applied)?;
@@ -320,6 +334,25 @@ mod tests {
     use super::*;
     use raft::Storage;
 
+    /// A state machine with no state: the log's own behaviour is under test.
+    #[derive(Debug)]
+    struct Stateless;
+
+    impl StateMachine for Stateless {
+        fn snapshot_data(&self, _db: &Kv) -> Result<Vec<u8>, RegistryError> {
+            Ok(Vec::new())
+        }
+
+        fn restore(
+            &self,
+            _db: &Kv,
+            _batch: &mut Staged,
+            _data: &[u8],
+        ) -> Result<(), RegistryError> {
+            Ok(())
+        }
+    }
+
     fn entry(index: u64, term: u64) -> Entry {
         let mut e = Entry::default();
         e.index = index;
@@ -330,7 +363,7 @@ mod tests {
     #[test]
     fn append_replaces_a_conflicting_tail_and_compaction_keeps_the_term() {
         let dir = tempfile::tempdir().unwrap();
-        let store = RaftStore::open(dir.path()).unwrap();
+        let store = RaftStore::open(dir.path(), Arc::new(Stateless)).unwrap();
         store.bootstrap(&[1, 2, 3]).unwrap();
         let mut batch = Staged::new(&store.db);
         store.append(&mut batch, &[entry(2, 1), entry(3, 1), entry(4, 1)]);
@@ -360,7 +393,7 @@ mod tests {
         // The compaction point, log and hard state come back after a restart.
         let hs = store.hard_state();
         drop(store);
-        let store = RaftStore::open(dir.path()).unwrap();
+        let store = RaftStore::open(dir.path(), Arc::new(Stateless)).unwrap();
         assert_eq!(store.first_index().unwrap(), 3);
         assert_eq!(store.last_index().unwrap(), 3);
         assert_eq!(store.term(2).unwrap(), 1);
