@@ -12,8 +12,8 @@
 //! revision, `s:compact_rev` the oldest revision in the history,
 //! `s:member:<id BE>` members' addresses.
 
-use crate::error::{CatalogError, RegistryError};
-use crate::kv::{Kv, KvRead, Staged, read_u64};
+use crate::error::{CatalogError, RegistryError, StoreError};
+use crate::kv::{Kv, KvRead, Staged, prefix_end, read_u64};
 use crate::storage::StateMachine;
 use lgsp_certs::identity::{AgencyCode, Role, SpiffeId, validate_name};
 use lgsp_proto::catalog_record::Value;
@@ -59,18 +59,21 @@ fn member_key(id: u64) -> Vec<u8> {
     k
 }
 
+fn damaged(key: &[u8], e: prost::DecodeError) -> StoreError {
+    StoreError::Damaged {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: e.to_string(),
+    }
+}
+
 /// The current catalog revision.
-pub fn revision(db: &impl KvRead) -> u64 {
-    read_u64(db, REVISION).ok().flatten().unwrap_or(0)
+pub fn revision(db: &impl KvRead) -> Result<u64, StoreError> {
+    Ok(read_u64(db, REVISION)?.unwrap_or(0))
 }
 
 /// The oldest revision a watch can start from.
-pub fn compact_revision(db: &Kv) -> u64 {
-    read_u64(db, COMPACT_REVISION)
-        .ok()
-        .flatten()
-        .unwrap_or(0)
-        .max(1)
+pub fn compact_revision(db: &Kv) -> Result<u64, StoreError> {
+    Ok(read_u64(db, COMPACT_REVISION)?.unwrap_or(0).max(1))
 }
 
 /// Reads one record.
@@ -79,10 +82,10 @@ pub fn get(
     kind: RecordKind,
     key: &str,
 ) -> Result<Option<CatalogRecord>, RegistryError> {
-    match db.read(&record_db_key(kind, key))? {
+    let db_key = record_db_key(kind, key);
+    match db.read(&db_key)? {
         Some(v) => Ok(Some(
-            CatalogRecord::decode(v.as_slice())
-                .map_err(|e| RegistryError::Storage(e.to_string()))?,
+            CatalogRecord::decode(v.as_slice()).map_err(|e| damaged(&db_key, e))?,
         )),
         None => Ok(None),
     }
@@ -481,9 +484,13 @@ pub fn check(
 }
 
 /// Stages a checked change at the next revision; returns the stored record
-/// (for a put) and the history event.
-pub fn apply(batch: &mut Staged, checked: Checked) -> (Option<CatalogRecord>, WatchEvent) {
-    let rev = revision(batch) + 1;
+/// (for a put) and the history event. Fails only when the revision cannot
+/// be read.
+pub fn apply(
+    batch: &mut Staged,
+    checked: Checked,
+) -> Result<(Option<CatalogRecord>, WatchEvent), StoreError> {
+    let rev = revision(batch)? + 1;
     let Checked {
         kind,
         key,
@@ -522,25 +529,25 @@ pub fn apply(batch: &mut Staged, checked: Checked) -> (Option<CatalogRecord>, Wa
     };
     batch.insert(history_key(rev), event.encode_to_vec());
     batch.insert(REVISION, rev.to_be_bytes());
-    (record, event)
+    Ok((record, event))
 }
 
 /// History events from `from` on, in order, up to the current revision.
-pub fn history(db: &Kv, from: u64) -> impl Iterator<Item = WatchEvent> + '_ {
-    db.range(&history_key(from), None)
-        .take_while(|item| {
-            item.as_ref()
-                .is_ok_and(|(k, _)| k.starts_with(HISTORY_PREFIX))
-        })
-        .filter_map(|item| item.ok())
-        .filter_map(|(_, v)| WatchEvent::decode(v.as_slice()).ok())
+/// A failed or damaged read is an error in the sequence, never a silent gap:
+/// a watcher must not believe it saw every change.
+pub fn history(db: &Kv, from: u64) -> impl Iterator<Item = Result<WatchEvent, StoreError>> + '_ {
+    let end = prefix_end(HISTORY_PREFIX);
+    db.range(&history_key(from), end.as_deref()).map(|item| {
+        let (k, v) = item?;
+        WatchEvent::decode(v.as_slice()).map_err(|e| damaged(&k, e))
+    })
 }
 
 /// Drops history older than the newest `keep` events, at most `most` at a
 /// time.
 pub fn compact_history(db: &Kv, keep: u64, most: u64) -> Result<(), RegistryError> {
-    let rev = revision(db);
-    let oldest = compact_revision(db);
+    let rev = revision(db)?;
+    let oldest = compact_revision(db)?;
     if rev < keep || rev - keep <= oldest {
         return Ok(());
     }
@@ -570,10 +577,12 @@ pub fn remove_member(batch: &mut Staged, id: u64) {
 }
 
 /// Every member whose address this server knows.
-pub fn members(db: &Kv) -> Vec<Member> {
+pub fn members(db: &Kv) -> Result<Vec<Member>, StoreError> {
     db.scan_prefix(MEMBER_PREFIX)
-        .filter_map(|item| item.ok())
-        .filter_map(|(_, v)| Member::decode(v.as_slice()).ok())
+        .map(|item| {
+            let (k, v) = item?;
+            Member::decode(v.as_slice()).map_err(|e| damaged(&k, e))
+        })
         .collect()
 }
 
@@ -581,16 +590,13 @@ pub fn members(db: &Kv) -> Vec<Member> {
 pub fn snapshot_data(db: &Kv) -> Result<Vec<u8>, RegistryError> {
     let mut records = Vec::new();
     for item in db.scan_prefix(RECORD_PREFIX) {
-        let (_, v) = item?;
-        records.push(
-            CatalogRecord::decode(v.as_slice())
-                .map_err(|e| RegistryError::Storage(e.to_string()))?,
-        );
+        let (k, v) = item?;
+        records.push(CatalogRecord::decode(v.as_slice()).map_err(|e| damaged(&k, e))?);
     }
     Ok(CatalogSnapshot {
-        revision: revision(db),
+        revision: revision(db)?,
         records,
-        members: members(db),
+        members: members(db)?,
     }
     .encode_to_vec())
 }

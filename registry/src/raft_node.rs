@@ -68,7 +68,7 @@ enum Request {
         reply: Reply<Vec<Member>>,
     },
     Status {
-        reply: oneshot::Sender<StatusResponse>,
+        reply: Reply<StatusResponse>,
     },
 }
 
@@ -173,12 +173,7 @@ impl RaftHandle {
     }
 
     pub async fn status(&self) -> Result<StatusResponse, RegistryError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Request::Status { reply: tx })
-            .await
-            .map_err(|_| RegistryError::ShuttingDown)?;
-        rx.await.map_err(|_| RegistryError::ShuttingDown)
+        self.call(|reply| Request::Status { reply }).await
     }
 }
 
@@ -238,7 +233,7 @@ pub fn start(
         id: config.id,
         election_tick: config.election_ticks,
         heartbeat_tick: config.heartbeat_ticks,
-        applied: store.applied(),
+        applied: store.applied()?,
         max_size_per_msg: 1 << 20,
         max_inflight_msgs: 256,
         check_quorum: true,
@@ -255,7 +250,7 @@ pub fn start(
         db: store.db().clone(),
         id: config.id,
     };
-    for m in catalog::members(store.db()) {
+    for m in catalog::members(store.db())? {
         transport.set_address(m.id, &m.peer_address);
     }
     let mut driver = Driver {
@@ -449,7 +444,13 @@ impl Driver {
             )));
             return;
         }
-        let cs = self.store.conf_state();
+        let cs = match self.store.conf_state() {
+            Ok(cs) => cs,
+            Err(e) => {
+                let _ = reply.send(Err(e.into()));
+                return;
+            }
+        };
         let (node_id, change_type, add) = match &op {
             MembershipOp::Add(m) => {
                 if cs.voters.contains(&m.id) {
@@ -568,7 +569,7 @@ impl Driver {
             let index = snapshot.get_metadata().index;
             self.store.install_snapshot(&snapshot)?;
             self.members_changed = true;
-            let revision = catalog::revision(self.store.db());
+            let revision = catalog::revision(self.store.db())?;
             tracing::info!(index, revision, "installed a snapshot from the leader");
             // Watchers of this server missed the changes the snapshot covers.
             self.published.push(WatchEvent {
@@ -581,7 +582,7 @@ impl Driver {
         // New entries, the hard state and every committed entry applied:
         // one atomic batch.
         let mut batch = Staged::new(self.store.db());
-        self.store.append(&mut batch, ready.entries());
+        self.store.append(&mut batch, ready.entries())?;
         if let Some(hs) = ready.hs() {
             self.store.put_hard_state(&mut batch, hs);
         }
@@ -617,12 +618,12 @@ impl Driver {
                 self.waiting_reads.push((rs.index, reply));
             }
         }
-        self.release();
+        self.release()?;
         self.after_apply()
     }
 
     /// Answers clients and watchers for everything now durable and applied.
-    fn release(&mut self) {
+    fn release(&mut self) -> Result<(), RegistryError> {
         for (reply, outcome) in self.replies.drain(..) {
             let _ = reply.send(outcome);
         }
@@ -630,12 +631,12 @@ impl Driver {
             let _ = self.events.send(event);
         }
         if let Some((reply, voters)) = self.membership_done.take() {
-            let _ = reply.send(Ok(members_of(self.store.db(), &voters, &[])));
+            let _ = reply.send(members_of(self.store.db(), &voters, &[]));
         }
         if self.waiting_reads.is_empty() {
-            return;
+            return Ok(());
         }
-        let applied = self.store.applied();
+        let applied = self.store.applied()?;
         let (ready, waiting): (Vec<_>, Vec<_>) = self
             .waiting_reads
             .drain(..)
@@ -644,6 +645,7 @@ impl Driver {
         for (_, reply) in ready {
             let _ = reply.send(Ok(()));
         }
+        Ok(())
     }
 
     /// Housekeeping after applying: leave joint consensus, learn new
@@ -653,7 +655,7 @@ impl Driver {
         // configuration on every Ready.
         if self.raw.raft.state == StateRole::Leader
             && !self.raw.raft.has_pending_conf()
-            && !self.store.conf_state().voters_outgoing.is_empty()
+            && !self.store.conf_state()?.voters_outgoing.is_empty()
         {
             tracing::info!("leaving joint consensus");
             if let Err(e) = self
@@ -664,7 +666,7 @@ impl Driver {
             }
         }
         if std::mem::take(&mut self.members_changed) {
-            for m in catalog::members(self.store.db()) {
+            for m in catalog::members(self.store.db())? {
                 self.transport.set_address(m.id, &m.peer_address);
             }
         }
@@ -682,7 +684,7 @@ impl Driver {
         let excess = log_len.saturating_sub(self.config.snapshot_entries);
         if excess >= step {
             let upto =
-                (self.store.compacted_to() + excess.min(COMPACT_STEP)).min(self.store.applied());
+                (self.store.compacted_to() + excess.min(COMPACT_STEP)).min(self.store.applied()?);
             self.store.compact(upto)?;
             tracing::debug!(upto, "compacted the raft log");
         }
@@ -701,7 +703,7 @@ impl Driver {
             batch.insert(APPLIED, entry.index.to_be_bytes());
             match entry.get_entry_type() {
                 EntryType::EntryNormal if entry.data.is_empty() => {}
-                EntryType::EntryNormal => self.apply_proposal(&entry, batch),
+                EntryType::EntryNormal => self.apply_proposal(&entry, batch)?,
                 EntryType::EntryConfChangeV2 => {
                     let cc = ConfChangeV2::parse_from_bytes(&entry.data)
                         .map_err(|e| RegistryError::Raft(e.to_string()))?;
@@ -719,29 +721,41 @@ impl Driver {
         Ok(())
     }
 
-    fn apply_proposal(&mut self, entry: &Entry, batch: &mut Staged) {
+    /// Applies one catalog command. A refusal is the command's outcome; a
+    /// failed read of the store is not, and stops the loop: refusing on this
+    /// server alone would make its catalog differ from the others'.
+    fn apply_proposal(&mut self, entry: &Entry, batch: &mut Staged) -> Result<(), RegistryError> {
         let Ok(proposal) = Proposal::decode(entry.data.as_ref()) else {
             tracing::error!(index = entry.index, "undecodable entry skipped");
-            return;
+            return Ok(());
         };
-        let outcome = SpiffeId::parse(&proposal.actor)
+        let checked = SpiffeId::parse(&proposal.actor)
             .map_err(|e| CatalogError::PermissionDenied(e.to_string()))
             .and_then(|actor| {
                 let command = proposal.command.clone().unwrap_or_default();
                 catalog::check(batch, &actor, &command)
-            })
-            .map(|checked| {
-                let (record, event) = catalog::apply(batch, checked);
+            });
+        let outcome = match checked {
+            Ok(checked) => {
+                let (record, event) = catalog::apply(batch, checked)?;
                 let revision = event.revision;
                 self.published.push(event);
-                ApplyResponse { revision, record }
-            })
-            .map_err(RegistryError::from);
+                Ok(ApplyResponse { revision, record })
+            }
+            Err(CatalogError::Internal(why)) => {
+                return Err(RegistryError::Storage(format!(
+                    "applying entry {}: {why}",
+                    entry.index
+                )));
+            }
+            Err(refused) => Err(RegistryError::from(refused)),
+        };
         if proposal.origin == self.config.id
             && let Some((reply, _)) = self.proposals.remove(&proposal.request_id)
         {
             self.replies.push((reply, outcome));
         }
+        Ok(())
     }
 
     fn apply_membership(&mut self, cc: &ConfChangeV2, cs: &ConfState, batch: &mut Staged) {
@@ -771,32 +785,32 @@ impl Driver {
         }
     }
 
-    fn status(&self) -> StatusResponse {
+    fn status(&self) -> Result<StatusResponse, RegistryError> {
         let raft = &self.raw.raft;
-        let cs = self.store.conf_state();
+        let cs = self.store.conf_state()?;
         let db = self.store.db();
-        StatusResponse {
+        Ok(StatusResponse {
             id: self.config.id,
             leader_id: raft.leader_id,
             term: raft.term,
             role: format!("{:?}", raft.state).to_lowercase(),
             commit_index: raft.raft_log.committed,
-            applied_index: self.store.applied(),
-            revision: catalog::revision(db),
-            members: members_of(db, &cs.voters, &cs.learners),
-            compact_revision: catalog::compact_revision(db),
+            applied_index: self.store.applied()?,
+            revision: catalog::revision(db)?,
+            members: members_of(db, &cs.voters, &cs.learners)?,
+            compact_revision: catalog::compact_revision(db)?,
             joint_consensus: !cs.voters_outgoing.is_empty(),
-        }
+        })
     }
 }
 
 /// Members in the configuration, with the addresses this server knows.
-fn members_of(db: &Kv, voters: &[u64], learners: &[u64]) -> Vec<Member> {
-    let known: HashMap<u64, Member> = catalog::members(db)
+fn members_of(db: &Kv, voters: &[u64], learners: &[u64]) -> Result<Vec<Member>, RegistryError> {
+    let known: HashMap<u64, Member> = catalog::members(db)?
         .into_iter()
         .map(|m| (m.id, m))
         .collect();
-    voters
+    Ok(voters
         .iter()
         .map(|id| (id, true))
         .chain(learners.iter().map(|id| (id, false)))
@@ -806,5 +820,5 @@ fn members_of(db: &Kv, voters: &[u64], learners: &[u64]) -> Vec<Member> {
             m.voter = voter;
             m
         })
-        .collect()
+        .collect())
 }

@@ -244,14 +244,18 @@ async fn wait_for(mut rx: tokio::sync::watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
+/// The CRL published in the catalog, if any; a failed read is logged, and
+/// the CRL in force stays.
 fn current_crl(db: &crate::kv::Kv) -> Option<Vec<u8>> {
-    match catalog::get(db, RecordKind::Crl, "current")
-        .ok()
-        .flatten()?
-        .value?
-    {
-        Value::Crl(crl) => Some(crl.der),
-        _ => None,
+    match catalog::get(db, RecordKind::Crl, "current") {
+        Ok(record) => match record?.value? {
+            Value::Crl(crl) => Some(crl.der),
+            _ => None,
+        },
+        Err(error) => {
+            tracing::error!(%error, "cannot read the CRL from the catalog");
+            None
+        }
     }
 }
 

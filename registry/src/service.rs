@@ -3,7 +3,7 @@
 //! authenticated by their certificates before any of this runs.
 
 use crate::catalog::{self, ListQuery};
-use crate::error::{CatalogError, RegistryError};
+use crate::error::{CatalogError, RegistryError, StoreError};
 use crate::kv::Kv;
 use crate::raft_node::{MembershipOp, RaftHandle};
 use lgsp_certs::{Peer, Role};
@@ -78,7 +78,7 @@ impl Registry for RegistryService {
         let kind = kind(r.kind)?;
         self.consistent(req.stale).await?;
         let db = self.raft.db();
-        let revision = catalog::revision(db);
+        let revision = catalog::revision(db).map_err(RegistryError::from)?;
         let record = catalog::get(db, kind, &r.key)?.ok_or_else(|| {
             RegistryError::from(CatalogError::NotFound(format!(
                 "{kind:?} {:?} does not exist",
@@ -96,7 +96,7 @@ impl Registry for RegistryService {
         kind(req.kind)?;
         self.consistent(req.stale).await?;
         let db = self.raft.db();
-        let revision = catalog::revision(db);
+        let revision = catalog::revision(db).map_err(RegistryError::from)?;
         let (records, next_page_token) = catalog::list(
             db,
             &ListQuery {
@@ -180,46 +180,60 @@ impl Registry for RegistryService {
 async fn stream_changes(
     db: Kv,
     from: u64,
-    mut live: broadcast::Receiver<WatchEvent>,
+    live: broadcast::Receiver<WatchEvent>,
     tx: mpsc::Sender<Result<WatchEvent, Status>>,
 ) {
+    if let Err(error) = send_changes(&db, from, live, &tx).await {
+        // The watcher must learn its feed broke, not wait on a silent one.
+        tracing::error!(%error, "a watch ended: the catalog could not be read");
+        let _ = tx.send(Err(RegistryError::from(error).into())).await;
+    }
+}
+
+/// Does the work of [`stream_changes`]; a closed stream is not an error.
+async fn send_changes(
+    db: &Kv,
+    from: u64,
+    mut live: broadcast::Receiver<WatchEvent>,
+    tx: &mpsc::Sender<Result<WatchEvent, Status>>,
+) -> Result<(), StoreError> {
     let compacted = |revision| WatchEvent {
         r#type: EventType::Compacted as i32,
         revision,
         record: None,
     };
-    if from < catalog::compact_revision(&db) {
-        let _ = tx.send(Ok(compacted(catalog::revision(&db)))).await;
-        return;
+    if from < catalog::compact_revision(db)? {
+        let _ = tx.send(Ok(compacted(catalog::revision(db)?))).await;
+        return Ok(());
     }
     let mut next = from;
-    let catch_up = |next: &mut u64| -> Vec<WatchEvent> {
-        let events: Vec<WatchEvent> = catalog::history(&db, *next).collect();
+    let catch_up = |next: &mut u64| -> Result<Vec<WatchEvent>, StoreError> {
+        let events = catalog::history(db, *next).collect::<Result<Vec<_>, _>>()?;
         if let Some(last) = events.last() {
             *next = last.revision + 1;
         }
-        events
+        Ok(events)
     };
-    for event in catch_up(&mut next) {
+    for event in catch_up(&mut next)? {
         if tx.send(Ok(event)).await.is_err() {
-            return;
+            return Ok(());
         }
     }
     // The server's own revision: a client whose copy is newer than this
     // (a registry restored from a backup) learns it here.
     let synced = WatchEvent {
         r#type: EventType::Synced as i32,
-        revision: catalog::revision(&db),
+        revision: catalog::revision(db)?,
         record: None,
     };
     if tx.send(Ok(synced)).await.is_err() {
-        return;
+        return Ok(());
     }
     loop {
         let batch = match live.recv().await {
             Ok(event) if event.r#type == EventType::Compacted as i32 => {
                 let _ = tx.send(Ok(event)).await;
-                return;
+                return Ok(());
             }
             Ok(event) if event.revision < next => continue,
             Ok(event) if event.revision == next => {
@@ -227,17 +241,17 @@ async fn stream_changes(
                 vec![event]
             }
             Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                if next < catalog::compact_revision(&db) {
-                    let _ = tx.send(Ok(compacted(catalog::revision(&db)))).await;
-                    return;
+                if next < catalog::compact_revision(db)? {
+                    let _ = tx.send(Ok(compacted(catalog::revision(db)?))).await;
+                    return Ok(());
                 }
-                catch_up(&mut next)
+                catch_up(&mut next)?
             }
-            Err(broadcast::error::RecvError::Closed) => return,
+            Err(broadcast::error::RecvError::Closed) => return Ok(()),
         };
         for event in batch {
             if tx.send(Ok(event)).await.is_err() {
-                return;
+                return Ok(());
             }
         }
     }

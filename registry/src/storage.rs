@@ -20,7 +20,7 @@
 // raft-rs' protobuf 2 types are built field by field, as its own code does.
 #![allow(clippy::field_reassign_with_default)]
 
-use crate::error::RegistryError;
+use crate::error::{RegistryError, StoreError};
 use crate::kv::read_u64;
 use crate::kv::{Kv, Staged};
 use crate::sled_kv::SledKv;
@@ -82,7 +82,7 @@ impl RaftStore {
 
     /// A store over `db`, as it was left, for the log of `machine`.
     pub fn new(db: Kv, machine: Arc<dyn StateMachine>) -> Result<Self, RegistryError> {
-        let meta: SnapshotMetadata = decode(db.get(SNAP_META)?);
+        let meta: SnapshotMetadata = decode(SNAP_META, db.get(SNAP_META)?)?;
         Ok(Self {
             db,
             compacted: Arc::new(RwLock::new((meta.index, meta.term))),
@@ -128,12 +128,17 @@ impl RaftStore {
         Ok(self.db.flush()?)
     }
 
-    pub fn hard_state(&self) -> HardState {
-        decode(self.db.get(HARD_STATE).ok().flatten())
+    /// The stored hard state (term, vote, commit); the default only when
+    /// none was ever stored. A failed read is an error, never term 0: a
+    /// server that forgot its vote could vote twice in a term.
+    pub fn hard_state(&self) -> Result<HardState, StoreError> {
+        decode(HARD_STATE, self.db.get(HARD_STATE)?)
     }
 
-    pub fn conf_state(&self) -> ConfState {
-        decode(self.db.get(CONF_STATE).ok().flatten())
+    /// The configuration as of the applied index; empty only when none was
+    /// ever stored.
+    pub fn conf_state(&self) -> Result<ConfState, StoreError> {
+        decode(CONF_STATE, self.db.get(CONF_STATE)?)
     }
 
     /// The compaction point: (index, term) of the last entry compacted away.
@@ -151,26 +156,34 @@ impl RaftStore {
             .unwrap_or_else(PoisonError::into_inner) = (index, term);
     }
 
-    pub fn applied(&self) -> u64 {
-        read_u64(&self.db, APPLIED).ok().flatten().unwrap_or(0)
+    /// The index of the last applied entry; 0 only when nothing was ever
+    /// applied (a server that joins and waits for a snapshot). A failed
+    /// read is an error: applied index 0 would apply the log again.
+    pub fn applied(&self) -> Result<u64, StoreError> {
+        Ok(read_u64(&self.db, APPLIED)?.unwrap_or(0))
     }
 
-    fn last_entry_index(&self) -> Option<u64> {
+    fn last_entry_index(&self) -> Result<Option<u64>, StoreError> {
         self.db
-            .last_key(ENTRY_PREFIX)
-            .ok()
-            .flatten()
-            .and_then(|k| <[u8; 8]>::try_from(&k[ENTRY_PREFIX.len()..]).ok())
-            .map(u64::from_be_bytes)
+            .last_key(ENTRY_PREFIX)?
+            .map(|k| {
+                <[u8; 8]>::try_from(&k[ENTRY_PREFIX.len()..])
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| StoreError::Damaged {
+                        key: String::from_utf8_lossy(&k).into_owned(),
+                        reason: "a log entry key without an 8-byte index".into(),
+                    })
+            })
+            .transpose()
     }
 
     /// Adds new log entries to `batch`, first removing any conflicting tail
     /// they replace.
-    pub fn append(&self, batch: &mut Staged, entries: &[Entry]) {
+    pub fn append(&self, batch: &mut Staged, entries: &[Entry]) -> Result<(), StoreError> {
         let Some(first) = entries.first() else {
-            return;
+            return Ok(());
         };
-        if let Some(last) = self.last_entry_index() {
+        if let Some(last) = self.last_entry_index()? {
             for index in first.index..=last {
                 batch.remove(entry_key(index));
             }
@@ -178,6 +191,7 @@ impl RaftStore {
         for e in entries {
             batch.insert(entry_key(e.index), encode(e));
         }
+        Ok(())
     }
 
     pub fn put_hard_state(&self, batch: &mut Staged, hs: &HardState) {
@@ -203,7 +217,7 @@ impl RaftStore {
         stored.set_conf_state(meta.get_conf_state().clone());
         batch.insert(SNAP_META, encode(&stored));
         batch.insert(CONF_STATE, encode(meta.get_conf_state()));
-        let mut hs = self.hard_state();
+        let mut hs = self.hard_state()?;
         hs.commit = hs.commit.max(meta.index);
         hs.term = hs.term.max(meta.term);
         batch.insert(HARD_STATE, encode(&hs));
@@ -217,7 +231,7 @@ impl RaftStore {
     /// applied), keeping its term as the new compaction point.
     pub fn compact(&self, index: u64) -> Result<(), RegistryError> {
         let (compacted, _) = self.compaction_point();
-        if index <= compacted || index > self.applied() {
+        if index <= compacted || index > self.applied()? {
             return Ok(());
         }
         let term =
@@ -249,16 +263,23 @@ pub(crate) fn encode<M: protobuf::Message>(m: &M) -> Vec<u8> {
         .expect("encoding a raft message cannot fail")
 }
 
-fn decode<M: protobuf::Message + Default>(v: Option<Vec<u8>>) -> M {
+/// Decodes the raft state read under `key`; the default when it is absent.
+fn decode<M: protobuf::Message + Default>(key: &[u8], v: Option<Vec<u8>>) -> Result<M, StoreError> {
     match v {
-        Some(bytes) => M::parse_from_bytes(&bytes).expect("raft state in the store is damaged"),
-        None => M::default(),
+        Some(bytes) => M::parse_from_bytes(&bytes).map_err(|e| StoreError::Damaged {
+            key: String::from_utf8_lossy(key).into_owned(),
+            reason: e.to_string(),
+        }),
+        None => Ok(M::default()),
     }
 }
 
 impl raft::Storage for RaftStore {
     fn initial_state(&self) -> raft::Result<RaftState> {
-        Ok(RaftState::new(self.hard_state(), self.conf_state()))
+        Ok(RaftState::new(
+            self.hard_state().map_err(fatal)?,
+            self.conf_state().map_err(fatal)?,
+        ))
     }
 
     fn entries(
@@ -309,11 +330,12 @@ impl raft::Storage for RaftStore {
     fn last_index(&self) -> raft::Result<u64> {
         Ok(self
             .last_entry_index()
+            .map_err(fatal)?
             .unwrap_or_else(|| self.compaction_point().0))
     }
 
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        let applied = self.applied();
+        let applied = self.applied().map_err(fatal)?;
         if applied < request_index || applied == 0 {
             return Err(raft::Error::Store(
                 StorageError::SnapshotTemporarilyUnavailable,
@@ -324,7 +346,7 @@ impl raft::Storage for RaftStore {
         let meta = snapshot.mut_metadata();
         meta.index = applied;
         meta.term = self.term(applied)?;
-        meta.set_conf_state(self.conf_state());
+        meta.set_conf_state(self.conf_state().map_err(fatal)?);
         Ok(snapshot)
     }
 }
@@ -332,6 +354,7 @@ impl raft::Storage for RaftStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mem_kv::MemKv;
     use raft::Storage;
 
     /// A state machine with no state: the log's own behaviour is under test.
@@ -366,10 +389,12 @@ mod tests {
         let store = RaftStore::open(dir.path(), Arc::new(Stateless)).unwrap();
         store.bootstrap(&[1, 2, 3]).unwrap();
         let mut batch = Staged::new(&store.db);
-        store.append(&mut batch, &[entry(2, 1), entry(3, 1), entry(4, 1)]);
+        store
+            .append(&mut batch, &[entry(2, 1), entry(3, 1), entry(4, 1)])
+            .unwrap();
         batch.commit().unwrap();
         let mut batch = Staged::new(&store.db);
-        store.append(&mut batch, &[entry(3, 2)]);
+        store.append(&mut batch, &[entry(3, 2)]).unwrap();
         batch.commit().unwrap();
         assert_eq!(store.last_index().unwrap(), 3);
         assert_eq!(store.term(3).unwrap(), 2);
@@ -391,14 +416,88 @@ mod tests {
         ));
 
         // The compaction point, log and hard state come back after a restart.
-        let hs = store.hard_state();
+        let hs = store.hard_state().unwrap();
         drop(store);
         let store = RaftStore::open(dir.path(), Arc::new(Stateless)).unwrap();
         assert_eq!(store.first_index().unwrap(), 3);
         assert_eq!(store.last_index().unwrap(), 3);
         assert_eq!(store.term(2).unwrap(), 1);
         assert_eq!(store.term(3).unwrap(), 2);
-        assert_eq!(store.hard_state(), hs);
+        assert_eq!(store.hard_state().unwrap(), hs);
         assert!(store.is_initialized().unwrap());
+    }
+
+    fn store_over(engine: &MemKv) -> RaftStore {
+        let store = RaftStore::new(Kv::new(engine.clone()), Arc::new(Stateless)).unwrap();
+        store.bootstrap(&[1, 2, 3]).unwrap();
+        store
+    }
+
+    #[test]
+    fn a_failing_hard_state_read_is_an_error_not_term_zero() {
+        let engine = MemKv::default();
+        let store = store_over(&engine);
+        assert_eq!(store.hard_state().unwrap().term, 1);
+        engine.fail_reads(HARD_STATE);
+        assert!(matches!(store.hard_state(), Err(StoreError::Engine(_))));
+        assert!(store.initial_state().is_err());
+    }
+
+    #[test]
+    fn a_failing_conf_state_read_is_an_error_not_an_empty_configuration() {
+        let engine = MemKv::default();
+        let store = store_over(&engine);
+        assert_eq!(store.conf_state().unwrap().voters, vec![1, 2, 3]);
+        engine.fail_reads(CONF_STATE);
+        assert!(store.conf_state().is_err());
+        assert!(store.initial_state().is_err());
+    }
+
+    #[test]
+    fn a_failing_applied_index_read_is_an_error_not_zero() {
+        let engine = MemKv::default();
+        let store = store_over(&engine);
+        assert_eq!(store.applied().unwrap(), 1);
+        engine.fail_reads(APPLIED);
+        assert!(store.applied().is_err());
+        assert!(store.compact(2).is_err());
+        assert!(store.snapshot(1, 2).is_err());
+    }
+
+    #[test]
+    fn damaged_raft_state_is_an_error_not_a_panic() {
+        let engine = MemKv::default();
+        let store = store_over(&engine);
+        let mut batch = Staged::new(store.db());
+        batch.insert(HARD_STATE, b"\xff\xff\xff".as_slice());
+        batch.insert(APPLIED, b"short".as_slice());
+        batch.commit().unwrap();
+        assert!(matches!(
+            store.hard_state(),
+            Err(StoreError::Damaged { .. })
+        ));
+        assert!(matches!(store.applied(), Err(StoreError::Damaged { .. })));
+    }
+
+    #[test]
+    fn a_failing_log_read_is_an_error_not_an_empty_log() {
+        let engine = MemKv::default();
+        let store = store_over(&engine);
+        let mut batch = Staged::new(store.db());
+        store
+            .append(&mut batch, &[entry(2, 1), entry(3, 1)])
+            .unwrap();
+        batch.commit().unwrap();
+        assert_eq!(store.last_index().unwrap(), 3);
+        engine.fail_reads(ENTRY_PREFIX);
+        assert!(store.last_index().is_err());
+        assert!(store.term(3).is_err());
+        assert!(
+            store
+                .entries(2, 4, None, GetEntriesContext::empty(false))
+                .is_err()
+        );
+        let mut batch = Staged::new(store.db());
+        assert!(store.append(&mut batch, &[entry(3, 2)]).is_err());
     }
 }
