@@ -636,3 +636,6 @@ impl StateMachine for Catalog {
         restore(db, batch, data)
     }
 }
+
+#[cfg(test)]
+mod tests;
