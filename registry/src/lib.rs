@@ -5,7 +5,8 @@
 //! - [`storage`]: raft log and state behind raft-rs' `Storage`.
 //! - [`catalog`]: the state machine: records, revisions, history.
 //! - [`raft_node`]: the consensus loop.
-//! - [`transport`]: Raft messages between servers.
+//! - [`transport`]: Raft messages between servers, behind a [`transport::Network`]
+//!   trait.
 //! - [`service`]: the client and peer gRPC services.
 //! - [`server`]: a whole registry server, started and stopped.
 //! - [`client`]: a client that finds a working server.

@@ -20,7 +20,7 @@ use crate::catalog;
 use crate::error::{CatalogError, RegistryError};
 use crate::kv::{Kv, Staged};
 use crate::storage::{APPLIED, RaftStore};
-use crate::transport::{Report, Transport};
+use crate::transport::{Network, Report};
 use lgsp_certs::SpiffeId;
 use lgsp_proto::{
     ApplyResponse, Command, Member, MemberChange, Proposal, StatusResponse, WatchEvent,
@@ -198,7 +198,7 @@ struct PendingMembership {
 struct Driver {
     raw: RawNode<RaftStore>,
     store: RaftStore,
-    transport: Arc<Transport>,
+    transport: Arc<dyn Network>,
     config: LoopConfig,
     next_id: u64,
     proposals: HashMap<u64, (Reply<ApplyResponse>, Instant)>,
@@ -218,7 +218,7 @@ struct Driver {
 /// it returns.
 pub fn start(
     store: RaftStore,
-    transport: Arc<Transport>,
+    transport: Arc<dyn Network>,
     mut reports: mpsc::UnboundedReceiver<Report>,
     config: LoopConfig,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
@@ -229,45 +229,13 @@ pub fn start(
     ),
     RegistryError,
 > {
-    let raft_config = raft::Config {
-        id: config.id,
-        election_tick: config.election_ticks,
-        heartbeat_tick: config.heartbeat_ticks,
-        applied: store.applied()?,
-        max_size_per_msg: 1 << 20,
-        max_inflight_msgs: 256,
-        check_quorum: true,
-        pre_vote: true,
-        ..Default::default()
-    };
-    raft_config.validate()?;
-    let raw = RawNode::new(&raft_config, store.clone(), &crate::raft_log::logger())?;
+    let mut driver = Driver::new(store, transport, config)?;
     let (tx, mut rx) = mpsc::channel::<Request>(4096);
-    let (events, _) = broadcast::channel(4096);
     let handle = RaftHandle {
         tx,
-        events: events.clone(),
-        db: store.db().clone(),
-        id: config.id,
-    };
-    for m in catalog::members(store.db())? {
-        transport.set_address(m.id, &m.peer_address);
-    }
-    let mut driver = Driver {
-        raw,
-        store,
-        transport,
-        next_id: rand_start(),
-        config,
-        proposals: HashMap::new(),
-        reads: HashMap::new(),
-        waiting_reads: Vec::new(),
-        membership: None,
-        events,
-        replies: Vec::new(),
-        published: Vec::new(),
-        membership_done: None,
-        members_changed: false,
+        events: driver.events.clone(),
+        db: driver.store.db().clone(),
+        id: driver.config.id,
     };
     // The loop blocks on fsync: it gets a thread of its own, so that a flush
     // never stalls the gRPC tasks of the server's runtime.
@@ -349,6 +317,49 @@ fn rand_start() -> u64 {
 }
 
 impl Driver {
+    /// A consensus loop over `store` that sends through `transport`, not
+    /// yet running: [`start`] runs it on a thread of its own, and tests
+    /// drive it step by step.
+    fn new(
+        store: RaftStore,
+        transport: Arc<dyn Network>,
+        config: LoopConfig,
+    ) -> Result<Self, RegistryError> {
+        let raft_config = raft::Config {
+            id: config.id,
+            election_tick: config.election_ticks,
+            heartbeat_tick: config.heartbeat_ticks,
+            applied: store.applied()?,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            ..Default::default()
+        };
+        raft_config.validate()?;
+        let raw = RawNode::new(&raft_config, store.clone(), &crate::raft_log::logger())?;
+        for m in catalog::members(store.db())? {
+            transport.set_address(m.id, &m.peer_address);
+        }
+        let (events, _) = broadcast::channel(4096);
+        Ok(Self {
+            raw,
+            store,
+            transport,
+            next_id: rand_start(),
+            config,
+            proposals: HashMap::new(),
+            reads: HashMap::new(),
+            waiting_reads: Vec::new(),
+            membership: None,
+            events,
+            replies: Vec::new(),
+            published: Vec::new(),
+            membership_done: None,
+            members_changed: false,
+        })
+    }
+
     fn id(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id
@@ -391,8 +402,7 @@ impl Driver {
             }
             Request::Step(messages) => {
                 for m in messages {
-                    #[cfg(feature = "faults")]
-                    if self.transport.faults.blocks(m.from) {
+                    if !self.transport.accepts(m.from) {
                         continue;
                     }
                     self.check_not_wiped(&m)?;

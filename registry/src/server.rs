@@ -9,7 +9,7 @@ use crate::service::{PeerService, RegistryService};
 use crate::storage::RaftStore;
 #[cfg(feature = "faults")]
 use crate::transport::Faults;
-use crate::transport::Transport;
+use crate::transport::{Network as _, Transport};
 use lgsp_certs::inspect::CertInfo;
 use lgsp_certs::{Authenticator, Credentials, Role, ServerTls, WhoAmI};
 use lgsp_proto::catalog_record::Value;

@@ -1,4 +1,6 @@
-//! Sending Raft messages to other registry servers over gRPC with mTLS.
+//! Sending Raft messages to other registry servers: the [`Network`] trait
+//! the consensus loop sends through, and its gRPC implementation with mTLS,
+//! [`Transport`].
 //!
 //! Each peer has its own queue and sending task, so one slow or dead peer
 //! never holds up the others. A full queue drops messages (Raft resends);
@@ -13,6 +15,7 @@ use raft::eraftpb::{Message, MessageType};
 use std::collections::HashMap;
 #[cfg(feature = "faults")]
 use std::collections::HashSet;
+use std::fmt;
 #[cfg(feature = "faults")]
 use std::sync::Arc;
 use std::sync::{Mutex, RwLock};
@@ -52,7 +55,27 @@ impl Faults {
     }
 }
 
-/// Outgoing Raft traffic of one server.
+/// Where the consensus loop sends Raft messages. Sending never blocks the
+/// loop: what cannot be sent is dropped (Raft resends), and what the network
+/// learns (an unreachable peer, a snapshot delivered or not) it reports back
+/// to the loop on a channel of its own.
+pub trait Network: Send + Sync + fmt::Debug {
+    /// Queues messages for their peers.
+    fn send(&self, messages: Vec<Message>);
+
+    /// Sets where peer `id` listens (ignored by a network that needs no
+    /// address).
+    fn set_address(&self, id: u64, address: &str);
+
+    /// Whether a message received from `from` may be stepped; `false` drops
+    /// it (fault injection).
+    fn accepts(&self, from: u64) -> bool {
+        let _ = from;
+        true
+    }
+}
+
+/// Outgoing Raft traffic of one server, over gRPC.
 #[derive(Debug)]
 pub struct Transport {
     id: u64,
@@ -84,8 +107,7 @@ impl Transport {
         }
     }
 
-    /// Sets where peer `id` listens.
-    pub fn set_address(&self, id: u64, address: &str) {
+    fn put_address(&self, id: u64, address: &str) {
         if id != self.id && !address.is_empty() {
             self.addresses
                 .write()
@@ -94,8 +116,7 @@ impl Transport {
         }
     }
 
-    /// Queues messages for their peers.
-    pub fn send(&self, messages: Vec<Message>) {
+    fn queue_all(&self, messages: Vec<Message>) {
         for msg in messages {
             let to = msg.to;
             #[cfg(feature = "faults")]
@@ -139,6 +160,21 @@ impl Transport {
         ));
         queues.insert(to, (address, tx.clone()));
         Some(tx)
+    }
+}
+
+impl Network for Transport {
+    fn send(&self, messages: Vec<Message>) {
+        self.queue_all(messages);
+    }
+
+    fn set_address(&self, id: u64, address: &str) {
+        self.put_address(id, address);
+    }
+
+    #[cfg(feature = "faults")]
+    fn accepts(&self, from: u64) -> bool {
+        !self.faults.blocks(from)
     }
 }
 
