@@ -6,7 +6,7 @@
 //! - [`catalog`]: the state machine: records, revisions, history.
 //! - [`raft_node`]: the consensus loop.
 //! - [`transport`]: Raft messages between servers, behind a [`transport::Network`]
-//!   trait.
+//!   trait; [`mem_network`] is an in-memory network for tests.
 //! - [`service`]: the client and peer gRPC services.
 //! - [`server`]: a whole registry server, started and stopped.
 //! - [`client`]: a client that finds a working server.
@@ -21,6 +21,7 @@ pub mod error;
 pub mod keys;
 pub mod kv;
 pub mod mem_kv;
+pub mod mem_network;
 mod raft_log;
 pub mod raft_node;
 pub mod server;

@@ -832,3 +832,6 @@ fn members_of(db: &Kv, voters: &[u64], learners: &[u64]) -> Result<Vec<Member>, 
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,6 +1,6 @@
 //! Sending Raft messages to other registry servers: the [`Network`] trait
 //! the consensus loop sends through, and its gRPC implementation with mTLS,
-//! [`Transport`].
+//! [`Transport`] (the in-memory one for tests is in `mem_network.rs`).
 //!
 //! Each peer has its own queue and sending task, so one slow or dead peer
 //! never holds up the others. A full queue drops messages (Raft resends);

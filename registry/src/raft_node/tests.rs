@@ -1,0 +1,342 @@
+//! The consensus loop on an in-memory network, driven step by step by the
+//! test, as raft-rs' own harness drives its nodes: each test tick ticks
+//! every server, then handles Readies and moves messages until no server
+//! has anything left to send. No thread, timer or socket is involved, so
+//! drops, partitions and heals happen exactly where a test puts them.
+
+use super::*;
+use crate::catalog::Catalog;
+use crate::mem_kv::MemKv;
+use crate::mem_network::MemNetwork;
+use lgsp_certs::identity::{AgencyCode, Role};
+use lgsp_proto::catalog_record::Value;
+use lgsp_proto::command::Op;
+use lgsp_proto::watch_event::Type as EventType;
+use lgsp_proto::{Agency, CatalogRecord, RecordKind};
+use std::collections::BTreeMap;
+
+const ELECTION_TICKS: usize = 10;
+const AGENCY: &str = "000.00.12.H62";
+
+fn admin() -> SpiffeId {
+    SpiffeId::new(
+        "lgsp.test",
+        AgencyCode::new("000.00.01.H62").unwrap(),
+        Role::Admin,
+        "ops",
+    )
+    .unwrap()
+}
+
+/// Registers or renames the test agency.
+fn rename(name: &str) -> Command {
+    Command {
+        op: Some(Op::Put(CatalogRecord {
+            value: Some(Value::Agency(Agency {
+                code: AGENCY.into(),
+                name: name.into(),
+                focal_point: None,
+            })),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+type Answer = oneshot::Receiver<Result<ApplyResponse, RegistryError>>;
+
+/// Registry servers 1..=n, bootstrapped together, on one [`MemNetwork`].
+struct Cluster {
+    net: MemNetwork,
+    servers: BTreeMap<u64, Driver>,
+}
+
+impl Cluster {
+    /// `snapshot_entries`: how long a log each server keeps before
+    /// compacting it.
+    fn new(size: u64, snapshot_entries: u64) -> Self {
+        let net = MemNetwork::default();
+        let voters: Vec<u64> = (1..=size).collect();
+        let servers = voters
+            .iter()
+            .map(|&id| {
+                let store = RaftStore::new(Kv::new(MemKv::default()), Arc::new(Catalog)).unwrap();
+                store.bootstrap(&voters).unwrap();
+                let config = LoopConfig {
+                    id,
+                    tick: Duration::from_millis(100),
+                    election_ticks: ELECTION_TICKS,
+                    heartbeat_ticks: 2,
+                    snapshot_entries,
+                    watch_history: 1000,
+                    // Nothing expires during a test: every outcome is decided by Raft.
+                    propose_timeout: Duration::from_secs(3600),
+                };
+                let driver = Driver::new(store, net.endpoint(id), config).unwrap();
+                (id, driver)
+            })
+            .collect();
+        Self { net, servers }
+    }
+
+    fn server(&self, id: u64) -> &Driver {
+        &self.servers[&id]
+    }
+
+    /// Handles Readies and moves messages until every server is quiet.
+    fn settle(&mut self) {
+        for _ in 0..1000 {
+            for driver in self.servers.values_mut() {
+                driver.on_ready().expect("a Ready is handled");
+            }
+            let delivery = self.net.deliver();
+            if delivery.delivered.is_empty() && delivery.dropped.is_empty() {
+                return;
+            }
+            // What the gRPC transport reports on a failed or a finished send.
+            for m in &delivery.dropped {
+                if let Some(sender) = self.servers.get_mut(&m.from) {
+                    sender.report(Report::Unreachable(m.to));
+                    if m.get_msg_type() == MessageType::MsgSnapshot {
+                        sender.report(Report::Snapshot {
+                            to: m.to,
+                            ok: false,
+                        });
+                    }
+                }
+            }
+            let mut inboxes: BTreeMap<u64, Vec<Message>> = BTreeMap::new();
+            for m in delivery.delivered {
+                if m.get_msg_type() == MessageType::MsgSnapshot
+                    && let Some(sender) = self.servers.get_mut(&m.from)
+                {
+                    sender.report(Report::Snapshot { to: m.to, ok: true });
+                }
+                inboxes.entry(m.to).or_default().push(m);
+            }
+            for (to, messages) in inboxes {
+                if let Some(driver) = self.servers.get_mut(&to) {
+                    driver
+                        .handle(Request::Step(messages))
+                        .expect("messages are stepped");
+                }
+            }
+        }
+        panic!("the cluster never went quiet");
+    }
+
+    fn tick(&mut self, ticks: usize) {
+        for _ in 0..ticks {
+            for driver in self.servers.values_mut() {
+                driver.raw.tick();
+                driver.expire();
+            }
+            self.settle();
+        }
+    }
+
+    /// The leader of `ids`, once exactly one of them leads and all of them
+    /// follow it.
+    fn leader_of(&self, ids: &[u64]) -> Option<u64> {
+        let leaders: Vec<u64> = ids
+            .iter()
+            .copied()
+            .filter(|id| self.server(*id).raw.raft.state == StateRole::Leader)
+            .collect();
+        match leaders.as_slice() {
+            [leader]
+                if ids
+                    .iter()
+                    .all(|id| self.server(*id).raw.raft.leader_id == *leader) =>
+            {
+                Some(*leader)
+            }
+            _ => None,
+        }
+    }
+
+    /// Ticks until `ids` agree on a leader among them.
+    fn elect(&mut self, ids: &[u64]) -> u64 {
+        for _ in 0..20 * ELECTION_TICKS {
+            if let Some(leader) = self.leader_of(ids) {
+                return leader;
+            }
+            self.tick(1);
+        }
+        panic!("servers {ids:?} elected no leader");
+    }
+
+    /// Hands `command` to server `on` and lets the cluster settle.
+    fn propose(&mut self, on: u64, command: Command) -> Answer {
+        let (reply, answer) = oneshot::channel();
+        self.servers
+            .get_mut(&on)
+            .unwrap()
+            .handle(Request::Propose {
+                actor: Box::new(admin()),
+                command: Box::new(command),
+                reply,
+            })
+            .unwrap();
+        self.settle();
+        answer
+    }
+
+    /// Renames the agency through server `on`; the answer must be in.
+    fn write(&mut self, on: u64, name: &str) -> ApplyResponse {
+        let mut answer = self.propose(on, rename(name));
+        answer
+            .try_recv()
+            .expect("the write was answered")
+            .expect("the write was applied")
+    }
+
+    fn revision(&self, id: u64) -> u64 {
+        catalog::revision(self.server(id).store.db()).unwrap()
+    }
+
+    fn agency_name(&self, id: u64) -> Option<String> {
+        match catalog::get(self.server(id).store.db(), RecordKind::Agency, AGENCY)
+            .unwrap()?
+            .value?
+        {
+            Value::Agency(a) => Some(a.name),
+            _ => None,
+        }
+    }
+
+    fn others(&self, but: u64) -> Vec<u64> {
+        self.servers
+            .keys()
+            .copied()
+            .filter(|id| *id != but)
+            .collect()
+    }
+}
+
+#[test]
+fn a_leader_is_elected_and_its_writes_reach_every_server() {
+    let mut cluster = Cluster::new(3, 1000);
+    let leader = cluster.elect(&[1, 2, 3]);
+    let applied = cluster.write(leader, "Sở Tư pháp");
+    cluster.tick(1);
+    for id in 1..=3 {
+        assert_eq!(cluster.revision(id), applied.revision, "server {id}");
+        assert_eq!(cluster.agency_name(id).as_deref(), Some("Sở Tư pháp"));
+    }
+}
+
+#[test]
+fn a_write_sent_to_a_follower_is_forwarded_and_answered_there() {
+    let mut cluster = Cluster::new(3, 1000);
+    let leader = cluster.elect(&[1, 2, 3]);
+    let follower = cluster.others(leader)[0];
+    let applied = cluster.write(follower, "forwarded");
+    assert_eq!(cluster.revision(leader), applied.revision);
+    assert_eq!(cluster.agency_name(leader).as_deref(), Some("forwarded"));
+}
+
+#[test]
+fn losing_the_leader_elects_another_and_its_uncommitted_write_is_discarded() {
+    let mut cluster = Cluster::new(3, 1000);
+    let old = cluster.elect(&[1, 2, 3]);
+    cluster.write(old, "before");
+    cluster.net.isolate(old);
+    let mut stale = cluster.propose(old, rename("stale"));
+    let others = cluster.others(old);
+    let new = cluster.elect(&others);
+    assert_ne!(new, old);
+    let applied = cluster.write(new, "after");
+    assert!(cluster.revision(old) < applied.revision);
+    // With check-quorum the isolated leader stands down on its own.
+    cluster.tick(2 * ELECTION_TICKS);
+    assert_ne!(cluster.server(old).raw.raft.state, StateRole::Leader);
+    assert!(!matches!(stale.try_recv(), Ok(Ok(_))));
+
+    cluster.net.heal();
+    cluster.tick(2 * ELECTION_TICKS);
+    assert_eq!(cluster.leader_of(&[1, 2, 3]), Some(new));
+    for id in 1..=3 {
+        assert_eq!(cluster.revision(id), applied.revision, "server {id}");
+        assert_eq!(cluster.agency_name(id).as_deref(), Some("after"));
+    }
+}
+
+#[test]
+fn an_isolated_minority_neither_commits_nor_disrupts_and_catches_up_after_heal() {
+    let mut cluster = Cluster::new(3, 1000);
+    let leader = cluster.elect(&[1, 2, 3]);
+    cluster.write(leader, "v0");
+    let minority = cluster.others(leader)[0];
+    let term = cluster.server(minority).raw.raft.term;
+    cluster.net.isolate(minority);
+    let mut through_minority = cluster.propose(minority, rename("lost"));
+    let mut last = None;
+    for i in 1..=5 {
+        last = Some(cluster.write(leader, &format!("v{i}")));
+    }
+    cluster.tick(3 * ELECTION_TICKS);
+    let last = last.unwrap();
+    assert!(cluster.revision(minority) < last.revision);
+    assert!(!matches!(through_minority.try_recv(), Ok(Ok(_))));
+    // Pre-vote: failed elections in the minority do not raise its term, so
+    // it cannot depose the leader when it comes back.
+    assert_eq!(cluster.server(minority).raw.raft.term, term);
+
+    cluster.net.heal();
+    cluster.tick(ELECTION_TICKS);
+    assert_eq!(cluster.leader_of(&[1, 2, 3]), Some(leader));
+    assert_eq!(cluster.revision(minority), last.revision);
+    assert_eq!(cluster.agency_name(minority).as_deref(), Some("v5"));
+}
+
+#[test]
+fn messages_lost_on_one_link_are_resent_once_it_heals() {
+    let mut cluster = Cluster::new(3, 1000);
+    let leader = cluster.elect(&[1, 2, 3]);
+    let cut_off = cluster.others(leader)[0];
+    cluster.net.cut(leader, cut_off);
+    let applied = cluster.write(leader, "while cut");
+    cluster.tick(3 * ELECTION_TICKS);
+    assert!(cluster.revision(cut_off) < applied.revision);
+    // The third server still hears the leader, so it refuses to help the
+    // cut-off server elect itself.
+    assert_eq!(cluster.server(leader).raw.raft.state, StateRole::Leader);
+
+    cluster.net.heal();
+    cluster.tick(ELECTION_TICKS);
+    assert_eq!(cluster.revision(cut_off), applied.revision);
+    assert_eq!(cluster.leader_of(&[1, 2, 3]), Some(leader));
+}
+
+#[test]
+fn a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
+    let mut cluster = Cluster::new(3, 4);
+    let leader = cluster.elect(&[1, 2, 3]);
+    let behind = cluster.others(leader)[0];
+    cluster.net.isolate(behind);
+    let mut last = None;
+    for i in 0..30 {
+        last = Some(cluster.write(leader, &format!("v{i}")));
+    }
+    let last = last.unwrap();
+    let compacted = cluster.server(leader).store.compacted_to();
+    let behind_log = cluster.server(behind).raw.raft.raft_log.last_index();
+    assert!(
+        compacted > behind_log,
+        "the leader compacted to {compacted}, the follower's log ends at {behind_log}"
+    );
+    let mut events = cluster.server(behind).events.subscribe();
+
+    cluster.net.heal();
+    cluster.tick(ELECTION_TICKS);
+    assert_eq!(cluster.revision(behind), last.revision);
+    assert_eq!(cluster.agency_name(behind).as_deref(), Some("v29"));
+    assert!(cluster.server(behind).store.compacted_to() >= compacted);
+    // Its watchers are told they missed what the snapshot covers.
+    let mut told = false;
+    while let Ok(event) = events.try_recv() {
+        told |= event.r#type == EventType::Compacted as i32;
+    }
+    assert!(told, "no Compacted event after the snapshot");
+}
