@@ -3,10 +3,10 @@
 //! cheap handle the rest of the registry passes around ([`Kv`]), and writes
 //! staged for one atomic batch ([`Staged`]).
 //!
-//! The engine is sled in a server ([`crate::sled_kv`]) and a `BTreeMap` in
-//! unit tests ([`crate::mem_kv`]); nothing outside those two modules names
-//! the engine, so the catalog and the Raft log can be tested without a disk
-//! and sled could be replaced without touching them.
+//! The engine is sled in a server (`sled_kv.rs`) and a `BTreeMap` in unit
+//! tests (`mem_kv.rs`); nothing outside those two modules names the engine,
+//! so the catalog and the Raft log can be tested without a disk and sled
+//! could be replaced without touching them.
 
 use crate::error::StoreError;
 use std::collections::BTreeMap;
@@ -169,61 +169,4 @@ pub fn read_u64(db: &impl KvRead, key: &[u8]) -> Result<Option<u64>, StoreError>
                 })
         })
         .transpose()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::mem_kv::MemKv;
-
-    #[test]
-    fn staged_writes_are_read_back_before_commit_and_land_in_one_batch() {
-        let kv = Kv::new(MemKv::default());
-        let mut setup = Staged::new(&kv);
-        setup.insert(b"k1".as_slice(), b"old".as_slice());
-        setup.insert(b"k2".as_slice(), b"gone".as_slice());
-        setup.commit().unwrap();
-        let mut staged = Staged::new(&kv);
-        staged.insert(b"k1".as_slice(), b"new".as_slice());
-        staged.remove(b"k2".as_slice());
-        staged.insert(b"k3".as_slice(), b"added".as_slice());
-        assert_eq!(staged.read(b"k1").unwrap().unwrap(), b"new");
-        assert_eq!(staged.read(b"k2").unwrap(), None);
-        // Nothing reaches the store before the commit.
-        assert_eq!(kv.get(b"k1").unwrap().unwrap(), b"old");
-        assert_eq!(kv.get(b"k3").unwrap(), None);
-        staged.commit().unwrap();
-        assert_eq!(kv.get(b"k1").unwrap().unwrap(), b"new");
-        assert_eq!(kv.get(b"k2").unwrap(), None);
-        assert_eq!(kv.get(b"k3").unwrap().unwrap(), b"added");
-    }
-
-    #[test]
-    fn scan_prefix_returns_only_keys_with_the_prefix_in_order() {
-        let kv = Kv::new(MemKv::default());
-        let mut batch = Staged::new(&kv);
-        for key in [b"a:2".as_slice(), b"a:1", b"a;", b"a", b"b:1"] {
-            batch.insert(key, b"v".as_slice());
-        }
-        batch.commit().unwrap();
-        let keys: Vec<Vec<u8>> = kv.scan_prefix(b"a:").map(|e| e.unwrap().0).collect();
-        assert_eq!(keys, vec![b"a:1".to_vec(), b"a:2".to_vec()]);
-        assert_eq!(kv.last_key(b"a:").unwrap(), Some(b"a:2".to_vec()));
-        assert_eq!(kv.last_key(b"c").unwrap(), None);
-        assert_eq!(prefix_end(&[1, 0xff]), Some(vec![2]));
-        assert_eq!(prefix_end(&[0xff]), None);
-    }
-
-    #[test]
-    fn a_damaged_integer_is_an_error_not_zero() {
-        let kv = Kv::new(MemKv::default());
-        let mut batch = Staged::new(&kv);
-        batch.insert(b"n".as_slice(), b"abc".as_slice());
-        batch.commit().unwrap();
-        assert!(matches!(
-            read_u64(&kv, b"n"),
-            Err(StoreError::Damaged { .. })
-        ));
-        assert_eq!(read_u64(&kv, b"absent").unwrap(), None);
-    }
 }

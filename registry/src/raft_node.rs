@@ -5,7 +5,7 @@
 //! 2. a snapshot from the leader replaces log and catalog atomically;
 //! 3. new entries and the hard state are written, then committed entries are
 //!    applied (each entry one atomic batch with the applied index);
-//! 4. sled is flushed once for the whole Ready, when it must be synced;
+//! 4. the store is flushed once for the whole Ready, when it must be synced;
 //! 5. only then are the persisted messages sent, `advance` called, and the
 //!    `LightReady`'s commit index and committed entries handled the same way;
 //! 6. clients are answered and watchers told only after the flush.
