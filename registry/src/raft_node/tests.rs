@@ -49,6 +49,8 @@ type Answer = oneshot::Receiver<Result<ApplyResponse, RegistryError>>;
 struct Cluster {
     net: MemNetwork,
     servers: BTreeMap<u64, Driver>,
+    /// Each server's store, to make its reads fail.
+    engines: BTreeMap<u64, MemKv>,
 }
 
 impl Cluster {
@@ -57,10 +59,13 @@ impl Cluster {
     fn new(size: u64, snapshot_entries: u64) -> Self {
         let net = MemNetwork::default();
         let voters: Vec<u64> = (1..=size).collect();
+        let engines: BTreeMap<u64, MemKv> =
+            voters.iter().map(|&id| (id, MemKv::default())).collect();
         let servers = voters
             .iter()
             .map(|&id| {
-                let store = RaftStore::new(Kv::new(MemKv::default()), Arc::new(Catalog)).unwrap();
+                let store =
+                    RaftStore::new(Kv::new(engines[&id].clone()), Arc::new(Catalog)).unwrap();
                 store.bootstrap(&voters).unwrap();
                 let config = LoopConfig {
                     id,
@@ -76,7 +81,11 @@ impl Cluster {
                 (id, driver)
             })
             .collect();
-        Self { net, servers }
+        Self {
+            net,
+            servers,
+            engines,
+        }
     }
 
     fn server(&self, id: u64) -> &Driver {
@@ -85,13 +94,21 @@ impl Cluster {
 
     /// Handles Readies and moves messages until every server is quiet.
     fn settle(&mut self) {
+        if let Err((id, error)) = self.try_settle() {
+            panic!("server {id} stopped: {error}");
+        }
+    }
+
+    /// [`settle`](Self::settle), returning the first error a server's loop
+    /// stops with.
+    fn try_settle(&mut self) -> Result<(), (u64, RegistryError)> {
         for _ in 0..1000 {
-            for driver in self.servers.values_mut() {
-                driver.on_ready().expect("a Ready is handled");
+            for (id, driver) in self.servers.iter_mut() {
+                driver.on_ready().map_err(|e| (*id, e))?;
             }
             let delivery = self.net.deliver();
             if delivery.delivered.is_empty() && delivery.dropped.is_empty() {
-                return;
+                return Ok(());
             }
             // What the gRPC transport reports on a failed or a finished send.
             for m in &delivery.dropped {
@@ -118,7 +135,7 @@ impl Cluster {
                 if let Some(driver) = self.servers.get_mut(&to) {
                     driver
                         .handle(Request::Step(messages))
-                        .expect("messages are stepped");
+                        .map_err(|e| (to, e))?;
                 }
             }
         }
@@ -339,4 +356,30 @@ fn a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
         told |= event.r#type == EventType::Compacted as i32;
     }
     assert!(told, "no Compacted event after the snapshot");
+}
+
+#[test]
+fn a_store_read_failing_while_applying_stops_that_server_instead_of_refusing_alone() {
+    let mut cluster = Cluster::new(3, 1000);
+    let leader = cluster.elect(&[1, 2, 3]);
+    cluster.write(leader, "v0");
+    let broken = cluster.others(leader)[0];
+    // The check of a rename reads the agency record.
+    cluster.engines[&broken].fail_reads(b"c:");
+    let (reply, _answer) = oneshot::channel();
+    cluster
+        .servers
+        .get_mut(&leader)
+        .unwrap()
+        .handle(Request::Propose {
+            actor: Box::new(admin()),
+            command: Box::new(rename("v1")),
+            reply,
+        })
+        .unwrap();
+    let (stopped, error) = cluster
+        .try_settle()
+        .expect_err("the broken server applies the write");
+    assert_eq!(stopped, broken);
+    assert!(matches!(error, RegistryError::Storage(_)), "{error}");
 }
