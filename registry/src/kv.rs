@@ -26,7 +26,8 @@ pub trait KvEngine: Send + Sync + fmt::Debug {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// Pairs from `start` (included) to `end` (excluded; `None`: to the
-    /// last key), in key order.
+    /// last key), in key order. The iterator borrows the engine only, not
+    /// the bounds, so that callers can pass bounds they build on the spot.
     fn range(&self, start: &[u8], end: Option<&[u8]>) -> Entries<'_>;
 
     /// The greatest key starting with `prefix`.
@@ -63,14 +64,7 @@ impl Kv {
 
     /// Pairs whose key starts with `prefix`, in key order.
     pub fn scan_prefix(&self, prefix: &[u8]) -> Entries<'_> {
-        match prefix_end(prefix) {
-            Some(end) => {
-                // The iterator borrows only `self`; the bound is copied in.
-                let entries: Vec<_> = self.0.range(prefix, Some(&end)).collect();
-                Box::new(entries.into_iter())
-            }
-            None => self.0.range(prefix, None),
-        }
+        self.0.range(prefix, prefix_end(prefix).as_deref())
     }
 
     /// The greatest key starting with `prefix`.
