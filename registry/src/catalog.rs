@@ -13,6 +13,7 @@
 //! `s:member:<id BE>` members' addresses.
 
 use crate::error::{CatalogError, RegistryError, StoreError};
+use crate::keys::{GrantKey, KeyError, NodeKey, ServiceId};
 use crate::kv::{Kv, KvRead, Staged, prefix_end, read_u64};
 use crate::storage::StateMachine;
 use lgsp_certs::identity::{AgencyCode, Role, SpiffeId, validate_name};
@@ -169,11 +170,11 @@ fn record_text(record: &CatalogRecord) -> String {
 pub fn key_of(value: &Value) -> (RecordKind, String) {
     match value {
         Value::Agency(a) => (RecordKind::Agency, a.code.clone()),
-        Value::Node(n) => (RecordKind::Node, format!("{}/{}", n.agency_code, n.name)),
+        Value::Node(n) => (RecordKind::Node, NodeKey::format(&n.agency_code, &n.name)),
         Value::Service(s) => (RecordKind::Service, s.id.clone()),
         Value::Grant(g) => (
             RecordKind::Grant,
-            format!("{}|{}", g.service_id, g.consumer_agency),
+            GrantKey::format(&g.service_id, &g.consumer_agency),
         ),
         Value::Crl(_) => (RecordKind::Crl, "current".into()),
     }
@@ -191,28 +192,14 @@ fn owner_of(kind: RecordKind, key: &str) -> Option<&str> {
 
 /// Checks that a key is well formed for its kind, before anything else.
 fn validate_key(kind: RecordKind, key: &str) -> Result<(), CatalogError> {
-    let invalid = |e: lgsp_certs::CertError| CatalogError::InvalidArgument(e.to_string());
+    let invalid = |e: KeyError| CatalogError::InvalidArgument(e.to_string());
     match kind {
-        RecordKind::Agency => AgencyCode::new(key).map(drop).map_err(invalid),
-        RecordKind::Node => {
-            let (agency, name) = key.split_once('/').ok_or_else(|| {
-                CatalogError::InvalidArgument(format!(
-                    "malformed node key {key:?}: expected <agency-code>/<node-name>"
-                ))
-            })?;
-            AgencyCode::new(agency).map_err(invalid)?;
-            validate_name(name).map_err(invalid)
-        }
-        RecordKind::Service => parse_service_id(key).map(drop),
-        RecordKind::Grant => {
-            let (service, consumer) = key.split_once('|').ok_or_else(|| {
-                CatalogError::InvalidArgument(format!(
-                    "malformed grant key {key:?}: expected <service-id>|<consumer-agency-code>"
-                ))
-            })?;
-            parse_service_id(service)?;
-            AgencyCode::new(consumer).map(drop).map_err(invalid)
-        }
+        RecordKind::Agency => AgencyCode::new(key)
+            .map(drop)
+            .map_err(|e| CatalogError::InvalidArgument(e.to_string())),
+        RecordKind::Node => key.parse::<NodeKey>().map(drop).map_err(invalid),
+        RecordKind::Service => service_id(key).map(drop),
+        RecordKind::Grant => key.parse::<GrantKey>().map(drop).map_err(invalid),
         RecordKind::Crl | RecordKind::Unspecified => Ok(()),
     }
 }
@@ -239,17 +226,10 @@ fn authorize(actor: &SpiffeId, kind: RecordKind, key: &str) -> Result<(), Catalo
     }))
 }
 
-/// Splits a service id `<agency-code>/<service-name>` and validates both parts.
-pub fn parse_service_id(id: &str) -> Result<(AgencyCode, &str), CatalogError> {
-    let bad = |why: String| {
-        CatalogError::InvalidArgument(format!(
-            "malformed service id {id:?}: {why} (expected <agency-code>/<service-name>, e.g. 000.00.12.H62/ho-tich)"
-        ))
-    };
-    let (agency, name) = id.split_once('/').ok_or_else(|| bad("no '/'".into()))?;
-    let agency = AgencyCode::new(agency).map_err(|e| bad(e.to_string()))?;
-    validate_name(name).map_err(|e| bad(e.to_string()))?;
-    Ok((agency, name))
+/// A service id, parsed; a malformed one is an invalid argument.
+fn service_id(id: &str) -> Result<ServiceId, CatalogError> {
+    id.parse()
+        .map_err(|e: KeyError| CatalogError::InvalidArgument(e.to_string()))
 }
 
 fn exists(db: &impl KvRead, kind: RecordKind, key: &str) -> Result<bool, CatalogError> {
@@ -331,14 +311,14 @@ fn check_value(db: &impl KvRead, mut value: Value) -> Result<Value, CatalogError
             }
         }
         Value::Service(s) => {
-            let (agency, name) = parse_service_id(&s.id)?;
+            let id = service_id(&s.id)?;
             if s.agency_code.is_empty() {
-                s.agency_code = agency.to_string();
+                s.agency_code = id.agency().to_string();
             }
             if s.name.is_empty() {
-                s.name = name.to_owned();
+                s.name = id.name().to_owned();
             }
-            if s.agency_code != agency.as_str() || s.name != name {
+            if s.agency_code != id.agency().as_str() || s.name != id.name() {
                 return Err(CatalogError::InvalidArgument(format!(
                     "service id {:?} does not match agency {:?} and name {:?}",
                     s.id, s.agency_code, s.name
@@ -359,7 +339,7 @@ fn check_value(db: &impl KvRead, mut value: Value) -> Result<Value, CatalogError
                 && !exists(
                     db,
                     RecordKind::Node,
-                    &format!("{}/{}", s.agency_code, s.node),
+                    &NodeKey::format(&s.agency_code, &s.node),
                 )?
             {
                 return Err(CatalogError::FailedPrecondition(format!(
@@ -374,7 +354,7 @@ fn check_value(db: &impl KvRead, mut value: Value) -> Result<Value, CatalogError
             }
         }
         Value::Grant(g) => {
-            parse_service_id(&g.service_id)?;
+            service_id(&g.service_id)?;
             AgencyCode::new(&g.consumer_agency)
                 .map_err(|e| CatalogError::InvalidArgument(e.to_string()))?;
             if !exists(db, RecordKind::Service, &g.service_id)? {

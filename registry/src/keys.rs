@@ -97,6 +97,14 @@ impl NodeKey {
     }
 }
 
+impl NodeKey {
+    /// The key of node `name` of `agency` as written, for a record not
+    /// checked yet (the catalog checks it with [`NodeKey::from_str`]).
+    pub fn format(agency: &str, name: &str) -> String {
+        format!("{agency}/{name}")
+    }
+}
+
 impl FromStr for NodeKey {
     type Err = KeyError;
 
@@ -131,6 +139,13 @@ pub struct GrantKey {
 }
 
 impl GrantKey {
+    /// The key of the grant of `service` to `consumer` as written, for a
+    /// record not checked yet (the catalog checks it with
+    /// [`GrantKey::from_str`]).
+    pub fn format(service: &str, consumer: &str) -> String {
+        format!("{service}|{consumer}")
+    }
+
     /// The prefix every grant key of `service` starts with, for listing them.
     pub fn prefix_of(service: &ServiceId) -> String {
         format!("{service}|")
