@@ -18,7 +18,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::server::TlsStream;
@@ -203,7 +203,7 @@ impl ServerTls {
     /// [`Self::is_revoked`] reports them for connections already open.
     pub fn set_crl(&self, der: &[u8]) -> Result<()> {
         let info = CrlInfo::from_der(der, Path::new("<crl>"))?;
-        let mut trust = self.trust.lock().expect("trust lock poisoned");
+        let mut trust = self.trust.lock().unwrap_or_else(PoisonError::into_inner);
         let mut next = trust.clone();
         next.crl = Some(CertificateRevocationListDer::from(der.to_vec()));
         let config = build_server_config(&self.creds, &next)?;
@@ -217,7 +217,7 @@ impl ServerTls {
 
     /// Replaces the trusted CA certificates (e.g. adds a ministry's bundle).
     pub fn set_roots(&self, roots: Vec<CertificateDer<'static>>) -> Result<()> {
-        let mut trust = self.trust.lock().expect("trust lock poisoned");
+        let mut trust = self.trust.lock().unwrap_or_else(PoisonError::into_inner);
         let mut next = trust.clone();
         next.roots = roots;
         let config = build_server_config(&self.creds, &next)?;

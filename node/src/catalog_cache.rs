@@ -12,7 +12,7 @@ use lgsp_registry::RegistryClient;
 use prost::Message as _;
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 
@@ -80,7 +80,10 @@ impl CatalogCache {
     }
 
     pub fn revision(&self) -> u64 {
-        self.state.read().expect("cache lock").revision
+        self.state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .revision
     }
 
     /// Notified with the revision after every change.
@@ -100,14 +103,14 @@ impl CatalogCache {
         }
         self.fresh_at
             .read()
-            .expect("fresh lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .and_then(|t| t.elapsed().ok())
     }
 
     fn get(&self, kind: RecordKind, key: &str) -> Option<Value> {
         self.state
             .read()
-            .expect("cache lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .records
             .get(&(kind as i32, key.to_owned()))
             .and_then(|r| r.value.clone())
@@ -157,7 +160,7 @@ impl CatalogCache {
         };
         let db_key = format!("{}:{}", record.kind, record.key);
         let mut batch = sled::Batch::default();
-        let mut state = self.state.write().expect("cache lock");
+        let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
         // After a reload, events the lists already reflected are replayed:
         // never let an older event replace a newer record.
         let held = state
@@ -205,7 +208,7 @@ impl CatalogCache {
         }
         batch.insert(REVISION_KEY, &revision.to_be_bytes());
         self.db.apply_batch(batch)?;
-        let mut state = self.state.write().expect("cache lock");
+        let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
         state.records = map;
         state.revision = revision;
         drop(state);
@@ -346,12 +349,18 @@ impl CatalogCache {
                 tracing::info!(revision = self.revision(), "catalog cache is current again");
             }
         }
-        *self.fresh_at.write().expect("fresh lock") = Some(SystemTime::now());
+        *self
+            .fresh_at
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(SystemTime::now());
     }
 
     fn mark_stale(&self, stale_since: &mut Option<Instant>, why: &str) {
         if self.live.swap(false, std::sync::atomic::Ordering::Relaxed) {
-            *self.fresh_at.write().expect("fresh lock") = Some(SystemTime::now());
+            *self
+                .fresh_at
+                .write()
+                .unwrap_or_else(PoisonError::into_inner) = Some(SystemTime::now());
         }
         let since = *stale_since.get_or_insert_with(Instant::now);
         if since.elapsed() < Duration::from_millis(1500)

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod provider;
 pub mod refusal;
 pub mod server;
+pub mod shutdown;
 mod trace;
 
 pub use trace::new_request_id;

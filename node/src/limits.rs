@@ -8,7 +8,7 @@
 
 use crate::refusal::Refusal;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use tokio::time::Instant;
 
 #[derive(Debug)]
@@ -41,7 +41,7 @@ impl Drop for Permit {
             .limits
             .buckets
             .lock()
-            .expect("limits lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .get_mut(&self.consumer)
         {
             b.in_flight = b.in_flight.saturating_sub(1);
@@ -60,7 +60,7 @@ impl Limits {
 
     /// Takes a slot for `consumer`, or says which limit it hit.
     pub fn acquire(self: &Arc<Self>, consumer: &str) -> Result<Permit, Refusal> {
-        let mut buckets = self.buckets.lock().expect("limits lock");
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
         if !buckets.contains_key(consumer) {
             let name: Arc<str> = Arc::from(consumer);

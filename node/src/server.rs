@@ -9,6 +9,7 @@ use crate::context::NodeContext;
 use crate::link::{FRAMING as LINK_FRAMING, LinkServer};
 use crate::metrics::Metrics;
 use crate::provider::Provider;
+use crate::shutdown::Shutdown;
 use lgsp_certs::inspect::CertInfo;
 use lgsp_certs::{Authenticator, CertError, Credentials, Role, ServerTls, WhoAmI};
 use lgsp_dataset::{DatasetCache, DatasetStore};
@@ -22,7 +23,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::task::JoinHandle;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -84,13 +84,7 @@ pub struct NodeServer {
     pub metrics_addr: Option<SocketAddr>,
     pub ctx: Arc<NodeContext>,
     pub tls: Arc<ServerTls>,
-    shutdown: tokio::sync::watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-async fn wait_for(mut rx: tokio::sync::watch::Receiver<bool>) {
-    // Also ends when the sender is gone.
-    let _ = rx.wait_for(|stop| *stop).await;
+    shutdown: Shutdown,
 }
 
 impl NodeServer {
@@ -121,25 +115,26 @@ impl NodeServer {
         let db = open_db(&config.data_dir)?;
         let cache = CatalogCache::open(&db)?;
         let registry = RegistryClient::new(&config.registry, &creds)?;
-        let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
-        let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(
+        let mut shutdown = Shutdown::new();
+        let shutdown_rx = shutdown.receiver();
+        shutdown.spawn(
+            "catalog cache",
             cache.clone().follow(registry.clone(), shutdown_rx.clone()),
-        ));
+        );
 
         let tls = ServerTls::new(creds.clone())?;
-        tasks.push(tokio::spawn(follow_crl(
-            cache.clone(),
-            tls.clone(),
-            shutdown_rx.clone(),
-        )));
+        shutdown.spawn(
+            "CRL follower",
+            follow_crl(cache.clone(), tls.clone(), shutdown.stopped()),
+        );
 
         let signer = Signer::from_pem(&creds.key_pem, &creds.cert_pem)?;
         let log = Arc::new(SharingLog::open(
             &sharing_log_dir(&config.data_dir),
             signer,
         )?);
-        tasks.push(
+        shutdown.adopt(
+            "sharing log sealer",
             log.clone()
                 .spawn_sealer(Duration::from_secs(1), shutdown_rx.clone()),
         );
@@ -188,9 +183,9 @@ impl NodeServer {
         );
         health.set_serving::<NodeLinkServer<LinkServer>>().await;
         let incoming = tls.clone().incoming(provider_listener);
-        let stop = wait_for(shutdown_rx.clone());
+        let stop = shutdown.stopped();
         let (h, r) = (health_service.clone(), reflection.clone());
-        tasks.push(tokio::spawn(async move {
+        shutdown.spawn("provider listener", async move {
             // A consumer node that vanished without closing its connection
             // (power cut, cable pulled) is found out within half a minute:
             // its streams end, its node links among them, and their slots
@@ -208,7 +203,7 @@ impl NodeServer {
             if let Err(error) = result {
                 tracing::error!(%error, "provider listener failed");
             }
-        }));
+        });
 
         let consumer_listener = tokio::net::TcpListener::bind(config.consumer.listen)
             .await
@@ -226,12 +221,12 @@ impl NodeServer {
             }
             None => None,
         };
-        let stop = wait_for(shutdown_rx.clone());
+        let stop = shutdown.stopped();
         let router = tonic::transport::Server::builder()
             .add_service(consumer)
             .add_service(health_service)
             .add_service(reflection);
-        tasks.push(tokio::spawn(async move {
+        shutdown.spawn("consumer listener", async move {
             let result = match consumer_tls {
                 Some(tls) => {
                     router
@@ -252,7 +247,7 @@ impl NodeServer {
             if let Err(error) = result {
                 tracing::error!(%error, "consumer listener failed");
             }
-        }));
+        });
 
         let metrics_addr = match config.metrics_listen {
             Some(addr) => {
@@ -260,12 +255,10 @@ impl NodeServer {
                     .await
                     .map_err(listen_error(addr))?;
                 let bound = listener.local_addr().map_err(listen_error(addr))?;
-                tasks.push(tokio::spawn(crate::metrics::serve(
-                    listener,
-                    metrics,
-                    cache.clone(),
-                    shutdown_rx.clone(),
-                )));
+                shutdown.spawn(
+                    "metrics listener",
+                    crate::metrics::serve(listener, metrics, cache.clone(), shutdown_rx.clone()),
+                );
                 Some(bound)
             }
             None => None,
@@ -281,11 +274,10 @@ impl NodeServer {
             },
             cert_sha256: own.sha256.clone(),
         };
-        tasks.push(tokio::spawn(register(
-            Catalog::new(registry),
-            record,
-            shutdown_rx,
-        )));
+        shutdown.spawn(
+            "catalog registration",
+            register(Catalog::new(registry), record, shutdown_rx),
+        );
         tracing::info!(%provider_addr, %consumer_addr, agency = %config.agency, node = %config.name, "node started");
         Ok(Self {
             provider_addr,
@@ -294,16 +286,13 @@ impl NodeServer {
             ctx,
             tls,
             shutdown,
-            tasks,
         })
     }
 
-    /// Stops both listeners and background work, sealing the sharing log.
-    pub async fn shutdown(mut self) {
-        let _ = self.shutdown.send(true);
-        for task in self.tasks.drain(..) {
-            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
-        }
+    /// Stops both listeners and background work (each task at most 5 s),
+    /// then seals the sharing log.
+    pub async fn shutdown(self) {
+        self.shutdown.stop(Duration::from_secs(5)).await;
         if let Err(error) = self.ctx.log.seal() {
             tracing::error!(%error, "cannot seal the sharing log");
         }
@@ -340,11 +329,10 @@ async fn register(
 async fn follow_crl(
     cache: Arc<CatalogCache>,
     tls: Arc<ServerTls>,
-    shutdown: tokio::sync::watch::Receiver<bool>,
+    stop: impl std::future::Future<Output = ()>,
 ) {
     let mut changes = cache.subscribe();
     let mut current: Option<Vec<u8>> = None;
-    let stop = wait_for(shutdown);
     tokio::pin!(stop);
     loop {
         let crl = cache.crl();

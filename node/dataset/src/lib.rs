@@ -48,7 +48,7 @@ use std::fmt;
 use std::io::Write;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 /// The most bad rows an import error reports; the rest are only counted.
@@ -489,7 +489,9 @@ impl Dataset {
             });
         };
         let id = (path.clone(), conf.ino());
-        let mut open = open_datasets().lock().unwrap_or_else(|e| e.into_inner());
+        let mut open = open_datasets()
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(inner) = open.get(&id).and_then(Weak::upgrade) {
             return Ok(Self { inner });
         }
@@ -858,7 +860,7 @@ impl DatasetCache {
     /// handle given out earlier keeps reading its own generation. Fails as
     /// [`DatasetStore::open`] does.
     pub fn get(&self, service: &str) -> Result<Arc<Dataset>, DatasetError> {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((dataset, checked)) = entries.get_mut(service) {
             if checked.elapsed() < CACHE_RECHECK {
                 return Ok(dataset.clone());
