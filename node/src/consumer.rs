@@ -178,6 +178,7 @@ impl DataExchange for Consumer {
             started,
             deadline,
         );
+        let span = tracing::info_span!("query", side = "consumer", request_id = %req.request_id, service = %req.service_id);
         let opened = async {
             let mut client = self.client(&self.route(&req.service_id)?)?;
             client.query(forward(deadline, req)).await.map_err(explain)
@@ -192,29 +193,32 @@ impl DataExchange for Consumer {
         };
         // Pages pass through one at a time: backpressure reaches the provider.
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<QueryPage, Status>>(1);
-        tokio::spawn(async move {
-            let mut digest = Sha256::new();
-            let mut bytes_out = 0u64;
-            let outcome = loop {
-                match upstream.next().await {
-                    Some(Ok(page)) => {
-                        let encoded = page.encode_to_vec();
-                        digest.update(&encoded);
-                        bytes_out += encoded.len() as u64;
-                        if tx.send(Ok(page)).await.is_err() {
-                            break Err(Status::cancelled("the application stopped reading"));
+        tokio::spawn(
+            async move {
+                let mut digest = Sha256::new();
+                let mut bytes_out = 0u64;
+                let outcome = loop {
+                    match upstream.next().await {
+                        Some(Ok(page)) => {
+                            let encoded = page.encode_to_vec();
+                            digest.update(&encoded);
+                            bytes_out += encoded.len() as u64;
+                            if tx.send(Ok(page)).await.is_err() {
+                                break Err(Status::cancelled("the application stopped reading"));
+                            }
                         }
+                        Some(Err(s)) => {
+                            let _ = tx.send(Err(s.clone())).await;
+                            break Err(s);
+                        }
+                        None => break Ok(()),
                     }
-                    Some(Err(s)) => {
-                        let _ = tx.send(Err(s.clone())).await;
-                        break Err(s);
-                    }
-                    None => break Ok(()),
-                }
-            };
-            let digest = digest.finalize();
-            trace.finish(&digest, code_of(&outcome), bytes_out);
-        });
+                };
+                let digest = digest.finalize();
+                trace.finish(&digest, code_of(&outcome), bytes_out);
+            }
+            .instrument(span),
+        );
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))

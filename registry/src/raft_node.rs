@@ -281,10 +281,12 @@ pub fn start(
         }
         result
     };
+    // Everything the loop logs carries the server's id.
+    let span = tracing::info_span!("raft", id = handle.id);
     std::thread::Builder::new()
         .name(format!("raft-{}", handle.id))
         .spawn(move || {
-            let _ = done_tx.send(runtime.block_on(run));
+            let _ = done_tx.send(runtime.block_on(tracing::Instrument::instrument(run, span)));
         })
         .map_err(|e| RegistryError::Raft(format!("cannot start the consensus thread: {e}")))?;
     let task = tokio::spawn(async move {

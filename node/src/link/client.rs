@@ -12,6 +12,7 @@ use tokio::sync::{OnceCell, mpsc, oneshot};
 use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status, Streaming};
+use tracing::Instrument;
 
 /// What a consumer node has learned about calling one provider node.
 #[derive(Debug)]
@@ -76,7 +77,7 @@ impl Links {
         for _ in 0..2 {
             let slot = self.slot(endpoint);
             let route = slot
-                .get_or_try_init(|| async { open(channel()?, max).await })
+                .get_or_try_init(|| async { open(endpoint, channel()?, max).await })
                 .await;
             let link = match route {
                 Ok(Route::Link(link)) => link,
@@ -128,7 +129,7 @@ impl Links {
 }
 
 /// Opens a link on `channel`, or learns that the provider has none.
-async fn open(channel: Channel, max: usize) -> Result<Route, Status> {
+async fn open(endpoint: &str, channel: Channel, max: usize) -> Result<Route, Status> {
     let (outgoing, queued) = mpsc::channel(QUEUE);
     let (cancels, cancelled) = mpsc::unbounded_channel();
     let mut client = NodeLinkClient::new(channel)
@@ -155,7 +156,8 @@ async fn open(channel: Channel, max: usize) -> Result<Route, Status> {
         pending: Mutex::default(),
         next_id: AtomicU64::new(0),
     });
-    tokio::spawn(read_replies(link.clone(), replies));
+    let span = tracing::info_span!("link", side = "consumer", provider = %endpoint);
+    tokio::spawn(read_replies(link.clone(), replies).instrument(span));
     Ok(Route::Link(link))
 }
 

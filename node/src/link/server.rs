@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 /// The provider side: answers the calls on links other nodes open.
 #[derive(Debug, Clone)]
@@ -231,14 +232,18 @@ impl NodeLink for LinkServer {
         let registered = self.register(peer.id.agency.as_str())?;
         let (replies, queued) = mpsc::channel::<Result<Queued, Status>>(QUEUE);
         tracing::debug!(consumer = %peer.id, "node link opened");
-        tokio::spawn(read_calls(
-            Arc::new(self.clone()),
-            Arc::new(peer),
-            request.into_inner(),
-            replies,
-            reply_limit,
-            registered.calls.clone(),
-        ));
+        let span = tracing::info_span!("link", side = "provider", consumer = %peer.id);
+        tokio::spawn(
+            read_calls(
+                Arc::new(self.clone()),
+                Arc::new(peer),
+                request.into_inner(),
+                replies,
+                reply_limit,
+                registered.calls.clone(),
+            )
+            .instrument(span),
+        );
         let replies = ReceiverStream::new(queued).map(move |queued| {
             let _ = &registered;
             queued.map(|(reply, _slot, _permit)| reply)
