@@ -506,3 +506,147 @@ fn check_days(days: i64, max: i64) -> Result<()> {
         Err(CertError::Days { days, max })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::{AgencyCode, Role};
+    use crate::inspect::{CertInfo, CrlInfo, pem_blocks};
+
+    const DOMAIN: &str = "vinhphuc.gov.vn";
+
+    fn ca() -> (tempfile::TempDir, CertificateAuthority) {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CertificateAuthority::init(&dir.path().join("ca"), DOMAIN, "CA thử", 30).unwrap();
+        (dir, ca)
+    }
+
+    fn spec(domain: &str, agency: &str, role: Role, name: &str) -> LeafSpec {
+        let id = SpiffeId::new(domain, AgencyCode::new(agency).unwrap(), role, name).unwrap();
+        LeafSpec::for_days(id, 1).unwrap()
+    }
+
+    fn info(pem: &str) -> CertInfo {
+        let (_, der) = pem_blocks(pem).unwrap().remove(0);
+        CertInfo::from_der(&der, Path::new("test")).unwrap()
+    }
+
+    #[test]
+    fn an_issued_certificate_names_its_holder_and_keeps_the_display_name_in_utf8() {
+        let (_dir, mut ca) = ca();
+        let mut leaf = spec(DOMAIN, "000.00.12.H62", Role::Node, "node-1");
+        leaf.display_name = Some("Sở Tư pháp tỉnh Vĩnh Phúc".into());
+        let issued = ca.issue(&leaf).unwrap();
+        let cert = info(&issued.cert_pem);
+        let id = cert.spiffe_id.unwrap();
+        assert_eq!(id.agency.as_str(), "000.00.12.H62");
+        assert_eq!(id.role, Role::Node);
+        assert_eq!(id.name, "node-1");
+        assert!(
+            cert.subject.contains("Sở Tư pháp tỉnh Vĩnh Phúc"),
+            "{}",
+            cert.subject
+        );
+        assert_eq!(cert.serial, issued.serial);
+        assert!(!cert.is_ca);
+    }
+
+    #[test]
+    fn a_ca_refuses_identities_of_another_trust_domain() {
+        let (_dir, mut ca) = ca();
+        let foreign = spec("hanoi.gov.vn", "000.00.12.H01", Role::Node, "node-1");
+        assert!(matches!(
+            ca.issue(&foreign),
+            Err(CertError::ForeignTrustDomain { .. })
+        ));
+    }
+
+    #[test]
+    fn a_csr_is_signed_with_the_identity_it_asks_for_and_the_key_it_carries() {
+        let (dir, mut ca) = ca();
+        let leaf = spec(DOMAIN, "000.00.31.H62", Role::Node, "node-2");
+        let (csr, _key) = make_csr(&leaf).unwrap();
+        let request = ca.check_csr(&csr, &dir.path().join("csr.pem"), 30).unwrap();
+        assert_eq!(request.spec.id, leaf.id);
+        let (cert_pem, serial) = ca.sign(request).unwrap();
+        let cert = info(&cert_pem);
+        assert_eq!(cert.spiffe_id.unwrap(), leaf.id);
+        assert_eq!(cert.serial, serial);
+    }
+
+    #[test]
+    fn a_csr_for_another_trust_domain_is_refused() {
+        let (dir, ca) = ca();
+        let leaf = spec("hanoi.gov.vn", "000.00.31.H01", Role::Node, "node-2");
+        let (csr, _key) = make_csr(&leaf).unwrap();
+        assert!(matches!(
+            ca.check_csr(&csr, &dir.path().join("csr.pem"), 30),
+            Err(CertError::ForeignTrustDomain { .. })
+        ));
+    }
+
+    #[test]
+    fn revoking_twice_or_an_unknown_serial_is_refused_and_the_crl_lists_each_once() {
+        let (_dir, mut ca) = ca();
+        let issued = ca
+            .issue(&spec(DOMAIN, "000.00.12.H62", Role::Node, "node-1"))
+            .unwrap();
+        let serial = ca
+            .revoke(&issued.serial, RevocationReason::KeyCompromise)
+            .unwrap();
+        assert!(matches!(
+            ca.revoke(&issued.serial, RevocationReason::KeyCompromise),
+            Err(CertError::AlreadyRevoked(_))
+        ));
+        assert!(matches!(
+            ca.revoke("abcdef", RevocationReason::KeyCompromise),
+            Err(CertError::UnknownSerial(_))
+        ));
+        let first = ca.sign_crl(1).unwrap();
+        let second = ca.sign_crl(1).unwrap();
+        assert_eq!(first.revoked, std::slice::from_ref(&serial));
+        assert!(second.number > first.number, "CRL numbers only grow");
+        let parsed = CrlInfo::from_der(&second.der, Path::new("crl")).unwrap();
+        assert_eq!(parsed.number, Some(second.number));
+        assert_eq!(parsed.revoked, [serial]);
+    }
+
+    #[test]
+    fn the_ca_state_survives_reopening_from_its_directory() {
+        let (dir, mut ca) = ca();
+        let issued = ca
+            .issue(&spec(DOMAIN, "000.00.12.H62", Role::Node, "node-1"))
+            .unwrap();
+        ca.revoke(&issued.serial, RevocationReason::Superseded)
+            .unwrap();
+        let number = ca.sign_crl(1).unwrap().number;
+        let mut reopened = CertificateAuthority::open(&dir.path().join("ca")).unwrap();
+        assert_eq!(reopened.trust_domain(), DOMAIN);
+        assert!(matches!(
+            reopened.revoke(&issued.serial, RevocationReason::Superseded),
+            Err(CertError::AlreadyRevoked(_))
+        ));
+        assert_eq!(reopened.sign_crl(1).unwrap().number, number + 1);
+        assert!(matches!(
+            CertificateAuthority::init(&dir.path().join("ca"), DOMAIN, "again", 30),
+            Err(CertError::CaExists(_))
+        ));
+    }
+
+    #[test]
+    fn revocation_reasons_parse_by_their_rfc_names_and_junk_is_refused() {
+        for name in REASONS.split(", ") {
+            let reason = parse_reason(name).unwrap();
+            assert_eq!(reason_name(reason), name);
+        }
+        assert!(parse_reason("lost").is_err());
+    }
+
+    #[test]
+    fn dns_names_are_labels_of_letters_digits_and_hyphens() {
+        assert!(validate_dns_name("node.stp.vinhphuc.gov.vn").is_ok());
+        for bad in ["", "a..b", "có-dấu.vn", "a b.vn", &"x".repeat(64)] {
+            assert!(validate_dns_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}
