@@ -29,7 +29,8 @@ const STATE_FILE: &str = "ca.json";
 pub const REASONS: &str =
     "unspecified, key-compromise, affiliation-changed, superseded, cessation-of-operation";
 
-/// Why a certificate was revoked.
+/// Parses a revocation reason as [`REASONS`] spells it; fails with
+/// [`CertError::Reason`] for any other word.
 pub fn parse_reason(s: &str) -> Result<RevocationReason> {
     Ok(match s {
         "unspecified" => RevocationReason::Unspecified,
@@ -63,34 +64,50 @@ struct CaState {
 /// One certificate the CA signed.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct IssuedRecord {
+    /// The certificate's serial, lower-case hex without leading zero bytes.
     pub serial: String,
+    /// The SPIFFE ID the certificate names, `spiffe://…` as written in its SAN.
     pub spiffe_id: String,
+    /// When the certificate expires, in seconds since the Unix epoch (UTC).
     pub not_after_unix: i64,
+    /// When the CA signed it, in seconds since the Unix epoch (UTC).
     pub issued_unix: i64,
 }
 
 /// One certificate the CA revoked.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RevokedRecord {
+    /// The revoked certificate's serial, lower-case hex; always one the CA issued.
     pub serial: String,
+    /// The RFC 5280 reason, spelled as in [`REASONS`] (`key-compromise`, ...).
     pub reason: String,
+    /// When it was revoked, in seconds since the Unix epoch (UTC); the CRL's
+    /// revocation time.
     pub revoked_unix: i64,
 }
 
 /// What a leaf certificate is for: its identity, display name, hosts and validity.
 #[derive(Clone, Debug)]
 pub struct LeafSpec {
+    /// The identity the certificate names, its one URI SAN; its trust domain
+    /// must be the CA's.
     pub id: SpiffeId,
     /// Put in the subject's O attribute, UTF-8 (e.g. "Sở Tư pháp tỉnh Vĩnh Phúc").
     pub display_name: Option<String>,
+    /// DNS names the holder serves under, as DNS SANs (`localhost` by default).
     pub dns: Vec<String>,
+    /// IP addresses the holder serves on, as IP SANs (`127.0.0.1` by default).
     pub ips: Vec<IpAddr>,
+    /// Start of validity.
     pub not_before: OffsetDateTime,
+    /// End of validity: after this the certificate is refused even unrevoked.
     pub not_after: OffsetDateTime,
 }
 
 impl LeafSpec {
-    /// A spec valid from five minutes ago (clock skew between servers) for `days` days.
+    /// A spec valid from five minutes ago (clock skew between servers) for `days` days,
+    /// for `localhost` and `127.0.0.1`. Fails with [`CertError::Days`] unless
+    /// `days` is 1 to 3650.
     pub fn for_days(id: SpiffeId, days: i64) -> Result<Self> {
         check_days(days, 3650)?;
         let now = OffsetDateTime::now_utc();
@@ -164,7 +181,8 @@ impl LeafSpec {
     }
 }
 
-/// Validates a DNS name for a SAN: labels of letters, digits and '-'.
+/// Validates a DNS name for a SAN: labels of ASCII letters, digits and '-',
+/// at most 63 bytes each and 253 in all. Fails with [`CertError::DnsName`].
 pub fn validate_dns_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 253
@@ -181,19 +199,36 @@ pub fn validate_dns_name(name: &str) -> Result<()> {
 }
 
 /// A key made here and the certificate the CA issued for it, both PEM.
-#[derive(Debug)]
 pub struct Issued {
+    /// The leaf certificate, PEM.
     pub cert_pem: String,
+    /// The leaf's private key, PKCS#8 PEM: write it with mode 0600, never log it.
     pub key_pem: String,
+    /// The certificate's serial, lower-case hex: what `lgsp ca revoke --serial` takes.
     pub serial: String,
 }
 
-/// A signed CRL.
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The private key stays out of logs and panic messages.
+        f.debug_struct("Issued")
+            .field("serial", &self.serial)
+            .field("cert_pem", &self.cert_pem)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A CRL the CA signed, to publish to every node and server.
 #[derive(Debug)]
 pub struct SignedCrl {
+    /// The CRL, PEM (`X509 CRL`): what `lgsp ca crl` writes to a file.
     pub pem: String,
+    /// The same CRL, DER: what `lgsp ca publish-crl` puts in the registry's catalog.
     pub der: Vec<u8>,
+    /// The CRL number; each CRL the CA signs has a greater one, so a peer can
+    /// tell a newer list from an older.
     pub number: u64,
+    /// Serials of every certificate it revokes, lower-case hex.
     pub revoked: Vec<String>,
 }
 
@@ -215,8 +250,11 @@ impl std::fmt::Debug for CertificateAuthority {
 }
 
 impl CertificateAuthority {
-    /// Makes a new root CA (ECDSA P-256) in `dir`. Refuses a directory that
-    /// already holds one.
+    /// Makes a new root CA (ECDSA P-256) for `trust_domain` in `dir`, valid
+    /// for `days` days, named `name` in its subject. Fails with
+    /// [`CertError::CaExists`] when `dir` already holds one,
+    /// [`CertError::TrustDomain`] or [`CertError::Days`] (1 to 7300) on bad
+    /// input, and [`CertError::Io`] when the files cannot be written.
     pub fn init(dir: &Path, trust_domain: &str, name: &str, days: i64) -> Result<Self> {
         validate_trust_domain(trust_domain)?;
         check_days(days, 7300)?;
@@ -263,7 +301,8 @@ impl CertificateAuthority {
         Ok(ca)
     }
 
-    /// Opens the CA in `dir`; fails with [`CertError::NoCa`] when there is none.
+    /// Opens the CA in `dir`; fails with [`CertError::NoCa`] when there is none,
+    /// [`CertError::State`] or [`CertError::Parse`] when its files are damaged.
     pub fn open(dir: &Path) -> Result<Self> {
         let state_path = dir.join(STATE_FILE);
         if !dir.join(KEY_FILE).exists() || !state_path.exists() || !dir.join(CERT_FILE).exists() {
@@ -291,10 +330,12 @@ impl CertificateAuthority {
         })
     }
 
+    /// The trust domain (`vinhphuc.gov.vn`) of every SPIFFE ID this CA signs.
     pub fn trust_domain(&self) -> &str {
         &self.state.trust_domain
     }
 
+    /// The CA's display name, its certificate's common name.
     pub fn name(&self) -> &str {
         &self.state.name
     }
@@ -320,6 +361,8 @@ impl CertificateAuthority {
 
     /// Makes a key here and issues its certificate. For development and
     /// tests; in production a node sends a CSR so its key never leaves it.
+    /// Fails with [`CertError::ForeignTrustDomain`] for an identity outside
+    /// the CA's trust domain, and when the CA state cannot be saved.
     pub fn issue(&mut self, spec: &LeafSpec) -> Result<Issued> {
         self.check_domain(&spec.id)?;
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
@@ -339,6 +382,11 @@ impl CertificateAuthority {
     /// Parses and verifies a CSR, checks the identity it asks for, and returns
     /// what to issue for it. The CA decides every extension itself; of the
     /// CSR it keeps only the public key, the SANs and the display name.
+    /// The certificate will be valid for `days` days; `origin` names the CSR in
+    /// errors. Fails with [`CertError::Parse`] for a CSR that does not parse or
+    /// verify, [`CertError::NoSpiffeId`] or [`CertError::ManySpiffeIds`] unless
+    /// it asks for exactly one SPIFFE ID, and
+    /// [`CertError::ForeignTrustDomain`] for another trust domain.
     pub fn check_csr(&self, csr_pem: &str, origin: &Path, days: i64) -> Result<CsrRequest> {
         let bad = |why: String| CertError::Parse {
             path: origin.to_owned(),
@@ -380,7 +428,8 @@ impl CertificateAuthority {
         Ok(CsrRequest { csr, spec })
     }
 
-    /// Signs a checked CSR; returns the certificate PEM and its serial.
+    /// Signs a checked CSR; returns the certificate PEM and its serial
+    /// (lower-case hex). Fails when signing fails or the CA state cannot be saved.
     pub fn sign(&mut self, request: CsrRequest) -> Result<(String, String)> {
         let CsrRequest { mut csr, spec } = request;
         let serial = random_serial();
@@ -402,7 +451,10 @@ impl CertificateAuthority {
     }
 
     /// Marks `serial` revoked. It takes effect for peers when the next CRL
-    /// from [`Self::sign_crl`] reaches them.
+    /// from [`Self::sign_crl`] reaches them. Accepts a serial as a person types
+    /// it (`3A:0F`, `0x3a0f`) and returns it normalised to lower-case hex.
+    /// Fails with [`CertError::UnknownSerial`] for a serial this CA never
+    /// issued and [`CertError::AlreadyRevoked`] for one revoked before.
     pub fn revoke(&mut self, serial: &str, reason: RevocationReason) -> Result<String> {
         let serial =
             normalize_serial(serial).ok_or_else(|| CertError::UnknownSerial(serial.to_owned()))?;
@@ -421,7 +473,9 @@ impl CertificateAuthority {
         Ok(serial)
     }
 
-    /// Signs a CRL of every revoked serial, valid for `days` days.
+    /// Signs a CRL of every revoked serial, valid for `days` days, with the
+    /// next CRL number. Fails with [`CertError::Days`] unless `days` is 1 to
+    /// 365, and when the CA state cannot be saved.
     pub fn sign_crl(&mut self, days: i64) -> Result<SignedCrl> {
         check_days(days, 365)?;
         let now = OffsetDateTime::now_utc();
@@ -476,10 +530,14 @@ impl CertificateAuthority {
 #[derive(Debug)]
 pub struct CsrRequest {
     csr: CertificateSigningRequestParams,
+    /// What will be issued: the identity, hosts and display name the CSR asks
+    /// for, with the validity the CA chose. Show it to the operator before signing.
     pub spec: LeafSpec,
 }
 
-/// A key made where it will be used, and a CSR asking for `spec`'s identity.
+/// A key made where it will be used, and a CSR asking for `spec`'s identity:
+/// returns `(csr_pem, key_pem)`. The key stays with the caller; only the CSR
+/// goes to the CA. Fails when `spec` holds a SAN rcgen refuses.
 pub fn make_csr(spec: &LeafSpec) -> Result<(String, String)> {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
     let csr = spec.request_params()?.serialize_request(&key)?;

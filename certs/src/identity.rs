@@ -36,6 +36,7 @@ impl AgencyCode {
         Ok(Self(code.to_owned()))
     }
 
+    /// The code as written in a SPIFFE ID and the certificate's OU (`000.00.12.H62`).
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -68,8 +69,10 @@ pub enum Role {
 }
 
 impl Role {
+    /// Every role, in the order error messages list them.
     pub const ALL: [Role; 4] = [Role::Node, Role::Registry, Role::Hub, Role::Admin];
 
+    /// The role as a SPIFFE ID spells it: `node`, `registry`, `hub` or `admin`.
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Node => "node",
@@ -107,6 +110,7 @@ impl fmt::Display for Role {
 }
 
 /// Validates a trust domain: a lower-case DNS name (`vinhphuc.gov.vn`).
+/// Fails with [`CertError::TrustDomain`].
 pub fn validate_trust_domain(domain: &str) -> Result<()> {
     let ok = !domain.is_empty()
         && domain.len() <= 253
@@ -126,7 +130,9 @@ pub fn validate_trust_domain(domain: &str) -> Result<()> {
     }
 }
 
-/// Validates the last segment of a SPIFFE ID: the node's, server's or person's name.
+/// Validates the last segment of a SPIFFE ID: the node's, server's or person's name,
+/// 1 to 63 bytes of ASCII letters, digits, '-', '_' and '.'. Fails with
+/// [`CertError::Name`] saying what is wrong.
 pub fn validate_name(name: &str) -> Result<()> {
     let bad = |why| CertError::Name {
         name: name.to_owned(),
@@ -153,14 +159,19 @@ pub fn validate_name(name: &str) -> Result<()> {
 /// Who a certificate names: one agency's node, registry server, hub or admin.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SpiffeId {
+    /// The province's trust domain (`vinhphuc.gov.vn`); a CA signs only its own.
     pub trust_domain: String,
+    /// The agency (cơ quan) the holder belongs to.
     pub agency: AgencyCode,
+    /// What the holder may act as.
     pub role: Role,
+    /// Which node, server or person of that agency and role (`node-1`).
     pub name: String,
 }
 
 impl SpiffeId {
-    /// Builds an ID from validated parts.
+    /// Builds an ID from validated parts; fails with
+    /// [`CertError::TrustDomain`] or [`CertError::Name`] for a malformed one.
     pub fn new(trust_domain: &str, agency: AgencyCode, role: Role, name: &str) -> Result<Self> {
         validate_trust_domain(trust_domain)?;
         validate_name(name)?;
@@ -172,7 +183,8 @@ impl SpiffeId {
         })
     }
 
-    /// Parses `spiffe://<trust-domain>/agency/<code>/<role>/<name>`.
+    /// Parses `spiffe://<trust-domain>/agency/<code>/<role>/<name>`; fails
+    /// with [`CertError::SpiffeId`] saying which part is wrong.
     pub fn parse(uri: &str) -> Result<Self> {
         let bad = |why: String| CertError::SpiffeId {
             id: uri.to_owned(),

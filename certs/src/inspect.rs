@@ -14,7 +14,8 @@ pub fn serial_hex(raw: &[u8]) -> String {
     hex::encode(&raw[start..])
 }
 
-/// Normalises a serial typed by a person (`3A:0F..`, `0x3a0f`, `3a0f`).
+/// Normalises a serial typed by a person (`3A:0F..`, `0x3a0f`, `3a0f`) to the
+/// spelling of [`serial_hex`]; `None` when it is not hex or is empty.
 pub fn normalize_serial(input: &str) -> Option<String> {
     let s = input.trim().trim_start_matches("0x").replace(':', "");
     let bytes = hex::decode(if s.len() % 2 == 1 { format!("0{s}") } else { s }).ok()?;
@@ -23,6 +24,8 @@ pub fn normalize_serial(input: &str) -> Option<String> {
 
 /// The identity and serial of a peer certificate: the part of [`CertInfo`]
 /// every call needs, without the names and fingerprint an operator reads.
+/// The serial is lower-case hex. Fails, with the reason in words, for a
+/// certificate that does not parse or carries no single SPIFFE ID.
 pub fn peer_identity(der: &[u8]) -> std::result::Result<(SpiffeId, String), String> {
     let (_, cert) = X509Certificate::from_der(der).map_err(|e| e.to_string())?;
     let mut uris = Vec::new();
@@ -46,15 +49,23 @@ pub fn peer_identity(der: &[u8]) -> std::result::Result<(SpiffeId, String), Stri
 /// What a certificate says, in the terms an operator needs.
 #[derive(Clone, Debug)]
 pub struct CertInfo {
+    /// The subject, `CN=…, O=…, OU=…`, UTF-8 kept (Vietnamese names intact).
     pub subject: String,
+    /// The issuer, spelled as the subject is: the CA that signed it.
     pub issuer: String,
+    /// The serial, lower-case hex: what `lgsp ca revoke --serial` takes.
     pub serial: String,
+    /// Start of validity (UTC).
     pub not_before: ::time::OffsetDateTime,
+    /// End of validity (UTC).
     pub not_after: ::time::OffsetDateTime,
     /// The SPIFFE ID, or the reason there is none usable.
     pub spiffe_id: std::result::Result<SpiffeId, String>,
+    /// The DNS SANs: host names it may serve under.
     pub dns_names: Vec<String>,
+    /// The IP SANs, as text (`127.0.0.1`, `::1`).
     pub ip_addresses: Vec<String>,
+    /// Whether it is a CA certificate rather than a node's or a person's.
     pub is_ca: bool,
     /// SHA-256 of the DER, lower-case hex.
     pub sha256: String,
@@ -153,10 +164,16 @@ impl fmt::Display for CertInfo {
 /// What a CRL says.
 #[derive(Clone, Debug)]
 pub struct CrlInfo {
+    /// The CA that signed it, spelled as [`CertInfo::subject`] is.
     pub issuer: String,
+    /// The CRL number, which grows with each CRL; `None` when absent or
+    /// beyond 64 bits.
     pub number: Option<u64>,
+    /// When it was signed (UTC).
     pub this_update: ::time::OffsetDateTime,
+    /// When the next CRL is due (UTC), if it says.
     pub next_update: Option<::time::OffsetDateTime>,
+    /// Serials of the certificates it revokes, lower-case hex.
     pub revoked: Vec<String>,
 }
 
@@ -247,7 +264,7 @@ fn attr_text(attr: &AttributeTypeAndValue<'_>) -> String {
 
 /// The PEM blocks of `text`, labelled as PEM names them ("CERTIFICATE",
 /// "X509 CRL", "CERTIFICATE REQUEST", "PRIVATE KEY"...). Blocks of other kinds
-/// are skipped.
+/// are skipped. Fails with [`CertError::Parse`] for a malformed block.
 pub fn pem_blocks(text: &str) -> Result<Vec<(String, Vec<u8>)>> {
     use rustls_pki_types::pem::{PemObject, SectionKind};
     let mut blocks = Vec::new();
@@ -271,8 +288,12 @@ pub fn pem_blocks(text: &str) -> Result<Vec<(String, Vec<u8>)>> {
 /// What a certificate signing request asks for.
 #[derive(Clone, Debug)]
 pub struct CsrInfo {
+    /// The subject it asks for, spelled as [`CertInfo::subject`] is.
     pub subject: String,
+    /// Every URI SAN it asks for; the CA signs only a request with exactly
+    /// one SPIFFE ID.
     pub spiffe_ids: Vec<String>,
+    /// The DNS names and IP addresses it asks for, as text.
     pub hosts: Vec<String>,
 }
 

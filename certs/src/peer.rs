@@ -13,12 +13,16 @@ use tonic::{Request, Status};
 /// The authenticated caller, put in each request's extensions by [`Authenticator`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Peer {
+    /// Who the caller is: agency, role and name, from its certificate's SPIFFE ID.
     pub id: SpiffeId,
+    /// Its certificate's serial, lower-case hex: the one a CRL would list.
     pub serial: String,
 }
 
 impl Peer {
-    /// The peer of a request that passed [`Authenticator`].
+    /// The peer of a request that passed [`Authenticator`]. Fails with
+    /// `Unauthenticated` when the request carries none, which means the
+    /// server was built without the authenticator.
     pub fn of<T>(request: &Request<T>) -> Result<&Peer, Status> {
         request.extensions().get::<Peer>().ok_or_else(|| {
             Status::unauthenticated("no authenticated peer on this request (server misconfigured: the authenticator is not installed)")
@@ -99,6 +103,8 @@ impl ConnectionIdentities {
 }
 
 impl Authenticator {
+    /// An authenticator for a server running on `tls` that accepts peers of
+    /// `trust_domain` in any role (narrow with [`Self::only`]).
     pub fn new(tls: Arc<ServerTls>, trust_domain: &str) -> Self {
         Self {
             tls,
@@ -114,7 +120,9 @@ impl Authenticator {
         self
     }
 
-    /// Authenticates a request's peer; the reason for a refusal is in the status.
+    /// Authenticates a request's peer; the reason for a refusal is in the
+    /// status: `Unauthenticated` for a missing, foreign, malformed or revoked
+    /// certificate, `PermissionDenied` for a role this service does not accept.
     pub fn authenticate<T>(&self, request: &Request<T>) -> Result<Peer, Status> {
         let certs = request.peer_certs().ok_or_else(|| {
             Status::unauthenticated("no client certificate: this service requires mutual TLS with a certificate from the provincial CA")
@@ -140,7 +148,8 @@ impl Authenticator {
 
     /// Checks again that `peer`, authenticated when its stream opened, is
     /// not revoked by the CRL in force now: for streams that carry many
-    /// calls, each call is checked as if it came alone.
+    /// calls, each call is checked as if it came alone. Fails with
+    /// `Unauthenticated` once its serial is revoked.
     pub fn recheck(&self, peer: &Peer) -> Result<(), Status> {
         self.check_not_revoked(&peer.serial)
     }

@@ -38,8 +38,11 @@ pub fn provider() -> Arc<CryptoProvider> {
 #[derive(Clone, Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFiles {
+    /// The peer's own certificate (chain), PEM, leaf first.
     pub cert: PathBuf,
+    /// The peer's private key, PEM; should be mode 0600.
     pub key: PathBuf,
+    /// The provincial CA certificate(s) the peer trusts, PEM.
     pub ca: PathBuf,
 }
 
@@ -54,7 +57,8 @@ impl TlsFiles {
     }
 
     /// Writes `creds` into `dir` (made if missing) under the names of
-    /// [`Self::in_dir`], the key readable by its owner only.
+    /// [`Self::in_dir`], the key readable by its owner only. Each file is
+    /// replaced whole. Fails with [`CertError::Io`] when one cannot be written.
     pub fn write(dir: &Path, creds: &Credentials) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         let files = Self::in_dir(dir);
@@ -66,14 +70,31 @@ impl TlsFiles {
 }
 
 /// A certificate chain, its key and the trusted CA certificates, loaded and checked.
-#[derive(Debug)]
+///
+/// Its `Debug` shows the certificates but never the key.
 pub struct Credentials {
+    /// The peer's certificate chain, DER, leaf first: what it presents in a handshake.
     pub chain: Vec<CertificateDer<'static>>,
+    /// The peer's private key, DER.
     pub key: PrivateKeyDer<'static>,
+    /// The CA certificates it trusts, DER: a peer's chain must end at one of them.
     pub roots: Vec<CertificateDer<'static>>,
+    /// The chain as read, PEM, for tonic's client identity.
     pub cert_pem: String,
+    /// The private key as read, PEM, for tonic's client identity.
     pub key_pem: String,
+    /// The trusted CA certificates as read, PEM.
     pub ca_pem: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key, in either form, stays out of logs and panic messages.
+        f.debug_struct("Credentials")
+            .field("cert_pem", &self.cert_pem)
+            .field("ca_pem", &self.ca_pem)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Clone for Credentials {
@@ -90,7 +111,9 @@ impl Clone for Credentials {
 }
 
 impl Credentials {
-    /// Reads and parses the three PEM files.
+    /// Reads and parses the three PEM files. Fails with [`CertError::Io`] when
+    /// one cannot be read and [`CertError::Parse`], naming the file, when it
+    /// holds no usable certificate or key.
     pub fn load(files: &TlsFiles) -> Result<Self> {
         let read = |p: &Path| std::fs::read_to_string(p).map_err(io_err(p));
         Self::from_pem_named(
@@ -101,7 +124,8 @@ impl Credentials {
         )
     }
 
-    /// Parses PEM text held in memory.
+    /// Parses PEM text held in memory; fails as [`Self::load`] does, the
+    /// files named `<memory>/…`.
     pub fn from_pem(cert_pem: &str, key_pem: &str, ca_pem: &str) -> Result<Self> {
         let files = TlsFiles::in_dir(Path::new("<memory>"));
         Self::from_pem_named(cert_pem, key_pem, ca_pem, &files)
@@ -179,7 +203,8 @@ pub struct ServerTls {
 
 impl ServerTls {
     /// A server config that requires a client certificate from one of the
-    /// credentials' CAs.
+    /// credentials' CAs, and no CRL yet. Fails with [`CertError::Tls`] when
+    /// rustls refuses the certificate, key or roots.
     pub fn new(creds: Credentials) -> Result<Arc<Self>> {
         let trust = Trust {
             roots: creds.roots.clone(),
@@ -201,6 +226,8 @@ impl ServerTls {
 
     /// Installs a new CRL (DER): later handshakes refuse its serials, and
     /// [`Self::is_revoked`] reports them for connections already open.
+    /// Fails with [`CertError::Parse`] for a CRL that does not parse and
+    /// [`CertError::Tls`] when rustls refuses it; the old CRL then stays in force.
     pub fn set_crl(&self, der: &[u8]) -> Result<()> {
         let info = CrlInfo::from_der(der, Path::new("<crl>"))?;
         let mut trust = self.trust.lock().unwrap_or_else(PoisonError::into_inner);
@@ -215,7 +242,9 @@ impl ServerTls {
         Ok(())
     }
 
-    /// Replaces the trusted CA certificates (e.g. adds a ministry's bundle).
+    /// Replaces the trusted CA certificates (e.g. adds a ministry's bundle)
+    /// for later handshakes. Fails with [`CertError::Tls`] when one is
+    /// unusable; the old roots then stay in force.
     pub fn set_roots(&self, roots: Vec<CertificateDer<'static>>) -> Result<()> {
         let mut trust = self.trust.lock().unwrap_or_else(PoisonError::into_inner);
         let mut next = trust.clone();
@@ -316,6 +345,8 @@ fn build_server_config(creds: &Credentials, trust: &Trust) -> Result<ServerConfi
 /// `server_name` is the name checked in the server's certificate; by
 /// default the host of `uri` (a DNS name or an IP address, which the
 /// certificate must carry as a SAN, as `lgsp ca issue --dns/--ip` puts it).
+/// A `uri` without a scheme gets `https://`. Fails with [`CertError::Tls`]
+/// for a malformed `uri` or unusable credentials; nothing connects yet.
 pub fn client_endpoint(
     uri: &str,
     creds: &Credentials,
