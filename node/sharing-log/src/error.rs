@@ -7,9 +7,12 @@ use std::path::{Path, PathBuf};
 /// Everything the sharing log can fail at or find wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
+    /// The log (or export output) could not be opened, read, written or synced.
     #[error("{path}: {source}")]
     Io {
+        /// The file or directory; `<output>` for an export's destination.
         path: PathBuf,
+        /// What the operating system said.
         #[source]
         source: io::Error,
     },
@@ -17,24 +20,49 @@ pub enum AuditError {
     /// the line holds when it is an entry that could be read.
     #[error("line {line}{}: {why}", entry_note(.seq))]
     Tampered {
+        /// The line, counted from 1.
         line: usize,
+        /// The entry's sequence number, when the line is an entry that could be read.
         seq: Option<u64>,
+        /// What is wrong with it: a hash, number, link or signature that does
+        /// not check, or a line that does not parse.
         why: String,
     },
+    /// Opening a log whose last complete line is neither an entry nor a seal:
+    /// damage, not a crash, so the log is not continued.
     #[error(
         "{path}: the last line is not a valid entry or seal ({why}); run `lgsp audit verify --log {path}` to see what happened"
     )]
-    BadTail { path: PathBuf, why: String },
+    BadTail {
+        /// The log file.
+        path: PathBuf,
+        /// Why the last line could not be read.
+        why: String,
+    },
+    /// The node's key cannot sign seals: not a PKCS#8 ECDSA P-256 key, not
+    /// the certificate's, or the certificate names no SPIFFE ID. Holds why.
     #[error("cannot sign the sharing log: {0}")]
     Key(String),
+    /// The certificates given to check seals cannot be used: the PEM holds
+    /// none, or one's key is not an ECDSA P-256 key. Holds why.
     #[error("cannot check the seals with this certificate: {0}")]
     Cert(String),
+    /// An export bound that is neither RFC 3339 nor a date; holds it as given.
     #[error(
         "malformed time {0:?}: expected RFC 3339 (2025-03-01T08:00:00+07:00) or a date (2025-03-01, a whole day in UTC)"
     )]
     BadTime(String),
+    /// An export range whose start is after its end.
     #[error("the time range is empty: {from} is after {to}")]
-    EmptyRange { from: String, to: String },
+    EmptyRange {
+        /// The start as given.
+        from: String,
+        /// The end as given.
+        to: String,
+    },
+    /// An append or seal after an earlier write failed: the file's end is
+    /// unknown, so the log refuses to chain onto it until the node restarts.
+    /// Holds the first failure.
     #[error("the sharing log stopped after a write failed ({0}); restart the node to reopen it")]
     Stopped(String),
 }

@@ -12,7 +12,11 @@ use std::path::Path;
 /// since the Unix epoch.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TimeRange {
+    /// The earliest entry time to include, in milliseconds since the Unix
+    /// epoch; `None` for the start of the log.
     pub from_ms: Option<i64>,
+    /// The latest entry time to include, in milliseconds since the Unix
+    /// epoch; `None` for the end of the log.
     pub to_ms: Option<i64>,
 }
 
@@ -59,7 +63,7 @@ pub fn export(path: &Path, range: &TimeRange, out: &mut impl Write) -> Result<u6
         if line.starts_with(SEAL_PREFIX) {
             continue;
         }
-        let timed: Timed = serde_json::from_slice(line).map_err(|e| not_json(number, &e))?;
+        let timed: Timed<'_> = serde_json::from_slice(line).map_err(|e| not_json(number, &e))?;
         let time = parse_time(&timed.time).ok_or_else(|| AuditError::Tampered {
             line: number,
             seq: Some(timed.seq),

@@ -24,8 +24,10 @@ pub struct Exchange {
     pub consumer: String,
     /// The provider's agency code.
     pub provider: String,
-    /// The service id.
+    /// The service id, `<provider agency code>/<service name>`.
     pub service: String,
+    /// The operation called on the service, as the request envelope names it
+    /// (`query` for a dataset query).
     pub operation: String,
     /// SHA-256 of the request message, lower-case hex.
     pub request_sha256: String,
@@ -33,8 +35,11 @@ pub struct Exchange {
     pub response_sha256: String,
     /// The gRPC status code name: `OK`, `PERMISSION_DENIED`...
     pub status: String,
+    /// How long the exchange took on this node, in microseconds.
     pub latency_us: u64,
+    /// Size of the request message, in bytes.
     pub bytes_in: u64,
+    /// Size of the response (all of it, for a stream), in bytes.
     pub bytes_out: u64,
 }
 
@@ -42,22 +47,38 @@ pub struct Exchange {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Entry {
+    /// The entry's sequence number: 1 for the first, one more for each after.
     pub seq: u64,
     /// RFC 3339 UTC with milliseconds: `2025-03-01T01:02:03.456Z`.
     pub time: String,
+    /// As [`Exchange::request_id`].
     pub request_id: String,
+    /// As [`Exchange::side`]: `"provider"` or `"consumer"`.
     pub side: String,
+    /// As [`Exchange::consumer`]: the consumer's agency code.
     pub consumer: String,
+    /// As [`Exchange::provider`]: the provider's agency code.
     pub provider: String,
+    /// As [`Exchange::service`]: `<provider agency code>/<service name>`.
     pub service: String,
+    /// As [`Exchange::operation`].
     pub operation: String,
+    /// As [`Exchange::request_sha256`]: SHA-256 of the request, lower-case hex.
     pub request_sha256: String,
+    /// As [`Exchange::response_sha256`]: SHA-256 of the response, lower-case hex.
     pub response_sha256: String,
+    /// As [`Exchange::status`]: the gRPC status code name.
     pub status: String,
+    /// As [`Exchange::latency_us`], in microseconds.
     pub latency_us: u64,
+    /// As [`Exchange::bytes_in`], in bytes.
     pub bytes_in: u64,
+    /// As [`Exchange::bytes_out`], in bytes.
     pub bytes_out: u64,
+    /// The previous entry's hash ([`GENESIS`] for entry 1): the link of the chain.
     pub prev: String,
+    /// SHA-256 of the entry's canonical form (every field but this one),
+    /// lower-case hex; checked against the line's bytes when it is read.
     pub hash: String,
 }
 
@@ -78,9 +99,12 @@ struct Canonical<'a> {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Seal {
+    /// The newest entry the seal covers; it vouches for that entry and, through
+    /// the chain, every one before it.
     pub seq: u64,
     /// The hash of entry `seq`.
     pub head: String,
+    /// When the seal was signed, RFC 3339 UTC with milliseconds.
     pub time: String,
     /// ECDSA P-256 SHA-256, fixed-width `r‖s`, lower-case hex.
     pub signature: String,

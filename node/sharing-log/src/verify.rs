@@ -12,7 +12,9 @@ use std::path::Path;
 /// What [`verify`] found in a log that is intact.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct VerifyReport {
+    /// Entries checked: hash, number and `prev` link.
     pub entries: u64,
+    /// Seals whose signature verified.
     pub seals: u64,
     /// The newest entry a seal covers.
     pub last_sealed: Option<u64>,
@@ -82,7 +84,9 @@ fn group(n: u64) -> String {
 /// `cert_pem` (give several when the node's key was renewed; any may have signed).
 ///
 /// Returns what was found when the log is intact, and fails with
-/// [`AuditError::Tampered`] naming the first line that is not.
+/// [`AuditError::Tampered`] naming the first line that is not. Fails with
+/// [`AuditError::Cert`] when `cert_pem` holds no usable certificate, and
+/// [`AuditError::Io`] when the log cannot be read.
 pub fn verify(path: &Path, cert_pem: &str) -> Result<VerifyReport, AuditError> {
     let keys = certificates(cert_pem)?
         .iter()

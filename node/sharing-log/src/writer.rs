@@ -151,7 +151,7 @@ impl SharingLog {
         })
     }
 
-    /// The log file.
+    /// The log file, `<dir>/sharing-log.jsonl`.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -175,6 +175,8 @@ impl SharingLog {
 
     /// Appends an entry for `exchange` and returns its sequence number. The line goes to
     /// a buffer; [`seal`](Self::seal) (run every second by the sealer) writes it out.
+    /// Fails with [`AuditError::Io`] when the write fails, and with
+    /// [`AuditError::Stopped`] on every call after one did.
     pub fn append(&self, exchange: Exchange) -> Result<u64, AuditError> {
         let fields = ExchangeFields::of(&exchange);
         let mut writer = self.lock()?;
@@ -189,7 +191,9 @@ impl SharingLog {
 
     /// Writes out the buffered entries, signs a seal over the newest one if it is not
     /// sealed yet, and syncs the file to disk. Returns the entry sealed, or `None` when
-    /// there was nothing new.
+    /// there was nothing new. Fails as [`append`](Self::append) does, with
+    /// [`AuditError::Io`] when the sync fails, and with [`AuditError::Key`] when
+    /// signing does.
     pub fn seal(&self) -> Result<Option<u64>, AuditError> {
         let sealed = {
             let mut writer = self.lock()?;
