@@ -158,59 +158,112 @@ impl Location {
 /// Why a dataset operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
+    /// A service name that cannot be a directory or a SPIFFE-style name
+    /// (1 to 63 characters of a-z, A-Z, 0-9, '-', '_' and '.').
     #[error("bad service name {name:?}: {why}")]
-    BadName { name: String, why: String },
+    BadName {
+        /// The name as given.
+        name: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// A service with no live generation: nothing was imported for it.
     #[error(
         "no dataset for service {service:?} in {root}; import one with \
          `lgsp dataset import --service {service} --file FILE --key FIELD`"
     )]
-    NotFound { service: String, root: PathBuf },
+    NotFound {
+        /// The service asked for.
+        service: String,
+        /// The store's root directory it was looked for in.
+        root: PathBuf,
+    },
+    /// An import file whose extension is not `.csv`, `.jsonl` or `.ndjson`.
     #[error(
         "{file}: cannot tell the format from the extension {ext:?}; \
          use .csv, .jsonl or .ndjson"
     )]
-    UnsupportedFormat { file: PathBuf, ext: String },
+    UnsupportedFormat {
+        /// The file given to import.
+        file: PathBuf,
+        /// Its extension, as found (empty when it has none).
+        ext: String,
+    },
     /// Rows that failed; nothing was imported.
     #[error("{}", bad_rows_text(file, rows, *total_bad))]
     BadRows {
+        /// The file imported.
         file: PathBuf,
         /// The first [`MAX_BAD_ROWS`] bad rows, in file order.
         rows: Vec<BadRow>,
         /// All bad rows, including those not listed.
         total_bad: usize,
     },
+    /// The schema given to an import, or the one stored with a generation,
+    /// was refused.
     #[error("schema: {0}")]
     Schema(#[from] SchemaError),
+    /// A file or directory of the store could not be read or written.
     #[error("{path}: {source}")]
     Io {
+        /// The file or directory.
         path: PathBuf,
+        /// What the operating system said.
         source: std::io::Error,
     },
+    /// sled failed on a generation's database.
     #[error("dataset database {path}: {source}")]
-    Store { path: PathBuf, source: sled::Error },
+    Store {
+        /// The generation's directory.
+        path: PathBuf,
+        /// What sled said.
+        source: sled::Error,
+    },
+    /// The generation is open in another process (usually the running node):
+    /// sled lets one process at a time open a database.
     #[error(
         "dataset {service:?} ({generation}) is open in another process, probably a \
          running node; sled allows one process at a time"
     )]
-    Busy { service: String, generation: String },
+    Busy {
+        /// The service whose dataset is busy.
+        service: String,
+        /// Its live generation, e.g. "gen-3".
+        generation: String,
+    },
+    /// Another import of the same service holds `import.lock`.
     #[error(
         "another import of {service:?} is running (process {pid}); wait for it, or \
          delete {lock} if that process is gone"
     )]
     ImportRunning {
+        /// The service being imported.
         service: String,
+        /// The process id written in the lock file, as text.
         pid: String,
+        /// The lock file: delete it by hand only if that process is gone.
         lock: PathBuf,
     },
+    /// A query filter or projection names fields the dataset does not have.
     #[error("unknown field(s) {unknown} (the dataset has: {known})", unknown = unknown.join(", "), known = known.join(", "))]
     UnknownFields {
+        /// The fields asked for that no record has.
         unknown: Vec<String>,
+        /// Every field the dataset has.
         known: Vec<String>,
     },
+    /// A resume token that no page of this dataset returned; holds it.
     #[error("bad resume token {0:?}: pass back exactly the token a previous page returned")]
     BadResumeToken(String),
+    /// A generation, or its `CURRENT` pointer, that is not what an import
+    /// leaves: unreadable metadata, a missing database, a truncated data file.
     #[error("dataset {path} is damaged: {why}")]
-    Corrupt { path: PathBuf, why: String },
+    Corrupt {
+        /// The damaged file or generation directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
 }
 
 fn bad_rows_text(file: &Path, rows: &[BadRow], total_bad: usize) -> String {
@@ -233,7 +286,10 @@ fn bad_rows_text(file: &Path, rows: &[BadRow], total_bad: usize) -> String {
 /// first).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BadRow {
+    /// The row's line in the file, from 1.
     pub line: u64,
+    /// Why it was refused: a row that does not parse, a missing, empty or
+    /// duplicate key, or the schema's violations; several joined by "; ".
     pub why: String,
 }
 
@@ -246,11 +302,13 @@ impl fmt::Display for BadRow {
 /// What a successful import did.
 #[derive(Clone, Debug)]
 pub struct ImportReport {
+    /// Records imported, one per row: what the dataset now serves.
     pub records: u64,
-    /// Size of the imported file.
+    /// Size of the imported file, in bytes.
     pub bytes: u64,
     /// The generation now live, e.g. "gen-4".
     pub generation: String,
+    /// How long the import took, reading, checking and writing.
     pub elapsed: Duration,
 }
 
@@ -268,6 +326,7 @@ impl DatasetStore {
         }
     }
 
+    /// The store's directory: one subdirectory per service.
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -577,12 +636,15 @@ impl Dataset {
         self.inner.len
     }
 
+    /// Whether the dataset holds no records.
     pub fn is_empty(&self) -> bool {
         self.inner.len == 0
     }
 
     /// The record with `key`, as a JSON object text exactly as stored:
-    /// fields in file (or schema) order, text as imported.
+    /// fields in file (or schema) order, text as imported; `None` when no
+    /// record has that key. Fails with [`DatasetError::Store`] or
+    /// [`DatasetError::Corrupt`] when the generation cannot be read.
     pub fn get_json(&self, key: &str) -> Result<Option<String>, DatasetError> {
         let value = self
             .inner
@@ -592,7 +654,8 @@ impl Dataset {
         value.map(|v| self.text(key.as_bytes(), &v)).transpose()
     }
 
-    /// The record with `key`, or `None` when there is none.
+    /// The record with `key`, or `None` when there is none; fails as
+    /// [`Self::get_json`] does.
     pub fn get(&self, key: &str) -> Result<Option<Map<String, Value>>, DatasetError> {
         let Some(text) = self.get_json(key)? else {
             return Ok(None);
@@ -611,7 +674,8 @@ impl Dataset {
     /// `resume_token` back for the next page; it is empty when there is
     /// nothing more. A page may be shorter than asked, even empty, while the
     /// token is not: see [`MAX_SCAN_PER_PAGE`]. Fails on a field the dataset
-    /// does not have (when its field list is known) and on a bad token.
+    /// does not have ([`DatasetError::UnknownFields`], when its field list is
+    /// known) and on a bad token ([`DatasetError::BadResumeToken`]).
     pub fn query(&self, q: &Query) -> Result<Page, DatasetError> {
         self.check_fields(q)?;
         let size = match q.page_size {
@@ -848,6 +912,7 @@ pub struct DatasetCache {
 }
 
 impl DatasetCache {
+    /// A cache over `store`, empty until the first [`get`](Self::get).
     pub fn new(store: DatasetStore) -> Self {
         Self {
             store,

@@ -35,11 +35,15 @@ use std::path::Path;
 /// Why a schema was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
+    /// The schema file could not be read.
     #[error("cannot read the schema {path}: {source}")]
     Read {
+        /// The schema file.
         path: std::path::PathBuf,
+        /// What the operating system said.
         source: std::io::Error,
     },
+    /// The schema text does not parse as JSON.
     #[error("the schema is not valid JSON: {0}")]
     Json(#[from] serde_json::Error),
     /// A keyword outside the supported subset.
@@ -48,13 +52,22 @@ pub enum SchemaError {
          remove it, it would not be enforced"
     )]
     Unsupported {
+        /// Where: "the schema" for the top level, `property "name"` for a property.
         at: String,
+        /// The keyword found.
         keyword: String,
+        /// The keywords allowed there, comma-separated.
         supported: &'static str,
     },
     /// A supported keyword with a value lgsp cannot use.
     #[error("{at}: {why}")]
-    Invalid { at: String, why: String },
+    Invalid {
+        /// Where, spelled as in [`SchemaError::Unsupported`], or `key field
+        /// "name"` for an import key the schema does not allow.
+        at: String,
+        /// What is wrong with the value.
+        why: String,
+    },
 }
 
 const TOP_KEYWORDS: &str =
@@ -64,9 +77,13 @@ const PROPERTY_KEYWORDS: &str = "type, maxLength, enum, title, description";
 /// The JSON type of one field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FieldType {
+    /// `"string"`: JSON text, kept byte for byte.
     String,
+    /// `"integer"`: a JSON number without a fractional part (`3` or `3.0`).
     Integer,
+    /// `"number"`: any JSON number.
     Number,
+    /// `"boolean"`: `true` or `false`.
     Boolean,
 }
 
@@ -107,7 +124,9 @@ impl FieldType {
 /// One property of the schema.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Property {
+    /// The field's name in records (`so_dinh_danh`).
     pub name: String,
+    /// The JSON type its value must have (`type`).
     pub field_type: FieldType,
     /// `["T", "null"]`: the value may be JSON null.
     pub nullable: bool,
@@ -115,6 +134,7 @@ pub struct Property {
     pub max_length: Option<u64>,
     /// The only values allowed, when present.
     pub allowed: Option<Vec<Value>>,
+    /// The property's `description`, for people reading the catalog; not enforced.
     pub description: Option<String>,
 }
 
@@ -206,7 +226,8 @@ impl Schema {
         })
     }
 
-    /// Reads and parses a schema file.
+    /// Reads and parses a schema file. Fails with [`SchemaError::Read`] when
+    /// it cannot be read, and as [`Schema::from_json`] does.
     pub fn load(path: &Path) -> Result<Self, SchemaError> {
         let text = std::fs::read_to_string(path).map_err(|source| SchemaError::Read {
             path: path.to_owned(),
@@ -473,7 +494,7 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for Ordered<V> {
         struct Pairs<V>(std::marker::PhantomData<V>);
         impl<'de, V: Deserialize<'de>> Visitor<'de> for Pairs<V> {
             type Value = Ordered<V>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a JSON object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
