@@ -16,13 +16,14 @@ pub struct HttpCall {
     pub path: String,
     /// The consumer agency the node says it serves (`x-lgsp-consumer-agency`).
     pub consumer: String,
-    /// The request's body.
+    /// The request body, collected whole.
     pub body: Bytes,
 }
 
 /// Serves HTTP on `listener`, answering each request with `handler`'s
 /// body (status 200), until `stop` turns true (or its sender is dropped).
-/// Returns the address and the accepting task.
+/// Returns the address and the accepting task; fails only if the
+/// listener's local address cannot be read.
 pub fn serve<H, F>(
     listener: TcpListener,
     handler: H,
@@ -35,7 +36,8 @@ where
     start(listener, handler, stop, None)
 }
 
-/// As [`serve`], for as long as the runtime runs.
+/// As [`serve`], for as long as the runtime runs (or the returned task is
+/// aborted).
 pub fn serve_forever<H, F>(
     listener: TcpListener,
     handler: H,

@@ -31,8 +31,13 @@ pub enum ProvinceError {
     /// Something did not happen in time.
     #[error("{what} did not happen within {within:?}{}", last.as_ref().map(|l| format!(": {l}")).unwrap_or_default())]
     Timeout {
+        /// What was awaited, as a phrase ("node node-1 of agency 000.00.01.H29
+        /// registering itself").
         what: String,
+        /// How long it was awaited.
         within: std::time::Duration,
+        /// What the last attempt saw (a refusal, the leaders seen), if any:
+        /// usually the reason it never happened.
         last: Option<String>,
     },
 }

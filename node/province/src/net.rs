@@ -5,7 +5,8 @@ use std::sync::Mutex;
 
 /// A free port on 127.0.0.1 (bound, then released for the server to take),
 /// never the same one twice in this process, so that servers started at the
-/// same time cannot be handed each other's ports.
+/// same time cannot be handed each other's ports. Fails if no socket can be
+/// bound on 127.0.0.1.
 pub fn free_addr() -> std::io::Result<SocketAddr> {
     static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
     loop {

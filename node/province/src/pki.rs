@@ -18,7 +18,6 @@ pub struct Holder<'a> {
 }
 
 /// A certificate, its key and the CA's certificate, and its serial.
-#[derive(Debug)]
 pub struct Issued {
     /// What the holder presents.
     pub creds: Credentials,
@@ -26,7 +25,19 @@ pub struct Issued {
     pub serial: String,
 }
 
-/// Issues a certificate for `holder`, valid for `days`, from `ca`.
+// By hand, so that printing an issued certificate never prints its private
+// key (`Credentials` prints its PEM).
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued")
+            .field("serial", &self.serial)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Issues a certificate for `holder`, valid for `days`, from `ca`. Fails if
+/// the agency code or name is not a valid SPIFFE id part, or the CA cannot
+/// sign.
 pub fn issue(
     ca: &mut CertificateAuthority,
     holder: Holder<'_>,
@@ -43,7 +54,8 @@ pub fn issue(
     issue_spec(ca, &spec)
 }
 
-/// Issues a certificate as `spec` asks, from `ca`.
+/// Issues a certificate as `spec` asks, from `ca`. Fails if the CA cannot
+/// sign or the issued PEM does not parse back.
 pub fn issue_spec(ca: &mut CertificateAuthority, spec: &LeafSpec) -> Result<Issued, CertError> {
     let issued = ca.issue(spec)?;
     let creds = Credentials::from_pem(&issued.cert_pem, &issued.key_pem, ca.cert_pem())?;

@@ -24,7 +24,8 @@ pub struct Member {
     pub peer: SocketAddr,
 }
 
-/// Ids 1..=n, each with two free loopback addresses.
+/// Ids 1..=n, each with two free loopback addresses. Fails if no loopback
+/// port can be bound.
 pub fn members(n: u64) -> std::io::Result<Vec<Member>> {
     (1..=n)
         .map(|id| {
@@ -40,7 +41,8 @@ pub fn members(n: u64) -> std::io::Result<Vec<Member>> {
 /// The configuration of every server of `members`: a `registry-<id>`
 /// certificate of `agency` from `ca` (with `display` as its subject's
 /// organisation), files under `dir/registry-<id>`, every member as a peer;
-/// `tune` adjusts each.
+/// `tune` adjusts each. Fails if a certificate cannot be issued or its
+/// files cannot be written.
 pub fn plan(
     ca: &mut CertificateAuthority,
     agency: &str,
@@ -94,7 +96,9 @@ pub struct RegistryCluster {
 
 impl RegistryCluster {
     /// Starts every server of `configs` at once and waits (at most
-    /// `within`) until they agree on a leader.
+    /// `within`) until they agree on a leader. Fails if a server cannot
+    /// start or no leader is agreed on in time
+    /// ([`ProvinceError::Timeout`]).
     pub async fn start(
         configs: BTreeMap<u64, RegistryConfig>,
         within: Duration,
@@ -125,12 +129,13 @@ impl RegistryCluster {
     }
 
     /// The id of the leader the running servers agree on, waiting at most
-    /// `within`.
+    /// `within`; fails with [`ProvinceError::Timeout`] after that.
     pub async fn wait_for_leader(&self, within: Duration) -> Result<u64, ProvinceError> {
         wait_for_leader(&self.servers, within).await
     }
 
-    /// Stops every server.
+    /// Stops every server, in id order; fails on the first one that does
+    /// not stop cleanly (the servers after it are then dropped, not stopped).
     pub async fn shutdown(self) -> Result<(), ProvinceError> {
         for (_, server) in self.servers {
             server.shutdown().await?;
@@ -140,7 +145,8 @@ impl RegistryCluster {
 }
 
 /// The id of the leader `servers` agree on (each asked itself), waiting at
-/// most `within`.
+/// most `within`; fails with [`ProvinceError::Timeout`] after that. A server
+/// that cannot report its status counts as not agreeing.
 pub async fn wait_for_leader(
     servers: &BTreeMap<u64, RegistryServer>,
     within: Duration,

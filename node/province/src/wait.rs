@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
 /// Waits (at most `within`) until node `name` of `agency` has registered
-/// itself in the catalog.
+/// itself in the catalog (its node record `<agency>/<name>` exists); fails
+/// with [`ProvinceError::Timeout`] after that.
 pub async fn node_registered(
     client: &RegistryClient,
     agency: &str,
