@@ -95,11 +95,22 @@ pub fn get(
 /// A filter and page for [`list`].
 #[derive(Clone, Debug, Default)]
 pub struct ListQuery {
+    /// The record kind to list (a `RecordKind`); unspecified is refused as an
+    /// invalid argument.
     pub kind: i32,
+    /// Only records whose key starts with this (e.g. an agency code and `/`);
+    /// empty for every record of the kind.
     pub prefix: String,
+    /// Case-insensitive text a record must contain: for a service, in its id,
+    /// name or description; for other kinds, in any of its text. Empty
+    /// matches every record.
     pub keyword: String,
+    /// For services only, the `ServiceStatus` a service must have; 0 for any.
     pub service_status: i32,
+    /// Records per page: 0 means 100, and more than 1000 is cut to 1000.
     pub page_size: u32,
+    /// Where to resume: the token of the previous page (its last key); empty
+    /// for the first page.
     pub page_token: String,
 }
 
@@ -547,11 +558,14 @@ pub fn compact_history(db: &Kv, keep: u64, most: u64) -> Result<(), RegistryErro
     Ok(batch.commit()?)
 }
 
-/// Records members' addresses.
+/// Stages `member`'s addresses (peer and client) in `batch`, replacing what
+/// was known of that server.
 pub fn put_member(batch: &mut Staged, member: &Member) {
     batch.insert(member_key(member.id), member.encode_to_vec());
 }
 
+/// Stages in `batch` the removal of what is known of server `id`'s
+/// addresses.
 pub fn remove_member(batch: &mut Staged, id: u64) {
     batch.remove(member_key(id));
 }

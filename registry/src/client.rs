@@ -115,6 +115,11 @@ impl RegistryClient {
         .await
     }
 
+    /// Deletes a record (unconditionally, or only at
+    /// `expected_mod_revision`); like [`apply`](Self::apply), retried only
+    /// while it was certainly not applied. Fails with the catalog's refusal
+    /// (e.g. `Aborted` when the mod revision no longer matches) or when no
+    /// server answers.
     pub async fn delete(
         &self,
         kind: RecordKind,
@@ -152,6 +157,8 @@ impl RegistryClient {
         .await
     }
 
+    /// One page of records as `request` asks, with the revision it was read
+    /// at; retried on another server while none answers.
     pub async fn list(&self, request: ListRequest) -> Result<ListResponse, Status> {
         self.retry(true, |mut c| {
             let request = request.clone();
@@ -176,6 +183,9 @@ impl RegistryClient {
         }
     }
 
+    /// The answering server's view of the cluster: its id, the leader it
+    /// knows, its term and indexes, and the members; retried on another
+    /// server while none answers.
     pub async fn status(&self) -> Result<StatusResponse, Status> {
         self.retry(
             true,

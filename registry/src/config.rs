@@ -10,6 +10,7 @@ use std::path::PathBuf;
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct PeerConfig {
+    /// Its Raft id, as in its own `RegistryConfig::id`.
     pub id: u64,
     /// host:port of its peer (Raft) listener.
     pub peer: String,
@@ -29,6 +30,8 @@ pub struct RegistryConfig {
     pub listen: SocketAddr,
     /// Peer (Raft) listener (mTLS, registry certificates only).
     pub peer_listen: SocketAddr,
+    /// Where the server keeps its sled store (raft log, hard state and
+    /// catalog); losing it means rejoining the cluster as a new member.
     pub data_dir: PathBuf,
     /// Every founding member, this server included, for a new cluster; the
     /// current members when joining.
@@ -36,6 +39,8 @@ pub struct RegistryConfig {
     /// Start empty and wait to be sent a snapshot by the leader, after
     /// `lgsp registry add-member`.
     pub join: bool,
+    /// The server's registry certificate, key and CA certificate; required
+    /// (`validate` refuses a configuration without them).
     pub tls: Option<TlsFiles>,
     /// Milliseconds per Raft tick.
     pub tick_ms: u64,

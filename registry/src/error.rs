@@ -5,17 +5,27 @@ use tonic::Status;
 /// Why the catalog refused a command. Decided identically on every server.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CatalogError {
+    /// The command itself is malformed: a bad key, an empty or too long
+    /// field, a missing record kind.
     #[error("{0}")]
     InvalidArgument(String),
+    /// The record (or registry server) the command names does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// The actor may not change this record: another agency's record, or one
+    /// only the provincial admin may change.
     #[error("{0}")]
     PermissionDenied(String),
+    /// Something the command depends on is missing or in the wrong state
+    /// (an agency not registered, a server already a member).
     #[error("{0}")]
     FailedPrecondition(String),
     /// A compare-and-set condition did not hold.
     #[error("{0}")]
     Conflict(String),
+    /// The store could not be read while checking the command. Not a
+    /// refusal: the consensus loop stops rather than decide differently
+    /// from the other servers.
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -30,18 +40,28 @@ pub enum StoreError {
     Engine(String),
     /// The value under `key` cannot be decoded.
     #[error("the value under {key:?} is damaged: {reason}")]
-    Damaged { key: String, reason: String },
+    Damaged {
+        /// The key whose value is damaged, as text.
+        key: String,
+        /// Why it cannot be decoded (e.g. "3 bytes, not an 8-byte integer").
+        reason: String,
+    },
 }
 
 /// Everything a registry server can fail at.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
+    /// The catalog refused the command; every server refuses it alike.
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    /// The data directory could not be opened, or applying a committed entry
+    /// failed to read the store (the consensus loop stops).
     #[error("storage: {0}")]
     Storage(String),
+    /// A read or write of the key-value store failed or read damaged data.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// raft-rs failed, or the consensus thread could not start or died.
     #[error("raft: {0}")]
     Raft(String),
     /// No leader is known or reachable; the request was not applied.
@@ -51,10 +71,15 @@ pub enum RegistryError {
     /// changed before it committed); it may or may not have been applied.
     #[error("{0}")]
     Indeterminate(String),
+    /// The configuration is unusable (every problem named), a listener
+    /// cannot be bound, the server's certificate is not a registry
+    /// certificate, or its data directory was wiped behind the cluster's back.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The server's certificate, key or CA could not be loaded or used.
     #[error("{0}")]
     Tls(#[from] lgsp_certs::CertError),
+    /// The consensus loop has stopped; nothing more is accepted.
     #[error("the registry server is shutting down")]
     ShuttingDown,
 }

@@ -33,10 +33,13 @@ pub trait KvEngine: Send + Sync + fmt::Debug {
     /// The greatest key starting with `prefix`.
     fn last_key(&self, prefix: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
 
-    /// Applies every write of `batch`, all or none.
+    /// Applies every write of `batch`, all or none, visible to reads at
+    /// once. Not durable until [`flush`](Self::flush); after a crash an
+    /// engine must keep a prefix of the batches written, never part of one
+    /// (the consensus loop relies on it to leave applied state unflushed).
     fn write(&self, batch: Batch) -> Result<(), StoreError>;
 
-    /// Makes every write so far durable.
+    /// Makes every write so far durable, returning once they are synced.
     fn flush(&self) -> Result<(), StoreError>;
 }
 
@@ -45,14 +48,18 @@ pub trait KvEngine: Send + Sync + fmt::Debug {
 pub struct Kv(Arc<dyn KvEngine>);
 
 impl Kv {
+    /// A handle to `engine`; every clone shares it.
     pub fn new(engine: impl KvEngine + 'static) -> Self {
         Self(Arc::new(engine))
     }
 
+    /// The value under `key`, if any, as last written (flushed or not).
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.0.get(key)
     }
 
+    /// Whether any value is stored under `key`; a failed read is an error,
+    /// not `false`.
     pub fn contains_key(&self, key: &[u8]) -> Result<bool, StoreError> {
         Ok(self.0.get(key)?.is_some())
     }
@@ -72,7 +79,8 @@ impl Kv {
         self.0.last_key(prefix)
     }
 
-    /// Applies `batch` atomically (nothing when it is empty).
+    /// Applies `batch` atomically (nothing when it is empty); not durable
+    /// until [`flush`](Self::flush).
     pub fn write(&self, batch: Batch) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
@@ -80,6 +88,8 @@ impl Kv {
         self.0.write(batch)
     }
 
+    /// Makes every write so far durable, waiting for the engine's sync;
+    /// writes are not durable before this (see [`KvEngine::flush`]).
     pub fn flush(&self) -> Result<(), StoreError> {
         self.0.flush()
     }
@@ -100,6 +110,8 @@ pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 
 /// Reading a key, from the store or from writes staged over it.
 pub trait KvRead {
+    /// The value under `key` as a reader would see it now: a staged write
+    /// or removal first, else what the store holds.
     fn read(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
 }
 
@@ -121,6 +133,7 @@ pub struct Staged {
 }
 
 impl Staged {
+    /// An empty stage over `kv`: nothing is written until [`commit`](Self::commit).
     pub fn new(kv: &Kv) -> Self {
         Self {
             kv: kv.clone(),
@@ -128,15 +141,19 @@ impl Staged {
         }
     }
 
+    /// Stages setting `key` to `value`, replacing any earlier staged write
+    /// to that key.
     pub fn insert(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
         self.writes.insert(key.into(), Some(value.into()));
     }
 
+    /// Stages removing `key`, replacing any earlier staged write to it.
     pub fn remove(&mut self, key: impl Into<Vec<u8>>) {
         self.writes.insert(key.into(), None);
     }
 
-    /// Applies every staged write atomically (nothing when none is staged).
+    /// Applies every staged write atomically (nothing when none is staged);
+    /// like [`Kv::write`], not flushed.
     pub fn commit(self) -> Result<(), StoreError> {
         self.kv.write(self.writes)
     }

@@ -21,7 +21,10 @@ struct State {
 /// servers, and those the faults dropped.
 #[derive(Debug, Default)]
 pub struct Delivery {
+    /// Messages the faults let through, in the order sent: the test steps
+    /// each into its `to` server.
     pub delivered: Vec<Message>,
+    /// Messages an isolation or cut dropped, in the order sent; lost for good.
     pub dropped: Vec<Message>,
 }
 

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 /// A `slog` drain that emits each record as a `tracing` event.
 #[derive(Debug, Clone, Copy)]
-pub struct TracingDrain;
+pub(crate) struct TracingDrain;
 
 struct Fields(String);
 
@@ -41,6 +41,6 @@ impl Drain for TracingDrain {
 }
 
 /// The logger raft-rs is given.
-pub fn logger() -> slog::Logger {
+pub(crate) fn logger() -> slog::Logger {
     slog::Logger::root(TracingDrain, slog::o!())
 }

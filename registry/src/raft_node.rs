@@ -3,12 +3,16 @@
 //!
 //! 1. leader messages are sent at once (a leader may send before it persists);
 //! 2. a snapshot from the leader replaces log and catalog atomically;
-//! 3. new entries and the hard state are written, then committed entries are
-//!    applied (each entry one atomic batch with the applied index);
+//! 3. new entries, the hard state and every committed entry applied (with
+//!    the applied index) are written as one atomic batch;
 //! 4. the store is flushed once for the whole Ready, when it must be synced;
 //! 5. only then are the persisted messages sent, `advance` called, and the
-//!    `LightReady`'s commit index and committed entries handled the same way;
-//! 6. clients are answered and watchers told only after the flush.
+//!    `LightReady`'s commit index and committed entries written in a second
+//!    batch, which is not flushed on its own;
+//! 6. clients are answered and watchers told only after both batches are
+//!    written and the flush (when one was due) is done. Applied state may
+//!    still be unflushed here, but every applied entry is committed, so on
+//!    a majority's disks, and replays after a crash.
 //!
 //! Requests from clients queue up while a Ready is handled, so one flush
 //! covers many writes (batching comes from the loop, not from timers).
@@ -49,7 +53,10 @@ type Reply<T> = oneshot::Sender<Result<T, RegistryError>>;
 /// A membership change.
 #[derive(Debug, Clone)]
 pub enum MembershipOp {
+    /// Adds this server (id and addresses) as a voter; it catches up by
+    /// snapshot.
     Add(Member),
+    /// Removes the server with this Raft id from the voters.
     Remove(u64),
 }
 
@@ -78,15 +85,21 @@ pub struct RaftHandle {
     tx: mpsc::Sender<Request>,
     events: broadcast::Sender<WatchEvent>,
     db: Kv,
+    /// This server's Raft id.
     pub id: u64,
 }
 
 impl RaftHandle {
+    /// This server's store, as applied here: reading it directly is a stale
+    /// read unless [`read_index`](Self::read_index) was awaited first.
     pub fn db(&self) -> &Kv {
         &self.db
     }
 
-    /// Changes after now, as they are applied (and flushed) on this server.
+    /// Changes after now, in revision order, as this server applies them:
+    /// each is sent once its batch is written and the Ready's flush is done
+    /// (see the module docs). A receiver that lags loses events and must
+    /// reload.
     pub fn subscribe(&self) -> broadcast::Receiver<WatchEvent> {
         self.events.subscribe()
     }
@@ -110,7 +123,10 @@ impl RaftHandle {
         rx.await.map_err(|_| lost())?
     }
 
-    /// Proposes a catalog command and waits until it is applied here.
+    /// Proposes a catalog command and waits until it is applied here. Fails
+    /// with the catalog's refusal (checked here first, then again when
+    /// applied), [`RegistryError::Unavailable`] when no leader is known, or
+    /// [`RegistryError::Indeterminate`] when the outcome is unknown.
     pub async fn propose(
         &self,
         actor: SpiffeId,
@@ -172,6 +188,9 @@ impl RaftHandle {
         .await
     }
 
+    /// This server's view of the cluster: its id, role, the leader it knows,
+    /// term, commit and applied indexes, catalog revision, members. Fails
+    /// when the consensus loop has stopped or the store cannot be read.
     pub async fn status(&self) -> Result<StatusResponse, RegistryError> {
         self.call(|reply| Request::Status { reply }).await
     }
@@ -180,12 +199,22 @@ impl RaftHandle {
 /// Settings of the loop.
 #[derive(Clone, Debug)]
 pub struct LoopConfig {
+    /// This server's Raft id.
     pub id: u64,
+    /// How often Raft ticks; elections and heartbeats count in ticks.
     pub tick: Duration,
+    /// Ticks without hearing a leader before a follower stands for election.
     pub election_ticks: usize,
+    /// Ticks between a leader's heartbeats; less than `election_ticks`.
     pub heartbeat_ticks: usize,
+    /// Log entries kept before the oldest are compacted away, a step at a
+    /// time and never past the applied index; a follower that needs older
+    /// ones catches up by snapshot.
     pub snapshot_entries: u64,
+    /// Changes kept for watchers; one older than this must reload.
     pub watch_history: u64,
+    /// How long a proposal may wait to be applied before its outcome is
+    /// reported unknown ([`RegistryError::Indeterminate`]).
     pub propose_timeout: Duration,
 }
 

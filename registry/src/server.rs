@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 /// A running registry server.
 #[derive(Debug)]
 pub struct RegistryServer {
+    /// This server's Raft id, from its configuration.
     pub id: u64,
     client_addr: SocketAddr,
     peer_addr: SocketAddr,
@@ -199,10 +200,13 @@ impl RegistryServer {
         self.peer_addr
     }
 
+    /// The handle to this server's consensus loop: propose, read, status.
     pub fn raft(&self) -> &RaftHandle {
         &self.raft
     }
 
+    /// The TLS state both listeners share; a new CRL set on it refuses
+    /// revoked certificates without a restart.
     pub fn tls(&self) -> &Arc<ServerTls> {
         &self.tls
     }

@@ -23,6 +23,7 @@ pub struct RegistryService {
 }
 
 impl RegistryService {
+    /// The catalog API over this server's consensus loop.
     pub fn new(raft: RaftHandle) -> Self {
         Self { raft }
     }
@@ -264,6 +265,8 @@ pub struct PeerService {
 }
 
 impl PeerService {
+    /// The peer API, stepping what other servers send into this server's
+    /// consensus loop.
     pub fn new(raft: RaftHandle) -> Self {
         Self { raft }
     }

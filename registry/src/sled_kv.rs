@@ -1,5 +1,6 @@
 //! The sled engine under a registry server's [`Kv`](crate::kv::Kv): one
-//! tree, one `sled::Batch` per atomic write.
+//! tree, one `sled::Batch` per atomic write, durable only at `flush`
+//! (`sled::Db::flush`, which syncs to disk).
 
 use crate::error::StoreError;
 use crate::kv::{Batch, Entries, KvEngine};
@@ -16,7 +17,9 @@ fn engine(e: sled::Error) -> StoreError {
 }
 
 impl SledKv {
-    /// Opens (or creates) the database at `path`.
+    /// Opens (or creates) the database at `path`, in sled's high-throughput
+    /// mode; fails if sled cannot open it (a lock held by another process,
+    /// I/O, corruption).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(path)

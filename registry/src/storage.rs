@@ -14,8 +14,9 @@
 //! | `s:applied` | applied index (u64 BE) |
 //! | `s:...`, `c:...`, `w:...` | the catalog, see `catalog.rs` |
 //!
-//! Nothing here flushes; the Raft loop flushes once per Ready, before
-//! messages that depend on the write leave the server.
+//! Writes here are staged or committed but not flushed, except
+//! [`RaftStore::bootstrap`]: the Raft loop flushes once per Ready that must
+//! be synced, before messages that depend on the write leave the server.
 
 // raft-rs' protobuf 2 types are built field by field, as its own code does.
 #![allow(clippy::field_reassign_with_default)]
@@ -90,6 +91,8 @@ impl RaftStore {
         })
     }
 
+    /// The store the log shares with the catalog, so that one batch can
+    /// change both.
     pub fn db(&self) -> &Kv {
         &self.db
     }
@@ -102,7 +105,7 @@ impl RaftStore {
     /// Writes the identical starting state every founding member of a new
     /// cluster has: a snapshot at index 1 whose configuration is `voters`.
     /// The log then starts at 2, so a member added later always catches up
-    /// by snapshot.
+    /// by snapshot. Written in one batch and flushed before it returns.
     pub fn bootstrap(&self, voters: &[u64]) -> Result<(), RegistryError> {
         let mut cs = ConfState::default();
         cs.voters = voters.to_vec();
@@ -123,7 +126,8 @@ impl RaftStore {
         self.flush()
     }
 
-    /// Makes every write so far durable.
+    /// Makes every write so far durable (a sync of the whole store, not
+    /// only the raft keys).
     pub fn flush(&self) -> Result<(), RegistryError> {
         Ok(self.db.flush()?)
     }
@@ -194,16 +198,21 @@ impl RaftStore {
         Ok(())
     }
 
+    /// Stages the hard state (term, vote, commit) in `batch`; durable only
+    /// once the batch is committed and the store flushed.
     pub fn put_hard_state(&self, batch: &mut Staged, hs: &HardState) {
         batch.insert(HARD_STATE, encode(hs));
     }
 
+    /// Stages the configuration (voters, learners) as of the entry being
+    /// applied in `batch`.
     pub fn put_conf_state(batch: &mut Staged, cs: &ConfState) {
         batch.insert(CONF_STATE, encode(cs));
     }
 
     /// Replaces log, configuration and state machine with a snapshot from
-    /// the leader, in one atomic batch.
+    /// the leader, in one atomic batch (not flushed here: the loop's flush
+    /// for the Ready makes it durable).
     pub fn install_snapshot(&self, snapshot: &Snapshot) -> Result<(), RegistryError> {
         let meta = snapshot.get_metadata();
         let mut batch = Staged::new(&self.db);
@@ -228,7 +237,8 @@ impl RaftStore {
     }
 
     /// Drops log entries up to and including `index` (which must be
-    /// applied), keeping its term as the new compaction point.
+    /// applied), keeping its term as the new compaction point. One batch,
+    /// not flushed: entries back after a crash are compacted again.
     pub fn compact(&self, index: u64) -> Result<(), RegistryError> {
         let (compacted, _) = self.compaction_point();
         if index <= compacted || index > self.applied()? {

@@ -25,8 +25,16 @@ use tokio::sync::mpsc;
 /// What the transport reports back to the Raft loop.
 #[derive(Debug)]
 pub enum Report {
+    /// A message to this peer could not be queued or sent; Raft slows its
+    /// replication to it.
     Unreachable(u64),
-    Snapshot { to: u64, ok: bool },
+    /// A snapshot sent to a peer was delivered (`ok`) or not.
+    Snapshot {
+        /// The peer's Raft id.
+        to: u64,
+        /// Whether the peer accepted the batch carrying the snapshot.
+        ok: bool,
+    },
 }
 
 /// Network faults injected by tests: messages to and from isolated peers
@@ -50,6 +58,7 @@ impl Faults {
         self.isolated.write().expect("faults lock").clear();
     }
 
+    /// Whether traffic with `peer` is dropped now.
     pub fn blocks(&self, peer: u64) -> bool {
         self.isolated.read().expect("faults lock").contains(&peer)
     }
@@ -76,7 +85,6 @@ pub trait Network: Send + Sync + fmt::Debug {
 }
 
 /// Outgoing Raft traffic of one server, over gRPC.
-#[derive(Debug)]
 pub struct Transport {
     id: u64,
     creds: Credentials,
@@ -86,8 +94,20 @@ pub struct Transport {
     /// The server's runtime, where sending tasks run (the consensus loop
     /// calls `send` from a thread of its own).
     runtime: tokio::runtime::Handle,
+    /// The faults tests inject on this server, shared with the sending tasks.
     #[cfg(feature = "faults")]
     pub faults: Arc<Faults>,
+}
+
+// By hand, so that logging the transport never prints the server's private
+// key (`Credentials` prints its PEM).
+impl fmt::Debug for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Transport")
+            .field("id", &self.id)
+            .field("addresses", &self.addresses)
+            .finish_non_exhaustive()
+    }
 }
 
 const QUEUE: usize = 4096;
