@@ -18,6 +18,8 @@ pub struct HttpBackend {
 }
 
 impl HttpBackend {
+    /// A client that refuses backend responses larger than `max_response`
+    /// bytes.
     pub fn new(max_response: usize) -> Self {
         Self {
             client: Client::builder(TokioExecutor::new()).build_http(),

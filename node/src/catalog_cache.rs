@@ -79,6 +79,9 @@ impl CatalogCache {
         }))
     }
 
+    /// The catalog revision this copy reflects: the newest change applied,
+    /// persisted with the records (0 for a node that never heard the
+    /// registry).
     pub fn revision(&self) -> u64 {
         self.state
             .read()
@@ -116,6 +119,8 @@ impl CatalogCache {
             .and_then(|r| r.value.clone())
     }
 
+    /// The service `id` (`<agency>/<name>`) as this node last heard it, if
+    /// it is in the catalog.
     pub fn service(&self, id: &str) -> Option<Service> {
         match self.get(RecordKind::Service, id)? {
             Value::Service(s) => Some(s),
@@ -123,6 +128,8 @@ impl CatalogCache {
         }
     }
 
+    /// The record of node `name` of `agency` (its endpoint and certificate
+    /// fingerprint), if it is registered.
     pub fn node(&self, agency: &str, name: &str) -> Option<NodeRecord> {
         match self.get(RecordKind::Node, &format!("{agency}/{name}"))? {
             Value::Node(n) => Some(n),
@@ -130,6 +137,8 @@ impl CatalogCache {
         }
     }
 
+    /// The grant of `service_id` to agency `consumer`, whatever its state
+    /// (see [`grant_is_active`](Self::grant_is_active) for whether it is usable).
     pub fn grant(&self, service_id: &str, consumer: &str) -> Option<Grant> {
         match self.get(RecordKind::Grant, &format!("{service_id}|{consumer}"))? {
             Value::Grant(g) => Some(g),

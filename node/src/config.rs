@@ -14,14 +14,21 @@ pub enum ConfigError {
     /// the system (permissions, a missing mount).
     #[error("cannot read {}", path.display())]
     Read {
+        /// The file that could not be read.
         path: PathBuf,
+        /// Why the operating system refused it.
         #[source]
         source: std::io::Error,
     },
     /// The file says something wrong: every problem found, for the person
     /// who wrote it. A process exits with the usage code on it.
     #[error("{}: {problems}", path.display())]
-    Invalid { path: PathBuf, problems: String },
+    Invalid {
+        /// The file at fault.
+        path: PathBuf,
+        /// Every problem found, joined with `; `.
+        problems: String,
+    },
 }
 
 /// Where a listener binds and what other agencies use to reach it.
@@ -30,11 +37,15 @@ pub enum ConfigError {
 pub struct ProviderConfig {
     /// Bind address of the province-facing mTLS listener.
     pub listen: SocketAddr,
-    /// host:port other nodes connect to; defaults to `listen`.
+    /// host:port other agencies' nodes connect to, published in this node's
+    /// catalog record; defaults to `listen`. When `listen` has port 0 the
+    /// bound address is published instead.
     #[serde(default)]
     pub advertise: String,
 }
 
+/// The consumer side's listener: where the agency's own applications call
+/// other agencies' services through this node.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsumerConfig {
@@ -55,6 +66,7 @@ pub struct ConsumerConfig {
 pub struct ServiceConfig {
     /// The service name: the id is `<agency>/<name>`.
     pub name: String,
+    /// What the service returns, for other agencies reading the catalog.
     pub description: String,
     /// What answers the service's calls.
     pub backend: Backend,
@@ -69,6 +81,7 @@ pub enum Backend {
     Http {
         /// URL template; `{op}` is replaced by the operation.
         url: String,
+        /// How the call's payload is sent to the system.
         method: HttpMethod,
         /// How long a call may take.
         timeout: Duration,
@@ -204,24 +217,35 @@ pub struct NodeConfig {
     pub agency: String,
     /// This node's name (the certificate's SPIFFE name).
     pub name: String,
+    /// Where the node keeps its copy of the catalog, its datasets and its
+    /// sharing log.
     pub data_dir: PathBuf,
-    /// Registry client addresses.
+    /// Registry client addresses (host:port); at least one.
     pub registry: Vec<String>,
+    /// The node's certificate (issued for `agency` and `name`, role node),
+    /// key and the provincial CA, used on the provider side, to the registry
+    /// and to sign the sharing log.
     pub tls: TlsFiles,
+    /// The provider side's listener, for other agencies' nodes.
     pub provider: ProviderConfig,
+    /// The consumer side's listener, for the agency's own applications.
     pub consumer: ConsumerConfig,
     /// Prometheus metrics listener (plain HTTP), e.g. 127.0.0.1:9301.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Limits per consumer agency on the provider side; defaults apply when
+    /// the table is absent.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// The services this node serves for its agency.
     #[serde(default)]
     pub services: Vec<ServiceConfig>,
 }
 
 impl NodeConfig {
     /// Reads `path`, resolving relative paths against its directory, and
-    /// reports every problem at once.
+    /// reports every problem at once: [`ConfigError::Read`] when the file
+    /// cannot be read, [`ConfigError::Invalid`] for anything wrong in it.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
@@ -277,6 +301,8 @@ impl NodeConfig {
         }
     }
 
+    /// The configured service named `name` (without the agency), if this
+    /// node serves it.
     pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
         self.services.iter().find(|s| s.name == name)
     }

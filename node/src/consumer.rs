@@ -28,6 +28,7 @@ pub struct Consumer {
 }
 
 impl Consumer {
+    /// The consumer side over the node's shared context.
     pub fn new(ctx: Arc<NodeContext>) -> Self {
         Self { ctx }
     }

@@ -19,15 +19,23 @@ use tonic::Status;
 use tonic::transport::Channel;
 
 /// Everything both sides share.
-#[derive(Debug)]
 pub struct NodeContext {
+    /// The node's configuration, as loaded from `node.toml`.
     pub config: NodeConfig,
+    /// The node's copy of the catalog (services, nodes, grants), kept
+    /// current by the registry watch.
     pub cache: Arc<CatalogCache>,
+    /// The datasets this node holds, for `dataset` services.
     pub datasets: DatasetCache,
+    /// The sharing log every exchange is recorded in, on both sides.
     pub log: Arc<SharingLog>,
+    /// The client for the agency's HTTP backends.
     pub http: HttpBackend,
+    /// The provider side's limits per consumer agency.
     pub limits: Arc<Limits>,
+    /// The node's certificate and private key, presented to other nodes.
     pub creds: Credentials,
+    /// The node's Prometheus metrics.
     pub metrics: Arc<Metrics>,
     /// Pooled HTTP/2 connections to other nodes (mTLS), by endpoint.
     node_channels: Mutex<HashMap<String, Channel>>,
@@ -37,7 +45,26 @@ pub struct NodeContext {
     pub(crate) links: Links,
 }
 
+// By hand, so that logging the context never prints the node's private key
+// (`Credentials` prints its PEM).
+impl std::fmt::Debug for NodeContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeContext")
+            .field("config", &self.config)
+            .field("cache", &self.cache)
+            .field("datasets", &self.datasets)
+            .field("log", &self.log)
+            .field("http", &self.http)
+            .field("limits", &self.limits)
+            .field("metrics", &self.metrics)
+            .field("links", &self.links)
+            .finish_non_exhaustive()
+    }
+}
+
 impl NodeContext {
+    /// The shared context of a node, its limits and HTTP client sized from
+    /// `config.limits`, with no connection to another node open yet.
     pub fn new(
         config: NodeConfig,
         cache: Arc<CatalogCache>,

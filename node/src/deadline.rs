@@ -6,7 +6,10 @@ use std::time::{Duration, Instant};
 /// A caller's deadline: when it falls, and how long the caller allowed.
 #[derive(Clone, Copy, Debug)]
 pub struct Deadline {
+    /// When the caller stops waiting.
     pub at: Instant,
+    /// How long the caller allowed in all, as it sent it; reported in a
+    /// [`DeadlineExceeded`](crate::refusal::Refusal::DeadlineExceeded) refusal.
     pub total: Duration,
 }
 

@@ -50,6 +50,9 @@ impl Drop for Permit {
 }
 
 impl Limits {
+    /// Limits of `max_in_flight` calls at once and `rate_per_second` calls
+    /// per second for each consumer agency (each at least 1); a consumer's
+    /// bucket starts full, so it may burst up to one second's calls.
     pub fn new(max_in_flight: usize, rate_per_second: u32) -> Arc<Self> {
         Arc::new(Self {
             max_in_flight: max_in_flight.max(1),

@@ -54,6 +54,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Every metric of the node, registered under the `lgsp` prefix, at zero.
     pub fn new() -> Arc<Self> {
         let mut registry = Registry::with_prefix("lgsp");
         let calls = Family::<CallLabels, Counter>::default();
@@ -112,6 +113,9 @@ impl Metrics {
         })
     }
 
+    /// Counts one exchange on `side` (`provider` or `consumer`): a call of
+    /// `service` by agency `consumer` ending with `code`, its latency, and
+    /// the bytes received and sent.
     #[allow(clippy::too_many_arguments)] // the dimensions of one exchange
     pub fn observe(
         &self,

@@ -15,7 +15,12 @@ use tonic::{Code, Status};
 pub enum Refusal {
     /// The caller's certificate is not a node's or the hub's.
     #[error("{caller} has role {role}; only agency nodes and the hub call data-sharing services")]
-    WrongRole { caller: String, role: String },
+    WrongRole {
+        /// The caller's SPIFFE id, from its certificate.
+        caller: String,
+        /// The role its certificate names (registry, admin, ...).
+        role: String,
+    },
     /// The caller's certificate was refused when checked again (revoked
     /// since the connection opened).
     #[error("{0}")]
@@ -28,35 +33,57 @@ pub enum Refusal {
         "this node serves agency {own}; service {service} belongs to agency {agency} (call that agency's node)"
     )]
     OtherAgency {
+        /// This node's agency code.
         own: String,
+        /// The service id, `<agency>/<name>`.
         service: String,
+        /// The agency the service id names, whose node serves it.
         agency: String,
     },
     /// The service is not in this node's copy of the catalog.
     #[error(
         "service {service} is not in the provincial catalog (not published, or withdrawn and removed)"
     )]
-    NotInCatalog { service: String },
+    NotInCatalog {
+        /// The service id, `<agency>/<name>`.
+        service: String,
+    },
     /// The provider suspended the service.
     #[error(
         "service {service} is suspended by agency {provider}; ask its focal point when it will be restored"
     )]
-    ServiceSuspended { service: String, provider: String },
+    ServiceSuspended {
+        /// The service id, `<agency>/<name>`.
+        service: String,
+        /// The provider agency's code, which owns the service.
+        provider: String,
+    },
     /// The provider withdrew the service.
     #[error("service {service} has been withdrawn by agency {provider}")]
-    ServiceWithdrawn { service: String, provider: String },
+    ServiceWithdrawn {
+        /// The service id, `<agency>/<name>`.
+        service: String,
+        /// The provider agency's code, which owns the service.
+        provider: String,
+    },
     /// The service is in the catalog, but this node has no backend for it.
     #[error(
         "service {service} is in the catalog but this node is not configured to serve it (add it to node.toml)"
     )]
-    NotServedHere { service: String },
+    NotServedHere {
+        /// The service id, `<agency>/<name>`.
+        service: String,
+    },
     /// The consumer agency holds no grant for the service.
     #[error(
         "agency {consumer} has no grant for service {service}; agency {provider} (or the provincial admin) grants it with `lgsp access grant --service {service} --consumer {consumer}`"
     )]
     NoGrant {
+        /// The service id, `<agency>/<name>`.
         service: String,
+        /// The consumer agency's code.
         consumer: String,
+        /// The provider agency's code, which owns the service.
         provider: String,
     },
     /// The grant is suspended.
@@ -65,9 +92,13 @@ pub enum Refusal {
         because(reason)
     )]
     GrantSuspended {
+        /// The service id, `<agency>/<name>`.
         service: String,
+        /// The consumer agency's code.
         consumer: String,
+        /// The provider agency's code, which owns the service.
         provider: String,
+        /// The reason recorded on the grant; may be empty.
         reason: String,
     },
     /// The grant's validity ended.
@@ -76,9 +107,13 @@ pub enum Refusal {
         because(reason)
     )]
     GrantExpired {
+        /// The service id, `<agency>/<name>`.
         service: String,
+        /// The consumer agency's code.
         consumer: String,
+        /// The provider agency's code, which owns the service.
         provider: String,
+        /// The reason recorded on the grant; may be empty.
         reason: String,
     },
     /// The grant was terminated (D47 Art. 44).
@@ -87,44 +122,90 @@ pub enum Refusal {
         because(reason)
     )]
     GrantTerminated {
+        /// The service id, `<agency>/<name>`.
         service: String,
+        /// The consumer agency's code.
         consumer: String,
+        /// The reason recorded on the grant; may be empty.
         reason: String,
     },
     /// The consumer agency has as many calls in flight as it may.
     #[error(
         "agency {consumer} already has {max} calls in flight, the most this node allows; retry when some finish"
     )]
-    TooManyInFlight { consumer: String, max: usize },
+    TooManyInFlight {
+        /// The consumer agency's code.
+        consumer: String,
+        /// The most calls in flight this node allows one consumer agency.
+        max: usize,
+    },
     /// The consumer agency calls faster than it may.
     #[error("agency {consumer} exceeds {rate} calls per second on this node; slow down and retry")]
-    OverRate { consumer: String, rate: u32 },
+    OverRate {
+        /// The consumer agency's code.
+        consumer: String,
+        /// The rate this node allows one consumer agency, in calls per second.
+        rate: u32,
+    },
     /// The consumer agency has as many node links open as it may.
     #[error("agency {consumer} already has {max} node links open to this node, the most it allows")]
-    TooManyLinks { consumer: String, max: usize },
+    TooManyLinks {
+        /// The consumer agency's code.
+        consumer: String,
+        /// The most node links this node allows one consumer agency.
+        max: usize,
+    },
     /// The request is larger than this node takes.
     #[error("the envelope is {size} bytes; this node accepts at most {max}")]
-    EnvelopeTooLarge { size: usize, max: usize },
+    EnvelopeTooLarge {
+        /// The envelope's encoded size, in bytes.
+        size: usize,
+        /// The largest envelope this node accepts, in bytes.
+        max: usize,
+    },
     /// The response is larger than the consumer takes.
     #[error("the response is {size} bytes; the consumer accepts at most {limit}")]
-    ResponseTooLarge { size: usize, limit: usize },
+    ResponseTooLarge {
+        /// The response's size, in bytes.
+        size: usize,
+        /// The largest response the consumer said it accepts, in bytes.
+        limit: usize,
+    },
     /// The caller's deadline passed while the call was served.
     #[error("{service} did not answer within the caller's deadline ({} ms)", total.as_millis())]
-    DeadlineExceeded { service: String, total: Duration },
+    DeadlineExceeded {
+        /// The service id, `<agency>/<name>`.
+        service: String,
+        /// The caller's whole deadline, as it sent it.
+        total: Duration,
+    },
     /// A dataset answers `get` and the `Query` stream only.
     #[error(
         "dataset {service} supports the operation \"get\" (parameter \"key\") and the Query stream, not {operation:?}"
     )]
-    UnsupportedOperation { service: String, operation: String },
+    UnsupportedOperation {
+        /// The service id, `<agency>/<name>`.
+        service: String,
+        /// The operation the envelope asked for.
+        operation: String,
+    },
     /// `get` without its key.
     #[error("operation \"get\" needs the parameter \"key\"")]
     MissingKey,
     /// A `Query` stream on a service that is not a dataset.
     #[error("{service} is not a dataset: use Call")]
-    NotADataset { service: String },
+    NotADataset {
+        /// The service id, `<agency>/<name>`.
+        service: String,
+    },
     /// No record has the key asked for.
     #[error("no record with key {key:?} in {service}")]
-    RecordNotFound { service: String, key: String },
+    RecordNotFound {
+        /// The service id, `<agency>/<name>`.
+        service: String,
+        /// The key asked for (the `get` operation's `key` parameter).
+        key: String,
+    },
 }
 
 fn because(reason: &str) -> String {

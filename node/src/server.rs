@@ -30,22 +30,33 @@ pub enum NodeError {
     /// The node's certificate, key or CA file cannot be used.
     #[error("the node's TLS files are not ready (is the signed certificate in {}?)", cert.display())]
     TlsFiles {
+        /// The certificate file named in `[tls]`.
         cert: PathBuf,
+        /// Why the files could not be loaded.
         #[source]
         source: CertError,
     },
     /// The certificate says nothing usable about who holds it.
     #[error("{}: {why}", cert.display())]
-    Identity { cert: PathBuf, why: String },
+    Identity {
+        /// The certificate file named in `[tls]`.
+        cert: PathBuf,
+        /// Why it names no lgsp identity (no SPIFFE id, a malformed one).
+        why: String,
+    },
     /// The certificate is another node's than `node.toml` describes.
     #[error(
         "{} is the certificate of {holder}, but node.toml says agency {agency} node {name}: they must match",
         cert.display()
     )]
     NotThisNode {
+        /// The certificate file named in `[tls]`.
         cert: PathBuf,
+        /// The identity the certificate was issued to.
         holder: String,
+        /// The agency `node.toml` names.
         agency: String,
+        /// The node name `node.toml` names.
         name: String,
     },
     /// The consumer listener's own TLS files cannot be used.
@@ -63,7 +74,9 @@ pub enum NodeError {
     /// A listener's address cannot be bound.
     #[error("cannot listen on {addr}")]
     Listen {
+        /// The address that could not be bound.
         addr: SocketAddr,
+        /// Why (in use, not an address of this host, no permission).
         #[source]
         source: std::io::Error,
     },
@@ -79,16 +92,28 @@ fn listen_error(addr: SocketAddr) -> impl FnOnce(std::io::Error) -> NodeError {
 /// A running node.
 #[derive(Debug)]
 pub struct NodeServer {
+    /// Where the provider side listens, as bound (the port chosen when the
+    /// configuration asked for port 0).
     pub provider_addr: SocketAddr,
+    /// Where the consumer side listens for the agency's applications, as
+    /// bound.
     pub consumer_addr: SocketAddr,
+    /// Where Prometheus metrics are served (as bound), when configured.
     pub metrics_addr: Option<SocketAddr>,
+    /// What both sides share: configuration, catalog copy, sharing log,
+    /// limits, metrics.
     pub ctx: Arc<NodeContext>,
+    /// The provider listener's TLS state; the node sets each new CRL from
+    /// the catalog on it, refusing revoked certificates without a restart.
     pub tls: Arc<ServerTls>,
     shutdown: Shutdown,
 }
 
 impl NodeServer {
-    /// Starts the node described by `config`.
+    /// Starts the node described by `config`: checks its certificate is this
+    /// node's, opens its catalog copy and sharing log, binds the listeners,
+    /// and registers the node in the catalog in the background. Fails with a
+    /// [`NodeError`] naming what could not be used.
     pub async fn start(config: NodeConfig) -> Result<Self, NodeError> {
         let files = &config.tls;
         let creds = Credentials::load(files).map_err(|source| NodeError::TlsFiles {

@@ -29,6 +29,7 @@ pub struct Links {
 }
 
 /// How a call over [`Links::call`] went.
+#[derive(Debug)]
 pub enum Sent {
     /// The provider answered, or the call failed on the way.
     Done(Result<CallResponse, Status>),
