@@ -34,7 +34,7 @@ use tonic::{Request, Response, Status};
 
 /// Latencies of one run, and how long it took.
 #[derive(Debug)]
-pub struct Run {
+pub(crate) struct Run {
     pub label: String,
     pub clients: usize,
     pub ok: usize,
@@ -44,7 +44,7 @@ pub struct Run {
 }
 
 impl Run {
-    pub fn per_second(&self) -> f64 {
+    pub(crate) fn per_second(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64()
     }
 
@@ -58,7 +58,7 @@ impl Run {
     }
 
     /// The `p`-th percentile latency (0..=100), in milliseconds.
-    pub fn percentile_ms(&self, p: f64) -> f64 {
+    pub(crate) fn percentile_ms(&self, p: f64) -> f64 {
         if self.latencies.is_empty() {
             return f64::NAN;
         }
@@ -69,7 +69,7 @@ impl Run {
 
 /// Runs `op` from `clients` concurrent tasks for `duration`; task `i` gets
 /// its index and a per-task counter.
-pub async fn measure<F, Fut>(label: &str, clients: usize, duration: Duration, op: F) -> Run
+pub(crate) async fn measure<F, Fut>(label: &str, clients: usize, duration: Duration, op: F) -> Run
 where
     F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<()>> + Send,
@@ -174,7 +174,7 @@ async fn start_registry(
 /// `lgsp bench registry`: a cluster of `servers` on loopback in this
 /// process; conditional writes and linearizable reads of 256-byte values at
 /// each concurrency, next to a bare mTLS gRPC round trip to the same server.
-pub async fn registry(servers: u64, concurrency: &[usize], duration: Duration) -> Result<()> {
+pub(crate) async fn registry(servers: u64, concurrency: &[usize], duration: Duration) -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let mut ca =
         CertificateAuthority::init(&tmp.path().join("ca"), "bench.lgsp.local", "bench CA", 1)?;
@@ -796,7 +796,7 @@ impl Province {
 /// concurrency, next to a raw tonic mTLS echo of the same envelopes. Fails
 /// when the setup fails (a node does not start, a service never becomes
 /// callable).
-pub async fn exchange(payload: usize, concurrency: &[usize], duration: Duration) -> Result<()> {
+pub(crate) async fn exchange(payload: usize, concurrency: &[usize], duration: Duration) -> Result<()> {
     let province = Province::start(payload).await?;
     let (raw, direct, via_b) = (province.raw()?, province.direct()?, province.via_b()?);
     let forwarder = province.forwarder()?;
@@ -933,7 +933,7 @@ fn rss_bytes() -> u64 {
 /// page by page; reports the throughput and this process's memory before,
 /// at its peak during, and after the stream. Flat memory means the peak
 /// stays far below the dataset's size.
-pub async fn stream(total: usize, record: usize) -> Result<()> {
+pub(crate) async fn stream(total: usize, record: usize) -> Result<()> {
     let rows = (total / record.max(1)).max(1);
     println!(
         "lgsp bench stream: {} in {rows} records of {}, imported into node A, then queried whole by B's application",

@@ -27,9 +27,9 @@ use std::time::{Duration, Instant};
 const TRUST_DOMAIN: &str = "vinhphuc.gov.vn";
 const PROVINCE: &str = "000.00.00.H62";
 /// Sở Kế hoạch và Đầu tư: business registrations.
-pub const DEPARTMENT: &str = "000.00.07.H62";
+pub(crate) const DEPARTMENT: &str = "000.00.07.H62";
 /// UBND huyện Tam Dương: household records.
-pub const DISTRICT: &str = "000.00.40.H62";
+pub(crate) const DISTRICT: &str = "000.00.40.H62";
 /// Sở Y tế: registered, but granted nothing.
 const HEALTH: &str = "000.00.09.H62";
 
@@ -211,7 +211,7 @@ async fn start_backend() -> Result<tokio::sync::watch::Sender<bool>> {
 }
 
 /// Everything the demo started.
-pub struct Province {
+pub(crate) struct Province {
     pub dir: PathBuf,
     registries: RegistryCluster,
     /// Stops the department's HTTP system when dropped.
@@ -224,7 +224,7 @@ pub struct Province {
 }
 
 impl Province {
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         for n in self.nodes {
             n.shutdown().await;
         }
@@ -233,7 +233,7 @@ impl Province {
 }
 
 /// Starts the province in `dir` (replacing a previous demo there).
-pub async fn start(dir: &Path) -> Result<Province> {
+pub(crate) async fn start(dir: &Path) -> Result<Province> {
     check_ports_free()?;
     if dir.exists() {
         if !dir.join("ca").join("ca.json").exists() && std::fs::read_dir(dir)?.next().is_some() {
@@ -773,7 +773,7 @@ async fn scenario(p: &Province) -> usize {
 }
 
 /// `lgsp demo`.
-pub async fn run(dir: &Path, walkthrough: bool) -> Result<()> {
+pub(crate) async fn run(dir: &Path, walkthrough: bool) -> Result<()> {
     println!("Starting a province in {} …", dir.display());
     let province = start(dir).await?;
     if walkthrough {

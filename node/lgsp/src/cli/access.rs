@@ -11,7 +11,7 @@ use lgsp_registry::{Catalog, GrantKey, ServiceId, Validity};
 
 /// Which grant: the service and the consumer agency, and how to reach the registry.
 #[derive(Debug, Args)]
-pub struct GrantTarget {
+pub(super) struct GrantTarget {
     #[command(flatten)]
     registry: RegistryArgs,
     /// The service id, <agency-code>/<service-name>.
@@ -36,7 +36,7 @@ impl GrantTarget {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum AccessCommand {
+pub(super) enum AccessCommand {
     /// Let a consumer agency call a service.
     Grant {
         #[command(flatten)]
@@ -97,7 +97,7 @@ fn until_unix(date: &str) -> Result<i64> {
         .unix_timestamp())
 }
 
-pub fn run(cmd: AccessCommand) -> Result<()> {
+pub(super) fn run(cmd: AccessCommand) -> Result<()> {
     let rt = super::runtime()?;
     rt.block_on(async {
         match cmd {

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Subcommand)]
-pub enum AuditCommand {
+pub(super) enum AuditCommand {
     /// Check that a sharing log is intact: every entry's hash, the numbering and
     /// the chain of entries, and every seal's signature. Prints a summary; fails
     /// naming the first line (and entry) that was changed, removed or moved.
@@ -46,7 +46,7 @@ pub enum AuditCommand {
     },
 }
 
-pub fn run(cmd: AuditCommand) -> Result<()> {
+pub(super) fn run(cmd: AuditCommand) -> Result<()> {
     match cmd {
         AuditCommand::Verify { log, cert } => verify(&log, &cert),
         AuditCommand::Export { log, from, to, out } => {

@@ -6,7 +6,7 @@ use clap::builder::RangedU64ValueParser;
 use std::time::Duration;
 
 #[derive(Debug, Subcommand)]
-pub enum BenchCommand {
+pub(super) enum BenchCommand {
     /// Start a registry cluster on loopback in this process and measure
     /// conditional writes and linearizable reads at each client count.
     Registry {
@@ -106,7 +106,7 @@ fn parse_size(text: &str) -> Result<usize, String> {
     Ok(bytes)
 }
 
-pub fn run(cmd: BenchCommand) -> Result<()> {
+pub(super) fn run(cmd: BenchCommand) -> Result<()> {
     let rt = super::runtime()?;
     match cmd {
         BenchCommand::Registry {

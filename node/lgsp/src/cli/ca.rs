@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Subcommand)]
-pub enum CaCommand {
+pub(super) enum CaCommand {
     /// Make a new root CA (ECDSA P-256) in DIR. Run once, at the provincial IT
     /// department; the key file is written with mode 0600 and an existing CA
     /// is never overwritten.
@@ -114,7 +114,7 @@ pub enum CaCommand {
 
 /// The identity and hosts a certificate is for.
 #[derive(Debug, Args)]
-pub struct LeafArgs {
+pub(super) struct LeafArgs {
     /// node, registry, hub or admin.
     #[arg(long, value_parser = parse_role)]
     role: Role,
@@ -153,7 +153,7 @@ impl LeafArgs {
     }
 }
 
-pub fn run(cmd: CaCommand) -> Result<()> {
+pub(super) fn run(cmd: CaCommand) -> Result<()> {
     match cmd {
         CaCommand::Init {
             dir,

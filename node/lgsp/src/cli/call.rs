@@ -9,7 +9,7 @@ use lgsp_proto::{Envelope, FieldFilter, QueryRequest};
 use std::collections::HashMap;
 
 #[derive(Debug, Args)]
-pub struct CallArgs {
+pub(super) struct CallArgs {
     /// The service id, <agency-code>/<service-name>.
     service: String,
     /// The operation (for a dataset: get).
@@ -48,7 +48,7 @@ fn params(list: &[String]) -> Result<HashMap<String, String>> {
         .collect()
 }
 
-pub fn run(args: CallArgs) -> Result<()> {
+pub(super) fn run(args: CallArgs) -> Result<()> {
     let rt = super::runtime()?;
     rt.block_on(async {
         let params = params(&args.params)?;

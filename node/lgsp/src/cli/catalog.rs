@@ -10,7 +10,7 @@ use lgsp_registry::{Catalog, Publication, ServiceId};
 use std::path::PathBuf;
 
 #[derive(Debug, Subcommand)]
-pub enum AgencyCommand {
+pub(super) enum AgencyCommand {
     /// Register an agency (cơ quan, đơn vị) in the provincial catalog, or
     /// update its name and focal point (đầu mối). Needs an admin certificate
     /// for a new agency.
@@ -39,14 +39,14 @@ pub enum AgencyCommand {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum KindArg {
+pub(super) enum KindArg {
     Dataset,
     Http,
     Grpc,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum StatusArg {
+pub(super) enum StatusArg {
     Active,
     Suspended,
     Withdrawn,
@@ -63,7 +63,7 @@ impl StatusArg {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum ServiceCommand {
+pub(super) enum ServiceCommand {
     /// Publish (or update) a data-sharing service (dịch vụ chia sẻ dữ liệu)
     /// of your agency in the catalog.
     Publish {
@@ -112,7 +112,7 @@ pub enum ServiceCommand {
     },
 }
 
-pub fn run_agency(cmd: AgencyCommand) -> Result<()> {
+pub(super) fn run_agency(cmd: AgencyCommand) -> Result<()> {
     let rt = super::runtime()?;
     rt.block_on(async {
         match cmd {
@@ -162,7 +162,7 @@ pub fn run_agency(cmd: AgencyCommand) -> Result<()> {
     })
 }
 
-pub fn run_service(cmd: ServiceCommand) -> Result<()> {
+pub(super) fn run_service(cmd: ServiceCommand) -> Result<()> {
     let rt = super::runtime()?;
     rt.block_on(async {
         match cmd {

@@ -8,7 +8,7 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Subcommand)]
-pub enum DatasetCommand {
+pub(super) enum DatasetCommand {
     /// Import a CSV or JSON Lines file as the data of a dataset service
     /// (dịch vụ chia sẻ dữ liệu), replacing what it served.
     ///
@@ -68,7 +68,7 @@ pub enum DatasetCommand {
 
 /// Which dataset: the node's data directory and the service's name.
 #[derive(Debug, Args)]
-pub struct DatasetArgs {
+pub(super) struct DatasetArgs {
     /// The node's data directory; datasets live in its `datasets` folder.
     #[arg(long, env = "LGSP_DATA_DIR", value_name = "DIR")]
     data_dir: PathBuf,
@@ -96,7 +96,7 @@ fn parse_filter(text: &str) -> Result<(String, String), String> {
     }
 }
 
-pub fn run(cmd: DatasetCommand) -> Result<()> {
+pub(super) fn run(cmd: DatasetCommand) -> Result<()> {
     match cmd {
         DatasetCommand::Import {
             at,

@@ -5,7 +5,7 @@ use clap::Args;
 use std::path::PathBuf;
 
 #[derive(Debug, Args)]
-pub struct DemoArgs {
+pub(super) struct DemoArgs {
     /// Where the demo keeps its CA, registry and node data (replaced at each run).
     #[arg(long, value_name = "DIR", default_value = "lgsp-demo")]
     dir: PathBuf,
@@ -15,7 +15,7 @@ pub struct DemoArgs {
     scenario: bool,
 }
 
-pub fn run(args: DemoArgs) -> Result<()> {
+pub(super) fn run(args: DemoArgs) -> Result<()> {
     let rt = super::runtime()?;
     rt.block_on(crate::demo::run(&args.dir, args.scenario))
 }

@@ -30,7 +30,7 @@ use std::process::ExitCode;
 /// RUST_LOG=debug) to see more of what happens.
 #[derive(Debug, Parser)]
 #[command(name = "lgsp", version, propagate_version = true)]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
 }
@@ -75,7 +75,7 @@ enum Command {
 
 /// How to reach the registry: its servers and this side's certificate.
 #[derive(Debug, Args)]
-pub struct RegistryArgs {
+pub(crate) struct RegistryArgs {
     /// Registry client addresses, comma-separated (any server will do; the
     /// others are tried when one is down).
     #[arg(
@@ -116,7 +116,7 @@ impl RegistryArgs {
 /// A configuration or usage problem found after parsing: exits with code 2.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct UsageError(pub String);
+pub(crate) struct UsageError(pub String);
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
@@ -125,7 +125,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// Runs the command line; returns the process exit code.
-pub fn main() -> ExitCode {
+pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     let result = match cli.command {

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 #[derive(Debug, Subcommand)]
 #[allow(clippy::large_enum_variant)] // parsed once per process run
-pub enum NodeCommand {
+pub(super) enum NodeCommand {
     /// Prepare a node on this server: make its key (kept here), a signing
     /// request for the provincial CA, and a commented node.toml.
     Init {
@@ -62,7 +62,7 @@ pub enum NodeCommand {
     },
 }
 
-pub fn run(cmd: NodeCommand) -> Result<()> {
+pub(super) fn run(cmd: NodeCommand) -> Result<()> {
     match cmd {
         NodeCommand::Init {
             agency,

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Debug, Subcommand)]
-pub enum RegistryCommand {
+pub(super) enum RegistryCommand {
     /// Run a registry server until SIGTERM or Ctrl-C.
     ///
     /// A new cluster: start every founding server with the same --peers
@@ -48,7 +48,7 @@ pub enum RegistryCommand {
 }
 
 #[derive(Debug, Args)]
-pub struct StartArgs {
+pub(super) struct StartArgs {
     /// A TOML file with any of the settings below (flags override it).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -109,7 +109,7 @@ fn config_from(args: StartArgs) -> Result<RegistryConfig> {
     Ok(config)
 }
 
-pub fn run(cmd: RegistryCommand) -> Result<()> {
+pub(super) fn run(cmd: RegistryCommand) -> Result<()> {
     let rt = super::runtime()?;
     match cmd {
         RegistryCommand::Start(args) => {
