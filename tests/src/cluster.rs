@@ -22,13 +22,22 @@ pub fn write_creds(dir: &Path, creds: &Credentials) -> TlsFiles {
 }
 
 /// A registry cluster of in-process servers.
+#[derive(Debug)]
 pub struct Cluster {
+    /// The CA that issued the servers' and the admin's certificates; its
+    /// directory holds the servers' data directories.
     pub pki: Pki,
+    /// Every server's configuration by id, kept while the server is stopped
+    /// so that it can be restarted.
     pub configs: BTreeMap<u64, RegistryConfig>,
+    /// The running servers by id; a stopped server is not in it.
     pub servers: BTreeMap<u64, RegistryServer>,
+    /// The provincial admin's credentials (`so-tttt`).
     pub admin: Credentials,
 }
 
+/// The province's own agency code: the provincial admin's and the registry
+/// servers' certificates are issued for it.
 pub const PROVINCE: &str = "000.00.00.H62";
 
 /// Tests tick fast (50 ms) and give up on a proposal after 3 s.
@@ -43,6 +52,9 @@ impl Cluster {
         Self::start_with(n, |_| {}).await
     }
 
+    /// Starts `n` servers as [`Self::start`] does, with `tune` applied to
+    /// each server's configuration after the tests' fast timings. Panics
+    /// when the servers cannot start or elect a leader within 10 s.
     pub async fn start_with(n: u64, tune: impl Fn(&mut RegistryConfig)) -> Self {
         let mut pki = Pki::new(TRUST_DOMAIN);
         let (admin, _) = pki.issue(PROVINCE, Role::Admin, "so-tttt");
@@ -84,6 +96,8 @@ impl Cluster {
         config
     }
 
+    /// Server `id`'s data directory (its sled store). Panics when no server
+    /// `id` was configured.
     pub fn data_dir(&self, id: u64) -> PathBuf {
         self.configs[&id].data_dir.clone()
     }
@@ -143,6 +157,7 @@ impl Cluster {
             .expect("register agency")
     }
 
+    /// Stops every running server, one after the other.
     pub async fn shutdown(mut self) {
         let ids: Vec<u64> = self.servers.keys().copied().collect();
         for id in ids {

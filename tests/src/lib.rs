@@ -16,15 +16,24 @@ use std::process::Output;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The SPIFFE trust domain of the test province's CA: every certificate
+/// the tests issue names it.
 pub const TRUST_DOMAIN: &str = "vinhphuc.gov.vn";
 
 /// A CA in a temporary directory, minting credentials for tests.
+#[derive(Debug)]
 pub struct Pki {
+    /// The temporary directory, removed when the `Pki` drops; the CA lives
+    /// in its `ca` subdirectory and tests put their servers' and nodes'
+    /// files next to it.
     pub dir: tempfile::TempDir,
+    /// The province's CA, issuing and revoking the tests' certificates.
     pub ca: CertificateAuthority,
 }
 
 impl Pki {
+    /// A new CA for `trust_domain`, valid for 30 days, in a fresh temporary
+    /// directory. Panics when the directory or the CA cannot be made.
     pub fn new(trust_domain: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca =
@@ -33,6 +42,8 @@ impl Pki {
         Self { dir, ca }
     }
 
+    /// The directory holding the CA's certificate, key and state, as
+    /// `lgsp ca` commands take it.
     pub fn ca_dir(&self) -> PathBuf {
         self.dir.path().join("ca")
     }
@@ -55,6 +66,9 @@ impl Pki {
         (issued.creds, issued.serial)
     }
 
+    /// Issues credentials for `agency`'s `role` named `name`, valid for a
+    /// day; returns them and the certificate's serial. Panics on an invalid
+    /// agency code or name.
     pub fn issue(&mut self, agency: &str, role: Role, name: &str) -> (Credentials, String) {
         let spec = self.spec(agency, role, name);
         self.issue_spec(&spec)
@@ -62,14 +76,21 @@ impl Pki {
 }
 
 /// A running gRPC server answering `WhoAmI` behind mTLS and [`Authenticator`].
+#[derive(Debug)]
 pub struct WhoAmIServer {
+    /// Where it listens: 127.0.0.1 on a port the system chose.
     pub addr: SocketAddr,
+    /// Its mTLS configuration, which a test may change while it runs (a new
+    /// CRL, new credentials).
     pub tls: Arc<ServerTls>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl WhoAmIServer {
+    /// Starts serving with `creds`, accepting clients whose certificate is in
+    /// `trust_domain`. Panics when the credentials are refused or no port can
+    /// be bound.
     pub async fn start(creds: Credentials, trust_domain: &str) -> Self {
         let tls = ServerTls::new(creds).expect("server tls");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -96,6 +117,7 @@ impl WhoAmIServer {
         }
     }
 
+    /// Asks the server to shut down and waits up to 5 s for it to finish.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());

@@ -10,10 +10,17 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// One registry server process and how to start it again.
+#[derive(Debug)]
 pub struct ServerProcess {
+    /// The server's Raft id.
     pub id: u64,
+    /// host:port of its client API listener.
     pub client: String,
+    /// host:port of its Raft peer listener; empty for a process from
+    /// [`ProcessCluster::spawn_extra`].
     pub peer: String,
+    /// Its directory: `server.log`, and for a founding member its `data`
+    /// and `tls` directories.
     pub dir: PathBuf,
     args: Vec<String>,
     /// The binary to run instead of `lgsp_bin()` (see [`Self::set_program`]).
@@ -65,6 +72,8 @@ impl ServerProcess {
         }
     }
 
+    /// Kills the process with SIGKILL, if it runs, and starts it again with
+    /// the same arguments, from its data directory.
     pub fn restart(&mut self) {
         self.kill9();
         self.spawn();
@@ -90,6 +99,8 @@ impl ServerProcess {
         None
     }
 
+    /// What the process has written to `server.log` so far; empty when
+    /// there is no log yet.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
     }
@@ -114,13 +125,22 @@ impl Drop for ServerProcess {
 }
 
 /// A cluster of registry processes.
+#[derive(Debug)]
 pub struct ProcessCluster {
+    /// The CA that issued the servers' and the admin's certificates; its
+    /// directory holds each server's `registry-<id>` directory.
     pub pki: Pki,
+    /// The provincial admin's credentials (`so-tttt`), which the clients
+    /// present.
     pub admin: Credentials,
+    /// The founding members, ids 1 to n in order.
     pub servers: Vec<ServerProcess>,
 }
 
 impl ProcessCluster {
+    /// Starts `n` `lgsp registry start` processes (ids 1..=n) on free ports
+    /// as the founding members, without waiting for a leader (see
+    /// [`Self::leader`]). Panics when a process cannot be started.
     pub fn start(n: u64) -> Self {
         let mut pki = Pki::new(TRUST_DOMAIN);
         let (admin, _) = pki.issue(PROVINCE, Role::Admin, "so-tttt");
@@ -200,20 +220,26 @@ impl ProcessCluster {
         s
     }
 
+    /// An admin client of every founding member.
     pub fn client(&self) -> RegistryClient {
         let endpoints: Vec<String> = self.servers.iter().map(|s| s.client.clone()).collect();
         RegistryClient::new(&endpoints, &self.admin).expect("client")
     }
 
+    /// An admin client of server `id` alone. Panics when there is no such
+    /// server.
     pub fn client_of(&self, id: u64) -> RegistryClient {
         let s = self.server(id);
         RegistryClient::new(std::slice::from_ref(&s.client), &self.admin).expect("client")
     }
 
+    /// Server `id`'s process. Panics when there is no such server.
     pub fn server(&self, id: u64) -> &ServerProcess {
         self.servers.iter().find(|s| s.id == id).expect("server id")
     }
 
+    /// Server `id`'s process, to kill or restart it. Panics when there is no
+    /// such server.
     pub fn server_mut(&mut self, id: u64) -> &mut ServerProcess {
         self.servers
             .iter_mut()

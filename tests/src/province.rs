@@ -17,36 +17,54 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// One agency node process.
+#[derive(Debug)]
 pub struct NodeProcess {
+    /// The agency's code.
     pub agency: String,
+    /// The node's name within its agency, as in its certificate.
     pub name: String,
+    /// Its directory: `node.toml`, `node.log`, `tls` and `data`.
     pub dir: PathBuf,
+    /// host:port of the mTLS listener other agencies' nodes call.
     pub provider: String,
+    /// host:port of the plain listener for the agency's own applications.
     pub consumer: String,
+    /// host:port of the Prometheus `/metrics` endpoint.
     pub metrics: String,
+    /// The node's certificate and key, signed by the province's CA.
     pub creds: Credentials,
     child: Option<Child>,
 }
 
 impl NodeProcess {
+    /// The node's `node.toml`.
     pub fn config_path(&self) -> PathBuf {
         self.dir.join("node.toml")
     }
 
+    /// Where the node keeps its copy of the catalog, its datasets and its
+    /// sharing log.
     pub fn data_dir(&self) -> PathBuf {
         self.dir.join("data")
     }
 
+    /// The node's sharing log file, one JSON record per line.
     pub fn sharing_log(&self) -> PathBuf {
         self.data_dir()
             .join("sharing-log")
             .join("sharing-log.jsonl")
     }
 
+    /// What the node has written to `node.log` so far; empty when there is
+    /// no log yet.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("node.log")).unwrap_or_default()
     }
 
+    /// Starts `lgsp node start` with the node's `node.toml`, logging to
+    /// `node.log`, without waiting for it to listen (see
+    /// [`Self::app_channel`], [`Province::wait_for_node`]). Panics when the
+    /// process cannot be started.
     pub fn start(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -81,6 +99,8 @@ impl NodeProcess {
         }
     }
 
+    /// Sends SIGTERM and waits up to 10 s for the node to exit, then kills it
+    /// with SIGKILL.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = Command::new("kill").arg(c.id().to_string()).status();
@@ -97,7 +117,8 @@ impl NodeProcess {
     }
 
     /// A plain gRPC channel to this node's consumer listener (what an
-    /// application of the agency uses).
+    /// application of the agency uses), retrying for up to 15 s. Panics with
+    /// the node's log when it never accepts the connection.
     pub async fn app_channel(&self) -> tonic::transport::Channel {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
@@ -131,17 +152,23 @@ impl Drop for NodeProcess {
 }
 
 /// A registry plus agency nodes.
+#[derive(Debug)]
 pub struct Province {
+    /// The registry's server processes and the province's CA.
     pub registry: ProcessCluster,
+    /// A registry client presenting the provincial admin's certificate.
     pub admin: RegistryClient,
 }
 
 impl Province {
+    /// A province whose registry is a single server, once it has a leader
+    /// (waiting up to 15 s, panicking otherwise).
     pub async fn start() -> Self {
         Self::start_with_servers(1).await
     }
 
-    /// A province whose registry has `servers` servers.
+    /// A province whose registry has `servers` servers, once they agree on a
+    /// leader (waiting up to 15 s, panicking otherwise).
     pub async fn start_with_servers(servers: u64) -> Self {
         let registry = ProcessCluster::start(servers);
         registry.leader().await;
@@ -149,6 +176,8 @@ impl Province {
         Self { registry, admin }
     }
 
+    /// The registry servers' client addresses, as a node's `registry`
+    /// setting lists them.
     pub fn registry_addrs(&self) -> Vec<String> {
         self.registry
             .servers
@@ -157,6 +186,8 @@ impl Province {
             .collect()
     }
 
+    /// Registers agency `code` named `name` in the catalog as the provincial
+    /// admin. Panics when the registry refuses it.
     pub async fn register_agency(&self, code: &str, name: &str) {
         self.catalog()
             .register_agency(&AgencyCode::new(code).expect("agency code"), name, None)
@@ -275,6 +306,9 @@ impl Province {
         }
     }
 
+    /// Publishes service `id` (`<agency>/<name>`) of `kind`, served by the
+    /// agency's node `node`, with `description`. Panics when the registry
+    /// refuses it.
     pub async fn publish(&self, id: &str, kind: ServiceKind, node: &str, description: &str) {
         let id = id.parse().expect("service id");
         self.catalog()
@@ -284,7 +318,7 @@ impl Province {
     }
 
     /// Sets the grant of `service` to `consumer`: active, suspended or
-    /// terminated.
+    /// terminated. Panics when the registry refuses it.
     pub async fn grant(&self, service: &str, consumer: &str, status: GrantStatus) {
         let key = GrantKey {
             service: service.parse().expect("service id"),
@@ -300,7 +334,6 @@ impl Province {
         .expect("grant");
     }
 
-    /// Credentials for any identity, from the province's CA.
     /// Revokes the certificate with `serial` (key compromise) and publishes
     /// the new CRL in the catalog. Returns once the registry acknowledged
     /// it, with the instant the write started.
@@ -318,6 +351,8 @@ impl Province {
         published
     }
 
+    /// Credentials for any identity, from the province's CA, valid for a
+    /// day; returns them and the certificate's serial.
     pub fn issue(&mut self, agency: &str, role: Role, name: &str) -> (Credentials, String) {
         self.registry.pki.issue(agency, role, name)
     }
@@ -341,11 +376,16 @@ impl Province {
     }
 }
 
+/// The providing agency: the provincial Department of Justice, serving the
+/// `ho-tich` dataset and the `dkkd` HTTP backend.
 pub const A: &str = "000.00.12.H62";
+/// The consuming agency: Tam Dương district's People's Committee, granted
+/// A's services.
 pub const B: &str = "000.00.13.H62";
 
 /// A plain HTTP/JSON backend of agency A (a business registry), on
-/// 127.0.0.1. Operation `cham` answers after 3 seconds.
+/// 127.0.0.1, serving until the test process exits; returns its host:port.
+/// Operation `cham` answers after 3 seconds. Panics when it cannot bind.
 pub async fn start_backend() -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let answer = |call: HttpCall| async move {
@@ -366,6 +406,8 @@ pub async fn start_backend() -> String {
     addr.to_string()
 }
 
+/// Three civil status (hộ tịch) records, keyed by `so_dinh_danh` (personal
+/// identification number): A's `ho-tich` dataset as CSV.
 pub const HO_TICH_CSV: &str = "so_dinh_danh,ho_ten,ngay_sinh,noi_sinh\n\
 001099012345,Nguyễn Thị Hương,1999-03-12,Vĩnh Yên\n\
 001088054321,Trần Văn Đức,1988-11-02,Phúc Yên\n\
@@ -457,6 +499,8 @@ pub async fn two_agencies_custom(
     (province, a, b)
 }
 
+/// Waits up to 15 s until a `get` of A's `ho-tich` dataset through B's node
+/// is answered. Panics with B's log otherwise.
 pub async fn wait_until_callable(b: &NodeProcess) {
     let envelope = Envelope {
         service_id: format!("{A}/ho-tich"),

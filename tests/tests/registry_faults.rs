@@ -571,7 +571,7 @@ mod linearizability {
 
     /// Values are write ids; the register starts at the initial value's id.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub enum Op {
+    pub(super) enum Op {
         /// Read `value`.
         Read { value: u64 },
         /// Set `new` if the register held `expected`; succeeded.
@@ -584,10 +584,10 @@ mod linearizability {
     /// (its outcome is unknown: it may take effect at any time after
     /// `invoke`, or not at all).
     #[derive(Clone, Copy, Debug)]
-    pub struct Event {
-        pub op: Op,
-        pub invoke: u64,
-        pub complete: Option<u64>,
+    pub(super) struct Event {
+        pub(super) op: Op,
+        pub(super) invoke: u64,
+        pub(super) complete: Option<u64>,
     }
 
     fn step(state: u64, op: Op) -> Option<u64> {
@@ -613,7 +613,7 @@ mod linearizability {
     }
 
     /// `Ok` when the history is linearizable from `initial`; otherwise says how far it got.
-    pub fn check(initial: u64, history: &[Event]) -> Result<(), String> {
+    pub(super) fn check(initial: u64, history: &[Event]) -> Result<(), String> {
         assert!(
             history.len() <= WORDS * 64,
             "history of {} events is too long for the checker",
