@@ -174,7 +174,11 @@ async fn start_registry(
 /// `lgsp bench registry`: a cluster of `servers` on loopback in this
 /// process; conditional writes and linearizable reads of 256-byte values at
 /// each concurrency, next to a bare mTLS gRPC round trip to the same server.
-pub(crate) async fn registry(servers: u64, concurrency: &[usize], duration: Duration) -> Result<()> {
+pub(crate) async fn registry(
+    servers: u64,
+    concurrency: &[usize],
+    duration: Duration,
+) -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let mut ca =
         CertificateAuthority::init(&tmp.path().join("ca"), "bench.lgsp.local", "bench CA", 1)?;
@@ -796,7 +800,11 @@ impl Province {
 /// concurrency, next to a raw tonic mTLS echo of the same envelopes. Fails
 /// when the setup fails (a node does not start, a service never becomes
 /// callable).
-pub(crate) async fn exchange(payload: usize, concurrency: &[usize], duration: Duration) -> Result<()> {
+pub(crate) async fn exchange(
+    payload: usize,
+    concurrency: &[usize],
+    duration: Duration,
+) -> Result<()> {
     let province = Province::start(payload).await?;
     let (raw, direct, via_b) = (province.raw()?, province.direct()?, province.via_b()?);
     let forwarder = province.forwarder()?;
