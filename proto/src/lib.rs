@@ -3,7 +3,10 @@
 
 /// Generated code for package `lgsp.v1`.
 pub mod v1 {
-    #![allow(clippy::all, clippy::pedantic)] // generated code is not ours to lint
+    // Generated code is not ours to lint; its documentation is the comments
+    // in the .proto files, which prost copies where they exist.
+    #![allow(clippy::all, clippy::pedantic, missing_docs, unreachable_pub)]
+    #![allow(missing_debug_implementations, rust_2018_idioms)]
     tonic::include_proto!("lgsp.v1");
 }
 
