@@ -6,6 +6,8 @@
 //! - [`inspect`]: reading certificates and CRLs back, in plain words.
 //! - [`tls`]: mTLS server and client configs, swappable at run time.
 //! - [`peer`]: per-call authentication of gRPC peers from their certificates.
+//! - [`server_identity`]: a client's check that it reached the server it
+//!   meant to (identity and fingerprint, not host name), and its channels.
 
 pub mod ca;
 pub mod error;
@@ -13,6 +15,7 @@ mod fsutil;
 pub mod identity;
 pub mod inspect;
 pub mod peer;
+pub mod server_identity;
 pub mod tls;
 
 pub use ca::{CertificateAuthority, LeafSpec};
@@ -20,4 +23,5 @@ pub use error::{CertError, Result};
 pub use fsutil::{write_atomic, write_new};
 pub use identity::{AgencyCode, Role, SpiffeId};
 pub use peer::{Authenticator, Peer, WhoAmI};
+pub use server_identity::{ClientTrust, Expected};
 pub use tls::{Credentials, ServerTls, TlsFiles};

@@ -20,10 +20,12 @@ use crate::inspect::CertInfo;
 use crate::tls::{Credentials, provider};
 use crate::{CertError, Result};
 use arc_swap::ArcSwap;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, ServerName, UnixTime};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::path::Path;
@@ -91,7 +93,10 @@ impl Expected {
             ));
         }
         if id.role != self.role {
-            return Err(format!("the server is {id}, not a {} as expected", self.role));
+            return Err(format!(
+                "the server is {id}, not a {} as expected",
+                self.role
+            ));
         }
         if let Some(agency) = &self.agency
             && &id.agency != agency
@@ -139,6 +144,7 @@ impl fmt::Display for Expected {
 /// when a new CRL comes (connections opened afterwards check against it).
 #[derive(Debug)]
 pub struct ClientTrust {
+    ca: Vec<CertificateDer<'static>>,
     roots: Arc<RootCertStore>,
     verifier: ArcSwap<WebPkiServerVerifier>,
 }
@@ -148,25 +154,26 @@ impl ClientTrust {
     pub fn new(creds: &Credentials) -> Result<Arc<Self>> {
         let mut roots = RootCertStore::empty();
         for root in &creds.roots {
-            roots
-                .add(root.clone())
-                .map_err(|e| CertError::Tls(format!("a trusted CA certificate is unusable: {e}")))?;
+            roots.add(root.clone()).map_err(|e| {
+                CertError::Tls(format!("a trusted CA certificate is unusable: {e}"))
+            })?;
         }
         let roots = Arc::new(roots);
         let verifier = build_verifier(&roots, None)?;
         Ok(Arc::new(Self {
+            ca: creds.roots.clone(),
             roots,
             verifier: ArcSwap::new(verifier),
         }))
     }
 
-    /// Puts the CRL `der` (signed by the CA) in force for connections
-    /// opened from now on: a server whose certificate it lists is refused.
+    /// Puts the CRL `der` in force for connections opened from now on: a
+    /// server whose certificate it lists is refused. A CRL that no trusted
+    /// CA signed is refused and the one in force stays.
     pub fn set_crl(&self, der: &[u8]) -> Result<()> {
         crate::inspect::CrlInfo::from_der(der, Path::new("<crl>"))?;
         let crl = CertificateRevocationListDer::from(der.to_vec());
-        self.verifier
-            .store(build_verifier(&self.roots, Some(crl))?);
+        self.verifier.store(build_verifier(&self.roots, Some(crl))?);
         Ok(())
     }
 }
@@ -205,7 +212,13 @@ impl ServerCertVerifier for IdentityVerifier {
         // webpki checks the chain, the validity and the CRL before the name,
         // so a name mismatch means everything else passed: the name is not
         // what identifies a server here.
-        match verifier.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+        match verifier.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
             Ok(_) => {}
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
@@ -213,15 +226,17 @@ impl ServerCertVerifier for IdentityVerifier {
             Err(other) => return Err(other),
         }
         let refuse = |why: String| {
-            rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(
-                WrongServer(why),
-            ))))
+            rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
+                Arc::new(WrongServer(why)),
+            )))
         };
         let info = CertInfo::from_der(end_entity.as_ref(), Path::new("<server certificate>"))
             .map_err(|e| refuse(e.to_string()))?;
-        let id = info
-            .spiffe_id
-            .map_err(|why| refuse(format!("the server's certificate has no usable SPIFFE ID: {why}")))?;
+        let id = info.spiffe_id.map_err(|why| {
+            refuse(format!(
+                "the server's certificate has no usable SPIFFE ID: {why}"
+            ))
+        })?;
         self.expected
             .check(&id, end_entity.as_ref())
             .map_err(|why| refuse(format!("{why}; expected {}", self.expected)))?;
@@ -257,13 +272,23 @@ impl ServerCertVerifier for IdentityVerifier {
     }
 }
 
+/// How a refusal of the server by [`Expected::check`] starts, in the
+/// handshake error (rustls shows it through `Debug`).
+pub(crate) const WRONG_SERVER: &str = "wrong server: ";
+
 /// The server that answered is not the one the client meant to reach.
-#[derive(Debug)]
 struct WrongServer(String);
 
 impl fmt::Display for WrongServer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "wrong server: {}", self.0)
+        write!(f, "{WRONG_SERVER}{}", self.0)
+    }
+}
+
+// rustls puts this error in its message with `Debug`: the same words.
+impl fmt::Debug for WrongServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }
 

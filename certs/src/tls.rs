@@ -8,7 +8,6 @@
 //! [`ServerTls::incoming`]. tonic then still gives `peer_certs()` per request.
 
 use crate::error::{CertError, Result, io_err};
-use crate::inspect::CrlInfo;
 use arc_swap::ArcSwap;
 use rustls::RootCertStore;
 use rustls::ServerConfig;
@@ -111,6 +110,23 @@ impl Clone for Credentials {
 }
 
 impl Credentials {
+    /// The SPIFFE ID in the first certificate of the chain: who these
+    /// credentials say their holder is. Fails when the certificate cannot be
+    /// parsed or names no usable identity.
+    pub fn spiffe_id(&self) -> Result<crate::SpiffeId> {
+        let der = self
+            .chain
+            .first()
+            .ok_or_else(|| CertError::Tls("no certificate".into()))?;
+        let info =
+            crate::inspect::CertInfo::from_der(der.as_ref(), Path::new("<own certificate>"))?;
+        info.spiffe_id.map_err(|why| {
+            CertError::Tls(format!(
+                "our own certificate has no usable SPIFFE ID: {why}"
+            ))
+        })
+    }
+
     /// Reads and parses the three PEM files. Fails with [`CertError::Io`] when
     /// one cannot be read and [`CertError::Parse`], naming the file, when it
     /// holds no usable certificate or key.
@@ -229,7 +245,7 @@ impl ServerTls {
     /// Fails with [`CertError::Parse`] for a CRL that does not parse and
     /// [`CertError::Tls`] when rustls refuses it; the old CRL then stays in force.
     pub fn set_crl(&self, der: &[u8]) -> Result<()> {
-        let info = CrlInfo::from_der(der, Path::new("<crl>"))?;
+        let info = crate::inspect::CrlInfo::from_der(der, Path::new("<crl>"))?;
         let mut trust = self.trust.lock().unwrap_or_else(PoisonError::into_inner);
         let mut next = trust.clone();
         next.crl = Some(CertificateRevocationListDer::from(der.to_vec()));
@@ -395,7 +411,18 @@ pub fn explain_status(status: &tonic::Status) -> String {
         chain.push_str(&s.to_string());
         source = s.source();
     }
+    // Our own check of the server's identity (server_identity.rs) says in
+    // full who answered and who was expected: that sentence is the message.
+    if let Some(start) = chain.find(crate::server_identity::WRONG_SERVER) {
+        let why = &chain[start + crate::server_identity::WRONG_SERVER.len()..];
+        let why = why.split("))").next().unwrap_or(why);
+        return format!("the server reached is not the one expected: {why}");
+    }
     let cause = [
+        (
+            "invalid peer certificate: Revoked",
+            "the server's certificate is revoked (it is on the CRL in force)",
+        ),
         (
             "CertificateRequired",
             "the server requires a client certificate and none was presented",

@@ -4,14 +4,14 @@
 //! calls on the node link to that node, large ones and query streams as
 //! ordinary gRPC calls. Every exchange is logged on this side too.
 
-use crate::context::NodeContext;
+use crate::context::{NodeContext, route_key};
 use crate::deadline::Deadline;
 use crate::link::{MAX_LINK_ENVELOPE, Sent};
 use crate::trace::{Trace, code_of, new_request_id};
 use futures::StreamExt;
 use lgsp_proto::data_exchange_client::DataExchangeClient;
 use lgsp_proto::data_exchange_server::DataExchange;
-use lgsp_proto::{CallResponse, Envelope, QueryPage, QueryRequest};
+use lgsp_proto::{CallResponse, Envelope, NodeRecord, QueryPage, QueryRequest};
 use prost::Message as _;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -33,8 +33,8 @@ impl Consumer {
         Self { ctx }
     }
 
-    /// The endpoint of the provider node serving `service_id`.
-    fn route(&self, service_id: &str) -> Result<String, Status> {
+    /// The catalog's record of the provider node serving `service_id`.
+    fn route(&self, service_id: &str) -> Result<NodeRecord, Status> {
         let ctx = &self.ctx;
         service_id
             .parse::<lgsp_registry::ServiceId>()
@@ -50,13 +50,13 @@ impl Consumer {
                 service.node, service.agency_code
             ))
         })?;
-        Ok(node.endpoint)
+        Ok(node)
     }
 
-    /// A client of the provider node at `endpoint`, on the pooled connection.
-    fn client(&self, endpoint: &str) -> Result<DataExchangeClient<Channel>, Status> {
+    /// A client of the provider node `node`, on the pooled connection.
+    fn client(&self, node: &NodeRecord) -> Result<DataExchangeClient<Channel>, Status> {
         let max = self.ctx.config.limits.max_message_bytes;
-        Ok(DataExchangeClient::new(self.ctx.channel(endpoint)?)
+        Ok(DataExchangeClient::new(self.ctx.channel(node)?)
             .max_decoding_message_size(max)
             .max_encoding_message_size(max))
     }
@@ -76,14 +76,15 @@ impl Consumer {
                 "the application's deadline passed before the call left this node",
             ));
         }
-        let endpoint = self.route(&env.service_id)?;
+        let node = self.route(&env.service_id)?;
+        let key = route_key(&node);
         let env = if size <= MAX_LINK_ENVELOPE {
             let ctx = &self.ctx;
             let sent = ctx
                 .links
                 .call(
-                    &endpoint,
-                    || ctx.channel(&endpoint),
+                    &key,
+                    || ctx.channel(&node),
                     ctx.config.limits.max_message_bytes,
                     env,
                     deadline,
@@ -96,7 +97,7 @@ impl Consumer {
         } else {
             env
         };
-        self.client(&endpoint)?
+        self.client(&node)?
             .call(forward(deadline, env))
             .await
             .map(Response::into_inner)

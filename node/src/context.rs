@@ -9,8 +9,9 @@ use crate::config::NodeConfig;
 use crate::limits::Limits;
 use crate::link::Links;
 use crate::metrics::Metrics;
-use lgsp_certs::Credentials;
+use lgsp_certs::{AgencyCode, ClientTrust, Credentials, Expected};
 use lgsp_dataset::DatasetCache;
+use lgsp_proto::NodeRecord;
 use lgsp_sharing_log::SharingLog;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -35,9 +36,14 @@ pub struct NodeContext {
     pub limits: Arc<Limits>,
     /// The node's certificate and private key, presented to other nodes.
     pub creds: Credentials,
+    /// What the node trusts in other nodes' certificates: the provincial
+    /// CA and the CRL in force (kept current from the catalog).
+    pub trust: Arc<ClientTrust>,
+    /// The province's trust domain, from the node's own certificate.
+    pub trust_domain: String,
     /// The node's Prometheus metrics.
     pub metrics: Arc<Metrics>,
-    /// Pooled HTTP/2 connections to other nodes (mTLS), by endpoint.
+    /// Pooled HTTP/2 connections to other nodes (mTLS), by [`route_key`].
     node_channels: Mutex<HashMap<String, Channel>>,
     /// Pooled plain HTTP/2 connections to the agency's gRPC backends, by URL.
     backend_channels: Mutex<HashMap<String, Channel>>,
@@ -65,12 +71,17 @@ impl std::fmt::Debug for NodeContext {
 impl NodeContext {
     /// The shared context of a node, its limits and HTTP client sized from
     /// `config.limits`, with no connection to another node open yet.
+    // The parts are built by the server one by one; a struct of them would
+    // be this struct again.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: NodeConfig,
         cache: Arc<CatalogCache>,
         datasets: DatasetCache,
         log: Arc<SharingLog>,
         creds: Credentials,
+        trust: Arc<ClientTrust>,
+        trust_domain: String,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         let limits = Limits::new(
@@ -86,6 +97,8 @@ impl NodeContext {
             http,
             limits,
             creds,
+            trust,
+            trust_domain,
             metrics,
             node_channels: Mutex::default(),
             backend_channels: Mutex::default(),
@@ -93,20 +106,60 @@ impl NodeContext {
         })
     }
 
-    /// A pooled HTTP/2 connection to another node's provider listener.
-    pub(crate) fn channel(&self, endpoint: &str) -> Result<Channel, Status> {
-        pooled(&self.node_channels, endpoint, || {
-            lgsp_certs::tls::client_endpoint(endpoint, &self.creds, None)
-                .map_err(|e| Status::internal(e.to_string()))
-                // A provider that vanished without closing the connection
-                // (host down, cable cut) is found out within half a minute,
-                // and its link closed, instead of at TCP's timeout.
-                .map(|e| {
-                    e.http2_keep_alive_interval(Duration::from_secs(20))
-                        .keep_alive_timeout(Duration::from_secs(10))
-                        .keep_alive_while_idle(true)
-                })
-        })
+    /// A pooled HTTP/2 connection to the provider listener of `node`, which
+    /// accepts only that node: its SPIFFE ID (agency, role, name) and the
+    /// certificate fingerprint the catalog holds for it, not revoked. The
+    /// address the catalog gives is where to dial, never who answers.
+    pub(crate) fn channel(&self, node: &NodeRecord) -> Result<Channel, Status> {
+        let mut pool = self
+            .node_channels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = route_key(node);
+        if let Some(channel) = pool.get(&key) {
+            return Ok(channel.clone());
+        }
+        let agency = AgencyCode::new(&node.agency_code).map_err(|e| {
+            Status::failed_precondition(format!(
+                "the catalog's node record {}/{} is unusable: {e}",
+                node.agency_code, node.name
+            ))
+        })?;
+        let expected = Expected::node(
+            &self.trust_domain,
+            agency,
+            &node.name,
+            Some(&node.cert_sha256),
+        );
+        let channel = lgsp_certs::server_identity::connect_lazy(
+            &node.endpoint,
+            &self.creds,
+            self.trust.clone(),
+            expected,
+            // A provider that vanished without closing the connection
+            // (host down, cable cut) is found out within half a minute,
+            // and its link closed, instead of at TCP's timeout.
+            |e| {
+                e.http2_keep_alive_interval(Duration::from_secs(20))
+                    .keep_alive_timeout(Duration::from_secs(10))
+                    .keep_alive_while_idle(true)
+            },
+        )
+        .map_err(|e| Status::internal(e.to_string()))?;
+        pool.insert(key, channel.clone());
+        Ok(channel)
+    }
+
+    /// Drops the pooled connections and node links to other nodes, so that
+    /// every later call makes a new handshake: after a CRL change, a
+    /// provider revoked since a connection opened is refused from its next
+    /// call. Calls in flight finish on their old connection.
+    pub fn forget_connections(&self) {
+        self.node_channels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+        self.links.close_all();
     }
 
     /// A pooled plain HTTP/2 connection to one of the agency's own gRPC systems.
@@ -116,6 +169,16 @@ impl NodeContext {
                 .map_err(|e| Status::internal(format!("backend URL {url:?}: {e}")))
         })
     }
+}
+
+/// What tells connections to provider nodes apart: who the node is, where
+/// it is, and which certificate the catalog holds for it. A node that moves
+/// or gets a new certificate gets new connections (and a new link).
+pub(crate) fn route_key(node: &NodeRecord) -> String {
+    format!(
+        "{}/{}@{}#{}",
+        node.agency_code, node.name, node.endpoint, node.cert_sha256
+    )
 }
 
 /// The channel for `key` in `pool`, connected lazily from `endpoint` the

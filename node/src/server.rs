@@ -11,7 +11,7 @@ use crate::metrics::Metrics;
 use crate::provider::Provider;
 use crate::shutdown::Shutdown;
 use lgsp_certs::inspect::CertInfo;
-use lgsp_certs::{Authenticator, CertError, Credentials, Role, ServerTls, WhoAmI};
+use lgsp_certs::{Authenticator, CertError, ClientTrust, Credentials, Role, ServerTls, WhoAmI};
 use lgsp_dataset::{DatasetCache, DatasetStore};
 use lgsp_proto::NodeRecord;
 use lgsp_proto::data_exchange_server::DataExchangeServer;
@@ -139,7 +139,8 @@ impl NodeServer {
 
         let db = open_db(&config.data_dir)?;
         let cache = CatalogCache::open(&db)?;
-        let registry = RegistryClient::new(&config.registry, &creds)?;
+        let trust = ClientTrust::new(&creds)?;
+        let registry = RegistryClient::with_trust(&config.registry, &creds, trust.clone())?;
         let mut shutdown = Shutdown::new();
         let shutdown_rx = shutdown.receiver();
         shutdown.spawn(
@@ -148,10 +149,6 @@ impl NodeServer {
         );
 
         let tls = ServerTls::new(creds.clone())?;
-        shutdown.spawn(
-            "CRL follower",
-            follow_crl(cache.clone(), tls.clone(), shutdown.stopped()),
-        );
 
         let signer = Signer::from_pem(&creds.key_pem, &creds.cert_pem)?;
         let log = Arc::new(SharingLog::open(
@@ -173,7 +170,20 @@ impl NodeServer {
             datasets,
             log,
             creds,
+            trust.clone(),
+            id.trust_domain.clone(),
             metrics.clone(),
+        );
+
+        shutdown.spawn(
+            "CRL follower",
+            follow_crl(
+                cache.clone(),
+                tls.clone(),
+                trust.clone(),
+                ctx.clone(),
+                shutdown.stopped(),
+            ),
         );
 
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -354,6 +364,8 @@ async fn register(
 async fn follow_crl(
     cache: Arc<CatalogCache>,
     tls: Arc<ServerTls>,
+    trust: Arc<ClientTrust>,
+    ctx: Arc<NodeContext>,
     stop: impl std::future::Future<Output = ()>,
 ) {
     let mut changes = cache.subscribe();
@@ -362,8 +374,14 @@ async fn follow_crl(
     loop {
         let crl = cache.crl();
         if crl.is_some() && crl != current {
-            match tls.set_crl(crl.as_deref().unwrap_or_default()) {
-                Ok(()) => current = crl,
+            let der = crl.as_deref().unwrap_or_default();
+            // The same CRL for callers (server side) and for the nodes and
+            // registry servers this node calls (client side).
+            match tls.set_crl(der).and_then(|()| trust.set_crl(der)) {
+                Ok(()) => {
+                    current = crl;
+                    ctx.forget_connections();
+                }
                 Err(error) => tracing::warn!(%error, "the CRL in the catalog is unusable"),
             }
         }

@@ -2,10 +2,11 @@
 //! server, moves on to the next when one is unavailable, and retries
 //! requests that were certainly not applied.
 
-use lgsp_certs::Credentials;
+use lgsp_certs::{ClientTrust, Credentials, Expected};
 use lgsp_proto::registry_client::RegistryClient as Grpc;
 use lgsp_proto::watch_event::Type as EventType;
 use lgsp_proto::*;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -33,12 +34,33 @@ fn transient(status: &Status, idempotent: bool) -> bool {
 
 impl RegistryClient {
     /// A client of the servers at `endpoints` (host:port of their client
-    /// listeners), presenting `creds`. Connections are made on first use.
+    /// listeners), presenting `creds`. Connections are made on first use,
+    /// and only to a registry server of our own trust domain: a certificate
+    /// with another role (a node's, say, on a redirected address) is
+    /// refused in the handshake, whatever host name it carries.
     pub fn new(endpoints: &[String], creds: &Credentials) -> Result<Self, lgsp_certs::CertError> {
+        Self::with_trust(endpoints, creds, ClientTrust::new(creds)?)
+    }
+
+    /// As [`Self::new`], checking servers against `trust` (which a node
+    /// keeps current with the catalog's CRL, so a revoked registry
+    /// certificate is refused too).
+    pub fn with_trust(
+        endpoints: &[String],
+        creds: &Credentials,
+        trust: Arc<ClientTrust>,
+    ) -> Result<Self, lgsp_certs::CertError> {
+        let expected = Expected::registry(&creds.spiffe_id()?.trust_domain);
         let mut servers = Vec::new();
         for e in endpoints {
-            let endpoint = lgsp_certs::tls::client_endpoint(e, creds, None)?;
-            servers.push((e.clone(), endpoint.connect_lazy()));
+            let channel = lgsp_certs::server_identity::connect_lazy(
+                e,
+                creds,
+                trust.clone(),
+                expected.clone(),
+                |endpoint| endpoint,
+            )?;
+            servers.push((e.clone(), channel));
         }
         Ok(Self {
             servers,

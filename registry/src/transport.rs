@@ -8,7 +8,7 @@
 //! off before trying again.
 
 use crate::storage::encode;
-use lgsp_certs::Credentials;
+use lgsp_certs::{ClientTrust, Credentials, Expected};
 use lgsp_proto::RaftBatch;
 use lgsp_proto::registry_peer_client::RegistryPeerClient;
 use raft::eraftpb::{Message, MessageType};
@@ -206,14 +206,25 @@ async fn peer_sender(
     reports: mpsc::UnboundedSender<Report>,
     #[cfg(feature = "faults")] faults: Arc<Faults>,
 ) {
-    let endpoint = match lgsp_certs::tls::client_endpoint(&address, &creds, None) {
-        Ok(e) => e.timeout(Duration::from_secs(5)),
+    // Only another registry server of the province may receive Raft
+    // messages: the peer is checked by its identity, not its address.
+    let channel = creds
+        .spiffe_id()
+        .map(|own| Expected::registry(&own.trust_domain))
+        .and_then(|expected| {
+            let trust = ClientTrust::new(&creds)?;
+            lgsp_certs::server_identity::connect_lazy(&address, &creds, trust, expected, |e| {
+                e.timeout(Duration::from_secs(5))
+            })
+        });
+    let channel = match channel {
+        Ok(channel) => channel,
         Err(error) => {
             tracing::error!(peer = to, %address, %error, "cannot reach peer");
             return;
         }
     };
-    let mut client = RegistryPeerClient::new(endpoint.connect_lazy())
+    let mut client = RegistryPeerClient::new(channel)
         .max_decoding_message_size(256 << 20)
         .max_encoding_message_size(256 << 20);
     let mut backoff = Duration::from_millis(50);

@@ -3,6 +3,7 @@
 
 use super::{FRAMING, MAX_MESSAGE_HEADER, QUEUE};
 use crate::deadline::Deadline;
+use futures::StreamExt as _;
 use lgsp_proto::node_link_client::NodeLinkClient;
 use lgsp_proto::{CallResponse, Envelope, LinkCall, LinkReply};
 use std::collections::HashMap;
@@ -121,6 +122,21 @@ impl Links {
         slot
     }
 
+    /// Ends every link: each stops taking calls (the provider answers the
+    /// ones it read, then the link closes) and the next call to any provider
+    /// opens a new one, whose handshake checks the provider's certificate
+    /// again. Used when the CRL changes, so that a provider revoked since a
+    /// link opened is not called on it any longer.
+    pub fn close_all(&self) {
+        let routes =
+            std::mem::take(&mut *self.routes.lock().unwrap_or_else(PoisonError::into_inner));
+        for slot in routes.into_values() {
+            if let Some(Route::Link(link)) = slot.get() {
+                link.end();
+            }
+        }
+    }
+
     fn forget(&self, endpoint: &str, slot: &Arc<OnceCell<Route>>) {
         let mut routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
         if routes.get(endpoint).is_some_and(|s| Arc::ptr_eq(s, slot)) {
@@ -137,11 +153,15 @@ async fn open(endpoint: &str, channel: Channel, max: usize) -> Result<Route, Sta
         .max_decoding_message_size(max + FRAMING)
         .max_encoding_message_size(max + FRAMING);
     // Cancellations go before calls, so that a busy link does not hold them up.
+    // Ending the link ends this stream: the provider then answers what it
+    // read and ends its replies.
+    let (end, ended) = oneshot::channel::<()>();
     let messages = futures::stream::select_with_strategy(
         UnboundedReceiverStream::new(cancelled),
         ReceiverStream::new(queued),
         |_: &mut ()| futures::stream::PollNext::Left,
-    );
+    )
+    .take_until(ended);
     let mut request = Request::new(messages);
     if let Ok(value) = max.to_string().parse() {
         request.metadata_mut().insert(MAX_MESSAGE_HEADER, value);
@@ -156,6 +176,7 @@ async fn open(endpoint: &str, channel: Channel, max: usize) -> Result<Route, Sta
         cancels,
         pending: Mutex::default(),
         next_id: AtomicU64::new(0),
+        end: Mutex::new(Some(end)),
     });
     let span = tracing::info_span!("link", side = "consumer", provider = %endpoint);
     tokio::spawn(read_replies(link.clone(), replies).instrument(span));
@@ -170,6 +191,8 @@ pub(super) struct Link {
     cancels: mpsc::UnboundedSender<LinkCall>,
     pending: Mutex<Pending>,
     next_id: AtomicU64,
+    /// Ends the stream of calls (see [`Links::close_all`]); taken once.
+    end: Mutex<Option<oneshot::Sender<()>>>,
 }
 
 type Waiter = oneshot::Sender<Result<CallResponse, Status>>;
@@ -182,6 +205,18 @@ pub(super) struct Pending {
 }
 
 impl Link {
+    /// Stops sending calls on this link; the provider answers those it read.
+    fn end(&self) {
+        let end = self
+            .end
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(end) = end {
+            let _ = end.send(());
+        }
+    }
+
     pub(super) fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
