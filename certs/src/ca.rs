@@ -707,4 +707,36 @@ mod tests {
             assert!(validate_dns_name(bad).is_err(), "{bad:?}");
         }
     }
+
+    #[test]
+    fn a_crl_verifies_only_against_the_ca_that_signed_it_not_one_of_the_same_name() {
+        let (_dir, mut ca) = ca();
+        let (_other_dir, mut impostor) = {
+            let dir = tempfile::tempdir().unwrap();
+            // Same trust domain and the same subject name: only the key differs.
+            let other =
+                CertificateAuthority::init(&dir.path().join("ca"), DOMAIN, "CA thử", 30).unwrap();
+            (dir, other)
+        };
+        let roots = |ca: &CertificateAuthority| {
+            pem_blocks(ca.cert_pem())
+                .unwrap()
+                .into_iter()
+                .map(|(_, der)| rustls_pki_types::CertificateDer::from(der))
+                .collect::<Vec<_>>()
+        };
+        let good = ca.sign_crl(1).unwrap();
+        let bad = impostor.sign_crl(1).unwrap();
+        let info = crate::inspect::verify_crl(&good.der, &roots(&ca)).unwrap();
+        assert_eq!(info.number, Some(good.number));
+        let refused = crate::inspect::verify_crl(&bad.der, &roots(&ca)).unwrap_err();
+        assert!(
+            matches!(refused, CertError::CrlSignature { .. }),
+            "{refused}"
+        );
+        assert!(
+            refused.to_string().contains("the CRL in force stays"),
+            "{refused}"
+        );
+    }
 }

@@ -121,6 +121,20 @@ pub enum CertError {
     /// rustls or tonic refused a TLS configuration; holds their reason.
     #[error("TLS configuration failed: {0}")]
     Tls(String),
+    /// A CRL whose signature does not verify against any trusted CA: put in
+    /// force, it could lock out every certificate of the province (or let
+    /// revoked ones back in), so it is refused and the last good one stays.
+    #[error(
+        "the CRL (issuer {issuer}, number {number}) is not signed by a trusted CA certificate: {why}; the CRL in force stays"
+    )]
+    CrlSignature {
+        /// The issuer the CRL names.
+        issuer: String,
+        /// Its CRL number, or `none`.
+        number: String,
+        /// Why no trusted CA verifies it.
+        why: String,
+    },
 }
 
 /// Shorthand for results of this crate.

@@ -335,3 +335,36 @@ impl fmt::Display for CsrInfo {
         write!(f, "Hosts:       {}", self.hosts.join(", "))
     }
 }
+
+/// Parses the CRL `der` and checks that one of `roots` (CA certificates,
+/// DER) issued and signed it; returns what it says. A CRL signed by another
+/// key, even one with the same subject name as the CA, fails with
+/// [`CertError::CrlSignature`].
+pub fn verify_crl(der: &[u8], roots: &[rustls_pki_types::CertificateDer<'_>]) -> Result<CrlInfo> {
+    let info = CrlInfo::from_der(der, std::path::Path::new("<crl>"))?;
+    let (_, crl) = CertificateRevocationList::from_der(der).map_err(|e| CertError::Parse {
+        path: "<crl>".into(),
+        what: "certificate revocation list",
+        why: e.to_string(),
+    })?;
+    let mut why = "no trusted CA certificate names its issuer".to_owned();
+    for root in roots {
+        let Ok((_, ca)) = X509Certificate::from_der(root.as_ref()) else {
+            continue;
+        };
+        if ca.subject() != crl.issuer() {
+            continue;
+        }
+        match crl.verify_signature(ca.public_key()) {
+            Ok(()) => return Ok(info),
+            Err(e) => why = format!("its signature does not verify with the CA's key ({e})"),
+        }
+    }
+    Err(CertError::CrlSignature {
+        issuer: info.issuer.clone(),
+        number: info
+            .number
+            .map_or_else(|| "none".to_owned(), |n| n.to_string()),
+        why,
+    })
+}

@@ -245,7 +245,7 @@ impl ServerTls {
     /// Fails with [`CertError::Parse`] for a CRL that does not parse and
     /// [`CertError::Tls`] when rustls refuses it; the old CRL then stays in force.
     pub fn set_crl(&self, der: &[u8]) -> Result<()> {
-        let info = crate::inspect::CrlInfo::from_der(der, Path::new("<crl>"))?;
+        let info = crate::inspect::verify_crl(der, &self.creds.roots)?;
         let mut trust = self.trust.lock().unwrap_or_else(PoisonError::into_inner);
         let mut next = trust.clone();
         next.crl = Some(CertificateRevocationListDer::from(der.to_vec()));

@@ -384,9 +384,49 @@ fn check_value(db: &impl KvRead, mut value: Value) -> Result<Value, CatalogError
             if c.der.is_empty() {
                 return Err(CatalogError::InvalidArgument("the CRL is empty".into()));
             }
+            check_crl(db, c)?;
         }
     }
     Ok(value)
+}
+
+/// A CRL must say what its record says (number and serials, which nodes
+/// use per call) and be newer than the one in force: an older CRL, from a
+/// second admin workstation or a delayed retry, would bring revoked
+/// certificates back.
+fn check_crl(db: &impl KvRead, crl: &lgsp_proto::Crl) -> Result<(), CatalogError> {
+    let invalid = |why: String| CatalogError::InvalidArgument(why);
+    let info = lgsp_certs::inspect::CrlInfo::from_der(&crl.der, std::path::Path::new("<crl>"))
+        .map_err(|e| invalid(e.to_string()))?;
+    let number = info
+        .number
+        .ok_or_else(|| invalid("the CRL has no CRL number".into()))?;
+    if number != crl.number {
+        return Err(invalid(format!(
+            "the record says CRL number {}, the CRL itself {number}",
+            crl.number
+        )));
+    }
+    let mut listed = info.revoked.clone();
+    let mut said = crl.revoked_serials.clone();
+    listed.sort();
+    said.sort();
+    if listed != said {
+        return Err(invalid(
+            "the record's revoked serials are not the ones the CRL lists".into(),
+        ));
+    }
+    let current =
+        get(db, RecordKind::Crl, "current").map_err(|e| CatalogError::Internal(e.to_string()))?;
+    if let Some(Value::Crl(current)) = current.and_then(|r| r.value)
+        && current.number >= number
+    {
+        return Err(CatalogError::FailedPrecondition(format!(
+            "CRL number {number} is not newer than the one in force ({}); an older CRL would bring revoked certificates back: sign a new one with `lgsp ca publish-crl`",
+            current.number
+        )));
+    }
+    Ok(())
 }
 
 /// A command checked against the catalog: what to write.
@@ -399,13 +439,17 @@ pub struct Checked {
     previous: Option<CatalogRecord>,
 }
 
-/// Checks `command` from `actor` against the catalog as it is now.
-pub fn check(
-    db: &impl KvRead,
+/// What a command asks, checked without reading the catalog: its shape,
+/// its key and whether `actor` may change that record. Decided the same
+/// on every server, so a server may refuse it before proposing it;
+/// everything that depends on the catalog's state (compare-and-set,
+/// "agency must exist", a CRL newer than the one in force) is decided only
+/// at apply time, where the answer is linearizable.
+pub fn precheck(
     actor: &SpiffeId,
     command: &Command,
-) -> Result<Checked, CatalogError> {
-    let (kind, key, value) = match &command.op {
+) -> Result<(RecordKind, String, Option<Value>), CatalogError> {
+    match &command.op {
         Some(Op::Put(record)) => {
             let value = record
                 .value
@@ -425,7 +469,7 @@ pub fn check(
                 )));
             }
             authorize(actor, kind, &key)?;
-            (kind, key, Some(check_value(db, value)?))
+            Ok((kind, key, Some(value)))
         }
         Some(Op::Delete(RecordRef { kind, key })) => {
             let kind = RecordKind::try_from(*kind)
@@ -435,9 +479,26 @@ pub fn check(
                     CatalogError::InvalidArgument("delete needs a record kind".into())
                 })?;
             authorize(actor, kind, key)?;
-            (kind, key.clone(), None)
+            if kind == RecordKind::Crl {
+                return Err(CatalogError::FailedPrecondition(
+                    "the CRL cannot be deleted (that would bring every revoked certificate back); publish a newer one with `lgsp ca publish-crl`".into(),
+                ));
+            }
+            Ok((kind, key.clone(), None))
         }
-        None => return Err(CatalogError::InvalidArgument("empty command".into())),
+        None => Err(CatalogError::InvalidArgument("empty command".into())),
+    }
+}
+
+/// Checks `command` from `actor` against the catalog as it is now.
+pub fn check(
+    db: &impl KvRead,
+    actor: &SpiffeId,
+    command: &Command,
+) -> Result<Checked, CatalogError> {
+    let (kind, key, value) = match precheck(actor, command)? {
+        (kind, key, Some(value)) => (kind, key.clone(), Some(check_value(db, value)?)),
+        (kind, key, None) => (kind, key, None),
     };
     let previous = get(db, kind, &key).map_err(|e| CatalogError::Internal(e.to_string()))?;
     if kind == RecordKind::Agency && previous.is_none() && actor.role != Role::Admin {

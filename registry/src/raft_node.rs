@@ -85,6 +85,7 @@ pub struct RaftHandle {
     tx: mpsc::Sender<Request>,
     events: broadcast::Sender<WatchEvent>,
     db: Kv,
+    ca: Arc<Vec<rustls_pki_types::CertificateDer<'static>>>,
     /// This server's Raft id.
     pub id: u64,
 }
@@ -132,7 +133,15 @@ impl RaftHandle {
         actor: SpiffeId,
         command: Command,
     ) -> Result<ApplyResponse, RegistryError> {
-        catalog::check(&self.db, &actor, &command)?;
+        // Only what does not depend on this server's copy of the catalog is
+        // checked here: a server that is behind must never refuse from its
+        // stale state (compare-and-set, "agency must exist" are decided when
+        // the command is applied, in log order, on every server alike).
+        let (_, _, value) = catalog::precheck(&actor, &command)?;
+        if let Some(lgsp_proto::catalog_record::Value::Crl(crl)) = &value {
+            lgsp_certs::inspect::verify_crl(&crl.der, &self.ca)
+                .map_err(|e| CatalogError::InvalidArgument(e.to_string()))?;
+        }
         // Once the loop has the proposal it may reach the leader and commit
         // even if this server stops before it hears so: "shutting down" here
         // would tell the client, wrongly, that nothing was applied.
@@ -216,6 +225,9 @@ pub struct LoopConfig {
     /// How long a proposal may wait to be applied before its outcome is
     /// reported unknown ([`RegistryError::Indeterminate`]).
     pub propose_timeout: Duration,
+    /// The CA certificates (DER) a published CRL must be signed by; checked
+    /// before the CRL is proposed. Empty: no CRL is accepted.
+    pub ca: Vec<rustls_pki_types::CertificateDer<'static>>,
 }
 
 struct PendingMembership {
@@ -264,6 +276,7 @@ pub fn start(
         tx,
         events: driver.events.clone(),
         db: driver.store.db().clone(),
+        ca: Arc::new(driver.config.ca.clone()),
         id: driver.config.id,
     };
     // The loop blocks on fsync: it gets a thread of its own, so that a flush

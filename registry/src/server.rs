@@ -103,6 +103,7 @@ impl RegistryServer {
                 snapshot_entries: config.snapshot_entries,
                 watch_history: config.watch_history,
                 propose_timeout: Duration::from_millis(config.propose_timeout_ms),
+                ca: creds.roots.clone(),
             },
             shutdown_rx.clone(),
         )?;

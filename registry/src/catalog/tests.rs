@@ -174,17 +174,93 @@ fn a_grant_belongs_to_the_agency_of_the_service() {
     assert_eq!(stored.unwrap().key, format!("{A}/ho-tich|{B}"));
 }
 
+/// A CA in a temporary directory, for signed CRLs.
+fn crl_authority() -> (tempfile::TempDir, lgsp_certs::CertificateAuthority) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = lgsp_certs::CertificateAuthority::init(
+        &dir.path().join("ca"),
+        "vinhphuc.gov.vn",
+        "CA thử",
+        30,
+    )
+    .unwrap();
+    (dir, ca)
+}
+
+/// The next CRL `ca` signs, as a catalog value.
+fn signed_crl(ca: &mut lgsp_certs::CertificateAuthority) -> Value {
+    let crl = ca.sign_crl(1).unwrap();
+    Value::Crl(Crl {
+        der: crl.der,
+        number: crl.number,
+        revoked_serials: crl.revoked,
+    })
+}
+
 #[test]
 fn only_the_admin_publishes_the_crl() {
     let kv = catalog();
-    let crl = Value::Crl(Crl {
-        der: vec![0x30, 0x00],
-        ..Default::default()
-    });
+    let (_dir, mut ca) = crl_authority();
+    let crl = signed_crl(&mut ca);
     let err = refused(run(&kv, &node_of(A), &put_cmd(crl.clone())));
     assert!(matches!(err, CatalogError::PermissionDenied(_)), "{err:?}");
     let (stored, _) = run(&kv, &admin(), &put_cmd(crl)).unwrap();
     assert_eq!(stored.unwrap().key, "current");
+}
+
+#[test]
+fn an_older_or_the_same_crl_never_replaces_a_newer_one() {
+    let kv = catalog();
+    let (_dir, mut ca) = crl_authority();
+    let older = signed_crl(&mut ca);
+    let newer = signed_crl(&mut ca);
+    run(&kv, &admin(), &put_cmd(newer.clone())).unwrap();
+    for stale in [older, newer] {
+        let err = refused(run(&kv, &admin(), &put_cmd(stale)));
+        assert!(
+            matches!(&err, CatalogError::FailedPrecondition(m) if m.contains("not newer")),
+            "{err:?}"
+        );
+    }
+    run(&kv, &admin(), &put_cmd(signed_crl(&mut ca))).expect("a newer CRL replaces it");
+}
+
+#[test]
+fn a_crl_record_must_say_what_the_crl_says() {
+    let kv = catalog();
+    let (_dir, mut ca) = crl_authority();
+    let Value::Crl(mut crl) = signed_crl(&mut ca) else {
+        unreachable!()
+    };
+    crl.number += 5;
+    let err = refused(run(&kv, &admin(), &put_cmd(Value::Crl(crl.clone()))));
+    assert!(matches!(err, CatalogError::InvalidArgument(_)), "{err:?}");
+    crl.number -= 5;
+    crl.revoked_serials.push("abcdef".into());
+    let err = refused(run(&kv, &admin(), &put_cmd(Value::Crl(crl))));
+    assert!(matches!(err, CatalogError::InvalidArgument(_)), "{err:?}");
+    let junk = Value::Crl(Crl {
+        der: vec![0x30, 0x00],
+        ..Default::default()
+    });
+    let err = refused(run(&kv, &admin(), &put_cmd(junk)));
+    assert!(matches!(err, CatalogError::InvalidArgument(_)), "{err:?}");
+}
+
+#[test]
+fn the_crl_cannot_be_deleted() {
+    let command = Command {
+        op: Some(Op::Delete(RecordRef {
+            kind: RecordKind::Crl as i32,
+            key: "current".into(),
+        })),
+        ..Default::default()
+    };
+    let err = precheck(&admin(), &command).unwrap_err();
+    assert!(
+        matches!(err, CatalogError::FailedPrecondition(_)),
+        "{err:?}"
+    );
 }
 
 // Validation.

@@ -76,6 +76,7 @@ impl Cluster {
                     watch_history: 1000,
                     // Nothing expires during a test: every outcome is decided by Raft.
                     propose_timeout: Duration::from_secs(3600),
+                    ca: Vec::new(),
                 };
                 let driver = Driver::new(store, net.endpoint(id), config).unwrap();
                 (id, driver)
