@@ -119,6 +119,16 @@ impl CatalogCache {
             .and_then(|r| r.value.clone())
     }
 
+    /// Whether service `id` is in the catalog (any status), without copying
+    /// its record: what the metrics ask before giving it a label of its own.
+    pub fn has_service(&self, id: &str) -> bool {
+        self.state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .records
+            .contains_key(&(RecordKind::Service as i32, id.to_owned()))
+    }
+
     /// The service `id` (`<agency>/<name>`) as this node last heard it, if
     /// it is in the catalog.
     pub fn service(&self, id: &str) -> Option<Service> {

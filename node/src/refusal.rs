@@ -198,6 +198,17 @@ pub enum Refusal {
         /// The service id, `<agency>/<name>`.
         service: String,
     },
+    /// A request id the caller chose that is too long or holds other
+    /// characters than letters, digits, '-', '_', '.' and ':'.
+    #[error(
+        "the request id is {length} bytes or holds characters other than letters, digits, '-', '_', '.' and ':'; at most {max} such characters are allowed (or leave it empty: the node makes one)"
+    )]
+    BadRequestId {
+        /// Its length in bytes.
+        length: usize,
+        /// The longest allowed.
+        max: usize,
+    },
     /// No record has the key asked for.
     #[error("no record with key {key:?} in {service}")]
     RecordNotFound {
@@ -227,9 +238,11 @@ impl Refusal {
                 Code::PermissionDenied
             }
             Certificate(_) => Code::Unauthenticated,
-            BadServiceId(_) | UnsupportedOperation { .. } | MissingKey | NotADataset { .. } => {
-                Code::InvalidArgument
-            }
+            BadServiceId(_)
+            | UnsupportedOperation { .. }
+            | MissingKey
+            | NotADataset { .. }
+            | BadRequestId { .. } => Code::InvalidArgument,
             OtherAgency { .. } | NotInCatalog { .. } | RecordNotFound { .. } => Code::NotFound,
             ServiceSuspended { .. } | ServiceWithdrawn { .. } | GrantSuspended { .. } => {
                 Code::FailedPrecondition

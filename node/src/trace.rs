@@ -3,12 +3,53 @@
 
 use crate::context::NodeContext;
 use crate::deadline::Deadline;
-use crate::refusal::code_name;
+use crate::refusal::{Refusal, code_name};
 use lgsp_sharing_log::Exchange;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Instant;
 use tonic::Status;
+
+/// The longest request id a caller may choose, in bytes.
+pub(crate) const MAX_REQUEST_ID: usize = 128;
+/// The most of a caller's service id and operation the sharing log keeps,
+/// in bytes: a service id in the catalog is far shorter, and anything
+/// longer is an attempt to fill the log.
+const MAX_LOGGED_NAME: usize = 256;
+/// The metrics label of every service that is not in the catalog: callers
+/// choose service ids freely, and a label per id would grow the metrics
+/// without bound.
+pub(crate) const OTHER_SERVICE: &str = "(not in the catalog)";
+
+/// Checks a request id a caller chose: at most [`MAX_REQUEST_ID`] bytes of
+/// letters, digits, '-', '_', '.' and ':'. (An empty one is replaced by a
+/// new id, not refused.)
+pub(crate) fn check_request_id(id: &str) -> Result<(), Refusal> {
+    let fine = id.len() <= MAX_REQUEST_ID
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    if fine {
+        Ok(())
+    } else {
+        Err(Refusal::BadRequestId {
+            length: id.len(),
+            max: MAX_REQUEST_ID,
+        })
+    }
+}
+
+/// `text` cut to at most `max` bytes, at a character boundary.
+fn bounded(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
 
 /// One exchange as the sharing log and the metrics see it: who, what and
 /// when, taken as the call starts; `finish` adds the outcome and writes it.
@@ -45,10 +86,10 @@ impl Trace {
         Self {
             ctx: ctx.clone(),
             side,
-            request_id: request_id.to_owned(),
+            request_id: bounded(request_id, MAX_REQUEST_ID),
             consumer: consumer.to_owned(),
-            service_id: service_id.to_owned(),
-            operation: operation.to_owned(),
+            service_id: bounded(service_id, MAX_LOGGED_NAME),
+            operation: bounded(operation, MAX_LOGGED_NAME),
             request_sha256: hex::encode(Sha256::digest(request)),
             bytes_in: request.len() as u64,
             started,
@@ -68,9 +109,14 @@ impl Trace {
         self.written = true;
         let latency = self.started.elapsed();
         let ctx = &self.ctx;
+        let service_label = if ctx.cache.has_service(&self.service_id) {
+            self.service_id.as_str()
+        } else {
+            OTHER_SERVICE
+        };
         ctx.metrics.observe(
             self.side,
-            &self.service_id,
+            service_label,
             &self.consumer,
             code,
             latency,
@@ -137,4 +183,28 @@ pub fn new_request_id() -> String {
     bytes[..8].copy_from_slice(prefix);
     bytes[8..].copy_from_slice(&n.to_be_bytes());
     hex::encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_short_and_plain_or_refused() {
+        assert!(check_request_id("4f2a-01:x.y_z").is_ok());
+        assert!(check_request_id("").is_ok());
+        assert!(check_request_id(&"a".repeat(MAX_REQUEST_ID)).is_ok());
+        assert!(check_request_id(&"a".repeat(MAX_REQUEST_ID + 1)).is_err());
+        for bad in ["a b", "a\nb", "mã-số", "a\"b", "a/b"] {
+            assert!(check_request_id(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn long_names_are_cut_at_a_character_boundary() {
+        assert_eq!(bounded("ho-tich", 256), "ho-tich");
+        let cut = bounded(&"đ".repeat(200), 255);
+        assert!(cut.len() <= 255 + "…".len(), "{}", cut.len());
+        assert!(cut.ends_with('…'));
+    }
 }
