@@ -91,7 +91,7 @@ impl Consumer {
                 )
                 .await;
             match sent {
-                Sent::Done(result) => return result.map_err(explain),
+                Sent::Done(result) => return result.map_err(|s| explain(s, &self.ctx.serial)),
                 Sent::Unsupported(env) => env,
             }
         } else {
@@ -101,7 +101,7 @@ impl Consumer {
             .call(forward(deadline, env))
             .await
             .map(Response::into_inner)
-            .map_err(explain)
+            .map_err(|s| explain(s, &self.ctx.serial))
     }
 }
 
@@ -114,9 +114,19 @@ fn forward<T>(deadline: Option<Deadline>, message: T) -> Request<T> {
     out
 }
 
-fn explain(status: Status) -> Status {
+/// A failed call to a provider node in words for the application; `serial`
+/// is this node's own certificate's.
+fn explain(status: Status, serial: &str) -> Status {
     if status.code() == tonic::Code::Unknown || status.code() == tonic::Code::Unavailable {
         let text = lgsp_certs::tls::explain_status(&status);
+        // The provider refused this node's own certificate in the
+        // handshake (a new connection after the CRL changed): the same
+        // answer as when it refuses it on a call of an open connection.
+        if text.contains("CertificateRevoked") {
+            return Status::unauthenticated(format!(
+                "the provider's node refused this node's certificate (serial {serial}): it is revoked; ask the provincial IT department (Sở TT&TT) for a new one ({text})"
+            ));
+        }
         return Status::new(
             status.code(),
             format!("calling the provider's node failed: {text}"),
@@ -195,7 +205,10 @@ impl DataExchange for Consumer {
         let span = tracing::info_span!("query", side = "consumer", request_id = %req.request_id, service = %req.service_id);
         let opened = async {
             let mut client = self.client(&self.route(&req.service_id)?)?;
-            client.query(forward(deadline, req)).await.map_err(explain)
+            client
+                .query(forward(deadline, req))
+                .await
+                .map_err(|s| explain(s, &self.ctx.serial))
         }
         .await;
         let mut upstream = match opened {

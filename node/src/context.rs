@@ -41,6 +41,9 @@ pub struct NodeContext {
     pub trust: Arc<ClientTrust>,
     /// The province's trust domain, from the node's own certificate.
     pub trust_domain: String,
+    /// The serial of the node's own certificate (lower-case hex), named
+    /// when a provider refuses it.
+    pub serial: String,
     /// The node's Prometheus metrics.
     pub metrics: Arc<Metrics>,
     /// Pooled HTTP/2 connections to other nodes (mTLS), by [`route_key`].
@@ -89,6 +92,13 @@ impl NodeContext {
             config.limits.rate_per_consumer,
         );
         let http = HttpBackend::new(config.limits.max_message_bytes);
+        let serial = creds
+            .chain
+            .first()
+            .and_then(|der| {
+                lgsp_certs::inspect::CertInfo::from_der(der, std::path::Path::new("own")).ok()
+            })
+            .map_or_else(|| "unknown".to_owned(), |info| info.serial);
         Arc::new(Self {
             config,
             cache,
@@ -99,6 +109,7 @@ impl NodeContext {
             creds,
             trust,
             trust_domain,
+            serial,
             metrics,
             node_channels: Mutex::default(),
             backend_channels: Mutex::default(),
