@@ -321,13 +321,58 @@ impl ServerTls {
         });
         tokio_stream::wrappers::ReceiverStream::new(rx)
     }
+
+    /// As [`Self::incoming`], for connections a listener of the caller's
+    /// already accepted (and bounds): yields those whose TLS handshake
+    /// succeeds, each handshake in its own task. Ends when `accepted` does.
+    pub fn handshakes<IO>(
+        self: Arc<Self>,
+        mut accepted: tokio::sync::mpsc::Receiver<IO>,
+    ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsStream<IO>>>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let io = tokio::select! {
+                    io = accepted.recv() => match io {
+                        Some(io) => io,
+                        None => return,
+                    },
+                    () = tx.closed() => return,
+                };
+                let acceptor = tokio_rustls::TlsAcceptor::from(self.current());
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let accept = acceptor.accept(io).into_fallible();
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
+                        Ok(Ok(stream)) => {
+                            let _ = tx.send(Ok(stream)).await;
+                        }
+                        Ok(Err((error, io))) => {
+                            tracing::info!(%error, "TLS handshake refused");
+                            linger(io).await;
+                        }
+                        Err(_) => {
+                            tracing::info!("TLS handshake timed out; connection dropped");
+                        }
+                    }
+                });
+            }
+        });
+        tokio_stream::wrappers::ReceiverStream::new(rx)
+    }
 }
 
 /// Closes a refused connection so that the client reads the TLS alert
 /// saying why: under TLS 1.3 the client has already sent its first request,
 /// and closing with that unread would reset the connection and lose the
 /// alert. Half-close, then read and discard until the client closes too.
-async fn linger(mut tcp: TcpStream) {
+async fn linger<IO>(mut tcp: IO)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let _ = tcp.shutdown().await;
     let mut buf = [0u8; 4096];

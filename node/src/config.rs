@@ -58,6 +58,43 @@ pub struct ConsumerConfig {
     /// CA, which must have issued every application's certificate.
     #[serde(default)]
     pub tls: Option<TlsFiles>,
+    /// Connections the applications may have open at once; more are closed
+    /// on accept (and at most a quarter of the node's open-file limit).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Seconds a new connection may wait before its first bytes.
+    #[serde(default = "default_preface_timeout")]
+    pub preface_timeout_s: u64,
+    /// Seconds a connection may carry nothing either way before it is
+    /// closed.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_s: u64,
+}
+
+impl ConsumerConfig {
+    /// The consumer listener at `listen`, plain HTTP/2, with the default
+    /// bounds on connections.
+    pub fn plain(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            tls: None,
+            max_connections: default_max_connections(),
+            preface_timeout_s: default_preface_timeout(),
+            idle_timeout_s: default_idle_timeout(),
+        }
+    }
+}
+
+fn default_max_connections() -> usize {
+    4096
+}
+
+fn default_preface_timeout() -> u64 {
+    10
+}
+
+fn default_idle_timeout() -> u64 {
+    300
 }
 
 /// A service this node serves, as published in the catalog.
@@ -351,6 +388,10 @@ listen = "{provider}"
 # Listener for this agency's own applications (plain gRPC): keep it local.
 [consumer]
 listen = "{consumer}"
+# Bounds on the applications' connections (the defaults):
+# max_connections = 4096
+# preface_timeout_s = 10
+# idle_timeout_s = 300
 # Require certificates from the agency's own CA of its applications:
 # [consumer.tls]
 # cert = "tls/cert.pem"

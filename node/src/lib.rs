@@ -16,6 +16,7 @@ pub mod context;
 pub mod deadline;
 pub mod limits;
 pub mod link;
+pub mod listener;
 pub mod metrics;
 pub mod provider;
 pub mod refusal;

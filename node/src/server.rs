@@ -7,6 +7,7 @@ use crate::config::NodeConfig;
 use crate::consumer::Consumer;
 use crate::context::NodeContext;
 use crate::link::{FRAMING as LINK_FRAMING, LinkServer};
+use crate::listener::Guard;
 use crate::metrics::Metrics;
 use crate::provider::Provider;
 use crate::shutdown::Shutdown;
@@ -23,6 +24,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_stream::StreamExt as _;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -256,6 +258,15 @@ impl NodeServer {
             }
             None => None,
         };
+        // Bounded: a flood of connections here must not take the provider
+        // listener's open files (see listener.rs).
+        let guard = Guard {
+            max_connections: config.consumer.max_connections,
+            preface: Duration::from_secs(config.consumer.preface_timeout_s),
+            idle: Duration::from_secs(config.consumer.idle_timeout_s),
+        }
+        .within_file_limit();
+        let accepted = crate::listener::accept(consumer_listener, guard);
         let stop = shutdown.stopped();
         let router = tonic::transport::Server::builder()
             .add_service(consumer)
@@ -265,18 +276,13 @@ impl NodeServer {
             let result = match consumer_tls {
                 Some(tls) => {
                     router
-                        .serve_with_incoming_shutdown(tls.incoming(consumer_listener), stop)
+                        .serve_with_incoming_shutdown(tls.handshakes(accepted), stop)
                         .await
                 }
                 None => {
-                    router
-                        .serve_with_incoming_shutdown(
-                            // Without TCP_NODELAY a reply waits on the peer's delayed ACK (40 ms).
-                            tonic::transport::server::TcpIncoming::from(consumer_listener)
-                                .with_nodelay(Some(true)),
-                            stop,
-                        )
-                        .await
+                    let incoming = tokio_stream::wrappers::ReceiverStream::new(accepted)
+                        .map(Ok::<_, std::io::Error>);
+                    router.serve_with_incoming_shutdown(incoming, stop).await
                 }
             };
             if let Err(error) = result {

@@ -476,10 +476,7 @@ fn node_config(
             listen: any,
             advertise: String::new(),
         },
-        consumer: ConsumerConfig {
-            listen: any,
-            tls: None,
-        },
+        consumer: ConsumerConfig::plain(any),
         metrics_listen: None,
         limits: LimitsConfig {
             max_concurrent_per_consumer: 1 << 20,

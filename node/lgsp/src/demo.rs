@@ -375,10 +375,7 @@ pub(crate) async fn start(dir: &Path) -> Result<Province> {
                 listen: addr(provider),
                 advertise: addr(provider).to_string(),
             },
-            consumer: ConsumerConfig {
-                listen: addr(apps),
-                tls: None,
-            },
+            consumer: ConsumerConfig::plain(addr(apps)),
             metrics_listen: Some(addr(metrics)),
             limits: LimitsConfig::default(),
             services: services
