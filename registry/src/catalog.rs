@@ -429,6 +429,81 @@ fn check_crl(db: &impl KvRead, crl: &lgsp_proto::Crl) -> Result<(), CatalogError
     Ok(())
 }
 
+/// Refuses deleting a record others still name: an agency with nodes,
+/// services or grants (given or received), a service with grants, a node
+/// that serves services. Deletes never cascade: each dependent is removed
+/// on purpose first, so nothing disappears that its owner did not remove.
+fn refuse_orphans(db: &impl KvRead, kind: RecordKind, key: &str) -> Result<(), CatalogError> {
+    let records = |kind: RecordKind, prefix: &str| -> Result<Vec<CatalogRecord>, CatalogError> {
+        db.read_prefix(&record_db_key(kind, prefix))
+            .map_err(|e| CatalogError::Internal(e.to_string()))?
+            .into_iter()
+            .map(|(_, v)| {
+                CatalogRecord::decode(v.as_slice())
+                    .map_err(|e| CatalogError::Internal(format!("a stored record is damaged: {e}")))
+            })
+            .collect()
+    };
+    let mut dependents: Vec<String> = Vec::new();
+    match kind {
+        RecordKind::Agency => {
+            let own = format!("{key}/");
+            for (what, kind) in [
+                ("node", RecordKind::Node),
+                ("service", RecordKind::Service),
+                ("grant", RecordKind::Grant),
+            ] {
+                dependents.extend(
+                    records(kind, &own)?
+                        .into_iter()
+                        .map(|r| format!("{what} {}", r.key)),
+                );
+            }
+            let received = format!("|{key}");
+            dependents.extend(
+                records(RecordKind::Grant, "")?
+                    .into_iter()
+                    .filter(|r| r.key.ends_with(&received))
+                    .map(|r| format!("grant {}", r.key)),
+            );
+        }
+        RecordKind::Service => {
+            dependents.extend(
+                records(RecordKind::Grant, &GrantKey::format(key, ""))?
+                    .into_iter()
+                    .map(|r| format!("grant {}", r.key)),
+            );
+        }
+        RecordKind::Node => {
+            if let Ok(node) = key.parse::<NodeKey>() {
+                let services = records(RecordKind::Service, &format!("{}/", node.agency()))?;
+                dependents.extend(services.into_iter().filter_map(|r| match r.value {
+                    Some(Value::Service(s)) if s.node == node.name() => {
+                        Some(format!("service {}", s.id))
+                    }
+                    _ => None,
+                }));
+            }
+        }
+        RecordKind::Grant | RecordKind::Crl | RecordKind::Unspecified => {}
+    }
+    if dependents.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<&str> = dependents.iter().take(5).map(String::as_str).collect();
+    let more = dependents.len().saturating_sub(shown.len());
+    Err(CatalogError::FailedPrecondition(format!(
+        "{kind:?} {key:?} is still named by {} record(s): {}{}; remove those first (deletes never cascade)",
+        dependents.len(),
+        shown.join(", "),
+        if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        }
+    )))
+}
+
 /// A command checked against the catalog: what to write.
 #[derive(Debug)]
 pub struct Checked {
@@ -479,6 +554,11 @@ pub fn precheck(
                     CatalogError::InvalidArgument("delete needs a record kind".into())
                 })?;
             authorize(actor, kind, key)?;
+            if kind == RecordKind::Agency && actor.role != Role::Admin {
+                return Err(CatalogError::PermissionDenied(format!(
+                    "only the provincial admin removes an agency from the catalog; {actor} may not"
+                )));
+            }
             if kind == RecordKind::Crl {
                 return Err(CatalogError::FailedPrecondition(
                     "the CRL cannot be deleted (that would bring every revoked certificate back); publish a newer one with `lgsp ca publish-crl`".into(),
@@ -526,6 +606,9 @@ pub fn check(
         return Err(CatalogError::NotFound(format!(
             "{kind:?} {key:?} does not exist"
         )));
+    }
+    if value.is_none() {
+        refuse_orphans(db, kind, &key)?;
     }
     Ok(Checked {
         kind,

@@ -108,16 +108,29 @@ pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
+/// Keys and values, in key order.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Reading a key, from the store or from writes staged over it.
 pub trait KvRead {
     /// The value under `key` as a reader would see it now: a staged write
     /// or removal first, else what the store holds.
     fn read(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Every key and value starting with `prefix`, in key order, as a reader
+    /// would see them now (staged writes and removals included). For rare
+    /// checks over a few records (what still depends on an agency), not for
+    /// the data path.
+    fn read_prefix(&self, prefix: &[u8]) -> Result<Pairs, StoreError>;
 }
 
 impl KvRead for Kv {
     fn read(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.get(key)
+    }
+
+    fn read_prefix(&self, prefix: &[u8]) -> Result<Pairs, StoreError> {
+        self.scan_prefix(prefix).collect()
     }
 }
 
@@ -165,6 +178,21 @@ impl KvRead for Staged {
             Some(staged) => Ok(staged.clone()),
             None => self.kv.get(key),
         }
+    }
+
+    fn read_prefix(&self, prefix: &[u8]) -> Result<Pairs, StoreError> {
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> =
+            self.kv.read_prefix(prefix)?.into_iter().collect();
+        for (key, staged) in self.writes.range(prefix.to_vec()..) {
+            if !key.starts_with(prefix) {
+                break;
+            }
+            match staged {
+                Some(value) => merged.insert(key.clone(), value.clone()),
+                None => merged.remove(key),
+            };
+        }
+        Ok(merged.into_iter().collect())
     }
 }
 

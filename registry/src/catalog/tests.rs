@@ -718,3 +718,81 @@ fn a_failing_revision_read_is_an_error_not_revision_zero() {
     let mut batch = Staged::new(&kv);
     assert!(apply(&mut batch, checked).is_err());
 }
+
+// Deletes and what depends on them.
+
+#[test]
+fn only_the_admin_removes_an_agency() {
+    let kv = catalog();
+    let err = refused(run(&kv, &node_of(B), &delete_cmd(RecordKind::Agency, B)));
+    assert!(matches!(err, CatalogError::PermissionDenied(_)), "{err:?}");
+    run(&kv, &admin(), &delete_cmd(RecordKind::Agency, B)).expect("B has nothing left");
+}
+
+#[test]
+fn an_agency_with_services_or_grants_is_not_removed_until_they_are() {
+    let kv = catalog();
+    let ho_tich = format!("{A}/ho-tich");
+    run(&kv, &node_of(A), &put_cmd(grant(&ho_tich, B))).unwrap();
+    // A still provides a service; B still receives a grant.
+    for agency in [A, B] {
+        let err = refused(run(&kv, &admin(), &delete_cmd(RecordKind::Agency, agency)));
+        assert!(
+            matches!(&err, CatalogError::FailedPrecondition(m) if m.contains(&format!("grant {ho_tich}|{B}"))),
+            "{err:?}"
+        );
+    }
+    // A service with a grant is not removed either.
+    let err = refused(run(
+        &kv,
+        &node_of(A),
+        &delete_cmd(RecordKind::Service, &ho_tich),
+    ));
+    assert!(
+        matches!(err, CatalogError::FailedPrecondition(_)),
+        "{err:?}"
+    );
+    // Removed in order, everything goes.
+    let grant_key = format!("{ho_tich}|{B}");
+    run(&kv, &node_of(A), &delete_cmd(RecordKind::Grant, &grant_key)).unwrap();
+    run(&kv, &admin(), &delete_cmd(RecordKind::Agency, B)).unwrap();
+    run(&kv, &node_of(A), &delete_cmd(RecordKind::Service, &ho_tich)).unwrap();
+    run(&kv, &admin(), &delete_cmd(RecordKind::Agency, A)).unwrap();
+}
+
+#[test]
+fn a_node_that_serves_a_service_is_not_removed() {
+    let kv = catalog();
+    run(&kv, &node_of(A), &put_cmd(node(A, "node-1"))).unwrap();
+    let served = Service {
+        node: "node-1".into(),
+        ..service(&format!("{A}/dkkd"))
+    };
+    run(&kv, &node_of(A), &put_cmd(Value::Service(served))).unwrap();
+    let key = format!("{A}/node-1");
+    let err = refused(run(&kv, &node_of(A), &delete_cmd(RecordKind::Node, &key)));
+    assert!(
+        matches!(&err, CatalogError::FailedPrecondition(m) if m.contains("dkkd")),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_prefix_read_through_a_stage_sees_staged_writes_and_removals() {
+    let kv = Kv::new(MemKv::default());
+    let mut first = Staged::new(&kv);
+    first.insert(b"p/a".to_vec(), b"1".to_vec());
+    first.insert(b"p/b".to_vec(), b"2".to_vec());
+    first.insert(b"q/a".to_vec(), b"3".to_vec());
+    first.commit().unwrap();
+    let mut stage = Staged::new(&kv);
+    stage.remove(b"p/a".to_vec());
+    stage.insert(b"p/c".to_vec(), b"4".to_vec());
+    let seen: Vec<Vec<u8>> = stage
+        .read_prefix(b"p/")
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(seen, [b"p/b".to_vec(), b"p/c".to_vec()]);
+}
