@@ -190,10 +190,24 @@ impl NodeServer {
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<DataExchangeServer<Provider>>().await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(lgsp_proto::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .map_err(NodeError::Reflection)?;
+        // Reflection lists what each listener serves, nothing more.
+        let reflection_of = |services: &[&str]| {
+            services
+                .iter()
+                .fold(
+                    tonic_reflection::server::Builder::configure()
+                        .register_encoded_file_descriptor_set(lgsp_proto::FILE_DESCRIPTOR_SET),
+                    |builder, name| builder.with_service_name(*name),
+                )
+                .build_v1()
+                .map_err(NodeError::Reflection)
+        };
+        let provider_reflection = reflection_of(&[
+            "lgsp.v1.DataExchange",
+            "lgsp.v1.NodeLink",
+            "lgsp.v1.IdentityService",
+        ])?;
+        let reflection = reflection_of(&["lgsp.v1.DataExchange"])?;
 
         let provider_listener = tokio::net::TcpListener::bind(config.provider.listen)
             .await
@@ -221,7 +235,15 @@ impl NodeServer {
         health.set_serving::<NodeLinkServer<LinkServer>>().await;
         let incoming = tls.clone().incoming(provider_listener);
         let stop = shutdown.stopped();
-        let (h, r) = (health_service.clone(), reflection.clone());
+        // On the province-facing listener, health and reflection answer
+        // only certificates the authenticator accepts (of this trust
+        // domain, not revoked), like every other service there.
+        let h = tonic::service::interceptor::InterceptedService::new(
+            health_service.clone(),
+            auth.clone(),
+        );
+        let r =
+            tonic::service::interceptor::InterceptedService::new(provider_reflection, auth.clone());
         shutdown.spawn("provider listener", async move {
             // A consumer node that vanished without closing its connection
             // (power cut, cable pulled) is found out within half a minute:

@@ -141,9 +141,18 @@ impl RegistryServer {
         let incoming = tls.clone().incoming(client_listener);
         let registry =
             RegistryGrpc::with_interceptor(RegistryService::new(raft.clone()), auth.clone());
+        // Standard gRPC health for load balancers and monitoring, behind
+        // the same mTLS and authenticator as the catalog itself.
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<lgsp_proto::registry_server::RegistryServer<RegistryService>>()
+            .await;
+        let health_service =
+            tonic::service::interceptor::InterceptedService::new(health_service, auth.clone());
         tasks.push(tokio::spawn(async move {
             let result = tonic::transport::Server::builder()
                 .add_service(registry)
+                .add_service(health_service)
                 .add_service(IdentityServiceServer::with_interceptor(WhoAmI, auth))
                 .serve_with_incoming_shutdown(incoming, stop)
                 .await;
