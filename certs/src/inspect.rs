@@ -3,6 +3,7 @@
 
 use crate::error::{CertError, Result};
 use crate::identity::SpiffeId;
+use crate::peer::Peer;
 use sha2::{Digest, Sha256};
 use std::fmt;
 use x509_parser::prelude::*;
@@ -22,11 +23,12 @@ pub fn normalize_serial(input: &str) -> Option<String> {
     (!bytes.is_empty()).then(|| serial_hex(&bytes))
 }
 
-/// The identity and serial of a peer certificate: the part of [`CertInfo`]
-/// every call needs, without the names and fingerprint an operator reads.
-/// The serial is lower-case hex. Fails, with the reason in words, for a
-/// certificate that does not parse or carries no single SPIFFE ID.
-pub fn peer_identity(der: &[u8]) -> std::result::Result<(SpiffeId, String), String> {
+/// The identity, serial and end of validity of a peer certificate: the
+/// part of [`CertInfo`] every call needs, without the names and fingerprint
+/// an operator reads. The serial is lower-case hex. Fails, with the reason
+/// in words, for a certificate that does not parse or carries no single
+/// SPIFFE ID.
+pub fn peer_identity(der: &[u8]) -> std::result::Result<Peer, String> {
     let (_, cert) = X509Certificate::from_der(der).map_err(|e| e.to_string())?;
     let mut uris = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
@@ -43,7 +45,11 @@ pub fn peer_identity(der: &[u8]) -> std::result::Result<(SpiffeId, String), Stri
         [one] => SpiffeId::parse(one).map_err(|e| e.to_string()),
         many => Err(CertError::ManySpiffeIds(many.len()).to_string()),
     }?;
-    Ok((id, serial_hex(cert.raw_serial())))
+    Ok(Peer {
+        id,
+        serial: serial_hex(cert.raw_serial()),
+        not_after: cert.validity().not_after.to_datetime(),
+    })
 }
 
 /// What a certificate says, in the terms an operator needs.
@@ -216,7 +222,8 @@ impl fmt::Display for CrlInfo {
     }
 }
 
-fn fmt_time(t: ::time::OffsetDateTime) -> String {
+/// A UTC time as lgsp prints it to people: `2025-03-12 08:00:00`.
+pub(crate) fn fmt_time(t: ::time::OffsetDateTime) -> String {
     format!(
         "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
         t.year(),

@@ -1,13 +1,17 @@
 //! Who is calling: the identity of a gRPC peer, read from its verified
-//! certificate and checked against the current CRL on every call, never
-//! taken from headers a client can set.
+//! certificate and checked against the current CRL and the certificate's
+//! expiry on every call, never taken from headers a client can set.
+//!
+//! A TLS handshake checks a certificate once; a connection can outlive
+//! that check by hours. So each call is checked again.
 
 use crate::identity::{Role, SpiffeId};
-use crate::inspect::peer_identity;
+use crate::inspect::{fmt_time, peer_identity};
 use crate::tls::ServerTls;
 use rustls::pki_types::CertificateDer;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
+use time::OffsetDateTime;
 use tonic::{Request, Status};
 
 /// The authenticated caller, put in each request's extensions by [`Authenticator`].
@@ -17,6 +21,9 @@ pub struct Peer {
     pub id: SpiffeId,
     /// Its certificate's serial, lower-case hex: the one a CRL would list.
     pub serial: String,
+    /// When its certificate expires (UTC): past it, the peer is refused,
+    /// even on a connection opened while the certificate was valid.
+    pub not_after: OffsetDateTime,
 }
 
 impl Peer {
@@ -56,13 +63,13 @@ pub struct Authenticator {
 type PeerChain = Vec<CertificateDer<'static>>;
 
 /// A connection's chain (weakly held, to tell a live connection from a
-/// closed one whose address was reused) and the identity read from it.
-type Known = (Weak<PeerChain>, SpiffeId, String);
+/// closed one whose address was reused) and the peer read from it.
+type Known = (Weak<PeerChain>, Peer);
 
-/// The identity read from each live connection's certificate chain. Every
+/// The peer read from each live connection's certificate chain. Every
 /// call on a connection carries the same chain (one `Arc` per connection),
 /// so the certificate is parsed once per connection, not once per call;
-/// trust domain, revocation and role are still checked on every call.
+/// trust domain, revocation, expiry and role are still checked on every call.
 #[derive(Debug, Default)]
 struct ConnectionIdentities {
     known: Mutex<HashMap<usize, Known>>,
@@ -72,33 +79,33 @@ struct ConnectionIdentities {
 const REMEMBERED_CONNECTIONS: usize = 1024;
 
 impl ConnectionIdentities {
-    fn identity(&self, chain: &Arc<PeerChain>) -> Result<(SpiffeId, String), Status> {
+    fn identity(&self, chain: &Arc<PeerChain>) -> Result<Peer, Status> {
         let key = Arc::as_ptr(chain) as usize;
         let known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
         // The address alone could be a closed connection's, reused: the
         // weak reference must still point at this very chain.
-        if let Some((weak, id, serial)) = known.get(&key)
+        if let Some((weak, peer)) = known.get(&key)
             && weak.upgrade().is_some_and(|live| Arc::ptr_eq(&live, chain))
         {
-            return Ok((id.clone(), serial.clone()));
+            return Ok(peer.clone());
         }
         drop(known);
         let leaf = chain.first().ok_or_else(|| {
             Status::unauthenticated("the client presented an empty certificate chain")
         })?;
-        let (id, serial) = peer_identity(leaf).map_err(|why| {
+        let peer = peer_identity(leaf).map_err(|why| {
             Status::unauthenticated(format!(
                 "the client certificate names no lgsp identity: {why}"
             ))
         })?;
         let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
         if known.len() >= REMEMBERED_CONNECTIONS {
-            known.retain(|_, (weak, _, _)| weak.strong_count() > 0);
+            known.retain(|_, (weak, _)| weak.strong_count() > 0);
         }
         if known.len() < REMEMBERED_CONNECTIONS {
-            known.insert(key, (Arc::downgrade(chain), id.clone(), serial.clone()));
+            known.insert(key, (Arc::downgrade(chain), peer.clone()));
         }
-        Ok((id, serial))
+        Ok(peer)
     }
 }
 
@@ -121,20 +128,22 @@ impl Authenticator {
     }
 
     /// Authenticates a request's peer; the reason for a refusal is in the
-    /// status: `Unauthenticated` for a missing, foreign, malformed or revoked
-    /// certificate, `PermissionDenied` for a role this service does not accept.
+    /// status: `Unauthenticated` for a missing, foreign, malformed, revoked
+    /// or expired certificate, `PermissionDenied` for a role this service
+    /// does not accept.
     pub fn authenticate<T>(&self, request: &Request<T>) -> Result<Peer, Status> {
         let certs = request.peer_certs().ok_or_else(|| {
             Status::unauthenticated("no client certificate: this service requires mutual TLS with a certificate from the provincial CA")
         })?;
-        let (id, serial) = self.connections.identity(&certs)?;
+        let peer = self.connections.identity(&certs)?;
+        let id = &peer.id;
         if id.trust_domain != self.trust_domain {
             return Err(Status::unauthenticated(format!(
                 "the client certificate belongs to trust domain {:?}, not {:?}",
                 id.trust_domain, self.trust_domain
             )));
         }
-        self.check_not_revoked(&serial)?;
+        self.recheck(&peer)?;
         if let Some(roles) = self.roles.as_ref().filter(|r| !r.contains(&id.role)) {
             let allowed: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
             return Err(Status::permission_denied(format!(
@@ -143,15 +152,18 @@ impl Authenticator {
                 allowed.join(", ")
             )));
         }
-        Ok(Peer { id, serial })
+        Ok(peer)
     }
 
-    /// Checks again that `peer`, authenticated when its stream opened, is
-    /// not revoked by the CRL in force now: for streams that carry many
-    /// calls, each call is checked as if it came alone. Fails with
-    /// `Unauthenticated` once its serial is revoked.
+    /// Checks again that `peer`, authenticated when its connection or
+    /// stream opened, is neither revoked by the CRL in force now nor
+    /// expired: for connections and streams that carry many calls, each
+    /// call is checked as if it came alone. Cheap (a set lookup and a clock
+    /// read). Fails with `Unauthenticated` once its serial is revoked or
+    /// its certificate has expired.
     pub fn recheck(&self, peer: &Peer) -> Result<(), Status> {
-        self.check_not_revoked(&peer.serial)
+        self.check_not_revoked(&peer.serial)?;
+        check_not_expired(peer, OffsetDateTime::now_utc())
     }
 
     fn check_not_revoked(&self, serial: &str) -> Result<(), Status> {
@@ -162,6 +174,18 @@ impl Authenticator {
         }
         Ok(())
     }
+}
+
+/// Refuses `peer` when its certificate expired before `now`.
+fn check_not_expired(peer: &Peer, now: OffsetDateTime) -> Result<(), Status> {
+    if now > peer.not_after {
+        return Err(Status::unauthenticated(format!(
+            "the client certificate expired at {} UTC (serial {}); ask the provincial IT department (Sở TT&TT) for a new one",
+            fmt_time(peer.not_after),
+            peer.serial
+        )));
+    }
+    Ok(())
 }
 
 impl tonic::service::Interceptor for Authenticator {
@@ -187,5 +211,73 @@ impl lgsp_proto::identity_service_server::IdentityService for WhoAmI {
         Ok(tonic::Response::new(lgsp_proto::WhoAmIResponse {
             identity: Some(peer.to_proto()),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ca::{CertificateAuthority, LeafSpec};
+    use crate::identity::AgencyCode;
+    use crate::inspect::pem_blocks;
+    use crate::tls::Credentials;
+
+    const DOMAIN: &str = "vinhphuc.gov.vn";
+
+    /// A CA, and an authenticator on a server holding one of its certificates.
+    fn server() -> (tempfile::TempDir, CertificateAuthority, Authenticator) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ca =
+            CertificateAuthority::init(&dir.path().join("ca"), DOMAIN, "CA thử", 30).unwrap();
+        let own = ca.issue(&spec("000.00.12.H62", "node-a")).unwrap();
+        let creds = Credentials::from_pem(&own.cert_pem, &own.key_pem, ca.cert_pem()).unwrap();
+        let auth = Authenticator::new(ServerTls::new(creds).unwrap(), DOMAIN);
+        (dir, ca, auth)
+    }
+
+    fn spec(agency: &str, name: &str) -> LeafSpec {
+        let id = SpiffeId::new(DOMAIN, AgencyCode::new(agency).unwrap(), Role::Node, name).unwrap();
+        LeafSpec::for_days(id, 1).unwrap()
+    }
+
+    /// The peer a connection presenting `pem` would be.
+    fn peer_of(pem: &str) -> Peer {
+        let (_, der) = pem_blocks(pem).unwrap().remove(0);
+        peer_identity(&der).unwrap()
+    }
+
+    #[test]
+    fn a_peer_carries_the_expiry_written_in_its_certificate() {
+        let (_dir, mut ca, _) = server();
+        let mut leaf = spec("000.00.13.H62", "node-b");
+        leaf.not_after = OffsetDateTime::now_utc() + time::Duration::hours(3);
+        let issued = ca.issue(&leaf).unwrap();
+        let peer = peer_of(&issued.cert_pem);
+        assert_eq!(peer.serial, issued.serial);
+        // X.509 keeps whole seconds.
+        assert_eq!(
+            peer.not_after.unix_timestamp(),
+            leaf.not_after.unix_timestamp()
+        );
+    }
+
+    #[test]
+    fn a_peer_whose_certificate_expired_is_refused_by_recheck() {
+        let (_dir, mut ca, auth) = server();
+        let issued = ca.issue(&spec("000.00.13.H62", "node-b")).unwrap();
+        let mut peer = peer_of(&issued.cert_pem);
+        auth.recheck(&peer).expect("valid for a day");
+
+        // The connection outlived its certificate.
+        peer.not_after = OffsetDateTime::now_utc() - time::Duration::seconds(1);
+        let refused = auth.recheck(&peer).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        assert!(
+            refused
+                .message()
+                .starts_with("the client certificate expired at ")
+                && refused.message().contains(&issued.serial),
+            "{refused:?}"
+        );
     }
 }

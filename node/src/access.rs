@@ -117,6 +117,7 @@ mod tests {
             )
             .unwrap(),
             serial: "01".into(),
+            not_after: time::OffsetDateTime::now_utc() + time::Duration::days(1),
         }
     }
 

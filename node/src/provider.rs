@@ -68,7 +68,8 @@ impl Provider {
     }
 
     /// The first steps of every call: the certificate is checked again
-    /// (revocation since the connection opened counts from the next call),
+    /// (a revocation or expiry since the connection opened counts from the
+    /// next call),
     /// then the consumer agency's limits. The permit must be held until
     /// the reply is handed over.
     pub(crate) fn admit(&self, peer: &Peer) -> Result<Permit, Refusal> {
