@@ -2,15 +2,19 @@
 //! certificate and checked against the current CRL and the certificate's
 //! expiry on every call, never taken from headers a client can set.
 //!
-//! A TLS handshake checks a certificate once; a connection can outlive
-//! that check by hours. So each call is checked again.
+//! A TLS handshake checks a certificate once; a connection, and a stream
+//! on it, can outlive that check by hours. So each call is checked again,
+//! and a long stream is checked before each message and whenever a new CRL
+//! comes into force ([`Authenticator::while_admitted`]).
 
 use crate::identity::{Role, SpiffeId};
 use crate::inspect::{fmt_time, peer_identity};
 use crate::tls::ServerTls;
+use futures::{Stream, StreamExt as _};
 use rustls::pki_types::CertificateDer;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
 use time::OffsetDateTime;
 use tonic::{Request, Status};
 
@@ -166,6 +170,70 @@ impl Authenticator {
         check_not_expired(peer, OffsetDateTime::now_utc())
     }
 
+    /// Waits until `peer` would be refused, and returns the refusal: a new
+    /// CRL that revokes it, or the expiry of its certificate. Returns at
+    /// once when it is refused already; never returns while it stays
+    /// admitted.
+    pub async fn refusal(&self, peer: &Peer) -> Status {
+        // Subscribed before the check: a CRL put in force between the two
+        // is seen as a change, not missed.
+        let mut crl = self.tls.crl_changes();
+        loop {
+            if let Err(status) = self.recheck(peer) {
+                return status;
+            }
+            let left = Duration::try_from(peer.not_after - OffsetDateTime::now_utc())
+                .unwrap_or_default()
+                .clamp(EXPIRY_FLOOR, EXPIRY_LOOK);
+            let crl_changed = async {
+                if crl.changed().await.is_err() {
+                    // The TLS state is gone with its server: no CRL comes
+                    // again, and the expiry is still watched.
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                () = crl_changed => {}
+                () = tokio::time::sleep(left) => {}
+            }
+        }
+    }
+
+    /// `stream`, for as long as `peer` stays admitted: `peer` is checked
+    /// again before each item, and while the stream waits for its next
+    /// item a new CRL or the certificate's expiry is noticed too. Then the
+    /// stream ends with the refusal (`Unauthenticated`, naming the serial),
+    /// and items it had not handed over yet are dropped.
+    pub fn while_admitted<S, T>(
+        &self,
+        peer: Peer,
+        stream: S,
+    ) -> impl Stream<Item = Result<T, Status>> + Send + 'static
+    where
+        S: Stream<Item = Result<T, Status>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let open = Some((self.clone(), peer, Box::pin(stream)));
+        futures::stream::unfold(open, |open| async move {
+            let (auth, peer, mut stream) = open?;
+            let next = tokio::select! {
+                // The check first: an item already waiting is not handed
+                // to a peer refused since.
+                biased;
+                refusal = auth.refusal(&peer) => Err(refusal),
+                item = stream.next() => Ok(item),
+            };
+            match next {
+                Ok(Some(item)) => Some((item, Some((auth, peer, stream)))),
+                Ok(None) => None,
+                Err(refusal) => {
+                    tracing::info!(peer = %peer.id, serial = %peer.serial, reason = %refusal.message(), "stream ended: its peer's certificate is no longer accepted");
+                    Some((Err(refusal), None))
+                }
+            }
+        })
+    }
+
     fn check_not_revoked(&self, serial: &str) -> Result<(), Status> {
         if self.tls.is_revoked(serial) {
             return Err(Status::unauthenticated(format!(
@@ -175,6 +243,14 @@ impl Authenticator {
         Ok(())
     }
 }
+
+/// How soon [`Authenticator::refusal`] looks at the clock again at the
+/// latest: the expiry is wall-clock time, and the wall clock can jump.
+const EXPIRY_LOOK: Duration = Duration::from_secs(60);
+/// How soon it looks again at the earliest, so that a certificate expiring
+/// within the second (validity is counted in whole seconds) is not polled
+/// in a busy loop.
+const EXPIRY_FLOOR: Duration = Duration::from_millis(100);
 
 /// Refuses `peer` when its certificate expired before `now`.
 fn check_not_expired(peer: &Peer, now: OffsetDateTime) -> Result<(), Status> {
@@ -279,5 +355,52 @@ mod tests {
                 && refused.message().contains(&issued.serial),
             "{refused:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_stream_ends_unauthenticated_when_a_crl_revokes_its_peer_with_no_item_waiting() {
+        let (_dir, mut ca, auth) = server();
+        let issued = ca.issue(&spec("000.00.13.H62", "node-b")).unwrap();
+        let peer = peer_of(&issued.cert_pem);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<u32, Status>>(4);
+        let mut stream =
+            Box::pin(auth.while_admitted(peer, tokio_stream::wrappers::ReceiverStream::new(rx)));
+        tx.send(Ok(1)).await.unwrap();
+        assert_eq!(stream.next().await.unwrap().unwrap(), 1);
+
+        // Nothing more is sent: the CRL alone must end the stream.
+        let waiting = tokio::spawn(async move { stream.next().await.map(|r| r.unwrap_err()) });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        ca.revoke(&issued.serial, rcgen::RevocationReason::KeyCompromise)
+            .unwrap();
+        auth.tls.set_crl(&ca.sign_crl(1).unwrap().der).unwrap();
+        let refused = tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("ended by the CRL")
+            .unwrap()
+            .expect("a refusal, not the end of the stream");
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        assert!(refused.message().contains(&issued.serial), "{refused:?}");
+        // The item queued after the revocation is not handed over.
+        assert!(tx.send(Ok(2)).await.is_err(), "the stream is dropped");
+    }
+
+    #[tokio::test]
+    async fn a_stream_ends_unauthenticated_when_its_peer_certificate_expires() {
+        let (_dir, mut ca, auth) = server();
+        let issued = ca.issue(&spec("000.00.13.H62", "node-b")).unwrap();
+        let mut peer = peer_of(&issued.cert_pem);
+        peer.not_after = OffsetDateTime::now_utc() + time::Duration::milliseconds(300);
+        let (_tx, rx) = tokio::sync::mpsc::channel::<Result<u32, Status>>(1);
+        let mut stream =
+            Box::pin(auth.while_admitted(peer, tokio_stream::wrappers::ReceiverStream::new(rx)));
+        let refused = tokio::time::timeout(Duration::from_secs(2), stream.next())
+            .await
+            .expect("ended at the expiry")
+            .expect("a refusal, not the end of the stream")
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        assert!(refused.message().contains("expired at"), "{refused:?}");
+        assert!(stream.next().await.is_none());
     }
 }

@@ -215,6 +215,9 @@ pub struct ServerTls {
     trust: Mutex<Trust>,
     config: ArcSwap<ServerConfig>,
     revoked: ArcSwap<HashSet<String>>,
+    /// Ticks after each new CRL is in force, so that streams opened before
+    /// it check their peer again without waiting for their next message.
+    crl_changed: tokio::sync::watch::Sender<()>,
 }
 
 impl ServerTls {
@@ -232,6 +235,7 @@ impl ServerTls {
             trust: Mutex::new(trust),
             config: ArcSwap::from_pointee(config),
             revoked: ArcSwap::from_pointee(HashSet::new()),
+            crl_changed: tokio::sync::watch::Sender::new(()),
         }))
     }
 
@@ -254,6 +258,8 @@ impl ServerTls {
         self.config.store(Arc::new(config));
         self.revoked
             .store(Arc::new(info.revoked.into_iter().collect()));
+        // After the store: whoever wakes must find the new serials.
+        self.crl_changed.send_replace(());
         tracing::info!(crl.number = ?info.number, "new certificate revocation list in force");
         Ok(())
     }
@@ -274,6 +280,12 @@ impl ServerTls {
     /// Whether the current CRL lists `serial` (normalised hex).
     pub fn is_revoked(&self, serial: &str) -> bool {
         self.revoked.load().contains(serial)
+    }
+
+    /// A receiver that sees a change each time [`Self::set_crl`] puts a new
+    /// CRL in force (changes before this call are already seen).
+    pub fn crl_changes(&self) -> tokio::sync::watch::Receiver<()> {
+        self.crl_changed.subscribe()
     }
 
     /// Accepts TCP connections on `listener` and yields the ones whose TLS

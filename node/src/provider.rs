@@ -6,7 +6,9 @@
 //! checked again against the CRL in force, the consumer agency's limits
 //! apply, the grant is checked, the caller's deadline bounds the work, the
 //! backend answers, and the exchange is logged. A `Query` stream takes the
-//! same steps before its first page.
+//! same steps before its first page, and checks the certificate again
+//! before each page and whenever a new CRL comes into force: a consumer
+//! revoked (or expired) mid-stream gets no further page.
 
 use crate::access;
 use crate::config::Backend;
@@ -355,6 +357,8 @@ impl DataExchange for Provider {
         // One page in flight at a time: the consumer's reading paces the reading here.
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<QueryPage, Status>>(1);
         let span = tracing::info_span!("query", request_id = %req.request_id, consumer = %peer.id.agency, service = %req.service_id);
+        let auth = self.auth.clone();
+        let reader = peer.clone();
         tokio::spawn(
             async move {
                 // The stream counts as in flight until its last page.
@@ -372,6 +376,9 @@ impl DataExchange for Provider {
                 let mut digest = Sha256::new();
                 let mut bytes_out = 0u64;
                 let outcome = loop {
+                    if let Err(refused) = auth.recheck(&reader) {
+                        break Err(refused);
+                    }
                     // A page reads up to MAX_SCAN_PER_PAGE records from disk: off
                     // the runtime's threads, which serve every other call.
                     let read = {
@@ -404,18 +411,34 @@ impl DataExchange for Provider {
                         resume_token: page.resume_token.clone(),
                     };
                     let encoded = out.encode_to_vec();
+                    // A consumer that stops reading holds this send; a CRL
+                    // that revokes it meanwhile ends the stream now.
+                    let sent = tokio::select! {
+                        biased;
+                        refused = auth.refusal(&reader) => break Err(refused),
+                        sent = tx.send(Ok(out)) => sent,
+                    };
+                    if sent.is_err() {
+                        // The stream was dropped: by the consumer, or by
+                        // `while_admitted` refusing it.
+                        break Err(auth
+                            .recheck(&reader)
+                            .err()
+                            .unwrap_or_else(|| Status::cancelled("the consumer stopped reading")));
+                    }
                     digest.update(&encoded);
                     bytes_out += encoded.len() as u64;
-                    if tx.send(Ok(out)).await.is_err() {
-                        break Err(Status::cancelled("the consumer stopped reading"));
-                    }
                     if done {
                         break Ok(());
                     }
                     query.resume_token = page.resume_token;
                 };
+                // A refused certificate is told by `while_admitted`, which
+                // sees the same refusal: a send here could wait for ever on
+                // a consumer that stopped reading.
                 if let Err(s) = &outcome
                     && s.code() != tonic::Code::Cancelled
+                    && s.code() != tonic::Code::Unauthenticated
                 {
                     let _ = tx.send(Err(s.clone())).await;
                 }
@@ -424,8 +447,9 @@ impl DataExchange for Provider {
             }
             .instrument(span),
         );
+        let pages = tokio_stream::wrappers::ReceiverStream::new(rx);
         Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
+            self.auth.while_admitted(peer, pages),
         )))
     }
 }

@@ -139,8 +139,10 @@ impl RegistryServer {
 
         let stop = wait_for(shutdown_rx.clone());
         let incoming = tls.clone().incoming(client_listener);
-        let registry =
-            RegistryGrpc::with_interceptor(RegistryService::new(raft.clone()), auth.clone());
+        let registry = RegistryGrpc::with_interceptor(
+            RegistryService::new(raft.clone(), auth.clone()),
+            auth.clone(),
+        );
         // Standard gRPC health for load balancers and monitoring, behind
         // the same mTLS and authenticator as the catalog itself.
         let (health, health_service) = tonic_health::server::health_reporter();

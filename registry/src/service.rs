@@ -1,17 +1,21 @@
 //! The registry's gRPC services: `Registry` for nodes, hubs and admins, and
 //! `RegistryPeer` for Raft traffic between registry servers. Callers are
-//! authenticated by their certificates before any of this runs.
+//! authenticated by their certificates before any of this runs; a `Watch`,
+//! which can stay open for days, is checked again before each event and
+//! whenever a new CRL comes into force.
 
 use crate::catalog::{self, ListQuery};
 use crate::error::{CatalogError, RegistryError, StoreError};
 use crate::kv::Kv;
 use crate::raft_node::{MembershipOp, RaftHandle};
-use lgsp_certs::{Peer, Role};
+use futures::Stream;
+use lgsp_certs::{Authenticator, Peer, Role};
 use lgsp_proto::registry_peer_server::RegistryPeer;
 use lgsp_proto::registry_server::Registry;
 use lgsp_proto::watch_event::Type as EventType;
 use lgsp_proto::*;
 use protobuf::Message as _;
+use std::pin::Pin;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -20,12 +24,15 @@ use tonic::{Request, Response, Status};
 #[derive(Clone, Debug)]
 pub struct RegistryService {
     raft: RaftHandle,
+    auth: Authenticator,
 }
 
 impl RegistryService {
-    /// The catalog API over this server's consensus loop.
-    pub fn new(raft: RaftHandle) -> Self {
-        Self { raft }
+    /// The catalog API over this server's consensus loop; `auth` is the
+    /// client listener's authenticator, which knows the CRL in force and
+    /// ends the watches of certificates it revokes.
+    pub fn new(raft: RaftHandle, auth: Authenticator) -> Self {
+        Self { raft, auth }
     }
 
     async fn consistent(&self, stale: bool) -> Result<(), Status> {
@@ -117,19 +124,22 @@ impl Registry for RegistryService {
         }))
     }
 
-    type WatchStream = ReceiverStream<Result<WatchEvent, Status>>;
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send>>;
 
     async fn watch(
         &self,
         request: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let watcher = Peer::of(&request)?.clone();
         let from = request.into_inner().from_revision.max(1);
         // Subscribe before reading the history, so nothing falls between.
         let live = self.raft.subscribe();
         let db = self.raft.db().clone();
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(stream_changes(db, from, live, tx));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        // Events already queued are not handed to a watcher revoked since.
+        let events = self.auth.while_admitted(watcher, ReceiverStream::new(rx));
+        Ok(Response::new(Box::pin(events)))
     }
 
     async fn status(
@@ -184,7 +194,13 @@ async fn stream_changes(
     live: broadcast::Receiver<WatchEvent>,
     tx: mpsc::Sender<Result<WatchEvent, Status>>,
 ) {
-    if let Err(error) = send_changes(&db, from, live, &tx).await {
+    // A watch that ended (its watcher left, or was refused) stops now, not
+    // at the next change in the catalog.
+    let sent = tokio::select! {
+        sent = send_changes(&db, from, live, &tx) => sent,
+        () = tx.closed() => Ok(()),
+    };
+    if let Err(error) = sent {
         // The watcher must learn its feed broke, not wait on a silent one.
         tracing::error!(%error, "a watch ended: the catalog could not be read");
         let _ = tx.send(Err(RegistryError::from(error).into())).await;
