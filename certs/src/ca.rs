@@ -450,6 +450,28 @@ impl CertificateAuthority {
         self.save()
     }
 
+    /// The certificates this CA issued for `id` that are still live: not
+    /// revoked and not expired. A second live certificate for one identity
+    /// lets two holders act as it, so `lgsp ca sign` refuses one unless the
+    /// operator says it renews the first.
+    pub fn live_for(&self, id: &SpiffeId) -> Vec<IssuedRecord> {
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let id = id.to_string();
+        self.state
+            .issued
+            .iter()
+            .filter(|r| r.spiffe_id == id && r.not_after_unix > now)
+            .filter(|r| !self.state.revoked.iter().any(|x| x.serial == r.serial))
+            .cloned()
+            .collect()
+    }
+
+    /// Whether this CA ever issued a certificate for `id` (live or not).
+    pub fn has_issued(&self, id: &SpiffeId) -> bool {
+        let id = id.to_string();
+        self.state.issued.iter().any(|r| r.spiffe_id == id)
+    }
+
     /// Marks `serial` revoked. It takes effect for peers when the next CRL
     /// from [`Self::sign_crl`] reaches them. Accepts a serial as a person types
     /// it (`3A:0F`, `0x3a0f`) and returns it normalised to lower-case hex.

@@ -423,3 +423,82 @@ fn csr_asking_for_a_malformed_or_foreign_identity_is_refused() {
         assert!(!out.exists());
     }
 }
+
+#[test]
+fn ca_sign_shows_the_request_and_refuses_a_second_live_identity_or_a_new_privileged_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = tmp.path().join("ca");
+    ok(&[
+        "ca",
+        "init",
+        "--dir",
+        p(&ca),
+        "--trust-domain",
+        TRUST_DOMAIN,
+        "--name",
+        "CA tỉnh Vĩnh Phúc",
+    ]);
+    let csr = |role: &str, agency: &str, name: &str, dir: &str| {
+        let out = tmp.path().join(dir);
+        ok(&[
+            "ca",
+            "csr",
+            "--role",
+            role,
+            "--agency",
+            agency,
+            "--name",
+            name,
+            "--trust-domain",
+            TRUST_DOMAIN,
+            "--out",
+            p(&out),
+        ]);
+        out.join("csr.pem")
+    };
+    let sign = |csr: &Path, out: &str, extra: &[&str]| {
+        let out = tmp.path().join(out);
+        let mut args = vec!["ca", "sign", "--ca", p(&ca), "--csr", p(csr)];
+        args.extend(["--out", out.to_str().unwrap()]);
+        args.extend(extra);
+        args.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let run = |args: &[String]| lgsp(&args.iter().map(String::as_str).collect::<Vec<_>>());
+
+    // The first certificate of a node: shown, then signed.
+    let first = csr("node", "000.00.12.H62", "node-1", "first");
+    let shown = ok(&sign(&first, "first.pem", &[])
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
+    assert!(shown.contains("About to sign:"), "{shown}");
+    assert!(
+        shown.contains("spiffe://vinhphuc.gov.vn/agency/000.00.12.H62/node/node-1"),
+        "{shown}"
+    );
+
+    // A second live certificate for the same node: refused, unless it renews.
+    let second = csr("node", "000.00.12.H62", "node-1", "second");
+    let refused_second = run(&sign(&second, "second.pem", &[]));
+    assert!(!refused_second.status.success());
+    let why = String::from_utf8_lossy(&refused_second.stderr);
+    assert!(why.contains("already has a live certificate"), "{why}");
+    assert!(!tmp.path().join("second.pem").exists());
+    assert!(
+        run(&sign(&second, "second.pem", &["--renew"]))
+            .status
+            .success()
+    );
+
+    // A new registry identity: refused, unless said to be intended.
+    let registry = csr("registry", "000.00.00.H62", "registry-9", "registry");
+    let refused_registry = run(&sign(&registry, "registry.pem", &[]));
+    assert!(!refused_registry.status.success());
+    let why = String::from_utf8_lossy(&refused_registry.stderr);
+    assert!(why.contains("--privileged"), "{why}");
+    assert!(
+        run(&sign(&registry, "registry.pem", &["--privileged"]))
+            .status
+            .success()
+    );
+}

@@ -5,6 +5,7 @@ use clap::{Args, Subcommand};
 use lgsp_certs::ca::{CertificateAuthority, LeafSpec, make_csr, parse_reason};
 use lgsp_certs::inspect::{CertInfo, CrlInfo};
 use lgsp_certs::{AgencyCode, Role, SpiffeId, TlsFiles, write_atomic, write_new};
+use std::io::IsTerminal as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -68,6 +69,19 @@ pub(super) enum CaCommand {
         out: PathBuf,
         #[arg(long, default_value_t = 365)]
         days: i64,
+        /// The identity already has a live certificate and this one succeeds
+        /// it (renewal): sign anyway. Revoke the old one once the new one is
+        /// installed.
+        #[arg(long)]
+        renew: bool,
+        /// Sign an `admin` or `registry` certificate for an identity this CA
+        /// never issued before: such a certificate can change the catalog
+        /// or join the registry.
+        #[arg(long)]
+        privileged: bool,
+        /// Do not ask for confirmation at a terminal.
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
     /// Revoke a certificate the CA issued. Publish a new CRL (`lgsp ca crl`)
     /// for peers to refuse it.
@@ -223,13 +237,50 @@ pub(super) fn run(cmd: CaCommand) -> Result<()> {
                 csr_path.display()
             );
         }
-        CaCommand::Sign { ca, csr, out, days } => {
+        CaCommand::Sign {
+            ca,
+            csr,
+            out,
+            days,
+            renew,
+            privileged,
+            yes,
+        } => {
             let mut ca = CertificateAuthority::open(&ca)?;
             let pem = std::fs::read_to_string(&csr)
                 .with_context(|| format!("cannot read {}", csr.display()))?;
             let request = ca.check_csr(&pem, &csr, days)?;
             refuse_existing(&[&out])?;
-            let id = request.spec.id.clone();
+            let spec = &request.spec;
+            let id = spec.id.clone();
+            show_request(spec);
+            let live = ca.live_for(&id);
+            if let Some(first) = live.first()
+                && !renew
+            {
+                anyhow::bail!(
+                    "{id} already has a live certificate (serial {}, valid until {}): a second one would let two holders act as it. Renewing it? Pass --renew, install the new certificate, then revoke serial {} (`lgsp ca revoke --reason superseded`)",
+                    first.serial,
+                    unix_date(first.not_after_unix),
+                    first.serial
+                );
+            }
+            if matches!(id.role, Role::Admin | Role::Registry) && !ca.has_issued(&id) && !privileged
+            {
+                anyhow::bail!(
+                    "{id} is a{} {} certificate for a new identity: it {}. Pass --privileged if that is intended",
+                    if id.role == Role::Admin { "n" } else { "" },
+                    id.role,
+                    if id.role == Role::Admin {
+                        "may change every record of the provincial catalog"
+                    } else {
+                        "may join the provincial registry and receive every catalog change"
+                    }
+                );
+            }
+            if !yes && std::io::stdin().is_terminal() && !confirm("Sign this certificate?")? {
+                anyhow::bail!("not signed: the operator declined");
+            }
             let (cert_pem, serial) = ca.sign(request)?;
             write_new(&out, cert_pem.as_bytes(), 0o644)?;
             println!("Signed {id} (serial {serial}) into {}", out.display());
@@ -332,4 +383,50 @@ fn show_csr(der: &[u8], file: &Path) -> Result<()> {
     let info = lgsp_certs::inspect::CsrInfo::from_der(der, file)?;
     println!("{info}");
     Ok(())
+}
+
+/// Prints what a certificate from `spec` will say, for the operator to
+/// check before it is signed.
+fn show_request(spec: &lgsp_certs::LeafSpec) {
+    let list = |items: Vec<String>| {
+        if items.is_empty() {
+            "(none)".to_owned()
+        } else {
+            items.join(", ")
+        }
+    };
+    println!("About to sign:");
+    println!("  identity:      {}", spec.id);
+    println!(
+        "  organisation:  {}",
+        spec.display_name.as_deref().unwrap_or("(none)")
+    );
+    println!("  DNS names:     {}", list(spec.dns.clone()));
+    println!(
+        "  IP addresses:  {}",
+        list(spec.ips.iter().map(ToString::to_string).collect())
+    );
+    println!(
+        "  valid:         {} to {}",
+        unix_date(spec.not_before.unix_timestamp()),
+        unix_date(spec.not_after.unix_timestamp())
+    );
+}
+
+/// `unix` seconds as a UTC date, YYYY-MM-DD.
+fn unix_date(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix).map_or_else(
+        |_| unix.to_string(),
+        |t| format!("{:04}-{:02}-{:02}", t.year(), u8::from(t.month()), t.day()),
+    )
+}
+
+/// Asks `question` at the terminal; true on "y" or "yes".
+fn confirm(question: &str) -> anyhow::Result<bool> {
+    use std::io::Write as _;
+    print!("{question} [y/N] ");
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(matches!(answer.trim().to_lowercase().as_str(), "y" | "yes"))
 }
