@@ -3,7 +3,6 @@
 
 use crate::error::{CertError, Result};
 use crate::identity::SpiffeId;
-use crate::peer::Peer;
 use sha2::{Digest, Sha256};
 use std::fmt;
 use x509_parser::prelude::*;
@@ -21,35 +20,6 @@ pub fn normalize_serial(input: &str) -> Option<String> {
     let s = input.trim().trim_start_matches("0x").replace(':', "");
     let bytes = hex::decode(if s.len() % 2 == 1 { format!("0{s}") } else { s }).ok()?;
     (!bytes.is_empty()).then(|| serial_hex(&bytes))
-}
-
-/// The identity, serial and end of validity of a peer certificate: the
-/// part of [`CertInfo`] every call needs, without the names and fingerprint
-/// an operator reads. The serial is lower-case hex. Fails, with the reason
-/// in words, for a certificate that does not parse or carries no single
-/// SPIFFE ID.
-pub fn peer_identity(der: &[u8]) -> std::result::Result<Peer, String> {
-    let (_, cert) = X509Certificate::from_der(der).map_err(|e| e.to_string())?;
-    let mut uris = Vec::new();
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for name in &san.value.general_names {
-            if let GeneralName::URI(u) = name
-                && u.starts_with("spiffe://")
-            {
-                uris.push(*u);
-            }
-        }
-    }
-    let id = match uris.as_slice() {
-        [] => Err(CertError::NoSpiffeId.to_string()),
-        [one] => SpiffeId::parse(one).map_err(|e| e.to_string()),
-        many => Err(CertError::ManySpiffeIds(many.len()).to_string()),
-    }?;
-    Ok(Peer {
-        id,
-        serial: serial_hex(cert.raw_serial()),
-        not_after: cert.validity().not_after.to_datetime(),
-    })
 }
 
 /// What a certificate says, in the terms an operator needs.

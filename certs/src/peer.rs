@@ -8,7 +8,7 @@
 //! comes into force ([`Authenticator::while_admitted`]).
 
 use crate::identity::{Role, SpiffeId};
-use crate::inspect::{fmt_time, peer_identity};
+use crate::inspect::{fmt_time, serial_hex};
 use crate::tls::ServerTls;
 use futures::{Stream, StreamExt as _};
 use rustls::pki_types::CertificateDer;
@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 use time::OffsetDateTime;
 use tonic::{Request, Status};
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 /// The authenticated caller, put in each request's extensions by [`Authenticator`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -288,6 +289,35 @@ impl lgsp_proto::identity_service_server::IdentityService for WhoAmI {
             identity: Some(peer.to_proto()),
         }))
     }
+}
+
+/// The identity, serial and end of validity of a peer certificate: the
+/// part of [`CertInfo`] every call needs, without the names and fingerprint
+/// an operator reads. The serial is lower-case hex. Fails, with the reason
+/// in words, for a certificate that does not parse or carries no single
+/// SPIFFE ID.
+pub fn peer_identity(der: &[u8]) -> std::result::Result<Peer, String> {
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| e.to_string())?;
+    let mut uris = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let GeneralName::URI(u) = name
+                && u.starts_with("spiffe://")
+            {
+                uris.push(*u);
+            }
+        }
+    }
+    let id = match uris.as_slice() {
+        [] => Err(crate::CertError::NoSpiffeId.to_string()),
+        [one] => crate::SpiffeId::parse(one).map_err(|e| e.to_string()),
+        many => Err(crate::CertError::ManySpiffeIds(many.len()).to_string()),
+    }?;
+    Ok(Peer {
+        id,
+        serial: serial_hex(cert.raw_serial()),
+        not_after: cert.validity().not_after.to_datetime(),
+    })
 }
 
 #[cfg(test)]

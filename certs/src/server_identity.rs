@@ -17,7 +17,7 @@
 
 use crate::identity::{AgencyCode, Role, SpiffeId};
 use crate::inspect::CertInfo;
-use crate::tls::{Credentials, provider};
+use crate::tls::{Credentials, WRONG_SERVER, provider};
 use crate::{CertError, Result};
 use arc_swap::ArcSwap;
 use rustls::client::WebPkiServerVerifier;
@@ -271,10 +271,6 @@ impl ServerCertVerifier for IdentityVerifier {
         self.trust.verifier.load().supported_verify_schemes()
     }
 }
-
-/// How a refusal of the server by [`Expected::check`] starts, in the
-/// handshake error (rustls shows it through `Debug`).
-pub(crate) const WRONG_SERVER: &str = "wrong server: ";
 
 /// The server that answered is not the one the client meant to reach.
 struct WrongServer(String);

@@ -457,6 +457,10 @@ fn host_of(uri: &str) -> String {
         .to_owned()
 }
 
+/// How a client's refusal of the server it reached starts, in a handshake
+/// error (see `server_identity.rs`; rustls shows it through `Debug`).
+pub(crate) const WRONG_SERVER: &str = "wrong server: ";
+
 /// Puts into plain words why a call failed at the TLS layer. Under TLS 1.3 a
 /// server's refusal of the client certificate only shows at the first call,
 /// as a bare "transport error"; this names the cause.
@@ -470,8 +474,8 @@ pub fn explain_status(status: &tonic::Status) -> String {
     }
     // Our own check of the server's identity (server_identity.rs) says in
     // full who answered and who was expected: that sentence is the message.
-    if let Some(start) = chain.find(crate::server_identity::WRONG_SERVER) {
-        let why = &chain[start + crate::server_identity::WRONG_SERVER.len()..];
+    if let Some(start) = chain.find(WRONG_SERVER) {
+        let why = &chain[start + WRONG_SERVER.len()..];
         let why = why.split("))").next().unwrap_or(why);
         return format!("the server reached is not the one expected: {why}");
     }
