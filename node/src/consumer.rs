@@ -7,7 +7,7 @@
 use crate::context::{NodeContext, route_key};
 use crate::deadline::Deadline;
 use crate::link::{MAX_LINK_ENVELOPE, Sent};
-use crate::trace::{Trace, check_request_id, code_of, new_request_id};
+use crate::trace::{Trace, code_of, own_request_id};
 use futures::StreamExt;
 use lgsp_proto::data_exchange_client::DataExchangeClient;
 use lgsp_proto::data_exchange_server::DataExchange;
@@ -141,10 +141,7 @@ impl DataExchange for Consumer {
         let started = Instant::now();
         let (metadata, _, mut env) = request.into_parts();
         let deadline = Deadline::of(&metadata, started);
-        let bad_id = check_request_id(&env.request_id).err();
-        if env.request_id.is_empty() || bad_id.is_some() {
-            env.request_id = new_request_id();
-        }
+        let bad_id = own_request_id(&mut env.request_id);
         let raw = env.encode_to_vec();
         let trace = Trace::start(
             &self.ctx,
@@ -158,9 +155,7 @@ impl DataExchange for Consumer {
             deadline,
         );
         if let Some(refusal) = bad_id {
-            let status = Status::from(refusal);
-            trace.finish(&Sha256::digest([]), status.code(), 0);
-            return Err(status);
+            return Err(trace.refuse(refusal));
         }
         let span = tracing::info_span!("consume", request_id = %env.request_id, service = %env.service_id, op = %env.operation);
         let result = self.send(deadline, env, raw.len()).instrument(span).await;
@@ -182,10 +177,7 @@ impl DataExchange for Consumer {
         let started = Instant::now();
         let (metadata, _, mut req) = request.into_parts();
         let deadline = Deadline::of(&metadata, started);
-        let bad_id = check_request_id(&req.request_id).err();
-        if req.request_id.is_empty() || bad_id.is_some() {
-            req.request_id = new_request_id();
-        }
+        let bad_id = own_request_id(&mut req.request_id);
         let trace = Trace::start(
             &self.ctx,
             "consumer",
@@ -198,9 +190,7 @@ impl DataExchange for Consumer {
             deadline,
         );
         if let Some(refusal) = bad_id {
-            let status = Status::from(refusal);
-            trace.finish(&Sha256::digest([]), status.code(), 0);
-            return Err(status);
+            return Err(trace.refuse(refusal));
         }
         let span = tracing::info_span!("query", side = "consumer", request_id = %req.request_id, service = %req.service_id);
         let opened = async {

@@ -16,7 +16,7 @@ use crate::context::NodeContext;
 use crate::deadline::Deadline;
 use crate::limits::Permit;
 use crate::refusal::{Refusal, code_name};
-use crate::trace::{Trace, check_request_id, code_of, new_request_id};
+use crate::trace::{Trace, code_of, own_request_id};
 use futures::Stream;
 use lgsp_certs::{Authenticator, Peer};
 use lgsp_dataset::Query;
@@ -111,10 +111,7 @@ impl Provider {
         } = call;
         // A request id the caller chose is bounded before it reaches the
         // log; a bad one is refused, and logged under an id of our own.
-        let bad_id = check_request_id(&env.request_id).err();
-        if env.request_id.is_empty() || bad_id.is_some() {
-            env.request_id = new_request_id();
-        }
+        let bad_id = own_request_id(&mut env.request_id);
         let trace = Trace::start(
             &self.ctx,
             "provider",
@@ -127,9 +124,7 @@ impl Provider {
             deadline,
         );
         if let Some(refusal) = bad_id {
-            let status = Status::from(refusal);
-            trace.finish(&Sha256::digest([]), status.code(), 0);
-            return Err(status);
+            return Err(trace.refuse(refusal));
         }
         let span = tracing::info_span!("provide", request_id = %env.request_id, consumer = %peer.id.agency, service = %env.service_id, op = %env.operation);
         // tonic's own timeout (from `grpc-timeout`) usually ends a unary
@@ -327,10 +322,7 @@ impl DataExchange for Provider {
         let permit = self.admit(&peer)?;
         let deadline = Deadline::of(request.metadata(), started);
         let mut req = request.into_inner();
-        let bad_id = check_request_id(&req.request_id).err();
-        if req.request_id.is_empty() || bad_id.is_some() {
-            req.request_id = new_request_id();
-        }
+        let bad_id = own_request_id(&mut req.request_id);
         let trace = Trace::start(
             &self.ctx,
             "provider",
@@ -343,9 +335,7 @@ impl DataExchange for Provider {
             deadline,
         );
         if let Some(refusal) = bad_id {
-            let status = Status::from(refusal);
-            trace.finish(&Sha256::digest([]), status.code(), 0);
-            return Err(status);
+            return Err(trace.refuse(refusal));
         }
         let dataset = match self.open_query(&peer, &req.service_id) {
             Ok(dataset) => dataset,

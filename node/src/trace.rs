@@ -39,6 +39,18 @@ pub(crate) fn check_request_id(id: &str) -> Result<(), Refusal> {
     }
 }
 
+/// Makes `id` (a request id the caller chose, or none) one the node logs:
+/// an empty or bad one is replaced by a new id. Returns the refusal to
+/// answer when the caller's id was bad (the call is still logged, under the
+/// new id).
+pub(crate) fn own_request_id(id: &mut String) -> Option<Refusal> {
+    let refusal = check_request_id(id).err();
+    if id.is_empty() || refusal.is_some() {
+        *id = new_request_id();
+    }
+    refusal
+}
+
 /// `text` cut to at most `max` bytes, at a character boundary.
 fn bounded(text: &str, max: usize) -> String {
     if text.len() <= max {
@@ -96,6 +108,14 @@ impl Trace {
             deadline,
             written: false,
         }
+    }
+
+    /// Records that the exchange was refused with `refusal` before any work,
+    /// and returns the status to answer.
+    pub(crate) fn refuse(self, refusal: Refusal) -> Status {
+        let status = Status::from(refusal);
+        self.finish(&Sha256::digest([]), status.code(), 0);
+        status
     }
 
     /// Records the outcome: `response_sha256` is the digest of the payload
