@@ -45,13 +45,16 @@ impl HttpBackend {
         request_id: &str,
         consumer: &str,
     ) -> Result<Vec<u8>, Status> {
+        // `.` and `..` (or any `..`) would walk the backend's URL path.
         if !op
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
             || op.is_empty()
+            || op.contains("..")
+            || op == "."
         {
             return Err(Status::invalid_argument(format!(
-                "operation {op:?} is not allowed: use letters, digits, '-', '_' and '.'"
+                "operation {op:?} is not allowed: use letters, digits, '-', '_' and '.' (not '.' or '..')"
             )));
         }
         let mut url = url.replace("{op}", op);
@@ -136,5 +139,38 @@ mod tests {
         assert_eq!(super::encode("ma-so_1.2~"), "ma-so_1.2~");
         assert_eq!(super::encode("a b&c=d"), "a%20b%26c%3Dd");
         assert_eq!(super::encode("Vĩnh Yên"), "V%C4%A9nh%20Y%C3%AAn");
+    }
+}
+
+#[cfg(test)]
+mod operation_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn operations_that_would_walk_the_backend_path_are_refused_before_any_call() {
+        let backend = HttpBackend::new(1 << 20);
+        for op in ["..", ".", "a..b", "../admin", "a/b", ""] {
+            let refused = backend
+                .call(
+                    "000.00.12.H62/dkkd",
+                    // Nothing listens there: a refusal that came from a call
+                    // would say "unreachable".
+                    "http://127.0.0.1:9/api/{op}",
+                    HttpMethod::Post,
+                    Duration::from_secs(1),
+                    op,
+                    &HashMap::new(),
+                    b"{}",
+                    "req-1",
+                    "000.00.13.H62",
+                )
+                .await
+                .unwrap_err();
+            assert_eq!(
+                refused.code(),
+                tonic::Code::InvalidArgument,
+                "{op:?}: {refused:?}"
+            );
+        }
     }
 }

@@ -344,6 +344,9 @@ impl DataExchange for Provider {
                 return Err(status);
             }
         };
+        // Pages are sent as messages of at most the node's message size,
+        // which the consumer node shares.
+        let page_limit = self.ctx.config.limits.max_message_bytes;
         // One page in flight at a time: the consumer's reading paces the reading here.
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<QueryPage, Status>>(1);
         let span = tracing::info_span!("query", request_id = %req.request_id, consumer = %peer.id.agency, service = %req.service_id);
@@ -401,6 +404,15 @@ impl DataExchange for Provider {
                         resume_token: page.resume_token.clone(),
                     };
                     let encoded = out.encode_to_vec();
+                    // A page the consumer cannot take is not sent (and not
+                    // logged as delivered): it would fail on its side.
+                    if encoded.len() > page_limit {
+                        break Err(Refusal::PageTooLarge {
+                            size: encoded.len(),
+                            limit: page_limit,
+                        }
+                        .into());
+                    }
                     // A consumer that stops reading holds this send; a CRL
                     // that revokes it meanwhile ends the stream now.
                     let sent = tokio::select! {

@@ -171,6 +171,16 @@ pub enum Refusal {
         /// The largest response the consumer said it accepts, in bytes.
         limit: usize,
     },
+    /// A query page larger than the consumer takes.
+    #[error(
+        "a page of {size} bytes exceeds the largest message the consumer takes ({limit}); ask for a smaller page_size or fewer fields"
+    )]
+    PageTooLarge {
+        /// The page's encoded size, in bytes.
+        size: usize,
+        /// The largest the consumer takes, in bytes.
+        limit: usize,
+    },
     /// The caller's deadline passed while the call was served.
     #[error("{service} did not answer within the caller's deadline ({} ms)", total.as_millis())]
     DeadlineExceeded {
@@ -251,7 +261,8 @@ impl Refusal {
             TooManyInFlight { .. }
             | OverRate { .. }
             | TooManyLinks { .. }
-            | ResponseTooLarge { .. } => Code::ResourceExhausted,
+            | ResponseTooLarge { .. }
+            | PageTooLarge { .. } => Code::ResourceExhausted,
             EnvelopeTooLarge { .. } => Code::OutOfRange,
             DeadlineExceeded { .. } => Code::DeadlineExceeded,
         }

@@ -79,3 +79,66 @@ async fn a_huge_request_id_is_refused_and_never_reaches_the_log() {
         log_after - log_before
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_page_larger_than_the_consumer_takes_is_refused_and_logged_so() {
+    use lgsp_proto::QueryRequest;
+    use lgsp_tests::province::two_agencies_custom;
+    // 200 records of about 1 KB; A's node sends messages of at most 64 KiB.
+    let mut csv = String::from(
+        "so_dinh_danh,ho_ten,ngay_sinh,noi_sinh\n001099012345,Nguyễn Thị Hương,1999-03-12,Vĩnh Yên\n",
+    );
+    for i in 0..200 {
+        csv.push_str(&format!(
+            "{:012},{},2000-01-01,Vĩnh Yên\n",
+            i,
+            "Nguyễn Thị Hương ".repeat(60)
+        ));
+    }
+    let (_province, a, b) = two_agencies_custom(
+        1,
+        "[limits]\nmax_message_bytes = 65536\n",
+        "",
+        &csv,
+        |_, _| {},
+    )
+    .await;
+    lgsp_tests::province::wait_until_callable(&b).await;
+    let mut client = DataExchangeClient::new(b.app_channel().await);
+    let mut pages = client
+        .query(QueryRequest {
+            service_id: format!("{A}/ho-tich"),
+            page_size: 200,
+            request_id: "big-page".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("the stream opens")
+        .into_inner();
+    let ended = loop {
+        match pages.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("a page over the limit was delivered"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(ended.code(), Code::ResourceExhausted, "{ended:?}");
+    assert!(ended.message().contains("page_size"), "{}", ended.message());
+    // A's log does not claim the page was delivered.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let log = std::fs::read_to_string(a.sharing_log()).unwrap_or_default();
+        if let Some(line) = log
+            .lines()
+            .rfind(|l| l.contains("\"request_id\":\"big-page\""))
+        {
+            assert!(line.contains("RESOURCE_EXHAUSTED"), "{line}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A logged no big-page:\n{log}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
