@@ -408,7 +408,13 @@ async fn follow_crl(
             match tls.set_crl(der).and_then(|()| trust.set_crl(der)) {
                 Ok(()) => {
                     current = crl;
-                    ctx.forget_connections();
+                    // New handshakes check providers against this CRL.
+                    // When it revokes this node itself, reconnecting only
+                    // trades the providers' per-call answer ("revoked",
+                    // naming the serial) for a refused handshake.
+                    if !tls.is_revoked(&ctx.serial) {
+                        ctx.forget_connections();
+                    }
                 }
                 Err(error) => tracing::warn!(%error, "the CRL in the catalog is unusable"),
             }
