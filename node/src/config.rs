@@ -326,6 +326,9 @@ impl NodeConfig {
         if self.registry.is_empty() {
             problems.push("registry: at least one registry address is needed".to_owned());
         }
+        if let Err(why) = check_advertise(&self.provider.advertise) {
+            problems.push(format!("provider.advertise: {why}"));
+        }
         for s in &self.services {
             if let Err(e) = lgsp_certs::identity::validate_name(&s.name) {
                 problems.push(format!("service {:?}: {e}", s.name));
@@ -345,14 +348,59 @@ impl NodeConfig {
     }
 }
 
+/// Checks that `advertise` (host:port) is an address other nodes can dial:
+/// not a wildcard such as 0.0.0.0, which a node binds to but nobody reaches.
+pub fn check_advertise(advertise: &str) -> Result<(), String> {
+    let host = match advertise.rsplit_once(':') {
+        Some((host, port)) if port.parse::<u16>().is_ok() => host,
+        _ => return Err(format!("{advertise:?} is not host:port")),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) if ip.is_unspecified() => Err(format!(
+            "{advertise} names no address other nodes can reach; set advertise = \"<this server's DNS name or IP>:<port>\" (what other agencies' nodes connect to)"
+        )),
+        _ if host.is_empty() => Err(format!("{advertise:?} has no host")),
+        _ => Ok(()),
+    }
+}
+
+/// What `lgsp node init` writes as `advertise` for a provider listener at
+/// `listen`: when it binds a wildcard address, the first name or address
+/// the certificate asks for that is not local (`localhost`, loopback),
+/// with the listener's port; `None` leaves `advertise` to default to
+/// `listen`.
+pub fn derive_advertise(listen: &str, dns: &[String], ips: &[std::net::IpAddr]) -> Option<String> {
+    let addr: SocketAddr = listen.parse().ok()?;
+    if !addr.ip().is_unspecified() {
+        return None;
+    }
+    let host = dns
+        .iter()
+        .find(|d| d.as_str() != "localhost")
+        .cloned()
+        .or_else(|| {
+            ips.iter().find(|ip| !ip.is_loopback()).map(|ip| match ip {
+                std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+                std::net::IpAddr::V4(v4) => v4.to_string(),
+            })
+        })?;
+    Some(format!("{host}:{}", addr.port()))
+}
+
 /// The commented `node.toml` that `lgsp node init` writes.
 pub fn template(
     agency: &str,
     name: &str,
     registry: &str,
     provider: &str,
+    advertise: Option<&str>,
     consumer: &str,
 ) -> String {
+    let advertise = match advertise {
+        Some(address) => format!("advertise = \"{address}\"  # what other nodes connect to"),
+        None => "# advertise = \"node.example.gov.vn:7301\"  # what other nodes connect to (default: listen)".to_owned(),
+    };
     format!(
         r#"# lgsp agency node (nút của cơ quan). Paths are relative to this file.
 # Start it with: lgsp node start --config node.toml
@@ -383,7 +431,7 @@ ca = "tls/ca.pem"
 # Province-facing listener: mutual TLS, other agencies' nodes call it.
 [provider]
 listen = "{provider}"
-# advertise = "node.example.gov.vn:7301"  # what other nodes connect to
+{advertise}
 
 # Listener for this agency's own applications (plain gRPC): keep it local.
 [consumer]
@@ -428,4 +476,43 @@ listen = "{consumer}"
 # timeout_ms = 5000
 "#
     )
+}
+
+#[cfg(test)]
+mod advertise_tests {
+    use super::*;
+
+    #[test]
+    fn a_wildcard_listener_advertises_the_first_name_others_can_reach() {
+        let dns = vec![
+            "localhost".to_owned(),
+            "node.stp.vinhphuc.gov.vn".to_owned(),
+        ];
+        let ips = vec!["127.0.0.1".parse().unwrap()];
+        assert_eq!(
+            derive_advertise("0.0.0.0:7301", &dns, &ips).as_deref(),
+            Some("node.stp.vinhphuc.gov.vn:7301")
+        );
+        let ips = vec!["127.0.0.1".parse().unwrap(), "10.0.0.21".parse().unwrap()];
+        assert_eq!(
+            derive_advertise("0.0.0.0:7301", &["localhost".into()], &ips).as_deref(),
+            Some("10.0.0.21:7301")
+        );
+        // A specific address is what others dial already; only local names: nothing to say.
+        assert_eq!(derive_advertise("10.0.0.21:7301", &dns, &ips), None);
+        assert_eq!(
+            derive_advertise("0.0.0.0:7301", &["localhost".into()], &[]),
+            None
+        );
+    }
+
+    #[test]
+    fn a_wildcard_or_malformed_advertise_is_refused() {
+        assert!(check_advertise("node.stp.vinhphuc.gov.vn:7301").is_ok());
+        assert!(check_advertise("10.0.0.21:7301").is_ok());
+        assert!(check_advertise("[fd00::1]:7301").is_ok());
+        for bad in ["0.0.0.0:7301", "[::]:7301", "node.example", ":7301"] {
+            assert!(check_advertise(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -87,6 +87,7 @@ pub(super) fn run(cmd: NodeCommand) -> Result<()> {
                 .map_err(|e| UsageError(e.to_string()))?;
             let mut spec = LeafSpec::for_days(id.clone(), 365)?;
             spec.display_name = display_name;
+            let advertise = lgsp_node::config::derive_advertise(&provider_listen, &dns, &ip);
             spec.dns = dns;
             spec.ips = ip;
             let (csr, key) = make_csr(&spec)?;
@@ -100,6 +101,7 @@ pub(super) fn run(cmd: NodeCommand) -> Result<()> {
                 &name,
                 &registry_list,
                 &provider_listen,
+                advertise.as_deref(),
                 &consumer_listen,
             );
             std::fs::create_dir_all(&tls)
@@ -119,6 +121,19 @@ pub(super) fn run(cmd: NodeCommand) -> Result<()> {
                 tls.join("cert.pem").display(),
                 tls.join("ca.pem").display()
             );
+            match &advertise {
+                Some(address) => println!(
+                    "  other agencies' nodes will connect to {address} (advertise in node.toml)"
+                ),
+                None if provider_listen.starts_with("0.0.0.0")
+                    || provider_listen.starts_with("[::]") =>
+                {
+                    println!(
+                        "  set advertise in node.toml to the name or address other agencies' nodes reach this server by (give --dns or --ip to have it written): the node refuses to start without it"
+                    )
+                }
+                None => {}
+            }
             println!(
                 "  3. review {}, then: lgsp node start --config {}",
                 config_path.display(),
