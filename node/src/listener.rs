@@ -106,6 +106,9 @@ pub fn accept(listener: TcpListener, guard: Guard) -> mpsc::Receiver<Watched<Tcp
 pub struct Watched<S> {
     inner: S,
     deadline: Pin<Box<Sleep>>,
+    /// The last time bytes moved; the deadline is moved past it only when it
+    /// falls (no timer work per read or write).
+    last_active: Option<Instant>,
     idle: Duration,
     addr: SocketAddr,
     _slot: OwnedSemaphorePermit,
@@ -116,16 +119,33 @@ impl<S> Watched<S> {
         Self {
             inner,
             deadline: Box::pin(tokio::time::sleep(guard.preface)),
+            last_active: None,
             idle: guard.idle,
             addr,
             _slot: slot,
         }
     }
 
-    /// Moves the deadline `idle` past now: the connection was just active.
+    /// Notes that bytes just moved.
     fn active(&mut self) {
-        let next = Instant::now() + self.idle;
-        self.deadline.as_mut().reset(next);
+        self.last_active = Some(Instant::now());
+    }
+
+    /// Whether the connection has been silent past its deadline. When the
+    /// timer falls but bytes moved since, it is set `idle` past that.
+    fn poll_silent(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            if self.deadline.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            match self.last_active {
+                Some(at) if at + self.idle > self.deadline.deadline() => {
+                    let next = at + self.idle;
+                    self.deadline.as_mut().reset(next);
+                }
+                _ => return Poll::Ready(()),
+            }
+        }
     }
 }
 
@@ -154,7 +174,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             // Nothing to read: the connection is over if it has been silent
             // past its deadline (the timer wakes this task when it falls).
-            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+            Poll::Pending => match self.poll_silent(cx) {
                 Poll::Ready(()) => Poll::Ready(Err(silent(self.addr))),
                 Poll::Pending => Poll::Pending,
             },
