@@ -592,15 +592,19 @@ pub fn check(
         .and_then(|r| r.meta.as_ref())
         .map_or(0, |m| m.mod_revision);
     if command.must_not_exist && previous.is_some() {
-        return Err(CatalogError::Conflict(format!(
-            "{kind:?} {key:?} already exists (mod revision {actual})"
-        )));
+        return Err(CatalogError::Conflict {
+            why: format!("{kind:?} {key:?} already exists (mod revision {actual})"),
+            mod_revision: actual,
+        });
     }
     if command.expected_mod_revision != 0 && command.expected_mod_revision != actual {
-        return Err(CatalogError::Conflict(format!(
-            "{kind:?} {key:?} is at mod revision {actual}, not the expected {}",
-            command.expected_mod_revision
-        )));
+        return Err(CatalogError::Conflict {
+            why: format!(
+                "{kind:?} {key:?} is at mod revision {actual}, not the expected {}",
+                command.expected_mod_revision
+            ),
+            mod_revision: actual,
+        });
     }
     if value.is_none() && previous.is_none() {
         return Err(CatalogError::NotFound(format!(

@@ -21,8 +21,15 @@ pub enum CatalogError {
     #[error("{0}")]
     FailedPrecondition(String),
     /// A compare-and-set condition did not hold.
-    #[error("{0}")]
-    Conflict(String),
+    #[error("{why}")]
+    Conflict {
+        /// What did not hold, in words.
+        why: String,
+        /// The record's mod revision when the command was applied (0 when
+        /// absent): what a client retrying the compare-and-set needs, given
+        /// in the status's `lgsp-mod-revision` metadata.
+        mod_revision: u64,
+    },
     /// The store could not be read while checking the command. Not a
     /// refusal: the consensus loop stops rather than decide differently
     /// from the other servers.
@@ -90,21 +97,89 @@ impl From<raft::Error> for RegistryError {
     }
 }
 
+/// The metadata key that says what became of a write the status answers:
+/// `refused` (the catalog decided against it: certainly not applied),
+/// `not-applied` (the server could not take it: certainly not applied,
+/// retrying is safe) or `unknown` (it may or may not be applied: read it
+/// back before retrying). See the `Registry` service in `registry.proto`.
+pub const OUTCOME: &str = "lgsp-outcome";
+
+/// The metadata key of a compare-and-set refusal that gives the record's
+/// mod revision at the time (0: absent).
+pub const MOD_REVISION: &str = "lgsp-mod-revision";
+
+fn with_outcome(status: Status, outcome: &'static str, revision: Option<u64>) -> Status {
+    let mut metadata = status.metadata().clone();
+    metadata.insert(
+        OUTCOME,
+        tonic::metadata::MetadataValue::from_static(outcome),
+    );
+    if let Some(revision) = revision
+        && let Ok(value) = revision.to_string().parse()
+    {
+        metadata.insert(MOD_REVISION, value);
+    }
+    Status::with_metadata(status.code(), status.message(), metadata)
+}
+
 impl From<RegistryError> for Status {
     fn from(e: RegistryError) -> Self {
         match e {
-            RegistryError::Catalog(c) => match c {
-                CatalogError::InvalidArgument(m) => Status::invalid_argument(m),
-                CatalogError::NotFound(m) => Status::not_found(m),
-                CatalogError::PermissionDenied(m) => Status::permission_denied(m),
-                CatalogError::FailedPrecondition(m) => Status::failed_precondition(m),
-                CatalogError::Conflict(m) => Status::aborted(m),
-                CatalogError::Internal(m) => Status::internal(m),
-            },
-            RegistryError::Unavailable(m) => Status::unavailable(m),
-            RegistryError::Indeterminate(m) => Status::deadline_exceeded(m),
-            RegistryError::ShuttingDown => Status::unavailable(e.to_string()),
+            RegistryError::Catalog(c) => {
+                let revision = match &c {
+                    CatalogError::Conflict { mod_revision, .. } => Some(*mod_revision),
+                    _ => None,
+                };
+                let status = match c {
+                    CatalogError::InvalidArgument(m) => Status::invalid_argument(m),
+                    CatalogError::NotFound(m) => Status::not_found(m),
+                    CatalogError::PermissionDenied(m) => Status::permission_denied(m),
+                    CatalogError::FailedPrecondition(m) => Status::failed_precondition(m),
+                    CatalogError::Conflict { why, .. } => Status::aborted(why),
+                    CatalogError::Internal(m) => return Status::internal(m),
+                };
+                with_outcome(status, "refused", revision)
+            }
+            RegistryError::Unavailable(m) => {
+                with_outcome(Status::unavailable(m), "not-applied", None)
+            }
+            RegistryError::Indeterminate(m) => {
+                with_outcome(Status::deadline_exceeded(m), "unknown", None)
+            }
+            RegistryError::ShuttingDown => {
+                with_outcome(Status::unavailable(e.to_string()), "not-applied", None)
+            }
             other => Status::internal(other.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_compare_and_set_refusal_says_it_was_refused_and_gives_the_current_revision() {
+        let status = Status::from(RegistryError::Catalog(CatalogError::Conflict {
+            why: "Agency \"000.00.12.H62\" is at mod revision 7, not the expected 5".into(),
+            mod_revision: 7,
+        }));
+        assert_eq!(status.code(), tonic::Code::Aborted);
+        assert_eq!(status.metadata().get(OUTCOME).unwrap(), "refused");
+        assert_eq!(status.metadata().get(MOD_REVISION).unwrap(), "7");
+    }
+
+    #[test]
+    fn definite_and_unknown_outcomes_are_told_apart() {
+        let unavailable = Status::from(RegistryError::Unavailable("no leader".into()));
+        assert_eq!(unavailable.metadata().get(OUTCOME).unwrap(), "not-applied");
+        let unknown = Status::from(RegistryError::Indeterminate("leader changed".into()));
+        assert_eq!(unknown.code(), tonic::Code::DeadlineExceeded);
+        assert_eq!(unknown.metadata().get(OUTCOME).unwrap(), "unknown");
+        let invalid = Status::from(RegistryError::Catalog(CatalogError::InvalidArgument(
+            "bad key".into(),
+        )));
+        assert_eq!(invalid.metadata().get(OUTCOME).unwrap(), "refused");
+        assert!(invalid.metadata().get(MOD_REVISION).is_none());
     }
 }

@@ -489,7 +489,7 @@ fn create_only_put_succeeds_when_absent_and_conflicts_when_present() {
     command.must_not_exist = true;
     run(&kv, &node_of(A), &command).unwrap();
     let err = refused(run(&kv, &node_of(A), &command));
-    assert!(matches!(err, CatalogError::Conflict(_)), "{err:?}");
+    assert!(matches!(err, CatalogError::Conflict { .. }), "{err:?}");
 }
 
 #[test]
@@ -509,7 +509,7 @@ fn cas_with_stale_mod_revision_is_refused() {
     let mut command = put_cmd(node(A, "n1"));
     command.expected_mod_revision = mod_revision(&first.unwrap());
     let err = refused(run(&kv, &node_of(A), &command));
-    assert!(matches!(err, CatalogError::Conflict(_)), "{err:?}");
+    assert!(matches!(err, CatalogError::Conflict { .. }), "{err:?}");
 }
 
 #[test]
@@ -518,7 +518,7 @@ fn cas_expecting_a_revision_of_an_absent_record_is_refused() {
     let mut command = put_cmd(node(A, "n1"));
     command.expected_mod_revision = 1;
     let err = refused(run(&kv, &node_of(A), &command));
-    assert!(matches!(err, CatalogError::Conflict(_)), "{err:?}");
+    assert!(matches!(err, CatalogError::Conflict { .. }), "{err:?}");
 }
 
 #[test]
@@ -529,7 +529,7 @@ fn cas_delete_applies_at_the_current_revision_and_conflicts_when_stale() {
     let mut stale = delete_cmd(RecordKind::Node, &format!("{A}/n1"));
     stale.expected_mod_revision = current - 1;
     let err = refused(run(&kv, &node_of(A), &stale));
-    assert!(matches!(err, CatalogError::Conflict(_)), "{err:?}");
+    assert!(matches!(err, CatalogError::Conflict { .. }), "{err:?}");
     let mut fresh = stale.clone();
     fresh.expected_mod_revision = current;
     let (gone, event) = run(&kv, &node_of(A), &fresh).unwrap();
