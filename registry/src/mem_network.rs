@@ -5,7 +5,7 @@
 //! `heal`.
 
 use crate::transport::Network;
-use raft::eraftpb::Message;
+use raft::eraftpb::{Message, MessageType};
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -15,6 +15,8 @@ struct State {
     isolated: BTreeSet<u64>,
     /// Links cut, as (lower id, higher id).
     cut: BTreeSet<(u64, u64)>,
+    /// Messages of these types to these servers are dropped.
+    dropped_kinds: Vec<(u64, MessageType)>,
 }
 
 /// The messages a [`MemNetwork::deliver`] took: those to hand to their
@@ -57,11 +59,19 @@ impl MemNetwork {
         self.state().cut.insert((a.min(b), a.max(b)));
     }
 
+    /// Drops every message of type `kind` sent to `to` until
+    /// [`heal`](Self::heal): a server that hears some of its leader's
+    /// messages and never the others.
+    pub fn drop_kind(&self, to: u64, kind: MessageType) {
+        self.state().dropped_kinds.push((to, kind));
+    }
+
     /// Undoes every fault.
     pub fn heal(&self) {
         let mut state = self.state();
         state.isolated.clear();
         state.cut.clear();
+        state.dropped_kinds.clear();
     }
 
     /// Takes every message sent so far, in the order sent, split into those
@@ -72,7 +82,8 @@ impl MemNetwork {
         while let Some(m) = state.in_flight.pop_front() {
             let blocked = state.isolated.contains(&m.from)
                 || state.isolated.contains(&m.to)
-                || state.cut.contains(&(m.from.min(m.to), m.from.max(m.to)));
+                || state.cut.contains(&(m.from.min(m.to), m.from.max(m.to)))
+                || state.dropped_kinds.contains(&(m.to, m.get_msg_type()));
             if blocked {
                 out.dropped.push(m);
             } else {

@@ -68,6 +68,8 @@ enum Request {
     },
     Read {
         reply: Reply<()>,
+        /// When the caller stops waiting: the read is answered by then.
+        deadline: Instant,
     },
     Step(Vec<Message>),
     Membership {
@@ -165,7 +167,7 @@ impl RaftHandle {
     pub async fn read_index(&self) -> Result<(), RegistryError> {
         let deadline = Instant::now() + READ_DEADLINE;
         loop {
-            match self.call(|reply| Request::Read { reply }).await {
+            match self.call(|reply| Request::Read { reply, deadline }).await {
                 Err(RegistryError::Unavailable(why)) if Instant::now() < deadline => {
                     tracing::debug!(%why, "read index not confirmed; retrying");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -230,6 +232,14 @@ pub struct LoopConfig {
     pub ca: Vec<rustls_pki_types::CertificateDer<'static>>,
 }
 
+/// A linearizable read: answered once this server has applied up to its
+/// read index, or with [`RegistryError::Unavailable`] at its deadline.
+struct PendingRead {
+    reply: Reply<()>,
+    since: Instant,
+    deadline: Instant,
+}
+
 struct PendingMembership {
     op: MembershipOp,
     reply: Reply<Vec<Member>>,
@@ -243,8 +253,10 @@ struct Driver {
     config: LoopConfig,
     next_id: u64,
     proposals: HashMap<u64, (Reply<ApplyResponse>, Instant)>,
-    reads: HashMap<u64, (Reply<()>, Instant)>,
-    waiting_reads: Vec<(u64, Reply<()>)>,
+    /// Reads waiting for their read index, with the end of this attempt.
+    reads: HashMap<u64, (PendingRead, Instant)>,
+    /// Reads that have their read index, waiting to apply up to it.
+    waiting_reads: Vec<(u64, PendingRead)>,
     membership: Option<PendingMembership>,
     events: broadcast::Sender<WatchEvent>,
     // Filled while a Ready is handled, released after the flush.
@@ -438,11 +450,21 @@ impl Driver {
                     }
                 }
             }
-            Request::Read { reply } => {
+            Request::Read { reply, deadline } => {
                 let ctx = self.id();
                 self.raw.read_index(ctx.to_be_bytes().to_vec());
-                self.reads
-                    .insert(ctx, (reply, Instant::now() + READ_ATTEMPT));
+                let since = Instant::now();
+                // A read never outwaits a write: a server that got its read
+                // index and then lost the leader would otherwise hold it
+                // until the leader came back.
+                let deadline = deadline.min(since + self.config.propose_timeout);
+                let attempt = (since + READ_ATTEMPT).min(deadline);
+                let read = PendingRead {
+                    reply,
+                    since,
+                    deadline,
+                };
+                self.reads.insert(ctx, (read, attempt));
             }
             Request::Step(messages) => {
                 for m in messages {
@@ -589,16 +611,31 @@ impl Driver {
 
     /// Answers requests that waited too long.
     fn expire(&mut self) {
-        let now = Instant::now();
+        self.expire_at(Instant::now());
+    }
+
+    /// Answers requests whose deadline is `now` or earlier.
+    fn expire_at(&mut self, now: Instant) {
         for reply in take_expired(&mut self.proposals, now) {
             let _ = reply.send(Err(RegistryError::Indeterminate(
                 "the write was proposed but not committed in time (leader change or lost quorum); it may or may not be applied: read it back before retrying".into(),
             )));
         }
-        for reply in take_expired(&mut self.reads, now) {
-            let _ = reply.send(Err(RegistryError::Unavailable(format!(
+        for read in take_expired(&mut self.reads, now) {
+            let _ = read.reply.send(Err(RegistryError::Unavailable(format!(
                 "registry server {} could not confirm a linearizable read with a quorum (no leader reachable); use a stale read or retry",
                 self.config.id
+            ))));
+        }
+        let (expired, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting_reads)
+            .into_iter()
+            .partition(|(_, read)| read.deadline <= now);
+        self.waiting_reads = waiting;
+        for (index, read) in expired {
+            let _ = read.reply.send(Err(RegistryError::Unavailable(format!(
+                "registry server {}: no leader confirmed the read within {} ms (this server did not catch up to the read index {index}); retry, or use a stale read",
+                self.config.id,
+                now.saturating_duration_since(read.since).as_millis()
             ))));
         }
         if self.membership.as_ref().is_some_and(|m| m.deadline <= now)
@@ -668,8 +705,8 @@ impl Driver {
 
         for rs in read_states {
             let ctx = u64::from_be_bytes(rs.request_ctx.as_slice().try_into().unwrap_or_default());
-            if let Some((reply, _)) = self.reads.remove(&ctx) {
-                self.waiting_reads.push((rs.index, reply));
+            if let Some((read, _)) = self.reads.remove(&ctx) {
+                self.waiting_reads.push((rs.index, read));
             }
         }
         self.release()?;
@@ -696,8 +733,8 @@ impl Driver {
             .drain(..)
             .partition(|(index, _)| *index <= applied);
         self.waiting_reads = waiting;
-        for (_, reply) in ready {
-            let _ = reply.send(Ok(()));
+        for (_, read) in ready {
+            let _ = read.reply.send(Ok(()));
         }
         Ok(())
     }

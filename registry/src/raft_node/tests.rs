@@ -384,3 +384,39 @@ fn a_store_read_failing_while_applying_stops_that_server_instead_of_refusing_alo
     assert_eq!(stopped, broken);
     assert!(matches!(error, RegistryError::Storage(_)), "{error}");
 }
+
+#[test]
+fn a_read_whose_index_is_never_applied_is_answered_unavailable_at_its_deadline() {
+    let mut cluster = Cluster::new(3, 1000);
+    let leader = cluster.elect(&[1, 2, 3]);
+    let behind = cluster.others(leader)[0];
+    // The follower hears the leader's heartbeats and its answers to read
+    // index requests, never the entries it would need to reach that index.
+    cluster.net.drop_kind(behind, MessageType::MsgAppend);
+    let applied = cluster.write(leader, "v1");
+    assert!(cluster.revision(behind) < applied.revision);
+
+    let (reply, mut answer) = oneshot::channel();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let server = cluster.servers.get_mut(&behind).unwrap();
+    server.handle(Request::Read { reply, deadline }).unwrap();
+    cluster.settle();
+    assert_eq!(
+        cluster.server(behind).waiting_reads.len(),
+        1,
+        "the read got its read index"
+    );
+    assert!(
+        matches!(answer.try_recv(), Err(oneshot::error::TryRecvError::Empty)),
+        "the read is answered only once its index is applied"
+    );
+
+    let server = cluster.servers.get_mut(&behind).unwrap();
+    server.expire_at(deadline);
+    match answer.try_recv() {
+        Ok(Err(RegistryError::Unavailable(why))) => {
+            assert!(why.contains("retry"), "{why}");
+        }
+        other => panic!("the read past its deadline was answered {other:?}"),
+    }
+}
