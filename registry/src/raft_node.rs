@@ -81,11 +81,29 @@ enum Request {
     },
 }
 
+/// Whether this server can tell that its catalog is current. A watch on a
+/// server that cannot ends, so that its watcher goes to another server
+/// instead of believing a stale catalog is fresh.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Freshness {
+    /// A leader is known, or was less than an election timeout ago.
+    Current,
+    /// No leader has been known for an election timeout or more (cut off
+    /// from the others, or no quorum).
+    Leaderless,
+    /// This server is not a member of the cluster (removed, or not yet
+    /// added).
+    Removed,
+}
+
 /// A handle to the consensus loop, cheap to clone.
 #[derive(Clone, Debug)]
 pub struct RaftHandle {
     tx: mpsc::Sender<Request>,
     events: broadcast::Sender<WatchEvent>,
+    freshness: tokio::sync::watch::Receiver<Freshness>,
+    /// How long without a leader makes this server [`Freshness::Leaderless`].
+    election_timeout: Duration,
     db: Kv,
     ca: Arc<Vec<rustls_pki_types::CertificateDer<'static>>>,
     /// This server's Raft id.
@@ -105,6 +123,43 @@ impl RaftHandle {
     /// reload.
     pub fn subscribe(&self) -> broadcast::Receiver<WatchEvent> {
         self.events.subscribe()
+    }
+
+    /// Fails with [`RegistryError::Unavailable`], saying why, when this
+    /// server cannot tell that its catalog is current.
+    pub fn check_fresh(&self) -> Result<(), RegistryError> {
+        let freshness = *self.freshness.borrow();
+        match freshness {
+            Freshness::Current => Ok(()),
+            stale => Err(self.stale_error(stale)),
+        }
+    }
+
+    /// Resolves, with the [`RegistryError::Unavailable`] that says why, once
+    /// this server can no longer tell that its catalog is current (at once
+    /// if it already cannot); with [`RegistryError::ShuttingDown`] when the
+    /// consensus loop stops.
+    pub async fn until_stale(&self) -> RegistryError {
+        let mut freshness = self.freshness.clone();
+        let stale = match freshness.wait_for(|f| *f != Freshness::Current).await {
+            Ok(stale) => *stale,
+            Err(_) => return RegistryError::ShuttingDown,
+        };
+        self.stale_error(stale)
+    }
+
+    fn stale_error(&self, stale: Freshness) -> RegistryError {
+        RegistryError::Unavailable(match stale {
+            Freshness::Removed => format!(
+                "registry server {} is not a member of the registry cluster (removed, or not yet added): its catalog may be stale; watch another server",
+                self.id
+            ),
+            _ => format!(
+                "registry server {} has known no leader for {} ms or more (cut off from the other servers, or no quorum): its catalog may be stale; watch another server",
+                self.id,
+                self.election_timeout.as_millis()
+            ),
+        })
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T, RegistryError> {
@@ -264,6 +319,9 @@ struct Driver {
     published: Vec<WatchEvent>,
     membership_done: Option<(Reply<Vec<Member>>, Vec<u64>)>,
     members_changed: bool,
+    /// Ticks in a row without a known leader.
+    leaderless_ticks: usize,
+    freshness: tokio::sync::watch::Sender<Freshness>,
 }
 
 /// Starts the consensus loop over `store`. The loop ends (after a last
@@ -287,6 +345,8 @@ pub fn start(
     let handle = RaftHandle {
         tx,
         events: driver.events.clone(),
+        freshness: driver.freshness.subscribe(),
+        election_timeout: driver.config.tick * driver.config.election_ticks as u32,
         db: driver.store.db().clone(),
         ca: Arc::new(driver.config.ca.clone()),
         id: driver.config.id,
@@ -303,10 +363,7 @@ pub fn start(
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let result = loop {
             tokio::select! {
-                _ = ticker.tick() => {
-                    driver.raw.tick();
-                    driver.expire();
-                }
+                _ = ticker.tick() => driver.tick(),
                 request = rx.recv() => {
                     let Some(request) = request else { break Ok(()) };
                     if let Err(e) = driver.handle(request) {
@@ -413,6 +470,8 @@ impl Driver {
             published: Vec::new(),
             membership_done: None,
             members_changed: false,
+            leaderless_ticks: 0,
+            freshness: tokio::sync::watch::Sender::new(Freshness::Current),
         })
     }
 
@@ -609,6 +668,43 @@ impl Driver {
         }
     }
 
+    /// One tick of the clock: Raft's, the deadlines', and this server's
+    /// freshness.
+    fn tick(&mut self) {
+        self.raw.tick();
+        if self.raw.raft.leader_id == raft::INVALID_ID {
+            self.leaderless_ticks = self.leaderless_ticks.saturating_add(1);
+        }
+        self.expire();
+        self.check_freshness();
+    }
+
+    /// Tells watchers whether this server can still tell its catalog is
+    /// current: it is a member, and has known a leader within about an
+    /// election timeout (counted in ticks). Checked after every tick and
+    /// every Ready, so a leader found is known at once. (A removed server
+    /// that learned of its removal never stands for election, so it may
+    /// keep its old leader forever: membership is checked too.)
+    fn check_freshness(&mut self) {
+        let raft = &self.raw.raft;
+        let member = raft.prs().get(self.config.id).is_some();
+        if raft.leader_id != raft::INVALID_ID {
+            self.leaderless_ticks = 0;
+        }
+        let now = if !member {
+            Freshness::Removed
+        } else if self.leaderless_ticks >= self.config.election_ticks {
+            Freshness::Leaderless
+        } else {
+            Freshness::Current
+        };
+        self.freshness.send_if_modified(|f| {
+            let changed = *f != now;
+            *f = now;
+            changed
+        });
+    }
+
     /// Answers requests that waited too long.
     fn expire(&mut self) {
         self.expire_at(Instant::now());
@@ -649,6 +745,7 @@ impl Driver {
     }
 
     fn on_ready(&mut self) -> Result<(), RegistryError> {
+        self.check_freshness();
         if !self.raw.has_ready() {
             return Ok(());
         }

@@ -132,11 +132,16 @@ impl Registry for RegistryService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let watcher = Peer::of(&request)?.clone();
         let from = request.into_inner().from_revision.max(1);
+        // A server that cannot tell its catalog is current sends the
+        // watcher elsewhere, now and whenever it loses its leader later.
+        self.raft.check_fresh()?;
         // Subscribe before reading the history, so nothing falls between.
         let live = self.raft.subscribe();
         let db = self.raft.db().clone();
         let (tx, rx) = mpsc::channel(256);
-        tokio::spawn(stream_changes(db, from, live, tx));
+        let raft = self.raft.clone();
+        let stale = async move { raft.until_stale().await };
+        tokio::spawn(stream_changes(db, from, live, stale, tx));
         // Events already queued are not handed to a watcher revoked since.
         let events = self.auth.while_admitted(watcher, ReceiverStream::new(rx));
         Ok(Response::new(Box::pin(events)))
@@ -188,10 +193,13 @@ impl Registry for RegistryService {
 
 /// Sends every change from `from` on: the stored history first, then live
 /// events, re-reading the history whenever the live feed skips or lags.
+/// Ends with the error `stale` resolves to, if it does: this server can no
+/// longer tell that its catalog is current.
 async fn stream_changes(
     db: Kv,
     from: u64,
     live: broadcast::Receiver<WatchEvent>,
+    stale: impl std::future::Future<Output = RegistryError>,
     tx: mpsc::Sender<Result<WatchEvent, Status>>,
 ) {
     // A watch that ended (its watcher left, or was refused) stops now, not
@@ -199,6 +207,11 @@ async fn stream_changes(
     let sent = tokio::select! {
         sent = send_changes(&db, from, live, &tx) => sent,
         () = tx.closed() => Ok(()),
+        why = stale => {
+            tracing::info!(error = %why, "a watch ended: this server's catalog may be stale");
+            let _ = tx.send(Err(why.into())).await;
+            Ok(())
+        }
     };
     if let Err(error) = sent {
         // The watcher must learn its feed broke, not wait on a silent one.

@@ -146,8 +146,7 @@ impl Cluster {
     fn tick(&mut self, ticks: usize) {
         for _ in 0..ticks {
             for driver in self.servers.values_mut() {
-                driver.raw.tick();
-                driver.expire();
+                driver.tick();
             }
             self.settle();
         }
@@ -418,5 +417,62 @@ fn a_read_whose_index_is_never_applied_is_answered_unavailable_at_its_deadline()
             assert!(why.contains("retry"), "{why}");
         }
         other => panic!("the read past its deadline was answered {other:?}"),
+    }
+}
+
+impl Cluster {
+    fn freshness(&self, id: u64) -> Freshness {
+        *self.server(id).freshness.borrow()
+    }
+}
+
+#[test]
+fn a_server_cut_off_from_its_leader_for_an_election_timeout_is_no_longer_current() {
+    let mut cluster = Cluster::new(3, 1000);
+    let leader = cluster.elect(&[1, 2, 3]);
+    let cut_off = cluster.others(leader)[0];
+    cluster.net.isolate(cut_off);
+    // It keeps its leader for one (randomized) election timeout, then
+    // stands for election; after one more election timeout without a
+    // leader it can no longer tell its catalog is current.
+    for _ in 0..ELECTION_TICKS {
+        cluster.tick(1);
+        assert_eq!(cluster.freshness(cut_off), Freshness::Current);
+    }
+    cluster.tick(3 * ELECTION_TICKS);
+    assert_eq!(cluster.freshness(cut_off), Freshness::Leaderless);
+    for id in cluster.others(cut_off) {
+        assert_eq!(cluster.freshness(id), Freshness::Current, "server {id}");
+    }
+
+    cluster.net.heal();
+    cluster.tick(ELECTION_TICKS);
+    assert_eq!(cluster.freshness(cut_off), Freshness::Current);
+}
+
+#[test]
+fn a_server_removed_from_the_cluster_is_no_longer_current() {
+    let mut cluster = Cluster::new(3, 1000);
+    let leader = cluster.elect(&[1, 2, 3]);
+    let removed = cluster.others(leader)[0];
+    let (reply, mut answer) = oneshot::channel();
+    cluster
+        .servers
+        .get_mut(&leader)
+        .unwrap()
+        .handle(Request::Membership {
+            op: MembershipOp::Remove(removed),
+            reply,
+        })
+        .unwrap();
+    cluster.tick(3 * ELECTION_TICKS);
+    let members = answer
+        .try_recv()
+        .expect("the removal was answered")
+        .expect("the removal was applied");
+    assert!(members.iter().all(|m| m.id != removed));
+    assert_ne!(cluster.freshness(removed), Freshness::Current);
+    for id in cluster.others(removed) {
+        assert_eq!(cluster.freshness(id), Freshness::Current, "server {id}");
     }
 }
