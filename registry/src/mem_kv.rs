@@ -6,11 +6,28 @@ use crate::kv::{Batch, Entries, KvEngine};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
+/// Work a test runs just before a range read, as if another thread wrote
+/// at that very moment.
+struct Hook {
+    prefix: Vec<u8>,
+    run: Box<dyn FnOnce() + Send>,
+}
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hook")
+            .field("prefix", &String::from_utf8_lossy(&self.prefix))
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     map: BTreeMap<Vec<u8>, Vec<u8>>,
     /// Reads of keys starting with one of these fail.
     failing: Vec<Vec<u8>>,
+    /// Run (once each) before the next range read starting in their prefix.
+    before_range: Vec<Hook>,
 }
 
 /// A `BTreeMap` as a [`KvEngine`]; clones share the same map. Each batch is
@@ -29,6 +46,16 @@ impl MemKv {
     /// Makes every later read of a key starting with `prefix` fail.
     pub fn fail_reads(&self, prefix: &[u8]) {
         self.state().failing.push(prefix.to_vec());
+    }
+
+    /// Runs `hook` once, just before the next range read whose start key
+    /// begins with `prefix`: a write racing that read, at the one moment a
+    /// test wants it. The hook may use the store itself.
+    pub fn before_range(&self, prefix: &[u8], hook: impl FnOnce() + Send + 'static) {
+        self.state().before_range.push(Hook {
+            prefix: prefix.to_vec(),
+            run: Box::new(hook),
+        });
     }
 
     fn check(state: &State, key: &[u8]) -> Result<(), StoreError> {
@@ -50,6 +77,18 @@ impl KvEngine for MemKv {
     }
 
     fn range(&self, start: &[u8], end: Option<&[u8]>) -> Entries<'_> {
+        let hooks: Vec<Hook> = {
+            let mut state = self.state();
+            let (due, later) = std::mem::take(&mut state.before_range)
+                .into_iter()
+                .partition(|h| start.starts_with(&h.prefix));
+            state.before_range = later;
+            due
+        };
+        // Outside the lock: a hook may read and write this store.
+        for hook in hooks {
+            (hook.run)();
+        }
         let state = self.state();
         // A copy of the range: the lock is not held while the caller iterates.
         let entries: Vec<_> = state

@@ -237,14 +237,30 @@ async fn send_changes(
         return Ok(());
     }
     let mut next = from;
-    let catch_up = |next: &mut u64| -> Result<Vec<WatchEvent>, StoreError> {
-        let events = catalog::history(db, *next).collect::<Result<Vec<_>, _>>()?;
-        if let Some(last) = events.last() {
-            *next = last.revision + 1;
+    // The history from `next` on, or `None` when `next` is no longer in it:
+    // the consensus loop compacts the history while watches read it, so a
+    // check of the compact revision made before the read proves nothing.
+    // Only an unbroken run of revisions from `next` is sent.
+    let catch_up = |next: &mut u64| -> Result<Option<Vec<WatchEvent>>, StoreError> {
+        let mut events = Vec::new();
+        for event in catalog::history(db, *next) {
+            let event = event?;
+            if event.revision != *next {
+                return Ok(None);
+            }
+            *next += 1;
+            events.push(event);
         }
-        Ok(events)
+        if events.is_empty() && *next < catalog::compact_revision(db)? {
+            return Ok(None);
+        }
+        Ok(Some(events))
     };
-    for event in catch_up(&mut next)? {
+    let Some(events) = catch_up(&mut next)? else {
+        let _ = tx.send(Ok(compacted(catalog::revision(db)?))).await;
+        return Ok(());
+    };
+    for event in events {
         if tx.send(Ok(event)).await.is_err() {
             return Ok(());
         }
@@ -270,13 +286,13 @@ async fn send_changes(
                 next += 1;
                 vec![event]
             }
-            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                if next < catalog::compact_revision(db)? {
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => match catch_up(&mut next)? {
+                Some(events) => events,
+                None => {
                     let _ = tx.send(Ok(compacted(catalog::revision(db)?))).await;
                     return Ok(());
                 }
-                catch_up(&mut next)?
-            }
+            },
             Err(broadcast::error::RecvError::Closed) => return Ok(()),
         };
         for event in batch {
@@ -337,3 +353,6 @@ impl RegistryPeer for PeerService {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests;
