@@ -28,6 +28,29 @@ pub enum AuditError {
         /// not check, or a line that does not parse.
         why: String,
     },
+    /// A log (or export) holds entries and not one seal: anyone could have written it.
+    #[error(
+        "no seal: nothing proves this log was written by {signer} ({entries} {} without a seal)",
+        if *.entries == 1 { "entry" } else { "entries" }
+    )]
+    NoSeal {
+        /// The node the given certificates name.
+        signer: String,
+        /// How many entries the log holds.
+        entries: u64,
+    },
+    /// Entries `first..=last` come after the last seal, in a closed log, or in a live
+    /// one when they are older than a running node leaves entries unsealed.
+    #[error("{}", unsealed_message(*.first, *.last, *.stale))]
+    Unsealed {
+        /// The first entry no seal covers.
+        first: u64,
+        /// The last entry of the log.
+        last: u64,
+        /// For a live log, why they are not the few seconds a running node leaves
+        /// unsealed. `None` for a closed log.
+        stale: Option<Stale>,
+    },
     /// Opening a log whose last complete line is neither an entry nor a seal:
     /// damage, not a crash, so the log is not continued.
     #[error(
@@ -65,6 +88,34 @@ pub enum AuditError {
     /// Holds the first failure.
     #[error("the sharing log stopped after a write failed ({0}); restart the node to reopen it")]
     Stopped(String),
+}
+
+/// Why the unsealed entries of a live log are not ones the node has yet to seal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stale {
+    /// The oldest was written this many seconds before the verification.
+    Old(u64),
+    /// The newest is dated this many seconds after the verification.
+    Future(u64),
+    /// One's time cannot be read.
+    NoTime,
+}
+
+fn unsealed_message(first: u64, last: u64, stale: Option<Stale>) -> String {
+    let entries = if first == last {
+        format!("entry {first} is")
+    } else {
+        format!("entries {first}..{last} are")
+    };
+    let age = match stale {
+        None => String::new(),
+        Some(Stale::Old(s)) => format!(
+            " and the oldest was written {s} s ago, longer than a running node leaves entries unsealed"
+        ),
+        Some(Stale::Future(s)) => format!(" and the newest is dated {s} s in the future"),
+        Some(Stale::NoTime) => " and one has a time that cannot be read".to_owned(),
+    };
+    format!("{entries} not sealed{age}: the log may have been cut or appended to")
 }
 
 fn entry_note(seq: &Option<u64>) -> String {

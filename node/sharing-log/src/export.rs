@@ -1,9 +1,25 @@
-//! Copying the entries of a time range out of the log, byte for byte, for an auditor.
+//! Copying the entries of a time range out of the log for an auditor, with what proves
+//! them: an export can be verified on its own against the node's certificate.
+//!
+//! An export is JSON Lines, in this order:
+//!
+//! 1. a header, `{"export":{"v":1,"from":…,"to":…,"first":N,"prev":"…"}}`
+//!    ([`ExportHeader`]): the range asked for, the first exported entry's number and the
+//!    chain head before it (the hash of entry N-1);
+//! 2. the log's lines from entry N on, entries and seals, byte for byte as logged, up to
+//!    and including the first seal after the range's last entry. That seal may cover
+//!    entries written after the range's end (a second's worth at most, as the node
+//!    seals every second): they are exported too, since the seal's head is reached
+//!    only through them.
+//!
+//! [`verify_export`](crate::verify_export) checks the chain from the header's head
+//! through the entries to the seals. Entries of the range that no seal covers yet (the
+//! newest second of a running node's log) are left out and counted.
 
 use crate::error::{AuditError, io_err};
-use crate::format::{SEAL_PREFIX, not_json};
+use crate::format::{EXPORT_VERSION, ExportHeader, ExportLine, SEAL_PREFIX, not_json};
 use crate::lines::{Line, open_lines};
-use crate::timestamp::{parse_bound, parse_time};
+use crate::timestamp::{format_utc, parse_bound, parse_time};
 use serde::Deserialize;
 use std::io::Write;
 use std::path::Path;
@@ -43,24 +59,74 @@ impl TimeRange {
     }
 }
 
-/// Writes the entries (not the seals) whose time lies within `range` to `out` as the
-/// log's own lines, byte for byte, so the receiver can re-check their hashes. Returns how
-/// many entries were written.
+/// What [`export_summary`] wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExportSummary {
+    /// Entries written: those of the range, and those after it up to the seal that
+    /// covers the range's last entry.
+    pub entries: u64,
+    /// Of those, the entries after the range's end.
+    pub after_range: u64,
+    /// Seals written.
+    pub seals: u64,
+    /// Entries of the range left out because no seal covers them yet.
+    pub unsealed: u64,
+}
+
+/// As [`export_summary`], returning how many entries were written.
+pub fn export(path: &Path, range: &TimeRange, out: &mut impl Write) -> Result<u64, AuditError> {
+    export_summary(path, range, out).map(|summary| summary.entries)
+}
+
+/// Writes the entries whose time lies within `range` to `out`, with the seals that cover
+/// them and the chain head before them, in the format the module describes, so that the
+/// export verifies on its own. Writes nothing when no sealed entry lies in the range.
+///
+/// Entries are in time order in the log (the writer takes their time under its lock),
+/// so the range is a run of consecutive entries; should the clock have stepped back,
+/// the export runs from the first entry in the range to the seal after the first entry
+/// past its end.
 ///
 /// Export does not verify the log; run [`verify`](fn@crate::verify) for that. It fails with
 /// [`AuditError::Tampered`] for a line whose time cannot be read. A final line without
 /// its newline (being written) is left out.
-pub fn export(path: &Path, range: &TimeRange, out: &mut impl Write) -> Result<u64, AuditError> {
+pub fn export_summary(
+    path: &Path,
+    range: &TimeRange,
+    out: &mut impl Write,
+) -> Result<ExportSummary, AuditError> {
     #[derive(Deserialize)]
     struct Timed<'a> {
         seq: u64,
         #[serde(borrow)]
         time: std::borrow::Cow<'a, str>,
+        #[serde(borrow)]
+        prev: std::borrow::Cow<'a, str>,
     }
     let mut lines = open_lines(path)?;
-    let mut written = 0;
+    let mut summary = ExportSummary::default();
+    // The lines since the last seal written: written out when a seal covers them.
+    let mut pending = Vec::new();
+    let mut pending_in_range = 0;
+    let mut pending_after = 0;
+    let mut started = false;
+    let mut past_end = false;
     while let Line::Complete(number, line) = lines.next_line()? {
         if line.starts_with(SEAL_PREFIX) {
+            if !started {
+                continue;
+            }
+            pending.extend_from_slice(line);
+            pending.push(b'\n');
+            write_out(out, &pending)?;
+            pending.clear();
+            summary.entries += pending_in_range + pending_after;
+            summary.after_range += pending_after;
+            summary.seals += 1;
+            (pending_in_range, pending_after) = (0, 0);
+            if past_end {
+                return Ok(summary);
+            }
             continue;
         }
         let timed: Timed<'_> = serde_json::from_slice(line).map_err(|e| not_json(number, &e))?;
@@ -69,22 +135,242 @@ pub fn export(path: &Path, range: &TimeRange, out: &mut impl Write) -> Result<u6
             seq: Some(timed.seq),
             why: format!("malformed time {:?}", timed.time),
         })?;
-        if !range.contains(time) {
-            continue;
+        let in_range = range.contains(time);
+        if !started {
+            if !in_range {
+                continue;
+            }
+            started = true;
+            let header = ExportLine {
+                export: ExportHeader {
+                    v: EXPORT_VERSION,
+                    from: range.from_ms.map(utc),
+                    to: range.to_ms.map(utc),
+                    first: timed.seq,
+                    prev: timed.prev.into_owned(),
+                },
+            };
+            serde_json::to_writer(&mut pending, &header)
+                .expect("a header of strings and integers always serializes");
+            pending.push(b'\n');
         }
-        out.write_all(line)
-            .and_then(|()| out.write_all(b"\n"))
-            .map_err(io_err(Path::new("<output>")))?;
-        written += 1;
+        if in_range {
+            pending_in_range += 1;
+        } else {
+            let after_end = range.to_ms.is_some_and(|to| time > to);
+            if after_end && pending.is_empty() {
+                // The last seal written covers the range's last entry.
+                return Ok(summary);
+            }
+            pending_after += 1;
+            past_end |= after_end;
+        }
+        pending.extend_from_slice(line);
+        pending.push(b'\n');
     }
-    Ok(written)
+    summary.unsealed = pending_in_range;
+    Ok(summary)
+}
+
+fn write_out(out: &mut impl Write, bytes: &[u8]) -> Result<(), AuditError> {
+    out.write_all(bytes).map_err(io_err(Path::new("<output>")))
+}
+
+fn utc(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .map_or_else(|_| ms.to_string(), format_utc)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::format::{Entry, GENESIS, encode_entry};
-    use crate::test_support::{Fixture, exchange};
+    use crate::test_support::{Fixture, exchange, tampered};
+    use crate::{LogState, verify_export, verify_with};
+
+    /// Entries 1-8, a minute apart from 2025-03-01T00:00Z, sealed after 2, 5 and 8.
+    fn minutes_log(f: &Fixture) {
+        let times: Vec<String> = (0..8)
+            .map(|m| format!("2025-03-01T00:{m:02}:00.000Z"))
+            .collect();
+        f.write_log_at(
+            &times.iter().map(String::as_str).collect::<Vec<_>>(),
+            &[2, 5, 8],
+        );
+    }
+
+    /// Exports `from..=to` of `f`'s log to `export.jsonl` beside it.
+    fn export_to_file(f: &Fixture, from: &str, to: &str) -> (ExportSummary, std::path::PathBuf) {
+        let out = f.tmp.0.join("export.jsonl");
+        let mut bytes = Vec::new();
+        let range = TimeRange::parse(Some(from), Some(to)).unwrap();
+        let summary = export_summary(&f.path(), &range, &mut bytes).unwrap();
+        std::fs::write(&out, bytes).unwrap();
+        (summary, out)
+    }
+
+    fn lines_of(path: &Path) -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn exported_range_verifies_on_its_own() {
+        let f = Fixture::new("export-verifies");
+        minutes_log(&f);
+        // Entries 4 (00:03) and 5 (00:04), and the seal of 5.
+        let (summary, out) = export_to_file(&f, "2025-03-01T00:03:00Z", "2025-03-01T00:04:00Z");
+        assert_eq!(
+            summary,
+            ExportSummary {
+                entries: 2,
+                after_range: 0,
+                seals: 1,
+                unsealed: 0
+            }
+        );
+        let lines = lines_of(&out);
+        let log = f.lines();
+        assert_eq!(lines[1..], log[4..7], "the log's own lines, byte for byte");
+        let entry_3: Entry = serde_json::from_str(&log[3]).unwrap();
+        assert_eq!(
+            lines[0],
+            format!(
+                "{{\"export\":{{\"v\":1,\"from\":\"2025-03-01T00:03:00.000Z\",\
+                 \"to\":\"2025-03-01T00:04:00.000Z\",\"first\":4,\"prev\":\"{}\"}}}}",
+                entry_3.hash
+            )
+        );
+        let report = verify_export(&out, &f.cert).unwrap();
+        assert_eq!((report.entries, report.last_sealed), (2, Some(5)));
+        assert_eq!(
+            report.to_string(),
+            "sharing log export OK: entries 4 to 5 (2 entries), chained from the head before \
+             entry 4, 1 seal, last sealed entry 5"
+        );
+        // `verify` knows an export by its header, so `lgsp audit verify` takes either.
+        assert_eq!(
+            verify_with(&out, &f.cert, LogState::live()).unwrap(),
+            report
+        );
+    }
+
+    #[test]
+    fn export_runs_to_the_seal_after_the_range() {
+        let f = Fixture::new("export-to-seal");
+        minutes_log(&f);
+        // Entries 3 and 4 are in the range; the seal after 4 is the one of 5.
+        let (summary, out) = export_to_file(&f, "2025-03-01T00:02:00Z", "2025-03-01T00:03:30Z");
+        assert_eq!(
+            (summary.entries, summary.after_range, summary.seals),
+            (3, 1, 1)
+        );
+        let report = verify_export(&out, &f.cert).unwrap();
+        assert_eq!((report.entries, report.last_sealed), (3, Some(5)));
+        // From the start: the head before entry 1 is the genesis.
+        let (_, out) = export_to_file(&f, "2025-03-01", "2025-03-01T00:06:00Z");
+        let report = verify_export(&out, &f.cert).unwrap();
+        assert_eq!((report.entries, report.seals), (8, 3));
+        assert!(lines_of(&out)[0].contains(&format!("\"first\":1,\"prev\":\"{GENESIS}\"")));
+    }
+
+    #[test]
+    fn exported_range_with_an_edited_entry_fails() {
+        let f = Fixture::new("export-edited");
+        minutes_log(&f);
+        let (_, out) = export_to_file(&f, "2025-03-01T00:02:00Z", "2025-03-01T00:04:00Z");
+        let lines = lines_of(&out);
+        assert!(lines[1].contains("\"seq\":3,"), "{}", lines[1]);
+
+        // Entry 3 edited and the chain after it recomputed: the seal of 5 tells.
+        let mut edited = lines.clone();
+        let mut prev = serde_json::from_str::<Entry>(&lines[1]).unwrap().prev;
+        for (i, seq) in [(1, 3), (2, 4), (3, 5)] {
+            let old: Entry = serde_json::from_str(&lines[i]).unwrap();
+            let mut ex = exchange(seq);
+            if seq == 3 {
+                ex.status = "NOT_FOUND".into();
+            }
+            let (line, hash) = encode_entry(seq, &old.time, &ex, &prev);
+            edited[i] = String::from_utf8(line).unwrap().trim_end().to_owned();
+            prev = hash;
+        }
+        std::fs::write(&out, edited.join("\n") + "\n").unwrap();
+        let (line, _, why) = tampered(verify_export(&out, &f.cert));
+        assert_eq!(line, 5);
+        assert!(
+            why.starts_with("seal's head does not match the hash of entry 5"),
+            "{why}"
+        );
+
+        // The header's head changed to fit an entry 3 chained anew: the seal of 5 tells.
+        let (line, _) = encode_entry(3, "2025-03-01T00:02:00.000Z", &exchange(3), &"1".repeat(64));
+        let mut forged = lines.clone();
+        forged[0] = forged[0].replace(
+            &serde_json::from_str::<Entry>(&lines[1]).unwrap().prev,
+            &"1".repeat(64),
+        );
+        forged[1] = String::from_utf8(line).unwrap().trim_end().to_owned();
+        std::fs::write(&out, forged.join("\n") + "\n").unwrap();
+        let (line, _, _) = tampered(verify_export(&out, &f.cert));
+        assert_eq!(line, 3, "entry 4's prev no longer matches");
+
+        // The seal cut off: nothing proves the entries.
+        std::fs::write(&out, lines[..4].join("\n") + "\n").unwrap();
+        match verify_export(&out, &f.cert) {
+            Err(AuditError::NoSeal { entries: 3, .. }) => {}
+            other => panic!("expected no seal, got {other:?}"),
+        }
+        // Entries 2-5 with the seals of 2 and 5; the last seal cut off.
+        let (_, out) = export_to_file(&f, "2025-03-01T00:01:00Z", "2025-03-01T00:04:00Z");
+        let lines = lines_of(&out);
+        assert!(lines[2].starts_with("{\"seal\""), "{}", lines[2]);
+        std::fs::write(&out, lines[..lines.len() - 1].join("\n") + "\n").unwrap();
+        match verify_export(&out, &f.cert) {
+            Err(AuditError::Unsealed {
+                first: 3,
+                last: 5,
+                stale: None,
+            }) => {}
+            other => panic!("expected entries 3..5 unsealed, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_log_is_not_an_export() {
+        let f = Fixture::new("not-export");
+        minutes_log(&f);
+        let (line, _, why) = tampered(verify_export(&f.path(), &f.cert));
+        assert_eq!(line, 1);
+        assert!(why.starts_with("not an export"), "{why}");
+    }
+
+    #[test]
+    fn entries_of_the_range_no_seal_covers_yet_are_left_out_and_counted() {
+        let f = Fixture::new("export-unsealed");
+        minutes_log(&f);
+        let mut lines = f.lines();
+        lines.pop(); // the seal of 8
+        f.write_lines(&lines);
+        let (summary, out) = export_to_file(&f, "2025-03-01T00:04:00Z", "2025-03-01T00:09:00Z");
+        assert_eq!(
+            summary,
+            ExportSummary {
+                entries: 1,
+                after_range: 0,
+                seals: 1,
+                unsealed: 3
+            }
+        );
+        assert_eq!(verify_export(&out, &f.cert).unwrap().last_sealed, Some(5));
+        // Nothing sealed in the range: nothing written.
+        let (summary, out) = export_to_file(&f, "2025-03-01T00:06:00Z", "2025-03-01T00:09:00Z");
+        assert_eq!((summary.entries, summary.unsealed), (0, 2));
+        assert_eq!(std::fs::read(&out).unwrap(), b"");
+    }
 
     #[test]
     fn vietnamese_text_round_trips_byte_exact() {
@@ -111,37 +397,36 @@ mod tests {
             export(&f.path(), &TimeRange::default(), &mut out).unwrap(),
             1
         );
-        assert_eq!(
-            out,
-            format!("{}\n", raw.lines().next().unwrap()).into_bytes()
-        );
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!(out.lines().nth(1), raw.lines().next());
     }
 
     #[test]
     fn export_selects_entries_by_time() {
         let f = Fixture::new("export");
-        let exchange_at =
-            |seq: u64, time: &str, prev: &str| encode_entry(seq, time, &exchange(seq), prev);
-        let (l1, h1) = exchange_at(1, "2025-02-28T23:59:59.999Z", GENESIS);
-        let (l2, h2) = exchange_at(2, "2025-03-01T00:00:00.000Z", &h1);
-        let (l3, _) = exchange_at(3, "2025-03-01T17:30:00.000Z", &h2);
-        std::fs::create_dir_all(f.dir()).unwrap();
-        std::fs::write(f.path(), [l1.clone(), l2.clone(), l3.clone()].concat()).unwrap();
+        f.write_log_at(
+            &[
+                "2025-02-28T23:59:59.999Z",
+                "2025-03-01T00:00:00.000Z",
+                "2025-03-01T17:30:00.000Z",
+            ],
+            &[1, 2, 3],
+        );
+        let lines = f.lines();
         let run = |from: Option<&str>, to: Option<&str>| {
             let mut out = Vec::new();
             let range = TimeRange::parse(from, to).unwrap();
             export(&f.path(), &range, &mut out).unwrap();
-            out
+            String::from_utf8(out)
+                .unwrap()
+                .lines()
+                .skip(1) // the header
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
         };
-        assert_eq!(
-            run(Some("2025-03-01"), Some("2025-03-01")),
-            [l2.clone(), l3.clone()].concat()
-        );
-        assert_eq!(
-            run(None, Some("2025-03-01T07:00:00+07:00")),
-            [l1.clone(), l2.clone()].concat()
-        );
-        assert_eq!(run(Some("2025-03-02T00:00:00+07:00"), None), l3);
+        assert_eq!(run(Some("2025-03-01"), Some("2025-03-01")), lines[2..6]);
+        assert_eq!(run(None, Some("2025-03-01T07:00:00+07:00")), lines[0..4]);
+        assert_eq!(run(Some("2025-03-02T00:00:00+07:00"), None), lines[4..6]);
         assert!(matches!(
             TimeRange::parse(Some("1/3/2025"), None),
             Err(AuditError::BadTime(_))
@@ -153,24 +438,20 @@ mod tests {
     }
 
     #[test]
-    fn export_leaves_out_seals_and_a_line_being_written() {
+    fn export_carries_the_seals_and_leaves_out_a_line_being_written() {
         let f = Fixture::new("export-seals");
         crate::test_support::sealed_log(&f);
-        let entries: String = f
-            .lines()
-            .iter()
-            .filter(|l| !l.starts_with("{\"seal\""))
-            .map(|l| format!("{l}\n"))
-            .collect();
+        let whole: String = f.lines().iter().map(|l| format!("{l}\n")).collect();
         let mut file = std::fs::read(f.path()).unwrap();
         file.extend_from_slice(b"{\"seq\":11,\"ti");
         std::fs::write(f.path(), file).unwrap();
         let mut out = Vec::new();
-        assert_eq!(
-            export(&f.path(), &TimeRange::default(), &mut out).unwrap(),
-            10
-        );
-        assert_eq!(String::from_utf8(out).unwrap(), entries);
+        let summary = export_summary(&f.path(), &TimeRange::default(), &mut out).unwrap();
+        assert_eq!((summary.entries, summary.seals), (10, 2));
+        let out = String::from_utf8(out).unwrap();
+        let (header, rest) = out.split_once('\n').unwrap();
+        assert!(header.starts_with("{\"export\":{\"v\":1,\"from\":null,\"to\":null,\"first\":1,"));
+        assert_eq!(rest, whole);
     }
 
     #[test]

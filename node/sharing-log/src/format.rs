@@ -9,8 +9,15 @@ use sha2::{Digest, Sha256};
 /// The `prev` of entry 1.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// What a seal's signature covers, before the sequence number and the head.
-const SEAL_CONTEXT: &str = "lgsp-sharing-log-seal\n";
+/// What a version 1 seal's signature covers, before the sequence number and the head.
+const SEAL_CONTEXT_V1: &str = "lgsp-sharing-log-seal\n";
+
+/// What a version 2 seal's signature covers, before the seal's own fields. The
+/// version sits in the prefix, so no version 2 message reads as a version 1 one.
+const SEAL_CONTEXT_V2: &str = "lgsp-sharing-log-seal/v2\n";
+
+/// The seal format lgsp writes: the signature covers every field of the seal.
+pub const SEAL_VERSION: u32 = 2;
 
 /// One exchange as the node saw it: what the caller of
 /// [`SharingLog::append`](crate::SharingLog::append) provides.
@@ -96,9 +103,16 @@ struct Canonical<'a> {
 }
 
 /// A seal: the node's signature over the chain up to entry `seq`.
+///
+/// In version 2 (`v` is 2) the signature covers every other field of the seal, so
+/// its time and signer are as the node wrote them. A seal without `v` is version 1,
+/// from lgsp before seals were versioned: its signature covers only `seq` and `head`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Seal {
+    /// The seal format: `Some(2)` for the seals lgsp writes, `None` for version 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v: Option<u32>,
     /// The newest entry the seal covers; it vouches for that entry and, through
     /// the chain, every one before it.
     pub seq: u64,
@@ -106,10 +120,50 @@ pub struct Seal {
     pub head: String,
     /// When the seal was signed, RFC 3339 UTC with milliseconds.
     pub time: String,
-    /// ECDSA P-256 SHA-256, fixed-width `r‖s`, lower-case hex.
-    pub signature: String,
     /// The SPIFFE ID of the node that signed.
     pub signer: String,
+    /// SHA-256 (lower-case hex) of the DER of the certificate whose key signed;
+    /// `None` in version 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
+    /// ECDSA P-256 SHA-256, fixed-width `r‖s`, lower-case hex, over
+    /// [`Seal::message`].
+    pub signature: String,
+}
+
+impl Seal {
+    /// The bytes the signature covers. Version 2: `"lgsp-sharing-log-seal/v2\n"` then the
+    /// seal's JSON object without `signature` (`{"v":2,"seq":..,"head":..,"time":..,
+    /// "signer":..,"cert":..}`, compact, in that order). Version 1:
+    /// `"lgsp-sharing-log-seal\n" + seq + "\n" + head`.
+    pub fn message(&self) -> Vec<u8> {
+        if self.v.is_none() {
+            return format!("{SEAL_CONTEXT_V1}{}\n{}", self.seq, self.head).into_bytes();
+        }
+        #[derive(Serialize)]
+        struct Signed<'a> {
+            v: Option<u32>,
+            seq: u64,
+            head: &'a str,
+            time: &'a str,
+            signer: &'a str,
+            cert: Option<&'a str>,
+        }
+        let mut message = SEAL_CONTEXT_V2.as_bytes().to_vec();
+        serde_json::to_writer(
+            &mut message,
+            &Signed {
+                v: self.v,
+                seq: self.seq,
+                head: &self.head,
+                time: &self.time,
+                signer: &self.signer,
+                cert: self.cert.as_deref(),
+            },
+        )
+        .expect("a seal of strings and integers always serializes");
+        message
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -120,9 +174,34 @@ pub(crate) struct SealLine {
 
 pub(crate) const SEAL_PREFIX: &[u8] = b"{\"seal\":";
 
-pub(crate) fn seal_message(seq: u64, head: &str) -> String {
-    format!("{SEAL_CONTEXT}{seq}\n{head}")
+/// How an export begins: the line `{"export":{…}}` before its entries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportHeader {
+    /// The export format, [`EXPORT_VERSION`].
+    pub v: u32,
+    /// The start of the range asked for (RFC 3339 UTC), `None` for the log's beginning.
+    /// Not signed: what the export proves is its entries, not the question asked.
+    pub from: Option<String>,
+    /// The end of the range asked for, `None` for the log's end. Not signed.
+    pub to: Option<String>,
+    /// The first exported entry's sequence number.
+    pub first: u64,
+    /// The chain head before it: the hash of entry `first - 1` ([`GENESIS`] when
+    /// `first` is 1). The exported entries chain on from it to a seal.
+    pub prev: String,
 }
+
+/// The export format `export` writes.
+pub const EXPORT_VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ExportLine {
+    pub(crate) export: ExportHeader,
+}
+
+pub(crate) const EXPORT_PREFIX: &[u8] = b"{\"export\":";
 
 /// The entry line for `exchange` as entry `seq` after `prev`, with its newline, and its hash.
 #[cfg(test)]
@@ -203,6 +282,12 @@ pub(crate) fn decode_entry(line: &[u8], number: usize) -> Result<Entry, AuditErr
 pub(crate) fn decode_seal(line: &[u8], number: usize) -> Result<Seal, AuditError> {
     serde_json::from_slice::<SealLine>(line)
         .map(|l| l.seal)
+        .map_err(|e| not_json(number, &e))
+}
+
+pub(crate) fn decode_export_header(line: &[u8], number: usize) -> Result<ExportHeader, AuditError> {
+    serde_json::from_slice::<ExportLine>(line)
+        .map(|l| l.export)
         .map_err(|e| not_json(number, &e))
 }
 
@@ -342,20 +427,81 @@ mod tests {
     #[test]
     fn seal_line_round_trips() {
         let seal = Seal {
+            v: Some(SEAL_VERSION),
             seq: 42,
             head: "ab".repeat(32),
             time: "2025-03-01T01:02:03.456Z".into(),
-            signature: "cd".repeat(64),
             signer: "spiffe://vinhphuc.gov.vn/agency/000.00.12.H62/node/node-1".into(),
+            cert: Some("ef".repeat(32)),
+            signature: "cd".repeat(64),
         };
         let line = serde_json::to_vec(&SealLine { seal: seal.clone() }).unwrap();
         assert!(line.starts_with(SEAL_PREFIX));
         assert_eq!(decode_seal(&line, 1).unwrap(), seal);
     }
 
+    fn v1_seal() -> Seal {
+        Seal {
+            v: None,
+            seq: 7,
+            head: "abc".into(),
+            time: "2025-03-01T01:02:03.456Z".into(),
+            signer: "spiffe://vinhphuc.gov.vn/agency/000.00.12.H62/node/node-1".into(),
+            cert: None,
+            signature: String::new(),
+        }
+    }
+
     #[test]
-    fn seal_message_binds_the_number_and_the_head() {
-        assert_eq!(seal_message(7, "abc"), "lgsp-sharing-log-seal\n7\nabc");
-        assert_ne!(seal_message(17, "abc"), seal_message(1, "7abc"));
+    fn version_1_seal_message_binds_only_the_number_and_the_head() {
+        let seal = v1_seal();
+        assert_eq!(seal.message(), b"lgsp-sharing-log-seal\n7\nabc");
+        let other = Seal {
+            seq: 1,
+            head: "7abc".into(),
+            ..seal.clone()
+        };
+        assert_ne!(seal.message(), other.message());
+        let line = br#"{"seal":{"seq":7,"head":"abc","time":"2025-03-01T01:02:03.456Z","signature":"","signer":"spiffe://vinhphuc.gov.vn/agency/000.00.12.H62/node/node-1"}}"#;
+        assert_eq!(
+            decode_seal(line, 1).unwrap(),
+            seal,
+            "the old line reads as v1"
+        );
+    }
+
+    #[test]
+    fn version_2_seal_message_binds_every_field_but_the_signature() {
+        let seal = Seal {
+            v: Some(2),
+            cert: Some("ef".repeat(32)),
+            ..v1_seal()
+        };
+        assert_eq!(
+            String::from_utf8(seal.message()).unwrap(),
+            format!(
+                "lgsp-sharing-log-seal/v2\n{{\"v\":2,\"seq\":7,\"head\":\"abc\",\
+                 \"time\":\"2025-03-01T01:02:03.456Z\",\
+                 \"signer\":\"spiffe://vinhphuc.gov.vn/agency/000.00.12.H62/node/node-1\",\
+                 \"cert\":\"{}\"}}",
+                "ef".repeat(32)
+            )
+        );
+        let edits: [fn(&mut Seal); 6] = [
+            |s| s.seq += 1,
+            |s| s.head.push('0'),
+            |s| s.time = "2025-03-01T01:02:04.456Z".into(),
+            |s| s.signer.push('x'),
+            |s| s.cert = Some("ee".repeat(32)),
+            |s| s.v = None,
+        ];
+        for edit in edits {
+            let mut edited = seal.clone();
+            edit(&mut edited);
+            assert_ne!(edited.message(), seal.message(), "{edited:?}");
+        }
+        let mut resigned = seal.clone();
+        resigned.signature = "00".into();
+        assert_eq!(resigned.message(), seal.message());
     }
 }

@@ -13,15 +13,28 @@
 //!   `\` and control characters escaped). That is exactly the line with its final
 //!   `,"hash":"…"` member removed, so the hash covers every byte of the line. `prev` is the
 //!   previous entry's hash (64 zeros for entry 1): the entries form a chain.
-//! - A **seal**, `{"seal":{"seq":N,"head":"…","time":"…","signature":"…","signer":"…"}}`,
-//!   written at least once a second when entries were added: the node's ECDSA P-256
-//!   signature (SHA-256, fixed-width `r‖s`, hex) over `"lgsp-sharing-log-seal\n" + N + "\n" +
-//!   head`, where `head` is the hash of entry N. Anyone who edits the file can recompute the
-//!   chain; nobody without the node's key can make a seal, so an edit to a sealed entry is
-//!   found even when every hash after it was recomputed.
+//! - A **seal**, `{"seal":{"v":2,"seq":N,"head":"…","time":"…","signer":"…","cert":"…",
+//!   "signature":"…"}}`, written at least once a second when entries were added, and when
+//!   the log is closed: the node's ECDSA P-256 signature (SHA-256, fixed-width `r‖s`,
+//!   hex) over `"lgsp-sharing-log-seal/v2\n"` followed by the seal's JSON object without
+//!   `signature` ([`Seal::message`]). `head` is the hash of entry N, `signer` the node's
+//!   SPIFFE ID and `cert` the SHA-256 of its certificate, so the signature covers every
+//!   field the seal shows. Anyone who edits the file can recompute the chain; nobody
+//!   without the node's key can make a seal, so an edit to a sealed entry is found even
+//!   when every hash after it was recomputed.
 //!
-//! What the file alone cannot show is its end cut off, seals included: ship the log off the
-//! node (`lgsp audit export`) to guard against that.
+//!   Seals without `v` are version 1, written before lgsp versioned them: their signature
+//!   covers only `"lgsp-sharing-log-seal\n" + N + "\n" + head`. They still verify, and
+//!   `verify` reports them, as their time and signer could have been edited.
+//!
+//! A closed log must end with a seal, and `verify` fails entries that no seal covers:
+//! those are where the log was cut (seals included) or appended to. A running node's
+//! log may end in at most a few seconds of unsealed entries ([`LogState::Live`]). What
+//! the file alone cannot show is its end cut off right after a seal: the rest is whole.
+//! Only a copy kept elsewhere (an export, or an anchor outside the node) can show that.
+//!
+//! An **export** ([`export`], [`verify_export`]) is the entries of a time range with the
+//! seals that cover them and the chain head before them: it verifies on its own.
 //!
 //! One module per job: `format` (the lines and their hashes), `writer` (appending,
 //! sealing, recovery after a crash), `verify`, `export`, `timestamp` (the times in
@@ -40,8 +53,8 @@ mod writer;
 #[cfg(test)]
 mod test_support;
 
-pub use error::AuditError;
-pub use export::{TimeRange, export};
-pub use format::{Entry, Exchange, GENESIS, Seal};
-pub use verify::{VerifyReport, verify};
+pub use error::{AuditError, Stale};
+pub use export::{ExportSummary, TimeRange, export, export_summary};
+pub use format::{EXPORT_VERSION, Entry, Exchange, ExportHeader, GENESIS, SEAL_VERSION, Seal};
+pub use verify::{LIVE_WINDOW, LogState, VerifyReport, verify, verify_export, verify_with};
 pub use writer::{LOG_FILE, SEAL_INTERVAL, SharingLog, Signer};

@@ -1,7 +1,11 @@
 //! What the crate's unit tests share: a node key and certificate from a fresh CA, a log
 //! in a temporary directory, and a sealed log of ten entries.
 
-use crate::{AuditError, Exchange, LOG_FILE, SharingLog, Signer, VerifyReport, verify};
+use crate::format::{SealLine, encode_entry};
+use crate::{
+    AuditError, Exchange, GENESIS, LOG_FILE, SEAL_VERSION, Seal, SharingLog, Signer, VerifyReport,
+    verify,
+};
 use lgsp_certs::{AgencyCode, CertificateAuthority, LeafSpec, Role, SpiffeId};
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
@@ -87,7 +91,50 @@ impl Fixture {
     }
 
     pub(crate) fn write_lines(&self, lines: &[String]) {
+        std::fs::create_dir_all(self.dir()).unwrap();
         std::fs::write(self.path(), lines.join("\n") + "\n").unwrap();
+    }
+
+    pub(crate) fn signer(&self) -> Signer {
+        Signer::from_pem(&self.key, &self.cert).unwrap()
+    }
+
+    /// A seal line of entry `seq` with hash `head`, in `version` (`None` for version 1),
+    /// signed with this fixture's key.
+    pub(crate) fn seal_line(&self, seq: u64, head: &str, version: Option<u32>) -> String {
+        let signer = self.signer();
+        let mut seal = Seal {
+            v: version,
+            seq,
+            head: head.to_owned(),
+            time: "2025-03-01T00:00:00.000Z".into(),
+            signer: signer.spiffe_id().to_owned(),
+            cert: version.map(|_| self.cert_sha256()),
+            signature: String::new(),
+        };
+        signer.sign(&mut seal).unwrap();
+        serde_json::to_string(&SealLine { seal }).unwrap()
+    }
+
+    pub(crate) fn cert_sha256(&self) -> String {
+        let der = crate::certificate::first_certificate(&self.cert).unwrap();
+        hex::encode(Sha256::digest(der))
+    }
+
+    /// Writes a log of entries at `times` (entry n at `times[n - 1]`), with a version
+    /// 2 seal after each entry numbered in `seals`.
+    pub(crate) fn write_log_at(&self, times: &[&str], seals: &[u64]) {
+        let mut lines = Vec::new();
+        let mut prev = GENESIS.to_owned();
+        for (seq, time) in (1..).zip(times) {
+            let (line, hash) = encode_entry(seq, time, &exchange(seq), &prev);
+            lines.push(String::from_utf8(line).unwrap().trim_end().to_owned());
+            if seals.contains(&seq) {
+                lines.push(self.seal_line(seq, &hash, Some(SEAL_VERSION)));
+            }
+            prev = hash;
+        }
+        self.write_lines(&lines);
     }
 }
 

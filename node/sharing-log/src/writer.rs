@@ -5,8 +5,8 @@
 use crate::certificate::{first_certificate, public_key_point};
 use crate::error::{AuditError, io_err};
 use crate::format::{
-    Exchange, ExchangeFields, GENESIS, SEAL_PREFIX, Seal, SealLine, decode_entry, decode_seal,
-    encode_with_fields, seal_message,
+    Exchange, ExchangeFields, GENESIS, SEAL_PREFIX, SEAL_VERSION, Seal, SealLine, decode_entry,
+    decode_seal, encode_with_fields,
 };
 use crate::timestamp::now_rfc3339;
 use lgsp_certs::inspect::{CertInfo, pem_blocks};
@@ -31,6 +31,9 @@ pub struct Signer {
     key: EcdsaKeyPair,
     rng: SystemRandom,
     spiffe_id: String,
+    /// SHA-256 of the certificate's DER, lower-case hex: seals name the certificate
+    /// that checks them, and sign that name.
+    cert_sha256: String,
 }
 
 impl fmt::Debug for Signer {
@@ -71,6 +74,7 @@ impl Signer {
             key,
             rng,
             spiffe_id,
+            cert_sha256: info.sha256,
         })
     }
 
@@ -79,12 +83,29 @@ impl Signer {
         &self.spiffe_id
     }
 
-    fn sign(&self, seq: u64, head: &str) -> Result<String, AuditError> {
+    /// A version 2 seal of entry `seq` whose hash is `head`, signed now.
+    fn seal(&self, seq: u64, head: &str) -> Result<Seal, AuditError> {
+        let mut seal = Seal {
+            v: Some(SEAL_VERSION),
+            seq,
+            head: head.to_owned(),
+            time: now_rfc3339(),
+            signer: self.spiffe_id.clone(),
+            cert: Some(self.cert_sha256.clone()),
+            signature: String::new(),
+        };
+        self.sign(&mut seal)?;
+        Ok(seal)
+    }
+
+    /// Sets `seal.signature` to this key's signature over [`Seal::message`].
+    pub(crate) fn sign(&self, seal: &mut Seal) -> Result<(), AuditError> {
         let signature = self
             .key
-            .sign(&self.rng, seal_message(seq, head).as_bytes())
+            .sign(&self.rng, &seal.message())
             .map_err(|_| AuditError::Key("ECDSA signing failed".into()))?;
-        Ok(hex::encode(signature.as_ref()))
+        seal.signature = hex::encode(signature.as_ref());
+        Ok(())
     }
 }
 
@@ -199,13 +220,7 @@ impl SharingLog {
             let mut writer = self.lock()?;
             let last = writer.next_seq - 1;
             let sealed = if last > writer.sealed {
-                let seal = Seal {
-                    seq: last,
-                    head: writer.head.clone(),
-                    time: now_rfc3339(),
-                    signature: self.signer.sign(last, &writer.head)?,
-                    signer: self.signer.spiffe_id.clone(),
-                };
+                let seal = self.signer.seal(last, &writer.head)?;
                 let mut line = serde_json::to_vec(&SealLine { seal })
                     .expect("a seal of strings and integers always serializes");
                 line.push(b'\n');
@@ -266,6 +281,17 @@ impl SharingLog {
             Ok(Ok(_)) => {}
             Ok(Err(error)) => tracing::error!(%error, "cannot seal the sharing log"),
             Err(error) => tracing::error!(%error, "the sharing log sealer panicked"),
+        }
+    }
+}
+
+impl Drop for SharingLog {
+    /// Seals what is not sealed yet, so that a log closed in an orderly way ends with a
+    /// seal and `lgsp audit verify` can tell it whole from one cut short.
+    fn drop(&mut self) {
+        match self.seal() {
+            Ok(_) | Err(AuditError::Stopped(_)) => {}
+            Err(error) => tracing::error!(%error, "cannot seal the sharing log on closing"),
         }
     }
 }
@@ -359,7 +385,7 @@ mod tests {
         sealed_log(&f);
         let log = f.open();
         log.append(exchange(11)).unwrap();
-        drop(log);
+        drop(log); // sealed on closing
         let whole = std::fs::read(f.path()).unwrap();
         let mut torn = whole.clone();
         torn.extend_from_slice(b"{\"seq\":12,\"time\":\"2025-");
@@ -367,7 +393,7 @@ mod tests {
 
         let report = f.verify().unwrap();
         assert!(report.partial_last_line);
-        assert_eq!((report.entries, report.unsealed), (11, 1));
+        assert_eq!((report.entries, report.last_sealed), (11, Some(11)));
 
         let log = f.open();
         assert_eq!(std::fs::read(f.path()).unwrap(), whole, "torn line cut off");
@@ -455,6 +481,28 @@ mod tests {
         sealer.await.unwrap();
         let report = f.verify().unwrap();
         assert_eq!((report.last_sealed, report.unsealed), (Some(2), 0));
+    }
+
+    #[test]
+    fn closing_the_log_seals_what_is_not_sealed_yet() {
+        let f = Fixture::new("close-seals");
+        sealed_log(&f);
+        let log = f.open();
+        log.append(exchange(11)).unwrap();
+        log.append(exchange(12)).unwrap();
+        drop(log);
+        assert!(
+            f.lines()
+                .last()
+                .unwrap()
+                .starts_with("{\"seal\":{\"v\":2,\"seq\":12,")
+        );
+        let report = f.verify().unwrap();
+        assert_eq!((report.last_sealed, report.unsealed), (Some(12), 0));
+        // Closing again with nothing new adds no seal.
+        let before = f.lines().len();
+        drop(f.open());
+        assert_eq!(f.lines().len(), before);
     }
 
     #[test]
