@@ -1,33 +1,45 @@
 //! `lgsp audit`: checking and shipping a node's sharing log (nhật ký chia sẻ dữ liệu,
-//! D47 Art. 45). Both work on the file alone, while the node runs or after it stopped.
+//! D47 Art. 45). Both work on the file alone, while the node runs or after it stopped;
+//! an export carries the seals that prove it, so it verifies on its own too.
 
 use super::UsageError;
 use anyhow::{Context, Result};
 use clap::Subcommand;
-use lgsp_sharing_log::{self as sharing_log, AuditError, TimeRange};
+use lgsp_sharing_log::{self as sharing_log, AuditError, LIVE_WINDOW, LogState, TimeRange};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Subcommand)]
 pub(super) enum AuditCommand {
-    /// Check that a sharing log is intact: every entry's hash, the numbering and
-    /// the chain of entries, and every seal's signature. Prints a summary; fails
-    /// naming the first line (and entry) that was changed, removed or moved.
-    /// Entries after the last seal are reported but are not a failure: the node
-    /// seals every second.
+    /// Check that a sharing log, or an export of one, is intact: every entry's
+    /// hash, the numbering and the chain of entries, every seal's signature over
+    /// all its fields, and that a seal covers the last entry. Prints a summary;
+    /// fails naming the first line (and entry) that was changed, removed or
+    /// moved, a log with no seal, or the entries after the last seal. A log
+    /// cut off together with its last seals cannot be told from the file alone.
     Verify {
-        /// The sharing log, sharing-log.jsonl in the node's data directory.
+        /// The sharing log, sharing-log.jsonl in the node's data directory, or
+        /// a file written by `lgsp audit export`.
         #[arg(long, value_name = "FILE")]
         log: PathBuf,
+        /// The node is running: accept entries after the last seal when they
+        /// were written in the last 5 seconds (the node seals every second).
+        /// Without it every entry must be sealed, as in a stopped node's log.
+        #[arg(long)]
+        live: bool,
         /// The node's certificate (PEM), whose key signed the seals. Repeat the
         /// flag, or put several certificates in the file, when the node's key
         /// was renewed: a seal made by any of them is accepted.
         #[arg(long, value_name = "FILE", required = true)]
         cert: Vec<PathBuf>,
     },
-    /// Write the log's entries (not its seals) within a time range as JSON
-    /// Lines, byte for byte as logged, so the receiver can re-check their hashes.
-    /// Does not verify the log; run `lgsp audit verify` for that.
+    /// Write the log's entries within a time range as JSON Lines, with what
+    /// proves them, so that `lgsp audit verify --log EXPORT --cert CERT` checks
+    /// the export on its own: a header line naming the chain head before the
+    /// first entry, then the log's lines (entries and seals) byte for byte up to
+    /// the seal after the range's last entry. Entries of the range not sealed
+    /// yet are left out and counted. Does not verify the log; run `lgsp audit
+    /// verify` for that.
     Export {
         /// The sharing log, sharing-log.jsonl in the node's data directory.
         #[arg(long, value_name = "FILE")]
@@ -48,14 +60,14 @@ pub(super) enum AuditCommand {
 
 pub(super) fn run(cmd: AuditCommand) -> Result<()> {
     match cmd {
-        AuditCommand::Verify { log, cert } => verify(&log, &cert),
+        AuditCommand::Verify { log, live, cert } => verify(&log, live, &cert),
         AuditCommand::Export { log, from, to, out } => {
             export(&log, from.as_deref(), to.as_deref(), out.as_deref())
         }
     }
 }
 
-fn verify(log: &Path, certs: &[PathBuf]) -> Result<()> {
+fn verify(log: &Path, live: bool, certs: &[PathBuf]) -> Result<()> {
     let mut pem = String::new();
     for path in certs {
         let text = std::fs::read_to_string(path)
@@ -63,7 +75,12 @@ fn verify(log: &Path, certs: &[PathBuf]) -> Result<()> {
         pem.push_str(&text);
         pem.push('\n');
     }
-    match sharing_log::verify(log, &pem) {
+    let state = if live {
+        LogState::live()
+    } else {
+        LogState::Closed
+    };
+    match sharing_log::verify_with(log, &pem, state) {
         Ok(report) => {
             println!("{report}");
             Ok(())
@@ -71,6 +88,20 @@ fn verify(log: &Path, certs: &[PathBuf]) -> Result<()> {
         Err(error @ AuditError::Tampered { .. }) => Err(anyhow::Error::new(error).context(
             format!("sharing log {} has been tampered with", log.display()),
         )),
+        Err(error @ (AuditError::NoSeal { .. } | AuditError::Unsealed { .. })) => {
+            let hint = if live {
+                String::new()
+            } else {
+                format!(
+                    " (if the node is running, --live accepts entries of the last {} s)",
+                    LIVE_WINDOW.as_secs()
+                )
+            };
+            Err(anyhow::Error::new(error).context(format!(
+                "sharing log {} is not proven whole{hint}",
+                log.display()
+            )))
+        }
         Err(error) => Err(anyhow::Error::new(error)
             .context(format!("cannot verify the sharing log {}", log.display()))),
     }
@@ -84,7 +115,7 @@ fn export(log: &Path, from: Option<&str>, to: Option<&str>, out: Option<&Path>) 
             let file = std::fs::File::create(path)
                 .with_context(|| format!("cannot create {}", path.display()))?;
             let mut writer = std::io::BufWriter::new(file);
-            let count = sharing_log::export(log, &range, &mut writer);
+            let count = sharing_log::export_summary(log, &range, &mut writer);
             writer
                 .flush()
                 .with_context(|| format!("cannot write {}", path.display()))?;
@@ -92,18 +123,36 @@ fn export(log: &Path, from: Option<&str>, to: Option<&str>, out: Option<&Path>) 
         }
         None => {
             let mut writer = std::io::BufWriter::new(std::io::stdout().lock());
-            let count = sharing_log::export(log, &range, &mut writer);
+            let count = sharing_log::export_summary(log, &range, &mut writer);
             writer.flush().context("cannot write to standard output")?;
             count
         }
     };
     match result {
-        Ok(count) => {
-            let what = if count == 1 { "entry" } else { "entries" };
-            match out {
-                Some(path) => eprintln!("exported {count} {what} to {}", path.display()),
-                None => eprintln!("exported {count} {what}"),
+        Ok(summary) => {
+            let plural =
+                |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+            let mut said = format!(
+                "exported {} and {}",
+                plural(summary.entries, "entry", "entries"),
+                plural(summary.seals, "seal", "seals")
+            );
+            if let Some(path) = out {
+                said += &format!(" to {}", path.display());
             }
+            if summary.after_range > 0 {
+                said += &format!(
+                    " ({} after the range, up to the seal that covers it)",
+                    plural(summary.after_range, "entry", "entries")
+                );
+            }
+            if summary.unsealed > 0 {
+                said += &format!(
+                    "; {} of the range not sealed yet left out: export again in a second",
+                    plural(summary.unsealed, "entry", "entries")
+                );
+            }
+            eprintln!("{said}");
             Ok(())
         }
         Err(error) => Err(anyhow::Error::new(error)
