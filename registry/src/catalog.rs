@@ -429,6 +429,53 @@ fn check_crl(db: &impl KvRead, crl: &lgsp_proto::Crl) -> Result<(), CatalogError
     Ok(())
 }
 
+/// Records of one kind an agency may hold (its nodes, its services, the
+/// grants of its services), whatever certificate of it writes them. The
+/// provincial admin is not bound by it.
+pub const MAX_RECORDS_PER_AGENCY: usize = 1_000;
+
+/// Bytes of records of one kind an agency may hold (encoded values).
+pub const MAX_BYTES_PER_AGENCY: usize = 8 << 20;
+
+/// Refuses a put that would take `actor`'s agency past its quota of
+/// records or bytes of that kind: one node certificate must not be able to
+/// fill the catalog (every node keeps a copy, and a snapshot carries it
+/// all). Counted at apply time, over what the catalog holds then.
+fn refuse_over_quota(
+    db: &impl KvRead,
+    actor: &SpiffeId,
+    kind: RecordKind,
+    key: &str,
+    value: &Value,
+) -> Result<(), CatalogError> {
+    if actor.role == Role::Admin
+        || !matches!(
+            kind,
+            RecordKind::Node | RecordKind::Service | RecordKind::Grant
+        )
+    {
+        return Ok(());
+    }
+    let agency = actor.agency.as_str();
+    let held = db
+        .read_prefix(&record_db_key(kind, &format!("{agency}/")))
+        .map_err(|e| CatalogError::Internal(e.to_string()))?;
+    let replaced = record_db_key(kind, key);
+    let (mut count, mut bytes) = (1usize, value.encoded_len());
+    for (k, v) in &held {
+        if *k != replaced {
+            count += 1;
+            bytes += v.len();
+        }
+    }
+    if count > MAX_RECORDS_PER_AGENCY || bytes > MAX_BYTES_PER_AGENCY {
+        return Err(CatalogError::FailedPrecondition(format!(
+            "agency {agency} would hold {count} {kind:?} records of {bytes} bytes, past its quota of {MAX_RECORDS_PER_AGENCY} records and {MAX_BYTES_PER_AGENCY} bytes; remove some, or ask the provincial admin"
+        )));
+    }
+    Ok(())
+}
+
 /// Refuses deleting a record others still name: an agency with nodes,
 /// services or grants (given or received), a service with grants, a node
 /// that serves services. Deletes never cascade: each dependent is removed
@@ -577,7 +624,11 @@ pub fn check(
     command: &Command,
 ) -> Result<Checked, CatalogError> {
     let (kind, key, value) = match precheck(actor, command)? {
-        (kind, key, Some(value)) => (kind, key.clone(), Some(check_value(db, value)?)),
+        (kind, key, Some(value)) => {
+            let value = check_value(db, value)?;
+            refuse_over_quota(db, actor, kind, &key, &value)?;
+            (kind, key.clone(), Some(value))
+        }
         (kind, key, None) => (kind, key, None),
     };
     let previous = get(db, kind, &key).map_err(|e| CatalogError::Internal(e.to_string()))?;

@@ -796,3 +796,55 @@ fn a_prefix_read_through_a_stage_sees_staged_writes_and_removals() {
         .collect();
     assert_eq!(seen, [b"p/b".to_vec(), b"p/c".to_vec()]);
 }
+
+// Quotas.
+
+#[test]
+fn an_agency_cannot_hold_more_than_its_quota_of_records_of_one_kind() {
+    let kv = catalog();
+    // The catalog already holds A/ho-tich.
+    for n in 1..MAX_RECORDS_PER_AGENCY {
+        let s = service(&format!("{A}/dich-vu-{n}"));
+        run(&kv, &node_of(A), &put_cmd(Value::Service(s))).unwrap();
+    }
+    let one_more = service(&format!("{A}/mot-nua"));
+    let err = refused(run(
+        &kv,
+        &node_of(A),
+        &put_cmd(Value::Service(one_more.clone())),
+    ));
+    assert!(
+        matches!(&err, CatalogError::FailedPrecondition(m) if m.contains("quota")),
+        "{err:?}"
+    );
+    // Replacing a record it holds is not one more; the admin is not bound.
+    let again = service(&format!("{A}/dich-vu-1"));
+    run(&kv, &node_of(A), &put_cmd(Value::Service(again))).unwrap();
+    run(&kv, &admin(), &put_cmd(Value::Service(one_more))).unwrap();
+}
+
+#[test]
+fn an_agency_cannot_fill_the_catalog_with_large_records() {
+    let kv = catalog();
+    let schema = format!("{{\"mo_ta\":\"{}\"}}", "x".repeat(60_000));
+    let mut refused_at = None;
+    for n in 0..200 {
+        let s = Service {
+            schema_json: schema.clone(),
+            ..service(&format!("{A}/lon-{n}"))
+        };
+        if let Err(err) = run(&kv, &node_of(A), &put_cmd(Value::Service(s))) {
+            assert!(
+                matches!(&err, CatalogError::FailedPrecondition(m) if m.contains("bytes")),
+                "{err:?}"
+            );
+            refused_at = Some(n);
+            break;
+        }
+    }
+    let n = refused_at.expect("refused before 200 records of 60 KB");
+    assert!(
+        n * 60_000 <= MAX_BYTES_PER_AGENCY + 60_000,
+        "refused only at {n}"
+    );
+}
