@@ -102,6 +102,7 @@ pub(super) fn run(
     let rules = Rules {
         key_field: key,
         schema,
+        max_record_bytes: store.max_record_bytes,
     };
     let mut loader = Loader::new(&gen_dir, file, rules)?;
     let mut reported = 0;
@@ -265,6 +266,8 @@ impl<R: Read> Read for Counting<R> {
 struct Rules<'a> {
     key_field: &'a str,
     schema: Option<&'a Schema>,
+    /// The largest record accepted, as JSON text in bytes.
+    max_record_bytes: usize,
 }
 
 /// One row as read: its fields in the order to store them, or why it could
@@ -376,22 +379,36 @@ impl<'a> Loader<'a> {
         if let Some(key) = key {
             // Once a row is bad the generation is discarded: the keys are
             // still inserted, to find duplicates, but no text is written.
-            let location = if problems.is_empty() && self.total_bad == 0 {
-                let text = object_text(fields.iter().map(|(n, v)| (n.as_str(), v)));
-                let location = Location {
-                    offset: self.data_len,
-                    len: text.len() as u64,
+            let text = problems
+                .is_empty()
+                .then(|| object_text(fields.iter().map(|(n, v)| (n.as_str(), v))));
+            // A record no node could send is refused here, not at the
+            // first call for it.
+            let max = self.rules.max_record_bytes;
+            if let Some(text) = &text
+                && text.len() > max
+            {
+                problems.push(format!(
+                    "the record is {} bytes; a node sends at most {max} bytes of one record (--max-record-bytes, with the node's max_message_bytes)",
+                    text.len()
+                ));
+            }
+            let location =
+                if let Some(text) = text.filter(|_| problems.is_empty() && self.total_bad == 0) {
+                    let location = Location {
+                        offset: self.data_len,
+                        len: text.len() as u64,
+                    };
+                    // The path is only made for the error, not for every row.
+                    let gen_dir = &self.gen_dir;
+                    self.data
+                        .write_all(text.as_bytes())
+                        .map_err(|e| io_error(&gen_dir.join(UNSORTED_FILE))(e))?;
+                    self.data_len += location.len;
+                    location
+                } else {
+                    Location::default()
                 };
-                // The path is only made for the error, not for every row.
-                let gen_dir = &self.gen_dir;
-                self.data
-                    .write_all(text.as_bytes())
-                    .map_err(|e| io_error(&gen_dir.join(UNSORTED_FILE))(e))?;
-                self.data_len += location.len;
-                location
-            } else {
-                Location::default()
-            };
             let earlier = self
                 .records
                 .insert(key.as_bytes(), &location.encode())

@@ -316,14 +316,29 @@ pub struct ImportReport {
 #[derive(Clone, Debug)]
 pub struct DatasetStore {
     root: PathBuf,
+    max_record_bytes: usize,
 }
 
+/// The largest record an import accepts unless told otherwise, as JSON text
+/// in bytes: a node's default message limit (4 MiB) less room for the
+/// envelope around it. A larger record could be imported but never served.
+pub const DEFAULT_MAX_RECORD_BYTES: usize = (4 << 20) - (64 << 10);
+
 impl DatasetStore {
-    /// A store rooted at `root` (created by the first import).
+    /// A store rooted at `root` (created by the first import), importing
+    /// records of at most [`DEFAULT_MAX_RECORD_BYTES`].
     pub fn new(root: &Path) -> Self {
         Self {
             root: root.to_owned(),
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
         }
+    }
+
+    /// The same store, importing records of at most `bytes` (for a node
+    /// whose `max_message_bytes` is larger than the default).
+    pub fn with_max_record_bytes(mut self, bytes: usize) -> Self {
+        self.max_record_bytes = bytes;
+        self
     }
 
     /// The store's directory: one subdirectory per service.

@@ -706,3 +706,31 @@ fn a_truncated_data_file_is_reported_as_corrupt_naming_the_record() {
     let err = dataset.query(&Query::default()).unwrap_err().to_string();
     assert!(err.contains("after \"002\""), "{err}");
 }
+
+#[test]
+fn a_record_too_large_for_a_node_to_send_is_refused_by_line() {
+    let dir = TestDir::new();
+    let store = dir.store().with_max_record_bytes(1_000);
+    let big = "x".repeat(1_000);
+    let file = dir.file(
+        "ho-so.csv",
+        format!("ma,noi_dung\nA1,ngắn\nA2,{big}\nA3,ngắn\n").as_bytes(),
+    );
+    let (rows, total) = bad_rows(
+        store
+            .import("ho-so", &file, "ma", None, &no_progress)
+            .unwrap_err(),
+    );
+    assert_eq!(total, 1);
+    assert_eq!(rows[0].line, 3);
+    assert!(
+        rows[0].why.contains("a node sends at most 1000 bytes"),
+        "{}",
+        rows[0].why
+    );
+    assert_eq!(store.current_generation("ho-so"), None);
+    // The default takes it: 4 MiB less the envelope.
+    dir.store()
+        .import("ho-so", &file, "ma", None, &no_progress)
+        .expect("within the default");
+}

@@ -36,6 +36,11 @@ pub(super) enum DatasetCommand {
         /// says; without one they stay strings.
         #[arg(long, value_name = "FILE")]
         schema: Option<PathBuf>,
+        /// The largest record accepted, as JSON text in bytes. The default
+        /// fits a node's default `max_message_bytes` (4 MiB); raise both
+        /// together.
+        #[arg(long, value_name = "BYTES", default_value_t = lgsp_dataset::DEFAULT_MAX_RECORD_BYTES)]
+        max_record_bytes: usize,
     },
     /// Print one record, as the JSON object stored.
     Show {
@@ -103,7 +108,8 @@ pub(super) fn run(cmd: DatasetCommand) -> Result<()> {
             file,
             key,
             schema,
-        } => import(&at, &file, &key, schema),
+            max_record_bytes,
+        } => import(&at, &file, &key, schema, max_record_bytes),
         DatasetCommand::Show { at, key } => {
             let dataset = at.store().open(&at.service)?;
             let record = dataset.get_json(&key)?.ok_or_else(|| {
@@ -125,7 +131,13 @@ pub(super) fn run(cmd: DatasetCommand) -> Result<()> {
     }
 }
 
-fn import(at: &DatasetArgs, file: &Path, key: &str, schema: Option<PathBuf>) -> Result<()> {
+fn import(
+    at: &DatasetArgs,
+    file: &Path,
+    key: &str,
+    schema: Option<PathBuf>,
+    max_record_bytes: usize,
+) -> Result<()> {
     let schema = match &schema {
         Some(path) => Some(Schema::load(path).with_context(|| format!("{}", path.display()))?),
         None => None,
@@ -146,16 +158,20 @@ fn import(at: &DatasetArgs, file: &Path, key: &str, schema: Option<PathBuf>) -> 
     }
     // The import checks the file, then writes the records in key order:
     // progress starts again from 0 for the second part.
-    let result = at
-        .store()
-        .import(&at.service, file, key, schema.as_ref(), &|done, total| {
+    let result = at.store().with_max_record_bytes(max_record_bytes).import(
+        &at.service,
+        file,
+        key,
+        schema.as_ref(),
+        &|done, total| {
             if done < bar.position() {
                 bar.set_message("writing the records in key order");
                 bar.reset_eta();
             }
             bar.set_length(total);
             bar.set_position(done);
-        });
+        },
+    );
     bar.finish_and_clear();
     match result {
         Ok(report) => {
