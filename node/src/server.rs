@@ -61,6 +61,20 @@ pub enum NodeError {
         /// The node name `node.toml` names.
         name: String,
     },
+    /// The node's certificate was not issued by the CA in its `ca.pem`: no
+    /// other node would accept it, so the node would only warn for ever.
+    #[error(
+        "{} was not signed by the CA in {}: ask the provincial IT department (Sở TT&TT) for a certificate signed by the provincial CA, or put that CA's certificate in {}",
+        cert.display(),
+        ca.display(),
+        ca.display()
+    )]
+    NotIssuedByCa {
+        /// The node's certificate file.
+        cert: PathBuf,
+        /// The CA certificate file.
+        ca: PathBuf,
+    },
     /// The consumer listener's own TLS files cannot be used.
     #[error("the consumer listener's TLS files ([consumer.tls])")]
     ConsumerTls(#[source] CertError),
@@ -85,6 +99,39 @@ pub enum NodeError {
     /// The reflection service cannot be built.
     #[error("reflection service")]
     Reflection(#[source] tonic_reflection::server::Error),
+}
+
+impl NodeError {
+    /// Whether the configuration (files, identity) is at fault, so that a
+    /// restart cannot help: the process exits with the usage code (2), which
+    /// the systemd unit does not restart.
+    pub fn is_configuration(&self) -> bool {
+        matches!(
+            self,
+            NodeError::TlsFiles { .. }
+                | NodeError::Identity { .. }
+                | NodeError::NotThisNode { .. }
+                | NodeError::NotIssuedByCa { .. }
+                | NodeError::ConsumerTls(_)
+        )
+    }
+}
+
+/// Whether the first certificate of `creds` is signed by one of its CA
+/// certificates.
+fn issued_by_ca(creds: &Credentials) -> bool {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let Some(leaf) = creds.chain.first() else {
+        return false;
+    };
+    let Ok((_, leaf)) = X509Certificate::from_der(leaf.as_ref()) else {
+        return false;
+    };
+    creds.roots.iter().any(|root| {
+        X509Certificate::from_der(root.as_ref()).is_ok_and(|(_, ca)| {
+            ca.subject() == leaf.issuer() && leaf.verify_signature(Some(ca.public_key())).is_ok()
+        })
+    })
 }
 
 fn listen_error(addr: SocketAddr) -> impl FnOnce(std::io::Error) -> NodeError {
@@ -122,6 +169,12 @@ impl NodeServer {
             cert: files.cert.clone(),
             source,
         })?;
+        if !issued_by_ca(&creds) {
+            return Err(NodeError::NotIssuedByCa {
+                cert: files.cert.clone(),
+                ca: files.ca.clone(),
+            });
+        }
         let own = CertInfo::from_der(&creds.chain[0], &files.cert)?;
         let id = own.spiffe_id.map_err(|why| NodeError::Identity {
             cert: files.cert.clone(),

@@ -149,7 +149,10 @@ pub(crate) fn main() -> ExitCode {
                 error.downcast_ref::<lgsp_node::config::ConfigError>(),
                 Some(lgsp_node::config::ConfigError::Invalid { .. })
             );
-            if error.is::<UsageError>() || bad_config {
+            let bad_node_files = error
+                .downcast_ref::<lgsp_node::server::NodeError>()
+                .is_some_and(lgsp_node::server::NodeError::is_configuration);
+            if error.is::<UsageError>() || bad_config || bad_node_files {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE
