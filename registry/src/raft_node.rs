@@ -79,6 +79,11 @@ enum Request {
     Status {
         reply: Reply<StatusResponse>,
     },
+    /// Hands leadership to the most caught-up other voter, if this server
+    /// leads; answers with the chosen server.
+    TransferLeader {
+        reply: Reply<Option<u64>>,
+    },
 }
 
 /// Whether this server can tell that its catalog is current. A watch on a
@@ -259,6 +264,13 @@ impl RaftHandle {
     /// when the consensus loop has stopped or the store cannot be read.
     pub async fn status(&self) -> Result<StatusResponse, RegistryError> {
         self.call(|reply| Request::Status { reply }).await
+    }
+
+    /// If this server leads, hands leadership to the most caught-up other
+    /// voter and returns it (`None` when it does not lead or is alone).
+    /// The transfer completes when that server wins its election.
+    pub async fn transfer_leadership(&self) -> Result<Option<u64>, RegistryError> {
+        self.call(|reply| Request::TransferLeader { reply }).await
     }
 }
 
@@ -541,8 +553,29 @@ impl Driver {
             Request::Status { reply } => {
                 let _ = reply.send(self.status());
             }
+            Request::TransferLeader { reply } => {
+                let _ = reply.send(Ok(self.hand_over()));
+            }
         }
         Ok(())
+    }
+
+    /// If this server leads, starts handing leadership to the other voter
+    /// whose log matches the most (it can take over at once); returns it.
+    fn hand_over(&mut self) -> Option<u64> {
+        if self.raw.raft.state != StateRole::Leader {
+            return None;
+        }
+        let own = self.config.id;
+        let voters: Vec<u64> = self.raw.raft.prs().conf().voters().ids().iter().collect();
+        let target = voters
+            .into_iter()
+            .filter(|id| *id != own)
+            .filter_map(|id| self.raw.raft.prs().get(id).map(|p| (id, p.matched)))
+            .max_by_key(|(id, matched)| (*matched, std::cmp::Reverse(*id)))
+            .map(|(id, _)| id)?;
+        self.raw.transfer_leader(target);
+        Some(target)
     }
 
     /// A leader that believes this server holds entries it does not have

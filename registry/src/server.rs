@@ -246,6 +246,17 @@ impl RegistryServer {
 
     /// Stops serving, flushes and closes the store.
     pub async fn shutdown(mut self) -> Result<(), RegistryError> {
+        // A leader hands over first, so that writes go on at once instead
+        // of waiting an election timeout for the others to notice it gone.
+        if let Ok(Some(to)) = self.raft.transfer_leadership().await {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+            while tokio::time::Instant::now() < deadline {
+                match self.raft.status().await {
+                    Ok(status) if status.leader_id == to => break,
+                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        }
         let _ = self.shutdown.send(true);
         let result = self.wait().await;
         for task in self.tasks.drain(..) {
