@@ -129,7 +129,10 @@ impl Trace {
         self.written = true;
         let latency = self.started.elapsed();
         let ctx = &self.ctx;
-        let service_label = if ctx.cache.has_service(&self.service_id) {
+        // A call that succeeded was for a catalog service (it was
+        // authorized or routed by it): only a failed call needs the lookup.
+        let in_catalog = code == tonic::Code::Ok || ctx.cache.has_service(&self.service_id);
+        let service_label = if in_catalog {
             self.service_id.as_str()
         } else {
             OTHER_SERVICE
