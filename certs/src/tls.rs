@@ -414,8 +414,11 @@ fn build_server_config(creds: &Credentials, trust: &Trust) -> Result<ServerConfi
     Ok(config)
 }
 
-/// A tonic client endpoint that presents `creds` and trusts their CA.
-/// `server_name` is the name checked in the server's certificate; by
+/// A tonic client endpoint that presents `creds` and trusts their CA,
+/// checking the server by host name only: for tests and tools that reach
+/// a known address. lgsp's own clients check who they reached instead
+/// ([`crate::server_identity`]). `server_name` is the name checked in the
+/// server's certificate; by
 /// default the host of `uri` (a DNS name or an IP address, which the
 /// certificate must carry as a SAN, as `lgsp ca issue --dns/--ip` puts it).
 /// A `uri` without a scheme gets `https://`. Fails with [`CertError::Tls`]
