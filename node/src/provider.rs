@@ -182,8 +182,15 @@ impl Provider {
     /// Authorizes the call and has the service's backend answer it.
     async fn answer(&self, peer: &Peer, env: &Envelope) -> Result<Vec<u8>, Status> {
         let ctx = &self.ctx;
-        let id = access::authorize(&ctx.cache, &ctx.config.agency, peer, &env.service_id)?;
-        let name = id.name();
+        let allowed = access::authorize(
+            &ctx.cache,
+            &ctx.config.agency,
+            peer,
+            &env.service_id,
+            unix_now(),
+        )?;
+        let consumer = peer.id.agency.as_str();
+        let name = allowed.id.name();
         let service = ctx
             .config
             .service(name)
@@ -200,6 +207,19 @@ impl Provider {
                     .into());
                 }
                 let key = env.parameters.get("key").ok_or(Refusal::MissingKey)?;
+                // The items asked for (`fields`, comma-separated) must be
+                // granted; the answer carries only granted items.
+                let asked: Vec<&str> = env
+                    .parameters
+                    .get("fields")
+                    .map(|f| {
+                        f.split(',')
+                            .map(str::trim)
+                            .filter(|f| !f.is_empty())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                allowed.check_items(consumer, asked.iter().copied())?;
                 let dataset = ctx
                     .datasets
                     .get(name)
@@ -211,7 +231,15 @@ impl Provider {
                         service: env.service_id.clone(),
                         key: key.clone(),
                     })?;
-                Ok(record.into_bytes())
+                if asked.is_empty() && allowed.items.is_empty() {
+                    return Ok(record.into_bytes());
+                }
+                let keep: Vec<&str> = if asked.is_empty() {
+                    allowed.items.iter().map(String::as_str).collect()
+                } else {
+                    asked
+                };
+                Ok(project(&record, &keep).into_bytes())
             }
             Backend::Grpc { url, timeout } => {
                 let channel = ctx.backend_channel(url)?;
@@ -262,15 +290,30 @@ impl Provider {
         }
     }
 
-    /// Authorizes a query stream and finds its dataset.
+    /// Authorizes a query stream, limits it to the items granted and finds
+    /// its dataset.
     fn open_query(
         &self,
         peer: &Peer,
-        service_id: &str,
+        req: &mut QueryRequest,
     ) -> Result<Arc<lgsp_dataset::Dataset>, Status> {
         let ctx = &self.ctx;
-        let id = access::authorize(&ctx.cache, &ctx.config.agency, peer, service_id)?;
-        let name = id.name();
+        let service_id = req.service_id.as_str();
+        let allowed =
+            access::authorize(&ctx.cache, &ctx.config.agency, peer, service_id, unix_now())?;
+        // Every field asked for or filtered on must be granted; asking for
+        // none gets the granted ones.
+        allowed.check_items(
+            peer.id.agency.as_str(),
+            req.fields
+                .iter()
+                .chain(req.filters.iter().map(|f| &f.field))
+                .map(String::as_str),
+        )?;
+        if req.fields.is_empty() {
+            req.fields.clone_from(&allowed.items);
+        }
+        let name = allowed.id.name();
         match ctx.config.service(name).map(|s| &s.backend) {
             Some(Backend::Dataset) => {}
             Some(_) => {
@@ -337,7 +380,7 @@ impl DataExchange for Provider {
         if let Some(refusal) = bad_id {
             return Err(trace.refuse(refusal));
         }
-        let dataset = match self.open_query(&peer, &req.service_id) {
+        let dataset = match self.open_query(&peer, &mut req) {
             Ok(dataset) => dataset,
             Err(status) => {
                 trace.finish(&Sha256::digest([]), status.code(), 0);
@@ -453,5 +496,24 @@ impl DataExchange for Provider {
         Ok(Response::new(Box::pin(
             self.auth.while_admitted(peer, pages),
         )))
+    }
+}
+
+/// The time now, Unix seconds.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// `json` with only the fields in `keep` when it is an object (a dataset
+/// record); anything else is returned as it is.
+fn project(json: &str, keep: &[&str]) -> String {
+    match serde_json::from_str::<serde_json::Value>(json) {
+        Ok(serde_json::Value::Object(mut fields)) => {
+            fields.retain(|k, _| keep.contains(&k.as_str()));
+            serde_json::Value::Object(fields).to_string()
+        }
+        _ => json.to_owned(),
     }
 }

@@ -20,12 +20,12 @@
 // raft-rs' protobuf 2 types are built field by field, as its own code does.
 #![allow(clippy::field_reassign_with_default)]
 
-use crate::catalog;
+use crate::catalog::{self, Asker};
 use crate::error::{CatalogError, RegistryError};
 use crate::kv::{Kv, Staged};
 use crate::storage::{APPLIED, RaftStore};
 use crate::transport::{Network, Report};
-use lgsp_certs::SpiffeId;
+use lgsp_certs::{AgencyCode, SpiffeId};
 use lgsp_proto::{
     ApplyResponse, Command, Member, MemberChange, Proposal, StatusResponse, WatchEvent,
 };
@@ -38,7 +38,7 @@ use raft::eraftpb::{
 use raft::{RawNode, SnapshotStatus, StateRole};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// The most raft log entries (and watch history events) deleted at once.
@@ -111,6 +111,7 @@ pub struct RaftHandle {
     election_timeout: Duration,
     db: Kv,
     ca: Arc<Vec<rustls_pki_types::CertificateDer<'static>>>,
+    province: AgencyCode,
     /// This server's Raft id.
     pub id: u64,
 }
@@ -199,7 +200,12 @@ impl RaftHandle {
         // checked here: a server that is behind must never refuse from its
         // stale state (compare-and-set, "agency must exist" are decided when
         // the command is applied, in log order, on every server alike).
-        let (_, _, value) = catalog::precheck(&actor, &command)?;
+        let asker = Asker {
+            actor: &actor,
+            province: &self.province,
+            now_unix: unix_now_ms() / 1000,
+        };
+        let (_, _, value) = catalog::precheck(&asker, &command)?;
         if let Some(lgsp_proto::catalog_record::Value::Crl(crl)) = &value {
             lgsp_certs::inspect::verify_crl(&crl.der, &self.ca)
                 .map_err(|e| CatalogError::InvalidArgument(e.to_string()))?;
@@ -297,6 +303,9 @@ pub struct LoopConfig {
     /// The CA certificates (DER) a published CRL must be signed by; checked
     /// before the CRL is proposed. Empty: no CRL is accepted.
     pub ca: Vec<rustls_pki_types::CertificateDer<'static>>,
+    /// The agency that runs the registry (from this server's certificate):
+    /// its admin certificates act as the provincial admin.
+    pub province: AgencyCode,
 }
 
 /// A linearizable read: answered once this server has applied up to its
@@ -361,6 +370,7 @@ pub fn start(
         election_timeout: driver.config.tick * driver.config.election_ticks as u32,
         db: driver.store.db().clone(),
         ca: Arc::new(driver.config.ca.clone()),
+        province: driver.config.province.clone(),
         id: driver.config.id,
     };
     // The loop blocks on fsync: it gets a thread of its own, so that a flush
@@ -505,6 +515,7 @@ impl Driver {
                     origin: self.config.id,
                     actor: actor.to_string(),
                     command: Some(*command),
+                    at_unix_ms: unix_now_ms(),
                 };
                 match self.raw.propose(vec![], proposal.encode_to_vec()) {
                     Ok(()) => {
@@ -954,13 +965,18 @@ impl Driver {
             .map_err(|e| CatalogError::PermissionDenied(e.to_string()))
             .and_then(|actor| {
                 let command = proposal.command.clone().unwrap_or_default();
-                catalog::check(batch, &actor, &command)
+                let asker = Asker {
+                    actor: &actor,
+                    province: &self.config.province,
+                    now_unix: proposal.at_unix_ms.div_euclid(1000),
+                };
+                catalog::check(batch, &asker, &command)
             });
         let outcome = match checked {
             Ok(checked) => {
-                let (record, event) = catalog::apply(batch, checked)?;
-                let revision = event.revision;
-                self.published.push(event);
+                let (record, events) = catalog::apply(batch, checked)?;
+                let revision = events.last().map_or(0, |e| e.revision);
+                self.published.extend(events);
                 Ok(ApplyResponse { revision, record })
             }
             Err(CatalogError::Internal(why)) => {
@@ -1042,6 +1058,14 @@ fn members_of(db: &Kv, voters: &[u64], learners: &[u64]) -> Result<Vec<Member>, 
             m
         })
         .collect())
+}
+
+/// The time now, Unix milliseconds: stamped on each proposal by the server
+/// that receives it, so that every server decides time rules alike.
+fn unix_now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

@@ -104,6 +104,7 @@ impl RegistryServer {
                 watch_history: config.watch_history,
                 propose_timeout: Duration::from_millis(config.propose_timeout_ms),
                 ca: creds.roots.clone(),
+                province: own_id.agency.clone(),
             },
             shutdown_rx.clone(),
         )?;

@@ -7,7 +7,7 @@ use crate::{TRUST_DOMAIN, lgsp, lgsp_bin};
 use bytes::Bytes;
 use lgsp_certs::{AgencyCode, Credentials, Role, SpiffeId};
 use lgsp_proto::Envelope;
-use lgsp_proto::{GrantStatus, ServiceKind};
+use lgsp_proto::{GrantStatus, ServiceKind, SuspensionKind, TerminationKind};
 use lgsp_province::backend::{self, HttpCall};
 use lgsp_province::wait;
 use lgsp_registry::{Catalog, GrantKey, Publication, RegistryClient, Validity};
@@ -327,8 +327,16 @@ impl Province {
         let reason = "thử nghiệm";
         let catalog = self.catalog();
         match status {
-            GrantStatus::Suspended => catalog.suspend(&key, reason).await,
-            GrantStatus::Terminated => catalog.terminate(&key, reason).await,
+            GrantStatus::Suspended => {
+                catalog
+                    .suspend(&key, SuspensionKind::Breach, reason, "liên hệ Sở TT&TT")
+                    .await
+            }
+            GrantStatus::Terminated => {
+                catalog
+                    .terminate(&key, TerminationKind::NoLongerNeeded, reason)
+                    .await
+            }
             _ => catalog.grant(&key, Validity::Open, reason).await,
         }
         .expect("grant");

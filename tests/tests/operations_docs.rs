@@ -889,6 +889,9 @@ async fn whole_registry_restored_from_one_backup_set_is_followed_by_nodes_that_r
                 status: GrantStatus::Suspended as i32,
                 expires_unix: 0,
                 reason: "khôi phục".into(),
+                suspension: lgsp_proto::SuspensionKind::SecurityRisk as i32,
+                restore: "liên hệ Sở TT&TT".into(),
+                ..Default::default()
             }),
             0,
         )

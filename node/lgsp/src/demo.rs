@@ -14,7 +14,7 @@ use lgsp_node::config::{
 };
 use lgsp_node::server::NodeServer;
 use lgsp_proto::data_exchange_client::DataExchangeClient;
-use lgsp_proto::{Envelope, FocalPoint, GrantStatus, ServiceKind};
+use lgsp_proto::{Envelope, FocalPoint, GrantStatus, ServiceKind, SuspensionKind, TerminationKind};
 use lgsp_province::backend::{self, HttpCall};
 use lgsp_province::pki::{self, Holder};
 use lgsp_province::registry::{self, Member, RegistryCluster};
@@ -482,8 +482,16 @@ async fn grant(
         consumer: AgencyCode::new(consumer)?,
     };
     let written = match status {
-        GrantStatus::Suspended => catalog.suspend(&key, reason).await,
-        GrantStatus::Terminated => catalog.terminate(&key, reason).await,
+        GrantStatus::Suspended => {
+            catalog
+                .suspend(&key, SuspensionKind::Breach, reason, "liên hệ Sở TT&TT")
+                .await
+        }
+        GrantStatus::Terminated => {
+            catalog
+                .terminate(&key, TerminationKind::NoLongerNeeded, reason)
+                .await
+        }
         _ => catalog.grant(&key, Validity::Open, reason).await,
     };
     written.map_err(|s| anyhow::anyhow!("grant: {}", s.message()))?;

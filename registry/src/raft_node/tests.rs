@@ -77,6 +77,7 @@ impl Cluster {
                     // Nothing expires during a test: every outcome is decided by Raft.
                     propose_timeout: Duration::from_secs(3600),
                     ca: Vec::new(),
+                    province: AgencyCode::new("000.00.01.H62").unwrap(),
                 };
                 let driver = Driver::new(store, net.endpoint(id), config).unwrap();
                 (id, driver)

@@ -32,7 +32,14 @@ fn rename(db: &Kv, name: &str) {
         })),
         ..Default::default()
     };
-    let checked = catalog::check(db, &admin(), &command).unwrap();
+    let province = AgencyCode::new("000.00.01.H62").unwrap();
+    let who = admin();
+    let asker = catalog::Asker {
+        actor: &who,
+        province: &province,
+        now_unix: 0,
+    };
+    let checked = catalog::check(db, &asker, &command).unwrap();
     let mut batch = crate::kv::Staged::new(db);
     catalog::apply(&mut batch, checked).unwrap();
     batch.commit().unwrap();
