@@ -71,10 +71,41 @@ pub fn authorize(
     service_id: &str,
     now: i64,
 ) -> Result<Allowed, Refusal> {
-    if !matches!(peer.id.role, Role::Node | Role::Hub) {
+    decide(cache, own_agency, &peer.id, "", service_id, now)
+}
+
+/// [`authorize`] for a node of another instance (`consumer`, from a hub's
+/// verified on-behalf-of record): its grant must name its trust domain.
+pub fn authorize_foreign(
+    cache: &CatalogCache,
+    own_agency: &str,
+    consumer: &lgsp_certs::SpiffeId,
+    service_id: &str,
+    now: i64,
+) -> Result<Allowed, Refusal> {
+    decide(
+        cache,
+        own_agency,
+        consumer,
+        &consumer.trust_domain,
+        service_id,
+        now,
+    )
+}
+
+/// `caller` of `caller_domain` ("" for this province) calling `service_id`.
+fn decide(
+    cache: &CatalogCache,
+    own_agency: &str,
+    caller: &lgsp_certs::SpiffeId,
+    caller_domain: &str,
+    service_id: &str,
+    now: i64,
+) -> Result<Allowed, Refusal> {
+    if !matches!(caller.role, Role::Node | Role::Hub) {
         return Err(Refusal::WrongRole {
-            caller: peer.id.to_string(),
-            role: peer.id.role.to_string(),
+            caller: caller.to_string(),
+            role: caller.role.to_string(),
         });
     }
     let id: ServiceId = service_id
@@ -126,9 +157,18 @@ pub fn authorize(
             until: calendar.show(until),
         });
     }
-    let consumer = peer.id.agency.as_str();
+    let consumer = caller.agency.as_str();
     let decided = cache
         .with_grant(service_id, consumer, |g| {
+            // A grant to an agency of this province is not one to an agency
+            // of another instance that has the same code, nor the reverse.
+            if g.consumer_trust_domain != caller_domain {
+                return Err(Refusal::NoGrant {
+                    service: service_id.to_owned(),
+                    consumer: consumer.to_owned(),
+                    provider: own_agency.to_owned(),
+                });
+            }
             if CatalogCache::grant_is_active_at(g, now) {
                 return Ok(g.items.clone());
             }

@@ -164,6 +164,44 @@ impl CatalogCache {
         }
     }
 
+    /// The federation peer of `trust_domain` (another lgsp instance), if
+    /// the province federates with it.
+    pub fn peer_of_domain(&self, trust_domain: &str) -> Option<lgsp_proto::FederationPeer> {
+        let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        state.records.values().find_map(|r| match &r.value {
+            Some(Value::Peer(p)) if p.trust_domain == trust_domain => Some(p.clone()),
+            _ => None,
+        })
+    }
+
+    /// The display name of agency `code`, if registered.
+    pub fn agency_name(&self, code: &str) -> Option<String> {
+        match self.get(RecordKind::Agency, code)? {
+            Value::Agency(a) => Some(a.name),
+            _ => None,
+        }
+    }
+
+    /// Every record of `kind`, copied.
+    pub fn all_of(&self, kind: RecordKind) -> Vec<CatalogRecord> {
+        let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        state
+            .records
+            .iter()
+            .filter(|((k, _), _)| *k == kind as i32)
+            .map(|(_, r)| r.clone())
+            .collect()
+    }
+
+    /// Whether record `kind`/`key` is in the catalog.
+    pub fn has(&self, kind: RecordKind, key: &str) -> bool {
+        self.state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .records
+            .contains_key(&(kind as i32, key.to_owned()))
+    }
+
     /// The province's calendar (time zone, holidays), if the catalog has one.
     pub fn calendar(&self) -> Option<lgsp_proto::Calendar> {
         match self.get(RecordKind::Calendar, "province")? {
@@ -296,6 +334,10 @@ impl CatalogCache {
             RecordKind::Service,
             RecordKind::Grant,
             RecordKind::Crl,
+            RecordKind::Calendar,
+            RecordKind::Peer,
+            RecordKind::Export,
+            RecordKind::Import,
         ] {
             let (records, rev) = client
                 .list_all(ListRequest {

@@ -101,6 +101,9 @@ pub enum Refusal {
         /// The reason recorded on the grant; may be empty.
         reason: String,
     },
+    /// A hub's record of on whose behalf it calls does not verify.
+    #[error("{0}")]
+    OnBehalfOf(String),
     /// The service is in a maintenance window (D47 Art. 43).
     #[error(
         "service {service} of agency {provider} is suspended for maintenance{} until {until} (expected restore time)",
@@ -290,6 +293,7 @@ impl Refusal {
             }
             ServiceMaintenance { .. } => Code::Unavailable,
             ItemsNotGranted { .. } => Code::PermissionDenied,
+            OnBehalfOf(_) => Code::Unauthenticated,
             NotServedHere { .. } => Code::Unimplemented,
             TooManyInFlight { .. }
             | OverRate { .. }

@@ -13,6 +13,7 @@
 //! `s:member:<id BE>` members' addresses.
 
 use crate::error::{CatalogError, RegistryError, StoreError};
+use crate::federation;
 use crate::keys::{GrantKey, KeyError, NodeKey, ServiceId};
 use crate::kv::{Kv, KvRead, Staged, prefix_end, read_u64};
 use crate::procedure;
@@ -196,6 +197,15 @@ pub fn key_of(value: &Value) -> (RecordKind, String) {
         Value::Crl(_) => (RecordKind::Crl, "current".into()),
         Value::Request(r) => (RecordKind::Request, r.id.clone()),
         Value::Calendar(_) => (RecordKind::Calendar, CALENDAR_KEY.into()),
+        Value::Peer(p) => (RecordKind::Peer, p.name.clone()),
+        Value::Export(e) => (
+            RecordKind::Export,
+            federation::export_key(&e.service_id, &e.peer),
+        ),
+        Value::Import(i) => (
+            RecordKind::Import,
+            federation::import_key(&i.peer, &i.service_id),
+        ),
     }
 }
 
@@ -210,7 +220,12 @@ fn owner_of(kind: RecordKind, key: &str) -> Option<&str> {
         RecordKind::Node | RecordKind::Service | RecordKind::Grant | RecordKind::Request => {
             key.split('/').next()
         }
-        RecordKind::Crl | RecordKind::Calendar | RecordKind::Unspecified => None,
+        RecordKind::Crl
+        | RecordKind::Calendar
+        | RecordKind::Peer
+        | RecordKind::Export
+        | RecordKind::Import
+        | RecordKind::Unspecified => None,
     }
 }
 
@@ -232,6 +247,9 @@ fn validate_key(kind: RecordKind, key: &str) -> Result<(), CatalogError> {
         RecordKind::Calendar if key != CALENDAR_KEY => Err(CatalogError::InvalidArgument(format!(
             "the calendar's key is {CALENDAR_KEY:?}"
         ))),
+        RecordKind::Peer | RecordKind::Export | RecordKind::Import => {
+            federation::validate_key(kind, key)
+        }
         RecordKind::Crl | RecordKind::Calendar | RecordKind::Unspecified => Ok(()),
     }
 }
@@ -257,6 +275,13 @@ fn authorize(asker: &Asker<'_>, kind: RecordKind, key: &str) -> Result<(), Catal
             Acting::AgencyAdmin(agency),
             RecordKind::Agency | RecordKind::Node | RecordKind::Service | RecordKind::Grant,
         ) => owner == Some(agency),
+        // A hub also writes what its imports bring in (decided at apply
+        // time: agencies and services of other instances only).
+        (Acting::Machine(_), RecordKind::Agency | RecordKind::Service)
+            if asker.actor.role == Role::Hub =>
+        {
+            true
+        }
         (Acting::Machine(agency), RecordKind::Node | RecordKind::Service) => owner == Some(agency),
         _ => false,
     };
@@ -376,7 +401,12 @@ fn normalize(value: &mut Value) {
             r.items.iter_mut().for_each(to_nfc);
             r.granted_items.iter_mut().for_each(to_nfc);
         }
-        Value::Node(_) | Value::Crl(_) | Value::Calendar(_) => {}
+        Value::Node(_)
+        | Value::Crl(_)
+        | Value::Calendar(_)
+        | Value::Peer(_)
+        | Value::Export(_)
+        | Value::Import(_) => {}
     }
 }
 
@@ -393,6 +423,7 @@ fn check_value(
     let previous = previous.and_then(|r| r.value.as_ref());
     let mut derived = None;
     normalize(&mut value);
+    federation::check_hub_write(db, asker, &value)?;
     match &mut value {
         Value::Agency(a) => {
             AgencyCode::new(&a.code).map_err(|e| CatalogError::InvalidArgument(e.to_string()))?;
@@ -517,6 +548,14 @@ fn check_value(
                 Some(Value::Grant(p)) => Some(p),
                 _ => None,
             };
+            // A consumer of another instance is named with its trust domain.
+            g.consumer_trust_domain = match get(db, RecordKind::Agency, &g.consumer_agency)
+                .map_err(|e| CatalogError::Internal(e.to_string()))?
+                .and_then(|r| r.value)
+            {
+                Some(Value::Agency(a)) => a.trust_domain,
+                _ => String::new(),
+            };
             procedure::check_grant(db, asker, g, previous)?;
         }
         Value::Request(r) => {
@@ -543,6 +582,9 @@ fn check_value(
             derived = procedure::check_request(db, asker, r, previous)?.map(Value::Grant);
         }
         Value::Calendar(c) => procedure::check_calendar(asker, c)?,
+        Value::Peer(p) => federation::check_peer(p)?,
+        Value::Export(e) => federation::check_export(db, e)?,
+        Value::Import(i) => federation::check_import(db, i)?,
         Value::Crl(c) => {
             if c.der.is_empty() {
                 return Err(CatalogError::InvalidArgument("the CRL is empty".into()));
@@ -699,6 +741,9 @@ fn refuse_orphans(db: &impl KvRead, kind: RecordKind, key: &str) -> Result<(), C
         | RecordKind::Crl
         | RecordKind::Request
         | RecordKind::Calendar
+        | RecordKind::Peer
+        | RecordKind::Export
+        | RecordKind::Import
         | RecordKind::Unspecified => {}
     }
     if dependents.is_empty() {
@@ -815,7 +860,16 @@ pub fn check(
         }
         None => (None, None),
     };
-    if kind == RecordKind::Agency && previous.is_none() && asker.acting() != Acting::Province {
+    // A hub registers the agencies of other instances its imports bring
+    // in (checked in `federation::check_hub_write`); only the provincial
+    // admin registers the province's own.
+    let foreign_by_hub = asker.actor.role == Role::Hub
+        && matches!(&value, Some(Value::Agency(a)) if !a.trust_domain.is_empty());
+    if kind == RecordKind::Agency
+        && previous.is_none()
+        && asker.acting() != Acting::Province
+        && !foreign_by_hub
+    {
         return Err(asker.needs(
             "registering a new agency",
             "the provincial admin (an agency admin may update its agency once registered)",
@@ -846,6 +900,7 @@ pub fn check(
         )));
     }
     if value.is_none() {
+        federation::check_hub_delete(db, asker, kind, &key)?;
         refuse_orphans(db, kind, &key)?;
     }
     let mut writes = vec![Write {

@@ -130,6 +130,7 @@ impl Catalog {
             code: code.to_string(),
             name: name.to_owned(),
             focal_point,
+            trust_domain: String::new(),
         }))
         .await
     }

@@ -22,6 +22,7 @@ pub mod catalog_client;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod federation;
 pub mod keys;
 pub mod kv;
 pub mod mem_kv;

@@ -376,6 +376,7 @@ async fn config_templates_start_a_registry_cluster_and_a_node() {
                 code: A.into(),
                 name: "Sở Tư pháp tỉnh Vĩnh Phúc".into(),
                 focal_point: None,
+                ..Default::default()
             }),
             0,
         )

@@ -358,6 +358,7 @@ fn agency(code: &str) -> Value {
         code: code.into(),
         name: format!("Cơ quan {code}"),
         focal_point: None,
+        ..Default::default()
     })
 }
 

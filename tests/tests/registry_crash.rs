@@ -17,6 +17,7 @@ fn agency(i: usize) -> Value {
         code: code(i),
         name: format!("Ủy ban nhân dân xã số {i}"),
         focal_point: None,
+        ..Default::default()
     })
 }
 

@@ -24,6 +24,7 @@ fn agency(code: &str, name: &str) -> Value {
         code: code.into(),
         name: name.into(),
         focal_point: None,
+        ..Default::default()
     })
 }
 

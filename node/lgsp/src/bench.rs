@@ -231,6 +231,7 @@ pub(crate) async fn registry(
                 code: format!("000.{:02}.{:02}.H62", i / 100, i % 100),
                 name: format!("{v}{n}"),
                 focal_point: None,
+                ..Default::default()
             });
             async move {
                 let expected = revs[i].load(std::sync::atomic::Ordering::Relaxed);

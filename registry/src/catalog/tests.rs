@@ -80,6 +80,7 @@ fn agency(code: &str) -> Value {
         code: code.into(),
         name: format!("Sở {code}"),
         focal_point: None,
+        ..Default::default()
     })
 }
 
@@ -308,6 +309,7 @@ fn an_agency_needs_a_name_and_a_focal_point_email_with_an_at() {
         code: A.into(),
         name: " ".into(),
         focal_point: None,
+        ..Default::default()
     });
     assert!(matches!(
         refused(run(&kv, &admin(), &put_cmd(nameless))),
@@ -320,6 +322,7 @@ fn an_agency_needs_a_name_and_a_focal_point_email_with_an_at() {
             email: "nobody".into(),
             ..Default::default()
         }),
+        ..Default::default()
     });
     assert!(matches!(
         refused(run(&kv, &admin(), &put_cmd(bad_email))),

@@ -36,6 +36,7 @@ fn rename(name: &str) -> Command {
                 code: AGENCY.into(),
                 name: name.into(),
                 focal_point: None,
+                ..Default::default()
             })),
             ..Default::default()
         })),

@@ -27,6 +27,7 @@ fn rename(db: &Kv, name: &str) {
                 code: AGENCY.into(),
                 name: name.into(),
                 focal_point: None,
+                ..Default::default()
             })),
             ..Default::default()
         })),

@@ -35,6 +35,11 @@ pub(super) enum AgencyCommand {
         focal_phone: Option<String>,
         #[arg(long)]
         focal_email: Option<String>,
+        /// For an agency of another lgsp instance (the national platform,
+        /// another province) that calls this province's services through
+        /// the hubs: that instance's trust domain. Grants to it then name it.
+        #[arg(long)]
+        trust_domain: Option<String>,
     },
     /// List registered agencies.
     List {
@@ -242,6 +247,7 @@ pub(super) fn run_agency(cmd: AgencyCommand) -> Result<()> {
                 focal_name,
                 focal_phone,
                 focal_email,
+                trust_domain,
             } => {
                 let focal_point = (focal_name.is_some()
                     || focal_phone.is_some()
@@ -252,9 +258,28 @@ pub(super) fn run_agency(cmd: AgencyCommand) -> Result<()> {
                     email: focal_email.unwrap_or_default(),
                     role: String::new(),
                 });
-                let revision = Catalog::new(registry.client()?)
-                    .register_agency(&code, &name, focal_point)
-                    .await?;
+                let revision = match trust_domain {
+                    None => {
+                        Catalog::new(registry.client()?)
+                            .register_agency(&code, &name, focal_point)
+                            .await?
+                    }
+                    Some(trust_domain) => {
+                        registry
+                            .client()?
+                            .put(
+                                Value::Agency(lgsp_proto::Agency {
+                                    code: code.to_string(),
+                                    name: name.clone(),
+                                    focal_point,
+                                    trust_domain,
+                                }),
+                                0,
+                            )
+                            .await?
+                            .revision
+                    }
+                };
                 println!("Registered agency {code} \"{name}\" at revision {revision}");
             }
             AgencyCommand::List { registry } => {

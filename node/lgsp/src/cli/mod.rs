@@ -13,6 +13,7 @@ mod call;
 mod catalog;
 mod dataset;
 mod demo;
+mod hub;
 mod node;
 mod registry;
 mod requests;
@@ -68,6 +69,10 @@ enum Command {
     /// deadlines (provincial admin).
     #[command(subcommand)]
     Calendar(requests::CalendarCommand),
+    /// The provincial hub: federation with other lgsp instances (run it;
+    /// peers, exports, imports).
+    #[command(subcommand)]
+    Hub(hub::HubCommand),
     /// Call another agency's service through this agency's node.
     Call(call::CallArgs),
     /// Run a whole province on this machine: CA, three registry servers,
@@ -153,6 +158,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Inbox(args) => requests::inbox(args),
         Command::Calendar(cmd) => requests::calendar(cmd),
         Command::Call(args) => call::run(args),
+        Command::Hub(cmd) => hub::run(cmd),
         Command::Audit(cmd) => audit::run(cmd),
         Command::Node(cmd) => node::run(cmd),
         Command::Demo(args) => demo::run(args),
