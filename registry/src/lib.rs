@@ -9,15 +9,20 @@
 //!   trait; [`mem_network`] is an in-memory network for tests.
 //! - [`service`]: the client and peer gRPC services.
 //! - [`server`]: a whole registry server, started and stopped.
+//! - [`bootstrap`]: what a server checks before it founds, joins or restarts.
+//! - [`incarnation`]: each data directory's incarnation id, and what peers
+//!   it was first started with.
 //! - [`client`]: a client that finds a working server.
 //! - [`catalog_client`]: the catalog's verbs (register, publish, grant, ...), typed.
 //! - [`keys`]: record keys (`ServiceId`, `NodeKey`, `GrantKey`), parsed once.
 
+pub mod bootstrap;
 pub mod catalog;
 pub mod catalog_client;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod incarnation;
 pub mod keys;
 pub mod kv;
 pub mod mem_kv;

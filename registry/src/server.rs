@@ -1,9 +1,11 @@
 //! A whole registry server: storage, consensus loop, transport, and the two
 //! mTLS listeners (clients; peers, which accept registry certificates only).
 
+use crate::bootstrap::{self, StoredMembership};
 use crate::catalog;
 use crate::config::RegistryConfig;
 use crate::error::RegistryError;
+use crate::incarnation;
 use crate::raft_node::{self, LoopConfig, RaftHandle};
 use crate::service::{PeerService, RegistryService};
 use crate::storage::RaftStore;
@@ -41,8 +43,13 @@ pub struct RegistryServer {
 }
 
 impl RegistryServer {
-    /// Opens the data directory (bootstrapping a new cluster when it is
-    /// empty, unless `join`), binds both listeners and starts serving.
+    /// Binds both listeners, opens the data directory and starts serving.
+    /// An empty data directory founds a new cluster (or, with `join`,
+    /// waits to be sent a snapshot) once the peers agree it may (see
+    /// `bootstrap.rs`). Fails with [`RegistryError::Config`] when the
+    /// configuration cannot work: a port taken, a peer that knows this
+    /// server from a data directory it no longer has, `peers` that disagree
+    /// with the membership the data directory holds.
     pub async fn start(config: RegistryConfig) -> Result<Self, RegistryError> {
         config.validate()?;
         let creds = Credentials::load(config.tls.as_ref().expect("validated"))?;
@@ -59,15 +66,49 @@ impl RegistryServer {
             )));
         }
 
+        // A port that is taken fails the start before the data directory is
+        // written. The listeners are bound again once the store is ready:
+        // until then, peers asking this server (founders start together)
+        // are refused at once instead of waiting for an answer.
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| RegistryError::Config(format!("cannot listen on {addr}: {e}")))
+        };
+        drop((bind(config.listen).await?, bind(config.peer_listen).await?));
+
         let store = RaftStore::open(&config.data_dir, Arc::new(catalog::Catalog))?;
-        if !store.is_initialized()? {
+        let incarnation = incarnation::own(store.db())?;
+        if store.is_initialized()? {
+            let cs = store.conf_state()?;
+            let stored = StoredMembership {
+                first_peers: incarnation::first_peers(store.db())?,
+                current: cs
+                    .voters
+                    .iter()
+                    .chain(&cs.voters_outgoing)
+                    .chain(&cs.learners)
+                    .copied()
+                    .collect(),
+            };
+            bootstrap::check_restart(&config, &stored)?;
+        } else {
+            let answers = bootstrap::ask_peers(&config, &creds).await;
+            for (peer, answer) in &answers {
+                if let Err(why) = answer {
+                    tracing::info!(peer, %why, "a peer did not answer before this server's first start");
+                }
+            }
+            bootstrap::check_empty_start(&config, incarnation, &answers)?;
+            let mut batch = crate::kv::Staged::new(store.db());
+            incarnation::put_first_peers(&mut batch, &bootstrap::configured_ids(&config));
             if config.join {
+                batch.commit()?;
                 tracing::info!(
                     id = config.id,
                     "empty data directory: joining, waiting for a snapshot from the leader"
                 );
             } else {
-                let mut batch = crate::kv::Staged::new(store.db());
                 for p in &config.peers {
                     catalog::put_member(
                         &mut batch,
@@ -76,18 +117,25 @@ impl RegistryServer {
                             peer_address: p.peer.clone(),
                             client_address: p.client.clone(),
                             voter: true,
+                            incarnation: 0,
                         },
                     );
                 }
-                batch.commit()?;
                 let voters: Vec<u64> = config.peers.iter().map(|p| p.id).collect();
+                incarnation::put_founders(&mut batch, &voters.iter().copied().collect());
+                batch.commit()?;
                 store.bootstrap(&voters)?;
                 tracing::info!(id = config.id, ?voters, "bootstrapped a new cluster");
             }
         }
 
         let (reports_tx, reports_rx) = tokio::sync::mpsc::unbounded_channel();
-        let transport = Arc::new(Transport::new(config.id, creds.clone(), reports_tx));
+        let transport = Arc::new(Transport::new(
+            config.id,
+            incarnation,
+            creds.clone(),
+            reports_tx,
+        ));
         #[cfg(feature = "faults")]
         let faults = transport.faults.clone();
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
@@ -104,6 +152,7 @@ impl RegistryServer {
                 watch_history: config.watch_history,
                 propose_timeout: Duration::from_millis(config.propose_timeout_ms),
                 ca: creds.roots.clone(),
+                incarnation,
             },
             shutdown_rx.clone(),
         )?;
@@ -113,18 +162,13 @@ impl RegistryServer {
         }
 
         let tls = ServerTls::new(creds)?;
+        let client_listener = bind(config.listen).await?;
+        let peer_listener = bind(config.peer_listen).await?;
         if let Some(crl) = current_crl(store.db())
             && let Err(error) = tls.set_crl(&crl)
         {
             tracing::warn!(%error, "the CRL in the catalog is unusable");
         }
-        let bind = |addr: SocketAddr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|e| RegistryError::Config(format!("cannot listen on {addr}: {e}")))
-        };
-        let client_listener = bind(config.listen).await?;
-        let peer_listener = bind(config.peer_listen).await?;
         let client_addr = client_listener
             .local_addr()
             .map_err(|e| RegistryError::Config(e.to_string()))?;

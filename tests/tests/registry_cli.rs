@@ -145,7 +145,7 @@ async fn catalog_commands_work_as_the_readme_shows() {
             &client4,
         ],
     );
-    assert!(added.contains("member 4: voter"), "{added}");
+    assert!(added.contains("member 4: learner"), "{added}");
     let dir4 = cluster.pki.dir.path().join("registry-4");
     let (creds4, _) = cluster.pki.issue(PROVINCE, Role::Registry, "registry-4");
     write_creds(&dir4.join("tls"), &creds4);
