@@ -39,6 +39,8 @@ pub struct RegistryServer {
     faults: Arc<Faults>,
     shutdown: tokio::sync::watch::Sender<bool>,
     consensus: Option<JoinHandle<Result<(), RegistryError>>>,
+    /// A condition found outside the consensus loop that stops the server.
+    fatal: tokio::sync::mpsc::Receiver<RegistryError>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -79,6 +81,9 @@ impl RegistryServer {
 
         let store = RaftStore::open(&config.data_dir, Arc::new(catalog::Catalog))?;
         let incarnation = incarnation::own(store.db())?;
+        // Peers that did not answer before this server founded a cluster:
+        // asked again once it runs (see `recheck_peers`).
+        let mut unanswered = Vec::new();
         if store.is_initialized()? {
             let cs = store.conf_state()?;
             let stored = StoredMembership {
@@ -100,6 +105,13 @@ impl RegistryServer {
                 }
             }
             bootstrap::check_empty_start(&config, incarnation, &answers)?;
+            if !config.join {
+                unanswered = answers
+                    .iter()
+                    .filter(|(_, answer)| answer.is_err())
+                    .filter_map(|(id, _)| config.peers.iter().find(|p| p.id == *id).cloned())
+                    .collect();
+            }
             let mut batch = crate::kv::Staged::new(store.db());
             incarnation::put_first_peers(&mut batch, &bootstrap::configured_ids(&config));
             if config.join {
@@ -161,6 +173,7 @@ impl RegistryServer {
             transport.set_address(p.id, &p.peer);
         }
 
+        let creds_for_recheck = creds.clone();
         let tls = ServerTls::new(creds)?;
         let client_listener = bind(config.listen).await?;
         let peer_listener = bind(config.peer_listen).await?;
@@ -225,6 +238,17 @@ impl RegistryServer {
             }
         }));
 
+        let (fatal_tx, fatal) = tokio::sync::mpsc::channel(1);
+        if !unanswered.is_empty() {
+            tasks.push(tokio::spawn(recheck_peers(
+                config.clone(),
+                creds_for_recheck,
+                incarnation,
+                unanswered,
+                fatal_tx,
+                shutdown_rx.clone(),
+            )));
+        }
         tasks.push(tokio::spawn(follow_crl(
             raft.clone(),
             tls.clone(),
@@ -242,6 +266,7 @@ impl RegistryServer {
             faults,
             shutdown,
             consensus: Some(consensus),
+            fatal,
             tasks,
         })
     }
@@ -276,16 +301,22 @@ impl RegistryServer {
     /// Waits until the consensus loop stops by itself (a fatal condition,
     /// returned) or is shut down.
     pub async fn wait(&mut self) -> Result<(), RegistryError> {
-        match self.consensus.as_mut() {
-            Some(task) => {
-                let result = task
-                    .await
-                    .unwrap_or_else(|e| Err(RegistryError::Raft(e.to_string())));
+        let Some(task) = self.consensus.as_mut() else {
+            return Ok(());
+        };
+        let fatal = tokio::select! {
+            result = task => {
                 self.consensus = None;
-                result
+                return result.unwrap_or_else(|e| Err(RegistryError::Raft(e.to_string())));
             }
-            None => Ok(()),
+            Some(fatal) = self.fatal.recv() => fatal,
+        };
+        tracing::error!(error = %fatal, "registry server stopping");
+        let _ = self.shutdown.send(true);
+        if let Some(task) = self.consensus.take() {
+            let _ = task.await;
         }
+        Err(fatal)
     }
 
     /// Stops serving, flushes and closes the store.
@@ -307,6 +338,51 @@ impl RegistryServer {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
         result
+    }
+}
+
+/// A server that founded a cluster while some peers did not answer asks
+/// them again, every second, until each has answered once: one that knows
+/// this server from a data directory it no longer has (it was wiped while
+/// the others were down) stops it, with the configuration error
+/// [`bootstrap::check_empty_start`] gives.
+async fn recheck_peers(
+    config: RegistryConfig,
+    creds: lgsp_certs::Credentials,
+    incarnation: u64,
+    mut unanswered: Vec<crate::config::PeerConfig>,
+    fatal: tokio::sync::mpsc::Sender<RegistryError>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let stop = wait_for(shutdown);
+    tokio::pin!(stop);
+    while !unanswered.is_empty() {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = &mut stop => return,
+        }
+        let mut still = Vec::new();
+        for peer in unanswered {
+            let answer =
+                crate::transport::ask_peer(&peer.peer, &creds, config.id, Duration::from_secs(2))
+                    .await;
+            match answer {
+                Ok(answer) => {
+                    if let Err(error) =
+                        bootstrap::check_empty_start(&config, incarnation, &[(peer.id, Ok(answer))])
+                    {
+                        let error = RegistryError::Config(format!(
+                            "{error} (it founded a cluster while server {} did not answer, and stops now that it does)",
+                            peer.id
+                        ));
+                        let _ = fatal.send(error).await;
+                        return;
+                    }
+                }
+                Err(_) => still.push(peer),
+            }
+        }
+        unanswered = still;
     }
 }
 

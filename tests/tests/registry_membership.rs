@@ -92,6 +92,40 @@ async fn a_wiped_server_refuses_to_found_again_and_exits_with_the_configuration_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_server_that_founded_while_its_peers_were_down_stops_when_they_return() {
+    let mut cluster = ProcessCluster::start(3);
+    let client = cluster.client();
+    for i in 0..5 {
+        create_resolving(&client, agency(i)).await;
+    }
+    for id in 1..=3 {
+        cluster.server_mut(id).kill9();
+    }
+    let victim = 3;
+    let server = cluster.server_mut(victim);
+    std::fs::remove_dir_all(server.dir.join("data")).unwrap();
+    let before = server.log().len();
+    // No peer answers: it founds a cluster again, alone.
+    server.restart();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for id in 1..=2 {
+        cluster.server_mut(id).restart();
+    }
+    let server = cluster.server_mut(victim);
+    let status = server
+        .wait_exit(Duration::from_secs(20))
+        .expect("the wiped server should stop once its peers answer");
+    assert_eq!(status.code(), Some(2), "{}", server.log());
+    let log = server.log()[before..].to_owned();
+    assert!(log.contains("bootstrapped a new cluster"), "{log}");
+    assert!(log.contains(&format!("knows server {victim}")), "{log}");
+    assert!(log.contains("stops now"), "{log}");
+    // The others go on without it.
+    new_leader(&cluster, victim).await;
+    create_resolving(&cluster.client(), agency(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_whose_peers_disagree_with_the_stored_membership_is_refused() {
     let mut cluster = Cluster::start(3).await;
     cluster.register_agency("000.00.12.H62", "Sở Tư pháp").await;
