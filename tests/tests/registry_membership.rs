@@ -211,3 +211,42 @@ async fn transfer_leader_moves_leadership_and_status_shows_versions_lag_and_lead
     // The leader tells how far each other server's log matches its own.
     assert_eq!(status.matches("replication to").count(), 2, "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_the_leader_through_a_follower_lets_writes_go_on() {
+    let cluster = ProcessCluster::start(3);
+    let leader = cluster.leader().await;
+    create_resolving(&cluster.client(), agency(1)).await;
+    let admin = cluster.pki.dir.path().join("admin-tls");
+    write_creds(&admin, &cluster.admin);
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+
+    let removed = ok(
+        &cluster.server(follower).client,
+        &admin,
+        &["registry", "remove-member", "--id", &leader.to_string()],
+    );
+    assert!(!removed.contains(&format!("member {leader}:")), "{removed}");
+
+    let remaining: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    let endpoints: Vec<String> = remaining
+        .iter()
+        .map(|id| cluster.server(*id).client.clone())
+        .collect();
+    let client = lgsp_registry::RegistryClient::new(&endpoints, &cluster.admin).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match client.put(agency(2), 0).await {
+            Ok(_) => break,
+            Err(status) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "no write went through after the leader was removed: {status:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    let status = client.status().await.unwrap();
+    assert!(remaining.contains(&status.leader_id), "{status:?}");
+}
