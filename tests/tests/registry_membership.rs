@@ -36,6 +36,25 @@ fn ok(registry: &str, tls: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Waits (up to 20 s) until the cluster has recorded every member's data
+/// directory incarnation: only then does it recognise a wiped server.
+async fn incarnations_recorded(cluster: &ProcessCluster) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(s) = cluster.client().status().await
+            && s.members.len() == cluster.servers.len()
+            && s.members.iter().all(|m| m.incarnation != 0)
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "incarnations not recorded in 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The leader every answering server agrees on, other than `not`, waiting
 /// up to 20 s.
 async fn new_leader(cluster: &ProcessCluster, not: u64) -> u64 {
@@ -59,6 +78,7 @@ async fn a_wiped_server_refuses_to_found_again_and_exits_with_the_configuration_
     for i in 0..5 {
         create_resolving(&client, agency(i)).await;
     }
+    incarnations_recorded(&cluster).await;
     let leader = cluster.leader().await;
     let victim = (1..=3).find(|id| *id != leader).unwrap();
     let server = cluster.server_mut(victim);
@@ -98,6 +118,7 @@ async fn a_wiped_server_that_founded_while_its_peers_were_down_stops_when_they_r
     for i in 0..5 {
         create_resolving(&client, agency(i)).await;
     }
+    incarnations_recorded(&cluster).await;
     for id in 1..=3 {
         cluster.server_mut(id).kill9();
     }
