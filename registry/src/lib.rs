@@ -9,6 +9,9 @@
 //!   trait; [`mem_network`] is an in-memory network for tests.
 //! - [`service`]: the client and peer gRPC services.
 //! - [`server`]: a whole registry server, started and stopped.
+//! - [`bootstrap`]: what a server checks before it founds, joins or restarts.
+//! - [`incarnation`]: each data directory's incarnation id, and what peers
+//!   it was first started with.
 //! - [`client`]: a client that finds a working server.
 //! - [`catalog_client`]: the catalog's verbs (register, publish, grant, ...), typed.
 //! - [`procedure`]: the regulation's procedures (roles, access requests,
@@ -16,6 +19,7 @@
 //! - [`calendar`]: working days in the province's time zone.
 //! - [`keys`]: record keys (`ServiceId`, `NodeKey`, `GrantKey`), parsed once.
 
+pub mod bootstrap;
 pub mod calendar;
 pub mod catalog;
 pub mod catalog_client;
@@ -23,6 +27,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod federation;
+pub mod incarnation;
 pub mod keys;
 pub mod kv;
 pub mod mem_kv;
