@@ -114,7 +114,10 @@ impl Consumer {
         if route.via_hub {
             // Another instance's service: through the hub, with a record of
             // on whose behalf, signed with this node's key.
-            let signed = crate::obo::sign(&self.ctx.creds, &env, unix_ms())
+            let signed = self
+                .ctx
+                .obo_signer()
+                .and_then(|signer| signer.sign(&env, unix_ms()))
                 .map_err(|e| Status::internal(e.to_string()))?;
             let mut request = forward(deadline, env);
             crate::obo::to_metadata(request.metadata_mut(), &signed);

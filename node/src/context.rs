@@ -57,6 +57,10 @@ pub struct NodeContext {
     pub forwarder: std::sync::OnceLock<Arc<dyn Forwarder>>,
     /// On-behalf-of records already used (a provider called through a hub).
     pub replays: crate::obo::ReplayGuard,
+    /// Verifies on-behalf-of records, remembering checked certificates.
+    pub obo_verifier: crate::obo::Verifier,
+    /// This node's key for signing on-behalf-of records, parsed once.
+    obo_signer: std::sync::OnceLock<Result<crate::obo::Signer, crate::obo::OboError>>,
 }
 
 /// Carries calls for services a node takes but does not serve itself: the
@@ -137,7 +141,17 @@ impl NodeContext {
             links: Links::default(),
             forwarder: std::sync::OnceLock::new(),
             replays: crate::obo::ReplayGuard::default(),
+            obo_verifier: crate::obo::Verifier::default(),
+            obo_signer: std::sync::OnceLock::new(),
         })
+    }
+
+    /// This node's signer of on-behalf-of records.
+    pub fn obo_signer(&self) -> Result<&crate::obo::Signer, crate::obo::OboError> {
+        self.obo_signer
+            .get_or_init(|| crate::obo::Signer::new(&self.creds))
+            .as_ref()
+            .map_err(Clone::clone)
     }
 
     /// A pooled HTTP/2 connection to the provider listener of `node`, which

@@ -31,7 +31,7 @@ pub const MAX_SKEW: Duration = Duration::from_secs(120);
 const DOMAIN: &[u8] = b"lgsp-obo-v1\0";
 
 /// Why a record is refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum OboError {
     /// The record or its certificate cannot be read.
     #[error("the on-behalf-of record is malformed: {0}")]
@@ -69,33 +69,66 @@ fn signed_bytes(record: &[u8]) -> Vec<u8> {
     [DOMAIN, record].concat()
 }
 
-/// Signs a record for `envelope` with the consumer node's key.
+/// A node's key, ready to sign records (parsed once, not per call).
+pub struct Signer {
+    key: EcdsaKeyPair,
+    certificate: Vec<u8>,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer").finish_non_exhaustive()
+    }
+}
+
+impl Signer {
+    /// The signer of the node whose credentials are `creds`.
+    pub fn new(creds: &Credentials) -> Result<Self, OboError> {
+        let key = EcdsaKeyPair::from_pkcs8(
+            &ECDSA_P256_SHA256_FIXED_SIGNING,
+            creds.key.secret_der(),
+            &SystemRandom::new(),
+        )
+        .map_err(|e| OboError::Malformed(format!("the node's key cannot sign: {e}")))?;
+        Ok(Self {
+            key,
+            certificate: creds.chain.first().map(|c| c.to_vec()).unwrap_or_default(),
+        })
+    }
+
+    /// Signs a record for `envelope` at `at_unix_ms`.
+    pub fn sign(
+        &self,
+        envelope: &lgsp_proto::Envelope,
+        at_unix_ms: i64,
+    ) -> Result<SignedOnBehalfOf, OboError> {
+        let record = OnBehalfOf {
+            certificate: self.certificate.clone(),
+            request_id: envelope.request_id.clone(),
+            request_sha256: digest(envelope).to_vec(),
+            at_unix_ms,
+            service_id: envelope.service_id.clone(),
+        }
+        .encode_to_vec();
+        let signature = self
+            .key
+            .sign(&SystemRandom::new(), &signed_bytes(&record))
+            .map_err(|_| OboError::Malformed("signing failed".into()))?;
+        Ok(SignedOnBehalfOf {
+            record,
+            signature: signature.as_ref().to_vec(),
+        })
+    }
+}
+
+/// Signs a record for `envelope` with the consumer node's key (parsing
+/// the key each time: [`Signer`] keeps it).
 pub fn sign(
     creds: &Credentials,
     envelope: &lgsp_proto::Envelope,
     at_unix_ms: i64,
 ) -> Result<SignedOnBehalfOf, OboError> {
-    let key = EcdsaKeyPair::from_pkcs8(
-        &ECDSA_P256_SHA256_FIXED_SIGNING,
-        creds.key.secret_der(),
-        &SystemRandom::new(),
-    )
-    .map_err(|e| OboError::Malformed(format!("the node's key cannot sign: {e}")))?;
-    let record = OnBehalfOf {
-        certificate: creds.chain.first().map(|c| c.to_vec()).unwrap_or_default(),
-        request_id: envelope.request_id.clone(),
-        request_sha256: digest(envelope).to_vec(),
-        at_unix_ms,
-        service_id: envelope.service_id.clone(),
-    }
-    .encode_to_vec();
-    let signature = key
-        .sign(&SystemRandom::new(), &signed_bytes(&record))
-        .map_err(|_| OboError::Malformed("signing failed".into()))?;
-    Ok(SignedOnBehalfOf {
-        record,
-        signature: signature.as_ref().to_vec(),
-    })
+    Signer::new(creds)?.sign(envelope, at_unix_ms)
 }
 
 /// A record that verified: the consumer it names.
@@ -123,36 +156,135 @@ pub fn verify(
     roots: &[CertificateDer<'_>],
     now_ms: i64,
 ) -> Result<Verified, OboError> {
-    let record = OnBehalfOf::decode(signed.record.as_slice())
-        .map_err(|e| OboError::Malformed(e.to_string()))?;
-    let (_, cert) = X509Certificate::from_der(&record.certificate)
+    Verifier::default().verify(signed, envelope, roots, now_ms)
+}
+
+/// What a certificate that chains to a set of roots says, checked once.
+#[derive(Clone, Debug)]
+struct Known {
+    id: SpiffeId,
+    public_key: Vec<u8>,
+    not_after: i64,
+}
+
+/// Verifies records, remembering which certificates chain to which roots
+/// (an ECDSA verification and two parses saved per call) and the peers'
+/// CAs parsed from PEM.
+#[derive(Debug, Default)]
+pub struct Verifier {
+    certs: Mutex<HashMap<CertAndRoots, Result<Known, OboError>>>,
+    roots: Mutex<HashMap<[u8; 32], std::sync::Arc<Vec<CertificateDer<'static>>>>>,
+}
+
+/// A certificate's digest and its roots' digest.
+type CertAndRoots = ([u8; 32], [u8; 32]);
+
+/// The most certificates a verifier remembers before it starts afresh.
+const MAX_REMEMBERED: usize = 10_000;
+
+impl Verifier {
+    /// A federation peer's CA certificates, parsed once per PEM.
+    pub fn roots_of(
+        &self,
+        peer: &lgsp_proto::FederationPeer,
+    ) -> std::sync::Arc<Vec<CertificateDer<'static>>> {
+        let key: [u8; 32] = Sha256::digest(peer.ca_pem.as_bytes()).into();
+        let mut roots = self
+            .roots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if roots.len() > 1_000 {
+            roots.clear();
+        }
+        roots
+            .entry(key)
+            .or_insert_with(|| std::sync::Arc::new(peer_roots(peer)))
+            .clone()
+    }
+
+    fn known(&self, certificate: &[u8], roots: &[CertificateDer<'_>]) -> Result<Known, OboError> {
+        let mut hasher = Sha256::new();
+        for r in roots {
+            hasher.update(r.as_ref());
+        }
+        let key: ([u8; 32], [u8; 32]) =
+            (Sha256::digest(certificate).into(), hasher.finalize().into());
+        if let Some(k) = self
+            .certs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
+        {
+            return k.clone();
+        }
+        let checked = check_certificate(certificate, roots);
+        let mut certs = self
+            .certs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if certs.len() >= MAX_REMEMBERED {
+            certs.clear();
+        }
+        certs.insert(key, checked.clone());
+        checked
+    }
+
+    /// [`issued_by`], remembered: whether `der` chains to one of `roots`
+    /// and is not expired at `now_ms`.
+    pub fn issued(&self, der: &[u8], roots: &[CertificateDer<'_>], now_ms: i64) -> bool {
+        self.known(der, roots)
+            .is_ok_and(|k| now_ms / 1000 <= k.not_after)
+    }
+
+    /// [`verify`], with what this verifier remembers.
+    pub fn verify(
+        &self,
+        signed: &SignedOnBehalfOf,
+        envelope: &lgsp_proto::Envelope,
+        roots: &[CertificateDer<'_>],
+        now_ms: i64,
+    ) -> Result<Verified, OboError> {
+        let record = OnBehalfOf::decode(signed.record.as_slice())
+            .map_err(|e| OboError::Malformed(e.to_string()))?;
+        let known = self.known(&record.certificate, roots)?;
+        if now_ms / 1000 > known.not_after {
+            return Err(OboError::Untrusted(format!("{} (expired)", known.id)));
+        }
+        if known.id.role != lgsp_certs::Role::Node {
+            return Err(OboError::NotANode(known.id.to_string()));
+        }
+        UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &known.public_key)
+            .verify(&signed_bytes(&signed.record), &signed.signature)
+            .map_err(|_| OboError::BadSignature)?;
+        if record.request_sha256 != digest(envelope) || record.service_id != envelope.service_id {
+            return Err(OboError::OtherRequest(envelope.request_id.clone()));
+        }
+        let skew = (record.at_unix_ms - now_ms) / 1000;
+        if skew.unsigned_abs() > MAX_SKEW.as_secs() {
+            return Err(OboError::Expired(skew));
+        }
+        Ok(Verified {
+            id: known.id,
+            record,
+        })
+    }
+}
+
+/// What certificate `der` says, if it is issued by one of `roots`.
+fn check_certificate(der: &[u8], roots: &[CertificateDer<'_>]) -> Result<Known, OboError> {
+    let (_, cert) = X509Certificate::from_der(der)
         .map_err(|e| OboError::Malformed(format!("its certificate: {e}")))?;
-    let info = lgsp_certs::inspect::CertInfo::from_der(
-        &record.certificate,
-        std::path::Path::new("<on-behalf-of>"),
-    )
-    .map_err(|e| OboError::Malformed(e.to_string()))?;
+    let info = lgsp_certs::inspect::CertInfo::from_der(der, std::path::Path::new("<on-behalf-of>"))
+        .map_err(|e| OboError::Malformed(e.to_string()))?;
     let id = info.spiffe_id.map_err(OboError::Malformed)?;
-    if !issued_by(&record.certificate, roots) {
+    if !issued_by(der, roots) {
         return Err(OboError::Untrusted(id.to_string()));
     }
-    if id.role != lgsp_certs::Role::Node {
-        return Err(OboError::NotANode(id.to_string()));
-    }
-    let key = UnparsedPublicKey::new(
-        &ECDSA_P256_SHA256_FIXED,
-        cert.public_key().subject_public_key.data.as_ref(),
-    );
-    key.verify(&signed_bytes(&signed.record), &signed.signature)
-        .map_err(|_| OboError::BadSignature)?;
-    if record.request_sha256 != digest(envelope) || record.service_id != envelope.service_id {
-        return Err(OboError::OtherRequest(envelope.request_id.clone()));
-    }
-    let skew = (record.at_unix_ms - now_ms) / 1000;
-    if skew.unsigned_abs() > MAX_SKEW.as_secs() {
-        return Err(OboError::Expired(skew));
-    }
-    Ok(Verified { id, record })
+    Ok(Known {
+        id,
+        public_key: cert.public_key().subject_public_key.data.to_vec(),
+        not_after: info.not_after.unix_timestamp(),
+    })
 }
 
 /// Whether certificate `der` is in its validity and signed by one of `roots`.

@@ -209,12 +209,13 @@ impl Provider {
         env: &Envelope,
     ) -> Result<crate::obo::Verified, crate::obo::OboError> {
         let domain = crate::obo::claimed_domain(signed).unwrap_or_default();
+        let verifier = &self.ctx.obo_verifier;
         let roots = match self.ctx.cache.peer_of_domain(&domain) {
-            Some(peer) => crate::obo::peer_roots(&peer),
-            None => Vec::new(),
+            Some(peer) => verifier.roots_of(&peer),
+            None => Default::default(),
         };
         let now = unix_now() * 1000;
-        let verified = crate::obo::verify(signed, env, &roots, now)?;
+        let verified = verifier.verify(signed, env, &roots, now)?;
         self.ctx.replays.check(signed, &env.request_id, now)?;
         Ok(verified)
     }

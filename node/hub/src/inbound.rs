@@ -65,7 +65,8 @@ impl Inbound {
                 caller.id, caller.id.role
             )));
         }
-        if !lgsp_node::obo::issued_by(leaf.as_ref(), &lgsp_node::obo::peer_roots(&peer)) {
+        let verifier = &self.hub.ctx.obo_verifier;
+        if !verifier.issued(leaf.as_ref(), &verifier.roots_of(&peer), unix_ms()) {
             return Err(Status::unauthenticated(format!(
                 "{} is not issued by the CA of federation peer {}",
                 caller.id, peer.name
@@ -147,7 +148,11 @@ impl DataExchange for Inbound {
                 "a call from federation peer {} carries its consumer node's signed on-behalf-of record; none was sent",
                 peer.name
             )),
-            Some(s) => lgsp_node::obo::verify(&s, &env, &lgsp_node::obo::peer_roots(&peer), now)
+            Some(s) => self
+                .hub
+                .ctx
+                .obo_verifier
+                .verify(&s, &env, &self.hub.ctx.obo_verifier.roots_of(&peer), now)
                 .and_then(|v| {
                     self.hub.ctx.replays.check(&s, &env.request_id, now)?;
                     Ok(v)

@@ -63,7 +63,10 @@ impl Forwarder for Outbound {
             ))
         })?;
         let now = unix_ms();
-        let verified = lgsp_node::obo::verify(signed, envelope, &hub.ctx.creds.roots, now)
+        let verified = hub
+            .ctx
+            .obo_verifier
+            .verify(signed, envelope, &hub.ctx.creds.roots, now)
             .map_err(|e| Status::unauthenticated(e.to_string()))?;
         if verified.id != caller.id {
             return Err(Status::unauthenticated(format!(
