@@ -329,28 +329,49 @@ pub fn claimed_domain(signed: &SignedOnBehalfOf) -> Option<String> {
 /// seen twice is a replay.
 #[derive(Debug, Default)]
 pub struct ReplayGuard {
-    seen: Mutex<HashMap<Vec<u8>, i64>>,
+    /// Records seen, in buckets of [`BUCKET_MS`] by arrival: a record is
+    /// looked up in every bucket still within the horizon, and a bucket
+    /// past it is dropped whole (no scan of what was seen).
+    buckets: Mutex<std::collections::VecDeque<(i64, std::collections::HashSet<[u8; 32]>)>>,
 }
 
+/// How much arrival time one bucket of a [`ReplayGuard`] covers.
+const BUCKET_MS: i64 = 10_000;
+
 impl ReplayGuard {
-    /// Remembers `signed` (by its signature) at `now_ms`; refuses it if it
-    /// was seen before.
+    /// Remembers `signed` (by the record it signs) at `now_ms`; refuses it
+    /// if it was seen before. A record older than the skew allowed is
+    /// refused by [`verify`] anyway, so what arrived longer ago than twice
+    /// that is forgotten.
     pub fn check(
         &self,
         signed: &SignedOnBehalfOf,
         request_id: &str,
         now_ms: i64,
     ) -> Result<(), OboError> {
-        let mut seen = self
-            .seen
+        // Keyed by what was signed, not by the signature: an ECDSA
+        // signature can be rewritten into another valid one.
+        let key: [u8; 32] = Sha256::digest(&signed.record).into();
+        let mut buckets = self
+            .buckets
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let horizon = 2 * MAX_SKEW.as_millis() as i64;
-        if seen.len() > 10_000 {
-            seen.retain(|_, at| now_ms - *at < horizon);
+        let horizon = 2 * MAX_SKEW.as_millis() as i64 + BUCKET_MS;
+        while buckets
+            .front()
+            .is_some_and(|(start, _)| now_ms - start > horizon)
+        {
+            buckets.pop_front();
         }
-        if seen.insert(signed.signature.clone(), now_ms).is_some() {
+        if buckets.iter().any(|(_, seen)| seen.contains(&key)) {
             return Err(OboError::Replayed(request_id.to_owned()));
+        }
+        let start = now_ms - now_ms.rem_euclid(BUCKET_MS);
+        match buckets.back_mut() {
+            Some((last, seen)) if *last == start => {
+                seen.insert(key);
+            }
+            _ => buckets.push_back((start, std::collections::HashSet::from([key]))),
         }
         Ok(())
     }
@@ -426,6 +447,29 @@ mod tests {
     }
 
     #[test]
+    fn the_replay_guard_remembers_a_record_as_long_as_it_could_verify() {
+        let mut p = instance("p.example");
+        let creds = node(&mut p, "000.00.13.H62", lgsp_certs::Role::Node);
+        let signed = sign(&creds, &envelope(), 0).unwrap();
+        let guard = ReplayGuard::default();
+        let t = 1_000_000_000;
+        guard.check(&signed, "r-1", t).unwrap();
+        let skew = MAX_SKEW.as_millis() as i64;
+        // Still within twice the skew allowed: a replay.
+        assert!(guard.check(&signed, "r-1", t + 2 * skew).is_err());
+        // Long after: forgotten (verify refuses so old a record by its time).
+        assert!(
+            guard
+                .check(&signed, "r-1", t + 2 * skew + 2 * BUCKET_MS)
+                .is_ok()
+        );
+        assert!(
+            guard.buckets.lock().unwrap().len() <= 2,
+            "old buckets are dropped whole"
+        );
+    }
+
+    #[test]
     fn a_record_signed_by_the_consumer_node_verifies_and_names_its_agency() {
         let mut p = instance("p.example");
         let creds = node(&mut p, "000.00.13.H62", lgsp_certs::Role::Node);
@@ -486,5 +530,10 @@ mod tests {
             guard.check(&signed, "r-1", now_ms()).unwrap_err(),
             OboError::Replayed("r-1".into())
         );
+        // The same record under other signature bytes (an ECDSA signature
+        // can be rewritten into another valid one) is the same replay.
+        let mut rewritten = signed.clone();
+        rewritten.signature[40] ^= 1;
+        assert!(guard.check(&rewritten, "r-1", now_ms()).is_err());
     }
 }
