@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod metrics;
+pub mod power_cut;
 pub mod process;
 pub mod province;
 
