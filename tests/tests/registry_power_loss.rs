@@ -8,6 +8,7 @@ use lgsp_proto::catalog_record::Value;
 use lgsp_proto::{Agency, CatalogRecord, Command, RecordKind, command::Op};
 use lgsp_tests::power_cut::PowerCut;
 use lgsp_tests::process::ProcessCluster;
+use std::process::Command as Process;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -104,5 +105,35 @@ async fn acknowledged_writes_survive_a_power_cut_of_every_server() {
         "{} of {} acknowledged writes lost in the power cut: {lost:?}",
         lost.len(),
         acknowledged.len()
+    );
+}
+
+#[test]
+fn the_power_cut_layer_keeps_what_was_synced_and_drops_the_rest() {
+    let layer = PowerCut::build();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let status = Process::new("sh")
+        .arg("-c")
+        .arg(
+            "echo lost > unsynced && \
+             printf kept | dd of=synced conv=fsync status=none && \
+             mkdir sub && printf kept | dd of=sub/synced conv=fsync status=none && \
+             echo after >> synced",
+        )
+        .current_dir(&dir)
+        .envs(layer.env(&dir))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    PowerCut::cut(&dir);
+    assert!(
+        !dir.join("unsynced").exists(),
+        "a file never synced survived"
+    );
+    assert_eq!(std::fs::read_to_string(dir.join("synced")).unwrap(), "kept");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("sub/synced")).unwrap(),
+        "kept"
     );
 }
