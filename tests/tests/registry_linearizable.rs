@@ -150,12 +150,10 @@ async fn client_run(
     history
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clients_spreading_compare_and_sets_over_every_server_see_a_linearizable_history() {
-    let cluster = Arc::new(Cluster::start(3).await);
-    cluster.wait_for_leader().await;
+/// Six clients, two per server, for `duration` from now; the history they
+/// recorded, checked.
+async fn spread_calls(cluster: &Arc<Cluster>, duration: Duration) -> tokio::task::JoinHandle<()> {
     let start = Instant::now();
-    let duration = Duration::from_secs(4);
     let clients: Vec<_> = (0..6)
         .map(|c| {
             tokio::spawn(client_run(
@@ -167,11 +165,16 @@ async fn clients_spreading_compare_and_sets_over_every_server_see_a_linearizable
             ))
         })
         .collect();
-    let mut history = Vec::new();
-    for c in clients {
-        history.extend(c.await.unwrap());
-    }
+    tokio::spawn(async move {
+        let mut history = Vec::new();
+        for c in clients {
+            history.extend(c.await.unwrap());
+        }
+        judge(&history);
+    })
+}
 
+fn judge(history: &[Operation]) {
     let count = |f: &dyn Fn(&Operation) -> bool| history.iter().filter(|op| f(op)).count();
     let applied = count(&|op| {
         matches!(
@@ -192,18 +195,65 @@ async fn clients_spreading_compare_and_sets_over_every_server_see_a_linearizable
             }
         )
     });
+    let unknown = count(&|op| op.returned.is_none());
     let reads = count(&|op| matches!(op.call, Call::Read(Some(_))));
     eprintln!(
-        "{} calls: {applied} compare-and-sets applied, {refused} writes refused, {reads} reads of a record",
+        "{} calls: {applied} compare-and-sets applied, {refused} writes refused, {unknown} of unknown outcome, {reads} reads of a record",
         history.len()
     );
     assert!(
         applied >= 10 && refused >= 10 && reads >= 10,
         "too few calls of each kind to judge"
     );
-    if let Err(violation) = linearizability::check(&history) {
+    if let Err(violation) = linearizability::check(history) {
         panic!("{violation}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_spreading_compare_and_sets_over_every_server_see_a_linearizable_history() {
+    let cluster = Arc::new(Cluster::start(3).await);
+    cluster.wait_for_leader().await;
+    spread_calls(&cluster, Duration::from_secs(4))
+        .await
+        .await
+        .unwrap();
+    if let Ok(cluster) = Arc::try_unwrap(cluster) {
+        cluster.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_stays_linearizable_while_the_leader_is_cut_off_and_comes_back() {
+    let cluster = Arc::new(Cluster::start(3).await);
+    let leader = cluster.wait_for_leader().await;
+    let judged = spread_calls(&cluster, Duration::from_secs(6)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The leader loses the others, with calls in flight on every server.
+    let others: Vec<u64> = cluster
+        .servers
+        .keys()
+        .copied()
+        .filter(|id| *id != leader)
+        .collect();
+    cluster.servers[&leader].faults().isolate(&others);
+    for o in &others {
+        cluster.servers[o].faults().isolate(&[leader]);
+    }
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let status = cluster
+        .client_of(&others[..1], &cluster.admin)
+        .status()
+        .await
+        .expect("status of the majority");
+    assert!(
+        status.leader_id != 0 && status.leader_id != leader,
+        "the majority elected no new leader: {status:?}"
+    );
+    for s in cluster.servers.values() {
+        s.faults().heal();
+    }
+    judged.await.unwrap();
     if let Ok(cluster) = Arc::try_unwrap(cluster) {
         cluster.shutdown().await;
     }
