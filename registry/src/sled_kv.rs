@@ -63,7 +63,8 @@ fn names(dir: &Path) -> Result<BTreeSet<OsString>, StoreError> {
 
 impl SledFiles {
     /// Syncs what sled created when it opened (its `conf` file is written
-    /// without a sync) and the directories up to `dir`'s parent.
+    /// without a sync) and the directories up to `dir`'s grandparent, so
+    /// that a data directory just made survives a power cut too.
     fn open(dir: &Path) -> Result<Self, StoreError> {
         let log_path = dir.join("db");
         let log = File::open(&log_path).map_err(|e| io(&log_path, e))?;
@@ -79,8 +80,10 @@ impl SledFiles {
         };
         files.sync()?;
         sync_dir(&dir.join("blobs"))?;
-        if let Some(parent) = dir.parent() {
-            sync_dir(parent)?;
+        for ancestor in dir.ancestors().skip(1).take(2) {
+            if !ancestor.as_os_str().is_empty() {
+                sync_dir(ancestor)?;
+            }
         }
         Ok(files)
     }
