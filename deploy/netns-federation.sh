@@ -263,10 +263,11 @@ EOF
   retry 30 "node-a registering itself" grep -q "node registered in the catalog" "$DIR/a/a.log"
   retry 30 "node-b registering itself" grep -q "node registered in the catalog" "$DIR/b/b.log"
 
-  # The provider agency publishes and grants with its own node certificate.
+  # The provider agency publishes with its own node certificate; the
+  # provincial IT desk grants directly (agencies use `lgsp requests`).
   lgsp_in a service publish --registry "$REGISTRY" --tls-dir "$DIR/a/tls" \
     --id "$AGENCY_A/ho-tich" --kind dataset --node node-a --description "Hộ tịch" >/dev/null
-  lgsp_in a access grant --registry "$REGISTRY" --tls-dir "$DIR/a/tls" \
+  lgsp_in adm access grant --registry "$REGISTRY" --tls-dir "$DIR/adm/tls" \
     --service "$AGENCY_A/ho-tich" --consumer "$AGENCY_B" --reason "Công văn số 123/UBND" >/dev/null
   retry 30 "a call from agency B's namespace to A's dataset" \
     lgsp_in b call "$AGENCY_A/ho-tich" --param key=001099012345 --node 127.0.0.1:7401 --timeout 5

@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "lgsp/v1/catalog.proto",
     "lgsp/v1/exchange.proto",
     "lgsp/v1/registry.proto",
+    "lgsp/v1/hub.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -7,21 +7,105 @@
 use crate::catalog_cache::CatalogCache;
 use crate::refusal::Refusal;
 use lgsp_certs::{Peer, Role};
-use lgsp_proto::{GrantStatus, ServiceStatus};
+use lgsp_proto::{GrantStatus, ServiceStatus, SuspensionKind, TerminationKind};
+use lgsp_registry::calendar::WorkCalendar;
 use lgsp_registry::{KeyError, ServiceId};
 
-/// Decides whether `peer` may call `service_id` on the node of `own_agency`.
-/// Returns the service's id, parsed.
+/// What a call is allowed: the service, and the data items the consumer's
+/// grant covers (empty: every item).
+#[derive(Clone, Debug)]
+pub struct Allowed {
+    /// The service's id, parsed.
+    pub id: ServiceId,
+    /// The items granted; empty when the grant covers every item.
+    pub items: Vec<String>,
+}
+
+impl Allowed {
+    /// Refuses `asked` items outside the grant, naming them.
+    pub fn check_items<'a>(
+        &self,
+        consumer: &str,
+        asked: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), Refusal> {
+        if self.items.is_empty() {
+            return Ok(());
+        }
+        let mut beyond: Vec<String> = asked
+            .into_iter()
+            .filter(|a| !self.items.iter().any(|i| i == a))
+            .map(str::to_owned)
+            .collect();
+        if beyond.is_empty() {
+            return Ok(());
+        }
+        beyond.sort();
+        beyond.dedup();
+        Err(Refusal::ItemsNotGranted {
+            service: self.id.to_string(),
+            consumer: consumer.to_owned(),
+            items: beyond,
+            granted: self.items.clone(),
+        })
+    }
+}
+
+fn termination_word(kind: i32) -> &'static str {
+    match TerminationKind::try_from(kind).unwrap_or_default() {
+        TerminationKind::PurposeMismatch => "the purpose no longer matches",
+        TerminationKind::CannotRestore => "the connection cannot be restored",
+        TerminationKind::Ordered => "ordered by a competent authority",
+        TerminationKind::NoLongerNeeded => "no longer needed",
+        TerminationKind::AgreementExpired => "the agreement expired",
+        TerminationKind::Unspecified => "",
+    }
+}
+
+/// Decides whether `peer` may call `service_id` on the node of `own_agency`
+/// at `now` (Unix seconds). Returns the service's id, parsed, and the items
+/// granted.
 pub fn authorize(
     cache: &CatalogCache,
     own_agency: &str,
     peer: &Peer,
     service_id: &str,
-) -> Result<ServiceId, Refusal> {
-    if !matches!(peer.id.role, Role::Node | Role::Hub) {
+    now: i64,
+) -> Result<Allowed, Refusal> {
+    decide(cache, own_agency, &peer.id, "", service_id, now)
+}
+
+/// [`authorize`] for a node of another instance (`consumer`, from a hub's
+/// verified on-behalf-of record): its grant must name its trust domain.
+pub fn authorize_foreign(
+    cache: &CatalogCache,
+    own_agency: &str,
+    consumer: &lgsp_certs::SpiffeId,
+    service_id: &str,
+    now: i64,
+) -> Result<Allowed, Refusal> {
+    decide(
+        cache,
+        own_agency,
+        consumer,
+        &consumer.trust_domain,
+        service_id,
+        now,
+    )
+}
+
+/// `caller` of `caller_domain` ("" for this province) calling `service_id`.
+fn decide(
+    cache: &CatalogCache,
+    own_agency: &str,
+    caller: &lgsp_certs::SpiffeId,
+    caller_domain: &str,
+    service_id: &str,
+    now: i64,
+) -> Result<Allowed, Refusal> {
+    if !matches!(caller.role, Role::Node | Role::Hub) {
         return Err(Refusal::WrongRole {
-            caller: peer.id.to_string(),
-            role: peer.id.role.to_string(),
+            caller: caller.to_string(),
+            role: caller.role.to_string(),
         });
     }
     let id: ServiceId = service_id
@@ -34,13 +118,22 @@ pub fn authorize(
             agency: id.agency().to_string(),
         });
     }
-    let service = cache
-        .service(service_id)
+    let provider = || own_agency.to_owned();
+    // The service's state, read in place: its status and any maintenance
+    // window in force now.
+    let (status, maintenance) = cache
+        .with_service(service_id, |s| {
+            let window = s
+                .maintenance
+                .iter()
+                .find(|w| w.start_unix <= now && now < w.end_unix)
+                .map(|w| (w.reason.clone(), w.end_unix));
+            (s.status, window)
+        })
         .ok_or_else(|| Refusal::NotInCatalog {
             service: service_id.to_owned(),
         })?;
-    let provider = || own_agency.to_owned();
-    match ServiceStatus::try_from(service.status).unwrap_or_default() {
+    match ServiceStatus::try_from(status).unwrap_or_default() {
         ServiceStatus::Active => {}
         ServiceStatus::Suspended => {
             return Err(Refusal::ServiceSuspended {
@@ -55,43 +148,77 @@ pub fn authorize(
             });
         }
     }
-    let consumer = peer.id.agency.as_str();
-    let grant = cache
-        .grant(service_id, consumer)
+    if let Some((reason, until)) = maintenance {
+        let calendar = WorkCalendar::from_record(cache.calendar().as_ref()).unwrap_or_default();
+        return Err(Refusal::ServiceMaintenance {
+            service: service_id.to_owned(),
+            provider: provider(),
+            reason,
+            until: calendar.show(until),
+        });
+    }
+    let consumer = caller.agency.as_str();
+    let decided = cache
+        .with_grant(service_id, consumer, |g| {
+            // A grant to an agency of this province is not one to an agency
+            // of another instance that has the same code, nor the reverse.
+            if g.consumer_trust_domain != caller_domain {
+                return Err(Refusal::NoGrant {
+                    service: service_id.to_owned(),
+                    consumer: consumer.to_owned(),
+                    provider: own_agency.to_owned(),
+                });
+            }
+            if CatalogCache::grant_is_active_at(g, now) {
+                return Ok(g.items.clone());
+            }
+            let (service, consumer) = (service_id.to_owned(), consumer.to_owned());
+            Err(match GrantStatus::try_from(g.status).unwrap_or_default() {
+                GrantStatus::Suspended => {
+                    let kind = match SuspensionKind::try_from(g.suspension).unwrap_or_default() {
+                        SuspensionKind::Breach => "breach: ",
+                        SuspensionKind::SecurityRisk => "security risk: ",
+                        SuspensionKind::Unspecified => "",
+                    };
+                    let restore = if g.restore.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; to restore: {}", g.restore)
+                    };
+                    Refusal::GrantSuspended {
+                        service,
+                        consumer,
+                        provider: provider(),
+                        reason: format!("{kind}{}{restore}", g.reason),
+                    }
+                }
+                GrantStatus::Active => Refusal::GrantExpired {
+                    service,
+                    consumer,
+                    provider: provider(),
+                    reason: g.reason.clone(),
+                },
+                _ => {
+                    let kind = termination_word(g.termination);
+                    Refusal::GrantTerminated {
+                        service,
+                        consumer,
+                        reason: match (kind.is_empty(), g.reason.is_empty()) {
+                            (true, _) => g.reason.clone(),
+                            (false, true) => kind.to_owned(),
+                            (false, false) => format!("{kind}: {}", g.reason),
+                        },
+                    }
+                }
+            })
+        })
         .ok_or_else(|| Refusal::NoGrant {
             service: service_id.to_owned(),
             consumer: consumer.to_owned(),
             provider: provider(),
         })?;
-    if !CatalogCache::grant_is_active(&grant) {
-        let (service, consumer, reason) = (
-            service_id.to_owned(),
-            consumer.to_owned(),
-            grant.reason.clone(),
-        );
-        return Err(
-            match GrantStatus::try_from(grant.status).unwrap_or_default() {
-                GrantStatus::Suspended => Refusal::GrantSuspended {
-                    service,
-                    consumer,
-                    provider: provider(),
-                    reason,
-                },
-                GrantStatus::Active => Refusal::GrantExpired {
-                    service,
-                    consumer,
-                    provider: provider(),
-                    reason,
-                },
-                _ => Refusal::GrantTerminated {
-                    service,
-                    consumer,
-                    reason,
-                },
-            },
-        );
-    }
-    Ok(id)
+    let items = decided?;
+    Ok(Allowed { id, items })
 }
 
 #[cfg(test)]
@@ -149,6 +276,7 @@ mod tests {
             status: status as i32,
             expires_unix,
             reason: reason.into(),
+            ..Default::default()
         };
         let key = format!("{SERVICE}|{CONSUMER}");
         record(RecordKind::Grant, &key, Value::Grant(g))
@@ -167,7 +295,95 @@ mod tests {
         caller: &Peer,
         service: &str,
     ) -> Result<String, Refusal> {
-        authorize(&cache(records), PROVIDER, caller, service).map(|id| id.to_string())
+        authorize(&cache(records), PROVIDER, caller, service, now()).map(|a| a.id.to_string())
+    }
+
+    fn now() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    }
+
+    fn with_window(start: i64, end: i64) -> CatalogRecord {
+        let mut r = service(ServiceStatus::Active);
+        if let Some(Value::Service(s)) = &mut r.value {
+            s.maintenance.push(lgsp_proto::Maintenance {
+                start_unix: start,
+                end_unix: end,
+                reason: "Nâng cấp cơ sở dữ liệu".into(),
+                ..Default::default()
+            });
+        }
+        r
+    }
+
+    #[test]
+    fn a_maintenance_window_starts_and_ends_by_itself_and_says_when_service_returns() {
+        // 2026-12-18 02:00 UTC = 09:00 in Vietnam, for four hours.
+        let (start, end) = (1_797_559_200, 1_797_559_200 + 4 * 3600);
+        let cache = cache(vec![
+            with_window(start, end),
+            grant(GrantStatus::Active, 0, ""),
+        ]);
+        let caller = peer(CONSUMER, Role::Node);
+        let at = |t| authorize(&cache, PROVIDER, &caller, SERVICE, t).map(|a| a.id.to_string());
+        assert_eq!(at(start - 1), Ok(SERVICE.into()), "before the window");
+        let refused = at(start).unwrap_err();
+        let msg = refused.to_string();
+        assert!(
+            msg.contains("maintenance (Nâng cấp cơ sở dữ liệu) until 2026-12-18 13:00 +07:00"),
+            "{msg}"
+        );
+        assert_eq!(Status::from(refused).code(), tonic::Code::Unavailable);
+        assert_eq!(at(end), Ok(SERVICE.into()), "restored at the expected time");
+    }
+
+    #[test]
+    fn a_grant_of_some_items_refuses_others_by_name() {
+        let mut g = grant(GrantStatus::Active, 0, "");
+        if let Some(Value::Grant(grant)) = &mut g.value {
+            grant.items = vec!["x".into(), "y".into()];
+        }
+        let cache = cache(vec![service(ServiceStatus::Active), g]);
+        let allowed = authorize(
+            &cache,
+            PROVIDER,
+            &peer(CONSUMER, Role::Node),
+            SERVICE,
+            now(),
+        )
+        .unwrap();
+        assert_eq!(allowed.items, ["x", "y"]);
+        assert!(allowed.check_items(CONSUMER, ["x", "y"]).is_ok());
+        let msg = allowed
+            .check_items(CONSUMER, ["x", "z", "ngày_sinh"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("not granted item(s) ngày_sinh, z") && msg.contains("granted: x, y"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_suspended_consumer_is_told_the_kind_the_reason_and_how_to_restore() {
+        let mut g = grant(GrantStatus::Suspended, 0, "Truy vấn vượt mục đích");
+        if let Some(Value::Grant(grant)) = &mut g.value {
+            grant.suspension = SuspensionKind::Breach as i32;
+            grant.restore = "Gửi báo cáo giải trình".into();
+        }
+        let msg = decide(
+            vec![service(ServiceStatus::Active), g],
+            &peer(CONSUMER, Role::Node),
+            SERVICE,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            msg.contains("breach: Truy vấn vượt mục đích; to restore: Gửi báo cáo giải trình"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -129,8 +129,88 @@ impl CatalogCache {
             .contains_key(&(RecordKind::Service as i32, id.to_owned()))
     }
 
-    /// The service `id` (`<agency>/<name>`) as this node last heard it, if
-    /// it is in the catalog.
+    /// Service `id` (`<agency>/<name>`) as this node last heard it, looked
+    /// at in place (no copy of its history), if it is in the catalog.
+    pub fn with_service<R>(&self, id: &str, f: impl FnOnce(&Service) -> R) -> Option<R> {
+        let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        match state
+            .records
+            .get(&(RecordKind::Service as i32, id.to_owned()))?
+            .value
+            .as_ref()?
+        {
+            Value::Service(s) => Some(f(s)),
+            _ => None,
+        }
+    }
+
+    /// Grant of `service_id` to `consumer`, looked at in place (no copy of
+    /// its history), if there is one.
+    pub fn with_grant<R>(
+        &self,
+        service_id: &str,
+        consumer: &str,
+        f: impl FnOnce(&Grant) -> R,
+    ) -> Option<R> {
+        let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        match state
+            .records
+            .get(&(RecordKind::Grant as i32, format!("{service_id}|{consumer}")))?
+            .value
+            .as_ref()?
+        {
+            Value::Grant(g) => Some(f(g)),
+            _ => None,
+        }
+    }
+
+    /// The federation peer of `trust_domain` (another lgsp instance), if
+    /// the province federates with it.
+    pub fn peer_of_domain(&self, trust_domain: &str) -> Option<lgsp_proto::FederationPeer> {
+        let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        state.records.values().find_map(|r| match &r.value {
+            Some(Value::Peer(p)) if p.trust_domain == trust_domain => Some(p.clone()),
+            _ => None,
+        })
+    }
+
+    /// The display name of agency `code`, if registered.
+    pub fn agency_name(&self, code: &str) -> Option<String> {
+        match self.get(RecordKind::Agency, code)? {
+            Value::Agency(a) => Some(a.name),
+            _ => None,
+        }
+    }
+
+    /// Every record of `kind`, copied.
+    pub fn all_of(&self, kind: RecordKind) -> Vec<CatalogRecord> {
+        let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        state
+            .records
+            .iter()
+            .filter(|((k, _), _)| *k == kind as i32)
+            .map(|(_, r)| r.clone())
+            .collect()
+    }
+
+    /// Whether record `kind`/`key` is in the catalog.
+    pub fn has(&self, kind: RecordKind, key: &str) -> bool {
+        self.state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .records
+            .contains_key(&(kind as i32, key.to_owned()))
+    }
+
+    /// The province's calendar (time zone, holidays), if the catalog has one.
+    pub fn calendar(&self) -> Option<lgsp_proto::Calendar> {
+        match self.get(RecordKind::Calendar, "province")? {
+            Value::Calendar(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Service `id`, copied, if it is in the catalog.
     pub fn service(&self, id: &str) -> Option<Service> {
         match self.get(RecordKind::Service, id)? {
             Value::Service(s) => Some(s),
@@ -154,6 +234,12 @@ impl CatalogCache {
             Value::Grant(g) => Some(g),
             _ => None,
         }
+    }
+
+    /// Whether the grant is usable at `now` (Unix seconds).
+    pub fn grant_is_active_at(grant: &Grant, now: i64) -> bool {
+        grant.status == GrantStatus::Active as i32
+            && (grant.expires_unix == 0 || grant.expires_unix > now)
     }
 
     /// Whether the grant is usable now.
@@ -248,6 +334,10 @@ impl CatalogCache {
             RecordKind::Service,
             RecordKind::Grant,
             RecordKind::Crl,
+            RecordKind::Calendar,
+            RecordKind::Peer,
+            RecordKind::Export,
+            RecordKind::Import,
         ] {
             let (records, rev) = client
                 .list_all(ListRequest {

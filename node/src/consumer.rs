@@ -33,32 +33,66 @@ impl Consumer {
         Self { ctx }
     }
 
-    /// The catalog's record of the provider node serving `service_id`.
-    fn route(&self, service_id: &str) -> Result<NodeRecord, Status> {
+    /// The catalog's record of the provider node serving `service_id`, or
+    /// of the province's hub for a service of another instance (then
+    /// `Route::via_hub`).
+    fn route(&self, service_id: &str) -> Result<Route, Status> {
         let ctx = &self.ctx;
         service_id
             .parse::<lgsp_registry::ServiceId>()
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let service = ctx.cache.service(service_id).ok_or_else(|| {
-            Status::not_found(format!(
-                "service {service_id} is not in the provincial catalog (see `lgsp service list`)"
-            ))
-        })?;
+        let (agency, node, via_hub) = ctx
+            .cache
+            .with_service(service_id, |s| {
+                (s.agency_code.clone(), s.node.clone(), s.via_hub.clone())
+            })
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "service {service_id} is not in the provincial catalog (see `lgsp service list`)"
+                ))
+            })?;
+        if let Some((hub_agency, hub_name)) = via_hub.split_once('/') {
+            let hub = ctx.cache.node(hub_agency, hub_name).ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "service {service_id} of another instance is carried by hub {via_hub}, which is not registered in the catalog"
+                ))
+            })?;
+            return Ok(Route {
+                node: hub,
+                via_hub: true,
+            });
+        }
+        let service = lgsp_proto::Service {
+            agency_code: agency,
+            node,
+            ..Default::default()
+        };
         let node = ctx.cache.node(&service.agency_code, &service.node).ok_or_else(|| {
             Status::failed_precondition(format!(
                 "service {service_id} names node {:?} of agency {}, which is not registered in the catalog",
                 service.node, service.agency_code
             ))
         })?;
-        Ok(node)
+        Ok(Route {
+            node,
+            via_hub: false,
+        })
     }
 
-    /// A client of the provider node `node`, on the pooled connection.
-    fn client(&self, node: &NodeRecord) -> Result<DataExchangeClient<Channel>, Status> {
+    /// A client of the provider node (or hub) of `route`, on the pooled
+    /// connection.
+    fn client(&self, route: &Route) -> Result<DataExchangeClient<Channel>, Status> {
         let max = self.ctx.config.limits.max_message_bytes;
-        Ok(DataExchangeClient::new(self.ctx.channel(node)?)
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(max))
+        let role = if route.via_hub {
+            lgsp_certs::Role::Hub
+        } else {
+            lgsp_certs::Role::Node
+        };
+        Ok(
+            DataExchangeClient::new(self.ctx.channel_to(&route.node, role)?)
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
     }
 
     /// Sends `env` to the provider node serving it: on the link to that
@@ -76,15 +110,30 @@ impl Consumer {
                 "the application's deadline passed before the call left this node",
             ));
         }
-        let node = self.route(&env.service_id)?;
-        let key = route_key(&node);
+        let route = self.route(&env.service_id)?;
+        if route.via_hub {
+            // Another instance's service: through the hub, with a record of
+            // on whose behalf, signed with this node's key.
+            let signed = crate::obo::sign(&self.ctx.creds, &env, unix_ms())
+                .map_err(|e| Status::internal(e.to_string()))?;
+            let mut request = forward(deadline, env);
+            crate::obo::to_metadata(request.metadata_mut(), &signed);
+            return self
+                .client(&route)?
+                .call(request)
+                .await
+                .map(Response::into_inner)
+                .map_err(|s| explain(s, &self.ctx.serial));
+        }
+        let node = &route.node;
+        let key = route_key(node);
         let env = if size <= MAX_LINK_ENVELOPE {
             let ctx = &self.ctx;
             let sent = ctx
                 .links
                 .call(
                     &key,
-                    || ctx.channel(&node),
+                    || ctx.channel(node),
                     ctx.config.limits.max_message_bytes,
                     env,
                     deadline,
@@ -97,12 +146,26 @@ impl Consumer {
         } else {
             env
         };
-        self.client(&node)?
+        self.client(&route)?
             .call(forward(deadline, env))
             .await
             .map(Response::into_inner)
             .map_err(|s| explain(s, &self.ctx.serial))
     }
+}
+
+/// Where a call goes: a provider node, or the hub for another instance's
+/// service.
+#[derive(Debug)]
+struct Route {
+    node: NodeRecord,
+    via_hub: bool,
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// The outgoing call, with the time the caller has left as its deadline.
@@ -194,7 +257,14 @@ impl DataExchange for Consumer {
         }
         let span = tracing::info_span!("query", side = "consumer", request_id = %req.request_id, service = %req.service_id);
         let opened = async {
-            let mut client = self.client(&self.route(&req.service_id)?)?;
+            let route = self.route(&req.service_id)?;
+            if route.via_hub {
+                return Err(Status::unimplemented(format!(
+                    "{} is a service of another instance: query streams do not cross the hub yet; call it with `get`",
+                    req.service_id
+                )));
+            }
+            let mut client = self.client(&route)?;
             client
                 .query(forward(deadline, req))
                 .await

@@ -9,7 +9,7 @@ use crate::config::NodeConfig;
 use crate::limits::Limits;
 use crate::link::Links;
 use crate::metrics::Metrics;
-use lgsp_certs::{AgencyCode, ClientTrust, Credentials, Expected};
+use lgsp_certs::{AgencyCode, ClientTrust, Credentials, Expected, Role};
 use lgsp_dataset::DatasetCache;
 use lgsp_proto::NodeRecord;
 use lgsp_sharing_log::SharingLog;
@@ -52,6 +52,27 @@ pub struct NodeContext {
     backend_channels: Mutex<HashMap<String, Channel>>,
     /// Links to other nodes, carrying unary calls (see [`crate::link`]).
     pub(crate) links: Links,
+    /// What carries calls this node takes for services it does not serve
+    /// itself: a hub's imported services (set once by the hub).
+    pub forwarder: std::sync::OnceLock<Arc<dyn Forwarder>>,
+    /// On-behalf-of records already used (a provider called through a hub).
+    pub replays: crate::obo::ReplayGuard,
+}
+
+/// Carries calls for services a node takes but does not serve itself: the
+/// province hub's imported services, called across to another instance.
+#[tonic::async_trait]
+pub trait Forwarder: Send + Sync + std::fmt::Debug {
+    /// Whether this node carries calls to `service_id` elsewhere.
+    fn carries(&self, service_id: &str) -> bool;
+    /// Carries `envelope` from `caller`, with the record of on whose behalf
+    /// (`obo`), and returns the answer's payload.
+    async fn forward(
+        &self,
+        caller: &lgsp_certs::Peer,
+        envelope: &lgsp_proto::Envelope,
+        obo: Option<&lgsp_proto::SignedOnBehalfOf>,
+    ) -> Result<Vec<u8>, tonic::Status>;
 }
 
 // By hand, so that logging the context never prints the node's private key
@@ -114,6 +135,8 @@ impl NodeContext {
             node_channels: Mutex::default(),
             backend_channels: Mutex::default(),
             links: Links::default(),
+            forwarder: std::sync::OnceLock::new(),
+            replays: crate::obo::ReplayGuard::default(),
         })
     }
 
@@ -122,6 +145,12 @@ impl NodeContext {
     /// certificate fingerprint the catalog holds for it, not revoked. The
     /// address the catalog gives is where to dial, never who answers.
     pub(crate) fn channel(&self, node: &NodeRecord) -> Result<Channel, Status> {
+        self.channel_to(node, Role::Node)
+    }
+
+    /// [`Self::channel`] to a server of `role`: a node, or the province's
+    /// hub (which carries calls to other instances' services).
+    pub fn channel_to(&self, node: &NodeRecord, role: Role) -> Result<Channel, Status> {
         let mut pool = self
             .node_channels
             .lock()
@@ -136,12 +165,15 @@ impl NodeContext {
                 node.agency_code, node.name
             ))
         })?;
-        let expected = Expected::node(
-            &self.trust_domain,
-            agency,
-            &node.name,
-            Some(&node.cert_sha256),
-        );
+        let expected = Expected {
+            role,
+            ..Expected::node(
+                &self.trust_domain,
+                agency,
+                &node.name,
+                Some(&node.cert_sha256),
+            )
+        };
         let channel = lgsp_certs::server_identity::connect_lazy(
             &node.endpoint,
             &self.creds,

@@ -18,10 +18,11 @@ pub mod limits;
 pub mod link;
 pub mod listener;
 pub mod metrics;
+pub mod obo;
 pub mod provider;
 pub mod refusal;
 pub mod server;
 pub mod shutdown;
-mod trace;
+pub mod trace;
 
 pub use trace::new_request_id;

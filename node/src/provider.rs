@@ -22,7 +22,7 @@ use lgsp_certs::{Authenticator, Peer};
 use lgsp_dataset::Query;
 use lgsp_proto::data_exchange_client::DataExchangeClient;
 use lgsp_proto::data_exchange_server::DataExchange;
-use lgsp_proto::{CallResponse, Envelope, QueryPage, QueryRequest, Record};
+use lgsp_proto::{CallResponse, Envelope, QueryPage, QueryRequest, Record, SignedOnBehalfOf};
 use prost::Message as _;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -32,7 +32,8 @@ use std::time::Instant;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-pub(crate) type PageStream = Pin<Box<dyn Stream<Item = Result<QueryPage, Status>> + Send>>;
+/// The pages of a query stream, as a provider (or hub) answers them.
+pub type PageStream = Pin<Box<dyn Stream<Item = Result<QueryPage, Status>> + Send>>;
 
 /// The province-facing side: serves this agency's services.
 #[derive(Debug, Clone)]
@@ -56,6 +57,8 @@ pub(crate) struct Incoming<F> {
     /// The largest response (encoded) the caller takes; a larger one is
     /// refused with RESOURCE_EXHAUSTED and logged as not delivered.
     pub response_limit: usize,
+    /// The record of on whose behalf a hub calls (calls across instances).
+    pub obo: Option<SignedOnBehalfOf>,
 }
 
 impl Provider {
@@ -108,7 +111,18 @@ impl Provider {
             deadline,
             cancelled,
             response_limit,
+            obo,
         } = call;
+        // Called by a hub for a consumer of another instance: the consumer
+        // is the one its signed record names, verified here.
+        let on_behalf = match (&obo, peer.id.role) {
+            (Some(signed), lgsp_certs::Role::Hub) => Some(self.verify_obo(signed, &env)),
+            _ => None,
+        };
+        let consumer_label = match &on_behalf {
+            Some(Ok(v)) => v.consumer(),
+            _ => peer.id.agency.to_string(),
+        };
         // A request id the caller chose is bounded before it reaches the
         // log; a bad one is refused, and logged under an id of our own.
         let bad_id = own_request_id(&mut env.request_id);
@@ -116,7 +130,7 @@ impl Provider {
             &self.ctx,
             "provider",
             &env.request_id,
-            peer.id.agency.as_str(),
+            &consumer_label,
             &env.service_id,
             &env.operation,
             &env.encode_to_vec(),
@@ -126,11 +140,18 @@ impl Provider {
         if let Some(refusal) = bad_id {
             return Err(trace.refuse(refusal));
         }
+        let on_behalf = match on_behalf {
+            Some(Ok(v)) => Some(v),
+            Some(Err(e)) => return Err(trace.refuse(Refusal::OnBehalfOf(e.to_string()))),
+            None => None,
+        };
         let span = tracing::info_span!("provide", request_id = %env.request_id, consumer = %peer.id.agency, service = %env.service_id, op = %env.operation);
         // tonic's own timeout (from `grpc-timeout`) usually ends a unary
         // call first; on a node link this is what ends it.
         let serving = async {
-            let serving = self.answer(peer, &env).instrument(span.clone());
+            let serving = self
+                .answer(peer, &env, on_behalf.as_ref(), obo.as_ref())
+                .instrument(span.clone());
             match deadline {
                 Some(limit) => tokio::time::timeout_at(limit.at.into(), serving)
                     .await
@@ -179,11 +200,58 @@ impl Provider {
         result
     }
 
+    /// Verifies a hub's record of on whose behalf it calls: signed by a
+    /// node of a federation peer (its CA from the catalog), for this
+    /// request, fresh and not seen before.
+    fn verify_obo(
+        &self,
+        signed: &SignedOnBehalfOf,
+        env: &Envelope,
+    ) -> Result<crate::obo::Verified, crate::obo::OboError> {
+        let domain = crate::obo::claimed_domain(signed).unwrap_or_default();
+        let roots = match self.ctx.cache.peer_of_domain(&domain) {
+            Some(peer) => crate::obo::peer_roots(&peer),
+            None => Vec::new(),
+        };
+        let now = unix_now() * 1000;
+        let verified = crate::obo::verify(signed, env, &roots, now)?;
+        self.ctx.replays.check(signed, &env.request_id, now)?;
+        Ok(verified)
+    }
+
     /// Authorizes the call and has the service's backend answer it.
-    async fn answer(&self, peer: &Peer, env: &Envelope) -> Result<Vec<u8>, Status> {
+    async fn answer(
+        &self,
+        peer: &Peer,
+        env: &Envelope,
+        on_behalf: Option<&crate::obo::Verified>,
+        obo: Option<&SignedOnBehalfOf>,
+    ) -> Result<Vec<u8>, Status> {
         let ctx = &self.ctx;
-        let id = access::authorize(&ctx.cache, &ctx.config.agency, peer, &env.service_id)?;
-        let name = id.name();
+        if let Some(forwarder) = ctx.forwarder.get()
+            && forwarder.carries(&env.service_id)
+        {
+            return forwarder.forward(peer, env, obo).await;
+        }
+        let allowed = match on_behalf {
+            Some(v) => access::authorize_foreign(
+                &ctx.cache,
+                &ctx.config.agency,
+                &v.id,
+                &env.service_id,
+                unix_now(),
+            )?,
+            None => access::authorize(
+                &ctx.cache,
+                &ctx.config.agency,
+                peer,
+                &env.service_id,
+                unix_now(),
+            )?,
+        };
+        let consumer_label = on_behalf.map(crate::obo::Verified::consumer);
+        let consumer = consumer_label.as_deref().unwrap_or(peer.id.agency.as_str());
+        let name = allowed.id.name();
         let service = ctx
             .config
             .service(name)
@@ -200,6 +268,19 @@ impl Provider {
                     .into());
                 }
                 let key = env.parameters.get("key").ok_or(Refusal::MissingKey)?;
+                // The items asked for (`fields`, comma-separated) must be
+                // granted; the answer carries only granted items.
+                let asked: Vec<&str> = env
+                    .parameters
+                    .get("fields")
+                    .map(|f| {
+                        f.split(',')
+                            .map(str::trim)
+                            .filter(|f| !f.is_empty())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                allowed.check_items(consumer, asked.iter().copied())?;
                 let dataset = ctx
                     .datasets
                     .get(name)
@@ -211,7 +292,15 @@ impl Provider {
                         service: env.service_id.clone(),
                         key: key.clone(),
                     })?;
-                Ok(record.into_bytes())
+                if asked.is_empty() && allowed.items.is_empty() {
+                    return Ok(record.into_bytes());
+                }
+                let keep: Vec<&str> = if asked.is_empty() {
+                    allowed.items.iter().map(String::as_str).collect()
+                } else {
+                    asked
+                };
+                Ok(project(&record, &keep).into_bytes())
             }
             Backend::Grpc { url, timeout } => {
                 let channel = ctx.backend_channel(url)?;
@@ -262,15 +351,30 @@ impl Provider {
         }
     }
 
-    /// Authorizes a query stream and finds its dataset.
+    /// Authorizes a query stream, limits it to the items granted and finds
+    /// its dataset.
     fn open_query(
         &self,
         peer: &Peer,
-        service_id: &str,
+        req: &mut QueryRequest,
     ) -> Result<Arc<lgsp_dataset::Dataset>, Status> {
         let ctx = &self.ctx;
-        let id = access::authorize(&ctx.cache, &ctx.config.agency, peer, service_id)?;
-        let name = id.name();
+        let service_id = req.service_id.as_str();
+        let allowed =
+            access::authorize(&ctx.cache, &ctx.config.agency, peer, service_id, unix_now())?;
+        // Every field asked for or filtered on must be granted; asking for
+        // none gets the granted ones.
+        allowed.check_items(
+            peer.id.agency.as_str(),
+            req.fields
+                .iter()
+                .chain(req.filters.iter().map(|f| &f.field))
+                .map(String::as_str),
+        )?;
+        if req.fields.is_empty() {
+            req.fields.clone_from(&allowed.items);
+        }
+        let name = allowed.id.name();
         match ctx.config.service(name).map(|s| &s.backend) {
             Some(Backend::Dataset) => {}
             Some(_) => {
@@ -298,6 +402,11 @@ impl DataExchange for Provider {
         let started = Instant::now();
         let peer = Peer::of(&request)?.clone();
         let deadline = Deadline::of(request.metadata(), started);
+        let obo = match crate::obo::from_metadata(request.metadata()) {
+            Some(Ok(signed)) => Some(signed),
+            Some(Err(e)) => return Err(Refusal::OnBehalfOf(e.to_string()).into()),
+            None => None,
+        };
         let call = Incoming {
             envelope: request.into_inner(),
             started,
@@ -305,6 +414,7 @@ impl DataExchange for Provider {
             // tonic drops this call when its caller goes away: `Trace` logs that.
             cancelled: std::future::pending(),
             response_limit: self.ctx.config.limits.max_message_bytes,
+            obo,
         };
         // The permit is held until the response is built; HTTP/2 takes it next.
         let (result, _permit) = self.serve(&peer, call).await;
@@ -337,7 +447,7 @@ impl DataExchange for Provider {
         if let Some(refusal) = bad_id {
             return Err(trace.refuse(refusal));
         }
-        let dataset = match self.open_query(&peer, &req.service_id) {
+        let dataset = match self.open_query(&peer, &mut req) {
             Ok(dataset) => dataset,
             Err(status) => {
                 trace.finish(&Sha256::digest([]), status.code(), 0);
@@ -453,5 +563,24 @@ impl DataExchange for Provider {
         Ok(Response::new(Box::pin(
             self.auth.while_admitted(peer, pages),
         )))
+    }
+}
+
+/// The time now, Unix seconds.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// `json` with only the fields in `keep` when it is an object (a dataset
+/// record); anything else is returned as it is.
+fn project(json: &str, keep: &[&str]) -> String {
+    match serde_json::from_str::<serde_json::Value>(json) {
+        Ok(serde_json::Value::Object(mut fields)) => {
+            fields.retain(|k, _| keep.contains(&k.as_str()));
+            serde_json::Value::Object(fields).to_string()
+        }
+        _ => json.to_owned(),
     }
 }

@@ -76,7 +76,7 @@ pub enum Refusal {
     },
     /// The consumer agency holds no grant for the service.
     #[error(
-        "agency {consumer} has no grant for service {service}; agency {provider} (or the provincial admin) grants it with `lgsp access grant --service {service} --consumer {consumer}`"
+        "agency {consumer} has no grant for service {service}; agency {consumer} files an access request with `lgsp requests file --service {service} ...` and agency {provider} decides it (or the provincial admin grants it with `lgsp access grant --service {service} --consumer {consumer}`)"
     )]
     NoGrant {
         /// The service id, `<agency>/<name>`.
@@ -100,6 +100,40 @@ pub enum Refusal {
         provider: String,
         /// The reason recorded on the grant; may be empty.
         reason: String,
+    },
+    /// A hub's record of on whose behalf it calls does not verify.
+    #[error("{0}")]
+    OnBehalfOf(String),
+    /// The service is in a maintenance window (D47 Art. 43).
+    #[error(
+        "service {service} of agency {provider} is suspended for maintenance{} until {until} (expected restore time)",
+        because(reason)
+    )]
+    ServiceMaintenance {
+        /// The service id, `<agency>/<name>`.
+        service: String,
+        /// The provider agency's code.
+        provider: String,
+        /// What and why, as announced.
+        reason: String,
+        /// The expected restore time, as the province's clocks show it.
+        until: String,
+    },
+    /// The call asks for data items the consumer was not granted.
+    #[error(
+        "agency {consumer} is not granted item(s) {} of service {service}; it is granted: {}. File an access request for more",
+        items.join(", "),
+        granted.join(", ")
+    )]
+    ItemsNotGranted {
+        /// The service id, `<agency>/<name>`.
+        service: String,
+        /// The consumer agency's code.
+        consumer: String,
+        /// The items asked for and not granted.
+        items: Vec<String>,
+        /// The items granted.
+        granted: Vec<String>,
     },
     /// The grant's validity ended.
     #[error(
@@ -257,6 +291,9 @@ impl Refusal {
             ServiceSuspended { .. } | ServiceWithdrawn { .. } | GrantSuspended { .. } => {
                 Code::FailedPrecondition
             }
+            ServiceMaintenance { .. } => Code::Unavailable,
+            ItemsNotGranted { .. } => Code::PermissionDenied,
+            OnBehalfOf(_) => Code::Unauthenticated,
             NotServedHere { .. } => Code::Unimplemented,
             TooManyInFlight { .. }
             | OverRate { .. }

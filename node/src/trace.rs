@@ -68,7 +68,7 @@ fn bounded(text: &str, max: usize) -> String {
 /// A trace dropped unfinished (the caller cancelled, or its deadline passed
 /// and the call was abandoned) is written then, with that outcome: every
 /// exchange that started is in the log.
-pub(crate) struct Trace {
+pub struct Trace {
     ctx: Arc<NodeContext>,
     side: &'static str,
     request_id: String,
@@ -82,9 +82,23 @@ pub(crate) struct Trace {
     written: bool,
 }
 
+impl std::fmt::Debug for Trace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trace")
+            .field("side", &self.side)
+            .field("request_id", &self.request_id)
+            .field("consumer", &self.consumer)
+            .field("service_id", &self.service_id)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Trace {
+    /// Starts tracing an exchange on `side` ("provider", "consumer", "hub")
+    /// for `consumer` (an agency code, or `agency@trust-domain` for one of
+    /// another instance).
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn start(
+    pub fn start(
         ctx: &Arc<NodeContext>,
         side: &'static str,
         request_id: &str,
@@ -112,7 +126,7 @@ impl Trace {
 
     /// Records that the exchange was refused with `refusal` before any work,
     /// and returns the status to answer.
-    pub(crate) fn refuse(self, refusal: Refusal) -> Status {
+    pub fn refuse(self, refusal: Refusal) -> Status {
         let status = Status::from(refusal);
         self.finish(&Sha256::digest([]), status.code(), 0);
         status
@@ -121,7 +135,7 @@ impl Trace {
     /// Records the outcome: `response_sha256` is the digest of the payload
     /// (of every page, for a query), `bytes_out` its size, `code` how the
     /// exchange ended.
-    pub(crate) fn finish(mut self, response_sha256: &[u8], code: tonic::Code, bytes_out: u64) {
+    pub fn finish(mut self, response_sha256: &[u8], code: tonic::Code, bytes_out: u64) {
         self.write(response_sha256, code, bytes_out);
     }
 
@@ -186,7 +200,7 @@ impl Drop for Trace {
 }
 
 /// The status code an exchange ended with.
-pub(crate) fn code_of<T>(result: &Result<T, Status>) -> tonic::Code {
+pub fn code_of<T>(result: &Result<T, Status>) -> tonic::Code {
     result.as_ref().err().map_or(tonic::Code::Ok, Status::code)
 }
 

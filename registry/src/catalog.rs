@@ -13,8 +13,11 @@
 //! `s:member:<id BE>` members' addresses.
 
 use crate::error::{CatalogError, RegistryError, StoreError};
+use crate::federation;
 use crate::keys::{GrantKey, KeyError, NodeKey, ServiceId};
 use crate::kv::{Kv, KvRead, Staged, prefix_end, read_u64};
+use crate::procedure;
+pub use crate::procedure::{Acting, Asker};
 use crate::storage::StateMachine;
 use lgsp_certs::identity::{AgencyCode, Role, SpiffeId, validate_name};
 use lgsp_proto::catalog_record::Value;
@@ -172,6 +175,10 @@ fn record_text(record: &CatalogRecord) -> String {
     match &record.value {
         Some(Value::Agency(a)) => format!("{} {}", a.code, a.name),
         Some(Value::Node(n)) => format!("{} {} {}", n.agency_code, n.name, n.endpoint),
+        Some(Value::Request(r)) => format!(
+            "{} {} {} {} {}",
+            r.id, r.consumer_agency, r.requester_name, r.service_id, r.purpose
+        ),
         _ => record.key.clone(),
     }
 }
@@ -188,16 +195,37 @@ pub fn key_of(value: &Value) -> (RecordKind, String) {
             GrantKey::format(&g.service_id, &g.consumer_agency),
         ),
         Value::Crl(_) => (RecordKind::Crl, "current".into()),
+        Value::Request(r) => (RecordKind::Request, r.id.clone()),
+        Value::Calendar(_) => (RecordKind::Calendar, CALENDAR_KEY.into()),
+        Value::Peer(p) => (RecordKind::Peer, p.name.clone()),
+        Value::Export(e) => (
+            RecordKind::Export,
+            federation::export_key(&e.service_id, &e.peer),
+        ),
+        Value::Import(i) => (
+            RecordKind::Import,
+            federation::import_key(&i.peer, &i.service_id),
+        ),
     }
 }
+
+/// The key of the province's one calendar record.
+pub const CALENDAR_KEY: &str = "province";
 
 /// The agency that owns a record, or `None` for records only the provincial
 /// admin may change (the CRL).
 fn owner_of(kind: RecordKind, key: &str) -> Option<&str> {
     match kind {
         RecordKind::Agency => Some(key),
-        RecordKind::Node | RecordKind::Service | RecordKind::Grant => key.split('/').next(),
-        RecordKind::Crl | RecordKind::Unspecified => None,
+        RecordKind::Node | RecordKind::Service | RecordKind::Grant | RecordKind::Request => {
+            key.split('/').next()
+        }
+        RecordKind::Crl
+        | RecordKind::Calendar
+        | RecordKind::Peer
+        | RecordKind::Export
+        | RecordKind::Import
+        | RecordKind::Unspecified => None,
     }
 }
 
@@ -211,30 +239,81 @@ fn validate_key(kind: RecordKind, key: &str) -> Result<(), CatalogError> {
         RecordKind::Node => key.parse::<NodeKey>().map(drop).map_err(invalid),
         RecordKind::Service => service_id(key).map(drop),
         RecordKind::Grant => key.parse::<GrantKey>().map(drop).map_err(invalid),
-        RecordKind::Crl | RecordKind::Unspecified => Ok(()),
+        // A request's key has a node key's shape: <agency>/<name>.
+        RecordKind::Request => key
+            .parse::<NodeKey>()
+            .map(drop)
+            .map_err(|e| CatalogError::InvalidArgument(format!("request id {key:?}: {e}"))),
+        RecordKind::Calendar if key != CALENDAR_KEY => Err(CatalogError::InvalidArgument(format!(
+            "the calendar's key is {CALENDAR_KEY:?}"
+        ))),
+        RecordKind::Peer | RecordKind::Export | RecordKind::Import => {
+            federation::validate_key(kind, key)
+        }
+        RecordKind::Crl | RecordKind::Calendar | RecordKind::Unspecified => Ok(()),
     }
 }
 
-fn authorize(actor: &SpiffeId, kind: RecordKind, key: &str) -> Result<(), CatalogError> {
+/// Whether the asker's role may change records of this kind and key at all,
+/// decided from the certificate alone (the procedures decide the rest when
+/// the change is applied, see `procedure.rs`):
+/// - the provincial admin (an admin certificate of the agency that runs the
+///   registry) may change anything;
+/// - an agency admin acts for its own agency: its agency record, nodes,
+///   services, the grants of its services (suspend, resume, terminate) and
+///   access requests (filing its own, deciding those for its services);
+/// - a node or hub registers its agency's nodes and publishes its agency's
+///   services;
+/// - the CRL and the calendar are the provincial admin's alone.
+fn authorize(asker: &Asker<'_>, kind: RecordKind, key: &str) -> Result<(), CatalogError> {
     validate_key(kind, key)?;
-    if actor.role == Role::Admin {
-        return Ok(());
-    }
     let owner = owner_of(kind, key);
-    let allowed =
-        matches!(actor.role, Role::Node | Role::Hub) && owner == Some(actor.agency.as_str());
+    let allowed = match (asker.acting(), kind) {
+        (Acting::Province, _) => true,
+        (Acting::AgencyAdmin(_), RecordKind::Request) => true,
+        (
+            Acting::AgencyAdmin(agency),
+            RecordKind::Agency | RecordKind::Node | RecordKind::Service | RecordKind::Grant,
+        ) => owner == Some(agency),
+        // A hub also writes what its imports bring in (decided at apply
+        // time: agencies and services of other instances only).
+        (Acting::Machine(_), RecordKind::Agency | RecordKind::Service)
+            if asker.actor.role == Role::Hub =>
+        {
+            true
+        }
+        (Acting::Machine(agency), RecordKind::Node | RecordKind::Service) => owner == Some(agency),
+        _ => false,
+    };
     if allowed {
         return Ok(());
     }
-    Err(CatalogError::PermissionDenied(match owner {
-        Some(owner) => format!(
-            "{actor} may change only records of agency {}; {kind:?} {key:?} belongs to agency {owner} (or ask the provincial admin)",
-            actor.agency
-        ),
-        None => format!(
-            "only the provincial admin may change the {kind:?} record; {actor} is not an admin"
-        ),
-    }))
+    let needs = match (kind, owner) {
+        (RecordKind::Crl | RecordKind::Calendar, _) | (_, None) => {
+            "the provincial admin".to_owned()
+        }
+        (RecordKind::Node | RecordKind::Service, Some(owner)) => {
+            format!("a node or admin certificate of agency {owner} (or the provincial admin)")
+        }
+        (RecordKind::Request, Some(owner)) => {
+            format!("an admin certificate of agency {owner} (or the provincial admin)")
+        }
+        (_, Some(owner)) => {
+            format!("an admin certificate of agency {owner} (or the provincial admin)")
+        }
+    };
+    let what = format!("changing {kind:?} {key:?}");
+    let mut refusal = asker.needs(&what, &needs);
+    if let (CatalogError::PermissionDenied(why), Acting::Machine(own)) =
+        (&mut refusal, asker.acting())
+        && owner.is_some_and(|o| o != own)
+    {
+        why.push_str(&format!(
+            " ({} may change only records of agency {own})",
+            asker.actor
+        ));
+    }
+    Err(refusal)
 }
 
 /// A service id, parsed; a malformed one is an invalid argument.
@@ -280,7 +359,71 @@ fn text(field: &str, value: &str, max: usize, required: bool) -> Result<(), Cata
 }
 
 /// Checks a put's value and fills in defaults; returns the value to store.
-fn check_value(db: &impl KvRead, mut value: Value) -> Result<Value, CatalogError> {
+/// Every free text a person typed, in NFC: Vietnamese typed decomposed
+/// must match the same text typed composed.
+fn normalize(value: &mut Value) {
+    use crate::text::to_nfc;
+    match value {
+        Value::Agency(a) => {
+            to_nfc(&mut a.name);
+            if let Some(fp) = &mut a.focal_point {
+                to_nfc(&mut fp.name);
+                to_nfc(&mut fp.role);
+            }
+        }
+        Value::Service(s) => {
+            to_nfc(&mut s.description);
+            to_nfc(&mut s.update_cycle);
+            for i in &mut s.items {
+                to_nfc(&mut i.name);
+                to_nfc(&mut i.description);
+            }
+            for w in &mut s.maintenance {
+                to_nfc(&mut w.reason);
+            }
+        }
+        Value::Grant(g) => {
+            to_nfc(&mut g.reason);
+            to_nfc(&mut g.restore);
+            g.items.iter_mut().for_each(to_nfc);
+        }
+        Value::Request(r) => {
+            for f in [
+                &mut r.requester_name,
+                &mut r.application_name,
+                &mut r.purpose,
+                &mut r.frequency,
+                &mut r.other,
+                &mut r.decision_reason,
+            ] {
+                to_nfc(f);
+            }
+            r.items.iter_mut().for_each(to_nfc);
+            r.granted_items.iter_mut().for_each(to_nfc);
+        }
+        Value::Node(_)
+        | Value::Crl(_)
+        | Value::Calendar(_)
+        | Value::Peer(_)
+        | Value::Export(_)
+        | Value::Import(_) => {}
+    }
+}
+
+/// A change the procedures derive from a command: the grant an approved
+/// request creates.
+type Derived = Option<Value>;
+
+fn check_value(
+    db: &impl KvRead,
+    asker: &Asker<'_>,
+    mut value: Value,
+    previous: Option<&CatalogRecord>,
+) -> Result<(Value, Derived), CatalogError> {
+    let previous = previous.and_then(|r| r.value.as_ref());
+    let mut derived = None;
+    normalize(&mut value);
+    federation::check_hub_write(db, asker, &value)?;
     match &mut value {
         Value::Agency(a) => {
             AgencyCode::new(&a.code).map_err(|e| CatalogError::InvalidArgument(e.to_string()))?;
@@ -363,6 +506,24 @@ fn check_value(db: &impl KvRead, mut value: Value) -> Result<Value, CatalogError
                     CatalogError::InvalidArgument(format!("service schema is not JSON: {e}"))
                 })?;
             }
+            text(
+                "service documentation link",
+                &s.documentation_url,
+                500,
+                false,
+            )?;
+            text("service update cycle", &s.update_cycle, 200, false)?;
+            for item in &s.items {
+                text("data item description", &item.description, 1000, false)?;
+            }
+            for w in &s.maintenance {
+                text("maintenance reason", &w.reason, 1000, false)?;
+            }
+            let previous = match previous {
+                Some(Value::Service(p)) => Some(p),
+                _ => None,
+            };
+            procedure::check_service(db, asker, s, previous)?;
         }
         Value::Grant(g) => {
             service_id(&g.service_id)?;
@@ -379,7 +540,51 @@ fn check_value(db: &impl KvRead, mut value: Value) -> Result<Value, CatalogError
                 g.status = GrantStatus::Active as i32;
             }
             text("grant reason", &g.reason, 1000, false)?;
+            text("how to restore", &g.restore, 1000, false)?;
+            if let Some(a) = &g.agreement {
+                text("agreement reference", &a.reference, 200, false)?;
+            }
+            let previous = match previous {
+                Some(Value::Grant(p)) => Some(p),
+                _ => None,
+            };
+            // A consumer of another instance is named with its trust domain.
+            g.consumer_trust_domain = match get(db, RecordKind::Agency, &g.consumer_agency)
+                .map_err(|e| CatalogError::Internal(e.to_string()))?
+                .and_then(|r| r.value)
+            {
+                Some(Value::Agency(a)) => a.trust_domain,
+                _ => String::new(),
+            };
+            procedure::check_grant(db, asker, g, previous)?;
         }
+        Value::Request(r) => {
+            for (field, value, max) in [
+                ("requester name", &r.requester_name, 200),
+                ("application id", &r.application_id, 200),
+                ("application name", &r.application_name, 200),
+                ("purpose", &r.purpose, 2000),
+                ("pull frequency", &r.frequency, 200),
+                ("other information", &r.other, 2000),
+                ("decision reason", &r.decision_reason, 2000),
+            ] {
+                text(field, value, max, false)?;
+            }
+            if r.items.len() > 500 || r.granted_items.len() > 500 {
+                return Err(CatalogError::InvalidArgument(
+                    "a request names at most 500 data items".into(),
+                ));
+            }
+            let previous = match previous {
+                Some(Value::Request(p)) => Some(p),
+                _ => None,
+            };
+            derived = procedure::check_request(db, asker, r, previous)?.map(Value::Grant);
+        }
+        Value::Calendar(c) => procedure::check_calendar(asker, c)?,
+        Value::Peer(p) => federation::check_peer(p)?,
+        Value::Export(e) => federation::check_export(db, e)?,
+        Value::Import(i) => federation::check_import(db, i)?,
         Value::Crl(c) => {
             if c.der.is_empty() {
                 return Err(CatalogError::InvalidArgument("the CRL is empty".into()));
@@ -387,7 +592,7 @@ fn check_value(db: &impl KvRead, mut value: Value) -> Result<Value, CatalogError
             check_crl(db, c)?;
         }
     }
-    Ok(value)
+    Ok((value, derived))
 }
 
 /// A CRL must say what its record says (number and serials, which nodes
@@ -532,7 +737,14 @@ fn refuse_orphans(db: &impl KvRead, kind: RecordKind, key: &str) -> Result<(), C
                 }));
             }
         }
-        RecordKind::Grant | RecordKind::Crl | RecordKind::Unspecified => {}
+        RecordKind::Grant
+        | RecordKind::Crl
+        | RecordKind::Request
+        | RecordKind::Calendar
+        | RecordKind::Peer
+        | RecordKind::Export
+        | RecordKind::Import
+        | RecordKind::Unspecified => {}
     }
     if dependents.is_empty() {
         return Ok(());
@@ -551,9 +763,9 @@ fn refuse_orphans(db: &impl KvRead, kind: RecordKind, key: &str) -> Result<(), C
     )))
 }
 
-/// A command checked against the catalog: what to write.
+/// One record a checked command writes or removes.
 #[derive(Debug)]
-pub struct Checked {
+struct Write {
     kind: RecordKind,
     key: String,
     /// The value to store, or `None` to delete.
@@ -561,14 +773,21 @@ pub struct Checked {
     previous: Option<CatalogRecord>,
 }
 
+/// A command checked against the catalog: what to write. Most commands
+/// write one record; an approved access request also writes its grant.
+#[derive(Debug)]
+pub struct Checked {
+    writes: Vec<Write>,
+}
+
 /// What a command asks, checked without reading the catalog: its shape,
-/// its key and whether `actor` may change that record. Decided the same
-/// on every server, so a server may refuse it before proposing it;
+/// its key and whether the asker's role may change that record. Decided the
+/// same on every server, so a server may refuse it before proposing it;
 /// everything that depends on the catalog's state (compare-and-set,
-/// "agency must exist", a CRL newer than the one in force) is decided only
-/// at apply time, where the answer is linearizable.
+/// "agency must exist", a CRL newer than the one in force, the procedures)
+/// is decided only at apply time, where the answer is linearizable.
 pub fn precheck(
-    actor: &SpiffeId,
+    asker: &Asker<'_>,
     command: &Command,
 ) -> Result<(RecordKind, String, Option<Value>), CatalogError> {
     match &command.op {
@@ -590,7 +809,7 @@ pub fn precheck(
                     record.key
                 )));
             }
-            authorize(actor, kind, &key)?;
+            authorize(asker, kind, &key)?;
             Ok((kind, key, Some(value)))
         }
         Some(Op::Delete(RecordRef { kind, key })) => {
@@ -600,11 +819,19 @@ pub fn precheck(
                 .ok_or_else(|| {
                     CatalogError::InvalidArgument("delete needs a record kind".into())
                 })?;
-            authorize(actor, kind, key)?;
-            if kind == RecordKind::Agency && actor.role != Role::Admin {
-                return Err(CatalogError::PermissionDenied(format!(
-                    "only the provincial admin removes an agency from the catalog; {actor} may not"
-                )));
+            authorize(asker, kind, key)?;
+            let province_only = match kind {
+                RecordKind::Agency => Some("removing an agency from the catalog"),
+                RecordKind::Grant => {
+                    Some("deleting a grant (terminate it instead: `lgsp access terminate`)")
+                }
+                RecordKind::Request => Some("deleting an access request"),
+                _ => None,
+            };
+            if let Some(what) = province_only
+                && asker.acting() != Acting::Province
+            {
+                return Err(asker.needs(what, "the provincial admin"));
             }
             if kind == RecordKind::Crl {
                 return Err(CatalogError::FailedPrecondition(
@@ -617,26 +844,36 @@ pub fn precheck(
     }
 }
 
-/// Checks `command` from `actor` against the catalog as it is now.
+/// Checks `command` from `asker` against the catalog as it is now.
 pub fn check(
     db: &impl KvRead,
-    actor: &SpiffeId,
+    asker: &Asker<'_>,
     command: &Command,
 ) -> Result<Checked, CatalogError> {
-    let (kind, key, value) = match precheck(actor, command)? {
-        (kind, key, Some(value)) => {
-            let value = check_value(db, value)?;
-            refuse_over_quota(db, actor, kind, &key, &value)?;
-            (kind, key.clone(), Some(value))
-        }
-        (kind, key, None) => (kind, key, None),
-    };
+    let (kind, key, value) = precheck(asker, command)?;
     let previous = get(db, kind, &key).map_err(|e| CatalogError::Internal(e.to_string()))?;
-    if kind == RecordKind::Agency && previous.is_none() && actor.role != Role::Admin {
-        return Err(CatalogError::PermissionDenied(format!(
-            "only the provincial admin registers new agencies; {actor} may update agency {} once it is registered",
-            actor.agency
-        )));
+    let (value, derived) = match value {
+        Some(value) => {
+            let (value, derived) = check_value(db, asker, value, previous.as_ref())?;
+            refuse_over_quota(db, asker.actor, kind, &key, &value)?;
+            (Some(value), derived)
+        }
+        None => (None, None),
+    };
+    // A hub registers the agencies of other instances its imports bring
+    // in (checked in `federation::check_hub_write`); only the provincial
+    // admin registers the province's own.
+    let foreign_by_hub = asker.actor.role == Role::Hub
+        && matches!(&value, Some(Value::Agency(a)) if !a.trust_domain.is_empty());
+    if kind == RecordKind::Agency
+        && previous.is_none()
+        && asker.acting() != Acting::Province
+        && !foreign_by_hub
+    {
+        return Err(asker.needs(
+            "registering a new agency",
+            "the provincial admin (an agency admin may update its agency once registered)",
+        ));
     }
     let actual = previous
         .as_ref()
@@ -663,63 +900,87 @@ pub fn check(
         )));
     }
     if value.is_none() {
+        federation::check_hub_delete(db, asker, kind, &key)?;
         refuse_orphans(db, kind, &key)?;
     }
-    Ok(Checked {
+    let mut writes = vec![Write {
         kind,
         key,
         value,
         previous,
-    })
+    }];
+    if let Some(derived) = derived {
+        let (kind, key) = key_of(&derived);
+        let previous = get(db, kind, &key).map_err(|e| CatalogError::Internal(e.to_string()))?;
+        writes.push(Write {
+            kind,
+            key,
+            value: Some(derived),
+            previous,
+        });
+    }
+    Ok(Checked { writes })
 }
 
-/// Stages a checked change at the next revision; returns the stored record
-/// (for a put) and the history event. Fails only when the revision cannot
-/// be read.
+/// Stages a checked change, each record it writes at the next revision;
+/// returns the first stored record (for a put) and the history events, in
+/// order. Fails only when the revision cannot be read.
 pub fn apply(
     batch: &mut Staged,
     checked: Checked,
-) -> Result<(Option<CatalogRecord>, WatchEvent), StoreError> {
-    let rev = revision(batch)? + 1;
-    let Checked {
-        kind,
-        key,
-        value,
-        previous,
-    } = checked;
-    let (record, event_type, event_record) = match value {
-        Some(value) => {
-            let create = previous
-                .as_ref()
-                .and_then(|r| r.meta.as_ref())
-                .map_or(rev, |m| m.create_revision);
-            let record = CatalogRecord {
-                kind: kind as i32,
-                key: key.clone(),
-                meta: Some(Meta {
-                    create_revision: create,
-                    mod_revision: rev,
-                }),
-                value: Some(value),
-            };
-            batch.insert(record_db_key(kind, &key), record.encode_to_vec());
-            (Some(record.clone()), EventType::Put, record)
+) -> Result<(Option<CatalogRecord>, Vec<WatchEvent>), StoreError> {
+    let mut rev = revision(batch)?;
+    let mut first = None;
+    let mut events = Vec::with_capacity(checked.writes.len());
+    for (
+        i,
+        Write {
+            kind,
+            key,
+            value,
+            previous,
+        },
+    ) in checked.writes.into_iter().enumerate()
+    {
+        rev += 1;
+        let (record, event_type, event_record) = match value {
+            Some(value) => {
+                let create = previous
+                    .as_ref()
+                    .and_then(|r| r.meta.as_ref())
+                    .map_or(rev, |m| m.create_revision);
+                let record = CatalogRecord {
+                    kind: kind as i32,
+                    key: key.clone(),
+                    meta: Some(Meta {
+                        create_revision: create,
+                        mod_revision: rev,
+                    }),
+                    value: Some(value),
+                };
+                batch.insert(record_db_key(kind, &key), record.encode_to_vec());
+                (Some(record.clone()), EventType::Put, record)
+            }
+            None => {
+                batch.remove(record_db_key(kind, &key));
+                let mut last = previous.unwrap_or_default();
+                last.meta.get_or_insert_with(Meta::default).mod_revision = rev;
+                (None, EventType::Delete, last)
+            }
+        };
+        if i == 0 {
+            first = record;
         }
-        None => {
-            batch.remove(record_db_key(kind, &key));
-            let mut last = previous.unwrap_or_default();
-            last.meta.get_or_insert_with(Meta::default).mod_revision = rev;
-            (None, EventType::Delete, last)
-        }
-    };
-    let event = WatchEvent {
-        r#type: event_type as i32,
-        revision: rev,
-        record: Some(event_record),
-    };
-    batch.insert(history_key(rev), event.encode_to_vec());
+        let event = WatchEvent {
+            r#type: event_type as i32,
+            revision: rev,
+            record: Some(event_record),
+        };
+        batch.insert(history_key(rev), event.encode_to_vec());
+        events.push(event);
+    }
     batch.insert(REVISION, rev.to_be_bytes());
-    Ok((record, event))
+    Ok((first, events))
 }
 
 /// History events from `from` on, in order, up to the current revision.

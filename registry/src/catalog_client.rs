@@ -9,7 +9,9 @@ use crate::keys::{GrantKey, ServiceId};
 use lgsp_certs::AgencyCode;
 use lgsp_proto::catalog_record::Value;
 use lgsp_proto::{
-    Agency, Crl, FocalPoint, Grant, GrantStatus, NodeRecord, Service, ServiceKind, ServiceStatus,
+    AccessRequest, Agency, Agreement, Calendar, Crl, DataItem, DataValidity, FocalPoint, Grant,
+    GrantStatus, NodeRecord, RequestStatus, SecurityClass, Service, ServiceKind, ServiceStatus,
+    SharingMethod, SuspensionKind, TerminationKind,
 };
 use tonic::Status;
 
@@ -28,6 +30,18 @@ pub struct Publication {
     pub version: String,
     /// JSON Schema of the exchanged records (D47 Art. 25), or empty.
     pub schema_json: String,
+    /// How it shares (D47 Art. 23).
+    pub sharing_method: SharingMethod,
+    /// Its data items, each with its class (D47 Art. 11.4).
+    pub items: Vec<DataItem>,
+    /// Where its documentation is.
+    pub documentation_url: String,
+    /// How long its data stays valid (D47 Art. 41).
+    pub validity: Option<DataValidity>,
+    /// How often its data is updated.
+    pub update_cycle: String,
+    /// Its security classification (state secret is refused, Art. 1.2).
+    pub security: SecurityClass,
 }
 
 impl Publication {
@@ -40,6 +54,12 @@ impl Publication {
             description: description.to_owned(),
             version: "1".to_owned(),
             schema_json: String::new(),
+            sharing_method: SharingMethod::Online,
+            items: Vec::new(),
+            documentation_url: String::new(),
+            validity: None,
+            update_cycle: String::new(),
+            security: SecurityClass::Unspecified,
         }
     }
 }
@@ -51,6 +71,29 @@ pub enum Validity {
     Open,
     /// In force until this time (seconds since 1970, UTC).
     Until(i64),
+}
+
+/// A provider's decision on an access request, or the consumer's withdrawal.
+#[derive(Clone, Debug)]
+pub enum Decision {
+    /// Grant it: `items` (empty: every item requested) until `until`.
+    Approve {
+        /// The items granted, a subset of those requested; empty for all.
+        items: Vec<String>,
+        /// How long the grant lasts.
+        until: Validity,
+        /// The agreement covering special-request items (D47 Art. 38).
+        agreement: Option<Agreement>,
+        /// A note for the consumer (optional).
+        reason: String,
+    },
+    /// Refuse it, saying why (required).
+    Refuse {
+        /// Why, told to the consumer.
+        reason: String,
+    },
+    /// The consumer withdraws it.
+    Withdraw,
 }
 
 /// The catalog, changed through its verbs.
@@ -87,6 +130,7 @@ impl Catalog {
             code: code.to_string(),
             name: name.to_owned(),
             focal_point,
+            trust_domain: String::new(),
         }))
         .await
     }
@@ -107,6 +151,12 @@ impl Catalog {
             status: ServiceStatus::Active as i32,
             version: service.version,
             schema_json: service.schema_json,
+            sharing_method: service.sharing_method as i32,
+            items: service.items,
+            documentation_url: service.documentation_url,
+            validity: service.validity,
+            update_cycle: service.update_cycle,
+            security: service.security as i32,
             ..Default::default()
         }))
         .await
@@ -121,42 +171,139 @@ impl Catalog {
         validity: Validity,
         reason: &str,
     ) -> Result<u64, Status> {
-        let expires = match validity {
+        self.grant_items(grant, validity, reason, Vec::new(), None)
+            .await
+    }
+
+    /// Lets `grant.consumer` call only `items` of `grant.service` (empty:
+    /// every item), under `agreement` when special-request items are
+    /// covered (D47 Art. 38). The provincial admin's direct tool.
+    pub async fn grant_items(
+        &self,
+        grant: &GrantKey,
+        validity: Validity,
+        reason: &str,
+        items: Vec<String>,
+        agreement: Option<Agreement>,
+    ) -> Result<u64, Status> {
+        let expires_unix = match validity {
             Validity::Open => 0,
             Validity::Until(t) => t,
         };
-        self.set_grant(grant, GrantStatus::Active, expires, reason)
-            .await
-    }
-
-    /// Suspends a grant (D47 Art. 43): the consumer is refused, and told
-    /// `reason`, until it is granted again.
-    pub async fn suspend(&self, grant: &GrantKey, reason: &str) -> Result<u64, Status> {
-        self.set_grant(grant, GrantStatus::Suspended, 0, reason)
-            .await
-    }
-
-    /// Terminates a grant (D47 Art. 44).
-    pub async fn terminate(&self, grant: &GrantKey, reason: &str) -> Result<u64, Status> {
-        self.set_grant(grant, GrantStatus::Terminated, 0, reason)
-            .await
-    }
-
-    async fn set_grant(
-        &self,
-        grant: &GrantKey,
-        status: GrantStatus,
-        expires_unix: i64,
-        reason: &str,
-    ) -> Result<u64, Status> {
         self.put(Value::Grant(Grant {
             consumer_agency: grant.consumer.to_string(),
             service_id: grant.service.to_string(),
-            status: status as i32,
+            status: GrantStatus::Active as i32,
             expires_unix,
             reason: reason.to_owned(),
+            items,
+            agreement,
+            ..Default::default()
         }))
         .await
+    }
+
+    /// Suspends one consumer (D47 Art. 43) for a breach or a security risk:
+    /// it is refused, and told `reason` and how to `restore` access, until
+    /// resumed.
+    pub async fn suspend(
+        &self,
+        grant: &GrantKey,
+        kind: SuspensionKind,
+        reason: &str,
+        restore: &str,
+    ) -> Result<u64, Status> {
+        self.put(Value::Grant(Grant {
+            status: GrantStatus::Suspended as i32,
+            suspension: kind as i32,
+            restore: restore.to_owned(),
+            ..self.grant_ref(grant, reason)
+        }))
+        .await
+    }
+
+    /// Resumes a suspended grant.
+    pub async fn resume(&self, grant: &GrantKey, reason: &str) -> Result<u64, Status> {
+        self.put(Value::Grant(Grant {
+            status: GrantStatus::Active as i32,
+            ..self.grant_ref(grant, reason)
+        }))
+        .await
+    }
+
+    /// Terminates a grant for one of the D47 Art. 44 reasons.
+    pub async fn terminate(
+        &self,
+        grant: &GrantKey,
+        kind: TerminationKind,
+        reason: &str,
+    ) -> Result<u64, Status> {
+        self.put(Value::Grant(Grant {
+            status: GrantStatus::Terminated as i32,
+            termination: kind as i32,
+            ..self.grant_ref(grant, reason)
+        }))
+        .await
+    }
+
+    fn grant_ref(&self, grant: &GrantKey, reason: &str) -> Grant {
+        Grant {
+            consumer_agency: grant.consumer.to_string(),
+            service_id: grant.service.to_string(),
+            reason: reason.to_owned(),
+            ..Default::default()
+        }
+    }
+
+    /// Files an access request (D47 Art. 35); the registry stamps when it
+    /// was filed and when the decision is due.
+    pub async fn file_request(&self, request: AccessRequest) -> Result<u64, Status> {
+        self.put(Value::Request(AccessRequest {
+            status: RequestStatus::Filed as i32,
+            ..request
+        }))
+        .await
+    }
+
+    /// Decides a filed request: approves it (the grant is created from it,
+    /// limited to `decision.granted_items` when given) or refuses it with a
+    /// reason.
+    pub async fn decide(&self, id: &str, decision: Decision) -> Result<u64, Status> {
+        let (status, reason, items, until, agreement) = match decision {
+            Decision::Approve {
+                items,
+                until,
+                agreement,
+                reason,
+            } => (
+                RequestStatus::Approved,
+                reason,
+                items,
+                match until {
+                    Validity::Open => 0,
+                    Validity::Until(t) => t,
+                },
+                agreement,
+            ),
+            Decision::Refuse { reason } => (RequestStatus::Refused, reason, Vec::new(), 0, None),
+            Decision::Withdraw => (RequestStatus::Withdrawn, String::new(), Vec::new(), 0, None),
+        };
+        self.put(Value::Request(AccessRequest {
+            id: id.to_owned(),
+            status: status as i32,
+            decision_reason: reason,
+            granted_items: items,
+            granted_until_unix: until,
+            agreement,
+            ..Default::default()
+        }))
+        .await
+    }
+
+    /// Sets the province's calendar: its time zone and holidays
+    /// (provincial admin).
+    pub async fn set_calendar(&self, calendar: Calendar) -> Result<u64, Status> {
+        self.put(Value::Calendar(calendar)).await
     }
 
     /// Publishes a CRL signed by the provincial CA (provincial admin).

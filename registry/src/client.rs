@@ -244,6 +244,18 @@ impl RegistryClient {
         .await
     }
 
+    /// Hands leadership to voter `to` (0: the leader picks the most
+    /// caught-up other voter); answers once the servers agree on the new
+    /// leader. Retried on another server only while the answer is
+    /// "unavailable" (no leader known, or a server that does not lead
+    /// asked to pick).
+    pub async fn transfer_leader(&self, to: u64) -> Result<TransferLeaderResponse, Status> {
+        self.retry(false, |mut c| async move {
+            c.transfer_leader(TransferLeaderRequest { to }).await
+        })
+        .await
+    }
+
     /// Follows every change from `from_revision` on, across servers: when a
     /// server goes away the watch resumes on another from the next revision.
     /// Ends after passing on a `COMPACTED` event (the caller reloads) or

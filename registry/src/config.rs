@@ -34,10 +34,13 @@ pub struct RegistryConfig {
     /// catalog); losing it means rejoining the cluster as a new member.
     pub data_dir: PathBuf,
     /// Every founding member, this server included, for a new cluster; the
-    /// current members when joining.
+    /// current members when joining. On a restart they must be the servers
+    /// the data directory was first started with, or its cluster's current
+    /// members: a start never changes membership (see `bootstrap.rs`).
     pub peers: Vec<PeerConfig>,
     /// Start empty and wait to be sent a snapshot by the leader, after
-    /// `lgsp registry add-member`.
+    /// `lgsp registry add-member`; the server is a learner until it has
+    /// caught up, then the leader makes it a voter.
     pub join: bool,
     /// The server's registry certificate, key and CA certificate; required
     /// (`validate` refuses a configuration without them).

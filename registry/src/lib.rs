@@ -9,28 +9,40 @@
 //!   trait; [`mem_network`] is an in-memory network for tests.
 //! - [`service`]: the client and peer gRPC services.
 //! - [`server`]: a whole registry server, started and stopped.
+//! - [`bootstrap`]: what a server checks before it founds, joins or restarts.
+//! - [`incarnation`]: each data directory's incarnation id, and what peers
+//!   it was first started with.
 //! - [`client`]: a client that finds a working server.
 //! - [`catalog_client`]: the catalog's verbs (register, publish, grant, ...), typed.
+//! - [`procedure`]: the regulation's procedures (roles, access requests,
+//!   suspension, termination, maintenance), enforced at apply time.
+//! - [`calendar`]: working days in the province's time zone.
 //! - [`keys`]: record keys (`ServiceId`, `NodeKey`, `GrantKey`), parsed once.
 
+pub mod bootstrap;
+pub mod calendar;
 pub mod catalog;
 pub mod catalog_client;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod federation;
+pub mod incarnation;
 pub mod keys;
 pub mod kv;
 pub mod mem_kv;
 pub mod mem_network;
+pub mod procedure;
 mod raft_log;
 pub mod raft_node;
 pub mod server;
 pub mod service;
 pub mod sled_kv;
 pub mod storage;
+pub mod text;
 pub mod transport;
 
-pub use catalog_client::{Catalog, Publication, Validity};
+pub use catalog_client::{Catalog, Decision, Publication, Validity};
 pub use client::RegistryClient;
 pub use config::RegistryConfig;
 pub use error::{CatalogError, RegistryError, StoreError};

@@ -20,14 +20,15 @@
 // raft-rs' protobuf 2 types are built field by field, as its own code does.
 #![allow(clippy::field_reassign_with_default)]
 
-use crate::catalog;
-use crate::error::{CatalogError, RegistryError};
-use crate::kv::{Kv, Staged};
+use crate::catalog::{self, Asker};
+use crate::error::{CatalogError, RegistryError, StoreError};
+use crate::kv::{Kv, KvRead as _, Staged};
 use crate::storage::{APPLIED, RaftStore};
 use crate::transport::{Network, Report};
-use lgsp_certs::SpiffeId;
+use lgsp_certs::{AgencyCode, SpiffeId};
 use lgsp_proto::{
-    ApplyResponse, Command, Member, MemberChange, Proposal, StatusResponse, WatchEvent,
+    ApplyResponse, Command, Member, MemberChange, MemberIncarnation, PeerStatusResponse, Proposal,
+    Replica, StatusResponse, WatchEvent,
 };
 use prost::Message as _;
 use protobuf::Message as _;
@@ -36,9 +37,9 @@ use raft::eraftpb::{
     Entry, EntryType, Message, MessageType,
 };
 use raft::{RawNode, SnapshotStatus, StateRole};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// The most raft log entries (and watch history events) deleted at once.
@@ -47,16 +48,23 @@ const COMPACT_STEP: u64 = 1024;
 const READ_ATTEMPT: Duration = Duration::from_millis(1000);
 /// How long a linearizable read may wait in all.
 const READ_DEADLINE: Duration = Duration::from_secs(5);
+/// A learner whose log matches the leader's to within this many entries is
+/// caught up: the leader promotes it to voter.
+const PROMOTE_LAG: u64 = 16;
+/// How often a refused peer's batches are logged, at most.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 type Reply<T> = oneshot::Sender<Result<T, RegistryError>>;
 
 /// A membership change.
 #[derive(Debug, Clone)]
 pub enum MembershipOp {
-    /// Adds this server (id and addresses) as a voter; it catches up by
-    /// snapshot.
+    /// Adds this server (id and addresses) as a learner: it catches up by
+    /// snapshot without counting towards any quorum, and the leader
+    /// promotes it to voter once its log is within a few entries of its own.
     Add(Member),
-    /// Removes the server with this Raft id from the voters.
+    /// Removes the server with this Raft id (voter or learner). A leader
+    /// that removes itself hands leadership to another voter.
     Remove(u64),
 }
 
@@ -71,7 +79,12 @@ enum Request {
         /// When the caller stops waiting: the read is answered by then.
         deadline: Instant,
     },
-    Step(Vec<Message>),
+    /// Messages from one peer, with the incarnation it sent them under (0:
+    /// not said).
+    Step {
+        incarnation: u64,
+        messages: Vec<Message>,
+    },
     Membership {
         op: MembershipOp,
         reply: Reply<Vec<Member>>,
@@ -79,9 +92,17 @@ enum Request {
     Status {
         reply: Reply<StatusResponse>,
     },
-    /// Hands leadership to the most caught-up other voter, if this server
-    /// leads; answers with the chosen server.
+    /// What a peer asks before it founds or joins: this server's state and
+    /// what it knows of the asking server.
+    PeerStatus {
+        asker: u64,
+        reply: Reply<PeerStatusResponse>,
+    },
+    /// Hands leadership to `to`, or (`None`) to the most caught-up other
+    /// voter if this server leads; answers with the server asked to take
+    /// over.
     TransferLeader {
+        to: Option<u64>,
         reply: Reply<Option<u64>>,
     },
 }
@@ -111,6 +132,7 @@ pub struct RaftHandle {
     election_timeout: Duration,
     db: Kv,
     ca: Arc<Vec<rustls_pki_types::CertificateDer<'static>>>,
+    province: AgencyCode,
     /// This server's Raft id.
     pub id: u64,
 }
@@ -199,7 +221,12 @@ impl RaftHandle {
         // checked here: a server that is behind must never refuse from its
         // stale state (compare-and-set, "agency must exist" are decided when
         // the command is applied, in log order, on every server alike).
-        let (_, _, value) = catalog::precheck(&actor, &command)?;
+        let asker = Asker {
+            actor: &actor,
+            province: &self.province,
+            now_unix: unix_now_ms() / 1000,
+        };
+        let (_, _, value) = catalog::precheck(&asker, &command)?;
         if let Some(lgsp_proto::catalog_record::Value::Crl(crl)) = &value {
             lgsp_certs::inspect::verify_crl(&crl.der, &self.ca)
                 .map_err(|e| CatalogError::InvalidArgument(e.to_string()))?;
@@ -237,16 +264,32 @@ impl RaftHandle {
         }
     }
 
-    /// Hands messages from a peer to Raft.
-    pub async fn step(&self, messages: Vec<Message>) -> Result<(), RegistryError> {
+    /// Hands messages from a peer, sent under its data directory's
+    /// `incarnation` (0: not said), to Raft. A member known under another
+    /// incarnation has its messages dropped, with a logged reason.
+    pub async fn step(
+        &self,
+        incarnation: u64,
+        messages: Vec<Message>,
+    ) -> Result<(), RegistryError> {
         self.tx
-            .send(Request::Step(messages))
+            .send(Request::Step {
+                incarnation,
+                messages,
+            })
             .await
             .map_err(|_| RegistryError::ShuttingDown)
     }
 
-    /// Adds or removes a voter (joint consensus, left explicitly); returns
-    /// the members once the change is complete.
+    /// What server `asker` learns before it founds or joins a cluster:
+    /// this server's state, and the incarnation it knows `asker` by.
+    pub async fn peer_status(&self, asker: u64) -> Result<PeerStatusResponse, RegistryError> {
+        self.call(|reply| Request::PeerStatus { asker, reply })
+            .await
+    }
+
+    /// Adds a learner or removes a member (joint consensus, left
+    /// explicitly); returns the members once the change is complete.
     pub async fn change_membership(&self, op: MembershipOp) -> Result<Vec<Member>, RegistryError> {
         self.call_or(
             |reply| Request::Membership { op, reply },
@@ -270,7 +313,22 @@ impl RaftHandle {
     /// voter and returns it (`None` when it does not lead or is alone).
     /// The transfer completes when that server wins its election.
     pub async fn transfer_leadership(&self) -> Result<Option<u64>, RegistryError> {
-        self.call(|reply| Request::TransferLeader { reply }).await
+        self.call(|reply| Request::TransferLeader { to: None, reply })
+            .await
+    }
+
+    /// Asks the leader (through this server, whichever it is) to hand
+    /// leadership to voter `to`. Fails with
+    /// [`CatalogError::FailedPrecondition`] when `to` is not a voter, and
+    /// [`RegistryError::Unavailable`] when no leader is known. The
+    /// transfer completes when `to` wins its election: watch the status.
+    pub async fn transfer_leadership_to(&self, to: u64) -> Result<(), RegistryError> {
+        self.call(|reply| Request::TransferLeader {
+            to: Some(to),
+            reply,
+        })
+        .await
+        .map(|_| ())
     }
 }
 
@@ -297,6 +355,11 @@ pub struct LoopConfig {
     /// The CA certificates (DER) a published CRL must be signed by; checked
     /// before the CRL is proposed. Empty: no CRL is accepted.
     pub ca: Vec<rustls_pki_types::CertificateDer<'static>>,
+    /// The agency that runs the registry (from this server's certificate):
+    /// its admin certificates act as the provincial admin.
+    pub province: AgencyCode,
+    /// This server's data directory incarnation (see `incarnation.rs`).
+    pub incarnation: u64,
 }
 
 /// A linearizable read: answered once this server has applied up to its
@@ -329,11 +392,18 @@ struct Driver {
     // Filled while a Ready is handled, released after the flush.
     replies: Vec<(Reply<ApplyResponse>, Result<ApplyResponse, RegistryError>)>,
     published: Vec<WatchEvent>,
-    membership_done: Option<(Reply<Vec<Member>>, Vec<u64>)>,
+    membership_done: Option<(Reply<Vec<Member>>, ConfState)>,
     members_changed: bool,
     /// Ticks in a row without a known leader.
     leaderless_ticks: usize,
     freshness: tokio::sync::watch::Sender<Freshness>,
+    /// The incarnation each member was first heard under, as recorded in
+    /// the replicated member records.
+    incarnations: BTreeMap<u64, u64>,
+    /// When the leader last proposed recording a member's incarnation.
+    incarnations_proposed: HashMap<u64, Instant>,
+    /// When a refused peer's batches were last logged, by peer.
+    refusals_logged: HashMap<u64, Instant>,
 }
 
 /// Starts the consensus loop over `store`. The loop ends (after a last
@@ -361,6 +431,7 @@ pub fn start(
         election_timeout: driver.config.tick * driver.config.election_ticks as u32,
         db: driver.store.db().clone(),
         ca: Arc::new(driver.config.ca.clone()),
+        province: driver.config.province.clone(),
         id: driver.config.id,
     };
     // The loop blocks on fsync: it gets a thread of its own, so that a flush
@@ -466,6 +537,7 @@ impl Driver {
         for m in catalog::members(store.db())? {
             transport.set_address(m.id, &m.peer_address);
         }
+        let incarnations = recorded_incarnations(store.db())?;
         let (events, _) = broadcast::channel(4096);
         Ok(Self {
             raw,
@@ -484,6 +556,9 @@ impl Driver {
             members_changed: false,
             leaderless_ticks: 0,
             freshness: tokio::sync::watch::Sender::new(Freshness::Current),
+            incarnations,
+            incarnations_proposed: HashMap::new(),
+            refusals_logged: HashMap::new(),
         })
     }
 
@@ -505,6 +580,8 @@ impl Driver {
                     origin: self.config.id,
                     actor: actor.to_string(),
                     command: Some(*command),
+                    at_unix_ms: unix_now_ms(),
+                    member_incarnation: None,
                 };
                 match self.raw.propose(vec![], proposal.encode_to_vec()) {
                     Ok(()) => {
@@ -537,9 +614,12 @@ impl Driver {
                 };
                 self.reads.insert(ctx, (read, attempt));
             }
-            Request::Step(messages) => {
+            Request::Step {
+                incarnation,
+                messages,
+            } => {
                 for m in messages {
-                    if !self.transport.accepts(m.from) {
+                    if !self.transport.accepts(m.from) || !self.admits(m.from, incarnation) {
                         continue;
                     }
                     self.check_not_wiped(&m)?;
@@ -553,21 +633,31 @@ impl Driver {
             Request::Status { reply } => {
                 let _ = reply.send(self.status());
             }
-            Request::TransferLeader { reply } => {
+            Request::PeerStatus { asker, reply } => {
+                let _ = reply.send(self.peer_status(asker));
+            }
+            Request::TransferLeader { to: None, reply } => {
                 let _ = reply.send(Ok(self.hand_over()));
+            }
+            Request::TransferLeader {
+                to: Some(to),
+                reply,
+            } => {
+                let _ = reply.send(self.transfer_to(to).map(Some));
             }
         }
         Ok(())
     }
 
-    /// If this server leads, starts handing leadership to the other voter
-    /// whose log matches the most (it can take over at once); returns it.
+    /// If this server leads, starts handing leadership to the voter of the
+    /// (incoming) configuration whose log matches the most (it can take
+    /// over at once); returns it.
     fn hand_over(&mut self) -> Option<u64> {
         if self.raw.raft.state != StateRole::Leader {
             return None;
         }
         let own = self.config.id;
-        let voters: Vec<u64> = self.raw.raft.prs().conf().voters().ids().iter().collect();
+        let voters = self.raw.raft.prs().conf().to_conf_state().voters;
         let target = voters
             .into_iter()
             .filter(|id| *id != own)
@@ -576,6 +666,207 @@ impl Driver {
             .map(|(id, _)| id)?;
         self.raw.transfer_leader(target);
         Some(target)
+    }
+
+    /// Asks the leader to hand leadership to voter `to` (a follower passes
+    /// the request on to the leader it knows).
+    fn transfer_to(&mut self, to: u64) -> Result<u64, RegistryError> {
+        let cs = self.raw.raft.prs().conf().to_conf_state();
+        if !cs.voters.contains(&to) {
+            let what = if cs.learners.contains(&to) {
+                "a learner (it becomes a voter once it has caught up)"
+            } else {
+                "not a member"
+            };
+            return Err(CatalogError::FailedPrecondition(format!(
+                "server {to} is {what}: leadership goes to a voter only (voters: {:?})",
+                cs.voters
+            ))
+            .into());
+        }
+        if self.raw.raft.leader_id == raft::INVALID_ID {
+            return Err(self.no_leader());
+        }
+        if self.raw.raft.leader_id != to {
+            self.raw.transfer_leader(to);
+        }
+        Ok(to)
+    }
+
+    /// A leader that is no longer a voter of the (incoming) configuration
+    /// stays leader in raft-rs 0.7, dropping every proposal: it hands
+    /// leadership to the most caught-up remaining voter instead, however
+    /// the removal reached it.
+    fn step_aside_if_removed(&mut self) {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader || raft.lead_transferee.is_some() {
+            return;
+        }
+        let cs = raft.prs().conf().to_conf_state();
+        if cs.voters.contains(&self.config.id) {
+            return;
+        }
+        if let Some(to) = self.hand_over() {
+            tracing::info!(
+                to,
+                "this server leads but is no longer a voter: handing leadership over"
+            );
+        }
+    }
+
+    /// The leader promotes each learner whose log has caught up with its
+    /// own (matched within [`PROMOTE_LAG`] entries) to voter, one at a
+    /// time, when no other membership change is under way.
+    fn promote_caught_up_learners(&mut self) {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader
+            || raft.has_pending_conf()
+            || self.membership.is_some()
+            || raft.lead_transferee.is_some()
+        {
+            return;
+        }
+        let cs = raft.prs().conf().to_conf_state();
+        if !cs.voters_outgoing.is_empty() {
+            return;
+        }
+        let last = raft.raft_log.last_index();
+        let Some(learner) = cs.learners.iter().copied().find(|id| {
+            raft.prs().get(*id).is_some_and(|p| {
+                p.state == raft::ProgressState::Replicate
+                    && p.recent_active
+                    && p.matched + PROMOTE_LAG >= last
+            })
+        }) else {
+            return;
+        };
+        let mut single = ConfChangeSingle::default();
+        single.node_id = learner;
+        single.set_change_type(ConfChangeType::AddNode);
+        let mut cc = ConfChangeV2::default();
+        cc.set_transition(ConfChangeTransition::Explicit);
+        cc.set_changes(vec![single].into());
+        match self.raw.propose_conf_change(vec![], cc) {
+            Ok(()) => tracing::info!(learner, "the learner has caught up: promoting it to voter"),
+            Err(e) => tracing::debug!(learner, error = %e, "could not propose promoting a learner"),
+        }
+    }
+
+    /// Whether a batch from `from`, sent under `incarnation`, may be
+    /// stepped. A member recorded under another incarnation was wiped or
+    /// replaced: it is refused until it is removed from the cluster (and
+    /// may be added again). The leader records the incarnation a member is
+    /// first heard under, through the log, so every server checks it.
+    fn admits(&mut self, from: u64, incarnation: u64) -> bool {
+        if incarnation == 0 {
+            return true;
+        }
+        match self.incarnations.get(&from) {
+            Some(known) if *known == incarnation => true,
+            Some(known) => {
+                let known = *known;
+                let now = Instant::now();
+                let due = self
+                    .refusals_logged
+                    .get(&from)
+                    .is_none_or(|at| now.duration_since(*at) >= REFUSAL_LOG_EVERY);
+                if due {
+                    self.refusals_logged.insert(from, now);
+                    tracing::warn!(
+                        peer = from,
+                        incarnation = format_args!("{incarnation:016x}"),
+                        known = format_args!("{known:016x}"),
+                        "dropping messages from server {from}: it runs from a data directory other than the one it was a member with \
+                         (wiped or replaced), and must not vote or count towards a quorum under its old id; \
+                         remove it (`lgsp registry remove-member --id {from}`) and add it again (under a new id, with --join), \
+                         or restore its data directory from a backup"
+                    );
+                }
+                false
+            }
+            None => {
+                self.record_incarnation(from, incarnation);
+                true
+            }
+        }
+    }
+
+    /// On the leader, proposes recording member `id`'s incarnation, at
+    /// most once a second per member until it is applied.
+    fn record_incarnation(&mut self, id: u64, incarnation: u64) {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader || raft.prs().get(id).is_none() {
+            return;
+        }
+        let now = Instant::now();
+        if self
+            .incarnations_proposed
+            .get(&id)
+            .is_some_and(|at| now.duration_since(*at) < Duration::from_secs(1))
+        {
+            return;
+        }
+        let proposal = Proposal {
+            origin: self.config.id,
+            member_incarnation: Some(MemberIncarnation { id, incarnation }),
+            ..Default::default()
+        };
+        if self.raw.propose(vec![], proposal.encode_to_vec()).is_ok() {
+            self.incarnations_proposed.insert(id, now);
+        }
+    }
+
+    /// Applies the record of a member's incarnation: the first one recorded
+    /// stays, and only for a member of the configuration as applied so far
+    /// (so every server decides alike).
+    fn apply_incarnation(
+        &mut self,
+        batch: &mut Staged,
+        recorded: &MemberIncarnation,
+    ) -> Result<(), RegistryError> {
+        if self.raw.raft.prs().get(recorded.id).is_none() || recorded.incarnation == 0 {
+            return Ok(());
+        }
+        let mut member = Member::default();
+        for (key, value) in batch.read_prefix(MEMBER_PREFIX)? {
+            let m = Member::decode(value.as_slice()).map_err(|e| StoreError::Damaged {
+                key: String::from_utf8_lossy(&key).into_owned(),
+                reason: e.to_string(),
+            })?;
+            if m.id == recorded.id {
+                member = m;
+            }
+        }
+        if member.incarnation != 0 {
+            return Ok(());
+        }
+        member.id = recorded.id;
+        member.incarnation = recorded.incarnation;
+        catalog::put_member(batch, &member);
+        self.incarnations.insert(recorded.id, recorded.incarnation);
+        tracing::info!(
+            peer = recorded.id,
+            incarnation = format_args!("{:016x}", recorded.incarnation),
+            "recorded a member's data directory incarnation"
+        );
+        Ok(())
+    }
+
+    fn peer_status(&self, asker: u64) -> Result<PeerStatusResponse, RegistryError> {
+        let cs = self.store.conf_state()?;
+        let db = self.store.db();
+        Ok(PeerStatusResponse {
+            id: self.config.id,
+            applied_index: self.store.applied()?,
+            voters: cs.voters,
+            learners: cs.learners,
+            incarnation: self.config.incarnation,
+            known_incarnation: self.incarnations.get(&asker).copied().unwrap_or(0),
+            founders: crate::incarnation::founders(db)?
+                .map(|f| f.into_iter().collect())
+                .unwrap_or_default(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        })
     }
 
     /// A leader that believes this server holds entries it does not have
@@ -621,7 +912,7 @@ impl Driver {
         };
         let (node_id, change_type, add) = match &op {
             MembershipOp::Add(m) => {
-                if cs.voters.contains(&m.id) {
+                if cs.voters.contains(&m.id) || cs.learners.contains(&m.id) {
                     let _ = reply.send(Err(CatalogError::FailedPrecondition(format!(
                         "server {} is already a member",
                         m.id
@@ -629,25 +920,27 @@ impl Driver {
                     .into()));
                     return;
                 }
-                (m.id, ConfChangeType::AddNode, vec![m.clone()])
+                let mut learner = m.clone();
+                learner.voter = false;
+                (m.id, ConfChangeType::AddLearnerNode, vec![learner])
             }
             MembershipOp::Remove(id) => {
-                if !cs.voters.contains(id) {
+                if !cs.voters.contains(id) && !cs.learners.contains(id) {
                     let _ = reply.send(Err(CatalogError::NotFound(format!(
                         "server {id} is not a member"
                     ))
                     .into()));
                     return;
                 }
-                if *id == self.config.id && self.raw.raft.state == StateRole::Leader {
-                    if let Some(other) = cs.voters.iter().find(|v| **v != *id) {
-                        self.raw.transfer_leader(*other);
-                    }
-                    let _ = reply.send(Err(RegistryError::Unavailable(format!(
-                        "server {id} is the leader; leadership is moving to another server, retry the removal there"
-                    ))));
+                if cs.voters == [*id] {
+                    let _ = reply.send(Err(CatalogError::FailedPrecondition(format!(
+                        "server {id} is the only voter; add and promote another server first"
+                    ))
+                    .into()));
                     return;
                 }
+                // A leader removing itself goes on leading until the change
+                // is applied, then hands over (see `step_aside_if_removed`).
                 (*id, ConfChangeType::RemoveNode, vec![])
             }
         };
@@ -708,6 +1001,12 @@ impl Driver {
         if self.raw.raft.leader_id == raft::INVALID_ID {
             self.leaderless_ticks = self.leaderless_ticks.saturating_add(1);
         }
+        // Again on every tick: a transfer raft-rs gave up on is retried.
+        self.step_aside_if_removed();
+        if !self.incarnations.contains_key(&self.config.id) {
+            self.record_incarnation(self.config.id, self.config.incarnation);
+        }
+        self.promote_caught_up_learners();
         self.expire();
         self.check_freshness();
     }
@@ -851,8 +1150,8 @@ impl Driver {
         for event in self.published.drain(..) {
             let _ = self.events.send(event);
         }
-        if let Some((reply, voters)) = self.membership_done.take() {
-            let _ = reply.send(members_of(self.store.db(), &voters, &[]));
+        if let Some((reply, cs)) = self.membership_done.take() {
+            let _ = reply.send(members_of(self.store.db(), &cs.voters, &cs.learners));
         }
         if self.waiting_reads.is_empty() {
             return Ok(());
@@ -890,6 +1189,8 @@ impl Driver {
             for m in catalog::members(self.store.db())? {
                 self.transport.set_address(m.id, &m.peer_address);
             }
+            self.incarnations = recorded_incarnations(self.store.db())?;
+            self.step_aside_if_removed();
         }
         // The oldest entries go a step at a time, so that no Ready stalls
         // on deleting thousands of keys (a latency spike for every client).
@@ -950,17 +1251,25 @@ impl Driver {
             tracing::error!(index = entry.index, "undecodable entry skipped");
             return Ok(());
         };
+        if let Some(recorded) = &proposal.member_incarnation {
+            return self.apply_incarnation(batch, recorded);
+        }
         let checked = SpiffeId::parse(&proposal.actor)
             .map_err(|e| CatalogError::PermissionDenied(e.to_string()))
             .and_then(|actor| {
                 let command = proposal.command.clone().unwrap_or_default();
-                catalog::check(batch, &actor, &command)
+                let asker = Asker {
+                    actor: &actor,
+                    province: &self.config.province,
+                    now_unix: proposal.at_unix_ms.div_euclid(1000),
+                };
+                catalog::check(batch, &asker, &command)
             });
         let outcome = match checked {
             Ok(checked) => {
-                let (record, event) = catalog::apply(batch, checked)?;
-                let revision = event.revision;
-                self.published.push(event);
+                let (record, events) = catalog::apply(batch, checked)?;
+                let revision = events.last().map_or(0, |e| e.revision);
+                self.published.extend(events);
                 Ok(ApplyResponse { revision, record })
             }
             Err(CatalogError::Internal(why)) => {
@@ -987,22 +1296,34 @@ impl Driver {
             }
         }
         for single in cc.changes.iter() {
-            if single.get_change_type() == ConfChangeType::RemoveNode {
-                catalog::remove_member(batch, single.node_id);
+            match single.get_change_type() {
+                ConfChangeType::RemoveNode => catalog::remove_member(batch, single.node_id),
+                ConfChangeType::AddNode => {
+                    tracing::info!(id = single.node_id, "a learner became a voter");
+                }
+                ConfChangeType::AddLearnerNode => {}
             }
         }
         self.members_changed = true;
-        tracing::info!(voters = ?cs.voters, outgoing = ?cs.voters_outgoing, "membership changed");
-        let done = self.membership.as_ref().is_some_and(|p| {
-            cs.voters_outgoing.is_empty()
-                && match &p.op {
-                    MembershipOp::Add(m) => cs.voters.contains(&m.id),
-                    MembershipOp::Remove(id) => !cs.voters.contains(id),
-                }
+        tracing::info!(voters = ?cs.voters, outgoing = ?cs.voters_outgoing, learners = ?cs.learners, "membership changed");
+        let own = self.config.id;
+        let done = self.membership.as_ref().is_some_and(|p| match &p.op {
+            MembershipOp::Add(m) => {
+                cs.voters_outgoing.is_empty()
+                    && (cs.learners.contains(&m.id) || cs.voters.contains(&m.id))
+            }
+            // A server removing itself may never hear that the joint
+            // configuration was left (the others stop sending to it): the
+            // joint one that leaves it out decides the change.
+            MembershipOp::Remove(id) => {
+                !cs.voters.contains(id)
+                    && !cs.learners.contains(id)
+                    && (cs.voters_outgoing.is_empty() || *id == own)
+            }
         });
         if done && let Some(p) = self.membership.take() {
             // Answered in `release`, once this entry's batch is written.
-            self.membership_done = Some((p.reply, cs.voters.clone()));
+            self.membership_done = Some((p.reply, cs.clone()));
         }
     }
 
@@ -1021,8 +1342,41 @@ impl Driver {
             members: members_of(db, &cs.voters, &cs.learners)?,
             compact_revision: catalog::compact_revision(db)?,
             joint_consensus: !cs.voters_outgoing.is_empty(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            last_index: raft.raft_log.last_index(),
+            replicas: if raft.state == StateRole::Leader {
+                let mut replicas: Vec<Replica> = raft
+                    .prs()
+                    .iter()
+                    .filter(|(id, _)| **id != self.config.id)
+                    .map(|(id, p)| Replica {
+                        id: *id,
+                        matched_index: p.matched,
+                        state: format!("{:?}", p.state).to_lowercase(),
+                        recent_active: p.recent_active,
+                        voter: !cs.learners.contains(id),
+                    })
+                    .collect();
+                replicas.sort_by_key(|r| r.id);
+                replicas
+            } else {
+                Vec::new()
+            },
         })
     }
+}
+
+/// The catalog's member records' key prefix (see `catalog.rs`), read here
+/// through a stage so that a record staged earlier in the batch counts.
+const MEMBER_PREFIX: &[u8] = b"s:member:";
+
+/// The incarnation of each member, as the member records hold them.
+fn recorded_incarnations(db: &Kv) -> Result<BTreeMap<u64, u64>, RegistryError> {
+    Ok(catalog::members(db)?
+        .into_iter()
+        .filter(|m| m.incarnation != 0)
+        .map(|m| (m.id, m.incarnation))
+        .collect())
 }
 
 /// Members in the configuration, with the addresses this server knows.
@@ -1042,6 +1396,14 @@ fn members_of(db: &Kv, voters: &[u64], learners: &[u64]) -> Result<Vec<Member>, 
             m
         })
         .collect())
+}
+
+/// The time now, Unix milliseconds: stamped on each proposal by the server
+/// that receives it, so that every server decides time rules alike.
+fn unix_now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

@@ -1,9 +1,11 @@
 //! A whole registry server: storage, consensus loop, transport, and the two
 //! mTLS listeners (clients; peers, which accept registry certificates only).
 
+use crate::bootstrap::{self, StoredMembership};
 use crate::catalog;
 use crate::config::RegistryConfig;
 use crate::error::RegistryError;
+use crate::incarnation;
 use crate::raft_node::{self, LoopConfig, RaftHandle};
 use crate::service::{PeerService, RegistryService};
 use crate::storage::RaftStore;
@@ -37,12 +39,19 @@ pub struct RegistryServer {
     faults: Arc<Faults>,
     shutdown: tokio::sync::watch::Sender<bool>,
     consensus: Option<JoinHandle<Result<(), RegistryError>>>,
+    /// A condition found outside the consensus loop that stops the server.
+    fatal: tokio::sync::mpsc::Receiver<RegistryError>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl RegistryServer {
-    /// Opens the data directory (bootstrapping a new cluster when it is
-    /// empty, unless `join`), binds both listeners and starts serving.
+    /// Binds both listeners, opens the data directory and starts serving.
+    /// An empty data directory founds a new cluster (or, with `join`,
+    /// waits to be sent a snapshot) once the peers agree it may (see
+    /// `bootstrap.rs`). Fails with [`RegistryError::Config`] when the
+    /// configuration cannot work: a port taken, a peer that knows this
+    /// server from a data directory it no longer has, `peers` that disagree
+    /// with the membership the data directory holds.
     pub async fn start(config: RegistryConfig) -> Result<Self, RegistryError> {
         config.validate()?;
         let creds = Credentials::load(config.tls.as_ref().expect("validated"))?;
@@ -59,15 +68,59 @@ impl RegistryServer {
             )));
         }
 
+        // A port that is taken fails the start before the data directory is
+        // written. The listeners are bound again once the store is ready:
+        // until then, peers asking this server (founders start together)
+        // are refused at once instead of waiting for an answer.
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| RegistryError::Config(format!("cannot listen on {addr}: {e}")))
+        };
+        drop((bind(config.listen).await?, bind(config.peer_listen).await?));
+
         let store = RaftStore::open(&config.data_dir, Arc::new(catalog::Catalog))?;
-        if !store.is_initialized()? {
+        let incarnation = incarnation::own(store.db())?;
+        // Peers that did not answer before this server founded a cluster:
+        // asked again once it runs (see `recheck_peers`).
+        let mut unanswered = Vec::new();
+        if store.is_initialized()? {
+            let cs = store.conf_state()?;
+            let stored = StoredMembership {
+                first_peers: incarnation::first_peers(store.db())?,
+                current: cs
+                    .voters
+                    .iter()
+                    .chain(&cs.voters_outgoing)
+                    .chain(&cs.learners)
+                    .copied()
+                    .collect(),
+            };
+            bootstrap::check_restart(&config, &stored)?;
+        } else {
+            let answers = bootstrap::ask_peers(&config, &creds).await;
+            for (peer, answer) in &answers {
+                if let Err(why) = answer {
+                    tracing::info!(peer, %why, "a peer did not answer before this server's first start");
+                }
+            }
+            bootstrap::check_empty_start(&config, incarnation, &answers)?;
+            if !config.join {
+                unanswered = answers
+                    .iter()
+                    .filter(|(_, answer)| answer.is_err())
+                    .filter_map(|(id, _)| config.peers.iter().find(|p| p.id == *id).cloned())
+                    .collect();
+            }
+            let mut batch = crate::kv::Staged::new(store.db());
+            incarnation::put_first_peers(&mut batch, &bootstrap::configured_ids(&config));
             if config.join {
+                batch.commit()?;
                 tracing::info!(
                     id = config.id,
                     "empty data directory: joining, waiting for a snapshot from the leader"
                 );
             } else {
-                let mut batch = crate::kv::Staged::new(store.db());
                 for p in &config.peers {
                     catalog::put_member(
                         &mut batch,
@@ -76,18 +129,25 @@ impl RegistryServer {
                             peer_address: p.peer.clone(),
                             client_address: p.client.clone(),
                             voter: true,
+                            incarnation: 0,
                         },
                     );
                 }
-                batch.commit()?;
                 let voters: Vec<u64> = config.peers.iter().map(|p| p.id).collect();
+                incarnation::put_founders(&mut batch, &voters.iter().copied().collect());
+                batch.commit()?;
                 store.bootstrap(&voters)?;
                 tracing::info!(id = config.id, ?voters, "bootstrapped a new cluster");
             }
         }
 
         let (reports_tx, reports_rx) = tokio::sync::mpsc::unbounded_channel();
-        let transport = Arc::new(Transport::new(config.id, creds.clone(), reports_tx));
+        let transport = Arc::new(Transport::new(
+            config.id,
+            incarnation,
+            creds.clone(),
+            reports_tx,
+        ));
         #[cfg(feature = "faults")]
         let faults = transport.faults.clone();
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
@@ -104,6 +164,8 @@ impl RegistryServer {
                 watch_history: config.watch_history,
                 propose_timeout: Duration::from_millis(config.propose_timeout_ms),
                 ca: creds.roots.clone(),
+                province: own_id.agency.clone(),
+                incarnation,
             },
             shutdown_rx.clone(),
         )?;
@@ -112,19 +174,15 @@ impl RegistryServer {
             transport.set_address(p.id, &p.peer);
         }
 
+        let creds_for_recheck = creds.clone();
         let tls = ServerTls::new(creds)?;
+        let client_listener = bind(config.listen).await?;
+        let peer_listener = bind(config.peer_listen).await?;
         if let Some(crl) = current_crl(store.db())
             && let Err(error) = tls.set_crl(&crl)
         {
             tracing::warn!(%error, "the CRL in the catalog is unusable");
         }
-        let bind = |addr: SocketAddr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|e| RegistryError::Config(format!("cannot listen on {addr}: {e}")))
-        };
-        let client_listener = bind(config.listen).await?;
-        let peer_listener = bind(config.peer_listen).await?;
         let client_addr = client_listener
             .local_addr()
             .map_err(|e| RegistryError::Config(e.to_string()))?;
@@ -181,6 +239,17 @@ impl RegistryServer {
             }
         }));
 
+        let (fatal_tx, fatal) = tokio::sync::mpsc::channel(1);
+        if !unanswered.is_empty() {
+            tasks.push(tokio::spawn(recheck_peers(
+                config.clone(),
+                creds_for_recheck,
+                incarnation,
+                unanswered,
+                fatal_tx,
+                shutdown_rx.clone(),
+            )));
+        }
         tasks.push(tokio::spawn(follow_crl(
             raft.clone(),
             tls.clone(),
@@ -198,6 +267,7 @@ impl RegistryServer {
             faults,
             shutdown,
             consensus: Some(consensus),
+            fatal,
             tasks,
         })
     }
@@ -232,16 +302,22 @@ impl RegistryServer {
     /// Waits until the consensus loop stops by itself (a fatal condition,
     /// returned) or is shut down.
     pub async fn wait(&mut self) -> Result<(), RegistryError> {
-        match self.consensus.as_mut() {
-            Some(task) => {
-                let result = task
-                    .await
-                    .unwrap_or_else(|e| Err(RegistryError::Raft(e.to_string())));
+        let Some(task) = self.consensus.as_mut() else {
+            return Ok(());
+        };
+        let fatal = tokio::select! {
+            result = task => {
                 self.consensus = None;
-                result
+                return result.unwrap_or_else(|e| Err(RegistryError::Raft(e.to_string())));
             }
-            None => Ok(()),
+            Some(fatal) = self.fatal.recv() => fatal,
+        };
+        tracing::error!(error = %fatal, "registry server stopping");
+        let _ = self.shutdown.send(true);
+        if let Some(task) = self.consensus.take() {
+            let _ = task.await;
         }
+        Err(fatal)
     }
 
     /// Stops serving, flushes and closes the store.
@@ -263,6 +339,51 @@ impl RegistryServer {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
         result
+    }
+}
+
+/// A server that founded a cluster while some peers did not answer asks
+/// them again, every second, until each has answered once: one that knows
+/// this server from a data directory it no longer has (it was wiped while
+/// the others were down) stops it, with the configuration error
+/// [`bootstrap::check_empty_start`] gives.
+async fn recheck_peers(
+    config: RegistryConfig,
+    creds: lgsp_certs::Credentials,
+    incarnation: u64,
+    mut unanswered: Vec<crate::config::PeerConfig>,
+    fatal: tokio::sync::mpsc::Sender<RegistryError>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let stop = wait_for(shutdown);
+    tokio::pin!(stop);
+    while !unanswered.is_empty() {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = &mut stop => return,
+        }
+        let mut still = Vec::new();
+        for peer in unanswered {
+            let answer =
+                crate::transport::ask_peer(&peer.peer, &creds, config.id, Duration::from_secs(2))
+                    .await;
+            match answer {
+                Ok(answer) => {
+                    if let Err(error) =
+                        bootstrap::check_empty_start(&config, incarnation, &[(peer.id, Ok(answer))])
+                    {
+                        let error = RegistryError::Config(format!(
+                            "{error} (it founded a cluster while server {} did not answer, and stops now that it does)",
+                            peer.id
+                        ));
+                        let _ = fatal.send(error).await;
+                        return;
+                    }
+                }
+                Err(_) => still.push(peer),
+            }
+        }
+        unanswered = still;
     }
 }
 

@@ -171,7 +171,8 @@ impl Registry for RegistryService {
                 id: req.id,
                 peer_address: req.peer_address,
                 client_address: req.client_address,
-                voter: true,
+                voter: false,
+                incarnation: 0,
             }))
             .await?;
         Ok(Response::new(MembershipResponse { members }))
@@ -189,7 +190,52 @@ impl Registry for RegistryService {
             .await?;
         Ok(Response::new(MembershipResponse { members }))
     }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<TransferLeaderRequest>,
+    ) -> Result<Response<TransferLeaderResponse>, Status> {
+        require_admin(&request, "moving the registry's leadership")?;
+        let to = request.into_inner().to;
+        let to = if to == 0 {
+            match self.raft.transfer_leadership().await? {
+                Some(to) => to,
+                None => {
+                    let status = self.raft.status().await?;
+                    return Err(RegistryError::Unavailable(format!(
+                        "registry server {} is not the leader (leader: {}); ask the leader, or name the new leader with --to",
+                        status.id, status.leader_id
+                    ))
+                    .into());
+                }
+            }
+        } else {
+            self.raft.transfer_leadership_to(to).await?;
+            to
+        };
+        // The transfer completes when `to` wins its election, about one
+        // round trip after it hears it may; give up after a few elections.
+        let deadline = tokio::time::Instant::now() + TRANSFER_WAIT;
+        loop {
+            let status = self.raft.status().await?;
+            if status.leader_id == to {
+                return Ok(Response::new(TransferLeaderResponse { leader_id: to }));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(RegistryError::Unavailable(format!(
+                    "leadership did not move to server {to} within {} ms (leader now: {}); is it caught up and reachable? Check `lgsp registry status`",
+                    TRANSFER_WAIT.as_millis(),
+                    status.leader_id
+                ))
+                .into());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
 }
+
+/// How long a leadership transfer may take before it is reported failed.
+const TRANSFER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Sends every change from `from` on: the stored history first, then live
 /// events, re-reading the history whenever the live feed skips or lags.
@@ -320,37 +366,23 @@ impl PeerService {
 #[tonic::async_trait]
 impl RegistryPeer for PeerService {
     async fn send(&self, request: Request<RaftBatch>) -> Result<Response<RaftAck>, Status> {
+        let batch = request.into_inner();
         let mut messages = Vec::new();
-        for bytes in request.into_inner().messages {
+        for bytes in batch.messages {
             let m = raft::eraftpb::Message::parse_from_bytes(&bytes)
                 .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?;
             messages.push(m);
         }
-        self.raft.step(messages).await?;
+        self.raft.step(batch.incarnation, messages).await?;
         Ok(Response::new(RaftAck {}))
     }
 
     async fn peer_status(
         &self,
-        _request: Request<PeerStatusRequest>,
+        request: Request<PeerStatusRequest>,
     ) -> Result<Response<PeerStatusResponse>, Status> {
-        let status = self.raft.status().await?;
-        Ok(Response::new(PeerStatusResponse {
-            id: status.id,
-            applied_index: status.applied_index,
-            voters: status
-                .members
-                .iter()
-                .filter(|m| m.voter)
-                .map(|m| m.id)
-                .collect(),
-            learners: status
-                .members
-                .iter()
-                .filter(|m| !m.voter)
-                .map(|m| m.id)
-                .collect(),
-        }))
+        let asker = request.into_inner().from;
+        Ok(Response::new(self.raft.peer_status(asker).await?))
     }
 }
 

@@ -100,6 +100,8 @@ pub trait Network: Send + Sync + fmt::Debug {
 /// Outgoing Raft traffic of one server, over gRPC.
 pub struct Transport {
     id: u64,
+    /// This server's data directory incarnation, sent with every batch.
+    incarnation: u64,
     creds: Credentials,
     addresses: RwLock<HashMap<u64, String>>,
     queues: Mutex<HashMap<u64, (String, mpsc::Sender<Message>)>>,
@@ -126,10 +128,17 @@ impl fmt::Debug for Transport {
 const QUEUE: usize = 4096;
 
 impl Transport {
+    /// The transport of server `id`, whose data directory is `incarnation`.
     /// Must be called inside the server's tokio runtime.
-    pub fn new(id: u64, creds: Credentials, reports: mpsc::UnboundedSender<Report>) -> Self {
+    pub fn new(
+        id: u64,
+        incarnation: u64,
+        creds: Credentials,
+        reports: mpsc::UnboundedSender<Report>,
+    ) -> Self {
         Self {
             id,
+            incarnation,
             creds,
             addresses: RwLock::new(HashMap::new()),
             queues: Mutex::new(HashMap::new()),
@@ -189,6 +198,7 @@ impl Transport {
         let (tx, rx) = mpsc::channel(QUEUE);
         self.runtime.spawn(peer_sender(
             to,
+            self.incarnation,
             address.clone(),
             self.creds.clone(),
             rx,
@@ -218,24 +228,14 @@ impl Network for Transport {
 
 async fn peer_sender(
     to: u64,
+    incarnation: u64,
     address: String,
     creds: Credentials,
     mut rx: mpsc::Receiver<Message>,
     reports: mpsc::UnboundedSender<Report>,
     #[cfg(feature = "faults")] faults: Arc<Faults>,
 ) {
-    // Only another registry server of the province may receive Raft
-    // messages: the peer is checked by its identity, not its address.
-    let channel = creds
-        .spiffe_id()
-        .map(|own| Expected::registry(&own.trust_domain))
-        .and_then(|expected| {
-            let trust = ClientTrust::new(&creds)?;
-            lgsp_certs::server_identity::connect_lazy(&address, &creds, trust, expected, |e| {
-                e.timeout(Duration::from_secs(5))
-            })
-        });
-    let channel = match channel {
+    let channel = match peer_channel(&address, &creds, Duration::from_secs(5)) {
         Ok(channel) => channel,
         Err(error) => {
             tracing::error!(peer = to, %address, %error, "cannot reach peer");
@@ -272,6 +272,7 @@ async fn peer_sender(
             .collect();
         let request = RaftBatch {
             messages: batch.iter().map(encode).collect(),
+            incarnation,
         };
         match client.send(request).await {
             Ok(_) => {
@@ -295,6 +296,40 @@ async fn peer_sender(
                 }
             }
         }
+    }
+}
+
+/// A lazy channel to the peer listener at `address`. Only another registry
+/// server of the province may be reached there: the peer is checked by its
+/// identity, not its address.
+fn peer_channel(
+    address: &str,
+    creds: &Credentials,
+    timeout: Duration,
+) -> Result<tonic::transport::Channel, lgsp_certs::CertError> {
+    let expected = Expected::registry(&creds.spiffe_id()?.trust_domain);
+    let trust = ClientTrust::new(creds)?;
+    lgsp_certs::server_identity::connect_lazy(address, creds, trust, expected, |e| {
+        e.connect_timeout(timeout).timeout(timeout)
+    })
+}
+
+/// Asks the registry server at `address` (its peer listener) for its state
+/// and what it knows of server `asker`, within `timeout`. Fails, with the
+/// reason in words, when it cannot be reached or does not answer in time.
+pub async fn ask_peer(
+    address: &str,
+    creds: &Credentials,
+    asker: u64,
+    timeout: Duration,
+) -> Result<lgsp_proto::PeerStatusResponse, String> {
+    let channel = peer_channel(address, creds, timeout).map_err(|e| e.to_string())?;
+    let mut client = RegistryPeerClient::new(channel);
+    let call = client.peer_status(lgsp_proto::PeerStatusRequest { from: asker });
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(answer)) => Ok(answer.into_inner()),
+        Ok(Err(status)) => Err(lgsp_certs::tls::explain_status(&status)),
+        Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
     }
 }
 
@@ -347,7 +382,7 @@ mod tests {
         let creds =
             Credentials::from_pem(&issued.cert_pem, &issued.key_pem, ca.cert_pem()).unwrap();
         let (tx, rx) = mpsc::unbounded_channel();
-        (Transport::new(1, creds, tx), rx)
+        (Transport::new(1, 1, creds, tx), rx)
     }
 
     #[tokio::test]

@@ -151,7 +151,14 @@ impl ProcessCluster {
     /// as the founding members, without waiting for a leader (see
     /// [`Self::leader`]). Panics when a process cannot be started.
     pub fn start(n: u64) -> Self {
-        Self::start_with_env(n, |_, _| Vec::new())
+        Self::start_in(n, TRUST_DOMAIN, PROVINCE)
+    }
+
+    /// [`Self::start`] for another instance: its own CA for
+    /// `trust_domain`, run by agency `province` (the admin's and the
+    /// servers' agency).
+    pub fn start_in(n: u64, trust_domain: &str, province: &str) -> Self {
+        Self::start_with_env_in(n, trust_domain, province, |_, _| Vec::new())
     }
 
     /// [`Self::start`], each server `id` with the environment `env(id, dir)`
@@ -160,8 +167,17 @@ impl ProcessCluster {
         n: u64,
         env: impl Fn(u64, &std::path::Path) -> Vec<(String, String)>,
     ) -> Self {
-        let mut pki = Pki::new(TRUST_DOMAIN);
-        let (admin, _) = pki.issue(PROVINCE, Role::Admin, "so-tttt");
+        Self::start_with_env_in(n, TRUST_DOMAIN, PROVINCE, env)
+    }
+
+    fn start_with_env_in(
+        n: u64,
+        trust_domain: &str,
+        province: &str,
+        env: impl Fn(u64, &std::path::Path) -> Vec<(String, String)>,
+    ) -> Self {
+        let mut pki = Pki::new(trust_domain);
+        let (admin, _) = pki.issue(province, Role::Admin, "so-tttt");
         let addrs: Vec<(u64, String, String)> = (1..=n)
             .map(|id| (id, free_addr().to_string(), free_addr().to_string()))
             .collect();
@@ -173,7 +189,7 @@ impl ProcessCluster {
         let mut servers = Vec::new();
         for (id, client, peer) in &addrs {
             let dir = pki.dir.path().join(format!("registry-{id}"));
-            let (creds, _) = pki.issue(PROVINCE, Role::Registry, &format!("registry-{id}"));
+            let (creds, _) = pki.issue(province, Role::Registry, &format!("registry-{id}"));
             write_creds(&dir.join("tls"), &creds);
             let args: Vec<String> = [
                 "registry",

@@ -7,7 +7,7 @@ use crate::{TRUST_DOMAIN, lgsp, lgsp_bin};
 use bytes::Bytes;
 use lgsp_certs::{AgencyCode, Credentials, Role, SpiffeId};
 use lgsp_proto::Envelope;
-use lgsp_proto::{GrantStatus, ServiceKind};
+use lgsp_proto::{GrantStatus, ServiceKind, SuspensionKind, TerminationKind};
 use lgsp_province::backend::{self, HttpCall};
 use lgsp_province::wait;
 use lgsp_registry::{Catalog, GrantKey, Publication, RegistryClient, Validity};
@@ -80,6 +80,26 @@ impl NodeProcess {
             .stderr(log)
             .spawn()
             .expect("start node");
+        self.child = Some(child);
+    }
+
+    /// Starts `lgsp hub start` with the node's `node.toml` and `outward` as
+    /// the listener for peers' hubs, logging to `node.log`.
+    pub fn start_hub(&mut self, outward: &str) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("node.log"))
+            .expect("log");
+        let child = Command::new(lgsp_bin())
+            .args(["hub", "start", "--outward-listen", outward, "--config"])
+            .arg(self.config_path())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start hub");
         self.child = Some(child);
     }
 
@@ -158,6 +178,8 @@ pub struct Province {
     pub registry: ProcessCluster,
     /// A registry client presenting the provincial admin's certificate.
     pub admin: RegistryClient,
+    /// The instance's trust domain.
+    pub trust_domain: String,
 }
 
 impl Province {
@@ -170,10 +192,32 @@ impl Province {
     /// A province whose registry has `servers` servers, once they agree on a
     /// leader (waiting up to 15 s, panicking otherwise).
     pub async fn start_with_servers(servers: u64) -> Self {
-        let registry = ProcessCluster::start(servers);
+        Self::start_instance(servers, TRUST_DOMAIN, PROVINCE).await
+    }
+
+    /// Another lgsp instance (the national platform, another province):
+    /// its own CA for `trust_domain`, a registry of `servers` servers run by
+    /// agency `province`.
+    pub async fn start_instance(servers: u64, trust_domain: &str, province: &str) -> Self {
+        let registry = ProcessCluster::start_in(servers, trust_domain, province);
         registry.leader().await;
         let admin = registry.client();
-        Self { registry, admin }
+        Self {
+            registry,
+            admin,
+            trust_domain: trust_domain.to_owned(),
+        }
+    }
+
+    /// Prepares the instance's hub: a node of agency `agency` named `name`
+    /// with a hub certificate, and a free outward port (see
+    /// [`NodeProcess::start_hub`]).
+    pub fn prepare_hub(&mut self, agency: &str, name: &str) -> (NodeProcess, String) {
+        let mut hub = self.prepare_node(agency, name, "");
+        let (creds, _) = self.issue(agency, Role::Hub, name);
+        write_creds(&hub.dir.join("tls"), &creds);
+        hub.creds = creds;
+        (hub, free_addr().to_string())
     }
 
     /// The registry servers' client addresses, as a node's `registry`
@@ -220,7 +264,7 @@ impl Province {
             "--dir",
             dir.to_str().unwrap(),
             "--trust-domain",
-            TRUST_DOMAIN,
+            &self.trust_domain.clone(),
         ]);
         assert!(
             out.status.success(),
@@ -327,8 +371,16 @@ impl Province {
         let reason = "thử nghiệm";
         let catalog = self.catalog();
         match status {
-            GrantStatus::Suspended => catalog.suspend(&key, reason).await,
-            GrantStatus::Terminated => catalog.terminate(&key, reason).await,
+            GrantStatus::Suspended => {
+                catalog
+                    .suspend(&key, SuspensionKind::Breach, reason, "liên hệ Sở TT&TT")
+                    .await
+            }
+            GrantStatus::Terminated => {
+                catalog
+                    .terminate(&key, TerminationKind::NoLongerNeeded, reason)
+                    .await
+            }
             _ => catalog.grant(&key, Validity::Open, reason).await,
         }
         .expect("grant");

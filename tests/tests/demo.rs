@@ -29,7 +29,7 @@ fn demo_scenario_runs_a_province_and_every_step_passes() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(status.success(), "{stdout}\n{stderr}");
-    assert_eq!(stdout.matches("PASS step").count(), 7, "{stdout}");
+    assert_eq!(stdout.matches("PASS step").count(), 9, "{stdout}");
     assert!(!stdout.contains("FAIL"), "{stdout}");
     assert!(
         stdout.contains("Every step did what it should."),

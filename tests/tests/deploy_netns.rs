@@ -376,6 +376,7 @@ async fn config_templates_start_a_registry_cluster_and_a_node() {
                 code: A.into(),
                 name: "Sở Tư pháp tỉnh Vĩnh Phúc".into(),
                 focal_point: None,
+                ..Default::default()
             }),
             0,
         )
@@ -728,16 +729,19 @@ fn federation_in_network_namespaces_replicates_and_exchanges_across_hosts() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    // A revokes the grant through server 2; A's node refuses B within seconds.
+    // The provincial IT desk terminates the grant through server 2 (an
+    // agency's node certificate may not); A's node refuses B within seconds.
     let revoke = fed.lgsp_in(
-        "a",
+        "adm",
         &[
             "access",
             "revoke",
+            "--kind",
+            "agreement-expired",
             "--registry",
             "10.77.0.12:7101",
             "--tls-dir",
-            &fed.tls("a"),
+            &fed.tls("adm"),
             "--service",
             &format!("{A}/ho-tich"),
             "--consumer",

@@ -246,10 +246,14 @@ async fn grant_revoked_while_a_stream_is_open_fails_the_next_call_within_a_secon
     );
     drop(stream);
 
+    // A terminated grant is not suspended (D47 Art. 44 ends it); granted
+    // again, then suspended, the consumer is told how to restore it.
+    province.grant(&service, B, GrantStatus::Active).await;
     province.grant(&service, B, GrantStatus::Suspended).await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let err = app.call(get(&service, "001099012345")).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("to restore: "), "{err:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

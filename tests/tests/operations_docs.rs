@@ -358,6 +358,7 @@ fn agency(code: &str) -> Value {
         code: code.into(),
         name: format!("Cơ quan {code}"),
         focal_point: None,
+        ..Default::default()
     })
 }
 
@@ -889,6 +890,9 @@ async fn whole_registry_restored_from_one_backup_set_is_followed_by_nodes_that_r
                 status: GrantStatus::Suspended as i32,
                 expires_unix: 0,
                 reason: "khôi phục".into(),
+                suspension: lgsp_proto::SuspensionKind::SecurityRisk as i32,
+                restore: "liên hệ Sở TT&TT".into(),
+                ..Default::default()
             }),
             0,
         )

@@ -318,7 +318,9 @@ async fn an_agency_follows_the_readme_from_node_init_to_a_cross_agency_call() {
             "--reason",
             "Công văn số 123/UBND",
         ],
-        &a_tls,
+        // Granting directly is the provincial admin's tool; agencies use
+        // `lgsp requests` (tests/tests/access_procedure.rs).
+        &admin,
     );
     let grants = ok(
         &["access", "list", "--service", "000.00.12.H62/ho-tich"],

@@ -110,7 +110,12 @@ async fn the_peer_port_refuses_a_certificate_that_is_not_a_registry_servers() {
     let peer_addr = cluster.servers[&1].peer_addr().to_string();
     let endpoint = lgsp_certs::tls::client_endpoint(&peer_addr, &node, None).unwrap();
     let mut peer = RegistryPeerClient::new(endpoint.connect().await.expect("TLS handshake"));
-    let result = peer.send(RaftBatch { messages: vec![] }).await;
+    let result = peer
+        .send(RaftBatch {
+            messages: vec![],
+            incarnation: 0,
+        })
+        .await;
     assert_refused(result, Code::PermissionDenied, &["node", "registry"]);
     cluster.shutdown().await;
 }

@@ -145,7 +145,7 @@ async fn catalog_commands_work_as_the_readme_shows() {
             &client4,
         ],
     );
-    assert!(added.contains("member 4: voter"), "{added}");
+    assert!(added.contains("member 4: learner"), "{added}");
     let dir4 = cluster.pki.dir.path().join("registry-4");
     let (creds4, _) = cluster.pki.issue(PROVINCE, Role::Registry, "registry-4");
     write_creds(&dir4.join("tls"), &creds4);
@@ -191,6 +191,16 @@ async fn catalog_commands_work_as_the_readme_shows() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     assert!(caught_up, "server 4 did not catch up:\n{}", joined.log());
+    // The leader promotes the learner once it has caught up: wait for it.
+    let promoted = std::time::Instant::now();
+    while !ok(&registry, &admin, &["registry", "status"]).contains("member 4: voter") {
+        assert!(
+            promoted.elapsed() < std::time::Duration::from_secs(15),
+            "server 4 was never promoted to voter:\n{}",
+            joined.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     let leader = cluster.leader().await;
     let victim = (1..=3).find(|id| *id != leader).unwrap().to_string();
     let removed = ok(

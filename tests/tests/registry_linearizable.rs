@@ -105,6 +105,7 @@ async fn client_run(
                     code: key.into(),
                     name: value.clone(),
                     focal_point: None,
+                    ..Default::default()
                 })),
                 ..Default::default()
             })),

@@ -39,6 +39,7 @@ async fn acknowledged_writes_survive_a_power_cut_of_every_server() {
                                 code: code(w, n),
                                 name: format!("Ủy ban nhân dân xã {w}-{n}"),
                                 focal_point: None,
+                                ..Default::default()
                             })),
                             ..Default::default()
                         })),

@@ -25,6 +25,7 @@ async fn writes_through_a_follower_succeed_and_linearizable_reads_see_them() {
                 code: "000.00.12.H62".into(),
                 name: "Sở Tư pháp tỉnh Vĩnh Phúc".into(),
                 focal_point: None,
+                ..Default::default()
             }),
             0,
         )
@@ -81,6 +82,7 @@ async fn watch_sees_every_change_once_in_order_across_a_leader_change() {
                 code: code.clone(),
                 name: format!("Phòng số {i}"),
                 focal_point: None,
+                ..Default::default()
             }),
         )
         .await;

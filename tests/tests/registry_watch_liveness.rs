@@ -75,6 +75,7 @@ fn agency(code: &str, name: &str) -> lgsp_proto::catalog_record::Value {
         code: code.into(),
         name: name.into(),
         focal_point: None,
+        ..Default::default()
     })
 }
 

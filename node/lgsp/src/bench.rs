@@ -199,6 +199,7 @@ async fn lgsp_writes(
             code: bench_code(i),
             name: format!("{v}{n}"),
             focal_point: None,
+            ..Default::default()
         });
         async move {
             let expected = revs[i].load(Ordering::Relaxed);
@@ -741,6 +742,8 @@ struct Province {
     /// Agency B's application: a node certificate of B, for calling A's
     /// provider listener itself as B's node would (and the raw echo).
     app: Credentials,
+    /// The province's CA, for the hub of `--hub`.
+    ca: CertificateAuthority,
     /// The CA, the registry's and the nodes' files; removed on drop.
     _dir: tempfile::TempDir,
 }
@@ -851,6 +854,7 @@ impl Province {
             rows,
             max_message,
             app,
+            ca,
             _dir: dir,
         };
         let (direct, via_b) = (province.direct()?, province.via_b()?);
@@ -942,6 +946,211 @@ impl Province {
     }
 }
 
+/// A second lgsp instance (the national platform: its own CA, registry,
+/// hub and a consumer node C) federated with the bench province through a
+/// provincial hub, for `lgsp bench exchange --hub`: C's application calls
+/// `A/records` through node C, hub Q, hub P and node A.
+struct Federation {
+    hub_p: lgsp_hub::HubServer,
+    hub_q: lgsp_hub::HubServer,
+    node_c: NodeServer,
+    registry_q: RegistryCluster,
+    _dir: tempfile::TempDir,
+}
+
+/// The national instance's trust domain in the bench.
+const NATIONAL_DOMAIN: &str = "ndxp.bench.local";
+/// The national consumer agency.
+const AGENCY_C: &str = "000.00.07.G01";
+
+/// A free port on 127.0.0.1 (bound and released: the hubs must know each
+/// other's outward address before they start).
+fn free_addr() -> Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+impl Federation {
+    async fn start(p: &mut Province) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let mut ca_q = CertificateAuthority::init(
+            &dir.path().join("ca"),
+            NATIONAL_DOMAIN,
+            "bench national CA",
+            1,
+        )?;
+        let registry_q = start_registry(&mut ca_q, &dir.path().join("registry"), 1).await?;
+        let addrs_q = registry_q.client_addrs();
+        let admin_q = Catalog::new(RegistryClient::new(
+            &addrs_q,
+            &agency_leaf(&mut ca_q, PROVINCE, Role::Admin, "bench")?,
+        )?);
+        let admin_p = Catalog::new(p.catalog.clone());
+        for (catalog, code) in [
+            (&admin_p, PROVINCE),
+            (&admin_q, PROVINCE),
+            (&admin_q, AGENCY_C),
+        ] {
+            catalog
+                .register_agency(&AgencyCode::new(code)?, "bench agency", None)
+                .await
+                .with_context(|| format!("registering agency {code}"))?;
+        }
+        let (out_p, out_q) = (free_addr()?, free_addr()?);
+        let trust_p = p.ca.trust_domain().to_owned();
+        for (catalog, name, domain, ca_pem, endpoint) in [
+            (
+                &admin_p,
+                "ndxp",
+                NATIONAL_DOMAIN,
+                ca_q.cert_pem().to_owned(),
+                out_q,
+            ),
+            (
+                &admin_q,
+                "province",
+                trust_p.as_str(),
+                p.ca.cert_pem().to_owned(),
+                out_p,
+            ),
+        ] {
+            catalog
+                .client()
+                .put(
+                    Value::Peer(lgsp_proto::FederationPeer {
+                        name: name.into(),
+                        trust_domain: domain.into(),
+                        ca_pem,
+                        hub_endpoint: endpoint.to_string(),
+                    }),
+                    0,
+                )
+                .await
+                .context("adding a federation peer")?;
+        }
+        let records = format!("{AGENCY_A}/records");
+        admin_p
+            .client()
+            .put(
+                Value::Export(lgsp_proto::Export {
+                    service_id: records.clone(),
+                    peer: "ndxp".into(),
+                }),
+                0,
+            )
+            .await
+            .context("exporting A/records")?;
+        admin_q
+            .client()
+            .put(
+                Value::Import(lgsp_proto::Import {
+                    peer: "province".into(),
+                    service_id: records.clone(),
+                }),
+                0,
+            )
+            .await
+            .context("importing A/records")?;
+        admin_p
+            .client()
+            .put(
+                Value::Agency(lgsp_proto::Agency {
+                    code: AGENCY_C.into(),
+                    name: "bench national consumer".into(),
+                    trust_domain: NATIONAL_DOMAIN.into(),
+                    ..Default::default()
+                }),
+                0,
+            )
+            .await
+            .context("registering the national consumer")?;
+        admin_p
+            .grant(
+                &GrantKey {
+                    service: records.parse()?,
+                    consumer: AgencyCode::new(AGENCY_C)?,
+                },
+                Validity::Open,
+                "lgsp bench",
+            )
+            .await
+            .context("granting A/records to the national consumer")?;
+
+        let addrs_p = p.registry.client_addrs();
+        let hub_dir = dir.path().join("hub-p");
+        let hub_creds = agency_leaf(&mut p.ca, PROVINCE, Role::Hub, "hub")?;
+        let config = node_config(
+            &hub_dir,
+            PROVINCE,
+            "hub",
+            &addrs_p,
+            TlsFiles::write(&hub_dir.join("tls"), &hub_creds)?,
+            Vec::new(),
+            p.max_message,
+        );
+        let hub_p = lgsp_hub::HubServer::start(config, out_p)
+            .await
+            .context("starting hub P")?;
+        let hub_dir = dir.path().join("hub-q");
+        let hub_creds = agency_leaf(&mut ca_q, PROVINCE, Role::Hub, "hub")?;
+        let config = node_config(
+            &hub_dir,
+            PROVINCE,
+            "hub",
+            &addrs_q,
+            TlsFiles::write(&hub_dir.join("tls"), &hub_creds)?,
+            Vec::new(),
+            p.max_message,
+        );
+        let hub_q = lgsp_hub::HubServer::start(config, out_q)
+            .await
+            .context("starting hub Q")?;
+        let c_dir = dir.path().join("node-c");
+        let creds_c = agency_leaf(&mut ca_q, AGENCY_C, Role::Node, "node-c")?;
+        let config = node_config(
+            &c_dir,
+            AGENCY_C,
+            "node-c",
+            &addrs_q,
+            TlsFiles::write(&c_dir.join("tls"), &creds_c)?,
+            Vec::new(),
+            p.max_message,
+        );
+        let node_c = NodeServer::start(config).await.context("starting node C")?;
+        let federation = Self {
+            hub_p,
+            hub_q,
+            node_c,
+            registry_q,
+            _dir: dir,
+        };
+        wait::until_served(
+            federation.via_c()?.connect().await?,
+            &p.get_call()(0, 0),
+            Duration::from_secs(20),
+        )
+        .await
+        .context("calling A/records from the national node C through both hubs")?;
+        Ok(federation)
+    }
+
+    /// Node C's consumer listener, where the national application calls.
+    fn via_c(&self) -> Result<Endpoint> {
+        Ok(
+            Endpoint::from_shared(format!("http://{}", self.node_c.consumer_addr))?
+                .connect_timeout(Duration::from_secs(5))
+                .tcp_nodelay(true),
+        )
+    }
+
+    async fn shutdown(self) -> Result<()> {
+        self.node_c.shutdown().await;
+        self.hub_q.shutdown().await;
+        self.hub_p.shutdown().await;
+        self.registry_q.shutdown().await?;
+        Ok(())
+    }
+}
+
 /// `lgsp bench exchange`: a registry and two agency nodes on loopback in
 /// this process ([`Province`]); agency B's application calls agency A's
 /// services directly and through B's node, `payload` bytes a call, at each
@@ -952,8 +1161,15 @@ pub(crate) async fn exchange(
     payload: usize,
     concurrency: &[usize],
     duration: Duration,
+    hub: bool,
 ) -> Result<()> {
-    let province = Province::start(payload).await?;
+    let mut province = Province::start(payload).await?;
+    let federation = if hub {
+        Some(Federation::start(&mut province).await?)
+    } else {
+        None
+    };
+    let via_c = federation.as_ref().map(Federation::via_c).transpose()?;
     let (raw, direct, via_b) = (province.raw()?, province.direct()?, province.via_b()?);
     let forwarder = province.forwarder()?;
     let (echo, get) = (province.echo_call(payload), province.get_call());
@@ -994,6 +1210,17 @@ pub(crate) async fn exchange(
     println!(
         "                     what a second hop costs as a unary gRPC call (its own HTTP/2 stream per call)."
     );
+    if hub {
+        println!(
+            "  app → C → hubs → A: with --hub, a second lgsp instance (its own CA and registry) whose agency C's application"
+        );
+        println!(
+            "                     calls A/records through node C, C's hub and the province's hub (mTLS on each hop, a signed"
+        );
+        println!(
+            "                     on-behalf-of record verified by both hubs and node A, every hop logged)."
+        );
+    }
     println!("One HTTP/2 connection per 8 clients from the application on every path.");
     let rounds = duration.as_secs().clamp(1, 10);
     let slice = duration / rounds as u32;
@@ -1007,7 +1234,7 @@ pub(crate) async fn exchange(
     let mut at_64 = Vec::new();
     for &c in concurrency {
         let connections = c.div_ceil(8).max(1);
-        let paths = [
+        let mut paths = vec![
             ("baseline: raw tonic mTLS echo", &raw, &echo),
             ("reference: bare forwarder → echo", &forwarder, &echo),
             ("app → node A, HTTP backend", &direct, &echo),
@@ -1015,6 +1242,9 @@ pub(crate) async fn exchange(
             ("app → node B → A, HTTP backend", &via_b, &echo),
             ("app → node B → A, dataset get", &via_b, &get),
         ];
+        if let Some(via_c) = &via_c {
+            paths.push(("app → C → hub Q → hub P → A, get", via_c, &get));
+        }
         let mut channels = Vec::new();
         for (_, endpoint, _) in &paths {
             channels.push(Arc::new(connect(endpoint, connections).await?));
@@ -1045,6 +1275,13 @@ pub(crate) async fn exchange(
                 at_64.push(format!("  {}: {}", run.label, verdict(run, baseline)));
             }
         }
+        if let (Some(hubs), Some(direct_get)) = (runs.get(6), runs.get(5)) {
+            let ratio = hubs.per_second() / direct_get.per_second();
+            at_64.push(format!(
+                "  at {c} in flight, through both hubs: {ratio:.2} of node B → A's calls/s (p99 {:.2} ms); goal (issue 14): one hub hop costs < 30% (a path with two hubs ≥ 0.49), p99 < 10 ms",
+                hubs.percentile_ms(99.0)
+            ));
+        }
     }
     println!();
     println!(
@@ -1055,6 +1292,9 @@ pub(crate) async fn exchange(
     }
     for line in at_64 {
         println!("{line}");
+    }
+    if let Some(federation) = federation {
+        federation.shutdown().await?;
     }
     let (entries_a, entries_b) = province.shutdown().await?;
     println!("sharing log entries written: node A {entries_a}, node B {entries_b}.");

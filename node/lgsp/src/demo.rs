@@ -14,12 +14,14 @@ use lgsp_node::config::{
 };
 use lgsp_node::server::NodeServer;
 use lgsp_proto::data_exchange_client::DataExchangeClient;
-use lgsp_proto::{Envelope, FocalPoint, GrantStatus, ServiceKind};
+use lgsp_proto::{
+    AccessRequest, Envelope, FocalPoint, GrantStatus, ServiceKind, SuspensionKind, TerminationKind,
+};
 use lgsp_province::backend::{self, HttpCall};
 use lgsp_province::pki::{self, Holder};
 use lgsp_province::registry::{self, Member, RegistryCluster};
 use lgsp_province::wait;
-use lgsp_registry::{Catalog, GrantKey, Publication, RegistryClient, Validity};
+use lgsp_registry::{Catalog, Decision, GrantKey, Publication, RegistryClient, Validity};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -221,6 +223,10 @@ pub(crate) struct Province {
     pub catalog: Catalog,
     pub admin_tls: PathBuf,
     pub health_tls: PathBuf,
+    /// The department's admin (an agency admin: decides requests for its services).
+    pub department_admin: Catalog,
+    /// Tam Dương's admin (files requests).
+    pub district_admin: Catalog,
 }
 
 impl Province {
@@ -290,6 +296,14 @@ pub(crate) async fn start(dir: &Path) -> Result<Province> {
     )?;
     let health_tls = dir.join("so-y-te-tls");
     TlsFiles::write(&health_tls, &health_creds)?;
+    // Each agency's admin certificate: it files and decides access requests.
+    let mut agency_admin = |agency: &str, display: &str| -> Result<Catalog> {
+        let creds = leaf(&mut ca, agency, Role::Admin, "quan-tri", Some(display))?;
+        TlsFiles::write(&dir.join(format!("admin-{agency}-tls")), &creds)?;
+        Ok(Catalog::new(RegistryClient::new(&registry_addrs, &creds)?))
+    };
+    let department_admin = agency_admin(DEPARTMENT, "Sở Kế hoạch và Đầu tư tỉnh Vĩnh Phúc")?;
+    let district_admin = agency_admin(DISTRICT, "UBND huyện Tam Dương")?;
 
     for (code, name, focal, phone) in [
         (
@@ -467,6 +481,8 @@ pub(crate) async fn start(dir: &Path) -> Result<Province> {
         catalog,
         admin_tls,
         health_tls,
+        department_admin,
+        district_admin,
     })
 }
 
@@ -482,8 +498,16 @@ async fn grant(
         consumer: AgencyCode::new(consumer)?,
     };
     let written = match status {
-        GrantStatus::Suspended => catalog.suspend(&key, reason).await,
-        GrantStatus::Terminated => catalog.terminate(&key, reason).await,
+        GrantStatus::Suspended => {
+            catalog
+                .suspend(&key, SuspensionKind::Breach, reason, "liên hệ Sở TT&TT")
+                .await
+        }
+        GrantStatus::Terminated => {
+            catalog
+                .terminate(&key, TerminationKind::NoLongerNeeded, reason)
+                .await
+        }
         _ => catalog.grant(&key, Validity::Open, reason).await,
     };
     written.map_err(|s| anyhow::anyhow!("grant: {}", s.message()))?;
@@ -559,6 +583,17 @@ fn print_guide(p: &Province) {
     println!(
         "  {lgsp} call {DEPARTMENT}/doanh-nghiep --op get --param key=2500101000 --node 127.0.0.1:7412"
     );
+    println!(
+        "  # Access requests (D47 Art. 35): Tam Dương's admin files one, the department's decides:"
+    );
+    println!(
+        "  {lgsp} requests file --service {DEPARTMENT}/giay-phep --app-id mot-cua --app-name \"Một cửa\" --purpose \"Tra cứu\" --frequency \"hàng ngày\" --registry {registry} --tls-dir {}",
+        p.dir.join(format!("admin-{DISTRICT}-tls")).display()
+    );
+    println!(
+        "  {lgsp} inbox --registry {registry} --tls-dir {}",
+        p.dir.join(format!("admin-{DEPARTMENT}-tls")).display()
+    );
     println!("  # The provincial catalog:");
     println!(
         "  {lgsp} service list --registry {registry} --tls-dir {}",
@@ -578,6 +613,29 @@ fn print_guide(p: &Province) {
         "Press Ctrl-C to stop the province. Running `lgsp demo` again replaces {}.",
         p.dir.display()
     );
+}
+
+/// Calls `service` from Tam Dương's apps until `done` accepts the outcome,
+/// for up to 3 s; returns the last outcome.
+async fn until_outcome(
+    service: &str,
+    done: impl Fn(&Result<serde_json::Value, tonic::Status>) -> bool,
+) -> Result<serde_json::Value, tonic::Status> {
+    let started = Instant::now();
+    loop {
+        let outcome = call(
+            Ports::DISTRICT_APPS,
+            service,
+            "get",
+            &[("key", "2500101000")],
+            "",
+        )
+        .await;
+        if done(&outcome) || started.elapsed() > Duration::from_secs(3) {
+            return outcome;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Runs the walkthrough; returns how many steps failed.
@@ -738,16 +796,69 @@ async fn scenario(p: &Province) -> usize {
             format!("{revoked:?} {outcome:?} after {took:?}"),
         ),
     }
-    let _ = grant(
-        &p.catalog,
-        &biz,
-        DISTRICT,
-        GrantStatus::Active,
-        "Khôi phục sau demo",
-    )
-    .await;
+    // The procedure of D47 Art. 35: Tam Dương files a request, the
+    // department approves it, then suspends it for a breach (Art. 43).
+    let request = format!("{DISTRICT}/demo-{}", std::process::id());
+    let filed = p
+        .district_admin
+        .file_request(AccessRequest {
+            id: request.clone(),
+            service_id: biz.clone(),
+            application_id: "mot-cua".into(),
+            application_name: "Một cửa điện tử huyện Tam Dương".into(),
+            purpose: "Kiểm tra hộ kinh doanh trên địa bàn".into(),
+            frequency: "hàng ngày".into(),
+            ..Default::default()
+        })
+        .await;
+    let approved = match filed {
+        Ok(_) => p
+            .department_admin
+            .decide(
+                &request,
+                Decision::Approve {
+                    items: Vec::new(),
+                    until: lgsp_registry::Validity::Open,
+                    agreement: None,
+                    reason: "Đồng ý cung cấp".into(),
+                },
+            )
+            .await
+            .map(drop),
+        Err(s) => Err(s),
+    };
+    let served = until_outcome(&biz, |o| o.is_ok()).await;
+    step(
+        6,
+        "Tam Dương files an access request; the department approves it and the grant works",
+        approved.is_ok() && served.is_ok(),
+        format!("request {request}: {approved:?}; then {served:?}"),
+    );
+    let key = GrantKey {
+        service: biz.parse().expect("a service id"),
+        consumer: AgencyCode::new(DISTRICT).expect("an agency code"),
+    };
+    let suspended = p
+        .department_admin
+        .suspend(
+            &key,
+            SuspensionKind::Breach,
+            "Truy vấn vượt mục đích đăng ký",
+            "Gửi báo cáo giải trình cho Sở KH&ĐT",
+        )
+        .await;
+    let refused = until_outcome(&biz, |o| o.is_err()).await;
+    step(
+        7,
+        "the department suspends it for a breach; Tam Dương is told why and how to restore",
+        suspended.is_ok()
+            && matches!(&refused, Err(s) if s.message().contains("to restore: Gửi báo cáo")),
+        format!("{:?}", refused.as_ref().map_err(|s| s.message().to_owned())),
+    );
+    let _ = p.department_admin.resume(&key, "Đã giải trình").await;
+    let _ = until_outcome(&biz, |o| o.is_ok()).await;
     tokio::time::sleep(Duration::from_millis(1500)).await; // let the sealer sign the latest entries
-    for (n, agency) in [(6, DEPARTMENT), (7, DISTRICT)] {
+    for (n, agency) in [(8, DEPARTMENT), (9, DISTRICT)] {
         let ndir = p.dir.join(format!("node-{agency}"));
         let log = lgsp_node::server::sharing_log_path(&ndir.join("data"));
         let cert = std::fs::read_to_string(ndir.join("tls/cert.pem")).unwrap_or_default();

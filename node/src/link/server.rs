@@ -126,6 +126,7 @@ impl LinkServer {
                     deadline,
                     cancelled: gave_up,
                     response_limit: reply_limit,
+                    obo: None,
                 };
                 self.provider.serve(peer, incoming).await
             }

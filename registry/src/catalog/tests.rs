@@ -7,6 +7,8 @@ use crate::mem_kv::MemKv;
 use lgsp_proto::{Agency, Crl, FocalPoint, Grant, NodeRecord, Service};
 
 const ADMIN_AGENCY: &str = "000.00.01.H62";
+/// Monday 7 December 2026, 09:00 in Vietnam.
+const NOW: i64 = 1_796_608_800;
 const A: &str = "000.00.12.H62";
 const B: &str = "000.00.13.H62";
 
@@ -48,17 +50,29 @@ fn delete_cmd(kind: RecordKind, key: &str) -> Command {
     }
 }
 
+static PROVINCE: std::sync::LazyLock<AgencyCode> =
+    std::sync::LazyLock::new(|| AgencyCode::new(ADMIN_AGENCY).unwrap());
+
+/// `who` asking at [`NOW`], in a province run by [`ADMIN_AGENCY`].
+fn asker(who: &SpiffeId) -> Asker<'_> {
+    Asker {
+        actor: who,
+        province: &PROVINCE,
+        now_unix: NOW,
+    }
+}
+
 /// Checks and applies `command` in one batch, as one committed entry.
 fn run(
     kv: &Kv,
     who: &SpiffeId,
     command: &Command,
 ) -> Result<(Option<CatalogRecord>, WatchEvent), CatalogError> {
-    let checked = check(kv, who, command)?;
+    let checked = check(kv, &asker(who), command)?;
     let mut batch = Staged::new(kv);
-    let out = apply(&mut batch, checked).expect("apply");
+    let (record, mut events) = apply(&mut batch, checked).expect("apply");
     batch.commit().expect("commit");
-    Ok(out)
+    Ok((record, events.remove(0)))
 }
 
 fn agency(code: &str) -> Value {
@@ -66,6 +80,7 @@ fn agency(code: &str) -> Value {
         code: code.into(),
         name: format!("Sở {code}"),
         focal_point: None,
+        ..Default::default()
     })
 }
 
@@ -127,10 +142,17 @@ fn only_the_admin_registers_a_new_agency() {
 }
 
 #[test]
-fn a_node_updates_its_own_registered_agency() {
+fn an_agency_admin_updates_its_own_registered_agency_and_a_node_may_not() {
     let kv = catalog();
-    let (stored, _) = run(&kv, &node_of(A), &put_cmd(agency(A))).unwrap();
+    let err = refused(run(&kv, &node_of(A), &put_cmd(agency(A))));
+    assert!(
+        matches!(&err, CatalogError::PermissionDenied(m) if m.contains("needs an admin certificate of agency")),
+        "{err:?}"
+    );
+    let (stored, _) = run(&kv, &actor(A, Role::Admin), &put_cmd(agency(A))).unwrap();
     assert_eq!(stored.unwrap().key, A);
+    let err = refused(run(&kv, &actor(A, Role::Admin), &put_cmd(agency(B))));
+    assert!(matches!(err, CatalogError::PermissionDenied(_)), "{err:?}");
 }
 
 #[test]
@@ -168,9 +190,17 @@ fn a_hub_acts_for_its_own_agency_and_a_registry_server_for_none() {
 fn a_grant_belongs_to_the_agency_of_the_service() {
     let kv = catalog();
     let g = grant(&format!("{A}/ho-tich"), B);
-    let err = refused(run(&kv, &node_of(B), &put_cmd(g.clone())));
-    assert!(matches!(err, CatalogError::PermissionDenied(_)), "{err:?}");
-    let (stored, _) = run(&kv, &node_of(A), &put_cmd(g)).unwrap();
+    for who in [node_of(B), node_of(A), actor(B, Role::Admin)] {
+        let err = refused(run(&kv, &who, &put_cmd(g.clone())));
+        assert!(matches!(err, CatalogError::PermissionDenied(_)), "{err:?}");
+    }
+    // The provider's own admin grants by approving requests, not directly.
+    let err = refused(run(&kv, &actor(A, Role::Admin), &put_cmd(g.clone())));
+    assert!(
+        matches!(&err, CatalogError::PermissionDenied(m) if m.contains("lgsp requests approve")),
+        "{err:?}"
+    );
+    let (stored, _) = run(&kv, &admin(), &put_cmd(g)).unwrap();
     assert_eq!(stored.unwrap().key, format!("{A}/ho-tich|{B}"));
 }
 
@@ -256,7 +286,7 @@ fn the_crl_cannot_be_deleted() {
         })),
         ..Default::default()
     };
-    let err = precheck(&admin(), &command).unwrap_err();
+    let err = precheck(&asker(&admin()), &command).unwrap_err();
     assert!(
         matches!(err, CatalogError::FailedPrecondition(_)),
         "{err:?}"
@@ -279,6 +309,7 @@ fn an_agency_needs_a_name_and_a_focal_point_email_with_an_at() {
         code: A.into(),
         name: " ".into(),
         focal_point: None,
+        ..Default::default()
     });
     assert!(matches!(
         refused(run(&kv, &admin(), &put_cmd(nameless))),
@@ -291,6 +322,7 @@ fn an_agency_needs_a_name_and_a_focal_point_email_with_an_at() {
             email: "nobody".into(),
             ..Default::default()
         }),
+        ..Default::default()
     });
     assert!(matches!(
         refused(run(&kv, &admin(), &put_cmd(bad_email))),
@@ -392,27 +424,18 @@ fn a_service_on_an_unregistered_node_is_refused_until_the_node_exists() {
 fn a_grant_needs_a_published_service_and_a_registered_consumer_and_starts_active() {
     let kv = catalog();
     assert!(matches!(
-        refused(run(
-            &kv,
-            &node_of(A),
-            &put_cmd(grant(&format!("{A}/thue"), B))
-        )),
+        refused(run(&kv, &admin(), &put_cmd(grant(&format!("{A}/thue"), B)))),
         CatalogError::FailedPrecondition(_)
     ));
     assert!(matches!(
         refused(run(
             &kv,
-            &node_of(A),
+            &admin(),
             &put_cmd(grant(&format!("{A}/ho-tich"), "000.00.99.H62"))
         )),
         CatalogError::FailedPrecondition(_)
     ));
-    let (stored, _) = run(
-        &kv,
-        &node_of(A),
-        &put_cmd(grant(&format!("{A}/ho-tich"), B)),
-    )
-    .unwrap();
+    let (stored, _) = run(&kv, &admin(), &put_cmd(grant(&format!("{A}/ho-tich"), B))).unwrap();
     let Some(Value::Grant(g)) = stored.unwrap().value else {
         panic!("not a grant");
     };
@@ -584,10 +607,10 @@ fn history_replays_every_change_in_order_from_a_revision() {
 fn a_check_sees_changes_staged_earlier_in_the_same_batch() {
     let kv = Kv::new(MemKv::default());
     let mut batch = Staged::new(&kv);
-    let checked = check(&batch, &admin(), &put_cmd(agency(A))).unwrap();
+    let checked = check(&batch, &asker(&admin()), &put_cmd(agency(A))).unwrap();
     apply(&mut batch, checked).unwrap();
     // The agency is only staged, yet the node that needs it is accepted.
-    let checked = check(&batch, &admin(), &put_cmd(node(A, "n1"))).unwrap();
+    let checked = check(&batch, &asker(&admin()), &put_cmd(node(A, "n1"))).unwrap();
     apply(&mut batch, checked).unwrap();
     assert_eq!(revision(&kv).unwrap(), 0);
     batch.commit().unwrap();
@@ -714,7 +737,7 @@ fn a_failing_revision_read_is_an_error_not_revision_zero() {
     run(&kv, &admin(), &put_cmd(agency(A))).unwrap();
     engine.fail_reads(REVISION);
     assert!(revision(&kv).is_err());
-    let checked = check(&kv, &admin(), &put_cmd(agency(B))).unwrap();
+    let checked = check(&kv, &asker(&admin()), &put_cmd(agency(B))).unwrap();
     let mut batch = Staged::new(&kv);
     assert!(apply(&mut batch, checked).is_err());
 }
@@ -733,7 +756,7 @@ fn only_the_admin_removes_an_agency() {
 fn an_agency_with_services_or_grants_is_not_removed_until_they_are() {
     let kv = catalog();
     let ho_tich = format!("{A}/ho-tich");
-    run(&kv, &node_of(A), &put_cmd(grant(&ho_tich, B))).unwrap();
+    run(&kv, &admin(), &put_cmd(grant(&ho_tich, B))).unwrap();
     // A still provides a service; B still receives a grant.
     for agency in [A, B] {
         let err = refused(run(&kv, &admin(), &delete_cmd(RecordKind::Agency, agency)));
@@ -754,7 +777,7 @@ fn an_agency_with_services_or_grants_is_not_removed_until_they_are() {
     );
     // Removed in order, everything goes.
     let grant_key = format!("{ho_tich}|{B}");
-    run(&kv, &node_of(A), &delete_cmd(RecordKind::Grant, &grant_key)).unwrap();
+    run(&kv, &admin(), &delete_cmd(RecordKind::Grant, &grant_key)).unwrap();
     run(&kv, &admin(), &delete_cmd(RecordKind::Agency, B)).unwrap();
     run(&kv, &node_of(A), &delete_cmd(RecordKind::Service, &ho_tich)).unwrap();
     run(&kv, &admin(), &delete_cmd(RecordKind::Agency, A)).unwrap();
@@ -847,4 +870,600 @@ fn an_agency_cannot_fill_the_catalog_with_large_records() {
         n * 60_000 <= MAX_BYTES_PER_AGENCY + 60_000,
         "refused only at {n}"
     );
+}
+
+// The regulation's procedures (procedure.rs): roles, services, requests,
+// suspension, termination, maintenance.
+
+mod procedures {
+    use super::*;
+    use lgsp_proto::{
+        AccessRequest, Agreement, Calendar, DataItem, ItemClass, Maintenance, RequestStatus,
+        SecurityClass, SuspensionKind, TerminationKind,
+    };
+
+    const DAY: i64 = 86_400;
+
+    fn agency_admin(agency: &str) -> SpiffeId {
+        actor(agency, Role::Admin)
+    }
+
+    fn item(name: &str, class: ItemClass) -> DataItem {
+        DataItem {
+            name: name.into(),
+            class: class as i32,
+            ..Default::default()
+        }
+    }
+
+    /// A's dataset service `ho-tich` with open x, default y, special z.
+    fn with_items() -> Kv {
+        let kv = catalog();
+        let s = Service {
+            description: "Hộ tịch".into(),
+            items: vec![
+                item("x", ItemClass::Open),
+                item("y", ItemClass::Shared),
+                item("z", ItemClass::Special),
+            ],
+            ..service(&format!("{A}/ho-tich"))
+        };
+        run(&kv, &agency_admin(A), &put_cmd(Value::Service(s))).unwrap();
+        kv
+    }
+
+    fn request(name: &str, items: &[&str]) -> AccessRequest {
+        AccessRequest {
+            id: format!("{B}/{name}"),
+            service_id: format!("{A}/ho-tich"),
+            application_id: "mot-cua".into(),
+            application_name: "Một cửa điện tử".into(),
+            purpose: "Giải quyết thủ tục hành chính".into(),
+            frequency: "hàng ngày".into(),
+            items: items.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn stored<T>(out: (Option<CatalogRecord>, WatchEvent), pick: fn(Value) -> Option<T>) -> T {
+        pick(out.0.unwrap().value.unwrap()).unwrap()
+    }
+
+    fn as_request(v: Value) -> Option<AccessRequest> {
+        match v {
+            Value::Request(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    fn as_grant(v: Value) -> Option<Grant> {
+        match v {
+            Value::Grant(g) => Some(g),
+            _ => None,
+        }
+    }
+
+    fn as_service(v: Value) -> Option<Service> {
+        match v {
+            Value::Service(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn decide(id: &str, status: RequestStatus, reason: &str, items: &[&str]) -> Command {
+        put_cmd(Value::Request(AccessRequest {
+            id: id.into(),
+            status: status as i32,
+            decision_reason: reason.into(),
+            granted_items: items.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }))
+    }
+
+    fn denied(err: CatalogError, needs: &str) {
+        assert!(
+            matches!(&err, CatalogError::PermissionDenied(m) if m.contains(needs)),
+            "expected a refusal naming {needs:?}: {err:?}"
+        );
+    }
+
+    fn grant_of(kv: &Kv) -> Grant {
+        match get(kv, RecordKind::Grant, &format!("{A}/ho-tich|{B}"))
+            .unwrap()
+            .and_then(|r| r.value)
+        {
+            Some(Value::Grant(g)) => g,
+            other => panic!("no grant: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn each_role_trying_an_action_not_its_own_is_refused_naming_the_role_needed() {
+        let kv = with_items();
+        // Filing for B: B's admin, not B's node, not A's admin.
+        let r = put_cmd(Value::Request(request("r1", &["x"])));
+        denied(
+            refused(run(&kv, &node_of(B), &r)),
+            "an admin certificate of agency",
+        );
+        denied(
+            refused(run(&kv, &agency_admin(A), &r)),
+            "an admin of the consumer agency 000.00.13.H62",
+        );
+        run(&kv, &agency_admin(B), &r).unwrap();
+        // Deciding: A's admin, not B's admin.
+        let approve = decide(&format!("{B}/r1"), RequestStatus::Approved, "", &[]);
+        denied(
+            refused(run(&kv, &agency_admin(B), &approve)),
+            "an admin of the provider agency 000.00.12.H62",
+        );
+        // The calendar and the CRL: the provincial admin only.
+        let cal = put_cmd(Value::Calendar(Calendar::default()));
+        denied(
+            refused(run(&kv, &agency_admin(A), &cal)),
+            "the provincial admin",
+        );
+        run(&kv, &admin(), &cal).unwrap();
+        // Suspending: the provider's admin, not its node, not the consumer.
+        run(&kv, &agency_admin(A), &approve).unwrap();
+        let suspend = put_cmd(Value::Grant(Grant {
+            status: GrantStatus::Suspended as i32,
+            suspension: SuspensionKind::Breach as i32,
+            reason: "vi phạm".into(),
+            restore: "gửi báo cáo".into(),
+            ..as_grant(grant(&format!("{A}/ho-tich"), B)).unwrap()
+        }));
+        denied(
+            refused(run(&kv, &node_of(A), &suspend)),
+            "an admin certificate of agency",
+        );
+        denied(
+            refused(run(&kv, &agency_admin(B), &suspend)),
+            "an admin certificate of agency 000.00.12.H62",
+        );
+        run(&kv, &agency_admin(A), &suspend).unwrap();
+    }
+
+    #[test]
+    fn a_state_secret_service_or_item_never_enters_the_catalog() {
+        let kv = catalog();
+        let secret = Service {
+            security: SecurityClass::StateSecret as i32,
+            ..service(&format!("{A}/mat"))
+        };
+        let err = refused(run(&kv, &admin(), &put_cmd(Value::Service(secret))));
+        assert!(
+            matches!(&err, CatalogError::InvalidArgument(m) if m.contains("Art. 1.2")),
+            "{err:?}"
+        );
+        let secret_item = Service {
+            items: vec![DataItem {
+                security: SecurityClass::StateSecret as i32,
+                ..item("toa-do", ItemClass::Special)
+            }],
+            ..service(&format!("{A}/ban-do"))
+        };
+        let err = refused(run(&kv, &admin(), &put_cmd(Value::Service(secret_item))));
+        assert!(
+            matches!(&err, CatalogError::InvalidArgument(m) if m.contains("toa-do")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn a_change_to_a_service_bumps_its_version_and_is_recorded_in_its_history() {
+        let kv = with_items();
+        let before = stored(
+            run(
+                &kv,
+                &agency_admin(A),
+                &put_cmd(Value::Service(Service {
+                    description: "Hộ tịch".into(),
+                    items: vec![
+                        item("x", ItemClass::Open),
+                        item("y", ItemClass::Shared),
+                        item("z", ItemClass::Special),
+                    ],
+                    ..service(&format!("{A}/ho-tich"))
+                })),
+            )
+            .unwrap(),
+            as_service,
+        );
+        let v = before.version.clone();
+        let after = stored(
+            run(
+                &kv,
+                &agency_admin(A),
+                &put_cmd(Value::Service(Service {
+                    description: "Hộ tịch: khai sinh".into(),
+                    version: v.clone(),
+                    ..before.clone()
+                })),
+            )
+            .unwrap(),
+            as_service,
+        );
+        assert_ne!(after.version, v, "a change bumps the version");
+        let last = after.history.last().unwrap();
+        assert!(last.action.starts_with("changed to v"), "{last:?}");
+        assert!(last.actor.contains("/admin/"), "{last:?}");
+        assert_eq!(last.at_unix, NOW);
+    }
+
+    #[test]
+    fn a_filed_request_is_due_in_five_working_days_in_the_provinces_calendar() {
+        let kv = with_items();
+        // Monday 7 Dec 2026 09:00 +07; a holiday on Thursday 10 Dec.
+        run(
+            &kv,
+            &admin(),
+            &put_cmd(Value::Calendar(Calendar {
+                time_zone: "Asia/Ho_Chi_Minh".into(),
+                holidays: vec!["2026-12-10".into()],
+            })),
+        )
+        .unwrap();
+        let r = stored(
+            run(
+                &kv,
+                &agency_admin(B),
+                &put_cmd(Value::Request(request("r1", &["x", "y"]))),
+            )
+            .unwrap(),
+            as_request,
+        );
+        assert_eq!(r.status, RequestStatus::Filed as i32);
+        assert_eq!(r.filed_unix, NOW);
+        // 8, 9, (10 holiday), 11, (12-13 weekend), 14, 15: due at the end of Tuesday 15 Dec.
+        assert_eq!(r.due_unix, NOW - 9 * 3600 + 9 * DAY);
+        assert_eq!(
+            r.requester_name,
+            format!("Sở {B}"),
+            "the requester's name comes from the catalog"
+        );
+    }
+
+    #[test]
+    fn a_request_missing_a_field_the_decree_names_is_refused_naming_it() {
+        let kv = with_items();
+        let mut r = request("r1", &["x"]);
+        r.purpose.clear();
+        let err = refused(run(&kv, &agency_admin(B), &put_cmd(Value::Request(r))));
+        assert!(
+            matches!(&err, CatalogError::InvalidArgument(m) if m.contains("purpose")),
+            "{err:?}"
+        );
+        let err = refused(run(
+            &kv,
+            &agency_admin(B),
+            &put_cmd(Value::Request(request("r2", &["w"]))),
+        ));
+        assert!(
+            matches!(&err, CatalogError::InvalidArgument(m) if m.contains("no data item(s) w")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn a_refusal_needs_a_reason_and_a_decided_request_stays_decided() {
+        let kv = with_items();
+        run(
+            &kv,
+            &agency_admin(B),
+            &put_cmd(Value::Request(request("r1", &["x"]))),
+        )
+        .unwrap();
+        let id = format!("{B}/r1");
+        let err = refused(run(
+            &kv,
+            &agency_admin(A),
+            &decide(&id, RequestStatus::Refused, " ", &[]),
+        ));
+        assert!(
+            matches!(&err, CatalogError::InvalidArgument(m) if m.contains("reason")),
+            "{err:?}"
+        );
+        let r = stored(
+            run(
+                &kv,
+                &agency_admin(A),
+                &decide(&id, RequestStatus::Refused, "Mục đích chưa rõ ràng", &[]),
+            )
+            .unwrap(),
+            as_request,
+        );
+        assert_eq!(r.status, RequestStatus::Refused as i32);
+        assert_eq!(r.decision_reason, "Mục đích chưa rõ ràng");
+        assert_eq!(
+            r.purpose, "Giải quyết thủ tục hành chính",
+            "the filed fields are kept"
+        );
+        let err = refused(run(
+            &kv,
+            &agency_admin(A),
+            &decide(&id, RequestStatus::Approved, "", &[]),
+        ));
+        assert!(
+            matches!(&err, CatalogError::FailedPrecondition(m) if m.contains("already refused")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn an_approval_creates_the_grant_for_the_items_chosen_linked_to_its_request() {
+        let kv = with_items();
+        run(
+            &kv,
+            &agency_admin(B),
+            &put_cmd(Value::Request(request("r1", &["x", "y", "z"]))),
+        )
+        .unwrap();
+        let id = format!("{B}/r1");
+        // z is special: no agreement, no grant covering it.
+        let err = refused(run(
+            &kv,
+            &agency_admin(A),
+            &decide(&id, RequestStatus::Approved, "", &[]),
+        ));
+        assert!(
+            matches!(&err, CatalogError::FailedPrecondition(m) if m.contains("Art. 38")),
+            "{err:?}"
+        );
+        let err = refused(run(
+            &kv,
+            &agency_admin(A),
+            &decide(&id, RequestStatus::Approved, "", &["x", "w"]),
+        ));
+        assert!(
+            matches!(&err, CatalogError::InvalidArgument(m) if m.contains("w were not requested")),
+            "{err:?}"
+        );
+        let province = PROVINCE.clone();
+        let who = agency_admin(A);
+        let checked = check(
+            &kv,
+            &Asker {
+                actor: &who,
+                province: &province,
+                now_unix: NOW,
+            },
+            &decide(&id, RequestStatus::Approved, "", &["x", "y"]),
+        )
+        .unwrap();
+        let mut batch = Staged::new(&kv);
+        let (_, events) = apply(&mut batch, checked).unwrap();
+        batch.commit().unwrap();
+        assert_eq!(
+            events.len(),
+            2,
+            "the request and its grant, each a watch event"
+        );
+        let g = grant_of(&kv);
+        assert_eq!(g.items, ["x", "y"]);
+        assert_eq!(g.request_id, id);
+        assert_eq!(g.status, GrantStatus::Active as i32);
+        assert!(
+            g.history
+                .last()
+                .unwrap()
+                .action
+                .contains("approved request")
+        );
+    }
+
+    #[test]
+    fn special_items_are_granted_under_an_agreement_in_force() {
+        let kv = with_items();
+        run(
+            &kv,
+            &agency_admin(B),
+            &put_cmd(Value::Request(request("r1", &["z"]))),
+        )
+        .unwrap();
+        let mut approve = AccessRequest {
+            id: format!("{B}/r1"),
+            status: RequestStatus::Approved as i32,
+            agreement: Some(Agreement {
+                reference: "TT-01/2026".into(),
+                until_unix: NOW - 1,
+            }),
+            ..Default::default()
+        };
+        let err = refused(run(
+            &kv,
+            &agency_admin(A),
+            &put_cmd(Value::Request(approve.clone())),
+        ));
+        assert!(
+            matches!(&err, CatalogError::FailedPrecondition(m) if m.contains("expired")),
+            "{err:?}"
+        );
+        approve.agreement = Some(Agreement {
+            reference: "TT-01/2026".into(),
+            until_unix: NOW + 365 * DAY,
+        });
+        run(&kv, &agency_admin(A), &put_cmd(Value::Request(approve))).unwrap();
+        assert_eq!(grant_of(&kv).agreement.unwrap().reference, "TT-01/2026");
+    }
+
+    #[test]
+    fn a_grant_whose_end_has_passed_is_refused_at_creation() {
+        let kv = with_items();
+        let g = Grant {
+            expires_unix: NOW - DAY,
+            items: vec!["x".into()],
+            ..as_grant(grant(&format!("{A}/ho-tich"), B)).unwrap()
+        };
+        let err = refused(run(&kv, &admin(), &put_cmd(Value::Grant(g))));
+        assert!(
+            matches!(&err, CatalogError::InvalidArgument(m) if m.contains("already passed")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn suspension_needs_its_kind_reason_and_restore_and_termination_an_article_44_reason() {
+        let kv = with_items();
+        run(
+            &kv,
+            &admin(),
+            &put_cmd(Value::Grant(Grant {
+                items: vec!["x".into()],
+                ..as_grant(grant(&format!("{A}/ho-tich"), B)).unwrap()
+            })),
+        )
+        .unwrap();
+        let base = as_grant(grant(&format!("{A}/ho-tich"), B)).unwrap();
+        let suspend = |kind: SuspensionKind, reason: &str, restore: &str| {
+            put_cmd(Value::Grant(Grant {
+                status: GrantStatus::Suspended as i32,
+                suspension: kind as i32,
+                reason: reason.into(),
+                restore: restore.into(),
+                ..base.clone()
+            }))
+        };
+        for bad in [
+            suspend(SuspensionKind::Unspecified, "vi phạm", "báo cáo"),
+            suspend(SuspensionKind::Breach, "", "báo cáo"),
+            suspend(SuspensionKind::Breach, "vi phạm", ""),
+        ] {
+            assert!(matches!(
+                refused(run(&kv, &agency_admin(A), &bad)),
+                CatalogError::InvalidArgument(_)
+            ));
+        }
+        run(
+            &kv,
+            &agency_admin(A),
+            &suspend(
+                SuspensionKind::SecurityRisk,
+                "Lộ khoá bí mật",
+                "Cấp lại chứng thư",
+            ),
+        )
+        .unwrap();
+        let g = grant_of(&kv);
+        assert_eq!(
+            (g.status, g.restore.as_str()),
+            (GrantStatus::Suspended as i32, "Cấp lại chứng thư")
+        );
+        assert_eq!(
+            g.items,
+            ["x"],
+            "what was granted is kept through a suspension"
+        );
+        // Resume.
+        run(
+            &kv,
+            &agency_admin(A),
+            &put_cmd(Value::Grant(Grant {
+                status: GrantStatus::Active as i32,
+                ..base.clone()
+            })),
+        )
+        .unwrap();
+        assert_eq!(grant_of(&kv).status, GrantStatus::Active as i32);
+        // Terminate: an Art. 44 reason is required.
+        let terminate = |kind: TerminationKind| {
+            put_cmd(Value::Grant(Grant {
+                status: GrantStatus::Terminated as i32,
+                termination: kind as i32,
+                ..base.clone()
+            }))
+        };
+        assert!(
+            matches!(refused(run(&kv, &agency_admin(A), &terminate(TerminationKind::Unspecified))), CatalogError::InvalidArgument(m) if m.contains("Art. 44"))
+        );
+        run(
+            &kv,
+            &agency_admin(A),
+            &terminate(TerminationKind::NoLongerNeeded),
+        )
+        .unwrap();
+        let g = grant_of(&kv);
+        assert_eq!(g.termination, TerminationKind::NoLongerNeeded as i32);
+        let actions: Vec<&str> = g.history.iter().map(|c| c.action.as_str()).collect();
+        assert_eq!(
+            actions,
+            ["granted directly", "suspended", "resumed", "terminated"]
+        );
+        // A terminated grant is not suspended again.
+        let err = refused(run(
+            &kv,
+            &agency_admin(A),
+            &suspend(SuspensionKind::Breach, "x", "y"),
+        ));
+        assert!(
+            matches!(
+                err,
+                CatalogError::PermissionDenied(_) | CatalogError::FailedPrecondition(_)
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn maintenance_needs_seven_working_days_notice_unless_force_majeure() {
+        let kv = with_items();
+        let current = || match get(&kv, RecordKind::Service, &format!("{A}/ho-tich"))
+            .unwrap()
+            .unwrap()
+            .value
+        {
+            Some(Value::Service(s)) => s,
+            _ => unreachable!(),
+        };
+        let window = |start: i64, force: bool| Maintenance {
+            start_unix: start,
+            end_unix: start + 4 * 3600,
+            force_majeure: force,
+            reason: "Nâng cấp máy chủ".into(),
+            announced_unix: 0,
+        };
+        let with = |w: Maintenance| {
+            put_cmd(Value::Service(Service {
+                maintenance: vec![w],
+                ..current()
+            }))
+        };
+        // Three days ahead: refused, naming the earliest start allowed.
+        let err = refused(run(
+            &kv,
+            &agency_admin(A),
+            &with(window(NOW + 3 * DAY, false)),
+        ));
+        assert!(
+            matches!(&err, CatalogError::FailedPrecondition(m) if m.contains("needs 7")),
+            "{err:?}"
+        );
+        // Monday 7 Dec → Wednesday 16 Dec: 8, 9, 10, 11, 14, 15 = 6 full working days: refused.
+        assert!(
+            refused(run(
+                &kv,
+                &agency_admin(A),
+                &with(window(NOW + 9 * DAY, false))
+            ))
+            .to_string()
+            .contains("6 working day")
+        );
+        // Thursday 17 Dec: 7 working days of notice.
+        run(&kv, &agency_admin(A), &with(window(NOW + 10 * DAY, false))).unwrap();
+        let s = current();
+        assert_eq!(s.maintenance[0].announced_unix, NOW);
+        // Force majeure takes effect at once.
+        run(
+            &kv,
+            &agency_admin(A),
+            &put_cmd(Value::Service(Service {
+                maintenance: vec![s.maintenance[0].clone(), window(NOW + DAY, true)],
+                ..s
+            })),
+        )
+        .unwrap();
+        let s = current();
+        assert_eq!(s.maintenance[1].start_unix, NOW);
+        assert!(s.history.iter().any(|c| c.action.contains("force majeure")));
+    }
 }

@@ -36,6 +36,7 @@ fn rename(name: &str) -> Command {
                 code: AGENCY.into(),
                 name: name.into(),
                 focal_point: None,
+                ..Default::default()
             })),
             ..Default::default()
         })),
@@ -51,42 +52,54 @@ struct Cluster {
     servers: BTreeMap<u64, Driver>,
     /// Each server's store, to make its reads fail.
     engines: BTreeMap<u64, MemKv>,
+    /// How long a log each server keeps before compacting it.
+    snapshot_entries: u64,
 }
 
 impl Cluster {
     /// `snapshot_entries`: how long a log each server keeps before
     /// compacting it.
     fn new(size: u64, snapshot_entries: u64) -> Self {
-        let net = MemNetwork::default();
+        let mut cluster = Self {
+            net: MemNetwork::default(),
+            servers: BTreeMap::new(),
+            engines: BTreeMap::new(),
+            snapshot_entries,
+        };
         let voters: Vec<u64> = (1..=size).collect();
-        let engines: BTreeMap<u64, MemKv> =
-            voters.iter().map(|&id| (id, MemKv::default())).collect();
-        let servers = voters
-            .iter()
-            .map(|&id| {
-                let store =
-                    RaftStore::new(Kv::new(engines[&id].clone()), Arc::new(Catalog)).unwrap();
-                store.bootstrap(&voters).unwrap();
-                let config = LoopConfig {
-                    id,
-                    tick: Duration::from_millis(100),
-                    election_ticks: ELECTION_TICKS,
-                    heartbeat_ticks: 2,
-                    snapshot_entries,
-                    watch_history: 1000,
-                    // Nothing expires during a test: every outcome is decided by Raft.
-                    propose_timeout: Duration::from_secs(3600),
-                    ca: Vec::new(),
-                };
-                let driver = Driver::new(store, net.endpoint(id), config).unwrap();
-                (id, driver)
-            })
-            .collect();
-        Self {
-            net,
-            servers,
-            engines,
+        for &id in &voters {
+            cluster.start_server(id, Some(&voters));
         }
+        cluster
+    }
+
+    /// Starts server `id` on a new, empty store (replacing any server `id`
+    /// had, as a wiped disk would), founding with `voters` or, without
+    /// them, waiting to be sent a snapshot as a joining server does.
+    fn start_server(&mut self, id: u64, voters: Option<&[u64]>) {
+        let engine = MemKv::default();
+        let kv = Kv::new(engine.clone());
+        let incarnation = crate::incarnation::own(&kv).unwrap();
+        let store = RaftStore::new(kv, Arc::new(Catalog)).unwrap();
+        if let Some(voters) = voters {
+            store.bootstrap(voters).unwrap();
+        }
+        let config = LoopConfig {
+            id,
+            tick: Duration::from_millis(100),
+            election_ticks: ELECTION_TICKS,
+            heartbeat_ticks: 2,
+            snapshot_entries: self.snapshot_entries,
+            watch_history: 1000,
+            // Nothing expires during a test: every outcome is decided by Raft.
+            propose_timeout: Duration::from_secs(3600),
+            ca: Vec::new(),
+            incarnation,
+            province: AgencyCode::new("000.00.01.H62").unwrap(),
+        };
+        let driver = Driver::new(store, self.net.endpoint(id), config).unwrap();
+        self.servers.insert(id, driver);
+        self.engines.insert(id, engine);
     }
 
     fn server(&self, id: u64) -> &Driver {
@@ -123,19 +136,25 @@ impl Cluster {
                     }
                 }
             }
-            let mut inboxes: BTreeMap<u64, Vec<Message>> = BTreeMap::new();
+            // Batches as the gRPC transport sends them: from one server to
+            // another, under the sender's incarnation.
+            let mut inboxes: BTreeMap<(u64, u64), Vec<Message>> = BTreeMap::new();
             for m in delivery.delivered {
                 if m.get_msg_type() == MessageType::MsgSnapshot
                     && let Some(sender) = self.servers.get_mut(&m.from)
                 {
                     sender.report(Report::Snapshot { to: m.to, ok: true });
                 }
-                inboxes.entry(m.to).or_default().push(m);
+                inboxes.entry((m.to, m.from)).or_default().push(m);
             }
-            for (to, messages) in inboxes {
+            for ((to, from), messages) in inboxes {
+                let incarnation = self.servers.get(&from).map_or(0, |s| s.config.incarnation);
                 if let Some(driver) = self.servers.get_mut(&to) {
                     driver
-                        .handle(Request::Step(messages))
+                        .handle(Request::Step {
+                            incarnation,
+                            messages,
+                        })
                         .map_err(|e| (to, e))?;
                 }
             }
@@ -474,5 +493,238 @@ fn a_server_removed_from_the_cluster_is_no_longer_current() {
     assert_ne!(cluster.freshness(removed), Freshness::Current);
     for id in cluster.others(removed) {
         assert_eq!(cluster.freshness(id), Freshness::Current, "server {id}");
+    }
+}
+
+impl Cluster {
+    /// Hands a membership change to server `on` and ticks `ticks` times.
+    fn change_membership(
+        &mut self,
+        on: u64,
+        op: MembershipOp,
+        ticks: usize,
+    ) -> oneshot::Receiver<Result<Vec<Member>, RegistryError>> {
+        let (reply, answer) = oneshot::channel();
+        self.servers
+            .get_mut(&on)
+            .unwrap()
+            .handle(Request::Membership { op, reply })
+            .unwrap();
+        self.tick(ticks);
+        answer
+    }
+
+    fn conf(&self, id: u64) -> ConfState {
+        self.server(id).raw.raft.prs().conf().to_conf_state()
+    }
+}
+
+fn member(id: u64) -> Member {
+    Member {
+        id,
+        peer_address: format!("127.0.0.1:{}", 7200 + id),
+        client_address: String::new(),
+        voter: false,
+        incarnation: 0,
+    }
+}
+
+#[test]
+fn a_wiped_server_back_under_its_old_id_cannot_help_elect_a_leader_without_its_lost_write() {
+    let mut cluster = Cluster::new(3, 1000);
+    let leader = cluster.elect(&[1, 2, 3]);
+    cluster.write(leader, "before");
+    let others = cluster.others(leader);
+    let (wiped, behind) = (others[0], others[1]);
+    // W is acknowledged by the leader and `wiped` alone.
+    cluster.net.isolate(behind);
+    let w = cluster.write(leader, "W");
+    cluster.tick(1);
+    assert_eq!(cluster.agency_name(wiped).as_deref(), Some("W"));
+    assert_ne!(cluster.agency_name(behind).as_deref(), Some("W"));
+
+    // `wiped` loses its disk and comes back founding afresh, as a server
+    // started with an empty data directory did; the leader dies.
+    cluster.start_server(wiped, Some(&[1, 2, 3]));
+    cluster.net.heal();
+    cluster.net.isolate(leader);
+    for _ in 0..10 * ELECTION_TICKS {
+        cluster.tick(1);
+        if let Some(new) = cluster.leader_of(&[wiped, behind]) {
+            assert!(
+                cluster.revision(new) >= w.revision,
+                "server {new} leads without the acknowledged write W (revision {} < {})",
+                cluster.revision(new),
+                w.revision
+            );
+        }
+    }
+    // `behind` drops everything from the wiped server.
+    assert_eq!(cluster.leader_of(&[wiped, behind]), None);
+
+    // Once the leader is back, the cluster goes on without the wiped
+    // server (cut off here: a leader's heartbeat would stop it, as
+    // `check_not_wiped` does).
+    cluster.net.heal();
+    cluster.net.isolate(wiped);
+    let leader = cluster.elect(&[leader, behind]);
+    let after = cluster.write(leader, "after");
+    cluster.tick(ELECTION_TICKS);
+    assert_eq!(cluster.revision(behind), after.revision);
+    assert!(cluster.revision(wiped) < after.revision);
+}
+
+#[test]
+fn a_wiped_server_removed_and_added_again_is_heard_afresh_and_catches_up() {
+    let mut cluster = Cluster::new(3, 1000);
+    let leader = cluster.elect(&[1, 2, 3]);
+    cluster.write(leader, "before");
+    let wiped = cluster.others(leader)[0];
+    cluster.start_server(wiped, Some(&[1, 2, 3]));
+    cluster.net.isolate(wiped);
+    let rest = cluster.others(wiped);
+    let leader = cluster.elect(&rest);
+
+    let mut removed =
+        cluster.change_membership(leader, MembershipOp::Remove(wiped), 2 * ELECTION_TICKS);
+    assert!(removed.try_recv().expect("answered").is_ok());
+    // Added again, it starts empty and waits for a snapshot, as --join does.
+    cluster.start_server(wiped, None);
+    cluster.net.heal();
+    let mut added =
+        cluster.change_membership(leader, MembershipOp::Add(member(wiped)), 5 * ELECTION_TICKS);
+    assert!(added.try_recv().expect("answered").is_ok());
+    let last = cluster.write(leader, "after");
+    cluster.tick(2 * ELECTION_TICKS);
+    assert_eq!(cluster.revision(wiped), last.revision);
+    assert_eq!(cluster.agency_name(wiped).as_deref(), Some("after"));
+    assert!(cluster.conf(leader).voters.contains(&wiped));
+}
+
+#[test]
+fn removing_the_leader_through_a_follower_hands_leadership_over_and_writes_go_on() {
+    let mut cluster = Cluster::new(3, 1000);
+    let leader = cluster.elect(&[1, 2, 3]);
+    let follower = cluster.others(leader)[0];
+    let mut answer =
+        cluster.change_membership(follower, MembershipOp::Remove(leader), 3 * ELECTION_TICKS);
+    let members = answer
+        .try_recv()
+        .expect("the removal was answered")
+        .expect("the removal was applied");
+    assert!(members.iter().all(|m| m.id != leader));
+    let remaining = cluster.others(leader);
+    let new = cluster
+        .leader_of(&remaining)
+        .expect("the remaining servers have a leader of their own");
+    assert_ne!(new, leader);
+    let mut write = cluster.propose(follower, rename("after"));
+    cluster.tick(1);
+    let applied = write
+        .try_recv()
+        .expect("the write was answered")
+        .expect("the write was applied");
+    assert_eq!(cluster.revision(new), applied.revision);
+}
+
+#[test]
+fn removing_the_leader_through_itself_hands_leadership_over_and_writes_go_on() {
+    let mut cluster = Cluster::new(3, 1000);
+    let leader = cluster.elect(&[1, 2, 3]);
+    let mut answer =
+        cluster.change_membership(leader, MembershipOp::Remove(leader), 3 * ELECTION_TICKS);
+    let members = answer
+        .try_recv()
+        .expect("the removal was answered")
+        .expect("the removal was applied");
+    assert!(members.iter().all(|m| m.id != leader));
+    let remaining = cluster.others(leader);
+    let new = cluster.leader_of(&remaining).expect("a new leader");
+    let applied = cluster.write(new, "after");
+    cluster.tick(1);
+    for id in remaining {
+        assert_eq!(cluster.revision(id), applied.revision, "server {id}");
+    }
+}
+
+#[test]
+fn a_new_member_joins_as_a_learner_so_writes_go_on_while_it_is_down_and_a_founder_too() {
+    let mut cluster = Cluster::new(3, 1000);
+    let leader = cluster.elect(&[1, 2, 3]);
+    cluster.write(leader, "v0");
+    // The fourth server is added before it runs (as `add-member` is).
+    cluster.start_server(4, None);
+    cluster.net.isolate(4);
+    let mut added =
+        cluster.change_membership(leader, MembershipOp::Add(member(4)), 2 * ELECTION_TICKS);
+    let members = added
+        .try_recv()
+        .expect("the addition was answered")
+        .expect("the addition was applied");
+    assert!(members.iter().any(|m| m.id == 4 && !m.voter), "{members:?}");
+    assert!(cluster.conf(leader).learners.contains(&4));
+
+    // A founder goes down too: the three voters still have a quorum.
+    let down = cluster
+        .others(leader)
+        .into_iter()
+        .find(|id| *id != 4)
+        .unwrap();
+    cluster.net.isolate(down);
+    let mut write = cluster.propose(leader, rename("v1"));
+    cluster.tick(1);
+    assert!(
+        matches!(write.try_recv(), Ok(Ok(_))),
+        "a write with two of three voters up was not applied"
+    );
+
+    // Back up, the fourth catches up and is promoted to voter.
+    cluster.net.heal();
+    cluster.tick(3 * ELECTION_TICKS);
+    let last = cluster.write(leader, "v2");
+    cluster.tick(ELECTION_TICKS);
+    assert_eq!(cluster.revision(4), last.revision);
+    let conf = cluster.conf(leader);
+    assert!(conf.voters.contains(&4), "{conf:?}");
+    assert!(conf.learners.is_empty(), "{conf:?}");
+    let status = cluster.server(leader).status().unwrap();
+    assert!(status.members.iter().any(|m| m.id == 4 && m.voter));
+}
+
+#[test]
+fn leadership_moves_to_the_voter_named_whichever_server_is_asked() {
+    let mut cluster = Cluster::new(3, 1000);
+    let leader = cluster.elect(&[1, 2, 3]);
+    let others = cluster.others(leader);
+    let (asked, to) = (others[0], others[1]);
+    let (reply, mut answer) = oneshot::channel();
+    cluster
+        .servers
+        .get_mut(&asked)
+        .unwrap()
+        .handle(Request::TransferLeader {
+            to: Some(to),
+            reply,
+        })
+        .unwrap();
+    cluster.tick(ELECTION_TICKS);
+    assert_eq!(answer.try_recv().unwrap().unwrap(), Some(to));
+    assert_eq!(cluster.leader_of(&[1, 2, 3]), Some(to));
+
+    let (reply, mut answer) = oneshot::channel();
+    cluster
+        .servers
+        .get_mut(&to)
+        .unwrap()
+        .handle(Request::TransferLeader {
+            to: Some(99),
+            reply,
+        })
+        .unwrap();
+    match answer.try_recv().unwrap() {
+        Err(RegistryError::Catalog(CatalogError::FailedPrecondition(why))) => {
+            assert!(why.contains("not a member"), "{why}");
+        }
+        other => panic!("a transfer to a non-member was answered {other:?}"),
     }
 }

@@ -27,12 +27,20 @@ fn rename(db: &Kv, name: &str) {
                 code: AGENCY.into(),
                 name: name.into(),
                 focal_point: None,
+                ..Default::default()
             })),
             ..Default::default()
         })),
         ..Default::default()
     };
-    let checked = catalog::check(db, &admin(), &command).unwrap();
+    let province = AgencyCode::new("000.00.01.H62").unwrap();
+    let who = admin();
+    let asker = catalog::Asker {
+        actor: &who,
+        province: &province,
+        now_unix: 0,
+    };
+    let checked = catalog::check(db, &asker, &command).unwrap();
     let mut batch = crate::kv::Staged::new(db);
     catalog::apply(&mut batch, checked).unwrap();
     batch.commit().unwrap();

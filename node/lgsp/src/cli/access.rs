@@ -1,12 +1,19 @@
-//! `lgsp access`: grant, suspend and terminate other agencies' access to a
-//! service (by the provider agency or the provincial admin).
+//! `lgsp access`: who may call what. Grants are normally made by approving
+//! an access request (`lgsp requests`); these are the provincial admin's
+//! direct tools, and the provider agency's for suspending, resuming and
+//! terminating (D47 Art. 43-44). Every change is recorded in the grant's
+//! history with the certificate that made it.
 
 use super::RegistryArgs;
+use super::time::{Clock, province_calendar};
 use anyhow::{Result, anyhow};
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use lgsp_certs::AgencyCode;
 use lgsp_proto::catalog_record::Value;
-use lgsp_proto::{GrantStatus, ListRequest, RecordKind};
+use lgsp_proto::{
+    Agreement, Grant, GrantStatus, ListRequest, RecordKind, SuspensionKind, TerminationKind,
+};
+use lgsp_registry::calendar::WorkCalendar;
 use lgsp_registry::{Catalog, GrantKey, ServiceId, Validity};
 
 /// Which grant: the service and the consumer agency, and how to reach the registry.
@@ -35,66 +42,160 @@ impl GrantTarget {
     }
 }
 
+/// Why one consumer is suspended (D47 Art. 43).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(super) enum SuspendKind {
+    /// The consumer breached the terms of use.
+    Breach,
+    /// A security risk (a leaked key, an attack from its systems).
+    SecurityRisk,
+}
+
+/// Why a connection is terminated (D47 Art. 44).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(super) enum TerminateKind {
+    /// The purpose no longer matches.
+    PurposeMismatch,
+    /// The connection cannot be restored.
+    CannotRestore,
+    /// Ordered by a competent authority.
+    Ordered,
+    /// The consumer no longer needs it.
+    NoLongerNeeded,
+    /// The agreement expired.
+    AgreementExpired,
+}
+
 #[derive(Debug, Subcommand)]
 pub(super) enum AccessCommand {
-    /// Let a consumer agency call a service.
+    /// Grant a consumer agency access directly (provincial admin). Agencies
+    /// use `lgsp requests file` and `lgsp requests approve` instead.
+    ///
+    /// Example: lgsp access grant --service 000.00.12.H62/ho-tich --consumer 000.00.13.H62
+    /// --until 2027-12-31 --items so_dinh_danh,ho_ten --reason "Công văn số 123/UBND"
     Grant {
         #[command(flatten)]
         target: GrantTarget,
-        /// Last day of the grant, YYYY-MM-DD (none: until terminated).
+        /// Last day of the grant, YYYY-MM-DD, in the province's time zone
+        /// (none: until terminated). A date already past is refused.
         #[arg(long)]
         until: Option<String>,
+        /// The data items granted, comma-separated (none: every item).
+        #[arg(long, value_delimiter = ',')]
+        items: Vec<String>,
+        /// Reference of the agreement covering special-request items (D47 Art. 38).
+        #[arg(long)]
+        agreement: Option<String>,
+        /// Last day of that agreement, YYYY-MM-DD.
+        #[arg(long, requires = "agreement")]
+        agreement_until: Option<String>,
         /// Why (the request it answers, the agreement).
         #[arg(long, default_value = "")]
         reason: String,
     },
-    /// Suspend a grant (D47 Art. 43): the consumer is refused until it is granted again.
+    /// Suspend one consumer for a breach or a security risk (D47 Art. 43):
+    /// it is refused, and told the reason and how to restore, until resumed.
+    ///
+    /// Example: lgsp access suspend --service 000.00.12.H62/ho-tich --consumer 000.00.13.H62
+    /// --kind breach --reason "Truy vấn vượt mục đích" --restore "Gửi báo cáo giải trình"
     Suspend {
         #[command(flatten)]
         target: GrantTarget,
-        /// What, why and how to restore: the consumer is told this.
+        #[arg(long, value_enum)]
+        kind: SuspendKind,
+        /// What happened and why: the consumer is told this.
         #[arg(long)]
         reason: String,
+        /// How the consumer restores access: it is told this too.
+        #[arg(long)]
+        restore: String,
     },
-    /// Terminate a grant (D47 Art. 44). Nodes refuse the consumer within a second.
-    /// (`revoke` is the old name of this command.)
-    #[command(alias = "revoke")]
-    Terminate {
+    /// Resume a suspended grant.
+    ///
+    /// Example: lgsp access resume --service 000.00.12.H62/ho-tich --consumer 000.00.13.H62
+    Resume {
         #[command(flatten)]
         target: GrantTarget,
         #[arg(long, default_value = "")]
         reason: String,
     },
-    /// List the grants of a service.
+    /// Terminate a grant for one of the D47 Art. 44 reasons. Nodes refuse the
+    /// consumer within a second. (`revoke` is the old name of this command.)
+    ///
+    /// Example: lgsp access terminate --service 000.00.12.H62/ho-tich --consumer 000.00.13.H62
+    /// --kind no-longer-needed --reason "Hệ thống đã ngừng sử dụng"
+    #[command(alias = "revoke")]
+    Terminate {
+        #[command(flatten)]
+        target: GrantTarget,
+        #[arg(long, value_enum)]
+        kind: TerminateKind,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// List grants by service or by consumer, with their state, dates and items.
+    ///
+    /// Example: lgsp access list --consumer 000.00.13.H62
     List {
         #[command(flatten)]
         registry: RegistryArgs,
+        /// Only the grants of this service.
         #[arg(long)]
-        service: ServiceId,
+        service: Option<ServiceId>,
+        /// Only the grants held by this consumer agency.
+        #[arg(long)]
+        consumer: Option<AgencyCode>,
+        #[command(flatten)]
+        clock: Clock,
+    },
+    /// Show one grant with its history.
+    Show {
+        #[command(flatten)]
+        target: GrantTarget,
     },
 }
 
-/// The end of `date` (YYYY-MM-DD, UTC) in seconds since 1970.
-fn until_unix(date: &str) -> Result<i64> {
-    let bad = || anyhow!("--until {date:?} is not a date (YYYY-MM-DD)");
-    let parts: Vec<&str> = date.split('-').collect();
-    let [year, month, day] = parts.as_slice() else {
-        return Err(bad());
-    };
-    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-    if year.len() != 4 || month.len() != 2 || day.len() != 2 || !parts.iter().all(|p| digits(p)) {
-        return Err(bad());
+/// The state a grant is in at `now`: an expired grant shows as expired.
+pub(super) fn grant_state(g: &Grant, now: i64) -> &'static str {
+    match GrantStatus::try_from(g.status).unwrap_or_default() {
+        GrantStatus::Active if g.expires_unix != 0 && g.expires_unix <= now => "expired",
+        GrantStatus::Active => "active",
+        GrantStatus::Suspended => "suspended",
+        GrantStatus::Terminated => "terminated",
+        GrantStatus::Unspecified => "unknown",
     }
-    let number = |s: &str| s.parse::<u8>().map_err(|_| bad());
-    let year: i32 = year.parse().map_err(|_| bad())?;
-    let month = time::Month::try_from(number(month)?).map_err(|_| bad())?;
-    let day = time::Date::from_calendar_date(year, month, number(day)?).map_err(|_| bad())?;
-    Ok(day
-        .next_day()
-        .ok_or_else(bad)?
-        .midnight()
-        .assume_utc()
-        .unix_timestamp())
+}
+
+fn date(cal: &WorkCalendar, flag: &str, value: &str) -> Result<i64> {
+    cal.end_of_day(value)
+        .ok_or_else(|| anyhow!("{flag} {value:?} is not a date (YYYY-MM-DD)"))
+}
+
+pub(super) fn print_grant(g: &Grant, cal: &WorkCalendar, now: i64) {
+    let until = if g.expires_unix == 0 {
+        "-".to_owned()
+    } else {
+        cal.show(g.expires_unix)
+    };
+    let items = if g.items.is_empty() {
+        "all items".to_owned()
+    } else {
+        g.items.join(",")
+    };
+    println!(
+        "{:<40} {:<16} {:<10} until {:<22} {}  {}{}",
+        g.service_id,
+        g.consumer_agency,
+        grant_state(g, now),
+        until,
+        items,
+        g.reason,
+        if g.restore.is_empty() {
+            String::new()
+        } else {
+            format!(" (to restore: {})", g.restore)
+        }
+    );
 }
 
 pub(super) fn run(cmd: AccessCommand) -> Result<()> {
@@ -104,72 +205,142 @@ pub(super) fn run(cmd: AccessCommand) -> Result<()> {
             AccessCommand::Grant {
                 target,
                 until,
+                items,
+                agreement,
+                agreement_until,
                 reason,
             } => {
+                let catalog = target.catalog()?;
+                let cal = province_calendar(catalog.client()).await?;
                 let validity = match until.as_deref() {
-                    Some(date) => Validity::Until(until_unix(date)?),
+                    Some(d) => {
+                        let end = date(&cal, "--until", d)?;
+                        if end <= super::time::unix_now() {
+                            return Err(anyhow!(
+                                "--until {d} has already passed; a grant must end in the future"
+                            ));
+                        }
+                        Validity::Until(end)
+                    }
                     None => Validity::Open,
                 };
-                let rev = target
-                    .catalog()?
-                    .grant(&target.key(), validity, &reason)
+                let agreement = match agreement {
+                    Some(reference) => Some(Agreement {
+                        reference,
+                        until_unix: match agreement_until.as_deref() {
+                            Some(d) => date(&cal, "--agreement-until", d)?,
+                            None => 0,
+                        },
+                    }),
+                    None => None,
+                };
+                let rev = catalog
+                    .grant_items(&target.key(), validity, &reason, items, agreement)
                     .await?;
                 println!(
                     "Agency {} may call {} (revision {rev})",
                     target.consumer, target.service
                 );
             }
-            AccessCommand::Suspend { target, reason } => {
-                let rev = target.catalog()?.suspend(&target.key(), &reason).await?;
+            AccessCommand::Suspend {
+                target,
+                kind,
+                reason,
+                restore,
+            } => {
+                let kind = match kind {
+                    SuspendKind::Breach => SuspensionKind::Breach,
+                    SuspendKind::SecurityRisk => SuspensionKind::SecurityRisk,
+                };
+                let rev = target
+                    .catalog()?
+                    .suspend(&target.key(), kind, &reason, &restore)
+                    .await?;
                 println!(
-                    "Suspended agency {}'s access to {} (revision {rev})",
+                    "Suspended agency {}'s access to {} (revision {rev}); it is told: {reason}; to restore: {restore}",
                     target.consumer, target.service
                 );
             }
-            AccessCommand::Terminate { target, reason } => {
-                let rev = target.catalog()?.terminate(&target.key(), &reason).await?;
+            AccessCommand::Resume { target, reason } => {
+                let rev = target.catalog()?.resume(&target.key(), &reason).await?;
+                println!(
+                    "Resumed agency {}'s access to {} (revision {rev})",
+                    target.consumer, target.service
+                );
+            }
+            AccessCommand::Terminate {
+                target,
+                kind,
+                reason,
+            } => {
+                let kind = match kind {
+                    TerminateKind::PurposeMismatch => TerminationKind::PurposeMismatch,
+                    TerminateKind::CannotRestore => TerminationKind::CannotRestore,
+                    TerminateKind::Ordered => TerminationKind::Ordered,
+                    TerminateKind::NoLongerNeeded => TerminationKind::NoLongerNeeded,
+                    TerminateKind::AgreementExpired => TerminationKind::AgreementExpired,
+                };
+                let rev = target
+                    .catalog()?
+                    .terminate(&target.key(), kind, &reason)
+                    .await?;
                 println!(
                     "Terminated agency {}'s access to {} (revision {rev})",
                     target.consumer, target.service
                 );
             }
-            AccessCommand::List { registry, service } => {
-                let (records, revision) = registry
-                    .client()?
+            AccessCommand::List {
+                registry,
+                service,
+                consumer,
+                clock,
+            } => {
+                let client = registry.client()?;
+                let cal = province_calendar(&client).await?;
+                let now = clock.now(&cal)?;
+                let (records, revision) = client
                     .list_all(ListRequest {
                         kind: RecordKind::Grant as i32,
-                        prefix: GrantKey::prefix_of(&service),
+                        prefix: service
+                            .as_ref()
+                            .map(GrantKey::prefix_of)
+                            .unwrap_or_default(),
                         ..Default::default()
                     })
                     .await?;
+                let mut n = 0;
                 for r in records {
                     if let Some(Value::Grant(g)) = r.value {
-                        let status = GrantStatus::try_from(g.status)
-                            .unwrap_or_default()
-                            .as_str_name()
-                            .trim_start_matches("GRANT_STATUS_")
-                            .to_lowercase();
-                        println!("{:<20} {:<10} {}", g.consumer_agency, status, g.reason);
+                        if consumer
+                            .as_ref()
+                            .is_some_and(|c| c.as_str() != g.consumer_agency)
+                        {
+                            continue;
+                        }
+                        print_grant(&g, &cal, now);
+                        n += 1;
                     }
                 }
-                println!("(catalog revision {revision})");
+                println!("({n} grant(s), catalog revision {revision})");
+            }
+            AccessCommand::Show { target } => {
+                let client = target.registry.client()?;
+                let cal = province_calendar(&client).await?;
+                let key = target.key().to_string();
+                let r = client.get(RecordKind::Grant, &key, false).await?;
+                let Some(Value::Grant(g)) = r.record.and_then(|r| r.value) else {
+                    return Err(anyhow!("{key} is not a grant"));
+                };
+                print_grant(&g, &cal, super::time::unix_now());
+                if !g.request_id.is_empty() {
+                    println!("  answers request {}", g.request_id);
+                }
+                if let Some(a) = &g.agreement {
+                    println!("  agreement {} until {}", a.reference, super::time::or_dash(&cal, a.until_unix));
+                }
+                super::time::print_history(&g.history, &cal);
             }
         }
         Ok(())
     })
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn until_is_the_end_of_that_day_utc() {
-        assert_eq!(super::until_unix("1970-01-01").unwrap(), 86_400);
-        assert_eq!(super::until_unix("2026-11-27").unwrap(), 1_795_824_000);
-        assert!(super::until_unix("2026-13-01").is_err());
-        // A day the month does not have is refused, not rolled over.
-        for bad in ["2026-02-31", "2026-04-31", "2026-1-01"] {
-            let err = super::until_unix(bad).unwrap_err().to_string();
-            assert!(err.contains(bad), "{err}");
-        }
-    }
 }

@@ -43,6 +43,10 @@ pub(super) enum BenchCommand {
         /// Seconds per run.
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
         duration: u64,
+        /// Also run a second lgsp instance and measure the path through both
+        /// hubs (node C → hub → hub → node A), next to node B → node A.
+        #[arg(long)]
+        hub: bool,
     },
     /// Import a large dataset into node A and stream it whole to agency B's
     /// application through both nodes; report the throughput and whether
@@ -129,10 +133,12 @@ pub(super) fn run(cmd: BenchCommand) -> Result<()> {
             payload,
             concurrency,
             duration,
+            hub,
         } => rt.block_on(crate::bench::exchange(
             payload,
             &concurrency,
             Duration::from_secs(duration),
+            hub,
         )),
         BenchCommand::Stream { size, record } => rt.block_on(crate::bench::stream(size, record)),
     }

@@ -1,11 +1,16 @@
 //! `lgsp agency` and `lgsp service`: the catalog from the command line.
 
 use super::RegistryArgs;
+use super::time::province_calendar;
 use anyhow::{Context, Result};
 use clap::{Subcommand, ValueEnum};
 use lgsp_certs::AgencyCode;
 use lgsp_proto::catalog_record::Value;
-use lgsp_proto::{FocalPoint, ListRequest, RecordKind, Service, ServiceKind, ServiceStatus};
+use lgsp_proto::{
+    DataItem, DataValidity, FocalPoint, ItemClass, ListRequest, Maintenance, RecordKind,
+    SecurityClass, Service, ServiceKind, ServiceStatus, SharingMethod, ValidityKind,
+};
+use lgsp_registry::calendar::WorkCalendar;
 use lgsp_registry::{Catalog, Publication, ServiceId};
 use std::path::PathBuf;
 
@@ -30,6 +35,11 @@ pub(super) enum AgencyCommand {
         focal_phone: Option<String>,
         #[arg(long)]
         focal_email: Option<String>,
+        /// For an agency of another lgsp instance (the national platform,
+        /// another province) that calls this province's services through
+        /// the hubs: that instance's trust domain. Grants to it then name it.
+        #[arg(long)]
+        trust_domain: Option<String>,
     },
     /// List registered agencies.
     List {
@@ -43,6 +53,76 @@ pub(super) enum KindArg {
     Dataset,
     Http,
     Grpc,
+}
+
+/// How a service shares its data (D47 Art. 23).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(super) enum SharingArg {
+    /// Online connection between systems (preferred).
+    Online,
+    /// Synchronisation between databases.
+    DatabaseSync,
+    /// Data packaged on media.
+    DataPackage,
+}
+
+/// Security classification.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(super) enum SecurityArg {
+    Public,
+    Restricted,
+    /// Refused: state-secret data never enters the platform (Art. 1.2).
+    StateSecret,
+}
+
+/// Parses `NAME:open|shared|special[:description]`.
+fn parse_item(s: &str) -> Result<DataItem> {
+    let mut parts = s.splitn(3, ':');
+    let name = parts.next().unwrap_or_default().trim();
+    let class = match parts.next().map(str::trim) {
+        Some("open") => ItemClass::Open,
+        Some("shared") | None => ItemClass::Shared,
+        Some("special") => ItemClass::Special,
+        Some(other) => {
+            anyhow::bail!("--item {s:?}: class {other:?} is not open, shared or special")
+        }
+    };
+    Ok(DataItem {
+        name: lgsp_registry::text::nfc(name),
+        description: lgsp_registry::text::nfc(parts.next().unwrap_or_default()),
+        class: class as i32,
+        security: SecurityClass::Unspecified as i32,
+    })
+}
+
+/// Parses `on-use`, `period:<days>` or `window:<from>..<to>`.
+fn parse_validity(s: &str, cal: &WorkCalendar) -> Result<DataValidity> {
+    let bad =
+        || anyhow::anyhow!("--validity {s:?} is not on-use, period:<days> or window:<from>..<to>");
+    if s == "on-use" {
+        return Ok(DataValidity {
+            kind: ValidityKind::OnUse as i32,
+            ..Default::default()
+        });
+    }
+    if let Some(days) = s.strip_prefix("period:") {
+        let days: i64 = days.parse().map_err(|_| bad())?;
+        return Ok(DataValidity {
+            kind: ValidityKind::Period as i32,
+            period_seconds: days * 86_400,
+            ..Default::default()
+        });
+    }
+    let (from, to) = s
+        .strip_prefix("window:")
+        .and_then(|w| w.split_once(".."))
+        .ok_or_else(bad)?;
+    Ok(DataValidity {
+        kind: ValidityKind::Window as i32,
+        from_unix: cal.parse_local(from).ok_or_else(bad)?,
+        until_unix: cal.end_of_day(to).ok_or_else(bad)?,
+        ..Default::default()
+    })
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -85,6 +165,50 @@ pub(super) enum ServiceCommand {
         /// A JSON Schema file of the exchanged records.
         #[arg(long, value_name = "FILE")]
         schema: Option<PathBuf>,
+        /// How it shares its data (D47 Art. 23).
+        #[arg(long, value_enum, default_value = "online")]
+        sharing: SharingArg,
+        /// A data item and its class (D47 Art. 11.4), repeated:
+        /// NAME:open|shared|special[:description]. Consumers are granted items.
+        #[arg(long = "item", value_name = "NAME:CLASS[:DESCRIPTION]")]
+        items: Vec<String>,
+        /// Link to the service's documentation.
+        #[arg(long, default_value = "")]
+        doc_url: String,
+        /// How long shared data stays valid (D47 Art. 41): on-use,
+        /// period:<days> (from the last sync) or window:<from>..<to> (dates).
+        #[arg(long, value_name = "VALIDITY")]
+        validity: Option<String>,
+        /// How often the data is updated, e.g. "hàng ngày".
+        #[arg(long, default_value = "")]
+        update_cycle: String,
+        /// Security classification; state-secret data is refused (Art. 1.2).
+        #[arg(long, value_enum, default_value = "public")]
+        security: SecurityArg,
+    },
+    /// Announce a maintenance window (D47 Art. 43): every consumer is refused
+    /// from START to END, told the reason and the restore time. Needs 7
+    /// working days' notice, or --force-majeure (takes effect at once).
+    ///
+    /// Example: lgsp service maintenance --id 000.00.12.H62/ho-tich --start "2026-12-21 08:00"
+    /// --end "2026-12-21 12:00" --reason "Nâng cấp cơ sở dữ liệu"
+    Maintenance {
+        #[command(flatten)]
+        registry: RegistryArgs,
+        #[arg(long)]
+        id: ServiceId,
+        /// When it starts, the province's time: "YYYY-MM-DD HH:MM".
+        #[arg(long, required_unless_present = "force_majeure")]
+        start: Option<String>,
+        /// The expected restore time: "YYYY-MM-DD HH:MM".
+        #[arg(long)]
+        end: String,
+        /// What and why: consumers are told this.
+        #[arg(long)]
+        reason: String,
+        /// Force majeure: starts now, without notice.
+        #[arg(long)]
+        force_majeure: bool,
     },
     /// Show one service, as the catalog holds it.
     Show {
@@ -123,6 +247,7 @@ pub(super) fn run_agency(cmd: AgencyCommand) -> Result<()> {
                 focal_name,
                 focal_phone,
                 focal_email,
+                trust_domain,
             } => {
                 let focal_point = (focal_name.is_some()
                     || focal_phone.is_some()
@@ -133,9 +258,28 @@ pub(super) fn run_agency(cmd: AgencyCommand) -> Result<()> {
                     email: focal_email.unwrap_or_default(),
                     role: String::new(),
                 });
-                let revision = Catalog::new(registry.client()?)
-                    .register_agency(&code, &name, focal_point)
-                    .await?;
+                let revision = match trust_domain {
+                    None => {
+                        Catalog::new(registry.client()?)
+                            .register_agency(&code, &name, focal_point)
+                            .await?
+                    }
+                    Some(trust_domain) => {
+                        registry
+                            .client()?
+                            .put(
+                                Value::Agency(lgsp_proto::Agency {
+                                    code: code.to_string(),
+                                    name: name.clone(),
+                                    focal_point,
+                                    trust_domain,
+                                }),
+                                0,
+                            )
+                            .await?
+                            .revision
+                    }
+                };
                 println!("Registered agency {code} \"{name}\" at revision {revision}");
             }
             AgencyCommand::List { registry } => {
@@ -174,7 +318,23 @@ pub(super) fn run_service(cmd: ServiceCommand) -> Result<()> {
                 description,
                 service_version,
                 schema,
+                sharing,
+                items,
+                doc_url,
+                validity,
+                update_cycle,
+                security,
             } => {
+                let client = registry.client()?;
+                let cal = province_calendar(&client).await?;
+                let items = items
+                    .iter()
+                    .map(|i| parse_item(i))
+                    .collect::<Result<Vec<_>>>()?;
+                let validity = validity
+                    .as_deref()
+                    .map(|v| parse_validity(v, &cal))
+                    .transpose()?;
                 let schema_json = match schema {
                     Some(path) => std::fs::read_to_string(&path)
                         .with_context(|| format!("cannot read {}", path.display()))?,
@@ -188,12 +348,78 @@ pub(super) fn run_service(cmd: ServiceCommand) -> Result<()> {
                 let publication = Publication {
                     schema_json,
                     version: service_version,
-                    ..Publication::new(id.clone(), kind, &node, &description)
+                    sharing_method: match sharing {
+                        SharingArg::Online => SharingMethod::Online,
+                        SharingArg::DatabaseSync => SharingMethod::DatabaseSync,
+                        SharingArg::DataPackage => SharingMethod::DataPackage,
+                    },
+                    items,
+                    documentation_url: doc_url,
+                    validity,
+                    update_cycle,
+                    security: match security {
+                        SecurityArg::Public => SecurityClass::Public,
+                        SecurityArg::Restricted => SecurityClass::Restricted,
+                        SecurityArg::StateSecret => SecurityClass::StateSecret,
+                    },
+                    ..Publication::new(
+                        id.clone(),
+                        kind,
+                        &node,
+                        &lgsp_registry::text::nfc(&description),
+                    )
                 };
-                let revision = Catalog::new(registry.client()?)
-                    .publish(publication)
-                    .await?;
+                let revision = Catalog::new(client).publish(publication).await?;
                 println!("Published service {id} at revision {revision}");
+            }
+            ServiceCommand::Maintenance {
+                registry,
+                id,
+                start,
+                end,
+                reason,
+                force_majeure,
+            } => {
+                let client = registry.client()?;
+                let cal = province_calendar(&client).await?;
+                let at = |flag: &str, s: &str| {
+                    cal.parse_local(s).ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "{flag} {s:?} is not \"YYYY-MM-DD HH:MM\" (the province's time)"
+                        )
+                    })
+                };
+                let start_unix = match start.as_deref() {
+                    Some(s) => at("--start", s)?,
+                    None => super::time::unix_now(),
+                };
+                let end_unix = at("--end", &end)?;
+                let current = client
+                    .get(RecordKind::Service, &id.to_string(), false)
+                    .await?;
+                let record = current.record.unwrap_or_default();
+                let rev = record.meta.map_or(0, |m| m.mod_revision);
+                let Some(Value::Service(mut s)) = record.value else {
+                    anyhow::bail!("{id} is not a service");
+                };
+                s.maintenance.push(Maintenance {
+                    start_unix,
+                    end_unix,
+                    force_majeure,
+                    reason: lgsp_registry::text::nfc(&reason),
+                    announced_unix: 0,
+                });
+                let r = client.put(Value::Service(s), rev).await?;
+                println!(
+                    "Announced maintenance of {id} from {} to {} (revision {})",
+                    if force_majeure {
+                        "now".to_owned()
+                    } else {
+                        cal.show(start_unix)
+                    },
+                    cal.show(end_unix),
+                    r.revision
+                );
             }
             ServiceCommand::Show { registry, id } => {
                 let r = registry
@@ -203,14 +429,17 @@ pub(super) fn run_service(cmd: ServiceCommand) -> Result<()> {
                 let record = r.record.unwrap_or_default();
                 let meta = record.meta.unwrap_or_default();
                 if let Some(Value::Service(s)) = record.value {
+                    let cal = province_calendar(&registry.client()?).await?;
                     print_service(&s);
                     println!(
                         "  created at revision {}, changed at revision {}",
                         meta.create_revision, meta.mod_revision
                     );
+                    print_details(&s, &cal);
                     if !s.schema_json.is_empty() {
                         println!("  schema: {}", s.schema_json);
                     }
+                    super::time::print_history(&s.history, &cal);
                 }
             }
             ServiceCommand::List {
@@ -252,6 +481,86 @@ pub(super) fn run_service(cmd: ServiceCommand) -> Result<()> {
         }
         Ok(())
     })
+}
+
+fn word(name: &str, prefix: &str) -> String {
+    name.trim_start_matches(prefix)
+        .to_lowercase()
+        .replace('_', "-")
+}
+
+/// What D47 Art. 23-26 and 41 ask a service to carry.
+fn print_details(s: &Service, cal: &WorkCalendar) {
+    println!(
+        "  sharing: {}   security: {}   update cycle: {}",
+        word(
+            SharingMethod::try_from(s.sharing_method)
+                .unwrap_or_default()
+                .as_str_name(),
+            "SHARING_METHOD_"
+        ),
+        word(
+            SecurityClass::try_from(s.security)
+                .unwrap_or_default()
+                .as_str_name(),
+            "SECURITY_CLASS_"
+        ),
+        if s.update_cycle.is_empty() {
+            "-"
+        } else {
+            &s.update_cycle
+        }
+    );
+    if !s.documentation_url.is_empty() {
+        println!("  documentation: {}", s.documentation_url);
+    }
+    if let Some(v) = &s.validity {
+        println!(
+            "  validity: {} {}",
+            word(
+                ValidityKind::try_from(v.kind)
+                    .unwrap_or_default()
+                    .as_str_name(),
+                "VALIDITY_KIND_"
+            ),
+            match ValidityKind::try_from(v.kind).unwrap_or_default() {
+                ValidityKind::Period =>
+                    format!("{} day(s) from the last sync", v.period_seconds / 86_400),
+                ValidityKind::Window =>
+                    format!("{} to {}", cal.show(v.from_unix), cal.show(v.until_unix)),
+                _ => String::new(),
+            }
+        );
+    }
+    if !s.items.is_empty() {
+        println!("  data items:");
+        for i in &s.items {
+            println!(
+                "    {:<24} {:<8} {}",
+                i.name,
+                word(
+                    ItemClass::try_from(i.class)
+                        .unwrap_or_default()
+                        .as_str_name(),
+                    "ITEM_CLASS_"
+                ),
+                i.description
+            );
+        }
+    }
+    for w in &s.maintenance {
+        println!(
+            "  maintenance {} to {}{}: {}",
+            cal.show(w.start_unix),
+            cal.show(w.end_unix),
+            if w.force_majeure {
+                " (force majeure)"
+            } else {
+                ""
+            },
+            w.reason
+        );
+    }
 }
 
 fn print_service(s: &Service) {

@@ -13,8 +13,11 @@ mod call;
 mod catalog;
 mod dataset;
 mod demo;
+mod hub;
 mod node;
 mod registry;
+mod requests;
+mod time;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -51,9 +54,25 @@ enum Command {
     /// Data-sharing services in the catalog: publish, show, list, withdraw.
     #[command(subcommand)]
     Service(catalog::ServiceCommand),
-    /// Access grants (who may call what): grant, suspend, revoke, list.
+    /// Access grants (who may call what): list, show; suspend, resume and
+    /// terminate (provider agency); grant directly (provincial admin).
     #[command(subcommand)]
     Access(access::AccessCommand),
+    /// Access requests (D47 Art. 35): file one, approve or refuse it within
+    /// 5 working days, list mine, incoming and overdue.
+    #[command(subcommand)]
+    Requests(requests::RequestsCommand),
+    /// What waits for your agency: requests to decide, decisions received,
+    /// maintenance announced, suspensions.
+    Inbox(requests::InboxArgs),
+    /// The province's calendar: time zone and holidays, for working-day
+    /// deadlines (provincial admin).
+    #[command(subcommand)]
+    Calendar(requests::CalendarCommand),
+    /// The provincial hub: federation with other lgsp instances (run it;
+    /// peers, exports, imports).
+    #[command(subcommand)]
+    Hub(hub::HubCommand),
     /// Call another agency's service through this agency's node.
     Call(call::CallArgs),
     /// Run a whole province on this machine: CA, three registry servers,
@@ -135,7 +154,11 @@ pub(crate) fn main() -> ExitCode {
         Command::Service(cmd) => catalog::run_service(cmd),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Access(cmd) => access::run(cmd),
+        Command::Requests(cmd) => requests::run(cmd),
+        Command::Inbox(args) => requests::inbox(args),
+        Command::Calendar(cmd) => requests::calendar(cmd),
         Command::Call(args) => call::run(args),
+        Command::Hub(cmd) => hub::run(cmd),
         Command::Audit(cmd) => audit::run(cmd),
         Command::Node(cmd) => node::run(cmd),
         Command::Demo(args) => demo::run(args),

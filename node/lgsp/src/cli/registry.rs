@@ -3,7 +3,7 @@
 use super::{RegistryArgs, UsageError};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use lgsp_proto::AddMemberRequest;
+use lgsp_proto::{AddMemberRequest, StatusResponse};
 use lgsp_registry::config::parse_peers;
 use lgsp_registry::{RegistryConfig, RegistryError, RegistryServer};
 use std::net::SocketAddr;
@@ -17,14 +17,32 @@ pub(super) enum RegistryCommand {
     /// (each server's id=peer-address) and an empty --data-dir. A restart:
     /// the same command; the data directory has the state. A new member:
     /// `lgsp registry add-member` first, then start it with --join.
+    ///
+    /// An empty data directory founds (or joins) only if no peer knows this
+    /// server's id from a data directory it no longer has; a restart whose
+    /// --peers disagree with the membership its data directory holds is
+    /// refused. Both exit with code 2 and say what to do.
     Start(StartArgs),
-    /// Show each server's view: leader, term, members, applied index, revision.
+    /// Show each server's view: version, role, leader, term, applied index
+    /// and lag, members (voters and learners).
     Status {
         #[command(flatten)]
         registry: RegistryArgs,
     },
-    /// Add a server to the cluster (joint consensus, left explicitly). Then
-    /// start the new server with --join and an empty data directory.
+    /// Hand leadership to another voter (e.g. before maintenance on the
+    /// leader's host); waits until the servers agree on it.
+    TransferLeader {
+        #[command(flatten)]
+        registry: RegistryArgs,
+        /// The voter to lead; without it the leader picks the most
+        /// caught-up other voter.
+        #[arg(long)]
+        to: Option<u64>,
+    },
+    /// Add a server to the cluster as a learner (joint consensus, left
+    /// explicitly). Then start the new server with --join and an empty
+    /// data directory; the leader promotes it to voter once it has caught
+    /// up, so the quorum never depends on a server still catching up.
     AddMember {
         #[command(flatten)]
         registry: RegistryArgs,
@@ -131,8 +149,14 @@ pub(super) fn run(cmd: RegistryCommand) -> Result<()> {
                     client_address: client_addr,
                 })
                 .await?;
-            println!("Server {id} ({peer_addr}) is a member. Start it now with --join and an empty data directory.");
+            println!("Server {id} ({peer_addr}) is a learner. Start it now with --join and an empty data directory; it becomes a voter once it has caught up.");
             print_members(&r.members);
+            Ok(())
+        }),
+        RegistryCommand::TransferLeader { registry, to } => rt.block_on(async {
+            let client = registry.client()?;
+            let r = client.transfer_leader(to.unwrap_or(0)).await?;
+            println!("Server {} leads now.", r.leader_id);
             Ok(())
         }),
         RegistryCommand::RemoveMember { registry, id } => rt.block_on(async {
@@ -160,10 +184,12 @@ async fn serve(config: RegistryConfig) -> Result<()> {
         data_dir.display()
     );
     tokio::select! {
-        result = server.wait() => {
-            result?;
-            Ok(())
-        }
+        result = server.wait() => match result {
+            // Found while running (a leader says this server's data
+            // directory lost entries): restarting cannot fix it.
+            Err(RegistryError::Config(why)) => Err(UsageError(why).into()),
+            other => Ok(other?),
+        },
         signal = crate::signal::stop_signal() => {
             tracing::info!("{}; shutting down", signal?);
             server.shutdown().await?;
@@ -174,15 +200,36 @@ async fn serve(config: RegistryConfig) -> Result<()> {
 
 async fn status(registry: RegistryArgs) -> Result<()> {
     let creds = registry.credentials()?;
+    let addresses = registry.addresses();
+    let mut answers = Vec::new();
+    for addr in &addresses {
+        let client = lgsp_registry::RegistryClient::new(std::slice::from_ref(addr), &creds)?;
+        let answer = client.server(0).status(lgsp_proto::StatusRequest {}).await;
+        answers.push((addr, answer.map(tonic::Response::into_inner)));
+    }
+    // Lag is counted from the leader's commit index when the leader
+    // answered, else from the highest commit index any server reported.
+    let statuses: Vec<&StatusResponse> = answers
+        .iter()
+        .filter_map(|(_, a)| a.as_ref().ok())
+        .collect();
+    let leader = statuses.iter().find(|s| s.role == "leader");
+    let reference = leader
+        .map(|l| l.commit_index)
+        .or_else(|| statuses.iter().map(|s| s.commit_index).max())
+        .unwrap_or(0);
     let mut failures = 0;
-    for addr in registry.addresses() {
-        let client = lgsp_registry::RegistryClient::new(std::slice::from_ref(&addr), &creds)?;
-        match client.server(0).status(lgsp_proto::StatusRequest {}).await {
+    for (addr, answer) in &answers {
+        match answer {
             Ok(s) => {
-                let s = s.into_inner();
                 println!(
-                    "{addr}: server {} is {}{}, term {}, leader {}",
+                    "{addr}: server {} (lgsp {}) is {}{}, term {}, {}",
                     s.id,
+                    if s.version.is_empty() {
+                        "?"
+                    } else {
+                        &s.version
+                    },
                     s.role,
                     if s.joint_consensus {
                         " (joint consensus)"
@@ -191,27 +238,46 @@ async fn status(registry: RegistryArgs) -> Result<()> {
                     },
                     s.term,
                     if s.leader_id == 0 {
-                        "unknown".into()
+                        "no leader".to_owned()
                     } else {
-                        s.leader_id.to_string()
+                        format!("leader {}", s.leader_id)
                     }
                 );
                 println!(
-                    "  commit index {}, applied index {}, catalog revision {}, watch history from revision {}",
-                    s.commit_index, s.applied_index, s.revision, s.compact_revision
+                    "  applied index {} (lag {}), commit index {}, catalog revision {}, watch history from revision {}",
+                    s.applied_index,
+                    reference.saturating_sub(s.applied_index),
+                    s.commit_index,
+                    s.revision,
+                    s.compact_revision
                 );
                 print_members(&s.members);
+                for r in &s.replicas {
+                    println!(
+                        "  replication to {} ({}): matched index {} (lag {}), {}{}",
+                        r.id,
+                        if r.voter { "voter" } else { "learner" },
+                        r.matched_index,
+                        s.last_index.saturating_sub(r.matched_index),
+                        r.state,
+                        if r.recent_active {
+                            ""
+                        } else {
+                            ", not heard from lately"
+                        }
+                    );
+                }
             }
             Err(status) => {
                 failures += 1;
                 println!(
                     "{addr}: unreachable: {}",
-                    lgsp_certs::tls::explain_status(&status)
+                    lgsp_certs::tls::explain_status(status)
                 );
             }
         }
     }
-    if failures > 0 && failures == registry.addresses().len() {
+    if failures > 0 && failures == addresses.len() {
         anyhow::bail!("no registry server answered");
     }
     Ok(())

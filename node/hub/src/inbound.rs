@@ -1,0 +1,250 @@
+//! Peers' hubs calling this province's services, on the hub's outward
+//! listener: the caller must be the hub of a federation peer (its
+//! certificate issued by that peer's CA), with a record of on whose behalf
+//! signed by a node of that peer; the service must be exported to the peer
+//! and granted to the foreign agency. The hub then calls the provider node
+//! with its own certificate plus the record (the provider verifies it
+//! again and logs it), and logs the exchange itself.
+
+use crate::Hub;
+use lgsp_certs::Role;
+use lgsp_node::refusal::Refusal;
+use lgsp_node::trace::{Trace, code_of};
+use lgsp_proto::catalog_record::Value;
+use lgsp_proto::data_exchange_client::DataExchangeClient;
+use lgsp_proto::data_exchange_server::DataExchange;
+use lgsp_proto::federation_server::Federation;
+use lgsp_proto::{
+    CallResponse, Envelope, ExportedService, ExportsRequest, ExportsResponse, FederationPeer,
+    QueryRequest, RecordKind,
+};
+use lgsp_registry::federation::export_key;
+use prost::Message as _;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::time::Instant;
+use tonic::{Request, Response, Status};
+
+/// The hub's inbound side: what its outward listener serves.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    hub: Arc<Hub>,
+}
+
+impl Inbound {
+    /// The inbound side of `hub`.
+    pub fn new(hub: Arc<Hub>) -> Self {
+        Self { hub }
+    }
+
+    /// The federation peer whose hub made `request`: its certificate names
+    /// a hub of a peer's trust domain and is issued by that peer's CA.
+    fn peer_of<T>(&self, request: &Request<T>) -> Result<FederationPeer, Status> {
+        let certs = request
+            .peer_certs()
+            .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+        let leaf = certs
+            .first()
+            .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+        let caller =
+            lgsp_certs::peer::peer_identity(leaf.as_ref()).map_err(Status::unauthenticated)?;
+        let peer = self
+            .hub
+            .peers()
+            .into_iter()
+            .find(|p| p.trust_domain == caller.id.trust_domain)
+            .ok_or_else(|| {
+                Status::permission_denied(format!(
+                    "{} is not of a federation peer of this province (see `lgsp hub peer list`)",
+                    caller.id
+                ))
+            })?;
+        if caller.id.role != Role::Hub {
+            return Err(Status::permission_denied(format!(
+                "{} is a {}; only a peer's hub calls through this listener",
+                caller.id, caller.id.role
+            )));
+        }
+        if !lgsp_node::obo::issued_by(leaf.as_ref(), &lgsp_node::obo::peer_roots(&peer)) {
+            return Err(Status::unauthenticated(format!(
+                "{} is not issued by the CA of federation peer {}",
+                caller.id, peer.name
+            )));
+        }
+        Ok(peer)
+    }
+
+    async fn serve(
+        &self,
+        peer: &FederationPeer,
+        signed: &lgsp_proto::SignedOnBehalfOf,
+        env: &Envelope,
+        consumer: &lgsp_certs::SpiffeId,
+    ) -> Result<Vec<u8>, Status> {
+        let hub = &self.hub;
+        let cache = &hub.ctx.cache;
+        if !cache.has(RecordKind::Export, &export_key(&env.service_id, &peer.name)) {
+            return Err(Status::permission_denied(format!(
+                "service {} is not exported to {} ({})",
+                env.service_id, peer.name, peer.trust_domain
+            )));
+        }
+        let granted = cache
+            .with_grant(&env.service_id, consumer.agency.as_str(), |g| {
+                g.consumer_trust_domain == peer.trust_domain
+                    && lgsp_node::catalog_cache::CatalogCache::grant_is_active(g)
+            })
+            .unwrap_or(false);
+        if !granted {
+            return Err(Status::permission_denied(format!(
+                "agency {} of {} holds no active grant for {}; the provider grants it (the grant names the agency, registered with --trust-domain {})",
+                consumer.agency, peer.trust_domain, env.service_id, peer.trust_domain
+            )));
+        }
+        let node = cache
+            .with_service(&env.service_id, |s| (s.agency_code.clone(), s.node.clone()))
+            .and_then(|(agency, node)| cache.node(&agency, &node))
+            .ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "service {} has no registered node to serve it",
+                    env.service_id
+                ))
+            })?;
+        let channel = hub.ctx.channel_to(&node, Role::Node)?;
+        let mut request = Request::new(env.clone());
+        request.set_timeout(hub.call_timeout);
+        lgsp_node::obo::to_metadata(request.metadata_mut(), signed);
+        let max = hub.ctx.config.limits.max_message_bytes;
+        DataExchangeClient::new(channel)
+            .max_decoding_message_size(max)
+            .call(request)
+            .await
+            .map(|r| r.into_inner().payload)
+    }
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[tonic::async_trait]
+impl DataExchange for Inbound {
+    async fn call(&self, request: Request<Envelope>) -> Result<Response<CallResponse>, Status> {
+        let started = Instant::now();
+        let peer = self.peer_of(&request)?;
+        let deadline = lgsp_node::deadline::Deadline::of(request.metadata(), started);
+        let signed = match lgsp_node::obo::from_metadata(request.metadata()) {
+            Some(Ok(s)) => Some(s),
+            Some(Err(e)) => return Err(Refusal::OnBehalfOf(e.to_string()).into()),
+            None => None,
+        };
+        let env = request.into_inner();
+        let now = unix_ms();
+        let verified = match signed {
+            None => Err(format!(
+                "a call from federation peer {} carries its consumer node's signed on-behalf-of record; none was sent",
+                peer.name
+            )),
+            Some(s) => lgsp_node::obo::verify(&s, &env, &lgsp_node::obo::peer_roots(&peer), now)
+                .and_then(|v| {
+                    self.hub.ctx.replays.check(&s, &env.request_id, now)?;
+                    Ok(v)
+                })
+                .map_err(|e| e.to_string())
+                .and_then(|v| {
+                    if v.id.trust_domain == peer.trust_domain {
+                        Ok((v, s))
+                    } else {
+                        Err(format!(
+                            "the on-behalf-of record names {}, not a node of {}",
+                            v.id, peer.trust_domain
+                        ))
+                    }
+                }),
+        };
+        let label = match &verified {
+            Ok((v, _)) => v.consumer(),
+            Err(_) => format!("?@{}", peer.trust_domain),
+        };
+        let trace = Trace::start(
+            &self.hub.ctx,
+            "hub",
+            &env.request_id,
+            &label,
+            &env.service_id,
+            &env.operation,
+            &env.encode_to_vec(),
+            started,
+            deadline,
+        );
+        let (verified, signed) = match verified {
+            Ok(pair) => pair,
+            Err(why) => return Err(trace.refuse(Refusal::OnBehalfOf(why))),
+        };
+        let result = self.serve(&peer, &signed, &env, &verified.id).await;
+        let payload = result.as_ref().map_or(&[][..], |p| p.as_slice());
+        trace.finish(
+            &Sha256::digest(payload),
+            code_of(&result),
+            payload.len() as u64,
+        );
+        let request_id = env.request_id;
+        result.map(|payload| {
+            Response::new(CallResponse {
+                payload,
+                request_id,
+                metadata: Default::default(),
+            })
+        })
+    }
+
+    type QueryStream = lgsp_node::provider::PageStream;
+
+    async fn query(
+        &self,
+        request: Request<QueryRequest>,
+    ) -> Result<Response<Self::QueryStream>, Status> {
+        let peer = self.peer_of(&request)?;
+        Err(Status::unimplemented(format!(
+            "query streams do not cross the hub yet ({} asked for {}); call it with `get`",
+            peer.name,
+            request.get_ref().service_id
+        )))
+    }
+}
+
+#[tonic::async_trait]
+impl Federation for Inbound {
+    async fn exports(
+        &self,
+        request: Request<ExportsRequest>,
+    ) -> Result<Response<ExportsResponse>, Status> {
+        let peer = self.peer_of(&request)?;
+        let cache = &self.hub.ctx.cache;
+        let mut services = Vec::new();
+        for record in cache.all_of(RecordKind::Export) {
+            let Some(Value::Export(e)) = record.value else {
+                continue;
+            };
+            if e.peer != peer.name {
+                continue;
+            }
+            let Some(mut service) = cache.service(&e.service_id) else {
+                continue;
+            };
+            // What the peer needs to call it, not this province's history.
+            service.history.clear();
+            let agency_name = cache.agency_name(&service.agency_code).unwrap_or_default();
+            services.push(ExportedService {
+                service: Some(service),
+                agency_name,
+            });
+        }
+        Ok(Response::new(ExportsResponse {
+            trust_domain: self.hub.id.trust_domain.clone(),
+            services,
+        }))
+    }
+}

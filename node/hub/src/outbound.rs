@@ -1,0 +1,122 @@
+//! Province nodes calling other instances' services through the hub: the
+//! hub takes the call on its inward (provider) listener, checks the signed
+//! record of on whose behalf against the caller, and carries the call to
+//! the peer's hub with that record, under a deadline and the peer's
+//! circuit breaker. The node underneath logs the exchange.
+
+use crate::Hub;
+use lgsp_certs::{Peer, Role};
+use lgsp_node::context::Forwarder;
+use lgsp_proto::data_exchange_client::DataExchangeClient;
+use lgsp_proto::{Envelope, SignedOnBehalfOf};
+use std::sync::Arc;
+use std::time::Instant;
+use tonic::{Code, Status};
+
+/// The hub's outbound side, installed as its node's forwarder.
+#[derive(Debug)]
+pub struct Outbound {
+    hub: Arc<Hub>,
+}
+
+impl Outbound {
+    /// The outbound side of `hub`.
+    pub fn new(hub: Arc<Hub>) -> Self {
+        Self { hub }
+    }
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[tonic::async_trait]
+impl Forwarder for Outbound {
+    fn carries(&self, service_id: &str) -> bool {
+        let key = self.hub.key();
+        self.hub
+            .ctx
+            .cache
+            .with_service(service_id, |s| !s.origin.is_empty() && s.via_hub == key)
+            .unwrap_or(false)
+    }
+
+    async fn forward(
+        &self,
+        caller: &Peer,
+        envelope: &Envelope,
+        obo: Option<&SignedOnBehalfOf>,
+    ) -> Result<Vec<u8>, Status> {
+        let hub = &self.hub;
+        if caller.id.role != Role::Node {
+            return Err(Status::permission_denied(format!(
+                "{} is a {}; only agencies' nodes call other instances through the hub",
+                caller.id, caller.id.role
+            )));
+        }
+        let signed = obo.ok_or_else(|| {
+            Status::unauthenticated(format!(
+                "a call to {} (another instance's service) carries the calling node's signed on-behalf-of record; {} sent none (upgrade the node)",
+                envelope.service_id, caller.id
+            ))
+        })?;
+        let now = unix_ms();
+        let verified = lgsp_node::obo::verify(signed, envelope, &hub.ctx.creds.roots, now)
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        if verified.id != caller.id {
+            return Err(Status::unauthenticated(format!(
+                "the on-behalf-of record names {}, but the caller is {}",
+                verified.id, caller.id
+            )));
+        }
+        hub.ctx
+            .replays
+            .check(signed, &envelope.request_id, now)
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let origin = hub
+            .ctx
+            .cache
+            .with_service(&envelope.service_id, |s| s.origin.clone())
+            .unwrap_or_default();
+        let peer = hub.peer(&origin).ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "service {} comes from federation peer {origin:?}, which is no longer in the catalog",
+                envelope.service_id
+            ))
+        })?;
+        let (channel, breaker) = hub.link(&peer)?;
+        if let Err(wait) = breaker.admit(Instant::now()) {
+            return Err(Status::unavailable(format!(
+                "federation peer {} ({}) is failing: its circuit is open after repeated failures; next try in {} s",
+                peer.name,
+                peer.hub_endpoint,
+                wait.as_secs().max(1)
+            )));
+        }
+        let mut request = tonic::Request::new(envelope.clone());
+        request.set_timeout(hub.call_timeout);
+        lgsp_node::obo::to_metadata(request.metadata_mut(), signed);
+        let max = hub.ctx.config.limits.max_message_bytes;
+        let result = DataExchangeClient::new(channel)
+            .max_decoding_message_size(max)
+            .call(request)
+            .await;
+        let unreachable = matches!(
+            &result,
+            Err(s) if matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Unknown)
+        );
+        breaker.record(!unreachable, Instant::now());
+        match result {
+            Ok(r) => Ok(r.into_inner().payload),
+            Err(s) if unreachable => Err(Status::unavailable(format!(
+                "federation peer {} ({}) did not answer: {}",
+                peer.name,
+                peer.hub_endpoint,
+                lgsp_certs::tls::explain_status(&s)
+            ))),
+            Err(s) => Err(s),
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! `lgsp hub`: the provincial hub, the province's door to other lgsp
+//! instances (the national platform, other provinces). Run it, and manage
+//! its federation peers, exports and imports (provincial admin).
+
+use super::RegistryArgs;
+use anyhow::{Context, Result, anyhow};
+use clap::Subcommand;
+use lgsp_proto::catalog_record::Value;
+use lgsp_proto::{Export, FederationPeer, Import, ListRequest, RecordKind};
+use lgsp_registry::ServiceId;
+use lgsp_registry::federation::{export_key, import_key};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Subcommand)]
+pub(super) enum HubCommand {
+    /// Run the hub: a node with a hub certificate (its provider listener
+    /// takes province nodes' calls to imported services) plus an outward
+    /// listener for federation peers' hubs.
+    ///
+    /// Example: lgsp hub start --config /etc/lgsp/hub.toml --outward-listen 0.0.0.0:7501
+    Start {
+        /// The hub's node.toml (made by `lgsp node init`, with a hub certificate).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Where peers' hubs connect (mTLS, their CAs from the catalog).
+        #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:7501")]
+        outward_listen: SocketAddr,
+    },
+    /// Federation peers: other lgsp instances and their CAs (provincial admin).
+    #[command(subcommand)]
+    Peer(PeerCommand),
+    /// Offer a province service to a peer.
+    ///
+    /// Example: lgsp hub export --service 000.00.12.H62/ho-tich --peer ndxp
+    Export {
+        #[command(flatten)]
+        registry: RegistryArgs,
+        /// The province service.
+        #[arg(long)]
+        service: ServiceId,
+        /// The peer's name.
+        #[arg(long)]
+        peer: String,
+    },
+    /// Stop offering a service to a peer; its hub drops it within seconds.
+    ///
+    /// Example: lgsp hub unexport --service 000.00.12.H62/ho-tich --peer ndxp
+    Unexport {
+        #[command(flatten)]
+        registry: RegistryArgs,
+        /// The province service.
+        #[arg(long)]
+        service: ServiceId,
+        /// The peer's name.
+        #[arg(long)]
+        peer: String,
+    },
+    /// Take a peer's service into the provincial catalog (once the peer
+    /// exports it, it appears within seconds as a service of the peer).
+    ///
+    /// Example: lgsp hub import --peer ndxp --service G01.00.01/dan-cu
+    Import {
+        #[command(flatten)]
+        registry: RegistryArgs,
+        /// The peer's name.
+        #[arg(long)]
+        peer: String,
+        /// The service's id in the peer's catalog.
+        #[arg(long)]
+        service: ServiceId,
+    },
+    /// Stop importing a peer's service; it leaves the catalog within seconds.
+    ///
+    /// Example: lgsp hub unimport --peer ndxp --service G01.00.01/dan-cu
+    Unimport {
+        #[command(flatten)]
+        registry: RegistryArgs,
+        /// The peer's name.
+        #[arg(long)]
+        peer: String,
+        /// The service's id in the peer's catalog.
+        #[arg(long)]
+        service: ServiceId,
+    },
+    /// Peers, exports and imports, and whether each import is in the catalog.
+    ///
+    /// Example: lgsp hub status
+    Status {
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum PeerCommand {
+    /// Add (or update) a peer: its trust domain, CA and hub address.
+    ///
+    /// Example: lgsp hub peer add --name ndxp --trust-domain ndxp.gov.vn --ca ndxp-ca.pem
+    /// --endpoint hub.ndxp.gov.vn:7501
+    Add {
+        #[command(flatten)]
+        registry: RegistryArgs,
+        /// A short name for the peer.
+        #[arg(long)]
+        name: String,
+        /// The peer's trust domain (its SPIFFE IDs' host).
+        #[arg(long)]
+        trust_domain: String,
+        /// The peer's CA certificate(s), PEM.
+        #[arg(long, value_name = "FILE")]
+        ca: PathBuf,
+        /// host:port of the peer hub's outward listener.
+        #[arg(long)]
+        endpoint: String,
+    },
+    /// List the peers.
+    ///
+    /// Example: lgsp hub peer list
+    List {
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+}
+
+async fn all(client: &lgsp_registry::RegistryClient, kind: RecordKind) -> Result<Vec<Value>> {
+    let (records, _) = client
+        .list_all(ListRequest {
+            kind: kind as i32,
+            ..Default::default()
+        })
+        .await?;
+    Ok(records.into_iter().filter_map(|r| r.value).collect())
+}
+
+pub(super) fn run(cmd: HubCommand) -> Result<()> {
+    if let HubCommand::Start {
+        config,
+        outward_listen,
+    } = cmd
+    {
+        let config = lgsp_node::config::NodeConfig::load(&config)?;
+        let rt = super::runtime()?;
+        return rt.block_on(async {
+            let hub = lgsp_hub::HubServer::start(config, outward_listen).await?;
+            println!(
+                "hub taking province nodes' calls on {} (mTLS) and federation peers' on {}",
+                hub.node.provider_addr, hub.outward_addr
+            );
+            let signal = crate::signal::stop_signal().await?;
+            tracing::info!("{signal}; shutting down");
+            hub.shutdown().await;
+            Ok(())
+        });
+    }
+    let rt = super::runtime()?;
+    rt.block_on(async {
+        match cmd {
+            HubCommand::Start { .. } => unreachable!("handled above"),
+            HubCommand::Peer(PeerCommand::Add {
+                registry,
+                name,
+                trust_domain,
+                ca,
+                endpoint,
+            }) => {
+                let ca_pem = std::fs::read_to_string(&ca)
+                    .with_context(|| format!("cannot read {}", ca.display()))?;
+                let r = registry
+                    .client()?
+                    .put(
+                        Value::Peer(FederationPeer {
+                            name: name.clone(),
+                            trust_domain,
+                            ca_pem,
+                            hub_endpoint: endpoint,
+                        }),
+                        0,
+                    )
+                    .await?;
+                println!("Federation peer {name} set (revision {})", r.revision);
+            }
+            HubCommand::Peer(PeerCommand::List { registry }) => {
+                for v in all(&registry.client()?, RecordKind::Peer).await? {
+                    if let Value::Peer(p) = v {
+                        println!("{:<16} {:<32} {}", p.name, p.trust_domain, p.hub_endpoint);
+                    }
+                }
+            }
+            HubCommand::Export {
+                registry,
+                service,
+                peer,
+            } => {
+                let r = registry
+                    .client()?
+                    .put(
+                        Value::Export(Export {
+                            service_id: service.to_string(),
+                            peer: peer.clone(),
+                        }),
+                        0,
+                    )
+                    .await?;
+                println!("Exported {service} to {peer} (revision {})", r.revision);
+            }
+            HubCommand::Unexport {
+                registry,
+                service,
+                peer,
+            } => {
+                let r = registry
+                    .client()?
+                    .delete(RecordKind::Export, &export_key(&service.to_string(), &peer), 0)
+                    .await?;
+                println!("No longer exported {service} to {peer} (revision {})", r.revision);
+            }
+            HubCommand::Import {
+                registry,
+                peer,
+                service,
+            } => {
+                let r = registry
+                    .client()?
+                    .put(
+                        Value::Import(Import {
+                            peer: peer.clone(),
+                            service_id: service.to_string(),
+                        }),
+                        0,
+                    )
+                    .await?;
+                println!(
+                    "Importing {service} from {peer} (revision {}); it appears in the catalog once the peer exports it",
+                    r.revision
+                );
+            }
+            HubCommand::Unimport {
+                registry,
+                peer,
+                service,
+            } => {
+                let r = registry
+                    .client()?
+                    .delete(RecordKind::Import, &import_key(&peer, &service.to_string()), 0)
+                    .await?;
+                println!("No longer importing {service} from {peer} (revision {})", r.revision);
+            }
+            HubCommand::Status { registry } => {
+                let client = registry.client()?;
+                println!("Peers:");
+                for v in all(&client, RecordKind::Peer).await? {
+                    if let Value::Peer(p) = v {
+                        println!("  {:<16} {:<32} {}", p.name, p.trust_domain, p.hub_endpoint);
+                    }
+                }
+                println!("Exports:");
+                for v in all(&client, RecordKind::Export).await? {
+                    if let Value::Export(e) = v {
+                        println!("  {:<40} to {}", e.service_id, e.peer);
+                    }
+                }
+                let services = all(&client, RecordKind::Service).await?;
+                println!("Imports:");
+                for v in all(&client, RecordKind::Import).await? {
+                    if let Value::Import(i) = v {
+                        let present = services.iter().any(
+                            |s| matches!(s, Value::Service(s) if s.id == i.service_id && s.origin == i.peer),
+                        );
+                        println!(
+                            "  {:<40} from {:<16} {}",
+                            i.service_id,
+                            i.peer,
+                            if present {
+                                "in the catalog"
+                            } else {
+                                "not (yet) exported by the peer"
+                            }
+                        );
+                    }
+                }
+            }
+        }
+        Ok::<(), anyhow::Error>(())
+    })
+    .map_err(|e| anyhow!(e))
+}

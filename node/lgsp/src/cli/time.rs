@@ -1,0 +1,81 @@
+//! Times as operators read and type them: on the province's clocks (the
+//! catalog's calendar, Asia/Ho_Chi_Minh by default), never UTC.
+
+use anyhow::{Result, anyhow};
+use clap::Args;
+use lgsp_proto::catalog_record::Value;
+use lgsp_proto::{Change, RecordKind};
+use lgsp_registry::RegistryClient;
+use lgsp_registry::calendar::WorkCalendar;
+use tonic::Code;
+
+/// As of when a listing is drawn up.
+#[derive(Debug, Args)]
+pub(super) struct Clock {
+    /// Draw the listing up as of this time (YYYY-MM-DD or "YYYY-MM-DD HH:MM",
+    /// the province's time) instead of now: what was overdue or expired then.
+    #[arg(long, value_name = "TIME")]
+    at: Option<String>,
+}
+
+impl Clock {
+    /// The time the listing is drawn up for, Unix seconds.
+    pub(super) fn now(&self, cal: &WorkCalendar) -> Result<i64> {
+        match &self.at {
+            None => Ok(unix_now()),
+            Some(s) => cal
+                .parse_local(s)
+                .ok_or_else(|| anyhow!("--at {s:?} is not YYYY-MM-DD or \"YYYY-MM-DD HH:MM\"")),
+        }
+    }
+}
+
+/// The time now, Unix seconds.
+pub(super) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The province's calendar, as the catalog holds it (the default when it
+/// holds none).
+pub(super) async fn province_calendar(client: &RegistryClient) -> Result<WorkCalendar> {
+    match client.get(RecordKind::Calendar, "province", true).await {
+        Ok(r) => match r.record.and_then(|r| r.value) {
+            Some(Value::Calendar(c)) => Ok(WorkCalendar::from_record(Some(&c))?),
+            _ => Ok(WorkCalendar::default()),
+        },
+        Err(status) if status.code() == Code::NotFound => Ok(WorkCalendar::default()),
+        Err(status) => Err(status.into()),
+    }
+}
+
+/// A time, or `-` for none (0).
+pub(super) fn or_dash(cal: &WorkCalendar, unix: i64) -> String {
+    if unix == 0 {
+        "-".to_owned()
+    } else {
+        cal.show(unix)
+    }
+}
+
+/// A record's history, oldest first.
+pub(super) fn print_history(history: &[Change], cal: &WorkCalendar) {
+    if history.is_empty() {
+        return;
+    }
+    println!("  history:");
+    for c in history {
+        println!(
+            "    {}  {:<28} {}{}",
+            cal.show(c.at_unix),
+            c.action,
+            c.actor,
+            if c.reason.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", c.reason)
+            }
+        );
+    }
+}

@@ -1,0 +1,215 @@
+//! Federation records in the catalog: the other lgsp instances this
+//! province federates with (peers), the province services it exports to
+//! them, and their services it imports. The provincial admin changes them;
+//! the province's hub writes what an import brings in (the other instance's
+//! agencies and services, marked foreign), and nothing else of the catalog.
+
+use crate::catalog::get;
+use crate::error::CatalogError;
+use crate::kv::KvRead;
+use crate::procedure::Asker;
+use lgsp_certs::identity::{Role, validate_name};
+use lgsp_proto::catalog_record::Value;
+use lgsp_proto::{Agency, Export, FederationPeer, Import, RecordKind, Service};
+
+fn invalid(why: impl Into<String>) -> CatalogError {
+    CatalogError::InvalidArgument(why.into())
+}
+
+fn precondition(why: impl Into<String>) -> CatalogError {
+    CatalogError::FailedPrecondition(why.into())
+}
+
+fn internal(e: impl std::fmt::Display) -> CatalogError {
+    CatalogError::Internal(e.to_string())
+}
+
+/// The key of an export: `<service-id>|<peer>`.
+pub fn export_key(service_id: &str, peer: &str) -> String {
+    format!("{service_id}|{peer}")
+}
+
+/// The key of an import: `<peer>|<service-id>`.
+pub fn import_key(peer: &str, service_id: &str) -> String {
+    format!("{peer}|{service_id}")
+}
+
+/// Checks a federation key's shape.
+pub fn validate_key(kind: RecordKind, key: &str) -> Result<(), CatalogError> {
+    let bad = || invalid(format!("{kind:?} key {key:?} is malformed"));
+    match kind {
+        RecordKind::Peer => validate_name(key).map_err(|e| invalid(e.to_string())),
+        RecordKind::Export => {
+            let (service, peer) = key.split_once('|').ok_or_else(bad)?;
+            validate_name(peer).map_err(|e| invalid(e.to_string()))?;
+            service
+                .parse::<crate::ServiceId>()
+                .map(drop)
+                .map_err(|_| bad())
+        }
+        RecordKind::Import => {
+            let (peer, service) = key.split_once('|').ok_or_else(bad)?;
+            validate_name(peer).map_err(|e| invalid(e.to_string()))?;
+            service
+                .parse::<crate::ServiceId>()
+                .map(drop)
+                .map_err(|_| bad())
+        }
+        _ => Ok(()),
+    }
+}
+
+fn agency(db: &impl KvRead, code: &str) -> Result<Option<Agency>, CatalogError> {
+    Ok(get(db, RecordKind::Agency, code)
+        .map_err(internal)?
+        .and_then(|r| match r.value {
+            Some(Value::Agency(a)) => Some(a),
+            _ => None,
+        }))
+}
+
+/// Whether `code` is an agency of another instance.
+pub fn is_foreign(db: &impl KvRead, code: &str) -> Result<bool, CatalogError> {
+    Ok(agency(db, code)?.is_some_and(|a| !a.trust_domain.is_empty()))
+}
+
+/// The hub's own node key, `<agency>/<name>`, from its certificate.
+fn hub_of(asker: &Asker<'_>) -> String {
+    format!("{}/{}", asker.actor.agency, asker.actor.name)
+}
+
+/// What a hub may write: agencies and services of other instances (what
+/// its imports bring in), carried by itself. Anything else of the catalog
+/// is its agency's as for any node.
+pub fn check_hub_write(
+    db: &impl KvRead,
+    asker: &Asker<'_>,
+    value: &Value,
+) -> Result<bool, CatalogError> {
+    if asker.actor.role != Role::Hub {
+        return Ok(false);
+    }
+    match value {
+        Value::Agency(a) => {
+            if a.code == asker.actor.agency.as_str()
+                || a.trust_domain.is_empty()
+                || agency(db, &a.code)?.is_some_and(|p| p.trust_domain.is_empty())
+            {
+                return Err(asker.needs(
+                    &format!("changing agency {}", a.code),
+                    "the provincial admin (a hub writes only agencies of other instances)",
+                ));
+            }
+            Ok(true)
+        }
+        Value::Service(s) if s.agency_code != asker.actor.agency.as_str() => {
+            if !is_foreign(db, &s.agency_code)? || s.origin.is_empty() || s.via_hub != hub_of(asker)
+            {
+                return Err(asker.needs(
+                    &format!("changing service {}", s.id),
+                    "its agency (a hub writes only services it imports from other instances, carried by itself)",
+                ));
+            }
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// Whether a hub may delete record `kind`/`key`: only what imports brought in.
+pub fn check_hub_delete(
+    db: &impl KvRead,
+    asker: &Asker<'_>,
+    kind: RecordKind,
+    key: &str,
+) -> Result<(), CatalogError> {
+    if asker.actor.role != Role::Hub {
+        return Ok(());
+    }
+    let foreign = match kind {
+        RecordKind::Agency => is_foreign(db, key)?,
+        RecordKind::Service => match get(db, kind, key).map_err(internal)?.and_then(|r| r.value) {
+            Some(Value::Service(s)) => !s.origin.is_empty() && s.via_hub == hub_of(asker),
+            _ => false,
+        },
+        RecordKind::Node => return Ok(()),
+        _ => false,
+    };
+    if foreign {
+        Ok(())
+    } else {
+        Err(asker.needs(
+            &format!("removing {kind:?} {key:?}"),
+            "its agency or the provincial admin (a hub removes only what its imports brought in)",
+        ))
+    }
+}
+
+/// Checks a federation peer.
+pub fn check_peer(p: &FederationPeer) -> Result<(), CatalogError> {
+    validate_name(&p.name).map_err(|e| invalid(e.to_string()))?;
+    if p.trust_domain.is_empty() || p.trust_domain.contains('/') {
+        return Err(invalid(format!(
+            "peer {}: trust domain {:?} is not a domain name",
+            p.name, p.trust_domain
+        )));
+    }
+    if !p.ca_pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(invalid(format!(
+            "peer {}: its CA is not a PEM certificate",
+            p.name
+        )));
+    }
+    let ok = p
+        .hub_endpoint
+        .rsplit_once(':')
+        .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok());
+    if !ok {
+        return Err(invalid(format!(
+            "peer {}: hub endpoint {:?} is not host:port",
+            p.name, p.hub_endpoint
+        )));
+    }
+    Ok(())
+}
+
+fn require_peer(db: &impl KvRead, name: &str) -> Result<(), CatalogError> {
+    if get(db, RecordKind::Peer, name).map_err(internal)?.is_some() {
+        Ok(())
+    } else {
+        Err(precondition(format!(
+            "there is no federation peer {name:?}; add it with `lgsp hub peer add`"
+        )))
+    }
+}
+
+/// Checks an export: a published service of this province, to a known peer.
+pub fn check_export(db: &impl KvRead, e: &Export) -> Result<(), CatalogError> {
+    require_peer(db, &e.peer)?;
+    let service: Option<Service> = get(db, RecordKind::Service, &e.service_id)
+        .map_err(internal)?
+        .and_then(|r| match r.value {
+            Some(Value::Service(s)) => Some(s),
+            _ => None,
+        });
+    match service {
+        None => Err(precondition(format!(
+            "service {} is not published",
+            e.service_id
+        ))),
+        Some(s) if !s.origin.is_empty() => Err(precondition(format!(
+            "service {} is imported from {}; only this province's services are exported",
+            e.service_id, s.origin
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Checks an import: a service id of a known peer.
+pub fn check_import(db: &impl KvRead, i: &Import) -> Result<(), CatalogError> {
+    require_peer(db, &i.peer)?;
+    i.service_id
+        .parse::<crate::ServiceId>()
+        .map(drop)
+        .map_err(|e| invalid(e.to_string()))
+}

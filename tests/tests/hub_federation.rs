@@ -1,0 +1,508 @@
+//! Two lgsp instances in one test, each with its own CA, registry, hub and
+//! agency nodes, on loopback: the province (vinhphuc.gov.vn) and the
+//! national platform (ndxp.gov.vn). A national agency calls a province
+//! dataset and a province agency calls a national one, through both hubs,
+//! with the consumer node's signed record of on whose behalf; the sharing
+//! logs of every node and hub on the path hold the same request id and
+//! verify. Refused: a consumer without a grant, an unexported service, a
+//! call without a record, a forged and a replayed record, a hub of a CA the
+//! province does not trust; a peer that is down fails fast once its circuit
+//! opens, and the calls work again when it is back.
+
+use lgsp_certs::Role;
+use lgsp_proto::data_exchange_client::DataExchangeClient;
+use lgsp_proto::{Envelope, GrantStatus, RecordKind};
+use lgsp_tests::cluster::PROVINCE;
+use lgsp_tests::province::{NodeProcess, Province};
+use lgsp_tests::{Pki, lgsp};
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tonic::Code;
+
+const NATIONAL_DOMAIN: &str = "ndxp.gov.vn";
+/// The national platform's operator.
+const NATIONAL: &str = "000.00.00.G01";
+/// A ministry system on the national platform: the population register.
+const MINISTRY: &str = "000.00.05.G01";
+/// A national consumer agency.
+const NATIONAL_CONSUMER: &str = "000.00.07.G01";
+/// The province's provider (Department of Justice) and consumer (a district).
+const A: &str = "000.00.12.H62";
+const B: &str = "000.00.13.H62";
+
+fn ok(registry: &str, tls: &Path, args: &[&str]) -> String {
+    let mut all = args.to_vec();
+    all.extend(["--registry", registry, "--tls-dir", tls.to_str().unwrap()]);
+    let out = lgsp(&all);
+    assert!(
+        out.status.success(),
+        "lgsp {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn get(service: &str, key: &str) -> Envelope {
+    Envelope {
+        service_id: service.into(),
+        operation: "get".into(),
+        parameters: HashMap::from([("key".into(), key.into())]),
+        request_id: String::new(),
+        ..Default::default()
+    }
+}
+
+/// A provider node of `agency` serving `service` from `csv` (key `id`).
+async fn provider(p: &mut Province, agency: &str, service: &str, csv: &str) -> NodeProcess {
+    let mut node = p.prepare_node(
+        agency,
+        "node-1",
+        &format!("[[services]]\nname = \"{service}\"\nkind = \"dataset\"\n"),
+    );
+    let file = node.dir.join("data.csv");
+    std::fs::write(&file, csv).unwrap();
+    let out = lgsp(&[
+        "dataset",
+        "import",
+        "--data-dir",
+        node.data_dir().to_str().unwrap(),
+        "--service",
+        service,
+        "--file",
+        file.to_str().unwrap(),
+        "--key",
+        "id",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    node.start();
+    p.wait_for_node(agency, "node-1", &node).await;
+    p.publish(
+        &format!("{agency}/{service}"),
+        lgsp_proto::ServiceKind::Dataset,
+        "node-1",
+        service,
+    )
+    .await;
+    node
+}
+
+/// Calls `service` from `node`'s applications until `done` accepts the
+/// outcome, for up to `within`.
+async fn until(
+    node: &NodeProcess,
+    service: &str,
+    key: &str,
+    within: Duration,
+    done: impl Fn(&Result<String, tonic::Status>) -> bool,
+) -> Result<String, tonic::Status> {
+    let mut app = DataExchangeClient::new(node.app_channel().await);
+    let start = Instant::now();
+    loop {
+        let outcome = app
+            .call(get(service, key))
+            .await
+            .map(|r| String::from_utf8_lossy(&r.into_inner().payload).into_owned());
+        if done(&outcome) || start.elapsed() > within {
+            return outcome;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn log_has(node: &NodeProcess, request_id: &str) -> bool {
+    std::fs::read_to_string(node.sharing_log())
+        .unwrap_or_default()
+        .contains(request_id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_call_each_other_through_their_hubs() {
+    // The province and the national platform, each with its own CA.
+    let mut p = Province::start().await;
+    let mut q = Province::start_instance(1, NATIONAL_DOMAIN, NATIONAL).await;
+    p.register_agency(PROVINCE, "Sở Khoa học và Công nghệ tỉnh Vĩnh Phúc")
+        .await;
+    q.register_agency(NATIONAL, "Nền tảng NDXP").await;
+    p.register_agency(A, "Sở Tư pháp tỉnh Vĩnh Phúc").await;
+    p.register_agency(B, "UBND huyện Tam Dương").await;
+    q.register_agency(MINISTRY, "Bộ Công an").await;
+    q.register_agency(NATIONAL_CONSUMER, "Bộ Tư pháp").await;
+    let node_a = provider(
+        &mut p,
+        A,
+        "ho-tich",
+        "id,ho_ten\n001099012345,Nguyễn Thị Hương\n",
+    )
+    .await;
+    let node_m = provider(
+        &mut q,
+        MINISTRY,
+        "dan-cu",
+        "id,ho_ten,thuong_tru\n036099000111,Trần Văn Đức,Hà Nội\n",
+    )
+    .await;
+    let mut node_b = p.prepare_node(B, "node-1", "");
+    node_b.start();
+    p.wait_for_node(B, "node-1", &node_b).await;
+    let mut node_c = q.prepare_node(NATIONAL_CONSUMER, "node-1", "");
+    node_c.start();
+    q.wait_for_node(NATIONAL_CONSUMER, "node-1", &node_c).await;
+
+    // The hubs; each instance's admin names the other as a peer.
+    let (mut hub_p, p_out) = p.prepare_hub(PROVINCE, "hub");
+    let (mut hub_q, q_out) = q.prepare_hub(NATIONAL, "hub");
+    let p_reg = p.registry_addrs().join(",");
+    let q_reg = q.registry_addrs().join(",");
+    let p_admin = p.tls_dir("admin-cli", &p.registry.admin.clone());
+    let q_admin = q.tls_dir("admin-cli", &q.registry.admin.clone());
+    let p_ca = p.registry.pki.ca_dir().join("ca.crt");
+    let q_ca = q.registry.pki.ca_dir().join("ca.crt");
+    std::fs::write(&p_ca, p.registry.pki.ca.cert_pem()).unwrap();
+    std::fs::write(&q_ca, q.registry.pki.ca.cert_pem()).unwrap();
+    ok(
+        &p_reg,
+        &p_admin,
+        &[
+            "hub",
+            "peer",
+            "add",
+            "--name",
+            "ndxp",
+            "--trust-domain",
+            NATIONAL_DOMAIN,
+            "--ca",
+            q_ca.to_str().unwrap(),
+            "--endpoint",
+            &q_out,
+        ],
+    );
+    ok(
+        &q_reg,
+        &q_admin,
+        &[
+            "hub",
+            "peer",
+            "add",
+            "--name",
+            "vinhphuc",
+            "--trust-domain",
+            lgsp_tests::TRUST_DOMAIN,
+            "--ca",
+            p_ca.to_str().unwrap(),
+            "--endpoint",
+            &p_out,
+        ],
+    );
+    hub_p.start_hub(&p_out);
+    hub_q.start_hub(&q_out);
+    p.wait_for_node(PROVINCE, "hub", &hub_p).await;
+    q.wait_for_node(NATIONAL, "hub", &hub_q).await;
+
+    // Exports, imports, and grants to the other instance's agencies.
+    let ho_tich = format!("{A}/ho-tich");
+    let dan_cu = format!("{MINISTRY}/dan-cu");
+    ok(
+        &p_reg,
+        &p_admin,
+        &["hub", "export", "--service", &ho_tich, "--peer", "ndxp"],
+    );
+    ok(
+        &q_reg,
+        &q_admin,
+        &["hub", "export", "--service", &dan_cu, "--peer", "vinhphuc"],
+    );
+    ok(
+        &q_reg,
+        &q_admin,
+        &["hub", "import", "--peer", "vinhphuc", "--service", &ho_tich],
+    );
+    ok(
+        &p_reg,
+        &p_admin,
+        &["hub", "import", "--peer", "ndxp", "--service", &dan_cu],
+    );
+    ok(
+        &p_reg,
+        &p_admin,
+        &[
+            "agency",
+            "register",
+            "--code",
+            NATIONAL_CONSUMER,
+            "--name",
+            "Bộ Tư pháp",
+            "--trust-domain",
+            NATIONAL_DOMAIN,
+        ],
+    );
+    ok(
+        &q_reg,
+        &q_admin,
+        &[
+            "agency",
+            "register",
+            "--code",
+            B,
+            "--name",
+            "UBND huyện Tam Dương",
+            "--trust-domain",
+            lgsp_tests::TRUST_DOMAIN,
+        ],
+    );
+    ok(
+        &p_reg,
+        &p_admin,
+        &[
+            "access",
+            "grant",
+            "--service",
+            &ho_tich,
+            "--consumer",
+            NATIONAL_CONSUMER,
+            "--reason",
+            "Thỏa thuận kết nối NDXP",
+        ],
+    );
+    ok(
+        &q_reg,
+        &q_admin,
+        &[
+            "access",
+            "grant",
+            "--service",
+            &dan_cu,
+            "--consumer",
+            B,
+            "--reason",
+            "Xác thực dân cư",
+        ],
+    );
+    let status = ok(&q_reg, &q_admin, &["hub", "status"]);
+    assert!(status.contains("vinhphuc"), "{status}");
+
+    // A national agency calls the province's dataset, and a province agency the national one.
+    let national = until(
+        &node_c,
+        &ho_tich,
+        "001099012345",
+        Duration::from_secs(20),
+        |o| o.is_ok(),
+    )
+    .await;
+    assert!(
+        national
+            .as_ref()
+            .is_ok_and(|v| v.contains("Nguyễn Thị Hương")),
+        "national → province: {national:?}\nhub Q:\n{}\nhub P:\n{}",
+        hub_q.log(),
+        hub_p.log()
+    );
+    let province = until(
+        &node_b,
+        &dan_cu,
+        "036099000111",
+        Duration::from_secs(20),
+        |o| o.is_ok(),
+    )
+    .await;
+    assert!(
+        province.as_ref().is_ok_and(|v| v.contains("Trần Văn Đức")),
+        "province → national: {province:?}"
+    );
+    // The imported service appears in each catalog as a service of the other instance.
+    let imported = p
+        .admin
+        .get(RecordKind::Service, &dan_cu, false)
+        .await
+        .unwrap()
+        .record
+        .and_then(|r| r.value);
+    assert!(
+        matches!(&imported, Some(lgsp_proto::catalog_record::Value::Service(s)) if s.origin == "ndxp"),
+        "{imported:?}"
+    );
+
+    // One request id on every hop; every log on the path verifies.
+    let mut app = DataExchangeClient::new(node_c.app_channel().await);
+    let mut traced = get(&ho_tich, "001099012345");
+    traced.request_id = "lien-thong-001".into();
+    app.call(traced).await.expect("traced call");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for (who, node) in [
+        ("the national consumer node", &node_c),
+        ("the national hub", &hub_q),
+        ("the provincial hub", &hub_p),
+        ("the province's provider node", &node_a),
+    ] {
+        assert!(
+            log_has(node, "lien-thong-001"),
+            "{who}'s sharing log lacks the request"
+        );
+        let out = lgsp(&[
+            "audit",
+            "verify",
+            "--live",
+            "--log",
+            node.sharing_log().to_str().unwrap(),
+            "--cert",
+            node.dir.join("tls/cert.pem").to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{who}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let provider_log = std::fs::read_to_string(node_a.sharing_log()).unwrap();
+    assert!(
+        provider_log.contains(&format!("{NATIONAL_CONSUMER}@{NATIONAL_DOMAIN}")),
+        "the provider logs the national agency, not only the hub"
+    );
+    let _ = &node_m;
+
+    // Refusals at the province's hub, called as the national hub would.
+    let (q_hub_creds, _) = q.issue(NATIONAL, Role::Hub, "hub-2");
+    let to_p_hub = |creds: &lgsp_certs::Credentials| {
+        let creds = lgsp_certs::Credentials {
+            roots: p.registry.admin.roots.clone(),
+            ..creds.clone()
+        };
+        let trust = lgsp_certs::ClientTrust::new(&creds).unwrap();
+        let address = p_out.clone();
+        async move {
+            lgsp_certs::server_identity::connect(
+                &address,
+                &creds,
+                trust,
+                lgsp_certs::Expected::hub(lgsp_tests::TRUST_DOMAIN),
+            )
+            .await
+        }
+    };
+    let channel = to_p_hub(&q_hub_creds).await.unwrap();
+    let mut as_q_hub = DataExchangeClient::new(channel);
+    // No record.
+    let err = as_q_hub
+        .call(get(&ho_tich, "001099012345"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert!(err.message().contains("on-behalf-of"), "{err:?}");
+    // A record signed by the national node, for another request: forged.
+    let mut env = get(&ho_tich, "001099012345");
+    env.request_id = "gia-mao".into();
+    let signed = lgsp_node::obo::sign(&node_c.creds, &env, now_ms()).unwrap();
+    let mut other = env.clone();
+    other.parameters.insert("key".into(), "001088054321".into());
+    let mut request = tonic::Request::new(other);
+    lgsp_node::obo::to_metadata(request.metadata_mut(), &signed);
+    let err = as_q_hub.call(request).await.unwrap_err();
+    assert!(err.message().contains("another request"), "{err:?}");
+    // A good record, then the same record again: a replay.
+    let mut env = get(&ho_tich, "001099012345");
+    env.request_id = "phat-lai".into();
+    let signed = lgsp_node::obo::sign(&node_c.creds, &env, now_ms()).unwrap();
+    for attempt in 0..2 {
+        let mut request = tonic::Request::new(env.clone());
+        lgsp_node::obo::to_metadata(request.metadata_mut(), &signed);
+        let outcome = as_q_hub.call(request).await;
+        if attempt == 0 {
+            outcome.expect("the first use of a record is served");
+        } else {
+            let err = outcome.unwrap_err();
+            assert!(err.message().contains("replay"), "{err:?}");
+        }
+    }
+    // A hub of a CA the province does not trust (same trust domain name).
+    let mut stranger = Pki::new(NATIONAL_DOMAIN);
+    let (impostor, _) = stranger.issue(NATIONAL, Role::Hub, "hub");
+    let refused = match to_p_hub(&impostor).await {
+        Err(e) => e.to_string(),
+        Ok(channel) => DataExchangeClient::new(channel)
+            .call(get(&ho_tich, "001099012345"))
+            .await
+            .map(|_| "served".to_owned())
+            .unwrap_or_else(|s| s.to_string()),
+    };
+    assert_ne!(refused, "served");
+
+    // A national consumer without a grant: terminated, refused.
+    p.grant(&ho_tich, NATIONAL_CONSUMER, GrantStatus::Terminated)
+        .await;
+    let err = until(
+        &node_c,
+        &ho_tich,
+        "001099012345",
+        Duration::from_secs(5),
+        |o| o.is_err(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+
+    // Unexported: gone from the national catalog within seconds.
+    ok(
+        &p_reg,
+        &p_admin,
+        &["hub", "unexport", "--service", &ho_tich, "--peer", "ndxp"],
+    );
+    let start = Instant::now();
+    while q
+        .admin
+        .get(RecordKind::Service, &ho_tich, false)
+        .await
+        .is_ok()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "still imported 5 s after the unexport"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "unexport reached the national catalog in {:?}",
+        start.elapsed()
+    );
+
+    // The national hub goes down: the province's calls fail naming it, then
+    // fast once its circuit opens; back up, they work again.
+    hub_q.stop();
+    let mut app_b = DataExchangeClient::new(node_b.app_channel().await);
+    let mut messages = Vec::new();
+    for _ in 0..4 {
+        let err = app_b.call(get(&dan_cu, "036099000111")).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+        messages.push(err.message().to_owned());
+    }
+    assert!(messages[0].contains("ndxp"), "{messages:?}");
+    let fast = Instant::now();
+    let err = app_b.call(get(&dan_cu, "036099000111")).await.unwrap_err();
+    assert!(err.message().contains("circuit is open"), "{err:?}");
+    assert!(
+        fast.elapsed() < Duration::from_millis(500),
+        "took {:?}",
+        fast.elapsed()
+    );
+    hub_q.start_hub(&q_out);
+    let back = until(
+        &node_b,
+        &dan_cu,
+        "036099000111",
+        Duration::from_secs(20),
+        |o| o.is_ok(),
+    )
+    .await;
+    assert!(back.is_ok(), "after the national hub came back: {back:?}");
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
