@@ -99,8 +99,14 @@ impl RegistryClient {
                     }
                 }
                 Err(status) => {
+                    // The metadata says what became of a write
+                    // (`lgsp-outcome`, `lgsp-mod-revision`): keep it.
                     let explained = lgsp_certs::tls::explain_status(&status);
-                    return Err(Status::new(status.code(), explained));
+                    return Err(Status::with_metadata(
+                        status.code(),
+                        explained,
+                        status.metadata().clone(),
+                    ));
                 }
             }
         }

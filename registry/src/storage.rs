@@ -303,9 +303,23 @@ impl raft::Storage for RaftStore {
         if low < first {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
-        let mut entries = Vec::with_capacity((high - low) as usize);
+        // raft-rs' size limit (`raft::util::limit_size`): the first entry
+        // always, then entries while their total encoded size stays within
+        // `max_size`. Applied while reading, so that a follower far behind
+        // costs one message's worth of reads, not its whole lag decoded and
+        // then trimmed.
+        let max_size = max_size.into().filter(|m| *m != raft::NO_LIMIT);
+        let mut size = 0u64;
+        let mut entries = Vec::new();
         for item in self.db.range(&entry_key(low), Some(&entry_key(high))) {
             let (_, v) = item.map_err(fatal)?;
+            size += v.len() as u64;
+            if let Some(max) = max_size
+                && !entries.is_empty()
+                && size > max
+            {
+                return Ok(entries);
+            }
             let e = Entry::parse_from_bytes(&v).map_err(fatal)?;
             if e.index != low + entries.len() as u64 {
                 return Err(fatal(format!("gap in the raft log at index {}", e.index)));
@@ -315,7 +329,6 @@ impl raft::Storage for RaftStore {
         if entries.len() as u64 != high - low {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
-        raft::util::limit_size(&mut entries, max_size.into());
         Ok(entries)
     }
 
@@ -435,6 +448,43 @@ mod tests {
         assert_eq!(store.term(3).unwrap(), 2);
         assert_eq!(store.hard_state().unwrap(), hs);
         assert!(store.is_initialized().unwrap());
+    }
+
+    #[test]
+    fn entries_are_read_only_up_to_the_size_budget() {
+        let engine = MemKv::default();
+        let store = store_over(&engine);
+        let mut batch = Staged::new(store.db());
+        let log: Vec<Entry> = (2..=101)
+            .map(|i| {
+                let mut e = entry(i, 1);
+                e.data = vec![7; 100].into();
+                e
+            })
+            .collect();
+        store.append(&mut batch, &log).unwrap();
+        // Past the budget, an entry that cannot be decoded: a read that
+        // stops at the budget never touches it.
+        batch.insert(entry_key(60), b"\xff\xff\xff".as_slice());
+        batch.commit().unwrap();
+        let one = log[0].compute_size() as u64;
+        let ctx = || GetEntriesContext::empty(false);
+
+        let got = store.entries(2, 102, Some(3 * one), ctx()).unwrap();
+        assert_eq!(got, log[..3].to_vec());
+        // The first entry always, whatever the budget (raft-rs' rule).
+        let got = store.entries(2, 102, Some(0), ctx()).unwrap();
+        assert_eq!(got, log[..1].to_vec());
+        assert_eq!(
+            store.entries(2, 40, None, ctx()).unwrap(),
+            log[..38].to_vec()
+        );
+        assert_eq!(
+            store.entries(2, 40, Some(raft::NO_LIMIT), ctx()).unwrap(),
+            log[..38].to_vec()
+        );
+        // Without a budget the damaged entry is read, and is an error.
+        assert!(store.entries(2, 102, None, ctx()).is_err());
     }
 
     fn store_over(engine: &MemKv) -> RaftStore {

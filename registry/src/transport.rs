@@ -37,6 +37,19 @@ pub enum Report {
     },
 }
 
+/// Reports `message` as not delivered when it carries a snapshot: raft-rs
+/// waits for a snapshot's report before it sends the follower anything more,
+/// so a snapshot dropped silently would strand the follower until the next
+/// leader change.
+fn dropped(reports: &mpsc::UnboundedSender<Report>, message: &Message) {
+    if message.get_msg_type() == MessageType::MsgSnapshot {
+        let _ = reports.send(Report::Snapshot {
+            to: message.to,
+            ok: false,
+        });
+    }
+}
+
 /// Network faults injected by tests: messages to and from isolated peers
 /// are dropped on this server. Behind the `faults` feature, so that a
 /// production server takes no lock per Raft message to ask.
@@ -150,15 +163,20 @@ impl Transport {
             let to = msg.to;
             #[cfg(feature = "faults")]
             if self.faults.blocks(to) {
+                dropped(&self.reports, &msg);
                 continue;
             }
             let Some(sender) = self.queue(to) else {
                 tracing::debug!(peer = to, "no address for peer; message dropped");
                 let _ = self.reports.send(Report::Unreachable(to));
+                dropped(&self.reports, &msg);
                 continue;
             };
-            if sender.try_send(msg).is_err() {
+            if let Err(e) = sender.try_send(msg) {
                 let _ = self.reports.send(Report::Unreachable(to));
+                let (mpsc::error::TrySendError::Full(msg) | mpsc::error::TrySendError::Closed(msg)) =
+                    e;
+                dropped(&self.reports, &msg);
             }
         }
     }
@@ -221,6 +239,10 @@ async fn peer_sender(
         Ok(channel) => channel,
         Err(error) => {
             tracing::error!(peer = to, %address, %error, "cannot reach peer");
+            rx.close();
+            while let Ok(m) = rx.try_recv() {
+                dropped(&reports, &m);
+            }
             return;
         }
     };
@@ -238,6 +260,9 @@ async fn peer_sender(
         }
         #[cfg(feature = "faults")]
         if faults.blocks(to) {
+            for m in &batch {
+                dropped(&reports, m);
+            }
             continue;
         }
         let snapshots: Vec<u64> = batch
@@ -264,8 +289,11 @@ async fn peer_sender(
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
-                // Whatever queued up meanwhile is stale; Raft resends.
-                while rx.try_recv().is_ok() {}
+                // Whatever queued up meanwhile is stale; Raft resends
+                // (snapshots once they are reported).
+                while let Ok(m) = rx.try_recv() {
+                    dropped(&reports, &m);
+                }
             }
         }
     }
@@ -302,5 +330,76 @@ pub async fn ask_peer(
         Ok(Ok(answer)) => Ok(answer.into_inner()),
         Ok(Err(status)) => Err(lgsp_certs::tls::explain_status(&status)),
         Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot_to(to: u64) -> Message {
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgSnapshot);
+        m.to = to;
+        m
+    }
+
+    fn append_to(to: u64) -> Message {
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgAppend);
+        m.to = to;
+        m
+    }
+
+    fn snapshot_reports(rx: &mut mpsc::UnboundedReceiver<Report>) -> Vec<(u64, bool)> {
+        let mut got = Vec::new();
+        while let Ok(r) = rx.try_recv() {
+            if let Report::Snapshot { to, ok } = r {
+                got.push((to, ok));
+            }
+        }
+        got
+    }
+
+    fn transport() -> (Transport, mpsc::UnboundedReceiver<Report>) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ca = lgsp_certs::ca::CertificateAuthority::init(
+            &dir.path().join("ca"),
+            "test.lgsp.local",
+            "test CA",
+            1,
+        )
+        .unwrap();
+        let id = lgsp_certs::SpiffeId::new(
+            "test.lgsp.local",
+            lgsp_certs::AgencyCode::new("000.00.00.H62").unwrap(),
+            lgsp_certs::Role::Registry,
+            "registry-1",
+        )
+        .unwrap();
+        let spec = lgsp_certs::ca::LeafSpec::for_days(id, 1).unwrap();
+        let issued = ca.issue(&spec).unwrap();
+        let creds =
+            Credentials::from_pem(&issued.cert_pem, &issued.key_pem, ca.cert_pem()).unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Transport::new(1, 1, creds, tx), rx)
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_for_a_peer_without_an_address_is_reported_not_delivered() {
+        let (transport, mut reports) = transport();
+        transport.send(vec![append_to(2), snapshot_to(2)]);
+        assert_eq!(snapshot_reports(&mut reports), vec![(2, false)]);
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_dropped_by_a_full_queue_is_reported_not_delivered() {
+        let (transport, mut reports) = transport();
+        // Nothing listens there; the sending task does not run before the
+        // test yields, so the queue fills.
+        transport.set_address(2, "127.0.0.1:9");
+        transport.send((0..QUEUE).map(|_| append_to(2)).collect());
+        transport.send(vec![snapshot_to(2)]);
+        assert_eq!(snapshot_reports(&mut reports), vec![(2, false)]);
     }
 }

@@ -2,7 +2,9 @@
 //! 127.0.0.1:0 behind real mTLS, and the `lgsp` binary as a real process.
 
 pub mod cluster;
+pub mod linearizability;
 pub mod metrics;
+pub mod power_cut;
 pub mod process;
 pub mod province;
 

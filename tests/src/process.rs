@@ -25,6 +25,8 @@ pub struct ServerProcess {
     args: Vec<String>,
     /// The binary to run instead of `lgsp_bin()` (see [`Self::set_program`]).
     program: Option<PathBuf>,
+    /// Environment variables set for the process (see [`Self::set_env`]).
+    env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -39,6 +41,7 @@ impl ServerProcess {
         let child = Command::new(program)
             .args(&self.args)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -83,6 +86,12 @@ impl ServerProcess {
     /// tests' `lgsp` from the next start on.
     pub fn set_program(&mut self, program: PathBuf) {
         self.program = Some(program);
+    }
+
+    /// Sets the environment of the process from its next start on
+    /// (e.g. an `LD_PRELOAD` layer); an empty `env` clears it.
+    pub fn set_env(&mut self, env: Vec<(String, String)>) {
+        self.env = env;
     }
 
     /// Waits for the process to exit by itself; returns its status.
@@ -149,6 +158,24 @@ impl ProcessCluster {
     /// `trust_domain`, run by agency `province` (the admin's and the
     /// servers' agency).
     pub fn start_in(n: u64, trust_domain: &str, province: &str) -> Self {
+        Self::start_with_env_in(n, trust_domain, province, |_, _| Vec::new())
+    }
+
+    /// [`Self::start`], each server `id` with the environment `env(id, dir)`
+    /// gives, `dir` being its directory (see [`ServerProcess::dir`]).
+    pub fn start_with_env(
+        n: u64,
+        env: impl Fn(u64, &std::path::Path) -> Vec<(String, String)>,
+    ) -> Self {
+        Self::start_with_env_in(n, TRUST_DOMAIN, PROVINCE, env)
+    }
+
+    fn start_with_env_in(
+        n: u64,
+        trust_domain: &str,
+        province: &str,
+        env: impl Fn(u64, &std::path::Path) -> Vec<(String, String)>,
+    ) -> Self {
         let mut pki = Pki::new(trust_domain);
         let (admin, _) = pki.issue(province, Role::Admin, "so-tttt");
         let addrs: Vec<(u64, String, String)> = (1..=n)
@@ -189,6 +216,7 @@ impl ProcessCluster {
                 id: *id,
                 client: client.clone(),
                 peer: peer.clone(),
+                env: env(*id, &dir),
                 dir,
                 args,
                 program: None,
@@ -221,6 +249,7 @@ impl ProcessCluster {
             dir,
             args,
             program: None,
+            env: Vec::new(),
             child: None,
         };
         s.spawn();

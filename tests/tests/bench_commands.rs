@@ -110,6 +110,53 @@ fn bench_registry_measures_writes_and_linearizable_reads_on_three_servers() {
 }
 
 #[test]
+fn bench_registry_against_etcd_says_when_etcd_is_not_installed() {
+    let out = Command::new(lgsp_tests::lgsp_bin())
+        .args(["bench", "registry", "--clients", "2", "--duration", "1"])
+        .arg("--against-etcd")
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("no `etcd` on the PATH"), "{stderr}");
+    assert!(stderr.contains("apt-get install etcd-server"), "{stderr}");
+}
+
+#[test]
+fn bench_registry_against_etcd_runs_both_in_turn_and_reports_the_ratios() {
+    if Command::new("etcd").arg("--version").output().is_err() {
+        eprintln!("etcd is not installed (apt-get install etcd-server): nothing to compare with");
+        return;
+    }
+    let out = bench(
+        &[
+            "registry",
+            "--clients",
+            "2",
+            "--duration",
+            "1",
+            "--against-etcd",
+        ],
+        Duration::from_secs(180),
+    );
+    for label in [
+        "conditional write (CAS)",
+        "linearizable read",
+        "etcd: put",
+        "etcd: conditional write (txn)",
+        "etcd: linearizable read",
+    ] {
+        let (per_second, errors) = row(&out, 2, label);
+        assert!(per_second > 0.0, "{label}: nothing completed\n{out}");
+        assert_eq!(errors, 0, "{label}: failed operations\n{out}");
+    }
+    for round in ["round 1:", "round 2:", "round 3:"] {
+        assert!(out.contains(round), "{out}");
+    }
+}
+
+#[test]
 fn bench_stream_queries_a_whole_dataset_through_both_nodes() {
     let out = bench(
         &["stream", "--size", "4MiB", "--record", "1KiB"],

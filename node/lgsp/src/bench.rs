@@ -1,6 +1,7 @@
 //! `lgsp bench`: measured throughput and latency, each next to a baseline
 //! measured in the same run on the same machine.
 
+use crate::etcd;
 use anyhow::{Context, Result};
 use lgsp_certs::ca::CertificateAuthority;
 use lgsp_certs::{AgencyCode, Credentials, Role, ServerTls, TlsFiles};
@@ -26,6 +27,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -171,15 +173,138 @@ async fn start_registry(
     Ok(RegistryCluster::start(configs, Duration::from_secs(15)).await?)
 }
 
+/// The key each bench client owns, as an agency code.
+fn bench_code(i: usize) -> String {
+    format!("000.{:02}.{:02}.H62", i / 100, i % 100)
+}
+
+/// 256 bytes of UTF-8, the value every bench write carries (plus a counter).
+fn bench_value() -> String {
+    "đ".repeat(128)
+}
+
+/// Conditional writes on lgsp: each client owns a key and writes it at the
+/// revision it last saw.
+async fn lgsp_writes(
+    clients: &Arc<Vec<RegistryClient>>,
+    revisions: &Arc<Vec<AtomicU64>>,
+    c: usize,
+    duration: Duration,
+) -> Run {
+    let (cl, revs, v) = (clients.clone(), revisions.clone(), bench_value());
+    measure("conditional write (CAS)", c, duration, move |i, n| {
+        let client = cl[i % cl.len()].clone();
+        let revs = revs.clone();
+        let value = Value::Agency(Agency {
+            code: bench_code(i),
+            name: format!("{v}{n}"),
+            focal_point: None,
+            ..Default::default()
+        });
+        async move {
+            let expected = revs[i].load(Ordering::Relaxed);
+            let r = client.put(value, expected).await?;
+            let rev = r.record.and_then(|r| r.meta).map_or(0, |m| m.mod_revision);
+            revs[i].store(rev, Ordering::Relaxed);
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// Linearizable reads on lgsp, each client of its own key.
+async fn lgsp_reads(clients: &Arc<Vec<RegistryClient>>, c: usize, duration: Duration) -> Run {
+    let cl = clients.clone();
+    measure("linearizable read", c, duration, move |i, _| {
+        let client = cl[i % cl.len()].clone();
+        async move {
+            client
+                .get(RecordKind::Agency, &bench_code(i), false)
+                .await?;
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// The same calls on etcd: the clients, their keys and values, and the mod
+/// revision each client last saw of its key.
+#[derive(Debug, Clone)]
+struct EtcdLoad {
+    clients: Arc<Vec<etcd::pb::kv_client::KvClient<Channel>>>,
+    revisions: Arc<Vec<AtomicI64>>,
+}
+
+impl EtcdLoad {
+    fn key(i: usize) -> String {
+        format!("/bench/put/{}", bench_code(i))
+    }
+
+    async fn puts(&self, c: usize, duration: Duration) -> Run {
+        let (cl, v) = (self.clients.clone(), bench_value());
+        measure("etcd: put", c, duration, move |i, n| {
+            let mut client = cl[i % cl.len()].clone();
+            let value = format!("{v}{n}");
+            async move {
+                etcd::put(&mut client, &Self::key(i), value.as_bytes()).await?;
+                Ok(())
+            }
+        })
+        .await
+    }
+
+    async fn compare_and_sets(&self, c: usize, duration: Duration) -> Run {
+        let (cl, revs, v) = (self.clients.clone(), self.revisions.clone(), bench_value());
+        measure("etcd: conditional write (txn)", c, duration, move |i, n| {
+            let mut client = cl[i % cl.len()].clone();
+            let revs = revs.clone();
+            let value = format!("{v}{n}");
+            async move {
+                let expected = revs[i].load(Ordering::Relaxed);
+                let key = format!("/bench/cas/{}", bench_code(i));
+                match etcd::compare_and_set(&mut client, &key, expected, value.as_bytes()).await? {
+                    Ok(rev) => {
+                        revs[i].store(rev, Ordering::Relaxed);
+                        Ok(())
+                    }
+                    Err(current) => {
+                        revs[i].store(current, Ordering::Relaxed);
+                        anyhow::bail!("{key} was not at mod revision {expected}")
+                    }
+                }
+            }
+        })
+        .await
+    }
+
+    async fn reads(&self, c: usize, duration: Duration) -> Run {
+        let cl = self.clients.clone();
+        measure("etcd: linearizable read", c, duration, move |i, _| {
+            let mut client = cl[i % cl.len()].clone();
+            async move { etcd::get(&mut client, &Self::key(i)).await }
+        })
+        .await
+    }
+}
+
 /// `lgsp bench registry`: a cluster of `servers` on loopback in this
 /// process; conditional writes and linearizable reads of 256-byte values at
 /// each concurrency, next to a bare mTLS gRPC round trip to the same server.
+/// With `against_etcd`, a three-member etcd started from the system's
+/// `etcd` runs the same load, interleaved with lgsp's in three rounds;
+/// fails at once when etcd is not installed.
 pub(crate) async fn registry(
     servers: u64,
     concurrency: &[usize],
     duration: Duration,
+    against_etcd: bool,
 ) -> Result<()> {
     let tmp = tempfile::tempdir()?;
+    let etcd_cluster = if against_etcd {
+        Some(etcd::EtcdCluster::start(&tmp.path().join("etcd")).await?)
+    } else {
+        None
+    };
     let mut ca =
         CertificateAuthority::init(&tmp.path().join("ca"), "bench.lgsp.local", "bench CA", 1)?;
     let admin = leaf(&mut ca, Role::Admin, "bench")?;
@@ -188,16 +313,39 @@ pub(crate) async fn registry(
     let leader_addr = cluster.configs[&leader].listen.to_string();
 
     println!(
-        "lgsp bench registry: {servers} servers on 127.0.0.1, mutual TLS, sled flushed before every acknowledgement,"
+        "lgsp bench registry: {servers} servers on 127.0.0.1, mutual TLS, fdatasync before every acknowledgement,"
     );
     println!(
         "256-byte values, {} s per run, clients talk to the leader (server {leader}); one HTTP/2 connection per 8 clients.",
         duration.as_secs()
     );
     println!("baseline: a bare mTLS gRPC round trip (WhoAmI) to the same server, same clients.");
+    let etcd_leader = match &etcd_cluster {
+        Some(e) => {
+            let url = e.leader(Duration::from_secs(15)).await?;
+            println!(
+                "against {}: 3 members on 127.0.0.1, plaintext, its own fdatasync; clients talk to its leader ({url}),",
+                e.version
+            );
+            println!(
+                "same clients, keys and values; lgsp and etcd runs interleaved, three rounds; vs base is against lgsp's baseline."
+            );
+            Some(url)
+        }
+        None => None,
+    };
     println!();
     print_header();
-    let value = "đ".repeat(128); // 256 bytes of UTF-8
+    let etcd_revisions: Arc<Vec<AtomicI64>> = Arc::new(
+        (0..concurrency.iter().copied().max().unwrap_or(0))
+            .map(|_| AtomicI64::new(0))
+            .collect(),
+    );
+    let revisions: Arc<Vec<AtomicU64>> = Arc::new(
+        (0..concurrency.iter().copied().max().unwrap_or(0))
+            .map(|_| AtomicU64::new(0))
+            .collect(),
+    );
     for &c in concurrency {
         let connections = c.div_ceil(8).max(1);
         let clients: Vec<RegistryClient> = (0..connections)
@@ -215,51 +363,52 @@ pub(crate) async fn registry(
         .await;
         let baseline = base.per_second();
         print_run(&base, baseline);
+        let clients = Arc::new(clients);
 
-        // Each client owns a key and writes it at the revision it last saw.
-        let revisions: Arc<Vec<std::sync::atomic::AtomicU64>> = Arc::new(
-            (0..c)
-                .map(|_| std::sync::atomic::AtomicU64::new(0))
-                .collect(),
-        );
-        let shared = Arc::new(clients);
-        let (cl, revs, v) = (shared.clone(), revisions.clone(), value.clone());
-        let writes = measure("conditional write (CAS)", c, duration, move |i, n| {
-            let client = cl[i % cl.len()].clone();
-            let revs = revs.clone();
-            let value = Value::Agency(Agency {
-                code: format!("000.{:02}.{:02}.H62", i / 100, i % 100),
-                name: format!("{v}{n}"),
-                focal_point: None,
-                ..Default::default()
-            });
-            async move {
-                let expected = revs[i].load(std::sync::atomic::Ordering::Relaxed);
-                let r = client.put(value, expected).await?;
-                let rev = r.record.and_then(|r| r.meta).map_or(0, |m| m.mod_revision);
-                revs[i].store(rev, std::sync::atomic::Ordering::Relaxed);
-                Ok(())
-            }
-        })
-        .await;
-        print_run(&writes, baseline);
-
-        let cl = shared.clone();
-        let reads = measure("linearizable read", c, duration, move |i, _| {
-            let client = cl[i % cl.len()].clone();
-            async move {
-                client
-                    .get(
-                        RecordKind::Agency,
-                        &format!("000.{:02}.{:02}.H62", i / 100, i % 100),
-                        false,
-                    )
-                    .await?;
-                Ok(())
-            }
-        })
-        .await;
-        print_run(&reads, baseline);
+        let Some(url) = &etcd_leader else {
+            print_run(
+                &lgsp_writes(&clients, &revisions, c, duration).await,
+                baseline,
+            );
+            print_run(&lgsp_reads(&clients, c, duration).await, baseline);
+            continue;
+        };
+        let load = EtcdLoad {
+            clients: Arc::new(etcd::connect(url, connections).await?),
+            revisions: etcd_revisions.clone(),
+        };
+        let mut rounds = Vec::new();
+        for _ in 0..3 {
+            let writes = lgsp_writes(&clients, &revisions, c, duration).await;
+            print_run(&writes, baseline);
+            let reads = lgsp_reads(&clients, c, duration).await;
+            print_run(&reads, baseline);
+            let etcd_puts = load.puts(c, duration).await;
+            print_run(&etcd_puts, baseline);
+            let etcd_writes = load.compare_and_sets(c, duration).await;
+            print_run(&etcd_writes, baseline);
+            let etcd_reads = load.reads(c, duration).await;
+            print_run(&etcd_reads, baseline);
+            rounds.push([writes, reads, etcd_puts, etcd_writes, etcd_reads]);
+        }
+        println!();
+        println!("lgsp / etcd at {c} clients, round by round:");
+        for (r, [writes, reads, puts, txns, etcd_reads]) in rounds.iter().enumerate() {
+            println!(
+                "  round {}: CAS writes/s {:.2}x etcd's txn, {:.2}x its put; p99 {:.1} ms vs {:.1} (txn), {:.1} (put); linearizable reads/s {:.2}x",
+                r + 1,
+                writes.per_second() / txns.per_second(),
+                writes.per_second() / puts.per_second(),
+                writes.percentile_ms(99.0),
+                txns.percentile_ms(99.0),
+                puts.percentile_ms(99.0),
+                reads.per_second() / etcd_reads.per_second(),
+            );
+        }
+        println!();
+    }
+    if let Some(e) = etcd_cluster {
+        e.stop().await;
     }
     Ok(cluster.shutdown().await?)
 }

@@ -5,6 +5,7 @@
 mod bench;
 mod cli;
 mod demo;
+mod etcd;
 mod signal;
 
 // sled copies a tree node on every update and tonic allocates per call:

@@ -19,6 +19,11 @@ pub(super) enum BenchCommand {
         /// Seconds per run.
         #[arg(long, default_value_t = 5)]
         duration: u64,
+        /// Also start a three-member etcd on loopback (the system's `etcd`,
+        /// Debian package etcd-server) and run the same load on it,
+        /// interleaved with lgsp's runs; fails when etcd is not installed.
+        #[arg(long)]
+        against_etcd: bool,
     },
     /// Start a registry and two agency nodes on loopback in this process and
     /// measure an application calling agency A's services directly and
@@ -117,10 +122,12 @@ pub(super) fn run(cmd: BenchCommand) -> Result<()> {
             servers,
             clients,
             duration,
+            against_etcd,
         } => rt.block_on(crate::bench::registry(
             servers,
             &clients,
             Duration::from_secs(duration),
+            against_etcd,
         )),
         BenchCommand::Exchange {
             payload,
