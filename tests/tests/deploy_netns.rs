@@ -628,7 +628,7 @@ fn federation_in_network_namespaces_replicates_and_exchanges_across_hosts() {
     assert!(status.status.success(), "{}", text(&status));
     for id in 1..=3 {
         assert!(
-            report.contains(&format!("10.77.0.1{id}:7101: server {id} is ")),
+            report.contains(&format!("10.77.0.1{id}:7101: server {id} (lgsp ")),
             "server {id} did not answer on its own address:\n{report}"
         );
         assert!(
