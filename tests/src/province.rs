@@ -221,6 +221,10 @@ impl Province {
             dir.to_str().unwrap(),
             "--trust-domain",
             TRUST_DOMAIN,
+            "--dns",
+            "localhost",
+            "--ip",
+            "127.0.0.1",
         ]);
         assert!(
             out.status.success(),
