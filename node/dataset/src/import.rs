@@ -682,6 +682,69 @@ fn write_in_key_order(
         .map_err(io_error(&data_path))
 }
 
+/// Reads `input` as an import of a file named `file` would, checking every
+/// row (key, schema, size) but storing nothing and not looking for duplicate
+/// keys. Returns the number of good rows, or every bad one.
+pub(super) fn check(
+    file: &Path,
+    input: impl Read,
+    key_field: &str,
+    schema: Option<&Schema>,
+    max_record_bytes: usize,
+) -> Result<u64, DatasetError> {
+    let format = Format::of(file)?;
+    let rules = Rules {
+        key_field,
+        schema,
+        max_record_bytes,
+    };
+    let reader = Counting {
+        inner: input,
+        bytes: 0,
+    };
+    let mut good = 0u64;
+    let mut bad = Vec::new();
+    let mut total_bad = 0;
+    let mut sink = |line: u64, row: Row| {
+        let problem = row.and_then(|fields| {
+            let key = key_of(&fields, key_field)?;
+            if let Some(schema) = schema {
+                schema.validate_fields(fields.iter().map(|(n, v)| (n.as_str(), v)))?;
+            }
+            let text = object_text(fields.iter().map(|(n, v)| (n.as_str(), v)));
+            if text.len() > max_record_bytes {
+                return Err(format!(
+                    "the record of key {key:?} is {} bytes; a node sends at most {max_record_bytes}",
+                    text.len()
+                ));
+            }
+            Ok(())
+        });
+        match problem {
+            Ok(()) => good += 1,
+            Err(why) => {
+                total_bad += 1;
+                if bad.len() < MAX_BAD_ROWS {
+                    bad.push(BadRow { line, why });
+                }
+            }
+        }
+        Ok(ControlFlow::Continue(()))
+    };
+    match format {
+        Format::Csv => read_csv(reader, file, rules, &mut sink, &mut |_| {}),
+        Format::JsonLines => read_json_lines(reader, file, rules, &mut sink, &mut |_| {}),
+    }?;
+    if total_bad > 0 {
+        return Err(DatasetError::BadRows {
+            file: file.to_owned(),
+            rows: bad,
+            total_bad,
+        });
+    }
+    Ok(good)
+}
+
 /// Reads `file` row by row into `sink`, calling `tick` with the bytes read.
 fn read(
     format: Format,
