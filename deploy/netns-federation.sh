@@ -226,6 +226,9 @@ prepare_node() {
     --trust-domain "$TRUST_DOMAIN" --registry "$REGISTRY" \
     --provider-listen "$ip:7301" --consumer-listen 127.0.0.1:7401 \
     --ip "$ip" --dns localhost >/dev/null
+  # The CA signs only host names its policy allows the agency.
+  "$LGSP" ca policy allow --ca "$DIR/ca" --agency "$agency" --dns-suffix localhost \
+    --ip "$ip" >/dev/null
   "$LGSP" ca sign --ca "$DIR/ca" --csr "$DIR/$host/tls/csr.pem" \
     --out "$DIR/$host/tls/cert.pem" >/dev/null
   cp "$DIR/ca/ca.crt" "$DIR/$host/tls/ca.pem"

@@ -10,6 +10,7 @@ use crate::error::{CertError, Result, io_err};
 use crate::fsutil::{write_atomic, write_new};
 use crate::identity::{SpiffeId, validate_trust_domain};
 use crate::inspect::{normalize_serial, serial_hex};
+use crate::name_policy::NamePolicy;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams,
     CertificateSigningRequestParams, DnType, DnValue, ExtendedKeyUsagePurpose, IsCa, Issuer,
@@ -59,6 +60,10 @@ struct CaState {
     crl_number: u64,
     issued: Vec<IssuedRecord>,
     revoked: Vec<RevokedRecord>,
+    /// The host names the CA vouches for, per agency; absent in a CA made
+    /// before there was a policy, which then vouches for none.
+    #[serde(default)]
+    names: NamePolicy,
 }
 
 /// One certificate the CA signed.
@@ -94,9 +99,9 @@ pub struct LeafSpec {
     pub id: SpiffeId,
     /// Put in the subject's O attribute, UTF-8 (e.g. "Sở Tư pháp tỉnh Vĩnh Phúc").
     pub display_name: Option<String>,
-    /// DNS names the holder serves under, as DNS SANs (`localhost` by default).
+    /// DNS names the holder serves under, as DNS SANs (none by default).
     pub dns: Vec<String>,
-    /// IP addresses the holder serves on, as IP SANs (`127.0.0.1` by default).
+    /// IP addresses the holder serves on, as IP SANs (none by default).
     pub ips: Vec<IpAddr>,
     /// Start of validity.
     pub not_before: OffsetDateTime,
@@ -106,16 +111,16 @@ pub struct LeafSpec {
 
 impl LeafSpec {
     /// A spec valid from five minutes ago (clock skew between servers) for `days` days,
-    /// for `localhost` and `127.0.0.1`. Fails with [`CertError::Days`] unless
-    /// `days` is 1 to 3650.
+    /// with no host names: a certificate carries only the names asked for.
+    /// Fails with [`CertError::Days`] unless `days` is 1 to 3650.
     pub fn for_days(id: SpiffeId, days: i64) -> Result<Self> {
         check_days(days, 3650)?;
         let now = OffsetDateTime::now_utc();
         Ok(Self {
             id,
             display_name: None,
-            dns: vec!["localhost".into()],
-            ips: vec![IpAddr::from([127, 0, 0, 1])],
+            dns: Vec::new(),
+            ips: Vec::new(),
             not_before: now - Duration::minutes(5),
             not_after: now + Duration::days(days),
         })
@@ -287,6 +292,7 @@ impl CertificateAuthority {
             crl_number: 0,
             issued: Vec::new(),
             revoked: Vec::new(),
+            names: NamePolicy::default(),
         };
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         write_new(&dir.join(KEY_FILE), key.serialize_pem().as_bytes(), 0o600)?;
@@ -361,6 +367,8 @@ impl CertificateAuthority {
 
     /// Makes a key here and issues its certificate. For development and
     /// tests; in production a node sends a CSR so its key never leaves it.
+    /// The host names in `spec` are the CA holder's own choice, so the name
+    /// policy is not consulted (a CSR's are: see [`Self::sign`]).
     /// Fails with [`CertError::ForeignTrustDomain`] for an identity outside
     /// the CA's trust domain, and when the CA state cannot be saved.
     pub fn issue(&mut self, spec: &LeafSpec) -> Result<Issued> {
@@ -425,13 +433,49 @@ impl CertificateAuthority {
         spec.display_name = display_name;
         spec.dns = dns;
         spec.ips = ips;
-        Ok(CsrRequest { csr, spec })
+        Ok(CsrRequest {
+            csr,
+            spec,
+            ips_vouched: false,
+        })
+    }
+
+    /// The host names the CA vouches for, per agency.
+    pub fn name_policy(&self) -> &NamePolicy {
+        &self.state.names
+    }
+
+    /// Lets `agency` (an agency code, or [`crate::name_policy::EVERY_AGENCY`])
+    /// ask for DNS names under `dns_suffixes` and for `ips`, and saves it.
+    /// Fails on a malformed agency code or suffix, or when the state cannot
+    /// be saved.
+    pub fn allow_names(
+        &mut self,
+        agency: &str,
+        dns_suffixes: &[String],
+        ips: &[IpAddr],
+    ) -> Result<()> {
+        self.state.names.allow(agency, dns_suffixes, ips)?;
+        self.save()
+    }
+
+    /// Refuses, with [`CertError::HostNotVouched`], a request for a DNS name
+    /// or IP address the name policy does not allow its agency (IP
+    /// addresses pass after [`CsrRequest::vouch_for_ips`]).
+    pub fn check_names(&self, request: &CsrRequest) -> Result<()> {
+        let spec = &request.spec;
+        self.state
+            .names
+            .check(&spec.id.agency, &spec.dns, &spec.ips, request.ips_vouched)
     }
 
     /// Signs a checked CSR; returns the certificate PEM and its serial
-    /// (lower-case hex). Fails when signing fails or the CA state cannot be saved.
+    /// (lower-case hex). Fails with [`CertError::HostNotVouched`] for a host
+    /// name the policy does not allow (see [`Self::check_names`]), and when
+    /// signing fails or the CA state cannot be saved.
     pub fn sign(&mut self, request: CsrRequest) -> Result<(String, String)> {
-        let CsrRequest { mut csr, spec } = request;
+        self.check_names(&request)?;
+        let CsrRequest { mut csr, spec, .. } = request;
         let serial = random_serial();
         csr.params = spec.params(serial.clone())?;
         let cert = csr.signed_by(&self.issuer()?)?;
@@ -555,6 +599,16 @@ pub struct CsrRequest {
     /// What will be issued: the identity, hosts and display name the CSR asks
     /// for, with the validity the CA chose. Show it to the operator before signing.
     pub spec: LeafSpec,
+    ips_vouched: bool,
+}
+
+impl CsrRequest {
+    /// The operator checked the IP addresses this CSR asks for: sign them
+    /// even where the name policy does not list them (`lgsp ca sign
+    /// --allow-ip`). DNS names still need the policy.
+    pub fn vouch_for_ips(&mut self) {
+        self.ips_vouched = true;
+    }
 }
 
 /// A key made where it will be used, and a CSR asking for `spec`'s identity:
@@ -652,6 +706,42 @@ mod tests {
         let cert = info(&cert_pem);
         assert_eq!(cert.spiffe_id.unwrap(), leaf.id);
         assert_eq!(cert.serial, serial);
+    }
+
+    #[test]
+    fn a_certificate_carries_no_host_names_unless_asked() {
+        let (_dir, mut ca) = ca();
+        let issued = ca
+            .issue(&spec(DOMAIN, "000.00.12.H62", Role::Node, "node-1"))
+            .unwrap();
+        let cert = info(&issued.cert_pem);
+        assert!(cert.dns_names.is_empty(), "{:?}", cert.dns_names);
+        assert!(cert.ip_addresses.is_empty(), "{:?}", cert.ip_addresses);
+    }
+
+    #[test]
+    fn a_csr_for_a_host_the_policy_does_not_allow_is_refused_until_allowed() {
+        let (dir, mut ca) = ca();
+        let mut leaf = spec(DOMAIN, "000.00.31.H62", Role::Node, "node-2");
+        leaf.dns = vec!["dichvucong.gov.vn".into()];
+        let (csr, _key) = make_csr(&leaf).unwrap();
+        let origin = dir.path().join("csr.pem");
+        let refused = ca
+            .sign(ca.check_csr(&csr, &origin, 30).unwrap())
+            .unwrap_err();
+        assert!(
+            matches!(&refused, CertError::HostNotVouched { host, .. } if host == "dichvucong.gov.vn"),
+            "{refused}"
+        );
+        assert!(ca.live_for(&leaf.id).is_empty(), "nothing was signed");
+
+        ca.allow_names("000.00.31.H62", &["dichvucong.gov.vn".into()], &[])
+            .unwrap();
+        let mut reopened = CertificateAuthority::open(&dir.path().join("ca")).unwrap();
+        let (cert, _) = reopened
+            .sign(reopened.check_csr(&csr, &origin, 30).unwrap())
+            .unwrap();
+        assert_eq!(info(&cert).dns_names, ["dichvucong.gov.vn"]);
     }
 
     #[test]

@@ -115,6 +115,21 @@ pub enum CertError {
     /// A DNS name that cannot be a SAN; holds it.
     #[error("invalid DNS name {0:?} for a SAN")]
     DnsName(String),
+    /// A DNS name or IP address the CA does not vouch for on behalf of the
+    /// agency asking: its name policy does not allow it.
+    #[error(
+        "the CA does not vouch for {host:?} as a host of agency {agency} (its policy allows: {allowed}); if the agency really serves there, allow it with `{fix}`"
+    )]
+    HostNotVouched {
+        /// The DNS name or IP address asked for.
+        host: String,
+        /// The agency code of the identity asking.
+        agency: String,
+        /// What the policy allows that agency, in words.
+        allowed: String,
+        /// The command that would allow it.
+        fix: String,
+    },
     /// rcgen could not build, sign or serialise a certificate, CSR or CRL.
     #[error("certificate generation failed: {0}")]
     Rcgen(#[from] rcgen::Error),

@@ -4,6 +4,7 @@
 //! - [`identity`]: the SPIFFE ID in every certificate
 //!   (`spiffe://<trust-domain>/agency/<code>/<role>/<name>`) and its parts.
 //! - [`inspect`]: reading certificates and CRLs back, in plain words.
+//! - [`name_policy`]: which host names the CA vouches for, per agency.
 //! - [`tls`]: mTLS server and client configs, swappable at run time.
 //! - [`peer`]: per-call authentication of gRPC peers from their certificates.
 //! - [`server_identity`]: a client's check that it reached the server it
@@ -14,6 +15,7 @@ pub mod error;
 mod fsutil;
 pub mod identity;
 pub mod inspect;
+pub mod name_policy;
 pub mod peer;
 pub mod server_identity;
 pub mod tls;

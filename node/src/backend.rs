@@ -45,42 +45,7 @@ impl HttpBackend {
         request_id: &str,
         consumer: &str,
     ) -> Result<Vec<u8>, Status> {
-        // `.` and `..` (or any `..`) would walk the backend's URL path.
-        if !op
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-            || op.is_empty()
-            || op.contains("..")
-            || op == "."
-        {
-            return Err(Status::invalid_argument(format!(
-                "operation {op:?} is not allowed: use letters, digits, '-', '_' and '.' (not '.' or '..')"
-            )));
-        }
-        let mut url = url.replace("{op}", op);
-        if method == HttpMethod::Get && !parameters.is_empty() {
-            let mut pairs: Vec<_> = parameters.iter().collect();
-            pairs.sort();
-            let query: Vec<String> = pairs
-                .into_iter()
-                .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
-                .collect();
-            url.push(if url.contains('?') { '&' } else { '?' });
-            url.push_str(&query.join("&"));
-        }
-        let body = if method == HttpMethod::Get {
-            Bytes::new()
-        } else {
-            Bytes::copy_from_slice(payload)
-        };
-        let request = hyper::Request::builder()
-            .method(method.as_str())
-            .uri(&url)
-            .header("content-type", "application/json")
-            .header("x-request-id", request_id)
-            .header("x-lgsp-consumer-agency", consumer)
-            .body(Full::new(body))
-            .map_err(|e| Status::internal(format!("backend URL {url:?} is unusable: {e}")))?;
+        let request = http_request(url, method, op, parameters, payload, request_id, consumer)?;
         let response = tokio::time::timeout(timeout, async {
             let response = self.client.request(request).await.map_err(|e| {
                 Status::unavailable(format!(
@@ -116,6 +81,58 @@ impl HttpBackend {
             _ => Status::unavailable(format!("the backend failed ({status}): {text}")),
         })
     }
+}
+
+/// The HTTP request for a call: `url` with `{op}` replaced by the
+/// operation (refused when it would walk the backend's path), the
+/// parameters as a query string for GET, the payload as the body otherwise.
+/// Fails with `InvalidArgument` for a bad operation and `Internal` when the
+/// URL is unusable.
+pub fn http_request(
+    url: &str,
+    method: HttpMethod,
+    op: &str,
+    parameters: &HashMap<String, String>,
+    payload: &[u8],
+    request_id: &str,
+    consumer: &str,
+) -> Result<hyper::Request<Full<Bytes>>, Status> {
+    // `.` and `..` (or any `..`) would walk the backend's URL path.
+    if !op
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        || op.is_empty()
+        || op.contains("..")
+        || op == "."
+    {
+        return Err(Status::invalid_argument(format!(
+            "operation {op:?} is not allowed: use letters, digits, '-', '_' and '.' (not '.' or '..')"
+        )));
+    }
+    let mut url = url.replace("{op}", op);
+    if method == HttpMethod::Get && !parameters.is_empty() {
+        let mut pairs: Vec<_> = parameters.iter().collect();
+        pairs.sort();
+        let query: Vec<String> = pairs
+            .into_iter()
+            .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+            .collect();
+        url.push(if url.contains('?') { '&' } else { '?' });
+        url.push_str(&query.join("&"));
+    }
+    let body = if method == HttpMethod::Get {
+        Bytes::new()
+    } else {
+        Bytes::copy_from_slice(payload)
+    };
+    hyper::Request::builder()
+        .method(method.as_str())
+        .uri(&url)
+        .header("content-type", "application/json")
+        .header("x-request-id", request_id)
+        .header("x-lgsp-consumer-agency", consumer)
+        .body(Full::new(body))
+        .map_err(|e| Status::internal(format!("backend URL {url:?} is unusable: {e}")))
 }
 
 /// Percent-encodes a query-string component (RFC 3986 unreserved kept).

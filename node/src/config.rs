@@ -288,11 +288,18 @@ impl NodeConfig {
             path: path.to_owned(),
             source,
         })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses `text` as the contents of the file at `path` (against whose
+    /// directory relative paths resolve) and checks it, reporting every
+    /// problem at once as [`ConfigError::Invalid`].
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let invalid = |problems: String| ConfigError::Invalid {
             path: path.to_owned(),
             problems,
         };
-        let mut config: NodeConfig = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        let mut config: NodeConfig = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         let abs = |p: &mut PathBuf| {
             if p.is_relative() {

@@ -14,6 +14,7 @@ pub mod config;
 pub mod consumer;
 pub mod context;
 pub mod deadline;
+pub mod fuzzing;
 pub mod limits;
 pub mod link;
 pub mod listener;

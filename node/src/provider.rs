@@ -467,16 +467,7 @@ impl DataExchange for Provider {
             async move {
                 // The stream counts as in flight until its last page.
                 let _permit = permit;
-                let mut query = Query {
-                    filters: req
-                        .filters
-                        .iter()
-                        .map(|f| (f.field.clone(), f.equals.clone()))
-                        .collect(),
-                    fields: req.fields.clone(),
-                    page_size: req.page_size,
-                    resume_token: req.resume_token.clone(),
-                };
+                let mut query = query_of(&req);
                 let mut digest = Sha256::new();
                 let mut bytes_out = 0u64;
                 let outcome = loop {
@@ -583,5 +574,19 @@ fn project(json: &str, keep: &[&str]) -> String {
             serde_json::Value::Object(fields).to_string()
         }
         _ => json.to_owned(),
+    }
+}
+
+/// The dataset query a peer's request asks for.
+pub(crate) fn query_of(req: &QueryRequest) -> Query {
+    Query {
+        filters: req
+            .filters
+            .iter()
+            .map(|f| (f.field.clone(), f.equals.clone()))
+            .collect(),
+        fields: req.fields.clone(),
+        page_size: req.page_size,
+        resume_token: req.resume_token.clone(),
     }
 }

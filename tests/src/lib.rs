@@ -35,12 +35,20 @@ pub struct Pki {
 
 impl Pki {
     /// A new CA for `trust_domain`, valid for 30 days, in a fresh temporary
-    /// directory. Panics when the directory or the CA cannot be made.
+    /// directory, vouching for `localhost` and `127.0.0.1` for every agency
+    /// (every test server runs on this host). Panics when the directory or
+    /// the CA cannot be made.
     pub fn new(trust_domain: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ca =
+        let mut ca =
             CertificateAuthority::init(&dir.path().join("ca"), trust_domain, "CA tỉnh thử", 30)
                 .expect("ca init");
+        ca.allow_names(
+            lgsp_certs::name_policy::EVERY_AGENCY,
+            &["localhost".into()],
+            &[std::net::IpAddr::from([127, 0, 0, 1])],
+        )
+        .expect("name policy");
         Self { dir, ca }
     }
 
@@ -50,7 +58,8 @@ impl Pki {
         self.dir.path().join("ca")
     }
 
-    /// A spec for `agency`'s `role` named `name`, valid for a day.
+    /// A spec for `agency`'s `role` named `name`, valid for a day, for
+    /// `localhost` and `127.0.0.1` (where the tests' servers listen).
     pub fn spec(&self, agency: &str, role: Role, name: &str) -> LeafSpec {
         let id = SpiffeId::new(
             self.ca.trust_domain(),
@@ -59,7 +68,10 @@ impl Pki {
             name,
         )
         .expect("spiffe id");
-        LeafSpec::for_days(id, 1).expect("spec")
+        let mut spec = LeafSpec::for_days(id, 1).expect("spec");
+        spec.dns = vec!["localhost".into()];
+        spec.ips = vec![std::net::IpAddr::from([127, 0, 0, 1])];
+        spec
     }
 
     /// Issues credentials for `spec`; returns them and the serial.

@@ -265,6 +265,10 @@ impl Province {
             dir.to_str().unwrap(),
             "--trust-domain",
             &self.trust_domain.clone(),
+            "--dns",
+            "localhost",
+            "--ip",
+            "127.0.0.1",
         ]);
         assert!(
             out.status.success(),

@@ -507,3 +507,121 @@ fn ca_sign_shows_the_request_and_refuses_a_second_live_identity_or_a_new_privile
             .success()
     );
 }
+
+#[test]
+fn the_ca_signs_only_names_its_policy_vouches_for_and_adds_none_of_its_own() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = tmp.path().join("ca");
+    ok(&[
+        "ca",
+        "init",
+        "--dir",
+        p(&ca),
+        "--trust-domain",
+        TRUST_DOMAIN,
+    ]);
+    let mut n = 0;
+    let mut csr = |agency: &str, hosts: &[&str]| {
+        n += 1;
+        let out = tmp.path().join(format!("csr-{n}"));
+        let name = format!("node-{n}");
+        let mut args = vec![
+            "ca",
+            "csr",
+            "--role",
+            "node",
+            "--agency",
+            agency,
+            "--name",
+            &name,
+            "--trust-domain",
+            TRUST_DOMAIN,
+            "--out",
+            p(&out),
+        ];
+        args.extend(hosts);
+        ok(&args);
+        out.join("csr.pem")
+    };
+    let sign = |csr: &Path, extra: &[&str]| {
+        let out = csr.with_file_name("cert.pem");
+        let mut args = vec!["ca", "sign", "--ca", p(&ca), "--csr", p(csr)];
+        args.extend(["--out", out.to_str().unwrap()]);
+        args.extend(extra);
+        args.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    fn args(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    const STP: &str = "000.00.12.H62";
+    const CA_POLICE: &str = "000.00.13.H62";
+
+    // Nothing asked, nothing added: no localhost, no 127.0.0.1.
+    let plain = csr(STP, &[]);
+    let shown = ok(&["ca", "show", p(&plain)]);
+    assert!(
+        !shown.contains("localhost") && !shown.contains("127.0.0.1"),
+        "{shown}"
+    );
+    ok(&args(&sign(&plain, &[])));
+    let cert = ok(&["ca", "show", p(&plain.with_file_name("cert.pem"))]);
+    assert!(
+        !cert.contains("localhost") && !cert.contains("127.0.0.1"),
+        "{cert}"
+    );
+
+    // A name nobody vouched for: refused, naming it and how to allow it.
+    let evil = csr(STP, &["--dns", "api.bocongan.gov.vn"]);
+    refused(&args(&sign(&evil, &["--yes"])), "api.bocongan.gov.vn", &ca);
+    refused(&args(&sign(&evil, &[])), "lgsp ca policy allow", &ca);
+
+    // Allowed suffixes per agency: subdomains of the suffix only, and only
+    // for that agency.
+    ok(&[
+        "ca",
+        "policy",
+        "allow",
+        "--ca",
+        p(&ca),
+        "--agency",
+        STP,
+        "--dns-suffix",
+        ".stp.vinhphuc.gov.vn",
+    ]);
+    let good = csr(STP, &["--dns", "node1.stp.vinhphuc.gov.vn"]);
+    ok(&args(&sign(&good, &[])));
+    for (agency, name) in [
+        (STP, "xstp.vinhphuc.gov.vn"),
+        (STP, "stp.vinhphuc.gov.vn.evil.example"),
+        (CA_POLICE, "node1.stp.vinhphuc.gov.vn"),
+    ] {
+        let bad = csr(agency, &["--dns", name]);
+        refused(&args(&sign(&bad, &[])), name, &ca);
+    }
+
+    // IP addresses: only listed ones, or with an explicit --allow-ip.
+    let ip = csr(
+        STP,
+        &["--dns", "node1.stp.vinhphuc.gov.vn", "--ip", "10.0.0.7"],
+    );
+    refused(&args(&sign(&ip, &[])), "10.0.0.7", &ca);
+    ok(&args(&sign(&ip, &["--allow-ip"])));
+    ok(&[
+        "ca",
+        "policy",
+        "allow",
+        "--ca",
+        p(&ca),
+        "--agency",
+        STP,
+        "--ip",
+        "10.0.0.8",
+    ]);
+    let listed = csr(STP, &["--ip", "10.0.0.8"]);
+    ok(&args(&sign(&listed, &[])));
+    let policy = ok(&["ca", "policy", "show", "--ca", p(&ca)]);
+    assert!(
+        policy.contains(".stp.vinhphuc.gov.vn") && policy.contains("10.0.0.8"),
+        "{policy}"
+    );
+}

@@ -401,6 +401,8 @@ async fn node_certificate_renewed_while_the_province_runs_serves_calls_and_the_o
         .sub("--name node-1", "--name node-a")
         // The test's node is reached at 127.0.0.1, so that is the address its certificate must carry.
         .sub("--ip 10.0.0.21", "--ip 127.0.0.1")
+        // The test CA vouches for the test's hosts only (`Pki::new`).
+        .sub("--dns node.stp.vinhphuc.gov.vn", "--dns localhost")
         .sub(
             "10.0.0.11:7101,10.0.0.12:7101,10.0.0.13:7101",
             province.registry_addrs().join(","),

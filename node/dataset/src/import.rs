@@ -261,6 +261,90 @@ impl<R: Read> Read for Counting<R> {
     }
 }
 
+/// Follows the CSV reader's quoting byte by byte (csv_core's rules with
+/// the default dialect), to tell where a quote that is never closed opened:
+/// the reader itself ends such a field at the end of the file without a
+/// word, so the field silently swallows every line after the quote.
+struct QuoteWatch<R> {
+    inner: R,
+    state: Quoting,
+    /// The line being read, from 1.
+    line: u64,
+    /// Bytes seen so far.
+    offset: u64,
+    /// The line and byte offset of the last quote that opened a field.
+    opened: (u64, u64),
+    /// Whether the input has ended.
+    eof: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Quoting {
+    FieldStart,
+    Unquoted,
+    Quoted,
+    /// A quote inside a quoted field: it closes the field, or doubles.
+    QuoteInQuoted,
+}
+
+impl<R> QuoteWatch<R> {
+    fn new(inner: R) -> Self {
+        Self {
+            inner,
+            state: Quoting::FieldStart,
+            line: 1,
+            offset: 0,
+            opened: (0, 0),
+            eof: false,
+        }
+    }
+
+    fn see(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            let ends_field = matches!(b, b',' | b'\n' | b'\r');
+            self.state = match (self.state, b) {
+                (Quoting::FieldStart, b'"') => {
+                    self.opened = (self.line, self.offset);
+                    Quoting::Quoted
+                }
+                (Quoting::Quoted, b'"') => Quoting::QuoteInQuoted,
+                (Quoting::Quoted, _) => Quoting::Quoted,
+                (Quoting::QuoteInQuoted, b'"') => Quoting::Quoted,
+                (_, _) if ends_field => Quoting::FieldStart,
+                (_, _) => Quoting::Unquoted,
+            };
+            self.offset += 1;
+            if b == b'\n' {
+                self.line += 1;
+            }
+        }
+    }
+
+    /// Why the record that ends at byte `end` cannot be taken, when a
+    /// quote in it opened and the file ended before it closed.
+    fn unclosed(&self, end: u64) -> Option<String> {
+        let (line, offset) = self.opened;
+        (self.eof && self.state == Quoting::Quoted && end > offset).then(|| {
+            format!(
+                "the quote opened on line {line} is never closed, so the rest of the file \
+                 would be read as one value; close it, and double any quote inside a quoted \
+                 value (\"\")"
+            )
+        })
+    }
+}
+
+impl<R: Read> Read for QuoteWatch<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            self.eof = true;
+        }
+        self.see(&buf[..n]);
+        Ok(n)
+    }
+}
+
 /// What every row must satisfy.
 #[derive(Clone, Copy)]
 struct Rules<'a> {
@@ -598,6 +682,69 @@ fn write_in_key_order(
         .map_err(io_error(&data_path))
 }
 
+/// Reads `input` as an import of a file named `file` would, checking every
+/// row (key, schema, size) but storing nothing and not looking for duplicate
+/// keys. Returns the number of good rows, or every bad one.
+pub(super) fn check(
+    file: &Path,
+    input: impl Read,
+    key_field: &str,
+    schema: Option<&Schema>,
+    max_record_bytes: usize,
+) -> Result<u64, DatasetError> {
+    let format = Format::of(file)?;
+    let rules = Rules {
+        key_field,
+        schema,
+        max_record_bytes,
+    };
+    let reader = Counting {
+        inner: input,
+        bytes: 0,
+    };
+    let mut good = 0u64;
+    let mut bad = Vec::new();
+    let mut total_bad = 0;
+    let mut sink = |line: u64, row: Row| {
+        let problem = row.and_then(|fields| {
+            let key = key_of(&fields, key_field)?;
+            if let Some(schema) = schema {
+                schema.validate_fields(fields.iter().map(|(n, v)| (n.as_str(), v)))?;
+            }
+            let text = object_text(fields.iter().map(|(n, v)| (n.as_str(), v)));
+            if text.len() > max_record_bytes {
+                return Err(format!(
+                    "the record of key {key:?} is {} bytes; a node sends at most {max_record_bytes}",
+                    text.len()
+                ));
+            }
+            Ok(())
+        });
+        match problem {
+            Ok(()) => good += 1,
+            Err(why) => {
+                total_bad += 1;
+                if bad.len() < MAX_BAD_ROWS {
+                    bad.push(BadRow { line, why });
+                }
+            }
+        }
+        Ok(ControlFlow::Continue(()))
+    };
+    match format {
+        Format::Csv => read_csv(reader, file, rules, &mut sink, &mut |_| {}),
+        Format::JsonLines => read_json_lines(reader, file, rules, &mut sink, &mut |_| {}),
+    }?;
+    if total_bad > 0 {
+        return Err(DatasetError::BadRows {
+            file: file.to_owned(),
+            rows: bad,
+            total_bad,
+        });
+    }
+    Ok(good)
+}
+
 /// Reads `file` row by row into `sink`, calling `tick` with the bytes read.
 fn read(
     format: Format,
@@ -648,7 +795,7 @@ fn read_csv<R: Read>(
         .has_headers(false)
         .flexible(true)
         .buffer_capacity(1 << 16)
-        .from_reader(reader);
+        .from_reader(QuoteWatch::new(reader));
     let mut record = csv::ByteRecord::new();
     let io = |e: csv::Error| DatasetError::Io {
         path: file.to_owned(),
@@ -661,6 +808,9 @@ fn read_csv<R: Read>(
         let why = "the file is empty; a CSV file needs a header row naming the fields";
         return sink(1, Err(why.into())).map(drop);
     }
+    if let Some(why) = csv.get_ref().unclosed(csv.position().byte()) {
+        return sink(1, Err(why)).map(drop);
+    }
     let header = match header_names(&record, rules) {
         Ok(h) => h,
         Err(why) => return sink(1, Err(why)).map(drop),
@@ -670,7 +820,10 @@ fn read_csv<R: Read>(
             Ok(false) => return Ok(()),
             Ok(true) => (
                 record.position().map_or(0, |p| p.line()),
-                csv_row(&header, &record, rules.schema),
+                match csv.get_ref().unclosed(csv.position().byte()) {
+                    Some(why) => Err(why),
+                    None => csv_row(&header, &record, rules.schema),
+                },
             ),
             Err(e) if matches!(e.kind(), csv::ErrorKind::Io(_)) => return Err(io(e)),
             Err(e) => (
@@ -681,7 +834,7 @@ fn read_csv<R: Read>(
         if sink(line, row)?.is_break() {
             return Ok(());
         }
-        tick(csv.get_ref().bytes);
+        tick(csv.get_ref().inner.bytes);
     }
 }
 

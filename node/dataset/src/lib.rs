@@ -375,6 +375,21 @@ impl DatasetStore {
         import::run(self, service, file, key, schema, progress)
     }
 
+    /// Reads `input` as [`Self::import`] would read a file named `file`
+    /// (its extension says the format) and checks every row, storing
+    /// nothing: a dry run, which does not look for duplicate keys. Returns
+    /// the number of good rows; fails with [`DatasetError::BadRows`] naming
+    /// the bad ones, or [`DatasetError::UnsupportedFormat`].
+    pub fn check(
+        &self,
+        file: &Path,
+        input: impl std::io::Read,
+        key: &str,
+        schema: Option<&Schema>,
+    ) -> Result<u64, DatasetError> {
+        import::check(file, input, key, schema, self.max_record_bytes)
+    }
+
     /// Opens the live generation of `service`. Fails with
     /// [`DatasetError::NotFound`] when nothing was imported, and with
     /// [`DatasetError::Busy`] when another process has it open. Within one

@@ -428,10 +428,12 @@ fn torn_and_malformed_rows_are_reported_by_line() {
         "{}",
         rows[1].why
     );
-    // The unclosed quote swallows the rest of the file.
+    // The unclosed quote would swallow the rest of the file.
     assert_eq!(rows[2].line, 5);
     assert!(
-        rows[2].why.contains("2 fields where the header has 3"),
+        rows[2]
+            .why
+            .contains("quote opened on line 5 is never closed"),
         "{}",
         rows[2].why
     );
@@ -733,4 +735,44 @@ fn a_record_too_large_for_a_node_to_send_is_refused_by_line() {
     dir.store()
         .import("ho-so", &file, "ma", None, &no_progress)
         .expect("within the default");
+}
+
+#[test]
+fn an_unclosed_quote_is_refused_naming_the_line_it_opened_on() {
+    let dir = TestDir::new();
+    let store = dir.store();
+    // The quote on line 3 is never closed: read as CSV, the last field
+    // swallows every following line and the field count still matches.
+    let csv = dir.file(
+        "unclosed.csv",
+        "ma,ten,xa\n1,An,Xuân La\n2,Bình,\"Tam Đảo\n3,Châu,Yên Lạc\n4,Dung,Vĩnh Tường\n".as_bytes(),
+    );
+    let (rows, total) = bad_rows(
+        store
+            .import("x", &csv, "ma", None, &no_progress)
+            .unwrap_err(),
+    );
+    assert_eq!(total, 1, "{rows:?}");
+    assert_eq!(rows[0].line, 3);
+    assert!(
+        rows[0]
+            .why
+            .contains("quote opened on line 3 is never closed"),
+        "{}",
+        rows[0].why
+    );
+    assert_eq!(store.current_generation("x"), None);
+
+    // A quoted value over several lines, closed, is still one good value.
+    let good = dir.file(
+        "good.csv",
+        "ma,ten\n1,\"An\n\"\"Xuân\"\" La\"\n2,B\n".as_bytes(),
+    );
+    assert_eq!(
+        store
+            .import("y", &good, "ma", None, &no_progress)
+            .unwrap()
+            .records,
+        2
+    );
 }

@@ -79,10 +79,19 @@ pub(super) enum CaCommand {
         /// or join the registry.
         #[arg(long)]
         privileged: bool,
+        /// Sign the IP addresses the CSR asks for even where the name
+        /// policy does not list them: you checked that the agency serves
+        /// there. DNS names always need the policy (`lgsp ca policy`).
+        #[arg(long)]
+        allow_ip: bool,
         /// Do not ask for confirmation at a terminal.
         #[arg(long, short = 'y')]
         yes: bool,
     },
+    /// Which host names the CA vouches for: `ca sign` refuses a DNS name or
+    /// IP address the policy does not allow the agency asking.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Revoke a certificate the CA issued. Publish a new CRL (`lgsp ca crl`)
     /// for peers to refuse it.
     Revoke {
@@ -141,12 +150,88 @@ pub(super) struct LeafArgs {
     /// The agency's display name (UTF-8), e.g. "Sở Tư pháp tỉnh Vĩnh Phúc".
     #[arg(long)]
     display_name: Option<String>,
-    /// DNS names the holder serves under (repeat the flag for several).
-    #[arg(long = "dns", value_name = "NAME", default_values = ["localhost"])]
+    /// DNS names the holder serves under (repeat the flag for several; none
+    /// by default: a certificate carries only the names asked for).
+    #[arg(long = "dns", value_name = "NAME")]
     dns: Vec<String>,
-    /// IP addresses the holder serves on (repeat the flag for several).
-    #[arg(long = "ip", value_name = "ADDR", default_values = ["127.0.0.1"])]
+    /// IP addresses the holder serves on (repeat the flag for several; none
+    /// by default).
+    #[arg(long = "ip", value_name = "ADDR")]
     ip: Vec<IpAddr>,
+}
+
+/// `lgsp ca policy`.
+#[derive(Debug, Subcommand)]
+pub(super) enum PolicyCommand {
+    /// Let an agency's certificates carry DNS names under a suffix, or IP
+    /// addresses.
+    Allow {
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        /// The agency's QCVN 102 code, or `*` for every agency (a province
+        /// run on one host).
+        #[arg(long, value_name = "CODE")]
+        agency: String,
+        /// A DNS suffix, e.g. .stp.vinhphuc.gov.vn: that name and every name
+        /// under it (repeat for several).
+        #[arg(long = "dns-suffix", value_name = "SUFFIX")]
+        dns_suffixes: Vec<String>,
+        /// An IP address, allowed exactly (repeat for several).
+        #[arg(long = "ip", value_name = "ADDR")]
+        ips: Vec<IpAddr>,
+    },
+    /// Print the policy.
+    Show {
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+    },
+}
+
+fn run_policy(cmd: PolicyCommand) -> Result<()> {
+    match cmd {
+        PolicyCommand::Allow {
+            ca,
+            agency,
+            dns_suffixes,
+            ips,
+        } => {
+            if dns_suffixes.is_empty() && ips.is_empty() {
+                return Err(super::UsageError(
+                    "name at least one --dns-suffix or --ip to allow".into(),
+                )
+                .into());
+            }
+            let mut ca = CertificateAuthority::open(&ca)?;
+            ca.allow_names(&agency, &dns_suffixes, &ips)?;
+            println!("Agency {agency} may now ask for:");
+            print_names(&ca, Some(&agency));
+        }
+        PolicyCommand::Show { ca } => {
+            let ca = CertificateAuthority::open(&ca)?;
+            print_names(&ca, None);
+        }
+    }
+    Ok(())
+}
+
+fn print_names(ca: &CertificateAuthority, only: Option<&str>) {
+    let mut any = false;
+    for (agency, names) in ca.name_policy().entries() {
+        if only.is_some_and(|o| o != agency) {
+            continue;
+        }
+        any = true;
+        let hosts: Vec<String> = names
+            .dns_suffixes
+            .iter()
+            .map(|s| format!("*.{s}"))
+            .chain(names.ips.iter().map(ToString::to_string))
+            .collect();
+        println!("  {agency}: {}", hosts.join(", "));
+    }
+    if !any {
+        println!("  (nothing: certificates signed from CSRs carry no DNS name or IP address)");
+    }
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -244,12 +329,17 @@ pub(super) fn run(cmd: CaCommand) -> Result<()> {
             days,
             renew,
             privileged,
+            allow_ip,
             yes,
         } => {
             let mut ca = CertificateAuthority::open(&ca)?;
             let pem = std::fs::read_to_string(&csr)
                 .with_context(|| format!("cannot read {}", csr.display()))?;
-            let request = ca.check_csr(&pem, &csr, days)?;
+            let mut request = ca.check_csr(&pem, &csr, days)?;
+            if allow_ip {
+                request.vouch_for_ips();
+            }
+            ca.check_names(&request)?;
             refuse_existing(&[&out])?;
             let spec = &request.spec;
             let id = spec.id.clone();
@@ -329,6 +419,7 @@ pub(super) fn run(cmd: CaCommand) -> Result<()> {
             );
         }
         CaCommand::Show { file } => show(&file)?,
+        CaCommand::Policy(cmd) => run_policy(cmd)?,
     }
     Ok(())
 }

@@ -38,11 +38,14 @@ pub(super) enum NodeCommand {
         /// Listener for the agency's own applications.
         #[arg(long, default_value = "127.0.0.1:7401")]
         consumer_listen: String,
-        /// DNS names other nodes reach this server by (repeat for several).
-        #[arg(long = "dns", default_values = ["localhost"])]
+        /// DNS names other nodes reach this server by (repeat for several;
+        /// none by default). The CA signs only names its policy allows the
+        /// agency (`lgsp ca policy`).
+        #[arg(long = "dns")]
         dns: Vec<String>,
-        /// IP addresses other nodes reach this server on (repeat for several).
-        #[arg(long = "ip", default_values = ["127.0.0.1"])]
+        /// IP addresses other nodes reach this server on (repeat for
+        /// several; none by default).
+        #[arg(long = "ip")]
         ip: Vec<IpAddr>,
     },
     /// Run the node until SIGTERM or Ctrl-C.
