@@ -2,10 +2,13 @@
 //! row, append the good ones to the data file with their keys in sled, and
 //! switch `CURRENT` only if all were good.
 
+use super::generation::{
+    DatasetSchema, Manifest, generation_names, is_complete, read_info, write_manifest,
+};
 use super::schema::{Ordered, Schema, SchemaError};
 use super::{
-    BadRow, DATA_FILE, DatasetError, DatasetStore, ImportReport, Location, MAX_BAD_ROWS, META_TREE,
-    Meta, RECORDS_TREE, SCHEMA_FILE, check_name, generation_number, io_error, object_text,
+    BadRow, DATA_FILE, DatasetError, DatasetStore, ImportOptions, ImportReport, Location,
+    MAX_BAD_ROWS, META_TREE, Meta, RECORDS_TREE, SCHEMA_FILE, check_name, io_error, object_text,
     read_current, store_error, sync_dir, write_current, write_entry,
 };
 use serde_json::Value;
@@ -61,8 +64,7 @@ pub(super) fn run(
     store: &DatasetStore,
     service: &str,
     file: &Path,
-    key: &str,
-    schema: Option<&Schema>,
+    options: &ImportOptions,
     progress: &dyn Fn(u64, u64),
 ) -> Result<ImportReport, DatasetError> {
     let started = Instant::now();
@@ -70,8 +72,37 @@ pub(super) fn run(
     let format = Format::of(file)?;
     let total = std::fs::metadata(file).map_err(io_error(file))?.len();
 
+    let service_dir = store.service_dir(service);
+    std::fs::create_dir_all(&service_dir).map_err(io_error(&service_dir))?;
+    let _lock = ImportLock::take(&service_dir, service)?;
+    let current = read_current(&service_dir)?;
+    let live = match &current {
+        Some(name) => Some(read_info(service, &service_dir, name, true)?),
+        None => None,
+    };
+    remove_unfinished(&service_dir, current.as_deref());
+
+    // Without --key or --schema, what the live data has: a re-import of
+    // the same shape needs neither.
+    let key = match (&options.key, &live) {
+        (Some(key), _) => key.clone(),
+        (None, Some(live)) => live.schema.key.clone(),
+        (None, None) => return Err(DatasetError::KeyNeeded(service.to_owned())),
+    };
+    let kept_schema;
+    let schema = match (&options.schema, &live) {
+        (Some(schema), _) => Some(schema),
+        (None, Some(live)) if !options.replace_schema => match &live.schema.json_schema {
+            Some(text) => {
+                kept_schema = Schema::from_json(text)?;
+                Some(&kept_schema)
+            }
+            None => None,
+        },
+        (None, _) => None,
+    };
     if let Some(schema) = schema
-        && schema.property(key).is_none()
+        && schema.property(&key).is_none()
         && !schema.allows_additional()
     {
         return Err(SchemaError::Invalid {
@@ -80,13 +111,12 @@ pub(super) fn run(
         }
         .into());
     }
-    let service_dir = store.service_dir(service);
-    std::fs::create_dir_all(&service_dir).map_err(io_error(&service_dir))?;
-    let _lock = ImportLock::take(&service_dir, service)?;
-    let current = read_current(&service_dir)?;
-    remove_generations(&service_dir, current.as_deref());
 
-    let mut number = current.as_deref().and_then(generation_number).unwrap_or(0) + 1;
+    let mut number = generation_names(&service_dir)
+        .first()
+        .and_then(|n| super::generation_number(n))
+        .unwrap_or(0)
+        + 1;
     let generation = loop {
         let name = format!("gen-{number}");
         match std::fs::create_dir(service_dir.join(&name)) {
@@ -100,7 +130,7 @@ pub(super) fn run(
     let mut partial = Partial(Some(gen_dir.clone()));
 
     let rules = Rules {
-        key_field: key,
+        key_field: &key,
         schema,
         max_record_bytes: store.max_record_bytes,
     };
@@ -124,7 +154,47 @@ pub(super) fn run(
         &mut tick,
     )?;
     progress(total, total);
-    let records = loader.finish(format, progress)?;
+    let (records, meta) = loader.finish(format, progress)?;
+
+    let mut columns = meta.fields.clone();
+    if let Some(c) = &mut columns {
+        c.sort();
+    }
+    let new_schema = DatasetSchema {
+        key: key.clone(),
+        columns,
+        json_schema: schema.map(|s| s.source().to_owned()),
+    };
+    let schema_digest = new_schema.digest();
+    let schema_change = live
+        .as_ref()
+        .and_then(|live| new_schema.change_from(&live.schema));
+    if let (Some(change), Some(live)) = (&schema_change, &live)
+        && !options.replace_schema
+        && !options.dry_run
+    {
+        return Err(DatasetError::SchemaChanged {
+            service: service.to_owned(),
+            live: live.name.clone(),
+            file: file.to_owned(),
+            change: Box::new(change.clone()),
+        });
+    }
+    let report = ImportReport {
+        records,
+        bytes: total,
+        generation,
+        elapsed: started.elapsed(),
+        dry_run: options.dry_run,
+        schema: new_schema,
+        schema_digest: schema_digest.clone(),
+        schema_change,
+        replaced: live,
+    };
+    if options.dry_run {
+        // `partial` deletes what was written.
+        return Ok(report);
+    }
 
     if let Some(schema) = schema {
         let path = gen_dir.join(SCHEMA_FILE);
@@ -135,17 +205,26 @@ pub(super) fn run(
             })
             .map_err(io_error(&path))?;
     }
+    write_manifest(
+        &gen_dir,
+        &Manifest {
+            key: key.clone(),
+            columns: meta.fields,
+            schema_digest,
+            records,
+            source: meta.source,
+            imported_at_unix: meta.imported_at_unix,
+        },
+    )?;
     sync_dir(&gen_dir)?;
-    write_current(&service_dir, &generation)?;
+    write_current(&service_dir, &report.generation)?;
     partial.0 = None;
-    remove_generations(&service_dir, Some(&generation));
+    // The generation replaced stays, for `lgsp dataset rollback`.
+    keep_only(
+        &service_dir,
+        &[Some(report.generation.as_str()), current.as_deref()],
+    );
 
-    let report = ImportReport {
-        records,
-        bytes: total,
-        generation,
-        elapsed: started.elapsed(),
-    };
     tracing::info!(
         service,
         file = %file.display(),
@@ -156,20 +235,29 @@ pub(super) fn run(
     Ok(report)
 }
 
-/// Deletes every generation but `keep`, best effort.
-fn remove_generations(service_dir: &Path, keep: Option<&str>) {
-    let Ok(entries) = std::fs::read_dir(service_dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if generation_number(name).is_none() || Some(name) == keep {
-            continue;
+/// Deletes what an import left half-written (a crash before the switch),
+/// best effort. Finished generations stay.
+fn remove_unfinished(service_dir: &Path, current: Option<&str>) {
+    for name in generation_names(service_dir) {
+        let dir = service_dir.join(&name);
+        if Some(name.as_str()) != current && !is_complete(&dir) {
+            remove_generation(&dir);
         }
-        if let Err(error) = std::fs::remove_dir_all(entry.path()) {
-            tracing::warn!(%error, path = %entry.path().display(), "cannot delete an old dataset generation");
+    }
+}
+
+/// Deletes every generation but those in `keep`, best effort.
+fn keep_only(service_dir: &Path, keep: &[Option<&str>]) {
+    for name in generation_names(service_dir) {
+        if !keep.contains(&Some(name.as_str())) {
+            remove_generation(&service_dir.join(name));
         }
+    }
+}
+
+fn remove_generation(dir: &Path) {
+    if let Err(error) = std::fs::remove_dir_all(dir) {
+        tracing::warn!(%error, path = %dir.display(), "cannot delete an old dataset generation");
     }
 }
 
@@ -188,10 +276,10 @@ impl Drop for Partial {
 
 /// `import.lock` in the service directory, holding the importer's pid, so
 /// that two imports never build generations at once.
-struct ImportLock(PathBuf);
+pub(super) struct ImportLock(PathBuf);
 
 impl ImportLock {
-    fn take(service_dir: &Path, service: &str) -> Result<Self, DatasetError> {
+    pub(super) fn take(service_dir: &Path, service: &str) -> Result<Self, DatasetError> {
         let path = service_dir.join("import.lock");
         for _ in 0..2 {
             match std::fs::OpenOptions::new()
@@ -485,8 +573,13 @@ impl<'a> Loader<'a> {
     }
 
     /// Fails with the bad rows if there were any; otherwise records the
-    /// metadata and makes the generation durable. Returns the record count.
-    fn finish(self, format: Format, progress: &dyn Fn(u64, u64)) -> Result<u64, DatasetError> {
+    /// metadata and makes the generation durable. Returns the record count
+    /// and the metadata.
+    fn finish(
+        self,
+        format: Format,
+        progress: &dyn Fn(u64, u64),
+    ) -> Result<(u64, Meta), DatasetError> {
         if self.total_bad > 0 {
             return Err(self.into_error(format)?);
         }
@@ -511,13 +604,13 @@ impl<'a> Loader<'a> {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
         };
-        let meta = serde_json::to_vec(&meta).expect("metadata serializes");
+        let text = serde_json::to_vec(&meta).expect("metadata serializes");
         self.db
             .open_tree(META_TREE)
-            .and_then(|t| t.insert("meta", meta))
+            .and_then(|t| t.insert("meta", text))
             .and_then(|_| self.db.flush())
             .map_err(store_error(&self.gen_dir))?;
-        Ok(self.count)
+        Ok((self.count, meta))
     }
 }
 
