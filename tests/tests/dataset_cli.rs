@@ -122,3 +122,60 @@ fn a_reimport_of_another_shape_is_refused_until_asked_and_can_be_rolled_back() {
     ]);
     assert!(record.contains("Nguyễn Văn 7"), "{record}");
 }
+
+#[test]
+fn excel_csv_in_windows_1258_with_semicolons_is_read_and_said_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // "Hà Nội" with Windows-1258's combining dot below (0xF2).
+    let file = dir.path().join("excel.csv");
+    std::fs::write(&file, b"ma;dia_chi\r\n1;H\xE0 N\xF4\xF2i\r\n").unwrap();
+    let stdout = ok(&[
+        "dataset",
+        "import",
+        "--data-dir",
+        p(&data),
+        "--service",
+        "dia-chi",
+        "--file",
+        p(&file),
+        "--key",
+        "ma",
+    ]);
+    assert!(
+        stdout.contains("as windows-1258, ';'-separated"),
+        "the guess is shown: {stdout}"
+    );
+    let record = ok(&[
+        "dataset",
+        "query",
+        "--data-dir",
+        p(&data),
+        "--service",
+        "dia-chi",
+        "--filter",
+        "dia_chi=Hà Nội",
+    ]);
+    assert_eq!(record.trim(), r#"{"ma":"1","dia_chi":"Hà Nội"}"#);
+
+    // Told wrong: the error says what to give.
+    let out = lgsp(&[
+        "dataset",
+        "import",
+        "--data-dir",
+        p(&data),
+        "--service",
+        "khac",
+        "--file",
+        p(&file),
+        "--key",
+        "ma",
+        "--encoding",
+        "utf-8",
+        "--delimiter",
+        ",",
+    ]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--delimiter ';'"), "{stderr}");
+}

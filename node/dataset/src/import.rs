@@ -6,12 +6,14 @@ use super::generation::{
     DatasetSchema, Manifest, generation_names, is_complete, read_info, write_manifest,
 };
 use super::schema::{Ordered, Schema, SchemaError};
+use super::text::{self, Decode, TextEncoding, TextFormat};
 use super::{
     BadRow, DATA_FILE, DatasetError, DatasetStore, ImportOptions, ImportReport, Location,
     MAX_BAD_ROWS, META_TREE, Meta, RECORDS_TREE, SCHEMA_FILE, check_name, io_error, object_text,
     read_current, store_error, sync_dir, write_current, write_entry,
 };
 use serde_json::Value;
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -71,6 +73,13 @@ pub(super) fn run(
     check_name(service)?;
     let format = Format::of(file)?;
     let total = std::fs::metadata(file).map_err(io_error(file))?.len();
+    let read_as = text::sniff(
+        file,
+        format == Format::Csv,
+        options.encoding,
+        options.delimiter,
+    )
+    .map_err(io_error(file))?;
 
     let service_dir = store.service_dir(service);
     std::fs::create_dir_all(&service_dir).map_err(io_error(&service_dir))?;
@@ -133,6 +142,7 @@ pub(super) fn run(
         key_field: &key,
         schema,
         max_record_bytes: store.max_record_bytes,
+        text: read_as,
     };
     let mut loader = Loader::new(&gen_dir, file, rules)?;
     let mut reported = 0;
@@ -190,6 +200,7 @@ pub(super) fn run(
         schema_digest: schema_digest.clone(),
         schema_change,
         replaced: live,
+        read_as,
     };
     if options.dry_run {
         // `partial` deletes what was written.
@@ -335,16 +346,16 @@ impl Drop for ImportLock {
     }
 }
 
-/// Counts the bytes read through it, for progress.
-struct Counting<R> {
+/// Counts the bytes read through it, for progress (before decoding).
+struct Counting<'c, R> {
     inner: R,
-    bytes: u64,
+    bytes: &'c Cell<u64>,
 }
 
-impl<R: Read> Read for Counting<R> {
+impl<R: Read> Read for Counting<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.bytes += n as u64;
+        self.bytes.set(self.bytes.get() + n as u64);
         Ok(n)
     }
 }
@@ -356,6 +367,8 @@ struct Rules<'a> {
     schema: Option<&'a Schema>,
     /// The largest record accepted, as JSON text in bytes.
     max_record_bytes: usize,
+    /// The file's encoding and separator.
+    text: TextFormat,
 }
 
 /// One row as read: its fields in the order to store them, or why it could
@@ -700,13 +713,19 @@ fn read(
     tick: &mut dyn FnMut(u64),
 ) -> Result<(), DatasetError> {
     let input = File::open(file).map_err(io_error(file))?;
-    let reader = Counting {
+    let bytes = Cell::new(0);
+    let counted = Counting {
         inner: input,
-        bytes: 0,
+        bytes: &bytes,
     };
+    let reader: Box<dyn Read + '_> = match rules.text.encoding {
+        TextEncoding::Utf8 => Box::new(counted),
+        other => Box::new(Decode::new(counted, other)),
+    };
+    let mut tick = || tick(bytes.get());
     match format {
-        Format::Csv => read_csv(reader, file, rules, sink, tick),
-        Format::JsonLines => read_json_lines(reader, file, rules, sink, tick),
+        Format::Csv => read_csv(reader, file, rules, sink, &mut tick),
+        Format::JsonLines => read_json_lines(reader, file, rules, sink, &mut tick),
     }
 }
 
@@ -730,15 +749,16 @@ fn in_schema_order(schema: Option<&Schema>, fields: Vec<(String, Value)>) -> Vec
     ordered
 }
 
-fn read_csv<R: Read>(
-    reader: Counting<R>,
+fn read_csv(
+    reader: impl Read,
     file: &Path,
     rules: Rules<'_>,
     sink: &mut Sink<'_>,
-    tick: &mut dyn FnMut(u64),
+    tick: &mut dyn FnMut(),
 ) -> Result<(), DatasetError> {
     let mut csv = csv::ReaderBuilder::new()
         .has_headers(false)
+        .delimiter(rules.text.delimiter)
         .flexible(true)
         .buffer_capacity(1 << 16)
         .from_reader(reader);
@@ -763,7 +783,7 @@ fn read_csv<R: Read>(
             Ok(false) => return Ok(()),
             Ok(true) => (
                 record.position().map_or(0, |p| p.line()),
-                csv_row(&header, &record, rules.schema),
+                csv_row(&header, &record, rules),
             ),
             Err(e) if matches!(e.kind(), csv::ErrorKind::Io(_)) => return Err(io(e)),
             Err(e) => (
@@ -774,7 +794,7 @@ fn read_csv<R: Read>(
         if sink(line, row)?.is_break() {
             return Ok(());
         }
-        tick(csv.get_ref().bytes);
+        tick();
     }
 }
 
@@ -789,16 +809,16 @@ fn header_names(record: &csv::ByteRecord, rules: Rules<'_>) -> Result<Vec<String
         } else {
             raw
         };
-        match std::str::from_utf8(raw) {
+        match std::str::from_utf8(raw).map(text::nfc) {
             Ok(name) if name.trim().is_empty() => {
                 problems.push(format!("column {} has no name", i + 1));
             }
-            Ok(name) if names.iter().any(|n| n == name) => {
+            Ok(name) if names.contains(&name) => {
                 problems.push(format!("column {name:?} appears twice"));
             }
-            Ok(name) => names.push(name.to_owned()),
+            Ok(name) => names.push(name),
             Err(_) => problems.push(format!(
-                "column {} is not valid UTF-8; save the file as UTF-8",
+                "column {} is not valid UTF-8; {NOT_UTF8_HINT}",
                 i + 1
             )),
         }
@@ -807,10 +827,17 @@ fn header_names(record: &csv::ByteRecord, rules: Rules<'_>) -> Result<Vec<String
         return Err(problems.join("; "));
     }
     if !names.iter().any(|n| n == rules.key_field) {
+        let hint = match (names.as_slice(), rules.text.delimiter) {
+            ([only], b',') if only.contains(';') => {
+                " (the file seems to be separated by ';': give --delimiter ';')"
+            }
+            _ => "",
+        };
         problems.push(format!(
-            "the key field {:?} is not a column; the columns are: {}",
+            "the key field {:?} is not a column; the columns are: {} (read as {}){hint}",
             rules.key_field,
-            names.join(", ")
+            names.join(", "),
+            rules.text,
         ));
     }
     if let Some(schema) = rules.schema {
@@ -836,23 +863,30 @@ fn header_names(record: &csv::ByteRecord, rules: Rules<'_>) -> Result<Vec<String
     }
 }
 
-fn csv_row(header: &[String], record: &csv::ByteRecord, schema: Option<&Schema>) -> Row {
+/// Said of text that is not UTF-8 where UTF-8 was expected.
+const NOT_UTF8_HINT: &str = "save the file as UTF-8, or give its encoding \
+     (--encoding windows-1258 for Excel's CSV in a Vietnamese locale)";
+
+fn csv_row(header: &[String], record: &csv::ByteRecord, rules: Rules<'_>) -> Row {
+    let schema = rules.schema;
     if record.len() != header.len() {
         return Err(format!(
-            "{} fields where the header has {} (a stray comma or an unclosed quote?)",
+            "{} fields where the header has {} (a stray {:?} or an unclosed quote?)",
             record.len(),
-            header.len()
+            header.len(),
+            rules.text.delimiter as char
         ));
     }
     let mut fields = Vec::with_capacity(header.len());
     let mut problems = Vec::new();
     for (name, raw) in header.iter().zip(record.iter()) {
-        let Ok(text) = std::str::from_utf8(raw) else {
+        let Ok(text) = std::str::from_utf8(raw).map(text::nfc) else {
             problems.push(format!(
-                "field {name:?} is not valid UTF-8; save the file as UTF-8"
+                "field {name:?} is not valid UTF-8; {NOT_UTF8_HINT}"
             ));
             continue;
         };
+        let text = text.as_str();
         match schema.map(|s| s.convert_csv_value(name, text)) {
             None => fields.push((name.clone(), Value::String(text.to_owned()))),
             Some(Ok(Some(value))) => fields.push((name.clone(), value)),
@@ -869,12 +903,12 @@ fn csv_row(header: &[String], record: &csv::ByteRecord, schema: Option<&Schema>)
     }
 }
 
-fn read_json_lines<R: Read>(
-    reader: Counting<R>,
+fn read_json_lines(
+    reader: impl Read,
     file: &Path,
     rules: Rules<'_>,
     sink: &mut Sink<'_>,
-    tick: &mut dyn FnMut(u64),
+    tick: &mut dyn FnMut(),
 ) -> Result<(), DatasetError> {
     let mut reader = BufReader::with_capacity(1 << 16, reader);
     let mut buf = Vec::new();
@@ -890,16 +924,20 @@ fn read_json_lines<R: Read>(
             bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
         }
         let row = match std::str::from_utf8(bytes) {
-            Err(_) => Err("not valid UTF-8; save the file as UTF-8".to_owned()),
+            Err(_) => Err(format!("not valid UTF-8; {NOT_UTF8_HINT}")),
             Ok(text) if text.trim().is_empty() => continue,
             Ok(text) => serde_json::from_str::<Ordered<Value>>(text)
-                .map(|o| in_schema_order(rules.schema, o.0))
+                .map(|o| {
+                    let fields = o.0.into_iter();
+                    let fields = fields.map(|(k, v)| (text::nfc(&k), text::nfc_value(v)));
+                    in_schema_order(rules.schema, fields.collect())
+                })
                 .map_err(|e| json_problem(&e)),
         };
         if sink(line, row)?.is_break() {
             return Ok(());
         }
-        tick(reader.get_ref().bytes);
+        tick();
     }
 }
 

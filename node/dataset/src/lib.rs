@@ -29,8 +29,11 @@
 //! are deleted after the switch; on Unix a reader that still holds one open
 //! keeps reading it.
 //!
-//! Text is kept byte for byte as imported: no Unicode normalization, so a
-//! key written in NFC is not found by the same words in NFD.
+//! Text is stored in Unicode NFC, whatever the file had (NFD from some
+//! keyboards, Windows-1258's combining tone marks), and keys and filters are
+//! normalised the same way before they are compared, so the same words
+//! always match. CSV files may be UTF-8, UTF-16 or Windows-1258, separated
+//! by `,`, `;` or tabs: guessed from the file's start, or given.
 //!
 //! The records' text lives outside sled so that reading a whole dataset
 //! keeps memory flat: sled keeps much of what a scan reads in memory, far
@@ -48,9 +51,11 @@ mod import;
 mod schema;
 #[cfg(test)]
 mod tests;
+mod text;
 
 pub use generation::{DatasetSchema, GenerationInfo, Rollback, SchemaChange};
 pub use schema::{FieldType, Property, Schema, SchemaError};
+pub use text::{TextEncoding, TextFormat};
 
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -386,6 +391,8 @@ pub struct ImportReport {
     pub schema_change: Option<SchemaChange>,
     /// The generation that was live before, now kept for rollback.
     pub replaced: Option<GenerationInfo>,
+    /// How the file was read: its encoding and separator, given or guessed.
+    pub read_as: TextFormat,
 }
 
 /// How to import: see [`DatasetStore::import_with`].
@@ -400,6 +407,12 @@ pub struct ImportOptions {
     pub replace_schema: bool,
     /// Check everything and report, but change nothing.
     pub dry_run: bool,
+    /// The file's encoding; `None` guesses it from its start (a byte order
+    /// mark, UTF-16's NUL bytes, valid UTF-8, else Windows-1258).
+    pub encoding: Option<TextEncoding>,
+    /// A CSV file's separator; `None` takes the most frequent of `,`, `;`
+    /// and tab in its header.
+    pub delimiter: Option<u8>,
 }
 
 /// The datasets under one directory, one subdirectory per service.
@@ -782,6 +795,7 @@ impl Dataset {
     /// record has that key. Fails with [`DatasetError::Store`] or
     /// [`DatasetError::Corrupt`] when the generation cannot be read.
     pub fn get_json(&self, key: &str) -> Result<Option<String>, DatasetError> {
+        let key = &text::nfc(key);
         let value = self
             .inner
             .records
@@ -813,6 +827,28 @@ impl Dataset {
     /// does not have ([`DatasetError::UnknownFields`], when its field list is
     /// known) and on a bad token ([`DatasetError::BadResumeToken`]).
     pub fn query(&self, q: &Query) -> Result<Page, DatasetError> {
+        // The records are NFC; so must be what they are compared with.
+        let normalised;
+        let q = if q
+            .filters
+            .iter()
+            .flat_map(|(f, v)| [f, v])
+            .chain(&q.fields)
+            .all(|s| unicode_normalization::is_nfc(s))
+        {
+            q
+        } else {
+            normalised = Query {
+                filters: q
+                    .filters
+                    .iter()
+                    .map(|(f, v)| (text::nfc(f), text::nfc(v)))
+                    .collect(),
+                fields: q.fields.iter().map(|f| text::nfc(f)).collect(),
+                ..q.clone()
+            };
+            &normalised
+        };
         self.check_fields(q)?;
         let size = match q.page_size {
             0 => DEFAULT_PAGE_SIZE,

@@ -989,3 +989,121 @@ fn generations_list_rows_schema_digest_and_import_time() {
     assert_eq!(g.source, "v1.csv");
     assert!(g.imported_at_unix >= before);
 }
+
+/// `s` decomposed (NFD), as some keyboards and macOS write it.
+fn nfd(s: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    s.nfd().collect()
+}
+
+#[test]
+fn nfd_input_is_stored_nfc_and_found_by_nfc_or_nfd_keys_and_filters() {
+    let dir = TestDir::new();
+    let store = dir.store();
+    let csv = nfd("mã,họ_tên,huyện\nHộ-1,Nguyễn Thị Ánh,Tam Dương\nHộ-2,Trần Văn Đức,Vĩnh Tường\n");
+    assert_ne!(csv, "mã,họ_tên");
+    let file = dir.file("nfd.csv", csv.as_bytes());
+    store.import("x", &file, "mã", None, &no_progress).unwrap();
+    let data = store.open("x").unwrap();
+    // Stored composed: the NFC key and NFC field names find it.
+    assert_eq!(
+        data.get_json("Hộ-1").unwrap().unwrap(),
+        r#"{"mã":"Hộ-1","họ_tên":"Nguyễn Thị Ánh","huyện":"Tam Dương"}"#
+    );
+    assert!(data.get(&nfd("Hộ-2")).unwrap().is_some());
+    for filter in ["Vĩnh Tường".to_owned(), nfd("Vĩnh Tường")] {
+        let page = data
+            .query(&Query {
+                filters: vec![(nfd("huyện"), filter)],
+                ..Query::default()
+            })
+            .unwrap();
+        assert_eq!(page.records.len(), 1);
+        assert_eq!(page.records[0].0, "Hộ-2");
+    }
+    // JSON Lines too, keys and values.
+    let jsonl = nfd("{\"mã\":\"Hộ-3\",\"ghi_chú\":[\"Đức\"]}\n");
+    let file = dir.file("nfd.jsonl", jsonl.as_bytes());
+    store.import("y", &file, "mã", None, &no_progress).unwrap();
+    assert_eq!(
+        store.open("y").unwrap().get_json("Hộ-3").unwrap().unwrap(),
+        r#"{"mã":"Hộ-3","ghi_chú":["Đức"]}"#
+    );
+}
+
+#[test]
+fn excel_csv_with_semicolons_windows_1258_or_utf_16_is_read() {
+    let dir = TestDir::new();
+    let store = dir.store();
+    let expected = r#"{"ma":"1","ho_ten":"Nguyễn Thị Ánh","dia_chi":"Hà Nội, Việt Nam"}"#;
+    // `;`-separated UTF-8 with a byte order mark, as Excel saves "CSV UTF-8".
+    let semicolons = "\u{FEFF}ma;ho_ten;dia_chi\r\n1;Nguyễn Thị Ánh;Hà Nội, Việt Nam\r\n";
+    let file = dir.file("excel.csv", semicolons.as_bytes());
+    let report = store.import("a", &file, "ma", None, &no_progress).unwrap();
+    assert_eq!(report.read_as.delimiter, b';');
+    assert_eq!(
+        store.open("a").unwrap().get_json("1").unwrap().unwrap(),
+        expected
+    );
+
+    // Windows-1258: tone marks are combining characters (ễ = ê + 0xDE,
+    // ị = i + 0xF2, Á = A + 0xEC, à = E0, ộ = ô + 0xF2, ệ = ê + 0xF2).
+    let cp1258: &[u8] =
+        b"ma;ho_ten;dia_chi\r\n1;Nguy\xEA\xDEn Thi\xF2 A\xECnh;\"H\xE0 N\xF4\xF2i, Vi\xEA\xF2t Nam\"\r\n";
+    let file = dir.file("cp1258.csv", cp1258);
+    let report = store.import("b", &file, "ma", None, &no_progress).unwrap();
+    assert_eq!(report.read_as.encoding, TextEncoding::Windows1258);
+    assert_eq!(
+        store.open("b").unwrap().get_json("1").unwrap().unwrap(),
+        expected
+    );
+
+    // UTF-16 with a byte order mark, tab-separated (Excel's "Unicode Text").
+    let utf16: Vec<u8> = "\u{FEFF}ma\tho_ten\tdia_chi\r\n1\tNguyễn Thị Ánh\tHà Nội, Việt Nam\r\n"
+        .encode_utf16()
+        .flat_map(u16::to_le_bytes)
+        .collect();
+    let file = dir.file("utf16.csv", &utf16);
+    let report = store.import("c", &file, "ma", None, &no_progress).unwrap();
+    assert_eq!(report.read_as.encoding, TextEncoding::Utf16Le);
+    assert_eq!(report.read_as.delimiter, b'\t');
+    assert_eq!(
+        store.open("c").unwrap().get_json("1").unwrap().unwrap(),
+        expected
+    );
+
+    // Given, not guessed: a Windows-1258 file read as UTF-8 says what to do.
+    let file = dir.file("cp1258-2.csv", cp1258);
+    let (rows, _) = bad_rows(
+        store
+            .import_with(
+                "d",
+                &file,
+                &ImportOptions {
+                    key: Some("ma".into()),
+                    encoding: Some(TextEncoding::Utf8),
+                    ..ImportOptions::default()
+                },
+                &no_progress,
+            )
+            .unwrap_err(),
+    );
+    assert!(rows[0].why.contains("--encoding windows-1258"), "{rows:?}");
+    // A wrong separator given: the header is one column, and the error says so.
+    let file = dir.file("semi.csv", "ma;ten\n1;A\n".as_bytes());
+    let (rows, _) = bad_rows(
+        store
+            .import_with(
+                "e",
+                &file,
+                &ImportOptions {
+                    key: Some("ma".into()),
+                    delimiter: Some(b','),
+                    ..ImportOptions::default()
+                },
+                &no_progress,
+            )
+            .unwrap_err(),
+    );
+    assert!(rows[0].why.contains("--delimiter ';'"), "{rows:?}");
+}

@@ -5,6 +5,7 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lgsp_dataset::{
     DatasetError, DatasetSchema, DatasetStore, ImportOptions, ImportReport, Query, Schema,
+    TextEncoding, TextFormat,
 };
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -14,8 +15,11 @@ pub(super) enum DatasetCommand {
     /// Import a CSV or JSON Lines file as the data of a dataset service
     /// (dịch vụ chia sẻ dữ liệu), replacing what it served.
     ///
-    /// CSV (.csv): UTF-8, comma-separated, the first row names the fields.
-    /// JSON Lines (.jsonl, .ndjson): one JSON object per line. Every row is
+    /// CSV (.csv): the first row names the fields; UTF-8, UTF-16 or
+    /// Windows-1258 (as Excel saves it in a Vietnamese locale), separated by
+    /// `,`, `;` or tabs: guessed from the file's start unless --encoding or
+    /// --delimiter say. JSON Lines (.jsonl, .ndjson): one JSON object per
+    /// line. Text is stored in Unicode NFC whatever the file had. Every row is
     /// checked first (key present and unique, and the schema if given); if
     /// any row is bad, the bad rows are listed by line and nothing changes.
     /// A running node switches to the new data by itself within a second.
@@ -58,6 +62,14 @@ pub(super) enum DatasetCommand {
         /// change nothing. Exits 1 if the import would be refused.
         #[arg(long)]
         dry_run: bool,
+        /// The file's character encoding: utf-8, utf-16 (le or be) or
+        /// windows-1258 (cp1258); guessed when not given.
+        #[arg(long, value_name = "ENCODING")]
+        encoding: Option<TextEncoding>,
+        /// A CSV file's field separator: one character, e.g. ';' or tab
+        /// ('\t'); guessed from the header when not given.
+        #[arg(long, value_name = "CHAR", value_parser = parse_delimiter)]
+        delimiter: Option<u8>,
         /// The largest record accepted, as JSON text in bytes. The default
         /// fits a node's default `max_message_bytes` (4 MiB); raise both
         /// together.
@@ -143,6 +155,16 @@ fn parse_service(name: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+fn parse_delimiter(text: &str) -> Result<u8, String> {
+    match text {
+        "\\t" | "tab" | "\t" => Ok(b'\t'),
+        _ if text.len() == 1 && text.is_ascii() && text != "\"" => Ok(text.as_bytes()[0]),
+        _ => Err(format!(
+            "{text:?} is not one ASCII character (e.g. ';' or ','; 'tab' for a tab)"
+        )),
+    }
+}
+
 fn parse_filter(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((field, value)) if !field.is_empty() => Ok((field.to_owned(), value.to_owned())),
@@ -159,6 +181,8 @@ pub(super) fn run(cmd: DatasetCommand) -> Result<()> {
             schema,
             replace_schema,
             dry_run,
+            encoding,
+            delimiter,
             max_record_bytes,
         } => {
             let schema = match &schema {
@@ -172,6 +196,8 @@ pub(super) fn run(cmd: DatasetCommand) -> Result<()> {
                 schema,
                 replace_schema,
                 dry_run,
+                encoding,
+                delimiter,
             };
             import(&at, &file, &options, max_record_bytes)
         }
@@ -242,6 +268,9 @@ fn import(
     match result {
         Ok(report) if report.dry_run => dry_run_report(at, file, &report, options),
         Ok(report) => {
+            if report.read_as != plain_csv() {
+                println!("read {} as {}", file.display(), report.read_as);
+            }
             if let Some(change) = &report.schema_change {
                 println!("schema replaced: {change}");
             }
@@ -289,6 +318,15 @@ fn import(
     }
 }
 
+/// How a file is read when nothing unusual is found: UTF-8, and commas
+/// for CSV.
+fn plain_csv() -> TextFormat {
+    TextFormat {
+        encoding: TextEncoding::Utf8,
+        delimiter: b',',
+    }
+}
+
 /// What a dry run found; an error when the import would be refused.
 fn dry_run_report(
     at: &DatasetArgs,
@@ -299,8 +337,9 @@ fn dry_run_report(
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "dry run: {} checked, {} good rows; nothing was changed",
+        "dry run: {} checked ({}), {} good rows; nothing was changed",
         file.display(),
+        report.read_as,
         report.records
     )?;
     let columns = |s: &DatasetSchema| {
