@@ -99,7 +99,17 @@ impl RegistryClient {
                     }
                 }
                 Err(status) => {
-                    let explained = lgsp_certs::tls::explain_status(&status);
+                    let mut explained = lgsp_certs::tls::explain_status(&status);
+                    if status.code() == Code::Unavailable {
+                        // Which address failed is what an operator checks first.
+                        let tried: Vec<&str> =
+                            self.servers.iter().map(|(e, _)| e.as_str()).collect();
+                        explained = format!(
+                            "registry server {} unavailable (tried {}): {explained}",
+                            self.servers[i].0,
+                            tried.join(", ")
+                        );
+                    }
                     return Err(Status::new(status.code(), explained));
                 }
             }

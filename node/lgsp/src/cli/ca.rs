@@ -83,8 +83,8 @@ pub(super) enum CaCommand {
         #[arg(long, short = 'y')]
         yes: bool,
     },
-    /// Revoke a certificate the CA issued. Publish a new CRL (`lgsp ca crl`)
-    /// for peers to refuse it.
+    /// Revoke a certificate the CA issued. Then publish a new CRL (`lgsp ca
+    /// publish-crl`) for peers to refuse it.
     Revoke {
         #[arg(long, value_name = "DIR")]
         ca: PathBuf,
@@ -287,10 +287,14 @@ pub(super) fn run(cmd: CaCommand) -> Result<()> {
         }
         CaCommand::Revoke { ca, serial, reason } => {
             let reason = parse_reason(&reason)?;
+            let ca_dir = ca.clone();
             let mut ca = CertificateAuthority::open(&ca)?;
             let serial = ca.revoke(&serial, reason)?;
             println!(
-                "Revoked serial {serial}; run `lgsp ca crl` and publish the CRL for peers to refuse it"
+                "Revoked serial {serial}. Peers refuse it once the new CRL is published: run \
+                 `lgsp ca publish-crl --ca {}` (with LGSP_REGISTRY and an admin LGSP_TLS_DIR); \
+                 `lgsp ca crl` only writes a CRL file",
+                ca_dir.display()
             );
         }
         CaCommand::Crl { ca, out, days } => {

@@ -140,6 +140,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// Runs the command line; returns the process exit code.
 pub(crate) fn main() -> ExitCode {
+    quiet_on_broken_pipe();
     let cli = Cli::parse();
     init_tracing();
     let result = match cli.command {
@@ -160,6 +161,7 @@ pub(crate) fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(error) if is_broken_pipe(&error) => ExitCode::from(BROKEN_PIPE_EXIT),
         Err(error) => {
             eprintln!("error: {}", one_line(&error));
             let bad_config = matches!(
@@ -176,6 +178,37 @@ pub(crate) fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// What a command exits with when its reader went away (`lgsp call ... |
+/// head`): 128 + SIGPIPE, as a shell reports a process the signal ended.
+const BROKEN_PIPE_EXIT: u8 = 141;
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Rust ignores SIGPIPE, so `println!` into a closed pipe panics (exit
+/// 101, with a backtrace hint). A reader that stopped reading is not a
+/// failure: exit quietly with [`BROKEN_PIPE_EXIT`] instead.
+fn quiet_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(BROKEN_PIPE_EXIT.into());
+        }
+        default(info);
+    }));
 }
 
 /// An error and its causes on one line: `what failed: why: root cause`.
