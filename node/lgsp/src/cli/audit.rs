@@ -17,6 +17,9 @@ pub(super) enum AuditCommand {
     /// fails naming the first line (and entry) that was changed, removed or
     /// moved, a log with no seal, or the entries after the last seal. A log
     /// cut off together with its last seals cannot be told from the file alone.
+    ///
+    /// Example: lgsp audit verify --log /var/lib/lgsp/sharing-log.jsonl --cert
+    /// /etc/lgsp/tls/cert.pem
     Verify {
         /// The sharing log, sharing-log.jsonl in the node's data directory, or
         /// a file written by `lgsp audit export`.
@@ -40,6 +43,9 @@ pub(super) enum AuditCommand {
     /// the seal after the range's last entry. Entries of the range not sealed
     /// yet are left out and counted. Does not verify the log; run `lgsp audit
     /// verify` for that.
+    ///
+    /// Example: lgsp audit export --log /var/lib/lgsp/sharing-log.jsonl --from 2026-11-01 --to
+    /// 2026-11-30 --out thang-11.jsonl
     Export {
         /// The sharing log, sharing-log.jsonl in the node's data directory.
         #[arg(long, value_name = "FILE")]

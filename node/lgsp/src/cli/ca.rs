@@ -14,6 +14,9 @@ pub(super) enum CaCommand {
     /// Make a new root CA (ECDSA P-256) in DIR. Run once, at the provincial IT
     /// department; the key file is written with mode 0600 and an existing CA
     /// is never overwritten.
+    ///
+    /// Example: lgsp ca init --dir /etc/lgsp/ca --trust-domain vinhphuc.gov.vn --name "CA tỉnh Vĩnh
+    /// Phúc"
     Init {
         /// Directory for ca.crt, ca.key and ca.json (created if missing).
         #[arg(long, value_name = "DIR")]
@@ -31,6 +34,9 @@ pub(super) enum CaCommand {
     /// Make a key and issue its certificate in one step (development and
     /// tests). In production use `csr` on the agency's server and `sign` here,
     /// so the key never leaves the server that uses it.
+    ///
+    /// Example: lgsp ca issue --ca /etc/lgsp/ca --role admin --agency 000.00.12.H62 --name admin-1
+    /// --out /etc/lgsp/admin
     Issue {
         /// The CA directory made by `lgsp ca init`.
         #[arg(long, value_name = "DIR")]
@@ -46,6 +52,9 @@ pub(super) enum CaCommand {
     },
     /// On the agency's server: make a key and a certificate signing request
     /// (CSR) for the CA. The key stays in DIR; send only csr.pem.
+    ///
+    /// Example: lgsp ca csr --role node --agency 000.00.12.H62 --name node-1 --trust-domain
+    /// vinhphuc.gov.vn --dns node.stp.vinhphuc.gov.vn --out /etc/lgsp/tls
     Csr {
         #[command(flatten)]
         leaf: LeafArgs,
@@ -58,7 +67,10 @@ pub(super) enum CaCommand {
     },
     /// At the provincial IT department: check a CSR and sign it. A CSR whose
     /// identity is malformed or of another trust domain is refused.
+    ///
+    /// Example: lgsp ca sign --ca /etc/lgsp/ca --csr csr.pem --out cert.pem --days 365
     Sign {
+        /// The CA directory made by `lgsp ca init`.
         #[arg(long, value_name = "DIR")]
         ca: PathBuf,
         /// The csr.pem made by `lgsp ca csr`.
@@ -67,6 +79,7 @@ pub(super) enum CaCommand {
         /// Where to write the signed certificate (PEM).
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
+        /// How long the certificate is valid, in days.
         #[arg(long, default_value_t = 365)]
         days: i64,
         /// The identity already has a live certificate and this one succeeds
@@ -85,7 +98,11 @@ pub(super) enum CaCommand {
     },
     /// Revoke a certificate the CA issued. Then publish a new CRL (`lgsp ca
     /// publish-crl`) for peers to refuse it.
+    ///
+    /// Example: lgsp ca revoke --ca /etc/lgsp/ca --serial 5c:34:7d:83 --reason key-compromise &&
+    /// lgsp ca publish-crl --ca /etc/lgsp/ca
     Revoke {
+        /// The CA directory made by `lgsp ca init`.
         #[arg(long, value_name = "DIR")]
         ca: PathBuf,
         /// The serial in hex, as `lgsp ca show` prints it (colons allowed).
@@ -97,7 +114,10 @@ pub(super) enum CaCommand {
         reason: String,
     },
     /// Sign a certificate revocation list of every revoked certificate.
+    ///
+    /// Example: lgsp ca crl --ca /etc/lgsp/ca --out crl.pem --days 7
     Crl {
+        /// The CA directory made by `lgsp ca init`.
         #[arg(long, value_name = "DIR")]
         ca: PathBuf,
         /// Where to write the CRL (PEM).
@@ -110,7 +130,11 @@ pub(super) enum CaCommand {
     /// Sign a CRL and publish it in the registry's catalog: every node and
     /// registry server refuses the revoked certificates within a second,
     /// without restart. Needs an admin certificate.
+    ///
+    /// Example: lgsp ca publish-crl --ca /etc/lgsp/ca --registry 10.0.0.11:7101 --tls-dir
+    /// /etc/lgsp/admin
     PublishCrl {
+        /// The CA directory made by `lgsp ca init`.
         #[arg(long, value_name = "DIR")]
         ca: PathBuf,
         #[command(flatten)]
@@ -120,6 +144,8 @@ pub(super) enum CaCommand {
         days: i64,
     },
     /// Print what a certificate, CSR or CRL file says, in plain words.
+    ///
+    /// Example: lgsp ca show /etc/lgsp/tls/cert.pem
     Show {
         /// A PEM or DER file.
         file: PathBuf,

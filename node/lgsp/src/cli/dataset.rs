@@ -104,6 +104,8 @@ pub(super) enum DatasetCommand {
         service: Option<String>,
     },
     /// Print one record, as the JSON object stored.
+    ///
+    /// Example: lgsp dataset show --data-dir /var/lib/lgsp --service ho-tich --key 001099012345
     Show {
         #[command(flatten)]
         at: DatasetArgs,

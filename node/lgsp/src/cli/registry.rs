@@ -17,14 +17,21 @@ pub(super) enum RegistryCommand {
     /// (each server's id=peer-address) and an empty --data-dir. A restart:
     /// the same command; the data directory has the state. A new member:
     /// `lgsp registry add-member` first, then start it with --join.
+    ///
+    /// Example: lgsp registry start --config /etc/lgsp/registry.toml
     Start(StartArgs),
     /// Show each server's view: leader, term, members, applied index, revision.
+    ///
+    /// Example: lgsp registry status --registry 10.0.0.11:7101,10.0.0.12:7101
     Status {
         #[command(flatten)]
         registry: RegistryArgs,
     },
     /// Add a server to the cluster (joint consensus, left explicitly). Then
     /// start the new server with --join and an empty data directory.
+    ///
+    /// Example: lgsp registry add-member --id 4 --peer-addr 10.0.0.14:7102 --client-addr
+    /// 10.0.0.14:7101
     AddMember {
         #[command(flatten)]
         registry: RegistryArgs,
@@ -39,9 +46,12 @@ pub(super) enum RegistryCommand {
         client_addr: String,
     },
     /// Remove a server from the cluster. Its id is never to be used again.
+    ///
+    /// Example: lgsp registry remove-member --id 4
     RemoveMember {
         #[command(flatten)]
         registry: RegistryArgs,
+        /// The id of the server to remove, as `lgsp registry status` shows it.
         #[arg(long)]
         id: u64,
     },
