@@ -34,7 +34,7 @@ use std::process::ExitCode;
 #[derive(Debug, Parser)]
 #[command(
     name = "lgsp",
-    version,
+    version = VERSION,
     propagate_version = true,
     after_long_help = ENVIRONMENT
 )]
@@ -42,6 +42,14 @@ pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
 }
+
+/// `lgsp --version`: the release and the commit it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("LGSP_GIT_COMMIT"),
+    ")"
+);
 
 /// The environment variables every command reads, listed once here rather
 /// than on each flag's line.
@@ -111,6 +119,17 @@ enum Command {
     /// Benchmarks, each reported next to a baseline measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Print a shell completion script for lgsp's commands and flags.
+    ///
+    /// Example: lgsp completion bash > /etc/bash_completion.d/lgsp
+    ///
+    /// Example: lgsp completion zsh > "${fpath[1]}/_lgsp"; lgsp completion fish >
+    /// ~/.config/fish/completions/lgsp.fish
+    Completion {
+        /// The shell: bash, zsh, fish (also elvish, powershell).
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// How to reach the registry: its servers and this side's certificate.
@@ -184,6 +203,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Node(cmd) => node::run(cmd),
         Command::Demo(args) => demo::run(args),
         Command::Dataset(cmd) => dataset::run(cmd),
+        Command::Completion { shell } => completion(shell),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -204,6 +224,15 @@ pub(crate) fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Writes the completion script for `shell` to standard output.
+fn completion(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "lgsp", &mut out);
+    std::io::Write::write_all(&mut std::io::stdout().lock(), &out)?;
+    Ok(())
 }
 
 /// What a command exits with when its reader went away (`lgsp call ... |
