@@ -102,6 +102,8 @@ pub(super) enum DatasetCommand {
         /// Only this service's dataset.
         #[arg(long, value_name = "NAME", value_parser = parse_service)]
         service: Option<String>,
+        #[command(flatten)]
+        zone: super::time::ZoneArg,
     },
     /// Print one record, as the JSON object stored.
     ///
@@ -211,7 +213,11 @@ pub(super) fn run(cmd: DatasetCommand) -> Result<()> {
             );
             Ok(())
         }
-        DatasetCommand::List { data_dir, service } => list(&data_dir, service.as_deref()),
+        DatasetCommand::List {
+            data_dir,
+            service,
+            zone,
+        } => list(&data_dir, service.as_deref(), &zone.calendar()?),
         DatasetCommand::Show { at, key } => {
             let dataset = at.store().open(&at.service)?;
             let record = dataset.get_json(&key)?.ok_or_else(|| {
@@ -396,7 +402,11 @@ fn dry_run_report(
     Ok(())
 }
 
-fn list(data_dir: &Path, service: Option<&str>) -> Result<()> {
+fn list(
+    data_dir: &Path,
+    service: Option<&str>,
+    cal: &lgsp_registry::calendar::WorkCalendar,
+) -> Result<()> {
     let store = DatasetStore::new(&data_dir.join("datasets"));
     let services = match service {
         Some(s) => vec![s.to_owned()],
@@ -406,7 +416,6 @@ fn list(data_dir: &Path, service: Option<&str>) -> Result<()> {
         println!("no datasets in {}", store.root().display());
         return Ok(());
     }
-    let cal = lgsp_registry::calendar::WorkCalendar::default();
     let mut out = std::io::stdout().lock();
     writeln!(
         out,

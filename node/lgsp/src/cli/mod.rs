@@ -59,6 +59,9 @@ Environment:
   LGSP_TLS_DIR    directory with this side's cert.pem, key.pem and ca.pem (--tls-dir)
   LGSP_DATA_DIR   a node's data directory, for `lgsp dataset` (--data-dir)
   LGSP_NODE       this agency's node, for `lgsp call` (--node)
+  LGSP_TIME_ZONE  the province's time zone where no registry says it, for
+                  `lgsp audit export` and `lgsp dataset list` (--time-zone;
+                  default Asia/Ho_Chi_Minh)
   RUST_LOG        how much to log, e.g. info (the default), debug, lgsp_node=debug
 
 Exit codes: 0 done; 1 the work failed; 2 a usage or configuration error;
@@ -362,6 +365,7 @@ mod tests {
             "LGSP_TLS_DIR",
             "LGSP_DATA_DIR",
             "LGSP_NODE",
+            "LGSP_TIME_ZONE",
             "RUST_LOG",
         ] {
             assert_eq!(help.matches(var).count(), 1, "{var} in:\n{help}");
