@@ -69,6 +69,10 @@ fn a_reimport_of_another_shape_is_refused_until_asked_and_can_be_rolled_back() {
     assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
     assert!(stdout.contains("rows:    50 → 2"), "{stdout}");
     assert!(stdout.contains("would replace gen-1"), "{stdout}");
+    assert!(
+        stdout.contains("records: 2 added, 50 removed, 0 changed, 0 unchanged"),
+        "{stdout}"
+    );
     assert!(stderr.contains("would be refused"), "{stderr}");
     let out = import(&other, &["--key", "ma", "--dry-run", "--replace-schema"]);
     assert!(out.status.success(), "{}", text(&out).1);

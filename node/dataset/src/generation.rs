@@ -175,6 +175,116 @@ pub struct GenerationInfo {
     pub imported_at_unix: u64,
 }
 
+/// How the records of one generation differ from another's, by key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecordChanges {
+    /// Keys only the new data has.
+    pub added: u64,
+    /// Keys only the old data has.
+    pub removed: u64,
+    /// Keys both have, with different records.
+    pub changed: u64,
+    /// Keys both have, with the same record.
+    pub unchanged: u64,
+}
+
+impl fmt::Display for RecordChanges {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} added, {} removed, {} changed, {} unchanged",
+            self.added, self.removed, self.changed, self.unchanged
+        )
+    }
+}
+
+/// Compares two generations' data files (both in key order) record by
+/// record, reading each once from front to back; `None` when the old one
+/// has no data file (a generation from before data files).
+pub(super) fn compare_records(
+    old_dir: &Path,
+    new_dir: &Path,
+) -> Result<Option<RecordChanges>, DatasetError> {
+    let old_path = old_dir.join(super::DATA_FILE);
+    if !old_path.is_file() {
+        return Ok(None);
+    }
+    let new_path = new_dir.join(super::DATA_FILE);
+    let mut old = Entries::open(&old_path)?;
+    let mut new = Entries::open(&new_path)?;
+    let mut changes = RecordChanges::default();
+    let (mut a, mut b) = (old.next()?, new.next()?);
+    loop {
+        match (&a, &b) {
+            (None, None) => return Ok(Some(changes)),
+            (Some(_), None) => {
+                changes.removed += 1;
+                a = old.next()?;
+            }
+            (None, Some(_)) => {
+                changes.added += 1;
+                b = new.next()?;
+            }
+            (Some((ka, ta)), Some((kb, tb))) => match ka.cmp(kb) {
+                std::cmp::Ordering::Less => {
+                    changes.removed += 1;
+                    a = old.next()?;
+                }
+                std::cmp::Ordering::Greater => {
+                    changes.added += 1;
+                    b = new.next()?;
+                }
+                std::cmp::Ordering::Equal => {
+                    if ta == tb {
+                        changes.unchanged += 1;
+                    } else {
+                        changes.changed += 1;
+                    }
+                    a = old.next()?;
+                    b = new.next()?;
+                }
+            },
+        }
+    }
+}
+
+/// One entry of a data file: its key and its record's text.
+type Entry = (Vec<u8>, Vec<u8>);
+
+/// A data file's entries, front to back.
+struct Entries {
+    path: std::path::PathBuf,
+    reader: std::io::BufReader<std::fs::File>,
+    at: u64,
+    len: u64,
+}
+
+impl Entries {
+    fn open(path: &Path) -> Result<Self, DatasetError> {
+        let file = std::fs::File::open(path).map_err(io_error(path))?;
+        let len = file.metadata().map_err(io_error(path))?.len();
+        Ok(Self {
+            path: path.to_owned(),
+            reader: std::io::BufReader::with_capacity(1 << 18, file),
+            at: 0,
+            len,
+        })
+    }
+
+    fn next(&mut self) -> Result<Option<Entry>, DatasetError> {
+        if self.at >= self.len {
+            return Ok(None);
+        }
+        let (key, text, size) =
+            super::read_entry(&mut self.reader).map_err(|e| DatasetError::Corrupt {
+                path: self.path.clone(),
+                why: format!("the record at offset {} cannot be read: {e}", self.at),
+            })?;
+        self.at += size;
+        Ok(Some((key, text)))
+    }
+}
+
 /// What a rollback did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rollback {

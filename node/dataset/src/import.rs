@@ -3,7 +3,8 @@
 //! switch `CURRENT` only if all were good.
 
 use super::generation::{
-    DatasetSchema, Manifest, generation_names, is_complete, read_info, write_manifest,
+    DatasetSchema, Manifest, compare_records, generation_names, is_complete, read_info,
+    write_manifest,
 };
 use super::schema::{Ordered, Schema, SchemaError};
 use super::text::{self, Decode, TextEncoding, TextFormat};
@@ -201,8 +202,13 @@ pub(super) fn run(
         schema_change,
         replaced: live,
         read_as,
+        records_changed: None,
     };
     if options.dry_run {
+        let mut report = report;
+        if let Some(live) = &report.replaced {
+            report.records_changed = compare_records(&service_dir.join(&live.name), &gen_dir)?;
+        }
         // `partial` deletes what was written.
         return Ok(report);
     }

@@ -53,7 +53,7 @@ mod schema;
 mod tests;
 mod text;
 
-pub use generation::{DatasetSchema, GenerationInfo, Rollback, SchemaChange};
+pub use generation::{DatasetSchema, GenerationInfo, RecordChanges, Rollback, SchemaChange};
 pub use schema::{FieldType, Property, Schema, SchemaError};
 pub use text::{TextEncoding, TextFormat};
 
@@ -393,6 +393,10 @@ pub struct ImportReport {
     pub replaced: Option<GenerationInfo>,
     /// How the file was read: its encoding and separator, given or guessed.
     pub read_as: TextFormat,
+    /// For a dry run over live data: which records would be added, removed
+    /// and changed (`None` otherwise, or when the live generation predates
+    /// data files).
+    pub records_changed: Option<RecordChanges>,
 }
 
 /// How to import: see [`DatasetStore::import_with`].

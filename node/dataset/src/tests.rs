@@ -913,6 +913,33 @@ fn a_dry_run_reports_rows_and_schema_change_and_changes_nothing() {
     let replaced = report.replaced.unwrap();
     assert_eq!((replaced.name.as_str(), replaced.records), ("gen-1", 3));
     assert_ne!(report.schema_digest, replaced.schema_digest);
+    assert_eq!(
+        report.records_changed,
+        Some(RecordChanges {
+            added: 1,
+            removed: 3,
+            changed: 0,
+            unchanged: 0
+        })
+    );
+    // Same shape: which records change, by key.
+    let v3 = dir.file("v3.csv", "ma,ten\n1,A\n2,Bình\n4,D\n".as_bytes());
+    let report = store
+        .import_with(
+            "x",
+            &v3,
+            &ImportOptions {
+                dry_run: true,
+                ..ImportOptions::default()
+            },
+            &no_progress,
+        )
+        .unwrap();
+    assert_eq!(report.schema_change, None);
+    assert_eq!(
+        report.records_changed.unwrap().to_string(),
+        "1 added, 1 removed, 1 changed, 1 unchanged"
+    );
     // Nothing changed on disk.
     assert_eq!(store.current_generation("x").as_deref(), Some("gen-1"));
     assert_eq!(store.generations("x").unwrap().len(), 1);

@@ -387,6 +387,9 @@ fn dry_run_report(
                 None => writeln!(out, "  schema unchanged")?,
                 Some(change) => writeln!(out, "  schema change: {change}")?,
             }
+            if let Some(changes) = &report.records_changed {
+                writeln!(out, "  records: {changes}")?;
+            }
         }
     }
     drop(out);
