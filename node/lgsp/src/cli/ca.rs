@@ -5,6 +5,7 @@ use clap::{Args, Subcommand};
 use lgsp_certs::ca::{CertificateAuthority, LeafSpec, make_csr, parse_reason};
 use lgsp_certs::inspect::{CertInfo, CrlInfo};
 use lgsp_certs::{AgencyCode, Role, SpiffeId, TlsFiles, write_atomic, write_new};
+use lgsp_registry::calendar::WorkCalendar;
 use std::io::IsTerminal as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -149,6 +150,8 @@ pub(super) enum CaCommand {
     Show {
         /// A PEM or DER file.
         file: PathBuf,
+        #[command(flatten)]
+        zone: super::time::ZoneArg,
     },
 }
 
@@ -358,7 +361,7 @@ pub(super) fn run(cmd: CaCommand) -> Result<()> {
                 crl.revoked.len(),
             );
         }
-        CaCommand::Show { file } => show(&file)?,
+        CaCommand::Show { file, zone } => show(&file, &zone.calendar()?)?,
     }
     Ok(())
 }
@@ -372,7 +375,28 @@ fn refuse_existing(paths: &[&Path]) -> Result<()> {
     Ok(())
 }
 
-fn show(file: &Path) -> Result<()> {
+/// `t` on the province's clocks (the offset its time zone has at `t`).
+fn in_zone(cal: &WorkCalendar, t: time::OffsetDateTime) -> time::OffsetDateTime {
+    let offset = jiff::tz::TimeZone::get(cal.time_zone())
+        .ok()
+        .zip(jiff::Timestamp::from_second(t.unix_timestamp()).ok())
+        .map_or(0, |(tz, at)| tz.to_offset(at).seconds());
+    time::UtcOffset::from_whole_seconds(offset).map_or(t, |o| t.to_offset(o))
+}
+
+fn show(file: &Path, cal: &WorkCalendar) -> Result<()> {
+    let cert = |der: &[u8]| -> Result<CertInfo> {
+        let mut info = CertInfo::from_der(der, file)?;
+        info.not_before = in_zone(cal, info.not_before);
+        info.not_after = in_zone(cal, info.not_after);
+        Ok(info)
+    };
+    let crl = |der: &[u8]| -> Result<CrlInfo> {
+        let mut info = CrlInfo::from_der(der, file)?;
+        info.this_update = in_zone(cal, info.this_update);
+        info.next_update = info.next_update.map(|t| in_zone(cal, t));
+        Ok(info)
+    };
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let blocks = match std::str::from_utf8(&bytes) {
         Ok(text) if text.contains("-----BEGIN") => pem_blocks(text, file)?,
@@ -383,14 +407,14 @@ fn show(file: &Path) -> Result<()> {
             println!();
         }
         match label.as_str() {
-            "CERTIFICATE" => println!("{}", CertInfo::from_der(der, file)?),
-            "X509 CRL" => println!("{}", CrlInfo::from_der(der, file)?),
+            "CERTIFICATE" => println!("{}", cert(der)?),
+            "X509 CRL" => println!("{}", crl(der)?),
             "CERTIFICATE REQUEST" => show_csr(der, file)?,
-            "" => match CertInfo::from_der(der, file) {
+            "" => match cert(der) {
                 Ok(info) => println!("{info}"),
                 Err(_) => println!(
                     "{}",
-                    CrlInfo::from_der(der, file).with_context(|| {
+                    crl(der).with_context(|| {
                         format!("{} is neither a certificate nor a CRL", file.display())
                     })?
                 ),

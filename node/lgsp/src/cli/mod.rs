@@ -60,7 +60,7 @@ Environment:
   LGSP_DATA_DIR   a node's data directory, for `lgsp dataset` (--data-dir)
   LGSP_NODE       this agency's node, for `lgsp call` (--node)
   LGSP_TIME_ZONE  the province's time zone where no registry says it, for
-                  `lgsp audit export` and `lgsp dataset list` (--time-zone;
+                  `lgsp audit export`, `dataset list`, `ca show` (--time-zone;
                   default Asia/Ho_Chi_Minh)
   RUST_LOG        how much to log, e.g. info (the default), debug, lgsp_node=debug
 
