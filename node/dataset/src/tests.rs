@@ -1134,3 +1134,26 @@ fn excel_csv_with_semicolons_windows_1258_or_utf_16_is_read() {
     );
     assert!(rows[0].why.contains("--delimiter ';'"), "{rows:?}");
 }
+
+#[test]
+fn a_generation_from_before_manifests_is_described_from_its_metadata() {
+    let dir = TestDir::new();
+    let store = dir.store();
+    let v1 = dir.file("v1.csv", "ma,ten\n1,A\n".as_bytes());
+    store.import("x", &v1, "ma", None, &no_progress).unwrap();
+    let manifest = store.root().join("x/gen-1").join(generation::MANIFEST_FILE);
+    std::fs::remove_file(&manifest).unwrap();
+    // An import still knows the live key and columns.
+    let other = dir.file("other.csv", "id,ten\n1,A\n".as_bytes());
+    let (live, change) = schema_changed(
+        store
+            .import("x", &other, "id", None, &no_progress)
+            .unwrap_err(),
+    );
+    assert_eq!(live, "gen-1");
+    assert_eq!(change.key, Some(("ma".to_owned(), "id".to_owned())));
+    // Opening it (as a node does) writes the description down.
+    drop(store.open("x").unwrap());
+    assert!(manifest.is_file());
+    assert_eq!(store.generations("x").unwrap()[0].records, 1);
+}
