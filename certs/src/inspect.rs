@@ -112,8 +112,8 @@ impl fmt::Display for CertInfo {
             Err(why) => writeln!(f, "SPIFFE ID:   none usable: {why}")?,
         }
         writeln!(f, "Serial:      {}", self.serial)?;
-        writeln!(f, "Valid from:  {} UTC", fmt_time(self.not_before))?;
-        writeln!(f, "Valid until: {} UTC ({state})", fmt_time(self.not_after))?;
+        writeln!(f, "Valid from:  {}", fmt_zoned(self.not_before))?;
+        writeln!(f, "Valid until: {} ({state})", fmt_zoned(self.not_after))?;
         writeln!(f, "Issuer:      {}", self.issuer)?;
         if !self.dns_names.is_empty() || !self.ip_addresses.is_empty() {
             let all: Vec<&str> = self
@@ -180,9 +180,9 @@ impl fmt::Display for CrlInfo {
         if let Some(n) = self.number {
             writeln!(f, "Number:      {n}")?;
         }
-        writeln!(f, "Issued:      {} UTC", fmt_time(self.this_update))?;
+        writeln!(f, "Issued:      {}", fmt_zoned(self.this_update))?;
         if let Some(next) = self.next_update {
-            writeln!(f, "Next update: {} UTC", fmt_time(next))?;
+            writeln!(f, "Next update: {}", fmt_zoned(next))?;
         }
         write!(f, "Revoked:     {}", self.revoked.len())?;
         for s in &self.revoked {
@@ -190,6 +190,19 @@ impl fmt::Display for CrlInfo {
         }
         Ok(())
     }
+}
+
+/// A time with its offset, as lgsp shows it to people: `2025-03-12
+/// 08:00:00 UTC`, or `2025-03-12 15:00:00 +07:00` once a caller has moved
+/// it to the province's offset (`OffsetDateTime::to_offset`).
+fn fmt_zoned(t: ::time::OffsetDateTime) -> String {
+    let offset = t.offset();
+    if offset.is_utc() {
+        return format!("{} UTC", fmt_time(t));
+    }
+    let (h, m, _) = offset.as_hms();
+    let sign = if offset.is_negative() { '-' } else { '+' };
+    format!("{} {sign}{:02}:{:02}", fmt_time(t), h.abs(), m.abs())
 }
 
 /// A UTC time as lgsp prints it to people: `2025-03-12 08:00:00`.

@@ -471,8 +471,12 @@ pub fn explain_status(status: &tonic::Status) -> String {
     let mut chain = status.message().to_owned();
     let mut source = std::error::Error::source(status);
     while let Some(s) = source {
-        chain.push_str(": ");
-        chain.push_str(&s.to_string());
+        // Layers often repeat their cause's words: say them once.
+        let text = s.to_string();
+        if !chain.contains(&text) {
+            chain.push_str(": ");
+            chain.push_str(&text);
+        }
         source = s.source();
     }
     // Our own check of the server's identity (server_identity.rs) says in

@@ -104,9 +104,10 @@ pub struct ListQuery {
     /// Only records whose key starts with this (e.g. an agency code and `/`);
     /// empty for every record of the kind.
     pub prefix: String,
-    /// Case-insensitive text a record must contain: for a service, in its id,
-    /// name or description; for other kinds, in any of its text. Empty
-    /// matches every record.
+    /// Text a record must contain, compared without case or diacritics
+    /// ([`crate::text::fold`]: "ho tich" finds "Hộ tịch"): for a service, in
+    /// its id, name or description; for other kinds, in any of its text.
+    /// Empty matches every record.
     pub keyword: String,
     /// For services only, the `ServiceStatus` a service must have; 0 for any.
     pub service_status: i32,
@@ -128,7 +129,8 @@ pub fn list(db: &Kv, q: &ListQuery) -> Result<(Vec<CatalogRecord>, String), Cata
         0 => 100,
         n => n.min(1000) as usize,
     };
-    let keyword = q.keyword.to_lowercase();
+    // As people type: "ho tich" finds "Hộ tịch".
+    let keyword = crate::text::fold(&q.keyword);
     let prefix = record_db_key(kind, &q.prefix);
     let start = if q.page_token.is_empty() {
         prefix.clone()
@@ -152,11 +154,13 @@ pub fn list(db: &Kv, q: &ListQuery) -> Result<(Vec<CatalogRecord>, String), Cata
             if !keyword.is_empty()
                 && ![&s.id, &s.name, &s.description]
                     .iter()
-                    .any(|f| f.to_lowercase().contains(&keyword))
+                    .any(|f| crate::text::fold(f).contains(&keyword))
             {
                 continue;
             }
-        } else if !keyword.is_empty() && !record_text(&record).to_lowercase().contains(&keyword) {
+        } else if !keyword.is_empty()
+            && !crate::text::fold(&record_text(&record)).contains(&keyword)
+        {
             continue;
         }
         if out.len() == page {

@@ -99,9 +99,19 @@ impl RegistryClient {
                     }
                 }
                 Err(status) => {
+                    let mut explained = lgsp_certs::tls::explain_status(&status);
+                    if status.code() == Code::Unavailable {
+                        // Which address failed is what an operator checks first.
+                        let tried: Vec<&str> =
+                            self.servers.iter().map(|(e, _)| e.as_str()).collect();
+                        explained = format!(
+                            "registry server {} unavailable (tried {}): {explained}",
+                            self.servers[i].0,
+                            tried.join(", ")
+                        );
+                    }
                     // The metadata says what became of a write
                     // (`lgsp-outcome`, `lgsp-mod-revision`): keep it.
-                    let explained = lgsp_certs::tls::explain_status(&status);
                     return Err(Status::with_metadata(
                         status.code(),
                         explained,

@@ -625,3 +625,33 @@ fn the_ca_signs_only_names_its_policy_vouches_for_and_adds_none_of_its_own() {
         "{policy}"
     );
 }
+
+#[test]
+fn ca_show_gives_times_on_the_provinces_clocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    ok(&[
+        "ca",
+        "init",
+        "--dir",
+        p(&ca),
+        "--trust-domain",
+        TRUST_DOMAIN,
+    ]);
+    let shown = ok(&["ca", "show", p(&ca.join("ca.crt"))]);
+    assert!(
+        shown.contains("Valid from:")
+            && shown
+                .lines()
+                .any(|l| l.starts_with("Valid until:") && l.contains("+07:00")),
+        "{shown}"
+    );
+    let utc = ok(&["ca", "show", p(&ca.join("ca.crt")), "--time-zone", "UTC"]);
+    assert!(
+        utc.lines()
+            .any(|l| l.starts_with("Valid from:") && l.contains(" UTC")),
+        "{utc}"
+    );
+    let out = lgsp(&["ca", "show", p(&ca.join("ca.crt")), "--time-zone", "Hanoi"]);
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -346,3 +346,85 @@ async fn connections_that_stall_the_tls_handshake_block_no_one_and_are_closed() 
     assert_alive(&mut a);
     assert_alive(&mut b);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reimport_of_another_shape_is_refused_while_serving_and_rollback_switches_the_node() {
+    let (_province, mut a, mut b) = two_agencies().await;
+    let data = a.data_dir();
+    let import = |file: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "dataset",
+            "import",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--service",
+            "ho-tich",
+            "--file",
+            file.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        lgsp(&args)
+    };
+    // Two rows, another key and other columns, while A serves the dataset
+    // (and holds its database open): refused, naming the change.
+    let other = a.dir.join("khac.csv");
+    std::fs::write(&other, "ma,ho_ten\n1,Khác Một\n001099012345,Khác Hai\n").unwrap();
+    let out = import(&other, &["--key", "ma"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("key so_dinh_danh → ma"), "{stderr}");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        name_through_b(&b, "001099012345").await.unwrap(),
+        "Nguyễn Thị Hương"
+    );
+
+    // The same shape, without --key: imported and served; then rolled back.
+    let newer = a.dir.join("moi.csv");
+    std::fs::write(
+        &newer,
+        "so_dinh_danh,ho_ten,ngay_sinh,noi_sinh\n001099012345,Nguyễn Thị Hương (mới),1999-03-12,Vĩnh Yên\n",
+    )
+    .unwrap();
+    let out = import(&newer, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while name_through_b(&b, "001099012345").await.unwrap() != "Nguyễn Thị Hương (mới)" {
+        assert!(
+            Instant::now() < deadline,
+            "the node never served the new import"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = lgsp(&[
+        "dataset",
+        "rollback",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--service",
+        "ho-tich",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while name_through_b(&b, "001099012345").await.unwrap() != "Nguyễn Thị Hương" {
+        assert!(
+            Instant::now() < deadline,
+            "the node never served the rolled-back data"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(name_through_b(&b, "001088054321").await.is_ok());
+    let listed = lgsp(&["dataset", "list", "--data-dir", data.to_str().unwrap()]);
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert_eq!(listed.lines().count(), 3, "{listed}");
+    assert_alive(&mut a);
+    assert_alive(&mut b);
+}

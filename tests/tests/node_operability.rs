@@ -200,9 +200,12 @@ async fn metrics_count_calls_by_side_service_consumer_and_code() {
     );
 }
 
-/// Today's date in UTC, as `lgsp audit export` reads dates.
-fn utc_date(offset_days: i64) -> String {
-    let date = time::OffsetDateTime::now_utc().date() + time::Duration::days(offset_days);
+/// Today's date on the province's clocks (Asia/Ho_Chi_Minh, UTC+7 all
+/// year), as `lgsp audit export` reads dates.
+fn province_date(offset_days: i64) -> String {
+    let vietnam = time::UtcOffset::from_hms(7, 0, 0).unwrap();
+    let date = time::OffsetDateTime::now_utc().to_offset(vietnam).date()
+        + time::Duration::days(offset_days);
     format!(
         "{:04}-{:02}-{:02}",
         date.year(),
@@ -214,7 +217,7 @@ fn utc_date(offset_days: i64) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_export_writes_the_calls_of_the_day_and_nothing_from_the_future() {
     // Taken before the calls, so that they are all from this date on.
-    let today = utc_date(0);
+    let today = province_date(0);
     let (_province, a, b) = two_agencies().await;
     let service = format!("{A}/ho-tich");
     let mut app = DataExchangeClient::new(b.app_channel().await);
@@ -283,7 +286,7 @@ async fn audit_export_writes_the_calls_of_the_day_and_nothing_from_the_future() 
         "--log",
         a.sharing_log().to_str().unwrap(),
         "--from",
-        &utc_date(1),
+        &province_date(1),
         "--out",
         future_file.to_str().unwrap(),
     ]);

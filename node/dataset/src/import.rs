@@ -2,13 +2,19 @@
 //! row, append the good ones to the data file with their keys in sled, and
 //! switch `CURRENT` only if all were good.
 
+use super::generation::{
+    DatasetSchema, Manifest, compare_records, generation_names, is_complete, read_info,
+    write_manifest,
+};
 use super::schema::{Ordered, Schema, SchemaError};
+use super::text::{self, Decode, TextEncoding, TextFormat};
 use super::{
-    BadRow, DATA_FILE, DatasetError, DatasetStore, ImportReport, Location, MAX_BAD_ROWS, META_TREE,
-    Meta, RECORDS_TREE, SCHEMA_FILE, check_name, generation_number, io_error, object_text,
+    BadRow, DATA_FILE, DatasetError, DatasetStore, ImportOptions, ImportReport, Location,
+    MAX_BAD_ROWS, META_TREE, Meta, RECORDS_TREE, SCHEMA_FILE, check_name, io_error, object_text,
     read_current, store_error, sync_dir, write_current, write_entry,
 };
 use serde_json::Value;
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -61,17 +67,52 @@ pub(super) fn run(
     store: &DatasetStore,
     service: &str,
     file: &Path,
-    key: &str,
-    schema: Option<&Schema>,
+    options: &ImportOptions,
     progress: &dyn Fn(u64, u64),
 ) -> Result<ImportReport, DatasetError> {
     let started = Instant::now();
     check_name(service)?;
     let format = Format::of(file)?;
     let total = std::fs::metadata(file).map_err(io_error(file))?.len();
+    let read_as = text::sniff(
+        file,
+        format == Format::Csv,
+        options.encoding,
+        options.delimiter,
+    )
+    .map_err(io_error(file))?;
 
+    let service_dir = store.service_dir(service);
+    std::fs::create_dir_all(&service_dir).map_err(io_error(&service_dir))?;
+    let _lock = ImportLock::take(&service_dir, service)?;
+    let current = read_current(&service_dir)?;
+    let live = match &current {
+        Some(name) => Some(read_info(service, &service_dir, name, true)?),
+        None => None,
+    };
+    remove_unfinished(&service_dir, current.as_deref());
+
+    // Without --key or --schema, what the live data has: a re-import of
+    // the same shape needs neither.
+    let key = match (&options.key, &live) {
+        (Some(key), _) => key.clone(),
+        (None, Some(live)) => live.schema.key.clone(),
+        (None, None) => return Err(DatasetError::KeyNeeded(service.to_owned())),
+    };
+    let kept_schema;
+    let schema = match (&options.schema, &live) {
+        (Some(schema), _) => Some(schema),
+        (None, Some(live)) if !options.replace_schema => match &live.schema.json_schema {
+            Some(text) => {
+                kept_schema = Schema::from_json(text)?;
+                Some(&kept_schema)
+            }
+            None => None,
+        },
+        (None, _) => None,
+    };
     if let Some(schema) = schema
-        && schema.property(key).is_none()
+        && schema.property(&key).is_none()
         && !schema.allows_additional()
     {
         return Err(SchemaError::Invalid {
@@ -80,13 +121,12 @@ pub(super) fn run(
         }
         .into());
     }
-    let service_dir = store.service_dir(service);
-    std::fs::create_dir_all(&service_dir).map_err(io_error(&service_dir))?;
-    let _lock = ImportLock::take(&service_dir, service)?;
-    let current = read_current(&service_dir)?;
-    remove_generations(&service_dir, current.as_deref());
 
-    let mut number = current.as_deref().and_then(generation_number).unwrap_or(0) + 1;
+    let mut number = generation_names(&service_dir)
+        .first()
+        .and_then(|n| super::generation_number(n))
+        .unwrap_or(0)
+        + 1;
     let generation = loop {
         let name = format!("gen-{number}");
         match std::fs::create_dir(service_dir.join(&name)) {
@@ -100,9 +140,10 @@ pub(super) fn run(
     let mut partial = Partial(Some(gen_dir.clone()));
 
     let rules = Rules {
-        key_field: key,
+        key_field: &key,
         schema,
         max_record_bytes: store.max_record_bytes,
+        text: read_as,
     };
     let mut loader = Loader::new(&gen_dir, file, rules)?;
     let mut reported = 0;
@@ -124,7 +165,53 @@ pub(super) fn run(
         &mut tick,
     )?;
     progress(total, total);
-    let records = loader.finish(format, progress)?;
+    let (records, meta) = loader.finish(format, progress)?;
+
+    let mut columns = meta.fields.clone();
+    if let Some(c) = &mut columns {
+        c.sort();
+    }
+    let new_schema = DatasetSchema {
+        key: key.clone(),
+        columns,
+        json_schema: schema.map(|s| s.source().to_owned()),
+    };
+    let schema_digest = new_schema.digest();
+    let schema_change = live
+        .as_ref()
+        .and_then(|live| new_schema.change_from(&live.schema));
+    if let (Some(change), Some(live)) = (&schema_change, &live)
+        && !options.replace_schema
+        && !options.dry_run
+    {
+        return Err(DatasetError::SchemaChanged {
+            service: service.to_owned(),
+            live: live.name.clone(),
+            file: file.to_owned(),
+            change: Box::new(change.clone()),
+        });
+    }
+    let report = ImportReport {
+        records,
+        bytes: total,
+        generation,
+        elapsed: started.elapsed(),
+        dry_run: options.dry_run,
+        schema: new_schema,
+        schema_digest: schema_digest.clone(),
+        schema_change,
+        replaced: live,
+        read_as,
+        records_changed: None,
+    };
+    if options.dry_run {
+        let mut report = report;
+        if let Some(live) = &report.replaced {
+            report.records_changed = compare_records(&service_dir.join(&live.name), &gen_dir)?;
+        }
+        // `partial` deletes what was written.
+        return Ok(report);
+    }
 
     if let Some(schema) = schema {
         let path = gen_dir.join(SCHEMA_FILE);
@@ -135,17 +222,26 @@ pub(super) fn run(
             })
             .map_err(io_error(&path))?;
     }
+    write_manifest(
+        &gen_dir,
+        &Manifest {
+            key: key.clone(),
+            columns: meta.fields,
+            schema_digest,
+            records,
+            source: meta.source,
+            imported_at_unix: meta.imported_at_unix,
+        },
+    )?;
     sync_dir(&gen_dir)?;
-    write_current(&service_dir, &generation)?;
+    write_current(&service_dir, &report.generation)?;
     partial.0 = None;
-    remove_generations(&service_dir, Some(&generation));
+    // The generation replaced stays, for `lgsp dataset rollback`.
+    keep_only(
+        &service_dir,
+        &[Some(report.generation.as_str()), current.as_deref()],
+    );
 
-    let report = ImportReport {
-        records,
-        bytes: total,
-        generation,
-        elapsed: started.elapsed(),
-    };
     tracing::info!(
         service,
         file = %file.display(),
@@ -156,20 +252,29 @@ pub(super) fn run(
     Ok(report)
 }
 
-/// Deletes every generation but `keep`, best effort.
-fn remove_generations(service_dir: &Path, keep: Option<&str>) {
-    let Ok(entries) = std::fs::read_dir(service_dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if generation_number(name).is_none() || Some(name) == keep {
-            continue;
+/// Deletes what an import left half-written (a crash before the switch),
+/// best effort. Finished generations stay.
+fn remove_unfinished(service_dir: &Path, current: Option<&str>) {
+    for name in generation_names(service_dir) {
+        let dir = service_dir.join(&name);
+        if Some(name.as_str()) != current && !is_complete(&dir) {
+            remove_generation(&dir);
         }
-        if let Err(error) = std::fs::remove_dir_all(entry.path()) {
-            tracing::warn!(%error, path = %entry.path().display(), "cannot delete an old dataset generation");
+    }
+}
+
+/// Deletes every generation but those in `keep`, best effort.
+fn keep_only(service_dir: &Path, keep: &[Option<&str>]) {
+    for name in generation_names(service_dir) {
+        if !keep.contains(&Some(name.as_str())) {
+            remove_generation(&service_dir.join(name));
         }
+    }
+}
+
+fn remove_generation(dir: &Path) {
+    if let Err(error) = std::fs::remove_dir_all(dir) {
+        tracing::warn!(%error, path = %dir.display(), "cannot delete an old dataset generation");
     }
 }
 
@@ -188,10 +293,10 @@ impl Drop for Partial {
 
 /// `import.lock` in the service directory, holding the importer's pid, so
 /// that two imports never build generations at once.
-struct ImportLock(PathBuf);
+pub(super) struct ImportLock(PathBuf);
 
 impl ImportLock {
-    fn take(service_dir: &Path, service: &str) -> Result<Self, DatasetError> {
+    pub(super) fn take(service_dir: &Path, service: &str) -> Result<Self, DatasetError> {
         let path = service_dir.join("import.lock");
         for _ in 0..2 {
             match std::fs::OpenOptions::new()
@@ -247,16 +352,16 @@ impl Drop for ImportLock {
     }
 }
 
-/// Counts the bytes read through it, for progress.
-struct Counting<R> {
+/// Counts the bytes read through it, for progress (before decoding).
+struct Counting<'c, R> {
     inner: R,
-    bytes: u64,
+    bytes: &'c Cell<u64>,
 }
 
-impl<R: Read> Read for Counting<R> {
+impl<R: Read> Read for Counting<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.bytes += n as u64;
+        self.bytes.set(self.bytes.get() + n as u64);
         Ok(n)
     }
 }
@@ -352,6 +457,8 @@ struct Rules<'a> {
     schema: Option<&'a Schema>,
     /// The largest record accepted, as JSON text in bytes.
     max_record_bytes: usize,
+    /// The file's encoding and separator.
+    text: TextFormat,
 }
 
 /// One row as read: its fields in the order to store them, or why it could
@@ -569,8 +676,13 @@ impl<'a> Loader<'a> {
     }
 
     /// Fails with the bad rows if there were any; otherwise records the
-    /// metadata and makes the generation durable. Returns the record count.
-    fn finish(self, format: Format, progress: &dyn Fn(u64, u64)) -> Result<u64, DatasetError> {
+    /// metadata and makes the generation durable. Returns the record count
+    /// and the metadata.
+    fn finish(
+        self,
+        format: Format,
+        progress: &dyn Fn(u64, u64),
+    ) -> Result<(u64, Meta), DatasetError> {
         if self.total_bad > 0 {
             return Err(self.into_error(format)?);
         }
@@ -595,13 +707,13 @@ impl<'a> Loader<'a> {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
         };
-        let meta = serde_json::to_vec(&meta).expect("metadata serializes");
+        let text = serde_json::to_vec(&meta).expect("metadata serializes");
         self.db
             .open_tree(META_TREE)
-            .and_then(|t| t.insert("meta", meta))
+            .and_then(|t| t.insert("meta", text))
             .and_then(|_| self.db.flush())
             .map_err(store_error(&self.gen_dir))?;
-        Ok(self.count)
+        Ok((self.count, meta))
     }
 }
 
@@ -697,10 +809,15 @@ pub(super) fn check(
         key_field,
         schema,
         max_record_bytes,
+        text: crate::text::TextFormat {
+            encoding: crate::text::TextEncoding::Utf8,
+            delimiter: b',',
+        },
     };
+    let read = Cell::new(0);
     let reader = Counting {
         inner: input,
-        bytes: 0,
+        bytes: &read,
     };
     let mut good = 0u64;
     let mut bad = Vec::new();
@@ -732,8 +849,8 @@ pub(super) fn check(
         Ok(ControlFlow::Continue(()))
     };
     match format {
-        Format::Csv => read_csv(reader, file, rules, &mut sink, &mut |_| {}),
-        Format::JsonLines => read_json_lines(reader, file, rules, &mut sink, &mut |_| {}),
+        Format::Csv => read_csv(reader, file, rules, &mut sink, &mut || {}),
+        Format::JsonLines => read_json_lines(reader, file, rules, &mut sink, &mut || {}),
     }?;
     if total_bad > 0 {
         return Err(DatasetError::BadRows {
@@ -754,13 +871,19 @@ fn read(
     tick: &mut dyn FnMut(u64),
 ) -> Result<(), DatasetError> {
     let input = File::open(file).map_err(io_error(file))?;
-    let reader = Counting {
+    let bytes = Cell::new(0);
+    let counted = Counting {
         inner: input,
-        bytes: 0,
+        bytes: &bytes,
     };
+    let reader: Box<dyn Read + '_> = match rules.text.encoding {
+        TextEncoding::Utf8 => Box::new(counted),
+        other => Box::new(Decode::new(counted, other)),
+    };
+    let mut tick = || tick(bytes.get());
     match format {
-        Format::Csv => read_csv(reader, file, rules, sink, tick),
-        Format::JsonLines => read_json_lines(reader, file, rules, sink, tick),
+        Format::Csv => read_csv(reader, file, rules, sink, &mut tick),
+        Format::JsonLines => read_json_lines(reader, file, rules, sink, &mut tick),
     }
 }
 
@@ -784,15 +907,16 @@ fn in_schema_order(schema: Option<&Schema>, fields: Vec<(String, Value)>) -> Vec
     ordered
 }
 
-fn read_csv<R: Read>(
-    reader: Counting<R>,
+fn read_csv(
+    reader: impl Read,
     file: &Path,
     rules: Rules<'_>,
     sink: &mut Sink<'_>,
-    tick: &mut dyn FnMut(u64),
+    tick: &mut dyn FnMut(),
 ) -> Result<(), DatasetError> {
     let mut csv = csv::ReaderBuilder::new()
         .has_headers(false)
+        .delimiter(rules.text.delimiter)
         .flexible(true)
         .buffer_capacity(1 << 16)
         .from_reader(QuoteWatch::new(reader));
@@ -822,7 +946,7 @@ fn read_csv<R: Read>(
                 record.position().map_or(0, |p| p.line()),
                 match csv.get_ref().unclosed(csv.position().byte()) {
                     Some(why) => Err(why),
-                    None => csv_row(&header, &record, rules.schema),
+                    None => csv_row(&header, &record, rules),
                 },
             ),
             Err(e) if matches!(e.kind(), csv::ErrorKind::Io(_)) => return Err(io(e)),
@@ -834,7 +958,7 @@ fn read_csv<R: Read>(
         if sink(line, row)?.is_break() {
             return Ok(());
         }
-        tick(csv.get_ref().inner.bytes);
+        tick();
     }
 }
 
@@ -849,16 +973,16 @@ fn header_names(record: &csv::ByteRecord, rules: Rules<'_>) -> Result<Vec<String
         } else {
             raw
         };
-        match std::str::from_utf8(raw) {
+        match std::str::from_utf8(raw).map(text::nfc) {
             Ok(name) if name.trim().is_empty() => {
                 problems.push(format!("column {} has no name", i + 1));
             }
-            Ok(name) if names.iter().any(|n| n == name) => {
+            Ok(name) if names.contains(&name) => {
                 problems.push(format!("column {name:?} appears twice"));
             }
-            Ok(name) => names.push(name.to_owned()),
+            Ok(name) => names.push(name),
             Err(_) => problems.push(format!(
-                "column {} is not valid UTF-8; save the file as UTF-8",
+                "column {} is not valid UTF-8; {NOT_UTF8_HINT}",
                 i + 1
             )),
         }
@@ -867,10 +991,17 @@ fn header_names(record: &csv::ByteRecord, rules: Rules<'_>) -> Result<Vec<String
         return Err(problems.join("; "));
     }
     if !names.iter().any(|n| n == rules.key_field) {
+        let hint = match (names.as_slice(), rules.text.delimiter) {
+            ([only], b',') if only.contains(';') => {
+                " (the file seems to be separated by ';': give --delimiter ';')"
+            }
+            _ => "",
+        };
         problems.push(format!(
-            "the key field {:?} is not a column; the columns are: {}",
+            "the key field {:?} is not a column; the columns are: {} (read as {}){hint}",
             rules.key_field,
-            names.join(", ")
+            names.join(", "),
+            rules.text,
         ));
     }
     if let Some(schema) = rules.schema {
@@ -896,23 +1027,30 @@ fn header_names(record: &csv::ByteRecord, rules: Rules<'_>) -> Result<Vec<String
     }
 }
 
-fn csv_row(header: &[String], record: &csv::ByteRecord, schema: Option<&Schema>) -> Row {
+/// Said of text that is not UTF-8 where UTF-8 was expected.
+const NOT_UTF8_HINT: &str = "save the file as UTF-8, or give its encoding \
+     (--encoding windows-1258 for Excel's CSV in a Vietnamese locale)";
+
+fn csv_row(header: &[String], record: &csv::ByteRecord, rules: Rules<'_>) -> Row {
+    let schema = rules.schema;
     if record.len() != header.len() {
         return Err(format!(
-            "{} fields where the header has {} (a stray comma or an unclosed quote?)",
+            "{} fields where the header has {} (a stray {:?} or an unclosed quote?)",
             record.len(),
-            header.len()
+            header.len(),
+            rules.text.delimiter as char
         ));
     }
     let mut fields = Vec::with_capacity(header.len());
     let mut problems = Vec::new();
     for (name, raw) in header.iter().zip(record.iter()) {
-        let Ok(text) = std::str::from_utf8(raw) else {
+        let Ok(text) = std::str::from_utf8(raw).map(text::nfc) else {
             problems.push(format!(
-                "field {name:?} is not valid UTF-8; save the file as UTF-8"
+                "field {name:?} is not valid UTF-8; {NOT_UTF8_HINT}"
             ));
             continue;
         };
+        let text = text.as_str();
         match schema.map(|s| s.convert_csv_value(name, text)) {
             None => fields.push((name.clone(), Value::String(text.to_owned()))),
             Some(Ok(Some(value))) => fields.push((name.clone(), value)),
@@ -929,12 +1067,12 @@ fn csv_row(header: &[String], record: &csv::ByteRecord, schema: Option<&Schema>)
     }
 }
 
-fn read_json_lines<R: Read>(
-    reader: Counting<R>,
+fn read_json_lines(
+    reader: impl Read,
     file: &Path,
     rules: Rules<'_>,
     sink: &mut Sink<'_>,
-    tick: &mut dyn FnMut(u64),
+    tick: &mut dyn FnMut(),
 ) -> Result<(), DatasetError> {
     let mut reader = BufReader::with_capacity(1 << 16, reader);
     let mut buf = Vec::new();
@@ -950,16 +1088,20 @@ fn read_json_lines<R: Read>(
             bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
         }
         let row = match std::str::from_utf8(bytes) {
-            Err(_) => Err("not valid UTF-8; save the file as UTF-8".to_owned()),
+            Err(_) => Err(format!("not valid UTF-8; {NOT_UTF8_HINT}")),
             Ok(text) if text.trim().is_empty() => continue,
             Ok(text) => serde_json::from_str::<Ordered<Value>>(text)
-                .map(|o| in_schema_order(rules.schema, o.0))
+                .map(|o| {
+                    let fields = o.0.into_iter();
+                    let fields = fields.map(|(k, v)| (text::nfc(&k), text::nfc_value(v)));
+                    in_schema_order(rules.schema, fields.collect())
+                })
                 .map_err(|e| json_problem(&e)),
         };
         if sink(line, row)?.is_break() {
             return Ok(());
         }
-        tick(reader.get_ref().bytes);
+        tick();
     }
 }
 

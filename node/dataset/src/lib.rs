@@ -11,18 +11,29 @@
 //!                          records.data, every record in key order: its key,
 //!                          then the record as a JSON object (fields in file
 //!                          or schema order);
-//!                          schema.json when a schema was given
-//! <service>/import.lock    present while an import runs (holds its pid)
+//!                          schema.json when a schema was given;
+//!                          generation.json: key, columns, schema digest,
+//!                          rows, source file, import time (readable while
+//!                          a node holds the sled database)
+//! <service>/gen-2/         the generation gen-3 replaced, kept for rollback
+//! <service>/import.lock    present while an import or rollback runs (holds
+//!                          its pid)
 //! ```
 //!
 //! An import writes a whole new generation and only then replaces `CURRENT`
 //! (write, fsync, rename, fsync the directory), so readers see the old data
-//! or the new, never a mix. A failed import deletes what it wrote. Older
-//! generations are deleted after the switch; on Unix a reader that still
-//! holds one open keeps reading it.
+//! or the new, never a mix. A failed import deletes what it wrote. A
+//! re-import whose key, columns or JSON Schema differ from the live data's
+//! is refused unless asked for ([`ImportOptions::replace_schema`]). The
+//! generation replaced is kept for [`DatasetStore::rollback`]; older ones
+//! are deleted after the switch; on Unix a reader that still holds one open
+//! keeps reading it.
 //!
-//! Text is kept byte for byte as imported: no Unicode normalization, so a
-//! key written in NFC is not found by the same words in NFD.
+//! Text is stored in Unicode NFC, whatever the file had (NFD from some
+//! keyboards, Windows-1258's combining tone marks), and keys and filters are
+//! normalised the same way before they are compared, so the same words
+//! always match. CSV files may be UTF-8, UTF-16 or Windows-1258, separated
+//! by `,`, `;` or tabs: guessed from the file's start, or given.
 //!
 //! The records' text lives outside sled so that reading a whole dataset
 //! keeps memory flat: sled keeps much of what a scan reads in memory, far
@@ -35,12 +46,16 @@
 //! sled lets one process at a time open a database: while a node serves a
 //! dataset, `lgsp dataset show` in another process reports it busy.
 
+mod generation;
 mod import;
 mod schema;
 #[cfg(test)]
 mod tests;
+mod text;
 
+pub use generation::{DatasetSchema, GenerationInfo, RecordChanges, Rollback, SchemaChange};
 pub use schema::{FieldType, Property, Schema, SchemaError};
+pub use text::{TextEncoding, TextFormat};
 
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -231,6 +246,42 @@ pub enum DatasetError {
         /// Its live generation, e.g. "gen-3".
         generation: String,
     },
+    /// A first import without a key field: nothing to take it from.
+    #[error(
+        "{0:?} has no data yet, so its key field cannot be taken from it; \
+         give --key FIELD"
+    )]
+    KeyNeeded(String),
+    /// A re-import whose key, columns or JSON Schema differ from the live
+    /// data's, without [`ImportOptions::replace_schema`].
+    #[error(
+        "{file}: its schema differs from what {service:?} serves ({live}): {change}; \
+         nothing was imported. If the change is meant, import again with \
+         --replace-schema ({live} is then kept for `lgsp dataset rollback`); \
+         --dry-run shows what would change"
+    )]
+    SchemaChanged {
+        /// The service imported into.
+        service: String,
+        /// Its live generation, still served.
+        live: String,
+        /// The file imported.
+        file: PathBuf,
+        /// What differs.
+        change: Box<SchemaChange>,
+    },
+    /// A rollback with no kept generation to go to.
+    #[error("{}", nothing_to_roll_back_text(service, live, asked.as_deref(), kept))]
+    NothingToRollBack {
+        /// The service.
+        service: String,
+        /// Its live generation, still served.
+        live: String,
+        /// The generation asked for, if one was named.
+        asked: Option<String>,
+        /// The other generations kept.
+        kept: Vec<String>,
+    },
     /// Another import of the same service holds `import.lock`.
     #[error(
         "another import of {service:?} is running (process {pid}); wait for it, or \
@@ -266,6 +317,24 @@ pub enum DatasetError {
     },
 }
 
+fn nothing_to_roll_back_text(
+    service: &str,
+    live: &str,
+    asked: Option<&str>,
+    kept: &[String],
+) -> String {
+    let what = match asked {
+        Some(name) => format!("{service:?} keeps no finished generation {name:?}"),
+        None => format!("{service:?} keeps no generation older than {live}, the live one"),
+    };
+    let kept = if kept.is_empty() {
+        "no other generation is kept (one is kept after each import)".to_owned()
+    } else {
+        format!("kept besides {live}: {}", kept.join(", "))
+    };
+    format!("{what}; {kept}")
+}
+
 fn bad_rows_text(file: &Path, rows: &[BadRow], total_bad: usize) -> String {
     let noun = if total_bad == 1 { "row" } else { "rows" };
     let mut text = format!(
@@ -299,17 +368,55 @@ impl fmt::Display for BadRow {
     }
 }
 
-/// What a successful import did.
+/// What a successful import did, or, for a dry run, would do.
 #[derive(Clone, Debug)]
 pub struct ImportReport {
     /// Records imported, one per row: what the dataset now serves.
     pub records: u64,
     /// Size of the imported file, in bytes.
     pub bytes: u64,
-    /// The generation now live, e.g. "gen-4".
+    /// The generation now live, e.g. "gen-4" (for a dry run, the name it
+    /// would have had).
     pub generation: String,
     /// How long the import took, reading, checking and writing.
     pub elapsed: Duration,
+    /// Whether this was a dry run: everything checked, nothing changed.
+    pub dry_run: bool,
+    /// The new data's schema.
+    pub schema: DatasetSchema,
+    /// Its digest ([`DatasetSchema::digest`]).
+    pub schema_digest: String,
+    /// How the schema differs from the data it replaces, if it does (only
+    /// ever `Some` with [`ImportOptions::replace_schema`] or a dry run).
+    pub schema_change: Option<SchemaChange>,
+    /// The generation that was live before, now kept for rollback.
+    pub replaced: Option<GenerationInfo>,
+    /// How the file was read: its encoding and separator, given or guessed.
+    pub read_as: TextFormat,
+    /// For a dry run over live data: which records would be added, removed
+    /// and changed (`None` otherwise, or when the live generation predates
+    /// data files).
+    pub records_changed: Option<RecordChanges>,
+}
+
+/// How to import: see [`DatasetStore::import_with`].
+#[derive(Clone, Debug, Default)]
+pub struct ImportOptions {
+    /// The field that identifies a record; `None` takes the live data's.
+    pub key: Option<String>,
+    /// The JSON Schema every row must satisfy. `None` keeps the live
+    /// data's, if it has one (none at all with `replace_schema`).
+    pub schema: Option<Schema>,
+    /// Accept a key, column or JSON Schema different from the live data's.
+    pub replace_schema: bool,
+    /// Check everything and report, but change nothing.
+    pub dry_run: bool,
+    /// The file's encoding; `None` guesses it from its start (a byte order
+    /// mark, UTF-16's NUL bytes, valid UTF-8, else Windows-1258).
+    pub encoding: Option<TextEncoding>,
+    /// A CSV file's separator; `None` takes the most frequent of `,`, `;`
+    /// and tab in its header.
+    pub delimiter: Option<u8>,
 }
 
 /// The datasets under one directory, one subdirectory per service.
@@ -364,6 +471,12 @@ impl DatasetStore {
     /// hundred bytes per key it has seen; 230 MB for a million), not the
     /// size of the records. After the check the records are written again in
     /// key order, for queries to read front to back.
+    ///
+    /// A re-import must have the live data's key, columns and JSON Schema
+    /// ([`DatasetSchema`]); otherwise it fails with
+    /// [`DatasetError::SchemaChanged`] and the live data stays: see
+    /// [`Self::import_with`] to replace the schema, or to check without
+    /// importing. The generation replaced is kept for [`Self::rollback`].
     pub fn import(
         &self,
         service: &str,
@@ -372,7 +485,26 @@ impl DatasetStore {
         schema: Option<&Schema>,
         progress: &dyn Fn(u64, u64),
     ) -> Result<ImportReport, DatasetError> {
-        import::run(self, service, file, key, schema, progress)
+        let options = ImportOptions {
+            key: Some(key.to_owned()),
+            schema: schema.cloned(),
+            ..ImportOptions::default()
+        };
+        import::run(self, service, file, &options, progress)
+    }
+
+    /// [`Self::import`] with options: the key and JSON Schema taken from
+    /// the live data when not given, a schema change accepted, a dry run.
+    /// Fails with [`DatasetError::KeyNeeded`] on a first import without a
+    /// key.
+    pub fn import_with(
+        &self,
+        service: &str,
+        file: &Path,
+        options: &ImportOptions,
+        progress: &dyn Fn(u64, u64),
+    ) -> Result<ImportReport, DatasetError> {
+        import::run(self, service, file, options, progress)
     }
 
     /// Reads `input` as [`Self::import`] would read a file named `file`
@@ -551,7 +683,7 @@ fn open_datasets() -> &'static OpenDatasets {
 }
 
 /// What an import records about a generation, in its "meta" tree.
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 struct Meta {
     /// Whether the text is in the data file (sled holds locations).
     #[serde(default)]
@@ -614,6 +746,12 @@ impl Dataset {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(io_error(&path.join(SCHEMA_FILE))(e)),
         };
+        if !path.join(generation::MANIFEST_FILE).exists() {
+            // A generation imported before manifests existed: describe it
+            // now, while its database is open here, so that an import or
+            // `lgsp dataset list` can read it while this process holds it.
+            write_legacy_manifest(&path, &meta, schema.as_ref());
+        }
         let records = db.open_tree(RECORDS_TREE).map_err(store_error(&path))?;
         let data = if meta.data_file {
             let data_path = path.join(DATA_FILE);
@@ -676,6 +814,7 @@ impl Dataset {
     /// record has that key. Fails with [`DatasetError::Store`] or
     /// [`DatasetError::Corrupt`] when the generation cannot be read.
     pub fn get_json(&self, key: &str) -> Result<Option<String>, DatasetError> {
+        let key = &text::nfc(key);
         let value = self
             .inner
             .records
@@ -707,6 +846,28 @@ impl Dataset {
     /// does not have ([`DatasetError::UnknownFields`], when its field list is
     /// known) and on a bad token ([`DatasetError::BadResumeToken`]).
     pub fn query(&self, q: &Query) -> Result<Page, DatasetError> {
+        // The records are NFC; so must be what they are compared with.
+        let normalised;
+        let q = if q
+            .filters
+            .iter()
+            .flat_map(|(f, v)| [f, v])
+            .chain(&q.fields)
+            .all(|s| unicode_normalization::is_nfc(s))
+        {
+            q
+        } else {
+            normalised = Query {
+                filters: q
+                    .filters
+                    .iter()
+                    .map(|(f, v)| (text::nfc(f), text::nfc(v)))
+                    .collect(),
+                fields: q.fields.iter().map(|f| text::nfc(f)).collect(),
+                ..q.clone()
+            };
+            &normalised
+        };
         self.check_fields(q)?;
         let size = match q.page_size {
             0 => DEFAULT_PAGE_SIZE,
@@ -892,6 +1053,29 @@ impl Dataset {
             path: self.inner.path.clone(),
             why: format!("record {:?}: {why}", String::from_utf8_lossy(key)),
         }
+    }
+}
+
+fn write_legacy_manifest(path: &Path, meta: &Meta, schema: Option<&Schema>) {
+    let mut columns = meta.fields.clone();
+    if let Some(c) = &mut columns {
+        c.sort();
+    }
+    let described = DatasetSchema {
+        key: meta.key_field.clone(),
+        columns,
+        json_schema: schema.map(|s| s.source().to_owned()),
+    };
+    let manifest = generation::Manifest {
+        key: meta.key_field.clone(),
+        columns: meta.fields.clone(),
+        schema_digest: described.digest(),
+        records: meta.records,
+        source: meta.source.clone(),
+        imported_at_unix: meta.imported_at_unix,
+    };
+    if let Err(error) = generation::write_manifest(path, &manifest) {
+        tracing::warn!(%error, "cannot describe an older dataset generation");
     }
 }
 

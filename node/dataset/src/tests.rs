@@ -503,9 +503,9 @@ fn reimport_switches_atomically_and_open_handles_keep_working() {
         store.current_generation("so-lieu").as_deref(),
         Some("gen-2")
     );
-    // The old generation is gone from disk but still readable through handles
-    // opened before the switch.
-    assert!(!store.root().join("so-lieu/gen-1").exists());
+    // The old generation is kept for rollback, and still readable through
+    // handles opened before the switch.
+    assert!(store.root().join("so-lieu/gen-1").exists());
     assert_eq!(before.get("2").unwrap().unwrap()["ten"], "Cũ hai");
     assert_eq!(all_pages(&before, Query::default()).len(), 2);
 
@@ -775,4 +775,427 @@ fn an_unclosed_quote_is_refused_naming_the_line_it_opened_on() {
             .records,
         2
     );
+}
+
+fn schema_changed(err: DatasetError) -> (String, SchemaChange) {
+    match err {
+        DatasetError::SchemaChanged { live, change, .. } => (live, *change),
+        other => panic!("expected a schema change, got {other}"),
+    }
+}
+
+#[test]
+fn reimport_with_another_key_or_columns_is_refused_and_the_live_data_stays() {
+    let dir = TestDir::new();
+    let store = dir.store();
+    let mut csv = String::from("so_dinh_danh,ho_ten,nam_sinh\n");
+    for i in 0..500 {
+        csv.push_str(&format!("{i:012},Nguyễn Văn {i},1990\n"));
+    }
+    let live = dir.file("ho-tich.csv", csv.as_bytes());
+    store
+        .import("ho-tich", &live, "so_dinh_danh", None, &no_progress)
+        .unwrap();
+
+    // Two rows with another key and other columns: refused, by name.
+    let other = dir.file("khac.csv", "ma,ten\n1,A\n2,B\n".as_bytes());
+    let err = store
+        .import("ho-tich", &other, "ma", None, &no_progress)
+        .unwrap_err();
+    let text = err.to_string();
+    let (generation, change) = schema_changed(err);
+    assert_eq!(generation, "gen-1");
+    assert_eq!(
+        change.key,
+        Some(("so_dinh_danh".to_owned(), "ma".to_owned()))
+    );
+    assert_eq!(
+        change.columns_removed,
+        ["ho_ten", "nam_sinh", "so_dinh_danh"]
+    );
+    assert_eq!(change.columns_added, ["ma", "ten"]);
+    assert!(text.contains("--replace-schema"), "{text}");
+    assert!(text.contains("nothing was imported"), "{text}");
+
+    // Same key, a column dropped: refused too.
+    let fewer = dir.file("it-cot.csv", "so_dinh_danh,ho_ten\n1,A\n".as_bytes());
+    let (_, change) = schema_changed(
+        store
+            .import("ho-tich", &fewer, "so_dinh_danh", None, &no_progress)
+            .unwrap_err(),
+    );
+    assert_eq!(change.key, None);
+    assert_eq!(change.columns_removed, ["nam_sinh"]);
+
+    // Nothing changed: the live data is whole, and no generation was added.
+    assert_eq!(
+        store.current_generation("ho-tich").as_deref(),
+        Some("gen-1")
+    );
+    assert_eq!(store.open("ho-tich").unwrap().len(), 500);
+    assert_eq!(store.generations("ho-tich").unwrap().len(), 1);
+
+    // The same columns in another order are the same schema.
+    let reordered = dir.file(
+        "dao.csv",
+        "nam_sinh,so_dinh_danh,ho_ten\n1991,1,A\n".as_bytes(),
+    );
+    let report = store
+        .import("ho-tich", &reordered, "so_dinh_danh", None, &no_progress)
+        .unwrap();
+    assert_eq!(report.schema_change, None);
+
+    // Asked for: replaced, and the previous generation kept.
+    let report = store
+        .import_with(
+            "ho-tich",
+            &other,
+            &ImportOptions {
+                key: Some("ma".into()),
+                replace_schema: true,
+                ..ImportOptions::default()
+            },
+            &no_progress,
+        )
+        .unwrap();
+    assert_eq!(report.generation, "gen-3");
+    assert!(report.schema_change.is_some());
+    assert_eq!(report.replaced.unwrap().name, "gen-2");
+    assert_eq!(store.open("ho-tich").unwrap().len(), 2);
+    let kept: Vec<String> = store
+        .generations("ho-tich")
+        .unwrap()
+        .into_iter()
+        .map(|g| g.name)
+        .collect();
+    assert_eq!(kept, ["gen-3", "gen-2"]);
+}
+
+#[test]
+fn a_json_schema_change_is_refused_and_a_reimport_keeps_the_live_key_and_schema() {
+    let dir = TestDir::new();
+    let store = dir.store();
+    let schema = Schema::from_json(
+        r#"{"type":"object","properties":{"ma":{"type":"string"},"tuoi":{"type":"integer"}}}"#,
+    )
+    .unwrap();
+    let v1 = dir.file("v1.csv", "ma,tuoi\nA,30\n".as_bytes());
+    store
+        .import("nhan-su", &v1, "ma", Some(&schema), &no_progress)
+        .unwrap();
+    // Another schema: numbers would become strings.
+    let as_text = Schema::from_json(
+        r#"{"type":"object","properties":{"ma":{"type":"string"},"tuoi":{"type":"string"}}}"#,
+    )
+    .unwrap();
+    let (_, change) = schema_changed(
+        store
+            .import("nhan-su", &v1, "ma", Some(&as_text), &no_progress)
+            .unwrap_err(),
+    );
+    assert!(change.json_schema);
+    assert_eq!(change.to_string(), "JSON Schema changed");
+    // The same schema written differently is the same schema.
+    let reformatted = Schema::from_json(
+        "{ \"properties\": {\"ma\": {\"type\": \"string\"}, \"tuoi\": {\"type\": \"integer\"}},\n  \"type\": \"object\" }",
+    )
+    .unwrap();
+    store
+        .import("nhan-su", &v1, "ma", Some(&reformatted), &no_progress)
+        .unwrap();
+    // Without --key and --schema, the live ones: the row is checked (and
+    // typed) by the kept schema.
+    let v2 = dir.file("v2.csv", "ma,tuoi\nB,ba mươi\n".as_bytes());
+    let (rows, _) = bad_rows(
+        store
+            .import_with("nhan-su", &v2, &ImportOptions::default(), &no_progress)
+            .unwrap_err(),
+    );
+    assert!(rows[0].why.contains("tuoi"), "{:?}", rows);
+    let v3 = dir.file("v3.csv", "ma,tuoi\nB,31\n".as_bytes());
+    let report = store
+        .import_with("nhan-su", &v3, &ImportOptions::default(), &no_progress)
+        .unwrap();
+    assert_eq!(report.schema.key, "ma");
+    assert_eq!(report.schema_change, None);
+    assert_eq!(
+        store.open("nhan-su").unwrap().get("B").unwrap().unwrap()["tuoi"],
+        31
+    );
+    // A first import needs a key.
+    let err = store
+        .import_with("moi", &v3, &ImportOptions::default(), &no_progress)
+        .unwrap_err();
+    assert!(matches!(err, DatasetError::KeyNeeded(_)), "{err}");
+}
+
+#[test]
+fn a_dry_run_reports_rows_and_schema_change_and_changes_nothing() {
+    let dir = TestDir::new();
+    let store = dir.store();
+    let v1 = dir.file("v1.csv", "ma,ten\n1,A\n2,B\n3,C\n".as_bytes());
+    store.import("x", &v1, "ma", None, &no_progress).unwrap();
+    let v2 = dir.file("v2.jsonl", b"{\"id\":\"9\",\"ten\":\"Z\"}\n");
+    let report = store
+        .import_with(
+            "x",
+            &v2,
+            &ImportOptions {
+                key: Some("id".into()),
+                dry_run: true,
+                ..ImportOptions::default()
+            },
+            &no_progress,
+        )
+        .unwrap();
+    assert!(report.dry_run);
+    assert_eq!(report.records, 1);
+    let change = report.schema_change.unwrap();
+    assert_eq!(change.key, Some(("ma".to_owned(), "id".to_owned())));
+    let replaced = report.replaced.unwrap();
+    assert_eq!((replaced.name.as_str(), replaced.records), ("gen-1", 3));
+    assert_ne!(report.schema_digest, replaced.schema_digest);
+    assert_eq!(
+        report.records_changed,
+        Some(RecordChanges {
+            added: 1,
+            removed: 3,
+            changed: 0,
+            unchanged: 0
+        })
+    );
+    // Same shape: which records change, by key.
+    let v3 = dir.file("v3.csv", "ma,ten\n1,A\n2,Bình\n4,D\n".as_bytes());
+    let report = store
+        .import_with(
+            "x",
+            &v3,
+            &ImportOptions {
+                dry_run: true,
+                ..ImportOptions::default()
+            },
+            &no_progress,
+        )
+        .unwrap();
+    assert_eq!(report.schema_change, None);
+    assert_eq!(
+        report.records_changed.unwrap().to_string(),
+        "1 added, 1 removed, 1 changed, 1 unchanged"
+    );
+    // Nothing changed on disk.
+    assert_eq!(store.current_generation("x").as_deref(), Some("gen-1"));
+    assert_eq!(store.generations("x").unwrap().len(), 1);
+    assert!(!store.root().join("x/gen-2").exists());
+    assert_eq!(store.open("x").unwrap().len(), 3);
+}
+
+#[test]
+fn rollback_restores_the_previous_generation_and_can_be_undone() {
+    let dir = TestDir::new();
+    let store = dir.store();
+    let v1 = dir.file("v1.csv", "ma,ten\n1,Cũ\n".as_bytes());
+    let v2 = dir.file("v2.csv", "ma,ten\n1,Mới\n2,Mới hai\n".as_bytes());
+    let v3 = dir.file("v3.csv", "ma,ten\n1,Ba\n".as_bytes());
+    let err = store.rollback("x", None).unwrap_err();
+    assert!(matches!(err, DatasetError::NotFound { .. }), "{err}");
+    store.import("x", &v1, "ma", None, &no_progress).unwrap();
+    let err = store.rollback("x", None).unwrap_err().to_string();
+    assert!(
+        err.contains("keeps no generation older than gen-1"),
+        "{err}"
+    );
+    store.import("x", &v2, "ma", None, &no_progress).unwrap();
+
+    let done = store.rollback("x", None).unwrap();
+    assert_eq!(
+        (done.from.as_str(), done.to.as_str(), done.records),
+        ("gen-2", "gen-1", 1)
+    );
+    let data = store.open("x").unwrap();
+    assert_eq!(data.get("1").unwrap().unwrap()["ten"], "Cũ");
+    // The rolled-back generation is kept: a rollback --to undoes it.
+    let listed = store.generations("x").unwrap();
+    assert_eq!(listed.iter().filter(|g| g.live).count(), 1);
+    assert!(listed.iter().any(|g| g.name == "gen-1" && g.live));
+    let err = store.rollback("x", None).unwrap_err().to_string();
+    assert!(err.contains("kept besides gen-1: gen-2"), "{err}");
+    store.rollback("x", Some("gen-2")).unwrap();
+    assert_eq!(store.open("x").unwrap().len(), 2);
+
+    // The next import keeps what was live (gen-2) and drops the rest.
+    let report = store.import("x", &v3, "ma", None, &no_progress).unwrap();
+    assert_eq!(report.generation, "gen-3");
+    let names: Vec<String> = store
+        .generations("x")
+        .unwrap()
+        .into_iter()
+        .map(|g| g.name)
+        .collect();
+    assert_eq!(names, ["gen-3", "gen-2"]);
+    assert!(!store.root().join("x/gen-1").exists());
+}
+
+#[test]
+fn generations_list_rows_schema_digest_and_import_time() {
+    let dir = TestDir::new();
+    let store = dir.store();
+    let v1 = dir.file("v1.csv", "ma,ten\n1,A\n2,B\n".as_bytes());
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    store.import("x", &v1, "ma", None, &no_progress).unwrap();
+    let listed = store.generations("x").unwrap();
+    let g = &listed[0];
+    assert_eq!((g.name.as_str(), g.live, g.records), ("gen-1", true, 2));
+    assert_eq!(g.schema.key, "ma");
+    assert_eq!(
+        g.schema.columns.as_deref(),
+        Some(&["ma".to_owned(), "ten".to_owned()][..])
+    );
+    assert_eq!(g.schema_digest, g.schema.digest());
+    assert_eq!(g.schema_digest.len(), 64);
+    assert_eq!(g.source, "v1.csv");
+    assert!(g.imported_at_unix >= before);
+}
+
+/// `s` decomposed (NFD), as some keyboards and macOS write it.
+fn nfd(s: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    s.nfd().collect()
+}
+
+#[test]
+fn nfd_input_is_stored_nfc_and_found_by_nfc_or_nfd_keys_and_filters() {
+    let dir = TestDir::new();
+    let store = dir.store();
+    let csv = nfd("mã,họ_tên,huyện\nHộ-1,Nguyễn Thị Ánh,Tam Dương\nHộ-2,Trần Văn Đức,Vĩnh Tường\n");
+    assert_ne!(csv, "mã,họ_tên");
+    let file = dir.file("nfd.csv", csv.as_bytes());
+    store.import("x", &file, "mã", None, &no_progress).unwrap();
+    let data = store.open("x").unwrap();
+    // Stored composed: the NFC key and NFC field names find it.
+    assert_eq!(
+        data.get_json("Hộ-1").unwrap().unwrap(),
+        r#"{"mã":"Hộ-1","họ_tên":"Nguyễn Thị Ánh","huyện":"Tam Dương"}"#
+    );
+    assert!(data.get(&nfd("Hộ-2")).unwrap().is_some());
+    for filter in ["Vĩnh Tường".to_owned(), nfd("Vĩnh Tường")] {
+        let page = data
+            .query(&Query {
+                filters: vec![(nfd("huyện"), filter)],
+                ..Query::default()
+            })
+            .unwrap();
+        assert_eq!(page.records.len(), 1);
+        assert_eq!(page.records[0].0, "Hộ-2");
+    }
+    // JSON Lines too, keys and values.
+    let jsonl = nfd("{\"mã\":\"Hộ-3\",\"ghi_chú\":[\"Đức\"]}\n");
+    let file = dir.file("nfd.jsonl", jsonl.as_bytes());
+    store.import("y", &file, "mã", None, &no_progress).unwrap();
+    assert_eq!(
+        store.open("y").unwrap().get_json("Hộ-3").unwrap().unwrap(),
+        r#"{"mã":"Hộ-3","ghi_chú":["Đức"]}"#
+    );
+}
+
+#[test]
+fn excel_csv_with_semicolons_windows_1258_or_utf_16_is_read() {
+    let dir = TestDir::new();
+    let store = dir.store();
+    let expected = r#"{"ma":"1","ho_ten":"Nguyễn Thị Ánh","dia_chi":"Hà Nội, Việt Nam"}"#;
+    // `;`-separated UTF-8 with a byte order mark, as Excel saves "CSV UTF-8".
+    let semicolons = "\u{FEFF}ma;ho_ten;dia_chi\r\n1;Nguyễn Thị Ánh;Hà Nội, Việt Nam\r\n";
+    let file = dir.file("excel.csv", semicolons.as_bytes());
+    let report = store.import("a", &file, "ma", None, &no_progress).unwrap();
+    assert_eq!(report.read_as.delimiter, b';');
+    assert_eq!(
+        store.open("a").unwrap().get_json("1").unwrap().unwrap(),
+        expected
+    );
+
+    // Windows-1258: tone marks are combining characters (ễ = ê + 0xDE,
+    // ị = i + 0xF2, Á = A + 0xEC, à = E0, ộ = ô + 0xF2, ệ = ê + 0xF2).
+    let cp1258: &[u8] =
+        b"ma;ho_ten;dia_chi\r\n1;Nguy\xEA\xDEn Thi\xF2 A\xECnh;\"H\xE0 N\xF4\xF2i, Vi\xEA\xF2t Nam\"\r\n";
+    let file = dir.file("cp1258.csv", cp1258);
+    let report = store.import("b", &file, "ma", None, &no_progress).unwrap();
+    assert_eq!(report.read_as.encoding, TextEncoding::Windows1258);
+    assert_eq!(
+        store.open("b").unwrap().get_json("1").unwrap().unwrap(),
+        expected
+    );
+
+    // UTF-16 with a byte order mark, tab-separated (Excel's "Unicode Text").
+    let utf16: Vec<u8> = "\u{FEFF}ma\tho_ten\tdia_chi\r\n1\tNguyễn Thị Ánh\tHà Nội, Việt Nam\r\n"
+        .encode_utf16()
+        .flat_map(u16::to_le_bytes)
+        .collect();
+    let file = dir.file("utf16.csv", &utf16);
+    let report = store.import("c", &file, "ma", None, &no_progress).unwrap();
+    assert_eq!(report.read_as.encoding, TextEncoding::Utf16Le);
+    assert_eq!(report.read_as.delimiter, b'\t');
+    assert_eq!(
+        store.open("c").unwrap().get_json("1").unwrap().unwrap(),
+        expected
+    );
+
+    // Given, not guessed: a Windows-1258 file read as UTF-8 says what to do.
+    let file = dir.file("cp1258-2.csv", cp1258);
+    let (rows, _) = bad_rows(
+        store
+            .import_with(
+                "d",
+                &file,
+                &ImportOptions {
+                    key: Some("ma".into()),
+                    encoding: Some(TextEncoding::Utf8),
+                    ..ImportOptions::default()
+                },
+                &no_progress,
+            )
+            .unwrap_err(),
+    );
+    assert!(rows[0].why.contains("--encoding windows-1258"), "{rows:?}");
+    // A wrong separator given: the header is one column, and the error says so.
+    let file = dir.file("semi.csv", "ma;ten\n1;A\n".as_bytes());
+    let (rows, _) = bad_rows(
+        store
+            .import_with(
+                "e",
+                &file,
+                &ImportOptions {
+                    key: Some("ma".into()),
+                    delimiter: Some(b','),
+                    ..ImportOptions::default()
+                },
+                &no_progress,
+            )
+            .unwrap_err(),
+    );
+    assert!(rows[0].why.contains("--delimiter ';'"), "{rows:?}");
+}
+
+#[test]
+fn a_generation_from_before_manifests_is_described_from_its_metadata() {
+    let dir = TestDir::new();
+    let store = dir.store();
+    let v1 = dir.file("v1.csv", "ma,ten\n1,A\n".as_bytes());
+    store.import("x", &v1, "ma", None, &no_progress).unwrap();
+    let manifest = store.root().join("x/gen-1").join(generation::MANIFEST_FILE);
+    std::fs::remove_file(&manifest).unwrap();
+    // An import still knows the live key and columns.
+    let other = dir.file("other.csv", "id,ten\n1,A\n".as_bytes());
+    let (live, change) = schema_changed(
+        store
+            .import("x", &other, "id", None, &no_progress)
+            .unwrap_err(),
+    );
+    assert_eq!(live, "gen-1");
+    assert_eq!(change.key, Some(("ma".to_owned(), "id".to_owned())));
+    // Opening it (as a node does) writes the description down.
+    drop(store.open("x").unwrap());
+    assert!(manifest.is_file());
+    assert_eq!(store.generations("x").unwrap()[0].records, 1);
 }

@@ -672,6 +672,35 @@ fn list_filters_by_kind_prefix_and_keyword_and_pages_in_key_order() {
     ));
 }
 
+#[test]
+fn list_keyword_matches_as_people_type_without_diacritics_or_case() {
+    let kv = catalog();
+    let mut s = service(&format!("{A}/dat-dai"));
+    s.name = "dat-dai".into();
+    s.description = "Hộ tịch điện tử; Đăng ký đất đai".into();
+    run(&kv, &node_of(A), &put_cmd(Value::Service(s))).unwrap();
+    let found = |keyword: &str| -> Vec<String> {
+        let q = ListQuery {
+            kind: RecordKind::Service as i32,
+            keyword: keyword.into(),
+            ..Default::default()
+        };
+        list(&kv, &q)
+            .unwrap()
+            .0
+            .into_iter()
+            .map(|r| r.key)
+            .collect()
+    };
+    let dat_dai = vec![format!("{A}/dat-dai")];
+    assert_eq!(found("ho tich dien"), dat_dai);
+    assert_eq!(found("HỘ TỊCH ĐIỆN"), dat_dai);
+    // Typed decomposed (NFD), as some keyboards send it.
+    assert_eq!(found("Ho\u{0302}\u{0323} ti\u{0323}ch đ"), dat_dai);
+    assert_eq!(found("dang ky dat dai"), dat_dai);
+    assert!(found("ho tich xyz").is_empty());
+}
+
 // Snapshot and restore.
 
 #[test]

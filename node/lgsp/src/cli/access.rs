@@ -101,6 +101,7 @@ pub(super) enum AccessCommand {
     Suspend {
         #[command(flatten)]
         target: GrantTarget,
+        /// Why (D47 Art. 43): a breach of the rules or a security risk.
         #[arg(long, value_enum)]
         kind: SuspendKind,
         /// What happened and why: the consumer is told this.
@@ -116,6 +117,7 @@ pub(super) enum AccessCommand {
     Resume {
         #[command(flatten)]
         target: GrantTarget,
+        /// Why access is restored, kept in the grant's history.
         #[arg(long, default_value = "")]
         reason: String,
     },
@@ -128,8 +130,10 @@ pub(super) enum AccessCommand {
     Terminate {
         #[command(flatten)]
         target: GrantTarget,
+        /// Which D47 Art. 44 reason applies.
         #[arg(long, value_enum)]
         kind: TerminateKind,
+        /// What happened, in words: kept in the history and told to the consumer.
         #[arg(long, default_value = "")]
         reason: String,
     },
@@ -149,6 +153,8 @@ pub(super) enum AccessCommand {
         clock: Clock,
     },
     /// Show one grant with its history.
+    ///
+    /// Example: lgsp access show --service 000.00.12.H62/ho-tich --consumer 000.00.13.H62
     Show {
         #[command(flatten)]
         target: GrantTarget,

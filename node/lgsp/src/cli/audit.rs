@@ -5,6 +5,7 @@
 use super::UsageError;
 use anyhow::{Context, Result};
 use clap::Subcommand;
+use lgsp_registry::calendar::WorkCalendar;
 use lgsp_sharing_log::{self as sharing_log, AuditError, LIVE_WINDOW, LogState, TimeRange};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -17,6 +18,9 @@ pub(super) enum AuditCommand {
     /// fails naming the first line (and entry) that was changed, removed or
     /// moved, a log with no seal, or the entries after the last seal. A log
     /// cut off together with its last seals cannot be told from the file alone.
+    ///
+    /// Example: lgsp audit verify --log /var/lib/lgsp/sharing-log.jsonl --cert
+    /// /etc/lgsp/tls/cert.pem
     Verify {
         /// The sharing log, sharing-log.jsonl in the node's data directory, or
         /// a file written by `lgsp audit export`.
@@ -40,18 +44,26 @@ pub(super) enum AuditCommand {
     /// the seal after the range's last entry. Entries of the range not sealed
     /// yet are left out and counted. Does not verify the log; run `lgsp audit
     /// verify` for that.
+    ///
+    /// Example: lgsp audit export --log /var/lib/lgsp/sharing-log.jsonl --from 2026-11-01 --to
+    /// 2026-11-30 --out thang-11.jsonl
     Export {
         /// The sharing log, sharing-log.jsonl in the node's data directory.
         #[arg(long, value_name = "FILE")]
         log: PathBuf,
-        /// The first time to include: RFC 3339 (2025-03-01T08:00:00+07:00) or a
-        /// date (2025-03-01, from 00:00 UTC). Default: the beginning of the log.
+        /// The first time to include, on the province's clocks: a date
+        /// (2026-11-01, from 00:00), "2026-11-01 08:00", or RFC 3339 with its
+        /// own offset (2026-11-01T08:00:00+07:00). Default: the beginning of
+        /// the log.
         #[arg(long, value_name = "TIME")]
         from: Option<String>,
-        /// The last time to include: RFC 3339, or a date (up to the end of that
-        /// day, UTC). Default: the end of the log.
+        /// The last time to include, on the province's clocks: a date (up to
+        /// the end of that day), "2026-11-30 17:00", or RFC 3339. Default: the
+        /// end of the log.
         #[arg(long, value_name = "TIME")]
         to: Option<String>,
+        #[command(flatten)]
+        zone: super::time::ZoneArg,
         /// Where to write the entries (overwritten if it exists). Default: standard output.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
@@ -61,8 +73,15 @@ pub(super) enum AuditCommand {
 pub(super) fn run(cmd: AuditCommand) -> Result<()> {
     match cmd {
         AuditCommand::Verify { log, live, cert } => verify(&log, live, &cert),
-        AuditCommand::Export { log, from, to, out } => {
-            export(&log, from.as_deref(), to.as_deref(), out.as_deref())
+        AuditCommand::Export {
+            log,
+            from,
+            to,
+            zone,
+            out,
+        } => {
+            let range = time_range(&zone.calendar()?, from.as_deref(), to.as_deref())?;
+            export(&log, &range, out.as_deref())
         }
     }
 }
@@ -107,15 +126,46 @@ fn verify(log: &Path, live: bool, certs: &[PathBuf]) -> Result<()> {
     }
 }
 
-fn export(log: &Path, from: Option<&str>, to: Option<&str>, out: Option<&Path>) -> Result<()> {
-    // Bounds first: a typo must not truncate the output file.
-    let range = TimeRange::parse(from, to).map_err(|e| UsageError(e.to_string()))?;
+/// The export's bounds, read on the province's clocks. Checked before the
+/// output file is opened: a typo must not truncate it.
+fn time_range(cal: &WorkCalendar, from: Option<&str>, to: Option<&str>) -> Result<TimeRange> {
+    let bound = |flag: &str, s: Option<&str>, end: bool| -> Result<Option<i64>> {
+        s.map(|s| {
+            super::time::parse_bound_ms(cal, s, end).ok_or_else(|| {
+                UsageError(format!(
+                    "--{flag} {s:?} is not a time: give YYYY-MM-DD, \"YYYY-MM-DD HH:MM\" \
+                     ({}) or RFC 3339 (2026-11-01T08:00:00+07:00)",
+                    cal.time_zone()
+                ))
+                .into()
+            })
+        })
+        .transpose()
+    };
+    let range = TimeRange {
+        from_ms: bound("from", from, false)?,
+        to_ms: bound("to", to, true)?,
+    };
+    if let (Some(lo), Some(hi)) = (range.from_ms, range.to_ms)
+        && lo > hi
+    {
+        return Err(UsageError(format!(
+            "--from {} is after --to {}: nothing to export",
+            from.unwrap_or_default(),
+            to.unwrap_or_default()
+        ))
+        .into());
+    }
+    Ok(range)
+}
+
+fn export(log: &Path, range: &TimeRange, out: Option<&Path>) -> Result<()> {
     let result = match out {
         Some(path) => {
             let file = std::fs::File::create(path)
                 .with_context(|| format!("cannot create {}", path.display()))?;
             let mut writer = std::io::BufWriter::new(file);
-            let count = sharing_log::export_summary(log, &range, &mut writer);
+            let count = sharing_log::export_summary(log, range, &mut writer);
             writer
                 .flush()
                 .with_context(|| format!("cannot write {}", path.display()))?;
@@ -123,7 +173,7 @@ fn export(log: &Path, from: Option<&str>, to: Option<&str>, out: Option<&Path>) 
         }
         None => {
             let mut writer = std::io::BufWriter::new(std::io::stdout().lock());
-            let count = sharing_log::export_summary(log, &range, &mut writer);
+            let count = sharing_log::export_summary(log, range, &mut writer);
             writer.flush().context("cannot write to standard output")?;
             count
         }
@@ -157,5 +207,39 @@ fn export(log: &Path, from: Option<&str>, to: Option<&str>, out: Option<&Path>) 
         }
         Err(error) => Err(anyhow::Error::new(error)
             .context(format!("cannot export the sharing log {}", log.display()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(rfc3339: &str) -> i64 {
+        rfc3339.parse::<jiff::Timestamp>().unwrap().as_millisecond()
+    }
+
+    #[test]
+    fn an_export_month_is_the_provinces_month_not_utcs() {
+        let cal = WorkCalendar::default();
+        let range = time_range(&cal, Some("2026-11-01"), Some("2026-11-30")).unwrap();
+        // Vietnam is UTC+7: November starts at 17:00 UTC on 31 October.
+        assert_eq!(range.from_ms, Some(ms("2026-10-31T17:00:00Z")));
+        assert_eq!(range.to_ms, Some(ms("2026-11-30T17:00:00Z") - 1));
+        let range = time_range(&cal, Some("2026-11-01 08:00"), None).unwrap();
+        assert_eq!(range.from_ms, Some(ms("2026-11-01T01:00:00Z")));
+        // An offset given is kept.
+        let range = time_range(&cal, None, Some("2026-11-01T08:00:00+00:00")).unwrap();
+        assert_eq!(range.to_ms, Some(ms("2026-11-01T08:00:00Z")));
+        // Another zone, when configured.
+        let utc = WorkCalendar::from_record(Some(&lgsp_proto::Calendar {
+            time_zone: "UTC".into(),
+            ..Default::default()
+        }))
+        .unwrap();
+        let range = time_range(&utc, Some("2026-11-01"), None).unwrap();
+        assert_eq!(range.from_ms, Some(ms("2026-11-01T00:00:00Z")));
+        let err = time_range(&cal, Some("1/11/2026"), None).unwrap_err();
+        assert!(err.to_string().contains("Asia/Ho_Chi_Minh"), "{err}");
+        assert!(time_range(&cal, Some("2026-12-01"), Some("2026-11-01")).is_err());
     }
 }

@@ -9,6 +9,8 @@ use std::time::Duration;
 pub(super) enum BenchCommand {
     /// Start a registry cluster on loopback in this process and measure
     /// conditional writes and linearizable reads at each client count.
+    ///
+    /// Example: lgsp bench registry --servers 3 --clients 1,16 --duration 5
     Registry {
         /// How many registry servers.
         #[arg(long, default_value_t = 3)]
@@ -28,6 +30,8 @@ pub(super) enum BenchCommand {
     /// Start a registry and two agency nodes on loopback in this process and
     /// measure an application calling agency A's services directly and
     /// through its own agency's node, next to a raw tonic mTLS echo.
+    ///
+    /// Example: lgsp bench exchange --payload 10KiB --concurrency 1,16,64
     Exchange {
         /// Bytes per call: a number with B, KiB or MiB (100B, 10KiB, 1MiB).
         #[arg(long, default_value = "100B", value_parser = parse_size)]
@@ -51,6 +55,8 @@ pub(super) enum BenchCommand {
     /// Import a large dataset into node A and stream it whole to agency B's
     /// application through both nodes; report the throughput and whether
     /// memory stays flat.
+    ///
+    /// Example: lgsp bench stream --size 256MiB --record 1KiB
     Stream {
         /// Size of the dataset: 256MiB, 1GiB...
         #[arg(long, default_value = "1GiB", value_parser = parse_total)]

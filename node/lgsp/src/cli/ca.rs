@@ -5,6 +5,7 @@ use clap::{Args, Subcommand};
 use lgsp_certs::ca::{CertificateAuthority, LeafSpec, make_csr, parse_reason};
 use lgsp_certs::inspect::{CertInfo, CrlInfo};
 use lgsp_certs::{AgencyCode, Role, SpiffeId, TlsFiles, write_atomic, write_new};
+use lgsp_registry::calendar::WorkCalendar;
 use std::io::IsTerminal as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -14,6 +15,9 @@ pub(super) enum CaCommand {
     /// Make a new root CA (ECDSA P-256) in DIR. Run once, at the provincial IT
     /// department; the key file is written with mode 0600 and an existing CA
     /// is never overwritten.
+    ///
+    /// Example: lgsp ca init --dir /etc/lgsp/ca --trust-domain vinhphuc.gov.vn --name "CA tỉnh Vĩnh
+    /// Phúc"
     Init {
         /// Directory for ca.crt, ca.key and ca.json (created if missing).
         #[arg(long, value_name = "DIR")]
@@ -31,6 +35,9 @@ pub(super) enum CaCommand {
     /// Make a key and issue its certificate in one step (development and
     /// tests). In production use `csr` on the agency's server and `sign` here,
     /// so the key never leaves the server that uses it.
+    ///
+    /// Example: lgsp ca issue --ca /etc/lgsp/ca --role admin --agency 000.00.12.H62 --name admin-1
+    /// --out /etc/lgsp/admin
     Issue {
         /// The CA directory made by `lgsp ca init`.
         #[arg(long, value_name = "DIR")]
@@ -46,6 +53,9 @@ pub(super) enum CaCommand {
     },
     /// On the agency's server: make a key and a certificate signing request
     /// (CSR) for the CA. The key stays in DIR; send only csr.pem.
+    ///
+    /// Example: lgsp ca csr --role node --agency 000.00.12.H62 --name node-1 --trust-domain
+    /// vinhphuc.gov.vn --dns node.stp.vinhphuc.gov.vn --out /etc/lgsp/tls
     Csr {
         #[command(flatten)]
         leaf: LeafArgs,
@@ -58,7 +68,10 @@ pub(super) enum CaCommand {
     },
     /// At the provincial IT department: check a CSR and sign it. A CSR whose
     /// identity is malformed or of another trust domain is refused.
+    ///
+    /// Example: lgsp ca sign --ca /etc/lgsp/ca --csr csr.pem --out cert.pem --days 365
     Sign {
+        /// The CA directory made by `lgsp ca init`.
         #[arg(long, value_name = "DIR")]
         ca: PathBuf,
         /// The csr.pem made by `lgsp ca csr`.
@@ -67,6 +80,7 @@ pub(super) enum CaCommand {
         /// Where to write the signed certificate (PEM).
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
+        /// How long the certificate is valid, in days.
         #[arg(long, default_value_t = 365)]
         days: i64,
         /// The identity already has a live certificate and this one succeeds
@@ -92,9 +106,13 @@ pub(super) enum CaCommand {
     /// IP address the policy does not allow the agency asking.
     #[command(subcommand)]
     Policy(PolicyCommand),
-    /// Revoke a certificate the CA issued. Publish a new CRL (`lgsp ca crl`)
-    /// for peers to refuse it.
+    /// Revoke a certificate the CA issued. Then publish a new CRL (`lgsp ca
+    /// publish-crl`) for peers to refuse it.
+    ///
+    /// Example: lgsp ca revoke --ca /etc/lgsp/ca --serial 5c:34:7d:83 --reason key-compromise &&
+    /// lgsp ca publish-crl --ca /etc/lgsp/ca
     Revoke {
+        /// The CA directory made by `lgsp ca init`.
         #[arg(long, value_name = "DIR")]
         ca: PathBuf,
         /// The serial in hex, as `lgsp ca show` prints it (colons allowed).
@@ -106,7 +124,10 @@ pub(super) enum CaCommand {
         reason: String,
     },
     /// Sign a certificate revocation list of every revoked certificate.
+    ///
+    /// Example: lgsp ca crl --ca /etc/lgsp/ca --out crl.pem --days 7
     Crl {
+        /// The CA directory made by `lgsp ca init`.
         #[arg(long, value_name = "DIR")]
         ca: PathBuf,
         /// Where to write the CRL (PEM).
@@ -119,7 +140,11 @@ pub(super) enum CaCommand {
     /// Sign a CRL and publish it in the registry's catalog: every node and
     /// registry server refuses the revoked certificates within a second,
     /// without restart. Needs an admin certificate.
+    ///
+    /// Example: lgsp ca publish-crl --ca /etc/lgsp/ca --registry 10.0.0.11:7101 --tls-dir
+    /// /etc/lgsp/admin
     PublishCrl {
+        /// The CA directory made by `lgsp ca init`.
         #[arg(long, value_name = "DIR")]
         ca: PathBuf,
         #[command(flatten)]
@@ -129,9 +154,13 @@ pub(super) enum CaCommand {
         days: i64,
     },
     /// Print what a certificate, CSR or CRL file says, in plain words.
+    ///
+    /// Example: lgsp ca show /etc/lgsp/tls/cert.pem
     Show {
         /// A PEM or DER file.
         file: PathBuf,
+        #[command(flatten)]
+        zone: super::time::ZoneArg,
     },
 }
 
@@ -165,7 +194,11 @@ pub(super) struct LeafArgs {
 pub(super) enum PolicyCommand {
     /// Let an agency's certificates carry DNS names under a suffix, or IP
     /// addresses.
+    ///
+    /// Example: lgsp ca policy allow --ca /etc/lgsp/ca --agency 000.00.12.H62
+    /// --dns-suffix .stp.vinhphuc.gov.vn --ip 10.0.12.5
     Allow {
+        /// The CA directory made by `lgsp ca init`.
         #[arg(long, value_name = "DIR")]
         ca: PathBuf,
         /// The agency's QCVN 102 code, or `*` for every agency (a province
@@ -181,7 +214,10 @@ pub(super) enum PolicyCommand {
         ips: Vec<IpAddr>,
     },
     /// Print the policy.
+    ///
+    /// Example: lgsp ca policy show --ca /etc/lgsp/ca
     Show {
+        /// The CA directory made by `lgsp ca init`.
         #[arg(long, value_name = "DIR")]
         ca: PathBuf,
     },
@@ -377,10 +413,14 @@ pub(super) fn run(cmd: CaCommand) -> Result<()> {
         }
         CaCommand::Revoke { ca, serial, reason } => {
             let reason = parse_reason(&reason)?;
+            let ca_dir = ca.clone();
             let mut ca = CertificateAuthority::open(&ca)?;
             let serial = ca.revoke(&serial, reason)?;
             println!(
-                "Revoked serial {serial}; run `lgsp ca crl` and publish the CRL for peers to refuse it"
+                "Revoked serial {serial}. Peers refuse it once the new CRL is published: run \
+                 `lgsp ca publish-crl --ca {}` (with LGSP_REGISTRY and an admin LGSP_TLS_DIR); \
+                 `lgsp ca crl` only writes a CRL file",
+                ca_dir.display()
             );
         }
         CaCommand::Crl { ca, out, days } => {
@@ -418,7 +458,7 @@ pub(super) fn run(cmd: CaCommand) -> Result<()> {
                 crl.revoked.len(),
             );
         }
-        CaCommand::Show { file } => show(&file)?,
+        CaCommand::Show { file, zone } => show(&file, &zone.calendar()?)?,
         CaCommand::Policy(cmd) => run_policy(cmd)?,
     }
     Ok(())
@@ -433,7 +473,28 @@ fn refuse_existing(paths: &[&Path]) -> Result<()> {
     Ok(())
 }
 
-fn show(file: &Path) -> Result<()> {
+/// `t` on the province's clocks (the offset its time zone has at `t`).
+fn in_zone(cal: &WorkCalendar, t: time::OffsetDateTime) -> time::OffsetDateTime {
+    let offset = jiff::tz::TimeZone::get(cal.time_zone())
+        .ok()
+        .zip(jiff::Timestamp::from_second(t.unix_timestamp()).ok())
+        .map_or(0, |(tz, at)| tz.to_offset(at).seconds());
+    time::UtcOffset::from_whole_seconds(offset).map_or(t, |o| t.to_offset(o))
+}
+
+fn show(file: &Path, cal: &WorkCalendar) -> Result<()> {
+    let cert = |der: &[u8]| -> Result<CertInfo> {
+        let mut info = CertInfo::from_der(der, file)?;
+        info.not_before = in_zone(cal, info.not_before);
+        info.not_after = in_zone(cal, info.not_after);
+        Ok(info)
+    };
+    let crl = |der: &[u8]| -> Result<CrlInfo> {
+        let mut info = CrlInfo::from_der(der, file)?;
+        info.this_update = in_zone(cal, info.this_update);
+        info.next_update = info.next_update.map(|t| in_zone(cal, t));
+        Ok(info)
+    };
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let blocks = match std::str::from_utf8(&bytes) {
         Ok(text) if text.contains("-----BEGIN") => pem_blocks(text, file)?,
@@ -444,14 +505,14 @@ fn show(file: &Path) -> Result<()> {
             println!();
         }
         match label.as_str() {
-            "CERTIFICATE" => println!("{}", CertInfo::from_der(der, file)?),
-            "X509 CRL" => println!("{}", CrlInfo::from_der(der, file)?),
+            "CERTIFICATE" => println!("{}", cert(der)?),
+            "X509 CRL" => println!("{}", crl(der)?),
             "CERTIFICATE REQUEST" => show_csr(der, file)?,
-            "" => match CertInfo::from_der(der, file) {
+            "" => match cert(der) {
                 Ok(info) => println!("{info}"),
                 Err(_) => println!(
                     "{}",
-                    CrlInfo::from_der(der, file).with_context(|| {
+                    crl(der).with_context(|| {
                         format!("{} is neither a certificate nor a CRL", file.display())
                     })?
                 ),

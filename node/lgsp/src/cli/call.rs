@@ -7,6 +7,7 @@ use futures::StreamExt;
 use lgsp_proto::data_exchange_client::DataExchangeClient;
 use lgsp_proto::{Envelope, FieldFilter, QueryRequest};
 use std::collections::HashMap;
+use std::io::Write;
 
 #[derive(Debug, Args)]
 pub(super) struct CallArgs {
@@ -79,12 +80,16 @@ pub(super) fn run(args: CallArgs) -> Result<()> {
                 .await?
                 .into_inner();
             let mut n = 0;
+            let mut out = std::io::stdout().lock();
             while let Some(page) = stream.next().await {
                 for r in page?.records {
-                    println!("{}", r.json);
+                    // A reader gone (`| head`) ends the command quietly.
+                    writeln!(out, "{}", r.json)?;
                     n += 1;
                 }
             }
+            out.flush()?;
+            drop(out);
             eprintln!("{n} record(s)");
             return Ok(());
         }

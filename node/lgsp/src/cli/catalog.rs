@@ -19,6 +19,9 @@ pub(super) enum AgencyCommand {
     /// Register an agency (cơ quan, đơn vị) in the provincial catalog, or
     /// update its name and focal point (đầu mối). Needs an admin certificate
     /// for a new agency.
+    ///
+    /// Example: lgsp agency register --code 000.00.12.H62 --name "Sở Tư pháp" --focal-name "Nguyễn
+    /// Văn An" --focal-phone 0211384000 --focal-email an@stp.example.gov.vn
     Register {
         #[command(flatten)]
         registry: RegistryArgs,
@@ -31,8 +34,10 @@ pub(super) enum AgencyCommand {
         /// The focal point's name.
         #[arg(long)]
         focal_name: Option<String>,
+        /// The focal point's telephone number.
         #[arg(long)]
         focal_phone: Option<String>,
+        /// The focal point's e-mail address.
         #[arg(long)]
         focal_email: Option<String>,
         /// For an agency of another lgsp instance (the national platform,
@@ -42,6 +47,8 @@ pub(super) enum AgencyCommand {
         trust_domain: Option<String>,
     },
     /// List registered agencies.
+    ///
+    /// Example: lgsp agency list --registry 10.0.0.11:7101
     List {
         #[command(flatten)]
         registry: RegistryArgs,
@@ -146,17 +153,22 @@ impl StatusArg {
 pub(super) enum ServiceCommand {
     /// Publish (or update) a data-sharing service (dịch vụ chia sẻ dữ liệu)
     /// of your agency in the catalog.
+    ///
+    /// Example: lgsp service publish --id 000.00.12.H62/ho-tich --kind dataset --node node-1
+    /// --description "Hộ tịch" --item so_dinh_danh:shared --item ho_ten:shared
     Publish {
         #[command(flatten)]
         registry: RegistryArgs,
         /// <agency-code>/<service-name>, e.g. 000.00.12.H62/ho-tich.
         #[arg(long)]
         id: ServiceId,
+        /// What serves it: a dataset the node holds, or an HTTP or gRPC system of the agency.
         #[arg(long, value_enum)]
         kind: KindArg,
         /// The node of the agency that serves it.
         #[arg(long, default_value = "")]
         node: String,
+        /// What the service provides, UTF-8, e.g. "Tra cứu hộ tịch".
         #[arg(long, default_value = "")]
         description: String,
         /// The service's version.
@@ -195,6 +207,7 @@ pub(super) enum ServiceCommand {
     Maintenance {
         #[command(flatten)]
         registry: RegistryArgs,
+        /// The service, <agency-code>/<service-name>.
         #[arg(long)]
         id: ServiceId,
         /// When it starts, the province's time: "YYYY-MM-DD HH:MM".
@@ -211,27 +224,38 @@ pub(super) enum ServiceCommand {
         force_majeure: bool,
     },
     /// Show one service, as the catalog holds it.
+    ///
+    /// Example: lgsp service show 000.00.12.H62/ho-tich
     Show {
         #[command(flatten)]
         registry: RegistryArgs,
+        /// The service, <agency-code>/<service-name>, e.g. 000.00.12.H62/ho-tich.
         id: String,
     },
     /// List services, by agency, keyword and status.
+    ///
+    /// Example: lgsp service list --keyword "ho tich" --status active
     List {
         #[command(flatten)]
         registry: RegistryArgs,
+        /// Only this agency's services (its QCVN 102 code).
         #[arg(long)]
         agency: Option<AgencyCode>,
+        /// Only services whose id, name or description contain this, ignoring case and diacritics ("ho tich" finds "Hộ tịch").
         #[arg(long, default_value = "")]
         keyword: String,
+        /// Only services in this state.
         #[arg(long, value_enum)]
         status: Option<StatusArg>,
     },
     /// Withdraw a service: it stays in the catalog, marked withdrawn, and
     /// nodes refuse calls to it.
+    ///
+    /// Example: lgsp service withdraw 000.00.12.H62/ho-tich
     Withdraw {
         #[command(flatten)]
         registry: RegistryArgs,
+        /// The service, <agency-code>/<service-name>.
         id: String,
     },
 }

@@ -3,7 +3,10 @@
 use anyhow::{Context, Result, anyhow};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use lgsp_dataset::{DatasetError, DatasetStore, Query, Schema};
+use lgsp_dataset::{
+    DatasetError, DatasetSchema, DatasetStore, ImportOptions, ImportReport, Query, Schema,
+    TextEncoding, TextFormat,
+};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
@@ -12,14 +15,26 @@ pub(super) enum DatasetCommand {
     /// Import a CSV or JSON Lines file as the data of a dataset service
     /// (dịch vụ chia sẻ dữ liệu), replacing what it served.
     ///
-    /// CSV (.csv): UTF-8, comma-separated, the first row names the fields.
-    /// JSON Lines (.jsonl, .ndjson): one JSON object per line. Every row is
+    /// CSV (.csv): the first row names the fields; UTF-8, UTF-16 or
+    /// Windows-1258 (as Excel saves it in a Vietnamese locale), separated by
+    /// `,`, `;` or tabs: guessed from the file's start unless --encoding or
+    /// --delimiter say. JSON Lines (.jsonl, .ndjson): one JSON object per
+    /// line. Text is stored in Unicode NFC whatever the file had. Every row is
     /// checked first (key present and unique, and the schema if given); if
     /// any row is bad, the bad rows are listed by line and nothing changes.
     /// A running node switches to the new data by itself within a second.
     ///
+    /// A re-import must keep the live data's key, columns and JSON Schema
+    /// (without --key or --schema it takes the live ones); a change is
+    /// refused unless --replace-schema. The generation replaced is kept:
+    /// `lgsp dataset rollback` restores it. --dry-run checks the file and
+    /// shows what would change, without changing anything.
+    ///
     /// Example: lgsp dataset import --data-dir /var/lib/lgsp --service ho-tich
     /// --file ho-tich.csv --key so_dinh_danh --schema ho-tich.schema.json
+    ///
+    /// Example: lgsp dataset import --data-dir /var/lib/lgsp --service ho-tich
+    /// --file ho-tich-thang-12.csv --dry-run
     Import {
         #[command(flatten)]
         at: DatasetArgs,
@@ -27,22 +42,72 @@ pub(super) enum DatasetCommand {
         #[arg(long, value_name = "FILE")]
         file: PathBuf,
         /// The field that identifies a record (e.g. so_dinh_danh); every row
-        /// must have it, and no two rows the same value.
+        /// must have it, and no two rows the same value. Needed for the
+        /// first import; later ones default to the live data's key.
         #[arg(long, value_name = "FIELD")]
-        key: String,
+        key: Option<String>,
         /// A JSON Schema (the subset lgsp enforces: type, maxLength, enum,
         /// required, additionalProperties) that every row must satisfy. With
         /// a schema, CSV cells become integers, numbers and booleans as it
-        /// says; without one they stay strings.
+        /// says; without one they stay strings. A re-import without it uses
+        /// the schema kept with the live data.
         #[arg(long, value_name = "FILE")]
         schema: Option<PathBuf>,
+        /// Accept a key, columns or JSON Schema different from the live
+        /// data's (consumers will see the new shape). Without --schema, the
+        /// new data has no JSON Schema.
+        #[arg(long)]
+        replace_schema: bool,
+        /// Check the file and show rows, schema and what would change;
+        /// change nothing. Exits 1 if the import would be refused.
+        #[arg(long)]
+        dry_run: bool,
+        /// The file's character encoding: utf-8, utf-16 (le or be) or
+        /// windows-1258 (cp1258); guessed when not given.
+        #[arg(long, value_name = "ENCODING")]
+        encoding: Option<TextEncoding>,
+        /// A CSV file's field separator: one character, e.g. ';' or tab
+        /// ('\t'); guessed from the header when not given.
+        #[arg(long, value_name = "CHAR", value_parser = parse_delimiter)]
+        delimiter: Option<u8>,
         /// The largest record accepted, as JSON text in bytes. The default
         /// fits a node's default `max_message_bytes` (4 MiB); raise both
         /// together.
         #[arg(long, value_name = "BYTES", default_value_t = lgsp_dataset::DEFAULT_MAX_RECORD_BYTES)]
         max_record_bytes: usize,
     },
+    /// Serve the generation the last import replaced again (or the one
+    /// named by --to). The generation rolled back from is kept, so
+    /// `--to` it undoes the rollback. A running node switches within a
+    /// second.
+    ///
+    /// Example: lgsp dataset rollback --data-dir /var/lib/lgsp --service ho-tich
+    Rollback {
+        #[command(flatten)]
+        at: DatasetArgs,
+        /// The kept generation to serve (e.g. gen-3, as `lgsp dataset list`
+        /// shows); default: the one before the live one.
+        #[arg(long, value_name = "GENERATION")]
+        to: Option<String>,
+    },
+    /// List the datasets and their kept generations: which is live, rows,
+    /// key, schema digest, source file and when it was imported (on the
+    /// province's clocks).
+    ///
+    /// Example: lgsp dataset list --data-dir /var/lib/lgsp
+    List {
+        /// The node's data directory; datasets live in its `datasets` folder.
+        #[arg(long, env = "LGSP_DATA_DIR", value_name = "DIR")]
+        data_dir: PathBuf,
+        /// Only this service's dataset.
+        #[arg(long, value_name = "NAME", value_parser = parse_service)]
+        service: Option<String>,
+        #[command(flatten)]
+        zone: super::time::ZoneArg,
+    },
     /// Print one record, as the JSON object stored.
+    ///
+    /// Example: lgsp dataset show --data-dir /var/lib/lgsp --service ho-tich --key 001099012345
     Show {
         #[command(flatten)]
         at: DatasetArgs,
@@ -94,6 +159,16 @@ fn parse_service(name: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+fn parse_delimiter(text: &str) -> Result<u8, String> {
+    match text {
+        "\\t" | "tab" | "\t" => Ok(b'\t'),
+        _ if text.len() == 1 && text.is_ascii() && text != "\"" => Ok(text.as_bytes()[0]),
+        _ => Err(format!(
+            "{text:?} is not one ASCII character (e.g. ';' or ','; 'tab' for a tab)"
+        )),
+    }
+}
+
 fn parse_filter(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((field, value)) if !field.is_empty() => Ok((field.to_owned(), value.to_owned())),
@@ -108,8 +183,41 @@ pub(super) fn run(cmd: DatasetCommand) -> Result<()> {
             file,
             key,
             schema,
+            replace_schema,
+            dry_run,
+            encoding,
+            delimiter,
             max_record_bytes,
-        } => import(&at, &file, &key, schema, max_record_bytes),
+        } => {
+            let schema = match &schema {
+                Some(path) => {
+                    Some(Schema::load(path).with_context(|| format!("{}", path.display()))?)
+                }
+                None => None,
+            };
+            let options = ImportOptions {
+                key,
+                schema,
+                replace_schema,
+                dry_run,
+                encoding,
+                delimiter,
+            };
+            import(&at, &file, &options, max_record_bytes)
+        }
+        DatasetCommand::Rollback { at, to } => {
+            let done = at.store().rollback(&at.service, to.as_deref())?;
+            println!(
+                "{} now serves {} ({} records) instead of {}; `lgsp dataset rollback --service {} --to {}` undoes this",
+                at.service, done.to, done.records, done.from, at.service, done.from
+            );
+            Ok(())
+        }
+        DatasetCommand::List {
+            data_dir,
+            service,
+            zone,
+        } => list(&data_dir, service.as_deref(), &zone.calendar()?),
         DatasetCommand::Show { at, key } => {
             let dataset = at.store().open(&at.service)?;
             let record = dataset.get_json(&key)?.ok_or_else(|| {
@@ -134,14 +242,9 @@ pub(super) fn run(cmd: DatasetCommand) -> Result<()> {
 fn import(
     at: &DatasetArgs,
     file: &Path,
-    key: &str,
-    schema: Option<PathBuf>,
+    options: &ImportOptions,
     max_record_bytes: usize,
 ) -> Result<()> {
-    let schema = match &schema {
-        Some(path) => Some(Schema::load(path).with_context(|| format!("{}", path.display()))?),
-        None => None,
-    };
     let bar = ProgressBar::new(0);
     if std::io::stderr().is_terminal() {
         bar.set_draw_target(ProgressDrawTarget::stderr());
@@ -158,23 +261,33 @@ fn import(
     }
     // The import checks the file, then writes the records in key order:
     // progress starts again from 0 for the second part.
-    let result = at.store().with_max_record_bytes(max_record_bytes).import(
-        &at.service,
-        file,
-        key,
-        schema.as_ref(),
-        &|done, total| {
+    let result = at
+        .store()
+        .with_max_record_bytes(max_record_bytes)
+        .import_with(&at.service, file, options, &|done, total| {
             if done < bar.position() {
                 bar.set_message("writing the records in key order");
                 bar.reset_eta();
             }
             bar.set_length(total);
             bar.set_position(done);
-        },
-    );
+        });
     bar.finish_and_clear();
     match result {
+        Ok(report) if report.dry_run => dry_run_report(at, file, &report, options),
         Ok(report) => {
+            if report.read_as != plain_csv() {
+                println!("read {} as {}", file.display(), report.read_as);
+            }
+            if let Some(change) = &report.schema_change {
+                println!("schema replaced: {change}");
+            }
+            if let Some(replaced) = &report.replaced {
+                println!(
+                    "{} ({} records) is kept: `lgsp dataset rollback --service {}` serves it again",
+                    replaced.name, replaced.records, at.service
+                );
+            }
             println!(
                 "imported {} records ({}) from {} into {} as {} in {:.1?}",
                 report.records,
@@ -211,6 +324,124 @@ fn import(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// How a file is read when nothing unusual is found: UTF-8, and commas
+/// for CSV.
+fn plain_csv() -> TextFormat {
+    TextFormat {
+        encoding: TextEncoding::Utf8,
+        delimiter: b',',
+    }
+}
+
+/// What a dry run found; an error when the import would be refused.
+fn dry_run_report(
+    at: &DatasetArgs,
+    file: &Path,
+    report: &ImportReport,
+    options: &ImportOptions,
+) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "dry run: {} checked ({}), {} good rows; nothing was changed",
+        file.display(),
+        report.read_as,
+        report.records
+    )?;
+    let columns = |s: &DatasetSchema| {
+        s.columns
+            .as_ref()
+            .map_or("(too many to list)".to_owned(), |c| c.join(", "))
+    };
+    let digest = |d: &str| d[..12.min(d.len())].to_owned();
+    match &report.replaced {
+        None => {
+            writeln!(
+                out,
+                "  {} has no data yet; this would be its first import",
+                at.service
+            )?;
+            writeln!(out, "  rows:    {}", report.records)?;
+            writeln!(out, "  key:     {}", report.schema.key)?;
+            writeln!(out, "  columns: {}", columns(&report.schema))?;
+            writeln!(out, "  schema:  {}", digest(&report.schema_digest))?;
+        }
+        Some(live) => {
+            writeln!(out, "  would replace {} of {}", live.name, at.service)?;
+            writeln!(out, "  rows:    {} → {}", live.records, report.records)?;
+            writeln!(
+                out,
+                "  key:     {} → {}",
+                live.schema.key, report.schema.key
+            )?;
+            writeln!(out, "  columns: {}", columns(&report.schema))?;
+            writeln!(
+                out,
+                "  schema:  {} → {}",
+                digest(&live.schema_digest),
+                digest(&report.schema_digest)
+            )?;
+            match &report.schema_change {
+                None => writeln!(out, "  schema unchanged")?,
+                Some(change) => writeln!(out, "  schema change: {change}")?,
+            }
+            if let Some(changes) = &report.records_changed {
+                writeln!(out, "  records: {changes}")?;
+            }
+        }
+    }
+    drop(out);
+    if let (Some(change), Some(live)) = (&report.schema_change, &report.replaced)
+        && !options.replace_schema
+    {
+        return Err(anyhow!(
+            "this import would be refused: its schema differs from {}'s ({change}); \
+             add --replace-schema if the change is meant",
+            live.name
+        ));
+    }
+    Ok(())
+}
+
+fn list(
+    data_dir: &Path,
+    service: Option<&str>,
+    cal: &lgsp_registry::calendar::WorkCalendar,
+) -> Result<()> {
+    let store = DatasetStore::new(&data_dir.join("datasets"));
+    let services = match service {
+        Some(s) => vec![s.to_owned()],
+        None => store.services()?,
+    };
+    if services.is_empty() {
+        println!("no datasets in {}", store.root().display());
+        return Ok(());
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<24} {:<8} {:<5} {:>10} {:<16} {:<12} {:<22} SOURCE",
+        "SERVICE", "GEN", "LIVE", "ROWS", "KEY", "SCHEMA", "IMPORTED"
+    )?;
+    for name in services {
+        for g in store.generations(&name)? {
+            writeln!(
+                out,
+                "{:<24} {:<8} {:<5} {:>10} {:<16} {:<12} {:<22} {}",
+                name,
+                g.name,
+                if g.live { "yes" } else { "kept" },
+                g.records,
+                g.schema.key,
+                &g.schema_digest[..12],
+                cal.show(g.imported_at_unix as i64),
+                g.source
+            )?;
+        }
+    }
+    Ok(())
 }
 
 fn query(

@@ -29,14 +29,44 @@ use std::process::ExitCode;
 ///
 /// Every agency runs a node that serves its data over gRPC with mutual TLS; a
 /// Raft-replicated registry keeps the shared service catalog. Start with
-/// `lgsp demo`, a whole province on this machine. Set RUST_LOG (e.g.
-/// RUST_LOG=debug) to see more of what happens.
+/// `lgsp demo`, a whole province on this machine.
+///
+/// Example: lgsp demo
 #[derive(Debug, Parser)]
-#[command(name = "lgsp", version, propagate_version = true)]
+#[command(
+    name = "lgsp",
+    version = VERSION,
+    propagate_version = true,
+    after_long_help = ENVIRONMENT
+)]
 pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
 }
+
+/// `lgsp --version`: the release and the commit it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("LGSP_GIT_COMMIT"),
+    ")"
+);
+
+/// The environment variables every command reads, listed once here rather
+/// than on each flag's line.
+const ENVIRONMENT: &str = "\
+Environment:
+  LGSP_REGISTRY   registry client addresses, comma-separated (--registry)
+  LGSP_TLS_DIR    directory with this side's cert.pem, key.pem and ca.pem (--tls-dir)
+  LGSP_DATA_DIR   a node's data directory, for `lgsp dataset` (--data-dir)
+  LGSP_NODE       this agency's node, for `lgsp call` (--node)
+  LGSP_TIME_ZONE  the province's time zone where no registry says it, for
+                  `lgsp audit export`, `dataset list`, `ca show` (--time-zone;
+                  default Asia/Ho_Chi_Minh)
+  RUST_LOG        how much to log, e.g. info (the default), debug, lgsp_node=debug
+
+Exit codes: 0 done; 1 the work failed; 2 a usage or configuration error;
+141 the reader of the output went away (as with `| head`).";
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -64,6 +94,8 @@ enum Command {
     Requests(requests::RequestsCommand),
     /// What waits for your agency: requests to decide, decisions received,
     /// maintenance announced, suspensions.
+    ///
+    /// Example: lgsp inbox --tls-dir /etc/lgsp/admin
     Inbox(requests::InboxArgs),
     /// The province's calendar: time zone and holidays, for working-day
     /// deadlines (provincial admin).
@@ -74,9 +106,14 @@ enum Command {
     #[command(subcommand)]
     Hub(hub::HubCommand),
     /// Call another agency's service through this agency's node.
+    ///
+    /// Example: lgsp call 000.00.12.H62/ho-tich --param key=001099012345 (or --query --param
+    /// huyen="Tam Dương" --fields so_dinh_danh,ho_ten)
     Call(call::CallArgs),
     /// Run a whole province on this machine: CA, three registry servers,
     /// two agencies with nodes and data. Prints what to try.
+    ///
+    /// Example: lgsp demo --dir /tmp/lgsp-demo --scenario
     Demo(demo::DemoArgs),
     /// An agency node: prepare it (key, CSR, node.toml), run it.
     #[command(subcommand)]
@@ -90,6 +127,17 @@ enum Command {
     /// Benchmarks, each reported next to a baseline measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Print a shell completion script for lgsp's commands and flags.
+    ///
+    /// Example: lgsp completion bash > /etc/bash_completion.d/lgsp
+    ///
+    /// Example: lgsp completion zsh > "${fpath[1]}/_lgsp"; lgsp completion fish >
+    /// ~/.config/fish/completions/lgsp.fish
+    Completion {
+        /// The shell: bash, zsh, fish (also elvish, powershell).
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// How to reach the registry: its servers and this side's certificate.
@@ -145,6 +193,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// Runs the command line; returns the process exit code.
 pub(crate) fn main() -> ExitCode {
+    quiet_on_broken_pipe();
     let cli = Cli::parse();
     init_tracing();
     let result = match cli.command {
@@ -163,9 +212,11 @@ pub(crate) fn main() -> ExitCode {
         Command::Node(cmd) => node::run(cmd),
         Command::Demo(args) => demo::run(args),
         Command::Dataset(cmd) => dataset::run(cmd),
+        Command::Completion { shell } => completion(shell),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(error) if is_broken_pipe(&error) => ExitCode::from(BROKEN_PIPE_EXIT),
         Err(error) => {
             eprintln!("error: {}", one_line(&error));
             let bad_config = matches!(
@@ -182,6 +233,46 @@ pub(crate) fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Writes the completion script for `shell` to standard output.
+fn completion(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "lgsp", &mut out);
+    std::io::Write::write_all(&mut std::io::stdout().lock(), &out)?;
+    Ok(())
+}
+
+/// What a command exits with when its reader went away (`lgsp call ... |
+/// head`): 128 + SIGPIPE, as a shell reports a process the signal ended.
+const BROKEN_PIPE_EXIT: u8 = 141;
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Rust ignores SIGPIPE, so `println!` into a closed pipe panics (exit
+/// 101, with a backtrace hint). A reader that stopped reading is not a
+/// failure: exit quietly with [`BROKEN_PIPE_EXIT`] instead.
+fn quiet_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(BROKEN_PIPE_EXIT.into());
+        }
+        default(info);
+    }));
 }
 
 /// An error and its causes on one line: `what failed: why: root cause`.
@@ -217,6 +308,75 @@ fn init_tracing() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every command path with what is missing from its help: an argument
+    /// without help text, or a leaf command without an `Example:` line.
+    fn missing_help(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        let path = if path.is_empty() {
+            cmd.get_name().to_owned()
+        } else {
+            format!("{path} {}", cmd.get_name())
+        };
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                missing.push(format!("{path}: --{id} has no help"));
+            }
+        }
+        let subcommands: Vec<_> = cmd
+            .get_subcommands()
+            .filter(|c| c.get_name() != "help")
+            .collect();
+        if subcommands.is_empty() {
+            let long = cmd
+                .get_long_about()
+                .map(|t| t.to_string())
+                .unwrap_or_default();
+            let after = cmd
+                .get_after_long_help()
+                .or(cmd.get_after_help())
+                .map(|t| t.to_string())
+                .unwrap_or_default();
+            if !long.contains("Example:") && !after.contains("Example:") {
+                missing.push(format!("{path}: no Example: in its long help"));
+            }
+        }
+        for sub in subcommands {
+            missing_help(sub, &path, missing);
+        }
+    }
+
+    #[test]
+    fn every_flag_has_help_and_every_command_an_example() {
+        use clap::CommandFactory;
+        let mut missing = Vec::new();
+        missing_help(&Cli::command(), "", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "{} missing:\n{}",
+            missing.len(),
+            missing.join("\n")
+        );
+    }
+
+    #[test]
+    fn the_environment_variables_are_listed_once_in_the_top_help() {
+        use clap::CommandFactory;
+        let help = Cli::command().render_long_help().to_string();
+        for var in [
+            "LGSP_REGISTRY",
+            "LGSP_TLS_DIR",
+            "LGSP_DATA_DIR",
+            "LGSP_NODE",
+            "LGSP_TIME_ZONE",
+            "RUST_LOG",
+        ] {
+            assert_eq!(help.matches(var).count(), 1, "{var} in:\n{help}");
+        }
+    }
 
     #[test]
     fn every_subcommand_has_consistent_arguments() {

@@ -13,6 +13,9 @@ use std::path::PathBuf;
 pub(super) enum NodeCommand {
     /// Prepare a node on this server: make its key (kept here), a signing
     /// request for the provincial CA, and a commented node.toml.
+    ///
+    /// Example: lgsp node init --agency 000.00.12.H62 --name node-1 --dir /etc/lgsp --dns
+    /// node.stp.vinhphuc.gov.vn --registry 10.0.0.11:7101
     Init {
         /// The agency's QCVN 102 code, e.g. 000.00.12.H62.
         #[arg(long)]
@@ -49,6 +52,8 @@ pub(super) enum NodeCommand {
         ip: Vec<IpAddr>,
     },
     /// Run the node until SIGTERM or Ctrl-C.
+    ///
+    /// Example: lgsp node start --config /etc/lgsp/node.toml
     Start {
         /// The node.toml made by `lgsp node init`.
         #[arg(long, value_name = "FILE")]
@@ -56,6 +61,8 @@ pub(super) enum NodeCommand {
     },
     /// List the nodes registered in the catalog: endpoint and the SHA-256 of
     /// the certificate each registered (compare with `lgsp ca show`).
+    ///
+    /// Example: lgsp node list --registry 10.0.0.11:7101
     List {
         #[command(flatten)]
         registry: super::RegistryArgs,

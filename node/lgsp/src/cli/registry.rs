@@ -22,15 +22,21 @@ pub(super) enum RegistryCommand {
     /// server's id from a data directory it no longer has; a restart whose
     /// --peers disagree with the membership its data directory holds is
     /// refused. Both exit with code 2 and say what to do.
+    ///
+    /// Example: lgsp registry start --config /etc/lgsp/registry.toml
     Start(StartArgs),
     /// Show each server's view: version, role, leader, term, applied index
     /// and lag, members (voters and learners).
+    ///
+    /// Example: lgsp registry status --registry 10.0.0.11:7101,10.0.0.12:7101
     Status {
         #[command(flatten)]
         registry: RegistryArgs,
     },
     /// Hand leadership to another voter (e.g. before maintenance on the
     /// leader's host); waits until the servers agree on it.
+    ///
+    /// Example: lgsp registry transfer-leader --to 2
     TransferLeader {
         #[command(flatten)]
         registry: RegistryArgs,
@@ -43,6 +49,9 @@ pub(super) enum RegistryCommand {
     /// explicitly). Then start the new server with --join and an empty
     /// data directory; the leader promotes it to voter once it has caught
     /// up, so the quorum never depends on a server still catching up.
+    ///
+    /// Example: lgsp registry add-member --id 4 --peer-addr 10.0.0.14:7102 --client-addr
+    /// 10.0.0.14:7101
     AddMember {
         #[command(flatten)]
         registry: RegistryArgs,
@@ -57,9 +66,12 @@ pub(super) enum RegistryCommand {
         client_addr: String,
     },
     /// Remove a server from the cluster. Its id is never to be used again.
+    ///
+    /// Example: lgsp registry remove-member --id 4
     RemoveMember {
         #[command(flatten)]
         registry: RegistryArgs,
+        /// The id of the server to remove, as `lgsp registry status` shows it.
         #[arg(long)]
         id: u64,
     },

@@ -90,10 +90,13 @@ pub(super) enum RequestsCommand {
         registry: RegistryArgs,
         /// The request id.
         id: String,
+        /// Why the request is refused (required): the requester is told this.
         #[arg(long, default_value = "")]
         reason: String,
     },
     /// Withdraw your own request before it is decided.
+    ///
+    /// Example: lgsp requests withdraw 000.00.13.H62/r-20261207-0900
     Withdraw {
         #[command(flatten)]
         registry: RegistryArgs,
@@ -122,6 +125,8 @@ pub(super) enum RequestsCommand {
         clock: Clock,
     },
     /// Show one request with every field and its history.
+    ///
+    /// Example: lgsp requests show 000.00.13.H62/r-20261207-0900
     Show {
         #[command(flatten)]
         registry: RegistryArgs,
@@ -460,6 +465,8 @@ pub(super) fn inbox(args: InboxArgs) -> Result<()> {
 #[derive(Debug, Subcommand)]
 pub(super) enum CalendarCommand {
     /// Show the time zone and holidays.
+    ///
+    /// Example: lgsp calendar show
     Show {
         #[command(flatten)]
         registry: RegistryArgs,
@@ -470,6 +477,7 @@ pub(super) enum CalendarCommand {
     SetTimeZone {
         #[command(flatten)]
         registry: RegistryArgs,
+        /// An IANA time zone name, e.g. Asia/Ho_Chi_Minh.
         zone: String,
     },
     /// Add holidays (not working days), YYYY-MM-DD.
@@ -478,13 +486,17 @@ pub(super) enum CalendarCommand {
     AddHoliday {
         #[command(flatten)]
         registry: RegistryArgs,
+        /// The holidays, YYYY-MM-DD, one or more.
         #[arg(required = true)]
         dates: Vec<String>,
     },
     /// Remove holidays.
+    ///
+    /// Example: lgsp calendar remove-holiday 2027-02-05
     RemoveHoliday {
         #[command(flatten)]
         registry: RegistryArgs,
+        /// The holidays to remove, YYYY-MM-DD, one or more.
         #[arg(required = true)]
         dates: Vec<String>,
     },

@@ -30,6 +30,52 @@ impl Clock {
     }
 }
 
+/// The province's time zone, for commands that work without the registry
+/// (whose calendar otherwise says it).
+#[derive(Debug, Args)]
+pub(super) struct ZoneArg {
+    /// The province's time zone (an IANA name) for times shown and typed.
+    #[arg(
+        long = "time-zone",
+        env = "LGSP_TIME_ZONE",
+        value_name = "ZONE",
+        default_value = lgsp_registry::calendar::DEFAULT_TIME_ZONE,
+        hide_env = true
+    )]
+    zone: String,
+}
+
+impl ZoneArg {
+    /// A calendar on the zone's clocks (without holidays). Fails on a name
+    /// that is not an IANA time zone.
+    pub(super) fn calendar(&self) -> Result<WorkCalendar> {
+        let record = lgsp_proto::Calendar {
+            time_zone: self.zone.clone(),
+            ..Default::default()
+        };
+        WorkCalendar::from_record(Some(&record))
+            .map_err(|e| super::UsageError(format!("--time-zone: {e}")).into())
+    }
+}
+
+/// A time an operator types, on the province's clocks unless it carries
+/// its own offset: RFC 3339 (`2026-11-01T08:00:00+07:00`), `YYYY-MM-DD
+/// HH:MM` or a date `YYYY-MM-DD` (its start, or with `end_of_day` its last
+/// millisecond). Unix milliseconds, or `None` when it is none of those.
+pub(super) fn parse_bound_ms(cal: &WorkCalendar, s: &str, end_of_day: bool) -> Option<i64> {
+    if let Ok(ts) = s.parse::<jiff::Timestamp>() {
+        return Some(ts.as_millisecond());
+    }
+    if lgsp_registry::calendar::parse_date(s).is_some() {
+        return if end_of_day {
+            cal.end_of_day(s).map(|t| t * 1000 - 1)
+        } else {
+            cal.parse_local(s).map(|t| t * 1000)
+        };
+    }
+    cal.parse_local(s).map(|t| t * 1000)
+}
+
 /// The time now, Unix seconds.
 pub(super) fn unix_now() -> i64 {
     std::time::SystemTime::now()
