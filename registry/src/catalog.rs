@@ -19,7 +19,7 @@ use crate::kv::{Kv, KvRead, Staged, prefix_end, read_u64};
 use crate::procedure;
 pub use crate::procedure::{Acting, Asker};
 use crate::storage::StateMachine;
-use lgsp_certs::identity::{AgencyCode, Role, SpiffeId, validate_name};
+use lgsp_certs::identity::{AgencyCode, Role, validate_name};
 use lgsp_proto::catalog_record::Value;
 use lgsp_proto::command::Op;
 use lgsp_proto::watch_event::Type as EventType;
@@ -38,7 +38,8 @@ const MEMBER_PREFIX: &[u8] = b"s:member:";
 const HISTORY_PREFIX: &[u8] = b"w:";
 const RECORD_PREFIX: &[u8] = b"c:";
 
-fn record_prefix(kind: RecordKind) -> Vec<u8> {
+/// The store prefix of every record of `kind`.
+pub(crate) fn record_prefix(kind: RecordKind) -> Vec<u8> {
     let mut k = RECORD_PREFIX.to_vec();
     k.push(kind as u8);
     k.push(b':');
@@ -423,11 +424,11 @@ fn check_value(
     asker: &Asker<'_>,
     mut value: Value,
     previous: Option<&CatalogRecord>,
-) -> Result<(Value, Derived), CatalogError> {
+) -> Result<(Value, Derived, bool), CatalogError> {
     let previous = previous.and_then(|r| r.value.as_ref());
     let mut derived = None;
     normalize(&mut value);
-    federation::check_hub_write(db, asker, &value)?;
+    let by_hub = federation::check_federated_write(db, asker, &value)?;
     match &mut value {
         Value::Agency(a) => {
             AgencyCode::new(&a.code).map_err(|e| CatalogError::InvalidArgument(e.to_string()))?;
@@ -552,14 +553,6 @@ fn check_value(
                 Some(Value::Grant(p)) => Some(p),
                 _ => None,
             };
-            // A consumer of another instance is named with its trust domain.
-            g.consumer_trust_domain = match get(db, RecordKind::Agency, &g.consumer_agency)
-                .map_err(|e| CatalogError::Internal(e.to_string()))?
-                .and_then(|r| r.value)
-            {
-                Some(Value::Agency(a)) => a.trust_domain,
-                _ => String::new(),
-            };
             procedure::check_grant(db, asker, g, previous)?;
         }
         Value::Request(r) => {
@@ -596,7 +589,7 @@ fn check_value(
             check_crl(db, c)?;
         }
     }
-    Ok((value, derived))
+    Ok((value, derived, by_hub))
 }
 
 /// A CRL must say what its record says (number and serials, which nodes
@@ -639,8 +632,8 @@ fn check_crl(db: &impl KvRead, crl: &lgsp_proto::Crl) -> Result<(), CatalogError
 }
 
 /// Records of one kind an agency may hold (its nodes, its services, the
-/// grants of its services), whatever certificate of it writes them. The
-/// provincial admin is not bound by it.
+/// grants of its services, the access requests it filed), whoever writes
+/// them but the provincial admin.
 pub const MAX_RECORDS_PER_AGENCY: usize = 1_000;
 
 /// Bytes of records of one kind an agency may hold (encoded values).
@@ -652,20 +645,23 @@ pub const MAX_BYTES_PER_AGENCY: usize = 8 << 20;
 /// all). Counted at apply time, over what the catalog holds then.
 fn refuse_over_quota(
     db: &impl KvRead,
-    actor: &SpiffeId,
+    asker: &Asker<'_>,
     kind: RecordKind,
     key: &str,
     value: &Value,
 ) -> Result<(), CatalogError> {
-    if actor.role == Role::Admin
+    if asker.acting() == Acting::Province
         || !matches!(
             kind,
-            RecordKind::Node | RecordKind::Service | RecordKind::Grant
+            RecordKind::Node | RecordKind::Service | RecordKind::Grant | RecordKind::Request
         )
     {
         return Ok(());
     }
-    let agency = actor.agency.as_str();
+    // Counted against the agency that owns the record, whoever writes it.
+    let Some(agency) = owner_of(kind, key) else {
+        return Ok(());
+    };
     let held = db
         .read_prefix(&record_db_key(kind, &format!("{agency}/")))
         .map_err(|e| CatalogError::Internal(e.to_string()))?;
@@ -729,6 +725,25 @@ fn refuse_orphans(db: &impl KvRead, kind: RecordKind, key: &str) -> Result<(), C
                     .into_iter()
                     .map(|r| format!("grant {}", r.key)),
             );
+            dependents.extend(
+                records(RecordKind::Export, &format!("{key}|"))?
+                    .into_iter()
+                    .map(|r| format!("export {}", r.key)),
+            );
+        }
+        RecordKind::Peer => {
+            dependents.extend(
+                records(RecordKind::Import, &format!("{key}|"))?
+                    .into_iter()
+                    .map(|r| format!("import {}", r.key)),
+            );
+            let exported_to = format!("|{key}");
+            dependents.extend(
+                records(RecordKind::Export, "")?
+                    .into_iter()
+                    .filter(|r| r.key.ends_with(&exported_to))
+                    .map(|r| format!("export {}", r.key)),
+            );
         }
         RecordKind::Node => {
             if let Ok(node) = key.parse::<NodeKey>() {
@@ -745,7 +760,6 @@ fn refuse_orphans(db: &impl KvRead, kind: RecordKind, key: &str) -> Result<(), C
         | RecordKind::Crl
         | RecordKind::Request
         | RecordKind::Calendar
-        | RecordKind::Peer
         | RecordKind::Export
         | RecordKind::Import
         | RecordKind::Unspecified => {}
@@ -856,19 +870,25 @@ pub fn check(
 ) -> Result<Checked, CatalogError> {
     let (kind, key, value) = precheck(asker, command)?;
     let previous = get(db, kind, &key).map_err(|e| CatalogError::Internal(e.to_string()))?;
-    let (value, derived) = match value {
+    let (value, derived, by_hub) = match value {
         Some(value) => {
-            let (value, derived) = check_value(db, asker, value, previous.as_ref())?;
-            refuse_over_quota(db, asker.actor, kind, &key, &value)?;
-            (Some(value), derived)
+            let (value, derived, by_hub) = check_value(db, asker, value, previous.as_ref())?;
+            refuse_over_quota(db, asker, kind, &key, &value)?;
+            // What the registry adds (history, kept windows) counts too.
+            let size = value.encoded_len();
+            if size > MAX_RECORD_BYTES {
+                return Err(CatalogError::FailedPrecondition(format!(
+                    "{kind:?} {key:?} would grow to {size} bytes with its history, past the {MAX_RECORD_BYTES} the catalog keeps per record; shorten it"
+                )));
+            }
+            (Some(value), derived, by_hub)
         }
-        None => (None, None),
+        None => (None, None, false),
     };
     // A hub registers the agencies of other instances its imports bring
     // in (checked in `federation::check_hub_write`); only the provincial
     // admin registers the province's own.
-    let foreign_by_hub = asker.actor.role == Role::Hub
-        && matches!(&value, Some(Value::Agency(a)) if !a.trust_domain.is_empty());
+    let foreign_by_hub = by_hub && kind == RecordKind::Agency;
     if kind == RecordKind::Agency
         && previous.is_none()
         && asker.acting() != Acting::Province

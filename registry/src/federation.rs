@@ -7,10 +7,11 @@
 use crate::catalog::get;
 use crate::error::CatalogError;
 use crate::kv::KvRead;
-use crate::procedure::Asker;
+use crate::procedure::{Acting, Asker};
 use lgsp_certs::identity::{Role, validate_name};
 use lgsp_proto::catalog_record::Value;
-use lgsp_proto::{Agency, Export, FederationPeer, Import, RecordKind, Service};
+use lgsp_proto::{Agency, CatalogRecord, Export, FederationPeer, Import, RecordKind, Service};
+use prost::Message as _;
 
 fn invalid(why: impl Into<String>) -> CatalogError {
     CatalogError::InvalidArgument(why.into())
@@ -78,36 +79,99 @@ fn hub_of(asker: &Asker<'_>) -> String {
     format!("{}/{}", asker.actor.agency, asker.actor.name)
 }
 
-/// What a hub may write: agencies and services of other instances (what
-/// its imports bring in), carried by itself. Anything else of the catalog
-/// is its agency's as for any node.
-pub fn check_hub_write(
+fn peer_of_domain(db: &impl KvRead, domain: &str) -> Result<Option<FederationPeer>, CatalogError> {
+    for (_, v) in db
+        .read_prefix(&crate::catalog::record_prefix(RecordKind::Peer))
+        .map_err(internal)?
+    {
+        if let Ok(CatalogRecord {
+            value: Some(Value::Peer(p)),
+            ..
+        }) = CatalogRecord::decode(v.as_slice())
+            && p.trust_domain == domain
+        {
+            return Ok(Some(p));
+        }
+    }
+    Ok(None)
+}
+
+/// Checks the federation fields of an agency or a service, whoever writes
+/// them; returns whether this is a hub writing what an import brings in.
+///
+/// - Only the province's own hub writes agencies and services of other
+///   instances: an agency whose trust domain is a federation peer's (never
+///   moved from one instance to another, never one of this province's), and
+///   a service of such an agency that the catalog imports from that peer,
+///   carried by that hub.
+/// - Nobody else marks a service as imported (`origin`, `via_hub`), and only
+///   the provincial admin sets or changes an agency's trust domain.
+pub fn check_federated_write(
     db: &impl KvRead,
     asker: &Asker<'_>,
     value: &Value,
 ) -> Result<bool, CatalogError> {
-    if asker.actor.role != Role::Hub {
-        return Ok(false);
-    }
+    let is_hub = asker.actor.role == Role::Hub;
+    let provincial_hub = is_hub && asker.actor.agency == *asker.province;
     match value {
         Value::Agency(a) => {
-            if a.code == asker.actor.agency.as_str()
-                || a.trust_domain.is_empty()
-                || agency(db, &a.code)?.is_some_and(|p| p.trust_domain.is_empty())
-            {
+            let before = agency(db, &a.code)?;
+            let before_domain = before.as_ref().map_or("", |b| b.trust_domain.as_str());
+            if is_hub && a.code != asker.actor.agency.as_str() {
+                if !provincial_hub {
+                    return Err(asker.needs(
+                        &format!("changing agency {}", a.code),
+                        "the province's hub (agencies of other instances come only through it)",
+                    ));
+                }
+                if peer_of_domain(db, &a.trust_domain)?.is_none()
+                    || (before.is_some() && before_domain != a.trust_domain)
+                {
+                    return Err(asker.needs(
+                        &format!("registering agency {} under {:?}", a.code, a.trust_domain),
+                        "the provincial admin (a hub writes only agencies of a federation peer, and never moves one to another instance)",
+                    ));
+                }
+                return Ok(true);
+            }
+            if a.trust_domain != before_domain && asker.acting() != Acting::Province {
                 return Err(asker.needs(
-                    &format!("changing agency {}", a.code),
-                    "the provincial admin (a hub writes only agencies of other instances)",
+                    &format!("setting agency {}'s trust domain", a.code),
+                    "the provincial admin",
                 ));
             }
-            Ok(true)
+            Ok(false)
         }
-        Value::Service(s) if s.agency_code != asker.actor.agency.as_str() => {
-            if !is_foreign(db, &s.agency_code)? || s.origin.is_empty() || s.via_hub != hub_of(asker)
-            {
+        Value::Service(s) => {
+            let own = s.id.split('/').next() == Some(asker.actor.agency.as_str());
+            if !is_hub || own {
+                if !s.origin.is_empty() || !s.via_hub.is_empty() {
+                    return Err(asker.needs(
+                        &format!("marking service {} as imported", s.id),
+                        "the province's hub (imports are `lgsp hub import` records it carries out)",
+                    ));
+                }
+                return Ok(false);
+            }
+            let agency_code = s.id.split('/').next().unwrap_or_default();
+            let imported = provincial_hub
+                && s.via_hub == hub_of(asker)
+                && get(db, RecordKind::Import, &import_key(&s.origin, &s.id))
+                    .map_err(internal)?
+                    .is_some()
+                && match (
+                    get(db, RecordKind::Peer, &s.origin)
+                        .map_err(internal)?
+                        .and_then(|r| r.value),
+                    agency(db, agency_code)?,
+                ) {
+                    (Some(Value::Peer(p)), Some(a)) => a.trust_domain == p.trust_domain,
+                    _ => false,
+                };
+            if !imported {
                 return Err(asker.needs(
                     &format!("changing service {}", s.id),
-                    "its agency (a hub writes only services it imports from other instances, carried by itself)",
+                    "its agency (the province's hub writes only services imported from a peer whose agency is of that peer, carried by itself)",
                 ));
             }
             Ok(true)
@@ -126,8 +190,8 @@ pub fn check_hub_delete(
     if asker.actor.role != Role::Hub {
         return Ok(());
     }
+    // (Agencies are removed by the provincial admin only; see `precheck`.)
     let foreign = match kind {
-        RecordKind::Agency => is_foreign(db, key)?,
         RecordKind::Service => match get(db, kind, key).map_err(internal)?.and_then(|r| r.value) {
             Some(Value::Service(s)) => !s.origin.is_empty() && s.via_hub == hub_of(asker),
             _ => false,

@@ -341,10 +341,13 @@ pub fn check_service(
             if a != b {
                 // A change bumps the version, unless the publisher gave a new one.
                 if s.version == p.version {
-                    s.version = match p.version.parse::<u64>() {
-                        Ok(n) => (n + 1).to_string(),
-                        Err(_) => format!("{}.1", p.version),
-                    };
+                    s.version = bump(&p.version);
+                    if s.version.chars().count() > 40 {
+                        return Err(invalid(format!(
+                            "service version {:?} cannot be bumped past 40 characters; publish with --service-version",
+                            p.version
+                        )));
+                    }
                 }
                 push_history(
                     &mut history,
@@ -379,6 +382,17 @@ pub fn check_service(
     }
     s.history = history;
     Ok(())
+}
+
+/// The next version after `v`: its last number plus one (`3` → `4`,
+/// `2.1` → `2.2`), or `v.1` when it ends in no number.
+pub(crate) fn bump(v: &str) -> String {
+    let digits = v.len() - v.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    match v[v.len() - digits..].parse::<u64>() {
+        Ok(n) if digits > 0 => format!("{}{}", &v[..v.len() - digits], n + 1),
+        _ if v.is_empty() => "1".to_owned(),
+        _ => format!("{v}.1"),
+    }
 }
 
 fn status_name(g: &Grant) -> &'static str {
@@ -428,7 +442,7 @@ pub fn check_grant(
                 }
             )));
         }
-        return check_new_grant(asker, &service, g, previous, "granted directly");
+        return check_new_grant(db, asker, &service, g, previous, "granted directly");
     };
     if !asker.admin_of(&provider) {
         return Err(asker.needs(
@@ -473,7 +487,7 @@ pub fn check_grant(
                     "the provincial admin (or a new access request)",
                 ));
             }
-            return check_new_grant(asker, &service, g, Some(prev), "grant changed");
+            return check_new_grant(db, asker, &service, g, Some(prev), "grant changed");
         }
         (_, GrantStatus::Terminated) => {
             if TerminationKind::try_from(g.termination).unwrap_or_default()
@@ -502,7 +516,12 @@ pub fn check_grant(
     Ok(())
 }
 
+/// Checks a grant coming into force (granted directly, or from an approved
+/// request): its consumer is a registered agency, named with its trust
+/// domain when it is of another instance; its end is ahead; its items are
+/// the service's; special-request items are under an agreement in force.
 fn check_new_grant(
+    db: &impl KvRead,
     asker: &Asker<'_>,
     service: &Service,
     g: &mut Grant,
@@ -510,6 +529,19 @@ fn check_new_grant(
     action: &str,
 ) -> Result<(), CatalogError> {
     let now = asker.now_unix;
+    let consumer = get(db, RecordKind::Agency, &g.consumer_agency)
+        .map_err(internal)?
+        .and_then(|r| match r.value {
+            Some(Value::Agency(a)) => Some(a),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            precondition(format!(
+                "agency {} is not registered; the provincial admin registers it with `lgsp agency register`",
+                g.consumer_agency
+            ))
+        })?;
+    g.consumer_trust_domain = consumer.trust_domain;
     if g.expires_unix != 0 && g.expires_unix <= now {
         return Err(invalid(
             "the grant's end date has already passed; give a later --until",
@@ -545,8 +577,14 @@ pub fn check_request(
             request_status(prev.status)
         )));
     }
-    let service = service_of(db, &prev.service_id)?;
-    let provider = service.agency_code.clone();
+    // The provider is the service id's agency: a request whose service was
+    // removed since can still be withdrawn or refused.
+    let provider = prev
+        .service_id
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
     let status = RequestStatus::try_from(r.status).unwrap_or_default();
     let mut next = prev.clone();
     let mut grant = None;
@@ -574,6 +612,7 @@ pub fn check_request(
             next.decision_reason = r.decision_reason.clone();
             next.decided_unix = now;
             if status == RequestStatus::Approved {
+                let service = service_of(db, &prev.service_id)?;
                 let items = if r.granted_items.is_empty() {
                     prev.items.clone()
                 } else {
@@ -617,7 +656,23 @@ pub fn check_request(
                     Some(Value::Grant(g)) => Some(g),
                     _ => None,
                 });
+                // Approving does not replace a grant in force (nor lift a
+                // suspension): that is the provincial admin's, or a
+                // termination first.
+                if old
+                    .as_ref()
+                    .is_some_and(|g| g.status != GrantStatus::Terminated as i32)
+                    && !asker.is_province()
+                {
+                    return Err(precondition(format!(
+                        "agency {} already holds a grant of {} ({}); terminate it first, or ask the provincial admin to change it",
+                        prev.consumer_agency,
+                        prev.service_id,
+                        status_name(old.as_ref().expect("checked"))
+                    )));
+                }
                 check_new_grant(
+                    db,
                     asker,
                     &service,
                     &mut g,

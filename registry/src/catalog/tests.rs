@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::mem_kv::MemKv;
+use lgsp_certs::identity::SpiffeId;
 use lgsp_proto::{Agency, Crl, FocalPoint, Grant, NodeRecord, Service};
 
 const ADMIN_AGENCY: &str = "000.00.01.H62";
@@ -1494,5 +1495,298 @@ mod procedures {
         let s = current();
         assert_eq!(s.maintenance[1].start_unix, NOW);
         assert!(s.history.iter().any(|c| c.action.contains("force majeure")));
+    }
+}
+
+// Federation records and who may write what they carry, tried as an
+// attacker would: another agency's hub, a node marking its own service as
+// imported, an agency admin making itself "foreign".
+
+mod federation {
+    use super::*;
+    use lgsp_proto::{Agency, Export, FederationPeer, Import};
+
+    const PEER_DOMAIN: &str = "ndxp.gov.vn";
+    const FOREIGN: &str = "000.00.05.G01";
+
+    fn provincial_hub() -> SpiffeId {
+        actor(ADMIN_AGENCY, Role::Hub)
+    }
+
+    fn peer() -> Value {
+        Value::Peer(FederationPeer {
+            name: "ndxp".into(),
+            trust_domain: PEER_DOMAIN.into(),
+            ca_pem: "-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n".into(),
+            hub_endpoint: "hub.ndxp.gov.vn:7501".into(),
+        })
+    }
+
+    fn foreign_agency(domain: &str) -> Value {
+        Value::Agency(Agency {
+            code: FOREIGN.into(),
+            name: "Bộ Công an".into(),
+            trust_domain: domain.into(),
+            ..Default::default()
+        })
+    }
+
+    fn imported(via: &str) -> Value {
+        Value::Service(Service {
+            origin: "ndxp".into(),
+            via_hub: via.into(),
+            ..service(&format!("{FOREIGN}/dan-cu"))
+        })
+    }
+
+    /// A catalog with a peer and an import of its `dan-cu` service.
+    fn federated() -> Kv {
+        let kv = catalog();
+        run(&kv, &admin(), &put_cmd(agency(ADMIN_AGENCY))).unwrap();
+        run(&kv, &admin(), &put_cmd(peer())).unwrap();
+        run(
+            &kv,
+            &admin(),
+            &put_cmd(Value::Import(Import {
+                peer: "ndxp".into(),
+                service_id: format!("{FOREIGN}/dan-cu"),
+            })),
+        )
+        .unwrap();
+        kv
+    }
+
+    fn denied(err: CatalogError) {
+        assert!(matches!(err, CatalogError::PermissionDenied(_)), "{err:?}");
+    }
+
+    #[test]
+    fn the_provinces_hub_brings_in_what_an_import_names_and_nothing_else() {
+        let kv = federated();
+        let hub = provincial_hub();
+        let via = format!("{ADMIN_AGENCY}/tester");
+        // An agency of a domain that is no peer's: refused.
+        denied(refused(run(
+            &kv,
+            &hub,
+            &put_cmd(foreign_agency("evil.example")),
+        )));
+        run(&kv, &hub, &put_cmd(foreign_agency(PEER_DOMAIN))).unwrap();
+        run(&kv, &hub, &put_cmd(imported(&via))).unwrap();
+        // A service the catalog does not import, or carried by another hub: refused.
+        let unimported = Value::Service(Service {
+            origin: "ndxp".into(),
+            via_hub: via.clone(),
+            ..service(&format!("{FOREIGN}/khac"))
+        });
+        denied(refused(run(&kv, &hub, &put_cmd(unimported))));
+        denied(refused(run(
+            &kv,
+            &hub,
+            &put_cmd(imported("000.00.00.H62/other")),
+        )));
+        // One of this province's agencies is never made foreign by the hub.
+        let province_agency = Value::Agency(Agency {
+            code: A.into(),
+            name: "Sở A".into(),
+            trust_domain: PEER_DOMAIN.into(),
+            ..Default::default()
+        });
+        denied(refused(run(&kv, &hub, &put_cmd(province_agency))));
+    }
+
+    #[test]
+    fn another_agencys_hub_writes_no_foreign_record() {
+        let kv = federated();
+        let hub_of_a = actor(A, Role::Hub);
+        denied(refused(run(
+            &kv,
+            &hub_of_a,
+            &put_cmd(foreign_agency(PEER_DOMAIN)),
+        )));
+        run(
+            &kv,
+            &provincial_hub(),
+            &put_cmd(foreign_agency(PEER_DOMAIN)),
+        )
+        .unwrap();
+        denied(refused(run(
+            &kv,
+            &hub_of_a,
+            &put_cmd(imported(&format!("{A}/tester"))),
+        )));
+    }
+
+    #[test]
+    fn nobody_but_the_hub_marks_a_service_imported() {
+        let kv = federated();
+        let own = Value::Service(Service {
+            origin: "ndxp".into(),
+            via_hub: format!("{ADMIN_AGENCY}/tester"),
+            ..service(&format!("{A}/ho-tich"))
+        });
+        for who in [node_of(A), actor(A, Role::Admin), admin()] {
+            denied(refused(run(&kv, &who, &put_cmd(own.clone()))));
+        }
+    }
+
+    #[test]
+    fn an_agency_admin_cannot_make_its_agency_foreign() {
+        let kv = federated();
+        let moved = Value::Agency(Agency {
+            code: A.into(),
+            name: "Sở A".into(),
+            trust_domain: PEER_DOMAIN.into(),
+            ..Default::default()
+        });
+        denied(refused(run(
+            &kv,
+            &actor(A, Role::Admin),
+            &put_cmd(moved.clone()),
+        )));
+        run(&kv, &admin(), &put_cmd(moved)).unwrap();
+    }
+
+    #[test]
+    fn an_approved_request_of_a_foreign_agency_grants_it_under_its_trust_domain() {
+        let kv = federated();
+        run(&kv, &admin(), &put_cmd(foreign_agency(PEER_DOMAIN))).unwrap();
+        let id = format!("{FOREIGN}/r1");
+        run(
+            &kv,
+            &admin(),
+            &put_cmd(Value::Request(lgsp_proto::AccessRequest {
+                id: id.clone(),
+                service_id: format!("{A}/ho-tich"),
+                application_id: "x".into(),
+                application_name: "x".into(),
+                purpose: "x".into(),
+                frequency: "x".into(),
+                ..Default::default()
+            })),
+        )
+        .unwrap();
+        run(
+            &kv,
+            &actor(A, Role::Admin),
+            &put_cmd(Value::Request(lgsp_proto::AccessRequest {
+                id,
+                status: lgsp_proto::RequestStatus::Approved as i32,
+                ..Default::default()
+            })),
+        )
+        .unwrap();
+        let Some(Value::Grant(g)) = get(&kv, RecordKind::Grant, &format!("{A}/ho-tich|{FOREIGN}"))
+            .unwrap()
+            .and_then(|r| r.value)
+        else {
+            panic!("no grant");
+        };
+        assert_eq!(g.consumer_trust_domain, PEER_DOMAIN);
+    }
+
+    #[test]
+    fn a_peer_or_service_still_exported_or_imported_is_not_removed() {
+        let kv = federated();
+        run(
+            &kv,
+            &admin(),
+            &put_cmd(Value::Export(Export {
+                service_id: format!("{A}/ho-tich"),
+                peer: "ndxp".into(),
+            })),
+        )
+        .unwrap();
+        for (kind, key) in [
+            (RecordKind::Peer, "ndxp".to_owned()),
+            (RecordKind::Service, format!("{A}/ho-tich")),
+        ] {
+            let err = refused(run(&kv, &admin(), &delete_cmd(kind, &key)));
+            assert!(
+                matches!(&err, CatalogError::FailedPrecondition(m) if m.contains("export")),
+                "{err:?}"
+            );
+        }
+    }
+}
+
+mod approvals {
+    use super::*;
+    use lgsp_proto::{AccessRequest, RequestStatus};
+
+    fn file(kv: &Kv, name: &str) -> String {
+        let id = format!("{B}/{name}");
+        run(
+            kv,
+            &actor(B, Role::Admin),
+            &put_cmd(Value::Request(AccessRequest {
+                id: id.clone(),
+                service_id: format!("{A}/ho-tich"),
+                application_id: "x".into(),
+                application_name: "x".into(),
+                purpose: "x".into(),
+                frequency: "x".into(),
+                ..Default::default()
+            })),
+        )
+        .unwrap();
+        id
+    }
+
+    fn decide(id: &str, status: RequestStatus) -> Command {
+        put_cmd(Value::Request(AccessRequest {
+            id: id.into(),
+            status: status as i32,
+            decision_reason: "lý do".into(),
+            ..Default::default()
+        }))
+    }
+
+    #[test]
+    fn approving_does_not_replace_a_grant_in_force_nor_lift_its_suspension() {
+        let kv = catalog();
+        run(&kv, &admin(), &put_cmd(grant(&format!("{A}/ho-tich"), B))).unwrap();
+        let id = file(&kv, "r1");
+        let err = refused(run(
+            &kv,
+            &actor(A, Role::Admin),
+            &decide(&id, RequestStatus::Approved),
+        ));
+        assert!(
+            matches!(&err, CatalogError::FailedPrecondition(m) if m.contains("already holds a grant")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn a_request_whose_service_is_gone_can_still_be_withdrawn_or_refused() {
+        let kv = catalog();
+        let (r1, r2) = (file(&kv, "r1"), file(&kv, "r2"));
+        run(
+            &kv,
+            &admin(),
+            &delete_cmd(RecordKind::Service, &format!("{A}/ho-tich")),
+        )
+        .unwrap();
+        run(
+            &kv,
+            &actor(B, Role::Admin),
+            &decide(&r1, RequestStatus::Withdrawn),
+        )
+        .unwrap();
+        run(
+            &kv,
+            &actor(A, Role::Admin),
+            &decide(&r2, RequestStatus::Refused),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_version_is_bumped_at_its_last_number() {
+        assert_eq!(crate::procedure::bump("3"), "4");
+        assert_eq!(crate::procedure::bump("2.9"), "2.10");
+        assert_eq!(crate::procedure::bump("v1.2-rc"), "v1.2-rc.1");
+        assert_eq!(crate::procedure::bump(""), "1");
     }
 }
