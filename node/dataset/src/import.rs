@@ -381,6 +381,8 @@ struct QuoteWatch<R> {
     opened: (u64, u64),
     /// Whether the input has ended.
     eof: bool,
+    /// The field separator the CSV reader uses (`,`, `;` or a tab).
+    delimiter: u8,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -393,7 +395,7 @@ enum Quoting {
 }
 
 impl<R> QuoteWatch<R> {
-    fn new(inner: R) -> Self {
+    fn new(inner: R, delimiter: u8) -> Self {
         Self {
             inner,
             state: Quoting::FieldStart,
@@ -401,12 +403,13 @@ impl<R> QuoteWatch<R> {
             offset: 0,
             opened: (0, 0),
             eof: false,
+            delimiter,
         }
     }
 
     fn see(&mut self, bytes: &[u8]) {
         for &b in bytes {
-            let ends_field = matches!(b, b',' | b'\n' | b'\r');
+            let ends_field = b == self.delimiter || matches!(b, b'\n' | b'\r');
             self.state = match (self.state, b) {
                 (Quoting::FieldStart, b'"') => {
                     self.opened = (self.line, self.offset);
@@ -919,7 +922,7 @@ fn read_csv(
         .delimiter(rules.text.delimiter)
         .flexible(true)
         .buffer_capacity(1 << 16)
-        .from_reader(QuoteWatch::new(reader));
+        .from_reader(QuoteWatch::new(reader, rules.text.delimiter));
     let mut record = csv::ByteRecord::new();
     let io = |e: csv::Error| DatasetError::Io {
         path: file.to_owned(),

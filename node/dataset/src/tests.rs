@@ -738,6 +738,38 @@ fn a_record_too_large_for_a_node_to_send_is_refused_by_line() {
 }
 
 #[test]
+fn an_unclosed_quote_in_a_semicolon_csv_is_refused_too() {
+    let dir = TestDir::new();
+    let store = dir.store();
+    // Excel in a Vietnamese locale separates with `;`: the quote opening
+    // the third field of line 3 is never closed.
+    let csv = dir.file(
+        "unclosed.csv",
+        "ma;ten;xa\n1;An;Xuân La\n2;Bình;\"Tam Đảo\n3;Châu;Yên Lạc\n".as_bytes(),
+    );
+    let (rows, _) = bad_rows(
+        store
+            .import("x", &csv, "ma", None, &no_progress)
+            .unwrap_err(),
+    );
+    assert!(
+        rows[0]
+            .why
+            .contains("quote opened on line 3 is never closed"),
+        "{rows:?}"
+    );
+    // A `,` inside an unquoted `;`-separated value opens no quote.
+    let good = dir.file("good.csv", "ma;ten\n1;An, \"Bé\"\n".as_bytes());
+    assert_eq!(
+        store
+            .import("y", &good, "ma", None, &no_progress)
+            .unwrap()
+            .records,
+        1
+    );
+}
+
+#[test]
 fn an_unclosed_quote_is_refused_naming_the_line_it_opened_on() {
     let dir = TestDir::new();
     let store = dir.store();
