@@ -10,7 +10,7 @@ use lgsp_proto::{
 };
 use lgsp_registry::RegistryClient;
 use prost::Message as _;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -35,7 +35,18 @@ pub enum CacheError {
 #[derive(Debug, Default)]
 struct State {
     revision: u64,
-    records: HashMap<(i32, String), CatalogRecord>,
+    /// By kind then key: the records of one kind are one range.
+    records: BTreeMap<(i32, String), CatalogRecord>,
+}
+
+impl State {
+    /// The records of `kind`, in key order.
+    fn of_kind(&self, kind: RecordKind) -> impl Iterator<Item = &CatalogRecord> {
+        let k = kind as i32;
+        self.records
+            .range((k, String::new())..(k + 1, String::new()))
+            .map(|(_, r)| r)
+    }
 }
 
 /// The catalog as this node last heard it.
@@ -168,10 +179,12 @@ impl CatalogCache {
     /// the province federates with it.
     pub fn peer_of_domain(&self, trust_domain: &str) -> Option<lgsp_proto::FederationPeer> {
         let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
-        state.records.values().find_map(|r| match &r.value {
-            Some(Value::Peer(p)) if p.trust_domain == trust_domain => Some(p.clone()),
-            _ => None,
-        })
+        state
+            .of_kind(RecordKind::Peer)
+            .find_map(|r| match &r.value {
+                Some(Value::Peer(p)) if p.trust_domain == trust_domain => Some(p.clone()),
+                _ => None,
+            })
     }
 
     /// The display name of agency `code`, if registered.
@@ -185,12 +198,7 @@ impl CatalogCache {
     /// Every record of `kind`, copied.
     pub fn all_of(&self, kind: RecordKind) -> Vec<CatalogRecord> {
         let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
-        state
-            .records
-            .iter()
-            .filter(|((k, _), _)| *k == kind as i32)
-            .map(|(_, r)| r.clone())
-            .collect()
+        state.of_kind(kind).cloned().collect()
     }
 
     /// Whether record `kind`/`key` is in the catalog.
@@ -244,11 +252,7 @@ impl CatalogCache {
 
     /// Whether the grant is usable now.
     pub fn grant_is_active(grant: &Grant) -> bool {
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        grant.status == GrantStatus::Active as i32
-            && (grant.expires_unix == 0 || grant.expires_unix > now)
+        Self::grant_is_active_at(grant, lgsp_registry::calendar::unix_now())
     }
 
     /// The CRL in the catalog, DER.
@@ -303,7 +307,7 @@ impl CatalogCache {
         for key in self.db.iter().keys() {
             batch.remove(key?);
         }
-        let mut map = HashMap::new();
+        let mut map = BTreeMap::new();
         for r in records {
             batch.insert(
                 format!("{}:{}", r.kind, r.key).as_bytes(),

@@ -62,19 +62,13 @@ impl Consumer {
                 via_hub: true,
             });
         }
-        let service = lgsp_proto::Service {
-            agency_code: agency,
-            node,
-            ..Default::default()
-        };
-        let node = ctx.cache.node(&service.agency_code, &service.node).ok_or_else(|| {
+        let record = ctx.cache.node(&agency, &node).ok_or_else(|| {
             Status::failed_precondition(format!(
-                "service {service_id} names node {:?} of agency {}, which is not registered in the catalog",
-                service.node, service.agency_code
+                "service {service_id} names node {node:?} of agency {agency}, which is not registered in the catalog"
             ))
         })?;
         Ok(Route {
-            node,
+            node: record,
             via_hub: false,
         })
     }
@@ -117,7 +111,7 @@ impl Consumer {
             let signed = self
                 .ctx
                 .obo_signer()
-                .and_then(|signer| signer.sign(&env, unix_ms()))
+                .and_then(|signer| signer.sign(&env, lgsp_registry::calendar::unix_now_ms()))
                 .map_err(|e| Status::internal(e.to_string()))?;
             let mut request = forward(deadline, env);
             crate::obo::to_metadata(request.metadata_mut(), &signed);
@@ -163,12 +157,6 @@ impl Consumer {
 struct Route {
     node: NodeRecord,
     via_hub: bool,
-}
-
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// The outgoing call, with the time the caller has left as its deadline.

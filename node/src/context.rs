@@ -169,7 +169,12 @@ impl NodeContext {
             .node_channels
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let key = route_key(node);
+        // The role expected is part of the key: a channel checked for a node
+        // must not be reused for the hub of the same record, nor the reverse.
+        let key = match role {
+            Role::Node => route_key(node),
+            other => format!("{other}:{}", route_key(node)),
+        };
         if let Some(channel) = pool.get(&key) {
             return Ok(channel.clone());
         }

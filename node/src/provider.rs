@@ -214,7 +214,7 @@ impl Provider {
             Some(peer) => verifier.roots_of(&peer),
             None => Default::default(),
         };
-        let now = unix_now() * 1000;
+        let now = lgsp_registry::calendar::unix_now() * 1000;
         let verified = verifier.verify(signed, env, &roots, now)?;
         self.ctx.replays.check(signed, &env.request_id, now)?;
         Ok(verified)
@@ -240,14 +240,14 @@ impl Provider {
                 &ctx.config.agency,
                 &v.id,
                 &env.service_id,
-                unix_now(),
+                lgsp_registry::calendar::unix_now(),
             )?,
             None => access::authorize(
                 &ctx.cache,
                 &ctx.config.agency,
                 peer,
                 &env.service_id,
-                unix_now(),
+                lgsp_registry::calendar::unix_now(),
             )?,
         };
         let consumer_label = on_behalf.map(crate::obo::Verified::consumer);
@@ -286,29 +286,33 @@ impl Provider {
                     .datasets
                     .get(name)
                     .map_err(|e| Status::unavailable(e.to_string()))?;
-                let record = dataset
-                    .get_json(key)
+                // Only the items asked for, or the ones granted.
+                let keep: Vec<String> = if asked.is_empty() {
+                    allowed.items.clone()
+                } else {
+                    asked.iter().map(|f| (*f).to_owned()).collect()
+                };
+                let record = if keep.is_empty() {
+                    dataset.get_json(key)
+                } else {
+                    dataset.get_fields(key, &keep)
+                };
+                let record = record
                     .map_err(|e| Status::internal(e.to_string()))?
                     .ok_or_else(|| Refusal::RecordNotFound {
                         service: env.service_id.clone(),
                         key: key.clone(),
                     })?;
-                if asked.is_empty() && allowed.items.is_empty() {
-                    return Ok(record.into_bytes());
-                }
-                let keep: Vec<&str> = if asked.is_empty() {
-                    allowed.items.iter().map(String::as_str).collect()
-                } else {
-                    asked
-                };
-                Ok(project(&record, &keep).into_bytes())
+                Ok(record.into_bytes())
             }
             Backend::Grpc { url, timeout } => {
                 let channel = ctx.backend_channel(url)?;
                 let mut forwarded = Request::new(env.clone());
                 forwarded.set_timeout(*timeout);
-                // The backend learns the consumer from the node, which took it from the certificate.
-                if let Ok(v) = peer.id.agency.as_str().parse() {
+                // The backend learns the consumer from the node, which took
+                // it from the certificate (or the verified on-behalf-of
+                // record: `agency@trust-domain`).
+                if let Ok(v) = consumer.parse() {
                     forwarded.metadata_mut().insert("x-lgsp-consumer-agency", v);
                 }
                 let max = ctx.config.limits.max_message_bytes;
@@ -345,7 +349,7 @@ impl Provider {
                         &env.parameters,
                         &env.payload,
                         &env.request_id,
-                        peer.id.agency.as_str(),
+                        consumer,
                     )
                     .await
             }
@@ -361,8 +365,13 @@ impl Provider {
     ) -> Result<Arc<lgsp_dataset::Dataset>, Status> {
         let ctx = &self.ctx;
         let service_id = req.service_id.as_str();
-        let allowed =
-            access::authorize(&ctx.cache, &ctx.config.agency, peer, service_id, unix_now())?;
+        let allowed = access::authorize(
+            &ctx.cache,
+            &ctx.config.agency,
+            peer,
+            service_id,
+            lgsp_registry::calendar::unix_now(),
+        )?;
         // Every field asked for or filtered on must be granted; asking for
         // none gets the granted ones.
         allowed.check_items(
@@ -555,25 +564,6 @@ impl DataExchange for Provider {
         Ok(Response::new(Box::pin(
             self.auth.while_admitted(peer, pages),
         )))
-    }
-}
-
-/// The time now, Unix seconds.
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
-/// `json` with only the fields in `keep` when it is an object (a dataset
-/// record); anything else is returned as it is.
-fn project(json: &str, keep: &[&str]) -> String {
-    match serde_json::from_str::<serde_json::Value>(json) {
-        Ok(serde_json::Value::Object(mut fields)) => {
-            fields.retain(|k, _| keep.contains(&k.as_str()));
-            serde_json::Value::Object(fields).to_string()
-        }
-        _ => json.to_owned(),
     }
 }
 

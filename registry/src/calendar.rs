@@ -169,6 +169,16 @@ impl WorkCalendar {
     }
 }
 
+/// The time now, Unix seconds: what every "now" of the platform reads.
+pub fn unix_now() -> i64 {
+    Timestamp::now().as_second()
+}
+
+/// The time now, Unix milliseconds.
+pub fn unix_now_ms() -> i64 {
+    Timestamp::now().as_millisecond()
+}
+
 /// Parses `YYYY-MM-DD`.
 pub fn parse_date(s: &str) -> Option<Date> {
     (s.len() == 10).then(|| s.parse::<Date>().ok()).flatten()

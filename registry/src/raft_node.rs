@@ -39,7 +39,7 @@ use raft::eraftpb::{
 use raft::{RawNode, SnapshotStatus, StateRole};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// The most raft log entries (and watch history events) deleted at once.
@@ -224,7 +224,7 @@ impl RaftHandle {
         let asker = Asker {
             actor: &actor,
             province: &self.province,
-            now_unix: unix_now_ms() / 1000,
+            now_unix: crate::calendar::unix_now_ms() / 1000,
         };
         let (_, _, value) = catalog::precheck(&asker, &command)?;
         if let Some(lgsp_proto::catalog_record::Value::Crl(crl)) = &value {
@@ -580,7 +580,7 @@ impl Driver {
                     origin: self.config.id,
                     actor: actor.to_string(),
                     command: Some(*command),
-                    at_unix_ms: unix_now_ms(),
+                    at_unix_ms: crate::calendar::unix_now_ms(),
                     member_incarnation: None,
                 };
                 match self.raw.propose(vec![], proposal.encode_to_vec()) {
@@ -1396,14 +1396,6 @@ fn members_of(db: &Kv, voters: &[u64], learners: &[u64]) -> Result<Vec<Member>, 
             m
         })
         .collect())
-}
-
-/// The time now, Unix milliseconds: stamped on each proposal by the server
-/// that receives it, so that every server decides time rules alike.
-fn unix_now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

@@ -823,6 +823,20 @@ impl Dataset {
         value.map(|v| self.text(key.as_bytes(), &v)).transpose()
     }
 
+    /// The record with `key` as JSON object text holding only `fields`, in
+    /// that order (a field the record lacks is left out), as a [`Query`]
+    /// projects its records; `None` when no record has that key.
+    pub fn get_fields(&self, key: &str, fields: &[String]) -> Result<Option<String>, DatasetError> {
+        let Some(text) = self.get_json(key)? else {
+            return Ok(None);
+        };
+        let q = Query {
+            fields: fields.iter().map(|f| text::nfc(f)).collect(),
+            ..Query::default()
+        };
+        self.select(key.as_bytes(), &text, &q)
+    }
+
     /// The record with `key`, or `None` when there is none; fails as
     /// [`Self::get_json`] does.
     pub fn get(&self, key: &str) -> Result<Option<Map<String, Value>>, DatasetError> {

@@ -77,11 +77,7 @@ pub(super) fn parse_bound_ms(cal: &WorkCalendar, s: &str, end_of_day: bool) -> O
 }
 
 /// The time now, Unix seconds.
-pub(super) fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
+pub(super) use lgsp_registry::calendar::unix_now;
 
 /// The province's calendar, as the catalog holds it (the default when it
 /// holds none).
