@@ -13,7 +13,8 @@ use lgsp_proto::{OnBehalfOf, SignedOnBehalfOf};
 use prost::Message as _;
 use ring::rand::SystemRandom;
 use ring::signature::{
-    ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, UnparsedPublicKey,
+    ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _,
+    UnparsedPublicKey,
 };
 use rustls_pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
@@ -90,10 +91,18 @@ impl Signer {
             &SystemRandom::new(),
         )
         .map_err(|e| OboError::Malformed(format!("the node's key cannot sign: {e}")))?;
-        Ok(Self {
-            key,
-            certificate: creds.chain.first().map(|c| c.to_vec()).unwrap_or_default(),
-        })
+        let certificate = creds.chain.first().map(|c| c.to_vec()).unwrap_or_default();
+        // A key of another certificate would sign records every verifier
+        // refuses as forged: say so here, where it can be fixed.
+        let matches = X509Certificate::from_der(&certificate).is_ok_and(|(_, cert)| {
+            cert.public_key().subject_public_key.data.as_ref() == key.public_key().as_ref()
+        });
+        if !matches {
+            return Err(OboError::Malformed(
+                "the node's key is not the key of its certificate".into(),
+            ));
+        }
+        Ok(Self { key, certificate })
     }
 
     /// Signs a record for `envelope` at `at_unix_ms`.
@@ -164,15 +173,24 @@ pub fn verify(
 struct Known {
     id: SpiffeId,
     public_key: Vec<u8>,
+    not_before: i64,
     not_after: i64,
+}
+
+impl Known {
+    /// Whether the certificate is within its validity at `now_ms`.
+    fn valid_at(&self, now_ms: i64) -> bool {
+        (self.not_before..=self.not_after).contains(&now_ms.div_euclid(1000))
+    }
 }
 
 /// Verifies records, remembering which certificates chain to which roots
 /// (an ECDSA verification and two parses saved per call) and the peers'
-/// CAs parsed from PEM.
+/// CAs parsed from PEM. Only certificates that chain are remembered (junk
+/// cannot crowd them out), and their validity is checked at each use.
 #[derive(Debug, Default)]
 pub struct Verifier {
-    certs: Mutex<HashMap<CertAndRoots, Result<Known, OboError>>>,
+    certs: Mutex<HashMap<CertAndRoots, Known>>,
     roots: Mutex<HashMap<[u8; 32], std::sync::Arc<Vec<CertificateDer<'static>>>>>,
 }
 
@@ -215,9 +233,9 @@ impl Verifier {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(&key)
         {
-            return k.clone();
+            return Ok(k.clone());
         }
-        let checked = check_certificate(certificate, roots);
+        let checked = check_certificate(certificate, roots)?;
         let mut certs = self
             .certs
             .lock()
@@ -226,14 +244,13 @@ impl Verifier {
             certs.clear();
         }
         certs.insert(key, checked.clone());
-        checked
+        Ok(checked)
     }
 
     /// [`issued_by`], remembered: whether `der` chains to one of `roots`
     /// and is not expired at `now_ms`.
     pub fn issued(&self, der: &[u8], roots: &[CertificateDer<'_>], now_ms: i64) -> bool {
-        self.known(der, roots)
-            .is_ok_and(|k| now_ms / 1000 <= k.not_after)
+        self.known(der, roots).is_ok_and(|k| k.valid_at(now_ms))
     }
 
     /// [`verify`], with what this verifier remembers.
@@ -247,8 +264,11 @@ impl Verifier {
         let record = OnBehalfOf::decode(signed.record.as_slice())
             .map_err(|e| OboError::Malformed(e.to_string()))?;
         let known = self.known(&record.certificate, roots)?;
-        if now_ms / 1000 > known.not_after {
-            return Err(OboError::Untrusted(format!("{} (expired)", known.id)));
+        if !known.valid_at(now_ms) {
+            return Err(OboError::Untrusted(format!(
+                "{} (outside its validity)",
+                known.id
+            )));
         }
         if known.id.role != lgsp_certs::Role::Node {
             return Err(OboError::NotANode(known.id.to_string()));
@@ -259,9 +279,11 @@ impl Verifier {
         if record.request_sha256 != digest(envelope) || record.service_id != envelope.service_id {
             return Err(OboError::OtherRequest(envelope.request_id.clone()));
         }
-        let skew = (record.at_unix_ms - now_ms) / 1000;
-        if skew.unsigned_abs() > MAX_SKEW.as_secs() {
-            return Err(OboError::Expired(skew));
+        // In milliseconds: a record verifies for exactly twice the skew,
+        // which the replay guard covers.
+        let skew_ms = record.at_unix_ms - now_ms;
+        if skew_ms.unsigned_abs() > MAX_SKEW.as_millis() as u64 {
+            return Err(OboError::Expired(skew_ms / 1000));
         }
         Ok(Verified {
             id: known.id,
@@ -277,12 +299,13 @@ fn check_certificate(der: &[u8], roots: &[CertificateDer<'_>]) -> Result<Known, 
     let info = lgsp_certs::inspect::CertInfo::from_der(der, std::path::Path::new("<on-behalf-of>"))
         .map_err(|e| OboError::Malformed(e.to_string()))?;
     let id = info.spiffe_id.map_err(OboError::Malformed)?;
-    if !issued_by(der, roots) {
+    if !signed_by_one_of(&cert, roots) {
         return Err(OboError::Untrusted(id.to_string()));
     }
     Ok(Known {
         id,
         public_key: cert.public_key().subject_public_key.data.to_vec(),
+        not_before: info.not_before.unix_timestamp(),
         not_after: info.not_after.unix_timestamp(),
     })
 }
@@ -292,13 +315,17 @@ pub fn issued_by(der: &[u8], roots: &[CertificateDer<'_>]) -> bool {
     let Ok((_, cert)) = X509Certificate::from_der(der) else {
         return false;
     };
-    cert.validity().is_valid()
-        && roots.iter().any(|root| {
-            X509Certificate::from_der(root.as_ref()).is_ok_and(|(_, ca)| {
-                ca.subject() == cert.issuer()
-                    && cert.verify_signature(Some(ca.public_key())).is_ok()
-            })
+    cert.validity().is_valid() && signed_by_one_of(&cert, roots)
+}
+
+/// Whether `cert` is signed by one of `roots` (its validity aside).
+/// Whether `cert` is signed by one of `roots` (its validity aside).
+fn signed_by_one_of(cert: &X509Certificate<'_>, roots: &[CertificateDer<'_>]) -> bool {
+    roots.iter().any(|root| {
+        X509Certificate::from_der(root.as_ref()).is_ok_and(|(_, ca)| {
+            ca.subject() == cert.issuer() && cert.verify_signature(Some(ca.public_key())).is_ok()
         })
+    })
 }
 
 /// The CA certificates (DER) of a federation peer, from its PEM.
@@ -356,7 +383,9 @@ impl ReplayGuard {
             .buckets
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let horizon = 2 * MAX_SKEW.as_millis() as i64 + BUCKET_MS;
+        // A record verifies for twice the skew after it could first arrive;
+        // a bucket is dropped only once all it holds is past that.
+        let horizon = 2 * MAX_SKEW.as_millis() as i64 + 2 * BUCKET_MS;
         while buckets
             .front()
             .is_some_and(|(start, _)| now_ms - start > horizon)
@@ -460,7 +489,7 @@ mod tests {
         // Long after: forgotten (verify refuses so old a record by its time).
         assert!(
             guard
-                .check(&signed, "r-1", t + 2 * skew + 2 * BUCKET_MS)
+                .check(&signed, "r-1", t + 2 * skew + 3 * BUCKET_MS)
                 .is_ok()
         );
         assert!(

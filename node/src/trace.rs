@@ -43,7 +43,7 @@ pub(crate) fn check_request_id(id: &str) -> Result<(), Refusal> {
 /// an empty or bad one is replaced by a new id. Returns the refusal to
 /// answer when the caller's id was bad (the call is still logged, under the
 /// new id).
-pub(crate) fn own_request_id(id: &mut String) -> Option<Refusal> {
+pub fn own_request_id(id: &mut String) -> Option<Refusal> {
     let refusal = check_request_id(id).err();
     if id.is_empty() || refusal.is_some() {
         *id = new_request_id();

@@ -67,6 +67,18 @@ impl Breaker {
         }
     }
 
+    /// Admits a call at `now` and returns its [`Attempt`], which records the
+    /// outcome: a call dropped before it finished (its caller gave up, a
+    /// deadline passed) counts as a failure, and a probe dropped so does not
+    /// leave the breaker half-open for good.
+    pub fn attempt(&self, now: Instant) -> Result<Attempt<'_>, Duration> {
+        self.admit(now)?;
+        Ok(Attempt {
+            breaker: self,
+            done: false,
+        })
+    }
+
     /// Records a call's outcome at `now`: `ok` is false when the system
     /// could not be reached or did not answer in time.
     pub fn record(&self, ok: bool, now: Instant) {
@@ -98,6 +110,31 @@ impl Breaker {
             (Some(_), false) => State::Open {
                 failures: s.failures,
             },
+        }
+    }
+}
+
+/// One admitted call: [`Attempt::finish`] records how it went; dropping it
+/// unfinished records a failure.
+#[derive(Debug)]
+pub struct Attempt<'b> {
+    breaker: &'b Breaker,
+    done: bool,
+}
+
+impl Attempt<'_> {
+    /// Records the outcome: `ok` is false when the system could not be
+    /// reached or did not answer in time.
+    pub fn finish(mut self, ok: bool) {
+        self.done = true;
+        self.breaker.record(ok, Instant::now());
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.breaker.record(false, Instant::now());
         }
     }
 }
@@ -135,6 +172,22 @@ mod tests {
         b.record(true, again);
         assert_eq!(b.state(), State::Closed);
         assert!(b.admit(again).is_ok());
+    }
+
+    #[test]
+    fn a_probe_dropped_unfinished_counts_as_a_failure_and_the_next_one_is_let_through() {
+        let b = Breaker::new(1, Duration::from_millis(1));
+        b.record(false, Instant::now());
+        std::thread::sleep(Duration::from_millis(2));
+        // The probe's caller gives up: dropped without an outcome.
+        drop(b.attempt(Instant::now()).expect("the probe is admitted"));
+        assert_eq!(b.state(), State::Open { failures: 2 });
+        std::thread::sleep(Duration::from_millis(2));
+        let probe = b
+            .attempt(Instant::now())
+            .expect("another probe after the cool-down");
+        probe.finish(true);
+        assert_eq!(b.state(), State::Closed);
     }
 
     #[test]

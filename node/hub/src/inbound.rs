@@ -66,7 +66,11 @@ impl Inbound {
             )));
         }
         let verifier = &self.hub.ctx.obo_verifier;
-        if !verifier.issued(leaf.as_ref(), &verifier.roots_of(&peer), unix_ms()) {
+        if !verifier.issued(
+            leaf.as_ref(),
+            &verifier.roots_of(&peer),
+            lgsp_registry::calendar::unix_now_ms(),
+        ) {
             return Err(Status::unauthenticated(format!(
                 "{} is not issued by the CA of federation peer {}",
                 caller.id, peer.name
@@ -124,12 +128,6 @@ impl Inbound {
     }
 }
 
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 #[tonic::async_trait]
 impl DataExchange for Inbound {
     async fn call(&self, request: Request<Envelope>) -> Result<Response<CallResponse>, Status> {
@@ -141,8 +139,11 @@ impl DataExchange for Inbound {
             Some(Err(e)) => return Err(Refusal::OnBehalfOf(e.to_string()).into()),
             None => None,
         };
-        let env = request.into_inner();
-        let now = unix_ms();
+        let mut env = request.into_inner();
+        // A request id the peer chose is bounded before it reaches the log,
+        // as the provider does (`Provider::provide`).
+        let bad_id = lgsp_node::trace::own_request_id(&mut env.request_id);
+        let now = lgsp_registry::calendar::unix_now_ms();
         let verified = match signed {
             None => Err(format!(
                 "a call from federation peer {} carries its consumer node's signed on-behalf-of record; none was sent",
@@ -184,6 +185,9 @@ impl DataExchange for Inbound {
             started,
             deadline,
         );
+        if let Some(refusal) = bad_id {
+            return Err(trace.refuse(refusal));
+        }
         let (verified, signed) = match verified {
             Ok(pair) => pair,
             Err(why) => return Err(trace.refuse(Refusal::OnBehalfOf(why))),

@@ -66,6 +66,8 @@ pub struct Hub {
     pub ctx: Arc<NodeContext>,
     /// The hub's own identity.
     pub id: SpiffeId,
+    /// `<agency>/<name>`, as services it carries name it (looked at per call).
+    key: String,
     /// Connections and breakers per peer, by peer name.
     peers: Mutex<HashMap<String, PeerLink>>,
     /// How long an outward call may take at most.
@@ -83,8 +85,8 @@ struct PeerLink {
 
 impl Hub {
     /// The key this hub has in services it carries: `<agency>/<name>`.
-    pub fn key(&self) -> String {
-        format!("{}/{}", self.id.agency, self.id.name)
+    pub fn key(&self) -> &str {
+        &self.key
     }
 
     /// Federation peer `name`, as the catalog holds it.
@@ -202,6 +204,7 @@ impl HubServer {
         }
         let hub = Arc::new(Hub {
             ctx: ctx.clone(),
+            key: format!("{}/{}", id.agency, id.name),
             id,
             peers: Mutex::default(),
             call_timeout: Duration::from_secs(10),

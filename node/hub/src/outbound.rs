@@ -26,12 +26,6 @@ impl Outbound {
     }
 }
 
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 #[tonic::async_trait]
 impl Forwarder for Outbound {
     fn carries(&self, service_id: &str) -> bool {
@@ -62,7 +56,7 @@ impl Forwarder for Outbound {
                 envelope.service_id, caller.id
             ))
         })?;
-        let now = unix_ms();
+        let now = lgsp_registry::calendar::unix_now_ms();
         let verified = hub
             .ctx
             .obo_verifier
@@ -90,14 +84,14 @@ impl Forwarder for Outbound {
             ))
         })?;
         let (channel, breaker) = hub.link(&peer)?;
-        if let Err(wait) = breaker.admit(Instant::now()) {
-            return Err(Status::unavailable(format!(
+        let attempt = breaker.attempt(Instant::now()).map_err(|wait| {
+            Status::unavailable(format!(
                 "federation peer {} ({}) is failing: its circuit is open after repeated failures; next try in {} s",
                 peer.name,
                 peer.hub_endpoint,
                 wait.as_secs().max(1)
-            )));
-        }
+            ))
+        })?;
         let mut request = tonic::Request::new(envelope.clone());
         request.set_timeout(hub.call_timeout);
         lgsp_node::obo::to_metadata(request.metadata_mut(), signed);
@@ -110,7 +104,7 @@ impl Forwarder for Outbound {
             &result,
             Err(s) if matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Unknown)
         );
-        breaker.record(!unreachable, Instant::now());
+        attempt.finish(!unreachable);
         match result {
             Ok(r) => Ok(r.into_inner().payload),
             Err(s) if unreachable => Err(Status::unavailable(format!(

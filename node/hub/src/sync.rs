@@ -75,7 +75,7 @@ fn imported_now(hub: &Hub, peer: &str) -> BTreeMap<String, Service> {
 /// What a service of the peer looks like in this catalog.
 fn as_imported(hub: &Hub, peer: &FederationPeer, mut s: Service) -> Service {
     s.origin = peer.name.clone();
-    s.via_hub = hub.key();
+    s.via_hub = hub.key().to_owned();
     s.node.clear();
     s.history.clear();
     s.maintenance.clear();
@@ -104,13 +104,13 @@ async fn once(hub: &Hub, catalog: &Catalog, peer: &FederationPeer) -> Result<(),
         BTreeMap::new()
     } else {
         let (channel, breaker) = hub.link(peer).map_err(|s| s.message().to_owned())?;
-        if breaker.admit(Instant::now()).is_err() {
-            return Err(format!("the circuit to {} is open", peer.hub_endpoint));
-        }
+        let attempt = breaker
+            .attempt(Instant::now())
+            .map_err(|_| format!("the circuit to {} is open", peer.hub_endpoint))?;
         let mut request = tonic::Request::new(ExportsRequest {});
         request.set_timeout(Duration::from_secs(5));
         let answer = FederationClient::new(channel).exports(request).await;
-        breaker.record(answer.is_ok(), Instant::now());
+        attempt.finish(answer.is_ok());
         let answer = answer
             .map_err(|s| lgsp_certs::tls::explain_status(&s))?
             .into_inner();
