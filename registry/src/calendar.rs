@@ -141,6 +141,12 @@ impl WorkCalendar {
             .unwrap_or(0)
     }
 
+    /// The last day an end time set by [`Self::end_of_day`] covers,
+    /// `YYYY-MM-DD`: what an operator typed as `--until`.
+    pub fn show_last_day(&self, end_unix: i64) -> String {
+        self.date_of(end_unix - 1).to_string()
+    }
+
     /// `unix` as the province's clocks show it: `2026-12-07 09:30 +07`.
     pub fn show(&self, unix: i64) -> String {
         self.zoned(unix).strftime("%Y-%m-%d %H:%M %:z").to_string()

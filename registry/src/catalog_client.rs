@@ -9,9 +9,10 @@ use crate::keys::{GrantKey, ServiceId};
 use lgsp_certs::AgencyCode;
 use lgsp_proto::catalog_record::Value;
 use lgsp_proto::{
-    AccessRequest, Agency, Agreement, Calendar, Crl, DataItem, DataValidity, FocalPoint, Grant,
-    GrantStatus, NodeRecord, RequestStatus, SecurityClass, Service, ServiceKind, ServiceStatus,
-    SharingMethod, SuspensionKind, TerminationKind,
+    AccessRequest, Agency, Agreement, Calendar, Crl, DataItem, DataValidity, Export,
+    FederationPeer, FocalPoint, Grant, GrantStatus, Import, NodeRecord, RequestStatus,
+    SecurityClass, Service, ServiceKind, ServiceStatus, SharingMethod, SuspensionKind,
+    TerminationKind,
 };
 use tonic::Status;
 
@@ -135,6 +136,70 @@ impl Catalog {
         .await
     }
 
+    /// Registers an agency of another lgsp instance (the national platform,
+    /// another province) under that instance's `trust_domain`, so that
+    /// grants to it name it (provincial admin).
+    pub async fn register_foreign_agency(
+        &self,
+        code: &AgencyCode,
+        name: &str,
+        focal_point: Option<FocalPoint>,
+        trust_domain: &str,
+    ) -> Result<u64, Status> {
+        self.put(Value::Agency(Agency {
+            code: code.to_string(),
+            name: name.to_owned(),
+            focal_point,
+            trust_domain: trust_domain.to_owned(),
+        }))
+        .await
+    }
+
+    /// Adds (or updates) a federation peer: another instance's trust
+    /// domain, CA and hub address (provincial admin).
+    pub async fn add_peer(&self, peer: FederationPeer) -> Result<u64, Status> {
+        self.put(Value::Peer(peer)).await
+    }
+
+    /// Offers `service` to federation peer `peer` (provincial admin).
+    pub async fn export(&self, service: &ServiceId, peer: &str) -> Result<u64, Status> {
+        self.put(Value::Export(Export {
+            service_id: service.to_string(),
+            peer: peer.to_owned(),
+        }))
+        .await
+    }
+
+    /// Stops offering `service` to `peer`.
+    pub async fn unexport(&self, service: &ServiceId, peer: &str) -> Result<u64, Status> {
+        let key = crate::federation::export_key(&service.to_string(), peer);
+        Ok(self
+            .client
+            .delete(lgsp_proto::RecordKind::Export, &key, 0)
+            .await?
+            .revision)
+    }
+
+    /// Takes `peer`'s service `service` into the catalog (provincial admin):
+    /// the province's hub brings it in once the peer exports it.
+    pub async fn import(&self, peer: &str, service: &ServiceId) -> Result<u64, Status> {
+        self.put(Value::Import(Import {
+            peer: peer.to_owned(),
+            service_id: service.to_string(),
+        }))
+        .await
+    }
+
+    /// Stops importing `peer`'s `service`.
+    pub async fn unimport(&self, peer: &str, service: &ServiceId) -> Result<u64, Status> {
+        let key = crate::federation::import_key(peer, &service.to_string());
+        Ok(self
+            .client
+            .delete(lgsp_proto::RecordKind::Import, &key, 0)
+            .await?
+            .revision)
+    }
+
     /// Registers (or updates) a node of an agency: where it is reached and
     /// its certificate's fingerprint.
     pub async fn register_node(&self, node: NodeRecord) -> Result<u64, Status> {
@@ -223,12 +288,39 @@ impl Catalog {
     }
 
     /// Resumes a suspended grant.
+    ///
+    /// Only a suspended grant is resumed, and only as it was read: sent to
+    /// an active grant, the same record would be the provincial admin
+    /// granting anew, with every item and no end date.
     pub async fn resume(&self, grant: &GrantKey, reason: &str) -> Result<u64, Status> {
-        self.put(Value::Grant(Grant {
-            status: GrantStatus::Active as i32,
-            ..self.grant_ref(grant, reason)
-        }))
-        .await
+        let key = grant.to_string();
+        let current = self
+            .client
+            .get(lgsp_proto::RecordKind::Grant, &key, false)
+            .await?
+            .record
+            .unwrap_or_default();
+        let revision = current.meta.as_ref().map_or(0, |m| m.mod_revision);
+        match current.value {
+            Some(Value::Grant(g)) if g.status == GrantStatus::Suspended as i32 => {}
+            _ => {
+                return Err(Status::failed_precondition(format!(
+                    "the grant of {} to {} is not suspended: there is nothing to resume",
+                    grant.service, grant.consumer
+                )));
+            }
+        }
+        Ok(self
+            .client
+            .put(
+                Value::Grant(Grant {
+                    status: GrantStatus::Active as i32,
+                    ..self.grant_ref(grant, reason)
+                }),
+                revision,
+            )
+            .await?
+            .revision)
     }
 
     /// Terminates a grant for one of the D47 Art. 44 reasons.
