@@ -181,7 +181,7 @@ pub(super) fn print_grant(g: &Grant, cal: &WorkCalendar, now: i64) {
     let until = if g.expires_unix == 0 {
         "-".to_owned()
     } else {
-        cal.show(g.expires_unix)
+        cal.show_last_day(g.expires_unix)
     };
     let items = if g.items.is_empty() {
         "all items".to_owned()
@@ -342,7 +342,7 @@ pub(super) fn run(cmd: AccessCommand) -> Result<()> {
                     println!("  answers request {}", g.request_id);
                 }
                 if let Some(a) = &g.agreement {
-                    println!("  agreement {} until {}", a.reference, super::time::or_dash(&cal, a.until_unix));
+                    println!("  agreement {} until {}", a.reference, super::time::last_day_or_dash(&cal, a.until_unix));
                 }
                 super::time::print_history(&g.history, &cal);
             }

@@ -211,7 +211,11 @@ pub(super) enum ServiceCommand {
         #[arg(long)]
         id: ServiceId,
         /// When it starts, the province's time: "YYYY-MM-DD HH:MM".
-        #[arg(long, required_unless_present = "force_majeure")]
+        #[arg(
+            long,
+            required_unless_present = "force_majeure",
+            conflicts_with = "force_majeure"
+        )]
         start: Option<String>,
         /// The expected restore time: "YYYY-MM-DD HH:MM".
         #[arg(long)]
@@ -289,19 +293,9 @@ pub(super) fn run_agency(cmd: AgencyCommand) -> Result<()> {
                             .await?
                     }
                     Some(trust_domain) => {
-                        registry
-                            .client()?
-                            .put(
-                                Value::Agency(lgsp_proto::Agency {
-                                    code: code.to_string(),
-                                    name: name.clone(),
-                                    focal_point,
-                                    trust_domain,
-                                }),
-                                0,
-                            )
+                        Catalog::new(registry.client()?)
+                            .register_foreign_agency(&code, &name, focal_point, &trust_domain)
                             .await?
-                            .revision
                     }
                 };
                 println!("Registered agency {code} \"{name}\" at revision {revision}");
@@ -550,8 +544,11 @@ fn print_details(s: &Service, cal: &WorkCalendar) {
             match ValidityKind::try_from(v.kind).unwrap_or_default() {
                 ValidityKind::Period =>
                     format!("{} day(s) from the last sync", v.period_seconds / 86_400),
-                ValidityKind::Window =>
-                    format!("{} to {}", cal.show(v.from_unix), cal.show(v.until_unix)),
+                ValidityKind::Window => format!(
+                    "{} to {}",
+                    cal.show(v.from_unix),
+                    cal.show_last_day(v.until_unix)
+                ),
                 _ => String::new(),
             }
         );

@@ -2,13 +2,13 @@
 //! instances (the national platform, other provinces). Run it, and manage
 //! its federation peers, exports and imports (provincial admin).
 
-use super::RegistryArgs;
+use super::{RegistryArgs, records_of};
 use anyhow::{Context, Result, anyhow};
 use clap::Subcommand;
 use lgsp_proto::catalog_record::Value;
-use lgsp_proto::{Export, FederationPeer, Import, ListRequest, RecordKind};
+use lgsp_proto::{FederationPeer, RecordKind};
+use lgsp_registry::Catalog;
 use lgsp_registry::ServiceId;
-use lgsp_registry::federation::{export_key, import_key};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -123,16 +123,6 @@ pub(super) enum PeerCommand {
     },
 }
 
-async fn all(client: &lgsp_registry::RegistryClient, kind: RecordKind) -> Result<Vec<Value>> {
-    let (records, _) = client
-        .list_all(ListRequest {
-            kind: kind as i32,
-            ..Default::default()
-        })
-        .await?;
-    Ok(records.into_iter().filter_map(|r| r.value).collect())
-}
-
 pub(super) fn run(cmd: HubCommand) -> Result<()> {
     if let HubCommand::Start {
         config,
@@ -166,22 +156,18 @@ pub(super) fn run(cmd: HubCommand) -> Result<()> {
             }) => {
                 let ca_pem = std::fs::read_to_string(&ca)
                     .with_context(|| format!("cannot read {}", ca.display()))?;
-                let r = registry
-                    .client()?
-                    .put(
-                        Value::Peer(FederationPeer {
-                            name: name.clone(),
-                            trust_domain,
-                            ca_pem,
-                            hub_endpoint: endpoint,
-                        }),
-                        0,
-                    )
+                let rev = Catalog::new(registry.client()?)
+                    .add_peer(FederationPeer {
+                        name: name.clone(),
+                        trust_domain,
+                        ca_pem,
+                        hub_endpoint: endpoint,
+                    })
                     .await?;
-                println!("Federation peer {name} set (revision {})", r.revision);
+                println!("Federation peer {name} set (revision {rev})");
             }
             HubCommand::Peer(PeerCommand::List { registry }) => {
-                for v in all(&registry.client()?, RecordKind::Peer).await? {
+                for v in records_of(&registry.client()?, RecordKind::Peer, Some).await? {
                     if let Value::Peer(p) = v {
                         println!("{:<16} {:<32} {}", p.name, p.trust_domain, p.hub_endpoint);
                     }
@@ -192,47 +178,31 @@ pub(super) fn run(cmd: HubCommand) -> Result<()> {
                 service,
                 peer,
             } => {
-                let r = registry
-                    .client()?
-                    .put(
-                        Value::Export(Export {
-                            service_id: service.to_string(),
-                            peer: peer.clone(),
-                        }),
-                        0,
-                    )
+                let rev = Catalog::new(registry.client()?)
+                    .export(&service, &peer)
                     .await?;
-                println!("Exported {service} to {peer} (revision {})", r.revision);
+                println!("Exported {service} to {peer} (revision {rev})");
             }
             HubCommand::Unexport {
                 registry,
                 service,
                 peer,
             } => {
-                let r = registry
-                    .client()?
-                    .delete(RecordKind::Export, &export_key(&service.to_string(), &peer), 0)
+                let rev = Catalog::new(registry.client()?)
+                    .unexport(&service, &peer)
                     .await?;
-                println!("No longer exported {service} to {peer} (revision {})", r.revision);
+                println!("No longer exported {service} to {peer} (revision {rev})");
             }
             HubCommand::Import {
                 registry,
                 peer,
                 service,
             } => {
-                let r = registry
-                    .client()?
-                    .put(
-                        Value::Import(Import {
-                            peer: peer.clone(),
-                            service_id: service.to_string(),
-                        }),
-                        0,
-                    )
+                let rev = Catalog::new(registry.client()?)
+                    .import(&peer, &service)
                     .await?;
                 println!(
-                    "Importing {service} from {peer} (revision {}); it appears in the catalog once the peer exports it",
-                    r.revision
+                    "Importing {service} from {peer} (revision {rev}); it appears in the catalog once the peer exports it"
                 );
             }
             HubCommand::Unimport {
@@ -240,29 +210,28 @@ pub(super) fn run(cmd: HubCommand) -> Result<()> {
                 peer,
                 service,
             } => {
-                let r = registry
-                    .client()?
-                    .delete(RecordKind::Import, &import_key(&peer, &service.to_string()), 0)
+                let rev = Catalog::new(registry.client()?)
+                    .unimport(&peer, &service)
                     .await?;
-                println!("No longer importing {service} from {peer} (revision {})", r.revision);
+                println!("No longer importing {service} from {peer} (revision {rev})");
             }
             HubCommand::Status { registry } => {
                 let client = registry.client()?;
                 println!("Peers:");
-                for v in all(&client, RecordKind::Peer).await? {
+                for v in records_of(&client, RecordKind::Peer, Some).await? {
                     if let Value::Peer(p) = v {
                         println!("  {:<16} {:<32} {}", p.name, p.trust_domain, p.hub_endpoint);
                     }
                 }
                 println!("Exports:");
-                for v in all(&client, RecordKind::Export).await? {
+                for v in records_of(&client, RecordKind::Export, Some).await? {
                     if let Value::Export(e) = v {
                         println!("  {:<40} to {}", e.service_id, e.peer);
                     }
                 }
-                let services = all(&client, RecordKind::Service).await?;
+                let services = records_of(&client, RecordKind::Service, Some).await?;
                 println!("Imports:");
-                for v in all(&client, RecordKind::Import).await? {
+                for v in records_of(&client, RecordKind::Import, Some).await? {
                     if let Value::Import(i) = v {
                         let present = services.iter().any(
                             |s| matches!(s, Value::Service(s) if s.id == i.service_id && s.origin == i.peer),

@@ -180,6 +180,25 @@ impl RegistryArgs {
     }
 }
 
+/// Every record of `kind` in the catalog that `pick` takes (e.g. the
+/// requests out of their values).
+async fn records_of<T>(
+    client: &lgsp_registry::RegistryClient,
+    kind: lgsp_proto::RecordKind,
+    pick: fn(lgsp_proto::catalog_record::Value) -> Option<T>,
+) -> anyhow::Result<Vec<T>> {
+    let (records, _) = client
+        .list_all(lgsp_proto::ListRequest {
+            kind: kind as i32,
+            ..Default::default()
+        })
+        .await?;
+    Ok(records
+        .into_iter()
+        .filter_map(|r| r.value.and_then(pick))
+        .collect())
+}
+
 /// A configuration or usage problem found after parsing: exits with code 2.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

@@ -3,19 +3,17 @@
 //! grant is created from it) or refuses it with a reason, within 5 working
 //! days; everyone sees what waits for them.
 
-use super::RegistryArgs;
 use super::access::print_grant;
-use super::time::{Clock, or_dash, print_history, province_calendar};
+use super::time::{Clock, print_history, province_calendar};
+use super::{RegistryArgs, records_of};
 use anyhow::{Result, anyhow};
 use clap::Subcommand;
-use lgsp_certs::{AgencyCode, Role, SpiffeId};
+use lgsp_certs::{AgencyCode, SpiffeId};
 use lgsp_proto::catalog_record::Value;
-use lgsp_proto::{
-    AccessRequest, Agreement, Calendar, ListRequest, RecordKind, RequestStatus, Service,
-};
+use lgsp_proto::{AccessRequest, Agreement, Calendar, RecordKind, RequestStatus, Service};
 use lgsp_registry::calendar::WorkCalendar;
 use lgsp_registry::procedure::request_status;
-use lgsp_registry::{Catalog, Decision, RegistryClient, ServiceId, Validity};
+use lgsp_registry::{Catalog, Decision, ServiceId, Validity};
 
 #[derive(Debug, Subcommand)]
 pub(super) enum RequestsCommand {
@@ -116,11 +114,13 @@ pub(super) enum RequestsCommand {
         /// Only requests for your agency's services.
         #[arg(long, conflicts_with = "overdue")]
         incoming: bool,
-        /// Only undecided requests past their due date: those for and by
-        /// your agency; with an admin certificate, every agency's (what the
-        /// provincial admin follows up).
+        /// Only undecided requests past their due date.
         #[arg(long)]
         overdue: bool,
+        /// Every agency's requests, not only those your agency filed or
+        /// decides (what the provincial admin follows up).
+        #[arg(long, conflicts_with_all = ["mine", "incoming"])]
+        all: bool,
         #[command(flatten)]
         clock: Clock,
     },
@@ -149,23 +149,6 @@ pub(super) struct InboxArgs {
 
 fn me(registry: &RegistryArgs) -> Result<SpiffeId> {
     Ok(registry.credentials()?.spiffe_id()?)
-}
-
-async fn all<T>(
-    client: &RegistryClient,
-    kind: RecordKind,
-    pick: fn(Value) -> Option<T>,
-) -> Result<Vec<T>> {
-    let (records, _) = client
-        .list_all(ListRequest {
-            kind: kind as i32,
-            ..Default::default()
-        })
-        .await?;
-    Ok(records
-        .into_iter()
-        .filter_map(|r| r.value.and_then(pick))
-        .collect())
 }
 
 fn provider_of(r: &AccessRequest) -> &str {
@@ -319,13 +302,14 @@ pub(super) fn run(cmd: RequestsCommand) -> Result<()> {
                 mine,
                 incoming,
                 overdue,
+                all,
                 clock,
             } => {
                 let me = me(&registry)?;
                 let client = registry.client()?;
                 let cal = province_calendar(&client).await?;
                 let now = clock.now(&cal)?;
-                let requests = all(&client, RecordKind::Request, |v| match v {
+                let requests = records_of(&client, RecordKind::Request, |v| match v {
                     Value::Request(r) => Some(r),
                     _ => None,
                 })
@@ -336,13 +320,13 @@ pub(super) fn run(cmd: RequestsCommand) -> Result<()> {
                     let filed_by_me = r.consumer_agency == own;
                     let for_me = provider_of(r) == own;
                     let show = if overdue {
-                        is_overdue(r, now) && (for_me || filed_by_me || me.role == Role::Admin)
+                        is_overdue(r, now) && (for_me || filed_by_me || all)
                     } else if mine {
                         filed_by_me
                     } else if incoming {
                         for_me
                     } else {
-                        filed_by_me || for_me || me.role == Role::Admin
+                        filed_by_me || for_me || all
                     };
                     if show {
                         print_request(r, &cal, now);
@@ -377,7 +361,10 @@ pub(super) fn run(cmd: RequestsCommand) -> Result<()> {
                     if !r.granted_items.is_empty() {
                         println!("  granted:     {}", r.granted_items.join(","));
                     }
-                    println!("  until:       {}", or_dash(&cal, r.granted_until_unix));
+                    println!(
+                        "  until:       {}",
+                        super::time::last_day_or_dash(&cal, r.granted_until_unix)
+                    );
                 }
                 print_history(&r.history, &cal);
             }
@@ -397,17 +384,17 @@ pub(super) fn inbox(args: InboxArgs) -> Result<()> {
         let client = args.registry.client()?;
         let cal = province_calendar(&client).await?;
         let now = args.clock.now(&cal)?;
-        let requests = all(&client, RecordKind::Request, |v| match v {
+        let requests = records_of(&client, RecordKind::Request, |v| match v {
             Value::Request(r) => Some(r),
             _ => None,
         })
         .await?;
-        let grants = all(&client, RecordKind::Grant, |v| match v {
+        let grants = records_of(&client, RecordKind::Grant, |v| match v {
             Value::Grant(g) => Some(g),
             _ => None,
         })
         .await?;
-        let services: Vec<Service> = all(&client, RecordKind::Service, |v| match v {
+        let services: Vec<Service> = records_of(&client, RecordKind::Service, |v| match v {
             Value::Service(s) => Some(s),
             _ => None,
         })

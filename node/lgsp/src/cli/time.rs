@@ -92,12 +92,12 @@ pub(super) async fn province_calendar(client: &RegistryClient) -> Result<WorkCal
     }
 }
 
-/// A time, or `-` for none (0).
-pub(super) fn or_dash(cal: &WorkCalendar, unix: i64) -> String {
-    if unix == 0 {
+/// The last day an end time covers (`YYYY-MM-DD`), or `-` for none (0).
+pub(super) fn last_day_or_dash(cal: &WorkCalendar, end_unix: i64) -> String {
+    if end_unix == 0 {
         "-".to_owned()
     } else {
-        cal.show(unix)
+        cal.show_last_day(end_unix)
     }
 }
 
