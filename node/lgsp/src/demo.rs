@@ -856,7 +856,9 @@ async fn scenario(p: &Province) -> usize {
         7,
         "the department suspends it for a breach; Tam Dương is told why and how to restore",
         suspended.is_ok()
-            && matches!(&refused, Err(s) if s.message().contains("to restore: Gửi báo cáo")),
+            && matches!(&refused, Err(s) if s.code() == tonic::Code::FailedPrecondition
+                && s.message().contains("breach: Truy vấn vượt mục đích đăng ký")
+                && s.message().contains("to restore: Gửi báo cáo")),
         format!("{:?}", refused.as_ref().map_err(|s| s.message().to_owned())),
     );
     let _ = p.department_admin.resume(&key, "Đã giải trình").await;
