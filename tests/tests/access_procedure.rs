@@ -326,23 +326,39 @@ async fn a_request_goes_from_filing_to_grant_to_suspension_to_termination() {
         .unwrap()
         .into_inner();
     let page = pages.message().await.unwrap().unwrap();
+    assert!(!page.records.is_empty(), "the query returned no record");
     for r in &page.records {
         let v: serde_json::Value = serde_json::from_str(&r.json).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, ["so_dinh_danh", "ho_ten"], "{v}");
+    }
+    // Asking for, or filtering on, an item not granted: refused by name.
+    for (fields, filters) in [
+        (vec!["ngay_sinh".to_owned()], vec![]),
+        (
+            vec![],
+            vec![lgsp_proto::FieldFilter {
+                field: "ngay_sinh".into(),
+                equals: "1999-03-12".into(),
+            }],
+        ),
+    ] {
+        let err = app
+            .query(QueryRequest {
+                service_id: service.clone(),
+                fields,
+                filters,
+                ..Default::default()
+            })
+            .await
+            .map(drop)
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
         assert!(
-            v.get("ngay_sinh").is_none() && v.get("ho_ten").is_some(),
-            "{v}"
+            err.message().contains("not granted item(s) ngay_sinh"),
+            "{err:?}"
         );
     }
-    let err = app
-        .query(QueryRequest {
-            service_id: service.clone(),
-            fields: vec!["ngay_sinh".into()],
-            ..Default::default()
-        })
-        .await
-        .map(drop)
-        .unwrap_err();
-    assert!(err.message().contains("ngay_sinh"), "{err:?}");
 
     // A suspends B for a breach: B is told why and how to restore.
     let by_node = refused(
