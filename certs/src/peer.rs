@@ -62,6 +62,9 @@ pub struct Authenticator {
     tls: Arc<ServerTls>,
     trust_domain: String,
     roles: Option<Vec<Role>>,
+    /// When set, only peers of this agency (a registry's peer port: every
+    /// server of a cluster is run by one agency, the province's).
+    agency: Option<crate::identity::AgencyCode>,
     connections: Arc<ConnectionIdentities>,
 }
 
@@ -122,6 +125,7 @@ impl Authenticator {
             tls,
             trust_domain: trust_domain.to_owned(),
             roles: None,
+            agency: None,
             connections: Arc::default(),
         }
     }
@@ -129,6 +133,12 @@ impl Authenticator {
     /// Accepts only peers holding one of `roles`.
     pub fn only(mut self, roles: &[Role]) -> Self {
         self.roles = Some(roles.to_vec());
+        self
+    }
+
+    /// Accepts only peers of `agency`.
+    pub fn of_agency(mut self, agency: crate::identity::AgencyCode) -> Self {
+        self.agency = Some(agency);
         self
     }
 
@@ -155,6 +165,12 @@ impl Authenticator {
                 "{id} has role {}, but this service accepts only {}",
                 id.role,
                 allowed.join(", ")
+            )));
+        }
+        if let Some(agency) = self.agency.as_ref().filter(|a| **a != id.agency) {
+            return Err(Status::permission_denied(format!(
+                "{id} is of agency {}; this service accepts only agency {agency}'s",
+                id.agency
             )));
         }
         Ok(peer)

@@ -192,7 +192,12 @@ impl RegistryServer {
 
         let trust_domain = own_id.trust_domain.clone();
         let auth = Authenticator::new(tls.clone(), &trust_domain);
-        let peer_auth = Authenticator::new(tls.clone(), &trust_domain).only(&[Role::Registry]);
+        // Every server applies the catalog's rules with the province taken
+        // from its own certificate: peers of another agency would decide
+        // differently, so they are not peers.
+        let peer_auth = Authenticator::new(tls.clone(), &trust_domain)
+            .only(&[Role::Registry])
+            .of_agency(own_id.agency.clone());
         let mut tasks = Vec::new();
 
         let stop = wait_for(shutdown_rx.clone());

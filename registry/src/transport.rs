@@ -307,7 +307,13 @@ fn peer_channel(
     creds: &Credentials,
     timeout: Duration,
 ) -> Result<tonic::transport::Channel, lgsp_certs::CertError> {
-    let expected = Expected::registry(&creds.spiffe_id()?.trust_domain);
+    // A peer is a registry server of this server's own agency (the
+    // province's): the catalog's rules take the province from it.
+    let own = creds.spiffe_id()?;
+    let expected = Expected {
+        agency: Some(own.agency.clone()),
+        ..Expected::registry(&own.trust_domain)
+    };
     let trust = ClientTrust::new(creds)?;
     lgsp_certs::server_identity::connect_lazy(address, creds, trust, expected, |e| {
         e.connect_timeout(timeout).timeout(timeout)

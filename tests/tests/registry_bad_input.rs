@@ -121,6 +121,25 @@ async fn the_peer_port_refuses_a_certificate_that_is_not_a_registry_servers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_peer_port_refuses_a_registry_certificate_of_another_agency() {
+    // Every server applies the catalog's rules with the province taken from
+    // its own certificate: a server of another agency is no peer.
+    let mut cluster = Cluster::start(1).await;
+    let (stranger, _) = cluster.pki.issue(OWN, Role::Registry, "registry-9");
+    let peer_addr = cluster.servers[&1].peer_addr().to_string();
+    let endpoint = lgsp_certs::tls::client_endpoint(&peer_addr, &stranger, None).unwrap();
+    let mut peer = RegistryPeerClient::new(endpoint.connect().await.expect("TLS handshake"));
+    let result = peer
+        .send(RaftBatch {
+            messages: vec![],
+            incarnation: 0,
+        })
+        .await;
+    assert_refused(result, Code::PermissionDenied, &["accepts only agency"]);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_record_is_an_invalid_argument() {
     let cluster = Cluster::start(1).await;
     cluster.register_agency(OWN, "Sở Tư pháp").await;
