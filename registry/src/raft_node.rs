@@ -402,6 +402,10 @@ struct Driver {
     incarnations: BTreeMap<u64, u64>,
     /// When the leader last proposed recording a member's incarnation.
     incarnations_proposed: HashMap<u64, Instant>,
+    /// An incarnation was recorded in the batch being applied: flush it
+    /// before going on. Peers check the record when they restart, before
+    /// the log replays, so it must not wait for sled's background flush.
+    flush_applied: bool,
     /// When a refused peer's batches were last logged, by peer.
     refusals_logged: HashMap<u64, Instant>,
 }
@@ -558,6 +562,7 @@ impl Driver {
             freshness: tokio::sync::watch::Sender::new(Freshness::Current),
             incarnations,
             incarnations_proposed: HashMap::new(),
+            flush_applied: false,
             refusals_logged: HashMap::new(),
         })
     }
@@ -844,6 +849,7 @@ impl Driver {
         member.incarnation = recorded.incarnation;
         catalog::put_member(batch, &member);
         self.incarnations.insert(recorded.id, recorded.incarnation);
+        self.flush_applied = true;
         tracing::info!(
             peer = recorded.id,
             incarnation = format_args!("{:016x}", recorded.incarnation),
@@ -1114,7 +1120,8 @@ impl Driver {
         // entry is already flushed in the logs of a majority, and sled
         // recovers a prefix of its batches, so after a crash the applied
         // index never runs ahead of the commit index and the rest replays.
-        if ready.must_sync() {
+        // The exception is an incarnation record (see `flush_applied`).
+        if ready.must_sync() || std::mem::take(&mut self.flush_applied) {
             self.store.flush()?;
         }
         self.transport.send(ready.take_persisted_messages());
@@ -1130,6 +1137,9 @@ impl Driver {
         self.transport.send(light.take_messages());
         self.apply_committed(&mut batch, light.take_committed_entries())?;
         batch.commit()?;
+        if std::mem::take(&mut self.flush_applied) {
+            self.store.flush()?;
+        }
         self.raw.advance_apply();
 
         for rs in read_states {

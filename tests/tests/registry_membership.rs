@@ -120,6 +120,9 @@ async fn a_wiped_server_that_founded_while_its_peers_were_down_stops_when_they_r
         create_resolving(&client, agency(i)).await;
     }
     incarnations_recorded(&cluster).await;
+    // Every server is killed at once right after the record is applied:
+    // it must already be on disk (flushed when applied, not in sled's
+    // background flush half a second later).
     for id in 1..=3 {
         cluster.server_mut(id).kill9();
     }
@@ -136,7 +139,12 @@ async fn a_wiped_server_that_founded_while_its_peers_were_down_stops_when_they_r
     let server = cluster.server_mut(victim);
     let status = server
         .wait_exit(Duration::from_secs(20))
-        .expect("the wiped server should stop once its peers answer");
+        .unwrap_or_else(|| {
+            panic!(
+                "the wiped server should stop once its peers answer:\n{}",
+                &server.log()[before..]
+            )
+        });
     assert_eq!(status.code(), Some(2), "{}", server.log());
     let log = server.log()[before..].to_owned();
     assert!(log.contains("bootstrapped a new cluster"), "{log}");
