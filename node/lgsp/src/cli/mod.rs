@@ -213,6 +213,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// Runs the command line; returns the process exit code.
 pub(crate) fn main() -> ExitCode {
     quiet_on_broken_pipe();
+    lgsp_node::metrics::set_build_commit(env!("LGSP_GIT_COMMIT"));
     let cli = Cli::parse();
     init_tracing();
     let result = match cli.command {
