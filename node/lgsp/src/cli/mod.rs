@@ -111,9 +111,13 @@ enum Command {
     /// huyen="Tam Dương" --fields so_dinh_danh,ho_ten)
     Call(call::CallArgs),
     /// Run a whole province on this machine: CA, three registry servers,
-    /// two agencies with nodes and data. Prints what to try.
+    /// two agencies with nodes and data. Prints the commands to try from
+    /// another terminal; `--scenario` walks through it, showing the command
+    /// behind each step.
     ///
     /// Example: lgsp demo --dir /tmp/lgsp-demo --scenario
+    ///
+    /// Example: lgsp demo --dir /tmp/lgsp-demo-2 --base-port 17101 (beside another demo)
     Demo(demo::DemoArgs),
     /// An agency node: prepare it (key, CSR, node.toml), run it.
     #[command(subcommand)]
