@@ -15,8 +15,10 @@ mod dataset;
 mod demo;
 mod hub;
 mod node;
+mod output;
 mod registry;
 mod requests;
+mod status;
 mod time;
 
 use anyhow::Context;
@@ -45,7 +47,7 @@ pub(crate) struct Cli {
 }
 
 /// `lgsp --version`: the release and the commit it was built from.
-const VERSION: &str = concat!(
+pub(crate) const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (commit ",
     env!("LGSP_GIT_COMMIT"),
@@ -128,6 +130,15 @@ enum Command {
     /// The sharing log (nhật ký chia sẻ, D47 Art. 45): verify it, export it.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// One screen for a node's host: this build, whether the node answers,
+    /// the registry and its leader, the age of the node's catalog copy, its
+    /// certificate's expiry, its datasets (rows, generation) and the node
+    /// links open. Exits 1, naming them, when something needs attention.
+    ///
+    /// Example: lgsp status --config /etc/lgsp/node.toml
+    ///
+    /// Example: lgsp status --config /etc/lgsp/node.toml -o json
+    Status(status::StatusArgs),
     /// Benchmarks, each reported next to a baseline measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -236,6 +247,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Node(cmd) => node::run(cmd),
         Command::Demo(args) => demo::run(args),
         Command::Dataset(cmd) => dataset::run(cmd),
+        Command::Status(args) => status::run(args),
         Command::Completion { shell } => completion(shell),
     };
     match result {
@@ -400,6 +412,46 @@ mod tests {
         ] {
             assert_eq!(help.matches(var).count(), 1, "{var} in:\n{help}");
         }
+    }
+
+    /// Every command path whose last word is `list` or `status`.
+    fn listing_commands(cmd: &clap::Command, path: &str, found: &mut Vec<(String, bool)>) {
+        for sub in cmd.get_subcommands() {
+            let path = format!("{path} {}", sub.get_name());
+            if ["list", "status"].contains(&sub.get_name()) {
+                let has_output = sub
+                    .get_arguments()
+                    .any(|a| a.get_long() == Some("output") && a.get_short() == Some('o'));
+                found.push((path.clone(), has_output));
+            }
+            listing_commands(sub, &path, found);
+        }
+    }
+
+    #[test]
+    fn every_listing_command_takes_output_json() {
+        use clap::CommandFactory;
+        let mut found = Vec::new();
+        listing_commands(&Cli::command(), "lgsp", &mut found);
+        let names: Vec<&str> = found.iter().map(|(p, _)| p.as_str()).collect();
+        for expected in [
+            "lgsp node list",
+            "lgsp service list",
+            "lgsp agency list",
+            "lgsp access list",
+            "lgsp requests list",
+            "lgsp dataset list",
+            "lgsp registry status",
+            "lgsp hub peer list",
+        ] {
+            assert!(names.contains(&expected), "{expected} not in {names:?}");
+        }
+        let without: Vec<&str> = found
+            .iter()
+            .filter(|(_, has)| !has)
+            .map(|(p, _)| p.as_str())
+            .collect();
+        assert!(without.is_empty(), "no -o/--output on: {without:?}");
     }
 
     #[test]
