@@ -153,6 +153,16 @@ enum Command {
         #[arg(value_name = "SHELL")]
         shell: clap_complete::Shell,
     },
+    /// Write a man page for lgsp and for every subcommand (lgsp.1,
+    /// lgsp-node-start.1, ...) into DIR, made from the same help as
+    /// `--help`.
+    ///
+    /// Example: lgsp man /usr/local/share/man/man1 && man lgsp-node-start
+    Man {
+        /// The directory to write the pages into (made if missing).
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 /// How to reach the registry: its servers and this side's certificate.
@@ -249,6 +259,9 @@ pub(crate) fn main() -> ExitCode {
         Command::Dataset(cmd) => dataset::run(cmd),
         Command::Status(args) => status::run(args),
         Command::Completion { shell } => completion(shell),
+        Command::Man { dir } => man_pages(&dir).map(|written| {
+            println!("Wrote {} man page(s) into {}", written.len(), dir.display());
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -277,6 +290,42 @@ fn completion(shell: clap_complete::Shell) -> anyhow::Result<()> {
     let mut out = Vec::new();
     clap_complete::generate(shell, &mut Cli::command(), "lgsp", &mut out);
     std::io::Write::write_all(&mut std::io::stdout().lock(), &out)?;
+    Ok(())
+}
+
+/// Writes a man page for `lgsp` and for each subcommand, at every depth,
+/// into `dir`; returns the files written.
+fn man_pages(dir: &std::path::Path) -> anyhow::Result<Vec<PathBuf>> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot make the directory {}", dir.display()))?;
+    let mut cmd = Cli::command();
+    cmd.build();
+    let mut written = Vec::new();
+    write_man(&cmd, "lgsp", dir, &mut written)?;
+    Ok(written)
+}
+
+fn write_man(
+    cmd: &clap::Command,
+    name: &str,
+    dir: &std::path::Path,
+    written: &mut Vec<PathBuf>,
+) -> anyhow::Result<()> {
+    // A subcommand's page is named and titled by its whole path, as git's are.
+    // clap names commands with &'static str (without its "string"
+    // feature); a page name lives as long as this short command anyway.
+    let title: &'static str = Box::leak(name.to_owned().into_boxed_str());
+    let usage: &'static str = Box::leak(name.replace('-', " ").into_boxed_str());
+    let page = cmd.clone().name(title).bin_name(usage);
+    let path = dir.join(format!("{name}.1"));
+    let mut out = Vec::new();
+    clap_mangen::Man::new(page).render(&mut out)?;
+    std::fs::write(&path, out).with_context(|| format!("cannot write {}", path.display()))?;
+    written.push(path);
+    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+        write_man(sub, &format!("{name}-{}", sub.get_name()), dir, written)?;
+    }
     Ok(())
 }
 
@@ -452,6 +501,32 @@ mod tests {
             .map(|(p, _)| p.as_str())
             .collect();
         assert!(without.is_empty(), "no -o/--output on: {without:?}");
+    }
+
+    #[test]
+    fn man_pages_cover_every_command_with_its_flags_and_examples() {
+        use clap::CommandFactory;
+        let dir = tempfile::tempdir().unwrap();
+        let written = man_pages(dir.path()).unwrap();
+        let mut commands = 0;
+        fn count(cmd: &clap::Command, n: &mut usize) {
+            *n += 1;
+            for s in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+                count(s, n);
+            }
+        }
+        count(&Cli::command(), &mut commands);
+        assert_eq!(written.len(), commands);
+        let page = std::fs::read_to_string(dir.path().join("lgsp-node-start.1")).unwrap();
+        assert!(page.starts_with(".ie \\n(.g .ds Aq"), "{page}");
+        assert!(page.contains("lgsp\\-node\\-start"), "{page}");
+        assert!(page.contains("\\-\\-config"), "{page}");
+        assert!(page.contains("Example:"), "{page}");
+        let top = std::fs::read_to_string(dir.path().join("lgsp.1")).unwrap();
+        assert!(
+            top.contains("LGSP_REGISTRY"),
+            "the environment section: {top}"
+        );
     }
 
     #[test]
