@@ -222,6 +222,7 @@ async fn status_shows_a_node_host_on_one_screen_and_names_what_needs_attention()
         assert!(Instant::now() < deadline, "{screen}\n{}", a.log());
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    println!("lgsp status, as the test saw it:\n{screen}");
     for expected in [
         &format!("node           {A}/node-a"),
         "node process   answering on 127.0.0.1:",
@@ -232,6 +233,7 @@ async fn status_shows_a_node_host_on_one_screen_and_names_what_needs_attention()
         "day(s) left",
         "datasets       ho-tich gen-",
         " 3 row(s), imported ",
+        " +07:00\n",
         "problems       none",
     ] {
         assert!(screen.contains(expected), "no {expected:?} in:\n{screen}");

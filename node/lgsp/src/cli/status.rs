@@ -417,7 +417,10 @@ async fn gather(
                 d["service"].as_str().unwrap_or("?"),
                 d["generation"].as_str().unwrap_or("?"),
                 d["rows"],
-                d["imported"].as_str().unwrap_or("?"),
+                d["imported"]
+                    .as_str()
+                    .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                    .map_or_else(|| "?".to_owned(), |t| cal.show(t.as_second())),
                 if kept > 0 {
                     format!(" ({kept} earlier generation kept)")
                 } else {
