@@ -264,7 +264,10 @@ async fn status_shows_a_node_host_on_one_screen_and_names_what_needs_attention()
     assert!(
         screen.contains("node process   not answering: ")
             && screen.contains("is `lgsp node start` running?")
-            && screen.contains("error: 1 problem(s): the node does not answer on 127.0.0.1:"),
+            && screen.contains("error: 1 problem(s): the node does not answer on 127.0.0.1:")
+            && screen.contains(&format!(
+                "start it (`systemctl start lgsp-node`, or `lgsp node start --config {config}`)"
+            )),
         "{screen}"
     );
     assert!(lgsp_bin().exists());

@@ -199,7 +199,11 @@ async fn gather(
                     "node process",
                     format!("not answering: {e} (is `lgsp node start` running?)"),
                 );
-                problems.push(format!("the node does not answer on {}", reachable(addr)));
+                problems.push(format!(
+                    "the node does not answer on {}: start it (`systemctl start lgsp-node`, or `lgsp node start --config {}`) or read its log",
+                    reachable(addr),
+                    args.config.display()
+                ));
                 listing.fact("node", json!({"answering": false, "error": e}));
                 None
             }
@@ -239,7 +243,10 @@ async fn gather(
                 }
             }
             if leader.is_none() {
-                problems.push("no registry server answered as leader".to_owned());
+                problems.push(
+                    "no registry server answered as leader: check the registry hosts (`lgsp registry status` there) and the network to them"
+                        .to_owned(),
+                );
             }
             listing.fact(
                 "registry",
@@ -279,7 +286,7 @@ async fn gather(
             );
             if age.is_some_and(|a| a > STALE_CATALOG_SECONDS) {
                 problems.push(format!(
-                    "the node's catalog copy is stale (confirmed {})",
+                    "the node's catalog copy is stale (confirmed {}): the node cannot reach the registry; check the network to it and `lgsp registry status`",
                     ago(age.unwrap_or(f64::INFINITY))
                 ));
             }
@@ -386,8 +393,9 @@ async fn gather(
                 format!("cannot read {}: {e}", config.tls.cert.display()),
             );
             problems.push(format!(
-                "the node's certificate {} cannot be read",
-                config.tls.cert.display()
+                "the node's certificate {} cannot be read: check [tls] in {}",
+                config.tls.cert.display(),
+                args.config.display()
             ));
             listing.fact("certificate", Value::Null);
         }
