@@ -12,6 +12,7 @@
 //! - [`bootstrap`]: what a server checks before it founds, joins or restarts.
 //! - [`incarnation`]: each data directory's incarnation id, and what peers
 //!   it was first started with.
+//! - [`idempotency`]: idempotency keys, so a retried write applies once.
 //! - [`client`]: a client that finds a working server.
 //! - [`catalog_client`]: the catalog's verbs (register, publish, grant, ...), typed.
 //! - [`procedure`]: the regulation's procedures (roles, access requests,
@@ -27,6 +28,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod federation;
+pub mod idempotency;
 pub mod incarnation;
 pub mod keys;
 pub mod kv;

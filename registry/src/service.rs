@@ -73,11 +73,15 @@ impl Registry for RegistryService {
         request: Request<ApplyRequest>,
     ) -> Result<Response<ApplyResponse>, Status> {
         let actor = Peer::of(&request)?.id.clone();
+        let request = request.into_inner();
         let command = request
-            .into_inner()
             .command
             .ok_or_else(|| Status::invalid_argument("the request carries no command"))?;
-        Ok(Response::new(self.raft.propose(actor, command).await?))
+        Ok(Response::new(
+            self.raft
+                .propose(actor, command, request.idempotency_key)
+                .await?,
+        ))
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
