@@ -229,6 +229,22 @@ impl RegistryClient {
         .await
     }
 
+    /// The bytes of a backup file of the whole catalog (see `backup.rs`),
+    /// as one server streams it: linearizable, taken at one revision, its
+    /// checksum last (check it with [`crate::backup::decode`]). Tried on
+    /// another server while none answers.
+    pub async fn snapshot(&self) -> Result<Vec<u8>, Status> {
+        self.retry(Repeat::Read, |mut c| async move {
+            let mut stream = c.snapshot(SnapshotRequest {}).await?.into_inner();
+            let mut file = Vec::new();
+            while let Some(chunk) = stream.message().await? {
+                file.extend_from_slice(&chunk.data);
+            }
+            Ok(tonic::Response::new(file))
+        })
+        .await
+    }
+
     /// Reads one record; linearizable unless `stale`.
     pub async fn get(
         &self,

@@ -9,6 +9,7 @@
 //!   trait; [`mem_network`] is an in-memory network for tests.
 //! - [`service`]: the client and peer gRPC services.
 //! - [`server`]: a whole registry server, started and stopped.
+//! - [`backup`]: online backup files, and new clusters restored from them.
 //! - [`bootstrap`]: what a server checks before it founds, joins or restarts.
 //! - [`incarnation`]: each data directory's incarnation id, and what peers
 //!   it was first started with.
@@ -20,6 +21,7 @@
 //! - [`calendar`]: working days in the province's time zone.
 //! - [`keys`]: record keys (`ServiceId`, `NodeKey`, `GrantKey`), parsed once.
 
+pub mod backup;
 pub mod bootstrap;
 pub mod calendar;
 pub mod catalog;

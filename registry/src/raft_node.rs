@@ -101,6 +101,11 @@ enum Request {
         asker: u64,
         reply: Reply<PeerStatusResponse>,
     },
+    /// A consistent copy of the catalog for a backup, taken between two
+    /// Readies: the state machine's data, the applied index and revision.
+    Backup {
+        reply: Reply<Backup>,
+    },
     /// Hands leadership to `to`, or (`None`) to the most caught-up other
     /// voter if this server leads; answers with the server asked to take
     /// over.
@@ -108,6 +113,18 @@ enum Request {
         to: Option<u64>,
         reply: Reply<Option<u64>>,
     },
+}
+
+/// A copy of the catalog as applied at one index (see
+/// [`RaftHandle::backup`]).
+#[derive(Debug)]
+pub struct Backup {
+    /// The encoded `CatalogSnapshot`, as a Raft snapshot carries it.
+    pub catalog: Vec<u8>,
+    /// The Raft index it was taken at.
+    pub applied_index: u64,
+    /// The catalog revision it holds.
+    pub revision: u64,
 }
 
 /// Whether this server can tell that its catalog is current. A watch on a
@@ -309,6 +326,16 @@ impl RaftHandle {
             },
         )
         .await
+    }
+
+    /// A copy of the whole catalog for a backup, linearizable: taken after
+    /// a read barrier, so it holds every write acknowledged before the
+    /// call, and by the consensus loop between two Readies, so it is the
+    /// catalog at one applied index. Fails as [`read_index`](Self::read_index)
+    /// does, or when the store cannot be read.
+    pub async fn backup(&self) -> Result<Backup, RegistryError> {
+        self.read_index().await?;
+        self.call(|reply| Request::Backup { reply }).await
     }
 
     /// This server's view of the cluster: its id, role, the leader it knows,
@@ -651,6 +678,17 @@ impl Driver {
             }
             Request::PeerStatus { asker, reply } => {
                 let _ = reply.send(self.peer_status(asker));
+            }
+            Request::Backup { reply } => {
+                let db = self.store.db();
+                let backup = catalog::snapshot_data(db).and_then(|catalog| {
+                    Ok(Backup {
+                        catalog,
+                        applied_index: self.store.applied()?,
+                        revision: catalog::revision(db)?,
+                    })
+                });
+                let _ = reply.send(backup);
             }
             Request::TransferLeader { to: None, reply } => {
                 let _ = reply.send(Ok(self.hand_over()));
