@@ -114,7 +114,7 @@ pub enum Seen {
     /// then [`record`] its outcome.
     New,
     /// Applied (or refused) before: answer with this, change nothing.
-    Repeat(Result<ApplyResponse, CatalogError>),
+    Repeat(Box<Result<ApplyResponse, CatalogError>>),
 }
 
 /// Looks `key` up for an entry taken at `at_ms` carrying a command of
@@ -122,20 +122,20 @@ pub enum Seen {
 pub fn lookup(db: &impl KvRead, key: &[u8], at_ms: i64, digest: u64) -> Result<Seen, StoreError> {
     if let Some(applied) = read_applied(db, key)? {
         if applied.command_digest != digest {
-            return Ok(Seen::Repeat(Err(CatalogError::InvalidArgument(
+            return Ok(Seen::Repeat(Box::new(Err(CatalogError::InvalidArgument(
                 "this idempotency key was used for another write; use a new random key for each write".into(),
-            ))));
+            )))));
         }
-        return Ok(Seen::Repeat(outcome_of(&applied)));
+        return Ok(Seen::Repeat(Box::new(outcome_of(&applied))));
     }
     let floor = read_i64(db, FLOOR)?;
     if at_ms < floor {
-        return Ok(Seen::Repeat(Err(CatalogError::FailedPrecondition(
-            format!(
+        return Ok(Seen::Repeat(Box::new(Err(
+            CatalogError::FailedPrecondition(format!(
                 "this attempt was taken at {at_ms} ms (Unix time), before keys up to {floor} were forgotten: \
              an earlier attempt under its idempotency key may have been applied and can no longer be told; \
              read the record back, then write again with a new key"
-            ),
+            )),
         ))));
     }
     Ok(Seen::New)
@@ -295,6 +295,18 @@ mod tests {
 
     const T: i64 = 1_800_000_000_000;
 
+    fn repeat(outcome: Result<ApplyResponse, CatalogError>) -> Seen {
+        Seen::Repeat(Box::new(outcome))
+    }
+
+    /// The refusal a lookup answers with, if it is one.
+    fn refusal(seen: Seen) -> Option<CatalogError> {
+        match seen {
+            Seen::Repeat(outcome) => outcome.err(),
+            Seen::New => None,
+        }
+    }
+
     fn key(n: u8) -> Vec<u8> {
         vec![n; KEY_LEN]
     }
@@ -329,17 +341,17 @@ mod tests {
         put(&db, 2, T, Err(conflict.clone()), MAX_KEYS);
         assert_eq!(
             lookup(&db, &key(1), T + 1000, 7).unwrap(),
-            Seen::Repeat(applied(5))
+            repeat(applied(5))
         );
         assert_eq!(
             lookup(&db, &key(2), T + 1000, 7).unwrap(),
-            Seen::Repeat(Err(conflict))
+            repeat(Err(conflict))
         );
         assert_eq!(lookup(&db, &key(3), T + 1000, 7).unwrap(), Seen::New);
         // The same key for another command is refused, not answered with
         // the first command's outcome.
-        match lookup(&db, &key(1), T, 8).unwrap() {
-            Seen::Repeat(Err(CatalogError::InvalidArgument(why))) => {
+        match refusal(lookup(&db, &key(1), T, 8).unwrap()) {
+            Some(CatalogError::InvalidArgument(why)) => {
                 assert!(why.contains("another write"), "{why}")
             }
             other => panic!("a reused key was answered {other:?}"),
@@ -366,15 +378,15 @@ mod tests {
         );
         // One taken before it was (a first attempt delayed that long) may
         // repeat a write applied and forgotten: refused, never applied.
-        match lookup(&db, &key(9), T - 1, 7).unwrap() {
-            Seen::Repeat(Err(CatalogError::FailedPrecondition(why))) => {
+        match refusal(lookup(&db, &key(9), T - 1, 7).unwrap()) {
+            Some(CatalogError::FailedPrecondition(why)) => {
                 assert!(why.contains("new key"), "{why}")
             }
             other => panic!("an attempt older than a forgotten key was answered {other:?}"),
         }
         assert!(matches!(
             lookup(&db, &key(2), T, 7).unwrap(),
-            Seen::Repeat(Ok(_))
+            Seen::Repeat(r) if r.is_ok()
         ));
     }
 
@@ -390,12 +402,12 @@ mod tests {
         assert_eq!(floor, T + 1);
         assert!(matches!(
             lookup(&db, &key(4), T + 5, 7).unwrap(),
-            Seen::Repeat(Ok(_))
+            Seen::Repeat(r) if r.is_ok()
         ));
         // Key 1 was forgotten: an attempt taken before that is refused.
         assert!(matches!(
             lookup(&db, &key(1), T, 7).unwrap(),
-            Seen::Repeat(Err(CatalogError::FailedPrecondition(_)))
+            Seen::Repeat(r) if matches!(*r, Err(CatalogError::FailedPrecondition(_)))
         ));
     }
 
@@ -415,7 +427,7 @@ mod tests {
         assert_eq!(lookup(&other, &key(9), T + 9, 7).unwrap(), Seen::New);
         assert_eq!(
             lookup(&other, &key(3), T + 9, 7).unwrap(),
-            Seen::Repeat(applied(4))
+            repeat(applied(4))
         );
         // Recording goes on from where the snapshot left off.
         put(&other, 5, T + 5, applied(6), 3);

@@ -1322,7 +1322,7 @@ impl Driver {
         {
             // Applied (or refused) before under this key: answered as then,
             // and nothing changes, on every server alike.
-            let outcome = outcome
+            let outcome = (*outcome)
                 .map(|answer| catalog::repeated_answer(batch, &command, answer))
                 .map_err(RegistryError::from);
             self.answer(&proposal, outcome);
