@@ -24,8 +24,8 @@ use lgsp_proto::catalog_record::Value;
 use lgsp_proto::command::Op;
 use lgsp_proto::watch_event::Type as EventType;
 use lgsp_proto::{
-    CatalogRecord, CatalogSnapshot, Command, GrantStatus, Member, Meta, RecordKind, RecordRef,
-    ServiceKind, ServiceStatus, WatchEvent,
+    ApplyResponse, CatalogRecord, CatalogSnapshot, Command, GrantStatus, Member, Meta, RecordKind,
+    RecordRef, ServiceKind, ServiceStatus, WatchEvent,
 };
 use prost::Message as _;
 
@@ -1007,6 +1007,39 @@ pub fn apply(
     Ok((first, events))
 }
 
+/// The answer to a write repeated under its idempotency key (see
+/// `idempotency.rs`): the revision it was applied at and, for a put, the
+/// record's kind, key and revisions, with its value as written while the
+/// history still holds that revision. Reading the history is best effort:
+/// this is only what the client is told, never what the catalog decides.
+pub fn repeated_answer(
+    db: &impl KvRead,
+    command: &Command,
+    mut answer: ApplyResponse,
+) -> ApplyResponse {
+    let Some(record) = &mut answer.record else {
+        return answer;
+    };
+    if let Some(Op::Put(CatalogRecord {
+        value: Some(value), ..
+    })) = &command.op
+    {
+        let (kind, key) = key_of(value);
+        record.kind = kind as i32;
+        record.key = key;
+    }
+    let revision = record.meta.map_or(0, |m| m.mod_revision);
+    if let Ok(Some(bytes)) = db.read(&history_key(revision))
+        && let Ok(event) = WatchEvent::decode(bytes.as_slice())
+        && let Some(written) = event.record
+        && written.kind == record.kind
+        && written.key == record.key
+    {
+        record.value = written.value;
+    }
+    answer
+}
+
 /// History events from `from` on, in order, up to the current revision.
 /// A failed or damaged read is an error in the sequence, never a silent gap:
 /// a watcher must not believe it saw every change.
@@ -1071,10 +1104,13 @@ pub fn snapshot_data(db: &Kv) -> Result<Vec<u8>, RegistryError> {
         let (k, v) = item?;
         records.push(CatalogRecord::decode(v.as_slice()).map_err(|e| damaged(&k, e))?);
     }
+    let (applied_keys, idempotency_floor_ms) = crate::idempotency::snapshot(db)?;
     Ok(CatalogSnapshot {
         revision: revision(db)?,
         records,
         members: members(db)?,
+        applied_keys,
+        idempotency_floor_ms,
     }
     .encode_to_vec())
 }
@@ -1096,6 +1132,12 @@ pub fn restore(db: &Kv, batch: &mut Staged, data: &[u8]) -> Result<(), RegistryE
     for member in &snapshot.members {
         batch.insert(member_key(member.id), member.encode_to_vec());
     }
+    crate::idempotency::restore(
+        db,
+        batch,
+        &snapshot.applied_keys,
+        snapshot.idempotency_floor_ms,
+    )?;
     batch.insert(REVISION, snapshot.revision.to_be_bytes());
     batch.insert(COMPACT_REVISION, (snapshot.revision + 1).to_be_bytes());
     Ok(())

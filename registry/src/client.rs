@@ -1,6 +1,7 @@
 //! A registry client for nodes, hubs, tools and tests: it knows every
 //! server, moves on to the next when one is unavailable, and retries
-//! requests that were certainly not applied.
+//! reads, writes under an idempotency key (every write it applies), and
+//! other requests that were certainly not applied.
 
 use lgsp_certs::{ClientTrust, Credentials, Expected};
 use lgsp_proto::registry_client::RegistryClient as Grpc;
@@ -23,13 +24,43 @@ pub struct RegistryClient {
     preferred: std::sync::Arc<AtomicUsize>,
 }
 
-/// Whether another server may be tried: the request was certainly not
-/// applied (unavailable), or it is a read, which is safe to repeat.
-fn transient(status: &Status, idempotent: bool) -> bool {
-    status.code() == Code::Unavailable
-        || (idempotent
-            && matches!(status.code(), Code::Unknown | Code::Cancelled)
-            && status.message().contains("transport error"))
+/// What repeating a request could do, which decides when it is repeated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Repeat {
+    /// A read: repeating it changes nothing.
+    Read,
+    /// A write under an idempotency key: a repeat that reaches the registry
+    /// after the first attempt was applied answers with that attempt's
+    /// outcome instead of applying again.
+    Keyed,
+    /// A write without a key (membership changes): repeated only while it
+    /// was certainly not applied.
+    Unkeyed,
+}
+
+/// Whether another attempt may follow `status`. A refusal the registry
+/// decided (`lgsp-outcome: refused`) is final whatever its code. A read or
+/// a keyed write is repeated on any outcome that is not a decision: the
+/// server had no leader or was stopping, the outcome is unknown (the leader
+/// changed, the deadline passed), or the connection failed before or after
+/// sending. A write without a key is repeated only on `UNAVAILABLE`.
+fn transient(status: &Status, repeat: Repeat) -> bool {
+    let decided = status
+        .metadata()
+        .get(crate::error::OUTCOME)
+        .is_some_and(|o| o == "refused");
+    if decided {
+        return false;
+    }
+    let broken = matches!(status.code(), Code::Unknown | Code::Cancelled)
+        && status.message().contains("transport error");
+    match repeat {
+        Repeat::Read => status.code() == Code::Unavailable || broken,
+        Repeat::Keyed => {
+            matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded) || broken
+        }
+        Repeat::Unkeyed => status.code() == Code::Unavailable,
+    }
 }
 
 impl RegistryClient {
@@ -76,7 +107,7 @@ impl RegistryClient {
 
     /// Runs `call` on the preferred server, moving on through the others
     /// while the answer is "unavailable" (so nothing was applied).
-    async fn retry<T, F, Fut>(&self, idempotent: bool, mut call: F) -> Result<T, Status>
+    async fn retry<T, F, Fut>(&self, repeat: Repeat, mut call: F) -> Result<T, Status>
     where
         F: FnMut(Grpc<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
@@ -91,7 +122,7 @@ impl RegistryClient {
                     self.preferred.store(i, Ordering::Relaxed);
                     return Ok(r.into_inner());
                 }
-                Err(status) if transient(&status, idempotent) && Instant::now() < deadline => {
+                Err(status) if transient(&status, repeat) && Instant::now() < deadline => {
                     tracing::debug!(server = %self.servers[i].0, error = %status.message(), "registry server unavailable; trying another");
                     attempt += 1;
                     if attempt % n == 0 {
@@ -122,16 +153,39 @@ impl RegistryClient {
         }
     }
 
-    /// Applies one command; retried only while it was certainly not applied.
+    /// Applies one command under a new idempotency key, the same on every
+    /// attempt: retried on another server whenever the outcome is not a
+    /// decision of the registry (no leader, unknown, a connection that
+    /// broke), since an attempt repeated after one was applied answers with
+    /// that one's outcome instead of applying again. Fails with the
+    /// catalog's refusal, or the last error once no server answered for
+    /// 10 s (then the write may or may not be applied).
     pub async fn apply(&self, command: Command) -> Result<ApplyResponse, Status> {
-        self.retry(false, |mut c| {
-            let command = command.clone();
-            async move {
-                c.apply(ApplyRequest {
-                    command: Some(command),
-                })
-                .await
-            }
+        self.apply_keyed(command, crate::idempotency::new_key())
+            .await
+    }
+
+    /// [`apply`](Self::apply) under the idempotency key `key` (16 bytes;
+    /// empty for none, and then retried only while certainly not applied).
+    /// A client that restarts may send a write again under the key it
+    /// used before and get its first outcome.
+    pub async fn apply_keyed(
+        &self,
+        command: Command,
+        key: Vec<u8>,
+    ) -> Result<ApplyResponse, Status> {
+        let repeat = if key.is_empty() {
+            Repeat::Unkeyed
+        } else {
+            Repeat::Keyed
+        };
+        let request = ApplyRequest {
+            command: Some(command),
+            idempotency_key: key,
+        };
+        self.retry(repeat, |mut c| {
+            let request = request.clone();
+            async move { c.apply(request).await }
         })
         .await
     }
@@ -154,8 +208,8 @@ impl RegistryClient {
     }
 
     /// Deletes a record (unconditionally, or only at
-    /// `expected_mod_revision`); like [`apply`](Self::apply), retried only
-    /// while it was certainly not applied. Fails with the catalog's refusal
+    /// `expected_mod_revision`); like [`apply`](Self::apply), under an
+    /// idempotency key. Fails with the catalog's refusal
     /// (e.g. `Aborted` when the mod revision no longer matches) or when no
     /// server answers.
     pub async fn delete(
@@ -175,6 +229,22 @@ impl RegistryClient {
         .await
     }
 
+    /// The bytes of a backup file of the whole catalog (see `backup.rs`),
+    /// as one server streams it: linearizable, taken at one revision, its
+    /// checksum last (check it with [`crate::backup::decode`]). Tried on
+    /// another server while none answers.
+    pub async fn snapshot(&self) -> Result<Vec<u8>, Status> {
+        self.retry(Repeat::Read, |mut c| async move {
+            let mut stream = c.snapshot(SnapshotRequest {}).await?.into_inner();
+            let mut file = Vec::new();
+            while let Some(chunk) = stream.message().await? {
+                file.extend_from_slice(&chunk.data);
+            }
+            Ok(tonic::Response::new(file))
+        })
+        .await
+    }
+
     /// Reads one record; linearizable unless `stale`.
     pub async fn get(
         &self,
@@ -182,7 +252,7 @@ impl RegistryClient {
         key: &str,
         stale: bool,
     ) -> Result<GetResponse, Status> {
-        self.retry(true, |mut c| {
+        self.retry(Repeat::Read, |mut c| {
             let request = GetRequest {
                 r#ref: Some(RecordRef {
                     kind: kind as i32,
@@ -198,7 +268,7 @@ impl RegistryClient {
     /// One page of records as `request` asks, with the revision it was read
     /// at; retried on another server while none answers.
     pub async fn list(&self, request: ListRequest) -> Result<ListResponse, Status> {
-        self.retry(true, |mut c| {
+        self.retry(Repeat::Read, |mut c| {
             let request = request.clone();
             async move { c.list(request).await }
         })
@@ -225,10 +295,9 @@ impl RegistryClient {
     /// knows, its term and indexes, and the members; retried on another
     /// server while none answers.
     pub async fn status(&self) -> Result<StatusResponse, Status> {
-        self.retry(
-            true,
-            |mut c| async move { c.status(StatusRequest {}).await },
-        )
+        self.retry(Repeat::Read, |mut c| async move {
+            c.status(StatusRequest {}).await
+        })
         .await
     }
 
@@ -239,7 +308,7 @@ impl RegistryClient {
         &self,
         request: AddMemberRequest,
     ) -> Result<MembershipResponse, Status> {
-        self.retry(false, |mut c| {
+        self.retry(Repeat::Unkeyed, |mut c| {
             let request = request.clone();
             async move { c.add_member(request).await }
         })
@@ -248,7 +317,7 @@ impl RegistryClient {
 
     /// Removes a server; retried only while it was certainly not applied.
     pub async fn remove_member(&self, id: u64) -> Result<MembershipResponse, Status> {
-        self.retry(false, |mut c| async move {
+        self.retry(Repeat::Unkeyed, |mut c| async move {
             c.remove_member(RemoveMemberRequest { id }).await
         })
         .await
@@ -260,7 +329,7 @@ impl RegistryClient {
     /// "unavailable" (no leader known, or a server that does not lead
     /// asked to pick).
     pub async fn transfer_leader(&self, to: u64) -> Result<TransferLeaderResponse, Status> {
-        self.retry(false, |mut c| async move {
+        self.retry(Repeat::Unkeyed, |mut c| async move {
             c.transfer_leader(TransferLeaderRequest { to }).await
         })
         .await
@@ -319,5 +388,46 @@ impl RegistryClient {
             }
         });
         rx
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::{CatalogError, RegistryError};
+
+    fn transport_error() -> Status {
+        Status::unknown("transport error: connection reset by peer")
+    }
+
+    #[test]
+    fn a_keyed_write_is_retried_on_every_outcome_but_a_decision() {
+        let unknown = Status::from(RegistryError::Indeterminate("leader changed".into()));
+        let no_leader = Status::from(RegistryError::Unavailable("no leader".into()));
+        for status in [unknown.clone(), no_leader.clone(), transport_error()] {
+            assert!(transient(&status, Repeat::Keyed), "{status:?}");
+        }
+        // Without a key, only what was certainly not applied.
+        assert!(transient(&no_leader, Repeat::Unkeyed));
+        assert!(!transient(&unknown, Repeat::Unkeyed));
+        assert!(!transient(&transport_error(), Repeat::Unkeyed));
+    }
+
+    #[test]
+    fn a_refusal_is_never_retried_whatever_its_code() {
+        let refusals = [
+            CatalogError::Conflict {
+                why: "at 7".into(),
+                mod_revision: 7,
+            },
+            CatalogError::FailedPrecondition("too old".into()),
+            CatalogError::InvalidArgument("bad key".into()),
+        ];
+        for refusal in refusals {
+            let status = Status::from(RegistryError::from(refusal));
+            for repeat in [Repeat::Read, Repeat::Keyed, Repeat::Unkeyed] {
+                assert!(!transient(&status, repeat), "{status:?} {repeat:?}");
+            }
+        }
     }
 }

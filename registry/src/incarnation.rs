@@ -30,7 +30,7 @@ const FIRST_PEERS: &[u8] = b"l:first-peers";
 
 /// A random non-zero id: std's hasher keys come from the operating
 /// system's random source, mixed with the clock and the process id.
-fn random_id() -> u64 {
+pub(crate) fn random_id() -> u64 {
     loop {
         let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
         let nanos = std::time::SystemTime::now()

@@ -9,9 +9,11 @@
 //!   trait; [`mem_network`] is an in-memory network for tests.
 //! - [`service`]: the client and peer gRPC services.
 //! - [`server`]: a whole registry server, started and stopped.
+//! - [`backup`]: online backup files, and new clusters restored from them.
 //! - [`bootstrap`]: what a server checks before it founds, joins or restarts.
 //! - [`incarnation`]: each data directory's incarnation id, and what peers
 //!   it was first started with.
+//! - [`idempotency`]: idempotency keys, so a retried write applies once.
 //! - [`client`]: a client that finds a working server.
 //! - [`catalog_client`]: the catalog's verbs (register, publish, grant, ...), typed.
 //! - [`procedure`]: the regulation's procedures (roles, access requests,
@@ -19,6 +21,7 @@
 //! - [`calendar`]: working days in the province's time zone.
 //! - [`keys`]: record keys (`ServiceId`, `NodeKey`, `GrantKey`), parsed once.
 
+pub mod backup;
 pub mod bootstrap;
 pub mod calendar;
 pub mod catalog;
@@ -27,6 +30,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod federation;
+pub mod idempotency;
 pub mod incarnation;
 pub mod keys;
 pub mod kv;

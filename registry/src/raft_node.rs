@@ -22,6 +22,7 @@
 
 use crate::catalog::{self, Asker};
 use crate::error::{CatalogError, RegistryError, StoreError};
+use crate::idempotency::{self, Seen};
 use crate::kv::{Kv, KvRead as _, Staged};
 use crate::storage::{APPLIED, RaftStore};
 use crate::transport::{Network, Report};
@@ -72,6 +73,8 @@ enum Request {
     Propose {
         actor: Box<SpiffeId>,
         command: Box<Command>,
+        /// The client's idempotency key (empty: none).
+        key: Vec<u8>,
         reply: Reply<ApplyResponse>,
     },
     Read {
@@ -98,6 +101,11 @@ enum Request {
         asker: u64,
         reply: Reply<PeerStatusResponse>,
     },
+    /// A consistent copy of the catalog for a backup, taken between two
+    /// Readies: the state machine's data, the applied index and revision.
+    Backup {
+        reply: Reply<Backup>,
+    },
     /// Hands leadership to `to`, or (`None`) to the most caught-up other
     /// voter if this server leads; answers with the server asked to take
     /// over.
@@ -105,6 +113,18 @@ enum Request {
         to: Option<u64>,
         reply: Reply<Option<u64>>,
     },
+}
+
+/// A copy of the catalog as applied at one index (see
+/// [`RaftHandle::backup`]).
+#[derive(Debug)]
+pub struct Backup {
+    /// The encoded `CatalogSnapshot`, as a Raft snapshot carries it.
+    pub catalog: Vec<u8>,
+    /// The Raft index it was taken at.
+    pub applied_index: u64,
+    /// The catalog revision it holds.
+    pub revision: u64,
 }
 
 /// Whether this server can tell that its catalog is current. A watch on a
@@ -211,12 +231,17 @@ impl RaftHandle {
     /// Proposes a catalog command and waits until it is applied here. Fails
     /// with the catalog's refusal (checked here first, then again when
     /// applied), [`RegistryError::Unavailable`] when no leader is known, or
-    /// [`RegistryError::Indeterminate`] when the outcome is unknown.
+    /// [`RegistryError::Indeterminate`] when the outcome is unknown. Under
+    /// an idempotency key (`key`, empty for none) a command already applied
+    /// is not applied again: the answer is its first outcome (see
+    /// `idempotency.rs`).
     pub async fn propose(
         &self,
         actor: SpiffeId,
         command: Command,
+        key: Vec<u8>,
     ) -> Result<ApplyResponse, RegistryError> {
+        crate::idempotency::check_key(&key)?;
         // Only what does not depend on this server's copy of the catalog is
         // checked here: a server that is behind must never refuse from its
         // stale state (compare-and-set, "agency must exist" are decided when
@@ -238,6 +263,7 @@ impl RaftHandle {
             |reply| Request::Propose {
                 actor: Box::new(actor),
                 command: Box::new(command),
+                key,
                 reply,
             },
             || {
@@ -300,6 +326,16 @@ impl RaftHandle {
             },
         )
         .await
+    }
+
+    /// A copy of the whole catalog for a backup, linearizable: taken after
+    /// a read barrier, so it holds every write acknowledged before the
+    /// call, and by the consensus loop between two Readies, so it is the
+    /// catalog at one applied index. Fails as [`read_index`](Self::read_index)
+    /// does, or when the store cannot be read.
+    pub async fn backup(&self) -> Result<Backup, RegistryError> {
+        self.read_index().await?;
+        self.call(|reply| Request::Backup { reply }).await
     }
 
     /// This server's view of the cluster: its id, role, the leader it knows,
@@ -577,6 +613,7 @@ impl Driver {
             Request::Propose {
                 actor,
                 command,
+                key,
                 reply,
             } => {
                 let request_id = self.id();
@@ -587,6 +624,7 @@ impl Driver {
                     command: Some(*command),
                     at_unix_ms: crate::calendar::unix_now_ms(),
                     member_incarnation: None,
+                    idempotency_key: key,
                 };
                 match self.raw.propose(vec![], proposal.encode_to_vec()) {
                     Ok(()) => {
@@ -640,6 +678,17 @@ impl Driver {
             }
             Request::PeerStatus { asker, reply } => {
                 let _ = reply.send(self.peer_status(asker));
+            }
+            Request::Backup { reply } => {
+                let db = self.store.db();
+                let backup = catalog::snapshot_data(db).and_then(|catalog| {
+                    Ok(Backup {
+                        catalog,
+                        applied_index: self.store.applied()?,
+                        revision: catalog::revision(db)?,
+                    })
+                });
+                let _ = reply.send(backup);
             }
             Request::TransferLeader { to: None, reply } => {
                 let _ = reply.send(Ok(self.hand_over()));
@@ -1264,10 +1313,24 @@ impl Driver {
         if let Some(recorded) = &proposal.member_incarnation {
             return self.apply_incarnation(batch, recorded);
         }
+        let command = proposal.command.clone().unwrap_or_default();
+        let key = &proposal.idempotency_key;
+        let digest = (!key.is_empty()).then(|| idempotency::digest(&proposal.actor, &command));
+        if let Some(digest) = digest
+            && let Seen::Repeat(outcome) =
+                idempotency::lookup(batch, key, proposal.at_unix_ms, digest)?
+        {
+            // Applied (or refused) before under this key: answered as then,
+            // and nothing changes, on every server alike.
+            let outcome = (*outcome)
+                .map(|answer| catalog::repeated_answer(batch, &command, answer))
+                .map_err(RegistryError::from);
+            self.answer(&proposal, outcome);
+            return Ok(());
+        }
         let checked = SpiffeId::parse(&proposal.actor)
             .map_err(|e| CatalogError::PermissionDenied(e.to_string()))
             .and_then(|actor| {
-                let command = proposal.command.clone().unwrap_or_default();
                 let asker = Asker {
                     actor: &actor,
                     province: &self.config.province,
@@ -1288,14 +1351,23 @@ impl Driver {
                     entry.index
                 )));
             }
-            Err(refused) => Err(RegistryError::from(refused)),
+            Err(refused) => Err(refused),
         };
+        if let Some(digest) = digest {
+            idempotency::record(batch, key, proposal.at_unix_ms, digest, &outcome)?;
+        }
+        self.answer(&proposal, outcome.map_err(RegistryError::from));
+        Ok(())
+    }
+
+    /// Queues the answer to a proposal this server took, sent once the
+    /// batch that applied it is written.
+    fn answer(&mut self, proposal: &Proposal, outcome: Result<ApplyResponse, RegistryError>) {
         if proposal.origin == self.config.id
             && let Some((reply, _)) = self.proposals.remove(&proposal.request_id)
         {
             self.replies.push((reply, outcome));
         }
-        Ok(())
     }
 
     fn apply_membership(&mut self, cc: &ConfChangeV2, cs: &ConfState, batch: &mut Staged) {

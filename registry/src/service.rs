@@ -14,6 +14,7 @@ use lgsp_proto::registry_peer_server::RegistryPeer;
 use lgsp_proto::registry_server::Registry;
 use lgsp_proto::watch_event::Type as EventType;
 use lgsp_proto::*;
+use prost::Message as _;
 use protobuf::Message as _;
 use std::pin::Pin;
 use tokio::sync::{broadcast, mpsc};
@@ -73,11 +74,15 @@ impl Registry for RegistryService {
         request: Request<ApplyRequest>,
     ) -> Result<Response<ApplyResponse>, Status> {
         let actor = Peer::of(&request)?.id.clone();
+        let request = request.into_inner();
         let command = request
-            .into_inner()
             .command
             .ok_or_else(|| Status::invalid_argument("the request carries no command"))?;
-        Ok(Response::new(self.raft.propose(actor, command).await?))
+        Ok(Response::new(
+            self.raft
+                .propose(actor, command, request.idempotency_key)
+                .await?,
+        ))
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
@@ -191,6 +196,35 @@ impl Registry for RegistryService {
         Ok(Response::new(MembershipResponse { members }))
     }
 
+    type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotChunk, Status>> + Send>>;
+
+    async fn snapshot(
+        &self,
+        request: Request<SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        require_admin(&request, "taking a backup of the catalog")?;
+        let backup = self.raft.backup().await?;
+        let catalog = CatalogSnapshot::decode(backup.catalog.as_slice())
+            .map_err(|e| Status::internal(format!("the catalog copy cannot be read back: {e}")))?;
+        let file = crate::backup::encode(&RegistryBackup {
+            revision: backup.revision,
+            applied_index: backup.applied_index,
+            server_id: self.raft.id,
+            taken_unix_ms: crate::calendar::unix_now_ms(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            catalog: Some(catalog),
+        });
+        let chunks: Vec<Result<SnapshotChunk, Status>> = file
+            .chunks(BACKUP_CHUNK)
+            .map(|data| {
+                Ok(SnapshotChunk {
+                    data: data.to_vec(),
+                })
+            })
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+
     async fn transfer_leader(
         &self,
         request: Request<TransferLeaderRequest>,
@@ -233,6 +267,9 @@ impl Registry for RegistryService {
         }
     }
 }
+
+/// The size of the pieces a backup is streamed in.
+const BACKUP_CHUNK: usize = 1 << 20;
 
 /// How long a leadership transfer may take before it is reported failed.
 const TRANSFER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);

@@ -1108,6 +1108,88 @@ tests:
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_saved_online_founds_a_new_cluster_as_the_page_says() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
+    let registry = ProcessCluster::start(3);
+    registry.leader().await;
+    let root = registry.pki.dir.path().to_owned();
+    let admin_tls = root.join("admin-tls");
+    lgsp_tests::cluster::write_creds(&admin_tls, &registry.admin);
+    let client = registry.client();
+    for n in 0..5 {
+        create_resolving(&client, agency(&format!("000.00.7{n}.H62"))).await;
+    }
+    let mut sh = Shell::new(&root.join("desk"));
+    let addrs: Vec<String> = registry.servers.iter().map(|s| s.client.clone()).collect();
+    sh.env.push(("LGSP_REGISTRY".into(), addrs.join(",")));
+    sh.env
+        .push(("LGSP_TLS_DIR".into(), admin_tls.to_str().unwrap().into()));
+    let backups = root.join("backups");
+    std::fs::create_dir_all(&backups).unwrap();
+    sh.sub_path("/var/backups/lgsp", &backups);
+    let saved = sh.run("lgsp registry snapshot save", &[]);
+    assert!(saved.contains("Saved catalog revision"), "{saved}");
+
+    // A new cluster of three, each restored from the file.
+    let new: Vec<(u64, String, String)> = (1..=3)
+        .map(|id| {
+            let (client, peer) = (
+                lgsp_tests::cluster::free_addr().to_string(),
+                lgsp_tests::cluster::free_addr().to_string(),
+            );
+            (id, client, peer)
+        })
+        .collect();
+    let peers = new
+        .iter()
+        .map(|(id, client, peer)| format!("{id}={peer}/{client}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    sh.sub(
+        "1=10.0.0.11:7201/10.0.0.11:7101,2=10.0.0.12:7201/10.0.0.12:7101,3=10.0.0.13:7201/10.0.0.13:7101",
+        &peers,
+    );
+    let mut started = Vec::new();
+    for (id, client, peer) in &new {
+        let dir = root.join(format!("new-{id}"));
+        sh.sub_path("/var/lib/lgsp/registry", &dir.join("data"));
+        let id_flag = format!("--id {id}");
+        let restored = sh.run("lgsp registry snapshot restore", &[("--id 1", &id_flag)]);
+        assert!(restored.contains("Restored catalog revision"), "{restored}");
+        let tls = registry.server(*id).dir.join("tls");
+        let args: Vec<String> = vec![
+            "registry".into(),
+            "start".into(),
+            "--id".into(),
+            id.to_string(),
+            "--listen".into(),
+            client.clone(),
+            "--peer-listen".into(),
+            peer.clone(),
+            "--peers".into(),
+            peers.clone(),
+            "--data-dir".into(),
+            dir.join("data").display().to_string(),
+            "--tls-dir".into(),
+            tls.display().to_string(),
+        ];
+        started.push(registry.spawn_extra(*id, client, args, dir));
+    }
+    let endpoints: Vec<String> = new.iter().map(|(_, c, _)| c.clone()).collect();
+    let restored = RegistryClient::new(&endpoints, &registry.admin).unwrap();
+    eventually(
+        "the restored cluster holds the writes made before the save",
+        Duration::from_secs(15),
+        async || has_agency(&restored, "000.00.74.H62").await.then_some(()),
+    )
+    .await;
+    for n in 0..5 {
+        assert!(has_agency(&restored, &format!("000.00.7{n}.H62")).await);
+    }
+    drop(started);
+}
+
 // ---------------------------------------------------------------------------
 // The page and this file agree.
 

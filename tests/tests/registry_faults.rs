@@ -175,6 +175,7 @@ async fn minority_cannot_commit_or_serve_linearizable_reads_and_heals_without_lo
         async move {
             let request = ApplyRequest {
                 command: Some(put_command(agency(MINORITY_KEY, "thiểu số"))),
+                idempotency_key: Vec::new(),
             };
             tokio::time::timeout(Duration::from_secs(15), grpc.apply(request)).await
         }
@@ -530,6 +531,7 @@ async fn a_write_cut_short_by_its_server_stopping_is_never_reported_as_not_appli
             async move {
                 grpc.apply(ApplyRequest {
                     command: Some(command),
+                    idempotency_key: Vec::new(),
                 })
                 .await
             }

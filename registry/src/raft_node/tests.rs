@@ -211,6 +211,25 @@ impl Cluster {
             .handle(Request::Propose {
                 actor: Box::new(admin()),
                 command: Box::new(command),
+                key: Vec::new(),
+                reply,
+            })
+            .unwrap();
+        self.settle();
+        answer
+    }
+
+    /// Hands `command` to server `on` under idempotency key `key` (empty:
+    /// none) and lets the cluster settle.
+    fn propose_keyed(&mut self, on: u64, command: Command, key: &[u8]) -> Answer {
+        let (reply, answer) = oneshot::channel();
+        self.servers
+            .get_mut(&on)
+            .unwrap()
+            .handle(Request::Propose {
+                actor: Box::new(admin()),
+                command: Box::new(command),
+                key: key.to_vec(),
                 reply,
             })
             .unwrap();
@@ -393,6 +412,7 @@ fn a_store_read_failing_while_applying_stops_that_server_instead_of_refusing_alo
         .handle(Request::Propose {
             actor: Box::new(admin()),
             command: Box::new(rename("v1")),
+            key: Vec::new(),
             reply,
         })
         .unwrap();
@@ -727,4 +747,58 @@ fn leadership_moves_to_the_voter_named_whichever_server_is_asked() {
         }
         other => panic!("a transfer to a non-member was answered {other:?}"),
     }
+}
+
+/// A client writes A through one server; A is applied but the answer is
+/// lost (the connection dropped after sending: outcome unknown). Another
+/// client then writes B, acknowledged. The first client retries A through
+/// another server. Returns the agency's name on every server afterwards,
+/// the revisions of A's first attempt, of B, and of the retry's answer.
+fn retry_after_an_unknown_outcome(key: &[u8]) -> (Vec<Option<String>>, u64, u64, u64) {
+    let mut cluster = Cluster::new(3, 1000);
+    let leader = cluster.elect(&[1, 2, 3]);
+    cluster.write(leader, "v0");
+    let others = cluster.others(leader);
+    let mut first = cluster.propose_keyed(others[0], rename("A"), key);
+    let a = first
+        .try_recv()
+        .expect("answered")
+        .expect("applied")
+        .revision;
+    drop(first);
+    let b = cluster.write(leader, "B").revision;
+    let mut retry = cluster.propose_keyed(others[1], rename("A"), key);
+    let answered = retry
+        .try_recv()
+        .expect("answered")
+        .expect("not refused")
+        .revision;
+    cluster.tick(1);
+    let names = (1..=3).map(|id| cluster.agency_name(id)).collect();
+    for id in 1..=3 {
+        assert_eq!(
+            cluster.revision(id),
+            cluster.revision(leader),
+            "server {id}"
+        );
+    }
+    (names, a, b, answered)
+}
+
+#[test]
+fn without_an_idempotency_key_a_retried_write_applies_twice_and_lands_after_a_newer_one() {
+    let (names, a, b, answered) = retry_after_an_unknown_outcome(&[]);
+    assert!(a < b && b < answered, "{a} {b} {answered}");
+    assert!(names.iter().all(|n| n.as_deref() == Some("A")), "{names:?}");
+}
+
+#[test]
+fn a_write_retried_under_its_idempotency_key_applies_once_and_never_lands_last() {
+    let (names, a, b, answered) = retry_after_an_unknown_outcome(&[7; 16]);
+    assert_eq!(
+        answered, a,
+        "the retry answers with the first attempt's revision"
+    );
+    assert!(a < b);
+    assert!(names.iter().all(|n| n.as_deref() == Some("B")), "{names:?}");
 }

@@ -67,6 +67,14 @@ pub(super) enum RegistryCommand {
         #[arg(long, value_name = "ADDR", default_value = "")]
         client_addr: String,
     },
+    /// Back up the catalog while the cluster runs, or make a data directory
+    /// from a backup to found a new cluster (as `etcdctl snapshot`).
+    ///
+    /// Example: lgsp registry snapshot save /var/backups/lgsp/catalog.snap
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCommand,
+    },
     /// Remove a server from the cluster. Its id is never to be used again.
     ///
     /// Example: lgsp registry remove-member --id 4
@@ -76,6 +84,48 @@ pub(super) enum RegistryCommand {
         /// The id of the server to remove, as `lgsp registry status` shows it.
         #[arg(long)]
         id: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum SnapshotCommand {
+    /// Save a consistent copy of the whole catalog to FILE while the
+    /// cluster runs (admin certificate). The copy holds every write
+    /// acknowledged before the command started, at one revision; it is
+    /// checked against the server's SHA-256 and written to FILE atomically
+    /// (a temporary file beside it, fsynced, renamed).
+    ///
+    /// Example: lgsp registry snapshot save /var/backups/lgsp/catalog-$(date +%F).snap
+    Save {
+        #[command(flatten)]
+        registry: RegistryArgs,
+        /// Where to write the backup; replaced whole if it exists.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Make the data directory of one founding server of a new cluster from
+    /// a backup. Run it for every founding server, from the same FILE with
+    /// the same --peers, then start each with `lgsp registry start` and those
+    /// --peers. The backup's members, history and log are not carried over:
+    /// the new cluster starts at the backup's catalog revision.
+    ///
+    /// Example: lgsp registry snapshot restore catalog.snap --data-dir /var/lib/lgsp/registry --id 1
+    /// --peers 1=10.0.0.11:7201/10.0.0.11:7101,2=10.0.0.12:7201/10.0.0.12:7101,3=10.0.0.13:7201/10.0.0.13:7101
+    Restore {
+        /// The backup written by `lgsp registry snapshot save`.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// The new, empty data directory of this server.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// This server's id in the new cluster.
+        #[arg(long)]
+        id: u64,
+        /// Every founding server of the new cluster as
+        /// ID=PEER_ADDR[/CLIENT_ADDR], comma-separated, as `registry start`
+        /// takes them.
+        #[arg(long, value_name = "LIST")]
+        peers: String,
     },
 }
 
@@ -173,6 +223,7 @@ pub(super) fn run(cmd: RegistryCommand) -> Result<()> {
             println!("Server {} leads now.", r.leader_id);
             Ok(())
         }),
+        RegistryCommand::Snapshot { command } => snapshot(&rt, command),
         RegistryCommand::RemoveMember { registry, id } => rt.block_on(async {
             let client = registry.client()?;
             let r = client.remove_member(id).await?;
@@ -180,6 +231,59 @@ pub(super) fn run(cmd: RegistryCommand) -> Result<()> {
             print_members(&r.members);
             Ok(())
         }),
+    }
+}
+
+fn snapshot(rt: &tokio::runtime::Runtime, command: SnapshotCommand) -> Result<()> {
+    use lgsp_registry::backup;
+    match command {
+        SnapshotCommand::Save { registry, file } => {
+            let bytes = rt.block_on(async {
+                registry
+                    .client()?
+                    .snapshot()
+                    .await
+                    .map_err(anyhow::Error::from)
+            })?;
+            let saved = backup::decode(&file, &bytes)
+                .context("the backup received does not match the checksum its server sent; nothing was written")?;
+            backup::write_file(&file, &bytes)?;
+            let catalog = saved.catalog.unwrap_or_default();
+            println!(
+                "Saved catalog revision {} (Raft index {}, {} records, {} members) from registry server {} to {} ({} bytes, SHA-256 {}).",
+                saved.revision,
+                saved.applied_index,
+                catalog.records.len(),
+                catalog.members.len(),
+                saved.server_id,
+                file.display(),
+                bytes.len(),
+                backup::checksum_of(&bytes)
+            );
+            Ok(())
+        }
+        SnapshotCommand::Restore {
+            file,
+            data_dir,
+            id,
+            peers,
+        } => {
+            let peers = parse_peers(&peers).map_err(|e| UsageError(format!("--peers: {e}")))?;
+            let saved = backup::read_file(&file)?;
+            let restored = backup::restore(&saved, &data_dir, id, &peers)?;
+            println!(
+                "Restored catalog revision {} ({} records, taken by registry server {}) into {} as server {id} of a new cluster of servers {:?}.",
+                restored.revision,
+                restored.records,
+                saved.server_id,
+                data_dir.display(),
+                restored.voters
+            );
+            println!(
+                "Restore the other founding servers from the same file with the same --peers, then start each with `lgsp registry start --id N --data-dir DIR --peers ...`."
+            );
+            Ok(())
+        }
     }
 }
 

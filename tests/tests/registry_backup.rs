@@ -1,0 +1,230 @@
+//! Online backup as an operator runs it: `lgsp registry snapshot save`
+//! against a three-server cluster of `lgsp registry start` processes while
+//! writes go on, `lgsp registry snapshot restore` into three new data
+//! directories, and a new cluster started from them that holds every write
+//! acknowledged before the save.
+
+use lgsp_proto::RecordKind;
+use lgsp_proto::catalog_record::Value;
+use lgsp_registry::{Catalog, RegistryClient};
+use lgsp_tests::cluster::{free_addr, write_creds};
+use lgsp_tests::lgsp;
+use lgsp_tests::process::{ProcessCluster, ServerProcess};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn code(i: usize) -> String {
+    format!("000.{:02}.{:02}.H62", 50 + i / 100, i % 100)
+}
+
+/// Registers agencies one after another until `stop`, recording each one
+/// acknowledged (its code and the revision it was applied at).
+async fn write_until(
+    client: RegistryClient,
+    acknowledged: Arc<Mutex<Vec<(String, u64)>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let catalog = Catalog::new(client);
+    let mut i = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) && i < 5000 {
+        let c = code(i);
+        let name = format!("Sở số {i} tỉnh Vĩnh Phúc");
+        if let Ok(revision) = catalog
+            .register_agency(&c.parse().unwrap(), &name, None)
+            .await
+        {
+            acknowledged.lock().unwrap().push((c, revision));
+        }
+        i += 1;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_saved_while_writes_go_on_founds_a_cluster_holding_every_write_acknowledged_before()
+ {
+    let cluster = ProcessCluster::start(3);
+    cluster.leader().await;
+    let admin = cluster.pki.dir.path().join("admin-tls");
+    write_creds(&admin, &cluster.admin);
+    let registry: Vec<String> = cluster.servers.iter().map(|s| s.client.clone()).collect();
+    let registry = registry.join(",");
+
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = tokio::spawn(write_until(
+        cluster.client(),
+        acknowledged.clone(),
+        stop.clone(),
+    ));
+    // Some writes in, then the save while they continue.
+    let started = Instant::now();
+    while acknowledged.lock().unwrap().len() < 30 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no writes went through"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let file = cluster.pki.dir.path().join("backups").join("catalog.snap");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    let before: Vec<(String, u64)> = acknowledged.lock().unwrap().clone();
+    let save = {
+        let (file, admin, registry) = (file.clone(), admin.clone(), registry.clone());
+        tokio::task::spawn_blocking(move || {
+            lgsp(&[
+                "registry",
+                "snapshot",
+                "save",
+                file.to_str().unwrap(),
+                "--registry",
+                &registry,
+                "--tls-dir",
+                admin.to_str().unwrap(),
+            ])
+        })
+        .await
+        .unwrap()
+    };
+    let during = acknowledged.lock().unwrap().len() - before.len();
+    // The writes go on after the save too.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.await.unwrap();
+    let out = String::from_utf8_lossy(&save.stdout);
+    assert!(
+        save.status.success(),
+        "snapshot save failed: {}",
+        String::from_utf8_lossy(&save.stderr)
+    );
+    assert!(out.contains("Saved catalog revision"), "{out}");
+    assert!(out.contains("SHA-256"), "{out}");
+    let total = acknowledged.lock().unwrap().len();
+    assert!(
+        total > before.len(),
+        "the writes went on around the save ({during} while it ran, {total} in all)"
+    );
+
+    // A damaged copy is refused, naming the checksum.
+    let damaged = file.with_extension("damaged");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&damaged, &bytes).unwrap();
+    let refused = lgsp(&[
+        "registry",
+        "snapshot",
+        "restore",
+        damaged.to_str().unwrap(),
+        "--data-dir",
+        cluster.pki.dir.path().join("never").to_str().unwrap(),
+        "--id",
+        "1",
+        "--peers",
+        "1=127.0.0.1:1",
+    ]);
+    assert!(!refused.status.success());
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        why.contains("is damaged") && why.contains("SHA-256"),
+        "{why}"
+    );
+    assert!(
+        !cluster
+            .pki
+            .dir
+            .path()
+            .join("never")
+            .join("registry.sled")
+            .exists()
+    );
+
+    // A new cluster on new ports, from the same file.
+    let addrs: Vec<(u64, String, String)> = (1..=3)
+        .map(|id| (id, free_addr().to_string(), free_addr().to_string()))
+        .collect();
+    let peers = addrs
+        .iter()
+        .map(|(id, client, peer)| format!("{id}={peer}/{client}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut restored: Vec<ServerProcess> = Vec::new();
+    for (id, client, peer) in &addrs {
+        let dir = cluster.pki.dir.path().join(format!("restored-{id}"));
+        let data = dir.join("data");
+        let out = lgsp(&[
+            "registry",
+            "snapshot",
+            "restore",
+            file.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--id",
+            &id.to_string(),
+            "--peers",
+            &peers,
+        ]);
+        assert!(
+            out.status.success(),
+            "restore failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let tls = cluster.server(*id).dir.join("tls");
+        let args: Vec<String> = [
+            "registry",
+            "start",
+            "--id",
+            &id.to_string(),
+            "--listen",
+            client,
+            "--peer-listen",
+            peer,
+            "--peers",
+            &peers,
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--tls-dir",
+            tls.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        restored.push(cluster.spawn_extra(*id, client, args, dir));
+    }
+    let endpoints: Vec<String> = addrs.iter().map(|(_, c, _)| c.clone()).collect();
+    let client = RegistryClient::new(&endpoints, &cluster.admin).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(s) = client.status().await
+            && s.leader_id != 0
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restored cluster elected no leader"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let last_before = before.iter().map(|(_, r)| *r).max().unwrap();
+    for (code, revision) in &before {
+        let got = client
+            .get(RecordKind::Agency, code, false)
+            .await
+            .unwrap_or_else(|e| panic!("agency {code} (revision {revision}) was lost: {e}"));
+        assert!(
+            got.revision >= last_before,
+            "{} < {last_before}",
+            got.revision
+        );
+        match got.record.and_then(|r| r.value) {
+            Some(Value::Agency(a)) => assert!(a.name.starts_with("Sở số"), "{}", a.name),
+            other => panic!("agency {code} came back as {other:?}"),
+        }
+    }
+    // The new cluster takes writes of its own.
+    Catalog::new(client)
+        .register_agency(&"000.99.99.H62".parse().unwrap(), "Sau khôi phục", None)
+        .await
+        .expect("a write to the restored cluster");
+    drop(restored);
+}
