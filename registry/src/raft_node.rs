@@ -158,6 +158,12 @@ pub struct RaftHandle {
 }
 
 impl RaftHandle {
+    /// The agency that runs the registry (the provincial IT department),
+    /// from this server's own certificate.
+    pub fn province(&self) -> &AgencyCode {
+        &self.province
+    }
+
     /// This server's store, as applied here: reading it directly is a stale
     /// read unless [`read_index`](Self::read_index) was awaited first.
     pub fn db(&self) -> &Kv {

@@ -9,7 +9,7 @@ use crate::error::{CatalogError, RegistryError, StoreError};
 use crate::kv::Kv;
 use crate::raft_node::{MembershipOp, RaftHandle};
 use futures::Stream;
-use lgsp_certs::{Authenticator, Peer, Role};
+use lgsp_certs::{AgencyCode, Authenticator, Peer, Role};
 use lgsp_proto::registry_peer_server::RegistryPeer;
 use lgsp_proto::registry_server::Registry;
 use lgsp_proto::watch_event::Type as EventType;
@@ -44,16 +44,25 @@ impl RegistryService {
     }
 }
 
-fn require_admin<T>(request: &Request<T>, what: &str) -> Result<(), Status> {
+/// Refuses anyone but the provincial IT department's admins: an `admin`
+/// certificate of the agency that runs the registry (`province`, taken
+/// from the registry servers' own certificates). An admin of another agency
+/// administers that agency's records only, never the registry itself.
+fn require_admin<T>(request: &Request<T>, province: &AgencyCode, what: &str) -> Result<(), Status> {
     let peer = Peer::of(request)?;
-    if peer.id.role == Role::Admin {
-        Ok(())
-    } else {
-        Err(Status::permission_denied(format!(
-            "{what} needs an admin certificate of the provincial IT department; {} is a {}",
+    if peer.id.role != Role::Admin {
+        return Err(Status::permission_denied(format!(
+            "{what} needs an admin certificate of the provincial IT department ({province}); {} is a {}",
             peer.id, peer.id.role
-        )))
+        )));
     }
+    if &peer.id.agency != province {
+        return Err(Status::permission_denied(format!(
+            "{what} needs an admin certificate of the provincial IT department ({province}); {} is an admin of agency {}, which administers its own records only",
+            peer.id, peer.id.agency
+        )));
+    }
+    Ok(())
 }
 
 fn kind(k: i32) -> Result<RecordKind, Status> {
@@ -163,7 +172,7 @@ impl Registry for RegistryService {
         &self,
         request: Request<AddMemberRequest>,
     ) -> Result<Response<MembershipResponse>, Status> {
-        require_admin(&request, "adding a registry server")?;
+        require_admin(&request, self.raft.province(), "adding a registry server")?;
         let req = request.into_inner();
         if req.id == 0 || req.peer_address.is_empty() {
             return Err(Status::invalid_argument(
@@ -187,7 +196,7 @@ impl Registry for RegistryService {
         &self,
         request: Request<RemoveMemberRequest>,
     ) -> Result<Response<MembershipResponse>, Status> {
-        require_admin(&request, "removing a registry server")?;
+        require_admin(&request, self.raft.province(), "removing a registry server")?;
         let id = request.into_inner().id;
         let members = self
             .raft
@@ -202,7 +211,11 @@ impl Registry for RegistryService {
         &self,
         request: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        require_admin(&request, "taking a backup of the catalog")?;
+        require_admin(
+            &request,
+            self.raft.province(),
+            "taking a backup of the catalog",
+        )?;
         let backup = self.raft.backup().await?;
         let catalog = CatalogSnapshot::decode(backup.catalog.as_slice())
             .map_err(|e| Status::internal(format!("the catalog copy cannot be read back: {e}")))?;
@@ -229,7 +242,11 @@ impl Registry for RegistryService {
         &self,
         request: Request<TransferLeaderRequest>,
     ) -> Result<Response<TransferLeaderResponse>, Status> {
-        require_admin(&request, "moving the registry's leadership")?;
+        require_admin(
+            &request,
+            self.raft.province(),
+            "moving the registry's leadership",
+        )?;
         let to = request.into_inner().to;
         let to = if to == 0 {
             match self.raft.transfer_leadership().await? {

@@ -228,3 +228,41 @@ async fn a_snapshot_saved_while_writes_go_on_founds_a_cluster_holding_every_writ
         .expect("a write to the restored cluster");
     drop(restored);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_agencys_admin_can_neither_save_the_catalog_nor_change_the_cluster() {
+    let mut cluster = ProcessCluster::start(3);
+    cluster.leader().await;
+    let (other, _) = cluster
+        .pki
+        .issue("000.60.01.H62", lgsp_certs::Role::Admin, "quan-tri");
+    let tls = cluster.pki.dir.path().join("other-admin-tls");
+    write_creds(&tls, &other);
+    let registry: Vec<String> = cluster.servers.iter().map(|s| s.client.clone()).collect();
+    let registry = registry.join(",");
+    let file = cluster.pki.dir.path().join("stolen.snap");
+    for args in [
+        vec!["registry", "snapshot", "save", file.to_str().unwrap()],
+        vec!["registry", "transfer-leader"],
+    ] {
+        let mut args = args.clone();
+        args.extend(["--registry", &registry, "--tls-dir", tls.to_str().unwrap()]);
+        let out = tokio::task::spawn_blocking({
+            let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            move || lgsp(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        })
+        .await
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(
+            stderr.contains("provincial IT department")
+                && stderr.contains("administers its own records only"),
+            "{args:?}: {stderr}"
+        );
+    }
+    assert!(
+        !file.exists(),
+        "no backup may be written for another agency's admin"
+    );
+}
