@@ -25,7 +25,7 @@ use lgsp_proto::command::Op;
 use lgsp_proto::watch_event::Type as EventType;
 use lgsp_proto::{
     CatalogRecord, CatalogSnapshot, Command, GrantStatus, Member, Meta, RecordKind, RecordRef,
-    ServiceKind, ServiceStatus, WatchEvent,
+    Service, ServiceKind, ServiceStatus, SharingMethod, WatchEvent,
 };
 use prost::Message as _;
 
@@ -343,6 +343,71 @@ fn require_agency(db: &impl KvRead, code: &str) -> Result<(), CatalogError> {
     }
 }
 
+/// An online service is called through the node that serves it, so it must
+/// name a node of its own agency that the catalog holds: without one,
+/// publishing succeeds and every call fails. Decided here, at apply time,
+/// so no client can skip it. A service imported through the hub is carried
+/// by the hub instead, and a withdrawn one answers no calls.
+fn check_service_node(db: &impl KvRead, s: &Service) -> Result<(), CatalogError> {
+    let online = matches!(
+        SharingMethod::try_from(s.sharing_method).unwrap_or_default(),
+        SharingMethod::Unspecified | SharingMethod::Online
+    );
+    let withdrawn = s.status == ServiceStatus::Withdrawn as i32;
+    if !s.origin.is_empty() || withdrawn {
+        return Ok(());
+    }
+    if !s.node.is_empty()
+        && exists(
+            db,
+            RecordKind::Node,
+            &NodeKey::format(&s.agency_code, &s.node),
+        )?
+    {
+        return Ok(());
+    }
+    if s.node.is_empty() && !online {
+        return Ok(());
+    }
+    let nodes: Vec<String> = db
+        .read_prefix(&record_db_key(
+            RecordKind::Node,
+            &format!("{}/", s.agency_code),
+        ))
+        .map_err(|e| CatalogError::Internal(e.to_string()))?
+        .into_iter()
+        .filter_map(|(_, v)| CatalogRecord::decode(v.as_slice()).ok())
+        .filter_map(|r| match r.value {
+            Some(Value::Node(n)) => Some(n.name),
+            _ => None,
+        })
+        .collect();
+    let fix = if nodes.is_empty() {
+        format!(
+            "agency {} has no node in the catalog yet: start its node (`lgsp node start`; it registers itself), then publish with --node NAME",
+            s.agency_code
+        )
+    } else {
+        format!(
+            "publish it with --node and one of agency {}'s nodes in the catalog: {}",
+            s.agency_code,
+            nodes.join(", ")
+        )
+    };
+    let why = if s.node.is_empty() {
+        format!(
+            "service {} is shared online but names no node, so every call to it would fail",
+            s.id
+        )
+    } else {
+        format!(
+            "service {} names node {:?}, which agency {} has not registered in the catalog",
+            s.id, s.node, s.agency_code
+        )
+    };
+    Err(CatalogError::FailedPrecondition(format!("{why}; {fix}")))
+}
+
 fn text(field: &str, value: &str, max: usize, required: bool) -> Result<(), CatalogError> {
     if required && value.trim().is_empty() {
         return Err(CatalogError::InvalidArgument(format!("{field} is empty")));
@@ -494,18 +559,7 @@ fn check_value(
             if s.status == 0 {
                 s.status = ServiceStatus::Active as i32;
             }
-            if !s.node.is_empty()
-                && !exists(
-                    db,
-                    RecordKind::Node,
-                    &NodeKey::format(&s.agency_code, &s.node),
-                )?
-            {
-                return Err(CatalogError::FailedPrecondition(format!(
-                    "node {:?} of agency {} is not registered",
-                    s.node, s.agency_code
-                )));
-            }
+            check_service_node(db, s)?;
             if !s.schema_json.is_empty() {
                 serde_json::from_str::<serde_json::Value>(&s.schema_json).map_err(|e| {
                     CatalogError::InvalidArgument(format!("service schema is not JSON: {e}"))

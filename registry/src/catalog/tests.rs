@@ -94,10 +94,13 @@ fn node(agency: &str, name: &str) -> Value {
     })
 }
 
+/// An online service served by its agency's `node-1` (which [`catalog`]
+/// registers for A and B).
 fn service(id: &str) -> Service {
     Service {
         id: id.into(),
         kind: ServiceKind::Http as i32,
+        node: "node-1".into(),
         ..Default::default()
     }
 }
@@ -110,11 +113,14 @@ fn grant(service_id: &str, consumer: &str) -> Value {
     })
 }
 
-/// A catalog with agencies A and B and service `A/ho-tich`.
+/// A catalog with agencies A and B, a node `node-1` of each, and service
+/// `A/ho-tich`.
 fn catalog() -> Kv {
     let kv = Kv::new(MemKv::default());
     run(&kv, &admin(), &put_cmd(agency(A))).unwrap();
     run(&kv, &admin(), &put_cmd(agency(B))).unwrap();
+    run(&kv, &node_of(A), &put_cmd(node(A, "node-1"))).unwrap();
+    run(&kv, &node_of(B), &put_cmd(node(B, "node-1"))).unwrap();
     run(
         &kv,
         &node_of(A),
@@ -422,6 +428,70 @@ fn a_service_on_an_unregistered_node_is_refused_until_the_node_exists() {
 }
 
 #[test]
+fn an_online_service_without_a_node_is_refused_naming_the_agencys_nodes() {
+    let kv = catalog();
+    let s = Service {
+        node: String::new(),
+        ..service(&format!("{A}/thue"))
+    };
+    let err = refused(run(&kv, &node_of(A), &put_cmd(Value::Service(s))));
+    assert!(
+        matches!(&err, CatalogError::FailedPrecondition(m)
+            if m.contains("names no node") && m.contains("--node") && m.contains("node-1")),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn an_online_service_of_an_agency_without_nodes_is_refused_saying_to_start_one() {
+    let kv = Kv::new(MemKv::default());
+    run(&kv, &admin(), &put_cmd(agency(A))).unwrap();
+    let s = Service {
+        node: String::new(),
+        ..service(&format!("{A}/thue"))
+    };
+    let err = refused(run(&kv, &admin(), &put_cmd(Value::Service(s))));
+    assert!(
+        matches!(&err, CatalogError::FailedPrecondition(m)
+            if m.contains("no node in the catalog") && m.contains("lgsp node start")),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_service_naming_another_agencys_node_is_refused() {
+    let kv = catalog();
+    run(&kv, &node_of(B), &put_cmd(node(B, "node-b"))).unwrap();
+    let s = Service {
+        node: "node-b".into(),
+        ..service(&format!("{A}/thue"))
+    };
+    let err = refused(run(&kv, &admin(), &put_cmd(Value::Service(s))));
+    assert!(
+        matches!(&err, CatalogError::FailedPrecondition(m)
+            if m.contains("\"node-b\"") && m.contains(&format!("agency {A} has not registered"))),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_service_shared_offline_or_withdrawn_needs_no_node() {
+    let kv = catalog();
+    let package = Service {
+        node: String::new(),
+        sharing_method: SharingMethod::DataPackage as i32,
+        ..service(&format!("{A}/goi-du-lieu"))
+    };
+    run(&kv, &node_of(A), &put_cmd(Value::Service(package))).unwrap();
+    let withdrawn = Service {
+        node: String::new(),
+        status: ServiceStatus::Withdrawn as i32,
+        ..service(&format!("{A}/cu"))
+    };
+    run(&kv, &node_of(A), &put_cmd(Value::Service(withdrawn))).unwrap();
+}
+
+#[test]
 fn a_grant_needs_a_published_service_and_a_registered_consumer_and_starts_active() {
     let kv = catalog();
     assert!(matches!(
@@ -600,8 +670,9 @@ fn a_delete_event_carries_the_last_record_at_the_delete_revision() {
 #[test]
 fn history_replays_every_change_in_order_from_a_revision() {
     let kv = catalog();
+    // Agencies A and B, their nodes, the service: revisions 1 to 5.
     let revisions: Vec<u64> = history(&kv, 2).map(|e| e.unwrap().revision).collect();
-    assert_eq!(revisions, vec![2, 3]);
+    assert_eq!(revisions, vec![2, 3, 4, 5]);
 }
 
 #[test]
@@ -779,6 +850,8 @@ fn only_the_admin_removes_an_agency() {
     let kv = catalog();
     let err = refused(run(&kv, &node_of(B), &delete_cmd(RecordKind::Agency, B)));
     assert!(matches!(err, CatalogError::PermissionDenied(_)), "{err:?}");
+    let b_node = format!("{B}/node-1");
+    run(&kv, &admin(), &delete_cmd(RecordKind::Node, &b_node)).unwrap();
     run(&kv, &admin(), &delete_cmd(RecordKind::Agency, B)).expect("B has nothing left");
 }
 
@@ -808,9 +881,14 @@ fn an_agency_with_services_or_grants_is_not_removed_until_they_are() {
     // Removed in order, everything goes.
     let grant_key = format!("{ho_tich}|{B}");
     run(&kv, &admin(), &delete_cmd(RecordKind::Grant, &grant_key)).unwrap();
-    run(&kv, &admin(), &delete_cmd(RecordKind::Agency, B)).unwrap();
-    run(&kv, &node_of(A), &delete_cmd(RecordKind::Service, &ho_tich)).unwrap();
-    run(&kv, &admin(), &delete_cmd(RecordKind::Agency, A)).unwrap();
+    for agency in [A, B] {
+        let node = format!("{agency}/node-1");
+        if agency == A {
+            run(&kv, &node_of(A), &delete_cmd(RecordKind::Service, &ho_tich)).unwrap();
+        }
+        run(&kv, &admin(), &delete_cmd(RecordKind::Node, &node)).unwrap();
+        run(&kv, &admin(), &delete_cmd(RecordKind::Agency, agency)).unwrap();
+    }
 }
 
 #[test]
