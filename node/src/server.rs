@@ -64,7 +64,7 @@ pub enum NodeError {
     /// The node's certificate was not issued by the CA in its `ca.pem`: no
     /// other node would accept it, so the node would only warn for ever.
     #[error(
-        "{} was not signed by the CA in {}: ask the provincial IT department (Sở TT&TT) for a certificate signed by the provincial CA, or put that CA's certificate in {}",
+        "{} was not signed by the CA in {}: ask the provincial IT department (Sở KH&CN) for a certificate signed by the provincial CA, or put that CA's certificate in {}",
         cert.display(),
         ca.display(),
         ca.display()

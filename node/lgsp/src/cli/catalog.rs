@@ -28,7 +28,7 @@ pub(super) enum AgencyCommand {
         /// QCVN 102 code, e.g. 000.00.12.H62.
         #[arg(long)]
         code: AgencyCode,
-        /// Name, UTF-8, e.g. "Sở Tư pháp tỉnh Vĩnh Phúc".
+        /// Name, UTF-8, e.g. "Sở Tư pháp tỉnh Phú Thọ".
         #[arg(long)]
         name: String,
         /// The focal point's name.
