@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod obo;
 pub mod provider;
 pub mod refusal;
+pub mod registration;
 pub mod server;
 pub mod shutdown;
 pub mod trace;

@@ -24,8 +24,8 @@ use lgsp_proto::catalog_record::Value;
 use lgsp_proto::command::Op;
 use lgsp_proto::watch_event::Type as EventType;
 use lgsp_proto::{
-    CatalogRecord, CatalogSnapshot, Command, GrantStatus, Member, Meta, RecordKind, RecordRef,
-    Service, ServiceKind, ServiceStatus, SharingMethod, WatchEvent,
+    CatalogRecord, CatalogSnapshot, Command, GrantStatus, Member, Meta, NodeContender, NodeRecord,
+    RecordKind, RecordRef, Service, ServiceKind, ServiceStatus, SharingMethod, WatchEvent,
 };
 use prost::Message as _;
 
@@ -511,6 +511,11 @@ fn check_value(
             }
         }
         Value::Node(n) => {
+            // The registry's clock, never the node's: the lease is decided
+            // alike on every server.
+            n.heard_unix = if n.stopping { 0 } else { asker.now_unix };
+            n.stopping = false;
+            n.contender = None;
             AgencyCode::new(&n.agency_code)
                 .map_err(|e| CatalogError::InvalidArgument(e.to_string()))?;
             validate_name(&n.name).map_err(|e| CatalogError::InvalidArgument(e.to_string()))?;
@@ -850,6 +855,52 @@ struct Write {
 #[derive(Debug)]
 pub struct Checked {
     writes: Vec<Write>,
+    /// A refusal that still writes: a node registration refused because
+    /// the name is in use notes the contender on the live instance's
+    /// record, so that node learns of it through its watch.
+    refusal: Option<CatalogError>,
+}
+
+impl Checked {
+    /// The refusal to answer once the writes are applied, if any.
+    pub fn take_refusal(&mut self) -> Option<CatalogError> {
+        self.refusal.take()
+    }
+}
+
+/// How long a node's registration holds its name without being renewed
+/// (seconds, on the registry's clock): a node renews it every
+/// [`NODE_HEARTBEAT_SECONDS`], so three missed renewals free the name for
+/// another instance.
+pub const NODE_LEASE_SECONDS: i64 = 30;
+
+/// How often a running node renews its registration, in seconds.
+pub const NODE_HEARTBEAT_SECONDS: u64 = 10;
+
+/// Why `new` may not take over the node record `old` at `now`: another
+/// instance holds it and was heard from within the lease. Nodes older than
+/// the instance id (empty on either side) are not compared.
+fn node_in_use(old: &NodeRecord, new: &NodeRecord, now: i64) -> Option<String> {
+    if old.instance_id.is_empty()
+        || new.instance_id.is_empty()
+        || old.instance_id == new.instance_id
+        || old.heard_unix == 0
+    {
+        return None;
+    }
+    let ago = now.saturating_sub(old.heard_unix);
+    if ago >= NODE_LEASE_SECONDS {
+        return None;
+    }
+    Some(format!(
+        "node {agency}/{name} is already running: instance {old_id} at {endpoint}, heard from {ago} s ago (this is instance {new_id}). Two processes with one certificate would take each other's catalog entry and calls. Stop one of them: if the other is gone for good (its server or data directory lost), start this one again after {wait} s, when its registration lapses; to run both, give this one its own name and certificate (`lgsp node init --name node-2`)",
+        agency = old.agency_code,
+        name = old.name,
+        old_id = old.instance_id,
+        endpoint = old.endpoint,
+        new_id = new.instance_id,
+        wait = NODE_LEASE_SECONDS - ago,
+    ))
 }
 
 /// What a command asks, checked without reading the catalog: its shape,
@@ -981,6 +1032,26 @@ pub fn check(
         federation::check_hub_delete(db, asker, kind, &key)?;
         refuse_orphans(db, kind, &key)?;
     }
+    if let (Some(Value::Node(new)), Some(Value::Node(old))) =
+        (&value, previous.as_ref().and_then(|r| r.value.as_ref()))
+        && let Some(why) = node_in_use(old, new, asker.now_unix)
+    {
+        let mut noted = old.clone();
+        noted.contender = Some(NodeContender {
+            instance_id: new.instance_id.clone(),
+            endpoint: new.endpoint.clone(),
+            at_unix: asker.now_unix,
+        });
+        return Ok(Checked {
+            writes: vec![Write {
+                kind,
+                key,
+                value: Some(Value::Node(noted)),
+                previous,
+            }],
+            refusal: Some(CatalogError::InUse(why)),
+        });
+    }
     let mut writes = vec![Write {
         kind,
         key,
@@ -997,7 +1068,10 @@ pub fn check(
             previous,
         });
     }
-    Ok(Checked { writes })
+    Ok(Checked {
+        writes,
+        refusal: None,
+    })
 }
 
 /// Stages a checked change, each record it writes at the next revision;

@@ -69,11 +69,30 @@ fn run(
     who: &SpiffeId,
     command: &Command,
 ) -> Result<(Option<CatalogRecord>, WatchEvent), CatalogError> {
-    let checked = check(kv, &asker(who), command)?;
+    run_at(kv, who, command, NOW)
+}
+
+/// [`run`] with the receiving server's clock at `now_unix`; a refusal that
+/// still writes (a node name in use) is applied, then returned.
+fn run_at(
+    kv: &Kv,
+    who: &SpiffeId,
+    command: &Command,
+    now_unix: i64,
+) -> Result<(Option<CatalogRecord>, WatchEvent), CatalogError> {
+    let asker = Asker {
+        now_unix,
+        ..asker(who)
+    };
+    let mut checked = check(kv, &asker, command)?;
+    let refusal = checked.take_refusal();
     let mut batch = Staged::new(kv);
     let (record, mut events) = apply(&mut batch, checked).expect("apply");
     batch.commit().expect("commit");
-    Ok((record, events.remove(0)))
+    match refusal {
+        Some(refused) => Err(refused),
+        None => Ok((record, events.remove(0))),
+    }
 }
 
 fn agency(code: &str) -> Value {
@@ -90,8 +109,90 @@ fn node(agency: &str, name: &str) -> Value {
         agency_code: agency.into(),
         name: name.into(),
         endpoint: "node.example:7443".into(),
-        cert_sha256: String::new(),
+        ..Default::default()
     })
+}
+
+/// Node `A/n1` as instance `instance` registers it, reached at `endpoint`.
+fn node_instance(instance: &str, endpoint: &str) -> NodeRecord {
+    NodeRecord {
+        agency_code: A.into(),
+        name: "n1".into(),
+        endpoint: endpoint.into(),
+        instance_id: instance.into(),
+        ..Default::default()
+    }
+}
+
+fn stored_node(kv: &Kv) -> NodeRecord {
+    match get(kv, RecordKind::Node, &format!("{A}/n1"))
+        .unwrap()
+        .and_then(|r| r.value)
+    {
+        Some(Value::Node(n)) => n,
+        other => panic!("not a node: {other:?}"),
+    }
+}
+
+#[test]
+fn a_second_instance_is_refused_while_the_first_is_heard_from_and_the_first_is_told() {
+    let kv = catalog();
+    let first = node_instance("aaaa", "10.0.0.21:7301");
+    let second = node_instance("bbbb", "10.0.0.99:7301");
+    run_at(&kv, &node_of(A), &put_cmd(Value::Node(first.clone())), NOW).unwrap();
+    assert_eq!(stored_node(&kv).heard_unix, NOW);
+    let err = run_at(&kv, &node_of(A), &put_cmd(Value::Node(second)), NOW + 5).unwrap_err();
+    assert!(
+        matches!(&err, CatalogError::InUse(m)
+            if m.contains("already running") && m.contains("aaaa") && m.contains("10.0.0.21:7301")
+                && m.contains("--name node-2") && m.contains("after 25 s")),
+        "{err:?}"
+    );
+    // The first keeps its entry, and its record now names the contender.
+    let kept = stored_node(&kv);
+    assert_eq!(
+        (kept.instance_id.as_str(), kept.endpoint.as_str()),
+        ("aaaa", "10.0.0.21:7301")
+    );
+    let contender = kept.contender.expect("the contender is noted");
+    assert_eq!(
+        (
+            contender.instance_id.as_str(),
+            contender.endpoint.as_str(),
+            contender.at_unix
+        ),
+        ("bbbb", "10.0.0.99:7301", NOW + 5)
+    );
+    // The first's own renewal is accepted and clears the note.
+    run_at(&kv, &node_of(A), &put_cmd(Value::Node(first)), NOW + 10).unwrap();
+    let renewed = stored_node(&kv);
+    assert_eq!(renewed.heard_unix, NOW + 10);
+    assert!(renewed.contender.is_none());
+}
+
+#[test]
+fn another_instance_takes_the_name_once_the_lease_lapses_or_the_first_stopped() {
+    let kv = catalog();
+    let first = node_instance("aaaa", "10.0.0.21:7301");
+    run_at(&kv, &node_of(A), &put_cmd(Value::Node(first.clone())), NOW).unwrap();
+    let later = NOW + NODE_LEASE_SECONDS;
+    run_at(
+        &kv,
+        &node_of(A),
+        &put_cmd(Value::Node(node_instance("bbbb", "10.0.0.22:7301"))),
+        later,
+    )
+    .unwrap();
+    assert_eq!(stored_node(&kv).instance_id, "bbbb");
+    // A node stopping in order gives its name up at once.
+    let stopping = NodeRecord {
+        stopping: true,
+        ..node_instance("bbbb", "10.0.0.22:7301")
+    };
+    run_at(&kv, &node_of(A), &put_cmd(Value::Node(stopping)), later + 1).unwrap();
+    assert_eq!(stored_node(&kv).heard_unix, 0);
+    run_at(&kv, &node_of(A), &put_cmd(Value::Node(first)), later + 2).unwrap();
+    assert_eq!(stored_node(&kv).instance_id, "aaaa");
 }
 
 /// An online service served by its agency's `node-1` (which [`catalog`]

@@ -216,7 +216,7 @@ pub(super) fn run(cmd: NodeCommand) -> Result<()> {
             let config = lgsp_node::config::NodeConfig::load(&config)?;
             let rt = super::runtime()?;
             rt.block_on(async {
-                let node = lgsp_node::server::NodeServer::start(config).await?;
+                let mut node = lgsp_node::server::NodeServer::start(config).await?;
                 println!(
                     "node serving other agencies on {} (mTLS) and this agency's applications on {}",
                     node.provider_addr, node.consumer_addr
@@ -224,10 +224,20 @@ pub(super) fn run(cmd: NodeCommand) -> Result<()> {
                 if let Some(m) = node.metrics_addr {
                     println!("metrics on http://{m}/metrics");
                 }
-                let signal = crate::signal::stop_signal().await?;
-                tracing::info!("{signal}; shutting down");
+                // Stops on a signal, or when another live instance holds
+                // this node's name (a configuration error: exit code 2).
+                let failed = tokio::select! {
+                    signal = crate::signal::stop_signal() => {
+                        tracing::info!("{}; shutting down", signal?);
+                        None
+                    }
+                    error = node.failure() => Some(error),
+                };
                 node.shutdown().await;
-                Ok(())
+                match failed {
+                    None => Ok(()),
+                    Some(error) => Err(error.into()),
+                }
             })
         }
     }
