@@ -402,6 +402,26 @@ impl NodeServer {
             None => None,
         };
 
+        // The admin socket: `lgsp dataset show|query|list` read the live
+        // datasets through it while this process holds them open.
+        let admin_socket = crate::admin::socket_path(&config.data_dir);
+        match crate::admin::bind(&admin_socket) {
+            Ok(listener) => shutdown.spawn(
+                "admin socket",
+                crate::admin::serve(
+                    listener,
+                    ctx.clone(),
+                    DatasetStore::new(&config.data_dir.join("datasets")),
+                    shutdown.stopped(),
+                ),
+            ),
+            Err(error) => tracing::warn!(
+                %error,
+                socket = %admin_socket.display(),
+                "cannot listen on the admin socket; `lgsp dataset show|query|list` cannot read this node's datasets while it runs"
+            ),
+        }
+
         let record = NodeRecord {
             agency_code: config.agency.clone(),
             name: config.name.clone(),
@@ -467,6 +487,7 @@ impl NodeServer {
         if let Err(error) = self.ctx.log.seal() {
             tracing::error!(%error, "cannot seal the sharing log");
         }
+        let _ = std::fs::remove_file(crate::admin::socket_path(&self.ctx.config.data_dir));
         let r = &self.registration;
         if r.registered.load(std::sync::atomic::Ordering::SeqCst) {
             crate::registration::release(&r.catalog, &r.record).await;
