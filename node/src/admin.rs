@@ -90,6 +90,9 @@ pub struct Generation {
     pub records: u64,
     /// Its key field.
     pub key: String,
+    /// Every field its records have, sorted; `None` when there were too
+    /// many to keep.
+    pub columns: Option<Vec<String>>,
     /// Its schema's digest.
     pub schema_digest: String,
     /// The file it was imported from.
@@ -106,6 +109,7 @@ impl Generation {
             live: g.live,
             records: g.records,
             key: g.schema.key,
+            columns: g.schema.columns,
             schema_digest: g.schema_digest,
             source: g.source,
             imported_at_unix: g.imported_at_unix,

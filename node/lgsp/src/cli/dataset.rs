@@ -106,6 +106,8 @@ pub(super) enum DatasetCommand {
         service: Option<String>,
         #[command(flatten)]
         zone: super::time::ZoneArg,
+        #[command(flatten)]
+        output: super::output::OutputArgs,
     },
     /// Print one record, as the JSON object stored. While the node runs,
     /// it answers through its admin socket (DATA_DIR/admin.sock, for the
@@ -223,7 +225,8 @@ pub(super) fn run(cmd: DatasetCommand) -> Result<()> {
             data_dir,
             service,
             zone,
-        } => list(&data_dir, service.as_deref(), &zone.calendar()?),
+            output,
+        } => output.print(&list(&data_dir, service.as_deref(), &zone.calendar()?)?),
         DatasetCommand::Show { at, key } => {
             let request = Request::Show {
                 service: at.service.clone(),
@@ -443,11 +446,13 @@ fn through_node(data_dir: &Path, request: &Request) -> Result<Option<bool>> {
     }
 }
 
-fn list(
+/// The datasets in `data_dir` (or `service`'s alone) with their kept
+/// generations, one row per generation.
+pub(super) fn list(
     data_dir: &Path,
     service: Option<&str>,
     cal: &lgsp_registry::calendar::WorkCalendar,
-) -> Result<()> {
+) -> Result<super::output::Listing> {
     let store = DatasetStore::new(&data_dir.join("datasets"));
     let request = Request::List {
         service: service.map(str::to_owned),
@@ -467,31 +472,39 @@ fn list(
         Err(AdminError::Refused { message, .. }) => return Err(anyhow!(message)),
         Err(e) => return Err(e.into()),
     }
-    if generations.is_empty() {
-        println!("no datasets in {}", store.root().display());
-        return Ok(());
-    }
-    let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "{:<24} {:<8} {:<5} {:>10} {:<16} {:<12} {:<22} SOURCE",
-        "SERVICE", "GEN", "LIVE", "ROWS", "KEY", "SCHEMA", "IMPORTED"
-    )?;
+    let mut listing = super::output::Listing::new("datasets")
+        .header(format!(
+            "{:<24} {:<8} {:<5} {:>10} {:<16} {:<12} {:<22} SOURCE",
+            "SERVICE", "GEN", "LIVE", "ROWS", "KEY", "SCHEMA", "IMPORTED"
+        ))
+        .when_empty(format!("no datasets in {}", store.root().display()));
     for g in generations {
-        writeln!(
-            out,
-            "{:<24} {:<8} {:<5} {:>10} {:<16} {:<12} {:<22} {}",
-            g.service,
-            g.name,
-            if g.live { "yes" } else { "kept" },
-            g.records,
-            g.key,
-            short_digest(&g.schema_digest),
-            cal.show(g.imported_at_unix as i64),
-            g.source
-        )?;
+        listing.row(
+            format!(
+                "{:<24} {:<8} {:<5} {:>10} {:<16} {:<12} {:<22} {}",
+                g.service,
+                g.name,
+                if g.live { "yes" } else { "kept" },
+                g.records,
+                g.key,
+                short_digest(&g.schema_digest),
+                cal.show(g.imported_at_unix as i64),
+                g.source
+            ),
+            serde_json::json!({
+                "service": g.service,
+                "generation": g.name,
+                "live": g.live,
+                "rows": g.records,
+                "key": g.key,
+                "columns": g.columns,
+                "schema_digest": g.schema_digest,
+                "imported": super::output::time(cal, g.imported_at_unix as i64),
+                "source": g.source,
+            }),
+        );
     }
-    Ok(())
+    Ok(listing)
 }
 
 fn query(

@@ -89,6 +89,8 @@ pub(super) enum HubCommand {
     Status {
         #[command(flatten)]
         registry: RegistryArgs,
+        #[command(flatten)]
+        output: super::output::OutputArgs,
     },
 }
 
@@ -120,6 +122,8 @@ pub(super) enum PeerCommand {
     List {
         #[command(flatten)]
         registry: RegistryArgs,
+        #[command(flatten)]
+        output: super::output::OutputArgs,
     },
 }
 
@@ -175,12 +179,21 @@ pub(super) fn run(cmd: HubCommand) -> Result<()> {
                     .await?;
                 println!("Federation peer {name} set (revision {rev})");
             }
-            HubCommand::Peer(PeerCommand::List { registry }) => {
+            HubCommand::Peer(PeerCommand::List { registry, output }) => {
+                let mut listing = super::output::Listing::new("federation_peers");
                 for v in records_of(&registry.client()?, RecordKind::Peer, Some).await? {
                     if let Value::Peer(p) = v {
-                        println!("{:<16} {:<32} {}", p.name, p.trust_domain, p.hub_endpoint);
+                        listing.row(
+                            format!("{:<16} {:<32} {}", p.name, p.trust_domain, p.hub_endpoint),
+                            serde_json::json!({
+                                "name": p.name,
+                                "trust_domain": p.trust_domain,
+                                "hub_endpoint": p.hub_endpoint,
+                            }),
+                        );
                     }
                 }
+                output.print(&listing)?;
             }
             HubCommand::Export {
                 registry,
@@ -224,29 +237,46 @@ pub(super) fn run(cmd: HubCommand) -> Result<()> {
                     .await?;
                 println!("No longer importing {service} from {peer} (revision {rev})");
             }
-            HubCommand::Status { registry } => {
+            HubCommand::Status { registry, output } => {
                 let client = registry.client()?;
-                println!("Peers:");
+                // Items of three types ("peer", "export", "import"); the text
+                // shows them in sections.
+                let mut listing = super::output::Listing::new("hub_status");
+                let mut text = String::from("Peers:");
                 for v in records_of(&client, RecordKind::Peer, Some).await? {
                     if let Value::Peer(p) = v {
-                        println!("  {:<16} {:<32} {}", p.name, p.trust_domain, p.hub_endpoint);
+                        text.push_str(&format!(
+                            "\n  {:<16} {:<32} {}",
+                            p.name, p.trust_domain, p.hub_endpoint
+                        ));
+                        listing.item(serde_json::json!({
+                            "type": "peer",
+                            "name": p.name,
+                            "trust_domain": p.trust_domain,
+                            "hub_endpoint": p.hub_endpoint,
+                        }));
                     }
                 }
-                println!("Exports:");
+                text.push_str("\nExports:");
                 for v in records_of(&client, RecordKind::Export, Some).await? {
                     if let Value::Export(e) = v {
-                        println!("  {:<40} to {}", e.service_id, e.peer);
+                        text.push_str(&format!("\n  {:<40} to {}", e.service_id, e.peer));
+                        listing.item(serde_json::json!({
+                            "type": "export",
+                            "service": e.service_id,
+                            "peer": e.peer,
+                        }));
                     }
                 }
                 let services = records_of(&client, RecordKind::Service, Some).await?;
-                println!("Imports:");
+                text.push_str("\nImports:");
                 for v in records_of(&client, RecordKind::Import, Some).await? {
                     if let Value::Import(i) = v {
                         let present = services.iter().any(
                             |s| matches!(s, Value::Service(s) if s.id == i.service_id && s.origin == i.peer),
                         );
-                        println!(
-                            "  {:<40} from {:<16} {}",
+                        text.push_str(&format!(
+                            "\n  {:<40} from {:<16} {}",
                             i.service_id,
                             i.peer,
                             if present {
@@ -254,9 +284,16 @@ pub(super) fn run(cmd: HubCommand) -> Result<()> {
                             } else {
                                 "not (yet) exported by the peer"
                             }
-                        );
+                        ));
+                        listing.item(serde_json::json!({
+                            "type": "import",
+                            "service": i.service_id,
+                            "peer": i.peer,
+                            "in_catalog": present,
+                        }));
                     }
                 }
+                output.print(&listing.header(text))?;
             }
         }
         Ok::<(), anyhow::Error>(())
