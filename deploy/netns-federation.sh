@@ -222,8 +222,9 @@ leader_agreed() {
 prepare_node() {
   local host=$1 agency=$2 name=$3 ip
   ip=$(host_ip "$host")
+  # The trust domain comes from the CA's certificate, copied to tls/ca.pem.
   "$LGSP" node init --agency "$agency" --name "$name" --dir "$DIR/$host" \
-    --trust-domain "$TRUST_DOMAIN" --registry "$REGISTRY" \
+    --ca "$DIR/ca/ca.crt" --registry "$REGISTRY" \
     --provider-listen "$ip:7301" --consumer-listen 127.0.0.1:7401 \
     --ip "$ip" --dns localhost >/dev/null
   # The CA signs only host names its policy allows the agency.
@@ -231,7 +232,6 @@ prepare_node() {
     --ip "$ip" >/dev/null
   "$LGSP" ca sign --ca "$DIR/ca" --csr "$DIR/$host/tls/csr.pem" \
     --out "$DIR/$host/tls/cert.pem" >/dev/null
-  cp "$DIR/ca/ca.crt" "$DIR/$host/tls/ca.pem"
   grep -q '^# metrics_listen = ' "$DIR/$host/node.toml" ||
     die "the node.toml that lgsp node init wrote has no metrics_listen line to set"
   sed -i "s|^# metrics_listen = .*|metrics_listen = \"$ip:9301\"|" "$DIR/$host/node.toml"

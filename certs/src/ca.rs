@@ -686,6 +686,22 @@ mod tests {
     }
 
     #[test]
+    fn the_trust_domain_is_read_back_from_the_ca_certificate_not_a_leaf() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ca =
+            CertificateAuthority::init(&dir.path().join("ca"), "tinh-mau.gov.vn", "CA", 30)
+                .unwrap();
+        let read = crate::inspect::ca_trust_domain(ca.cert_pem(), Path::new("ca.crt"));
+        assert_eq!(read.unwrap(), "tinh-mau.gov.vn");
+        let leaf = ca
+            .issue(&spec("tinh-mau.gov.vn", "000.00.12.H62", Role::Node, "n"))
+            .unwrap();
+        let err =
+            crate::inspect::ca_trust_domain(&leaf.cert_pem, Path::new("cert.pem")).unwrap_err();
+        assert!(err.to_string().contains("no CA certificate"), "{err}");
+    }
+
+    #[test]
     fn a_ca_refuses_identities_of_another_trust_domain() {
         let (_dir, mut ca) = ca();
         let foreign = spec("hanoi.gov.vn", "000.00.12.H01", Role::Node, "node-1");

@@ -30,7 +30,9 @@ pub enum CertError {
         why: &'static str,
     },
     /// A trust domain that is not a lower-case DNS name; holds it as given.
-    #[error("malformed trust domain {0:?}: expected a lower-case DNS name such as vinhphuc.gov.vn")]
+    #[error(
+        "malformed trust domain {0:?}: expected a lower-case DNS name such as <province>.gov.vn"
+    )]
     TrustDomain(String),
     /// A URI that is not an lgsp SPIFFE ID.
     #[error(

@@ -275,6 +275,45 @@ pub fn pem_blocks(text: &str) -> Result<Vec<(String, Vec<u8>)>> {
     Ok(blocks)
 }
 
+/// The trust domain of the provincial CA whose certificate is in `pem`
+/// (`ca.crt`, a node's `ca.pem`): `lgsp ca init` writes it as the subject's
+/// OU. Tools take the province from there instead of a built-in name.
+/// Fails with [`CertError::Parse`] naming `origin` when the file holds no CA
+/// certificate, or none with a trust domain as its OU.
+pub fn ca_trust_domain(pem: &str, origin: &std::path::Path) -> Result<String> {
+    let bad = |why: &str| CertError::Parse {
+        path: origin.to_owned(),
+        what: "CA certificate",
+        why: why.to_owned(),
+    };
+    let mut saw_ca = false;
+    for (label, der) in pem_blocks(pem).map_err(|_| bad("not a PEM file"))? {
+        if label != "CERTIFICATE" {
+            continue;
+        }
+        let Ok((_, cert)) = X509Certificate::from_der(&der) else {
+            continue;
+        };
+        if !cert.is_ca() {
+            continue;
+        }
+        saw_ca = true;
+        let domain = cert
+            .subject()
+            .iter_organizational_unit()
+            .filter_map(|ou| ou.as_str().ok())
+            .find(|ou| crate::identity::validate_trust_domain(ou).is_ok());
+        if let Some(domain) = domain {
+            return Ok(domain.to_owned());
+        }
+    }
+    Err(bad(if saw_ca {
+        "its subject names no trust domain (lgsp ca init puts it in the OU); give --trust-domain"
+    } else {
+        "it holds no CA certificate (expected the provincial CA's ca.crt)"
+    }))
+}
+
 /// What a certificate signing request asks for.
 #[derive(Clone, Debug)]
 pub struct CsrInfo {

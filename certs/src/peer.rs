@@ -254,7 +254,7 @@ impl Authenticator {
     fn check_not_revoked(&self, serial: &str) -> Result<(), Status> {
         if self.tls.is_revoked(serial) {
             return Err(Status::unauthenticated(format!(
-                "the client certificate (serial {serial}) is revoked; ask the provincial IT department (Sở TT&TT) for a new one"
+                "the client certificate (serial {serial}) is revoked; ask the provincial IT department (Sở KH&CN) for a new one"
             )));
         }
         Ok(())
@@ -273,7 +273,7 @@ const EXPIRY_FLOOR: Duration = Duration::from_millis(100);
 fn check_not_expired(peer: &Peer, now: OffsetDateTime) -> Result<(), Status> {
     if now > peer.not_after {
         return Err(Status::unauthenticated(format!(
-            "the client certificate expired at {} UTC (serial {}); ask the provincial IT department (Sở TT&TT) for a new one",
+            "the client certificate expired at {} UTC (serial {}); ask the provincial IT department (Sở KH&CN) for a new one",
             fmt_time(peer.not_after),
             peer.serial
         )));

@@ -428,7 +428,7 @@ registry = [{registry}]
 # metrics_listen = "127.0.0.1:9301"
 
 # tls/key.pem was made here by `lgsp node init`. Send tls/csr.pem to the
-# provincial IT department (Sở TT&TT); put the signed certificate in
+# provincial IT department (Sở KH&CN); put the signed certificate in
 # tls/cert.pem and the provincial CA certificate in tls/ca.pem.
 [tls]
 cert = "tls/cert.pem"

@@ -178,7 +178,7 @@ fn explain(status: Status, serial: &str) -> Status {
         // answer as when it refuses it on a call of an open connection.
         if text.contains("CertificateRevoked") {
             return Status::unauthenticated(format!(
-                "the provider's node refused this node's certificate (serial {serial}): it is revoked; ask the provincial IT department (Sở TT&TT) for a new one ({text})"
+                "the provider's node refused this node's certificate (serial {serial}): it is revoked; ask the provincial IT department (Sở KH&CN) for a new one ({text})"
             ));
         }
         return Status::new(

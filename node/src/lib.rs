@@ -8,6 +8,7 @@
 //! benchmarks; this crate has no command-line dependencies.
 
 pub mod access;
+pub mod admin;
 pub mod backend;
 pub mod catalog_cache;
 pub mod config;
@@ -22,6 +23,7 @@ pub mod metrics;
 pub mod obo;
 pub mod provider;
 pub mod refusal;
+pub mod registration;
 pub mod server;
 pub mod shutdown;
 pub mod trace;

@@ -64,7 +64,7 @@ pub enum NodeError {
     /// The node's certificate was not issued by the CA in its `ca.pem`: no
     /// other node would accept it, so the node would only warn for ever.
     #[error(
-        "{} was not signed by the CA in {}: ask the provincial IT department (Sở TT&TT) for a certificate signed by the provincial CA, or put that CA's certificate in {}",
+        "{} was not signed by the CA in {}: ask the provincial IT department (Sở KH&CN) for a certificate signed by the provincial CA, or put that CA's certificate in {}",
         cert.display(),
         ca.display(),
         ca.display()
@@ -75,6 +75,14 @@ pub enum NodeError {
         /// The CA certificate file.
         ca: PathBuf,
     },
+    /// The node's instance id (in its data directory) cannot be read or made.
+    #[error("the node's instance id")]
+    InstanceId(#[source] std::io::Error),
+    /// Another live process holds this node's name in the catalog (the same
+    /// certificate on another server or data directory); the registry's
+    /// refusal says which and what to do.
+    #[error("{0}")]
+    NameInUse(String),
     /// The consumer listener's own TLS files cannot be used.
     #[error("the consumer listener's TLS files ([consumer.tls])")]
     ConsumerTls(#[source] CertError),
@@ -113,6 +121,8 @@ impl NodeError {
                 | NodeError::NotThisNode { .. }
                 | NodeError::NotIssuedByCa { .. }
                 | NodeError::ConsumerTls(_)
+                | NodeError::InstanceId(_)
+                | NodeError::NameInUse(_)
         )
     }
 }
@@ -156,6 +166,16 @@ pub struct NodeServer {
     /// the catalog on it, refusing revoked certificates without a restart.
     pub tls: Arc<ServerTls>,
     shutdown: Shutdown,
+    registration: Registration,
+}
+
+/// What the node needs to give its catalog entry up when it stops.
+#[derive(Debug)]
+struct Registration {
+    catalog: Catalog,
+    record: NodeRecord,
+    registered: Arc<std::sync::atomic::AtomicBool>,
+    fatal: Option<tokio::sync::oneshot::Receiver<NodeError>>,
 }
 
 impl NodeServer {
@@ -192,6 +212,8 @@ impl NodeServer {
             });
         }
 
+        let instance =
+            crate::registration::instance_id(&config.data_dir).map_err(NodeError::InstanceId)?;
         let db = open_db(&config.data_dir)?;
         let cache = CatalogCache::open(&db)?;
         let trust = ClientTrust::new(&creds)?;
@@ -381,6 +403,26 @@ impl NodeServer {
             None => None,
         };
 
+        // The admin socket: `lgsp dataset show|query|list` read the live
+        // datasets through it while this process holds them open.
+        let admin_socket = crate::admin::socket_path(&config.data_dir);
+        match crate::admin::bind(&admin_socket) {
+            Ok(listener) => shutdown.spawn(
+                "admin socket",
+                crate::admin::serve(
+                    listener,
+                    ctx.clone(),
+                    DatasetStore::new(&config.data_dir.join("datasets")),
+                    shutdown.stopped(),
+                ),
+            ),
+            Err(error) => tracing::warn!(
+                %error,
+                socket = %admin_socket.display(),
+                "cannot listen on the admin socket; `lgsp dataset show|query|list` cannot read this node's datasets while it runs"
+            ),
+        }
+
         let record = NodeRecord {
             agency_code: config.agency.clone(),
             name: config.name.clone(),
@@ -390,10 +432,25 @@ impl NodeServer {
                 config.provider.advertise.clone()
             },
             cert_sha256: own.sha256.clone(),
+            instance_id: instance,
+            ..Default::default()
         };
+        let catalog = Catalog::new(registry);
+        let registered = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (fatal_tx, fatal_rx) = tokio::sync::oneshot::channel();
         shutdown.spawn(
             "catalog registration",
-            register(Catalog::new(registry), record, shutdown_rx),
+            crate::registration::keep_registered(
+                catalog.clone(),
+                record.clone(),
+                shutdown_rx.clone(),
+                fatal_tx,
+                registered.clone(),
+            ),
+        );
+        shutdown.spawn(
+            "contender warnings",
+            crate::registration::warn_of_contenders(cache.clone(), record.clone(), shutdown_rx),
         );
         tracing::info!(%provider_addr, %consumer_addr, agency = %config.agency, node = %config.name, "node started");
         Ok(Self {
@@ -403,7 +460,25 @@ impl NodeServer {
             ctx,
             tls,
             shutdown,
+            registration: Registration {
+                catalog,
+                record,
+                registered,
+                fatal: Some(fatal_rx),
+            },
         })
+    }
+
+    /// Resolves when the node cannot go on: another live instance holds its
+    /// name in the catalog. Never resolves otherwise (nor a second time).
+    pub async fn failure(&mut self) -> NodeError {
+        match self.registration.fatal.take() {
+            Some(rx) => match rx.await {
+                Ok(error) => error,
+                Err(_) => std::future::pending().await,
+            },
+            None => std::future::pending().await,
+        }
     }
 
     /// Stops both listeners and background work (each task at most 5 s),
@@ -413,31 +488,10 @@ impl NodeServer {
         if let Err(error) = self.ctx.log.seal() {
             tracing::error!(%error, "cannot seal the sharing log");
         }
-    }
-}
-
-/// Registers (or updates) this node in the catalog, retrying until the
-/// registry answers.
-async fn register(
-    catalog: Catalog,
-    record: NodeRecord,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut delay = Duration::from_millis(200);
-    loop {
-        if *shutdown.borrow() {
-            return;
-        }
-        match catalog.register_node(record.clone()).await {
-            Ok(revision) => {
-                tracing::info!(endpoint = %record.endpoint, revision, "node registered in the catalog");
-                return;
-            }
-            Err(status) => {
-                tracing::warn!(error = %status.message(), "cannot register the node in the catalog yet; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
+        let _ = std::fs::remove_file(crate::admin::socket_path(&self.ctx.config.data_dir));
+        let r = &self.registration;
+        if r.registered.load(std::sync::atomic::Ordering::SeqCst) {
+            crate::registration::release(&r.catalog, &r.record).await;
         }
     }
 }

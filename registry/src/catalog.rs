@@ -24,8 +24,9 @@ use lgsp_proto::catalog_record::Value;
 use lgsp_proto::command::Op;
 use lgsp_proto::watch_event::Type as EventType;
 use lgsp_proto::{
-    ApplyResponse, CatalogRecord, CatalogSnapshot, Command, GrantStatus, Member, Meta, RecordKind,
-    RecordRef, ServiceKind, ServiceStatus, WatchEvent,
+    ApplyResponse, CatalogRecord, CatalogSnapshot, Command, GrantStatus, Member, Meta,
+    NodeContender, NodeRecord, RecordKind, RecordRef, Service, ServiceKind, ServiceStatus,
+    SharingMethod, WatchEvent,
 };
 use prost::Message as _;
 
@@ -343,6 +344,71 @@ fn require_agency(db: &impl KvRead, code: &str) -> Result<(), CatalogError> {
     }
 }
 
+/// An online service is called through the node that serves it, so it must
+/// name a node of its own agency that the catalog holds: without one,
+/// publishing succeeds and every call fails. Decided here, at apply time,
+/// so no client can skip it. A service imported through the hub is carried
+/// by the hub instead, and a withdrawn one answers no calls.
+fn check_service_node(db: &impl KvRead, s: &Service) -> Result<(), CatalogError> {
+    let online = matches!(
+        SharingMethod::try_from(s.sharing_method).unwrap_or_default(),
+        SharingMethod::Unspecified | SharingMethod::Online
+    );
+    let withdrawn = s.status == ServiceStatus::Withdrawn as i32;
+    if !s.origin.is_empty() || withdrawn {
+        return Ok(());
+    }
+    if !s.node.is_empty()
+        && exists(
+            db,
+            RecordKind::Node,
+            &NodeKey::format(&s.agency_code, &s.node),
+        )?
+    {
+        return Ok(());
+    }
+    if s.node.is_empty() && !online {
+        return Ok(());
+    }
+    let nodes: Vec<String> = db
+        .read_prefix(&record_db_key(
+            RecordKind::Node,
+            &format!("{}/", s.agency_code),
+        ))
+        .map_err(|e| CatalogError::Internal(e.to_string()))?
+        .into_iter()
+        .filter_map(|(_, v)| CatalogRecord::decode(v.as_slice()).ok())
+        .filter_map(|r| match r.value {
+            Some(Value::Node(n)) => Some(n.name),
+            _ => None,
+        })
+        .collect();
+    let fix = if nodes.is_empty() {
+        format!(
+            "agency {} has no node in the catalog yet: start its node (`lgsp node start`; it registers itself), then publish with --node NAME",
+            s.agency_code
+        )
+    } else {
+        format!(
+            "publish it with --node and one of agency {}'s nodes in the catalog: {}",
+            s.agency_code,
+            nodes.join(", ")
+        )
+    };
+    let why = if s.node.is_empty() {
+        format!(
+            "service {} is shared online but names no node, so every call to it would fail",
+            s.id
+        )
+    } else {
+        format!(
+            "service {} names node {:?}, which agency {} has not registered in the catalog",
+            s.id, s.node, s.agency_code
+        )
+    };
+    Err(CatalogError::FailedPrecondition(format!("{why}; {fix}")))
+}
+
 fn text(field: &str, value: &str, max: usize, required: bool) -> Result<(), CatalogError> {
     if required && value.trim().is_empty() {
         return Err(CatalogError::InvalidArgument(format!("{field} is empty")));
@@ -446,6 +512,11 @@ fn check_value(
             }
         }
         Value::Node(n) => {
+            // The registry's clock, never the node's: the lease is decided
+            // alike on every server.
+            n.heard_unix = if n.stopping { 0 } else { asker.now_unix };
+            n.stopping = false;
+            n.contender = None;
             AgencyCode::new(&n.agency_code)
                 .map_err(|e| CatalogError::InvalidArgument(e.to_string()))?;
             validate_name(&n.name).map_err(|e| CatalogError::InvalidArgument(e.to_string()))?;
@@ -494,18 +565,7 @@ fn check_value(
             if s.status == 0 {
                 s.status = ServiceStatus::Active as i32;
             }
-            if !s.node.is_empty()
-                && !exists(
-                    db,
-                    RecordKind::Node,
-                    &NodeKey::format(&s.agency_code, &s.node),
-                )?
-            {
-                return Err(CatalogError::FailedPrecondition(format!(
-                    "node {:?} of agency {} is not registered",
-                    s.node, s.agency_code
-                )));
-            }
+            check_service_node(db, s)?;
             if !s.schema_json.is_empty() {
                 serde_json::from_str::<serde_json::Value>(&s.schema_json).map_err(|e| {
                     CatalogError::InvalidArgument(format!("service schema is not JSON: {e}"))
@@ -796,6 +856,52 @@ struct Write {
 #[derive(Debug)]
 pub struct Checked {
     writes: Vec<Write>,
+    /// A refusal that still writes: a node registration refused because
+    /// the name is in use notes the contender on the live instance's
+    /// record, so that node learns of it through its watch.
+    refusal: Option<CatalogError>,
+}
+
+impl Checked {
+    /// The refusal to answer once the writes are applied, if any.
+    pub fn take_refusal(&mut self) -> Option<CatalogError> {
+        self.refusal.take()
+    }
+}
+
+/// How long a node's registration holds its name without being renewed
+/// (seconds, on the registry's clock): a node renews it every
+/// [`NODE_HEARTBEAT_SECONDS`], so three missed renewals free the name for
+/// another instance.
+pub const NODE_LEASE_SECONDS: i64 = 30;
+
+/// How often a running node renews its registration, in seconds.
+pub const NODE_HEARTBEAT_SECONDS: u64 = 10;
+
+/// Why `new` may not take over the node record `old` at `now`: another
+/// instance holds it and was heard from within the lease. Nodes older than
+/// the instance id (empty on either side) are not compared.
+fn node_in_use(old: &NodeRecord, new: &NodeRecord, now: i64) -> Option<String> {
+    if old.instance_id.is_empty()
+        || new.instance_id.is_empty()
+        || old.instance_id == new.instance_id
+        || old.heard_unix == 0
+    {
+        return None;
+    }
+    let ago = now.saturating_sub(old.heard_unix);
+    if ago >= NODE_LEASE_SECONDS {
+        return None;
+    }
+    Some(format!(
+        "node {agency}/{name} is already running: instance {old_id} at {endpoint}, heard from {ago} s ago (this is instance {new_id}). Two processes with one certificate would take each other's catalog entry and calls. Stop one of them: if the other is gone for good (its server or data directory lost), start this one again after {wait} s, when its registration lapses; to run both, give this one its own name and certificate (`lgsp node init --name node-2`)",
+        agency = old.agency_code,
+        name = old.name,
+        old_id = old.instance_id,
+        endpoint = old.endpoint,
+        new_id = new.instance_id,
+        wait = NODE_LEASE_SECONDS - ago,
+    ))
 }
 
 /// What a command asks, checked without reading the catalog: its shape,
@@ -927,6 +1033,26 @@ pub fn check(
         federation::check_hub_delete(db, asker, kind, &key)?;
         refuse_orphans(db, kind, &key)?;
     }
+    if let (Some(Value::Node(new)), Some(Value::Node(old))) =
+        (&value, previous.as_ref().and_then(|r| r.value.as_ref()))
+        && let Some(why) = node_in_use(old, new, asker.now_unix)
+    {
+        let mut noted = old.clone();
+        noted.contender = Some(NodeContender {
+            instance_id: new.instance_id.clone(),
+            endpoint: new.endpoint.clone(),
+            at_unix: asker.now_unix,
+        });
+        return Ok(Checked {
+            writes: vec![Write {
+                kind,
+                key,
+                value: Some(Value::Node(noted)),
+                previous,
+            }],
+            refusal: Some(CatalogError::InUse(why)),
+        });
+    }
     let mut writes = vec![Write {
         kind,
         key,
@@ -943,7 +1069,10 @@ pub fn check(
             previous,
         });
     }
-    Ok(Checked { writes })
+    Ok(Checked {
+        writes,
+        refusal: None,
+    })
 }
 
 /// Stages a checked change, each record it writes at the next revision;

@@ -20,6 +20,10 @@ pub enum CatalogError {
     /// (an agency not registered, a server already a member).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A node's name is in use by another live instance (a second process
+    /// with the same certificate); the first keeps it.
+    #[error("{0}")]
+    InUse(String),
     /// A compare-and-set condition did not hold.
     #[error("{why}")]
     Conflict {
@@ -135,6 +139,7 @@ impl From<RegistryError> for Status {
                     CatalogError::NotFound(m) => Status::not_found(m),
                     CatalogError::PermissionDenied(m) => Status::permission_denied(m),
                     CatalogError::FailedPrecondition(m) => Status::failed_precondition(m),
+                    CatalogError::InUse(m) => Status::already_exists(m),
                     CatalogError::Conflict { why, .. } => Status::aborted(why),
                     CatalogError::Internal(m) => return Status::internal(m),
                 };

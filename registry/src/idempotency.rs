@@ -161,6 +161,7 @@ fn outcome_of(applied: &AppliedKey) -> Result<ApplyResponse, CatalogError> {
             why: message,
             mod_revision: applied.refusal_mod_revision,
         }),
+        6 => Err(CatalogError::InUse(message)),
         _ => Err(CatalogError::FailedPrecondition(message)),
     }
 }
@@ -204,6 +205,7 @@ fn record_bounded(
                 CatalogError::PermissionDenied(_) => (3, 0),
                 CatalogError::FailedPrecondition(_) => (4, 0),
                 CatalogError::Conflict { mod_revision, .. } => (5, *mod_revision),
+                CatalogError::InUse(_) => (6, 0),
                 // Never recorded: the loop stops instead (see raft_node).
                 CatalogError::Internal(_) => return Ok(()),
             };

@@ -1345,11 +1345,17 @@ impl Driver {
                 catalog::check(batch, &asker, &command)
             });
         let outcome = match checked {
-            Ok(checked) => {
+            Ok(mut checked) => {
+                let refusal = checked.take_refusal();
                 let (record, events) = catalog::apply(batch, checked)?;
                 let revision = events.last().map_or(0, |e| e.revision);
                 self.published.extend(events);
-                Ok(ApplyResponse { revision, record })
+                // A refusal that still writes (a node name in use: the
+                // running node is told) is recorded as a refusal.
+                match refusal {
+                    None => Ok(ApplyResponse { revision, record }),
+                    Some(refused) => Err(refused),
+                }
             }
             Err(CatalogError::Internal(why)) => {
                 return Err(RegistryError::Storage(format!(

@@ -103,6 +103,56 @@ impl NodeProcess {
         self.child = Some(child);
     }
 
+    /// Another process of this node, as copying its files to a second
+    /// server makes it: the same certificate, key and `node.toml`, in
+    /// `dir_name` beside this one, with its own (empty) data directory and
+    /// its own ports. Not started.
+    pub fn copy_as(&self, dir_name: &str) -> NodeProcess {
+        let dir = self.dir.with_file_name(dir_name);
+        std::fs::create_dir_all(dir.join("tls")).expect("copy dir");
+        for file in ["cert.pem", "key.pem", "ca.pem"] {
+            std::fs::copy(self.dir.join("tls").join(file), dir.join("tls").join(file))
+                .expect("copy tls");
+        }
+        let (provider, consumer, metrics) = (
+            free_addr().to_string(),
+            free_addr().to_string(),
+            free_addr().to_string(),
+        );
+        let toml = std::fs::read_to_string(self.config_path())
+            .expect("node.toml")
+            .replace(&self.provider, &provider)
+            .replace(&self.consumer, &consumer)
+            .replace(&self.metrics, &metrics);
+        std::fs::write(dir.join("node.toml"), toml).expect("write node.toml");
+        NodeProcess {
+            agency: self.agency.clone(),
+            name: self.name.clone(),
+            dir,
+            provider,
+            consumer,
+            metrics,
+            creds: self.creds.clone(),
+            child: None,
+        }
+    }
+
+    /// Waits up to `within` for the node's process to exit; its status, or
+    /// `None` when it is still running (or was never started).
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Whether the node's process is still alive (it was started and has
     /// not exited, crashed or been stopped).
     pub fn is_running(&mut self) -> bool {

@@ -181,6 +181,8 @@ async fn a_request_goes_from_filing_to_grant_to_suspension_to_termination() {
             &format!("{A}/mat"),
             "--kind",
             "dataset",
+            "--node",
+            "node-a",
             "--security",
             "state-secret",
         ],
@@ -578,6 +580,9 @@ async fn an_undecided_request_is_overdue_after_five_working_days_and_a_holiday()
             &format!("{A}/ho-tich"),
             "--kind",
             "http",
+            // Synchronised between databases: no node of A runs here.
+            "--sharing",
+            "database-sync",
         ],
     );
     // Tomorrow and the day after are holidays (whatever day this runs).

@@ -412,10 +412,7 @@ async fn config_templates_start_a_registry_cluster_and_a_node() {
             format!("\"{}\"", node_dir.join("data").display()),
         ),
         ("\"0.0.0.0:7301\"", format!("\"{provider}\"")),
-        (
-            "\"node.stp.vinhphuc.gov.vn:7301\"",
-            format!("\"{provider}\""),
-        ),
+        ("\"node.stp.phutho.gov.vn:7301\"", format!("\"{provider}\"")),
         ("\"127.0.0.1:7401\"", format!("\"{consumer}\"")),
         ("\"127.0.0.1:9301\"", format!("\"{metrics}\"")),
     ] {

@@ -131,6 +131,11 @@ impl Shell {
             cwd: cwd.to_owned(),
         };
         shell.sub("2026-11-30", String::from_utf8_lossy(&today.stdout).trim());
+        // The docs' province is an example; the test CA has its own.
+        shell.sub(
+            "--trust-domain phutho.gov.vn",
+            format!("--trust-domain {}", lgsp_tests::TRUST_DOMAIN),
+        );
         shell
     }
 
@@ -409,7 +414,7 @@ async fn node_certificate_renewed_while_the_province_runs_serves_calls_and_the_o
         // The test's node is reached at 127.0.0.1, so that is the address its certificate must carry.
         .sub("--ip 10.0.0.21", "--ip 127.0.0.1")
         // The test CA vouches for the test's hosts only (`Pki::new`).
-        .sub("--dns node.stp.vinhphuc.gov.vn", "--dns localhost")
+        .sub("--dns node.stp.phutho.gov.vn", "--dns localhost")
         .sub(
             "10.0.0.11:7101,10.0.0.12:7101,10.0.0.13:7101",
             province.registry_addrs().join(","),

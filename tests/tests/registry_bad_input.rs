@@ -16,6 +16,7 @@ fn dataset(id: &str) -> Value {
         id: id.into(),
         kind: ServiceKind::Dataset as i32,
         description: "Sổ hộ tịch".into(),
+        node: "node-1".into(),
         ..Default::default()
     })
 }
@@ -91,6 +92,18 @@ async fn a_node_may_publish_its_own_agencys_services_but_not_another_agencys() {
     );
 
     let own = format!("{OWN}/ho-tich");
+    client
+        .put(
+            Value::Node(lgsp_proto::NodeRecord {
+                agency_code: OWN.into(),
+                name: "node-1".into(),
+                endpoint: "node-1.example:7301".into(),
+                ..Default::default()
+            }),
+            0,
+        )
+        .await
+        .expect("the node registers itself");
     client
         .put(dataset(&own), 0)
         .await

@@ -64,20 +64,54 @@ async fn catalog_commands_work_as_the_readme_shows() {
     assert!(agencies.contains("Sở Tư pháp tỉnh Vĩnh Phúc"), "{agencies}");
     assert!(agencies.contains("Nguyễn Văn An"), "{agencies}");
 
-    ok(
-        &registry,
-        &node,
-        &[
-            "service",
-            "publish",
-            "--id",
-            "000.00.12.H62/ho-tich",
-            "--kind",
-            "dataset",
-            "--description",
-            "Hộ tịch: khai sinh, kết hôn",
-        ],
+    // An online service names the node that serves it; the CLI says so
+    // before asking the registry.
+    let publish = [
+        "service",
+        "publish",
+        "--id",
+        "000.00.12.H62/ho-tich",
+        "--kind",
+        "dataset",
+        "--description",
+        "Hộ tịch: khai sinh, kết hôn",
+    ];
+    let no_node = run(&registry, &node, &publish);
+    assert_eq!(no_node.status.code(), Some(2), "{no_node:?}");
+    let errors = stderr_lines(&no_node);
+    assert!(
+        errors.len() == 1 && errors[0].contains("--node is missing"),
+        "{errors:?}"
     );
+    // The registry decides whether the node exists, at apply time: before
+    // node-1 has registered itself, the refusal says to start it.
+    let with_node: Vec<&str> = publish
+        .iter()
+        .copied()
+        .chain(["--node", "node-1"])
+        .collect();
+    let unregistered = run(&registry, &node, &with_node);
+    assert_eq!(unregistered.status.code(), Some(1), "{unregistered:?}");
+    let errors = stderr_lines(&unregistered);
+    assert!(
+        errors.len() == 1
+            && errors[0].contains("has not registered")
+            && errors[0].contains("lgsp node start"),
+        "{errors:?}"
+    );
+    // What `lgsp node start` does first: register the node.
+    let endpoints: Vec<String> = cluster.servers.iter().map(|s| s.client.clone()).collect();
+    let node_client = lgsp_registry::RegistryClient::new(&endpoints, &node_creds).expect("client");
+    lgsp_registry::Catalog::new(node_client)
+        .register_node(lgsp_proto::NodeRecord {
+            agency_code: "000.00.12.H62".into(),
+            name: "node-1".into(),
+            endpoint: "node.stp.example.gov.vn:7301".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("register node-1");
+    ok(&registry, &node, &with_node);
     let found = ok(
         &registry,
         &node,
@@ -105,6 +139,8 @@ async fn catalog_commands_work_as_the_readme_shows() {
             "000.00.13.H62/x",
             "--kind",
             "http",
+            "--node",
+            "node-1",
         ],
     );
     assert_eq!(refused.status.code(), Some(1));

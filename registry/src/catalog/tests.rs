@@ -69,11 +69,30 @@ fn run(
     who: &SpiffeId,
     command: &Command,
 ) -> Result<(Option<CatalogRecord>, WatchEvent), CatalogError> {
-    let checked = check(kv, &asker(who), command)?;
+    run_at(kv, who, command, NOW)
+}
+
+/// [`run`] with the receiving server's clock at `now_unix`; a refusal that
+/// still writes (a node name in use) is applied, then returned.
+fn run_at(
+    kv: &Kv,
+    who: &SpiffeId,
+    command: &Command,
+    now_unix: i64,
+) -> Result<(Option<CatalogRecord>, WatchEvent), CatalogError> {
+    let asker = Asker {
+        now_unix,
+        ..asker(who)
+    };
+    let mut checked = check(kv, &asker, command)?;
+    let refusal = checked.take_refusal();
     let mut batch = Staged::new(kv);
     let (record, mut events) = apply(&mut batch, checked).expect("apply");
     batch.commit().expect("commit");
-    Ok((record, events.remove(0)))
+    match refusal {
+        Some(refused) => Err(refused),
+        None => Ok((record, events.remove(0))),
+    }
 }
 
 fn agency(code: &str) -> Value {
@@ -90,14 +109,99 @@ fn node(agency: &str, name: &str) -> Value {
         agency_code: agency.into(),
         name: name.into(),
         endpoint: "node.example:7443".into(),
-        cert_sha256: String::new(),
+        ..Default::default()
     })
 }
 
+/// Node `A/n1` as instance `instance` registers it, reached at `endpoint`.
+fn node_instance(instance: &str, endpoint: &str) -> NodeRecord {
+    NodeRecord {
+        agency_code: A.into(),
+        name: "n1".into(),
+        endpoint: endpoint.into(),
+        instance_id: instance.into(),
+        ..Default::default()
+    }
+}
+
+fn stored_node(kv: &Kv) -> NodeRecord {
+    match get(kv, RecordKind::Node, &format!("{A}/n1"))
+        .unwrap()
+        .and_then(|r| r.value)
+    {
+        Some(Value::Node(n)) => n,
+        other => panic!("not a node: {other:?}"),
+    }
+}
+
+#[test]
+fn a_second_instance_is_refused_while_the_first_is_heard_from_and_the_first_is_told() {
+    let kv = catalog();
+    let first = node_instance("aaaa", "10.0.0.21:7301");
+    let second = node_instance("bbbb", "10.0.0.99:7301");
+    run_at(&kv, &node_of(A), &put_cmd(Value::Node(first.clone())), NOW).unwrap();
+    assert_eq!(stored_node(&kv).heard_unix, NOW);
+    let err = run_at(&kv, &node_of(A), &put_cmd(Value::Node(second)), NOW + 5).unwrap_err();
+    assert!(
+        matches!(&err, CatalogError::InUse(m)
+            if m.contains("already running") && m.contains("aaaa") && m.contains("10.0.0.21:7301")
+                && m.contains("--name node-2") && m.contains("after 25 s")),
+        "{err:?}"
+    );
+    // The first keeps its entry, and its record now names the contender.
+    let kept = stored_node(&kv);
+    assert_eq!(
+        (kept.instance_id.as_str(), kept.endpoint.as_str()),
+        ("aaaa", "10.0.0.21:7301")
+    );
+    let contender = kept.contender.expect("the contender is noted");
+    assert_eq!(
+        (
+            contender.instance_id.as_str(),
+            contender.endpoint.as_str(),
+            contender.at_unix
+        ),
+        ("bbbb", "10.0.0.99:7301", NOW + 5)
+    );
+    // The first's own renewal is accepted and clears the note.
+    run_at(&kv, &node_of(A), &put_cmd(Value::Node(first)), NOW + 10).unwrap();
+    let renewed = stored_node(&kv);
+    assert_eq!(renewed.heard_unix, NOW + 10);
+    assert!(renewed.contender.is_none());
+}
+
+#[test]
+fn another_instance_takes_the_name_once_the_lease_lapses_or_the_first_stopped() {
+    let kv = catalog();
+    let first = node_instance("aaaa", "10.0.0.21:7301");
+    run_at(&kv, &node_of(A), &put_cmd(Value::Node(first.clone())), NOW).unwrap();
+    let later = NOW + NODE_LEASE_SECONDS;
+    run_at(
+        &kv,
+        &node_of(A),
+        &put_cmd(Value::Node(node_instance("bbbb", "10.0.0.22:7301"))),
+        later,
+    )
+    .unwrap();
+    assert_eq!(stored_node(&kv).instance_id, "bbbb");
+    // A node stopping in order gives its name up at once.
+    let stopping = NodeRecord {
+        stopping: true,
+        ..node_instance("bbbb", "10.0.0.22:7301")
+    };
+    run_at(&kv, &node_of(A), &put_cmd(Value::Node(stopping)), later + 1).unwrap();
+    assert_eq!(stored_node(&kv).heard_unix, 0);
+    run_at(&kv, &node_of(A), &put_cmd(Value::Node(first)), later + 2).unwrap();
+    assert_eq!(stored_node(&kv).instance_id, "aaaa");
+}
+
+/// An online service served by its agency's `node-1` (which [`catalog`]
+/// registers for A and B).
 fn service(id: &str) -> Service {
     Service {
         id: id.into(),
         kind: ServiceKind::Http as i32,
+        node: "node-1".into(),
         ..Default::default()
     }
 }
@@ -110,11 +214,14 @@ fn grant(service_id: &str, consumer: &str) -> Value {
     })
 }
 
-/// A catalog with agencies A and B and service `A/ho-tich`.
+/// A catalog with agencies A and B, a node `node-1` of each, and service
+/// `A/ho-tich`.
 fn catalog() -> Kv {
     let kv = Kv::new(MemKv::default());
     run(&kv, &admin(), &put_cmd(agency(A))).unwrap();
     run(&kv, &admin(), &put_cmd(agency(B))).unwrap();
+    run(&kv, &node_of(A), &put_cmd(node(A, "node-1"))).unwrap();
+    run(&kv, &node_of(B), &put_cmd(node(B, "node-1"))).unwrap();
     run(
         &kv,
         &node_of(A),
@@ -422,6 +529,70 @@ fn a_service_on_an_unregistered_node_is_refused_until_the_node_exists() {
 }
 
 #[test]
+fn an_online_service_without_a_node_is_refused_naming_the_agencys_nodes() {
+    let kv = catalog();
+    let s = Service {
+        node: String::new(),
+        ..service(&format!("{A}/thue"))
+    };
+    let err = refused(run(&kv, &node_of(A), &put_cmd(Value::Service(s))));
+    assert!(
+        matches!(&err, CatalogError::FailedPrecondition(m)
+            if m.contains("names no node") && m.contains("--node") && m.contains("node-1")),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn an_online_service_of_an_agency_without_nodes_is_refused_saying_to_start_one() {
+    let kv = Kv::new(MemKv::default());
+    run(&kv, &admin(), &put_cmd(agency(A))).unwrap();
+    let s = Service {
+        node: String::new(),
+        ..service(&format!("{A}/thue"))
+    };
+    let err = refused(run(&kv, &admin(), &put_cmd(Value::Service(s))));
+    assert!(
+        matches!(&err, CatalogError::FailedPrecondition(m)
+            if m.contains("no node in the catalog") && m.contains("lgsp node start")),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_service_naming_another_agencys_node_is_refused() {
+    let kv = catalog();
+    run(&kv, &node_of(B), &put_cmd(node(B, "node-b"))).unwrap();
+    let s = Service {
+        node: "node-b".into(),
+        ..service(&format!("{A}/thue"))
+    };
+    let err = refused(run(&kv, &admin(), &put_cmd(Value::Service(s))));
+    assert!(
+        matches!(&err, CatalogError::FailedPrecondition(m)
+            if m.contains("\"node-b\"") && m.contains(&format!("agency {A} has not registered"))),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_service_shared_offline_or_withdrawn_needs_no_node() {
+    let kv = catalog();
+    let package = Service {
+        node: String::new(),
+        sharing_method: SharingMethod::DataPackage as i32,
+        ..service(&format!("{A}/goi-du-lieu"))
+    };
+    run(&kv, &node_of(A), &put_cmd(Value::Service(package))).unwrap();
+    let withdrawn = Service {
+        node: String::new(),
+        status: ServiceStatus::Withdrawn as i32,
+        ..service(&format!("{A}/cu"))
+    };
+    run(&kv, &node_of(A), &put_cmd(Value::Service(withdrawn))).unwrap();
+}
+
+#[test]
 fn a_grant_needs_a_published_service_and_a_registered_consumer_and_starts_active() {
     let kv = catalog();
     assert!(matches!(
@@ -600,8 +771,9 @@ fn a_delete_event_carries_the_last_record_at_the_delete_revision() {
 #[test]
 fn history_replays_every_change_in_order_from_a_revision() {
     let kv = catalog();
+    // Agencies A and B, their nodes, the service: revisions 1 to 5.
     let revisions: Vec<u64> = history(&kv, 2).map(|e| e.unwrap().revision).collect();
-    assert_eq!(revisions, vec![2, 3]);
+    assert_eq!(revisions, vec![2, 3, 4, 5]);
 }
 
 #[test]
@@ -779,6 +951,8 @@ fn only_the_admin_removes_an_agency() {
     let kv = catalog();
     let err = refused(run(&kv, &node_of(B), &delete_cmd(RecordKind::Agency, B)));
     assert!(matches!(err, CatalogError::PermissionDenied(_)), "{err:?}");
+    let b_node = format!("{B}/node-1");
+    run(&kv, &admin(), &delete_cmd(RecordKind::Node, &b_node)).unwrap();
     run(&kv, &admin(), &delete_cmd(RecordKind::Agency, B)).expect("B has nothing left");
 }
 
@@ -808,9 +982,14 @@ fn an_agency_with_services_or_grants_is_not_removed_until_they_are() {
     // Removed in order, everything goes.
     let grant_key = format!("{ho_tich}|{B}");
     run(&kv, &admin(), &delete_cmd(RecordKind::Grant, &grant_key)).unwrap();
-    run(&kv, &admin(), &delete_cmd(RecordKind::Agency, B)).unwrap();
-    run(&kv, &node_of(A), &delete_cmd(RecordKind::Service, &ho_tich)).unwrap();
-    run(&kv, &admin(), &delete_cmd(RecordKind::Agency, A)).unwrap();
+    for agency in [A, B] {
+        let node = format!("{agency}/node-1");
+        if agency == A {
+            run(&kv, &node_of(A), &delete_cmd(RecordKind::Service, &ho_tich)).unwrap();
+        }
+        run(&kv, &admin(), &delete_cmd(RecordKind::Node, &node)).unwrap();
+        run(&kv, &admin(), &delete_cmd(RecordKind::Agency, agency)).unwrap();
+    }
 }
 
 #[test]

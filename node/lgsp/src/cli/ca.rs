@@ -16,16 +16,16 @@ pub(super) enum CaCommand {
     /// department; the key file is written with mode 0600 and an existing CA
     /// is never overwritten.
     ///
-    /// Example: lgsp ca init --dir /etc/lgsp/ca --trust-domain vinhphuc.gov.vn --name "CA tỉnh Vĩnh
-    /// Phúc"
+    /// Example: lgsp ca init --dir /etc/lgsp/ca --trust-domain phutho.gov.vn --name "CA tỉnh Phú
+    /// Thọ"
     Init {
         /// Directory for ca.crt, ca.key and ca.json (created if missing).
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
-        /// The province's trust domain, a DNS name, e.g. vinhphuc.gov.vn.
+        /// The province's trust domain, a DNS name, e.g. phutho.gov.vn.
         #[arg(long, value_name = "DOMAIN")]
         trust_domain: String,
-        /// Display name of the CA (UTF-8), e.g. "CA tỉnh Vĩnh Phúc".
+        /// Display name of the CA (UTF-8), e.g. "CA tỉnh Phú Thọ".
         #[arg(long)]
         name: Option<String>,
         /// How long the CA certificate is valid, in days.
@@ -55,11 +55,11 @@ pub(super) enum CaCommand {
     /// (CSR) for the CA. The key stays in DIR; send only csr.pem.
     ///
     /// Example: lgsp ca csr --role node --agency 000.00.12.H62 --name node-1 --trust-domain
-    /// vinhphuc.gov.vn --dns node.stp.vinhphuc.gov.vn --out /etc/lgsp/tls
+    /// phutho.gov.vn --dns node.stp.phutho.gov.vn --out /etc/lgsp/tls
     Csr {
         #[command(flatten)]
         leaf: LeafArgs,
-        /// The province's trust domain, e.g. vinhphuc.gov.vn.
+        /// The province's trust domain, e.g. phutho.gov.vn.
         #[arg(long, value_name = "DOMAIN")]
         trust_domain: String,
         /// Directory for key.pem (mode 0600) and csr.pem.
@@ -176,7 +176,7 @@ pub(super) struct LeafArgs {
     /// The holder's name, the SPIFFE ID's last part (e.g. node-1).
     #[arg(long)]
     name: String,
-    /// The agency's display name (UTF-8), e.g. "Sở Tư pháp tỉnh Vĩnh Phúc".
+    /// The agency's display name (UTF-8), e.g. "Sở Tư pháp tỉnh Phú Thọ".
     #[arg(long)]
     display_name: Option<String>,
     /// DNS names the holder serves under (repeat the flag for several; none
@@ -196,7 +196,7 @@ pub(super) enum PolicyCommand {
     /// addresses.
     ///
     /// Example: lgsp ca policy allow --ca /etc/lgsp/ca --agency 000.00.12.H62
-    /// --dns-suffix .stp.vinhphuc.gov.vn --ip 10.0.12.5
+    /// --dns-suffix .stp.phutho.gov.vn --ip 10.0.12.5
     Allow {
         /// The CA directory made by `lgsp ca init`.
         #[arg(long, value_name = "DIR")]
@@ -205,7 +205,7 @@ pub(super) enum PolicyCommand {
         /// run on one host).
         #[arg(long, value_name = "CODE")]
         agency: String,
-        /// A DNS suffix, e.g. .stp.vinhphuc.gov.vn: that name and every name
+        /// A DNS suffix, e.g. .stp.phutho.gov.vn: that name and every name
         /// under it (repeat for several).
         #[arg(long = "dns-suffix", value_name = "SUFFIX")]
         dns_suffixes: Vec<String>,
@@ -353,7 +353,7 @@ pub(super) fn run(cmd: CaCommand) -> Result<()> {
             write_new(&csr_path, csr_pem.as_bytes(), 0o644)?;
             println!("Made a key and a signing request for {}", spec.id);
             println!(
-                "  {} stays here (mode 0600); send {} to the provincial IT department (Sở TT&TT)",
+                "  {} stays here (mode 0600); send {} to the provincial IT department (Sở KH&CN)",
                 key_path.display(),
                 csr_path.display()
             );

@@ -29,7 +29,7 @@ pub(super) enum AgencyCommand {
         /// QCVN 102 code, e.g. 000.00.12.H62.
         #[arg(long)]
         code: AgencyCode,
-        /// Name, UTF-8, e.g. "Sở Tư pháp tỉnh Vĩnh Phúc".
+        /// Name, UTF-8, e.g. "Sở Tư pháp tỉnh Phú Thọ".
         #[arg(long)]
         name: String,
         /// The focal point's name.
@@ -168,9 +168,11 @@ pub(super) enum ServiceCommand {
         /// What serves it: a dataset the node holds, or an HTTP or gRPC system of the agency.
         #[arg(long, value_enum)]
         kind: KindArg,
-        /// The node of the agency that serves it.
-        #[arg(long, default_value = "")]
-        node: String,
+        /// The node of the agency that serves it (`lgsp node list --agency
+        /// CODE` shows them); required for a service shared online, since
+        /// consumers' calls go to that node.
+        #[arg(long)]
+        node: Option<String>,
         /// What the service provides, UTF-8, e.g. "Tra cứu hộ tịch".
         #[arg(long, default_value = "")]
         description: String,
@@ -365,6 +367,19 @@ pub(super) fn run_service(cmd: ServiceCommand) -> Result<()> {
                 update_cycle,
                 security,
             } => {
+                let online = matches!(sharing, SharingArg::Online);
+                let node = match node {
+                    Some(node) => node,
+                    None if online => {
+                        return Err(super::UsageError(format!(
+                            "--node is missing: a service shared online is called through the node that serves it; name it (e.g. --node node-1; `lgsp node list --agency {}` shows agency {}'s nodes)",
+                            id.agency(),
+                            id.agency()
+                        ))
+                        .into());
+                    }
+                    None => String::new(),
+                };
                 let client = registry.client()?;
                 let cal = province_calendar(&client).await?;
                 let items = items

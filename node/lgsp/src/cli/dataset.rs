@@ -7,6 +7,7 @@ use lgsp_dataset::{
     DatasetError, DatasetSchema, DatasetStore, ImportOptions, ImportReport, Query, Schema,
     TextEncoding, TextFormat,
 };
+use lgsp_node::admin::{AdminError, Reply, Request};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
@@ -92,7 +93,8 @@ pub(super) enum DatasetCommand {
     },
     /// List the datasets and their kept generations: which is live, rows,
     /// key, schema digest, source file and when it was imported (on the
-    /// province's clocks).
+    /// province's clocks). While the node runs, it answers through its
+    /// admin socket (DATA_DIR/admin.sock).
     ///
     /// Example: lgsp dataset list --data-dir /var/lib/lgsp
     List {
@@ -107,7 +109,9 @@ pub(super) enum DatasetCommand {
         #[command(flatten)]
         output: super::output::OutputArgs,
     },
-    /// Print one record, as the JSON object stored.
+    /// Print one record, as the JSON object stored. While the node runs,
+    /// it answers through its admin socket (DATA_DIR/admin.sock, for the
+    /// node's user only); otherwise the dataset is opened directly.
     ///
     /// Example: lgsp dataset show --data-dir /var/lib/lgsp --service ho-tich --key 001099012345
     Show {
@@ -118,6 +122,8 @@ pub(super) enum DatasetCommand {
         key: String,
     },
     /// Print the records that match, one JSON object per line, in key order.
+    /// While the node runs, it answers through its admin socket
+    /// (DATA_DIR/admin.sock); otherwise the dataset is opened directly.
     ///
     /// Example: lgsp dataset query --data-dir /var/lib/lgsp --service ho-tich
     /// --filter "huyen=Tam Dương" --fields so_dinh_danh,ho_ten --limit 50
@@ -222,6 +228,13 @@ pub(super) fn run(cmd: DatasetCommand) -> Result<()> {
             output,
         } => output.print(&list(&data_dir, service.as_deref(), &zone.calendar()?)?),
         DatasetCommand::Show { at, key } => {
+            let request = Request::Show {
+                service: at.service.clone(),
+                key: key.clone(),
+            };
+            if through_node(&at.data_dir, &request)?.is_some() {
+                return Ok(());
+            }
             let dataset = at.store().open(&at.service)?;
             let record = dataset.get_json(&key)?.ok_or_else(|| {
                 anyhow!(
@@ -407,6 +420,32 @@ fn dry_run_report(
     Ok(())
 }
 
+/// Asks the node running on `data_dir` through its admin socket, printing
+/// each record it sends (sled lets only one process open a dataset, and a
+/// running node holds them). `None` when no node answers there: the caller
+/// opens the store itself. `Some(more)` once answered: whether a query's
+/// limit left records out.
+fn through_node(data_dir: &Path, request: &Request) -> Result<Option<bool>> {
+    let mut out = std::io::stdout().lock();
+    let mut failed_write = None;
+    let asked = lgsp_node::admin::ask(data_dir, request, |reply| {
+        if let Reply::Record(record) = reply {
+            writeln!(out, "{record}").inspect_err(|e| {
+                failed_write = Some(std::io::Error::new(e.kind(), e.to_string()));
+            })?;
+        }
+        Ok(())
+    });
+    match asked {
+        Ok(more) => Ok(Some(more)),
+        Err(AdminError::NotRunning(_)) => Ok(None),
+        // A reader that went away (`| head`) is told apart by the caller.
+        Err(_) if failed_write.is_some() => Err(failed_write.take().expect("set").into()),
+        Err(AdminError::Refused { message, .. }) => Err(anyhow!(message)),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The datasets in `data_dir` (or `service`'s alone) with their kept
 /// generations, one row per generation.
 pub(super) fn list(
@@ -415,43 +454,55 @@ pub(super) fn list(
     cal: &lgsp_registry::calendar::WorkCalendar,
 ) -> Result<super::output::Listing> {
     let store = DatasetStore::new(&data_dir.join("datasets"));
-    let services = match service {
-        Some(s) => vec![s.to_owned()],
-        None => store.services()?,
+    let request = Request::List {
+        service: service.map(str::to_owned),
     };
+    let mut generations = Vec::new();
+    let asked = lgsp_node::admin::ask(data_dir, &request, |reply| {
+        if let Reply::Generation(g) = reply {
+            generations.push(g);
+        }
+        Ok(())
+    });
+    match asked {
+        Ok(_) => {}
+        Err(AdminError::NotRunning(_)) => {
+            generations = lgsp_node::admin::generations(&store, service)?;
+        }
+        Err(AdminError::Refused { message, .. }) => return Err(anyhow!(message)),
+        Err(e) => return Err(e.into()),
+    }
     let mut listing = super::output::Listing::new("datasets")
         .header(format!(
             "{:<24} {:<8} {:<5} {:>10} {:<16} {:<12} {:<22} SOURCE",
             "SERVICE", "GEN", "LIVE", "ROWS", "KEY", "SCHEMA", "IMPORTED"
         ))
         .when_empty(format!("no datasets in {}", store.root().display()));
-    for name in services {
-        for g in store.generations(&name)? {
-            listing.row(
-                format!(
-                    "{:<24} {:<8} {:<5} {:>10} {:<16} {:<12} {:<22} {}",
-                    name,
-                    g.name,
-                    if g.live { "yes" } else { "kept" },
-                    g.records,
-                    g.schema.key,
-                    short_digest(&g.schema_digest),
-                    cal.show(g.imported_at_unix as i64),
-                    g.source
-                ),
-                serde_json::json!({
-                    "service": name,
-                    "generation": g.name,
-                    "live": g.live,
-                    "rows": g.records,
-                    "key": g.schema.key,
-                    "columns": g.schema.columns,
-                    "schema_digest": g.schema_digest,
-                    "imported": super::output::time(cal, g.imported_at_unix as i64),
-                    "source": g.source,
-                }),
-            );
-        }
+    for g in generations {
+        listing.row(
+            format!(
+                "{:<24} {:<8} {:<5} {:>10} {:<16} {:<12} {:<22} {}",
+                g.service,
+                g.name,
+                if g.live { "yes" } else { "kept" },
+                g.records,
+                g.key,
+                short_digest(&g.schema_digest),
+                cal.show(g.imported_at_unix as i64),
+                g.source
+            ),
+            serde_json::json!({
+                "service": g.service,
+                "generation": g.name,
+                "live": g.live,
+                "rows": g.records,
+                "key": g.key,
+                "columns": g.columns,
+                "schema_digest": g.schema_digest,
+                "imported": super::output::time(cal, g.imported_at_unix as i64),
+                "source": g.source,
+            }),
+        );
     }
     Ok(listing)
 }
@@ -462,6 +513,18 @@ fn query(
     fields: Vec<String>,
     limit: u64,
 ) -> Result<()> {
+    let request = Request::Query {
+        service: at.service.clone(),
+        filters: filters.clone(),
+        fields: fields.clone(),
+        limit,
+    };
+    if let Some(more) = through_node(&at.data_dir, &request)? {
+        if more {
+            eprintln!("(stopped at --limit {limit}; there may be more)");
+        }
+        return Ok(());
+    }
     let dataset = at.store().open(&at.service)?;
     let mut q = Query {
         filters,

@@ -136,15 +136,24 @@ pub(super) fn run(cmd: HubCommand) -> Result<()> {
         let config = lgsp_node::config::NodeConfig::load(&config)?;
         let rt = super::runtime()?;
         return rt.block_on(async {
-            let hub = lgsp_hub::HubServer::start(config, outward_listen).await?;
+            let mut hub = lgsp_hub::HubServer::start(config, outward_listen).await?;
             println!(
                 "hub taking province nodes' calls on {} (mTLS) and federation peers' on {}",
                 hub.node.provider_addr, hub.outward_addr
             );
-            let signal = crate::signal::stop_signal().await?;
-            tracing::info!("{signal}; shutting down");
+            // As a node: another live instance holding its name stops it.
+            let failed = tokio::select! {
+                signal = crate::signal::stop_signal() => {
+                    tracing::info!("{}; shutting down", signal?);
+                    None
+                }
+                error = hub.node.failure() => Some(error),
+            };
             hub.shutdown().await;
-            Ok(())
+            match failed {
+                None => Ok(()),
+                Some(error) => Err(error.into()),
+            }
         });
     }
     let rt = super::runtime()?;

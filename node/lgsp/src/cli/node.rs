@@ -14,8 +14,12 @@ pub(super) enum NodeCommand {
     /// Prepare a node on this server: make its key (kept here), a signing
     /// request for the provincial CA, and a commented node.toml.
     ///
-    /// Example: lgsp node init --agency 000.00.12.H62 --name node-1 --dir /etc/lgsp --dns
-    /// node.stp.vinhphuc.gov.vn --registry 10.0.0.11:7101
+    /// The province's trust domain is read from the provincial CA's
+    /// certificate (--ca), which is also copied to tls/ca.pem; or give it
+    /// with --trust-domain. Names below are examples.
+    ///
+    /// Example: lgsp node init --agency 000.00.12.H62 --name node-1 --dir /etc/lgsp --ca ca.crt
+    /// --dns node.stp.phutho.gov.vn --registry 10.0.0.11:7101
     Init {
         /// The agency's QCVN 102 code, e.g. 000.00.12.H62.
         #[arg(long)]
@@ -26,9 +30,16 @@ pub(super) enum NodeCommand {
         /// Directory for node.toml, tls/key.pem, tls/csr.pem and data/.
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
-        /// The province's trust domain.
-        #[arg(long, default_value = "vinhphuc.gov.vn")]
-        trust_domain: String,
+        /// The provincial CA's certificate (ca.crt, from the provincial IT
+        /// department): the node takes the province's trust domain from it,
+        /// and it is copied to tls/ca.pem.
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
+        /// The province's trust domain (a DNS name, e.g. phutho.gov.vn),
+        /// when the CA certificate is not at hand; must match it when both
+        /// are given.
+        #[arg(long)]
+        trust_domain: Option<String>,
         /// The agency's display name for the certificate (UTF-8).
         #[arg(long)]
         display_name: Option<String>,
@@ -80,6 +91,7 @@ pub(super) fn run(cmd: NodeCommand) -> Result<()> {
             agency,
             name,
             dir,
+            ca,
             trust_domain,
             display_name,
             registry,
@@ -95,6 +107,14 @@ pub(super) fn run(cmd: NodeCommand) -> Result<()> {
                     bail!("{} already exists; refusing to overwrite it", p.display());
                 }
             }
+            let ca_pem = match &ca {
+                Some(path) => Some(std::fs::read_to_string(path).with_context(|| {
+                    format!("cannot read the CA certificate {}", path.display())
+                })?),
+                None => None,
+            };
+            let trust_domain =
+                province_trust_domain(ca.as_deref(), ca_pem.as_deref(), trust_domain)?;
             let id = SpiffeId::new(&trust_domain, agency.clone(), Role::Node, &name)
                 .map_err(|e| UsageError(e.to_string()))?;
             let mut spec = LeafSpec::for_days(id.clone(), 365)?;
@@ -122,17 +142,28 @@ pub(super) fn run(cmd: NodeCommand) -> Result<()> {
             write_new(&tls.join("key.pem"), key.as_bytes(), 0o600)?;
             write_new(&tls.join("csr.pem"), csr.as_bytes(), 0o644)?;
             write_new(&config_path, toml.as_bytes(), 0o644)?;
+            if let Some(pem) = &ca_pem {
+                write_new(&tls.join("ca.pem"), pem.as_bytes(), 0o644)?;
+            }
             println!("Prepared node {id} in {}", dir.display());
             println!(
-                "  1. send {} to the provincial IT department (Sở TT&TT) to sign:",
+                "  1. send {} to the provincial IT department (Sở KH&CN) to sign:",
                 tls.join("csr.pem").display()
             );
             println!("       lgsp ca sign --ca CA_DIR --csr csr.pem --out cert.pem");
-            println!(
-                "  2. put the signed certificate in {} and the CA certificate in {}",
-                tls.join("cert.pem").display(),
-                tls.join("ca.pem").display()
-            );
+            if ca_pem.is_some() {
+                println!(
+                    "  2. put the signed certificate in {} (the CA certificate is in {})",
+                    tls.join("cert.pem").display(),
+                    tls.join("ca.pem").display()
+                );
+            } else {
+                println!(
+                    "  2. put the signed certificate in {} and the CA certificate in {}",
+                    tls.join("cert.pem").display(),
+                    tls.join("ca.pem").display()
+                );
+            }
             match &advertise {
                 Some(address) => println!(
                     "  other agencies' nodes will connect to {address} (advertise in node.toml)"
@@ -201,7 +232,7 @@ pub(super) fn run(cmd: NodeCommand) -> Result<()> {
             let config = lgsp_node::config::NodeConfig::load(&config)?;
             let rt = super::runtime()?;
             rt.block_on(async {
-                let node = lgsp_node::server::NodeServer::start(config).await?;
+                let mut node = lgsp_node::server::NodeServer::start(config).await?;
                 println!(
                     "node serving other agencies on {} (mTLS) and this agency's applications on {}",
                     node.provider_addr, node.consumer_addr
@@ -209,11 +240,52 @@ pub(super) fn run(cmd: NodeCommand) -> Result<()> {
                 if let Some(m) = node.metrics_addr {
                     println!("metrics on http://{m}/metrics");
                 }
-                let signal = crate::signal::stop_signal().await?;
-                tracing::info!("{signal}; shutting down");
+                // Stops on a signal, or when another live instance holds
+                // this node's name (a configuration error: exit code 2).
+                let failed = tokio::select! {
+                    signal = crate::signal::stop_signal() => {
+                        tracing::info!("{}; shutting down", signal?);
+                        None
+                    }
+                    error = node.failure() => Some(error),
+                };
                 node.shutdown().await;
-                Ok(())
+                match failed {
+                    None => Ok(()),
+                    Some(error) => Err(error.into()),
+                }
             })
         }
+    }
+}
+
+/// The province's trust domain for a new identity: read from the provincial
+/// CA's certificate when one is given, or as typed; both must agree. lgsp
+/// has no province of its own, so with neither it refuses, saying what to
+/// give.
+pub(super) fn province_trust_domain(
+    ca_path: Option<&std::path::Path>,
+    ca_pem: Option<&str>,
+    typed: Option<String>,
+) -> Result<String> {
+    let from_ca = match (ca_path, ca_pem) {
+        (Some(path), Some(pem)) => Some(
+            lgsp_certs::inspect::ca_trust_domain(pem, path)
+                .map_err(|e| UsageError(e.to_string()))?,
+        ),
+        _ => None,
+    };
+    match (from_ca, typed) {
+        (Some(ca), Some(typed)) if ca != typed => Err(UsageError(format!(
+            "--trust-domain {typed} is not the trust domain of the CA certificate {} ({ca}); leave --trust-domain out to use the CA's",
+            ca_path.map(|p| p.display().to_string()).unwrap_or_default()
+        ))
+        .into()),
+        (Some(ca), _) => Ok(ca),
+        (None, Some(typed)) => Ok(typed),
+        (None, None) => Err(UsageError(
+            "the province's trust domain is unknown: give --ca with the provincial CA's certificate (ca.crt, from the provincial IT department), or --trust-domain (e.g. phutho.gov.vn)".into(),
+        )
+        .into()),
     }
 }
