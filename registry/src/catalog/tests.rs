@@ -1519,6 +1519,7 @@ mod federation {
             trust_domain: PEER_DOMAIN.into(),
             ca_pem: "-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n".into(),
             hub_endpoint: "hub.ndxp.gov.vn:7501".into(),
+            ..Default::default()
         })
     }
 
