@@ -472,7 +472,10 @@ async fn scrape(addr: &str) -> Result<String> {
 }
 
 /// One sample of the exposition: metric name, labels, value.
-fn samples(text: &str) -> Vec<(String, Vec<(String, String)>, f64)> {
+type Sample = (String, Vec<(String, String)>, f64);
+
+/// The samples of a Prometheus text exposition.
+fn samples(text: &str) -> Vec<Sample> {
     let mut out = Vec::new();
     for line in text.lines() {
         if line.starts_with('#') || line.is_empty() {
@@ -585,14 +588,13 @@ fn links_table(metrics: &str, now: std::time::SystemTime) -> String {
     }
     let _ = writeln!(
         out,
-        "  {:<16} {:<22} {:<14} {:<14} {:<18} {:<26} {}",
+        "  {:<16} {:<22} {:<14} {:<14} {:<18} {:<28} IN served/refused",
         "PEER",
         "CIRCUIT",
         "LAST SUCCESS",
         "LAST FAILURE",
         "LATENCY avg/p99",
         "OUT answered/failed/refused",
-        "IN served/refused"
     );
     let now_s = now
         .duration_since(std::time::UNIX_EPOCH)
@@ -606,8 +608,8 @@ fn links_table(metrics: &str, now: std::time::SystemTime) -> String {
     };
     for (peer, row) in &rows {
         let circuit = match row.state {
-            Some(s) if s == 0.0 => "closed (up)",
-            Some(s) if s == 1.0 => "half-open (probing)",
+            Some(s) if s < 0.5 => "closed (up)",
+            Some(s) if s < 1.5 => "half-open (probing)",
             Some(_) => "open (failing)",
             None => "?",
         };
@@ -636,21 +638,23 @@ fn links_table(metrics: &str, now: std::time::SystemTime) -> String {
                 .copied()
                 .unwrap_or(0.0)
         };
+        let out_calls = format!(
+            "{}/{}/{}",
+            n("out", "answered"),
+            n("out", "failed"),
+            n("out", "refused")
+        );
+        let in_calls = format!("{}/{}", n("in", "served"), n("in", "refused"));
         let _ = writeln!(
             out,
-            "  {:<16} {:<22} {:<14} {:<14} {:<18} {:<26} {}",
+            "  {:<16} {:<22} {:<14} {:<14} {:<18} {:<28} {}",
             peer,
             circuit,
             ago(row.last_success),
             ago(row.last_failure),
             latency,
-            format!(
-                "{}/{}/{}",
-                n("out", "answered"),
-                n("out", "failed"),
-                n("out", "refused")
-            ),
-            format!("{}/{}", n("in", "served"), n("in", "refused")),
+            out_calls,
+            in_calls,
         );
     }
     out
