@@ -251,6 +251,51 @@ async fn a_peer_added_while_the_hub_runs_is_trusted_and_a_revoked_or_removed_one
         .await
         .expect("served on a connection opened now");
 
+    // Its limits are in its record: at one call per second, a burst is
+    // refused with RESOURCE_EXHAUSTED naming the peer and the limit.
+    let ca = q.dir.path().join("ndxp-ca.pem");
+    let ca = ca.to_str().unwrap().to_owned();
+    let limit = |rate: &'static str| -> Vec<String> {
+        [
+            "hub",
+            "peer",
+            "add",
+            "--name",
+            "ndxp",
+            "--trust-domain",
+            NATIONAL_DOMAIN,
+            "--ca",
+            &ca,
+            "--endpoint",
+            "127.0.0.1:9",
+            "--rate",
+            rate,
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let args = limit("1");
+    admin(&mut p, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let start = Instant::now();
+    let limited = loop {
+        match exports_as(&open).await {
+            Err(s) if s.code() == Code::ResourceExhausted => break s,
+            other => {
+                assert!(
+                    start.elapsed() < Duration::from_secs(5),
+                    "never limited: {other:?}"
+                );
+            }
+        }
+    };
+    assert!(
+        limited.message().contains("federation peer ndxp"),
+        "{limited:?}"
+    );
+    assert!(limited.message().contains("1 per second"), "{limited:?}");
+    let args = limit("10000");
+    admin(&mut p, &args.iter().map(String::as_str).collect::<Vec<_>>());
+
     // A CRL signed by another CA is refused by `hub peer crl`.
     let mut stranger = Pki::new(NATIONAL_DOMAIN);
     let forged = stranger.ca.sign_crl(1).unwrap();
