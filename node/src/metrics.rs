@@ -1,6 +1,7 @@
 //! Prometheus metrics of a node: calls by side, service, consumer and
-//! status; latency histograms; bytes; the catalog cache's age and revision.
-//! Served as text on `GET /metrics`.
+//! status; latency histograms; bytes; the catalog cache's age and revision;
+//! what build runs (`lgsp_build_info`) and when the node's certificate
+//! expires. Served as text on `GET /metrics`.
 
 use crate::catalog_cache::CatalogCache;
 use bytes::Bytes;
@@ -10,9 +11,10 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -40,6 +42,16 @@ struct BytesLabels {
     direction: &'static str,
 }
 
+/// The commit the running binary was built from, set once by the binary
+/// (the library cannot know it); "unknown" until then.
+static BUILD_COMMIT: OnceLock<String> = OnceLock::new();
+
+/// Records the commit this process was built from, for `lgsp_build_info`.
+/// Only the first call counts.
+pub fn set_build_commit(commit: &str) {
+    let _ = BUILD_COMMIT.set(commit.to_owned());
+}
+
 /// The node's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -53,6 +65,7 @@ pub struct Metrics {
     link_calls: Family<LinkLabels, Counter>,
     cache_age: Gauge<f64, AtomicU64>,
     cache_revision: Gauge,
+    certificate_expiry: Gauge,
 }
 
 impl Metrics {
@@ -103,6 +116,26 @@ impl Metrics {
             "Catalog revision of the node's cache",
             cache_revision.clone(),
         );
+        registry.register(
+            "build",
+            "The lgsp build this node runs: its version and the commit it was built from",
+            Info::new(vec![
+                ("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned()),
+                (
+                    "commit".to_owned(),
+                    BUILD_COMMIT
+                        .get()
+                        .cloned()
+                        .unwrap_or_else(|| "unknown".to_owned()),
+                ),
+            ]),
+        );
+        let certificate_expiry = Gauge::default();
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "When the node's own certificate expires, Unix seconds (renew it before: docs/operations.md)",
+            certificate_expiry.clone(),
+        );
         Arc::new(Self {
             registry: std::sync::Mutex::new(registry),
             calls,
@@ -112,7 +145,13 @@ impl Metrics {
             link_calls,
             cache_age,
             cache_revision,
+            certificate_expiry,
         })
+    }
+
+    /// Records when the node's certificate expires (`not_after`, Unix seconds).
+    pub fn set_certificate_expiry(&self, not_after_unix: i64) {
+        self.certificate_expiry.set(not_after_unix);
     }
 
     /// Counts one exchange on `side` (`provider` or `consumer`): a call of

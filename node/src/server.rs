@@ -217,6 +217,7 @@ impl NodeServer {
         );
 
         let metrics = Metrics::new();
+        metrics.set_certificate_expiry(own.not_after.unix_timestamp());
         let datasets = DatasetCache::new(DatasetStore::new(&config.data_dir.join("datasets")));
         let max = config.limits.max_message_bytes;
         let ctx = NodeContext::new(

@@ -1,25 +1,70 @@
-//! `lgsp demo --scenario`: the whole province on loopback, walked through
-//! step by step, exits 0 only if every step did what it should.
+//! `lgsp demo`: the whole province on loopback. `--scenario` walks through it
+//! step by step, shows the command behind each step and exits 0 only if
+//! every step did what it should; without it, the demo prints commands that
+//! work as printed from another terminal. `--base-port` moves every port.
 
-use std::time::Duration;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How many consecutive ports the demo takes.
+const PORTS: u16 = 13;
+
+/// A base port whose block of [`PORTS`] is free now.
+fn free_block() -> u16 {
+    for _ in 0..100 {
+        let first = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if first > u16::MAX - PORTS {
+            continue;
+        }
+        let held: Vec<_> = (first..first + PORTS)
+            .map_while(|p| TcpListener::bind(("127.0.0.1", p)).ok())
+            .collect();
+        if held.len() == usize::from(PORTS) {
+            return first;
+        }
+    }
+    panic!("no block of {PORTS} free ports on 127.0.0.1 in 100 tries");
+}
+
+/// Kills the demo if the test fails before stopping it.
+struct Demo(Child);
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 #[test]
-fn demo_scenario_runs_a_province_and_every_step_passes() {
+fn demo_scenario_on_a_base_port_passes_every_step_and_shows_its_commands() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = std::process::Command::new(lgsp_tests::lgsp_bin())
-        .args(["demo", "--scenario", "--dir"])
+    let base = free_block();
+    let mut child = Command::new(lgsp_tests::lgsp_bin())
+        .args([
+            "demo",
+            "--scenario",
+            "--base-port",
+            &base.to_string(),
+            "--dir",
+        ])
         .arg(dir.path().join("demo"))
         .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(120);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        if std::time::Instant::now() > deadline {
+        if Instant::now() > deadline {
             let _ = child.kill();
             panic!("lgsp demo --scenario ran past 120 s");
         }
@@ -39,4 +84,168 @@ fn demo_scenario_runs_a_province_and_every_step_passes() {
         stdout.contains("Nguyễn"),
         "Vietnamese text survives the whole path: {stdout}"
     );
+    assert!(
+        stdout.contains(&format!("ports {base}-{}", base + PORTS - 1)),
+        "{stdout}"
+    );
+    // Every step shows at least one command, on the chosen ports.
+    let mut steps = stdout.split("PASS step ").skip(1);
+    for n in 1..=9 {
+        let step = steps.next().unwrap_or_default();
+        assert!(
+            step.contains("\n         $ "),
+            "step {n} shows no command:\n{step}"
+        );
+    }
+    let tam_duong_apps = format!("--node 127.0.0.1:{}", base + 9);
+    assert!(stdout.contains(&tam_duong_apps), "{stdout}");
+    assert!(
+        stdout.contains(&format!("--registry 127.0.0.1:{base},")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("$ grpcurl "), "{stdout}");
+    assert!(stdout.contains(" access terminate "), "{stdout}");
+    assert!(stdout.contains(" requests approve "), "{stdout}");
+}
+
+#[test]
+fn demo_refuses_a_base_port_whose_block_is_taken_naming_the_port() {
+    let base = free_block();
+    // Another program holds the department's node's agency port.
+    let _held = TcpListener::bind(("127.0.0.1", base + 6)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let out = Command::new(lgsp_tests::lgsp_bin())
+        .args(["demo", "--base-port", &base.to_string(), "--dir"])
+        .arg(dir.path().join("demo"))
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("port {} on 127.0.0.1", base + 6))
+            && stderr.contains("the department's node, agencies")
+            && stderr.contains("choose another --base-port"),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(
+        !dir.path().join("demo").exists(),
+        "nothing is written when the ports are taken"
+    );
+}
+
+/// The printed commands, run as printed (by bash) while the demo runs: the
+/// calls, the query, the HTTP service, a direct grant, a termination, the
+/// access request procedure, the catalog, the registry and the sharing log.
+#[test]
+fn demo_prints_commands_that_work_as_printed_from_another_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_block();
+    let mut demo = Demo(
+        Command::new(lgsp_tests::lgsp_bin())
+            .args(["demo", "--base-port", &base.to_string(), "--dir"])
+            .arg(dir.path().join("demo"))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = demo.0.stdout.take().unwrap();
+    // Read the guide on a thread, so that a demo that never finishes
+    // printing cannot hold the test past its deadline.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let last = line.starts_with("Press Ctrl-C");
+            if tx.send(line).is_err() || last {
+                break;
+            }
+        }
+    });
+    let mut guide = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("the demo printed no guide in 60 s:\n{guide:#?}"));
+        let last = line.starts_with("Press Ctrl-C");
+        guide.push(line);
+        if last {
+            break;
+        }
+    }
+    let lgsp = lgsp_tests::lgsp_bin().display().to_string();
+    let commands: Vec<String> = guide
+        .iter()
+        .map(|l| l.trim_start())
+        .filter(|l| l.starts_with(&lgsp))
+        .map(str::to_owned)
+        .collect();
+    let text = guide.join("\n");
+    for what in [
+        " call ",
+        " --query ",
+        "/giay-phep --op tra-cuu --json ",
+        " access grant ",
+        " access terminate ",
+        " requests file ",
+        " requests approve ",
+        " audit verify ",
+    ] {
+        assert!(
+            commands.iter().any(|c| c.contains(what)),
+            "the guide prints no command with {what:?}:\n{text}"
+        );
+    }
+    assert!(text.contains(&format!("127.0.0.1:{}", base + 12)), "{text}");
+    let run = |command: &str| {
+        Command::new("bash")
+            .args(["-c", command])
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let business_call = commands[0].clone();
+    assert!(business_call.contains(" call "), "{business_call}");
+    for command in &commands {
+        let out = run(command);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{command}\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if command.contains(" --query ") {
+            assert!(
+                stdout.lines().count() >= 2 && stdout.contains("ten_doanh_nghiep"),
+                "{command}\n{stdout}"
+            );
+        }
+        if command.contains("giay-phep --op tra-cuu") {
+            assert!(stdout.contains("Còn hiệu lực"), "{command}\n{stdout}");
+        }
+    }
+    // After the approval, Tam Dương's call works again.
+    let out = run(&business_call);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("ten_doanh_nghiep"),
+        "{business_call}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = Command::new("kill").arg(demo.0.id().to_string()).status();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while demo.0.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the demo did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

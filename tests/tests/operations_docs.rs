@@ -1048,6 +1048,10 @@ tests:
         values: '0+600x20'
       - series: 'up{job="lgsp-node",instance="n1"}'
         values: '1 1 0 0 0 0'
+      - series: 'lgsp_certificate_expiry_timestamp_seconds{instance="n1"}'
+        values: '1728000x180'
+      - series: 'lgsp_certificate_expiry_timestamp_seconds{instance="n2"}'
+        values: '5184000x180'
     alert_rule_test:
       - eval_time: 3m
         alertname: LgspCatalogCopyStale
@@ -1065,6 +1069,14 @@ tests:
               summary: "n1: 10% of calls to s fail"
       - eval_time: 20m
         alertname: LgspSlowCalls
+      - eval_time: 30m
+        alertname: LgspCertificateExpiresSoon
+      - eval_time: 2h
+        alertname: LgspCertificateExpiresSoon
+        exp_alerts:
+          - exp_labels: {instance: n1, severity: warning}
+            exp_annotations:
+              summary: "n1: node certificate expires in 19d 22h 0m 0s"
       - eval_time: 5m
         alertname: LgspNodeDown
         exp_alerts:

@@ -176,4 +176,35 @@ async fn prometheus_scrapes_a_node_and_answers_a_query_for_its_calls() {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+
+    // The same scrape carries what build the node runs and when its
+    // certificate expires, as Prometheus stores them.
+    let build = prometheus
+        .get("/api/v1/query?query=lgsp_build_info")
+        .await
+        .expect("query lgsp_build_info");
+    let build: serde_json::Value = serde_json::from_str(&build).expect("JSON");
+    let series = &build["data"]["result"][0];
+    assert_eq!(
+        series["metric"]["version"],
+        env!("CARGO_PKG_VERSION"),
+        "{build}"
+    );
+    assert!(
+        series["metric"]["commit"]
+            .as_str()
+            .is_some_and(|c| !c.is_empty()),
+        "{build}"
+    );
+    assert_eq!(series["value"][1], "1", "{build}");
+    let days = prometheus
+        .get("/api/v1/query?query=(lgsp_certificate_expiry_timestamp_seconds-time())/86400")
+        .await
+        .expect("query the certificate's expiry");
+    let days: serde_json::Value = serde_json::from_str(&days).expect("JSON");
+    let left: f64 = days["data"]["result"][0]["value"][1]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{days}"));
+    assert!((0.0..=31.0).contains(&left), "days left: {left}");
 }

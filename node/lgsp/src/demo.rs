@@ -3,7 +3,7 @@
 //! (a department's business registrations, a district's households), an
 //! HTTP backend, and grants between them. `--scenario` walks through it.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use bytes::Bytes;
 use lgsp_certs::ca::{CertificateAuthority, LeafSpec, make_csr};
 use lgsp_certs::{AgencyCode, Credentials, Role, SpiffeId, TlsFiles};
@@ -26,6 +26,15 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+mod guide;
+mod ports;
+
+use guide::{
+    BUSINESS_KEY, Guide, HOUSEHOLD_KEY, SUSPENSION_REASON, SUSPENSION_RESTORE, TERMINATION_REASON,
+};
+pub(crate) use ports::Ports;
+use ports::addr;
+
 const TRUST_DOMAIN: &str = "vinhphuc.gov.vn";
 const PROVINCE: &str = "000.00.00.H62";
 /// Sở Kế hoạch và Đầu tư: business registrations.
@@ -35,20 +44,6 @@ pub(crate) const DISTRICT: &str = "000.00.40.H62";
 /// Sở Y tế: registered, but granted nothing.
 const HEALTH: &str = "000.00.09.H62";
 
-/// Fixed ports, so that the printed commands work from another terminal.
-struct Ports;
-impl Ports {
-    const REGISTRY_CLIENT: u16 = 7101;
-    const REGISTRY_PEER: u16 = 7201;
-    const DEPARTMENT_PROVIDER: u16 = 7311;
-    const DISTRICT_PROVIDER: u16 = 7312;
-    const DEPARTMENT_APPS: u16 = 7411;
-    const DISTRICT_APPS: u16 = 7412;
-    const DEPARTMENT_METRICS: u16 = 9311;
-    const DISTRICT_METRICS: u16 = 9312;
-    const BACKEND: u16 = 8081;
-}
-
 /// The demo's HTTP backend at `url`, called with POST.
 fn http_backend(url: String) -> Backend {
     Backend::Http {
@@ -56,32 +51,6 @@ fn http_backend(url: String) -> Backend {
         method: HttpMethod::Post,
         timeout: DEFAULT_BACKEND_TIMEOUT,
     }
-}
-
-fn addr(port: u16) -> std::net::SocketAddr {
-    std::net::SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-fn check_ports_free() -> Result<()> {
-    let mut ports = vec![
-        Ports::DEPARTMENT_PROVIDER,
-        Ports::DISTRICT_PROVIDER,
-        Ports::DEPARTMENT_APPS,
-        Ports::DISTRICT_APPS,
-        Ports::DEPARTMENT_METRICS,
-        Ports::DISTRICT_METRICS,
-        Ports::BACKEND,
-    ];
-    for i in 0..3 {
-        ports.push(Ports::REGISTRY_CLIENT + i);
-        ports.push(Ports::REGISTRY_PEER + i);
-    }
-    for p in ports {
-        std::net::TcpListener::bind(addr(p)).with_context(|| {
-            format!("port {p} on 127.0.0.1 is taken (is another `lgsp demo` running?); the demo needs ports 7101-7103, 7201-7203, 7311-7312, 7411-7412, 8081, 9311-9312")
-        })?;
-    }
-    Ok(())
 }
 
 fn leaf(
@@ -196,8 +165,8 @@ fn sample_data(dir: &Path) -> Result<(PathBuf, PathBuf)> {
 
 /// The department's HTTP/JSON licence system, fronted by its node; it
 /// stops when the returned sender is dropped.
-async fn start_backend() -> Result<tokio::sync::watch::Sender<bool>> {
-    let listener = tokio::net::TcpListener::bind(addr(Ports::BACKEND)).await?;
+async fn start_backend(ports: Ports) -> Result<tokio::sync::watch::Sender<bool>> {
+    let listener = tokio::net::TcpListener::bind(addr(ports.backend())).await?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     backend::serve(
         listener,
@@ -219,13 +188,14 @@ async fn start_backend() -> Result<tokio::sync::watch::Sender<bool>> {
 /// Everything the demo started.
 pub(crate) struct Province {
     pub dir: PathBuf,
+    /// Where everything listens.
+    pub ports: Ports,
     registries: RegistryCluster,
     /// Stops the department's HTTP system when dropped.
     _backend: tokio::sync::watch::Sender<bool>,
     nodes: Vec<NodeServer>,
     /// The catalog, changed as the provincial admin.
     pub catalog: Catalog,
-    pub admin_tls: PathBuf,
     pub health_tls: PathBuf,
     /// The department's admin (an agency admin: decides requests for its services).
     pub department_admin: Catalog,
@@ -243,8 +213,7 @@ impl Province {
 }
 
 /// Starts the province in `dir` (replacing a previous demo there).
-pub(crate) async fn start(dir: &Path) -> Result<Province> {
-    check_ports_free()?;
+pub(crate) async fn start(dir: &Path, ports: Ports) -> Result<Province> {
     if dir.exists() {
         if !dir.join("ca").join("ca.json").exists() && std::fs::read_dir(dir)?.next().is_some() {
             bail!(
@@ -266,8 +235,8 @@ pub(crate) async fn start(dir: &Path) -> Result<Province> {
     let members: Vec<Member> = (1..=3u16)
         .map(|i| Member {
             id: u64::from(i),
-            client: addr(Ports::REGISTRY_CLIENT + i - 1),
-            peer: addr(Ports::REGISTRY_PEER + i - 1),
+            client: addr(ports.registry_client(i)),
+            peer: addr(ports.registry_peer(i)),
         })
         .collect();
     let configs = registry::plan(
@@ -345,20 +314,20 @@ pub(crate) async fn start(dir: &Path) -> Result<Province> {
     }
 
     let (business_csv, households_csv) = sample_data(&dir.join("sample-data"))?;
-    let backend = start_backend().await?;
+    let backend = start_backend(ports).await?;
     let mut nodes = Vec::new();
     for (agency, display, provider, apps, metrics, services, dataset) in [
         (
             DEPARTMENT,
             "Sở Kế hoạch và Đầu tư tỉnh Vĩnh Phúc",
-            Ports::DEPARTMENT_PROVIDER,
-            Ports::DEPARTMENT_APPS,
-            Ports::DEPARTMENT_METRICS,
+            ports.department_provider(),
+            ports.department_apps(),
+            ports.department_metrics(),
             vec![
                 ("doanh-nghiep", Backend::Dataset),
                 (
                     "giay-phep",
-                    http_backend(format!("http://{}/giay-phep/{{op}}", addr(Ports::BACKEND))),
+                    http_backend(format!("http://{}/giay-phep/{{op}}", addr(ports.backend()))),
                 ),
             ],
             ("doanh-nghiep", &business_csv, "ma_so_doanh_nghiep"),
@@ -366,9 +335,9 @@ pub(crate) async fn start(dir: &Path) -> Result<Province> {
         (
             DISTRICT,
             "UBND huyện Tam Dương",
-            Ports::DISTRICT_PROVIDER,
-            Ports::DISTRICT_APPS,
-            Ports::DISTRICT_METRICS,
+            ports.district_provider(),
+            ports.district_apps(),
+            ports.district_metrics(),
             vec![("ho-gia-dinh", Backend::Dataset)],
             ("ho-gia-dinh", &households_csv, "so_ho"),
         ),
@@ -454,7 +423,7 @@ pub(crate) async fn start(dir: &Path) -> Result<Province> {
     // Wait until both nodes' caches know everything.
     let deadline = Instant::now() + Duration::from_secs(20);
     while call(
-        Ports::DEPARTMENT_APPS,
+        ports.department_apps(),
         &format!("{DISTRICT}/ho-gia-dinh"),
         "get",
         &[("key", "TD-00100")],
@@ -463,10 +432,10 @@ pub(crate) async fn start(dir: &Path) -> Result<Province> {
     .await
     .is_err()
         || call(
-            Ports::DISTRICT_APPS,
+            ports.district_apps(),
             &format!("{DEPARTMENT}/doanh-nghiep"),
             "get",
-            &[("key", "2500101000")],
+            &[("key", BUSINESS_KEY)],
             "",
         )
         .await
@@ -479,11 +448,11 @@ pub(crate) async fn start(dir: &Path) -> Result<Province> {
     }
     Ok(Province {
         dir: dir.to_owned(),
+        ports,
         registries,
         _backend: backend,
         nodes,
         catalog,
-        admin_tls,
         health_tls,
         department_admin,
         district_admin,
@@ -547,71 +516,80 @@ async fn call(
         .map_err(|e| tonic::Status::internal(e.to_string()))
 }
 
-fn exe() -> String {
-    std::env::current_exe()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|_| "lgsp".into())
-}
-
 fn print_guide(p: &Province) {
-    let lgsp = exe();
-    let registry = (0..3)
-        .map(|i| addr(Ports::REGISTRY_CLIENT + i).to_string())
-        .collect::<Vec<_>>()
-        .join(",");
+    let ports = p.ports;
+    let guide = Guide::new(&p.dir, ports);
+    let at = |port: u16| addr(port).to_string();
     println!();
     println!("A province is running on 127.0.0.1 (tỉnh Vĩnh Phúc, trust domain {TRUST_DOMAIN}):");
     println!("  provincial CA           {}", p.dir.join("ca").display());
     println!(
-        "  registry servers 1-3    clients on 127.0.0.1:7101-7103, peers on 127.0.0.1:7201-7203 (Raft, mTLS)"
+        "  registry servers 1-3    clients on {}, peers on {}, {}, {} (Raft, mTLS)",
+        ports.registry().replace(',', ", "),
+        at(ports.registry_peer(1)),
+        at(ports.registry_peer(2)),
+        at(ports.registry_peer(3)),
     );
     println!(
-        "  Sở Kế hoạch và Đầu tư   agency {DEPARTMENT}: node on 127.0.0.1:7311 (agencies, mTLS), 127.0.0.1:7411 (its apps)"
+        "  Sở Kế hoạch và Đầu tư   agency {DEPARTMENT}: node on {} (agencies, mTLS), {} (its apps)",
+        at(ports.department_provider()),
+        at(ports.department_apps())
     );
     println!(
-        "                          serves doanh-nghiep (60 business registrations) and giay-phep (HTTP system on 127.0.0.1:8081)"
+        "                          serves doanh-nghiep (60 business registrations) and giay-phep (HTTP system on {})",
+        at(ports.backend())
     );
     println!(
-        "  UBND huyện Tam Dương    agency {DISTRICT}: node on 127.0.0.1:7312 (agencies, mTLS), 127.0.0.1:7412 (its apps)"
+        "  UBND huyện Tam Dương    agency {DISTRICT}: node on {} (agencies, mTLS), {} (its apps)",
+        at(ports.district_provider()),
+        at(ports.district_apps())
     );
     println!("                          serves ho-gia-dinh (80 household records)");
     println!(
         "  grants                  Tam Dương may call doanh-nghiep and giay-phep; the department may call ho-gia-dinh"
     );
     println!(
-        "  metrics                 http://127.0.0.1:9311/metrics and http://127.0.0.1:9312/metrics"
+        "  metrics                 http://{}/metrics and http://{}/metrics",
+        at(ports.department_metrics()),
+        at(ports.district_metrics())
     );
     println!();
     println!("Try, from another terminal:");
     println!("  # Tam Dương's application asks the department for a business registration:");
+    println!("  {}", guide.call_business());
+    println!("  # …queries the businesses of one trade, two fields each (a stream of records):");
+    println!("  {}", guide.query_business());
+    println!("  # …and calls the department's HTTP licence system through the same node:");
+    println!("  {}", guide.call_licence());
+    println!("  # The department's application reads a household record from Tam Dương:");
+    println!("  {}", guide.call_household());
     println!(
-        "  {lgsp} call {DEPARTMENT}/doanh-nghiep --op get --param key=2500101000 --node 127.0.0.1:7412"
+        "  # The provincial admin grants Sở Y tế the business registrations directly, and lists the grants:"
     );
+    println!("  {}", guide.grant());
+    println!("  {}", guide.access_list());
     println!(
-        "  # Access requests (D47 Art. 35): Tam Dương's admin files one, the department's decides:"
+        "  # Sở Y tế has no node here: it calls the department's node with its own certificate (grpcurl):"
     );
+    println!("  {}", guide.health_call());
     println!(
-        "  {lgsp} requests file --service {DEPARTMENT}/giay-phep --app-id mot-cua --app-name \"Một cửa\" --purpose \"Tra cứu\" --frequency \"hàng ngày\" --registry {registry} --tls-dir {}",
-        p.dir.join(format!("admin-{DISTRICT}-tls")).display()
+        "  # The provincial admin terminates Tam Dương's grant: its call above is refused within a second."
     );
+    println!("  {}", guide.terminate());
     println!(
-        "  {lgsp} inbox --registry {registry} --tls-dir {}",
-        p.dir.join(format!("admin-{DEPARTMENT}-tls")).display()
+        "  # Access requests (D47 Art. 35): Tam Dương's admin files one, the department's admin sees it and"
     );
-    println!("  # The provincial catalog:");
-    println!(
-        "  {lgsp} service list --registry {registry} --tls-dir {}",
-        p.admin_tls.display()
-    );
+    println!("  # approves it, and the call works again:");
+    println!("  {}", guide.file_request("mot-cua-1"));
+    println!("  {}", guide.inbox());
+    println!("  {}", guide.approve(&format!("{DISTRICT}/mot-cua-1")));
+    println!("  # The provincial catalog and the registry cluster:");
+    println!("  {}", guide.service_list());
+    println!("  {}", guide.registry_status());
     println!("  # The department's sharing log, verified (hash chain and signatures):");
-    println!(
-        "  {lgsp} audit verify --log {} --cert {}",
-        lgsp_node::server::sharing_log_path(&p.dir.join(format!("node-{DEPARTMENT}/data")))
-            .display(),
-        p.dir
-            .join(format!("node-{DEPARTMENT}/tls/cert.pem"))
-            .display()
-    );
+    println!("  {}", guide.audit_verify(DEPARTMENT));
+    println!("  # The department's node's metrics:");
+    println!("  {}", guide.metrics());
     println!();
     println!(
         "Press Ctrl-C to stop the province. Running `lgsp demo` again replaces {}.",
@@ -622,16 +600,17 @@ fn print_guide(p: &Province) {
 /// Calls `service` from Tam Dương's apps until `done` accepts the outcome,
 /// for up to 3 s; returns the last outcome.
 async fn until_outcome(
+    ports: Ports,
     service: &str,
     done: impl Fn(&Result<serde_json::Value, tonic::Status>) -> bool,
 ) -> Result<serde_json::Value, tonic::Status> {
     let started = Instant::now();
     loop {
         let outcome = call(
-            Ports::DISTRICT_APPS,
+            ports.district_apps(),
             service,
             "get",
-            &[("key", "2500101000")],
+            &[("key", BUSINESS_KEY)],
             "",
         )
         .await;
@@ -642,90 +621,96 @@ async fn until_outcome(
     }
 }
 
+/// The walkthrough's report: each step with the commands that do the same
+/// by hand, and whether it did what it should.
+#[derive(Debug, Default)]
+struct Steps {
+    failed: usize,
+}
+
+impl Steps {
+    fn step(&mut self, n: usize, what: &str, commands: &[String], ok: bool, detail: String) {
+        println!("{} step {n}: {what}", if ok { "PASS" } else { "FAIL" });
+        for c in commands {
+            println!("         $ {c}");
+        }
+        println!("         {detail}");
+        if !ok {
+            self.failed += 1;
+        }
+    }
+}
+
 /// Runs the walkthrough; returns how many steps failed.
 async fn scenario(p: &Province) -> usize {
-    let mut failed = 0;
-    let mut step = |n: usize, what: &str, ok: bool, detail: String| {
-        println!(
-            "{} step {n}: {what}\n         {detail}",
-            if ok { "PASS" } else { "FAIL" }
-        );
-        if !ok {
-            failed += 1;
-        }
+    let ports = p.ports;
+    let guide = Guide::new(&p.dir, ports);
+    let mut steps = Steps::default();
+    let biz = Guide::business_service();
+    let described = |r: Result<serde_json::Value, tonic::Status>,
+                     check: &dyn Fn(&serde_json::Value) -> bool| match r {
+        Ok(v) => (check(&v), v.to_string()),
+        Err(s) => (false, s.to_string()),
     };
-    let biz = format!("{DEPARTMENT}/doanh-nghiep");
-    match call(
-        Ports::DISTRICT_APPS,
-        &biz,
-        "get",
-        &[("key", "2500101000")],
-        "",
-    )
-    .await
-    {
-        Ok(v) => step(
-            1,
-            "Tam Dương's app reads a business registration from the department",
-            v["ten_doanh_nghiep"].is_string(),
-            v.to_string(),
-        ),
-        Err(s) => step(
-            1,
-            "Tam Dương's app reads a business registration from the department",
-            false,
-            s.to_string(),
-        ),
-    }
-    match call(
-        Ports::DISTRICT_APPS,
-        &format!("{DEPARTMENT}/giay-phep"),
-        "tra-cuu",
-        &[],
-        r#"{"ma_so_doanh_nghiep":"2500101000"}"#,
-    )
-    .await
-    {
-        Ok(v) => step(
-            2,
-            "…and checks its licence in the department's HTTP system",
-            v["giay_phep"] == "Còn hiệu lực",
-            v.to_string(),
-        ),
-        Err(s) => step(
-            2,
-            "…and checks its licence in the department's HTTP system",
-            false,
-            s.to_string(),
-        ),
-    }
-    match call(
-        Ports::DEPARTMENT_APPS,
-        &format!("{DISTRICT}/ho-gia-dinh"),
-        "get",
-        &[("key", "TD-00105")],
-        "",
-    )
-    .await
-    {
-        Ok(v) => step(
-            3,
-            "the department's app reads a household record from Tam Dương",
-            v["chu_ho"].is_string(),
-            v.to_string(),
-        ),
-        Err(s) => step(
-            3,
-            "the department's app reads a household record from Tam Dương",
-            false,
-            s.to_string(),
-        ),
-    }
+    let (ok, detail) = described(
+        call(
+            ports.district_apps(),
+            &biz,
+            "get",
+            &[("key", BUSINESS_KEY)],
+            "",
+        )
+        .await,
+        &|v| v["ten_doanh_nghiep"].is_string(),
+    );
+    steps.step(
+        1,
+        "Tam Dương's app reads a business registration from the department",
+        &[guide.call_business().to_string()],
+        ok,
+        detail,
+    );
+    let (ok, detail) = described(
+        call(
+            ports.district_apps(),
+            &format!("{DEPARTMENT}/giay-phep"),
+            "tra-cuu",
+            &[],
+            &format!(r#"{{"ma_so_doanh_nghiep":"{BUSINESS_KEY}"}}"#),
+        )
+        .await,
+        &|v| v["giay_phep"] == "Còn hiệu lực",
+    );
+    steps.step(
+        2,
+        "…and checks its licence in the department's HTTP system",
+        &[guide.call_licence().to_string()],
+        ok,
+        detail,
+    );
+    let (ok, detail) = described(
+        call(
+            ports.department_apps(),
+            &format!("{DISTRICT}/ho-gia-dinh"),
+            "get",
+            &[("key", HOUSEHOLD_KEY)],
+            "",
+        )
+        .await,
+        &|v| v["chu_ho"].is_string(),
+    );
+    steps.step(
+        3,
+        "the department's app reads a household record from Tam Dương",
+        &[guide.call_household().to_string()],
+        ok,
+        detail,
+    );
     let refused = async {
         let creds = Credentials::load(&TlsFiles::in_dir(&p.health_tls))
             .map_err(|e| tonic::Status::internal(e.to_string()))?;
         let channel = lgsp_certs::tls::client_endpoint(
-            &addr(Ports::DEPARTMENT_PROVIDER).to_string(),
+            &addr(ports.department_provider()).to_string(),
             &creds,
             None,
         )
@@ -737,42 +722,39 @@ async fn scenario(p: &Province) -> usize {
             .call(Envelope {
                 service_id: biz.clone(),
                 operation: "get".into(),
-                parameters: HashMap::from([("key".into(), "2500101000".into())]),
+                parameters: HashMap::from([("key".into(), BUSINESS_KEY.into())]),
                 ..Default::default()
             })
             .await
     }
     .await;
-    match refused {
-        Err(s) if s.code() == tonic::Code::PermissionDenied => step(
-            4,
-            "Sở Y tế, without a grant, is refused",
-            true,
-            s.message().to_owned(),
-        ),
-        other => step(
-            4,
-            "Sở Y tế, without a grant, is refused",
-            false,
-            format!("{other:?}"),
-        ),
-    }
+    let (ok, detail) = match refused {
+        Err(s) if s.code() == tonic::Code::PermissionDenied => (true, s.message().to_owned()),
+        other => (false, format!("{other:?}")),
+    };
+    steps.step(
+        4,
+        "Sở Y tế, without a grant, is refused",
+        &[guide.health_call()],
+        ok,
+        detail,
+    );
     let started = Instant::now();
     let revoked = grant(
         &p.catalog,
         &biz,
         DISTRICT,
         GrantStatus::Terminated,
-        "Demo: hết thời hạn thỏa thuận",
+        TERMINATION_REASON,
     )
     .await;
     let mut outcome = Err(tonic::Status::unknown("not tried"));
     while started.elapsed() < Duration::from_secs(3) {
         outcome = call(
-            Ports::DISTRICT_APPS,
+            ports.district_apps(),
             &biz,
             "get",
-            &[("key", "2500101000")],
+            &[("key", BUSINESS_KEY)],
             "",
         )
         .await;
@@ -782,27 +764,28 @@ async fn scenario(p: &Province) -> usize {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let took = started.elapsed();
-    match (&revoked, &outcome) {
+    let (ok, detail) = match (&revoked, &outcome) {
         (Ok(()), Err(s))
             if s.code() == tonic::Code::PermissionDenied && took < Duration::from_millis(1500) =>
         {
-            step(
-                5,
-                "the department revokes the grant; Tam Dương is refused within a second",
-                true,
-                format!("after {took:?}: {}", s.message()),
-            )
+            (true, format!("after {took:?}: {}", s.message()))
         }
-        _ => step(
-            5,
-            "the department revokes the grant; Tam Dương is refused within a second",
-            false,
-            format!("{revoked:?} {outcome:?} after {took:?}"),
-        ),
-    }
+        _ => (false, format!("{revoked:?} {outcome:?} after {took:?}")),
+    };
+    steps.step(
+        5,
+        "the provincial admin terminates the grant; Tam Dương is refused within a second",
+        &[
+            guide.terminate().to_string(),
+            guide.call_business().to_string(),
+        ],
+        ok,
+        detail,
+    );
     // The procedure of D47 Art. 35: Tam Dương files a request, the
     // department approves it, then suspends it for a breach (Art. 43).
-    let request = format!("{DISTRICT}/demo-{}", std::process::id());
+    let name = format!("demo-{}", std::process::id());
+    let request = format!("{DISTRICT}/{name}");
     let filed = p
         .district_admin
         .file_request(AccessRequest {
@@ -831,10 +814,15 @@ async fn scenario(p: &Province) -> usize {
             .map(drop),
         Err(s) => Err(s),
     };
-    let served = until_outcome(&biz, |o| o.is_ok()).await;
-    step(
+    let served = until_outcome(ports, &biz, |o| o.is_ok()).await;
+    steps.step(
         6,
         "Tam Dương files an access request; the department approves it and the grant works",
+        &[
+            guide.file_request(&name).to_string(),
+            guide.approve(&request).to_string(),
+            guide.call_business().to_string(),
+        ],
         approved.is_ok() && served.is_ok(),
         format!("request {request}: {approved:?}; then {served:?}"),
     );
@@ -847,49 +835,55 @@ async fn scenario(p: &Province) -> usize {
         .suspend(
             &key,
             SuspensionKind::Breach,
-            "Truy vấn vượt mục đích đăng ký",
-            "Gửi báo cáo giải trình cho Sở KH&ĐT",
+            SUSPENSION_REASON,
+            SUSPENSION_RESTORE,
         )
         .await;
-    let refused = until_outcome(&biz, |o| o.is_err()).await;
-    step(
+    let refused = until_outcome(ports, &biz, |o| o.is_err()).await;
+    steps.step(
         7,
         "the department suspends it for a breach; Tam Dương is told why and how to restore",
+        &[
+            guide.suspend().to_string(),
+            guide.call_business().to_string(),
+        ],
         suspended.is_ok()
             && matches!(&refused, Err(s) if s.code() == tonic::Code::FailedPrecondition
-                && s.message().contains("breach: Truy vấn vượt mục đích đăng ký")
-                && s.message().contains("to restore: Gửi báo cáo")),
+                && s.message().contains(&format!("breach: {SUSPENSION_REASON}"))
+                && s.message().contains(&format!("to restore: {SUSPENSION_RESTORE}"))),
         format!("{:?}", refused.as_ref().map_err(|s| s.message().to_owned())),
     );
     let _ = p.department_admin.resume(&key, "Đã giải trình").await;
-    let _ = until_outcome(&biz, |o| o.is_ok()).await;
+    let _ = until_outcome(ports, &biz, |o| o.is_ok()).await;
     tokio::time::sleep(Duration::from_millis(1500)).await; // let the sealer sign the latest entries
     for (n, agency) in [(8, DEPARTMENT), (9, DISTRICT)] {
         let ndir = p.dir.join(format!("node-{agency}"));
         let log = lgsp_node::server::sharing_log_path(&ndir.join("data"));
         let cert = std::fs::read_to_string(ndir.join("tls/cert.pem")).unwrap_or_default();
-        match lgsp_sharing_log::verify(&log, &cert) {
-            Ok(report) => step(
-                n,
-                &format!("agency {agency}'s sharing log verifies"),
-                report.entries > 0,
-                report.to_string(),
-            ),
-            Err(e) => step(
-                n,
-                &format!("agency {agency}'s sharing log verifies"),
-                false,
-                e.to_string(),
-            ),
-        }
+        let (ok, detail) = match lgsp_sharing_log::verify(&log, &cert) {
+            Ok(report) => (report.entries > 0, report.to_string()),
+            Err(e) => (false, e.to_string()),
+        };
+        steps.step(
+            n,
+            &format!("agency {agency}'s sharing log verifies"),
+            &[guide.audit_verify(agency).to_string()],
+            ok,
+            detail,
+        );
     }
-    failed
+    steps.failed
 }
 
 /// `lgsp demo`.
-pub(crate) async fn run(dir: &Path, walkthrough: bool) -> Result<()> {
-    println!("Starting a province in {} …", dir.display());
-    let province = start(dir).await?;
+pub(crate) async fn run(dir: &Path, base_port: Option<u16>, walkthrough: bool) -> Result<()> {
+    let ports = Ports::choose(base_port)?;
+    println!(
+        "Starting a province in {} on 127.0.0.1, ports {} …",
+        dir.display(),
+        ports.range()
+    );
+    let province = start(dir, ports).await?;
     if walkthrough {
         println!("Walking through the province:");
         let failed = scenario(&province).await;

@@ -151,6 +151,8 @@ pub(super) enum AccessCommand {
         consumer: Option<AgencyCode>,
         #[command(flatten)]
         clock: Clock,
+        #[command(flatten)]
+        output: super::output::OutputArgs,
     },
     /// Show one grant with its history.
     ///
@@ -178,6 +180,11 @@ fn date(cal: &WorkCalendar, flag: &str, value: &str) -> Result<i64> {
 }
 
 pub(super) fn print_grant(g: &Grant, cal: &WorkCalendar, now: i64) {
+    println!("{}", grant_line(g, cal, now));
+}
+
+/// A grant's line in `access list`.
+fn grant_line(g: &Grant, cal: &WorkCalendar, now: i64) -> String {
     let until = if g.expires_unix == 0 {
         "-".to_owned()
     } else {
@@ -188,7 +195,7 @@ pub(super) fn print_grant(g: &Grant, cal: &WorkCalendar, now: i64) {
     } else {
         g.items.join(",")
     };
-    println!(
+    format!(
         "{:<40} {:<16} {:<10} until {:<22} {}  {}{}",
         g.service_id,
         g.consumer_agency,
@@ -201,7 +208,22 @@ pub(super) fn print_grant(g: &Grant, cal: &WorkCalendar, now: i64) {
         } else {
             format!(" (to restore: {})", g.restore)
         }
-    );
+    )
+}
+
+/// A grant in `access list -o json`: `items` empty means every item;
+/// `until` is the last day covered (null: until terminated).
+fn grant_json(g: &Grant, cal: &WorkCalendar, now: i64) -> serde_json::Value {
+    serde_json::json!({
+        "service": g.service_id,
+        "consumer": g.consumer_agency,
+        "state": grant_state(g, now),
+        "until": (g.expires_unix != 0).then(|| cal.show_last_day(g.expires_unix)),
+        "expires": super::output::time(cal, g.expires_unix),
+        "items": g.items,
+        "reason": g.reason,
+        "restore": g.restore,
+    })
 }
 
 pub(super) fn run(cmd: AccessCommand) -> Result<()> {
@@ -300,6 +322,7 @@ pub(super) fn run(cmd: AccessCommand) -> Result<()> {
                 service,
                 consumer,
                 clock,
+                output,
             } => {
                 let client = registry.client()?;
                 let cal = province_calendar(&client).await?;
@@ -314,7 +337,7 @@ pub(super) fn run(cmd: AccessCommand) -> Result<()> {
                         ..Default::default()
                     })
                     .await?;
-                let mut n = 0;
+                let mut listing = super::output::Listing::new("grants");
                 for r in records {
                     if let Some(Value::Grant(g)) = r.value {
                         if consumer
@@ -323,11 +346,15 @@ pub(super) fn run(cmd: AccessCommand) -> Result<()> {
                         {
                             continue;
                         }
-                        print_grant(&g, &cal, now);
-                        n += 1;
+                        listing.row(grant_line(&g, &cal, now), grant_json(&g, &cal, now));
                     }
                 }
-                println!("({n} grant(s), catalog revision {revision})");
+                listing.fact("catalog_revision", revision);
+                listing.footer(format!(
+                    "({} grant(s), catalog revision {revision})",
+                    listing.len()
+                ));
+                output.print(&listing)?;
             }
             AccessCommand::Show { target } => {
                 let client = target.registry.client()?;

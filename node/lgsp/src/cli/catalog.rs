@@ -1,6 +1,7 @@
 //! `lgsp agency` and `lgsp service`: the catalog from the command line.
 
 use super::RegistryArgs;
+use super::output::{Listing, OutputArgs};
 use super::time::province_calendar;
 use anyhow::{Context, Result};
 use clap::{Subcommand, ValueEnum};
@@ -52,6 +53,8 @@ pub(super) enum AgencyCommand {
     List {
         #[command(flatten)]
         registry: RegistryArgs,
+        #[command(flatten)]
+        output: OutputArgs,
     },
 }
 
@@ -251,6 +254,8 @@ pub(super) enum ServiceCommand {
         /// Only services in this state.
         #[arg(long, value_enum)]
         status: Option<StatusArg>,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Withdraw a service: it stays in the catalog, marked withdrawn, and
     /// nodes refuse calls to it.
@@ -300,7 +305,7 @@ pub(super) fn run_agency(cmd: AgencyCommand) -> Result<()> {
                 };
                 println!("Registered agency {code} \"{name}\" at revision {revision}");
             }
-            AgencyCommand::List { registry } => {
+            AgencyCommand::List { registry, output } => {
                 let (records, revision) = registry
                     .client()?
                     .list_all(ListRequest {
@@ -308,16 +313,33 @@ pub(super) fn run_agency(cmd: AgencyCommand) -> Result<()> {
                         ..Default::default()
                     })
                     .await?;
+                let mut listing = Listing::new("agencies");
                 for r in records {
                     if let Some(Value::Agency(a)) = r.value {
                         let focal = a
                             .focal_point
+                            .as_ref()
                             .map(|f| format!("  (đầu mối: {} {} {})", f.name, f.phone, f.email))
                             .unwrap_or_default();
-                        println!("{:<20} {}{focal}", a.code, a.name);
+                        listing.row(
+                            format!("{:<20} {}{focal}", a.code, a.name),
+                            serde_json::json!({
+                                "code": a.code,
+                                "name": a.name,
+                                "trust_domain": a.trust_domain,
+                                "focal_point": a.focal_point.map(|f| serde_json::json!({
+                                    "name": f.name,
+                                    "phone": f.phone,
+                                    "email": f.email,
+                                    "role": f.role,
+                                })),
+                            }),
+                        );
                     }
                 }
-                println!("(catalog revision {revision})");
+                listing.fact("catalog_revision", revision);
+                listing.footer(format!("(catalog revision {revision})"));
+                output.print(&listing)?;
             }
         }
         Ok(())
@@ -448,7 +470,7 @@ pub(super) fn run_service(cmd: ServiceCommand) -> Result<()> {
                 let meta = record.meta.unwrap_or_default();
                 if let Some(Value::Service(s)) = record.value {
                     let cal = province_calendar(&registry.client()?).await?;
-                    print_service(&s);
+                    println!("{}", service_line(&s));
                     println!(
                         "  created at revision {}, changed at revision {}",
                         meta.create_revision, meta.mod_revision
@@ -465,6 +487,7 @@ pub(super) fn run_service(cmd: ServiceCommand) -> Result<()> {
                 agency,
                 keyword,
                 status,
+                output,
             } => {
                 let (records, revision) = registry
                     .client()?
@@ -476,13 +499,18 @@ pub(super) fn run_service(cmd: ServiceCommand) -> Result<()> {
                         ..Default::default()
                     })
                     .await?;
-                let n = records.len();
+                let mut listing = Listing::new("services");
                 for r in records {
                     if let Some(Value::Service(s)) = r.value {
-                        print_service(&s);
+                        listing.row(service_line(&s), service_json(&s));
                     }
                 }
-                println!("({n} service(s), catalog revision {revision})");
+                listing.fact("catalog_revision", revision);
+                listing.footer(format!(
+                    "({} service(s), catalog revision {revision})",
+                    listing.len()
+                ));
+                output.print(&listing)?;
             }
             ServiceCommand::Withdraw { registry, id } => {
                 let client = registry.client()?;
@@ -584,14 +612,15 @@ fn print_details(s: &Service, cal: &WorkCalendar) {
     }
 }
 
-fn print_service(s: &Service) {
+/// A service's line in `service list`.
+fn service_line(s: &Service) -> String {
     let kind = ServiceKind::try_from(s.kind)
         .unwrap_or_default()
         .as_str_name();
     let status = ServiceStatus::try_from(s.status)
         .unwrap_or_default()
         .as_str_name();
-    println!(
+    format!(
         "{:<40} {:<8} {:<10} v{} node {}  {}",
         s.id,
         kind.trim_start_matches("SERVICE_KIND_").to_lowercase(),
@@ -599,5 +628,28 @@ fn print_service(s: &Service) {
         s.version,
         if s.node.is_empty() { "-" } else { &s.node },
         s.description
-    );
+    )
+}
+
+/// A service in `service list -o json`.
+fn service_json(s: &Service) -> serde_json::Value {
+    let name = |n: &str, prefix: &str| word(n, prefix);
+    serde_json::json!({
+        "id": s.id,
+        "agency": s.agency_code,
+        "name": s.name,
+        "kind": name(ServiceKind::try_from(s.kind).unwrap_or_default().as_str_name(), "SERVICE_KIND_"),
+        "status": name(ServiceStatus::try_from(s.status).unwrap_or_default().as_str_name(), "SERVICE_STATUS_"),
+        "version": s.version,
+        "node": s.node,
+        "description": s.description,
+        "update_cycle": s.update_cycle,
+        "items": s.items.iter().map(|i| serde_json::json!({
+            "name": i.name,
+            "description": i.description,
+            "class": name(ItemClass::try_from(i.class).unwrap_or_default().as_str_name(), "ITEM_CLASS_"),
+        })).collect::<Vec<_>>(),
+        "origin": s.origin,
+        "via_hub": s.via_hub,
+    })
 }

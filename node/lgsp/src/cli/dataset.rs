@@ -104,6 +104,8 @@ pub(super) enum DatasetCommand {
         service: Option<String>,
         #[command(flatten)]
         zone: super::time::ZoneArg,
+        #[command(flatten)]
+        output: super::output::OutputArgs,
     },
     /// Print one record, as the JSON object stored.
     ///
@@ -217,7 +219,8 @@ pub(super) fn run(cmd: DatasetCommand) -> Result<()> {
             data_dir,
             service,
             zone,
-        } => list(&data_dir, service.as_deref(), &zone.calendar()?),
+            output,
+        } => output.print(&list(&data_dir, service.as_deref(), &zone.calendar()?)?),
         DatasetCommand::Show { at, key } => {
             let dataset = at.store().open(&at.service)?;
             let record = dataset.get_json(&key)?.ok_or_else(|| {
@@ -404,43 +407,53 @@ fn dry_run_report(
     Ok(())
 }
 
-fn list(
+/// The datasets in `data_dir` (or `service`'s alone) with their kept
+/// generations, one row per generation.
+pub(super) fn list(
     data_dir: &Path,
     service: Option<&str>,
     cal: &lgsp_registry::calendar::WorkCalendar,
-) -> Result<()> {
+) -> Result<super::output::Listing> {
     let store = DatasetStore::new(&data_dir.join("datasets"));
     let services = match service {
         Some(s) => vec![s.to_owned()],
         None => store.services()?,
     };
-    if services.is_empty() {
-        println!("no datasets in {}", store.root().display());
-        return Ok(());
-    }
-    let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "{:<24} {:<8} {:<5} {:>10} {:<16} {:<12} {:<22} SOURCE",
-        "SERVICE", "GEN", "LIVE", "ROWS", "KEY", "SCHEMA", "IMPORTED"
-    )?;
+    let mut listing = super::output::Listing::new("datasets")
+        .header(format!(
+            "{:<24} {:<8} {:<5} {:>10} {:<16} {:<12} {:<22} SOURCE",
+            "SERVICE", "GEN", "LIVE", "ROWS", "KEY", "SCHEMA", "IMPORTED"
+        ))
+        .when_empty(format!("no datasets in {}", store.root().display()));
     for name in services {
         for g in store.generations(&name)? {
-            writeln!(
-                out,
-                "{:<24} {:<8} {:<5} {:>10} {:<16} {:<12} {:<22} {}",
-                name,
-                g.name,
-                if g.live { "yes" } else { "kept" },
-                g.records,
-                g.schema.key,
-                short_digest(&g.schema_digest),
-                cal.show(g.imported_at_unix as i64),
-                g.source
-            )?;
+            listing.row(
+                format!(
+                    "{:<24} {:<8} {:<5} {:>10} {:<16} {:<12} {:<22} {}",
+                    name,
+                    g.name,
+                    if g.live { "yes" } else { "kept" },
+                    g.records,
+                    g.schema.key,
+                    short_digest(&g.schema_digest),
+                    cal.show(g.imported_at_unix as i64),
+                    g.source
+                ),
+                serde_json::json!({
+                    "service": name,
+                    "generation": g.name,
+                    "live": g.live,
+                    "rows": g.records,
+                    "key": g.schema.key,
+                    "columns": g.schema.columns,
+                    "schema_digest": g.schema_digest,
+                    "imported": super::output::time(cal, g.imported_at_unix as i64),
+                    "source": g.source,
+                }),
+            );
         }
     }
-    Ok(())
+    Ok(listing)
 }
 
 fn query(

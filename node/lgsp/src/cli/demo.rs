@@ -13,9 +13,14 @@ pub(super) struct DemoArgs {
     /// exit 0 only if every step did what it should.
     #[arg(long)]
     scenario: bool,
+    /// The first of the 13 consecutive ports the demo listens on, on
+    /// 127.0.0.1 (registry servers from here; the printed commands name
+    /// them all). Without it: 7101-7113, or a free block when those are taken.
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..=i64::from(crate::demo::Ports::MAX_BASE)))]
+    base_port: Option<u16>,
 }
 
 pub(super) fn run(args: DemoArgs) -> Result<()> {
     let rt = super::runtime()?;
-    rt.block_on(crate::demo::run(&args.dir, args.scenario))
+    rt.block_on(crate::demo::run(&args.dir, args.base_port, args.scenario))
 }

@@ -101,6 +101,8 @@ pub(super) enum HubCommand {
         /// node.toml), to show its links' health.
         #[arg(long, value_name = "ADDR")]
         hub_metrics: Option<String>,
+        #[command(flatten)]
+        output: super::output::OutputArgs,
     },
 }
 
@@ -167,6 +169,8 @@ pub(super) enum PeerCommand {
     List {
         #[command(flatten)]
         registry: RegistryArgs,
+        #[command(flatten)]
+        output: super::output::OutputArgs,
     },
 }
 
@@ -306,12 +310,21 @@ pub(super) fn run(cmd: HubCommand) -> Result<()> {
                     .revision;
                 println!("Federation peer {name} removed (revision {rev}); its hub is refused from now on");
             }
-            HubCommand::Peer(PeerCommand::List { registry }) => {
+            HubCommand::Peer(PeerCommand::List { registry, output }) => {
+                let mut listing = super::output::Listing::new("federation_peers");
                 for v in records_of(&registry.client()?, RecordKind::Peer, Some).await? {
                     if let Value::Peer(p) = v {
-                        println!("{:<16} {:<32} {}", p.name, p.trust_domain, p.hub_endpoint);
+                        listing.row(
+                            format!("{:<16} {:<32} {}", p.name, p.trust_domain, p.hub_endpoint),
+                            serde_json::json!({
+                                "name": p.name,
+                                "trust_domain": p.trust_domain,
+                                "hub_endpoint": p.hub_endpoint,
+                            }),
+                        );
                     }
                 }
+                output.print(&listing)?;
             }
             HubCommand::Export {
                 registry,
@@ -358,29 +371,47 @@ pub(super) fn run(cmd: HubCommand) -> Result<()> {
             HubCommand::Status {
                 registry,
                 hub_metrics,
+                output,
             } => {
                 let client = registry.client()?;
-                println!("Peers:");
+                // Items of three types ("peer", "export", "import"); the text
+                // shows them in sections.
+                let mut listing = super::output::Listing::new("hub_status");
+                let mut text = String::from("Peers:");
                 for v in records_of(&client, RecordKind::Peer, Some).await? {
                     if let Value::Peer(p) = v {
-                        println!("  {:<16} {:<32} {}", p.name, p.trust_domain, p.hub_endpoint);
+                        text.push_str(&format!(
+                            "\n  {:<16} {:<32} {}",
+                            p.name, p.trust_domain, p.hub_endpoint
+                        ));
+                        listing.item(serde_json::json!({
+                            "type": "peer",
+                            "name": p.name,
+                            "trust_domain": p.trust_domain,
+                            "hub_endpoint": p.hub_endpoint,
+                        }));
                     }
                 }
-                println!("Exports:");
+                text.push_str("\nExports:");
                 for v in records_of(&client, RecordKind::Export, Some).await? {
                     if let Value::Export(e) = v {
-                        println!("  {:<40} to {}", e.service_id, e.peer);
+                        text.push_str(&format!("\n  {:<40} to {}", e.service_id, e.peer));
+                        listing.item(serde_json::json!({
+                            "type": "export",
+                            "service": e.service_id,
+                            "peer": e.peer,
+                        }));
                     }
                 }
                 let services = records_of(&client, RecordKind::Service, Some).await?;
-                println!("Imports:");
+                text.push_str("\nImports:");
                 for v in records_of(&client, RecordKind::Import, Some).await? {
                     if let Value::Import(i) = v {
                         let present = services.iter().any(
                             |s| matches!(s, Value::Service(s) if s.id == i.service_id && s.origin == i.peer),
                         );
-                        println!(
-                            "  {:<40} from {:<16} {}",
+                        text.push_str(&format!(
+                            "\n  {:<40} from {:<16} {}",
                             i.service_id,
                             i.peer,
                             if present {
@@ -388,13 +419,27 @@ pub(super) fn run(cmd: HubCommand) -> Result<()> {
                             } else {
                                 "not (yet) exported by the peer"
                             }
-                        );
+                        ));
+                        listing.item(serde_json::json!({
+                            "type": "import",
+                            "service": i.service_id,
+                            "peer": i.peer,
+                            "in_catalog": present,
+                        }));
                     }
                 }
                 if let Some(addr) = hub_metrics {
-                    let text = scrape(&addr).await?;
-                    print!("{}", links_table(&text, std::time::SystemTime::now()));
+                    let metrics = scrape(&addr).await?;
+                    let rows = link_rows(&metrics);
+                    text.push('\n');
+                    text.push_str(
+                        links_table(&rows, std::time::SystemTime::now()).trim_end(),
+                    );
+                    for (peer, row) in &rows {
+                        listing.item(row.to_json(peer));
+                    }
                 }
+                output.print(&listing.header(text))?;
             }
         }
         Ok::<(), anyhow::Error>(())
@@ -537,12 +582,29 @@ struct LinkRow {
     buckets: Vec<(f64, f64)>,
 }
 
-/// The links table of `lgsp hub status`, from the hub's metrics text, with
-/// times said relative to `now`.
-fn links_table(metrics: &str, now: std::time::SystemTime) -> String {
-    use std::collections::BTreeMap;
-    use std::fmt::Write as _;
-    let mut rows: BTreeMap<String, LinkRow> = BTreeMap::new();
+impl LinkRow {
+    /// The row as an item of `lgsp hub status -o json`.
+    fn to_json(&self, peer: &str) -> serde_json::Value {
+        let calls: serde_json::Map<String, serde_json::Value> = self
+            .calls
+            .iter()
+            .map(|((d, o), n)| (format!("{d}_{o}"), serde_json::json!(*n as u64)))
+            .collect();
+        serde_json::json!({
+            "type": "link",
+            "peer": peer,
+            "breaker_state": self.state.map(|s| s as u8),
+            "last_success_unix": self.last_success as i64,
+            "last_failure_unix": self.last_failure as i64,
+            "latency_avg_ms": (self.latency_count > 0.0).then(|| self.latency_sum / self.latency_count * 1e3),
+            "calls": calls,
+        })
+    }
+}
+
+/// Each peer's link, from the hub's metrics text.
+fn link_rows(metrics: &str) -> std::collections::BTreeMap<String, LinkRow> {
+    let mut rows: std::collections::BTreeMap<String, LinkRow> = Default::default();
     for (name, labels, value) in samples(metrics) {
         let Some(metric) = name.strip_prefix("lgsp_hub_peer_") else {
             continue;
@@ -577,6 +639,15 @@ fn links_table(metrics: &str, now: std::time::SystemTime) -> String {
             _ => {}
         }
     }
+    rows
+}
+
+/// The links table of `lgsp hub status`, with times said relative to `now`.
+fn links_table(
+    rows: &std::collections::BTreeMap<String, LinkRow>,
+    now: std::time::SystemTime,
+) -> String {
+    use std::fmt::Write as _;
     let mut out = String::new();
     let _ = writeln!(out, "Links (as the running hub sees them):");
     if rows.is_empty() {
@@ -606,7 +677,7 @@ fn links_table(metrics: &str, now: std::time::SystemTime) -> String {
             format!("{:.0} s ago", (now_s - t).max(0.0))
         }
     };
-    for (peer, row) in &rows {
+    for (peer, row) in rows {
         let circuit = match row.state {
             Some(s) if s < 0.5 => "closed (up)",
             Some(s) if s < 1.5 => "half-open (probing)",
@@ -684,7 +755,7 @@ lgsp_calls_total{side=\"provider\",service=\"s\",consumer=\"c\",code=\"OK\"} 1\n
     #[test]
     fn the_links_table_shows_each_peer_circuit_times_latency_and_counts() {
         let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1000);
-        let table = links_table(METRICS, now);
+        let table = links_table(&link_rows(METRICS), now);
         let hanoi = table.lines().find(|l| l.contains("hanoi")).unwrap();
         let ndxp = table.lines().find(|l| l.contains("ndxp")).unwrap();
         assert!(hanoi.contains("closed (up)"), "{table}");

@@ -15,8 +15,10 @@ mod dataset;
 mod demo;
 mod hub;
 mod node;
+mod output;
 mod registry;
 mod requests;
+mod status;
 mod time;
 
 use anyhow::Context;
@@ -45,7 +47,7 @@ pub(crate) struct Cli {
 }
 
 /// `lgsp --version`: the release and the commit it was built from.
-const VERSION: &str = concat!(
+pub(crate) const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (commit ",
     env!("LGSP_GIT_COMMIT"),
@@ -111,9 +113,13 @@ enum Command {
     /// huyen="Tam Dương" --fields so_dinh_danh,ho_ten)
     Call(call::CallArgs),
     /// Run a whole province on this machine: CA, three registry servers,
-    /// two agencies with nodes and data. Prints what to try.
+    /// two agencies with nodes and data. Prints the commands to try from
+    /// another terminal; `--scenario` walks through it, showing the command
+    /// behind each step.
     ///
     /// Example: lgsp demo --dir /tmp/lgsp-demo --scenario
+    ///
+    /// Example: lgsp demo --dir /tmp/lgsp-demo-2 --base-port 17101 (beside another demo)
     Demo(demo::DemoArgs),
     /// An agency node: prepare it (key, CSR, node.toml), run it.
     #[command(subcommand)]
@@ -124,6 +130,15 @@ enum Command {
     /// The sharing log (nhật ký chia sẻ, D47 Art. 45): verify it, export it.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// One screen for a node's host: this build, whether the node answers,
+    /// the registry and its leader, the age of the node's catalog copy, its
+    /// certificate's expiry, its datasets (rows, generation) and the node
+    /// links open. Exits 1, naming them, when something needs attention.
+    ///
+    /// Example: lgsp status --config /etc/lgsp/node.toml
+    ///
+    /// Example: lgsp status --config /etc/lgsp/node.toml -o json
+    Status(status::StatusArgs),
     /// Benchmarks, each reported next to a baseline measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -137,6 +152,16 @@ enum Command {
         /// The shell: bash, zsh, fish (also elvish, powershell).
         #[arg(value_name = "SHELL")]
         shell: clap_complete::Shell,
+    },
+    /// Write a man page for lgsp and for every subcommand (lgsp.1,
+    /// lgsp-node-start.1, ...) into DIR, made from the same help as
+    /// `--help`.
+    ///
+    /// Example: lgsp man /usr/local/share/man/man1 && man lgsp-node-start
+    Man {
+        /// The directory to write the pages into (made if missing).
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
     },
 }
 
@@ -213,6 +238,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// Runs the command line; returns the process exit code.
 pub(crate) fn main() -> ExitCode {
     quiet_on_broken_pipe();
+    lgsp_node::metrics::set_build_commit(env!("LGSP_GIT_COMMIT"));
     let cli = Cli::parse();
     init_tracing();
     let result = match cli.command {
@@ -231,7 +257,11 @@ pub(crate) fn main() -> ExitCode {
         Command::Node(cmd) => node::run(cmd),
         Command::Demo(args) => demo::run(args),
         Command::Dataset(cmd) => dataset::run(cmd),
+        Command::Status(args) => status::run(args),
         Command::Completion { shell } => completion(shell),
+        Command::Man { dir } => man_pages(&dir).map(|written| {
+            println!("Wrote {} man page(s) into {}", written.len(), dir.display());
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -260,6 +290,42 @@ fn completion(shell: clap_complete::Shell) -> anyhow::Result<()> {
     let mut out = Vec::new();
     clap_complete::generate(shell, &mut Cli::command(), "lgsp", &mut out);
     std::io::Write::write_all(&mut std::io::stdout().lock(), &out)?;
+    Ok(())
+}
+
+/// Writes a man page for `lgsp` and for each subcommand, at every depth,
+/// into `dir`; returns the files written.
+fn man_pages(dir: &std::path::Path) -> anyhow::Result<Vec<PathBuf>> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot make the directory {}", dir.display()))?;
+    let mut cmd = Cli::command();
+    cmd.build();
+    let mut written = Vec::new();
+    write_man(&cmd, "lgsp", dir, &mut written)?;
+    Ok(written)
+}
+
+fn write_man(
+    cmd: &clap::Command,
+    name: &str,
+    dir: &std::path::Path,
+    written: &mut Vec<PathBuf>,
+) -> anyhow::Result<()> {
+    // A subcommand's page is named and titled by its whole path, as git's are.
+    // clap names commands with &'static str (without its "string"
+    // feature); a page name lives as long as this short command anyway.
+    let title: &'static str = Box::leak(name.to_owned().into_boxed_str());
+    let usage: &'static str = Box::leak(name.replace('-', " ").into_boxed_str());
+    let page = cmd.clone().name(title).bin_name(usage);
+    let path = dir.join(format!("{name}.1"));
+    let mut out = Vec::new();
+    clap_mangen::Man::new(page).render(&mut out)?;
+    std::fs::write(&path, out).with_context(|| format!("cannot write {}", path.display()))?;
+    written.push(path);
+    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+        write_man(sub, &format!("{name}-{}", sub.get_name()), dir, written)?;
+    }
     Ok(())
 }
 
@@ -395,6 +461,72 @@ mod tests {
         ] {
             assert_eq!(help.matches(var).count(), 1, "{var} in:\n{help}");
         }
+    }
+
+    /// Every command path whose last word is `list` or `status`.
+    fn listing_commands(cmd: &clap::Command, path: &str, found: &mut Vec<(String, bool)>) {
+        for sub in cmd.get_subcommands() {
+            let path = format!("{path} {}", sub.get_name());
+            if ["list", "status"].contains(&sub.get_name()) {
+                let has_output = sub
+                    .get_arguments()
+                    .any(|a| a.get_long() == Some("output") && a.get_short() == Some('o'));
+                found.push((path.clone(), has_output));
+            }
+            listing_commands(sub, &path, found);
+        }
+    }
+
+    #[test]
+    fn every_listing_command_takes_output_json() {
+        use clap::CommandFactory;
+        let mut found = Vec::new();
+        listing_commands(&Cli::command(), "lgsp", &mut found);
+        let names: Vec<&str> = found.iter().map(|(p, _)| p.as_str()).collect();
+        for expected in [
+            "lgsp node list",
+            "lgsp service list",
+            "lgsp agency list",
+            "lgsp access list",
+            "lgsp requests list",
+            "lgsp dataset list",
+            "lgsp registry status",
+            "lgsp hub peer list",
+        ] {
+            assert!(names.contains(&expected), "{expected} not in {names:?}");
+        }
+        let without: Vec<&str> = found
+            .iter()
+            .filter(|(_, has)| !has)
+            .map(|(p, _)| p.as_str())
+            .collect();
+        assert!(without.is_empty(), "no -o/--output on: {without:?}");
+    }
+
+    #[test]
+    fn man_pages_cover_every_command_with_its_flags_and_examples() {
+        use clap::CommandFactory;
+        let dir = tempfile::tempdir().unwrap();
+        let written = man_pages(dir.path()).unwrap();
+        let mut commands = 0;
+        fn count(cmd: &clap::Command, n: &mut usize) {
+            *n += 1;
+            for s in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+                count(s, n);
+            }
+        }
+        count(&Cli::command(), &mut commands);
+        assert_eq!(written.len(), commands);
+        let page = std::fs::read_to_string(dir.path().join("lgsp-node-start.1")).unwrap();
+        assert!(page.starts_with(".ie \\n(.g .ds Aq"), "{page}");
+        assert!(page.contains("lgsp\\-node\\-start"), "{page}");
+        assert!(page.contains("\\-\\-config"), "{page}");
+        assert!(page.contains("Example:"), "{page}");
+        let top = std::fs::read_to_string(dir.path().join("lgsp.1")).unwrap();
+        assert!(
+            top.contains("LGSP_REGISTRY"),
+            "the environment section: {top}"
+        );
     }
 
     #[test]

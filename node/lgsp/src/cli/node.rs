@@ -69,6 +69,8 @@ pub(super) enum NodeCommand {
         /// Only this agency's nodes.
         #[arg(long)]
         agency: Option<AgencyCode>,
+        #[command(flatten)]
+        output: super::output::OutputArgs,
     },
 }
 
@@ -151,7 +153,11 @@ pub(super) fn run(cmd: NodeCommand) -> Result<()> {
             );
             Ok(())
         }
-        NodeCommand::List { registry, agency } => {
+        NodeCommand::List {
+            registry,
+            agency,
+            output,
+        } => {
             let rt = super::runtime()?;
             rt.block_on(async {
                 let (records, revision) = registry
@@ -162,23 +168,33 @@ pub(super) fn run(cmd: NodeCommand) -> Result<()> {
                         ..Default::default()
                     })
                     .await?;
+                let mut listing = super::output::Listing::new("nodes");
                 for r in records {
                     if let Some(lgsp_proto::catalog_record::Value::Node(n)) = r.value {
-                        println!(
-                            "{}/{}  endpoint {}  certificate SHA-256 {}",
-                            n.agency_code,
-                            n.name,
-                            n.endpoint,
-                            if n.cert_sha256.is_empty() {
-                                "(none)"
-                            } else {
-                                &n.cert_sha256
-                            }
+                        listing.row(
+                            format!(
+                                "{}/{}  endpoint {}  certificate SHA-256 {}",
+                                n.agency_code,
+                                n.name,
+                                n.endpoint,
+                                if n.cert_sha256.is_empty() {
+                                    "(none)"
+                                } else {
+                                    &n.cert_sha256
+                                }
+                            ),
+                            serde_json::json!({
+                                "agency": n.agency_code,
+                                "name": n.name,
+                                "endpoint": n.endpoint,
+                                "cert_sha256": n.cert_sha256,
+                            }),
                         );
                     }
                 }
-                println!("(catalog revision {revision})");
-                Ok(())
+                listing.fact("catalog_revision", revision);
+                listing.footer(format!("(catalog revision {revision})"));
+                output.print(&listing)
             })
         }
         NodeCommand::Start { config } => {

@@ -32,6 +32,8 @@ pub(super) enum RegistryCommand {
     Status {
         #[command(flatten)]
         registry: RegistryArgs,
+        #[command(flatten)]
+        output: super::output::OutputArgs,
     },
     /// Hand leadership to another voter (e.g. before maintenance on the
     /// leader's host); waits until the servers agree on it.
@@ -146,7 +148,7 @@ pub(super) fn run(cmd: RegistryCommand) -> Result<()> {
             let config = config_from(args)?;
             rt.block_on(serve(config))
         }
-        RegistryCommand::Status { registry } => rt.block_on(status(registry)),
+        RegistryCommand::Status { registry, output } => rt.block_on(status(registry, output)),
         RegistryCommand::AddMember {
             registry,
             id,
@@ -210,15 +212,23 @@ async fn serve(config: RegistryConfig) -> Result<()> {
     }
 }
 
-async fn status(registry: RegistryArgs) -> Result<()> {
-    let creds = registry.credentials()?;
-    let addresses = registry.addresses();
+/// What each registry server says of itself, asked one by one; an
+/// unreachable server is a row too.
+pub(super) async fn server_statuses(
+    addresses: &[String],
+    creds: &lgsp_certs::Credentials,
+) -> Result<Vec<(String, Result<StatusResponse, tonic::Status>)>> {
     let mut answers = Vec::new();
-    for addr in &addresses {
-        let client = lgsp_registry::RegistryClient::new(std::slice::from_ref(addr), &creds)?;
+    for addr in addresses {
+        let client = lgsp_registry::RegistryClient::new(std::slice::from_ref(addr), creds)?;
         let answer = client.server(0).status(lgsp_proto::StatusRequest {}).await;
-        answers.push((addr, answer.map(tonic::Response::into_inner)));
+        answers.push((addr.clone(), answer.map(tonic::Response::into_inner)));
     }
+    Ok(answers)
+}
+
+async fn status(registry: RegistryArgs, output: super::output::OutputArgs) -> Result<()> {
+    let answers = server_statuses(&registry.addresses(), &registry.credentials()?).await?;
     // Lag is counted from the leader's commit index when the leader
     // answered, else from the highest commit index any server reported.
     let statuses: Vec<&StatusResponse> = answers
@@ -230,11 +240,13 @@ async fn status(registry: RegistryArgs) -> Result<()> {
         .map(|l| l.commit_index)
         .or_else(|| statuses.iter().map(|s| s.commit_index).max())
         .unwrap_or(0);
+    let mut listing = super::output::Listing::new("registry_servers");
+    listing.fact("leader_id", leader.map(|l| l.id));
     let mut failures = 0;
     for (addr, answer) in &answers {
         match answer {
             Ok(s) => {
-                println!(
+                let mut text = format!(
                     "{addr}: server {} (lgsp {}) is {}{}, term {}, {}",
                     s.id,
                     if s.version.is_empty() {
@@ -255,18 +267,20 @@ async fn status(registry: RegistryArgs) -> Result<()> {
                         format!("leader {}", s.leader_id)
                     }
                 );
-                println!(
-                    "  applied index {} (lag {}), commit index {}, catalog revision {}, watch history from revision {}",
+                text.push_str(&format!(
+                    "\n  applied index {} (lag {}), commit index {}, catalog revision {}, watch history from revision {}",
                     s.applied_index,
                     reference.saturating_sub(s.applied_index),
                     s.commit_index,
                     s.revision,
                     s.compact_revision
-                );
-                print_members(&s.members);
+                ));
+                for m in &s.members {
+                    text.push_str(&format!("\n{}", member_line(m)));
+                }
                 for r in &s.replicas {
-                    println!(
-                        "  replication to {} ({}): matched index {} (lag {}), {}{}",
+                    text.push_str(&format!(
+                        "\n  replication to {} ({}): matched index {} (lag {}), {}{}",
                         r.id,
                         if r.voter { "voter" } else { "learner" },
                         r.matched_index,
@@ -277,40 +291,83 @@ async fn status(registry: RegistryArgs) -> Result<()> {
                         } else {
                             ", not heard from lately"
                         }
-                    );
+                    ));
                 }
+                listing.row(
+                    text,
+                    serde_json::json!({
+                        "address": addr,
+                        "reachable": true,
+                        "id": s.id,
+                        "version": s.version,
+                        "role": s.role,
+                        "joint_consensus": s.joint_consensus,
+                        "term": s.term,
+                        "leader_id": (s.leader_id != 0).then_some(s.leader_id),
+                        "applied_index": s.applied_index,
+                        "lag": reference.saturating_sub(s.applied_index),
+                        "commit_index": s.commit_index,
+                        "catalog_revision": s.revision,
+                        "compact_revision": s.compact_revision,
+                        "members": s.members.iter().map(|m| serde_json::json!({
+                            "id": m.id,
+                            "voter": m.voter,
+                            "peer_address": m.peer_address,
+                            "client_address": m.client_address,
+                        })).collect::<Vec<_>>(),
+                        "replicas": s.replicas.iter().map(|r| serde_json::json!({
+                            "id": r.id,
+                            "voter": r.voter,
+                            "matched_index": r.matched_index,
+                            "lag": s.last_index.saturating_sub(r.matched_index),
+                            "state": r.state,
+                            "recent_active": r.recent_active,
+                        })).collect::<Vec<_>>(),
+                    }),
+                );
             }
             Err(status) => {
                 failures += 1;
-                println!(
-                    "{addr}: unreachable: {}",
-                    lgsp_certs::tls::explain_status(status)
+                let why = lgsp_certs::tls::explain_status(status);
+                listing.row(
+                    format!("{addr}: unreachable: {why}"),
+                    serde_json::json!({
+                        "address": addr,
+                        "reachable": false,
+                        "error": why,
+                    }),
                 );
             }
         }
     }
-    if failures > 0 && failures == addresses.len() {
+    output.print(&listing)?;
+    if failures > 0 && failures == answers.len() {
         anyhow::bail!("no registry server answered");
     }
     Ok(())
 }
 
+/// One member of the cluster, as `registry status` shows it.
+fn member_line(m: &lgsp_proto::Member) -> String {
+    format!(
+        "  member {}: {} peer {} client {}",
+        m.id,
+        if m.voter { "voter" } else { "learner" },
+        if m.peer_address.is_empty() {
+            "?"
+        } else {
+            &m.peer_address
+        },
+        if m.client_address.is_empty() {
+            "?"
+        } else {
+            &m.client_address
+        },
+    )
+}
+
 fn print_members(members: &[lgsp_proto::Member]) {
     for m in members {
-        println!(
-            "  member {}: {} peer {} client {}",
-            m.id,
-            if m.voter { "voter" } else { "learner" },
-            if m.peer_address.is_empty() {
-                "?"
-            } else {
-                &m.peer_address
-            },
-            if m.client_address.is_empty() {
-                "?"
-            } else {
-                &m.client_address
-            },
-        );
+        println!("{}", member_line(m));
     }
 }

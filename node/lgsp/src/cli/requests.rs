@@ -123,6 +123,8 @@ pub(super) enum RequestsCommand {
         all: bool,
         #[command(flatten)]
         clock: Clock,
+        #[command(flatten)]
+        output: super::output::OutputArgs,
     },
     /// Show one request with every field and its history.
     ///
@@ -159,16 +161,21 @@ fn is_overdue(r: &AccessRequest, now: i64) -> bool {
     r.status == RequestStatus::Filed as i32 && r.due_unix <= now
 }
 
-fn print_request(r: &AccessRequest, cal: &WorkCalendar, now: i64) {
-    let state = if is_overdue(r, now) {
+/// The state a request is in at `now`: `OVERDUE` once its decision is late.
+fn request_state(r: &AccessRequest, now: i64) -> &'static str {
+    if is_overdue(r, now) {
         "OVERDUE"
     } else {
         request_status(r.status)
-    };
-    println!(
+    }
+}
+
+/// A request's line in `requests list`.
+fn request_line(r: &AccessRequest, cal: &WorkCalendar, now: i64) -> String {
+    format!(
         "{:<36} {:<9} {:<36} due {:<22} items {}  {}",
         r.id,
-        state,
+        request_state(r, now),
         r.service_id,
         cal.show(r.due_unix),
         if r.items.is_empty() {
@@ -181,7 +188,26 @@ fn print_request(r: &AccessRequest, cal: &WorkCalendar, now: i64) {
         } else {
             r.decision_reason.as_str()
         }
-    );
+    )
+}
+
+/// A request in `requests list -o json`.
+fn request_json(r: &AccessRequest, cal: &WorkCalendar, now: i64) -> serde_json::Value {
+    serde_json::json!({
+        "id": r.id,
+        "state": request_status(r.status),
+        "overdue": is_overdue(r, now),
+        "service": r.service_id,
+        "consumer": r.consumer_agency,
+        "provider": provider_of(r),
+        "due": super::output::time(cal, r.due_unix),
+        "items": r.items,
+        "application_id": r.application_id,
+        "application_name": r.application_name,
+        "purpose": r.purpose,
+        "frequency": r.frequency,
+        "decision_reason": r.decision_reason,
+    })
 }
 
 fn agreement(
@@ -304,6 +330,7 @@ pub(super) fn run(cmd: RequestsCommand) -> Result<()> {
                 overdue,
                 all,
                 clock,
+                output,
             } => {
                 let me = me(&registry)?;
                 let client = registry.client()?;
@@ -315,7 +342,7 @@ pub(super) fn run(cmd: RequestsCommand) -> Result<()> {
                 })
                 .await?;
                 let own = me.agency.as_str();
-                let mut n = 0;
+                let mut listing = super::output::Listing::new("requests");
                 for r in &requests {
                     let filed_by_me = r.consumer_agency == own;
                     let for_me = provider_of(r) == own;
@@ -329,11 +356,16 @@ pub(super) fn run(cmd: RequestsCommand) -> Result<()> {
                         filed_by_me || for_me || all
                     };
                     if show {
-                        print_request(r, &cal, now);
-                        n += 1;
+                        listing.row(request_line(r, &cal, now), request_json(r, &cal, now));
                     }
                 }
-                println!("({n} request(s), as of {})", cal.show(now));
+                listing.fact("as_of", super::output::time(&cal, now));
+                listing.footer(format!(
+                    "({} request(s), as of {})",
+                    listing.len(),
+                    cal.show(now)
+                ));
+                output.print(&listing)?;
             }
             RequestsCommand::Show { registry, id } => {
                 let client = registry.client()?;
@@ -343,7 +375,7 @@ pub(super) fn run(cmd: RequestsCommand) -> Result<()> {
                     return Err(anyhow!("{id} is not an access request"));
                 };
                 let now = super::time::unix_now();
-                print_request(&r, &cal, now);
+                println!("{}", request_line(&r, &cal, now));
                 println!("  requester:   {} ({})", r.requester_name, r.consumer_agency);
                 println!("  application: {} ({})", r.application_name, r.application_id);
                 println!("  purpose:     {}", r.purpose);
@@ -406,14 +438,14 @@ pub(super) fn inbox(args: InboxArgs) -> Result<()> {
             .iter()
             .filter(|r| provider_of(r) == own && r.status == RequestStatus::Filed as i32)
         {
-            print_request(r, &cal, now);
+            println!("{}", request_line(r, &cal, now));
         }
         println!("\nDecisions received (Kết quả yêu cầu):");
         for r in requests
             .iter()
             .filter(|r| r.consumer_agency == own && r.status != RequestStatus::Filed as i32)
         {
-            print_request(r, &cal, now);
+            println!("{}", request_line(r, &cal, now));
         }
         println!("\nMaintenance announced (Lịch tạm dừng bảo trì):");
         for s in &services {
