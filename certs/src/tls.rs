@@ -201,7 +201,10 @@ fn root_store(roots: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore>> {
 #[derive(Debug, Clone)]
 struct Trust {
     roots: Vec<CertificateDer<'static>>,
-    crl: Option<CertificateRevocationListDer<'static>>,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+    /// Whether a certificate whose CA has no CRL here passes (several
+    /// CAs, only some of which published one: a hub's federation peers).
+    partial: bool,
 }
 
 /// A server's mTLS configuration that can change while it runs.
@@ -227,7 +230,8 @@ impl ServerTls {
     pub fn new(creds: Credentials) -> Result<Arc<Self>> {
         let trust = Trust {
             roots: creds.roots.clone(),
-            crl: None,
+            crls: Vec::new(),
+            partial: false,
         };
         let config = build_server_config(&creds, &trust)?;
         Ok(Arc::new(Self {
@@ -252,7 +256,8 @@ impl ServerTls {
         let info = crate::inspect::verify_crl(der, &self.creds.roots)?;
         let mut trust = self.trust.lock().unwrap_or_else(PoisonError::into_inner);
         let mut next = trust.clone();
-        next.crl = Some(CertificateRevocationListDer::from(der.to_vec()));
+        next.crls = vec![CertificateRevocationListDer::from(der.to_vec())];
+        next.partial = false;
         let config = build_server_config(&self.creds, &next)?;
         *trust = next;
         self.config.store(Arc::new(config));
@@ -274,6 +279,32 @@ impl ServerTls {
         let config = build_server_config(&self.creds, &next)?;
         *trust = next;
         self.config.store(Arc::new(config));
+        Ok(())
+    }
+
+    /// Replaces both the trusted CA certificates and the CRLs at once, for a
+    /// server that trusts several CAs each with its own CRL (the hub's
+    /// outward listener: its federation peers' CAs). Each CRL must already
+    /// be verified against the CA that signed it; a certificate whose CA has
+    /// none here is not checked for revocation. [`Self::is_revoked`] is not
+    /// changed: such a caller checks serials per CA itself. Fails with
+    /// [`CertError::Tls`] when rustls refuses a root or a CRL; the old trust
+    /// then stays in force.
+    pub fn set_trust(&self, roots: Vec<CertificateDer<'static>>, crls: Vec<Vec<u8>>) -> Result<()> {
+        let mut trust = self.trust.lock().unwrap_or_else(PoisonError::into_inner);
+        let next = Trust {
+            roots,
+            crls: crls
+                .into_iter()
+                .map(CertificateRevocationListDer::from)
+                .collect(),
+            partial: true,
+        };
+        let config = build_server_config(&self.creds, &next)?;
+        *trust = next;
+        self.config.store(Arc::new(config));
+        // Connections opened before hold their streams: wake them to check.
+        self.crl_changed.send_replace(());
         Ok(())
     }
 
@@ -398,8 +429,11 @@ fn build_server_config(creds: &Credentials, trust: &Trust) -> Result<ServerConfi
     let provider = provider();
     let mut verifier =
         WebPkiClientVerifier::builder_with_provider(root_store(&trust.roots)?, provider.clone());
-    if let Some(crl) = &trust.crl {
-        verifier = verifier.with_crls([crl.clone()]);
+    if !trust.crls.is_empty() {
+        verifier = verifier.with_crls(trust.crls.iter().cloned());
+        if trust.partial {
+            verifier = verifier.allow_unknown_revocation_status();
+        }
     }
     let verifier = verifier
         .build()

@@ -55,7 +55,9 @@ pub fn set_build_commit(commit: &str) {
 /// The node's metrics.
 #[derive(Debug)]
 pub struct Metrics {
-    registry: Registry,
+    /// Behind a lock so that a role built on the node (the hub) can add its
+    /// own collector after the node has started.
+    registry: std::sync::Mutex<Registry>,
     calls: Family<CallLabels, Counter>,
     latency: Family<LatencyLabels, Histogram>,
     bytes: Family<BytesLabels, Counter>,
@@ -135,7 +137,7 @@ impl Metrics {
             certificate_expiry.clone(),
         );
         Arc::new(Self {
-            registry,
+            registry: std::sync::Mutex::new(registry),
             calls,
             latency,
             bytes,
@@ -200,13 +202,26 @@ impl Metrics {
         (open, self.link_calls.get_or_create_owned(&labels))
     }
 
+    /// Adds `collector`, rendered (under the `lgsp` prefix) on every later
+    /// scrape: how the hub adds its links' health to its node's metrics.
+    pub fn register_collector(&self, collector: Box<dyn prometheus_client::collector::Collector>) {
+        self.registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .register_collector(collector);
+    }
+
     /// The text exposition, with the cache gauges read now.
     pub fn render(&self, cache: &CatalogCache) -> String {
         self.cache_age
             .set(cache.age().map_or(f64::INFINITY, |d| d.as_secs_f64()));
         self.cache_revision.set(cache.revision() as i64);
         let mut out = String::new();
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let registry = self
+            .registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
     }
 }

@@ -639,7 +639,7 @@ fn check_value(
             derived = procedure::check_request(db, asker, r, previous)?.map(Value::Grant);
         }
         Value::Calendar(c) => procedure::check_calendar(asker, c)?,
-        Value::Peer(p) => federation::check_peer(p)?,
+        Value::Peer(p) => federation::check_peer(db, p)?,
         Value::Export(e) => federation::check_export(db, e)?,
         Value::Import(i) => federation::check_import(db, i)?,
         Value::Crl(c) => {

@@ -209,8 +209,51 @@ pub fn check_hub_delete(
     }
 }
 
-/// Checks a federation peer.
-pub fn check_peer(p: &FederationPeer) -> Result<(), CatalogError> {
+/// Checks a federation peer: its name, trust domain, CA and endpoint, and
+/// its CRL if it has one: signed by its CA, and newer than the CRL the
+/// record held before (an older one would bring revoked certificates back).
+pub fn check_peer(db: &impl KvRead, p: &FederationPeer) -> Result<(), CatalogError> {
+    check_peer_fields(p)?;
+    if p.crl_der.is_empty() {
+        return Ok(());
+    }
+    let roots: Vec<rustls_pki_types::CertificateDer<'static>> =
+        lgsp_certs::inspect::pem_blocks(&p.ca_pem)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(label, _)| label == "CERTIFICATE")
+            .map(|(_, der)| der.into())
+            .collect();
+    let info = lgsp_certs::inspect::verify_crl(&p.crl_der, &roots).map_err(|e| {
+        invalid(format!(
+            "peer {}: its CRL is not one of its CA's: {e}",
+            p.name
+        ))
+    })?;
+    let number = info
+        .number
+        .ok_or_else(|| invalid(format!("peer {}: its CRL has no CRL number", p.name)))?;
+    let before = get(db, RecordKind::Peer, &p.name)
+        .map_err(internal)?
+        .and_then(|r| r.value);
+    if let Some(Value::Peer(before)) = before
+        && !before.crl_der.is_empty()
+        && before.ca_pem == p.ca_pem
+        && before.crl_der != p.crl_der
+        && let Ok(old) =
+            lgsp_certs::inspect::CrlInfo::from_der(&before.crl_der, std::path::Path::new("<crl>"))
+        && old.number.is_some_and(|n| n >= number)
+    {
+        return Err(precondition(format!(
+            "peer {}: CRL number {number} is not newer than the one in force ({}); publish the peer's latest CRL",
+            p.name,
+            old.number.unwrap_or_default()
+        )));
+    }
+    Ok(())
+}
+
+fn check_peer_fields(p: &FederationPeer) -> Result<(), CatalogError> {
     validate_name(&p.name).map_err(|e| invalid(e.to_string()))?;
     if p.trust_domain.is_empty() || p.trust_domain.contains('/') {
         return Err(invalid(format!(

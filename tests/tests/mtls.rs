@@ -163,6 +163,48 @@ async fn certificate_of_another_trust_domain_signed_by_our_ca_is_refused() {
     srv.stop().await;
 }
 
+#[tokio::test]
+async fn a_server_trusting_several_cas_refuses_only_what_each_cas_crl_revokes() {
+    // The hub's outward listener: several CAs, a CRL from only some of them.
+    let mut pki = Pki::new(TRUST_DOMAIN);
+    let srv = server(&mut pki).await;
+    let mut peer = Pki::new("hanoi.gov.vn");
+    let (revoked, serial) = peer.issue(AGENCY, Role::Hub, "hub");
+    let (kept, _) = peer.issue(AGENCY, Role::Hub, "hub-2");
+    peer.ca
+        .revoke(&serial, rcgen::RevocationReason::KeyCompromise)
+        .unwrap();
+    let crl = peer.ca.sign_crl(1).unwrap();
+    srv.tls
+        .set_trust(
+            vec![pki.ca_der(), rustls_pki_types_der(peer.ca.cert_pem())],
+            vec![crl.der],
+        )
+        .unwrap();
+    let (own, _) = pki.issue(AGENCY, Role::Node, "node-1");
+    let ca_pem = pki.ca.cert_pem().to_owned();
+    let to_srv = |creds: &lgsp_certs::Credentials| {
+        let mut creds = creds.clone();
+        creds.ca_pem = ca_pem.clone();
+        client_endpoint(&srv.addr.to_string(), &creds, None).unwrap()
+    };
+    // The peer's revoked certificate: refused in the handshake.
+    let err = who_am_i(to_srv(&revoked)).await.unwrap_err();
+    assert!(err.contains("revoked"), "unexpected error: {err}");
+    // Its other certificate passes the handshake (the server's own check
+    // then refuses the foreign trust domain, not a revocation).
+    let err = who_am_i(to_srv(&kept)).await.unwrap_err();
+    assert!(
+        err.starts_with("Unauthenticated")
+            && err.contains("hanoi.gov.vn")
+            && !err.contains("revoked"),
+        "unexpected error: {err}"
+    );
+    // The CA without a CRL here: its certificates are not refused for it.
+    who_am_i(to_srv(&own)).await.unwrap();
+    srv.stop().await;
+}
+
 fn rustls_pki_types_der(pem: &str) -> rustls::pki_types::CertificateDer<'static> {
     use rustls::pki_types::pem::PemObject;
     rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()

@@ -76,7 +76,48 @@ impl Inbound {
                 caller.id, peer.name
             )));
         }
+        // Per call as well as per handshake: a connection opened before the
+        // CRL was published keeps working otherwise.
+        if let Some(number) = self.hub.trust.revoked(&peer.name, &caller.serial) {
+            return Err(Status::unauthenticated(format!(
+                "the certificate of {} (serial {}) is revoked by federation peer {}'s CRL number {number}; the peer issues its hub a new certificate",
+                caller.id, caller.serial, peer.name
+            )));
+        }
         Ok(peer)
+    }
+
+    /// Takes one of `peer`'s inward slots, or refuses with
+    /// `RESOURCE_EXHAUSTED` naming the peer and the limit.
+    fn admit(&self, peer: &FederationPeer) -> Result<crate::limiter::Permit, Status> {
+        let health = self.hub.health_of(&peer.name);
+        let permit = self
+            .hub
+            .inward_limits
+            .acquire(&peer.name, crate::limiter::Limit::of(peer));
+        health.inward(permit.is_ok());
+        permit.map_err(|e| {
+            tracing::debug!(peer = %peer.name, %e, "inward call refused by a limit");
+            e.into()
+        })
+    }
+
+    /// Refuses a record signed by a certificate `peer`'s CRL revokes.
+    fn not_revoked(
+        &self,
+        peer: &FederationPeer,
+        verified: &lgsp_node::obo::Verified,
+    ) -> Result<(), String> {
+        let serial = lgsp_certs::peer::peer_identity(&verified.record.certificate)
+            .map(|p| p.serial)
+            .unwrap_or_default();
+        match self.hub.trust.revoked(&peer.name, &serial) {
+            Some(number) => Err(format!(
+                "the on-behalf-of record is signed by {} (serial {serial}), revoked by federation peer {}'s CRL number {number}",
+                verified.id, peer.name
+            )),
+            None => Ok(()),
+        }
     }
 
     async fn serve(
@@ -133,6 +174,8 @@ impl DataExchange for Inbound {
     async fn call(&self, request: Request<Envelope>) -> Result<Response<CallResponse>, Status> {
         let started = Instant::now();
         let peer = self.peer_of(&request)?;
+        // Before anything costly (signature checks, the log, the provider).
+        let _permit = self.admit(&peer)?;
         let deadline = lgsp_node::deadline::Deadline::of(request.metadata(), started);
         let signed = match lgsp_node::obo::from_metadata(request.metadata()) {
             Some(Ok(s)) => Some(s),
@@ -160,6 +203,7 @@ impl DataExchange for Inbound {
                 })
                 .map_err(|e| e.to_string())
                 .and_then(|v| {
+                    self.not_revoked(&peer, &v)?;
                     if v.id.trust_domain == peer.trust_domain {
                         Ok((v, s))
                     } else {
@@ -231,6 +275,7 @@ impl Federation for Inbound {
         request: Request<ExportsRequest>,
     ) -> Result<Response<ExportsResponse>, Status> {
         let peer = self.peer_of(&request)?;
+        let _permit = self.admit(&peer)?;
         let cache = &self.hub.ctx.cache;
         let mut services = Vec::new();
         for record in cache.all_of(RecordKind::Export) {

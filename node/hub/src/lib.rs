@@ -13,15 +13,25 @@
 //!   with its own certificate plus the record, which the provider verifies
 //!   again and logs;
 //! - [`sync`]: it keeps the provincial catalog's imported services equal to
-//!   what each peer exports to the province, within seconds.
+//!   what each peer exports to the province, within seconds, and probes
+//!   every peer each round.
+//!
+//! Around them: [`limiter`] (calls in flight and per second per peer, each
+//! direction), [`health`] (each link's breaker, last success and failure,
+//! latency and counts, in `/metrics`) and [`trust`] (the peers' CAs and
+//! CRLs the outward listener trusts, followed from the catalog while the
+//! hub runs).
 //!
 //! Federation peers, exports and imports are catalog records the
 //! provincial admin changes (`lgsp hub peer|export|import`).
 
 pub mod breaker;
+pub mod health;
 pub mod inbound;
+pub mod limiter;
 pub mod outbound;
 pub mod sync;
+pub mod trust;
 
 use lgsp_certs::{ClientTrust, Credentials, Expected, Role, SpiffeId};
 use lgsp_node::config::NodeConfig;
@@ -72,6 +82,25 @@ pub struct Hub {
     peers: Mutex<HashMap<String, PeerLink>>,
     /// How long an outward call may take at most.
     pub call_timeout: Duration,
+    /// Each peer's link health, by peer name.
+    health: Mutex<HashMap<String, Arc<health::LinkHealth>>>,
+    /// Limits on province nodes' calls to each peer.
+    pub outward_limits: Arc<limiter::PeerLimits>,
+    /// Limits on each peer's calls into the province.
+    pub inward_limits: Arc<limiter::PeerLimits>,
+    /// The peers' CRLs in force.
+    pub trust: trust::PeerTrust,
+}
+
+/// One outside link as `/metrics` and `lgsp hub status` show it.
+#[derive(Debug)]
+pub struct LinkStatus {
+    /// The peer's name.
+    pub peer: String,
+    /// Its breaker (closed when nothing was called yet).
+    pub state: breaker::State,
+    /// Its counts and times.
+    pub health: Arc<health::LinkHealth>,
 }
 
 /// A connection to a peer's hub, built from its catalog record (rebuilt
@@ -126,7 +155,7 @@ impl Hub {
         {
             return Ok((l.channel.clone(), l.breaker.clone()));
         }
-        let roots = lgsp_node::obo::peer_roots(peer);
+        let roots = self.ctx.obo_verifier.roots_of(peer).to_vec();
         if roots.is_empty() {
             return Err(tonic::Status::failed_precondition(format!(
                 "federation peer {} has no CA certificate in the catalog",
@@ -139,6 +168,12 @@ impl Hub {
             ..self.ctx.creds.clone()
         };
         let trust = ClientTrust::new(&creds).map_err(|e| tonic::Status::internal(e.to_string()))?;
+        // The peer's hub is checked against the peer's CRL in force too.
+        if let Some((_, der)) = self.trust.crl_of(&peer.name) {
+            trust
+                .set_crl(&der)
+                .map_err(|e| tonic::Status::internal(e.to_string()))?;
+        }
         let channel = lgsp_certs::server_identity::connect_lazy(
             &peer.hub_endpoint,
             &creds,
@@ -162,15 +197,70 @@ impl Hub {
         Ok((channel, breaker))
     }
 
-    /// Each peer's breaker state, for `lgsp hub status` and the log.
-    pub fn health(&self) -> Vec<(String, breaker::State)> {
-        let links = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut out: Vec<_> = links
+    /// The health record of `peer`'s link.
+    pub fn health_of(&self, peer: &str) -> Arc<health::LinkHealth> {
+        self.health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(peer.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Every peer of the catalog with its link's breaker and health, by
+    /// name. Peers no longer in the catalog are forgotten here (their
+    /// connection, breaker, health and limits), so what `/metrics` shows
+    /// is as long as the peer list.
+    pub fn links(&self) -> Vec<LinkStatus> {
+        let mut peers = self.peers();
+        peers.sort_by(|a, b| a.name.cmp(&b.name));
+        let names: Vec<String> = peers.iter().map(|p| p.name.clone()).collect();
+        let mut links = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+        links.retain(|name, _| names.contains(name));
+        let states: Vec<_> = names
             .iter()
-            .map(|(name, l)| (name.clone(), l.breaker.state()))
+            .map(|n| {
+                links
+                    .get(n)
+                    .map_or(breaker::State::Closed, |l| l.breaker.state())
+            })
             .collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
+        drop(links);
+        self.health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|name, _| names.contains(name));
+        self.outward_limits.retain(&names);
+        self.inward_limits.retain(&names);
+        names
+            .into_iter()
+            .zip(states)
+            .map(|(peer, state)| LinkStatus {
+                health: self.health_of(&peer),
+                peer,
+                state,
+            })
+            .collect()
+    }
+}
+
+/// How a hub runs, beyond its node's configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct HubOptions {
+    /// Where peers' hubs connect.
+    pub outward: SocketAddr,
+    /// Connections open at once on the outward listener (whoever they are
+    /// from, before the handshake says); more are closed on accept.
+    pub max_peer_connections: usize,
+}
+
+impl HubOptions {
+    /// The defaults, listening on `outward`.
+    pub fn new(outward: SocketAddr) -> Self {
+        Self {
+            outward,
+            max_peer_connections: 1024,
+        }
     }
 }
 
@@ -187,9 +277,18 @@ pub struct HubServer {
 }
 
 impl HubServer {
-    /// Starts a hub: the node described by `config` (with a hub
-    /// certificate), its outward listener on `outward`, and the import sync.
+    /// Starts a hub with the default options: see [`Self::start_with`].
     pub async fn start(config: NodeConfig, outward: SocketAddr) -> Result<Self, HubError> {
+        Self::start_with(config, HubOptions::new(outward)).await
+    }
+
+    /// Starts a hub: the node described by `config` (with a hub
+    /// certificate), its outward listener, the import sync, and the
+    /// follower that keeps the listener's trust equal to the catalog's
+    /// peers. Fails when the node cannot start, the certificate is not a
+    /// hub's, or the outward address cannot be bound.
+    pub async fn start_with(config: NodeConfig, options: HubOptions) -> Result<Self, HubError> {
+        let outward = options.outward;
         let node = NodeServer::start(config).await?;
         let ctx = node.ctx.clone();
         let own = lgsp_certs::inspect::CertInfo::from_der(
@@ -208,31 +307,19 @@ impl HubServer {
             id,
             peers: Mutex::default(),
             call_timeout: Duration::from_secs(10),
+            health: Mutex::default(),
+            outward_limits: limiter::PeerLimits::new(limiter::Direction::Outward),
+            inward_limits: limiter::PeerLimits::new(limiter::Direction::Inward),
+            trust: trust::PeerTrust::default(),
         });
         let _ = ctx
             .forwarder
             .set(Arc::new(outbound::Outbound::new(hub.clone())));
-        // The peers' CAs, from the catalog once the node has its copy: the
-        // outward listener accepts their hubs' certificates.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while hub.peers().is_empty() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let mut roots: Vec<_> = hub
-            .peers()
-            .iter()
-            .flat_map(lgsp_node::obo::peer_roots)
-            .collect();
-        if roots.is_empty() {
-            tracing::warn!(
-                "no federation peer in the catalog yet: the outward listener accepts no one until the hub restarts after `lgsp hub peer add`"
-            );
-            roots = ctx.creds.roots.clone();
-        }
-        let tls = lgsp_certs::tls::ServerTls::new(Credentials {
-            roots,
-            ..ctx.creds.clone()
-        })?;
+        ctx.metrics
+            .register_collector(Box::new(health::LinkCollector::new(Arc::downgrade(&hub))));
+        // Until the catalog names a peer, the listener holds the province's
+        // own CA (rustls needs one); `Inbound` refuses province certificates.
+        let tls = lgsp_certs::tls::ServerTls::new(ctx.creds.clone())?;
         let listener = tokio::net::TcpListener::bind(outward)
             .await
             .map_err(|source| HubError::Listen {
@@ -244,10 +331,21 @@ impl HubServer {
             source,
         })?;
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        // The peers' CAs and CRLs, from the catalog as it changes.
+        tokio::spawn(follow_peers(hub.clone(), tls.clone(), stopped.clone()));
         let inbound = inbound::Inbound::new(hub.clone());
         let max = ctx.config.limits.max_message_bytes;
         let mut until = stopped.clone();
-        let incoming = tls.incoming(listener);
+        // Admission: a bounded number of connections, each with a deadline
+        // for its first bytes and an idle timeout; per-peer call limits
+        // (`Inbound`) keep one certified peer from starving the others.
+        let guard = lgsp_node::listener::Guard {
+            max_connections: options.max_peer_connections.max(1),
+            preface: Duration::from_secs(10),
+            idle: Duration::from_secs(300),
+        }
+        .within_file_limit();
+        let incoming = tls.handshakes(lgsp_node::listener::accept(listener, guard));
         tokio::spawn(async move {
             let result = tonic::transport::Server::builder()
                 .add_service(
@@ -280,5 +378,54 @@ impl HubServer {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         self.node.shutdown().await;
+    }
+}
+
+/// Keeps the outward listener's trust equal to the catalog's peers: their
+/// CA certificates and their CRLs in force (see [`trust`]), rebuilt at
+/// each catalog change that touches a peer, until `stopped` turns true.
+async fn follow_peers(
+    hub: Arc<Hub>,
+    tls: Arc<lgsp_certs::tls::ServerTls>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut changes = hub.ctx.cache.subscribe();
+    let mut applied: Option<Vec<FederationPeer>> = None;
+    loop {
+        let mut peers = hub.peers();
+        peers.sort_by(|a, b| a.name.cmp(&b.name));
+        if applied.as_ref() != Some(&peers) {
+            for change in hub.trust.update(&peers) {
+                match change {
+                    trust::CrlChange::Installed { peer, number } => {
+                        tracing::info!(%peer, crl.number = number, "federation peer's CRL in force");
+                    }
+                    trust::CrlChange::Refused { peer, why } => {
+                        tracing::warn!(%peer, %why, "federation peer's CRL refused; the last good one stays");
+                    }
+                }
+            }
+            let (mut roots, crls) = hub.trust.listener_trust(&peers);
+            if roots.is_empty() {
+                roots = hub.ctx.creds.roots.clone();
+            }
+            match tls.set_trust(roots, crls) {
+                Ok(()) => {
+                    tracing::info!(
+                        peers = peers.len(),
+                        "outward listener trusts the catalog's federation peers"
+                    );
+                    applied = Some(peers);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "a federation peer's CA or CRL is unusable; the listener keeps its trust");
+                    applied = Some(peers);
+                }
+            }
+        }
+        tokio::select! {
+            r = changes.changed() => if r.is_err() { return },
+            _ = stopped.wait_for(|s| *s) => return,
+        }
     }
 }

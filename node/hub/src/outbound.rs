@@ -5,12 +5,14 @@
 //! circuit breaker. The node underneath logs the exchange.
 
 use crate::Hub;
+use crate::health::Outcome;
+use crate::limiter::Limit;
 use lgsp_certs::{Peer, Role};
 use lgsp_node::context::Forwarder;
 use lgsp_proto::data_exchange_client::DataExchangeClient;
 use lgsp_proto::{Envelope, SignedOnBehalfOf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tonic::{Code, Status};
 
 /// The hub's outbound side, installed as its node's forwarder.
@@ -83,8 +85,17 @@ impl Forwarder for Outbound {
                 envelope.service_id
             ))
         })?;
+        let health = hub.health_of(&peer.name);
+        let _permit = hub
+            .outward_limits
+            .acquire(&peer.name, Limit::of(&peer))
+            .map_err(|e| {
+                health.outward(Outcome::Refused, Duration::ZERO, "");
+                Status::from(e)
+            })?;
         let (channel, breaker) = hub.link(&peer)?;
         let attempt = breaker.attempt(Instant::now()).map_err(|wait| {
+            health.outward(Outcome::Refused, Duration::ZERO, "");
             Status::unavailable(format!(
                 "federation peer {} ({}) is failing: its circuit is open after repeated failures; next try in {} s",
                 peer.name,
@@ -96,6 +107,7 @@ impl Forwarder for Outbound {
         request.set_timeout(hub.call_timeout);
         lgsp_node::obo::to_metadata(request.metadata_mut(), signed);
         let max = hub.ctx.config.limits.max_message_bytes;
+        let sent = Instant::now();
         let result = DataExchangeClient::new(channel)
             .max_decoding_message_size(max)
             .call(request)
@@ -105,6 +117,14 @@ impl Forwarder for Outbound {
             Err(s) if matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Unknown)
         );
         attempt.finish(!unreachable);
+        match &result {
+            Err(s) if unreachable => health.outward(
+                Outcome::Failed,
+                sent.elapsed(),
+                &lgsp_certs::tls::explain_status(s),
+            ),
+            _ => health.outward(Outcome::Answered, sent.elapsed(), ""),
+        }
         match result {
             Ok(r) => Ok(r.into_inner().payload),
             Err(s) if unreachable => Err(Status::unavailable(format!(

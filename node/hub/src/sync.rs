@@ -6,13 +6,15 @@
 //! A removal on either side is gone from the other within seconds.
 
 use crate::Hub;
+use crate::health::Outcome;
 use lgsp_proto::catalog_record::Value;
 use lgsp_proto::federation_client::FederationClient;
-use lgsp_proto::{Agency, ExportsRequest, FederationPeer, RecordKind, Service};
+use lgsp_proto::{Agency, ExportsRequest, ExportsResponse, FederationPeer, RecordKind, Service};
 use lgsp_registry::Catalog;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tonic::Code;
 
 /// How often the hub asks its peers.
 pub const EVERY: Duration = Duration::from_secs(1);
@@ -94,26 +96,56 @@ fn same(a: &Service, b: &Service) -> bool {
     strip(a) == strip(b)
 }
 
+/// Asks `peer`'s hub what it exports to the province, under the peer's
+/// breaker, and counts the call in its link's health: this is also how a
+/// link with no traffic shows whether the peer is up.
+async fn exports_of(hub: &Hub, peer: &FederationPeer) -> Result<ExportsResponse, String> {
+    let health = hub.health_of(&peer.name);
+    let (channel, breaker) = hub.link(peer).map_err(|s| s.message().to_owned())?;
+    let attempt = breaker.attempt(Instant::now()).map_err(|_| {
+        health.outward(Outcome::Refused, Duration::ZERO, "");
+        format!("the circuit to {} is open", peer.hub_endpoint)
+    })?;
+    let mut request = tonic::Request::new(ExportsRequest {});
+    request.set_timeout(Duration::from_secs(5));
+    let sent = Instant::now();
+    let answer = FederationClient::new(channel).exports(request).await;
+    // Any answer means the peer is there; a refusal is still an answer.
+    let reached = match &answer {
+        Ok(_) => true,
+        Err(s) => !matches!(
+            s.code(),
+            Code::Unavailable | Code::DeadlineExceeded | Code::Unknown
+        ),
+    };
+    attempt.finish(reached);
+    match &answer {
+        Err(s) if !reached => health.outward(
+            Outcome::Failed,
+            sent.elapsed(),
+            &lgsp_certs::tls::explain_status(s),
+        ),
+        _ => health.outward(Outcome::Answered, sent.elapsed(), ""),
+    }
+    answer
+        .map(tonic::Response::into_inner)
+        .map_err(|s| lgsp_certs::tls::explain_status(&s))
+}
+
 async fn once(hub: &Hub, catalog: &Catalog, peer: &FederationPeer) -> Result<(), String> {
     let wanted = imports_of(hub, &peer.name);
     let have = imported_now(hub, &peer.name);
     if wanted.is_empty() && have.is_empty() {
+        // Nothing to bring in: a probe, so the link's health stays current.
+        if let Err(why) = exports_of(hub, peer).await {
+            tracing::debug!(peer = %peer.name, %why, "federation peer not reached");
+        }
         return Ok(());
     }
     let exported: BTreeMap<String, (Service, String)> = if wanted.is_empty() {
         BTreeMap::new()
     } else {
-        let (channel, breaker) = hub.link(peer).map_err(|s| s.message().to_owned())?;
-        let attempt = breaker
-            .attempt(Instant::now())
-            .map_err(|_| format!("the circuit to {} is open", peer.hub_endpoint))?;
-        let mut request = tonic::Request::new(ExportsRequest {});
-        request.set_timeout(Duration::from_secs(5));
-        let answer = FederationClient::new(channel).exports(request).await;
-        attempt.finish(answer.is_ok());
-        let answer = answer
-            .map_err(|s| lgsp_certs::tls::explain_status(&s))?
-            .into_inner();
+        let answer = exports_of(hub, peer).await?;
         if answer.trust_domain != peer.trust_domain {
             return Err(format!(
                 "the peer's hub says it is of {}, not {}",

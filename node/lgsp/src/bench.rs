@@ -1035,6 +1035,7 @@ impl Federation {
                     trust_domain: domain.into(),
                     ca_pem,
                     hub_endpoint: endpoint.to_string(),
+                    ..Default::default()
                 })
                 .await
                 .context("adding a federation peer")?;

@@ -1698,6 +1698,7 @@ mod federation {
             trust_domain: PEER_DOMAIN.into(),
             ca_pem: "-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n".into(),
             hub_endpoint: "hub.ndxp.gov.vn:7501".into(),
+            ..Default::default()
         })
     }
 
@@ -1772,6 +1773,45 @@ mod federation {
             ..Default::default()
         });
         denied(refused(run(&kv, &hub, &put_cmd(province_agency))));
+    }
+
+    #[test]
+    fn a_peer_crl_must_be_signed_by_the_peers_ca_and_newer_than_the_one_in_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let mut ca =
+            lgsp_certs::ca::CertificateAuthority::init(dir.path(), PEER_DOMAIN, "CA", 30).unwrap();
+        let mut stranger =
+            lgsp_certs::ca::CertificateAuthority::init(other.path(), PEER_DOMAIN, "CA", 30)
+                .unwrap();
+        let first = ca.sign_crl(1).unwrap().der;
+        let second = ca.sign_crl(1).unwrap().der;
+        let ca_pem = ca.cert_pem().to_owned();
+        let with_crl = |der: Vec<u8>| {
+            Value::Peer(FederationPeer {
+                name: "ndxp".into(),
+                trust_domain: PEER_DOMAIN.into(),
+                ca_pem: ca_pem.clone(),
+                hub_endpoint: "hub.ndxp.gov.vn:7501".into(),
+                crl_der: der,
+                ..Default::default()
+            })
+        };
+        let kv = catalog();
+        let forged = stranger.sign_crl(1).unwrap().der;
+        let err = refused(run(&kv, &admin(), &put_cmd(with_crl(forged))));
+        assert!(
+            matches!(&err, CatalogError::InvalidArgument(m) if m.contains("not one of its CA's")),
+            "{err:?}"
+        );
+        run(&kv, &admin(), &put_cmd(with_crl(second.clone()))).unwrap();
+        let err = refused(run(&kv, &admin(), &put_cmd(with_crl(first))));
+        assert!(
+            matches!(&err, CatalogError::FailedPrecondition(m) if m.contains("not newer")),
+            "{err:?}"
+        );
+        // The same record again (another field changed) is not a step back.
+        run(&kv, &admin(), &put_cmd(with_crl(second))).unwrap();
     }
 
     #[test]
