@@ -203,7 +203,7 @@ impl RegistryServer {
         let stop = wait_for(shutdown_rx.clone());
         let incoming = tls.clone().incoming(client_listener);
         let registry = RegistryGrpc::with_interceptor(
-            RegistryService::new(raft.clone(), auth.clone()),
+            RegistryService::new(raft.clone(), auth.clone(), config.watch_limits()),
             auth.clone(),
         );
         // Standard gRPC health for load balancers and monitoring, behind
