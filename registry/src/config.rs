@@ -58,6 +58,9 @@ pub struct RegistryConfig {
     pub watch_history: u64,
     /// How long a write may wait to commit before its outcome is reported unknown.
     pub propose_timeout_ms: u64,
+    /// How long a batch of Raft messages to a peer may take to be
+    /// delivered before the peer is reported unreachable.
+    pub peer_timeout_ms: u64,
     /// Watches one certificate name may hold open on this server.
     pub max_watches_per_client: usize,
     /// Watches this server holds open in all.
@@ -80,6 +83,7 @@ impl Default for RegistryConfig {
             snapshot_entries: 10_000,
             watch_history: 100_000,
             propose_timeout_ms: 5_000,
+            peer_timeout_ms: 5_000,
             max_watches_per_client: WatchLimits::default().per_client,
             max_watches: WatchLimits::default().total,
         }
@@ -103,6 +107,9 @@ impl RegistryConfig {
         }
         if self.election_ticks <= self.heartbeat_ticks {
             problems.push("election ticks must be greater than heartbeat ticks".to_owned());
+        }
+        if self.peer_timeout_ms == 0 {
+            problems.push("peer_timeout_ms must be positive".to_owned());
         }
         if self.heartbeat_ticks == 0 || self.tick_ms == 0 {
             problems.push("tick_ms and heartbeat_ticks must be positive".to_owned());

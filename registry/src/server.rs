@@ -147,6 +147,7 @@ impl RegistryServer {
             incarnation,
             creds.clone(),
             reports_tx,
+            Duration::from_millis(config.peer_timeout_ms),
         ));
         #[cfg(feature = "faults")]
         let faults = transport.faults.clone();

@@ -106,6 +106,9 @@ pub struct Transport {
     addresses: RwLock<HashMap<u64, String>>,
     queues: Mutex<HashMap<u64, (String, mpsc::Sender<Message>)>>,
     reports: mpsc::UnboundedSender<Report>,
+    /// How long a batch may take to be delivered before the peer is
+    /// reported unreachable.
+    timeout: Duration,
     /// The server's runtime, where sending tasks run (the consensus loop
     /// calls `send` from a thread of its own).
     runtime: tokio::runtime::Handle,
@@ -128,13 +131,15 @@ impl fmt::Debug for Transport {
 const QUEUE: usize = 4096;
 
 impl Transport {
-    /// The transport of server `id`, whose data directory is `incarnation`.
-    /// Must be called inside the server's tokio runtime.
+    /// The transport of server `id`, whose data directory is `incarnation`,
+    /// giving up on a batch that is not delivered within `timeout`. Must be
+    /// called inside the server's tokio runtime.
     pub fn new(
         id: u64,
         incarnation: u64,
         creds: Credentials,
         reports: mpsc::UnboundedSender<Report>,
+        timeout: Duration,
     ) -> Self {
         Self {
             id,
@@ -143,6 +148,7 @@ impl Transport {
             addresses: RwLock::new(HashMap::new()),
             queues: Mutex::new(HashMap::new()),
             reports,
+            timeout,
             runtime: tokio::runtime::Handle::current(),
             #[cfg(feature = "faults")]
             faults: Arc::new(Faults::default()),
@@ -201,6 +207,7 @@ impl Transport {
             self.incarnation,
             address.clone(),
             self.creds.clone(),
+            self.timeout,
             rx,
             self.reports.clone(),
             #[cfg(feature = "faults")]
@@ -231,11 +238,12 @@ async fn peer_sender(
     incarnation: u64,
     address: String,
     creds: Credentials,
+    timeout: Duration,
     mut rx: mpsc::Receiver<Message>,
     reports: mpsc::UnboundedSender<Report>,
     #[cfg(feature = "faults")] faults: Arc<Faults>,
 ) {
-    let channel = match peer_channel(&address, &creds, Duration::from_secs(5)) {
+    let channel = match peer_channel(&address, &creds, timeout) {
         Ok(channel) => channel,
         Err(error) => {
             tracing::error!(peer = to, %address, %error, "cannot reach peer");
@@ -388,7 +396,7 @@ mod tests {
         let creds =
             Credentials::from_pem(&issued.cert_pem, &issued.key_pem, ca.cert_pem()).unwrap();
         let (tx, rx) = mpsc::unbounded_channel();
-        (Transport::new(1, 1, creds, tx), rx)
+        (Transport::new(1, 1, creds, tx, Duration::from_secs(5)), rx)
     }
 
     #[tokio::test]
