@@ -103,8 +103,7 @@ impl Iterator for Pages {
                 .range(start..)
                 .take_while(|(k, _)| end.is_none_or(|end| k.as_slice() < end));
             for (k, v) in keys.by_ref().take(PAGE) {
-                self.page
-                    .push_back(Self::check_pair(&state, k, v));
+                self.page.push_back(Self::check_pair(&state, k, v));
             }
             if let Some((k, _)) = keys.next() {
                 self.next = Some(k.clone());
@@ -117,11 +116,7 @@ impl Iterator for Pages {
 }
 
 impl Pages {
-    fn check_pair(
-        state: &State,
-        k: &[u8],
-        v: &[u8],
-    ) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
+    fn check_pair(state: &State, k: &[u8], v: &[u8]) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
         MemKv::check(state, k)?;
         Ok((k.to_vec(), v.to_vec()))
     }

@@ -138,11 +138,20 @@ mod tests {
             per_client: 10,
             total: 2,
         });
-        let slots = [watchers.admit(NODE).unwrap(), watchers.admit(OTHER).unwrap()];
-        let refused = watchers.admit("spiffe://lgsp.test/agency/x/node/y").unwrap_err();
+        let slots = [
+            watchers.admit(NODE).unwrap(),
+            watchers.admit(OTHER).unwrap(),
+        ];
+        let refused = watchers
+            .admit("spiffe://lgsp.test/agency/x/node/y")
+            .unwrap_err();
         let status = tonic::Status::from(refused);
         assert_eq!(status.code(), tonic::Code::ResourceExhausted);
-        assert!(status.message().contains("another server"), "{}", status.message());
+        assert!(
+            status.message().contains("another server"),
+            "{}",
+            status.message()
+        );
         assert_eq!(watchers.open(), 2);
         drop(slots);
         assert_eq!(watchers.open(), 0);

@@ -682,8 +682,14 @@ fn a_filtered_list_examines_a_bounded_number_of_records_per_call_and_says_where_
     let total = 3 * LIST_EXAMINED;
     let mut batch = Staged::new(&kv);
     for i in 0..total {
-        let name = if i == total - 1 { "dac-biet".to_owned() } else { format!("n{i:05}") };
-        let Value::Node(n) = node(A, &name) else { unreachable!() };
+        let name = if i == total - 1 {
+            "dac-biet".to_owned()
+        } else {
+            format!("n{i:05}")
+        };
+        let Value::Node(n) = node(A, &name) else {
+            unreachable!()
+        };
         let key = format!("{A}/{name}");
         let record = CatalogRecord {
             kind: RecordKind::Node as i32,
@@ -691,7 +697,10 @@ fn a_filtered_list_examines_a_bounded_number_of_records_per_call_and_says_where_
             value: Some(Value::Node(n)),
             ..Default::default()
         };
-        batch.insert(record_db_key(RecordKind::Node, &key), record.encode_to_vec());
+        batch.insert(
+            record_db_key(RecordKind::Node, &key),
+            record.encode_to_vec(),
+        );
     }
     batch.commit().unwrap();
     let mut query = ListQuery {

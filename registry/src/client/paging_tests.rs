@@ -85,16 +85,18 @@ async fn a_watch_from_the_revision_list_all_reports_replays_a_write_made_between
     let Some(catalog_record::Value::Agency(listed)) = &first.value else {
         panic!("an agency");
     };
-    assert_eq!(listed.name, "Sở", "the first page was read before the rename");
+    assert_eq!(
+        listed.name, "Sở",
+        "the first page was read before the rename"
+    );
     // What a cache does next: watch from the reported revision + 1.
     let replayed: Vec<WatchEvent> = catalog::history(&db, revision + 1)
         .map(|e| e.unwrap())
         .collect();
     assert!(
-        replayed.iter().any(|e| e
-            .record
-            .as_ref()
-            .is_some_and(|r| r.key == codes[0])),
+        replayed
+            .iter()
+            .any(|e| e.record.as_ref().is_some_and(|r| r.key == codes[0])),
         "the rename made between pages (revision {}) must be replayed by a watch from {}",
         catalog::revision(&db).unwrap(),
         revision + 1

@@ -150,7 +150,11 @@ async fn a_watcher_far_behind_is_sent_the_history_a_chunk_at_a_time_not_all_at_o
         }
         revisions.push(event.revision);
     }
-    assert_eq!(revisions, (1..=lag).collect::<Vec<_>>(), "every event, in order");
+    assert_eq!(
+        revisions,
+        (1..=lag).collect::<Vec<_>>(),
+        "every event, in order"
+    );
     drop(live_tx);
     watch.await.unwrap();
 }
