@@ -59,7 +59,8 @@ pub struct RegistryConfig {
     /// How long a write may wait to commit before its outcome is reported unknown.
     pub propose_timeout_ms: u64,
     /// How long a batch of Raft messages to a peer may take to be
-    /// delivered before the peer is reported unreachable.
+    /// delivered (and a piece of a snapshot to be taken) before the peer is
+    /// reported unreachable. A snapshot as a whole has no deadline.
     pub peer_timeout_ms: u64,
     /// Watches one certificate name may hold open on this server.
     pub max_watches_per_client: usize,

@@ -231,8 +231,8 @@ impl RegistryServer {
         let incoming = tls.clone().incoming(peer_listener);
         let peer = tonic::service::interceptor::InterceptedService::new(
             RegistryPeerServer::new(PeerService::new(raft.clone()))
-                .max_decoding_message_size(256 << 20)
-                .max_encoding_message_size(256 << 20),
+                .max_decoding_message_size(crate::transport::MAX_PEER_MESSAGE)
+                .max_encoding_message_size(crate::transport::MAX_PEER_MESSAGE),
             peer_auth,
         );
         tasks.push(tokio::spawn(async move {

@@ -8,6 +8,7 @@ use crate::catalog::{self, ListQuery};
 use crate::error::{CatalogError, RegistryError, StoreError};
 use crate::kv::Kv;
 use crate::raft_node::{MembershipOp, RaftHandle};
+use crate::transport::MAX_PEER_MESSAGE;
 use crate::watchers::{WatchLimits, Watchers};
 use futures::Stream;
 use lgsp_certs::{AgencyCode, Authenticator, Peer, Role};
@@ -467,6 +468,55 @@ impl RegistryPeer for PeerService {
             messages.push(m);
         }
         self.raft.step(batch.incarnation, messages).await?;
+        Ok(Response::new(RaftAck {}))
+    }
+
+    async fn send_snapshot(
+        &self,
+        request: Request<tonic::Streaming<RaftSnapshotChunk>>,
+    ) -> Result<Response<RaftAck>, Status> {
+        let mut chunks = request.into_inner();
+        let mut bytes = Vec::new();
+        let mut sender = None;
+        while let Some(chunk) = chunks.message().await? {
+            let (incarnation, total) = *sender.get_or_insert((chunk.incarnation, chunk.total));
+            if total > MAX_PEER_MESSAGE as u64 {
+                return Err(Status::resource_exhausted(format!(
+                    "a snapshot of {total} bytes is larger than a server accepts ({MAX_PEER_MESSAGE})"
+                )));
+            }
+            if chunk.incarnation != incarnation || chunk.total != total {
+                return Err(Status::invalid_argument(
+                    "the chunks of one snapshot disagree on its sender or size",
+                ));
+            }
+            if bytes.is_empty() {
+                bytes.reserve_exact(total as usize);
+            }
+            if (bytes.len() + chunk.data.len()) as u64 > total {
+                return Err(Status::invalid_argument(format!(
+                    "the snapshot's chunks run past the {total} bytes it announced"
+                )));
+            }
+            bytes.extend_from_slice(&chunk.data);
+        }
+        let Some((incarnation, total)) = sender else {
+            return Err(Status::invalid_argument("a snapshot stream without chunks"));
+        };
+        if bytes.len() as u64 != total {
+            return Err(Status::invalid_argument(format!(
+                "the snapshot stream ended after {} of its {total} bytes",
+                bytes.len()
+            )));
+        }
+        let message = raft::eraftpb::Message::parse_from_bytes(&bytes)
+            .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?;
+        if message.get_msg_type() != raft::eraftpb::MessageType::MsgSnapshot {
+            return Err(Status::invalid_argument(
+                "only a snapshot may be sent as a snapshot stream",
+            ));
+        }
+        self.raft.step(incarnation, vec![message]).await?;
         Ok(Response::new(RaftAck {}))
     }
 
