@@ -85,13 +85,16 @@ struct Pages {
     /// Where the next page starts; `None` when the range is exhausted.
     next: Option<Vec<u8>>,
     end: Option<Vec<u8>>,
-    page: std::collections::VecDeque<Result<(Vec<u8>, Vec<u8>), StoreError>>,
+    page: std::collections::VecDeque<Pair>,
 }
 
 const PAGE: usize = 16;
 
+/// One key-value pair of a range read, or why it could not be read.
+type Pair = Result<(Vec<u8>, Vec<u8>), StoreError>;
+
 impl Iterator for Pages {
-    type Item = Result<(Vec<u8>, Vec<u8>), StoreError>;
+    type Item = Pair;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.page.is_empty() {
@@ -116,7 +119,7 @@ impl Iterator for Pages {
 }
 
 impl Pages {
-    fn check_pair(state: &State, k: &[u8], v: &[u8]) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
+    fn check_pair(state: &State, k: &[u8], v: &[u8]) -> Pair {
         MemKv::check(state, k)?;
         Ok((k.to_vec(), v.to_vec()))
     }

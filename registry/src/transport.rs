@@ -260,11 +260,13 @@ impl Transport {
         }
         let (tx, rx) = mpsc::channel(QUEUE);
         self.runtime.spawn(peer_sender(
-            to,
-            self.incarnation,
-            address.clone(),
-            self.creds.clone(),
-            self.timeout,
+            Link {
+                to,
+                incarnation: self.incarnation,
+                address: address.clone(),
+                creds: self.creds.clone(),
+                timeout: self.timeout,
+            },
             rx,
             self.reports.clone(),
             #[cfg(feature = "faults")]
@@ -290,16 +292,30 @@ impl Network for Transport {
     }
 }
 
-async fn peer_sender(
+/// Where and how a sending task reaches its peer.
+struct Link {
     to: u64,
+    /// This server's data directory incarnation, sent with every batch.
     incarnation: u64,
     address: String,
     creds: Credentials,
+    /// The peer deadline: how long one batch may take.
     timeout: Duration,
+}
+
+async fn peer_sender(
+    link: Link,
     mut rx: mpsc::Receiver<Message>,
     reports: mpsc::UnboundedSender<Report>,
     #[cfg(feature = "faults")] faults: Arc<Faults>,
 ) {
+    let Link {
+        to,
+        incarnation,
+        address,
+        creds,
+        timeout,
+    } = link;
     let channel = match peer_channel(&address, &creds, timeout, Some(timeout)) {
         Ok(channel) => channel,
         Err(error) => {
