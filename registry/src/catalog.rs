@@ -120,8 +120,16 @@ pub struct ListQuery {
     pub page_token: String,
 }
 
-/// One page of records of a kind, in key order; the token is the last key
-/// returned when more may follow.
+/// The most records one [`list`] call examines: a filter few records match
+/// must not make one call scan the whole catalog (every agency holds up to
+/// [`MAX_RECORDS_PER_AGENCY`] records of a kind).
+pub const LIST_EXAMINED: usize = 4096;
+
+/// One page of records of a kind, in key order, and the token to continue
+/// from (empty when nothing follows). A page holds up to the page size, but
+/// at most [`LIST_EXAMINED`] records are examined per call, so a page of a
+/// filtered list may be short, even empty, with a token: the caller goes on
+/// until the token is empty.
 pub fn list(db: &Kv, q: &ListQuery) -> Result<(Vec<CatalogRecord>, String), CatalogError> {
     let kind = RecordKind::try_from(q.kind)
         .ok()
@@ -141,12 +149,17 @@ pub fn list(db: &Kv, q: &ListQuery) -> Result<(Vec<CatalogRecord>, String), Cata
         k.push(0);
         k
     };
+    let end = prefix_end(&prefix);
+    let kind_prefix = record_prefix(kind).len();
     let mut out = Vec::new();
-    for item in db.range(&start, None) {
+    // The key of the last record examined: where the next call resumes.
+    let mut last = String::new();
+    for (examined, item) in db.range(&start, end.as_deref()).enumerate() {
         let (k, v) = item.map_err(|e| CatalogError::Internal(e.to_string()))?;
-        if !k.starts_with(&prefix) {
-            break;
+        if out.len() == page || examined == LIST_EXAMINED {
+            return Ok((out, last));
         }
+        last = String::from_utf8_lossy(&k[kind_prefix..]).into_owned();
         let record = CatalogRecord::decode(v.as_slice())
             .map_err(|e| CatalogError::Internal(e.to_string()))?;
         if let Some(Value::Service(s)) = &record.value {
@@ -164,13 +177,6 @@ pub fn list(db: &Kv, q: &ListQuery) -> Result<(Vec<CatalogRecord>, String), Cata
             && !crate::text::fold(&record_text(&record)).contains(&keyword)
         {
             continue;
-        }
-        if out.len() == page {
-            let token = out
-                .last()
-                .map(|r: &CatalogRecord| r.key.clone())
-                .unwrap_or_default();
-            return Ok((out, token));
         }
         out.push(record);
     }
@@ -1178,6 +1184,21 @@ pub fn history(db: &Kv, from: u64) -> impl Iterator<Item = Result<WatchEvent, St
         let (k, v) = item?;
         WatchEvent::decode(v.as_slice()).map_err(|e| damaged(&k, e))
     })
+}
+
+/// At most `most` history events from revision `from` on, in order: the
+/// store is asked for that range of revisions only, so a watcher far behind
+/// holds one chunk at a time, whatever the lag. Fewer come back when the
+/// history ends (or has a gap, which the caller must check: it starts with
+/// `from` unless `from` was compacted away).
+pub fn history_chunk(db: &Kv, from: u64, most: u64) -> Result<Vec<WatchEvent>, StoreError> {
+    let end = history_key(from.saturating_add(most.max(1)));
+    db.range(&history_key(from), Some(&end))
+        .map(|item| {
+            let (k, v) = item?;
+            WatchEvent::decode(v.as_slice()).map_err(|e| damaged(&k, e))
+        })
+        .collect()
 }
 
 /// Drops history older than the newest `keep` events, at most `most` at a

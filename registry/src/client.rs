@@ -275,20 +275,14 @@ impl RegistryClient {
         .await
     }
 
-    /// Every record of a list, following pages.
+    /// Every record of a list, following pages, and the revision the
+    /// listing is consistent from: watch from it + 1 and nothing is missed.
+    /// See [`all_pages`] for why that is the first page's revision.
     pub async fn list_all(
         &self,
-        mut request: ListRequest,
+        request: ListRequest,
     ) -> Result<(Vec<CatalogRecord>, u64), Status> {
-        let mut all = Vec::new();
-        loop {
-            let page = self.list(request.clone()).await?;
-            all.extend(page.records);
-            if page.next_page_token.is_empty() {
-                return Ok((all, page.revision));
-            }
-            request.page_token = page.next_page_token;
-        }
+        all_pages(request, |request| self.list(request)).await
     }
 
     /// The answering server's view of the cluster: its id, the leader it
@@ -390,6 +384,42 @@ impl RegistryClient {
         rx
     }
 }
+
+/// Follows `request` from page to page through `page` (one `List` call),
+/// returning every record and the oldest revision a page was read at: the
+/// first page's, for linearizable reads, whose revisions only grow.
+///
+/// Each page is read at its own revision. A record on the first page may
+/// change while later pages are read, and that change is in no page; a
+/// later page may already hold changes made after the first was read.
+/// So the listing is consistent from the oldest page's revision R on: a
+/// watch from R + 1 replays every change the pages missed, and the changes
+/// they already hold arrive again as the same records, which a cache
+/// applies again to the same effect. A watch from the last page's revision
+/// would miss the changes to earlier pages for good.
+pub async fn all_pages<F, Fut>(
+    mut request: ListRequest,
+    mut page: F,
+) -> Result<(Vec<CatalogRecord>, u64), Status>
+where
+    F: FnMut(ListRequest) -> Fut,
+    Fut: std::future::Future<Output = Result<ListResponse, Status>>,
+{
+    let mut all = Vec::new();
+    let mut consistent_from = u64::MAX;
+    loop {
+        let listed = page(request.clone()).await?;
+        consistent_from = consistent_from.min(listed.revision);
+        all.extend(listed.records);
+        if listed.next_page_token.is_empty() {
+            return Ok((all, consistent_from));
+        }
+        request.page_token = listed.next_page_token;
+    }
+}
+
+#[cfg(test)]
+mod paging_tests;
 
 #[cfg(test)]
 mod tests {

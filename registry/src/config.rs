@@ -1,6 +1,7 @@
 //! The configuration of a registry server, from TOML or flags.
 
 use crate::error::RegistryError;
+use crate::watchers::WatchLimits;
 use lgsp_certs::TlsFiles;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -57,6 +58,14 @@ pub struct RegistryConfig {
     pub watch_history: u64,
     /// How long a write may wait to commit before its outcome is reported unknown.
     pub propose_timeout_ms: u64,
+    /// How long a batch of Raft messages to a peer may take to be
+    /// delivered (and a piece of a snapshot to be taken) before the peer is
+    /// reported unreachable. A snapshot as a whole has no deadline.
+    pub peer_timeout_ms: u64,
+    /// Watches one certificate name may hold open on this server.
+    pub max_watches_per_client: usize,
+    /// Watches this server holds open in all.
+    pub max_watches: usize,
 }
 
 impl Default for RegistryConfig {
@@ -75,6 +84,9 @@ impl Default for RegistryConfig {
             snapshot_entries: 10_000,
             watch_history: 100_000,
             propose_timeout_ms: 5_000,
+            peer_timeout_ms: 5_000,
+            max_watches_per_client: WatchLimits::default().per_client,
+            max_watches: WatchLimits::default().total,
         }
     }
 }
@@ -97,6 +109,9 @@ impl RegistryConfig {
         if self.election_ticks <= self.heartbeat_ticks {
             problems.push("election ticks must be greater than heartbeat ticks".to_owned());
         }
+        if self.peer_timeout_ms == 0 {
+            problems.push("peer_timeout_ms must be positive".to_owned());
+        }
         if self.heartbeat_ticks == 0 || self.tick_ms == 0 {
             problems.push("tick_ms and heartbeat_ticks must be positive".to_owned());
         }
@@ -114,6 +129,12 @@ impl RegistryConfig {
         if ids.contains(&0) {
             problems.push("peer id 0 is not allowed".to_owned());
         }
+        if self.max_watches_per_client == 0 || self.max_watches == 0 {
+            problems.push(
+                "max_watches_per_client and max_watches must be positive (a node needs one watch)"
+                    .to_owned(),
+            );
+        }
         if self.listen == self.peer_listen && self.listen.port() != 0 {
             problems.push("the client and peer listeners must differ".to_owned());
         }
@@ -121,6 +142,16 @@ impl RegistryConfig {
             Ok(())
         } else {
             Err(RegistryError::Config(problems.join("; ")))
+        }
+    }
+}
+
+impl RegistryConfig {
+    /// The bounds on the watches this server holds open.
+    pub fn watch_limits(&self) -> WatchLimits {
+        WatchLimits {
+            per_client: self.max_watches_per_client,
+            total: self.max_watches,
         }
     }
 }

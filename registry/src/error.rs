@@ -93,6 +93,10 @@ pub enum RegistryError {
     /// The consensus loop has stopped; nothing more is accepted.
     #[error("the registry server is shutting down")]
     ShuttingDown,
+    /// A watch was refused: its client, or the server, holds as many open
+    /// watches as it may (the message says which, and what to do).
+    #[error("{0}")]
+    TooManyWatches(String),
 }
 
 impl From<raft::Error> for RegistryError {
@@ -154,6 +158,7 @@ impl From<RegistryError> for Status {
             RegistryError::ShuttingDown => {
                 with_outcome(Status::unavailable(e.to_string()), "not-applied", None)
             }
+            RegistryError::TooManyWatches(m) => Status::resource_exhausted(m),
             other => Status::internal(other.to_string()),
         }
     }

@@ -7,7 +7,8 @@
 //! - [`raft_node`]: the consensus loop.
 //! - [`transport`]: Raft messages between servers, behind a [`transport::Network`]
 //!   trait; [`mem_network`] is an in-memory network for tests.
-//! - [`service`]: the client and peer gRPC services.
+//! - [`service`]: the client and peer gRPC services; [`watchers`] bounds
+//!   the watches they hold open.
 //! - [`server`]: a whole registry server, started and stopped.
 //! - [`backup`]: online backup files, and new clusters restored from them.
 //! - [`bootstrap`]: what a server checks before it founds, joins or restarts.
@@ -45,6 +46,7 @@ pub mod sled_kv;
 pub mod storage;
 pub mod text;
 pub mod transport;
+pub mod watchers;
 
 pub use catalog_client::{Catalog, Decision, Publication, Validity};
 pub use client::RegistryClient;

@@ -28,6 +28,8 @@ struct State {
     failing: Vec<Vec<u8>>,
     /// Run (once each) before the next range read starting in their prefix.
     before_range: Vec<Hook>,
+    /// Pairs handed out by range reads so far.
+    pairs_read: usize,
 }
 
 /// A `BTreeMap` as a [`KvEngine`]; clones share the same map. Each batch is
@@ -58,6 +60,12 @@ impl MemKv {
         });
     }
 
+    /// How many key-value pairs range reads have handed out so far: what a
+    /// test measures to prove a reader holds a bounded number at a time.
+    pub fn pairs_read(&self) -> usize {
+        self.state().pairs_read
+    }
+
     fn check(state: &State, key: &[u8]) -> Result<(), StoreError> {
         if state.failing.iter().any(|p| key.starts_with(p)) {
             return Err(StoreError::Engine(format!(
@@ -66,6 +74,54 @@ impl MemKv {
             )));
         }
         Ok(())
+    }
+}
+
+/// Pairs read from the store a page at a time as the caller iterates, as
+/// sled does: the lock is not held between pages, and a reader that stops
+/// early has read only what it used.
+struct Pages {
+    kv: MemKv,
+    /// Where the next page starts; `None` when the range is exhausted.
+    next: Option<Vec<u8>>,
+    end: Option<Vec<u8>>,
+    page: std::collections::VecDeque<Pair>,
+}
+
+const PAGE: usize = 16;
+
+/// One key-value pair of a range read, or why it could not be read.
+type Pair = Result<(Vec<u8>, Vec<u8>), StoreError>;
+
+impl Iterator for Pages {
+    type Item = Pair;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.page.is_empty() {
+            let start = self.next.take()?;
+            let state = self.kv.state();
+            let end = self.end.as_deref();
+            let mut keys = state
+                .map
+                .range(start..)
+                .take_while(|(k, _)| end.is_none_or(|end| k.as_slice() < end));
+            for (k, v) in keys.by_ref().take(PAGE) {
+                self.page.push_back(Self::check_pair(&state, k, v));
+            }
+            if let Some((k, _)) = keys.next() {
+                self.next = Some(k.clone());
+            }
+        }
+        let item = self.page.pop_front()?;
+        self.kv.state().pairs_read += 1;
+        Some(item)
+    }
+}
+
+impl Pages {
+    fn check_pair(state: &State, k: &[u8], v: &[u8]) -> Pair {
+        MemKv::check(state, k)?;
+        Ok((k.to_vec(), v.to_vec()))
     }
 }
 
@@ -89,18 +145,12 @@ impl KvEngine for MemKv {
         for hook in hooks {
             (hook.run)();
         }
-        let state = self.state();
-        // A copy of the range: the lock is not held while the caller iterates.
-        let entries: Vec<_> = state
-            .map
-            .range(start.to_vec()..)
-            .take_while(|(k, _)| end.is_none_or(|end| k.as_slice() < end))
-            .map(|(k, v)| {
-                Self::check(&state, k)?;
-                Ok((k.clone(), v.clone()))
-            })
-            .collect();
-        Box::new(entries.into_iter())
+        Box::new(Pages {
+            kv: self.clone(),
+            next: Some(start.to_vec()),
+            end: end.map(<[u8]>::to_vec),
+            page: std::collections::VecDeque::new(),
+        })
     }
 
     fn last_key(&self, prefix: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {

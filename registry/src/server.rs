@@ -147,6 +147,7 @@ impl RegistryServer {
             incarnation,
             creds.clone(),
             reports_tx,
+            Duration::from_millis(config.peer_timeout_ms),
         ));
         #[cfg(feature = "faults")]
         let faults = transport.faults.clone();
@@ -203,7 +204,7 @@ impl RegistryServer {
         let stop = wait_for(shutdown_rx.clone());
         let incoming = tls.clone().incoming(client_listener);
         let registry = RegistryGrpc::with_interceptor(
-            RegistryService::new(raft.clone(), auth.clone()),
+            RegistryService::new(raft.clone(), auth.clone(), config.watch_limits()),
             auth.clone(),
         );
         // Standard gRPC health for load balancers and monitoring, behind
@@ -230,8 +231,8 @@ impl RegistryServer {
         let incoming = tls.clone().incoming(peer_listener);
         let peer = tonic::service::interceptor::InterceptedService::new(
             RegistryPeerServer::new(PeerService::new(raft.clone()))
-                .max_decoding_message_size(256 << 20)
-                .max_encoding_message_size(256 << 20),
+                .max_decoding_message_size(crate::transport::MAX_PEER_MESSAGE)
+                .max_encoding_message_size(crate::transport::MAX_PEER_MESSAGE),
             peer_auth,
         );
         tasks.push(tokio::spawn(async move {

@@ -8,6 +8,8 @@ use crate::catalog::{self, ListQuery};
 use crate::error::{CatalogError, RegistryError, StoreError};
 use crate::kv::Kv;
 use crate::raft_node::{MembershipOp, RaftHandle};
+use crate::transport::MAX_PEER_MESSAGE;
+use crate::watchers::{WatchLimits, Watchers};
 use futures::Stream;
 use lgsp_certs::{AgencyCode, Authenticator, Peer, Role};
 use lgsp_proto::registry_peer_server::RegistryPeer;
@@ -26,14 +28,20 @@ use tonic::{Request, Response, Status};
 pub struct RegistryService {
     raft: RaftHandle,
     auth: Authenticator,
+    watchers: Watchers,
 }
 
 impl RegistryService {
     /// The catalog API over this server's consensus loop; `auth` is the
     /// client listener's authenticator, which knows the CRL in force and
-    /// ends the watches of certificates it revokes.
-    pub fn new(raft: RaftHandle, auth: Authenticator) -> Self {
-        Self { raft, auth }
+    /// ends the watches of certificates it revokes; `watch_limits` bounds
+    /// the watches it holds open.
+    pub fn new(raft: RaftHandle, auth: Authenticator, watch_limits: WatchLimits) -> Self {
+        Self {
+            raft,
+            auth,
+            watchers: Watchers::new(watch_limits),
+        }
     }
 
     async fn consistent(&self, stale: bool) -> Result<(), Status> {
@@ -149,13 +157,18 @@ impl Registry for RegistryService {
         // A server that cannot tell its catalog is current sends the
         // watcher elsewhere, now and whenever it loses its leader later.
         self.raft.check_fresh()?;
+        // Held by the streaming task: the slot frees when the watch ends.
+        let slot = self.watchers.admit(&watcher.id.to_string())?;
         // Subscribe before reading the history, so nothing falls between.
         let live = self.raft.subscribe();
         let db = self.raft.db().clone();
         let (tx, rx) = mpsc::channel(256);
         let raft = self.raft.clone();
         let stale = async move { raft.until_stale().await };
-        tokio::spawn(stream_changes(db, from, live, stale, tx));
+        tokio::spawn(async move {
+            stream_changes(db, from, live, stale, tx).await;
+            drop(slot);
+        });
         // Events already queued are not handed to a watcher revoked since.
         let events = self.auth.while_admitted(watcher, ReceiverStream::new(rx));
         Ok(Response::new(Box::pin(events)))
@@ -320,6 +333,52 @@ async fn stream_changes(
     }
 }
 
+/// History events a watch reads at a time: a watcher far behind (up to the
+/// whole history, 100,000 events by default) costs the server one chunk
+/// and the channel's 256 events, not its whole lag.
+pub const CATCH_UP_CHUNK: u64 = 256;
+
+/// How a catch-up through the stored history ended.
+enum CatchUp {
+    /// Every stored event from the asked revision on was sent.
+    Done,
+    /// The revision asked for is no longer in the history.
+    Compacted,
+    /// The watcher went away.
+    Closed,
+}
+
+/// Sends the history from `*next` on, [`CATCH_UP_CHUNK`] events at a time,
+/// advancing `*next` past what was sent. The consensus loop compacts the
+/// history while watches read it, so a check of the compact revision made
+/// before a read proves nothing: only an unbroken run of revisions from
+/// `*next` is sent, and a chunk that does not start there means compacted.
+async fn catch_up(
+    db: &Kv,
+    next: &mut u64,
+    tx: &mpsc::Sender<Result<WatchEvent, Status>>,
+) -> Result<CatchUp, StoreError> {
+    loop {
+        let chunk = catalog::history_chunk(db, *next, CATCH_UP_CHUNK)?;
+        if chunk.is_empty() {
+            return Ok(if *next < catalog::compact_revision(db)? {
+                CatchUp::Compacted
+            } else {
+                CatchUp::Done
+            });
+        }
+        for event in chunk {
+            if event.revision != *next {
+                return Ok(CatchUp::Compacted);
+            }
+            *next += 1;
+            if tx.send(Ok(event)).await.is_err() {
+                return Ok(CatchUp::Closed);
+            }
+        }
+    }
+}
+
 /// Does the work of [`stream_changes`]; a closed stream is not an error.
 async fn send_changes(
     db: &Kv,
@@ -337,33 +396,13 @@ async fn send_changes(
         return Ok(());
     }
     let mut next = from;
-    // The history from `next` on, or `None` when `next` is no longer in it:
-    // the consensus loop compacts the history while watches read it, so a
-    // check of the compact revision made before the read proves nothing.
-    // Only an unbroken run of revisions from `next` is sent.
-    let catch_up = |next: &mut u64| -> Result<Option<Vec<WatchEvent>>, StoreError> {
-        let mut events = Vec::new();
-        for event in catalog::history(db, *next) {
-            let event = event?;
-            if event.revision != *next {
-                return Ok(None);
-            }
-            *next += 1;
-            events.push(event);
-        }
-        if events.is_empty() && *next < catalog::compact_revision(db)? {
-            return Ok(None);
-        }
-        Ok(Some(events))
-    };
-    let Some(events) = catch_up(&mut next)? else {
-        let _ = tx.send(Ok(compacted(catalog::revision(db)?))).await;
-        return Ok(());
-    };
-    for event in events {
-        if tx.send(Ok(event)).await.is_err() {
+    match catch_up(db, &mut next, tx).await? {
+        CatchUp::Done => {}
+        CatchUp::Compacted => {
+            let _ = tx.send(Ok(compacted(catalog::revision(db)?))).await;
             return Ok(());
         }
+        CatchUp::Closed => return Ok(()),
     }
     // The server's own revision: a client whose copy is newer than this
     // (a registry restored from a backup) learns it here.
@@ -376,7 +415,7 @@ async fn send_changes(
         return Ok(());
     }
     loop {
-        let batch = match live.recv().await {
+        let event = match live.recv().await {
             Ok(event) if event.r#type == EventType::Compacted as i32 => {
                 let _ = tx.send(Ok(event)).await;
                 return Ok(());
@@ -384,21 +423,22 @@ async fn send_changes(
             Ok(event) if event.revision < next => continue,
             Ok(event) if event.revision == next => {
                 next += 1;
-                vec![event]
+                event
             }
-            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => match catch_up(&mut next)? {
-                Some(events) => events,
-                None => {
-                    let _ = tx.send(Ok(compacted(catalog::revision(db)?))).await;
-                    return Ok(());
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                match catch_up(db, &mut next, tx).await? {
+                    CatchUp::Done => continue,
+                    CatchUp::Compacted => {
+                        let _ = tx.send(Ok(compacted(catalog::revision(db)?))).await;
+                        return Ok(());
+                    }
+                    CatchUp::Closed => return Ok(()),
                 }
-            },
+            }
             Err(broadcast::error::RecvError::Closed) => return Ok(()),
         };
-        for event in batch {
-            if tx.send(Ok(event)).await.is_err() {
-                return Ok(());
-            }
+        if tx.send(Ok(event)).await.is_err() {
+            return Ok(());
         }
     }
 }
@@ -428,6 +468,55 @@ impl RegistryPeer for PeerService {
             messages.push(m);
         }
         self.raft.step(batch.incarnation, messages).await?;
+        Ok(Response::new(RaftAck {}))
+    }
+
+    async fn send_snapshot(
+        &self,
+        request: Request<tonic::Streaming<RaftSnapshotChunk>>,
+    ) -> Result<Response<RaftAck>, Status> {
+        let mut chunks = request.into_inner();
+        let mut bytes = Vec::new();
+        let mut sender = None;
+        while let Some(chunk) = chunks.message().await? {
+            let (incarnation, total) = *sender.get_or_insert((chunk.incarnation, chunk.total));
+            if total > MAX_PEER_MESSAGE as u64 {
+                return Err(Status::resource_exhausted(format!(
+                    "a snapshot of {total} bytes is larger than a server accepts ({MAX_PEER_MESSAGE})"
+                )));
+            }
+            if chunk.incarnation != incarnation || chunk.total != total {
+                return Err(Status::invalid_argument(
+                    "the chunks of one snapshot disagree on its sender or size",
+                ));
+            }
+            if bytes.is_empty() {
+                bytes.reserve_exact(total as usize);
+            }
+            if (bytes.len() + chunk.data.len()) as u64 > total {
+                return Err(Status::invalid_argument(format!(
+                    "the snapshot's chunks run past the {total} bytes it announced"
+                )));
+            }
+            bytes.extend_from_slice(&chunk.data);
+        }
+        let Some((incarnation, total)) = sender else {
+            return Err(Status::invalid_argument("a snapshot stream without chunks"));
+        };
+        if bytes.len() as u64 != total {
+            return Err(Status::invalid_argument(format!(
+                "the snapshot stream ended after {} of its {total} bytes",
+                bytes.len()
+            )));
+        }
+        let message = raft::eraftpb::Message::parse_from_bytes(&bytes)
+            .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?;
+        if message.get_msg_type() != raft::eraftpb::MessageType::MsgSnapshot {
+            return Err(Status::invalid_argument(
+                "only a snapshot may be sent as a snapshot stream",
+            ));
+        }
+        self.raft.step(incarnation, vec![message]).await?;
         Ok(Response::new(RaftAck {}))
     }
 

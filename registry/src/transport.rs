@@ -5,12 +5,19 @@
 //! Each peer has its own queue and sending task, so one slow or dead peer
 //! never holds up the others. A full queue drops messages (Raft resends);
 //! a failed send is reported back to Raft as unreachable, and the task backs
-//! off before trying again.
+//! off before trying again. Each batch must be delivered within the peer
+//! deadline (5 s by default).
+//!
+//! A snapshot (the whole catalog) goes on its own, in a task of its own, as
+//! a stream of chunks ([`SNAPSHOT_CHUNK`] bytes): its deadline applies to
+//! each chunk, not to the whole, so a catalog that takes longer than the
+//! deadline to send still reaches a follower that is far behind, and a peer
+//! that stops reading is still given up on.
 
 use crate::storage::encode;
 use lgsp_certs::{ClientTrust, Credentials, Expected};
-use lgsp_proto::RaftBatch;
 use lgsp_proto::registry_peer_client::RegistryPeerClient;
+use lgsp_proto::{RaftBatch, RaftSnapshotChunk};
 use raft::eraftpb::{Message, MessageType};
 use std::collections::HashMap;
 #[cfg(feature = "faults")]
@@ -106,6 +113,9 @@ pub struct Transport {
     addresses: RwLock<HashMap<u64, String>>,
     queues: Mutex<HashMap<u64, (String, mpsc::Sender<Message>)>>,
     reports: mpsc::UnboundedSender<Report>,
+    /// How long a batch may take to be delivered, and a snapshot chunk to be
+    /// taken, before the peer is reported unreachable.
+    timeout: Duration,
     /// The server's runtime, where sending tasks run (the consensus loop
     /// calls `send` from a thread of its own).
     runtime: tokio::runtime::Handle,
@@ -127,14 +137,23 @@ impl fmt::Debug for Transport {
 
 const QUEUE: usize = 4096;
 
+/// The size of the pieces a snapshot is sent in.
+pub const SNAPSHOT_CHUNK: usize = 256 << 10;
+
+/// The largest raft message a server accepts from a peer, in a batch or as
+/// a snapshot.
+pub const MAX_PEER_MESSAGE: usize = 256 << 20;
+
 impl Transport {
-    /// The transport of server `id`, whose data directory is `incarnation`.
-    /// Must be called inside the server's tokio runtime.
+    /// The transport of server `id`, whose data directory is `incarnation`,
+    /// giving up on a batch (or a snapshot chunk) that is not delivered
+    /// within `timeout`. Must be called inside the server's tokio runtime.
     pub fn new(
         id: u64,
         incarnation: u64,
         creds: Credentials,
         reports: mpsc::UnboundedSender<Report>,
+        timeout: Duration,
     ) -> Self {
         Self {
             id,
@@ -143,6 +162,7 @@ impl Transport {
             addresses: RwLock::new(HashMap::new()),
             queues: Mutex::new(HashMap::new()),
             reports,
+            timeout,
             runtime: tokio::runtime::Handle::current(),
             #[cfg(feature = "faults")]
             faults: Arc::new(Faults::default()),
@@ -166,6 +186,10 @@ impl Transport {
                 dropped(&self.reports, &msg);
                 continue;
             }
+            if msg.get_msg_type() == MessageType::MsgSnapshot {
+                self.send_snapshot(msg);
+                continue;
+            }
             let Some(sender) = self.queue(to) else {
                 tracing::debug!(peer = to, "no address for peer; message dropped");
                 let _ = self.reports.send(Report::Unreachable(to));
@@ -181,13 +205,52 @@ impl Transport {
         }
     }
 
-    fn queue(&self, to: u64) -> Option<mpsc::Sender<Message>> {
-        let address = self
-            .addresses
+    fn address(&self, to: u64) -> Option<String> {
+        self.addresses
             .read()
             .expect("address lock")
             .get(&to)
-            .cloned()?;
+            .cloned()
+    }
+
+    /// Sends a snapshot in a task of its own, reporting whether it was
+    /// delivered.
+    fn send_snapshot(&self, message: Message) {
+        let to = message.to;
+        let Some(address) = self.address(to) else {
+            tracing::debug!(peer = to, "no address for peer; snapshot dropped");
+            let _ = self.reports.send(Report::Unreachable(to));
+            dropped(&self.reports, &message);
+            return;
+        };
+        let reports = self.reports.clone();
+        let (creds, incarnation, timeout) = (self.creds.clone(), self.incarnation, self.timeout);
+        self.runtime.spawn(async move {
+            let started = std::time::Instant::now();
+            let index = message.get_snapshot().get_metadata().index;
+            let sent = send_snapshot(&address, &creds, incarnation, &message, timeout).await;
+            match &sent {
+                Ok(bytes) => tracing::info!(
+                    peer = to,
+                    index,
+                    bytes,
+                    ms = started.elapsed().as_millis() as u64,
+                    "snapshot sent"
+                ),
+                Err(error) => {
+                    tracing::warn!(peer = to, %address, index, %error, "sending a snapshot failed");
+                    let _ = reports.send(Report::Unreachable(to));
+                }
+            }
+            let _ = reports.send(Report::Snapshot {
+                to,
+                ok: sent.is_ok(),
+            });
+        });
+    }
+
+    fn queue(&self, to: u64) -> Option<mpsc::Sender<Message>> {
+        let address = self.address(to)?;
         let mut queues = self.queues.lock().expect("queue lock");
         if let Some((addr, tx)) = queues.get(&to)
             && *addr == address
@@ -197,10 +260,13 @@ impl Transport {
         }
         let (tx, rx) = mpsc::channel(QUEUE);
         self.runtime.spawn(peer_sender(
-            to,
-            self.incarnation,
-            address.clone(),
-            self.creds.clone(),
+            Link {
+                to,
+                incarnation: self.incarnation,
+                address: address.clone(),
+                creds: self.creds.clone(),
+                timeout: self.timeout,
+            },
             rx,
             self.reports.clone(),
             #[cfg(feature = "faults")]
@@ -226,16 +292,31 @@ impl Network for Transport {
     }
 }
 
-async fn peer_sender(
+/// Where and how a sending task reaches its peer.
+struct Link {
     to: u64,
+    /// This server's data directory incarnation, sent with every batch.
     incarnation: u64,
     address: String,
     creds: Credentials,
+    /// The peer deadline: how long one batch may take.
+    timeout: Duration,
+}
+
+async fn peer_sender(
+    link: Link,
     mut rx: mpsc::Receiver<Message>,
     reports: mpsc::UnboundedSender<Report>,
     #[cfg(feature = "faults")] faults: Arc<Faults>,
 ) {
-    let channel = match peer_channel(&address, &creds, Duration::from_secs(5)) {
+    let Link {
+        to,
+        incarnation,
+        address,
+        creds,
+        timeout,
+    } = link;
+    let channel = match peer_channel(&address, &creds, timeout, Some(timeout)) {
         Ok(channel) => channel,
         Err(error) => {
             tracing::error!(peer = to, %address, %error, "cannot reach peer");
@@ -247,8 +328,8 @@ async fn peer_sender(
         }
     };
     let mut client = RegistryPeerClient::new(channel)
-        .max_decoding_message_size(256 << 20)
-        .max_encoding_message_size(256 << 20);
+        .max_decoding_message_size(MAX_PEER_MESSAGE)
+        .max_encoding_message_size(MAX_PEER_MESSAGE);
     let mut backoff = Duration::from_millis(50);
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
@@ -299,13 +380,71 @@ async fn peer_sender(
     }
 }
 
-/// A lazy channel to the peer listener at `address`. Only another registry
-/// server of the province may be reached there: the peer is checked by its
-/// identity, not its address.
+/// Sends `message` (a snapshot) to the peer listener at `address` as a
+/// stream of [`SNAPSHOT_CHUNK`]-byte pieces, giving up when a piece is not
+/// taken, or the peer does not answer once it has them all, within
+/// `timeout`; however long the whole takes. Returns the bytes sent, or why
+/// it failed.
+async fn send_snapshot(
+    address: &str,
+    creds: &Credentials,
+    incarnation: u64,
+    message: &Message,
+    timeout: Duration,
+) -> Result<usize, String> {
+    let channel = peer_channel(address, creds, timeout, None).map_err(|e| e.to_string())?;
+    let mut client = RegistryPeerClient::new(channel);
+    // Encoded here, on the runtime, not on the consensus thread.
+    let bytes = encode(message);
+    let total = bytes.len();
+    let (chunks, stream) = mpsc::channel::<RaftSnapshotChunk>(1);
+    let call = client.send_snapshot(tokio_stream::wrappers::ReceiverStream::new(stream));
+    tokio::pin!(call);
+    let feed = async {
+        for piece in bytes.chunks(SNAPSHOT_CHUNK) {
+            let chunk = RaftSnapshotChunk {
+                data: piece.to_vec(),
+                incarnation,
+                total: total as u64,
+            };
+            match tokio::time::timeout(timeout, chunks.send(chunk)).await {
+                Ok(Ok(())) => {}
+                // The call ended early; its answer says why.
+                Ok(Err(_)) => return Ok(()),
+                Err(_) => {
+                    return Err(format!(
+                        "the peer took no part of the snapshot for {} ms",
+                        timeout.as_millis()
+                    ));
+                }
+            }
+        }
+        drop(chunks);
+        Ok(())
+    };
+    let answer = tokio::select! {
+        answer = &mut call => answer,
+        fed = feed => {
+            fed?;
+            tokio::time::timeout(timeout, &mut call).await.map_err(|_| {
+                format!("no answer within {} ms after the whole snapshot", timeout.as_millis())
+            })?
+        }
+    };
+    answer
+        .map(|_| total)
+        .map_err(|status| lgsp_certs::tls::explain_status(&status))
+}
+
+/// A lazy channel to the peer listener at `address`, connecting within
+/// `connect` and giving each call `request` (`None`: no deadline of its
+/// own). Only another registry server of the province may be reached
+/// there: the peer is checked by its identity, not its address.
 fn peer_channel(
     address: &str,
     creds: &Credentials,
-    timeout: Duration,
+    connect: Duration,
+    request: Option<Duration>,
 ) -> Result<tonic::transport::Channel, lgsp_certs::CertError> {
     // A peer is a registry server of this server's own agency (the
     // province's): the catalog's rules take the province from it.
@@ -316,7 +455,11 @@ fn peer_channel(
     };
     let trust = ClientTrust::new(creds)?;
     lgsp_certs::server_identity::connect_lazy(address, creds, trust, expected, |e| {
-        e.connect_timeout(timeout).timeout(timeout)
+        let e = e.connect_timeout(connect);
+        match request {
+            Some(request) => e.timeout(request),
+            None => e,
+        }
     })
 }
 
@@ -329,7 +472,8 @@ pub async fn ask_peer(
     asker: u64,
     timeout: Duration,
 ) -> Result<lgsp_proto::PeerStatusResponse, String> {
-    let channel = peer_channel(address, creds, timeout).map_err(|e| e.to_string())?;
+    let channel =
+        peer_channel(address, creds, timeout, Some(timeout)).map_err(|e| e.to_string())?;
     let mut client = RegistryPeerClient::new(channel);
     let call = client.peer_status(lgsp_proto::PeerStatusRequest { from: asker });
     match tokio::time::timeout(timeout, call).await {
@@ -388,7 +532,7 @@ mod tests {
         let creds =
             Credentials::from_pem(&issued.cert_pem, &issued.key_pem, ca.cert_pem()).unwrap();
         let (tx, rx) = mpsc::unbounded_channel();
-        (Transport::new(1, 1, creds, tx), rx)
+        (Transport::new(1, 1, creds, tx, Duration::from_secs(5)), rx)
     }
 
     #[tokio::test]
@@ -399,13 +543,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_snapshot_dropped_by_a_full_queue_is_reported_not_delivered() {
+    async fn a_snapshot_is_not_held_up_by_a_full_queue_and_reported_when_it_fails() {
         let (transport, mut reports) = transport();
-        // Nothing listens there; the sending task does not run before the
-        // test yields, so the queue fills.
+        // Nothing listens there; the batch sending task does not run before
+        // the test yields, so the queue is full.
         transport.set_address(2, "127.0.0.1:9");
         transport.send((0..QUEUE).map(|_| append_to(2)).collect());
         transport.send(vec![snapshot_to(2)]);
-        assert_eq!(snapshot_reports(&mut reports), vec![(2, false)]);
+        assert_eq!(
+            snapshot_reports(&mut reports),
+            vec![],
+            "the snapshot goes on its own, not into the full queue"
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let report = loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, reports.recv()).await {
+                Ok(Some(Report::Snapshot { to, ok })) => break (to, ok),
+                Ok(Some(_)) => continue,
+                Ok(None) | Err(_) => panic!("the failed snapshot was never reported"),
+            }
+        };
+        assert_eq!(report, (2, false));
     }
 }

@@ -309,6 +309,9 @@ async fn config_templates_start_a_registry_cluster_and_a_node() {
             "snapshot_entries",
             "watch_history",
             "propose_timeout_ms",
+            "peer_timeout_ms",
+            "max_watches_per_client",
+            "max_watches",
         ],
     );
     let mut servers = Vec::new();

@@ -846,6 +846,63 @@ fn list_filters_by_kind_prefix_and_keyword_and_pages_in_key_order() {
 }
 
 #[test]
+fn a_filtered_list_examines_a_bounded_number_of_records_per_call_and_says_where_to_go_on() {
+    let engine = MemKv::default();
+    let kv = Kv::new(engine.clone());
+    // Written directly: no agency may hold this many, but the catalog as a
+    // whole does (many agencies' nodes), and a filter scans them all.
+    let total = 3 * LIST_EXAMINED;
+    let mut batch = Staged::new(&kv);
+    for i in 0..total {
+        let name = if i == total - 1 {
+            "dac-biet".to_owned()
+        } else {
+            format!("n{i:05}")
+        };
+        let Value::Node(n) = node(A, &name) else {
+            unreachable!()
+        };
+        let key = format!("{A}/{name}");
+        let record = CatalogRecord {
+            kind: RecordKind::Node as i32,
+            key: key.clone(),
+            value: Some(Value::Node(n)),
+            ..Default::default()
+        };
+        batch.insert(
+            record_db_key(RecordKind::Node, &key),
+            record.encode_to_vec(),
+        );
+    }
+    batch.commit().unwrap();
+    let mut query = ListQuery {
+        kind: RecordKind::Node as i32,
+        keyword: "dac-biet".into(),
+        page_size: 10,
+        ..Default::default()
+    };
+    let mut found = Vec::new();
+    let mut calls = 0;
+    loop {
+        let before = engine.pairs_read();
+        let (page, token) = list(&kv, &query).unwrap();
+        let examined = engine.pairs_read() - before;
+        assert!(
+            examined <= LIST_EXAMINED + 1,
+            "one call examined {examined} records; at most {LIST_EXAMINED} may be"
+        );
+        calls += 1;
+        found.extend(page.into_iter().map(|r| r.key));
+        if token.is_empty() {
+            break;
+        }
+        query.page_token = token;
+    }
+    assert_eq!(found, vec![format!("{A}/dac-biet")]);
+    assert_eq!(calls, 3, "{total} records, {LIST_EXAMINED} a call");
+}
+
+#[test]
 fn list_keyword_matches_as_people_type_without_diacritics_or_case() {
     let kv = catalog();
     let mut s = service(&format!("{A}/dat-dai"));

@@ -106,3 +106,55 @@ async fn a_watch_from_a_revision_still_in_the_history_gets_every_event_then_sync
     let last = sent.last().unwrap().as_ref().unwrap();
     assert_eq!(last.r#type, EventType::Synced as i32);
 }
+
+#[tokio::test]
+async fn a_watcher_far_behind_is_sent_the_history_a_chunk_at_a_time_not_all_at_once() {
+    let engine = MemKv::default();
+    let db = Kv::new(engine.clone());
+    let lag: u64 = 2_560;
+    assert!(lag > 4 * CATCH_UP_CHUNK, "a lag of several chunks");
+
+    for i in 1..=lag {
+        rename(&db, &format!("v{i}"));
+    }
+    let (live_tx, live) = broadcast::channel(16);
+    let (tx, mut rx) = mpsc::channel(16);
+    let before = engine.pairs_read();
+    let watch = tokio::spawn(stream_changes(
+        db.clone(),
+        1,
+        live,
+        std::future::pending(),
+        tx,
+    ));
+    // The watcher takes nothing yet: the watch fills its channel and waits.
+    let mut held = 0;
+    for _ in 0..500 {
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        if rx.len() == rx.max_capacity() {
+            held = engine.pairs_read() - before;
+            break;
+        }
+    }
+    assert!(held > 0, "the watch filled its channel");
+    assert!(
+        held as u64 <= CATCH_UP_CHUNK + 16 && (held as u64) < lag / 4,
+        "{held} history events read for a watcher that has taken none, of a lag of {lag}: \
+         at most one chunk ({CATCH_UP_CHUNK}) may be"
+    );
+    let mut revisions = Vec::new();
+    while let Some(event) = rx.recv().await {
+        let event = event.expect("an event");
+        if event.r#type == EventType::Synced as i32 {
+            break;
+        }
+        revisions.push(event.revision);
+    }
+    assert_eq!(
+        revisions,
+        (1..=lag).collect::<Vec<_>>(),
+        "every event, in order"
+    );
+    drop(live_tx);
+    watch.await.unwrap();
+}
