@@ -8,6 +8,7 @@
 //! benchmarks; this crate has no command-line dependencies.
 
 pub mod access;
+pub mod audit_anchor;
 pub mod backend;
 pub mod catalog_cache;
 pub mod config;
