@@ -202,7 +202,8 @@ fn an_anchor_naming_another_signer_or_certificate_is_refused() {
 fn an_anchor_with_a_malformed_field_is_refused_naming_it() {
     let kv = catalog();
     let node = id(A, Role::Node, "node-1");
-    let edits: [(fn(&mut AuditAnchor), &str); 6] = [
+    type Edit = fn(&mut AuditAnchor);
+    let edits: [(Edit, &str); 6] = [
         (|a| a.seal_version = 1, "seal version 1"),
         (|a| a.seq = 0, "entry 0"),
         (
