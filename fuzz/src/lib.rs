@@ -203,10 +203,13 @@ pub fn sharing_log(data: &[u8]) {
     let cert = fixture("node/cert.pem");
     let _ = lgsp_sharing_log::verify(&path, cert);
     let _ = lgsp_sharing_log::verify_export(&path, cert);
-    if let Ok(range) = TimeRange::parse(Some("2020-01-01"), None) {
-        let _ = lgsp_sharing_log::export(&path, &range, &mut std::io::sink());
-    }
+    // The same bytes as an anchor file (`lgsp audit verify --anchor`).
+    let _ = lgsp_sharing_log::Anchor::read(&path);
     let signer = Signer::from_pem(fixture("node/key.pem"), cert).expect("fixture signer");
+    if let Ok(range) = TimeRange::parse(Some("2020-01-01"), None) {
+        let _ = lgsp_sharing_log::plan_export(&path, &range);
+        let _ = lgsp_sharing_log::export(&path, &range, &signer, &mut std::io::sink());
+    }
     drop(SharingLog::open(&dir, signer));
 }
 

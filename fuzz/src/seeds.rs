@@ -235,9 +235,11 @@ pub fn write_seeds() {
     let path = dir.path().join(LOG_FILE);
     put("sharing_log", "sealed", std::fs::read(&path).unwrap());
     let mut export = Vec::new();
+    let signer = Signer::from_pem(&node.key_pem, &node.cert_pem).unwrap();
     lgsp_sharing_log::export(
         &path,
         &TimeRange::parse(Some("2020-01-01"), None).unwrap(),
+        &signer,
         &mut export,
     )
     .unwrap();

@@ -280,7 +280,10 @@ impl CatalogCache {
         if held >= event.revision {
             return Ok(());
         }
-        if event.r#type == EventType::Delete as i32 {
+        if record.kind == RecordKind::AuditAnchor as i32 {
+            // Every node's anchor changes every minute and no node reads
+            // another's: only the revision is kept, not the record.
+        } else if event.r#type == EventType::Delete as i32 {
             state.records.remove(&(record.kind, record.key.clone()));
             batch.remove(db_key.as_bytes());
         } else {
@@ -489,8 +492,17 @@ impl CatalogCache {
     }
 }
 
-/// Opens the node's database in `dir`.
+/// Opens the node's database in `dir`, first rewriting it into a fresh one
+/// when its files hold far more than its data (sled keeps the space of
+/// deleted records; see `lgsp_registry::sled_kv::compact_if_wasteful`).
 pub fn open_db(dir: &Path) -> Result<sled::Db, CacheError> {
     std::fs::create_dir_all(dir)?;
-    Ok(sled::open(dir.join("node.sled"))?)
+    let path = dir.join("node.sled");
+    lgsp_registry::sled_kv::compact_if_wasteful(
+        &path,
+        lgsp_registry::sled_kv::COMPACT_RATIO,
+        lgsp_registry::sled_kv::COMPACT_MIN_BYTES,
+    )
+    .map_err(|e| std::io::Error::other(format!("compacting {}: {e}", path.display())))?;
+    Ok(sled::open(path)?)
 }

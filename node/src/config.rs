@@ -246,6 +246,24 @@ impl Default for LimitsConfig {
     }
 }
 
+/// The sharing log's anchoring (`[audit]`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// How often, in seconds, the node publishes its sharing log's newest seal
+    /// to the registry (and once more when it stops), so that a log cut at its
+    /// end fails `lgsp audit verify --anchor`. At least 1, at most 3600.
+    pub anchor_interval_s: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            anchor_interval_s: 60,
+        }
+    }
+}
+
 /// The whole node configuration.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -274,6 +292,10 @@ pub struct NodeConfig {
     /// the table is absent.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// How the sharing log is anchored in the registry; defaults apply when
+    /// the table is absent.
+    #[serde(default)]
+    pub audit: AuditConfig,
     /// The services this node serves for its agency.
     #[serde(default)]
     pub services: Vec<ServiceConfig>,
@@ -335,6 +357,12 @@ impl NodeConfig {
         }
         if let Err(why) = check_advertise(&self.provider.advertise) {
             problems.push(format!("provider.advertise: {why}"));
+        }
+        if !(1..=3600).contains(&self.audit.anchor_interval_s) {
+            problems.push(format!(
+                "audit.anchor_interval_s: {} is not between 1 and 3600 seconds (default 60)",
+                self.audit.anchor_interval_s
+            ));
         }
         for s in &self.services {
             if let Err(e) = lgsp_certs::identity::validate_name(&s.name) {
@@ -458,6 +486,11 @@ listen = "{consumer}"
 # rate_per_consumer = 20000        # calls per second per consumer agency
 # max_message_bytes = 4194304
 
+# The sharing log's newest seal goes to the registry this often (seconds), and
+# when the node stops: `lgsp audit verify --anchor` then finds a log cut at its end.
+# [audit]
+# anchor_interval_s = 60
+
 # Services this node serves. Publish each in the catalog too:
 #   lgsp service publish --id {agency}/<name> --kind dataset --node {name}
 #
@@ -483,6 +516,50 @@ listen = "{consumer}"
 # timeout_ms = 5000
 "#
     )
+}
+
+#[cfg(test)]
+mod audit_tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+agency = "000.00.12.H62"
+name = "node-1"
+data_dir = "data"
+registry = ["127.0.0.1:7101"]
+[tls]
+cert = "tls/cert.pem"
+key = "tls/key.pem"
+ca = "tls/ca.pem"
+[provider]
+listen = "127.0.0.1:7301"
+[consumer]
+listen = "127.0.0.1:7302"
+"#;
+
+    #[test]
+    fn the_anchor_interval_defaults_to_a_minute_and_is_bounded() {
+        let path = Path::new("/etc/lgsp/node.toml");
+        let config = NodeConfig::from_toml(MINIMAL, path).unwrap();
+        assert_eq!(config.audit.anchor_interval_s, 60);
+        let config =
+            NodeConfig::from_toml(&format!("{MINIMAL}[audit]\nanchor_interval_s = 5\n"), path)
+                .unwrap();
+        assert_eq!(config.audit.anchor_interval_s, 5);
+        for bad in [0, 3601] {
+            let err = NodeConfig::from_toml(
+                &format!("{MINIMAL}[audit]\nanchor_interval_s = {bad}\n"),
+                path,
+            )
+            .unwrap_err();
+            assert!(
+                err.to_string().contains(&format!(
+                    "audit.anchor_interval_s: {bad} is not between 1 and 3600 seconds"
+                )),
+                "{err}"
+            );
+        }
+    }
 }
 
 #[cfg(test)]

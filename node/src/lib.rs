@@ -9,6 +9,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod audit_anchor;
 pub mod backend;
 pub mod catalog_cache;
 pub mod config;

@@ -1,6 +1,6 @@
 //! A running agency node: both listeners, the catalog cache that follows
-//! the registry, the sharing log's sealer, metrics, and the node's own
-//! registration in the catalog.
+//! the registry, the sharing log's sealer and its anchor in the registry,
+//! metrics, and the node's own registration in the catalog.
 
 use crate::catalog_cache::{CacheError, CatalogCache, open_db};
 use crate::config::NodeConfig;
@@ -435,9 +435,20 @@ impl NodeServer {
             instance_id: instance,
             ..Default::default()
         };
-        let catalog = Catalog::new(registry);
+        let catalog = Catalog::new(registry.clone());
         let registered = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (fatal_tx, fatal_rx) = tokio::sync::oneshot::channel();
+        shutdown.spawn(
+            "sharing log anchor",
+            crate::audit_anchor::publish_anchors(
+                ctx.log.clone(),
+                registry.clone(),
+                config.agency.clone(),
+                config.name.clone(),
+                Duration::from_secs(config.audit.anchor_interval_s),
+                shutdown_rx.clone(),
+            ),
+        );
         shutdown.spawn(
             "catalog registration",
             crate::registration::keep_registered(

@@ -12,6 +12,7 @@
 //! revision, `s:compact_rev` the oldest revision in the history,
 //! `s:member:<id BE>` members' addresses.
 
+use crate::audit_anchor;
 use crate::error::{CatalogError, RegistryError, StoreError};
 use crate::federation;
 use crate::keys::{GrantKey, KeyError, NodeKey, ServiceId};
@@ -218,6 +219,10 @@ pub fn key_of(value: &Value) -> (RecordKind, String) {
             RecordKind::Import,
             federation::import_key(&i.peer, &i.service_id),
         ),
+        Value::AuditAnchor(a) => (
+            RecordKind::AuditAnchor,
+            NodeKey::format(&a.agency_code, &a.node),
+        ),
     }
 }
 
@@ -229,9 +234,11 @@ pub const CALENDAR_KEY: &str = "province";
 fn owner_of(kind: RecordKind, key: &str) -> Option<&str> {
     match kind {
         RecordKind::Agency => Some(key),
-        RecordKind::Node | RecordKind::Service | RecordKind::Grant | RecordKind::Request => {
-            key.split('/').next()
-        }
+        RecordKind::Node
+        | RecordKind::Service
+        | RecordKind::Grant
+        | RecordKind::Request
+        | RecordKind::AuditAnchor => key.split('/').next(),
         RecordKind::Crl
         | RecordKind::Calendar
         | RecordKind::Peer
@@ -248,7 +255,9 @@ fn validate_key(kind: RecordKind, key: &str) -> Result<(), CatalogError> {
         RecordKind::Agency => AgencyCode::new(key)
             .map(drop)
             .map_err(|e| CatalogError::InvalidArgument(e.to_string())),
-        RecordKind::Node => key.parse::<NodeKey>().map(drop).map_err(invalid),
+        RecordKind::Node | RecordKind::AuditAnchor => {
+            key.parse::<NodeKey>().map(drop).map_err(invalid)
+        }
         RecordKind::Service => service_id(key).map(drop),
         RecordKind::Grant => key.parse::<GrantKey>().map(drop).map_err(invalid),
         // A request's key has a node key's shape: <agency>/<name>.
@@ -295,6 +304,8 @@ fn authorize(asker: &Asker<'_>, kind: RecordKind, key: &str) -> Result<(), Catal
             true
         }
         (Acting::Machine(agency), RecordKind::Node | RecordKind::Service) => owner == Some(agency),
+        // A node anchors its own sharing log, and nobody else's.
+        (Acting::Machine(_), RecordKind::AuditAnchor) => audit_anchor::is_that_node(asker, key),
         _ => false,
     };
     if allowed {
@@ -306,6 +317,9 @@ fn authorize(asker: &Asker<'_>, kind: RecordKind, key: &str) -> Result<(), Catal
         }
         (RecordKind::Node | RecordKind::Service, Some(owner)) => {
             format!("a node or admin certificate of agency {owner} (or the provincial admin)")
+        }
+        (RecordKind::AuditAnchor, Some(_)) => {
+            format!("that node's own certificate ({key} anchors only its own sharing log)")
         }
         (RecordKind::Request, Some(owner)) => {
             format!("an admin certificate of agency {owner} (or the provincial admin)")
@@ -483,7 +497,8 @@ fn normalize(value: &mut Value) {
         | Value::Calendar(_)
         | Value::Peer(_)
         | Value::Export(_)
-        | Value::Import(_) => {}
+        | Value::Import(_)
+        | Value::AuditAnchor(_) => {}
     }
 }
 
@@ -648,6 +663,13 @@ fn check_value(
         Value::Peer(p) => federation::check_peer(db, p)?,
         Value::Export(e) => federation::check_export(db, e)?,
         Value::Import(i) => federation::check_import(db, i)?,
+        Value::AuditAnchor(a) => {
+            let previous = match previous {
+                Some(Value::AuditAnchor(p)) => Some(p),
+                _ => None,
+            };
+            audit_anchor::check(db, asker, a, previous)?;
+        }
         Value::Crl(c) => {
             if c.der.is_empty() {
                 return Err(CatalogError::InvalidArgument("the CRL is empty".into()));
@@ -719,7 +741,11 @@ fn refuse_over_quota(
     if asker.acting() == Acting::Province
         || !matches!(
             kind,
-            RecordKind::Node | RecordKind::Service | RecordKind::Grant | RecordKind::Request
+            RecordKind::Node
+                | RecordKind::Service
+                | RecordKind::Grant
+                | RecordKind::Request
+                | RecordKind::AuditAnchor
         )
     {
         return Ok(());
@@ -823,6 +849,7 @@ fn refuse_orphans(db: &impl KvRead, kind: RecordKind, key: &str) -> Result<(), C
             }
         }
         RecordKind::Grant
+        | RecordKind::AuditAnchor
         | RecordKind::Crl
         | RecordKind::Request
         | RecordKind::Calendar
@@ -956,6 +983,9 @@ pub fn precheck(
                     Some("deleting a grant (terminate it instead: `lgsp access terminate`)")
                 }
                 RecordKind::Request => Some("deleting an access request"),
+                RecordKind::AuditAnchor => Some(
+                    "removing a node's sharing-log anchor (the evidence that its log was not cut)",
+                ),
                 _ => None,
             };
             if let Some(what) = province_only

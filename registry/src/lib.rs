@@ -20,8 +20,10 @@
 //! - [`procedure`]: the regulation's procedures (roles, access requests,
 //!   suspension, termination, maintenance), enforced at apply time.
 //! - [`calendar`]: working days in the province's time zone.
+//! - [`audit_anchor`]: the anchors of the nodes' sharing logs, checked.
 //! - [`keys`]: record keys (`ServiceId`, `NodeKey`, `GrantKey`), parsed once.
 
+pub mod audit_anchor;
 pub mod backup;
 pub mod bootstrap;
 pub mod calendar;

@@ -180,3 +180,326 @@ impl KvEngine for SledKv {
             .sync()
     }
 }
+
+/// When a sled database's files are this many times larger than the data it
+/// holds, [`compact_if_wasteful`] rewrites it.
+pub const COMPACT_RATIO: u64 = 4;
+
+/// A database whose files are smaller than this is never rewritten: the
+/// space to win is not worth a copy at every start.
+pub const COMPACT_MIN_BYTES: u64 = 64 << 20;
+
+/// Where a compaction writes the new database, beside the old one.
+fn compact_path(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
+/// What a compaction found and did, in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Compaction {
+    /// The files of the database before: sled's log and its blobs.
+    pub before: u64,
+    /// The keys and values it holds.
+    pub live: u64,
+    /// The files after, or `None` when they were left as they were (not
+    /// wasteful enough).
+    pub after: Option<u64>,
+}
+
+/// Bytes of the files under `dir`, recursively; 0 when it does not exist.
+pub fn disk_usage(dir: &Path) -> Result<u64, StoreError> {
+    let mut total = 0;
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io(dir, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| io(dir, e))?;
+        let meta = entry.metadata().map_err(|e| io(&entry.path(), e))?;
+        total += if meta.is_dir() {
+            disk_usage(&entry.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
+}
+
+/// Finishes or undoes a compaction a crash interrupted, so that `path` is
+/// the whole database, old or new:
+/// - `<path>.compacting` without `<path>.old` was being written: removed;
+/// - `<path>.old` with `<path>` present: the new one is in place; removed;
+/// - `<path>.old` without `<path>`: the crash fell between the two renames,
+///   and the new database was complete and synced before the first: moved
+///   into place.
+fn recover_compaction(path: &Path) -> Result<(), StoreError> {
+    let new = compact_path(path, ".compacting");
+    let old = compact_path(path, ".old");
+    let remove = |p: &Path| match std::fs::remove_dir_all(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io(p, e)),
+    };
+    if old.exists() {
+        if !path.exists() {
+            std::fs::rename(&new, path).map_err(|e| io(&new, e))?;
+            tracing::warn!(path = %path.display(), "finished a compaction of the store that a crash interrupted");
+        }
+        remove(&old)?;
+    }
+    remove(&new)?;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+/// Rewrites the sled database at `path` (closed: no one may have it open)
+/// into a fresh one when its files are at least `ratio` times the data it
+/// holds and at least `min_bytes`: sled 0.34 keeps the space of deleted and
+/// overwritten values in its files, so a store that once held much more than
+/// it does now stays that large. Returns what it found; `after` is `None`
+/// when nothing was rewritten.
+///
+/// Nothing is lost on a crash midway: every tree is copied to
+/// `<path>.compacting`, flushed and synced (files and directories); then
+/// `<path>` is renamed to `<path>.old`, the copy to `<path>`, and the old one
+/// removed. The next call (the next open) finishes or undoes an interrupted
+/// compaction first ([`recover_compaction`]). Fails when the database cannot
+/// be read or the copy written; the database is then as it was.
+pub fn compact_if_wasteful(
+    path: &Path,
+    ratio: u64,
+    min_bytes: u64,
+) -> Result<Compaction, StoreError> {
+    recover_compaction(path)?;
+    let before = disk_usage(path)?;
+    if before < min_bytes {
+        return Ok(Compaction {
+            before,
+            live: 0,
+            after: None,
+        });
+    }
+    let db = sled::Config::new().path(path).open().map_err(engine)?;
+    let mut live = 0u64;
+    for name in db.tree_names() {
+        for item in db.open_tree(&name).map_err(engine)?.iter() {
+            let (k, v) = item.map_err(engine)?;
+            live += (k.len() + v.len()) as u64;
+        }
+    }
+    if before < live.saturating_mul(ratio) {
+        return Ok(Compaction {
+            before,
+            live,
+            after: None,
+        });
+    }
+    let new = compact_path(path, ".compacting");
+    {
+        let copy = sled::Config::new().path(&new).open().map_err(engine)?;
+        for name in db.tree_names() {
+            let from = db.open_tree(&name).map_err(engine)?;
+            let to = copy.open_tree(&name).map_err(engine)?;
+            let mut batch = sled::Batch::default();
+            let mut in_batch = 0usize;
+            for item in from.iter() {
+                let (k, v) = item.map_err(engine)?;
+                in_batch += k.len() + v.len();
+                batch.insert(k, v);
+                if in_batch >= 4 << 20 {
+                    to.apply_batch(std::mem::take(&mut batch)).map_err(engine)?;
+                    in_batch = 0;
+                }
+            }
+            to.apply_batch(batch).map_err(engine)?;
+        }
+        copy.flush().map_err(engine)?;
+        // The copy's files, blobs and directory entries on stable storage
+        // before the old database is moved away.
+        SledFiles::open(&new)?.sync()?;
+    }
+    drop(db);
+    let old = compact_path(path, ".old");
+    std::fs::rename(path, &old).map_err(|e| io(path, e))?;
+    std::fs::rename(&new, path).map_err(|e| io(&new, e))?;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        sync_dir(parent)?;
+    }
+    std::fs::remove_dir_all(&old).map_err(|e| io(&old, e))?;
+    let after = disk_usage(path)?;
+    tracing::info!(
+        path = %path.display(),
+        before, live, after,
+        "rewrote the store into a fresh one: its files held far more than its data"
+    );
+    Ok(Compaction {
+        before,
+        live,
+        after: Some(after),
+    })
+}
+
+#[cfg(test)]
+mod compaction_tests {
+    use super::*;
+
+    fn tmp(name: &str) -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix(&format!("lgsp-compact-{name}-"))
+            .tempdir()
+            .unwrap()
+    }
+
+    /// Writes `n` values of `size` bytes under `k:<i>`, flushed.
+    fn fill(kv: &SledKv, n: usize, size: usize) {
+        for i in 0..n {
+            let mut batch = Batch::new();
+            batch.insert(format!("k:{i:05}").into_bytes(), Some(vec![i as u8; size]));
+            kv.write(batch).unwrap();
+        }
+        kv.flush().unwrap();
+    }
+
+    #[test]
+    fn space_of_deleted_records_comes_back_when_the_store_is_compacted() {
+        let dir = tmp("deleted");
+        let path = dir.path().join("registry.sled");
+        let kv = SledKv::open(&path).unwrap();
+        // 200 records of 60 KB, then all but 5 deleted.
+        fill(&kv, 200, 60_000);
+        let full = disk_usage(&path).unwrap();
+        for i in 5..200 {
+            let mut batch = Batch::new();
+            batch.insert(format!("k:{i:05}").into_bytes(), None);
+            kv.write(batch).unwrap();
+        }
+        kv.flush().unwrap();
+        drop(kv);
+        let deleted = disk_usage(&path).unwrap();
+        // Nor does sled give it back when the store is opened again.
+        drop(SledKv::open(&path).unwrap());
+        let reopened = disk_usage(&path).unwrap();
+        eprintln!(
+            "200 x 60 KB written: {full} bytes; 195 deleted: {deleted} bytes; reopened: {reopened} bytes"
+        );
+        assert!(
+            deleted.min(reopened) > 5 * full / 10,
+            "sled gave the space back by itself ({full} -> {deleted} -> {reopened}): compaction is not needed"
+        );
+
+        let done = compact_if_wasteful(&path, COMPACT_RATIO, 1 << 20).unwrap();
+        let after = done.after.expect("a wasteful store is rewritten");
+        eprintln!("compacted: {done:?}");
+        assert_eq!(done.live, 5 * (60_000 + 7));
+        assert!(after < full / 10, "{done:?}");
+        assert!(!compact_path(&path, ".old").exists());
+        assert!(!compact_path(&path, ".compacting").exists());
+        let kv = SledKv::open(&path).unwrap();
+        for i in 0..5 {
+            assert_eq!(
+                kv.get(format!("k:{i:05}").as_bytes()).unwrap(),
+                Some(vec![i as u8; 60_000])
+            );
+        }
+        assert_eq!(kv.get(b"k:00005").unwrap(), None);
+    }
+
+    #[test]
+    fn every_tree_survives_a_compaction_as_a_nodes_catalog_cache_has_them() {
+        let dir = tmp("trees");
+        let path = dir.path().join("node.sled");
+        {
+            let db = sled::open(&path).unwrap();
+            let catalog = db.open_tree("catalog").unwrap();
+            for i in 0..100u32 {
+                catalog.insert(i.to_be_bytes(), vec![7; 60_000]).unwrap();
+                db.insert(i.to_be_bytes(), vec![8; 1_000]).unwrap();
+            }
+            for i in 2..100u32 {
+                catalog.remove(i.to_be_bytes()).unwrap();
+            }
+            db.flush().unwrap();
+        }
+        let done = compact_if_wasteful(&path, COMPACT_RATIO, 1 << 20).unwrap();
+        assert!(done.after.is_some(), "{done:?}");
+        let db = sled::open(&path).unwrap();
+        let catalog = db.open_tree("catalog").unwrap();
+        assert_eq!(catalog.len(), 2);
+        assert_eq!(
+            catalog.get(1u32.to_be_bytes()).unwrap().unwrap().len(),
+            60_000
+        );
+        assert_eq!(db.len(), 100);
+    }
+
+    #[test]
+    fn a_store_mostly_live_or_small_is_left_as_it_is() {
+        let dir = tmp("live");
+        let path = dir.path().join("registry.sled");
+        let kv = SledKv::open(&path).unwrap();
+        fill(&kv, 100, 60_000);
+        drop(kv);
+        let done = compact_if_wasteful(&path, COMPACT_RATIO, 1 << 20).unwrap();
+        assert_eq!(done.after, None, "{done:?}");
+        assert!(done.live >= 6_000_000);
+        let small = compact_if_wasteful(&path, COMPACT_RATIO, 1 << 40).unwrap();
+        assert_eq!((small.live, small.after), (0, None));
+    }
+
+    #[test]
+    fn a_compaction_cut_short_by_a_crash_is_finished_or_undone_on_the_next_open() {
+        let dir = tmp("crash");
+        let path = dir.path().join("registry.sled");
+        let kv = SledKv::open(&path).unwrap();
+        fill(&kv, 3, 100);
+        drop(kv);
+        let new = compact_path(&path, ".compacting");
+        let old = compact_path(&path, ".old");
+
+        // Crashed while writing the copy: the copy is dropped, the store kept.
+        std::fs::create_dir_all(&new).unwrap();
+        std::fs::write(new.join("db"), b"half a copy").unwrap();
+        let kv = {
+            compact_if_wasteful(&path, COMPACT_RATIO, 1 << 40).unwrap();
+            SledKv::open(&path).unwrap()
+        };
+        assert!(!new.exists());
+        assert_eq!(kv.get(b"k:00002").unwrap(), Some(vec![2; 100]));
+        drop(kv);
+
+        // Crashed between the two renames: the complete copy is moved into place.
+        let copy = dir.path().join("copy");
+        let kv = SledKv::open(&copy).unwrap();
+        fill(&kv, 1, 10);
+        drop(kv);
+        std::fs::rename(&path, &old).unwrap();
+        std::fs::rename(&copy, &new).unwrap();
+        compact_if_wasteful(&path, COMPACT_RATIO, 1 << 40).unwrap();
+        assert!(!old.exists() && !new.exists());
+        let kv = SledKv::open(&path).unwrap();
+        assert_eq!(kv.get(b"k:00000").unwrap(), Some(vec![0; 10]));
+        assert_eq!(
+            kv.get(b"k:00002").unwrap(),
+            None,
+            "the new store, not the old"
+        );
+        drop(kv);
+
+        // Crashed after the second rename: the old one is removed.
+        std::fs::create_dir_all(old.join("blobs")).unwrap();
+        compact_if_wasteful(&path, COMPACT_RATIO, 1 << 40).unwrap();
+        assert!(!old.exists());
+        assert!(
+            SledKv::open(&path)
+                .unwrap()
+                .get(b"k:00000")
+                .unwrap()
+                .is_some()
+        );
+    }
+}

@@ -76,7 +76,15 @@ impl RaftStore {
     pub fn open(dir: &Path, machine: Arc<dyn StateMachine>) -> Result<Self, RegistryError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| RegistryError::Storage(format!("{}: {e}", dir.display())))?;
-        let engine = SledKv::open(&dir.join("registry.sled"))
+        let path = dir.join("registry.sled");
+        // The space of deleted records comes back here: sled keeps it in its files.
+        crate::sled_kv::compact_if_wasteful(
+            &path,
+            crate::sled_kv::COMPACT_RATIO,
+            crate::sled_kv::COMPACT_MIN_BYTES,
+        )
+        .map_err(|e| RegistryError::Storage(format!("compacting {}: {e}", path.display())))?;
+        let engine = SledKv::open(&path)
             .map_err(|e| RegistryError::Storage(format!("{}: {e}", dir.display())))?;
         Self::new(Kv::new(engine), machine)
     }

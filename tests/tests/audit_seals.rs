@@ -122,6 +122,10 @@ async fn audit_verify_requires_seals_and_an_export_verifies_alone() {
         "export",
         "--log",
         a.sharing_log().to_str().unwrap(),
+        "--key",
+        a.dir.join("tls/key.pem").to_str().unwrap(),
+        "--cert",
+        cert.to_str().unwrap(),
         "--from",
         "2000-01-01",
         "--out",
@@ -137,7 +141,7 @@ async fn audit_verify_requires_seals_and_an_export_verifies_alone() {
         text(&out)
     );
     let exported = std::fs::read_to_string(&export).unwrap();
-    assert!(exported.starts_with("{\"export\":{\"v\":1,"), "{exported}");
+    assert!(exported.starts_with("{\"export\":{\"v\":2,"), "{exported}");
     let edited = exported.replacen(
         &format!("\"consumer\":\"{B}\""),
         "\"consumer\":\"000.00.99.H62\"",

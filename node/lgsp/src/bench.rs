@@ -653,6 +653,7 @@ fn node_config(
             rate_per_consumer: 100_000_000,
             max_message_bytes: max_message,
         },
+        audit: Default::default(),
         services,
     }
 }
@@ -1307,13 +1308,9 @@ pub(crate) async fn exchange(
 
 /// The exchanges (not seals) in the sharing log file at `path`.
 fn log_entries(path: &Path) -> Result<usize> {
-    let entries = lgsp_sharing_log::export(
-        path,
-        &lgsp_sharing_log::TimeRange::default(),
-        &mut std::io::sink(),
-    )
-    .with_context(|| format!("cannot read the sharing log {}", path.display()))?;
-    Ok(entries as usize)
+    let planned = lgsp_sharing_log::plan_export(path, &lgsp_sharing_log::TimeRange::default())
+        .with_context(|| format!("cannot read the sharing log {}", path.display()))?;
+    Ok(planned.entries as usize)
 }
 
 /// The resident memory of this process, from /proc (0 where there is none).

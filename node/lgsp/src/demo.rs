@@ -365,6 +365,7 @@ pub(crate) async fn start(dir: &Path, ports: Ports) -> Result<Province> {
             consumer: ConsumerConfig::plain(addr(apps)),
             metrics_listen: Some(addr(metrics)),
             limits: LimitsConfig::default(),
+            audit: Default::default(),
             services: services
                 .iter()
                 .map(|(name, backend)| ServiceConfig {

@@ -83,6 +83,36 @@ pub enum AuditError {
         /// The end as given.
         to: String,
     },
+    /// An anchor that cannot be used: not an anchor file, or its seal does
+    /// not verify against the given certificates. Holds why.
+    #[error("the anchor cannot be trusted: {0}")]
+    BadAnchor(String),
+    /// The log ends before the entry an anchor kept outside the node names:
+    /// it was cut at its end, seals and all.
+    #[error(
+        "the log ends at entry {last}, but {anchor} anchored entry {anchored}: {}",
+        missing(*.last, *.anchored)
+    )]
+    BehindAnchor {
+        /// The log's last entry (0 for an empty log).
+        last: u64,
+        /// The entry the anchor names.
+        anchored: u64,
+        /// The anchor, described: which node, where it was kept, when sealed.
+        anchor: String,
+    },
+    /// An export whose signed header names a last entry it does not reach:
+    /// it was cut short.
+    #[error(
+        "the export's signed header says its range runs to entry {last}, but the export ends at entry {reached}: {}",
+        missing(*.reached, *.last).replace("the log was cut at its end", "the export was cut short")
+    )]
+    ShortExport {
+        /// The last entry of the range, as the header says.
+        last: u64,
+        /// The last entry the export holds.
+        reached: u64,
+    },
     /// An append or seal after an earlier write failed: the file's end is
     /// unknown, so the log refuses to chain onto it until the node restarts.
     /// Holds the first failure.
@@ -116,6 +146,17 @@ fn unsealed_message(first: u64, last: u64, stale: Option<Stale>) -> String {
         Some(Stale::NoTime) => " and one has a time that cannot be read".to_owned(),
     };
     format!("{entries} not sealed{age}: the log may have been cut or appended to")
+}
+
+fn missing(last: u64, anchored: u64) -> String {
+    if last + 1 == anchored {
+        format!("entry {anchored} and its seal are missing: the log was cut at its end")
+    } else {
+        format!(
+            "entries {}..{anchored} and their seals are missing: the log was cut at its end",
+            last + 1
+        )
+    }
 }
 
 fn entry_note(seq: &Option<u64>) -> String {

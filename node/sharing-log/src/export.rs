@@ -3,9 +3,11 @@
 //!
 //! An export is JSON Lines, in this order:
 //!
-//! 1. a header, `{"export":{"v":1,"from":…,"to":…,"first":N,"prev":"…"}}`
-//!    ([`ExportHeader`]): the range asked for, the first exported entry's number and the
-//!    chain head before it (the hash of entry N-1);
+//! 1. a header, `{"export":{"v":2,"from":…,"to":…,"first":N,"prev":"…","last":M,
+//!    "last_head":"…","signer":"…","cert":"…","signature":"…"}}` ([`ExportHeader`]):
+//!    the range asked for, the first exported entry's number and the chain head
+//!    before it (the hash of entry N-1), the range's last exported entry and its
+//!    hash, signed by the node's key, so that an export cut short fails on its own;
 //! 2. the log's lines from entry N on, entries and seals, byte for byte as logged, up to
 //!    and including the first seal after the range's last entry. That seal may cover
 //!    entries written after the range's end (a second's worth at most, as the node
@@ -20,6 +22,7 @@ use crate::error::{AuditError, io_err};
 use crate::format::{EXPORT_VERSION, ExportHeader, ExportLine, SEAL_PREFIX, not_json};
 use crate::lines::{Line, open_lines};
 use crate::timestamp::{format_utc, parse_bound, parse_time};
+use crate::writer::Signer;
 use serde::Deserialize;
 use std::io::Write;
 use std::path::Path;
@@ -59,7 +62,7 @@ impl TimeRange {
     }
 }
 
-/// What [`export_summary`] wrote.
+/// What [`export_summary`] wrote, or [`plan_export`] would write.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExportSummary {
     /// Entries written: those of the range, and those after it up to the seal that
@@ -74,27 +77,91 @@ pub struct ExportSummary {
 }
 
 /// As [`export_summary`], returning how many entries were written.
-pub fn export(path: &Path, range: &TimeRange, out: &mut impl Write) -> Result<u64, AuditError> {
-    export_summary(path, range, out).map(|summary| summary.entries)
+pub fn export(
+    path: &Path,
+    range: &TimeRange,
+    signer: &Signer,
+    out: &mut impl Write,
+) -> Result<u64, AuditError> {
+    export_summary(path, range, signer, out).map(|summary| summary.entries)
+}
+
+/// Where an export starts and ends in the log, found by a first pass.
+struct Plan {
+    summary: ExportSummary,
+    /// The header, not signed yet; `None` when nothing sealed lies in the range.
+    header: Option<ExportHeader>,
+    /// The lines to copy, counted from 1: the first exported entry's and the
+    /// seal that ends the export.
+    lines: (usize, usize),
+}
+
+/// What an export of `range` would hold, without writing it: for counting the
+/// entries of a log (a whole log is the default range). Fails as
+/// [`export_summary`] does.
+pub fn plan_export(path: &Path, range: &TimeRange) -> Result<ExportSummary, AuditError> {
+    plan(path, range).map(|plan| plan.summary)
 }
 
 /// Writes the entries whose time lies within `range` to `out`, with the seals that cover
-/// them and the chain head before them, in the format the module describes, so that the
-/// export verifies on its own. Writes nothing when no sealed entry lies in the range.
+/// them and the chain head before them, in the format the module describes, under a
+/// header `signer` (the node's key) signs, so that the export verifies on its own and
+/// an export cut short fails. Writes nothing when no sealed entry lies in the range.
 ///
 /// Entries are in time order in the log (the writer takes their time under its lock),
 /// so the range is a run of consecutive entries; should the clock have stepped back,
 /// the export runs from the first entry in the range to the seal after the first entry
 /// past its end.
 ///
+/// The log is read twice: once to find the range's ends (which the header names),
+/// then to copy its lines; a log only grows, so the lines are the same.
 /// Export does not verify the log; run [`verify`](fn@crate::verify) for that. It fails with
-/// [`AuditError::Tampered`] for a line whose time cannot be read. A final line without
-/// its newline (being written) is left out.
+/// [`AuditError::Tampered`] for a line whose time cannot be read, or when the log
+/// changed between the two reads, and [`AuditError::Key`] when signing fails. A final
+/// line without its newline (being written) is left out.
 pub fn export_summary(
     path: &Path,
     range: &TimeRange,
+    signer: &Signer,
     out: &mut impl Write,
 ) -> Result<ExportSummary, AuditError> {
+    let plan = plan(path, range)?;
+    let Some(mut header) = plan.header else {
+        return Ok(plan.summary);
+    };
+    signer.sign_export(&mut header)?;
+    let mut bytes = serde_json::to_vec(&ExportLine { export: header })
+        .expect("a header of strings and integers always serializes");
+    bytes.push(b'\n');
+    write_out(out, &bytes)?;
+    let (first, end) = plan.lines;
+    let mut lines = open_lines(path)?;
+    while let Line::Complete(number, line) = lines.next_line()? {
+        if number < first {
+            continue;
+        }
+        if number == end && !line.starts_with(SEAL_PREFIX) {
+            return Err(AuditError::Tampered {
+                line: number,
+                seq: None,
+                why: "the log changed while it was exported (this line was a seal a moment ago); export again".into(),
+            });
+        }
+        write_out(out, line)?;
+        write_out(out, b"\n")?;
+        if number == end {
+            return Ok(plan.summary);
+        }
+    }
+    Err(AuditError::Tampered {
+        line: end,
+        seq: None,
+        why: "the log became shorter while it was exported; export again, and verify the log"
+            .into(),
+    })
+}
+
+fn plan(path: &Path, range: &TimeRange) -> Result<Plan, AuditError> {
     #[derive(Deserialize)]
     struct Timed<'a> {
         seq: u64,
@@ -102,30 +169,43 @@ pub fn export_summary(
         time: std::borrow::Cow<'a, str>,
         #[serde(borrow)]
         prev: std::borrow::Cow<'a, str>,
+        #[serde(borrow)]
+        hash: std::borrow::Cow<'a, str>,
     }
     let mut lines = open_lines(path)?;
-    let mut summary = ExportSummary::default();
-    // The lines since the last seal written: written out when a seal covers them.
-    let mut pending = Vec::new();
+    let mut plan = Plan {
+        summary: ExportSummary::default(),
+        header: None,
+        lines: (0, 0),
+    };
+    // The header of an export starting at the first entry in the range.
+    let mut header: Option<ExportHeader> = None;
+    // Since the last seal: entries in and after the range, and the newest in range.
     let mut pending_in_range = 0;
     let mut pending_after = 0;
-    let mut started = false;
+    let mut pending_last: Option<(u64, String)> = None;
+    // The newest entry in the range that a seal covers.
+    let mut sealed_last: Option<(u64, String)> = None;
     let mut past_end = false;
     while let Line::Complete(number, line) = lines.next_line()? {
         if line.starts_with(SEAL_PREFIX) {
-            if !started {
+            let Some(header) = &header else {
                 continue;
-            }
-            pending.extend_from_slice(line);
-            pending.push(b'\n');
-            write_out(out, &pending)?;
-            pending.clear();
+            };
+            let summary = &mut plan.summary;
             summary.entries += pending_in_range + pending_after;
             summary.after_range += pending_after;
             summary.seals += 1;
             (pending_in_range, pending_after) = (0, 0);
+            if let Some(last) = pending_last.take() {
+                sealed_last = Some(last);
+            }
+            let mut sealed = header.clone();
+            (sealed.last, sealed.last_head) = sealed_last.clone().unzip();
+            plan.header = Some(sealed);
+            plan.lines.1 = number;
             if past_end {
-                return Ok(summary);
+                return Ok(plan);
             }
             continue;
         }
@@ -136,40 +216,39 @@ pub fn export_summary(
             why: format!("malformed time {:?}", timed.time),
         })?;
         let in_range = range.contains(time);
-        if !started {
+        if header.is_none() {
             if !in_range {
                 continue;
             }
-            started = true;
-            let header = ExportLine {
-                export: ExportHeader {
-                    v: EXPORT_VERSION,
-                    from: range.from_ms.map(utc),
-                    to: range.to_ms.map(utc),
-                    first: timed.seq,
-                    prev: timed.prev.into_owned(),
-                },
-            };
-            serde_json::to_writer(&mut pending, &header)
-                .expect("a header of strings and integers always serializes");
-            pending.push(b'\n');
+            header = Some(ExportHeader {
+                v: EXPORT_VERSION,
+                from: range.from_ms.map(utc),
+                to: range.to_ms.map(utc),
+                first: timed.seq,
+                prev: timed.prev.into_owned(),
+                last: None,
+                last_head: None,
+                signer: None,
+                cert: None,
+                signature: None,
+            });
+            plan.lines.0 = number;
         }
         if in_range {
             pending_in_range += 1;
+            pending_last = Some((timed.seq, timed.hash.into_owned()));
         } else {
             let after_end = range.to_ms.is_some_and(|to| time > to);
-            if after_end && pending.is_empty() {
+            if after_end && pending_in_range + pending_after == 0 {
                 // The last seal written covers the range's last entry.
-                return Ok(summary);
+                return Ok(plan);
             }
             pending_after += 1;
             past_end |= after_end;
         }
-        pending.extend_from_slice(line);
-        pending.push(b'\n');
     }
-    summary.unsealed = pending_in_range;
-    Ok(summary)
+    plan.summary.unsealed = pending_in_range;
+    Ok(plan)
 }
 
 fn write_out(out: &mut impl Write, bytes: &[u8]) -> Result<(), AuditError> {
@@ -204,7 +283,7 @@ mod tests {
         let out = f.tmp.0.join("export.jsonl");
         let mut bytes = Vec::new();
         let range = TimeRange::parse(Some(from), Some(to)).unwrap();
-        let summary = export_summary(&f.path(), &range, &mut bytes).unwrap();
+        let summary = export_summary(&f.path(), &range, &f.signer(), &mut bytes).unwrap();
         std::fs::write(&out, bytes).unwrap();
         (summary, out)
     }
@@ -236,13 +315,20 @@ mod tests {
         let log = f.lines();
         assert_eq!(lines[1..], log[4..7], "the log's own lines, byte for byte");
         let entry_3: Entry = serde_json::from_str(&log[3]).unwrap();
-        assert_eq!(
-            lines[0],
-            format!(
-                "{{\"export\":{{\"v\":1,\"from\":\"2025-03-01T00:03:00.000Z\",\
-                 \"to\":\"2025-03-01T00:04:00.000Z\",\"first\":4,\"prev\":\"{}\"}}}}",
-                entry_3.hash
-            )
+        let entry_5: Entry = serde_json::from_str(&log[5]).unwrap();
+        assert!(
+            lines[0].starts_with(&format!(
+                "{{\"export\":{{\"v\":2,\"from\":\"2025-03-01T00:03:00.000Z\",\
+                 \"to\":\"2025-03-01T00:04:00.000Z\",\"first\":4,\"prev\":\"{}\",\
+                 \"last\":5,\"last_head\":\"{}\",\
+                 \"signer\":\"spiffe://vinhphuc.gov.vn/agency/000.00.12.H62/node/node-1\",\
+                 \"cert\":\"{}\",\"signature\":\"",
+                entry_3.hash,
+                entry_5.hash,
+                f.cert_sha256()
+            )),
+            "{}",
+            lines[0]
         );
         let report = verify_export(&out, &f.cert).unwrap();
         assert_eq!((report.entries, report.last_sealed), (2, Some(5)));
@@ -285,7 +371,8 @@ mod tests {
         let lines = lines_of(&out);
         assert!(lines[1].contains("\"seq\":3,"), "{}", lines[1]);
 
-        // Entry 3 edited and the chain after it recomputed: the seal of 5 tells.
+        // Entry 3 edited and the chain after it recomputed: the signed header's
+        // head of entry 5, the range's last, tells (and the seal of 5 would).
         let mut edited = lines.clone();
         let mut prev = serde_json::from_str::<Entry>(&lines[1]).unwrap().prev;
         for (i, seq) in [(1, 3), (2, 4), (3, 5)] {
@@ -299,11 +386,11 @@ mod tests {
             prev = hash;
         }
         std::fs::write(&out, edited.join("\n") + "\n").unwrap();
-        let (line, _, why) = tampered(verify_export(&out, &f.cert));
-        assert_eq!(line, 5);
-        assert!(
-            why.starts_with("seal's head does not match the hash of entry 5"),
-            "{why}"
+        let (line, seq, why) = tampered(verify_export(&out, &f.cert));
+        assert_eq!((line, seq), (4, Some(5)));
+        assert_eq!(
+            why,
+            "entry 5's hash is not the one the export's signed header names for the range's last entry"
         );
 
         // The header's head changed to fit an entry 3 chained anew: the seal of 5 tells.
@@ -315,8 +402,12 @@ mod tests {
         );
         forged[1] = String::from_utf8(line).unwrap().trim_end().to_owned();
         std::fs::write(&out, forged.join("\n") + "\n").unwrap();
-        let (line, _, _) = tampered(verify_export(&out, &f.cert));
-        assert_eq!(line, 3, "entry 4's prev no longer matches");
+        let (line, _, why) = tampered(verify_export(&out, &f.cert));
+        assert_eq!(line, 1, "the header is signed");
+        assert!(
+            why.starts_with("export header has a bad signature (its fields were changed"),
+            "{why}"
+        );
 
         // The seal cut off: nothing proves the entries.
         std::fs::write(&out, lines[..4].join("\n") + "\n").unwrap();
@@ -337,6 +428,100 @@ mod tests {
             }) => {}
             other => panic!("expected entries 3..5 unsealed, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn export_cut_short_after_one_of_its_seals_fails_on_its_own() {
+        let f = Fixture::new("export-cut");
+        minutes_log(&f);
+        // Entries 1-8 with the seals of 2, 5 and 8.
+        let (_, out) = export_to_file(&f, "2025-03-01", "2025-03-01T00:07:00Z");
+        let lines = lines_of(&out);
+        assert_eq!(verify_export(&out, &f.cert).unwrap().last_sealed, Some(8));
+        // Cut after the seal of 5: what is left is whole, but not the range.
+        assert!(
+            lines[7].starts_with("{\"seal\":{\"v\":2,\"seq\":5,"),
+            "{}",
+            lines[7]
+        );
+        std::fs::write(&out, lines[..8].join("\n") + "\n").unwrap();
+        let error = verify_export(&out, &f.cert).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                AuditError::ShortExport {
+                    last: 8,
+                    reached: 5
+                }
+            ),
+            "{error:?}"
+        );
+        assert_eq!(
+            error.to_string(),
+            "the export's signed header says its range runs to entry 8, but the export ends \
+             at entry 5: entries 6..8 and their seals are missing: the export was cut short"
+        );
+        // Nor can the header be made to say the range ends sooner.
+        let edited = lines[0].replace("\"last\":8,", "\"last\":5,");
+        assert_ne!(edited, lines[0]);
+        let mut forged = vec![edited];
+        forged.extend_from_slice(&lines[1..8]);
+        std::fs::write(&out, forged.join("\n") + "\n").unwrap();
+        let (line, _, why) = tampered(verify_export(&out, &f.cert));
+        assert_eq!(line, 1);
+        assert!(
+            why.starts_with("export header has a bad signature"),
+            "{why}"
+        );
+        // Nor its dates.
+        let edited = lines[0].replace("2025-03-01T00:07:00.000Z", "2025-03-01T00:04:00.000Z");
+        assert_ne!(edited, lines[0]);
+        let mut forged = vec![edited];
+        forged.extend_from_slice(&lines[1..]);
+        std::fs::write(&out, forged.join("\n") + "\n").unwrap();
+        let (line, _, why) = tampered(verify_export(&out, &f.cert));
+        assert_eq!(line, 1);
+        assert!(
+            why.starts_with("export header has a bad signature"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn unsigned_version_1_export_is_refused_asking_for_a_new_one() {
+        let f = Fixture::new("export-v1");
+        minutes_log(&f);
+        let (_, out) = export_to_file(&f, "2025-03-01", "2025-03-01T00:07:00Z");
+        let mut lines = lines_of(&out);
+        let header: ExportLine = serde_json::from_str(&lines[0]).unwrap();
+        let v1 = ExportHeader {
+            v: 1,
+            last: None,
+            last_head: None,
+            signer: None,
+            cert: None,
+            signature: None,
+            ..header.export
+        };
+        lines[0] = serde_json::to_string(&ExportLine { export: v1 }).unwrap();
+        std::fs::write(&out, lines.join("\n") + "\n").unwrap();
+        let (line, _, why) = tampered(verify_export(&out, &f.cert));
+        assert_eq!(line, 1);
+        assert!(
+            why.starts_with("export in format version 1, whose header is not signed")
+                && why.contains("lgsp audit export --key --cert"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn plan_counts_what_an_export_would_hold_without_a_key() {
+        let f = Fixture::new("export-plan");
+        minutes_log(&f);
+        let planned = plan_export(&f.path(), &TimeRange::default()).unwrap();
+        assert_eq!((planned.entries, planned.seals), (8, 3));
+        let (written, _) = export_to_file(&f, "2000-01-01", "2100-01-01");
+        assert_eq!(written, planned);
     }
 
     #[test]
@@ -394,7 +579,7 @@ mod tests {
 
         let mut out = Vec::new();
         assert_eq!(
-            export(&f.path(), &TimeRange::default(), &mut out).unwrap(),
+            export(&f.path(), &TimeRange::default(), &f.signer(), &mut out).unwrap(),
             1
         );
         let out = String::from_utf8(out).unwrap();
@@ -416,7 +601,7 @@ mod tests {
         let run = |from: Option<&str>, to: Option<&str>| {
             let mut out = Vec::new();
             let range = TimeRange::parse(from, to).unwrap();
-            export(&f.path(), &range, &mut out).unwrap();
+            export(&f.path(), &range, &f.signer(), &mut out).unwrap();
             String::from_utf8(out)
                 .unwrap()
                 .lines()
@@ -446,11 +631,12 @@ mod tests {
         file.extend_from_slice(b"{\"seq\":11,\"ti");
         std::fs::write(f.path(), file).unwrap();
         let mut out = Vec::new();
-        let summary = export_summary(&f.path(), &TimeRange::default(), &mut out).unwrap();
+        let summary =
+            export_summary(&f.path(), &TimeRange::default(), &f.signer(), &mut out).unwrap();
         assert_eq!((summary.entries, summary.seals), (10, 2));
         let out = String::from_utf8(out).unwrap();
         let (header, rest) = out.split_once('\n').unwrap();
-        assert!(header.starts_with("{\"export\":{\"v\":1,\"from\":null,\"to\":null,\"first\":1,"));
+        assert!(header.starts_with("{\"export\":{\"v\":2,\"from\":null,\"to\":null,\"first\":1,"));
         assert_eq!(rest, whole);
     }
 
@@ -461,7 +647,13 @@ mod tests {
         let (l2, _) = encode_entry(2, "hôm qua", &exchange(2), &h1);
         std::fs::create_dir_all(f.dir()).unwrap();
         std::fs::write(f.path(), [l1, l2].concat()).unwrap();
-        let error = export(&f.path(), &TimeRange::default(), &mut Vec::new()).unwrap_err();
+        let error = export(
+            &f.path(),
+            &TimeRange::default(),
+            &f.signer(),
+            &mut Vec::new(),
+        )
+        .unwrap_err();
         assert_eq!(
             error.to_string(),
             "line 2 (entry 2): malformed time \"hôm qua\""

@@ -175,25 +175,63 @@ pub(crate) struct SealLine {
 pub(crate) const SEAL_PREFIX: &[u8] = b"{\"seal\":";
 
 /// How an export begins: the line `{"export":{…}}` before its entries.
+///
+/// In version 2 the node's key signs the header ([`ExportHeader::message`]):
+/// the range asked for, the first and last entries of the range (numbers, and
+/// the chain heads before the first and at the last), the signer and its
+/// certificate. An export cut short (its end removed, seals and all) no longer
+/// reaches the last entry its header names, and fails on its own.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExportHeader {
-    /// The export format, [`EXPORT_VERSION`].
+    /// The export format: [`EXPORT_VERSION`] for the exports lgsp writes.
     pub v: u32,
     /// The start of the range asked for (RFC 3339 UTC), `None` for the log's beginning.
-    /// Not signed: what the export proves is its entries, not the question asked.
     pub from: Option<String>,
-    /// The end of the range asked for, `None` for the log's end. Not signed.
+    /// The end of the range asked for, `None` for the log's end.
     pub to: Option<String>,
     /// The first exported entry's sequence number.
     pub first: u64,
     /// The chain head before it: the hash of entry `first - 1` ([`GENESIS`] when
     /// `first` is 1). The exported entries chain on from it to a seal.
     pub prev: String,
+    /// The range's last exported entry: the export holds every entry up to it
+    /// (and on to the seal that covers it). `None` in version 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<u64>,
+    /// The hash of entry `last`. `None` in version 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_head: Option<String>,
+    /// The SPIFFE ID of the node whose key signed the header. `None` in version 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
+    /// SHA-256 (lower-case hex) of the signing certificate's DER. `None` in version 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
+    /// ECDSA P-256 SHA-256, fixed-width `r‖s`, lower-case hex, over
+    /// [`ExportHeader::message`]. `None` in version 1, whose header is not signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
-/// The export format `export` writes.
-pub const EXPORT_VERSION: u32 = 1;
+/// What an export header's signature covers, before the header's fields.
+const EXPORT_CONTEXT_V2: &str = "lgsp-sharing-log-export/v2\n";
+
+impl ExportHeader {
+    /// The bytes the signature covers: `"lgsp-sharing-log-export/v2\n"` then the
+    /// header's JSON object without `signature`, compact, in field order.
+    pub fn message(&self) -> Vec<u8> {
+        let mut unsigned = self.clone();
+        unsigned.signature = None;
+        let mut message = EXPORT_CONTEXT_V2.as_bytes().to_vec();
+        serde_json::to_writer(&mut message, &unsigned)
+            .expect("a header of strings and integers always serializes");
+        message
+    }
+}
+
+/// The export format `export` writes: version 2, whose header is signed.
+pub const EXPORT_VERSION: u32 = 2;
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

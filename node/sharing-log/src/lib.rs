@@ -31,16 +31,21 @@
 //! those are where the log was cut (seals included) or appended to. A running node's
 //! log may end in at most a few seconds of unsealed entries ([`LogState::Live`]). What
 //! the file alone cannot show is its end cut off right after a seal: the rest is whole.
-//! Only a copy kept elsewhere (an export, or an anchor outside the node) can show that.
+//! An **anchor** ([`Anchor`], [`verify_anchored`]) shows it: the node publishes its
+//! newest seal outside itself (to the registry), and the log must reach that entry
+//! with that chain head.
 //!
 //! An **export** ([`export`], [`verify_export`]) is the entries of a time range with the
-//! seals that cover them and the chain head before them: it verifies on its own.
+//! seals that cover them and the chain head before them, under a header the node's key
+//! signs (the range, its first and last entries): it verifies on its own, and an export
+//! cut short fails.
 //!
 //! One module per job: `format` (the lines and their hashes), `writer` (appending,
-//! sealing, recovery after a crash), `verify`, `export`, `timestamp` (the times in
-//! lines and export bounds), `lines` (reading a log forwards) and `certificate` (the
-//! keys seals are checked against).
+//! sealing, recovery after a crash), `verify`, `export`, `anchor`, `timestamp` (the
+//! times in lines and export bounds), `lines` (reading a log forwards) and
+//! `certificate` (the keys seals are checked against).
 
+mod anchor;
 mod certificate;
 mod error;
 mod export;
@@ -53,8 +58,11 @@ mod writer;
 #[cfg(test)]
 mod test_support;
 
+pub use anchor::Anchor;
 pub use error::{AuditError, Stale};
-pub use export::{ExportSummary, TimeRange, export, export_summary};
+pub use export::{ExportSummary, TimeRange, export, export_summary, plan_export};
 pub use format::{EXPORT_VERSION, Entry, Exchange, ExportHeader, GENESIS, SEAL_VERSION, Seal};
-pub use verify::{LIVE_WINDOW, LogState, VerifyReport, verify, verify_export, verify_with};
+pub use verify::{
+    LIVE_WINDOW, LogState, VerifyReport, verify, verify_anchored, verify_export, verify_with,
+};
 pub use writer::{LOG_FILE, SEAL_INTERVAL, SharingLog, Signer};

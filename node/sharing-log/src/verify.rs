@@ -3,11 +3,12 @@
 //! cover every entry (all of them in a closed log; a live log may have a few seconds of
 //! entries not sealed yet).
 
+use crate::anchor::Anchor;
 use crate::certificate::{certificates, public_key_point};
 use crate::error::{AuditError, Stale};
 use crate::format::{
-    EXPORT_PREFIX, ExportHeader, GENESIS, SEAL_PREFIX, SEAL_VERSION, Seal, decode_entry,
-    decode_export_header, decode_seal,
+    EXPORT_PREFIX, EXPORT_VERSION, ExportHeader, GENESIS, SEAL_PREFIX, SEAL_VERSION, Seal,
+    decode_entry, decode_export_header, decode_seal,
 };
 use crate::lines::{Line, open_lines};
 use crate::timestamp::parse_time;
@@ -68,6 +69,11 @@ pub struct VerifyReport {
     /// The file ends in a line without its newline: one being written, or left by a crash.
     /// It is not checked.
     pub partial_last_line: bool,
+    /// The anchor checked against, described ([`Anchor`]'s display), when one was given.
+    pub anchor: Option<String>,
+    /// The anchored entry, when the file holds it and its hash is the anchored head.
+    /// `None` with an anchor only for an export that does not hold that entry.
+    pub anchored: Option<u64>,
 }
 
 impl fmt::Display for VerifyReport {
@@ -128,6 +134,13 @@ impl fmt::Display for VerifyReport {
                 group(self.v1_seals),
                 plural(self.v1_seals, "seal is", "seals are"),
             )?;
+        }
+        match (&self.anchor, self.anchored) {
+            (Some(anchor), Some(_)) => write!(f, "; reaches {anchor}")?,
+            (Some(anchor), None) => {
+                write!(f, "; {anchor} lies outside the export and was not checked")?
+            }
+            (None, _) => {}
         }
         if self.partial_last_line {
             write!(
@@ -193,6 +206,46 @@ fn seal_keys(cert_pem: &str) -> Result<Vec<SealKey>, AuditError> {
     Ok(keys)
 }
 
+/// Why a version 2 signature (of a seal or an export header) does not verify
+/// with `keys`: the certificate it names is not among them, the signature is
+/// not hex or not that key's over `message`, or the signer it names is not that
+/// certificate's. `what` names the signed thing in the message.
+fn check_v2_signature(
+    keys: &[SealKey],
+    what: &str,
+    message: &[u8],
+    cert: Option<&str>,
+    signer: Option<&str>,
+    signature: Option<&str>,
+) -> Result<(), String> {
+    let named = cert.unwrap_or_default();
+    let Some(key) = keys.iter().find(|key| key.sha256 == named) else {
+        return Err(format!(
+            "{what} has a bad signature: it names certificate sha256 {named}, which is none of the given certificates"
+        ));
+    };
+    let Ok(signature) = hex::decode(signature.unwrap_or_default()) else {
+        return Err(format!("{what} has a bad signature (not hex)"));
+    };
+    if UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &key.point)
+        .verify(message, &signature)
+        .is_err()
+    {
+        return Err(format!(
+            "{what} has a bad signature (its fields were changed after signing, or it was not made by the key of certificate {named})"
+        ));
+    }
+    let signer = signer.unwrap_or_default();
+    if let Some(id) = &key.spiffe_id
+        && id != signer
+    {
+        return Err(format!(
+            "{what} names signer {signer} but its certificate is {id}'s"
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a whole log as [`verify_with`] does, as a closed log: every entry must be
 /// sealed.
 pub fn verify(path: &Path, cert_pem: &str) -> Result<VerifyReport, AuditError> {
@@ -225,6 +278,43 @@ pub fn verify_with(
     Checker::new(cert_pem, state, false)?.run(path)
 }
 
+/// Checks a log as [`verify_with`] does, and against `anchor`, a seal of the
+/// log kept outside the node: the anchor's own signature must verify with a
+/// certificate in `cert_pem`, and the log must reach the anchored entry with
+/// the anchored chain head. What the file alone cannot show, a log cut at its
+/// end together with its last seals, fails here.
+///
+/// Fails as [`verify_with`] does, and with [`AuditError::BadAnchor`] when the
+/// anchor's seal does not verify, [`AuditError::BehindAnchor`] when the log
+/// ends before the anchored entry, and [`AuditError::Tampered`] naming the
+/// anchored entry when its hash is another. For an export, the anchored entry
+/// is checked when the export holds it.
+pub fn verify_anchored(
+    path: &Path,
+    cert_pem: &str,
+    state: LogState,
+    anchor: &Anchor,
+) -> Result<VerifyReport, AuditError> {
+    let mut checker = Checker::new(cert_pem, state, false)?;
+    if anchor.seal.v != Some(SEAL_VERSION) {
+        return Err(AuditError::BadAnchor(format!(
+            "its seal is not in format version {SEAL_VERSION}, the only one anchors carry"
+        )));
+    }
+    check_v2_signature(
+        &checker.keys,
+        &format!("the seal of entry {}", anchor.seal.seq),
+        &anchor.seal.message(),
+        anchor.seal.cert.as_deref(),
+        Some(&anchor.seal.signer),
+        Some(&anchor.seal.signature),
+    )
+    .map_err(AuditError::BadAnchor)?;
+    checker.report.anchor = Some(anchor.to_string());
+    checker.anchor = Some(anchor.clone());
+    checker.run(path)
+}
+
 /// Checks an export written by [`export`](fn@crate::export) on its own, as
 /// [`verify_with`] does, and fails with [`AuditError::Tampered`] when the file does not
 /// start with an export header.
@@ -246,6 +336,10 @@ struct Checker {
     seen_v2: bool,
     /// The oldest and newest times of the entries after the last seal.
     unsealed_times: Option<(Option<i64>, Option<i64>)>,
+    /// The seal kept outside the node that the log must reach.
+    anchor: Option<Anchor>,
+    /// For an export, the range's last entry and its hash, as the signed header says.
+    export_last: Option<(u64, String)>,
 }
 
 impl Checker {
@@ -260,6 +354,8 @@ impl Checker {
             start_seq: 0,
             seen_v2: false,
             unsealed_times: None,
+            anchor: None,
+            export_last: None,
         })
     }
 
@@ -304,6 +400,43 @@ impl Checker {
                 format!("export header starts at entry 1, whose prev must be {GENESIS}"),
             ));
         }
+        if header.v != EXPORT_VERSION {
+            return Err(tampered(
+                1,
+                None,
+                format!(
+                    "export in format version {}, whose header is not signed: a copy cut short could not be told from a whole one; export the range again with this lgsp (`lgsp audit export --key --cert`)",
+                    header.v
+                ),
+            ));
+        }
+        let (Some(last), Some(last_head)) = (header.last, header.last_head.clone()) else {
+            return Err(tampered(
+                1,
+                None,
+                "export header names no last entry and head".into(),
+            ));
+        };
+        if last < header.first {
+            return Err(tampered(
+                1,
+                None,
+                format!(
+                    "export header's last entry {last} comes before its first, {}",
+                    header.first
+                ),
+            ));
+        }
+        check_v2_signature(
+            &self.keys,
+            "export header",
+            &header.message(),
+            header.cert.as_deref(),
+            header.signer.as_deref(),
+            header.signature.as_deref(),
+        )
+        .map_err(|why| tampered(1, None, why))?;
+        self.export_last = Some((last, last_head));
         // An export is a copy: nothing more will be written to it.
         self.state = LogState::Closed;
         self.last_seq = header.first - 1;
@@ -354,27 +487,15 @@ impl Checker {
                 self.report.v1_seals += 1;
             }
             Some(SEAL_VERSION) => {
-                let named = seal.cert.as_deref().unwrap_or_default();
-                let Some(key) = self.keys.iter().find(|key| key.sha256 == named) else {
-                    return bad(format!(
-                        "seal of entry {} has a bad signature: it names certificate sha256 {named}, which is none of the given certificates",
-                        seal.seq
-                    ));
-                };
-                if !key.verifies(&seal, &signature) {
-                    return bad(format!(
-                        "seal of entry {} has a bad signature (its fields were changed after signing, or it was not made by the key of certificate {named})",
-                        seal.seq
-                    ));
-                }
-                if let Some(id) = &key.spiffe_id
-                    && *id != seal.signer
-                {
-                    return bad(format!(
-                        "seal of entry {} names signer {} but its certificate is {id}'s",
-                        seal.seq, seal.signer
-                    ));
-                }
+                check_v2_signature(
+                    &self.keys,
+                    &format!("seal of entry {}", seal.seq),
+                    &seal.message(),
+                    seal.cert.as_deref(),
+                    Some(&seal.signer),
+                    Some(&seal.signature),
+                )
+                .or_else(bad)?;
                 self.seen_v2 = true;
             }
             Some(v) => {
@@ -423,6 +544,26 @@ impl Checker {
             *oldest = (*oldest).min(time);
             *newest = (*newest).max(time);
         }
+        if let Some(anchor) = &self.anchor
+            && anchor.seal.seq == entry.seq
+        {
+            if anchor.seal.head != entry.hash {
+                return bad(format!(
+                    "entry {}'s hash is not the chain head of {anchor}: the log was rewritten from this entry or before",
+                    entry.seq
+                ));
+            }
+            self.report.anchored = Some(entry.seq);
+        }
+        if let Some((last, head)) = &self.export_last
+            && *last == entry.seq
+            && *head != entry.hash
+        {
+            return bad(format!(
+                "entry {}'s hash is not the one the export's signed header names for the range's last entry",
+                entry.seq
+            ));
+        }
         self.last_seq = entry.seq;
         self.head = entry.hash;
         self.report.entries += 1;
@@ -430,6 +571,24 @@ impl Checker {
     }
 
     fn finish(mut self) -> Result<VerifyReport, AuditError> {
+        if let Some((last, _)) = self.export_last
+            && self.last_seq < last
+        {
+            return Err(AuditError::ShortExport {
+                last,
+                reached: self.last_seq,
+            });
+        }
+        if let Some(anchor) = &self.anchor
+            && self.report.export.is_none()
+            && self.last_seq < anchor.seal.seq
+        {
+            return Err(AuditError::BehindAnchor {
+                last: self.last_seq,
+                anchored: anchor.seal.seq,
+                anchor: anchor.to_string(),
+            });
+        }
         let first_unsealed = self.report.last_sealed.unwrap_or(self.start_seq) + 1;
         if self.last_seq < first_unsealed {
             return Ok(self.report);
@@ -677,8 +836,8 @@ mod tests {
 
     #[test]
     fn log_cut_after_a_seal_verifies_which_only_an_anchor_can_catch() {
-        // Documented limit: the end cut off together with its seal leaves a log that
-        // is whole as far as the file can tell.
+        // The end cut off together with its seal leaves a log that is whole as far
+        // as the file can tell: `verify_anchored` catches it (see `anchor.rs`).
         let f = Fixture::new("cut");
         sealed_log(&f);
         let mut lines = f.lines();
@@ -769,6 +928,8 @@ mod tests {
                 last_sealed: Some(13),
                 unsealed: 0,
                 partial_last_line: false,
+                anchor: None,
+                anchored: None,
             }
         );
         assert_eq!(

@@ -5,8 +5,8 @@
 use crate::certificate::{first_certificate, public_key_point};
 use crate::error::{AuditError, io_err};
 use crate::format::{
-    Exchange, ExchangeFields, GENESIS, SEAL_PREFIX, SEAL_VERSION, Seal, SealLine, decode_entry,
-    decode_seal, encode_with_fields,
+    Exchange, ExchangeFields, ExportHeader, GENESIS, SEAL_PREFIX, SEAL_VERSION, Seal, SealLine,
+    decode_entry, decode_seal, encode_with_fields,
 };
 use crate::timestamp::now_rfc3339;
 use lgsp_certs::inspect::{CertInfo, pem_blocks};
@@ -98,6 +98,20 @@ impl Signer {
         Ok(seal)
     }
 
+    /// Names this node and its certificate in an export header and signs it
+    /// (version 2): sets `signer`, `cert` and `signature`.
+    pub(crate) fn sign_export(&self, header: &mut ExportHeader) -> Result<(), AuditError> {
+        header.signer = Some(self.spiffe_id.clone());
+        header.cert = Some(self.cert_sha256.clone());
+        header.signature = None;
+        let signature = self
+            .key
+            .sign(&self.rng, &header.message())
+            .map_err(|_| AuditError::Key("ECDSA signing failed".into()))?;
+        header.signature = Some(hex::encode(signature.as_ref()));
+        Ok(())
+    }
+
     /// Sets `seal.signature` to this key's signature over [`Seal::message`].
     pub(crate) fn sign(&self, seal: &mut Seal) -> Result<(), AuditError> {
         let signature = self
@@ -116,6 +130,9 @@ struct Writer {
     head: String,
     /// The last sealed entry; 0 when none is known to be.
     sealed: u64,
+    /// The last seal written, or read back when the log was opened: what the
+    /// node anchors outside itself.
+    last_seal: Option<Seal>,
     /// Why writing stopped: after a failed write the file's end is unknown, and another
     /// line would be glued to a torn one.
     stopped: Option<String>,
@@ -166,6 +183,7 @@ impl SharingLog {
                 next_seq: tail.next_seq,
                 head: tail.head,
                 sealed: tail.sealed,
+                last_seal: tail.last_seal,
                 stopped: None,
             }),
             path,
@@ -221,11 +239,12 @@ impl SharingLog {
             let last = writer.next_seq - 1;
             let sealed = if last > writer.sealed {
                 let seal = self.signer.seal(last, &writer.head)?;
-                let mut line = serde_json::to_vec(&SealLine { seal })
+                let mut line = serde_json::to_vec(&SealLine { seal: seal.clone() })
                     .expect("a seal of strings and integers always serializes");
                 line.push(b'\n');
                 self.write(&mut writer, &line)?;
                 writer.sealed = last;
+                writer.last_seal = Some(seal);
                 Some(last)
             } else {
                 None
@@ -244,6 +263,16 @@ impl SharingLog {
             return Err(io_err(&self.path)(e));
         }
         Ok(sealed)
+    }
+
+    /// The newest seal in the file: the last one written, or the one the file
+    /// ended with when it was opened; `None` before the first. A seal is
+    /// returned only once the file holds it (after its write), though it may
+    /// not be synced yet: call [`seal`](Self::seal) first to anchor what is
+    /// on disk.
+    pub fn last_seal(&self) -> Option<Seal> {
+        let writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        writer.last_seal.clone()
     }
 
     /// Seals every `every` (at most [`SEAL_INTERVAL`], so at least once a second) until
@@ -301,6 +330,7 @@ struct Tail {
     next_seq: u64,
     head: String,
     sealed: u64,
+    last_seal: Option<Seal>,
 }
 
 /// Finds the chain head from the file's last line, cutting off a torn final line.
@@ -309,6 +339,7 @@ fn recover(file: &mut File, path: &Path) -> Result<Tail, AuditError> {
         next_seq: 1,
         head: GENESIS.to_owned(),
         sealed: 0,
+        last_seal: None,
     };
     let len = file.metadata().map_err(io_err(path))?.len();
     let complete = rfind_newline(file, len)
@@ -343,8 +374,9 @@ fn recover(file: &mut File, path: &Path) -> Result<Tail, AuditError> {
         let seal = decode_seal(&line, 0).map_err(bad_tail)?;
         Ok(Tail {
             next_seq: seal.seq + 1,
-            head: seal.head,
+            head: seal.head.clone(),
             sealed: seal.seq,
+            last_seal: Some(seal),
         })
     } else {
         let entry = decode_entry(&line, 0).map_err(bad_tail)?;
@@ -352,6 +384,7 @@ fn recover(file: &mut File, path: &Path) -> Result<Tail, AuditError> {
             next_seq: entry.seq + 1,
             head: entry.hash,
             sealed: 0,
+            last_seal: None,
         })
     }
 }

@@ -1,12 +1,18 @@
 //! `lgsp audit`: checking and shipping a node's sharing log (nhật ký chia sẻ dữ liệu,
 //! D47 Art. 45). Both work on the file alone, while the node runs or after it stopped;
-//! an export carries the seals that prove it, so it verifies on its own too.
+//! an export carries the seals that prove it, so it verifies on its own too. `lgsp
+//! audit anchor` reads the seal each node anchors in the registry, which `verify
+//! --anchor` holds the log to: a log cut at its end, seals and all, fails there.
 
 use super::UsageError;
 use anyhow::{Context, Result};
 use clap::Subcommand;
+use lgsp_proto::RecordKind;
+use lgsp_proto::catalog_record::Value;
 use lgsp_registry::calendar::WorkCalendar;
-use lgsp_sharing_log::{self as sharing_log, AuditError, LIVE_WINDOW, LogState, TimeRange};
+use lgsp_sharing_log::{
+    self as sharing_log, Anchor, AuditError, LIVE_WINDOW, LogState, Signer, TimeRange,
+};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -17,10 +23,12 @@ pub(super) enum AuditCommand {
     /// all its fields, and that a seal covers the last entry. Prints a summary;
     /// fails naming the first line (and entry) that was changed, removed or
     /// moved, a log with no seal, or the entries after the last seal. A log
-    /// cut off together with its last seals cannot be told from the file alone.
+    /// cut off together with its last seals cannot be told from the file alone:
+    /// give --anchor, the seal the node published to the registry (`lgsp audit
+    /// anchor show --out`), and the log must reach it.
     ///
     /// Example: lgsp audit verify --log /var/lib/lgsp/sharing-log.jsonl --cert
-    /// /etc/lgsp/tls/cert.pem
+    /// /etc/lgsp/tls/cert.pem --anchor anchor.json
     Verify {
         /// The sharing log, sharing-log.jsonl in the node's data directory, or
         /// a file written by `lgsp audit export`.
@@ -36,21 +44,36 @@ pub(super) enum AuditCommand {
         /// was renewed: a seal made by any of them is accepted.
         #[arg(long, value_name = "FILE", required = true)]
         cert: Vec<PathBuf>,
+        /// An anchor file written by `lgsp audit anchor show --out`: the
+        /// node's newest seal as the registry holds it. The log must reach
+        /// that entry with that chain head, or it was cut or rewritten; the
+        /// anchor's own signature is checked with --cert.
+        #[arg(long, value_name = "FILE")]
+        anchor: Option<PathBuf>,
     },
     /// Write the log's entries within a time range as JSON Lines, with what
     /// proves them, so that `lgsp audit verify --log EXPORT --cert CERT` checks
     /// the export on its own: a header line naming the chain head before the
     /// first entry, then the log's lines (entries and seals) byte for byte up to
-    /// the seal after the range's last entry. Entries of the range not sealed
-    /// yet are left out and counted. Does not verify the log; run `lgsp audit
-    /// verify` for that.
+    /// the seal after the range's last entry. The header (the range, its
+    /// first and last entries) is signed with the node's key, so an export
+    /// cut short fails too. Entries of the range not sealed yet are left out
+    /// and counted. Does not verify the log; run `lgsp audit verify` for that.
     ///
-    /// Example: lgsp audit export --log /var/lib/lgsp/sharing-log.jsonl --from 2026-11-01 --to
+    /// Example: lgsp audit export --log /var/lib/lgsp/sharing-log.jsonl --key
+    /// /etc/lgsp/tls/key.pem --cert /etc/lgsp/tls/cert.pem --from 2026-11-01 --to
     /// 2026-11-30 --out thang-11.jsonl
     Export {
         /// The sharing log, sharing-log.jsonl in the node's data directory.
         #[arg(long, value_name = "FILE")]
         log: PathBuf,
+        /// The node's private key (PEM), which signs the export's header.
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// The node's certificate (PEM), named in the export's header; the
+        /// one `lgsp audit verify --cert` checks the export with.
+        #[arg(long, value_name = "FILE")]
+        cert: PathBuf,
         /// The first time to include, on the province's clocks: a date
         /// (2026-11-01, from 00:00), "2026-11-01 08:00", or RFC 3339 with its
         /// own offset (2026-11-01T08:00:00+07:00). Default: the beginning of
@@ -68,25 +91,167 @@ pub(super) enum AuditCommand {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
+    /// The seal each node anchors in the registry (mốc nhật ký): show it,
+    /// save it for `lgsp audit verify --anchor`, or remove it.
+    #[command(subcommand)]
+    Anchor(AnchorCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum AnchorCommand {
+    /// Show the newest seal node AGENCY/NAME published to the registry (every
+    /// minute, and when it stops), and with --out save it as an anchor file
+    /// for `lgsp audit verify --anchor`. Read with a linearizable read: the
+    /// registry's latest. Any certificate of the province may read it.
+    ///
+    /// Example: lgsp audit anchor show --node 000.00.12.H62/node-1 --out anchor.json
+    Show {
+        #[command(flatten)]
+        registry: super::RegistryArgs,
+        /// The node, <agency-code>/<node-name>, e.g. 000.00.12.H62/node-1.
+        #[arg(long, value_name = "AGENCY/NAME")]
+        node: String,
+        /// Write the anchor to this file (overwritten if it exists).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Remove node AGENCY/NAME's anchor (provincial admin only), so that it
+    /// may anchor a new log: needed only when a node's sharing log was
+    /// replaced on purpose (a new data directory), since the registry refuses
+    /// an anchor that goes back. Save the old one first (`show --out`): it is
+    /// the evidence of the old log.
+    ///
+    /// Example: lgsp audit anchor remove --node 000.00.12.H62/node-1
+    Remove {
+        #[command(flatten)]
+        registry: super::RegistryArgs,
+        /// The node, <agency-code>/<node-name>.
+        #[arg(long, value_name = "AGENCY/NAME")]
+        node: String,
+    },
 }
 
 pub(super) fn run(cmd: AuditCommand) -> Result<()> {
     match cmd {
-        AuditCommand::Verify { log, live, cert } => verify(&log, live, &cert),
+        AuditCommand::Verify {
+            log,
+            live,
+            cert,
+            anchor,
+        } => verify(&log, live, &cert, anchor.as_deref()),
         AuditCommand::Export {
             log,
+            key,
+            cert,
             from,
             to,
             zone,
             out,
         } => {
             let range = time_range(&zone.calendar()?, from.as_deref(), to.as_deref())?;
-            export(&log, &range, out.as_deref())
+            let signer = export_signer(&key, &cert)?;
+            export(&log, &range, &signer, out.as_deref())
+        }
+        AuditCommand::Anchor(AnchorCommand::Show {
+            registry,
+            node,
+            out,
+        }) => {
+            let key = node_key(&node)?;
+            super::runtime()?.block_on(show_anchor(&registry, &key, out.as_deref()))
+        }
+        AuditCommand::Anchor(AnchorCommand::Remove { registry, node }) => {
+            let key = node_key(&node)?;
+            super::runtime()?.block_on(async {
+                let response = registry
+                    .client()?
+                    .delete(RecordKind::AuditAnchor, &key, 0)
+                    .await
+                    .with_context(|| format!("cannot remove the anchor of node {key}"))?;
+                println!(
+                    "removed the sharing-log anchor of node {key} (revision {}); it anchors its log anew at its next interval",
+                    response.revision
+                );
+                Ok(())
+            })
         }
     }
 }
 
-fn verify(log: &Path, live: bool, certs: &[PathBuf]) -> Result<()> {
+/// A node key as typed, checked: `<agency-code>/<node-name>`.
+fn node_key(node: &str) -> Result<String> {
+    let key: lgsp_registry::NodeKey = node.parse().map_err(|e| {
+        UsageError(format!(
+            "--node {node:?} is not <agency-code>/<node-name> (e.g. 000.00.12.H62/node-1): {e}"
+        ))
+    })?;
+    Ok(lgsp_registry::NodeKey::format(
+        key.agency().as_str(),
+        key.name(),
+    ))
+}
+
+async fn show_anchor(registry: &super::RegistryArgs, key: &str, out: Option<&Path>) -> Result<()> {
+    let response = registry
+        .client()?
+        .get(RecordKind::AuditAnchor, key, false)
+        .await;
+    let record = match response {
+        Ok(r) => r.record.unwrap_or_default(),
+        Err(status) if status.code() == tonic::Code::NotFound => {
+            return Err(anyhow::anyhow!(
+                "node {key} has anchored no sharing log in the registry yet: a node publishes its newest seal every [audit] anchor_interval_s (60 s by default) and when it stops; check that the node runs and reaches the registry"
+            ));
+        }
+        Err(status) => {
+            return Err(
+                anyhow::Error::new(status).context(format!("cannot read the anchor of node {key}"))
+            );
+        }
+    };
+    let meta = record.meta.unwrap_or_default();
+    let Some(Value::AuditAnchor(a)) = record.value else {
+        anyhow::bail!("the registry's record {key} is not an anchor");
+    };
+    let anchor = Anchor {
+        node: key.to_owned(),
+        source: format!("registry revision {}", meta.mod_revision),
+        seal: lgsp_node::audit_anchor::seal_of(&a),
+    };
+    println!(
+        "sharing-log anchor of node {key} (registry revision {}):",
+        meta.mod_revision
+    );
+    println!("  entry {}, chain head {}", a.seq, a.head);
+    println!("  sealed {} by {}", a.seal_time, a.signer);
+    println!("  certificate sha256 {}", a.cert_sha256);
+    if let Some(path) = out {
+        std::fs::write(path, anchor.to_line())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        println!(
+            "written to {}: check the log with `lgsp audit verify --log FILE --cert CERT --anchor {}`",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+fn export_signer(key: &Path, cert: &Path) -> Result<Signer> {
+    let read = |path: &Path, what: &str| {
+        std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the node's {what} {}", path.display()))
+    };
+    Signer::from_pem(&read(key, "key")?, &read(cert, "certificate")?).with_context(|| {
+        format!(
+            "cannot sign the export with {} and {}: give the node's own key and certificate",
+            key.display(),
+            cert.display()
+        )
+    })
+}
+
+fn verify(log: &Path, live: bool, certs: &[PathBuf], anchor: Option<&Path>) -> Result<()> {
     let mut pem = String::new();
     for path in certs {
         let text = std::fs::read_to_string(path)
@@ -99,7 +264,14 @@ fn verify(log: &Path, live: bool, certs: &[PathBuf]) -> Result<()> {
     } else {
         LogState::Closed
     };
-    match sharing_log::verify_with(log, &pem, state) {
+    let result = match anchor {
+        Some(path) => {
+            let anchor = Anchor::read(path)?;
+            sharing_log::verify_anchored(log, &pem, state, &anchor)
+        }
+        None => sharing_log::verify_with(log, &pem, state),
+    };
+    match result {
         Ok(report) => {
             println!("{report}");
             Ok(())
@@ -107,6 +279,10 @@ fn verify(log: &Path, live: bool, certs: &[PathBuf]) -> Result<()> {
         Err(error @ AuditError::Tampered { .. }) => Err(anyhow::Error::new(error).context(
             format!("sharing log {} has been tampered with", log.display()),
         )),
+        Err(error @ (AuditError::BehindAnchor { .. } | AuditError::ShortExport { .. })) => {
+            Err(anyhow::Error::new(error).context(format!("sharing log {} was cut", log.display())))
+        }
+        Err(error @ AuditError::BadAnchor(_)) => Err(anyhow::Error::new(error)),
         Err(error @ (AuditError::NoSeal { .. } | AuditError::Unsealed { .. })) => {
             let hint = if live {
                 String::new()
@@ -159,13 +335,13 @@ fn time_range(cal: &WorkCalendar, from: Option<&str>, to: Option<&str>) -> Resul
     Ok(range)
 }
 
-fn export(log: &Path, range: &TimeRange, out: Option<&Path>) -> Result<()> {
+fn export(log: &Path, range: &TimeRange, signer: &Signer, out: Option<&Path>) -> Result<()> {
     let result = match out {
         Some(path) => {
             let file = std::fs::File::create(path)
                 .with_context(|| format!("cannot create {}", path.display()))?;
             let mut writer = std::io::BufWriter::new(file);
-            let count = sharing_log::export_summary(log, range, &mut writer);
+            let count = sharing_log::export_summary(log, range, signer, &mut writer);
             writer
                 .flush()
                 .with_context(|| format!("cannot write {}", path.display()))?;
@@ -173,7 +349,7 @@ fn export(log: &Path, range: &TimeRange, out: Option<&Path>) -> Result<()> {
         }
         None => {
             let mut writer = std::io::BufWriter::new(std::io::stdout().lock());
-            let count = sharing_log::export_summary(log, range, &mut writer);
+            let count = sharing_log::export_summary(log, range, signer, &mut writer);
             writer.flush().context("cannot write to standard output")?;
             count
         }
