@@ -39,6 +39,9 @@ const COMPACT_REVISION: &[u8] = b"s:compact_rev";
 const MEMBER_PREFIX: &[u8] = b"s:member:";
 const HISTORY_PREFIX: &[u8] = b"w:";
 const RECORD_PREFIX: &[u8] = b"c:";
+/// The bytes every record of the catalog takes, as stored (see
+/// [`catalog_bytes`]).
+const CATALOG_BYTES: &[u8] = b"s:catalog_bytes";
 
 /// The store prefix of every record of `kind`.
 pub(crate) fn record_prefix(kind: RecordKind) -> Vec<u8> {
@@ -727,6 +730,66 @@ pub const MAX_RECORDS_PER_AGENCY: usize = 1_000;
 /// Bytes of records of one kind an agency may hold (encoded values).
 pub const MAX_BYTES_PER_AGENCY: usize = 8 << 20;
 
+/// The most the catalog's records may take, in bytes, whoever writes them.
+/// A snapshot carries them all, with the idempotency keys (at most about
+/// 10 MiB) and the members, and a server accepts no snapshot larger than
+/// [`crate::transport::MAX_PEER_MESSAGE`] (256 MiB): this leaves room, so a
+/// catalog never outgrows what a snapshot can carry.
+pub const MAX_CATALOG_BYTES: u64 = 192 << 20;
+
+/// What every record of the catalog takes as stored: kept with each write
+/// (and each restore), counted once by a scan in a store from before the
+/// count. Every server reads and counts alike, so all decide alike.
+pub fn catalog_bytes(db: &impl KvRead) -> Result<u64, StoreError> {
+    if let Some(bytes) = read_u64(db, CATALOG_BYTES)? {
+        return Ok(bytes);
+    }
+    Ok(db
+        .read_prefix(RECORD_PREFIX)?
+        .iter()
+        .map(|(_, v)| v.len() as u64)
+        .sum())
+}
+
+/// Refuses a change that would take the whole catalog past `bound` bytes
+/// (a change that shrinks it always passes): a province of many agencies,
+/// each within its quota, or the provincial admin's own records, must not
+/// outgrow what a snapshot carries.
+fn refuse_past_catalog_bound(
+    db: &impl KvRead,
+    checked: &Checked,
+    bound: u64,
+) -> Result<(), CatalogError> {
+    let internal = |e: StoreError| CatalogError::Internal(e.to_string());
+    let mut grows = 0i64;
+    for write in &checked.writes {
+        let old = db
+            .read(&record_db_key(write.kind, &write.key))
+            .map_err(internal)?
+            .map_or(0, |v| v.len() as i64);
+        // The record as it will be stored, with room for its revisions.
+        let new = write.value.as_ref().map_or(0, |v| {
+            (v.encoded_len() + write.key.len() + RECORD_OVERHEAD) as i64
+        });
+        grows += new - old;
+    }
+    if grows <= 0 {
+        return Ok(());
+    }
+    let held = catalog_bytes(db).map_err(internal)?;
+    let after = held.saturating_add(grows as u64);
+    if after > bound {
+        return Err(CatalogError::FailedPrecondition(format!(
+            "the catalog would take {after} bytes, past the {bound} a registry snapshot can carry; remove records no longer needed (withdrawn services, terminated grants, decided requests) first"
+        )));
+    }
+    Ok(())
+}
+
+/// A stored record's bytes besides its value and key: its kind, its
+/// revisions and the fields' tags and lengths, at most.
+const RECORD_OVERHEAD: usize = 40;
+
 /// Refuses a put that would take `actor`'s agency past its quota of
 /// records or bytes of that kind: one node certificate must not be able to
 /// fill the catalog (every node keeps a copy, and a snapshot carries it
@@ -1010,6 +1073,16 @@ pub fn check(
     asker: &Asker<'_>,
     command: &Command,
 ) -> Result<Checked, CatalogError> {
+    let checked = check_command(db, asker, command)?;
+    refuse_past_catalog_bound(db, &checked, MAX_CATALOG_BYTES)?;
+    Ok(checked)
+}
+
+fn check_command(
+    db: &impl KvRead,
+    asker: &Asker<'_>,
+    command: &Command,
+) -> Result<Checked, CatalogError> {
     let (kind, key, value) = precheck(asker, command)?;
     let previous = get(db, kind, &key).map_err(|e| CatalogError::Internal(e.to_string()))?;
     let (value, derived, by_hub) = match value {
@@ -1119,6 +1192,7 @@ pub fn apply(
     checked: Checked,
 ) -> Result<(Option<CatalogRecord>, Vec<WatchEvent>), StoreError> {
     let mut rev = revision(batch)?;
+    let mut held = catalog_bytes(batch)?;
     let mut first = None;
     let mut events = Vec::with_capacity(checked.writes.len());
     for (
@@ -1147,11 +1221,18 @@ pub fn apply(
                     }),
                     value: Some(value),
                 };
-                batch.insert(record_db_key(kind, &key), record.encode_to_vec());
+                let db_key = record_db_key(kind, &key);
+                let stored = record.encode_to_vec();
+                let old = batch.read(&db_key)?.map_or(0, |v| v.len() as u64);
+                held = (held + stored.len() as u64).saturating_sub(old);
+                batch.insert(db_key, stored);
                 (Some(record.clone()), EventType::Put, record)
             }
             None => {
-                batch.remove(record_db_key(kind, &key));
+                let db_key = record_db_key(kind, &key);
+                let old = batch.read(&db_key)?.map_or(0, |v| v.len() as u64);
+                held = held.saturating_sub(old);
+                batch.remove(db_key);
                 let mut last = previous.unwrap_or_default();
                 last.meta.get_or_insert_with(Meta::default).mod_revision = rev;
                 (None, EventType::Delete, last)
@@ -1169,6 +1250,7 @@ pub fn apply(
         events.push(event);
     }
     batch.insert(REVISION, rev.to_be_bytes());
+    batch.insert(CATALOG_BYTES, held.to_be_bytes());
     Ok((first, events))
 }
 
@@ -1305,10 +1387,14 @@ pub fn restore(db: &Kv, batch: &mut Staged, data: &[u8]) -> Result<(), RegistryE
             batch.remove(item?.0);
         }
     }
+    let mut held = 0u64;
     for record in &snapshot.records {
         let kind = RecordKind::try_from(record.kind).unwrap_or_default();
-        batch.insert(record_db_key(kind, &record.key), record.encode_to_vec());
+        let stored = record.encode_to_vec();
+        held += stored.len() as u64;
+        batch.insert(record_db_key(kind, &record.key), stored);
     }
+    batch.insert(CATALOG_BYTES, held.to_be_bytes());
     for member in &snapshot.members {
         batch.insert(member_key(member.id), member.encode_to_vec());
     }

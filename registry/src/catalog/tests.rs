@@ -2066,3 +2066,102 @@ mod approvals {
         assert_eq!(crate::procedure::bump(""), "1");
     }
 }
+
+// The province-wide bound: what a snapshot can carry.
+
+/// The bytes the records take, by a scan (what the kept count must say).
+fn scanned_bytes(kv: &Kv) -> u64 {
+    kv.read_prefix(RECORD_PREFIX)
+        .unwrap()
+        .iter()
+        .map(|(_, v)| v.len() as u64)
+        .sum()
+}
+
+#[test]
+fn the_kept_byte_count_follows_puts_deletes_and_a_restore_exactly() {
+    let kv = catalog();
+    assert_eq!(
+        read_u64(&kv, CATALOG_BYTES).unwrap(),
+        Some(scanned_bytes(&kv))
+    );
+    // A record replaced by a longer one, another deleted.
+    let mut longer = service(&format!("{A}/ho-tich"));
+    longer.description = "Dịch vụ tra cứu hộ tịch của tỉnh, bản dài hơn".into();
+    run(&kv, &node_of(A), &put_cmd(Value::Service(longer))).unwrap();
+    run(
+        &kv,
+        &admin(),
+        &delete_cmd(RecordKind::Node, &format!("{B}/node-1")),
+    )
+    .unwrap();
+    assert_eq!(catalog_bytes(&kv).unwrap(), scanned_bytes(&kv));
+    assert!(scanned_bytes(&kv) > 0);
+
+    let data = snapshot_data(&kv).unwrap();
+    let target = Kv::new(MemKv::default());
+    let mut batch = Staged::new(&target);
+    restore(&target, &mut batch, &data).unwrap();
+    batch.commit().unwrap();
+    assert_eq!(
+        read_u64(&target, CATALOG_BYTES).unwrap(),
+        Some(scanned_bytes(&kv))
+    );
+}
+
+#[test]
+fn a_store_from_before_the_count_is_counted_by_a_scan() {
+    let kv = catalog();
+    let mut batch = Staged::new(&kv);
+    batch.remove(CATALOG_BYTES);
+    batch.commit().unwrap();
+    assert_eq!(catalog_bytes(&kv).unwrap(), scanned_bytes(&kv));
+    // The next write keeps the count again.
+    run(&kv, &node_of(A), &put_cmd(node(A, "node-2"))).unwrap();
+    assert_eq!(
+        read_u64(&kv, CATALOG_BYTES).unwrap(),
+        Some(scanned_bytes(&kv))
+    );
+}
+
+#[test]
+fn a_write_past_the_catalog_bound_is_refused_whoever_writes_and_a_shrink_passes() {
+    let kv = catalog();
+    let held = catalog_bytes(&kv).unwrap();
+    let grow = check_command(&kv, &asker(&admin()), &put_cmd(agency("000.00.14.H62"))).unwrap();
+    // Room for it: passes.
+    refuse_past_catalog_bound(&kv, &grow, held + 1_000).unwrap();
+    // No room, even for the provincial admin: refused, saying why.
+    match refuse_past_catalog_bound(&kv, &grow, held) {
+        Err(CatalogError::FailedPrecondition(why)) => {
+            assert!(why.contains("a registry snapshot can carry"), "{why}");
+            assert!(why.contains(&held.to_string()), "{why}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // A delete at the bound still passes: the way back is always open.
+    let shrink = check_command(
+        &kv,
+        &asker(&admin()),
+        &delete_cmd(RecordKind::Node, &format!("{B}/node-1")),
+    )
+    .unwrap();
+    refuse_past_catalog_bound(&kv, &shrink, held).unwrap();
+    // Every write is checked against the bound in force.
+    let mut batch = Staged::new(&kv);
+    batch.insert(CATALOG_BYTES, MAX_CATALOG_BYTES.to_be_bytes());
+    batch.commit().unwrap();
+    let why = refused(run(&kv, &admin(), &put_cmd(agency("000.00.14.H62"))));
+    assert!(
+        why.to_string().contains("a registry snapshot can carry"),
+        "{why}"
+    );
+    run(
+        &kv,
+        &admin(),
+        &delete_cmd(RecordKind::Node, &format!("{B}/node-1")),
+    )
+    .unwrap();
+    // The bound in force leaves room for a snapshot's other contents.
+    const { assert!(MAX_CATALOG_BYTES + (32 << 20) <= crate::transport::MAX_PEER_MESSAGE as u64) };
+}
