@@ -6,7 +6,7 @@
 //! servers are then restarted with the small one.
 
 use lgsp_proto::catalog_record::Value;
-use lgsp_proto::{Agency, Service, ServiceKind};
+use lgsp_proto::{Agency, NodeRecord, Service, ServiceKind};
 use lgsp_tests::cluster::Cluster;
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,7 @@ fn service(i: usize) -> Value {
         id: format!("{AGENCY}/dich-vu-{i}"),
         kind: ServiceKind::Dataset as i32,
         description: "Dịch vụ dữ liệu".into(),
+        node: "node-1".into(),
         schema_json: schema,
         ..Default::default()
     })
@@ -51,6 +52,19 @@ async fn a_follower_far_behind_catches_up_by_a_snapshot_longer_to_send_than_the_
         )
         .await
         .expect("register the agency");
+    // An online service names its agency's node.
+    client
+        .put(
+            Value::Node(NodeRecord {
+                agency_code: AGENCY.into(),
+                name: "node-1".into(),
+                endpoint: "node-1.example:7443".into(),
+                ..Default::default()
+            }),
+            0,
+        )
+        .await
+        .expect("register the node");
     let mut writers = Vec::new();
     for w in 0..4 {
         let client = client.clone();
