@@ -35,11 +35,14 @@ use guide::{
 pub(crate) use ports::Ports;
 use ports::addr;
 
-const TRUST_DOMAIN: &str = "vinhphuc.gov.vn";
+/// The demo's example province (tỉnh Phú Thọ, after the 2025 merger of
+/// provinces and the end of the district level): names and codes are
+/// example data, as every province's are configuration.
+const TRUST_DOMAIN: &str = "phutho.gov.vn";
 const PROVINCE: &str = "000.00.00.H62";
-/// Sở Kế hoạch và Đầu tư: business registrations.
+/// Sở Tài chính (business registration since the 2025 merger): business registrations.
 pub(crate) const DEPARTMENT: &str = "000.00.07.H62";
-/// UBND huyện Tam Dương: household records.
+/// UBND xã Tam Dương: household records.
 pub(crate) const DISTRICT: &str = "000.00.40.H62";
 /// Sở Y tế: registered, but granted nothing.
 const HEALTH: &str = "000.00.09.H62";
@@ -139,10 +142,7 @@ fn sample_data(dir: &Path) -> Result<(PathBuf, PathBuf)> {
             format!("Công ty TNHH {} {}", GIVEN[i % 10], COMMUNES[i % 5]),
             person(i),
             TRADES[i % 5].to_owned(),
-            format!(
-                "Xã {}, huyện Tam Dương, tỉnh Vĩnh Phúc",
-                COMMUNES[(i + 2) % 5]
-            ),
+            format!("Xã {}, tỉnh Phú Thọ", COMMUNES[(i + 2) % 5]),
             format!("20{:02}-{:02}-{:02}", 10 + i % 15, 1 + i % 12, 1 + i % 28),
         ])?;
     }
@@ -173,7 +173,7 @@ async fn start_backend(ports: Ports) -> Result<tokio::sync::watch::Sender<bool>>
         |call: HttpCall| async move {
             let asked: serde_json::Value = serde_json::from_slice(&call.body).unwrap_or_default();
             let reply = serde_json::json!({
-                "he_thong": "Hệ thống cấp phép của Sở Kế hoạch và Đầu tư",
+                "he_thong": "Hệ thống cấp phép của Sở Tài chính",
                 "thao_tac": call.path.trim_start_matches("/giay-phep/"),
                 "ma_so_doanh_nghiep": asked.get("ma_so_doanh_nghiep"),
                 "giay_phep": "Còn hiệu lực",
@@ -225,12 +225,8 @@ pub(crate) async fn start(dir: &Path, ports: Ports) -> Result<Province> {
         std::fs::remove_dir_all(dir)?;
     }
     std::fs::create_dir_all(dir)?;
-    let mut ca = CertificateAuthority::init(
-        &dir.join("ca"),
-        TRUST_DOMAIN,
-        "CA tỉnh Vĩnh Phúc (demo)",
-        30,
-    )?;
+    let mut ca =
+        CertificateAuthority::init(&dir.join("ca"), TRUST_DOMAIN, "CA tỉnh Phú Thọ (demo)", 30)?;
 
     let members: Vec<Member> = (1..=3u16)
         .map(|i| Member {
@@ -265,7 +261,7 @@ pub(crate) async fn start(dir: &Path, ports: Ports) -> Result<Province> {
         HEALTH,
         Role::Node,
         "node-1",
-        Some("Sở Y tế tỉnh Vĩnh Phúc"),
+        Some("Sở Y tế tỉnh Phú Thọ"),
     )?;
     let health_tls = dir.join("so-y-te-tls");
     TlsFiles::write(&health_tls, &health_creds)?;
@@ -275,25 +271,25 @@ pub(crate) async fn start(dir: &Path, ports: Ports) -> Result<Province> {
         TlsFiles::write(&dir.join(format!("admin-{agency}-tls")), &creds)?;
         Ok(Catalog::new(RegistryClient::new(&registry_addrs, &creds)?))
     };
-    let department_admin = agency_admin(DEPARTMENT, "Sở Kế hoạch và Đầu tư tỉnh Vĩnh Phúc")?;
-    let district_admin = agency_admin(DISTRICT, "UBND huyện Tam Dương")?;
+    let department_admin = agency_admin(DEPARTMENT, "Sở Tài chính tỉnh Phú Thọ")?;
+    let district_admin = agency_admin(DISTRICT, "UBND xã Tam Dương")?;
 
     for (code, name, focal, phone) in [
         (
             DEPARTMENT,
-            "Sở Kế hoạch và Đầu tư tỉnh Vĩnh Phúc",
+            "Sở Tài chính tỉnh Phú Thọ",
             "Trần Thu Hà",
             "0211 3862 480",
         ),
         (
             DISTRICT,
-            "UBND huyện Tam Dương",
+            "UBND xã Tam Dương",
             "Nguyễn Văn Dũng",
             "0211 3896 125",
         ),
         (
             HEALTH,
-            "Sở Y tế tỉnh Vĩnh Phúc",
+            "Sở Y tế tỉnh Phú Thọ",
             "Lê Minh Tâm",
             "0211 3862 154",
         ),
@@ -302,7 +298,7 @@ pub(crate) async fn start(dir: &Path, ports: Ports) -> Result<Province> {
             name: focal.into(),
             phone: phone.into(),
             email: format!(
-                "daumoi@{}.vinhphuc.gov.vn",
+                "daumoi@{}.phutho.gov.vn",
                 code.replace('.', "-").to_lowercase()
             ),
             role: "Đầu mối chia sẻ dữ liệu".into(),
@@ -319,7 +315,7 @@ pub(crate) async fn start(dir: &Path, ports: Ports) -> Result<Province> {
     for (agency, display, provider, apps, metrics, services, dataset) in [
         (
             DEPARTMENT,
-            "Sở Kế hoạch và Đầu tư tỉnh Vĩnh Phúc",
+            "Sở Tài chính tỉnh Phú Thọ",
             ports.department_provider(),
             ports.department_apps(),
             ports.department_metrics(),
@@ -334,7 +330,7 @@ pub(crate) async fn start(dir: &Path, ports: Ports) -> Result<Province> {
         ),
         (
             DISTRICT,
-            "UBND huyện Tam Dương",
+            "UBND xã Tam Dương",
             ports.district_provider(),
             ports.district_apps(),
             ports.district_metrics(),
@@ -394,7 +390,7 @@ pub(crate) async fn start(dir: &Path, ports: Ports) -> Result<Province> {
         (
             format!("{DISTRICT}/ho-gia-dinh"),
             ServiceKind::Dataset,
-            "Hộ gia đình huyện Tam Dương: chủ hộ, số nhân khẩu, xã, thôn",
+            "Hộ gia đình xã Tam Dương: chủ hộ, số nhân khẩu, xã, thôn",
         ),
     ] {
         catalog
@@ -522,7 +518,9 @@ fn print_guide(p: &Province) {
     let guide = Guide::new(&p.dir, ports);
     let at = |port: u16| addr(port).to_string();
     println!();
-    println!("A province is running on 127.0.0.1 (tỉnh Vĩnh Phúc, trust domain {TRUST_DOMAIN}):");
+    println!(
+        "A province is running on 127.0.0.1 (tỉnh Phú Thọ, example names; trust domain {TRUST_DOMAIN}):"
+    );
     println!("  provincial CA           {}", p.dir.join("ca").display());
     println!(
         "  registry servers 1-3    clients on {}, peers on {}, {}, {} (Raft, mTLS)",
@@ -532,7 +530,7 @@ fn print_guide(p: &Province) {
         at(ports.registry_peer(3)),
     );
     println!(
-        "  Sở Kế hoạch và Đầu tư   agency {DEPARTMENT}: node on {} (agencies, mTLS), {} (its apps)",
+        "  Sở Tài chính            agency {DEPARTMENT}: node on {} (agencies, mTLS), {} (its apps)",
         at(ports.department_provider()),
         at(ports.department_apps())
     );
@@ -541,7 +539,7 @@ fn print_guide(p: &Province) {
         at(ports.backend())
     );
     println!(
-        "  UBND huyện Tam Dương    agency {DISTRICT}: node on {} (agencies, mTLS), {} (its apps)",
+        "  UBND xã Tam Dương       agency {DISTRICT}: node on {} (agencies, mTLS), {} (its apps)",
         at(ports.district_provider()),
         at(ports.district_apps())
     );
@@ -793,7 +791,7 @@ async fn scenario(p: &Province) -> usize {
             id: request.clone(),
             service_id: biz.clone(),
             application_id: "mot-cua".into(),
-            application_name: "Một cửa điện tử huyện Tam Dương".into(),
+            application_name: "Một cửa điện tử xã Tam Dương".into(),
             purpose: "Kiểm tra hộ kinh doanh trên địa bàn".into(),
             frequency: "hàng ngày".into(),
             ..Default::default()

@@ -227,7 +227,7 @@ impl Guide {
                 "--app-id",
                 "mot-cua",
                 "--app-name",
-                "Một cửa điện tử huyện Tam Dương",
+                "Một cửa điện tử xã Tam Dương",
                 "--purpose",
                 "Kiểm tra hộ kinh doanh trên địa bàn",
                 "--frequency",
