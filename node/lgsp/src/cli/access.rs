@@ -66,6 +66,20 @@ pub(super) enum TerminateKind {
     AgreementExpired,
 }
 
+/// What a suspended consumer is told: the operator's words, or the D47
+/// Art. 43 ground in words when none were given.
+fn suspension_reason(kind: SuspendKind, reason: &str) -> String {
+    let reason = lgsp_registry::text::nfc(reason.trim());
+    if !reason.is_empty() {
+        return reason;
+    }
+    match kind {
+        SuspendKind::Breach => "Vi phạm quy định khai thác, sử dụng dữ liệu",
+        SuspendKind::SecurityRisk => "Nguy cơ mất an toàn thông tin",
+    }
+    .to_owned()
+}
+
 #[derive(Debug, Subcommand)]
 pub(super) enum AccessCommand {
     /// Grant a consumer agency access directly (provincial admin). Agencies
@@ -104,8 +118,10 @@ pub(super) enum AccessCommand {
         /// Why (D47 Art. 43): a breach of the rules or a security risk.
         #[arg(long, value_enum)]
         kind: SuspendKind,
-        /// What happened and why: the consumer is told this.
-        #[arg(long)]
+        /// What happened and why: the consumer is told this. Optional, as
+        /// on every other grant command; without it the consumer is told
+        /// the kind in words (e.g. "Vi phạm quy định khai thác, sử dụng dữ liệu").
+        #[arg(long, default_value = "")]
         reason: String,
         /// How the consumer restores access: it is told this too.
         #[arg(long)]
@@ -276,6 +292,7 @@ pub(super) fn run(cmd: AccessCommand) -> Result<()> {
                 reason,
                 restore,
             } => {
+                let reason = suspension_reason(kind, &reason);
                 let kind = match kind {
                     SuspendKind::Breach => SuspensionKind::Breach,
                     SuspendKind::SecurityRisk => SuspensionKind::SecurityRisk,
@@ -376,4 +393,26 @@ pub(super) fn run(cmd: AccessCommand) -> Result<()> {
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_suspension_without_reason_tells_the_consumer_its_ground() {
+        assert_eq!(
+            suspension_reason(SuspendKind::Breach, "  "),
+            "Vi phạm quy định khai thác, sử dụng dữ liệu"
+        );
+        assert_eq!(
+            suspension_reason(SuspendKind::SecurityRisk, ""),
+            "Nguy cơ mất an toàn thông tin"
+        );
+        // The operator's words win, in NFC (typed "Truy vấn" decomposed).
+        assert_eq!(
+            suspension_reason(SuspendKind::Breach, "Truy va\u{302}\u{301}n vượt mục đích"),
+            "Truy vấn vượt mục đích"
+        );
+    }
 }

@@ -16,11 +16,13 @@ pub(super) enum CaCommand {
     /// department; the key file is written with mode 0600 and an existing CA
     /// is never overwritten.
     ///
-    /// Example: lgsp ca init --dir /etc/lgsp/ca --trust-domain phutho.gov.vn --name "CA tỉnh Phú
+    /// Example: lgsp ca init --ca /etc/lgsp/ca --trust-domain phutho.gov.vn --name "CA tỉnh Phú
     /// Thọ"
     Init {
-        /// Directory for ca.crt, ca.key and ca.json (created if missing).
-        #[arg(long, value_name = "DIR")]
+        /// Directory for ca.crt, ca.key and ca.json (created if missing):
+        /// the CA directory every other `lgsp ca` command takes as --ca.
+        /// (`--dir` is the old spelling, still accepted.)
+        #[arg(long = "ca", alias = "dir", value_name = "DIR")]
         dir: PathBuf,
         /// The province's trust domain, a DNS name, e.g. phutho.gov.vn.
         #[arg(long, value_name = "DOMAIN")]

@@ -157,14 +157,23 @@ pub(super) enum ServiceCommand {
     /// Publish (or update) a data-sharing service (dịch vụ chia sẻ dữ liệu)
     /// of your agency in the catalog.
     ///
-    /// Example: lgsp service publish --id 000.00.12.H62/ho-tich --kind dataset --node node-1
+    /// Example: lgsp service publish 000.00.12.H62/ho-tich --kind dataset --node node-1
     /// --description "Hộ tịch" --item so_dinh_danh:shared --item ho_ten:shared
+    #[command(override_usage = "lgsp service publish <SERVICE> --kind <KIND> [OPTIONS]")]
     Publish {
         #[command(flatten)]
         registry: RegistryArgs,
-        /// <agency-code>/<service-name>, e.g. 000.00.12.H62/ho-tich.
-        #[arg(long)]
-        id: ServiceId,
+        /// The service, <agency-code>/<service-name>, e.g. 000.00.12.H62/ho-tich.
+        #[arg(value_name = "SERVICE", required_unless_present = "old_id")]
+        id: Option<ServiceId>,
+        /// The service, as older scripts give it (`--id SERVICE`).
+        #[arg(
+            long = "id",
+            value_name = "SERVICE",
+            hide = true,
+            conflicts_with = "id"
+        )]
+        old_id: Option<ServiceId>,
         /// What serves it: a dataset the node holds, or an HTTP or gRPC system of the agency.
         #[arg(long, value_enum)]
         kind: KindArg,
@@ -207,14 +216,26 @@ pub(super) enum ServiceCommand {
     /// from START to END, told the reason and the restore time. Needs 7
     /// working days' notice, or --force-majeure (takes effect at once).
     ///
-    /// Example: lgsp service maintenance --id 000.00.12.H62/ho-tich --start "2026-12-21 08:00"
+    /// Example: lgsp service maintenance 000.00.12.H62/ho-tich --start "2026-12-21 08:00"
     /// --end "2026-12-21 12:00" --reason "Nâng cấp cơ sở dữ liệu"
+    #[command(
+        override_usage = "lgsp service maintenance <SERVICE> --end <END> --reason <REASON> \
+                          (--start <START> | --force-majeure) [OPTIONS]"
+    )]
     Maintenance {
         #[command(flatten)]
         registry: RegistryArgs,
         /// The service, <agency-code>/<service-name>.
-        #[arg(long)]
-        id: ServiceId,
+        #[arg(value_name = "SERVICE", required_unless_present = "old_id")]
+        id: Option<ServiceId>,
+        /// The service, as older scripts give it (`--id SERVICE`).
+        #[arg(
+            long = "id",
+            value_name = "SERVICE",
+            hide = true,
+            conflicts_with = "id"
+        )]
+        old_id: Option<ServiceId>,
         /// When it starts, the province's time: "YYYY-MM-DD HH:MM".
         #[arg(
             long,
@@ -348,6 +369,18 @@ pub(super) fn run_agency(cmd: AgencyCommand) -> Result<()> {
     })
 }
 
+/// The service a command acts on: given as its first argument, or with
+/// `--id` as older scripts do (clap makes sure exactly one is there).
+fn service_argument(id: Option<ServiceId>, old_id: Option<ServiceId>) -> Result<ServiceId> {
+    id.or(old_id).ok_or_else(|| {
+        super::UsageError(
+            "no service given: name it first, e.g. `lgsp service publish 000.00.12.H62/ho-tich ...`"
+                .into(),
+        )
+        .into()
+    })
+}
+
 pub(super) fn run_service(cmd: ServiceCommand) -> Result<()> {
     let rt = super::runtime()?;
     rt.block_on(async {
@@ -355,6 +388,7 @@ pub(super) fn run_service(cmd: ServiceCommand) -> Result<()> {
             ServiceCommand::Publish {
                 registry,
                 id,
+                old_id,
                 kind,
                 node,
                 description,
@@ -367,6 +401,7 @@ pub(super) fn run_service(cmd: ServiceCommand) -> Result<()> {
                 update_cycle,
                 security,
             } => {
+                let id = service_argument(id, old_id)?;
                 let online = matches!(sharing, SharingArg::Online);
                 let node = match node {
                     Some(node) => node,
@@ -430,11 +465,13 @@ pub(super) fn run_service(cmd: ServiceCommand) -> Result<()> {
             ServiceCommand::Maintenance {
                 registry,
                 id,
+                old_id,
                 start,
                 end,
                 reason,
                 force_majeure,
             } => {
+                let id = service_argument(id, old_id)?;
                 let client = registry.client()?;
                 let cal = province_calendar(&client).await?;
                 let at = |flag: &str, s: &str| {

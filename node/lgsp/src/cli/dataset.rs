@@ -126,14 +126,15 @@ pub(super) enum DatasetCommand {
     /// (DATA_DIR/admin.sock); otherwise the dataset is opened directly.
     ///
     /// Example: lgsp dataset query --data-dir /var/lib/lgsp --service ho-tich
-    /// --filter "huyen=Tam Dương" --fields so_dinh_danh,ho_ten --limit 50
+    /// --param "huyen=Tam Dương" --fields so_dinh_danh,ho_ten --limit 50
     Query {
         #[command(flatten)]
         at: DatasetArgs,
         /// Only records whose FIELD is VALUE (text compared exactly; numbers
         /// and booleans as written in JSON, e.g. 42 or true). Repeat to
-        /// require several.
-        #[arg(long = "filter", value_name = "FIELD=VALUE", value_parser = parse_filter)]
+        /// require several. The same flag as `lgsp call --query --param`
+        /// (`--filter` is the old spelling, still accepted).
+        #[arg(long = "param", alias = "filter", value_name = "FIELD=VALUE", value_parser = parse_filter)]
         filters: Vec<(String, String)>,
         /// Only these fields of each record, in this order (comma-separated).
         #[arg(long, value_name = "A,B", value_delimiter = ',')]

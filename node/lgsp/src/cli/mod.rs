@@ -529,6 +529,168 @@ mod tests {
         );
     }
 
+    /// The long help of the command at `path` (e.g. ["service", "publish"]).
+    fn long_help(path: &[&str]) -> String {
+        use clap::CommandFactory;
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut at = &mut cmd;
+        for name in path {
+            at = at.find_subcommand_mut(name).unwrap();
+        }
+        at.render_long_help().to_string()
+    }
+
+    fn parsed(args: &[&str]) -> String {
+        let mut argv = vec!["lgsp"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(&argv) {
+            Ok(cli) => format!("{:?}", cli.command),
+            Err(e) => panic!("{argv:?} refused: {e}"),
+        }
+    }
+
+    #[test]
+    fn old_flag_spellings_still_parse_as_the_new_ones() {
+        let r = ["--registry", "127.0.0.1:1", "--tls-dir", "/t"];
+        let publish = |id: &[&str]| {
+            let mut a = vec!["service", "publish"];
+            a.extend_from_slice(id);
+            a.extend_from_slice(&["--kind", "dataset", "--node", "n1"]);
+            a.extend_from_slice(&r);
+            parsed(&a)
+                .replace("old_id: None, ", "")
+                .replace("id: None, old_id: ", "id: ")
+        };
+        assert_eq!(
+            publish(&["--id", "000.00.12.H62/ho-tich"]),
+            publish(&["000.00.12.H62/ho-tich"])
+        );
+        let maintenance = |id: &[&str]| {
+            let mut a = vec!["service", "maintenance"];
+            a.extend_from_slice(id);
+            a.extend_from_slice(&[
+                "--force-majeure",
+                "--end",
+                "2026-12-21 12:00",
+                "--reason",
+                "x",
+            ]);
+            a.extend_from_slice(&r);
+            parsed(&a)
+                .replace("old_id: None, ", "")
+                .replace("id: None, old_id: ", "id: ")
+        };
+        assert_eq!(
+            maintenance(&["--id", "000.00.12.H62/ho-tich"]),
+            maintenance(&["000.00.12.H62/ho-tich"])
+        );
+        assert_eq!(
+            parsed(&["ca", "init", "--dir", "/ca", "--trust-domain", "t.gov.vn"]),
+            parsed(&["ca", "init", "--ca", "/ca", "--trust-domain", "t.gov.vn"])
+        );
+        let q = [
+            "dataset",
+            "query",
+            "--data-dir",
+            "/d",
+            "--service",
+            "ho-tich",
+        ];
+        assert_eq!(
+            parsed(&[&q[..], &["--filter", "huyen=Tam Dương"]].concat()),
+            parsed(&[&q[..], &["--param", "huyen=Tam Dương"]].concat())
+        );
+        // Both spellings of the service at once is a mistake, said as one.
+        assert!(
+            Cli::try_parse_from([
+                "lgsp",
+                "service",
+                "publish",
+                "000.00.12.H62/a",
+                "--id",
+                "000.00.12.H62/b",
+                "--kind",
+                "dataset",
+                "--tls-dir",
+                "/t",
+            ])
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn help_shows_the_new_flag_spellings_and_hides_the_old() {
+        let publish = long_help(&["service", "publish"]);
+        assert!(publish.contains("<SERVICE>"), "{publish}");
+        assert!(!publish.contains("--id"), "{publish}");
+        assert!(
+            publish.contains("Example: lgsp service publish 000.00.12.H62/ho-tich"),
+            "{publish}"
+        );
+        let maintenance = long_help(&["service", "maintenance"]);
+        assert!(
+            maintenance.contains("<SERVICE>") && !maintenance.contains("--id"),
+            "{maintenance}"
+        );
+        let init = long_help(&["ca", "init"]);
+        assert!(init.contains("--ca <DIR>"), "{init}");
+        assert!(!init.contains("--dir <"), "{init}");
+        let query = long_help(&["dataset", "query"]);
+        assert!(query.contains("--param <FIELD=VALUE>"), "{query}");
+        assert!(!query.contains("--filter <"), "{query}");
+    }
+
+    #[test]
+    fn reason_is_optional_on_every_grant_command() {
+        let t = [
+            "--service",
+            "000.00.12.H62/ho-tich",
+            "--consumer",
+            "000.00.13.H62",
+            "--tls-dir",
+            "/t",
+        ];
+        parsed(
+            &[
+                &["access", "suspend", "--kind", "breach", "--restore", "x"][..],
+                &t,
+            ]
+            .concat(),
+        );
+        parsed(&[&["access", "terminate", "--kind", "ordered"][..], &t].concat());
+        parsed(&[&["access", "revoke", "--kind", "ordered"][..], &t].concat());
+        parsed(&[&["access", "resume"][..], &t].concat());
+    }
+
+    #[test]
+    fn node_init_and_registry_start_read_their_environment() {
+        use clap::CommandFactory;
+        let cmd = Cli::command();
+        let env_of = |path: &[&str], flag: &str| {
+            let mut at = &cmd;
+            for name in path {
+                at = at.find_subcommand(name).unwrap();
+            }
+            at.get_arguments()
+                .find(|a| a.get_long() == Some(flag))
+                .and_then(|a| a.get_env())
+                .map(|e| e.to_string_lossy().into_owned())
+        };
+        assert_eq!(
+            env_of(&["node", "init"], "registry").as_deref(),
+            Some("LGSP_REGISTRY")
+        );
+        assert_eq!(
+            env_of(&["registry", "start"], "tls-dir").as_deref(),
+            Some("LGSP_TLS_DIR")
+        );
+        assert_eq!(
+            env_of(&["node", "list"], "registry").as_deref(),
+            Some("LGSP_REGISTRY")
+        );
+    }
+
     #[test]
     fn every_subcommand_has_consistent_arguments() {
         use clap::CommandFactory;

@@ -44,7 +44,12 @@ pub(super) enum NodeCommand {
         #[arg(long)]
         display_name: Option<String>,
         /// Registry client addresses, comma-separated.
-        #[arg(long, default_value = "127.0.0.1:7101")]
+        #[arg(
+            long,
+            env = "LGSP_REGISTRY",
+            value_name = "ADDRS",
+            default_value = "127.0.0.1:7101"
+        )]
         registry: String,
         /// Province-facing (mTLS) listener.
         #[arg(long, default_value = "0.0.0.0:7301")]

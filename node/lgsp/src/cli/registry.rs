@@ -151,7 +151,7 @@ pub(super) struct StartArgs {
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
     /// Directory with cert.pem, key.pem and ca.pem (a registry certificate).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, env = "LGSP_TLS_DIR", value_name = "DIR")]
     tls_dir: Option<PathBuf>,
     /// Join an existing cluster (after `add-member`) instead of founding one.
     #[arg(long)]
