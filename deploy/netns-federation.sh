@@ -164,7 +164,7 @@ make_network() {
 
 make_pki() {
   local i
-  "$LGSP" ca init --dir "$DIR/ca" --trust-domain "$TRUST_DOMAIN" \
+  "$LGSP" ca init --ca "$DIR/ca" --trust-domain "$TRUST_DOMAIN" \
     --name "CA tỉnh Vĩnh Phúc (netns)" >/dev/null
   for i in 1 2 3; do
     "$LGSP" ca issue --ca "$DIR/ca" --role registry --agency "$PROVINCE" --name "registry-$i" \
