@@ -52,6 +52,16 @@ pub fn set_build_commit(commit: &str) {
     let _ = BUILD_COMMIT.set(commit.to_owned());
 }
 
+/// The build this process runs, as `lgsp --version` prints it: the
+/// release and the commit ("unknown" when not set).
+pub fn build_version() -> String {
+    format!(
+        "{} (commit {})",
+        env!("CARGO_PKG_VERSION"),
+        BUILD_COMMIT.get().map_or("unknown", String::as_str)
+    )
+}
+
 /// The node's metrics.
 #[derive(Debug)]
 pub struct Metrics {

@@ -433,6 +433,7 @@ impl NodeServer {
             },
             cert_sha256: own.sha256.clone(),
             instance_id: instance,
+            version: crate::metrics::build_version(),
             ..Default::default()
         };
         let catalog = Catalog::new(registry.clone());

@@ -563,6 +563,7 @@ fn check_value(
                     "certificate fingerprint must be 64 hex digits (SHA-256)".into(),
                 ));
             }
+            text("node version", &n.version, 80, false)?;
         }
         Value::Service(s) => {
             let id = service_id(&s.id)?;

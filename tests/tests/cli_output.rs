@@ -83,6 +83,13 @@ async fn every_listing_command_prints_json_with_stable_fields() {
     assert_eq!(node_a["name"], "node-a");
     assert_eq!(node_a["endpoint"], a.provider.as_str());
     assert_eq!(node_a["cert_sha256"].as_str().unwrap().len(), 64);
+    // Each node registers the build it runs, as `lgsp --version` names it.
+    let version = String::from_utf8_lossy(&lgsp(&["--version"]).stdout)
+        .trim()
+        .trim_start_matches("lgsp ")
+        .to_owned();
+    assert!(version.contains("(commit "), "{version}");
+    assert_eq!(node_a["version"], version.as_str(), "{nodes:#}");
 
     let agencies = run(&["agency", "list"]);
     assert_eq!(agencies["kind"], "agencies");
@@ -155,6 +162,11 @@ async fn every_listing_command_prints_json_with_stable_fields() {
     );
     assert!(
         String::from_utf8_lossy(&plain.stdout).contains(&format!("{A}/node-a  endpoint ")),
+        "{}",
+        text(&plain)
+    );
+    assert!(
+        String::from_utf8_lossy(&plain.stdout).contains(&format!("  version {version}  ")),
         "{}",
         text(&plain)
     );

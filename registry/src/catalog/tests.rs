@@ -470,6 +470,26 @@ fn a_node_needs_a_registered_agency_a_host_port_and_a_sha256_fingerprint() {
 }
 
 #[test]
+fn a_node_version_is_kept_and_a_long_or_control_one_refused() {
+    let kv = catalog();
+    let with = |version: &str| {
+        Value::Node(NodeRecord {
+            version: version.into(),
+            ..node_instance("aaaa", "10.0.0.21:7301")
+        })
+    };
+    for bad in ["1".repeat(81), "0.1.0\u{1b}[2J".to_owned()] {
+        let err = refused(run(&kv, &admin(), &put_cmd(with(&bad))));
+        assert!(
+            matches!(&err, CatalogError::InvalidArgument(m) if m.contains("node version")),
+            "{bad:?}: {err:?}"
+        );
+    }
+    run(&kv, &admin(), &put_cmd(with("0.1.0 (commit 85ca323)"))).unwrap();
+    assert_eq!(stored_node(&kv).version, "0.1.0 (commit 85ca323)");
+}
+
+#[test]
 fn a_service_takes_agency_and_name_from_its_id_and_starts_active() {
     let kv = catalog();
     let (stored, _) = run(

@@ -75,8 +75,9 @@ pub(super) enum NodeCommand {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
-    /// List the nodes registered in the catalog: endpoint and the SHA-256 of
-    /// the certificate each registered (compare with `lgsp ca show`).
+    /// List the nodes registered in the catalog: endpoint, the lgsp version
+    /// each runs (with its commit), and the SHA-256 of the certificate each
+    /// registered (compare with `lgsp ca show`).
     ///
     /// Example: lgsp node list --registry 10.0.0.11:7101
     List {
@@ -209,10 +210,15 @@ pub(super) fn run(cmd: NodeCommand) -> Result<()> {
                     if let Some(lgsp_proto::catalog_record::Value::Node(n)) = r.value {
                         listing.row(
                             format!(
-                                "{}/{}  endpoint {}  certificate SHA-256 {}",
+                                "{}/{}  endpoint {}  version {}  certificate SHA-256 {}",
                                 n.agency_code,
                                 n.name,
                                 n.endpoint,
+                                if n.version.is_empty() {
+                                    "unknown (an older node)"
+                                } else {
+                                    &n.version
+                                },
                                 if n.cert_sha256.is_empty() {
                                     "(none)"
                                 } else {
@@ -223,6 +229,7 @@ pub(super) fn run(cmd: NodeCommand) -> Result<()> {
                                 "agency": n.agency_code,
                                 "name": n.name,
                                 "endpoint": n.endpoint,
+                                "version": (!n.version.is_empty()).then_some(&n.version),
                                 "cert_sha256": n.cert_sha256,
                             }),
                         );
