@@ -166,6 +166,12 @@ async fn log_cut_with_its_last_seal_fails_against_the_anchor_in_the_registry() {
         "{}",
         text(&out)
     );
+    // Its seal's time on the province's clocks (Asia/Ho_Chi_Minh by default), not UTC.
+    assert!(
+        text(&out).contains(" +07:00)") && !text(&out).contains("Z)"),
+        "{}",
+        text(&out)
+    );
 
     // A copy cut at its end with its last seal: whole as far as the file tells,
     // not against the anchor.

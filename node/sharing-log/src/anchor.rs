@@ -70,13 +70,21 @@ impl Anchor {
     }
 }
 
+impl Anchor {
+    /// The anchor described as [`Display`](fmt::Display) does, with the
+    /// seal's time given as `sealed` (e.g. on the province's clocks rather
+    /// than the seal's UTC).
+    pub fn describe(&self, sealed: &str) -> String {
+        format!(
+            "the anchor of node {} ({}: entry {}, sealed {sealed})",
+            self.node, self.source, self.seal.seq
+        )
+    }
+}
+
 impl fmt::Display for Anchor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "the anchor of node {} ({}: entry {}, sealed {})",
-            self.node, self.source, self.seal.seq, self.seal.time
-        )
+        f.write_str(&self.describe(&self.seal.time))
     }
 }
 

@@ -50,6 +50,8 @@ pub(super) enum AuditCommand {
         /// anchor's own signature is checked with --cert.
         #[arg(long, value_name = "FILE")]
         anchor: Option<PathBuf>,
+        #[command(flatten)]
+        zone: super::time::ZoneArg,
     },
     /// Write the log's entries within a time range as JSON Lines, with what
     /// proves them, so that `lgsp audit verify --log EXPORT --cert CERT` checks
@@ -138,7 +140,8 @@ pub(super) fn run(cmd: AuditCommand) -> Result<()> {
             live,
             cert,
             anchor,
-        } => verify(&log, live, &cert, anchor.as_deref()),
+            zone,
+        } => verify(&log, live, &cert, anchor.as_deref(), &zone.calendar()?),
         AuditCommand::Export {
             log,
             key,
@@ -251,7 +254,23 @@ fn export_signer(key: &Path, cert: &Path) -> Result<Signer> {
     })
 }
 
-fn verify(log: &Path, live: bool, certs: &[PathBuf], anchor: Option<&Path>) -> Result<()> {
+/// How the verify report names the anchor: its seal's time on the
+/// province's clocks, as every other time the CLI shows (the log keeps UTC).
+fn anchor_in_zone(anchor: &Anchor, cal: &WorkCalendar) -> String {
+    let sealed = match anchor.seal.time.parse::<jiff::Timestamp>() {
+        Ok(at) => cal.show(at.as_second()),
+        Err(_) => anchor.seal.time.clone(),
+    };
+    anchor.describe(&sealed)
+}
+
+fn verify(
+    log: &Path,
+    live: bool,
+    certs: &[PathBuf],
+    anchor: Option<&Path>,
+    cal: &WorkCalendar,
+) -> Result<()> {
     let mut pem = String::new();
     for path in certs {
         let text = std::fs::read_to_string(path)
@@ -264,15 +283,16 @@ fn verify(log: &Path, live: bool, certs: &[PathBuf], anchor: Option<&Path>) -> R
     } else {
         LogState::Closed
     };
-    let result = match anchor {
-        Some(path) => {
-            let anchor = Anchor::read(path)?;
-            sharing_log::verify_anchored(log, &pem, state, &anchor)
-        }
+    let anchor = anchor.map(Anchor::read).transpose()?;
+    let result = match &anchor {
+        Some(anchor) => sharing_log::verify_anchored(log, &pem, state, anchor),
         None => sharing_log::verify_with(log, &pem, state),
     };
     match result {
-        Ok(report) => {
+        Ok(mut report) => {
+            if let (Some(described), Some(anchor)) = (&mut report.anchor, &anchor) {
+                *described = anchor_in_zone(anchor, cal);
+            }
             println!("{report}");
             Ok(())
         }
@@ -392,6 +412,32 @@ mod tests {
 
     fn ms(rfc3339: &str) -> i64 {
         rfc3339.parse::<jiff::Timestamp>().unwrap().as_millisecond()
+    }
+
+    #[test]
+    fn the_verify_report_names_the_anchors_seal_time_on_the_provinces_clocks() {
+        let anchor = Anchor {
+            node: "000.00.12.H62/node-1".into(),
+            source: "registry revision 42".into(),
+            seal: sharing_log::Seal {
+                v: Some(2),
+                seq: 10,
+                head: "ab".repeat(32),
+                time: "2026-11-30T17:30:00.123Z".into(),
+                signer: String::new(),
+                cert: None,
+                signature: String::new(),
+            },
+        };
+        let text = anchor_in_zone(&anchor, &WorkCalendar::default());
+        assert_eq!(
+            text,
+            "the anchor of node 000.00.12.H62/node-1 (registry revision 42: entry 10, \
+             sealed 2026-12-01 00:30 +07:00)"
+        );
+        assert!(!text.contains('Z'), "{text}");
+        // The library's own display keeps the log's UTC.
+        assert!(anchor.to_string().contains("2026-11-30T17:30:00.123Z"));
     }
 
     #[test]

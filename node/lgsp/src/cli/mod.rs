@@ -63,8 +63,8 @@ Environment:
   LGSP_DATA_DIR   a node's data directory, for `lgsp dataset` (--data-dir)
   LGSP_NODE       this agency's node, for `lgsp call` (--node)
   LGSP_TIME_ZONE  the province's time zone where no registry says it, for
-                  `lgsp audit export`, `dataset list`, `ca show` (--time-zone;
-                  default Asia/Ho_Chi_Minh)
+                  `lgsp audit export`, `audit verify`, `dataset list`, `ca show`
+                  (--time-zone; default Asia/Ho_Chi_Minh)
   RUST_LOG        how much to log, e.g. info (the default), debug, lgsp_node=debug
 
 Exit codes: 0 done; 1 the work failed; 2 a usage or configuration error;
