@@ -66,6 +66,18 @@ pub struct Authenticator {
     /// server of a cluster is run by one agency, the province's).
     agency: Option<crate::identity::AgencyCode>,
     connections: Arc<ConnectionIdentities>,
+    /// How refusals show a time (see [`Self::showing_times`]); UTC without.
+    show_time: Option<ShowTime>,
+}
+
+/// Turns Unix seconds into the text a refusal shows.
+#[derive(Clone)]
+struct ShowTime(Arc<dyn Fn(i64) -> String + Send + Sync>);
+
+impl std::fmt::Debug for ShowTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ShowTime")
+    }
 }
 
 type PeerChain = Vec<CertificateDer<'static>>;
@@ -127,7 +139,16 @@ impl Authenticator {
             roles: None,
             agency: None,
             connections: Arc::default(),
+            show_time: None,
         }
+    }
+
+    /// Shows the times in refusals (a certificate's expiry) with `show`,
+    /// given Unix seconds: the province's clocks, as the rest of lgsp shows
+    /// times. Without it they are shown in UTC, saying so.
+    pub fn showing_times(mut self, show: impl Fn(i64) -> String + Send + Sync + 'static) -> Self {
+        self.show_time = Some(ShowTime(Arc::new(show)));
+        self
     }
 
     /// Accepts only peers holding one of `roles`.
@@ -184,7 +205,7 @@ impl Authenticator {
     /// its certificate has expired.
     pub fn recheck(&self, peer: &Peer) -> Result<(), Status> {
         self.check_not_revoked(&peer.serial)?;
-        check_not_expired(peer, OffsetDateTime::now_utc())
+        check_not_expired(peer, OffsetDateTime::now_utc(), self.show_time.as_ref())
     }
 
     /// Waits until `peer` would be refused, and returns the refusal: a new
@@ -270,11 +291,18 @@ const EXPIRY_LOOK: Duration = Duration::from_secs(60);
 const EXPIRY_FLOOR: Duration = Duration::from_millis(100);
 
 /// Refuses `peer` when its certificate expired before `now`.
-fn check_not_expired(peer: &Peer, now: OffsetDateTime) -> Result<(), Status> {
+fn check_not_expired(
+    peer: &Peer,
+    now: OffsetDateTime,
+    show: Option<&ShowTime>,
+) -> Result<(), Status> {
     if now > peer.not_after {
+        let at = match show {
+            Some(ShowTime(show)) => show(peer.not_after.unix_timestamp()),
+            None => format!("{} UTC", fmt_time(peer.not_after)),
+        };
         return Err(Status::unauthenticated(format!(
-            "the client certificate expired at {} UTC (serial {}); ask the provincial IT department (Sở KH&CN) for a new one",
-            fmt_time(peer.not_after),
+            "the client certificate expired at {at} (serial {}); ask the provincial IT department (Sở KH&CN) for a new one",
             peer.serial
         )));
     }
@@ -401,6 +429,33 @@ mod tests {
                 && refused.message().contains(&issued.serial),
             "{refused:?}"
         );
+    }
+
+    #[test]
+    fn an_expiry_refusal_shows_the_time_as_the_server_asks() {
+        let (_dir, mut ca, auth) = server();
+        let issued = ca.issue(&spec("000.00.13.H62", "node-b")).unwrap();
+        let mut peer = peer_of(&issued.cert_pem);
+        // 2026-11-30 17:30 UTC is 2026-12-01 00:30 in Vietnam.
+        peer.not_after = OffsetDateTime::from_unix_timestamp(1_796_059_800).unwrap();
+        let utc = auth.recheck(&peer).unwrap_err();
+        assert!(
+            utc.message().contains("expired at 2026-11-30 17:30:00 UTC"),
+            "{utc:?}"
+        );
+        let local = auth
+            .showing_times(|unix| format!("local {}", unix + 7 * 3600))
+            .recheck(&peer)
+            .unwrap_err();
+        assert!(
+            local.message().starts_with(&format!(
+                "the client certificate expired at local {} (serial {})",
+                1_796_059_800 + 7 * 3600,
+                issued.serial
+            )),
+            "{local:?}"
+        );
+        assert!(!local.message().contains("UTC"), "{local:?}");
     }
 
     #[tokio::test]

@@ -291,7 +291,16 @@ impl NodeServer {
         let provider_addr = provider_listener
             .local_addr()
             .map_err(listen_error(config.provider.listen))?;
-        let auth = Authenticator::new(tls.clone(), &id.trust_domain);
+        // Refusals name times on the province's clocks, as the catalog's
+        // calendar says them (the default zone until the cache has one).
+        let auth = Authenticator::new(tls.clone(), &id.trust_domain).showing_times({
+            let cache = cache.clone();
+            move |unix| {
+                lgsp_registry::calendar::WorkCalendar::from_record(cache.calendar().as_ref())
+                    .unwrap_or_default()
+                    .show(unix)
+            }
+        });
         // The interceptor authenticates (it puts the caller in the
         // request); the provider's pipeline does the rest, per call, for
         // unary calls and calls on node links alike.
