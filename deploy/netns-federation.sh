@@ -269,7 +269,7 @@ EOF
   # The provider agency publishes with its own node certificate; the
   # provincial IT desk grants directly (agencies use `lgsp requests`).
   lgsp_in a service publish --registry "$REGISTRY" --tls-dir "$DIR/a/tls" \
-    --id "$AGENCY_A/ho-tich" --kind dataset --node node-a --description "Hộ tịch" >/dev/null
+    "$AGENCY_A/ho-tich" --kind dataset --node node-a --description "Hộ tịch" >/dev/null
   lgsp_in adm access grant --registry "$REGISTRY" --tls-dir "$DIR/adm/tls" \
     --service "$AGENCY_A/ho-tich" --consumer "$AGENCY_B" --reason "Công văn số 123/UBND" >/dev/null
   retry 30 "a call from agency B's namespace to A's dataset" \
