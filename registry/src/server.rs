@@ -192,7 +192,16 @@ impl RegistryServer {
             .map_err(|e| RegistryError::Config(e.to_string()))?;
 
         let trust_domain = own_id.trust_domain.clone();
-        let auth = Authenticator::new(tls.clone(), &trust_domain);
+        // Refusals name times on the province's clocks, as the catalog's
+        // calendar says them (the default zone until it holds one).
+        let auth = Authenticator::new(tls.clone(), &trust_domain).showing_times({
+            let db = raft.db().clone();
+            move |unix| {
+                crate::procedure::calendar(&db)
+                    .unwrap_or_default()
+                    .show(unix)
+            }
+        });
         // Every server applies the catalog's rules with the province taken
         // from its own certificate: peers of another agency would decide
         // differently, so they are not peers.

@@ -210,6 +210,8 @@ async fn log_cut_with_its_last_seal_fails_against_the_anchor_in_the_registry() {
                 || said.contains("and its seal are missing: the log was cut at its end")),
         "{said}"
     );
+    // The refusal names the seal's time on the province's clocks too.
+    assert!(said.contains(" +07:00)") && !said.contains("Z)"), "{said}");
 
     // An anchor edited to fit the cut log is not trusted: its signature is the node's.
     let forged = std::fs::read_to_string(&anchor)

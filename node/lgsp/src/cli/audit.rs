@@ -299,6 +299,20 @@ fn verify(
         Err(error @ AuditError::Tampered { .. }) => Err(anyhow::Error::new(error).context(
             format!("sharing log {} has been tampered with", log.display()),
         )),
+        Err(AuditError::BehindAnchor {
+            last,
+            anchored,
+            anchor: _,
+        }) if anchor.is_some() => {
+            // Named as the report names it: the seal's time on the
+            // province's clocks.
+            let error = AuditError::BehindAnchor {
+                last,
+                anchored,
+                anchor: anchor_in_zone(anchor.as_ref().expect("checked"), cal),
+            };
+            Err(anyhow::Error::new(error).context(format!("sharing log {} was cut", log.display())))
+        }
         Err(error @ (AuditError::BehindAnchor { .. } | AuditError::ShortExport { .. })) => {
             Err(anyhow::Error::new(error).context(format!("sharing log {} was cut", log.display())))
         }
