@@ -118,16 +118,34 @@ impl SledFiles {
     }
 }
 
+/// How long [`SledKv::open`] waits for a lock on the directory to be let go.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl SledKv {
     /// Opens (or creates) the database at `path`, in sled's high-throughput
     /// mode, and makes its files durable; fails if sled cannot open it (a
     /// lock held by another process, I/O, corruption) or a sync fails.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(path)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(engine)?;
+        // sled lets go of its lock on the directory when its background
+        // thread drops the last handle, a moment after the handle is dropped:
+        // a store reopened in the same process (after a compaction, a
+        // restore) waits for it. Another process's lock fails after the wait.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match sled::Config::new()
+                .path(path)
+                .mode(sled::Mode::HighThroughput)
+                .open()
+            {
+                Err(e)
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other.map_err(engine)?,
+            }
+        };
         let files = SledFiles::open(path)?;
         Ok(Self {
             db,
