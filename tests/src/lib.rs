@@ -7,6 +7,7 @@ pub mod metrics;
 pub mod power_cut;
 pub mod process;
 pub mod province;
+pub mod python;
 
 use lgsp_certs::ca::{CertificateAuthority, LeafSpec};
 use lgsp_certs::{AgencyCode, Authenticator, Credentials, Role, ServerTls, SpiffeId, WhoAmI};
