@@ -13,40 +13,109 @@ use tokio::time::Instant;
 
 #[derive(Debug)]
 struct Bucket {
-    /// The consumer's name, shared with its permits.
+    /// The key, shared with its permits.
     name: Arc<str>,
     tokens: f64,
     at: Instant,
     in_flight: usize,
 }
 
-/// Calls in flight and calls per second, per consumer agency.
-#[derive(Debug)]
-pub struct Limits {
-    max_in_flight: usize,
-    rate: f64,
+/// Which limit a call ran into (see [`Buckets::take`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Over {
+    /// This many calls were already in flight.
+    InFlight(usize),
+    /// Over this many calls per second.
+    Rate(u32),
+}
+
+/// Calls in flight and calls per second, per key (a consumer agency, a
+/// federation peer): a token bucket holding one second's calls, and the
+/// slots held. The limits are given at each call, so they may change.
+#[derive(Debug, Default)]
+pub struct Buckets {
     buckets: Mutex<HashMap<Arc<str>, Bucket>>,
 }
 
-/// Holds one in-flight slot of a consumer until dropped.
+/// Holds one in-flight slot of a key until dropped.
 #[derive(Debug)]
 pub struct Permit {
-    limits: Arc<Limits>,
-    consumer: Arc<str>,
+    buckets: Arc<Buckets>,
+    key: Arc<str>,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        if let Some(b) = self
-            .limits
-            .buckets
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get_mut(&self.consumer)
-        {
+        if let Some(b) = self.buckets.lock().get_mut(&self.key) {
             b.in_flight = b.in_flight.saturating_sub(1);
         }
     }
+}
+
+impl Buckets {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Bucket>> {
+        self.buckets.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes a slot for `key` under `max_in_flight` calls at once and
+    /// `rate_per_second` calls per second (each at least 1), or says which
+    /// it hit. A key's bucket starts full: it may burst one second's calls.
+    pub fn take(
+        self: &Arc<Self>,
+        key: &str,
+        max_in_flight: usize,
+        rate_per_second: u32,
+    ) -> Result<Permit, Over> {
+        let max = max_in_flight.max(1);
+        let rate = f64::from(rate_per_second.max(1));
+        let now = Instant::now();
+        let mut buckets = self.lock();
+        if !buckets.contains_key(key) {
+            let name: Arc<str> = Arc::from(key);
+            let fresh = Bucket {
+                name: name.clone(),
+                tokens: rate,
+                at: now,
+                in_flight: 0,
+            };
+            buckets.insert(name, fresh);
+        }
+        let b = buckets.get_mut(key).expect("inserted above");
+        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(rate);
+        b.at = now;
+        if b.in_flight >= max {
+            return Err(Over::InFlight(max));
+        }
+        if b.tokens < 1.0 {
+            return Err(Over::Rate(rate as u32));
+        }
+        b.tokens -= 1.0;
+        b.in_flight += 1;
+        Ok(Permit {
+            buckets: self.clone(),
+            key: b.name.clone(),
+        })
+    }
+
+    /// How many keys the table holds.
+    pub fn tracked(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Forgets keys not in `keep` that have nothing in flight, so the table
+    /// stays as small as the list it follows.
+    pub fn retain(&self, keep: &[String]) {
+        self.lock()
+            .retain(|key, b| b.in_flight > 0 || keep.iter().any(|k| **k == **key));
+    }
+}
+
+/// Calls in flight and calls per second, per consumer agency.
+#[derive(Debug)]
+pub struct Limits {
+    max_in_flight: usize,
+    rate_per_second: u32,
+    buckets: Arc<Buckets>,
 }
 
 impl Limits {
@@ -55,47 +124,26 @@ impl Limits {
     /// bucket starts full, so it may burst up to one second's calls.
     pub fn new(max_in_flight: usize, rate_per_second: u32) -> Arc<Self> {
         Arc::new(Self {
-            max_in_flight: max_in_flight.max(1),
-            rate: f64::from(rate_per_second.max(1)),
-            buckets: Mutex::new(HashMap::new()),
+            max_in_flight,
+            rate_per_second,
+            buckets: Arc::default(),
         })
     }
 
     /// Takes a slot for `consumer`, or says which limit it hit.
-    pub fn acquire(self: &Arc<Self>, consumer: &str) -> Result<Permit, Refusal> {
-        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = Instant::now();
-        if !buckets.contains_key(consumer) {
-            let name: Arc<str> = Arc::from(consumer);
-            let fresh = Bucket {
-                name: name.clone(),
-                tokens: self.rate,
-                at: now,
-                in_flight: 0,
-            };
-            buckets.insert(name, fresh);
-        }
-        let b = buckets.get_mut(consumer).expect("inserted above");
-        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * self.rate).min(self.rate);
-        b.at = now;
-        if b.in_flight >= self.max_in_flight {
-            return Err(Refusal::TooManyInFlight {
-                consumer: consumer.to_owned(),
-                max: self.max_in_flight,
-            });
-        }
-        if b.tokens < 1.0 {
-            return Err(Refusal::OverRate {
-                consumer: consumer.to_owned(),
-                rate: self.rate as u32,
-            });
-        }
-        b.tokens -= 1.0;
-        b.in_flight += 1;
-        Ok(Permit {
-            limits: self.clone(),
-            consumer: b.name.clone(),
-        })
+    pub fn acquire(&self, consumer: &str) -> Result<Permit, Refusal> {
+        self.buckets
+            .take(consumer, self.max_in_flight, self.rate_per_second)
+            .map_err(|over| match over {
+                Over::InFlight(max) => Refusal::TooManyInFlight {
+                    consumer: consumer.to_owned(),
+                    max,
+                },
+                Over::Rate(rate) => Refusal::OverRate {
+                    consumer: consumer.to_owned(),
+                    rate,
+                },
+            })
     }
 }
 

@@ -10,10 +10,10 @@
 //! the record means the hub's default. Time is tokio's clock, so tests can
 //! pause and advance it.
 
+pub use lgsp_node::limits::Permit;
+use lgsp_node::limits::{Buckets, Over};
 use lgsp_proto::FederationPeer;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
-use tokio::time::Instant;
+use std::sync::Arc;
 
 /// Calls in flight with one peer, in one direction, when its record says 0.
 pub const DEFAULT_MAX_IN_FLIGHT: u32 = 256;
@@ -102,39 +102,11 @@ impl From<LimitError> for tonic::Status {
     }
 }
 
-#[derive(Debug)]
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-    in_flight: u32,
-}
-
 /// Calls in flight and per second, per peer, in one direction.
 #[derive(Debug)]
 pub struct PeerLimits {
     direction: Direction,
-    buckets: Mutex<HashMap<String, Bucket>>,
-}
-
-/// Holds one in-flight slot with a peer until dropped.
-#[derive(Debug)]
-pub struct Permit {
-    limits: Arc<PeerLimits>,
-    peer: String,
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        if let Some(b) = self
-            .limits
-            .buckets
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get_mut(&self.peer)
-        {
-            b.in_flight = b.in_flight.saturating_sub(1);
-        }
-    }
+    buckets: Arc<Buckets>,
 }
 
 impl PeerLimits {
@@ -142,53 +114,34 @@ impl PeerLimits {
     pub fn new(direction: Direction) -> Arc<Self> {
         Arc::new(Self {
             direction,
-            buckets: Mutex::new(HashMap::new()),
+            buckets: Arc::default(),
         })
     }
 
     /// Takes a slot with `peer` under `limit`, or says which limit it hit.
     /// A peer's bucket starts full: it may burst one second's calls.
-    pub fn acquire(self: &Arc<Self>, peer: &str, limit: Limit) -> Result<Permit, LimitError> {
-        let max = limit.max_in_flight.max(1);
-        let rate = f64::from(limit.rate_per_second.max(1));
-        let now = Instant::now();
-        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-        let b = buckets.entry(peer.to_owned()).or_insert(Bucket {
-            tokens: rate,
-            at: now,
-            in_flight: 0,
-        });
-        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(rate);
-        b.at = now;
-        if b.in_flight >= max {
-            return Err(LimitError::InFlight {
-                peer: peer.to_owned(),
-                direction: self.direction,
-                max,
-            });
-        }
-        if b.tokens < 1.0 {
-            return Err(LimitError::Rate {
-                peer: peer.to_owned(),
-                direction: self.direction,
-                rate: rate as u32,
-            });
-        }
-        b.tokens -= 1.0;
-        b.in_flight += 1;
-        Ok(Permit {
-            limits: self.clone(),
-            peer: peer.to_owned(),
-        })
+    pub fn acquire(&self, peer: &str, limit: Limit) -> Result<Permit, LimitError> {
+        let max = usize::try_from(limit.max_in_flight).unwrap_or(usize::MAX);
+        self.buckets
+            .take(peer, max, limit.rate_per_second)
+            .map_err(|over| match over {
+                Over::InFlight(max) => LimitError::InFlight {
+                    peer: peer.to_owned(),
+                    direction: self.direction,
+                    max: u32::try_from(max).unwrap_or(u32::MAX),
+                },
+                Over::Rate(rate) => LimitError::Rate {
+                    peer: peer.to_owned(),
+                    direction: self.direction,
+                    rate,
+                },
+            })
     }
 
     /// Forgets peers not in `keep` (removed from the catalog) that have
     /// nothing in flight, so the table stays as small as the peer list.
     pub fn retain(&self, keep: &[String]) {
-        self.buckets
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|name, b| b.in_flight > 0 || keep.contains(name));
+        self.buckets.retain(keep);
     }
 }
 
@@ -301,6 +254,6 @@ mod tests {
         );
         drop(held);
         limits.retain(&[]);
-        assert!(limits.buckets.lock().unwrap().is_empty());
+        assert_eq!(limits.buckets.tracked(), 0);
     }
 }
