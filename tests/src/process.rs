@@ -133,6 +133,40 @@ impl Drop for ServerProcess {
     }
 }
 
+/// The arguments of `lgsp registry start` for server `id` listening for
+/// clients on `client` and peers on `peer`, founding with `peers` (as
+/// `--peers` says them), from `data` with the credentials in `tls`.
+pub fn registry_start_args(
+    id: u64,
+    client: &str,
+    peer: &str,
+    peers: &str,
+    data: &std::path::Path,
+    tls: &std::path::Path,
+) -> Vec<String> {
+    let id = id.to_string();
+    let (data, tls) = (data.display().to_string(), tls.display().to_string());
+    [
+        "registry",
+        "start",
+        "--id",
+        &id,
+        "--listen",
+        client,
+        "--peer-listen",
+        peer,
+        "--peers",
+        peers,
+        "--data-dir",
+        &data,
+        "--tls-dir",
+        &tls,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 /// A cluster of registry processes.
 #[derive(Debug)]
 pub struct ProcessCluster {
@@ -191,27 +225,14 @@ impl ProcessCluster {
             let dir = pki.dir.path().join(format!("registry-{id}"));
             let (creds, _) = pki.issue(province, Role::Registry, &format!("registry-{id}"));
             write_creds(&dir.join("tls"), &creds);
-            let args: Vec<String> = [
-                "registry",
-                "start",
-                "--id",
-                &id.to_string(),
-                "--listen",
+            let args = registry_start_args(
+                *id,
                 client,
-                "--peer-listen",
                 peer,
-                "--peers",
                 &peers,
-                "--data-dir",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .chain([
-                dir.join("data").display().to_string(),
-                "--tls-dir".into(),
-                dir.join("tls").display().to_string(),
-            ])
-            .collect();
+                &dir.join("data"),
+                &dir.join("tls"),
+            );
             let mut s = ServerProcess {
                 id: *id,
                 client: client.clone(),

@@ -9,7 +9,7 @@ use lgsp_proto::catalog_record::Value;
 use lgsp_registry::{Catalog, RegistryClient};
 use lgsp_tests::cluster::{free_addr, write_creds};
 use lgsp_tests::lgsp;
-use lgsp_tests::process::{ProcessCluster, ServerProcess};
+use lgsp_tests::process::{ProcessCluster, ServerProcess, registry_start_args};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -169,25 +169,7 @@ async fn a_snapshot_saved_while_writes_go_on_founds_a_cluster_holding_every_writ
             String::from_utf8_lossy(&out.stderr)
         );
         let tls = cluster.server(*id).dir.join("tls");
-        let args: Vec<String> = [
-            "registry",
-            "start",
-            "--id",
-            &id.to_string(),
-            "--listen",
-            client,
-            "--peer-listen",
-            peer,
-            "--peers",
-            &peers,
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--tls-dir",
-            tls.to_str().unwrap(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let args = registry_start_args(*id, client, peer, &peers, &data, &tls);
         restored.push(cluster.spawn_extra(*id, client, args, dir));
     }
     let endpoints: Vec<String> = addrs.iter().map(|(_, c, _)| c.clone()).collect();
