@@ -289,12 +289,7 @@ fn client_of(hub: &Hub, leaf: Option<&[u8]>, xroad_client: &str) -> Result<RestC
                 ),
             )
         })?;
-    let now = lgsp_registry::calendar::unix_now_ms();
-    if !hub
-        .ctx
-        .obo_verifier
-        .issued(leaf, &lgsp_node::obo::rest_client_roots(&client), now)
-    {
+    if !lgsp_node::obo::issued_by(leaf, &lgsp_node::obo::rest_client_roots(&client)) {
         return Err(Status::unauthenticated(format!(
             "the security server's certificate is not issued by the CA registered for X-Road client {xroad_client} (REST client {})",
             client.name
