@@ -671,4 +671,84 @@ mod tests {
         rewritten.signature[40] ^= 1;
         assert!(guard.check(&rewritten, "r-1", now_ms()).is_err());
     }
+
+    fn rest_client(outside: &Instance) -> lgsp_proto::RestClient {
+        lgsp_proto::RestClient {
+            name: "btp-hotich".into(),
+            trust_domain: outside.ca.trust_domain().into(),
+            ca_pem: outside.ca.cert_pem().into(),
+            agency_code: "000.00.07.G01".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_hub_record_for_a_rest_client_names_the_outside_agency() {
+        let mut p = instance("p.example");
+        let mut outside = instance("moj.example");
+        let hub = node(&mut p, "000.00.00.H62", lgsp_certs::Role::Hub);
+        let caller = node(&mut outside, "000.00.07.G01", lgsp_certs::Role::Node);
+        let client = rest_client(&outside);
+        let signed = Signer::new(&hub)
+            .unwrap()
+            .sign_for_rest_client(&envelope(), now_ms(), "btp-hotich", &caller.chain[0])
+            .unwrap();
+        let v = Verifier::default()
+            .verify_rest_client(
+                &signed,
+                &envelope(),
+                &hub.roots,
+                "p.example",
+                &client,
+                now_ms(),
+            )
+            .unwrap();
+        assert_eq!(v.consumer(), "000.00.07.G01@moj.example");
+        // Not a node's record: the federation path refuses it.
+        assert!(matches!(
+            verify(&signed, &envelope(), &hub.roots, now_ms()),
+            Err(OboError::NotANode(_))
+        ));
+    }
+
+    #[test]
+    fn a_rest_client_record_not_signed_by_the_own_hub_or_for_another_ca_is_refused() {
+        let mut p = instance("p.example");
+        let mut outside = instance("moj.example");
+        let mut stranger = instance("moj.example");
+        let hub = node(&mut p, "000.00.00.H62", lgsp_certs::Role::Hub);
+        let province_node = node(&mut p, "000.00.13.H62", lgsp_certs::Role::Node);
+        let caller = node(&mut outside, "000.00.07.G01", lgsp_certs::Role::Node);
+        let impostor = node(&mut stranger, "000.00.07.G01", lgsp_certs::Role::Node);
+        let client = rest_client(&outside);
+        let verify_as = |signer: &Credentials, cert: &[u8], name: &str| {
+            let signed = Signer::new(signer)
+                .unwrap()
+                .sign_for_rest_client(&envelope(), now_ms(), name, cert)
+                .unwrap();
+            Verifier::default().verify_rest_client(
+                &signed,
+                &envelope(),
+                &hub.roots,
+                "p.example",
+                &client,
+                now_ms(),
+            )
+        };
+        // A province node is not the hub.
+        assert!(matches!(
+            verify_as(&province_node, &caller.chain[0], "btp-hotich"),
+            Err(OboError::NotAHub(_))
+        ));
+        // A certificate of a CA the record does not name.
+        assert!(matches!(
+            verify_as(&hub, &impostor.chain[0], "btp-hotich"),
+            Err(OboError::Untrusted(_))
+        ));
+        // A record for another REST client.
+        assert!(matches!(
+            verify_as(&hub, &caller.chain[0], "other"),
+            Err(OboError::Malformed(_))
+        ));
+    }
 }
