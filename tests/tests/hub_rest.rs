@@ -416,6 +416,14 @@ async fn an_outside_rest_client_calls_a_province_service_through_the_hub() {
     }
     let body = limited.expect("a 429 within 10 calls at a rate of 3/s");
     assert_eq!(json(&body)["code"], "RESOURCE_EXHAUSTED", "{body}");
+    // The client is an outside link of the hub: served and refused calls in its metrics.
+    let (_, metrics) = lgsp_tests::metrics::scrape(&hub.metrics).await;
+    for outcome in ["served", "refused"] {
+        let series = format!(
+            "lgsp_hub_peer_calls_total{{peer=\"rest:btp-hotich\",direction=\"in\",outcome=\"{outcome}\"}}"
+        );
+        assert!(metrics.contains(&series), "{series} missing:\n{metrics}");
+    }
 
     // No certificate, or one of a CA the hub does not trust: no call.
     let (status, _, body) = exchange(&rest, &roots, None, post(&path, call, None))
