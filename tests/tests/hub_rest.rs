@@ -443,6 +443,29 @@ async fn an_outside_rest_client_calls_a_province_service_through_the_hub() {
         refused.is_err(),
         "a certificate of an untrusted CA is refused in the handshake: {refused:?}"
     );
+
+    // Two systems registered with one CA: the hub cannot tell them apart and
+    // refuses rather than guesses.
+    add_client(&mut p, &q, "btp-2", &[]);
+    let start = std::time::Instant::now();
+    let body = loop {
+        let (status, _, body) = exchange(&rest, &roots, Some(&client), post(&path, call, None))
+            .await
+            .unwrap();
+        if status == 401 {
+            break body;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{status}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        body.contains("several REST clients (btp-2, btp-hotich)")
+            || body.contains("several REST clients (btp-hotich, btp-2)"),
+        "{body}"
+    );
 }
 
 /// The provider security server's request: `X-Road-Client`, `X-Road-Id`,

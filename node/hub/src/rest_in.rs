@@ -99,17 +99,29 @@ pub fn client_of(hub: &Hub, leaf: Option<&[u8]>) -> Result<RestClient, Status> {
         )
     })?;
     // Outside systems' certificates need not carry a SPIFFE ID: only the
-    // chain to the registered CA (and the validity) is checked.
-    hub.ctx
+    // chain to the registered CA (and the validity) is checked. X-Road
+    // clients' records name a security server's CA and serve `/xroad/` only.
+    let mut matching: Vec<RestClient> = hub
+        .ctx
         .cache
         .rest_clients()
         .into_iter()
-        .find(|c| lgsp_node::obo::issued_by(leaf, &lgsp_node::obo::rest_client_roots(c)))
-        .ok_or_else(|| {
-            Status::unauthenticated(
-                "the client certificate is not issued by the CA of a REST client this province registered (see `lgsp hub rest-client list`)",
-            )
-        })
+        .filter(|c| c.xroad_client.is_empty())
+        .filter(|c| lgsp_node::obo::issued_by(leaf, &lgsp_node::obo::rest_client_roots(c)))
+        .collect();
+    match matching.len() {
+        0 => Err(Status::unauthenticated(
+            "the client certificate is not issued by the CA of a REST client this province registered (see `lgsp hub rest-client list`)",
+        )),
+        1 => Ok(matching.remove(0)),
+        _ => {
+            let names: Vec<&str> = matching.iter().map(|c| c.name.as_str()).collect();
+            Err(Status::unauthenticated(format!(
+                "the client certificate's CA is registered for several REST clients ({}); the provincial admin gives each its own CA",
+                names.join(", ")
+            )))
+        }
+    }
 }
 
 /// Takes one of `client`'s slots, or refuses with `RESOURCE_EXHAUSTED`
