@@ -205,6 +205,8 @@ struct Trust {
     /// Whether a certificate whose CA has no CRL here passes (several
     /// CAs, only some of which published one: a hub's federation peers).
     partial: bool,
+    /// The application protocols offered (ALPN).
+    alpn: Vec<Vec<u8>>,
 }
 
 /// A server's mTLS configuration that can change while it runs.
@@ -228,10 +230,22 @@ impl ServerTls {
     /// credentials' CAs, and no CRL yet. Fails with [`CertError::Tls`] when
     /// rustls refuses the certificate, key or roots.
     pub fn new(creds: Credentials) -> Result<Arc<Self>> {
+        Self::with_alpn(creds, vec![b"h2".to_vec()])
+    }
+
+    /// As [`Self::new`], for an HTTP/1.1 server (the hub's REST endpoint):
+    /// HTTP clients offer `http/1.1`, and a server that offers only `h2`
+    /// refuses their handshake.
+    pub fn http1(creds: Credentials) -> Result<Arc<Self>> {
+        Self::with_alpn(creds, vec![b"http/1.1".to_vec()])
+    }
+
+    fn with_alpn(creds: Credentials, alpn: Vec<Vec<u8>>) -> Result<Arc<Self>> {
         let trust = Trust {
             roots: creds.roots.clone(),
             crls: Vec::new(),
             partial: false,
+            alpn,
         };
         let config = build_server_config(&creds, &trust)?;
         Ok(Arc::new(Self {
@@ -299,6 +313,7 @@ impl ServerTls {
                 .map(CertificateRevocationListDer::from)
                 .collect(),
             partial: true,
+            alpn: trust.alpn.clone(),
         };
         let config = build_server_config(&self.creds, &next)?;
         *trust = next;
@@ -444,7 +459,7 @@ fn build_server_config(creds: &Credentials, trust: &Trust) -> Result<ServerConfi
         .with_client_cert_verifier(verifier)
         .with_single_cert(creds.chain.clone(), creds.key.clone_key())
         .map_err(|e| CertError::Tls(format!("server certificate and key: {e}")))?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = trust.alpn.clone();
     Ok(config)
 }
 

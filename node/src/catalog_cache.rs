@@ -187,6 +187,26 @@ impl CatalogCache {
             })
     }
 
+    /// Outside REST system `name`, as the catalog holds it.
+    pub fn rest_client(&self, name: &str) -> Option<lgsp_proto::RestClient> {
+        match self.get(RecordKind::RestClient, name)? {
+            Value::RestClient(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Every outside REST system of the catalog.
+    pub fn rest_clients(&self) -> Vec<lgsp_proto::RestClient> {
+        let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        state
+            .of_kind(RecordKind::RestClient)
+            .filter_map(|r| match &r.value {
+                Some(Value::RestClient(c)) => Some(c.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The display name of agency `code`, if registered.
     pub fn agency_name(&self, code: &str) -> Option<String> {
         match self.get(RecordKind::Agency, code)? {
@@ -345,6 +365,7 @@ impl CatalogCache {
             RecordKind::Peer,
             RecordKind::Export,
             RecordKind::Import,
+            RecordKind::RestClient,
         ] {
             let (records, rev) = client
                 .list_all(ListRequest {

@@ -299,6 +299,19 @@ pub struct NodeConfig {
     /// The services this node serves for its agency.
     #[serde(default)]
     pub services: Vec<ServiceConfig>,
+    /// For a hub (`lgsp hub start`): its own listeners beyond the node's.
+    #[serde(default)]
+    pub hub: HubConfig,
+}
+
+/// The `[hub]` table: what only a hub reads.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HubConfig {
+    /// Where outside REST systems and X-Road security servers call
+    /// province services (HTTP/JSON over mTLS), e.g. 0.0.0.0:7443; none
+    /// by default. `lgsp hub start --rest-listen` overrides it.
+    pub rest_listen: Option<SocketAddr>,
 }
 
 impl NodeConfig {

@@ -59,6 +59,11 @@ pub enum OboError {
     /// The signer is not a node.
     #[error("the on-behalf-of record is signed by {0}, not an agency's node")]
     NotANode(String),
+    /// A record for a REST caller not signed by this province's hub.
+    #[error(
+        "the on-behalf-of record of a REST caller is signed by {0}, not by this province's hub"
+    )]
+    NotAHub(String),
 }
 
 /// The digest a record binds: SHA-256 of the encoded envelope.
@@ -111,14 +116,39 @@ impl Signer {
         envelope: &lgsp_proto::Envelope,
         at_unix_ms: i64,
     ) -> Result<SignedOnBehalfOf, OboError> {
-        let record = OnBehalfOf {
+        self.sign_record(OnBehalfOf {
             certificate: self.certificate.clone(),
             request_id: envelope.request_id.clone(),
             request_sha256: digest(envelope).to_vec(),
             at_unix_ms,
             service_id: envelope.service_id.clone(),
-        }
-        .encode_to_vec();
+            ..Default::default()
+        })
+    }
+
+    /// Signs, with the hub's key, a record for `envelope` made on behalf of
+    /// outside REST system `rest_client` (its catalog record's name), which
+    /// presented `caller_certificate` (DER) to the hub.
+    pub fn sign_for_rest_client(
+        &self,
+        envelope: &lgsp_proto::Envelope,
+        at_unix_ms: i64,
+        rest_client: &str,
+        caller_certificate: &[u8],
+    ) -> Result<SignedOnBehalfOf, OboError> {
+        self.sign_record(OnBehalfOf {
+            certificate: self.certificate.clone(),
+            request_id: envelope.request_id.clone(),
+            request_sha256: digest(envelope).to_vec(),
+            at_unix_ms,
+            service_id: envelope.service_id.clone(),
+            rest_client: rest_client.to_owned(),
+            caller_certificate: caller_certificate.to_vec(),
+        })
+    }
+
+    fn sign_record(&self, record: OnBehalfOf) -> Result<SignedOnBehalfOf, OboError> {
+        let record = record.encode_to_vec();
         let signature = self
             .key
             .sign(&SystemRandom::new(), &signed_bytes(&record))
@@ -261,6 +291,70 @@ impl Verifier {
         roots: &[CertificateDer<'_>],
         now_ms: i64,
     ) -> Result<Verified, OboError> {
+        let (known, record) = self.signed_by(signed, envelope, roots, now_ms)?;
+        if known.id.role != lgsp_certs::Role::Node || !record.rest_client.is_empty() {
+            return Err(OboError::NotANode(known.id.to_string()));
+        }
+        Ok(Verified {
+            id: known.id,
+            record,
+        })
+    }
+
+    /// Verifies a record a hub of this province (its certificate issued by
+    /// one of `own_roots`, of trust domain `own_domain`) signed for a call
+    /// from outside REST system `client`: the system's certificate in the
+    /// record must chain to the client's CA. The consumer is then the
+    /// client's agency, of its trust domain.
+    pub fn verify_rest_client(
+        &self,
+        signed: &SignedOnBehalfOf,
+        envelope: &lgsp_proto::Envelope,
+        own_roots: &[CertificateDer<'_>],
+        own_domain: &str,
+        client: &lgsp_proto::RestClient,
+        now_ms: i64,
+    ) -> Result<Verified, OboError> {
+        let (known, record) = self.signed_by(signed, envelope, own_roots, now_ms)?;
+        if known.id.role != lgsp_certs::Role::Hub || known.id.trust_domain != own_domain {
+            return Err(OboError::NotAHub(known.id.to_string()));
+        }
+        if record.rest_client != client.name {
+            return Err(OboError::Malformed(format!(
+                "the record names REST client {:?}, not {:?}",
+                record.rest_client, client.name
+            )));
+        }
+        let client_roots = rest_client_roots(client);
+        if !issued_by(&record.caller_certificate, &client_roots) {
+            return Err(OboError::Untrusted(format!(
+                "the certificate of REST client {}",
+                client.name
+            )));
+        }
+        let agency = client
+            .agency_code
+            .parse()
+            .map_err(|e| OboError::Malformed(format!("REST client {}: {e}", client.name)))?;
+        let id = SpiffeId::new(
+            &client.trust_domain,
+            agency,
+            lgsp_certs::Role::Node,
+            &client.name,
+        )
+        .map_err(|e| OboError::Malformed(format!("REST client {}: {e}", client.name)))?;
+        Ok(Verified { id, record })
+    }
+
+    /// The record in `signed`, its signer's certificate checked against
+    /// `roots` (and in its validity), its signature, request and time.
+    fn signed_by(
+        &self,
+        signed: &SignedOnBehalfOf,
+        envelope: &lgsp_proto::Envelope,
+        roots: &[CertificateDer<'_>],
+        now_ms: i64,
+    ) -> Result<(Known, OnBehalfOf), OboError> {
         let record = OnBehalfOf::decode(signed.record.as_slice())
             .map_err(|e| OboError::Malformed(e.to_string()))?;
         let known = self.known(&record.certificate, roots)?;
@@ -269,9 +363,6 @@ impl Verifier {
                 "{} (outside its validity)",
                 known.id
             )));
-        }
-        if known.id.role != lgsp_certs::Role::Node {
-            return Err(OboError::NotANode(known.id.to_string()));
         }
         UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &known.public_key)
             .verify(&signed_bytes(&signed.record), &signed.signature)
@@ -285,10 +376,7 @@ impl Verifier {
         if skew_ms.unsigned_abs() > MAX_SKEW.as_millis() as u64 {
             return Err(OboError::Expired(skew_ms / 1000));
         }
-        Ok(Verified {
-            id: known.id,
-            record,
-        })
+        Ok((known, record))
     }
 }
 
@@ -336,6 +424,24 @@ pub fn peer_roots(peer: &lgsp_proto::FederationPeer) -> Vec<CertificateDer<'stat
         .filter(|(label, _)| label == "CERTIFICATE")
         .map(|(_, der)| CertificateDer::from(der))
         .collect()
+}
+
+/// The CA certificates (DER) of an outside REST system, from its PEM.
+pub fn rest_client_roots(client: &lgsp_proto::RestClient) -> Vec<CertificateDer<'static>> {
+    lgsp_certs::inspect::pem_blocks(&client.ca_pem)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(label, _)| label == "CERTIFICATE")
+        .map(|(_, der)| CertificateDer::from(der))
+        .collect()
+}
+
+/// The REST client a record is made for (empty: a node's record), before
+/// it is verified (to choose how to verify it).
+pub fn claimed_rest_client(signed: &SignedOnBehalfOf) -> String {
+    OnBehalfOf::decode(signed.record.as_slice())
+        .map(|r| r.rest_client)
+        .unwrap_or_default()
 }
 
 /// The trust domain a record's certificate names, before it is verified
@@ -564,5 +670,85 @@ mod tests {
         let mut rewritten = signed.clone();
         rewritten.signature[40] ^= 1;
         assert!(guard.check(&rewritten, "r-1", now_ms()).is_err());
+    }
+
+    fn rest_client(outside: &Instance) -> lgsp_proto::RestClient {
+        lgsp_proto::RestClient {
+            name: "btp-hotich".into(),
+            trust_domain: outside.ca.trust_domain().into(),
+            ca_pem: outside.ca.cert_pem().into(),
+            agency_code: "000.00.07.G01".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_hub_record_for_a_rest_client_names_the_outside_agency() {
+        let mut p = instance("p.example");
+        let mut outside = instance("moj.example");
+        let hub = node(&mut p, "000.00.00.H62", lgsp_certs::Role::Hub);
+        let caller = node(&mut outside, "000.00.07.G01", lgsp_certs::Role::Node);
+        let client = rest_client(&outside);
+        let signed = Signer::new(&hub)
+            .unwrap()
+            .sign_for_rest_client(&envelope(), now_ms(), "btp-hotich", &caller.chain[0])
+            .unwrap();
+        let v = Verifier::default()
+            .verify_rest_client(
+                &signed,
+                &envelope(),
+                &hub.roots,
+                "p.example",
+                &client,
+                now_ms(),
+            )
+            .unwrap();
+        assert_eq!(v.consumer(), "000.00.07.G01@moj.example");
+        // Not a node's record: the federation path refuses it.
+        assert!(matches!(
+            verify(&signed, &envelope(), &hub.roots, now_ms()),
+            Err(OboError::NotANode(_))
+        ));
+    }
+
+    #[test]
+    fn a_rest_client_record_not_signed_by_the_own_hub_or_for_another_ca_is_refused() {
+        let mut p = instance("p.example");
+        let mut outside = instance("moj.example");
+        let mut stranger = instance("moj.example");
+        let hub = node(&mut p, "000.00.00.H62", lgsp_certs::Role::Hub);
+        let province_node = node(&mut p, "000.00.13.H62", lgsp_certs::Role::Node);
+        let caller = node(&mut outside, "000.00.07.G01", lgsp_certs::Role::Node);
+        let impostor = node(&mut stranger, "000.00.07.G01", lgsp_certs::Role::Node);
+        let client = rest_client(&outside);
+        let verify_as = |signer: &Credentials, cert: &[u8], name: &str| {
+            let signed = Signer::new(signer)
+                .unwrap()
+                .sign_for_rest_client(&envelope(), now_ms(), name, cert)
+                .unwrap();
+            Verifier::default().verify_rest_client(
+                &signed,
+                &envelope(),
+                &hub.roots,
+                "p.example",
+                &client,
+                now_ms(),
+            )
+        };
+        // A province node is not the hub.
+        assert!(matches!(
+            verify_as(&province_node, &caller.chain[0], "btp-hotich"),
+            Err(OboError::NotAHub(_))
+        ));
+        // A certificate of a CA the record does not name.
+        assert!(matches!(
+            verify_as(&hub, &impostor.chain[0], "btp-hotich"),
+            Err(OboError::Untrusted(_))
+        ));
+        // A record for another REST client.
+        assert!(matches!(
+            verify_as(&hub, &caller.chain[0], "other"),
+            Err(OboError::Malformed(_))
+        ));
     }
 }

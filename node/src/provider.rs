@@ -210,12 +210,36 @@ impl Provider {
     ) -> Result<crate::obo::Verified, crate::obo::OboError> {
         let domain = crate::obo::claimed_domain(signed).unwrap_or_default();
         let verifier = &self.ctx.obo_verifier;
-        let roots = match self.ctx.cache.peer_of_domain(&domain) {
-            Some(peer) => verifier.roots_of(&peer),
-            None => Default::default(),
-        };
         let now = lgsp_registry::calendar::unix_now() * 1000;
-        let verified = verifier.verify(signed, env, &roots, now)?;
+        let rest_client = crate::obo::claimed_rest_client(signed);
+        let verified = if rest_client.is_empty() {
+            let roots = match self.ctx.cache.peer_of_domain(&domain) {
+                Some(peer) => verifier.roots_of(&peer),
+                None => Default::default(),
+            };
+            verifier.verify(signed, env, &roots, now)?
+        } else {
+            // An outside REST system, through this province's hub.
+            let client = self.ctx.cache.rest_client(&rest_client).ok_or_else(|| {
+                crate::obo::OboError::Untrusted(format!(
+                    "REST client {rest_client} (not in the catalog: see `lgsp hub rest-client list`)"
+                ))
+            })?;
+            let own_domain = self
+                .ctx
+                .creds
+                .spiffe_id()
+                .map(|id| id.trust_domain)
+                .unwrap_or_default();
+            verifier.verify_rest_client(
+                signed,
+                env,
+                &self.ctx.creds.roots,
+                &own_domain,
+                &client,
+                now,
+            )?
+        };
         self.ctx.replays.check(signed, &env.request_id, now)?;
         Ok(verified)
     }

@@ -226,6 +226,7 @@ pub fn key_of(value: &Value) -> (RecordKind, String) {
             RecordKind::AuditAnchor,
             NodeKey::format(&a.agency_code, &a.node),
         ),
+        Value::RestClient(c) => (RecordKind::RestClient, c.name.clone()),
     }
 }
 
@@ -247,6 +248,7 @@ fn owner_of(kind: RecordKind, key: &str) -> Option<&str> {
         | RecordKind::Peer
         | RecordKind::Export
         | RecordKind::Import
+        | RecordKind::RestClient
         | RecordKind::Unspecified => None,
     }
 }
@@ -271,7 +273,7 @@ fn validate_key(kind: RecordKind, key: &str) -> Result<(), CatalogError> {
         RecordKind::Calendar if key != CALENDAR_KEY => Err(CatalogError::InvalidArgument(format!(
             "the calendar's key is {CALENDAR_KEY:?}"
         ))),
-        RecordKind::Peer | RecordKind::Export | RecordKind::Import => {
+        RecordKind::Peer | RecordKind::Export | RecordKind::Import | RecordKind::RestClient => {
             federation::validate_key(kind, key)
         }
         RecordKind::Crl | RecordKind::Calendar | RecordKind::Unspecified => Ok(()),
@@ -502,6 +504,7 @@ fn normalize(value: &mut Value) {
         | Value::Peer(_)
         | Value::Export(_)
         | Value::Import(_)
+        | Value::RestClient(_)
         | Value::AuditAnchor(_) => {}
     }
 }
@@ -668,6 +671,7 @@ fn check_value(
         Value::Peer(p) => federation::check_peer(db, p)?,
         Value::Export(e) => federation::check_export(db, e)?,
         Value::Import(i) => federation::check_import(db, i)?,
+        Value::RestClient(c) => federation::check_rest_client(db, c)?,
         Value::AuditAnchor(a) => {
             let previous = match previous {
                 Some(Value::AuditAnchor(p)) => Some(p),
@@ -920,7 +924,22 @@ fn refuse_orphans(db: &impl KvRead, kind: RecordKind, key: &str) -> Result<(), C
         | RecordKind::Calendar
         | RecordKind::Export
         | RecordKind::Import
+        | RecordKind::RestClient
         | RecordKind::Unspecified => {}
+    }
+    // An outside REST system names its agency and the services offered to it.
+    if matches!(kind, RecordKind::Agency | RecordKind::Service) {
+        dependents.extend(
+            records(RecordKind::RestClient, "")?
+                .into_iter()
+                .filter(|r| match &r.value {
+                    Some(Value::RestClient(c)) => {
+                        c.agency_code == key || c.services.iter().any(|s| s == key)
+                    }
+                    _ => false,
+                })
+                .map(|r| format!("REST client {}", r.key)),
+        );
     }
     if dependents.is_empty() {
         return Ok(());

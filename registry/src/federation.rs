@@ -10,7 +10,9 @@ use crate::kv::KvRead;
 use crate::procedure::{Acting, Asker};
 use lgsp_certs::identity::{Role, validate_name};
 use lgsp_proto::catalog_record::Value;
-use lgsp_proto::{Agency, CatalogRecord, Export, FederationPeer, Import, RecordKind, Service};
+use lgsp_proto::{
+    Agency, CatalogRecord, Export, FederationPeer, Import, RecordKind, RestClient, Service,
+};
 use prost::Message as _;
 
 fn invalid(why: impl Into<String>) -> CatalogError {
@@ -39,7 +41,9 @@ pub fn import_key(peer: &str, service_id: &str) -> String {
 pub fn validate_key(kind: RecordKind, key: &str) -> Result<(), CatalogError> {
     let bad = || invalid(format!("{kind:?} key {key:?} is malformed"));
     match kind {
-        RecordKind::Peer => validate_name(key).map_err(|e| invalid(e.to_string())),
+        RecordKind::Peer | RecordKind::RestClient => {
+            validate_name(key).map_err(|e| invalid(e.to_string()))
+        }
         RecordKind::Export => {
             let (service, peer) = key.split_once('|').ok_or_else(bad)?;
             validate_name(peer).map_err(|e| invalid(e.to_string()))?;
@@ -316,6 +320,58 @@ fn check_peer_fields(p: &FederationPeer) -> Result<(), CatalogError> {
             "peer {}: hub endpoint {:?} is not host:port",
             p.name, p.hub_endpoint
         )));
+    }
+    Ok(())
+}
+
+/// Checks an outside REST system: its name and CA, and that it acts for a
+/// registered agency of its (foreign) trust domain and is offered only
+/// published services of this province.
+pub fn check_rest_client(db: &impl KvRead, c: &RestClient) -> Result<(), CatalogError> {
+    validate_name(&c.name).map_err(|e| invalid(e.to_string()))?;
+    if !c.ca_pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(invalid(format!(
+            "REST client {}: its CA is not a PEM certificate",
+            c.name
+        )));
+    }
+    match agency(db, &c.agency_code)? {
+        Some(a) if !a.trust_domain.is_empty() && a.trust_domain == c.trust_domain => {}
+        Some(a) => {
+            return Err(precondition(format!(
+                "REST client {}: agency {} is registered with trust domain {:?}, not {:?}; register the outside agency with `lgsp agency register --trust-domain {}`",
+                c.name, c.agency_code, a.trust_domain, c.trust_domain, c.trust_domain
+            )));
+        }
+        None => {
+            return Err(precondition(format!(
+                "REST client {}: there is no agency {}; register it first with `lgsp agency register --code {} --trust-domain {}`",
+                c.name, c.agency_code, c.agency_code, c.trust_domain
+            )));
+        }
+    }
+    for id in &c.services {
+        let service = get(db, RecordKind::Service, id)
+            .map_err(internal)?
+            .and_then(|r| match r.value {
+                Some(Value::Service(s)) => Some(s),
+                _ => None,
+            });
+        match service {
+            Some(s) if s.origin.is_empty() => {}
+            Some(_) => {
+                return Err(precondition(format!(
+                    "REST client {}: service {id} is imported from another instance; only this province's services are offered",
+                    c.name
+                )));
+            }
+            None => {
+                return Err(precondition(format!(
+                    "REST client {}: there is no service {id} in the catalog (see `lgsp service list`)",
+                    c.name
+                )));
+            }
+        }
     }
     Ok(())
 }

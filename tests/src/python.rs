@@ -71,3 +71,22 @@ pub async fn generate_stubs(out: &Path) {
     );
     assert!(out.join("lgsp/v1/exchange_pb2_grpc.py").exists());
 }
+
+/// Panics, saying what to install, when Python's `openapi-spec-validator`
+/// is missing.
+pub fn require_openapi_validator() {
+    let found = Command::new("python3")
+        .args(["-c", "import openapi_spec_validator, jsonschema"])
+        .output();
+    match found {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => panic!(
+            "Python's openapi-spec-validator is missing ({}); run `pip install openapi-spec-validator` \
+             (.ci/run installs it)",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => panic!(
+            "cannot run python3 ({e}); install Python 3, then `pip install openapi-spec-validator`"
+        ),
+    }
+}

@@ -11,7 +11,6 @@ use lgsp_certs::Role;
 use lgsp_node::refusal::Refusal;
 use lgsp_node::trace::{Trace, code_of};
 use lgsp_proto::catalog_record::Value;
-use lgsp_proto::data_exchange_client::DataExchangeClient;
 use lgsp_proto::data_exchange_server::DataExchange;
 use lgsp_proto::federation_server::Federation;
 use lgsp_proto::{
@@ -135,37 +134,17 @@ impl Inbound {
                 env.service_id, peer.name, peer.trust_domain
             )));
         }
-        let granted = cache
-            .with_grant(&env.service_id, consumer.agency.as_str(), |g| {
-                g.consumer_trust_domain == peer.trust_domain
-                    && lgsp_node::catalog_cache::CatalogCache::grant_is_active(g)
-            })
-            .unwrap_or(false);
-        if !granted {
+        if !hub.granted(
+            &env.service_id,
+            consumer.agency.as_str(),
+            &peer.trust_domain,
+        ) {
             return Err(Status::permission_denied(format!(
                 "agency {} of {} holds no active grant for {}; the provider grants it (the grant names the agency, registered with --trust-domain {})",
                 consumer.agency, peer.trust_domain, env.service_id, peer.trust_domain
             )));
         }
-        let node = cache
-            .with_service(&env.service_id, |s| (s.agency_code.clone(), s.node.clone()))
-            .and_then(|(agency, node)| cache.node(&agency, &node))
-            .ok_or_else(|| {
-                Status::failed_precondition(format!(
-                    "service {} has no registered node to serve it",
-                    env.service_id
-                ))
-            })?;
-        let channel = hub.ctx.channel_to(&node, Role::Node)?;
-        let mut request = Request::new(env.clone());
-        request.set_timeout(hub.call_timeout);
-        lgsp_node::obo::to_metadata(request.metadata_mut(), signed);
-        let max = hub.ctx.config.limits.max_message_bytes;
-        DataExchangeClient::new(channel)
-            .max_decoding_message_size(max)
-            .call(request)
-            .await
-            .map(|r| r.into_inner().payload)
+        hub.call_provider(env, signed).await
     }
 }
 

@@ -30,8 +30,10 @@ pub mod health;
 pub mod inbound;
 pub mod limiter;
 pub mod outbound;
+pub mod rest_in;
 pub mod sync;
 pub mod trust;
+pub mod xroad;
 
 use lgsp_certs::{ClientTrust, Credentials, Expected, Role, SpiffeId};
 use lgsp_node::config::NodeConfig;
@@ -197,6 +199,50 @@ impl Hub {
         Ok((channel, breaker))
     }
 
+    /// Whether agency `agency` of trust domain `trust_domain` (another
+    /// instance's, or an outside REST system's) holds an active grant for
+    /// `service_id`.
+    pub fn granted(&self, service_id: &str, agency: &str, trust_domain: &str) -> bool {
+        self.ctx
+            .cache
+            .with_grant(service_id, agency, |g| {
+                g.consumer_trust_domain == trust_domain
+                    && lgsp_node::catalog_cache::CatalogCache::grant_is_active(g)
+            })
+            .unwrap_or(false)
+    }
+
+    /// Calls the province node that serves `env`'s service, with the hub's
+    /// certificate plus `signed`, the record of on whose behalf (which the
+    /// provider verifies and logs), under the hub's call deadline; the
+    /// payload it answers, or its status.
+    pub async fn call_provider(
+        &self,
+        env: &lgsp_proto::Envelope,
+        signed: &lgsp_proto::SignedOnBehalfOf,
+    ) -> Result<Vec<u8>, tonic::Status> {
+        let cache = &self.ctx.cache;
+        let node = cache
+            .with_service(&env.service_id, |s| (s.agency_code.clone(), s.node.clone()))
+            .and_then(|(agency, node)| cache.node(&agency, &node))
+            .ok_or_else(|| {
+                tonic::Status::failed_precondition(format!(
+                    "service {} has no registered node to serve it",
+                    env.service_id
+                ))
+            })?;
+        let channel = self.ctx.channel_to(&node, Role::Node)?;
+        let mut request = tonic::Request::new(env.clone());
+        request.set_timeout(self.call_timeout);
+        lgsp_node::obo::to_metadata(request.metadata_mut(), signed);
+        let max = self.ctx.config.limits.max_message_bytes;
+        lgsp_proto::data_exchange_client::DataExchangeClient::new(channel)
+            .max_decoding_message_size(max)
+            .call(request)
+            .await
+            .map(|r| r.into_inner().payload)
+    }
+
     /// The health record of `peer`'s link.
     pub fn health_of(&self, peer: &str) -> Arc<health::LinkHealth> {
         self.health
@@ -214,7 +260,17 @@ impl Hub {
     pub fn links(&self) -> Vec<LinkStatus> {
         let mut peers = self.peers();
         peers.sort_by(|a, b| a.name.cmp(&b.name));
-        let names: Vec<String> = peers.iter().map(|p| p.name.clone()).collect();
+        let mut names: Vec<String> = peers.iter().map(|p| p.name.clone()).collect();
+        // Outside REST systems' links too, apart by their prefix.
+        let mut rest: Vec<String> = self
+            .ctx
+            .cache
+            .rest_clients()
+            .into_iter()
+            .map(|c| format!("{}{}", rest_in::LINK_PREFIX, c.name))
+            .collect();
+        rest.sort();
+        names.extend(rest);
         let mut links = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
         links.retain(|name, _| names.contains(name));
         let states: Vec<_> = names
@@ -252,6 +308,9 @@ pub struct HubOptions {
     /// Connections open at once on the outward listener (whoever they are
     /// from, before the handshake says); more are closed on accept.
     pub max_peer_connections: usize,
+    /// Where outside REST systems and X-Road security servers connect
+    /// (HTTP/JSON over mTLS); none: no REST endpoint.
+    pub rest: Option<SocketAddr>,
 }
 
 impl HubOptions {
@@ -260,6 +319,7 @@ impl HubOptions {
         Self {
             outward,
             max_peer_connections: 1024,
+            rest: None,
         }
     }
 }
@@ -271,6 +331,8 @@ pub struct HubServer {
     pub node: NodeServer,
     /// Where peers' hubs reach this one, as bound.
     pub outward_addr: SocketAddr,
+    /// Where outside REST systems reach this one, as bound, if it listens.
+    pub rest_addr: Option<SocketAddr>,
     /// What the parts share.
     pub hub: Arc<Hub>,
     stop: tokio::sync::watch::Sender<bool>,
@@ -289,6 +351,7 @@ impl HubServer {
     /// hub's, or the outward address cannot be bound.
     pub async fn start_with(config: NodeConfig, options: HubOptions) -> Result<Self, HubError> {
         let outward = options.outward;
+        let rest = options.rest.or(config.hub.rest_listen);
         let node = NodeServer::start(config).await?;
         let ctx = node.ctx.clone();
         let own = lgsp_certs::inspect::CertInfo::from_der(
@@ -364,11 +427,16 @@ impl HubServer {
                 tracing::error!(%error, "outward listener failed");
             }
         });
+        let rest_addr = match rest {
+            Some(addr) => Some(rest_in::listen(hub.clone(), addr, guard, stopped.clone()).await?),
+            None => None,
+        };
         tokio::spawn(sync::run(hub.clone(), stopped));
-        tracing::info!(%outward_addr, hub = %hub.id, "hub started");
+        tracing::info!(%outward_addr, ?rest_addr, hub = %hub.id, "hub started");
         Ok(Self {
             node,
             outward_addr,
+            rest_addr,
             hub,
             stop,
         })

@@ -655,6 +655,7 @@ fn node_config(
         },
         audit: Default::default(),
         services,
+        hub: Default::default(),
     }
 }
 

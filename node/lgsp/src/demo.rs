@@ -370,6 +370,7 @@ pub(crate) async fn start(dir: &Path, ports: Ports) -> Result<Province> {
                     backend: backend.clone(),
                 })
                 .collect(),
+            hub: Default::default(),
         };
         nodes.push(NodeServer::start(config).await?);
     }

@@ -2234,3 +2234,101 @@ fn a_write_past_the_catalog_bound_is_refused_whoever_writes_and_a_shrink_passes(
     // The bound in force leaves room for a snapshot's other contents.
     const { assert!(MAX_CATALOG_BYTES + (32 << 20) <= crate::transport::MAX_PEER_MESSAGE as u64) };
 }
+
+mod rest_clients {
+    use super::*;
+    use lgsp_proto::RestClient;
+
+    const OUTSIDE: &str = "000.00.07.G01";
+
+    fn client(agency: &str, trust_domain: &str, services: &[&str]) -> Value {
+        Value::RestClient(RestClient {
+            name: "btp-hotich".into(),
+            trust_domain: trust_domain.into(),
+            ca_pem: "-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n".into(),
+            agency_code: agency.into(),
+            services: services.iter().map(|s| (*s).to_owned()).collect(),
+            ..Default::default()
+        })
+    }
+
+    fn with_outside_agency() -> Kv {
+        let kv = catalog();
+        run(
+            &kv,
+            &admin(),
+            &put_cmd(Value::Agency(Agency {
+                code: OUTSIDE.into(),
+                name: "Bộ Tư pháp".into(),
+                trust_domain: "moj.gov.vn".into(),
+                ..Default::default()
+            })),
+        )
+        .unwrap();
+        kv
+    }
+
+    #[test]
+    fn a_rest_client_needs_an_outside_agency_of_its_trust_domain_and_province_services() {
+        let kv = with_outside_agency();
+        let ho_tich = format!("{A}/ho-tich");
+        // A province agency, another trust domain, an unknown service: refused, saying why.
+        let e = refused(run(
+            &kv,
+            &admin(),
+            &put_cmd(client(A, "moj.gov.vn", &[&ho_tich])),
+        ));
+        assert!(e.to_string().contains("trust domain"), "{e}");
+        let e = refused(run(
+            &kv,
+            &admin(),
+            &put_cmd(client(OUTSIDE, "other.gov.vn", &[&ho_tich])),
+        ));
+        assert!(e.to_string().contains("moj.gov.vn"), "{e}");
+        let e = refused(run(
+            &kv,
+            &admin(),
+            &put_cmd(client(OUTSIDE, "moj.gov.vn", &["000.00.12.H62/khong-co"])),
+        ));
+        assert!(e.to_string().contains("no service"), "{e}");
+        // Only the provincial admin adds one.
+        refused(run(
+            &kv,
+            &node_of(A),
+            &put_cmd(client(OUTSIDE, "moj.gov.vn", &[&ho_tich])),
+        ));
+        run(
+            &kv,
+            &admin(),
+            &put_cmd(client(OUTSIDE, "moj.gov.vn", &[&ho_tich])),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn an_agency_or_service_a_rest_client_names_is_not_deleted_under_it() {
+        let kv = with_outside_agency();
+        let ho_tich = format!("{A}/ho-tich");
+        run(
+            &kv,
+            &admin(),
+            &put_cmd(client(OUTSIDE, "moj.gov.vn", &[&ho_tich])),
+        )
+        .unwrap();
+        let e = refused(run(&kv, &admin(), &delete_cmd(RecordKind::Agency, OUTSIDE)));
+        assert!(e.to_string().contains("REST client btp-hotich"), "{e}");
+        let e = refused(run(
+            &kv,
+            &admin(),
+            &delete_cmd(RecordKind::Service, &ho_tich),
+        ));
+        assert!(e.to_string().contains("REST client btp-hotich"), "{e}");
+        run(
+            &kv,
+            &admin(),
+            &delete_cmd(RecordKind::RestClient, "btp-hotich"),
+        )
+        .unwrap();
+        run(&kv, &admin(), &delete_cmd(RecordKind::Service, &ho_tich)).unwrap();
+    }
+}

@@ -31,7 +31,18 @@ pub(super) enum HubCommand {
         /// closed on accept (calls per peer are limited by the peer record).
         #[arg(long, value_name = "N", default_value_t = 1024)]
         max_peer_connections: usize,
+        /// Where outside REST systems and X-Road security servers call
+        /// province services (HTTP/JSON over mTLS, see `lgsp hub
+        /// rest-client`); overrides `rest_listen` in the config's [hub]
+        /// table. None by default.
+        #[arg(long, value_name = "ADDR")]
+        rest_listen: Option<SocketAddr>,
     },
+    /// Outside REST systems (and X-Road clients behind a security server)
+    /// that call province services through the hub's REST endpoint
+    /// (provincial admin).
+    #[command(subcommand)]
+    RestClient(RestClientCommand),
     /// Federation peers: other lgsp instances and their CAs (provincial admin).
     #[command(subcommand)]
     Peer(PeerCommand),
@@ -101,6 +112,67 @@ pub(super) enum HubCommand {
         /// node.toml), to show its links' health.
         #[arg(long, value_name = "ADDR")]
         hub_metrics: Option<String>,
+        #[command(flatten)]
+        output: super::output::OutputArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum RestClientCommand {
+    /// Add (or replace) an outside REST system: the CA its client
+    /// certificates chain to, the outside agency it acts for (registered
+    /// with `lgsp agency register --trust-domain`), and the province
+    /// services offered to it. Its agency still needs a grant per service.
+    ///
+    /// Example: lgsp hub rest-client add --name btp-hotich --ca btp-ca.pem --trust-domain
+    /// moj.gov.vn --agency 000.00.07.G01 --service 000.00.12.H62/ho-tich
+    Add {
+        #[command(flatten)]
+        registry: RegistryArgs,
+        /// A short name for the system.
+        #[arg(long)]
+        name: String,
+        /// The CA certificate(s), PEM, its client certificates chain to (for
+        /// an X-Road client: those of its security server).
+        #[arg(long, value_name = "FILE")]
+        ca: PathBuf,
+        /// The trust domain of the agency it acts for.
+        #[arg(long)]
+        trust_domain: String,
+        /// The agency it acts for.
+        #[arg(long, value_name = "CODE")]
+        agency: String,
+        /// A province service offered to it (repeat for several).
+        #[arg(long = "service", value_name = "SERVICE_ID")]
+        services: Vec<ServiceId>,
+        /// Its X-Road identifier, INSTANCE/CLASS/MEMBER[/SUBSYSTEM], when it
+        /// calls through an X-Road security server.
+        #[arg(long, value_name = "ID")]
+        xroad_client: Option<String>,
+        /// Calls in flight at once from it (default 256); more are refused
+        /// with 429.
+        #[arg(long, value_name = "N")]
+        max_in_flight: Option<u32>,
+        /// Calls per second from it (default 10000); more are refused with 429.
+        #[arg(long, value_name = "N")]
+        rate: Option<u32>,
+    },
+    /// Remove an outside REST system: the hub refuses it at once.
+    ///
+    /// Example: lgsp hub rest-client remove --name btp-hotich
+    Remove {
+        #[command(flatten)]
+        registry: RegistryArgs,
+        /// The system's name.
+        #[arg(long)]
+        name: String,
+    },
+    /// List the outside REST systems.
+    ///
+    /// Example: lgsp hub rest-client list
+    List {
+        #[command(flatten)]
+        registry: RegistryArgs,
         #[command(flatten)]
         output: super::output::OutputArgs,
     },
@@ -179,6 +251,7 @@ pub(super) fn run(cmd: HubCommand) -> Result<()> {
         config,
         outward_listen,
         max_peer_connections,
+        rest_listen,
     } = cmd
     {
         let config = lgsp_node::config::NodeConfig::load(&config)?;
@@ -187,12 +260,16 @@ pub(super) fn run(cmd: HubCommand) -> Result<()> {
             let options = lgsp_hub::HubOptions {
                 outward: outward_listen,
                 max_peer_connections,
+                rest: rest_listen,
             };
             let mut hub = lgsp_hub::HubServer::start_with(config, options).await?;
             println!(
                 "hub taking province nodes' calls on {} (mTLS) and federation peers' on {}",
                 hub.node.provider_addr, hub.outward_addr
             );
+            if let Some(addr) = hub.rest_addr {
+                println!("hub taking outside REST systems' calls on https://{addr} (mTLS)");
+            }
             // As a node: another live instance holding its name stops it.
             let failed = tokio::select! {
                 signal = crate::signal::stop_signal() => {
@@ -247,6 +324,7 @@ pub(super) fn run(cmd: HubCommand) -> Result<()> {
                 let rev = client.put(Value::Peer(peer), revision).await?.revision;
                 println!("Federation peer {name} set (revision {rev})");
             }
+            HubCommand::RestClient(command) => rest_client(command).await?,
             HubCommand::Peer(PeerCommand::Crl {
                 registry,
                 name,
@@ -467,6 +545,95 @@ pub(super) fn run(cmd: HubCommand) -> Result<()> {
         Ok::<(), anyhow::Error>(())
     })
     .map_err(|e| anyhow!(e))
+}
+
+/// `lgsp hub rest-client add|remove|list`.
+async fn rest_client(command: RestClientCommand) -> Result<()> {
+    match command {
+        RestClientCommand::Add {
+            registry,
+            name,
+            ca,
+            trust_domain,
+            agency,
+            services,
+            xroad_client,
+            max_in_flight,
+            rate,
+        } => {
+            let ca_pem = std::fs::read_to_string(&ca)
+                .with_context(|| format!("cannot read {}", ca.display()))?;
+            let xroad_client = match xroad_client {
+                Some(id) => lgsp_hub::xroad::client_id(&id).map_err(|e| {
+                    anyhow!("--xroad-client {id:?} is not INSTANCE/CLASS/MEMBER[/SUBSYSTEM]: {e}")
+                })?,
+                None => String::new(),
+            };
+            let client = lgsp_proto::RestClient {
+                name: name.clone(),
+                trust_domain,
+                ca_pem,
+                agency_code: agency,
+                services: services.iter().map(ToString::to_string).collect(),
+                max_in_flight: max_in_flight.unwrap_or(0),
+                rate_per_second: rate.unwrap_or(0),
+                xroad_client,
+            };
+            let rev = registry
+                .client()?
+                .put(Value::RestClient(client), 0)
+                .await?
+                .revision;
+            println!("REST client {name} set (revision {rev}); the hub takes it within seconds");
+        }
+        RestClientCommand::Remove { registry, name } => {
+            let client = registry.client()?;
+            match client.get(RecordKind::RestClient, &name, false).await {
+                Ok(_) => {}
+                Err(s) if s.code() == tonic::Code::NotFound => {
+                    return Err(anyhow!(
+                        "there is no REST client {name:?} (see `lgsp hub rest-client list`)"
+                    ));
+                }
+                Err(s) => return Err(anyhow!(s)),
+            }
+            let rev = client
+                .delete(RecordKind::RestClient, &name, 0)
+                .await?
+                .revision;
+            println!("REST client {name} removed (revision {rev}); the hub refuses it from now on");
+        }
+        RestClientCommand::List { registry, output } => {
+            let mut listing = super::output::Listing::new("rest_clients");
+            for v in records_of(&registry.client()?, RecordKind::RestClient, Some).await? {
+                if let Value::RestClient(c) = v {
+                    listing.row(
+                        format!(
+                            "{:<16} {:<16} {:<24} {:<28} {}",
+                            c.name,
+                            c.agency_code,
+                            c.trust_domain,
+                            if c.xroad_client.is_empty() {
+                                "-"
+                            } else {
+                                &c.xroad_client
+                            },
+                            c.services.join(",")
+                        ),
+                        serde_json::json!({
+                            "name": c.name,
+                            "agency": c.agency_code,
+                            "trust_domain": c.trust_domain,
+                            "xroad_client": c.xroad_client,
+                            "services": c.services,
+                        }),
+                    );
+                }
+            }
+            output.print(&listing)?;
+        }
+    }
+    Ok(())
 }
 
 /// Peer `name`'s record and its modify revision (0 when there is none), so
