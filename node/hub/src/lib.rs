@@ -24,12 +24,19 @@
 //!
 //! Federation peers, exports and imports are catalog records the
 //! provincial admin changes (`lgsp hub peer|export|import`).
+//!
+//! The hub also carries province nodes' calls to external REST systems (a
+//! ministry's HTTP/JSON API, or an X-Road security server): [`rest_out`]
+//! maps the envelope to HTTP and back, [`rest_client`] speaks HTTPS with
+//! the system's authentication (`lgsp hub rest`).
 
 pub mod breaker;
 pub mod health;
 pub mod inbound;
 pub mod limiter;
 pub mod outbound;
+pub mod rest_client;
+pub mod rest_out;
 pub mod sync;
 pub mod trust;
 
@@ -90,6 +97,12 @@ pub struct Hub {
     pub inward_limits: Arc<limiter::PeerLimits>,
     /// The peers' CRLs in force.
     pub trust: trust::PeerTrust,
+    /// HTTPS toward REST systems.
+    pub rest: rest_client::RestClient,
+    /// Limits on province nodes' calls to each REST system.
+    pub rest_limits: Arc<limiter::PeerLimits>,
+    /// Each REST system's breaker, by system name.
+    rest_breakers: Mutex<HashMap<String, Arc<breaker::Breaker>>>,
 }
 
 /// One outside link as `/metrics` and `lgsp hub status` show it.
@@ -197,6 +210,17 @@ impl Hub {
         Ok((channel, breaker))
     }
 
+    /// The breaker of REST system `name` (3 consecutive failures open it,
+    /// one probe after 5 s).
+    pub fn rest_breaker(&self, name: &str) -> Arc<breaker::Breaker> {
+        self.rest_breakers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(name.to_owned())
+            .or_insert_with(|| Arc::new(breaker::Breaker::new(3, Duration::from_secs(5))))
+            .clone()
+    }
+
     /// The health record of `peer`'s link.
     pub fn health_of(&self, peer: &str) -> Arc<health::LinkHealth> {
         self.health
@@ -207,23 +231,46 @@ impl Hub {
             .clone()
     }
 
-    /// Every peer of the catalog with its link's breaker and health, by
-    /// name. Peers no longer in the catalog are forgotten here (their
-    /// connection, breaker, health and limits), so what `/metrics` shows
-    /// is as long as the peer list.
+    /// Every peer and REST system of the catalog with its link's breaker
+    /// and health, by name (a REST system's as `rest:<name>`). Those no
+    /// longer in the catalog are forgotten here (their connection, breaker,
+    /// health and limits), so what `/metrics` shows is as long as the list.
     pub fn links(&self) -> Vec<LinkStatus> {
         let mut peers = self.peers();
         peers.sort_by(|a, b| a.name.cmp(&b.name));
-        let names: Vec<String> = peers.iter().map(|p| p.name.clone()).collect();
+        let mut names: Vec<String> = peers.iter().map(|p| p.name.clone()).collect();
+        let mut systems: Vec<String> = rest_out::systems(self)
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        systems.sort();
+        self.rest_limits.retain(&systems);
+        let mut breakers = self
+            .rest_breakers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        breakers.retain(|name, _| systems.contains(name));
+        let rest_states: Vec<_> = systems
+            .iter()
+            .map(|n| {
+                breakers
+                    .get(n)
+                    .map_or(breaker::State::Closed, |b| b.state())
+            })
+            .collect();
+        drop(breakers);
+        let peer_count = names.len();
+        names.extend(systems.iter().map(|s| rest_out::link_name(s)));
         let mut links = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
         links.retain(|name, _| names.contains(name));
-        let states: Vec<_> = names
+        let states: Vec<_> = names[..peer_count]
             .iter()
             .map(|n| {
                 links
                     .get(n)
                     .map_or(breaker::State::Closed, |l| l.breaker.state())
             })
+            .chain(rest_states)
             .collect();
         drop(links);
         self.health
@@ -245,13 +292,16 @@ impl Hub {
 }
 
 /// How a hub runs, beyond its node's configuration.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct HubOptions {
     /// Where peers' hubs connect.
     pub outward: SocketAddr,
     /// Connections open at once on the outward listener (whoever they are
     /// from, before the handshake says); more are closed on accept.
     pub max_peer_connections: usize,
+    /// Where the secrets of REST systems are (`<name>.api-key`,
+    /// `<name>.client-secret`); none: systems needing one are refused.
+    pub rest_secrets: Option<std::path::PathBuf>,
 }
 
 impl HubOptions {
@@ -260,6 +310,7 @@ impl HubOptions {
         Self {
             outward,
             max_peer_connections: 1024,
+            rest_secrets: None,
         }
     }
 }
@@ -311,6 +362,13 @@ impl HubServer {
             outward_limits: limiter::PeerLimits::new(limiter::Direction::Outward),
             inward_limits: limiter::PeerLimits::new(limiter::Direction::Inward),
             trust: trust::PeerTrust::default(),
+            rest: rest_client::RestClient::new(
+                ctx.creds.clone(),
+                options.rest_secrets.clone(),
+                ctx.config.limits.max_message_bytes,
+            ),
+            rest_limits: limiter::PeerLimits::new(limiter::Direction::Outward),
+            rest_breakers: Mutex::default(),
         });
         let _ = ctx
             .forwarder

@@ -31,7 +31,15 @@ pub(super) enum HubCommand {
         /// closed on accept (calls per peer are limited by the peer record).
         #[arg(long, value_name = "N", default_value_t = 1024)]
         max_peer_connections: usize,
+        /// The directory of REST systems' secrets (<name>.api-key,
+        /// <name>.client-secret), read at each use; see `lgsp hub rest add`.
+        #[arg(long, value_name = "DIR")]
+        rest_secrets: Option<PathBuf>,
     },
+    /// External REST systems (ministry HTTP/JSON APIs, X-Road security
+    /// servers) and the province services carried to them (provincial admin).
+    #[command(subcommand)]
+    Rest(super::hub_rest::RestCommand),
     /// Federation peers: other lgsp instances and their CAs (provincial admin).
     #[command(subcommand)]
     Peer(PeerCommand),
@@ -179,6 +187,7 @@ pub(super) fn run(cmd: HubCommand) -> Result<()> {
         config,
         outward_listen,
         max_peer_connections,
+        rest_secrets,
     } = cmd
     {
         let config = lgsp_node::config::NodeConfig::load(&config)?;
@@ -187,6 +196,7 @@ pub(super) fn run(cmd: HubCommand) -> Result<()> {
             let options = lgsp_hub::HubOptions {
                 outward: outward_listen,
                 max_peer_connections,
+                rest_secrets,
             };
             let mut hub = lgsp_hub::HubServer::start_with(config, options).await?;
             println!(
@@ -212,6 +222,7 @@ pub(super) fn run(cmd: HubCommand) -> Result<()> {
     rt.block_on(async {
         match cmd {
             HubCommand::Start { .. } => unreachable!("handled above"),
+            HubCommand::Rest(cmd) => super::hub_rest::run(cmd).await?,
             HubCommand::Peer(PeerCommand::Add {
                 registry,
                 name,
