@@ -297,7 +297,8 @@ impl RestClient {
                 Some(i) => (&rest[..i], &rest[i..]),
                 None => (rest, "/"),
             };
-            let host = lgsp_registry::rest_system::https_host(&url).map_err(SendError::Setup)?;
+            let origin = format!("https://{authority}");
+            let host = lgsp_registry::rest_system::https_host(&origin).map_err(SendError::Setup)?;
             let port = authority
                 .rsplit_once(':')
                 .filter(|_| !authority.ends_with(']'))
