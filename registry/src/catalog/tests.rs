@@ -2185,3 +2185,125 @@ fn a_write_past_the_catalog_bound_is_refused_whoever_writes_and_a_shrink_passes(
     // The bound in force leaves room for a snapshot's other contents.
     const { assert!(MAX_CATALOG_BYTES + (32 << 20) <= crate::transport::MAX_PEER_MESSAGE as u64) };
 }
+
+// REST systems and routes: the provincial admin's records, checked when
+// applied; a system with routes, or a service with a route, stays until the
+// route goes.
+
+mod rest {
+    use super::*;
+    use lgsp_proto::{RestAuth, RestOperation, RestRoute, RestSystem};
+
+    fn system() -> Value {
+        Value::RestSystem(RestSystem {
+            name: "bo-tai-chinh".into(),
+            base_url: "https://api.mof.gov.vn/v1".into(),
+            ca_pem: "-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n".into(),
+            auth: RestAuth::ApiKey as i32,
+            api_key_header: "X-API-Key".into(),
+            ..Default::default()
+        })
+    }
+
+    fn route(service: &str) -> Value {
+        Value::RestRoute(RestRoute {
+            service_id: service.into(),
+            system: "bo-tai-chinh".into(),
+            operations: vec![RestOperation {
+                name: "get".into(),
+                method: "GET".into(),
+                path: "/citizens/{id}".into(),
+                query: vec![],
+            }],
+            xroad_service: String::new(),
+        })
+    }
+
+    #[test]
+    fn only_the_provincial_admin_writes_rest_systems_and_routes() {
+        let kv = catalog();
+        for who in [
+            node_of(A),
+            actor(A, Role::Admin),
+            actor(ADMIN_AGENCY, Role::Hub),
+        ] {
+            assert!(
+                matches!(
+                    refused(run(&kv, &who, &put_cmd(system()))),
+                    CatalogError::PermissionDenied(_)
+                ),
+                "{who}"
+            );
+        }
+        run(&kv, &admin(), &put_cmd(system())).unwrap();
+        let service = format!("{A}/ho-tich");
+        assert!(matches!(
+            refused(run(&kv, &node_of(A), &put_cmd(route(&service)))),
+            CatalogError::PermissionDenied(_)
+        ));
+        run(&kv, &admin(), &put_cmd(route(&service))).unwrap();
+    }
+
+    #[test]
+    fn a_route_needs_a_published_service_and_a_known_system_and_holds_them() {
+        let kv = catalog();
+        let service = format!("{A}/ho-tich");
+        let err = refused(run(&kv, &admin(), &put_cmd(route(&service))));
+        assert!(
+            matches!(&err, CatalogError::FailedPrecondition(m) if m.contains("lgsp hub rest add")),
+            "{err:?}"
+        );
+        run(&kv, &admin(), &put_cmd(system())).unwrap();
+        let err = refused(run(&kv, &admin(), &put_cmd(route(&format!("{A}/none")))));
+        assert!(
+            matches!(&err, CatalogError::FailedPrecondition(m) if m.contains("not published")),
+            "{err:?}"
+        );
+        run(&kv, &admin(), &put_cmd(route(&service))).unwrap();
+        for (kind, key) in [
+            (RecordKind::RestSystem, "bo-tai-chinh".to_owned()),
+            (RecordKind::Service, service.clone()),
+        ] {
+            let err = refused(run(&kv, &admin(), &delete_cmd(kind, &key)));
+            assert!(
+                matches!(&err, CatalogError::FailedPrecondition(m) if m.contains("REST route")),
+                "{kind:?}: {err:?}"
+            );
+        }
+        run(&kv, &admin(), &delete_cmd(RecordKind::RestRoute, &service)).unwrap();
+        run(
+            &kv,
+            &admin(),
+            &delete_cmd(RecordKind::RestSystem, "bo-tai-chinh"),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_rest_system_over_plain_http_or_without_its_auth_parts_is_refused() {
+        let kv = catalog();
+        for (change, why) in [
+            (
+                (|s: &mut RestSystem| s.base_url = "http://api.mof.gov.vn".into())
+                    as fn(&mut RestSystem),
+                "not an https:// URL",
+            ),
+            (
+                |s| s.api_key_header = "X API".into(),
+                "not an HTTP header name",
+            ),
+            (|s| s.auth = RestAuth::Oauth2 as i32, "token URL"),
+            (|s| s.auth = 0, "say how the hub authenticates"),
+        ] {
+            let Value::RestSystem(mut s) = system() else {
+                unreachable!()
+            };
+            change(&mut s);
+            let err = refused(run(&kv, &admin(), &put_cmd(Value::RestSystem(s))));
+            assert!(
+                matches!(&err, CatalogError::InvalidArgument(m) if m.contains(why)),
+                "{why}: {err:?}"
+            );
+        }
+    }
+}
