@@ -420,7 +420,16 @@ async fn setup() -> (Province, NodeProcess, NodeProcess, Ministry, SocketAddr) {
     let secret_file = write(&dir, "client-secret.txt", CLIENT_SECRET);
     let base = format!("https://127.0.0.1:{}", addr.port());
     let secrets = secrets.to_str().unwrap().to_owned();
-    let systems: [(&str, String, Vec<String>); 5] = [
+    // A system that accepts connections and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = silent.accept().await {
+            held.push(tcp);
+        }
+    });
+    let systems: [(&str, String, Vec<String>); 6] = [
         (
             "bo-tai-chinh",
             format!("{base}/apikey"),
@@ -464,6 +473,16 @@ async fn setup() -> (Province, NodeProcess, NodeProcess, Ministry, SocketAddr) {
                 "client-cert".into(),
                 "--xroad-client".into(),
                 "VN/GOV/000.00.00.H62/lgsp".into(),
+            ],
+        ),
+        (
+            "bo-cham",
+            format!("https://127.0.0.1:{silent_port}"),
+            vec![
+                "--auth".into(),
+                "client-cert".into(),
+                "--timeout-ms".into(),
+                "300".into(),
             ],
         ),
         (
@@ -513,6 +532,7 @@ async fn setup() -> (Province, NodeProcess, NodeProcess, Ministry, SocketAddr) {
             vec!["get=GET /citizens/{id}"],
             None,
         ),
+        ("cham", "bo-cham", vec!["get=GET /citizens/{id}"], None),
     ] {
         let id = format!("{PROVINCE}/{service}");
         p.publish(&id, ServiceKind::Http, "hub", service).await;
@@ -601,6 +621,23 @@ async fn ministry_rest_systems_and_xroad_are_called_through_the_hub() {
     assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
     assert!(
         s.message().contains("Server.ServerProxy.AccessDenied") && s.message().contains("xroad-ss"),
+        "{s:?}"
+    );
+
+    // No answer within the system's deadline: DEADLINE_EXCEEDED.
+    let start = Instant::now();
+    let s = loop {
+        let s = call(&b, "cham", "get", &[("id", "1")], "")
+            .await
+            .unwrap_err();
+        if s.code() == Code::DeadlineExceeded || start.elapsed() > Duration::from_secs(10) {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(s.code(), Code::DeadlineExceeded, "{s:?}");
+    assert!(
+        s.message().contains("bo-cham") && s.message().contains("300 ms"),
         "{s:?}"
     );
 

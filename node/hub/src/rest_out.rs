@@ -427,11 +427,12 @@ pub async fn forward(
             let why = e.to_string();
             health.outward(Outcome::Failed, took, &why);
             return Err(match e {
-                SendError::Timeout(t) => Status::deadline_exceeded(format!(
-                    "REST system {} ({}) did not answer within {} ms",
+                // Its whole deadline, not what was left after the token.
+                SendError::Timeout(_) => Status::deadline_exceeded(format!(
+                    "REST system {} ({}) did not answer within {} ms (its deadline)",
                     system.name,
                     system.base_url,
-                    t.as_millis()
+                    timeout.as_millis()
                 )),
                 SendError::Token(why) => Status::unavailable(format!(
                     "REST system {}: no OAuth2 token: {why}",
