@@ -679,7 +679,7 @@ fn check_value(
         Value::Export(e) => federation::check_export(db, e)?,
         Value::Import(i) => federation::check_import(db, i)?,
         Value::RestSystem(s) => rest_system::check_system(s)?,
-        Value::RestRoute(r) => rest_system::check_route(db, r)?,
+        Value::RestRoute(r) => rest_system::check_route(db, asker.province.as_str(), r)?,
         Value::AuditAnchor(a) => {
             let previous = match previous {
                 Some(Value::AuditAnchor(p)) => Some(p),

@@ -411,10 +411,11 @@ pub fn check_operation(op: &RestOperation) -> Result<PathTemplate, String> {
     Ok(template)
 }
 
-/// Checks a route: a published province service (not an imported one), a
+/// Checks a route: a published service of `province` (the agency of the
+/// provincial IT department, whose node is the hub), not an imported one, a
 /// REST system the catalog holds, operations with unique names, and an
 /// X-Road service id exactly when the system is an X-Road security server.
-pub fn check_route(db: &impl KvRead, r: &RestRoute) -> Result<(), CatalogError> {
+pub fn check_route(db: &impl KvRead, province: &str, r: &RestRoute) -> Result<(), CatalogError> {
     let system = match get(db, RecordKind::RestSystem, &r.system)
         .map_err(internal)?
         .and_then(|x| x.value)
@@ -431,7 +432,13 @@ pub fn check_route(db: &impl KvRead, r: &RestRoute) -> Result<(), CatalogError> 
         .map_err(internal)?
         .and_then(|x| x.value)
     {
-        Some(Value::Service(s)) if s.origin.is_empty() => {}
+        Some(Value::Service(s)) if s.origin.is_empty() && s.agency_code == province => {}
+        Some(Value::Service(s)) if s.origin.is_empty() => {
+            return Err(precondition(format!(
+                "service {} is agency {}'s; a service carried to a REST system is published under the hub's agency ({province}) and served by the hub's node",
+                r.service_id, s.agency_code
+            )));
+        }
         Some(Value::Service(s)) => {
             return Err(precondition(format!(
                 "service {} is imported from {}; only a province service is carried to a REST system",

@@ -2219,9 +2219,21 @@ mod rest {
         })
     }
 
+    /// [`catalog`] with the provincial IT department's hub node and its
+    /// service `thue`, to carry to a REST system.
+    fn with_hub_service() -> (Kv, String) {
+        let kv = catalog();
+        let hub = actor(ADMIN_AGENCY, Role::Hub);
+        run(&kv, &admin(), &put_cmd(agency(ADMIN_AGENCY))).unwrap();
+        run(&kv, &hub, &put_cmd(node(ADMIN_AGENCY, "node-1"))).unwrap();
+        let id = format!("{ADMIN_AGENCY}/thue");
+        run(&kv, &hub, &put_cmd(Value::Service(service(&id)))).unwrap();
+        (kv, id)
+    }
+
     #[test]
     fn only_the_provincial_admin_writes_rest_systems_and_routes() {
-        let kv = catalog();
+        let (kv, service) = with_hub_service();
         for who in [
             node_of(A),
             actor(A, Role::Admin),
@@ -2236,7 +2248,6 @@ mod rest {
             );
         }
         run(&kv, &admin(), &put_cmd(system())).unwrap();
-        let service = format!("{A}/ho-tich");
         assert!(matches!(
             refused(run(&kv, &node_of(A), &put_cmd(route(&service)))),
             CatalogError::PermissionDenied(_)
@@ -2246,17 +2257,26 @@ mod rest {
 
     #[test]
     fn a_route_needs_a_published_service_and_a_known_system_and_holds_them() {
-        let kv = catalog();
-        let service = format!("{A}/ho-tich");
+        let (kv, service) = with_hub_service();
         let err = refused(run(&kv, &admin(), &put_cmd(route(&service))));
         assert!(
             matches!(&err, CatalogError::FailedPrecondition(m) if m.contains("lgsp hub rest add")),
             "{err:?}"
         );
         run(&kv, &admin(), &put_cmd(system())).unwrap();
-        let err = refused(run(&kv, &admin(), &put_cmd(route(&format!("{A}/none")))));
+        let err = refused(run(
+            &kv,
+            &admin(),
+            &put_cmd(route(&format!("{ADMIN_AGENCY}/none"))),
+        ));
         assert!(
             matches!(&err, CatalogError::FailedPrecondition(m) if m.contains("not published")),
+            "{err:?}"
+        );
+        // Another agency's service is served by its own node, not the hub.
+        let err = refused(run(&kv, &admin(), &put_cmd(route(&format!("{A}/ho-tich")))));
+        assert!(
+            matches!(&err, CatalogError::FailedPrecondition(m) if m.contains("under the hub's agency")),
             "{err:?}"
         );
         run(&kv, &admin(), &put_cmd(route(&service))).unwrap();
