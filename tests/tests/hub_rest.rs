@@ -624,6 +624,38 @@ async fn ministry_rest_systems_and_xroad_are_called_through_the_hub() {
         "{s:?}"
     );
 
+    // The catalog holds what is not secret; the key is in the hub's
+    // directory only, readable by its owner alone.
+    let list = admin(&mut p, &["hub", "rest", "list"]);
+    assert!(
+        list.contains("bo-tai-chinh") && list.contains(&format!("carries {PROVINCE}/thue")),
+        "{list}"
+    );
+    assert!(!list.contains(API_KEY), "{list}");
+    let key = hub.dir.join("rest-secrets/bo-tai-chinh.api-key");
+    assert_eq!(std::fs::read_to_string(&key).unwrap(), API_KEY);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{mode:o}");
+    }
+    let registry = p.registry_addrs().join(",");
+    let tls = p.tls_dir("admin-cli", &p.registry.admin.clone());
+    let out = lgsp(&[
+        "hub",
+        "rest",
+        "remove",
+        "--name",
+        "bo-tai-chinh",
+        "--registry",
+        &registry,
+        "--tls-dir",
+        tls.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("REST route"), "{err}");
+
     // No answer within the system's deadline: DEADLINE_EXCEEDED.
     let start = Instant::now();
     let s = loop {
