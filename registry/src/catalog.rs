@@ -310,7 +310,8 @@ fn authorize(asker: &Asker<'_>, kind: RecordKind, key: &str) -> Result<(), Catal
         ) => owner == Some(agency),
         // A hub also writes what its imports bring in (decided at apply
         // time: agencies and services of other instances only).
-        (Acting::Machine(_), RecordKind::Agency | RecordKind::Service)
+        // It also follows its peers' CRLs (checked at apply time too).
+        (Acting::Machine(_), RecordKind::Agency | RecordKind::Service | RecordKind::Peer)
             if asker.actor.role == Role::Hub =>
         {
             true

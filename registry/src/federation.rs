@@ -176,8 +176,48 @@ pub fn check_federated_write(
             }
             Ok(true)
         }
+        Value::Peer(p) if is_hub => {
+            check_crl_follow(db, asker, provincial_hub, p)?;
+            Ok(true)
+        }
         _ => Ok(false),
     }
+}
+
+/// A hub writing a peer record: only the province's hub, only to put the
+/// peer's newer CRL in force (it fetched it from the peer's hub; the CRL is
+/// then checked like the admin's, signed by the peer's CA and newer), and
+/// nothing else of the record.
+fn check_crl_follow(
+    db: &impl KvRead,
+    asker: &Asker<'_>,
+    provincial_hub: bool,
+    p: &FederationPeer,
+) -> Result<(), CatalogError> {
+    let what = format!("changing peer {}", p.name);
+    let refuse = || {
+        asker.needs(
+            &what,
+            "the provincial admin (the province's hub only follows a peer's CRL, and changes nothing else)",
+        )
+    };
+    if !provincial_hub {
+        return Err(refuse());
+    }
+    let Some(Value::Peer(before)) = get(db, RecordKind::Peer, &p.name)
+        .map_err(internal)?
+        .and_then(|r| r.value)
+    else {
+        return Err(refuse());
+    };
+    let only_crl = FederationPeer {
+        crl_der: before.crl_der.clone(),
+        ..p.clone()
+    } == before;
+    if !only_crl || p.crl_der.is_empty() {
+        return Err(refuse());
+    }
+    Ok(())
 }
 
 /// Whether a hub may delete record `kind`/`key`: only what imports brought in.

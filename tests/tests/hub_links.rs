@@ -2,7 +2,8 @@
 //! TLS: `lgsp hub status` shows a federation peer down, then up once its
 //! hub answers; a peer added while the hub runs is trusted without
 //! restart, a certificate its CRL revokes is refused (even on a connection
-//! opened before), and a removed peer is refused.
+//! opened before), and a removed peer is refused. A CRL the peer's hub
+//! serves is followed into the catalog when its CA signed it and it is newer.
 //!
 //! The peer's hub here is a small Federation server started by the test
 //! with a certificate of another instance's CA: enough for the province's
@@ -17,6 +18,7 @@ use lgsp_tests::province::{NodeProcess, Province};
 use lgsp_tests::{Pki, lgsp};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tonic::{Code, Request, Response, Status};
 
@@ -77,9 +79,11 @@ fn add_peer(p: &mut Province, q: &Pki, endpoint: &str) {
 }
 
 /// The national hub, as far as the province's hub probes it: it answers
-/// `Exports` with nothing exported.
-#[derive(Debug)]
-struct PeerHub;
+/// `Exports` with nothing exported and the CRL the test puts in force there.
+#[derive(Debug, Default)]
+struct PeerHub {
+    crl: Arc<Mutex<Vec<u8>>>,
+}
 
 #[tonic::async_trait]
 impl Federation for PeerHub {
@@ -90,6 +94,7 @@ impl Federation for PeerHub {
         Ok(Response::new(ExportsResponse {
             trust_domain: NATIONAL_DOMAIN.into(),
             services: Vec::new(),
+            crl_der: self.crl.lock().unwrap().clone(),
         }))
     }
 }
@@ -100,6 +105,15 @@ async fn start_peer_hub(
     creds: &Credentials,
     province_roots: &Credentials,
 ) -> tokio::sync::oneshot::Sender<()> {
+    start_peer_hub_with(addr, creds, province_roots, PeerHub::default()).await
+}
+
+async fn start_peer_hub_with(
+    addr: SocketAddr,
+    creds: &Credentials,
+    province_roots: &Credentials,
+    peer_hub: PeerHub,
+) -> tokio::sync::oneshot::Sender<()> {
     let tls = lgsp_certs::tls::ServerTls::new(Credentials {
         roots: province_roots.roots.clone(),
         ..creds.clone()
@@ -109,7 +123,7 @@ async fn start_peer_hub(
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(FederationServer::new(PeerHub))
+            .add_service(FederationServer::new(peer_hub))
             .serve_with_incoming_shutdown(tls.incoming(listener), async {
                 let _ = stopped.await;
             }),
@@ -392,4 +406,81 @@ async fn a_peer_added_while_the_hub_runs_is_trusted_and_a_revoked_or_removed_one
             .is_err(),
         "a new connection of the removed peer was served"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crl_the_peers_hub_serves_is_followed_when_its_ca_signed_it() {
+    let (mut p, hub, outward, mut q) = province_with_hub().await;
+    let (q_hub, _) = q.issue(NATIONAL, Role::Hub, "hub");
+    let (q_hub_2, serial_2) = q.issue(NATIONAL, Role::Hub, "hub-2");
+    let crl = Arc::new(Mutex::new(Vec::new()));
+    let peer_addr = free_addr();
+    let _peer = start_peer_hub_with(
+        peer_addr,
+        &q_hub,
+        &p.registry.admin.clone(),
+        PeerHub { crl: crl.clone() },
+    )
+    .await;
+    add_peer(&mut p, &q, &peer_addr.to_string());
+    served_within(&outward, &q_hub_2, &p, Duration::from_secs(5))
+        .await
+        .expect("the peer's second hub certificate, before any revocation");
+
+    // A CRL the peer's CA did not sign, revoking that certificate: ignored
+    // and said so in the hub's log; the certificate is still served.
+    q.ca.revoke(
+        &serial_2,
+        lgsp_certs::ca::parse_reason("key-compromise").unwrap(),
+    )
+    .unwrap();
+    let mut stranger = Pki::new(NATIONAL_DOMAIN);
+    stranger
+        .ca
+        .revoke(
+            &serial_2,
+            lgsp_certs::ca::parse_reason("key-compromise").unwrap(),
+        )
+        .ok();
+    *crl.lock().unwrap() = stranger.ca.sign_crl(1).unwrap().der;
+    let start = Instant::now();
+    while !hub.log().contains("served a CRL its CA did not sign") {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the forged CRL was never looked at:\n{}",
+            hub.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    served_within(&outward, &q_hub_2, &p, Duration::ZERO)
+        .await
+        .expect("a forged CRL revoked a certificate");
+
+    // The peer's own CRL: in force in the catalog and at the hub within
+    // seconds, without `lgsp hub peer crl`.
+    let served = q.ca.sign_crl(7).unwrap().der;
+    let number = lgsp_certs::inspect::CrlInfo::from_der(&served, Path::new("<crl>"))
+        .unwrap()
+        .number
+        .unwrap();
+    *crl.lock().unwrap() = served;
+    let start = Instant::now();
+    while served_within(&outward, &q_hub_2, &p, Duration::ZERO)
+        .await
+        .is_ok()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the peer's CRL was not followed:\n{}",
+            hub.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("the peer's CRL followed in {:?}", start.elapsed());
+    let peers = admin(&mut p, &["hub", "peer", "list", "-o", "json"]);
+    let peers: serde_json::Value = serde_json::from_str(&peers).unwrap();
+    assert_eq!(peers["items"][0]["crl_number"], number, "{peers}");
+    served_within(&outward, &q_hub, &p, Duration::from_secs(2))
+        .await
+        .expect("the peer's hub certificate the CRL does not list");
 }

@@ -299,6 +299,7 @@ impl Federation for Inbound {
         Ok(Response::new(ExportsResponse {
             trust_domain: self.hub.id.trust_domain.clone(),
             services,
+            crl_der: cache.crl().unwrap_or_default(),
         }))
     }
 }

@@ -135,23 +135,30 @@ async fn exports_of(hub: &Hub, peer: &FederationPeer) -> Result<ExportsResponse,
 async fn once(hub: &Hub, catalog: &Catalog, peer: &FederationPeer) -> Result<(), String> {
     let wanted = imports_of(hub, &peer.name);
     let have = imported_now(hub, &peer.name);
-    if wanted.is_empty() && have.is_empty() {
-        // Nothing to bring in: a probe, so the link's health stays current.
-        if let Err(why) = exports_of(hub, peer).await {
+    // Every round asks: the answer carries the peer's CRL, and the call
+    // keeps the link's health current.
+    let answer = match exports_of(hub, peer).await {
+        Ok(answer) => answer,
+        Err(why) if wanted.is_empty() && have.is_empty() => {
             tracing::debug!(peer = %peer.name, %why, "federation peer not reached");
+            return Ok(());
         }
+        Err(why) => return Err(why),
+    };
+    if answer.trust_domain != peer.trust_domain {
+        return Err(format!(
+            "the peer's hub says it is of {}, not {}",
+            answer.trust_domain, peer.trust_domain
+        ));
+    }
+    let client = catalog.client();
+    follow_crl(client, peer, &answer.crl_der).await;
+    if wanted.is_empty() && have.is_empty() {
         return Ok(());
     }
     let exported: BTreeMap<String, (Service, String)> = if wanted.is_empty() {
         BTreeMap::new()
     } else {
-        let answer = exports_of(hub, peer).await?;
-        if answer.trust_domain != peer.trust_domain {
-            return Err(format!(
-                "the peer's hub says it is of {}, not {}",
-                answer.trust_domain, peer.trust_domain
-            ));
-        }
         answer
             .services
             .into_iter()
@@ -161,7 +168,6 @@ async fn once(hub: &Hub, catalog: &Catalog, peer: &FederationPeer) -> Result<(),
             })
             .collect()
     };
-    let client = catalog.client();
     for id in &wanted {
         let Some((service, agency_name)) = exported.get(id) else {
             continue;
@@ -203,4 +209,32 @@ async fn once(hub: &Hub, catalog: &Catalog, peer: &FederationPeer) -> Result<(),
         tracing::info!(peer = %peer.name, service = %id, "no longer imported");
     }
     Ok(())
+}
+
+/// Puts the CRL `peer`'s hub says is in force there into the peer's catalog
+/// record when it verifies against the peer's CA and is newer than the
+/// record's: the province then refuses what the peer revoked (its hub in
+/// the handshake, its nodes' on-behalf-of records) without the provincial
+/// admin copying the file. The registry checks it again when it applies.
+async fn follow_crl(client: &lgsp_registry::RegistryClient, peer: &FederationPeer, fetched: &[u8]) {
+    match crate::trust::fetched_is_newer(peer, fetched) {
+        Ok(None) => {}
+        Ok(Some(number)) => {
+            let record = FederationPeer {
+                crl_der: fetched.to_vec(),
+                ..peer.clone()
+            };
+            match client.put(Value::Peer(record), 0).await {
+                Ok(_) => {
+                    tracing::info!(peer = %peer.name, number, "the peer's newer CRL is in force")
+                }
+                Err(s) => {
+                    tracing::warn!(peer = %peer.name, number, why = %s.message(), "the peer's newer CRL was not put in force")
+                }
+            }
+        }
+        Err(why) => {
+            tracing::warn!(peer = %peer.name, %why, "the peer's hub served a CRL its CA did not sign; ignored")
+        }
+    }
 }

@@ -125,6 +125,29 @@ impl PeerTrust {
     }
 }
 
+/// Whether a CRL fetched from `peer`'s hub should be put in force in the
+/// catalog: `Ok(Some(number))` when it verifies against the peer's CA and is
+/// newer than the record's, `Ok(None)` when it is the record's or older (a
+/// hub that has not caught up yet), and an error when it does not verify.
+pub fn fetched_is_newer(peer: &FederationPeer, fetched: &[u8]) -> Result<Option<u64>, String> {
+    if fetched.is_empty() || fetched == peer.crl_der.as_slice() {
+        return Ok(None);
+    }
+    let in_force =
+        lgsp_certs::inspect::CrlInfo::from_der(&peer.crl_der, std::path::Path::new("<crl>"))
+            .ok()
+            .and_then(|c| c.number);
+    let candidate = FederationPeer {
+        crl_der: fetched.to_vec(),
+        ..peer.clone()
+    };
+    match check(&candidate, in_force) {
+        Ok(next) => Ok(Some(next.number)),
+        Err(why) if why.contains("not newer") => Ok(None),
+        Err(why) => Err(why),
+    }
+}
+
 /// Verifies `peer`'s record CRL against its CA, newer than `in_force`.
 fn check(peer: &FederationPeer, in_force: Option<u64>) -> Result<InForce, String> {
     let roots = lgsp_node::obo::peer_roots(peer);
@@ -207,6 +230,31 @@ mod tests {
             "{changes:?}"
         );
         assert!(trust.revoked("ndxp", &serial).is_some());
+    }
+
+    #[test]
+    fn a_fetched_crl_is_followed_only_when_its_ca_signed_it_and_it_is_newer() {
+        let dir = tempfile::tempdir().unwrap();
+        let other_dir = tempfile::tempdir().unwrap();
+        let mut q = ca(dir.path(), "ndxp.gov.vn");
+        let mut stranger = ca(other_dir.path(), "ndxp.gov.vn");
+        let first = q.sign_crl(1).unwrap().der;
+        let second = q.sign_crl(1).unwrap().der;
+        // No CRL in the record yet: the peer's first one is followed.
+        let n1 = fetched_is_newer(&peer("ndxp", &q, Vec::new()), &first).unwrap();
+        assert!(n1.is_some());
+        let with_first = peer("ndxp", &q, first.clone());
+        assert_eq!(fetched_is_newer(&with_first, &[]), Ok(None));
+        assert_eq!(fetched_is_newer(&with_first, &first), Ok(None));
+        let n2 = fetched_is_newer(&with_first, &second).unwrap();
+        assert!(n2 > n1, "{n2:?} after {n1:?}");
+        // A peer hub still serving an older one: not a step back.
+        assert_eq!(
+            fetched_is_newer(&peer("ndxp", &q, second), &first),
+            Ok(None)
+        );
+        let forged = stranger.sign_crl(9).unwrap().der;
+        assert!(fetched_is_newer(&with_first, &forged).is_err());
     }
 
     #[test]

@@ -1892,6 +1892,55 @@ mod federation {
     }
 
     #[test]
+    fn the_provincial_hub_may_put_a_peers_newer_crl_in_force_and_change_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ca =
+            lgsp_certs::ca::CertificateAuthority::init(dir.path(), PEER_DOMAIN, "CA", 30).unwrap();
+        let first = ca.sign_crl(1).unwrap().der;
+        let second = ca.sign_crl(1).unwrap().der;
+        let peer = FederationPeer {
+            name: "ndxp".into(),
+            trust_domain: PEER_DOMAIN.into(),
+            ca_pem: ca.cert_pem().to_owned(),
+            hub_endpoint: "hub.ndxp.gov.vn:7501".into(),
+            crl_der: first,
+            ..Default::default()
+        };
+        let with = |change: &dyn Fn(&mut FederationPeer)| {
+            let mut p = peer.clone();
+            change(&mut p);
+            put_cmd(Value::Peer(p))
+        };
+        let kv = catalog();
+        // A hub never creates a peer.
+        denied(refused(run(&kv, &provincial_hub(), &with(&|_| {}))));
+        run(&kv, &admin(), &with(&|_| {})).unwrap();
+        let newer = |p: &mut FederationPeer| p.crl_der = second.clone();
+        denied(refused(run(&kv, &actor(A, Role::Hub), &with(&newer))));
+        denied(refused(run(&kv, &actor(A, Role::Node), &with(&newer))));
+        denied(refused(run(
+            &kv,
+            &provincial_hub(),
+            &with(&|p| {
+                newer(p);
+                p.hub_endpoint = "attacker.example:7501".into();
+            }),
+        )));
+        denied(refused(run(
+            &kv,
+            &provincial_hub(),
+            &with(&|p| p.crl_der.clear()),
+        )));
+        run(&kv, &provincial_hub(), &with(&newer)).unwrap();
+        // Back to the older one: refused for the hub as for the admin.
+        let err = refused(run(&kv, &provincial_hub(), &with(&|_| {})));
+        assert!(
+            matches!(&err, CatalogError::FailedPrecondition(m) if m.contains("not newer")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
     fn another_agencys_hub_writes_no_foreign_record() {
         let kv = federated();
         let hub_of_a = actor(A, Role::Hub);

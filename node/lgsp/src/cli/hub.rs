@@ -334,12 +334,25 @@ pub(super) fn run(cmd: HubCommand) -> Result<()> {
                 let mut listing = super::output::Listing::new("federation_peers");
                 for v in records_of(&registry.client()?, RecordKind::Peer, Some).await? {
                     if let Value::Peer(p) = v {
+                        // The CRL in force for the peer: published by the
+                        // admin or followed from the peer's hub.
+                        let crl_number = lgsp_certs::inspect::CrlInfo::from_der(
+                            &p.crl_der,
+                            std::path::Path::new("<crl>"),
+                        )
+                        .ok()
+                        .and_then(|c| c.number);
+                        let crl = crl_number.map_or("no CRL".to_owned(), |n| format!("CRL {n}"));
                         listing.row(
-                            format!("{:<16} {:<32} {}", p.name, p.trust_domain, p.hub_endpoint),
+                            format!(
+                                "{:<16} {:<32} {:<28} {}",
+                                p.name, p.trust_domain, p.hub_endpoint, crl
+                            ),
                             serde_json::json!({
                                 "name": p.name,
                                 "trust_domain": p.trust_domain,
                                 "hub_endpoint": p.hub_endpoint,
+                                "crl_number": crl_number,
                             }),
                         );
                     }
