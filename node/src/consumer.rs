@@ -60,6 +60,7 @@ impl Consumer {
             return Ok(Route {
                 node: hub,
                 via_hub: true,
+                hub_serves: true,
             });
         }
         let record = ctx.cache.node(&agency, &node).ok_or_else(|| {
@@ -67,9 +68,13 @@ impl Consumer {
                 "service {service_id} names node {node:?} of agency {agency}, which is not registered in the catalog"
             ))
         })?;
+        // A service the hub carries to an external REST system is served
+        // by the hub's node, which presents a hub certificate.
+        let hub_serves = ctx.cache.has(lgsp_proto::RecordKind::RestRoute, service_id);
         Ok(Route {
             node: record,
             via_hub: false,
+            hub_serves,
         })
     }
 
@@ -77,7 +82,7 @@ impl Consumer {
     /// connection.
     fn client(&self, route: &Route) -> Result<DataExchangeClient<Channel>, Status> {
         let max = self.ctx.config.limits.max_message_bytes;
-        let role = if route.via_hub {
+        let role = if route.hub_serves {
             lgsp_certs::Role::Hub
         } else {
             lgsp_certs::Role::Node
@@ -124,7 +129,8 @@ impl Consumer {
         }
         let node = &route.node;
         let key = route_key(node);
-        let env = if size <= MAX_LINK_ENVELOPE {
+        // Links are between nodes; the hub takes unary calls.
+        let env = if size <= MAX_LINK_ENVELOPE && !route.hub_serves {
             let ctx = &self.ctx;
             let sent = ctx
                 .links
@@ -157,6 +163,9 @@ impl Consumer {
 struct Route {
     node: NodeRecord,
     via_hub: bool,
+    /// The provider is the province's hub (another instance's service, or
+    /// one carried to a REST system): a hub certificate, unary calls.
+    hub_serves: bool,
 }
 
 /// The outgoing call, with the time the caller has left as its deadline.

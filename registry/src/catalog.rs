@@ -19,6 +19,7 @@ use crate::keys::{GrantKey, KeyError, NodeKey, ServiceId};
 use crate::kv::{Kv, KvRead, Staged, prefix_end, read_u64};
 use crate::procedure;
 pub use crate::procedure::{Acting, Asker};
+use crate::rest_system;
 use crate::storage::StateMachine;
 use lgsp_certs::identity::{AgencyCode, Role, validate_name};
 use lgsp_proto::catalog_record::Value;
@@ -227,6 +228,8 @@ pub fn key_of(value: &Value) -> (RecordKind, String) {
             NodeKey::format(&a.agency_code, &a.node),
         ),
         Value::RestClient(c) => (RecordKind::RestClient, c.name.clone()),
+        Value::RestSystem(s) => (RecordKind::RestSystem, s.name.clone()),
+        Value::RestRoute(r) => (RecordKind::RestRoute, r.service_id.clone()),
     }
 }
 
@@ -249,6 +252,8 @@ fn owner_of(kind: RecordKind, key: &str) -> Option<&str> {
         | RecordKind::Export
         | RecordKind::Import
         | RecordKind::RestClient
+        | RecordKind::RestSystem
+        | RecordKind::RestRoute
         | RecordKind::Unspecified => None,
     }
 }
@@ -276,6 +281,10 @@ fn validate_key(kind: RecordKind, key: &str) -> Result<(), CatalogError> {
         RecordKind::Peer | RecordKind::Export | RecordKind::Import | RecordKind::RestClient => {
             federation::validate_key(kind, key)
         }
+        RecordKind::RestSystem => {
+            validate_name(key).map_err(|e| CatalogError::InvalidArgument(e.to_string()))
+        }
+        RecordKind::RestRoute => service_id(key).map(drop),
         RecordKind::Crl | RecordKind::Calendar | RecordKind::Unspecified => Ok(()),
     }
 }
@@ -505,7 +514,9 @@ fn normalize(value: &mut Value) {
         | Value::Export(_)
         | Value::Import(_)
         | Value::RestClient(_)
-        | Value::AuditAnchor(_) => {}
+        | Value::AuditAnchor(_)
+        | Value::RestSystem(_)
+        | Value::RestRoute(_) => {}
     }
 }
 
@@ -672,6 +683,8 @@ fn check_value(
         Value::Export(e) => federation::check_export(db, e)?,
         Value::Import(i) => federation::check_import(db, i)?,
         Value::RestClient(c) => federation::check_rest_client(db, c)?,
+        Value::RestSystem(s) => rest_system::check_system(s)?,
+        Value::RestRoute(r) => rest_system::check_route(db, asker.province.as_str(), r)?,
         Value::AuditAnchor(a) => {
             let previous = match previous {
                 Some(Value::AuditAnchor(p)) => Some(p),
@@ -882,6 +895,12 @@ fn refuse_orphans(db: &impl KvRead, kind: RecordKind, key: &str) -> Result<(), C
         }
         RecordKind::Service => {
             dependents.extend(
+                records(RecordKind::RestRoute, key)?
+                    .into_iter()
+                    .filter(|r| r.key == key)
+                    .map(|r| format!("REST route {} (lgsp hub rest unroute)", r.key)),
+            );
+            dependents.extend(
                 records(RecordKind::Grant, &GrantKey::format(key, ""))?
                     .into_iter()
                     .map(|r| format!("grant {}", r.key)),
@@ -890,6 +909,19 @@ fn refuse_orphans(db: &impl KvRead, kind: RecordKind, key: &str) -> Result<(), C
                 records(RecordKind::Export, &format!("{key}|"))?
                     .into_iter()
                     .map(|r| format!("export {}", r.key)),
+            );
+        }
+        RecordKind::RestSystem => {
+            dependents.extend(
+                records(RecordKind::RestRoute, "")?
+                    .into_iter()
+                    .filter_map(|r| match r.value {
+                        Some(Value::RestRoute(route)) if route.system == key => Some(format!(
+                            "REST route {} (lgsp hub rest unroute --service {})",
+                            r.key, r.key
+                        )),
+                        _ => None,
+                    }),
             );
         }
         RecordKind::Peer => {
@@ -925,6 +957,7 @@ fn refuse_orphans(db: &impl KvRead, kind: RecordKind, key: &str) -> Result<(), C
         | RecordKind::Export
         | RecordKind::Import
         | RecordKind::RestClient
+        | RecordKind::RestRoute
         | RecordKind::Unspecified => {}
     }
     // An outside REST system names its agency and the services offered to it.

@@ -42,6 +42,7 @@ pub mod mem_network;
 pub mod procedure;
 mod raft_log;
 pub mod raft_node;
+pub mod rest_system;
 pub mod server;
 pub mod service;
 pub mod sled_kv;

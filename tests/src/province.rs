@@ -86,13 +86,20 @@ impl NodeProcess {
     /// Starts `lgsp hub start` with the node's `node.toml` and `outward` as
     /// the listener for peers' hubs, logging to `node.log`.
     pub fn start_hub(&mut self, outward: &str) {
+        self.start_hub_with(outward, &[]);
+    }
+
+    /// [`Self::start_hub`] with `extra` arguments to `lgsp hub start`.
+    pub fn start_hub_with(&mut self, outward: &str, extra: &[&str]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.join("node.log"))
             .expect("log");
         let child = Command::new(lgsp_bin())
-            .args(["hub", "start", "--outward-listen", outward, "--config"])
+            .args(["hub", "start", "--outward-listen", outward])
+            .args(extra)
+            .arg("--config")
             .arg(self.config_path())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

@@ -3,8 +3,9 @@
 //! succeeded and last failed (and why), how long calls took, and how many
 //! calls went out, failed or were refused, and came in or were refused.
 //!
-//! Series are labelled by peer name only, and only for peers the catalog
-//! holds at scrape time: the label set is as small as the peer list.
+//! Series are labelled by peer name only (a REST system as `rest:<name>`),
+//! and only for the peers and systems the catalog holds at scrape time: the
+//! label set is as small as their list.
 
 use crate::breaker::State;
 use prometheus_client::collector::Collector;
@@ -152,7 +153,7 @@ impl Collector for LinkCollector {
         {
             let mut m = encoder.encode_descriptor(
                 "hub_peer_breaker_state",
-                "Circuit breaker toward each federation peer: 0 closed, 1 half-open (probing), 2 open",
+                "Circuit breaker toward each federation peer and REST system (rest:<name>): 0 closed, 1 half-open (probing), 2 open",
                 None,
                 MetricType::Gauge,
             )?;
@@ -187,7 +188,7 @@ impl Collector for LinkCollector {
         {
             let mut m = encoder.encode_descriptor(
                 "hub_peer_calls",
-                "Calls with each federation peer: out (answered, failed: not reached or timed out, refused here: circuit open or limit) and in (served, refused by a limit)",
+                "Calls with each federation peer and REST system (rest:<name>): out (answered, failed: not reached, timed out or a 5xx, refused here: circuit open or limit) and in (served, refused by a limit)",
                 None,
                 MetricType::Counter,
             )?;
@@ -213,7 +214,7 @@ impl Collector for LinkCollector {
         {
             let mut m = encoder.encode_descriptor(
                 "hub_peer_call_duration_seconds",
-                "Time for each federation peer to answer an outward call",
+                "Time for each federation peer or REST system (rest:<name>) to answer an outward call",
                 None,
                 MetricType::Histogram,
             )?;

@@ -24,13 +24,20 @@
 //!
 //! Federation peers, exports and imports are catalog records the
 //! provincial admin changes (`lgsp hub peer|export|import`).
+//!
+//! The hub also carries province nodes' calls to external REST systems (a
+//! ministry's HTTP/JSON API, or an X-Road security server): [`rest_out`]
+//! maps the envelope to HTTP and back, [`rest_client`] speaks HTTPS with
+//! the system's authentication (`lgsp hub rest`).
 
 pub mod breaker;
 pub mod health;
 pub mod inbound;
 pub mod limiter;
 pub mod outbound;
+pub mod rest_client;
 pub mod rest_in;
+pub mod rest_out;
 pub mod sync;
 pub mod trust;
 pub mod xroad;
@@ -92,6 +99,12 @@ pub struct Hub {
     pub inward_limits: Arc<limiter::PeerLimits>,
     /// The peers' CRLs in force.
     pub trust: trust::PeerTrust,
+    /// HTTPS toward REST systems.
+    pub rest: rest_client::RestClient,
+    /// Limits on province nodes' calls to each REST system.
+    pub rest_limits: Arc<limiter::PeerLimits>,
+    /// Each REST system's breaker, by system name.
+    rest_breakers: Mutex<HashMap<String, Arc<breaker::Breaker>>>,
 }
 
 /// One outside link as `/metrics` and `lgsp hub status` show it.
@@ -243,6 +256,17 @@ impl Hub {
             .map(|r| r.into_inner().payload)
     }
 
+    /// The breaker of REST system `name` (3 consecutive failures open it,
+    /// one probe after 5 s).
+    pub fn rest_breaker(&self, name: &str) -> Arc<breaker::Breaker> {
+        self.rest_breakers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(name.to_owned())
+            .or_insert_with(|| Arc::new(breaker::Breaker::new(3, Duration::from_secs(5))))
+            .clone()
+    }
+
     /// The health record of `peer`'s link.
     pub fn health_of(&self, peer: &str) -> Arc<health::LinkHealth> {
         self.health
@@ -253,27 +277,17 @@ impl Hub {
             .clone()
     }
 
-    /// Every peer of the catalog with its link's breaker and health, by
-    /// name. Peers no longer in the catalog are forgotten here (their
-    /// connection, breaker, health and limits), so what `/metrics` shows
-    /// is as long as the peer list.
+    /// Every peer and REST system of the catalog with its link's breaker
+    /// and health, by name (a REST system's as `rest:<name>`). Those no
+    /// longer in the catalog are forgotten here (their connection, breaker,
+    /// health and limits), so what `/metrics` shows is as long as the list.
     pub fn links(&self) -> Vec<LinkStatus> {
         let mut peers = self.peers();
         peers.sort_by(|a, b| a.name.cmp(&b.name));
         let mut names: Vec<String> = peers.iter().map(|p| p.name.clone()).collect();
-        // Outside REST systems' links too, apart by their prefix.
-        let mut rest: Vec<String> = self
-            .ctx
-            .cache
-            .rest_clients()
-            .into_iter()
-            .map(|c| format!("{}{}", rest_in::LINK_PREFIX, c.name))
-            .collect();
-        rest.sort();
-        names.extend(rest);
         let mut links = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
         links.retain(|name, _| names.contains(name));
-        let states: Vec<_> = names
+        let mut states: Vec<_> = names
             .iter()
             .map(|n| {
                 links
@@ -282,6 +296,37 @@ impl Hub {
             })
             .collect();
         drop(links);
+        // The external REST systems the hub calls, each with its breaker.
+        let mut systems: Vec<String> = rest_out::systems(self)
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        systems.sort();
+        self.rest_limits.retain(&systems);
+        let mut breakers = self
+            .rest_breakers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        breakers.retain(|name, _| systems.contains(name));
+        states.extend(systems.iter().map(|n| {
+            breakers
+                .get(n)
+                .map_or(breaker::State::Closed, |b| b.state())
+        }));
+        drop(breakers);
+        names.extend(systems.iter().map(|s| rest_out::link_name(s)));
+        // The outside REST systems that call in (no breaker: the hub does
+        // not call them).
+        let mut clients: Vec<String> = self
+            .ctx
+            .cache
+            .rest_clients()
+            .into_iter()
+            .map(|c| format!("{}{}", rest_in::LINK_PREFIX, c.name))
+            .collect();
+        clients.sort();
+        states.extend(clients.iter().map(|_| breaker::State::Closed));
+        names.extend(clients);
         self.health
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -301,7 +346,7 @@ impl Hub {
 }
 
 /// How a hub runs, beyond its node's configuration.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct HubOptions {
     /// Where peers' hubs connect.
     pub outward: SocketAddr,
@@ -311,6 +356,9 @@ pub struct HubOptions {
     /// Where outside REST systems and X-Road security servers connect
     /// (HTTP/JSON over mTLS); none: no REST endpoint.
     pub rest: Option<SocketAddr>,
+    /// Where the secrets of REST systems are (`<name>.api-key`,
+    /// `<name>.client-secret`); none: systems needing one are refused.
+    pub rest_secrets: Option<std::path::PathBuf>,
 }
 
 impl HubOptions {
@@ -320,6 +368,7 @@ impl HubOptions {
             outward,
             max_peer_connections: 1024,
             rest: None,
+            rest_secrets: None,
         }
     }
 }
@@ -374,6 +423,13 @@ impl HubServer {
             outward_limits: limiter::PeerLimits::new(limiter::Direction::Outward),
             inward_limits: limiter::PeerLimits::new(limiter::Direction::Inward),
             trust: trust::PeerTrust::default(),
+            rest: rest_client::RestClient::new(
+                ctx.creds.clone(),
+                options.rest_secrets.clone(),
+                ctx.config.limits.max_message_bytes,
+            ),
+            rest_limits: limiter::PeerLimits::new(limiter::Direction::Outward),
+            rest_breakers: Mutex::default(),
         });
         let _ = ctx
             .forwarder

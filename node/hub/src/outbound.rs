@@ -2,7 +2,8 @@
 //! hub takes the call on its inward (provider) listener, checks the signed
 //! record of on whose behalf against the caller, and carries the call to
 //! the peer's hub with that record, under a deadline and the peer's
-//! circuit breaker. The node underneath logs the exchange.
+//! circuit breaker. The node underneath logs the exchange. Calls to
+//! province services carried to a REST system go to [`crate::rest_out`].
 
 use crate::Hub;
 use crate::health::Outcome;
@@ -37,6 +38,7 @@ impl Forwarder for Outbound {
             .cache
             .with_service(service_id, |s| !s.origin.is_empty() && s.via_hub == key)
             .unwrap_or(false)
+            || crate::rest_out::route_of(&self.hub, service_id).is_some()
     }
 
     async fn forward(
@@ -46,6 +48,9 @@ impl Forwarder for Outbound {
         obo: Option<&SignedOnBehalfOf>,
     ) -> Result<Vec<u8>, Status> {
         let hub = &self.hub;
+        if let Some(route) = crate::rest_out::route_of(hub, &envelope.service_id) {
+            return crate::rest_out::forward(hub, caller, envelope, route).await;
+        }
         if caller.id.role != Role::Node {
             return Err(Status::permission_denied(format!(
                 "{} is a {}; only agencies' nodes call other instances through the hub",

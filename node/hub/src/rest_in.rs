@@ -34,8 +34,9 @@ pub mod openapi;
 pub const REQUEST_ID: &str = "x-request-id";
 
 /// The prefix under which REST clients' links are named in the hub's link
-/// health and metrics (`rest:<name>`), apart from federation peers.
-pub const LINK_PREFIX: &str = "rest:";
+/// health and metrics (`rest-client:<name>`), apart from federation peers
+/// and from the REST systems the hub calls (`rest:<name>`).
+pub const LINK_PREFIX: &str = "rest-client:";
 
 /// An HTTP answer of the REST endpoint.
 pub type Answer = Response<Full<Bytes>>;

@@ -2332,3 +2332,145 @@ mod rest_clients {
         run(&kv, &admin(), &delete_cmd(RecordKind::Service, &ho_tich)).unwrap();
     }
 }
+
+// REST systems and routes: the provincial admin's records, checked when
+// applied; a system with routes, or a service with a route, stays until the
+// route goes.
+
+mod rest {
+    use super::*;
+    use lgsp_proto::{RestAuth, RestOperation, RestRoute, RestSystem};
+
+    fn system() -> Value {
+        Value::RestSystem(RestSystem {
+            name: "bo-tai-chinh".into(),
+            base_url: "https://api.mof.gov.vn/v1".into(),
+            ca_pem: "-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n".into(),
+            auth: RestAuth::ApiKey as i32,
+            api_key_header: "X-API-Key".into(),
+            ..Default::default()
+        })
+    }
+
+    fn route(service: &str) -> Value {
+        Value::RestRoute(RestRoute {
+            service_id: service.into(),
+            system: "bo-tai-chinh".into(),
+            operations: vec![RestOperation {
+                name: "get".into(),
+                method: "GET".into(),
+                path: "/citizens/{id}".into(),
+                query: vec![],
+            }],
+            xroad_service: String::new(),
+        })
+    }
+
+    /// [`catalog`] with the provincial IT department's hub node and its
+    /// service `thue`, to carry to a REST system.
+    fn with_hub_service() -> (Kv, String) {
+        let kv = catalog();
+        let hub = actor(ADMIN_AGENCY, Role::Hub);
+        run(&kv, &admin(), &put_cmd(agency(ADMIN_AGENCY))).unwrap();
+        run(&kv, &hub, &put_cmd(node(ADMIN_AGENCY, "node-1"))).unwrap();
+        let id = format!("{ADMIN_AGENCY}/thue");
+        run(&kv, &hub, &put_cmd(Value::Service(service(&id)))).unwrap();
+        (kv, id)
+    }
+
+    #[test]
+    fn only_the_provincial_admin_writes_rest_systems_and_routes() {
+        let (kv, service) = with_hub_service();
+        for who in [
+            node_of(A),
+            actor(A, Role::Admin),
+            actor(ADMIN_AGENCY, Role::Hub),
+        ] {
+            assert!(
+                matches!(
+                    refused(run(&kv, &who, &put_cmd(system()))),
+                    CatalogError::PermissionDenied(_)
+                ),
+                "{who}"
+            );
+        }
+        run(&kv, &admin(), &put_cmd(system())).unwrap();
+        assert!(matches!(
+            refused(run(&kv, &node_of(A), &put_cmd(route(&service)))),
+            CatalogError::PermissionDenied(_)
+        ));
+        run(&kv, &admin(), &put_cmd(route(&service))).unwrap();
+    }
+
+    #[test]
+    fn a_route_needs_a_published_service_and_a_known_system_and_holds_them() {
+        let (kv, service) = with_hub_service();
+        let err = refused(run(&kv, &admin(), &put_cmd(route(&service))));
+        assert!(
+            matches!(&err, CatalogError::FailedPrecondition(m) if m.contains("lgsp hub rest add")),
+            "{err:?}"
+        );
+        run(&kv, &admin(), &put_cmd(system())).unwrap();
+        let err = refused(run(
+            &kv,
+            &admin(),
+            &put_cmd(route(&format!("{ADMIN_AGENCY}/none"))),
+        ));
+        assert!(
+            matches!(&err, CatalogError::FailedPrecondition(m) if m.contains("not published")),
+            "{err:?}"
+        );
+        // Another agency's service is served by its own node, not the hub.
+        let err = refused(run(&kv, &admin(), &put_cmd(route(&format!("{A}/ho-tich")))));
+        assert!(
+            matches!(&err, CatalogError::FailedPrecondition(m) if m.contains("under the hub's agency")),
+            "{err:?}"
+        );
+        run(&kv, &admin(), &put_cmd(route(&service))).unwrap();
+        for (kind, key) in [
+            (RecordKind::RestSystem, "bo-tai-chinh".to_owned()),
+            (RecordKind::Service, service.clone()),
+        ] {
+            let err = refused(run(&kv, &admin(), &delete_cmd(kind, &key)));
+            assert!(
+                matches!(&err, CatalogError::FailedPrecondition(m) if m.contains("REST route")),
+                "{kind:?}: {err:?}"
+            );
+        }
+        run(&kv, &admin(), &delete_cmd(RecordKind::RestRoute, &service)).unwrap();
+        run(
+            &kv,
+            &admin(),
+            &delete_cmd(RecordKind::RestSystem, "bo-tai-chinh"),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_rest_system_over_plain_http_or_without_its_auth_parts_is_refused() {
+        let kv = catalog();
+        for (change, why) in [
+            (
+                (|s: &mut RestSystem| s.base_url = "http://api.mof.gov.vn".into())
+                    as fn(&mut RestSystem),
+                "not an https:// URL",
+            ),
+            (
+                |s| s.api_key_header = "X API".into(),
+                "not an HTTP header name",
+            ),
+            (|s| s.auth = RestAuth::Oauth2 as i32, "token URL"),
+            (|s| s.auth = 0, "say how the hub authenticates"),
+        ] {
+            let Value::RestSystem(mut s) = system() else {
+                unreachable!()
+            };
+            change(&mut s);
+            let err = refused(run(&kv, &admin(), &put_cmd(Value::RestSystem(s))));
+            assert!(
+                matches!(&err, CatalogError::InvalidArgument(m) if m.contains(why)),
+                "{why}: {err:?}"
+            );
+        }
+    }
+}

@@ -37,12 +37,20 @@ pub(super) enum HubCommand {
         /// table. None by default.
         #[arg(long, value_name = "ADDR")]
         rest_listen: Option<SocketAddr>,
+        /// The directory of REST systems' secrets (<name>.api-key,
+        /// <name>.client-secret), read at each use; see `lgsp hub rest add`.
+        #[arg(long, value_name = "DIR")]
+        rest_secrets: Option<PathBuf>,
     },
     /// Outside REST systems (and X-Road clients behind a security server)
     /// that call province services through the hub's REST endpoint
     /// (provincial admin).
     #[command(subcommand)]
     RestClient(RestClientCommand),
+    /// External REST systems (ministry HTTP/JSON APIs, X-Road security
+    /// servers) and the province services carried to them (provincial admin).
+    #[command(subcommand)]
+    Rest(super::hub_rest::RestCommand),
     /// Federation peers: other lgsp instances and their CAs (provincial admin).
     #[command(subcommand)]
     Peer(PeerCommand),
@@ -252,6 +260,7 @@ pub(super) fn run(cmd: HubCommand) -> Result<()> {
         outward_listen,
         max_peer_connections,
         rest_listen,
+        rest_secrets,
     } = cmd
     {
         let config = lgsp_node::config::NodeConfig::load(&config)?;
@@ -261,6 +270,7 @@ pub(super) fn run(cmd: HubCommand) -> Result<()> {
                 outward: outward_listen,
                 max_peer_connections,
                 rest: rest_listen,
+                rest_secrets,
             };
             let mut hub = lgsp_hub::HubServer::start_with(config, options).await?;
             println!(
@@ -289,6 +299,7 @@ pub(super) fn run(cmd: HubCommand) -> Result<()> {
     rt.block_on(async {
         match cmd {
             HubCommand::Start { .. } => unreachable!("handled above"),
+            HubCommand::Rest(cmd) => super::hub_rest::run(cmd).await?,
             HubCommand::Peer(PeerCommand::Add {
                 registry,
                 name,

@@ -14,6 +14,7 @@ mod catalog;
 mod dataset;
 mod demo;
 mod hub;
+mod hub_rest;
 mod node;
 mod output;
 mod registry;

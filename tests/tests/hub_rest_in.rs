@@ -420,7 +420,7 @@ async fn an_outside_rest_client_calls_a_province_service_through_the_hub() {
     let (_, metrics) = lgsp_tests::metrics::scrape(&hub.metrics).await;
     for outcome in ["served", "refused"] {
         let series = format!(
-            "lgsp_hub_peer_calls_total{{peer=\"rest:btp-hotich\",direction=\"in\",outcome=\"{outcome}\"}}"
+            "lgsp_hub_peer_calls_total{{peer=\"rest-client:btp-hotich\",direction=\"in\",outcome=\"{outcome}\"}}"
         );
         assert!(metrics.contains(&series), "{series} missing:\n{metrics}");
     }
