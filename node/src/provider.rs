@@ -208,8 +208,8 @@ impl Provider {
         signed: &SignedOnBehalfOf,
         env: &Envelope,
     ) -> Result<crate::obo::Verified, crate::obo::OboError> {
-        let domain = crate::obo::claimed_domain(signed).unwrap_or_default();
         let verifier = &self.ctx.obo_verifier;
+        let domain = verifier.claimed_domain(signed).unwrap_or_default();
         let roots = match self.ctx.cache.peer_of_domain(&domain) {
             Some(peer) => verifier.roots_of(&peer),
             None => Default::default(),

@@ -11,7 +11,6 @@ use lgsp_certs::Role;
 use lgsp_node::refusal::Refusal;
 use lgsp_node::trace::{Trace, code_of};
 use lgsp_proto::catalog_record::Value;
-use lgsp_proto::data_exchange_client::DataExchangeClient;
 use lgsp_proto::data_exchange_server::DataExchange;
 use lgsp_proto::federation_server::Federation;
 use lgsp_proto::{
@@ -39,7 +38,7 @@ impl Inbound {
 
     /// The federation peer whose hub made `request`: its certificate names
     /// a hub of a peer's trust domain and is issued by that peer's CA.
-    fn peer_of<T>(&self, request: &Request<T>) -> Result<FederationPeer, Status> {
+    pub(crate) fn peer_of<T>(&self, request: &Request<T>) -> Result<FederationPeer, Status> {
         let certs = request
             .peer_certs()
             .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
@@ -108,10 +107,8 @@ impl Inbound {
         peer: &FederationPeer,
         verified: &lgsp_node::obo::Verified,
     ) -> Result<(), String> {
-        let serial = lgsp_certs::peer::peer_identity(&verified.record.certificate)
-            .map(|p| p.serial)
-            .unwrap_or_default();
-        match self.hub.trust.revoked(&peer.name, &serial) {
+        let serial = &verified.serial;
+        match self.hub.trust.revoked(&peer.name, serial) {
             Some(number) => Err(format!(
                 "the on-behalf-of record is signed by {} (serial {serial}), revoked by federation peer {}'s CRL number {number}",
                 verified.id, peer.name
@@ -126,6 +123,7 @@ impl Inbound {
         signed: &lgsp_proto::SignedOnBehalfOf,
         env: &Envelope,
         consumer: &lgsp_certs::SpiffeId,
+        deadline: lgsp_node::deadline::Deadline,
     ) -> Result<Vec<u8>, Status> {
         let hub = &self.hub;
         let cache = &hub.ctx.cache;
@@ -156,16 +154,18 @@ impl Inbound {
                     env.service_id
                 ))
             })?;
-        let channel = hub.ctx.channel_to(&node, Role::Node)?;
-        let mut request = Request::new(env.clone());
-        request.set_timeout(hub.call_timeout);
-        lgsp_node::obo::to_metadata(request.metadata_mut(), signed);
-        let max = hub.ctx.config.limits.max_message_bytes;
-        DataExchangeClient::new(channel)
-            .max_decoding_message_size(max)
-            .call(request)
+        // On the hub's link to the provider node, as a node calls another.
+        hub.ctx
+            .call_node(
+                &node,
+                Role::Node,
+                env.clone(),
+                Some(signed.clone()),
+                Some(deadline),
+                env.encoded_len(),
+            )
             .await
-            .map(|r| r.into_inner().payload)
+            .map(|r| r.payload)
     }
 }
 
@@ -236,7 +236,10 @@ impl DataExchange for Inbound {
             Ok(pair) => pair,
             Err(why) => return Err(trace.refuse(Refusal::OnBehalfOf(why))),
         };
-        let result = self.serve(&peer, &signed, &env, &verified.id).await;
+        let bound = lgsp_node::deadline::Deadline::within(deadline, started, self.hub.call_timeout);
+        let result = self
+            .serve(&peer, &signed, &env, &verified.id, bound)
+            .await;
         let payload = result.as_ref().map_or(&[][..], |p| p.as_slice());
         trace.finish(
             &Sha256::digest(payload),

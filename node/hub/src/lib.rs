@@ -30,6 +30,7 @@ pub mod health;
 pub mod inbound;
 pub mod limiter;
 pub mod outbound;
+pub mod peer_link;
 pub mod sync;
 pub mod trust;
 
@@ -80,6 +81,8 @@ pub struct Hub {
     key: String,
     /// Connections and breakers per peer, by peer name.
     peers: Mutex<HashMap<String, PeerLink>>,
+    /// Links to peers' hubs carrying calls (see [`peer_link`]), by peer name.
+    pub(crate) peer_links: lgsp_node::link::Links,
     /// How long an outward call may take at most.
     pub call_timeout: Duration,
     /// Each peer's link health, by peer name.
@@ -182,6 +185,8 @@ impl Hub {
             |e| e.connect_timeout(Duration::from_secs(3)),
         )
         .map_err(|e| tonic::Status::internal(e.to_string()))?;
+        // The link opened on the old connection goes with it.
+        self.peer_links.close(&peer.name);
         let breaker = links
             .get(&peer.name)
             .map(|l| l.breaker.clone())
@@ -216,7 +221,13 @@ impl Hub {
         peers.sort_by(|a, b| a.name.cmp(&b.name));
         let names: Vec<String> = peers.iter().map(|p| p.name.clone()).collect();
         let mut links = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
-        links.retain(|name, _| names.contains(name));
+        links.retain(|name, _| {
+            let keep = names.contains(name);
+            if !keep {
+                self.peer_links.close(name);
+            }
+            keep
+        });
         let states: Vec<_> = names
             .iter()
             .map(|n| {
@@ -306,6 +317,7 @@ impl HubServer {
             key: format!("{}/{}", id.agency, id.name),
             id,
             peers: Mutex::default(),
+            peer_links: lgsp_node::link::Links::default(),
             call_timeout: Duration::from_secs(10),
             health: Mutex::default(),
             outward_limits: limiter::PeerLimits::new(limiter::Direction::Outward),
@@ -334,6 +346,7 @@ impl HubServer {
         // The peers' CAs and CRLs, from the catalog as it changes.
         tokio::spawn(follow_peers(hub.clone(), tls.clone(), stopped.clone()));
         let inbound = inbound::Inbound::new(hub.clone());
+        let peer_links = peer_link::PeerLinkServer::new(inbound.clone(), stopped.clone());
         let max = ctx.config.limits.max_message_bytes;
         let mut until = stopped.clone();
         // Admission: a bounded number of connections, each with a deadline
@@ -356,6 +369,11 @@ impl HubServer {
                 .add_service(lgsp_proto::federation_server::FederationServer::new(
                     inbound,
                 ))
+                .add_service(
+                    lgsp_proto::node_link_server::NodeLinkServer::new(peer_links)
+                        .max_decoding_message_size(max + lgsp_node::link::FRAMING)
+                        .max_encoding_message_size(max + lgsp_node::link::FRAMING),
+                )
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = until.wait_for(|s| *s).await;
                 })
