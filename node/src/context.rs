@@ -6,8 +6,8 @@
 use crate::backend::HttpBackend;
 use crate::catalog_cache::CatalogCache;
 use crate::config::NodeConfig;
-use crate::limits::Limits;
 use crate::deadline::Deadline;
+use crate::limits::Limits;
 use crate::link::{Links, MAX_LINK_ENVELOPE, Sent};
 use crate::metrics::Metrics;
 use lgsp_certs::{AgencyCode, ClientTrust, Credentials, Expected, Role};
@@ -59,6 +59,8 @@ pub struct NodeContext {
     pub forwarder: std::sync::OnceLock<Arc<dyn Forwarder>>,
     /// On-behalf-of records already used (a provider called through a hub).
     pub replays: crate::obo::ReplayGuard,
+    /// Federation peers' CRLs in force for on-behalf-of records.
+    pub peer_crls: crate::peer_crl::PeerCrls,
     /// Verifies on-behalf-of records, remembering checked certificates.
     pub obo_verifier: crate::obo::Verifier,
     /// This node's key for signing on-behalf-of records, parsed once.
@@ -144,6 +146,7 @@ impl NodeContext {
             forwarder: std::sync::OnceLock::new(),
             replays: crate::obo::ReplayGuard::default(),
             obo_verifier: crate::obo::Verifier::default(),
+            peer_crls: crate::peer_crl::PeerCrls::default(),
             obo_signer: std::sync::OnceLock::new(),
         })
     }

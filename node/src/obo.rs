@@ -56,6 +56,21 @@ pub enum OboError {
     /// Seen before.
     #[error("the on-behalf-of record of request {0} was already used: a replay")]
     Replayed(String),
+    /// The signer's certificate is revoked by its instance's CRL, as
+    /// published into the federation peer's record.
+    #[error(
+        "the on-behalf-of record is signed by {id} (serial {serial}), whose certificate is revoked by federation peer {peer}'s CRL number {number}; that instance issues its node a new certificate"
+    )]
+    Revoked {
+        /// The signer.
+        id: String,
+        /// Its certificate's serial.
+        serial: String,
+        /// The federation peer whose CRL revokes it.
+        peer: String,
+        /// The CRL's number.
+        number: u64,
+    },
     /// The signer is not a node.
     #[error("the on-behalf-of record is signed by {0}, not an agency's node")]
     NotANode(String),

@@ -201,8 +201,10 @@ impl Provider {
     }
 
     /// Verifies a hub's record of on whose behalf it calls: signed by a
-    /// node of a federation peer (its CA from the catalog), for this
-    /// request, fresh and not seen before.
+    /// node of a federation peer (its CA from the catalog) whose
+    /// certificate the peer's CRL in the catalog does not revoke, for this
+    /// request, fresh and not seen before. The hub checks the CRL too, but
+    /// may not have loaded it yet.
     fn verify_obo(
         &self,
         signed: &SignedOnBehalfOf,
@@ -210,12 +212,23 @@ impl Provider {
     ) -> Result<crate::obo::Verified, crate::obo::OboError> {
         let verifier = &self.ctx.obo_verifier;
         let domain = verifier.claimed_domain(signed).unwrap_or_default();
-        let roots = match self.ctx.cache.peer_of_domain(&domain) {
-            Some(peer) => verifier.roots_of(&peer),
+        let peer = self.ctx.cache.peer_of_domain(&domain);
+        let roots = match &peer {
+            Some(peer) => verifier.roots_of(peer),
             None => Default::default(),
         };
         let now = lgsp_registry::calendar::unix_now() * 1000;
         let verified = verifier.verify(signed, env, &roots, now)?;
+        if let Some(peer) = &peer
+            && let Some(number) = self.ctx.peer_crls.revoked(peer, &verified.serial)
+        {
+            return Err(crate::obo::OboError::Revoked {
+                id: verified.id.to_string(),
+                serial: verified.serial,
+                peer: peer.name.clone(),
+                number,
+            });
+        }
         self.ctx.replays.check(signed, &env.request_id, now)?;
         Ok(verified)
     }
