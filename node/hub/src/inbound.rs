@@ -237,9 +237,7 @@ impl DataExchange for Inbound {
             Err(why) => return Err(trace.refuse(Refusal::OnBehalfOf(why))),
         };
         let bound = lgsp_node::deadline::Deadline::within(deadline, started, self.hub.call_timeout);
-        let result = self
-            .serve(&peer, &signed, &env, &verified.id, bound)
-            .await;
+        let result = self.serve(&peer, &signed, &env, &verified.id, bound).await;
         let payload = result.as_ref().map_or(&[][..], |p| p.as_slice());
         trace.finish(
             &Sha256::digest(payload),

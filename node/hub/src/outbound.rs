@@ -11,8 +11,8 @@ use lgsp_certs::{Peer, Role};
 use lgsp_node::context::Forwarder;
 use lgsp_proto::data_exchange_client::DataExchangeClient;
 use lgsp_proto::{Envelope, SignedOnBehalfOf};
-use std::sync::Arc;
 use prost::Message as _;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::{Code, Status};
 

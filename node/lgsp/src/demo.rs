@@ -81,7 +81,12 @@ fn node_tls(
     name: &str,
     display: &str,
 ) -> Result<TlsFiles> {
-    let id = SpiffeId::new(ca.trust_domain(), AgencyCode::new(agency)?, Role::Node, name)?;
+    let id = SpiffeId::new(
+        ca.trust_domain(),
+        AgencyCode::new(agency)?,
+        Role::Node,
+        name,
+    )?;
     let mut spec = LeafSpec::for_days(id, 30)?;
     spec.display_name = Some(display.to_owned());
     // The demo's tools reach the node as 127.0.0.1; the CA vouches for that
@@ -454,7 +459,9 @@ pub(crate) async fn start(dir: &Path, ports: Ports) -> Result<Province> {
         .is_err()
     {
         if Instant::now() > deadline {
-            bail!("the nodes did not learn the catalog, or the national register was not callable through the hubs, in 20 s");
+            bail!(
+                "the nodes did not learn the catalog, or the national register was not callable through the hubs, in 20 s"
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -598,7 +605,9 @@ fn print_guide(p: &Province) {
     println!(
         "  # Tam Dương's application reads a citizen from the national population register, through its"
     );
-    println!("  # node, the province's hub and the national hub (a signed on-behalf-of record on the way):");
+    println!(
+        "  # node, the province's hub and the national hub (a signed on-behalf-of record on the way):"
+    );
     println!("  {}", guide.call_national());
     println!(
         "  # The provincial admin grants Sở Y tế the business registrations directly, and lists the grants:"

@@ -154,11 +154,7 @@ struct National {
 /// the ministry's node serving the population register, and its hub on
 /// `outward`; the province (`province`) is its federation peer, the
 /// register is exported to it and granted to the province's commune.
-async fn national(
-    dir: &Path,
-    province: &FederationPeer,
-    outward: SocketAddr,
-) -> Result<National> {
+async fn national(dir: &Path, province: &FederationPeer, outward: SocketAddr) -> Result<National> {
     let mut ca = CertificateAuthority::init(
         &dir.join("ca"),
         NATIONAL_DOMAIN,
@@ -268,13 +264,7 @@ async fn national(
         .map_err(|s| anyhow::anyhow!("granting: {}", s.message()))?;
 
     let hub_dir = dir.join("hub");
-    let creds = leaf(
-        &mut ca,
-        NATIONAL,
-        Role::Hub,
-        "hub",
-        Some("Nền tảng NDXP"),
-    )?;
+    let creds = leaf(&mut ca, NATIONAL, Role::Hub, "hub", Some("Nền tảng NDXP"))?;
     let tls = TlsFiles::write(&hub_dir.join("tls"), &creds)?;
     let hub = lgsp_hub::HubServer::start(
         config(&hub_dir, NATIONAL, "hub", &addrs, tls, Vec::new()),
@@ -318,15 +308,8 @@ pub(crate) async fn start(
         hub_endpoint: national_outward.to_string(),
         ..Default::default()
     };
-    let province_hub = province_hub(
-        dir,
-        ca,
-        catalog,
-        registry,
-        &national_peer,
-        province_outward,
-    )
-    .await?;
+    let province_hub =
+        province_hub(dir, ca, catalog, registry, &national_peer, province_outward).await?;
     Ok(Federation {
         province_hub,
         national_registry_addr: n.registry.client_addrs().join(","),
