@@ -1,12 +1,12 @@
 //! The agency-facing side of a node: this agency's applications call other
-//! agencies' services through it. The node finds the provider node in its
-//! copy of the catalog and calls it with the agency's certificate: small
-//! calls on the node link to that node, large ones and query streams as
-//! ordinary gRPC calls. Every exchange is logged on this side too.
+//! agencies' services through it. The node finds the provider node (or the
+//! province's hub, for another instance's service) in its copy of the
+//! catalog and calls it with the agency's certificate: small calls on the
+//! node link to it, large ones and query streams as ordinary gRPC calls.
+//! Every exchange is logged on this side too.
 
-use crate::context::{NodeContext, route_key};
+use crate::context::NodeContext;
 use crate::deadline::Deadline;
-use crate::link::{MAX_LINK_ENVELOPE, Sent};
 use crate::trace::{Trace, code_of, own_request_id};
 use futures::StreamExt;
 use lgsp_proto::data_exchange_client::DataExchangeClient;
@@ -78,6 +78,43 @@ impl Consumer {
         })
     }
 
+    /// Sends `env` to the provider node serving it, or to the province's
+    /// hub for another instance's service (with a record of on whose
+    /// behalf, signed with this node's key): on the link to it, or as a
+    /// unary call when the envelope is large or the server has no link
+    /// service. `deadline` is the application's; `size` the envelope's
+    /// encoded size.
+    async fn send(
+        &self,
+        deadline: Option<Deadline>,
+        env: Envelope,
+        size: usize,
+    ) -> Result<CallResponse, Status> {
+        if deadline.is_some_and(|d| d.left().is_zero()) {
+            return Err(Status::deadline_exceeded(
+                "the application's deadline passed before the call left this node",
+            ));
+        }
+        let route = self.route(&env.service_id)?;
+        let (role, obo) = if route.via_hub {
+            let signed = self
+                .ctx
+                .obo_signer()
+                .and_then(|signer| signer.sign(&env, lgsp_registry::calendar::unix_now_ms()))
+                .map_err(|e| Status::internal(e.to_string()))?;
+            (lgsp_certs::Role::Hub, Some(signed))
+        } else if route.hub_serves {
+            // A service the hub carries to an external REST system.
+            (lgsp_certs::Role::Hub, None)
+        } else {
+            (lgsp_certs::Role::Node, None)
+        };
+        self.ctx
+            .call_node(&route.node, role, env, obo, deadline, size)
+            .await
+            .map_err(|s| explain(s, &self.ctx.serial))
+    }
+
     /// A client of the provider node (or hub) of `route`, on the pooled
     /// connection.
     fn client(&self, route: &Route) -> Result<DataExchangeClient<Channel>, Status> {
@@ -92,68 +129,6 @@ impl Consumer {
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         )
-    }
-
-    /// Sends `env` to the provider node serving it: on the link to that
-    /// node, or as a unary call when the envelope is large or the node has
-    /// no link service.
-    /// `deadline` is the application's; `size` the envelope's encoded size.
-    async fn send(
-        &self,
-        deadline: Option<Deadline>,
-        env: Envelope,
-        size: usize,
-    ) -> Result<CallResponse, Status> {
-        if deadline.is_some_and(|d| d.left().is_zero()) {
-            return Err(Status::deadline_exceeded(
-                "the application's deadline passed before the call left this node",
-            ));
-        }
-        let route = self.route(&env.service_id)?;
-        if route.via_hub {
-            // Another instance's service: through the hub, with a record of
-            // on whose behalf, signed with this node's key.
-            let signed = self
-                .ctx
-                .obo_signer()
-                .and_then(|signer| signer.sign(&env, lgsp_registry::calendar::unix_now_ms()))
-                .map_err(|e| Status::internal(e.to_string()))?;
-            let mut request = forward(deadline, env);
-            crate::obo::to_metadata(request.metadata_mut(), &signed);
-            return self
-                .client(&route)?
-                .call(request)
-                .await
-                .map(Response::into_inner)
-                .map_err(|s| explain(s, &self.ctx.serial));
-        }
-        let node = &route.node;
-        let key = route_key(node);
-        // Links are between nodes; the hub takes unary calls.
-        let env = if size <= MAX_LINK_ENVELOPE && !route.hub_serves {
-            let ctx = &self.ctx;
-            let sent = ctx
-                .links
-                .call(
-                    &key,
-                    || ctx.channel(node),
-                    ctx.config.limits.max_message_bytes,
-                    env,
-                    deadline,
-                )
-                .await;
-            match sent {
-                Sent::Done(result) => return result.map_err(|s| explain(s, &self.ctx.serial)),
-                Sent::Unsupported(env) => env,
-            }
-        } else {
-            env
-        };
-        self.client(&route)?
-            .call(forward(deadline, env))
-            .await
-            .map(Response::into_inner)
-            .map_err(|s| explain(s, &self.ctx.serial))
     }
 }
 

@@ -6,12 +6,14 @@
 use crate::backend::HttpBackend;
 use crate::catalog_cache::CatalogCache;
 use crate::config::NodeConfig;
+use crate::deadline::Deadline;
 use crate::limits::Limits;
-use crate::link::Links;
+use crate::link::{Links, MAX_LINK_ENVELOPE, Sent};
 use crate::metrics::Metrics;
 use lgsp_certs::{AgencyCode, ClientTrust, Credentials, Expected, Role};
 use lgsp_dataset::DatasetCache;
 use lgsp_proto::NodeRecord;
+use lgsp_proto::data_exchange_client::DataExchangeClient;
 use lgsp_sharing_log::SharingLog;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -57,6 +59,8 @@ pub struct NodeContext {
     pub forwarder: std::sync::OnceLock<Arc<dyn Forwarder>>,
     /// On-behalf-of records already used (a provider called through a hub).
     pub replays: crate::obo::ReplayGuard,
+    /// Federation peers' CRLs in force for on-behalf-of records.
+    pub peer_crls: crate::peer_crl::PeerCrls,
     /// Verifies on-behalf-of records, remembering checked certificates.
     pub obo_verifier: crate::obo::Verifier,
     /// This node's key for signing on-behalf-of records, parsed once.
@@ -142,6 +146,7 @@ impl NodeContext {
             forwarder: std::sync::OnceLock::new(),
             replays: crate::obo::ReplayGuard::default(),
             obo_verifier: crate::obo::Verifier::default(),
+            peer_crls: crate::peer_crl::PeerCrls::default(),
             obo_signer: std::sync::OnceLock::new(),
         })
     }
@@ -158,12 +163,8 @@ impl NodeContext {
     /// accepts only that node: its SPIFFE ID (agency, role, name) and the
     /// certificate fingerprint the catalog holds for it, not revoked. The
     /// address the catalog gives is where to dial, never who answers.
-    pub(crate) fn channel(&self, node: &NodeRecord) -> Result<Channel, Status> {
-        self.channel_to(node, Role::Node)
-    }
-
-    /// [`Self::channel`] to a server of `role`: a node, or the province's
-    /// hub (which carries calls to other instances' services).
+    /// The server is of `role`: a node, or the province's hub (which
+    /// carries calls to other instances' services).
     pub fn channel_to(&self, node: &NodeRecord, role: Role) -> Result<Channel, Status> {
         let mut pool = self
             .node_channels
@@ -210,6 +211,60 @@ impl NodeContext {
         .map_err(|e| Status::internal(e.to_string()))?;
         pool.insert(key, channel.clone());
         Ok(channel)
+    }
+
+    /// Calls `node` (a server of `role`: a provider node, or the province's
+    /// hub) with `env`, and `obo` for a call across instances: on the link
+    /// to it when the envelope is small (`size` is its encoded size), as a
+    /// unary call when it is large or the server has no link service.
+    /// `deadline` bounds the call.
+    pub async fn call_node(
+        &self,
+        node: &NodeRecord,
+        role: Role,
+        env: lgsp_proto::Envelope,
+        obo: Option<lgsp_proto::SignedOnBehalfOf>,
+        deadline: Option<Deadline>,
+        size: usize,
+    ) -> Result<lgsp_proto::CallResponse, Status> {
+        let max = self.config.limits.max_message_bytes;
+        let (env, obo) = if size <= MAX_LINK_ENVELOPE {
+            // The role is part of the key, as for the pooled channels.
+            let key = match role {
+                Role::Node => route_key(node),
+                other => format!("{other}:{}", route_key(node)),
+            };
+            let sent = self
+                .links
+                .call(
+                    &key,
+                    || self.channel_to(node, role),
+                    max,
+                    env,
+                    obo.clone(),
+                    deadline,
+                )
+                .await;
+            match sent {
+                Sent::Done(result) => return result,
+                Sent::Unsupported(env) => (env, obo),
+            }
+        } else {
+            (env, obo)
+        };
+        let mut request = tonic::Request::new(env);
+        if let Some(deadline) = deadline {
+            request.set_timeout(deadline.left());
+        }
+        if let Some(signed) = &obo {
+            crate::obo::to_metadata(request.metadata_mut(), signed);
+        }
+        DataExchangeClient::new(self.channel_to(node, role)?)
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max)
+            .call(request)
+            .await
+            .map(tonic::Response::into_inner)
     }
 
     /// Drops the pooled connections and node links to other nodes, so that

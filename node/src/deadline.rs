@@ -19,10 +19,21 @@ impl Deadline {
         deadline_of(metadata).map(|total| Self::after(started, total))
     }
 
-    pub(crate) fn after(started: Instant, total: Duration) -> Self {
+    /// `total` from `started`.
+    pub fn after(started: Instant, total: Duration) -> Self {
         Self {
             at: started + total,
             total,
+        }
+    }
+
+    /// The earlier of this deadline and `total` from `started`: a caller's
+    /// deadline bounded by a server's own limit on the calls it makes.
+    pub fn within(deadline: Option<Self>, started: Instant, total: Duration) -> Self {
+        let own = Self::after(started, total);
+        match deadline {
+            Some(d) if d.at < own.at => d,
+            _ => own,
         }
     }
 

@@ -22,6 +22,7 @@ pub mod link;
 pub mod listener;
 pub mod metrics;
 pub mod obo;
+pub mod peer_crl;
 pub mod provider;
 pub mod refusal;
 pub mod registration;

@@ -56,6 +56,21 @@ pub enum OboError {
     /// Seen before.
     #[error("the on-behalf-of record of request {0} was already used: a replay")]
     Replayed(String),
+    /// The signer's certificate is revoked by its instance's CRL, as
+    /// published into the federation peer's record.
+    #[error(
+        "the on-behalf-of record is signed by {id} (serial {serial}), whose certificate is revoked by federation peer {peer}'s CRL number {number}; that instance issues its node a new certificate"
+    )]
+    Revoked {
+        /// The signer.
+        id: String,
+        /// Its certificate's serial.
+        serial: String,
+        /// The federation peer whose CRL revokes it.
+        peer: String,
+        /// The CRL's number.
+        number: u64,
+    },
     /// The signer is not a node.
     #[error("the on-behalf-of record is signed by {0}, not an agency's node")]
     NotANode(String),
@@ -177,6 +192,9 @@ pub struct Verified {
     pub id: SpiffeId,
     /// What it signed.
     pub record: OnBehalfOf,
+    /// The serial of the certificate that signed it, lower-case hex (what
+    /// its instance's CRL names).
+    pub serial: String,
 }
 
 impl Verified {
@@ -202,6 +220,7 @@ pub fn verify(
 #[derive(Clone, Debug)]
 struct Known {
     id: SpiffeId,
+    serial: String,
     public_key: Vec<u8>,
     not_before: i64,
     not_after: i64,
@@ -221,6 +240,8 @@ impl Known {
 #[derive(Debug, Default)]
 pub struct Verifier {
     certs: Mutex<HashMap<CertAndRoots, Known>>,
+    /// The trust domain each certificate seen names, by its digest.
+    domains: Mutex<HashMap<[u8; 32], String>>,
     roots: Mutex<HashMap<[u8; 32], std::sync::Arc<Vec<CertificateDer<'static>>>>>,
 }
 
@@ -277,6 +298,34 @@ impl Verifier {
         Ok(checked)
     }
 
+    /// [`claimed_domain`], remembered per certificate: the trust domain a
+    /// record's certificate names, before it is verified (to choose the CA
+    /// to verify it with).
+    pub fn claimed_domain(&self, signed: &SignedOnBehalfOf) -> Option<String> {
+        let record = OnBehalfOf::decode(signed.record.as_slice()).ok()?;
+        let key: [u8; 32] = Sha256::digest(&record.certificate).into();
+        let mut domains = self
+            .domains
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(domain) = domains.get(&key) {
+            return Some(domain.clone());
+        }
+        let domain = lgsp_certs::inspect::CertInfo::from_der(
+            &record.certificate,
+            std::path::Path::new("<on-behalf-of>"),
+        )
+        .ok()?
+        .spiffe_id
+        .ok()?
+        .trust_domain;
+        if domains.len() >= MAX_REMEMBERED {
+            domains.clear();
+        }
+        domains.insert(key, domain.clone());
+        Some(domain)
+    }
+
     /// [`issued_by`], remembered: whether `der` chains to one of `roots`
     /// and is not expired at `now_ms`.
     pub fn issued(&self, der: &[u8], roots: &[CertificateDer<'_>], now_ms: i64) -> bool {
@@ -297,6 +346,7 @@ impl Verifier {
         }
         Ok(Verified {
             id: known.id,
+            serial: known.serial,
             record,
         })
     }
@@ -343,7 +393,11 @@ impl Verifier {
             &client.name,
         )
         .map_err(|e| OboError::Malformed(format!("REST client {}: {e}", client.name)))?;
-        Ok(Verified { id, record })
+        Ok(Verified {
+            id,
+            serial: known.serial,
+            record,
+        })
     }
 
     /// The record in `signed`, its signer's certificate checked against
@@ -392,6 +446,7 @@ fn check_certificate(der: &[u8], roots: &[CertificateDer<'_>]) -> Result<Known, 
     }
     Ok(Known {
         id,
+        serial: info.serial,
         public_key: cert.public_key().subject_public_key.data.to_vec(),
         not_before: info.not_before.unix_timestamp(),
         not_after: info.not_after.unix_timestamp(),

@@ -201,23 +201,37 @@ impl Provider {
     }
 
     /// Verifies a hub's record of on whose behalf it calls: signed by a
-    /// node of a federation peer (its CA from the catalog), for this
-    /// request, fresh and not seen before.
+    /// node of a federation peer (its CA from the catalog) whose
+    /// certificate the peer's CRL in the catalog does not revoke, for this
+    /// request, fresh and not seen before. The hub checks the CRL too, but
+    /// may not have loaded it yet.
     fn verify_obo(
         &self,
         signed: &SignedOnBehalfOf,
         env: &Envelope,
     ) -> Result<crate::obo::Verified, crate::obo::OboError> {
-        let domain = crate::obo::claimed_domain(signed).unwrap_or_default();
         let verifier = &self.ctx.obo_verifier;
         let now = lgsp_registry::calendar::unix_now() * 1000;
         let rest_client = crate::obo::claimed_rest_client(signed);
         let verified = if rest_client.is_empty() {
-            let roots = match self.ctx.cache.peer_of_domain(&domain) {
-                Some(peer) => verifier.roots_of(&peer),
+            let domain = verifier.claimed_domain(signed).unwrap_or_default();
+            let peer = self.ctx.cache.peer_of_domain(&domain);
+            let roots = match &peer {
+                Some(peer) => verifier.roots_of(peer),
                 None => Default::default(),
             };
-            verifier.verify(signed, env, &roots, now)?
+            let verified = verifier.verify(signed, env, &roots, now)?;
+            if let Some(peer) = &peer
+                && let Some(number) = self.ctx.peer_crls.revoked(peer, &verified.serial)
+            {
+                return Err(crate::obo::OboError::Revoked {
+                    id: verified.id.to_string(),
+                    serial: verified.serial,
+                    peer: peer.name.clone(),
+                    number,
+                });
+            }
+            verified
         } else {
             // An outside REST system, through this province's hub.
             let client = self.ctx.cache.rest_client(&rest_client).ok_or_else(|| {

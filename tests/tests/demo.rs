@@ -138,7 +138,8 @@ fn demo_refuses_a_base_port_whose_block_is_taken_naming_the_port() {
 }
 
 /// The printed commands, run as printed (by bash) while the demo runs: the
-/// calls, the query, the HTTP service, a direct grant, a termination, the
+/// calls (one across instances, to the national platform's register), the
+/// query, the HTTP service, a direct grant, a termination, the
 /// access request procedure, the catalog, the registry and the sharing log.
 #[test]
 fn demo_prints_commands_that_work_as_printed_from_another_terminal() {
@@ -198,6 +199,7 @@ fn demo_prints_commands_that_work_as_printed_from_another_terminal() {
         " requests file ",
         " requests approve ",
         " audit verify ",
+        "/dan-cu --op get ",
     ] {
         assert!(
             commands.iter().any(|c| c.contains(what)),
@@ -230,6 +232,10 @@ fn demo_prints_commands_that_work_as_printed_from_another_terminal() {
         }
         if command.contains("giay-phep --op tra-cuu") {
             assert!(stdout.contains("Còn hiệu lực"), "{command}\n{stdout}");
+        }
+        // Across instances: the national register, through both hubs.
+        if command.contains("/dan-cu --op get") {
+            assert!(stdout.contains("Nguyễn Thị Thu Hà"), "{command}\n{stdout}");
         }
     }
     // After the approval, Tam Dương's call works again.

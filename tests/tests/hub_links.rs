@@ -484,3 +484,182 @@ async fn a_crl_the_peers_hub_serves_is_followed_when_its_ca_signed_it() {
         .await
         .expect("the peer's hub certificate the CRL does not list");
 }
+
+/// A get of `key` in `service` from `consumer`'s node, as the province's
+/// hub carries it to the provider: with the record of on whose behalf.
+fn on_behalf_of(
+    consumer: &Credentials,
+    service: &str,
+    key: &str,
+    request_id: &str,
+) -> Request<lgsp_proto::Envelope> {
+    let env = lgsp_proto::Envelope {
+        service_id: service.into(),
+        operation: "get".into(),
+        parameters: [("key".to_owned(), key.to_owned())].into(),
+        request_id: request_id.into(),
+        ..Default::default()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let signed = lgsp_node::obo::sign(consumer, &env, now).unwrap();
+    let mut request = Request::new(env);
+    lgsp_node::obo::to_metadata(request.metadata_mut(), &signed);
+    request
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_refuses_a_record_signed_by_a_foreign_node_its_peer_crl_revokes() {
+    const A: &str = "000.00.12.H62";
+    const CONSUMER: &str = "000.00.07.G01";
+    let mut p = Province::start().await;
+    p.register_agency(A, "Sở Tư pháp tỉnh Vĩnh Phúc").await;
+    let mut q = Pki::new(NATIONAL_DOMAIN);
+    add_peer(&mut p, &q, "127.0.0.1:9");
+    let mut node_a = p.prepare_node(
+        A,
+        "node-1",
+        "[[services]]\nname = \"ho-tich\"\nkind = \"dataset\"\n",
+    );
+    let csv = write(
+        &node_a.dir,
+        "data.csv",
+        "id,ho_ten\n001099012345,Nguyễn Thị Hương\n",
+    );
+    let out = lgsp(&[
+        "dataset",
+        "import",
+        "--data-dir",
+        node_a.data_dir().to_str().unwrap(),
+        "--service",
+        "ho-tich",
+        "--file",
+        csv.to_str().unwrap(),
+        "--key",
+        "id",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    node_a.start();
+    p.wait_for_node(A, "node-1", &node_a).await;
+    let service = format!("{A}/ho-tich");
+    p.publish(
+        &service,
+        lgsp_proto::ServiceKind::Dataset,
+        "node-1",
+        "ho-tich",
+    )
+    .await;
+    admin(
+        &mut p,
+        &[
+            "agency",
+            "register",
+            "--code",
+            CONSUMER,
+            "--name",
+            "Bộ Tư pháp",
+            "--trust-domain",
+            NATIONAL_DOMAIN,
+        ],
+    );
+    admin(
+        &mut p,
+        &[
+            "access",
+            "grant",
+            "--service",
+            &service,
+            "--consumer",
+            CONSUMER,
+            "--reason",
+            "Thỏa thuận kết nối NDXP",
+        ],
+    );
+
+    // The province's hub, as the provider node sees it; the national node.
+    let (hub, _) = p.issue(lgsp_tests::cluster::PROVINCE, Role::Hub, "hub");
+    let (consumer, serial) = q.issue(CONSUMER, Role::Node, "node-1");
+    let trust = lgsp_certs::ClientTrust::new(&hub).unwrap();
+    let channel = lgsp_certs::server_identity::connect(
+        &node_a.provider,
+        &hub,
+        trust,
+        Expected::node(
+            lgsp_tests::TRUST_DOMAIN,
+            lgsp_certs::AgencyCode::new(A).unwrap(),
+            "node-1",
+            None,
+        ),
+    )
+    .await
+    .unwrap();
+    let as_hub = lgsp_proto::data_exchange_client::DataExchangeClient::new(channel);
+    let mut n = 0;
+    let mut call = || {
+        n += 1;
+        let mut client = as_hub.clone();
+        let request = on_behalf_of(&consumer, &service, "001099012345", &format!("thu-hoi-{n}"));
+        async move { client.call(request).await }
+    };
+    let start = Instant::now();
+    loop {
+        match call().await {
+            Ok(r) => {
+                assert!(String::from_utf8_lossy(&r.get_ref().payload).contains("Nguyễn Thị Hương"));
+                break;
+            }
+            Err(s) => {
+                assert!(
+                    start.elapsed() < Duration::from_secs(5),
+                    "the record of a node not revoked is refused: {s:?}\n{}",
+                    node_a.log()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    // The national instance revokes its node; the provincial admin
+    // publishes its CRL. No hub has loaded it: the provider refuses.
+    q.ca.revoke(
+        &serial,
+        lgsp_certs::ca::parse_reason("key-compromise").unwrap(),
+    )
+    .unwrap();
+    let crl = q.ca.sign_crl(7).unwrap();
+    let crl_file = write(q.dir.path(), "ndxp.crl", &crl.pem);
+    admin(
+        &mut p,
+        &[
+            "hub",
+            "peer",
+            "crl",
+            "--name",
+            "ndxp",
+            "--crl",
+            crl_file.to_str().unwrap(),
+        ],
+    );
+    let start = Instant::now();
+    let refused = loop {
+        match call().await {
+            Err(s) if s.code() == Code::Unauthenticated => break s,
+            other => {
+                assert!(
+                    start.elapsed() < Duration::from_secs(5),
+                    "the provider still serves a record signed by a revoked foreign node: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert!(refused.message().contains("revoked"), "{refused:?}");
+    assert!(refused.message().contains(&serial), "{refused:?}");
+    assert!(refused.message().contains("ndxp"), "{refused:?}");
+}

@@ -38,7 +38,7 @@ impl Inbound {
 
     /// The federation peer whose hub made `request`: its certificate names
     /// a hub of a peer's trust domain and is issued by that peer's CA.
-    fn peer_of<T>(&self, request: &Request<T>) -> Result<FederationPeer, Status> {
+    pub(crate) fn peer_of<T>(&self, request: &Request<T>) -> Result<FederationPeer, Status> {
         let certs = request
             .peer_certs()
             .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
@@ -107,10 +107,8 @@ impl Inbound {
         peer: &FederationPeer,
         verified: &lgsp_node::obo::Verified,
     ) -> Result<(), String> {
-        let serial = lgsp_certs::peer::peer_identity(&verified.record.certificate)
-            .map(|p| p.serial)
-            .unwrap_or_default();
-        match self.hub.trust.revoked(&peer.name, &serial) {
+        let serial = &verified.serial;
+        match self.hub.trust.revoked(&peer.name, serial) {
             Some(number) => Err(format!(
                 "the on-behalf-of record is signed by {} (serial {serial}), revoked by federation peer {}'s CRL number {number}",
                 verified.id, peer.name
@@ -125,6 +123,7 @@ impl Inbound {
         signed: &lgsp_proto::SignedOnBehalfOf,
         env: &Envelope,
         consumer: &lgsp_certs::SpiffeId,
+        deadline: lgsp_node::deadline::Deadline,
     ) -> Result<Vec<u8>, Status> {
         let hub = &self.hub;
         let cache = &hub.ctx.cache;
@@ -144,7 +143,7 @@ impl Inbound {
                 consumer.agency, peer.trust_domain, env.service_id, peer.trust_domain
             )));
         }
-        hub.call_provider(env, signed).await
+        hub.call_provider(env, signed, deadline).await
     }
 }
 
@@ -215,7 +214,8 @@ impl DataExchange for Inbound {
             Ok(pair) => pair,
             Err(why) => return Err(trace.refuse(Refusal::OnBehalfOf(why))),
         };
-        let result = self.serve(&peer, &signed, &env, &verified.id).await;
+        let bound = lgsp_node::deadline::Deadline::within(deadline, started, self.hub.call_timeout);
+        let result = self.serve(&peer, &signed, &env, &verified.id, bound).await;
         let payload = result.as_ref().map_or(&[][..], |p| p.as_slice());
         trace.finish(
             &Sha256::digest(payload),

@@ -35,6 +35,7 @@ pub mod health;
 pub mod inbound;
 pub mod limiter;
 pub mod outbound;
+pub mod peer_link;
 pub mod rest_client;
 pub mod rest_in;
 pub mod rest_out;
@@ -89,6 +90,8 @@ pub struct Hub {
     key: String,
     /// Connections and breakers per peer, by peer name.
     peers: Mutex<HashMap<String, PeerLink>>,
+    /// Links to peers' hubs carrying calls (see [`peer_link`]), by peer name.
+    pub(crate) peer_links: lgsp_node::link::Links,
     /// How long an outward call may take at most.
     pub call_timeout: Duration,
     /// Each peer's link health, by peer name.
@@ -197,6 +200,8 @@ impl Hub {
             |e| e.connect_timeout(Duration::from_secs(3)),
         )
         .map_err(|e| tonic::Status::internal(e.to_string()))?;
+        // The link opened on the old connection goes with it.
+        self.peer_links.close(&peer.name);
         let breaker = links
             .get(&peer.name)
             .map(|l| l.breaker.clone())
@@ -227,12 +232,13 @@ impl Hub {
 
     /// Calls the province node that serves `env`'s service, with the hub's
     /// certificate plus `signed`, the record of on whose behalf (which the
-    /// provider verifies and logs), under the hub's call deadline; the
-    /// payload it answers, or its status.
+    /// provider verifies and logs), on the hub's link to that node, by
+    /// `deadline`; the payload it answers, or its status.
     pub async fn call_provider(
         &self,
         env: &lgsp_proto::Envelope,
         signed: &lgsp_proto::SignedOnBehalfOf,
+        deadline: lgsp_node::deadline::Deadline,
     ) -> Result<Vec<u8>, tonic::Status> {
         let cache = &self.ctx.cache;
         let node = cache
@@ -244,16 +250,18 @@ impl Hub {
                     env.service_id
                 ))
             })?;
-        let channel = self.ctx.channel_to(&node, Role::Node)?;
-        let mut request = tonic::Request::new(env.clone());
-        request.set_timeout(self.call_timeout);
-        lgsp_node::obo::to_metadata(request.metadata_mut(), signed);
-        let max = self.ctx.config.limits.max_message_bytes;
-        lgsp_proto::data_exchange_client::DataExchangeClient::new(channel)
-            .max_decoding_message_size(max)
-            .call(request)
+        // On the hub's link to the provider node, as a node calls another.
+        self.ctx
+            .call_node(
+                &node,
+                Role::Node,
+                env.clone(),
+                Some(signed.clone()),
+                Some(deadline),
+                prost::Message::encoded_len(env),
+            )
             .await
-            .map(|r| r.into_inner().payload)
+            .map(|r| r.payload)
     }
 
     /// The breaker of REST system `name` (3 consecutive failures open it,
@@ -286,7 +294,13 @@ impl Hub {
         peers.sort_by(|a, b| a.name.cmp(&b.name));
         let mut names: Vec<String> = peers.iter().map(|p| p.name.clone()).collect();
         let mut links = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
-        links.retain(|name, _| names.contains(name));
+        links.retain(|name, _| {
+            let keep = names.contains(name);
+            if !keep {
+                self.peer_links.close(name);
+            }
+            keep
+        });
         let mut states: Vec<_> = names
             .iter()
             .map(|n| {
@@ -418,6 +432,7 @@ impl HubServer {
             key: format!("{}/{}", id.agency, id.name),
             id,
             peers: Mutex::default(),
+            peer_links: lgsp_node::link::Links::default(),
             call_timeout: Duration::from_secs(10),
             health: Mutex::default(),
             outward_limits: limiter::PeerLimits::new(limiter::Direction::Outward),
@@ -453,6 +468,7 @@ impl HubServer {
         // The peers' CAs and CRLs, from the catalog as it changes.
         tokio::spawn(follow_peers(hub.clone(), tls.clone(), stopped.clone()));
         let inbound = inbound::Inbound::new(hub.clone());
+        let peer_links = peer_link::PeerLinkServer::new(inbound.clone(), stopped.clone());
         let max = ctx.config.limits.max_message_bytes;
         let mut until = stopped.clone();
         // Admission: a bounded number of connections, each with a deadline
@@ -475,6 +491,11 @@ impl HubServer {
                 .add_service(lgsp_proto::federation_server::FederationServer::new(
                     inbound,
                 ))
+                .add_service(
+                    lgsp_proto::node_link_server::NodeLinkServer::new(peer_links)
+                        .max_decoding_message_size(max + lgsp_node::link::FRAMING)
+                        .max_encoding_message_size(max + lgsp_node::link::FRAMING),
+                )
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = until.wait_for(|s| *s).await;
                 })

@@ -12,6 +12,7 @@ use lgsp_certs::{Peer, Role};
 use lgsp_node::context::Forwarder;
 use lgsp_proto::data_exchange_client::DataExchangeClient;
 use lgsp_proto::{Envelope, SignedOnBehalfOf};
+use prost::Message as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::{Code, Status};
@@ -108,15 +109,9 @@ impl Forwarder for Outbound {
                 wait.as_secs().max(1)
             ))
         })?;
-        let mut request = tonic::Request::new(envelope.clone());
-        request.set_timeout(hub.call_timeout);
-        lgsp_node::obo::to_metadata(request.metadata_mut(), signed);
         let max = hub.ctx.config.limits.max_message_bytes;
         let sent = Instant::now();
-        let result = DataExchangeClient::new(channel)
-            .max_decoding_message_size(max)
-            .call(request)
-            .await;
+        let result = send(hub, &peer.name, channel, envelope, signed, max).await;
         let unreachable = matches!(
             &result,
             Err(s) if matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Unknown)
@@ -131,7 +126,7 @@ impl Forwarder for Outbound {
             _ => health.outward(Outcome::Answered, sent.elapsed(), ""),
         }
         match result {
-            Ok(r) => Ok(r.into_inner().payload),
+            Ok(r) => Ok(r.payload),
             Err(s) if unreachable => Err(Status::unavailable(format!(
                 "federation peer {} ({}) did not answer: {}",
                 peer.name,
@@ -141,4 +136,47 @@ impl Forwarder for Outbound {
             Err(s) => Err(s),
         }
     }
+}
+
+/// Sends `envelope` with `signed` to the peer's hub on `channel`: on the
+/// link to it when the envelope is small, as a unary call when it is large
+/// or the peer's hub has no link service; within the hub's call timeout.
+async fn send(
+    hub: &crate::Hub,
+    peer: &str,
+    channel: tonic::transport::Channel,
+    envelope: &Envelope,
+    signed: &SignedOnBehalfOf,
+    max: usize,
+) -> Result<lgsp_proto::CallResponse, Status> {
+    let envelope = envelope.clone();
+    let envelope = if envelope.encoded_len() <= lgsp_node::link::MAX_LINK_ENVELOPE {
+        let deadline = lgsp_node::deadline::Deadline::after(Instant::now(), hub.call_timeout);
+        let sent = hub
+            .peer_links
+            .call(
+                peer,
+                || Ok(channel.clone()),
+                max,
+                envelope,
+                Some(signed.clone()),
+                Some(deadline),
+            )
+            .await;
+        match sent {
+            lgsp_node::link::Sent::Done(result) => return result,
+            lgsp_node::link::Sent::Unsupported(envelope) => envelope,
+        }
+    } else {
+        envelope
+    };
+    let mut request = tonic::Request::new(envelope);
+    request.set_timeout(hub.call_timeout);
+    lgsp_node::obo::to_metadata(request.metadata_mut(), signed);
+    DataExchangeClient::new(channel)
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max)
+        .call(request)
+        .await
+        .map(tonic::Response::into_inner)
 }

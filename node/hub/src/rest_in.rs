@@ -353,7 +353,9 @@ async fn serve(
             &caller.certificate,
         )
         .map_err(|e| Status::internal(format!("the hub cannot sign: {e}")))?;
-    hub.call_provider(env, &signed).await
+    let deadline =
+        lgsp_node::deadline::Deadline::after(std::time::Instant::now(), hub.call_timeout);
+    hub.call_provider(env, &signed, deadline).await
 }
 
 /// The answer's `data`: the payload as JSON when it is JSON, else as text,

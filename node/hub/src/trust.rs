@@ -11,7 +11,6 @@
 //! peer removed is refused at the next handshake and, on connections
 //! already open, at the next call.
 
-use lgsp_certs::inspect::verify_crl;
 use lgsp_proto::FederationPeer;
 use rustls_pki_types::CertificateDer;
 use std::collections::{HashMap, HashSet};
@@ -148,25 +147,15 @@ pub fn fetched_is_newer(peer: &FederationPeer, fetched: &[u8]) -> Result<Option<
     }
 }
 
-/// Verifies `peer`'s record CRL against its CA, newer than `in_force`.
+/// Verifies `peer`'s record CRL against its CA, newer than `in_force` (as
+/// provider nodes do for on-behalf-of records).
 fn check(peer: &FederationPeer, in_force: Option<u64>) -> Result<InForce, String> {
-    let roots = lgsp_node::obo::peer_roots(peer);
-    let info = verify_crl(&peer.crl_der, &roots).map_err(|e| e.to_string())?;
-    let number = info
-        .number
-        .ok_or_else(|| "the CRL has no CRL number".to_owned())?;
-    if let Some(current) = in_force
-        && current >= number
-    {
-        return Err(format!(
-            "CRL number {number} is not newer than the one in force ({current})"
-        ));
-    }
+    let checked = lgsp_node::peer_crl::check(peer, in_force)?;
     Ok(InForce {
         ca_pem: peer.ca_pem.clone(),
-        number,
+        number: checked.number,
         der: peer.crl_der.clone(),
-        revoked: info.revoked.into_iter().collect(),
+        revoked: checked.revoked,
     })
 }
 

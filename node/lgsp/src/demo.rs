@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 mod guide;
+mod national;
 mod ports;
 
 use guide::{
@@ -80,7 +81,12 @@ fn node_tls(
     name: &str,
     display: &str,
 ) -> Result<TlsFiles> {
-    let id = SpiffeId::new(TRUST_DOMAIN, AgencyCode::new(agency)?, Role::Node, name)?;
+    let id = SpiffeId::new(
+        ca.trust_domain(),
+        AgencyCode::new(agency)?,
+        Role::Node,
+        name,
+    )?;
     let mut spec = LeafSpec::for_days(id, 30)?;
     spec.display_name = Some(display.to_owned());
     // The demo's tools reach the node as 127.0.0.1; the CA vouches for that
@@ -201,10 +207,13 @@ pub(crate) struct Province {
     pub department_admin: Catalog,
     /// Tam Dương's admin (files requests).
     pub district_admin: Catalog,
+    /// The national instance and the province's hub.
+    pub federation: national::Federation,
 }
 
 impl Province {
     pub(crate) async fn stop(self) {
+        self.federation.stop().await;
         for n in self.nodes {
             n.shutdown().await;
         }
@@ -418,7 +427,9 @@ pub(crate) async fn start(dir: &Path, ports: Ports) -> Result<Province> {
     ] {
         grant(&catalog, &service, consumer, GrantStatus::Active, reason).await?;
     }
-    // Wait until both nodes' caches know everything.
+    let federation = national::start(dir, &mut ca, &catalog, &registry_addrs).await?;
+    // Wait until both nodes' caches know everything, and the commune's
+    // node can call the national register through both hubs.
     let deadline = Instant::now() + Duration::from_secs(20);
     while call(
         ports.department_apps(),
@@ -438,9 +449,20 @@ pub(crate) async fn start(dir: &Path, ports: Ports) -> Result<Province> {
         )
         .await
         .is_err()
+        || call(
+            ports.district_apps(),
+            &national::Federation::population_service(),
+            "get",
+            &[("key", national::CITIZEN_KEY)],
+            "",
+        )
+        .await
+        .is_err()
     {
         if Instant::now() > deadline {
-            bail!("the nodes did not learn the catalog in 20 s");
+            bail!(
+                "the nodes did not learn the catalog, or the national register was not callable through the hubs, in 20 s"
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -454,6 +476,7 @@ pub(crate) async fn start(dir: &Path, ports: Ports) -> Result<Province> {
         health_tls,
         department_admin,
         district_admin,
+        federation,
     })
 }
 
@@ -548,6 +571,23 @@ fn print_guide(p: &Province) {
     println!(
         "  grants                  Tam Dương may call doanh-nghiep and giay-phep; the department may call ho-gia-dinh"
     );
+    let f = &p.federation;
+    println!(
+        "  provincial hub          agency {PROVINCE}: outward listener {} (federation peers, mTLS)",
+        f.province_outward
+    );
+    println!(
+        "  national instance       trust domain {}, its own CA in {}, registry on {}, hub on {}",
+        national::NATIONAL_DOMAIN,
+        p.dir.join("national").join("ca").display(),
+        f.national_registry_addr,
+        f.national_outward
+    );
+    println!(
+        "                          Bộ Công an ({}) serves {}, exported to the province, imported here and granted to Tam Dương",
+        national::MINISTRY,
+        national::Federation::population_service()
+    );
     println!(
         "  metrics                 http://{}/metrics and http://{}/metrics",
         at(ports.department_metrics()),
@@ -563,6 +603,13 @@ fn print_guide(p: &Province) {
     println!("  {}", guide.call_licence());
     println!("  # The department's application reads a household record from Tam Dương:");
     println!("  {}", guide.call_household());
+    println!(
+        "  # Tam Dương's application reads a citizen from the national population register, through its"
+    );
+    println!(
+        "  # node, the province's hub and the national hub (a signed on-behalf-of record on the way):"
+    );
+    println!("  {}", guide.call_national());
     println!(
         "  # The provincial admin grants Sở Y tế the business registrations directly, and lists the grants:"
     );

@@ -5,7 +5,7 @@ use super::{FRAMING, MAX_MESSAGE_HEADER, QUEUE};
 use crate::deadline::Deadline;
 use futures::StreamExt as _;
 use lgsp_proto::node_link_client::NodeLinkClient;
-use lgsp_proto::{CallResponse, Envelope, LinkCall, LinkReply};
+use lgsp_proto::{CallResponse, Envelope, LinkCall, LinkReply, SignedOnBehalfOf};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -39,8 +39,9 @@ pub enum Sent {
 }
 
 impl Links {
-    /// Calls `endpoint` with `envelope` over the link to it, opening the
-    /// link on first use with `channel` (the pooled mTLS connection).
+    /// Calls `endpoint` with `envelope` (and `obo`, the record of on whose
+    /// behalf, for a call across instances) over the link to it, opening
+    /// the link on first use with `channel` (the pooled mTLS connection).
     /// `deadline` is the caller's, and bounds the opening too; `max` is the
     /// node's largest message.
     pub async fn call(
@@ -49,9 +50,10 @@ impl Links {
         channel: impl Fn() -> Result<Channel, Status>,
         max: usize,
         envelope: Envelope,
+        obo: Option<SignedOnBehalfOf>,
         deadline: Option<Deadline>,
     ) -> Sent {
-        let attempt = self.attempt(endpoint, channel, max, envelope, deadline);
+        let attempt = self.attempt(endpoint, channel, max, envelope, obo, deadline);
         match deadline {
             Some(deadline) => tokio::time::timeout_at(deadline.at.into(), attempt)
                 .await
@@ -72,6 +74,7 @@ impl Links {
         channel: impl Fn() -> Result<Channel, Status>,
         max: usize,
         mut envelope: Envelope,
+        mut obo: Option<SignedOnBehalfOf>,
         deadline: Option<Deadline>,
     ) -> Sent {
         // A link found closed is replaced once; a call that was never sent
@@ -93,10 +96,11 @@ impl Links {
                 }
                 Err(status) => return Sent::Done(Err(status)),
             };
-            match link.call(envelope, deadline).await {
+            match link.call(envelope, obo, deadline).await {
                 Ok(result) => return Sent::Done(result),
-                Err(unsent) => {
+                Err((unsent, record)) => {
                     envelope = unsent;
+                    obo = record;
                     self.forget(endpoint, &slot);
                 }
             }
@@ -134,6 +138,20 @@ impl Links {
             if let Some(Route::Link(link)) = slot.get() {
                 link.end();
             }
+        }
+    }
+
+    /// Ends the link to `endpoint`, if one is open (as [`Self::close_all`]
+    /// does for every link): used when what the link was opened with, the
+    /// server's identity or the trust it was checked with, changed.
+    pub fn close(&self, endpoint: &str) {
+        let slot = self
+            .routes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(endpoint);
+        if let Some(Route::Link(link)) = slot.as_deref().and_then(OnceCell::get) {
+            link.end();
         }
     }
 
@@ -225,20 +243,22 @@ impl Link {
         self.pending().closed
     }
 
-    /// Sends one call and waits for its reply; gives the envelope back
-    /// when the link closed before the call was sent. The caller bounds the
-    /// wait by `deadline`, which is sent along as the time left.
+    /// Sends one call and waits for its reply; gives the envelope and
+    /// record back when the link closed before the call was sent. The
+    /// caller bounds the wait by `deadline`, which is sent along as the
+    /// time left.
     async fn call(
         &self,
         envelope: Envelope,
+        obo: Option<SignedOnBehalfOf>,
         deadline: Option<Deadline>,
-    ) -> Result<Result<CallResponse, Status>, Envelope> {
+    ) -> Result<Result<CallResponse, Status>, (Envelope, Option<SignedOnBehalfOf>)> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (waiter, reply) = oneshot::channel();
         {
             let mut pending = self.pending();
             if pending.closed {
-                return Err(envelope);
+                return Err((envelope, obo));
             }
             pending.waiting.insert(id, waiter);
         }
@@ -256,9 +276,10 @@ impl Link {
             envelope: Some(envelope),
             timeout_ms: deadline.map_or(0, |d| (d.left().as_millis() as u64).max(1)),
             cancel: 0,
+            obo,
         };
         if let Err(mpsc::error::SendError(call)) = self.outgoing.send(call).await {
-            return Err(call.envelope.unwrap_or_default());
+            return Err((call.envelope.unwrap_or_default(), call.obo));
         }
         let reply = reply.await;
         // Whoever answered took the call out of `pending`.

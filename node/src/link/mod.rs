@@ -23,7 +23,7 @@ mod server;
 mod tests;
 
 pub use client::{Links, Sent};
-pub use server::LinkServer;
+pub use server::{LinkServer, refusal};
 
 /// Envelopes larger than this (encoded) go as a unary call on their own
 /// HTTP/2 stream rather than on the link shared with other calls.

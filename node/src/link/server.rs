@@ -12,7 +12,7 @@ use crate::refusal::Refusal;
 use futures::{FutureExt as _, Stream, StreamExt as _};
 use lgsp_certs::Peer;
 use lgsp_proto::node_link_server::NodeLink;
-use lgsp_proto::{Envelope, LinkCall, LinkReply};
+use lgsp_proto::{Envelope, LinkCall, LinkReply, SignedOnBehalfOf};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prost::Message as _;
@@ -112,7 +112,7 @@ impl LinkServer {
         let started = Instant::now();
         let id = call.id;
         let (result, permit) = match self.unwrap(call, started) {
-            Ok((envelope, deadline)) => {
+            Ok((envelope, obo, deadline)) => {
                 let gave_up = async move {
                     match cancelled.await {
                         Ok(status) => status,
@@ -126,7 +126,7 @@ impl LinkServer {
                     deadline,
                     cancelled: gave_up,
                     response_limit: reply_limit,
-                    obo: None,
+                    obo,
                 };
                 self.provider.serve(peer, incoming).await
             }
@@ -143,14 +143,15 @@ impl LinkServer {
         (reply, permit)
     }
 
-    /// The envelope a link call carries and its deadline, counted from
-    /// `started`. A link frame may be a little larger than the node's
-    /// largest message, so the envelope's own size is checked here.
+    /// The envelope a link call carries, its record of on whose behalf (if
+    /// any) and its deadline, counted from `started`. A link frame may be a
+    /// little larger than the node's largest message, so the envelope's own
+    /// size is checked here.
     fn unwrap(
         &self,
         call: LinkCall,
         started: Instant,
-    ) -> Result<(Envelope, Option<Deadline>), Status> {
+    ) -> Result<(Envelope, Option<SignedOnBehalfOf>, Option<Deadline>), Status> {
         let envelope = call
             .envelope
             .ok_or_else(|| Status::invalid_argument("a link call without an envelope"))?;
@@ -161,13 +162,13 @@ impl LinkServer {
         }
         let deadline = (call.timeout_ms > 0)
             .then(|| Deadline::after(started, Duration::from_millis(call.timeout_ms)));
-        Ok((envelope, deadline))
+        Ok((envelope, call.obo, deadline))
     }
 }
 
 /// The reply for call `id` that ended with `status` (its message and
 /// details cut to what a link carries).
-pub(super) fn refusal(id: u64, status: &Status) -> LinkReply {
+pub fn refusal(id: u64, status: &Status) -> LinkReply {
     let mut message = status.message().to_owned();
     if message.len() > MAX_STATUS_MESSAGE {
         let mut end = MAX_STATUS_MESSAGE;

@@ -114,6 +114,7 @@ async fn call(links: &Links, channel: &Channel, env: Envelope, deadline: Option<
             || Ok(channel.clone()),
             1 << 20,
             env,
+            None,
             deadline.map(|d| Deadline::after(Instant::now(), d)),
         )
         .await

@@ -102,6 +102,22 @@ impl Guide {
         format!("{DEPARTMENT}/doanh-nghiep")
     }
 
+    /// Tam Dương's application reads a citizen's record from the national
+    /// population register, through its node and both hubs.
+    pub(crate) fn call_national(&self) -> Shown {
+        let node = Self::node(self.ports.district_apps());
+        self.lgsp(&[
+            "call",
+            &super::national::Federation::population_service(),
+            "--op",
+            "get",
+            "--param",
+            &format!("key={}", super::national::CITIZEN_KEY),
+            "--node",
+            &node,
+        ])
+    }
+
     /// Tam Dương's application reads one business registration.
     pub(crate) fn call_business(&self) -> Shown {
         let node = Self::node(self.ports.district_apps());
