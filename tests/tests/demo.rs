@@ -200,6 +200,7 @@ fn demo_prints_commands_that_work_as_printed_from_another_terminal() {
         " requests approve ",
         " audit verify ",
         "/dan-cu --op get ",
+        "/thue --op get ",
     ] {
         assert!(
             commands.iter().any(|c| c.contains(what)),
@@ -236,6 +237,13 @@ fn demo_prints_commands_that_work_as_printed_from_another_terminal() {
         // Across instances: the national register, through both hubs.
         if command.contains("/dan-cu --op get") {
             assert!(stdout.contains("Nguyễn Thị Thu Hà"), "{command}\n{stdout}");
+        }
+        // The ministry's REST system, through the province's hub.
+        if command.contains("/thue --op get") {
+            assert!(
+                stdout.contains("Hộ kinh doanh Nguyễn Văn Đông"),
+                "{command}\n{stdout}"
+            );
         }
     }
     // After the approval, Tam Dương's call works again.

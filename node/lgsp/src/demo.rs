@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 mod guide;
+mod ministry;
 mod national;
 mod ports;
 
@@ -209,10 +210,13 @@ pub(crate) struct Province {
     pub district_admin: Catalog,
     /// The national instance and the province's hub.
     pub federation: national::Federation,
+    /// The ministry's REST system behind the province's hub.
+    pub ministry: ministry::MinistryRest,
 }
 
 impl Province {
     pub(crate) async fn stop(self) {
+        self.ministry.stop();
         self.federation.stop().await;
         for n in self.nodes {
             n.shutdown().await;
@@ -428,6 +432,7 @@ pub(crate) async fn start(dir: &Path, ports: Ports) -> Result<Province> {
         grant(&catalog, &service, consumer, GrantStatus::Active, reason).await?;
     }
     let federation = national::start(dir, &mut ca, &catalog, &registry_addrs).await?;
+    let ministry = ministry::start(&catalog, &national::rest_secrets(dir)).await?;
     // Wait until both nodes' caches know everything, and the commune's
     // node can call the national register through both hubs.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -458,10 +463,19 @@ pub(crate) async fn start(dir: &Path, ports: Ports) -> Result<Province> {
         )
         .await
         .is_err()
+        || call(
+            ports.district_apps(),
+            &ministry::MinistryRest::service(),
+            "get",
+            &[("key", ministry::TAX_CODE)],
+            "",
+        )
+        .await
+        .is_err()
     {
         if Instant::now() > deadline {
             bail!(
-                "the nodes did not learn the catalog, or the national register was not callable through the hubs, in 20 s"
+                "the nodes did not learn the catalog, or the national register (through the hubs) or the ministry's REST system (through the hub) was not callable, in 20 s"
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -477,6 +491,7 @@ pub(crate) async fn start(dir: &Path, ports: Ports) -> Result<Province> {
         department_admin,
         district_admin,
         federation,
+        ministry,
     })
 }
 
@@ -589,6 +604,14 @@ fn print_guide(p: &Province) {
         national::Federation::population_service()
     );
     println!(
+        "  ministry REST system    Bộ Tài chính's tax register on https://{} (HTTP/JSON, API key), carried by the",
+        p.ministry.addr
+    );
+    println!(
+        "                          province's hub as {} and granted to Tam Dương",
+        ministry::MinistryRest::service()
+    );
+    println!(
         "  metrics                 http://{}/metrics and http://{}/metrics",
         at(ports.department_metrics()),
         at(ports.district_metrics())
@@ -610,6 +633,10 @@ fn print_guide(p: &Province) {
         "  # node, the province's hub and the national hub (a signed on-behalf-of record on the way):"
     );
     println!("  {}", guide.call_national());
+    println!(
+        "  # …and a taxpayer from the Ministry of Finance's REST system, which the province's hub calls:"
+    );
+    println!("  {}", guide.call_ministry());
     println!(
         "  # The provincial admin grants Sở Y tế the business registrations directly, and lists the grants:"
     );

@@ -118,6 +118,22 @@ impl Guide {
         ])
     }
 
+    /// Tam Dương's application looks a taxpayer up in the Ministry of
+    /// Finance's REST system, through its node and the province's hub.
+    pub(crate) fn call_ministry(&self) -> Shown {
+        let node = Self::node(self.ports.district_apps());
+        self.lgsp(&[
+            "call",
+            &super::ministry::MinistryRest::service(),
+            "--op",
+            "get",
+            "--param",
+            &format!("key={}", super::ministry::TAX_CODE),
+            "--node",
+            &node,
+        ])
+    }
+
     /// Tam Dương's application reads one business registration.
     pub(crate) fn call_business(&self) -> Shown {
         let node = Self::node(self.ports.district_apps());

@@ -134,12 +134,23 @@ async fn province_hub(
         Some("Nền tảng tích hợp, chia sẻ dữ liệu tỉnh Phú Thọ"),
     )?;
     let tls = TlsFiles::write(&hub_dir.join("tls"), &creds)?;
-    lgsp_hub::HubServer::start(
+    // It reads the secrets of the REST systems it calls (the ministry's,
+    // see `ministry.rs`) from its own directory.
+    let options = lgsp_hub::HubOptions {
+        rest_secrets: Some(rest_secrets(dir)),
+        ..lgsp_hub::HubOptions::new(outward)
+    };
+    lgsp_hub::HubServer::start_with(
         config(&hub_dir, PROVINCE, "hub", registry, tls, Vec::new()),
-        outward,
+        options,
     )
     .await
     .context("starting the province's hub")
+}
+
+/// Where the province's hub reads the secrets of the REST systems it calls.
+pub(crate) fn rest_secrets(dir: &Path) -> std::path::PathBuf {
+    dir.join("hub-phutho").join("rest-secrets")
 }
 
 /// What [`national`] started.
