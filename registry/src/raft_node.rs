@@ -425,8 +425,12 @@ struct Driver {
     config: LoopConfig,
     next_id: u64,
     proposals: HashMap<u64, (Reply<ApplyResponse>, Instant)>,
-    /// Reads waiting for their read index, with the end of this attempt.
-    reads: HashMap<u64, (PendingRead, Instant)>,
+    /// Reads taken since the last Ready: they share one read index
+    /// request (one heartbeat round on the leader), made in `on_ready`.
+    read_batch: Vec<PendingRead>,
+    /// Reads waiting for their read index, by request, with the end of
+    /// this attempt.
+    reads: HashMap<u64, (Vec<PendingRead>, Instant)>,
     /// Reads that have their read index, waiting to apply up to it.
     waiting_reads: Vec<(u64, PendingRead)>,
     membership: Option<PendingMembership>,
@@ -592,6 +596,7 @@ impl Driver {
             next_id: rand_start(),
             config,
             proposals: HashMap::new(),
+            read_batch: Vec::new(),
             reads: HashMap::new(),
             waiting_reads: Vec::new(),
             membership: None,
@@ -648,20 +653,18 @@ impl Driver {
                 }
             }
             Request::Read { reply, deadline } => {
-                let ctx = self.id();
-                self.raw.read_index(ctx.to_be_bytes().to_vec());
                 let since = Instant::now();
                 // A read never outwaits a write: a server that got its read
                 // index and then lost the leader would otherwise hold it
                 // until the leader came back.
                 let deadline = deadline.min(since + self.config.propose_timeout);
-                let attempt = (since + READ_ATTEMPT).min(deadline);
-                let read = PendingRead {
+                // Asked for in `on_ready`, with every other read taken
+                // before it.
+                self.read_batch.push(PendingRead {
                     reply,
                     since,
                     deadline,
-                };
-                self.reads.insert(ctx, (read, attempt));
+                });
             }
             Request::Step {
                 incarnation,
@@ -1110,7 +1113,7 @@ impl Driver {
                 "the write was proposed but not committed in time (leader change or lost quorum); it may or may not be applied: read it back before retrying".into(),
             )));
         }
-        for read in take_expired(&mut self.reads, now) {
+        for read in take_expired(&mut self.reads, now).into_iter().flatten() {
             let _ = read.reply.send(Err(RegistryError::Unavailable(format!(
                 "registry server {} could not confirm a linearizable read with a quorum (no leader reachable); use a stale read or retry",
                 self.config.id
@@ -1137,7 +1140,26 @@ impl Driver {
         }
     }
 
+    /// Asks for one read index for every read taken since the last Ready:
+    /// reads that arrive together share one confirmation by a quorum (on
+    /// the leader, one round of heartbeats) instead of one each.
+    fn request_read_index(&mut self) {
+        if self.read_batch.is_empty() {
+            return;
+        }
+        let reads = std::mem::take(&mut self.read_batch);
+        let ctx = self.id();
+        self.raw.read_index(ctx.to_be_bytes().to_vec());
+        let attempt = reads
+            .iter()
+            .map(|read| (read.since + READ_ATTEMPT).min(read.deadline))
+            .min()
+            .unwrap_or_else(|| Instant::now() + READ_ATTEMPT);
+        self.reads.insert(ctx, (reads, attempt));
+    }
+
     fn on_ready(&mut self) -> Result<(), RegistryError> {
+        self.request_read_index();
         self.check_freshness();
         if !self.raw.has_ready() {
             return Ok(());
@@ -1199,8 +1221,9 @@ impl Driver {
 
         for rs in read_states {
             let ctx = u64::from_be_bytes(rs.request_ctx.as_slice().try_into().unwrap_or_default());
-            if let Some((read, _)) = self.reads.remove(&ctx) {
-                self.waiting_reads.push((rs.index, read));
+            if let Some((reads, _)) = self.reads.remove(&ctx) {
+                self.waiting_reads
+                    .extend(reads.into_iter().map(|read| (rs.index, read)));
             }
         }
         self.release()?;

@@ -423,6 +423,75 @@ fn a_store_read_failing_while_applying_stops_that_server_instead_of_refusing_alo
     assert!(matches!(error, RegistryError::Storage(_)), "{error}");
 }
 
+/// Hands `count` linearizable reads to server `on` at once (as the loop
+/// takes everything queued before one Ready) and returns their answers and
+/// the messages its Ready sent, which are back in flight.
+fn concurrent_reads(
+    cluster: &mut Cluster,
+    on: u64,
+    count: usize,
+) -> (
+    Vec<oneshot::Receiver<Result<(), RegistryError>>>,
+    Vec<Message>,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let server = cluster.servers.get_mut(&on).unwrap();
+    let answers = (0..count)
+        .map(|_| {
+            let (reply, answer) = oneshot::channel();
+            server.handle(Request::Read { reply, deadline }).unwrap();
+            answer
+        })
+        .collect();
+    server.on_ready().unwrap();
+    let sent = cluster.net.deliver().delivered;
+    cluster.net.endpoint(on).send(sent.clone());
+    (answers, sent)
+}
+
+#[test]
+fn reads_that_arrive_together_on_the_leader_share_one_heartbeat_round() {
+    let mut cluster = Cluster::new(3, 1000);
+    let leader = cluster.elect(&[1, 2, 3]);
+    cluster.write(leader, "v1");
+
+    let (answers, sent) = concurrent_reads(&mut cluster, leader, 32);
+    let heartbeats = sent
+        .iter()
+        .filter(|m| m.get_msg_type() == MessageType::MsgHeartbeat)
+        .count();
+    assert_eq!(
+        heartbeats, 2,
+        "32 reads taken before one Ready are confirmed by one heartbeat to each of the 2 followers"
+    );
+    cluster.settle();
+    for mut answer in answers {
+        assert!(
+            matches!(answer.try_recv(), Ok(Ok(()))),
+            "every read of the batch is answered once the quorum confirmed it"
+        );
+    }
+}
+
+#[test]
+fn reads_that_arrive_together_on_a_follower_share_one_request_to_the_leader() {
+    let mut cluster = Cluster::new(3, 1000);
+    let leader = cluster.elect(&[1, 2, 3]);
+    cluster.write(leader, "v1");
+    let follower = cluster.others(leader)[0];
+
+    let (answers, sent) = concurrent_reads(&mut cluster, follower, 32);
+    let requests = sent
+        .iter()
+        .filter(|m| m.get_msg_type() == MessageType::MsgReadIndex)
+        .count();
+    assert_eq!(requests, 1, "32 reads ask the leader for one read index");
+    cluster.settle();
+    for mut answer in answers {
+        assert!(matches!(answer.try_recv(), Ok(Ok(()))));
+    }
+}
+
 #[test]
 fn a_read_whose_index_is_never_applied_is_answered_unavailable_at_its_deadline() {
     let mut cluster = Cluster::new(3, 1000);
