@@ -216,7 +216,7 @@ pub(crate) struct Province {
 
 impl Province {
     pub(crate) async fn stop(self) {
-        self.ministry.stop();
+        drop(self.ministry);
         self.federation.stop().await;
         for n in self.nodes {
             n.shutdown().await;
@@ -605,7 +605,7 @@ fn print_guide(p: &Province) {
     );
     println!(
         "  ministry REST system    Bộ Tài chính's tax register on https://{} (HTTP/JSON, API key), carried by the",
-        p.ministry.addr
+        p.ministry.addr()
     );
     println!(
         "                          province's hub as {} and granted to Tam Dương",

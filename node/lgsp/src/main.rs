@@ -6,6 +6,7 @@ mod bench;
 mod cli;
 mod demo;
 mod etcd;
+mod json_server;
 mod signal;
 
 // sled copies a tree node on every update and tonic allocates per call:
