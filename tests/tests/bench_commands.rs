@@ -69,6 +69,7 @@ fn bench_exchange_reports_every_path_next_to_the_raw_baseline_without_errors() {
         "app → node B → A, HTTP backend",
         "app → node B → A, dataset get",
         "app → C → hub Q → hub P → A, get",
+        "app → B → hub P → REST system, get",
     ] {
         let (per_second, errors) = row(&out, 4, label);
         assert!(per_second > 0.0, "{label}: no call completed\n{out}");
@@ -76,6 +77,11 @@ fn bench_exchange_reports_every_path_next_to_the_raw_baseline_without_errors() {
     }
     // The path through both hubs is compared with node B → A in the same run.
     assert!(out.contains("through both hubs ("), "{out}");
+    // And the path through the hub to a REST system.
+    assert!(
+        out.contains("through the hub (app → B → hub P → REST system"),
+        "{out}"
+    );
     // Both nodes logged the exchanges they took part in.
     let logged = out
         .lines()

@@ -2,7 +2,7 @@
 //! measured in the same run on the same machine.
 
 use crate::etcd;
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow};
 use lgsp_certs::ca::CertificateAuthority;
 use lgsp_certs::{AgencyCode, Credentials, Role, ServerTls, TlsFiles};
 use lgsp_node::config::{
@@ -972,6 +972,8 @@ impl Province {
 /// `A/records` through node C, hub Q, hub P and node A.
 struct Federation {
     hub_p: lgsp_hub::HubServer,
+    /// The REST system hub P carries `PROVINCE/rest-records` to.
+    _rest: crate::json_server::JsonServer,
     hub_q: lgsp_hub::HubServer,
     node_c: NodeServer,
     registry_q: RegistryCluster,
@@ -993,7 +995,7 @@ const NATIONAL_DOMAIN: &str = "ndxp.bench.local";
 const AGENCY_C: &str = "000.00.07.G01";
 
 impl Federation {
-    async fn start(p: &mut Province) -> Result<Self> {
+    async fn start(p: &mut Province, payload: usize) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let mut ca_q = CertificateAuthority::init(
             &dir.path().join("ca"),
@@ -1093,9 +1095,15 @@ impl Federation {
             Vec::new(),
             p.max_message,
         );
-        let hub_p = lgsp_hub::HubServer::start(config, out_p)
+        let secrets = dir.path().join("hub-p-secrets");
+        let options = lgsp_hub::HubOptions {
+            rest_secrets: Some(secrets.clone()),
+            ..lgsp_hub::HubOptions::new(out_p)
+        };
+        let hub_p = lgsp_hub::HubServer::start_with(config, options)
             .await
             .context("starting hub P")?;
+        let rest = rest_system(&admin_p, &secrets, payload).await?;
         let hub_dir = dir.path().join("hub-q");
         let hub_creds = agency_leaf(&mut ca_q, PROVINCE, Role::Hub, "hub")?;
         let config = node_config(
@@ -1124,6 +1132,7 @@ impl Federation {
         let node_c = NodeServer::start(config).await.context("starting node C")?;
         let federation = Self {
             hub_p,
+            _rest: rest,
             hub_q,
             node_c,
             registry_q,
@@ -1136,20 +1145,34 @@ impl Federation {
         )
         .await
         .context("calling A/records from the national node C through both hubs")?;
+        wait::until_served(
+            p.via_b()?.connect().await?,
+            &rest_call(p.rows)(0, 0),
+            Duration::from_secs(20),
+        )
+        .await
+        .context("calling the REST system from node B through hub P")?;
         Ok(federation)
     }
 
     /// The paths through the hubs the bench measures, each next to node B
     /// → A: a label, where the application calls, what it sends, and how
-    /// many hub hops the path has. Another path through the hub (a
-    /// consumer node → hub → REST system) is one more entry here.
+    /// many hub hops the path has.
     fn paths(&self, p: &Province) -> Result<Vec<HubPath>> {
-        Ok(vec![HubPath {
-            label: "app → C → hub Q → hub P → A, get",
-            endpoint: self.via_c()?,
-            envelope: p.get_call(),
-            hops: 2,
-        }])
+        Ok(vec![
+            HubPath {
+                label: "app → C → hub Q → hub P → A, get",
+                endpoint: self.via_c()?,
+                envelope: p.get_call(),
+                hops: 2,
+            },
+            HubPath {
+                label: "app → B → hub P → REST system, get",
+                endpoint: p.via_b()?,
+                envelope: rest_call(p.rows),
+                hops: 1,
+            },
+        ])
     }
 
     /// Node C's consumer listener, where the national application calls.
@@ -1170,6 +1193,116 @@ impl Federation {
     }
 }
 
+/// The REST system of the bench's `--hub` path, its name in the catalog.
+const REST_SYSTEM: &str = "bench-rest";
+/// The province service hub P carries to it.
+const REST_SERVICE: &str = "rest-records";
+
+/// Calls of `PROVINCE/rest-records`, which hub P carries to the REST system.
+fn rest_call(rows: usize) -> MakeEnvelope {
+    Arc::new(move |i, n| Envelope {
+        service_id: format!("{PROVINCE}/{REST_SERVICE}"),
+        operation: "get".to_owned(),
+        parameters: HashMap::from([("key".to_owned(), dataset_key((i * 37 + n as usize) % rows))]),
+        ..Default::default()
+    })
+}
+
+/// Starts an HTTPS JSON system answering `GET /records/{key}` with a
+/// record of about `payload` bytes (API key in `secrets`), and makes it
+/// `PROVINCE/rest-records` behind hub P (running): the system record, the
+/// service of the hub, its route and a grant to agency B.
+async fn rest_system(
+    admin: &Catalog,
+    secrets: &Path,
+    payload: usize,
+) -> Result<crate::json_server::JsonServer> {
+    use crate::json_server::{self, json};
+    use lgsp_proto::{RestAuth, RestOperation, RestRoute, RestSystem};
+    wait::node_registered(admin.client(), PROVINCE, "hub", Duration::from_secs(20)).await?;
+    let api_key = json_server::random_key()?;
+    json_server::write_api_key(secrets, REST_SYSTEM, &api_key)?;
+    let filler = "x".repeat(payload.min(64 << 10));
+    let handler: json_server::Handler = Arc::new(move |req| {
+        let key = req
+            .headers()
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if key != api_key {
+            return json(
+                hyper::StatusCode::UNAUTHORIZED,
+                &serde_json::json!({"message": "wrong API key"}),
+            );
+        }
+        let id = req.uri().path().rsplit('/').next().unwrap_or_default();
+        json(
+            hyper::StatusCode::OK,
+            &serde_json::json!({"key": id, "value": filler}),
+        )
+    });
+    let server = json_server::start("bench REST system CA", handler).await?;
+    let failed = |what: &'static str| move |s: tonic::Status| anyhow!("{what}: {}", s.message());
+    admin
+        .client()
+        .put(
+            lgsp_proto::catalog_record::Value::RestSystem(RestSystem {
+                name: REST_SYSTEM.into(),
+                base_url: format!("https://{}", server.addr),
+                ca_pem: server.ca_pem.clone(),
+                auth: RestAuth::ApiKey as i32,
+                api_key_header: "X-API-Key".into(),
+                timeout_ms: 10_000,
+                max_in_flight: 100_000,
+                rate_per_second: 1_000_000,
+                ..Default::default()
+            }),
+            0,
+        )
+        .await
+        .map_err(failed("adding the REST system"))?;
+    let id: ServiceId = format!("{PROVINCE}/{REST_SERVICE}").parse()?;
+    admin
+        .publish(Publication::new(
+            id.clone(),
+            ServiceKind::Http,
+            "hub",
+            "bench REST system behind hub P",
+        ))
+        .await
+        .map_err(failed("publishing the REST service"))?;
+    admin
+        .client()
+        .put(
+            lgsp_proto::catalog_record::Value::RestRoute(RestRoute {
+                service_id: id.to_string(),
+                system: REST_SYSTEM.into(),
+                operations: vec![RestOperation {
+                    name: "get".into(),
+                    method: "GET".into(),
+                    path: "/records/{key}".into(),
+                    query: Vec::new(),
+                }],
+                ..Default::default()
+            }),
+            0,
+        )
+        .await
+        .map_err(failed("routing the REST service"))?;
+    admin
+        .grant(
+            &GrantKey {
+                service: id,
+                consumer: AgencyCode::new(AGENCY_B)?,
+            },
+            Validity::Open,
+            "lgsp bench",
+        )
+        .await
+        .map_err(failed("granting the REST service to B"))?;
+    Ok(server)
+}
+
 /// `lgsp bench exchange`: a registry and two agency nodes on loopback in
 /// this process ([`Province`]); agency B's application calls agency A's
 /// services directly and through B's node, `payload` bytes a call, at each
@@ -1184,7 +1317,7 @@ pub(crate) async fn exchange(
 ) -> Result<()> {
     let mut province = Province::start(payload).await?;
     let federation = if hub {
-        Some(Federation::start(&mut province).await?)
+        Some(Federation::start(&mut province, payload).await?)
     } else {
         None
     };
@@ -1241,6 +1374,12 @@ pub(crate) async fn exchange(
         );
         println!(
             "                     on-behalf-of record verified by both hubs and node A, every hop logged)."
+        );
+        println!(
+            "  app → B → hub P → REST system: B's application calls a province service that the province's hub carries to"
+        );
+        println!(
+            "                     an HTTPS JSON system in this process (API key, a new connection per call, the hub's log)."
         );
     }
     println!("One HTTP/2 connection per 8 clients from the application on every path.");
