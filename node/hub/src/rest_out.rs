@@ -464,15 +464,28 @@ pub async fn forward(
             .to_owned()
     };
     let (xroad_id, xroad_request_id) = (text("x-road-id"), text("x-road-request-id"));
-    tracing::info!(
-        request_id = %env.request_id,
-        system = %system.name,
-        status = reply.status,
-        xroad_id = %xroad_id,
-        xroad_request_id = %xroad_request_id,
-        took_ms = took.as_millis() as u64,
-        "REST system answered"
-    );
+    // An X-Road answer's ids are kept in the log (the sharing log has no
+    // field for them); a plain REST answer is in the sharing log already,
+    // and a line per call at info would flood the operator's log.
+    if xroad_id.is_empty() && xroad_request_id.is_empty() {
+        tracing::debug!(
+            request_id = %env.request_id,
+            system = %system.name,
+            status = reply.status,
+            took_ms = took.as_millis() as u64,
+            "REST system answered"
+        );
+    } else {
+        tracing::info!(
+            request_id = %env.request_id,
+            system = %system.name,
+            status = reply.status,
+            xroad_id = %xroad_id,
+            xroad_request_id = %xroad_request_id,
+            took_ms = took.as_millis() as u64,
+            "REST system answered"
+        );
+    }
     if reply.status == 401 {
         hub.rest.drop_token(&system.name);
     }

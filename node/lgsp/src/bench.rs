@@ -1450,10 +1450,10 @@ pub(crate) async fn exchange(
                     "through the hub"
                 };
                 hub_lines.push(format!(
-                    "  at {c} in flight, {through} ({}): {ratio:.2} of node B → A's calls/s (p99 {:.2} ms); goal (issue 14): one hub hop costs < 30% (with {} hub hops ≥ {:.2}), p99 < 10 ms",
+                    "  at {c} in flight, {through} ({}): {ratio:.2} of node B → A's calls/s (p99 {:.2} ms); goal (issue 14): one hub hop costs < 30% (with {} ≥ {:.2}), p99 < 10 ms",
                     h.label,
                     hubs.percentile_ms(99.0),
-                    h.hops,
+                    if h.hops == 1 { "1 hub hop".to_owned() } else { format!("{} hub hops", h.hops) },
                     0.7f64.powi(h.hops)
                 ));
             }
