@@ -470,6 +470,23 @@ impl Province {
         self.registry.pki.issue(agency, role, name)
     }
 
+    /// `lgsp ARGS --registry .. --tls-dir ..` as the provincial admin;
+    /// its stdout. Fails the test, with the command's stderr, when the
+    /// command fails.
+    pub fn admin_cli(&self, args: &[&str]) -> String {
+        let registry = self.registry_addrs().join(",");
+        let tls = self.tls_dir("admin-cli", &self.registry.admin);
+        let mut all = args.to_vec();
+        all.extend(["--registry", &registry, "--tls-dir", tls.to_str().unwrap()]);
+        let out = lgsp(&all);
+        assert!(
+            out.status.success(),
+            "lgsp {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Writes `creds` into a TLS directory and returns it.
     pub fn tls_dir(&self, name: &str, creds: &Credentials) -> PathBuf {
         let dir = self.registry.pki.dir.path().join(name);

@@ -25,19 +25,9 @@ use tonic::{Code, Request, Response, Status};
 const NATIONAL_DOMAIN: &str = "ndxp.gov.vn";
 const NATIONAL: &str = "000.00.00.G01";
 
-/// `lgsp ARGS --registry .. --tls-dir ..` as the provincial admin; its stdout.
+/// `lgsp ARGS` as the provincial admin; its stdout.
 fn admin(p: &mut Province, args: &[&str]) -> String {
-    let registry = p.registry_addrs().join(",");
-    let tls = p.tls_dir("admin-cli", &p.registry.admin.clone());
-    let mut all = args.to_vec();
-    all.extend(["--registry", &registry, "--tls-dir", tls.to_str().unwrap()]);
-    let out = lgsp(&all);
-    assert!(
-        out.status.success(),
-        "lgsp {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    p.admin_cli(args)
 }
 
 /// A province with its hub running (no peer yet) and another instance's CA.

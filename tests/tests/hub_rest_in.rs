@@ -24,18 +24,9 @@ const A: &str = "000.00.12.H62";
 /// NFC, as the registry and the dataset keep it.
 const NAME: &str = "Nguyễn Thị Hồng Nhung";
 
+/// `lgsp ARGS` as the provincial admin; its stdout.
 fn admin(p: &mut Province, args: &[&str]) -> String {
-    let registry = p.registry_addrs().join(",");
-    let tls = p.tls_dir("admin-cli", &p.registry.admin.clone());
-    let mut all = args.to_vec();
-    all.extend(["--registry", &registry, "--tls-dir", tls.to_str().unwrap()]);
-    let out = lgsp(&all);
-    assert!(
-        out.status.success(),
-        "lgsp {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    p.admin_cli(args)
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
