@@ -6,8 +6,7 @@ use anyhow::{Context, Result, anyhow};
 use lgsp_certs::ca::CertificateAuthority;
 use lgsp_certs::{AgencyCode, Credentials, Role, ServerTls, TlsFiles};
 use lgsp_node::config::{
-    Backend, ConsumerConfig, DEFAULT_BACKEND_TIMEOUT, HttpMethod, LimitsConfig, NodeConfig,
-    ProviderConfig, ServiceConfig,
+    Backend, DEFAULT_BACKEND_TIMEOUT, HttpMethod, LimitsConfig, NodeConfig, ServiceConfig,
 };
 use lgsp_node::server::NodeServer;
 use lgsp_proto::catalog_record::Value;
@@ -635,28 +634,12 @@ fn node_config(
     services: Vec<ServiceConfig>,
     max_message: usize,
 ) -> NodeConfig {
-    let any = SocketAddr::from(([127, 0, 0, 1], 0));
-    NodeConfig {
-        agency: agency.to_owned(),
-        name: name.to_owned(),
-        data_dir: dir.join("data"),
-        registry: registry.to_vec(),
-        tls,
-        provider: ProviderConfig {
-            listen: any,
-            advertise: String::new(),
-        },
-        consumer: ConsumerConfig::plain(any),
-        metrics_listen: None,
-        limits: LimitsConfig {
-            max_concurrent_per_consumer: 1 << 20,
-            rate_per_consumer: 100_000_000,
-            max_message_bytes: max_message,
-        },
-        audit: Default::default(),
-        services,
-        hub: Default::default(),
-    }
+    let limits = LimitsConfig {
+        max_concurrent_per_consumer: 1 << 20,
+        rate_per_consumer: 100_000_000,
+        max_message_bytes: max_message,
+    };
+    crate::loopback::node_config(dir, agency, name, registry, tls, services, limits)
 }
 
 /// Publishes service `name` of agency A, served by `node`, and grants it to

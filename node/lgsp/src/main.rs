@@ -7,6 +7,7 @@ mod cli;
 mod demo;
 mod etcd;
 mod json_server;
+mod loopback;
 mod signal;
 
 // sled copies a tree node on every update and tonic allocates per call:

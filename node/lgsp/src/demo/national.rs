@@ -15,9 +15,7 @@ use anyhow::{Context as _, Result};
 use lgsp_certs::ca::CertificateAuthority;
 use lgsp_certs::{AgencyCode, Role, TlsFiles};
 use lgsp_dataset::DatasetStore;
-use lgsp_node::config::{
-    Backend, ConsumerConfig, LimitsConfig, NodeConfig, ProviderConfig, ServiceConfig,
-};
+use lgsp_node::config::{Backend, LimitsConfig, NodeConfig, ServiceConfig};
 use lgsp_node::server::NodeServer;
 use lgsp_proto::{FederationPeer, ServiceKind};
 use lgsp_province::registry::{self, RegistryCluster};
@@ -78,24 +76,8 @@ fn config(
     tls: TlsFiles,
     services: Vec<ServiceConfig>,
 ) -> NodeConfig {
-    let any = SocketAddr::from(([127, 0, 0, 1], 0));
-    NodeConfig {
-        agency: agency.to_owned(),
-        name: name.to_owned(),
-        data_dir: dir.join("data"),
-        registry: registry.to_vec(),
-        tls,
-        provider: ProviderConfig {
-            listen: any,
-            advertise: String::new(),
-        },
-        consumer: ConsumerConfig::plain(any),
-        metrics_listen: None,
-        limits: LimitsConfig::default(),
-        audit: Default::default(),
-        hub: Default::default(),
-        services,
-    }
+    let limits = LimitsConfig::default();
+    crate::loopback::node_config(dir, agency, name, registry, tls, services, limits)
 }
 
 /// Starts the province's hub (with a hub certificate of the provincial CA),
