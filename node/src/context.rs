@@ -61,6 +61,9 @@ pub struct NodeContext {
     pub replays: crate::obo::ReplayGuard,
     /// Federation peers' CRLs in force for on-behalf-of records.
     pub peer_crls: crate::peer_crl::PeerCrls,
+    /// Outside REST systems' CRLs in force (their `RestClient` records),
+    /// for the hub's REST endpoint and for records made for them.
+    pub rest_client_crls: crate::peer_crl::PeerCrls,
     /// Verifies on-behalf-of records, remembering checked certificates.
     pub obo_verifier: crate::obo::Verifier,
     /// This node's key for signing on-behalf-of records, parsed once.
@@ -147,6 +150,7 @@ impl NodeContext {
             replays: crate::obo::ReplayGuard::default(),
             obo_verifier: crate::obo::Verifier::default(),
             peer_crls: crate::peer_crl::PeerCrls::default(),
+            rest_client_crls: crate::peer_crl::PeerCrls::default(),
             obo_signer: std::sync::OnceLock::new(),
         })
     }

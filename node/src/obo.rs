@@ -71,6 +71,19 @@ pub enum OboError {
         /// The CRL's number.
         number: u64,
     },
+    /// An outside REST system's certificate is revoked by the CRL its
+    /// `RestClient` record holds.
+    #[error(
+        "the client certificate (serial {serial}) of REST client {client} is revoked by its CA's CRL number {number}, as the provincial admin published it (`lgsp hub rest-client crl`); the outside system needs a new certificate from its CA"
+    )]
+    RevokedRestClient {
+        /// The REST client record's name.
+        client: String,
+        /// The certificate's serial, lower-case hex.
+        serial: String,
+        /// The CRL's number.
+        number: u64,
+    },
     /// The signer is not a node.
     #[error("the on-behalf-of record is signed by {0}, not an agency's node")]
     NotANode(String),
@@ -453,6 +466,14 @@ fn check_certificate(der: &[u8], roots: &[CertificateDer<'_>]) -> Result<Known, 
     })
 }
 
+/// The serial of certificate `der`, lower-case hex as CRLs are read
+/// ([`lgsp_certs::inspect::serial_hex`]); `None` when it cannot be parsed.
+pub fn serial_of(der: &[u8]) -> Option<String> {
+    X509Certificate::from_der(der)
+        .ok()
+        .map(|(_, cert)| lgsp_certs::inspect::serial_hex(cert.raw_serial()))
+}
+
 /// Whether certificate `der` is in its validity and signed by one of `roots`.
 pub fn issued_by(der: &[u8], roots: &[CertificateDer<'_>]) -> bool {
     let Ok((_, cert)) = X509Certificate::from_der(der) else {
@@ -473,17 +494,17 @@ fn signed_by_one_of(cert: &X509Certificate<'_>, roots: &[CertificateDer<'_>]) ->
 
 /// The CA certificates (DER) of a federation peer, from its PEM.
 pub fn peer_roots(peer: &lgsp_proto::FederationPeer) -> Vec<CertificateDer<'static>> {
-    lgsp_certs::inspect::pem_blocks(&peer.ca_pem)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|(label, _)| label == "CERTIFICATE")
-        .map(|(_, der)| CertificateDer::from(der))
-        .collect()
+    pem_roots(&peer.ca_pem)
 }
 
 /// The CA certificates (DER) of an outside REST system, from its PEM.
 pub fn rest_client_roots(client: &lgsp_proto::RestClient) -> Vec<CertificateDer<'static>> {
-    lgsp_certs::inspect::pem_blocks(&client.ca_pem)
+    pem_roots(&client.ca_pem)
+}
+
+/// The certificates (DER) in `pem`; none when it is not PEM.
+pub fn pem_roots(pem: &str) -> Vec<CertificateDer<'static>> {
+    lgsp_certs::inspect::pem_blocks(pem)
         .unwrap_or_default()
         .into_iter()
         .filter(|(label, _)| label == "CERTIFICATE")

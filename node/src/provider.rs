@@ -245,14 +245,19 @@ impl Provider {
                 .spiffe_id()
                 .map(|id| id.trust_domain)
                 .unwrap_or_default();
-            verifier.verify_rest_client(
+            let verified = verifier.verify_rest_client(
                 signed,
                 env,
                 &self.ctx.creds.roots,
                 &own_domain,
                 &client,
                 now,
-            )?
+            )?;
+            // The hub checks the client's CRL too, but may not have loaded it yet.
+            self.ctx
+                .rest_client_crls
+                .check_rest_client(&client, &verified.record.caller_certificate)?;
+            verified
         };
         self.ctx.replays.check(signed, &env.request_id, now)?;
         Ok(verified)

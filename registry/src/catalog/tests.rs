@@ -2306,6 +2306,54 @@ mod rest_clients {
     }
 
     #[test]
+    fn a_rest_client_crl_is_its_cas_moves_forward_and_is_never_dropped_silently() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let mut ca =
+            lgsp_certs::ca::CertificateAuthority::init(dir.path(), "moj.gov.vn", "CA", 30).unwrap();
+        let mut stranger =
+            lgsp_certs::ca::CertificateAuthority::init(other.path(), "moj.gov.vn", "CA", 30)
+                .unwrap();
+        let first = ca.sign_crl(1).unwrap().der;
+        let second = ca.sign_crl(1).unwrap().der;
+        let ho_tich = format!("{A}/ho-tich");
+        let with_crl = |ca_pem: &str, der: Vec<u8>| {
+            let Value::RestClient(c) = client(OUTSIDE, "moj.gov.vn", &[&ho_tich]) else {
+                unreachable!()
+            };
+            put_cmd(Value::RestClient(RestClient {
+                ca_pem: ca_pem.to_owned(),
+                crl_der: der,
+                ..c
+            }))
+        };
+        let kv = with_outside_agency();
+        let ca_pem = ca.cert_pem().to_owned();
+        let forged = stranger.sign_crl(1).unwrap().der;
+        let e = refused(run(&kv, &admin(), &with_crl(&ca_pem, forged)));
+        assert!(
+            matches!(&e, CatalogError::InvalidArgument(m) if m.contains("not one of its CA's")),
+            "{e:?}"
+        );
+        run(&kv, &admin(), &with_crl(&ca_pem, second.clone())).unwrap();
+        let e = refused(run(&kv, &admin(), &with_crl(&ca_pem, first)));
+        assert!(
+            matches!(&e, CatalogError::FailedPrecondition(m) if m.contains("not newer")),
+            "{e:?}"
+        );
+        // Dropping it while the CA is the same: refused, saying how instead.
+        let e = refused(run(&kv, &admin(), &with_crl(&ca_pem, Vec::new())));
+        assert!(
+            matches!(&e, CatalogError::FailedPrecondition(m) if m.contains("never removed silently")),
+            "{e:?}"
+        );
+        // The same CRL again (another field changed) is not a step back.
+        run(&kv, &admin(), &with_crl(&ca_pem, second)).unwrap();
+        // A new CA starts without a CRL of the old one.
+        run(&kv, &admin(), &with_crl(stranger.cert_pem(), Vec::new())).unwrap();
+    }
+
+    #[test]
     fn an_agency_or_service_a_rest_client_names_is_not_deleted_under_it() {
         let kv = with_outside_agency();
         let ho_tich = format!("{A}/ho-tich");
