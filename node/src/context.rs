@@ -77,13 +77,34 @@ pub trait Forwarder: Send + Sync + std::fmt::Debug {
     /// Whether this node carries calls to `service_id` elsewhere.
     fn carries(&self, service_id: &str) -> bool;
     /// Carries `envelope` from `caller`, with the record of on whose behalf
-    /// (`obo`), and returns the answer's payload.
+    /// (`obo`), and returns the answer.
     async fn forward(
         &self,
         caller: &lgsp_certs::Peer,
         envelope: &lgsp_proto::Envelope,
         obo: Option<&lgsp_proto::SignedOnBehalfOf>,
-    ) -> Result<Vec<u8>, tonic::Status>;
+    ) -> Result<Forwarded, tonic::Status>;
+}
+
+/// The answer to a call a [`Forwarder`] carried.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Forwarded {
+    /// The payload.
+    pub payload: Vec<u8>,
+    /// What the far side said of the exchange that the caller gets back
+    /// (`CallResponse.metadata`, and the node's gRPC response metadata) and
+    /// the sharing log keeps: an X-Road security server's `x-road-id` and
+    /// `x-road-request-id`.
+    pub metadata: std::collections::HashMap<String, String>,
+}
+
+impl From<Vec<u8>> for Forwarded {
+    fn from(payload: Vec<u8>) -> Self {
+        Self {
+            payload,
+            metadata: Default::default(),
+        }
+    }
 }
 
 // By hand, so that logging the context never prints the node's private key

@@ -25,7 +25,6 @@ use lgsp_proto::data_exchange_server::DataExchange;
 use lgsp_proto::{CallResponse, Envelope, QueryPage, QueryRequest, Record, SignedOnBehalfOf};
 use prost::Message as _;
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
@@ -170,12 +169,14 @@ impl Provider {
             status = cancelled => Err(status),
         };
         let request_id = std::mem::take(&mut env.request_id);
+        let mut trace = trace;
         // A response the caller cannot take is not delivered: the log says so.
-        let result = result.and_then(|payload| {
+        let result = result.and_then(|answered| {
+            trace.external_ids(&answered.metadata);
             let response = CallResponse {
-                payload,
+                payload: answered.payload,
                 request_id,
-                metadata: HashMap::new(),
+                metadata: answered.metadata,
             };
             let size = response.encoded_len();
             if size > response_limit {
@@ -270,13 +271,26 @@ impl Provider {
         env: &Envelope,
         on_behalf: Option<&crate::obo::Verified>,
         obo: Option<&SignedOnBehalfOf>,
-    ) -> Result<Vec<u8>, Status> {
-        let ctx = &self.ctx;
-        if let Some(forwarder) = ctx.forwarder.get()
+    ) -> Result<crate::context::Forwarded, Status> {
+        if let Some(forwarder) = self.ctx.forwarder.get()
             && forwarder.carries(&env.service_id)
         {
             return forwarder.forward(peer, env, obo).await;
         }
+        self.serve_here(peer, env, on_behalf)
+            .await
+            .map(crate::context::Forwarded::from)
+    }
+
+    /// Authorizes a call to a service this node serves itself and has its
+    /// backend answer it.
+    async fn serve_here(
+        &self,
+        peer: &Peer,
+        env: &Envelope,
+        on_behalf: Option<&crate::obo::Verified>,
+    ) -> Result<Vec<u8>, Status> {
+        let ctx = &self.ctx;
         let allowed = match on_behalf {
             Some(v) => access::authorize_foreign(
                 &ctx.cache,
