@@ -84,6 +84,16 @@ pub enum OboError {
         /// The CRL's number.
         number: u64,
     },
+    /// The replay guard remembers as many records as it may.
+    #[error(
+        "this node already remembers {0} on-behalf-of records of the last minutes (its replay guard's bound); retry shortly"
+    )]
+    GuardFull(usize),
+    /// The replay guard cannot write the record to its journal.
+    #[error(
+        "this node cannot record the on-behalf-of record in its replay journal ({0}); it refuses the call rather than let the record be replayed after a restart: free disk space or fix the data directory"
+    )]
+    Unrecorded(String),
     /// The signer is not a node.
     #[error("the on-behalf-of record is signed by {0}, not an agency's node")]
     NotANode(String),
@@ -534,59 +544,7 @@ pub fn claimed_domain(signed: &SignedOnBehalfOf) -> Option<String> {
     .map(|id| id.trust_domain)
 }
 
-/// Records already used, kept as long as they could still verify: a record
-/// seen twice is a replay.
-#[derive(Debug, Default)]
-pub struct ReplayGuard {
-    /// Records seen, in buckets of [`BUCKET_MS`] by arrival: a record is
-    /// looked up in every bucket still within the horizon, and a bucket
-    /// past it is dropped whole (no scan of what was seen).
-    buckets: Mutex<std::collections::VecDeque<(i64, std::collections::HashSet<[u8; 32]>)>>,
-}
-
-/// How much arrival time one bucket of a [`ReplayGuard`] covers.
-const BUCKET_MS: i64 = 10_000;
-
-impl ReplayGuard {
-    /// Remembers `signed` (by the record it signs) at `now_ms`; refuses it
-    /// if it was seen before. A record older than the skew allowed is
-    /// refused by [`verify`] anyway, so what arrived longer ago than twice
-    /// that is forgotten.
-    pub fn check(
-        &self,
-        signed: &SignedOnBehalfOf,
-        request_id: &str,
-        now_ms: i64,
-    ) -> Result<(), OboError> {
-        // Keyed by what was signed, not by the signature: an ECDSA
-        // signature can be rewritten into another valid one.
-        let key: [u8; 32] = Sha256::digest(&signed.record).into();
-        let mut buckets = self
-            .buckets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // A record verifies for twice the skew after it could first arrive;
-        // a bucket is dropped only once all it holds is past that.
-        let horizon = 2 * MAX_SKEW.as_millis() as i64 + 2 * BUCKET_MS;
-        while buckets
-            .front()
-            .is_some_and(|(start, _)| now_ms - start > horizon)
-        {
-            buckets.pop_front();
-        }
-        if buckets.iter().any(|(_, seen)| seen.contains(&key)) {
-            return Err(OboError::Replayed(request_id.to_owned()));
-        }
-        let start = now_ms - now_ms.rem_euclid(BUCKET_MS);
-        match buckets.back_mut() {
-            Some((last, seen)) if *last == start => {
-                seen.insert(key);
-            }
-            _ => buckets.push_back((start, std::collections::HashSet::from([key]))),
-        }
-        Ok(())
-    }
-}
+pub use crate::replay::ReplayGuard;
 
 /// The record in request headers, if any.
 pub fn from_metadata(
@@ -655,29 +613,6 @@ mod tests {
             request_id: "r-1".into(),
             ..Default::default()
         }
-    }
-
-    #[test]
-    fn the_replay_guard_remembers_a_record_as_long_as_it_could_verify() {
-        let mut p = instance("p.example");
-        let creds = node(&mut p, "000.00.13.H62", lgsp_certs::Role::Node);
-        let signed = sign(&creds, &envelope(), 0).unwrap();
-        let guard = ReplayGuard::default();
-        let t = 1_000_000_000;
-        guard.check(&signed, "r-1", t).unwrap();
-        let skew = MAX_SKEW.as_millis() as i64;
-        // Still within twice the skew allowed: a replay.
-        assert!(guard.check(&signed, "r-1", t + 2 * skew).is_err());
-        // Long after: forgotten (verify refuses so old a record by its time).
-        assert!(
-            guard
-                .check(&signed, "r-1", t + 2 * skew + 3 * BUCKET_MS)
-                .is_ok()
-        );
-        assert!(
-            guard.buckets.lock().unwrap().len() <= 2,
-            "old buckets are dropped whole"
-        );
     }
 
     #[test]

@@ -758,3 +758,120 @@ async fn a_revoked_rest_client_certificate_is_refused_naming_its_serial_and_the_
         "{body}"
     );
 }
+
+/// A call to the provider node as the hub, with `signed` as its record of
+/// on whose behalf; the provider's answer.
+async fn call_as_hub(
+    node: &NodeProcess,
+    hub: &NodeProcess,
+    env: &lgsp_proto::Envelope,
+    signed: &lgsp_proto::SignedOnBehalfOf,
+) -> Result<lgsp_proto::CallResponse, tonic::Status> {
+    let trust = lgsp_certs::ClientTrust::new(&hub.creds).unwrap();
+    let expected = lgsp_certs::Expected::node(
+        lgsp_tests::TRUST_DOMAIN,
+        lgsp_certs::AgencyCode::new(A).unwrap(),
+        "node-1",
+        None,
+    );
+    let channel = lgsp_certs::server_identity::connect(&node.provider, &hub.creds, trust, expected)
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut request = tonic::Request::new(env.clone());
+    lgsp_node::obo::to_metadata(request.metadata_mut(), signed);
+    lgsp_proto::data_exchange_client::DataExchangeClient::new(channel)
+        .call(request)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_replayed_after_the_provider_restarts_is_refused() {
+    let (mut p, mut node, hub, _rest, mut q) = province().await;
+    let (app, _) = q.issue(OUTSIDE_AGENCY, Role::Node, "hotich-app");
+    add_client(&mut p, &q, "btp-hotich", &[]);
+    admin(
+        &mut p,
+        &[
+            "access",
+            "grant",
+            "--service",
+            &format!("{A}/ho-tich"),
+            "--consumer",
+            OUTSIDE_AGENCY,
+            "--reason",
+            "Thỏa thuận kết nối",
+        ],
+    );
+    // Records the hub signs for a REST client, as the hub signs them.
+    let signer = lgsp_node::obo::Signer::new(&hub.creds).unwrap();
+    let record_for = |request_id: &str| {
+        let env = lgsp_proto::Envelope {
+            service_id: format!("{A}/ho-tich"),
+            operation: "get".into(),
+            parameters: [("key".to_owned(), "001".to_owned())].into(),
+            request_id: request_id.into(),
+            ..Default::default()
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let signed = signer
+            .sign_for_rest_client(&env, now, "btp-hotich", &app.chain[0])
+            .unwrap();
+        (env, signed)
+    };
+    // Served once the provider's catalog copy has the client and the grant.
+    let start = std::time::Instant::now();
+    let mut n = 0;
+    let (env, signed) = loop {
+        n += 1;
+        let (env, signed) = record_for(&format!("phat-lai-{n}"));
+        match call_as_hub(&node, &hub, &env, &signed).await {
+            Ok(reply) => {
+                assert!(String::from_utf8_lossy(&reply.payload).contains(NAME));
+                break (env, signed);
+            }
+            Err(s) => assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "never served: {s:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let replayed = call_as_hub(&node, &hub, &env, &signed).await.unwrap_err();
+    assert_eq!(
+        replayed.code(),
+        tonic::Code::Unauthenticated,
+        "{replayed:?}"
+    );
+    assert!(replayed.message().contains("replay"), "{replayed:?}");
+
+    // The provider restarts; the record is still fresh (well within its
+    // 2 minutes) and still a replay.
+    node.stop();
+    node.start();
+    let start = std::time::Instant::now();
+    let after = loop {
+        match call_as_hub(&node, &hub, &env, &signed).await {
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                assert!(
+                    start.elapsed() < Duration::from_secs(15),
+                    "the provider never came back: {s:?}\n{}",
+                    node.log()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => break other,
+        }
+    };
+    let refused = after.expect_err("a record replayed after a restart is refused");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    assert!(refused.message().contains("replay"), "{refused:?}");
+    // A new record is served as before.
+    let (env, signed) = record_for("sau-khoi-dong");
+    call_as_hub(&node, &hub, &env, &signed)
+        .await
+        .expect("a new record is served after the restart");
+}
