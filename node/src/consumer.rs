@@ -41,10 +41,15 @@ impl Consumer {
         service_id
             .parse::<lgsp_registry::ServiceId>()
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let (agency, node, via_hub) = ctx
+        let (agency, node, via_hub, origin) = ctx
             .cache
             .with_service(service_id, |s| {
-                (s.agency_code.clone(), s.node.clone(), s.via_hub.clone())
+                (
+                    s.agency_code.clone(),
+                    s.node.clone(),
+                    s.via_hub.clone(),
+                    s.origin.clone(),
+                )
             })
             .ok_or_else(|| {
                 Status::not_found(format!(
@@ -57,10 +62,33 @@ impl Consumer {
                     "service {service_id} of another instance is carried by hub {via_hub}, which is not registered in the catalog"
                 ))
             })?;
+            // The record is addressed to the instance the service comes
+            // from, carried out by this province's hub.
+            let peer = ctx.cache.peer(&origin).ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "service {service_id} comes from federation peer {origin:?}, which is not in the catalog"
+                ))
+            })?;
+            let hub_id = hub_agency
+                .parse()
+                .and_then(|agency| {
+                    lgsp_certs::SpiffeId::new(
+                        &ctx.trust_domain,
+                        agency,
+                        lgsp_certs::Role::Hub,
+                        hub_name,
+                    )
+                })
+                .map_err(|e| {
+                    Status::failed_precondition(format!(
+                        "service {service_id} is carried by hub {via_hub}, which is not a hub's name: {e}"
+                    ))
+                })?;
             return Ok(Route {
                 node: hub,
                 via_hub: true,
                 hub_serves: true,
+                audience: Some(crate::obo::Audience::new(&peer.trust_domain, &hub_id)),
             });
         }
         let record = ctx.cache.node(&agency, &node).ok_or_else(|| {
@@ -75,6 +103,7 @@ impl Consumer {
             node: record,
             via_hub: false,
             hub_serves,
+            audience: None,
         })
     }
 
@@ -96,11 +125,13 @@ impl Consumer {
             ));
         }
         let route = self.route(&env.service_id)?;
-        let (role, obo) = if route.via_hub {
+        let (role, obo) = if let Some(audience) = &route.audience {
             let signed = self
                 .ctx
                 .obo_signer()
-                .and_then(|signer| signer.sign(&env, lgsp_registry::calendar::unix_now_ms()))
+                .and_then(|signer| {
+                    signer.sign(&env, lgsp_registry::calendar::unix_now_ms(), audience)
+                })
                 .map_err(|e| Status::internal(e.to_string()))?;
             (lgsp_certs::Role::Hub, Some(signed))
         } else if route.hub_serves {
@@ -141,6 +172,8 @@ struct Route {
     /// The provider is the province's hub (another instance's service, or
     /// one carried to a REST system): a hub certificate, unary calls.
     hub_serves: bool,
+    /// For another instance's service: whom the record is addressed to.
+    audience: Option<crate::obo::Audience>,
 }
 
 /// The outgoing call, with the time the caller has left as its deadline.

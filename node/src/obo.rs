@@ -84,6 +84,29 @@ pub enum OboError {
         /// The CRL's number.
         number: u64,
     },
+    /// The record is addressed to another instance (or, from an lgsp
+    /// before audiences, to none).
+    #[error(
+        "the on-behalf-of record is addressed to {}, not to {here}: a record is served only by the instance its signer addressed (a record without an audience comes from an lgsp older than this one: upgrade the signing node)",
+        if addressed.is_empty() { "no instance" } else { addressed.as_str() }
+    )]
+    OtherAudience {
+        /// The trust domain the record names.
+        addressed: String,
+        /// This instance's.
+        here: String,
+    },
+    /// The record names another hub than the one that carries it.
+    #[error(
+        "the on-behalf-of record is to be carried by {}, but {caller} carried it: a replay through another hub",
+        if named.is_empty() { "no hub" } else { named.as_str() }
+    )]
+    OtherHub {
+        /// The hub the record names.
+        named: String,
+        /// The hub that called.
+        caller: String,
+    },
     /// The replay guard remembers as many records as it may.
     #[error(
         "this node already remembers {0} on-behalf-of records of the last minutes (its replay guard's bound); retry shortly"
@@ -148,11 +171,13 @@ impl Signer {
         Ok(Self { key, certificate })
     }
 
-    /// Signs a record for `envelope` at `at_unix_ms`.
+    /// Signs a record for `envelope` at `at_unix_ms`, addressed to
+    /// `audience`.
     pub fn sign(
         &self,
         envelope: &lgsp_proto::Envelope,
         at_unix_ms: i64,
+        audience: &Audience,
     ) -> Result<SignedOnBehalfOf, OboError> {
         self.sign_record(OnBehalfOf {
             certificate: self.certificate.clone(),
@@ -160,6 +185,8 @@ impl Signer {
             request_sha256: digest(envelope).to_vec(),
             at_unix_ms,
             service_id: envelope.service_id.clone(),
+            audience: audience.trust_domain.clone(),
+            via_hub: audience.via_hub.clone(),
             ..Default::default()
         })
     }
@@ -174,6 +201,15 @@ impl Signer {
         rest_client: &str,
         caller_certificate: &[u8],
     ) -> Result<SignedOnBehalfOf, OboError> {
+        // Addressed to the hub's own instance: its provider nodes.
+        let audience = lgsp_certs::inspect::CertInfo::from_der(
+            &self.certificate,
+            std::path::Path::new("<hub>"),
+        )
+        .ok()
+        .and_then(|info| info.spiffe_id.ok())
+        .map(|id| id.trust_domain)
+        .unwrap_or_default();
         self.sign_record(OnBehalfOf {
             certificate: self.certificate.clone(),
             request_id: envelope.request_id.clone(),
@@ -182,6 +218,8 @@ impl Signer {
             service_id: envelope.service_id.clone(),
             rest_client: rest_client.to_owned(),
             caller_certificate: caller_certificate.to_vec(),
+            audience,
+            via_hub: String::new(),
         })
     }
 
@@ -198,14 +236,35 @@ impl Signer {
     }
 }
 
-/// Signs a record for `envelope` with the consumer node's key (parsing
-/// the key each time: [`Signer`] keeps it).
+/// Signs a record for `envelope` with the consumer node's key, addressed
+/// to `audience` (parsing the key each time: [`Signer`] keeps it).
 pub fn sign(
     creds: &Credentials,
     envelope: &lgsp_proto::Envelope,
     at_unix_ms: i64,
+    audience: &Audience,
 ) -> Result<SignedOnBehalfOf, OboError> {
-    Signer::new(creds)?.sign(envelope, at_unix_ms)
+    Signer::new(creds)?.sign(envelope, at_unix_ms, audience)
+}
+
+/// Whom a record is addressed to: it verifies only there.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Audience {
+    /// The trust domain of the instance that serves the call.
+    pub trust_domain: String,
+    /// The SPIFFE ID of the hub of the signer's instance that carries the
+    /// call out of it.
+    pub via_hub: String,
+}
+
+impl Audience {
+    /// A call to instance `trust_domain` carried out by hub `via_hub`.
+    pub fn new(trust_domain: &str, via_hub: &SpiffeId) -> Self {
+        Self {
+            trust_domain: trust_domain.to_owned(),
+            via_hub: via_hub.to_string(),
+        }
+    }
 }
 
 /// A record that verified: the consumer it names.
@@ -224,6 +283,26 @@ impl Verified {
     /// The consumer as the sharing log names it: `agency@trust-domain`.
     pub fn consumer(&self) -> String {
         format!("{}@{}", self.id.agency, self.id.trust_domain)
+    }
+
+    /// Refuses the record unless it is addressed to instance `trust_domain`
+    /// and, when `via_hub` is given, carried out of its instance by that
+    /// hub (the one that called): a record captured on its way cannot be
+    /// replayed to another instance, nor through another hub.
+    pub fn addressed_to(&self, trust_domain: &str, via_hub: Option<&str>) -> Result<(), OboError> {
+        if self.record.audience != trust_domain {
+            return Err(OboError::OtherAudience {
+                addressed: self.record.audience.clone(),
+                here: trust_domain.to_owned(),
+            });
+        }
+        match via_hub {
+            Some(hub) if self.record.via_hub != hub => Err(OboError::OtherHub {
+                named: self.record.via_hub.clone(),
+                caller: hub.to_owned(),
+            }),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -606,6 +685,14 @@ mod tests {
         Credentials::from_pem(&issued.cert_pem, &issued.key_pem, i.ca.cert_pem()).unwrap()
     }
 
+    /// Addressed to instance `q.example` through the hub of `p.example`.
+    fn audience() -> Audience {
+        Audience {
+            trust_domain: "q.example".into(),
+            via_hub: "spiffe://p.example/agency/000.00.00.H62/hub/hub".into(),
+        }
+    }
+
     fn envelope() -> Envelope {
         Envelope {
             service_id: "G01.00.01/dan-cu".into(),
@@ -619,7 +706,7 @@ mod tests {
     fn a_record_signed_by_the_consumer_node_verifies_and_names_its_agency() {
         let mut p = instance("p.example");
         let creds = node(&mut p, "000.00.13.H62", lgsp_certs::Role::Node);
-        let signed = sign(&creds, &envelope(), now_ms()).unwrap();
+        let signed = sign(&creds, &envelope(), now_ms(), &audience()).unwrap();
         let v = verify(&signed, &envelope(), &creds.roots, now_ms()).unwrap();
         assert_eq!(v.consumer(), "000.00.13.H62@p.example");
     }
@@ -629,7 +716,7 @@ mod tests {
         let mut p = instance("p.example");
         let mut other = instance("p.example");
         let creds = node(&mut p, "000.00.13.H62", lgsp_certs::Role::Node);
-        let signed = sign(&creds, &envelope(), now_ms()).unwrap();
+        let signed = sign(&creds, &envelope(), now_ms(), &audience()).unwrap();
         // Another request than the one signed.
         let mut changed = envelope();
         changed.parameters.insert("key".into(), "x".into());
@@ -651,20 +738,20 @@ mod tests {
         );
         // Signed by a certificate of a CA not trusted for the instance (same name).
         let stranger = node(&mut other, "000.00.13.H62", lgsp_certs::Role::Node);
-        let foreign = sign(&stranger, &envelope(), now_ms()).unwrap();
+        let foreign = sign(&stranger, &envelope(), now_ms(), &audience()).unwrap();
         assert!(matches!(
             verify(&foreign, &envelope(), &creds.roots, now_ms()),
             Err(OboError::Untrusted(_))
         ));
         // Old.
-        let old = sign(&creds, &envelope(), now_ms() - 600_000).unwrap();
+        let old = sign(&creds, &envelope(), now_ms() - 600_000, &audience()).unwrap();
         assert!(matches!(
             verify(&old, &envelope(), &creds.roots, now_ms()),
             Err(OboError::Expired(_))
         ));
         // Signed by a hub, not a node.
         let hub = node(&mut p, "000.00.00.H62", lgsp_certs::Role::Hub);
-        let by_hub = sign(&hub, &envelope(), now_ms()).unwrap();
+        let by_hub = sign(&hub, &envelope(), now_ms(), &audience()).unwrap();
         assert!(matches!(
             verify(&by_hub, &envelope(), &creds.roots, now_ms()),
             Err(OboError::NotANode(_))
@@ -681,6 +768,58 @@ mod tests {
         let mut rewritten = signed.clone();
         rewritten.signature[40] ^= 1;
         assert!(guard.check(&rewritten, "r-1", now_ms()).is_err());
+    }
+
+    #[test]
+    fn a_record_is_served_only_by_the_instance_and_through_the_hub_it_is_addressed_to() {
+        let mut p = instance("p.example");
+        let creds = node(&mut p, "000.00.13.H62", lgsp_certs::Role::Node);
+        let signed = sign(&creds, &envelope(), now_ms(), &audience()).unwrap();
+        let v = verify(&signed, &envelope(), &creds.roots, now_ms()).unwrap();
+        let hub = audience().via_hub;
+        v.addressed_to("q.example", Some(&hub)).unwrap();
+        v.addressed_to("q.example", None).unwrap();
+        // Replayed to another instance.
+        assert!(matches!(
+            v.addressed_to("r.example", None),
+            Err(OboError::OtherAudience { .. })
+        ));
+        // Replayed through another hub of the signer's province.
+        let other_hub = "spiffe://p.example/agency/000.00.00.H62/hub/hub-2";
+        let e = v.addressed_to("q.example", Some(other_hub)).unwrap_err();
+        assert!(matches!(e, OboError::OtherHub { .. }), "{e:?}");
+        assert!(e.to_string().contains("hub-2"), "{e}");
+        // A record that names no audience (an older signer): refused, saying so.
+        let unaddressed = sign(&creds, &envelope(), now_ms(), &Audience::default()).unwrap();
+        let e = verify(&unaddressed, &envelope(), &creds.roots, now_ms())
+            .unwrap()
+            .addressed_to("q.example", None)
+            .unwrap_err();
+        assert!(e.to_string().contains("no instance"), "{e}");
+    }
+
+    #[test]
+    fn a_hub_record_for_a_rest_client_is_addressed_to_the_hubs_own_instance() {
+        let mut p = instance("p.example");
+        let mut outside = instance("moj.example");
+        let hub = node(&mut p, "000.00.00.H62", lgsp_certs::Role::Hub);
+        let caller = node(&mut outside, "000.00.07.G01", lgsp_certs::Role::Node);
+        let signed = Signer::new(&hub)
+            .unwrap()
+            .sign_for_rest_client(&envelope(), now_ms(), "btp-hotich", &caller.chain[0])
+            .unwrap();
+        let v = Verifier::default()
+            .verify_rest_client(
+                &signed,
+                &envelope(),
+                &hub.roots,
+                "p.example",
+                &rest_client(&outside),
+                now_ms(),
+            )
+            .unwrap();
+        v.addressed_to("p.example", None).unwrap();
+        assert!(v.addressed_to("other.example", None).is_err());
     }
 
     fn rest_client(outside: &Instance) -> lgsp_proto::RestClient {

@@ -222,6 +222,7 @@ impl Provider {
                 None => Default::default(),
             };
             let verified = verifier.verify(signed, env, &roots, now)?;
+            verified.addressed_to(&self.ctx.trust_domain, None)?;
             if let Some(peer) = &peer
                 && let Some(number) = self.ctx.peer_crls.revoked(peer, &verified.serial)
             {
@@ -254,6 +255,7 @@ impl Provider {
                 &client,
                 now,
             )?;
+            verified.addressed_to(&self.ctx.trust_domain, None)?;
             // The hub checks the client's CRL too, but may not have loaded it yet.
             self.ctx
                 .rest_client_crls

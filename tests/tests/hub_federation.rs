@@ -378,6 +378,9 @@ async fn two_instances_call_each_other_through_their_hubs() {
 
     // Refusals at the province's hub, called as the national hub would.
     let (q_hub_creds, _) = q.issue(NATIONAL, Role::Hub, "hub-2");
+    // Records addressed to the province, carried by that hub.
+    let to_p =
+        lgsp_node::obo::Audience::new(lgsp_tests::TRUST_DOMAIN, &q_hub_creds.spiffe_id().unwrap());
     let to_p_hub = |creds: &lgsp_certs::Credentials| {
         let creds = lgsp_certs::Credentials {
             roots: p.registry.admin.roots.clone(),
@@ -407,7 +410,7 @@ async fn two_instances_call_each_other_through_their_hubs() {
     // A record signed by the national node, for another request: forged.
     let mut env = get(&ho_tich, "001099012345");
     env.request_id = "gia-mao".into();
-    let signed = lgsp_node::obo::sign(&node_c.creds, &env, now_ms()).unwrap();
+    let signed = lgsp_node::obo::sign(&node_c.creds, &env, now_ms(), &to_p).unwrap();
     let mut other = env.clone();
     other.parameters.insert("key".into(), "001088054321".into());
     let mut request = tonic::Request::new(other);
@@ -415,10 +418,37 @@ async fn two_instances_call_each_other_through_their_hubs() {
     let err = as_q_hub.call(request).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
     assert!(err.message().contains("another request"), "{err:?}");
+    // A record addressed to another instance, or to be carried by another
+    // hub of the national platform: replays elsewhere, refused.
+    for (audience, why) in [
+        (
+            lgsp_node::obo::Audience {
+                trust_domain: "other-province.gov.vn".into(),
+                ..to_p.clone()
+            },
+            "is addressed to other-province.gov.vn",
+        ),
+        (
+            lgsp_node::obo::Audience {
+                via_hub: format!("spiffe://{NATIONAL_DOMAIN}/agency/{NATIONAL}/hub/hub"),
+                ..to_p.clone()
+            },
+            "a replay through another hub",
+        ),
+    ] {
+        let mut env = get(&ho_tich, "001099012345");
+        env.request_id = "noi-khac".into();
+        let signed = lgsp_node::obo::sign(&node_c.creds, &env, now_ms(), &audience).unwrap();
+        let mut request = tonic::Request::new(env);
+        lgsp_node::obo::to_metadata(request.metadata_mut(), &signed);
+        let err = as_q_hub.call(request).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+        assert!(err.message().contains(why), "{why}: {err:?}");
+    }
     // A good record, then the same record again: a replay.
     let mut env = get(&ho_tich, "001099012345");
     env.request_id = "phat-lai".into();
-    let signed = lgsp_node::obo::sign(&node_c.creds, &env, now_ms()).unwrap();
+    let signed = lgsp_node::obo::sign(&node_c.creds, &env, now_ms(), &to_p).unwrap();
     for attempt in 0..2 {
         let mut request = tonic::Request::new(env.clone());
         lgsp_node::obo::to_metadata(request.metadata_mut(), &signed);
@@ -483,7 +513,7 @@ async fn two_instances_call_each_other_through_their_hubs() {
     );
     let mut env = get(&ho_tich, "001099012345");
     env.request_id = "khong-xuat".into();
-    let signed = lgsp_node::obo::sign(&node_c.creds, &env, now_ms()).unwrap();
+    let signed = lgsp_node::obo::sign(&node_c.creds, &env, now_ms(), &to_p).unwrap();
     let mut request = tonic::Request::new(env);
     lgsp_node::obo::to_metadata(request.metadata_mut(), &signed);
     let err = as_q_hub.call(request).await.unwrap_err();

@@ -39,6 +39,14 @@ impl Inbound {
     /// The federation peer whose hub made `request`: its certificate names
     /// a hub of a peer's trust domain and is issued by that peer's CA.
     pub(crate) fn peer_of<T>(&self, request: &Request<T>) -> Result<FederationPeer, Status> {
+        self.caller_of(request).map(|(peer, _)| peer)
+    }
+
+    /// [`Inbound::peer_of`], and the SPIFFE ID of the peer's hub that called.
+    fn caller_of<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<(FederationPeer, lgsp_certs::SpiffeId), Status> {
         let certs = request
             .peer_certs()
             .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
@@ -83,7 +91,7 @@ impl Inbound {
                 caller.id, caller.serial, peer.name
             )));
         }
-        Ok(peer)
+        Ok((peer, caller.id))
     }
 
     /// Takes one of `peer`'s inward slots, or refuses with
@@ -151,7 +159,7 @@ impl Inbound {
 impl DataExchange for Inbound {
     async fn call(&self, request: Request<Envelope>) -> Result<Response<CallResponse>, Status> {
         let started = Instant::now();
-        let peer = self.peer_of(&request)?;
+        let (peer, caller_hub) = self.caller_of(&request)?;
         // Before anything costly (signature checks, the log, the provider).
         let _permit = self.admit(&peer)?;
         let deadline = lgsp_node::deadline::Deadline::of(request.metadata(), started);
@@ -176,6 +184,8 @@ impl DataExchange for Inbound {
                 .obo_verifier
                 .verify(&s, &env, &self.hub.ctx.obo_verifier.roots_of(&peer), now)
                 .and_then(|v| {
+                    // Addressed to this instance, through the hub that called.
+                    v.addressed_to(&self.hub.id.trust_domain, Some(&caller_hub.to_string()))?;
                     self.hub.ctx.replays.check(&s, &env.request_id, now)?;
                     Ok(v)
                 })

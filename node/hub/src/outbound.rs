@@ -91,6 +91,9 @@ impl Forwarder for Outbound {
                 envelope.service_id
             ))
         })?;
+        verified
+            .addressed_to(&peer.trust_domain, Some(&hub.id.to_string()))
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
         let health = hub.health_of(&peer.name);
         let _permit = hub
             .outward_limits
