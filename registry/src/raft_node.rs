@@ -1357,13 +1357,15 @@ impl Driver {
             self.answer(&proposal, outcome);
             return Ok(());
         }
+        // Time rules go by the apply clock, never back in time.
+        let now_ms = catalog::apply_clock(batch, proposal.at_unix_ms)?;
         let checked = SpiffeId::parse(&proposal.actor)
             .map_err(|e| CatalogError::PermissionDenied(e.to_string()))
             .and_then(|actor| {
                 let asker = Asker {
                     actor: &actor,
                     province: &self.config.province,
-                    now_unix: proposal.at_unix_ms.div_euclid(1000),
+                    now_unix: now_ms.div_euclid(1000),
                 };
                 catalog::check(batch, &asker, &command)
             });
