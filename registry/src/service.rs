@@ -194,13 +194,16 @@ impl Registry for RegistryService {
         }
         let members = self
             .raft
-            .change_membership(MembershipOp::Add(Member {
-                id: req.id,
-                peer_address: req.peer_address,
-                client_address: req.client_address,
-                voter: false,
-                incarnation: 0,
-            }))
+            .change_membership(
+                MembershipOp::Add(Member {
+                    id: req.id,
+                    peer_address: req.peer_address,
+                    client_address: req.client_address,
+                    voter: false,
+                    incarnation: 0,
+                }),
+                req.idempotency_key,
+            )
             .await?;
         Ok(Response::new(MembershipResponse { members }))
     }
@@ -210,10 +213,10 @@ impl Registry for RegistryService {
         request: Request<RemoveMemberRequest>,
     ) -> Result<Response<MembershipResponse>, Status> {
         require_admin(&request, self.raft.province(), "removing a registry server")?;
-        let id = request.into_inner().id;
+        let req = request.into_inner();
         let members = self
             .raft
-            .change_membership(MembershipOp::Remove(id))
+            .change_membership(MembershipOp::Remove(req.id), req.idempotency_key)
             .await?;
         Ok(Response::new(MembershipResponse { members }))
     }

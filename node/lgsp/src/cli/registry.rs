@@ -52,6 +52,13 @@ pub(super) enum RegistryCommand {
     /// data directory; the leader promotes it to voter once it has caught
     /// up, so the quorum never depends on a server still catching up.
     ///
+    /// The change is made by the leader: sent to another server, it goes on
+    /// to the leader that server names. It carries an idempotency key, the
+    /// same on every retry: if its outcome stays unknown, the command says
+    /// so and prints the key; run it again with --idempotency-key KEY and a
+    /// change already made answers with its result instead of "already a
+    /// member".
+    ///
     /// Example: lgsp registry add-member --id 4 --peer-addr 10.0.0.14:7102 --client-addr
     /// 10.0.0.14:7101
     AddMember {
@@ -66,6 +73,10 @@ pub(super) enum RegistryCommand {
         /// host:port of the new server's client listener.
         #[arg(long, value_name = "ADDR", default_value = "")]
         client_addr: String,
+        /// The key (32 hex digits) an earlier attempt of this same change
+        /// printed when its outcome was unknown; a new one by default.
+        #[arg(long, value_name = "KEY")]
+        idempotency_key: Option<String>,
     },
     /// Back up the catalog while the cluster runs, or make a data directory
     /// from a backup to found a new cluster (as `etcdctl snapshot`).
@@ -77,6 +88,9 @@ pub(super) enum RegistryCommand {
     },
     /// Remove a server from the cluster. Its id is never to be used again.
     ///
+    /// Made by the leader, under an idempotency key, as add-member is: run
+    /// again with the --idempotency-key it printed after an unknown outcome.
+    ///
     /// Example: lgsp registry remove-member --id 4
     RemoveMember {
         #[command(flatten)]
@@ -84,6 +98,10 @@ pub(super) enum RegistryCommand {
         /// The id of the server to remove, as `lgsp registry status` shows it.
         #[arg(long)]
         id: u64,
+        /// The key (32 hex digits) an earlier attempt of this same removal
+        /// printed when its outcome was unknown; a new one by default.
+        #[arg(long, value_name = "KEY")]
+        idempotency_key: Option<String>,
     },
 }
 
@@ -204,15 +222,19 @@ pub(super) fn run(cmd: RegistryCommand) -> Result<()> {
             id,
             peer_addr,
             client_addr,
+            idempotency_key,
         } => rt.block_on(async {
+            let key = membership_key(idempotency_key.as_deref())?;
             let client = registry.client()?;
             let r = client
                 .add_member(AddMemberRequest {
                     id,
                     peer_address: peer_addr.clone(),
                     client_address: client_addr,
+                    idempotency_key: key.clone(),
                 })
-                .await?;
+                .await
+                .map_err(|status| unknown_outcome(status, &key))?;
             println!("Server {id} ({peer_addr}) is a learner. Start it now with --join and an empty data directory; it becomes a voter once it has caught up.");
             print_members(&r.members);
             Ok(())
@@ -224,14 +246,56 @@ pub(super) fn run(cmd: RegistryCommand) -> Result<()> {
             Ok(())
         }),
         RegistryCommand::Snapshot { command } => snapshot(&rt, command),
-        RegistryCommand::RemoveMember { registry, id } => rt.block_on(async {
+        RegistryCommand::RemoveMember {
+            registry,
+            id,
+            idempotency_key,
+        } => rt.block_on(async {
+            let key = membership_key(idempotency_key.as_deref())?;
             let client = registry.client()?;
-            let r = client.remove_member(id).await?;
+            let r = client
+                .remove_member_keyed(id, key.clone())
+                .await
+                .map_err(|status| unknown_outcome(status, &key))?;
             println!("Server {id} is no longer a member; stop it, and never reuse id {id}.");
             print_members(&r.members);
             Ok(())
         }),
     }
+}
+
+/// The idempotency key of a membership change: `given` (hex, as an earlier
+/// attempt printed it) or a new one.
+fn membership_key(given: Option<&str>) -> Result<Vec<u8>> {
+    let Some(text) = given else {
+        return Ok(lgsp_registry::idempotency::new_key());
+    };
+    match hex::decode(text.trim()) {
+        Ok(key) if key.len() == lgsp_registry::idempotency::KEY_LEN => Ok(key),
+        _ => Err(UsageError(format!(
+            "--idempotency-key: {text:?} is not a key printed by an earlier attempt ({} hex digits); leave it out for a new change",
+            2 * lgsp_registry::idempotency::KEY_LEN
+        ))
+        .into()),
+    }
+}
+
+/// `status` as the command's error; when the change may or may not have
+/// been made, with how to resolve it safely: the same command again under
+/// the same key.
+fn unknown_outcome(status: tonic::Status, key: &[u8]) -> anyhow::Error {
+    let definite = status
+        .metadata()
+        .get(lgsp_registry::error::OUTCOME)
+        .is_some_and(|o| o == "refused" || o == "not-applied");
+    if definite {
+        return status.into();
+    }
+    anyhow::Error::from(status).context(format!(
+        "the outcome of the membership change is unknown (it may or may not have been made): \
+         run the same command again with --idempotency-key {}; if it was made, that answers with its result instead of making it twice",
+        hex::encode(key)
+    ))
 }
 
 fn snapshot(rt: &tokio::runtime::Runtime, command: SnapshotCommand) -> Result<()> {
