@@ -109,9 +109,11 @@ pub(super) enum RegistryCommand {
 pub(super) enum SnapshotCommand {
     /// Save a consistent copy of the whole catalog to FILE while the
     /// cluster runs (admin certificate). The copy holds every write
-    /// acknowledged before the command started, at one revision; it is
-    /// checked against the server's SHA-256 and written to FILE atomically
-    /// (a temporary file beside it, fsynced, renamed).
+    /// acknowledged before the command started, at one revision. The
+    /// registry server that takes it signs it with its key; the file is
+    /// checked (its SHA-256, and the signature against the CA in --tls-dir)
+    /// and written to FILE atomically (a temporary file beside it, fsynced,
+    /// renamed).
     ///
     /// Example: lgsp registry snapshot save /var/backups/lgsp/catalog-$(date +%F).snap
     Save {
@@ -126,6 +128,12 @@ pub(super) enum SnapshotCommand {
     /// the same --peers, then start each with `lgsp registry start` and those
     /// --peers. The backup's members, history and log are not carried over:
     /// the new cluster starts at the backup's catalog revision.
+    ///
+    /// The file must be signed by a registry server of the province: its
+    /// signature is checked against ca.pem in --tls-dir (the new server's
+    /// TLS directory), and a file changed after it was taken is refused. A
+    /// backup saved before backups were signed is refused too, unless
+    /// --accept-unsigned says to trust it.
     ///
     /// Example: lgsp registry snapshot restore catalog.snap --data-dir /var/lib/lgsp/registry --id 1
     /// --peers 1=10.0.0.11:7201/10.0.0.11:7101,2=10.0.0.12:7201/10.0.0.12:7101,3=10.0.0.13:7201/10.0.0.13:7101
@@ -144,6 +152,15 @@ pub(super) enum SnapshotCommand {
         /// takes them.
         #[arg(long, value_name = "LIST")]
         peers: String,
+        /// Directory with ca.pem (the province CA the backup's signer must
+        /// chain to) and cert.pem (whose agency is the province's): this
+        /// server's TLS directory.
+        #[arg(long, env = "LGSP_TLS_DIR", value_name = "DIR")]
+        tls_dir: PathBuf,
+        /// Restore a backup that carries no signature (saved by an lgsp
+        /// from before backups were signed): only one whose origin you know.
+        #[arg(long)]
+        accept_unsigned: bool,
     },
 }
 
@@ -298,6 +315,27 @@ fn unknown_outcome(status: tonic::Status, key: &[u8]) -> anyhow::Error {
     ))
 }
 
+/// What a backup must be signed by: a registry server issued by the CA
+/// `creds` trust, of the agency `creds` belong to (the province's: its
+/// admin or one of its registry servers).
+fn backup_trust(
+    creds: &lgsp_certs::Credentials,
+    accept_unsigned: bool,
+) -> Result<lgsp_registry::backup::BackupTrust> {
+    Ok(lgsp_registry::backup::BackupTrust {
+        roots: creds.roots.clone(),
+        province: Some(creds.spiffe_id()?.agency),
+        accept_unsigned,
+    })
+}
+
+fn signer_of(signed_by: &Option<lgsp_registry::backup::SignedBy>) -> String {
+    match signed_by {
+        Some(s) => format!("{} (certificate serial {})", s.id, s.serial),
+        None => "nobody: an unsigned backup, accepted with --accept-unsigned".into(),
+    }
+}
+
 fn snapshot(rt: &tokio::runtime::Runtime, command: SnapshotCommand) -> Result<()> {
     use lgsp_registry::backup;
     match command {
@@ -309,12 +347,15 @@ fn snapshot(rt: &tokio::runtime::Runtime, command: SnapshotCommand) -> Result<()
                     .await
                     .map_err(anyhow::Error::from)
             })?;
-            let saved = backup::decode(&file, &bytes)
-                .context("the backup received does not match the checksum its server sent; nothing was written")?;
+            let trust = backup_trust(&registry.credentials()?, false)?;
+            let opened = backup::open(&file, &bytes, &trust).context(
+                "the backup received is not the one its server signed; nothing was written",
+            )?;
             backup::write_file(&file, &bytes)?;
+            let saved = opened.backup;
             let catalog = saved.catalog.unwrap_or_default();
             println!(
-                "Saved catalog revision {} (Raft index {}, {} records, {} members) from registry server {} to {} ({} bytes, SHA-256 {}).",
+                "Saved catalog revision {} (Raft index {}, {} records, {} members) from registry server {} to {} ({} bytes, SHA-256 {}, signed by {}).",
                 saved.revision,
                 saved.applied_index,
                 catalog.records.len(),
@@ -322,7 +363,8 @@ fn snapshot(rt: &tokio::runtime::Runtime, command: SnapshotCommand) -> Result<()
                 saved.server_id,
                 file.display(),
                 bytes.len(),
-                backup::checksum_of(&bytes)
+                backup::checksum_of(&bytes),
+                signer_of(&opened.signed_by)
             );
             Ok(())
         }
@@ -331,15 +373,21 @@ fn snapshot(rt: &tokio::runtime::Runtime, command: SnapshotCommand) -> Result<()
             data_dir,
             id,
             peers,
+            tls_dir,
+            accept_unsigned,
         } => {
             let peers = parse_peers(&peers).map_err(|e| UsageError(format!("--peers: {e}")))?;
-            let saved = backup::read_file(&file)?;
+            let creds = lgsp_certs::Credentials::load(&lgsp_certs::TlsFiles::in_dir(&tls_dir))
+                .with_context(|| format!("cannot load the TLS files in {}", tls_dir.display()))?;
+            let opened = backup::read_file(&file, &backup_trust(&creds, accept_unsigned)?)?;
+            let saved = opened.backup;
             let restored = backup::restore(&saved, &data_dir, id, &peers)?;
             println!(
-                "Restored catalog revision {} ({} records, taken by registry server {}) into {} as server {id} of a new cluster of servers {:?}.",
+                "Restored catalog revision {} ({} records, taken by registry server {}, signed by {}) into {} as server {id} of a new cluster of servers {:?}.",
                 restored.revision,
                 restored.records,
                 saved.server_id,
+                signer_of(&opened.signed_by),
                 data_dir.display(),
                 restored.voters
             );
