@@ -587,3 +587,34 @@ fn print_members(members: &[lgsp_proto::Member]) {
         println!("{}", member_line(m));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lgsp_registry::{CatalogError, RegistryError};
+
+    #[test]
+    fn an_unknown_membership_outcome_prints_the_key_to_run_again_with_and_a_definite_one_does_not()
+    {
+        let key = membership_key(None).unwrap();
+        let unknown = tonic::Status::from(RegistryError::Indeterminate(
+            "the membership change did not complete in time".into(),
+        ));
+        let told = format!("{:#}", unknown_outcome(unknown, &key));
+        assert!(
+            told.contains(&format!("--idempotency-key {}", hex::encode(&key))),
+            "{told}"
+        );
+        // The key printed is one the command takes back.
+        assert_eq!(membership_key(Some(&hex::encode(&key))).unwrap(), key);
+        for definite in [
+            RegistryError::Unavailable("no leader".into()),
+            RegistryError::Catalog(CatalogError::NotFound("server 9 is not a member".into())),
+        ] {
+            let told = format!("{:#}", unknown_outcome(definite.into(), &key));
+            assert!(!told.contains("--idempotency-key"), "{told}");
+        }
+        let bad = membership_key(Some("abc")).unwrap_err().to_string();
+        assert!(bad.contains("32 hex digits"), "{bad}");
+    }
+}
