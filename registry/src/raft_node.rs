@@ -1023,6 +1023,13 @@ impl Driver {
             .to_conf_state()
             .voters_outgoing
             .is_empty();
+        if let Some(to) = self.raw.raft.lead_transferee {
+            let _ = reply.send(Err(RegistryError::Unavailable(format!(
+                "registry server {} is handing leadership to server {to}; nothing was applied: retry in a moment",
+                self.config.id
+            ))));
+            return;
+        }
         if self.membership.is_some() || self.raw.raft.has_pending_conf() || joint {
             let _ = reply.send(Err(RegistryError::Unavailable(
                 "another membership change is in progress (or a learner is being promoted); nothing was applied: retry when it completes".into(),

@@ -246,18 +246,21 @@ impl Registry for RegistryService {
         let backup = self.raft.backup().await?;
         let catalog = CatalogSnapshot::decode(backup.catalog.as_slice())
             .map_err(|e| Status::internal(format!("the catalog copy cannot be read back: {e}")))?;
-        let file = crate::backup::encode(
-            &RegistryBackup {
-                revision: backup.revision,
-                applied_index: backup.applied_index,
-                server_id: self.raft.id,
-                taken_unix_ms: crate::calendar::unix_now_ms(),
-                version: env!("CARGO_PKG_VERSION").to_owned(),
-                catalog: Some(catalog),
-            },
-            &self.signer,
-        )
-        .map_err(|e| Status::internal(format!("the backup cannot be signed: {e}")))?;
+        let taken = RegistryBackup {
+            revision: backup.revision,
+            applied_index: backup.applied_index,
+            server_id: self.raft.id,
+            taken_unix_ms: crate::calendar::unix_now_ms(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            catalog: Some(catalog),
+        };
+        // Encoding, hashing and signing a catalog of many megabytes takes a
+        // while: off the threads that serve calls.
+        let signer = self.signer.clone();
+        let file = tokio::task::spawn_blocking(move || crate::backup::encode(&taken, &signer))
+            .await
+            .map_err(|e| Status::internal(format!("signing the backup stopped: {e}")))?
+            .map_err(|e| Status::internal(format!("the backup cannot be signed: {e}")))?;
         let chunks: Vec<Result<SnapshotChunk, Status>> = file
             .chunks(BACKUP_CHUNK)
             .map(|data| {
