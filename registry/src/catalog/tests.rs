@@ -634,6 +634,63 @@ fn a_grant_needs_a_published_service_and_a_registered_consumer_and_starts_active
     assert_eq!(g.status, GrantStatus::Active as i32);
 }
 
+/// Checks and applies `command` as the committed entry its proposer took
+/// at `entry_ms` by its own wall clock, as every server applies it: at the
+/// apply clock, in one batch that is committed whatever the outcome.
+fn run_entry(
+    kv: &Kv,
+    who: &SpiffeId,
+    command: &Command,
+    entry_ms: i64,
+) -> Result<(), CatalogError> {
+    let mut batch = Staged::new(kv);
+    let now_ms = apply_clock(&mut batch, entry_ms).unwrap();
+    let asker = Asker {
+        now_unix: now_ms.div_euclid(1000),
+        ..asker(who)
+    };
+    let outcome = check(&batch, &asker, command).map(|checked| {
+        apply(&mut batch, checked).expect("apply");
+    });
+    batch.commit().expect("commit");
+    outcome
+}
+
+#[test]
+fn a_proposers_clock_stepping_back_never_brings_an_expired_grant_back_into_force() {
+    let kv = catalog();
+    let ends = NOW + 60;
+    let expiring = put_cmd(Value::Grant(Grant {
+        service_id: format!("{A}/ho-tich"),
+        consumer_agency: B.into(),
+        expires_unix: ends,
+        ..Default::default()
+    }));
+    run_entry(&kv, &admin(), &expiring, NOW * 1000).unwrap();
+    // Two minutes later the grant has ended: granting it again until the
+    // same end is refused.
+    let err = refused(run_entry(&kv, &admin(), &expiring, (NOW + 120) * 1000));
+    assert!(err.to_string().contains("already passed"), "{err}");
+    // A proposer whose clock stepped back 90 s (NTP, a VM restored) must
+    // not make the ended grant valid again.
+    let err = refused(run_entry(&kv, &admin(), &expiring, (NOW + 30) * 1000));
+    assert!(err.to_string().contains("already passed"), "{err}");
+    assert_eq!(apply_clock_ms(&kv).unwrap(), (NOW + 120) * 1000);
+
+    // A server that catches up by snapshot goes on from the same clock.
+    let target = Kv::new(MemKv::default());
+    let mut batch = Staged::new(&target);
+    restore(&target, &mut batch, &snapshot_data(&kv).unwrap()).unwrap();
+    batch.commit().unwrap();
+    assert_eq!(apply_clock_ms(&target).unwrap(), (NOW + 120) * 1000);
+    let err = refused(run_entry(&target, &admin(), &expiring, (NOW + 30) * 1000));
+    assert!(err.to_string().contains("already passed"), "{err}");
+    // A clock that runs on moves the apply clock on.
+    let later = (NOW + 600) * 1000;
+    let mut batch = Staged::new(&target);
+    assert_eq!(apply_clock(&mut batch, later).unwrap(), later);
+}
+
 #[test]
 fn an_empty_crl_is_refused() {
     let kv = catalog();
