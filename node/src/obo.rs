@@ -132,6 +132,58 @@ pub fn digest(envelope: &lgsp_proto::Envelope) -> [u8; 32] {
     Sha256::digest(envelope.encode_to_vec()).into()
 }
 
+/// The request a record is signed for: a unary call's envelope, or a query
+/// stream's request. Each verifies only for its own kind.
+#[derive(Clone, Copy, Debug)]
+pub enum Signed<'a> {
+    /// A unary `Call`.
+    Call(&'a lgsp_proto::Envelope),
+    /// A `Query` stream.
+    Query(&'a lgsp_proto::QueryRequest),
+}
+
+impl Signed<'_> {
+    /// SHA-256 of the encoded request.
+    pub fn digest(&self) -> [u8; 32] {
+        match self {
+            Self::Call(envelope) => digest(envelope),
+            Self::Query(query) => Sha256::digest(query.encode_to_vec()).into(),
+        }
+    }
+
+    /// The service it calls.
+    pub fn service_id(&self) -> &str {
+        match self {
+            Self::Call(envelope) => &envelope.service_id,
+            Self::Query(query) => &query.service_id,
+        }
+    }
+
+    /// Its request id.
+    pub fn request_id(&self) -> &str {
+        match self {
+            Self::Call(envelope) => &envelope.request_id,
+            Self::Query(query) => &query.request_id,
+        }
+    }
+
+    fn is_query(&self) -> bool {
+        matches!(self, Self::Query(_))
+    }
+}
+
+impl<'a> From<&'a lgsp_proto::Envelope> for Signed<'a> {
+    fn from(envelope: &'a lgsp_proto::Envelope) -> Self {
+        Self::Call(envelope)
+    }
+}
+
+impl<'a> From<&'a lgsp_proto::QueryRequest> for Signed<'a> {
+    fn from(query: &'a lgsp_proto::QueryRequest) -> Self {
+        Self::Query(query)
+    }
+}
+
 fn signed_bytes(record: &[u8]) -> Vec<u8> {
     [DOMAIN, record].concat()
 }
@@ -171,22 +223,24 @@ impl Signer {
         Ok(Self { key, certificate })
     }
 
-    /// Signs a record for `envelope` at `at_unix_ms`, addressed to
-    /// `audience`.
-    pub fn sign(
+    /// Signs a record for `request` (an envelope, or a query stream's
+    /// request) at `at_unix_ms`, addressed to `audience`.
+    pub fn sign<'a>(
         &self,
-        envelope: &lgsp_proto::Envelope,
+        request: impl Into<Signed<'a>>,
         at_unix_ms: i64,
         audience: &Audience,
     ) -> Result<SignedOnBehalfOf, OboError> {
+        let request = request.into();
         self.sign_record(OnBehalfOf {
             certificate: self.certificate.clone(),
-            request_id: envelope.request_id.clone(),
-            request_sha256: digest(envelope).to_vec(),
+            request_id: request.request_id().to_owned(),
+            request_sha256: request.digest().to_vec(),
             at_unix_ms,
-            service_id: envelope.service_id.clone(),
+            service_id: request.service_id().to_owned(),
             audience: audience.trust_domain.clone(),
             via_hub: audience.via_hub.clone(),
+            query: request.is_query(),
             ..Default::default()
         })
     }
@@ -220,6 +274,7 @@ impl Signer {
             caller_certificate: caller_certificate.to_vec(),
             audience,
             via_hub: String::new(),
+            query: false,
         })
     }
 
@@ -236,15 +291,16 @@ impl Signer {
     }
 }
 
-/// Signs a record for `envelope` with the consumer node's key, addressed
-/// to `audience` (parsing the key each time: [`Signer`] keeps it).
-pub fn sign(
+/// Signs a record for `request` (an envelope, or a query stream's request)
+/// with the consumer node's key, addressed to `audience` (parsing the key
+/// each time: [`Signer`] keeps it).
+pub fn sign<'a>(
     creds: &Credentials,
-    envelope: &lgsp_proto::Envelope,
+    request: impl Into<Signed<'a>>,
     at_unix_ms: i64,
     audience: &Audience,
 ) -> Result<SignedOnBehalfOf, OboError> {
-    Signer::new(creds)?.sign(envelope, at_unix_ms, audience)
+    Signer::new(creds)?.sign(request, at_unix_ms, audience)
 }
 
 /// Whom a record is addressed to: it verifies only there.
@@ -306,16 +362,17 @@ impl Verified {
     }
 }
 
-/// Verifies `signed` for `envelope` at `now_ms`: its certificate is issued
-/// by one of `roots` and names a node, its signature verifies with that
-/// certificate, it is for this request and fresh.
-pub fn verify(
+/// Verifies `signed` for `request` (an envelope, or a query stream's
+/// request) at `now_ms`: its certificate is issued by one of `roots` and
+/// names a node, its signature verifies with that certificate, it is for
+/// this request and fresh.
+pub fn verify<'a>(
     signed: &SignedOnBehalfOf,
-    envelope: &lgsp_proto::Envelope,
+    request: impl Into<Signed<'a>>,
     roots: &[CertificateDer<'_>],
     now_ms: i64,
 ) -> Result<Verified, OboError> {
-    Verifier::default().verify(signed, envelope, roots, now_ms)
+    Verifier::default().verify(signed, request, roots, now_ms)
 }
 
 /// What a certificate that chains to a set of roots says, checked once.
@@ -435,14 +492,14 @@ impl Verifier {
     }
 
     /// [`verify`], with what this verifier remembers.
-    pub fn verify(
+    pub fn verify<'a>(
         &self,
         signed: &SignedOnBehalfOf,
-        envelope: &lgsp_proto::Envelope,
+        request: impl Into<Signed<'a>>,
         roots: &[CertificateDer<'_>],
         now_ms: i64,
     ) -> Result<Verified, OboError> {
-        let (known, record) = self.signed_by(signed, envelope, roots, now_ms)?;
+        let (known, record) = self.signed_by(signed, request.into(), roots, now_ms)?;
         if known.id.role != lgsp_certs::Role::Node || !record.rest_client.is_empty() {
             return Err(OboError::NotANode(known.id.to_string()));
         }
@@ -458,16 +515,16 @@ impl Verifier {
     /// from outside REST system `client`: the system's certificate in the
     /// record must chain to the client's CA. The consumer is then the
     /// client's agency, of its trust domain.
-    pub fn verify_rest_client(
+    pub fn verify_rest_client<'a>(
         &self,
         signed: &SignedOnBehalfOf,
-        envelope: &lgsp_proto::Envelope,
+        request: impl Into<Signed<'a>>,
         own_roots: &[CertificateDer<'_>],
         own_domain: &str,
         client: &lgsp_proto::RestClient,
         now_ms: i64,
     ) -> Result<Verified, OboError> {
-        let (known, record) = self.signed_by(signed, envelope, own_roots, now_ms)?;
+        let (known, record) = self.signed_by(signed, request.into(), own_roots, now_ms)?;
         if known.id.role != lgsp_certs::Role::Hub || known.id.trust_domain != own_domain {
             return Err(OboError::NotAHub(known.id.to_string()));
         }
@@ -507,7 +564,7 @@ impl Verifier {
     fn signed_by(
         &self,
         signed: &SignedOnBehalfOf,
-        envelope: &lgsp_proto::Envelope,
+        request: Signed<'_>,
         roots: &[CertificateDer<'_>],
         now_ms: i64,
     ) -> Result<(Known, OnBehalfOf), OboError> {
@@ -523,8 +580,19 @@ impl Verifier {
         UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &known.public_key)
             .verify(&signed_bytes(&signed.record), &signed.signature)
             .map_err(|_| OboError::BadSignature)?;
-        if record.request_sha256 != digest(envelope) || record.service_id != envelope.service_id {
-            return Err(OboError::OtherRequest(envelope.request_id.clone()));
+        if record.query != request.is_query() {
+            let (signed_for, used_for) = if record.query {
+                ("a query stream", "a call")
+            } else {
+                ("a call", "a query stream")
+            };
+            return Err(OboError::OtherRequest(format!(
+                "{}: it was signed for {signed_for}, not {used_for}",
+                request.request_id()
+            )));
+        }
+        if record.request_sha256 != request.digest() || record.service_id != request.service_id() {
+            return Err(OboError::OtherRequest(request.request_id().to_owned()));
         }
         // In milliseconds: a record verifies for exactly twice the skew,
         // which the replay guard covers.
@@ -768,6 +836,42 @@ mod tests {
         let mut rewritten = signed.clone();
         rewritten.signature[40] ^= 1;
         assert!(guard.check(&rewritten, "r-1", now_ms()).is_err());
+    }
+
+    fn query() -> lgsp_proto::QueryRequest {
+        lgsp_proto::QueryRequest {
+            service_id: "G01.00.01/dan-cu".into(),
+            page_size: 100,
+            request_id: "r-1".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_query_record_verifies_for_its_query_only_and_never_as_a_call() {
+        let mut p = instance("p.example");
+        let creds = node(&mut p, "000.00.13.H62", lgsp_certs::Role::Node);
+        let signed = sign(&creds, &query(), now_ms(), &audience()).unwrap();
+        let v = verify(&signed, &query(), &creds.roots, now_ms()).unwrap();
+        assert_eq!(v.consumer(), "000.00.13.H62@p.example");
+        assert!(v.record.query);
+        // Another query (a filter added on the way): refused.
+        let mut changed = query();
+        changed.filters.push(lgsp_proto::FieldFilter {
+            field: "ho_ten".into(),
+            equals: "Nguyễn Văn A".into(),
+        });
+        assert!(matches!(
+            verify(&signed, &changed, &creds.roots, now_ms()),
+            Err(OboError::OtherRequest(_))
+        ));
+        // A query record presented with a call, and a call record with a
+        // query, of the same service and request id: refused, saying which.
+        let e = verify(&signed, &envelope(), &creds.roots, now_ms()).unwrap_err();
+        assert!(e.to_string().contains("signed for a query stream"), "{e}");
+        let call = sign(&creds, &envelope(), now_ms(), &audience()).unwrap();
+        let e = verify(&call, &query(), &creds.roots, now_ms()).unwrap_err();
+        assert!(e.to_string().contains("signed for a call"), "{e}");
     }
 
     #[test]
