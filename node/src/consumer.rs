@@ -8,10 +8,9 @@
 use crate::context::NodeContext;
 use crate::deadline::Deadline;
 use crate::trace::{Trace, code_of, own_request_id};
-use futures::StreamExt;
 use lgsp_proto::data_exchange_client::DataExchangeClient;
 use lgsp_proto::data_exchange_server::DataExchange;
-use lgsp_proto::{CallResponse, Envelope, NodeRecord, QueryPage, QueryRequest};
+use lgsp_proto::{CallResponse, Envelope, NodeRecord, QueryRequest};
 use prost::Message as _;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -35,7 +34,7 @@ impl Consumer {
 
     /// The catalog's record of the provider node serving `service_id`, or
     /// of the province's hub for a service of another instance (then
-    /// `Route::via_hub`).
+    /// `Route::audience`).
     fn route(&self, service_id: &str) -> Result<Route, Status> {
         let ctx = &self.ctx;
         service_id
@@ -86,7 +85,6 @@ impl Consumer {
                 })?;
             return Ok(Route {
                 node: hub,
-                via_hub: true,
                 hub_serves: true,
                 audience: Some(crate::obo::Audience::new(&peer.trust_domain, &hub_id)),
             });
@@ -101,7 +99,6 @@ impl Consumer {
         let hub_serves = ctx.cache.has(lgsp_proto::RecordKind::RestRoute, service_id);
         Ok(Route {
             node: record,
-            via_hub: false,
             hub_serves,
             audience: None,
         })
@@ -168,9 +165,8 @@ impl Consumer {
 #[derive(Debug)]
 struct Route {
     node: NodeRecord,
-    via_hub: bool,
     /// The provider is the province's hub (another instance's service, or
-    /// one carried to a REST system): a hub certificate, unary calls.
+    /// one carried to a REST system): a hub certificate.
     hub_serves: bool,
     /// For another instance's service: whom the record is addressed to.
     audience: Option<crate::obo::Audience>,
@@ -290,22 +286,35 @@ impl DataExchange for Consumer {
             return Err(trace.refuse(refusal));
         }
         let span = tracing::info_span!("query", side = "consumer", request_id = %req.request_id, service = %req.service_id);
+        let service_id = req.service_id.clone();
         let opened = async {
             let route = self.route(&req.service_id)?;
-            if route.via_hub {
-                return Err(Status::unimplemented(format!(
-                    "{} is a service of another instance: query streams do not cross the hub yet; call it with `get`",
-                    req.service_id
-                )));
+            let mut request = forward(deadline, req);
+            // Another instance's service: through the province's hub, with
+            // this node's signed record of on whose behalf, for this query.
+            if let Some(audience) = &route.audience {
+                let signed = self
+                    .ctx
+                    .obo_signer()
+                    .and_then(|signer| {
+                        signer.sign(
+                            request.get_ref(),
+                            lgsp_registry::calendar::unix_now_ms(),
+                            audience,
+                        )
+                    })
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                crate::obo::to_metadata(request.metadata_mut(), &signed);
             }
             let mut client = self.client(&route)?;
             client
-                .query(forward(deadline, req))
+                .query(request)
                 .await
                 .map_err(|s| explain(s, &self.ctx.serial))
         }
+        .instrument(span.clone())
         .await;
-        let mut upstream = match opened {
+        let upstream = match opened {
             Ok(r) => r.into_inner(),
             Err(status) => {
                 trace.finish(&Sha256::digest([]), status.code(), 0);
@@ -313,35 +322,13 @@ impl DataExchange for Consumer {
             }
         };
         // Pages pass through one at a time: backpressure reaches the provider.
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<QueryPage, Status>>(1);
-        tokio::spawn(
-            async move {
-                let mut digest = Sha256::new();
-                let mut bytes_out = 0u64;
-                let outcome = loop {
-                    match upstream.next().await {
-                        Some(Ok(page)) => {
-                            let encoded = page.encode_to_vec();
-                            digest.update(&encoded);
-                            bytes_out += encoded.len() as u64;
-                            if tx.send(Ok(page)).await.is_err() {
-                                break Err(Status::cancelled("the application stopped reading"));
-                            }
-                        }
-                        Some(Err(s)) => {
-                            let _ = tx.send(Err(s.clone())).await;
-                            break Err(s);
-                        }
-                        None => break Ok(()),
-                    }
-                };
-                let digest = digest.finalize();
-                trace.finish(&digest, code_of(&outcome), bytes_out);
-            }
-            .instrument(span),
-        );
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
+        Ok(Response::new(crate::relay::relay(
+            upstream,
+            &service_id,
+            deadline,
+            move |digest, code, bytes| trace.finish(digest, code, bytes),
+            (),
+            span,
         )))
     }
 }

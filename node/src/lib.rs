@@ -26,6 +26,7 @@ pub mod peer_crl;
 pub mod provider;
 pub mod refusal;
 pub mod registration;
+pub mod relay;
 pub mod replay;
 pub mod server;
 pub mod shutdown;
