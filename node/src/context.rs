@@ -84,6 +84,22 @@ pub trait Forwarder: Send + Sync + std::fmt::Debug {
         envelope: &lgsp_proto::Envelope,
         obo: Option<&lgsp_proto::SignedOnBehalfOf>,
     ) -> Result<Forwarded, tonic::Status>;
+    /// Opens `query` from `caller` elsewhere, with the record of on whose
+    /// behalf (`obo`), within `deadline`; the pages as they come. A
+    /// forwarder that carries no query streams refuses, saying so.
+    async fn forward_query(
+        &self,
+        caller: &lgsp_certs::Peer,
+        query: lgsp_proto::QueryRequest,
+        obo: Option<&lgsp_proto::SignedOnBehalfOf>,
+        deadline: Option<crate::deadline::Deadline>,
+    ) -> Result<crate::provider::PageStream, tonic::Status> {
+        let _ = (caller, obo, deadline);
+        Err(tonic::Status::unimplemented(format!(
+            "this node carries no query streams for {}; call it with `get`",
+            query.service_id
+        )))
+    }
 }
 
 /// The answer to a call a [`Forwarder`] carried.

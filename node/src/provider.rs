@@ -115,7 +115,7 @@ impl Provider {
         // Called by a hub for a consumer of another instance: the consumer
         // is the one its signed record names, verified here.
         let on_behalf = match (&obo, peer.id.role) {
-            (Some(signed), lgsp_certs::Role::Hub) => Some(self.verify_obo(signed, &env)),
+            (Some(signed), lgsp_certs::Role::Hub) => Some(self.verify_obo(signed, (&env).into())),
             _ => None,
         };
         let consumer_label = match &on_behalf {
@@ -209,7 +209,7 @@ impl Provider {
     fn verify_obo(
         &self,
         signed: &SignedOnBehalfOf,
-        env: &Envelope,
+        env: crate::obo::Signed<'_>,
     ) -> Result<crate::obo::Verified, crate::obo::OboError> {
         let verifier = &self.ctx.obo_verifier;
         let now = lgsp_registry::calendar::unix_now() * 1000;
@@ -262,7 +262,7 @@ impl Provider {
                 .check_rest_client(&client, &verified.record.caller_certificate)?;
             verified
         };
-        self.ctx.replays.check(signed, &env.request_id, now)?;
+        self.ctx.replays.check(signed, env.request_id(), now)?;
         Ok(verified)
     }
 
@@ -417,24 +417,28 @@ impl Provider {
 
     /// Authorizes a query stream, limits it to the items granted and finds
     /// its dataset.
+    /// A query a hub opens for a consumer of another instance
+    /// (`on_behalf`) is authorized against that consumer's grant.
     fn open_query(
         &self,
         peer: &Peer,
         req: &mut QueryRequest,
+        on_behalf: Option<&crate::obo::Verified>,
     ) -> Result<Arc<lgsp_dataset::Dataset>, Status> {
         let ctx = &self.ctx;
         let service_id = req.service_id.as_str();
-        let allowed = access::authorize(
-            &ctx.cache,
-            &ctx.config.agency,
-            peer,
-            service_id,
-            lgsp_registry::calendar::unix_now(),
-        )?;
+        let now = lgsp_registry::calendar::unix_now();
+        let allowed = match on_behalf {
+            Some(v) => {
+                access::authorize_foreign(&ctx.cache, &ctx.config.agency, &v.id, service_id, now)?
+            }
+            None => access::authorize(&ctx.cache, &ctx.config.agency, peer, service_id, now)?,
+        };
+        let consumer_label = on_behalf.map(crate::obo::Verified::consumer);
         // Every field asked for or filtered on must be granted; asking for
         // none gets the granted ones.
         allowed.check_items(
-            peer.id.agency.as_str(),
+            consumer_label.as_deref().unwrap_or(peer.id.agency.as_str()),
             req.fields
                 .iter()
                 .chain(req.filters.iter().map(|f| &f.field))
@@ -500,13 +504,28 @@ impl DataExchange for Provider {
         let peer = Peer::of(&request)?.clone();
         let permit = self.admit(&peer)?;
         let deadline = Deadline::of(request.metadata(), started);
+        let obo = match crate::obo::from_metadata(request.metadata()) {
+            Some(Ok(signed)) => Some(signed),
+            Some(Err(e)) => return Err(Refusal::OnBehalfOf(e.to_string()).into()),
+            None => None,
+        };
         let mut req = request.into_inner();
+        // Opened by a hub for a consumer of another instance: the consumer
+        // is the one its signed record names, verified here (as for a call).
+        let on_behalf = match (&obo, peer.id.role) {
+            (Some(signed), lgsp_certs::Role::Hub) => Some(self.verify_obo(signed, (&req).into())),
+            _ => None,
+        };
+        let consumer_label = match &on_behalf {
+            Some(Ok(v)) => v.consumer(),
+            _ => peer.id.agency.to_string(),
+        };
         let bad_id = own_request_id(&mut req.request_id);
         let trace = Trace::start(
             &self.ctx,
             "provider",
             &req.request_id,
-            peer.id.agency.as_str(),
+            &consumer_label,
             &req.service_id,
             "query",
             &req.encode_to_vec(),
@@ -516,7 +535,42 @@ impl DataExchange for Provider {
         if let Some(refusal) = bad_id {
             return Err(trace.refuse(refusal));
         }
-        let dataset = match self.open_query(&peer, &mut req) {
+        let on_behalf = match on_behalf {
+            Some(Ok(v)) => Some(v),
+            Some(Err(e)) => return Err(trace.refuse(Refusal::OnBehalfOf(e.to_string()))),
+            None => None,
+        };
+        // Another instance's service, imported through this node (a hub):
+        // carried across, page by page, logged here once.
+        if let Some(forwarder) = self.ctx.forwarder.get()
+            && forwarder.carries(&req.service_id)
+        {
+            let span = tracing::info_span!("query", side = "hub", request_id = %req.request_id, consumer = %peer.id.agency, service = %req.service_id);
+            let service_id = req.service_id.clone();
+            let upstream = match forwarder
+                .forward_query(&peer, req, obo.as_ref(), deadline)
+                .instrument(span.clone())
+                .await
+            {
+                Ok(upstream) => upstream,
+                Err(status) => {
+                    trace.finish(&Sha256::digest([]), status.code(), 0);
+                    return Err(status);
+                }
+            };
+            let pages = crate::relay::relay(
+                upstream,
+                &service_id,
+                deadline,
+                move |digest, code, bytes| trace.finish(digest, code, bytes),
+                permit,
+                span,
+            );
+            return Ok(Response::new(Box::pin(
+                self.auth.while_admitted(peer, pages),
+            )));
+        }
+        let dataset = match self.open_query(&peer, &mut req, on_behalf.as_ref()) {
             Ok(dataset) => dataset,
             Err(status) => {
                 trace.finish(&Sha256::digest([]), status.code(), 0);

@@ -139,6 +139,16 @@ impl Forwarder for Outbound {
             Err(s) => Err(s),
         }
     }
+
+    async fn forward_query(
+        &self,
+        caller: &Peer,
+        query: lgsp_proto::QueryRequest,
+        obo: Option<&SignedOnBehalfOf>,
+        deadline: Option<lgsp_node::deadline::Deadline>,
+    ) -> Result<lgsp_node::provider::PageStream, Status> {
+        crate::query::forward(&self.hub, caller, query, obo, deadline).await
+    }
 }
 
 /// Sends `envelope` with `signed` to the peer's hub on `channel`: on the
