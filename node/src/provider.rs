@@ -8,7 +8,10 @@
 //! backend answers, and the exchange is logged. A `Query` stream takes the
 //! same steps before its first page, and checks the certificate again
 //! before each page and whenever a new CRL comes into force: a consumer
-//! revoked (or expired) mid-stream gets no further page.
+//! revoked (or expired) mid-stream gets no further page. A hub opening a
+//! query for a consumer of another instance sends the consumer's signed
+//! record, verified and authorized here as for a call; on a hub's own node,
+//! a query of an imported service is handed to its forwarder.
 
 use crate::access;
 use crate::config::Backend;
@@ -416,9 +419,8 @@ impl Provider {
     }
 
     /// Authorizes a query stream, limits it to the items granted and finds
-    /// its dataset.
-    /// A query a hub opens for a consumer of another instance
-    /// (`on_behalf`) is authorized against that consumer's grant.
+    /// its dataset. A query a hub opens for a consumer of another instance
+    /// (`on_behalf`) is authorized against that consumer's grant and items.
     fn open_query(
         &self,
         peer: &Peer,
