@@ -127,9 +127,45 @@ pub enum OboError {
     NotAHub(String),
 }
 
-/// The digest a record binds: SHA-256 of the encoded envelope.
+/// The digest a record binds: SHA-256 of the envelope's protobuf encoding
+/// with its parameters in key order.
+///
+/// `parameters` is a protobuf map, which prost keeps in a `HashMap`: each
+/// decoded copy iterates (and so encodes) its entries in its own random
+/// order, and a digest of `encode_to_vec()` made by the consumer would not
+/// match the one its hub makes of the same call with two parameters or more.
+/// Sorting the entries gives every party the same bytes; for up to one
+/// parameter they are exactly `encode_to_vec()`'s.
 pub fn digest(envelope: &lgsp_proto::Envelope) -> [u8; 32] {
-    Sha256::digest(envelope.encode_to_vec()).into()
+    use prost::encoding::{btree_map, bytes, string};
+    let parameters: std::collections::BTreeMap<String, String> = envelope
+        .parameters
+        .iter()
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
+    let mut buf = Vec::with_capacity(envelope.encoded_len());
+    if !envelope.service_id.is_empty() {
+        string::encode(1, &envelope.service_id, &mut buf);
+    }
+    if !envelope.operation.is_empty() {
+        string::encode(2, &envelope.operation, &mut buf);
+    }
+    btree_map::encode(
+        string::encode,
+        string::encoded_len,
+        string::encode,
+        string::encoded_len,
+        3,
+        &parameters,
+        &mut buf,
+    );
+    if !envelope.payload.is_empty() {
+        bytes::encode(4, &envelope.payload, &mut buf);
+    }
+    if !envelope.request_id.is_empty() {
+        string::encode(5, &envelope.request_id, &mut buf);
+    }
+    Sha256::digest(&buf).into()
 }
 
 /// The request a record is signed for: a unary call's envelope, or a query
@@ -727,6 +763,33 @@ mod tests {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_millis() as i64
+    }
+
+    #[test]
+    fn an_envelopes_digest_does_not_depend_on_the_order_its_parameters_decode_in() {
+        let envelope = Envelope {
+            service_id: "000.00.12.H62/ho-tich".into(),
+            operation: "get".into(),
+            parameters: (0..24)
+                .map(|i| (format!("tham-số-{i}"), format!("giá-trị-{i}")))
+                .collect(),
+            payload: b"{}".to_vec(),
+            request_id: "req-1".into(),
+        };
+        // Each decoded copy is a new HashMap with its own iteration order, as
+        // at the consumer's hub and at the far side.
+        for _ in 0..8 {
+            let copy = Envelope::decode(envelope.encode_to_vec().as_slice()).unwrap();
+            assert_eq!(digest(&copy), digest(&envelope));
+        }
+        // With one parameter the digest is that of the plain encoding, as
+        // before: records of nodes not yet upgraded still verify.
+        let one = Envelope {
+            parameters: [("key".to_owned(), "001099012345".to_owned())].into(),
+            ..envelope
+        };
+        let plain: [u8; 32] = Sha256::digest(one.encode_to_vec()).into();
+        assert_eq!(digest(&one), plain);
     }
 
     struct Instance {
