@@ -275,6 +275,29 @@ pub fn pem_blocks(text: &str) -> Result<Vec<(String, Vec<u8>)>> {
     Ok(blocks)
 }
 
+/// The certificates (DER, in order) of PEM text `pem`; none when it is not
+/// PEM. Other blocks (keys, CRLs) are skipped.
+pub fn pem_certificates(pem: &str) -> Vec<rustls_pki_types::CertificateDer<'static>> {
+    pem_blocks(pem)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(label, _)| label == "CERTIFICATE")
+        .map(|(_, der)| der.into())
+        .collect()
+}
+
+/// Whether PEM texts `a` and `b` hold the same certificates, compared as
+/// DER: a CA re-exported with other line endings, wrapping or a trailing
+/// newline is the same CA. Texts holding no certificate are the same only
+/// when they are equal.
+pub fn same_certificates(a: &str, b: &str) -> bool {
+    let (ca, cb) = (pem_certificates(a), pem_certificates(b));
+    if ca.is_empty() || cb.is_empty() {
+        return a == b;
+    }
+    ca == cb
+}
+
 /// The trust domain of the provincial CA whose certificate is in `pem`
 /// (`ca.crt`, a node's `ca.pem`): `lgsp ca init` writes it as the subject's
 /// OU. Tools take the province from there instead of a built-in name.
@@ -396,4 +419,28 @@ pub fn verify_crl(der: &[u8], roots: &[rustls_pki_types::CertificateDer<'_>]) ->
             .map_or_else(|| "none".to_owned(), |n| n.to_string()),
         why,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ca_re_exported_with_crlf_and_a_trailing_newline_is_the_same_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let ca = crate::ca::CertificateAuthority::init(dir.path(), "moj.gov.vn", "CA", 30).unwrap();
+        let pem = ca.cert_pem().to_owned();
+        let re_exported = format!("{}\r\n\r\n", pem.trim_end().replace('\n', "\r\n"));
+        assert_ne!(pem, re_exported);
+        assert!(same_certificates(&pem, &re_exported));
+        let stranger =
+            crate::ca::CertificateAuthority::init(other.path(), "moj.gov.vn", "CA", 30).unwrap();
+        assert!(!same_certificates(&pem, stranger.cert_pem()));
+        // A bundle is the same only with the same certificates.
+        let bundle = format!("{pem}{}", stranger.cert_pem());
+        assert!(!same_certificates(&pem, &bundle));
+        assert!(same_certificates(&bundle, &bundle.replace('\n', "\r\n")));
+        assert!(!same_certificates("not pem", &pem));
+    }
 }

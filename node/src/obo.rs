@@ -697,12 +697,7 @@ pub fn rest_client_roots(client: &lgsp_proto::RestClient) -> Vec<CertificateDer<
 
 /// The certificates (DER) in `pem`; none when it is not PEM.
 pub fn pem_roots(pem: &str) -> Vec<CertificateDer<'static>> {
-    lgsp_certs::inspect::pem_blocks(pem)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|(label, _)| label == "CERTIFICATE")
-        .map(|(_, der)| CertificateDer::from(der))
-        .collect()
+    lgsp_certs::inspect::pem_certificates(pem)
 }
 
 /// The REST client a record is made for (empty: a node's record), before

@@ -13,7 +13,8 @@
 //! number is higher than the one in force; otherwise the last good one
 //! stays (a CRL that does not verify would let anyone lift revocations, an
 //! older one would bring revoked certificates back). A change of the
-//! record's CA drops the CRL in force (it was verified against the old one).
+//! record's CA (its certificates, not its PEM text) drops the CRL in force
+//! (it was verified against the old one).
 
 use lgsp_proto::{FederationPeer, RestClient};
 use rustls_pki_types::CertificateDer;
@@ -109,7 +110,8 @@ impl PeerCrls {
         certificate: &[u8],
     ) -> Result<(), crate::obo::OboError> {
         // The registry never lets a record drop its CRL while its CA is the
-        // same, and a new CA drops the CRL in force: none to check.
+        // same, and a new CA drops the CRL in force (only when the writer
+        // said so): none to check.
         if client.crl_der.is_empty() {
             return Ok(());
         }
@@ -135,10 +137,16 @@ impl PeerCrls {
         }
         let followed = peers.entry(name.to_owned()).or_default();
         if followed.ca_pem != ca_pem {
-            *followed = Followed {
-                ca_pem: ca_pem.to_owned(),
-                ..Followed::default()
-            };
+            // Compared as certificates: the same CA re-exported (other line
+            // endings, a trailing newline) keeps the CRL in force.
+            if lgsp_certs::inspect::same_certificates(&followed.ca_pem, ca_pem) {
+                followed.ca_pem = ca_pem.to_owned();
+            } else {
+                *followed = Followed {
+                    ca_pem: ca_pem.to_owned(),
+                    ..Followed::default()
+                };
+            }
         }
         if followed.seen != crl_der {
             followed.seen = crl_der.to_vec();
@@ -258,6 +266,28 @@ mod tests {
         assert!(why.contains("CRL number 2"), "{why}");
         // The older CRL put back does not lift it.
         assert!(crls.check_rest_client(&client(before), &der).is_err());
+    }
+
+    #[test]
+    fn a_peer_ca_re_exported_with_other_line_endings_keeps_the_crl_in_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut q = CertificateAuthority::init(dir.path(), "ndxp.gov.vn", "CA", 30).unwrap();
+        let serial = node_serial(&mut q);
+        let before = q.sign_crl(1).unwrap().der;
+        q.revoke(
+            &serial,
+            lgsp_certs::ca::parse_reason("key-compromise").unwrap(),
+        )
+        .unwrap();
+        let after = q.sign_crl(1).unwrap().der;
+        let crls = PeerCrls::default();
+        assert!(crls.revoked(&peer(&q, after), &serial).is_some());
+        let re_exported = FederationPeer {
+            ca_pem: format!("{}\r\n\r\n", q.cert_pem().trim_end().replace('\n', "\r\n")),
+            ..peer(&q, before)
+        };
+        // The same CA: the older CRL does not lift the revocation.
+        assert!(crls.revoked(&re_exported, &serial).is_some());
     }
 
     #[test]

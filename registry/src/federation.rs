@@ -256,7 +256,7 @@ pub fn check_hub_delete(
 /// Checks a federation peer: its name, trust domain, CA and endpoint, and
 /// its CRL if it has one: signed by its CA, and newer than the CRL the
 /// record held before (an older one would bring revoked certificates back).
-pub fn check_peer(db: &impl KvRead, p: &FederationPeer) -> Result<(), CatalogError> {
+pub fn check_peer(db: &impl KvRead, p: &mut FederationPeer) -> Result<(), CatalogError> {
     check_peer_fields(p)?;
     let before = match get(db, RecordKind::Peer, &p.name)
         .map_err(internal)?
@@ -265,20 +265,65 @@ pub fn check_peer(db: &impl KvRead, p: &FederationPeer) -> Result<(), CatalogErr
         Some(Value::Peer(before)) => Some((before.ca_pem, before.crl_der)),
         _ => None,
     };
-    check_record_crl(
-        &format!("peer {}", p.name),
+    let before = before
+        .as_ref()
+        .map(|(ca, crl)| (ca.as_str(), crl.as_slice()));
+    let what = format!("peer {}", p.name);
+    check_crl_kept(
+        &what,
         &p.ca_pem,
         &p.crl_der,
-        before
-            .as_ref()
-            .map(|(ca, crl)| (ca.as_str(), crl.as_slice())),
+        before,
+        std::mem::take(&mut p.new_ca_drops_crl),
+        &format!(
+            "publish a newer one (`lgsp hub peer crl`), or remove the peer (`lgsp hub peer remove`); a new CA: `lgsp hub peer add --name {} ... --new-ca-drops-crl`",
+            p.name
+        ),
+    )?;
+    check_record_crl(
+        &what,
+        &p.ca_pem,
+        &p.crl_der,
+        before,
         "publish the peer's latest CRL",
     )
 }
 
+/// Refuses a write of record `what` that drops the CRL it held `before`
+/// (its CA and CRL): while the CA is the same (compared as certificates, not
+/// PEM text) never, since that would lift every revocation it holds unseen;
+/// with a new CA only when the write says so (`new_ca_drops_crl`). `how`
+/// says what to do instead.
+fn check_crl_kept(
+    what: &str,
+    ca_pem: &str,
+    crl_der: &[u8],
+    before: Option<(&str, &[u8])>,
+    new_ca_drops_crl: bool,
+    how: &str,
+) -> Result<(), CatalogError> {
+    let Some((before_ca, before_crl)) = before else {
+        return Ok(());
+    };
+    if !crl_der.is_empty() || before_crl.is_empty() {
+        return Ok(());
+    }
+    if lgsp_certs::inspect::same_certificates(before_ca, ca_pem) {
+        return Err(precondition(format!(
+            "{what}: the write drops the CRL in force while its CA is the same; a CRL is never removed silently: {how}"
+        )));
+    }
+    if !new_ca_drops_crl {
+        return Err(precondition(format!(
+            "{what}: the write changes its CA and so drops the CRL in force (the revocations it holds would be lifted); if the new CA really replaces the old one, say so with --new-ca-drops-crl, then publish the new CA's CRL"
+        )));
+    }
+    Ok(())
+}
+
 /// Checks the CRL `crl_der` (empty: none) that record `what` holds for its
 /// CA `ca_pem`: signed by that CA, with a CRL number, and newer than the one
-/// the record held `before` (its CA and CRL) while the CA is the same.
+/// the record held `before` (its CA and CRL) while the CA is the same (compared as certificates).
 fn check_record_crl(
     what: &str,
     ca_pem: &str,
@@ -289,13 +334,7 @@ fn check_record_crl(
     if crl_der.is_empty() {
         return Ok(());
     }
-    let roots: Vec<rustls_pki_types::CertificateDer<'static>> =
-        lgsp_certs::inspect::pem_blocks(ca_pem)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|(label, _)| label == "CERTIFICATE")
-            .map(|(_, der)| der.into())
-            .collect();
+    let roots = lgsp_certs::inspect::pem_certificates(ca_pem);
     let info = lgsp_certs::inspect::verify_crl(crl_der, &roots)
         .map_err(|e| invalid(format!("{what}: its CRL is not one of its CA's: {e}")))?;
     let number = info
@@ -303,8 +342,8 @@ fn check_record_crl(
         .ok_or_else(|| invalid(format!("{what}: its CRL has no CRL number")))?;
     if let Some((before_ca, before_crl)) = before
         && !before_crl.is_empty()
-        && before_ca == ca_pem
         && before_crl != crl_der
+        && lgsp_certs::inspect::same_certificates(before_ca, ca_pem)
         && let Ok(old) =
             lgsp_certs::inspect::CrlInfo::from_der(before_crl, std::path::Path::new("<crl>"))
         && old.number.is_some_and(|n| n >= number)
@@ -347,7 +386,7 @@ fn check_peer_fields(p: &FederationPeer) -> Result<(), CatalogError> {
 /// Checks an outside REST system: its name and CA, and that it acts for a
 /// registered agency of its (foreign) trust domain and is offered only
 /// published services of this province.
-pub fn check_rest_client(db: &impl KvRead, c: &RestClient) -> Result<(), CatalogError> {
+pub fn check_rest_client(db: &impl KvRead, c: &mut RestClient) -> Result<(), CatalogError> {
     validate_name(&c.name).map_err(|e| invalid(e.to_string()))?;
     if !c.ca_pem.contains("-----BEGIN CERTIFICATE-----") {
         return Err(invalid(format!(
@@ -362,24 +401,23 @@ pub fn check_rest_client(db: &impl KvRead, c: &RestClient) -> Result<(), Catalog
         Some(Value::RestClient(before)) => Some(before),
         _ => None,
     };
-    if let Some(before) = &before
-        && c.crl_der.is_empty()
-        && !before.crl_der.is_empty()
-        && before.ca_pem == c.ca_pem
-    {
-        // Dropping it would lift every revocation it holds, unseen.
-        return Err(precondition(format!(
-            "REST client {}: the write drops the CRL in force while its CA is the same; a CRL is never removed silently: publish a newer one (`lgsp hub rest-client crl`), or remove the client (`lgsp hub rest-client remove`)",
-            c.name
-        )));
-    }
-    check_record_crl(
-        &format!("REST client {}", c.name),
+    let what = format!("REST client {}", c.name);
+    let before = before
+        .as_ref()
+        .map(|b| (b.ca_pem.as_str(), b.crl_der.as_slice()));
+    check_crl_kept(
+        &what,
         &c.ca_pem,
         &c.crl_der,
-        before
-            .as_ref()
-            .map(|b| (b.ca_pem.as_str(), b.crl_der.as_slice())),
+        before,
+        std::mem::take(&mut c.new_ca_drops_crl),
+        "publish a newer one (`lgsp hub rest-client crl`), or remove the client (`lgsp hub rest-client remove`)",
+    )?;
+    check_record_crl(
+        &what,
+        &c.ca_pem,
+        &c.crl_der,
+        before,
         "publish the CA's latest CRL",
     )?;
     match agency(db, &c.agency_code)? {

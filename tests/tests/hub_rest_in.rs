@@ -106,8 +106,13 @@ async fn province() -> (Province, NodeProcess, NodeProcess, String, Pki) {
 /// `lgsp hub rest-client add` for the outside system whose CA is `q`'s.
 fn add_client(p: &mut Province, q: &Pki, name: &str, extra: &[&str]) {
     let ca = write(q.dir.path(), &format!("{name}-ca.pem"), q.ca.cert_pem());
-    let service = format!("{A}/ho-tich");
-    let mut args = vec![
+    add_client_with_ca(p, &ca, name, extra);
+}
+
+/// The arguments of `lgsp hub rest-client add` for system `name` whose CA
+/// is in file `ca`, offered agency A's `ho-tich`.
+fn rest_client_add_args(ca: &Path, name: &str) -> Vec<String> {
+    [
         "hub",
         "rest-client",
         "add",
@@ -120,10 +125,28 @@ fn add_client(p: &mut Province, q: &Pki, name: &str, extra: &[&str]) {
         "--agency",
         OUTSIDE_AGENCY,
         "--service",
-        &service,
-    ];
-    args.extend(extra);
-    admin(p, &args);
+        &format!("{A}/ho-tich"),
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// `lgsp hub rest-client add` for system `name` whose CA is in file `ca`.
+fn add_client_with_ca(p: &mut Province, ca: &Path, name: &str, extra: &[&str]) {
+    let mut args = rest_client_add_args(ca, name);
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    admin(p, &args.iter().map(String::as_str).collect::<Vec<_>>());
+}
+
+/// `lgsp ARGS` as the provincial admin, which must fail; its stderr.
+fn admin_refused(p: &Province, args: &[String]) -> String {
+    let registry = p.registry_addrs().join(",");
+    let tls = p.tls_dir("admin-cli", &p.registry.admin);
+    let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
+    all.extend(["--registry", &registry, "--tls-dir", tls.to_str().unwrap()]);
+    let out = lgsp(&all);
+    assert!(!out.status.success(), "lgsp {args:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// An HTTP/1.1 status, headers and body.
@@ -741,6 +764,38 @@ async fn a_revoked_rest_client_certificate_is_refused_naming_its_serial_and_the_
     // And on a new connection.
     let (status, _, body) = exchange(&rest, &roots, Some(&app), call()).await.unwrap();
     assert_eq!(status, 401, "{body}");
+    // The same CA re-exported (CRLF, a trailing newline) and the client
+    // added again: the CRL stays in force.
+    let re_exported = write(
+        q.dir.path(),
+        "btp-ca-crlf.pem",
+        &format!(
+            "{}\r\n\r\n",
+            q.ca.cert_pem().trim_end().replace('\n', "\r\n")
+        ),
+    );
+    add_client_with_ca(&mut p, &re_exported, "btp-hotich", &[]);
+    let listed = admin(&mut p, &["hub", "rest-client", "list"]);
+    assert!(
+        listed.matches(&format!("CRL {}", crl.number)).count() == 2,
+        "{listed}"
+    );
+    // (The hub follows the record within a second: still refused after.)
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(2) {
+        let (status, _, body) = exchange(&rest, &roots, Some(&app), call()).await.unwrap();
+        assert_eq!(
+            status, 401,
+            "the re-exported CA lifted the revocation: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Another CA: refused unless the admin says it replaces the old one.
+    let other = Pki::new(OUTSIDE_DOMAIN);
+    let other_ca = write(q.dir.path(), "other-ca.pem", other.ca.cert_pem());
+    let refusal = admin_refused(&p, &rest_client_add_args(&other_ca, "btp-hotich"));
+    assert!(refusal.contains("--new-ca-drops-crl"), "{refusal}");
+    add_client_with_ca(&mut p, &other_ca, "btp-hotich", &["--new-ca-drops-crl"]);
     // The security server's certificate on the X-Road path: X-Road's error.
     let (status, _, body) = exchange(
         &rest,

@@ -1949,6 +1949,54 @@ mod federation {
     }
 
     #[test]
+    fn a_peer_ca_re_exported_keeps_its_crl_and_a_new_ca_drops_it_only_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let mut ca =
+            lgsp_certs::ca::CertificateAuthority::init(dir.path(), PEER_DOMAIN, "CA", 30).unwrap();
+        let stranger =
+            lgsp_certs::ca::CertificateAuthority::init(other.path(), PEER_DOMAIN, "CA", 30)
+                .unwrap();
+        let first = ca.sign_crl(1).unwrap().der;
+        let second = ca.sign_crl(1).unwrap().der;
+        let ca_pem = ca.cert_pem().to_owned();
+        let re_exported = format!("{}\r\n\r\n", ca_pem.trim_end().replace('\n', "\r\n"));
+        let with = |ca_pem: &str, der: Vec<u8>, drops: bool| {
+            put_cmd(Value::Peer(FederationPeer {
+                name: "ndxp".into(),
+                trust_domain: PEER_DOMAIN.into(),
+                ca_pem: ca_pem.to_owned(),
+                hub_endpoint: "hub.ndxp.gov.vn:7501".into(),
+                crl_der: der,
+                new_ca_drops_crl: drops,
+                ..Default::default()
+            }))
+        };
+        let kv = catalog();
+        run(&kv, &admin(), &with(&ca_pem, second, false)).unwrap();
+        let e = refused(run(&kv, &admin(), &with(&re_exported, first, false)));
+        assert!(
+            matches!(&e, CatalogError::FailedPrecondition(m) if m.contains("not newer")),
+            "{e:?}"
+        );
+        let e = refused(run(&kv, &admin(), &with(&re_exported, Vec::new(), false)));
+        assert!(
+            matches!(&e, CatalogError::FailedPrecondition(m) if m.contains("never removed silently")),
+            "{e:?}"
+        );
+        let e = refused(run(
+            &kv,
+            &admin(),
+            &with(stranger.cert_pem(), Vec::new(), false),
+        ));
+        assert!(
+            matches!(&e, CatalogError::FailedPrecondition(m) if m.contains("--new-ca-drops-crl")),
+            "{e:?}"
+        );
+        run(&kv, &admin(), &with(stranger.cert_pem(), Vec::new(), true)).unwrap();
+    }
+
+    #[test]
     fn the_provincial_hub_may_put_a_peers_newer_crl_in_force_and_change_nothing_else() {
         let dir = tempfile::tempdir().unwrap();
         let mut ca =
@@ -2406,8 +2454,70 @@ mod rest_clients {
         );
         // The same CRL again (another field changed) is not a step back.
         run(&kv, &admin(), &with_crl(&ca_pem, second)).unwrap();
-        // A new CA starts without a CRL of the old one.
-        run(&kv, &admin(), &with_crl(stranger.cert_pem(), Vec::new())).unwrap();
+        // A new CA drops the old one's CRL only when the write says so.
+        let e = refused(run(
+            &kv,
+            &admin(),
+            &with_crl(stranger.cert_pem(), Vec::new()),
+        ));
+        assert!(
+            matches!(&e, CatalogError::FailedPrecondition(m) if m.contains("--new-ca-drops-crl")),
+            "{e:?}"
+        );
+        let Command {
+            op: Some(lgsp_proto::command::Op::Put(mut record)),
+            ..
+        } = with_crl(stranger.cert_pem(), Vec::new())
+        else {
+            unreachable!()
+        };
+        if let Some(Value::RestClient(c)) = &mut record.value {
+            c.new_ca_drops_crl = true;
+        }
+        run(&kv, &admin(), &put_cmd(record.value.unwrap())).unwrap();
+        let stored = crate::catalog::get(&kv, RecordKind::RestClient, "btp-hotich")
+            .unwrap()
+            .and_then(|r| r.value);
+        assert!(
+            matches!(&stored, Some(Value::RestClient(c)) if !c.new_ca_drops_crl && c.crl_der.is_empty()),
+            "the acknowledgement is not stored: {stored:?}"
+        );
+    }
+
+    #[test]
+    fn a_rest_client_ca_re_exported_with_other_line_endings_keeps_its_crl() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ca =
+            lgsp_certs::ca::CertificateAuthority::init(dir.path(), "moj.gov.vn", "CA", 30).unwrap();
+        let first = ca.sign_crl(1).unwrap().der;
+        let second = ca.sign_crl(1).unwrap().der;
+        let ho_tich = format!("{A}/ho-tich");
+        let with_crl = |ca_pem: &str, der: Vec<u8>| {
+            let Value::RestClient(c) = client(OUTSIDE, "moj.gov.vn", &[&ho_tich]) else {
+                unreachable!()
+            };
+            put_cmd(Value::RestClient(RestClient {
+                ca_pem: ca_pem.to_owned(),
+                crl_der: der,
+                ..c
+            }))
+        };
+        let kv = with_outside_agency();
+        let ca_pem = ca.cert_pem().to_owned();
+        let re_exported = format!("{}\r\n\r\n", ca_pem.trim_end().replace('\n', "\r\n"));
+        run(&kv, &admin(), &with_crl(&ca_pem, second)).unwrap();
+        // The same CA, other bytes: dropping the CRL is still dropping it...
+        let e = refused(run(&kv, &admin(), &with_crl(&re_exported, Vec::new())));
+        assert!(
+            matches!(&e, CatalogError::FailedPrecondition(m) if m.contains("never removed silently")),
+            "{e:?}"
+        );
+        // ...and an older CRL is still a step back.
+        let e = refused(run(&kv, &admin(), &with_crl(&re_exported, first)));
+        assert!(
+            matches!(&e, CatalogError::FailedPrecondition(m) if m.contains("not newer")),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -164,6 +164,12 @@ pub(super) enum RestClientCommand {
         /// Calls per second from it (default 10000); more are refused with 429.
         #[arg(long, value_name = "N")]
         rate: Option<u32>,
+        /// The --ca file holds a new CA that replaces the old one: the CRL
+        /// in force (the old CA's) is dropped. Without it a change of CA
+        /// with a CRL in force is refused (the same CA re-exported keeps
+        /// its CRL).
+        #[arg(long)]
+        new_ca_drops_crl: bool,
     },
     /// Publish the CRL of an outside REST system's CA (PEM or DER): checked
     /// here against the CA in its record and against the CRL in force, then
@@ -233,6 +239,12 @@ pub(super) enum PeerCommand {
         /// 10000); more are refused with RESOURCE_EXHAUSTED.
         #[arg(long, value_name = "N")]
         rate: Option<u32>,
+        /// The --ca file holds a new CA that replaces the old one: the
+        /// peer's CRL in force (the old CA's) is dropped. Without it a
+        /// change of CA with a CRL in force is refused (the same CA
+        /// re-exported keeps its CRL).
+        #[arg(long)]
+        new_ca_drops_crl: bool,
     },
     /// Publish a peer's CRL (PEM or DER, from the peer's CA): checked here
     /// against the peer's CA and against the one in force, then put into
@@ -326,6 +338,7 @@ pub(super) fn run(cmd: HubCommand) -> Result<()> {
                 endpoint,
                 max_in_flight,
                 rate,
+                new_ca_drops_crl,
             }) => {
                 let ca_pem = std::fs::read_to_string(&ca)
                     .with_context(|| format!("cannot read {}", ca.display()))?;
@@ -334,7 +347,7 @@ pub(super) fn run(cmd: HubCommand) -> Result<()> {
                 // A CRL published before stays while it is the same CA's.
                 let crl_der = before
                     .as_ref()
-                    .filter(|b| b.ca_pem == ca_pem)
+                    .filter(|b| lgsp_certs::inspect::same_certificates(&b.ca_pem, &ca_pem))
                     .map(|b| b.crl_der.clone())
                     .unwrap_or_default();
                 let peer = FederationPeer {
@@ -349,6 +362,7 @@ pub(super) fn run(cmd: HubCommand) -> Result<()> {
                     rate_per_second: rate
                         .or(before.as_ref().map(|b| b.rate_per_second))
                         .unwrap_or(0),
+                    new_ca_drops_crl,
                 };
                 let rev = client.put(Value::Peer(peer), revision).await?.revision;
                 println!("Federation peer {name} set (revision {rev})");
@@ -589,6 +603,7 @@ async fn rest_client(command: RestClientCommand) -> Result<()> {
             xroad_client,
             max_in_flight,
             rate,
+            new_ca_drops_crl,
         } => {
             let ca_pem = std::fs::read_to_string(&ca)
                 .with_context(|| format!("cannot read {}", ca.display()))?;
@@ -602,7 +617,7 @@ async fn rest_client(command: RestClientCommand) -> Result<()> {
             let (before, revision) = rest_client_record(&registry, &name).await?;
             // A CRL published before stays while it is the same CA's.
             let crl_der = before
-                .filter(|b| b.ca_pem == ca_pem)
+                .filter(|b| lgsp_certs::inspect::same_certificates(&b.ca_pem, &ca_pem))
                 .map(|b| b.crl_der)
                 .unwrap_or_default();
             let client = lgsp_proto::RestClient {
@@ -615,6 +630,7 @@ async fn rest_client(command: RestClientCommand) -> Result<()> {
                 rate_per_second: rate.unwrap_or(0),
                 xroad_client,
                 crl_der,
+                new_ca_drops_crl,
             };
             let rev = registry
                 .put(Value::RestClient(client), revision)
