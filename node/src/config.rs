@@ -234,6 +234,15 @@ pub struct LimitsConfig {
     pub rate_per_consumer: u32,
     /// Largest request or response message, bytes.
     pub max_message_bytes: usize,
+    /// The longest a query stream relayed by this node (a consumer node's,
+    /// a hub's, either way) may last, seconds, when its caller set no
+    /// shorter deadline: then it ends with DEADLINE_EXCEEDED and frees its
+    /// slot. At least 1, at most 86400.
+    pub max_query_stream_s: u64,
+    /// A relayed query stream on which no page moves (none arrives from
+    /// upstream, or the reader takes none) for this long, seconds, ends
+    /// with DEADLINE_EXCEEDED and frees its slot. At least 1, at most 3600.
+    pub query_page_idle_s: u64,
 }
 
 impl Default for LimitsConfig {
@@ -242,6 +251,18 @@ impl Default for LimitsConfig {
             max_concurrent_per_consumer: 256,
             rate_per_consumer: 20_000,
             max_message_bytes: 4 << 20,
+            max_query_stream_s: 600,
+            query_page_idle_s: 60,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The bounds of every query stream this node relays.
+    pub fn relay(&self) -> crate::relay::RelayLimits {
+        crate::relay::RelayLimits {
+            max_duration: std::time::Duration::from_secs(self.max_query_stream_s),
+            page_idle: std::time::Duration::from_secs(self.query_page_idle_s),
         }
     }
 }
@@ -371,6 +392,18 @@ impl NodeConfig {
         if let Err(why) = check_advertise(&self.provider.advertise) {
             problems.push(format!("provider.advertise: {why}"));
         }
+        if !(1..=86_400).contains(&self.limits.max_query_stream_s) {
+            problems.push(format!(
+                "limits.max_query_stream_s: {} is not between 1 and 86400 seconds (default 600)",
+                self.limits.max_query_stream_s
+            ));
+        }
+        if !(1..=3600).contains(&self.limits.query_page_idle_s) {
+            problems.push(format!(
+                "limits.query_page_idle_s: {} is not between 1 and 3600 seconds (default 60)",
+                self.limits.query_page_idle_s
+            ));
+        }
         if !(1..=3600).contains(&self.audit.anchor_interval_s) {
             problems.push(format!(
                 "audit.anchor_interval_s: {} is not between 1 and 3600 seconds (default 60)",
@@ -498,6 +531,8 @@ listen = "{consumer}"
 # max_concurrent_per_consumer = 256
 # rate_per_consumer = 20000        # calls per second per consumer agency
 # max_message_bytes = 4194304
+# max_query_stream_s = 600        # longest a relayed query stream lasts
+# query_page_idle_s = 60          # a relayed query stream with no page for this long ends
 
 # The sharing log's newest seal goes to the registry this often (seconds), and
 # when the node stops: `lgsp audit verify --anchor` then finds a log cut at its end.
@@ -572,6 +607,27 @@ listen = "127.0.0.1:7302"
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn relayed_query_streams_last_ten_minutes_at_most_and_a_minute_without_a_page() {
+        let path = Path::new("/etc/lgsp/node.toml");
+        let config = NodeConfig::from_toml(MINIMAL, path).unwrap();
+        assert_eq!(
+            config.limits.relay(),
+            crate::relay::RelayLimits {
+                max_duration: std::time::Duration::from_secs(600),
+                page_idle: std::time::Duration::from_secs(60),
+            }
+        );
+        let err = NodeConfig::from_toml(
+            &format!("{MINIMAL}[limits]\nmax_query_stream_s = 0\nquery_page_idle_s = 0\n"),
+            path,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("limits.max_query_stream_s: 0"), "{err}");
+        assert!(err.contains("limits.query_page_idle_s: 0"), "{err}");
     }
 }
 

@@ -326,6 +326,7 @@ impl DataExchange for Consumer {
             upstream,
             &service_id,
             deadline,
+            self.ctx.config.limits.relay(),
             move |digest, code, bytes| trace.finish(digest, code, bytes),
             (),
             span,

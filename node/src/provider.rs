@@ -564,6 +564,7 @@ impl DataExchange for Provider {
                 upstream,
                 &service_id,
                 deadline,
+                self.ctx.config.limits.relay(),
                 move |digest, code, bytes| trace.finish(digest, code, bytes),
                 permit,
                 span,

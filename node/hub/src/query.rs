@@ -16,8 +16,9 @@
 //!   agency's grant.
 //!
 //! Pages pass one at a time ([`lgsp_node::relay`]): the reader's pace
-//! reaches the provider, the caller's deadline ends the stream, and a
-//! reader that goes away cancels every hop upstream.
+//! reaches the provider, the caller's deadline (or, without one, the longest
+//! a relayed stream lasts) ends the stream, so does a minute without a page,
+//! and a reader that goes away cancels every hop upstream.
 
 use crate::Hub;
 use crate::health::Outcome;
@@ -40,7 +41,9 @@ use tracing::Instrument;
 /// Opens `query` from province node `caller` on the hub of the instance its
 /// service comes from, with `obo`, the caller's signed query record; the
 /// pages as the peer's hub sends them. Opening is bounded by the hub's call
-/// timeout, the stream by `deadline` (the caller's).
+/// timeout, the stream by `deadline` (the caller's) and the longest a
+/// relayed stream lasts (`[limits] max_query_stream_s`), which the peer's
+/// hub is told as the stream's deadline.
 pub(crate) async fn forward(
     hub: &Hub,
     caller: &Peer,
@@ -117,9 +120,9 @@ pub(crate) async fn forward(
     })?;
     let sent = Instant::now();
     let mut request = Request::new(query);
-    if let Some(deadline) = deadline {
-        request.set_timeout(deadline.left());
-    }
+    // The far side bounds the stream as this hub does, caller's deadline or not.
+    let longest = hub.ctx.config.limits.relay().max_duration;
+    request.set_timeout(Deadline::within(deadline, sent, longest).left());
     lgsp_node::obo::to_metadata(request.metadata_mut(), signed);
     let max = hub.ctx.config.limits.max_message_bytes;
     let open = Deadline::within(deadline, sent, hub.call_timeout);
@@ -246,6 +249,7 @@ pub(crate) async fn inbound(
         upstream,
         &service_id,
         deadline,
+        hub.ctx.config.limits.relay(),
         move |digest, code, bytes| trace.finish(digest, code, bytes),
         permit,
         span,
@@ -276,9 +280,8 @@ async fn open_on_provider(
     let channel = hub.ctx.channel_to(&node, Role::Node)?;
     let started = Instant::now();
     let mut request = Request::new(query);
-    if let Some(deadline) = deadline {
-        request.set_timeout(deadline.left());
-    }
+    let longest = hub.ctx.config.limits.relay().max_duration;
+    request.set_timeout(Deadline::within(deadline, started, longest).left());
     lgsp_node::obo::to_metadata(request.metadata_mut(), signed);
     let max = hub.ctx.config.limits.max_message_bytes;
     let open = Deadline::within(deadline, started, hub.call_timeout);

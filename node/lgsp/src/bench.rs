@@ -638,6 +638,7 @@ fn node_config(
         max_concurrent_per_consumer: 1 << 20,
         rate_per_consumer: 100_000_000,
         max_message_bytes: max_message,
+        ..LimitsConfig::default()
     };
     crate::loopback::node_config(dir, agency, name, registry, tls, services, limits)
 }
