@@ -18,12 +18,16 @@
 //! and a half minutes). Its size is bounded: every horizon the current file
 //! becomes `previous` and the one before is deleted (all it held is past the
 //! horizon), and at start the journal is rewritten with only what is still
-//! within it.
+//! within it (entries whose time is not within the horizon before now, or
+//! at most the skew after it, are garbage and dropped; past
+//! [`MAX_REMEMBERED`], the newest are kept). A write that fails part-way (a
+//! full disk) is cut back to the last whole entry, so later entries stay
+//! aligned.
 
 use crate::obo::{MAX_SKEW, OboError};
 use lgsp_proto::SignedOnBehalfOf;
 use sha2::{Digest, Sha256};
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -56,8 +60,9 @@ pub struct ReplayGuard {
 
 #[derive(Debug, Default)]
 struct State {
-    /// Records seen, by arrival bucket, oldest first.
-    buckets: VecDeque<(i64, HashSet<[u8; 32]>)>,
+    /// Records seen, by the start of their arrival bucket: ordered by time
+    /// whatever order they came in (a clock set back, a journal read back).
+    buckets: BTreeMap<i64, HashSet<[u8; 32]>>,
     /// How many records the buckets hold.
     count: usize,
     /// Where records are written, once [`ReplayGuard::open_journal`] ran.
@@ -70,29 +75,29 @@ struct Journal {
     file: File,
     /// When the current file was started (Unix ms).
     started_ms: i64,
+    /// The bytes of whole entries in the current file: where a write that
+    /// failed part-way is cut back to.
+    len: u64,
+    /// A write failed part-way and cutting it back failed too.
+    torn: bool,
+    /// Makes the next write stop part-way and fail, as a full disk does.
+    #[cfg(test)]
+    fail_next_write: bool,
 }
 
 impl State {
     fn forget_before(&mut self, now_ms: i64) {
-        while let Some((start, seen)) = self.buckets.front() {
-            if now_ms - start <= HORIZON_MS {
+        while let Some(entry) = self.buckets.first_entry() {
+            if now_ms.saturating_sub(*entry.key()) <= HORIZON_MS {
                 break;
             }
-            self.count -= seen.len();
-            self.buckets.pop_front();
+            self.count -= entry.remove().len();
         }
     }
 
     fn remember(&mut self, key: [u8; 32], at_ms: i64) {
         let start = at_ms - at_ms.rem_euclid(BUCKET_MS);
-        let inserted = match self.buckets.back_mut() {
-            Some((last, seen)) if *last == start => seen.insert(key),
-            _ => {
-                self.buckets.push_back((start, HashSet::from([key])));
-                true
-            }
-        };
-        if inserted {
+        if self.buckets.entry(start).or_default().insert(key) {
             self.count += 1;
         }
     }
@@ -101,16 +106,45 @@ impl State {
 impl Journal {
     /// Appends one record, starting a new file first when the current one
     /// is older than the horizon.
+    ///
+    /// A write that fails part-way (a full disk) is cut back to the last
+    /// whole entry before the error is returned, so the entries written
+    /// after it stay aligned; when even that fails, the next append cuts
+    /// it back first (and fails while it cannot).
     fn append(&mut self, key: &[u8; 32], now_ms: i64) -> std::io::Result<()> {
-        if now_ms - self.started_ms > HORIZON_MS {
+        if now_ms.saturating_sub(self.started_ms) > HORIZON_MS {
             std::fs::rename(self.dir.join(CURRENT), self.dir.join(PREVIOUS))?;
             self.file = append_to(&self.dir.join(CURRENT))?;
             self.started_ms = now_ms;
+            self.len = 0;
+            self.torn = false;
+        }
+        if self.torn {
+            self.file.set_len(self.len)?;
+            self.torn = false;
         }
         let mut entry = [0u8; ENTRY];
         entry[..32].copy_from_slice(key);
         entry[32..].copy_from_slice(&now_ms.to_le_bytes());
-        self.file.write_all(&entry)
+        match self.write(&entry) {
+            Ok(()) => {
+                self.len += ENTRY as u64;
+                Ok(())
+            }
+            Err(e) => {
+                self.torn = self.file.set_len(self.len).is_err();
+                Err(e)
+            }
+        }
+    }
+
+    fn write(&mut self, entry: &[u8; ENTRY]) -> std::io::Result<()> {
+        #[cfg(test)]
+        if std::mem::take(&mut self.fail_next_write) {
+            self.file.write_all(&entry[..13])?;
+            return Err(std::io::Error::other("no space left on device"));
+        }
+        self.file.write_all(entry)
     }
 }
 
@@ -142,6 +176,25 @@ fn read_entries(path: &Path) -> std::io::Result<Vec<([u8; 32], i64)>> {
         .collect())
 }
 
+/// Of journal `entries`, those that arrived within the horizon before
+/// `now_ms` (or at most the skew allowed after it: a clock set back a
+/// little); other times are garbage (a torn or corrupt file, a clock far
+/// off). Oldest first; past `max`, the newest are kept.
+fn within_horizon(
+    mut entries: Vec<([u8; 32], i64)>,
+    now_ms: i64,
+    max: usize,
+) -> Vec<([u8; 32], i64)> {
+    let skew = MAX_SKEW.as_millis() as i64;
+    let earliest = now_ms.saturating_sub(HORIZON_MS);
+    let latest = now_ms.saturating_add(skew);
+    entries.retain(|(_, at)| (earliest..=latest).contains(at));
+    entries.sort_by_key(|(_, at)| *at);
+    let surplus = entries.len().saturating_sub(max);
+    entries.drain(..surplus);
+    entries
+}
+
 impl ReplayGuard {
     /// Reads back the records of the journal in `dir` still within the
     /// horizon at `now_ms`, rewrites the journal with only those, and from
@@ -152,9 +205,7 @@ impl ReplayGuard {
         std::fs::create_dir_all(dir)?;
         let mut entries = read_entries(&dir.join(PREVIOUS))?;
         entries.extend(read_entries(&dir.join(CURRENT))?);
-        entries.retain(|(_, at)| now_ms - at <= HORIZON_MS);
-        entries.sort_by_key(|(_, at)| *at);
-        entries.truncate(MAX_REMEMBERED);
+        let entries = within_horizon(entries, now_ms, MAX_REMEMBERED);
         let fresh = dir.join("current.new");
         {
             let mut file = File::create(&fresh)?;
@@ -183,6 +234,10 @@ impl ReplayGuard {
             dir: dir.to_owned(),
             file,
             started_ms,
+            len: (entries.len() * ENTRY) as u64,
+            torn: false,
+            #[cfg(test)]
+            fail_next_write: false,
         });
         Ok(entries.len())
     }
@@ -324,6 +379,94 @@ mod tests {
         assert!(read >= 1, "{read}");
         assert!(again.check(&record(6), "r", t + 3 * HORIZON_MS).is_err());
         assert_eq!(size(CURRENT) % ENTRY, 0);
+    }
+
+    #[test]
+    fn a_torn_append_in_the_middle_leaves_every_later_entry_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = 1_000_000_000;
+        let guard = ReplayGuard::default();
+        guard.open_journal(dir.path(), t).unwrap();
+        guard.check(&record(1), "r-1", t).unwrap();
+        guard.check(&record(2), "r-2", t + 1).unwrap();
+        // The disk fills up within the next write: part of it is written.
+        guard
+            .state
+            .lock()
+            .unwrap()
+            .journal
+            .as_mut()
+            .unwrap()
+            .fail_next_write = true;
+        assert!(matches!(
+            guard.check(&record(3), "r-3", t + 2),
+            Err(OboError::Unrecorded(_))
+        ));
+        // Space again: more records.
+        guard.check(&record(4), "r-4", t + 3).unwrap();
+        guard.check(&record(5), "r-5", t + 4).unwrap();
+        drop(guard);
+        let after = ReplayGuard::default();
+        assert_eq!(after.open_journal(dir.path(), t + 10).unwrap(), 4);
+        for (n, id) in [(1, "r-1"), (2, "r-2"), (4, "r-4"), (5, "r-5")] {
+            assert_eq!(
+                after.check(&record(n), id, t + 11).unwrap_err(),
+                OboError::Replayed(id.into())
+            );
+        }
+        // The record refused was never remembered.
+        after.check(&record(3), "r-3", t + 11).unwrap();
+    }
+
+    #[test]
+    fn garbage_times_in_the_journal_are_dropped_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = 1_000_000_000;
+        let skew = MAX_SKEW.as_millis() as i64;
+        let mut bytes = Vec::new();
+        for (n, at) in [
+            (1u8, i64::MIN),
+            (2, i64::MAX),
+            (3, now + skew + 1),
+            (4, now - HORIZON_MS - 1),
+            (5, now - 1_000),
+            (6, now + 1_000),
+        ] {
+            bytes.extend_from_slice(&Sha256::digest(&record(n).record));
+            bytes.extend_from_slice(&at.to_le_bytes());
+        }
+        std::fs::write(dir.path().join(CURRENT), &bytes).unwrap();
+        let guard = ReplayGuard::default();
+        assert_eq!(guard.open_journal(dir.path(), now).unwrap(), 2);
+        assert!(guard.check(&record(5), "r-5", now).is_err());
+        assert!(guard.check(&record(6), "r-6", now).is_err());
+        for n in 1..=4 {
+            guard.check(&record(n), "r", now).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_bucket_from_the_future_does_not_stop_older_ones_being_forgotten() {
+        let guard = ReplayGuard::default();
+        let t = 1_000_000_000;
+        // A record stamped far ahead (a clock that jumped back since).
+        guard
+            .check(&record(9), "r-9", t + 100 * HORIZON_MS)
+            .unwrap();
+        guard.check(&record(1), "r-1", t).unwrap();
+        guard.check(&record(2), "r-2", t + 2 * HORIZON_MS).unwrap();
+        let state = guard.state.lock().unwrap();
+        assert_eq!(state.count, 2, "the bucket of r-1 is past the horizon");
+    }
+
+    #[test]
+    fn past_the_most_remembered_the_newest_records_are_kept() {
+        let entries: Vec<([u8; 32], i64)> = (0..10u8).map(|n| ([n; 32], i64::from(n))).collect();
+        let kept = within_horizon(entries, 10, 4);
+        assert_eq!(
+            kept.iter().map(|(_, at)| *at).collect::<Vec<_>>(),
+            [6, 7, 8, 9]
+        );
     }
 
     #[test]
