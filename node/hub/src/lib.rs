@@ -317,6 +317,7 @@ impl Hub {
             .collect();
         systems.sort();
         self.rest_limits.retain(&systems);
+        self.rest.retain(&systems);
         let mut breakers = self
             .rest_breakers
             .lock()

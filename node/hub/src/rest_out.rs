@@ -299,6 +299,14 @@ fn is_failure(reply: &crate::rest_client::Reply) -> bool {
     reply.status >= 500
 }
 
+/// Closes the kept connections to REST system `name` once its breaker is
+/// open: the probe that follows connects anew.
+fn close_if_open(hub: &Hub, breaker: &crate::breaker::Breaker, name: &str) {
+    if matches!(breaker.state(), crate::breaker::State::Open { .. }) {
+        hub.rest.drop_connections(name);
+    }
+}
+
 /// Carries `env` from `caller` to the REST system of `route`.
 pub async fn forward(
     hub: &Arc<Hub>,
@@ -424,6 +432,7 @@ pub async fn forward(
         }
         Err(e) => {
             attempt.finish(false);
+            close_if_open(hub, &breaker, &system.name);
             let why = e.to_string();
             health.outward(Outcome::Failed, took, &why);
             return Err(match e {
@@ -447,6 +456,7 @@ pub async fn forward(
     };
     attempt.finish(!is_failure(&reply));
     if is_failure(&reply) {
+        close_if_open(hub, &breaker, &system.name);
         health.outward(
             Outcome::Failed,
             took,
