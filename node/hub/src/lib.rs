@@ -138,14 +138,10 @@ impl Hub {
 
     /// Federation peer `name`, as the catalog holds it.
     pub fn peer(&self, name: &str) -> Option<FederationPeer> {
-        self.ctx
-            .cache
-            .all_of(RecordKind::Peer)
-            .into_iter()
-            .find_map(|r| match r.value {
-                Some(Value::Peer(p)) if p.name == name => Some(p),
-                _ => None,
-            })
+        match self.ctx.cache.get(RecordKind::Peer, name)? {
+            Value::Peer(p) if p.name == name => Some(p),
+            _ => None,
+        }
     }
 
     /// Every federation peer.

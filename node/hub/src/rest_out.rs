@@ -38,16 +38,7 @@ pub fn link_name(system: &str) -> String {
 
 /// The route carrying `service_id`, if the hub `hub_key` serves it.
 pub fn route_of(hub: &Hub, service_id: &str) -> Option<RestRoute> {
-    if !hub.ctx.cache.has(RecordKind::RestRoute, service_id) {
-        return None;
-    }
-    let record = hub
-        .ctx
-        .cache
-        .all_of(RecordKind::RestRoute)
-        .into_iter()
-        .find(|r| r.key == service_id)?;
-    let Some(Value::RestRoute(route)) = record.value else {
+    let Value::RestRoute(route) = hub.ctx.cache.get(RecordKind::RestRoute, service_id)? else {
         return None;
     };
     let served_here = hub
@@ -62,14 +53,10 @@ pub fn route_of(hub: &Hub, service_id: &str) -> Option<RestRoute> {
 
 /// REST system `name`, as the catalog holds it.
 pub fn system(hub: &Hub, name: &str) -> Option<RestSystem> {
-    hub.ctx
-        .cache
-        .all_of(RecordKind::RestSystem)
-        .into_iter()
-        .find_map(|r| match r.value {
-            Some(Value::RestSystem(s)) if s.name == name => Some(s),
-            _ => None,
-        })
+    match hub.ctx.cache.get(RecordKind::RestSystem, name)? {
+        Value::RestSystem(s) if s.name == name => Some(s),
+        _ => None,
+    }
 }
 
 /// Every REST system of the catalog.
