@@ -151,6 +151,7 @@ pub struct RaftHandle {
     /// How long without a leader makes this server [`Freshness::Leaderless`].
     election_timeout: Duration,
     db: Kv,
+    log: Kv,
     ca: Arc<Vec<rustls_pki_types::CertificateDer<'static>>>,
     province: AgencyCode,
     /// This server's Raft id.
@@ -168,6 +169,11 @@ impl RaftHandle {
     /// read unless [`read_index`](Self::read_index) was awaited first.
     pub fn db(&self) -> &Kv {
         &self.db
+    }
+
+    /// This server's Raft log and hard state (see `storage.rs`).
+    pub fn log(&self) -> &Kv {
+        &self.log
     }
 
     /// Changes after now, in revision order, as this server applies them:
@@ -454,6 +460,11 @@ struct Driver {
     flush_applied: bool,
     /// When a refused peer's batches were last logged, by peer.
     refusals_logged: HashMap<u64, Instant>,
+    /// Committed entries not applied yet: held back while a snapshot is
+    /// built from the store (see `snapshot_builder.rs`).
+    held: Vec<Entry>,
+    /// The index of the last entry applied (or snapshot installed).
+    applied: u64,
 }
 
 /// Starts the consensus loop over `store`. The loop ends (after a last
@@ -473,6 +484,7 @@ pub fn start(
     RegistryError,
 > {
     let mut driver = Driver::new(store, transport, config)?;
+    let snapshot_built = driver.store.snapshots().done();
     let (tx, mut rx) = mpsc::channel::<Request>(4096);
     let handle = RaftHandle {
         tx,
@@ -480,6 +492,7 @@ pub fn start(
         freshness: driver.freshness.subscribe(),
         election_timeout: driver.config.tick * driver.config.election_ticks as u32,
         db: driver.store.db().clone(),
+        log: driver.store.log().clone(),
         ca: Arc::new(driver.config.ca.clone()),
         province: driver.config.province.clone(),
         id: driver.config.id,
@@ -513,6 +526,8 @@ pub fn start(
                     if let Some(e) = fatal { break Err(e); }
                 }
                 Some(report) = reports.recv() => driver.report(report),
+                // What was held back while a snapshot was built is applied now.
+                () = snapshot_built.notified() => {}
                 _ = shutdown.changed() => break Ok(()),
             }
             if let Err(e) = driver.on_ready() {
@@ -611,6 +626,8 @@ impl Driver {
             incarnations_proposed: HashMap::new(),
             flush_applied: false,
             refusals_logged: HashMap::new(),
+            held: Vec::new(),
+            applied: raft_config.applied,
         })
     }
 
@@ -1161,6 +1178,18 @@ impl Driver {
     fn on_ready(&mut self) -> Result<(), RegistryError> {
         self.request_read_index();
         self.check_freshness();
+        if !self.held.is_empty() && !self.store.snapshots().building() {
+            // A snapshot was built: what was held back meanwhile is applied.
+            let mut batch = Staged::new(self.store.db());
+            self.apply_committed(&mut batch, Vec::new())?;
+            batch.commit()?;
+            if std::mem::take(&mut self.flush_applied) {
+                self.store.flush_applied()?;
+            }
+            self.raw.advance_apply_to(self.applied);
+            self.release()?;
+            self.after_apply()?;
+        }
         if !self.raw.has_ready() {
             return Ok(());
         }
@@ -1170,7 +1199,13 @@ impl Driver {
         if !ready.snapshot().is_empty() {
             let snapshot = ready.snapshot().clone();
             let index = snapshot.get_metadata().index;
+            // The build reads the store this replaces. What it held back
+            // is older than the snapshot (raft-rs installs none at or
+            // below the commit index): the snapshot has it.
+            self.store.snapshots().wait();
+            self.held.clear();
             self.store.install_snapshot(&snapshot)?;
+            self.applied = index;
             self.members_changed = true;
             let revision = catalog::revision(self.store.db())?;
             tracing::info!(index, revision, "installed a snapshot from the leader");
@@ -1182,42 +1217,52 @@ impl Driver {
             });
         }
 
-        // New entries, the hard state and every committed entry applied:
-        // one atomic batch.
-        let mut batch = Staged::new(self.store.db());
-        self.store.append(&mut batch, ready.entries())?;
+        // New entries and the hard state: one batch in the log, synced
+        // when raft-rs says so, before anyone hears of them.
+        let mut log = Staged::new(self.store.log());
+        self.store.append(&mut log, ready.entries())?;
         if let Some(hs) = ready.hs() {
-            self.store.put_hard_state(&mut batch, hs);
+            self.store.put_hard_state(&mut log, hs);
         }
-        self.apply_committed(&mut batch, ready.take_committed_entries())?;
-        batch.commit()?;
-        let read_states = ready.take_read_states();
-        // New entries, votes and terms must be on disk before anyone hears
-        // of them. Applied state needs no flush of its own: every applied
-        // entry is already flushed in the logs of a majority, and sled
-        // recovers a prefix of its batches, so after a crash the applied
-        // index never runs ahead of the commit index and the rest replays.
-        // The exception is an incarnation record (see `flush_applied`).
-        if ready.must_sync() || std::mem::take(&mut self.flush_applied) {
-            self.store.flush()?;
+        log.commit()?;
+        if ready.must_sync() {
+            self.store.flush_log()?;
         }
         self.transport.send(ready.take_persisted_messages());
-
-        let mut light = self.raw.advance(ready);
+        // Every committed entry applied: one atomic batch in the catalog's
+        // store. It needs no flush of its own: raft-rs hands out committed
+        // entries only up to what this server's log has synced, so after a
+        // crash the applied index never runs ahead of the log and the rest
+        // replays. The exception is an incarnation record (see
+        // `flush_applied`).
         let mut batch = Staged::new(self.store.db());
+        self.apply_committed(&mut batch, ready.take_committed_entries())?;
+        batch.commit()?;
+        if std::mem::take(&mut self.flush_applied) {
+            self.store.flush_applied()?;
+        }
+        let read_states = ready.take_read_states();
+
+        // Not `advance`: that would tell raft-rs the Ready's committed entries
+        // are applied, and they may be held back (see `apply_committed`).
+        let mut light = self.raw.advance_append(ready);
         if light.commit_index().is_some() {
             // raft-rs holds the hard state; its term and vote were saved
-            // with this Ready, only the commit index moved.
+            // with this Ready, only the commit index moved (not synced: it
+            // is raised to the applied index again when the store opens).
             let hs = self.raw.raft.hard_state();
-            self.store.put_hard_state(&mut batch, &hs);
+            let mut log = Staged::new(self.store.log());
+            self.store.put_hard_state(&mut log, &hs);
+            log.commit()?;
         }
         self.transport.send(light.take_messages());
+        let mut batch = Staged::new(self.store.db());
         self.apply_committed(&mut batch, light.take_committed_entries())?;
         batch.commit()?;
         if std::mem::take(&mut self.flush_applied) {
-            self.store.flush()?;
+            self.store.flush_applied()?;
         }
-        self.raw.advance_apply();
+        self.raw.advance_apply_to(self.applied);
 
         for rs in read_states {
             let ctx = u64::from_be_bytes(rs.request_ctx.as_slice().try_into().unwrap_or_default());
@@ -1280,6 +1325,10 @@ impl Driver {
             self.incarnations = recorded_incarnations(self.store.db())?;
             self.step_aside_if_removed();
         }
+        if self.store.snapshots().building() {
+            // The store must not change under the build.
+            return Ok(());
+        }
         // The oldest entries go a step at a time, so that no Ready stalls
         // on deleting thousands of keys (a latency spike for every client).
         let step = (self.config.snapshot_entries / 8).clamp(1, COMPACT_STEP);
@@ -1302,15 +1351,21 @@ impl Driver {
         Ok(())
     }
 
-    /// Stages committed entries in order, each seeing the ones before it,
-    /// with the applied index.
+    /// Stages committed entries (those held back first) in order, each
+    /// seeing the ones before it, with the applied index; while a snapshot
+    /// is built, holds them back instead.
     fn apply_committed(
         &mut self,
         batch: &mut Staged,
         entries: Vec<Entry>,
     ) -> Result<(), RegistryError> {
-        for entry in entries {
+        self.held.extend(entries);
+        if self.held.is_empty() || self.store.snapshots().building() {
+            return Ok(());
+        }
+        for entry in std::mem::take(&mut self.held) {
             batch.insert(APPLIED, entry.index.to_be_bytes());
+            self.applied = entry.index;
             match entry.get_entry_type() {
                 EntryType::EntryNormal if entry.data.is_empty() => {}
                 EntryType::EntryNormal => self.apply_proposal(&entry, batch)?,
