@@ -735,4 +735,117 @@ mod tests {
         let mut batch = Staged::new(store.log());
         assert!(store.append(&mut batch, &[entry(3, 2)]).is_err());
     }
+
+    #[test]
+    fn a_log_kept_in_the_catalogs_store_moves_into_the_log_and_leaves_it() {
+        // The layout before the log file: everything in one store.
+        let engine = MemKv::default();
+        let db = Kv::new(engine.clone());
+        let mut meta = SnapshotMetadata::default();
+        meta.index = 1;
+        meta.term = 1;
+        let mut hs = HardState::default();
+        hs.term = 2;
+        hs.vote = 3;
+        hs.commit = 3;
+        let mut old = Staged::new(&db);
+        old.insert(SNAP_META, encode(&meta));
+        old.insert(HARD_STATE, encode(&hs));
+        old.insert(entry_key(2), encode(&entry(2, 1)));
+        old.insert(entry_key(3), encode(&entry(3, 2)));
+        old.insert(APPLIED, 3u64.to_be_bytes());
+        old.commit().unwrap();
+
+        let log = MemKv::default();
+        let store = RaftStore::new(db.clone(), Kv::new(log.clone()), Arc::new(Stateless)).unwrap();
+        assert_eq!(store.hard_state().unwrap(), hs);
+        assert_eq!(store.first_index().unwrap(), 2);
+        assert_eq!(store.last_index().unwrap(), 3);
+        assert_eq!(store.term(3).unwrap(), 2);
+        assert!(store.is_initialized().unwrap());
+        assert!(db.scan_prefix(b"r:e:").next().is_none());
+        assert_eq!(db.get(HARD_STATE).unwrap(), None);
+        assert_eq!(db.get(SNAP_META).unwrap(), None);
+        // Opened again, nothing moves twice.
+        let store = RaftStore::new(db, Kv::new(log), Arc::new(Stateless)).unwrap();
+        assert_eq!(store.hard_state().unwrap(), hs);
+        assert_eq!(store.last_index().unwrap(), 3);
+    }
+
+    #[test]
+    fn a_snapshot_install_cut_between_the_catalog_and_the_log_is_finished_on_open() {
+        let (engine, log) = (MemKv::default(), MemKv::default());
+        let store = store_with_log(&engine, &log);
+        let mut batch = Staged::new(store.log());
+        store
+            .append(&mut batch, &[entry(2, 1), entry(3, 1)])
+            .unwrap();
+        batch.commit().unwrap();
+        // The catalog's side of an install of a snapshot at (10, 4), flushed;
+        // then the crash, before the log was reset.
+        let mut installed = SnapshotMetadata::default();
+        installed.index = 10;
+        installed.term = 4;
+        let mut batch = Staged::new(store.db());
+        batch.insert(INSTALLED, encode(&installed));
+        batch.insert(APPLIED, 10u64.to_be_bytes());
+        batch.commit().unwrap();
+        drop(store);
+
+        let store = RaftStore::new(
+            Kv::new(engine.clone()),
+            Kv::new(log.clone()),
+            Arc::new(Stateless),
+        )
+        .unwrap();
+        assert_eq!(store.first_index().unwrap(), 11);
+        assert_eq!(store.last_index().unwrap(), 10);
+        assert_eq!(store.term(10).unwrap(), 4);
+        let hs = store.hard_state().unwrap();
+        assert_eq!((hs.commit, hs.term), (10, 4));
+        // A finished install (or a later compaction) is left alone.
+        let mut batch = Staged::new(store.log());
+        store.append(&mut batch, &[entry(11, 4)]).unwrap();
+        batch.commit().unwrap();
+        drop(store);
+        let store = RaftStore::new(Kv::new(engine), Kv::new(log), Arc::new(Stateless)).unwrap();
+        assert_eq!(store.last_index().unwrap(), 11);
+    }
+
+    #[test]
+    fn a_commit_index_lost_with_an_unsynced_write_is_raised_to_the_applied_index() {
+        let store = store_over(&MemKv::default());
+        let mut batch = Staged::new(store.log());
+        store
+            .append(&mut batch, &[entry(2, 1), entry(3, 1)])
+            .unwrap();
+        batch.commit().unwrap();
+        // Applied up to 3 while the hard state on disk still says commit 1.
+        let mut batch = Staged::new(store.db());
+        batch.insert(APPLIED, 3u64.to_be_bytes());
+        batch.commit().unwrap();
+        assert_eq!(store.hard_state().unwrap().commit, 1);
+        assert_eq!(store.initial_state().unwrap().hard_state.commit, 3);
+    }
+
+    #[test]
+    fn a_store_in_a_directory_keeps_its_log_in_the_log_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RaftStore::open(dir.path(), Arc::new(Stateless)).unwrap();
+        store.bootstrap(&[1, 2, 3]).unwrap();
+        let mut batch = Staged::new(store.log());
+        let mut e = entry(2, 1);
+        e.data = vec![9; 4096].into();
+        store.append(&mut batch, &[e.clone()]).unwrap();
+        batch.commit().unwrap();
+        store.flush_log().unwrap();
+        let file = std::fs::read(dir.path().join(crate::log_file::FILE_NAME)).unwrap();
+        assert!(file.len() > 4096, "the log file holds {} bytes", file.len());
+        drop(store);
+        let store = RaftStore::open(dir.path(), Arc::new(Stateless)).unwrap();
+        let got = store
+            .entries(2, 3, None, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(got, vec![e]);
+    }
 }
