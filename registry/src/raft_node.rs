@@ -439,6 +439,8 @@ struct Driver {
     reads: HashMap<u64, (Vec<PendingRead>, Instant)>,
     /// Reads that have their read index, waiting to apply up to it.
     waiting_reads: Vec<(u64, PendingRead)>,
+    /// When the last read index was asked for.
+    read_requested: Option<Instant>,
     membership: Option<PendingMembership>,
     events: broadcast::Sender<WatchEvent>,
     // Filled while a Ready is handled, released after the flush.
@@ -614,6 +616,7 @@ impl Driver {
             read_batch: Vec::new(),
             reads: HashMap::new(),
             waiting_reads: Vec::new(),
+            read_requested: None,
             membership: None,
             events,
             replies: Vec::new(),
@@ -1157,13 +1160,27 @@ impl Driver {
         }
     }
 
-    /// Asks for one read index for every read taken since the last Ready:
-    /// reads that arrive together share one confirmation by a quorum (on
-    /// the leader, one round of heartbeats) instead of one each.
-    fn request_read_index(&mut self) {
+    /// Asks for one read index for every read taken since the last one was
+    /// asked for, with one request in flight at a time (as etcd's read loop
+    /// does): reads that arrive while a confirmation by a quorum (on the
+    /// leader, a round of heartbeats) is under way wait for it to end and
+    /// share the next, instead of each Ready sending a round of its own. A
+    /// request unanswered for a heartbeat interval (raft-rs drops one
+    /// silently when no leader is known) no longer holds the next back.
+    fn request_read_index(&mut self) -> bool {
         if self.read_batch.is_empty() {
-            return;
+            return false;
         }
+        let now = Instant::now();
+        let patience = self.config.tick * self.config.heartbeat_ticks as u32;
+        if !self.reads.is_empty()
+            && self
+                .read_requested
+                .is_some_and(|at| now.saturating_duration_since(at) < patience)
+        {
+            return false;
+        }
+        self.read_requested = Some(now);
         let reads = std::mem::take(&mut self.read_batch);
         let ctx = self.id();
         self.raw.read_index(ctx.to_be_bytes().to_vec());
@@ -1173,6 +1190,7 @@ impl Driver {
             .min()
             .unwrap_or_else(|| Instant::now() + READ_ATTEMPT);
         self.reads.insert(ctx, (reads, attempt));
+        true
     }
 
     fn on_ready(&mut self) -> Result<(), RegistryError> {
@@ -1190,6 +1208,16 @@ impl Driver {
             self.release()?;
             self.after_apply()?;
         }
+        self.handle_ready()?;
+        // Reads that waited for a round this Ready ended start the next
+        // one now, not at the next request or tick.
+        if self.request_read_index() {
+            self.handle_ready()?;
+        }
+        Ok(())
+    }
+
+    fn handle_ready(&mut self) -> Result<(), RegistryError> {
         if !self.raw.has_ready() {
             return Ok(());
         }

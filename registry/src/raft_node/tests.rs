@@ -494,6 +494,75 @@ fn reads_that_arrive_together_on_the_leader_share_one_heartbeat_round() {
 }
 
 #[test]
+fn reads_that_arrive_while_a_heartbeat_round_is_under_way_share_the_next_one() {
+    let mut cluster = Cluster::new(3, 1000);
+    let leader = cluster.elect(&[1, 2, 3]);
+    cluster.write(leader, "v1");
+
+    // A first batch: its heartbeat round is under way (sent, not answered).
+    let (first, sent) = concurrent_reads(&mut cluster, leader, 4);
+    // The rounds in flight: each carries its read request's context.
+    let rounds_in = |sent: &[Message]| {
+        sent.iter()
+            .filter(|m| m.get_msg_type() == MessageType::MsgHeartbeat)
+            .map(|m| m.context.to_vec())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    };
+    assert_eq!(rounds_in(&sent), 1);
+    // Three more batches, each before a Ready of its own, while it is.
+    let mut later = Vec::new();
+    for _ in 0..3 {
+        let (answers, sent) = concurrent_reads(&mut cluster, leader, 4);
+        assert_eq!(
+            rounds_in(&sent),
+            1,
+            "a Ready while a read index round is under way starts no other round"
+        );
+        later.extend(answers);
+    }
+    // The first round ends; the 12 reads that waited share the next one.
+    let mut rounds = 0;
+    for _ in 0..100 {
+        for driver in cluster.servers.values_mut() {
+            driver.on_ready().unwrap();
+        }
+        let delivery = cluster.net.deliver();
+        if delivery.delivered.is_empty() {
+            break;
+        }
+        rounds += delivery
+            .delivered
+            .iter()
+            .filter(|m| m.get_msg_type() == MessageType::MsgHeartbeat && m.from == leader)
+            .count();
+        let mut inboxes: BTreeMap<u64, Vec<Message>> = BTreeMap::new();
+        for m in delivery.delivered {
+            inboxes.entry(m.to).or_default().push(m);
+        }
+        for (to, messages) in inboxes {
+            cluster
+                .servers
+                .get_mut(&to)
+                .unwrap()
+                .handle(Request::Step {
+                    incarnation: 0,
+                    messages,
+                })
+                .unwrap();
+        }
+    }
+    // The first round's heartbeats (already counted) and one more round.
+    assert_eq!(rounds, 2 + 2, "the waiting reads shared one heartbeat round");
+    for mut answer in first.into_iter().chain(later) {
+        assert!(
+            matches!(answer.try_recv(), Ok(Ok(()))),
+            "every read is answered once a round that started after it ended"
+        );
+    }
+}
+
+#[test]
 fn reads_that_arrive_together_on_a_follower_share_one_request_to_the_leader() {
     let mut cluster = Cluster::new(3, 1000);
     let leader = cluster.elect(&[1, 2, 3]);
