@@ -2,17 +2,22 @@
 //! (tick, step, propose, Ready), in the order raft-rs documents:
 //!
 //! 1. leader messages are sent at once (a leader may send before it persists);
-//! 2. a snapshot from the leader replaces log and catalog atomically;
-//! 3. new entries, the hard state and every committed entry applied (with
-//!    the applied index) are written as one atomic batch;
-//! 4. the store is flushed once for the whole Ready, when it must be synced;
-//! 5. only then are the persisted messages sent, `advance` called, and the
-//!    `LightReady`'s commit index and committed entries written in a second
-//!    batch, which is not flushed on its own;
-//! 6. clients are answered and watchers told only after both batches are
-//!    written and the flush (when one was due) is done. Applied state may
-//!    still be unflushed here, but every applied entry is committed, so on
-//!    a majority's disks, and replays after a crash.
+//! 2. a snapshot from the leader replaces log and catalog;
+//! 3. every committed entry is applied (with the applied index) in one
+//!    atomic batch in the catalog's store, and its clients answered and
+//!    watchers told: raft-rs hands out only entries this server's log has
+//!    synced and a majority holds, so the batch needs no flush (after a
+//!    crash the rest replays from the log);
+//! 4. new entries and the hard state are appended to the log and synced
+//!    once for the whole Ready, when it must be;
+//! 5. only then are the persisted messages sent, `advance_append` called,
+//!    and the `LightReady`'s commit index and committed entries written,
+//!    not flushed on their own;
+//! 6. clients of those are answered likewise.
+//!
+//! While a snapshot for a follower is built (off this thread), committed
+//! entries are held back rather than applied, so the build reads a store
+//! that does not change under it.
 //!
 //! Requests from clients queue up while a Ready is handled, so one flush
 //! covers many writes (batching comes from the loop, not from timers).
@@ -1245,6 +1250,23 @@ impl Driver {
             });
         }
 
+        // Every committed entry applied: one atomic batch in the catalog's
+        // store, and its clients answered, before this Ready's new entries
+        // are synced (raft-rs' order): they are committed, so on a
+        // majority's disks already, and need not wait for the next sync.
+        // The batch needs no flush of its own: raft-rs hands out committed
+        // entries only up to what this server's log has synced, so after a
+        // crash the applied index never runs ahead of the log and the rest
+        // replays. The exception is an incarnation record (see
+        // `flush_applied`).
+        let mut batch = Staged::new(self.store.db());
+        self.apply_committed(&mut batch, ready.take_committed_entries())?;
+        batch.commit()?;
+        if std::mem::take(&mut self.flush_applied) {
+            self.store.flush_applied()?;
+        }
+        self.release()?;
+
         // New entries and the hard state: one batch in the log, synced
         // when raft-rs says so, before anyone hears of them.
         let mut log = Staged::new(self.store.log());
@@ -1257,18 +1279,6 @@ impl Driver {
             self.store.flush_log()?;
         }
         self.transport.send(ready.take_persisted_messages());
-        // Every committed entry applied: one atomic batch in the catalog's
-        // store. It needs no flush of its own: raft-rs hands out committed
-        // entries only up to what this server's log has synced, so after a
-        // crash the applied index never runs ahead of the log and the rest
-        // replays. The exception is an incarnation record (see
-        // `flush_applied`).
-        let mut batch = Staged::new(self.store.db());
-        self.apply_committed(&mut batch, ready.take_committed_entries())?;
-        batch.commit()?;
-        if std::mem::take(&mut self.flush_applied) {
-            self.store.flush_applied()?;
-        }
         let read_states = ready.take_read_states();
 
         // Not `advance`: that would tell raft-rs the Ready's committed entries
