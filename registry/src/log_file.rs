@@ -108,9 +108,9 @@ fn take<'a>(payload: &'a [u8], at: &mut usize, len: usize) -> Option<&'a [u8]> {
 
 /// The writes of one record's payload; `None` when it does not parse (a CRC
 /// that matched damaged bytes: treated as the torn end).
-fn decode_batch(payload: &[u8]) -> Option<Vec<(Vec<u8>, Option<Vec<u8>>)>> {
+fn decode_batch(payload: &[u8]) -> Option<Batch> {
     let mut at = 0;
-    let mut writes = Vec::new();
+    let mut writes = Batch::new();
     while at < payload.len() {
         let op = *payload.get(at)?;
         at += 1;
@@ -124,7 +124,7 @@ fn decode_batch(payload: &[u8]) -> Option<Vec<(Vec<u8>, Option<Vec<u8>>)>> {
             0 => None,
             _ => return None,
         };
-        writes.push((key, value));
+        writes.insert(key, value);
     }
     Some(writes)
 }

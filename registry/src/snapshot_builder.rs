@@ -12,6 +12,9 @@
 //! store then holds exactly the state at the snapshot's index, without a
 //! point-in-time read, which sled 0.34 does not have.
 
+// raft-rs' protobuf 2 types are built field by field, as its own code does.
+#![allow(clippy::field_reassign_with_default)]
+
 use crate::error::RegistryError;
 use raft::eraftpb::{Snapshot, SnapshotMetadata};
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -107,7 +110,9 @@ impl SnapshotBuilder {
             });
         match spawned {
             Ok(_) => state.building = Some(Building { meta, data: rx }),
-            Err(e) => tracing::error!(error = %e, "cannot start a thread to build a snapshot; will retry"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start a thread to build a snapshot; will retry")
+            }
         }
     }
 

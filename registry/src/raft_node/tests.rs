@@ -553,7 +553,11 @@ fn reads_that_arrive_while_a_heartbeat_round_is_under_way_share_the_next_one() {
         }
     }
     // The first round's heartbeats (already counted) and one more round.
-    assert_eq!(rounds, 2 + 2, "the waiting reads shared one heartbeat round");
+    assert_eq!(
+        rounds,
+        2 + 2,
+        "the waiting reads shared one heartbeat round"
+    );
     for mut answer in first.into_iter().chain(later) {
         assert!(
             matches!(answer.try_recv(), Ok(Ok(()))),
