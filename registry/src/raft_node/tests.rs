@@ -498,6 +498,9 @@ fn reads_that_arrive_while_a_heartbeat_round_is_under_way_share_the_next_one() {
     let mut cluster = Cluster::new(3, 1000);
     let leader = cluster.elect(&[1, 2, 3]);
     cluster.write(leader, "v1");
+    // The test's pace must not count: a round is given up on after a
+    // heartbeat interval of real time, so make that interval long.
+    cluster.servers.get_mut(&leader).unwrap().config.tick = Duration::from_secs(60);
 
     // A first batch: its heartbeat round is under way (sent, not answered).
     let (first, sent) = concurrent_reads(&mut cluster, leader, 4);
@@ -993,12 +996,24 @@ impl Gate {
     fn builds_started(&self) -> usize {
         self.state.lock().unwrap().1
     }
+
+    /// Waits (a bounded time) for a build to start on its thread; how many
+    /// have.
+    fn wait_for_a_build(&self) -> usize {
+        let state = self.state.lock().unwrap();
+        let (state, _) = self
+            .changed
+            .wait_timeout_while(state, Self::PATIENCE, |(_, started)| *started == 0)
+            .unwrap();
+        state.1
+    }
 }
 
 impl crate::storage::StateMachine for GatedSnapshots {
     fn snapshot_data(&self, db: &Kv) -> Result<Vec<u8>, RegistryError> {
         let mut state = self.gate.state.lock().unwrap();
         state.1 += 1;
+        self.gate.changed.notify_all();
         let (state, timeout) = self
             .gate
             .changed
@@ -1037,7 +1052,7 @@ fn a_snapshot_slower_to_build_than_an_election_timeout_keeps_the_leader_and_then
     // shut) the cluster runs for three election timeouts.
     cluster.tick(3 * ELECTION_TICKS);
     assert!(
-        gate.builds_started() >= 1,
+        gate.wait_for_a_build() >= 1,
         "the leader never built a snapshot for server {behind}"
     );
     assert!(
