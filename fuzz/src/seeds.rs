@@ -36,6 +36,7 @@ fn exchange(n: u64) -> Exchange {
         latency_us: 1000 + n,
         bytes_in: 10,
         bytes_out: 200,
+        external_ids: Default::default(),
     }
 }
 

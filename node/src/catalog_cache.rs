@@ -187,6 +187,14 @@ impl CatalogCache {
             })
     }
 
+    /// Federation peer `name`, as the catalog holds it.
+    pub fn peer(&self, name: &str) -> Option<lgsp_proto::FederationPeer> {
+        match self.get(RecordKind::Peer, name)? {
+            Value::Peer(p) => Some(p),
+            _ => None,
+        }
+    }
+
     /// Outside REST system `name`, as the catalog holds it.
     pub fn rest_client(&self, name: &str) -> Option<lgsp_proto::RestClient> {
         match self.get(RecordKind::RestClient, name)? {

@@ -8,10 +8,9 @@
 use crate::context::NodeContext;
 use crate::deadline::Deadline;
 use crate::trace::{Trace, code_of, own_request_id};
-use futures::StreamExt;
 use lgsp_proto::data_exchange_client::DataExchangeClient;
 use lgsp_proto::data_exchange_server::DataExchange;
-use lgsp_proto::{CallResponse, Envelope, NodeRecord, QueryPage, QueryRequest};
+use lgsp_proto::{CallResponse, Envelope, NodeRecord, QueryRequest};
 use prost::Message as _;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -35,16 +34,21 @@ impl Consumer {
 
     /// The catalog's record of the provider node serving `service_id`, or
     /// of the province's hub for a service of another instance (then
-    /// `Route::via_hub`).
+    /// `Route::audience`).
     fn route(&self, service_id: &str) -> Result<Route, Status> {
         let ctx = &self.ctx;
         service_id
             .parse::<lgsp_registry::ServiceId>()
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let (agency, node, via_hub) = ctx
+        let (agency, node, via_hub, origin) = ctx
             .cache
             .with_service(service_id, |s| {
-                (s.agency_code.clone(), s.node.clone(), s.via_hub.clone())
+                (
+                    s.agency_code.clone(),
+                    s.node.clone(),
+                    s.via_hub.clone(),
+                    s.origin.clone(),
+                )
             })
             .ok_or_else(|| {
                 Status::not_found(format!(
@@ -57,10 +61,32 @@ impl Consumer {
                     "service {service_id} of another instance is carried by hub {via_hub}, which is not registered in the catalog"
                 ))
             })?;
+            // The record is addressed to the instance the service comes
+            // from, carried out by this province's hub.
+            let peer = ctx.cache.peer(&origin).ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "service {service_id} comes from federation peer {origin:?}, which is not in the catalog"
+                ))
+            })?;
+            let hub_id = hub_agency
+                .parse()
+                .and_then(|agency| {
+                    lgsp_certs::SpiffeId::new(
+                        &ctx.trust_domain,
+                        agency,
+                        lgsp_certs::Role::Hub,
+                        hub_name,
+                    )
+                })
+                .map_err(|e| {
+                    Status::failed_precondition(format!(
+                        "service {service_id} is carried by hub {via_hub}, which is not a hub's name: {e}"
+                    ))
+                })?;
             return Ok(Route {
                 node: hub,
-                via_hub: true,
                 hub_serves: true,
+                audience: Some(crate::obo::Audience::new(&peer.trust_domain, &hub_id)),
             });
         }
         let record = ctx.cache.node(&agency, &node).ok_or_else(|| {
@@ -73,8 +99,8 @@ impl Consumer {
         let hub_serves = ctx.cache.has(lgsp_proto::RecordKind::RestRoute, service_id);
         Ok(Route {
             node: record,
-            via_hub: false,
             hub_serves,
+            audience: None,
         })
     }
 
@@ -96,11 +122,13 @@ impl Consumer {
             ));
         }
         let route = self.route(&env.service_id)?;
-        let (role, obo) = if route.via_hub {
+        let (role, obo) = if let Some(audience) = &route.audience {
             let signed = self
                 .ctx
                 .obo_signer()
-                .and_then(|signer| signer.sign(&env, lgsp_registry::calendar::unix_now_ms()))
+                .and_then(|signer| {
+                    signer.sign(&env, lgsp_registry::calendar::unix_now_ms(), audience)
+                })
                 .map_err(|e| Status::internal(e.to_string()))?;
             (lgsp_certs::Role::Hub, Some(signed))
         } else if route.hub_serves {
@@ -137,10 +165,11 @@ impl Consumer {
 #[derive(Debug)]
 struct Route {
     node: NodeRecord,
-    via_hub: bool,
     /// The provider is the province's hub (another instance's service, or
-    /// one carried to a REST system): a hub certificate, unary calls.
+    /// one carried to a REST system): a hub certificate.
     hub_serves: bool,
+    /// For another instance's service: whom the record is addressed to.
+    audience: Option<crate::obo::Audience>,
 }
 
 /// The outgoing call, with the time the caller has left as its deadline.
@@ -150,6 +179,28 @@ fn forward<T>(deadline: Option<Deadline>, message: T) -> Request<T> {
         out.set_timeout(deadline.left());
     }
     out
+}
+
+/// Puts what the answer's metadata says of the exchange that the
+/// application gets as gRPC response metadata too: the ids an X-Road
+/// security server gave it (`x-road-id`, `x-road-request-id`, returned by
+/// the hub that called it). Other keys, or values that cannot be a header,
+/// stay in `CallResponse.metadata` only.
+fn returned_metadata(
+    from: &std::collections::HashMap<String, String>,
+    to: &mut tonic::metadata::MetadataMap,
+) {
+    for (name, value) in from {
+        if !name.starts_with("x-road-") {
+            continue;
+        }
+        if let (Ok(key), Ok(value)) = (
+            tonic::metadata::AsciiMetadataKey::from_bytes(name.as_bytes()),
+            tonic::metadata::AsciiMetadataValue::try_from(value.as_str()),
+        ) {
+            to.insert(key, value);
+        }
+    }
 }
 
 /// A failed call to a provider node in words for the application; `serial`
@@ -203,7 +254,11 @@ impl DataExchange for Consumer {
             code_of(&result),
             response.len() as u64,
         );
-        result.map(Response::new)
+        result.map(|answer| {
+            let mut headers = tonic::metadata::MetadataMap::new();
+            returned_metadata(&answer.metadata, &mut headers);
+            Response::from_parts(headers, answer, Default::default())
+        })
     }
 
     type QueryStream = crate::provider::PageStream;
@@ -231,22 +286,35 @@ impl DataExchange for Consumer {
             return Err(trace.refuse(refusal));
         }
         let span = tracing::info_span!("query", side = "consumer", request_id = %req.request_id, service = %req.service_id);
+        let service_id = req.service_id.clone();
         let opened = async {
             let route = self.route(&req.service_id)?;
-            if route.via_hub {
-                return Err(Status::unimplemented(format!(
-                    "{} is a service of another instance: query streams do not cross the hub yet; call it with `get`",
-                    req.service_id
-                )));
+            let mut request = forward(deadline, req);
+            // Another instance's service: through the province's hub, with
+            // this node's signed record of on whose behalf, for this query.
+            if let Some(audience) = &route.audience {
+                let signed = self
+                    .ctx
+                    .obo_signer()
+                    .and_then(|signer| {
+                        signer.sign(
+                            request.get_ref(),
+                            lgsp_registry::calendar::unix_now_ms(),
+                            audience,
+                        )
+                    })
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                crate::obo::to_metadata(request.metadata_mut(), &signed);
             }
             let mut client = self.client(&route)?;
             client
-                .query(forward(deadline, req))
+                .query(request)
                 .await
                 .map_err(|s| explain(s, &self.ctx.serial))
         }
+        .instrument(span.clone())
         .await;
-        let mut upstream = match opened {
+        let upstream = match opened {
             Ok(r) => r.into_inner(),
             Err(status) => {
                 trace.finish(&Sha256::digest([]), status.code(), 0);
@@ -254,35 +322,13 @@ impl DataExchange for Consumer {
             }
         };
         // Pages pass through one at a time: backpressure reaches the provider.
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<QueryPage, Status>>(1);
-        tokio::spawn(
-            async move {
-                let mut digest = Sha256::new();
-                let mut bytes_out = 0u64;
-                let outcome = loop {
-                    match upstream.next().await {
-                        Some(Ok(page)) => {
-                            let encoded = page.encode_to_vec();
-                            digest.update(&encoded);
-                            bytes_out += encoded.len() as u64;
-                            if tx.send(Ok(page)).await.is_err() {
-                                break Err(Status::cancelled("the application stopped reading"));
-                            }
-                        }
-                        Some(Err(s)) => {
-                            let _ = tx.send(Err(s.clone())).await;
-                            break Err(s);
-                        }
-                        None => break Ok(()),
-                    }
-                };
-                let digest = digest.finalize();
-                trace.finish(&digest, code_of(&outcome), bytes_out);
-            }
-            .instrument(span),
-        );
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
+        Ok(Response::new(crate::relay::relay(
+            upstream,
+            &service_id,
+            deadline,
+            move |digest, code, bytes| trace.finish(digest, code, bytes),
+            (),
+            span,
         )))
     }
 }

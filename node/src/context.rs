@@ -61,6 +61,9 @@ pub struct NodeContext {
     pub replays: crate::obo::ReplayGuard,
     /// Federation peers' CRLs in force for on-behalf-of records.
     pub peer_crls: crate::peer_crl::PeerCrls,
+    /// Outside REST systems' CRLs in force (their `RestClient` records),
+    /// for the hub's REST endpoint and for records made for them.
+    pub rest_client_crls: crate::peer_crl::PeerCrls,
     /// Verifies on-behalf-of records, remembering checked certificates.
     pub obo_verifier: crate::obo::Verifier,
     /// This node's key for signing on-behalf-of records, parsed once.
@@ -74,13 +77,50 @@ pub trait Forwarder: Send + Sync + std::fmt::Debug {
     /// Whether this node carries calls to `service_id` elsewhere.
     fn carries(&self, service_id: &str) -> bool;
     /// Carries `envelope` from `caller`, with the record of on whose behalf
-    /// (`obo`), and returns the answer's payload.
+    /// (`obo`), and returns the answer.
     async fn forward(
         &self,
         caller: &lgsp_certs::Peer,
         envelope: &lgsp_proto::Envelope,
         obo: Option<&lgsp_proto::SignedOnBehalfOf>,
-    ) -> Result<Vec<u8>, tonic::Status>;
+    ) -> Result<Forwarded, tonic::Status>;
+    /// Opens `query` from `caller` elsewhere, with the record of on whose
+    /// behalf (`obo`), within `deadline`; the pages as they come. A
+    /// forwarder that carries no query streams refuses, saying so.
+    async fn forward_query(
+        &self,
+        caller: &lgsp_certs::Peer,
+        query: lgsp_proto::QueryRequest,
+        obo: Option<&lgsp_proto::SignedOnBehalfOf>,
+        deadline: Option<crate::deadline::Deadline>,
+    ) -> Result<crate::provider::PageStream, tonic::Status> {
+        let _ = (caller, obo, deadline);
+        Err(tonic::Status::unimplemented(format!(
+            "this node carries no query streams for {}; call it with `get`",
+            query.service_id
+        )))
+    }
+}
+
+/// The answer to a call a [`Forwarder`] carried.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Forwarded {
+    /// The payload.
+    pub payload: Vec<u8>,
+    /// What the far side said of the exchange that the caller gets back
+    /// (`CallResponse.metadata`, and the node's gRPC response metadata) and
+    /// the sharing log keeps: an X-Road security server's `x-road-id` and
+    /// `x-road-request-id`.
+    pub metadata: std::collections::HashMap<String, String>,
+}
+
+impl From<Vec<u8>> for Forwarded {
+    fn from(payload: Vec<u8>) -> Self {
+        Self {
+            payload,
+            metadata: Default::default(),
+        }
+    }
 }
 
 // By hand, so that logging the context never prints the node's private key
@@ -147,6 +187,7 @@ impl NodeContext {
             replays: crate::obo::ReplayGuard::default(),
             obo_verifier: crate::obo::Verifier::default(),
             peer_crls: crate::peer_crl::PeerCrls::default(),
+            rest_client_crls: crate::peer_crl::PeerCrls::default(),
             obo_signer: std::sync::OnceLock::new(),
         })
     }

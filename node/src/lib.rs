@@ -26,6 +26,8 @@ pub mod peer_crl;
 pub mod provider;
 pub mod refusal;
 pub mod registration;
+pub mod relay;
+pub mod replay;
 pub mod server;
 pub mod shutdown;
 pub mod trace;

@@ -71,6 +71,52 @@ pub enum OboError {
         /// The CRL's number.
         number: u64,
     },
+    /// An outside REST system's certificate is revoked by the CRL its
+    /// `RestClient` record holds.
+    #[error(
+        "the client certificate (serial {serial}) of REST client {client} is revoked by its CA's CRL number {number}, as the provincial admin published it (`lgsp hub rest-client crl`); the outside system needs a new certificate from its CA"
+    )]
+    RevokedRestClient {
+        /// The REST client record's name.
+        client: String,
+        /// The certificate's serial, lower-case hex.
+        serial: String,
+        /// The CRL's number.
+        number: u64,
+    },
+    /// The record is addressed to another instance (or, from an lgsp
+    /// before audiences, to none).
+    #[error(
+        "the on-behalf-of record is addressed to {}, not to {here}: a record is served only by the instance its signer addressed (a record without an audience comes from an lgsp older than this one: upgrade the signing node)",
+        if addressed.is_empty() { "no instance" } else { addressed.as_str() }
+    )]
+    OtherAudience {
+        /// The trust domain the record names.
+        addressed: String,
+        /// This instance's.
+        here: String,
+    },
+    /// The record names another hub than the one that carries it.
+    #[error(
+        "the on-behalf-of record is to be carried by {}, but {caller} carried it: a replay through another hub",
+        if named.is_empty() { "no hub" } else { named.as_str() }
+    )]
+    OtherHub {
+        /// The hub the record names.
+        named: String,
+        /// The hub that called.
+        caller: String,
+    },
+    /// The replay guard remembers as many records as it may.
+    #[error(
+        "this node already remembers {0} on-behalf-of records of the last minutes (its replay guard's bound); retry shortly"
+    )]
+    GuardFull(usize),
+    /// The replay guard cannot write the record to its journal.
+    #[error(
+        "this node cannot record the on-behalf-of record in its replay journal ({0}); it refuses the call rather than let the record be replayed after a restart: free disk space or fix the data directory"
+    )]
+    Unrecorded(String),
     /// The signer is not a node.
     #[error("the on-behalf-of record is signed by {0}, not an agency's node")]
     NotANode(String),
@@ -81,9 +127,97 @@ pub enum OboError {
     NotAHub(String),
 }
 
-/// The digest a record binds: SHA-256 of the encoded envelope.
+/// The digest a record binds: SHA-256 of the envelope's protobuf encoding
+/// with its parameters in key order.
+///
+/// `parameters` is a protobuf map, which prost keeps in a `HashMap`: each
+/// decoded copy iterates (and so encodes) its entries in its own random
+/// order, and a digest of `encode_to_vec()` made by the consumer would not
+/// match the one its hub makes of the same call with two parameters or more.
+/// Sorting the entries gives every party the same bytes; for up to one
+/// parameter they are exactly `encode_to_vec()`'s.
 pub fn digest(envelope: &lgsp_proto::Envelope) -> [u8; 32] {
-    Sha256::digest(envelope.encode_to_vec()).into()
+    use prost::encoding::{btree_map, bytes, string};
+    let parameters: std::collections::BTreeMap<String, String> = envelope
+        .parameters
+        .iter()
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
+    let mut buf = Vec::with_capacity(envelope.encoded_len());
+    if !envelope.service_id.is_empty() {
+        string::encode(1, &envelope.service_id, &mut buf);
+    }
+    if !envelope.operation.is_empty() {
+        string::encode(2, &envelope.operation, &mut buf);
+    }
+    btree_map::encode(
+        string::encode,
+        string::encoded_len,
+        string::encode,
+        string::encoded_len,
+        3,
+        &parameters,
+        &mut buf,
+    );
+    if !envelope.payload.is_empty() {
+        bytes::encode(4, &envelope.payload, &mut buf);
+    }
+    if !envelope.request_id.is_empty() {
+        string::encode(5, &envelope.request_id, &mut buf);
+    }
+    Sha256::digest(&buf).into()
+}
+
+/// The request a record is signed for: a unary call's envelope, or a query
+/// stream's request. Each verifies only for its own kind.
+#[derive(Clone, Copy, Debug)]
+pub enum Signed<'a> {
+    /// A unary `Call`.
+    Call(&'a lgsp_proto::Envelope),
+    /// A `Query` stream.
+    Query(&'a lgsp_proto::QueryRequest),
+}
+
+impl Signed<'_> {
+    /// SHA-256 of the encoded request.
+    pub fn digest(&self) -> [u8; 32] {
+        match self {
+            Self::Call(envelope) => digest(envelope),
+            Self::Query(query) => Sha256::digest(query.encode_to_vec()).into(),
+        }
+    }
+
+    /// The service it calls.
+    pub fn service_id(&self) -> &str {
+        match self {
+            Self::Call(envelope) => &envelope.service_id,
+            Self::Query(query) => &query.service_id,
+        }
+    }
+
+    /// Its request id.
+    pub fn request_id(&self) -> &str {
+        match self {
+            Self::Call(envelope) => &envelope.request_id,
+            Self::Query(query) => &query.request_id,
+        }
+    }
+
+    fn is_query(&self) -> bool {
+        matches!(self, Self::Query(_))
+    }
+}
+
+impl<'a> From<&'a lgsp_proto::Envelope> for Signed<'a> {
+    fn from(envelope: &'a lgsp_proto::Envelope) -> Self {
+        Self::Call(envelope)
+    }
+}
+
+impl<'a> From<&'a lgsp_proto::QueryRequest> for Signed<'a> {
+    fn from(query: &'a lgsp_proto::QueryRequest) -> Self {
+        Self::Query(query)
+    }
 }
 
 fn signed_bytes(record: &[u8]) -> Vec<u8> {
@@ -125,18 +259,24 @@ impl Signer {
         Ok(Self { key, certificate })
     }
 
-    /// Signs a record for `envelope` at `at_unix_ms`.
-    pub fn sign(
+    /// Signs a record for `request` (an envelope, or a query stream's
+    /// request) at `at_unix_ms`, addressed to `audience`.
+    pub fn sign<'a>(
         &self,
-        envelope: &lgsp_proto::Envelope,
+        request: impl Into<Signed<'a>>,
         at_unix_ms: i64,
+        audience: &Audience,
     ) -> Result<SignedOnBehalfOf, OboError> {
+        let request = request.into();
         self.sign_record(OnBehalfOf {
             certificate: self.certificate.clone(),
-            request_id: envelope.request_id.clone(),
-            request_sha256: digest(envelope).to_vec(),
+            request_id: request.request_id().to_owned(),
+            request_sha256: request.digest().to_vec(),
             at_unix_ms,
-            service_id: envelope.service_id.clone(),
+            service_id: request.service_id().to_owned(),
+            audience: audience.trust_domain.clone(),
+            via_hub: audience.via_hub.clone(),
+            query: request.is_query(),
             ..Default::default()
         })
     }
@@ -151,6 +291,15 @@ impl Signer {
         rest_client: &str,
         caller_certificate: &[u8],
     ) -> Result<SignedOnBehalfOf, OboError> {
+        // Addressed to the hub's own instance: its provider nodes.
+        let audience = lgsp_certs::inspect::CertInfo::from_der(
+            &self.certificate,
+            std::path::Path::new("<hub>"),
+        )
+        .ok()
+        .and_then(|info| info.spiffe_id.ok())
+        .map(|id| id.trust_domain)
+        .unwrap_or_default();
         self.sign_record(OnBehalfOf {
             certificate: self.certificate.clone(),
             request_id: envelope.request_id.clone(),
@@ -159,6 +308,9 @@ impl Signer {
             service_id: envelope.service_id.clone(),
             rest_client: rest_client.to_owned(),
             caller_certificate: caller_certificate.to_vec(),
+            audience,
+            via_hub: String::new(),
+            query: false,
         })
     }
 
@@ -175,14 +327,36 @@ impl Signer {
     }
 }
 
-/// Signs a record for `envelope` with the consumer node's key (parsing
-/// the key each time: [`Signer`] keeps it).
-pub fn sign(
+/// Signs a record for `request` (an envelope, or a query stream's request)
+/// with the consumer node's key, addressed to `audience` (parsing the key
+/// each time: [`Signer`] keeps it).
+pub fn sign<'a>(
     creds: &Credentials,
-    envelope: &lgsp_proto::Envelope,
+    request: impl Into<Signed<'a>>,
     at_unix_ms: i64,
+    audience: &Audience,
 ) -> Result<SignedOnBehalfOf, OboError> {
-    Signer::new(creds)?.sign(envelope, at_unix_ms)
+    Signer::new(creds)?.sign(request, at_unix_ms, audience)
+}
+
+/// Whom a record is addressed to: it verifies only there.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Audience {
+    /// The trust domain of the instance that serves the call.
+    pub trust_domain: String,
+    /// The SPIFFE ID of the hub of the signer's instance that carries the
+    /// call out of it.
+    pub via_hub: String,
+}
+
+impl Audience {
+    /// A call to instance `trust_domain` carried out by hub `via_hub`.
+    pub fn new(trust_domain: &str, via_hub: &SpiffeId) -> Self {
+        Self {
+            trust_domain: trust_domain.to_owned(),
+            via_hub: via_hub.to_string(),
+        }
+    }
 }
 
 /// A record that verified: the consumer it names.
@@ -202,18 +376,39 @@ impl Verified {
     pub fn consumer(&self) -> String {
         format!("{}@{}", self.id.agency, self.id.trust_domain)
     }
+
+    /// Refuses the record unless it is addressed to instance `trust_domain`
+    /// and, when `via_hub` is given, carried out of its instance by that
+    /// hub (the one that called): a record captured on its way cannot be
+    /// replayed to another instance, nor through another hub.
+    pub fn addressed_to(&self, trust_domain: &str, via_hub: Option<&str>) -> Result<(), OboError> {
+        if self.record.audience != trust_domain {
+            return Err(OboError::OtherAudience {
+                addressed: self.record.audience.clone(),
+                here: trust_domain.to_owned(),
+            });
+        }
+        match via_hub {
+            Some(hub) if self.record.via_hub != hub => Err(OboError::OtherHub {
+                named: self.record.via_hub.clone(),
+                caller: hub.to_owned(),
+            }),
+            _ => Ok(()),
+        }
+    }
 }
 
-/// Verifies `signed` for `envelope` at `now_ms`: its certificate is issued
-/// by one of `roots` and names a node, its signature verifies with that
-/// certificate, it is for this request and fresh.
-pub fn verify(
+/// Verifies `signed` for `request` (an envelope, or a query stream's
+/// request) at `now_ms`: its certificate is issued by one of `roots` and
+/// names a node, its signature verifies with that certificate, it is for
+/// this request and fresh.
+pub fn verify<'a>(
     signed: &SignedOnBehalfOf,
-    envelope: &lgsp_proto::Envelope,
+    request: impl Into<Signed<'a>>,
     roots: &[CertificateDer<'_>],
     now_ms: i64,
 ) -> Result<Verified, OboError> {
-    Verifier::default().verify(signed, envelope, roots, now_ms)
+    Verifier::default().verify(signed, request, roots, now_ms)
 }
 
 /// What a certificate that chains to a set of roots says, checked once.
@@ -333,14 +528,14 @@ impl Verifier {
     }
 
     /// [`verify`], with what this verifier remembers.
-    pub fn verify(
+    pub fn verify<'a>(
         &self,
         signed: &SignedOnBehalfOf,
-        envelope: &lgsp_proto::Envelope,
+        request: impl Into<Signed<'a>>,
         roots: &[CertificateDer<'_>],
         now_ms: i64,
     ) -> Result<Verified, OboError> {
-        let (known, record) = self.signed_by(signed, envelope, roots, now_ms)?;
+        let (known, record) = self.signed_by(signed, request.into(), roots, now_ms)?;
         if known.id.role != lgsp_certs::Role::Node || !record.rest_client.is_empty() {
             return Err(OboError::NotANode(known.id.to_string()));
         }
@@ -356,16 +551,16 @@ impl Verifier {
     /// from outside REST system `client`: the system's certificate in the
     /// record must chain to the client's CA. The consumer is then the
     /// client's agency, of its trust domain.
-    pub fn verify_rest_client(
+    pub fn verify_rest_client<'a>(
         &self,
         signed: &SignedOnBehalfOf,
-        envelope: &lgsp_proto::Envelope,
+        request: impl Into<Signed<'a>>,
         own_roots: &[CertificateDer<'_>],
         own_domain: &str,
         client: &lgsp_proto::RestClient,
         now_ms: i64,
     ) -> Result<Verified, OboError> {
-        let (known, record) = self.signed_by(signed, envelope, own_roots, now_ms)?;
+        let (known, record) = self.signed_by(signed, request.into(), own_roots, now_ms)?;
         if known.id.role != lgsp_certs::Role::Hub || known.id.trust_domain != own_domain {
             return Err(OboError::NotAHub(known.id.to_string()));
         }
@@ -405,7 +600,7 @@ impl Verifier {
     fn signed_by(
         &self,
         signed: &SignedOnBehalfOf,
-        envelope: &lgsp_proto::Envelope,
+        request: Signed<'_>,
         roots: &[CertificateDer<'_>],
         now_ms: i64,
     ) -> Result<(Known, OnBehalfOf), OboError> {
@@ -421,8 +616,19 @@ impl Verifier {
         UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &known.public_key)
             .verify(&signed_bytes(&signed.record), &signed.signature)
             .map_err(|_| OboError::BadSignature)?;
-        if record.request_sha256 != digest(envelope) || record.service_id != envelope.service_id {
-            return Err(OboError::OtherRequest(envelope.request_id.clone()));
+        if record.query != request.is_query() {
+            let (signed_for, used_for) = if record.query {
+                ("a query stream", "a call")
+            } else {
+                ("a call", "a query stream")
+            };
+            return Err(OboError::OtherRequest(format!(
+                "{}: it was signed for {signed_for}, not {used_for}",
+                request.request_id()
+            )));
+        }
+        if record.request_sha256 != request.digest() || record.service_id != request.service_id() {
+            return Err(OboError::OtherRequest(request.request_id().to_owned()));
         }
         // In milliseconds: a record verifies for exactly twice the skew,
         // which the replay guard covers.
@@ -453,6 +659,14 @@ fn check_certificate(der: &[u8], roots: &[CertificateDer<'_>]) -> Result<Known, 
     })
 }
 
+/// The serial of certificate `der`, lower-case hex as CRLs are read
+/// ([`lgsp_certs::inspect::serial_hex`]); `None` when it cannot be parsed.
+pub fn serial_of(der: &[u8]) -> Option<String> {
+    X509Certificate::from_der(der)
+        .ok()
+        .map(|(_, cert)| lgsp_certs::inspect::serial_hex(cert.raw_serial()))
+}
+
 /// Whether certificate `der` is in its validity and signed by one of `roots`.
 pub fn issued_by(der: &[u8], roots: &[CertificateDer<'_>]) -> bool {
     let Ok((_, cert)) = X509Certificate::from_der(der) else {
@@ -473,17 +687,17 @@ fn signed_by_one_of(cert: &X509Certificate<'_>, roots: &[CertificateDer<'_>]) ->
 
 /// The CA certificates (DER) of a federation peer, from its PEM.
 pub fn peer_roots(peer: &lgsp_proto::FederationPeer) -> Vec<CertificateDer<'static>> {
-    lgsp_certs::inspect::pem_blocks(&peer.ca_pem)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|(label, _)| label == "CERTIFICATE")
-        .map(|(_, der)| CertificateDer::from(der))
-        .collect()
+    pem_roots(&peer.ca_pem)
 }
 
 /// The CA certificates (DER) of an outside REST system, from its PEM.
 pub fn rest_client_roots(client: &lgsp_proto::RestClient) -> Vec<CertificateDer<'static>> {
-    lgsp_certs::inspect::pem_blocks(&client.ca_pem)
+    pem_roots(&client.ca_pem)
+}
+
+/// The certificates (DER) in `pem`; none when it is not PEM.
+pub fn pem_roots(pem: &str) -> Vec<CertificateDer<'static>> {
+    lgsp_certs::inspect::pem_blocks(pem)
         .unwrap_or_default()
         .into_iter()
         .filter(|(label, _)| label == "CERTIFICATE")
@@ -513,59 +727,7 @@ pub fn claimed_domain(signed: &SignedOnBehalfOf) -> Option<String> {
     .map(|id| id.trust_domain)
 }
 
-/// Records already used, kept as long as they could still verify: a record
-/// seen twice is a replay.
-#[derive(Debug, Default)]
-pub struct ReplayGuard {
-    /// Records seen, in buckets of [`BUCKET_MS`] by arrival: a record is
-    /// looked up in every bucket still within the horizon, and a bucket
-    /// past it is dropped whole (no scan of what was seen).
-    buckets: Mutex<std::collections::VecDeque<(i64, std::collections::HashSet<[u8; 32]>)>>,
-}
-
-/// How much arrival time one bucket of a [`ReplayGuard`] covers.
-const BUCKET_MS: i64 = 10_000;
-
-impl ReplayGuard {
-    /// Remembers `signed` (by the record it signs) at `now_ms`; refuses it
-    /// if it was seen before. A record older than the skew allowed is
-    /// refused by [`verify`] anyway, so what arrived longer ago than twice
-    /// that is forgotten.
-    pub fn check(
-        &self,
-        signed: &SignedOnBehalfOf,
-        request_id: &str,
-        now_ms: i64,
-    ) -> Result<(), OboError> {
-        // Keyed by what was signed, not by the signature: an ECDSA
-        // signature can be rewritten into another valid one.
-        let key: [u8; 32] = Sha256::digest(&signed.record).into();
-        let mut buckets = self
-            .buckets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // A record verifies for twice the skew after it could first arrive;
-        // a bucket is dropped only once all it holds is past that.
-        let horizon = 2 * MAX_SKEW.as_millis() as i64 + 2 * BUCKET_MS;
-        while buckets
-            .front()
-            .is_some_and(|(start, _)| now_ms - start > horizon)
-        {
-            buckets.pop_front();
-        }
-        if buckets.iter().any(|(_, seen)| seen.contains(&key)) {
-            return Err(OboError::Replayed(request_id.to_owned()));
-        }
-        let start = now_ms - now_ms.rem_euclid(BUCKET_MS);
-        match buckets.back_mut() {
-            Some((last, seen)) if *last == start => {
-                seen.insert(key);
-            }
-            _ => buckets.push_back((start, std::collections::HashSet::from([key]))),
-        }
-        Ok(())
-    }
-}
+pub use crate::replay::ReplayGuard;
 
 /// The record in request headers, if any.
 pub fn from_metadata(
@@ -603,6 +765,33 @@ mod tests {
             .as_millis() as i64
     }
 
+    #[test]
+    fn an_envelopes_digest_does_not_depend_on_the_order_its_parameters_decode_in() {
+        let envelope = Envelope {
+            service_id: "000.00.12.H62/ho-tich".into(),
+            operation: "get".into(),
+            parameters: (0..24)
+                .map(|i| (format!("tham-số-{i}"), format!("giá-trị-{i}")))
+                .collect(),
+            payload: b"{}".to_vec(),
+            request_id: "req-1".into(),
+        };
+        // Each decoded copy is a new HashMap with its own iteration order, as
+        // at the consumer's hub and at the far side.
+        for _ in 0..8 {
+            let copy = Envelope::decode(envelope.encode_to_vec().as_slice()).unwrap();
+            assert_eq!(digest(&copy), digest(&envelope));
+        }
+        // With one parameter the digest is that of the plain encoding, as
+        // before: records of nodes not yet upgraded still verify.
+        let one = Envelope {
+            parameters: [("key".to_owned(), "001099012345".to_owned())].into(),
+            ..envelope
+        };
+        let plain: [u8; 32] = Sha256::digest(one.encode_to_vec()).into();
+        assert_eq!(digest(&one), plain);
+    }
+
     struct Instance {
         _dir: tempfile::TempDir,
         ca: CertificateAuthority,
@@ -627,6 +816,14 @@ mod tests {
         Credentials::from_pem(&issued.cert_pem, &issued.key_pem, i.ca.cert_pem()).unwrap()
     }
 
+    /// Addressed to instance `q.example` through the hub of `p.example`.
+    fn audience() -> Audience {
+        Audience {
+            trust_domain: "q.example".into(),
+            via_hub: "spiffe://p.example/agency/000.00.00.H62/hub/hub".into(),
+        }
+    }
+
     fn envelope() -> Envelope {
         Envelope {
             service_id: "G01.00.01/dan-cu".into(),
@@ -637,33 +834,10 @@ mod tests {
     }
 
     #[test]
-    fn the_replay_guard_remembers_a_record_as_long_as_it_could_verify() {
-        let mut p = instance("p.example");
-        let creds = node(&mut p, "000.00.13.H62", lgsp_certs::Role::Node);
-        let signed = sign(&creds, &envelope(), 0).unwrap();
-        let guard = ReplayGuard::default();
-        let t = 1_000_000_000;
-        guard.check(&signed, "r-1", t).unwrap();
-        let skew = MAX_SKEW.as_millis() as i64;
-        // Still within twice the skew allowed: a replay.
-        assert!(guard.check(&signed, "r-1", t + 2 * skew).is_err());
-        // Long after: forgotten (verify refuses so old a record by its time).
-        assert!(
-            guard
-                .check(&signed, "r-1", t + 2 * skew + 3 * BUCKET_MS)
-                .is_ok()
-        );
-        assert!(
-            guard.buckets.lock().unwrap().len() <= 2,
-            "old buckets are dropped whole"
-        );
-    }
-
-    #[test]
     fn a_record_signed_by_the_consumer_node_verifies_and_names_its_agency() {
         let mut p = instance("p.example");
         let creds = node(&mut p, "000.00.13.H62", lgsp_certs::Role::Node);
-        let signed = sign(&creds, &envelope(), now_ms()).unwrap();
+        let signed = sign(&creds, &envelope(), now_ms(), &audience()).unwrap();
         let v = verify(&signed, &envelope(), &creds.roots, now_ms()).unwrap();
         assert_eq!(v.consumer(), "000.00.13.H62@p.example");
     }
@@ -673,7 +847,7 @@ mod tests {
         let mut p = instance("p.example");
         let mut other = instance("p.example");
         let creds = node(&mut p, "000.00.13.H62", lgsp_certs::Role::Node);
-        let signed = sign(&creds, &envelope(), now_ms()).unwrap();
+        let signed = sign(&creds, &envelope(), now_ms(), &audience()).unwrap();
         // Another request than the one signed.
         let mut changed = envelope();
         changed.parameters.insert("key".into(), "x".into());
@@ -695,20 +869,20 @@ mod tests {
         );
         // Signed by a certificate of a CA not trusted for the instance (same name).
         let stranger = node(&mut other, "000.00.13.H62", lgsp_certs::Role::Node);
-        let foreign = sign(&stranger, &envelope(), now_ms()).unwrap();
+        let foreign = sign(&stranger, &envelope(), now_ms(), &audience()).unwrap();
         assert!(matches!(
             verify(&foreign, &envelope(), &creds.roots, now_ms()),
             Err(OboError::Untrusted(_))
         ));
         // Old.
-        let old = sign(&creds, &envelope(), now_ms() - 600_000).unwrap();
+        let old = sign(&creds, &envelope(), now_ms() - 600_000, &audience()).unwrap();
         assert!(matches!(
             verify(&old, &envelope(), &creds.roots, now_ms()),
             Err(OboError::Expired(_))
         ));
         // Signed by a hub, not a node.
         let hub = node(&mut p, "000.00.00.H62", lgsp_certs::Role::Hub);
-        let by_hub = sign(&hub, &envelope(), now_ms()).unwrap();
+        let by_hub = sign(&hub, &envelope(), now_ms(), &audience()).unwrap();
         assert!(matches!(
             verify(&by_hub, &envelope(), &creds.roots, now_ms()),
             Err(OboError::NotANode(_))
@@ -725,6 +899,94 @@ mod tests {
         let mut rewritten = signed.clone();
         rewritten.signature[40] ^= 1;
         assert!(guard.check(&rewritten, "r-1", now_ms()).is_err());
+    }
+
+    fn query() -> lgsp_proto::QueryRequest {
+        lgsp_proto::QueryRequest {
+            service_id: "G01.00.01/dan-cu".into(),
+            page_size: 100,
+            request_id: "r-1".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_query_record_verifies_for_its_query_only_and_never_as_a_call() {
+        let mut p = instance("p.example");
+        let creds = node(&mut p, "000.00.13.H62", lgsp_certs::Role::Node);
+        let signed = sign(&creds, &query(), now_ms(), &audience()).unwrap();
+        let v = verify(&signed, &query(), &creds.roots, now_ms()).unwrap();
+        assert_eq!(v.consumer(), "000.00.13.H62@p.example");
+        assert!(v.record.query);
+        // Another query (a filter added on the way): refused.
+        let mut changed = query();
+        changed.filters.push(lgsp_proto::FieldFilter {
+            field: "ho_ten".into(),
+            equals: "Nguyễn Văn A".into(),
+        });
+        assert!(matches!(
+            verify(&signed, &changed, &creds.roots, now_ms()),
+            Err(OboError::OtherRequest(_))
+        ));
+        // A query record presented with a call, and a call record with a
+        // query, of the same service and request id: refused, saying which.
+        let e = verify(&signed, &envelope(), &creds.roots, now_ms()).unwrap_err();
+        assert!(e.to_string().contains("signed for a query stream"), "{e}");
+        let call = sign(&creds, &envelope(), now_ms(), &audience()).unwrap();
+        let e = verify(&call, &query(), &creds.roots, now_ms()).unwrap_err();
+        assert!(e.to_string().contains("signed for a call"), "{e}");
+    }
+
+    #[test]
+    fn a_record_is_served_only_by_the_instance_and_through_the_hub_it_is_addressed_to() {
+        let mut p = instance("p.example");
+        let creds = node(&mut p, "000.00.13.H62", lgsp_certs::Role::Node);
+        let signed = sign(&creds, &envelope(), now_ms(), &audience()).unwrap();
+        let v = verify(&signed, &envelope(), &creds.roots, now_ms()).unwrap();
+        let hub = audience().via_hub;
+        v.addressed_to("q.example", Some(&hub)).unwrap();
+        v.addressed_to("q.example", None).unwrap();
+        // Replayed to another instance.
+        assert!(matches!(
+            v.addressed_to("r.example", None),
+            Err(OboError::OtherAudience { .. })
+        ));
+        // Replayed through another hub of the signer's province.
+        let other_hub = "spiffe://p.example/agency/000.00.00.H62/hub/hub-2";
+        let e = v.addressed_to("q.example", Some(other_hub)).unwrap_err();
+        assert!(matches!(e, OboError::OtherHub { .. }), "{e:?}");
+        assert!(e.to_string().contains("hub-2"), "{e}");
+        // A record that names no audience (an older signer): refused, saying so.
+        let unaddressed = sign(&creds, &envelope(), now_ms(), &Audience::default()).unwrap();
+        let e = verify(&unaddressed, &envelope(), &creds.roots, now_ms())
+            .unwrap()
+            .addressed_to("q.example", None)
+            .unwrap_err();
+        assert!(e.to_string().contains("no instance"), "{e}");
+    }
+
+    #[test]
+    fn a_hub_record_for_a_rest_client_is_addressed_to_the_hubs_own_instance() {
+        let mut p = instance("p.example");
+        let mut outside = instance("moj.example");
+        let hub = node(&mut p, "000.00.00.H62", lgsp_certs::Role::Hub);
+        let caller = node(&mut outside, "000.00.07.G01", lgsp_certs::Role::Node);
+        let signed = Signer::new(&hub)
+            .unwrap()
+            .sign_for_rest_client(&envelope(), now_ms(), "btp-hotich", &caller.chain[0])
+            .unwrap();
+        let v = Verifier::default()
+            .verify_rest_client(
+                &signed,
+                &envelope(),
+                &hub.roots,
+                "p.example",
+                &rest_client(&outside),
+                now_ms(),
+            )
+            .unwrap();
+        v.addressed_to("p.example", None).unwrap();
+        assert!(v.addressed_to("other.example", None).is_err());
     }
 
     fn rest_client(outside: &Instance) -> lgsp_proto::RestClient {

@@ -8,7 +8,10 @@
 //! backend answers, and the exchange is logged. A `Query` stream takes the
 //! same steps before its first page, and checks the certificate again
 //! before each page and whenever a new CRL comes into force: a consumer
-//! revoked (or expired) mid-stream gets no further page.
+//! revoked (or expired) mid-stream gets no further page. A hub opening a
+//! query for a consumer of another instance sends the consumer's signed
+//! record, verified and authorized here as for a call; on a hub's own node,
+//! a query of an imported service is handed to its forwarder.
 
 use crate::access;
 use crate::config::Backend;
@@ -25,7 +28,6 @@ use lgsp_proto::data_exchange_server::DataExchange;
 use lgsp_proto::{CallResponse, Envelope, QueryPage, QueryRequest, Record, SignedOnBehalfOf};
 use prost::Message as _;
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
@@ -116,7 +118,7 @@ impl Provider {
         // Called by a hub for a consumer of another instance: the consumer
         // is the one its signed record names, verified here.
         let on_behalf = match (&obo, peer.id.role) {
-            (Some(signed), lgsp_certs::Role::Hub) => Some(self.verify_obo(signed, &env)),
+            (Some(signed), lgsp_certs::Role::Hub) => Some(self.verify_obo(signed, (&env).into())),
             _ => None,
         };
         let consumer_label = match &on_behalf {
@@ -170,12 +172,14 @@ impl Provider {
             status = cancelled => Err(status),
         };
         let request_id = std::mem::take(&mut env.request_id);
+        let mut trace = trace;
         // A response the caller cannot take is not delivered: the log says so.
-        let result = result.and_then(|payload| {
+        let result = result.and_then(|answered| {
+            trace.external_ids(&answered.metadata);
             let response = CallResponse {
-                payload,
+                payload: answered.payload,
                 request_id,
-                metadata: HashMap::new(),
+                metadata: answered.metadata,
             };
             let size = response.encoded_len();
             if size > response_limit {
@@ -208,7 +212,7 @@ impl Provider {
     fn verify_obo(
         &self,
         signed: &SignedOnBehalfOf,
-        env: &Envelope,
+        env: crate::obo::Signed<'_>,
     ) -> Result<crate::obo::Verified, crate::obo::OboError> {
         let verifier = &self.ctx.obo_verifier;
         let now = lgsp_registry::calendar::unix_now() * 1000;
@@ -221,6 +225,7 @@ impl Provider {
                 None => Default::default(),
             };
             let verified = verifier.verify(signed, env, &roots, now)?;
+            verified.addressed_to(&self.ctx.trust_domain, None)?;
             if let Some(peer) = &peer
                 && let Some(number) = self.ctx.peer_crls.revoked(peer, &verified.serial)
             {
@@ -245,16 +250,22 @@ impl Provider {
                 .spiffe_id()
                 .map(|id| id.trust_domain)
                 .unwrap_or_default();
-            verifier.verify_rest_client(
+            let verified = verifier.verify_rest_client(
                 signed,
                 env,
                 &self.ctx.creds.roots,
                 &own_domain,
                 &client,
                 now,
-            )?
+            )?;
+            verified.addressed_to(&self.ctx.trust_domain, None)?;
+            // The hub checks the client's CRL too, but may not have loaded it yet.
+            self.ctx
+                .rest_client_crls
+                .check_rest_client(&client, &verified.record.caller_certificate)?;
+            verified
         };
-        self.ctx.replays.check(signed, &env.request_id, now)?;
+        self.ctx.replays.check(signed, env.request_id(), now)?;
         Ok(verified)
     }
 
@@ -265,13 +276,26 @@ impl Provider {
         env: &Envelope,
         on_behalf: Option<&crate::obo::Verified>,
         obo: Option<&SignedOnBehalfOf>,
-    ) -> Result<Vec<u8>, Status> {
-        let ctx = &self.ctx;
-        if let Some(forwarder) = ctx.forwarder.get()
+    ) -> Result<crate::context::Forwarded, Status> {
+        if let Some(forwarder) = self.ctx.forwarder.get()
             && forwarder.carries(&env.service_id)
         {
             return forwarder.forward(peer, env, obo).await;
         }
+        self.serve_here(peer, env, on_behalf)
+            .await
+            .map(crate::context::Forwarded::from)
+    }
+
+    /// Authorizes a call to a service this node serves itself and has its
+    /// backend answer it.
+    async fn serve_here(
+        &self,
+        peer: &Peer,
+        env: &Envelope,
+        on_behalf: Option<&crate::obo::Verified>,
+    ) -> Result<Vec<u8>, Status> {
+        let ctx = &self.ctx;
         let allowed = match on_behalf {
             Some(v) => access::authorize_foreign(
                 &ctx.cache,
@@ -395,25 +419,28 @@ impl Provider {
     }
 
     /// Authorizes a query stream, limits it to the items granted and finds
-    /// its dataset.
+    /// its dataset. A query a hub opens for a consumer of another instance
+    /// (`on_behalf`) is authorized against that consumer's grant and items.
     fn open_query(
         &self,
         peer: &Peer,
         req: &mut QueryRequest,
+        on_behalf: Option<&crate::obo::Verified>,
     ) -> Result<Arc<lgsp_dataset::Dataset>, Status> {
         let ctx = &self.ctx;
         let service_id = req.service_id.as_str();
-        let allowed = access::authorize(
-            &ctx.cache,
-            &ctx.config.agency,
-            peer,
-            service_id,
-            lgsp_registry::calendar::unix_now(),
-        )?;
+        let now = lgsp_registry::calendar::unix_now();
+        let allowed = match on_behalf {
+            Some(v) => {
+                access::authorize_foreign(&ctx.cache, &ctx.config.agency, &v.id, service_id, now)?
+            }
+            None => access::authorize(&ctx.cache, &ctx.config.agency, peer, service_id, now)?,
+        };
+        let consumer_label = on_behalf.map(crate::obo::Verified::consumer);
         // Every field asked for or filtered on must be granted; asking for
         // none gets the granted ones.
         allowed.check_items(
-            peer.id.agency.as_str(),
+            consumer_label.as_deref().unwrap_or(peer.id.agency.as_str()),
             req.fields
                 .iter()
                 .chain(req.filters.iter().map(|f| &f.field))
@@ -479,13 +506,28 @@ impl DataExchange for Provider {
         let peer = Peer::of(&request)?.clone();
         let permit = self.admit(&peer)?;
         let deadline = Deadline::of(request.metadata(), started);
+        let obo = match crate::obo::from_metadata(request.metadata()) {
+            Some(Ok(signed)) => Some(signed),
+            Some(Err(e)) => return Err(Refusal::OnBehalfOf(e.to_string()).into()),
+            None => None,
+        };
         let mut req = request.into_inner();
+        // Opened by a hub for a consumer of another instance: the consumer
+        // is the one its signed record names, verified here (as for a call).
+        let on_behalf = match (&obo, peer.id.role) {
+            (Some(signed), lgsp_certs::Role::Hub) => Some(self.verify_obo(signed, (&req).into())),
+            _ => None,
+        };
+        let consumer_label = match &on_behalf {
+            Some(Ok(v)) => v.consumer(),
+            _ => peer.id.agency.to_string(),
+        };
         let bad_id = own_request_id(&mut req.request_id);
         let trace = Trace::start(
             &self.ctx,
             "provider",
             &req.request_id,
-            peer.id.agency.as_str(),
+            &consumer_label,
             &req.service_id,
             "query",
             &req.encode_to_vec(),
@@ -495,7 +537,42 @@ impl DataExchange for Provider {
         if let Some(refusal) = bad_id {
             return Err(trace.refuse(refusal));
         }
-        let dataset = match self.open_query(&peer, &mut req) {
+        let on_behalf = match on_behalf {
+            Some(Ok(v)) => Some(v),
+            Some(Err(e)) => return Err(trace.refuse(Refusal::OnBehalfOf(e.to_string()))),
+            None => None,
+        };
+        // Another instance's service, imported through this node (a hub):
+        // carried across, page by page, logged here once.
+        if let Some(forwarder) = self.ctx.forwarder.get()
+            && forwarder.carries(&req.service_id)
+        {
+            let span = tracing::info_span!("query", side = "hub", request_id = %req.request_id, consumer = %peer.id.agency, service = %req.service_id);
+            let service_id = req.service_id.clone();
+            let upstream = match forwarder
+                .forward_query(&peer, req, obo.as_ref(), deadline)
+                .instrument(span.clone())
+                .await
+            {
+                Ok(upstream) => upstream,
+                Err(status) => {
+                    trace.finish(&Sha256::digest([]), status.code(), 0);
+                    return Err(status);
+                }
+            };
+            let pages = crate::relay::relay(
+                upstream,
+                &service_id,
+                deadline,
+                move |digest, code, bytes| trace.finish(digest, code, bytes),
+                permit,
+                span,
+            );
+            return Ok(Response::new(Box::pin(
+                self.auth.while_admitted(peer, pages),
+            )));
+        }
+        let dataset = match self.open_query(&peer, &mut req, on_behalf.as_ref()) {
             Ok(dataset) => dataset,
             Err(status) => {
                 trace.finish(&Sha256::digest([]), status.code(), 0);

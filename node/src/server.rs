@@ -104,6 +104,18 @@ pub enum NodeError {
         #[source]
         source: std::io::Error,
     },
+    /// The replay guard's journal of on-behalf-of records cannot be used.
+    #[error(
+        "the replay guard's journal in {} cannot be read or written (the node remembers the on-behalf-of records it served there across restarts)",
+        dir.display()
+    )]
+    ReplayJournal {
+        /// The journal's directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The reflection service cannot be built.
     #[error("reflection service")]
     Reflection(#[source] tonic_reflection::server::Error),
@@ -252,6 +264,15 @@ impl NodeServer {
             id.trust_domain.clone(),
             metrics.clone(),
         );
+        let journal = config.data_dir.join("obo-seen");
+        let remembered = ctx
+            .replays
+            .open_journal(&journal, lgsp_registry::calendar::unix_now_ms())
+            .map_err(|source| NodeError::ReplayJournal {
+                dir: journal.clone(),
+                source,
+            })?;
+        tracing::debug!(remembered, "replay guard read back its journal");
 
         shutdown.spawn(
             "CRL follower",

@@ -79,6 +79,7 @@ pub struct Trace {
     bytes_in: u64,
     started: Instant,
     deadline: Option<Deadline>,
+    external_ids: std::collections::BTreeMap<String, String>,
     written: bool,
 }
 
@@ -120,8 +121,16 @@ impl Trace {
             bytes_in: request.len() as u64,
             started,
             deadline,
+            external_ids: Default::default(),
             written: false,
         }
+    }
+
+    /// Notes the ids an external system gave the exchange (by header
+    /// name), for its log entry.
+    pub fn external_ids(&mut self, ids: &std::collections::HashMap<String, String>) {
+        self.external_ids
+            .extend(ids.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
 
     /// Records that the exchange was refused with `refusal` before any work,
@@ -174,6 +183,7 @@ impl Trace {
             latency_us: latency.as_micros() as u64,
             bytes_in: self.bytes_in,
             bytes_out,
+            external_ids: std::mem::take(&mut self.external_ids),
         };
         if let Err(error) = ctx.log.append(entry) {
             tracing::error!(%error, "cannot write the sharing log");

@@ -3,10 +3,18 @@
 //! to found a new cluster (`lgsp registry snapshot restore`), as etcd's
 //! `etcdctl snapshot save` and `etcdutl snapshot restore` do.
 //!
-//! A backup file is `lgsp-registry-snapshot-v1\n`, one `RegistryBackup`
-//! message, and the SHA-256 of everything before it (32 bytes). The server
-//! that takes the copy computes the checksum; the client checks it before
-//! the file is renamed into place, and restore checks it again.
+//! A backup file is `lgsp-registry-snapshot-v2\n`, one
+//! `SignedRegistryBackup` message (the `RegistryBackup`, signed by the
+//! registry server that took it: see `signing.rs`), and the SHA-256 of
+//! everything before it (32 bytes). The checksum tells a damaged or cut
+//! file; the signature, checked against the province CA, a forged one. The
+//! client checks both before the file is renamed into place, and restore
+//! checks them again. A v1 file (before backups were signed) holds a bare
+//! `RegistryBackup`: it is opened only when asked for explicitly.
+
+mod signing;
+
+pub use signing::{BackupSigner, SignedBy};
 
 use crate::catalog;
 use crate::config::PeerConfig;
@@ -14,8 +22,10 @@ use crate::error::RegistryError;
 use crate::incarnation;
 use crate::kv::Staged;
 use crate::storage::RaftStore;
-use lgsp_proto::{CatalogSnapshot, Member, RegistryBackup};
+use lgsp_certs::identity::AgencyCode;
+use lgsp_proto::{CatalogSnapshot, Member, RegistryBackup, SignedRegistryBackup};
 use prost::Message as _;
+use rustls_pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 use std::io::Write as _;
@@ -23,7 +33,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// What every backup file starts with.
-pub const MAGIC: &[u8] = b"lgsp-registry-snapshot-v1\n";
+pub const MAGIC: &[u8] = b"lgsp-registry-snapshot-v2\n";
+
+/// What a backup file from before backups were signed starts with.
+pub const MAGIC_UNSIGNED: &[u8] = b"lgsp-registry-snapshot-v1\n";
 
 const SUM_LEN: usize = 32;
 
@@ -67,6 +80,25 @@ pub enum BackupError {
         /// What is wrong.
         why: String,
     },
+    /// The file carries no signature (a v1 file, from before backups were
+    /// signed) and was not accepted explicitly.
+    #[error(
+        "{path} is an unsigned backup (saved by an lgsp from before backups were signed): nothing shows that a registry server took it, since anyone who can write the file can recompute its SHA-256. Restore it only if you know where it comes from, with --accept-unsigned; otherwise use a signed backup (`lgsp registry snapshot save`)"
+    )]
+    Unsigned {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The signature does not verify against the province CA.
+    #[error(
+        "{path} is not a backup signed by a registry server of this province: {why}. Do not restore it (it may be forged); use another copy, or save a new snapshot"
+    )]
+    Signature {
+        /// The file.
+        path: PathBuf,
+        /// What does not hold.
+        why: String,
+    },
     /// A restore that cannot work as asked.
     #[error("{0}")]
     Refused(String),
@@ -82,13 +114,33 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BackupError + '_ {
     }
 }
 
-/// The bytes of a backup file holding `backup`.
-pub fn encode(backup: &RegistryBackup) -> Vec<u8> {
-    let mut file = MAGIC.to_vec();
-    backup.encode(&mut file).expect("a Vec grows as needed");
+fn with_checksum(mut file: Vec<u8>) -> Vec<u8> {
     let sum = Sha256::digest(&file);
     file.extend_from_slice(&sum);
     file
+}
+
+/// The bytes of a backup file holding `backup`, signed by `signer` (the
+/// registry server taking it). Fails when the key cannot sign.
+pub fn encode(backup: &RegistryBackup, signer: &BackupSigner) -> Result<Vec<u8>, BackupError> {
+    let bytes = backup.encode_to_vec();
+    let (certificate, signature) = signer.sign(&bytes).map_err(BackupError::Refused)?;
+    let signed = SignedRegistryBackup {
+        backup: bytes,
+        certificate,
+        signature,
+    };
+    let mut file = MAGIC.to_vec();
+    signed.encode(&mut file).expect("a Vec grows as needed");
+    Ok(with_checksum(file))
+}
+
+/// The bytes of a v1 backup file, unsigned, as lgsp wrote them before
+/// backups were signed (for tests of reading old files).
+pub fn encode_unsigned(backup: &RegistryBackup) -> Vec<u8> {
+    let mut file = MAGIC_UNSIGNED.to_vec();
+    backup.encode(&mut file).expect("a Vec grows as needed");
+    with_checksum(file)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -100,15 +152,26 @@ pub fn checksum_of(file: &[u8]) -> String {
     hex(&file[file.len().saturating_sub(SUM_LEN)..])
 }
 
+/// A backup file whose checksum matched, not yet trusted.
+#[derive(Debug)]
+pub struct BackupFile {
+    /// What it holds.
+    pub backup: RegistryBackup,
+    /// Its signature (`None`: a v1 file, unsigned).
+    pub signed: Option<SignedRegistryBackup>,
+}
+
 /// Checks and decodes the bytes of a backup file (`path` names it in
-/// errors): the magic, then the checksum, then the message.
-pub fn decode(path: &Path, file: &[u8]) -> Result<RegistryBackup, BackupError> {
-    if !file.starts_with(MAGIC) {
-        return Err(BackupError::NotASnapshot {
+/// errors): the magic, then the checksum, then the message. The signature
+/// is not checked here: see [`open`].
+pub fn decode(path: &Path, file: &[u8]) -> Result<BackupFile, BackupError> {
+    let magic = [MAGIC, MAGIC_UNSIGNED]
+        .into_iter()
+        .find(|m| file.starts_with(m))
+        .ok_or_else(|| BackupError::NotASnapshot {
             path: path.to_owned(),
-        });
-    }
-    if file.len() < MAGIC.len() + SUM_LEN {
+        })?;
+    if file.len() < magic.len() + SUM_LEN {
         return Err(BackupError::Damaged {
             path: path.to_owned(),
             why: format!("{} bytes is too short to hold a checksum", file.len()),
@@ -123,16 +186,86 @@ pub fn decode(path: &Path, file: &[u8]) -> Result<RegistryBackup, BackupError> {
             actual: hex(&actual),
         });
     }
-    RegistryBackup::decode(&content[MAGIC.len()..]).map_err(|e| BackupError::Damaged {
+    let damaged = |e: prost::DecodeError| BackupError::Damaged {
         path: path.to_owned(),
         why: e.to_string(),
+    };
+    let body = &content[magic.len()..];
+    if magic == MAGIC_UNSIGNED {
+        return Ok(BackupFile {
+            backup: RegistryBackup::decode(body).map_err(damaged)?,
+            signed: None,
+        });
+    }
+    let signed = SignedRegistryBackup::decode(body).map_err(damaged)?;
+    Ok(BackupFile {
+        backup: RegistryBackup::decode(signed.backup.as_slice()).map_err(damaged)?,
+        signed: Some(signed),
     })
 }
 
-/// Reads and checks the backup file at `path`.
-pub fn read_file(path: &Path) -> Result<RegistryBackup, BackupError> {
+/// What a backup must be signed by to be opened.
+#[derive(Clone, Debug, Default)]
+pub struct BackupTrust {
+    /// The province CA certificates (DER) the signer's certificate must be
+    /// issued by.
+    pub roots: Vec<CertificateDer<'static>>,
+    /// The agency that runs the registry: the signer's certificate must be
+    /// one of its registry servers' (`None`: any registry server the CA
+    /// issued).
+    pub province: Option<AgencyCode>,
+    /// Open a v1 file, which carries no signature, all the same.
+    pub accept_unsigned: bool,
+}
+
+/// A backup file checked and trusted.
+#[derive(Debug)]
+pub struct Opened {
+    /// What it holds.
+    pub backup: RegistryBackup,
+    /// The registry server that signed it (`None`: an unsigned v1 file,
+    /// accepted explicitly).
+    pub signed_by: Option<SignedBy>,
+}
+
+/// Checks the bytes of a backup file as [`decode`] does, then its
+/// signature against `trust`: refuses an unsigned file unless
+/// `trust.accept_unsigned`, and one whose signature does not verify.
+pub fn open(path: &Path, file: &[u8], trust: &BackupTrust) -> Result<Opened, BackupError> {
+    let BackupFile { backup, signed } = decode(path, file)?;
+    let Some(signed) = signed else {
+        if trust.accept_unsigned {
+            return Ok(Opened {
+                backup,
+                signed_by: None,
+            });
+        }
+        return Err(BackupError::Unsigned {
+            path: path.to_owned(),
+        });
+    };
+    let signed_by = signing::verify(
+        &signed.backup,
+        &signed.certificate,
+        &signed.signature,
+        &trust.roots,
+        trust.province.as_ref(),
+        backup.taken_unix_ms,
+    )
+    .map_err(|why| BackupError::Signature {
+        path: path.to_owned(),
+        why,
+    })?;
+    Ok(Opened {
+        backup,
+        signed_by: Some(signed_by),
+    })
+}
+
+/// Reads the backup file at `path` and opens it as [`open`] does.
+pub fn read_file(path: &Path, trust: &BackupTrust) -> Result<Opened, BackupError> {
     let file = std::fs::read(path).map_err(io(path))?;
-    decode(path, &file)
+    open(path, &file, trust)
 }
 
 /// Writes `file` (the bytes of a checked backup) to `path` atomically: a
@@ -235,11 +368,17 @@ pub fn restore(
 mod tests {
     use super::*;
 
+    use lgsp_certs::identity::{Role, SpiffeId};
+    use lgsp_certs::{CertificateAuthority, Credentials, LeafSpec};
+
+    const PROVINCE: &str = "000.00.01.H62";
+
     fn backup() -> RegistryBackup {
         RegistryBackup {
             revision: 42,
             applied_index: 50,
             server_id: 1,
+            taken_unix_ms: crate::calendar::unix_now_ms(),
             catalog: Some(CatalogSnapshot {
                 revision: 42,
                 ..Default::default()
@@ -248,11 +387,67 @@ mod tests {
         }
     }
 
+    /// A province CA (in a directory kept as long as the value lives).
+    struct Province {
+        _dir: tempfile::TempDir,
+        ca: CertificateAuthority,
+    }
+
+    impl Province {
+        fn new(trust_domain: &str) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let ca = CertificateAuthority::init(&dir.path().join("ca"), trust_domain, "CA thử", 30)
+                .unwrap();
+            Self { _dir: dir, ca }
+        }
+
+        fn issue(&mut self, agency: &str, role: Role, name: &str) -> Credentials {
+            let id = SpiffeId::new(
+                self.ca.trust_domain(),
+                AgencyCode::new(agency).unwrap(),
+                role,
+                name,
+            )
+            .unwrap();
+            let issued = self.ca.issue(&LeafSpec::for_days(id, 1).unwrap()).unwrap();
+            Credentials::from_pem(&issued.cert_pem, &issued.key_pem, self.ca.cert_pem()).unwrap()
+        }
+
+        fn signer(&mut self) -> BackupSigner {
+            BackupSigner::new(&self.issue(PROVINCE, Role::Registry, "registry-1")).unwrap()
+        }
+
+        /// What a restore on a server of this province trusts.
+        fn trust(&mut self) -> BackupTrust {
+            let creds = self.issue(PROVINCE, Role::Registry, "registry-2");
+            BackupTrust {
+                roots: creds.roots,
+                province: Some(AgencyCode::new(PROVINCE).unwrap()),
+                accept_unsigned: false,
+            }
+        }
+    }
+
+    /// `file` with its backup replaced by `change(backup)`, the signature
+    /// kept and the checksum recomputed: what someone who can write the
+    /// file but holds no registry key can make.
+    fn forged(file: &[u8], change: impl FnOnce(&mut RegistryBackup)) -> Vec<u8> {
+        let content = &file[MAGIC.len()..file.len() - SUM_LEN];
+        let mut signed = SignedRegistryBackup::decode(content).unwrap();
+        let mut backup = RegistryBackup::decode(signed.backup.as_slice()).unwrap();
+        change(&mut backup);
+        signed.backup = backup.encode_to_vec();
+        let mut forged = MAGIC.to_vec();
+        forged.extend_from_slice(&signed.encode_to_vec());
+        with_checksum(forged)
+    }
+
     #[test]
     fn a_backup_file_round_trips_and_a_changed_byte_is_refused_naming_the_checksum() {
-        let file = encode(&backup());
+        let mut province = Province::new("vinhphuc.gov.vn");
+        let file = encode(&backup(), &province.signer()).unwrap();
         let path = Path::new("b.snap");
-        assert_eq!(decode(path, &file).unwrap(), backup());
+        assert_eq!(decode(path, &file).unwrap().backup.revision, 42);
         let mut damaged = file.clone();
         let middle = MAGIC.len() + 2;
         damaged[middle] ^= 1;
@@ -273,6 +468,102 @@ mod tests {
             decode(path, b"PK\x03\x04 not a snapshot"),
             Err(BackupError::NotASnapshot { .. })
         ));
+    }
+
+    #[test]
+    fn a_backup_signed_by_a_registry_server_of_the_province_opens_naming_it() {
+        let mut province = Province::new("vinhphuc.gov.vn");
+        let saved = backup();
+        let file = encode(&saved, &province.signer()).unwrap();
+        let opened = open(Path::new("b.snap"), &file, &province.trust()).unwrap();
+        assert_eq!(opened.backup, saved);
+        let signer = opened.signed_by.expect("signed");
+        assert_eq!(signer.id.role, Role::Registry);
+        assert_eq!(signer.id.name, "registry-1");
+    }
+
+    #[test]
+    fn a_backup_changed_and_rehashed_is_refused_as_not_signed_by_the_province() {
+        let mut province = Province::new("vinhphuc.gov.vn");
+        let file = encode(&backup(), &province.signer()).unwrap();
+        // A grant added to the catalog, the SHA-256 made to match.
+        let tampered = forged(&file, |b| {
+            b.catalog
+                .as_mut()
+                .unwrap()
+                .records
+                .push(lgsp_proto::CatalogRecord {
+                    key: "000.00.12.H62/ho-tich/000.00.99.H62".into(),
+                    ..Default::default()
+                })
+        });
+        let path = Path::new("tampered.snap");
+        assert!(decode(path, &tampered).is_ok(), "the checksum matches");
+        match open(path, &tampered, &province.trust()) {
+            Err(e @ BackupError::Signature { .. }) => {
+                let why = e.to_string();
+                assert!(why.contains("does not match the contents"), "{why}");
+                assert!(why.contains("Do not restore it"), "{why}");
+            }
+            other => panic!("a tampered backup was opened: {other:?}"),
+        }
+        // A backup's own time is signed too: moved into another
+        // certificate's validity, it no longer verifies.
+        let retimed = forged(&file, |b| b.taken_unix_ms -= 1);
+        assert!(matches!(
+            open(path, &retimed, &province.trust()),
+            Err(BackupError::Signature { .. })
+        ));
+    }
+
+    #[test]
+    fn an_unsigned_backup_is_refused_unless_accepted_explicitly() {
+        let mut province = Province::new("vinhphuc.gov.vn");
+        let saved = backup();
+        let old = encode_unsigned(&saved);
+        let path = Path::new("old.snap");
+        let mut trust = province.trust();
+        match open(path, &old, &trust) {
+            Err(e @ BackupError::Unsigned { .. }) => {
+                let why = e.to_string();
+                assert!(why.contains("--accept-unsigned"), "{why}");
+            }
+            other => panic!("an unsigned backup was opened: {other:?}"),
+        }
+        trust.accept_unsigned = true;
+        let opened = open(path, &old, &trust).unwrap();
+        assert_eq!(opened.backup, saved);
+        assert_eq!(opened.signed_by, None);
+    }
+
+    #[test]
+    fn a_backup_signed_by_another_ca_another_agency_or_not_a_registry_server_is_refused() {
+        let mut province = Province::new("vinhphuc.gov.vn");
+        let trust = province.trust();
+        let path = Path::new("b.snap");
+        let refused =
+            |signer: BackupSigner| match open(path, &encode(&backup(), &signer).unwrap(), &trust) {
+                Err(BackupError::Signature { why, .. }) => why,
+                other => panic!("opened: {other:?}"),
+            };
+        let mut elsewhere = Province::new("vinhphuc.gov.vn");
+        let why = refused(elsewhere.signer());
+        assert!(why.contains("not issued by the province CA"), "{why}");
+        let admin = province.issue(PROVINCE, Role::Admin, "ops");
+        let why = refused(BackupSigner::new(&admin).unwrap());
+        assert!(why.contains("only a registry server"), "{why}");
+        let other_agency = province.issue("000.00.12.H62", Role::Registry, "r1");
+        let why = refused(BackupSigner::new(&other_agency).unwrap());
+        assert!(why.contains("not of the province's registry"), "{why}");
+        // Taken when the signer's certificate was not valid yet.
+        let mut early = backup();
+        early.taken_unix_ms -= 24 * 3600 * 1000;
+        match open(path, &encode(&early, &province.signer()).unwrap(), &trust) {
+            Err(BackupError::Signature { why, .. }) => {
+                assert!(why.contains("not valid when"), "{why}")
+            }
+            other => panic!("opened: {other:?}"),
+        }
     }
 
     #[test]
@@ -329,7 +620,7 @@ mod tests {
     fn a_backup_is_written_whole_or_not_at_all() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("catalog.snap");
-        let file = encode(&backup());
+        let file = encode(&backup(), &Province::new("vinhphuc.gov.vn").signer()).unwrap();
         write_file(&path, &file).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), file);
         let mut damaged = file.clone();

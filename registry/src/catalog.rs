@@ -10,7 +10,8 @@
 //! Keys (in the same key-value store as the raft state, see `storage.rs`):
 //! `c:<kind>:<key>` records, `w:<revision BE>` history events, `s:rev` the
 //! revision, `s:compact_rev` the oldest revision in the history,
-//! `s:member:<id BE>` members' addresses.
+//! `s:member:<id BE>` members' addresses, `s:apply_clock_ms` the apply
+//! clock (see [`apply_clock`]).
 
 use crate::audit_anchor;
 use crate::error::{CatalogError, RegistryError, StoreError};
@@ -38,6 +39,7 @@ pub const MAX_RECORD_BYTES: usize = 64 * 1024;
 const REVISION: &[u8] = b"s:rev";
 const COMPACT_REVISION: &[u8] = b"s:compact_rev";
 const MEMBER_PREFIX: &[u8] = b"s:member:";
+const APPLY_CLOCK: &[u8] = b"s:apply_clock_ms";
 const HISTORY_PREFIX: &[u8] = b"w:";
 const RECORD_PREFIX: &[u8] = b"c:";
 /// The bytes every record of the catalog takes, as stored (see
@@ -80,6 +82,28 @@ fn damaged(key: &[u8], e: prost::DecodeError) -> StoreError {
 /// The current catalog revision.
 pub fn revision(db: &impl KvRead) -> Result<u64, StoreError> {
     Ok(read_u64(db, REVISION)?.unwrap_or(0))
+}
+
+/// The time (Unix milliseconds) at which the committed entry taken at
+/// `entry_ms` (by its proposer's wall clock) is applied: the later of that
+/// and every entry time applied before it, kept in the replicated state
+/// (and in snapshots) and staged in `batch`. Time rules (expiry, leases,
+/// due dates) are decided with it, so a proposer whose clock steps back
+/// never moves the catalog's time back: an expired grant or agreement, or a
+/// lapsed node lease, never comes back into force. Every server reads the
+/// same log, so every server gets the same time.
+pub fn apply_clock(batch: &mut Staged, entry_ms: i64) -> Result<i64, StoreError> {
+    let seen = read_u64(batch, APPLY_CLOCK)?.map(|v| v as i64);
+    let now = seen.map_or(entry_ms, |seen| seen.max(entry_ms));
+    if seen != Some(now) {
+        batch.insert(APPLY_CLOCK, (now as u64).to_be_bytes());
+    }
+    Ok(now)
+}
+
+/// The apply clock as applied so far (0 before any entry).
+pub fn apply_clock_ms(db: &impl KvRead) -> Result<i64, StoreError> {
+    Ok(read_u64(db, APPLY_CLOCK)?.unwrap_or(0) as i64)
 }
 
 /// The oldest revision a watch can start from.
@@ -1427,6 +1451,7 @@ pub fn snapshot_data(db: &Kv) -> Result<Vec<u8>, RegistryError> {
         members: members(db)?,
         applied_keys,
         idempotency_floor_ms,
+        apply_clock_ms: apply_clock_ms(db)?,
     }
     .encode_to_vec())
 }
@@ -1460,6 +1485,7 @@ pub fn restore(db: &Kv, batch: &mut Staged, data: &[u8]) -> Result<(), RegistryE
     )?;
     batch.insert(REVISION, snapshot.revision.to_be_bytes());
     batch.insert(COMPACT_REVISION, (snapshot.revision + 1).to_be_bytes());
+    batch.insert(APPLY_CLOCK, (snapshot.apply_clock_ms as u64).to_be_bytes());
     Ok(())
 }
 

@@ -1,7 +1,9 @@
 //! A registry client for nodes, hubs, tools and tests: it knows every
-//! server, moves on to the next when one is unavailable, and retries
-//! reads, writes under an idempotency key (every write it applies), and
-//! other requests that were certainly not applied.
+//! server, moves on to the next when one is unavailable (straight to the
+//! leader when the answer names it: membership changes are the leader's
+//! alone), and retries reads, writes under an idempotency key (every write
+//! and membership change it makes), and other requests that were certainly
+//! not applied.
 
 use lgsp_certs::{ClientTrust, Credentials, Expected};
 use lgsp_proto::registry_client::RegistryClient as Grpc;
@@ -22,6 +24,17 @@ const RETRY_FOR: Duration = Duration::from_secs(10);
 pub struct RegistryClient {
     servers: Vec<(String, Channel)>,
     preferred: std::sync::Arc<AtomicUsize>,
+    /// How to reach a server named in an answer (`lgsp-leader`) that is
+    /// not among `servers`: the same credentials, trust and expected
+    /// identity (a registry server of our trust domain).
+    connector: Arc<Connector>,
+}
+
+#[derive(Debug)]
+struct Connector {
+    creds: Credentials,
+    trust: Arc<ClientTrust>,
+    expected: Expected,
 }
 
 /// What repeating a request could do, which decides when it is repeated.
@@ -33,8 +46,8 @@ enum Repeat {
     /// after the first attempt was applied answers with that attempt's
     /// outcome instead of applying again.
     Keyed,
-    /// A write without a key (membership changes): repeated only while it
-    /// was certainly not applied.
+    /// A write without a key (a leadership transfer, a write given no
+    /// key): repeated only while it was certainly not applied.
     Unkeyed,
 }
 
@@ -61,6 +74,16 @@ fn transient(status: &Status, repeat: Repeat) -> bool {
         }
         Repeat::Unkeyed => status.code() == Code::Unavailable,
     }
+}
+
+/// The leader's client address an answer names (`lgsp-leader`), if any.
+fn leader_named(status: &Status) -> Option<String> {
+    status
+        .metadata()
+        .get(crate::error::LEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
 }
 
 impl RegistryClient {
@@ -96,7 +119,24 @@ impl RegistryClient {
         Ok(Self {
             servers,
             preferred: std::sync::Arc::new(AtomicUsize::new(0)),
+            connector: Arc::new(Connector {
+                creds: creds.clone(),
+                trust,
+                expected,
+            }),
         })
+    }
+
+    /// A channel to `address`, which an answer named as the leader.
+    fn connect(&self, address: &str) -> Result<Channel, lgsp_certs::CertError> {
+        let c = &self.connector;
+        lgsp_certs::server_identity::connect_lazy(
+            address,
+            &c.creds,
+            c.trust.clone(),
+            c.expected.clone(),
+            |endpoint| endpoint,
+        )
     }
 
     /// The gRPC client of server `i`.
@@ -106,7 +146,10 @@ impl RegistryClient {
     }
 
     /// Runs `call` on the preferred server, moving on through the others
-    /// while the answer is "unavailable" (so nothing was applied).
+    /// while the answer is "unavailable" (so nothing was applied), or for a
+    /// read or keyed write, any answer that is not a decision. An answer
+    /// that names the leader (`lgsp-leader`) sends the next attempt there,
+    /// whether or not it is among the servers this client was given.
     async fn retry<T, F, Fut>(&self, repeat: Repeat, mut call: F) -> Result<T, Status>
     where
         F: FnMut(Grpc<Channel>) -> Fut,
@@ -115,15 +158,44 @@ impl RegistryClient {
         let deadline = Instant::now() + RETRY_FOR;
         let n = self.servers.len();
         let mut attempt = 0;
+        // The next attempt's server, when an answer named the leader.
+        let mut redirect: Option<(Option<usize>, String, Channel)> = None;
         loop {
-            let i = (self.preferred.load(Ordering::Relaxed) + attempt) % n;
-            match call(self.server(i)).await {
+            let (i, name, channel) = redirect.take().unwrap_or_else(|| {
+                let i = (self.preferred.load(Ordering::Relaxed) + attempt) % n;
+                (
+                    Some(i),
+                    self.servers[i].0.clone(),
+                    self.servers[i].1.clone(),
+                )
+            });
+            let grpc = Grpc::new(channel).max_decoding_message_size(64 << 20);
+            match call(grpc).await {
                 Ok(r) => {
-                    self.preferred.store(i, Ordering::Relaxed);
+                    if let Some(i) = i {
+                        self.preferred.store(i, Ordering::Relaxed);
+                    }
                     return Ok(r.into_inner());
                 }
                 Err(status) if transient(&status, repeat) && Instant::now() < deadline => {
-                    tracing::debug!(server = %self.servers[i].0, error = %status.message(), "registry server unavailable; trying another");
+                    tracing::debug!(server = %name, error = %status.message(), "registry server unavailable; trying another");
+                    if let Some(leader) = leader_named(&status).filter(|l| *l != name) {
+                        let known = self.servers.iter().position(|(e, _)| *e == leader);
+                        let channel = match known {
+                            Some(j) => Some(self.servers[j].1.clone()),
+                            None => self
+                                .connect(&leader)
+                                .inspect_err(|e| tracing::debug!(%leader, error = %e, "cannot reach the leader named"))
+                                .ok(),
+                        };
+                        if let Some(channel) = channel {
+                            redirect = Some((known, leader, channel));
+                            // Servers that disagree on the leader (an
+                            // election under way) must not make a busy loop.
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
+                        }
+                    }
                     attempt += 1;
                     if attempt % n == 0 {
                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -136,8 +208,7 @@ impl RegistryClient {
                         let tried: Vec<&str> =
                             self.servers.iter().map(|(e, _)| e.as_str()).collect();
                         explained = format!(
-                            "registry server {} unavailable (tried {}): {explained}",
-                            self.servers[i].0,
+                            "registry server {name} unavailable (tried {}): {explained}",
                             tried.join(", ")
                         );
                     }
@@ -295,24 +366,52 @@ impl RegistryClient {
         .await
     }
 
-    /// Adds a server; like [`apply`](Self::apply), retried only while it was
-    /// certainly not applied (a repeat of a change that went through would
-    /// answer "already a member").
+    /// Adds a server, through the leader (a follower's answer names it);
+    /// like [`apply`](Self::apply), under one idempotency key on every
+    /// attempt (`request.idempotency_key`, or a new one when it has none),
+    /// so it is retried on every outcome that is not a decision: a repeat
+    /// of a change that went through answers with its first result.
     pub async fn add_member(
         &self,
-        request: AddMemberRequest,
+        mut request: AddMemberRequest,
     ) -> Result<MembershipResponse, Status> {
-        self.retry(Repeat::Unkeyed, |mut c| {
+        if request.idempotency_key.is_empty() {
+            request.idempotency_key = crate::idempotency::new_key();
+        }
+        self.retry(Repeat::Keyed, |mut c| {
             let request = request.clone();
             async move { c.add_member(request).await }
         })
         .await
     }
 
-    /// Removes a server; retried only while it was certainly not applied.
+    /// Removes a server, as [`add_member`](Self::add_member) adds one,
+    /// under a new idempotency key.
     pub async fn remove_member(&self, id: u64) -> Result<MembershipResponse, Status> {
-        self.retry(Repeat::Unkeyed, |mut c| async move {
-            c.remove_member(RemoveMemberRequest { id }).await
+        self.remove_member_keyed(id, crate::idempotency::new_key())
+            .await
+    }
+
+    /// [`remove_member`](Self::remove_member) under the idempotency key
+    /// `key` (16 bytes; empty for none, and then retried only while
+    /// certainly not applied).
+    pub async fn remove_member_keyed(
+        &self,
+        id: u64,
+        key: Vec<u8>,
+    ) -> Result<MembershipResponse, Status> {
+        let repeat = if key.is_empty() {
+            Repeat::Unkeyed
+        } else {
+            Repeat::Keyed
+        };
+        let request = RemoveMemberRequest {
+            id,
+            idempotency_key: key,
+        };
+        self.retry(repeat, |mut c| {
+            let request = request.clone();
+            async move { c.remove_member(request).await }
         })
         .await
     }

@@ -78,6 +78,17 @@ pub enum RegistryError {
     /// No leader is known or reachable; the request was not applied.
     #[error("{0}")]
     Unavailable(String),
+    /// The request is for the leader alone (a membership change) and this
+    /// server is not it; nothing was applied. The status carries the
+    /// leader's client address ([`LEADER`]) for the client to go on there.
+    #[error("{why}")]
+    NotLeader {
+        /// What happened and what to do, in words.
+        why: String,
+        /// The leader's client address as the cluster knows it (empty:
+        /// not known).
+        leader_address: String,
+    },
     /// The request was proposed but its outcome is unknown (e.g. the leader
     /// changed before it committed); it may or may not have been applied.
     #[error("{0}")]
@@ -116,6 +127,11 @@ pub const OUTCOME: &str = "lgsp-outcome";
 /// mod revision at the time (0: absent).
 pub const MOD_REVISION: &str = "lgsp-mod-revision";
 
+/// The metadata key of a request refused by a server that is not the
+/// leader (membership changes): the leader's client address, where the same
+/// request goes next.
+pub const LEADER: &str = "lgsp-leader";
+
 fn with_outcome(status: Status, outcome: &'static str, revision: Option<u64>) -> Status {
     let mut metadata = status.metadata().clone();
     metadata.insert(
@@ -151,6 +167,19 @@ impl From<RegistryError> for Status {
             }
             RegistryError::Unavailable(m) => {
                 with_outcome(Status::unavailable(m), "not-applied", None)
+            }
+            RegistryError::NotLeader {
+                why,
+                leader_address,
+            } => {
+                let status = with_outcome(Status::unavailable(why), "not-applied", None);
+                let mut metadata = status.metadata().clone();
+                if !leader_address.is_empty()
+                    && let Ok(value) = leader_address.parse()
+                {
+                    metadata.insert(LEADER, value);
+                }
+                Status::with_metadata(status.code(), status.message(), metadata)
             }
             RegistryError::Indeterminate(m) => {
                 with_outcome(Status::deadline_exceeded(m), "unknown", None)
@@ -191,5 +220,12 @@ mod tests {
         )));
         assert_eq!(invalid.metadata().get(OUTCOME).unwrap(), "refused");
         assert!(invalid.metadata().get(MOD_REVISION).is_none());
+        let elsewhere = Status::from(RegistryError::NotLeader {
+            why: "not the leader".into(),
+            leader_address: "127.0.0.1:7101".into(),
+        });
+        assert_eq!(elsewhere.code(), tonic::Code::Unavailable);
+        assert_eq!(elsewhere.metadata().get(OUTCOME).unwrap(), "not-applied");
+        assert_eq!(elsewhere.metadata().get(LEADER).unwrap(), "127.0.0.1:7101");
     }
 }

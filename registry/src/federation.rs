@@ -258,39 +258,59 @@ pub fn check_hub_delete(
 /// record held before (an older one would bring revoked certificates back).
 pub fn check_peer(db: &impl KvRead, p: &FederationPeer) -> Result<(), CatalogError> {
     check_peer_fields(p)?;
-    if p.crl_der.is_empty() {
+    let before = match get(db, RecordKind::Peer, &p.name)
+        .map_err(internal)?
+        .and_then(|r| r.value)
+    {
+        Some(Value::Peer(before)) => Some((before.ca_pem, before.crl_der)),
+        _ => None,
+    };
+    check_record_crl(
+        &format!("peer {}", p.name),
+        &p.ca_pem,
+        &p.crl_der,
+        before
+            .as_ref()
+            .map(|(ca, crl)| (ca.as_str(), crl.as_slice())),
+        "publish the peer's latest CRL",
+    )
+}
+
+/// Checks the CRL `crl_der` (empty: none) that record `what` holds for its
+/// CA `ca_pem`: signed by that CA, with a CRL number, and newer than the one
+/// the record held `before` (its CA and CRL) while the CA is the same.
+fn check_record_crl(
+    what: &str,
+    ca_pem: &str,
+    crl_der: &[u8],
+    before: Option<(&str, &[u8])>,
+    latest: &str,
+) -> Result<(), CatalogError> {
+    if crl_der.is_empty() {
         return Ok(());
     }
     let roots: Vec<rustls_pki_types::CertificateDer<'static>> =
-        lgsp_certs::inspect::pem_blocks(&p.ca_pem)
+        lgsp_certs::inspect::pem_blocks(ca_pem)
             .unwrap_or_default()
             .into_iter()
             .filter(|(label, _)| label == "CERTIFICATE")
             .map(|(_, der)| der.into())
             .collect();
-    let info = lgsp_certs::inspect::verify_crl(&p.crl_der, &roots).map_err(|e| {
-        invalid(format!(
-            "peer {}: its CRL is not one of its CA's: {e}",
-            p.name
-        ))
-    })?;
+    let info = lgsp_certs::inspect::verify_crl(crl_der, &roots)
+        .map_err(|e| invalid(format!("{what}: its CRL is not one of its CA's: {e}")))?;
     let number = info
         .number
-        .ok_or_else(|| invalid(format!("peer {}: its CRL has no CRL number", p.name)))?;
-    let before = get(db, RecordKind::Peer, &p.name)
-        .map_err(internal)?
-        .and_then(|r| r.value);
-    if let Some(Value::Peer(before)) = before
-        && !before.crl_der.is_empty()
-        && before.ca_pem == p.ca_pem
-        && before.crl_der != p.crl_der
+        .ok_or_else(|| invalid(format!("{what}: its CRL has no CRL number")))?;
+    if let Some((before_ca, before_crl)) = before
+        && !before_crl.is_empty()
+        && before_ca == ca_pem
+        && before_crl != crl_der
         && let Ok(old) =
-            lgsp_certs::inspect::CrlInfo::from_der(&before.crl_der, std::path::Path::new("<crl>"))
+            lgsp_certs::inspect::CrlInfo::from_der(before_crl, std::path::Path::new("<crl>"))
         && old.number.is_some_and(|n| n >= number)
     {
         return Err(precondition(format!(
-            "peer {}: CRL number {number} is not newer than the one in force ({}); publish the peer's latest CRL",
-            p.name,
+            "{what}: CRL number {number} is not newer than the one in force ({}); {latest}",
             old.number.unwrap_or_default()
         )));
     }
@@ -335,6 +355,33 @@ pub fn check_rest_client(db: &impl KvRead, c: &RestClient) -> Result<(), Catalog
             c.name
         )));
     }
+    let before = match get(db, RecordKind::RestClient, &c.name)
+        .map_err(internal)?
+        .and_then(|r| r.value)
+    {
+        Some(Value::RestClient(before)) => Some(before),
+        _ => None,
+    };
+    if let Some(before) = &before
+        && c.crl_der.is_empty()
+        && !before.crl_der.is_empty()
+        && before.ca_pem == c.ca_pem
+    {
+        // Dropping it would lift every revocation it holds, unseen.
+        return Err(precondition(format!(
+            "REST client {}: the write drops the CRL in force while its CA is the same; a CRL is never removed silently: publish a newer one (`lgsp hub rest-client crl`), or remove the client (`lgsp hub rest-client remove`)",
+            c.name
+        )));
+    }
+    check_record_crl(
+        &format!("REST client {}", c.name),
+        &c.ca_pem,
+        &c.crl_der,
+        before
+            .as_ref()
+            .map(|b| (b.ca_pem.as_str(), b.crl_der.as_slice())),
+        "publish the CA's latest CRL",
+    )?;
     match agency(db, &c.agency_code)? {
         Some(a) if !a.trust_domain.is_empty() && a.trust_domain == c.trust_domain => {}
         Some(a) => {

@@ -14,6 +14,11 @@
 //! attempt that a server took before the newest time of a forgotten key is
 //! refused, never applied: its key may have been applied and forgotten.
 //!
+//! Membership changes (`AddMember`, `RemoveMember`) use the same keys: the
+//! leader looks a key up before proposing a change (see
+//! [`lookup_membership`]), and applying the change records the members it
+//! left under the key (see [`record_membership`]).
+//!
 //! | key | value |
 //! |---|---|
 //! | `i:<key>` | the [`AppliedKey`] outcome |
@@ -23,7 +28,7 @@
 
 use crate::error::{CatalogError, StoreError};
 use crate::kv::{Kv, KvRead, Staged, read_u64};
-use lgsp_proto::{AppliedKey, ApplyResponse, CatalogRecord, Command};
+use lgsp_proto::{AppliedKey, ApplyResponse, CatalogRecord, Command, Member};
 use prost::Message as _;
 use sha2::{Digest, Sha256};
 
@@ -91,6 +96,19 @@ pub fn digest(actor: &str, command: &Command) -> u64 {
     u64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
 }
 
+/// What identifies a membership change under its key: what it does
+/// (`add` with the new member's id and addresses, or `remove` with the
+/// id), so that a key reused for another change is refused.
+pub fn membership_digest(change: &str, member: &Member) -> u64 {
+    let mut h = Sha256::new();
+    h.update(b"membership:");
+    h.update(change.as_bytes());
+    h.update([0]);
+    h.update(member.encode_to_vec());
+    let d = h.finalize();
+    u64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
+}
+
 fn read_i64(db: &impl KvRead, key: &[u8]) -> Result<i64, StoreError> {
     Ok(read_u64(db, key)?.unwrap_or(0) as i64)
 }
@@ -141,6 +159,36 @@ pub fn lookup(db: &impl KvRead, key: &[u8], at_ms: i64, digest: u64) -> Result<S
     Ok(Seen::New)
 }
 
+/// Looks up `key` for a membership change of `digest` (see
+/// [`membership_digest`]) taken at `at_ms`: `None` when it is new, or the
+/// first result (the members the change left) or refusal.
+pub fn lookup_membership(
+    db: &impl KvRead,
+    key: &[u8],
+    at_ms: i64,
+    digest: u64,
+) -> Result<Option<Result<Vec<Member>, CatalogError>>, StoreError> {
+    if let Some(applied) = read_applied(db, key)? {
+        if applied.command_digest != digest {
+            return Ok(Some(Err(CatalogError::InvalidArgument(
+                "this idempotency key was used for another change; use a new random key for each change".into(),
+            ))));
+        }
+        return Ok(Some(outcome_of(&applied).map(|_| applied.members)));
+    }
+    match lookup(db, key, at_ms, digest)? {
+        Seen::New => Ok(None),
+        Seen::Repeat(outcome) => Ok(Some((*outcome).map(|_| Vec::new()))),
+    }
+}
+
+/// The members a membership change recorded under `key` left, if one did.
+pub fn recorded_members(db: &impl KvRead, key: &[u8]) -> Result<Option<Vec<Member>>, StoreError> {
+    Ok(read_applied(db, key)?
+        .filter(|applied| applied.refusal == 0)
+        .map(|applied| applied.members))
+}
+
 /// The outcome stored for a key, as the client first got it (a put's
 /// record carries its kind, key and revisions; the caller fills in the
 /// value where it still has it).
@@ -176,6 +224,26 @@ pub fn record(
     outcome: &Result<ApplyResponse, CatalogError>,
 ) -> Result<(), StoreError> {
     record_bounded(batch, key, at_ms, digest, outcome, MAX_KEYS)
+}
+
+/// Stages the result of the membership change taken at `at_ms` that first
+/// applied `key`: the `members` it leaves. Then forgets what is past the
+/// window or the bound, as [`record`] does.
+pub fn record_membership(
+    batch: &mut Staged,
+    key: &[u8],
+    at_ms: i64,
+    digest: u64,
+    members: &[Member],
+) -> Result<(), StoreError> {
+    let applied = AppliedKey {
+        key: key.to_vec(),
+        at_unix_ms: at_ms,
+        command_digest: digest,
+        members: members.to_vec(),
+        ..Default::default()
+    };
+    store(batch, applied, MAX_KEYS)
 }
 
 /// [`record`], keeping at most `max_keys`.
@@ -214,9 +282,16 @@ fn record_bounded(
             applied.refusal_mod_revision = mod_revision;
         }
     }
+    store(batch, applied, max_keys)
+}
+
+/// Stages `applied` under its key at the queue's tail, then forgets what
+/// is past the window (by its time) or `max_keys`.
+fn store(batch: &mut Staged, applied: AppliedKey, max_keys: u64) -> Result<(), StoreError> {
     let tail = read_u64(batch, TAIL)?.unwrap_or(0);
-    batch.insert(key_key(key), applied.encode_to_vec());
-    batch.insert(queue_key(tail), key.to_vec());
+    let (key, at_ms) = (applied.key.clone(), applied.at_unix_ms);
+    batch.insert(key_key(&key), applied.encode_to_vec());
+    batch.insert(queue_key(tail), key);
     batch.insert(TAIL, (tail + 1).to_be_bytes());
     expire(batch, at_ms, max_keys)
 }

@@ -95,6 +95,8 @@ enum Request {
     },
     Membership {
         op: MembershipOp,
+        /// The client's idempotency key (empty: none).
+        key: Vec<u8>,
         reply: Reply<Vec<Member>>,
     },
     Status {
@@ -332,10 +334,22 @@ impl RaftHandle {
     }
 
     /// Adds a learner or removes a member (joint consensus, left
-    /// explicitly); returns the members once the change is complete.
-    pub async fn change_membership(&self, op: MembershipOp) -> Result<Vec<Member>, RegistryError> {
+    /// explicitly); returns the members once the change is complete. Only
+    /// the leader makes the change: another server fails at once with
+    /// [`RegistryError::NotLeader`] (naming the leader) or
+    /// [`RegistryError::Unavailable`] (none known), and the leader with
+    /// `Unavailable` while another change is under way; nothing is applied
+    /// then. Under an idempotency key (`key`, empty for none) a change
+    /// applied before answers with the members it left, and is not made
+    /// again.
+    pub async fn change_membership(
+        &self,
+        op: MembershipOp,
+        key: Vec<u8>,
+    ) -> Result<Vec<Member>, RegistryError> {
+        crate::idempotency::check_key(&key)?;
         self.call_or(
-            |reply| Request::Membership { op, reply },
+            |reply| Request::Membership { op, key, reply },
             || {
                 RegistryError::Indeterminate(
                     "the registry server stopped before the membership change completed; check `lgsp registry status`".into(),
@@ -425,6 +439,8 @@ struct PendingRead {
 
 struct PendingMembership {
     op: MembershipOp,
+    /// The client's idempotency key (empty: none).
+    key: Vec<u8>,
     reply: Reply<Vec<Member>>,
     deadline: Instant,
 }
@@ -451,7 +467,7 @@ struct Driver {
     // Filled while a Ready is handled, released after the flush.
     replies: Vec<(Reply<ApplyResponse>, Result<ApplyResponse, RegistryError>)>,
     published: Vec<WatchEvent>,
-    membership_done: Option<(Reply<Vec<Member>>, ConfState)>,
+    membership_done: Option<(Reply<Vec<Member>>, ConfState, Vec<u8>)>,
     members_changed: bool,
     /// Ticks in a row without a known leader.
     leaderless_ticks: usize,
@@ -706,7 +722,7 @@ impl Driver {
                     }
                 }
             }
-            Request::Membership { op, reply } => self.propose_membership(op, reply),
+            Request::Membership { op, key, reply } => self.propose_membership(op, key, reply),
             Request::Status { reply } => {
                 let _ = reply.send(self.status());
             }
@@ -985,12 +1001,96 @@ impl Driver {
         ))
     }
 
-    fn propose_membership(&mut self, op: MembershipOp, reply: Reply<Vec<Member>>) {
-        if self.membership.is_some() || self.raw.raft.has_pending_conf() {
+    /// The error for a request only the leader takes, on a server that
+    /// does not lead: names the leader and its client address when known.
+    fn not_leader(&self, what: &str) -> RegistryError {
+        let leader = self.raw.raft.leader_id;
+        if leader == raft::INVALID_ID {
+            return self.no_leader();
+        }
+        let leader_address = catalog::members(self.store.db())
+            .ok()
+            .and_then(|ms| ms.into_iter().find(|m| m.id == leader))
+            .map(|m| m.client_address)
+            .unwrap_or_default();
+        let at = if leader_address.is_empty() {
+            String::new()
+        } else {
+            format!(" at {leader_address}")
+        };
+        RegistryError::NotLeader {
+            why: format!(
+                "registry server {} is not the leader: {what} is made by the leader, server {leader}{at}; \
+                 nothing was applied: send it there (lgsp commands do so themselves, when given every server)",
+                self.config.id
+            ),
+            leader_address,
+        }
+    }
+
+    /// Starts a membership change on the leader. Every check here is
+    /// linearizable: the leader has no configuration change pending (raft-rs
+    /// sets one pending up to its last index when it takes over), so every
+    /// change in the log is applied here, with the keys it recorded.
+    fn propose_membership(&mut self, op: MembershipOp, key: Vec<u8>, reply: Reply<Vec<Member>>) {
+        // A follower would forward the change to the leader inside Raft,
+        // which drops it silently when a change is pending there: the
+        // client would wait for an outcome that never comes.
+        if self.raw.raft.state != StateRole::Leader {
+            let _ = reply.send(Err(self.not_leader("a membership change")));
+            return;
+        }
+        let joint = !self
+            .raw
+            .raft
+            .prs()
+            .conf()
+            .to_conf_state()
+            .voters_outgoing
+            .is_empty();
+        if let Some(to) = self.raw.raft.lead_transferee {
+            let _ = reply.send(Err(RegistryError::Unavailable(format!(
+                "registry server {} is handing leadership to server {to}; nothing was applied: retry in a moment",
+                self.config.id
+            ))));
+            return;
+        }
+        if self.membership.is_some() || self.raw.raft.has_pending_conf() || joint {
             let _ = reply.send(Err(RegistryError::Unavailable(
-                "another membership change is in progress; retry when it completes".into(),
+                "another membership change is in progress (or a learner is being promoted); nothing was applied: retry when it completes".into(),
             )));
             return;
+        }
+        let now_ms = crate::calendar::unix_now_ms();
+        let digest = match &op {
+            MembershipOp::Add(m) => {
+                let mut asked = m.clone();
+                asked.voter = false;
+                asked.incarnation = 0;
+                idempotency::membership_digest("add", &asked)
+            }
+            MembershipOp::Remove(id) => idempotency::membership_digest(
+                "remove",
+                &Member {
+                    id: *id,
+                    ..Default::default()
+                },
+            ),
+        };
+        if !key.is_empty() {
+            match idempotency::lookup_membership(self.store.db(), &key, now_ms, digest) {
+                Ok(None) => {}
+                Ok(Some(first)) => {
+                    // Made before under this key: its first result, and
+                    // nothing proposed again.
+                    let _ = reply.send(first.map_err(RegistryError::from));
+                    return;
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e.into()));
+                    return;
+                }
+            }
         }
         let cs = match self.store.conf_state() {
             Ok(cs) => cs,
@@ -1048,6 +1148,9 @@ impl Driver {
                 request_id,
                 origin: self.config.id,
                 add,
+                command_digest: if key.is_empty() { 0 } else { digest },
+                idempotency_key: key.clone(),
+                at_unix_ms: now_ms,
             }
             .encode_to_vec()
             .into(),
@@ -1056,6 +1159,7 @@ impl Driver {
             Ok(()) => {
                 self.membership = Some(PendingMembership {
                     op,
+                    key,
                     reply,
                     deadline: Instant::now() + Duration::from_secs(15),
                 });
@@ -1321,8 +1425,19 @@ impl Driver {
         for event in self.published.drain(..) {
             let _ = self.events.send(event);
         }
-        if let Some((reply, cs)) = self.membership_done.take() {
-            let _ = reply.send(members_of(self.store.db(), &cs.voters, &cs.learners));
+        if let Some((reply, cs, key)) = self.membership_done.take() {
+            let db = self.store.db();
+            // Under a key, the result recorded with it: what a repeat
+            // answers too.
+            let recorded = if key.is_empty() {
+                Ok(None)
+            } else {
+                idempotency::recorded_members(db, &key).map_err(RegistryError::from)
+            };
+            let _ = reply.send(recorded.and_then(|recorded| match recorded {
+                Some(members) => Ok(members),
+                None => members_of(db, &cs.voters, &cs.learners),
+            }));
         }
         if self.waiting_reads.is_empty() {
             return Ok(());
@@ -1411,7 +1526,7 @@ impl Driver {
                     let cc = ConfChangeV2::parse_from_bytes(&entry.data)
                         .map_err(|e| RegistryError::Raft(e.to_string()))?;
                     let cs = self.raw.apply_conf_change(&cc)?;
-                    self.apply_membership(&cc, &cs, batch);
+                    self.apply_membership(&cc, &cs, batch)?;
                 }
                 EntryType::EntryConfChange => {
                     let cc = ConfChange::parse_from_bytes(&entry.data)
@@ -1450,13 +1565,15 @@ impl Driver {
             self.answer(&proposal, outcome);
             return Ok(());
         }
+        // Time rules go by the apply clock, never back in time.
+        let now_ms = catalog::apply_clock(batch, proposal.at_unix_ms)?;
         let checked = SpiffeId::parse(&proposal.actor)
             .map_err(|e| CatalogError::PermissionDenied(e.to_string()))
             .and_then(|actor| {
                 let asker = Asker {
                     actor: &actor,
                     province: &self.config.province,
-                    now_unix: proposal.at_unix_ms.div_euclid(1000),
+                    now_unix: now_ms.div_euclid(1000),
                 };
                 catalog::check(batch, &asker, &command)
             });
@@ -1498,9 +1615,15 @@ impl Driver {
         }
     }
 
-    fn apply_membership(&mut self, cc: &ConfChangeV2, cs: &ConfState, batch: &mut Staged) {
+    fn apply_membership(
+        &mut self,
+        cc: &ConfChangeV2,
+        cs: &ConfState,
+        batch: &mut Staged,
+    ) -> Result<(), RegistryError> {
         RaftStore::put_conf_state(batch, cs);
-        if let Ok(change) = MemberChange::decode(cc.context.as_ref()) {
+        let change = MemberChange::decode(cc.context.as_ref()).ok();
+        if let Some(change) = &change {
             for m in &change.add {
                 catalog::put_member(batch, m);
             }
@@ -1513,6 +1636,18 @@ impl Driver {
                 }
                 ConfChangeType::AddLearnerNode => {}
             }
+        }
+        if let Some(change) = change.filter(|c| !c.idempotency_key.is_empty()) {
+            // What the client gets once the joint configuration is left:
+            // the incoming configuration's members.
+            let members = staged_members(batch, &cs.voters, &cs.learners)?;
+            idempotency::record_membership(
+                batch,
+                &change.idempotency_key,
+                change.at_unix_ms,
+                change.command_digest,
+                &members,
+            )?;
         }
         self.members_changed = true;
         tracing::info!(voters = ?cs.voters, outgoing = ?cs.voters_outgoing, learners = ?cs.learners, "membership changed");
@@ -1533,8 +1668,9 @@ impl Driver {
         });
         if done && let Some(p) = self.membership.take() {
             // Answered in `release`, once this entry's batch is written.
-            self.membership_done = Some((p.reply, cs.clone()));
+            self.membership_done = Some((p.reply, cs.clone(), p.key));
         }
+        Ok(())
     }
 
     fn status(&self) -> Result<StatusResponse, RegistryError> {
@@ -1589,13 +1725,36 @@ fn recorded_incarnations(db: &Kv) -> Result<BTreeMap<u64, u64>, RegistryError> {
         .collect())
 }
 
+/// As [`members_of`], reading the member records through `batch`, so that
+/// those staged earlier in it count.
+fn staged_members(
+    batch: &Staged,
+    voters: &[u64],
+    learners: &[u64],
+) -> Result<Vec<Member>, RegistryError> {
+    let mut known = HashMap::new();
+    for (key, value) in batch.read_prefix(MEMBER_PREFIX)? {
+        let m = Member::decode(value.as_slice()).map_err(|e| StoreError::Damaged {
+            key: String::from_utf8_lossy(&key).into_owned(),
+            reason: e.to_string(),
+        })?;
+        known.insert(m.id, m);
+    }
+    Ok(with_roles(&known, voters, learners))
+}
+
 /// Members in the configuration, with the addresses this server knows.
 fn members_of(db: &Kv, voters: &[u64], learners: &[u64]) -> Result<Vec<Member>, RegistryError> {
     let known: HashMap<u64, Member> = catalog::members(db)?
         .into_iter()
         .map(|m| (m.id, m))
         .collect();
-    Ok(voters
+    Ok(with_roles(&known, voters, learners))
+}
+
+/// `voters` then `learners`, each with what `known` holds of it.
+fn with_roles(known: &HashMap<u64, Member>, voters: &[u64], learners: &[u64]) -> Vec<Member> {
+    voters
         .iter()
         .map(|id| (id, true))
         .chain(learners.iter().map(|id| (id, false)))
@@ -1605,7 +1764,7 @@ fn members_of(db: &Kv, voters: &[u64], learners: &[u64]) -> Result<Vec<Member>, 
             m.voter = voter;
             m
         })
-        .collect())
+        .collect()
 }
 
 #[cfg(test)]

@@ -68,6 +68,11 @@ impl RegistryServer {
             )));
         }
 
+        // The key that signs backups, checked now: a server that could not
+        // sign one says so at start, not when the catalog is lost.
+        let signer =
+            Arc::new(crate::backup::BackupSigner::new(&creds).map_err(RegistryError::Config)?);
+
         // A port that is taken fails the start before the data directory is
         // written. The listeners are bound again once the store is ready:
         // until then, peers asking this server (founders start together)
@@ -213,7 +218,7 @@ impl RegistryServer {
         let stop = wait_for(shutdown_rx.clone());
         let incoming = tls.clone().incoming(client_listener);
         let registry = RegistryGrpc::with_interceptor(
-            RegistryService::new(raft.clone(), auth.clone(), config.watch_limits()),
+            RegistryService::new(raft.clone(), auth.clone(), config.watch_limits(), signer),
             auth.clone(),
         );
         // Standard gRPC health for load balancers and monitoring, behind

@@ -4,6 +4,7 @@
 //! which can stay open for days, is checked again before each event and
 //! whenever a new CRL comes into force.
 
+use crate::backup::BackupSigner;
 use crate::catalog::{self, ListQuery};
 use crate::error::{CatalogError, RegistryError, StoreError};
 use crate::kv::Kv;
@@ -19,6 +20,7 @@ use lgsp_proto::*;
 use prost::Message as _;
 use protobuf::Message as _;
 use std::pin::Pin;
+use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -29,18 +31,27 @@ pub struct RegistryService {
     raft: RaftHandle,
     auth: Authenticator,
     watchers: Watchers,
+    /// This server's key, which signs the backups it takes.
+    signer: Arc<BackupSigner>,
 }
 
 impl RegistryService {
     /// The catalog API over this server's consensus loop; `auth` is the
     /// client listener's authenticator, which knows the CRL in force and
     /// ends the watches of certificates it revokes; `watch_limits` bounds
-    /// the watches it holds open.
-    pub fn new(raft: RaftHandle, auth: Authenticator, watch_limits: WatchLimits) -> Self {
+    /// the watches it holds open; `signer` (this server's key) signs the
+    /// backups it takes.
+    pub fn new(
+        raft: RaftHandle,
+        auth: Authenticator,
+        watch_limits: WatchLimits,
+        signer: Arc<BackupSigner>,
+    ) -> Self {
         Self {
             raft,
             auth,
             watchers: Watchers::new(watch_limits),
+            signer,
         }
     }
 
@@ -194,13 +205,16 @@ impl Registry for RegistryService {
         }
         let members = self
             .raft
-            .change_membership(MembershipOp::Add(Member {
-                id: req.id,
-                peer_address: req.peer_address,
-                client_address: req.client_address,
-                voter: false,
-                incarnation: 0,
-            }))
+            .change_membership(
+                MembershipOp::Add(Member {
+                    id: req.id,
+                    peer_address: req.peer_address,
+                    client_address: req.client_address,
+                    voter: false,
+                    incarnation: 0,
+                }),
+                req.idempotency_key,
+            )
             .await?;
         Ok(Response::new(MembershipResponse { members }))
     }
@@ -210,10 +224,10 @@ impl Registry for RegistryService {
         request: Request<RemoveMemberRequest>,
     ) -> Result<Response<MembershipResponse>, Status> {
         require_admin(&request, self.raft.province(), "removing a registry server")?;
-        let id = request.into_inner().id;
+        let req = request.into_inner();
         let members = self
             .raft
-            .change_membership(MembershipOp::Remove(id))
+            .change_membership(MembershipOp::Remove(req.id), req.idempotency_key)
             .await?;
         Ok(Response::new(MembershipResponse { members }))
     }
@@ -232,14 +246,21 @@ impl Registry for RegistryService {
         let backup = self.raft.backup().await?;
         let catalog = CatalogSnapshot::decode(backup.catalog.as_slice())
             .map_err(|e| Status::internal(format!("the catalog copy cannot be read back: {e}")))?;
-        let file = crate::backup::encode(&RegistryBackup {
+        let taken = RegistryBackup {
             revision: backup.revision,
             applied_index: backup.applied_index,
             server_id: self.raft.id,
             taken_unix_ms: crate::calendar::unix_now_ms(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             catalog: Some(catalog),
-        });
+        };
+        // Encoding, hashing and signing a catalog of many megabytes takes a
+        // while: off the threads that serve calls.
+        let signer = self.signer.clone();
+        let file = tokio::task::spawn_blocking(move || crate::backup::encode(&taken, &signer))
+            .await
+            .map_err(|e| Status::internal(format!("signing the backup stopped: {e}")))?
+            .map_err(|e| Status::internal(format!("the backup cannot be signed: {e}")))?;
         let chunks: Vec<Result<SnapshotChunk, Status>> = file
             .chunks(BACKUP_CHUNK)
             .map(|data| {

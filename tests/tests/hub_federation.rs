@@ -4,14 +4,16 @@
 //! dataset and a province agency calls a national one, through both hubs,
 //! with the consumer node's signed record of on whose behalf; the sharing
 //! logs of every node and hub on the path hold the same request id and
-//! verify. Refused: a consumer without a grant, an unexported service, a
-//! call without a record, a forged and a replayed record, a hub of a CA the
-//! province does not trust; a peer that is down fails fast once its circuit
-//! opens, and the calls work again when it is back.
+//! verify. A national agency's query stream crosses both hubs the same
+//! way. Refused: a consumer without a grant (call and query), an unexported
+//! service, a call or query without a record, a forged and a replayed
+//! record, a call's record on a query, a hub of a CA the province does not
+//! trust; a peer that is down fails fast once its circuit opens, and the
+//! calls work again when it is back.
 
 use lgsp_certs::Role;
 use lgsp_proto::data_exchange_client::DataExchangeClient;
-use lgsp_proto::{Envelope, GrantStatus, RecordKind};
+use lgsp_proto::{Envelope, GrantStatus, QueryRequest, RecordKind};
 use lgsp_tests::cluster::PROVINCE;
 use lgsp_tests::province::{NodeProcess, Province};
 use lgsp_tests::{Pki, lgsp};
@@ -114,6 +116,29 @@ async fn until(
     }
 }
 
+/// Every record of a query of `service` from `node`'s applications, all
+/// pages read, as `key → json`; page size 2, so several pages cross.
+async fn query_all(
+    node: &NodeProcess,
+    service: &str,
+    request_id: &str,
+) -> Result<Vec<(String, String)>, tonic::Status> {
+    let mut app = DataExchangeClient::new(node.app_channel().await);
+    let mut request = tonic::Request::new(QueryRequest {
+        service_id: service.into(),
+        page_size: 2,
+        request_id: request_id.into(),
+        ..Default::default()
+    });
+    request.set_timeout(Duration::from_secs(10));
+    let mut pages = app.query(request).await?.into_inner();
+    let mut records = Vec::new();
+    while let Some(page) = pages.message().await? {
+        records.extend(page.records.into_iter().map(|r| (r.key, r.json)));
+    }
+    Ok(records)
+}
+
 fn log_has(node: &NodeProcess, request_id: &str) -> bool {
     std::fs::read_to_string(node.sharing_log())
         .unwrap_or_default()
@@ -136,7 +161,7 @@ async fn two_instances_call_each_other_through_their_hubs() {
         &mut p,
         A,
         "ho-tich",
-        "id,ho_ten\n001099012345,Nguyễn Thị Hương\n",
+        "id,ho_ten\n001099012345,Nguyễn Thị Hương\n001099012346,Trần Đình Quý\n001099012347,Lê Thị Ánh Tuyết\n",
     )
     .await;
     let node_m = provider(
@@ -343,6 +368,25 @@ async fn two_instances_call_each_other_through_their_hubs() {
     let mut traced = get(&ho_tich, "001099012345");
     traced.request_id = "lien-thong-001".into();
     app.call(traced).await.expect("traced call");
+    // A query stream crosses both hubs too: every row, over several pages,
+    // its Vietnamese text intact.
+    let rows = query_all(&node_c, &ho_tich, "lien-thong-truy-van-001")
+        .await
+        .unwrap_or_else(|s| {
+            panic!(
+                "national → province query: {s:?}\nhub Q:\n{}\nhub P:\n{}",
+                hub_q.log(),
+                hub_p.log()
+            )
+        });
+    let names: Vec<&str> = rows.iter().map(|(_, json)| json.as_str()).collect();
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    for name in ["Nguyễn Thị Hương", "Trần Đình Quý", "Lê Thị Ánh Tuyết"] {
+        assert!(
+            names.iter().any(|j| j.contains(name)),
+            "{name} missing: {rows:?}"
+        );
+    }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     for (who, node) in [
         ("the national consumer node", &node_c),
@@ -350,9 +394,25 @@ async fn two_instances_call_each_other_through_their_hubs() {
         ("the provincial hub", &hub_p),
         ("the province's provider node", &node_a),
     ] {
+        for id in ["lien-thong-001", "lien-thong-truy-van-001"] {
+            assert!(log_has(node, id), "{who}'s sharing log lacks {id}");
+        }
+        let query_entries: Vec<String> = std::fs::read_to_string(node.sharing_log())
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("lien-thong-truy-van-001"))
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(
+            query_entries.len(),
+            1,
+            "{who} logs the query once: {query_entries:?}"
+        );
         assert!(
-            log_has(node, "lien-thong-001"),
-            "{who}'s sharing log lacks the request"
+            query_entries[0].contains(NATIONAL_CONSUMER)
+                && query_entries[0].contains("\"query\"")
+                && query_entries[0].contains("\"OK\""),
+            "{who}'s entry names the national agency and the query: {query_entries:?}"
         );
         let out = lgsp(&[
             "audit",
@@ -374,10 +434,21 @@ async fn two_instances_call_each_other_through_their_hubs() {
         provider_log.contains(&format!("{NATIONAL_CONSUMER}@{NATIONAL_DOMAIN}")),
         "the provider logs the national agency, not only the hub"
     );
+    let query_entry = provider_log
+        .lines()
+        .find(|l| l.contains("lien-thong-truy-van-001"))
+        .unwrap();
+    assert!(
+        query_entry.contains(&format!("{NATIONAL_CONSUMER}@{NATIONAL_DOMAIN}")),
+        "the provider logs the query for the national agency: {query_entry}"
+    );
     let _ = &node_m;
 
     // Refusals at the province's hub, called as the national hub would.
     let (q_hub_creds, _) = q.issue(NATIONAL, Role::Hub, "hub-2");
+    // Records addressed to the province, carried by that hub.
+    let to_p =
+        lgsp_node::obo::Audience::new(lgsp_tests::TRUST_DOMAIN, &q_hub_creds.spiffe_id().unwrap());
     let to_p_hub = |creds: &lgsp_certs::Credentials| {
         let creds = lgsp_certs::Credentials {
             roots: p.registry.admin.roots.clone(),
@@ -404,10 +475,28 @@ async fn two_instances_call_each_other_through_their_hubs() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
     assert!(err.message().contains("on-behalf-of"), "{err:?}");
+    // A query without a record, and one carrying a call's record.
+    let mut query = QueryRequest {
+        service_id: ho_tich.clone(),
+        request_id: "truy-van-khong-ho-so".into(),
+        ..Default::default()
+    };
+    let err = as_q_hub.query(query.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert!(err.message().contains("on-behalf-of"), "{err:?}");
+    query.request_id = "ho-so-cua-lenh-goi".into();
+    let mut call = get(&ho_tich, "001099012345");
+    call.request_id = query.request_id.clone();
+    let signed = lgsp_node::obo::sign(&node_c.creds, &call, now_ms(), &to_p).unwrap();
+    let mut request = tonic::Request::new(query);
+    lgsp_node::obo::to_metadata(request.metadata_mut(), &signed);
+    let err = as_q_hub.query(request).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert!(err.message().contains("signed for a call"), "{err:?}");
     // A record signed by the national node, for another request: forged.
     let mut env = get(&ho_tich, "001099012345");
     env.request_id = "gia-mao".into();
-    let signed = lgsp_node::obo::sign(&node_c.creds, &env, now_ms()).unwrap();
+    let signed = lgsp_node::obo::sign(&node_c.creds, &env, now_ms(), &to_p).unwrap();
     let mut other = env.clone();
     other.parameters.insert("key".into(), "001088054321".into());
     let mut request = tonic::Request::new(other);
@@ -415,10 +504,37 @@ async fn two_instances_call_each_other_through_their_hubs() {
     let err = as_q_hub.call(request).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
     assert!(err.message().contains("another request"), "{err:?}");
+    // A record addressed to another instance, or to be carried by another
+    // hub of the national platform: replays elsewhere, refused.
+    for (audience, why) in [
+        (
+            lgsp_node::obo::Audience {
+                trust_domain: "other-province.gov.vn".into(),
+                ..to_p.clone()
+            },
+            "is addressed to other-province.gov.vn",
+        ),
+        (
+            lgsp_node::obo::Audience {
+                via_hub: format!("spiffe://{NATIONAL_DOMAIN}/agency/{NATIONAL}/hub/hub"),
+                ..to_p.clone()
+            },
+            "a replay through another hub",
+        ),
+    ] {
+        let mut env = get(&ho_tich, "001099012345");
+        env.request_id = "noi-khac".into();
+        let signed = lgsp_node::obo::sign(&node_c.creds, &env, now_ms(), &audience).unwrap();
+        let mut request = tonic::Request::new(env);
+        lgsp_node::obo::to_metadata(request.metadata_mut(), &signed);
+        let err = as_q_hub.call(request).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+        assert!(err.message().contains(why), "{why}: {err:?}");
+    }
     // A good record, then the same record again: a replay.
     let mut env = get(&ho_tich, "001099012345");
     env.request_id = "phat-lai".into();
-    let signed = lgsp_node::obo::sign(&node_c.creds, &env, now_ms()).unwrap();
+    let signed = lgsp_node::obo::sign(&node_c.creds, &env, now_ms(), &to_p).unwrap();
     for attempt in 0..2 {
         let mut request = tonic::Request::new(env.clone());
         lgsp_node::obo::to_metadata(request.metadata_mut(), &signed);
@@ -483,7 +599,7 @@ async fn two_instances_call_each_other_through_their_hubs() {
     );
     let mut env = get(&ho_tich, "001099012345");
     env.request_id = "khong-xuat".into();
-    let signed = lgsp_node::obo::sign(&node_c.creds, &env, now_ms()).unwrap();
+    let signed = lgsp_node::obo::sign(&node_c.creds, &env, now_ms(), &to_p).unwrap();
     let mut request = tonic::Request::new(env);
     lgsp_node::obo::to_metadata(request.metadata_mut(), &signed);
     let err = as_q_hub.call(request).await.unwrap_err();
@@ -507,6 +623,12 @@ async fn two_instances_call_each_other_through_their_hubs() {
     )
     .await
     .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("holds no active grant"), "{err:?}");
+    // A query without the grant is refused the same way, before any page.
+    let err = query_all(&node_c, &ho_tich, "khong-quyen-truy-van")
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     assert!(err.message().contains("holds no active grant"), "{err:?}");
 

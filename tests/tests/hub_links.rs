@@ -494,7 +494,13 @@ fn on_behalf_of(
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64;
-    let signed = lgsp_node::obo::sign(consumer, &env, now).unwrap();
+    // Addressed to the province (the provider checks that), carried by the
+    // national hub.
+    let audience = lgsp_node::obo::Audience {
+        trust_domain: lgsp_tests::TRUST_DOMAIN.into(),
+        via_hub: format!("spiffe://{NATIONAL_DOMAIN}/agency/000.00.00.G01/hub/hub"),
+    };
+    let signed = lgsp_node::obo::sign(consumer, &env, now, &audience).unwrap();
     let mut request = Request::new(env);
     lgsp_node::obo::to_metadata(request.metadata_mut(), &signed);
     request

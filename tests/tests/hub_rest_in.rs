@@ -126,6 +126,9 @@ fn add_client(p: &mut Province, q: &Pki, name: &str, extra: &[&str]) {
     admin(p, &args);
 }
 
+/// An HTTP/1.1 status, headers and body.
+type Answer = (http::StatusCode, http::HeaderMap, String);
+
 /// One HTTP/1.1 exchange with the hub's REST endpoint over TLS, presenting
 /// `client` (or no certificate); the status, headers and body, or the TLS
 /// or connection error.
@@ -134,7 +137,18 @@ async fn exchange(
     province_roots: &Credentials,
     client: Option<&Credentials>,
     request: http::Request<Full<Bytes>>,
-) -> Result<(http::StatusCode, http::HeaderMap, String), String> {
+) -> Result<Answer, String> {
+    let mut sender = connect(rest, province_roots, client).await?;
+    send(&mut sender, request).await
+}
+
+/// An HTTP/1.1 connection to the hub's REST endpoint over TLS, presenting
+/// `client` (or no certificate), for several exchanges.
+async fn connect(
+    rest: &str,
+    province_roots: &Credentials,
+    client: Option<&Credentials>,
+) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, String> {
     let provider = lgsp_certs::tls::provider();
     let mut roots = rustls::RootCertStore::empty();
     for r in &province_roots.roots {
@@ -159,11 +173,18 @@ async fn exchange(
         .connect(name, tcp)
         .await
         .map_err(|e| format!("TLS: {e}"))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-            .await
-            .map_err(|e| e.to_string())?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
+    Ok(sender)
+}
+
+/// One exchange on an open connection.
+async fn send(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    request: http::Request<Full<Bytes>>,
+) -> Result<Answer, String> {
     let response = tokio::time::timeout(Duration::from_secs(15), sender.send_request(request))
         .await
         .map_err(|_| "no answer in 15 s".to_owned())?
@@ -235,6 +256,26 @@ async fn until_known(
                 start.elapsed() < Duration::from_secs(10),
                 "the hub never took the REST client: {other:?}"
             ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Calls `path` until it answers 200 (the hub has the client and the grant
+/// from the catalog), at most 10 s; the last answer.
+async fn until_ok(
+    rest: &str,
+    roots: &Credentials,
+    client: &Credentials,
+    request: impl Fn() -> http::Request<Full<Bytes>>,
+) -> Answer {
+    let start = std::time::Instant::now();
+    loop {
+        let answer = exchange(rest, roots, Some(client), request())
+            .await
+            .unwrap();
+        if answer.0 == 200 || start.elapsed() > Duration::from_secs(10) {
+            return answer;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -610,4 +651,227 @@ async fn an_xroad_security_server_calls_a_province_service_by_the_rest_protocol(
     .await
     .unwrap();
     check_error(no_record, 404, "Client.NotFound");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_rest_client_certificate_is_refused_naming_its_serial_and_the_crl_number() {
+    let (mut p, _node, _hub, rest, mut q) = province().await;
+    let roots = p.registry.admin.clone();
+    let (app, app_serial) = q.issue(OUTSIDE_AGENCY, Role::Node, "hotich-app");
+    let (server, server_serial) = q.issue(OUTSIDE_AGENCY, Role::Node, "ss1");
+    let client_id = "VN/GOV/000.00.07.G01/hotich";
+    add_client(&mut p, &q, "btp-hotich", &[]);
+    add_client(&mut p, &q, "xroad-btp", &["--xroad-client", client_id]);
+    admin(
+        &mut p,
+        &[
+            "access",
+            "grant",
+            "--service",
+            &format!("{A}/ho-tich"),
+            "--consumer",
+            OUTSIDE_AGENCY,
+            "--reason",
+            "Thỏa thuận kết nối",
+        ],
+    );
+    let path = format!("/v1/services/{A}/ho-tich/get");
+    let call = || post(&path, r#"{"parameters": {"key": "001"}}"#, None);
+    let xroad_path = format!("/xroad/{A}/ho-tich/get?key=001");
+    let (status, _, body) = until_ok(&rest, &roots, &app, call).await;
+    assert_eq!(status, 200, "{body}");
+    // A connection opened before the CRL, kept open across it.
+    let mut open = connect(&rest, &roots, Some(&app)).await.unwrap();
+    let (status, _, body) = send(&mut open, call()).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let (status, _, body) = until_ok(&rest, &roots, &server, || {
+        xroad(&xroad_path, Some(client_id), "xr-crl-1")
+    })
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    // The outside CA revokes both certificates; the admin publishes its CRL
+    // into both records.
+    for serial in [&app_serial, &server_serial] {
+        q.ca.revoke(
+            serial,
+            lgsp_certs::ca::parse_reason("key-compromise").unwrap(),
+        )
+        .unwrap();
+    }
+    let crl = q.ca.sign_crl(1).unwrap();
+    let crl_file = q.dir.path().join("btp-crl.pem");
+    std::fs::write(&crl_file, &crl.pem).unwrap();
+    for name in ["btp-hotich", "xroad-btp"] {
+        let out = admin(
+            &mut p,
+            &[
+                "hub",
+                "rest-client",
+                "crl",
+                "--name",
+                name,
+                "--crl",
+                crl_file.to_str().unwrap(),
+            ],
+        );
+        assert!(out.contains(&format!("CRL number {}", crl.number)), "{out}");
+    }
+    let listed = admin(&mut p, &["hub", "rest-client", "list"]);
+    assert!(listed.contains(&format!("CRL {}", crl.number)), "{listed}");
+
+    // Refused on the connection already open, within seconds, saying why.
+    let start = std::time::Instant::now();
+    let (status, _, body) = loop {
+        let a = send(&mut open, call()).await.unwrap();
+        if a.0 != 200 || start.elapsed() > Duration::from_secs(10) {
+            break a;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status, 401, "{body}");
+    let e = json(&body);
+    assert_eq!(e["code"], "UNAUTHENTICATED", "{body}");
+    let message = e["message"].as_str().unwrap();
+    assert!(message.contains(&app_serial), "{body}");
+    assert!(
+        message.contains(&format!("CRL number {}", crl.number)),
+        "{body}"
+    );
+    // And on a new connection.
+    let (status, _, body) = exchange(&rest, &roots, Some(&app), call()).await.unwrap();
+    assert_eq!(status, 401, "{body}");
+    // The security server's certificate on the X-Road path: X-Road's error.
+    let (status, _, body) = exchange(
+        &rest,
+        &roots,
+        Some(&server),
+        xroad(&xroad_path, Some(client_id), "xr-crl-2"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 401, "{body}");
+    let e = json(&body);
+    assert_eq!(e["type"], "Client.Unauthenticated", "{body}");
+    assert!(
+        e["message"].as_str().unwrap().contains(&server_serial),
+        "{body}"
+    );
+}
+
+/// A call to the provider node as the hub, with `signed` as its record of
+/// on whose behalf; the provider's answer.
+async fn call_as_hub(
+    node: &NodeProcess,
+    hub: &NodeProcess,
+    env: &lgsp_proto::Envelope,
+    signed: &lgsp_proto::SignedOnBehalfOf,
+) -> Result<lgsp_proto::CallResponse, tonic::Status> {
+    let trust = lgsp_certs::ClientTrust::new(&hub.creds).unwrap();
+    let expected = lgsp_certs::Expected::node(
+        lgsp_tests::TRUST_DOMAIN,
+        lgsp_certs::AgencyCode::new(A).unwrap(),
+        "node-1",
+        None,
+    );
+    let channel = lgsp_certs::server_identity::connect(&node.provider, &hub.creds, trust, expected)
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut request = tonic::Request::new(env.clone());
+    lgsp_node::obo::to_metadata(request.metadata_mut(), signed);
+    lgsp_proto::data_exchange_client::DataExchangeClient::new(channel)
+        .call(request)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_replayed_after_the_provider_restarts_is_refused() {
+    let (mut p, mut node, hub, _rest, mut q) = province().await;
+    let (app, _) = q.issue(OUTSIDE_AGENCY, Role::Node, "hotich-app");
+    add_client(&mut p, &q, "btp-hotich", &[]);
+    admin(
+        &mut p,
+        &[
+            "access",
+            "grant",
+            "--service",
+            &format!("{A}/ho-tich"),
+            "--consumer",
+            OUTSIDE_AGENCY,
+            "--reason",
+            "Thỏa thuận kết nối",
+        ],
+    );
+    // Records the hub signs for a REST client, as the hub signs them.
+    let signer = lgsp_node::obo::Signer::new(&hub.creds).unwrap();
+    let record_for = |request_id: &str| {
+        let env = lgsp_proto::Envelope {
+            service_id: format!("{A}/ho-tich"),
+            operation: "get".into(),
+            parameters: [("key".to_owned(), "001".to_owned())].into(),
+            request_id: request_id.into(),
+            ..Default::default()
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let signed = signer
+            .sign_for_rest_client(&env, now, "btp-hotich", &app.chain[0])
+            .unwrap();
+        (env, signed)
+    };
+    // Served once the provider's catalog copy has the client and the grant.
+    let start = std::time::Instant::now();
+    let mut n = 0;
+    let (env, signed) = loop {
+        n += 1;
+        let (env, signed) = record_for(&format!("phat-lai-{n}"));
+        match call_as_hub(&node, &hub, &env, &signed).await {
+            Ok(reply) => {
+                assert!(String::from_utf8_lossy(&reply.payload).contains(NAME));
+                break (env, signed);
+            }
+            Err(s) => assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "never served: {s:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let replayed = call_as_hub(&node, &hub, &env, &signed).await.unwrap_err();
+    assert_eq!(
+        replayed.code(),
+        tonic::Code::Unauthenticated,
+        "{replayed:?}"
+    );
+    assert!(replayed.message().contains("replay"), "{replayed:?}");
+
+    // The provider restarts; the record is still fresh (well within its
+    // 2 minutes) and still a replay.
+    node.stop();
+    node.start();
+    let start = std::time::Instant::now();
+    let after = loop {
+        match call_as_hub(&node, &hub, &env, &signed).await {
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                assert!(
+                    start.elapsed() < Duration::from_secs(15),
+                    "the provider never came back: {s:?}\n{}",
+                    node.log()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => break other,
+        }
+    };
+    let refused = after.expect_err("a record replayed after a restart is refused");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    assert!(refused.message().contains("replay"), "{refused:?}");
+    // A new record is served as before.
+    let (env, signed) = record_for("sau-khoi-dong");
+    call_as_hub(&node, &hub, &env, &signed)
+        .await
+        .expect("a new record is served after the restart");
 }

@@ -605,6 +605,49 @@ async fn ministry_rest_systems_and_xroad_are_called_through_the_hub() {
     // X-Road: a conforming call, and an X-Road error as a clear status.
     let v = first_call(&b, "ma-so-thue", &[("id", "2500123456")]).await;
     assert_eq!(v["ten"], "Công ty TNHH Hòa Bình");
+    // The security server's ids reach the application (response metadata
+    // and the answer's map) and the hub's sharing-log entry.
+    let mut app = DataExchangeClient::new(b.app_channel().await);
+    let answer = app
+        .call(Envelope {
+            service_id: format!("{PROVINCE}/ma-so-thue"),
+            operation: "get".into(),
+            parameters: [("id".to_owned(), "2500123456".to_owned())].into(),
+            request_id: "xr-ids-0001".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let headers = answer.metadata();
+    assert_eq!(headers.get("x-road-id").unwrap(), "xr-ids-0001");
+    assert_eq!(
+        headers.get("x-road-request-id").unwrap(),
+        "f92591a3-6bf0-49b1"
+    );
+    let reply = answer.into_inner();
+    assert_eq!(reply.metadata["x-road-id"], "xr-ids-0001");
+    assert_eq!(reply.metadata["x-road-request-id"], "f92591a3-6bf0-49b1");
+    let start = Instant::now();
+    let logged = loop {
+        let line = std::fs::read_to_string(hub.sharing_log())
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.contains("\"xr-ids-0001\"") && l.contains("\"provider\""))
+            .map(str::to_owned);
+        match line {
+            Some(l) => break l,
+            None if start.elapsed() < Duration::from_secs(5) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            None => panic!("the hub logged no entry for xr-ids-0001"),
+        }
+    };
+    let entry: serde_json::Value = serde_json::from_str(&logged).unwrap();
+    assert_eq!(
+        entry["external_ids"],
+        serde_json::json!({"x-road-id": "xr-ids-0001", "x-road-request-id": "f92591a3-6bf0-49b1"}),
+        "{logged}"
+    );
     let s = call(&b, "ma-so-thue", "get", &[("id", "bi-cam")], "")
         .await
         .unwrap_err();

@@ -2,7 +2,8 @@
 //! against a three-server cluster of `lgsp registry start` processes while
 //! writes go on, `lgsp registry snapshot restore` into three new data
 //! directories, and a new cluster started from them that holds every write
-//! acknowledged before the save.
+//! acknowledged before the save. A backup changed after it was taken (its
+//! SHA-256 recomputed) or carrying no signature is refused.
 
 use lgsp_proto::RecordKind;
 use lgsp_proto::catalog_record::Value;
@@ -12,6 +13,36 @@ use lgsp_tests::lgsp;
 use lgsp_tests::process::{ProcessCluster, ServerProcess, registry_start_args};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// `file` (a signed backup) with `change` made to the catalog it holds, the
+/// signature kept and the SHA-256 recomputed: what anyone who can write
+/// the file can make. With `unsigned`, as an old (v1) file without a
+/// signature instead.
+fn forged(
+    file: &[u8],
+    unsigned: bool,
+    change: impl FnOnce(&mut lgsp_proto::RegistryBackup),
+) -> Vec<u8> {
+    use prost::Message as _;
+    use sha2::Digest as _;
+    let path = std::path::Path::new("backup");
+    let opened = lgsp_registry::backup::decode(path, file).expect("a backup");
+    let mut backup = opened.backup;
+    change(&mut backup);
+    let mut out;
+    if unsigned {
+        out = lgsp_registry::backup::MAGIC_UNSIGNED.to_vec();
+        out.extend_from_slice(&backup.encode_to_vec());
+    } else {
+        let mut signed = opened.signed.expect("signed");
+        signed.backup = backup.encode_to_vec();
+        out = lgsp_registry::backup::MAGIC.to_vec();
+        out.extend_from_slice(&signed.encode_to_vec());
+    }
+    let sum = sha2::Sha256::digest(&out);
+    out.extend_from_slice(&sum);
+    out
+}
 
 fn code(i: usize) -> String {
     format!("000.{:02}.{:02}.H62", 50 + i / 100, i % 100)
@@ -98,6 +129,7 @@ async fn a_snapshot_saved_while_writes_go_on_founds_a_cluster_holding_every_writ
     );
     assert!(out.contains("Saved catalog revision"), "{out}");
     assert!(out.contains("SHA-256"), "{out}");
+    assert!(out.contains("signed by spiffe://"), "{out}");
     let total = acknowledged.lock().unwrap().len();
     assert!(
         total > before.len(),
@@ -121,6 +153,8 @@ async fn a_snapshot_saved_while_writes_go_on_founds_a_cluster_holding_every_writ
         "1",
         "--peers",
         "1=127.0.0.1:1",
+        "--tls-dir",
+        admin.to_str().unwrap(),
     ]);
     assert!(!refused.status.success());
     let why = String::from_utf8_lossy(&refused.stderr);
@@ -137,6 +171,59 @@ async fn a_snapshot_saved_while_writes_go_on_founds_a_cluster_holding_every_writ
             .join("registry.sled")
             .exists()
     );
+
+    // A copy changed after it was taken (a grant to an agency of the
+    // forger's choice, say), its SHA-256 made to match: refused, nothing
+    // written. So is one without a signature, unless accepted explicitly.
+    let good = std::fs::read(&file).unwrap();
+    let restore_into = |path: &std::path::Path, dir: &str, more: &[&str]| {
+        let data = cluster.pki.dir.path().join(dir);
+        let mut args = vec![
+            "registry",
+            "snapshot",
+            "restore",
+            path.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--id",
+            "1",
+            "--peers",
+            "1=127.0.0.1:1",
+            "--tls-dir",
+            admin.to_str().unwrap(),
+        ];
+        args.extend_from_slice(more);
+        (lgsp(&args), data.join("registry.sled").exists())
+    };
+    let tampered = file.with_extension("tampered");
+    std::fs::write(
+        &tampered,
+        forged(&good, false, |b| {
+            b.catalog.as_mut().unwrap().records.pop();
+        }),
+    )
+    .unwrap();
+    let (out, written) = restore_into(&tampered, "from-tampered", &[]);
+    let why = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && !written, "{why}");
+    assert!(
+        why.contains("not a backup signed by a registry server of this province")
+            && why.contains("does not match the contents"),
+        "{why}"
+    );
+    let unsigned = file.with_extension("v1");
+    std::fs::write(&unsigned, forged(&good, true, |_| {})).unwrap();
+    let (out, written) = restore_into(&unsigned, "from-unsigned", &[]);
+    let why = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && !written, "{why}");
+    assert!(why.contains("--accept-unsigned"), "{why}");
+    let (out, written) = restore_into(&unsigned, "from-unsigned", &["--accept-unsigned"]);
+    assert!(
+        out.status.success() && written,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("an unsigned backup"));
 
     // A new cluster on new ports, from the same file.
     let addrs: Vec<(u64, String, String)> = (1..=3)
@@ -162,12 +249,15 @@ async fn a_snapshot_saved_while_writes_go_on_founds_a_cluster_holding_every_writ
             &id.to_string(),
             "--peers",
             &peers,
+            "--tls-dir",
+            cluster.server(*id).dir.join("tls").to_str().unwrap(),
         ]);
         assert!(
             out.status.success(),
             "restore failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("signed by spiffe://"));
         let tls = cluster.server(*id).dir.join("tls");
         let args = registry_start_args(*id, client, peer, &peers, &data, &tls);
         restored.push(cluster.spawn_extra(*id, client, args, dir));

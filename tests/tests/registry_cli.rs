@@ -239,13 +239,40 @@ async fn catalog_commands_work_as_the_readme_shows() {
     }
     let leader = cluster.leader().await;
     let victim = (1..=3).find(|id| *id != leader).unwrap().to_string();
-    let removed = ok(
-        &registry,
-        &admin,
-        &["registry", "remove-member", "--id", &victim],
-    );
+    // Under a key given by hand (as a retry after an unknown outcome
+    // passes the key the first attempt printed), the same removal run
+    // again answers with its first result instead of "not a member".
+    let key = "00112233445566778899aabbccddeeff";
+    let remove = [
+        "registry",
+        "remove-member",
+        "--id",
+        &victim,
+        "--idempotency-key",
+        key,
+    ];
+    let removed = ok(&registry, &admin, &remove);
     assert!(!removed.contains(&format!("member {victim}:")), "{removed}");
     assert!(removed.contains("member 4: voter"), "{removed}");
+    assert_eq!(ok(&registry, &admin, &remove), removed);
+    let bad_key = run(
+        &registry,
+        &admin,
+        &[
+            "registry",
+            "remove-member",
+            "--id",
+            &victim,
+            "--idempotency-key",
+            "abc",
+        ],
+    );
+    assert_eq!(bad_key.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&bad_key.stderr).contains("32 hex digits"),
+        "{}",
+        String::from_utf8_lossy(&bad_key.stderr)
+    );
     joined.kill9();
 }
 

@@ -1,6 +1,7 @@
 //! Idempotency keys over real mTLS: a write sent again under its key,
 //! through another server, is answered with its first outcome and not
-//! applied again, and the key is refused for another write.
+//! applied again, and the key is refused for another write; membership
+//! changes likewise, made by the leader whichever server gets them.
 
 use lgsp_proto::catalog_record::Value;
 use lgsp_proto::{Agency, CatalogRecord, Command, RecordKind, command};
@@ -82,5 +83,97 @@ async fn a_write_sent_again_under_its_key_through_another_server_is_answered_and
         "{}",
         reused.message()
     );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_membership_change_sent_again_under_its_key_is_answered_with_its_first_result() {
+    use lgsp_proto::{AddMemberRequest, RemoveMemberRequest};
+    use lgsp_registry::error::LEADER;
+
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
+    let leader_address = cluster.configs[&leader].listen.to_string();
+    let new_member = AddMemberRequest {
+        id: 4,
+        peer_address: "127.0.0.1:9".into(),
+        client_address: "127.0.0.1:10".into(),
+        idempotency_key: lgsp_registry::idempotency::new_key(),
+    };
+
+    // A follower takes no membership change: it answers at once, nothing
+    // applied, naming the leader's client address.
+    let refused = cluster
+        .client_of(&[followers[0]], &cluster.admin)
+        .server(0)
+        .add_member(new_member.clone())
+        .await
+        .expect_err("a follower makes no membership change");
+    assert_eq!(refused.code(), tonic::Code::Unavailable);
+    assert_eq!(refused.metadata().get(OUTCOME).unwrap(), "not-applied");
+    assert_eq!(
+        refused.metadata().get(LEADER).unwrap(),
+        leader_address.as_str()
+    );
+
+    // A client given that follower alone goes on to the leader it names.
+    let first = cluster
+        .client_of(&[followers[0]], &cluster.admin)
+        .add_member(new_member.clone())
+        .await
+        .expect("added through the leader");
+    assert!(first.members.iter().any(|m| m.id == 4 && !m.voter));
+    // The answer was lost: sent again under its key, through the other
+    // follower, it is answered with the first result, not "already a member".
+    let again = cluster
+        .client_of(&[followers[1]], &cluster.admin)
+        .add_member(new_member.clone())
+        .await
+        .expect("answered with the first result");
+    assert_eq!(again, first);
+    let unkeyed = cluster
+        .client_of(&[leader], &cluster.admin)
+        .add_member(AddMemberRequest {
+            idempotency_key: lgsp_registry::idempotency::new_key(),
+            ..new_member
+        })
+        .await
+        .expect_err("a new key for the same change");
+    assert_eq!(unkeyed.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        unkeyed.message().contains("already a member"),
+        "{unkeyed:?}"
+    );
+
+    let admin = cluster.admin_client();
+    let remove_key = lgsp_registry::idempotency::new_key();
+    let removed = admin
+        .remove_member_keyed(4, remove_key.clone())
+        .await
+        .expect("removed");
+    assert!(removed.members.iter().all(|m| m.id != 4));
+    let status_before = admin.status().await.unwrap();
+    let again = cluster
+        .client_of(&[followers[1]], &cluster.admin)
+        .remove_member_keyed(4, remove_key)
+        .await
+        .expect("answered with the first result, not \"not a member\"");
+    assert_eq!(again, removed);
+    // Nothing was proposed again: the log did not grow by a configuration
+    // change (a leave-joint entry would follow it).
+    let status_after = admin.status().await.unwrap();
+    assert_eq!(status_after.members, status_before.members);
+    assert!(!status_after.joint_consensus);
+    let direct = cluster
+        .client_of(&[leader], &cluster.admin)
+        .server(0)
+        .remove_member(RemoveMemberRequest {
+            id: 4,
+            idempotency_key: Vec::new(),
+        })
+        .await
+        .expect_err("4 is no longer a member");
+    assert_eq!(direct.code(), tonic::Code::NotFound);
     cluster.shutdown().await;
 }

@@ -39,6 +39,19 @@ impl Inbound {
     /// The federation peer whose hub made `request`: its certificate names
     /// a hub of a peer's trust domain and is issued by that peer's CA.
     pub(crate) fn peer_of<T>(&self, request: &Request<T>) -> Result<FederationPeer, Status> {
+        self.caller_of(request).map(|(peer, _)| peer)
+    }
+
+    /// The hub this side serves.
+    pub(crate) fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// [`Inbound::peer_of`], and the SPIFFE ID of the peer's hub that called.
+    pub(crate) fn caller_of<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<(FederationPeer, lgsp_certs::SpiffeId), Status> {
         let certs = request
             .peer_certs()
             .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
@@ -83,12 +96,12 @@ impl Inbound {
                 caller.id, caller.serial, peer.name
             )));
         }
-        Ok(peer)
+        Ok((peer, caller.id))
     }
 
     /// Takes one of `peer`'s inward slots, or refuses with
     /// `RESOURCE_EXHAUSTED` naming the peer and the limit.
-    fn admit(&self, peer: &FederationPeer) -> Result<crate::limiter::Permit, Status> {
+    pub(crate) fn admit(&self, peer: &FederationPeer) -> Result<crate::limiter::Permit, Status> {
         let health = self.hub.health_of(&peer.name);
         let permit = self
             .hub
@@ -125,25 +138,75 @@ impl Inbound {
         consumer: &lgsp_certs::SpiffeId,
         deadline: lgsp_node::deadline::Deadline,
     ) -> Result<Vec<u8>, Status> {
+        self.exported_and_granted(peer, &env.service_id, consumer)?;
+        self.hub.call_provider(env, signed, deadline).await
+    }
+
+    /// Refuses, saying why, unless `service_id` is exported to `peer` and
+    /// `consumer` (an agency of the peer) holds an active grant for it.
+    pub(crate) fn exported_and_granted(
+        &self,
+        peer: &FederationPeer,
+        service_id: &str,
+        consumer: &lgsp_certs::SpiffeId,
+    ) -> Result<(), Status> {
         let hub = &self.hub;
         let cache = &hub.ctx.cache;
-        if !cache.has(RecordKind::Export, &export_key(&env.service_id, &peer.name)) {
+        if !cache.has(RecordKind::Export, &export_key(service_id, &peer.name)) {
             return Err(Status::permission_denied(format!(
                 "service {} is not exported to {} ({})",
-                env.service_id, peer.name, peer.trust_domain
+                service_id, peer.name, peer.trust_domain
             )));
         }
-        if !hub.granted(
-            &env.service_id,
-            consumer.agency.as_str(),
-            &peer.trust_domain,
-        ) {
+        if !hub.granted(service_id, consumer.agency.as_str(), &peer.trust_domain) {
             return Err(Status::permission_denied(format!(
                 "agency {} of {} holds no active grant for {}; the provider grants it (the grant names the agency, registered with --trust-domain {})",
-                consumer.agency, peer.trust_domain, env.service_id, peer.trust_domain
+                consumer.agency, peer.trust_domain, service_id, peer.trust_domain
             )));
         }
-        hub.call_provider(env, signed, deadline).await
+        Ok(())
+    }
+
+    /// Verifies the record of on whose behalf `peer`'s hub `caller_hub`
+    /// sent with `request` (a query's; a call's is checked in
+    /// [`DataExchange::call`] the same way): signed by a node of the peer
+    /// (its CA, not revoked by its CRL), for this request, addressed to this
+    /// instance through that hub, fresh and not seen before. The reason,
+    /// for the log and the caller, when refused.
+    pub(crate) fn verify_record(
+        &self,
+        peer: &FederationPeer,
+        caller_hub: &lgsp_certs::SpiffeId,
+        signed: Option<lgsp_proto::SignedOnBehalfOf>,
+        request: lgsp_node::obo::Signed<'_>,
+    ) -> Result<(lgsp_node::obo::Verified, lgsp_proto::SignedOnBehalfOf), String> {
+        let verifier = &self.hub.ctx.obo_verifier;
+        let now = lgsp_registry::calendar::unix_now_ms();
+        let signed = signed.ok_or_else(|| {
+            format!(
+                "a call from federation peer {} carries its consumer node's signed on-behalf-of record; none was sent",
+                peer.name
+            )
+        })?;
+        let verified = verifier
+            .verify(&signed, request, &verifier.roots_of(peer), now)
+            .and_then(|v| {
+                v.addressed_to(&self.hub.id.trust_domain, Some(&caller_hub.to_string()))?;
+                self.hub
+                    .ctx
+                    .replays
+                    .check(&signed, request.request_id(), now)?;
+                Ok(v)
+            })
+            .map_err(|e| e.to_string())?;
+        self.not_revoked(peer, &verified)?;
+        if verified.id.trust_domain != peer.trust_domain {
+            return Err(format!(
+                "the on-behalf-of record names {}, not a node of {}",
+                verified.id, peer.trust_domain
+            ));
+        }
+        Ok((verified, signed))
     }
 }
 
@@ -151,7 +214,7 @@ impl Inbound {
 impl DataExchange for Inbound {
     async fn call(&self, request: Request<Envelope>) -> Result<Response<CallResponse>, Status> {
         let started = Instant::now();
-        let peer = self.peer_of(&request)?;
+        let (peer, caller_hub) = self.caller_of(&request)?;
         // Before anything costly (signature checks, the log, the provider).
         let _permit = self.admit(&peer)?;
         let deadline = lgsp_node::deadline::Deadline::of(request.metadata(), started);
@@ -176,6 +239,8 @@ impl DataExchange for Inbound {
                 .obo_verifier
                 .verify(&s, &env, &self.hub.ctx.obo_verifier.roots_of(&peer), now)
                 .and_then(|v| {
+                    // Addressed to this instance, through the hub that called.
+                    v.addressed_to(&self.hub.id.trust_domain, Some(&caller_hub.to_string()))?;
                     self.hub.ctx.replays.check(&s, &env.request_id, now)?;
                     Ok(v)
                 })
@@ -238,12 +303,7 @@ impl DataExchange for Inbound {
         &self,
         request: Request<QueryRequest>,
     ) -> Result<Response<Self::QueryStream>, Status> {
-        let peer = self.peer_of(&request)?;
-        Err(Status::unimplemented(format!(
-            "query streams do not cross the hub yet ({} asked for {}); call it with `get`",
-            peer.name,
-            request.get_ref().service_id
-        )))
+        crate::query::inbound(self, request).await
     }
 }
 

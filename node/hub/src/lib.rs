@@ -16,6 +16,9 @@
 //!   what each peer exports to the province, within seconds, and probes
 //!   every peer each round.
 //!
+//! Both carry query streams too ([`query`]): pages pass one at a time,
+//! within the caller's deadline, under the same checks, limits and log.
+//!
 //! Around them: [`limiter`] (calls in flight and per second per peer, each
 //! direction), [`health`] (each link's breaker, last success and failure,
 //! latency and counts, in `/metrics`) and [`trust`] (the peers' CAs and
@@ -36,6 +39,7 @@ pub mod inbound;
 pub mod limiter;
 pub mod outbound;
 pub mod peer_link;
+pub mod query;
 pub mod rest_client;
 pub mod rest_in;
 pub mod rest_out;

@@ -9,7 +9,7 @@ use crate::Hub;
 use crate::health::Outcome;
 use crate::limiter::Limit;
 use lgsp_certs::{Peer, Role};
-use lgsp_node::context::Forwarder;
+use lgsp_node::context::{Forwarded, Forwarder};
 use lgsp_proto::data_exchange_client::DataExchangeClient;
 use lgsp_proto::{Envelope, SignedOnBehalfOf};
 use prost::Message as _;
@@ -47,7 +47,7 @@ impl Forwarder for Outbound {
         caller: &Peer,
         envelope: &Envelope,
         obo: Option<&SignedOnBehalfOf>,
-    ) -> Result<Vec<u8>, Status> {
+    ) -> Result<Forwarded, Status> {
         let hub = &self.hub;
         if let Some(route) = crate::rest_out::route_of(hub, &envelope.service_id) {
             return crate::rest_out::forward(hub, caller, envelope, route).await;
@@ -91,6 +91,9 @@ impl Forwarder for Outbound {
                 envelope.service_id
             ))
         })?;
+        verified
+            .addressed_to(&peer.trust_domain, Some(&hub.id.to_string()))
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
         let health = hub.health_of(&peer.name);
         let _permit = hub
             .outward_limits
@@ -126,7 +129,7 @@ impl Forwarder for Outbound {
             _ => health.outward(Outcome::Answered, sent.elapsed(), ""),
         }
         match result {
-            Ok(r) => Ok(r.payload),
+            Ok(r) => Ok(r.payload.into()),
             Err(s) if unreachable => Err(Status::unavailable(format!(
                 "federation peer {} ({}) did not answer: {}",
                 peer.name,
@@ -135,6 +138,16 @@ impl Forwarder for Outbound {
             ))),
             Err(s) => Err(s),
         }
+    }
+
+    async fn forward_query(
+        &self,
+        caller: &Peer,
+        query: lgsp_proto::QueryRequest,
+        obo: Option<&SignedOnBehalfOf>,
+        deadline: Option<lgsp_node::deadline::Deadline>,
+    ) -> Result<lgsp_node::provider::PageStream, Status> {
+        crate::query::forward(&self.hub, caller, query, obo, deadline).await
     }
 }
 

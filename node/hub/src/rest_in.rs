@@ -114,7 +114,11 @@ pub fn client_of(hub: &Hub, leaf: Option<&[u8]>) -> Result<RestClient, Status> {
         0 => Err(Status::unauthenticated(
             "the client certificate is not issued by the CA of a REST client this province registered (see `lgsp hub rest-client list`)",
         )),
-        1 => Ok(matching.remove(0)),
+        1 => {
+            let client = matching.remove(0);
+            not_revoked(hub, &client, leaf)?;
+            Ok(client)
+        }
         _ => {
             let names: Vec<&str> = matching.iter().map(|c| c.name.as_str()).collect();
             Err(Status::unauthenticated(format!(
@@ -123,6 +127,18 @@ pub fn client_of(hub: &Hub, leaf: Option<&[u8]>) -> Result<RestClient, Status> {
             )))
         }
     }
+}
+
+/// Refuses with `UNAUTHENTICATED` a certificate `leaf` of `client` that the
+/// CRL in force for it revokes, naming the serial and the CRL number. The
+/// handshake takes such a certificate (only its chain is checked there), so
+/// that the refusal can say this; every call is checked, on connections
+/// opened before the CRL too.
+pub(crate) fn not_revoked(hub: &Hub, client: &RestClient, leaf: &[u8]) -> Result<(), Status> {
+    hub.ctx
+        .rest_client_crls
+        .check_rest_client(client, leaf)
+        .map_err(|e| Status::unauthenticated(e.to_string()))
 }
 
 /// Takes one of `client`'s slots, or refuses with `RESOURCE_EXHAUSTED`

@@ -305,7 +305,7 @@ pub async fn forward(
     caller: &Peer,
     env: &Envelope,
     route: RestRoute,
-) -> Result<Vec<u8>, Status> {
+) -> Result<lgsp_node::context::Forwarded, Status> {
     if caller.id.role != Role::Node {
         return Err(Status::permission_denied(format!(
             "{} is a {}; only agencies' nodes call services through the hub",
@@ -463,7 +463,7 @@ pub async fn forward(
             .unwrap_or_default()
             .to_owned()
     };
-    let (xroad_id, xroad_request_id) = (text("x-road-id"), text("x-road-request-id"));
+    let (xroad_id, xroad_request_id) = (text(XROAD_ID), text(XROAD_REQUEST_ID));
     // An X-Road answer's ids are kept in the log (the sharing log has no
     // field for them); a plain REST answer is in the sharing log already,
     // and a line per call at info would flood the operator's log.
@@ -499,10 +499,32 @@ pub async fn forward(
         ));
     }
     if (200..300).contains(&reply.status) {
-        return Ok(reply.body.to_vec());
+        let mut metadata = std::collections::HashMap::new();
+        if system.xroad.is_some() {
+            for (name, value) in [(XROAD_ID, xroad_id), (XROAD_REQUEST_ID, xroad_request_id)] {
+                if !value.is_empty() && value.len() <= MAX_XROAD_ID {
+                    metadata.insert(name.to_owned(), value);
+                }
+            }
+        }
+        return Ok(lgsp_node::context::Forwarded {
+            payload: reply.body.to_vec(),
+            metadata,
+        });
     }
     Err(http_status(&system.name, reply.status, &reply.body))
 }
+
+/// The X-Road security server's message id of an exchange, returned to the
+/// calling application (gRPC response metadata and `CallResponse.metadata`)
+/// and kept in the hub's sharing-log entry.
+pub const XROAD_ID: &str = "x-road-id";
+/// The request id the security servers gave the exchange (PR-REST 4.3),
+/// returned and kept as [`XROAD_ID`] is.
+pub const XROAD_REQUEST_ID: &str = "x-road-request-id";
+/// The longest X-Road id the hub returns and logs, in bytes: a UUID or a
+/// request id is far shorter.
+const MAX_XROAD_ID: usize = 255;
 
 #[cfg(test)]
 mod tests {

@@ -295,6 +295,7 @@ fn client_of(hub: &Hub, leaf: Option<&[u8]>, xroad_client: &str) -> Result<RestC
             client.name
         )));
     }
+    crate::rest_in::not_revoked(hub, &client, leaf)?;
     Ok(client)
 }
 

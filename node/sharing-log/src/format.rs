@@ -5,6 +5,7 @@
 use crate::error::AuditError;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 
 /// The `prev` of entry 1.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -48,6 +49,12 @@ pub struct Exchange {
     pub bytes_in: u64,
     /// Size of the response (all of it, for a stream), in bytes.
     pub bytes_out: u64,
+    /// The ids an external system gave the exchange, by header name (an
+    /// X-Road security server's `x-road-id` and `x-road-request-id`), when
+    /// this node called one; absent from the line when there are none, so
+    /// entries without them read as before.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub external_ids: BTreeMap<String, String>,
 }
 
 /// An entry as read back from the log; the field order is the canonical one.
@@ -82,6 +89,9 @@ pub struct Entry {
     pub bytes_in: u64,
     /// As [`Exchange::bytes_out`], in bytes.
     pub bytes_out: u64,
+    /// As [`Exchange::external_ids`]; empty when the line has none.
+    #[serde(default)]
+    pub external_ids: BTreeMap<String, String>,
     /// The previous entry's hash ([`GENESIS`] for entry 1): the link of the chain.
     pub prev: String,
     /// SHA-256 of the entry's canonical form (every field but this one),
@@ -405,6 +415,24 @@ mod tests {
     }
 
     #[test]
+    fn external_ids_are_hashed_with_the_entry_and_an_entry_without_them_reads_as_before() {
+        let plain = exchange(4);
+        let (line, _) = encode_entry(4, "2025-03-01T01:02:03.456Z", &plain, GENESIS);
+        assert!(!String::from_utf8_lossy(&line).contains("external_ids"));
+        let mut with = plain.clone();
+        with.external_ids
+            .insert("x-road-id".into(), "xr-0001".into());
+        let (line, _) = encode_entry(4, "2025-03-01T01:02:03.456Z", &with, GENESIS);
+        let entry = decode_entry(&line[..line.len() - 1], 1).unwrap();
+        assert_eq!(entry.external_ids["x-road-id"], "xr-0001");
+        // Changing them changes the hash: the line no longer verifies.
+        let text = String::from_utf8(line)
+            .unwrap()
+            .replace("xr-0001", "xr-0002");
+        assert!(decode_entry(&text.as_bytes()[..text.len() - 1], 1).is_err());
+    }
+
+    #[test]
     fn vietnamese_entry_decodes_to_its_fields_with_diacritics_intact() {
         let mut ex = exchange(3);
         ex.consumer = "Sở Tư pháp tỉnh Vĩnh Phúc".into();
@@ -430,6 +458,7 @@ mod tests {
             latency_us: entry.latency_us,
             bytes_in: entry.bytes_in,
             bytes_out: entry.bytes_out,
+            external_ids: entry.external_ids,
         };
         assert_eq!(read_back, ex);
         assert_eq!(

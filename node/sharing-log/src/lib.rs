@@ -12,7 +12,10 @@
 //!   order, as serde_json writes it (no whitespace, non-ASCII text as raw UTF-8, only `"`,
 //!   `\` and control characters escaped). That is exactly the line with its final
 //!   `,"hash":"…"` member removed, so the hash covers every byte of the line. `prev` is the
-//!   previous entry's hash (64 zeros for entry 1): the entries form a chain.
+//!   previous entry's hash (64 zeros for entry 1): the entries form a chain. An entry of
+//!   an exchange with an external system may hold `external_ids` (after `bytes_out`), the
+//!   ids that system gave it (an X-Road security server's `x-road-id` and
+//!   `x-road-request-id`); entries without them have no such member.
 //! - A **seal**, `{"seal":{"v":2,"seq":N,"head":"…","time":"…","signer":"…","cert":"…",
 //!   "signature":"…"}}`, written at least once a second when entries were added, and when
 //!   the log is closed: the node's ECDSA P-256 signature (SHA-256, fixed-width `r‖s`,

@@ -152,6 +152,7 @@ pub(crate) fn exchange(n: u64) -> Exchange {
         latency_us: 1234 + n,
         bytes_in: 100,
         bytes_out: 2048,
+        external_ids: Default::default(),
     }
 }
 

@@ -634,6 +634,63 @@ fn a_grant_needs_a_published_service_and_a_registered_consumer_and_starts_active
     assert_eq!(g.status, GrantStatus::Active as i32);
 }
 
+/// Checks and applies `command` as the committed entry its proposer took
+/// at `entry_ms` by its own wall clock, as every server applies it: at the
+/// apply clock, in one batch that is committed whatever the outcome.
+fn run_entry(
+    kv: &Kv,
+    who: &SpiffeId,
+    command: &Command,
+    entry_ms: i64,
+) -> Result<(), CatalogError> {
+    let mut batch = Staged::new(kv);
+    let now_ms = apply_clock(&mut batch, entry_ms).unwrap();
+    let asker = Asker {
+        now_unix: now_ms.div_euclid(1000),
+        ..asker(who)
+    };
+    let outcome = check(&batch, &asker, command).map(|checked| {
+        apply(&mut batch, checked).expect("apply");
+    });
+    batch.commit().expect("commit");
+    outcome
+}
+
+#[test]
+fn a_proposers_clock_stepping_back_never_brings_an_expired_grant_back_into_force() {
+    let kv = catalog();
+    let ends = NOW + 60;
+    let expiring = put_cmd(Value::Grant(Grant {
+        service_id: format!("{A}/ho-tich"),
+        consumer_agency: B.into(),
+        expires_unix: ends,
+        ..Default::default()
+    }));
+    run_entry(&kv, &admin(), &expiring, NOW * 1000).unwrap();
+    // Two minutes later the grant has ended: granting it again until the
+    // same end is refused.
+    let err = refused(run_entry(&kv, &admin(), &expiring, (NOW + 120) * 1000));
+    assert!(err.to_string().contains("already passed"), "{err}");
+    // A proposer whose clock stepped back 90 s (NTP, a VM restored) must
+    // not make the ended grant valid again.
+    let err = refused(run_entry(&kv, &admin(), &expiring, (NOW + 30) * 1000));
+    assert!(err.to_string().contains("already passed"), "{err}");
+    assert_eq!(apply_clock_ms(&kv).unwrap(), (NOW + 120) * 1000);
+
+    // A server that catches up by snapshot goes on from the same clock.
+    let target = Kv::new(MemKv::default());
+    let mut batch = Staged::new(&target);
+    restore(&target, &mut batch, &snapshot_data(&kv).unwrap()).unwrap();
+    batch.commit().unwrap();
+    assert_eq!(apply_clock_ms(&target).unwrap(), (NOW + 120) * 1000);
+    let err = refused(run_entry(&target, &admin(), &expiring, (NOW + 30) * 1000));
+    assert!(err.to_string().contains("already passed"), "{err}");
+    // A clock that runs on moves the apply clock on.
+    let later = (NOW + 600) * 1000;
+    let mut batch = Staged::new(&target);
+    assert_eq!(apply_clock(&mut batch, later).unwrap(), later);
+}
+
 #[test]
 fn an_empty_crl_is_refused() {
     let kv = catalog();
@@ -2303,6 +2360,54 @@ mod rest_clients {
             &put_cmd(client(OUTSIDE, "moj.gov.vn", &[&ho_tich])),
         )
         .unwrap();
+    }
+
+    #[test]
+    fn a_rest_client_crl_is_its_cas_moves_forward_and_is_never_dropped_silently() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let mut ca =
+            lgsp_certs::ca::CertificateAuthority::init(dir.path(), "moj.gov.vn", "CA", 30).unwrap();
+        let mut stranger =
+            lgsp_certs::ca::CertificateAuthority::init(other.path(), "moj.gov.vn", "CA", 30)
+                .unwrap();
+        let first = ca.sign_crl(1).unwrap().der;
+        let second = ca.sign_crl(1).unwrap().der;
+        let ho_tich = format!("{A}/ho-tich");
+        let with_crl = |ca_pem: &str, der: Vec<u8>| {
+            let Value::RestClient(c) = client(OUTSIDE, "moj.gov.vn", &[&ho_tich]) else {
+                unreachable!()
+            };
+            put_cmd(Value::RestClient(RestClient {
+                ca_pem: ca_pem.to_owned(),
+                crl_der: der,
+                ..c
+            }))
+        };
+        let kv = with_outside_agency();
+        let ca_pem = ca.cert_pem().to_owned();
+        let forged = stranger.sign_crl(1).unwrap().der;
+        let e = refused(run(&kv, &admin(), &with_crl(&ca_pem, forged)));
+        assert!(
+            matches!(&e, CatalogError::InvalidArgument(m) if m.contains("not one of its CA's")),
+            "{e:?}"
+        );
+        run(&kv, &admin(), &with_crl(&ca_pem, second.clone())).unwrap();
+        let e = refused(run(&kv, &admin(), &with_crl(&ca_pem, first)));
+        assert!(
+            matches!(&e, CatalogError::FailedPrecondition(m) if m.contains("not newer")),
+            "{e:?}"
+        );
+        // Dropping it while the CA is the same: refused, saying how instead.
+        let e = refused(run(&kv, &admin(), &with_crl(&ca_pem, Vec::new())));
+        assert!(
+            matches!(&e, CatalogError::FailedPrecondition(m) if m.contains("never removed silently")),
+            "{e:?}"
+        );
+        // The same CRL again (another field changed) is not a step back.
+        run(&kv, &admin(), &with_crl(&ca_pem, second)).unwrap();
+        // A new CA starts without a CRL of the old one.
+        run(&kv, &admin(), &with_crl(stranger.cert_pem(), Vec::new())).unwrap();
     }
 
     #[test]

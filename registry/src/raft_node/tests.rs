@@ -666,6 +666,7 @@ fn a_server_removed_from_the_cluster_is_no_longer_current() {
         .unwrap()
         .handle(Request::Membership {
             op: MembershipOp::Remove(removed),
+            key: Vec::new(),
             reply,
         })
         .unwrap();
@@ -689,14 +690,58 @@ impl Cluster {
         op: MembershipOp,
         ticks: usize,
     ) -> oneshot::Receiver<Result<Vec<Member>, RegistryError>> {
+        self.change_membership_keyed(on, op, &[], ticks)
+    }
+
+    /// [`change_membership`](Self::change_membership) under idempotency
+    /// key `key` (empty: none).
+    fn change_membership_keyed(
+        &mut self,
+        on: u64,
+        op: MembershipOp,
+        key: &[u8],
+        ticks: usize,
+    ) -> oneshot::Receiver<Result<Vec<Member>, RegistryError>> {
+        let answer = self.hand_membership(on, op, key);
+        self.tick(ticks);
+        answer
+    }
+
+    /// Hands a membership change to server `on`, nothing more: no Ready is
+    /// handled and no message moves until the test says so.
+    fn hand_membership(
+        &mut self,
+        on: u64,
+        op: MembershipOp,
+        key: &[u8],
+    ) -> oneshot::Receiver<Result<Vec<Member>, RegistryError>> {
         let (reply, answer) = oneshot::channel();
         self.servers
             .get_mut(&on)
             .unwrap()
-            .handle(Request::Membership { op, reply })
+            .handle(Request::Membership {
+                op,
+                key: key.to_vec(),
+                reply,
+            })
             .unwrap();
-        self.tick(ticks);
         answer
+    }
+
+    /// How many membership change entries server `id`'s log holds.
+    fn conf_change_entries(&self, id: u64) -> usize {
+        let raft_log = &self.server(id).raw.raft.raft_log;
+        let entries = raft_log
+            .entries(
+                raft_log.first_index(),
+                u64::MAX,
+                raft::GetEntriesContext::empty(false),
+            )
+            .unwrap();
+        entries
+            .iter()
+            .filter(|e| e.get_entry_type() == EntryType::EntryConfChangeV2)
+            .count()
     }
 
     fn conf(&self, id: u64) -> ConfState {
@@ -786,13 +831,36 @@ fn a_wiped_server_removed_and_added_again_is_heard_afresh_and_catches_up() {
     assert!(cluster.conf(leader).voters.contains(&wiped));
 }
 
+/// The answer a server that does not lead gives a membership change.
+fn refused_as_not_leader(answer: Result<Vec<Member>, RegistryError>, leader: u64) {
+    match answer {
+        Err(e @ RegistryError::NotLeader { .. }) => {
+            let why = e.to_string();
+            assert!(why.contains(&format!("server {leader}")), "{why}");
+            assert!(why.contains("nothing was applied"), "{why}");
+        }
+        other => panic!("a follower answered a membership change with {other:?}"),
+    }
+}
+
 #[test]
-fn removing_the_leader_through_a_follower_hands_leadership_over_and_writes_go_on() {
+fn a_membership_change_sent_to_a_follower_is_refused_at_once_naming_the_leader_who_makes_it() {
     let mut cluster = Cluster::new(3, 1000);
     let leader = cluster.elect(&[1, 2, 3]);
     let follower = cluster.others(leader)[0];
+    let mut answer = cluster.hand_membership(follower, MembershipOp::Remove(leader), &[]);
+    refused_as_not_leader(
+        answer
+            .try_recv()
+            .expect("answered before any message moved"),
+        leader,
+    );
+    assert_eq!(cluster.conf(leader).voters, vec![1, 2, 3]);
+
+    // Sent on to the leader it named, the removal is made, and the leader
+    // it removed hands leadership over.
     let mut answer =
-        cluster.change_membership(follower, MembershipOp::Remove(leader), 3 * ELECTION_TICKS);
+        cluster.change_membership(leader, MembershipOp::Remove(leader), 3 * ELECTION_TICKS);
     let members = answer
         .try_recv()
         .expect("the removal was answered")
@@ -810,6 +878,138 @@ fn removing_the_leader_through_a_follower_hands_leadership_over_and_writes_go_on
         .expect("the write was answered")
         .expect("the write was applied");
     assert_eq!(cluster.revision(new), applied.revision);
+}
+
+#[test]
+fn a_membership_change_sent_through_a_follower_right_after_another_gets_a_definite_answer() {
+    let mut cluster = Cluster::new(3, 1000);
+    let leader = cluster.elect(&[1, 2, 3]);
+    let follower = cluster.others(leader)[0];
+    let victim = cluster.others(leader)[1];
+    // A change under way on the leader (not yet applied there), and the
+    // next one sent through a follower at that moment: raft-rs would have
+    // the leader drop it silently, leaving its client without an answer.
+    cluster.start_server(4, None);
+    let mut added = cluster.hand_membership(leader, MembershipOp::Add(member(4)), &[]);
+    let mut removed = cluster.hand_membership(follower, MembershipOp::Remove(victim), &[]);
+    cluster.tick(3 * ELECTION_TICKS);
+    assert!(matches!(added.try_recv(), Ok(Ok(_))), "the addition");
+    refused_as_not_leader(
+        removed
+            .try_recv()
+            .expect("the change sent through a follower was answered"),
+        leader,
+    );
+    assert!(cluster.conf(leader).voters.contains(&victim));
+
+    // On the leader, a change while another is under way is refused at once
+    // (nothing applied), and goes through once that one is done.
+    let mut first = cluster.hand_membership(leader, MembershipOp::Remove(4), &[]);
+    let mut second = cluster.hand_membership(leader, MembershipOp::Remove(victim), &[]);
+    match second.try_recv().expect("answered at once") {
+        Err(RegistryError::Unavailable(why)) => assert!(why.contains("in progress"), "{why}"),
+        other => panic!("a second change under way was answered {other:?}"),
+    }
+    cluster.tick(3 * ELECTION_TICKS);
+    assert!(matches!(first.try_recv(), Ok(Ok(_))), "the first removal");
+    let mut again =
+        cluster.change_membership(leader, MembershipOp::Remove(victim), 3 * ELECTION_TICKS);
+    let members = again.try_recv().expect("answered").expect("applied");
+    assert!(
+        members.iter().all(|m| m.id != victim && m.id != 4),
+        "{members:?}"
+    );
+}
+
+#[test]
+fn a_membership_change_repeated_under_its_key_answers_with_its_first_result_and_applies_once() {
+    let mut cluster = Cluster::new(3, 1000);
+    let leader = cluster.elect(&[1, 2, 3]);
+    cluster.start_server(4, None);
+    cluster.net.isolate(4);
+    let (add_key, remove_key) = ([4u8; 16], [5u8; 16]);
+    let mut first = cluster.change_membership_keyed(
+        leader,
+        MembershipOp::Add(member(4)),
+        &add_key,
+        2 * ELECTION_TICKS,
+    );
+    let added = first.try_recv().expect("answered").expect("applied");
+    assert!(added.iter().any(|m| m.id == 4 && !m.voter), "{added:?}");
+    let changes = cluster.conf_change_entries(leader);
+
+    // The answer was lost (a timeout, a dropped connection): the client
+    // sends the same change again under the same key.
+    let mut repeat = cluster.hand_membership(leader, MembershipOp::Add(member(4)), &add_key);
+    assert_eq!(repeat.try_recv().expect("answered at once").unwrap(), added);
+    cluster.tick(ELECTION_TICKS);
+    assert_eq!(
+        cluster.conf_change_entries(leader),
+        changes,
+        "nothing proposed again"
+    );
+    // Without the key the same repeat fails, confusingly, as "already a member".
+    let mut unkeyed = cluster.hand_membership(leader, MembershipOp::Add(member(4)), &[]);
+    match unkeyed.try_recv().unwrap() {
+        Err(RegistryError::Catalog(CatalogError::FailedPrecondition(why))) => {
+            assert!(why.contains("already a member"), "{why}")
+        }
+        other => panic!("an unkeyed repeat was answered {other:?}"),
+    }
+
+    let mut removal = cluster.change_membership_keyed(
+        leader,
+        MembershipOp::Remove(4),
+        &remove_key,
+        3 * ELECTION_TICKS,
+    );
+    let removed = removal.try_recv().expect("answered").expect("applied");
+    assert!(removed.iter().all(|m| m.id != 4), "{removed:?}");
+    let changes = cluster.conf_change_entries(leader);
+
+    // The keys are in the replicated state: another leader answers alike.
+    let other = cluster
+        .others(leader)
+        .into_iter()
+        .find(|id| *id != 4)
+        .unwrap();
+    let (reply, _moved) = oneshot::channel();
+    cluster
+        .servers
+        .get_mut(&other)
+        .unwrap()
+        .handle(Request::TransferLeader {
+            to: Some(other),
+            reply,
+        })
+        .unwrap();
+    cluster.tick(2 * ELECTION_TICKS);
+    assert_eq!(cluster.leader_of(&cluster.others(4)), Some(other));
+    let mut repeat = cluster.hand_membership(other, MembershipOp::Remove(4), &remove_key);
+    assert_eq!(
+        repeat.try_recv().expect("answered at once").unwrap(),
+        removed
+    );
+    let mut repeat = cluster.hand_membership(other, MembershipOp::Add(member(4)), &add_key);
+    assert_eq!(repeat.try_recv().expect("answered at once").unwrap(), added);
+    cluster.tick(ELECTION_TICKS);
+    assert_eq!(
+        cluster.conf_change_entries(other),
+        changes,
+        "nothing proposed again"
+    );
+    assert!(!cluster.conf(other).learners.contains(&4));
+    assert!(!cluster.conf(other).voters.contains(&4));
+
+    // A key reused for another change is refused, not answered with the
+    // first change's result.
+    let mut reused = cluster.hand_membership(other, MembershipOp::Remove(leader), &add_key);
+    match reused.try_recv().unwrap() {
+        Err(RegistryError::Catalog(CatalogError::InvalidArgument(why))) => {
+            assert!(why.contains("another change"), "{why}")
+        }
+        other => panic!("a reused key was answered {other:?}"),
+    }
 }
 
 #[test]

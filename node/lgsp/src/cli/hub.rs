@@ -165,6 +165,24 @@ pub(super) enum RestClientCommand {
         #[arg(long, value_name = "N")]
         rate: Option<u32>,
     },
+    /// Publish the CRL of an outside REST system's CA (PEM or DER): checked
+    /// here against the CA in its record and against the CRL in force, then
+    /// put into the record; the hub refuses the client certificates it
+    /// revokes from the next call (401, naming the serial and the CRL
+    /// number), on connections already open too. `rest-client add` keeps it
+    /// while the CA is the same; only a newer CRL replaces it.
+    ///
+    /// Example: lgsp hub rest-client crl --name btp-hotich --crl btp-crl.pem
+    Crl {
+        #[command(flatten)]
+        registry: RegistryArgs,
+        /// The system's name.
+        #[arg(long)]
+        name: String,
+        /// The CRL file, PEM (`X509 CRL`) or DER, signed by the system's CA.
+        #[arg(long, value_name = "FILE")]
+        crl: PathBuf,
+    },
     /// Remove an outside REST system: the hub refuses it at once.
     ///
     /// Example: lgsp hub rest-client remove --name btp-hotich
@@ -580,6 +598,13 @@ async fn rest_client(command: RestClientCommand) -> Result<()> {
                 })?,
                 None => String::new(),
             };
+            let registry = registry.client()?;
+            let (before, revision) = rest_client_record(&registry, &name).await?;
+            // A CRL published before stays while it is the same CA's.
+            let crl_der = before
+                .filter(|b| b.ca_pem == ca_pem)
+                .map(|b| b.crl_der)
+                .unwrap_or_default();
             let client = lgsp_proto::RestClient {
                 name: name.clone(),
                 trust_domain,
@@ -589,13 +614,54 @@ async fn rest_client(command: RestClientCommand) -> Result<()> {
                 max_in_flight: max_in_flight.unwrap_or(0),
                 rate_per_second: rate.unwrap_or(0),
                 xroad_client,
+                crl_der,
             };
             let rev = registry
-                .client()?
-                .put(Value::RestClient(client), 0)
+                .put(Value::RestClient(client), revision)
                 .await?
                 .revision;
             println!("REST client {name} set (revision {rev}); the hub takes it within seconds");
+        }
+        RestClientCommand::Crl {
+            registry,
+            name,
+            crl,
+        } => {
+            let bytes =
+                std::fs::read(&crl).with_context(|| format!("cannot read {}", crl.display()))?;
+            let der = crl_der(&bytes).with_context(|| format!("{}", crl.display()))?;
+            let registry = registry.client()?;
+            let (Some(mut client), revision) = rest_client_record(&registry, &name).await? else {
+                return Err(anyhow!(
+                    "there is no REST client {name:?} (see `lgsp hub rest-client list`)"
+                ));
+            };
+            let roots = lgsp_node::obo::rest_client_roots(&client);
+            let info = lgsp_certs::inspect::verify_crl(&der, &roots).map_err(|e| {
+                anyhow!(
+                    "{}: not a CRL of REST client {name}'s CA: {e}",
+                    crl.display()
+                )
+            })?;
+            let number = info
+                .number
+                .ok_or_else(|| anyhow!("{}: the CRL has no CRL number", crl.display()))?;
+            if let Some(current) = crl_number(&client.crl_der)
+                && current >= number
+            {
+                return Err(anyhow!(
+                    "CRL number {number} is not newer than the one in force for {name} ({current}); ask the system's CA for its latest CRL"
+                ));
+            }
+            client.crl_der = der;
+            let rev = registry
+                .put(Value::RestClient(client), revision)
+                .await?
+                .revision;
+            println!(
+                "CRL number {number} of REST client {name} published ({} revoked certificate(s); revision {rev}); the hub refuses them from the next call",
+                info.revoked.len()
+            );
         }
         RestClientCommand::Remove { registry, name } => {
             let client = registry.client()?;
@@ -618,9 +684,10 @@ async fn rest_client(command: RestClientCommand) -> Result<()> {
             let mut listing = super::output::Listing::new("rest_clients");
             for v in records_of(&registry.client()?, RecordKind::RestClient, Some).await? {
                 if let Value::RestClient(c) = v {
+                    let number = crl_number(&c.crl_der);
                     listing.row(
                         format!(
-                            "{:<16} {:<16} {:<24} {:<28} {}",
+                            "{:<16} {:<16} {:<24} {:<28} {:<8} {}",
                             c.name,
                             c.agency_code,
                             c.trust_domain,
@@ -629,6 +696,7 @@ async fn rest_client(command: RestClientCommand) -> Result<()> {
                             } else {
                                 &c.xroad_client
                             },
+                            number.map_or("no CRL".to_owned(), |n| format!("CRL {n}")),
                             c.services.join(",")
                         ),
                         serde_json::json!({
@@ -636,6 +704,7 @@ async fn rest_client(command: RestClientCommand) -> Result<()> {
                             "agency": c.agency_code,
                             "trust_domain": c.trust_domain,
                             "xroad_client": c.xroad_client,
+                            "crl_number": number,
                             "services": c.services,
                         }),
                     );
@@ -665,6 +734,37 @@ async fn peer_record(
         Err(s) if s.code() == tonic::Code::NotFound => Ok((None, 0)),
         Err(s) => Err(anyhow!(s)),
     }
+}
+
+/// REST client `name`'s record and its modify revision (0 when there is
+/// none), so a change made from it is written only if nobody changed it
+/// meanwhile.
+async fn rest_client_record(
+    client: &lgsp_registry::RegistryClient,
+    name: &str,
+) -> Result<(Option<lgsp_proto::RestClient>, u64)> {
+    match client.get(RecordKind::RestClient, name, false).await {
+        Ok(r) => {
+            let record = r.record.unwrap_or_default();
+            let revision = record.meta.as_ref().map_or(0, |m| m.mod_revision);
+            match record.value {
+                Some(Value::RestClient(c)) => Ok((Some(c), revision)),
+                _ => Ok((None, 0)),
+            }
+        }
+        Err(s) if s.code() == tonic::Code::NotFound => Ok((None, 0)),
+        Err(s) => Err(anyhow!(s)),
+    }
+}
+
+/// The number of CRL `der` (DER; none when empty or unreadable).
+fn crl_number(der: &[u8]) -> Option<u64> {
+    if der.is_empty() {
+        return None;
+    }
+    lgsp_certs::inspect::CrlInfo::from_der(der, std::path::Path::new("<crl>"))
+        .ok()
+        .and_then(|c| c.number)
 }
 
 /// The DER of a CRL file, PEM (`X509 CRL`) or DER.

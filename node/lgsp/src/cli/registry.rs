@@ -52,6 +52,13 @@ pub(super) enum RegistryCommand {
     /// data directory; the leader promotes it to voter once it has caught
     /// up, so the quorum never depends on a server still catching up.
     ///
+    /// The change is made by the leader: sent to another server, it goes on
+    /// to the leader that server names. It carries an idempotency key, the
+    /// same on every retry: if its outcome stays unknown, the command says
+    /// so and prints the key; run it again with --idempotency-key KEY and a
+    /// change already made answers with its result instead of "already a
+    /// member".
+    ///
     /// Example: lgsp registry add-member --id 4 --peer-addr 10.0.0.14:7102 --client-addr
     /// 10.0.0.14:7101
     AddMember {
@@ -66,6 +73,10 @@ pub(super) enum RegistryCommand {
         /// host:port of the new server's client listener.
         #[arg(long, value_name = "ADDR", default_value = "")]
         client_addr: String,
+        /// The key (32 hex digits) an earlier attempt of this same change
+        /// printed when its outcome was unknown; a new one by default.
+        #[arg(long, value_name = "KEY")]
+        idempotency_key: Option<String>,
     },
     /// Back up the catalog while the cluster runs, or make a data directory
     /// from a backup to found a new cluster (as `etcdctl snapshot`).
@@ -77,6 +88,9 @@ pub(super) enum RegistryCommand {
     },
     /// Remove a server from the cluster. Its id is never to be used again.
     ///
+    /// Made by the leader, under an idempotency key, as add-member is: run
+    /// again with the --idempotency-key it printed after an unknown outcome.
+    ///
     /// Example: lgsp registry remove-member --id 4
     RemoveMember {
         #[command(flatten)]
@@ -84,6 +98,10 @@ pub(super) enum RegistryCommand {
         /// The id of the server to remove, as `lgsp registry status` shows it.
         #[arg(long)]
         id: u64,
+        /// The key (32 hex digits) an earlier attempt of this same removal
+        /// printed when its outcome was unknown; a new one by default.
+        #[arg(long, value_name = "KEY")]
+        idempotency_key: Option<String>,
     },
 }
 
@@ -91,9 +109,11 @@ pub(super) enum RegistryCommand {
 pub(super) enum SnapshotCommand {
     /// Save a consistent copy of the whole catalog to FILE while the
     /// cluster runs (admin certificate). The copy holds every write
-    /// acknowledged before the command started, at one revision; it is
-    /// checked against the server's SHA-256 and written to FILE atomically
-    /// (a temporary file beside it, fsynced, renamed).
+    /// acknowledged before the command started, at one revision. The
+    /// registry server that takes it signs it with its key; the file is
+    /// checked (its SHA-256, and the signature against the CA in --tls-dir)
+    /// and written to FILE atomically (a temporary file beside it, fsynced,
+    /// renamed).
     ///
     /// Example: lgsp registry snapshot save /var/backups/lgsp/catalog-$(date +%F).snap
     Save {
@@ -108,6 +128,12 @@ pub(super) enum SnapshotCommand {
     /// the same --peers, then start each with `lgsp registry start` and those
     /// --peers. The backup's members, history and log are not carried over:
     /// the new cluster starts at the backup's catalog revision.
+    ///
+    /// The file must be signed by a registry server of the province: its
+    /// signature is checked against ca.pem in --tls-dir (the new server's
+    /// TLS directory), and a file changed after it was taken is refused. A
+    /// backup saved before backups were signed is refused too, unless
+    /// --accept-unsigned says to trust it.
     ///
     /// Example: lgsp registry snapshot restore catalog.snap --data-dir /var/lib/lgsp/registry --id 1
     /// --peers 1=10.0.0.11:7201/10.0.0.11:7101,2=10.0.0.12:7201/10.0.0.12:7101,3=10.0.0.13:7201/10.0.0.13:7101
@@ -126,6 +152,15 @@ pub(super) enum SnapshotCommand {
         /// takes them.
         #[arg(long, value_name = "LIST")]
         peers: String,
+        /// Directory with ca.pem (the province CA the backup's signer must
+        /// chain to) and cert.pem (whose agency is the province's): this
+        /// server's TLS directory.
+        #[arg(long, env = "LGSP_TLS_DIR", value_name = "DIR")]
+        tls_dir: PathBuf,
+        /// Restore a backup that carries no signature (saved by an lgsp
+        /// from before backups were signed): only one whose origin you know.
+        #[arg(long)]
+        accept_unsigned: bool,
     },
 }
 
@@ -204,15 +239,19 @@ pub(super) fn run(cmd: RegistryCommand) -> Result<()> {
             id,
             peer_addr,
             client_addr,
+            idempotency_key,
         } => rt.block_on(async {
+            let key = membership_key(idempotency_key.as_deref())?;
             let client = registry.client()?;
             let r = client
                 .add_member(AddMemberRequest {
                     id,
                     peer_address: peer_addr.clone(),
                     client_address: client_addr,
+                    idempotency_key: key.clone(),
                 })
-                .await?;
+                .await
+                .map_err(|status| unknown_outcome(status, &key))?;
             println!("Server {id} ({peer_addr}) is a learner. Start it now with --join and an empty data directory; it becomes a voter once it has caught up.");
             print_members(&r.members);
             Ok(())
@@ -224,13 +263,76 @@ pub(super) fn run(cmd: RegistryCommand) -> Result<()> {
             Ok(())
         }),
         RegistryCommand::Snapshot { command } => snapshot(&rt, command),
-        RegistryCommand::RemoveMember { registry, id } => rt.block_on(async {
+        RegistryCommand::RemoveMember {
+            registry,
+            id,
+            idempotency_key,
+        } => rt.block_on(async {
+            let key = membership_key(idempotency_key.as_deref())?;
             let client = registry.client()?;
-            let r = client.remove_member(id).await?;
+            let r = client
+                .remove_member_keyed(id, key.clone())
+                .await
+                .map_err(|status| unknown_outcome(status, &key))?;
             println!("Server {id} is no longer a member; stop it, and never reuse id {id}.");
             print_members(&r.members);
             Ok(())
         }),
+    }
+}
+
+/// The idempotency key of a membership change: `given` (hex, as an earlier
+/// attempt printed it) or a new one.
+fn membership_key(given: Option<&str>) -> Result<Vec<u8>> {
+    let Some(text) = given else {
+        return Ok(lgsp_registry::idempotency::new_key());
+    };
+    match hex::decode(text.trim()) {
+        Ok(key) if key.len() == lgsp_registry::idempotency::KEY_LEN => Ok(key),
+        _ => Err(UsageError(format!(
+            "--idempotency-key: {text:?} is not a key printed by an earlier attempt ({} hex digits); leave it out for a new change",
+            2 * lgsp_registry::idempotency::KEY_LEN
+        ))
+        .into()),
+    }
+}
+
+/// `status` as the command's error; when the change may or may not have
+/// been made, with how to resolve it safely: the same command again under
+/// the same key.
+fn unknown_outcome(status: tonic::Status, key: &[u8]) -> anyhow::Error {
+    let definite = status
+        .metadata()
+        .get(lgsp_registry::error::OUTCOME)
+        .is_some_and(|o| o == "refused" || o == "not-applied");
+    if definite {
+        return status.into();
+    }
+    anyhow::Error::from(status).context(format!(
+        "the outcome of the membership change is unknown (it may or may not have been made): \
+         run the same command again with --idempotency-key {}; if it was made, that answers with its result instead of making it twice",
+        hex::encode(key)
+    ))
+}
+
+/// What a backup must be signed by: a registry server issued by the CA
+/// `creds` trust, of the agency `creds` belong to (the province's: its
+/// admin or one of its registry servers).
+fn backup_trust(
+    creds: &lgsp_certs::Credentials,
+    accept_unsigned: bool,
+) -> Result<lgsp_registry::backup::BackupTrust> {
+    Ok(lgsp_registry::backup::BackupTrust {
+        roots: creds.roots.clone(),
+        province: Some(creds.spiffe_id()?.agency),
+        accept_unsigned,
+    })
+}
+
+fn signer_of(signed_by: &Option<lgsp_registry::backup::SignedBy>) -> String {
+    match signed_by {
+        Some(s) => format!("{} (certificate serial {})", s.id, s.serial),
+        None => "nobody: an unsigned backup, accepted with --accept-unsigned".into(),
     }
 }
 
@@ -245,12 +347,15 @@ fn snapshot(rt: &tokio::runtime::Runtime, command: SnapshotCommand) -> Result<()
                     .await
                     .map_err(anyhow::Error::from)
             })?;
-            let saved = backup::decode(&file, &bytes)
-                .context("the backup received does not match the checksum its server sent; nothing was written")?;
+            let trust = backup_trust(&registry.credentials()?, false)?;
+            let opened = backup::open(&file, &bytes, &trust).context(
+                "the backup received is not the one its server signed; nothing was written",
+            )?;
             backup::write_file(&file, &bytes)?;
+            let saved = opened.backup;
             let catalog = saved.catalog.unwrap_or_default();
             println!(
-                "Saved catalog revision {} (Raft index {}, {} records, {} members) from registry server {} to {} ({} bytes, SHA-256 {}).",
+                "Saved catalog revision {} (Raft index {}, {} records, {} members) from registry server {} to {} ({} bytes, SHA-256 {}, signed by {}).",
                 saved.revision,
                 saved.applied_index,
                 catalog.records.len(),
@@ -258,7 +363,8 @@ fn snapshot(rt: &tokio::runtime::Runtime, command: SnapshotCommand) -> Result<()
                 saved.server_id,
                 file.display(),
                 bytes.len(),
-                backup::checksum_of(&bytes)
+                backup::checksum_of(&bytes),
+                signer_of(&opened.signed_by)
             );
             Ok(())
         }
@@ -267,15 +373,21 @@ fn snapshot(rt: &tokio::runtime::Runtime, command: SnapshotCommand) -> Result<()
             data_dir,
             id,
             peers,
+            tls_dir,
+            accept_unsigned,
         } => {
             let peers = parse_peers(&peers).map_err(|e| UsageError(format!("--peers: {e}")))?;
-            let saved = backup::read_file(&file)?;
+            let creds = lgsp_certs::Credentials::load(&lgsp_certs::TlsFiles::in_dir(&tls_dir))
+                .with_context(|| format!("cannot load the TLS files in {}", tls_dir.display()))?;
+            let opened = backup::read_file(&file, &backup_trust(&creds, accept_unsigned)?)?;
+            let saved = opened.backup;
             let restored = backup::restore(&saved, &data_dir, id, &peers)?;
             println!(
-                "Restored catalog revision {} ({} records, taken by registry server {}) into {} as server {id} of a new cluster of servers {:?}.",
+                "Restored catalog revision {} ({} records, taken by registry server {}, signed by {}) into {} as server {id} of a new cluster of servers {:?}.",
                 restored.revision,
                 restored.records,
                 saved.server_id,
+                signer_of(&opened.signed_by),
                 data_dir.display(),
                 restored.voters
             );
@@ -473,5 +585,36 @@ fn member_line(m: &lgsp_proto::Member) -> String {
 fn print_members(members: &[lgsp_proto::Member]) {
     for m in members {
         println!("{}", member_line(m));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lgsp_registry::{CatalogError, RegistryError};
+
+    #[test]
+    fn an_unknown_membership_outcome_prints_the_key_to_run_again_with_and_a_definite_one_does_not()
+    {
+        let key = membership_key(None).unwrap();
+        let unknown = tonic::Status::from(RegistryError::Indeterminate(
+            "the membership change did not complete in time".into(),
+        ));
+        let told = format!("{:#}", unknown_outcome(unknown, &key));
+        assert!(
+            told.contains(&format!("--idempotency-key {}", hex::encode(&key))),
+            "{told}"
+        );
+        // The key printed is one the command takes back.
+        assert_eq!(membership_key(Some(&hex::encode(&key))).unwrap(), key);
+        for definite in [
+            RegistryError::Unavailable("no leader".into()),
+            RegistryError::Catalog(CatalogError::NotFound("server 9 is not a member".into())),
+        ] {
+            let told = format!("{:#}", unknown_outcome(definite.into(), &key));
+            assert!(!told.contains("--idempotency-key"), "{told}");
+        }
+        let bad = membership_key(Some("abc")).unwrap_err().to_string();
+        assert!(bad.contains("32 hex digits"), "{bad}");
     }
 }

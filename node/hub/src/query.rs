@@ -1,0 +1,300 @@
+//! Query streams across the hub: the server-streaming `Query` of a dataset
+//! service, in both directions, with the checks, limits, breaker and log
+//! entry of a unary call.
+//!
+//! - [`forward`] (outbound): a province node opens a query of another
+//!   instance's service on the hub's inward listener with its signed record
+//!   of on whose behalf (a query record: the digest of the `QueryRequest`);
+//!   the hub checks it against the caller, takes one of the peer's outward
+//!   slots for the stream's life, passes the peer's breaker and opens the
+//!   query on the peer's hub. The hub's node logs it (`Provider::query`).
+//! - [`inbound`]: a peer's hub opens a query of a service exported to it;
+//!   the hub checks the peer, the record, the export and the foreign
+//!   agency's grant, holds one of the peer's inward slots, and opens the
+//!   query on the provider node with its own certificate plus the record,
+//!   which the provider verifies again and authorizes against the foreign
+//!   agency's grant.
+//!
+//! Pages pass one at a time ([`lgsp_node::relay`]): the reader's pace
+//! reaches the provider, the caller's deadline ends the stream, and a
+//! reader that goes away cancels every hop upstream.
+
+use crate::Hub;
+use crate::health::Outcome;
+use crate::inbound::Inbound;
+use crate::limiter::Limit;
+use lgsp_certs::{Peer, Role};
+use lgsp_node::deadline::Deadline;
+use lgsp_node::provider::PageStream;
+use lgsp_node::refusal::Refusal;
+use lgsp_node::trace::Trace;
+use lgsp_proto::data_exchange_client::DataExchangeClient;
+use lgsp_proto::{QueryRequest, SignedOnBehalfOf};
+use prost::Message as _;
+use sha2::{Digest, Sha256};
+use std::time::Instant;
+use tokio_stream::StreamExt as _;
+use tonic::{Code, Request, Response, Status};
+use tracing::Instrument;
+
+/// Opens `query` from province node `caller` on the hub of the instance its
+/// service comes from, with `obo`, the caller's signed query record; the
+/// pages as the peer's hub sends them. Opening is bounded by the hub's call
+/// timeout, the stream by `deadline` (the caller's).
+pub(crate) async fn forward(
+    hub: &Hub,
+    caller: &Peer,
+    query: QueryRequest,
+    obo: Option<&SignedOnBehalfOf>,
+    deadline: Option<Deadline>,
+) -> Result<PageStream, Status> {
+    if let Some(route) = crate::rest_out::route_of(hub, &query.service_id) {
+        return Err(Status::unimplemented(format!(
+            "service {} is carried to REST system {}, which answers unary calls only; call it with `get`",
+            query.service_id, route.system
+        )));
+    }
+    if caller.id.role != Role::Node {
+        return Err(Status::permission_denied(format!(
+            "{} is a {}; only agencies' nodes query other instances through the hub",
+            caller.id, caller.id.role
+        )));
+    }
+    let signed = obo.ok_or_else(|| {
+        Status::unauthenticated(format!(
+            "a query of {} (another instance's service) carries the calling node's signed on-behalf-of record; {} sent none (upgrade the node)",
+            query.service_id, caller.id
+        ))
+    })?;
+    let now = lgsp_registry::calendar::unix_now_ms();
+    let verified = hub
+        .ctx
+        .obo_verifier
+        .verify(signed, &query, &hub.ctx.creds.roots, now)
+        .map_err(|e| Status::unauthenticated(e.to_string()))?;
+    if verified.id != caller.id {
+        return Err(Status::unauthenticated(format!(
+            "the on-behalf-of record names {}, but the caller is {}",
+            verified.id, caller.id
+        )));
+    }
+    hub.ctx
+        .replays
+        .check(signed, &query.request_id, now)
+        .map_err(|e| Status::unauthenticated(e.to_string()))?;
+    let origin = hub
+        .ctx
+        .cache
+        .with_service(&query.service_id, |s| s.origin.clone())
+        .unwrap_or_default();
+    let peer = hub.peer(&origin).ok_or_else(|| {
+        Status::failed_precondition(format!(
+            "service {} comes from federation peer {origin:?}, which is no longer in the catalog",
+            query.service_id
+        ))
+    })?;
+    verified
+        .addressed_to(&peer.trust_domain, Some(&hub.id.to_string()))
+        .map_err(|e| Status::unauthenticated(e.to_string()))?;
+    let health = hub.health_of(&peer.name);
+    // Held for the stream's life: a query in flight counts as a call.
+    let permit = hub
+        .outward_limits
+        .acquire(&peer.name, Limit::of(&peer))
+        .map_err(|e| {
+            health.outward(Outcome::Refused, std::time::Duration::ZERO, "");
+            Status::from(e)
+        })?;
+    let (channel, breaker) = hub.link(&peer)?;
+    let attempt = breaker.attempt(Instant::now()).map_err(|wait| {
+        health.outward(Outcome::Refused, std::time::Duration::ZERO, "");
+        Status::unavailable(format!(
+            "federation peer {} ({}) is failing: its circuit is open after repeated failures; next try in {} s",
+            peer.name,
+            peer.hub_endpoint,
+            wait.as_secs().max(1)
+        ))
+    })?;
+    let sent = Instant::now();
+    let mut request = Request::new(query);
+    if let Some(deadline) = deadline {
+        request.set_timeout(deadline.left());
+    }
+    lgsp_node::obo::to_metadata(request.metadata_mut(), signed);
+    let max = hub.ctx.config.limits.max_message_bytes;
+    let open = Deadline::within(deadline, sent, hub.call_timeout);
+    let opened = tokio::time::timeout_at(
+        open.at.into(),
+        DataExchangeClient::new(channel)
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max)
+            .query(request),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(Status::deadline_exceeded(format!(
+            "the query stream did not open within {} ms",
+            open.total.as_millis()
+        )))
+    });
+    let unreachable = matches!(&opened, Err(s) if is_unreachable(s));
+    attempt.finish(!unreachable);
+    let upstream = match opened {
+        Ok(response) => {
+            health.outward(Outcome::Answered, sent.elapsed(), "");
+            response.into_inner()
+        }
+        Err(s) if unreachable => {
+            let why = lgsp_certs::tls::explain_status(&s);
+            health.outward(Outcome::Failed, sent.elapsed(), &why);
+            return Err(Status::unavailable(format!(
+                "federation peer {} ({}) did not answer: {why}",
+                peer.name, peer.hub_endpoint
+            )));
+        }
+        Err(s) => {
+            health.outward(Outcome::Answered, sent.elapsed(), "");
+            return Err(s);
+        }
+    };
+    let (name, endpoint) = (peer.name.clone(), peer.hub_endpoint.clone());
+    Ok(Box::pin(upstream.map(move |page| {
+        let _slot = &permit;
+        // A stream broken mid-way names the peer, as a call that failed does.
+        page.map_err(|s| {
+            if is_unreachable(&s) {
+                Status::unavailable(format!(
+                    "the query stream from federation peer {name} ({endpoint}) broke: {}",
+                    lgsp_certs::tls::explain_status(&s)
+                ))
+            } else {
+                s
+            }
+        })
+    })))
+}
+
+/// Whether `status` says the far side was not reached (or went away), not
+/// that it answered with a refusal.
+fn is_unreachable(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Unknown
+    )
+}
+
+/// Serves a query a peer's hub opens on the outward listener: the peer,
+/// its signed query record, the export and the foreign agency's grant are
+/// checked (as for a call), then the provider node's pages are relayed and
+/// the exchange logged once, at its end.
+pub(crate) async fn inbound(
+    inbound: &Inbound,
+    request: Request<QueryRequest>,
+) -> Result<Response<PageStream>, Status> {
+    let started = Instant::now();
+    let hub = inbound.hub();
+    let (peer, caller_hub) = inbound.caller_of(&request)?;
+    // Held for the stream's life, before anything costly.
+    let permit = inbound.admit(&peer)?;
+    let deadline = Deadline::of(request.metadata(), started);
+    let signed = match lgsp_node::obo::from_metadata(request.metadata()) {
+        Some(Ok(s)) => Some(s),
+        Some(Err(e)) => return Err(Refusal::OnBehalfOf(e.to_string()).into()),
+        None => None,
+    };
+    let mut query = request.into_inner();
+    let bad_id = lgsp_node::trace::own_request_id(&mut query.request_id);
+    let verified = inbound.verify_record(&peer, &caller_hub, signed, (&query).into());
+    let label = match &verified {
+        Ok((v, _)) => v.consumer(),
+        Err(_) => format!("?@{}", peer.trust_domain),
+    };
+    let trace = Trace::start(
+        &hub.ctx,
+        "hub",
+        &query.request_id,
+        &label,
+        &query.service_id,
+        "query",
+        &query.encode_to_vec(),
+        started,
+        deadline,
+    );
+    if let Some(refusal) = bad_id {
+        return Err(trace.refuse(refusal));
+    }
+    let (verified, signed) = match verified {
+        Ok(pair) => pair,
+        Err(why) => return Err(trace.refuse(Refusal::OnBehalfOf(why))),
+    };
+    let span = tracing::info_span!("query", side = "hub", peer = %peer.name, request_id = %query.request_id, consumer = %label, service = %query.service_id);
+    let service_id = query.service_id.clone();
+    let opened = async {
+        inbound.exported_and_granted(&peer, &query.service_id, &verified.id)?;
+        open_on_provider(hub, query, &signed, deadline).await
+    }
+    .instrument(span.clone())
+    .await;
+    let upstream = match opened {
+        Ok(upstream) => upstream,
+        Err(status) => {
+            trace.finish(&Sha256::digest([]), status.code(), 0);
+            return Err(status);
+        }
+    };
+    Ok(Response::new(lgsp_node::relay::relay(
+        upstream,
+        &service_id,
+        deadline,
+        move |digest, code, bytes| trace.finish(digest, code, bytes),
+        permit,
+        span,
+    )))
+}
+
+/// Opens `query` on the province node that serves its service, with the
+/// hub's certificate plus `signed`; opening is bounded by the hub's call
+/// timeout, the stream by `deadline`.
+async fn open_on_provider(
+    hub: &Hub,
+    query: QueryRequest,
+    signed: &SignedOnBehalfOf,
+    deadline: Option<Deadline>,
+) -> Result<tonic::Streaming<lgsp_proto::QueryPage>, Status> {
+    let cache = &hub.ctx.cache;
+    let node = cache
+        .with_service(&query.service_id, |s| {
+            (s.agency_code.clone(), s.node.clone())
+        })
+        .and_then(|(agency, node)| cache.node(&agency, &node))
+        .ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "service {} has no registered node to serve it",
+                query.service_id
+            ))
+        })?;
+    let channel = hub.ctx.channel_to(&node, Role::Node)?;
+    let started = Instant::now();
+    let mut request = Request::new(query);
+    if let Some(deadline) = deadline {
+        request.set_timeout(deadline.left());
+    }
+    lgsp_node::obo::to_metadata(request.metadata_mut(), signed);
+    let max = hub.ctx.config.limits.max_message_bytes;
+    let open = Deadline::within(deadline, started, hub.call_timeout);
+    tokio::time::timeout_at(
+        open.at.into(),
+        DataExchangeClient::new(channel)
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max)
+            .query(request),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(Status::deadline_exceeded(format!(
+            "the provider node did not open the query stream within {} ms",
+            open.total.as_millis()
+        )))
+    })
+    .map(Response::into_inner)
+}
