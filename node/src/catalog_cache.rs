@@ -121,7 +121,8 @@ impl CatalogCache {
             .and_then(|t| t.elapsed().ok())
     }
 
-    fn get(&self, kind: RecordKind, key: &str) -> Option<Value> {
+    /// The value of record `kind`/`key`, copied (that record alone).
+    pub fn get(&self, kind: RecordKind, key: &str) -> Option<Value> {
         self.state
             .read()
             .unwrap_or_else(PoisonError::into_inner)

@@ -120,6 +120,21 @@ pub enum OboError {
     /// The signer is not a node.
     #[error("the on-behalf-of record is signed by {0}, not an agency's node")]
     NotANode(String),
+    /// A record handed over by a caller whose certificate is not the
+    /// record's.
+    #[error(
+        "the on-behalf-of record names {named} (certificate serial {named_serial}), but the caller is {caller} (serial {caller_serial}); a node sends only records it signed itself"
+    )]
+    NotTheCaller {
+        /// Who the record's certificate names.
+        named: String,
+        /// Its serial.
+        named_serial: String,
+        /// Who called.
+        caller: String,
+        /// The caller's certificate's serial.
+        caller_serial: String,
+    },
     /// A record for a REST caller not signed by this province's hub.
     #[error(
         "the on-behalf-of record of a REST caller is signed by {0}, not by this province's hub"
@@ -546,6 +561,43 @@ impl Verifier {
         })
     }
 
+    /// Checks a record that `caller` hands over on its own mTLS connection
+    /// (a province node calling its hub): the record's certificate must be
+    /// the caller's own (issued by one of `roots`, the same identity and
+    /// serial), within its validity, a node's, and the record for this
+    /// request and fresh. Its signature is not verified here: the caller
+    /// proved it holds that certificate's key in the handshake, so the
+    /// signature tells this hop nothing more. It is for the parties that
+    /// see only a hub, the far hub and the provider node, which verify it
+    /// with [`Self::verify`].
+    pub fn check_from_signer<'a>(
+        &self,
+        signed: &SignedOnBehalfOf,
+        request: impl Into<Signed<'a>>,
+        roots: &[CertificateDer<'_>],
+        caller: &lgsp_certs::Peer,
+        now_ms: i64,
+    ) -> Result<Verified, OboError> {
+        let (known, record) = self.certified(signed, roots, now_ms)?;
+        if known.id != caller.id || known.serial != caller.serial {
+            return Err(OboError::NotTheCaller {
+                named: known.id.to_string(),
+                named_serial: known.serial,
+                caller: caller.id.to_string(),
+                caller_serial: caller.serial.clone(),
+            });
+        }
+        if known.id.role != lgsp_certs::Role::Node || !record.rest_client.is_empty() {
+            return Err(OboError::NotANode(known.id.to_string()));
+        }
+        for_this_request(&record, request.into(), now_ms)?;
+        Ok(Verified {
+            id: known.id,
+            serial: known.serial,
+            record,
+        })
+    }
+
     /// Verifies a record a hub of this province (its certificate issued by
     /// one of `own_roots`, of trust domain `own_domain`) signed for a call
     /// from outside REST system `client`: the system's certificate in the
@@ -604,6 +656,22 @@ impl Verifier {
         roots: &[CertificateDer<'_>],
         now_ms: i64,
     ) -> Result<(Known, OnBehalfOf), OboError> {
+        let (known, record) = self.certified(signed, roots, now_ms)?;
+        UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &known.public_key)
+            .verify(&signed_bytes(&signed.record), &signed.signature)
+            .map_err(|_| OboError::BadSignature)?;
+        for_this_request(&record, request, now_ms)?;
+        Ok((known, record))
+    }
+
+    /// The record in `signed` and what its certificate says, the
+    /// certificate checked against `roots` and in its validity at `now_ms`.
+    fn certified(
+        &self,
+        signed: &SignedOnBehalfOf,
+        roots: &[CertificateDer<'_>],
+        now_ms: i64,
+    ) -> Result<(Known, OnBehalfOf), OboError> {
         let record = OnBehalfOf::decode(signed.record.as_slice())
             .map_err(|e| OboError::Malformed(e.to_string()))?;
         let known = self.known(&record.certificate, roots)?;
@@ -613,31 +681,34 @@ impl Verifier {
                 known.id
             )));
         }
-        UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &known.public_key)
-            .verify(&signed_bytes(&signed.record), &signed.signature)
-            .map_err(|_| OboError::BadSignature)?;
-        if record.query != request.is_query() {
-            let (signed_for, used_for) = if record.query {
-                ("a query stream", "a call")
-            } else {
-                ("a call", "a query stream")
-            };
-            return Err(OboError::OtherRequest(format!(
-                "{}: it was signed for {signed_for}, not {used_for}",
-                request.request_id()
-            )));
-        }
-        if record.request_sha256 != request.digest() || record.service_id != request.service_id() {
-            return Err(OboError::OtherRequest(request.request_id().to_owned()));
-        }
-        // In milliseconds: a record verifies for exactly twice the skew,
-        // which the replay guard covers.
-        let skew_ms = record.at_unix_ms - now_ms;
-        if skew_ms.unsigned_abs() > MAX_SKEW.as_millis() as u64 {
-            return Err(OboError::Expired(skew_ms / 1000));
-        }
         Ok((known, record))
     }
+}
+
+/// Refuses `record` unless it is for `request` (its kind, digest and
+/// service) and signed within the skew allowed of `now_ms`.
+fn for_this_request(record: &OnBehalfOf, request: Signed<'_>, now_ms: i64) -> Result<(), OboError> {
+    if record.query != request.is_query() {
+        let (signed_for, used_for) = if record.query {
+            ("a query stream", "a call")
+        } else {
+            ("a call", "a query stream")
+        };
+        return Err(OboError::OtherRequest(format!(
+            "{}: it was signed for {signed_for}, not {used_for}",
+            request.request_id()
+        )));
+    }
+    if record.request_sha256 != request.digest() || record.service_id != request.service_id() {
+        return Err(OboError::OtherRequest(request.request_id().to_owned()));
+    }
+    // In milliseconds: a record verifies for exactly twice the skew,
+    // which the replay guard covers.
+    let skew_ms = record.at_unix_ms - now_ms;
+    if skew_ms.unsigned_abs() > MAX_SKEW.as_millis() as u64 {
+        return Err(OboError::Expired(skew_ms / 1000));
+    }
+    Ok(())
 }
 
 /// What certificate `der` says, if it is issued by one of `roots`.
@@ -982,6 +1053,111 @@ mod tests {
             .unwrap();
         v.addressed_to("p.example", None).unwrap();
         assert!(v.addressed_to("other.example", None).is_err());
+    }
+
+    fn caller(creds: &Credentials) -> lgsp_certs::Peer {
+        lgsp_certs::peer::peer_identity(&creds.chain[0]).unwrap()
+    }
+
+    #[test]
+    fn the_own_hub_takes_only_the_callers_own_record_for_this_request() {
+        let mut p = instance("p.example");
+        let creds = node(&mut p, "000.00.13.H62", lgsp_certs::Role::Node);
+        let verifier = Verifier::default();
+        let signed = sign(&creds, &envelope(), now_ms(), &audience()).unwrap();
+        let v = verifier
+            .check_from_signer(
+                &signed,
+                &envelope(),
+                &creds.roots,
+                &caller(&creds),
+                now_ms(),
+            )
+            .unwrap();
+        assert_eq!(v.consumer(), "000.00.13.H62@p.example");
+        // Another node's record, well signed by it, handed over by this one.
+        let other = node(&mut p, "000.00.14.H62", lgsp_certs::Role::Node);
+        let theirs = sign(&other, &envelope(), now_ms(), &audience()).unwrap();
+        assert!(matches!(
+            verifier.check_from_signer(
+                &theirs,
+                &envelope(),
+                &creds.roots,
+                &caller(&creds),
+                now_ms()
+            ),
+            Err(OboError::NotTheCaller { .. })
+        ));
+        // The same agency and name, another certificate (another serial).
+        let renewed = node(&mut p, "000.00.13.H62", lgsp_certs::Role::Node);
+        assert!(matches!(
+            verifier.check_from_signer(
+                &signed,
+                &envelope(),
+                &creds.roots,
+                &caller(&renewed),
+                now_ms()
+            ),
+            Err(OboError::NotTheCaller { .. })
+        ));
+        // For another request, too old, of a CA not trusted, or a hub's.
+        let mut changed = envelope();
+        changed.operation = "list".into();
+        assert!(matches!(
+            verifier.check_from_signer(&signed, &changed, &creds.roots, &caller(&creds), now_ms()),
+            Err(OboError::OtherRequest(_))
+        ));
+        let old = sign(&creds, &envelope(), now_ms() - 600_000, &audience()).unwrap();
+        assert!(matches!(
+            verifier.check_from_signer(&old, &envelope(), &creds.roots, &caller(&creds), now_ms()),
+            Err(OboError::Expired(_))
+        ));
+        let stranger = instance("p.example");
+        assert!(matches!(
+            verifier.check_from_signer(
+                &signed,
+                &envelope(),
+                &[CertificateDer::from(pem_der(stranger.ca.cert_pem()))],
+                &caller(&creds),
+                now_ms()
+            ),
+            Err(OboError::Untrusted(_))
+        ));
+        let hub = node(&mut p, "000.00.00.H62", lgsp_certs::Role::Hub);
+        let by_hub = sign(&hub, &envelope(), now_ms(), &audience()).unwrap();
+        assert!(matches!(
+            verifier.check_from_signer(&by_hub, &envelope(), &creds.roots, &caller(&hub), now_ms()),
+            Err(OboError::NotANode(_))
+        ));
+    }
+
+    #[test]
+    fn a_broken_signature_the_own_hub_passes_on_is_refused_by_the_far_side() {
+        let mut p = instance("p.example");
+        let creds = node(&mut p, "000.00.13.H62", lgsp_certs::Role::Node);
+        let mut signed = sign(&creds, &envelope(), now_ms(), &audience()).unwrap();
+        signed.signature[10] ^= 1;
+        // The own hub knows the caller from the handshake and checks the
+        // record is its own; the signature is for those who do not.
+        Verifier::default()
+            .check_from_signer(
+                &signed,
+                &envelope(),
+                &creds.roots,
+                &caller(&creds),
+                now_ms(),
+            )
+            .unwrap();
+        assert_eq!(
+            Verifier::default()
+                .verify(&signed, &envelope(), &creds.roots, now_ms())
+                .unwrap_err(),
+            OboError::BadSignature
+        );
+    }
+
+    fn pem_der(pem: &str) -> Vec<u8> {
+        lgsp_certs::inspect::pem_blocks(pem).unwrap().remove(0).1
     }
 
     fn rest_client(outside: &Instance) -> lgsp_proto::RestClient {

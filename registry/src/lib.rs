@@ -2,8 +2,10 @@
 //! (tikv raft-rs) over sled storage, served over gRPC with mutual TLS.
 //!
 //! - [`kv`]: the key-value store trait, with [`sled_kv`] and [`mem_kv`].
-//! - [`storage`]: raft log and state behind raft-rs' `Storage`.
-//! - [`catalog`]: the state machine: records, revisions, history.
+//! - [`storage`]: raft log and state behind raft-rs' `Storage`, the log in
+//!   [`log_file`] (an append-only file), the rest beside the catalog.
+//! - [`catalog`]: the state machine: records, revisions, history;
+//!   [`snapshot_builder`] builds its Raft snapshots off the consensus thread.
 //! - [`raft_node`]: the consensus loop.
 //! - [`transport`]: Raft messages between servers, behind a [`transport::Network`]
 //!   trait; [`mem_network`] is an in-memory network for tests.
@@ -37,6 +39,7 @@ pub mod idempotency;
 pub mod incarnation;
 pub mod keys;
 pub mod kv;
+pub mod log_file;
 pub mod mem_kv;
 pub mod mem_network;
 pub mod procedure;
@@ -46,6 +49,7 @@ pub mod rest_system;
 pub mod server;
 pub mod service;
 pub mod sled_kv;
+pub mod snapshot_builder;
 pub mod storage;
 pub mod text;
 pub mod transport;

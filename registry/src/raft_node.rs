@@ -2,17 +2,22 @@
 //! (tick, step, propose, Ready), in the order raft-rs documents:
 //!
 //! 1. leader messages are sent at once (a leader may send before it persists);
-//! 2. a snapshot from the leader replaces log and catalog atomically;
-//! 3. new entries, the hard state and every committed entry applied (with
-//!    the applied index) are written as one atomic batch;
-//! 4. the store is flushed once for the whole Ready, when it must be synced;
-//! 5. only then are the persisted messages sent, `advance` called, and the
-//!    `LightReady`'s commit index and committed entries written in a second
-//!    batch, which is not flushed on its own;
-//! 6. clients are answered and watchers told only after both batches are
-//!    written and the flush (when one was due) is done. Applied state may
-//!    still be unflushed here, but every applied entry is committed, so on
-//!    a majority's disks, and replays after a crash.
+//! 2. a snapshot from the leader replaces log and catalog;
+//! 3. every committed entry is applied (with the applied index) in one
+//!    atomic batch in the catalog's store, and its clients answered and
+//!    watchers told: raft-rs hands out only entries this server's log has
+//!    synced and a majority holds, so the batch needs no flush (after a
+//!    crash the rest replays from the log);
+//! 4. new entries and the hard state are appended to the log and synced
+//!    once for the whole Ready, when it must be;
+//! 5. only then are the persisted messages sent, `advance_append` called,
+//!    and the `LightReady`'s commit index and committed entries written,
+//!    not flushed on their own;
+//! 6. clients of those are answered likewise.
+//!
+//! While a snapshot for a follower is built (off this thread), committed
+//! entries are held back rather than applied, so the build reads a store
+//! that does not change under it.
 //!
 //! Requests from clients queue up while a Ready is handled, so one flush
 //! covers many writes (batching comes from the loop, not from timers).
@@ -153,6 +158,7 @@ pub struct RaftHandle {
     /// How long without a leader makes this server [`Freshness::Leaderless`].
     election_timeout: Duration,
     db: Kv,
+    log: Kv,
     ca: Arc<Vec<rustls_pki_types::CertificateDer<'static>>>,
     province: AgencyCode,
     /// This server's Raft id.
@@ -170,6 +176,11 @@ impl RaftHandle {
     /// read unless [`read_index`](Self::read_index) was awaited first.
     pub fn db(&self) -> &Kv {
         &self.db
+    }
+
+    /// This server's Raft log and hard state (see `storage.rs`).
+    pub fn log(&self) -> &Kv {
+        &self.log
     }
 
     /// Changes after now, in revision order, as this server applies them:
@@ -449,6 +460,8 @@ struct Driver {
     reads: HashMap<u64, (Vec<PendingRead>, Instant)>,
     /// Reads that have their read index, waiting to apply up to it.
     waiting_reads: Vec<(u64, PendingRead)>,
+    /// When the last read index was asked for.
+    read_requested: Option<Instant>,
     membership: Option<PendingMembership>,
     events: broadcast::Sender<WatchEvent>,
     // Filled while a Ready is handled, released after the flush.
@@ -470,6 +483,11 @@ struct Driver {
     flush_applied: bool,
     /// When a refused peer's batches were last logged, by peer.
     refusals_logged: HashMap<u64, Instant>,
+    /// Committed entries not applied yet: held back while a snapshot is
+    /// built from the store (see `snapshot_builder.rs`).
+    held: Vec<Entry>,
+    /// The index of the last entry applied (or snapshot installed).
+    applied: u64,
 }
 
 /// Starts the consensus loop over `store`. The loop ends (after a last
@@ -489,6 +507,7 @@ pub fn start(
     RegistryError,
 > {
     let mut driver = Driver::new(store, transport, config)?;
+    let snapshot_built = driver.store.snapshots().done();
     let (tx, mut rx) = mpsc::channel::<Request>(4096);
     let handle = RaftHandle {
         tx,
@@ -496,6 +515,7 @@ pub fn start(
         freshness: driver.freshness.subscribe(),
         election_timeout: driver.config.tick * driver.config.election_ticks as u32,
         db: driver.store.db().clone(),
+        log: driver.store.log().clone(),
         ca: Arc::new(driver.config.ca.clone()),
         province: driver.config.province.clone(),
         id: driver.config.id,
@@ -529,6 +549,8 @@ pub fn start(
                     if let Some(e) = fatal { break Err(e); }
                 }
                 Some(report) = reports.recv() => driver.report(report),
+                // What was held back while a snapshot was built is applied now.
+                () = snapshot_built.notified() => {}
                 _ = shutdown.changed() => break Ok(()),
             }
             if let Err(e) = driver.on_ready() {
@@ -615,6 +637,7 @@ impl Driver {
             read_batch: Vec::new(),
             reads: HashMap::new(),
             waiting_reads: Vec::new(),
+            read_requested: None,
             membership: None,
             events,
             replies: Vec::new(),
@@ -627,6 +650,8 @@ impl Driver {
             incarnations_proposed: HashMap::new(),
             flush_applied: false,
             refusals_logged: HashMap::new(),
+            held: Vec::new(),
+            applied: raft_config.applied,
         })
     }
 
@@ -1244,13 +1269,27 @@ impl Driver {
         }
     }
 
-    /// Asks for one read index for every read taken since the last Ready:
-    /// reads that arrive together share one confirmation by a quorum (on
-    /// the leader, one round of heartbeats) instead of one each.
-    fn request_read_index(&mut self) {
+    /// Asks for one read index for every read taken since the last one was
+    /// asked for, with one request in flight at a time (as etcd's read loop
+    /// does): reads that arrive while a confirmation by a quorum (on the
+    /// leader, a round of heartbeats) is under way wait for it to end and
+    /// share the next, instead of each Ready sending a round of its own. A
+    /// request unanswered for a heartbeat interval (raft-rs drops one
+    /// silently when no leader is known) no longer holds the next back.
+    fn request_read_index(&mut self) -> bool {
         if self.read_batch.is_empty() {
-            return;
+            return false;
         }
+        let now = Instant::now();
+        let patience = self.config.tick * self.config.heartbeat_ticks as u32;
+        if !self.reads.is_empty()
+            && self
+                .read_requested
+                .is_some_and(|at| now.saturating_duration_since(at) < patience)
+        {
+            return false;
+        }
+        self.read_requested = Some(now);
         let reads = std::mem::take(&mut self.read_batch);
         let ctx = self.id();
         self.raw.read_index(ctx.to_be_bytes().to_vec());
@@ -1260,11 +1299,34 @@ impl Driver {
             .min()
             .unwrap_or_else(|| Instant::now() + READ_ATTEMPT);
         self.reads.insert(ctx, (reads, attempt));
+        true
     }
 
     fn on_ready(&mut self) -> Result<(), RegistryError> {
         self.request_read_index();
         self.check_freshness();
+        if !self.held.is_empty() && !self.store.snapshots().building() {
+            // A snapshot was built: what was held back meanwhile is applied.
+            let mut batch = Staged::new(self.store.db());
+            self.apply_committed(&mut batch, Vec::new())?;
+            batch.commit()?;
+            if std::mem::take(&mut self.flush_applied) {
+                self.store.flush_applied()?;
+            }
+            self.raw.advance_apply_to(self.applied);
+            self.release()?;
+            self.after_apply()?;
+        }
+        self.handle_ready()?;
+        // Reads that waited for a round this Ready ended start the next
+        // one now, not at the next request or tick.
+        if self.request_read_index() {
+            self.handle_ready()?;
+        }
+        Ok(())
+    }
+
+    fn handle_ready(&mut self) -> Result<(), RegistryError> {
         if !self.raw.has_ready() {
             return Ok(());
         }
@@ -1274,7 +1336,13 @@ impl Driver {
         if !ready.snapshot().is_empty() {
             let snapshot = ready.snapshot().clone();
             let index = snapshot.get_metadata().index;
+            // The build reads the store this replaces. What it held back
+            // is older than the snapshot (raft-rs installs none at or
+            // below the commit index): the snapshot has it.
+            self.store.snapshots().wait();
+            self.held.clear();
             self.store.install_snapshot(&snapshot)?;
+            self.applied = index;
             self.members_changed = true;
             let revision = catalog::revision(self.store.db())?;
             tracing::info!(index, revision, "installed a snapshot from the leader");
@@ -1286,42 +1354,57 @@ impl Driver {
             });
         }
 
-        // New entries, the hard state and every committed entry applied:
-        // one atomic batch.
+        // Every committed entry applied: one atomic batch in the catalog's
+        // store, and its clients answered, before this Ready's new entries
+        // are synced (raft-rs' order): they are committed, so on a
+        // majority's disks already, and need not wait for the next sync.
+        // The batch needs no flush of its own: raft-rs hands out committed
+        // entries only up to what this server's log has synced, so after a
+        // crash the applied index never runs ahead of the log and the rest
+        // replays. The exception is an incarnation record (see
+        // `flush_applied`).
         let mut batch = Staged::new(self.store.db());
-        self.store.append(&mut batch, ready.entries())?;
-        if let Some(hs) = ready.hs() {
-            self.store.put_hard_state(&mut batch, hs);
-        }
         self.apply_committed(&mut batch, ready.take_committed_entries())?;
         batch.commit()?;
-        let read_states = ready.take_read_states();
-        // New entries, votes and terms must be on disk before anyone hears
-        // of them. Applied state needs no flush of its own: every applied
-        // entry is already flushed in the logs of a majority, and sled
-        // recovers a prefix of its batches, so after a crash the applied
-        // index never runs ahead of the commit index and the rest replays.
-        // The exception is an incarnation record (see `flush_applied`).
-        if ready.must_sync() || std::mem::take(&mut self.flush_applied) {
-            self.store.flush()?;
+        if std::mem::take(&mut self.flush_applied) {
+            self.store.flush_applied()?;
+        }
+        self.release()?;
+
+        // New entries and the hard state: one batch in the log, synced
+        // when raft-rs says so, before anyone hears of them.
+        let mut log = Staged::new(self.store.log());
+        self.store.append(&mut log, ready.entries())?;
+        if let Some(hs) = ready.hs() {
+            self.store.put_hard_state(&mut log, hs);
+        }
+        log.commit()?;
+        if ready.must_sync() {
+            self.store.flush_log()?;
         }
         self.transport.send(ready.take_persisted_messages());
+        let read_states = ready.take_read_states();
 
-        let mut light = self.raw.advance(ready);
-        let mut batch = Staged::new(self.store.db());
+        // Not `advance`: that would tell raft-rs the Ready's committed entries
+        // are applied, and they may be held back (see `apply_committed`).
+        let mut light = self.raw.advance_append(ready);
         if light.commit_index().is_some() {
             // raft-rs holds the hard state; its term and vote were saved
-            // with this Ready, only the commit index moved.
+            // with this Ready, only the commit index moved (not synced: it
+            // is raised to the applied index again when the store opens).
             let hs = self.raw.raft.hard_state();
-            self.store.put_hard_state(&mut batch, &hs);
+            let mut log = Staged::new(self.store.log());
+            self.store.put_hard_state(&mut log, &hs);
+            log.commit()?;
         }
         self.transport.send(light.take_messages());
+        let mut batch = Staged::new(self.store.db());
         self.apply_committed(&mut batch, light.take_committed_entries())?;
         batch.commit()?;
         if std::mem::take(&mut self.flush_applied) {
-            self.store.flush()?;
+            self.store.flush_applied()?;
         }
-        self.raw.advance_apply();
+        self.raw.advance_apply_to(self.applied);
 
         for rs in read_states {
             let ctx = u64::from_be_bytes(rs.request_ctx.as_slice().try_into().unwrap_or_default());
@@ -1395,6 +1478,10 @@ impl Driver {
             self.incarnations = recorded_incarnations(self.store.db())?;
             self.step_aside_if_removed();
         }
+        if self.store.snapshots().building() {
+            // The store must not change under the build.
+            return Ok(());
+        }
         // The oldest entries go a step at a time, so that no Ready stalls
         // on deleting thousands of keys (a latency spike for every client).
         let step = (self.config.snapshot_entries / 8).clamp(1, COMPACT_STEP);
@@ -1417,15 +1504,21 @@ impl Driver {
         Ok(())
     }
 
-    /// Stages committed entries in order, each seeing the ones before it,
-    /// with the applied index.
+    /// Stages committed entries (those held back first) in order, each
+    /// seeing the ones before it, with the applied index; while a snapshot
+    /// is built, holds them back instead.
     fn apply_committed(
         &mut self,
         batch: &mut Staged,
         entries: Vec<Entry>,
     ) -> Result<(), RegistryError> {
-        for entry in entries {
+        self.held.extend(entries);
+        if self.held.is_empty() || self.store.snapshots().building() {
+            return Ok(());
+        }
+        for entry in std::mem::take(&mut self.held) {
             batch.insert(APPLIED, entry.index.to_be_bytes());
+            self.applied = entry.index;
             match entry.get_entry_type() {
                 EntryType::EntryNormal if entry.data.is_empty() => {}
                 EntryType::EntryNormal => self.apply_proposal(&entry, batch)?,

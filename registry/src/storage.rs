@@ -1,22 +1,40 @@
-//! Raft's log and state in the key-value store, behind raft-rs' `Storage`
-//! trait.
+//! Raft's log and state behind raft-rs' `Storage` trait, in two stores:
 //!
-//! Everything a registry server keeps is in one [`Kv`] under key prefixes,
-//! so that one batch changes raft state and catalog state together,
-//! atomically:
+//! - the **log** ([`LogFileKv`](crate::log_file::LogFileKv) in a server: an
+//!   append-only file synced once per Ready) holds what Raft must have on
+//!   disk before it answers a peer;
+//! - the **catalog's store** (sled in a server) holds the state machine and
+//!   what goes with the applied index, changed atomically with it.
 //!
-//! | key | value |
-//! |---|---|
-//! | `r:hs` | HardState |
-//! | `r:cs` | ConfState as of the applied index |
-//! | `r:snap` | SnapshotMetadata of the compaction point (index, term) |
-//! | `r:e:<index BE>` | log entries |
-//! | `s:applied` | applied index (u64 BE) |
-//! | `s:...`, `c:...`, `w:...` | the catalog, see `catalog.rs` |
+//! | store | key | value |
+//! |---|---|---|
+//! | log | `r:hs` | HardState |
+//! | log | `r:snap` | SnapshotMetadata of the compaction point (index, term) |
+//! | log | `r:e:<index BE>` | log entries |
+//! | catalog | `r:cs` | ConfState as of the applied index |
+//! | catalog | `r:installed` | SnapshotMetadata of the last snapshot installed (or the founding one) |
+//! | catalog | `s:applied` | applied index (u64 BE) |
+//! | catalog | `s:...`, `c:...`, `w:...` | the catalog, see `catalog.rs` |
+//!
+//! The two are kept in an order that a crash at any point leaves usable:
+//! - an entry is applied only once it is synced in the log (raft-rs hands
+//!   out committed entries up to the persisted index), so the catalog's
+//!   applied index never passes the log's durable end; a hard state whose
+//!   commit index was lost with an unsynced write is raised to the applied
+//!   index when the store opens;
+//! - entries are compacted away only after the catalog's store is flushed
+//!   up to them ([`RaftStore::compact`]);
+//! - a snapshot is installed into the catalog's store, flushed, and only
+//!   then is the log reset; a crash between the two is finished when the
+//!   store opens (the `r:installed` record is ahead of the log's compaction
+//!   point).
+//!
+//! Data directories from before the split kept the log in sled; it is moved
+//! into the log file when the store opens.
 //!
 //! Writes here are staged or committed but not flushed, except
-//! [`RaftStore::bootstrap`]: the Raft loop flushes once per Ready that must
-//! be synced, before messages that depend on the write leave the server.
+//! [`RaftStore::bootstrap`]: the Raft loop flushes the log once per Ready that
+//! must be synced, before messages that depend on the write leave the server.
 
 // raft-rs' protobuf 2 types are built field by field, as its own code does.
 #![allow(clippy::field_reassign_with_default)]
@@ -24,7 +42,9 @@
 use crate::error::{RegistryError, StoreError};
 use crate::kv::read_u64;
 use crate::kv::{Kv, Staged};
+use crate::log_file::LogFileKv;
 use crate::sled_kv::SledKv;
+use crate::snapshot_builder::SnapshotBuilder;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
@@ -35,6 +55,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 const HARD_STATE: &[u8] = b"r:hs";
 const CONF_STATE: &[u8] = b"r:cs";
 const SNAP_META: &[u8] = b"r:snap";
+const INSTALLED: &[u8] = b"r:installed";
 const ENTRY_PREFIX: &[u8] = b"r:e:";
 pub(crate) const APPLIED: &[u8] = b"s:applied";
 
@@ -63,12 +84,17 @@ pub trait StateMachine: Send + Sync + fmt::Debug {
 /// The raft log and state of one registry server.
 #[derive(Clone, Debug)]
 pub struct RaftStore {
+    /// The catalog, the applied index and the configuration.
     db: Kv,
+    /// Entries, hard state and compaction point.
+    log: Kv,
     /// The compaction point (index, term) as `r:snap` holds it: raft-rs asks
     /// for the first index on every pass of the consensus loop, so it is
     /// kept in memory too, changed only after the batch that writes it.
     compacted: Arc<RwLock<(u64, u64)>>,
     machine: Arc<dyn StateMachine>,
+    /// Snapshots for followers, built off the consensus thread.
+    snapshots: Arc<SnapshotBuilder>,
 }
 
 impl RaftStore {
@@ -86,16 +112,24 @@ impl RaftStore {
         .map_err(|e| RegistryError::Storage(format!("compacting {}: {e}", path.display())))?;
         let engine = SledKv::open(&path)
             .map_err(|e| RegistryError::Storage(format!("{}: {e}", dir.display())))?;
-        Self::new(Kv::new(engine), machine)
+        let log = LogFileKv::open(dir)
+            .map_err(|e| RegistryError::Storage(format!("{}: {e}", dir.display())))?;
+        Self::new(Kv::new(engine), Kv::new(log), machine)
     }
 
-    /// A store over `db`, as it was left, for the log of `machine`.
-    pub fn new(db: Kv, machine: Arc<dyn StateMachine>) -> Result<Self, RegistryError> {
-        let meta: SnapshotMetadata = decode(SNAP_META, db.get(SNAP_META)?)?;
+    /// A store over the catalog's store `db` and the log `log`, as they were
+    /// left (a log still in `db` moved, an interrupted snapshot install
+    /// finished), for the log of `machine`.
+    pub fn new(db: Kv, log: Kv, machine: Arc<dyn StateMachine>) -> Result<Self, RegistryError> {
+        move_log_out_of(&db, &log)?;
+        finish_install(&db, &log)?;
+        let meta: SnapshotMetadata = decode(SNAP_META, log.get(SNAP_META)?)?;
         Ok(Self {
             db,
+            log,
             compacted: Arc::new(RwLock::new((meta.index, meta.term))),
             machine,
+            snapshots: Arc::new(SnapshotBuilder::default()),
         })
     }
 
@@ -105,9 +139,22 @@ impl RaftStore {
         &self.db
     }
 
-    /// Whether this store has ever held raft state.
+    /// The snapshots built for followers: while one is built, the loop must
+    /// not change the catalog's store (it applies nothing; see
+    /// `snapshot_builder.rs`).
+    pub fn snapshots(&self) -> &SnapshotBuilder {
+        &self.snapshots
+    }
+
+    /// The store of the raft log and hard state.
+    pub fn log(&self) -> &Kv {
+        &self.log
+    }
+
+    /// Whether this store has ever held raft state: the hard state, which
+    /// [`bootstrap`](Self::bootstrap) writes last.
     pub fn is_initialized(&self) -> Result<bool, RegistryError> {
-        Ok(self.db.contains_key(CONF_STATE)? || self.db.contains_key(HARD_STATE)?)
+        Ok(self.log.contains_key(HARD_STATE)?)
     }
 
     /// Writes the identical starting state every founding member of a new
@@ -124,19 +171,36 @@ impl RaftStore {
         let mut hs = HardState::default();
         hs.term = 1;
         hs.commit = 1;
+        // The catalog's side first: until the hard state is in the log the
+        // directory is not initialized, and founding may run again.
         let mut batch = Staged::new(&self.db);
-        batch.insert(SNAP_META, encode(&meta));
         batch.insert(CONF_STATE, encode(&cs));
-        batch.insert(HARD_STATE, encode(&hs));
+        batch.insert(INSTALLED, encode(&meta));
         batch.insert(APPLIED, 1u64.to_be_bytes());
         batch.commit()?;
+        self.db.flush()?;
+        let mut log = Staged::new(&self.log);
+        log.insert(SNAP_META, encode(&meta));
+        log.insert(HARD_STATE, encode(&hs));
+        log.commit()?;
         self.set_compacted(1, 1);
         self.flush()
     }
 
-    /// Makes every write so far durable (a sync of the whole store, not
-    /// only the raft keys).
+    /// Makes every write so far durable, the log's and the catalog's.
     pub fn flush(&self) -> Result<(), RegistryError> {
+        self.log.flush()?;
+        Ok(self.db.flush()?)
+    }
+
+    /// Makes the log's writes durable (entries, hard state): what a Ready
+    /// must have on disk before its messages leave the server.
+    pub fn flush_log(&self) -> Result<(), RegistryError> {
+        Ok(self.log.flush()?)
+    }
+
+    /// Makes the catalog's writes durable (applied state).
+    pub fn flush_applied(&self) -> Result<(), RegistryError> {
         Ok(self.db.flush()?)
     }
 
@@ -144,7 +208,7 @@ impl RaftStore {
     /// none was ever stored. A failed read is an error, never term 0: a
     /// server that forgot its vote could vote twice in a term.
     pub fn hard_state(&self) -> Result<HardState, StoreError> {
-        decode(HARD_STATE, self.db.get(HARD_STATE)?)
+        decode(HARD_STATE, self.log.get(HARD_STATE)?)
     }
 
     /// The configuration as of the applied index; empty only when none was
@@ -176,7 +240,7 @@ impl RaftStore {
     }
 
     fn last_entry_index(&self) -> Result<Option<u64>, StoreError> {
-        self.db
+        self.log
             .last_key(ENTRY_PREFIX)?
             .map(|k| {
                 <[u8; 8]>::try_from(&k[ENTRY_PREFIX.len()..])
@@ -189,8 +253,8 @@ impl RaftStore {
             .transpose()
     }
 
-    /// Adds new log entries to `batch`, first removing any conflicting tail
-    /// they replace.
+    /// Adds new log entries to `batch` (staged over [`log`](Self::log)),
+    /// first removing any conflicting tail they replace.
     pub fn append(&self, batch: &mut Staged, entries: &[Entry]) -> Result<(), StoreError> {
         let Some(first) = entries.first() else {
             return Ok(());
@@ -206,8 +270,9 @@ impl RaftStore {
         Ok(())
     }
 
-    /// Stages the hard state (term, vote, commit) in `batch`; durable only
-    /// once the batch is committed and the store flushed.
+    /// Stages the hard state (term, vote, commit) in `batch` (staged over
+    /// [`log`](Self::log)); durable only once the batch is committed and the
+    /// log flushed.
     pub fn put_hard_state(&self, batch: &mut Staged, hs: &HardState) {
         batch.insert(HARD_STATE, encode(hs));
     }
@@ -219,34 +284,33 @@ impl RaftStore {
     }
 
     /// Replaces log, configuration and state machine with a snapshot from
-    /// the leader, in one atomic batch (not flushed here: the loop's flush
-    /// for the Ready makes it durable).
+    /// the leader: the state machine in one atomic batch, flushed, then the
+    /// log reset to start after it (not flushed here: the loop's flush for
+    /// the Ready makes it durable; a crash before it is finished when the
+    /// store opens).
     pub fn install_snapshot(&self, snapshot: &Snapshot) -> Result<(), RegistryError> {
         let meta = snapshot.get_metadata();
         let mut batch = Staged::new(&self.db);
-        for item in self.db.scan_prefix(ENTRY_PREFIX) {
-            batch.remove(item?.0);
-        }
         self.machine.restore(&self.db, &mut batch, &snapshot.data)?;
         let mut stored = SnapshotMetadata::default();
         stored.index = meta.index;
         stored.term = meta.term;
         stored.set_conf_state(meta.get_conf_state().clone());
-        batch.insert(SNAP_META, encode(&stored));
+        batch.insert(INSTALLED, encode(&stored));
         batch.insert(CONF_STATE, encode(meta.get_conf_state()));
-        let mut hs = self.hard_state()?;
-        hs.commit = hs.commit.max(meta.index);
-        hs.term = hs.term.max(meta.term);
-        batch.insert(HARD_STATE, encode(&hs));
         batch.insert(APPLIED, meta.index.to_be_bytes());
         batch.commit()?;
+        self.db.flush()?;
+        reset_log(&self.log, &stored)?;
         self.set_compacted(meta.index, meta.term);
         Ok(())
     }
 
     /// Drops log entries up to and including `index` (which must be
-    /// applied), keeping its term as the new compaction point. One batch,
-    /// not flushed: entries back after a crash are compacted again.
+    /// applied), keeping its term as the new compaction point. The
+    /// catalog's store is flushed first, so that what the dropped entries
+    /// did is on disk; the log's batch is not flushed: entries back after a
+    /// crash are compacted again.
     pub fn compact(&self, index: u64) -> Result<(), RegistryError> {
         let (compacted, _) = self.compaction_point();
         if index <= compacted || index > self.applied()? {
@@ -254,9 +318,10 @@ impl RaftStore {
         }
         let term =
             raft::Storage::term(self, index).map_err(|e| RegistryError::Storage(e.to_string()))?;
-        let mut batch = Staged::new(&self.db);
+        self.db.flush()?;
+        let mut batch = Staged::new(&self.log);
         for item in self
-            .db
+            .log
             .range(&entry_key(compacted), Some(&entry_key(index + 1)))
         {
             batch.remove(item?.0);
@@ -267,6 +332,7 @@ impl RaftStore {
         batch.insert(SNAP_META, encode(&next));
         batch.commit()?;
         self.set_compacted(index, term);
+        self.snapshots.forget_older_than(index);
         Ok(())
     }
 
@@ -274,6 +340,81 @@ impl RaftStore {
     pub fn compacted_to(&self) -> u64 {
         self.compaction_point().0
     }
+}
+
+/// Moves a log kept in the catalog's store (data directories from before the
+/// log file) into `log`: copied and synced first, then removed from `db`.
+/// Run again after a crash, it copies nothing the log already has.
+fn move_log_out_of(db: &Kv, log: &Kv) -> Result<(), RegistryError> {
+    let mut old: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    for key in [HARD_STATE, SNAP_META] {
+        if let Some(value) = db.get(key)? {
+            old.push((key.to_vec(), value));
+        }
+    }
+    for item in db.scan_prefix(ENTRY_PREFIX) {
+        old.push(item?);
+    }
+    if old.is_empty() {
+        return Ok(());
+    }
+    if !log.contains_key(HARD_STATE)? {
+        let mut batch = Staged::new(log);
+        for (key, value) in &old {
+            batch.insert(key.clone(), value.clone());
+        }
+        // What the last snapshot installed was, as far as the old layout
+        // knew it: the compaction point.
+        if let Some((_, meta)) = old.iter().find(|(k, _)| k == SNAP_META) {
+            let mut installed = Staged::new(db);
+            installed.insert(INSTALLED, meta.clone());
+            installed.commit()?;
+        }
+        batch.commit()?;
+        log.flush()?;
+        tracing::info!(
+            entries = old.len(),
+            "moved the raft log out of the catalog's store into its own file"
+        );
+    }
+    let mut batch = Staged::new(db);
+    for (key, _) in old {
+        batch.remove(key);
+    }
+    batch.commit()?;
+    Ok(db.flush()?)
+}
+
+/// Finishes a snapshot install a crash interrupted after the catalog's side
+/// was flushed: the log is reset to start after the snapshot.
+fn finish_install(db: &Kv, log: &Kv) -> Result<(), RegistryError> {
+    let installed: SnapshotMetadata = decode(INSTALLED, db.get(INSTALLED)?)?;
+    let compacted: SnapshotMetadata = decode(SNAP_META, log.get(SNAP_META)?)?;
+    if installed.index <= compacted.index || !log.contains_key(HARD_STATE)? {
+        return Ok(());
+    }
+    tracing::warn!(
+        index = installed.index,
+        "finishing a snapshot install a crash interrupted: resetting the raft log to start after it"
+    );
+    reset_log(log, &installed)?;
+    Ok(log.flush()?)
+}
+
+/// Stages and commits (not flushed) a log that starts after `meta`: every
+/// entry removed, the compaction point set to it, the hard state's term and
+/// commit raised to it.
+fn reset_log(log: &Kv, meta: &SnapshotMetadata) -> Result<(), RegistryError> {
+    let mut batch = Staged::new(log);
+    for item in log.scan_prefix(ENTRY_PREFIX) {
+        batch.remove(item?.0);
+    }
+    let mut hs: HardState = decode(HARD_STATE, log.get(HARD_STATE)?)?;
+    hs.commit = hs.commit.max(meta.index);
+    hs.term = hs.term.max(meta.term);
+    batch.insert(HARD_STATE, encode(&hs));
+    batch.insert(SNAP_META, encode(meta));
+    Ok(batch.commit()?)
 }
 
 pub(crate) fn encode<M: protobuf::Message>(m: &M) -> Vec<u8> {
@@ -294,10 +435,12 @@ fn decode<M: protobuf::Message + Default>(key: &[u8], v: Option<Vec<u8>>) -> Res
 
 impl raft::Storage for RaftStore {
     fn initial_state(&self) -> raft::Result<RaftState> {
-        Ok(RaftState::new(
-            self.hard_state().map_err(fatal)?,
-            self.conf_state().map_err(fatal)?,
-        ))
+        let mut hs = self.hard_state().map_err(fatal)?;
+        // Every applied entry was committed; the hard state's commit index
+        // may have been lost with a write that was never synced (raft-rs
+        // syncs only a Ready with entries, a term or a vote).
+        hs.commit = hs.commit.max(self.applied().map_err(fatal)?);
+        Ok(RaftState::new(hs, self.conf_state().map_err(fatal)?))
     }
 
     fn entries(
@@ -319,7 +462,7 @@ impl raft::Storage for RaftStore {
         let max_size = max_size.into().filter(|m| *m != raft::NO_LIMIT);
         let mut size = 0u64;
         let mut entries = Vec::new();
-        for item in self.db.range(&entry_key(low), Some(&entry_key(high))) {
+        for item in self.log.range(&entry_key(low), Some(&entry_key(high))) {
             let (_, v) = item.map_err(fatal)?;
             size += v.len() as u64;
             if let Some(max) = max_size
@@ -348,7 +491,7 @@ impl raft::Storage for RaftStore {
         if idx < compacted {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
-        match self.db.get(&entry_key(idx)).map_err(fatal)? {
+        match self.log.get(&entry_key(idx)).map_err(fatal)? {
             Some(v) => Ok(Entry::parse_from_bytes(&v).map_err(fatal)?.term),
             None => Err(raft::Error::Store(StorageError::Unavailable)),
         }
@@ -372,13 +515,25 @@ impl raft::Storage for RaftStore {
                 StorageError::SnapshotTemporarilyUnavailable,
             ));
         }
-        let mut snapshot = Snapshot::default();
-        snapshot.data = self.machine.snapshot_data(&self.db).map_err(fatal)?.into();
-        let meta = snapshot.mut_metadata();
-        meta.index = applied;
-        meta.term = self.term(applied)?;
-        meta.set_conf_state(self.conf_state().map_err(fatal)?);
-        Ok(snapshot)
+        // A snapshot older than the log's start would leave the follower
+        // needing entries that are gone: it gets a newer one.
+        let usable_from = request_index.max(self.compaction_point().0);
+        if let Some(snapshot) = self.snapshots.built(usable_from) {
+            return Ok(snapshot);
+        }
+        if !self.snapshots.building() {
+            let mut meta = SnapshotMetadata::default();
+            meta.index = applied;
+            meta.term = self.term(applied)?;
+            meta.set_conf_state(self.conf_state().map_err(fatal)?);
+            let (machine, db) = (self.machine.clone(), self.db.clone());
+            self.snapshots
+                .start(meta, move || machine.snapshot_data(&db));
+        }
+        // raft-rs asks again at the follower's next heartbeat answer.
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable,
+        ))
     }
 }
 
@@ -419,12 +574,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = RaftStore::open(dir.path(), Arc::new(Stateless)).unwrap();
         store.bootstrap(&[1, 2, 3]).unwrap();
-        let mut batch = Staged::new(&store.db);
+        let mut batch = Staged::new(&store.log);
         store
             .append(&mut batch, &[entry(2, 1), entry(3, 1), entry(4, 1)])
             .unwrap();
         batch.commit().unwrap();
-        let mut batch = Staged::new(&store.db);
+        let mut batch = Staged::new(&store.log);
         store.append(&mut batch, &[entry(3, 2)]).unwrap();
         batch.commit().unwrap();
         assert_eq!(store.last_index().unwrap(), 3);
@@ -462,7 +617,7 @@ mod tests {
     fn entries_are_read_only_up_to_the_size_budget() {
         let engine = MemKv::default();
         let store = store_over(&engine);
-        let mut batch = Staged::new(store.db());
+        let mut batch = Staged::new(store.log());
         let log: Vec<Entry> = (2..=101)
             .map(|i| {
                 let mut e = entry(i, 1);
@@ -495,18 +650,28 @@ mod tests {
         assert!(store.entries(2, 102, None, ctx()).is_err());
     }
 
+    /// A founded store over `engine`, its log over an engine of its own.
     fn store_over(engine: &MemKv) -> RaftStore {
-        let store = RaftStore::new(Kv::new(engine.clone()), Arc::new(Stateless)).unwrap();
+        store_with_log(engine, &MemKv::default())
+    }
+
+    fn store_with_log(engine: &MemKv, log: &MemKv) -> RaftStore {
+        let store = RaftStore::new(
+            Kv::new(engine.clone()),
+            Kv::new(log.clone()),
+            Arc::new(Stateless),
+        )
+        .unwrap();
         store.bootstrap(&[1, 2, 3]).unwrap();
         store
     }
 
     #[test]
     fn a_failing_hard_state_read_is_an_error_not_term_zero() {
-        let engine = MemKv::default();
-        let store = store_over(&engine);
+        let log = MemKv::default();
+        let store = store_with_log(&MemKv::default(), &log);
         assert_eq!(store.hard_state().unwrap().term, 1);
-        engine.fail_reads(HARD_STATE);
+        log.fail_reads(HARD_STATE);
         assert!(matches!(store.hard_state(), Err(StoreError::Engine(_))));
         assert!(store.initial_state().is_err());
     }
@@ -536,8 +701,10 @@ mod tests {
     fn damaged_raft_state_is_an_error_not_a_panic() {
         let engine = MemKv::default();
         let store = store_over(&engine);
-        let mut batch = Staged::new(store.db());
+        let mut batch = Staged::new(store.log());
         batch.insert(HARD_STATE, b"\xff\xff\xff".as_slice());
+        batch.commit().unwrap();
+        let mut batch = Staged::new(store.db());
         batch.insert(APPLIED, b"short".as_slice());
         batch.commit().unwrap();
         assert!(matches!(
@@ -549,15 +716,15 @@ mod tests {
 
     #[test]
     fn a_failing_log_read_is_an_error_not_an_empty_log() {
-        let engine = MemKv::default();
-        let store = store_over(&engine);
-        let mut batch = Staged::new(store.db());
+        let log = MemKv::default();
+        let store = store_with_log(&MemKv::default(), &log);
+        let mut batch = Staged::new(store.log());
         store
             .append(&mut batch, &[entry(2, 1), entry(3, 1)])
             .unwrap();
         batch.commit().unwrap();
         assert_eq!(store.last_index().unwrap(), 3);
-        engine.fail_reads(ENTRY_PREFIX);
+        log.fail_reads(ENTRY_PREFIX);
         assert!(store.last_index().is_err());
         assert!(store.term(3).is_err());
         assert!(
@@ -565,7 +732,120 @@ mod tests {
                 .entries(2, 4, None, GetEntriesContext::empty(false))
                 .is_err()
         );
-        let mut batch = Staged::new(store.db());
+        let mut batch = Staged::new(store.log());
         assert!(store.append(&mut batch, &[entry(3, 2)]).is_err());
+    }
+
+    #[test]
+    fn a_log_kept_in_the_catalogs_store_moves_into_the_log_and_leaves_it() {
+        // The layout before the log file: everything in one store.
+        let engine = MemKv::default();
+        let db = Kv::new(engine.clone());
+        let mut meta = SnapshotMetadata::default();
+        meta.index = 1;
+        meta.term = 1;
+        let mut hs = HardState::default();
+        hs.term = 2;
+        hs.vote = 3;
+        hs.commit = 3;
+        let mut old = Staged::new(&db);
+        old.insert(SNAP_META, encode(&meta));
+        old.insert(HARD_STATE, encode(&hs));
+        old.insert(entry_key(2), encode(&entry(2, 1)));
+        old.insert(entry_key(3), encode(&entry(3, 2)));
+        old.insert(APPLIED, 3u64.to_be_bytes());
+        old.commit().unwrap();
+
+        let log = MemKv::default();
+        let store = RaftStore::new(db.clone(), Kv::new(log.clone()), Arc::new(Stateless)).unwrap();
+        assert_eq!(store.hard_state().unwrap(), hs);
+        assert_eq!(store.first_index().unwrap(), 2);
+        assert_eq!(store.last_index().unwrap(), 3);
+        assert_eq!(store.term(3).unwrap(), 2);
+        assert!(store.is_initialized().unwrap());
+        assert!(db.scan_prefix(b"r:e:").next().is_none());
+        assert_eq!(db.get(HARD_STATE).unwrap(), None);
+        assert_eq!(db.get(SNAP_META).unwrap(), None);
+        // Opened again, nothing moves twice.
+        let store = RaftStore::new(db, Kv::new(log), Arc::new(Stateless)).unwrap();
+        assert_eq!(store.hard_state().unwrap(), hs);
+        assert_eq!(store.last_index().unwrap(), 3);
+    }
+
+    #[test]
+    fn a_snapshot_install_cut_between_the_catalog_and_the_log_is_finished_on_open() {
+        let (engine, log) = (MemKv::default(), MemKv::default());
+        let store = store_with_log(&engine, &log);
+        let mut batch = Staged::new(store.log());
+        store
+            .append(&mut batch, &[entry(2, 1), entry(3, 1)])
+            .unwrap();
+        batch.commit().unwrap();
+        // The catalog's side of an install of a snapshot at (10, 4), flushed;
+        // then the crash, before the log was reset.
+        let mut installed = SnapshotMetadata::default();
+        installed.index = 10;
+        installed.term = 4;
+        let mut batch = Staged::new(store.db());
+        batch.insert(INSTALLED, encode(&installed));
+        batch.insert(APPLIED, 10u64.to_be_bytes());
+        batch.commit().unwrap();
+        drop(store);
+
+        let store = RaftStore::new(
+            Kv::new(engine.clone()),
+            Kv::new(log.clone()),
+            Arc::new(Stateless),
+        )
+        .unwrap();
+        assert_eq!(store.first_index().unwrap(), 11);
+        assert_eq!(store.last_index().unwrap(), 10);
+        assert_eq!(store.term(10).unwrap(), 4);
+        let hs = store.hard_state().unwrap();
+        assert_eq!((hs.commit, hs.term), (10, 4));
+        // A finished install (or a later compaction) is left alone.
+        let mut batch = Staged::new(store.log());
+        store.append(&mut batch, &[entry(11, 4)]).unwrap();
+        batch.commit().unwrap();
+        drop(store);
+        let store = RaftStore::new(Kv::new(engine), Kv::new(log), Arc::new(Stateless)).unwrap();
+        assert_eq!(store.last_index().unwrap(), 11);
+    }
+
+    #[test]
+    fn a_commit_index_lost_with_an_unsynced_write_is_raised_to_the_applied_index() {
+        let store = store_over(&MemKv::default());
+        let mut batch = Staged::new(store.log());
+        store
+            .append(&mut batch, &[entry(2, 1), entry(3, 1)])
+            .unwrap();
+        batch.commit().unwrap();
+        // Applied up to 3 while the hard state on disk still says commit 1.
+        let mut batch = Staged::new(store.db());
+        batch.insert(APPLIED, 3u64.to_be_bytes());
+        batch.commit().unwrap();
+        assert_eq!(store.hard_state().unwrap().commit, 1);
+        assert_eq!(store.initial_state().unwrap().hard_state.commit, 3);
+    }
+
+    #[test]
+    fn a_store_in_a_directory_keeps_its_log_in_the_log_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RaftStore::open(dir.path(), Arc::new(Stateless)).unwrap();
+        store.bootstrap(&[1, 2, 3]).unwrap();
+        let mut batch = Staged::new(store.log());
+        let mut e = entry(2, 1);
+        e.data = vec![9; 4096].into();
+        store.append(&mut batch, &[e.clone()]).unwrap();
+        batch.commit().unwrap();
+        store.flush_log().unwrap();
+        let file = std::fs::read(dir.path().join(crate::log_file::FILE_NAME)).unwrap();
+        assert!(file.len() > 4096, "the log file holds {} bytes", file.len());
+        drop(store);
+        let store = RaftStore::open(dir.path(), Arc::new(Stateless)).unwrap();
+        let got = store
+            .entries(2, 3, None, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(got, vec![e]);
     }
 }

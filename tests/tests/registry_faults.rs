@@ -115,11 +115,12 @@ async fn stale_agency(client: &RegistryClient, code: &str) -> Option<(String, u6
 }
 
 /// The index of the first entry still in server `server`'s Raft log: entries
-/// below it were compacted away (`storage.rs` keeps them under `r:e:<index BE>`).
+/// below it were compacted away (`storage.rs` keeps them under `r:e:<index BE>`
+/// in the log's store).
 fn first_log_index(server: &RegistryServer) -> u64 {
     let (key, _) = server
         .raft()
-        .db()
+        .log()
         .scan_prefix(b"r:e:")
         .next()
         .expect("the log has entries")

@@ -24,6 +24,12 @@ use std::sync::Arc;
 use std::time::Instant;
 use tonic::{Request, Response, Status};
 
+/// The identity read from the certificate of the peer's hub that opened a
+/// link, kept in the link's request extensions (which only this side sets)
+/// so that the calls on it do not parse the certificate again.
+#[derive(Clone, Debug)]
+pub(crate) struct LinkCaller(pub(crate) lgsp_certs::Peer);
+
 /// The hub's inbound side: what its outward listener serves.
 #[derive(Debug, Clone)]
 pub struct Inbound {
@@ -58,13 +64,22 @@ impl Inbound {
         let leaf = certs
             .first()
             .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
-        let caller =
-            lgsp_certs::peer::peer_identity(leaf.as_ref()).map_err(Status::unauthenticated)?;
+        // On a link, the certificate was read when it opened; the checks
+        // that can change (the peer, its CA, its CRL) are made per call.
+        let parsed;
+        let caller = match request.extensions().get::<LinkCaller>() {
+            Some(LinkCaller(caller)) => caller,
+            None => {
+                parsed = lgsp_certs::peer::peer_identity(leaf.as_ref())
+                    .map_err(Status::unauthenticated)?;
+                &parsed
+            }
+        };
         let peer = self
             .hub
-            .peers()
-            .into_iter()
-            .find(|p| p.trust_domain == caller.id.trust_domain)
+            .ctx
+            .cache
+            .peer_of_domain(&caller.id.trust_domain)
             .ok_or_else(|| {
                 Status::permission_denied(format!(
                     "{} is not of a federation peer of this province (see `lgsp hub peer list`)",
@@ -96,7 +111,21 @@ impl Inbound {
                 caller.id, caller.serial, peer.name
             )));
         }
-        Ok((peer, caller.id))
+        Ok((peer, caller.id.clone()))
+    }
+
+    /// The identity in the certificate of the hub that opened a link
+    /// (`request`), read once for all the calls on it.
+    pub(crate) fn link_caller_of<T>(&self, request: &Request<T>) -> Result<LinkCaller, Status> {
+        let certs = request
+            .peer_certs()
+            .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+        let leaf = certs
+            .first()
+            .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+        lgsp_certs::peer::peer_identity(leaf.as_ref())
+            .map(LinkCaller)
+            .map_err(Status::unauthenticated)
     }
 
     /// Takes one of `peer`'s inward slots, or refuses with

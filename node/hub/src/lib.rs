@@ -142,14 +142,10 @@ impl Hub {
 
     /// Federation peer `name`, as the catalog holds it.
     pub fn peer(&self, name: &str) -> Option<FederationPeer> {
-        self.ctx
-            .cache
-            .all_of(RecordKind::Peer)
-            .into_iter()
-            .find_map(|r| match r.value {
-                Some(Value::Peer(p)) if p.name == name => Some(p),
-                _ => None,
-            })
+        match self.ctx.cache.get(RecordKind::Peer, name)? {
+            Value::Peer(p) if p.name == name => Some(p),
+            _ => None,
+        }
     }
 
     /// Every federation peer.
@@ -321,6 +317,7 @@ impl Hub {
             .collect();
         systems.sort();
         self.rest_limits.retain(&systems);
+        self.rest.retain(&systems);
         let mut breakers = self
             .rest_breakers
             .lock()

@@ -57,7 +57,9 @@ impl NodeLink for PeerLinkServer {
     ) -> Result<Response<Self::CallsStream>, Status> {
         // Who opens a link is checked now; every call on it again.
         let peer = self.inbound.peer_of(&request)?;
-        let (_, extensions, incoming) = request.into_parts();
+        let caller = self.inbound.link_caller_of(&request)?;
+        let (_, mut extensions, incoming) = request.into_parts();
+        extensions.insert(caller);
         let (replies, queued) = mpsc::channel(QUEUE);
         tracing::debug!(peer = %peer.name, "peer link opened");
         tokio::spawn(read_calls(

@@ -4,21 +4,38 @@
 //! token (client credentials, RFC 6749 4.4) read from the hub's secrets
 //! directory, and HTTP/1.1 (what X-Road security servers speak).
 //!
+//! Connections are kept open and reused (HTTP/1.1 keep-alive), a pool per
+//! system: at most the system's max-in-flight connections idle, each closed
+//! after [`IDLE`] unused. The pool is built from the system's catalog record
+//! and dropped whole when the record changes (its CA, URL, authentication or
+//! anything else), when the system leaves the catalog, and when its circuit
+//! breaker opens, so the next call opens a new connection and checks the
+//! system's certificate again.
+//!
 //! Secrets never enter the catalog: `<secrets-dir>/<system>.api-key` and
 //! `<secrets-dir>/<system>.client-secret`, read at each use so a rotated
 //! secret applies without restart.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::rt::TokioIo;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use lgsp_certs::Credentials;
 use lgsp_proto::{RestAuth, RestSystem};
 use rustls::ClientConfig;
 use rustls_pki_types::{CertificateDer, ServerName};
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+
+/// How long a connection to a REST system stays open unused before it is
+/// closed.
+pub const IDLE: Duration = Duration::from_secs(30);
 
 /// Why a request did not get an HTTP answer.
 #[derive(Debug, thiserror::Error)]
@@ -60,10 +77,14 @@ pub struct RestClient {
     creds: Credentials,
     secrets: Option<PathBuf>,
     max_response: usize,
-    /// TLS configs by system name, with the record they were built from.
-    configs: Mutex<HashMap<String, (RestSystem, Arc<ClientConfig>)>>,
+    /// Each system's connection pool, by system name, with the record it
+    /// was built from.
+    pools: Mutex<HashMap<String, (RestSystem, Pool)>>,
     tokens: Mutex<HashMap<String, Token>>,
 }
+
+/// The kept-alive connections to one REST system.
+type Pool = Client<Connector, Full<Bytes>>;
 
 impl RestClient {
     /// A client presenting `creds` where a system asks for a client
@@ -74,18 +95,58 @@ impl RestClient {
             creds,
             secrets,
             max_response,
-            configs: Mutex::default(),
+            pools: Mutex::default(),
             tokens: Mutex::default(),
         }
     }
 
-    fn tls(&self, system: &RestSystem) -> Result<Arc<ClientConfig>, SendError> {
-        let mut configs = self.configs.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((record, config)) = configs.get(&system.name)
+    /// The connection pool of `system`, as its record is now: the one kept
+    /// when the record is the same, else a new one (the old one's idle
+    /// connections close as it is dropped).
+    fn pool(&self, system: &RestSystem) -> Result<Pool, SendError> {
+        let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((record, pool)) = pools.get(&system.name)
             && record == system
         {
-            return Ok(config.clone());
+            return Ok(pool.clone());
         }
+        let idle = if system.max_in_flight == 0 {
+            crate::limiter::DEFAULT_MAX_IN_FLIGHT
+        } else {
+            system.max_in_flight
+        };
+        let pool = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(idle as usize)
+            .pool_idle_timeout(IDLE)
+            .pool_timer(TokioTimer::new())
+            .build(Connector {
+                config: self.tls(system)?,
+            });
+        pools.insert(system.name.clone(), (system.clone(), pool.clone()));
+        Ok(pool)
+    }
+
+    /// Closes the kept connections to REST system `name` (its breaker
+    /// opened): the next call connects anew.
+    pub fn drop_connections(&self, name: &str) {
+        self.pools
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(name);
+    }
+
+    /// Closes the kept connections to every REST system not in `names`
+    /// (gone from the catalog).
+    pub fn retain(&self, names: &[String]) {
+        self.pools
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|name, _| names.contains(name));
+    }
+
+    /// The TLS client config for `system`: its CA only, and the hub's
+    /// certificate when the system authenticates the hub by it.
+    fn tls(&self, system: &RestSystem) -> Result<Arc<ClientConfig>, SendError> {
         let mut roots = rustls::RootCertStore::empty();
         for (label, der) in lgsp_certs::inspect::pem_blocks(&system.ca_pem).unwrap_or_default() {
             if label == "CERTIFICATE" {
@@ -115,9 +176,7 @@ impl RestClient {
             builder.with_no_client_auth()
         };
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let config = Arc::new(config);
-        configs.insert(system.name.clone(), (system.clone(), config.clone()));
-        Ok(config)
+        Ok(Arc::new(config))
     }
 
     /// Reads the secret `<secrets-dir>/<system>.<kind>`, trimmed.
@@ -275,8 +334,9 @@ impl RestClient {
     }
 
     /// Sends one request to `url` (an `https://` URL of `system`) and
-    /// reads the answer, all within `timeout`. A new connection per call:
-    /// the system's certificate is checked at each.
+    /// reads the answer, all within `timeout`, on a kept-alive connection
+    /// to the system when one is free, else on a new one (whose
+    /// certificate is checked against the system's CA).
     pub async fn send(
         &self,
         system: &RestSystem,
@@ -286,56 +346,33 @@ impl RestClient {
         body: Bytes,
         timeout: Duration,
     ) -> Result<Reply, SendError> {
-        let config = self.tls(system)?;
+        if !url.starts_with("https://") {
+            return Err(SendError::Setup(format!("{url:?} is not an https:// URL")));
+        }
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e| SendError::Setup(format!("{url:?} is not a URL: {e}")))?;
+        let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
+        let pool = self.pool(system)?;
         let max = self.max_response;
-        let url = url.to_owned();
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Full::new(body))
+            .map_err(|e| SendError::Setup(e.to_string()))?;
+        *request.headers_mut() = headers;
         tokio::time::timeout(timeout, async move {
-            let rest = url
-                .strip_prefix("https://")
-                .ok_or_else(|| SendError::Setup(format!("{url:?} is not an https:// URL")))?;
-            let (authority, path) = match rest.find('/') {
-                Some(i) => (&rest[..i], &rest[i..]),
-                None => (rest, "/"),
-            };
-            let origin = format!("https://{authority}");
-            let host = lgsp_registry::rest_system::https_host(&origin).map_err(SendError::Setup)?;
-            let port = authority
-                .rsplit_once(':')
-                .filter(|_| !authority.ends_with(']'))
-                .and_then(|(_, p)| p.parse::<u16>().ok())
-                .unwrap_or(443);
-            let server_name = ServerName::try_from(host.to_owned())
-                .map_err(|e| SendError::Setup(format!("{host:?}: {e}")))?;
-            let tcp = tokio::net::TcpStream::connect((host, port))
-                .await
-                .map_err(|e| {
-                    SendError::Unreachable(format!("cannot connect to {authority}: {e}"))
-                })?;
-            let _ = tcp.set_nodelay(true);
-            let tls = tokio_rustls::TlsConnector::from(config)
-                .connect(server_name, tcp)
-                .await
-                .map_err(|e| SendError::Unreachable(format!("TLS with {authority} failed: {e}")))?;
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(tls))
-                    .await
-                    .map_err(|e| SendError::Unreachable(format!("HTTP with {authority}: {e}")))?;
-            let driver = tokio::spawn(connection);
-            let mut request = http::Request::builder()
-                .method(method)
-                .uri(path)
-                .body(Full::new(body))
-                .map_err(|e| SendError::Setup(e.to_string()))?;
-            *request.headers_mut() = headers;
-            request.headers_mut().insert(
-                http::header::HOST,
-                http::HeaderValue::from_str(authority)
-                    .map_err(|e| SendError::Setup(e.to_string()))?,
-            );
-            let response = sender
-                .send_request(request)
-                .await
-                .map_err(|e| SendError::Unreachable(format!("{authority} did not answer: {e}")))?;
+            let response = pool.request(request).await.map_err(|e| {
+                // The connector's own words (cannot connect, TLS failed)
+                // when it was the connection; hyper's otherwise.
+                match connect_error(&e) {
+                    Some(why) => SendError::Unreachable(why.to_owned()),
+                    None => SendError::Unreachable(format!(
+                        "{authority} did not answer: {}",
+                        error_chain(&e)
+                    )),
+                }
+            })?;
             let status = response.status().as_u16();
             let (parts, body) = response.into_parts();
             let body = Limited::new(body, max)
@@ -343,7 +380,6 @@ impl RestClient {
                 .await
                 .map_err(|e| SendError::Unreachable(format!("reading {authority}'s answer: {e}")))?
                 .to_bytes();
-            driver.abort();
             Ok(Reply {
                 status,
                 headers: parts.headers,
@@ -352,6 +388,122 @@ impl RestClient {
         })
         .await
         .map_err(|_| SendError::Timeout(timeout))?
+    }
+}
+
+/// Why a connection to a REST system could not be made, in words.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct ConnectError(String);
+
+/// The connector's error behind `e`, if the connection failed.
+fn connect_error<'e>(e: &'e (dyn std::error::Error + 'static)) -> Option<&'e str> {
+    let mut source = Some(e);
+    while let Some(error) = source {
+        if let Some(ConnectError(why)) = error.downcast_ref::<ConnectError>() {
+            return Some(why);
+        }
+        source = error.source();
+    }
+    None
+}
+
+/// `e` and its causes, joined.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(error) = source {
+        text.push_str(": ");
+        text.push_str(&error.to_string());
+        source = error.source();
+    }
+    text
+}
+
+/// Opens TCP and TLS connections to a REST system, trusting its CA only.
+#[derive(Clone, Debug)]
+struct Connector {
+    config: Arc<ClientConfig>,
+}
+
+impl tower::Service<http::Uri> for Connector {
+    type Response = TlsConnection;
+    type Error = ConnectError;
+    type Future = Pin<Box<dyn Future<Output = Result<TlsConnection, ConnectError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let config = self.config.clone();
+        Box::pin(async move {
+            let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
+            let origin = format!("https://{authority}");
+            let host = lgsp_registry::rest_system::https_host(&origin).map_err(ConnectError)?;
+            let port = uri.port_u16().unwrap_or(443);
+            let server_name = ServerName::try_from(host.to_owned())
+                .map_err(|e| ConnectError(format!("{host:?}: {e}")))?;
+            let tcp = tokio::net::TcpStream::connect((host, port))
+                .await
+                .map_err(|e| ConnectError(format!("cannot connect to {authority}: {e}")))?;
+            let _ = tcp.set_nodelay(true);
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(server_name, tcp)
+                .await
+                .map_err(|e| ConnectError(format!("TLS with {authority} failed: {e}")))?;
+            Ok(TlsConnection(TokioIo::new(tls)))
+        })
+    }
+}
+
+/// A TLS connection to a REST system, as hyper's pool holds it.
+#[derive(Debug)]
+struct TlsConnection(TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>);
+
+impl Connection for TlsConnection {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl hyper::rt::Read for TlsConnection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for TlsConnection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
     }
 }
 
@@ -379,6 +531,195 @@ fn base64(data: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// An HTTPS server with keep-alive on 127.0.0.1 answering `{}` to
+    /// everything, counting the connections it accepted and those that
+    /// ended.
+    struct Server {
+        addr: SocketAddr,
+        ca_pem: String,
+        accepted: Arc<AtomicUsize>,
+        closed: Arc<AtomicUsize>,
+    }
+
+    async fn keep_alive_server() -> Server {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::from_ca_cert_pem(&ca.pem(), &ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(lgsp_certs::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (accepted, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (a, c) = (accepted.clone(), closed.clone());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
+                let (acceptor, c) = (acceptor.clone(), c.clone());
+                tokio::spawn(async move {
+                    if let Ok(tls) = acceptor.accept(tcp).await {
+                        let service = hyper::service::service_fn(|_req| async {
+                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                                Bytes::from_static(b"{}"),
+                            )))
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(tls), service)
+                            .await;
+                    }
+                    c.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Server {
+            addr,
+            ca_pem: ca.pem(),
+            accepted,
+            closed,
+        }
+    }
+
+    fn hub_credentials(dir: &std::path::Path) -> Credentials {
+        let mut ca =
+            lgsp_certs::ca::CertificateAuthority::init(&dir.join("ca"), "p.example", "CA", 30)
+                .unwrap();
+        let id = lgsp_certs::SpiffeId::new(
+            "p.example",
+            lgsp_certs::AgencyCode::new("000.00.00.H62").unwrap(),
+            lgsp_certs::Role::Hub,
+            "hub",
+        )
+        .unwrap();
+        let issued = ca
+            .issue(&lgsp_certs::ca::LeafSpec::for_days(id, 30).unwrap())
+            .unwrap();
+        Credentials::from_pem(&issued.cert_pem, &issued.key_pem, ca.cert_pem()).unwrap()
+    }
+
+    fn system(server: &Server) -> RestSystem {
+        RestSystem {
+            name: "bo-tai-chinh".into(),
+            base_url: format!("https://{}", server.addr),
+            ca_pem: server.ca_pem.clone(),
+            max_in_flight: 4,
+            ..Default::default()
+        }
+    }
+
+    async fn get(client: &RestClient, system: &RestSystem) -> u16 {
+        let url = format!("{}/citizens/001", system.base_url);
+        client
+            .send(
+                system,
+                &url,
+                http::Method::GET,
+                http::HeaderMap::new(),
+                Bytes::new(),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap()
+            .status
+    }
+
+    /// Waits (at most 5 s) until `count` reaches `want`.
+    async fn reaches(count: &AtomicUsize, want: usize) {
+        let start = Instant::now();
+        while count.load(Ordering::SeqCst) < want {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "{} of {want} after 5 s",
+                count.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn calls_to_a_rest_system_reuse_a_kept_alive_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = keep_alive_server().await;
+        let client = RestClient::new(hub_credentials(dir.path()), None, 1 << 20);
+        let system = system(&server);
+        for _ in 0..20 {
+            assert_eq!(get(&client, &system).await, 200);
+        }
+        assert_eq!(
+            server.accepted.load(Ordering::SeqCst),
+            1,
+            "20 calls, one connection"
+        );
+        // Calls at once use at most one connection each, then stay pooled.
+        let calls: Vec<_> = (0..4).map(|_| get(&client, &system)).collect();
+        for status in futures::future::join_all(calls).await {
+            assert_eq!(status, 200);
+        }
+        let after = server.accepted.load(Ordering::SeqCst);
+        assert!(
+            after <= 4,
+            "4 calls at once opened {after} connections in all"
+        );
+        for _ in 0..20 {
+            assert_eq!(get(&client, &system).await, 200);
+        }
+        assert_eq!(server.accepted.load(Ordering::SeqCst), after);
+        assert_eq!(server.closed.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_changed_record_or_an_open_breaker_closes_the_kept_connections() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = keep_alive_server().await;
+        let client = RestClient::new(hub_credentials(dir.path()), None, 1 << 20);
+        let mut system = system(&server);
+        assert_eq!(get(&client, &system).await, 200);
+        assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
+        // The provincial admin changes the system's CA bundle (here: a
+        // second CA beside the first): a new connection, checked against
+        // the new record, and the old one closed.
+        let other = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        system.ca_pem = format!("{}{}", server.ca_pem, other.pem());
+        assert_eq!(get(&client, &system).await, 200);
+        assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
+        reaches(&server.closed, 1).await;
+        assert_eq!(get(&client, &system).await, 200);
+        assert_eq!(
+            server.accepted.load(Ordering::SeqCst),
+            2,
+            "the new one is kept"
+        );
+        // The breaker opened: the kept connection goes.
+        client.drop_connections(&system.name);
+        reaches(&server.closed, 2).await;
+        assert_eq!(get(&client, &system).await, 200);
+        assert_eq!(server.accepted.load(Ordering::SeqCst), 3);
+        // The system left the catalog.
+        client.retain(&[]);
+        reaches(&server.closed, 3).await;
+    }
+
     #[test]
     fn base64_matches_rfc_4648_test_vectors() {
         for (input, want) in [

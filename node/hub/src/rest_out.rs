@@ -38,16 +38,7 @@ pub fn link_name(system: &str) -> String {
 
 /// The route carrying `service_id`, if the hub `hub_key` serves it.
 pub fn route_of(hub: &Hub, service_id: &str) -> Option<RestRoute> {
-    if !hub.ctx.cache.has(RecordKind::RestRoute, service_id) {
-        return None;
-    }
-    let record = hub
-        .ctx
-        .cache
-        .all_of(RecordKind::RestRoute)
-        .into_iter()
-        .find(|r| r.key == service_id)?;
-    let Some(Value::RestRoute(route)) = record.value else {
+    let Value::RestRoute(route) = hub.ctx.cache.get(RecordKind::RestRoute, service_id)? else {
         return None;
     };
     let served_here = hub
@@ -62,14 +53,10 @@ pub fn route_of(hub: &Hub, service_id: &str) -> Option<RestRoute> {
 
 /// REST system `name`, as the catalog holds it.
 pub fn system(hub: &Hub, name: &str) -> Option<RestSystem> {
-    hub.ctx
-        .cache
-        .all_of(RecordKind::RestSystem)
-        .into_iter()
-        .find_map(|r| match r.value {
-            Some(Value::RestSystem(s)) if s.name == name => Some(s),
-            _ => None,
-        })
+    match hub.ctx.cache.get(RecordKind::RestSystem, name)? {
+        Value::RestSystem(s) if s.name == name => Some(s),
+        _ => None,
+    }
 }
 
 /// Every REST system of the catalog.
@@ -299,6 +286,14 @@ fn is_failure(reply: &crate::rest_client::Reply) -> bool {
     reply.status >= 500
 }
 
+/// Closes the kept connections to REST system `name` once its breaker is
+/// open: the probe that follows connects anew.
+fn close_if_open(hub: &Hub, breaker: &crate::breaker::Breaker, name: &str) {
+    if matches!(breaker.state(), crate::breaker::State::Open { .. }) {
+        hub.rest.drop_connections(name);
+    }
+}
+
 /// Carries `env` from `caller` to the REST system of `route`.
 pub async fn forward(
     hub: &Arc<Hub>,
@@ -424,6 +419,7 @@ pub async fn forward(
         }
         Err(e) => {
             attempt.finish(false);
+            close_if_open(hub, &breaker, &system.name);
             let why = e.to_string();
             health.outward(Outcome::Failed, took, &why);
             return Err(match e {
@@ -447,6 +443,7 @@ pub async fn forward(
     };
     attempt.finish(!is_failure(&reply));
     if is_failure(&reply) {
+        close_if_open(hub, &breaker, &system.name);
         health.outward(
             Outcome::Failed,
             took,

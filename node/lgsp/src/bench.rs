@@ -1357,13 +1357,13 @@ pub(crate) async fn exchange(
             "                     calls A/records through node C, C's hub and the province's hub (mTLS on each hop, a signed"
         );
         println!(
-            "                     on-behalf-of record verified by both hubs and node A, every hop logged)."
+            "                     on-behalf-of record verified by the province's hub and node A, every hop logged)."
         );
         println!(
             "  app → B → hub P → REST system: B's application calls a province service that the province's hub carries to"
         );
         println!(
-            "                     an HTTPS JSON system in this process (API key, a new connection per call, the hub's log)."
+            "                     an HTTPS JSON system in this process (API key, kept-alive HTTPS connections, the hub's log)."
         );
     }
     println!("One HTTP/2 connection per 8 clients from the application on every path.");

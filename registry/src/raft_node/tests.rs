@@ -54,17 +54,34 @@ struct Cluster {
     engines: BTreeMap<u64, MemKv>,
     /// How long a log each server keeps before compacting it.
     snapshot_entries: u64,
+    /// The state machine of servers started from now on.
+    machine: Arc<dyn crate::storage::StateMachine>,
+    /// Whether [`settle`](Self::settle) waits for snapshots being built
+    /// (off the consensus thread) before it moves messages, so that tests
+    /// run the same every time; a test of the build itself turns it off.
+    wait_for_snapshots: bool,
 }
 
 impl Cluster {
     /// `snapshot_entries`: how long a log each server keeps before
     /// compacting it.
     fn new(size: u64, snapshot_entries: u64) -> Self {
+        Self::with_machine(size, snapshot_entries, Arc::new(Catalog))
+    }
+
+    /// [`new`](Self::new), every server's state machine `machine`.
+    fn with_machine(
+        size: u64,
+        snapshot_entries: u64,
+        machine: Arc<dyn crate::storage::StateMachine>,
+    ) -> Self {
         let mut cluster = Self {
             net: MemNetwork::default(),
             servers: BTreeMap::new(),
             engines: BTreeMap::new(),
             snapshot_entries,
+            machine,
+            wait_for_snapshots: true,
         };
         let voters: Vec<u64> = (1..=size).collect();
         for &id in &voters {
@@ -80,7 +97,7 @@ impl Cluster {
         let engine = MemKv::default();
         let kv = Kv::new(engine.clone());
         let incarnation = crate::incarnation::own(&kv).unwrap();
-        let store = RaftStore::new(kv, Arc::new(Catalog)).unwrap();
+        let store = RaftStore::new(kv, Kv::new(MemKv::default()), self.machine.clone()).unwrap();
         if let Some(voters) = voters {
             store.bootstrap(voters).unwrap();
         }
@@ -118,6 +135,9 @@ impl Cluster {
     fn try_settle(&mut self) -> Result<(), (u64, RegistryError)> {
         for _ in 0..1000 {
             for (id, driver) in self.servers.iter_mut() {
+                if self.wait_for_snapshots {
+                    driver.store.snapshots().wait();
+                }
                 driver.on_ready().map_err(|e| (*id, e))?;
             }
             let delivery = self.net.deliver();
@@ -469,6 +489,82 @@ fn reads_that_arrive_together_on_the_leader_share_one_heartbeat_round() {
         assert!(
             matches!(answer.try_recv(), Ok(Ok(()))),
             "every read of the batch is answered once the quorum confirmed it"
+        );
+    }
+}
+
+#[test]
+fn reads_that_arrive_while_a_heartbeat_round_is_under_way_share_the_next_one() {
+    let mut cluster = Cluster::new(3, 1000);
+    let leader = cluster.elect(&[1, 2, 3]);
+    cluster.write(leader, "v1");
+    // The test's pace must not count: a round is given up on after a
+    // heartbeat interval of real time, so make that interval long.
+    cluster.servers.get_mut(&leader).unwrap().config.tick = Duration::from_secs(60);
+
+    // A first batch: its heartbeat round is under way (sent, not answered).
+    let (first, sent) = concurrent_reads(&mut cluster, leader, 4);
+    // The rounds in flight: each carries its read request's context.
+    let rounds_in = |sent: &[Message]| {
+        sent.iter()
+            .filter(|m| m.get_msg_type() == MessageType::MsgHeartbeat)
+            .map(|m| m.context.to_vec())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    };
+    assert_eq!(rounds_in(&sent), 1);
+    // Three more batches, each before a Ready of its own, while it is.
+    let mut later = Vec::new();
+    for _ in 0..3 {
+        let (answers, sent) = concurrent_reads(&mut cluster, leader, 4);
+        assert_eq!(
+            rounds_in(&sent),
+            1,
+            "a Ready while a read index round is under way starts no other round"
+        );
+        later.extend(answers);
+    }
+    // The first round ends; the 12 reads that waited share the next one.
+    let mut rounds = 0;
+    for _ in 0..100 {
+        for driver in cluster.servers.values_mut() {
+            driver.on_ready().unwrap();
+        }
+        let delivery = cluster.net.deliver();
+        if delivery.delivered.is_empty() {
+            break;
+        }
+        rounds += delivery
+            .delivered
+            .iter()
+            .filter(|m| m.get_msg_type() == MessageType::MsgHeartbeat && m.from == leader)
+            .count();
+        let mut inboxes: BTreeMap<u64, Vec<Message>> = BTreeMap::new();
+        for m in delivery.delivered {
+            inboxes.entry(m.to).or_default().push(m);
+        }
+        for (to, messages) in inboxes {
+            cluster
+                .servers
+                .get_mut(&to)
+                .unwrap()
+                .handle(Request::Step {
+                    incarnation: 0,
+                    messages,
+                })
+                .unwrap();
+        }
+    }
+    // The first round's heartbeats (already counted) and one more round.
+    assert_eq!(
+        rounds,
+        2 + 2,
+        "the waiting reads shared one heartbeat round"
+    );
+    for mut answer in first.into_iter().chain(later) {
+        assert!(
+            matches!(answer.try_recv(), Ok(Ok(()))),
+            "every read is answered once a round that started after it ended"
         );
     }
 }
@@ -1070,4 +1166,123 @@ fn a_write_retried_under_its_idempotency_key_applies_once_and_never_lands_last()
     );
     assert!(a < b);
     assert!(names.iter().all(|n| n.as_deref() == Some("B")), "{names:?}");
+}
+
+/// The catalog, whose snapshots wait for the test to open a gate: a
+/// snapshot that takes as long to build as the test likes. It waits at most
+/// [`Gate::PATIENCE`], then builds anyway, noting that it had to.
+#[derive(Debug, Default)]
+struct GatedSnapshots {
+    gate: Arc<Gate>,
+}
+
+#[derive(Debug, Default)]
+struct Gate {
+    /// (open, builds started)
+    state: std::sync::Mutex<(bool, usize)>,
+    changed: std::sync::Condvar,
+    /// A build waited out its patience: nobody opened the gate meanwhile.
+    waited_out: std::sync::atomic::AtomicBool,
+}
+
+impl Gate {
+    const PATIENCE: Duration = Duration::from_secs(3);
+
+    fn open(&self) {
+        self.state.lock().unwrap().0 = true;
+        self.changed.notify_all();
+    }
+
+    fn builds_started(&self) -> usize {
+        self.state.lock().unwrap().1
+    }
+
+    /// Waits (a bounded time) for a build to start on its thread; how many
+    /// have.
+    fn wait_for_a_build(&self) -> usize {
+        let state = self.state.lock().unwrap();
+        let (state, _) = self
+            .changed
+            .wait_timeout_while(state, Self::PATIENCE, |(_, started)| *started == 0)
+            .unwrap();
+        state.1
+    }
+}
+
+impl crate::storage::StateMachine for GatedSnapshots {
+    fn snapshot_data(&self, db: &Kv) -> Result<Vec<u8>, RegistryError> {
+        let mut state = self.gate.state.lock().unwrap();
+        state.1 += 1;
+        self.gate.changed.notify_all();
+        let (state, timeout) = self
+            .gate
+            .changed
+            .wait_timeout_while(state, Gate::PATIENCE, |(open, _)| !*open)
+            .unwrap();
+        drop(state);
+        if timeout.timed_out() {
+            self.gate
+                .waited_out
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        crate::storage::StateMachine::snapshot_data(&Catalog, db)
+    }
+
+    fn restore(&self, db: &Kv, batch: &mut Staged, data: &[u8]) -> Result<(), RegistryError> {
+        crate::storage::StateMachine::restore(&Catalog, db, batch, data)
+    }
+}
+
+#[test]
+fn a_snapshot_slower_to_build_than_an_election_timeout_keeps_the_leader_and_then_catches_up() {
+    let machine = Arc::new(GatedSnapshots::default());
+    let gate = machine.gate.clone();
+    let mut cluster = Cluster::with_machine(3, 4, machine);
+    cluster.wait_for_snapshots = false;
+    let leader = cluster.elect(&[1, 2, 3]);
+    let term = cluster.server(leader).raw.raft.term;
+    let behind = cluster.others(leader)[0];
+    cluster.net.isolate(behind);
+    for i in 0..30 {
+        cluster.write(leader, &format!("v{i}"));
+    }
+    cluster.net.heal();
+
+    // The leader needs a snapshot for `behind`; while it is built (the gate
+    // shut) the cluster runs for three election timeouts.
+    cluster.tick(3 * ELECTION_TICKS);
+    assert!(
+        gate.wait_for_a_build() >= 1,
+        "the leader never built a snapshot for server {behind}"
+    );
+    assert!(
+        !gate.waited_out.load(std::sync::atomic::Ordering::SeqCst),
+        "the snapshot was built on the consensus loop's own thread: the loop (heartbeats, \
+         elections, writes) stood still until the build gave up waiting"
+    );
+    assert_eq!(cluster.leader_of(&[1, 2, 3]), Some(leader));
+    assert_eq!(cluster.server(leader).raw.raft.term, term);
+    // A write meanwhile commits, but the leader applies it (and answers)
+    // only once the build no longer reads its store.
+    let mut answer = cluster.propose(leader, rename("during the build"));
+    assert!(
+        answer.try_recv().is_err(),
+        "the leader applied a write while a snapshot was built from its store"
+    );
+
+    gate.open();
+    cluster.server(leader).store.snapshots().wait();
+    cluster.tick(2 * ELECTION_TICKS);
+    let applied = answer
+        .try_recv()
+        .expect("the write was answered once the build ended")
+        .expect("the write was applied");
+    assert_eq!(cluster.leader_of(&[1, 2, 3]), Some(leader));
+    assert_eq!(cluster.server(leader).raw.raft.term, term);
+    assert_eq!(cluster.revision(behind), applied.revision);
+    assert_eq!(
+        cluster.agency_name(behind).as_deref(),
+        Some("during the build")
+    );
+    assert_eq!(gate.builds_started(), 1, "one build served the follower");
 }

@@ -1,0 +1,491 @@
+//! The Raft log and hard state of a registry server in a file of their own:
+//! a [`KvEngine`] that keeps every key in memory and appends each batch to
+//! an append-only file, one record per batch with a CRC, made durable by one
+//! `fdatasync` at [`flush`](KvEngine::flush).
+//!
+//! Why not sled, which holds the catalog: sled 0.34 rewrites tree nodes and
+//! its own log for every batch and flushes with several `sync_file_range`
+//! calls, about 35 KB written and more than one device round trip per
+//! acknowledged write. The log only appends, reads what it appended recently
+//! and drops its oldest entries, so a plain file does it with the bytes of
+//! the entries themselves and one sync per Ready.
+//!
+//! The file (`raft.log`) is a sequence of records:
+//!
+//! | bytes | what |
+//! |---|---|
+//! | 4 | payload length (u32 LE) |
+//! | 4 | CRC-32 of the payload (u32 LE) |
+//! | n | the batch: per write, 1 byte (1 set, 0 remove), key length (u32 LE), key, and for a set the value length (u32 LE) and value |
+//!
+//! Opening replays every record into memory and stops at the first record
+//! that is short or fails its CRC: a write torn by a crash is cut off there
+//! (the file is truncated and synced), and since records are only appended,
+//! what remains is a prefix of the batches written, whole. When the file
+//! holds much more than the live keys (entries compacted away, hard states
+//! replaced), it is rewritten as one record into `raft.log.new`, synced, and
+//! renamed over the old one, then the directory synced: a crash leaves the
+//! old file or the new one, both complete.
+
+use crate::error::StoreError;
+use crate::kv::{Batch, Entries, KvEngine};
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+/// The file's name in the data directory.
+pub const FILE_NAME: &str = "raft.log";
+const NEW_FILE_NAME: &str = "raft.log.new";
+const HEADER: usize = 8;
+/// A file at least this many times its live bytes is rewritten...
+const REWRITE_RATIO: u64 = 4;
+/// ...once it is at least this large.
+const REWRITE_MIN_BYTES: u64 = 8 << 20;
+
+fn io(path: &Path, e: std::io::Error) -> StoreError {
+    StoreError::Engine(format!("{}: {e}", path.display()))
+}
+
+/// The Raft log's keys in memory over an append-only file (see the module
+/// documentation). Clones share the same map and file.
+#[derive(Clone, Debug)]
+pub struct LogFileKv {
+    map: Arc<RwLock<BTreeMap<Vec<u8>, Vec<u8>>>>,
+    file: Arc<Mutex<LogFile>>,
+}
+
+#[derive(Debug)]
+struct LogFile {
+    dir: PathBuf,
+    file: File,
+    /// Bytes in the file.
+    len: u64,
+    /// Bytes the live keys and values take, as the file would hold them.
+    live: u64,
+    /// Written since the last sync.
+    dirty: bool,
+    /// Where [`LogFile::append`] encodes a record, kept to reuse its buffer.
+    buffer: Vec<u8>,
+}
+
+/// The bytes one set takes in a record.
+fn set_size(key: &[u8], value: &[u8]) -> u64 {
+    (1 + 4 + key.len() + 4 + value.len()) as u64
+}
+
+fn encode_batch(out: &mut Vec<u8>, writes: &mut dyn Iterator<Item = (&[u8], Option<&[u8]>)>) {
+    out.clear();
+    out.extend_from_slice(&[0; HEADER]);
+    for (key, value) in writes {
+        out.push(u8::from(value.is_some()));
+        out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        out.extend_from_slice(key);
+        if let Some(value) = value {
+            out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+            out.extend_from_slice(value);
+        }
+    }
+    let payload_len = (out.len() - HEADER) as u32;
+    let crc = crc32fast::hash(&out[HEADER..]);
+    out[..4].copy_from_slice(&payload_len.to_le_bytes());
+    out[4..HEADER].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Reads a u32 LE at `at`, moving `at` past it; `None` past the end.
+fn take_u32(payload: &[u8], at: &mut usize) -> Option<usize> {
+    let bytes = payload.get(*at..*at + 4)?;
+    *at += 4;
+    Some(u32::from_le_bytes(bytes.try_into().ok()?) as usize)
+}
+
+fn take<'a>(payload: &'a [u8], at: &mut usize, len: usize) -> Option<&'a [u8]> {
+    let bytes = payload.get(*at..at.checked_add(len)?)?;
+    *at += len;
+    Some(bytes)
+}
+
+/// The writes of one record's payload; `None` when it does not parse (a CRC
+/// that matched damaged bytes: treated as the torn end).
+fn decode_batch(payload: &[u8]) -> Option<Batch> {
+    let mut at = 0;
+    let mut writes = Batch::new();
+    while at < payload.len() {
+        let op = *payload.get(at)?;
+        at += 1;
+        let key_len = take_u32(payload, &mut at)?;
+        let key = take(payload, &mut at, key_len)?.to_vec();
+        let value = match op {
+            1 => {
+                let len = take_u32(payload, &mut at)?;
+                Some(take(payload, &mut at, len)?.to_vec())
+            }
+            0 => None,
+            _ => return None,
+        };
+        writes.insert(key, value);
+    }
+    Some(writes)
+}
+
+/// `fsync` of a directory, which makes the names in it durable.
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io(dir, e))
+}
+
+/// Replays the records of `bytes` into `map`; returns the length of the
+/// whole records (where a torn tail, if any, begins).
+fn replay(bytes: &[u8], map: &mut BTreeMap<Vec<u8>, Vec<u8>>) -> usize {
+    let mut at = 0;
+    while let Some(header) = bytes.get(at..at + HEADER) {
+        let len = u32::from_le_bytes(header[..4].try_into().unwrap_or_default()) as usize;
+        let crc = u32::from_le_bytes(header[4..].try_into().unwrap_or_default());
+        let Some(payload) = bytes.get(at + HEADER..at + HEADER + len) else {
+            break;
+        };
+        if crc32fast::hash(payload) != crc {
+            break;
+        }
+        let Some(writes) = decode_batch(payload) else {
+            break;
+        };
+        for (key, value) in writes {
+            match value {
+                Some(v) => map.insert(key, v),
+                None => map.remove(&key),
+            };
+        }
+        at += HEADER + len;
+    }
+    at
+}
+
+impl LogFileKv {
+    /// Opens (or creates) the log in `dir`: replays `raft.log` into memory,
+    /// cuts a torn tail off (logged, then synced), removes a rewrite a crash
+    /// interrupted, and makes the file's name durable. Fails on I/O.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        let path = dir.join(FILE_NAME);
+        let new = dir.join(NEW_FILE_NAME);
+        match std::fs::remove_file(&new) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&new, e)),
+        }
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(|e| io(&path, e))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(|e| io(&path, e))?;
+        let mut map = BTreeMap::new();
+        let whole = replay(&bytes, &mut map);
+        if whole < bytes.len() {
+            tracing::warn!(
+                path = %path.display(),
+                kept = whole,
+                cut = bytes.len() - whole,
+                "the raft log ends in a record a crash tore: cutting it off (it was never synced, so never acknowledged)"
+            );
+            file.set_len(whole as u64).map_err(|e| io(&path, e))?;
+        }
+        file.sync_all().map_err(|e| io(&path, e))?;
+        sync_dir(dir)?;
+        let live = map.iter().map(|(k, v)| set_size(k, v)).sum();
+        Ok(Self {
+            map: Arc::new(RwLock::new(map)),
+            file: Arc::new(Mutex::new(LogFile {
+                dir: dir.to_owned(),
+                file,
+                len: whole as u64,
+                live,
+                dirty: false,
+                buffer: Vec::new(),
+            })),
+        })
+    }
+
+    fn map(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<Vec<u8>, Vec<u8>>> {
+        self.map.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Bytes in the file now.
+    pub fn file_len(&self) -> u64 {
+        self.file.lock().unwrap_or_else(PoisonError::into_inner).len
+    }
+}
+
+impl LogFile {
+    fn path(&self) -> PathBuf {
+        self.dir.join(FILE_NAME)
+    }
+
+    /// Appends the record in `buffer` (not synced).
+    fn append_buffer(&mut self) -> Result<(), StoreError> {
+        self.file
+            .write_all(&self.buffer)
+            .map_err(|e| io(&self.dir.join(FILE_NAME), e))?;
+        self.len += self.buffer.len() as u64;
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Writes `map` whole as one record into a new file, synced, and puts it
+    /// in place of the old one.
+    fn rewrite(&mut self, map: &BTreeMap<Vec<u8>, Vec<u8>>) -> Result<(), StoreError> {
+        let new = self.dir.join(NEW_FILE_NAME);
+        encode_batch(
+            &mut self.buffer,
+            &mut map.iter().map(|(k, v)| (k.as_slice(), Some(v.as_slice()))),
+        );
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .truncate(false)
+            .open(&new)
+            .map_err(|e| io(&new, e))?;
+        file.set_len(0).map_err(|e| io(&new, e))?;
+        file.write_all(&self.buffer).map_err(|e| io(&new, e))?;
+        file.sync_data().map_err(|e| io(&new, e))?;
+        std::fs::rename(&new, self.path()).map_err(|e| io(&new, e))?;
+        sync_dir(&self.dir)?;
+        tracing::debug!(
+            before = self.len,
+            after = self.buffer.len(),
+            "rewrote the raft log file without its dead records"
+        );
+        self.file = file;
+        self.len = self.buffer.len() as u64;
+        self.dirty = false;
+        Ok(())
+    }
+}
+
+/// Pairs handed out a page at a time, each page copied under the lock: a
+/// reader that stops early (raft-rs' size budget) copies a page, not the
+/// whole range.
+struct Pages<'a> {
+    kv: &'a LogFileKv,
+    /// Where the next page starts; `None` once the range is exhausted.
+    next: Option<Vec<u8>>,
+    end: Option<Vec<u8>>,
+    page: std::collections::VecDeque<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Pairs copied per lock.
+const PAGE: usize = 64;
+
+impl Iterator for Pages<'_> {
+    type Item = Result<(Vec<u8>, Vec<u8>), StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.page.is_empty() {
+            let start = self.next.take()?;
+            if self.end.as_ref().is_some_and(|end| *end <= start) {
+                return None;
+            }
+            let map = self.kv.map();
+            let range = match &self.end {
+                Some(end) => map.range(start..end.clone()),
+                None => map.range(start..),
+            };
+            self.page = range
+                .take(PAGE)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            if self.page.len() == PAGE
+                && let Some((last, _)) = self.page.back()
+            {
+                // The least key after `last`.
+                let mut after = last.clone();
+                after.push(0);
+                self.next = Some(after);
+            }
+        }
+        self.page.pop_front().map(Ok)
+    }
+}
+
+impl KvEngine for LogFileKv {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.map().get(key).cloned())
+    }
+
+    fn range(&self, start: &[u8], end: Option<&[u8]>) -> Entries<'_> {
+        Box::new(Pages {
+            kv: self,
+            next: Some(start.to_vec()),
+            end: end.map(<[u8]>::to_vec),
+            page: std::collections::VecDeque::new(),
+        })
+    }
+
+    fn last_key(&self, prefix: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let map = self.map();
+        let last = match crate::kv::prefix_end(prefix) {
+            Some(end) => map.range(prefix.to_vec()..end).next_back(),
+            None => map.range(prefix.to_vec()..).next_back(),
+        };
+        Ok(last.map(|(k, _)| k.clone()))
+    }
+
+    fn write(&self, batch: Batch) -> Result<(), StoreError> {
+        let mut file = self.file.lock().unwrap_or_else(PoisonError::into_inner);
+        let file = &mut *file;
+        let mut buffer = std::mem::take(&mut file.buffer);
+        encode_batch(
+            &mut buffer,
+            &mut batch.iter().map(|(k, v)| (k.as_slice(), v.as_deref())),
+        );
+        file.buffer = buffer;
+        // On the file first: a failed append leaves memory as the file is.
+        file.append_buffer()?;
+        let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
+        for (key, value) in batch {
+            let old = match value {
+                Some(v) => {
+                    file.live += set_size(&key, &v);
+                    map.insert(key.clone(), v)
+                }
+                None => map.remove(&key),
+            };
+            if let Some(old) = old {
+                file.live = file.live.saturating_sub(set_size(&key, &old));
+            }
+        }
+        if file.len >= REWRITE_MIN_BYTES && file.len >= file.live.saturating_mul(REWRITE_RATIO) {
+            file.rewrite(&map)?;
+        }
+        Ok(())
+    }
+
+    /// One `fdatasync` of the file, when anything was written since the last.
+    fn flush(&self) -> Result<(), StoreError> {
+        let mut file = self.file.lock().unwrap_or_else(PoisonError::into_inner);
+        if !file.dirty {
+            return Ok(());
+        }
+        file.file.sync_data().map_err(|e| io(&file.path(), e))?;
+        file.dirty = false;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::Kv;
+
+    fn batch(writes: &[(&str, Option<&str>)]) -> Batch {
+        writes
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.map(|v| v.as_bytes().to_vec())))
+            .collect()
+    }
+
+    #[test]
+    fn batches_come_back_after_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = Kv::new(LogFileKv::open(dir.path()).unwrap());
+        kv.write(batch(&[("a", Some("1")), ("b", Some("2"))]))
+            .unwrap();
+        kv.write(batch(&[("a", None), ("c", Some("3"))])).unwrap();
+        kv.flush().unwrap();
+        drop(kv);
+        let kv = Kv::new(LogFileKv::open(dir.path()).unwrap());
+        assert_eq!(kv.get(b"a").unwrap(), None);
+        assert_eq!(kv.get(b"b").unwrap(), Some(b"2".to_vec()));
+        assert_eq!(kv.get(b"c").unwrap(), Some(b"3".to_vec()));
+        assert_eq!(kv.last_key(b"").unwrap(), Some(b"c".to_vec()));
+    }
+
+    #[test]
+    fn a_torn_last_record_is_cut_off_and_the_batches_before_it_kept_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let kv = LogFileKv::open(dir.path()).unwrap();
+        kv.write(batch(&[("a", Some("1")), ("b", Some("2"))]))
+            .unwrap();
+        let whole = kv.file_len();
+        kv.write(batch(&[("a", Some("changed")), ("c", Some("3"))]))
+            .unwrap();
+        kv.flush().unwrap();
+        drop(kv);
+        // Every cut inside the second record, and one flipped byte in it.
+        let full = std::fs::read(&path).unwrap();
+        let mut damaged: Vec<Vec<u8>> = (whole as usize + 1..full.len())
+            .map(|cut| full[..cut].to_vec())
+            .collect();
+        let mut flipped = full.clone();
+        *flipped.last_mut().unwrap() ^= 0x40;
+        damaged.push(flipped);
+        for bytes in damaged {
+            std::fs::write(&path, &bytes).unwrap();
+            let kv = LogFileKv::open(dir.path()).unwrap();
+            assert_eq!(kv.get(b"a").unwrap(), Some(b"1".to_vec()));
+            assert_eq!(kv.get(b"c").unwrap(), None);
+            assert_eq!(kv.file_len(), whole);
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), whole);
+            // Appends after the cut are read back.
+            kv.write(batch(&[("d", Some("4"))])).unwrap();
+            kv.flush().unwrap();
+            drop(kv);
+            let kv = LogFileKv::open(dir.path()).unwrap();
+            assert_eq!(kv.get(b"d").unwrap(), Some(b"4".to_vec()));
+        }
+    }
+
+    #[test]
+    fn a_file_mostly_dead_is_rewritten_with_the_live_keys_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = LogFileKv::open(dir.path()).unwrap();
+        let value = "x".repeat(64 << 10);
+        // The same few keys overwritten: the file grows, the live set does not.
+        for i in 0..400 {
+            let key = format!("k{}", i % 4);
+            kv.write(batch(&[(key.as_str(), Some(value.as_str()))]))
+                .unwrap();
+        }
+        kv.write(batch(&[("last", Some("1"))])).unwrap();
+        kv.flush().unwrap();
+        let len = kv.file_len();
+        assert!(
+            len < REWRITE_MIN_BYTES + (1 << 20),
+            "the file holds {len} bytes for 256 KiB of live data"
+        );
+        assert_eq!(
+            std::fs::metadata(dir.path().join(FILE_NAME)).unwrap().len(),
+            len
+        );
+        assert!(!dir.path().join(NEW_FILE_NAME).exists());
+        drop(kv);
+        let kv = LogFileKv::open(dir.path()).unwrap();
+        for i in 0..4 {
+            assert_eq!(
+                kv.get(format!("k{i}").as_bytes()).unwrap().map(|v| v.len()),
+                Some(64 << 10)
+            );
+        }
+        assert_eq!(kv.get(b"last").unwrap(), Some(b"1".to_vec()));
+    }
+
+    #[test]
+    fn a_rewrite_left_by_a_crash_is_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = LogFileKv::open(dir.path()).unwrap();
+        kv.write(batch(&[("a", Some("1"))])).unwrap();
+        kv.flush().unwrap();
+        drop(kv);
+        std::fs::write(dir.path().join(NEW_FILE_NAME), b"half a rewrite").unwrap();
+        let kv = LogFileKv::open(dir.path()).unwrap();
+        assert_eq!(kv.get(b"a").unwrap(), Some(b"1".to_vec()));
+        assert!(!dir.path().join(NEW_FILE_NAME).exists());
+    }
+}
