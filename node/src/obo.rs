@@ -142,6 +142,40 @@ pub enum OboError {
     NotAHub(String),
 }
 
+impl OboError {
+    /// The gRPC code a caller gets for this refusal: `RESOURCE_EXHAUSTED`
+    /// when the replay guard is full (retry shortly), `UNAVAILABLE` when
+    /// this node cannot write its replay journal (its own disk, not the
+    /// caller's fault), `UNAUTHENTICATED` for the record's own faults.
+    pub fn code(&self) -> tonic::Code {
+        match self {
+            Self::GuardFull(_) => tonic::Code::ResourceExhausted,
+            Self::Unrecorded(_) => tonic::Code::Unavailable,
+            Self::Malformed(_)
+            | Self::Untrusted(_)
+            | Self::BadSignature
+            | Self::OtherRequest(_)
+            | Self::Expired(_)
+            | Self::Replayed(_)
+            | Self::Revoked { .. }
+            | Self::RevokedRestClient { .. }
+            | Self::OtherAudience { .. }
+            | Self::OtherHub { .. }
+            | Self::NotANode(_)
+            | Self::NotAHub(_)
+            | Self::NotTheCaller { .. } => tonic::Code::Unauthenticated,
+        }
+    }
+}
+
+/// The one conversion of a refused record to a gRPC status, with
+/// [`OboError::code`] and the reason.
+impl From<OboError> for tonic::Status {
+    fn from(e: OboError) -> Self {
+        tonic::Status::new(e.code(), e.to_string())
+    }
+}
+
 /// The digest a record binds: SHA-256 of the envelope's protobuf encoding
 /// with its parameters in key order.
 ///
@@ -816,6 +850,26 @@ pub fn to_metadata(metadata: &mut tonic::metadata::MetadataMap, signed: &SignedO
         HEADER,
         tonic::metadata::MetadataValue::from_bytes(&signed.encode_to_vec()),
     );
+}
+
+#[cfg(test)]
+mod status_tests {
+    use super::*;
+
+    #[test]
+    fn a_full_replay_guard_asks_to_retry_and_an_unwritable_journal_is_unavailable() {
+        let full = tonic::Status::from(OboError::GuardFull(10));
+        assert_eq!(full.code(), tonic::Code::ResourceExhausted, "{full:?}");
+        assert!(full.message().contains("retry shortly"), "{full:?}");
+        let disk = tonic::Status::from(OboError::Unrecorded("obo-seen: no space".into()));
+        assert_eq!(disk.code(), tonic::Code::Unavailable, "{disk:?}");
+        let replayed = tonic::Status::from(OboError::Replayed("r-1".into()));
+        assert_eq!(replayed.code(), tonic::Code::Unauthenticated);
+        assert_eq!(
+            crate::refusal::Refusal::from(OboError::GuardFull(10)).code(),
+            tonic::Code::ResourceExhausted
+        );
+    }
 }
 
 #[cfg(test)]

@@ -144,7 +144,7 @@ impl Provider {
         }
         let on_behalf = match on_behalf {
             Some(Ok(v)) => Some(v),
-            Some(Err(e)) => return Err(trace.refuse(Refusal::OnBehalfOf(e.to_string()))),
+            Some(Err(e)) => return Err(trace.refuse(Refusal::from(e))),
             None => None,
         };
         let span = tracing::info_span!("provide", request_id = %env.request_id, consumer = %peer.id.agency, service = %env.service_id, op = %env.operation);
@@ -539,7 +539,7 @@ impl DataExchange for Provider {
         }
         let on_behalf = match on_behalf {
             Some(Ok(v)) => Some(v),
-            Some(Err(e)) => return Err(trace.refuse(Refusal::OnBehalfOf(e.to_string()))),
+            Some(Err(e)) => return Err(trace.refuse(Refusal::from(e))),
             None => None,
         };
         // Another instance's service, imported through this node (a hub):

@@ -104,6 +104,11 @@ pub enum Refusal {
     /// A hub's record of on whose behalf it calls does not verify.
     #[error("{0}")]
     OnBehalfOf(String),
+    /// A record of on whose behalf refused by its checks, or by the replay
+    /// guard (full, or its journal unwritable): the code is
+    /// [`OboError::code`](crate::obo::OboError::code).
+    #[error(transparent)]
+    Record(#[from] crate::obo::OboError),
     /// The service is in a maintenance window (D47 Art. 43).
     #[error(
         "service {service} of agency {provider} is suspended for maintenance{} until {until} (expected restore time)",
@@ -294,6 +299,7 @@ impl Refusal {
             ServiceMaintenance { .. } => Code::Unavailable,
             ItemsNotGranted { .. } => Code::PermissionDenied,
             OnBehalfOf(_) => Code::Unauthenticated,
+            Record(e) => e.code(),
             NotServedHere { .. } => Code::Unimplemented,
             TooManyInFlight { .. }
             | OverRate { .. }

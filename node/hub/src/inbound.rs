@@ -208,14 +208,14 @@ impl Inbound {
         caller_hub: &lgsp_certs::SpiffeId,
         signed: Option<lgsp_proto::SignedOnBehalfOf>,
         request: lgsp_node::obo::Signed<'_>,
-    ) -> Result<(lgsp_node::obo::Verified, lgsp_proto::SignedOnBehalfOf), String> {
+    ) -> Result<(lgsp_node::obo::Verified, lgsp_proto::SignedOnBehalfOf), Refusal> {
         let verifier = &self.hub.ctx.obo_verifier;
         let now = lgsp_registry::calendar::unix_now_ms();
         let signed = signed.ok_or_else(|| {
-            format!(
+            Refusal::OnBehalfOf(format!(
                 "a call from federation peer {} carries its consumer node's signed on-behalf-of record; none was sent",
                 peer.name
-            )
+            ))
         })?;
         let verified = verifier
             .verify(&signed, request, &verifier.roots_of(peer), now)
@@ -227,13 +227,14 @@ impl Inbound {
                     .check(&signed, request.request_id(), now)?;
                 Ok(v)
             })
-            .map_err(|e| e.to_string())?;
-        self.not_revoked(peer, &verified)?;
+            .map_err(Refusal::from)?;
+        self.not_revoked(peer, &verified)
+            .map_err(Refusal::OnBehalfOf)?;
         if verified.id.trust_domain != peer.trust_domain {
-            return Err(format!(
+            return Err(Refusal::OnBehalfOf(format!(
                 "the on-behalf-of record names {}, not a node of {}",
                 verified.id, peer.trust_domain
-            ));
+            )));
         }
         Ok((verified, signed))
     }
@@ -258,10 +259,10 @@ impl DataExchange for Inbound {
         let bad_id = lgsp_node::trace::own_request_id(&mut env.request_id);
         let now = lgsp_registry::calendar::unix_now_ms();
         let verified = match signed {
-            None => Err(format!(
+            None => Err(Refusal::OnBehalfOf(format!(
                 "a call from federation peer {} carries its consumer node's signed on-behalf-of record; none was sent",
                 peer.name
-            )),
+            ))),
             Some(s) => self
                 .hub
                 .ctx
@@ -273,16 +274,16 @@ impl DataExchange for Inbound {
                     self.hub.ctx.replays.check(&s, &env.request_id, now)?;
                     Ok(v)
                 })
-                .map_err(|e| e.to_string())
+                .map_err(Refusal::from)
                 .and_then(|v| {
-                    self.not_revoked(&peer, &v)?;
+                    self.not_revoked(&peer, &v).map_err(Refusal::OnBehalfOf)?;
                     if v.id.trust_domain == peer.trust_domain {
                         Ok((v, s))
                     } else {
-                        Err(format!(
+                        Err(Refusal::OnBehalfOf(format!(
                             "the on-behalf-of record names {}, not a node of {}",
                             v.id, peer.trust_domain
-                        ))
+                        )))
                     }
                 }),
         };
@@ -306,7 +307,7 @@ impl DataExchange for Inbound {
         }
         let (verified, signed) = match verified {
             Ok(pair) => pair,
-            Err(why) => return Err(trace.refuse(Refusal::OnBehalfOf(why))),
+            Err(why) => return Err(trace.refuse(why)),
         };
         let bound = lgsp_node::deadline::Deadline::within(deadline, started, self.hub.call_timeout);
         let result = self.serve(&peer, &signed, &env, &verified.id, bound).await;

@@ -73,11 +73,11 @@ impl Forwarder for Outbound {
             .ctx
             .obo_verifier
             .check_from_signer(signed, envelope, &hub.ctx.creds.roots, caller, now)
-            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+            .map_err(Status::from)?;
         hub.ctx
             .replays
             .check(signed, &envelope.request_id, now)
-            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+            .map_err(Status::from)?;
         let origin = hub
             .ctx
             .cache
@@ -91,7 +91,7 @@ impl Forwarder for Outbound {
         })?;
         verified
             .addressed_to(&peer.trust_domain, Some(&hub.id.to_string()))
-            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+            .map_err(Status::from)?;
         let health = hub.health_of(&peer.name);
         let _permit = hub
             .outward_limits

@@ -74,7 +74,7 @@ pub(crate) async fn forward(
         .ctx
         .obo_verifier
         .verify(signed, &query, &hub.ctx.creds.roots, now)
-        .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        .map_err(Status::from)?;
     if verified.id != caller.id {
         return Err(Status::unauthenticated(format!(
             "the on-behalf-of record names {}, but the caller is {}",
@@ -84,7 +84,7 @@ pub(crate) async fn forward(
     hub.ctx
         .replays
         .check(signed, &query.request_id, now)
-        .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        .map_err(Status::from)?;
     let origin = hub
         .ctx
         .cache
@@ -98,7 +98,7 @@ pub(crate) async fn forward(
     })?;
     verified
         .addressed_to(&peer.trust_domain, Some(&hub.id.to_string()))
-        .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        .map_err(Status::from)?;
     let health = hub.health_of(&peer.name);
     // Held for the stream's life: a query in flight counts as a call.
     let permit = hub
@@ -228,7 +228,7 @@ pub(crate) async fn inbound(
     }
     let (verified, signed) = match verified {
         Ok(pair) => pair,
-        Err(why) => return Err(trace.refuse(Refusal::OnBehalfOf(why))),
+        Err(why) => return Err(trace.refuse(why)),
     };
     let span = tracing::info_span!("query", side = "hub", peer = %peer.name, request_id = %query.request_id, consumer = %label, service = %query.service_id);
     let service_id = query.service_id.clone();

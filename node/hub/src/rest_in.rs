@@ -138,7 +138,7 @@ pub(crate) fn not_revoked(hub: &Hub, client: &RestClient, leaf: &[u8]) -> Result
     hub.ctx
         .rest_client_crls
         .check_rest_client(client, leaf)
-        .map_err(|e| Status::unauthenticated(e.to_string()))
+        .map_err(Status::from)
 }
 
 /// Takes one of `client`'s slots, or refuses with `RESOURCE_EXHAUSTED`
