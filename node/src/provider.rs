@@ -215,7 +215,7 @@ impl Provider {
         env: crate::obo::Signed<'_>,
     ) -> Result<crate::obo::Verified, crate::obo::OboError> {
         let verifier = &self.ctx.obo_verifier;
-        let now = lgsp_registry::calendar::unix_now() * 1000;
+        let now = lgsp_registry::calendar::unix_now_ms();
         let rest_client = crate::obo::claimed_rest_client(signed);
         let verified = if rest_client.is_empty() {
             let domain = verifier.claimed_domain(signed).unwrap_or_default();
