@@ -106,6 +106,56 @@ pub fn apply_clock_ms(db: &impl KvRead) -> Result<i64, StoreError> {
     Ok(read_u64(db, APPLY_CLOCK)?.unwrap_or(0) as i64)
 }
 
+/// What applying one committed command staged: the record as stored, the
+/// watch events, and a refusal that still writes (see [`Checked`]).
+#[derive(Debug)]
+pub struct Applied {
+    /// The record as stored (none after a delete).
+    pub record: Option<CatalogRecord>,
+    /// The changes, in revision order.
+    pub events: Vec<WatchEvent>,
+    /// The command's refusal when it still wrote something.
+    pub refusal: Option<CatalogError>,
+}
+
+/// Applies `command` by `actor` (its SPIFFE ID), which its proposer took
+/// at `entry_ms` by its own wall clock, as every server applies a committed
+/// entry: time rules go by the apply clock (never back in time, see
+/// [`apply_clock`]), then the command is checked and its writes staged in
+/// `batch`. `Ok(Err(refusal))` is the command's outcome (nothing of it
+/// written; `Internal` is a failed read the caller must not take for a
+/// refusal); `Err` a failed store.
+pub fn apply_command(
+    batch: &mut Staged,
+    province: &AgencyCode,
+    actor: &str,
+    command: &Command,
+    entry_ms: i64,
+) -> Result<Result<Applied, CatalogError>, StoreError> {
+    let now_ms = apply_clock(batch, entry_ms)?;
+    let checked = lgsp_certs::identity::SpiffeId::parse(actor)
+        .map_err(|e| CatalogError::PermissionDenied(e.to_string()))
+        .and_then(|actor| {
+            let asker = Asker {
+                actor: &actor,
+                province,
+                now_unix: now_ms.div_euclid(1000),
+            };
+            check(batch, &asker, command)
+        });
+    let mut checked = match checked {
+        Ok(checked) => checked,
+        Err(refused) => return Ok(Err(refused)),
+    };
+    let refusal = checked.take_refusal();
+    let (record, events) = apply(batch, checked)?;
+    Ok(Ok(Applied {
+        record,
+        events,
+        refusal,
+    }))
+}
+
 /// The oldest revision a watch can start from.
 pub fn compact_revision(db: &Kv) -> Result<u64, StoreError> {
     Ok(read_u64(db, COMPACT_REVISION)?.unwrap_or(0).max(1))

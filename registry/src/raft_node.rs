@@ -1565,28 +1565,24 @@ impl Driver {
             self.answer(&proposal, outcome);
             return Ok(());
         }
-        // Time rules go by the apply clock, never back in time.
-        let now_ms = catalog::apply_clock(batch, proposal.at_unix_ms)?;
-        let checked = SpiffeId::parse(&proposal.actor)
-            .map_err(|e| CatalogError::PermissionDenied(e.to_string()))
-            .and_then(|actor| {
-                let asker = Asker {
-                    actor: &actor,
-                    province: &self.config.province,
-                    now_unix: now_ms.div_euclid(1000),
-                };
-                catalog::check(batch, &asker, &command)
-            });
-        let outcome = match checked {
-            Ok(mut checked) => {
-                let refusal = checked.take_refusal();
-                let (record, events) = catalog::apply(batch, checked)?;
-                let revision = events.last().map_or(0, |e| e.revision);
-                self.published.extend(events);
+        let applied = catalog::apply_command(
+            batch,
+            &self.config.province,
+            &proposal.actor,
+            &command,
+            proposal.at_unix_ms,
+        )?;
+        let outcome = match applied {
+            Ok(applied) => {
+                let revision = applied.events.last().map_or(0, |e| e.revision);
+                self.published.extend(applied.events);
                 // A refusal that still writes (a node name in use: the
                 // running node is told) is recorded as a refusal.
-                match refusal {
-                    None => Ok(ApplyResponse { revision, record }),
+                match applied.refusal {
+                    None => Ok(ApplyResponse {
+                        revision,
+                        record: applied.record,
+                    }),
                     Some(refused) => Err(refused),
                 }
             }

@@ -635,8 +635,9 @@ fn a_grant_needs_a_published_service_and_a_registered_consumer_and_starts_active
 }
 
 /// Checks and applies `command` as the committed entry its proposer took
-/// at `entry_ms` by its own wall clock, as every server applies it: at the
-/// apply clock, in one batch that is committed whatever the outcome.
+/// at `entry_ms` by its own wall clock, through the function every server
+/// applies it with (`RaftLoop::apply_proposal` calls it): at the apply
+/// clock, in one batch that is committed whatever the outcome.
 fn run_entry(
     kv: &Kv,
     who: &SpiffeId,
@@ -644,14 +645,9 @@ fn run_entry(
     entry_ms: i64,
 ) -> Result<(), CatalogError> {
     let mut batch = Staged::new(kv);
-    let now_ms = apply_clock(&mut batch, entry_ms).unwrap();
-    let asker = Asker {
-        now_unix: now_ms.div_euclid(1000),
-        ..asker(who)
-    };
-    let outcome = check(&batch, &asker, command).map(|checked| {
-        apply(&mut batch, checked).expect("apply");
-    });
+    let outcome = apply_command(&mut batch, &PROVINCE, &who.to_string(), command, entry_ms)
+        .expect("the store")
+        .map(drop);
     batch.commit().expect("commit");
     outcome
 }
