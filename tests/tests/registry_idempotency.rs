@@ -126,12 +126,19 @@ async fn a_membership_change_sent_again_under_its_key_is_answered_with_its_first
     assert!(first.members.iter().any(|m| m.id == 4 && !m.voter));
     // The answer was lost: sent again under its key, through the other
     // follower, it is answered with the first result, not "already a member".
+    let on_leader = cluster.client_of(&[leader], &cluster.admin);
+    let log_before = settled_last_index(&on_leader).await;
     let again = cluster
         .client_of(&[followers[1]], &cluster.admin)
         .add_member(new_member.clone())
         .await
         .expect("answered with the first result");
     assert_eq!(again, first);
+    assert_eq!(
+        settled_last_index(&on_leader).await,
+        log_before,
+        "the change was proposed again"
+    );
     let unkeyed = cluster
         .client_of(&[leader], &cluster.admin)
         .add_member(AddMemberRequest {
@@ -154,14 +161,20 @@ async fn a_membership_change_sent_again_under_its_key_is_answered_with_its_first
         .expect("removed");
     assert!(removed.members.iter().all(|m| m.id != 4));
     let status_before = admin.status().await.unwrap();
+    let log_before = settled_last_index(&on_leader).await;
     let again = cluster
         .client_of(&[followers[1]], &cluster.admin)
         .remove_member_keyed(4, remove_key)
         .await
         .expect("answered with the first result, not \"not a member\"");
     assert_eq!(again, removed);
-    // Nothing was proposed again: the log did not grow by a configuration
-    // change (a leave-joint entry would follow it).
+    // Nothing was proposed again: the leader's log did not grow (by a
+    // configuration change, or the leave-joint entry that follows one).
+    assert_eq!(
+        settled_last_index(&on_leader).await,
+        log_before,
+        "the removal was proposed again"
+    );
     let status_after = admin.status().await.unwrap();
     assert_eq!(status_after.members, status_before.members);
     assert!(!status_after.joint_consensus);
@@ -176,4 +189,22 @@ async fn a_membership_change_sent_again_under_its_key_is_answered_with_its_first
         .expect_err("4 is no longer a member");
     assert_eq!(direct.code(), tonic::Code::NotFound);
     cluster.shutdown().await;
+}
+
+/// The last index of the log of the server `client` talks to, once that
+/// server has applied all of it and is in no joint configuration (so no
+/// entry of a change under way is still to come).
+async fn settled_last_index(client: &lgsp_registry::RegistryClient) -> u64 {
+    let start = std::time::Instant::now();
+    loop {
+        let s = client.status().await.expect("status");
+        if !s.joint_consensus && s.last_index == s.applied_index {
+            return s.last_index;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "the log did not settle: {s:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
