@@ -298,6 +298,20 @@ pub fn same_certificates(a: &str, b: &str) -> bool {
     ca == cb
 }
 
+/// Whether `cert` is signed by one of `roots` (CA certificates, DER): a
+/// root whose subject is the certificate's issuer and whose key verifies its
+/// signature. Its validity period is not looked at.
+pub fn signed_by_one_of(
+    cert: &X509Certificate<'_>,
+    roots: &[rustls_pki_types::CertificateDer<'_>],
+) -> bool {
+    roots.iter().any(|root| {
+        X509Certificate::from_der(root.as_ref()).is_ok_and(|(_, ca)| {
+            ca.subject() == cert.issuer() && cert.verify_signature(Some(ca.public_key())).is_ok()
+        })
+    })
+}
+
 /// The trust domain of the provincial CA whose certificate is in `pem`
 /// (`ca.crt`, a node's `ca.pem`): `lgsp ca init` writes it as the subject's
 /// OU. Tools take the province from there instead of a built-in name.
@@ -442,5 +456,33 @@ mod tests {
         assert!(!same_certificates(&pem, &bundle));
         assert!(same_certificates(&bundle, &bundle.replace('\n', "\r\n")));
         assert!(!same_certificates("not pem", &pem));
+    }
+
+    #[test]
+    fn a_certificate_is_signed_by_its_ca_and_not_by_a_stranger_of_the_same_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let mut ca =
+            crate::ca::CertificateAuthority::init(dir.path(), "moj.gov.vn", "CA", 30).unwrap();
+        let stranger =
+            crate::ca::CertificateAuthority::init(other.path(), "moj.gov.vn", "CA", 30).unwrap();
+        let id = SpiffeId::new(
+            "moj.gov.vn",
+            "000.00.07.G01".parse().unwrap(),
+            crate::Role::Node,
+            "app",
+        )
+        .unwrap();
+        let issued = ca
+            .issue(&crate::ca::LeafSpec::for_days(id, 10).unwrap())
+            .unwrap();
+        let der = pem_certificates(&issued.cert_pem).remove(0);
+        let (_, cert) = X509Certificate::from_der(der.as_ref()).unwrap();
+        assert!(signed_by_one_of(&cert, &pem_certificates(ca.cert_pem())));
+        assert!(!signed_by_one_of(
+            &cert,
+            &pem_certificates(stranger.cert_pem())
+        ));
+        assert!(!signed_by_one_of(&cert, &[]));
     }
 }

@@ -752,7 +752,7 @@ fn check_certificate(der: &[u8], roots: &[CertificateDer<'_>]) -> Result<Known, 
     let info = lgsp_certs::inspect::CertInfo::from_der(der, std::path::Path::new("<on-behalf-of>"))
         .map_err(|e| OboError::Malformed(e.to_string()))?;
     let id = info.spiffe_id.map_err(OboError::Malformed)?;
-    if !signed_by_one_of(&cert, roots) {
+    if !lgsp_certs::inspect::signed_by_one_of(&cert, roots) {
         return Err(OboError::Untrusted(id.to_string()));
     }
     Ok(Known {
@@ -777,17 +777,7 @@ pub fn issued_by(der: &[u8], roots: &[CertificateDer<'_>]) -> bool {
     let Ok((_, cert)) = X509Certificate::from_der(der) else {
         return false;
     };
-    cert.validity().is_valid() && signed_by_one_of(&cert, roots)
-}
-
-/// Whether `cert` is signed by one of `roots` (its validity aside).
-/// Whether `cert` is signed by one of `roots` (its validity aside).
-fn signed_by_one_of(cert: &X509Certificate<'_>, roots: &[CertificateDer<'_>]) -> bool {
-    roots.iter().any(|root| {
-        X509Certificate::from_der(root.as_ref()).is_ok_and(|(_, ca)| {
-            ca.subject() == cert.issuer() && cert.verify_signature(Some(ca.public_key())).is_ok()
-        })
-    })
+    cert.validity().is_valid() && lgsp_certs::inspect::signed_by_one_of(&cert, roots)
 }
 
 /// The CA certificates (DER) of a federation peer, from its PEM.

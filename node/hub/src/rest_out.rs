@@ -512,13 +512,11 @@ pub async fn forward(
     Err(http_status(&system.name, reply.status, &reply.body))
 }
 
-/// The X-Road security server's message id of an exchange, returned to the
-/// calling application (gRPC response metadata and `CallResponse.metadata`)
-/// and kept in the hub's sharing-log entry.
-pub const XROAD_ID: &str = "x-road-id";
-/// The request id the security servers gave the exchange (PR-REST 4.3),
-/// returned and kept as [`XROAD_ID`] is.
-pub const XROAD_REQUEST_ID: &str = "x-road-request-id";
+/// The X-Road security server's message id of an exchange and the request
+/// id the security servers gave it (PR-REST 4.3), returned to the calling
+/// application (gRPC response metadata and `CallResponse.metadata`) and kept
+/// in the hub's sharing-log entry: the protocol's header names.
+pub use crate::xroad::{ID as XROAD_ID, REQUEST_ID as XROAD_REQUEST_ID};
 /// The longest X-Road id the hub returns and logs, in bytes: a UUID or a
 /// request id is far shorter.
 const MAX_XROAD_ID: usize = 255;

@@ -105,7 +105,7 @@ pub(super) fn verify(
     let id = info
         .spiffe_id
         .map_err(|why| format!("its signer's certificate names no lgsp identity: {why}"))?;
-    if !issued_by_one_of(&cert, roots) {
+    if !lgsp_certs::inspect::signed_by_one_of(&cert, roots) {
         return Err(format!(
             "its signer's certificate ({id}) is not issued by the province CA given"
         ));
@@ -142,14 +142,5 @@ pub(super) fn verify(
     Ok(SignedBy {
         id,
         serial: info.serial,
-    })
-}
-
-/// Whether `cert` is signed by one of `roots`.
-fn issued_by_one_of(cert: &X509Certificate<'_>, roots: &[CertificateDer<'_>]) -> bool {
-    roots.iter().any(|root| {
-        X509Certificate::from_der(root.as_ref()).is_ok_and(|(_, ca)| {
-            ca.subject() == cert.issuer() && cert.verify_signature(Some(ca.public_key())).is_ok()
-        })
     })
 }
