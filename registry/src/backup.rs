@@ -99,6 +99,46 @@ pub enum BackupError {
         /// What does not hold.
         why: String,
     },
+    /// The CRL given to check the signer against cannot be used.
+    #[error(
+        "the CRL {origin} cannot be used to check who signed {path}: {why}. Give the current CRL of the province CA that issued ca.pem in --tls-dir: sign one with `lgsp ca crl --ca DIR --out FILE` and give --crl FILE, or give the CA directory with --ca-dir DIR"
+    )]
+    Crl {
+        /// The backup file.
+        path: PathBuf,
+        /// Where the CRL came from.
+        origin: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The signer's certificate is revoked: its key may be in other hands.
+    #[error(
+        "{path} is signed by {signer}, whose certificate (serial {serial}) is revoked on CRL number {crl_number}: whoever holds its key may have made this file, whatever time it says it was taken. Do not restore it; restore a backup signed by a registry server whose certificate is not revoked, or save a new one with `lgsp registry snapshot save` while a cluster still runs"
+    )]
+    Revoked {
+        /// The backup file.
+        path: PathBuf,
+        /// The signer's identity.
+        signer: String,
+        /// Its certificate's serial, lower-case hex.
+        serial: String,
+        /// The number of the CRL that lists it.
+        crl_number: u64,
+    },
+    /// The signer's certificate has expired since, and that was not accepted.
+    #[error(
+        "{path} is signed by {signer}, whose certificate (serial {serial}) expired at {not_after}: nobody revokes an expired certificate when its key leaks, so its signature proves little now. Restore it only if you know the file is one of your own old backups, with --accept-expired-signer; otherwise use a newer backup"
+    )]
+    SignerExpired {
+        /// The backup file.
+        path: PathBuf,
+        /// The signer's identity.
+        signer: String,
+        /// Its certificate's serial, lower-case hex.
+        serial: String,
+        /// When it expired (UTC).
+        not_after: String,
+    },
     /// A restore that cannot work as asked.
     #[error("{0}")]
     Refused(String),
@@ -204,8 +244,25 @@ pub fn decode(path: &Path, file: &[u8]) -> Result<BackupFile, BackupError> {
     })
 }
 
+/// What the signer's certificate is checked against for revocation.
+#[derive(Clone, Debug)]
+pub enum Revocation {
+    /// The province CA's CRL (DER): a signer it lists is refused, and so
+    /// is a CRL not signed by the CA that issued the signer, or past its
+    /// next update.
+    Crl {
+        /// The CRL, DER.
+        der: Vec<u8>,
+        /// Where it came from, named in errors (a file, a CA directory).
+        origin: String,
+    },
+    /// Not checked: asked for explicitly (`--no-crl-check`), or a backup
+    /// just received from a server that answered over mTLS.
+    NotChecked,
+}
+
 /// What a backup must be signed by to be opened.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct BackupTrust {
     /// The province CA certificates (DER) the signer's certificate must be
     /// issued by.
@@ -216,6 +273,11 @@ pub struct BackupTrust {
     pub province: Option<AgencyCode>,
     /// Open a v1 file, which carries no signature, all the same.
     pub accept_unsigned: bool,
+    /// The CRL the signer's certificate is checked against.
+    pub revocation: Revocation,
+    /// Open a backup whose signer's certificate has expired since (it must
+    /// still have been valid when the backup says it was taken).
+    pub accept_expired_signer: bool,
 }
 
 /// A backup file checked and trusted.
@@ -226,11 +288,17 @@ pub struct Opened {
     /// The registry server that signed it (`None`: an unsigned v1 file,
     /// accepted explicitly).
     pub signed_by: Option<SignedBy>,
+    /// The number of the CRL the signer was checked against (`None`: not
+    /// checked, or unsigned).
+    pub crl_number: Option<u64>,
 }
 
 /// Checks the bytes of a backup file as [`decode`] does, then its
 /// signature against `trust`: refuses an unsigned file unless
-/// `trust.accept_unsigned`, and one whose signature does not verify.
+/// `trust.accept_unsigned`, one whose signature does not verify, one whose
+/// signer is on `trust.revocation`'s CRL (or whose CRL is not the CA's or is
+/// out of date), and one whose signer's certificate has expired by now
+/// unless `trust.accept_expired_signer`.
 pub fn open(path: &Path, file: &[u8], trust: &BackupTrust) -> Result<Opened, BackupError> {
     let BackupFile { backup, signed } = decode(path, file)?;
     let Some(signed) = signed else {
@@ -238,27 +306,69 @@ pub fn open(path: &Path, file: &[u8], trust: &BackupTrust) -> Result<Opened, Bac
             return Ok(Opened {
                 backup,
                 signed_by: None,
+                crl_number: None,
             });
         }
         return Err(BackupError::Unsigned {
             path: path.to_owned(),
         });
     };
-    let signed_by = signing::verify(
+    let crl = match &trust.revocation {
+        Revocation::Crl { der, .. } => Some(der.as_slice()),
+        Revocation::NotChecked => None,
+    };
+    let checks = signing::Checks {
+        crl,
+        accept_expired: trust.accept_expired_signer,
+        now_unix: crate::calendar::unix_now_ms().div_euclid(1000),
+    };
+    let (signed_by, crl_number) = signing::verify(
         &signed.backup,
         &signed.certificate,
         &signed.signature,
         &trust.roots,
         trust.province.as_ref(),
         backup.taken_unix_ms,
+        checks,
     )
-    .map_err(|why| BackupError::Signature {
-        path: path.to_owned(),
-        why,
+    .map_err(|refusal| {
+        let path = path.to_owned();
+        match refusal {
+            signing::Refusal::Signature(why) => BackupError::Signature { path, why },
+            signing::Refusal::Crl(why) => BackupError::Crl {
+                path,
+                origin: match &trust.revocation {
+                    Revocation::Crl { origin, .. } => origin.clone(),
+                    Revocation::NotChecked => String::new(),
+                },
+                why,
+            },
+            signing::Refusal::Revoked {
+                signer,
+                serial,
+                crl_number,
+            } => BackupError::Revoked {
+                path,
+                signer,
+                serial,
+                crl_number,
+            },
+            signing::Refusal::Expired {
+                signer,
+                serial,
+                not_after,
+            } => BackupError::SignerExpired {
+                path,
+                signer,
+                serial,
+                not_after,
+            },
+        }
     })?;
     Ok(Opened {
         backup,
         signed_by: Some(signed_by),
+        crl_number,
     })
 }
 
@@ -424,6 +534,11 @@ mod tests {
                 roots: creds.roots,
                 province: Some(AgencyCode::new(PROVINCE).unwrap()),
                 accept_unsigned: false,
+                revocation: Revocation::Crl {
+                    der: self.ca.sign_crl(1).unwrap().der,
+                    origin: "crl.pem".into(),
+                },
+                accept_expired_signer: false,
             }
         }
     }
@@ -563,6 +678,40 @@ mod tests {
                 assert!(why.contains("not valid when"), "{why}")
             }
             other => panic!("opened: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_backup_whose_signer_was_revoked_since_is_refused_saying_what_to_do() {
+        let mut province = Province::new("vinhphuc.gov.vn");
+        let creds = province.issue(PROVINCE, Role::Registry, "registry-1");
+        let file = encode(&backup(), &BackupSigner::new(&creds).unwrap()).unwrap();
+        let serial = lgsp_certs::inspect::CertInfo::from_der(&creds.chain[0], Path::new("c"))
+            .unwrap()
+            .serial;
+        province
+            .ca
+            .revoke(
+                &serial,
+                lgsp_certs::ca::parse_reason("key-compromise").unwrap(),
+            )
+            .unwrap();
+        let trust = province.trust();
+        let Revocation::Crl { der, .. } = &trust.revocation else {
+            unreachable!()
+        };
+        let number = lgsp_certs::inspect::CrlInfo::from_der(der, Path::new("crl"))
+            .unwrap()
+            .number
+            .unwrap();
+        match open(Path::new("old.snap"), &file, &trust) {
+            Err(e @ BackupError::Revoked { .. }) => {
+                let why = e.to_string();
+                assert!(why.contains(&format!("serial {serial}")), "{why}");
+                assert!(why.contains(&format!("CRL number {number}")), "{why}");
+                assert!(why.contains("Do not restore it"), "{why}");
+            }
+            other => panic!("a revoked signer's backup was opened: {other:?}"),
         }
     }
 

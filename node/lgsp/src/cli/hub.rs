@@ -784,7 +784,7 @@ fn crl_number(der: &[u8]) -> Option<u64> {
 }
 
 /// The DER of a CRL file, PEM (`X509 CRL`) or DER.
-fn crl_der(bytes: &[u8]) -> Result<Vec<u8>> {
+pub(super) fn crl_der(bytes: &[u8]) -> Result<Vec<u8>> {
     let Ok(text) = std::str::from_utf8(bytes) else {
         return Ok(bytes.to_vec());
     };

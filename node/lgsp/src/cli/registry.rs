@@ -135,8 +135,17 @@ pub(super) enum SnapshotCommand {
     /// backup saved before backups were signed is refused too, unless
     /// --accept-unsigned says to trust it.
     ///
-    /// Example: lgsp registry snapshot restore catalog.snap --data-dir /var/lib/lgsp/registry --id 1
-    /// --peers 1=10.0.0.11:7201/10.0.0.11:7101,2=10.0.0.12:7201/10.0.0.12:7101,3=10.0.0.13:7201/10.0.0.13:7101
+    /// The signer's certificate is checked against the province CA's CRL
+    /// (--crl FILE, or --ca-dir DIR to sign a current one from the CA's
+    /// own records): a backup signed by a revoked registry server is
+    /// refused, whatever time it says it was taken, since whoever holds a
+    /// leaked key chooses that time. Without a CRL the restore is refused
+    /// unless --no-crl-check says so. A signer whose certificate has
+    /// expired since is refused unless --accept-expired-signer.
+    ///
+    /// Example: lgsp registry snapshot restore catalog.snap --crl crl.pem --data-dir
+    /// /var/lib/lgsp/registry --id 1 --peers
+    /// 1=10.0.0.11:7201/10.0.0.11:7101,2=10.0.0.12:7201/10.0.0.12:7101,3=10.0.0.13:7201/10.0.0.13:7101
     Restore {
         /// The backup written by `lgsp registry snapshot save`.
         #[arg(value_name = "FILE")]
@@ -161,6 +170,32 @@ pub(super) enum SnapshotCommand {
         /// from before backups were signed): only one whose origin you know.
         #[arg(long)]
         accept_unsigned: bool,
+        /// The province CA's current CRL (PEM or DER), as `lgsp ca crl
+        /// --out` writes it: a backup whose signer it lists is refused. It
+        /// must be signed by the CA in --tls-dir's ca.pem and not be past
+        /// its next update.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["ca_dir", "no_crl_check"])]
+        crl: Option<PathBuf>,
+        /// The province CA directory (`lgsp ca init --ca`): a CRL of every
+        /// certificate the CA has revoked, published or not, is signed from
+        /// it for this check (taking the next CRL number, as `lgsp ca crl`
+        /// does; nothing is published).
+        #[arg(long, value_name = "DIR", conflicts_with = "no_crl_check")]
+        ca_dir: Option<PathBuf>,
+        /// Restore without checking the signer against a CRL: only when no
+        /// CRL of the province CA can be had any more. A backup signed with
+        /// the key of a registry server revoked since (a decommissioned or
+        /// stolen server) is then accepted.
+        #[arg(long)]
+        no_crl_check: bool,
+        /// Restore a backup whose signer's certificate has expired since it
+        /// was taken (it must still have been valid then, and not be
+        /// revoked). An old backup needs it once the registry server that
+        /// took it has renewed its certificate (registry certificates last
+        /// a year by default); nobody revokes an expired certificate when
+        /// its key leaks, so accept only a file from your own backup store.
+        #[arg(long)]
+        accept_expired_signer: bool,
     },
 }
 
@@ -317,16 +352,65 @@ fn unknown_outcome(status: tonic::Status, key: &[u8]) -> anyhow::Error {
 
 /// What a backup must be signed by: a registry server issued by the CA
 /// `creds` trust, of the agency `creds` belong to (the province's: its
-/// admin or one of its registry servers).
+/// admin or one of its registry servers), not on `revocation`'s CRL.
 fn backup_trust(
     creds: &lgsp_certs::Credentials,
     accept_unsigned: bool,
+    revocation: lgsp_registry::backup::Revocation,
+    accept_expired_signer: bool,
 ) -> Result<lgsp_registry::backup::BackupTrust> {
     Ok(lgsp_registry::backup::BackupTrust {
         roots: creds.roots.clone(),
         province: Some(creds.spiffe_id()?.agency),
         accept_unsigned,
+        revocation,
+        accept_expired_signer,
     })
+}
+
+/// The CRL a restore checks the backup's signer against: the file `crl`,
+/// or one signed now from the CA directory `ca_dir`; neither is refused
+/// unless `no_crl_check`.
+fn restore_revocation(
+    crl: Option<&std::path::Path>,
+    ca_dir: Option<&std::path::Path>,
+    no_crl_check: bool,
+) -> Result<lgsp_registry::backup::Revocation> {
+    use lgsp_registry::backup::Revocation;
+    if let Some(file) = crl {
+        let bytes =
+            std::fs::read(file).with_context(|| format!("cannot read --crl {}", file.display()))?;
+        let der = super::hub::crl_der(&bytes)
+            .with_context(|| format!("--crl {} is not a CRL", file.display()))?;
+        return Ok(Revocation::Crl {
+            der,
+            origin: file.display().to_string(),
+        });
+    }
+    if let Some(dir) = ca_dir {
+        let mut ca = lgsp_certs::CertificateAuthority::open(dir)
+            .with_context(|| format!("--ca-dir {}", dir.display()))?;
+        let crl = ca.sign_crl(1)?;
+        return Ok(Revocation::Crl {
+            der: crl.der,
+            origin: format!(
+                "number {} signed from the CA directory {}",
+                crl.number,
+                dir.display()
+            ),
+        });
+    }
+    if no_crl_check {
+        return Ok(Revocation::NotChecked);
+    }
+    Err(UsageError(
+        "a restore checks that the registry server which signed the backup has not been revoked since: \
+         the key of a decommissioned or stolen server can sign a forged catalog dated while its certificate was good. \
+         Give the province CA's current CRL with --crl FILE (`lgsp ca crl --ca DIR --out FILE` makes one), \
+         or the CA directory with --ca-dir DIR; only if no CRL of the CA can be had any more, --no-crl-check"
+            .into(),
+    )
+    .into())
 }
 
 fn signer_of(signed_by: &Option<lgsp_registry::backup::SignedBy>) -> String {
@@ -347,7 +431,14 @@ fn snapshot(rt: &tokio::runtime::Runtime, command: SnapshotCommand) -> Result<()
                     .await
                     .map_err(anyhow::Error::from)
             })?;
-            let trust = backup_trust(&registry.credentials()?, false)?;
+            // The server that signed it just answered over mTLS as a
+            // registry server; a restore checks the CRL.
+            let trust = backup_trust(
+                &registry.credentials()?,
+                false,
+                backup::Revocation::NotChecked,
+                false,
+            )?;
             let opened = backup::open(&file, &bytes, &trust).context(
                 "the backup received is not the one its server signed; nothing was written",
             )?;
@@ -375,15 +466,26 @@ fn snapshot(rt: &tokio::runtime::Runtime, command: SnapshotCommand) -> Result<()
             peers,
             tls_dir,
             accept_unsigned,
+            crl,
+            ca_dir,
+            no_crl_check,
+            accept_expired_signer,
         } => {
             let peers = parse_peers(&peers).map_err(|e| UsageError(format!("--peers: {e}")))?;
+            let revocation = restore_revocation(crl.as_deref(), ca_dir.as_deref(), no_crl_check)?;
             let creds = lgsp_certs::Credentials::load(&lgsp_certs::TlsFiles::in_dir(&tls_dir))
                 .with_context(|| format!("cannot load the TLS files in {}", tls_dir.display()))?;
-            let opened = backup::read_file(&file, &backup_trust(&creds, accept_unsigned)?)?;
+            let trust = backup_trust(&creds, accept_unsigned, revocation, accept_expired_signer)?;
+            let opened = backup::read_file(&file, &trust)?;
             let saved = opened.backup;
             let restored = backup::restore(&saved, &data_dir, id, &peers)?;
+            let revocation = match (&opened.signed_by, opened.crl_number) {
+                (None, _) => "",
+                (Some(_), Some(n)) => &format!(", not on CRL number {n}"),
+                (Some(_), None) => ", not checked against a CRL (--no-crl-check)",
+            };
             println!(
-                "Restored catalog revision {} ({} records, taken by registry server {}, signed by {}) into {} as server {id} of a new cluster of servers {:?}.",
+                "Restored catalog revision {} ({} records, taken by registry server {}, signed by {}{revocation}) into {} as server {id} of a new cluster of servers {:?}.",
                 restored.revision,
                 restored.records,
                 saved.server_id,
