@@ -3,7 +3,8 @@
 //! writes go on, `lgsp registry snapshot restore` into three new data
 //! directories, and a new cluster started from them that holds every write
 //! acknowledged before the save. A backup changed after it was taken (its
-//! SHA-256 recomputed) or carrying no signature is refused.
+//! SHA-256 recomputed) or carrying no signature is refused, and so is one
+//! whose signer's certificate the province CA has revoked since.
 
 use lgsp_proto::RecordKind;
 use lgsp_proto::catalog_record::Value;
@@ -41,6 +42,26 @@ fn forged(
     }
     let sum = sha2::Sha256::digest(&out);
     out.extend_from_slice(&sum);
+    out
+}
+
+/// The province CA's current CRL, signed with `lgsp ca crl` into a file
+/// beside the CA, as an operator makes one before a restore.
+fn current_crl(cluster: &ProcessCluster) -> std::path::PathBuf {
+    let out = cluster.pki.dir.path().join("crl.pem");
+    let signed = lgsp(&[
+        "ca",
+        "crl",
+        "--ca",
+        cluster.pki.ca_dir().to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        signed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&signed.stderr)
+    );
     out
 }
 
@@ -98,6 +119,8 @@ async fn a_snapshot_saved_while_writes_go_on_founds_a_cluster_holding_every_writ
     }
     let file = cluster.pki.dir.path().join("backups").join("catalog.snap");
     std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    let crl = current_crl(&cluster);
+    let crl = crl.to_str().unwrap();
     let before: Vec<(String, u64)> = acknowledged.lock().unwrap().clone();
     let save = {
         let (file, admin, registry) = (file.clone(), admin.clone(), registry.clone());
@@ -155,6 +178,8 @@ async fn a_snapshot_saved_while_writes_go_on_founds_a_cluster_holding_every_writ
         "1=127.0.0.1:1",
         "--tls-dir",
         admin.to_str().unwrap(),
+        "--crl",
+        crl,
     ]);
     assert!(!refused.status.success());
     let why = String::from_utf8_lossy(&refused.stderr);
@@ -191,6 +216,8 @@ async fn a_snapshot_saved_while_writes_go_on_founds_a_cluster_holding_every_writ
             "1=127.0.0.1:1",
             "--tls-dir",
             admin.to_str().unwrap(),
+            "--crl",
+            crl,
         ];
         args.extend_from_slice(more);
         (lgsp(&args), data.join("registry.sled").exists())
@@ -251,13 +278,17 @@ async fn a_snapshot_saved_while_writes_go_on_founds_a_cluster_holding_every_writ
             &peers,
             "--tls-dir",
             cluster.server(*id).dir.join("tls").to_str().unwrap(),
+            "--crl",
+            crl,
         ]);
         assert!(
             out.status.success(),
             "restore failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(String::from_utf8_lossy(&out.stdout).contains("signed by spiffe://"));
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(said.contains("signed by spiffe://"), "{said}");
+        assert!(said.contains(", not on CRL number "), "{said}");
         let tls = cluster.server(*id).dir.join("tls");
         let args = registry_start_args(*id, client, peer, &peers, &data, &tls);
         restored.push(cluster.spawn_extra(*id, client, args, dir));
@@ -337,4 +368,146 @@ async fn another_agencys_admin_can_neither_save_the_catalog_nor_change_the_clust
         !file.exists(),
         "no backup may be written for another agency's admin"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_signed_by_a_registry_server_revoked_since_is_refused_on_restore() {
+    let cluster = ProcessCluster::start(1);
+    cluster.leader().await;
+    let admin = cluster.pki.dir.path().join("admin-tls");
+    write_creds(&admin, &cluster.admin);
+    let server_tls = cluster.server(1).dir.join("tls");
+    let file = cluster.pki.dir.path().join("catalog.snap");
+    let save = {
+        let (file, admin, registry) = (
+            file.clone(),
+            admin.clone(),
+            cluster.server(1).client.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            lgsp(&[
+                "registry",
+                "snapshot",
+                "save",
+                file.to_str().unwrap(),
+                "--registry",
+                &registry,
+                "--tls-dir",
+                admin.to_str().unwrap(),
+            ])
+        })
+        .await
+        .unwrap()
+    };
+    assert!(
+        save.status.success(),
+        "{}",
+        String::from_utf8_lossy(&save.stderr)
+    );
+    let ca_dir = cluster.pki.ca_dir();
+    let ca_dir = ca_dir.to_str().unwrap();
+    let restore = |dir: &str, more: &[&str]| {
+        let data = cluster.pki.dir.path().join(dir);
+        let mut args = vec![
+            "registry",
+            "snapshot",
+            "restore",
+            file.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--id",
+            "1",
+            "--peers",
+            "1=127.0.0.1:1",
+            "--tls-dir",
+            server_tls.to_str().unwrap(),
+        ];
+        args.extend_from_slice(more);
+        (lgsp(&args), data.join("registry.sled").exists())
+    };
+
+    // Without a CRL nothing is restored, and the refusal says why and
+    // which flags to give.
+    let (out, written) = restore("no-crl", &[]);
+    let why = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{why}");
+    assert!(!written);
+    assert!(
+        why.contains("--crl FILE")
+            && why.contains("--ca-dir DIR")
+            && why.contains("--no-crl-check"),
+        "{why}"
+    );
+
+    // The server is decommissioned and its certificate revoked; its key
+    // may be anywhere now.
+    let cert = std::fs::read_to_string(server_tls.join("cert.pem")).unwrap();
+    let der = lgsp_certs::inspect::pem_certificates(&cert).remove(0);
+    let serial = lgsp_certs::inspect::CertInfo::from_der(&der, std::path::Path::new("cert.pem"))
+        .unwrap()
+        .serial;
+    let revoked = lgsp(&[
+        "ca",
+        "revoke",
+        "--ca",
+        ca_dir,
+        "--serial",
+        &serial,
+        "--reason",
+        "key-compromise",
+    ]);
+    assert!(
+        revoked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoked.stderr)
+    );
+    let crl = current_crl(&cluster);
+    let number = lgsp_certs::inspect::pem_blocks(&std::fs::read_to_string(&crl).unwrap())
+        .unwrap()
+        .into_iter()
+        .find_map(|(_, der)| {
+            lgsp_certs::inspect::CrlInfo::from_der(&der, std::path::Path::new("crl.pem")).ok()
+        })
+        .and_then(|c| c.number)
+        .unwrap();
+    let (out, written) = restore("from-revoked", &["--crl", crl.to_str().unwrap()]);
+    let why = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && !written, "{why}");
+    assert!(
+        why.contains(&format!(
+            "(serial {serial}) is revoked on CRL number {number}"
+        )) && why.contains("Do not restore it"),
+        "{why}"
+    );
+    // From the CA directory: a CRL signed now, with the next number.
+    let (out, written) = restore("from-revoked-ca", &["--ca-dir", ca_dir]);
+    let why = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && !written, "{why}");
+    assert!(
+        why.contains(&format!(
+            "(serial {serial}) is revoked on CRL number {}",
+            number + 1
+        )),
+        "{why}"
+    );
+
+    // A CRL of another CA (same trust domain, same name) checks nothing.
+    let elsewhere = lgsp_tests::Pki::new(lgsp_tests::TRUST_DOMAIN);
+    let (out, written) = restore(
+        "foreign-crl",
+        &["--ca-dir", elsewhere.ca_dir().to_str().unwrap()],
+    );
+    let why = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && !written, "{why}");
+    assert!(why.contains("not signed by the CA that issued"), "{why}");
+
+    // Skipped only when asked, and the output says so.
+    let (out, written) = restore("unchecked", &["--no-crl-check"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && written,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("not checked against a CRL"), "{said}");
 }
