@@ -1155,6 +1155,10 @@ async fn registry_saved_online_founds_a_new_cluster_as_the_page_says() {
         "1=10.0.0.11:7201/10.0.0.11:7101,2=10.0.0.12:7201/10.0.0.12:7101,3=10.0.0.13:7201/10.0.0.13:7101",
         &peers,
     );
+    // The CRL the restore checks the backup's signer against, signed at the CA.
+    sh.sub_path("/var/lib/lgsp-ca", &registry.pki.ca_dir());
+    sh.sub_path("/root/crl.pem", &root.join("crl.pem"));
+    sh.run("lgsp ca crl --ca /var/lib/lgsp-ca --out /root/crl.pem", &[]);
     let mut started = Vec::new();
     for (id, client, peer) in &new {
         let dir = root.join(format!("new-{id}"));
