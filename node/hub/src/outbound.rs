@@ -6,15 +6,18 @@
 //! province services carried to a REST system go to [`crate::rest_out`].
 
 use crate::Hub;
-use crate::health::Outcome;
-use crate::limiter::Limit;
+use crate::breaker::Breaker;
+use crate::health::{LinkHealth, Outcome};
+use crate::limiter::{Limit, Permit};
 use lgsp_certs::{Peer, Role};
 use lgsp_node::context::{Forwarded, Forwarder};
+use lgsp_node::obo::Signed;
 use lgsp_proto::data_exchange_client::DataExchangeClient;
-use lgsp_proto::{Envelope, SignedOnBehalfOf};
+use lgsp_proto::{Envelope, FederationPeer, SignedOnBehalfOf};
 use prost::Message as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 /// The hub's outbound side, installed as its node's forwarder.
@@ -52,64 +55,17 @@ impl Forwarder for Outbound {
         if let Some(route) = crate::rest_out::route_of(hub, &envelope.service_id) {
             return crate::rest_out::forward(hub, caller, envelope, route).await;
         }
-        if caller.id.role != Role::Node {
-            return Err(Status::permission_denied(format!(
-                "{} is a {}; only agencies' nodes call other instances through the hub",
-                caller.id, caller.id.role
-            )));
-        }
-        let signed = obo.ok_or_else(|| {
-            Status::unauthenticated(format!(
-                "a call to {} (another instance's service) carries the calling node's signed on-behalf-of record; {} sent none (upgrade the node)",
-                envelope.service_id, caller.id
-            ))
-        })?;
-        let now = lgsp_registry::calendar::unix_now_ms();
-        // The caller is known from its certificate in the handshake: the
-        // record must be its own, for this request and fresh. Its signature
-        // is verified where the caller is not seen, by the peer's hub and
-        // the provider node (one ECDSA verification less per call).
-        let verified = hub
-            .ctx
-            .obo_verifier
-            .check_from_signer(signed, envelope, &hub.ctx.creds.roots, caller, now)
-            .map_err(Status::from)?;
-        hub.ctx
-            .replays
-            .check(signed, &envelope.request_id, now)
-            .map_err(Status::from)?;
-        let origin = hub
-            .ctx
-            .cache
-            .with_service(&envelope.service_id, |s| s.origin.clone())
-            .unwrap_or_default();
-        let peer = hub.peer(&origin).ok_or_else(|| {
-            Status::failed_precondition(format!(
-                "service {} comes from federation peer {origin:?}, which is no longer in the catalog",
-                envelope.service_id
-            ))
-        })?;
-        verified
-            .addressed_to(&peer.trust_domain, Some(&hub.id.to_string()))
-            .map_err(Status::from)?;
-        let health = hub.health_of(&peer.name);
-        let _permit = hub
-            .outward_limits
-            .acquire(&peer.name, Limit::of(&peer))
-            .map_err(|e| {
-                health.outward(Outcome::Refused, Duration::ZERO, "");
-                Status::from(e)
-            })?;
-        let (channel, breaker) = hub.link(&peer)?;
-        let attempt = breaker.attempt(Instant::now()).map_err(|wait| {
-            health.outward(Outcome::Refused, Duration::ZERO, "");
-            Status::unavailable(format!(
-                "federation peer {} ({}) is failing: its circuit is open after repeated failures; next try in {} s",
-                peer.name,
-                peer.hub_endpoint,
-                wait.as_secs().max(1)
-            ))
-        })?;
+        let Outward {
+            signed,
+            peer,
+            health,
+            _permit,
+            channel,
+            breaker,
+        } = outward(hub, caller, envelope.into(), obo)?;
+        let attempt = breaker
+            .attempt(Instant::now())
+            .map_err(|wait| circuit_open(&peer, &health, wait))?;
         let max = hub.ctx.config.limits.max_message_bytes;
         let sent = Instant::now();
         let result = send(hub, &peer.name, channel, envelope, signed, max).await;
@@ -147,6 +103,103 @@ impl Forwarder for Outbound {
     ) -> Result<lgsp_node::provider::PageStream, Status> {
         crate::query::forward(&self.hub, caller, query, obo, deadline).await
     }
+}
+
+/// A call or query of a province node toward another instance, checked and
+/// admitted: the record it carries, the peer whose service it reaches, that
+/// link's health, one of the peer's outward slots (held while it runs), and
+/// the connection to the peer's hub with its breaker.
+pub(crate) struct Outward<'s> {
+    pub(crate) signed: &'s SignedOnBehalfOf,
+    pub(crate) peer: FederationPeer,
+    pub(crate) health: Arc<LinkHealth>,
+    pub(crate) _permit: Permit,
+    pub(crate) channel: Channel,
+    pub(crate) breaker: Arc<Breaker>,
+}
+
+/// Checks `request` of province node `caller` and admits it toward the peer
+/// its service comes from. The record `obo` must be present and the
+/// caller's own (known from its certificate in the handshake: the same
+/// CA, identity and serial), for this request, fresh, not replayed, and
+/// addressed to that peer through this hub. Its signature is verified where
+/// the caller is not seen, by the peer's hub and the provider node (one
+/// ECDSA verification less per call).
+pub(crate) fn outward<'s>(
+    hub: &Hub,
+    caller: &Peer,
+    request: Signed<'_>,
+    obo: Option<&'s SignedOnBehalfOf>,
+) -> Result<Outward<'s>, Status> {
+    let (calls, a_call) = match request {
+        Signed::Call(_) => ("call", "a call to"),
+        Signed::Query(_) => ("query", "a query of"),
+    };
+    if caller.id.role != Role::Node {
+        return Err(Status::permission_denied(format!(
+            "{} is a {}; only agencies' nodes {calls} other instances through the hub",
+            caller.id, caller.id.role
+        )));
+    }
+    let service_id = request.service_id();
+    let signed = obo.ok_or_else(|| {
+        Status::unauthenticated(format!(
+            "{a_call} {service_id} (another instance's service) carries the calling node's signed on-behalf-of record; {} sent none (upgrade the node)",
+            caller.id
+        ))
+    })?;
+    let now = lgsp_registry::calendar::unix_now_ms();
+    let verified = hub
+        .ctx
+        .obo_verifier
+        .check_from_signer(signed, request, &hub.ctx.creds.roots, caller, now)
+        .map_err(Status::from)?;
+    hub.ctx
+        .replays
+        .check(signed, request.request_id(), now)
+        .map_err(Status::from)?;
+    let origin = hub
+        .ctx
+        .cache
+        .with_service(service_id, |s| s.origin.clone())
+        .unwrap_or_default();
+    let peer = hub.peer(&origin).ok_or_else(|| {
+        Status::failed_precondition(format!(
+            "service {service_id} comes from federation peer {origin:?}, which is no longer in the catalog"
+        ))
+    })?;
+    verified
+        .addressed_to(&peer.trust_domain, Some(&hub.id.to_string()))
+        .map_err(Status::from)?;
+    let health = hub.health_of(&peer.name);
+    let permit = hub
+        .outward_limits
+        .acquire(&peer.name, Limit::of(&peer))
+        .map_err(|e| {
+            health.outward(Outcome::Refused, Duration::ZERO, "");
+            Status::from(e)
+        })?;
+    let (channel, breaker) = hub.link(&peer)?;
+    Ok(Outward {
+        signed,
+        peer,
+        health,
+        _permit: permit,
+        channel,
+        breaker,
+    })
+}
+
+/// The refusal of a call to `peer` while its circuit is open, counted in
+/// the link's health; the next probe is in `wait`.
+pub(crate) fn circuit_open(peer: &FederationPeer, health: &LinkHealth, wait: Duration) -> Status {
+    health.outward(Outcome::Refused, Duration::ZERO, "");
+    Status::unavailable(format!(
+        "federation peer {} ({}) is failing: its circuit is open after repeated failures; next try in {} s",
+        peer.name,
+        peer.hub_endpoint,
+        wait.as_secs().max(1)
+    ))
 }
 
 /// Sends `envelope` with `signed` to the peer's hub on `channel`: on the

@@ -23,7 +23,7 @@
 use crate::Hub;
 use crate::health::Outcome;
 use crate::inbound::Inbound;
-use crate::limiter::Limit;
+use crate::outbound::Outward;
 use lgsp_certs::{Peer, Role};
 use lgsp_node::deadline::Deadline;
 use lgsp_node::provider::PageStream;
@@ -57,67 +57,17 @@ pub(crate) async fn forward(
             query.service_id, route.system
         )));
     }
-    if caller.id.role != Role::Node {
-        return Err(Status::permission_denied(format!(
-            "{} is a {}; only agencies' nodes query other instances through the hub",
-            caller.id, caller.id.role
-        )));
-    }
-    let signed = obo.ok_or_else(|| {
-        Status::unauthenticated(format!(
-            "a query of {} (another instance's service) carries the calling node's signed on-behalf-of record; {} sent none (upgrade the node)",
-            query.service_id, caller.id
-        ))
-    })?;
-    let now = lgsp_registry::calendar::unix_now_ms();
-    let verified = hub
-        .ctx
-        .obo_verifier
-        .verify(signed, &query, &hub.ctx.creds.roots, now)
-        .map_err(Status::from)?;
-    if verified.id != caller.id {
-        return Err(Status::unauthenticated(format!(
-            "the on-behalf-of record names {}, but the caller is {}",
-            verified.id, caller.id
-        )));
-    }
-    hub.ctx
-        .replays
-        .check(signed, &query.request_id, now)
-        .map_err(Status::from)?;
-    let origin = hub
-        .ctx
-        .cache
-        .with_service(&query.service_id, |s| s.origin.clone())
-        .unwrap_or_default();
-    let peer = hub.peer(&origin).ok_or_else(|| {
-        Status::failed_precondition(format!(
-            "service {} comes from federation peer {origin:?}, which is no longer in the catalog",
-            query.service_id
-        ))
-    })?;
-    verified
-        .addressed_to(&peer.trust_domain, Some(&hub.id.to_string()))
-        .map_err(Status::from)?;
-    let health = hub.health_of(&peer.name);
-    // Held for the stream's life: a query in flight counts as a call.
-    let permit = hub
-        .outward_limits
-        .acquire(&peer.name, Limit::of(&peer))
-        .map_err(|e| {
-            health.outward(Outcome::Refused, std::time::Duration::ZERO, "");
-            Status::from(e)
-        })?;
-    let (channel, breaker) = hub.link(&peer)?;
-    let attempt = breaker.attempt(Instant::now()).map_err(|wait| {
-        health.outward(Outcome::Refused, std::time::Duration::ZERO, "");
-        Status::unavailable(format!(
-            "federation peer {} ({}) is failing: its circuit is open after repeated failures; next try in {} s",
-            peer.name,
-            peer.hub_endpoint,
-            wait.as_secs().max(1)
-        ))
-    })?;
+    let Outward {
+        signed,
+        peer,
+        health,
+        _permit: permit,
+        channel,
+        breaker,
+    } = crate::outbound::outward(hub, caller, (&query).into(), obo)?;
+    let attempt = breaker
+        .attempt(Instant::now())
+        .map_err(|wait| crate::outbound::circuit_open(&peer, &health, wait))?;
     let sent = Instant::now();
     let mut request = Request::new(query);
     // The far side bounds the stream as this hub does, caller's deadline or not.
