@@ -82,6 +82,19 @@ fn bench_exchange_reports_every_path_next_to_the_raw_baseline_without_errors() {
         out.contains("through the hub (app → B → hub P → REST system"),
         "{out}"
     );
+    // Each server on a hub path says what a call costs it in CPU, and the
+    // path is compared with node B → A as if every server had a core.
+    for line in [
+        "app → C → hub Q → hub P → A, get: node-c ",
+        "app → B → hub P → REST system, get: node-b ",
+    ] {
+        let costs = out
+            .lines()
+            .find(|l| l.trim_start().starts_with(line))
+            .unwrap_or_else(|| panic!("no CPU per call for {line:?} in:\n{out}"));
+        assert!(costs.contains(" µs") && costs.contains("calls/s a core"), "{costs}");
+    }
+    assert!(out.contains("with a core per server: "), "{out}");
     // Both nodes logged the exchanges they took part in.
     let logged = out
         .lines()

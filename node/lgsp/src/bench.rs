@@ -2,6 +2,7 @@
 //! measured in the same run on the same machine.
 
 use crate::etcd;
+use crate::server_cpu::{self, Servers};
 use anyhow::{Context, Result, anyhow};
 use lgsp_certs::ca::CertificateAuthority;
 use lgsp_certs::{AgencyCode, Credentials, Role, ServerTls, TlsFiles};
@@ -21,7 +22,7 @@ use lgsp_province::pki::{self, Holder};
 use lgsp_province::registry::{self, RegistryCluster};
 use lgsp_province::wait;
 use lgsp_registry::{Catalog, GrantKey, Publication, RegistryClient, ServiceId, Validity};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -171,6 +172,33 @@ async fn start_registry(
     let configs = registry::plan(ca, PROVINCE, None, dir, &members, |_| {})?;
     Ok(RegistryCluster::start(configs, Duration::from_secs(15)).await?)
 }
+
+/// As [`start_registry`], on the runtime of the bench's `registry` server.
+async fn start_registry_on(
+    on: &mut Servers,
+    ca: &mut CertificateAuthority,
+    dir: &Path,
+    servers: u64,
+) -> Result<RegistryCluster> {
+    let members = registry::members(servers)?;
+    let configs = registry::plan(ca, PROVINCE, None, dir, &members, |_| {})?;
+    on.run(
+        REGISTRY,
+        RegistryCluster::start(configs, Duration::from_secs(15)),
+    )
+    .await?
+    .map_err(Into::into)
+}
+
+/// The names of the bench's servers (each on a runtime of its own, see
+/// [`server_cpu`]), at most 11 bytes.
+const REGISTRY: &str = "registry";
+const NODE_A: &str = "node-a";
+const NODE_B: &str = "node-b";
+const NODE_C: &str = "node-c";
+const HUB_P: &str = "hub-p";
+const HUB_Q: &str = "hub-q";
+const REST: &str = "rest-system";
 
 /// The key each bench client owns, as an agency code.
 fn bench_code(i: usize) -> String {
@@ -748,6 +776,8 @@ struct Province {
     app: Credentials,
     /// The province's CA, for the hub of `--hub`.
     ca: CertificateAuthority,
+    /// The runtimes the servers run on, the federation's too.
+    servers: Servers,
     /// The CA, the registry's and the nodes' files; removed on drop.
     _dir: tempfile::TempDir,
 }
@@ -766,7 +796,9 @@ impl Province {
         let mut ca =
             CertificateAuthority::init(&dir.path().join("ca"), "bench.lgsp.local", "bench CA", 1)?;
         let admin = leaf(&mut ca, Role::Admin, "bench")?;
-        let registry = start_registry(&mut ca, &dir.path().join("registry"), 1).await?;
+        let mut servers = Servers::default();
+        let registry =
+            start_registry_on(&mut servers, &mut ca, &dir.path().join("registry"), 1).await?;
         let registry_addrs = registry.client_addrs();
         let catalog = Catalog::new(RegistryClient::new(&registry_addrs, &admin)?);
         for (code, name) in [
@@ -815,8 +847,9 @@ impl Province {
             services,
             max_message,
         );
-        let node_a = NodeServer::start(config_a)
-            .await
+        let node_a = servers
+            .run(NODE_A, NodeServer::start(config_a))
+            .await?
             .context("starting node A")?;
         let dir_b = dir.path().join("node-b");
         let creds_b = agency_leaf(&mut ca, AGENCY_B, Role::Node, "node-b")?;
@@ -829,8 +862,9 @@ impl Province {
             Vec::new(),
             max_message,
         );
-        let node_b = NodeServer::start(config_b)
-            .await
+        let node_b = servers
+            .run(NODE_B, NodeServer::start(config_b))
+            .await?
             .context("starting node B")?;
         wait::node_registered(
             catalog.client(),
@@ -859,6 +893,7 @@ impl Province {
             max_message,
             app,
             ca,
+            servers,
             _dir: dir,
         };
         let (direct, via_b) = (province.direct()?, province.via_b()?);
@@ -933,19 +968,21 @@ impl Province {
     /// Stops everything; returns the number of exchanges each node's
     /// sharing log holds (A's, B's).
     async fn shutdown(self) -> Result<(usize, usize)> {
+        let mut servers = self.servers;
         let logs = [
             self.node_a.ctx.log.path().to_owned(),
             self.node_b.ctx.log.path().to_owned(),
         ];
-        self.node_b.shutdown().await;
-        self.node_a.shutdown().await;
+        servers.run(NODE_B, self.node_b.shutdown()).await?;
+        servers.run(NODE_A, self.node_a.shutdown()).await?;
         let _ = self.stop.send(true);
         for task in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
         // The registry's graceful shutdown waits for its clients' connections.
         drop(self.catalog);
-        self.registry.shutdown().await?;
+        servers.run(REGISTRY, self.registry.shutdown()).await??;
+        servers.shutdown();
         Ok((log_entries(&logs[0])?, log_entries(&logs[1])?))
     }
 }
@@ -971,6 +1008,8 @@ struct HubPath {
     envelope: MakeEnvelope,
     /// Hub hops on the path: the goal is each costing < 30% of node B → A.
     hops: i32,
+    /// The servers on the path, whose CPU per call the bench reports.
+    servers: &'static [&'static str],
 }
 
 /// The national instance's trust domain in the bench.
@@ -987,7 +1026,8 @@ impl Federation {
             "bench national CA",
             1,
         )?;
-        let registry_q = start_registry(&mut ca_q, &dir.path().join("registry"), 1).await?;
+        let registry_q =
+            start_registry_on(&mut p.servers, &mut ca_q, &dir.path().join("registry"), 1).await?;
         let addrs_q = registry_q.client_addrs();
         let admin_q = Catalog::new(RegistryClient::new(
             &addrs_q,
@@ -1084,10 +1124,12 @@ impl Federation {
             rest_secrets: Some(secrets.clone()),
             ..lgsp_hub::HubOptions::new(out_p)
         };
-        let hub_p = lgsp_hub::HubServer::start_with(config, options)
-            .await
+        let hub_p = p
+            .servers
+            .run(HUB_P, lgsp_hub::HubServer::start_with(config, options))
+            .await?
             .context("starting hub P")?;
-        let rest = rest_system(&admin_p, &secrets, payload).await?;
+        let rest = rest_system(&mut p.servers, &admin_p, &secrets, payload).await?;
         let hub_dir = dir.path().join("hub-q");
         let hub_creds = agency_leaf(&mut ca_q, PROVINCE, Role::Hub, "hub")?;
         let config = node_config(
@@ -1099,8 +1141,10 @@ impl Federation {
             Vec::new(),
             p.max_message,
         );
-        let hub_q = lgsp_hub::HubServer::start(config, out_q)
-            .await
+        let hub_q = p
+            .servers
+            .run(HUB_Q, lgsp_hub::HubServer::start(config, out_q))
+            .await?
             .context("starting hub Q")?;
         let c_dir = dir.path().join("node-c");
         let creds_c = agency_leaf(&mut ca_q, AGENCY_C, Role::Node, "node-c")?;
@@ -1113,7 +1157,11 @@ impl Federation {
             Vec::new(),
             p.max_message,
         );
-        let node_c = NodeServer::start(config).await.context("starting node C")?;
+        let node_c = p
+            .servers
+            .run(NODE_C, NodeServer::start(config))
+            .await?
+            .context("starting node C")?;
         let federation = Self {
             hub_p,
             _rest: rest,
@@ -1149,12 +1197,14 @@ impl Federation {
                 endpoint: self.via_c()?,
                 envelope: p.get_call(),
                 hops: 2,
+                servers: &[NODE_C, HUB_Q, HUB_P, NODE_A],
             },
             HubPath {
                 label: "app → B → hub P → REST system, get",
                 endpoint: p.via_b()?,
                 envelope: rest_call(p.rows),
                 hops: 1,
+                servers: &[NODE_B, HUB_P, REST],
             },
         ])
     }
@@ -1168,11 +1218,11 @@ impl Federation {
         )
     }
 
-    async fn shutdown(self) -> Result<()> {
-        self.node_c.shutdown().await;
-        self.hub_q.shutdown().await;
-        self.hub_p.shutdown().await;
-        self.registry_q.shutdown().await?;
+    async fn shutdown(self, servers: &mut Servers) -> Result<()> {
+        servers.run(NODE_C, self.node_c.shutdown()).await?;
+        servers.run(HUB_Q, self.hub_q.shutdown()).await?;
+        servers.run(HUB_P, self.hub_p.shutdown()).await?;
+        servers.run(REGISTRY, self.registry_q.shutdown()).await??;
         Ok(())
     }
 }
@@ -1197,6 +1247,7 @@ fn rest_call(rows: usize) -> MakeEnvelope {
 /// `PROVINCE/rest-records` behind hub P (running): the system record, the
 /// service of the hub, its route and a grant to agency B.
 async fn rest_system(
+    servers: &mut Servers,
     admin: &Catalog,
     secrets: &Path,
     payload: usize,
@@ -1225,7 +1276,9 @@ async fn rest_system(
             &serde_json::json!({"key": id, "value": filler}),
         )
     });
-    let server = json_server::start("bench REST system CA", handler).await?;
+    let server = servers
+        .run(REST, json_server::start("bench REST system CA", handler))
+        .await??;
     let failed = |what: &'static str| move |s: tonic::Status| anyhow!("{what}: {}", s.message());
     admin
         .client()
@@ -1379,6 +1432,8 @@ pub(crate) async fn exchange(
     let mut at_64 = Vec::new();
     // The hub path next to node B → A, at every concurrency run.
     let mut hub_lines = Vec::new();
+    // CPU per call on each server of the paths through hubs and node B → A.
+    let mut cpu_lines = Vec::new();
     for &c in concurrency {
         let connections = c.div_ceil(8).max(1);
         let mut paths = vec![
@@ -1387,7 +1442,7 @@ pub(crate) async fn exchange(
             ("app → node A, HTTP backend", &direct, &echo),
             ("app → node A, dataset get", &direct, &get),
             ("app → node B → A, HTTP backend", &via_b, &echo),
-            ("app → node B → A, dataset get", &via_b, &get),
+            (DIRECT_GET, &via_b, &get),
         ];
         for h in &hub_paths {
             paths.push((h.label, &h.endpoint, &h.envelope));
@@ -1397,8 +1452,11 @@ pub(crate) async fn exchange(
             channels.push(Arc::new(connect(endpoint, connections).await?));
         }
         let mut runs: Vec<Option<Run>> = paths.iter().map(|_| None).collect();
+        let mut cpu: Vec<BTreeMap<String, Duration>> =
+            paths.iter().map(|_| BTreeMap::new()).collect();
         for _ in 0..rounds {
             for (k, (label, _, envelope)) in paths.iter().enumerate() {
+                let before = server_cpu::Sample::now();
                 let run = measure_calls(
                     label,
                     c,
@@ -1408,6 +1466,9 @@ pub(crate) async fn exchange(
                     (*envelope).clone(),
                 )
                 .await;
+                if let (Some(before), Some(after)) = (before, server_cpu::Sample::now()) {
+                    server_cpu::add(&mut cpu[k], after.since(&before));
+                }
                 match &mut runs[k] {
                     Some(earlier) => earlier.absorb(run),
                     None => runs[k] = Some(run),
@@ -1423,10 +1484,29 @@ pub(crate) async fn exchange(
             }
         }
         let run_of = |label: &str| runs.iter().find(|r| r.label == label);
+        let cost_of = |label: &str, on: &[&'static str]| {
+            let k = paths.iter().position(|(l, _, _)| *l == label)?;
+            let calls = runs.iter().find(|r| r.label == label)?.ok;
+            PathCost::new(label, on, &cpu[k], calls)
+        };
+        if let Some(direct_get) = cost_of(DIRECT_GET, &[NODE_B, NODE_A]) {
+            cpu_lines.push(format!("  at {c} in flight:"));
+            cpu_lines.push(direct_get.line());
+            for h in &hub_paths {
+                if let Some(hubs) = cost_of(h.label, h.servers) {
+                    cpu_lines.push(hubs.line());
+                    cpu_lines.push(format!(
+                        "      with a core per server: {:.2} of node B → A's calls/s (goal ≥ {:.2} for {} hub hop{})",
+                        hubs.per_core() / direct_get.per_core(),
+                        0.7f64.powi(h.hops),
+                        h.hops,
+                        if h.hops == 1 { "" } else { "s" },
+                    ));
+                }
+            }
+        }
         for h in &hub_paths {
-            if let (Some(hubs), Some(direct_get)) =
-                (run_of(h.label), run_of("app → node B → A, dataset get"))
-            {
+            if let (Some(hubs), Some(direct_get)) = (run_of(h.label), run_of(DIRECT_GET)) {
                 let ratio = hubs.per_second() / direct_get.per_second();
                 let through = if h.hops == 2 {
                     "through both hubs"
@@ -1446,6 +1526,27 @@ pub(crate) async fn exchange(
     for line in hub_lines {
         println!("{line}");
     }
+    if hub {
+        println!();
+        if cpu_lines.is_empty() {
+            println!(
+                "CPU per server: not measured (needs Linux's per-thread scheduler statistics)."
+            );
+        } else {
+            println!(
+                "CPU per call on each server of a path (run time of the threads of each server's runtime; the application's"
+            );
+            println!(
+                "clients and the registries are not on the paths), and the calls/s one core of the busiest server carries:"
+            );
+            println!(
+                "what each path carries when every server has a core of its own, as in a deployment, not a share of this machine's."
+            );
+            for line in cpu_lines {
+                println!("{line}");
+            }
+        }
+    }
     println!();
     println!(
         "goal (issue 4): app → node B → node A at ≥ 50% of raw calls/s with p99 under 10 ms at 64 in flight."
@@ -1457,11 +1558,77 @@ pub(crate) async fn exchange(
         println!("{line}");
     }
     if let Some(federation) = federation {
-        federation.shutdown().await?;
+        federation.shutdown(&mut province.servers).await?;
     }
     let (entries_a, entries_b) = province.shutdown().await?;
     println!("sharing log entries written: node A {entries_a}, node B {entries_b}.");
     Ok(())
+}
+
+/// The path every hub path is compared with.
+const DIRECT_GET: &str = "app → node B → A, dataset get";
+
+/// What one path's calls cost each server on it, in CPU time.
+struct PathCost {
+    label: String,
+    /// CPU per call, server by server along the path.
+    per_call: Vec<(&'static str, Duration)>,
+}
+
+impl PathCost {
+    /// The cost of `calls` calls of `label` that took `cpu` on the servers,
+    /// for the servers `on` the path; `None` when nothing was measured.
+    fn new(
+        label: &str,
+        on: &[&'static str],
+        cpu: &BTreeMap<String, Duration>,
+        calls: usize,
+    ) -> Option<Self> {
+        if calls == 0 || cpu.is_empty() {
+            return None;
+        }
+        let per_call = on
+            .iter()
+            .map(|s| {
+                let spent = cpu.get(*s).copied().unwrap_or_default();
+                (*s, spent / calls as u32)
+            })
+            .collect();
+        Some(Self {
+            label: label.to_owned(),
+            per_call,
+        })
+    }
+
+    /// The server that spends most per call, and how much.
+    fn busiest(&self) -> (&'static str, Duration) {
+        self.per_call
+            .iter()
+            .copied()
+            .max_by_key(|(_, d)| *d)
+            .unwrap_or(("none", Duration::ZERO))
+    }
+
+    /// Calls/s the path carries with a core per server: what one core of
+    /// its busiest server carries.
+    fn per_core(&self) -> f64 {
+        1.0 / self.busiest().1.as_secs_f64().max(1e-9)
+    }
+
+    fn line(&self) -> String {
+        let costs: Vec<String> = self
+            .per_call
+            .iter()
+            .map(|(s, d)| format!("{s} {:.0} µs", d.as_secs_f64() * 1e6))
+            .collect();
+        let (busiest, _) = self.busiest();
+        format!(
+            "    {}: {}; busiest {busiest}: {:.0} calls/s a core",
+            self.label,
+            costs.join(", "),
+            self.per_core()
+        )
+    }
 }
 
 /// The exchanges (not seals) in the sharing log file at `path`.

@@ -8,6 +8,7 @@ mod demo;
 mod etcd;
 mod json_server;
 mod loopback;
+mod server_cpu;
 mod signal;
 
 // sled copies a tree node on every update and tonic allocates per call:

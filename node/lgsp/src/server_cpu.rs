@@ -1,0 +1,197 @@
+//! Each server of a bench on a runtime of its own, and the CPU time each
+//! spends, so that `lgsp bench` can say what a call costs every server on
+//! its path, and how fast the path would run with a core per server as in a
+//! deployment, besides how fast it runs with every server sharing this
+//! machine's cores.
+//!
+//! A server's runtime names its threads `srv:<server>`; the time a thread
+//! ran comes from Linux's `/proc/self/task/<tid>/schedstat`. Threads that
+//! are not a server's (the bench's clients, the registries' consensus and
+//! storage threads) count as "other". Elsewhere than Linux nothing is
+//! measured and the bench says so.
+
+use anyhow::{Context, Result};
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::time::Duration;
+use tokio::runtime::{Handle, Runtime};
+
+/// The prefix of the names of a server's threads.
+const PREFIX: &str = "srv:";
+
+/// The runtimes of the servers of a bench, by server name.
+#[derive(Default)]
+pub(crate) struct Servers {
+    runtimes: Vec<(String, Runtime)>,
+}
+
+impl Servers {
+    /// The runtime of `server`, made on first use: as many workers as the
+    /// machine has cores, its threads named after it (at most 11 bytes of
+    /// the name fit Linux's 15-byte thread names).
+    pub(crate) fn handle(&mut self, server: &str) -> Result<Handle> {
+        if let Some((_, rt)) = self.runtimes.iter().find(|(name, _)| name == server) {
+            return Ok(rt.handle().clone());
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name(format!("{PREFIX}{server}"))
+            .build()
+            .with_context(|| format!("cannot start the runtime of {server}"))?;
+        let handle = rt.handle().clone();
+        self.runtimes.push((server.to_owned(), rt));
+        Ok(handle)
+    }
+
+    /// Runs `task` on `server`'s runtime (what it spawns stays there) and
+    /// waits for its result.
+    pub(crate) async fn run<T, F>(&mut self, server: &str, task: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Future<Output = T> + Send + 'static,
+    {
+        let handle = self.handle(server)?;
+        handle
+            .spawn(task)
+            .await
+            .with_context(|| format!("a task of {server} failed"))
+    }
+
+    /// Stops every runtime without waiting for what still runs on it (the
+    /// servers were shut down already).
+    pub(crate) fn shutdown(self) {
+        for (_, rt) in self.runtimes {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// The CPU time each thread of this process has run, with its server.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Sample {
+    threads: HashMap<u32, (String, Duration)>,
+}
+
+impl Sample {
+    /// Reads every thread's run time now; `None` where Linux's per-thread
+    /// scheduler statistics cannot be read.
+    pub(crate) fn now() -> Option<Self> {
+        let mut threads = HashMap::new();
+        for entry in std::fs::read_dir("/proc/self/task").ok()? {
+            let Ok(entry) = entry else { continue };
+            let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse().ok()) else {
+                continue;
+            };
+            // A thread that ended between the listing and the reads is
+            // skipped.
+            let (Ok(comm), Ok(stat)) = (
+                std::fs::read_to_string(entry.path().join("comm")),
+                std::fs::read_to_string(entry.path().join("schedstat")),
+            ) else {
+                continue;
+            };
+            let Some(ran) = parse_schedstat(&stat) else {
+                continue;
+            };
+            threads.insert(tid, (server_of(comm.trim()).to_owned(), ran));
+        }
+        Some(Self { threads })
+    }
+
+    /// CPU time per server from `earlier` to this sample. A thread that
+    /// ended in between loses its time since `earlier`.
+    pub(crate) fn since(&self, earlier: &Sample) -> BTreeMap<String, Duration> {
+        let mut by_server = BTreeMap::new();
+        for (tid, (server, ran)) in &self.threads {
+            let before = earlier
+                .threads
+                .get(tid)
+                .filter(|(s, _)| s == server)
+                .map_or(Duration::ZERO, |(_, d)| *d);
+            *by_server.entry(server.clone()).or_insert(Duration::ZERO) +=
+                ran.saturating_sub(before);
+        }
+        by_server
+    }
+}
+
+/// The server a thread named `comm` works for, or "other".
+fn server_of(comm: &str) -> &str {
+    comm.strip_prefix(PREFIX).unwrap_or("other")
+}
+
+/// The time a thread ran, the first field of its `schedstat`
+/// (nanoseconds).
+fn parse_schedstat(stat: &str) -> Option<Duration> {
+    let ns: u64 = stat.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(ns))
+}
+
+/// Adds `more` to `total`, server by server.
+pub(crate) fn add(total: &mut BTreeMap<String, Duration>, more: BTreeMap<String, Duration>) {
+    for (server, d) in more {
+        *total.entry(server).or_insert(Duration::ZERO) += d;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_threads_server_is_its_name_after_the_prefix_and_other_threads_are_other() {
+        assert_eq!(server_of("srv:hub-p"), "hub-p");
+        assert_eq!(server_of("raft-1"), "other");
+        assert_eq!(server_of("tokio-runtime-w"), "other");
+    }
+
+    #[test]
+    fn the_run_time_is_the_first_schedstat_field_in_nanoseconds() {
+        assert_eq!(
+            parse_schedstat("123456789 5000 12\n"),
+            Some(Duration::from_nanos(123_456_789))
+        );
+        assert_eq!(parse_schedstat(""), None);
+        assert_eq!(parse_schedstat("x 1 2"), None);
+    }
+
+    #[test]
+    fn time_per_server_counts_only_what_each_thread_ran_since_the_earlier_sample() {
+        let sample = |threads: &[(u32, &str, u64)]| Sample {
+            threads: threads
+                .iter()
+                .map(|(tid, s, ms)| (*tid, (s.to_string(), Duration::from_millis(*ms))))
+                .collect(),
+        };
+        let earlier = sample(&[(1, "hub-p", 100), (2, "hub-p", 50), (3, "node-a", 10)]);
+        // Thread 4 started since; thread 3 ended.
+        let later = sample(&[(1, "hub-p", 130), (2, "hub-p", 60), (4, "node-a", 7)]);
+        let spent = later.since(&earlier);
+        assert_eq!(spent["hub-p"], Duration::from_millis(40));
+        assert_eq!(spent["node-a"], Duration::from_millis(7));
+        // A thread id reused by another server's thread counts from zero.
+        let reused = sample(&[(1, "node-c", 5)]);
+        assert_eq!(reused.since(&earlier)["node-c"], Duration::from_millis(5));
+    }
+
+    #[test]
+    fn this_process_threads_are_sampled_on_linux() {
+        if cfg!(target_os = "linux") {
+            let sample = Sample::now().expect("/proc/self/task is readable on Linux");
+            assert!(!sample.threads.is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_task_run_on_a_servers_runtime_runs_on_its_named_threads() {
+        let mut servers = Servers::default();
+        let name = servers
+            .run("hub-p", async {
+                std::thread::current().name().map(str::to_owned)
+            })
+            .await
+            .unwrap();
+        assert_eq!(name.as_deref(), Some("srv:hub-p"));
+        servers.shutdown();
+    }
+}
