@@ -123,12 +123,13 @@ impl Consumer {
         }
         let route = self.route(&env.service_id)?;
         let (role, obo) = if let Some(audience) = &route.audience {
-            let signed = self
+            let signer = self
                 .ctx
                 .obo_signer()
-                .and_then(|signer| {
-                    signer.sign(&env, lgsp_registry::calendar::unix_now_ms(), audience)
-                })
+                .map_err(|e| Status::internal(e.to_string()))?;
+            let signed = signer
+                .sign_batched(&env, lgsp_registry::calendar::unix_now_ms(), audience)
+                .await
                 .map_err(|e| Status::internal(e.to_string()))?;
             (lgsp_certs::Role::Hub, Some(signed))
         } else if route.hub_serves {

@@ -18,10 +18,14 @@ use ring::signature::{
 };
 use rustls_pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+use tokio::sync::oneshot;
 use x509_parser::prelude::{FromDer, X509Certificate};
+
+mod merkle;
 
 /// The request header that carries a [`SignedOnBehalfOf`], encoded.
 pub const HEADER: &str = "x-lgsp-obo-bin";
@@ -30,6 +34,20 @@ pub const HEADER: &str = "x-lgsp-obo-bin";
 pub const MAX_SKEW: Duration = Duration::from_secs(120);
 
 const DOMAIN: &[u8] = b"lgsp-obo-v1\0";
+
+/// What a batch's signature covers, before the root of its records' tree.
+const BATCH_DOMAIN: &[u8] = b"lgsp-obo-batch-v1\0";
+
+/// How long a batch opened while the signer is busy waits for more records.
+const BATCH_WINDOW: Duration = Duration::from_millis(1);
+
+/// A signer that signed a batch this recently is busy: its next batch
+/// waits [`BATCH_WINDOW`] for more records. After a quiet spell a record
+/// is signed at once.
+const BUSY: Duration = Duration::from_millis(5);
+
+/// The most records signed at once.
+const MAX_BATCH: usize = 256;
 
 /// Why a record is refused.
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
@@ -275,8 +293,93 @@ fn signed_bytes(record: &[u8]) -> Vec<u8> {
 
 /// A node's key, ready to sign records (parsed once, not per call).
 pub struct Signer {
-    key: EcdsaKeyPair,
+    key: Arc<EcdsaKeyPair>,
     certificate: Vec<u8>,
+    batching: Arc<Batching>,
+}
+
+/// Records waiting to be signed together (see [`Signer::sign_batched`]).
+struct Batching {
+    key: Arc<EcdsaKeyPair>,
+    pending: Mutex<Pending>,
+}
+
+type Answer = oneshot::Sender<Result<SignedOnBehalfOf, OboError>>;
+
+#[derive(Default)]
+struct Pending {
+    records: Vec<(Vec<u8>, Answer)>,
+    /// When the last batch was signed.
+    last_signed: Option<tokio::time::Instant>,
+}
+
+impl Batching {
+    /// Signs every record pending: one on its own, several as a batch
+    /// (one signature over their tree's root, each with its audit path),
+    /// and answers each.
+    fn sign_pending(&self) {
+        let records = {
+            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            pending.last_signed = Some(tokio::time::Instant::now());
+            std::mem::take(&mut pending.records)
+        };
+        if let [(record, _)] = records.as_slice() {
+            let signed = sign_alone(&self.key, record.clone());
+            if let Some((_, answer)) = records.into_iter().next() {
+                let _ = answer.send(signed);
+            }
+            return;
+        }
+        let leaves: Vec<merkle::Hash> = records
+            .iter()
+            .map(|(record, _)| merkle::leaf_hash(&signed_bytes(record)))
+            .collect();
+        let (root, paths) = merkle::root_and_paths(&leaves);
+        let signature = self
+            .key
+            .sign(&SystemRandom::new(), &[BATCH_DOMAIN, &root].concat())
+            .map(|s| s.as_ref().to_vec())
+            .map_err(|_| OboError::Malformed("signing failed".into()));
+        let size = records.len() as u32;
+        for (i, ((record, answer), path)) in records.into_iter().zip(paths).enumerate() {
+            let _ = answer.send(signature.clone().map(|signature| SignedOnBehalfOf {
+                record,
+                signature,
+                batch_size: size,
+                leaf_index: i as u32,
+                audit_path: path.iter().map(|h| h.to_vec()).collect(),
+            }));
+        }
+    }
+}
+
+/// `record` signed on its own.
+fn sign_alone(key: &EcdsaKeyPair, record: Vec<u8>) -> Result<SignedOnBehalfOf, OboError> {
+    let signature = key
+        .sign(&SystemRandom::new(), &signed_bytes(&record))
+        .map_err(|_| OboError::Malformed("signing failed".into()))?;
+    Ok(SignedOnBehalfOf {
+        record,
+        signature: signature.as_ref().to_vec(),
+        ..Default::default()
+    })
+}
+
+/// What the signature of `signed` covers: its record, or the root of the
+/// batch it was signed in, which its audit path leads to.
+fn signed_message(signed: &SignedOnBehalfOf) -> Result<Vec<u8>, OboError> {
+    if signed.batch_size == 0 {
+        return Ok(signed_bytes(&signed.record));
+    }
+    let leaf = merkle::leaf_hash(&signed_bytes(&signed.record));
+    let root = merkle::root_from_path(
+        leaf,
+        u64::from(signed.leaf_index),
+        u64::from(signed.batch_size),
+        &signed.audit_path,
+    )
+    .ok_or(OboError::BadSignature)?;
+    Ok([BATCH_DOMAIN, &root].concat())
 }
 
 impl std::fmt::Debug for Signer {
@@ -305,7 +408,30 @@ impl Signer {
                 "the node's key is not the key of its certificate".into(),
             ));
         }
-        Ok(Self { key, certificate })
+        let key = Arc::new(key);
+        Ok(Self {
+            batching: Arc::new(Batching {
+                key: key.clone(),
+                pending: Mutex::default(),
+            }),
+            key,
+            certificate,
+        })
+    }
+
+    /// The record for `request` at `at_unix_ms`, addressed to `audience`.
+    fn record_for(&self, request: Signed<'_>, at_unix_ms: i64, audience: &Audience) -> OnBehalfOf {
+        OnBehalfOf {
+            certificate: self.certificate.clone(),
+            request_id: request.request_id().to_owned(),
+            request_sha256: request.digest().to_vec(),
+            at_unix_ms,
+            service_id: request.service_id().to_owned(),
+            audience: audience.trust_domain.clone(),
+            via_hub: audience.via_hub.clone(),
+            query: request.is_query(),
+            ..Default::default()
+        }
     }
 
     /// Signs a record for `request` (an envelope, or a query stream's
@@ -316,18 +442,57 @@ impl Signer {
         at_unix_ms: i64,
         audience: &Audience,
     ) -> Result<SignedOnBehalfOf, OboError> {
-        let request = request.into();
-        self.sign_record(OnBehalfOf {
-            certificate: self.certificate.clone(),
-            request_id: request.request_id().to_owned(),
-            request_sha256: request.digest().to_vec(),
-            at_unix_ms,
-            service_id: request.service_id().to_owned(),
-            audience: audience.trust_domain.clone(),
-            via_hub: audience.via_hub.clone(),
-            query: request.is_query(),
-            ..Default::default()
-        })
+        self.sign_record(self.record_for(request.into(), at_unix_ms, audience))
+    }
+
+    /// As [`Self::sign`], signing it in a batch with the records of other
+    /// calls made at about the same time: one ECDSA signature over the
+    /// root of their Merkle tree, each record with its audit path, so that
+    /// the far hub and the provider verify one signature per batch, not
+    /// per call, and each record stays provable on its own. A record
+    /// after a quiet spell is signed at once; while calls keep coming, a
+    /// batch waits at most [`BATCH_WINDOW`] for more.
+    pub async fn sign_batched<'a>(
+        &self,
+        request: impl Into<Signed<'a>>,
+        at_unix_ms: i64,
+        audience: &Audience,
+    ) -> Result<SignedOnBehalfOf, OboError> {
+        let record = self
+            .record_for(request.into(), at_unix_ms, audience)
+            .encode_to_vec();
+        let (answer, answered) = oneshot::channel();
+        let now = tokio::time::Instant::now();
+        // The record that opens a batch closes it: at once, or after the
+        // window. Records added meanwhile are signed with it.
+        let (opens, full, busy) = {
+            let mut pending = self
+                .batching
+                .pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            pending.records.push((record, answer));
+            let busy = pending
+                .last_signed
+                .is_some_and(|at| now.saturating_duration_since(at) < BUSY);
+            (
+                pending.records.len() == 1,
+                pending.records.len() >= MAX_BATCH,
+                busy,
+            )
+        };
+        if full || (opens && !busy) {
+            self.batching.sign_pending();
+        } else if opens {
+            let batching = self.batching.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(BATCH_WINDOW).await;
+                batching.sign_pending();
+            });
+        }
+        answered
+            .await
+            .map_err(|_| OboError::Malformed("signing was interrupted".into()))?
     }
 
     /// Signs, with the hub's key, a record for `envelope` made on behalf of
@@ -364,15 +529,7 @@ impl Signer {
     }
 
     fn sign_record(&self, record: OnBehalfOf) -> Result<SignedOnBehalfOf, OboError> {
-        let record = record.encode_to_vec();
-        let signature = self
-            .key
-            .sign(&SystemRandom::new(), &signed_bytes(&record))
-            .map_err(|_| OboError::Malformed("signing failed".into()))?;
-        Ok(SignedOnBehalfOf {
-            record,
-            signature: signature.as_ref().to_vec(),
-        })
+        sign_alone(&self.key, record.encode_to_vec())
     }
 }
 
@@ -484,6 +641,12 @@ impl Known {
 #[derive(Debug, Default)]
 pub struct Verifier {
     certs: Mutex<HashMap<CertAndRoots, Known>>,
+    /// Batch signatures that verified, by the digest of the key, the root
+    /// and the signature: the other records of a batch verify without
+    /// another ECDSA verification.
+    batches: Mutex<HashSet<[u8; 32]>>,
+    /// ECDSA verifications made.
+    verifications: AtomicU64,
     /// The trust domain each certificate seen names, by its digest.
     domains: Mutex<HashMap<[u8; 32], String>>,
     roots: Mutex<HashMap<[u8; 32], std::sync::Arc<Vec<CertificateDer<'static>>>>>,
@@ -691,11 +854,43 @@ impl Verifier {
         now_ms: i64,
     ) -> Result<(Known, OnBehalfOf), OboError> {
         let (known, record) = self.certified(signed, roots, now_ms)?;
-        UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &known.public_key)
-            .verify(&signed_bytes(&signed.record), &signed.signature)
-            .map_err(|_| OboError::BadSignature)?;
+        let message = signed_message(signed)?;
+        // A batch's signature, once verified, is remembered by what it
+        // binds: this key, this root, these signature bytes.
+        let batch = (signed.batch_size > 0).then(|| -> [u8; 32] {
+            let mut h = Sha256::new();
+            for part in [&known.public_key, &message, &signed.signature] {
+                h.update((part.len() as u64).to_be_bytes());
+                h.update(part);
+            }
+            h.finalize().into()
+        });
+        let seen = batch.is_some_and(|key| {
+            self.batches
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(&key)
+        });
+        if !seen {
+            self.verifications.fetch_add(1, Ordering::Relaxed);
+            UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &known.public_key)
+                .verify(&message, &signed.signature)
+                .map_err(|_| OboError::BadSignature)?;
+            if let Some(key) = batch {
+                let mut batches = self.batches.lock().unwrap_or_else(PoisonError::into_inner);
+                if batches.len() >= MAX_REMEMBERED {
+                    batches.clear();
+                }
+                batches.insert(key);
+            }
+        }
         for_this_request(&record, request, now_ms)?;
         Ok((known, record))
+    }
+
+    /// How many ECDSA signatures this verifier has checked.
+    pub fn signatures_verified(&self) -> u64 {
+        self.verifications.load(Ordering::Relaxed)
     }
 
     /// The record in `signed` and what its certificate says, the
@@ -952,6 +1147,152 @@ mod tests {
         assert_eq!(v.consumer(), "000.00.13.H62@p.example");
     }
 
+    /// `n` envelopes of their own request ids.
+    fn envelopes(n: usize) -> Vec<Envelope> {
+        (0..n)
+            .map(|i| Envelope {
+                request_id: format!("r-{i}"),
+                ..envelope()
+            })
+            .collect()
+    }
+
+    /// Signs `envelopes` at once while the signer is busy: a batch.
+    async fn signed_in_one_batch(signer: &Signer, envelopes: &[Envelope]) -> Vec<SignedOnBehalfOf> {
+        // A batch just signed makes the signer busy: the next waits for more.
+        signer
+            .sign_batched(&envelope(), now_ms(), &audience())
+            .await
+            .unwrap();
+        let to = audience();
+        let calls = envelopes
+            .iter()
+            .map(|env| signer.sign_batched(env, now_ms(), &to));
+        futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn records_signed_in_one_batch_each_verify_for_their_own_request_with_one_ecdsa_check() {
+        let mut p = instance("p.example");
+        let creds = node(&mut p, "000.00.13.H62", lgsp_certs::Role::Node);
+        let signer = Signer::new(&creds).unwrap();
+        let envs = envelopes(7);
+        let signed = signed_in_one_batch(&signer, &envs).await;
+        assert!(
+            signed
+                .iter()
+                .all(|s| s.batch_size == 7 && s.signature == signed[0].signature)
+        );
+        let verifier = Verifier::default();
+        for (s, env) in signed.iter().zip(&envs) {
+            let v = verifier.verify(s, env, &creds.roots, now_ms()).unwrap();
+            assert_eq!(v.record.request_id, env.request_id);
+        }
+        assert_eq!(
+            verifier.signatures_verified(),
+            1,
+            "one ECDSA check for the batch"
+        );
+        // Each record is its own: it does not verify for another's request.
+        assert!(matches!(
+            verifier.verify(&signed[1], &envs[2], &creds.roots, now_ms()),
+            Err(OboError::OtherRequest(_))
+        ));
+        // A record alone after a quiet spell is signed on its own, as before.
+        tokio::time::advance(BUSY * 2).await;
+        let alone = signer
+            .sign_batched(&envelope(), now_ms(), &audience())
+            .await
+            .unwrap();
+        assert_eq!((alone.batch_size, alone.audit_path.len()), (0, 0));
+        verify(&alone, &envelope(), &creds.roots, now_ms()).unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batched_record_altered_moved_or_given_another_path_or_signature_is_refused() {
+        let mut p = instance("p.example");
+        let creds = node(&mut p, "000.00.13.H62", lgsp_certs::Role::Node);
+        let signer = Signer::new(&creds).unwrap();
+        let envs = envelopes(5);
+        let signed = signed_in_one_batch(&signer, &envs).await;
+        // Another batch, of other calls (the same calls at the same
+        // millisecond would make the same tree, which its signature covers
+        // as well as the first's).
+        let others: Vec<Envelope> = envelopes(5)
+            .into_iter()
+            .map(|env| Envelope {
+                request_id: format!("other-{}", env.request_id),
+                ..env
+            })
+            .collect();
+        let other_batch = signed_in_one_batch(&signer, &others).await;
+        let sizes: Vec<u32> = signed
+            .iter()
+            .chain(&other_batch)
+            .map(|s| s.batch_size)
+            .collect();
+        assert_eq!(sizes, [5; 10], "two batches of five");
+        let refused = |s: &SignedOnBehalfOf| {
+            // A verifier that has seen the real batch: what it remembers
+            // must not let an altered record through.
+            let verifier = Verifier::default();
+            verifier
+                .verify(&signed[0], &envs[0], &creds.roots, now_ms())
+                .unwrap();
+            match verifier.verify(s, &envs[3], &creds.roots, now_ms()) {
+                Ok(_) => panic!(
+                    "an altered record verified: index {}, size {}, {} hashes of path, {} signature",
+                    s.leaf_index,
+                    s.batch_size,
+                    s.audit_path.len(),
+                    if s.signature == signed[3].signature {
+                        "its own"
+                    } else {
+                        "another"
+                    }
+                ),
+                Err(e) => e,
+            }
+        };
+        let mut moved = signed[3].clone();
+        moved.leaf_index = 2;
+        assert_eq!(refused(&moved), OboError::BadSignature);
+        // A size that makes it the last leaf: another shape of tree.
+        let mut resized = signed[3].clone();
+        resized.batch_size = 4;
+        assert_eq!(refused(&resized), OboError::BadSignature);
+        let mut other_path = signed[3].clone();
+        other_path.audit_path = signed[2].audit_path.clone();
+        assert_eq!(refused(&other_path), OboError::BadSignature);
+        let mut other_signature = signed[3].clone();
+        other_signature.signature = other_batch[3].signature.clone();
+        assert_eq!(refused(&other_signature), OboError::BadSignature);
+        // Presented as signed alone, a batch's signature covers nothing.
+        let mut unbatched = signed[3].clone();
+        (
+            unbatched.batch_size,
+            unbatched.leaf_index,
+            unbatched.audit_path,
+        ) = (0, 0, Vec::new());
+        assert_eq!(refused(&unbatched), OboError::BadSignature);
+        // Another record swapped into the leaf (another agency's certificate).
+        let intruder = node(&mut p, "000.00.14.H62", lgsp_certs::Role::Node);
+        let mut record = OnBehalfOf::decode(signed[3].record.as_slice()).unwrap();
+        record.certificate = intruder.chain[0].to_vec();
+        let mut swapped = signed[3].clone();
+        swapped.record = record.encode_to_vec();
+        assert_eq!(refused(&swapped), OboError::BadSignature);
+        // The untouched record verifies.
+        let verifier = Verifier::default();
+        verifier
+            .verify(&signed[3], &envs[3], &creds.roots, now_ms())
+            .unwrap();
+    }
+
     #[test]
     fn altered_forged_expired_and_replayed_records_are_refused() {
         let mut p = instance("p.example");
@@ -972,6 +1313,7 @@ mod tests {
         let forged = SignedOnBehalfOf {
             record: record.encode_to_vec(),
             signature: signed.signature.clone(),
+            ..Default::default()
         };
         assert_eq!(
             verify(&forged, &envelope(), &creds.roots, now_ms()).unwrap_err(),

@@ -295,6 +295,7 @@ mod tests {
         SignedOnBehalfOf {
             record: vec![n; 16],
             signature: vec![0; 64],
+            ..Default::default()
         }
     }
 

@@ -92,7 +92,10 @@ fn bench_exchange_reports_every_path_next_to_the_raw_baseline_without_errors() {
             .lines()
             .find(|l| l.trim_start().starts_with(line))
             .unwrap_or_else(|| panic!("no CPU per call for {line:?} in:\n{out}"));
-        assert!(costs.contains(" µs") && costs.contains("calls/s a core"), "{costs}");
+        assert!(
+            costs.contains(" µs") && costs.contains("calls/s a core"),
+            "{costs}"
+        );
     }
     assert!(out.contains("with a core per server: "), "{out}");
     // Both nodes logged the exchanges they took part in.

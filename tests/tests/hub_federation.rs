@@ -387,7 +387,29 @@ async fn two_instances_call_each_other_through_their_hubs() {
             "{name} missing: {rows:?}"
         );
     }
+    // Calls made at the same time are signed by node C in batches (one
+    // signature over a Merkle tree of their records): each still verifies
+    // at hub P and node A, and is logged as the national agency's.
+    let burst: Vec<String> = (0..24).map(|i| format!("lien-thong-lo-{i:02}")).collect();
+    let calls = burst.iter().map(|id| {
+        let mut app = app.clone();
+        let mut call = get(&ho_tich, "001099012345");
+        call.request_id = id.clone();
+        async move { app.call(call).await }
+    });
+    for (id, outcome) in burst.iter().zip(futures::future::join_all(calls).await) {
+        outcome.unwrap_or_else(|s| panic!("{id}: {s:?}\nhub P:\n{}", hub_p.log()));
+    }
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    let provider_log = std::fs::read_to_string(node_a.sharing_log()).unwrap();
+    for id in &burst {
+        assert!(
+            provider_log.lines().any(|l| l.contains(id.as_str())
+                && l.contains(NATIONAL_CONSUMER)
+                && l.contains("\"OK\"")),
+            "node A's log lacks {id} served to the national agency"
+        );
+    }
     for (who, node) in [
         ("the national consumer node", &node_c),
         ("the national hub", &hub_q),
