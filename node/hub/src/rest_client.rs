@@ -13,8 +13,9 @@
 //! system's certificate again.
 //!
 //! Secrets never enter the catalog: `<secrets-dir>/<system>.api-key` and
-//! `<secrets-dir>/<system>.client-secret`, read at each use so a rotated
-//! secret applies without restart.
+//! `<secrets-dir>/<system>.client-secret`, read again whenever the file
+//! changes (its inode, size or modification time; a stat per use), so a
+//! rotated secret applies at once, without restart.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -81,6 +82,30 @@ pub struct RestClient {
     /// was built from.
     pools: Mutex<HashMap<String, (RestSystem, Pool)>>,
     tokens: Mutex<HashMap<String, Token>>,
+    /// Each secret file as last read, with what its metadata said then: it
+    /// is read again when that changes (a rotated secret applies at once),
+    /// not at each call.
+    secret_files: Mutex<HashMap<PathBuf, (FileStamp, String)>>,
+}
+
+/// What says a file changed: its inode (a file replaced by a rename), size
+/// and modification time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct FileStamp {
+    inode: u64,
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+impl FileStamp {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt as _;
+        Self {
+            inode: meta.ino(),
+            len: meta.len(),
+            modified: meta.modified().ok(),
+        }
+    }
 }
 
 /// The kept-alive connections to one REST system.
@@ -97,6 +122,7 @@ impl RestClient {
             max_response,
             pools: Mutex::default(),
             tokens: Mutex::default(),
+            secret_files: Mutex::default(),
         }
     }
 
@@ -187,12 +213,23 @@ impl RestClient {
             )));
         };
         let path = dir.join(format!("{system}.{kind}"));
-        let text = std::fs::read_to_string(&path).map_err(|e| {
+        let unreadable = |e: std::io::Error| {
             SendError::Setup(format!(
                 "REST system {system}: cannot read its secret {}: {e} (install it with `lgsp hub rest secret`)",
                 path.display()
             ))
-        })?;
+        };
+        let stamp = FileStamp::of(&std::fs::metadata(&path).map_err(unreadable)?);
+        let mut files = self
+            .secret_files
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((seen, text)) = files.get(&path)
+            && *seen == stamp
+        {
+            return Ok(text.clone());
+        }
+        let text = std::fs::read_to_string(&path).map_err(unreadable)?;
         let text = text.trim().to_owned();
         if text.is_empty() {
             return Err(SendError::Setup(format!(
@@ -200,6 +237,7 @@ impl RestClient {
                 path.display()
             )));
         }
+        files.insert(path, (stamp, text.clone()));
         Ok(text)
     }
 
@@ -652,6 +690,45 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    #[test]
+    fn a_secret_is_read_again_only_when_its_file_changes_and_a_rotated_one_applies_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let secrets = dir.path().join("secrets");
+        std::fs::create_dir(&secrets).unwrap();
+        let client = RestClient::new(hub_credentials(dir.path()), Some(secrets.clone()), 1 << 20);
+        let file = secrets.join("bo-tai-chinh.api-key");
+        std::fs::write(&file, "khóa-một\n").unwrap();
+        assert_eq!(
+            client.secret("bo-tai-chinh", "api-key").unwrap(),
+            "khóa-một"
+        );
+        assert_eq!(
+            client.secret("bo-tai-chinh", "api-key").unwrap(),
+            "khóa-một"
+        );
+        // Rewritten in place, longer.
+        std::fs::write(&file, "khóa-thứ-hai\n").unwrap();
+        assert_eq!(
+            client.secret("bo-tai-chinh", "api-key").unwrap(),
+            "khóa-thứ-hai"
+        );
+        // Replaced by a rename with a file of the same length.
+        let next = secrets.join("next");
+        std::fs::write(&next, "khóa-thứ-ba!\n").unwrap();
+        std::fs::rename(&next, &file).unwrap();
+        assert_eq!(
+            client.secret("bo-tai-chinh", "api-key").unwrap(),
+            "khóa-thứ-ba!"
+        );
+        // Removed: refused, saying how to install it, never the old one.
+        std::fs::remove_file(&file).unwrap();
+        let why = client
+            .secret("bo-tai-chinh", "api-key")
+            .unwrap_err()
+            .to_string();
+        assert!(why.contains("lgsp hub rest secret"), "{why}");
     }
 
     #[tokio::test]
