@@ -14,8 +14,8 @@
 //!
 //! Secrets never enter the catalog: `<secrets-dir>/<system>.api-key` and
 //! `<secrets-dir>/<system>.client-secret`, read again whenever the file
-//! changes (its inode, size or modification time; a stat per use), so a
-//! rotated secret applies at once, without restart.
+//! changes (its inode, size or modification time, looked at once a second
+//! at most), so a rotated secret applies within a second, without restart.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -82,10 +82,21 @@ pub struct RestClient {
     /// was built from.
     pools: Mutex<HashMap<String, (RestSystem, Pool)>>,
     tokens: Mutex<HashMap<String, Token>>,
-    /// Each secret file as last read, with what its metadata said then: it
-    /// is read again when that changes (a rotated secret applies at once),
-    /// not at each call.
-    secret_files: Mutex<HashMap<PathBuf, (FileStamp, String)>>,
+    /// Each secret file as last read, with what its metadata said then and
+    /// when that was last looked at: it is read again when that changes,
+    /// looked at once per [`SECRET_RECHECK`] at most.
+    secret_files: Mutex<HashMap<PathBuf, SecretFile>>,
+}
+
+/// How often a secret file's metadata is looked at again: a rotated secret
+/// applies within this.
+pub const SECRET_RECHECK: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+struct SecretFile {
+    stamp: FileStamp,
+    text: String,
+    checked: tokio::time::Instant,
 }
 
 /// What says a file changed: its inode (a file replaced by a rename), size
@@ -219,15 +230,22 @@ impl RestClient {
                 path.display()
             ))
         };
-        let stamp = FileStamp::of(&std::fs::metadata(&path).map_err(unreadable)?);
+        let now = tokio::time::Instant::now();
         let mut files = self
             .secret_files
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((seen, text)) = files.get(&path)
-            && *seen == stamp
+        if let Some(file) = files.get(&path)
+            && now.saturating_duration_since(file.checked) < SECRET_RECHECK
         {
-            return Ok(text.clone());
+            return Ok(file.text.clone());
+        }
+        let stamp = FileStamp::of(&std::fs::metadata(&path).map_err(unreadable)?);
+        if let Some(file) = files.get_mut(&path)
+            && file.stamp == stamp
+        {
+            file.checked = now;
+            return Ok(file.text.clone());
         }
         let text = std::fs::read_to_string(&path).map_err(unreadable)?;
         let text = text.trim().to_owned();
@@ -237,7 +255,14 @@ impl RestClient {
                 path.display()
             )));
         }
-        files.insert(path, (stamp, text.clone()));
+        files.insert(
+            path,
+            SecretFile {
+                stamp,
+                text: text.clone(),
+                checked: now,
+            },
+        );
         Ok(text)
     }
 
@@ -692,42 +717,35 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_secret_is_read_again_only_when_its_file_changes_and_a_rotated_one_applies_at_once() {
+    #[tokio::test(start_paused = true)]
+    async fn a_secret_is_read_again_only_when_its_file_changes_and_a_rotated_one_applies_within_a_second()
+     {
         let dir = tempfile::tempdir().unwrap();
         let secrets = dir.path().join("secrets");
         std::fs::create_dir(&secrets).unwrap();
         let client = RestClient::new(hub_credentials(dir.path()), Some(secrets.clone()), 1 << 20);
+        let key = || client.secret("bo-tai-chinh", "api-key");
         let file = secrets.join("bo-tai-chinh.api-key");
         std::fs::write(&file, "khóa-một\n").unwrap();
-        assert_eq!(
-            client.secret("bo-tai-chinh", "api-key").unwrap(),
-            "khóa-một"
-        );
-        assert_eq!(
-            client.secret("bo-tai-chinh", "api-key").unwrap(),
-            "khóa-một"
-        );
-        // Rewritten in place, longer.
+        assert_eq!(key().unwrap(), "khóa-một");
+        // Rewritten in place, longer: the file is looked at again within a second.
         std::fs::write(&file, "khóa-thứ-hai\n").unwrap();
-        assert_eq!(
-            client.secret("bo-tai-chinh", "api-key").unwrap(),
-            "khóa-thứ-hai"
-        );
+        assert_eq!(key().unwrap(), "khóa-một", "not looked at again yet");
+        tokio::time::advance(SECRET_RECHECK).await;
+        assert_eq!(key().unwrap(), "khóa-thứ-hai");
         // Replaced by a rename with a file of the same length.
         let next = secrets.join("next");
         std::fs::write(&next, "khóa-thứ-ba!\n").unwrap();
         std::fs::rename(&next, &file).unwrap();
-        assert_eq!(
-            client.secret("bo-tai-chinh", "api-key").unwrap(),
-            "khóa-thứ-ba!"
-        );
+        tokio::time::advance(SECRET_RECHECK).await;
+        assert_eq!(key().unwrap(), "khóa-thứ-ba!");
+        // Unchanged, it is not read again, and stays.
+        tokio::time::advance(SECRET_RECHECK).await;
+        assert_eq!(key().unwrap(), "khóa-thứ-ba!");
         // Removed: refused, saying how to install it, never the old one.
         std::fs::remove_file(&file).unwrap();
-        let why = client
-            .secret("bo-tai-chinh", "api-key")
-            .unwrap_err()
-            .to_string();
+        tokio::time::advance(SECRET_RECHECK).await;
+        let why = key().unwrap_err().to_string();
         assert!(why.contains("lgsp hub rest secret"), "{why}");
     }
 
