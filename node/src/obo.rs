@@ -41,10 +41,11 @@ const BATCH_DOMAIN: &[u8] = b"lgsp-obo-batch-v1\0";
 /// How long a batch opened while the signer is busy waits for more records.
 const BATCH_WINDOW: Duration = Duration::from_millis(1);
 
-/// A signer that signed a batch this recently is busy: its next batch
-/// waits [`BATCH_WINDOW`] for more records. After a quiet spell a record
-/// is signed at once.
-const BUSY: Duration = Duration::from_millis(5);
+/// A signer that signed a batch this recently is busy (calls come about a
+/// thousand a second or more): its next batch waits [`BATCH_WINDOW`] for
+/// more records. Slower than that, a record is signed at once: waiting
+/// would rarely find another to share the signature with.
+const BUSY: Duration = Duration::from_millis(1);
 
 /// The most records signed at once.
 const MAX_BATCH: usize = 256;
