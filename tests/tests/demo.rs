@@ -6,22 +6,23 @@
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 /// How many consecutive ports the demo takes.
 const PORTS: u16 = 13;
 
-/// A base port whose block of [`PORTS`] is free now.
+/// A base port whose block of [`PORTS`] is free now, below Linux's range of
+/// ephemeral ports (32768-60999 by default): a block taken from that range
+/// can lose a port, between this check and the demo's bind, to the source
+/// port of a connection the other tests make meanwhile. Each test of this
+/// process starts from another block.
 fn free_block() -> u16 {
-    for _ in 0..100 {
-        let first = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if first > u16::MAX - PORTS {
-            continue;
-        }
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let seed = (std::process::id() % 700) as u16;
+    for _ in 0..200 {
+        let slot = (seed + NEXT.fetch_add(1, Ordering::Relaxed)) % 700;
+        let first = 20_000 + slot * 16;
         let held: Vec<_> = (first..first + PORTS)
             .map_while(|p| TcpListener::bind(("127.0.0.1", p)).ok())
             .collect();
@@ -29,7 +30,7 @@ fn free_block() -> u16 {
             return first;
         }
     }
-    panic!("no block of {PORTS} free ports on 127.0.0.1 in 100 tries");
+    panic!("no block of {PORTS} free ports on 127.0.0.1 between 20000 and 31215 in 200 tries");
 }
 
 /// Kills the demo if the test fails before stopping it.
