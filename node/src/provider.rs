@@ -173,6 +173,9 @@ impl Provider {
         };
         let request_id = std::mem::take(&mut env.request_id);
         let mut trace = trace;
+        if let Err(status) = &result {
+            trace.external_ids_of(status);
+        }
         // A response the caller cannot take is not delivered: the log says so.
         let result = result.and_then(|answered| {
             trace.external_ids(&answered.metadata);

@@ -63,6 +63,11 @@ fn bounded(text: &str, max: usize) -> String {
     format!("{}…", &text[..end])
 }
 
+/// The ids an external system (an X-Road security server) gives an
+/// exchange, by header name, which a failed exchange's status carries in its
+/// metadata for the log entry: `x-road-id` and `x-road-request-id`.
+pub const EXTERNAL_ID_HEADERS: [&str; 2] = ["x-road-id", "x-road-request-id"];
+
 /// One exchange as the sharing log and the metrics see it: who, what and
 /// when, taken as the call starts; `finish` adds the outcome and writes it.
 /// A trace dropped unfinished (the caller cancelled, or its deadline passed
@@ -131,6 +136,17 @@ impl Trace {
     pub fn external_ids(&mut self, ids: &std::collections::HashMap<String, String>) {
         self.external_ids
             .extend(ids.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+
+    /// Notes the ids an external system gave an exchange that failed, as
+    /// the hub puts them in the status's metadata (see
+    /// [`EXTERNAL_ID_HEADERS`]).
+    pub fn external_ids_of(&mut self, status: &tonic::Status) {
+        for name in EXTERNAL_ID_HEADERS {
+            if let Some(value) = status.metadata().get(name).and_then(|v| v.to_str().ok()) {
+                self.external_ids.insert(name.to_owned(), value.to_owned());
+            }
+        }
     }
 
     /// Records that the exchange was refused with `refusal` before any work,

@@ -219,11 +219,18 @@ async fn answer(
                 return xroad_error(500, "Server.ServerProxy.UnknownService", "no such service");
             }
             match rest[5..] {
-                ["citizens", "bi-cam"] => xroad_error(
-                    500,
-                    "Server.ServerProxy.AccessDenied",
-                    "Request is not allowed: VN/GOV/000.00.00.H62/lgsp",
-                ),
+                ["citizens", "bi-cam"] => {
+                    let mut refused = xroad_error(
+                        500,
+                        "Server.ServerProxy.AccessDenied",
+                        "Request is not allowed: VN/GOV/000.00.00.H62/lgsp",
+                    );
+                    // An error answer carries the exchange's ids too.
+                    let headers = refused.headers_mut();
+                    headers.insert("x-road-id", xroad_id.parse().unwrap());
+                    headers.insert("x-road-request-id", "5d1e07c4-bi-cam".parse().unwrap());
+                    refused
+                }
                 ["citizens", id] => Response::builder()
                     .header("content-type", "application/json; charset=utf-8")
                     .header("x-road-id", &xroad_id)
@@ -648,13 +655,49 @@ async fn ministry_rest_systems_and_xroad_are_called_through_the_hub() {
         serde_json::json!({"x-road-id": "xr-ids-0001", "x-road-request-id": "f92591a3-6bf0-49b1"}),
         "{logged}"
     );
-    let s = call(&b, "ma-so-thue", "get", &[("id", "bi-cam")], "")
+    // An X-Road error: a clear status, with the security server's ids in
+    // its message for the application and in the hub's log entry.
+    let s = app
+        .call(Envelope {
+            service_id: format!("{PROVINCE}/ma-so-thue"),
+            operation: "get".into(),
+            parameters: [("id".to_owned(), "bi-cam".to_owned())].into(),
+            request_id: "xr-ids-0002".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
     assert!(
         s.message().contains("Server.ServerProxy.AccessDenied") && s.message().contains("xroad-ss"),
         "{s:?}"
+    );
+    assert!(
+        s.message()
+            .contains("(X-Road-Id xr-ids-0002, X-Road-Request-Id 5d1e07c4-bi-cam)"),
+        "{s:?}"
+    );
+    let start = Instant::now();
+    let refused = loop {
+        let line = std::fs::read_to_string(hub.sharing_log())
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.contains("\"xr-ids-0002\"") && l.contains("\"provider\""))
+            .map(str::to_owned);
+        match line {
+            Some(l) => break l,
+            None if start.elapsed() < Duration::from_secs(5) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            None => panic!("the hub logged no entry for xr-ids-0002"),
+        }
+    };
+    let entry: serde_json::Value = serde_json::from_str(&refused).unwrap();
+    assert_eq!(entry["status"], "PERMISSION_DENIED", "{refused}");
+    assert_eq!(
+        entry["external_ids"],
+        serde_json::json!({"x-road-id": "xr-ids-0002", "x-road-request-id": "5d1e07c4-bi-cam"}),
+        "{refused}"
     );
 
     // The catalog holds what is not secret; the key is in the hub's

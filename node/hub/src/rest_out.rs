@@ -486,30 +486,63 @@ pub async fn forward(
     if reply.status == 401 {
         hub.rest.drop_token(&system.name);
     }
+    // The ids an X-Road security server gave the exchange, error or not.
+    let ids: Vec<(&'static str, String)> = if system.xroad.is_some() {
+        [(XROAD_ID, xroad_id), (XROAD_REQUEST_ID, xroad_request_id)]
+            .into_iter()
+            .filter(|(_, value)| !value.is_empty() && value.len() <= MAX_XROAD_ID)
+            .collect()
+    } else {
+        Vec::new()
+    };
     if system.xroad.is_some()
         && let Some(kind) = reply.headers.get("x-road-error")
     {
-        return Err(xroad_status(
-            &system.name,
-            kind.to_str().unwrap_or_default(),
-            &reply.body,
-        ));
+        let status = xroad_status(&system.name, kind.to_str().unwrap_or_default(), &reply.body);
+        return Err(with_ids(status, &ids));
     }
     if (200..300).contains(&reply.status) {
-        let mut metadata = std::collections::HashMap::new();
-        if system.xroad.is_some() {
-            for (name, value) in [(XROAD_ID, xroad_id), (XROAD_REQUEST_ID, xroad_request_id)] {
-                if !value.is_empty() && value.len() <= MAX_XROAD_ID {
-                    metadata.insert(name.to_owned(), value);
-                }
-            }
-        }
+        let metadata = ids
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value))
+            .collect();
         return Ok(lgsp_node::context::Forwarded {
             payload: reply.body.to_vec(),
             metadata,
         });
     }
-    Err(http_status(&system.name, reply.status, &reply.body))
+    Err(with_ids(
+        http_status(&system.name, reply.status, &reply.body),
+        &ids,
+    ))
+}
+
+/// `status` with the ids an X-Road security server gave the exchange: in
+/// its message, which crosses every node to the application, and in its
+/// metadata (by header name), from which the hub's sharing-log entry takes
+/// them.
+fn with_ids(status: Status, ids: &[(&'static str, String)]) -> Status {
+    if ids.is_empty() {
+        return status;
+    }
+    let mut metadata = tonic::metadata::MetadataMap::new();
+    let mut named = Vec::new();
+    for (name, value) in ids {
+        if let Ok(v) = value.parse() {
+            metadata.insert(*name, v);
+            let shown = if *name == XROAD_ID {
+                "X-Road-Id"
+            } else {
+                "X-Road-Request-Id"
+            };
+            named.push(format!("{shown} {value}"));
+        }
+    }
+    if named.is_empty() {
+        return status;
+    }
+    let message = format!("{} ({})", status.message(), named.join(", "));
+    Status::with_metadata(status.code(), message, metadata)
 }
 
 /// The X-Road security server's message id of an exchange and the request
@@ -661,6 +694,29 @@ mod tests {
                 .message()
                 .contains("Không có")
         );
+    }
+
+    #[test]
+    fn an_error_answers_ids_are_in_its_message_and_metadata() {
+        let status = Status::permission_denied("X-Road error Server.ServerProxy.AccessDenied");
+        let ids = [
+            (XROAD_ID, "xr-0002".to_owned()),
+            (XROAD_REQUEST_ID, "5d1e07c4".to_owned()),
+        ];
+        let s = with_ids(status, &ids);
+        assert_eq!(s.code(), Code::PermissionDenied);
+        assert_eq!(
+            s.message(),
+            "X-Road error Server.ServerProxy.AccessDenied (X-Road-Id xr-0002, X-Road-Request-Id 5d1e07c4)"
+        );
+        assert_eq!(s.metadata().get(XROAD_ID).unwrap(), "xr-0002");
+        assert_eq!(s.metadata().get(XROAD_REQUEST_ID).unwrap(), "5d1e07c4");
+        // No ids: the status as it was.
+        let plain = with_ids(Status::unavailable("down"), &[]);
+        assert_eq!((plain.message(), plain.metadata().len()), ("down", 0));
+        // An id that cannot be a header value is left out, never sent.
+        let odd = with_ids(Status::unavailable("down"), &[(XROAD_ID, "xr\n1".into())]);
+        assert_eq!((odd.message(), odd.metadata().len()), ("down", 0));
     }
 
     #[test]

@@ -304,6 +304,11 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_ids_a_failed_exchange_logs_are_the_x_road_ids() {
+        assert_eq!(lgsp_node::trace::EXTERNAL_ID_HEADERS, [ID, REQUEST_ID]);
+    }
+
+    #[test]
     fn an_xroad_client_has_three_or_four_percent_encoded_parts() {
         assert_eq!(
             client_id("VN/GOV/000.00.07.G01/hotich").unwrap(),
