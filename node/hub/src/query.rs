@@ -69,33 +69,13 @@ pub(crate) async fn forward(
         .attempt(Instant::now())
         .map_err(|wait| crate::outbound::circuit_open(&peer, &health, wait))?;
     let sent = Instant::now();
-    let mut request = Request::new(query);
-    // The far side bounds the stream as this hub does, caller's deadline or not.
-    let longest = hub.ctx.config.limits.relay().max_duration;
-    request.set_timeout(Deadline::within(deadline, sent, longest).left());
-    lgsp_node::obo::to_metadata(request.metadata_mut(), signed);
-    let max = hub.ctx.config.limits.max_message_bytes;
-    let open = Deadline::within(deadline, sent, hub.call_timeout);
-    let opened = tokio::time::timeout_at(
-        open.at.into(),
-        DataExchangeClient::new(channel)
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(max)
-            .query(request),
-    )
-    .await
-    .unwrap_or_else(|_| {
-        Err(Status::deadline_exceeded(format!(
-            "the query stream did not open within {} ms",
-            open.total.as_millis()
-        )))
-    });
+    let opened = open_query(hub, channel, query, signed, deadline, "the query stream").await;
     let unreachable = matches!(&opened, Err(s) if is_unreachable(s));
     attempt.finish(!unreachable);
     let upstream = match opened {
-        Ok(response) => {
+        Ok(upstream) => {
             health.outward(Outcome::Answered, sent.elapsed(), "");
-            response.into_inner()
+            upstream
         }
         Err(s) if unreachable => {
             let why = lgsp_certs::tls::explain_status(&s);
@@ -228,6 +208,31 @@ async fn open_on_provider(
             ))
         })?;
     let channel = hub.ctx.channel_to(&node, Role::Node)?;
+    open_query(
+        hub,
+        channel,
+        query,
+        signed,
+        deadline,
+        "the provider node's query stream",
+    )
+    .await
+}
+
+/// Opens `query` on `channel` with `signed`, the record of on whose behalf.
+/// The far side is told the stream's deadline: `deadline` (the caller's),
+/// or the longest a relayed stream lasts when that comes first, so it
+/// bounds the stream as this hub does. Opening is bounded by the hub's call
+/// timeout; `stream` names the stream in the refusal when it does not open
+/// in time.
+async fn open_query(
+    hub: &Hub,
+    channel: tonic::transport::Channel,
+    query: QueryRequest,
+    signed: &SignedOnBehalfOf,
+    deadline: Option<Deadline>,
+    stream: &str,
+) -> Result<tonic::Streaming<lgsp_proto::QueryPage>, Status> {
     let started = Instant::now();
     let mut request = Request::new(query);
     let longest = hub.ctx.config.limits.relay().max_duration;
@@ -245,7 +250,7 @@ async fn open_on_provider(
     .await
     .unwrap_or_else(|_| {
         Err(Status::deadline_exceeded(format!(
-            "the provider node did not open the query stream within {} ms",
+            "{stream} did not open within {} ms",
             open.total.as_millis()
         )))
     })
