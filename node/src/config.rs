@@ -69,6 +69,15 @@ pub struct ConsumerConfig {
     /// closed.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout_s: u64,
+    /// Sign the on-behalf-of records of concurrent calls to other instances
+    /// in batches (one ECDSA signature over a Merkle tree of them) when they
+    /// come a thousand a second or more. Off by default: a hub or provider
+    /// node older than batch verification refuses such a record as forged,
+    /// and a province hub older than it drops the batch from the record it
+    /// passes on. Turn it on once the province's hub and every peer instance
+    /// this node calls run a version that verifies batches.
+    #[serde(default)]
+    pub batch_obo_signatures: bool,
 }
 
 impl ConsumerConfig {
@@ -81,6 +90,7 @@ impl ConsumerConfig {
             max_connections: default_max_connections(),
             preface_timeout_s: default_preface_timeout(),
             idle_timeout_s: default_idle_timeout(),
+            batch_obo_signatures: false,
         }
     }
 }
@@ -521,6 +531,10 @@ listen = "{consumer}"
 # max_connections = 4096
 # preface_timeout_s = 10
 # idle_timeout_s = 300
+# Sign the records of calls to other instances in batches under load (off:
+# turn on once the province's hub and the peers run a version that verifies
+# batches):
+# batch_obo_signatures = false
 # Require certificates from the agency's own CA of its applications:
 # [consumer.tls]
 # cert = "tls/cert.pem"

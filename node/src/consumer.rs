@@ -127,10 +127,13 @@ impl Consumer {
                 .ctx
                 .obo_signer()
                 .map_err(|e| Status::internal(e.to_string()))?;
-            let signed = signer
-                .sign_batched(&env, lgsp_registry::calendar::unix_now_ms(), audience)
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?;
+            let now = lgsp_registry::calendar::unix_now_ms();
+            let signed = if self.ctx.config.consumer.batch_obo_signatures {
+                signer.sign_batched(&env, now, audience).await
+            } else {
+                signer.sign(&env, now, audience)
+            }
+            .map_err(|e| Status::internal(e.to_string()))?;
             (lgsp_certs::Role::Hub, Some(signed))
         } else if route.hub_serves {
             // A service the hub carries to an external REST system.

@@ -38,8 +38,17 @@ const DOMAIN: &[u8] = b"lgsp-obo-v1\0";
 /// What a batch's signature covers, before the root of its records' tree.
 const BATCH_DOMAIN: &[u8] = b"lgsp-obo-batch-v1\0";
 
-/// How long a batch opened while the signer is busy waits for more records.
+/// How long a batch opened while the signer is busy waits for more records
+/// (1-2 ms: the runtime's timers tick in milliseconds).
 const BATCH_WINDOW: Duration = Duration::from_millis(1);
+
+/// How long a record waits for the batch it joined before its caller signs
+/// what is pending itself: the batch's own timer never failing to fire is
+/// not taken on trust.
+const BATCH_STALLED: Duration = Duration::from_secs(1);
+
+/// The bytes of salt each batched record's leaf takes.
+const SALT: usize = 32;
 
 /// A signer that signed a batch this recently is busy (calls come about a
 /// thousand a second or more): its next batch waits [`BATCH_WINDOW`] for
@@ -321,6 +330,9 @@ impl Batching {
     fn sign_pending(&self) {
         let records = {
             let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            if pending.records.is_empty() {
+                return;
+            }
             pending.last_signed = Some(tokio::time::Instant::now());
             std::mem::take(&mut pending.records)
         };
@@ -331,24 +343,40 @@ impl Batching {
             }
             return;
         }
+        let rng = SystemRandom::new();
+        let mut salts = vec![[0u8; SALT]; records.len()];
+        for salt in &mut salts {
+            if ring::rand::SecureRandom::fill(&rng, salt).is_err() {
+                for (_, answer) in records {
+                    let _ = answer.send(Err(OboError::Malformed(
+                        "no randomness to salt the batch with".into(),
+                    )));
+                }
+                return;
+            }
+        }
         let leaves: Vec<merkle::Hash> = records
             .iter()
-            .map(|(record, _)| merkle::leaf_hash(&signed_bytes(record)))
+            .zip(&salts)
+            .map(|((record, _), salt)| merkle::leaf_hash(salt, &signed_bytes(record)))
             .collect();
         let (root, paths) = merkle::root_and_paths(&leaves);
         let signature = self
             .key
-            .sign(&SystemRandom::new(), &[BATCH_DOMAIN, &root].concat())
+            .sign(&rng, &[BATCH_DOMAIN, &root].concat())
             .map(|s| s.as_ref().to_vec())
             .map_err(|_| OboError::Malformed("signing failed".into()));
         let size = records.len() as u32;
-        for (i, ((record, answer), path)) in records.into_iter().zip(paths).enumerate() {
+        for (i, (((record, answer), path), salt)) in
+            records.into_iter().zip(paths).zip(salts).enumerate()
+        {
             let _ = answer.send(signature.clone().map(|signature| SignedOnBehalfOf {
                 record,
                 signature,
                 batch_size: size,
                 leaf_index: i as u32,
                 audit_path: path.iter().map(|h| h.to_vec()).collect(),
+                leaf_salt: salt.to_vec(),
             }));
         }
     }
@@ -372,7 +400,10 @@ fn signed_message(signed: &SignedOnBehalfOf) -> Result<Vec<u8>, OboError> {
     if signed.batch_size == 0 {
         return Ok(signed_bytes(&signed.record));
     }
-    let leaf = merkle::leaf_hash(&signed_bytes(&signed.record));
+    if signed.leaf_salt.len() != SALT {
+        return Err(OboError::BadSignature);
+    }
+    let leaf = merkle::leaf_hash(&signed.leaf_salt, &signed_bytes(&signed.record));
     let root = merkle::root_from_path(
         leaf,
         u64::from(signed.leaf_index),
@@ -448,11 +479,12 @@ impl Signer {
 
     /// As [`Self::sign`], signing it in a batch with the records of other
     /// calls made at about the same time: one ECDSA signature over the
-    /// root of their Merkle tree, each record with its audit path, so that
-    /// the far hub and the provider verify one signature per batch, not
-    /// per call, and each record stays provable on its own. A record
+    /// root of their Merkle tree, each record with its salt and audit path,
+    /// so that the far hub and the provider verify one signature per batch,
+    /// not per call, and each record stays provable on its own. A record
     /// after a quiet spell is signed at once; while calls keep coming, a
-    /// batch waits at most [`BATCH_WINDOW`] for more.
+    /// batch waits [`BATCH_WINDOW`] for more. Only for verifiers that know
+    /// batches (`[consumer] batch_obo_signatures`).
     pub async fn sign_batched<'a>(
         &self,
         request: impl Into<Signed<'a>>,
@@ -491,9 +523,16 @@ impl Signer {
                 batching.sign_pending();
             });
         }
-        answered
-            .await
-            .map_err(|_| OboError::Malformed("signing was interrupted".into()))?
+        let mut answered = answered;
+        let answer = match tokio::time::timeout(BATCH_STALLED, &mut answered).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                // The batch's timer never signed it: sign what is pending here.
+                self.batching.sign_pending();
+                answered.await
+            }
+        };
+        answer.map_err(|_| OboError::Malformed("signing was interrupted".into()))?
     }
 
     /// Signs, with the hub's key, a record for `envelope` made on behalf of
@@ -1214,6 +1253,39 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_record_whose_batch_is_never_closed_is_signed_by_its_own_caller_after_a_second() {
+        let mut p = instance("p.example");
+        let creds = node(&mut p, "000.00.13.H62", lgsp_certs::Role::Node);
+        let signer = Signer::new(&creds).unwrap();
+        // A batch opened whose closing never comes: a record is pending
+        // with no timer to sign it.
+        let (stranded, answer) = oneshot::channel();
+        let first = signer
+            .record_for((&envelopes(1)[0]).into(), now_ms(), &audience())
+            .encode_to_vec();
+        signer
+            .batching
+            .pending
+            .lock()
+            .unwrap()
+            .records
+            .push((first, stranded));
+        let started = tokio::time::Instant::now();
+        let env = envelope();
+        let signed = signer
+            .sign_batched(&env, now_ms(), &audience())
+            .await
+            .unwrap();
+        assert_eq!(started.elapsed(), BATCH_STALLED);
+        assert_eq!(signed.batch_size, 2, "signed with the stranded record");
+        verify(&signed, &env, &creds.roots, now_ms()).unwrap();
+        assert_eq!(answer.await.unwrap().unwrap().batch_size, 2);
+        // Nothing pending: signing it is a no-op, not an empty batch.
+        signer.batching.sign_pending();
+        assert!(signer.batching.pending.lock().unwrap().records.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_batched_record_altered_moved_or_given_another_path_or_signature_is_refused() {
         let mut p = instance("p.example");
         let creds = node(&mut p, "000.00.13.H62", lgsp_certs::Role::Node);
@@ -1272,6 +1344,13 @@ mod tests {
         let mut other_signature = signed[3].clone();
         other_signature.signature = other_batch[3].signature.clone();
         assert_eq!(refused(&other_signature), OboError::BadSignature);
+        // Without its salt, or with another leaf's, the leaf is another.
+        let mut unsalted = signed[3].clone();
+        unsalted.leaf_salt.clear();
+        let mut other_salt = signed[3].clone();
+        other_salt.leaf_salt = signed[2].leaf_salt.clone();
+        assert_eq!(refused(&unsalted), OboError::BadSignature);
+        assert_eq!(refused(&other_salt), OboError::BadSignature);
         // Presented as signed alone, a batch's signature covers nothing.
         let mut unbatched = signed[3].clone();
         (

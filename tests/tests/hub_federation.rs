@@ -175,6 +175,16 @@ async fn two_instances_call_each_other_through_their_hubs() {
     node_b.start();
     p.wait_for_node(B, "node-1", &node_b).await;
     let mut node_c = q.prepare_node(NATIONAL_CONSUMER, "node-1", "");
+    // Node C signs the records of concurrent calls in batches.
+    let toml = node_c.dir.join("node.toml");
+    let listen = format!("listen = \"{}\"", node_c.consumer);
+    let config = std::fs::read_to_string(&toml).unwrap();
+    assert!(config.contains(&listen), "{config}");
+    std::fs::write(
+        &toml,
+        config.replace(&listen, &format!("{listen}\nbatch_obo_signatures = true")),
+    )
+    .unwrap();
     node_c.start();
     q.wait_for_node(NATIONAL_CONSUMER, "node-1", &node_c).await;
 

@@ -668,7 +668,11 @@ fn node_config(
         max_message_bytes: max_message,
         ..LimitsConfig::default()
     };
-    crate::loopback::node_config(dir, agency, name, registry, tls, services, limits)
+    let mut config =
+        crate::loopback::node_config(dir, agency, name, registry, tls, services, limits);
+    // Every hub and node of the bench verifies batches.
+    config.consumer.batch_obo_signatures = true;
+    config
 }
 
 /// Publishes service `name` of agency A, served by `node`, and grants it to

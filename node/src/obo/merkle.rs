@@ -7,10 +7,11 @@ use sha2::{Digest, Sha256};
 /// A node's hash.
 pub(super) type Hash = [u8; 32];
 
-/// The hash of leaf `data`: SHA-256 of 0x00 and the data.
-pub(super) fn leaf_hash(data: &[u8]) -> Hash {
+/// The hash of leaf `data`, salted: SHA-256 of 0x00, the salt and the data.
+pub(super) fn leaf_hash(salt: &[u8], data: &[u8]) -> Hash {
     let mut h = Sha256::new();
     h.update([0u8]);
+    h.update(salt);
     h.update(data);
     h.finalize().into()
 }
@@ -84,7 +85,9 @@ mod tests {
     use super::*;
 
     fn leaves(n: usize) -> Vec<Hash> {
-        (0..n).map(|i| leaf_hash(&i.to_be_bytes())).collect()
+        (0..n)
+            .map(|i| leaf_hash(&[7; 32], &i.to_be_bytes()))
+            .collect()
     }
 
     fn bytes(path: Vec<Hash>) -> Vec<Vec<u8>> {
