@@ -33,6 +33,22 @@ const NATIONAL_CONSUMER: &str = "000.00.07.G01";
 const A: &str = "000.00.12.H62";
 const B: &str = "000.00.13.H62";
 
+/// Rows of the province's register besides its three named ones, about
+/// 24 KB each: far more bytes (14 MB) than the hops after the province's
+/// hub hold (a few pages were seen), so that a query stream of it cannot
+/// have been relayed whole before the test ends its grant.
+const FILLER_ROWS: usize = 600;
+
+/// The province's civil register: three named citizens, then the filler.
+fn ho_tich_csv() -> String {
+    let mut csv = "id,ho_ten\n001099012345,Nguyễn Thị Hương\n001099012346,Trần Đình Quý\n001099012347,Lê Thị Ánh Tuyết\n".to_owned();
+    let filler = "Phạm Văn Điền ".repeat(1200);
+    for i in 0..FILLER_ROWS {
+        csv.push_str(&format!("0010992{i:05},{filler}\n"));
+    }
+    csv
+}
+
 fn ok(registry: &str, tls: &Path, args: &[&str]) -> String {
     let mut all = args.to_vec();
     all.extend(["--registry", registry, "--tls-dir", tls.to_str().unwrap()]);
@@ -157,13 +173,7 @@ async fn two_instances_call_each_other_through_their_hubs() {
     p.register_agency(B, "UBND huyện Tam Dương").await;
     q.register_agency(MINISTRY, "Bộ Công an").await;
     q.register_agency(NATIONAL_CONSUMER, "Bộ Tư pháp").await;
-    let node_a = provider(
-        &mut p,
-        A,
-        "ho-tich",
-        "id,ho_ten\n001099012345,Nguyễn Thị Hương\n001099012346,Trần Đình Quý\n001099012347,Lê Thị Ánh Tuyết\n",
-    )
-    .await;
+    let node_a = provider(&mut p, A, "ho-tich", &ho_tich_csv()).await;
     let node_m = provider(
         &mut q,
         MINISTRY,
@@ -390,7 +400,7 @@ async fn two_instances_call_each_other_through_their_hubs() {
             )
         });
     let names: Vec<&str> = rows.iter().map(|(_, json)| json.as_str()).collect();
-    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert_eq!(rows.len(), 3 + FILLER_ROWS, "all the register's records");
     for name in ["Nguyễn Thị Hương", "Trần Đình Quý", "Lê Thị Ánh Tuyết"] {
         assert!(
             names.iter().any(|j| j.contains(name)),
@@ -644,6 +654,38 @@ async fn two_instances_call_each_other_through_their_hubs() {
         &p_admin,
         &["hub", "export", "--service", &ho_tich, "--peer", "ndxp"],
     );
+    // A query stream running when the grant ends: opened once the export is
+    // back in the national catalog, one record a page, one page read.
+    let mut app_q =
+        DataExchangeClient::new(node_c.app_channel().await).max_decoding_message_size(8 << 20);
+    let start = Instant::now();
+    let (mut running, mut received) = loop {
+        let mut request = tonic::Request::new(QueryRequest {
+            service_id: ho_tich.clone(),
+            page_size: 1,
+            request_id: "truy-van-dang-chay".into(),
+            ..Default::default()
+        });
+        request.set_timeout(Duration::from_secs(60));
+        let opened = match app_q.query(request).await {
+            Ok(response) => {
+                let mut pages = response.into_inner();
+                pages.message().await.map(|first| (pages, first))
+            }
+            Err(s) => Err(s),
+        };
+        match opened {
+            Ok((pages, Some(first))) => break (pages, first.records.len()),
+            other => {
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "no query stream 10 s after the export came back: {:?}",
+                    other.map(|(_, first)| first.map(|p| p.records.len()))
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
     p.grant(&ho_tich, NATIONAL_CONSUMER, GrantStatus::Terminated)
         .await;
     let err = until(
@@ -657,6 +699,28 @@ async fn two_instances_call_each_other_through_their_hubs() {
     .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     assert!(err.message().contains("holds no active grant"), "{err:?}");
+    // The running stream delivers what the hops after the province's hub
+    // already hold, then ends with that refusal: the hub rechecks the grant
+    // before each page it relays.
+    let ended = loop {
+        match running.message().await {
+            Ok(Some(page)) => received += page.records.len(),
+            Ok(None) => {
+                panic!("the query stream ran to its end ({received} records) after the grant ended")
+            }
+            Err(s) => break s,
+        }
+    };
+    assert_eq!(ended.code(), Code::PermissionDenied, "{ended:?}");
+    assert!(
+        ended.message().contains("holds no active grant"),
+        "{ended:?}"
+    );
+    assert!(received < 3 + FILLER_ROWS, "{received}");
+    eprintln!(
+        "the running query stream ended after {received} of {} records",
+        3 + FILLER_ROWS
+    );
     // A query without the grant is refused the same way, before any page.
     let err = query_all(&node_c, &ho_tich, "khong-quyen-truy-van")
         .await

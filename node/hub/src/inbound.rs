@@ -143,6 +143,57 @@ impl Inbound {
         })
     }
 
+    /// The serial of the certificate of the hub that made `request`, if it
+    /// can be read (lower-case hex, as CRLs name it).
+    pub(crate) fn caller_serial<T>(&self, request: &Request<T>) -> Option<String> {
+        if let Some(LinkCaller(caller)) = request.extensions().get::<LinkCaller>() {
+            return Some(caller.serial.clone());
+        }
+        let certs = request.peer_certs()?;
+        let leaf = certs.first()?;
+        lgsp_certs::peer::peer_identity(leaf.as_ref())
+            .ok()
+            .map(|caller| caller.serial)
+    }
+
+    /// Whether a query stream that `opened_by`'s hub (certificate serial
+    /// `hub_serial`) opened on behalf of `verified` for `service_id` may go
+    /// on: checked before each page, so that the peer removed, its hub's
+    /// or the signer's certificate revoked by the peer's CRL, the export
+    /// removed or the grant ended while the stream runs ends it with the
+    /// refusal a new call would get.
+    pub(crate) fn still_serves(
+        &self,
+        opened_by: &FederationPeer,
+        hub_serial: Option<&str>,
+        verified: &lgsp_node::obo::Verified,
+        service_id: &str,
+    ) -> Result<(), Status> {
+        let peer = self
+            .hub
+            .ctx
+            .cache
+            .peer_of_domain(&opened_by.trust_domain)
+            .filter(|p| p.name == opened_by.name)
+            .ok_or_else(|| {
+                Status::permission_denied(format!(
+                    "federation peer {} was removed while its query stream of {service_id} ran",
+                    opened_by.name
+                ))
+            })?;
+        if let Some(serial) = hub_serial
+            && let Some(number) = self.hub.trust.revoked(&peer.name, serial)
+        {
+            return Err(Status::unauthenticated(format!(
+                "the certificate of {}'s hub (serial {serial}) was revoked by its CRL number {number} while the query stream of {service_id} ran",
+                peer.name
+            )));
+        }
+        self.not_revoked(&peer, verified)
+            .map_err(Status::unauthenticated)?;
+        self.exported_and_granted(&peer, service_id, &verified.id)
+    }
+
     /// Refuses a record signed by a certificate `peer`'s CRL revokes.
     fn not_revoked(
         &self,

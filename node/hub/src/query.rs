@@ -127,6 +127,7 @@ pub(crate) async fn inbound(
     let started = Instant::now();
     let hub = inbound.hub();
     let (peer, caller_hub) = inbound.caller_of(&request)?;
+    let hub_serial = inbound.caller_serial(&request);
     // Held for the stream's life, before anything costly.
     let permit = inbound.admit(&peer)?;
     let deadline = Deadline::of(request.metadata(), started);
@@ -175,6 +176,15 @@ pub(crate) async fn inbound(
             return Err(status);
         }
     };
+    // Before each page: what was checked when the stream opened still
+    // holds (a revocation, an export removed, a grant ended stop it).
+    let checker = inbound.clone();
+    let service = service_id.clone();
+    let upstream = upstream.map(move |page| {
+        let page = page?;
+        checker.still_serves(&peer, hub_serial.as_deref(), &verified, &service)?;
+        Ok(page)
+    });
     Ok(Response::new(lgsp_node::relay::relay(
         upstream,
         &service_id,
