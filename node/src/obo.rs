@@ -494,7 +494,7 @@ impl Signer {
         let record = self
             .record_for(request.into(), at_unix_ms, audience)
             .encode_to_vec();
-        let (answer, answered) = oneshot::channel();
+        let (answer, mut answered) = oneshot::channel();
         let now = tokio::time::Instant::now();
         // The record that opens a batch closes it: at once, or after the
         // window. Records added meanwhile are signed with it.
@@ -523,7 +523,6 @@ impl Signer {
                 batching.sign_pending();
             });
         }
-        let mut answered = answered;
         let answer = match tokio::time::timeout(BATCH_STALLED, &mut answered).await {
             Ok(answer) => answer,
             Err(_) => {

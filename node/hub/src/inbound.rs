@@ -53,11 +53,12 @@ impl Inbound {
         &self.hub
     }
 
-    /// [`Inbound::peer_of`], and the SPIFFE ID of the peer's hub that called.
+    /// [`Inbound::peer_of`], and the peer's hub that called (its SPIFFE ID
+    /// and certificate serial).
     pub(crate) fn caller_of<T>(
         &self,
         request: &Request<T>,
-    ) -> Result<(FederationPeer, lgsp_certs::SpiffeId), Status> {
+    ) -> Result<(FederationPeer, lgsp_certs::Peer), Status> {
         let certs = request
             .peer_certs()
             .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
@@ -111,7 +112,7 @@ impl Inbound {
                 caller.id, caller.serial, peer.name
             )));
         }
-        Ok((peer, caller.id.clone()))
+        Ok((peer, caller.clone()))
     }
 
     /// The identity in the certificate of the hub that opened a link
@@ -143,21 +144,8 @@ impl Inbound {
         })
     }
 
-    /// The serial of the certificate of the hub that made `request`, if it
-    /// can be read (lower-case hex, as CRLs name it).
-    pub(crate) fn caller_serial<T>(&self, request: &Request<T>) -> Option<String> {
-        if let Some(LinkCaller(caller)) = request.extensions().get::<LinkCaller>() {
-            return Some(caller.serial.clone());
-        }
-        let certs = request.peer_certs()?;
-        let leaf = certs.first()?;
-        lgsp_certs::peer::peer_identity(leaf.as_ref())
-            .ok()
-            .map(|caller| caller.serial)
-    }
-
     /// Whether a query stream that `opened_by`'s hub (certificate serial
-    /// `hub_serial`) opened on behalf of `verified` for `service_id` may go
+    /// `hub_serial`, as [`Inbound::caller_of`] read it) opened on behalf of `verified` for `service_id` may go
     /// on: checked before each page, so that the peer removed, its hub's
     /// or the signer's certificate revoked by the peer's CRL, the export
     /// removed or the grant ended while the stream runs ends it with the
@@ -165,7 +153,7 @@ impl Inbound {
     pub(crate) fn still_serves(
         &self,
         opened_by: &FederationPeer,
-        hub_serial: Option<&str>,
+        hub_serial: &str,
         verified: &lgsp_node::obo::Verified,
         service_id: &str,
     ) -> Result<(), Status> {
@@ -181,11 +169,9 @@ impl Inbound {
                     opened_by.name
                 ))
             })?;
-        if let Some(serial) = hub_serial
-            && let Some(number) = self.hub.trust.revoked(&peer.name, serial)
-        {
+        if let Some(number) = self.hub.trust.revoked(&peer.name, hub_serial) {
             return Err(Status::unauthenticated(format!(
-                "the certificate of {}'s hub (serial {serial}) was revoked by its CRL number {number} while the query stream of {service_id} ran",
+                "the certificate of {}'s hub (serial {hub_serial}) was revoked by its CRL number {number} while the query stream of {service_id} ran",
                 peer.name
             )));
         }
@@ -296,6 +282,7 @@ impl DataExchange for Inbound {
     async fn call(&self, request: Request<Envelope>) -> Result<Response<CallResponse>, Status> {
         let started = Instant::now();
         let (peer, caller_hub) = self.caller_of(&request)?;
+        let caller_hub = caller_hub.id;
         // Before anything costly (signature checks, the log, the provider).
         let _permit = self.admit(&peer)?;
         let deadline = lgsp_node::deadline::Deadline::of(request.metadata(), started);

@@ -127,7 +127,6 @@ pub(crate) async fn inbound(
     let started = Instant::now();
     let hub = inbound.hub();
     let (peer, caller_hub) = inbound.caller_of(&request)?;
-    let hub_serial = inbound.caller_serial(&request);
     // Held for the stream's life, before anything costly.
     let permit = inbound.admit(&peer)?;
     let deadline = Deadline::of(request.metadata(), started);
@@ -138,7 +137,7 @@ pub(crate) async fn inbound(
     };
     let mut query = request.into_inner();
     let bad_id = lgsp_node::trace::own_request_id(&mut query.request_id);
-    let verified = inbound.verify_record(&peer, &caller_hub, signed, (&query).into());
+    let verified = inbound.verify_record(&peer, &caller_hub.id, signed, (&query).into());
     let label = match &verified {
         Ok((v, _)) => v.consumer(),
         Err(_) => format!("?@{}", peer.trust_domain),
@@ -182,7 +181,7 @@ pub(crate) async fn inbound(
     let service = service_id.clone();
     let upstream = upstream.map(move |page| {
         let page = page?;
-        checker.still_serves(&peer, hub_serial.as_deref(), &verified, &service)?;
+        checker.still_serves(&peer, &caller_hub.serial, &verified, &service)?;
         Ok(page)
     });
     Ok(Response::new(lgsp_node::relay::relay(
