@@ -58,6 +58,30 @@ fn json(value: serde_json::Value) -> Response<Full<Bytes>> {
         .unwrap()
 }
 
+/// The hub's provider-side sharing-log entry of request `request_id`, as
+/// written and parsed, once it is there (at most 5 s).
+async fn provider_entry(hub: &NodeProcess, request_id: &str) -> (String, serde_json::Value) {
+    let start = Instant::now();
+    let quoted = format!("\"{request_id}\"");
+    loop {
+        let line = std::fs::read_to_string(hub.sharing_log())
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.contains(&quoted) && l.contains("\"provider\""))
+            .map(str::to_owned);
+        match line {
+            Some(l) => {
+                let entry = serde_json::from_str(&l).unwrap();
+                return (l, entry);
+            }
+            None if start.elapsed() < Duration::from_secs(5) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            None => panic!("the hub logged no entry for {request_id}"),
+        }
+    }
+}
+
 fn xroad_error(status: u16, kind: &str, message: &str) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
@@ -634,22 +658,7 @@ async fn ministry_rest_systems_and_xroad_are_called_through_the_hub() {
     let reply = answer.into_inner();
     assert_eq!(reply.metadata["x-road-id"], "xr-ids-0001");
     assert_eq!(reply.metadata["x-road-request-id"], "f92591a3-6bf0-49b1");
-    let start = Instant::now();
-    let logged = loop {
-        let line = std::fs::read_to_string(hub.sharing_log())
-            .unwrap_or_default()
-            .lines()
-            .find(|l| l.contains("\"xr-ids-0001\"") && l.contains("\"provider\""))
-            .map(str::to_owned);
-        match line {
-            Some(l) => break l,
-            None if start.elapsed() < Duration::from_secs(5) => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            None => panic!("the hub logged no entry for xr-ids-0001"),
-        }
-    };
-    let entry: serde_json::Value = serde_json::from_str(&logged).unwrap();
+    let (logged, entry) = provider_entry(&hub, "xr-ids-0001").await;
     assert_eq!(
         entry["external_ids"],
         serde_json::json!({"x-road-id": "xr-ids-0001", "x-road-request-id": "f92591a3-6bf0-49b1"}),
@@ -677,22 +686,7 @@ async fn ministry_rest_systems_and_xroad_are_called_through_the_hub() {
             .contains("(X-Road-Id xr-ids-0002, X-Road-Request-Id 5d1e07c4-bi-cam)"),
         "{s:?}"
     );
-    let start = Instant::now();
-    let refused = loop {
-        let line = std::fs::read_to_string(hub.sharing_log())
-            .unwrap_or_default()
-            .lines()
-            .find(|l| l.contains("\"xr-ids-0002\"") && l.contains("\"provider\""))
-            .map(str::to_owned);
-        match line {
-            Some(l) => break l,
-            None if start.elapsed() < Duration::from_secs(5) => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            None => panic!("the hub logged no entry for xr-ids-0002"),
-        }
-    };
-    let entry: serde_json::Value = serde_json::from_str(&refused).unwrap();
+    let (refused, entry) = provider_entry(&hub, "xr-ids-0002").await;
     assert_eq!(entry["status"], "PERMISSION_DENIED", "{refused}");
     assert_eq!(
         entry["external_ids"],
