@@ -168,9 +168,19 @@ async fn start_registry(
     dir: &Path,
     servers: u64,
 ) -> Result<RegistryCluster> {
-    let members = registry::members(servers)?;
-    let configs = registry::plan(ca, PROVINCE, None, dir, &members, |_| {})?;
+    let configs = plan_registry(ca, dir, servers)?;
     Ok(RegistryCluster::start(configs, Duration::from_secs(15)).await?)
+}
+
+/// The configurations of `servers` registry servers on free loopback ports
+/// under `dir`, with certificates from `ca`, by server id.
+fn plan_registry(
+    ca: &mut CertificateAuthority,
+    dir: &Path,
+    servers: u64,
+) -> Result<std::collections::BTreeMap<u64, lgsp_registry::RegistryConfig>> {
+    let members = registry::members(servers)?;
+    Ok(registry::plan(ca, PROVINCE, None, dir, &members, |_| {})?)
 }
 
 /// As [`start_registry`], on the runtime of the bench's `registry` server.
@@ -180,8 +190,7 @@ async fn start_registry_on(
     dir: &Path,
     servers: u64,
 ) -> Result<RegistryCluster> {
-    let members = registry::members(servers)?;
-    let configs = registry::plan(ca, PROVINCE, None, dir, &members, |_| {})?;
+    let configs = plan_registry(ca, dir, servers)?;
     on.run(
         REGISTRY,
         RegistryCluster::start(configs, Duration::from_secs(15)),
