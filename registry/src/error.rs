@@ -57,6 +57,20 @@ pub enum StoreError {
         /// Why it cannot be decoded (e.g. "3 bytes, not an 8-byte integer").
         reason: String,
     },
+    /// Bytes of the Raft log file that were synced changed on disk: the
+    /// record at byte `at` is damaged, yet a sync mark at byte `synced`
+    /// proves the bytes before it were synced.
+    #[error(
+        "{path}: the record at byte {at} is damaged, but the bytes before byte {synced} were synced: entries this server acknowledged are lost on its disk"
+    )]
+    Corrupt {
+        /// The log file.
+        path: String,
+        /// Where the damaged record starts.
+        at: u64,
+        /// Where the sync mark past it is.
+        synced: u64,
+    },
 }
 
 /// Everything a registry server can fail at.
@@ -98,6 +112,10 @@ pub enum RegistryError {
     /// certificate, or its data directory was wiped behind the cluster's back.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The data directory holds damaged data that a restart cannot repair
+    /// (the message says what and what to do).
+    #[error("{0}")]
+    Damaged(String),
     /// The server's certificate, key or CA could not be loaded or used.
     #[error("{0}")]
     Tls(#[from] lgsp_certs::CertError),

@@ -18,14 +18,32 @@
 //! | 4 | CRC-32 of the payload (u32 LE) |
 //! | n | the batch: per write, 1 byte (1 set, 0 remove), key length (u32 LE), key, and for a set the value length (u32 LE) and value |
 //!
-//! Opening replays every record into memory and stops at the first record
-//! that is short or fails its CRC: a write torn by a crash is cut off there
-//! (the file is truncated and synced), and since records are only appended,
-//! what remains is a prefix of the batches written, whole. When the file
-//! holds much more than the live keys (entries compacted away, hard states
-//! replaced), it is rewritten as one record into `raft.log.new`, synced, and
-//! renamed over the old one, then the directory synced: a crash leaves the
-//! old file or the new one, both complete.
+//! After each `fdatasync`, a *sync mark* is appended: a record like any
+//! other whose one write sets [`MARK_KEY`] to its own position, saying "the
+//! bytes before me were synced". It is not synced itself; the next sync
+//! takes it along (and the kernel writes it back within seconds anyway).
+//! Marks never reach the map.
+//!
+//! Opening replays every record into memory up to the first record that is
+//! short, fails its CRC or does not parse. What follows decides what that
+//! damage is:
+//! - no sync mark further on: the bytes were never synced, so never
+//!   acknowledged: a write a crash tore, or pages a power cut wrote out of
+//!   order. The file is cut there (logged, truncated and synced); since
+//!   records are only appended, what remains is a prefix of the batches
+//!   written, whole.
+//! - a sync mark further on: bytes that were synced changed on disk. Cutting
+//!   would silently drop entries this server acknowledged while keeping its
+//!   term and vote, so opening refuses, naming the byte
+//!   ([`StoreError::Corrupt`]).
+//!
+//! What this cannot tell apart: damage to the batches of the very last sync
+//! when its mark never reached the disk (a power cut within seconds of it).
+//!
+//! When the file holds much more than the live keys (entries compacted away,
+//! hard states replaced), it is rewritten as one record into `raft.log.new`,
+//! synced, and renamed over the old one, then the directory synced: a crash
+//! leaves the old file or the new one, both complete.
 
 use crate::error::StoreError;
 use crate::kv::{Batch, Entries, KvEngine};
@@ -43,6 +61,12 @@ const HEADER: usize = 8;
 const REWRITE_RATIO: u64 = 4;
 /// ...once it is at least this large.
 const REWRITE_MIN_BYTES: u64 = 8 << 20;
+/// The key of a sync mark's one write; its value is the mark's position (u64
+/// LE). Outside the Raft store's keys (`r:`…), so that a server of an older
+/// version, which knows no marks, keeps it as a key nobody reads.
+pub const MARK_KEY: &[u8] = b"log:synced";
+/// The payload of a sync mark: op, key length, key, value length, value.
+const MARK_PAYLOAD: usize = 1 + 4 + MARK_KEY.len() + 4 + 8;
 
 fn io(path: &Path, e: std::io::Error) -> StoreError {
     StoreError::Engine(format!("{}: {e}", path.display()))
@@ -75,8 +99,9 @@ fn set_size(key: &[u8], value: &[u8]) -> u64 {
     (1 + 4 + key.len() + 4 + value.len()) as u64
 }
 
-fn encode_batch(out: &mut Vec<u8>, writes: &mut dyn Iterator<Item = (&[u8], Option<&[u8]>)>) {
-    out.clear();
+/// Appends one record holding `writes` to `out`.
+fn append_record(out: &mut Vec<u8>, writes: &mut dyn Iterator<Item = (&[u8], Option<&[u8]>)>) {
+    let start = out.len();
     out.extend_from_slice(&[0; HEADER]);
     for (key, value) in writes {
         out.push(u8::from(value.is_some()));
@@ -87,10 +112,18 @@ fn encode_batch(out: &mut Vec<u8>, writes: &mut dyn Iterator<Item = (&[u8], Opti
             out.extend_from_slice(value);
         }
     }
-    let payload_len = (out.len() - HEADER) as u32;
-    let crc = crc32fast::hash(&out[HEADER..]);
-    out[..4].copy_from_slice(&payload_len.to_le_bytes());
-    out[4..HEADER].copy_from_slice(&crc.to_le_bytes());
+    let payload_len = (out.len() - start - HEADER) as u32;
+    let crc = crc32fast::hash(&out[start + HEADER..]);
+    out[start..start + 4].copy_from_slice(&payload_len.to_le_bytes());
+    out[start + 4..start + HEADER].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Appends the sync mark of position `at` to `out`.
+fn append_mark(out: &mut Vec<u8>, at: u64) {
+    append_record(
+        out,
+        &mut std::iter::once((MARK_KEY, Some(&at.to_le_bytes()[..]))),
+    );
 }
 
 /// Reads a u32 LE at `at`, moving `at` past it; `None` past the end.
@@ -136,31 +169,90 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
         .map_err(|e| io(dir, e))
 }
 
-/// Replays the records of `bytes` into `map`; returns the length of the
-/// whole records (where a torn tail, if any, begins).
-fn replay(bytes: &[u8], map: &mut BTreeMap<Vec<u8>, Vec<u8>>) -> usize {
-    let mut at = 0;
-    while let Some(header) = bytes.get(at..at + HEADER) {
-        let len = u32::from_le_bytes(header[..4].try_into().unwrap_or_default()) as usize;
-        let crc = u32::from_le_bytes(header[4..].try_into().unwrap_or_default());
-        let Some(payload) = bytes.get(at + HEADER..at + HEADER + len) else {
-            break;
-        };
-        if crc32fast::hash(payload) != crc {
-            break;
-        }
-        let Some(writes) = decode_batch(payload) else {
-            break;
-        };
-        for (key, value) in writes {
-            match value {
-                Some(v) => map.insert(key, v),
-                None => map.remove(&key),
-            };
-        }
-        at += HEADER + len;
+/// The whole record at `at`: its payload and where the next one starts;
+/// `None` when it is short, fails its CRC or does not parse. No record is
+/// empty: zeroes (a page a power cut never wrote) would pass as one, their
+/// CRC being 0.
+fn record_at(bytes: &[u8], at: usize) -> Option<(Batch, usize)> {
+    let header = bytes.get(at..at.checked_add(HEADER)?)?;
+    let len = u32::from_le_bytes(header[..4].try_into().ok()?) as usize;
+    if len == 0 {
+        return None;
     }
-    at
+    let crc = u32::from_le_bytes(header[4..].try_into().ok()?);
+    let end = (at + HEADER).checked_add(len)?;
+    let payload = bytes.get(at + HEADER..end)?;
+    if crc32fast::hash(payload) != crc {
+        return None;
+    }
+    Some((decode_batch(payload)?, end))
+}
+
+/// The position a sync mark holds, if `writes` is one.
+fn mark_of(writes: &Batch) -> Option<u64> {
+    if writes.len() != 1 {
+        return None;
+    }
+    let value = writes.get(MARK_KEY)?.as_deref()?;
+    Some(u64::from_le_bytes(value.try_into().ok()?))
+}
+
+/// The first whole sync mark at or after `from` that holds its own position:
+/// proof that the bytes before it were synced.
+fn mark_after(bytes: &[u8], from: usize) -> Option<usize> {
+    // A mark's key sits at a fixed distance from the record's start.
+    const KEY_AT: usize = HEADER + 1 + 4;
+    memchr::memmem::find_iter(bytes.get(from..)?, MARK_KEY)
+        .map(|found| from + found)
+        .filter_map(|key| key.checked_sub(KEY_AT))
+        .filter(|&at| at >= from)
+        .find(|&at| {
+            record_at(bytes, at).is_some_and(|(writes, end)| {
+                end - at == HEADER + MARK_PAYLOAD && mark_of(&writes) == Some(at as u64)
+            })
+        })
+}
+
+/// What [`replay`] found.
+#[derive(Debug, PartialEq, Eq)]
+enum Replayed {
+    /// Every record is whole (`at` = the file's length), or the bytes from
+    /// `at` on were never synced (a torn tail to cut off).
+    UpTo { at: usize },
+    /// The record at `at` is damaged, yet a sync mark at `synced` says the
+    /// bytes before it were synced.
+    Damaged { at: usize, synced: usize },
+}
+
+/// Replays the records of `bytes` into `map` (sync marks excepted) up to the
+/// first damaged one, and tells what the damage is (see the module
+/// documentation).
+fn replay(bytes: &[u8], map: &mut BTreeMap<Vec<u8>, Vec<u8>>) -> Replayed {
+    let mut at = 0;
+    while let Some((writes, end)) = record_at(bytes, at) {
+        match mark_of(&writes) {
+            Some(mark) if mark == at as u64 => {}
+            // A mark out of place: these bytes are not where they were written.
+            Some(_) => break,
+            None => {
+                for (key, value) in writes {
+                    match value {
+                        _ if key == MARK_KEY => None,
+                        Some(v) => map.insert(key, v),
+                        None => map.remove(&key),
+                    };
+                }
+            }
+        }
+        at = end;
+    }
+    if at == bytes.len() {
+        return Replayed::UpTo { at };
+    }
+    match mark_after(bytes, at + 1) {
+        Some(synced) => Replayed::Damaged { at, synced },
+        None => Replayed::UpTo { at },
+    }
 }
 
 impl LogFileKv {
@@ -185,13 +277,22 @@ impl LogFileKv {
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(|e| io(&path, e))?;
         let mut map = BTreeMap::new();
-        let whole = replay(&bytes, &mut map);
+        let whole = match replay(&bytes, &mut map) {
+            Replayed::UpTo { at } => at,
+            Replayed::Damaged { at, synced } => {
+                return Err(StoreError::Corrupt {
+                    path: path.display().to_string(),
+                    at: at as u64,
+                    synced: synced as u64,
+                });
+            }
+        };
         if whole < bytes.len() {
             tracing::warn!(
                 path = %path.display(),
                 kept = whole,
                 cut = bytes.len() - whole,
-                "the raft log ends in a record a crash tore: cutting it off (it was never synced, so never acknowledged)"
+                "the raft log ends in records never synced (a write a crash tore, or pages a power cut wrote out of order): cutting them off (never synced, so never acknowledged)"
             );
             file.set_len(whole as u64).map_err(|e| io(&path, e))?;
         }
@@ -240,10 +341,13 @@ impl LogFile {
     /// in place of the old one.
     fn rewrite(&mut self, map: &BTreeMap<Vec<u8>, Vec<u8>>) -> Result<(), StoreError> {
         let new = self.dir.join(NEW_FILE_NAME);
-        encode_batch(
-            &mut self.buffer,
-            &mut map.iter().map(|(k, v)| (k.as_slice(), Some(v.as_slice()))),
-        );
+        self.buffer.clear();
+        if !map.is_empty() {
+            append_record(
+                &mut self.buffer,
+                &mut map.iter().map(|(k, v)| (k.as_slice(), Some(v.as_slice()))),
+            );
+        }
         let mut file = OpenOptions::new()
             .read(true)
             .append(true)
@@ -264,6 +368,21 @@ impl LogFile {
         self.file = file;
         self.len = self.buffer.len() as u64;
         self.dirty = false;
+        self.append_mark()
+    }
+
+    /// Appends the sync mark of everything written so far, which was just
+    /// synced; the mark itself is not (see the module documentation).
+    fn append_mark(&mut self) -> Result<(), StoreError> {
+        if self.len == 0 {
+            return Ok(());
+        }
+        self.buffer.clear();
+        append_mark(&mut self.buffer, self.len);
+        self.file
+            .write_all(&self.buffer)
+            .map_err(|e| io(&self.dir.join(FILE_NAME), e))?;
+        self.len += self.buffer.len() as u64;
         Ok(())
     }
 }
@@ -337,10 +456,14 @@ impl KvEngine for LogFileKv {
     }
 
     fn write(&self, batch: Batch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
         let mut file = self.file.lock().unwrap_or_else(PoisonError::into_inner);
         let file = &mut *file;
         let mut buffer = std::mem::take(&mut file.buffer);
-        encode_batch(
+        buffer.clear();
+        append_record(
             &mut buffer,
             &mut batch.iter().map(|(k, v)| (k.as_slice(), v.as_deref())),
         );
@@ -366,7 +489,8 @@ impl KvEngine for LogFileKv {
         Ok(())
     }
 
-    /// One `fdatasync` of the file, when anything was written since the last.
+    /// One `fdatasync` of the file, when anything was written since the last,
+    /// then its sync mark appended.
     fn flush(&self) -> Result<(), StoreError> {
         let mut file = self.file.lock().unwrap_or_else(PoisonError::into_inner);
         if !file.dirty {
@@ -374,7 +498,7 @@ impl KvEngine for LogFileKv {
         }
         file.file.sync_data().map_err(|e| io(&file.path(), e))?;
         file.dirty = false;
-        Ok(())
+        file.append_mark()
     }
 }
 
@@ -413,10 +537,11 @@ mod tests {
         let kv = LogFileKv::open(dir.path()).unwrap();
         kv.write(batch(&[("a", Some("1")), ("b", Some("2"))]))
             .unwrap();
+        kv.flush().unwrap();
         let whole = kv.file_len();
+        // Written, never synced: the process died before its Ready's flush.
         kv.write(batch(&[("a", Some("changed")), ("c", Some("3"))]))
             .unwrap();
-        kv.flush().unwrap();
         drop(kv);
         // Every cut inside the second record, and one flipped byte in it.
         let full = std::fs::read(&path).unwrap();
@@ -440,6 +565,116 @@ mod tests {
             let kv = LogFileKv::open(dir.path()).unwrap();
             assert_eq!(kv.get(b"d").unwrap(), Some(b"4".to_vec()));
         }
+    }
+
+    /// Three batches, each synced; returns where each record starts.
+    fn three_synced_batches(kv: &LogFileKv) -> Vec<u64> {
+        let mut starts = Vec::new();
+        for (key, value) in [("a", "1"), ("b", "Đắk Lắk"), ("c", "3")] {
+            starts.push(kv.file_len());
+            kv.write(batch(&[(key, Some(value))])).unwrap();
+            kv.flush().unwrap();
+        }
+        starts
+    }
+
+    #[test]
+    fn a_synced_record_damaged_on_disk_refuses_to_open_naming_its_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let kv = LogFileKv::open(dir.path()).unwrap();
+        let starts = three_synced_batches(&kv);
+        drop(kv);
+        let full = std::fs::read(&path).unwrap();
+        let second = starts[1] as usize;
+        // A flipped byte in its payload, its length or its CRC: the disk
+        // changed bytes a sync had made durable, with more synced after.
+        for flip in [second + HEADER + 6, second + 1, second + 5] {
+            let mut bytes = full.clone();
+            bytes[flip] ^= 0x10;
+            std::fs::write(&path, &bytes).unwrap();
+            match LogFileKv::open(dir.path()) {
+                Err(StoreError::Corrupt { at, synced, .. }) => {
+                    assert_eq!(at, starts[1], "byte {flip} flipped");
+                    assert!(synced > at);
+                }
+                other => panic!("byte {flip} flipped, opened anyway: {other:?}"),
+            }
+            // Refused, not repaired: the file is left as found.
+            assert_eq!(std::fs::read(&path).unwrap(), bytes);
+        }
+        // The message names the file and the byte.
+        let mut bytes = full.clone();
+        bytes[second + HEADER + 6] ^= 0x10;
+        std::fs::write(&path, &bytes).unwrap();
+        let message = LogFileKv::open(dir.path()).unwrap_err().to_string();
+        assert!(
+            message.contains(&format!("the record at byte {second} is damaged"))
+                && message.contains(FILE_NAME),
+            "{message}"
+        );
+        // Put back whole, every batch is there.
+        std::fs::write(&path, &full).unwrap();
+        let kv = LogFileKv::open(dir.path()).unwrap();
+        assert_eq!(kv.get(b"b").unwrap(), Some("Đắk Lắk".as_bytes().to_vec()));
+        assert_eq!(kv.get(b"c").unwrap(), Some(b"3".to_vec()));
+        assert_eq!(kv.get(MARK_KEY).unwrap(), None, "marks never reach the map");
+    }
+
+    #[test]
+    fn unsynced_pages_a_power_cut_wrote_out_of_order_are_cut_off_not_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let kv = LogFileKv::open(dir.path()).unwrap();
+        kv.write(batch(&[("a", Some("1"))])).unwrap();
+        kv.flush().unwrap();
+        let synced = kv.file_len() as usize;
+        // Two batches written and never synced; the cut lost the first one's
+        // bytes (zeroes: its start, or all of it) but wrote the second one's.
+        kv.write(batch(&[("b", Some("2"))])).unwrap();
+        let second = kv.file_len() as usize;
+        kv.write(batch(&[("c", Some("3"))])).unwrap();
+        drop(kv);
+        let full = std::fs::read(&path).unwrap();
+        for lost in [synced..synced + HEADER + 3, synced..second] {
+            let mut bytes = full.clone();
+            bytes[lost.clone()].fill(0);
+            std::fs::write(&path, &bytes).unwrap();
+            let kv = LogFileKv::open(dir.path()).unwrap();
+            assert_eq!(kv.get(b"a").unwrap(), Some(b"1".to_vec()));
+            assert_eq!(kv.get(b"b").unwrap(), None, "{lost:?} lost");
+            assert_eq!(
+                kv.get(b"c").unwrap(),
+                None,
+                "{lost:?} lost: nothing after the damage is kept"
+            );
+            assert_eq!(kv.file_len(), synced as u64);
+        }
+    }
+
+    #[test]
+    fn a_file_an_older_server_wrote_without_marks_opens_and_a_mark_out_of_place_is_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let mut old = Vec::new();
+        append_record(&mut old, &mut std::iter::once((&b"a"[..], Some(&b"1"[..]))));
+        append_record(&mut old, &mut std::iter::once((&b"b"[..], Some(&b"2"[..]))));
+        std::fs::write(&path, &old).unwrap();
+        let kv = LogFileKv::open(dir.path()).unwrap();
+        assert_eq!(kv.get(b"b").unwrap(), Some(b"2".to_vec()));
+        drop(kv);
+        // A whole mark whose position is not its own: copied bytes, not a
+        // sync this file saw. Damage, and nothing after it is believed.
+        let mut moved = old.clone();
+        append_mark(&mut moved, 3);
+        append_record(
+            &mut moved,
+            &mut std::iter::once((&b"c"[..], Some(&b"3"[..]))),
+        );
+        std::fs::write(&path, &moved).unwrap();
+        let kv = LogFileKv::open(dir.path()).unwrap();
+        assert_eq!(kv.get(b"c").unwrap(), None);
+        assert_eq!(kv.file_len(), old.len() as u64);
     }
 
     #[test]

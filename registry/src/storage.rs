@@ -112,8 +112,12 @@ impl RaftStore {
         .map_err(|e| RegistryError::Storage(format!("compacting {}: {e}", path.display())))?;
         let engine = SledKv::open(&path)
             .map_err(|e| RegistryError::Storage(format!("{}: {e}", dir.display())))?;
-        let log = LogFileKv::open(dir)
-            .map_err(|e| RegistryError::Storage(format!("{}: {e}", dir.display())))?;
+        let log = LogFileKv::open(dir).map_err(|e| match e {
+            StoreError::Corrupt { .. } => RegistryError::Damaged(format!(
+                "{e}. Starting on would let this server vote as if it still held them. Replace it by a new member with a new id (docs/operations.md, \"One server lost or damaged\"): remove-member, an empty data directory, add-member and --join"
+            )),
+            e => RegistryError::Storage(format!("{}: {e}", dir.display())),
+        })?;
         Self::new(Kv::new(engine), Kv::new(log), machine)
     }
 
@@ -847,5 +851,36 @@ mod tests {
             .entries(2, 3, None, GetEntriesContext::empty(false))
             .unwrap();
         assert_eq!(got, vec![e]);
+    }
+
+    #[test]
+    fn a_store_whose_synced_log_was_damaged_on_disk_refuses_to_open_and_says_to_replace_the_server()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RaftStore::open(dir.path(), Arc::new(Stateless)).unwrap();
+        store.bootstrap(&[1, 2, 3]).unwrap();
+        let path = dir.path().join(crate::log_file::FILE_NAME);
+        let before = std::fs::metadata(&path).unwrap().len() as usize;
+        for index in 2..5 {
+            let mut batch = Staged::new(store.log());
+            let mut e = entry(index, 1);
+            e.data = vec![7; 512].into();
+            store.append(&mut batch, &[e]).unwrap();
+            batch.commit().unwrap();
+            store.flush_log().unwrap();
+        }
+        drop(store);
+        // One bit of entry 2's data flipped; entries 3 and 4 synced after it.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[before + 200] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+        match RaftStore::open(dir.path(), Arc::new(Stateless)) {
+            Err(RegistryError::Damaged(why)) => assert!(
+                why.contains("is damaged") && why.contains("Replace it by a new member"),
+                "{why}"
+            ),
+            Err(other) => panic!("refused for another reason: {other}"),
+            Ok(_) => panic!("opened a log whose synced entries were damaged"),
+        }
     }
 }

@@ -89,7 +89,7 @@ async fn killed_leader_is_replaced_and_restarts_with_every_acknowledged_write() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_whose_data_was_wiped_is_told_to_rejoin_under_a_new_id() {
+async fn server_whose_log_was_damaged_or_data_wiped_is_told_to_rejoin_under_a_new_id() {
     let mut cluster = ProcessCluster::start(3);
     let client = cluster.client();
     for i in 0..10 {
@@ -104,6 +104,29 @@ async fn server_whose_data_was_wiped_is_told_to_rejoin_under_a_new_id() {
         .unwrap();
     let server = cluster.server_mut(victim);
     server.kill9();
+
+    // One bit of its Raft log flipped where the disk had synced it.
+    let raft_log = server.dir.join("data").join("raft.log");
+    let mut bytes = std::fs::read(&raft_log).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x04;
+    std::fs::write(&raft_log, &bytes).unwrap();
+    server.restart();
+    let status = server
+        .wait_exit(Duration::from_secs(20))
+        .expect("the server with a damaged log should stop by itself");
+    // Refused, not cut short: cutting would drop entries it acknowledged
+    // while it kept its term and vote.
+    assert_eq!(status.code(), Some(2));
+    let log = server.log();
+    assert!(log.contains("raft.log: the record at byte"), "{log}");
+    assert!(log.contains("Replace it by a new member"), "{log}");
+    assert_eq!(
+        std::fs::read(&raft_log).unwrap(),
+        bytes,
+        "the file is left as found"
+    );
+
     std::fs::remove_dir_all(server.dir.join("data")).unwrap();
     server.restart();
     let status = server

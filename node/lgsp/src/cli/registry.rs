@@ -505,7 +505,9 @@ async fn serve(config: RegistryConfig) -> Result<()> {
     let data_dir = config.data_dir.clone();
     let mut server = match RegistryServer::start(config).await {
         Ok(s) => s,
-        Err(RegistryError::Config(why)) => return Err(UsageError(why).into()),
+        Err(RegistryError::Config(why) | RegistryError::Damaged(why)) => {
+            return Err(UsageError(why).into());
+        }
         Err(e) => return Err(e.into()),
     };
     println!(
