@@ -155,6 +155,63 @@ async fn query_all(
     Ok(records)
 }
 
+/// A query stream of `service` from `node`'s applications, one record a
+/// page, opened once it opens (for up to 10 s) and its first page read:
+/// the stream and the records received.
+async fn running_stream(
+    node: &NodeProcess,
+    service: &str,
+    request_id: &str,
+) -> (tonic::Streaming<lgsp_proto::QueryPage>, usize) {
+    let mut app =
+        DataExchangeClient::new(node.app_channel().await).max_decoding_message_size(8 << 20);
+    let start = Instant::now();
+    loop {
+        let mut request = tonic::Request::new(QueryRequest {
+            service_id: service.into(),
+            page_size: 1,
+            request_id: request_id.into(),
+            ..Default::default()
+        });
+        request.set_timeout(Duration::from_secs(60));
+        let opened = match app.query(request).await {
+            Ok(response) => {
+                let mut pages = response.into_inner();
+                pages.message().await.map(|first| (pages, first))
+            }
+            Err(s) => Err(s),
+        };
+        match opened {
+            Ok((pages, Some(first))) => return (pages, first.records.len()),
+            other => {
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "no query stream {request_id} within 10 s: {:?}",
+                    other.map(|(_, first)| first.map(|p| p.records.len()))
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Reads `running` on until it ends; its refusal and the records received
+/// in all. Panics when it runs to its end (`what` says what should have
+/// stopped it).
+async fn refusal_ending(
+    running: &mut tonic::Streaming<lgsp_proto::QueryPage>,
+    mut received: usize,
+    what: &str,
+) -> (tonic::Status, usize) {
+    loop {
+        match running.message().await {
+            Ok(Some(page)) => received += page.records.len(),
+            Ok(None) => panic!("the query stream ran to its end ({received} records) after {what}"),
+            Err(s) => return (s, received),
+        }
+    }
+}
+
 fn log_has(node: &NodeProcess, request_id: &str) -> bool {
     std::fs::read_to_string(node.sharing_log())
         .unwrap_or_default()
@@ -654,38 +711,51 @@ async fn two_instances_call_each_other_through_their_hubs() {
         &p_admin,
         &["hub", "export", "--service", &ho_tich, "--peer", "ndxp"],
     );
-    // A query stream running when the grant ends: opened once the export is
-    // back in the national catalog, one record a page, one page read.
-    let mut app_q =
-        DataExchangeClient::new(node_c.app_channel().await).max_decoding_message_size(8 << 20);
-    let start = Instant::now();
-    let (mut running, mut received) = loop {
-        let mut request = tonic::Request::new(QueryRequest {
-            service_id: ho_tich.clone(),
-            page_size: 1,
-            request_id: "truy-van-dang-chay".into(),
-            ..Default::default()
-        });
-        request.set_timeout(Duration::from_secs(60));
-        let opened = match app_q.query(request).await {
-            Ok(response) => {
-                let mut pages = response.into_inner();
-                pages.message().await.map(|first| (pages, first))
-            }
-            Err(s) => Err(s),
-        };
-        match opened {
-            Ok((pages, Some(first))) => break (pages, first.records.len()),
-            other => {
-                assert!(
-                    start.elapsed() < Duration::from_secs(10),
-                    "no query stream 10 s after the export came back: {:?}",
-                    other.map(|(_, first)| first.map(|p| p.records.len()))
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    };
+    // A query stream running when the national hub's admin unimports the
+    // service: opened once the export is back in the national catalog. The
+    // province's hub would serve it on; the national hub, checking before
+    // each page it relays, ends it.
+    let (mut running, received) = running_stream(&node_c, &ho_tich, "truy-van-bo-nhap").await;
+    ok(
+        &q_reg,
+        &q_admin,
+        &[
+            "hub",
+            "unimport",
+            "--peer",
+            "vinhphuc",
+            "--service",
+            &ho_tich,
+        ],
+    );
+    let gone = until(
+        &node_c,
+        &ho_tich,
+        "001099012345",
+        Duration::from_secs(10),
+        |o| o.is_err(),
+    )
+    .await;
+    assert!(
+        gone.is_err(),
+        "still called 10 s after the unimport: {gone:?}"
+    );
+    let (ended, received) = refusal_ending(&mut running, received, "the unimport").await;
+    assert_eq!(ended.code(), Code::PermissionDenied, "{ended:?}");
+    assert!(ended.message().contains("no longer imported"), "{ended:?}");
+    eprintln!(
+        "the query stream ended {received} records in, after the unimport: {}",
+        ended.message()
+    );
+    ok(
+        &q_reg,
+        &q_admin,
+        &["hub", "import", "--peer", "vinhphuc", "--service", &ho_tich],
+    );
+
+    // A query stream running when the grant ends: opened once the import is
+    // back, one record a page, one page read.
+    let (mut running, received) = running_stream(&node_c, &ho_tich, "truy-van-dang-chay").await;
     p.grant(&ho_tich, NATIONAL_CONSUMER, GrantStatus::Terminated)
         .await;
     let err = until(
@@ -702,15 +772,7 @@ async fn two_instances_call_each_other_through_their_hubs() {
     // The running stream delivers what the hops after the province's hub
     // already hold, then ends with that refusal: the hub rechecks the grant
     // before each page it relays.
-    let ended = loop {
-        match running.message().await {
-            Ok(Some(page)) => received += page.records.len(),
-            Ok(None) => {
-                panic!("the query stream ran to its end ({received} records) after the grant ended")
-            }
-            Err(s) => break s,
-        }
-    };
+    let (ended, received) = refusal_ending(&mut running, received, "the grant ended").await;
     assert_eq!(ended.code(), Code::PermissionDenied, "{ended:?}");
     assert!(
         ended.message().contains("holds no active grant"),

@@ -7,7 +7,10 @@
 //!   of on whose behalf (a query record: the digest of the `QueryRequest`);
 //!   the hub checks it against the caller, takes one of the peer's outward
 //!   slots for the stream's life, passes the peer's breaker and opens the
-//!   query on the peer's hub. The hub's node logs it (`Provider::query`).
+//!   query on the peer's hub. Before each page it relays, the peer must
+//!   still be federated and the service still imported from it through
+//!   this hub; the hub's node checks the caller's certificate per page and
+//!   logs the exchange (`Provider::query`).
 //! - [`inbound`]: a peer's hub opens a query of a service exported to it;
 //!   the hub checks the peer, the record, the export and the foreign
 //!   agency's grant, holds one of the peer's inward slots, and opens the
@@ -45,7 +48,7 @@ use tracing::Instrument;
 /// relayed stream lasts (`[limits] max_query_stream_s`), which the peer's
 /// hub is told as the stream's deadline.
 pub(crate) async fn forward(
-    hub: &Hub,
+    hub: &std::sync::Arc<Hub>,
     caller: &Peer,
     query: QueryRequest,
     obo: Option<&SignedOnBehalfOf>,
@@ -69,6 +72,7 @@ pub(crate) async fn forward(
         .attempt(Instant::now())
         .map_err(|wait| crate::outbound::circuit_open(&peer, &health, wait))?;
     let sent = Instant::now();
+    let query_service_id = query.service_id.clone();
     let opened = open_query(hub, channel, query, signed, deadline, "the query stream").await;
     let unreachable = matches!(&opened, Err(s) if is_unreachable(s));
     attempt.finish(!unreachable);
@@ -91,10 +95,11 @@ pub(crate) async fn forward(
         }
     };
     let (name, endpoint) = (peer.name.clone(), peer.hub_endpoint.clone());
+    let (hub, service_id) = (hub.clone(), query_service_id);
     Ok(Box::pin(upstream.map(move |page| {
         let _slot = &permit;
         // A stream broken mid-way names the peer, as a call that failed does.
-        page.map_err(|s| {
+        let page = page.map_err(|s| {
             if is_unreachable(&s) {
                 Status::unavailable(format!(
                     "the query stream from federation peer {name} ({endpoint}) broke: {}",
@@ -103,8 +108,35 @@ pub(crate) async fn forward(
             } else {
                 s
             }
-        })
+        })?;
+        // Before each page: the peer removed or the service unimported
+        // since the stream opened stop it.
+        still_imported(&hub, &name, &service_id)?;
+        Ok(page)
     })))
+}
+
+/// Refuses to go on with a query stream of `service_id` from federation
+/// peer `peer` once the peer is no longer in the catalog or the service no
+/// longer imported from it through this hub.
+fn still_imported(hub: &Hub, peer: &str, service_id: &str) -> Result<(), Status> {
+    if hub.peer(peer).is_none() {
+        return Err(Status::permission_denied(format!(
+            "federation peer {peer} was removed while the query stream of {service_id} ran"
+        )));
+    }
+    let key = hub.key();
+    let imported = hub
+        .ctx
+        .cache
+        .with_service(service_id, |s| s.origin == peer && s.via_hub == key)
+        .unwrap_or(false);
+    if !imported {
+        return Err(Status::permission_denied(format!(
+            "service {service_id} is no longer imported from federation peer {peer} through this hub: unimported while its query stream ran"
+        )));
+    }
+    Ok(())
 }
 
 /// Whether `status` says the far side was not reached (or went away), not
