@@ -8,7 +8,9 @@
 //! backend answers, and the exchange is logged. A `Query` stream takes the
 //! same steps before its first page, and checks the certificate again
 //! before each page and whenever a new CRL comes into force: a consumer
-//! revoked (or expired) mid-stream gets no further page. A hub opening a
+//! revoked (or expired) mid-stream gets no further page. Its grant is
+//! checked again before each page too: a grant ended or narrowed mid-stream
+//! ends it. A hub opening a
 //! query for a consumer of another instance sends the consumer's signed
 //! record, verified and authorized here as for a call; on a hub's own node,
 //! a query of an imported service is handed to its forwarder.
@@ -432,23 +434,7 @@ impl Provider {
     ) -> Result<Arc<lgsp_dataset::Dataset>, Status> {
         let ctx = &self.ctx;
         let service_id = req.service_id.as_str();
-        let now = lgsp_registry::calendar::unix_now();
-        let allowed = match on_behalf {
-            Some(v) => {
-                access::authorize_foreign(&ctx.cache, &ctx.config.agency, &v.id, service_id, now)?
-            }
-            None => access::authorize(&ctx.cache, &ctx.config.agency, peer, service_id, now)?,
-        };
-        let consumer_label = on_behalf.map(crate::obo::Verified::consumer);
-        // Every field asked for or filtered on must be granted; asking for
-        // none gets the granted ones.
-        allowed.check_items(
-            consumer_label.as_deref().unwrap_or(peer.id.agency.as_str()),
-            req.fields
-                .iter()
-                .chain(req.filters.iter().map(|f| &f.field))
-                .map(String::as_str),
-        )?;
+        let allowed = granted(ctx, peer, req, on_behalf)?;
         if req.fields.is_empty() {
             req.fields.clone_from(&allowed.items);
         }
@@ -472,6 +458,38 @@ impl Provider {
             .get(name)
             .map_err(|e| Status::unavailable(e.to_string()))
     }
+}
+
+/// The grant that lets `peer` (or the consumer of another instance its
+/// verified record names, `on_behalf`) query `req`'s service now, with
+/// every field `req` asks for or filters on: checked when a stream opens
+/// and again before each page, so a grant ended or narrowed meanwhile ends
+/// it.
+fn granted(
+    ctx: &NodeContext,
+    peer: &Peer,
+    req: &QueryRequest,
+    on_behalf: Option<&crate::obo::Verified>,
+) -> Result<access::Allowed, Status> {
+    let service_id = req.service_id.as_str();
+    let now = lgsp_registry::calendar::unix_now();
+    let allowed = match on_behalf {
+        Some(v) => {
+            access::authorize_foreign(&ctx.cache, &ctx.config.agency, &v.id, service_id, now)?
+        }
+        None => access::authorize(&ctx.cache, &ctx.config.agency, peer, service_id, now)?,
+    };
+    let consumer_label = on_behalf.map(crate::obo::Verified::consumer);
+    // Every field asked for or filtered on must be granted; asking for
+    // none gets the granted ones (the opening fills them in).
+    allowed.check_items(
+        consumer_label.as_deref().unwrap_or(peer.id.agency.as_str()),
+        req.fields
+            .iter()
+            .chain(req.filters.iter().map(|f| &f.field))
+            .map(String::as_str),
+    )?;
+    Ok(allowed)
 }
 
 #[tonic::async_trait]
@@ -590,6 +608,7 @@ impl DataExchange for Provider {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<QueryPage, Status>>(1);
         let span = tracing::info_span!("query", request_id = %req.request_id, consumer = %peer.id.agency, service = %req.service_id);
         let auth = self.auth.clone();
+        let ctx = self.ctx.clone();
         let reader = peer.clone();
         tokio::spawn(
             async move {
@@ -600,6 +619,9 @@ impl DataExchange for Provider {
                 let mut bytes_out = 0u64;
                 let outcome = loop {
                     if let Err(refused) = auth.recheck(&reader) {
+                        break Err(refused);
+                    }
+                    if let Err(refused) = granted(&ctx, &reader, &req, on_behalf.as_ref()) {
                         break Err(refused);
                     }
                     // A page reads up to MAX_SCAN_PER_PAGE records from disk: off

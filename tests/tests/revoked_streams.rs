@@ -1,7 +1,8 @@
 //! A certificate revoked while one of its streams is open loses the stream,
 //! not only its next call: a provider's `Query` and the registry's `Watch`
 //! end with UNAUTHENTICATED once the CRL that revokes it is published,
-//! instead of delivering the rest of the dataset or of the catalog.
+//! instead of delivering the rest of the dataset or of the catalog. A grant
+//! ended while a query stream runs ends it the same way, PERMISSION_DENIED.
 
 use lgsp_certs::tls::client_endpoint;
 use lgsp_certs::{Credentials, Role};
@@ -62,18 +63,17 @@ async fn provider_channel(a: &NodeProcess, creds: &Credentials) -> tonic::transp
     channel
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_query_stream_ends_unauthenticated_when_its_certificate_is_revoked_mid_stream() {
-    let (mut province, mut a, _b) =
-        two_agencies_custom(1, "", "", &large_dataset(), |_, _| {}).await;
-    let (creds, serial) = province.issue(B, Role::Node, "node-b2");
-    let channel = provider_channel(&a, &creds).await;
+/// A query of A's large dataset on `channel`, its first page read.
+async fn open_large_query(
+    channel: tonic::transport::Channel,
+    request_id: &str,
+) -> tonic::Streaming<lgsp_proto::QueryPage> {
     let mut pages = DataExchangeClient::new(channel)
         .max_decoding_message_size(4 << 20)
         .query(QueryRequest {
             service_id: format!("{A}/ho-tich"),
             page_size: PAGE,
-            request_id: "truy-van-bi-thu-hoi".into(),
+            request_id: request_id.into(),
             ..Default::default()
         })
         .await
@@ -81,11 +81,15 @@ async fn a_query_stream_ends_unauthenticated_when_its_certificate_is_revoked_mid
         .into_inner();
     let first = pages.message().await.expect("first page").expect("a page");
     assert_eq!(first.records.len(), PAGE as usize);
+    pages
+}
 
-    // The consumer reads slowly; meanwhile its certificate is revoked.
-    province.revoke(&serial).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-
+/// Reads `pages` on, after its first page, until it is refused; the
+/// refusal. Panics if the whole dataset arrives (`after` says after what).
+async fn read_to_refusal(
+    pages: &mut tonic::Streaming<lgsp_proto::QueryPage>,
+    after: &str,
+) -> tonic::Status {
     let mut read = 1;
     let refused = loop {
         match pages.message().await {
@@ -93,7 +97,7 @@ async fn a_query_stream_ends_unauthenticated_when_its_certificate_is_revoked_mid
                 read += 1;
                 assert!(
                     !page.resume_token.is_empty(),
-                    "the whole dataset ({read} pages) was delivered after the CRL"
+                    "the whole dataset ({read} pages) was delivered after {after}"
                 );
             }
             Ok(None) => panic!("the stream ended OK after {read} pages, short of the dataset"),
@@ -101,22 +105,65 @@ async fn a_query_stream_ends_unauthenticated_when_its_certificate_is_revoked_mid
         }
     };
     let total = RECORDS.div_ceil(PAGE as usize);
-    eprintln!("{read} of {total} pages delivered, then: {refused:?}");
+    eprintln!("{read} of {total} pages delivered after {after}, then: {refused:?}");
+    assert!(read < total);
+    refused
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_stream_ends_when_its_certificate_is_revoked_or_its_grant_ends_mid_stream() {
+    let (mut province, mut a, _b) =
+        two_agencies_custom(1, "", "", &large_dataset(), |_, _| {}).await;
+    let (creds, serial) = province.issue(B, Role::Node, "node-b2");
+    let (other_creds, _) = province.issue(B, Role::Node, "node-b3");
+    let channel = provider_channel(&a, &creds).await;
+    let other_channel = provider_channel(&a, &other_creds).await;
+    let mut pages = open_large_query(channel, "truy-van-bi-thu-hoi").await;
+
+    // The consumer reads slowly; meanwhile its certificate is revoked.
+    province.revoke(&serial).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let refused = read_to_refusal(&mut pages, "the CRL").await;
     assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
     assert!(
         refused.message().contains(&serial) && refused.message().contains("revoked"),
         "{refused:?}"
     );
-    assert!(read < total);
 
-    // The provider's sharing log records the stream as refused, not served.
+    // Another certificate of B, still good; B's grant ends while it reads.
+    let mut pages = open_large_query(other_channel, "truy-van-het-quyen").await;
+    province
+        .grant(
+            &format!("{A}/ho-tich"),
+            B,
+            lgsp_proto::GrantStatus::Terminated,
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let refused = read_to_refusal(&mut pages, "the grant ended").await;
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused.message().contains("grant of service")
+            && refused.message().contains("was terminated"),
+        "{refused:?}"
+    );
+
+    // The provider's sharing log records both streams as refused, not served.
     a.stop();
     let log = std::fs::read_to_string(a.sharing_log()).unwrap();
-    let entry = log
-        .lines()
-        .find(|l| l.contains("\"request_id\":\"truy-van-bi-thu-hoi\""))
-        .unwrap_or_else(|| panic!("no entry for the query:\n{log}"));
-    assert!(entry.contains("\"status\":\"UNAUTHENTICATED\""), "{entry}");
+    for (request_id, status) in [
+        ("truy-van-bi-thu-hoi", "UNAUTHENTICATED"),
+        ("truy-van-het-quyen", "PERMISSION_DENIED"),
+    ] {
+        let entry = log
+            .lines()
+            .find(|l| l.contains(&format!("\"request_id\":\"{request_id}\"")))
+            .unwrap_or_else(|| panic!("no entry for {request_id}:\n{log}"));
+        assert!(
+            entry.contains(&format!("\"status\":\"{status}\"")),
+            "{entry}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
