@@ -5,7 +5,8 @@
 //! - [`storage`]: raft log and state behind raft-rs' `Storage`, the log in
 //!   [`log_file`] (an append-only file), the rest beside the catalog.
 //! - [`catalog`]: the state machine: records, revisions, history;
-//!   [`snapshot_builder`] builds its Raft snapshots off the consensus thread.
+//!   [`snapshot_builder`] builds its Raft snapshots off the consensus thread,
+//!   from a [`frozen`] view of its store while it goes on applying.
 //! - [`raft_node`]: the consensus loop.
 //! - [`transport`]: Raft messages between servers, behind a [`transport::Network`]
 //!   trait; [`mem_network`] is an in-memory network for tests.
@@ -35,6 +36,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod federation;
+pub mod frozen;
 pub mod idempotency;
 pub mod incarnation;
 pub mod keys;

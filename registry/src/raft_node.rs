@@ -15,9 +15,9 @@
 //!    not flushed on their own;
 //! 6. clients of those are answered likewise.
 //!
-//! While a snapshot for a follower is built (off this thread), committed
-//! entries are held back rather than applied, so the build reads a store
-//! that does not change under it.
+//! A snapshot for a follower is built off this thread from a frozen view of
+//! the catalog's store (`frozen.rs`): committed entries go on being applied
+//! and answered meanwhile.
 //!
 //! Requests from clients queue up while a Ready is handled, so one flush
 //! covers many writes (batching comes from the loop, not from timers).
@@ -50,6 +50,9 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// The most raft log entries (and watch history events) deleted at once.
 const COMPACT_STEP: u64 = 1024;
+/// The log may grow to this many entries (or 4 times `snapshot_entries`)
+/// before it is compacted past a snapshot still to be delivered.
+const MIN_PINNED_LOG: u64 = 10_000;
 /// How long one read-index attempt may take before it is retried.
 const READ_ATTEMPT: Duration = Duration::from_millis(1000);
 /// How long a linearizable read may wait in all.
@@ -109,7 +112,8 @@ enum Request {
         reply: Reply<PeerStatusResponse>,
     },
     /// A consistent copy of the catalog for a backup, taken between two
-    /// Readies: the state machine's data, the applied index and revision.
+    /// Readies (a frozen view, read on a thread of its own): the state
+    /// machine's data, the applied index and revision.
     Backup {
         reply: Reply<Backup>,
     },
@@ -483,9 +487,6 @@ struct Driver {
     flush_applied: bool,
     /// When a refused peer's batches were last logged, by peer.
     refusals_logged: HashMap<u64, Instant>,
-    /// Committed entries not applied yet: held back while a snapshot is
-    /// built from the store (see `snapshot_builder.rs`).
-    held: Vec<Entry>,
     /// The index of the last entry applied (or snapshot installed).
     applied: u64,
 }
@@ -549,7 +550,7 @@ pub fn start(
                     if let Some(e) = fatal { break Err(e); }
                 }
                 Some(report) = reports.recv() => driver.report(report),
-                // What was held back while a snapshot was built is applied now.
+                // A snapshot was built: raft-rs may send it now.
                 () = snapshot_built.notified() => {}
                 _ = shutdown.changed() => break Ok(()),
             }
@@ -650,7 +651,6 @@ impl Driver {
             incarnations_proposed: HashMap::new(),
             flush_applied: false,
             refusals_logged: HashMap::new(),
-            held: Vec::new(),
             applied: raft_config.applied,
         })
     }
@@ -730,15 +730,26 @@ impl Driver {
                 let _ = reply.send(self.peer_status(asker));
             }
             Request::Backup { reply } => {
-                let db = self.store.db();
-                let backup = catalog::snapshot_data(db).and_then(|catalog| {
-                    Ok(Backup {
-                        catalog,
-                        applied_index: self.store.applied()?,
-                        revision: catalog::revision(db)?,
-                    })
-                });
-                let _ = reply.send(backup);
+                // The catalog as applied now, copied off this thread: the
+                // loop goes on applying while a large catalog is read.
+                let view = self.store.freeze();
+                let copy = move || {
+                    let backup = catalog::snapshot_data(&view).and_then(|catalog| {
+                        Ok(Backup {
+                            catalog,
+                            applied_index: crate::kv::read_u64(&view, crate::storage::APPLIED)?
+                                .unwrap_or(0),
+                            revision: catalog::revision(&view)?,
+                        })
+                    });
+                    let _ = reply.send(backup);
+                };
+                if let Err(e) = std::thread::Builder::new()
+                    .name("registry-backup".into())
+                    .spawn(copy)
+                {
+                    tracing::error!(error = %e, "cannot start a thread to copy the catalog for a backup");
+                }
             }
             Request::TransferLeader { to: None, reply } => {
                 let _ = reply.send(Ok(self.hand_over()));
@@ -1176,14 +1187,19 @@ impl Driver {
     fn report(&mut self, report: Report) {
         match report {
             Report::Unreachable(id) => self.raw.report_unreachable(id),
-            Report::Snapshot { to, ok } => self.raw.report_snapshot(
-                to,
+            Report::Snapshot { to, ok } => {
                 if ok {
-                    SnapshotStatus::Finish
-                } else {
-                    SnapshotStatus::Failure
-                },
-            ),
+                    self.store.snapshots().delivered();
+                }
+                self.raw.report_snapshot(
+                    to,
+                    if ok {
+                        SnapshotStatus::Finish
+                    } else {
+                        SnapshotStatus::Failure
+                    },
+                );
+            }
         }
     }
 
@@ -1305,18 +1321,6 @@ impl Driver {
     fn on_ready(&mut self) -> Result<(), RegistryError> {
         self.request_read_index();
         self.check_freshness();
-        if !self.held.is_empty() && !self.store.snapshots().building() {
-            // A snapshot was built: what was held back meanwhile is applied.
-            let mut batch = Staged::new(self.store.db());
-            self.apply_committed(&mut batch, Vec::new())?;
-            batch.commit()?;
-            if std::mem::take(&mut self.flush_applied) {
-                self.store.flush_applied()?;
-            }
-            self.raw.advance_apply_to(self.applied);
-            self.release()?;
-            self.after_apply()?;
-        }
         self.handle_ready()?;
         // Reads that waited for a round this Ready ended start the next
         // one now, not at the next request or tick.
@@ -1336,11 +1340,8 @@ impl Driver {
         if !ready.snapshot().is_empty() {
             let snapshot = ready.snapshot().clone();
             let index = snapshot.get_metadata().index;
-            // The build reads the store this replaces. What it held back
-            // is older than the snapshot (raft-rs installs none at or
-            // below the commit index): the snapshot has it.
+            // A build reading a view of the store this replaces ends first.
             self.store.snapshots().wait();
-            self.held.clear();
             self.store.install_snapshot(&snapshot)?;
             self.applied = index;
             self.members_changed = true;
@@ -1385,8 +1386,8 @@ impl Driver {
         self.transport.send(ready.take_persisted_messages());
         let read_states = ready.take_read_states();
 
-        // Not `advance`: that would tell raft-rs the Ready's committed entries
-        // are applied, and they may be held back (see `apply_committed`).
+        // Not `advance`: raft-rs is told the Ready's committed entries are
+        // applied once their batch is written (`advance_apply_to`).
         let mut light = self.raw.advance_append(ready);
         if light.commit_index().is_some() {
             // raft-rs holds the hard state; its term and vote were saved
@@ -1478,10 +1479,6 @@ impl Driver {
             self.incarnations = recorded_incarnations(self.store.db())?;
             self.step_aside_if_removed();
         }
-        if self.store.snapshots().building() {
-            // The store must not change under the build.
-            return Ok(());
-        }
         // The oldest entries go a step at a time, so that no Ready stalls
         // on deleting thousands of keys (a latency spike for every client).
         let step = (self.config.snapshot_entries / 8).clamp(1, COMPACT_STEP);
@@ -1495,8 +1492,22 @@ impl Driver {
             .saturating_sub(self.store.compacted_to());
         let excess = log_len.saturating_sub(self.config.snapshot_entries);
         if excess >= step {
-            let upto =
+            let mut upto =
                 (self.store.compacted_to() + excess.min(COMPACT_STEP)).min(self.store.applied()?);
+            // Not past a snapshot being built or not yet delivered: the
+            // follower it is for goes on from the entry after it, and writes
+            // go on meanwhile. Unless the log grows too long for memory
+            // first; the follower then needs a newer snapshot.
+            let pin_limit = self
+                .config
+                .snapshot_entries
+                .saturating_mul(4)
+                .max(MIN_PINNED_LOG);
+            if let Some(pinned) = self.store.snapshots().pinned()
+                && log_len <= pin_limit
+            {
+                upto = upto.min(pinned);
+            }
             self.store.compact(upto)?;
             tracing::debug!(upto, "compacted the raft log");
         }
@@ -1504,19 +1515,14 @@ impl Driver {
         Ok(())
     }
 
-    /// Stages committed entries (those held back first) in order, each
-    /// seeing the ones before it, with the applied index; while a snapshot
-    /// is built, holds them back instead.
+    /// Stages committed entries in order, each seeing the ones before it,
+    /// with the applied index.
     fn apply_committed(
         &mut self,
         batch: &mut Staged,
         entries: Vec<Entry>,
     ) -> Result<(), RegistryError> {
-        self.held.extend(entries);
-        if self.held.is_empty() || self.store.snapshots().building() {
-            return Ok(());
-        }
-        for entry in std::mem::take(&mut self.held) {
+        for entry in entries {
             batch.insert(APPLIED, entry.index.to_be_bytes());
             self.applied = entry.index;
             match entry.get_entry_type() {

@@ -6,11 +6,10 @@
 //! raft-rs asks its storage for a snapshot when a follower needs one; the
 //! storage ([`crate::storage::RaftStore`]) answers "temporarily
 //! unavailable" and starts a build here, and raft-rs asks again at the next
-//! heartbeat answer. A build reads the state machine's store while the
-//! consensus loop goes on heartbeating and appending, but applies nothing
-//! until the build ends (the loop checks [`SnapshotBuilder::building`]): the
-//! store then holds exactly the state at the snapshot's index, without a
-//! point-in-time read, which sled 0.34 does not have.
+//! heartbeat answer. A build reads a frozen view of the state machine's
+//! store ([`crate::frozen`]), the state at the snapshot's index, while the
+//! consensus loop goes on heartbeating, appending and applying: sled 0.34
+//! has no point-in-time read of its own.
 
 // raft-rs' protobuf 2 types are built field by field, as its own code does.
 #![allow(clippy::field_reassign_with_default)]
@@ -24,8 +23,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 #[derive(Debug, Default)]
 pub struct SnapshotBuilder {
     state: Mutex<State>,
-    /// Notified when a build ends, so the consensus loop applies what it
-    /// held back at once rather than at its next tick.
+    /// Notified when a build ends, so the consensus loop offers the
+    /// snapshot at once rather than at its next tick.
     done: Arc<tokio::sync::Notify>,
 }
 
@@ -64,6 +63,27 @@ impl SnapshotBuilder {
         collect(&mut self.state(), true);
     }
 
+    /// The index the log must keep entries after, so that the snapshot being
+    /// built, or the last one built and not yet delivered, stays usable: a
+    /// follower that installs it goes on from the entry after it. The loop
+    /// compacts no further while the log is not too long (see
+    /// `RaftNode::after_apply`).
+    pub fn pinned(&self) -> Option<u64> {
+        let mut state = self.state();
+        collect(&mut state, false);
+        match (&state.building, &state.built) {
+            (Some(building), _) => Some(building.meta.index),
+            (None, Some(built)) => Some(built.get_metadata().index),
+            (None, None) => None,
+        }
+    }
+
+    /// A follower installed the last snapshot built: it no longer holds the
+    /// log back, and the next follower that needs one gets a newer one.
+    pub fn delivered(&self) {
+        self.state().built = None;
+    }
+
     /// The last snapshot built, if its index is at least `min_index`.
     pub fn built(&self, min_index: u64) -> Option<Snapshot> {
         let mut state = self.state();
@@ -77,8 +97,7 @@ impl SnapshotBuilder {
 
     /// Starts building a snapshot with metadata `meta` and the data `build`
     /// returns, on a thread of its own, unless a build is running already.
-    /// The caller must not change what `build` reads until
-    /// [`building`](Self::building) is false.
+    /// What `build` reads must not change under it: a frozen view.
     pub fn start(
         &self,
         meta: SnapshotMetadata,

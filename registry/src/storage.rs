@@ -40,6 +40,7 @@
 #![allow(clippy::field_reassign_with_default)]
 
 use crate::error::{RegistryError, StoreError};
+use crate::frozen::Capturing;
 use crate::kv::read_u64;
 use crate::kv::{Kv, Staged};
 use crate::log_file::LogFileKv;
@@ -86,6 +87,8 @@ pub trait StateMachine: Send + Sync + fmt::Debug {
 pub struct RaftStore {
     /// The catalog, the applied index and the configuration.
     db: Kv,
+    /// The same store, able to give a point-in-time view of it.
+    capturing: Capturing,
     /// Entries, hard state and compaction point.
     log: Kv,
     /// The compaction point (index, term) as `r:snap` holds it: raft-rs asks
@@ -128,8 +131,10 @@ impl RaftStore {
         move_log_out_of(&db, &log)?;
         finish_install(&db, &log)?;
         let meta: SnapshotMetadata = decode(SNAP_META, log.get(SNAP_META)?)?;
+        let capturing = Capturing::new(db);
         Ok(Self {
-            db,
+            db: Kv::new(capturing.clone()),
+            capturing,
             log,
             compacted: Arc::new(RwLock::new((meta.index, meta.term))),
             machine,
@@ -143,9 +148,14 @@ impl RaftStore {
         &self.db
     }
 
-    /// The snapshots built for followers: while one is built, the loop must
-    /// not change the catalog's store (it applies nothing; see
-    /// `snapshot_builder.rs`).
+    /// A read-only view of the catalog's store as it is now, for as long as
+    /// it lives, whatever is applied meanwhile (`frozen.rs`).
+    pub fn freeze(&self) -> Kv {
+        self.capturing.freeze()
+    }
+
+    /// The snapshots built for followers, each from a frozen view of the
+    /// catalog's store (`frozen.rs`) while the loop goes on applying.
     pub fn snapshots(&self) -> &SnapshotBuilder {
         &self.snapshots
     }
@@ -530,9 +540,16 @@ impl raft::Storage for RaftStore {
             meta.index = applied;
             meta.term = self.term(applied)?;
             meta.set_conf_state(self.conf_state().map_err(fatal)?);
-            let (machine, db) = (self.machine.clone(), self.db.clone());
-            self.snapshots
-                .start(meta, move || machine.snapshot_data(&db));
+            // The store as it is at `applied`, whatever the loop applies
+            // while the build reads it.
+            let (machine, view) = (self.machine.clone(), self.freeze());
+            self.snapshots.start(meta, move || {
+                let data = machine.snapshot_data(&view);
+                // Closed before the build is collected: an install waits for
+                // the build, then rewrites the whole store uncopied.
+                drop(view);
+                data
+            });
         }
         // raft-rs asks again at the follower's next heartbeat answer.
         Err(raft::Error::Store(

@@ -1234,7 +1234,8 @@ impl crate::storage::StateMachine for GatedSnapshots {
 }
 
 #[test]
-fn a_snapshot_slower_to_build_than_an_election_timeout_keeps_the_leader_and_then_catches_up() {
+fn a_snapshot_slower_to_build_than_an_election_timeout_keeps_the_leader_writing_and_then_catches_up()
+ {
     let machine = Arc::new(GatedSnapshots::default());
     let gate = machine.gate.clone();
     let mut cluster = Cluster::with_machine(3, 4, machine);
@@ -1262,21 +1263,27 @@ fn a_snapshot_slower_to_build_than_an_election_timeout_keeps_the_leader_and_then
     );
     assert_eq!(cluster.leader_of(&[1, 2, 3]), Some(leader));
     assert_eq!(cluster.server(leader).raw.raft.term, term);
-    // A write meanwhile commits, but the leader applies it (and answers)
-    // only once the build no longer reads its store.
+    // Writes meanwhile are applied and answered at once: the build reads a
+    // frozen view of the store, not the store. More of them than the log
+    // keeps (4 entries): it must not be compacted past the snapshot's index,
+    // or the snapshot would be useless once built.
+    for i in 0..12 {
+        cluster.write(leader, &format!("during the build {i}"));
+    }
     let mut answer = cluster.propose(leader, rename("during the build"));
-    assert!(
-        answer.try_recv().is_err(),
-        "the leader applied a write while a snapshot was built from its store"
-    );
+    cluster.tick(2);
+    let applied = answer
+        .try_recv()
+        .expect("the leader answered a write while a snapshot was built")
+        .expect("the write was applied");
+    assert!(cluster.server(leader).store.snapshots().building());
 
+    // The build reads only now, after the write: it still holds the state
+    // at its own index. Were the write in it, `behind` would apply it a
+    // second time from the log, and its revision would be one ahead.
     gate.open();
     cluster.server(leader).store.snapshots().wait();
     cluster.tick(2 * ELECTION_TICKS);
-    let applied = answer
-        .try_recv()
-        .expect("the write was answered once the build ended")
-        .expect("the write was applied");
     assert_eq!(cluster.leader_of(&[1, 2, 3]), Some(leader));
     assert_eq!(cluster.server(leader).raw.raft.term, term);
     assert_eq!(cluster.revision(behind), applied.revision);
