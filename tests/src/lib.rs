@@ -2,6 +2,7 @@
 //! 127.0.0.1:0 behind real mTLS, and the `lgsp` binary as a real process.
 
 pub mod cluster;
+pub mod https_server;
 pub mod linearizability;
 pub mod metrics;
 pub mod power_cut;

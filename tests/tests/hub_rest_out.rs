@@ -9,10 +9,10 @@
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use lgsp_proto::data_exchange_client::DataExchangeClient;
 use lgsp_proto::{Envelope, GrantStatus, ServiceKind};
 use lgsp_tests::cluster::{PROVINCE, free_addr};
+use lgsp_tests::https_server::HttpsServer;
 use lgsp_tests::lgsp;
 use lgsp_tests::province::{B, NodeProcess, Province};
 use std::collections::HashMap;
@@ -34,11 +34,11 @@ struct Seen {
     tokens_issued: u32,
 }
 
-/// The ministry's server: its CA (PEM), its address, what it saw.
+/// The ministry's server: its CA (PEM), what it saw.
 struct Ministry {
     ca_pem: String,
     seen: Arc<Mutex<Seen>>,
-    config: Arc<rustls::ServerConfig>,
+    server: HttpsServer,
 }
 
 fn refuse(status: u16, why: &str) -> Response<Full<Bytes>> {
@@ -305,79 +305,25 @@ fn base64(data: &[u8]) -> String {
 }
 
 impl Ministry {
-    /// A CA and a server certificate for 127.0.0.1; client certificates of
+    /// The ministry's server (see [`HttpsServer`]): client certificates of
     /// the province's CA are asked for but optional (each path decides).
     fn new(province_ca_pem: &str) -> Self {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "Bộ Tài chính test CA");
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = rcgen::Issuer::from_ca_cert_pem(&ca.pem(), &ca_key).unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-        params
-            .subject_alt_names
-            .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
-        let cert = params.signed_by(&key, &issuer).unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        for der in lgsp_certs::inspect::pem_blocks(province_ca_pem).unwrap() {
-            roots
-                .add(rustls::pki_types::CertificateDer::from(der.1))
-                .unwrap();
-        }
-        let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
-            .allow_unauthenticated()
-            .build()
-            .unwrap();
-        let config = rustls::ServerConfig::builder()
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(
-                vec![cert.der().clone()],
-                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-            )
-            .unwrap();
+        let server = HttpsServer::new("Bộ Tài chính test CA", province_ca_pem);
         Self {
-            ca_pem: ca.pem(),
+            ca_pem: server.ca_pem.clone(),
             seen: Arc::default(),
-            config: Arc::new(config),
+            server,
         }
     }
 
     /// Serves on `addr` until the returned sender is dropped or fired.
     async fn serve(&self, addr: SocketAddr) -> tokio::sync::oneshot::Sender<()> {
-        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(self.config.clone());
         let seen = self.seen.clone();
-        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            loop {
-                let (tcp, _) = tokio::select! {
-                    a = listener.accept() => a.unwrap(),
-                    _ = &mut stopped => return,
-                };
-                let (acceptor, seen) = (acceptor.clone(), seen.clone());
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let client_cert = tls.get_ref().1.peer_certificates().is_some();
-                    let service = hyper::service::service_fn(move |req| {
-                        let seen = seen.clone();
-                        async move {
-                            Ok::<_, std::convert::Infallible>(answer(req, client_cert, seen).await)
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tls), service)
-                        .await;
-                });
-            }
-        });
-        stop
+        self.server
+            .serve(addr, move |req, client_cert| {
+                answer(req, client_cert, seen.clone())
+            })
+            .await
     }
 }
 
