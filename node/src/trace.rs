@@ -68,6 +68,27 @@ fn bounded(text: &str, max: usize) -> String {
 /// metadata for the log entry: `x-road-id` and `x-road-request-id`.
 pub const EXTERNAL_ID_HEADERS: [&str; 2] = ["x-road-id", "x-road-request-id"];
 
+/// The most bytes of an external id kept from another instance's answer.
+const MAX_EXTERNAL_ID: usize = 256;
+
+/// Of what another instance's hub said of an exchange (its
+/// `CallResponse.metadata`), the external ids only ([`EXTERNAL_ID_HEADERS`]),
+/// each at most 256 bytes of visible ASCII: what crosses the federation to
+/// the caller and into this side's log, and nothing else a peer sends.
+pub fn external_ids_only(
+    metadata: std::collections::HashMap<String, String>,
+) -> std::collections::HashMap<String, String> {
+    metadata
+        .into_iter()
+        .filter(|(name, value)| {
+            EXTERNAL_ID_HEADERS.contains(&name.as_str())
+                && !value.is_empty()
+                && value.len() <= MAX_EXTERNAL_ID
+                && value.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+        })
+        .collect()
+}
+
 /// One exchange as the sharing log and the metrics see it: who, what and
 /// when, taken as the call starts; `finish` adds the outcome and writes it.
 /// A trace dropped unfinished (the caller cancelled, or its deadline passed
@@ -260,6 +281,27 @@ mod tests {
         assert!(check_request_id(&"a".repeat(MAX_REQUEST_ID + 1)).is_err());
         for bad in ["a b", "a\nb", "mã-số", "a\"b", "a/b"] {
             assert!(check_request_id(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn of_a_peers_answer_only_bounded_plain_external_ids_are_kept() {
+        let from_peer: std::collections::HashMap<String, String> = [
+            ("x-road-id", "lien-thong-001"),
+            ("x-road-request-id", "c0ffee 42"),
+            ("x-lgsp-consumer-agency", "000.00.07.G01"),
+            ("authorization", "Bearer stolen"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let kept = external_ids_only(from_peer);
+        assert_eq!(kept.len(), 2, "{kept:?}");
+        assert_eq!(kept["x-road-id"], "lien-thong-001");
+        assert_eq!(kept["x-road-request-id"], "c0ffee 42");
+        for bad in ["", "xr\r\nset-cookie: a", "mã-số", &"x".repeat(257)] {
+            let one = [("x-road-id".to_owned(), bad.to_owned())].into();
+            assert!(external_ids_only(one).is_empty(), "{bad:?} kept");
         }
     }
 

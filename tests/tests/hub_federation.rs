@@ -9,12 +9,15 @@
 //! service, a call or query without a record, a forged and a replayed
 //! record, a call's record on a query, a hub of a CA the province does not
 //! trust; a peer that is down fails fast once its circuit opens, and the
-//! calls work again when it is back.
+//! calls work again when it is back. A province service the province's hub
+//! carries to an X-Road security server answers the national agency with
+//! the security server's ids, in its metadata and in both hubs' logs.
 
 use lgsp_certs::Role;
 use lgsp_proto::data_exchange_client::DataExchangeClient;
 use lgsp_proto::{Envelope, GrantStatus, QueryRequest, RecordKind};
-use lgsp_tests::cluster::PROVINCE;
+use lgsp_tests::cluster::{PROVINCE, free_addr};
+use lgsp_tests::https_server::HttpsServer;
 use lgsp_tests::province::{NodeProcess, Province};
 use lgsp_tests::{Pki, lgsp};
 use std::collections::HashMap;
@@ -107,6 +110,36 @@ async fn provider(p: &mut Province, agency: &str, service: &str, csv: &str) -> N
     )
     .await;
     node
+}
+
+/// An X-Road security server's answer to a GET of a company by tax code:
+/// JSON, with the exchange's ids (`X-Road-Id` echoed, `X-Road-Request-Id`
+/// its own).
+async fn xroad_answer(
+    req: hyper::Request<hyper::body::Incoming>,
+    _client_cert: bool,
+) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+    let xroad_id = req
+        .headers()
+        .get("x-road-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let id = req
+        .uri()
+        .path()
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    hyper::Response::builder()
+        .header("content-type", "application/json; charset=utf-8")
+        .header("x-road-id", xroad_id)
+        .header("x-road-request-id", "c0ffee-lien-thong")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            serde_json::json!({"ma_so_thue": id, "ten": "Công ty TNHH Hòa Bình"}).to_string(),
+        )))
+        .unwrap()
 }
 
 /// Calls `service` from `node`'s applications until `done` accepts the
@@ -305,9 +338,82 @@ async fn two_instances_call_each_other_through_their_hubs() {
     p.wait_for_node(PROVINCE, "hub", &hub_p).await;
     q.wait_for_node(NATIONAL, "hub", &hub_q).await;
 
+    // A province service the province's hub carries to an X-Road security
+    // server (the tax authority's, say).
+    let xroad = HttpsServer::new("Bộ Tài chính test CA", p.registry.pki.ca.cert_pem());
+    let xroad_addr = free_addr();
+    std::mem::forget(xroad.serve(xroad_addr, xroad_answer).await);
+    let xroad_ca = p.registry.pki.ca_dir().join("xroad-ss-ca.pem");
+    std::fs::write(&xroad_ca, &xroad.ca_pem).unwrap();
+    ok(
+        &p_reg,
+        &p_admin,
+        &[
+            "hub",
+            "rest",
+            "add",
+            "--name",
+            "xroad-ss",
+            "--base-url",
+            &format!("https://{xroad_addr}"),
+            "--ca",
+            xroad_ca.to_str().unwrap(),
+            "--auth",
+            "client-cert",
+            "--xroad-client",
+            "VN/GOV/000.00.00.H62/lgsp",
+        ],
+    );
+    let ma_so_thue = format!("{PROVINCE}/ma-so-thue");
+    p.publish(
+        &ma_so_thue,
+        lgsp_proto::ServiceKind::Http,
+        "hub",
+        "ma-so-thue",
+    )
+    .await;
+    ok(
+        &p_reg,
+        &p_admin,
+        &[
+            "hub",
+            "rest",
+            "route",
+            "--service",
+            &ma_so_thue,
+            "--system",
+            "xroad-ss",
+            "--op",
+            "get=GET /companies/{id}",
+            "--xroad-service",
+            "VN/GOV/000.00.01.G12/thue/tra-cuu",
+        ],
+    );
+
     // Exports, imports, and grants to the other instance's agencies.
     let ho_tich = format!("{A}/ho-tich");
     let dan_cu = format!("{MINISTRY}/dan-cu");
+    for (reg, admin, args) in [
+        (
+            &p_reg,
+            &p_admin,
+            ["hub", "export", "--service", &ma_so_thue, "--peer", "ndxp"],
+        ),
+        (
+            &q_reg,
+            &q_admin,
+            [
+                "hub",
+                "import",
+                "--peer",
+                "vinhphuc",
+                "--service",
+                &ma_so_thue,
+            ],
+        ),
+    ] {
+        ok(reg, admin, &args);
+    }
     ok(
         &p_reg,
         &p_admin,
@@ -384,6 +490,20 @@ async fn two_instances_call_each_other_through_their_hubs() {
             "Xác thực dân cư",
         ],
     );
+    ok(
+        &p_reg,
+        &p_admin,
+        &[
+            "access",
+            "grant",
+            "--service",
+            &ma_so_thue,
+            "--consumer",
+            NATIONAL_CONSUMER,
+            "--reason",
+            "Tra cứu mã số thuế",
+        ],
+    );
     // Once the national hub has synchronised, the import is in its catalog.
     let start = Instant::now();
     loop {
@@ -427,6 +547,59 @@ async fn two_instances_call_each_other_through_their_hubs() {
         province.as_ref().is_ok_and(|v| v.contains("Trần Văn Đức")),
         "province → national: {province:?}"
     );
+    // The national agency calls the province's X-Road-backed service: the
+    // security server's ids reach its application as metadata, and both
+    // hubs log them with the exchange.
+    let start = Instant::now();
+    let mut app_c = DataExchangeClient::new(node_c.app_channel().await);
+    let answered = loop {
+        let mut env = get(&ma_so_thue, "0101234567");
+        env.operation = "get".into();
+        env.parameters = HashMap::from([("id".to_owned(), "0101234567".to_owned())]);
+        env.request_id = "lien-thong-xroad-001".into();
+        match app_c.call(env).await {
+            Ok(answer) => break answer,
+            Err(s) => {
+                assert!(
+                    start.elapsed() < Duration::from_secs(20),
+                    "national → province X-Road service: {s:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(
+        answered.metadata().get("x-road-id").unwrap(),
+        "lien-thong-xroad-001"
+    );
+    assert_eq!(
+        answered.metadata().get("x-road-request-id").unwrap(),
+        "c0ffee-lien-thong"
+    );
+    let reply = answered.into_inner();
+    assert!(
+        String::from_utf8_lossy(&reply.payload).contains("Công ty TNHH Hòa Bình"),
+        "{reply:?}"
+    );
+    for (who, hub) in [("hub P", &hub_p), ("hub Q", &hub_q)] {
+        let start = Instant::now();
+        let entry = loop {
+            let log = std::fs::read_to_string(hub.sharing_log()).unwrap_or_default();
+            if let Some(line) = log
+                .lines()
+                .find(|l| l.contains("lien-thong-xroad-001") && l.contains("x-road-request-id"))
+            {
+                break line.to_owned();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "{who} logged no X-Road ids for the exchange:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(entry.contains("c0ffee-lien-thong"), "{who}: {entry}");
+    }
+
     // The imported service appears in each catalog as a service of the other instance.
     let imported = p
         .admin

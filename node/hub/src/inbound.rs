@@ -203,8 +203,13 @@ impl Inbound {
         env: &Envelope,
         consumer: &lgsp_certs::SpiffeId,
         deadline: lgsp_node::deadline::Deadline,
-    ) -> Result<Vec<u8>, Status> {
+    ) -> Result<lgsp_node::context::Forwarded, Status> {
         self.exported_and_granted(peer, &env.service_id, consumer)?;
+        // A service this hub carries to a REST system (X-Road included) is
+        // called from here: its node is this hub, not an agency's node.
+        if let Some(route) = crate::rest_out::route_of(&self.hub, &env.service_id) {
+            return crate::rest_out::carry(&self.hub, consumer.agency.as_str(), env, route).await;
+        }
         self.hub.call_provider(env, signed, deadline).await
     }
 
@@ -349,18 +354,25 @@ impl DataExchange for Inbound {
         };
         let bound = lgsp_node::deadline::Deadline::within(deadline, started, self.hub.call_timeout);
         let result = self.serve(&peer, &signed, &env, &verified.id, bound).await;
-        let payload = result.as_ref().map_or(&[][..], |p| p.as_slice());
+        let mut trace = trace;
+        match &result {
+            Ok(answered) => trace.external_ids(&answered.metadata),
+            Err(status) => trace.external_ids_of(status),
+        }
+        let payload = result.as_ref().map_or(&[][..], |a| a.payload.as_slice());
         trace.finish(
             &Sha256::digest(payload),
             code_of(&result),
             payload.len() as u64,
         );
         let request_id = env.request_id;
-        result.map(|payload| {
+        // The ids an X-Road security server gave the exchange on this side
+        // go back to the peer, as they go to a province caller.
+        result.map(|answered| {
             Response::new(CallResponse {
-                payload,
+                payload: answered.payload,
                 request_id,
-                metadata: Default::default(),
+                metadata: lgsp_node::trace::external_ids_only(answered.metadata),
             })
         })
     }

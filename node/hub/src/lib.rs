@@ -239,7 +239,7 @@ impl Hub {
         env: &lgsp_proto::Envelope,
         signed: &lgsp_proto::SignedOnBehalfOf,
         deadline: lgsp_node::deadline::Deadline,
-    ) -> Result<Vec<u8>, tonic::Status> {
+    ) -> Result<lgsp_node::context::Forwarded, tonic::Status> {
         let cache = &self.ctx.cache;
         let node = cache
             .with_service(&env.service_id, |s| (s.agency_code.clone(), s.node.clone()))
@@ -261,7 +261,10 @@ impl Hub {
                 prost::Message::encoded_len(env),
             )
             .await
-            .map(|r| r.payload)
+            .map(|r| lgsp_node::context::Forwarded {
+                payload: r.payload,
+                metadata: r.metadata,
+            })
     }
 
     /// The breaker of REST system `name` (3 consecutive failures open it,

@@ -83,7 +83,13 @@ impl Forwarder for Outbound {
             _ => health.outward(Outcome::Answered, sent.elapsed(), ""),
         }
         match result {
-            Ok(r) => Ok(r.payload.into()),
+            // The ids an X-Road security server gave the exchange on the
+            // far side reach the caller (and this side's log); nothing else
+            // the peer put there does.
+            Ok(r) => Ok(Forwarded {
+                payload: r.payload,
+                metadata: lgsp_node::trace::external_ids_only(r.metadata),
+            }),
             Err(s) if unreachable => Err(Status::unavailable(format!(
                 "federation peer {} ({}) did not answer: {}",
                 peer.name,

@@ -55,10 +55,7 @@ pub(crate) async fn forward(
     deadline: Option<Deadline>,
 ) -> Result<PageStream, Status> {
     if let Some(route) = crate::rest_out::route_of(hub, &query.service_id) {
-        return Err(Status::unimplemented(format!(
-            "service {} is carried to REST system {}, which answers unary calls only; call it with `get`",
-            query.service_id, route.system
-        )));
+        return Err(no_rest_stream(&query.service_id, &route.system));
     }
     let Outward {
         signed,
@@ -139,6 +136,14 @@ fn still_imported(hub: &Hub, peer: &str, service_id: &str) -> Result<(), Status>
     Ok(())
 }
 
+/// The refusal of a query stream of `service_id`, which the hub carries to
+/// REST system `system`.
+fn no_rest_stream(service_id: &str, system: &str) -> Status {
+    Status::unimplemented(format!(
+        "service {service_id} is carried to REST system {system}, which answers unary calls only; call it with `get`"
+    ))
+}
+
 /// Whether `status` says the far side was not reached (or went away), not
 /// that it answered with a refusal.
 fn is_unreachable(status: &Status) -> bool {
@@ -196,6 +201,9 @@ pub(crate) async fn inbound(
     let service_id = query.service_id.clone();
     let opened = async {
         inbound.exported_and_granted(&peer, &query.service_id, &verified.id)?;
+        if let Some(route) = crate::rest_out::route_of(hub, &query.service_id) {
+            return Err(no_rest_stream(&query.service_id, &route.system));
+        }
         open_on_provider(hub, query, &signed, deadline).await
     }
     .instrument(span.clone())

@@ -371,7 +371,9 @@ async fn serve(
         .map_err(|e| Status::internal(format!("the hub cannot sign: {e}")))?;
     let deadline =
         lgsp_node::deadline::Deadline::after(std::time::Instant::now(), hub.call_timeout);
-    hub.call_provider(env, &signed, deadline).await
+    hub.call_provider(env, &signed, deadline)
+        .await
+        .map(|answered| answered.payload)
 }
 
 /// The answer's `data`: the payload as JSON when it is JSON, else as text,

@@ -294,7 +294,8 @@ fn close_if_open(hub: &Hub, breaker: &crate::breaker::Breaker, name: &str) {
     }
 }
 
-/// Carries `env` from `caller` to the REST system of `route`.
+/// Carries `env` from province node `caller` to the REST system of `route`,
+/// once its agency's grant is checked.
 pub async fn forward(
     hub: &Arc<Hub>,
     caller: &Peer,
@@ -315,6 +316,18 @@ pub async fn forward(
         &env.service_id,
         lgsp_registry::calendar::unix_now(),
     )?;
+    carry(hub, caller.id.agency.as_str(), env, route).await
+}
+
+/// Carries `env` for agency `consumer`, whose grant was checked (a province
+/// node's by [`forward`], a federation peer's agency's by the hub's inbound
+/// side), to the REST system of `route`.
+pub(crate) async fn carry(
+    hub: &Hub,
+    consumer: &str,
+    env: &Envelope,
+    route: RestRoute,
+) -> Result<lgsp_node::context::Forwarded, Status> {
     let system = system(hub, &route.system).ok_or_else(|| {
         Status::failed_precondition(format!(
             "service {} is carried to REST system {}, which is no longer in the catalog; the provincial admin adds it again (lgsp hub rest add) or removes the route",
@@ -363,7 +376,6 @@ pub async fn forward(
     } else {
         Duration::from_millis(u64::from(system.timeout_ms))
     };
-    let consumer = caller.id.agency.as_str();
     let mut headers = http::HeaderMap::new();
     let header = |v: &str| {
         http::HeaderValue::from_str(v)
