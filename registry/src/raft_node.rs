@@ -1187,19 +1187,14 @@ impl Driver {
     fn report(&mut self, report: Report) {
         match report {
             Report::Unreachable(id) => self.raw.report_unreachable(id),
-            Report::Snapshot { to, ok } => {
+            Report::Snapshot { to, ok } => self.raw.report_snapshot(
+                to,
                 if ok {
-                    self.store.snapshots().delivered();
-                }
-                self.raw.report_snapshot(
-                    to,
-                    if ok {
-                        SnapshotStatus::Finish
-                    } else {
-                        SnapshotStatus::Failure
-                    },
-                );
-            }
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                },
+            ),
         }
     }
 
@@ -1503,7 +1498,7 @@ impl Driver {
                 .snapshot_entries
                 .saturating_mul(4)
                 .max(MIN_PINNED_LOG);
-            if let Some(pinned) = self.store.snapshots().pinned()
+            if let Some(pinned) = self.snapshot_pin()
                 && log_len <= pin_limit
             {
                 upto = upto.min(pinned);
@@ -1513,6 +1508,35 @@ impl Driver {
         }
         catalog::compact_history(self.store.db(), self.config.watch_history, COMPACT_STEP)?;
         Ok(())
+    }
+
+    /// The index the log is not compacted past: that of the snapshot being
+    /// built, or of the last one built while some follower's log still
+    /// ends before it (it may be on its way to that follower, which then
+    /// goes on from the entry after it). A snapshot every follower has
+    /// passed, or one built while this server led and no longer does, is
+    /// released here.
+    fn snapshot_pin(&mut self) -> Option<u64> {
+        let snapshots = self.store.snapshots();
+        let pinned = snapshots.pinned()?;
+        if snapshots.building() {
+            return Some(pinned);
+        }
+        let me = self.config.id;
+        let needed = self.raw.raft.state == StateRole::Leader
+            && pinned >= self.store.compacted_to()
+            && self
+                .raw
+                .raft
+                .prs()
+                .iter()
+                .any(|(id, pr)| *id != me && pr.matched < pinned);
+        if needed {
+            Some(pinned)
+        } else {
+            snapshots.release();
+            None
+        }
     }
 
     /// Stages committed entries in order, each seeing the ones before it,

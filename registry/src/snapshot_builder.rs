@@ -63,11 +63,9 @@ impl SnapshotBuilder {
         collect(&mut self.state(), true);
     }
 
-    /// The index the log must keep entries after, so that the snapshot being
-    /// built, or the last one built and not yet delivered, stays usable: a
-    /// follower that installs it goes on from the entry after it. The loop
-    /// compacts no further while the log is not too long (see
-    /// `RaftNode::after_apply`).
+    /// The index of the snapshot being built, or else of the last one built:
+    /// the log keeps the entries after it while a follower may still need
+    /// it (see `RaftNode::snapshot_pin`).
     pub fn pinned(&self) -> Option<u64> {
         let mut state = self.state();
         collect(&mut state, false);
@@ -78,9 +76,10 @@ impl SnapshotBuilder {
         }
     }
 
-    /// A follower installed the last snapshot built: it no longer holds the
-    /// log back, and the next follower that needs one gets a newer one.
-    pub fn delivered(&self) {
+    /// Drops the last snapshot built (every follower is past it, or this
+    /// server no longer leads): it no longer holds the log back, and the
+    /// next follower that needs one gets a newer one.
+    pub fn release(&self) {
         self.state().built = None;
     }
 

@@ -546,7 +546,8 @@ impl raft::Storage for RaftStore {
             self.snapshots.start(meta, move || {
                 let data = machine.snapshot_data(&view);
                 // Closed before the build is collected: an install waits for
-                // the build, then rewrites the whole store uncopied.
+                // the build, then rewrites the whole store without copying
+                // old values for it (only for a backup's view still open).
                 drop(view);
                 data
             });

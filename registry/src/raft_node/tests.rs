@@ -1278,18 +1278,27 @@ fn a_snapshot_slower_to_build_than_an_election_timeout_keeps_the_leader_writing_
         .expect("the write was applied");
     assert!(cluster.server(leader).store.snapshots().building());
 
-    // The build reads only now, after the write: it still holds the state
-    // at its own index. Were the write in it, `behind` would apply it a
-    // second time from the log, and its revision would be one ahead.
+    // The build reads only now, after the writes: it still holds the state
+    // at its own index. Were the writes in it, `behind` would apply them a
+    // second time from the log, and its revision would be ahead.
     gate.open();
     cluster.server(leader).store.snapshots().wait();
-    cluster.tick(2 * ELECTION_TICKS);
+    cluster.tick(1);
+    // Writes go on while the snapshot travels and `behind` installs it:
+    // the log keeps the entries after it until `behind` has them.
+    for i in 0..2 * ELECTION_TICKS {
+        cluster.write(leader, &format!("after the build {i}"));
+        cluster.tick(1);
+    }
+    let last = cluster.write(leader, "the last write");
+    cluster.tick(ELECTION_TICKS);
     assert_eq!(cluster.leader_of(&[1, 2, 3]), Some(leader));
     assert_eq!(cluster.server(leader).raw.raft.term, term);
-    assert_eq!(cluster.revision(behind), applied.revision);
+    assert!(last.revision > applied.revision);
+    assert_eq!(cluster.revision(behind), last.revision);
     assert_eq!(
         cluster.agency_name(behind).as_deref(),
-        Some("during the build")
+        Some("the last write")
     );
     assert_eq!(gate.builds_started(), 1, "one build served the follower");
 }
