@@ -125,6 +125,14 @@ async fn xroad_answer(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
+    let seen = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let (consumer, user) = (seen("x-lgsp-consumer-agency"), seen("x-road-userid"));
     let id = req
         .uri()
         .path()
@@ -137,7 +145,13 @@ async fn xroad_answer(
         .header("x-road-id", xroad_id)
         .header("x-road-request-id", "c0ffee-lien-thong")
         .body(http_body_util::Full::new(bytes::Bytes::from(
-            serde_json::json!({"ma_so_thue": id, "ten": "Công ty TNHH Hòa Bình"}).to_string(),
+            serde_json::json!({
+                "ma_so_thue": id,
+                "ten": "Công ty TNHH Hòa Bình",
+                "nguoi_goi": consumer,
+                "user_id": user,
+            })
+            .to_string(),
         )))
         .unwrap()
 }
@@ -576,10 +590,18 @@ async fn two_instances_call_each_other_through_their_hubs() {
         answered.metadata().get("x-road-request-id").unwrap(),
         "c0ffee-lien-thong"
     );
-    let reply = answered.into_inner();
-    assert!(
-        String::from_utf8_lossy(&reply.payload).contains("Công ty TNHH Hòa Bình"),
-        "{reply:?}"
+    let reply: serde_json::Value = serde_json::from_slice(&answered.into_inner().payload).unwrap();
+    assert_eq!(reply["ten"], "Công ty TNHH Hòa Bình", "{reply}");
+    // The security server learns the consumer agency of the other instance.
+    assert_eq!(
+        reply["nguoi_goi"],
+        format!("{NATIONAL_CONSUMER}@{NATIONAL_DOMAIN}"),
+        "{reply}"
+    );
+    assert_eq!(
+        reply["user_id"],
+        format!("VN{NATIONAL_CONSUMER}"),
+        "{reply}"
     );
     for (who, hub) in [("hub P", &hub_p), ("hub Q", &hub_q)] {
         let start = Instant::now();
@@ -599,6 +621,43 @@ async fn two_instances_call_each_other_through_their_hubs() {
         };
         assert!(entry.contains("c0ffee-lien-thong"), "{who}: {entry}");
     }
+    // In a maintenance window the province's hub refuses the peer's call as
+    // the service's node would, before the security server is called.
+    let tomorrow = (time::OffsetDateTime::now_utc() + time::Duration::days(1))
+        .format(time::macros::format_description!(
+            "[year]-[month]-[day] [hour]:[minute]"
+        ))
+        .unwrap();
+    ok(
+        &p_reg,
+        &p_admin,
+        &[
+            "service",
+            "maintenance",
+            &ma_so_thue,
+            "--force-majeure",
+            "--end",
+            &tomorrow,
+            "--reason",
+            "Bảo trì hệ thống thuế",
+        ],
+    );
+    let start = Instant::now();
+    let refused = loop {
+        let mut env = get(&ma_so_thue, "0101234567");
+        env.parameters = HashMap::from([("id".to_owned(), "0101234567".to_owned())]);
+        match app_c.call(env).await {
+            Err(s) if s.message().contains("Bảo trì hệ thống thuế") => break s,
+            other => {
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "still served 10 s into a maintenance window: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
 
     // The imported service appears in each catalog as a service of the other instance.
     let imported = p

@@ -206,9 +206,19 @@ impl Inbound {
     ) -> Result<lgsp_node::context::Forwarded, Status> {
         self.exported_and_granted(peer, &env.service_id, consumer)?;
         // A service this hub carries to a REST system (X-Road included) is
-        // called from here: its node is this hub, not an agency's node.
+        // called from here: its node is this hub, not an agency's node. It
+        // is authorized as that node would (the grant, the service's status
+        // and maintenance windows).
         if let Some(route) = crate::rest_out::route_of(&self.hub, &env.service_id) {
-            return crate::rest_out::carry(&self.hub, consumer.agency.as_str(), env, route).await;
+            let ctx = &self.hub.ctx;
+            lgsp_node::access::authorize_foreign(
+                &ctx.cache,
+                &ctx.config.agency,
+                consumer,
+                &env.service_id,
+                lgsp_registry::calendar::unix_now(),
+            )?;
+            return crate::rest_out::carry(&self.hub, consumer, env, route, Some(deadline)).await;
         }
         self.hub.call_provider(env, signed, deadline).await
     }
@@ -355,6 +365,10 @@ impl DataExchange for Inbound {
         let bound = lgsp_node::deadline::Deadline::within(deadline, started, self.hub.call_timeout);
         let result = self.serve(&peer, &signed, &env, &verified.id, bound).await;
         let mut trace = trace;
+        let result = result.map(|answered| lgsp_node::context::Forwarded {
+            metadata: lgsp_node::trace::external_ids_only(answered.metadata),
+            ..answered
+        });
         match &result {
             Ok(answered) => trace.external_ids(&answered.metadata),
             Err(status) => trace.external_ids_of(status),
@@ -372,7 +386,7 @@ impl DataExchange for Inbound {
             Response::new(CallResponse {
                 payload: answered.payload,
                 request_id,
-                metadata: lgsp_node::trace::external_ids_only(answered.metadata),
+                metadata: answered.metadata,
             })
         })
     }

@@ -316,17 +316,21 @@ pub async fn forward(
         &env.service_id,
         lgsp_registry::calendar::unix_now(),
     )?;
-    carry(hub, caller.id.agency.as_str(), env, route).await
+    carry(hub, &caller.id, env, route, None).await
 }
 
-/// Carries `env` for agency `consumer`, whose grant was checked (a province
-/// node's by [`forward`], a federation peer's agency's by the hub's inbound
-/// side), to the REST system of `route`.
+/// Carries `env` for `consumer`, whose agency's grant was checked (a
+/// province node's by [`forward`], a federation peer's agency's by the hub's
+/// inbound side), to the REST system of `route`, within the system's timeout
+/// and `deadline` (the caller's, when known). The system learns the
+/// consumer agency as nodes tell their backends: `x-lgsp-consumer-agency`,
+/// `agency@trust-domain` for another instance's.
 pub(crate) async fn carry(
     hub: &Hub,
-    consumer: &str,
+    consumer: &lgsp_certs::SpiffeId,
     env: &Envelope,
     route: RestRoute,
+    deadline: Option<lgsp_node::deadline::Deadline>,
 ) -> Result<lgsp_node::context::Forwarded, Status> {
     let system = system(hub, &route.system).ok_or_else(|| {
         Status::failed_precondition(format!(
@@ -376,13 +380,19 @@ pub(crate) async fn carry(
     } else {
         Duration::from_millis(u64::from(system.timeout_ms))
     };
+    let timeout = deadline.map_or(timeout, |d| timeout.min(d.left()));
+    let consumer_label = if consumer.trust_domain == hub.id.trust_domain {
+        consumer.agency.to_string()
+    } else {
+        format!("{}@{}", consumer.agency, consumer.trust_domain)
+    };
     let mut headers = http::HeaderMap::new();
     let header = |v: &str| {
         http::HeaderValue::from_str(v)
             .map_err(|_| Status::invalid_argument(format!("{v:?} cannot travel in an HTTP header")))
     };
     headers.insert("x-request-id", header(&env.request_id)?);
-    headers.insert("x-lgsp-consumer-agency", header(consumer)?);
+    headers.insert("x-lgsp-consumer-agency", header(&consumer_label)?);
     headers.insert(
         http::header::ACCEPT,
         http::HeaderValue::from_static("application/json"),
@@ -401,7 +411,7 @@ pub(crate) async fn carry(
         headers.insert("x-road-id", header(&env.request_id)?);
         // The user: the consumer agency, prefixed with the country code
         // as PR-REST 4.3 asks.
-        headers.insert("x-road-userid", header(&format!("VN{consumer}"))?);
+        headers.insert("x-road-userid", header(&format!("VN{}", consumer.agency))?);
     }
     let sent = Instant::now();
     let result = async {
