@@ -18,11 +18,15 @@
 //! | 4 | CRC-32 of the payload (u32 LE) |
 //! | n | the batch: per write, 1 byte (1 set, 0 remove), key length (u32 LE), key, and for a set the value length (u32 LE) and value |
 //!
+//! Each file begins with its *file id*: a record whose one write sets
+//! [`FILE_KEY`] to 16 random bytes, synced before anything else is written.
 //! After each `fdatasync`, a *sync mark* is appended: a record like any
-//! other whose one write sets [`MARK_KEY`] to its own position, saying "the
-//! bytes before me were synced". It is not synced itself; the next sync
-//! takes it along (and the kernel writes it back within seconds anyway).
-//! Marks never reach the map.
+//! other whose one write sets [`MARK_KEY`] to its own position and the file
+//! id, saying "the bytes before me were synced". It is not synced itself;
+//! the next sync takes it along (and the kernel writes it back within
+//! seconds anyway). The id makes a mark unforgeable: bytes a client put in
+//! a Raft entry could look like a mark at its own position, but cannot
+//! carry an id they never saw. Neither record reaches the map.
 //!
 //! Opening replays every record into memory up to the first record that is
 //! short, fails its CRC or does not parse. What follows decides what that
@@ -32,10 +36,14 @@
 //!   order. The file is cut there (logged, truncated and synced); since
 //!   records are only appended, what remains is a prefix of the batches
 //!   written, whole.
-//! - a sync mark further on: bytes that were synced changed on disk. Cutting
-//!   would silently drop entries this server acknowledged while keeping its
-//!   term and vote, so opening refuses, naming the byte
-//!   ([`StoreError::Corrupt`]).
+//! - a sync mark of this file further on: bytes that were synced changed on
+//!   disk. Cutting would silently drop entries this server acknowledged
+//!   while keeping its term and vote, so opening refuses, naming the byte
+//!   ([`StoreError::Corrupt`]). Likewise a damaged file id with bytes after
+//!   it: it was synced before them.
+//!
+//! A file an older version wrote has no id and no marks: it opens as before
+//! (damage cut off), and is rewritten at once with an id.
 //!
 //! What this cannot tell apart: damage to the batches of the very last sync
 //! when its mark never reached the disk (a power cut within seconds of it).
@@ -65,8 +73,15 @@ const REWRITE_MIN_BYTES: u64 = 8 << 20;
 /// LE). Outside the Raft store's keys (`r:`…), so that a server of an older
 /// version, which knows no marks, keeps it as a key nobody reads.
 pub const MARK_KEY: &[u8] = b"log:synced";
-/// The payload of a sync mark: op, key length, key, value length, value.
-const MARK_PAYLOAD: usize = 1 + 4 + MARK_KEY.len() + 4 + 8;
+/// The key of a file id's one write (see the module documentation).
+pub const FILE_KEY: &[u8] = b"log:file";
+/// A file's id: random, new with each file (a rewrite makes a new one).
+type FileId = [u8; 16];
+/// The payload of a sync mark: op, key length, key, value length, value
+/// (position and file id).
+const MARK_PAYLOAD: usize = 1 + 4 + MARK_KEY.len() + 4 + 8 + 16;
+/// A file id record, header included.
+const FILE_ID_RECORD: usize = HEADER + 1 + 4 + FILE_KEY.len() + 4 + 16;
 
 fn io(path: &Path, e: std::io::Error) -> StoreError {
     StoreError::Engine(format!("{}: {e}", path.display()))
@@ -92,6 +107,8 @@ struct LogFile {
     dirty: bool,
     /// Where [`LogFile::append`] encodes a record, kept to reuse its buffer.
     buffer: Vec<u8>,
+    /// The file's id, which its sync marks carry.
+    id: FileId,
 }
 
 /// The bytes one set takes in a record.
@@ -118,12 +135,24 @@ fn append_record(out: &mut Vec<u8>, writes: &mut dyn Iterator<Item = (&[u8], Opt
     out[start + 4..start + HEADER].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// Appends the sync mark of position `at` to `out`.
-fn append_mark(out: &mut Vec<u8>, at: u64) {
-    append_record(
-        out,
-        &mut std::iter::once((MARK_KEY, Some(&at.to_le_bytes()[..]))),
-    );
+/// Appends the sync mark of position `at` in file `id` to `out`.
+fn append_mark(out: &mut Vec<u8>, at: u64, id: &FileId) {
+    let mut value = at.to_le_bytes().to_vec();
+    value.extend_from_slice(id);
+    append_record(out, &mut std::iter::once((MARK_KEY, Some(&value[..]))));
+}
+
+/// Appends the record of file id `id` to `out`.
+fn append_file_id(out: &mut Vec<u8>, id: &FileId) {
+    append_record(out, &mut std::iter::once((FILE_KEY, Some(&id[..]))));
+}
+
+/// A new random file id.
+fn new_file_id() -> Result<FileId, StoreError> {
+    let mut id = FileId::default();
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id)
+        .map_err(|_| StoreError::Engine("no randomness for the raft log's file id".into()))?;
+    Ok(id)
 }
 
 /// Reads a u32 LE at `at`, moving `at` past it; `None` past the end.
@@ -188,18 +217,29 @@ fn record_at(bytes: &[u8], at: usize) -> Option<(Batch, usize)> {
     Some((decode_batch(payload)?, end))
 }
 
-/// The position a sync mark holds, if `writes` is one.
-fn mark_of(writes: &Batch) -> Option<u64> {
+/// The one value `writes` sets under `key`, if that is all it does.
+fn only<'a>(writes: &'a Batch, key: &[u8]) -> Option<&'a [u8]> {
     if writes.len() != 1 {
         return None;
     }
-    let value = writes.get(MARK_KEY)?.as_deref()?;
-    Some(u64::from_le_bytes(value.try_into().ok()?))
+    writes.get(key)?.as_deref()
 }
 
-/// The first whole sync mark at or after `from` that holds its own position:
-/// proof that the bytes before it were synced.
-fn mark_after(bytes: &[u8], from: usize) -> Option<usize> {
+/// The position and file id a sync mark holds, if `writes` is one.
+fn mark_of(writes: &Batch) -> Option<(u64, FileId)> {
+    let value = only(writes, MARK_KEY)?;
+    let (at, id) = value.split_at_checked(8)?;
+    Some((u64::from_le_bytes(at.try_into().ok()?), id.try_into().ok()?))
+}
+
+/// The file id `writes` holds, if it is a file id record.
+fn file_id_of(writes: &Batch) -> Option<FileId> {
+    only(writes, FILE_KEY)?.try_into().ok()
+}
+
+/// The first whole sync mark of file `id` at or after `from` that holds its
+/// own position: proof that the bytes before it were synced.
+fn mark_after(bytes: &[u8], from: usize, id: &FileId) -> Option<usize> {
     // A mark's key sits at a fixed distance from the record's start.
     const KEY_AT: usize = HEADER + 1 + 4;
     memchr::memmem::find_iter(bytes.get(from..)?, MARK_KEY)
@@ -208,7 +248,7 @@ fn mark_after(bytes: &[u8], from: usize) -> Option<usize> {
         .filter(|&at| at >= from)
         .find(|&at| {
             record_at(bytes, at).is_some_and(|(writes, end)| {
-                end - at == HEADER + MARK_PAYLOAD && mark_of(&writes) == Some(at as u64)
+                end - at == HEADER + MARK_PAYLOAD && mark_of(&writes) == Some((at as u64, *id))
             })
         })
 }
@@ -217,8 +257,9 @@ fn mark_after(bytes: &[u8], from: usize) -> Option<usize> {
 #[derive(Debug, PartialEq, Eq)]
 enum Replayed {
     /// Every record is whole (`at` = the file's length), or the bytes from
-    /// `at` on were never synced (a torn tail to cut off).
-    UpTo { at: usize },
+    /// `at` on were never synced (a torn tail to cut off); the file's id,
+    /// unless an older version wrote it.
+    UpTo { at: usize, id: Option<FileId> },
     /// The record at `at` is damaged, yet a sync mark at `synced` says the
     /// bytes before it were synced.
     Damaged { at: usize, synced: usize },
@@ -229,29 +270,50 @@ enum Replayed {
 /// documentation).
 fn replay(bytes: &[u8], map: &mut BTreeMap<Vec<u8>, Vec<u8>>) -> Replayed {
     let mut at = 0;
+    let mut id = None;
+    match record_at(bytes, 0) {
+        Some((writes, end)) => {
+            if let Some(found) = file_id_of(&writes) {
+                id = Some(found);
+                at = end;
+            }
+        }
+        // The id is synced before anything else is written: damage to it
+        // with bytes after it is the disk's.
+        None if bytes.len() > FILE_ID_RECORD => {
+            return Replayed::Damaged {
+                at: 0,
+                synced: FILE_ID_RECORD,
+            };
+        }
+        None => {}
+    }
     while let Some((writes, end)) = record_at(bytes, at) {
-        match mark_of(&writes) {
-            Some(mark) if mark == at as u64 => {}
-            // A mark out of place: these bytes are not where they were written.
-            Some(_) => break,
-            None => {
-                for (key, value) in writes {
-                    match value {
-                        _ if key == MARK_KEY => None,
-                        Some(v) => map.insert(key, v),
-                        None => map.remove(&key),
-                    };
-                }
+        if let Some(mark) = mark_of(&writes) {
+            // A mark of another file, or out of place: these bytes are not
+            // where this file's writes put them.
+            if id.is_none_or(|id| mark != (at as u64, id)) {
+                break;
+            }
+        } else if file_id_of(&writes).is_some() {
+            break;
+        } else {
+            for (key, value) in writes {
+                match value {
+                    _ if key == MARK_KEY || key == FILE_KEY => None,
+                    Some(v) => map.insert(key, v),
+                    None => map.remove(&key),
+                };
             }
         }
         at = end;
     }
     if at == bytes.len() {
-        return Replayed::UpTo { at };
+        return Replayed::UpTo { at, id };
     }
-    match mark_after(bytes, at + 1) {
+    match id.and_then(|id| mark_after(bytes, at + 1, &id)) {
         Some(synced) => Replayed::Damaged { at, synced },
-        None => Replayed::UpTo { at },
+        None => Replayed::UpTo { at, id },
     }
 }
 
@@ -277,8 +339,8 @@ impl LogFileKv {
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(|e| io(&path, e))?;
         let mut map = BTreeMap::new();
-        let whole = match replay(&bytes, &mut map) {
-            Replayed::UpTo { at } => at,
+        let (whole, id) = match replay(&bytes, &mut map) {
+            Replayed::UpTo { at, id } => (at, id),
             Replayed::Damaged { at, synced } => {
                 return Err(StoreError::Corrupt {
                     path: path.display().to_string(),
@@ -299,16 +361,23 @@ impl LogFileKv {
         file.sync_all().map_err(|e| io(&path, e))?;
         sync_dir(dir)?;
         let live = map.iter().map(|(k, v)| set_size(k, v)).sum();
+        let mut log = LogFile {
+            dir: dir.to_owned(),
+            file,
+            len: whole as u64,
+            live,
+            dirty: false,
+            buffer: Vec::new(),
+            id: id.unwrap_or_default(),
+        };
+        if id.is_none() {
+            // A new file, or one an older version wrote: written anew with
+            // an id (synced before this returns).
+            log.rewrite(&map)?;
+        }
         Ok(Self {
             map: Arc::new(RwLock::new(map)),
-            file: Arc::new(Mutex::new(LogFile {
-                dir: dir.to_owned(),
-                file,
-                len: whole as u64,
-                live,
-                dirty: false,
-                buffer: Vec::new(),
-            })),
+            file: Arc::new(Mutex::new(log)),
         })
     }
 
@@ -337,11 +406,13 @@ impl LogFile {
         Ok(())
     }
 
-    /// Writes `map` whole as one record into a new file, synced, and puts it
-    /// in place of the old one.
+    /// Writes a new file id and `map` whole as one record into a new file,
+    /// synced, and puts it in place of the old one.
     fn rewrite(&mut self, map: &BTreeMap<Vec<u8>, Vec<u8>>) -> Result<(), StoreError> {
         let new = self.dir.join(NEW_FILE_NAME);
+        self.id = new_file_id()?;
         self.buffer.clear();
+        append_file_id(&mut self.buffer, &self.id);
         if !map.is_empty() {
             append_record(
                 &mut self.buffer,
@@ -378,7 +449,7 @@ impl LogFile {
             return Ok(());
         }
         self.buffer.clear();
-        append_mark(&mut self.buffer, self.len);
+        append_mark(&mut self.buffer, self.len, &self.id);
         self.file
             .write_all(&self.buffer)
             .map_err(|e| io(&self.dir.join(FILE_NAME), e))?;
@@ -652,8 +723,15 @@ mod tests {
         }
     }
 
+    /// The id the file in `dir` begins with.
+    fn file_id(dir: &Path) -> FileId {
+        let bytes = std::fs::read(dir.join(FILE_NAME)).unwrap();
+        let (writes, _) = record_at(&bytes, 0).expect("a whole first record");
+        file_id_of(&writes).expect("a file id first")
+    }
+
     #[test]
-    fn a_file_an_older_server_wrote_without_marks_opens_and_a_mark_out_of_place_is_damage() {
+    fn a_file_an_older_server_wrote_opens_and_is_written_anew_with_an_id() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(FILE_NAME);
         let mut old = Vec::new();
@@ -661,20 +739,96 @@ mod tests {
         append_record(&mut old, &mut std::iter::once((&b"b"[..], Some(&b"2"[..]))));
         std::fs::write(&path, &old).unwrap();
         let kv = LogFileKv::open(dir.path()).unwrap();
+        assert_eq!(kv.get(b"a").unwrap(), Some(b"1".to_vec()));
         assert_eq!(kv.get(b"b").unwrap(), Some(b"2".to_vec()));
+        assert_eq!(kv.get(FILE_KEY).unwrap(), None, "ids never reach the map");
         drop(kv);
-        // A whole mark whose position is not its own: copied bytes, not a
-        // sync this file saw. Damage, and nothing after it is believed.
-        let mut moved = old.clone();
-        append_mark(&mut moved, 3);
-        append_record(
-            &mut moved,
-            &mut std::iter::once((&b"c"[..], Some(&b"3"[..]))),
-        );
-        std::fs::write(&path, &moved).unwrap();
+        let id = file_id(dir.path());
         let kv = LogFileKv::open(dir.path()).unwrap();
-        assert_eq!(kv.get(b"c").unwrap(), None);
-        assert_eq!(kv.file_len(), old.len() as u64);
+        assert_eq!(kv.get(b"b").unwrap(), Some(b"2".to_vec()));
+        assert_eq!(file_id(dir.path()), id, "an id is kept until a rewrite");
+    }
+
+    #[test]
+    fn a_mark_out_of_place_or_of_another_file_is_damage_not_proof() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let kv = LogFileKv::open(dir.path()).unwrap();
+        kv.write(batch(&[("a", Some("1"))])).unwrap();
+        kv.flush().unwrap();
+        let whole = kv.file_len();
+        drop(kv);
+        let id = file_id(dir.path());
+        let mine = std::fs::read(&path).unwrap();
+        // A whole mark of this file at another position (copied bytes), and
+        // one at its own position but of another file: neither is a sync
+        // this file saw, and nothing after it is believed.
+        for (at, of) in [(3, id), (whole, [7; 16])] {
+            let mut bytes = mine.clone();
+            append_mark(&mut bytes, at, &of);
+            append_record(
+                &mut bytes,
+                &mut std::iter::once((&b"c"[..], Some(&b"3"[..]))),
+            );
+            std::fs::write(&path, &bytes).unwrap();
+            let kv = LogFileKv::open(dir.path()).unwrap();
+            assert_eq!(kv.get(b"a").unwrap(), Some(b"1".to_vec()));
+            assert_eq!(kv.get(b"c").unwrap(), None, "after a mark at {at}");
+            assert_eq!(kv.file_len(), whole);
+        }
+    }
+
+    #[test]
+    fn a_mark_forged_inside_a_written_value_does_not_make_a_torn_tail_refuse() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let kv = LogFileKv::open(dir.path()).unwrap();
+        kv.write(batch(&[("a", Some("1"))])).unwrap();
+        kv.flush().unwrap();
+        let synced = kv.file_len();
+        // A client's value that holds a whole mark at its own position in
+        // the file: one write of key "x" whose value is the forged record.
+        let key = b"x";
+        let value_at = synced as usize + HEADER + 1 + 4 + key.len() + 4;
+        let mut forged = Vec::new();
+        append_mark(&mut forged, value_at as u64, &[0; 16]);
+        let mut writes = Batch::new();
+        writes.insert(key.to_vec(), Some(forged.clone()));
+        kv.write(writes).unwrap();
+        drop(kv);
+        // Never synced, and torn by a crash: its first byte lost.
+        let mut bytes = std::fs::read(&path).unwrap();
+        assert_eq!(&bytes[value_at..value_at + forged.len()], &forged[..]);
+        bytes[synced as usize] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        let kv = LogFileKv::open(dir.path()).expect("a torn tail is cut, not refused");
+        assert_eq!(kv.get(b"a").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(kv.get(key).unwrap(), None);
+        assert_eq!(kv.file_len(), synced);
+    }
+
+    #[test]
+    fn a_damaged_file_id_with_records_after_it_refuses_to_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let kv = LogFileKv::open(dir.path()).unwrap();
+        kv.write(batch(&[("a", Some("1"))])).unwrap();
+        kv.flush().unwrap();
+        drop(kv);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[HEADER + 3] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+        match LogFileKv::open(dir.path()) {
+            Err(StoreError::Corrupt { at: 0, .. }) => {}
+            other => panic!("opened with a damaged id: {other:?}"),
+        }
+        // A file a crash tore while it was made (its id alone, torn) is
+        // made again.
+        std::fs::write(&path, &bytes[..FILE_ID_RECORD - 2]).unwrap();
+        let kv = LogFileKv::open(dir.path()).unwrap();
+        assert_eq!(kv.get(b"a").unwrap(), None);
+        drop(kv);
+        file_id(dir.path());
     }
 
     #[test]
