@@ -312,6 +312,33 @@ impl Refusal {
     }
 }
 
+/// The metadata key a status carries when the far side answered it (a peer's
+/// hub, or a provider over a node link), as opposed to a connection that
+/// failed on the way: a hub counts only the latter against a peer's circuit
+/// breaker. A service in maintenance answers `UNAVAILABLE` too.
+pub const ANSWERED: &str = "lgsp-answered";
+
+/// `status`, marked as answered by the far side ([`ANSWERED`]).
+pub fn answered(status: Status) -> Status {
+    let mut metadata = status.metadata().clone();
+    metadata.insert(ANSWERED, tonic::metadata::MetadataValue::from_static("1"));
+    Status::with_details_and_metadata(
+        status.code(),
+        status.message(),
+        status.details().to_vec().into(),
+        metadata,
+    )
+}
+
+/// Whether `status` says the far side was not reached (or went away), not
+/// that it answered with a refusal ([`ANSWERED`]).
+pub fn is_unreachable(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Unknown
+    ) && status.metadata().get(ANSWERED).is_none()
+}
+
 impl From<Refusal> for Status {
     fn from(refusal: Refusal) -> Status {
         Status::new(refusal.code(), refusal.to_string())
@@ -441,6 +468,23 @@ mod tests {
         };
         assert!(suspended("").contains("is suspended; agency 000.00.12.H62 can restore it"));
         assert!(suspended("kiểm tra an ninh").contains("is suspended (kiểm tra an ninh);"));
+    }
+
+    #[test]
+    fn an_answered_unavailable_is_not_a_peer_unreachable_but_a_local_one_is() {
+        let maintenance = Status::unavailable("service X is suspended for maintenance");
+        assert!(
+            is_unreachable(&maintenance),
+            "not marked: the far side was not heard"
+        );
+        let answered = answered(maintenance);
+        assert!(!is_unreachable(&answered));
+        assert_eq!(answered.code(), Code::Unavailable);
+        assert_eq!(answered.message(), "service X is suspended for maintenance");
+        assert!(is_unreachable(&Status::deadline_exceeded(
+            "no answer in 3 s"
+        )));
+        assert!(!is_unreachable(&Status::permission_denied("no grant")));
     }
 
     #[test]

@@ -658,6 +658,19 @@ async fn two_instances_call_each_other_through_their_hubs() {
         }
     };
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    // The province's hub answered: the national hub does not count that as
+    // the peer failing, and its circuit stays closed however many are
+    // refused (three failures in a row would open it).
+    for _ in 0..4 {
+        let mut env = get(&ma_so_thue, "0101234567");
+        env.parameters = HashMap::from([("id".to_owned(), "0101234567".to_owned())]);
+        let refused = app_c.call(env).await.unwrap_err();
+        assert!(
+            refused.message().contains("Bảo trì hệ thống thuế")
+                && !refused.message().contains("did not answer"),
+            "{refused:?}"
+        );
+    }
 
     // The imported service appears in each catalog as a service of the other instance.
     let imported = p

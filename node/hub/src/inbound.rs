@@ -295,6 +295,30 @@ impl Inbound {
 #[tonic::async_trait]
 impl DataExchange for Inbound {
     async fn call(&self, request: Request<Envelope>) -> Result<Response<CallResponse>, Status> {
+        // Whatever this hub refuses, the peer's hub was reached.
+        self.serve_call(request)
+            .await
+            .map_err(lgsp_node::refusal::answered)
+    }
+
+    type QueryStream = lgsp_node::provider::PageStream;
+
+    async fn query(
+        &self,
+        request: Request<QueryRequest>,
+    ) -> Result<Response<Self::QueryStream>, Status> {
+        crate::query::inbound(self, request)
+            .await
+            .map_err(lgsp_node::refusal::answered)
+    }
+}
+
+impl Inbound {
+    /// [`DataExchange::call`], its refusals not yet marked as answered.
+    async fn serve_call(
+        &self,
+        request: Request<Envelope>,
+    ) -> Result<Response<CallResponse>, Status> {
         let started = Instant::now();
         let (peer, caller_hub) = self.caller_of(&request)?;
         let caller_hub = caller_hub.id;
@@ -389,15 +413,6 @@ impl DataExchange for Inbound {
                 metadata: answered.metadata,
             })
         })
-    }
-
-    type QueryStream = lgsp_node::provider::PageStream;
-
-    async fn query(
-        &self,
-        request: Request<QueryRequest>,
-    ) -> Result<Response<Self::QueryStream>, Status> {
-        crate::query::inbound(self, request).await
     }
 }
 

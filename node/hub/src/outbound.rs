@@ -17,8 +17,8 @@ use lgsp_proto::{Envelope, FederationPeer, SignedOnBehalfOf};
 use prost::Message as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tonic::Status;
 use tonic::transport::Channel;
-use tonic::{Code, Status};
 
 /// The hub's outbound side, installed as its node's forwarder.
 #[derive(Debug)]
@@ -69,10 +69,7 @@ impl Forwarder for Outbound {
         let max = hub.ctx.config.limits.max_message_bytes;
         let sent = Instant::now();
         let result = send(hub, &peer.name, channel, envelope, signed, max).await;
-        let unreachable = matches!(
-            &result,
-            Err(s) if matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Unknown)
-        );
+        let unreachable = matches!(&result, Err(s) if lgsp_node::refusal::is_unreachable(s));
         attempt.finish(!unreachable);
         match &result {
             Err(s) if unreachable => health.outward(

@@ -38,7 +38,7 @@ use prost::Message as _;
 use sha2::{Digest, Sha256};
 use std::time::Instant;
 use tokio_stream::StreamExt as _;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 /// Opens `query` from province node `caller` on the hub of the instance its
@@ -71,7 +71,7 @@ pub(crate) async fn forward(
     let sent = Instant::now();
     let query_service_id = query.service_id.clone();
     let opened = open_query(hub, channel, query, signed, deadline, "the query stream").await;
-    let unreachable = matches!(&opened, Err(s) if is_unreachable(s));
+    let unreachable = matches!(&opened, Err(s) if lgsp_node::refusal::is_unreachable(s));
     attempt.finish(!unreachable);
     let upstream = match opened {
         Ok(upstream) => {
@@ -97,7 +97,7 @@ pub(crate) async fn forward(
         let _slot = &permit;
         // A stream broken mid-way names the peer, as a call that failed does.
         let page = page.map_err(|s| {
-            if is_unreachable(&s) {
+            if lgsp_node::refusal::is_unreachable(&s) {
                 Status::unavailable(format!(
                     "the query stream from federation peer {name} ({endpoint}) broke: {}",
                     lgsp_certs::tls::explain_status(&s)
@@ -142,15 +142,6 @@ fn no_rest_stream(service_id: &str, system: &str) -> Status {
     Status::unimplemented(format!(
         "service {service_id} is carried to REST system {system}, which answers unary calls only; call it with `get`"
     ))
-}
-
-/// Whether `status` says the far side was not reached (or went away), not
-/// that it answered with a refusal.
-fn is_unreachable(status: &Status) -> bool {
-    matches!(
-        status.code(),
-        Code::Unavailable | Code::DeadlineExceeded | Code::Unknown
-    )
 }
 
 /// Serves a query a peer's hub opens on the outward listener: the peer,

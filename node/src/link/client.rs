@@ -360,10 +360,12 @@ async fn read_replies(link: Arc<Link>, mut replies: Streaming<LinkReply>) {
 pub(super) fn outcome(reply: LinkReply) -> Result<CallResponse, Status> {
     match Code::from_i32(reply.code) {
         Code::Ok => Ok(reply.response.unwrap_or_default()),
-        code => Err(Status::with_details(
+        // Sent back by the far side on the link: an answer, not a
+        // connection that failed.
+        code => Err(crate::refusal::answered(Status::with_details(
             code,
             reply.message,
             reply.details.into(),
-        )),
+        ))),
     }
 }
