@@ -15,6 +15,8 @@ struct State {
     isolated: BTreeSet<u64>,
     /// Links cut, as (lower id, higher id).
     cut: BTreeSet<(u64, u64)>,
+    /// Links cut one way, as (from, to).
+    one_way: BTreeSet<(u64, u64)>,
     /// Messages of these types to these servers are dropped.
     dropped_kinds: Vec<(u64, MessageType)>,
 }
@@ -59,6 +61,12 @@ impl MemNetwork {
         self.state().cut.insert((a.min(b), a.max(b)));
     }
 
+    /// Drops every message from `from` to `to` (not the other way) until
+    /// [`heal`](Self::heal): a server whose answers are lost.
+    pub fn cut_one_way(&self, from: u64, to: u64) {
+        self.state().one_way.insert((from, to));
+    }
+
     /// Drops every message of type `kind` sent to `to` until
     /// [`heal`](Self::heal): a server that hears some of its leader's
     /// messages and never the others.
@@ -71,6 +79,7 @@ impl MemNetwork {
         let mut state = self.state();
         state.isolated.clear();
         state.cut.clear();
+        state.one_way.clear();
         state.dropped_kinds.clear();
     }
 
@@ -83,6 +92,7 @@ impl MemNetwork {
             let blocked = state.isolated.contains(&m.from)
                 || state.isolated.contains(&m.to)
                 || state.cut.contains(&(m.from.min(m.to), m.from.max(m.to)))
+                || state.one_way.contains(&(m.from, m.to))
                 || state.dropped_kinds.contains(&(m.to, m.get_msg_type()));
             if blocked {
                 out.dropped.push(m);

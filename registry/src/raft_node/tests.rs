@@ -1281,15 +1281,19 @@ fn a_snapshot_slower_to_build_than_an_election_timeout_keeps_the_leader_writing_
     // The build reads only now, after the writes: it still holds the state
     // at its own index. Were the writes in it, `behind` would apply them a
     // second time from the log, and its revision would be ahead.
+    // `behind`'s answers are lost for a while: the snapshot reaches it
+    // (and its send is reported done), but the leader does not hear that it
+    // was installed. Writes go on meanwhile; the log must keep the entries
+    // after the snapshot until `behind` has them, or it needs another.
+    cluster.net.cut_one_way(behind, leader);
     gate.open();
     cluster.server(leader).store.snapshots().wait();
     cluster.tick(1);
-    // Writes go on while the snapshot travels and `behind` installs it:
-    // the log keeps the entries after it until `behind` has them.
     for i in 0..2 * ELECTION_TICKS {
         cluster.write(leader, &format!("after the build {i}"));
         cluster.tick(1);
     }
+    cluster.net.heal();
     let last = cluster.write(leader, "the last write");
     cluster.tick(ELECTION_TICKS);
     assert_eq!(cluster.leader_of(&[1, 2, 3]), Some(leader));
