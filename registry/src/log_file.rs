@@ -43,7 +43,8 @@
 //!   it: it was synced before them.
 //!
 //! A file an older version wrote has no id and no marks: it opens as before
-//! (damage cut off), and is rewritten at once with an id.
+//! (damage cut off; but a damaged first record with more bytes after it is
+//! refused, as a damaged id would be), and is rewritten at once with an id.
 //!
 //! What this cannot tell apart: damage to the batches of the very last sync
 //! when its mark never reached the disk (a power cut within seconds of it).
@@ -358,8 +359,6 @@ impl LogFileKv {
             );
             file.set_len(whole as u64).map_err(|e| io(&path, e))?;
         }
-        file.sync_all().map_err(|e| io(&path, e))?;
-        sync_dir(dir)?;
         let live = map.iter().map(|(k, v)| set_size(k, v)).sum();
         let mut log = LogFile {
             dir: dir.to_owned(),
@@ -372,8 +371,12 @@ impl LogFileKv {
         };
         if id.is_none() {
             // A new file, or one an older version wrote: written anew with
-            // an id (synced before this returns).
+            // an id, synced and renamed into place (the cut above with it).
             log.rewrite(&map)?;
+        } else {
+            // The cut, if any, and the file's name made durable.
+            log.file.sync_all().map_err(|e| io(&path, e))?;
+            sync_dir(dir)?;
         }
         Ok(Self {
             map: Arc::new(RwLock::new(map)),
