@@ -69,7 +69,7 @@ pub(crate) async fn forward(
         .attempt(Instant::now())
         .map_err(|wait| crate::outbound::circuit_open(&peer, &health, wait))?;
     let sent = Instant::now();
-    let query_service_id = query.service_id.clone();
+    let service_id = query.service_id.clone();
     let opened = open_query(hub, channel, query, signed, deadline, "the query stream").await;
     let unreachable = matches!(&opened, Err(s) if lgsp_node::refusal::is_unreachable(s));
     attempt.finish(!unreachable);
@@ -91,8 +91,7 @@ pub(crate) async fn forward(
             return Err(s);
         }
     };
-    let (name, endpoint) = (peer.name.clone(), peer.hub_endpoint.clone());
-    let (hub, service_id) = (hub.clone(), query_service_id);
+    let (name, endpoint, hub) = (peer.name, peer.hub_endpoint, hub.clone());
     Ok(Box::pin(upstream.map(move |page| {
         let _slot = &permit;
         // A stream broken mid-way names the peer, as a call that failed does.
