@@ -112,6 +112,14 @@ async fn provider(p: &mut Province, agency: &str, service: &str, csv: &str) -> N
     node
 }
 
+/// A `get` of a company by tax code, of the X-Road-backed `service`.
+fn tax_code(service: &str) -> Envelope {
+    Envelope {
+        parameters: HashMap::from([("id".to_owned(), "0101234567".to_owned())]),
+        ..get(service, "0101234567")
+    }
+}
+
 /// An X-Road security server's answer to a GET of a company by tax code:
 /// JSON, with the exchange's ids (`X-Road-Id` echoed, `X-Road-Request-Id`
 /// its own).
@@ -567,9 +575,7 @@ async fn two_instances_call_each_other_through_their_hubs() {
     let start = Instant::now();
     let mut app_c = DataExchangeClient::new(node_c.app_channel().await);
     let answered = loop {
-        let mut env = get(&ma_so_thue, "0101234567");
-        env.operation = "get".into();
-        env.parameters = HashMap::from([("id".to_owned(), "0101234567".to_owned())]);
+        let mut env = tax_code(&ma_so_thue);
         env.request_id = "lien-thong-xroad-001".into();
         match app_c.call(env).await {
             Ok(answer) => break answer,
@@ -644,8 +650,7 @@ async fn two_instances_call_each_other_through_their_hubs() {
     );
     let start = Instant::now();
     let refused = loop {
-        let mut env = get(&ma_so_thue, "0101234567");
-        env.parameters = HashMap::from([("id".to_owned(), "0101234567".to_owned())]);
+        let env = tax_code(&ma_so_thue);
         match app_c.call(env).await {
             Err(s) if s.message().contains("Bảo trì hệ thống thuế") => break s,
             other => {
@@ -662,8 +667,7 @@ async fn two_instances_call_each_other_through_their_hubs() {
     // the peer failing, and its circuit stays closed however many are
     // refused (three failures in a row would open it).
     for _ in 0..4 {
-        let mut env = get(&ma_so_thue, "0101234567");
-        env.parameters = HashMap::from([("id".to_owned(), "0101234567".to_owned())]);
+        let env = tax_code(&ma_so_thue);
         let refused = app_c.call(env).await.unwrap_err();
         assert!(
             refused.message().contains("Bảo trì hệ thống thuế")
