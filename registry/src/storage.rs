@@ -11,6 +11,7 @@
 //! | log | `r:hs` | HardState |
 //! | log | `r:snap` | SnapshotMetadata of the compaction point (index, term) |
 //! | log | `r:e:<index BE>` | log entries |
+//! | log | `l:owner` | the incarnation of the data directory it belongs to (u64 BE) |
 //! | catalog | `r:cs` | ConfState as of the applied index |
 //! | catalog | `r:installed` | SnapshotMetadata of the last snapshot installed (or the founding one) |
 //! | catalog | `s:applied` | applied index (u64 BE) |
@@ -59,6 +60,8 @@ const SNAP_META: &[u8] = b"r:snap";
 const INSTALLED: &[u8] = b"r:installed";
 const ENTRY_PREFIX: &[u8] = b"r:e:";
 pub(crate) const APPLIED: &[u8] = b"s:applied";
+/// In the log: the incarnation of the data directory it belongs to.
+const LOG_OWNER: &[u8] = b"l:owner";
 
 fn entry_key(index: u64) -> Vec<u8> {
     let mut key = ENTRY_PREFIX.to_vec();
@@ -121,7 +124,15 @@ impl RaftStore {
             )),
             e => RegistryError::Storage(format!("{}: {e}", dir.display())),
         })?;
-        Self::new(Kv::new(engine), Kv::new(log), machine)
+        let store = Self::new(Kv::new(engine), Kv::new(log), machine)?;
+        bind_log(&store.db, &store.log).map_err(|e| match e {
+            RegistryError::Damaged(why) => RegistryError::Damaged(format!(
+                "{}: {why}. Replace this server by a new member with a new id (docs/operations.md, \"One server lost or damaged\"): remove-member, an empty data directory, add-member and --join",
+                dir.display()
+            )),
+            e => e,
+        })?;
+        Ok(store)
     }
 
     /// A store over the catalog's store `db` and the log `log`, as they were
@@ -354,6 +365,36 @@ impl RaftStore {
     pub fn compacted_to(&self) -> u64 {
         self.compaction_point().0
     }
+}
+
+/// Checks that `log` is the one `db`'s data directory wrote, and marks a
+/// log that is not yet marked: its `l:owner` record holds the directory's
+/// incarnation. A `raft.log` copied in from another server's directory, or
+/// lost while the catalog's store stayed, holds other (or no) terms, votes
+/// and entries than this server acknowledged: refused as damaged.
+fn bind_log(db: &Kv, log: &Kv) -> Result<(), RegistryError> {
+    let own = crate::incarnation::own(db)?;
+    match read_u64(log, LOG_OWNER)? {
+        Some(owner) if owner == own => return Ok(()),
+        Some(owner) => {
+            return Err(RegistryError::Damaged(format!(
+                "raft.log is another data directory's (incarnation {owner:016x}; this one is {own:016x}): it was copied in from another server or another copy of this one, and holds other votes and entries than this server acknowledged"
+            )));
+        }
+        None => {}
+    }
+    let applied = read_u64(db, APPLIED)?.unwrap_or(0);
+    // Founding writes the catalog's side first (applied index 1), so only
+    // a store that applied entries since must have a log.
+    if applied > 1 && !log.contains_key(HARD_STATE)? {
+        return Err(RegistryError::Damaged(format!(
+            "raft.log holds no raft state, but the catalog's store applied entries up to index {applied}: the log was lost or replaced, and with it the terms and votes this server gave"
+        )));
+    }
+    let mut batch = Staged::new(log);
+    batch.insert(LOG_OWNER, own.to_be_bytes());
+    batch.commit()?;
+    Ok(log.flush()?)
 }
 
 /// Moves a log kept in the catalog's store (data directories from before the
@@ -900,5 +941,37 @@ mod tests {
             Err(other) => panic!("refused for another reason: {other}"),
             Ok(_) => panic!("opened a log whose synced entries were damaged"),
         }
+    }
+
+    #[test]
+    fn a_raft_log_copied_from_another_data_directory_or_lost_refuses_to_open() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        for dir in [&a, &b] {
+            let store = RaftStore::open(dir.path(), Arc::new(Stateless)).unwrap();
+            store.bootstrap(&[1, 2, 3]).unwrap();
+            let mut batch = Staged::new(store.db());
+            batch.insert(APPLIED, 7u64.to_be_bytes());
+            batch.commit().unwrap();
+            store.db().flush().unwrap();
+        }
+        // Each reopens as it was left.
+        for dir in [&a, &b] {
+            drop(RaftStore::open(dir.path(), Arc::new(Stateless)).unwrap());
+        }
+        let refused = |dir: &Path| match RaftStore::open(dir, Arc::new(Stateless)) {
+            Err(RegistryError::Damaged(why)) => {
+                assert!(why.contains("Replace this server by a new member"), "{why}");
+                why
+            }
+            Err(other) => panic!("refused for another reason: {other}"),
+            Ok(_) => panic!("opened a raft log that is not this directory's"),
+        };
+        let name = crate::log_file::FILE_NAME;
+        std::fs::copy(a.path().join(name), b.path().join(name)).unwrap();
+        let why = refused(b.path());
+        assert!(why.contains("another data directory's"), "{why}");
+        std::fs::remove_file(a.path().join(name)).unwrap();
+        let why = refused(a.path());
+        assert!(why.contains("applied entries up to index 7"), "{why}");
     }
 }
