@@ -210,6 +210,11 @@ fn returned_metadata(
 /// A failed call to a provider node in words for the application; `serial`
 /// is this node's own certificate's.
 fn explain(status: Status, serial: &str) -> Status {
+    // The provider answered (a service in maintenance is UNAVAILABLE): its
+    // words stand as they are; the call did not fail on the way.
+    if status.metadata().get(crate::refusal::ANSWERED).is_some() {
+        return status;
+    }
     if status.code() == tonic::Code::Unknown || status.code() == tonic::Code::Unavailable {
         let text = lgsp_certs::tls::explain_status(&status);
         // The provider refused this node's own certificate in the

@@ -483,6 +483,12 @@ async fn a_request_goes_from_filing_to_grant_to_suspension_to_termination() {
         err.message().contains("Mất điện tại trung tâm dữ liệu"),
         "{err:?}"
     );
+    // The provider answered: its words reach the application as they are,
+    // not as a node that could not be reached.
+    assert!(
+        err.message().starts_with(&format!("service {service} ")),
+        "{err:?}"
+    );
     tokio::time::sleep(Duration::from_secs(
         u64::try_from(end - lgsp_registry_now()).unwrap_or(0) + 1,
     ))
