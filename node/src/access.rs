@@ -93,6 +93,21 @@ pub fn authorize_foreign(
     )
 }
 
+/// [`authorize`] for agency `agency` of trust domain `trust_domain` known
+/// without a node's certificate: an outside system's, from the REST client
+/// record whose CA issued its certificate (the hub's REST endpoint), or the
+/// consumer of a record of on whose behalf already verified.
+pub fn authorize_agency(
+    cache: &CatalogCache,
+    own_agency: &str,
+    agency: &str,
+    trust_domain: &str,
+    service_id: &str,
+    now: i64,
+) -> Result<Allowed, Refusal> {
+    decide_for(cache, own_agency, agency, trust_domain, service_id, now)
+}
+
 /// `caller` of `caller_domain` ("" for this province) calling `service_id`.
 fn decide(
     cache: &CatalogCache,
@@ -108,6 +123,26 @@ fn decide(
             role: caller.role.to_string(),
         });
     }
+    decide_for(
+        cache,
+        own_agency,
+        caller.agency.as_str(),
+        caller_domain,
+        service_id,
+        now,
+    )
+}
+
+/// Agency `consumer` of `caller_domain` ("" for this province) calling
+/// `service_id`, its role already checked.
+fn decide_for(
+    cache: &CatalogCache,
+    own_agency: &str,
+    consumer: &str,
+    caller_domain: &str,
+    service_id: &str,
+    now: i64,
+) -> Result<Allowed, Refusal> {
     let id: ServiceId = service_id
         .parse()
         .map_err(|e: KeyError| Refusal::BadServiceId(e.to_string()))?;
@@ -157,7 +192,6 @@ fn decide(
             until: calendar.show(until),
         });
     }
-    let consumer = caller.agency.as_str();
     let decided = cache
         .with_grant(service_id, consumer, |g| {
             // A grant to an agency of this province is not one to an agency

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use lgsp_certs::{Credentials, Role};
 use lgsp_tests::cluster::PROVINCE;
+use lgsp_tests::https_server::HttpsServer;
 use lgsp_tests::province::{NodeProcess, Province};
 use lgsp_tests::{Pki, lgsp};
 use std::path::{Path, PathBuf};
@@ -393,6 +394,111 @@ async fn an_outside_rest_client_calls_a_province_service_through_the_hub() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+
+    // A service the hub itself carries to a ministry's REST system is called
+    // the same way: from the hub, which names the outside agency to it.
+    let ministry = HttpsServer::new("Bộ Tài chính test CA", p.registry.pki.ca.cert_pem());
+    let ministry_addr = lgsp_tests::cluster::free_addr();
+    std::mem::forget(
+        ministry
+            .serve(ministry_addr, |req, _| async move {
+                let consumer = req.headers()["x-lgsp-consumer-agency"].clone();
+                let body = serde_json::json!({
+                    "path": req.uri().path(),
+                    "consumer": consumer.to_str().unwrap(),
+                    "ten": "Công ty Cổ phần Đầu tư Vĩnh Phúc",
+                });
+                http::Response::new(Full::new(Bytes::from(body.to_string())))
+            })
+            .await,
+    );
+    let ministry_ca = write(&hub.dir, "ministry-ca.pem", &ministry.ca_pem);
+    admin(
+        &mut p,
+        &[
+            "hub",
+            "rest",
+            "add",
+            "--name",
+            "bo-tai-chinh",
+            "--base-url",
+            &format!("https://{ministry_addr}"),
+            "--ca",
+            ministry_ca.to_str().unwrap(),
+            "--auth",
+            "client-cert",
+        ],
+    );
+    let thue = format!("{PROVINCE}/ma-so-thue");
+    p.publish(&thue, lgsp_proto::ServiceKind::Http, "hub", "Mã số thuế")
+        .await;
+    admin(
+        &mut p,
+        &[
+            "hub",
+            "rest",
+            "route",
+            "--service",
+            &thue,
+            "--system",
+            "bo-tai-chinh",
+            "--op",
+            "get=GET /companies/{id}",
+        ],
+    );
+    admin(
+        &mut p,
+        &[
+            "access",
+            "grant",
+            "--service",
+            &thue,
+            "--consumer",
+            OUTSIDE_AGENCY,
+        ],
+    );
+    add_client(
+        &mut p,
+        &q,
+        "btp-hotich",
+        &["--rate", "3", "--service", &thue],
+    );
+    // Until the hub has the route, the grant and the client's new offer,
+    // within the client's 3 calls per second.
+    let start = std::time::Instant::now();
+    let mut seen = Vec::new();
+    let (status, body) = loop {
+        let (status, _, body) = exchange(
+            &rest,
+            &roots,
+            Some(&client),
+            post(
+                &format!("/v1/services/{thue}/get"),
+                r#"{"parameters": {"id": "2500150335"}}"#,
+                Some("rest-carried-1"),
+            ),
+        )
+        .await
+        .unwrap();
+        if status == 200 || start.elapsed() > Duration::from_secs(10) {
+            break (status, body);
+        }
+        seen.push(format!("{status} {body}"));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    };
+    assert_eq!(status, 200, "{body}; before: {seen:#?}");
+    let data = &json(&body)["data"];
+    assert_eq!(data["path"], "/companies/2500150335", "{body}");
+    assert_eq!(
+        data["consumer"],
+        format!("{OUTSIDE_AGENCY}@{OUTSIDE_DOMAIN}"),
+        "{body}"
+    );
+    assert_eq!(data["ten"], "Công ty Cổ phần Đầu tư Vĩnh Phúc", "{body}");
+    assert!(
+        !log_lines_with(&hub, "rest-carried-1").await.is_empty(),
+        "the hub logs it"
+    );
 
     // A malformed request id is replaced, and the new one returned.
     let (_, headers, _) = exchange(

@@ -205,22 +205,15 @@ impl Inbound {
         deadline: lgsp_node::deadline::Deadline,
     ) -> Result<lgsp_node::context::Forwarded, Status> {
         self.exported_and_granted(peer, &env.service_id, consumer)?;
-        // A service this hub carries to a REST system (X-Road included) is
-        // called from here: its node is this hub, not an agency's node. It
-        // is authorized as that node would (the grant, the service's status
-        // and maintenance windows).
-        if let Some(route) = crate::rest_out::route_of(&self.hub, &env.service_id) {
-            let ctx = &self.hub.ctx;
-            lgsp_node::access::authorize_foreign(
-                &ctx.cache,
-                &ctx.config.agency,
-                consumer,
-                &env.service_id,
-                lgsp_registry::calendar::unix_now(),
-            )?;
-            return crate::rest_out::carry(&self.hub, consumer, env, route, Some(deadline)).await;
-        }
-        self.hub.call_provider(env, signed, deadline).await
+        self.hub
+            .serve_outside(
+                consumer.agency.as_str(),
+                &consumer.trust_domain,
+                env,
+                signed,
+                deadline,
+            )
+            .await
     }
 
     /// Refuses, saying why, unless `service_id` is exported to `peer` and

@@ -230,6 +230,35 @@ impl Hub {
             .unwrap_or(false)
     }
 
+    /// Serves `env` for agency `agency` of another instance (`trust_domain`),
+    /// or of an outside REST system, once the hub checked its grant: the
+    /// provider node answers ([`call_provider`](Self::call_provider)), with
+    /// `signed` by `deadline`. A service this hub carries to a REST system
+    /// (X-Road included) is called from here, as its node is this hub, after
+    /// the checks that node makes (the grant, the service's status and
+    /// maintenance windows).
+    pub(crate) async fn serve_outside(
+        &self,
+        agency: &str,
+        trust_domain: &str,
+        env: &lgsp_proto::Envelope,
+        signed: &lgsp_proto::SignedOnBehalfOf,
+        deadline: lgsp_node::deadline::Deadline,
+    ) -> Result<lgsp_node::context::Forwarded, tonic::Status> {
+        let Some(route) = rest_out::route_of(self, &env.service_id) else {
+            return self.call_provider(env, signed, deadline).await;
+        };
+        lgsp_node::access::authorize_agency(
+            &self.ctx.cache,
+            &self.ctx.config.agency,
+            agency,
+            trust_domain,
+            &env.service_id,
+            lgsp_registry::calendar::unix_now(),
+        )?;
+        rest_out::carry(self, agency, trust_domain, env, route, Some(deadline)).await
+    }
+
     /// Calls the province node that serves `env`'s service, with the hub's
     /// certificate plus `signed`, the record of on whose behalf (which the
     /// provider verifies and logs), on the hub's link to that node, by

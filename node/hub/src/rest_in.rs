@@ -11,8 +11,9 @@
 //! the gRPC code mapped to an HTTP status ([`http_status`]). The hub logs
 //! the exchange, signs a record of on whose behalf naming the REST client
 //! and the certificate it presented, and calls the provider node as it does
-//! for federation peers ([`Hub::call_provider`]); the provider verifies the
-//! record and logs the outside agency under the same request id.
+//! for federation peers ([`Hub::serve_outside`]); the provider verifies the
+//! record and logs the outside agency under the same request id. A service
+//! the hub itself carries to a REST system is called from the hub.
 //! `GET /openapi.json` describes what the caller may call ([`openapi`]).
 
 use crate::Hub;
@@ -371,7 +372,7 @@ async fn serve(
         .map_err(|e| Status::internal(format!("the hub cannot sign: {e}")))?;
     let deadline =
         lgsp_node::deadline::Deadline::after(std::time::Instant::now(), hub.call_timeout);
-    hub.call_provider(env, &signed, deadline)
+    hub.serve_outside(&caller.agency, &caller.trust_domain, env, &signed, deadline)
         .await
         .map(|answered| answered.payload)
 }

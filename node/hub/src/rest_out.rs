@@ -316,18 +316,28 @@ pub async fn forward(
         &env.service_id,
         lgsp_registry::calendar::unix_now(),
     )?;
-    carry(hub, &caller.id, env, route, None).await
+    carry(
+        hub,
+        caller.id.agency.as_str(),
+        &caller.id.trust_domain,
+        env,
+        route,
+        None,
+    )
+    .await
 }
 
-/// Carries `env` for `consumer`, whose agency's grant was checked (a
-/// province node's by [`forward`], a federation peer's agency's by the hub's
-/// inbound side), to the REST system of `route`, within the system's timeout
-/// and `deadline` (the caller's, when known). The system learns the
-/// consumer agency as nodes tell their backends: `x-lgsp-consumer-agency`,
-/// `agency@trust-domain` for another instance's.
+/// Carries `env` for agency `agency` of `trust_domain`, whose grant was
+/// checked (a province node's by [`forward`], another instance's or an
+/// outside REST client's by [`Hub::serve_outside`]), to the REST system of
+/// `route`, within the system's timeout and `deadline` (the caller's, when
+/// known). The system learns the consumer agency as nodes tell their
+/// backends: `x-lgsp-consumer-agency`, `agency@trust-domain` for another
+/// instance's.
 pub(crate) async fn carry(
     hub: &Hub,
-    consumer: &lgsp_certs::SpiffeId,
+    agency: &str,
+    trust_domain: &str,
     env: &Envelope,
     route: RestRoute,
     deadline: Option<lgsp_node::deadline::Deadline>,
@@ -381,10 +391,10 @@ pub(crate) async fn carry(
         Duration::from_millis(u64::from(system.timeout_ms))
     };
     let timeout = deadline.map_or(timeout, |d| timeout.min(d.left()));
-    let consumer_label = if consumer.trust_domain == hub.id.trust_domain {
-        consumer.agency.to_string()
+    let consumer_label = if trust_domain == hub.id.trust_domain {
+        agency.to_owned()
     } else {
-        format!("{}@{}", consumer.agency, consumer.trust_domain)
+        format!("{agency}@{trust_domain}")
     };
     let mut headers = http::HeaderMap::new();
     let header = |v: &str| {
@@ -411,7 +421,7 @@ pub(crate) async fn carry(
         headers.insert("x-road-id", header(&env.request_id)?);
         // The user: the consumer agency, prefixed with the country code
         // as PR-REST 4.3 asks.
-        headers.insert("x-road-userid", header(&format!("VN{}", consumer.agency))?);
+        headers.insert("x-road-userid", header(&format!("VN{agency}"))?);
     }
     let sent = Instant::now();
     let result = async {
