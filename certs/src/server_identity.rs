@@ -147,7 +147,13 @@ pub struct ClientTrust {
     ca: Vec<CertificateDer<'static>>,
     roots: Arc<RootCertStore>,
     verifier: ArcSwap<WebPkiServerVerifier>,
+    /// The serials of the server certificates accepted so far, newest
+    /// last, at most [`ACCEPTED_KEPT`].
+    accepted: std::sync::Mutex<std::collections::VecDeque<String>>,
 }
+
+/// How many accepted server certificates a [`ClientTrust`] remembers.
+const ACCEPTED_KEPT: usize = 64;
 
 impl ClientTrust {
     /// Trust in the CA certificates of `creds`, with no CRL yet.
@@ -164,7 +170,36 @@ impl ClientTrust {
             ca: creds.roots.clone(),
             roots,
             verifier: ArcSwap::new(verifier),
+            accepted: Default::default(),
         }))
+    }
+
+    /// The serials (lower-case hex) of the server certificates this trust
+    /// accepted in handshakes so far (the last 64 distinct ones): a
+    /// connection opened before a CRL keeps running on one of them, so a
+    /// caller holding a long stream checks them against the CRL in force.
+    pub fn accepted_serials(&self) -> Vec<String> {
+        self.accepted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    fn record_accepted(&self, serial: &str) {
+        let mut accepted = self
+            .accepted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if accepted.back().is_some_and(|s| s == serial) {
+            return;
+        }
+        accepted.retain(|s| s != serial);
+        if accepted.len() == ACCEPTED_KEPT {
+            accepted.pop_front();
+        }
+        accepted.push_back(serial.to_owned());
     }
 
     /// Puts the CRL `der` in force for connections opened from now on: a
@@ -240,6 +275,7 @@ impl ServerCertVerifier for IdentityVerifier {
         self.expected
             .check(&id, end_entity.as_ref())
             .map_err(|why| refuse(format!("{why}; expected {}", self.expected)))?;
+        self.trust.record_accepted(&info.serial);
         Ok(ServerCertVerified::assertion())
     }
 

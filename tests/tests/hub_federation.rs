@@ -1019,12 +1019,14 @@ async fn two_instances_call_each_other_through_their_hubs() {
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     assert!(err.message().contains("holds no active grant"), "{err:?}");
     // The running stream delivers what the hops after the province's hub
-    // already hold, then ends with that refusal: the hub rechecks the grant
-    // before each page it relays.
+    // already hold, then ends with the refusal of whichever hop saw the
+    // grant end first: the province's hub and the provider node both
+    // recheck it before each page.
     let (ended, received) = refusal_ending(&mut running, received, "the grant ended").await;
     assert_eq!(ended.code(), Code::PermissionDenied, "{ended:?}");
     assert!(
-        ended.message().contains("holds no active grant"),
+        ended.message().contains("holds no active grant")
+            || ended.message().contains("was terminated (no longer needed"),
         "{ended:?}"
     );
     assert!(received < 3 + FILLER_ROWS, "{received}");
@@ -1068,6 +1070,73 @@ async fn two_instances_call_each_other_through_their_hubs() {
     )
     .await;
     assert!(back.is_ok(), "after the national hub came back: {back:?}");
+
+    // A query stream running when the province's CA revokes the province
+    // hub's certificate and the national admin publishes that CRL: the
+    // connection it runs on was opened before, so the national hub, which
+    // relays it, checks the certificate the province's hub presented there
+    // before each page. (Last: the province's hub is no longer trusted.)
+    ok(
+        &p_reg,
+        &p_admin,
+        &[
+            "access",
+            "grant",
+            "--service",
+            &ho_tich,
+            "--consumer",
+            NATIONAL_CONSUMER,
+        ],
+    );
+    let (mut running, received) = running_stream(&node_c, &ho_tich, "truy-van-thu-hoi").await;
+    let serial = lgsp_certs::inspect::CertInfo::from_der(
+        hub_p.creds.chain[0].as_ref(),
+        Path::new("hub P's certificate"),
+    )
+    .unwrap()
+    .serial;
+    let ca = &mut p.registry.pki.ca;
+    ca.revoke(&serial, rcgen::RevocationReason::KeyCompromise)
+        .unwrap();
+    let crl = ca.sign_crl(5).unwrap();
+    let crl_file = p.registry.pki.ca_dir().join("vinhphuc.crl");
+    std::fs::write(&crl_file, &crl.pem).unwrap();
+    ok(
+        &q_reg,
+        &q_admin,
+        &[
+            "hub",
+            "peer",
+            "crl",
+            "--name",
+            "vinhphuc",
+            "--crl",
+            crl_file.to_str().unwrap(),
+        ],
+    );
+    // New connections to the province's hub are refused in the handshake.
+    let refused = until(
+        &node_c,
+        &ho_tich,
+        "001099012345",
+        Duration::from_secs(10),
+        |o| o.is_err(),
+    )
+    .await;
+    assert!(
+        refused.is_err(),
+        "still called 10 s after the CRL: {refused:?}"
+    );
+    let (ended, received) = refusal_ending(&mut running, received, "the revocation").await;
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+    assert!(
+        ended.message().contains(&serial) && ended.message().contains("revoked"),
+        "{ended:?}"
+    );
+    eprintln!(
+        "the query stream ended {received} records in, after the revocation: {}",
+        ended.message()
+    );
 }
 
 fn now_ms() -> i64 {

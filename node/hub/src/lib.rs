@@ -132,6 +132,18 @@ struct PeerLink {
     record: FederationPeer,
     channel: Channel,
     breaker: Arc<breaker::Breaker>,
+    /// What the channel's handshakes check the peer's hub against, and the
+    /// certificates it accepted.
+    trust: Arc<ClientTrust>,
+}
+
+/// A connection to a peer's hub, as [`Hub::link`] gives it.
+pub(crate) struct Link {
+    pub(crate) channel: Channel,
+    pub(crate) breaker: Arc<breaker::Breaker>,
+    /// The trust its handshakes check the peer's hub against, which keeps
+    /// the serials of the certificates the peer's hub presented.
+    pub(crate) trust: Arc<ClientTrust>,
 }
 
 impl Hub {
@@ -163,15 +175,16 @@ impl Hub {
 
     /// A connection to `peer`'s hub, which must present a hub certificate
     /// of the peer's trust domain issued by the peer's CA, and its breaker.
-    fn link(
-        &self,
-        peer: &FederationPeer,
-    ) -> Result<(Channel, Arc<breaker::Breaker>), tonic::Status> {
+    pub(crate) fn link(&self, peer: &FederationPeer) -> Result<Link, tonic::Status> {
         let mut links = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(l) = links.get(&peer.name)
             && &l.record == peer
         {
-            return Ok((l.channel.clone(), l.breaker.clone()));
+            return Ok(Link {
+                channel: l.channel.clone(),
+                breaker: l.breaker.clone(),
+                trust: l.trust.clone(),
+            });
         }
         let roots = self.ctx.obo_verifier.roots_of(peer).to_vec();
         if roots.is_empty() {
@@ -195,7 +208,7 @@ impl Hub {
         let channel = lgsp_certs::server_identity::connect_lazy(
             &peer.hub_endpoint,
             &creds,
-            trust,
+            trust.clone(),
             Expected::hub(&peer.trust_domain),
             |e| e.connect_timeout(Duration::from_secs(3)),
         )
@@ -212,9 +225,14 @@ impl Hub {
                 record: peer.clone(),
                 channel: channel.clone(),
                 breaker: breaker.clone(),
+                trust: trust.clone(),
             },
         );
-        Ok((channel, breaker))
+        Ok(Link {
+            channel,
+            breaker,
+            trust,
+        })
     }
 
     /// Whether agency `agency` of trust domain `trust_domain` (another

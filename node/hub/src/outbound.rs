@@ -62,6 +62,7 @@ impl Forwarder for Outbound {
             _permit,
             channel,
             breaker,
+            ..
         } = outward(hub, caller, envelope.into(), obo)?;
         let attempt = breaker
             .attempt(Instant::now())
@@ -119,6 +120,9 @@ pub(crate) struct Outward<'s> {
     pub(crate) _permit: Permit,
     pub(crate) channel: Channel,
     pub(crate) breaker: Arc<Breaker>,
+    /// What the peer's hub is checked against, with the certificates it
+    /// presented on the channel.
+    pub(crate) trust: Arc<lgsp_certs::ClientTrust>,
 }
 
 /// Checks `request` of province node `caller` and admits it toward the peer
@@ -182,7 +186,11 @@ pub(crate) fn outward<'s>(
             health.outward(Outcome::Refused, Duration::ZERO, "");
             Status::from(e)
         })?;
-    let (channel, breaker) = hub.link(&peer)?;
+    let crate::Link {
+        channel,
+        breaker,
+        trust,
+    } = hub.link(&peer)?;
     Ok(Outward {
         signed,
         peer,
@@ -190,6 +198,7 @@ pub(crate) fn outward<'s>(
         _permit: permit,
         channel,
         breaker,
+        trust,
     })
 }
 

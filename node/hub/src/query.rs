@@ -8,8 +8,9 @@
 //!   the hub checks it against the caller, takes one of the peer's outward
 //!   slots for the stream's life, passes the peer's breaker and opens the
 //!   query on the peer's hub. Before each page it relays, the peer must
-//!   still be federated and the service still imported from it through
-//!   this hub; the hub's node checks the caller's certificate per page and
+//!   still be federated, the service still imported from it through this
+//!   hub, and no certificate the peer's hub presented on the connection
+//!   revoked by the peer's CRL in force; the hub's node checks the caller's certificate per page and
 //!   logs the exchange (`Provider::query`).
 //! - [`inbound`]: a peer's hub opens a query of a service exported to it;
 //!   the hub checks the peer, the record, the export and the foreign
@@ -64,6 +65,7 @@ pub(crate) async fn forward(
         _permit: permit,
         channel,
         breaker,
+        trust,
     } = crate::outbound::outward(hub, caller, (&query).into(), obo)?;
     let attempt = breaker
         .attempt(Instant::now())
@@ -105,9 +107,10 @@ pub(crate) async fn forward(
                 s
             }
         })?;
-        // Before each page: the peer removed or the service unimported
-        // since the stream opened stop it.
+        // Before each page: the peer removed, the service unimported or
+        // the peer's hub certificate revoked since the stream opened stop it.
         still_imported(&hub, &name, &service_id)?;
+        still_trusted(&hub, &name, &trust, &service_id)?;
         Ok(page)
     })))
 }
@@ -131,6 +134,26 @@ fn still_imported(hub: &Hub, peer: &str, service_id: &str) -> Result<(), Status>
         return Err(Status::permission_denied(format!(
             "service {service_id} is no longer imported from federation peer {peer} through this hub: unimported while its query stream ran"
         )));
+    }
+    Ok(())
+}
+
+/// Refuses to go on with a query stream of `service_id` from federation
+/// peer `peer` once the peer's CRL in force revokes a certificate its hub
+/// presented to `trust` (the connection the stream runs on opened before
+/// the CRL came; a new one is refused in its handshake).
+fn still_trusted(
+    hub: &Hub,
+    peer: &str,
+    trust: &lgsp_certs::ClientTrust,
+    service_id: &str,
+) -> Result<(), Status> {
+    for serial in trust.accepted_serials() {
+        if let Some(number) = hub.trust.revoked(peer, &serial) {
+            return Err(Status::unauthenticated(format!(
+                "the hub of federation peer {peer} presented a certificate (serial {serial}) that its CRL number {number} revoked while the query stream of {service_id} ran"
+            )));
+        }
     }
     Ok(())
 }

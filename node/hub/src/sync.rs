@@ -101,7 +101,9 @@ fn same(a: &Service, b: &Service) -> bool {
 /// link with no traffic shows whether the peer is up.
 async fn exports_of(hub: &Hub, peer: &FederationPeer) -> Result<ExportsResponse, String> {
     let health = hub.health_of(&peer.name);
-    let (channel, breaker) = hub.link(peer).map_err(|s| s.message().to_owned())?;
+    let crate::Link {
+        channel, breaker, ..
+    } = hub.link(peer).map_err(|s| s.message().to_owned())?;
     let attempt = breaker.attempt(Instant::now()).map_err(|_| {
         health.outward(Outcome::Refused, Duration::ZERO, "");
         format!("the circuit to {} is open", peer.hub_endpoint)
