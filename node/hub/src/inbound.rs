@@ -242,8 +242,7 @@ impl Inbound {
     }
 
     /// Verifies the record of on whose behalf `peer`'s hub `caller_hub`
-    /// sent with `request` (a query's; a call's is checked in
-    /// [`DataExchange::call`] the same way): signed by a node of the peer
+    /// sent with `request` (a call's or a query's): signed by a node of the peer
     /// (its CA, not revoked by its CRL), for this request, addressed to this
     /// instance through that hub, fresh and not seen before. The reason,
     /// for the log and the caller, when refused.
@@ -327,36 +326,7 @@ impl Inbound {
         // A request id the peer chose is bounded before it reaches the log,
         // as the provider does (`Provider::provide`).
         let bad_id = lgsp_node::trace::own_request_id(&mut env.request_id);
-        let now = lgsp_registry::calendar::unix_now_ms();
-        let verified = match signed {
-            None => Err(Refusal::OnBehalfOf(format!(
-                "a call from federation peer {} carries its consumer node's signed on-behalf-of record; none was sent",
-                peer.name
-            ))),
-            Some(s) => self
-                .hub
-                .ctx
-                .obo_verifier
-                .verify(&s, &env, &self.hub.ctx.obo_verifier.roots_of(&peer), now)
-                .and_then(|v| {
-                    // Addressed to this instance, through the hub that called.
-                    v.addressed_to(&self.hub.id.trust_domain, Some(&caller_hub.to_string()))?;
-                    self.hub.ctx.replays.check(&s, &env.request_id, now)?;
-                    Ok(v)
-                })
-                .map_err(Refusal::from)
-                .and_then(|v| {
-                    self.not_revoked(&peer, &v).map_err(Refusal::OnBehalfOf)?;
-                    if v.id.trust_domain == peer.trust_domain {
-                        Ok((v, s))
-                    } else {
-                        Err(Refusal::OnBehalfOf(format!(
-                            "the on-behalf-of record names {}, not a node of {}",
-                            v.id, peer.trust_domain
-                        )))
-                    }
-                }),
-        };
+        let verified = self.verify_record(&peer, &caller_hub, signed, (&env).into());
         let label = match &verified {
             Ok((v, _)) => v.consumer(),
             Err(_) => format!("?@{}", peer.trust_domain),
