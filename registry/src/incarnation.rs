@@ -15,6 +15,7 @@
 //! | `l:incarnation` | this data directory's incarnation (u64 BE) |
 //! | `l:founders` | the voters this server founded the cluster with (u64 BE each) |
 //! | `l:first-peers` | the server ids it was first started with, itself included |
+//! | `l:log-bound` | present once `raft.log` records this incarnation (see `storage.rs`) |
 //!
 //! The `l:` prefix is neither raft state nor catalog: snapshots neither
 //! carry nor replace it.
@@ -44,6 +45,11 @@ pub(crate) fn random_id() -> u64 {
             return id;
         }
     }
+}
+
+/// This data directory's incarnation, if it was ever made.
+pub fn stored(db: &Kv) -> Result<Option<u64>, StoreError> {
+    read_u64(db, OWN)
 }
 
 /// This data directory's incarnation, made (and flushed) on first use.

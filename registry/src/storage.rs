@@ -12,6 +12,7 @@
 //! | log | `r:snap` | SnapshotMetadata of the compaction point (index, term) |
 //! | log | `r:e:<index BE>` | log entries |
 //! | log | `l:owner` | the incarnation of the data directory it belongs to (u64 BE) |
+//! | catalog | `l:log-bound` | present once the log holds `l:owner` |
 //! | catalog | `r:cs` | ConfState as of the applied index |
 //! | catalog | `r:installed` | SnapshotMetadata of the last snapshot installed (or the founding one) |
 //! | catalog | `s:applied` | applied index (u64 BE) |
@@ -62,6 +63,8 @@ const ENTRY_PREFIX: &[u8] = b"r:e:";
 pub(crate) const APPLIED: &[u8] = b"s:applied";
 /// In the log: the incarnation of the data directory it belongs to.
 const LOG_OWNER: &[u8] = b"l:owner";
+/// In the catalog's store: present once the log holds [`LOG_OWNER`].
+const LOG_BOUND: &[u8] = b"l:log-bound";
 
 fn entry_key(index: u64) -> Vec<u8> {
     let mut key = ENTRY_PREFIX.to_vec();
@@ -124,14 +127,16 @@ impl RaftStore {
             )),
             e => RegistryError::Storage(format!("{}: {e}", dir.display())),
         })?;
-        let store = Self::new(Kv::new(engine), Kv::new(log), machine)?;
-        bind_log(&store.db, &store.log).map_err(|e| match e {
+        let (db, log) = (Kv::new(engine), Kv::new(log));
+        check_log(&db, &log).map_err(|e| match e {
             RegistryError::Damaged(why) => RegistryError::Damaged(format!(
                 "{}: {why}. Replace this server by a new member with a new id (docs/operations.md, \"One server lost or damaged\"): remove-member, an empty data directory, add-member and --join",
                 dir.display()
             )),
             e => e,
         })?;
+        let store = Self::new(db, log, machine)?;
+        bind_log(&store.db, &store.log)?;
         Ok(store)
     }
 
@@ -367,34 +372,60 @@ impl RaftStore {
     }
 }
 
-/// Checks that `log` is the one `db`'s data directory wrote, and marks a
-/// log that is not yet marked: its `l:owner` record holds the directory's
-/// incarnation. A `raft.log` copied in from another server's directory, or
-/// lost while the catalog's store stayed, holds other (or no) terms, votes
-/// and entries than this server acknowledged: refused as damaged.
+/// Refuses, before anything in the store is changed, a `log` that is not
+/// the one `db`'s data directory wrote: its `l:owner` record names another
+/// incarnation (a `raft.log` copied in from another server's directory, or
+/// a `registry.sled` lost or replaced beside it), or it has none although
+/// `db` says it was marked (`l:log-bound`) or applied entries past founding
+/// (the log lost while the catalog's store stayed). Such a log holds other
+/// (or no) terms, votes and entries than this server acknowledged.
+fn check_log(db: &Kv, log: &Kv) -> Result<(), RegistryError> {
+    let own = crate::incarnation::stored(db)?;
+    match (own, read_u64(log, LOG_OWNER)?) {
+        (Some(own), Some(owner)) if own == owner => Ok(()),
+        (Some(own), Some(owner)) => Err(RegistryError::Damaged(format!(
+            "raft.log is another data directory's (incarnation {owner:016x}; this one is {own:016x}): it was copied in from another server, and holds other votes and entries than this server acknowledged"
+        ))),
+        (None, Some(owner)) => Err(RegistryError::Damaged(format!(
+            "raft.log belongs to the data directory of incarnation {owner:016x}, but registry.sled beside it has none: the catalog's store was lost or replaced, or the log copied in from another server"
+        ))),
+        (_, None) => {
+            if db.contains_key(LOG_BOUND)? {
+                return Err(RegistryError::Damaged(
+                    "raft.log holds no record of this data directory, which it had: the log was lost or replaced, and with it the terms and votes this server gave".into(),
+                ));
+            }
+            let applied = read_u64(db, APPLIED)?.unwrap_or(0);
+            // Founding writes the catalog's side first (applied index 1),
+            // so only a store that applied entries since must have a log.
+            if applied > 1 && !log.contains_key(HARD_STATE)? {
+                return Err(RegistryError::Damaged(format!(
+                    "raft.log holds no raft state, but the catalog's store applied entries up to index {applied}: the log was lost or replaced, and with it the terms and votes this server gave"
+                )));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Marks `log` as `db`'s data directory's (its incarnation, made if new),
+/// then `db` as having a marked log; each synced, in that order, so that a
+/// crash between them leaves a store that opens and is marked again.
 fn bind_log(db: &Kv, log: &Kv) -> Result<(), RegistryError> {
     let own = crate::incarnation::own(db)?;
-    match read_u64(log, LOG_OWNER)? {
-        Some(owner) if owner == own => return Ok(()),
-        Some(owner) => {
-            return Err(RegistryError::Damaged(format!(
-                "raft.log is another data directory's (incarnation {owner:016x}; this one is {own:016x}): it was copied in from another server or another copy of this one, and holds other votes and entries than this server acknowledged"
-            )));
-        }
-        None => {}
+    if read_u64(log, LOG_OWNER)?.is_none() {
+        let mut batch = Staged::new(log);
+        batch.insert(LOG_OWNER, own.to_be_bytes());
+        batch.commit()?;
+        log.flush()?;
     }
-    let applied = read_u64(db, APPLIED)?.unwrap_or(0);
-    // Founding writes the catalog's side first (applied index 1), so only
-    // a store that applied entries since must have a log.
-    if applied > 1 && !log.contains_key(HARD_STATE)? {
-        return Err(RegistryError::Damaged(format!(
-            "raft.log holds no raft state, but the catalog's store applied entries up to index {applied}: the log was lost or replaced, and with it the terms and votes this server gave"
-        )));
+    if !db.contains_key(LOG_BOUND)? {
+        let mut batch = Staged::new(db);
+        batch.insert(LOG_BOUND, [1u8]);
+        batch.commit()?;
+        db.flush()?;
     }
-    let mut batch = Staged::new(log);
-    batch.insert(LOG_OWNER, own.to_be_bytes());
-    batch.commit()?;
-    Ok(log.flush()?)
+    Ok(())
 }
 
 /// Moves a log kept in the catalog's store (data directories from before the
@@ -945,7 +976,11 @@ mod tests {
 
     #[test]
     fn a_raft_log_copied_from_another_data_directory_or_lost_refuses_to_open() {
-        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, b, c) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
         for dir in [&a, &b] {
             let store = RaftStore::open(dir.path(), Arc::new(Stateless)).unwrap();
             store.bootstrap(&[1, 2, 3]).unwrap();
@@ -954,8 +989,14 @@ mod tests {
             batch.commit().unwrap();
             store.db().flush().unwrap();
         }
+        // Founded, but nothing applied since (index 1): the log is still
+        // bound to the directory.
+        RaftStore::open(c.path(), Arc::new(Stateless))
+            .unwrap()
+            .bootstrap(&[1, 2, 3])
+            .unwrap();
         // Each reopens as it was left.
-        for dir in [&a, &b] {
+        for dir in [&a, &b, &c] {
             drop(RaftStore::open(dir.path(), Arc::new(Stateless)).unwrap());
         }
         let refused = |dir: &Path| match RaftStore::open(dir, Arc::new(Stateless)) {
@@ -970,8 +1011,53 @@ mod tests {
         std::fs::copy(a.path().join(name), b.path().join(name)).unwrap();
         let why = refused(b.path());
         assert!(why.contains("another data directory's"), "{why}");
+        // Refused before anything changed: refused again, the same way.
+        assert_eq!(refused(b.path()), why);
         std::fs::remove_file(a.path().join(name)).unwrap();
         let why = refused(a.path());
-        assert!(why.contains("applied entries up to index 7"), "{why}");
+        assert!(why.contains("the log was lost or replaced"), "{why}");
+        std::fs::remove_file(c.path().join(name)).unwrap();
+        let why = refused(c.path());
+        assert!(why.contains("the log was lost or replaced"), "{why}");
+    }
+
+    #[test]
+    fn a_log_from_before_the_binding_or_a_founding_a_crash_cut_opens_and_is_bound() {
+        // A directory whose log was never marked: applied entries and a log
+        // with its raft state. It opens, and is marked from then on.
+        let old = tempfile::tempdir().unwrap();
+        {
+            let store = RaftStore::open(old.path(), Arc::new(Stateless)).unwrap();
+            store.bootstrap(&[1, 2, 3]).unwrap();
+            let mut batch = Staged::new(store.db());
+            batch.insert(APPLIED, 7u64.to_be_bytes());
+            batch.remove(LOG_BOUND);
+            batch.commit().unwrap();
+            store.db().flush().unwrap();
+            let mut batch = Staged::new(store.log());
+            batch.remove(LOG_OWNER);
+            batch.commit().unwrap();
+            store.log().flush().unwrap();
+        }
+        let store = RaftStore::open(old.path(), Arc::new(Stateless)).unwrap();
+        assert!(store.log().contains_key(LOG_OWNER).unwrap());
+        assert!(store.db().contains_key(LOG_BOUND).unwrap());
+        drop(store);
+        // A founding cut between the catalog's side and the log's (applied
+        // index 1, no raft state in the log), before the log was marked:
+        // founding may run again.
+        let cut = tempfile::tempdir().unwrap();
+        {
+            let store = RaftStore::open(cut.path(), Arc::new(Stateless)).unwrap();
+            let mut batch = Staged::new(store.db());
+            batch.insert(APPLIED, 1u64.to_be_bytes());
+            batch.remove(LOG_BOUND);
+            batch.commit().unwrap();
+            store.db().flush().unwrap();
+        }
+        std::fs::remove_file(cut.path().join(crate::log_file::FILE_NAME)).unwrap();
+        let store = RaftStore::open(cut.path(), Arc::new(Stateless)).unwrap();
+        assert!(!store.is_initialized().unwrap());
+        store.bootstrap(&[1, 2, 3]).unwrap();
     }
 }
