@@ -342,3 +342,26 @@ impl DataExchange for Consumer {
         )))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::explain;
+    use tonic::{Code, Status};
+
+    #[test]
+    fn a_providers_own_answer_keeps_its_words_and_a_failed_call_says_it_failed() {
+        let maintenance = "service X of agency Y is suspended for maintenance until 10:00";
+        let answered = explain(
+            crate::refusal::answered(Status::unavailable(maintenance)),
+            "01",
+        );
+        assert_eq!(answered.code(), Code::Unavailable);
+        assert_eq!(answered.message(), maintenance);
+        let failed = explain(Status::unavailable("tcp connect error"), "01");
+        assert_eq!(failed.code(), Code::Unavailable);
+        assert_eq!(
+            failed.message(),
+            "calling the provider's node failed: tcp connect error"
+        );
+    }
+}

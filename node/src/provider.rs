@@ -492,9 +492,12 @@ fn granted(
     Ok(allowed)
 }
 
-#[tonic::async_trait]
-impl DataExchange for Provider {
-    async fn call(&self, request: Request<Envelope>) -> Result<Response<CallResponse>, Status> {
+impl Provider {
+    /// [`DataExchange::call`], its refusals not yet marked as answered.
+    async fn answer_call(
+        &self,
+        request: Request<Envelope>,
+    ) -> Result<Response<CallResponse>, Status> {
         let started = Instant::now();
         let peer = Peer::of(&request)?.clone();
         let deadline = Deadline::of(request.metadata(), started);
@@ -517,12 +520,11 @@ impl DataExchange for Provider {
         result.map(Response::new)
     }
 
-    type QueryStream = PageStream;
-
-    async fn query(
+    /// [`DataExchange::query`], its refusals not yet marked as answered.
+    async fn answer_query(
         &self,
         request: Request<QueryRequest>,
-    ) -> Result<Response<Self::QueryStream>, Status> {
+    ) -> Result<Response<PageStream>, Status> {
         let started = Instant::now();
         let peer = Peer::of(&request)?.clone();
         let permit = self.admit(&peer)?;
@@ -705,6 +707,29 @@ impl DataExchange for Provider {
         Ok(Response::new(Box::pin(
             self.auth.while_admitted(peer, pages),
         )))
+    }
+}
+
+/// What this node answers is marked as answered ([`crate::refusal::ANSWERED`]):
+/// the consumer's node words it as the provider's answer, not as a node it
+/// could not reach (a service in maintenance answers `UNAVAILABLE`).
+#[tonic::async_trait]
+impl DataExchange for Provider {
+    async fn call(&self, request: Request<Envelope>) -> Result<Response<CallResponse>, Status> {
+        self.answer_call(request)
+            .await
+            .map_err(crate::refusal::answered)
+    }
+
+    type QueryStream = PageStream;
+
+    async fn query(
+        &self,
+        request: Request<QueryRequest>,
+    ) -> Result<Response<Self::QueryStream>, Status> {
+        self.answer_query(request)
+            .await
+            .map_err(crate::refusal::answered)
     }
 }
 

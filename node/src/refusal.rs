@@ -340,10 +340,8 @@ pub fn is_unreachable(status: &Status) -> bool {
 }
 
 impl From<Refusal> for Status {
-    /// The refusal's code and words, marked as answered ([`ANSWERED`]): the
-    /// caller can tell a provider in maintenance from one not reached.
     fn from(refusal: Refusal) -> Status {
-        answered(Status::new(refusal.code(), refusal.to_string()))
+        Status::new(refusal.code(), refusal.to_string())
     }
 }
 
