@@ -175,7 +175,8 @@ impl ClientTrust {
     }
 
     /// The serials (lower-case hex) of the server certificates this trust
-    /// accepted in handshakes so far (the last 64 distinct ones): a
+    /// accepted in handshakes so far, whose holders proved they hold their
+    /// keys (the last 64 distinct ones): a
     /// connection opened before a CRL keeps running on one of them, so a
     /// caller holding a long stream checks them against the CRL in force.
     pub fn accepted_serials(&self) -> Vec<String> {
@@ -185,6 +186,15 @@ impl ClientTrust {
             .iter()
             .cloned()
             .collect()
+    }
+
+    /// Remembers the serial of `cert`, whose holder just proved it has its
+    /// key (the handshake's signature verified; its chain and identity were
+    /// checked before).
+    fn record_holder(&self, cert: &CertificateDer<'_>) {
+        if let Ok(info) = CertInfo::from_der(cert.as_ref(), Path::new("<server certificate>")) {
+            self.record_accepted(&info.serial);
+        }
     }
 
     fn record_accepted(&self, serial: &str) {
@@ -275,7 +285,6 @@ impl ServerCertVerifier for IdentityVerifier {
         self.expected
             .check(&id, end_entity.as_ref())
             .map_err(|why| refuse(format!("{why}; expected {}", self.expected)))?;
-        self.trust.record_accepted(&info.serial);
         Ok(ServerCertVerified::assertion())
     }
 
@@ -285,10 +294,13 @@ impl ServerCertVerifier for IdentityVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.trust
+        let valid = self
+            .trust
             .verifier
             .load()
-            .verify_tls12_signature(message, cert, dss)
+            .verify_tls12_signature(message, cert, dss)?;
+        self.trust.record_holder(cert);
+        Ok(valid)
     }
 
     fn verify_tls13_signature(
@@ -297,10 +309,13 @@ impl ServerCertVerifier for IdentityVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.trust
+        let valid = self
+            .trust
             .verifier
             .load()
-            .verify_tls13_signature(message, cert, dss)
+            .verify_tls13_signature(message, cert, dss)?;
+        self.trust.record_holder(cert);
+        Ok(valid)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

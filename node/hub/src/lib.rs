@@ -135,6 +135,8 @@ struct PeerLink {
     /// What the channel's handshakes check the peer's hub against, and the
     /// certificates it accepted.
     trust: Arc<ClientTrust>,
+    /// The number of the peer's CRL in force when the link was made.
+    crl_number: Option<u64>,
 }
 
 /// A connection to a peer's hub, as [`Hub::link`] gives it.
@@ -177,8 +179,12 @@ impl Hub {
     /// of the peer's trust domain issued by the peer's CA, and its breaker.
     pub(crate) fn link(&self, peer: &FederationPeer) -> Result<Link, tonic::Status> {
         let mut links = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+        // The CRL is put in force after the record changes (`follow_peers`):
+        // a link made in between is made again once it is.
+        let crl_number = self.trust.crl_number_of(&peer.name);
         if let Some(l) = links.get(&peer.name)
             && &l.record == peer
+            && l.crl_number == crl_number
         {
             return Ok(Link {
                 channel: l.channel.clone(),
@@ -200,7 +206,9 @@ impl Hub {
         };
         let trust = ClientTrust::new(&creds).map_err(|e| tonic::Status::internal(e.to_string()))?;
         // The peer's hub is checked against the peer's CRL in force too.
-        if let Some((_, der)) = self.trust.crl_of(&peer.name) {
+        let crl = self.trust.crl_of(&peer.name);
+        let crl_number = crl.as_ref().map(|(number, _)| *number);
+        if let Some((_, der)) = crl {
             trust
                 .set_crl(&der)
                 .map_err(|e| tonic::Status::internal(e.to_string()))?;
@@ -226,6 +234,7 @@ impl Hub {
                 channel: channel.clone(),
                 breaker: breaker.clone(),
                 trust: trust.clone(),
+                crl_number,
             },
         );
         Ok(Link {

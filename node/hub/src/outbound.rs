@@ -94,7 +94,9 @@ impl Forwarder for Outbound {
                 peer.hub_endpoint,
                 lgsp_certs::tls::explain_status(&s)
             ))),
-            Err(s) => Err(s),
+            // The peer's refusal, its code and words: nothing else the peer
+            // put in its metadata reaches the caller.
+            Err(s) => Err(crate::query::peer_refusal(&s)),
         }
     }
 

@@ -90,7 +90,7 @@ pub(crate) async fn forward(
         }
         Err(s) => {
             health.outward(Outcome::Answered, sent.elapsed(), "");
-            return Err(s);
+            return Err(peer_refusal(&s));
         }
     };
     let (name, endpoint, hub) = (peer.name, peer.hub_endpoint, hub.clone());
@@ -104,7 +104,7 @@ pub(crate) async fn forward(
                     lgsp_certs::tls::explain_status(&s)
                 ))
             } else {
-                s
+                peer_refusal(&s)
             }
         })?;
         // Before each page: the peer removed, the service unimported or
@@ -136,6 +136,12 @@ fn still_imported(hub: &Hub, peer: &str, service_id: &str) -> Result<(), Status>
         )));
     }
     Ok(())
+}
+
+/// A refusal a peer's hub answered, as this hub passes it on: its code and
+/// words, marked as answered; none of the metadata the peer put there.
+pub(crate) fn peer_refusal(status: &Status) -> Status {
+    lgsp_node::refusal::answered(Status::new(status.code(), status.message()))
 }
 
 /// Refuses to go on with a query stream of `service_id` from federation

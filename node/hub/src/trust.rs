@@ -102,6 +102,12 @@ impl PeerTrust {
             .map(|c| c.number)
     }
 
+    /// The number of the CRL in force for `peer`.
+    pub fn crl_number_of(&self, peer: &str) -> Option<u64> {
+        let crls = self.crls.lock().unwrap_or_else(PoisonError::into_inner);
+        crls.get(peer).map(|c| c.number)
+    }
+
     /// The CRL in force for `peer` (DER), and its number.
     pub fn crl_of(&self, peer: &str) -> Option<(u64, Vec<u8>)> {
         let crls = self.crls.lock().unwrap_or_else(PoisonError::into_inner);
