@@ -499,6 +499,54 @@ async fn an_outside_rest_client_calls_a_province_service_through_the_hub() {
         !log_lines_with(&hub, "rest-carried-1").await.is_empty(),
         "the hub logs it"
     );
+    // The hub checks what the service's node would: a maintenance window in
+    // force refuses the client, with its reason.
+    let end = time::OffsetDateTime::now_utc() + time::Duration::minutes(10);
+    let end = end.to_offset(time::UtcOffset::from_hms(7, 0, 0).unwrap());
+    let end = format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        end.year(),
+        u8::from(end.month()),
+        end.day(),
+        end.hour(),
+        end.minute(),
+        end.second()
+    );
+    admin(
+        &mut p,
+        &[
+            "service",
+            "maintenance",
+            "--id",
+            &thue,
+            "--force-majeure",
+            "--end",
+            &end,
+            "--reason",
+            "Sự cố đường truyền",
+        ],
+    );
+    let start = std::time::Instant::now();
+    let (status, body) = loop {
+        let (status, _, body) = exchange(
+            &rest,
+            &roots,
+            Some(&client),
+            post(
+                &format!("/v1/services/{thue}/get"),
+                r#"{"parameters": {"id": "2500150335"}}"#,
+                None,
+            ),
+        )
+        .await
+        .unwrap();
+        if status == 503 || start.elapsed() > Duration::from_secs(10) {
+            break (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    };
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("Sự cố đường truyền"), "{body}");
 
     // A malformed request id is replaced, and the new one returned.
     let (_, headers, _) = exchange(
