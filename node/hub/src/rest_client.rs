@@ -2,9 +2,11 @@
 //! CA from its catalog record, the hub's own certificate as the client
 //! certificate when the system asks for it, an API key or an OAuth2 bearer
 //! token (client credentials, RFC 6749 4.4) read from the hub's secrets
-//! directory, and HTTP/1.1 (what X-Road security servers speak).
+//! directory, and HTTP/2 when the system offers it in the TLS handshake
+//! (ALPN), else HTTP/1.1 (what X-Road security servers speak).
 //!
-//! Connections are kept open and reused (HTTP/1.1 keep-alive), a pool per
+//! Connections are kept open and reused (one HTTP/2 connection carries
+//! every call at once; HTTP/1.1 connections are kept alive), a pool per
 //! system: at most the system's max-in-flight connections idle, each closed
 //! after [`IDLE`] unused. The pool is built from the system's catalog record
 //! and dropped whole when the record changes (its CA, URL, authentication or
@@ -212,7 +214,9 @@ impl RestClient {
         } else {
             builder.with_no_client_auth()
         };
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // HTTP/2 where the system offers it (one connection carries every
+        // call at once), HTTP/1.1 otherwise: the system chooses.
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     }
 
@@ -526,7 +530,12 @@ struct TlsConnection(TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStre
 
 impl Connection for TlsConnection {
     fn connected(&self) -> Connected {
-        Connected::new()
+        let connected = Connected::new();
+        if self.0.inner().get_ref().1.alpn_protocol() == Some(b"h2") {
+            connected.negotiated_h2()
+        } else {
+            connected
+        }
     }
 }
 
@@ -609,6 +618,12 @@ mod tests {
     }
 
     async fn keep_alive_server() -> Server {
+        server_speaking(false).await
+    }
+
+    /// [`keep_alive_server`], offering HTTP/2 in the handshake when `h2`
+    /// (and then speaking only that), answering with the request's version.
+    async fn server_speaking(h2: bool) -> Server {
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -629,6 +644,10 @@ mod tests {
                 rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
             )
             .unwrap();
+        let mut config = config;
+        if h2 {
+            config.alpn_protocols = vec![b"h2".to_vec()];
+        }
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -640,14 +659,24 @@ mod tests {
                 let (acceptor, c) = (acceptor.clone(), c.clone());
                 tokio::spawn(async move {
                     if let Ok(tls) = acceptor.accept(tcp).await {
-                        let service = hyper::service::service_fn(|_req| async {
-                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
-                                Bytes::from_static(b"{}"),
-                            )))
+                        let service = hyper::service::service_fn(|req: http::Request<_>| {
+                            let version = format!("{{\"version\": \"{:?}\"}}", req.version());
+                            async move {
+                                Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                                    Bytes::from(version),
+                                )))
+                            }
                         });
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(tls), service)
-                            .await;
+                        let io = TokioIo::new(tls);
+                        let _ = if h2 {
+                            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                                .serve_connection(io, service)
+                                .await
+                        } else {
+                            hyper::server::conn::http1::Builder::new()
+                                .serve_connection(io, service)
+                                .await
+                        };
                     }
                     c.fetch_add(1, Ordering::SeqCst);
                 });
@@ -778,6 +807,49 @@ mod tests {
         }
         assert_eq!(server.accepted.load(Ordering::SeqCst), after);
         assert_eq!(server.closed.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_system_offering_http2_gets_every_call_at_once_on_one_http2_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let client = RestClient::new(hub_credentials(dir.path()), None, 1 << 20);
+        let url = |system: &RestSystem| format!("{}/citizens/001", system.base_url);
+        let version = |reply: Reply| String::from_utf8(reply.body.to_vec()).unwrap();
+        let send = |system: RestSystem| {
+            let client = &client;
+            async move {
+                client
+                    .send(
+                        &system,
+                        &url(&system),
+                        http::Method::GET,
+                        http::HeaderMap::new(),
+                        Bytes::new(),
+                        Duration::from_secs(5),
+                    )
+                    .await
+                    .unwrap()
+            }
+        };
+        let h2 = server_speaking(true).await;
+        // The first call learns that the system speaks HTTP/2; the calls
+        // after it share its connection, however many at once.
+        let first = send(system(&h2)).await;
+        assert_eq!(version(first), r#"{"version": "HTTP/2.0"}"#);
+        let calls: Vec<_> = (0..8).map(|_| send(system(&h2))).collect();
+        for reply in futures::future::join_all(calls).await {
+            assert_eq!(version(reply), r#"{"version": "HTTP/2.0"}"#);
+        }
+        assert_eq!(
+            h2.accepted.load(Ordering::SeqCst),
+            1,
+            "8 calls at once after the first, one HTTP/2 connection"
+        );
+        // A system that offers nothing in the handshake gets HTTP/1.1.
+        let h1 = keep_alive_server().await;
+        let mut other = system(&h1);
+        other.name = "bo-cong-an".into();
+        assert_eq!(version(send(other).await), r#"{"version": "HTTP/1.1"}"#);
     }
 
     #[tokio::test]
