@@ -233,11 +233,12 @@ impl ServerTls {
         Self::with_alpn(creds, vec![b"h2".to_vec()])
     }
 
-    /// As [`Self::new`], for an HTTP/1.1 server (the hub's REST endpoint):
-    /// HTTP clients offer `http/1.1`, and a server that offers only `h2`
-    /// refuses their handshake.
-    pub fn http1(creds: Credentials) -> Result<Arc<Self>> {
-        Self::with_alpn(creds, vec![b"http/1.1".to_vec()])
+    /// As [`Self::new`], for an HTTP server (the hub's REST endpoint) that
+    /// speaks HTTP/2 to clients that offer `h2` and HTTP/1.1 to the others
+    /// (a server that offers only `h2` refuses an HTTP/1.1 client's
+    /// handshake).
+    pub fn http(creds: Credentials) -> Result<Arc<Self>> {
+        Self::with_alpn(creds, vec![b"h2".to_vec(), b"http/1.1".to_vec()])
     }
 
     fn with_alpn(creds: Credentials, alpn: Vec<Vec<u8>>) -> Result<Arc<Self>> {

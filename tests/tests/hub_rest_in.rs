@@ -204,6 +204,54 @@ async fn connect(
     Ok(sender)
 }
 
+/// One POST of `body` to `path` over HTTP/2 (the client offers only `h2`
+/// in the handshake), presenting `client`; the answer and its HTTP version.
+async fn exchange_h2(
+    rest: &str,
+    province_roots: &Credentials,
+    client: &Credentials,
+    path: &str,
+    body: &str,
+) -> (http::Version, Answer) {
+    let mut roots = rustls::RootCertStore::empty();
+    for r in &province_roots.roots {
+        roots.add(r.clone()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(lgsp_certs::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(client.chain.clone(), client.key.clone_key())
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(rest).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let request = http::Request::post(format!("https://{rest}{path}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let version = response.version();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        version,
+        (status, headers, String::from_utf8(body.to_vec()).unwrap()),
+    )
+}
+
 /// One exchange on an open connection.
 async fn send(
     sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
@@ -547,6 +595,21 @@ async fn an_outside_rest_client_calls_a_province_service_through_the_hub() {
     };
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("Sự cố đường truyền"), "{body}");
+
+    // A client that offers HTTP/2 is answered over HTTP/2, the same way.
+    let mut tries = 0;
+    let (version, (status, _, body)) = loop {
+        let answer = exchange_h2(&rest, &roots, &client, &path, call).await;
+        tries += 1;
+        // Within the client's 3 calls per second.
+        if answer.1.0 != 429 || tries == 5 {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    };
+    assert_eq!(version, http::Version::HTTP_2);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["data"]["ho_ten"], NAME, "{body}");
 
     // A malformed request id is replaced, and the new one returned.
     let (_, headers, _) = exchange(

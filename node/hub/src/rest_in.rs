@@ -402,7 +402,7 @@ pub async fn listen(
     guard: lgsp_node::listener::Guard,
     stopped: tokio::sync::watch::Receiver<bool>,
 ) -> Result<std::net::SocketAddr, crate::HubError> {
-    let tls = lgsp_certs::tls::ServerTls::http1(hub.ctx.creds.clone())?;
+    let tls = lgsp_certs::tls::ServerTls::http(hub.ctx.creds.clone())?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| crate::HubError::Listen { addr, source })?;
@@ -436,10 +436,12 @@ pub async fn listen(
                     async move { Ok::<_, std::convert::Infallible>(handle(hub, leaf, request).await) }
                 });
                 let io = hyper_util::rt::TokioIo::new(stream);
-                if let Err(error) = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, service)
-                    .await
-                {
+                // HTTP/2 when the client chose it in the handshake (ALPN h2),
+                // else HTTP/1.1: the connection's first bytes tell which.
+                let http = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                );
+                if let Err(error) = http.serve_connection(io, service).await {
                     tracing::debug!(%error, "REST connection ended");
                 }
             });
