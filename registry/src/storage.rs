@@ -390,12 +390,20 @@ fn check_log(db: &Kv, log: &Kv) -> Result<(), RegistryError> {
             "raft.log belongs to the data directory of incarnation {owner:016x}, but registry.sled beside it has none: the catalog's store was lost or replaced, or the log copied in from another server"
         ))),
         (_, None) => {
-            if db.contains_key(LOG_BOUND)? {
+            // A directory from before the log file: its log is still in the
+            // catalog's store, and is moved out next (`move_log_out_of`).
+            if db.contains_key(HARD_STATE)? {
+                return Ok(());
+            }
+            let applied = read_u64(db, APPLIED)?.unwrap_or(0);
+            // Bound at its first open, but only one that founded, joined or
+            // restored (applied an index, or installed a snapshot) has given
+            // votes or acknowledged entries that a lost log would forget.
+            if db.contains_key(LOG_BOUND)? && (applied >= 1 || db.contains_key(INSTALLED)?) {
                 return Err(RegistryError::Damaged(
                     "raft.log holds no record of this data directory, which it had: the log was lost or replaced, and with it the terms and votes this server gave".into(),
                 ));
             }
-            let applied = read_u64(db, APPLIED)?.unwrap_or(0);
             // Founding writes the catalog's side first (applied index 1),
             // so only a store that applied entries since must have a log.
             if applied > 1 && !log.contains_key(HARD_STATE)? {
@@ -1019,6 +1027,37 @@ mod tests {
         std::fs::remove_file(c.path().join(name)).unwrap();
         let why = refused(c.path());
         assert!(why.contains("the log was lost or replaced"), "{why}");
+    }
+
+    #[test]
+    fn a_directory_whose_log_is_still_in_sled_opens_and_moves_it_out() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = Kv::new(SledKv::open(&dir.path().join("registry.sled")).unwrap());
+            let mut hs = HardState::default();
+            hs.term = 3;
+            hs.vote = 2;
+            hs.commit = 5;
+            let mut batch = Staged::new(&db);
+            batch.insert(HARD_STATE, encode(&hs));
+            for index in 2..=5 {
+                batch.insert(entry_key(index), encode(&entry(index, 3)));
+            }
+            batch.insert(APPLIED, 5u64.to_be_bytes());
+            batch.commit().unwrap();
+            db.flush().unwrap();
+        }
+        let store = RaftStore::open(dir.path(), Arc::new(Stateless)).unwrap();
+        let state = raft::Storage::initial_state(&store).unwrap();
+        assert_eq!((state.hard_state.term, state.hard_state.vote), (3, 2));
+        assert!(store.log().contains_key(LOG_OWNER).unwrap());
+        assert!(!store.db().contains_key(HARD_STATE).unwrap());
+        drop(store);
+        // A directory opened once and never set up may lose its log.
+        let empty = tempfile::tempdir().unwrap();
+        drop(RaftStore::open(empty.path(), Arc::new(Stateless)).unwrap());
+        std::fs::remove_file(empty.path().join(crate::log_file::FILE_NAME)).unwrap();
+        drop(RaftStore::open(empty.path(), Arc::new(Stateless)).unwrap());
     }
 
     #[test]
