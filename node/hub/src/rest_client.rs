@@ -40,6 +40,11 @@ use std::time::{Duration, Instant};
 /// closed.
 pub const IDLE: Duration = Duration::from_secs(30);
 
+/// How often an HTTP/2 connection to a REST system with calls on it is
+/// pinged, and how long its answer may take before the connection is
+/// closed (its calls fail as not reached).
+pub const H2_PING: Duration = Duration::from_secs(10);
+
 /// Why a request did not get an HTTP answer.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
@@ -158,6 +163,11 @@ impl RestClient {
             .pool_max_idle_per_host(idle as usize)
             .pool_idle_timeout(IDLE)
             .pool_timer(TokioTimer::new())
+            // An HTTP/2 connection carries every call: one that died
+            // silently is found by its pings, not by each call's deadline.
+            .timer(TokioTimer::new())
+            .http2_keep_alive_interval(H2_PING)
+            .http2_keep_alive_timeout(H2_PING)
             .build(Connector {
                 config: self.tls(system)?,
             });

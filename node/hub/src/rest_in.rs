@@ -31,6 +31,10 @@ use tonic::{Code, Status};
 
 pub mod openapi;
 
+/// The most requests an HTTP/2 client has in flight on one connection to
+/// the REST endpoint (each also counts against its client's limits).
+pub const MAX_STREAMS: u32 = 32;
+
 /// The request and response header carrying the request id.
 pub const REQUEST_ID: &str = "x-request-id";
 
@@ -438,9 +442,12 @@ pub async fn listen(
                 let io = hyper_util::rt::TokioIo::new(stream);
                 // HTTP/2 when the client chose it in the handshake (ALPN h2),
                 // else HTTP/1.1: the connection's first bytes tell which.
-                let http = hyper_util::server::conn::auto::Builder::new(
+                let mut http = hyper_util::server::conn::auto::Builder::new(
                     hyper_util::rt::TokioExecutor::new(),
                 );
+                // Requests at once on one HTTP/2 connection, as on as many
+                // HTTP/1.1 connections: the listener's bound counts these.
+                http.http2().max_concurrent_streams(MAX_STREAMS);
                 if let Err(error) = http.serve_connection(io, service).await {
                     tracing::debug!(%error, "REST connection ended");
                 }
