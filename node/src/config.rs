@@ -71,13 +71,13 @@ pub struct ConsumerConfig {
     pub idle_timeout_s: u64,
     /// Sign the on-behalf-of records of concurrent calls to other instances
     /// in batches (one ECDSA signature over a Merkle tree of them) when they
-    /// come a thousand a second or more. Off by default: a hub or provider
-    /// node older than batch verification refuses such a record as forged,
-    /// and a province hub older than it drops the batch from the record it
-    /// passes on. Turn it on once the province's hub and every peer instance
-    /// this node calls run a version that verifies batches.
+    /// come a thousand a second or more. Unset (the default): for a service
+    /// whose every hop says it verifies batches (the province's hub in its
+    /// node record, the peer's hub and the service's node in the import),
+    /// since a hub or provider older than batch verification refuses such a
+    /// record as forged. `true`: always; `false`: never.
     #[serde(default)]
-    pub batch_obo_signatures: bool,
+    pub batch_obo_signatures: Option<bool>,
 }
 
 impl ConsumerConfig {
@@ -90,7 +90,7 @@ impl ConsumerConfig {
             max_connections: default_max_connections(),
             preface_timeout_s: default_preface_timeout(),
             idle_timeout_s: default_idle_timeout(),
-            batch_obo_signatures: false,
+            batch_obo_signatures: None,
         }
     }
 }
@@ -531,9 +531,9 @@ listen = "{consumer}"
 # max_connections = 4096
 # preface_timeout_s = 10
 # idle_timeout_s = 300
-# Sign the records of calls to other instances in batches under load (off:
-# turn on once the province's hub and the peers run a version that verifies
-# batches):
+# Sign the records of calls to other instances in batches under load. Unset:
+# only for services whose every hop says it verifies batches; true: always;
+# false: never.
 # batch_obo_signatures = false
 # Require certificates from the agency's own CA of its applications:
 # [consumer.tls]

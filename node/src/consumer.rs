@@ -40,7 +40,7 @@ impl Consumer {
         service_id
             .parse::<lgsp_registry::ServiceId>()
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let (agency, node, via_hub, origin) = ctx
+        let (agency, node, via_hub, origin, far_side_batches) = ctx
             .cache
             .with_service(service_id, |s| {
                 (
@@ -48,6 +48,7 @@ impl Consumer {
                     s.node.clone(),
                     s.via_hub.clone(),
                     s.origin.clone(),
+                    s.verifies_batched_records,
                 )
             })
             .ok_or_else(|| {
@@ -83,10 +84,19 @@ impl Consumer {
                         "service {service_id} is carried by hub {via_hub}, which is not a hub's name: {e}"
                     ))
                 })?;
+            // Every hop verifies records signed in batches: the peer's hub
+            // and the service's node (as the import says) and this
+            // province's hub (as its own record says).
+            let batches = far_side_batches
+                && hub
+                    .capabilities
+                    .iter()
+                    .any(|c| c == crate::obo::BATCH_CAPABILITY);
             return Ok(Route {
                 node: hub,
                 hub_serves: true,
                 audience: Some(crate::obo::Audience::new(&peer.trust_domain, &hub_id)),
+                batches,
             });
         }
         let record = ctx.cache.node(&agency, &node).ok_or_else(|| {
@@ -101,6 +111,7 @@ impl Consumer {
             node: record,
             hub_serves,
             audience: None,
+            batches: false,
         })
     }
 
@@ -128,12 +139,19 @@ impl Consumer {
                 .obo_signer()
                 .map_err(|e| Status::internal(e.to_string()))?;
             let now = lgsp_registry::calendar::unix_now_ms();
-            let signed = if self.ctx.config.consumer.batch_obo_signatures {
+            let batch = self
+                .ctx
+                .config
+                .consumer
+                .batch_obo_signatures
+                .unwrap_or(route.batches);
+            let signed = if batch {
                 signer.sign_batched(&env, now, audience).await
             } else {
                 signer.sign(&env, now, audience)
             }
             .map_err(|e| Status::internal(e.to_string()))?;
+            self.ctx.metrics.record_signed(signed.batch_size > 0);
             (lgsp_certs::Role::Hub, Some(signed))
         } else if route.hub_serves {
             // A service the hub carries to an external REST system.
@@ -174,6 +192,8 @@ struct Route {
     hub_serves: bool,
     /// For another instance's service: whom the record is addressed to.
     audience: Option<crate::obo::Audience>,
+    /// Every hop of the route verifies records signed in batches.
+    batches: bool,
 }
 
 /// The outgoing call, with the time the caller has left as its deadline.

@@ -37,6 +37,12 @@ struct LinkLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SignedLabels {
+    /// "batched" (one signature over a batch's tree) or "alone".
+    signature: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BytesLabels {
     side: &'static str,
     direction: &'static str,
@@ -73,6 +79,7 @@ pub struct Metrics {
     bytes: Family<BytesLabels, Counter>,
     links: Family<LinkLabels, Gauge>,
     link_calls: Family<LinkLabels, Counter>,
+    records_signed: Family<SignedLabels, Counter>,
     cache_age: Gauge<f64, AtomicU64>,
     cache_revision: Gauge,
     certificate_expiry: Gauge,
@@ -114,6 +121,12 @@ impl Metrics {
             "Calls received on node links, by consumer agency (the rest of lgsp_calls_total came as ordinary gRPC calls)",
             link_calls.clone(),
         );
+        let records_signed = Family::<SignedLabels, Counter>::default();
+        registry.register(
+            "obo_records_signed",
+            "On-behalf-of records this node signed for calls to other instances, by signature: batched (one over a batch of records) or alone",
+            records_signed.clone(),
+        );
         let cache_age = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "catalog_cache_age_seconds",
@@ -153,6 +166,7 @@ impl Metrics {
             bytes,
             links,
             link_calls,
+            records_signed,
             cache_age,
             cache_revision,
             certificate_expiry,
@@ -210,6 +224,15 @@ impl Metrics {
         let open = self.links.get_or_create_owned(&labels);
         open.inc();
         (open, self.link_calls.get_or_create_owned(&labels))
+    }
+
+    /// Counts a record of on whose behalf this node signed, batched or
+    /// alone.
+    pub fn record_signed(&self, batched: bool) {
+        let signature = if batched { "batched" } else { "alone" };
+        self.records_signed
+            .get_or_create(&SignedLabels { signature })
+            .inc();
     }
 
     /// Adds `collector`, rendered (under the `lgsp` prefix) on every later

@@ -30,6 +30,11 @@ mod merkle;
 /// The request header that carries a [`SignedOnBehalfOf`], encoded.
 pub const HEADER: &str = "x-lgsp-obo-bin";
 
+/// The capability a node or hub lists in its catalog record when it
+/// verifies records signed in batches and, a hub, passes their batch fields
+/// on (`NodeRecord.capabilities`).
+pub const BATCH_CAPABILITY: &str = "obo-batch";
+
 /// How far a record's time may be from the verifier's clock.
 pub const MAX_SKEW: Duration = Duration::from_secs(120);
 

@@ -464,6 +464,7 @@ impl NodeServer {
             cert_sha256: own.sha256.clone(),
             instance_id: instance,
             version: crate::metrics::build_version(),
+            capabilities: vec![crate::obo::BATCH_CAPABILITY.to_owned()],
             ..Default::default()
         };
         let catalog = Catalog::new(registry.clone());

@@ -653,6 +653,15 @@ fn check_value(
                 ));
             }
             text("node version", &n.version, 80, false)?;
+            if n.capabilities.len() > 8 {
+                return Err(CatalogError::InvalidArgument(format!(
+                    "a node record lists {} capabilities; at most 8",
+                    n.capabilities.len()
+                )));
+            }
+            for c in &n.capabilities {
+                text("node capability", c, 40, false)?;
+            }
         }
         Value::Service(s) => {
             let id = service_id(&s.id)?;
@@ -669,6 +678,10 @@ fn check_value(
                 )));
             }
             require_agency(db, &s.agency_code)?;
+            // Only an imported service carries what its own instance said.
+            if s.origin.is_empty() {
+                s.verifies_batched_records = false;
+            }
             text("service description", &s.description, 4000, false)?;
             text("service version", &s.version, 40, false)?;
             if ServiceKind::try_from(s.kind).unwrap_or_default() == ServiceKind::Unspecified {

@@ -296,17 +296,9 @@ async fn two_instances_call_each_other_through_their_hubs() {
     let mut node_b = p.prepare_node(B, "node-1", "");
     node_b.start();
     p.wait_for_node(B, "node-1", &node_b).await;
+    // Node C is left to decide whether to sign in batches: it does where
+    // every hop says it verifies them (below).
     let mut node_c = q.prepare_node(NATIONAL_CONSUMER, "node-1", "");
-    // Node C signs the records of concurrent calls in batches.
-    let toml = node_c.dir.join("node.toml");
-    let listen = format!("listen = \"{}\"", node_c.consumer);
-    let config = std::fs::read_to_string(&toml).unwrap();
-    assert!(config.contains(&listen), "{config}");
-    std::fs::write(
-        &toml,
-        config.replace(&listen, &format!("{listen}\nbatch_obo_signatures = true")),
-    )
-    .unwrap();
     node_c.start();
     q.wait_for_node(NATIONAL_CONSUMER, "node-1", &node_c).await;
 
@@ -714,8 +706,10 @@ async fn two_instances_call_each_other_through_their_hubs() {
         );
     }
     // Calls made at the same time are signed by node C in batches (one
-    // signature over a Merkle tree of their records): each still verifies
-    // at hub P and node A, and is logged as the national agency's.
+    // signature over a Merkle tree of their records), unasked: its hub Q,
+    // hub P and node A say they verify them (their node records, and hub
+    // P's export). Each still verifies at hub P and node A, and is logged
+    // as the national agency's.
     let burst: Vec<String> = (0..24).map(|i| format!("lien-thong-lo-{i:02}")).collect();
     let calls = burst.iter().map(|id| {
         let mut app = app.clone();
@@ -726,6 +720,16 @@ async fn two_instances_call_each_other_through_their_hubs() {
     for (id, outcome) in burst.iter().zip(futures::future::join_all(calls).await) {
         outcome.unwrap_or_else(|s| panic!("{id}: {s:?}\nhub P:\n{}", hub_p.log()));
     }
+    let (_, metrics) = lgsp_tests::metrics::scrape(&node_c.metrics).await;
+    let batched = metrics
+        .lines()
+        .find(|l| l.starts_with("lgsp_obo_records_signed_total{signature=\"batched\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(
+        batched >= 2.0,
+        "node C signed no records in batches:\n{metrics}"
+    );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let provider_log = std::fs::read_to_string(node_a.sharing_log()).unwrap();
     for id in &burst {

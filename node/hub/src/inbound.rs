@@ -402,9 +402,20 @@ impl Federation for Inbound {
             // What the peer needs to call it, not this province's history.
             service.history.clear();
             let agency_name = cache.agency_name(&service.agency_code).unwrap_or_default();
+            // This hub verifies records signed in batches; so does the
+            // service's node when its record says so (the hub's own, for a
+            // service it carries to a REST system).
+            let verifies_batched_records = cache
+                .node(&service.agency_code, &service.node)
+                .is_some_and(|n| {
+                    n.capabilities
+                        .iter()
+                        .any(|c| c == lgsp_node::obo::BATCH_CAPABILITY)
+                });
             services.push(ExportedService {
                 service: Some(service),
                 agency_name,
+                verifies_batched_records,
             });
         }
         Ok(Response::new(ExportsResponse {

@@ -165,7 +165,10 @@ async fn once(hub: &Hub, catalog: &Catalog, peer: &FederationPeer) -> Result<(),
             .services
             .into_iter()
             .filter_map(|e| {
-                let s = e.service?;
+                let mut s = e.service?;
+                // What the peer says of its own hops, kept with the import
+                // for this province's nodes to read.
+                s.verifies_batched_records = e.verifies_batched_records;
                 Some((s.id.clone(), (s, e.agency_name)))
             })
             .collect()

@@ -680,7 +680,7 @@ fn node_config(
     let mut config =
         crate::loopback::node_config(dir, agency, name, registry, tls, services, limits);
     // Every hub and node of the bench verifies batches.
-    config.consumer.batch_obo_signatures = true;
+    config.consumer.batch_obo_signatures = Some(true);
     config
 }
 

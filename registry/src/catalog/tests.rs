@@ -490,6 +490,40 @@ fn a_node_version_is_kept_and_a_long_or_control_one_refused() {
 }
 
 #[test]
+fn node_capabilities_are_bounded_and_only_an_import_says_it_verifies_batches() {
+    let kv = catalog();
+    let with = |capabilities: Vec<String>| {
+        Value::Node(NodeRecord {
+            capabilities,
+            ..node_instance("aaaa", "10.0.0.21:7301")
+        })
+    };
+    for bad in [vec!["x".repeat(41)], vec!["obo-batch".to_owned(); 9]] {
+        let err = refused(run(&kv, &admin(), &put_cmd(with(bad.clone()))));
+        assert!(
+            matches!(&err, CatalogError::InvalidArgument(m) if m.contains("capabilit")),
+            "{bad:?}: {err:?}"
+        );
+    }
+    run(&kv, &admin(), &put_cmd(with(vec!["obo-batch".to_owned()]))).unwrap();
+    assert_eq!(stored_node(&kv).capabilities, ["obo-batch"]);
+    // A province's own service cannot claim what only an import carries.
+    let (stored, _) = run(
+        &kv,
+        &node_of(A),
+        &put_cmd(Value::Service(Service {
+            verifies_batched_records: true,
+            ..service(&format!("{A}/thue"))
+        })),
+    )
+    .unwrap();
+    let Some(Value::Service(stored)) = stored.and_then(|r| r.value) else {
+        panic!("no service stored");
+    };
+    assert!(!stored.verifies_batched_records);
+}
+
+#[test]
 fn a_service_takes_agency_and_name_from_its_id_and_starts_active() {
     let kv = catalog();
     let (stored, _) = run(
