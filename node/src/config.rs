@@ -534,7 +534,7 @@ listen = "{consumer}"
 # Sign the records of calls to other instances in batches under load. Unset:
 # only for services whose every hop says it verifies batches; true: always;
 # false: never.
-# batch_obo_signatures = false
+# batch_obo_signatures = true
 # Require certificates from the agency's own CA of its applications:
 # [consumer.tls]
 # cert = "tls/cert.pem"

@@ -333,6 +333,7 @@ impl DataExchange for Consumer {
                         )
                     })
                     .map_err(|e| Status::internal(e.to_string()))?;
+                self.ctx.metrics.record_signed(false);
                 crate::obo::to_metadata(request.metadata_mut(), &signed);
             }
             let mut client = self.client(&route)?;

@@ -489,7 +489,7 @@ impl Signer {
     /// not per call, and each record stays provable on its own. A record
     /// after a quiet spell is signed at once; while calls keep coming, a
     /// batch waits [`BATCH_WINDOW`] for more. Only for verifiers that know
-    /// batches (`[consumer] batch_obo_signatures`).
+    /// batches ([`BATCH_CAPABILITY`], `[consumer] batch_obo_signatures`).
     pub async fn sign_batched<'a>(
         &self,
         request: impl Into<Signed<'a>>,

@@ -660,7 +660,14 @@ fn check_value(
                 )));
             }
             for c in &n.capabilities {
-                text("node capability", c, 40, false)?;
+                let word = (1..=40).contains(&c.len())
+                    && c.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+                if !word {
+                    return Err(CatalogError::InvalidArgument(format!(
+                        "node capability {c:?} is not 1 to 40 of a-z, 0-9 and '-'"
+                    )));
+                }
             }
         }
         Value::Service(s) => {

@@ -498,7 +498,13 @@ fn node_capabilities_are_bounded_and_only_an_import_says_it_verifies_batches() {
             ..node_instance("aaaa", "10.0.0.21:7301")
         })
     };
-    for bad in [vec!["x".repeat(41)], vec!["obo-batch".to_owned(); 9]] {
+    for bad in [
+        vec!["x".repeat(41)],
+        vec!["obo-batch".to_owned(); 9],
+        vec![String::new()],
+        vec!["obo\nbatch".to_owned()],
+        vec!["ôbô".to_owned()],
+    ] {
         let err = refused(run(&kv, &admin(), &put_cmd(with(bad.clone()))));
         assert!(
             matches!(&err, CatalogError::InvalidArgument(m) if m.contains("capabilit")),
