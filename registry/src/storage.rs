@@ -381,7 +381,13 @@ impl RaftStore {
 /// (or no) terms, votes and entries than this server acknowledged.
 fn check_log(db: &Kv, log: &Kv) -> Result<(), RegistryError> {
     let own = crate::incarnation::stored(db)?;
-    match (own, read_u64(log, LOG_OWNER)?) {
+    let owner = read_u64(log, LOG_OWNER).map_err(|e| match e {
+        StoreError::Damaged { .. } => RegistryError::Damaged(format!(
+            "raft.log's record of the data directory it belongs to is damaged ({e}): it cannot be told whose log it is"
+        )),
+        e => e.into(),
+    })?;
+    match (own, owner) {
         (Some(own), Some(owner)) if own == owner => Ok(()),
         (Some(own), Some(owner)) => Err(RegistryError::Damaged(format!(
             "raft.log is another data directory's (incarnation {owner:016x}; this one is {own:016x}): it was copied in from another server, and holds other votes and entries than this server acknowledged"
@@ -1058,6 +1064,28 @@ mod tests {
         drop(RaftStore::open(empty.path(), Arc::new(Stateless)).unwrap());
         std::fs::remove_file(empty.path().join(crate::log_file::FILE_NAME)).unwrap();
         drop(RaftStore::open(empty.path(), Arc::new(Stateless)).unwrap());
+    }
+
+    #[test]
+    fn a_log_whose_owner_record_is_damaged_refuses_to_open_as_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = RaftStore::open(dir.path(), Arc::new(Stateless)).unwrap();
+            store.bootstrap(&[1, 2, 3]).unwrap();
+            let mut batch = Staged::new(store.log());
+            batch.insert(LOG_OWNER, [1u8, 2, 3]);
+            batch.commit().unwrap();
+            store.log().flush().unwrap();
+        }
+        match RaftStore::open(dir.path(), Arc::new(Stateless)) {
+            Err(RegistryError::Damaged(why)) => assert!(
+                why.contains("record of the data directory it belongs to is damaged")
+                    && why.contains("Replace this server by a new member"),
+                "{why}"
+            ),
+            Err(other) => panic!("refused for another reason: {other}"),
+            Ok(_) => panic!("opened a log whose owner cannot be read"),
+        }
     }
 
     #[test]
