@@ -61,6 +61,10 @@ const SNAP_META: &[u8] = b"r:snap";
 const INSTALLED: &[u8] = b"r:installed";
 const ENTRY_PREFIX: &[u8] = b"r:e:";
 pub(crate) const APPLIED: &[u8] = b"s:applied";
+/// How a server whose log cannot be trusted is replaced, after "by a new
+/// member".
+const REPLACEMENT: &str = "with a new id (docs/operations.md, \"One server lost or damaged\"): remove-member, an empty data directory, add-member and --join";
+
 /// In the log: the incarnation of the data directory it belongs to.
 const LOG_OWNER: &[u8] = b"l:owner";
 /// In the catalog's store: present once the log holds [`LOG_OWNER`].
@@ -123,14 +127,14 @@ impl RaftStore {
             .map_err(|e| RegistryError::Storage(format!("{}: {e}", dir.display())))?;
         let log = LogFileKv::open(dir).map_err(|e| match e {
             StoreError::Corrupt { .. } => RegistryError::Damaged(format!(
-                "{e}. Starting on would let this server vote as if it still held them. Replace it by a new member with a new id (docs/operations.md, \"One server lost or damaged\"): remove-member, an empty data directory, add-member and --join"
+                "{e}. Starting on would let this server vote as if it still held them. Replace it by a new member {REPLACEMENT}"
             )),
             e => RegistryError::Storage(format!("{}: {e}", dir.display())),
         })?;
         let (db, log) = (Kv::new(engine), Kv::new(log));
         check_log(&db, &log).map_err(|e| match e {
             RegistryError::Damaged(why) => RegistryError::Damaged(format!(
-                "{}: {why}. Replace this server by a new member with a new id (docs/operations.md, \"One server lost or damaged\"): remove-member, an empty data directory, add-member and --join",
+                "{}: {why}. Replace this server by a new member {REPLACEMENT}",
                 dir.display()
             )),
             e => e,
@@ -978,13 +982,20 @@ mod tests {
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[before + 200] ^= 0x01;
         std::fs::write(&path, &bytes).unwrap();
-        match RaftStore::open(dir.path(), Arc::new(Stateless)) {
-            Err(RegistryError::Damaged(why)) => assert!(
-                why.contains("is damaged") && why.contains("Replace it by a new member"),
-                "{why}"
-            ),
+        let why = damaged_refusal(dir.path());
+        assert!(
+            why.contains("is damaged") && why.contains("Replace it by a new member"),
+            "{why}"
+        );
+    }
+
+    /// Why opening the store in `dir` is refused as damaged; panics when it
+    /// opens or is refused for another reason.
+    fn damaged_refusal(dir: &Path) -> String {
+        match RaftStore::open(dir, Arc::new(Stateless)) {
+            Err(RegistryError::Damaged(why)) => why,
             Err(other) => panic!("refused for another reason: {other}"),
-            Ok(_) => panic!("opened a log whose synced entries were damaged"),
+            Ok(_) => panic!("opened a store whose raft log cannot be trusted"),
         }
     }
 
@@ -1013,13 +1024,10 @@ mod tests {
         for dir in [&a, &b, &c] {
             drop(RaftStore::open(dir.path(), Arc::new(Stateless)).unwrap());
         }
-        let refused = |dir: &Path| match RaftStore::open(dir, Arc::new(Stateless)) {
-            Err(RegistryError::Damaged(why)) => {
-                assert!(why.contains("Replace this server by a new member"), "{why}");
-                why
-            }
-            Err(other) => panic!("refused for another reason: {other}"),
-            Ok(_) => panic!("opened a raft log that is not this directory's"),
+        let refused = |dir: &Path| {
+            let why = damaged_refusal(dir);
+            assert!(why.contains("Replace this server by a new member"), "{why}");
+            why
         };
         let name = crate::log_file::FILE_NAME;
         std::fs::copy(a.path().join(name), b.path().join(name)).unwrap();
@@ -1077,15 +1085,12 @@ mod tests {
             batch.commit().unwrap();
             store.log().flush().unwrap();
         }
-        match RaftStore::open(dir.path(), Arc::new(Stateless)) {
-            Err(RegistryError::Damaged(why)) => assert!(
-                why.contains("record of the data directory it belongs to is damaged")
-                    && why.contains("Replace this server by a new member"),
-                "{why}"
-            ),
-            Err(other) => panic!("refused for another reason: {other}"),
-            Ok(_) => panic!("opened a log whose owner cannot be read"),
-        }
+        let why = damaged_refusal(dir.path());
+        assert!(
+            why.contains("record of the data directory it belongs to is damaged")
+                && why.contains("Replace this server by a new member"),
+            "{why}"
+        );
     }
 
     #[test]
