@@ -333,6 +333,30 @@ async fn until_known(
     }
 }
 
+/// Posts `body` to `path` as `client` every 400 ms (within a client's 3
+/// calls a second) until it answers `want`, at most 10 s; the last status
+/// and body, and those seen before it.
+async fn until_status(
+    rest: &str,
+    roots: &Credentials,
+    client: &Credentials,
+    (path, body, request_id): (&str, &str, Option<&str>),
+    want: u16,
+) -> (http::StatusCode, String, Vec<String>) {
+    let start = std::time::Instant::now();
+    let mut seen = Vec::new();
+    loop {
+        let (status, _, answer) = exchange(rest, roots, Some(client), post(path, body, request_id))
+            .await
+            .unwrap();
+        if status == want || start.elapsed() > Duration::from_secs(10) {
+            return (status, answer, seen);
+        }
+        seen.push(format!("{status} {answer}"));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+}
+
 /// Calls `path` until it answers 200 (the hub has the client and the grant
 /// from the catalog), at most 10 s; the last answer.
 async fn until_ok(
@@ -511,29 +535,17 @@ async fn an_outside_rest_client_calls_a_province_service_through_the_hub() {
         "btp-hotich",
         &["--rate", "3", "--service", &thue],
     );
-    // Until the hub has the route, the grant and the client's new offer,
-    // within the client's 3 calls per second.
-    let start = std::time::Instant::now();
-    let mut seen = Vec::new();
-    let (status, body) = loop {
-        let (status, _, body) = exchange(
-            &rest,
-            &roots,
-            Some(&client),
-            post(
-                &format!("/v1/services/{thue}/get"),
-                r#"{"parameters": {"id": "2500150335"}}"#,
-                Some("rest-carried-1"),
-            ),
-        )
-        .await
-        .unwrap();
-        if status == 200 || start.elapsed() > Duration::from_secs(10) {
-            break (status, body);
-        }
-        seen.push(format!("{status} {body}"));
-        tokio::time::sleep(Duration::from_millis(400)).await;
-    };
+    // Until the hub has the route, the grant and the client's new offer.
+    let carried = format!("/v1/services/{thue}/get");
+    let company = r#"{"parameters": {"id": "2500150335"}}"#;
+    let (status, body, seen) = until_status(
+        &rest,
+        &roots,
+        &client,
+        (&carried, company, Some("rest-carried-1")),
+        200,
+    )
+    .await;
     assert_eq!(status, 200, "{body}; before: {seen:#?}");
     let data = &json(&body)["data"];
     assert_eq!(data["path"], "/companies/2500150335", "{body}");
@@ -549,17 +561,9 @@ async fn an_outside_rest_client_calls_a_province_service_through_the_hub() {
     );
     // The hub checks what the service's node would: a maintenance window in
     // force refuses the client, with its reason.
-    let end = time::OffsetDateTime::now_utc() + time::Duration::minutes(10);
-    let end = end.to_offset(time::UtcOffset::from_hms(7, 0, 0).unwrap());
-    let end = format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
-        end.year(),
-        u8::from(end.month()),
-        end.day(),
-        end.hour(),
-        end.minute(),
-        end.second()
-    );
+    let in_ten_minutes = time::OffsetDateTime::now_utc().unix_timestamp() + 600;
+    let end = lgsp_registry::calendar::WorkCalendar::default().show(in_ten_minutes);
+    let end = &end[..16];
     admin(
         &mut p,
         &[
@@ -569,30 +573,13 @@ async fn an_outside_rest_client_calls_a_province_service_through_the_hub() {
             &thue,
             "--force-majeure",
             "--end",
-            &end,
+            end,
             "--reason",
             "Sự cố đường truyền",
         ],
     );
-    let start = std::time::Instant::now();
-    let (status, body) = loop {
-        let (status, _, body) = exchange(
-            &rest,
-            &roots,
-            Some(&client),
-            post(
-                &format!("/v1/services/{thue}/get"),
-                r#"{"parameters": {"id": "2500150335"}}"#,
-                None,
-            ),
-        )
-        .await
-        .unwrap();
-        if status == 503 || start.elapsed() > Duration::from_secs(10) {
-            break (status, body);
-        }
-        tokio::time::sleep(Duration::from_millis(400)).await;
-    };
+    let (status, body, _) =
+        until_status(&rest, &roots, &client, (&carried, company, None), 503).await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("Sự cố đường truyền"), "{body}");
 

@@ -645,7 +645,7 @@ mod tests {
             .subject_alt_names
             .push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
         let cert = params.signed_by(&key, &issuer).unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(lgsp_certs::tls::provider())
+        let mut config = rustls::ServerConfig::builder_with_provider(lgsp_certs::tls::provider())
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_no_client_auth()
@@ -654,7 +654,6 @@ mod tests {
                 rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
             )
             .unwrap();
-        let mut config = config;
         if h2 {
             config.alpn_protocols = vec![b"h2".to_vec()];
         }
@@ -728,6 +727,11 @@ mod tests {
     }
 
     async fn get(client: &RestClient, system: &RestSystem) -> u16 {
+        get_reply(client, system).await.status
+    }
+
+    /// `GET {base}/citizens/001` of `system`, answered.
+    async fn get_reply(client: &RestClient, system: &RestSystem) -> Reply {
         let url = format!("{}/citizens/001", system.base_url);
         client
             .send(
@@ -740,7 +744,6 @@ mod tests {
             )
             .await
             .unwrap()
-            .status
     }
 
     /// Waits (at most 5 s) until `count` reaches `want`.
@@ -823,30 +826,14 @@ mod tests {
     async fn a_system_offering_http2_gets_every_call_at_once_on_one_http2_connection() {
         let dir = tempfile::tempdir().unwrap();
         let client = RestClient::new(hub_credentials(dir.path()), None, 1 << 20);
-        let url = |system: &RestSystem| format!("{}/citizens/001", system.base_url);
         let version = |reply: Reply| String::from_utf8(reply.body.to_vec()).unwrap();
-        let send = |system: RestSystem| {
-            let client = &client;
-            async move {
-                client
-                    .send(
-                        &system,
-                        &url(&system),
-                        http::Method::GET,
-                        http::HeaderMap::new(),
-                        Bytes::new(),
-                        Duration::from_secs(5),
-                    )
-                    .await
-                    .unwrap()
-            }
-        };
         let h2 = server_speaking(true).await;
         // The first call learns that the system speaks HTTP/2; the calls
         // after it share its connection, however many at once.
-        let first = send(system(&h2)).await;
+        let h2_system = system(&h2);
+        let first = get_reply(&client, &h2_system).await;
         assert_eq!(version(first), r#"{"version": "HTTP/2.0"}"#);
-        let calls: Vec<_> = (0..8).map(|_| send(system(&h2))).collect();
+        let calls: Vec<_> = (0..8).map(|_| get_reply(&client, &h2_system)).collect();
         for reply in futures::future::join_all(calls).await {
             assert_eq!(version(reply), r#"{"version": "HTTP/2.0"}"#);
         }
@@ -859,7 +846,10 @@ mod tests {
         let h1 = keep_alive_server().await;
         let mut other = system(&h1);
         other.name = "bo-cong-an".into();
-        assert_eq!(version(send(other).await), r#"{"version": "HTTP/1.1"}"#);
+        assert_eq!(
+            version(get_reply(&client, &other).await),
+            r#"{"version": "HTTP/1.1"}"#
+        );
     }
 
     #[tokio::test]
