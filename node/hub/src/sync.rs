@@ -14,7 +14,6 @@ use lgsp_registry::Catalog;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tonic::Code;
 
 /// How often the hub asks its peers.
 pub const EVERY: Duration = Duration::from_secs(1);
@@ -115,10 +114,7 @@ async fn exports_of(hub: &Hub, peer: &FederationPeer) -> Result<ExportsResponse,
     // Any answer means the peer is there; a refusal is still an answer.
     let reached = match &answer {
         Ok(_) => true,
-        Err(s) => !matches!(
-            s.code(),
-            Code::Unavailable | Code::DeadlineExceeded | Code::Unknown
-        ),
+        Err(s) => !lgsp_node::refusal::is_unreachable(s),
     };
     attempt.finish(reached);
     match &answer {
