@@ -31,8 +31,9 @@ pub struct RegistryConfig {
     pub listen: SocketAddr,
     /// Peer (Raft) listener (mTLS, registry certificates only).
     pub peer_listen: SocketAddr,
-    /// Where the server keeps its sled store (raft log, hard state and
-    /// catalog); losing it means rejoining the cluster as a new member.
+    /// Where the server keeps its raft log and hard state (`raft.log`) and
+    /// its catalog (`catalog.log`); losing it means rejoining the cluster as
+    /// a new member.
     pub data_dir: PathBuf,
     /// Every founding member, this server included, for a new cluster; the
     /// current members when joining. On a restart they must be the servers

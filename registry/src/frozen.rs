@@ -1,6 +1,6 @@
 //! A point-in-time view of the catalog's store while it goes on changing:
 //! what a snapshot for a follower is built from, on a thread of its own,
-//! while the consensus loop keeps applying (sled 0.34 has no point-in-time
+//! while the consensus loop keeps applying (the store has no point-in-time
 //! read of its own).
 //!
 //! The store is wrapped in [`Capturing`]. [`Capturing::freeze`] returns a

@@ -3,10 +3,12 @@
 //! cheap handle the rest of the registry passes around ([`Kv`]), and writes
 //! staged for one atomic batch ([`Staged`]).
 //!
-//! The engine is sled in a server (`sled_kv.rs`) and a `BTreeMap` in unit
-//! tests (`mem_kv.rs`); nothing outside those two modules names the engine,
-//! so the catalog and the Raft log can be tested without a disk and sled
-//! could be replaced without touching them.
+//! The engine is an append-only file with every key in memory in a server
+//! (`log_file.rs`, for the Raft log and the catalog alike), sled for the
+//! node's catalog cache and a directory's catalog from before that file
+//! (`sled_kv.rs`), and a `BTreeMap` in unit tests (`mem_kv.rs`); only
+//! `storage.rs` names the engine, so the catalog and the Raft log can be
+//! tested without a disk and the engine replaced without touching them.
 
 use crate::error::StoreError;
 use std::collections::BTreeMap;
@@ -136,9 +138,8 @@ impl KvRead for Kv {
 
 /// Writes staged for one atomic batch, visible to reads through the stage
 /// before they are committed. The consensus loop applies a whole Ready (new
-/// entries, hard state, every committed entry) as one batch: sled writes and
-/// syncs its log on every batch, so one batch per entry would cost one disk
-/// write per entry.
+/// entries, hard state, every committed entry) as one batch: one record
+/// appended per batch, not one per entry.
 #[derive(Debug)]
 pub struct Staged {
     kv: Kv,

@@ -1,9 +1,11 @@
 //! The registry: the province's shared service catalog, replicated with Raft
-//! (tikv raft-rs) over sled storage, served over gRPC with mutual TLS.
+//! (tikv raft-rs), served over gRPC with mutual TLS.
 //!
-//! - [`kv`]: the key-value store trait, with [`sled_kv`] and [`mem_kv`].
-//! - [`storage`]: raft log and state behind raft-rs' `Storage`, the log in
-//!   [`log_file`] (an append-only file), the rest beside the catalog.
+//! - [`kv`]: the key-value store trait, with [`log_file`], [`sled_kv`] and
+//!   [`mem_kv`].
+//! - [`storage`]: raft log and state behind raft-rs' `Storage`, the log and
+//!   the catalog each in a [`log_file`] (an append-only file, every key in
+//!   memory).
 //! - [`catalog`]: the state machine: records, revisions, history;
 //!   [`snapshot_builder`] builds its Raft snapshots off the consensus thread,
 //!   from a [`frozen`] view of its store while it goes on applying.

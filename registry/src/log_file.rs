@@ -1,14 +1,19 @@
-//! The Raft log and hard state of a registry server in a file of their own:
-//! a [`KvEngine`] that keeps every key in memory and appends each batch to
-//! an append-only file, one record per batch with a CRC, made durable by one
-//! `fdatasync` at [`flush`](KvEngine::flush).
+//! A registry server's Raft log and hard state (`raft.log`), and its catalog
+//! (`catalog.log`), each in a file of its own: a [`KvEngine`] that keeps
+//! every key in memory and appends each batch to an append-only file, one
+//! record per batch with a CRC, made durable by one `fdatasync` at
+//! [`flush`](KvEngine::flush).
 //!
-//! Why not sled, which holds the catalog: sled 0.34 rewrites tree nodes and
-//! its own log for every batch and flushes with several `sync_file_range`
-//! calls, about 35 KB written and more than one device round trip per
-//! acknowledged write. The log only appends, reads what it appended recently
-//! and drops its oldest entries, so a plain file does it with the bytes of
-//! the entries themselves and one sync per Ready.
+//! Why not sled: sled 0.34 rewrites tree nodes and its own log for every
+//! batch and flushes with several `sync_file_range` calls, about 35 KB
+//! written and more than one device round trip per acknowledged write; and
+//! for the catalog its tree updates were the largest share of the
+//! registry's CPU per write. The log only appends, reads what it appended
+//! recently and drops its oldest entries, so a plain file does it with the
+//! bytes of the entries themselves and one sync per Ready; the catalog is
+//! small enough for memory (a province's records and the last
+//! `watch_history` changes), and needs no sync of its own per Ready since
+//! the log replays what it loses.
 //!
 //! The file (`raft.log`) is a sequence of records:
 //!
@@ -50,9 +55,12 @@
 //! when its mark never reached the disk (a power cut within seconds of it).
 //!
 //! When the file holds much more than the live keys (entries compacted away,
-//! hard states replaced), it is rewritten as one record into `raft.log.new`,
-//! synced, and renamed over the old one, then the directory synced: a crash
-//! leaves the old file or the new one, both complete.
+//! hard states and records replaced), it is rewritten as one record into
+//! `<name>.new`, synced, and renamed over the old one, then the directory
+//! synced: a crash leaves the old file or the new one, both complete. The
+//! rewrite runs in the write that crossed the threshold, under the lock, so
+//! on the consensus thread: about a millisecond per MB of live data here,
+//! once per three times the live size written.
 
 use crate::error::StoreError;
 use crate::kv::{Batch, Entries, KvEngine};
@@ -62,9 +70,14 @@ use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-/// The file's name in the data directory.
+/// The Raft log's file name in the data directory.
 pub const FILE_NAME: &str = "raft.log";
-const NEW_FILE_NAME: &str = "raft.log.new";
+/// The catalog's file name in the data directory (see `storage.rs`).
+pub const CATALOG_FILE_NAME: &str = "catalog.log";
+/// Where a rewrite of the file `name` is written before it is renamed.
+fn new_file_name(name: &str) -> String {
+    format!("{name}.new")
+}
 const HEADER: usize = 8;
 /// A file at least this many times its live bytes is rewritten...
 const REWRITE_RATIO: u64 = 4;
@@ -99,6 +112,8 @@ pub struct LogFileKv {
 #[derive(Debug)]
 struct LogFile {
     dir: PathBuf,
+    /// The file's name in `dir`.
+    name: &'static str,
     file: File,
     /// Bytes in the file.
     len: u64,
@@ -193,7 +208,8 @@ fn decode_batch(payload: &[u8]) -> Option<Batch> {
 }
 
 /// `fsync` of a directory, which makes the names in it durable.
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+/// Makes the names in `dir` durable (a file created, renamed or removed).
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| io(dir, e))
@@ -319,13 +335,19 @@ fn replay(bytes: &[u8], map: &mut BTreeMap<Vec<u8>, Vec<u8>>) -> Replayed {
 }
 
 impl LogFileKv {
-    /// Opens (or creates) the log in `dir`: replays `raft.log` into memory,
+    /// Opens (or creates) the Raft log in `dir` ([`FILE_NAME`]); see
+    /// [`open_named`](Self::open_named).
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_named(dir, FILE_NAME)
+    }
+
+    /// Opens (or creates) the file `name` in `dir`: replays it into memory,
     /// cuts a torn tail off (logged, then synced), removes a rewrite a crash
     /// interrupted, and makes the file's name durable. Fails on I/O.
-    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+    pub fn open_named(dir: &Path, name: &'static str) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-        let path = dir.join(FILE_NAME);
-        let new = dir.join(NEW_FILE_NAME);
+        let path = dir.join(name);
+        let new = dir.join(new_file_name(name));
         match std::fs::remove_file(&new) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -355,13 +377,14 @@ impl LogFileKv {
                 path = %path.display(),
                 kept = whole,
                 cut = bytes.len() - whole,
-                "the raft log ends in records never synced (a write a crash tore, or pages a power cut wrote out of order): cutting them off (never synced, so never acknowledged)"
+                "{name} ends in records never synced (a write a crash tore, or pages a power cut wrote out of order): cutting them off (never synced, so never acknowledged)"
             );
             file.set_len(whole as u64).map_err(|e| io(&path, e))?;
         }
         let live = map.iter().map(|(k, v)| set_size(k, v)).sum();
         let mut log = LogFile {
             dir: dir.to_owned(),
+            name,
             file,
             len: whole as u64,
             live,
@@ -396,14 +419,14 @@ impl LogFileKv {
 
 impl LogFile {
     fn path(&self) -> PathBuf {
-        self.dir.join(FILE_NAME)
+        self.dir.join(self.name)
     }
 
     /// Appends the record in `buffer` (not synced).
     fn append_buffer(&mut self) -> Result<(), StoreError> {
         self.file
             .write_all(&self.buffer)
-            .map_err(|e| io(&self.dir.join(FILE_NAME), e))?;
+            .map_err(|e| io(&self.path(), e))?;
         self.len += self.buffer.len() as u64;
         self.dirty = true;
         Ok(())
@@ -412,7 +435,7 @@ impl LogFile {
     /// Writes a new file id and `map` whole as one record into a new file,
     /// synced, and puts it in place of the old one.
     fn rewrite(&mut self, map: &BTreeMap<Vec<u8>, Vec<u8>>) -> Result<(), StoreError> {
-        let new = self.dir.join(NEW_FILE_NAME);
+        let new = self.dir.join(new_file_name(self.name));
         self.id = new_file_id()?;
         self.buffer.clear();
         append_file_id(&mut self.buffer, &self.id);
@@ -437,7 +460,8 @@ impl LogFile {
         tracing::debug!(
             before = self.len,
             after = self.buffer.len(),
-            "rewrote the raft log file without its dead records"
+            file = self.name,
+            "rewrote the file without its dead records"
         );
         self.file = file;
         self.len = self.buffer.len() as u64;
@@ -455,7 +479,7 @@ impl LogFile {
         append_mark(&mut self.buffer, self.len, &self.id);
         self.file
             .write_all(&self.buffer)
-            .map_err(|e| io(&self.dir.join(FILE_NAME), e))?;
+            .map_err(|e| io(&self.path(), e))?;
         self.len += self.buffer.len() as u64;
         Ok(())
     }
@@ -856,7 +880,7 @@ mod tests {
             std::fs::metadata(dir.path().join(FILE_NAME)).unwrap().len(),
             len
         );
-        assert!(!dir.path().join(NEW_FILE_NAME).exists());
+        assert!(!dir.path().join(new_file_name(FILE_NAME)).exists());
         drop(kv);
         let kv = LogFileKv::open(dir.path()).unwrap();
         for i in 0..4 {
@@ -875,9 +899,9 @@ mod tests {
         kv.write(batch(&[("a", Some("1"))])).unwrap();
         kv.flush().unwrap();
         drop(kv);
-        std::fs::write(dir.path().join(NEW_FILE_NAME), b"half a rewrite").unwrap();
+        std::fs::write(dir.path().join(new_file_name(FILE_NAME)), b"half a rewrite").unwrap();
         let kv = LogFileKv::open(dir.path()).unwrap();
         assert_eq!(kv.get(b"a").unwrap(), Some(b"1".to_vec()));
-        assert!(!dir.path().join(NEW_FILE_NAME).exists());
+        assert!(!dir.path().join(new_file_name(FILE_NAME)).exists());
     }
 }

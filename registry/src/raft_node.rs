@@ -483,7 +483,7 @@ struct Driver {
     incarnations_proposed: HashMap<u64, Instant>,
     /// An incarnation was recorded in the batch being applied: flush it
     /// before going on. Peers check the record when they restart, before
-    /// the log replays, so it must not wait for sled's background flush.
+    /// the log replays, so it must not wait for a later sync.
     flush_applied: bool,
     /// When a refused peer's batches were last logged, by peer.
     refusals_logged: HashMap<u64, Instant>,

@@ -8,7 +8,7 @@
 //! unavailable" and starts a build here, and raft-rs asks again at the next
 //! heartbeat answer. A build reads a frozen view of the state machine's
 //! store ([`crate::frozen`]), the state at the snapshot's index, while the
-//! consensus loop goes on heartbeating, appending and applying: sled 0.34
+//! consensus loop goes on heartbeating, appending and applying: the store
 //! has no point-in-time read of its own.
 
 // raft-rs' protobuf 2 types are built field by field, as its own code does.

@@ -193,7 +193,7 @@ async fn a_snapshot_saved_while_writes_go_on_founds_a_cluster_holding_every_writ
             .dir
             .path()
             .join("never")
-            .join("registry.sled")
+            .join("catalog.log")
             .exists()
     );
 
@@ -220,7 +220,7 @@ async fn a_snapshot_saved_while_writes_go_on_founds_a_cluster_holding_every_writ
             crl,
         ];
         args.extend_from_slice(more);
-        (lgsp(&args), data.join("registry.sled").exists())
+        (lgsp(&args), data.join("catalog.log").exists())
     };
     let tampered = file.with_extension("tampered");
     std::fs::write(
@@ -423,7 +423,7 @@ async fn a_backup_signed_by_a_registry_server_revoked_since_is_refused_on_restor
             server_tls.to_str().unwrap(),
         ];
         args.extend_from_slice(more);
-        (lgsp(&args), data.join("registry.sled").exists())
+        (lgsp(&args), data.join("catalog.log").exists())
     };
 
     // Without a CRL nothing is restored, and the refusal says why and

@@ -121,8 +121,8 @@ async fn a_wiped_server_that_founded_while_its_peers_were_down_stops_when_they_r
     }
     incarnations_recorded(&cluster).await;
     // Every server is killed at once right after the record is applied:
-    // it must already be on disk (flushed when applied, not in sled's
-    // background flush half a second later).
+    // it must already be on disk (flushed when applied, not left to a
+    // background writer).
     for id in 1..=3 {
         cluster.server_mut(id).kill9();
     }
