@@ -15,7 +15,7 @@
 //! `watch_history` changes), and needs no sync of its own per Ready since
 //! the log replays what it loses.
 //!
-//! The file (`raft.log`) is a sequence of records:
+//! The file (`raft.log`, `catalog.log`) is a sequence of records:
 //!
 //! | bytes | what |
 //! |---|---|
@@ -101,7 +101,7 @@ fn io(path: &Path, e: std::io::Error) -> StoreError {
     StoreError::Engine(format!("{}: {e}", path.display()))
 }
 
-/// The Raft log's keys in memory over an append-only file (see the module
+/// A store's keys in memory over an append-only file (see the module
 /// documentation). Clones share the same map and file.
 #[derive(Clone, Debug)]
 pub struct LogFileKv {
@@ -126,6 +126,9 @@ struct LogFile {
     /// The file's id, which its sync marks carry.
     id: FileId,
 }
+
+/// The largest encoding buffer kept between writes.
+const KEPT_BUFFER: usize = 1 << 20;
 
 /// The bytes one set takes in a record.
 fn set_size(key: &[u8], value: &[u8]) -> u64 {
@@ -167,7 +170,7 @@ fn append_file_id(out: &mut Vec<u8>, id: &FileId) {
 fn new_file_id() -> Result<FileId, StoreError> {
     let mut id = FileId::default();
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id)
-        .map_err(|_| StoreError::Engine("no randomness for the raft log's file id".into()))?;
+        .map_err(|_| StoreError::Engine("no randomness for a log file's id".into()))?;
     Ok(id)
 }
 
@@ -207,7 +210,6 @@ fn decode_batch(payload: &[u8]) -> Option<Batch> {
     Some(writes)
 }
 
-/// `fsync` of a directory, which makes the names in it durable.
 /// Makes the names in `dir` durable (a file created, renamed or removed).
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
@@ -466,6 +468,8 @@ impl LogFile {
         self.file = file;
         self.len = self.buffer.len() as u64;
         self.dirty = false;
+        // The copy of the whole live data is not kept.
+        self.buffer = Vec::new();
         self.append_mark()
     }
 
@@ -581,8 +585,15 @@ impl KvEngine for LogFileKv {
                 file.live = file.live.saturating_sub(set_size(&key, &old));
             }
         }
+        // A batch as large as a snapshot leaves no copy of itself behind.
+        if file.buffer.capacity() > KEPT_BUFFER {
+            file.buffer = Vec::new();
+        }
         if file.len >= REWRITE_MIN_BYTES && file.len >= file.live.saturating_mul(REWRITE_RATIO) {
-            file.rewrite(&map)?;
+            // Readers go on meanwhile; writers wait on the file's lock,
+            // held until the rewrite is done, so the map cannot change.
+            drop(map);
+            file.rewrite(&self.map())?;
         }
         Ok(())
     }

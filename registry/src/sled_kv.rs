@@ -1,5 +1,7 @@
-//! The sled engine under a registry server's [`Kv`](crate::kv::Kv): one
-//! tree, one `sled::Batch` per atomic write, durable only at `flush`.
+//! The sled engine under a [`Kv`](crate::kv::Kv): one tree, one
+//! `sled::Batch` per atomic write, durable only at `flush`. A node's copy of
+//! the catalog lives in it; a registry server's catalog did until
+//! `catalog.log` (`storage.rs` moves it out when an older directory opens).
 //!
 //! sled 0.34's own `flush` writes its buffers and waits with
 //! `sync_file_range` (sled issue #1452): that survives a crash of the
@@ -253,7 +255,7 @@ pub fn disk_usage(dir: &Path) -> Result<u64, StoreError> {
 /// - `<path>.old` without `<path>`: the crash fell between the two renames,
 ///   and the new database was complete and synced before the first: moved
 ///   into place.
-fn recover_compaction(path: &Path) -> Result<(), StoreError> {
+pub(crate) fn recover_compaction(path: &Path) -> Result<(), StoreError> {
     let new = compact_path(path, ".compacting");
     let old = compact_path(path, ".old");
     let remove = |p: &Path| match std::fs::remove_dir_all(p) {

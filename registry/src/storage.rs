@@ -116,6 +116,9 @@ pub struct RaftStore {
     machine: Arc<dyn StateMachine>,
     /// Snapshots for followers, built off the consensus thread.
     snapshots: Arc<SnapshotBuilder>,
+    /// The data directory's lock, held while any clone of the store lives
+    /// (none for a store not in a directory).
+    lock: Option<Arc<std::fs::File>>,
 }
 
 impl RaftStore {
@@ -123,6 +126,7 @@ impl RaftStore {
     pub fn open(dir: &Path, machine: Arc<dyn StateMachine>) -> Result<Self, RegistryError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| RegistryError::Storage(format!("{}: {e}", dir.display())))?;
+        let lock = lock_dir(dir)?;
         move_catalog_out_of_sled(dir)?;
         let engine = LogFileKv::open_named(dir, CATALOG_FILE_NAME).map_err(|e| match e {
             StoreError::Corrupt { .. } => RegistryError::Damaged(format!(
@@ -144,8 +148,16 @@ impl RaftStore {
             )),
             e => e,
         })?;
-        let store = Self::new(db, log, machine)?;
+        let mut store = Self::new(db, log, machine)?;
+        check_applied(&store).map_err(|e| match e {
+            RegistryError::Damaged(why) => RegistryError::Damaged(format!(
+                "{}: {why}. Replace this server by a new member {REPLACEMENT}",
+                dir.display()
+            )),
+            e => e,
+        })?;
         bind_log(&store.db, &store.log)?;
+        store.lock = Some(Arc::new(lock));
         Ok(store)
     }
 
@@ -164,6 +176,7 @@ impl RaftStore {
             compacted: Arc::new(RwLock::new((meta.index, meta.term))),
             machine,
             snapshots: Arc::new(SnapshotBuilder::default()),
+            lock: None,
         })
     }
 
@@ -386,60 +399,130 @@ impl RaftStore {
 const SLED_CATALOG: &str = "registry.sled";
 /// Where the catalog is copied out of sled before it is put in place.
 const MOVING_CATALOG: &str = "catalog.moving";
+/// Where sled's copy goes once the move is done, to be removed.
+const REMOVING_SLED: &str = "registry.sled.removing";
 
 /// Moves the catalog of a directory from before `catalog.log` out of sled:
+/// a compaction of sled's that a crash interrupted finished first, then
 /// every pair copied into `catalog.log` in a directory of its own, synced,
-/// renamed into place, and only then `registry.sled` removed. A crash before
-/// the rename leaves sled the store (the copy is made again); after it,
-/// `catalog.log` is, and sled's leftover copy is removed.
+/// renamed into place, and only then `registry.sled` renamed aside and
+/// removed. A crash before the rename leaves sled the store (the copy is
+/// made again); after it, `catalog.log` is, and sled's leftover copy is
+/// removed, never copied over it.
 fn move_catalog_out_of_sled(dir: &Path) -> Result<(), RegistryError> {
-    let sled = dir.join(SLED_CATALOG);
-    if !sled.exists() {
-        return Ok(());
-    }
     let storage = |path: &Path, e: &dyn fmt::Display| {
         RegistryError::Storage(format!("{}: {e}", path.display()))
     };
+    let exists = |path: &Path| path.try_exists().map_err(|e| storage(path, &e));
     let remove_dir = |path: &Path| match std::fs::remove_dir_all(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(storage(path, &e)),
         _ => Ok(()),
     };
+    let sled = dir.join(SLED_CATALOG);
     let target = dir.join(CATALOG_FILE_NAME);
-    if !target.exists() {
-        let moving = dir.join(MOVING_CATALOG);
-        remove_dir(&moving)?;
-        let pairs = {
-            let old = SledKv::open(&sled).map_err(|e| storage(&sled, &e))?;
-            let new = LogFileKv::open_named(&moving, CATALOG_FILE_NAME)
-                .map_err(|e| storage(&moving, &e))?;
-            let mut pairs = 0u64;
-            let mut batch = crate::kv::Batch::new();
-            for item in old.range(b"", None) {
-                let (key, value) = item?;
-                batch.insert(key, Some(value));
-                pairs += 1;
-                if batch.len() == 4096 {
-                    new.write(std::mem::take(&mut batch))?;
+    let moving = dir.join(MOVING_CATALOG);
+    let removing = dir.join(REMOVING_SLED);
+    crate::sled_kv::recover_compaction(&sled)?;
+    if exists(&sled)? {
+        if !exists(&target)? {
+            remove_dir(&moving)?;
+            let pairs = {
+                let old = SledKv::open(&sled).map_err(|e| storage(&sled, &e))?;
+                let new = LogFileKv::open_named(&moving, CATALOG_FILE_NAME)
+                    .map_err(|e| storage(&moving, &e))?;
+                let mut pairs = 0u64;
+                let mut batch = crate::kv::Batch::new();
+                for item in old.range(b"", None) {
+                    let (key, value) = item?;
+                    batch.insert(key, Some(value));
+                    pairs += 1;
+                    if batch.len() == MOVE_BATCH {
+                        new.write(std::mem::take(&mut batch))?;
+                    }
                 }
-            }
-            new.write(batch)?;
-            new.flush()?;
-            pairs
-        };
-        std::fs::rename(moving.join(CATALOG_FILE_NAME), &target)
-            .map_err(|e| storage(&target, &e))?;
+                new.write(batch)?;
+                new.flush()?;
+                pairs
+            };
+            std::fs::rename(moving.join(CATALOG_FILE_NAME), &target)
+                .map_err(|e| storage(&target, &e))?;
+            crate::log_file::sync_dir(dir)?;
+            tracing::info!(
+                pairs,
+                from = %sled.display(),
+                to = %target.display(),
+                "moved the catalog out of sled into its file"
+            );
+        }
+        // Renamed aside at once: a crash while removing it must not leave
+        // part of a sled store where the next start would look for one.
+        std::fs::rename(&sled, &removing).map_err(|e| storage(&sled, &e))?;
         crate::log_file::sync_dir(dir)?;
-        remove_dir(&moving)?;
-        tracing::info!(
-            pairs,
-            from = %sled.display(),
-            to = %target.display(),
-            "moved the catalog out of sled into its file"
-        );
     }
-    remove_dir(&sled)?;
-    crate::log_file::sync_dir(dir)?;
+    // Leftovers of a move, removed as best effort: the catalog is whole
+    // in its file whatever becomes of them.
+    for leftover in [&moving, &removing] {
+        if let Err(error) = remove_dir(leftover) {
+            tracing::warn!(%error, "could not remove what is left of moving the catalog out of sled");
+        }
+    }
     Ok(())
+}
+
+/// Pairs copied per record when the catalog moves out of sled.
+const MOVE_BATCH: usize = 4096;
+
+/// Refuses a catalog's store that is behind the log's compaction point:
+/// the entries it has not applied are gone from the log, so it can never
+/// catch up from it. Only writes to the catalog lost after they were synced
+/// (damage a power cut hid behind a missing sync mark) leave it so; raft-rs
+/// would panic on it.
+fn check_applied(store: &RaftStore) -> Result<(), RegistryError> {
+    let applied = store.applied()?;
+    let (compacted, _) = store.compaction_point();
+    if applied < compacted {
+        return Err(RegistryError::Damaged(format!(
+            "the catalog applied the log up to index {applied}, but the log was compacted up to {compacted}: writes to catalog.log were lost after they were synced"
+        )));
+    }
+    Ok(())
+}
+
+/// The file whose lock says a process has the data directory open.
+const LOCK_FILE: &str = "registry.lock";
+/// How long opening waits for another handle's lock to be let go (a
+/// store reopened in the same process, while the old one's threads end).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Locks `dir` for this process until the returned file is dropped: two
+/// processes writing one data directory would corrupt both files (each
+/// cutting or rewriting what the other appends).
+fn lock_dir(dir: &Path) -> Result<std::fs::File, RegistryError> {
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| RegistryError::Storage(format!("{}: {e}", path.display())))?;
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(RegistryError::Storage(format!(
+                    "{} is in use by another process (it holds {LOCK_FILE}): stop the registry server using it, or give another data directory",
+                    dir.display()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(RegistryError::Storage(format!("{}: {e}", path.display())));
+            }
+        }
+    }
 }
 
 /// Refuses, before anything in the store is changed, a `log` that is not
@@ -1158,6 +1241,10 @@ mod tests {
         }
         batch.insert(APPLIED, 7u64.to_be_bytes());
         batch.insert("s:Ủy ban nhân dân tỉnh".as_bytes(), "Sở Tư pháp".as_bytes());
+        // More pairs than one record of the move takes.
+        for i in 0..MOVE_BATCH + 10 {
+            batch.insert(format!("s:x/{i:05}"), [7u8; 40]);
+        }
         batch.commit().unwrap();
         sled.flush().unwrap();
         (dir, own)
@@ -1171,8 +1258,12 @@ mod tests {
             store.db().get("s:Ủy ban nhân dân tỉnh".as_bytes()).unwrap(),
             Some("Sở Tư pháp".as_bytes().to_vec())
         );
+        let moved = store.db().range(b"s:x/", Some(b"s:x0")).count();
+        assert_eq!(moved, MOVE_BATCH + 10, "every pair moves");
+        assert_eq!(store.db().get(b"s:only-in-a-partial-copy").unwrap(), None);
         drop(store);
         assert!(!dir.join(SLED_CATALOG).exists(), "sled's copy is removed");
+        assert!(!dir.join(REMOVING_SLED).exists());
         assert!(!dir.join(MOVING_CATALOG).exists());
         assert!(dir.join(CATALOG_FILE_NAME).exists());
     }
@@ -1183,11 +1274,31 @@ mod tests {
         let (dir, own) = sled_catalog_directory();
         assert_moved(dir.path(), own);
 
-        // A crash while copying: a partial copy beside sled, copied again.
+        // A crash while copying: a partial copy beside sled (whole records,
+        // one of them a pair sled does not hold), made again from sled.
         let (dir, own) = sled_catalog_directory();
         let moving = dir.path().join(MOVING_CATALOG);
-        std::fs::create_dir(&moving).unwrap();
-        std::fs::write(moving.join(CATALOG_FILE_NAME), b"half a copy").unwrap();
+        let partial = LogFileKv::open_named(&moving, CATALOG_FILE_NAME).unwrap();
+        let mut batch = crate::kv::Batch::new();
+        batch.insert(b"s:only-in-a-partial-copy".to_vec(), Some(b"x".to_vec()));
+        partial.write(batch).unwrap();
+        partial.flush().unwrap();
+        drop(partial);
+        assert_moved(dir.path(), own);
+
+        // A crash between sled's own compaction's two renames (a server of
+        // the version before): the compacted copy is the store, and moves.
+        let (dir, own) = sled_catalog_directory();
+        let sled = dir.path().join(SLED_CATALOG);
+        std::fs::rename(&sled, dir.path().join("registry.sled.compacting")).unwrap();
+        std::fs::create_dir(dir.path().join("registry.sled.old")).unwrap();
+        assert_moved(dir.path(), own);
+        assert!(!dir.path().join("registry.sled.old").exists());
+
+        // A crash while removing sled's copy, after it was renamed aside.
+        let (dir, own) = sled_catalog_directory();
+        drop(RaftStore::open(dir.path(), Arc::new(Stateless)).unwrap());
+        std::fs::create_dir_all(dir.path().join(REMOVING_SLED).join("half")).unwrap();
         assert_moved(dir.path(), own);
 
         // A crash after the rename: the file is the catalog, sled a leftover
@@ -1201,6 +1312,49 @@ mod tests {
         stale.flush().unwrap();
         drop(stale);
         assert_moved(dir.path(), own);
+    }
+
+    #[test]
+    fn a_catalog_behind_the_logs_compaction_point_refuses_to_open_as_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = RaftStore::open(dir.path(), Arc::new(Stateless)).unwrap();
+            store.bootstrap(&[1, 2, 3]).unwrap();
+            // The log compacted past what the catalog still holds: as if
+            // the catalog's last synced writes were cut at a start.
+            let mut meta = SnapshotMetadata::default();
+            meta.index = 40;
+            meta.term = 2;
+            let mut batch = Staged::new(store.log());
+            batch.insert(SNAP_META, encode(&meta));
+            batch.commit().unwrap();
+            store.log().flush().unwrap();
+        }
+        let why = damaged_refusal(dir.path());
+        assert!(
+            why.contains("applied the log up to index 1, but the log was compacted up to 40")
+                && why.contains("Replace this server by a new member"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn a_data_directory_open_in_one_process_is_refused_to_another_and_freed_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RaftStore::open(dir.path(), Arc::new(Stateless)).unwrap();
+        let clone = store.clone();
+        drop(store);
+        // flock: another open file description conflicts, in this process
+        // as in another.
+        match RaftStore::open(dir.path(), Arc::new(Stateless)) {
+            Err(RegistryError::Storage(why)) => {
+                assert!(why.contains("is in use by another process"), "{why}")
+            }
+            Err(other) => panic!("refused for another reason: {other}"),
+            Ok(_) => panic!("opened a data directory another handle holds"),
+        }
+        drop(clone);
+        drop(RaftStore::open(dir.path(), Arc::new(Stateless)).unwrap());
     }
 
     #[test]
