@@ -55,12 +55,12 @@
 //! when its mark never reached the disk (a power cut within seconds of it).
 //!
 //! When the file holds much more than the live keys (entries compacted away,
-//! hard states and records replaced), it is rewritten as one record into
-//! `<name>.new`, synced, and renamed over the old one, then the directory
-//! synced: a crash leaves the old file or the new one, both complete. The
-//! rewrite runs in the write that crossed the threshold, under the lock, so
-//! on the consensus thread: about a millisecond per MB of live data here,
-//! once per three times the live size written.
+//! hard states and records replaced), it is rewritten into `<name>.new` on a
+//! thread of its own while writes go on (see [`Rewrite`]), synced, and
+//! renamed over the old one, then the directory synced: a crash leaves the
+//! old file or the new one, both complete. Writes wait only for the records
+//! written meanwhile to be appended and synced, and the rename. A file
+//! without an id is rewritten in place when it opens, as one record.
 
 use crate::error::StoreError;
 use crate::kv::{Batch, Entries, KvEngine};
@@ -125,7 +125,28 @@ struct LogFile {
     buffer: Vec<u8>,
     /// The file's id, which its sync marks carry.
     id: FileId,
+    /// A rewrite running on a thread of its own, if one is.
+    rewriting: Option<Rewrite>,
+    /// No rewrite starts before the file is this long (after one failed).
+    next_rewrite_at: u64,
 }
+
+/// A rewrite in the background: a thread copies the live pairs, a page
+/// under the map's read lock at a time, into `<name>.new` after a new file
+/// id; meanwhile every record written is also kept in `tail`. Finishing
+/// appends the tail to the copy, syncs it and renames it into place: a key
+/// written after its page was copied is in the tail, which replays last, so
+/// the new file ends as the map does.
+#[derive(Debug)]
+struct Rewrite {
+    thread: std::thread::JoinHandle<Result<File, StoreError>>,
+    id: FileId,
+    tail: Vec<u8>,
+    started: std::time::Instant,
+}
+
+/// Pairs a background rewrite copies per hold of the map's read lock.
+const REWRITE_PAGE: usize = 1024;
 
 /// The largest encoding buffer kept between writes.
 const KEPT_BUFFER: usize = 1 << 20;
@@ -393,6 +414,8 @@ impl LogFileKv {
             dirty: false,
             buffer: Vec::new(),
             id: id.unwrap_or_default(),
+            rewriting: None,
+            next_rewrite_at: 0,
         };
         if id.is_none() {
             // A new file, or one an older version wrote: written anew with
@@ -416,6 +439,28 @@ impl LogFileKv {
     /// Bytes in the file now.
     pub fn file_len(&self) -> u64 {
         self.file.lock().unwrap_or_else(PoisonError::into_inner).len
+    }
+
+    /// Waits for a background rewrite, if one runs, and puts it in place.
+    #[cfg(test)]
+    fn finish_rewrite(&self) {
+        self.file
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .finish_rewrite(true)
+            .unwrap();
+    }
+}
+
+impl Drop for LogFile {
+    /// A background rewrite ends with the store: its thread is waited for
+    /// and its copy removed, so that no copy left running can write over the
+    /// rewrite of a store opened again on the same directory.
+    fn drop(&mut self) {
+        if let Some(rewrite) = self.rewriting.take() {
+            let _ = rewrite.thread.join();
+            let _ = std::fs::remove_file(self.dir.join(new_file_name(self.name)));
+        }
     }
 }
 
@@ -463,13 +508,90 @@ impl LogFile {
             before = self.len,
             after = self.buffer.len(),
             file = self.name,
-            "rewrote the file without its dead records"
+            "wrote the file anew with an id"
         );
         self.file = file;
         self.len = self.buffer.len() as u64;
         self.dirty = false;
         // The copy of the whole live data is not kept.
         self.buffer = Vec::new();
+        self.append_mark()
+    }
+
+    /// Starts rewriting the file without its dead records on a thread of
+    /// its own (see [`Rewrite`]).
+    fn start_rewrite(
+        &mut self,
+        map: &Arc<RwLock<BTreeMap<Vec<u8>, Vec<u8>>>>,
+    ) -> Result<(), StoreError> {
+        let id = new_file_id()?;
+        let new = self.dir.join(new_file_name(self.name));
+        let map = map.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("rewrite {}", self.name))
+            .spawn(move || copy_live(&new, &id, &map))
+            .map_err(|e| StoreError::Engine(format!("cannot start a rewrite: {e}")))?;
+        self.rewriting = Some(Rewrite {
+            thread,
+            id,
+            tail: Vec::new(),
+            started: std::time::Instant::now(),
+        });
+        Ok(())
+    }
+
+    /// Puts a background rewrite's file in place once its copy is done
+    /// (`wait`: waits for it): the records written meanwhile appended, the
+    /// whole synced, renamed over the old file, the directory synced. A copy
+    /// that failed is dropped and logged, and tried again only once the file
+    /// has grown by as much again: the old file is whole.
+    fn finish_rewrite(&mut self, wait: bool) -> Result<(), StoreError> {
+        if !self
+            .rewriting
+            .as_ref()
+            .is_some_and(|r| wait || r.thread.is_finished())
+        {
+            return Ok(());
+        }
+        let Some(rewrite) = self.rewriting.take() else {
+            return Ok(());
+        };
+        let new = self.dir.join(new_file_name(self.name));
+        let copied = rewrite
+            .thread
+            .join()
+            .unwrap_or_else(|_| Err(StoreError::Engine("the rewrite's thread panicked".into())));
+        let placed = copied.and_then(|mut file| {
+            file.write_all(&rewrite.tail).map_err(|e| io(&new, e))?;
+            file.sync_data().map_err(|e| io(&new, e))?;
+            let len = file.metadata().map_err(|e| io(&new, e))?.len();
+            std::fs::rename(&new, self.path()).map_err(|e| io(&new, e))?;
+            Ok((file, len))
+        });
+        let (file, len) = match placed {
+            Ok(placed) => placed,
+            Err(error) => {
+                tracing::warn!(%error, file = self.name, "could not rewrite the file without its dead records; it goes on as it is");
+                let _ = std::fs::remove_file(&new);
+                self.next_rewrite_at = self.len.saturating_add(self.len);
+                return Ok(());
+            }
+        };
+        // From here the new file is the store: write on it, and a failure
+        // to make its name durable is the store's.
+        let before = std::mem::replace(&mut self.len, len);
+        self.file = file;
+        self.id = rewrite.id;
+        self.dirty = false;
+        sync_dir(&self.dir)?;
+        let took_ms = rewrite.started.elapsed().as_millis() as u64;
+        tracing::debug!(
+            before,
+            after = len,
+            file = self.name,
+            took_ms,
+            "rewrote the file without its dead records"
+        );
         self.append_mark()
     }
 
@@ -486,6 +608,51 @@ impl LogFile {
             .map_err(|e| io(&self.path(), e))?;
         self.len += self.buffer.len() as u64;
         Ok(())
+    }
+}
+
+/// A background rewrite's copy (see [`Rewrite`]): a new file at `new`
+/// holding the file id `id`, then every pair of `map`, a page per record
+/// and per hold of the read lock; not synced (finishing syncs it whole).
+fn copy_live(
+    new: &Path,
+    id: &FileId,
+    map: &RwLock<BTreeMap<Vec<u8>, Vec<u8>>>,
+) -> Result<File, StoreError> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .truncate(false)
+        .open(new)
+        .map_err(|e| io(new, e))?;
+    file.set_len(0).map_err(|e| io(new, e))?;
+    let mut buffer = Vec::new();
+    append_file_id(&mut buffer, id);
+    let mut start = Vec::new();
+    loop {
+        let mut copied = 0;
+        {
+            let map = map.read().unwrap_or_else(PoisonError::into_inner);
+            let mut page = map.range(start.clone()..).take(REWRITE_PAGE).peekable();
+            if page.peek().is_some() {
+                append_record(
+                    &mut buffer,
+                    &mut page.map(|(k, v)| {
+                        copied += 1;
+                        start.clone_from(k);
+                        (k.as_slice(), Some(v.as_slice()))
+                    }),
+                );
+            }
+        }
+        file.write_all(&buffer).map_err(|e| io(new, e))?;
+        buffer.clear();
+        if copied < REWRITE_PAGE {
+            return Ok(file);
+        }
+        // The least key after the last one copied.
+        start.push(0);
     }
 }
 
@@ -585,15 +752,20 @@ impl KvEngine for LogFileKv {
                 file.live = file.live.saturating_sub(set_size(&key, &old));
             }
         }
+        drop(map);
+        if let Some(rewrite) = &mut file.rewriting {
+            rewrite.tail.extend_from_slice(&file.buffer);
+        }
         // A batch as large as a snapshot leaves no copy of itself behind.
         if file.buffer.capacity() > KEPT_BUFFER {
             file.buffer = Vec::new();
         }
-        if file.len >= REWRITE_MIN_BYTES && file.len >= file.live.saturating_mul(REWRITE_RATIO) {
-            // Readers go on meanwhile; writers wait on the file's lock,
-            // held until the rewrite is done, so the map cannot change.
-            drop(map);
-            file.rewrite(&self.map())?;
+        file.finish_rewrite(false)?;
+        if file.rewriting.is_none()
+            && file.len >= REWRITE_MIN_BYTES.max(file.next_rewrite_at)
+            && file.len >= file.live.saturating_mul(REWRITE_RATIO)
+        {
+            file.start_rewrite(&self.map)?;
         }
         Ok(())
     }
@@ -602,6 +774,7 @@ impl KvEngine for LogFileKv {
     /// then its sync mark appended.
     fn flush(&self) -> Result<(), StoreError> {
         let mut file = self.file.lock().unwrap_or_else(PoisonError::into_inner);
+        file.finish_rewrite(false)?;
         if !file.dirty {
             return Ok(());
         }
@@ -870,6 +1043,67 @@ mod tests {
     }
 
     #[test]
+    fn writes_made_after_a_background_rewrite_copied_all_land_in_the_new_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = LogFileKv::open(dir.path()).unwrap();
+        let value = "x".repeat(16 << 10);
+        // Enough live pairs for several pages of the copy.
+        for i in 0..3 * REWRITE_PAGE {
+            kv.write(batch(&[(format!("live/{i:05}").as_str(), Some("v0"))]))
+                .unwrap();
+        }
+        // Overwrites until the file is dead enough: a rewrite starts.
+        let mut i = 0;
+        while kv.file.lock().unwrap().rewriting.is_none() {
+            kv.write(batch(&[(
+                format!("dead/{}", i % 8).as_str(),
+                Some(value.as_str()),
+            )]))
+            .unwrap();
+            i += 1;
+        }
+        // Written once it has copied every page (so only the records kept
+        // meanwhile can carry them): a changed pair, a removed one, a new one.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !kv
+            .file
+            .lock()
+            .unwrap()
+            .rewriting
+            .as_ref()
+            .unwrap()
+            .thread
+            .is_finished()
+        {
+            assert!(std::time::Instant::now() < deadline, "the copy never ended");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        kv.write(batch(&[
+            ("live/00000", Some("v1")),
+            ("live/02047", None),
+            ("live/zz", Some("Sở Tư pháp")),
+        ]))
+        .unwrap();
+        kv.finish_rewrite();
+        kv.write(batch(&[("after", Some("1"))])).unwrap();
+        kv.flush().unwrap();
+        let len = kv.file_len();
+        assert!(len < REWRITE_MIN_BYTES, "rewritten: {len} bytes");
+        drop(kv);
+        let kv = LogFileKv::open(dir.path()).unwrap();
+        assert_eq!(kv.get(b"live/00000").unwrap(), Some(b"v1".to_vec()));
+        assert_eq!(kv.get(b"live/02047").unwrap(), None);
+        assert_eq!(kv.get(b"live/00001").unwrap(), Some(b"v0".to_vec()));
+        assert_eq!(
+            kv.get(b"live/zz").unwrap(),
+            Some("Sở Tư pháp".as_bytes().to_vec())
+        );
+        assert_eq!(kv.get(b"after").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(kv.range(b"live/", Some(b"live0")).count(), 3 * REWRITE_PAGE);
+        assert_eq!(kv.range(b"dead/", Some(b"dead0")).count(), 8);
+    }
+
+    #[test]
     fn a_file_mostly_dead_is_rewritten_with_the_live_keys_only() {
         let dir = tempfile::tempdir().unwrap();
         let kv = LogFileKv::open(dir.path()).unwrap();
@@ -881,6 +1115,7 @@ mod tests {
                 .unwrap();
         }
         kv.write(batch(&[("last", Some("1"))])).unwrap();
+        kv.finish_rewrite();
         kv.flush().unwrap();
         let len = kv.file_len();
         assert!(
