@@ -129,6 +129,12 @@ struct LogFile {
     rewriting: Option<Rewrite>,
     /// No rewrite starts before the file is this long (after one failed).
     next_rewrite_at: u64,
+    /// A rewrite was renamed into place but the directory's sync failed:
+    /// no flush succeeds until it does.
+    dir_unsynced: bool,
+    /// The data directory's lock, kept until this file's rewrite thread
+    /// has ended (see [`LogFileKv::hold_lock`]).
+    lock: Option<Arc<File>>,
 }
 
 /// A rewrite in the background: a thread copies the live pairs, a page
@@ -143,10 +149,14 @@ struct Rewrite {
     id: FileId,
     tail: Vec<u8>,
     started: std::time::Instant,
+    /// Tells the copy to stop (the store dropped, or the tail grew too long).
+    cancel: Arc<std::sync::atomic::AtomicBool>,
 }
 
-/// Pairs a background rewrite copies per hold of the map's read lock.
+/// Pairs a background rewrite copies per hold of the map's read lock...
 const REWRITE_PAGE: usize = 1024;
+/// ...and bytes, whichever comes first.
+const REWRITE_PAGE_BYTES: usize = 1 << 20;
 
 /// The largest encoding buffer kept between writes.
 const KEPT_BUFFER: usize = 1 << 20;
@@ -416,6 +426,8 @@ impl LogFileKv {
             id: id.unwrap_or_default(),
             rewriting: None,
             next_rewrite_at: 0,
+            dir_unsynced: false,
+            lock: None,
         };
         if id.is_none() {
             // A new file, or one an older version wrote: written anew with
@@ -441,6 +453,15 @@ impl LogFileKv {
         self.file.lock().unwrap_or_else(PoisonError::into_inner).len
     }
 
+    /// Keeps the data directory's `lock` until this store's last clone is
+    /// dropped and its rewrite thread, if one runs, has ended.
+    pub fn hold_lock(&self, lock: Arc<File>) {
+        self.file
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .lock = Some(lock);
+    }
+
     /// Waits for a background rewrite, if one runs, and puts it in place.
     #[cfg(test)]
     fn finish_rewrite(&self) {
@@ -458,6 +479,9 @@ impl Drop for LogFile {
     /// rewrite of a store opened again on the same directory.
     fn drop(&mut self) {
         if let Some(rewrite) = self.rewriting.take() {
+            rewrite
+                .cancel
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             let _ = rewrite.thread.join();
             let _ = std::fs::remove_file(self.dir.join(new_file_name(self.name)));
         }
@@ -519,25 +543,56 @@ impl LogFile {
     }
 
     /// Starts rewriting the file without its dead records on a thread of
-    /// its own (see [`Rewrite`]).
-    fn start_rewrite(
-        &mut self,
-        map: &Arc<RwLock<BTreeMap<Vec<u8>, Vec<u8>>>>,
-    ) -> Result<(), StoreError> {
-        let id = new_file_id()?;
+    /// its own (see [`Rewrite`]). One that cannot start is logged and tried
+    /// again once the file has doubled: the write that asked is done.
+    fn start_rewrite(&mut self, map: &Arc<RwLock<BTreeMap<Vec<u8>, Vec<u8>>>>) {
         let new = self.dir.join(new_file_name(self.name));
         let map = map.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("rewrite {}", self.name))
-            .spawn(move || copy_live(&new, &id, &map))
-            .map_err(|e| StoreError::Engine(format!("cannot start a rewrite: {e}")))?;
-        self.rewriting = Some(Rewrite {
-            thread,
-            id,
-            tail: Vec::new(),
-            started: std::time::Instant::now(),
+        let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = cancel.clone();
+        let started = new_file_id().and_then(|id| {
+            std::thread::Builder::new()
+                .name(format!("rewrite {}", self.name))
+                .spawn(move || copy_live(&new, &id, &map, &stop))
+                .map(|thread| (id, thread))
+                .map_err(|e| StoreError::Engine(format!("cannot start a rewrite: {e}")))
         });
-        Ok(())
+        match started {
+            Ok((id, thread)) => {
+                self.rewriting = Some(Rewrite {
+                    thread,
+                    id,
+                    tail: Vec::new(),
+                    started: std::time::Instant::now(),
+                    cancel,
+                });
+            }
+            Err(error) => {
+                tracing::warn!(%error, file = self.name, "could not start rewriting the file without its dead records; it goes on as it is");
+                self.next_rewrite_at = self.len.saturating_mul(2);
+            }
+        }
+    }
+
+    /// Keeps `record`, just written, for the rewrite running, if one is;
+    /// gives the rewrite up when what it keeps outgrows the live data (writes
+    /// faster than it copies): the next starts once the file has doubled.
+    fn keep_for_rewrite(&mut self, record: &[u8]) {
+        let Some(rewrite) = &mut self.rewriting else {
+            return;
+        };
+        rewrite.tail.extend_from_slice(record);
+        if rewrite.tail.len() as u64 > self.live.max(REWRITE_MIN_BYTES) {
+            rewrite
+                .cancel
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            rewrite.tail = Vec::new();
+            tracing::warn!(
+                file = self.name,
+                "gave up rewriting the file: it was written faster than copied"
+            );
+            self.next_rewrite_at = self.len.saturating_mul(2);
+        }
     }
 
     /// Puts a background rewrite's file in place once its copy is done
@@ -561,7 +616,11 @@ impl LogFile {
             .thread
             .join()
             .unwrap_or_else(|_| Err(StoreError::Engine("the rewrite's thread panicked".into())));
+        let cancelled = rewrite.cancel.load(std::sync::atomic::Ordering::Relaxed);
         let placed = copied.and_then(|mut file| {
+            if cancelled {
+                return Err(StoreError::Engine("given up".into()));
+            }
             file.write_all(&rewrite.tail).map_err(|e| io(&new, e))?;
             file.sync_data().map_err(|e| io(&new, e))?;
             let len = file.metadata().map_err(|e| io(&new, e))?.len();
@@ -571,9 +630,11 @@ impl LogFile {
         let (file, len) = match placed {
             Ok(placed) => placed,
             Err(error) => {
-                tracing::warn!(%error, file = self.name, "could not rewrite the file without its dead records; it goes on as it is");
+                if !cancelled {
+                    tracing::warn!(%error, file = self.name, "could not rewrite the file without its dead records; it goes on as it is");
+                    self.next_rewrite_at = self.len.saturating_mul(2);
+                }
                 let _ = std::fs::remove_file(&new);
-                self.next_rewrite_at = self.len.saturating_add(self.len);
                 return Ok(());
             }
         };
@@ -583,7 +644,10 @@ impl LogFile {
         self.file = file;
         self.id = rewrite.id;
         self.dirty = false;
+        self.next_rewrite_at = 0;
+        self.dir_unsynced = true;
         sync_dir(&self.dir)?;
+        self.dir_unsynced = false;
         let took_ms = rewrite.started.elapsed().as_millis() as u64;
         tracing::debug!(
             before,
@@ -613,11 +677,13 @@ impl LogFile {
 
 /// A background rewrite's copy (see [`Rewrite`]): a new file at `new`
 /// holding the file id `id`, then every pair of `map`, a page per record
-/// and per hold of the read lock; not synced (finishing syncs it whole).
+/// and per hold of the read lock, synced (finishing then syncs only what
+/// was written meanwhile). Stops with an error once `cancel` is set.
 fn copy_live(
     new: &Path,
     id: &FileId,
     map: &RwLock<BTreeMap<Vec<u8>, Vec<u8>>>,
+    cancel: &std::sync::atomic::AtomicBool,
 ) -> Result<File, StoreError> {
     let mut file = OpenOptions::new()
         .read(true)
@@ -631,24 +697,35 @@ fn copy_live(
     append_file_id(&mut buffer, id);
     let mut start = Vec::new();
     loop {
-        let mut copied = 0;
+        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(StoreError::Engine("the rewrite was given up".into()));
+        }
+        let (mut copied, mut bytes, mut last) = (0, 0, false);
         {
             let map = map.read().unwrap_or_else(PoisonError::into_inner);
-            let mut page = map.range(start.clone()..).take(REWRITE_PAGE).peekable();
+            let mut range = map.range(start.clone()..);
+            let mut page = std::iter::from_fn(|| {
+                if copied == REWRITE_PAGE || bytes >= REWRITE_PAGE_BYTES {
+                    return None;
+                }
+                let Some((k, v)) = range.next() else {
+                    last = true;
+                    return None;
+                };
+                copied += 1;
+                bytes += k.len() + v.len();
+                start.clone_from(k);
+                Some((k.as_slice(), Some(v.as_slice())))
+            })
+            .peekable();
             if page.peek().is_some() {
-                append_record(
-                    &mut buffer,
-                    &mut page.map(|(k, v)| {
-                        copied += 1;
-                        start.clone_from(k);
-                        (k.as_slice(), Some(v.as_slice()))
-                    }),
-                );
+                append_record(&mut buffer, &mut page);
             }
         }
         file.write_all(&buffer).map_err(|e| io(new, e))?;
         buffer.clear();
-        if copied < REWRITE_PAGE {
+        if last {
+            file.sync_data().map_err(|e| io(new, e))?;
             return Ok(file);
         }
         // The least key after the last one copied.
@@ -753,9 +830,9 @@ impl KvEngine for LogFileKv {
             }
         }
         drop(map);
-        if let Some(rewrite) = &mut file.rewriting {
-            rewrite.tail.extend_from_slice(&file.buffer);
-        }
+        let record = std::mem::take(&mut file.buffer);
+        file.keep_for_rewrite(&record);
+        file.buffer = record;
         // A batch as large as a snapshot leaves no copy of itself behind.
         if file.buffer.capacity() > KEPT_BUFFER {
             file.buffer = Vec::new();
@@ -765,7 +842,7 @@ impl KvEngine for LogFileKv {
             && file.len >= REWRITE_MIN_BYTES.max(file.next_rewrite_at)
             && file.len >= file.live.saturating_mul(REWRITE_RATIO)
         {
-            file.start_rewrite(&self.map)?;
+            file.start_rewrite(&self.map);
         }
         Ok(())
     }
@@ -775,6 +852,10 @@ impl KvEngine for LogFileKv {
     fn flush(&self) -> Result<(), StoreError> {
         let mut file = self.file.lock().unwrap_or_else(PoisonError::into_inner);
         file.finish_rewrite(false)?;
+        if file.dir_unsynced {
+            sync_dir(&file.dir)?;
+            file.dir_unsynced = false;
+        }
         if !file.dirty {
             return Ok(());
         }
@@ -1101,6 +1182,40 @@ mod tests {
         assert_eq!(kv.get(b"after").unwrap(), Some(b"1".to_vec()));
         assert_eq!(kv.range(b"live/", Some(b"live0")).count(), 3 * REWRITE_PAGE);
         assert_eq!(kv.range(b"dead/", Some(b"dead0")).count(), 8);
+    }
+
+    #[test]
+    fn a_background_copy_takes_every_pair_in_pages_bounded_by_bytes_and_stops_when_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut map = BTreeMap::new();
+        for i in 0..40u8 {
+            map.insert(vec![b'b', i], vec![i; 64 << 10]);
+        }
+        for i in 0..(2 * REWRITE_PAGE + 3) {
+            map.insert(format!("s/{i:05}").into_bytes(), b"v".to_vec());
+        }
+        let map = RwLock::new(map);
+        let id = new_file_id().unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        drop(copy_live(&dir.path().join(FILE_NAME), &id, &map, &stop).unwrap());
+        let bytes = std::fs::read(dir.path().join(FILE_NAME)).unwrap();
+        let mut copied = BTreeMap::new();
+        assert!(
+            matches!(replay(&bytes, &mut copied), Replayed::UpTo { at, id: Some(read) } if at == bytes.len() && read == id)
+        );
+        assert_eq!(copied, *map.read().unwrap());
+        // The file id, then 2.5 MiB of large values in pages of 1 MiB (16,
+        // 16, then 8 with 1,016 small pairs: 1,024), then 1,024 and 11
+        // small pairs: five pages.
+        let mut records = 0;
+        let mut at = 0;
+        while let Some((_, next)) = record_at(&bytes, at) {
+            records += 1;
+            at = next;
+        }
+        assert_eq!(records, 1 + 5);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(copy_live(&dir.path().join("other"), &id, &map, &stop).is_err());
     }
 
     #[test]

@@ -126,7 +126,7 @@ impl RaftStore {
     pub fn open(dir: &Path, machine: Arc<dyn StateMachine>) -> Result<Self, RegistryError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| RegistryError::Storage(format!("{}: {e}", dir.display())))?;
-        let lock = lock_dir(dir)?;
+        let lock = Arc::new(lock_dir(dir)?);
         move_catalog_out_of_sled(dir)?;
         let engine = LogFileKv::open_named(dir, CATALOG_FILE_NAME).map_err(|e| match e {
             StoreError::Corrupt { .. } => RegistryError::Damaged(format!(
@@ -140,6 +140,9 @@ impl RaftStore {
             )),
             e => RegistryError::Storage(format!("{}: {e}", dir.display())),
         })?;
+        // Each file keeps the lock too, until its rewrite thread has ended.
+        engine.hold_lock(lock.clone());
+        log.hold_lock(lock.clone());
         let (db, log) = (Kv::new(engine), Kv::new(log));
         check_log(&db, &log).map_err(|e| match e {
             RegistryError::Damaged(why) => RegistryError::Damaged(format!(
@@ -157,7 +160,7 @@ impl RaftStore {
             e => e,
         })?;
         bind_log(&store.db, &store.log)?;
-        store.lock = Some(Arc::new(lock));
+        store.lock = Some(lock);
         Ok(store)
     }
 
