@@ -84,7 +84,14 @@ impl RegistryServer {
         };
         drop((bind(config.listen).await?, bind(config.peer_listen).await?));
 
-        let store = RaftStore::open(&config.data_dir, Arc::new(catalog::Catalog))?;
+        // Opening reads both files whole and may wait up to 2 s for the
+        // data directory's lock: off the runtime's threads.
+        let data_dir = config.data_dir.clone();
+        let store = tokio::task::spawn_blocking(move || {
+            RaftStore::open(&data_dir, Arc::new(catalog::Catalog))
+        })
+        .await
+        .map_err(|e| RegistryError::Storage(format!("opening the store stopped: {e}")))??;
         let incarnation = incarnation::own(store.db())?;
         // Peers that did not answer before this server founded a cluster:
         // asked again once it runs (see `recheck_peers`).
