@@ -429,6 +429,7 @@ impl LogFileKv {
             dir_unsynced: false,
             lock: None,
         };
+        let map = RwLock::new(map);
         if id.is_none() {
             // A new file, or one an older version wrote: written anew with
             // an id, synced and renamed into place (the cut above with it).
@@ -439,7 +440,7 @@ impl LogFileKv {
             sync_dir(dir)?;
         }
         Ok(Self {
-            map: Arc::new(RwLock::new(map)),
+            map: Arc::new(map),
             file: Arc::new(Mutex::new(log)),
         })
     }
@@ -503,43 +504,38 @@ impl LogFile {
         Ok(())
     }
 
-    /// Writes a new file id and `map` whole as one record into a new file,
-    /// synced, and puts it in place of the old one.
-    fn rewrite(&mut self, map: &BTreeMap<Vec<u8>, Vec<u8>>) -> Result<(), StoreError> {
+    /// Writes a new file id and `map` into a new file, synced, and puts it
+    /// in place of the old one, here and now (a file opened without an id).
+    fn rewrite(&mut self, map: &RwLock<BTreeMap<Vec<u8>, Vec<u8>>>) -> Result<(), StoreError> {
         let new = self.dir.join(new_file_name(self.name));
-        self.id = new_file_id()?;
-        self.buffer.clear();
-        append_file_id(&mut self.buffer, &self.id);
-        if !map.is_empty() {
-            append_record(
-                &mut self.buffer,
-                &mut map.iter().map(|(k, v)| (k.as_slice(), Some(v.as_slice()))),
-            );
-        }
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .truncate(false)
-            .open(&new)
-            .map_err(|e| io(&new, e))?;
-        file.set_len(0).map_err(|e| io(&new, e))?;
-        file.write_all(&self.buffer).map_err(|e| io(&new, e))?;
-        file.sync_data().map_err(|e| io(&new, e))?;
+        let id = new_file_id()?;
+        let file = copy_live(&new, &id, map, &std::sync::atomic::AtomicBool::new(false))?;
+        let len = file.metadata().map_err(|e| io(&new, e))?.len();
         std::fs::rename(&new, self.path()).map_err(|e| io(&new, e))?;
-        sync_dir(&self.dir)?;
+        let before = self.adopt(file, id, len)?;
         tracing::debug!(
-            before = self.len,
-            after = self.buffer.len(),
+            before,
+            after = len,
             file = self.name,
             "wrote the file anew with an id"
         );
-        self.file = file;
-        self.len = self.buffer.len() as u64;
-        self.dirty = false;
-        // The copy of the whole live data is not kept.
-        self.buffer = Vec::new();
         self.append_mark()
+    }
+
+    /// Writes on `file` (of id `id`, `len` bytes, synced), just renamed over
+    /// the old one, from now on, once its name is durable; returns the old
+    /// file's length. A failed directory sync is the store's, and keeps every
+    /// flush failing until one succeeds.
+    fn adopt(&mut self, file: File, id: FileId, len: u64) -> Result<u64, StoreError> {
+        let before = std::mem::replace(&mut self.len, len);
+        self.file = file;
+        self.id = id;
+        self.dirty = false;
+        self.next_rewrite_at = 0;
+        self.dir_unsynced = true;
+        sync_dir(&self.dir)?;
+        self.dir_unsynced = false;
+        Ok(before)
     }
 
     /// Starts rewriting the file without its dead records on a thread of
@@ -638,16 +634,7 @@ impl LogFile {
                 return Ok(());
             }
         };
-        // From here the new file is the store: write on it, and a failure
-        // to make its name durable is the store's.
-        let before = std::mem::replace(&mut self.len, len);
-        self.file = file;
-        self.id = rewrite.id;
-        self.dirty = false;
-        self.next_rewrite_at = 0;
-        self.dir_unsynced = true;
-        sync_dir(&self.dir)?;
-        self.dir_unsynced = false;
+        let before = self.adopt(file, rewrite.id, len)?;
         let took_ms = rewrite.started.elapsed().as_millis() as u64;
         tracing::debug!(
             before,

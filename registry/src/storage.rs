@@ -128,37 +128,36 @@ impl RaftStore {
             .map_err(|e| RegistryError::Storage(format!("{}: {e}", dir.display())))?;
         let lock = Arc::new(lock_dir(dir)?);
         move_catalog_out_of_sled(dir)?;
-        let engine = LogFileKv::open_named(dir, CATALOG_FILE_NAME).map_err(|e| match e {
-            StoreError::Corrupt { .. } => RegistryError::Damaged(format!(
-                "{e}. The catalog's store lost writes it had synced. Replace this server by a new member {REPLACEMENT}"
+        // Synced bytes changed on disk: what follows, and whom to replace.
+        let corrupt = |then: &'static str| {
+            move |e: StoreError| match e {
+                StoreError::Corrupt { .. } => {
+                    RegistryError::Damaged(format!("{e}. {then} by a new member {REPLACEMENT}"))
+                }
+                e => RegistryError::Storage(format!("{}: {e}", dir.display())),
+            }
+        };
+        // A refusal of this directory as a whole.
+        let replace = |e: RegistryError| match e {
+            RegistryError::Damaged(why) => RegistryError::Damaged(format!(
+                "{}: {why}. Replace this server by a new member {REPLACEMENT}",
+                dir.display()
             )),
-            e => RegistryError::Storage(format!("{}: {e}", dir.display())),
-        })?;
-        let log = LogFileKv::open(dir).map_err(|e| match e {
-            StoreError::Corrupt { .. } => RegistryError::Damaged(format!(
-                "{e}. Starting on would let this server vote as if it still held them. Replace it by a new member {REPLACEMENT}"
-            )),
-            e => RegistryError::Storage(format!("{}: {e}", dir.display())),
-        })?;
+            e => e,
+        };
+        let engine = LogFileKv::open_named(dir, CATALOG_FILE_NAME).map_err(corrupt(
+            "The catalog's store lost writes it had synced. Replace this server",
+        ))?;
+        let log = LogFileKv::open(dir).map_err(corrupt(
+            "Starting on would let this server vote as if it still held them. Replace it",
+        ))?;
         // Each file keeps the lock too, until its rewrite thread has ended.
         engine.hold_lock(lock.clone());
         log.hold_lock(lock.clone());
         let (db, log) = (Kv::new(engine), Kv::new(log));
-        check_log(&db, &log).map_err(|e| match e {
-            RegistryError::Damaged(why) => RegistryError::Damaged(format!(
-                "{}: {why}. Replace this server by a new member {REPLACEMENT}",
-                dir.display()
-            )),
-            e => e,
-        })?;
+        check_log(&db, &log).map_err(replace)?;
         let mut store = Self::new(db, log, machine)?;
-        check_applied(&store).map_err(|e| match e {
-            RegistryError::Damaged(why) => RegistryError::Damaged(format!(
-                "{}: {why}. Replace this server by a new member {REPLACEMENT}",
-                dir.display()
-            )),
-            e => e,
-        })?;
+        check_applied(&store).map_err(replace)?;
         bind_log(&store.db, &store.log)?;
         store.lock = Some(lock);
         Ok(store)
@@ -1143,6 +1142,18 @@ mod tests {
 
     /// Why opening the store in `dir` is refused as damaged; panics when it
     /// opens or is refused for another reason.
+    /// A founded directory whose log then had `key` set to `value`, synced.
+    fn founded_with_log_record(key: &[u8], value: &[u8]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RaftStore::open(dir.path(), Arc::new(Stateless)).unwrap();
+        store.bootstrap(&[1, 2, 3]).unwrap();
+        let mut batch = Staged::new(store.log());
+        batch.insert(key, value);
+        batch.commit().unwrap();
+        store.log().flush().unwrap();
+        dir
+    }
+
     fn damaged_refusal(dir: &Path) -> String {
         match RaftStore::open(dir, Arc::new(Stateless)) {
             Err(RegistryError::Damaged(why)) => why,
@@ -1193,6 +1204,19 @@ mod tests {
         std::fs::remove_file(c.path().join(name)).unwrap();
         let why = refused(c.path());
         assert!(why.contains("the log was lost or replaced"), "{why}");
+
+        // The other way round: another server's catalog beside this log.
+        let (d, e) = (
+            founded_with_log_record(b"x", b""),
+            founded_with_log_record(b"x", b""),
+        );
+        std::fs::copy(
+            d.path().join(CATALOG_FILE_NAME),
+            e.path().join(CATALOG_FILE_NAME),
+        )
+        .unwrap();
+        let why = refused(e.path());
+        assert!(why.contains("another data directory's"), "{why}");
     }
 
     #[test]
@@ -1319,20 +1343,12 @@ mod tests {
 
     #[test]
     fn a_catalog_behind_the_logs_compaction_point_refuses_to_open_as_damaged() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let store = RaftStore::open(dir.path(), Arc::new(Stateless)).unwrap();
-            store.bootstrap(&[1, 2, 3]).unwrap();
-            // The log compacted past what the catalog still holds: as if
-            // the catalog's last synced writes were cut at a start.
-            let mut meta = SnapshotMetadata::default();
-            meta.index = 40;
-            meta.term = 2;
-            let mut batch = Staged::new(store.log());
-            batch.insert(SNAP_META, encode(&meta));
-            batch.commit().unwrap();
-            store.log().flush().unwrap();
-        }
+        // The log compacted past what the catalog still holds: as if the
+        // catalog's last synced writes were cut at a start.
+        let mut meta = SnapshotMetadata::default();
+        meta.index = 40;
+        meta.term = 2;
+        let dir = founded_with_log_record(SNAP_META, &encode(&meta));
         let why = damaged_refusal(dir.path());
         assert!(
             why.contains("applied the log up to index 1, but the log was compacted up to 40")
@@ -1362,15 +1378,7 @@ mod tests {
 
     #[test]
     fn a_log_whose_owner_record_is_damaged_refuses_to_open_as_damaged() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let store = RaftStore::open(dir.path(), Arc::new(Stateless)).unwrap();
-            store.bootstrap(&[1, 2, 3]).unwrap();
-            let mut batch = Staged::new(store.log());
-            batch.insert(LOG_OWNER, [1u8, 2, 3]);
-            batch.commit().unwrap();
-            store.log().flush().unwrap();
-        }
+        let dir = founded_with_log_record(LOG_OWNER, &[1, 2, 3]);
         let why = damaged_refusal(dir.path());
         assert!(
             why.contains("record of the data directory it belongs to is damaged")
