@@ -1211,10 +1211,14 @@ mod tests {
         let kv = LogFileKv::open(dir.path()).unwrap();
         let value = "x".repeat(64 << 10);
         // The same few keys overwritten: the file grows, the live set does not.
+        // Each rewrite is waited for, so that a slow machine's copy is not
+        // given up for the writes made meanwhile (a test of that rule would
+        // depend on timing).
         for i in 0..400 {
             let key = format!("k{}", i % 4);
             kv.write(batch(&[(key.as_str(), Some(value.as_str()))]))
                 .unwrap();
+            kv.finish_rewrite();
         }
         kv.write(batch(&[("last", Some("1"))])).unwrap();
         kv.finish_rewrite();
