@@ -89,6 +89,36 @@ pub fn external_ids_only(
         .collect()
 }
 
+/// The external ids a failed exchange's status carries in its metadata,
+/// checked as [`external_ids_only`] checks them.
+pub fn status_external_ids(status: &tonic::Status) -> std::collections::HashMap<String, String> {
+    external_ids_only(
+        EXTERNAL_ID_HEADERS
+            .iter()
+            .filter_map(|name| {
+                let value = status.metadata().get(*name)?.to_str().ok()?;
+                Some(((*name).to_owned(), value.to_owned()))
+            })
+            .collect(),
+    )
+}
+
+/// Puts the external ids of `ids` (see [`external_ids_only`]) in `to`, as a
+/// unary call's status carries them.
+pub fn put_external_ids(
+    ids: &std::collections::HashMap<String, String>,
+    to: &mut tonic::metadata::MetadataMap,
+) {
+    for (name, value) in external_ids_only(ids.clone()) {
+        if let (Ok(key), Ok(value)) = (
+            tonic::metadata::AsciiMetadataKey::from_bytes(name.as_bytes()),
+            tonic::metadata::AsciiMetadataValue::try_from(value.as_str()),
+        ) {
+            to.insert(key, value);
+        }
+    }
+}
+
 /// One exchange as the sharing log and the metrics see it: who, what and
 /// when, taken as the call starts; `finish` adds the outcome and writes it.
 /// A trace dropped unfinished (the caller cancelled, or its deadline passed
@@ -163,11 +193,7 @@ impl Trace {
     /// the hub puts them in the status's metadata (see
     /// [`EXTERNAL_ID_HEADERS`]).
     pub fn external_ids_of(&mut self, status: &tonic::Status) {
-        for name in EXTERNAL_ID_HEADERS {
-            if let Some(value) = status.metadata().get(name).and_then(|v| v.to_str().ok()) {
-                self.external_ids.insert(name.to_owned(), value.to_owned());
-            }
-        }
+        self.external_ids.extend(status_external_ids(status));
     }
 
     /// Records that the exchange was refused with `refusal` before any work,

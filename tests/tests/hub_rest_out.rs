@@ -632,6 +632,18 @@ async fn ministry_rest_systems_and_xroad_are_called_through_the_hub() {
             .contains("(X-Road-Id xr-ids-0002, X-Road-Request-Id 5d1e07c4-bi-cam)"),
         "{s:?}"
     );
+    // And in the status's metadata, as a success's are, for a program to
+    // read without parsing the message.
+    assert_eq!(
+        s.metadata().get("x-road-id").unwrap(),
+        "xr-ids-0002",
+        "{s:?}"
+    );
+    assert_eq!(
+        s.metadata().get("x-road-request-id").unwrap(),
+        "5d1e07c4-bi-cam",
+        "{s:?}"
+    );
     let (refused, entry) = provider_entry(&hub, "xr-ids-0002").await;
     assert_eq!(entry["status"], "PERMISSION_DENIED", "{refused}");
     assert_eq!(

@@ -94,8 +94,8 @@ impl Forwarder for Outbound {
                 peer.hub_endpoint,
                 lgsp_certs::tls::explain_status(&s)
             ))),
-            // The peer's refusal, its code and words: nothing else the peer
-            // put in its metadata reaches the caller.
+            // The peer's refusal, its code and words, and its external ids:
+            // nothing else the peer put in its metadata reaches the caller.
             Err(s) => Err(crate::query::peer_refusal(&s)),
         }
     }

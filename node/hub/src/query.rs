@@ -139,9 +139,19 @@ fn still_imported(hub: &Hub, peer: &str, service_id: &str) -> Result<(), Status>
 }
 
 /// A refusal a peer's hub answered, as this hub passes it on: its code and
-/// words, marked as answered; none of the metadata the peer put there.
+/// words, marked as answered; of the metadata the peer put there, the
+/// external ids only (checked as an answer's are).
 pub(crate) fn peer_refusal(status: &Status) -> Status {
-    lgsp_node::refusal::answered(Status::new(status.code(), status.message()))
+    let mut metadata = tonic::metadata::MetadataMap::new();
+    lgsp_node::trace::put_external_ids(
+        &lgsp_node::trace::status_external_ids(status),
+        &mut metadata,
+    );
+    lgsp_node::refusal::answered(Status::with_metadata(
+        status.code(),
+        status.message(),
+        metadata,
+    ))
 }
 
 /// Refuses to go on with a query stream of `service_id` from federation
@@ -323,4 +333,33 @@ async fn open_query(
         )))
     })
     .map(Response::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn a_peers_refusal_passes_on_its_code_words_and_external_ids_only() {
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        metadata.insert("x-road-request-id", "5d1e07c4".parse().unwrap());
+        metadata.insert("x-lgsp-anything", "the peer's own".parse().unwrap());
+        let status = Status::with_metadata(Code::NotFound, "không có bản ghi", metadata);
+        let passed = peer_refusal(&status);
+        assert_eq!(passed.code(), Code::NotFound);
+        assert_eq!(passed.message(), "không có bản ghi");
+        assert_eq!(
+            passed.metadata().get("x-road-request-id").unwrap(),
+            "5d1e07c4"
+        );
+        assert!(passed.metadata().get("x-lgsp-anything").is_none());
+        assert!(
+            passed
+                .metadata()
+                .get(lgsp_node::refusal::ANSWERED)
+                .is_some(),
+            "marked as answered by the far side"
+        );
+    }
 }

@@ -362,10 +362,15 @@ pub(super) fn outcome(reply: LinkReply) -> Result<CallResponse, Status> {
         Code::Ok => Ok(reply.response.unwrap_or_default()),
         // Sent back by the far side on the link: an answer, not a
         // connection that failed.
-        code => Err(crate::refusal::answered(Status::with_details(
-            code,
-            reply.message,
-            reply.details.into(),
-        ))),
+        code => {
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            crate::trace::put_external_ids(&reply.external_ids, &mut metadata);
+            Err(crate::refusal::answered(Status::with_details_and_metadata(
+                code,
+                reply.message,
+                reply.details.into(),
+                metadata,
+            )))
+        }
     }
 }

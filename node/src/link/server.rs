@@ -188,6 +188,7 @@ pub fn refusal(id: u64, status: &Status) -> LinkReply {
         } else {
             Vec::new()
         },
+        external_ids: crate::trace::status_external_ids(status),
     }
 }
 

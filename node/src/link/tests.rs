@@ -272,6 +272,31 @@ fn a_reply_with_a_code_is_that_status_and_without_one_the_response() {
 }
 
 #[test]
+fn a_refusal_carries_an_external_systems_ids_in_its_metadata_and_nothing_else() {
+    let mut metadata = tonic::metadata::MetadataMap::new();
+    metadata.insert("x-road-id", "xr-0002".parse().unwrap());
+    metadata.insert("x-road-request-id", "5d1e07c4".parse().unwrap());
+    metadata.insert("x-secret", "not for the caller".parse().unwrap());
+    let status = Status::with_metadata(
+        Code::PermissionDenied,
+        "Server.ServerProxy.AccessDenied",
+        metadata,
+    );
+    let refused = outcome(refusal(4, &status)).unwrap_err();
+    assert_eq!(refused.metadata().get("x-road-id").unwrap(), "xr-0002");
+    assert_eq!(
+        refused.metadata().get("x-road-request-id").unwrap(),
+        "5d1e07c4"
+    );
+    assert!(refused.metadata().get("x-secret").is_none());
+    // An id longer than an external id can be is not carried.
+    let mut metadata = tonic::metadata::MetadataMap::new();
+    metadata.insert("x-road-id", "x".repeat(300).parse().unwrap());
+    let status = Status::with_metadata(Code::PermissionDenied, "refused", metadata);
+    assert!(refusal(5, &status).external_ids.is_empty());
+}
+
+#[test]
 fn a_refusal_keeps_its_message_and_details_within_what_a_link_carries() {
     let long = "Sở Tư pháp ".repeat(1000);
     let huge = vec![7u8; MAX_STATUS_DETAILS + 1];
