@@ -84,14 +84,7 @@ impl Consumer {
                         "service {service_id} is carried by hub {via_hub}, which is not a hub's name: {e}"
                     ))
                 })?;
-            // Every hop verifies records signed in batches: the peer's hub
-            // and the service's node (as the import says) and this
-            // province's hub (as its own record says).
-            let batches = far_side_batches
-                && hub
-                    .capabilities
-                    .iter()
-                    .any(|c| c == crate::obo::BATCH_CAPABILITY);
+            let batches = crate::obo::route_batches(far_side_batches, &hub);
             return Ok(Route {
                 node: hub,
                 hub_serves: true,

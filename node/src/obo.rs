@@ -35,6 +35,22 @@ pub const HEADER: &str = "x-lgsp-obo-bin";
 /// on (`NodeRecord.capabilities`).
 pub const BATCH_CAPABILITY: &str = "obo-batch";
 
+/// Whether a node or hub whose catalog record lists `capabilities`
+/// verifies records signed in batches ([`BATCH_CAPABILITY`]); one of an
+/// older version lists none, and a record for it is signed alone.
+pub fn verifies_batches(capabilities: &[String]) -> bool {
+    capabilities.iter().any(|c| c == BATCH_CAPABILITY)
+}
+
+/// Whether a record for a call through this province's hub (whose catalog
+/// record is `hub`) to another instance's service is signed in a batch:
+/// only when every hop verifies batches, the far side's hub and the
+/// service's node as the import says (`far_side`), and this province's hub
+/// as its own record says.
+pub fn route_batches(far_side: bool, hub: &lgsp_proto::NodeRecord) -> bool {
+    far_side && verifies_batches(&hub.capabilities)
+}
+
 /// How far a record's time may be from the verifier's clock.
 pub const MAX_SKEW: Duration = Duration::from_secs(120);
 
@@ -1103,6 +1119,27 @@ mod status_tests {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_record_is_signed_in_a_batch_only_when_every_hop_of_its_route_verifies_batches() {
+        let hub = |capabilities: &[&str]| lgsp_proto::NodeRecord {
+            capabilities: capabilities.iter().map(|c| (*c).to_owned()).collect(),
+            ..Default::default()
+        };
+        assert!(super::route_batches(true, &hub(&["obo-batch"])));
+        assert!(
+            !super::route_batches(true, &hub(&[])),
+            "this province's hub of an older version lists no capability"
+        );
+        assert!(
+            !super::route_batches(true, &hub(&["something-else"])),
+            "another capability is not this one"
+        );
+        assert!(
+            !super::route_batches(false, &hub(&["obo-batch"])),
+            "the far side's hub or the service's node does not verify batches"
+        );
+    }
+
     use super::*;
     use lgsp_certs::ca::CertificateAuthority;
     use lgsp_proto::Envelope;

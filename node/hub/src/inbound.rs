@@ -407,11 +407,7 @@ impl Federation for Inbound {
             // service it carries to a REST system).
             let verifies_batched_records = cache
                 .node(&service.agency_code, &service.node)
-                .is_some_and(|n| {
-                    n.capabilities
-                        .iter()
-                        .any(|c| c == lgsp_node::obo::BATCH_CAPABILITY)
-                });
+                .is_some_and(|n| lgsp_node::obo::verifies_batches(&n.capabilities));
             services.push(ExportedService {
                 service: Some(service),
                 agency_name,
