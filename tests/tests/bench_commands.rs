@@ -129,6 +129,27 @@ fn bench_registry_measures_writes_and_linearizable_reads_on_three_servers() {
         assert!(per_second > 0.0, "{label}: nothing completed\n{out}");
         assert_eq!(errors, 0, "{label}: failed operations\n{out}");
     }
+    // The servers' CPU time per operation, apart from the clients'.
+    let cpu = out
+        .lines()
+        .find(|l| l.contains("CPU of the registry's 3 servers together per operation"))
+        .unwrap_or_else(|| panic!("no CPU line in:\n{out}"));
+    assert!(
+        micros_after(cpu, "CAS ") > 0.0 && micros_after(cpu, "read ") > 0.0,
+        "{cpu}"
+    );
+}
+
+/// The number of microseconds `line` gives after `label` ("CAS 156 µs").
+fn micros_after(line: &str, label: &str) -> f64 {
+    let (_, rest) = line
+        .split_once(label)
+        .unwrap_or_else(|| panic!("no {label:?} in {line:?}"));
+    let (n, _) = rest
+        .split_once(" µs")
+        .unwrap_or_else(|| panic!("no time after {label:?} in {line:?}"));
+    n.parse()
+        .unwrap_or_else(|_| panic!("{n:?} is not a number in {line:?}"))
 }
 
 #[test]
@@ -175,6 +196,20 @@ fn bench_registry_against_etcd_runs_both_in_turn_and_reports_the_ratios() {
     }
     for round in ["round 1:", "round 2:", "round 3:"] {
         assert!(out.contains(round), "{out}");
+    }
+    // Each round's CPU per operation of lgsp's servers and etcd's members.
+    let cpu: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("CPU per operation of the servers alone"))
+        .filter(|l| l.trim_start().starts_with("round "))
+        .collect();
+    assert_eq!(cpu.len(), 3, "{out}");
+    for line in cpu {
+        for label in ["CAS ", "etcd's put ", "txn ", "read "] {
+            assert!(micros_after(line, label) > 0.0, "{line}");
+        }
+        let (_, etcd_read) = line.rsplit_once("against ").unwrap();
+        assert!(micros_after(etcd_read, "") > 0.0, "{line}");
     }
 }
 

@@ -161,17 +161,6 @@ fn agency_leaf(
     Ok(pki::issue(ca, holder, 1)?.creds)
 }
 
-/// Starts `servers` registry servers on free loopback ports under `dir`,
-/// with certificates from `ca`, and waits for their leader.
-async fn start_registry(
-    ca: &mut CertificateAuthority,
-    dir: &Path,
-    servers: u64,
-) -> Result<RegistryCluster> {
-    let configs = plan_registry(ca, dir, servers)?;
-    Ok(RegistryCluster::start(configs, Duration::from_secs(15)).await?)
-}
-
 /// The configurations of `servers` registry servers on free loopback ports
 /// under `dir`, with certificates from `ca`, by server id.
 fn plan_registry(
@@ -183,7 +172,9 @@ fn plan_registry(
     Ok(registry::plan(ca, PROVINCE, None, dir, &members, |_| {})?)
 }
 
-/// As [`start_registry`], on the runtime of the bench's `registry` server.
+/// Starts `servers` registry servers on free loopback ports under `dir`,
+/// with certificates from `ca`, on the runtime of the bench's `registry`
+/// server, and waits for their leader.
 async fn start_registry_on(
     on: &mut Servers,
     ca: &mut CertificateAuthority,
@@ -201,7 +192,7 @@ async fn start_registry_on(
 
 /// The names of the bench's servers (each on a runtime of its own, see
 /// [`server_cpu`]), at most 11 bytes.
-const REGISTRY: &str = "registry";
+const REGISTRY: &str = server_cpu::REGISTRY;
 const NODE_A: &str = "node-a";
 const NODE_B: &str = "node-b";
 const NODE_C: &str = "node-c";
@@ -341,6 +332,45 @@ impl EtcdLoad {
     }
 }
 
+/// The CPU time the servers under test have run: lgsp's registry servers
+/// (their runtime, consensus and storage threads; not the bench's clients)
+/// and etcd's members.
+struct ServerTime {
+    lgsp: Option<server_cpu::Sample>,
+    etcd: Option<Duration>,
+}
+
+impl ServerTime {
+    fn now(etcd: Option<&etcd::EtcdCluster>) -> Self {
+        Self {
+            lgsp: server_cpu::Sample::now(),
+            etcd: etcd.and_then(etcd::EtcdCluster::ran),
+        }
+    }
+
+    /// Microseconds of lgsp's servers per operation of `run`, taken
+    /// between `earlier` and this sample.
+    fn lgsp_per_op(&self, earlier: &Self, run: &Run) -> Option<f64> {
+        let spent = self.lgsp.as_ref()?.since(earlier.lgsp.as_ref()?);
+        per_op(spent.get(REGISTRY).copied().unwrap_or_default(), run)
+    }
+
+    /// Microseconds of etcd's members per operation of `run`.
+    fn etcd_per_op(&self, earlier: &Self, run: &Run) -> Option<f64> {
+        per_op(self.etcd?.checked_sub(earlier.etcd?)?, run)
+    }
+}
+
+/// `spent` per successful operation of `run`, in microseconds.
+fn per_op(spent: Duration, run: &Run) -> Option<f64> {
+    (run.ok > 0).then(|| spent.as_secs_f64() * 1e6 / run.ok as f64)
+}
+
+/// A CPU time per operation for a line of the report.
+fn micros(per_op: Option<f64>) -> String {
+    per_op.map_or_else(|| "?".to_owned(), |us| format!("{us:.0} µs"))
+}
+
 /// `lgsp bench registry`: a cluster of `servers` on loopback in this
 /// process; conditional writes and linearizable reads of 256-byte values at
 /// each concurrency, next to a bare mTLS gRPC round trip to the same server.
@@ -362,7 +392,10 @@ pub(crate) async fn registry(
     let mut ca =
         CertificateAuthority::init(&tmp.path().join("ca"), "bench.lgsp.local", "bench CA", 1)?;
     let admin = leaf(&mut ca, Role::Admin, "bench")?;
-    let cluster = start_registry(&mut ca, tmp.path(), servers).await?;
+    // On a runtime of its own, so that its CPU time is told apart from the
+    // clients'.
+    let mut on = Servers::default();
+    let cluster = start_registry_on(&mut on, &mut ca, tmp.path(), servers).await?;
     let leader = cluster.wait_for_leader(Duration::from_secs(15)).await?;
     let leader_addr = cluster.configs[&leader].listen.to_string();
 
@@ -420,11 +453,18 @@ pub(crate) async fn registry(
         let clients = Arc::new(clients);
 
         let Some(url) = &etcd_leader else {
-            print_run(
-                &lgsp_writes(&clients, &revisions, c, duration).await,
-                baseline,
+            let t0 = ServerTime::now(None);
+            let writes = lgsp_writes(&clients, &revisions, c, duration).await;
+            let t1 = ServerTime::now(None);
+            print_run(&writes, baseline);
+            let reads = lgsp_reads(&clients, c, duration).await;
+            let t2 = ServerTime::now(None);
+            print_run(&reads, baseline);
+            println!(
+                "  CPU of the registry's {servers} servers together per operation (not the clients'): CAS {}, read {}",
+                micros(t1.lgsp_per_op(&t0, &writes)),
+                micros(t2.lgsp_per_op(&t1, &reads)),
             );
-            print_run(&lgsp_reads(&clients, c, duration).await, baseline);
             continue;
         };
         let load = EtcdLoad {
@@ -432,17 +472,32 @@ pub(crate) async fn registry(
             revisions: etcd_revisions.clone(),
         };
         let mut rounds = Vec::new();
+        let mut cpu = Vec::new();
+        let etcd = etcd_cluster.as_ref();
         for _ in 0..3 {
+            let t0 = ServerTime::now(etcd);
             let writes = lgsp_writes(&clients, &revisions, c, duration).await;
+            let t1 = ServerTime::now(etcd);
             print_run(&writes, baseline);
             let reads = lgsp_reads(&clients, c, duration).await;
+            let t2 = ServerTime::now(etcd);
             print_run(&reads, baseline);
             let etcd_puts = load.puts(c, duration).await;
+            let t3 = ServerTime::now(etcd);
             print_run(&etcd_puts, baseline);
             let etcd_writes = load.compare_and_sets(c, duration).await;
+            let t4 = ServerTime::now(etcd);
             print_run(&etcd_writes, baseline);
             let etcd_reads = load.reads(c, duration).await;
+            let t5 = ServerTime::now(etcd);
             print_run(&etcd_reads, baseline);
+            cpu.push([
+                t1.lgsp_per_op(&t0, &writes),
+                t2.lgsp_per_op(&t1, &reads),
+                t3.etcd_per_op(&t2, &etcd_puts),
+                t4.etcd_per_op(&t3, &etcd_writes),
+                t5.etcd_per_op(&t4, &etcd_reads),
+            ]);
             rounds.push([writes, reads, etcd_puts, etcd_writes, etcd_reads]);
         }
         println!();
@@ -460,11 +515,38 @@ pub(crate) async fn registry(
             );
         }
         println!();
+        println!(
+            "CPU per operation of the servers alone (lgsp's {servers} registry servers together, etcd's 3 members"
+        );
+        println!(
+            "together; not the clients'), round by round: what each cluster costs the machine per operation,"
+        );
+        println!("whatever the share of this machine's cores it got:");
+        for (r, [cas, read, put, txn, etcd_read]) in cpu.iter().enumerate() {
+            let ratio = |a: &Option<f64>, b: &Option<f64>| match (a, b) {
+                (Some(a), Some(b)) if *b > 0.0 => format!("{:.2}x", a / b),
+                _ => "?".to_owned(),
+            };
+            println!(
+                "  round {}: CAS {} against etcd's put {} ({}) and txn {}; read {} against {} ({})",
+                r + 1,
+                micros(*cas),
+                micros(*put),
+                ratio(cas, put),
+                micros(*txn),
+                micros(*read),
+                micros(*etcd_read),
+                ratio(read, etcd_read),
+            );
+        }
+        println!();
     }
     if let Some(e) = etcd_cluster {
         e.stop().await;
     }
-    Ok(cluster.shutdown().await?)
+    on.run(REGISTRY, cluster.shutdown()).await??;
+    on.shutdown();
+    Ok(())
 }
 
 /// `n` HTTP/2 connections made with `endpoint`, one per channel.

@@ -130,6 +130,15 @@ impl EtcdCluster {
     }
 
     /// Stops every member.
+    /// The CPU time the members have run so far (Linux; `None` elsewhere
+    /// or when a member cannot be read).
+    pub(crate) fn ran(&self) -> Option<Duration> {
+        self.members
+            .iter()
+            .map(|m| crate::server_cpu::process_ran(m.id()?))
+            .sum()
+    }
+
     pub(crate) async fn stop(mut self) {
         for m in &mut self.members {
             let _ = m.kill().await;

@@ -8,7 +8,8 @@ use std::time::Duration;
 #[derive(Debug, Subcommand)]
 pub(super) enum BenchCommand {
     /// Start a registry cluster on loopback in this process and measure
-    /// conditional writes and linearizable reads at each client count.
+    /// conditional writes and linearizable reads at each client count, and
+    /// the CPU time the servers (not the clients) spend per operation.
     ///
     /// Example: lgsp bench registry --servers 3 --clients 1,16 --duration 5
     Registry {
