@@ -73,7 +73,8 @@ const MAX_EXTERNAL_ID: usize = 256;
 
 /// Of what another instance's hub said of an exchange (its
 /// `CallResponse.metadata`), the external ids only ([`EXTERNAL_ID_HEADERS`]),
-/// each at most 256 bytes of visible ASCII: what crosses the federation to
+/// each at most 256 bytes of visible ASCII (spaces within, none around):
+/// what crosses the federation to
 /// the caller and into this side's log, and nothing else a peer sends.
 pub fn external_ids_only(
     metadata: std::collections::HashMap<String, String>,
@@ -85,6 +86,9 @@ pub fn external_ids_only(
                 && !value.is_empty()
                 && value.len() <= MAX_EXTERNAL_ID
                 && value.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+                // HTTP/2 calls a field value with spaces around it
+                // malformed: a proxy on the way would refuse the answer.
+                && value.trim() == value
         })
         .collect()
 }
@@ -325,7 +329,15 @@ mod tests {
         assert_eq!(kept.len(), 2, "{kept:?}");
         assert_eq!(kept["x-road-id"], "lien-thong-001");
         assert_eq!(kept["x-road-request-id"], "c0ffee 42");
-        for bad in ["", "xr\r\nset-cookie: a", "mã-số", &"x".repeat(257)] {
+        for bad in [
+            "",
+            "xr\r\nset-cookie: a",
+            "mã-số",
+            &"x".repeat(257),
+            " xr-0001",
+            "xr-0001 ",
+            " ",
+        ] {
             let one = [("x-road-id".to_owned(), bad.to_owned())].into();
             assert!(external_ids_only(one).is_empty(), "{bad:?} kept");
         }

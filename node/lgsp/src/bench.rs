@@ -336,23 +336,37 @@ impl EtcdLoad {
 /// (their runtime, consensus and storage threads; not the bench's clients)
 /// and etcd's members.
 struct ServerTime {
-    lgsp: Option<server_cpu::Sample>,
+    /// This process's time, threads that ended included.
+    process: Option<Duration>,
+    /// Each live thread's, by server.
+    threads: Option<server_cpu::Sample>,
     etcd: Option<Duration>,
 }
 
 impl ServerTime {
     fn now(etcd: Option<&etcd::EtcdCluster>) -> Self {
         Self {
-            lgsp: server_cpu::Sample::now(),
+            process: server_cpu::process_ran(std::process::id()),
+            threads: server_cpu::Sample::now(),
             etcd: etcd.and_then(etcd::EtcdCluster::ran),
         }
     }
 
     /// Microseconds of lgsp's servers per operation of `run`, taken
-    /// between `earlier` and this sample.
+    /// between `earlier` and this sample: this process's time less that of
+    /// every thread not the registry's (the clients'), so that a registry
+    /// thread that ended in between (a log rewrite's) still counts.
     fn lgsp_per_op(&self, earlier: &Self, run: &Run) -> Option<f64> {
-        let spent = self.lgsp.as_ref()?.since(earlier.lgsp.as_ref()?);
-        per_op(spent.get(REGISTRY).copied().unwrap_or_default(), run)
+        let process = self.process?.checked_sub(earlier.process?)?;
+        let others: Duration = self
+            .threads
+            .as_ref()?
+            .since(earlier.threads.as_ref()?)
+            .into_iter()
+            .filter(|(server, _)| server != REGISTRY)
+            .map(|(_, spent)| spent)
+            .sum();
+        per_op(process.saturating_sub(others), run)
     }
 
     /// Microseconds of etcd's members per operation of `run`.
@@ -361,9 +375,11 @@ impl ServerTime {
     }
 }
 
-/// `spent` per successful operation of `run`, in microseconds.
+/// `spent` per operation of `run` (failed ones included: they cost too),
+/// in microseconds.
 fn per_op(spent: Duration, run: &Run) -> Option<f64> {
-    (run.ok > 0).then(|| spent.as_secs_f64() * 1e6 / run.ok as f64)
+    let ops = run.ok + run.errors;
+    (ops > 0).then(|| spent.as_secs_f64() * 1e6 / ops as f64)
 }
 
 /// A CPU time per operation for a line of the report.

@@ -129,7 +129,6 @@ impl EtcdCluster {
         }
     }
 
-    /// Stops every member.
     /// The CPU time the members have run so far (Linux; `None` elsewhere
     /// or when a member cannot be read).
     pub(crate) fn ran(&self) -> Option<Duration> {
@@ -139,6 +138,7 @@ impl EtcdCluster {
             .sum()
     }
 
+    /// Stops every member.
     pub(crate) async fn stop(mut self) {
         for m in &mut self.members {
             let _ = m.kill().await;

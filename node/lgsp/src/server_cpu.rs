@@ -8,9 +8,10 @@
 //! ran comes from Linux's `/proc/self/task/<tid>/schedstat`. The registry
 //! servers' own threads (consensus `raft-<id>`, snapshot, backup and log
 //! rewrite threads) count as the `registry` server's; threads that are not
-//! a server's (the bench's clients) count as "other". Another process's
-//! time (etcd's members) is read the same way. Elsewhere than Linux
-//! nothing is measured and the bench says so.
+//! a server's (the bench's clients) count as "other". A whole process's
+//! time (etcd's members, or this one) comes from `/proc/<pid>/stat`, which
+//! keeps the time of threads that ended. Elsewhere than Linux nothing is
+//! measured and the bench says so.
 
 use anyhow::{Context, Result};
 use std::collections::{BTreeMap, HashMap};
@@ -62,7 +63,16 @@ impl Servers {
     /// Stops every runtime without waiting for what still runs on it (the
     /// servers were shut down already).
     pub(crate) fn shutdown(self) {
-        for (_, rt) in self.runtimes {
+        drop(self);
+    }
+}
+
+impl Drop for Servers {
+    /// A runtime dropped inside another one's `block_on` panics: dropped
+    /// early (a bench that fails part-way), the runtimes are stopped in the
+    /// background instead, and the bench's error is what the user sees.
+    fn drop(&mut self) {
+        for (_, rt) in self.runtimes.drain(..) {
             rt.shutdown_background();
         }
     }
@@ -134,17 +144,26 @@ fn server_of(comm: &str) -> &str {
 /// The server name under which the registry servers' own threads count.
 pub(crate) const REGISTRY: &str = "registry";
 
-/// The time every thread of process `pid` has run so far (threads that
-/// ended are not counted); `None` where it cannot be read.
+/// Clock ticks per second of the times in `/proc/<pid>/stat`: Linux's
+/// `USER_HZ`, part of its interface, 100 on x86-64 and arm64.
+const USER_HZ: u64 = 100;
+
+/// The CPU time (user and system) process `pid` has run so far, every
+/// thread's, those that ended included, to the 10 ms tick; `None` where it
+/// cannot be read.
 pub(crate) fn process_ran(pid: u32) -> Option<Duration> {
-    let mut ran = Duration::ZERO;
-    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
-        let Ok(entry) = entry else { continue };
-        if let Ok(stat) = std::fs::read_to_string(entry.path().join("schedstat")) {
-            ran += parse_schedstat(&stat)?;
-        }
-    }
-    Some(ran)
+    parse_stat_times(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// `utime` + `stime` of a `/proc/<pid>/stat` line (fields 14 and 15).
+fn parse_stat_times(stat: &str) -> Option<Duration> {
+    // The command name (field 2) is in parentheses and may hold spaces and
+    // parentheses: fields are counted from its last `)`, state first.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 1000 / USER_HZ))
 }
 
 /// The time a thread ran, the first field of its `schedstat`
@@ -166,7 +185,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_threads_server_is_its_name_after_the_prefix_and_other_threads_are_other() {
+    fn a_threads_server_is_its_name_after_the_prefix_or_the_registry_for_its_own_threads() {
         assert_eq!(server_of("srv:hub-p"), "hub-p");
         assert_eq!(server_of("tokio-runtime-w"), "other");
         // A registry server's own threads are the registry's.
@@ -214,17 +233,27 @@ mod tests {
     }
 
     #[test]
-    fn a_process_time_grows_with_the_work_its_threads_do() {
+    fn a_process_time_is_its_user_and_system_ticks_and_keeps_ended_threads() {
+        // A name with a space and a parenthesis, then 1,234 + 66 ticks.
+        let line =
+            "4242 (etcd (m0) x) S 1 4242 4242 0 -1 4194560 900 0 0 0 1234 66 0 0 20 0 9 0 100 0 0";
+        assert_eq!(parse_stat_times(line), Some(Duration::from_millis(13_000)));
+        assert_eq!(parse_stat_times("4242 (etcd) S 1"), None);
         if cfg!(target_os = "linux") {
             let before = process_ran(std::process::id()).expect("readable on Linux");
-            let start = std::time::Instant::now();
-            let mut x = 0u64;
-            while start.elapsed() < Duration::from_millis(30) {
-                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
-            }
+            // Work on a thread that ends before the second reading.
+            std::thread::spawn(|| {
+                let start = std::time::Instant::now();
+                let mut x = 0u64;
+                while start.elapsed() < Duration::from_millis(60) {
+                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                }
+            })
+            .join()
+            .unwrap();
             let after = process_ran(std::process::id()).unwrap();
             assert!(
-                after >= before + Duration::from_millis(20),
+                after >= before + Duration::from_millis(40),
                 "{before:?} → {after:?}"
             );
             assert_eq!(process_ran(u32::MAX), None, "no such process");
