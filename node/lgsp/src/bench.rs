@@ -375,6 +375,40 @@ impl ServerTime {
     }
 }
 
+/// lgsp's side of a round of `lgsp bench registry`.
+struct LgspLoad<'a> {
+    clients: &'a Arc<Vec<RegistryClient>>,
+    revisions: &'a Arc<Vec<AtomicU64>>,
+    /// Clients running at once.
+    concurrency: usize,
+    duration: Duration,
+    /// The baseline's calls per second, for the report.
+    baseline: f64,
+}
+
+impl LgspLoad<'_> {
+    /// Conditional writes, then linearizable reads, each printed and with
+    /// the registry servers' CPU per operation; and the CPU sample taken
+    /// last (with etcd's members' time when `etcd` is given), from which
+    /// the next run of the round counts.
+    async fn round(
+        &self,
+        etcd: Option<&etcd::EtcdCluster>,
+    ) -> ((Run, Option<f64>), (Run, Option<f64>), ServerTime) {
+        let (c, duration) = (self.concurrency, self.duration);
+        let t0 = ServerTime::now(etcd);
+        let writes = lgsp_writes(self.clients, self.revisions, c, duration).await;
+        let t1 = ServerTime::now(etcd);
+        print_run(&writes, self.baseline);
+        let reads = lgsp_reads(self.clients, c, duration).await;
+        let t2 = ServerTime::now(etcd);
+        print_run(&reads, self.baseline);
+        let cas = t1.lgsp_per_op(&t0, &writes);
+        let read = t2.lgsp_per_op(&t1, &reads);
+        ((writes, cas), (reads, read), t2)
+    }
+}
+
 /// `spent` per operation of `run` (failed ones included: they cost too),
 /// in microseconds.
 fn per_op(spent: Duration, run: &Run) -> Option<f64> {
@@ -468,18 +502,19 @@ pub(crate) async fn registry(
         print_run(&base, baseline);
         let clients = Arc::new(clients);
 
+        let lgsp = LgspLoad {
+            clients: &clients,
+            revisions: &revisions,
+            concurrency: c,
+            duration,
+            baseline,
+        };
         let Some(url) = &etcd_leader else {
-            let t0 = ServerTime::now(None);
-            let writes = lgsp_writes(&clients, &revisions, c, duration).await;
-            let t1 = ServerTime::now(None);
-            print_run(&writes, baseline);
-            let reads = lgsp_reads(&clients, c, duration).await;
-            let t2 = ServerTime::now(None);
-            print_run(&reads, baseline);
+            let (writes, reads, _) = lgsp.round(None).await;
             println!(
                 "  CPU of the registry's {servers} servers together per operation (not the clients'): CAS {}, read {}",
-                micros(t1.lgsp_per_op(&t0, &writes)),
-                micros(t2.lgsp_per_op(&t1, &reads)),
+                micros(writes.1),
+                micros(reads.1),
             );
             continue;
         };
@@ -491,13 +526,7 @@ pub(crate) async fn registry(
         let mut cpu = Vec::new();
         let etcd = etcd_cluster.as_ref();
         for _ in 0..3 {
-            let t0 = ServerTime::now(etcd);
-            let writes = lgsp_writes(&clients, &revisions, c, duration).await;
-            let t1 = ServerTime::now(etcd);
-            print_run(&writes, baseline);
-            let reads = lgsp_reads(&clients, c, duration).await;
-            let t2 = ServerTime::now(etcd);
-            print_run(&reads, baseline);
+            let ((writes, cas), (reads, read), t2) = lgsp.round(etcd).await;
             let etcd_puts = load.puts(c, duration).await;
             let t3 = ServerTime::now(etcd);
             print_run(&etcd_puts, baseline);
@@ -508,8 +537,8 @@ pub(crate) async fn registry(
             let t5 = ServerTime::now(etcd);
             print_run(&etcd_reads, baseline);
             cpu.push([
-                t1.lgsp_per_op(&t0, &writes),
-                t2.lgsp_per_op(&t1, &reads),
+                cas,
+                read,
                 t3.etcd_per_op(&t2, &etcd_puts),
                 t4.etcd_per_op(&t3, &etcd_writes),
                 t5.etcd_per_op(&t4, &etcd_reads),
