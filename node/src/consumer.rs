@@ -198,28 +198,6 @@ fn forward<T>(deadline: Option<Deadline>, message: T) -> Request<T> {
     out
 }
 
-/// Puts what the answer's metadata says of the exchange that the
-/// application gets as gRPC response metadata too: the ids an X-Road
-/// security server gave it (`x-road-id`, `x-road-request-id`, returned by
-/// the hub that called it). Other keys, or values that cannot be a header,
-/// stay in `CallResponse.metadata` only.
-fn returned_metadata(
-    from: &std::collections::HashMap<String, String>,
-    to: &mut tonic::metadata::MetadataMap,
-) {
-    for (name, value) in from {
-        if !name.starts_with("x-road-") {
-            continue;
-        }
-        if let (Ok(key), Ok(value)) = (
-            tonic::metadata::AsciiMetadataKey::from_bytes(name.as_bytes()),
-            tonic::metadata::AsciiMetadataValue::try_from(value.as_str()),
-        ) {
-            to.insert(key, value);
-        }
-    }
-}
-
 /// A failed call to a provider node in words for the application; `serial`
 /// is this node's own certificate's.
 fn explain(status: Status, serial: &str) -> Status {
@@ -278,7 +256,10 @@ impl DataExchange for Consumer {
         );
         result.map(|answer| {
             let mut headers = tonic::metadata::MetadataMap::new();
-            returned_metadata(&answer.metadata, &mut headers);
+            // The ids an X-Road security server gave the exchange
+            // (returned by the hub that called it), as response metadata
+            // too; anything else stays in `CallResponse.metadata` only.
+            crate::trace::put_external_ids(&answer.metadata, &mut headers);
             Response::from_parts(headers, answer, Default::default())
         })
     }

@@ -71,25 +71,28 @@ pub const EXTERNAL_ID_HEADERS: [&str; 2] = ["x-road-id", "x-road-request-id"];
 /// The most bytes of an external id kept from another instance's answer.
 const MAX_EXTERNAL_ID: usize = 256;
 
+/// Whether `name: value` is an external id this side takes from another
+/// ([`EXTERNAL_ID_HEADERS`]): at most 256 bytes of visible ASCII, spaces
+/// within and none around (HTTP/2 calls a field value with spaces around
+/// it malformed: a proxy on the way would refuse the answer).
+fn is_external_id(name: &str, value: &str) -> bool {
+    EXTERNAL_ID_HEADERS.contains(&name)
+        && !value.is_empty()
+        && value.len() <= MAX_EXTERNAL_ID
+        && value.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+        && value.trim() == value
+}
+
 /// Of what another instance's hub said of an exchange (its
-/// `CallResponse.metadata`), the external ids only ([`EXTERNAL_ID_HEADERS`]),
-/// each at most 256 bytes of visible ASCII (spaces within, none around):
-/// what crosses the federation to
-/// the caller and into this side's log, and nothing else a peer sends.
+/// `CallResponse.metadata`), the external ids only (see [`is_external_id`]):
+/// what crosses the federation to the caller and into this side's log, and
+/// nothing else a peer sends.
 pub fn external_ids_only(
     metadata: std::collections::HashMap<String, String>,
 ) -> std::collections::HashMap<String, String> {
     metadata
         .into_iter()
-        .filter(|(name, value)| {
-            EXTERNAL_ID_HEADERS.contains(&name.as_str())
-                && !value.is_empty()
-                && value.len() <= MAX_EXTERNAL_ID
-                && value.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
-                // HTTP/2 calls a field value with spaces around it
-                // malformed: a proxy on the way would refuse the answer.
-                && value.trim() == value
-        })
+        .filter(|(name, value)| is_external_id(name, value))
         .collect()
 }
 
@@ -107,13 +110,14 @@ pub fn status_external_ids(status: &tonic::Status) -> std::collections::HashMap<
     )
 }
 
-/// Puts the external ids of `ids` (see [`external_ids_only`]) in `to`, as a
-/// unary call's status carries them.
+/// Puts the external ids of `ids` (see [`is_external_id`]) in `to`: as a
+/// unary call's status carries them, and as the application gets them
+/// with an answer.
 pub fn put_external_ids(
     ids: &std::collections::HashMap<String, String>,
     to: &mut tonic::metadata::MetadataMap,
 ) {
-    for (name, value) in external_ids_only(ids.clone()) {
+    for (name, value) in ids.iter().filter(|(n, v)| is_external_id(n, v)) {
         if let (Ok(key), Ok(value)) = (
             tonic::metadata::AsciiMetadataKey::from_bytes(name.as_bytes()),
             tonic::metadata::AsciiMetadataValue::try_from(value.as_str()),

@@ -1140,8 +1140,6 @@ mod tests {
         );
     }
 
-    /// Why opening the store in `dir` is refused as damaged; panics when it
-    /// opens or is refused for another reason.
     /// A founded directory whose log then had `key` set to `value`, synced.
     fn founded_with_log_record(key: &[u8], value: &[u8]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
@@ -1154,6 +1152,8 @@ mod tests {
         dir
     }
 
+    /// Why opening the store in `dir` is refused as damaged; panics when it
+    /// opens or is refused for another reason.
     fn damaged_refusal(dir: &Path) -> String {
         match RaftStore::open(dir, Arc::new(Stateless)) {
             Err(RegistryError::Damaged(why)) => why,
