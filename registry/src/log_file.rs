@@ -60,7 +60,7 @@
 //! renamed over the old one, then the directory synced: a crash leaves the
 //! old file or the new one, both complete. Writes wait only for the records
 //! written meanwhile to be appended and synced, and the rename. A file
-//! without an id is rewritten in place when it opens, as one record.
+//! without an id is rewritten in place when it opens, in the same pages.
 
 use crate::error::StoreError;
 use crate::kv::{Batch, Entries, KvEngine};
@@ -525,17 +525,26 @@ impl LogFile {
     /// Writes on `file` (of id `id`, `len` bytes, synced), just renamed over
     /// the old one, from now on, once its name is durable; returns the old
     /// file's length. A failed directory sync is the store's, and keeps every
-    /// flush failing until one succeeds.
+    /// flush failing until one succeeds; the flush that succeeds then also
+    /// writes the sync mark the new file did not get.
     fn adopt(&mut self, file: File, id: FileId, len: u64) -> Result<u64, StoreError> {
         let before = std::mem::replace(&mut self.len, len);
         self.file = file;
         self.id = id;
-        self.dirty = false;
         self.next_rewrite_at = 0;
         self.dir_unsynced = true;
+        // Dirty until the directory is synced and the mark written.
+        self.dirty = true;
         sync_dir(&self.dir)?;
         self.dir_unsynced = false;
+        self.dirty = false;
         Ok(before)
+    }
+
+    /// No rewrite starts again before the file has doubled (one failed or
+    /// was given up).
+    fn postpone_rewrite(&mut self) {
+        self.next_rewrite_at = self.len.saturating_mul(2);
     }
 
     /// Starts rewriting the file without its dead records on a thread of
@@ -565,7 +574,7 @@ impl LogFile {
             }
             Err(error) => {
                 tracing::warn!(%error, file = self.name, "could not start rewriting the file without its dead records; it goes on as it is");
-                self.next_rewrite_at = self.len.saturating_mul(2);
+                self.postpone_rewrite();
             }
         }
     }
@@ -577,6 +586,10 @@ impl LogFile {
         let Some(rewrite) = &mut self.rewriting else {
             return;
         };
+        // Given up already: only waiting to be collected.
+        if rewrite.cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         rewrite.tail.extend_from_slice(record);
         if rewrite.tail.len() as u64 > self.live.max(REWRITE_MIN_BYTES) {
             rewrite
@@ -587,7 +600,7 @@ impl LogFile {
                 file = self.name,
                 "gave up rewriting the file: it was written faster than copied"
             );
-            self.next_rewrite_at = self.len.saturating_mul(2);
+            self.postpone_rewrite();
         }
     }
 
@@ -628,7 +641,7 @@ impl LogFile {
             Err(error) => {
                 if !cancelled {
                     tracing::warn!(%error, file = self.name, "could not rewrite the file without its dead records; it goes on as it is");
-                    self.next_rewrite_at = self.len.saturating_mul(2);
+                    self.postpone_rewrite();
                 }
                 let _ = std::fs::remove_file(&new);
                 return Ok(());
@@ -824,7 +837,12 @@ impl KvEngine for LogFileKv {
         if file.buffer.capacity() > KEPT_BUFFER {
             file.buffer = Vec::new();
         }
-        file.finish_rewrite(false)?;
+        // The batch is written whatever happens here: a rewrite put in place
+        // whose directory sync failed leaves every flush failing until the
+        // sync succeeds, which is where the store learns of it.
+        if let Err(error) = file.finish_rewrite(false) {
+            tracing::warn!(%error, file = file.name, "the rewritten file is in place but its directory was not synced; the next flush tries again");
+        }
         if file.rewriting.is_none()
             && file.len >= REWRITE_MIN_BYTES.max(file.next_rewrite_at)
             && file.len >= file.live.saturating_mul(REWRITE_RATIO)
