@@ -195,9 +195,13 @@ async fn revoked_certificate_is_refused_within_a_second_while_the_node_runs() {
         .unwrap_err();
     // A new connection is refused at the handshake. The client usually reads
     // the server's CertificateRevoked alert; when hyper's connection task
-    // sees the close first, the call only learns "connection closed".
+    // sees the close first, the call only learns "connection closed", or,
+    // closed before it was ready, "connection was not ready" (seen once in
+    // a fresh-clone CI run). The next call shows it is this certificate.
     assert!(
-        msg.contains("revoked") || msg.contains("connection closed"),
+        msg.contains("revoked")
+            || msg.contains("connection closed")
+            || msg.contains("connection was not ready"),
         "a new connection is refused at the handshake: {msg}"
     );
     // Only that certificate: agency B's node certificate, not revoked, is served.
