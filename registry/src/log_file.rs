@@ -135,6 +135,14 @@ struct LogFile {
     /// The data directory's lock, kept until this file's rewrite thread
     /// has ended (see [`LogFileKv::hold_lock`]).
     lock: Option<Arc<File>>,
+    /// Why nothing more is written: an append failed part way and the file
+    /// could not be cut back to `len`, so its end is not where its records
+    /// end (see [`LogFile::append`]).
+    torn: Option<String>,
+    /// Tests only: the next append writes this many of its bytes, then
+    /// fails as a full disk does; `true`: cutting it back fails too.
+    #[cfg(test)]
+    short_append: Option<(usize, bool)>,
 }
 
 /// A rewrite in the background: a thread copies the live pairs, a page
@@ -428,6 +436,9 @@ impl LogFileKv {
             next_rewrite_at: 0,
             dir_unsynced: false,
             lock: None,
+            torn: None,
+            #[cfg(test)]
+            short_append: None,
         };
         let map = RwLock::new(map);
         if id.is_none() {
@@ -496,12 +507,57 @@ impl LogFile {
 
     /// Appends the record in `buffer` (not synced).
     fn append_buffer(&mut self) -> Result<(), StoreError> {
-        self.file
-            .write_all(&self.buffer)
-            .map_err(|e| io(&self.path(), e))?;
-        self.len += self.buffer.len() as u64;
+        self.append()?;
         self.dirty = true;
         Ok(())
+    }
+
+    /// Appends `buffer` at `len`. An append that fails part way (a full
+    /// disk) has moved the file's end: it is cut back to `len`, so that the
+    /// next record lands where it is counted and a sync mark names its own
+    /// position; without that, opening would take the torn bytes for the
+    /// end and cut off every record after them, acknowledged or not. If
+    /// the cut fails too, the store writes nothing more (opening again cuts
+    /// the torn bytes off, no mark being after them).
+    fn append(&mut self) -> Result<(), StoreError> {
+        if let Some(torn) = &self.torn {
+            return Err(StoreError::Engine(torn.clone()));
+        }
+        let Err(error) = self.write_buffer() else {
+            self.len += self.buffer.len() as u64;
+            return Ok(());
+        };
+        let path = self.path();
+        if let Err(cut) = self.cut_back() {
+            let torn = format!(
+                "{}: an append failed part way ({error}) and the file could not be cut back to its last whole record at byte {} ({cut}); nothing more is written to it: restart the server, which cuts the torn bytes off",
+                path.display(),
+                self.len
+            );
+            tracing::error!("{torn}");
+            self.torn = Some(torn);
+        }
+        Err(io(&path, error))
+    }
+
+    fn write_buffer(&mut self) -> std::io::Result<()> {
+        #[cfg(test)]
+        if let Some((bytes, _)) = self.short_append {
+            self.file
+                .write_all(&self.buffer[..bytes.min(self.buffer.len())])?;
+            return Err(std::io::ErrorKind::StorageFull.into());
+        }
+        self.file.write_all(&self.buffer)
+    }
+
+    fn cut_back(&mut self) -> std::io::Result<()> {
+        #[cfg(test)]
+        if let Some((_, cut_fails)) = self.short_append.take()
+            && cut_fails
+        {
+            return Err(std::io::ErrorKind::StorageFull.into());
+        }
+        self.file.set_len(self.len)
     }
 
     /// Writes a new file id and `map` into a new file, synced, and puts it
@@ -667,11 +723,7 @@ impl LogFile {
         }
         self.buffer.clear();
         append_mark(&mut self.buffer, self.len, &self.id);
-        self.file
-            .write_all(&self.buffer)
-            .map_err(|e| io(&self.path(), e))?;
-        self.len += self.buffer.len() as u64;
-        Ok(())
+        self.append()
     }
 }
 
@@ -856,6 +908,9 @@ impl KvEngine for LogFileKv {
     /// then its sync mark appended.
     fn flush(&self) -> Result<(), StoreError> {
         let mut file = self.file.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(torn) = &file.torn {
+            return Err(StoreError::Engine(torn.clone()));
+        }
         file.finish_rewrite(false)?;
         if file.dir_unsynced {
             sync_dir(&file.dir)?;
@@ -1321,6 +1376,104 @@ mod tests {
             );
         }
         assert_eq!(kv.get(b"last").unwrap(), Some(b"1".to_vec()));
+    }
+
+    #[test]
+    fn an_append_a_full_disk_tore_is_cut_off_so_the_records_after_it_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = LogFileKv::open(dir.path()).unwrap();
+        kv.write(batch(&[("a", Some("1"))])).unwrap();
+        kv.flush().unwrap();
+        // Half a record reaches the file, then the disk is full.
+        kv.file.lock().unwrap().short_append = Some((12, false));
+        kv.write(batch(&[("b", Some("Sở Tài chính"))]))
+            .expect_err("the append failed");
+        assert_eq!(kv.get(b"b").unwrap(), None, "memory is as the file is");
+        // Space again: later writes are flushed (acknowledged) and must stay.
+        kv.write(batch(&[("c", Some("3"))])).unwrap();
+        kv.flush().unwrap();
+        kv.write(batch(&[("d", Some("4"))])).unwrap();
+        kv.flush().unwrap();
+        let len = kv.file_len();
+        assert_eq!(
+            std::fs::metadata(dir.path().join(FILE_NAME)).unwrap().len(),
+            len,
+            "the file ends where its records are counted"
+        );
+        drop(kv);
+        let kv = LogFileKv::open(dir.path()).unwrap();
+        assert_eq!(kv.get(b"a").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(kv.get(b"b").unwrap(), None);
+        assert_eq!(kv.get(b"c").unwrap(), Some(b"3".to_vec()));
+        assert_eq!(kv.get(b"d").unwrap(), Some(b"4".to_vec()));
+        assert_eq!(kv.file_len(), len, "nothing was cut at the reopen");
+    }
+
+    #[test]
+    fn a_torn_append_that_cannot_be_cut_off_stops_every_write_and_flush_until_reopened() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = LogFileKv::open(dir.path()).unwrap();
+        kv.write(batch(&[("a", Some("1"))])).unwrap();
+        kv.flush().unwrap();
+        kv.file.lock().unwrap().short_append = Some((12, true));
+        kv.write(batch(&[("b", Some("2"))]))
+            .expect_err("the append failed");
+        for refused in [kv.write(batch(&[("c", Some("3"))])), kv.flush()] {
+            let error = refused
+                .expect_err("refused after a torn append")
+                .to_string();
+            assert!(
+                error.contains("could not be cut back") && error.contains("restart the server"),
+                "{error}"
+            );
+        }
+        assert_eq!(kv.get(b"c").unwrap(), None);
+        drop(kv);
+        // The torn bytes are the file's end, with no mark after them: cut.
+        let kv = LogFileKv::open(dir.path()).unwrap();
+        assert_eq!(kv.get(b"a").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(kv.get(b"b").unwrap(), None);
+        kv.write(batch(&[("c", Some("3"))])).unwrap();
+        kv.flush().unwrap();
+    }
+
+    #[test]
+    fn a_store_dropped_during_a_rewrite_waits_for_the_copy_to_end_and_removes_it() {
+        use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+        let dir = tempfile::tempdir().unwrap();
+        let kv = LogFileKv::open(dir.path()).unwrap();
+        kv.write(batch(&[("a", Some("1"))])).unwrap();
+        kv.flush().unwrap();
+        // A copy under way: its file exists, and it takes a while to notice
+        // it was told to stop.
+        let new = dir.path().join(new_file_name(FILE_NAME));
+        std::fs::write(&new, b"half a copy").unwrap();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let ended = Arc::new(AtomicBool::new(false));
+        let (told, done) = (cancel.clone(), ended.clone());
+        let thread = std::thread::spawn(move || {
+            while !told.load(Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            done.store(true, Relaxed);
+            Err(StoreError::Engine("the rewrite was given up".into()))
+        });
+        kv.file.lock().unwrap().rewriting = Some(Rewrite {
+            thread,
+            id: new_file_id().unwrap(),
+            tail: Vec::new(),
+            started: std::time::Instant::now(),
+            cancel,
+        });
+        drop(kv);
+        assert!(
+            ended.load(Relaxed),
+            "the drop returned before the copy ended"
+        );
+        assert!(!new.exists(), "the copy's file was left behind");
+        let kv = LogFileKv::open(dir.path()).unwrap();
+        assert_eq!(kv.get(b"a").unwrap(), Some(b"1".to_vec()));
     }
 
     #[test]
