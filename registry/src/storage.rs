@@ -116,9 +116,6 @@ pub struct RaftStore {
     machine: Arc<dyn StateMachine>,
     /// Snapshots for followers, built off the consensus thread.
     snapshots: Arc<SnapshotBuilder>,
-    /// The data directory's lock, held while any clone of the store lives
-    /// (none for a store not in a directory).
-    lock: Option<Arc<std::fs::File>>,
 }
 
 impl RaftStore {
@@ -151,15 +148,15 @@ impl RaftStore {
         let log = LogFileKv::open(dir).map_err(corrupt(
             "Starting on would let this server vote as if it still held them. Replace it",
         ))?;
-        // Each file keeps the lock too, until its rewrite thread has ended.
+        // The data directory's lock: each file keeps it until its last clone
+        // is dropped and its rewrite thread, if one runs, has ended.
         engine.hold_lock(lock.clone());
         log.hold_lock(lock.clone());
         let (db, log) = (Kv::new(engine), Kv::new(log));
         check_log(&db, &log).map_err(replace)?;
-        let mut store = Self::new(db, log, machine)?;
+        let store = Self::new(db, log, machine)?;
         check_applied(&store).map_err(replace)?;
         bind_log(&store.db, &store.log)?;
-        store.lock = Some(lock);
         Ok(store)
     }
 
@@ -178,7 +175,6 @@ impl RaftStore {
             compacted: Arc::new(RwLock::new((meta.index, meta.term))),
             machine,
             snapshots: Arc::new(SnapshotBuilder::default()),
-            lock: None,
         })
     }
 
