@@ -307,6 +307,16 @@ impl CatalogCache {
             .and_then(|r| r.meta.as_ref())
             .map_or(0, |m| m.mod_revision);
         if held >= event.revision {
+            // Held already (a listing after a reload had it): nothing to
+            // change, but this copy reflects the event's revision all the
+            // same, or it would look behind the registry for good.
+            if event.revision > state.revision {
+                state.revision = event.revision;
+                self.db
+                    .insert(REVISION_KEY, &state.revision.to_be_bytes())?;
+                drop(state);
+                let _ = self.changes.send(event.revision);
+            }
             return Ok(());
         }
         if record.kind == RecordKind::AuditAnchor as i32 {
@@ -399,6 +409,7 @@ impl CatalogCache {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut stale_since: Option<Instant> = None;
+        let mut probe = Probe::default();
         loop {
             if *shutdown.borrow() {
                 return;
@@ -418,18 +429,25 @@ impl CatalogCache {
                 self.revision() + 1
             };
             let mut events = client.watch(from);
-            let mut check = tokio::time::interval(Duration::from_secs(1));
+            let mut check = tokio::time::interval(CHECK_EVERY);
+            // The registry's revision at the last check.
+            let mut owed = None;
             loop {
                 let event = tokio::select! {
                     e = events.recv() => e,
                     _ = check.tick() => {
-                        // A quiet watch and a dead one look alike: ask the
-                        // registry once a second whether it is there. (The
-                        // watch itself resumes on another server by itself.)
-                        match tokio::time::timeout(Duration::from_millis(900), client.status()).await {
-                            Ok(Ok(_)) => self.mark_live(&mut stale_since),
-                            Ok(Err(e)) => self.mark_stale(&mut stale_since, e.message()),
-                            Err(_) => self.mark_stale(&mut stale_since, "no registry server answered within a second"),
+                        // A quiet watch, a dead one and one on a server cut
+                        // off from its leader look alike: once a second, a
+                        // linearizable read of the registry's revision (see
+                        // `Probe`). (The watch resumes on another server by
+                        // itself.)
+                        match probe.revision(&client, CHECK_EVERY.mul_f32(0.9)).await {
+                            Ok(now) => match freshness(self.revision(), owed.replace(now), now) {
+                                Freshness::Current => self.mark_live(&mut stale_since),
+                                Freshness::Behind(why) => self.mark_stale(&mut stale_since, &why),
+                                Freshness::Unknown => {}
+                            },
+                            Err(why) => self.mark_stale(&mut stale_since, &why),
                         }
                         continue;
                     }
@@ -522,6 +540,80 @@ impl CatalogCache {
     }
 }
 
+/// How often the follow loop checks that its copy is current.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// What one check says of the copy (see [`freshness`]).
+#[derive(Debug, PartialEq, Eq)]
+enum Freshness {
+    /// It holds every change the registry had made by the last check.
+    Current,
+    /// It does not: why, for the log.
+    Behind(String),
+    /// The first check of a watch, with changes still on their way.
+    Unknown,
+}
+
+/// Judges a copy at revision `copy` against the registry's revision at the
+/// last check (`owed`, a second ago) and now (`now`): current when it holds
+/// every change made by the last check, a second being ample for a live
+/// watch to deliver them; behind otherwise, unless this is the first check
+/// (nothing owed yet) and the copy is catching up.
+fn freshness(copy: u64, owed: Option<u64>, now: u64) -> Freshness {
+    match owed {
+        Some(owed) if copy < owed => Freshness::Behind(format!(
+            "the registry was at revision {owed} a second ago and this copy is still at {copy}: its watch is not delivering"
+        )),
+        Some(_) => Freshness::Current,
+        None if copy >= now => Freshness::Current,
+        None => Freshness::Unknown,
+    }
+}
+
+/// The check the follow loop makes: a linearizable read of the registry's
+/// revision, which a server answers only with a leader and a quorum behind
+/// it. A status call is answered from the server's own state, so a server
+/// cut off from its leader would vouch for a copy that misses revocations.
+#[derive(Debug, Default)]
+struct Probe {
+    /// The server to ask first: the last that answered.
+    next: usize,
+}
+
+impl Probe {
+    /// The registry's revision now, asking the servers in turn, each for
+    /// its share of `within` (a cut-off server holds a linearizable read
+    /// for seconds before it gives up); why not, when none answered.
+    async fn revision(&mut self, client: &RegistryClient, within: Duration) -> Result<u64, String> {
+        let servers = client.endpoints();
+        let each = within / servers.len().max(1) as u32;
+        let mut why = Vec::new();
+        for _ in 0..servers.len() {
+            let i = self.next % servers.len();
+            let mut server = client.server(i);
+            let read = server.list(ListRequest {
+                kind: RecordKind::Crl as i32,
+                page_size: 1,
+                ..Default::default()
+            });
+            match tokio::time::timeout(each, read).await {
+                Ok(Ok(answer)) => return Ok(answer.into_inner().revision),
+                Ok(Err(status)) => why.push(format!("{}: {}", servers[i], status.message())),
+                Err(_) => why.push(format!(
+                    "{}: no linearizable read within {} ms",
+                    servers[i],
+                    each.as_millis()
+                )),
+            }
+            self.next = i + 1;
+        }
+        Err(format!(
+            "no registry server confirmed the catalog's revision with a quorum ({})",
+            why.join("; ")
+        ))
+    }
+}
+
 /// Opens the node's database in `dir`, first rewriting it into a fresh one
 /// when its files hold far more than its data (sled keeps the space of
 /// deleted records; see `lgsp_registry::sled_kv::compact_if_wasteful`).
@@ -535,4 +627,74 @@ pub fn open_db(dir: &Path) -> Result<sled::Db, CacheError> {
     )
     .map_err(|e| std::io::Error::other(format!("compacting {}: {e}", path.display())))?;
     Ok(sled::open(path)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lgsp_proto::{Agency, Meta};
+
+    fn agency(code: &str, name: &str, revision: u64) -> CatalogRecord {
+        CatalogRecord {
+            kind: RecordKind::Agency as i32,
+            key: code.into(),
+            meta: Some(Meta {
+                create_revision: revision,
+                mod_revision: revision,
+            }),
+            value: Some(Value::Agency(Agency {
+                code: code.into(),
+                name: name.into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn a_copy_is_current_only_when_it_holds_every_change_the_registry_had_a_check_ago() {
+        // First check of a watch: current if caught up already, else wait.
+        assert_eq!(freshness(10, None, 10), Freshness::Current);
+        assert_eq!(freshness(7, None, 10), Freshness::Unknown);
+        // Later checks: what the registry had a second ago must be here.
+        assert_eq!(freshness(10, Some(10), 12), Freshness::Current);
+        assert_eq!(freshness(11, Some(10), 14), Freshness::Current);
+        match freshness(9, Some(10), 10) {
+            Freshness::Behind(why) => assert!(
+                why.contains("revision 10") && why.contains("still at 9"),
+                "{why}"
+            ),
+            other => panic!("a copy missing a change is {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_event_a_reload_already_held_still_moves_the_copys_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path()).unwrap();
+        let cache = CatalogCache::open(&db).unwrap();
+        // A reload: agencies listed at revision 12 (one changed at 12),
+        // another kind at 10: consistent from 10, the watch replays 11 on.
+        let record = agency("000.00.01.H62", "Văn phòng UBND tỉnh", 12);
+        cache.replace(vec![record.clone()], 10).unwrap();
+        assert_eq!(cache.revision(), 10);
+        cache
+            .apply(&WatchEvent {
+                r#type: EventType::Put as i32,
+                revision: 12,
+                record: Some(record),
+            })
+            .unwrap();
+        assert_eq!(
+            cache.revision(),
+            12,
+            "the copy reflects revision 12, or it would look behind the registry for good"
+        );
+        drop(cache);
+        let cache = CatalogCache::open(&db).unwrap();
+        assert_eq!(cache.revision(), 12, "persisted");
+        assert_eq!(
+            cache.agency_name("000.00.01.H62").as_deref(),
+            Some("Văn phòng UBND tỉnh")
+        );
+    }
 }

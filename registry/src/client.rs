@@ -139,6 +139,11 @@ impl RegistryClient {
         )
     }
 
+    /// The servers' client addresses, as given.
+    pub fn endpoints(&self) -> Vec<&str> {
+        self.servers.iter().map(|(e, _)| e.as_str()).collect()
+    }
+
     /// The gRPC client of server `i`.
     pub fn server(&self, i: usize) -> Grpc<Channel> {
         Grpc::new(self.servers[i % self.servers.len()].1.clone())

@@ -156,3 +156,85 @@ async fn a_watch_on_a_server_removed_from_the_cluster_ends_unavailable() {
         "{status:?}"
     );
 }
+
+/// Waits up to `limit` for `condition`, failing with `what`.
+async fn until(limit: Duration, what: &str, condition: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {limit:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_reaching_only_a_server_cut_off_from_its_leader_knows_its_catalog_is_stale() {
+    use lgsp_node::catalog_cache::{CatalogCache, open_db};
+    let cluster = Cluster::start(3).await;
+    let start = cluster
+        .register_agency("000.00.01.H62", "Văn phòng UBND tỉnh")
+        .await;
+    let leader = cluster.wait_for_leader().await;
+    let cut_off = followers(&cluster, leader)[0];
+    // A node whose only registry server is `cut_off`.
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_db(dir.path()).unwrap();
+    let cache = CatalogCache::open(&db).unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let follow = tokio::spawn(
+        cache
+            .clone()
+            .follow(cluster.client_of(&[cut_off], &cluster.admin), stopped),
+    );
+    until(
+        Duration::from_secs(10),
+        "the node's copy is current",
+        || cache.is_live() && cache.revision() >= start,
+    )
+    .await;
+
+    let others: Vec<u64> = vec![leader, followers(&cluster, leader)[1]];
+    cluster.servers[&cut_off].faults().isolate(&others);
+    for o in &others {
+        cluster.servers[o].faults().isolate(&[cut_off]);
+    }
+    until(
+        Duration::from_secs(10),
+        "the node knows its copy is stale",
+        || !cache.is_live(),
+    )
+    .await;
+    // ...and goes on knowing it while cut off, though the server still
+    // answers a status call from its own state.
+    cluster
+        .client_of(&[cut_off], &cluster.admin)
+        .status()
+        .await
+        .expect("the cut-off server answers a status call");
+    let through_leader = cluster.client_of(&[leader], &cluster.admin);
+    let missed = create_resolving(&through_leader, agency("000.00.02.H62", "Sở Tư pháp")).await;
+    for _ in 0..30 {
+        assert!(
+            !cache.is_live() && cache.age().is_some_and(|age| age > Duration::ZERO),
+            "the copy misses revision {missed} (at {}), yet the node calls it current",
+            cache.revision()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Healed, the node catches up and is current again.
+    for s in cluster.servers.values() {
+        s.faults().heal();
+    }
+    until(Duration::from_secs(15), "the node is current again", || {
+        cache.is_live() && cache.revision() >= missed
+    })
+    .await;
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), follow)
+        .await
+        .expect("the follow loop stops")
+        .unwrap();
+}
