@@ -37,6 +37,7 @@ fn exchange(n: u64) -> Exchange {
         bytes_in: 10,
         bytes_out: 200,
         external_ids: Default::default(),
+        on_behalf_of: None,
     }
 }
 

@@ -113,12 +113,13 @@ impl Consumer {
     /// behalf, signed with this node's key): on the link to it, or as a
     /// unary call when the envelope is large or the server has no link
     /// service. `deadline` is the application's; `size` the envelope's
-    /// encoded size.
+    /// encoded size; `trace` keeps the record signed, for the log.
     async fn send(
         &self,
         deadline: Option<Deadline>,
         env: Envelope,
         size: usize,
+        trace: &mut Trace,
     ) -> Result<CallResponse, Status> {
         if deadline.is_some_and(|d| d.left().is_zero()) {
             return Err(Status::deadline_exceeded(
@@ -145,6 +146,7 @@ impl Consumer {
             }
             .map_err(|e| Status::internal(e.to_string()))?;
             self.ctx.metrics.record_signed(signed.batch_size > 0);
+            trace.on_behalf_of(&signed);
             (lgsp_certs::Role::Hub, Some(signed))
         } else if route.hub_serves {
             // A service the hub carries to an external REST system.
@@ -232,7 +234,7 @@ impl DataExchange for Consumer {
         let deadline = Deadline::of(&metadata, started);
         let bad_id = own_request_id(&mut env.request_id);
         let raw = env.encode_to_vec();
-        let trace = Trace::start(
+        let mut trace = Trace::start(
             &self.ctx,
             "consumer",
             &env.request_id,
@@ -247,7 +249,10 @@ impl DataExchange for Consumer {
             return Err(trace.refuse(refusal));
         }
         let span = tracing::info_span!("consume", request_id = %env.request_id, service = %env.service_id, op = %env.operation);
-        let result = self.send(deadline, env, raw.len()).instrument(span).await;
+        let result = self
+            .send(deadline, env, raw.len(), &mut trace)
+            .instrument(span)
+            .await;
         let response = result.as_ref().map_or(&[][..], |r| r.payload.as_slice());
         trace.finish(
             &Sha256::digest(response),
@@ -274,7 +279,7 @@ impl DataExchange for Consumer {
         let (metadata, _, mut req) = request.into_parts();
         let deadline = Deadline::of(&metadata, started);
         let bad_id = own_request_id(&mut req.request_id);
-        let trace = Trace::start(
+        let mut trace = Trace::start(
             &self.ctx,
             "consumer",
             &req.request_id,
@@ -309,6 +314,7 @@ impl DataExchange for Consumer {
                     .map_err(|e| Status::internal(e.to_string()))?;
                 self.ctx.metrics.record_signed(false);
                 crate::obo::to_metadata(request.metadata_mut(), &signed);
+                trace.on_behalf_of(&signed);
             }
             let mut client = self.client(&route)?;
             client

@@ -112,6 +112,10 @@ pub struct Forwarded {
     /// the sharing log keeps: an X-Road security server's `x-road-id` and
     /// `x-road-request-id`.
     pub metadata: std::collections::HashMap<String, String>,
+    /// The caller's record of on whose behalf it called was checked (its
+    /// own certificate, for this request, fresh, not replayed) and carried
+    /// on to another instance: the log entry keeps it.
+    pub record_carried: bool,
 }
 
 impl From<Vec<u8>> for Forwarded {
@@ -119,6 +123,7 @@ impl From<Vec<u8>> for Forwarded {
         Self {
             payload,
             metadata: Default::default(),
+            record_carried: false,
         }
     }
 }

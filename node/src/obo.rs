@@ -1074,6 +1074,73 @@ pub fn claimed_domain(signed: &SignedOnBehalfOf) -> Option<String> {
 
 pub use crate::replay::ReplayGuard;
 
+/// `signed` as a sharing-log entry keeps it (`on_behalf_of`): base64 of its
+/// encoding.
+pub fn for_log(signed: &SignedOnBehalfOf) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(signed.encode_to_vec())
+}
+
+/// What a record kept in a sharing log shows, checked by [`audit`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Audited {
+    /// Who signed: the consumer node, or for an outside REST system's call
+    /// the hub that took it.
+    pub signer: SpiffeId,
+    /// The serial of the certificate that signed, lower-case hex.
+    pub serial: String,
+    /// When it was signed, Unix milliseconds.
+    pub at_unix_ms: i64,
+    /// The outside REST system it was signed for (empty: a node's record).
+    pub rest_client: String,
+}
+
+/// Checks a record a sharing-log entry keeps (`logged`, as [`for_log`]
+/// writes it) after the fact: it decodes, its signature verifies with the
+/// key of the certificate it carries (for a record signed in a batch,
+/// through its audit path to the signed root), and it is for request
+/// `request_id`. What a log cannot show after the fact was checked by the
+/// hop that wrote the entry before it served: the certificate chained to its
+/// instance's CA and was neither expired nor revoked, and the record was
+/// fresh, addressed to it and not replayed. The signer's identity and
+/// serial are returned, to be checked against that CA's records.
+pub fn audit(logged: &str, request_id: &str) -> Result<Audited, OboError> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(logged)
+        .map_err(|e| OboError::Malformed(format!("not base64: {e}")))?;
+    let signed = SignedOnBehalfOf::decode(bytes.as_slice())
+        .map_err(|e| OboError::Malformed(e.to_string()))?;
+    let record = OnBehalfOf::decode(signed.record.as_slice())
+        .map_err(|e| OboError::Malformed(e.to_string()))?;
+    let (_, cert) = X509Certificate::from_der(&record.certificate)
+        .map_err(|e| OboError::Malformed(format!("its certificate: {e}")))?;
+    let info = lgsp_certs::inspect::CertInfo::from_der(
+        &record.certificate,
+        std::path::Path::new("<on-behalf-of>"),
+    )
+    .map_err(|e| OboError::Malformed(e.to_string()))?;
+    let signer = info.spiffe_id.map_err(OboError::Malformed)?;
+    UnparsedPublicKey::new(
+        &ECDSA_P256_SHA256_FIXED,
+        cert.public_key().subject_public_key.data.as_ref(),
+    )
+    .verify(&signed_message(&signed)?, &signed.signature)
+    .map_err(|_| OboError::BadSignature)?;
+    if record.request_id != request_id {
+        return Err(OboError::OtherRequest(format!(
+            "it names request {:?}, the entry {request_id:?}",
+            record.request_id
+        )));
+    }
+    Ok(Audited {
+        signer,
+        serial: info.serial,
+        at_unix_ms: record.at_unix_ms,
+        rest_client: record.rest_client,
+    })
+}
+
 /// The record in request headers, if any.
 pub fn from_metadata(
     metadata: &tonic::metadata::MetadataMap,
@@ -1291,6 +1358,60 @@ mod tests {
             .unwrap();
         assert_eq!((alone.batch_size, alone.audit_path.len()), (0, 0));
         verify(&alone, &envelope(), &creds.roots, now_ms()).unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_logged_record_verifies_after_the_fact_alone_or_in_a_batch_and_not_once_altered() {
+        let mut p = instance("p.example");
+        let creds = node(&mut p, "000.00.13.H62", lgsp_certs::Role::Node);
+        let signer = Signer::new(&creds).unwrap();
+        let alone = signer.sign(&envelope(), now_ms(), &audience()).unwrap();
+        let audited = audit(&for_log(&alone), "r-1").unwrap();
+        assert_eq!(
+            audited.signer.to_string(),
+            "spiffe://p.example/agency/000.00.13.H62/node/node-1"
+        );
+        assert_eq!(Some(audited.serial), serial_of(&creds.chain[0]));
+        let batch = signed_in_one_batch(&signer, &envelopes(3)).await;
+        assert!(batch.iter().all(|s| s.batch_size == 3));
+        for (i, signed) in batch.iter().enumerate() {
+            audit(&for_log(signed), &format!("r-{i}")).unwrap();
+        }
+        // Kept with another entry's request id, altered, or signed by a key
+        // that is not its certificate's: refused, saying why.
+        assert!(matches!(
+            audit(&for_log(&alone), "r-2"),
+            Err(OboError::OtherRequest(_))
+        ));
+        let mut altered = alone.clone();
+        let mut record = OnBehalfOf::decode(altered.record.as_slice()).unwrap();
+        record.service_id = "G01.00.01/khac".into();
+        altered.record = record.encode_to_vec();
+        assert!(matches!(
+            audit(&for_log(&altered), "r-1"),
+            Err(OboError::BadSignature)
+        ));
+        let mut moved = batch[1].clone();
+        moved.leaf_index = 2;
+        assert!(matches!(
+            audit(&for_log(&moved), "r-1"),
+            Err(OboError::BadSignature)
+        ));
+        let other = node(&mut p, "000.00.14.H62", lgsp_certs::Role::Node);
+        let mut forged = alone.clone();
+        forged.signature = Signer::new(&other)
+            .unwrap()
+            .sign(&envelope(), now_ms(), &audience())
+            .unwrap()
+            .signature;
+        assert!(matches!(
+            audit(&for_log(&forged), "r-1"),
+            Err(OboError::BadSignature)
+        ));
+        assert!(matches!(
+            audit("not base64!", "r-1"),
+            Err(OboError::Malformed(_))
+        ));
     }
 
     #[tokio::test(start_paused = true)]

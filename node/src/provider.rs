@@ -130,7 +130,7 @@ impl Provider {
         // A request id the caller chose is bounded before it reaches the
         // log; a bad one is refused, and logged under an id of our own.
         let bad_id = own_request_id(&mut env.request_id);
-        let trace = Trace::start(
+        let mut trace = Trace::start(
             &self.ctx,
             "provider",
             &env.request_id,
@@ -149,6 +149,10 @@ impl Provider {
             Some(Err(e)) => return Err(trace.refuse(Refusal::from(e))),
             None => None,
         };
+        // Verified here: the entry keeps it.
+        if let (Some(_), Some(signed)) = (&on_behalf, &obo) {
+            trace.on_behalf_of(signed);
+        }
         let span = tracing::info_span!("provide", request_id = %env.request_id, consumer = %peer.id.agency, service = %env.service_id, op = %env.operation);
         // tonic's own timeout (from `grpc-timeout`) usually ends a unary
         // call first; on a node link this is what ends it.
@@ -174,13 +178,17 @@ impl Provider {
             status = cancelled => Err(status),
         };
         let request_id = std::mem::take(&mut env.request_id);
-        let mut trace = trace;
         if let Err(status) = &result {
             trace.external_ids_of(status);
         }
         // A response the caller cannot take is not delivered: the log says so.
         let result = result.and_then(|answered| {
             trace.external_ids(&answered.metadata);
+            if answered.record_carried
+                && let Some(signed) = &obo
+            {
+                trace.on_behalf_of(signed);
+            }
             let response = CallResponse {
                 payload: answered.payload,
                 request_id,
@@ -546,7 +554,7 @@ impl Provider {
             _ => peer.id.agency.to_string(),
         };
         let bad_id = own_request_id(&mut req.request_id);
-        let trace = Trace::start(
+        let mut trace = Trace::start(
             &self.ctx,
             "provider",
             &req.request_id,
@@ -565,6 +573,10 @@ impl Provider {
             Some(Err(e)) => return Err(trace.refuse(Refusal::from(e))),
             None => None,
         };
+        // Verified here: the entry keeps it.
+        if let (Some(_), Some(signed)) = (&on_behalf, &obo) {
+            trace.on_behalf_of(signed);
+        }
         // Another instance's service, imported through this node (a hub):
         // carried across, page by page, logged here once.
         if let Some(forwarder) = self.ctx.forwarder.get()
@@ -577,7 +589,14 @@ impl Provider {
                 .instrument(span.clone())
                 .await
             {
-                Ok(upstream) => upstream,
+                Ok(upstream) => {
+                    // Opened toward another instance: the caller's record
+                    // was checked and carried on.
+                    if let Some(signed) = &obo {
+                        trace.on_behalf_of(signed);
+                    }
+                    upstream
+                }
                 Err(status) => {
                     trace.finish(&Sha256::digest([]), status.code(), 0);
                     return Err(status);

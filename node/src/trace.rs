@@ -144,6 +144,7 @@ pub struct Trace {
     started: Instant,
     deadline: Option<Deadline>,
     external_ids: std::collections::BTreeMap<String, String>,
+    on_behalf_of: Option<String>,
     written: bool,
 }
 
@@ -186,8 +187,17 @@ impl Trace {
             started,
             deadline,
             external_ids: Default::default(),
+            on_behalf_of: None,
             written: false,
         }
+    }
+
+    /// Keeps `signed`, the record of on whose behalf the exchange is made,
+    /// in its log entry: only a record this node signed, verified or
+    /// checked and carried on (one it refused is not kept, so a caller
+    /// cannot put junk in the log).
+    pub fn on_behalf_of(&mut self, signed: &lgsp_proto::SignedOnBehalfOf) {
+        self.on_behalf_of = Some(crate::obo::for_log(signed));
     }
 
     /// Notes the ids an external system gave the exchange (by header
@@ -255,6 +265,7 @@ impl Trace {
             bytes_in: self.bytes_in,
             bytes_out,
             external_ids: std::mem::take(&mut self.external_ids),
+            on_behalf_of: self.on_behalf_of.take(),
         };
         if let Err(error) = ctx.log.append(entry) {
             tracing::error!(%error, "cannot write the sharing log");

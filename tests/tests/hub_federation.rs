@@ -267,6 +267,37 @@ async fn refusal_ending(
     }
 }
 
+/// The one entry of `node`'s sharing log for `request_id`.
+fn entry_of(node: &NodeProcess, request_id: &str) -> String {
+    let entries: Vec<String> = std::fs::read_to_string(node.sharing_log())
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&format!(r#""request_id":"{request_id}""#)))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(entries.len(), 1, "one entry of {request_id}: {entries:?}");
+    entries.into_iter().next().unwrap()
+}
+
+/// `lgsp audit verify --live` of `node`'s log, which must pass: its output.
+fn audit_verify(node: &NodeProcess, who: &str) -> String {
+    let out = lgsp(&[
+        "audit",
+        "verify",
+        "--live",
+        "--log",
+        node.sharing_log().to_str().unwrap(),
+        "--cert",
+        node.dir.join("tls/cert.pem").to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{who}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn log_has(node: &NodeProcess, request_id: &str) -> bool {
     std::fs::read_to_string(node.sharing_log())
         .unwrap_or_default()
@@ -686,6 +717,13 @@ async fn two_instances_call_each_other_through_their_hubs() {
     let mut traced = get(&ho_tich, "001099012345");
     traced.request_id = "lien-thong-001".into();
     app.call(traced).await.expect("traced call");
+    // And the other way: a province agency's call to the national service.
+    let mut back = get(&dan_cu, "036099000111");
+    back.request_id = "lien-thong-nguoc-001".into();
+    DataExchangeClient::new(node_b.app_channel().await)
+        .call(back)
+        .await
+        .expect("traced call, province → national");
     // A query stream crosses both hubs too: every row, over several pages,
     // its Vietnamese text intact.
     let rows = query_all(&node_c, &ho_tich, "lien-thong-truy-van-001")
@@ -766,20 +804,51 @@ async fn two_instances_call_each_other_through_their_hubs() {
                 && query_entries[0].contains("\"OK\""),
             "{who}'s entry names the national agency and the query: {query_entries:?}"
         );
-        let out = lgsp(&[
-            "audit",
-            "verify",
-            "--live",
-            "--log",
-            node.sharing_log().to_str().unwrap(),
-            "--cert",
-            node.dir.join("tls/cert.pem").to_str().unwrap(),
-        ]);
+        // Each hop's entry of the call keeps node C's signed record, and
+        // `audit verify` proves node C signed it (batched records included).
+        let call_entry = entry_of(node, "lien-thong-001");
         assert!(
-            out.status.success(),
-            "{who}: {}",
-            String::from_utf8_lossy(&out.stderr)
+            call_entry.contains(r#""on_behalf_of":""#),
+            "{who} keeps the on-behalf-of record: {call_entry}"
         );
+        let verified = audit_verify(node, who);
+        assert!(
+            verified.contains("on-behalf-of records OK")
+                && verified.contains(&format!(
+                    "spiffe://{NATIONAL_DOMAIN}/agency/{NATIONAL_CONSUMER}/node/node-1"
+                )),
+            "{who}: {verified}"
+        );
+    }
+    // The province → national path: every hop logs the province agency's
+    // call with node B's signed record, and every log verifies.
+    let node_b_id = format!(
+        "spiffe://{}/agency/{B}/node/node-1",
+        lgsp_tests::TRUST_DOMAIN
+    );
+    for (who, node, consumer) in [
+        ("the province's consumer node", &node_b, B.to_owned()),
+        ("the provincial hub", &hub_p, B.to_owned()),
+        (
+            "the national hub",
+            &hub_q,
+            format!("{B}@{}", lgsp_tests::TRUST_DOMAIN),
+        ),
+        (
+            "the ministry's provider node",
+            &node_m,
+            format!("{B}@{}", lgsp_tests::TRUST_DOMAIN),
+        ),
+    ] {
+        let entry = entry_of(node, "lien-thong-nguoc-001");
+        assert!(
+            entry.contains(&format!(r#""consumer":"{consumer}""#))
+                && entry.contains(r#""status":"OK""#)
+                && entry.contains(r#""on_behalf_of":""#),
+            "{who}'s entry names {consumer} and keeps node B's record: {entry}"
+        );
+        let verified = audit_verify(node, who);
+        assert!(verified.contains(&node_b_id), "{who}: {verified}");
     }
     let provider_log = std::fs::read_to_string(node_a.sharing_log()).unwrap();
     assert!(
@@ -794,7 +863,6 @@ async fn two_instances_call_each_other_through_their_hubs() {
         query_entry.contains(&format!("{NATIONAL_CONSUMER}@{NATIONAL_DOMAIN}")),
         "the provider logs the query for the national agency: {query_entry}"
     );
-    let _ = &node_m;
 
     // Refusals at the province's hub, called as the national hub would.
     let (q_hub_creds, _) = q.issue(NATIONAL, Role::Hub, "hub-2");
@@ -899,6 +967,36 @@ async fn two_instances_call_each_other_through_their_hubs() {
             assert!(err.message().contains("replay"), "{err:?}");
         }
     }
+    // A record the hub refused is not kept: the forged one and the replay
+    // leave entries without it, and the log still proves every record it
+    // keeps.
+    // (The log is written out within a second or so.)
+    let kept = |request_id: &str, entries: usize| {
+        let path = hub_p.sharing_log();
+        let request_id = format!(r#""request_id":"{request_id}""#);
+        async move {
+            let start = Instant::now();
+            loop {
+                let kept: Vec<bool> = std::fs::read_to_string(&path)
+                    .unwrap()
+                    .lines()
+                    .filter(|l| l.contains(&request_id))
+                    .map(|l| l.contains(r#""on_behalf_of":""#))
+                    .collect();
+                if kept.len() >= entries || start.elapsed() > Duration::from_secs(5) {
+                    return kept;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(kept("gia-mao", 1).await, [false], "the forged record");
+    assert_eq!(
+        kept("phat-lai", 2).await,
+        [true, false],
+        "served, then replayed"
+    );
+    audit_verify(&hub_p, "the provincial hub, after the refusals");
     // A hub of a CA the province does not trust (same trust domain name):
     // not served, and refused in the TLS handshake of the province's hub
     // (the client may see the alert, or only the connection closing).

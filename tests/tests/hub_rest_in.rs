@@ -451,6 +451,15 @@ async fn an_outside_rest_client_calls_a_province_service_through_the_hub() {
         "the hub logs it too"
     );
     for n in [&node, &hub] {
+        // Both entries keep the record the hub signed for the outside
+        // system's call, and `audit verify` proves the hub signed it.
+        assert!(
+            log_lines_with(n, "rest-call-0001")
+                .await
+                .iter()
+                .all(|l| l.contains(r#""on_behalf_of":""#)),
+            "the entries keep the hub's signed record"
+        );
         let out = lgsp(&[
             "audit",
             "verify",
@@ -464,6 +473,11 @@ async fn an_outside_rest_client_calls_a_province_service_through_the_hub() {
             out.status.success(),
             "{}",
             String::from_utf8_lossy(&out.stderr)
+        );
+        let verified = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            verified.contains("on-behalf-of records OK") && verified.contains("/hub/"),
+            "{verified}"
         );
     }
 

@@ -331,7 +331,7 @@ impl Inbound {
             Ok((v, _)) => v.consumer(),
             Err(_) => format!("?@{}", peer.trust_domain),
         };
-        let trace = Trace::start(
+        let mut trace = Trace::start(
             &self.hub.ctx,
             "hub",
             &env.request_id,
@@ -349,9 +349,9 @@ impl Inbound {
             Ok(pair) => pair,
             Err(why) => return Err(trace.refuse(why)),
         };
+        trace.on_behalf_of(&signed);
         let bound = lgsp_node::deadline::Deadline::within(deadline, started, self.hub.call_timeout);
         let result = self.serve(&peer, &signed, &env, &verified.id, bound).await;
-        let mut trace = trace;
         let result = result.map(|answered| lgsp_node::context::Forwarded {
             metadata: lgsp_node::trace::external_ids_only(answered.metadata),
             ..answered

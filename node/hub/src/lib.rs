@@ -320,6 +320,7 @@ impl Hub {
             .map(|r| lgsp_node::context::Forwarded {
                 payload: r.payload,
                 metadata: r.metadata,
+                record_carried: false,
             })
     }
 

@@ -87,6 +87,7 @@ impl Forwarder for Outbound {
             Ok(r) => Ok(Forwarded {
                 payload: r.payload,
                 metadata: lgsp_node::trace::external_ids_only(r.metadata),
+                record_carried: true,
             }),
             Err(s) if unreachable => Err(Status::unavailable(format!(
                 "federation peer {} ({}) did not answer: {}",

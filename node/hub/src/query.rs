@@ -208,7 +208,7 @@ pub(crate) async fn inbound(
         Ok((v, _)) => v.consumer(),
         Err(_) => format!("?@{}", peer.trust_domain),
     };
-    let trace = Trace::start(
+    let mut trace = Trace::start(
         &hub.ctx,
         "hub",
         &query.request_id,
@@ -226,6 +226,7 @@ pub(crate) async fn inbound(
         Ok(pair) => pair,
         Err(why) => return Err(trace.refuse(why)),
     };
+    trace.on_behalf_of(&signed);
     let span = tracing::info_span!("query", side = "hub", peer = %peer.name, request_id = %query.request_id, consumer = %label, service = %query.service_id);
     let service_id = query.service_id.clone();
     let opened = async {

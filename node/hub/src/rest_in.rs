@@ -315,7 +315,7 @@ pub(crate) async fn forward(
         Ok(env) => (env, None),
         Err(s) => (Envelope::default(), Some(s)),
     };
-    let trace = Trace::start(
+    let mut trace = Trace::start(
         &hub.ctx,
         "hub",
         &env.request_id,
@@ -328,7 +328,7 @@ pub(crate) async fn forward(
     );
     let result = match refused {
         Some(s) => Err(s),
-        None => serve(hub, client, caller, &env).await,
+        None => serve(hub, client, caller, &env, &mut trace).await,
     };
     let payload = result.as_ref().map_or(&[][..], |p| p.as_slice());
     trace.finish(
@@ -347,6 +347,7 @@ async fn serve(
     client: &RestClient,
     caller: &Caller,
     env: &Envelope,
+    trace: &mut Trace,
 ) -> Result<Vec<u8>, Status> {
     // An unknown service and one not offered to this client read the same:
     // the client learns nothing of what it is not offered.
@@ -374,6 +375,7 @@ async fn serve(
             &caller.certificate,
         )
         .map_err(|e| Status::internal(format!("the hub cannot sign: {e}")))?;
+    trace.on_behalf_of(&signed);
     let deadline =
         lgsp_node::deadline::Deadline::after(std::time::Instant::now(), hub.call_timeout);
     hub.serve_outside(&caller.agency, &caller.trust_domain, env, &signed, deadline)

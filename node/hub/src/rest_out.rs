@@ -541,6 +541,7 @@ pub(crate) async fn carry(
         return Ok(lgsp_node::context::Forwarded {
             payload: reply.body.to_vec(),
             metadata,
+            record_carried: false,
         });
     }
     Err(with_ids(

@@ -55,6 +55,13 @@ pub struct Exchange {
     /// entries without them read as before.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub external_ids: BTreeMap<String, String>,
+    /// For an exchange made on behalf of a consumer of another instance (or
+    /// of an outside REST system): the signed record this node signed or
+    /// accepted, base64 of the encoded `SignedOnBehalfOf`, so that the log
+    /// proves who asked, not only which hub called (`lgsp audit verify`
+    /// checks its signature); absent from the line otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_behalf_of: Option<String>,
 }
 
 /// An entry as read back from the log; the field order is the canonical one.
@@ -92,6 +99,9 @@ pub struct Entry {
     /// As [`Exchange::external_ids`]; empty when the line has none.
     #[serde(default)]
     pub external_ids: BTreeMap<String, String>,
+    /// As [`Exchange::on_behalf_of`]; `None` when the line has none.
+    #[serde(default)]
+    pub on_behalf_of: Option<String>,
     /// The previous entry's hash ([`GENESIS`] for entry 1): the link of the chain.
     pub prev: String,
     /// SHA-256 of the entry's canonical form (every field but this one),
@@ -433,6 +443,25 @@ mod tests {
     }
 
     #[test]
+    fn an_on_behalf_of_record_is_hashed_with_the_entry_and_an_entry_without_it_reads_as_before() {
+        let plain = exchange(5);
+        let (line, _) = encode_entry(5, "2025-03-01T01:02:03.456Z", &plain, GENESIS);
+        assert!(!String::from_utf8_lossy(&line).contains("on_behalf_of"));
+        let mut with = plain.clone();
+        with.on_behalf_of = Some("CgRyZWNvcmQSA3NpZw==".into());
+        let (line, _) = encode_entry(5, "2025-03-01T01:02:03.456Z", &with, GENESIS);
+        let text = String::from_utf8(line).unwrap();
+        assert!(
+            text.contains(r#""bytes_out":2048,"on_behalf_of":"CgRyZWNvcmQSA3NpZw==","prev":"#),
+            "after the exchange's other fields, before prev: {text}"
+        );
+        let entry = decode_entry(&text.as_bytes()[..text.len() - 1], 1).unwrap();
+        assert_eq!(entry.on_behalf_of.as_deref(), Some("CgRyZWNvcmQSA3NpZw=="));
+        let altered = text.replace("CgRyZWNvcmQSA3NpZw==", "CgRyZWNvcmQSA3NpZx==");
+        assert!(decode_entry(&altered.as_bytes()[..altered.len() - 1], 1).is_err());
+    }
+
+    #[test]
     fn vietnamese_entry_decodes_to_its_fields_with_diacritics_intact() {
         let mut ex = exchange(3);
         ex.consumer = "Sở Tư pháp tỉnh Vĩnh Phúc".into();
@@ -459,6 +488,7 @@ mod tests {
             bytes_in: entry.bytes_in,
             bytes_out: entry.bytes_out,
             external_ids: entry.external_ids,
+            on_behalf_of: entry.on_behalf_of,
         };
         assert_eq!(read_back, ex);
         assert_eq!(

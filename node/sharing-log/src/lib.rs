@@ -15,7 +15,10 @@
 //!   previous entry's hash (64 zeros for entry 1): the entries form a chain. An entry of
 //!   an exchange with an external system may hold `external_ids` (after `bytes_out`), the
 //!   ids that system gave it (an X-Road security server's `x-road-id` and
-//!   `x-road-request-id`); entries without them have no such member.
+//!   `x-road-request-id`); entries without them have no such member. An entry of an
+//!   exchange made on behalf of a consumer of another instance (or of an outside REST
+//!   system) holds `on_behalf_of` (after them): base64 of the signed record this node
+//!   signed or accepted (`SignedOnBehalfOf`, hub.proto), which `lgsp audit verify` checks.
 //! - A **seal**, `{"seal":{"v":2,"seq":N,"head":"…","time":"…","signer":"…","cert":"…",
 //!   "signature":"…"}}`, written at least once a second when entries were added, and when
 //!   the log is closed: the node's ECDSA P-256 signature (SHA-256, fixed-width `r‖s`,

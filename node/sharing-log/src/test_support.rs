@@ -153,6 +153,7 @@ pub(crate) fn exchange(n: u64) -> Exchange {
         bytes_in: 100,
         bytes_out: 2048,
         external_ids: Default::default(),
+        on_behalf_of: None,
     }
 }
 

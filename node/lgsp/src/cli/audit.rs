@@ -25,7 +25,10 @@ pub(super) enum AuditCommand {
     /// moved, a log with no seal, or the entries after the last seal. A log
     /// cut off together with its last seals cannot be told from the file alone:
     /// give --anchor, the seal the node published to the registry (`lgsp audit
-    /// anchor show --out`), and the log must reach it.
+    /// anchor show --out`), and the log must reach it. An entry of an exchange
+    /// with another instance keeps the signed on-behalf-of record of who asked:
+    /// each is checked too (its signature with the certificate it carries, its
+    /// request id, its consumer), and their signers are listed.
     ///
     /// Example: lgsp audit verify --log /var/lib/lgsp/sharing-log.jsonl --cert
     /// /etc/lgsp/tls/cert.pem --anchor anchor.json
@@ -181,6 +184,85 @@ pub(super) fn run(cmd: AuditCommand) -> Result<()> {
     }
 }
 
+/// What [`check_records`] found.
+#[derive(Debug, Default)]
+struct RecordsReport {
+    checked: u64,
+    /// The signers, with how many records each signed.
+    signers: std::collections::BTreeMap<String, u64>,
+}
+
+impl std::fmt::Display for RecordsReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let signers: Vec<String> = self
+            .signers
+            .iter()
+            .map(|(signer, n)| format!("{signer} ({n})"))
+            .collect();
+        write!(
+            f,
+            "on-behalf-of records OK: {} verified, each for its entry's request and consumer, signed by {}; that these certificates chained to their instance's CA and were not revoked was checked by this node when it served",
+            self.checked,
+            signers.join(", ")
+        )
+    }
+}
+
+/// Checks the on-behalf-of record every entry of `log` (already verified
+/// whole) keeps: its signature with the key of the certificate it carries,
+/// its request id against the entry's, and for a node's record the signer's
+/// agency against the entry's consumer (see [`lgsp_node::obo::audit`]).
+fn check_records(log: &Path) -> Result<RecordsReport> {
+    use std::io::BufRead as _;
+    let file = std::fs::File::open(log)
+        .with_context(|| format!("cannot read the sharing log {}", log.display()))?;
+    let mut reader = std::io::BufReader::new(file);
+    let mut report = RecordsReport::default();
+    let mut line = Vec::new();
+    let mut number = 0usize;
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 || line.last() != Some(&b'\n') {
+            // The end, or a line being written (not checked, as the report said).
+            return Ok(report);
+        }
+        number += 1;
+        if !line.starts_with(b"{\"seq\":")
+            || memchr::memmem::find(&line, b"\"on_behalf_of\":").is_none()
+        {
+            continue;
+        }
+        let entry: sharing_log::Entry = serde_json::from_slice(&line)
+            .with_context(|| format!("line {number} of {}", log.display()))?;
+        let Some(logged) = &entry.on_behalf_of else {
+            continue;
+        };
+        let refuse = |why: String| {
+            anyhow::anyhow!(
+                "sharing log {}: entry {} (line {number}, request {}) keeps an on-behalf-of record that does not prove who asked: {why}",
+                log.display(),
+                entry.seq,
+                entry.request_id
+            )
+        };
+        let audited =
+            lgsp_node::obo::audit(logged, &entry.request_id).map_err(|e| refuse(e.to_string()))?;
+        let agency = audited.signer.agency.to_string();
+        let foreign = format!("{agency}@{}", audited.signer.trust_domain);
+        if audited.rest_client.is_empty() && entry.consumer != agency && entry.consumer != foreign {
+            return Err(refuse(format!(
+                "it is signed by {}, but the entry names consumer {}",
+                audited.signer, entry.consumer
+            )));
+        }
+        report.checked += 1;
+        *report
+            .signers
+            .entry(audited.signer.to_string())
+            .or_default() += 1;
+    }
+}
+
 /// A node key as typed, checked: `<agency-code>/<node-name>`.
 fn node_key(node: &str) -> Result<String> {
     let key: lgsp_registry::NodeKey = node.parse().map_err(|e| {
@@ -294,6 +376,10 @@ fn verify(
                 *described = anchor_in_zone(anchor, cal);
             }
             println!("{report}");
+            let records = check_records(log)?;
+            if records.checked > 0 {
+                println!("{records}");
+            }
             Ok(())
         }
         Err(error @ AuditError::Tampered { .. }) => Err(anyhow::Error::new(error).context(
