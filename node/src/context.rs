@@ -85,8 +85,10 @@ pub trait Forwarder: Send + Sync + std::fmt::Debug {
         obo: Option<&lgsp_proto::SignedOnBehalfOf>,
     ) -> Result<Forwarded, tonic::Status>;
     /// Opens `query` from `caller` elsewhere, with the record of on whose
-    /// behalf (`obo`), within `deadline`; the pages as they come. A
-    /// forwarder that carries no query streams refuses, saying so.
+    /// behalf (`obo`), within `deadline`; the pages as they come. A stream
+    /// opened means `obo` was checked (the caller's own, its signature, for
+    /// this query) and carried on: the log entry keeps it. A forwarder that
+    /// carries no query streams refuses, saying so.
     async fn forward_query(
         &self,
         caller: &lgsp_certs::Peer,

@@ -822,11 +822,11 @@ impl Verifier {
     /// (a province node calling its hub): the record's certificate must be
     /// the caller's own (issued by one of `roots`, the same identity and
     /// serial), within its validity, a node's, and the record for this
-    /// request and fresh. Its signature is not verified here: the caller
-    /// proved it holds that certificate's key in the handshake, so the
-    /// signature tells this hop nothing more. It is for the parties that
-    /// see only a hub, the far hub and the provider node, which verify it
-    /// with [`Self::verify`].
+    /// request and fresh. Its signature is verified too: the caller proved
+    /// it holds that certificate's key in the handshake, but this hop's
+    /// sharing log keeps the record, and must keep only records that prove
+    /// themselves to an audit (a record signed in a batch costs one check
+    /// per batch).
     pub fn check_from_signer<'a>(
         &self,
         signed: &SignedOnBehalfOf,
@@ -835,7 +835,7 @@ impl Verifier {
         caller: &lgsp_certs::Peer,
         now_ms: i64,
     ) -> Result<Verified, OboError> {
-        let (known, record) = self.certified(signed, roots, now_ms)?;
+        let (known, record) = self.signed_by(signed, request.into(), roots, now_ms)?;
         if known.id != caller.id || known.serial != caller.serial {
             return Err(OboError::NotTheCaller {
                 named: known.id.to_string(),
@@ -847,7 +847,6 @@ impl Verifier {
         if known.id.role != lgsp_certs::Role::Node || !record.rest_client.is_empty() {
             return Err(OboError::NotANode(known.id.to_string()));
         }
-        for_this_request(&record, request.into(), now_ms)?;
         Ok(Verified {
             id: known.id,
             serial: known.serial,
@@ -988,7 +987,12 @@ fn for_this_request(record: &OnBehalfOf, request: Signed<'_>, now_ms: i64) -> Re
             request.request_id()
         )));
     }
-    if record.request_sha256 != request.digest() || record.service_id != request.service_id() {
+    // The digest covers the request id too; the record's own field is
+    // what a sharing log keeps and an audit matches, so it must agree.
+    if record.request_sha256 != request.digest()
+        || record.service_id != request.service_id()
+        || record.request_id != request.request_id()
+    {
         return Err(OboError::OtherRequest(request.request_id().to_owned()));
     }
     // In milliseconds: a record verifies for exactly twice the skew,
@@ -1105,40 +1109,80 @@ pub struct Audited {
 /// fresh, addressed to it and not replayed. The signer's identity and
 /// serial are returned, to be checked against that CA's records.
 pub fn audit(logged: &str, request_id: &str) -> Result<Audited, OboError> {
-    use base64::Engine as _;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(logged)
-        .map_err(|e| OboError::Malformed(format!("not base64: {e}")))?;
-    let signed = SignedOnBehalfOf::decode(bytes.as_slice())
-        .map_err(|e| OboError::Malformed(e.to_string()))?;
-    let record = OnBehalfOf::decode(signed.record.as_slice())
-        .map_err(|e| OboError::Malformed(e.to_string()))?;
-    let (_, cert) = X509Certificate::from_der(&record.certificate)
-        .map_err(|e| OboError::Malformed(format!("its certificate: {e}")))?;
-    let info = lgsp_certs::inspect::CertInfo::from_der(
-        &record.certificate,
-        std::path::Path::new("<on-behalf-of>"),
-    )
-    .map_err(|e| OboError::Malformed(e.to_string()))?;
-    let signer = info.spiffe_id.map_err(OboError::Malformed)?;
-    UnparsedPublicKey::new(
-        &ECDSA_P256_SHA256_FIXED,
-        cert.public_key().subject_public_key.data.as_ref(),
-    )
-    .verify(&signed_message(&signed)?, &signed.signature)
-    .map_err(|_| OboError::BadSignature)?;
-    if record.request_id != request_id {
-        return Err(OboError::OtherRequest(format!(
-            "it names request {:?}, the entry {request_id:?}",
-            record.request_id
-        )));
+    Auditor::default().audit(logged, request_id)
+}
+
+/// [`audit`] over a whole log: each certificate is parsed once, and a
+/// batch's signature verified once for all its records.
+#[derive(Debug, Default)]
+pub struct Auditor {
+    /// By the certificate's digest: who, its serial, its public key.
+    certs: HashMap<[u8; 32], (SpiffeId, String, Vec<u8>)>,
+    /// Digests of (key, signed root, signature) that verified.
+    batches: HashSet<[u8; 32]>,
+}
+
+impl Auditor {
+    /// See [`audit`].
+    pub fn audit(&mut self, logged: &str, request_id: &str) -> Result<Audited, OboError> {
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(logged)
+            .map_err(|e| OboError::Malformed(format!("not base64: {e}")))?;
+        let signed = SignedOnBehalfOf::decode(bytes.as_slice())
+            .map_err(|e| OboError::Malformed(e.to_string()))?;
+        let record = OnBehalfOf::decode(signed.record.as_slice())
+            .map_err(|e| OboError::Malformed(e.to_string()))?;
+        let key: [u8; 32] = Sha256::digest(&record.certificate).into();
+        let (signer, serial, public_key) = match self.certs.get(&key) {
+            Some(known) => known.clone(),
+            None => {
+                let (_, cert) = X509Certificate::from_der(&record.certificate)
+                    .map_err(|e| OboError::Malformed(format!("its certificate: {e}")))?;
+                let info = lgsp_certs::inspect::CertInfo::from_der(
+                    &record.certificate,
+                    std::path::Path::new("<on-behalf-of>"),
+                )
+                .map_err(|e| OboError::Malformed(e.to_string()))?;
+                let known = (
+                    info.spiffe_id.map_err(OboError::Malformed)?,
+                    info.serial,
+                    cert.public_key().subject_public_key.data.to_vec(),
+                );
+                self.certs.insert(key, known.clone());
+                known
+            }
+        };
+        let message = signed_message(&signed)?;
+        let batch = (signed.batch_size > 0).then(|| -> [u8; 32] {
+            let mut h = Sha256::new();
+            for part in [&public_key, &message, &signed.signature] {
+                h.update((part.len() as u64).to_be_bytes());
+                h.update(part);
+            }
+            h.finalize().into()
+        });
+        if !batch.is_some_and(|b| self.batches.contains(&b)) {
+            UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &public_key)
+                .verify(&message, &signed.signature)
+                .map_err(|_| OboError::BadSignature)?;
+            if let Some(b) = batch {
+                self.batches.insert(b);
+            }
+        }
+        if record.request_id != request_id {
+            return Err(OboError::OtherRequest(format!(
+                "it names request {:?}, the entry {request_id:?}",
+                record.request_id
+            )));
+        }
+        Ok(Audited {
+            signer,
+            serial,
+            at_unix_ms: record.at_unix_ms,
+            rest_client: record.rest_client,
+        })
     }
-    Ok(Audited {
-        signer,
-        serial: info.serial,
-        at_unix_ms: record.at_unix_ms,
-        rest_client: record.rest_client,
-    })
 }
 
 /// The record in request headers, if any.
@@ -1412,6 +1456,37 @@ mod tests {
             audit("not base64!", "r-1"),
             Err(OboError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn a_record_naming_another_request_id_than_the_request_it_signs_is_refused() {
+        let mut p = instance("p.example");
+        let creds = node(&mut p, "000.00.13.H62", lgsp_certs::Role::Node);
+        // Signed by the node's own key, digest and service right, but the
+        // record's request id is not the envelope's: a log would keep a
+        // record no audit could match to its entry.
+        let signed = sign(&creds, &envelope(), now_ms(), &audience()).unwrap();
+        let mut record = OnBehalfOf::decode(signed.record.as_slice()).unwrap();
+        record.request_id = "r-other".into();
+        let key = EcdsaKeyPair::from_pkcs8(
+            &ECDSA_P256_SHA256_FIXED_SIGNING,
+            creds.key.secret_der(),
+            &SystemRandom::new(),
+        )
+        .unwrap();
+        let record = record.encode_to_vec();
+        let signature = key
+            .sign(&SystemRandom::new(), &signed_bytes(&record))
+            .unwrap();
+        let mismatched = SignedOnBehalfOf {
+            record,
+            signature: signature.as_ref().to_vec(),
+            ..Default::default()
+        };
+        match verify(&mismatched, &envelope(), &creds.roots, now_ms()) {
+            Err(OboError::OtherRequest(id)) => assert_eq!(id, "r-1"),
+            other => panic!("accepted a record of another request id: {other:?}"),
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -1760,22 +1835,25 @@ mod tests {
     }
 
     #[test]
-    fn a_broken_signature_the_own_hub_passes_on_is_refused_by_the_far_side() {
+    fn a_broken_signature_is_refused_by_the_own_hub_too_so_that_no_log_keeps_it() {
         let mut p = instance("p.example");
         let creds = node(&mut p, "000.00.13.H62", lgsp_certs::Role::Node);
         let mut signed = sign(&creds, &envelope(), now_ms(), &audience()).unwrap();
         signed.signature[10] ^= 1;
-        // The own hub knows the caller from the handshake and checks the
-        // record is its own; the signature is for those who do not.
-        Verifier::default()
-            .check_from_signer(
-                &signed,
-                &envelope(),
-                &creds.roots,
-                &caller(&creds),
-                now_ms(),
-            )
-            .unwrap();
+        // The own hub knows the caller from the handshake, but keeps the
+        // record in its log: it must prove itself there as at the far side.
+        assert_eq!(
+            Verifier::default()
+                .check_from_signer(
+                    &signed,
+                    &envelope(),
+                    &creds.roots,
+                    &caller(&creds),
+                    now_ms(),
+                )
+                .unwrap_err(),
+            OboError::BadSignature
+        );
         assert_eq!(
             Verifier::default()
                 .verify(&signed, &envelope(), &creds.roots, now_ms())

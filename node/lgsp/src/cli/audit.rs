@@ -208,16 +208,18 @@ impl std::fmt::Display for RecordsReport {
     }
 }
 
-/// Checks the on-behalf-of record every entry of `log` (already verified
-/// whole) keeps: its signature with the key of the certificate it carries,
-/// its request id against the entry's, and for a node's record the signer's
-/// agency against the entry's consumer (see [`lgsp_node::obo::audit`]).
-fn check_records(log: &Path) -> Result<RecordsReport> {
+/// Checks the on-behalf-of record every entry of `log` before entry `end`
+/// (those whose chain was verified) keeps: its signature with the key of
+/// the certificate it carries, its request id against the entry's, and the
+/// signer: for a node's record, the entry's consumer; for an outside REST
+/// system's, a hub (see [`lgsp_node::obo::audit`]).
+fn check_records(log: &Path, end: u64) -> Result<RecordsReport> {
     use std::io::BufRead as _;
     let file = std::fs::File::open(log)
         .with_context(|| format!("cannot read the sharing log {}", log.display()))?;
     let mut reader = std::io::BufReader::new(file);
     let mut report = RecordsReport::default();
+    let mut auditor = lgsp_node::obo::Auditor::default();
     let mut line = Vec::new();
     let mut number = 0usize;
     loop {
@@ -234,6 +236,9 @@ fn check_records(log: &Path) -> Result<RecordsReport> {
         }
         let entry: sharing_log::Entry = serde_json::from_slice(&line)
             .with_context(|| format!("line {number} of {}", log.display()))?;
+        if entry.seq >= end {
+            return Ok(report);
+        }
         let Some(logged) = &entry.on_behalf_of else {
             continue;
         };
@@ -245,14 +250,22 @@ fn check_records(log: &Path) -> Result<RecordsReport> {
                 entry.request_id
             )
         };
-        let audited =
-            lgsp_node::obo::audit(logged, &entry.request_id).map_err(|e| refuse(e.to_string()))?;
+        let audited = auditor
+            .audit(logged, &entry.request_id)
+            .map_err(|e| refuse(e.to_string()))?;
         let agency = audited.signer.agency.to_string();
         let foreign = format!("{agency}@{}", audited.signer.trust_domain);
-        if audited.rest_client.is_empty() && entry.consumer != agency && entry.consumer != foreign {
+        if audited.rest_client.is_empty() {
+            if entry.consumer != agency && entry.consumer != foreign {
+                return Err(refuse(format!(
+                    "it is signed by {}, but the entry names consumer {}",
+                    audited.signer, entry.consumer
+                )));
+            }
+        } else if audited.signer.role != lgsp_certs::Role::Hub {
             return Err(refuse(format!(
-                "it is signed by {}, but the entry names consumer {}",
-                audited.signer, entry.consumer
+                "it is made for outside REST system {} but signed by {}, not a hub",
+                audited.rest_client, audited.signer
             )));
         }
         report.checked += 1;
@@ -375,8 +388,12 @@ fn verify(
             if let (Some(described), Some(anchor)) = (&mut report.anchor, &anchor) {
                 *described = anchor_in_zone(anchor, cal);
             }
+            // The records of the entries the chain check covered, and no
+            // other (a live log grows meanwhile); the log is OK only if
+            // they are.
+            let first = report.export.as_ref().map_or(1, |header| header.first);
+            let records = check_records(log, first + report.entries)?;
             println!("{report}");
-            let records = check_records(log)?;
             if records.checked > 0 {
                 println!("{records}");
             }
