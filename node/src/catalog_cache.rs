@@ -409,14 +409,18 @@ impl CatalogCache {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut stale_since: Option<Instant> = None;
-        let mut probe = Probe::default();
+        // The registry went back behind this copy and a reload is owed.
+        let mut reload = false;
         loop {
             if *shutdown.borrow() {
                 return;
             }
-            let from = if self.revision() == 0 {
+            let from = if self.revision() == 0 || reload {
                 match self.reload(&client).await {
-                    Ok(rev) => rev + 1,
+                    Ok(rev) => {
+                        reload = false;
+                        rev + 1
+                    }
                     Err(error) => {
                         self.mark_stale(&mut stale_since, &error.to_string());
                         tokio::select! {
@@ -430,8 +434,8 @@ impl CatalogCache {
             };
             let mut events = client.watch(from);
             let mut check = tokio::time::interval(CHECK_EVERY);
-            // The registry's revision at the last check.
-            let mut owed = None;
+            // The registry's revision at the last check: what the copy owes.
+            let mut owed: Option<u64> = None;
             loop {
                 let event = tokio::select! {
                     e = events.recv() => e,
@@ -439,12 +443,18 @@ impl CatalogCache {
                         // A quiet watch, a dead one and one on a server cut
                         // off from its leader look alike: once a second, a
                         // linearizable read of the registry's revision (see
-                        // `Probe`). (The watch resumes on another server by
-                        // itself.)
-                        match probe.revision(&client, CHECK_EVERY.mul_f32(0.9)).await {
+                        // `registry_revision`). (The watch resumes on another
+                        // server by itself.)
+                        match registry_revision(&client, CHECK_EVERY.mul_f32(0.9)).await {
                             Ok(now) => match freshness(self.revision(), owed.replace(now), now) {
                                 Freshness::Current => self.mark_live(&mut stale_since),
                                 Freshness::Behind(why) => self.mark_stale(&mut stale_since, &why),
+                                Freshness::WentBack(why) => {
+                                    tracing::warn!("{why}; reloading");
+                                    self.mark_stale(&mut stale_since, &why);
+                                    reload = true;
+                                    break;
+                                }
                                 Freshness::Unknown => {}
                             },
                             Err(why) => self.mark_stale(&mut stale_since, &why),
@@ -456,7 +466,9 @@ impl CatalogCache {
                 let Some(event) = event else { break };
                 match EventType::try_from(event.r#type) {
                     Ok(EventType::Synced) => {
-                        self.mark_live(&mut stale_since);
+                        if owed.is_none_or(|owed| self.revision() >= owed) {
+                            self.mark_live(&mut stale_since);
+                        }
                         if event.revision < self.revision()
                             && self.registry_went_back(&client).await
                         {
@@ -467,6 +479,7 @@ impl CatalogCache {
                             );
                             if let Err(error) = self.reload(&client).await {
                                 self.mark_stale(&mut stale_since, &error.to_string());
+                                reload = true;
                             }
                             break;
                         }
@@ -477,13 +490,19 @@ impl CatalogCache {
                         );
                         if let Err(error) = self.reload(&client).await {
                             self.mark_stale(&mut stale_since, &error.to_string());
+                            reload = true;
                         }
                         break;
                     }
                     Ok(EventType::Put | EventType::Delete) => {
-                        self.mark_live(&mut stale_since);
                         if let Err(error) = self.apply(&event) {
                             tracing::error!(%error, "cannot persist a catalog change");
+                        }
+                        // Live once it holds what the registry had at the
+                        // last check, not on any event (a watch far behind
+                        // would flap between live and stale).
+                        if owed.is_none_or(|owed| self.revision() >= owed) {
+                            self.mark_live(&mut stale_since);
                         }
                     }
                     Err(_) => {}
@@ -550,6 +569,9 @@ enum Freshness {
     Current,
     /// It does not: why, for the log.
     Behind(String),
+    /// The registry is at a revision before the copy's: restored from a
+    /// backup. Why, for the log; the copy is reloaded.
+    WentBack(String),
     /// The first check of a watch, with changes still on their way.
     Unknown,
 }
@@ -558,8 +580,15 @@ enum Freshness {
 /// last check (`owed`, a second ago) and now (`now`): current when it holds
 /// every change made by the last check, a second being ample for a live
 /// watch to deliver them; behind otherwise, unless this is the first check
-/// (nothing owed yet) and the copy is catching up.
+/// (nothing owed yet) and the copy is catching up. A registry whose
+/// revision, read linearizably, is before the copy's went back (a restore):
+/// its changes up to the copy's revision would never be delivered.
 fn freshness(copy: u64, owed: Option<u64>, now: u64) -> Freshness {
+    if now < copy {
+        return Freshness::WentBack(format!(
+            "the registry's catalog (revision {now}) is older than this node's copy (revision {copy}): restored from a backup?"
+        ));
+    }
     match owed {
         Some(owed) if copy < owed => Freshness::Behind(format!(
             "the registry was at revision {owed} a second ago and this copy is still at {copy}: its watch is not delivering"
@@ -574,44 +603,39 @@ fn freshness(copy: u64, owed: Option<u64>, now: u64) -> Freshness {
 /// revision, which a server answers only with a leader and a quorum behind
 /// it. A status call is answered from the server's own state, so a server
 /// cut off from its leader would vouch for a copy that misses revocations.
-#[derive(Debug, Default)]
-struct Probe {
-    /// The server to ask first: the last that answered.
-    next: usize,
-}
-
-impl Probe {
-    /// The registry's revision now, asking the servers in turn, each for
-    /// its share of `within` (a cut-off server holds a linearizable read
-    /// for seconds before it gives up); why not, when none answered.
-    async fn revision(&mut self, client: &RegistryClient, within: Duration) -> Result<u64, String> {
-        let servers = client.endpoints();
-        let each = within / servers.len().max(1) as u32;
-        let mut why = Vec::new();
-        for _ in 0..servers.len() {
-            let i = self.next % servers.len();
+/// Every server is asked at once, each for the whole of `within` (a cut-off
+/// server holds a linearizable read for seconds before it gives up); the
+/// first answer counts. Why not, when none answered.
+async fn registry_revision(client: &RegistryClient, within: Duration) -> Result<u64, String> {
+    use futures::StreamExt as _;
+    let servers = client.endpoints();
+    let mut reads: futures::stream::FuturesUnordered<_> = (0..servers.len())
+        .map(|i| async move {
             let mut server = client.server(i);
             let read = server.list(ListRequest {
                 kind: RecordKind::Crl as i32,
                 page_size: 1,
                 ..Default::default()
             });
-            match tokio::time::timeout(each, read).await {
-                Ok(Ok(answer)) => return Ok(answer.into_inner().revision),
-                Ok(Err(status)) => why.push(format!("{}: {}", servers[i], status.message())),
-                Err(_) => why.push(format!(
-                    "{}: no linearizable read within {} ms",
-                    servers[i],
-                    each.as_millis()
-                )),
-            }
-            self.next = i + 1;
+            (i, tokio::time::timeout(within, read).await)
+        })
+        .collect();
+    let mut why = Vec::new();
+    while let Some((i, read)) = reads.next().await {
+        match read {
+            Ok(Ok(answer)) => return Ok(answer.into_inner().revision),
+            Ok(Err(status)) => why.push(format!("{}: {}", servers[i], status.message())),
+            Err(_) => why.push(format!(
+                "{}: no linearizable read within {} ms",
+                servers[i],
+                within.as_millis()
+            )),
         }
-        Err(format!(
-            "no registry server confirmed the catalog's revision with a quorum ({})",
-            why.join("; ")
-        ))
     }
+    Err(format!(
+        "no registry server confirmed the catalog's revision with a quorum ({})",
+        why.join("; ")
+    ))
 }
 
 /// Opens the node's database in `dir`, first rewriting it into a fresh one
@@ -658,6 +682,14 @@ mod tests {
         // Later checks: what the registry had a second ago must be here.
         assert_eq!(freshness(10, Some(10), 12), Freshness::Current);
         assert_eq!(freshness(11, Some(10), 14), Freshness::Current);
+        // A registry behind the copy went back (a restore): reload.
+        match freshness(12, Some(12), 9) {
+            Freshness::WentBack(why) => assert!(
+                why.contains("revision 9") && why.contains("copy (revision 12)"),
+                "{why}"
+            ),
+            other => panic!("a registry behind the copy is {other:?}"),
+        }
         match freshness(9, Some(10), 10) {
             Freshness::Behind(why) => assert!(
                 why.contains("revision 10") && why.contains("still at 9"),
