@@ -893,7 +893,7 @@ impl KvEngine for LogFileKv {
         // whose directory sync failed leaves every flush failing until the
         // sync succeeds, which is where the store learns of it.
         if let Err(error) = file.finish_rewrite(false) {
-            tracing::warn!(%error, file = file.name, "the rewritten file is in place but its directory was not synced; the next flush tries again");
+            tracing::warn!(%error, file = file.name, "the rewritten file is in place but was not finished (its directory's sync, or its first sync mark); the next flush tries again, or fails saying why");
         }
         if file.rewriting.is_none()
             && file.len >= REWRITE_MIN_BYTES.max(file.next_rewrite_at)
