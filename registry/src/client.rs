@@ -10,7 +10,7 @@ use lgsp_proto::registry_client::RegistryClient as Grpc;
 use lgsp_proto::watch_event::Type as EventType;
 use lgsp_proto::*;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
@@ -28,6 +28,44 @@ pub struct RegistryClient {
     /// not among `servers`: the same credentials, trust and expected
     /// identity (a registry server of our trust domain).
     connector: Arc<Connector>,
+    /// Where the idempotency keys of this client's writes come from.
+    keys: Arc<WriteKeys>,
+}
+
+/// The idempotency keys of a client's writes: the `n`th write made is
+/// keyed by a digest of a seed and `n`. A command run again under the seed
+/// an earlier run printed (after an unknown outcome) makes its writes under
+/// the same keys, in the same order: what the first run applied answers
+/// with its first outcome instead of being applied twice, and a write the
+/// first run did not make under that key is refused, never misapplied
+/// (the registry remembers which command each key was for).
+#[derive(Debug)]
+struct WriteKeys {
+    seed: Vec<u8>,
+    next: AtomicU64,
+}
+
+impl WriteKeys {
+    fn new(seed: Vec<u8>) -> Self {
+        Self {
+            seed,
+            next: AtomicU64::new(0),
+        }
+    }
+
+    /// The key of write `n`.
+    fn key(&self, n: u64) -> Vec<u8> {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        h.update(b"lgsp-write-key\0");
+        h.update(&self.seed);
+        h.update(n.to_be_bytes());
+        h.finalize()[..crate::idempotency::KEY_LEN].to_vec()
+    }
+
+    fn next(&self) -> Vec<u8> {
+        self.key(self.next.fetch_add(1, Ordering::Relaxed))
+    }
 }
 
 #[derive(Debug)]
@@ -124,7 +162,28 @@ impl RegistryClient {
                 trust,
                 expected,
             }),
+            keys: Arc::new(WriteKeys::new(crate::idempotency::new_key())),
         })
+    }
+
+    /// This client with its writes keyed from `seed` (see
+    /// [`Self::key_seed`]): a command run again under the seed an earlier
+    /// run printed applies none of that run's writes twice.
+    pub fn with_key_seed(mut self, seed: Vec<u8>) -> Self {
+        self.keys = Arc::new(WriteKeys::new(seed));
+        self
+    }
+
+    /// The seed this client's idempotency keys come from: random unless
+    /// given ([`Self::with_key_seed`]); what to print after a write whose
+    /// outcome is unknown.
+    pub fn key_seed(&self) -> &[u8] {
+        &self.keys.seed
+    }
+
+    /// How many writes this client (and its clones) have keyed.
+    pub fn writes_keyed(&self) -> u64 {
+        self.keys.next.load(Ordering::Relaxed)
     }
 
     /// A channel to `address`, which an answer named as the leader.
@@ -237,8 +296,7 @@ impl RegistryClient {
     /// catalog's refusal, or the last error once no server answered for
     /// 10 s (then the write may or may not be applied).
     pub async fn apply(&self, command: Command) -> Result<ApplyResponse, Status> {
-        self.apply_keyed(command, crate::idempotency::new_key())
-            .await
+        self.apply_keyed(command, self.keys.next()).await
     }
 
     /// [`apply`](Self::apply) under the idempotency key `key` (16 bytes;
@@ -381,7 +439,7 @@ impl RegistryClient {
         mut request: AddMemberRequest,
     ) -> Result<MembershipResponse, Status> {
         if request.idempotency_key.is_empty() {
-            request.idempotency_key = crate::idempotency::new_key();
+            request.idempotency_key = self.keys.next();
         }
         self.retry(Repeat::Keyed, |mut c| {
             let request = request.clone();
@@ -393,8 +451,7 @@ impl RegistryClient {
     /// Removes a server, as [`add_member`](Self::add_member) adds one,
     /// under a new idempotency key.
     pub async fn remove_member(&self, id: u64) -> Result<MembershipResponse, Status> {
-        self.remove_member_keyed(id, crate::idempotency::new_key())
-            .await
+        self.remove_member_keyed(id, self.keys.next()).await
     }
 
     /// [`remove_member`](Self::remove_member) under the idempotency key
@@ -532,6 +589,21 @@ mod tests {
 
     fn transport_error() -> Status {
         Status::unknown("transport error: connection reset by peer")
+    }
+
+    #[test]
+    fn a_run_again_under_the_same_seed_keys_its_writes_alike_and_in_order() {
+        let seed = crate::idempotency::new_key();
+        let (first, again) = (WriteKeys::new(seed.clone()), WriteKeys::new(seed));
+        let keys: Vec<Vec<u8>> = (0..3).map(|_| first.next()).collect();
+        assert_eq!(keys, (0..3).map(|_| again.next()).collect::<Vec<_>>());
+        assert!(keys.iter().all(|k| k.len() == crate::idempotency::KEY_LEN));
+        assert!(
+            keys[0] != keys[1] && keys[1] != keys[2],
+            "one key per write"
+        );
+        let other = WriteKeys::new(crate::idempotency::new_key());
+        assert_ne!(other.next(), keys[0], "another run's keys are its own");
     }
 
     #[test]

@@ -64,6 +64,25 @@ async fn catalog_commands_work_as_the_readme_shows() {
     assert!(agencies.contains("Sở Tư pháp tỉnh Vĩnh Phúc"), "{agencies}");
     assert!(agencies.contains("Nguyễn Văn An"), "{agencies}");
 
+    // A write run again under the key an unknown outcome printed is not
+    // made twice: it answers with the first run's revision. Without the
+    // key, a run is a new write (this one a new revision of the record).
+    let register = [
+        "agency",
+        "register",
+        "--code",
+        "000.00.14.H62",
+        "--name",
+        "Sở Y tế tỉnh Vĩnh Phúc",
+        "--idempotency-key",
+        "ffeeddccbbaa99887766554433221100",
+    ];
+    let first = ok(&registry, &admin, &register);
+    assert!(first.contains("at revision"), "{first}");
+    assert_eq!(ok(&registry, &admin, &register), first);
+    let again = ok(&registry, &admin, &register[..register.len() - 2]);
+    assert_ne!(again, first, "a run without the key is a write of its own");
+
     // An online service names the node that serves it; the CLI says so
     // before asking the registry.
     let publish = [

@@ -181,6 +181,53 @@ pub(crate) struct RegistryArgs {
     /// Directory with this side's cert.pem, key.pem and ca.pem.
     #[arg(long, env = "LGSP_TLS_DIR", value_name = "DIR")]
     tls_dir: PathBuf,
+    /// Run the command again after a write whose outcome was unknown, under
+    /// the key (32 hex digits) the error printed: what the first run wrote
+    /// is not written twice. Leave it out otherwise (each run its own key).
+    #[arg(long, value_name = "KEY")]
+    idempotency_key: Option<String>,
+}
+
+/// The registry clients this run made, for the error's advice: after a
+/// write whose outcome is unknown, the key to run the command again under.
+static CLIENTS: std::sync::Mutex<Vec<lgsp_registry::RegistryClient>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// How to resolve `error` safely when it is a registry write whose outcome
+/// is unknown (it may or may not have been applied): the same command again
+/// under the key of this run's writes. `None` for any other error.
+fn unknown_write_advice(error: &anyhow::Error) -> Option<String> {
+    let clients = CLIENTS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let client = clients.iter().find(|c| c.writes_keyed() > 0)?;
+    advice_for(error, client.key_seed())
+}
+
+/// [`unknown_write_advice`] for a run whose writes were keyed from `seed`.
+fn advice_for(error: &anyhow::Error, seed: &[u8]) -> Option<String> {
+    let status = error
+        .chain()
+        .find_map(|e| e.downcast_ref::<tonic::Status>())?;
+    let definite = status.code() == tonic::Code::Ok
+        || status
+            .metadata()
+            .get(lgsp_registry::error::OUTCOME)
+            .is_some_and(|o| o == "refused" || o == "not-applied");
+    let unknown = matches!(
+        status.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Unknown
+            | tonic::Code::Cancelled
+    );
+    if definite || !unknown {
+        return None;
+    }
+    Some(format!(
+        "the outcome of the last write is unknown (it may or may not have been made): run the same command again with --idempotency-key {}; what was made answers with its result instead of being made twice",
+        hex::encode(seed)
+    ))
 }
 
 impl RegistryArgs {
@@ -199,10 +246,28 @@ impl RegistryArgs {
     }
 
     fn client(&self) -> anyhow::Result<lgsp_registry::RegistryClient> {
-        Ok(lgsp_registry::RegistryClient::new(
-            &self.addresses(),
-            &self.credentials()?,
-        )?)
+        let mut client =
+            lgsp_registry::RegistryClient::new(&self.addresses(), &self.credentials()?)?;
+        if let Some(text) = &self.idempotency_key {
+            client = client.with_key_seed(key_seed(text)?);
+        }
+        CLIENTS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(client.clone());
+        Ok(client)
+    }
+}
+
+/// The seed of `--idempotency-key` (hex, as an earlier run printed it).
+fn key_seed(text: &str) -> anyhow::Result<Vec<u8>> {
+    match hex::decode(text.trim()) {
+        Ok(key) if key.len() == lgsp_registry::idempotency::KEY_LEN => Ok(key),
+        _ => Err(UsageError(format!(
+            "--idempotency-key: {text:?} is not a key printed by an earlier run ({} hex digits); leave it out for a new command",
+            2 * lgsp_registry::idempotency::KEY_LEN
+        ))
+        .into()),
     }
 }
 
@@ -269,6 +334,9 @@ pub(crate) fn main() -> ExitCode {
         Err(error) if is_broken_pipe(&error) => ExitCode::from(BROKEN_PIPE_EXIT),
         Err(error) => {
             eprintln!("error: {}", one_line(&error));
+            if let Some(advice) = unknown_write_advice(&error) {
+                eprintln!("{advice}");
+            }
             let bad_config = matches!(
                 error.downcast_ref::<lgsp_node::config::ConfigError>(),
                 Some(lgsp_node::config::ConfigError::Invalid { .. })

@@ -73,10 +73,6 @@ pub(super) enum RegistryCommand {
         /// host:port of the new server's client listener.
         #[arg(long, value_name = "ADDR", default_value = "")]
         client_addr: String,
-        /// The key (32 hex digits) an earlier attempt of this same change
-        /// printed when its outcome was unknown; a new one by default.
-        #[arg(long, value_name = "KEY")]
-        idempotency_key: Option<String>,
     },
     /// Back up the catalog while the cluster runs, or make a data directory
     /// from a backup to found a new cluster (as `etcdctl snapshot`).
@@ -98,10 +94,6 @@ pub(super) enum RegistryCommand {
         /// The id of the server to remove, as `lgsp registry status` shows it.
         #[arg(long)]
         id: u64,
-        /// The key (32 hex digits) an earlier attempt of this same removal
-        /// printed when its outcome was unknown; a new one by default.
-        #[arg(long, value_name = "KEY")]
-        idempotency_key: Option<String>,
     },
 }
 
@@ -274,19 +266,17 @@ pub(super) fn run(cmd: RegistryCommand) -> Result<()> {
             id,
             peer_addr,
             client_addr,
-            idempotency_key,
         } => rt.block_on(async {
-            let key = membership_key(idempotency_key.as_deref())?;
             let client = registry.client()?;
+            // Keyed by the client (see `--idempotency-key`).
             let r = client
                 .add_member(AddMemberRequest {
                     id,
                     peer_address: peer_addr.clone(),
                     client_address: client_addr,
-                    idempotency_key: key.clone(),
+                    idempotency_key: Vec::new(),
                 })
-                .await
-                .map_err(|status| unknown_outcome(status, &key))?;
+                .await?;
             println!("Server {id} ({peer_addr}) is a learner. Start it now with --join and an empty data directory; it becomes a voter once it has caught up.");
             print_members(&r.members);
             Ok(())
@@ -298,56 +288,14 @@ pub(super) fn run(cmd: RegistryCommand) -> Result<()> {
             Ok(())
         }),
         RegistryCommand::Snapshot { command } => snapshot(&rt, command),
-        RegistryCommand::RemoveMember {
-            registry,
-            id,
-            idempotency_key,
-        } => rt.block_on(async {
-            let key = membership_key(idempotency_key.as_deref())?;
+        RegistryCommand::RemoveMember { registry, id } => rt.block_on(async {
             let client = registry.client()?;
-            let r = client
-                .remove_member_keyed(id, key.clone())
-                .await
-                .map_err(|status| unknown_outcome(status, &key))?;
+            let r = client.remove_member(id).await?;
             println!("Server {id} is no longer a member; stop it, and never reuse id {id}.");
             print_members(&r.members);
             Ok(())
         }),
     }
-}
-
-/// The idempotency key of a membership change: `given` (hex, as an earlier
-/// attempt printed it) or a new one.
-fn membership_key(given: Option<&str>) -> Result<Vec<u8>> {
-    let Some(text) = given else {
-        return Ok(lgsp_registry::idempotency::new_key());
-    };
-    match hex::decode(text.trim()) {
-        Ok(key) if key.len() == lgsp_registry::idempotency::KEY_LEN => Ok(key),
-        _ => Err(UsageError(format!(
-            "--idempotency-key: {text:?} is not a key printed by an earlier attempt ({} hex digits); leave it out for a new change",
-            2 * lgsp_registry::idempotency::KEY_LEN
-        ))
-        .into()),
-    }
-}
-
-/// `status` as the command's error; when the change may or may not have
-/// been made, with how to resolve it safely: the same command again under
-/// the same key.
-fn unknown_outcome(status: tonic::Status, key: &[u8]) -> anyhow::Error {
-    let definite = status
-        .metadata()
-        .get(lgsp_registry::error::OUTCOME)
-        .is_some_and(|o| o == "refused" || o == "not-applied");
-    if definite {
-        return status.into();
-    }
-    anyhow::Error::from(status).context(format!(
-        "the outcome of the membership change is unknown (it may or may not have been made): \
-         run the same command again with --idempotency-key {}; if it was made, that answers with its result instead of making it twice",
-        hex::encode(key)
-    ))
 }
 
 /// What a backup must be signed by: a registry server issued by the CA
@@ -694,31 +642,30 @@ fn print_members(members: &[lgsp_proto::Member]) {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use lgsp_registry::{CatalogError, RegistryError};
 
     #[test]
-    fn an_unknown_membership_outcome_prints_the_key_to_run_again_with_and_a_definite_one_does_not()
-    {
-        let key = membership_key(None).unwrap();
+    fn an_unknown_write_outcome_prints_the_key_to_run_again_with_and_a_definite_one_does_not() {
+        let seed = lgsp_registry::idempotency::new_key();
         let unknown = tonic::Status::from(RegistryError::Indeterminate(
             "the membership change did not complete in time".into(),
         ));
-        let told = format!("{:#}", unknown_outcome(unknown, &key));
+        let error = anyhow::Error::from(unknown).context("cannot remove server 3");
+        let told = super::super::advice_for(&error, &seed).expect("advice");
         assert!(
-            told.contains(&format!("--idempotency-key {}", hex::encode(&key))),
+            told.contains(&format!("--idempotency-key {}", hex::encode(&seed))),
             "{told}"
         );
         // The key printed is one the command takes back.
-        assert_eq!(membership_key(Some(&hex::encode(&key))).unwrap(), key);
+        assert_eq!(super::super::key_seed(&hex::encode(&seed)).unwrap(), seed);
         for definite in [
             RegistryError::Unavailable("no leader".into()),
             RegistryError::Catalog(CatalogError::NotFound("server 9 is not a member".into())),
         ] {
-            let told = format!("{:#}", unknown_outcome(definite.into(), &key));
-            assert!(!told.contains("--idempotency-key"), "{told}");
+            let error = anyhow::Error::from(tonic::Status::from(definite));
+            assert_eq!(super::super::advice_for(&error, &seed), None);
         }
-        let bad = membership_key(Some("abc")).unwrap_err().to_string();
+        let bad = super::super::key_seed("abc").unwrap_err().to_string();
         assert!(bad.contains("32 hex digits"), "{bad}");
     }
 }
