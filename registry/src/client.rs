@@ -43,6 +43,8 @@ pub struct RegistryClient {
 struct WriteKeys {
     seed: Vec<u8>,
     next: AtomicU64,
+    /// A keyed write ended with its outcome unknown.
+    unknown: std::sync::atomic::AtomicBool,
 }
 
 impl WriteKeys {
@@ -50,6 +52,7 @@ impl WriteKeys {
         Self {
             seed,
             next: AtomicU64::new(0),
+            unknown: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -112,6 +115,32 @@ fn transient(status: &Status, repeat: Repeat) -> bool {
         }
         Repeat::Unkeyed => status.code() == Code::Unavailable,
     }
+}
+
+/// Whether a write that ended with `status` may have been applied: the
+/// registry did not say it was refused or certainly not applied, and the
+/// status is one a write in flight can end with (a deadline, a server going
+/// away, a connection that broke). A refusal made before any write (an
+/// identity or argument refused) carries its own code.
+fn ambiguous(status: &Status) -> bool {
+    let definite = status
+        .metadata()
+        .get(crate::error::OUTCOME)
+        .is_some_and(|o| o == "refused" || o == "not-applied");
+    !definite
+        && matches!(
+            status.code(),
+            Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled
+        )
+}
+
+/// Whether the registry decided against the request (`lgsp-outcome:
+/// refused`): final whatever came before.
+fn refused(status: &Status) -> bool {
+    status
+        .metadata()
+        .get(crate::error::OUTCOME)
+        .is_some_and(|o| o == "refused")
 }
 
 /// The leader's client address an answer names (`lgsp-leader`), if any.
@@ -186,6 +215,13 @@ impl RegistryClient {
         self.keys.next.load(Ordering::Relaxed)
     }
 
+    /// Whether a keyed write of this client (or a clone) failed with its
+    /// outcome unknown: it may or may not have been applied, and running
+    /// the same writes again under [`Self::key_seed`] resolves it.
+    pub fn write_outcome_unknown(&self) -> bool {
+        self.keys.unknown.load(Ordering::Relaxed)
+    }
+
     /// A channel to `address`, which an answer named as the leader.
     fn connect(&self, address: &str) -> Result<Channel, lgsp_certs::CertError> {
         let c = &self.connector;
@@ -224,6 +260,9 @@ impl RegistryClient {
         let mut attempt = 0;
         // The next attempt's server, when an answer named the leader.
         let mut redirect: Option<(Option<usize>, String, Channel)> = None;
+        // An attempt of a keyed write ended without a decision: whatever
+        // the last attempt says, the write may have been applied.
+        let mut maybe_applied = false;
         loop {
             let (i, name, channel) = redirect.take().unwrap_or_else(|| {
                 let i = (self.preferred.load(Ordering::Relaxed) + attempt) % n;
@@ -242,6 +281,7 @@ impl RegistryClient {
                     return Ok(r.into_inner());
                 }
                 Err(status) if transient(&status, repeat) && Instant::now() < deadline => {
+                    maybe_applied |= repeat == Repeat::Keyed && ambiguous(&status);
                     tracing::debug!(server = %name, error = %status.message(), "registry server unavailable; trying another");
                     if let Some(leader) = leader_named(&status).filter(|l| *l != name) {
                         let known = self.servers.iter().position(|(e, _)| *e == leader);
@@ -277,12 +317,17 @@ impl RegistryClient {
                         );
                     }
                     // The metadata says what became of a write
-                    // (`lgsp-outcome`, `lgsp-mod-revision`): keep it.
-                    return Err(Status::with_metadata(
-                        status.code(),
-                        explained,
-                        status.metadata().clone(),
-                    ));
+                    // (`lgsp-outcome`, `lgsp-mod-revision`): keep it, but
+                    // "not applied" only if no attempt may have been.
+                    let mut metadata = status.metadata().clone();
+                    if repeat == Repeat::Keyed
+                        && !refused(&status)
+                        && (maybe_applied || ambiguous(&status))
+                    {
+                        metadata.insert(crate::error::OUTCOME, "unknown".parse().expect("ASCII"));
+                        self.keys.unknown.store(true, Ordering::Relaxed);
+                    }
+                    return Err(Status::with_metadata(status.code(), explained, metadata));
                 }
             }
         }
@@ -589,6 +634,22 @@ mod tests {
 
     fn transport_error() -> Status {
         Status::unknown("transport error: connection reset by peer")
+    }
+
+    #[test]
+    fn a_write_is_ambiguous_only_when_it_may_have_been_applied() {
+        let unknown = Status::from(RegistryError::Indeterminate("leader changed".into()));
+        let not_applied = Status::from(RegistryError::Unavailable("no leader".into()));
+        let decided = Status::from(RegistryError::Catalog(CatalogError::InvalidArgument(
+            "bad".into(),
+        )));
+        assert!(ambiguous(&unknown) && ambiguous(&transport_error()));
+        assert!(!ambiguous(&not_applied) && !ambiguous(&decided));
+        assert!(
+            !ambiguous(&Status::permission_denied("not an admin")),
+            "refused before any write, though the registry put no outcome on it"
+        );
+        assert!(refused(&decided) && !refused(&not_applied));
     }
 
     #[test]

@@ -43,6 +43,9 @@ pub const MAX_KEYS: u64 = 100_000;
 /// The length of a key.
 pub const KEY_LEN: usize = 16;
 
+/// How a refusal of a key used before for another command begins.
+pub const KEY_REUSED: &str = "this idempotency key was used for another";
+
 /// At most this many keys forgotten by time per entry applied, so that a
 /// write after a long quiet spell does not delete thousands of keys in one
 /// Ready. Keys past the window but not yet deleted still answer with their
@@ -141,7 +144,7 @@ pub fn lookup(db: &impl KvRead, key: &[u8], at_ms: i64, digest: u64) -> Result<S
     if let Some(applied) = read_applied(db, key)? {
         if applied.command_digest != digest {
             return Ok(Seen::Repeat(Box::new(Err(CatalogError::InvalidArgument(
-                "this idempotency key was used for another write; use a new random key for each write".into(),
+                format!("{KEY_REUSED} write; use a new random key for each write"),
             )))));
         }
         return Ok(Seen::Repeat(Box::new(outcome_of(&applied))));
@@ -170,9 +173,9 @@ pub fn lookup_membership(
 ) -> Result<Option<Result<Vec<Member>, CatalogError>>, StoreError> {
     if let Some(applied) = read_applied(db, key)? {
         if applied.command_digest != digest {
-            return Ok(Some(Err(CatalogError::InvalidArgument(
-                "this idempotency key was used for another change; use a new random key for each change".into(),
-            ))));
+            return Ok(Some(Err(CatalogError::InvalidArgument(format!(
+                "{KEY_REUSED} change; use a new random key for each change"
+            )))));
         }
         return Ok(Some(outcome_of(&applied).map(|_| applied.members)));
     }
