@@ -411,6 +411,10 @@ impl CatalogCache {
         let mut stale_since: Option<Instant> = None;
         // The registry went back behind this copy and a reload is owed.
         let mut reload = false;
+        // The registry's revision at the last check: what the copy owes,
+        // kept across watches (a copy behind when its watch restarts is
+        // still behind).
+        let mut owed: Option<u64> = None;
         loop {
             if *shutdown.borrow() {
                 return;
@@ -419,6 +423,8 @@ impl CatalogCache {
                 match self.reload(&client).await {
                     Ok(rev) => {
                         reload = false;
+                        // A new copy owes only what the next check says.
+                        owed = None;
                         rev + 1
                     }
                     Err(error) => {
@@ -434,8 +440,6 @@ impl CatalogCache {
             };
             let mut events = client.watch(from);
             let mut check = tokio::time::interval(CHECK_EVERY);
-            // The registry's revision at the last check: what the copy owes.
-            let mut owed: Option<u64> = None;
             loop {
                 let event = tokio::select! {
                     e = events.recv() => e,
@@ -466,9 +470,6 @@ impl CatalogCache {
                 let Some(event) = event else { break };
                 match EventType::try_from(event.r#type) {
                     Ok(EventType::Synced) => {
-                        if owed.is_none_or(|owed| self.revision() >= owed) {
-                            self.mark_live(&mut stale_since);
-                        }
                         if event.revision < self.revision()
                             && self.registry_went_back(&client).await
                         {
@@ -477,20 +478,29 @@ impl CatalogCache {
                                 registry = event.revision,
                                 "the registry's catalog is older than this node's copy (restored from a backup?); reloading"
                             );
-                            if let Err(error) = self.reload(&client).await {
-                                self.mark_stale(&mut stale_since, &error.to_string());
-                                reload = true;
+                            match self.reload(&client).await {
+                                Ok(_) => owed = None,
+                                Err(error) => {
+                                    self.mark_stale(&mut stale_since, &error.to_string());
+                                    reload = true;
+                                }
                             }
                             break;
+                        }
+                        if owed.is_none_or(|owed| self.revision() >= owed) {
+                            self.mark_live(&mut stale_since);
                         }
                     }
                     Ok(EventType::Compacted) => {
                         tracing::info!(
                             "the registry compacted past this cache's revision; reloading"
                         );
-                        if let Err(error) = self.reload(&client).await {
-                            self.mark_stale(&mut stale_since, &error.to_string());
-                            reload = true;
+                        match self.reload(&client).await {
+                            Ok(_) => owed = None,
+                            Err(error) => {
+                                self.mark_stale(&mut stale_since, &error.to_string());
+                                reload = true;
+                            }
                         }
                         break;
                     }
