@@ -193,41 +193,42 @@ pub(crate) struct RegistryArgs {
 static CLIENTS: std::sync::Mutex<Vec<lgsp_registry::RegistryClient>> =
     std::sync::Mutex::new(Vec::new());
 
-/// How to resolve `error` safely when it is a registry write whose outcome
-/// is unknown (it may or may not have been applied): the same command again
-/// under the key of this run's writes. `None` for any other error.
+/// How to resolve `error` safely: after a registry write whose outcome is
+/// unknown (it may or may not have been applied), the same command again
+/// under the key of this run's writes; after a run under such a key whose
+/// write the registry refused as another write's, what that means. `None`
+/// for any other error.
 fn unknown_write_advice(error: &anyhow::Error) -> Option<String> {
     let clients = CLIENTS
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let client = clients.iter().find(|c| c.writes_keyed() > 0)?;
-    advice_for(error, client.key_seed())
-}
-
-/// [`unknown_write_advice`] for a run whose writes were keyed from `seed`.
-fn advice_for(error: &anyhow::Error, seed: &[u8]) -> Option<String> {
+    if let Some(client) = clients.iter().find(|c| c.write_outcome_unknown()) {
+        return Some(advice(client.key_seed()));
+    }
+    let given = clients.iter().any(|c| c.writes_keyed() > 0)
+        && KEY_GIVEN.load(std::sync::atomic::Ordering::Relaxed);
     let status = error
         .chain()
         .find_map(|e| e.downcast_ref::<tonic::Status>())?;
-    let definite = status.code() == tonic::Code::Ok
-        || status
-            .metadata()
-            .get(lgsp_registry::error::OUTCOME)
-            .is_some_and(|o| o == "refused" || o == "not-applied");
-    let unknown = matches!(
-        status.code(),
-        tonic::Code::Unavailable
-            | tonic::Code::DeadlineExceeded
-            | tonic::Code::Unknown
-            | tonic::Code::Cancelled
-    );
-    if definite || !unknown {
-        return None;
-    }
-    Some(format!(
-        "the outcome of the last write is unknown (it may or may not have been made): run the same command again with --idempotency-key {}; what was made answers with its result instead of being made twice",
+    (given && status.message().contains(lgsp_registry::idempotency::KEY_REUSED)).then(|| {
+        "the earlier run under this --idempotency-key reached the registry with a write this run did \
+         not repeat as it was (the command read the catalog or the clock anew), so nothing was written \
+         now: check the catalog for the earlier write, and write again without the key if it is still \
+         needed"
+            .to_owned()
+    })
+}
+
+/// `--idempotency-key` was given.
+static KEY_GIVEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// What to do after a write whose outcome is unknown, for a run whose
+/// writes were keyed from `seed`.
+fn advice(seed: &[u8]) -> String {
+    format!(
+        "the outcome of the last write is unknown (it may or may not have been made): within 10 minutes, run the same command again with --idempotency-key {}; what was made answers with its result instead of being made twice",
         hex::encode(seed)
-    ))
+    )
 }
 
 impl RegistryArgs {
@@ -250,6 +251,7 @@ impl RegistryArgs {
             lgsp_registry::RegistryClient::new(&self.addresses(), &self.credentials()?)?;
         if let Some(text) = &self.idempotency_key {
             client = client.with_key_seed(key_seed(text)?);
+            KEY_GIVEN.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         CLIENTS
             .lock()
@@ -692,14 +694,15 @@ mod tests {
     fn help_shows_the_new_flag_spellings_and_hides_the_old() {
         let publish = long_help(&["service", "publish"]);
         assert!(publish.contains("<SERVICE>"), "{publish}");
-        assert!(!publish.contains("--id"), "{publish}");
+        // (`--idempotency-key` is another flag.)
+        assert!(!publish.contains("--id <"), "{publish}");
         assert!(
             publish.contains("Example: lgsp service publish 000.00.12.H62/ho-tich"),
             "{publish}"
         );
         let maintenance = long_help(&["service", "maintenance"]);
         assert!(
-            maintenance.contains("<SERVICE>") && !maintenance.contains("--id"),
+            maintenance.contains("<SERVICE>") && !maintenance.contains("--id <"),
             "{maintenance}"
         );
         let init = long_help(&["ca", "init"]);
