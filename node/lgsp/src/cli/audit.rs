@@ -527,6 +527,111 @@ fn export(log: &Path, range: &TimeRange, signer: &Signer, out: Option<&Path>) ->
 mod tests {
     use super::*;
 
+    /// A node's credentials and its issued PEMs, from a new CA.
+    fn node_creds(dir: &Path, agency: &str) -> (lgsp_certs::Credentials, lgsp_certs::ca::Issued) {
+        let mut ca = lgsp_certs::ca::CertificateAuthority::init(
+            &dir.join("ca"),
+            "vinhphuc.gov.vn",
+            "CA",
+            30,
+        )
+        .unwrap();
+        let id = lgsp_certs::SpiffeId::new(
+            ca.trust_domain(),
+            lgsp_certs::AgencyCode::new(agency).unwrap(),
+            lgsp_certs::Role::Node,
+            "node-1",
+        )
+        .unwrap();
+        let issued = ca
+            .issue(&lgsp_certs::ca::LeafSpec::for_days(id, 30).unwrap())
+            .unwrap();
+        let creds =
+            lgsp_certs::Credentials::from_pem(&issued.cert_pem, &issued.key_pem, ca.cert_pem())
+                .unwrap();
+        (creds, issued)
+    }
+
+    fn exchange(request_id: &str, consumer: &str, record: Option<String>) -> sharing_log::Exchange {
+        sharing_log::Exchange {
+            request_id: request_id.into(),
+            side: "consumer".into(),
+            consumer: consumer.into(),
+            provider: "000.00.12.H62".into(),
+            service: "000.00.12.H62/ho-tich".into(),
+            operation: "get".into(),
+            request_sha256: "ab".repeat(32),
+            response_sha256: "cd".repeat(32),
+            status: "OK".into(),
+            latency_us: 1,
+            bytes_in: 1,
+            bytes_out: 1,
+            external_ids: Default::default(),
+            on_behalf_of: record,
+        }
+    }
+
+    #[test]
+    fn a_kept_record_that_does_not_prove_its_entry_fails_the_audit_naming_the_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let (creds, issued) = node_creds(dir.path(), "000.00.13.H62");
+        let envelope = lgsp_proto::Envelope {
+            service_id: "000.00.12.H62/ho-tich".into(),
+            operation: "get".into(),
+            request_id: "r-1".into(),
+            ..Default::default()
+        };
+        let audience = lgsp_node::obo::Audience {
+            trust_domain: "ndxp.gov.vn".into(),
+            via_hub: "spiffe://vinhphuc.gov.vn/agency/000.00.00.H62/hub/hub".into(),
+        };
+        let now = lgsp_registry::calendar::unix_now_ms();
+        let record = lgsp_node::obo::for_log(
+            &lgsp_node::obo::sign(&creds, &envelope, now, &audience).unwrap(),
+        );
+        let log = sharing_log::SharingLog::open(
+            &dir.path().join("log"),
+            Signer::from_pem(&issued.key_pem, &issued.cert_pem).unwrap(),
+        )
+        .unwrap();
+        log.append(exchange("r-1", "000.00.13.H62", Some(record.clone())))
+            .unwrap();
+        log.append(exchange("r-0", "000.00.13.H62", None)).unwrap();
+        // Entry 3 keeps entry 1's record: for another request.
+        log.append(exchange("r-2", "000.00.13.H62", Some(record.clone())))
+            .unwrap();
+        // Entry 4 names a consumer the record's signer is not.
+        log.append(exchange("r-1", "000.00.14.H62", Some(record)))
+            .unwrap();
+        log.seal().unwrap();
+        let path = log.path().to_owned();
+        let checked = check_records(&path, 3).unwrap();
+        assert_eq!(checked.checked, 1, "entries 1 and 2 only");
+        assert!(
+            checked
+                .to_string()
+                .contains("spiffe://vinhphuc.gov.vn/agency/000.00.13.H62/node/node-1 (1)"),
+            "{checked}"
+        );
+        let refused = format!("{:#}", check_records(&path, 4).unwrap_err());
+        assert!(
+            refused.contains("entry 3") && refused.contains("request r-2"),
+            "{refused}"
+        );
+        let mut lines: Vec<String> = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        lines.remove(2);
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        let refused = format!("{:#}", check_records(&path, 5).unwrap_err());
+        assert!(
+            refused.contains("entry 4") && refused.contains("names consumer 000.00.14.H62"),
+            "{refused}"
+        );
+    }
+
     fn ms(rfc3339: &str) -> i64 {
         rfc3339.parse::<jiff::Timestamp>().unwrap().as_millisecond()
     }
