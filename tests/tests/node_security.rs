@@ -119,6 +119,45 @@ async fn provider_refuses_callers_without_the_right_certificate_identity_or_gran
     assert_eq!(err.code(), Code::PermissionDenied);
     assert!(err.message().contains("000.00.14.H62"), "{err:?}");
 
+    // A node handing A's node a record of on whose behalf itself (only a
+    // hub carries one) is served as its own agency; the record is neither
+    // used nor kept in A's sharing log, where it would fail the audit.
+    let endpoint = client_endpoint(&a.provider, &b_creds, None).unwrap();
+    let mut with_record = get(&service, "001099012345");
+    with_record.request_id = "ho-so-tu-nut".into();
+    let mut request = tonic::Request::new(with_record);
+    lgsp_node::obo::to_metadata(
+        request.metadata_mut(),
+        &lgsp_proto::SignedOnBehalfOf {
+            record: b"not a record".to_vec(),
+            signature: vec![7; 64],
+            ..Default::default()
+        },
+    );
+    DataExchangeClient::new(endpoint.connect().await.unwrap())
+        .call(request)
+        .await
+        .expect("served as B's own call");
+    let start = Instant::now();
+    let entry = loop {
+        let log = std::fs::read_to_string(a.sharing_log()).unwrap_or_default();
+        if let Some(line) = log
+            .lines()
+            .find(|l| l.contains(r#""request_id":"ho-so-tu-nut""#))
+        {
+            break line.to_owned();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "A never logged the call"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        entry.contains(&format!(r#""consumer":"{B}""#)) && !entry.contains("on_behalf_of"),
+        "{entry}"
+    );
+
     // A service of another agency, asked of A's node.
     let (code, msg) = call_provider(&a, &b_creds, get(&format!("{B}/so-ho-khau"), "x"))
         .await
