@@ -916,14 +916,7 @@ impl Verifier {
         let message = signed_message(signed)?;
         // A batch's signature, once verified, is remembered by what it
         // binds: this key, this root, these signature bytes.
-        let batch = (signed.batch_size > 0).then(|| -> [u8; 32] {
-            let mut h = Sha256::new();
-            for part in [&known.public_key, &message, &signed.signature] {
-                h.update((part.len() as u64).to_be_bytes());
-                h.update(part);
-            }
-            h.finalize().into()
-        });
+        let batch = batch_key(signed, &known.public_key, &message);
         let seen = batch.is_some_and(|key| {
             self.batches
                 .lock()
@@ -1006,20 +999,40 @@ fn for_this_request(record: &OnBehalfOf, request: Signed<'_>, now_ms: i64) -> Re
 
 /// What certificate `der` says, if it is issued by one of `roots`.
 fn check_certificate(der: &[u8], roots: &[CertificateDer<'_>]) -> Result<Known, OboError> {
+    let (known, cert) = parse_certificate(der)?;
+    if !lgsp_certs::inspect::signed_by_one_of(&cert, roots) {
+        return Err(OboError::Untrusted(known.id.to_string()));
+    }
+    Ok(known)
+}
+
+/// What certificate `der` says, whoever issued it, and the certificate.
+fn parse_certificate(der: &[u8]) -> Result<(Known, X509Certificate<'_>), OboError> {
     let (_, cert) = X509Certificate::from_der(der)
         .map_err(|e| OboError::Malformed(format!("its certificate: {e}")))?;
     let info = lgsp_certs::inspect::CertInfo::from_der(der, std::path::Path::new("<on-behalf-of>"))
         .map_err(|e| OboError::Malformed(e.to_string()))?;
-    let id = info.spiffe_id.map_err(OboError::Malformed)?;
-    if !lgsp_certs::inspect::signed_by_one_of(&cert, roots) {
-        return Err(OboError::Untrusted(id.to_string()));
-    }
-    Ok(Known {
-        id,
+    let known = Known {
+        id: info.spiffe_id.map_err(OboError::Malformed)?,
         serial: info.serial,
         public_key: cert.public_key().subject_public_key.data.to_vec(),
         not_before: info.not_before.unix_timestamp(),
         not_after: info.not_after.unix_timestamp(),
+    };
+    Ok((known, cert))
+}
+
+/// For a record signed in a batch, what binds its batch's signature: the
+/// key, the signed root and the signature (a verified one is remembered by
+/// it, and the batch's other records need no ECDSA check of their own).
+fn batch_key(signed: &SignedOnBehalfOf, public_key: &[u8], message: &[u8]) -> Option<[u8; 32]> {
+    (signed.batch_size > 0).then(|| {
+        let mut h = Sha256::new();
+        for part in [public_key, message, &signed.signature] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part);
+        }
+        h.finalize().into()
     })
 }
 
@@ -1085,7 +1098,7 @@ pub fn for_log(signed: &SignedOnBehalfOf) -> String {
     base64::engine::general_purpose::STANDARD.encode(signed.encode_to_vec())
 }
 
-/// What a record kept in a sharing log shows, checked by [`audit`].
+/// What a record kept in a sharing log shows, checked by [`Auditor::audit`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Audited {
     /// Who signed: the consumer node, or for an outside REST system's call
@@ -1093,37 +1106,31 @@ pub struct Audited {
     pub signer: SpiffeId,
     /// The serial of the certificate that signed, lower-case hex.
     pub serial: String,
-    /// When it was signed, Unix milliseconds.
-    pub at_unix_ms: i64,
     /// The outside REST system it was signed for (empty: a node's record).
     pub rest_client: String,
 }
 
-/// Checks a record a sharing-log entry keeps (`logged`, as [`for_log`]
-/// writes it) after the fact: it decodes, its signature verifies with the
-/// key of the certificate it carries (for a record signed in a batch,
-/// through its audit path to the signed root), and it is for request
-/// `request_id`. What a log cannot show after the fact was checked by the
-/// hop that wrote the entry before it served: the certificate chained to its
-/// instance's CA and was neither expired nor revoked, and the record was
-/// fresh, addressed to it and not replayed. The signer's identity and
-/// serial are returned, to be checked against that CA's records.
-pub fn audit(logged: &str, request_id: &str) -> Result<Audited, OboError> {
-    Auditor::default().audit(logged, request_id)
-}
-
-/// [`audit`] over a whole log: each certificate is parsed once, and a
-/// batch's signature verified once for all its records.
+/// Checks the records a sharing log keeps, after the fact: each certificate
+/// is parsed once, and a batch's signature verified once for all its
+/// records (as [`Verifier`] does live).
 #[derive(Debug, Default)]
 pub struct Auditor {
-    /// By the certificate's digest: who, its serial, its public key.
-    certs: HashMap<[u8; 32], (SpiffeId, String, Vec<u8>)>,
-    /// Digests of (key, signed root, signature) that verified.
+    /// What each certificate says, by its digest.
+    certs: HashMap<[u8; 32], Known>,
+    /// [`batch_key`]s of batch signatures that verified.
     batches: HashSet<[u8; 32]>,
 }
 
 impl Auditor {
-    /// See [`audit`].
+    /// Checks a record a sharing-log entry keeps (`logged`, as [`for_log`]
+    /// writes it): it decodes, its signature verifies with the key of the
+    /// certificate it carries (for a record signed in a batch, through its
+    /// audit path to the signed root), and it is for request `request_id`.
+    /// What a log cannot show after the fact was checked by the hop that
+    /// wrote the entry before it served: the certificate chained to its
+    /// instance's CA and was neither expired nor revoked, and the record was
+    /// fresh, addressed to it and not replayed. The signer's identity and
+    /// serial are returned, to be checked against that CA's records.
     pub fn audit(&mut self, logged: &str, request_id: &str) -> Result<Audited, OboError> {
         use base64::Engine as _;
         let bytes = base64::engine::general_purpose::STANDARD
@@ -1134,36 +1141,18 @@ impl Auditor {
         let record = OnBehalfOf::decode(signed.record.as_slice())
             .map_err(|e| OboError::Malformed(e.to_string()))?;
         let key: [u8; 32] = Sha256::digest(&record.certificate).into();
-        let (signer, serial, public_key) = match self.certs.get(&key) {
+        let known = match self.certs.get(&key) {
             Some(known) => known.clone(),
             None => {
-                let (_, cert) = X509Certificate::from_der(&record.certificate)
-                    .map_err(|e| OboError::Malformed(format!("its certificate: {e}")))?;
-                let info = lgsp_certs::inspect::CertInfo::from_der(
-                    &record.certificate,
-                    std::path::Path::new("<on-behalf-of>"),
-                )
-                .map_err(|e| OboError::Malformed(e.to_string()))?;
-                let known = (
-                    info.spiffe_id.map_err(OboError::Malformed)?,
-                    info.serial,
-                    cert.public_key().subject_public_key.data.to_vec(),
-                );
+                let (known, _) = parse_certificate(&record.certificate)?;
                 self.certs.insert(key, known.clone());
                 known
             }
         };
         let message = signed_message(&signed)?;
-        let batch = (signed.batch_size > 0).then(|| -> [u8; 32] {
-            let mut h = Sha256::new();
-            for part in [&public_key, &message, &signed.signature] {
-                h.update((part.len() as u64).to_be_bytes());
-                h.update(part);
-            }
-            h.finalize().into()
-        });
+        let batch = batch_key(&signed, &known.public_key, &message);
         if !batch.is_some_and(|b| self.batches.contains(&b)) {
-            UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &public_key)
+            UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &known.public_key)
                 .verify(&message, &signed.signature)
                 .map_err(|_| OboError::BadSignature)?;
             if let Some(b) = batch {
@@ -1177,9 +1166,8 @@ impl Auditor {
             )));
         }
         Ok(Audited {
-            signer,
-            serial,
-            at_unix_ms: record.at_unix_ms,
+            signer: known.id,
+            serial: known.serial,
             rest_client: record.rest_client,
         })
     }
@@ -1410,21 +1398,22 @@ mod tests {
         let creds = node(&mut p, "000.00.13.H62", lgsp_certs::Role::Node);
         let signer = Signer::new(&creds).unwrap();
         let alone = signer.sign(&envelope(), now_ms(), &audience()).unwrap();
-        let audited = audit(&for_log(&alone), "r-1").unwrap();
+        let audited = Auditor::default().audit(&for_log(&alone), "r-1").unwrap();
         assert_eq!(
             audited.signer.to_string(),
             "spiffe://p.example/agency/000.00.13.H62/node/node-1"
         );
         assert_eq!(Some(audited.serial), serial_of(&creds.chain[0]));
         let batch = signed_in_one_batch(&signer, &envelopes(3)).await;
+        let mut auditor = Auditor::default();
         assert!(batch.iter().all(|s| s.batch_size == 3));
         for (i, signed) in batch.iter().enumerate() {
-            audit(&for_log(signed), &format!("r-{i}")).unwrap();
+            auditor.audit(&for_log(signed), &format!("r-{i}")).unwrap();
         }
         // Kept with another entry's request id, altered, or signed by a key
         // that is not its certificate's: refused, saying why.
         assert!(matches!(
-            audit(&for_log(&alone), "r-2"),
+            Auditor::default().audit(&for_log(&alone), "r-2"),
             Err(OboError::OtherRequest(_))
         ));
         let mut altered = alone.clone();
@@ -1432,13 +1421,14 @@ mod tests {
         record.service_id = "G01.00.01/khac".into();
         altered.record = record.encode_to_vec();
         assert!(matches!(
-            audit(&for_log(&altered), "r-1"),
+            Auditor::default().audit(&for_log(&altered), "r-1"),
             Err(OboError::BadSignature)
         ));
+        // With the batch's signature remembered: a moved leaf is not covered.
         let mut moved = batch[1].clone();
         moved.leaf_index = 2;
         assert!(matches!(
-            audit(&for_log(&moved), "r-1"),
+            auditor.audit(&for_log(&moved), "r-1"),
             Err(OboError::BadSignature)
         ));
         let other = node(&mut p, "000.00.14.H62", lgsp_certs::Role::Node);
@@ -1449,11 +1439,11 @@ mod tests {
             .unwrap()
             .signature;
         assert!(matches!(
-            audit(&for_log(&forged), "r-1"),
+            Auditor::default().audit(&for_log(&forged), "r-1"),
             Err(OboError::BadSignature)
         ));
         assert!(matches!(
-            audit("not base64!", "r-1"),
+            Auditor::default().audit("not base64!", "r-1"),
             Err(OboError::Malformed(_))
         ));
     }

@@ -212,7 +212,7 @@ impl std::fmt::Display for RecordsReport {
 /// (those whose chain was verified) keeps: its signature with the key of
 /// the certificate it carries, its request id against the entry's, and the
 /// signer: for a node's record, the entry's consumer; for an outside REST
-/// system's, a hub (see [`lgsp_node::obo::audit`]).
+/// system's, a hub (see [`lgsp_node::obo::Auditor::audit`]).
 fn check_records(log: &Path, end: u64) -> Result<RecordsReport> {
     use std::io::BufRead as _;
     let file = std::fs::File::open(log)
